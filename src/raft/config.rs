@@ -49,14 +49,10 @@ impl Config {
             return Err(ConfigError("heartbeat interval must be at least one tick".into()));
         }
         if self.election_timeout_min_ticks <= self.heartbeat_interval_ticks {
-            return Err(ConfigError(
-                "the minimum election timeout must be longer than the heartbeat interval".into(),
-            ));
+            return Err(ConfigError("the minimum election timeout must be longer than the heartbeat interval".into()));
         }
         if self.election_timeout_max_ticks <= self.election_timeout_min_ticks {
-            return Err(ConfigError(
-                "the maximum election timeout must be longer than the minimum".into(),
-            ));
+            return Err(ConfigError("the maximum election timeout must be longer than the minimum".into()));
         }
         if self.max_inflight_msgs == 0 {
             return Err(ConfigError("max_inflight_msgs must be at least 1".into()));

@@ -12,7 +12,10 @@ pub enum ProgressState {
     Probe,
     Replicate,
     /// An InstallSnapshot up to `index` is on its way; `elapsed_ticks` since it was sent.
-    Snapshot { index: Index, elapsed_ticks: u32 },
+    Snapshot {
+        index: Index,
+        elapsed_ticks: u32,
+    },
 }
 
 /// The last indexes of the appends in flight to one follower, oldest first.

@@ -443,9 +443,8 @@ impl Raft {
     /// §5.2, §5.4.1: one vote per term, first come first served, only for a log at least as
     /// up-to-date as ours; granting resets the election timer.
     fn handle_vote_request(&mut self, from: NodeId, term: Term, last_index: Index, last_term: Term, pre: bool) {
-        let can_vote = self.vote == Some(from)
-            || (self.vote.is_none() && self.leader.is_none())
-            || (pre && term > self.term);
+        let can_vote =
+            self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none()) || (pre && term > self.term);
         if can_vote && self.log.is_up_to_date(last_index, last_term) {
             if pre {
                 self.send_with_term(from, term, MessageBody::PreVoteResp { granted: true });
@@ -568,7 +567,8 @@ impl Raft {
         let Some(pr) = self.progress.get_mut(&from) else { return };
         pr.recent_active = true;
         if let Some(hint) = reject {
-            let probe_from = if hint.term > 0 { self.log.find_conflict_by_term(hint.index, hint.term) } else { hint.index };
+            let probe_from =
+                if hint.term > 0 { self.log.find_conflict_by_term(hint.index, hint.term) } else { hint.index };
             let Some(pr) = self.progress.get_mut(&from) else { return };
             if pr.maybe_decrease_to(index, probe_from) {
                 if pr.state == ProgressState::Replicate {
@@ -786,10 +786,9 @@ impl Raft {
     fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
-        self.randomized_election_timeout = self
-            .rng
-            .range(self.cfg.election_timeout_min_ticks as u64, self.cfg.election_timeout_max_ticks as u64)
-            as u32;
+        self.randomized_election_timeout =
+            self.rng.range(self.cfg.election_timeout_min_ticks as u64, self.cfg.election_timeout_max_ticks as u64)
+                as u32;
     }
 
     fn reset(&mut self, term: Term) {

@@ -105,9 +105,7 @@ impl ConfState {
             ConfChangeKind::AddLearner | ConfChangeKind::AddVoter if self.contains(id) => {
                 Err(ConfChangeError::AlreadyMember(id))
             }
-            ConfChangeKind::Promote if !self.learners.contains(&id) => {
-                Err(ConfChangeError::NotALearner(id))
-            }
+            ConfChangeKind::Promote if !self.learners.contains(&id) => Err(ConfChangeError::NotALearner(id)),
             ConfChangeKind::Remove if !self.contains(id) => Err(ConfChangeError::NotAMember(id)),
             ConfChangeKind::Remove if self.voters.len() == 1 && self.voters.contains(&id) => {
                 Err(ConfChangeError::LastVoter(id))
@@ -189,11 +187,21 @@ pub enum MessageBody {
         reject: Option<RejectHint>,
     },
     /// An empty AppendEntries (§5.2). `read_seq` confirms leadership for ReadIndex (§6.4).
-    Heartbeat { commit: Index, read_seq: u64 },
-    HeartbeatResp { read_seq: u64 },
+    Heartbeat {
+        commit: Index,
+        read_seq: u64,
+    },
+    HeartbeatResp {
+        read_seq: u64,
+    },
     /// Thesis §9.6: would you vote for me in term `term`? Changes nobody's term.
-    PreVote { last_index: Index, last_term: Term },
-    PreVoteResp { granted: bool },
+    PreVote {
+        last_index: Index,
+        last_term: Term,
+    },
+    PreVoteResp {
+        granted: bool,
+    },
     /// RequestVote (§5.2). `transfer` marks an election started by TimeoutNow, which voters
     /// must not ignore because of the check-quorum lease (thesis §3.10).
     Vote {
@@ -201,9 +209,13 @@ pub enum MessageBody {
         last_term: Term,
         transfer: bool,
     },
-    VoteResp { granted: bool },
+    VoteResp {
+        granted: bool,
+    },
     /// InstallSnapshot (§7).
-    InstallSnapshot { snapshot: Snapshot },
+    InstallSnapshot {
+        snapshot: Snapshot,
+    },
     /// Leader transfer (thesis §3.10): start an election now.
     TimeoutNow,
 }

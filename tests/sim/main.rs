@@ -1,0 +1,1131 @@
+//! A deterministic simulator for the Raft core (in the manner of TigerBeetle's VOPR and
+//! FoundationDB's simulation): 1, 3 or 5 members (more after membership changes) exchange
+//! messages through a simulated network that loses, delays, duplicates and reorders them,
+//! suffers symmetric and one-way partitions; members crash, losing everything not yet durable,
+//! and restart from what their simulated disk holds; membership changes, leader transfers and
+//! log compaction happen along the way. Everything is drawn from one seed.
+//!
+//! Checked at every step: election safety, log matching, leader completeness, state machine
+//! safety, monotonic commit; at the end: liveness once faults stop (a leader and a commit
+//! within a few election timeouts), convergence of every member, and linearizability of the
+//! clients' reads and writes.
+//!
+//! `SIM_SEEDS=N` runs N seeds (default 2000), `SIM_SEED=S` replays one seed alone,
+//! `SIM_TRACE=1` prints its events. Run in release mode:
+//! `cargo test --release --test sim -- --nocapture`.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::time::Instant;
+
+use bytes::Bytes;
+use kuberaft::check::linearizability::{check_registers, Operation, RegisterInput, RegisterOutput, Verdict};
+use kuberaft::raft::rng::Rng;
+use kuberaft::raft::*;
+
+const TICK_MS: u64 = 10;
+const KEYS: u8 = 3;
+const CLIENTS: usize = 3;
+const OP_TIMEOUT_MS: u64 = 1_000;
+/// Liveness: after faults stop, a leader commits within this (10 maximum election timeouts).
+const LIVENESS_MS: u64 = 3_000;
+const CONVERGENCE_MS: u64 = 5_000;
+const MAX_MEMBERS: usize = 7;
+const MARKER_KEY: u8 = 255;
+
+type Op = Operation<RegisterInput<u8>, RegisterOutput>;
+
+#[derive(Default)]
+struct Disk {
+    hard_state: HardState,
+    snapshot: Option<Snapshot>,
+    entries: Vec<Entry>,
+}
+
+impl Disk {
+    /// Makes a `Ready`'s state durable, in the order `ready.rs` prescribes.
+    fn persist(&mut self, rd: &Ready) {
+        if let Some(hs) = rd.hard_state {
+            self.hard_state = hs;
+        }
+        if let Some(snapshot) = &rd.snapshot {
+            self.entries.clear();
+            self.snapshot = Some(snapshot.clone());
+        }
+        if let Some(first) = rd.entries.first() {
+            self.entries.retain(|e| e.index < first.index);
+            self.entries.extend(rd.entries.iter().cloned());
+        }
+    }
+
+    fn compact(&mut self, snapshot: Snapshot) {
+        self.entries.retain(|e| e.index > snapshot.meta.index);
+        self.snapshot = Some(snapshot);
+    }
+}
+
+struct PendingWrite {
+    op: usize,
+    index: Index,
+    term: Term,
+}
+
+struct PendingRead {
+    op: usize,
+    key: u8,
+    index: Option<Index>,
+}
+
+struct SimNode {
+    raw: Option<RawNode>,
+    disk: Disk,
+    /// The volatile state machine: rebuilt from the snapshot on restart.
+    kv: BTreeMap<u8, u64>,
+    applied: Index,
+    seen_commit: Index,
+    writes: Vec<PendingWrite>,
+    reads: Vec<PendingRead>,
+    compact_every: u64,
+}
+
+#[derive(Debug)]
+enum Event {
+    Tick(NodeId),
+    Deliver(Message),
+    Client(usize),
+    Nemesis,
+    Sweep,
+}
+
+struct Scheduled {
+    at: u64,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+struct Net {
+    drop: f64,
+    duplicate: f64,
+    min_delay: u64,
+    max_delay: u64,
+    /// (from, to) pairs whose messages are lost.
+    blocked: BTreeSet<(NodeId, NodeId)>,
+}
+
+#[derive(Default, Debug, Clone)]
+struct Stats {
+    events: u64,
+    ops: usize,
+    ok_writes: usize,
+    ok_reads: usize,
+    unknown: usize,
+    elections: usize,
+    crashes: usize,
+    conf_changes: usize,
+    transfers: usize,
+    snapshots_installed: usize,
+    recovery_ms: u64,
+}
+
+struct Sim {
+    rng: Rng,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    nodes: BTreeMap<NodeId, SimNode>,
+    next_id: NodeId,
+    net: Net,
+    clients_on: bool,
+    client_busy: Vec<bool>,
+    next_value: u64,
+    history: Vec<Op>,
+    /// Per history entry: its deadline while it is still open.
+    open: Vec<Option<u64>>,
+    /// Per history entry: it certainly did not take effect (or was a read with no answer).
+    dropped: Vec<bool>,
+    hclock: u64,
+    // Invariant state.
+    leaders: HashMap<Term, NodeId>,
+    committed: HashMap<Index, (Term, u64)>,
+    max_committed: Index,
+    log_entries: HashMap<(Index, Term), (u64, Option<Term>)>,
+    trace: bool,
+    stats: Stats,
+    marker: Option<(NodeId, Index, Term)>,
+    marker_done: bool,
+}
+
+fn digest(payload: &EntryPayload) -> u64 {
+    let mut h = DefaultHasher::new();
+    payload.hash(&mut h);
+    h.finish()
+}
+
+fn encode_put(key: u8, value: u64) -> Bytes {
+    let mut b = Vec::with_capacity(9);
+    b.push(key);
+    b.extend_from_slice(&value.to_le_bytes());
+    b.into()
+}
+
+fn decode_put(data: &[u8]) -> Option<(u8, u64)> {
+    if data.len() != 9 {
+        return None;
+    }
+    Some((data[0], u64::from_le_bytes(data[1..9].try_into().ok()?)))
+}
+
+fn encode_kv(kv: &BTreeMap<u8, u64>) -> Bytes {
+    let mut b = Vec::new();
+    for (k, v) in kv {
+        b.extend_from_slice(&encode_put(*k, *v));
+    }
+    b.into()
+}
+
+fn decode_kv(data: &[u8]) -> Option<BTreeMap<u8, u64>> {
+    data.chunks(9).map(decode_put).collect()
+}
+
+type SimResult<T> = Result<T, String>;
+
+impl Sim {
+    fn new(seed: u64, trace: bool) -> Sim {
+        let mut rng = Rng::new(seed);
+        let members = match rng.range(0, 10) {
+            0..=1 => 1,
+            2..=5 => 3,
+            _ => 5,
+        };
+        let mut sim = Sim {
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes: BTreeMap::new(),
+            next_id: members + 1,
+            net: Net { drop: 0.0, duplicate: 0.0, min_delay: 1, max_delay: 10, blocked: BTreeSet::new() },
+            clients_on: true,
+            client_busy: vec![false; CLIENTS],
+            next_value: 1,
+            history: Vec::new(),
+            open: Vec::new(),
+            dropped: Vec::new(),
+            hclock: 0,
+            leaders: HashMap::new(),
+            committed: HashMap::new(),
+            max_committed: 0,
+            log_entries: HashMap::new(),
+            trace,
+            stats: Stats::default(),
+            marker: None,
+            marker_done: false,
+        };
+        let voters: Vec<(NodeId, Bytes)> = (1..=members).map(|id| (id, Bytes::new())).collect();
+        let initial = InitialState::bootstrap(&voters);
+        for id in 1..=members {
+            let disk = Disk {
+                hard_state: initial.hard_state,
+                snapshot: None,
+                entries: initial.entries.clone(),
+            };
+            sim.add_node(id, disk, initial.clone());
+        }
+        for c in 0..CLIENTS {
+            let at = sim.rng.range(0, 100);
+            sim.schedule(at, Event::Client(c));
+        }
+        sim.schedule(100, Event::Nemesis);
+        sim.schedule(100, Event::Sweep);
+        sim
+    }
+
+    fn config(&mut self, id: NodeId) -> Config {
+        let mut cfg = Config::new(id);
+        cfg.seed = self.rng.next_u64();
+        cfg.max_inflight_msgs = self.rng.range(1, 8) as usize;
+        cfg.max_msg_bytes = self.rng.range(9, 200) as usize;
+        cfg
+    }
+
+    fn add_node(&mut self, id: NodeId, disk: Disk, initial: InitialState) {
+        let cfg = self.config(id);
+        let raw = RawNode::new(Raft::new(cfg, initial).expect("valid simulator config"));
+        let compact_every = self.rng.range(5, 60);
+        self.nodes.insert(
+            id,
+            SimNode {
+                raw: Some(raw),
+                disk,
+                kv: BTreeMap::new(),
+                applied: 0,
+                seen_commit: 0,
+                writes: Vec::new(),
+                reads: Vec::new(),
+                compact_every,
+            },
+        );
+        let phase = self.rng.range(1, TICK_MS + 1);
+        self.schedule(phase, Event::Tick(id));
+    }
+
+    fn schedule(&mut self, after: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled { at: self.now + after, seq: self.seq, event }));
+    }
+
+    fn log(&self, what: impl FnOnce() -> String) {
+        if self.trace {
+            println!("{:>6}ms {}", self.now, what());
+        }
+    }
+
+    fn live(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, n)| n.raw.is_some()).map(|(id, _)| *id).collect()
+    }
+
+    fn crashed(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, n)| n.raw.is_none()).map(|(id, _)| *id).collect()
+    }
+
+    /// The live leader with the highest term.
+    fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, n)| n.raw.as_ref().map(|r| (*id, r)))
+            .filter(|(_, r)| r.raft.role() == Role::Leader)
+            .max_by_key(|(_, r)| r.raft.term())
+            .map(|(id, _)| id)
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
+        if items.is_empty() {
+            None
+        } else {
+            Some(items[self.rng.range(0, items.len() as u64) as usize])
+        }
+    }
+
+    // ----- the event loop -----
+
+    fn run_until(&mut self, end: u64, mut done: impl FnMut(&Sim) -> bool) -> SimResult<bool> {
+        let mut steps = 0u64;
+        while let Some(Reverse(next)) = self.queue.peek() {
+            if next.at > end {
+                break;
+            }
+            steps += 1;
+            if steps > 5_000_000 {
+                return Err("event budget exhausted".into());
+            }
+            let Some(Reverse(item)) = self.queue.pop() else { break };
+            self.now = item.at;
+            self.stats.events += 1;
+            self.handle(item.event)?;
+            if done(self) {
+                return Ok(true);
+            }
+        }
+        self.now = self.now.max(end);
+        Ok(false)
+    }
+
+    fn handle(&mut self, event: Event) -> SimResult<()> {
+        match event {
+            Event::Tick(id) => {
+                if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
+                    raw.tick();
+                    self.process(id)?;
+                }
+                if self.nodes.contains_key(&id) {
+                    self.schedule(TICK_MS, Event::Tick(id));
+                }
+            }
+            Event::Deliver(m) => {
+                if self.net.blocked.contains(&(m.from, m.to)) {
+                    return Ok(());
+                }
+                let to = m.to;
+                if let Some(raw) = self.nodes.get_mut(&to).and_then(|n| n.raw.as_mut()) {
+                    raw.step(m);
+                    self.process(to)?;
+                }
+            }
+            Event::Client(c) => self.client_op(c)?,
+            Event::Nemesis => {
+                self.nemesis()?;
+                let after = self.rng.range(30, 400);
+                self.schedule(after, Event::Nemesis);
+            }
+            Event::Sweep => {
+                self.sweep();
+                self.schedule(100, Event::Sweep);
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, m: Message) {
+        if self.net.blocked.contains(&(m.from, m.to)) || self.rng.chance(self.net.drop) {
+            return;
+        }
+        if self.rng.chance(self.net.duplicate) {
+            let delay = self.rng.range(self.net.min_delay, self.net.max_delay + 1);
+            self.schedule(delay, Event::Deliver(m.clone()));
+        }
+        let delay = self.rng.range(self.net.min_delay, self.net.max_delay + 1);
+        self.schedule(delay, Event::Deliver(m));
+    }
+
+    /// Runs a member's Ready loop: persist, send, apply, advance — checking invariants.
+    fn process(&mut self, id: NodeId) -> SimResult<()> {
+        for _ in 0..1000 {
+            let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+            let Some(raw) = node.raw.as_mut() else { return Ok(()) };
+            if !raw.has_ready() {
+                return Ok(());
+            }
+            let rd = raw.ready();
+            let term = raw.raft.term();
+            if let Some(ss) = rd.soft_state {
+                if ss.role == Role::Leader {
+                    self.stats.elections += 1;
+                    self.log(|| format!("n{id} leader of term {term}"));
+                    self.check_new_leader(id, term)?;
+                }
+            }
+            self.check_appended(id, &rd.entries)?;
+            let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
+            let old = node.disk.hard_state;
+            node.disk.persist(&rd);
+            let new = node.disk.hard_state;
+            if new.term < old.term || new.commit < old.commit || (new.term == old.term && old.vote.is_some() && new.vote != old.vote) {
+                return Err(format!("n{id}: durable state went backwards: {old:?} -> {new:?}"));
+            }
+            for m in rd.messages {
+                self.send(m);
+            }
+            if let Some(snapshot) = &rd.snapshot {
+                self.install_snapshot(id, snapshot)?;
+            }
+            for entry in &rd.committed_entries {
+                self.apply(id, entry)?;
+            }
+            let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
+            for rs in &rd.read_states {
+                if let Some(r) = node.reads.iter_mut().find(|r| r.op as u64 == rs.ctx) {
+                    r.index = Some(rs.index);
+                }
+            }
+            let aborted: Vec<usize> = rd.aborted_reads.iter().map(|c| *c as usize).collect();
+            node.reads.retain(|r| !aborted.contains(&r.op));
+            let Some(raw) = node.raw.as_mut() else { return Ok(()) };
+            raw.advance();
+            for op in aborted {
+                self.fail_op(op);
+            }
+            self.serve_reads(id);
+            self.record_commits(id)?;
+            self.maybe_compact(id);
+        }
+        Err(format!("n{id}: Ready loop did not settle"))
+    }
+
+    fn install_snapshot(&mut self, id: NodeId, snapshot: &Snapshot) -> SimResult<()> {
+        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        if let Some((t, _)) = self.committed.get(&index) {
+            if *t != term {
+                return Err(format!("n{id}: snapshot at {index} has term {term}, committed entry has {t}"));
+            }
+        }
+        let kv = decode_kv(&snapshot.data).ok_or("undecodable snapshot")?;
+        let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
+        if index < node.applied {
+            return Err(format!("n{id}: snapshot at {index} behind applied {}", node.applied));
+        }
+        node.kv = kv;
+        node.applied = index;
+        node.seen_commit = node.seen_commit.max(index);
+        self.stats.snapshots_installed += 1;
+        self.log(|| format!("n{id} installed snapshot at {index}"));
+        Ok(())
+    }
+
+    /// State machine safety: every member applies the same entry at each index, in order.
+    fn apply(&mut self, id: NodeId, entry: &Entry) -> SimResult<()> {
+        let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
+        if entry.index != node.applied + 1 {
+            return Err(format!("n{id}: applied {} after {}", entry.index, node.applied));
+        }
+        let d = digest(&entry.payload);
+        match self.committed.get(&entry.index) {
+            Some(&(t, h)) if (t, h) != (entry.term, d) => {
+                return Err(format!("state machine safety: n{id} applied {entry:?} but ({t}, {h:x}) was committed there"));
+            }
+            _ => {}
+        }
+        self.committed.insert(entry.index, (entry.term, d));
+        self.max_committed = self.max_committed.max(entry.index);
+        node.applied = entry.index;
+        if let EntryPayload::Command(data) = &entry.payload {
+            let (key, value) = decode_put(data).ok_or("undecodable command")?;
+            node.kv.insert(key, value);
+        }
+        // Complete (or fail) the write proposed at this index on this member.
+        let mut finished = Vec::new();
+        node.writes.retain(|w| {
+            if w.index == entry.index {
+                finished.push((w.op, w.term == entry.term));
+                false
+            } else {
+                true
+            }
+        });
+        for (op, ok) in finished {
+            if ok {
+                self.complete_op(op, RegisterOutput::Written);
+            } else {
+                self.fail_op(op);
+            }
+        }
+        if let Some((n, index, term)) = self.marker {
+            if n == id && index == entry.index {
+                self.marker = None;
+                self.marker_done = term == entry.term;
+            }
+        }
+        Ok(())
+    }
+
+    fn serve_reads(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        let applied = node.applied;
+        let mut done = Vec::new();
+        node.reads.retain(|r| match r.index {
+            Some(index) if index <= applied => {
+                done.push((r.op, node.kv.get(&r.key).copied()));
+                false
+            }
+            _ => true,
+        });
+        for (op, value) in done {
+            self.complete_op(op, RegisterOutput::Value(value));
+        }
+    }
+
+    /// Monotonic commit, and the record of committed entries.
+    fn record_commits(&mut self, id: NodeId) -> SimResult<()> {
+        let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
+        let Some(raw) = node.raw.as_ref() else { return Ok(()) };
+        let commit = raw.raft.commit_index();
+        if commit < node.seen_commit {
+            return Err(format!("n{id}: commit index went back from {} to {commit}", node.seen_commit));
+        }
+        let mut fresh = Vec::new();
+        for index in (node.seen_commit + 1)..=commit {
+            if let Some(e) = raw.raft.log().entry(index) {
+                fresh.push((index, e.term, digest(&e.payload)));
+            }
+        }
+        node.seen_commit = commit;
+        for (index, term, d) in fresh {
+            if let Some(&(t, h)) = self.committed.get(&index) {
+                if (t, h) != (term, d) {
+                    return Err(format!("n{id} committed ({index}, {term}) where ({index}, {t}) was committed"));
+                }
+            }
+            self.committed.insert(index, (term, d));
+            self.max_committed = self.max_committed.max(index);
+        }
+        Ok(())
+    }
+
+    /// Log matching: an entry with a given index and term has the same payload everywhere and
+    /// the same predecessor term, so logs that share an entry share all that precedes it.
+    fn check_appended(&mut self, id: NodeId, entries: &[Entry]) -> SimResult<()> {
+        let Some(raw) = self.nodes.get(&id).and_then(|n| n.raw.as_ref()) else { return Ok(()) };
+        let log = raw.raft.log();
+        let mut checks = Vec::with_capacity(entries.len());
+        for e in entries {
+            let prev = if e.index > 1 { log.term(e.index - 1) } else { Some(0) };
+            checks.push(((e.index, e.term), (digest(&e.payload), prev)));
+        }
+        for (key, (d, prev)) in checks {
+            match self.log_entries.get(&key) {
+                Some(&(d0, prev0)) => {
+                    if d0 != d || (prev.is_some() && prev0.is_some() && prev != prev0) {
+                        return Err(format!("log matching: n{id} holds {key:?} differing from another member's"));
+                    }
+                    if prev0.is_none() && prev.is_some() {
+                        self.log_entries.insert(key, (d, prev));
+                    }
+                }
+                None => {
+                    self.log_entries.insert(key, (d, prev));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Election safety (one leader per term) and leader completeness (a leader holds every
+    /// committed entry).
+    fn check_new_leader(&mut self, id: NodeId, term: Term) -> SimResult<()> {
+        if let Some(other) = self.leaders.insert(term, id) {
+            if other != id {
+                return Err(format!("election safety: n{other} and n{id} both leaders of term {term}"));
+            }
+        }
+        self.check_completeness(id)
+    }
+
+    fn check_completeness(&self, id: NodeId) -> SimResult<()> {
+        let Some(raw) = self.nodes.get(&id).and_then(|n| n.raw.as_ref()) else { return Ok(()) };
+        let log = raw.raft.log();
+        let base = log.base().index;
+        for index in base..=self.max_committed {
+            let Some(&(term, d)) = self.committed.get(&index) else { continue };
+            let ok = if index == base {
+                log.term(index) == Some(term)
+            } else {
+                log.entry(index).is_some_and(|e| e.term == term && digest(&e.payload) == d)
+            };
+            if !ok {
+                return Err(format!(
+                    "leader completeness: n{id} (term {}) lacks committed entry {index} of term {term}",
+                    raw.raft.term()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_compact(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        let Some(raw) = node.raw.as_mut() else { return };
+        let base = raw.raft.log().base().index;
+        if raw.raft.applied_index() >= base + node.compact_every {
+            if let Ok(meta) = raw.raft.compact(encode_kv(&node.kv)) {
+                let data = encode_kv(&node.kv);
+                node.disk.compact(Snapshot { meta, data });
+            }
+        }
+    }
+
+    // ----- clients -----
+
+    fn clock(&mut self) -> u64 {
+        self.hclock += 1;
+        self.hclock
+    }
+
+    fn client_op(&mut self, client: usize) -> SimResult<()> {
+        if !self.clients_on || self.client_busy[client] {
+            return Ok(());
+        }
+        let leaders: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.raw.as_ref().is_some_and(|r| r.raft.role() == Role::Leader))
+            .map(|(id, _)| *id)
+            .collect();
+        let target = if !leaders.is_empty() && self.rng.chance(0.8) { self.pick(&leaders) } else { self.pick(&self.live()) };
+        let key = self.rng.range(0, KEYS as u64) as u8;
+        let write = self.rng.chance(0.5);
+        let op = self.history.len();
+        let accepted = match target.and_then(|id| self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut())) {
+            None => false,
+            Some(raw) if write => {
+                let value = self.next_value;
+                match raw.raft.propose(encode_put(key, value)) {
+                    Ok((index, term)) => {
+                        self.next_value += 1;
+                        let call = self.hclock + 1;
+                        self.history.push(Op {
+                            client: client as u64,
+                            input: RegisterInput::Write { key, value },
+                            output: None,
+                            call,
+                            ret: None,
+                        });
+                        let node = self.nodes.get_mut(&target.unwrap_or_default()).ok_or("node vanished")?;
+                        node.writes.push(PendingWrite { op, index, term });
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            Some(raw) => match raw.raft.read_index(op as u64) {
+                Ok(()) => {
+                    let call = self.hclock + 1;
+                    self.history.push(Op {
+                        client: client as u64,
+                        input: RegisterInput::Read { key },
+                        output: None,
+                        call,
+                        ret: None,
+                    });
+                    let node = self.nodes.get_mut(&target.unwrap_or_default()).ok_or("node vanished")?;
+                    node.reads.push(PendingRead { op, key, index: None });
+                    true
+                }
+                Err(_) => false,
+            },
+        };
+        if accepted {
+            self.clock();
+            self.open.push(Some(self.now + OP_TIMEOUT_MS));
+            self.dropped.push(false);
+            self.client_busy[client] = true;
+            if let Some(id) = target {
+                self.process(id)?;
+            }
+        } else {
+            let after = self.rng.range(5, 30);
+            self.schedule(after, Event::Client(client));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, op: usize) -> bool {
+        if self.open.get(op).copied().flatten().is_none() {
+            return false;
+        }
+        self.open[op] = None;
+        let client = self.history[op].client as usize;
+        self.client_busy[client] = false;
+        let after = self.rng.range(0, 30);
+        self.schedule(after, Event::Client(client));
+        true
+    }
+
+    fn complete_op(&mut self, op: usize, output: RegisterOutput) {
+        if self.finish(op) {
+            let t = self.clock();
+            self.history[op].output = Some(output);
+            self.history[op].ret = Some(t);
+        }
+    }
+
+    /// The operation certainly did not take effect: it leaves the history.
+    fn fail_op(&mut self, op: usize) {
+        if self.finish(op) {
+            self.dropped[op] = true;
+        }
+    }
+
+    /// The outcome is unknown: a write may have happened or not; a read is dropped.
+    fn unknown_op(&mut self, op: usize) {
+        if self.finish(op) {
+            self.stats.unknown += 1;
+            self.history[op].ret = None;
+            self.history[op].output = None;
+            // A read without an answer had no effect and tells nothing.
+            self.dropped[op] = matches!(self.history[op].input, RegisterInput::Read { .. });
+        }
+    }
+
+    /// Times out operations past their deadline.
+    fn sweep(&mut self) {
+        let overdue: Vec<usize> = (0..self.history.len())
+            .filter(|op| self.open[*op].is_some_and(|deadline| deadline <= self.now))
+            .collect();
+        for op in overdue {
+            for node in self.nodes.values_mut() {
+                node.writes.retain(|w| w.op != op);
+                node.reads.retain(|r| r.op != op);
+            }
+            self.unknown_op(op);
+        }
+    }
+
+    // ----- faults -----
+
+    fn crash(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        if node.raw.take().is_none() {
+            return;
+        }
+        let ops: Vec<usize> = node.writes.drain(..).map(|w| w.op).chain(node.reads.drain(..).map(|r| r.op)).collect();
+        self.stats.crashes += 1;
+        self.log(|| format!("n{id} crashed"));
+        for op in ops {
+            self.unknown_op(op);
+        }
+    }
+
+    fn restart(&mut self, id: NodeId) -> SimResult<()> {
+        let mut cfg = self.config(id);
+        cfg.seed = self.rng.next_u64();
+        let node = self.nodes.get_mut(&id).ok_or("no such node")?;
+        if node.raw.is_some() {
+            return Ok(());
+        }
+        let disk = &node.disk;
+        let initial = InitialState::restart(disk.hard_state, disk.snapshot.clone(), disk.entries.clone());
+        node.kv = match &disk.snapshot {
+            Some(s) => decode_kv(&s.data).ok_or("undecodable snapshot on disk")?,
+            None => BTreeMap::new(),
+        };
+        node.applied = initial.applied;
+        node.seen_commit = initial.hard_state.commit.max(initial.applied);
+        node.raw = Some(RawNode::new(Raft::new(cfg, initial).map_err(|e| e.to_string())?));
+        self.log(|| format!("n{id} restarted"));
+        self.process(id)
+    }
+
+    fn nemesis(&mut self) -> SimResult<()> {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let action = self.rng.range(0, 100);
+        match action {
+            0..=11 => {
+                // A random split into two sides.
+                self.net.blocked.clear();
+                let side: Vec<NodeId> = ids.iter().copied().filter(|_| self.rng.chance(0.4)).collect();
+                for a in &ids {
+                    for b in &ids {
+                        if side.contains(a) != side.contains(b) {
+                            self.net.blocked.insert((*a, *b));
+                        }
+                    }
+                }
+                self.log(|| format!("partition {side:?} | rest"));
+            }
+            12..=19 => {
+                // One-way loss between a few pairs.
+                for _ in 0..self.rng.range(1, 4) {
+                    if let (Some(a), Some(b)) = (self.pick(&ids), self.pick(&ids)) {
+                        if a != b {
+                            self.net.blocked.insert((a, b));
+                            self.log(|| format!("one-way cut n{a} -> n{b}"));
+                        }
+                    }
+                }
+            }
+            20..=25 => {
+                // Isolate the leader.
+                if let Some(l) = self.leader() {
+                    for other in &ids {
+                        if *other != l {
+                            self.net.blocked.insert((l, *other));
+                            self.net.blocked.insert((*other, l));
+                        }
+                    }
+                    self.log(|| format!("isolate leader n{l}"));
+                }
+            }
+            26..=39 => {
+                self.net.blocked.clear();
+                self.log(|| "heal".into());
+            }
+            40..=49 => {
+                if let Some(id) = self.pick(&self.live()) {
+                    self.crash(id);
+                }
+            }
+            50..=61 => {
+                if let Some(id) = self.pick(&self.crashed()) {
+                    self.restart(id)?;
+                }
+            }
+            62..=69 => self.change_membership()?,
+            70..=75 => {
+                if let Some(l) = self.leader() {
+                    let to = if self.rng.chance(0.5) { None } else { self.pick(&ids) };
+                    if let Some(raw) = self.nodes.get_mut(&l).and_then(|n| n.raw.as_mut()) {
+                        if raw.raft.transfer_leader(to).is_ok() {
+                            self.stats.transfers += 1;
+                            self.log(|| format!("transfer leadership from n{l} to {to:?}"));
+                        }
+                    }
+                    self.process(l)?;
+                }
+            }
+            _ => {
+                let profiles = [(0.0, 0.0, 1, 5), (0.01, 0.01, 1, 20), (0.1, 0.05, 1, 50), (0.3, 0.1, 5, 150)];
+                let p = profiles[self.rng.range(0, profiles.len() as u64) as usize];
+                self.net.drop = p.0;
+                self.net.duplicate = p.1;
+                self.net.min_delay = p.2;
+                self.net.max_delay = p.3;
+                self.log(|| format!("network drop {} dup {} delay {}..{}ms", p.0, p.1, p.2, p.3));
+            }
+        }
+        Ok(())
+    }
+
+    fn change_membership(&mut self) -> SimResult<()> {
+        let Some(l) = self.leader() else { return Ok(()) };
+        let Some(raw) = self.nodes.get(&l).and_then(|n| n.raw.as_ref()) else { return Ok(()) };
+        let conf = raw.raft.conf().clone();
+        let learners: Vec<NodeId> = conf.learners.iter().copied().collect();
+        let members: Vec<NodeId> = conf.voters.union(&conf.learners).copied().collect();
+        let choice = self.rng.range(0, 3);
+        let (kind, node_id) = if choice == 0 && members.len() < MAX_MEMBERS {
+            (ConfChangeKind::AddLearner, self.next_id)
+        } else if choice == 1 && !learners.is_empty() {
+            (ConfChangeKind::Promote, self.pick(&learners).unwrap_or(0))
+        } else if choice == 2 && members.len() > 1 {
+            (ConfChangeKind::Remove, self.pick(&members).unwrap_or(0))
+        } else {
+            return Ok(());
+        };
+        let cc = ConfChange { kind, node_id, context: Bytes::new() };
+        let Some(raw) = self.nodes.get_mut(&l).and_then(|n| n.raw.as_mut()) else { return Ok(()) };
+        if raw.raft.propose_conf_change(cc).is_ok() {
+            self.stats.conf_changes += 1;
+            self.log(|| format!("n{l} proposes {kind:?} n{node_id}"));
+            if kind == ConfChangeKind::AddLearner {
+                self.next_id += 1;
+                self.add_node(node_id, Disk::default(), InitialState::default());
+            }
+        }
+        self.process(l)
+    }
+
+    // ----- phases -----
+
+    /// Faults stop; every member restarts; within `LIVENESS_MS` a leader must commit a new
+    /// entry; then every member must converge.
+    fn heal_and_check(&mut self) -> SimResult<()> {
+        self.clients_on = false;
+        self.net = Net { drop: 0.0, duplicate: 0.0, min_delay: 1, max_delay: 5, blocked: BTreeSet::new() };
+        self.queue.retain_nemesis();
+        for id in self.crashed() {
+            self.restart(id)?;
+        }
+        let healed_at = self.now;
+        self.log(|| "faults stop; every member restarted".into());
+        let deadline = healed_at + LIVENESS_MS;
+        self.marker = None;
+        self.marker_done = false;
+        while self.now < deadline && !self.marker_done {
+            if self.marker.is_none() {
+                if let Some(l) = self.leader() {
+                    if let Some(raw) = self.nodes.get_mut(&l).and_then(|n| n.raw.as_mut()) {
+                        if let Ok((index, term)) = raw.raft.propose(encode_put(MARKER_KEY, 0)) {
+                            self.marker = Some((l, index, term));
+                            self.process(l)?;
+                        }
+                    }
+                }
+            }
+            let until = (self.now + 20).min(deadline);
+            self.run_until(until, |s| s.marker_done)?;
+            // A marker proposed to a leader that lost office is abandoned and proposed again.
+            if let Some((n, _, term)) = self.marker {
+                let gone = self.nodes.get(&n).and_then(|x| x.raw.as_ref()).is_none_or(|r| r.raft.term() != term || r.raft.role() != Role::Leader);
+                if gone {
+                    self.marker = None;
+                }
+            }
+        }
+        if !self.marker_done {
+            return Err(format!("liveness: no commit within {LIVENESS_MS}ms after faults stopped: {}", self.describe()));
+        }
+        self.stats.recovery_ms = self.now - healed_at;
+
+        // Convergence: every member of the leader's configuration applies the same state.
+        let end = self.now + CONVERGENCE_MS;
+        let converged = self.run_until(end, |s| s.converged())?;
+        if !converged && !self.converged() {
+            return Err(format!("convergence: members did not converge within {CONVERGENCE_MS}ms: {}", self.describe()));
+        }
+        if let Some(l) = self.leader() {
+            self.check_completeness(l)?;
+        }
+        Ok(())
+    }
+
+    fn converged(&self) -> bool {
+        let Some(l) = self.leader() else { return false };
+        let Some(raw) = self.nodes.get(&l).and_then(|n| n.raw.as_ref()) else { return false };
+        let commit = raw.raft.commit_index();
+        let conf = raw.raft.conf();
+        let kv = &self.nodes[&l].kv;
+        conf.voters.union(&conf.learners).all(|id| {
+            self.nodes.get(id).is_some_and(|n| {
+                n.raw.as_ref().is_some_and(|r| r.raft.applied_index() == commit) && n.applied == commit && &n.kv == kv
+            })
+        })
+    }
+
+    fn describe(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(id, n)| match &n.raw {
+                Some(r) => format!(
+                    "n{id}: {:?} term {} commit {} applied {} last {} conf {:?}",
+                    r.raft.role(),
+                    r.raft.term(),
+                    r.raft.commit_index(),
+                    n.applied,
+                    r.raft.log().last_index(),
+                    r.raft.conf().voters
+                ),
+                None => format!("n{id}: down"),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn check_history(&mut self) -> SimResult<()> {
+        // Operations still open have an unknown outcome.
+        for op in 0..self.history.len() {
+            if self.open[op].is_some() {
+                self.unknown_op(op);
+            }
+        }
+        let ops: Vec<Op> =
+            self.history.iter().zip(&self.dropped).filter(|(_, dropped)| !**dropped).map(|(o, _)| o.clone()).collect();
+        self.stats.ops = ops.len();
+        self.stats.ok_writes =
+            ops.iter().filter(|o| matches!(o.input, RegisterInput::Write { .. }) && o.output.is_some()).count();
+        self.stats.ok_reads = ops.iter().filter(|o| matches!(o.input, RegisterInput::Read { .. })).count();
+        match check_registers(&ops, 2_000_000) {
+            Verdict::Linearizable => Ok(()),
+            Verdict::Violation { partition, operations } => {
+                Err(format!("linearizability: key {partition} has no sequential order:\n  {}", operations.join("\n  ")))
+            }
+            // The search budget is generous for these small histories; exceeding it is a
+            // finding too (it should not happen), so it fails the seed.
+            Verdict::Unknown { partition } => Err(format!("linearizability check of key {partition} exceeded its budget")),
+        }
+    }
+}
+
+trait RetainNemesis {
+    fn retain_nemesis(&mut self);
+}
+
+impl RetainNemesis for BinaryHeap<Reverse<Scheduled>> {
+    /// Drops the scheduled fault and client events; keeps ticks and messages in flight.
+    fn retain_nemesis(&mut self) {
+        self.retain(|Reverse(s)| !matches!(s.event, Event::Nemesis | Event::Client(_)));
+    }
+}
+
+fn run_seed(seed: u64, trace: bool) -> SimResult<Stats> {
+    let mut sim = Sim::new(seed, trace);
+    let chaos_ms = sim.rng.range(1_000, 4_000);
+    sim.run_until(chaos_ms, |_| false)?;
+    sim.heal_and_check()?;
+    sim.check_history()?;
+    Ok(sim.stats)
+}
+
+fn run_seed_catching(seed: u64, trace: bool) -> SimResult<Stats> {
+    match std::panic::catch_unwind(|| run_seed(seed, trace)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("panic: {what}"))
+        }
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn simulate_seeds() {
+    let trace = std::env::var("SIM_TRACE").is_ok_and(|v| v == "1");
+    if let Some(seed) = env_u64("SIM_SEED") {
+        match run_seed_catching(seed, trace) {
+            Ok(stats) => println!("seed {seed} ok: {stats:?}"),
+            Err(e) => panic!("seed {seed} failed: {e}"),
+        }
+        return;
+    }
+    let count = env_u64("SIM_SEEDS").unwrap_or(2_000);
+    let start = env_u64("SIM_START").unwrap_or(0);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8) as u64;
+    let began = Instant::now();
+    let results: Vec<(u64, SimResult<Stats>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    let mut out = Vec::new();
+                    let mut seed = start + t;
+                    while seed < start + count {
+                        out.push((seed, run_seed_catching(seed, false)));
+                        seed += threads;
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let mut failures: Vec<(u64, String)> = Vec::new();
+    let mut total = Stats::default();
+    let mut worst_recovery = 0;
+    for (seed, r) in &results {
+        match r {
+            Ok(s) => {
+                total.events += s.events;
+                total.ops += s.ops;
+                total.ok_writes += s.ok_writes;
+                total.ok_reads += s.ok_reads;
+                total.unknown += s.unknown;
+                total.elections += s.elections;
+                total.crashes += s.crashes;
+                total.conf_changes += s.conf_changes;
+                total.transfers += s.transfers;
+                total.snapshots_installed += s.snapshots_installed;
+                worst_recovery = worst_recovery.max(s.recovery_ms);
+            }
+            Err(e) => failures.push((*seed, e.clone())),
+        }
+    }
+    println!(
+        "simulated {} seeds from {start} in {:.1}s: {} events, {} checked ops ({} writes acked, {} reads, {} unknown), \
+         {} elections, {} crashes, {} membership changes, {} transfers, {} snapshots installed; \
+         slowest recovery after faults stopped: {worst_recovery}ms",
+        results.len(),
+        began.elapsed().as_secs_f64(),
+        total.events,
+        total.ops,
+        total.ok_writes,
+        total.ok_reads,
+        total.unknown,
+        total.elections,
+        total.crashes,
+        total.conf_changes,
+        total.transfers,
+        total.snapshots_installed,
+    );
+    assert_eq!(results.len() as u64, count, "every seed ran");
+    if !failures.is_empty() {
+        failures.sort();
+        for (seed, e) in failures.iter().take(10) {
+            println!("seed {seed} FAILED: {e}");
+            println!("  replay: SIM_SEED={seed} SIM_TRACE=1 cargo test --release --test sim -- --nocapture");
+        }
+        panic!("{} of {count} seeds failed; first: {}", failures.len(), failures[0].0);
+    }
+}
