@@ -252,6 +252,9 @@ impl Raft {
             }
             // A transfer that did not finish within an election timeout is abandoned.
             self.lead_transferee = None;
+            if !self.conf.voters.contains(&self.cfg.id) {
+                self.hand_off_leadership();
+            }
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_interval_ticks {
             self.heartbeat_elapsed = 0;
@@ -275,6 +278,12 @@ impl Raft {
         let result = self.propose_entry(EntryPayload::ConfChange(cc))?;
         self.pending_conf_index = result.0;
         Ok(result)
+    }
+
+    /// A leader that is no longer a voter transfers leadership to a remaining voter.
+    fn hand_off_leadership(&mut self) {
+        // Cannot fail: the last voter can never be removed, and we are the leader.
+        let _ = self.transfer_leader(None);
     }
 
     fn check_leader(&self) -> Result<(), ProposeError> {
@@ -866,12 +875,6 @@ impl Raft {
             return;
         }
         let me = self.cfg.id;
-        if !self.conf.voters.contains(&me) {
-            // A leader removed (or demoted) steps down once the change applies.
-            let term = self.term;
-            self.become_follower(term, None);
-            return;
-        }
         let next = self.log.last_index() + 1;
         let members: BTreeSet<NodeId> = self.conf.voters.union(&self.conf.learners).copied().collect();
         self.progress.retain(|id, _| members.contains(id));
@@ -884,6 +887,13 @@ impl Raft {
         }
         if self.lead_transferee.is_some_and(|id| !self.conf.voters.contains(&id)) {
             self.lead_transferee = None;
+        }
+        if !self.conf.voters.contains(&me) {
+            // A leader that applied its own removal does not just step down: the remaining
+            // voters may not yet know the removal is committed, and may need the vote of this
+            // member, whose log is the most complete, to elect anyone. It stops taking
+            // proposals and hands leadership to the most caught-up remaining voter.
+            self.hand_off_leadership();
         }
         // A smaller quorum may commit more now; and ReadIndex quorums changed.
         if self.maybe_commit() {

@@ -27,7 +27,7 @@ use kuberaft::raft::*;
 
 const TICK_MS: u64 = 10;
 const KEYS: u8 = 3;
-const CLIENTS: usize = 3;
+const CLIENTS: usize = 4;
 const OP_TIMEOUT_MS: u64 = 1_000;
 /// Liveness: after faults stop, a leader commits within this (10 maximum election timeouts).
 const LIVENESS_MS: u64 = 3_000;
@@ -243,11 +243,7 @@ impl Sim {
         let voters: Vec<(NodeId, Bytes)> = (1..=members).map(|id| (id, Bytes::new())).collect();
         let initial = InitialState::bootstrap(&voters);
         for id in 1..=members {
-            let disk = Disk {
-                hard_state: initial.hard_state,
-                snapshot: None,
-                entries: initial.entries.clone(),
-            };
+            let disk = Disk { hard_state: initial.hard_state, snapshot: None, entries: initial.entries.clone() };
             sim.add_node(id, disk, initial.clone());
         }
         for c in 0..CLIENTS {
@@ -418,7 +414,10 @@ impl Sim {
             let old = node.disk.hard_state;
             node.disk.persist(&rd);
             let new = node.disk.hard_state;
-            if new.term < old.term || new.commit < old.commit || (new.term == old.term && old.vote.is_some() && new.vote != old.vote) {
+            if new.term < old.term
+                || new.commit < old.commit
+                || (new.term == old.term && old.vote.is_some() && new.vote != old.vote)
+            {
                 return Err(format!("n{id}: durable state went backwards: {old:?} -> {new:?}"));
             }
             for m in rd.messages {
@@ -479,7 +478,9 @@ impl Sim {
         let d = digest(&entry.payload);
         match self.committed.get(&entry.index) {
             Some(&(t, h)) if (t, h) != (entry.term, d) => {
-                return Err(format!("state machine safety: n{id} applied {entry:?} but ({t}, {h:x}) was committed there"));
+                return Err(format!(
+                    "state machine safety: n{id} applied {entry:?} but ({t}, {h:x}) was committed there"
+                ));
             }
             _ => {}
         }
@@ -648,7 +649,8 @@ impl Sim {
             .filter(|(_, n)| n.raw.as_ref().is_some_and(|r| r.raft.role() == Role::Leader))
             .map(|(id, _)| *id)
             .collect();
-        let target = if !leaders.is_empty() && self.rng.chance(0.8) { self.pick(&leaders) } else { self.pick(&self.live()) };
+        let target =
+            if !leaders.is_empty() && self.rng.chance(0.8) { self.pick(&leaders) } else { self.pick(&self.live()) };
         let key = self.rng.range(0, KEYS as u64) as u8;
         let write = self.rng.chance(0.5);
         let op = self.history.len();
@@ -746,9 +748,8 @@ impl Sim {
 
     /// Times out operations past their deadline.
     fn sweep(&mut self) {
-        let overdue: Vec<usize> = (0..self.history.len())
-            .filter(|op| self.open[*op].is_some_and(|deadline| deadline <= self.now))
-            .collect();
+        let overdue: Vec<usize> =
+            (0..self.history.len()).filter(|op| self.open[*op].is_some_and(|deadline| deadline <= self.now)).collect();
         for op in overdue {
             for node in self.nodes.values_mut() {
                 node.writes.retain(|w| w.op != op);
@@ -933,14 +934,21 @@ impl Sim {
             self.run_until(until, |s| s.marker_done)?;
             // A marker proposed to a leader that lost office is abandoned and proposed again.
             if let Some((n, _, term)) = self.marker {
-                let gone = self.nodes.get(&n).and_then(|x| x.raw.as_ref()).is_none_or(|r| r.raft.term() != term || r.raft.role() != Role::Leader);
+                let gone = self
+                    .nodes
+                    .get(&n)
+                    .and_then(|x| x.raw.as_ref())
+                    .is_none_or(|r| r.raft.term() != term || r.raft.role() != Role::Leader);
                 if gone {
                     self.marker = None;
                 }
             }
         }
         if !self.marker_done {
-            return Err(format!("liveness: no commit within {LIVENESS_MS}ms after faults stopped: {}", self.describe()));
+            return Err(format!(
+                "liveness: no commit within {LIVENESS_MS}ms after faults stopped: {}",
+                self.describe()
+            ));
         }
         self.stats.recovery_ms = self.now - healed_at;
 
@@ -948,7 +956,10 @@ impl Sim {
         let end = self.now + CONVERGENCE_MS;
         let converged = self.run_until(end, |s| s.converged())?;
         if !converged && !self.converged() {
-            return Err(format!("convergence: members did not converge within {CONVERGENCE_MS}ms: {}", self.describe()));
+            return Err(format!(
+                "convergence: members did not converge within {CONVERGENCE_MS}ms: {}",
+                self.describe()
+            ));
         }
         if let Some(l) = self.leader() {
             self.check_completeness(l)?;
@@ -1008,7 +1019,9 @@ impl Sim {
             }
             // The search budget is generous for these small histories; exceeding it is a
             // finding too (it should not happen), so it fails the seed.
-            Verdict::Unknown { partition } => Err(format!("linearizability check of key {partition} exceeded its budget")),
+            Verdict::Unknown { partition } => {
+                Err(format!("linearizability check of key {partition} exceeded its budget"))
+            }
         }
     }
 }
@@ -1026,7 +1039,7 @@ impl RetainNemesis for BinaryHeap<Reverse<Scheduled>> {
 
 fn run_seed(seed: u64, trace: bool) -> SimResult<Stats> {
     let mut sim = Sim::new(seed, trace);
-    let chaos_ms = sim.rng.range(1_000, 4_000);
+    let chaos_ms = sim.rng.range(1_000, 8_000);
     sim.run_until(chaos_ms, |_| false)?;
     sim.heal_and_check()?;
     sim.check_history()?;
