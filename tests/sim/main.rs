@@ -259,7 +259,8 @@ impl Sim {
         let mut cfg = Config::new(id);
         cfg.seed = self.rng.next_u64();
         cfg.max_inflight_msgs = self.rng.range(1, 8) as usize;
-        cfg.max_msg_bytes = self.rng.range(9, 200) as usize;
+        // Often one entry per message, so that appends split and arrive partly.
+        cfg.max_msg_bytes = self.rng.range(1, 100) as usize;
         cfg
     }
 
@@ -838,8 +839,14 @@ impl Sim {
                 self.net.blocked.clear();
                 self.log(|| "heal".into());
             }
-            40..=49 => {
+            40..=45 => {
                 if let Some(id) = self.pick(&self.live()) {
+                    self.crash(id);
+                }
+            }
+            46..=49 => {
+                // Crash the leader, often right after it was elected (Figure 8 of the paper).
+                if let Some(id) = self.leader() {
                     self.crash(id);
                 }
             }
