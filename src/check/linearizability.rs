@@ -37,9 +37,14 @@ pub struct Operation<I, O> {
 pub enum Verdict {
     Linearizable,
     /// The sub-history of one partition that no sequential order explains.
-    Violation { partition: String, operations: Vec<String> },
+    Violation {
+        partition: String,
+        operations: Vec<String>,
+    },
     /// The search exceeded its budget; nothing was proven either way.
-    Unknown { partition: String },
+    Unknown {
+        partition: String,
+    },
 }
 
 const NIL: usize = usize::MAX;
@@ -195,10 +200,19 @@ pub struct RegisterModel<K>(std::marker::PhantomData<K>);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RegisterInput<K> {
-    Write { key: K, value: u64 },
-    Read { key: K },
+    Write {
+        key: K,
+        value: u64,
+    },
+    Read {
+        key: K,
+    },
     /// Succeeds, writing `new`, iff the current value is `expect`.
-    Cas { key: K, expect: Option<u64>, new: u64 },
+    Cas {
+        key: K,
+        expect: Option<u64>,
+        new: u64,
+    },
 }
 
 impl<K> RegisterInput<K> {
@@ -225,7 +239,12 @@ impl<K: Clone + Debug> Model for RegisterModel<K> {
         None
     }
 
-    fn step(&self, state: &Option<u64>, input: &RegisterInput<K>, output: Option<&RegisterOutput>) -> Option<Option<u64>> {
+    fn step(
+        &self,
+        state: &Option<u64>,
+        input: &RegisterInput<K>,
+        output: Option<&RegisterOutput>,
+    ) -> Option<Option<u64>> {
         match (input, output) {
             (RegisterInput::Write { value, .. }, _) => Some(Some(*value)),
             (RegisterInput::Read { .. }, None) => Some(*state),
@@ -243,7 +262,10 @@ impl<K: Clone + Debug> Model for RegisterModel<K> {
 }
 
 /// Checks a history of register operations, per key.
-pub fn check_registers<K: Clone + Debug + Ord>(ops: &[Operation<RegisterInput<K>, RegisterOutput>], budget: u64) -> Verdict {
+pub fn check_registers<K: Clone + Debug + Ord>(
+    ops: &[Operation<RegisterInput<K>, RegisterOutput>],
+    budget: u64,
+) -> Verdict {
     check_partitioned(&RegisterModel::<K>(std::marker::PhantomData), ops, |input| input.key().clone(), budget)
 }
 
@@ -259,7 +281,13 @@ mod tests {
     }
 
     fn read(client: u64, key: &'static str, seen: Option<u64>, call: u64, ret: u64) -> Op {
-        Operation { client, input: RegisterInput::Read { key }, output: Some(RegisterOutput::Value(seen)), call, ret: Some(ret) }
+        Operation {
+            client,
+            input: RegisterInput::Read { key },
+            output: Some(RegisterOutput::Value(seen)),
+            call,
+            ret: Some(ret),
+        }
     }
 
     const BUDGET: u64 = 1_000_000;
@@ -314,11 +342,7 @@ mod tests {
         let too_early = vec![read(2, "x", Some(1), 0, 10), write(1, "x", 1, 20, None)];
         assert!(matches!(check_registers(&too_early, BUDGET), Verdict::Violation { .. }));
         // Nor flicker: seen, then unseen, then seen again is impossible.
-        let flicker = vec![
-            write(1, "x", 1, 0, None),
-            read(2, "x", Some(1), 10, 20),
-            read(2, "x", None, 30, 40),
-        ];
+        let flicker = vec![write(1, "x", 1, 0, None), read(2, "x", Some(1), 10, 20), read(2, "x", None, 30, 40)];
         assert!(matches!(check_registers(&flicker, BUDGET), Verdict::Violation { .. }));
     }
 
@@ -331,7 +355,8 @@ mod tests {
             call,
             ret: Some(ret),
         };
-        let good = vec![write(1, "x", 1, 0, Some(5)), cas(2, Some(1), 2, true, 6, 10), cas(3, Some(1), 3, false, 11, 15)];
+        let good =
+            vec![write(1, "x", 1, 0, Some(5)), cas(2, Some(1), 2, true, 6, 10), cas(3, Some(1), 3, false, 11, 15)];
         assert_eq!(check_registers(&good, BUDGET), Verdict::Linearizable);
         let bad = vec![write(1, "x", 1, 0, Some(5)), cas(2, Some(1), 2, true, 6, 10), cas(3, Some(1), 3, true, 11, 15)];
         assert!(matches!(check_registers(&bad, BUDGET), Verdict::Violation { .. }));
