@@ -47,6 +47,9 @@ pub enum Verdict {
     },
 }
 
+/// An operation of model `M`'s history.
+pub type OperationOf<M> = Operation<<M as Model>::Input, <M as Model>::Output>;
+
 const NIL: usize = usize::MAX;
 
 #[derive(Clone, Copy)]
@@ -167,7 +170,7 @@ where
     M: Model,
     K: Ord + Debug,
 {
-    let mut parts: BTreeMap<K, Vec<Operation<M::Input, M::Output>>> = BTreeMap::new();
+    let mut parts: BTreeMap<K, Vec<OperationOf<M>>> = BTreeMap::new();
     for op in ops {
         parts.entry(partition(&op.input)).or_default().push(op.clone());
     }

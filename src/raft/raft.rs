@@ -520,11 +520,8 @@ impl Raft {
                 self.leader = Some(m.from);
                 self.handle_snapshot(m.from, snapshot);
             }
-            MessageBody::TimeoutNow => {
-                if self.promotable() {
-                    self.campaign(Campaign::Transfer);
-                }
-            }
+            // campaign() itself refuses when this member may not campaign (not a voter).
+            MessageBody::TimeoutNow => self.campaign(Campaign::Transfer),
             _ => {}
         }
     }
