@@ -17,6 +17,8 @@ pub struct RaftLog {
     pub(crate) stable: Index,
     /// A snapshot received from the leader that the host has not yet installed.
     pub(crate) pending_snapshot: Option<Snapshot>,
+    /// Set when a conflict removed entries; the owner clears it after looking.
+    pub(crate) truncated: bool,
 }
 
 impl RaftLog {
@@ -29,6 +31,7 @@ impl RaftLog {
             base,
             entries: Vec::new(),
             pending_snapshot: None,
+            truncated: false,
         };
         // Keep only a gap-free run that continues the base; anything else cannot be trusted.
         for entry in entries {
@@ -121,7 +124,10 @@ impl RaftLog {
     /// index of the last new entry. `None` when the log does not match or when the leader
     /// would overwrite a committed entry (a protocol violation we refuse).
     pub fn maybe_append(&mut self, prev_index: Index, prev_term: Term, entries: &[Entry]) -> Option<Index> {
-        if !self.match_term(prev_index, prev_term) {
+        // A well-formed append carries `prev_index + 1, prev_index + 2, ...`; a gap, a repeat or
+        // a step back (from a faulty peer) would corrupt the log, so it is refused.
+        let contiguous = entries.iter().zip(1u64..).all(|(e, i)| prev_index.checked_add(i) == Some(e.index));
+        if !contiguous || !self.match_term(prev_index, prev_term) {
             return None;
         }
         let last_new = prev_index + entries.len() as u64;
@@ -141,6 +147,7 @@ impl RaftLog {
 
     fn truncate_after(&mut self, index: Index) {
         let keep = index.saturating_sub(self.base.index) as usize;
+        self.truncated |= keep < self.entries.len();
         self.entries.truncate(keep);
         self.stable = self.stable.min(index);
     }

@@ -24,10 +24,9 @@ pub struct InitialState {
     pub snapshot: Option<Snapshot>,
     /// Durable entries after the snapshot.
     pub entries: Vec<Entry>,
-    /// What the host's state machine has applied, and the configuration as of that index.
-    /// A host without a durable state machine gives the snapshot's index and configuration.
+    /// What the host's state machine has applied (at least the snapshot's index).
+    /// The configuration is not part of it: it is read from the snapshot and the log.
     pub applied: Index,
-    pub conf: ConfState,
 }
 
 impl InitialState {
@@ -57,8 +56,8 @@ impl InitialState {
 
     /// Restart from durable log state; the state machine is rebuilt from the snapshot.
     pub fn restart(hard_state: HardState, snapshot: Option<Snapshot>, entries: Vec<Entry>) -> InitialState {
-        let (applied, conf) = snapshot.as_ref().map(|s| (s.meta.index, s.meta.conf.clone())).unwrap_or_default();
-        InitialState { hard_state, snapshot, entries, applied, conf }
+        let applied = snapshot.as_ref().map_or(0, |s| s.meta.index);
+        InitialState { hard_state, snapshot, entries, applied }
     }
 }
 
@@ -99,6 +98,8 @@ pub struct Raft {
     /// Leader only: what it knows of every member (itself included).
     pub(crate) progress: BTreeMap<NodeId, Progress>,
     votes: BTreeMap<NodeId, bool>,
+    /// Whose votes count in the current campaign.
+    election_voters: BTreeSet<NodeId>,
     pub(crate) election_elapsed: u32,
     pub(crate) heartbeat_elapsed: u32,
     pub(crate) randomized_election_timeout: u32,
@@ -130,9 +131,10 @@ impl Raft {
             role: Role::Follower,
             leader: None,
             log,
-            conf: state.conf,
+            conf: ConfState::default(),
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
+            election_voters: BTreeSet::new(),
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_timeout: 0,
@@ -147,6 +149,7 @@ impl Raft {
             need_bcast_append: false,
             cfg,
         };
+        raft.conf = raft.conf_at(raft.log.last_index());
         raft.reset_election_timer();
         Ok(raft)
     }
@@ -197,9 +200,35 @@ impl Raft {
     pub fn committed_in_current_term(&self) -> bool {
         self.log.term(self.log.committed) == Some(self.term)
     }
-    /// A voter that may campaign: in the configuration, not installing a snapshot.
+    /// A voter that may campaign: not installing a snapshot, and a voter of its election
+    /// configuration (see `election_conf`).
     pub fn promotable(&self) -> bool {
-        self.conf.voters.contains(&self.cfg.id) && self.log.pending_snapshot.is_none()
+        self.log.pending_snapshot.is_none() && self.election_conf().is_some()
+    }
+
+    /// The configuration this member campaigns in: its newest one if it votes there. A member
+    /// whose own removal sits uncommitted at the end of its log campaigns in the configuration
+    /// before that change — it may hold the most complete log, and the others may still need
+    /// it to elect anyone. Safe: with one change at a time, every majority of the old
+    /// configuration overlaps every majority of the new one. Once elected it finishes the
+    /// removal and steps down (`step_down_if_removed`).
+    fn election_conf(&self) -> Option<ConfState> {
+        let me = self.cfg.id;
+        if self.conf.voters.contains(&me) {
+            return Some(self.conf.clone());
+        }
+        let last_change = self
+            .log
+            .entries()
+            .iter()
+            .rev()
+            .find(|e| matches!(e.payload, EntryPayload::ConfChange(_)))
+            .map(|e| e.index)?;
+        if last_change <= self.log.committed {
+            return None;
+        }
+        let before = self.conf_at(last_change - 1);
+        before.voters.contains(&me).then_some(before)
     }
 
     // ----- inputs -----
@@ -252,9 +281,6 @@ impl Raft {
             }
             // A transfer that did not finish within an election timeout is abandoned.
             self.lead_transferee = None;
-            if !self.conf.voters.contains(&self.cfg.id) {
-                self.hand_off_leadership();
-            }
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_interval_ticks {
             self.heartbeat_elapsed = 0;
@@ -267,23 +293,34 @@ impl Raft {
         self.propose_entry(EntryPayload::Command(data))
     }
 
-    /// Proposes one membership change (one at a time; §4.1 of the thesis, with the rule that a
-    /// new leader first commits an entry of its term).
+    /// Proposes one membership change. Thesis §4.1: a member uses the newest configuration in
+    /// its log, committed or not, from the moment it appends it; one change at a time, the
+    /// next only once the previous one committed, and a new leader first commits an entry of
+    /// its term (the fix to the single-server change bug, thesis §4.1 errata).
     pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<(Index, Term), ProposeError> {
         self.check_leader()?;
-        if self.pending_conf_index > self.log.applied {
+        if self.pending_conf_index > self.log.committed {
             return Err(ProposeError::ConfChangePending);
         }
         self.conf.validate(&cc)?;
-        let result = self.propose_entry(EntryPayload::ConfChange(cc))?;
+        let result = self.propose_entry(EntryPayload::ConfChange(cc.clone()))?;
         self.pending_conf_index = result.0;
+        self.conf.apply(&cc);
+        self.on_conf_changed();
         Ok(result)
     }
 
-    /// A leader that is no longer a voter transfers leadership to a remaining voter.
-    fn hand_off_leadership(&mut self) {
-        // Cannot fail: the last voter can never be removed, and we are the leader.
-        let _ = self.transfer_leader(None);
+    /// The configuration as of `index`: the snapshot's, then every change in the log up to it.
+    pub fn conf_at(&self, index: Index) -> ConfState {
+        let mut conf = self.log.base().conf.clone();
+        for entry in self.log.entries().iter().take_while(|e| e.index <= index) {
+            if let EntryPayload::ConfChange(cc) = &entry.payload {
+                if conf.validate(cc).is_ok() {
+                    conf.apply(cc);
+                }
+            }
+        }
+        conf
     }
 
     fn check_leader(&self) -> Result<(), ProposeError> {
@@ -374,7 +411,7 @@ impl Raft {
         let term = self.log.term(index);
         match term {
             Some(term) if index > self.log.base().index && self.log.pending_snapshot.is_none() => {
-                let meta = SnapshotMeta { index, term, conf: self.conf.clone() };
+                let meta = SnapshotMeta { index, term, conf: self.conf_at(index) };
                 self.log.compact(meta.clone());
                 self.snapshot = Some(Snapshot { meta: meta.clone(), data });
                 Ok(meta)
@@ -533,6 +570,14 @@ impl Raft {
         }
         match self.log.maybe_append(prev_index, prev_term, entries) {
             Some(last_new) => {
+                let truncated = std::mem::take(&mut self.log.truncated);
+                if truncated || entries.iter().any(|e| matches!(e.payload, EntryPayload::ConfChange(_))) {
+                    // The newest configuration in the log may have changed (or been rolled back).
+                    let conf = self.conf_at(self.log.last_index());
+                    if conf != self.conf {
+                        self.conf = conf;
+                    }
+                }
                 // §5.3: commit what the leader committed, but only up to what we now know
                 // matches the leader's log.
                 self.log.commit_to(commit.min(last_new));
@@ -582,6 +627,11 @@ impl Raft {
                 }
                 self.send_append(from, true);
             }
+            return;
+        }
+        // A follower can only acknowledge entries this leader sent; a larger index comes from a
+        // faulty peer and would corrupt the match index (and overflow `next`).
+        if index > last_index {
             return;
         }
         let was_paused = pr.is_paused();
@@ -666,6 +716,7 @@ impl Raft {
         for ctx in self.read_only.take_waiting() {
             self.register_read(ctx);
         }
+        self.step_down_if_removed();
         true
     }
 
@@ -745,9 +796,10 @@ impl Raft {
     // ----- role changes -----
 
     fn campaign(&mut self, kind: Campaign) {
-        if !self.promotable() {
+        if self.log.pending_snapshot.is_some() {
             return;
         }
+        let Some(conf) = self.election_conf() else { return };
         let request_term = if kind == Campaign::PreVote {
             self.become_pre_candidate();
             self.term + 1
@@ -755,6 +807,7 @@ impl Raft {
             self.become_candidate();
             self.term
         };
+        self.election_voters = conf.voters;
         let me = self.cfg.id;
         if self.poll(me, true) == Some(true) {
             // A single voter wins at once.
@@ -766,7 +819,7 @@ impl Raft {
             return;
         }
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        let voters: Vec<NodeId> = self.conf.voters.iter().copied().filter(|id| *id != me).collect();
+        let voters: Vec<NodeId> = self.election_voters.iter().copied().filter(|id| *id != me).collect();
         for id in voters {
             let body = match kind {
                 Campaign::PreVote => MessageBody::PreVote { last_index, last_term },
@@ -780,9 +833,9 @@ impl Raft {
     fn poll(&mut self, from: NodeId, granted: bool) -> Option<bool> {
         self.votes.entry(from).or_insert(granted);
         let votes = &self.votes;
-        if has_majority(&self.conf.voters, |id| votes.get(&id) == Some(&true)) {
+        if has_majority(&self.election_voters, |id| votes.get(&id) == Some(&true)) {
             Some(true)
-        } else if has_majority(&self.conf.voters, |id| votes.get(&id) == Some(&false)) {
+        } else if has_majority(&self.election_voters, |id| votes.get(&id) == Some(&false)) {
             Some(false)
         } else {
             None
@@ -862,19 +915,15 @@ impl Raft {
         }
     }
 
-    /// Applies a committed membership change (they take effect when applied).
-    pub(crate) fn apply_conf_change(&mut self, cc: &ConfChange) {
-        if self.conf.validate(cc).is_err() {
-            return;
-        }
-        self.conf.apply(cc);
+    /// The configuration changed on the leader: track the new members, forget the removed.
+    fn on_conf_changed(&mut self) {
         if self.role != Role::Leader {
             return;
         }
         let me = self.cfg.id;
         let next = self.log.last_index() + 1;
         let members: BTreeSet<NodeId> = self.conf.voters.union(&self.conf.learners).copied().collect();
-        self.progress.retain(|id, _| members.contains(id));
+        self.progress.retain(|id, _| members.contains(id) || *id == me);
         for id in members {
             self.progress.entry(id).or_insert_with(|| {
                 let mut pr = Progress::new(next, self.cfg.max_inflight_msgs);
@@ -885,17 +934,34 @@ impl Raft {
         if self.lead_transferee.is_some_and(|id| !self.conf.voters.contains(&id)) {
             self.lead_transferee = None;
         }
-        if !self.conf.voters.contains(&me) {
-            // A leader that applied its own removal does not just step down: the remaining
-            // voters may not yet know the removal is committed, and may need the vote of this
-            // member, whose log is the most complete, to elect anyone. It stops taking
-            // proposals and hands leadership to the most caught-up remaining voter.
-            self.hand_off_leadership();
-        }
         // A smaller quorum may commit more now; and ReadIndex quorums changed.
         if self.maybe_commit() {
             self.need_bcast_append = true;
         }
         self.release_reads();
+    }
+
+    /// Thesis §4.2.2: a leader that removed itself manages the cluster until the change
+    /// commits (not counting itself), then steps down — handing leadership to the most
+    /// caught-up remaining voter so that nobody waits for an election timeout.
+    fn step_down_if_removed(&mut self) {
+        let me = self.cfg.id;
+        if self.role != Role::Leader || self.conf.voters.contains(&me) || self.log.committed < self.pending_conf_index {
+            return;
+        }
+        let last = self.log.last_index();
+        let successor = self
+            .conf
+            .voters
+            .iter()
+            .filter_map(|id| self.progress.get(id).map(|p| (*id, p.matched)))
+            .filter(|(_, matched)| *matched == last)
+            .map(|(id, _)| id)
+            .next();
+        if let Some(id) = successor {
+            self.send(id, MessageBody::TimeoutNow);
+        }
+        let term = self.term;
+        self.become_follower(term, None);
     }
 }

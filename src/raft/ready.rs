@@ -39,7 +39,6 @@ pub(crate) struct InProgress {
     last_entry: Option<(Index, Term)>,
     snapshot: Option<Snapshot>,
     applied_to: Option<Index>,
-    conf_changes: Vec<ConfChange>,
 }
 
 /// At most this many payload bytes of committed entries in one `Ready`.
@@ -97,19 +96,11 @@ impl RawNode {
         let entries = r.log.unstable_entries().to_vec();
         let snapshot = r.log.pending_snapshot.clone();
         let committed_entries = r.log.next_committed(MAX_APPLY_BYTES);
-        let conf_changes = committed_entries
-            .iter()
-            .filter_map(|e| match &e.payload {
-                EntryPayload::ConfChange(cc) => Some(cc.clone()),
-                _ => None,
-            })
-            .collect();
         self.in_progress = Some(InProgress {
             hard_state,
             last_entry: entries.last().map(|e| (e.index, e.term)),
             snapshot: snapshot.clone(),
             applied_to: committed_entries.last().map(|e| e.index),
-            conf_changes,
         });
         Ready {
             soft_state,
@@ -142,9 +133,6 @@ impl RawNode {
         }
         if let Some(index) = done.applied_to {
             r.log.applied = r.log.applied.max(index);
-        }
-        for cc in &done.conf_changes {
-            r.apply_conf_change(cc);
         }
         if r.role() == Role::Leader {
             let me = r.id();

@@ -166,6 +166,9 @@ struct Sim {
     // Invariant state.
     leaders: HashMap<Term, NodeId>,
     committed: HashMap<Index, (Term, u64)>,
+    /// The lowest term in which each committed index was seen committed: the committing
+    /// leader's term (it records first), an upper bound otherwise.
+    commit_term: HashMap<Index, Term>,
     max_committed: Index,
     log_entries: HashMap<(Index, Term), (u64, Option<Term>)>,
     trace: bool,
@@ -233,6 +236,7 @@ impl Sim {
             hclock: 0,
             leaders: HashMap::new(),
             committed: HashMap::new(),
+            commit_term: HashMap::new(),
             max_committed: 0,
             log_entries: HashMap::new(),
             trace,
@@ -486,6 +490,10 @@ impl Sim {
             _ => {}
         }
         self.committed.insert(entry.index, (entry.term, d));
+        if let Some(observed_in) = node.raw.as_ref().map(|r| r.raft.term()) {
+            let t = self.commit_term.entry(entry.index).or_insert(observed_in);
+            *t = (*t).min(observed_in);
+        }
         self.max_committed = self.max_committed.max(entry.index);
         node.applied = entry.index;
         if let EntryPayload::Command(data) = &entry.payload {
@@ -549,7 +557,10 @@ impl Sim {
             }
         }
         node.seen_commit = commit;
+        let observed_in = raw.raft.term();
         for (index, term, d) in fresh {
+            let t = self.commit_term.entry(index).or_insert(observed_in);
+            *t = (*t).min(observed_in);
             if let Some(&(t, h)) = self.committed.get(&index) {
                 if (t, h) != (term, d) {
                     return Err(format!("n{id} committed ({index}, {term}) where ({index}, {t}) was committed"));
@@ -589,8 +600,8 @@ impl Sim {
         Ok(())
     }
 
-    /// Election safety (one leader per term) and leader completeness (a leader holds every
-    /// committed entry).
+    /// Election safety (one leader per term) and leader completeness (§5.4: a leader holds
+    /// every entry committed in an earlier term).
     fn check_new_leader(&mut self, id: NodeId, term: Term) -> SimResult<()> {
         if let Some(other) = self.leaders.insert(term, id) {
             if other != id {
@@ -604,8 +615,12 @@ impl Sim {
         let Some(raw) = self.nodes.get(&id).and_then(|n| n.raw.as_ref()) else { return Ok(()) };
         let log = raw.raft.log();
         let base = log.base().index;
+        let leader_term = raw.raft.term();
         for index in base..=self.max_committed {
             let Some(&(term, d)) = self.committed.get(&index) else { continue };
+            if self.commit_term.get(&index).is_some_and(|t| *t >= leader_term) {
+                continue;
+            }
             let ok = if index == base {
                 log.term(index) == Some(term)
             } else {
