@@ -1,4 +1,7 @@
 //! kuberaft: a Kubernetes operator with its own bundled Raft key-value store.
 
+pub mod api;
 pub mod check;
+pub mod node;
 pub mod raft;
+pub mod store;

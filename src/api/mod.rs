@@ -1,0 +1,3 @@
+//! The client and admin HTTP API (DESIGN.md §4).
+
+pub mod types;

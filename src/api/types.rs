@@ -1,0 +1,153 @@
+//! The JSON shapes of the client API (DESIGN.md §4), shared by the server and the client.
+//! Field names are camelCase, as in Kubernetes.
+
+use serde::{Deserialize, Serialize};
+
+/// Response headers.
+pub const HEADER_MOD_REVISION: &str = "x-kuberaft-mod-revision";
+pub const HEADER_CREATE_REVISION: &str = "x-kuberaft-create-revision";
+pub const HEADER_REVISION: &str = "x-kuberaft-revision";
+/// Set on requests a member forwards to the leader, so that they are never forwarded twice.
+pub const HEADER_FORWARDED: &str = "x-kuberaft-forwarded";
+
+pub const DEFAULT_CLIENT_PORT: u16 = 2379;
+pub const DEFAULT_PEER_PORT: u16 = 2380;
+/// Keys: non-empty UTF-8, at most this many bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Values: at most this many bytes unless `--max-value-bytes` says otherwise.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+/// List requests return at most this many keys per page.
+pub const MAX_LIST_LIMIT: usize = 10_000;
+
+/// `{"error": {"code": "...", "message": "..."}}`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Machine-readable: `bad_request`, `invalid_key`, `not_found`, `compare_failed`,
+    /// `too_large`, `method_not_allowed`, `no_leader`, `unavailable`, `timeout`,
+    /// `outcome_unknown`, `internal`.
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PutResponse {
+    pub revision: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteResponse {
+    pub revision: u64,
+    pub deleted: u64,
+}
+
+/// One key in a list. Values are base64 so that any bytes survive JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KvItem {
+    pub key: String,
+    /// Standard base64 of the value bytes.
+    pub value: String,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub version: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListResponse {
+    pub revision: u64,
+    pub kvs: Vec<KvItem>,
+    pub more: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    /// Hex, as etcd prints member ids.
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "peerURL")]
+    pub peer_url: String,
+    #[serde(rename = "clientURL")]
+    pub client_url: String,
+    pub voter: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MembersResponse {
+    pub members: Vec<Member>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddMemberRequest {
+    pub name: String,
+    #[serde(rename = "peerURL")]
+    pub peer_url: String,
+    #[serde(rename = "clientURL")]
+    pub client_url: String,
+    #[serde(default)]
+    pub learner: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddMemberResponse {
+    pub id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferRequest {
+    /// Hex member id; absent: the most caught-up voter.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferResponse {
+    /// The new leader's hex id.
+    pub leader: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub name: String,
+    pub id: String,
+    /// leader, follower, candidate, learner
+    pub role: String,
+    pub term: u64,
+    /// The leader's name ("" when none is known).
+    pub leader: String,
+    pub leader_id: String,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub revision: u64,
+    pub members: Vec<Member>,
+    /// Hash of the committed membership (ids, names and URLs), equal on members that agree.
+    pub membership_hash: String,
+    /// Hex cluster id (from the initial cluster and its token).
+    pub cluster_id: String,
+    /// Why this member cannot serve writes, if it cannot (storage failure, rejected peers...).
+    #[serde(default)]
+    pub errors: Vec<String>,
+}
+
+/// Member ids are printed and parsed as hex, as etcd does.
+pub fn format_id(id: u64) -> String {
+    format!("{id:x}")
+}
+
+pub fn parse_id(text: &str) -> Option<u64> {
+    u64::from_str_radix(text, 16).ok().filter(|id| *id != 0)
+}

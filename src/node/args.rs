@@ -1,0 +1,64 @@
+//! The flags of `kuberaft node` (DESIGN.md §3). Each is also read from the environment as
+//! `KUBERAFT_<FLAG_IN_CAPS>`, so a StatefulSet can set them from a ConfigMap.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClusterState {
+    /// Bootstrap a new cluster from `--initial-cluster`.
+    New,
+    /// Join a running cluster that already added this member.
+    Existing,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct NodeArgs {
+    /// Member name (the pod name), unique in the cluster.
+    #[arg(long, env = "KUBERAFT_NAME")]
+    pub name: String,
+    /// Durable state; one directory per member.
+    #[arg(long, env = "KUBERAFT_DATA_DIR", default_value = "/var/lib/kuberaft")]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "KUBERAFT_LISTEN_CLIENT_URL", default_value = "http://0.0.0.0:2379")]
+    pub listen_client_url: String,
+    #[arg(long, env = "KUBERAFT_LISTEN_PEER_URL", default_value = "http://0.0.0.0:2380")]
+    pub listen_peer_url: String,
+    /// The client URL other members and clients use to reach this member.
+    #[arg(long, env = "KUBERAFT_ADVERTISE_CLIENT_URL")]
+    pub advertise_client_url: String,
+    /// The peer URL other members use to reach this member.
+    #[arg(long, env = "KUBERAFT_ADVERTISE_PEER_URL")]
+    pub advertise_peer_url: String,
+    /// `name=peerURL,...` for every initial member (this one included).
+    #[arg(long, env = "KUBERAFT_INITIAL_CLUSTER")]
+    pub initial_cluster: String,
+    #[arg(long, env = "KUBERAFT_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
+    pub initial_cluster_state: ClusterState,
+    /// Part of the cluster id; clusters with different tokens never talk to each other.
+    #[arg(long, env = "KUBERAFT_INITIAL_CLUSTER_TOKEN", default_value = "etcd")]
+    pub initial_cluster_token: String,
+    /// Election timeout range in milliseconds, `MIN-MAX`.
+    #[arg(long, env = "KUBERAFT_ELECTION_TIMEOUT_MS", default_value = "150-300")]
+    pub election_timeout_ms: String,
+    #[arg(long, env = "KUBERAFT_HEARTBEAT_INTERVAL_MS", default_value_t = 50)]
+    pub heartbeat_interval_ms: u64,
+    /// Largest accepted value.
+    #[arg(long, env = "KUBERAFT_MAX_VALUE_BYTES", default_value_t = crate::api::types::DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
+    /// Take a snapshot and compact the log after this many applied entries.
+    #[arg(long, env = "KUBERAFT_SNAPSHOT_THRESHOLD", default_value_t = 10_000)]
+    pub snapshot_threshold: u64,
+    #[arg(long, env = "KUBERAFT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// A tracing filter, e.g. `info` or `kuberaft=debug`.
+    #[arg(long, env = "KUBERAFT_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
