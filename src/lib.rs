@@ -2,6 +2,8 @@
 
 pub mod api;
 pub mod check;
+pub mod cli;
+pub mod client;
 pub mod node;
 pub mod raft;
 pub mod store;

@@ -2,3 +2,10 @@
 //! storage of the Raft log, term and vote, and snapshots.
 
 pub mod command;
+mod error;
+pub mod kv;
+pub mod wal;
+
+pub use error::StoreError;
+pub use kv::KvStore;
+pub use wal::{read_meta, write_meta, DurableState, MemberMeta, Storage};

@@ -1,0 +1,593 @@
+//! The client API on the client port (axum). Handlers are thin: validate, call the node, map
+//! the outcome. Any member accepts any request: writes, linearizable reads and membership
+//! changes are forwarded to the leader (once; a forwarded request is never forwarded again),
+//! serializable reads are answered locally. Errors are JSON and decided in `ApiError`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::types::*;
+use crate::node::handle::NodeHandle;
+use crate::node::ids::{added_member_id, validate_url};
+use crate::node::runtime::NodeError;
+use crate::node::shared::{read, FSYNC_BUCKETS};
+use crate::raft::{ConfChange, ConfChangeKind, Role};
+use crate::store::command::{encode, ApplyResult, Command, KeyValue, MemberInfo};
+
+/// An API failure; the status code is decided here and nowhere else.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    fn no_leader() -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no_leader", "no leader is known; retry shortly")
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> ApiError {
+        match e {
+            NodeError::NotLeader { .. } => ApiError::no_leader(),
+            NodeError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            NodeError::OutcomeUnknown(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", m),
+            NodeError::BadRequest(m) => ApiError::bad_request(m),
+            NodeError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Clone)]
+pub struct Api {
+    pub node: NodeHandle,
+    pub http: reqwest::Client,
+}
+
+pub fn client_router(api: Api) -> Router {
+    Router::new()
+        .route("/v1/kv", get(list))
+        .route("/v1/kv/{key}", get(get_key).put(put_key).delete(delete_key))
+        .route("/v1/status", get(status))
+        .route("/v1/members", get(members).post(add_member))
+        .route("/v1/members/{id}", axum::routing::delete(remove_member))
+        .route("/v1/members/{id}/promote", post(promote_member))
+        .route("/v1/leader/transfer", post(transfer_leader))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+        })
+        // Bodies are read with an explicit limit in the handlers, to answer with JSON.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(api)
+}
+
+// ----- helpers -----
+
+fn validate_key(key: &str) -> ApiResult<()> {
+    if key.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", "the key is empty"));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the key has {} bytes; the limit is {MAX_KEY_BYTES}", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body is larger than {limit} bytes"))
+    })
+}
+
+fn forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(HEADER_FORWARDED)
+}
+
+/// Serves on the leader, forwards from anyone else.
+enum Route {
+    Here,
+    Forward(String),
+}
+
+fn route(api: &Api, headers: &HeaderMap) -> ApiResult<Route> {
+    if api.node.is_leader() {
+        return Ok(Route::Here);
+    }
+    if forwarded(headers) {
+        // A forwarded request that reached a non-leader: leadership moved; the client retries.
+        return Err(ApiError::no_leader());
+    }
+    api.node.leader_client_url().map(Route::Forward).ok_or_else(ApiError::no_leader)
+}
+
+/// Forwards the request to the leader and relays its answer.
+async fn forward(api: &Api, leader_url: &str, method: Method, path_and_query: &str, body: Bytes) -> Response {
+    let is_read = method == Method::GET;
+    let request = api
+        .http
+        .request(method, format!("{leader_url}{path_and_query}"))
+        .header(HEADER_FORWARDED, "1")
+        .timeout(Duration::from_secs(10))
+        .body(body);
+    match request.send().await {
+        Ok(resp) => {
+            let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut headers = HeaderMap::new();
+            for (name, value) in resp.headers() {
+                let n = name.as_str();
+                if n == "content-type" || n == "retry-after" || n.starts_with("x-kuberaft-") {
+                    headers.insert(name.clone(), value.clone());
+                }
+            }
+            match resp.bytes().await {
+                Ok(bytes) => (status, headers, bytes).into_response(),
+                Err(e) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", format!("the leader's answer was lost: {e}"))
+                    .into_response(),
+            }
+        }
+        // A read, or a request that never reached the leader, had no effect: safe to retry.
+        Err(e) if e.is_connect() || is_read => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("cannot reach the leader: {e}")).into_response()
+        }
+        Err(e) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", format!("forwarding to the leader failed: {e}"))
+            .into_response(),
+    }
+}
+
+fn path_and_query(request: &Request) -> String {
+    request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default()
+}
+
+fn write_outcome(result: ApplyResult) -> ApiResult<Response> {
+    match result {
+        ApplyResult::Put { revision } => Ok(Json(PutResponse { revision }).into_response()),
+        ApplyResult::Deleted { revision, deleted } => Ok(Json(DeleteResponse { revision, deleted }).into_response()),
+        ApplyResult::CompareFailed { current } => Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "compare_failed",
+            format!("the key's current mod revision is {current}"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WriteParams {
+    prev_revision: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Consistency {
+    #[default]
+    Linearizable,
+    Serializable,
+}
+
+#[derive(Deserialize)]
+struct ReadParams {
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+fn parse_query<T: for<'de> Deserialize<'de>>(query: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> ApiResult<T> {
+    query.map(|Query(q)| q).map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
+}
+
+// ----- key-value -----
+
+async fn put_key(
+    State(api): State<Api>,
+    Path(key): Path<String>,
+    query: Result<Query<WriteParams>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> ApiResult<Response> {
+    validate_key(&key)?;
+    let params = parse_query(query)?;
+    let pq = path_and_query(&request);
+    let headers = request.headers().clone();
+    let value = read_body(request.into_body(), api.node.shared.max_value_bytes).await?;
+    match route(&api, &headers)? {
+        Route::Forward(url) => Ok(forward(&api, &url, Method::PUT, &pq, value).await),
+        Route::Here => {
+            let result = api.node.propose(&Command::Put { key, value, prev_revision: params.prev_revision }).await?;
+            write_outcome(result)
+        }
+    }
+}
+
+async fn delete_key(
+    State(api): State<Api>,
+    Path(key): Path<String>,
+    query: Result<Query<WriteParams>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> ApiResult<Response> {
+    validate_key(&key)?;
+    let params = parse_query(query)?;
+    match route(&api, request.headers())? {
+        Route::Forward(url) => Ok(forward(&api, &url, Method::DELETE, &path_and_query(&request), Bytes::new()).await),
+        Route::Here => {
+            let result = api.node.propose(&Command::Delete { key, prev_revision: params.prev_revision }).await?;
+            write_outcome(result)
+        }
+    }
+}
+
+/// Makes a read linearizable (ReadIndex on the leader) or returns where to forward it.
+async fn read_point(api: &Api, consistency: Consistency, headers: &HeaderMap) -> ApiResult<Option<String>> {
+    if consistency == Consistency::Serializable {
+        return Ok(None);
+    }
+    match route(api, headers)? {
+        Route::Forward(url) => Ok(Some(url)),
+        Route::Here => {
+            api.node.read_barrier().await?;
+            Ok(None)
+        }
+    }
+}
+
+async fn get_key(
+    State(api): State<Api>,
+    Path(key): Path<String>,
+    query: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> ApiResult<Response> {
+    validate_key(&key)?;
+    let params = parse_query(query)?;
+    if let Some(url) = read_point(&api, params.consistency, request.headers()).await? {
+        return Ok(forward(&api, &url, Method::GET, &path_and_query(&request), Bytes::new()).await);
+    }
+    let kv = read(&api.node.shared.kv).get(&key);
+    let revision = read(&api.node.shared.kv).revision();
+    match kv {
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key '{key}' not found"))),
+        Some(KeyValue { value, mod_revision, create_revision, .. }) => {
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_MOD_REVISION, HeaderValue::from(mod_revision));
+            headers.insert(HEADER_CREATE_REVISION, HeaderValue::from(create_revision));
+            headers.insert(HEADER_REVISION, HeaderValue::from(revision));
+            headers.insert("content-type", HeaderValue::from_static("application/octet-stream"));
+            Ok((StatusCode::OK, headers, value).into_response())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ListParams {
+    #[serde(default)]
+    prefix: String,
+    limit: Option<usize>,
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+async fn list(
+    State(api): State<Api>,
+    query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> ApiResult<Response> {
+    let params = parse_query(query)?;
+    let limit = params.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_LIST_LIMIT}")));
+    }
+    if let Some(url) = read_point(&api, params.consistency, request.headers()).await? {
+        return Ok(forward(&api, &url, Method::GET, &path_and_query(&request), Bytes::new()).await);
+    }
+    let store = read(&api.node.shared.kv);
+    let (kvs, more) = store.list(&params.prefix, limit);
+    let response = ListResponse {
+        revision: store.revision(),
+        kvs: kvs
+            .into_iter()
+            .map(|kv| KvItem {
+                key: kv.key,
+                value: base64(&kv.value),
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                version: kv.version,
+            })
+            .collect(),
+        more,
+    };
+    Ok(Json(response).into_response())
+}
+
+/// Standard base64 with padding.
+pub fn base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+// ----- status and membership -----
+
+fn member_list(api: &Api) -> Vec<Member> {
+    let members = read(&api.node.shared.kv).members();
+    members
+        .into_iter()
+        .map(|(info, voter)| {
+            let client_url = if info.client_url.is_empty() {
+                api.node.shared.address(info.id).map(|a| a.client_url).unwrap_or_default()
+            } else {
+                info.client_url
+            };
+            let client_url = if info.id == api.node.shared.id { api.node.shared.advertise_client_url.clone() } else { client_url };
+            Member { id: format_id(info.id), name: info.name, peer_url: info.peer_url, client_url, voter }
+        })
+        .collect()
+}
+
+pub fn build_status(api: &Api) -> Status {
+    let shared = &api.node.shared;
+    let s = shared.status();
+    let leader_name = s
+        .leader
+        .and_then(|id| if id == shared.id { Some(shared.name.clone()) } else { shared.address(id).map(|a| a.name) })
+        .unwrap_or_default();
+    let role = match s.role {
+        Role::Leader => "leader",
+        Role::Candidate | Role::PreCandidate => "candidate",
+        Role::Follower if !s.voter => "learner",
+        Role::Follower => "follower",
+    };
+    let (revision, membership_hash) = {
+        let kv = read(&shared.kv);
+        (kv.revision(), kv.membership_hash())
+    };
+    Status {
+        name: shared.name.clone(),
+        id: format_id(shared.id),
+        role: role.to_string(),
+        term: s.term,
+        leader: leader_name,
+        leader_id: s.leader.map(format_id).unwrap_or_default(),
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        revision,
+        members: member_list(api),
+        membership_hash: format!("{membership_hash:016x}"),
+        cluster_id: format_id(shared.cluster_id),
+        errors: shared.errors(),
+    }
+}
+
+async fn status(State(api): State<Api>) -> Json<Status> {
+    Json(build_status(&api))
+}
+
+async fn members(State(api): State<Api>) -> Json<MembersResponse> {
+    Json(MembersResponse { members: member_list(&api) })
+}
+
+async fn add_member(State(api): State<Api>, request: Request) -> ApiResult<Response> {
+    let pq = path_and_query(&request);
+    let headers = request.headers().clone();
+    let body = read_body(request.into_body(), 64 * 1024).await?;
+    let req: AddMemberRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad member request: {e}")))?;
+    if req.name.trim().is_empty() {
+        return Err(ApiError::bad_request("the member name is empty"));
+    }
+    validate_url(&req.peer_url).map_err(|e| ApiError::bad_request(format!("peerURL: {e}")))?;
+    validate_url(&req.client_url).map_err(|e| ApiError::bad_request(format!("clientURL: {e}")))?;
+    if let Route::Forward(url) = route(&api, &headers)? {
+        return Ok(forward(&api, &url, Method::POST, &pq, body).await);
+    }
+    let existing = read(&api.node.shared.kv).members();
+    if let Some((m, _)) = existing.iter().find(|(m, _)| m.name == req.name || m.peer_url == req.peer_url) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_member",
+            format!("member {} ({}) already has that name or peer URL", format_id(m.id), m.name),
+        ));
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let id = added_member_id(api.node.shared.cluster_id, &req.name, &req.peer_url, nanos);
+    let info = MemberInfo { id, name: req.name, peer_url: req.peer_url, client_url: req.client_url };
+    let kind = if req.learner { ConfChangeKind::AddLearner } else { ConfChangeKind::AddVoter };
+    api.node.conf_change(ConfChange { kind, node_id: id, context: encode(&info) }).await?;
+    Ok((StatusCode::CREATED, Json(AddMemberResponse { id: format_id(id) })).into_response())
+}
+
+fn member_id(text: &str) -> ApiResult<u64> {
+    parse_id(text).ok_or_else(|| ApiError::bad_request(format!("'{text}' is not a member id (hex)")))
+}
+
+async fn promote_member(State(api): State<Api>, Path(id): Path<String>, request: Request) -> ApiResult<Response> {
+    let id = member_id(&id)?;
+    if let Route::Forward(url) = route(&api, request.headers())? {
+        return Ok(forward(&api, &url, Method::POST, &path_and_query(&request), Bytes::new()).await);
+    }
+    match read(&api.node.shared.kv).member(id) {
+        None => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no member {}", format_id(id)))),
+        Some((_, true)) => return Err(ApiError::bad_request(format!("member {} is already a voter", format_id(id)))),
+        Some(_) => {}
+    }
+    // A learner votes only once it has the log: promoting one far behind would stall commits.
+    let status = api.node.shared.status();
+    let matched = status.matched.get(&id).copied().unwrap_or(0);
+    if matched < status.commit_index {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "learner_not_ready",
+            format!("learner {} has {matched} of {} committed entries; retry when it caught up", format_id(id), status.commit_index),
+        ));
+    }
+    api.node.conf_change(ConfChange { kind: ConfChangeKind::Promote, node_id: id, context: Bytes::new() }).await?;
+    Ok(Json(serde_json::json!({ "id": format_id(id), "voter": true })).into_response())
+}
+
+async fn remove_member(State(api): State<Api>, Path(id): Path<String>, request: Request) -> ApiResult<Response> {
+    let id = member_id(&id)?;
+    if let Route::Forward(url) = route(&api, request.headers())? {
+        return Ok(forward(&api, &url, Method::DELETE, &path_and_query(&request), Bytes::new()).await);
+    }
+    if read(&api.node.shared.kv).member(id).is_none() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no member {}", format_id(id))));
+    }
+    api.node.conf_change(ConfChange { kind: ConfChangeKind::Remove, node_id: id, context: Bytes::new() }).await?;
+    Ok(Json(serde_json::json!({ "id": format_id(id), "removed": true })).into_response())
+}
+
+async fn transfer_leader(State(api): State<Api>, request: Request) -> ApiResult<Response> {
+    let pq = path_and_query(&request);
+    let headers = request.headers().clone();
+    let body = read_body(request.into_body(), 4096).await?;
+    let req: TransferRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        TransferRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad transfer request: {e}")))?
+    };
+    let to = match &req.to {
+        Some(text) => Some(member_id(text)?),
+        None => None,
+    };
+    if let Route::Forward(url) = route(&api, &headers)? {
+        return Ok(forward(&api, &url, Method::POST, &pq, body).await);
+    }
+    if let Some(id) = to {
+        if read(&api.node.shared.kv).member(id).is_none() {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no member {}", format_id(id))));
+        }
+    }
+    let leader = api.node.transfer_leader(to).await?;
+    Ok(Json(TransferResponse { leader: format_id(leader) }).into_response())
+}
+
+// ----- health and metrics -----
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "health": "ok" }))
+}
+
+/// Ready: a leader is known, this member applied everything it knows committed, and nothing
+/// (storage, snapshot) keeps it from serving.
+async fn readyz(State(api): State<Api>) -> Response {
+    let shared = &api.node.shared;
+    let s = shared.status();
+    let errors = shared.errors();
+    let mut reasons = Vec::new();
+    if s.leader.is_none() {
+        reasons.push("no leader".to_string());
+    }
+    if s.applied_index < s.commit_index {
+        reasons.push(format!("applied {} of {} committed entries", s.applied_index, s.commit_index));
+    }
+    reasons.extend(errors.into_iter().filter(|e| !e.starts_with("peers")));
+    if reasons.is_empty() {
+        Json(serde_json::json!({ "ready": true })).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "reasons": reasons }))).into_response()
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let shared = &api.node.shared;
+    let s = shared.status();
+    let m = &shared.metrics;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+    };
+    gauge("kuberaft_term", "Current Raft term.", "gauge", s.term.to_string());
+    gauge("kuberaft_is_leader", "1 when this member leads.", "gauge", ((s.role == Role::Leader) as u8).to_string());
+    gauge("kuberaft_has_leader", "1 when a leader is known.", "gauge", (s.leader.is_some() as u8).to_string());
+    gauge("kuberaft_commit_index", "Highest log index known committed.", "gauge", s.commit_index.to_string());
+    gauge("kuberaft_applied_index", "Highest log index applied.", "gauge", s.applied_index.to_string());
+    gauge("kuberaft_leader_changes_total", "Leader changes seen.", "counter", m.leader_changes.load(Ordering::Relaxed).to_string());
+    gauge("kuberaft_proposals_committed_total", "Proposals applied.", "counter", m.proposals_committed.load(Ordering::Relaxed).to_string());
+    gauge("kuberaft_proposals_failed_total", "Proposals that failed.", "counter", m.proposals_failed.load(Ordering::Relaxed).to_string());
+    gauge(
+        "kuberaft_peer_messages_dropped_total",
+        "Peer messages dropped (queue full or peer unreachable).",
+        "counter",
+        m.peer_messages_dropped.load(Ordering::Relaxed).to_string(),
+    );
+    gauge(
+        "kuberaft_peer_messages_rejected_total",
+        "Peer messages rejected (other cluster, wrong recipient).",
+        "counter",
+        m.peer_messages_rejected.load(Ordering::Relaxed).to_string(),
+    );
+    gauge("kuberaft_snapshots_sent_total", "Snapshots sent.", "counter", m.snapshots_sent.load(Ordering::Relaxed).to_string());
+    gauge(
+        "kuberaft_snapshots_received_total",
+        "Snapshots installed.",
+        "counter",
+        m.snapshots_received.load(Ordering::Relaxed).to_string(),
+    );
+    out.push_str("# HELP kuberaft_fsync_seconds Latency of persisting a Ready (write and fsync).\n");
+    out.push_str("# TYPE kuberaft_fsync_seconds histogram\n");
+    for (bucket, upper) in m.fsync_buckets.iter().zip(FSYNC_BUCKETS) {
+        out.push_str(&format!("kuberaft_fsync_seconds_bucket{{le=\"{upper}\"}} {}\n", bucket.load(Ordering::Relaxed)));
+    }
+    let count = m.fsync_count.load(Ordering::Relaxed);
+    out.push_str(&format!("kuberaft_fsync_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
+    out.push_str(&format!("kuberaft_fsync_seconds_sum {}\n", m.fsync_micros_sum.load(Ordering::Relaxed) as f64 / 1e6));
+    out.push_str(&format!("kuberaft_fsync_seconds_count {count}\n"));
+    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_the_standard_alphabet_and_padding() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(&[0xff, 0x00, 0x10]), "/wAQ");
+    }
+}

@@ -1,0 +1,179 @@
+//! `kuberaft kv put|get|del|list`: the key-value commands. Values are bytes end to end: `put`
+//! takes them from the argument or stdin (`-`), `get` writes them to stdout unchanged, and
+//! `list -w json` keeps them base64 as the API sends them.
+
+use std::ffi::OsString;
+use std::io::{IsTerminal, Read};
+
+use bytes::Bytes;
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::table::{bytes_cell, render, text_cell};
+use super::{to_json_line, write_stderr, write_stdout, CliError, ClientArgs, OutputFormat};
+use crate::api::types::{ListResponse, DEFAULT_MAX_VALUE_BYTES};
+
+use crate::client::{decode_base64, Consistency};
+
+/// The most `kv put KEY -` reads from stdin: far above the server's default value limit, so the
+/// server (which knows its `--max-value-bytes`) is the one that refuses a large value.
+const MAX_STDIN_VALUE_BYTES: u64 = 64 * DEFAULT_MAX_VALUE_BYTES as u64;
+
+#[derive(Debug, Args)]
+pub struct KvCommand {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub action: KvAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KvAction {
+    /// Write a value ("-" reads it from stdin); prints OK.
+    Put {
+        key: String,
+        /// The value bytes, or "-" to read them from stdin.
+        value: OsString,
+        /// Only if the key is at this mod revision (0: only if it does not exist).
+        #[arg(long)]
+        prev_revision: Option<u64>,
+    },
+    /// Print a value's bytes; exit 1 when the key does not exist.
+    Get {
+        key: String,
+        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+        consistency: ConsistencyArg,
+        /// Print the key's mod revision on a line of its own before the value.
+        #[arg(long)]
+        print_revision: bool,
+    },
+    /// Delete a key; prints how many keys were deleted (0 or 1).
+    #[command(alias = "delete", alias = "rm")]
+    Del {
+        key: String,
+        /// Only if the key is at this mod revision.
+        #[arg(long)]
+        prev_revision: Option<u64>,
+    },
+    /// List keys with a prefix (all keys without one), in key order.
+    #[command(alias = "ls")]
+    List {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// At most this many keys (the server caps a page).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(short = 'w', long = "write-out", value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+/// `--consistency` of `kv get`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConsistencyArg {
+    /// Through the leader: never stale.
+    Linearizable,
+    /// From the member asked: fast, possibly stale.
+    Serializable,
+}
+
+impl From<ConsistencyArg> for Consistency {
+    fn from(arg: ConsistencyArg) -> Self {
+        match arg {
+            ConsistencyArg::Linearizable => Consistency::Linearizable,
+            ConsistencyArg::Serializable => Consistency::Serializable,
+        }
+    }
+}
+
+pub async fn run(command: KvCommand) -> Result<(), CliError> {
+    let client = command.client.client()?;
+    match command.action {
+        KvAction::Put { key, value, prev_revision } => {
+            let value = value_bytes(value)?;
+            client.put(&key, value, prev_revision).await?;
+            write_stdout(b"OK\n")
+        }
+        KvAction::Get { key, consistency, print_revision } => {
+            let Some(found) = client.get(&key, consistency.into()).await? else {
+                return Err(CliError::Failed(format!("key not found: {key}")));
+            };
+            let mut out = Vec::with_capacity(found.value.len() + 24);
+            if print_revision {
+                out.extend_from_slice(format!("{}\n", found.mod_revision).as_bytes());
+            }
+            out.extend_from_slice(&found.value);
+            // Raw bytes for pipes; a terminal gets its prompt back on a line of its own.
+            if std::io::stdout().is_terminal() && !found.value.ends_with(b"\n") {
+                out.push(b'\n');
+            }
+            write_stdout(&out)
+        }
+        KvAction::Del { key, prev_revision } => {
+            let deleted = client.delete(&key, prev_revision).await?;
+            write_stdout(format!("{}\n", deleted.deleted).as_bytes())
+        }
+        KvAction::List { prefix, limit, output } => {
+            let listed = client.list(&prefix, limit).await?;
+            let text = match output {
+                OutputFormat::Json => to_json_line(&listed)?,
+                OutputFormat::Table => list_table(&listed),
+            };
+            write_stdout(text.as_bytes())?;
+            if listed.more && output == OutputFormat::Table {
+                write_stderr("(more keys follow; raise --limit or narrow the prefix)\n");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The bytes of a `put` value: the argument as given (any bytes on Unix), or stdin for "-".
+fn value_bytes(value: OsString) -> Result<Bytes, CliError> {
+    if value == "-" {
+        let mut bytes = Vec::new();
+        // Bounded, and never cut silently: a longer stdin is refused, not truncated.
+        std::io::stdin()
+            .lock()
+            .take(MAX_STDIN_VALUE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|err| CliError::Failed(format!("cannot read the value from stdin: {err}")))?;
+        if bytes.len() as u64 > MAX_STDIN_VALUE_BYTES {
+            return Err(CliError::Failed(format!("the value on stdin is larger than {MAX_STDIN_VALUE_BYTES} bytes")));
+        }
+        return Ok(Bytes::from(bytes));
+    }
+    Ok(Bytes::from(os_bytes(value)))
+}
+
+#[cfg(unix)]
+fn os_bytes(value: OsString) -> Vec<u8> {
+    use std::os::unix::ffi::OsStringExt;
+    value.into_vec()
+}
+
+#[cfg(not(unix))]
+fn os_bytes(value: OsString) -> Vec<u8> {
+    value.to_string_lossy().into_owned().into_bytes()
+}
+
+/// KEY, VALUE, CREATE, MOD, VERSION; values shown as text when printable.
+pub fn list_table(listed: &ListResponse) -> String {
+    let rows: Vec<Vec<String>> = listed
+        .kvs
+        .iter()
+        .map(|item| {
+            let value = match decode_base64(&item.value) {
+                Some(bytes) => bytes_cell(&bytes),
+                None => "<undecodable>".to_string(),
+            };
+            vec![
+                text_cell(&item.key),
+                value,
+                item.create_revision.to_string(),
+                item.mod_revision.to_string(),
+                item.version.to_string(),
+            ]
+        })
+        .collect();
+    render(&["KEY", "VALUE", "CREATE", "MOD", "VERSION"], &rows)
+}

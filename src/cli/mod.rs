@@ -1,0 +1,188 @@
+//! The `kuberaft` command line (DESIGN.md §5): clap definitions of every subcommand and the
+//! dispatch to them. Client commands (`kv`, `member`, `endpoint`, `leader`) share `ClientArgs`
+//! and go through `crate::client`; `node` hands over to `crate::node::run`; `dev` runs a local
+//! cluster of node processes. Every failure ends as `error: <message>` on stderr and a non-zero
+//! exit code: 2 for usage errors, 1 for everything else.
+
+pub mod dev;
+pub mod endpoint;
+pub mod kv;
+pub mod member;
+pub mod table;
+#[cfg(test)]
+mod tests;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::api::types::{parse_id, DEFAULT_CLIENT_PORT};
+use crate::client::{Client, ClientConfig, ClientError, DEFAULT_REQUEST_TIMEOUT};
+
+pub use dev::DevArgs;
+pub use endpoint::EndpointCommand;
+pub use kv::KvCommand;
+pub use member::{LeaderCommand, MemberCommand};
+
+/// The environment variable that holds the default endpoint list of client commands.
+pub const ENDPOINTS_ENV: &str = "KUBERAFT_ENDPOINTS";
+
+#[derive(Debug, Parser)]
+#[command(name = "kuberaft", version, about = "A Raft-replicated key-value store and its Kubernetes operator")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run a Raft member.
+    Node(crate::node::NodeArgs),
+    /// Run a local cluster of real members on 127.0.0.1, with a live status; Ctrl-C stops it.
+    Dev(DevArgs),
+    /// Read and write keys.
+    Kv(KvCommand),
+    /// List and change the cluster's members.
+    Member(MemberCommand),
+    /// Ask each endpoint about itself.
+    Endpoint(EndpointCommand),
+    /// Move leadership.
+    Leader(LeaderCommand),
+    /// Print the version.
+    Version,
+}
+
+/// The flags every client command takes. Global, so they may come before or after the action
+/// (`kuberaft kv --endpoints X get k` and `kuberaft kv get k --endpoints X`).
+#[derive(Clone, Debug, Args)]
+pub struct ClientArgs {
+    /// Client URLs of members, comma-separated; any subset of the cluster will do.
+    #[arg(long, global = true, env = ENDPOINTS_ENV, value_delimiter = ',', default_values_t = [default_endpoint()])]
+    pub endpoints: Vec<String>,
+    /// Timeout of one request to one endpoint, in milliseconds (failover may try a few).
+    #[arg(
+        long,
+        global = true,
+        env = "KUBERAFT_TIMEOUT_MS",
+        default_value_t = DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub timeout_ms: u64,
+}
+
+impl ClientArgs {
+    pub fn client(&self) -> Result<Client, CliError> {
+        // "a,b," and "a,,b" leave empty entries; they are typos, not endpoints.
+        let endpoints: Vec<String> = self.endpoints.iter().filter(|e| !e.trim().is_empty()).cloned().collect();
+        let config = ClientConfig::with_request_timeout(Duration::from_millis(self.timeout_ms));
+        Ok(Client::with_config(endpoints, config)?)
+    }
+}
+
+fn default_endpoint() -> String {
+    format!("http://127.0.0.1:{DEFAULT_CLIENT_PORT}")
+}
+
+/// `-w table|json`, as etcdctl spells it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
+}
+
+/// Member ids on the command line are hex, as `member list` prints them.
+pub fn parse_member_id(text: &str) -> Result<u64, String> {
+    parse_id(text.trim().trim_start_matches("0x"))
+        .ok_or_else(|| format!("'{text}' is not a member id (a non-zero hex number, as `member list` prints)"))
+}
+
+/// Why a command failed, and so its exit code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CliError {
+    /// The command line was wrong: exit 2.
+    Usage(String),
+    /// The command could not do its work: exit 1.
+    Failed(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Failed(_) => 1,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            CliError::Usage(message) | CliError::Failed(message) => message,
+        }
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(err: ClientError) -> Self {
+        match err {
+            ClientError::InvalidEndpoint { .. } | ClientError::InvalidKey(_) => CliError::Usage(err.to_string()),
+            other => CliError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// Runs a parsed command line to its exit code. Blocking: client commands and `dev` run on a
+/// current-thread runtime built here; `node` builds its own.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Commands::Node(args) => return crate::node::run(args),
+        Commands::Version => write_stdout(format!("kuberaft {}\n", env!("CARGO_PKG_VERSION")).as_bytes()),
+        // `dev` spawns its children from this (the main) thread; see `dev::spawn_member`.
+        Commands::Dev(args) => block_on(dev::run(args)),
+        Commands::Kv(command) => block_on(kv::run(command)),
+        Commands::Member(command) => block_on(member::run_member(command)),
+        Commands::Endpoint(command) => block_on(endpoint::run(command)),
+        Commands::Leader(command) => block_on(member::run_leader(command)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Nothing useful is left to do if stderr is gone too.
+            let _ = writeln!(std::io::stderr(), "error: {}", err.message());
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
+
+fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(future: F) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| CliError::Failed(format!("cannot start the async runtime: {err}")))?;
+    runtime.block_on(future)
+}
+
+/// Writes to stdout without panicking (`println!` panics when the reader has gone away, as in
+/// `kuberaft kv list | head`); a closed pipe just ends the output.
+pub fn write_stdout(bytes: &[u8]) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(err) => Err(CliError::Failed(format!("cannot write to stdout: {err}"))),
+    }
+}
+
+/// Writes a note to stderr (best effort: there is nowhere else to report a failure).
+pub fn write_stderr(text: &str) {
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
+/// Pretty JSON of `value` followed by a newline.
+pub fn to_json_line<T: serde::Serialize>(value: &T) -> Result<String, CliError> {
+    let mut text =
+        serde_json::to_string_pretty(value).map_err(|err| CliError::Failed(format!("encode JSON: {err}")))?;
+    text.push('\n');
+    Ok(text)
+}

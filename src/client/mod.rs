@@ -1,0 +1,531 @@
+//! The Rust client of the kuberaft HTTP API (DESIGN.md §4), used by the CLI, the operator and the
+//! tests. It owns endpoint failover: it remembers the endpoint that answered last and tries it
+//! first; on a connection failure, a timeout or a 503 ("not proposed, safe to retry") it moves on
+//! to the next endpoint, at most twice over the list and never past an overall deadline. A 504
+//! ("proposed, outcome unknown") or any 4xx is returned as is, never retried. It depends on
+//! nothing of ours but `crate::api::types`.
+
+mod base64;
+mod encode;
+#[cfg(test)]
+mod tests;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::api::types::{
+    format_id, AddMemberRequest, AddMemberResponse, DeleteResponse, ErrorBody, ListResponse, MembersResponse,
+    PutResponse, Status, TransferRequest, TransferResponse, HEADER_CREATE_REVISION, HEADER_MOD_REVISION,
+};
+
+pub use base64::{decode_base64, encode_base64};
+pub use encode::encode_component;
+
+/// Per-request timeout unless configured otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TCP connect may take before the endpoint counts as unreachable. Kept shorter than
+/// the request timeout so that an unreachable endpoint is told apart from a slow answer (which,
+/// for a write, may have applied).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Passes over the endpoint list before giving up.
+const MAX_PASSES: usize = 2;
+/// Pause between passes when no endpoint sent a Retry-After.
+const PASS_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest pause between passes, whatever Retry-After says: the deadline is the caller's.
+const MAX_PASS_BACKOFF: Duration = Duration::from_secs(1);
+/// Error bodies longer than this are cut in messages.
+const MAX_ERROR_TEXT: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error (4xx, 504, or 5xx other than 503).
+    #[error("{message} ({code}, HTTP {status})")]
+    Api { status: u16, code: String, message: String },
+    /// No endpoint could serve the request; `attempts` says which endpoint failed how.
+    #[error("no endpoint could serve the request: {}", summarize_attempts(attempts))]
+    Unavailable { attempts: Vec<String> },
+    /// A write was sent but no answer came back: it may or may not apply. Not retried, like a 504.
+    #[error("outcome unknown: the request was sent to {endpoint} but {reason}; it may or may not have applied")]
+    OutcomeUnknown { endpoint: String, reason: String },
+    #[error("invalid endpoint '{endpoint}': {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+    /// A key that cannot be written as one URL path segment.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    /// The server answered 2xx with a body this client does not understand.
+    #[error("cannot decode the answer of {endpoint}: {message}")]
+    Decode { endpoint: String, message: String },
+    /// The HTTP client itself could not be built.
+    #[error("cannot set up the HTTP client: {0}")]
+    Setup(String),
+}
+
+impl ClientError {
+    /// The HTTP status of a server error, if this is one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True when a write may or may not have applied (504, or no answer after sending).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, ClientError::OutcomeUnknown { .. } | ClientError::Api { status: 504, .. })
+    }
+}
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// `?consistency=` of a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Served through the leader with ReadIndex: never stale.
+    #[default]
+    Linearizable,
+    /// Served by the member asked, from its applied state: possibly stale.
+    Serializable,
+}
+
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Serializable => "serializable",
+        }
+    }
+}
+
+/// A value read with `get`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GetResponse {
+    pub value: Bytes,
+    pub mod_revision: u64,
+    pub create_revision: Option<u64>,
+}
+
+/// Timeouts of a `Client`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// One HTTP exchange with one endpoint.
+    pub request_timeout: Duration,
+    /// TCP connect to one endpoint (capped by `request_timeout`).
+    pub connect_timeout: Duration,
+    /// Everything, failover included.
+    pub deadline: Duration,
+}
+
+impl ClientConfig {
+    /// A config whose overall deadline leaves room for a few failovers of that request timeout.
+    pub fn with_request_timeout(request_timeout: Duration) -> Self {
+        ClientConfig {
+            request_timeout,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT.min(request_timeout),
+            deadline: request_timeout.saturating_mul(3),
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig::with_request_timeout(DEFAULT_REQUEST_TIMEOUT)
+    }
+}
+
+/// A client of one cluster, given any subset of its members' client URLs. Cheap to clone; clones
+/// share the remembered endpoint.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    endpoints: Arc<[String]>,
+    /// Index in `endpoints` of the endpoint that answered last.
+    preferred: Arc<AtomicUsize>,
+    config: ClientConfig,
+}
+
+/// The body of a request.
+#[derive(Clone, Debug)]
+enum Body {
+    Empty,
+    Bytes(Bytes),
+    Json(Bytes),
+}
+
+/// One API call, before an endpoint is chosen.
+#[derive(Clone, Debug)]
+struct Call {
+    method: Method,
+    /// Path and query, already encoded, starting with '/'.
+    path: String,
+    body: Body,
+}
+
+impl Call {
+    fn new(method: Method, path: String) -> Self {
+        Call { method, path, body: Body::Empty }
+    }
+
+    fn json<T: serde::Serialize>(mut self, value: &T) -> Result<Self> {
+        let bytes = serde_json::to_vec(value).map_err(|err| ClientError::Setup(format!("encode request: {err}")))?;
+        self.body = Body::Json(Bytes::from(bytes));
+        Ok(self)
+    }
+
+    /// Reads change nothing, so a read whose answer was lost can be sent again elsewhere;
+    /// a write whose answer was lost cannot (it may have applied).
+    fn is_read(&self) -> bool {
+        self.method == Method::GET || self.method == Method::HEAD
+    }
+}
+
+/// A complete HTTP answer from one endpoint.
+#[derive(Debug)]
+struct Reply {
+    endpoint: String,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    /// The answer as a `ClientError::Api`, from its JSON error body if it has one.
+    fn api_error(&self) -> ClientError {
+        match serde_json::from_slice::<ErrorBody>(&self.body) {
+            Ok(body) => {
+                ClientError::Api { status: self.status.as_u16(), code: body.error.code, message: body.error.message }
+            }
+            Err(_) => {
+                let text = String::from_utf8_lossy(&self.body);
+                let text = text.trim();
+                let message = if text.is_empty() {
+                    self.status.canonical_reason().unwrap_or("no message").to_string()
+                } else {
+                    truncate(text, MAX_ERROR_TEXT)
+                };
+                ClientError::Api {
+                    status: self.status.as_u16(),
+                    code: format!("http_{}", self.status.as_u16()),
+                    message,
+                }
+            }
+        }
+    }
+
+    fn ok_or_api_error(self) -> Result<Reply> {
+        if self.status.is_success() {
+            Ok(self)
+        } else {
+            Err(self.api_error())
+        }
+    }
+
+    fn json<T: DeserializeOwned>(self) -> Result<T> {
+        let reply = self.ok_or_api_error()?;
+        serde_json::from_slice(&reply.body)
+            .map_err(|err| ClientError::Decode { endpoint: reply.endpoint.clone(), message: err.to_string() })
+    }
+
+    /// Retry-After in seconds (the only form the API sends).
+    fn retry_after(&self) -> Option<Duration> {
+        let value = self.headers.get(RETRY_AFTER)?.to_str().ok()?;
+        value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    }
+
+    fn header_u64(&self, name: &str) -> Result<Option<u64>> {
+        let Some(value) = self.headers.get(name) else {
+            return Ok(None);
+        };
+        value.to_str().ok().and_then(|text| text.trim().parse::<u64>().ok()).map(Some).ok_or_else(|| {
+            ClientError::Decode { endpoint: self.endpoint.clone(), message: format!("header {name} is not a number") }
+        })
+    }
+}
+
+/// How one attempt on one endpoint failed.
+enum AttemptError {
+    /// Nothing reached the server (or it said 503): another endpoint may be tried.
+    Retryable(String),
+    /// The request may have reached the server and no answer came.
+    Lost(String),
+}
+
+impl Client {
+    /// A client with the default timeouts. Endpoints are `http://host:port` URLs.
+    pub fn new(endpoints: Vec<String>) -> Result<Client> {
+        Client::with_config(endpoints, ClientConfig::default())
+    }
+
+    pub fn with_config(endpoints: Vec<String>, config: ClientConfig) -> Result<Client> {
+        if endpoints.is_empty() {
+            return Err(ClientError::InvalidEndpoint {
+                endpoint: String::new(),
+                reason: "no endpoints given".to_string(),
+            });
+        }
+        let mut normalized: Vec<String> = Vec::with_capacity(endpoints.len());
+        for endpoint in &endpoints {
+            let endpoint = normalize_endpoint(endpoint)?;
+            if !normalized.contains(&endpoint) {
+                normalized.push(endpoint);
+            }
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout.min(config.request_timeout))
+            // Endpoints are members' own addresses; a proxy would turn a dead member into a 502
+            // and hide the connection failure that failover relies on.
+            .no_proxy()
+            .build()
+            .map_err(|err| ClientError::Setup(error_chain(&err)))?;
+        Ok(Client { http, endpoints: normalized.into(), preferred: Arc::new(AtomicUsize::new(0)), config })
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Writes `value` at `key`. With `prev_revision`, only if the key's mod revision is that
+    /// (0: only if the key does not exist); otherwise a 412 `compare_failed`.
+    pub async fn put(&self, key: &str, value: Bytes, prev_revision: Option<u64>) -> Result<PutResponse> {
+        let mut path = key_path(key)?;
+        if let Some(revision) = prev_revision {
+            path.push_str(&format!("?prevRevision={revision}"));
+        }
+        let mut call = Call::new(Method::PUT, path);
+        call.body = Body::Bytes(value);
+        self.execute(&call).await?.json()
+    }
+
+    /// Reads `key`; `None` when it does not exist.
+    pub async fn get(&self, key: &str, consistency: Consistency) -> Result<Option<GetResponse>> {
+        let path = format!("{}?consistency={}", key_path(key)?, consistency.as_str());
+        let reply = self.execute(&Call::new(Method::GET, path)).await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            // A 404 with another code (an unknown route: not a kuberaft server?) is an error.
+            return match reply.api_error() {
+                ClientError::Api { code, .. } if code == "not_found" || code == "http_404" => Ok(None),
+                other => Err(other),
+            };
+        }
+        let reply = reply.ok_or_api_error()?;
+        let mod_revision = reply.header_u64(HEADER_MOD_REVISION)?.ok_or_else(|| ClientError::Decode {
+            endpoint: reply.endpoint.clone(),
+            message: format!("header {HEADER_MOD_REVISION} missing"),
+        })?;
+        let create_revision = reply.header_u64(HEADER_CREATE_REVISION)?;
+        Ok(Some(GetResponse { value: reply.body, mod_revision, create_revision }))
+    }
+
+    /// Deletes `key` (with `prev_revision`: only at that mod revision).
+    pub async fn delete(&self, key: &str, prev_revision: Option<u64>) -> Result<DeleteResponse> {
+        let mut path = key_path(key)?;
+        if let Some(revision) = prev_revision {
+            path.push_str(&format!("?prevRevision={revision}"));
+        }
+        self.execute(&Call::new(Method::DELETE, path)).await?.json()
+    }
+
+    /// Keys starting with `prefix`, in key order, at most `limit` (the server caps it).
+    pub async fn list(&self, prefix: &str, limit: Option<usize>) -> Result<ListResponse> {
+        let mut path = format!("/v1/kv?prefix={}", encode_component(prefix));
+        if let Some(limit) = limit {
+            path.push_str(&format!("&limit={limit}"));
+        }
+        self.execute(&Call::new(Method::GET, path)).await?.json()
+    }
+
+    pub async fn members(&self) -> Result<MembersResponse> {
+        self.execute(&Call::new(Method::GET, "/v1/members".to_string())).await?.json()
+    }
+
+    pub async fn add_member(&self, request: &AddMemberRequest) -> Result<AddMemberResponse> {
+        let call = Call::new(Method::POST, "/v1/members".to_string()).json(request)?;
+        self.execute(&call).await?.json()
+    }
+
+    /// Makes learner `id` a voter.
+    pub async fn promote(&self, id: u64) -> Result<()> {
+        let call = Call::new(Method::POST, format!("/v1/members/{}/promote", format_id(id)));
+        self.execute(&call).await?.ok_or_api_error().map(drop)
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<()> {
+        let call = Call::new(Method::DELETE, format!("/v1/members/{}", format_id(id)));
+        self.execute(&call).await?.ok_or_api_error().map(drop)
+    }
+
+    /// Moves leadership to `to`, or (None) to the most caught-up voter.
+    pub async fn transfer_leader(&self, to: Option<u64>) -> Result<TransferResponse> {
+        // Always a JSON body ({"to": null} for "anyone"), so the server needs one extractor.
+        let request = TransferRequest { to: to.map(format_id) };
+        let call = Call::new(Method::POST, "/v1/leader/transfer".to_string()).json(&request)?;
+        self.execute(&call).await?.json()
+    }
+
+    /// The status of one member, asked directly: no failover (a status is about that member).
+    pub async fn status_of(&self, endpoint: &str) -> Result<Status> {
+        let endpoint = normalize_endpoint(endpoint)?;
+        let call = Call::new(Method::GET, "/v1/status".to_string());
+        match self.attempt(&endpoint, &call, self.config.request_timeout).await {
+            Ok(reply) => reply.json(),
+            Err(AttemptError::Retryable(reason) | AttemptError::Lost(reason)) => {
+                Err(ClientError::Unavailable { attempts: vec![format!("{endpoint}: {reason}")] })
+            }
+        }
+    }
+
+    /// The status of every endpoint, in the order given, asked concurrently.
+    pub async fn statuses(&self) -> Vec<(String, Result<Status>)> {
+        let asks =
+            self.endpoints.iter().map(|endpoint| async move { (endpoint.clone(), self.status_of(endpoint).await) });
+        futures::future::join_all(asks).await
+    }
+
+    /// Sends `call` with failover and returns the first answer that is not a 503. The caller
+    /// turns error statuses into errors (a 404 is an answer for `get`).
+    async fn execute(&self, call: &Call) -> Result<Reply> {
+        let started = Instant::now();
+        let deadline = started + self.config.deadline;
+        let count = self.endpoints.len();
+        let first = self.preferred.load(Ordering::Relaxed) % count;
+        let mut attempts: Vec<String> = Vec::new();
+        for pass in 0..MAX_PASSES {
+            let mut pause = PASS_BACKOFF;
+            for offset in 0..count {
+                let index = (first + offset) % count;
+                let endpoint = &self.endpoints[index];
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                if remaining.is_zero() {
+                    attempts.push(format!("deadline of {} ms passed", self.config.deadline.as_millis()));
+                    return Err(ClientError::Unavailable { attempts });
+                }
+                let timeout = self.config.request_timeout.min(remaining);
+                match self.attempt(endpoint, call, timeout).await {
+                    Ok(reply) if reply.status == StatusCode::SERVICE_UNAVAILABLE => {
+                        if let Some(retry_after) = reply.retry_after() {
+                            pause = retry_after;
+                        }
+                        attempts.push(format!("{endpoint}: {}", reply.api_error()));
+                    }
+                    Ok(reply) => {
+                        self.preferred.store(index, Ordering::Relaxed);
+                        return Ok(reply);
+                    }
+                    Err(AttemptError::Retryable(reason)) => attempts.push(format!("{endpoint}: {reason}")),
+                    Err(AttemptError::Lost(reason)) => {
+                        if !call.is_read() {
+                            return Err(ClientError::OutcomeUnknown { endpoint: endpoint.clone(), reason });
+                        }
+                        attempts.push(format!("{endpoint}: {reason}"));
+                    }
+                }
+            }
+            if pass + 1 < MAX_PASSES {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(pause.min(MAX_PASS_BACKOFF).min(remaining)).await;
+            }
+        }
+        Err(ClientError::Unavailable { attempts })
+    }
+
+    /// One exchange with one endpoint, body read in full.
+    async fn attempt(&self, endpoint: &str, call: &Call, timeout: Duration) -> Result<Reply, AttemptError> {
+        let url = format!("{endpoint}{}", call.path);
+        let mut request = self.http.request(call.method.clone(), url).timeout(timeout);
+        request = match &call.body {
+            Body::Empty => request,
+            Body::Bytes(bytes) => request.header(CONTENT_TYPE, "application/octet-stream").body(bytes.clone()),
+            Body::Json(bytes) => request.header(CONTENT_TYPE, "application/json").body(bytes.clone()),
+        };
+        let response = request.send().await.map_err(|err| classify(&err, timeout))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(|err| classify(&err, timeout))?;
+        Ok(Reply { endpoint: endpoint.to_string(), status, headers, body })
+    }
+}
+
+/// A connect failure never reached the server; anything else might have.
+fn classify(err: &reqwest::Error, timeout: Duration) -> AttemptError {
+    if err.is_connect() {
+        AttemptError::Retryable(format!("cannot connect: {}", error_chain(err)))
+    } else if err.is_timeout() {
+        AttemptError::Lost(format!("no answer within {} ms", timeout.as_millis()))
+    } else {
+        AttemptError::Lost(error_chain(err))
+    }
+}
+
+/// The innermost cause of an error ("Connection refused (os error 111)"), which says more than
+/// reqwest's "error sending request for url".
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost: &dyn std::error::Error = err;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    innermost.to_string()
+}
+
+/// `/v1/kv/{key}` with the key as one percent-encoded segment.
+fn key_path(key: &str) -> Result<String> {
+    // Empty, "." and ".." cannot be one path segment: URL parsing removes or resolves them,
+    // even when percent-encoded.
+    if key.is_empty() || key == "." || key == ".." {
+        return Err(ClientError::InvalidKey(format!("'{key}' cannot be a key")));
+    }
+    Ok(format!("/v1/kv/{}", encode_component(key)))
+}
+
+/// Checks an endpoint URL and returns it without a trailing slash.
+pub fn normalize_endpoint(endpoint: &str) -> Result<String> {
+    let invalid =
+        |reason: &str| ClientError::InvalidEndpoint { endpoint: endpoint.to_string(), reason: reason.to_string() };
+    let trimmed = endpoint.trim();
+    let url = reqwest::Url::parse(trimmed).map_err(|err| invalid(&format!("{err} (expected http://host:port)")))?;
+    if url.scheme() != "http" {
+        return Err(invalid("only http:// endpoints are supported"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("no host"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("an endpoint is scheme://host:port, without a path or query"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("credentials in endpoint URLs are not supported"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// The attempts, each distinct failure once, in order: a second pass that failed the same way
+/// adds a count instead of a repetition.
+fn summarize_attempts(attempts: &[String]) -> String {
+    let mut distinct: Vec<(&str, usize)> = Vec::new();
+    for attempt in attempts {
+        match distinct.iter_mut().find(|(seen, _)| *seen == attempt.as_str()) {
+            Some((_, count)) => *count += 1,
+            None => distinct.push((attempt, 1)),
+        }
+    }
+    let parts: Vec<String> = distinct
+        .into_iter()
+        .map(|(attempt, count)| if count > 1 { format!("{attempt} ({count} times)") } else { attempt.to_string() })
+        .collect();
+    parts.join("; ")
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}

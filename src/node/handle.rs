@@ -1,0 +1,108 @@
+//! The async face of the Raft loop for the HTTP handlers: propose and wait for the outcome,
+//! confirm a linearizable read point, change membership, move leadership.
+
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::runtime::{offer, Input, NodeError};
+use super::shared::Shared;
+use crate::raft::{ConfChange, Index, NodeId, Role};
+use crate::store::command::{encode, ApplyResult, Command};
+
+/// How long a proposal may take to apply before its outcome is reported unknown (504).
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a linearizable read may wait for its read point.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub shared: Arc<Shared>,
+    pub tx: SyncSender<Input>,
+}
+
+impl NodeHandle {
+    pub fn is_leader(&self) -> bool {
+        self.shared.status().role == Role::Leader
+    }
+
+    /// The leader's client URL, when a leader is known and reachable by URL.
+    pub fn leader_client_url(&self) -> Option<String> {
+        let leader = self.shared.status().leader?;
+        if leader == self.shared.id {
+            return None;
+        }
+        self.shared.address(leader).map(|a| a.client_url).filter(|u| !u.is_empty())
+    }
+
+    pub async fn propose(&self, command: &Command) -> Result<ApplyResult, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        offer(&self.tx, Input::Propose { data: encode(command), reply })?;
+        match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(NodeError::OutcomeUnknown("the member stopped while the write was pending".into())),
+            Err(_) => Err(NodeError::OutcomeUnknown("the write did not commit within 5 s".into())),
+        }
+    }
+
+    pub async fn conf_change(&self, cc: ConfChange) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        offer(&self.tx, Input::ConfChange { cc, reply })?;
+        match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(NodeError::OutcomeUnknown("the member stopped while the change was pending".into())),
+            Err(_) => Err(NodeError::OutcomeUnknown("the change did not commit within 5 s".into())),
+        }
+    }
+
+    /// Waits until this member (the leader) may serve a linearizable read: the ReadIndex is
+    /// confirmed by a quorum and applied here.
+    pub async fn read_barrier(&self) -> Result<Index, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        offer(&self.tx, Input::ReadIndex { reply })?;
+        let index = match tokio::time::timeout(READ_TIMEOUT, rx).await {
+            Ok(Ok(outcome)) => outcome?,
+            Ok(Err(_)) => return Err(NodeError::Unavailable("the member stopped during the read".into())),
+            Err(_) => return Err(NodeError::Unavailable("no quorum confirmed the read in time".into())),
+        };
+        self.wait_applied(index).await?;
+        Ok(index)
+    }
+
+    pub async fn wait_applied(&self, index: Index) -> Result<(), NodeError> {
+        let mut applied = self.shared.applied.subscribe();
+        let reached = tokio::time::timeout(READ_TIMEOUT, applied.wait_for(|a| *a >= index)).await.is_ok_and(|r| r.is_ok());
+        if reached {
+            Ok(())
+        } else {
+            Err(NodeError::Unavailable(format!("index {index} was not applied in time")))
+        }
+    }
+
+    /// Starts a transfer and waits (bounded) until the target leads.
+    pub async fn transfer_leader(&self, to: Option<NodeId>) -> Result<NodeId, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        offer(&self.tx, Input::Transfer { to, reply })?;
+        let target = match rx.await {
+            Ok(outcome) => outcome?,
+            Err(_) => return Err(NodeError::Unavailable("the member stopped".into())),
+        };
+        for _ in 0..300 {
+            if self.shared.status().leader == Some(target) {
+                return Ok(target);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(NodeError::Unavailable(format!("member {target:x} did not take over within 3 s")))
+    }
+
+    /// Graceful stop of the Raft loop (hands leadership away first).
+    pub async fn shutdown(&self) {
+        let (reply, rx) = oneshot::channel();
+        if offer(&self.tx, Input::Shutdown { reply }).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        }
+    }
+}

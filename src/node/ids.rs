@@ -1,0 +1,130 @@
+//! Cluster and member identity: parsing `--initial-cluster`, and the ids derived from it.
+//! Every member of a new cluster derives the same ids from the same list and token, so no
+//! coordination is needed to bootstrap; a different list or token gives a different cluster id,
+//! and members of different clusters reject each other's messages.
+
+use crate::raft::NodeId;
+
+/// FNV-1a, 64 bit: stable across processes and versions (unlike std's hasher).
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter().chain(std::iter::once(&0xffu8)) {
+            hash ^= *byte as u64;
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// One `name=peerURL` of `--initial-cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct InitialMember {
+    pub name: String,
+    pub peer_url: String,
+}
+
+/// Parses `etcd-0=http://a:2380,etcd-1=http://b:2380`.
+pub fn parse_initial_cluster(text: &str) -> Result<Vec<InitialMember>, String> {
+    let mut members = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, url) =
+            item.split_once('=').ok_or_else(|| format!("--initial-cluster: '{item}' is not name=peerURL"))?;
+        let (name, url) = (name.trim(), url.trim().trim_end_matches('/'));
+        if name.is_empty() {
+            return Err(format!("--initial-cluster: '{item}' has an empty name"));
+        }
+        validate_url(url).map_err(|e| format!("--initial-cluster: {name}: {e}"))?;
+        if members.iter().any(|m: &InitialMember| m.name == name) {
+            return Err(format!("--initial-cluster: the name '{name}' appears twice"));
+        }
+        members.push(InitialMember { name: name.to_string(), peer_url: url.to_string() });
+    }
+    if members.is_empty() {
+        return Err("--initial-cluster is empty".into());
+    }
+    members.sort();
+    Ok(members)
+}
+
+/// An `http://host:port` URL (no path).
+pub fn validate_url(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("'{url}' must start with http://"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("'{url}' has no port"))?;
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("'{url}' has no valid host"));
+    }
+    port.parse::<u16>().map_err(|_| format!("'{url}' has an invalid port"))?;
+    Ok(())
+}
+
+/// `host:port` of an `http://host:port` URL.
+pub fn host_port(url: &str) -> Option<&str> {
+    url.strip_prefix("http://").map(|r| r.trim_end_matches('/'))
+}
+
+/// The cluster id: the sorted initial list and the token.
+pub fn cluster_id(members: &[InitialMember], token: &str) -> u64 {
+    let mut parts: Vec<&[u8]> = vec![b"kuberaft-cluster", token.as_bytes()];
+    for m in members {
+        parts.push(m.name.as_bytes());
+        parts.push(m.peer_url.as_bytes());
+    }
+    nonzero(fnv1a(&parts))
+}
+
+/// The id of an initial member: the same on every member that bootstraps from the same list.
+pub fn initial_member_id(cluster_id: u64, member: &InitialMember) -> u64 {
+    nonzero(fnv1a(&[b"kuberaft-member", &cluster_id.to_le_bytes(), member.name.as_bytes(), member.peer_url.as_bytes()]))
+}
+
+/// The id of a member added later: includes the time so that an id is never reused, even for
+/// a member re-added under the same name and URL.
+pub fn added_member_id(cluster_id: u64, name: &str, peer_url: &str, nanos: u128) -> u64 {
+    nonzero(fnv1a(&[
+        b"kuberaft-added",
+        &cluster_id.to_le_bytes(),
+        name.as_bytes(),
+        peer_url.as_bytes(),
+        &nanos.to_le_bytes(),
+    ]))
+}
+
+fn nonzero(id: NodeId) -> NodeId {
+    if id == 0 {
+        1
+    } else {
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_sorts_and_rejects_bad_items() {
+        let m = parse_initial_cluster("b=http://127.0.0.1:2380, a=http://127.0.0.2:2380/").unwrap();
+        assert_eq!(m[0].name, "a");
+        assert_eq!(m[0].peer_url, "http://127.0.0.2:2380");
+        assert!(parse_initial_cluster("").is_err());
+        assert!(parse_initial_cluster("a").is_err());
+        assert!(parse_initial_cluster("a=ftp://x:1").is_err());
+        assert!(parse_initial_cluster("a=http://x").is_err());
+        assert!(parse_initial_cluster("a=http://x:1,a=http://y:1").is_err());
+    }
+
+    #[test]
+    fn ids_depend_on_list_and_token_but_not_on_order() {
+        let one = parse_initial_cluster("a=http://h:1,b=http://h:2").unwrap();
+        let same = parse_initial_cluster("b=http://h:2,a=http://h:1").unwrap();
+        let other = parse_initial_cluster("a=http://h:1,b=http://h:3").unwrap();
+        assert_eq!(cluster_id(&one, "t"), cluster_id(&same, "t"));
+        assert_ne!(cluster_id(&one, "t"), cluster_id(&other, "t"));
+        assert_ne!(cluster_id(&one, "t"), cluster_id(&one, "u"));
+        let c = cluster_id(&one, "t");
+        assert_ne!(initial_member_id(c, &one[0]), initial_member_id(c, &one[1]));
+        assert_ne!(added_member_id(c, "a", "http://h:1", 1), added_member_id(c, "a", "http://h:1", 2));
+    }
+}

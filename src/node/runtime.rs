@@ -1,0 +1,481 @@
+//! The Raft loop: one OS thread owns the consensus core, the storage and the state machine.
+//! It waits for input (peer messages, proposals, reads, admin requests) or the next tick, then
+//! runs the Ready cycle: persist with one fsync (every proposal that arrived meanwhile rides
+//! in the same batch: group commit), send, apply, answer, advance. Nothing is acknowledged
+//! and no vote leaves before the fsync returned.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::shared::{read, write, Address, LoopStatus, Shared};
+use crate::raft::{
+    ConfChange, ConfChangeKind, EntryPayload, Index, Message, MessageBody, NodeId, ProposeError, RawNode, Ready, Role,
+    Snapshot, Term,
+};
+use crate::store::command::{decode, ApplyResult, MemberInfo};
+use crate::store::{KvStore, Storage};
+
+/// Milliseconds per tick of the core.
+pub const TICK_MS: u64 = 10;
+/// Inputs waiting for the loop; beyond this, requests are refused (503) and peer messages
+/// dropped (Raft recovers from loss), so memory stays bounded under overload.
+pub const INPUT_QUEUE: usize = 8192;
+/// At most this many inputs are taken before the next Ready, so ticks are never starved.
+const MAX_INPUTS_PER_ROUND: usize = 4096;
+
+/// Why a request failed. Each maps to one HTTP status in the API.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("this member is not the leader")]
+    NotLeader { leader: Option<NodeId> },
+    /// Not proposed, will not apply: safe to retry.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Proposed, then the outcome became unknown (leader change, deadline).
+    #[error("the outcome is unknown: {0}")]
+    OutcomeUnknown(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl From<ProposeError> for NodeError {
+    fn from(e: ProposeError) -> NodeError {
+        match e {
+            ProposeError::NotLeader { leader } => NodeError::NotLeader { leader },
+            ProposeError::InvalidConfChange(e) => NodeError::BadRequest(e.to_string()),
+            ProposeError::NotAVoter(id) => NodeError::BadRequest(format!("member {id:x} is not a voter")),
+            other => NodeError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+
+pub enum Input {
+    Step(Message),
+    Propose { data: Bytes, reply: Reply<ApplyResult> },
+    ConfChange { cc: ConfChange, reply: Reply<()> },
+    ReadIndex { reply: Reply<Index> },
+    Transfer { to: Option<NodeId>, reply: Reply<NodeId> },
+    SnapshotFailed(NodeId),
+    /// Graceful stop: a leader first hands leadership to the most caught-up voter.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// Sends an input to the loop without blocking the caller.
+pub fn offer(tx: &SyncSender<Input>, input: Input) -> Result<(), NodeError> {
+    match tx.try_send(input) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => Err(NodeError::Unavailable("this member is overloaded; retry".into())),
+        Err(TrySendError::Disconnected(_)) => Err(NodeError::Unavailable("this member is shutting down".into())),
+    }
+}
+
+/// Sends peer messages to their members (see `transport`).
+pub trait Outbox: Send {
+    fn send(&mut self, messages: Vec<Message>);
+}
+
+struct PendingProposal {
+    term: Term,
+    reply: Option<Reply<ApplyResult>>,
+    conf_reply: Option<Reply<()>>,
+}
+
+pub struct RaftLoop {
+    pub raw: RawNode,
+    pub storage: Storage,
+    pub shared: Arc<Shared>,
+    pub outbox: Box<dyn Outbox>,
+    pub rx: Receiver<Input>,
+    pub snapshot_threshold: u64,
+    proposals: BTreeMap<Index, PendingProposal>,
+    reads: BTreeMap<u64, Reply<Index>>,
+    next_read_ctx: u64,
+    /// A Ready whose persistence failed (disk full, read-only): retried until it succeeds;
+    /// meanwhile nothing is sent, applied or acknowledged.
+    stuck: Option<Ready>,
+    last_snapshot_index: Index,
+    last_leader: Option<NodeId>,
+    shutdown: Option<(oneshot::Sender<()>, Instant)>,
+}
+
+impl RaftLoop {
+    pub fn new(
+        raw: RawNode,
+        storage: Storage,
+        shared: Arc<Shared>,
+        outbox: Box<dyn Outbox>,
+        rx: Receiver<Input>,
+        snapshot_threshold: u64,
+    ) -> RaftLoop {
+        let last_snapshot_index = raw.raft.log().base().index;
+        RaftLoop {
+            raw,
+            storage,
+            shared,
+            outbox,
+            rx,
+            snapshot_threshold: snapshot_threshold.max(1),
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            next_read_ctx: 1,
+            stuck: None,
+            last_snapshot_index,
+            last_leader: None,
+            shutdown: None,
+        }
+    }
+
+    /// Runs until shut down or every sender is gone.
+    pub fn run(mut self) {
+        let tick = Duration::from_millis(TICK_MS);
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(wait) {
+                Ok(input) => {
+                    self.handle(input);
+                    for _ in 0..MAX_INPUTS_PER_ROUND {
+                        match self.rx.try_recv() {
+                            Ok(input) => self.handle(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                next_tick += tick;
+                if next_tick < now {
+                    // We fell behind (a long fsync): do not replay missed ticks in a burst.
+                    next_tick = now + tick;
+                }
+            }
+            self.drive();
+            if self.shutdown_done() {
+                return;
+            }
+        }
+    }
+
+    fn handle(&mut self, input: Input) {
+        if self.stuck.is_some() {
+            // Storage is failing: refuse everything that would need it.
+            let why = || NodeError::Unavailable("storage is failing; see /readyz".into());
+            match input {
+                Input::Propose { reply, .. } => drop(reply.send(Err(why()))),
+                Input::ConfChange { reply, .. } => drop(reply.send(Err(why()))),
+                Input::ReadIndex { reply } => drop(reply.send(Err(why()))),
+                Input::Transfer { reply, .. } => drop(reply.send(Err(why()))),
+                Input::Shutdown { reply } => self.shutdown = Some((reply, Instant::now())),
+                Input::Step(_) | Input::SnapshotFailed(_) => {}
+            }
+            return;
+        }
+        match input {
+            Input::Step(m) => self.raw.step(m),
+            Input::Propose { data, reply } => match self.raw.raft.propose(data) {
+                Ok((index, term)) => {
+                    self.proposals.insert(index, PendingProposal { term, reply: Some(reply), conf_reply: None });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Input::ConfChange { cc, reply } => match self.raw.raft.propose_conf_change(cc) {
+                Ok((index, term)) => {
+                    self.proposals.insert(index, PendingProposal { term, reply: None, conf_reply: Some(reply) });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            },
+            Input::ReadIndex { reply } => {
+                let ctx = self.next_read_ctx;
+                self.next_read_ctx += 1;
+                match self.raw.raft.read_index(ctx) {
+                    Ok(()) => {
+                        self.reads.insert(ctx, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Input::Transfer { to, reply } => {
+                let _ = reply.send(self.raw.raft.transfer_leader(to).map_err(NodeError::from));
+            }
+            Input::SnapshotFailed(id) => self.raw.raft.report_snapshot(id, false),
+            Input::Shutdown { reply } => {
+                if self.raw.raft.role() == Role::Leader {
+                    if let Err(e) = self.raw.raft.transfer_leader(None) {
+                        tracing::info!(error = %e, "no leader transfer before shutdown");
+                    }
+                }
+                self.shutdown = Some((reply, Instant::now()));
+            }
+        }
+    }
+
+    /// Stops once leadership moved away (or after a bounded wait).
+    fn shutdown_done(&mut self) -> bool {
+        let Some((_, since)) = &self.shutdown else { return false };
+        let leading = self.raw.raft.role() == Role::Leader && self.raw.raft.config().id == self.shared.id;
+        let waited = since.elapsed() > Duration::from_millis(2_000);
+        if leading && !waited && self.stuck.is_none() {
+            return false;
+        }
+        if let Some((reply, _)) = self.shutdown.take() {
+            let _ = reply.send(());
+        }
+        true
+    }
+
+    /// Runs Ready cycles until the core has nothing more to hand out.
+    fn drive(&mut self) {
+        if let Some(rd) = self.stuck.take() {
+            if !self.persist(&rd) {
+                self.stuck = Some(rd);
+                return;
+            }
+            self.finish_ready(rd);
+        }
+        for _ in 0..64 {
+            if !self.raw.has_ready() {
+                break;
+            }
+            let rd = self.raw.ready();
+            if !self.persist(&rd) {
+                self.stuck = Some(rd);
+                std::thread::sleep(Duration::from_millis(100));
+                return;
+            }
+            self.finish_ready(rd);
+        }
+        self.maybe_snapshot();
+        self.publish();
+    }
+
+    fn persist(&mut self, rd: &Ready) -> bool {
+        if rd.hard_state.is_none() && rd.snapshot.is_none() && rd.entries.is_empty() {
+            return true;
+        }
+        let started = Instant::now();
+        match self.storage.persist(rd.hard_state.as_ref(), rd.snapshot.as_ref(), &rd.entries) {
+            Ok(()) => {
+                self.shared.metrics.observe_fsync(started.elapsed().as_secs_f64());
+                if read(&self.shared.errors).contains_key("storage") {
+                    tracing::info!("storage recovered; serving again");
+                    self.shared.set_error("storage", None);
+                }
+                true
+            }
+            Err(e) => {
+                if !read(&self.shared.errors).contains_key("storage") {
+                    tracing::error!(error = %e, "cannot persist raft state; not acknowledging anything until it works");
+                }
+                self.shared.set_error("storage", Some(e.to_string()));
+                false
+            }
+        }
+    }
+
+    /// Everything after persistence: send, install, apply, answer, advance.
+    fn finish_ready(&mut self, rd: Ready) {
+        if let Some(ss) = rd.soft_state {
+            if ss.leader != self.last_leader {
+                if ss.leader.is_some() {
+                    self.shared.metrics.leader_changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                tracing::info!(term = self.raw.raft.term(), leader = ?ss.leader.map(|l| format!("{l:x}")), role = ?ss.role, "leadership changed");
+                self.last_leader = ss.leader;
+            }
+        }
+        // New members' addresses come with their membership entries, before they apply.
+        for entry in &rd.entries {
+            self.learn_address(&entry.payload);
+        }
+        self.outbox.send(rd.messages);
+        if let Some(snapshot) = &rd.snapshot {
+            self.install(snapshot);
+        }
+        for entry in &rd.committed_entries {
+            self.learn_address(&entry.payload);
+            let result = write(&self.shared.kv).apply(entry);
+            if let Some(pending) = self.proposals.remove(&entry.index) {
+                let ours = pending.term == entry.term;
+                if let Some(reply) = pending.reply {
+                    let outcome = match (ours, result.clone()) {
+                        (true, Some(r)) => Ok(r),
+                        (true, None) => Err(NodeError::OutcomeUnknown("the command could not be applied".into())),
+                        (false, _) => Err(NodeError::Unavailable("the proposal was superseded by a new leader".into())),
+                    };
+                    let counter = if outcome.is_ok() {
+                        &self.shared.metrics.proposals_committed
+                    } else {
+                        &self.shared.metrics.proposals_failed
+                    };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = reply.send(outcome);
+                }
+                if let Some(reply) = pending.conf_reply {
+                    let outcome = if ours {
+                        Ok(())
+                    } else {
+                        Err(NodeError::Unavailable("the change was superseded by a new leader".into()))
+                    };
+                    let _ = reply.send(outcome);
+                }
+            }
+            // Proposals below the applied index that never matched were overwritten.
+            while let Some((&index, _)) = self.proposals.first_key_value() {
+                if index > entry.index {
+                    break;
+                }
+                if let Some((_, p)) = self.proposals.pop_first() {
+                    if let Some(reply) = p.reply {
+                        let _ = reply.send(Err(NodeError::Unavailable("the proposal was superseded".into())));
+                    }
+                    if let Some(reply) = p.conf_reply {
+                        let _ = reply.send(Err(NodeError::Unavailable("the change was superseded".into())));
+                    }
+                }
+            }
+        }
+        for rs in &rd.read_states {
+            if let Some(reply) = self.reads.remove(&rs.ctx) {
+                let _ = reply.send(Ok(rs.index));
+            }
+        }
+        for ctx in &rd.aborted_reads {
+            if let Some(reply) = self.reads.remove(ctx) {
+                let _ = reply.send(Err(NodeError::Unavailable("leadership changed during the read; retry".into())));
+            }
+        }
+        self.raw.advance();
+        if self.raw.raft.role() != Role::Leader && !self.reads.is_empty() {
+            // Reads registered on a leader that lost office without an abort notice.
+            for (_, reply) in std::mem::take(&mut self.reads) {
+                let _ = reply.send(Err(NodeError::Unavailable("not the leader any more; retry".into())));
+            }
+        }
+    }
+
+    fn install(&mut self, snapshot: &Snapshot) {
+        match KvStore::restore(&snapshot.data) {
+            Ok(kv) => {
+                *write(&self.shared.kv) = kv;
+                self.last_snapshot_index = snapshot.meta.index;
+                self.shared.metrics.snapshots_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(index = snapshot.meta.index, term = snapshot.meta.term, "installed snapshot");
+                let members = read(&self.shared.kv).members();
+                for (info, _) in members {
+                    self.remember(info);
+                }
+            }
+            Err(e) => {
+                // The leader sent a snapshot we cannot read: keep the old state, say so loudly.
+                tracing::error!(error = %e, index = snapshot.meta.index, "received an unreadable snapshot");
+                self.shared.set_error("snapshot", Some(format!("unreadable snapshot at {}: {e}", snapshot.meta.index)));
+            }
+        }
+    }
+
+    fn learn_address(&mut self, payload: &EntryPayload) {
+        if let EntryPayload::ConfChange(cc) = payload {
+            if matches!(cc.kind, ConfChangeKind::AddLearner | ConfChangeKind::AddVoter) {
+                if let Ok(info) = decode::<MemberInfo>(&cc.context) {
+                    if info.id == cc.node_id {
+                        self.remember(info);
+                    }
+                }
+            }
+        }
+    }
+
+    fn remember(&self, info: MemberInfo) {
+        let mut book = write(&self.shared.addresses);
+        let entry = book.entry(info.id).or_default();
+        entry.name = info.name;
+        entry.peer_url = info.peer_url;
+        if !info.client_url.is_empty() {
+            entry.client_url = info.client_url;
+        }
+    }
+
+    fn maybe_snapshot(&mut self) {
+        let applied = self.raw.raft.applied_index();
+        if applied < self.last_snapshot_index + self.snapshot_threshold {
+            return;
+        }
+        let data = read(&self.shared.kv).snapshot_data();
+        match self.raw.raft.compact(data.clone()) {
+            Ok(meta) => {
+                let index = meta.index;
+                if let Err(e) = self.storage.compact(&Snapshot { meta, data }) {
+                    tracing::warn!(error = %e, "could not save a snapshot; the log keeps growing until it works");
+                } else {
+                    tracing::debug!(index, "snapshot taken, log compacted");
+                }
+                self.last_snapshot_index = index;
+            }
+            Err(e) => tracing::debug!(error = %e, "no snapshot"),
+        }
+    }
+
+    fn publish(&mut self) {
+        let raft = &self.raw.raft;
+        let me = raft.id();
+        let matched = if raft.role() == Role::Leader {
+            raft.conf().voters.iter().chain(raft.conf().learners.iter()).filter_map(|id| raft.progress(*id).map(|p| (*id, p.matched))).collect()
+        } else {
+            BTreeMap::new()
+        };
+        let status = LoopStatus {
+            role: raft.role(),
+            term: raft.term(),
+            leader: raft.leader(),
+            commit_index: raft.commit_index(),
+            applied_index: raft.applied_index(),
+            last_index: raft.log().last_index(),
+            voter: raft.conf().voters.contains(&me),
+            matched,
+        };
+        let applied = status.applied_index;
+        *write(&self.shared.status) = status;
+        self.shared.applied.send_if_modified(|old| {
+            let changed = *old != applied;
+            *old = applied;
+            changed
+        });
+    }
+}
+
+/// Records the client URL a peer announced in its message headers.
+pub fn note_client_url(shared: &Shared, id: NodeId, client_url: &str) {
+    if client_url.is_empty() || crate::node::ids::validate_url(client_url).is_err() {
+        return;
+    }
+    let known = read(&shared.addresses).get(&id).map(|a| a.client_url == client_url).unwrap_or(false);
+    if !known {
+        let mut book = write(&shared.addresses);
+        let entry = book.entry(id).or_insert_with(Address::default);
+        entry.client_url = client_url.to_string();
+    }
+}
+
+/// Whether a message is one that a member that was removed or never belonged must not act on.
+pub fn is_vote_request(m: &Message) -> bool {
+    matches!(m.body, MessageBody::Vote { .. } | MessageBody::PreVote { .. })
+}

@@ -1,0 +1,117 @@
+//! State shared between the Raft loop (the only writer) and the HTTP handlers (readers):
+//! the state machine, a status snapshot, the address book of peers, errors to report, metrics.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::watch;
+
+use crate::raft::{Index, NodeId, Role, Term};
+use crate::store::KvStore;
+
+/// Locks that survive a panicked holder: the data is still consistent for our purposes
+/// (every writer completes its update before anything can panic).
+pub fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+pub fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+pub fn lock<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the Raft loop last published about itself.
+#[derive(Clone, Debug)]
+pub struct LoopStatus {
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: Index,
+    pub applied_index: Index,
+    pub last_index: Index,
+    pub voter: bool,
+    /// Leader only: each member's match index.
+    pub matched: BTreeMap<NodeId, Index>,
+}
+
+/// Where to reach a member.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Address {
+    pub name: String,
+    pub peer_url: String,
+    pub client_url: String,
+}
+
+/// Histogram buckets of fsync latency, in seconds.
+pub const FSYNC_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub leader_changes: AtomicU64,
+    pub proposals_committed: AtomicU64,
+    pub proposals_failed: AtomicU64,
+    pub peer_messages_dropped: AtomicU64,
+    pub peer_messages_rejected: AtomicU64,
+    pub fsync_count: AtomicU64,
+    pub fsync_micros_sum: AtomicU64,
+    pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len()],
+    pub snapshots_sent: AtomicU64,
+    pub snapshots_received: AtomicU64,
+}
+
+impl Metrics {
+    pub fn observe_fsync(&self, seconds: f64) {
+        self.fsync_count.fetch_add(1, Ordering::Relaxed);
+        self.fsync_micros_sum.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        for (bucket, upper) in self.fsync_buckets.iter().zip(FSYNC_BUCKETS) {
+            if seconds <= upper {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+pub struct Shared {
+    pub id: NodeId,
+    pub name: String,
+    pub cluster_id: u64,
+    pub advertise_client_url: String,
+    pub advertise_peer_url: String,
+    pub max_value_bytes: usize,
+    pub kv: RwLock<KvStore>,
+    pub status: RwLock<LoopStatus>,
+    /// The applied index, for readers waiting on a ReadIndex.
+    pub applied: watch::Sender<Index>,
+    pub addresses: RwLock<BTreeMap<NodeId, Address>>,
+    /// Conditions that keep this member from serving, by kind (storage, peers, ...).
+    pub errors: RwLock<BTreeMap<String, String>>,
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    pub fn status(&self) -> LoopStatus {
+        read(&self.status).clone()
+    }
+
+    pub fn address(&self, id: NodeId) -> Option<Address> {
+        read(&self.addresses).get(&id).cloned()
+    }
+
+    pub fn set_error(&self, kind: &str, message: Option<String>) {
+        let mut errors = write(&self.errors);
+        match message {
+            Some(m) => {
+                errors.insert(kind.to_string(), m);
+            }
+            None => {
+                errors.remove(kind);
+            }
+        }
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        read(&self.errors).iter().map(|(k, v)| format!("{k}: {v}")).collect()
+    }
+}

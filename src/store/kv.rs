@@ -1,0 +1,579 @@
+//! The replicated state machine, in memory: keys with etcd-style revisions, and the member
+//! table. Every member applies the same committed entries in the same order and must end in
+//! the same state, so `apply` is deterministic, never panics on what the log carries, and
+//! skips (rather than fails on) entries it cannot decode.
+//!
+//! Memory is kept close to the data: one `BTreeMap` from key to value and revisions, values
+//! as `Bytes`, and the `KeyValue` a reader sees is built on read.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::command::{decode, ApplyResult, Command, KeyValue, MemberInfo};
+use super::error::StoreError;
+use crate::raft::{ConfChange, ConfChangeKind, Entry, EntryPayload, Index, NodeId};
+
+/// Leads every snapshot, so that a snapshot of another format is refused by name.
+const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS\0";
+const SNAPSHOT_FORMAT: u32 = 1;
+const SNAPSHOT_HEADER_BYTES: usize = 8;
+
+/// One key's value and revisions; the key itself is the map key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Stored {
+    value: Bytes,
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Member {
+    info: MemberInfo,
+    voter: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvStore {
+    keys: BTreeMap<String, Stored>,
+    /// Bumped by every successful write; the revision of the last one.
+    revision: u64,
+    /// The index of the last entry applied.
+    applied: Index,
+    members: BTreeMap<NodeId, Member>,
+    removed: BTreeSet<NodeId>,
+}
+
+/// The snapshot body, borrowed for writing.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    applied: Index,
+    revision: u64,
+    keys: &'a BTreeMap<String, Stored>,
+    members: &'a BTreeMap<NodeId, Member>,
+    removed: &'a BTreeSet<NodeId>,
+}
+
+/// The snapshot body, owned for reading (same field order as `SnapshotRef`).
+#[derive(Deserialize)]
+struct SnapshotOwned {
+    applied: Index,
+    revision: u64,
+    keys: BTreeMap<String, Stored>,
+    members: BTreeMap<NodeId, Member>,
+    removed: BTreeSet<NodeId>,
+}
+
+impl KvStore {
+    pub fn new() -> KvStore {
+        KvStore::default()
+    }
+
+    /// Applies one committed entry, which must be `applied_index() + 1` (anything else is
+    /// refused with a warning and changes nothing). Returns the outcome of command entries,
+    /// `None` for everything else and for commands that cannot be decoded (skipped, so that
+    /// every member stays in step).
+    pub fn apply(&mut self, entry: &Entry) -> Option<ApplyResult> {
+        if entry.index != self.applied + 1 {
+            tracing::warn!(
+                index = entry.index,
+                applied = self.applied,
+                "refusing to apply an entry out of order; the state machine is unchanged"
+            );
+            return None;
+        }
+        self.applied = entry.index;
+        match &entry.payload {
+            EntryPayload::Noop => None,
+            EntryPayload::Command(data) => match decode::<Command>(data) {
+                Ok(command) => Some(self.apply_command(command)),
+                Err(e) => {
+                    tracing::warn!(index = entry.index, error = %e, "skipping an undecodable command");
+                    None
+                }
+            },
+            EntryPayload::ConfChange(cc) => {
+                self.apply_conf_change(entry.index, cc);
+                None
+            }
+        }
+    }
+
+    fn apply_command(&mut self, command: Command) -> ApplyResult {
+        match command {
+            Command::Put { key, value, prev_revision } => {
+                let current = self.keys.get(&key).map_or(0, |s| s.mod_revision);
+                if prev_revision.is_some_and(|expected| expected != current) {
+                    return ApplyResult::CompareFailed { current };
+                }
+                self.revision += 1;
+                let revision = self.revision;
+                match self.keys.get_mut(&key) {
+                    Some(stored) => {
+                        stored.value = value;
+                        stored.mod_revision = revision;
+                        stored.version += 1;
+                    }
+                    None => {
+                        let stored = Stored { value, create_revision: revision, mod_revision: revision, version: 1 };
+                        self.keys.insert(key, stored);
+                    }
+                }
+                ApplyResult::Put { revision }
+            }
+            Command::Delete { key, prev_revision } => {
+                let current = self.keys.get(&key).map_or(0, |s| s.mod_revision);
+                if prev_revision.is_some_and(|expected| expected != current) {
+                    return ApplyResult::CompareFailed { current };
+                }
+                if self.keys.remove(&key).is_none() {
+                    // Nothing changed, so the revision does not move (as in etcd).
+                    return ApplyResult::Deleted { revision: self.revision, deleted: 0 };
+                }
+                self.revision += 1;
+                ApplyResult::Deleted { revision: self.revision, deleted: 1 }
+            }
+        }
+    }
+
+    fn apply_conf_change(&mut self, index: Index, cc: &ConfChange) {
+        let id = cc.node_id;
+        let info = || match decode::<MemberInfo>(&cc.context) {
+            Ok(info) if info.id == id => info,
+            Ok(info) => {
+                tracing::warn!(
+                    index,
+                    id,
+                    context_id = info.id,
+                    "membership change names another id; keeping the entry's"
+                );
+                MemberInfo { id, ..info }
+            }
+            Err(e) => {
+                tracing::warn!(index, id, error = %e, "membership change without a readable member record");
+                MemberInfo { id, name: String::new(), peer_url: String::new(), client_url: String::new() }
+            }
+        };
+        match cc.kind {
+            ConfChangeKind::AddVoter | ConfChangeKind::AddLearner => {
+                let voter = cc.kind == ConfChangeKind::AddVoter;
+                self.members.insert(id, Member { info: info(), voter });
+            }
+            ConfChangeKind::Promote => match self.members.get_mut(&id) {
+                Some(member) => member.voter = true,
+                None => {
+                    self.members.insert(id, Member { info: info(), voter: true });
+                }
+            },
+            ConfChangeKind::Remove => {
+                self.members.remove(&id);
+                self.removed.insert(id);
+            }
+        }
+    }
+
+    pub fn applied_index(&self) -> Index {
+        self.applied
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn get(&self, key: &str) -> Option<KeyValue> {
+        self.keys.get_key_value(key).map(|(key, stored)| key_value(key, stored))
+    }
+
+    /// Keys starting with `prefix`, in order, at most `limit`; `more` when more exist.
+    pub fn list(&self, prefix: &str, limit: usize) -> (Vec<KeyValue>, bool) {
+        let mut matching = self
+            .keys
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix));
+        let kvs: Vec<KeyValue> = matching.by_ref().take(limit).map(|(key, stored)| key_value(key, stored)).collect();
+        let more = matching.next().is_some();
+        (kvs, more)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Every member with its voter flag, ordered by id.
+    pub fn members(&self) -> Vec<(MemberInfo, bool)> {
+        self.members.values().map(|m| (m.info.clone(), m.voter)).collect()
+    }
+
+    pub fn member(&self, id: NodeId) -> Option<(MemberInfo, bool)> {
+        self.members.get(&id).map(|m| (m.info.clone(), m.voter))
+    }
+
+    /// Every member id ever removed (never reused).
+    pub fn removed(&self) -> &BTreeSet<NodeId> {
+        &self.removed
+    }
+
+    /// FNV-1a (64 bit) over a canonical encoding of the member table: equal on every member
+    /// that applied the same changes, in every process and version of Rust.
+    pub fn membership_hash(&self) -> u64 {
+        let mut hash = Fnv1a::new();
+        for (id, member) in &self.members {
+            hash.write(&id.to_le_bytes());
+            for text in [&member.info.name, &member.info.peer_url, &member.info.client_url] {
+                // Length-prefixed, so that ("ab", "c") and ("a", "bc") differ.
+                hash.write(&(text.len() as u64).to_le_bytes());
+                hash.write(text.as_bytes());
+            }
+            hash.write(&[u8::from(member.voter)]);
+        }
+        hash.finish()
+    }
+
+    /// The whole state (keys, revisions, members, removed ids, applied index) for a snapshot.
+    pub fn snapshot_data(&self) -> Bytes {
+        let body = SnapshotRef {
+            applied: self.applied,
+            revision: self.revision,
+            keys: &self.keys,
+            members: &self.members,
+            removed: &self.removed,
+        };
+        let mut data = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + self.estimated_snapshot_bytes());
+        data.extend_from_slice(SNAPSHOT_MAGIC);
+        data.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
+        // Writing plain maps and strings into memory cannot fail; if it ever did, the snapshot
+        // would be refused by `restore` on every member rather than silently lose data.
+        if let Err(e) = bincode::serialize_into(&mut data, &body) {
+            tracing::error!(error = %e, "cannot encode the state machine snapshot");
+            data.truncate(SNAPSHOT_HEADER_BYTES);
+        }
+        Bytes::from(data)
+    }
+
+    fn estimated_snapshot_bytes(&self) -> usize {
+        self.keys.iter().map(|(key, stored)| key.len() + stored.value.len() + 48).sum::<usize>()
+            + self.members.len() * 128
+    }
+
+    /// Rebuilds a store from `snapshot_data`. Any damage or another format is an error.
+    pub fn restore(data: &[u8]) -> Result<KvStore, StoreError> {
+        let Some((header, body)) = data.split_at_checked(SNAPSHOT_HEADER_BYTES) else {
+            return Err(StoreError::BadSnapshot(format!("only {} bytes", data.len())));
+        };
+        if &header[..4] != SNAPSHOT_MAGIC {
+            return Err(StoreError::BadSnapshot("not a key-value snapshot".into()));
+        }
+        let format = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if format != SNAPSHOT_FORMAT {
+            return Err(StoreError::BadSnapshot(format!(
+                "format {format}, this version reads format {SNAPSHOT_FORMAT}"
+            )));
+        }
+        let snapshot: SnapshotOwned = decode(body).map_err(|e| StoreError::BadSnapshot(e.to_string()))?;
+        for (key, stored) in &snapshot.keys {
+            let consistent = stored.version >= 1
+                && stored.create_revision >= 1
+                && stored.create_revision <= stored.mod_revision
+                && stored.mod_revision <= snapshot.revision;
+            if !consistent {
+                return Err(StoreError::BadSnapshot(format!("key {key:?} has impossible revisions")));
+            }
+        }
+        if let Some((id, _)) = snapshot.members.iter().find(|(id, m)| **id != m.info.id) {
+            return Err(StoreError::BadSnapshot(format!("member {id:x} is filed under another id")));
+        }
+        Ok(KvStore {
+            keys: snapshot.keys,
+            revision: snapshot.revision,
+            applied: snapshot.applied,
+            members: snapshot.members,
+            removed: snapshot.removed,
+        })
+    }
+}
+
+fn key_value(key: &str, stored: &Stored) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: stored.value.clone(),
+        create_revision: stored.create_revision,
+        mod_revision: stored.mod_revision,
+        version: stored.version,
+    }
+}
+
+/// 64-bit FNV-1a: tiny, fixed, and the same everywhere (unlike std's randomly seeded hasher).
+struct Fnv1a(u64);
+
+impl Fnv1a {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    fn new() -> Fnv1a {
+        Fnv1a(Self::OFFSET_BASIS)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(Self::PRIME);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::command::encode;
+
+    /// Applies commands as consecutive entries, the way the apply loop does.
+    struct Applier {
+        store: KvStore,
+    }
+
+    impl Applier {
+        fn new() -> Applier {
+            Applier { store: KvStore::new() }
+        }
+
+        fn next(&mut self, payload: EntryPayload) -> Option<ApplyResult> {
+            let entry = Entry { index: self.store.applied_index() + 1, term: 1, payload };
+            self.store.apply(&entry)
+        }
+
+        fn command(&mut self, command: Command) -> Option<ApplyResult> {
+            self.next(EntryPayload::Command(encode(&command)))
+        }
+
+        fn put(&mut self, key: &str, value: &str, prev_revision: Option<u64>) -> ApplyResult {
+            let command = Command::Put { key: key.into(), value: Bytes::from(value.to_owned()), prev_revision };
+            self.command(command).expect("a put has a result")
+        }
+
+        fn delete(&mut self, key: &str, prev_revision: Option<u64>) -> ApplyResult {
+            self.command(Command::Delete { key: key.into(), prev_revision }).expect("a delete has a result")
+        }
+
+        fn conf_change(&mut self, kind: ConfChangeKind, node_id: NodeId, context: Bytes) {
+            assert_eq!(self.next(EntryPayload::ConfChange(ConfChange { kind, node_id, context })), None);
+        }
+    }
+
+    fn info(id: NodeId, name: &str) -> MemberInfo {
+        MemberInfo {
+            id,
+            name: name.into(),
+            peer_url: format!("http://{name}.etcd:2380"),
+            client_url: format!("http://{name}.etcd:2379"),
+        }
+    }
+
+    #[test]
+    fn revisions_and_versions_follow_put_put_delete_recreate() {
+        let mut kv = Applier::new();
+        assert_eq!(kv.put("a", "1", None), ApplyResult::Put { revision: 1 });
+        assert_eq!(kv.put("b", "x", None), ApplyResult::Put { revision: 2 });
+        assert_eq!(kv.put("a", "2", None), ApplyResult::Put { revision: 3 });
+        let a = kv.store.get("a").expect("a exists");
+        assert_eq!((a.value.as_ref(), a.create_revision, a.mod_revision, a.version), (&b"2"[..], 1, 3, 2));
+
+        assert_eq!(kv.delete("a", None), ApplyResult::Deleted { revision: 4, deleted: 1 });
+        assert_eq!(kv.store.get("a"), None);
+        assert_eq!(kv.put("a", "3", None), ApplyResult::Put { revision: 5 });
+        let a = kv.store.get("a").expect("a recreated");
+        assert_eq!((a.create_revision, a.mod_revision, a.version), (5, 5, 1), "a new life starts over");
+        assert_eq!(kv.store.revision(), 5);
+        assert_eq!(kv.store.applied_index(), 5);
+        assert_eq!(kv.store.len(), 2);
+    }
+
+    #[test]
+    fn deleting_an_absent_key_does_not_move_the_revision() {
+        let mut kv = Applier::new();
+        kv.put("a", "1", None);
+        assert_eq!(kv.delete("missing", None), ApplyResult::Deleted { revision: 1, deleted: 0 });
+        assert_eq!(kv.store.revision(), 1);
+        assert_eq!(kv.store.applied_index(), 2, "the entry is applied all the same");
+    }
+
+    #[test]
+    fn compare_and_swap_applies_on_match_and_changes_nothing_on_mismatch() {
+        let mut kv = Applier::new();
+        // Some(0): only if absent.
+        assert_eq!(kv.put("k", "v1", Some(0)), ApplyResult::Put { revision: 1 });
+        let before = kv.store.clone();
+        assert_eq!(kv.put("k", "v2", Some(0)), ApplyResult::CompareFailed { current: 1 });
+        assert_eq!(kv.put("k", "v2", Some(7)), ApplyResult::CompareFailed { current: 1 });
+        assert_eq!(kv.delete("k", Some(9)), ApplyResult::CompareFailed { current: 1 });
+        assert_eq!(kv.put("absent", "v", Some(1)), ApplyResult::CompareFailed { current: 0 });
+        assert_eq!(kv.store.revision(), before.revision());
+        assert_eq!(kv.store.get("k"), before.get("k"));
+        assert_eq!(kv.store.get("absent"), None);
+
+        assert_eq!(kv.put("k", "v2", Some(1)), ApplyResult::Put { revision: 2 });
+        assert_eq!(kv.store.get("k").map(|kv| kv.value), Some(Bytes::from_static(b"v2")));
+        assert_eq!(kv.delete("k", Some(2)), ApplyResult::Deleted { revision: 3, deleted: 1 });
+        assert_eq!(kv.delete("k", Some(0)), ApplyResult::Deleted { revision: 3, deleted: 0 });
+    }
+
+    #[test]
+    fn prefix_list_honours_limit_and_reports_more() {
+        let mut kv = Applier::new();
+        for key in ["a/3", "a/1", "b/1", "a/2", "a", "ab"] {
+            kv.put(key, key, None);
+        }
+        let keys = |(kvs, more): (Vec<KeyValue>, bool)| (kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>(), more);
+        assert_eq!(keys(kv.store.list("a/", 2)), (vec!["a/1".to_owned(), "a/2".to_owned()], true));
+        assert_eq!(keys(kv.store.list("a/", 3)), (vec!["a/1".to_owned(), "a/2".to_owned(), "a/3".to_owned()], false));
+        assert_eq!(keys(kv.store.list("a/", 10)).0.len(), 3);
+        assert_eq!(keys(kv.store.list("a", 10)).0, ["a", "a/1", "a/2", "a/3", "ab"]);
+        assert_eq!(keys(kv.store.list("", 100)).0.len(), 6);
+        assert_eq!(keys(kv.store.list("c", 10)), (vec![], false));
+        assert_eq!(keys(kv.store.list("b/", 0)), (vec![], true));
+        let (kvs, _) = kv.store.list("b/", 1);
+        assert_eq!(kvs[0].value, Bytes::from_static(b"b/1"));
+    }
+
+    #[test]
+    fn membership_follows_conf_change_entries() {
+        let mut kv = Applier::new();
+        kv.conf_change(ConfChangeKind::AddVoter, 1, encode(&info(1, "etcd-0")));
+        kv.conf_change(ConfChangeKind::AddLearner, 2, encode(&info(2, "etcd-1")));
+        assert_eq!(kv.store.members(), vec![(info(1, "etcd-0"), true), (info(2, "etcd-1"), false)]);
+        let learner_hash = kv.store.membership_hash();
+
+        kv.conf_change(ConfChangeKind::Promote, 2, Bytes::new());
+        assert_eq!(kv.store.member(2), Some((info(2, "etcd-1"), true)));
+        assert_ne!(kv.store.membership_hash(), learner_hash, "voter flags are part of the hash");
+
+        kv.conf_change(ConfChangeKind::Remove, 1, Bytes::new());
+        assert_eq!(kv.store.member(1), None);
+        assert_eq!(kv.store.removed(), &BTreeSet::from([1]));
+
+        // An unreadable context still records the id.
+        kv.conf_change(ConfChangeKind::AddLearner, 3, Bytes::from_static(b"\xff"));
+        let (unnamed, voter) = kv.store.member(3).expect("member 3 recorded");
+        assert_eq!((unnamed.id, unnamed.name.as_str(), unnamed.peer_url.as_str(), voter), (3, "", "", false));
+        assert_eq!(kv.store.members().iter().map(|(m, _)| m.id).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(kv.store.revision(), 0, "membership changes are not key writes");
+        assert_eq!(kv.store.applied_index(), 5);
+    }
+
+    #[test]
+    fn membership_hash_is_fnv1a_over_the_table_and_the_same_for_the_same_table() {
+        // FNV-1a reference values: empty input and "a".
+        assert_eq!(KvStore::new().membership_hash(), 0xcbf2_9ce4_8422_2325);
+        let mut fnv = Fnv1a::new();
+        fnv.write(b"a");
+        assert_eq!(fnv.finish(), 0xaf63_dc4c_8601_ec8c);
+
+        let build = |names: [&str; 2]| {
+            let mut kv = Applier::new();
+            kv.conf_change(ConfChangeKind::AddVoter, 1, encode(&info(1, names[0])));
+            kv.conf_change(ConfChangeKind::AddVoter, 2, encode(&info(2, names[1])));
+            kv.store.membership_hash()
+        };
+        assert_eq!(build(["etcd-0", "etcd-1"]), build(["etcd-0", "etcd-1"]));
+        assert_ne!(build(["etcd-0", "etcd-1"]), build(["etcd-0", "etcd-2"]));
+    }
+
+    #[test]
+    fn snapshot_then_restore_gives_an_equal_store() {
+        let mut kv = Applier::new();
+        kv.conf_change(ConfChangeKind::AddVoter, 1, encode(&info(1, "etcd-0")));
+        kv.conf_change(ConfChangeKind::AddLearner, 2, encode(&info(2, "etcd-1")));
+        kv.conf_change(ConfChangeKind::Remove, 2, Bytes::new());
+        for i in 0..100 {
+            kv.put(&format!("key/{i:03}"), &format!("value {i}"), None);
+        }
+        kv.delete("key/050", None);
+        kv.put("key/007", "again", None);
+        kv.next(EntryPayload::Noop);
+
+        let restored = KvStore::restore(&kv.store.snapshot_data()).expect("restore");
+        assert_eq!(restored, kv.store);
+        assert_eq!(restored.get("key/007"), kv.store.get("key/007"));
+        assert_eq!(restored.list("key/", 10), kv.store.list("key/", 10));
+        assert_eq!(restored.members(), kv.store.members());
+        assert_eq!(restored.removed(), kv.store.removed());
+        assert_eq!(restored.revision(), kv.store.revision());
+        assert_eq!(restored.applied_index(), kv.store.applied_index());
+        assert_eq!(restored.membership_hash(), kv.store.membership_hash());
+
+        // And it keeps applying where the original left off.
+        let mut continued = Applier { store: restored };
+        assert_eq!(continued.put("key/new", "v", None), ApplyResult::Put { revision: kv.store.revision() + 1 });
+    }
+
+    #[test]
+    fn restoring_garbage_is_an_error_not_a_panic() {
+        let valid = {
+            let mut kv = Applier::new();
+            kv.put("a", "1", None);
+            kv.store.snapshot_data()
+        };
+        let mut wrong_format = valid.to_vec();
+        wrong_format[4] = 9;
+        let mut huge_length = valid.to_vec();
+        // The first field after the header is `applied`; then `revision`; then the map length.
+        huge_length[8 + 16..8 + 24].copy_from_slice(&u64::MAX.to_le_bytes());
+        let inputs: Vec<Vec<u8>> = vec![
+            vec![],
+            b"KVS".to_vec(),
+            b"garbage that is long enough".to_vec(),
+            wrong_format,
+            valid[..valid.len() - 1].to_vec(),
+            huge_length,
+            (0..=255u8).cycle().take(4096).collect(),
+        ];
+        for input in inputs {
+            assert!(
+                matches!(KvStore::restore(&input), Err(StoreError::BadSnapshot(_))),
+                "{} bytes were accepted",
+                input.len()
+            );
+        }
+        assert!(KvStore::restore(&valid).is_ok());
+    }
+
+    #[test]
+    fn out_of_order_entries_are_refused_without_change() {
+        let mut kv = Applier::new();
+        let put = |index| Entry {
+            index,
+            term: 1,
+            payload: EntryPayload::Command(encode(&Command::Put {
+                key: "k".into(),
+                value: Bytes::from_static(b"v"),
+                prev_revision: None,
+            })),
+        };
+        assert_eq!(kv.store.apply(&put(2)), None, "a gap");
+        assert_eq!(kv.store, KvStore::new());
+        assert_eq!(kv.store.apply(&put(1)), Some(ApplyResult::Put { revision: 1 }));
+        let before = kv.store.clone();
+        assert_eq!(kv.store.apply(&put(1)), None, "applied twice");
+        assert_eq!(kv.store, before);
+    }
+
+    #[test]
+    fn an_undecodable_command_is_skipped_deterministically() {
+        let mut kv = Applier::new();
+        assert_eq!(kv.next(EntryPayload::Command(Bytes::from_static(b"\x07\x00\x00\x00junk"))), None);
+        assert_eq!(kv.next(EntryPayload::Noop), None);
+        assert_eq!((kv.store.applied_index(), kv.store.revision(), kv.store.len()), (2, 0, 0));
+        assert!(kv.store.is_empty());
+        assert_eq!(kv.put("a", "1", None), ApplyResult::Put { revision: 1 });
+    }
+}
