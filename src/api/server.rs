@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use super::base64::encode_base64;
 use super::types::*;
 use crate::node::handle::NodeHandle;
 use crate::node::ids::{added_member_id, validate_url};
@@ -158,16 +159,25 @@ async fn forward(api: &Api, leader_url: &str, method: Method, path_and_query: &s
             }
             match resp.bytes().await {
                 Ok(bytes) => (status, headers, bytes).into_response(),
-                Err(e) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", format!("the leader's answer was lost: {e}"))
-                    .into_response(),
+                Err(e) => ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "outcome_unknown",
+                    format!("the leader's answer was lost: {e}"),
+                )
+                .into_response(),
             }
         }
         // A read, or a request that never reached the leader, had no effect: safe to retry.
         Err(e) if e.is_connect() || is_read => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("cannot reach the leader: {e}")).into_response()
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("cannot reach the leader: {e}"))
+                .into_response()
         }
-        Err(e) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", format!("forwarding to the leader failed: {e}"))
-            .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "outcome_unknown",
+            format!("forwarding to the leader failed: {e}"),
+        )
+        .into_response(),
     }
 }
 
@@ -207,7 +217,9 @@ struct ReadParams {
     consistency: Consistency,
 }
 
-fn parse_query<T: for<'de> Deserialize<'de>>(query: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> ApiResult<T> {
+fn parse_query<T: for<'de> Deserialize<'de>>(
+    query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<T> {
     query.map(|Query(q)| q).map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
 }
 
@@ -320,7 +332,7 @@ async fn list(
             .into_iter()
             .map(|kv| KvItem {
                 key: kv.key,
-                value: base64(&kv.value),
+                value: encode_base64(&kv.value),
                 create_revision: kv.create_revision,
                 mod_revision: kv.mod_revision,
                 version: kv.version,
@@ -329,24 +341,6 @@ async fn list(
         more,
     };
     Ok(Json(response).into_response())
-}
-
-/// Standard base64 with padding.
-pub fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 // ----- status and membership -----
@@ -361,7 +355,8 @@ fn member_list(api: &Api) -> Vec<Member> {
             } else {
                 info.client_url
             };
-            let client_url = if info.id == api.node.shared.id { api.node.shared.advertise_client_url.clone() } else { client_url };
+            let client_url =
+                if info.id == api.node.shared.id { api.node.shared.advertise_client_url.clone() } else { client_url };
             Member { id: format_id(info.id), name: info.name, peer_url: info.peer_url, client_url, voter }
         })
         .collect()
@@ -460,7 +455,11 @@ async fn promote_member(State(api): State<Api>, Path(id): Path<String>, request:
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "learner_not_ready",
-            format!("learner {} has {matched} of {} committed entries; retry when it caught up", format_id(id), status.commit_index),
+            format!(
+                "learner {} has {matched} of {} committed entries; retry when it caught up",
+                format_id(id),
+                status.commit_index
+            ),
         ));
     }
     api.node.conf_change(ConfChange { kind: ConfChangeKind::Promote, node_id: id, context: Bytes::new() }).await?;
@@ -527,7 +526,8 @@ async fn readyz(State(api): State<Api>) -> Response {
     if reasons.is_empty() {
         Json(serde_json::json!({ "ready": true })).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "reasons": reasons }))).into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "reasons": reasons })))
+            .into_response()
     }
 }
 
@@ -544,9 +544,24 @@ async fn metrics(State(api): State<Api>) -> Response {
     gauge("kuberaft_has_leader", "1 when a leader is known.", "gauge", (s.leader.is_some() as u8).to_string());
     gauge("kuberaft_commit_index", "Highest log index known committed.", "gauge", s.commit_index.to_string());
     gauge("kuberaft_applied_index", "Highest log index applied.", "gauge", s.applied_index.to_string());
-    gauge("kuberaft_leader_changes_total", "Leader changes seen.", "counter", m.leader_changes.load(Ordering::Relaxed).to_string());
-    gauge("kuberaft_proposals_committed_total", "Proposals applied.", "counter", m.proposals_committed.load(Ordering::Relaxed).to_string());
-    gauge("kuberaft_proposals_failed_total", "Proposals that failed.", "counter", m.proposals_failed.load(Ordering::Relaxed).to_string());
+    gauge(
+        "kuberaft_leader_changes_total",
+        "Leader changes seen.",
+        "counter",
+        m.leader_changes.load(Ordering::Relaxed).to_string(),
+    );
+    gauge(
+        "kuberaft_proposals_committed_total",
+        "Proposals applied.",
+        "counter",
+        m.proposals_committed.load(Ordering::Relaxed).to_string(),
+    );
+    gauge(
+        "kuberaft_proposals_failed_total",
+        "Proposals that failed.",
+        "counter",
+        m.proposals_failed.load(Ordering::Relaxed).to_string(),
+    );
     gauge(
         "kuberaft_peer_messages_dropped_total",
         "Peer messages dropped (queue full or peer unreachable).",
@@ -559,7 +574,12 @@ async fn metrics(State(api): State<Api>) -> Response {
         "counter",
         m.peer_messages_rejected.load(Ordering::Relaxed).to_string(),
     );
-    gauge("kuberaft_snapshots_sent_total", "Snapshots sent.", "counter", m.snapshots_sent.load(Ordering::Relaxed).to_string());
+    gauge(
+        "kuberaft_snapshots_sent_total",
+        "Snapshots sent.",
+        "counter",
+        m.snapshots_sent.load(Ordering::Relaxed).to_string(),
+    );
     gauge(
         "kuberaft_snapshots_received_total",
         "Snapshots installed.",
@@ -576,18 +596,4 @@ async fn metrics(State(api): State<Api>) -> Response {
     out.push_str(&format!("kuberaft_fsync_seconds_sum {}\n", m.fsync_micros_sum.load(Ordering::Relaxed) as f64 / 1e6));
     out.push_str(&format!("kuberaft_fsync_seconds_count {count}\n"));
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::base64;
-
-    #[test]
-    fn base64_matches_the_standard_alphabet_and_padding() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(&[0xff, 0x00, 0x10]), "/wAQ");
-    }
 }

@@ -5,7 +5,6 @@
 //! ("proposed, outcome unknown") or any 4xx is returned as is, never retried. It depends on
 //! nothing of ours but `crate::api::types`.
 
-mod base64;
 mod encode;
 #[cfg(test)]
 mod tests;
@@ -24,7 +23,7 @@ use crate::api::types::{
     PutResponse, Status, TransferRequest, TransferResponse, HEADER_CREATE_REVISION, HEADER_MOD_REVISION,
 };
 
-pub use base64::{decode_base64, encode_base64};
+pub use crate::api::base64::{decode_base64, encode_base64};
 pub use encode::encode_component;
 
 /// Per-request timeout unless configured otherwise.

@@ -73,7 +73,8 @@ impl NodeHandle {
 
     pub async fn wait_applied(&self, index: Index) -> Result<(), NodeError> {
         let mut applied = self.shared.applied.subscribe();
-        let reached = tokio::time::timeout(READ_TIMEOUT, applied.wait_for(|a| *a >= index)).await.is_ok_and(|r| r.is_ok());
+        let reached =
+            tokio::time::timeout(READ_TIMEOUT, applied.wait_for(|a| *a >= index)).await.is_ok_and(|r| r.is_ok());
         if reached {
             Ok(())
         } else {

@@ -60,9 +60,17 @@ pub fn raft_config(id: u64, args: &NodeArgs) -> Result<Config, StartError> {
     cfg.election_timeout_min_ticks = (min_ms / TICK_MS) as u32;
     cfg.election_timeout_max_ticks = (max_ms / TICK_MS) as u32;
     cfg.heartbeat_interval_ticks = (args.heartbeat_interval_ms / TICK_MS).max(1) as u32;
-    cfg.seed = id ^ std::process::id() as u64 ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    cfg.seed = id
+        ^ std::process::id() as u64
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0));
     cfg.validate().map_err(|e| {
-        StartError(format!("{e} (--election-timeout-ms {} --heartbeat-interval-ms {})", args.election_timeout_ms, args.heartbeat_interval_ms))
+        StartError(format!(
+            "{e} (--election-timeout-ms {} --heartbeat-interval-ms {})",
+            args.election_timeout_ms, args.heartbeat_interval_ms
+        ))
     })?;
     Ok(cfg)
 }
@@ -157,7 +165,12 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
                     member_id: initial_member_id(given_cluster_id, me),
                     name: args.name.clone(),
                 };
-                runtime.block_on(refuse_if_forgotten(&initial, &advertise_peer_url, given_cluster_id, meta.member_id))?;
+                runtime.block_on(refuse_if_forgotten(
+                    &initial,
+                    &advertise_peer_url,
+                    given_cluster_id,
+                    meta.member_id,
+                ))?;
                 let state = InitialState::bootstrap(&voters);
                 (meta, state)
             }
@@ -178,7 +191,9 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
     }
 
     let kv = match &state.snapshot {
-        Some(s) => KvStore::restore(&s.data).map_err(|e| StartError(format!("the durable snapshot is unreadable: {e}")))?,
+        Some(s) => {
+            KvStore::restore(&s.data).map_err(|e| StartError(format!("the durable snapshot is unreadable: {e}")))?
+        }
         None => KvStore::new(),
     };
     let cfg = raft_config(meta.member_id, &args)?;
@@ -195,7 +210,11 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
     }
     addresses.insert(
         meta.member_id,
-        Address { name: args.name.clone(), peer_url: advertise_peer_url.clone(), client_url: advertise_client_url.clone() },
+        Address {
+            name: args.name.clone(),
+            peer_url: advertise_peer_url.clone(),
+            client_url: advertise_client_url.clone(),
+        },
     );
     let (applied_tx, _) = watch::channel(kv.applied_index());
     let shared = Arc::new(Shared {
@@ -326,7 +345,8 @@ async fn discover(
                                     me.name, args.name
                                 )));
                             }
-                            let member_id = u64::from_str_radix(&me.id, 16).map_err(|_| StartError("peer sent a bad member id".into()))?;
+                            let member_id = u64::from_str_radix(&me.id, 16)
+                                .map_err(|_| StartError("peer sent a bad member id".into()))?;
                             let cluster_id = u64::from_str_radix(&list.cluster_id, 16)
                                 .map_err(|_| StartError("peer sent a bad cluster id".into()))?;
                             return Ok(MemberMeta { cluster_id, member_id, name: args.name.clone() });

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::shared::{read, write, Address, LoopStatus, Shared};
+use super::shared::{read, write, LoopStatus, Shared};
 use crate::raft::{
-    ConfChange, ConfChangeKind, EntryPayload, Index, Message, MessageBody, NodeId, ProposeError, RawNode, Ready, Role,
-    Snapshot, Term,
+    ConfChange, ConfChangeKind, EntryPayload, Index, Message, NodeId, ProposeError, RawNode, Ready, Role, Snapshot,
+    Term,
 };
 use crate::store::command::{decode, ApplyResult, MemberInfo};
 use crate::store::{KvStore, Storage};
@@ -60,13 +60,26 @@ pub type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 
 pub enum Input {
     Step(Message),
-    Propose { data: Bytes, reply: Reply<ApplyResult> },
-    ConfChange { cc: ConfChange, reply: Reply<()> },
-    ReadIndex { reply: Reply<Index> },
-    Transfer { to: Option<NodeId>, reply: Reply<NodeId> },
+    Propose {
+        data: Bytes,
+        reply: Reply<ApplyResult>,
+    },
+    ConfChange {
+        cc: ConfChange,
+        reply: Reply<()>,
+    },
+    ReadIndex {
+        reply: Reply<Index>,
+    },
+    Transfer {
+        to: Option<NodeId>,
+        reply: Reply<NodeId>,
+    },
     SnapshotFailed(NodeId),
     /// Graceful stop: a leader first hands leadership to the most caught-up voter.
-    Shutdown { reply: oneshot::Sender<()> },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Sends an input to the loop without blocking the caller.
@@ -438,7 +451,12 @@ impl RaftLoop {
         let raft = &self.raw.raft;
         let me = raft.id();
         let matched = if raft.role() == Role::Leader {
-            raft.conf().voters.iter().chain(raft.conf().learners.iter()).filter_map(|id| raft.progress(*id).map(|p| (*id, p.matched))).collect()
+            raft.conf()
+                .voters
+                .iter()
+                .chain(raft.conf().learners.iter())
+                .filter_map(|id| raft.progress(*id).map(|p| (*id, p.matched)))
+                .collect()
         } else {
             BTreeMap::new()
         };
@@ -470,12 +488,7 @@ pub fn note_client_url(shared: &Shared, id: NodeId, client_url: &str) {
     let known = read(&shared.addresses).get(&id).map(|a| a.client_url == client_url).unwrap_or(false);
     if !known {
         let mut book = write(&shared.addresses);
-        let entry = book.entry(id).or_insert_with(Address::default);
+        let entry = book.entry(id).or_default();
         entry.client_url = client_url.to_string();
     }
-}
-
-/// Whether a message is one that a member that was removed or never belonged must not act on.
-pub fn is_vote_request(m: &Message) -> bool {
-    matches!(m.body, MessageBody::Vote { .. } | MessageBody::PreVote { .. })
 }

@@ -45,7 +45,8 @@ pub struct Address {
 }
 
 /// Histogram buckets of fsync latency, in seconds.
-pub const FSYNC_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024];
+pub const FSYNC_BUCKETS: [f64; 12] =
+    [0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024];
 
 #[derive(Default)]
 pub struct Metrics {

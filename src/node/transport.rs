@@ -195,7 +195,10 @@ async fn receive(State(server): State<PeerServer>, headers: HeaderMap, body: Byt
     let from = header(&headers, HEADER_FROM).and_then(|f| u64::from_str_radix(f, 16).ok()).unwrap_or(0);
     if theirs != ours {
         shared.metrics.peer_messages_rejected.fetch_add(1, Ordering::Relaxed);
-        let why = format!("cluster id mismatch: this member ({}) belongs to cluster {ours}, the sender {from:x} to {theirs}", shared.name);
+        let why = format!(
+            "cluster id mismatch: this member ({}) belongs to cluster {ours}, the sender {from:x} to {theirs}",
+            shared.name
+        );
         tracing::warn!(from = %format!("{from:x}"), theirs, ours, "rejected messages from another cluster");
         shared.set_error("peers", Some(format!("rejected messages from member {from:x} of cluster {theirs}")));
         return reject(StatusCode::PRECONDITION_FAILED, why);

@@ -19,10 +19,17 @@ pub enum Command {
 /// The outcome of applying one command. Every successful write moves the store's revision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApplyResult {
-    Put { revision: u64 },
-    Deleted { revision: u64, deleted: u64 },
+    Put {
+        revision: u64,
+    },
+    Deleted {
+        revision: u64,
+        deleted: u64,
+    },
     /// The compare failed; nothing changed. `current` is the key's mod revision (0: absent).
-    CompareFailed { current: u64 },
+    CompareFailed {
+        current: u64,
+    },
 }
 
 /// One stored key.

@@ -77,7 +77,7 @@ impl KvStore {
     /// `None` for everything else and for commands that cannot be decoded (skipped, so that
     /// every member stays in step).
     pub fn apply(&mut self, entry: &Entry) -> Option<ApplyResult> {
-        if entry.index != self.applied + 1 {
+        if self.applied.checked_add(1) != Some(entry.index) {
             tracing::warn!(
                 index = entry.index,
                 applied = self.applied,
@@ -109,13 +109,14 @@ impl KvStore {
                 if prev_revision.is_some_and(|expected| expected != current) {
                     return ApplyResult::CompareFailed { current };
                 }
-                self.revision += 1;
+                // Saturating: a revision from a damaged snapshot must not panic every member.
+                self.revision = self.revision.saturating_add(1);
                 let revision = self.revision;
                 match self.keys.get_mut(&key) {
                     Some(stored) => {
                         stored.value = value;
                         stored.mod_revision = revision;
-                        stored.version += 1;
+                        stored.version = stored.version.saturating_add(1);
                     }
                     None => {
                         let stored = Stored { value, create_revision: revision, mod_revision: revision, version: 1 };
@@ -133,7 +134,7 @@ impl KvStore {
                     // Nothing changed, so the revision does not move (as in etcd).
                     return ApplyResult::Deleted { revision: self.revision, deleted: 0 };
                 }
-                self.revision += 1;
+                self.revision = self.revision.saturating_add(1);
                 ApplyResult::Deleted { revision: self.revision, deleted: 1 }
             }
         }

@@ -13,6 +13,8 @@
 //! bincode `Batch` (snapshot marker, entries, hard state), and fsyncs once. One record per
 //! fsync is what makes crash recovery decidable: a torn write can only damage the last record,
 //! so a bad record followed by an intact one is real corruption, never a crash artefact.
+//! A segment is named after the next log index when it was started; names strictly increase,
+//! so name order is write order. Segments roll past `SEGMENT_ROLL_BYTES` and at compaction.
 //!
 //! Storage keeps no entries in memory (the Raft core holds the log); it tracks only the active
 //! segment, each segment's highest live index (to know what compaction may delete), the last
@@ -29,7 +31,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::command::decode;
-use super::error::StoreError;
+pub use super::error::StoreError;
 use crate::raft::{Entry, HardState, Index, Snapshot, SnapshotMeta, Term};
 
 const WAL_DIR: &str = "wal";
@@ -189,7 +191,7 @@ impl Storage {
         let snapshot_index = snapshot_mark.map_or(0, |m| m.index);
         let last_index = entries.last().map_or(snapshot_index, |e| e.index);
         if segments.is_empty() {
-            let first_index = snapshot_index + 1;
+            let first_index = snapshot_index.saturating_add(1);
             let path = wal_dir.join(segment_name(first_index));
             create_segment(&path, &[])?;
             sync_dir(&wal_dir)?;
@@ -256,7 +258,10 @@ impl Storage {
         check_contiguous(entries)?;
         self.repair_tail()?;
         if self.active_len >= self.segment_roll_bytes {
-            self.roll()?;
+            // A segment that cannot be started is no reason to refuse the write itself.
+            if let Err(e) = self.roll() {
+                tracing::warn!(error = %e, "cannot start a new WAL segment; appending to the current one");
+            }
         }
         let mark = snapshot.map(|s| SnapshotMark { index: s.meta.index, term: s.meta.term });
         if let Some(snapshot) = snapshot {
@@ -309,7 +314,8 @@ impl Storage {
     }
 
     /// Appends one encoded record and fdatasyncs. On failure, cuts the file back to its last
-    /// durable length so that the failed bytes can never be mistaken for a torn tail later on.
+    /// durable length: left in place, the failed bytes would end up between two good records
+    /// once a retry succeeds, and replay would rightly call that corruption.
     fn append_durably(&mut self, record: &[u8]) -> Result<(), StoreError> {
         let offset = self.active_len;
         let written = self.write_at(record, offset);
@@ -357,7 +363,7 @@ impl Storage {
     fn roll(&mut self) -> Result<(), StoreError> {
         self.repair_tail()?;
         let previous = self.segments[self.segments.len() - 1].first_index;
-        let first_index = (self.last_index + 1).max(previous + 1);
+        let first_index = self.last_index.saturating_add(1).max(previous.saturating_add(1));
         let path = self.wal_dir.join(segment_name(first_index));
         let header =
             encode_record(&BatchRef { snapshot: self.snapshot, entries: &[], hard_state: Some(self.hard_state) })?;
@@ -432,11 +438,16 @@ fn note_entries(segments: &mut [Segment], first: Index, last: Index) {
     }
 }
 
+/// Whether `next` directly follows `entry` in a log (without overflowing on damaged input).
+fn follows(entry: &Entry, next: &Entry) -> bool {
+    entry.index.checked_add(1) == Some(next.index)
+}
+
 fn check_contiguous(entries: &[Entry]) -> Result<(), StoreError> {
     if entries.first().is_some_and(|e| e.index == 0) {
         return Err(StoreError::Invalid("entry index 0 is reserved".into()));
     }
-    if let Some(pair) = entries.windows(2).find(|w| w[1].index != w[0].index + 1) {
+    if let Some(pair) = entries.windows(2).find(|w| !follows(&w[0], &w[1])) {
         return Err(StoreError::Invalid(format!(
             "entries must be consecutive, got index {} after {}",
             pair[1].index, pair[0].index
@@ -461,7 +472,7 @@ struct Replay {
 impl Replay {
     fn apply(&mut self, batch: Batch, segments: &mut [Segment]) -> Result<(), String> {
         if batch.entries.first().is_some_and(|e| e.index == 0)
-            || batch.entries.windows(2).any(|w| w[1].index != w[0].index + 1)
+            || batch.entries.windows(2).any(|w| !follows(&w[0], &w[1]))
         {
             return Err("a record holds non-consecutive entries".into());
         }
@@ -477,7 +488,7 @@ impl Replay {
             note_entries(segments, first, last);
             match self.entries.first().map(|e| e.index) {
                 // Conflict truncation: everything from `first` on is replaced.
-                Some(start) if first >= start && first <= start + self.entries.len() as u64 => {
+                Some(start) if first >= start && first <= start.saturating_add(self.entries.len() as u64) => {
                     self.entries.truncate((first - start) as usize)
                 }
                 // Starts before what we hold, or after a gap: a new run (checked in `finish`).
@@ -507,7 +518,7 @@ impl Replay {
         if let Some(meta) = snapshot {
             apply_base(&mut self.entries, SnapshotMark { index: meta.index, term: meta.term });
         }
-        if let Some(first) = self.entries.first().filter(|e| e.index != snapshot_index + 1) {
+        if let Some(first) = self.entries.first().filter(|e| Some(e.index) != snapshot_index.checked_add(1)) {
             return Err(StoreError::Inconsistent {
                 path: wal_dir.to_path_buf(),
                 detail: format!(
@@ -1415,6 +1426,42 @@ mod tests {
         let state = reopen(dir.path());
         assert_eq!(state.entries.len(), 5);
         assert_eq!(state.hard_state, hard_state(2, None, 3));
+    }
+
+    /// The same on a real full filesystem, e.g.
+    /// `mount -t tmpfs -o size=256k tmpfs /mnt/small && KUBERAFT_TEST_SMALL_FS=/mnt/small cargo test -- --ignored`.
+    #[test]
+    #[ignore = "needs a small filesystem named by KUBERAFT_TEST_SMALL_FS"]
+    fn a_real_full_disk_fails_the_persist_and_keeps_durable_data() {
+        let Some(small_fs) = std::env::var_os("KUBERAFT_TEST_SMALL_FS") else {
+            panic!("set KUBERAFT_TEST_SMALL_FS to a directory on a small filesystem");
+        };
+        let dir = tempfile::tempdir_in(small_fs).expect("tempdir");
+        let filler = dir.path().join("filler");
+        fs::write(&filler, vec![7u8; 64 << 10]).expect("filler");
+        let data_dir = dir.path().join("member");
+        let (mut storage, _) = open(&data_dir);
+        let big =
+            |index: Index| Entry { index, term: 1, payload: EntryPayload::Command(Bytes::from(vec![1u8; 16 << 10])) };
+        let mut durable = 0;
+        let error = loop {
+            let next = durable + 1;
+            match storage.persist(Some(&hard_state(1, None, durable)), None, &[big(next)]) {
+                Ok(()) => durable = next,
+                Err(e) => break e,
+            }
+            assert!(durable < 10_000, "the filesystem never filled up");
+        };
+        assert!(error.is_disk_full(), "{error}");
+        drop(storage);
+
+        let (mut storage, state) = open(&data_dir);
+        assert_eq!(state.entries.len() as u64, durable);
+        assert_eq!(state.hard_state.commit, durable - 1);
+        fs::remove_file(&filler).expect("free space");
+        storage.persist(Some(&hard_state(1, None, durable)), None, &[big(durable + 1)]).expect("retry with space");
+        drop(storage);
+        assert_eq!(reopen(&data_dir).entries.len() as u64, durable + 1);
     }
 
     #[test]

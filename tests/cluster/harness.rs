@@ -187,14 +187,6 @@ impl Cluster {
         })
     }
 
-    pub fn put(&self, i: usize, key: &str, value: &str) -> reqwest::blocking::Response {
-        self.http
-            .put(format!("{}/v1/kv/{key}", self.members[i].client_url()))
-            .body(value.to_string())
-            .send()
-            .expect("put request")
-    }
-
     /// Retries a put through member `i` until it is acknowledged (bounded).
     pub fn put_ok(&self, i: usize, key: &str, value: &str) -> u64 {
         wait_for(&format!("put {key} via {}", self.members[i].name), Duration::from_secs(15), || {
@@ -217,10 +209,6 @@ impl Cluster {
             Ok(resp) => (resp.status().as_u16(), resp.text().unwrap_or_default()),
             Err(e) => (0, e.to_string()),
         }
-    }
-
-    pub fn id_of(&self, i: usize) -> String {
-        wait_for("member id", Duration::from_secs(10), || self.status(i)?["id"].as_str().map(str::to_string))
     }
 }
 

@@ -237,7 +237,8 @@ fn scale_three_to_five_to_three_and_catch_up_by_snapshot() {
         c.kill(*i);
     }
     let (leader, _) = c.wait_leader(ELECTION);
-    let names: Vec<String> = members_of(&c, leader).into_iter().map(|(n, _)| n).collect();
+    let mut names: Vec<String> = members_of(&c, leader).into_iter().map(|(n, _)| n).collect();
+    names.sort();
     assert_eq!(names, vec!["etcd-0", "etcd-1", "etcd-2"]);
     c.put_ok(leader, "after", "scale-down");
     for i in 0..3 {
