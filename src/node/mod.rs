@@ -237,7 +237,9 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
         kv: RwLock::new(kv),
         applied: applied_tx,
         addresses: RwLock::new(addresses),
-        errors: RwLock::new(problems.into_iter().map(|p| ("flags".to_string(), p)).collect()),
+        errors: RwLock::new(
+            problems.into_iter().map(|p| ("flags".to_string(), (p, std::time::Instant::now()))).collect(),
+        ),
         metrics: Metrics::default(),
     });
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -74,6 +75,11 @@ impl Metrics {
     }
 }
 
+/// Error kinds that are events rather than lasting conditions: shown for `ERROR_EVENT_TTL`
+/// after the last occurrence.
+const EXPIRING_ERRORS: [&str; 1] = ["peers"];
+const ERROR_EVENT_TTL: Duration = Duration::from_secs(30);
+
 pub struct Shared {
     pub id: NodeId,
     pub name: String,
@@ -87,7 +93,9 @@ pub struct Shared {
     pub applied: watch::Sender<Index>,
     pub addresses: RwLock<BTreeMap<NodeId, Address>>,
     /// Conditions that keep this member from serving, by kind (storage, peers, ...).
-    pub errors: RwLock<BTreeMap<String, String>>,
+    /// By kind: the message and when it was last reported. Conditions that are reported
+    /// while they last (storage) are cleared explicitly; events (rejected peers) expire.
+    pub errors: RwLock<BTreeMap<String, (String, Instant)>>,
     pub metrics: Metrics,
 }
 
@@ -104,7 +112,7 @@ impl Shared {
         let mut errors = write(&self.errors);
         match message {
             Some(m) => {
-                errors.insert(kind.to_string(), m);
+                errors.insert(kind.to_string(), (m, Instant::now()));
             }
             None => {
                 errors.remove(kind);
@@ -113,6 +121,10 @@ impl Shared {
     }
 
     pub fn errors(&self) -> Vec<String> {
-        read(&self.errors).iter().map(|(k, v)| format!("{k}: {v}")).collect()
+        read(&self.errors)
+            .iter()
+            .filter(|(kind, (_, at))| !EXPIRING_ERRORS.contains(&kind.as_str()) || at.elapsed() < ERROR_EVENT_TTL)
+            .map(|(kind, (message, _))| format!("{kind}: {message}"))
+            .collect()
     }
 }

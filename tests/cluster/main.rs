@@ -163,11 +163,12 @@ fn members_of(c: &Cluster, i: usize) -> Vec<(String, bool)> {
         .unwrap_or_default()
 }
 
-fn snapshots_received(c: &Cluster, i: usize) -> u64 {
+/// A counter or gauge from the member's /metrics (0 when absent).
+fn metric(c: &Cluster, i: usize, name: &str) -> u64 {
     let text =
         c.http.get(format!("{}/metrics", c.members[i].client_url())).send().and_then(|r| r.text()).unwrap_or_default();
     text.lines()
-        .find_map(|l| l.strip_prefix("kuberaft_snapshots_received_total "))
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
@@ -197,7 +198,7 @@ fn scale_three_to_five_to_three_and_catch_up_by_snapshot() {
     wait_for("the lagging member catches up", ELECTION, || {
         (c.get(lagging, "k119", "serializable") == (200, "v119".into())).then_some(())
     });
-    assert!(snapshots_received(&c, lagging) >= 1, "caught up through a snapshot");
+    assert!(metric(&c, lagging, "kuberaft_snapshots_received_total") >= 1, "caught up through a snapshot");
 
     // 3 -> 5: add as learner, start from empty data, wait for catch-up, promote.
     let mut added = Vec::new();
@@ -385,24 +386,33 @@ fn other_endpoint_lists_cannot_join_and_subsets_of_endpoints_agree() {
     c.bootstrap();
     let (leader, term) = c.wait_leader(ELECTION);
     c.put_ok(leader, "shared", "value");
-    // An outsider with the same list plus itself but another token, then another list.
-    let outsider = c.add_member_slot(3);
-    let all: Vec<usize> = (0..4).collect();
-    let list = c.initial_cluster(&all);
-    c.token = "another-token".into();
-    c.start(outsider, &list, "new");
-    wait_for("the cluster rejects the outsider and says so", ELECTION, || {
-        let errors = c.status(leader)?["errors"].to_string();
-        errors.contains("rejected messages").then_some(())
-    });
-    wait_for("the outsider says why it is refused", ELECTION, || {
-        let errors = c.status(outsider)?["errors"].to_string();
-        errors.contains("rejected our messages").then_some(())
-    });
-    let (l2, t2) = c.wait_leader_among(&[0, 1, 2]);
-    assert_eq!((l2, t2), (leader, term), "the cluster was not disturbed");
-    assert_eq!(c.get(outsider, "shared", "serializable").0, 404, "the outsider has none of the data");
-    c.kill(outsider);
+    // Outsiders: the same list plus itself under another token; then another list (without
+    // etcd-2) under the cluster's own token. Both get other cluster ids.
+    let first = c.add_member_slot(3);
+    let second = c.add_member_slot(4);
+    let cluster_token = c.token.clone();
+    for (outsider, list, token) in [
+        (first, c.initial_cluster(&[0, 1, 2, first]), "another-token".to_string()),
+        (second, c.initial_cluster(&[0, 1, second]), cluster_token.clone()),
+    ] {
+        let rejected_before = metric(&c, leader, "kuberaft_peer_messages_rejected_total");
+        c.token = token;
+        c.start(outsider, &list, "new");
+        c.token = cluster_token.clone();
+        wait_for("the outsider says why it is refused", ELECTION, || {
+            let errors = c.status(outsider)?["errors"].to_string();
+            errors.contains("rejected our messages").then_some(())
+        });
+        wait_for("the cluster rejects the outsider and says so", ELECTION, || {
+            let errors = c.status(leader)?["errors"].to_string();
+            let rejected = metric(&c, leader, "kuberaft_peer_messages_rejected_total") > rejected_before;
+            (rejected && errors.contains("rejected messages")).then_some(())
+        });
+        let (l2, t2) = c.wait_leader_among(&[0, 1, 2]);
+        assert_eq!((l2, t2), (leader, term), "the cluster was not disturbed");
+        assert_eq!(c.get(outsider, "shared", "serializable").0, 404, "the outsider has none of the data");
+        c.kill(outsider);
+    }
 
     // Different subsets of the endpoints: the same data.
     for writer in 0..3 {
