@@ -40,6 +40,16 @@ fn three_members_bootstrap_and_every_member_serves_linearizable_reads() {
     }
     let (code, _) = c.get(1, "absent", "linearizable");
     assert_eq!(code, 404);
+    for i in 0..3 {
+        let url = c.members[i].client_url();
+        wait_for("ready", ELECTION, || {
+            c.http.get(format!("{url}/readyz")).send().ok()?.status().is_success().then_some(())
+        });
+        assert!(c.http.get(format!("{url}/healthz")).send().expect("healthz").status().is_success());
+        let metrics = c.http.get(format!("{url}/metrics")).send().and_then(|r| r.text()).expect("metrics");
+        assert!(metrics.contains(&format!("kuberaft_term {term}")), "{metrics}");
+        assert!(metrics.contains("kuberaft_fsync_seconds_count"));
+    }
 }
 
 /// §2: SIGKILL of the leader: a new leader is elected, no acknowledged write is lost, and the
@@ -136,6 +146,10 @@ fn partitioned_follower_is_stale_only_for_serializable_reads() {
         assert_eq!(code, 503, "a linearizable read on the cut-off follower fails: {body}");
         assert!(!body.contains("old"), "never the stale value");
     }
+    let url = c.members[follower].client_url();
+    wait_for("the cut-off follower is not ready", ELECTION, || {
+        (c.http.get(format!("{url}/readyz")).send().ok()?.status().as_u16() == 503).then_some(())
+    });
     partition.heal();
     wait_for("the follower converges", ELECTION, || {
         (c.get(follower, "k", "serializable") == (200, "new".into())).then_some(())
