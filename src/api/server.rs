@@ -535,57 +535,35 @@ async fn metrics(State(api): State<Api>) -> Response {
     let shared = &api.node.shared;
     let s = shared.status();
     let m = &shared.metrics;
+    let counter = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let series: [(&str, &str, &str, u64); 12] = [
+        ("kuberaft_term", "Current Raft term.", "gauge", s.term),
+        ("kuberaft_is_leader", "1 when this member leads.", "gauge", (s.role == Role::Leader) as u64),
+        ("kuberaft_has_leader", "1 when a leader is known.", "gauge", s.leader.is_some() as u64),
+        ("kuberaft_commit_index", "Highest log index known committed.", "gauge", s.commit_index),
+        ("kuberaft_applied_index", "Highest log index applied.", "gauge", s.applied_index),
+        ("kuberaft_leader_changes_total", "Leader changes seen.", "counter", counter(&m.leader_changes)),
+        ("kuberaft_proposals_committed_total", "Proposals applied.", "counter", counter(&m.proposals_committed)),
+        ("kuberaft_proposals_failed_total", "Proposals that failed.", "counter", counter(&m.proposals_failed)),
+        (
+            "kuberaft_peer_messages_dropped_total",
+            "Peer messages dropped (queue full or peer unreachable).",
+            "counter",
+            counter(&m.peer_messages_dropped),
+        ),
+        (
+            "kuberaft_peer_messages_rejected_total",
+            "Peer messages rejected (other cluster, wrong recipient).",
+            "counter",
+            counter(&m.peer_messages_rejected),
+        ),
+        ("kuberaft_snapshots_sent_total", "Snapshots sent.", "counter", counter(&m.snapshots_sent)),
+        ("kuberaft_snapshots_received_total", "Snapshots installed.", "counter", counter(&m.snapshots_received)),
+    ];
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, value: String| {
+    for (name, help, kind, value) in series {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
-    };
-    gauge("kuberaft_term", "Current Raft term.", "gauge", s.term.to_string());
-    gauge("kuberaft_is_leader", "1 when this member leads.", "gauge", ((s.role == Role::Leader) as u8).to_string());
-    gauge("kuberaft_has_leader", "1 when a leader is known.", "gauge", (s.leader.is_some() as u8).to_string());
-    gauge("kuberaft_commit_index", "Highest log index known committed.", "gauge", s.commit_index.to_string());
-    gauge("kuberaft_applied_index", "Highest log index applied.", "gauge", s.applied_index.to_string());
-    gauge(
-        "kuberaft_leader_changes_total",
-        "Leader changes seen.",
-        "counter",
-        m.leader_changes.load(Ordering::Relaxed).to_string(),
-    );
-    gauge(
-        "kuberaft_proposals_committed_total",
-        "Proposals applied.",
-        "counter",
-        m.proposals_committed.load(Ordering::Relaxed).to_string(),
-    );
-    gauge(
-        "kuberaft_proposals_failed_total",
-        "Proposals that failed.",
-        "counter",
-        m.proposals_failed.load(Ordering::Relaxed).to_string(),
-    );
-    gauge(
-        "kuberaft_peer_messages_dropped_total",
-        "Peer messages dropped (queue full or peer unreachable).",
-        "counter",
-        m.peer_messages_dropped.load(Ordering::Relaxed).to_string(),
-    );
-    gauge(
-        "kuberaft_peer_messages_rejected_total",
-        "Peer messages rejected (other cluster, wrong recipient).",
-        "counter",
-        m.peer_messages_rejected.load(Ordering::Relaxed).to_string(),
-    );
-    gauge(
-        "kuberaft_snapshots_sent_total",
-        "Snapshots sent.",
-        "counter",
-        m.snapshots_sent.load(Ordering::Relaxed).to_string(),
-    );
-    gauge(
-        "kuberaft_snapshots_received_total",
-        "Snapshots installed.",
-        "counter",
-        m.snapshots_received.load(Ordering::Relaxed).to_string(),
-    );
+    }
     out.push_str("# HELP kuberaft_fsync_seconds Latency of persisting a Ready (write and fsync).\n");
     out.push_str("# TYPE kuberaft_fsync_seconds histogram\n");
     for (bucket, upper) in m.fsync_buckets.iter().zip(FSYNC_BUCKETS) {

@@ -5,6 +5,7 @@
 
 mod config;
 mod log;
+mod memory;
 mod progress;
 mod quorum;
 #[allow(clippy::module_inception)]
@@ -19,6 +20,7 @@ mod tests;
 
 pub use config::{Config, ConfigError};
 pub use log::RaftLog;
+pub use memory::MemoryStorage;
 pub use progress::{Progress, ProgressState};
 pub use quorum::majority;
 pub use raft::{InitialState, ProposeError, Raft};

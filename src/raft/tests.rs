@@ -26,39 +26,7 @@ const MAX_ROUNDS: usize = 10_000;
 type DropRule = Box<dyn FnMut(&Message) -> bool>;
 
 /// A member's durable storage as its host keeps it: whatever each `Ready` asked to persist.
-#[derive(Clone, Debug, Default)]
-struct Storage {
-    hard_state: HardState,
-    snapshot: Option<Snapshot>,
-    entries: Vec<Entry>,
-}
-
-impl Storage {
-    fn from_initial(state: &InitialState) -> Storage {
-        Storage { hard_state: state.hard_state, snapshot: state.snapshot.clone(), entries: state.entries.clone() }
-    }
-
-    fn last_index(&self) -> Index {
-        let base = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
-        self.entries.last().map_or(base, |e| e.index)
-    }
-
-    fn persist(&mut self, rd: &Ready) {
-        if let Some(hs) = rd.hard_state {
-            self.hard_state = hs;
-        }
-        if let Some(snapshot) = &rd.snapshot {
-            // An installed snapshot replaces the whole log.
-            self.entries.clear();
-            self.snapshot = Some(snapshot.clone());
-        }
-        if let Some(first) = rd.entries.first() {
-            self.entries.retain(|e| e.index < first.index);
-            assert_eq!(self.last_index() + 1, first.index, "entries to persist continue the durable log");
-            self.entries.extend(rd.entries.iter().cloned());
-        }
-    }
-}
+type Storage = MemoryStorage;
 
 /// One member: its node, its durable storage and its state machine.
 struct Peer {
@@ -192,8 +160,7 @@ impl Network {
     /// The member crashes and restarts from what it made durable.
     fn restart(&mut self, id: NodeId) {
         let peer = self.peers.remove(&id).expect("a member");
-        let Storage { hard_state, snapshot, entries } = peer.storage;
-        self.add_member(peer.cfg, InitialState::restart(hard_state, snapshot, entries));
+        self.add_member(peer.cfg, peer.storage.restart_state());
     }
 
     fn ids(&self) -> Vec<NodeId> {
@@ -372,7 +339,7 @@ impl Network {
         let messages = std::mem::take(&mut rd.messages);
         let peer = self.peers.get_mut(&id).expect("a member");
         // 1. Persist.
-        peer.storage.persist(&rd);
+        assert!(peer.storage.persist(&rd), "entries to persist continue the durable log");
         // 2. Send, but only what is backed by durable state.
         for m in &messages {
             check_durable_before_send(id, &peer.storage, m);

@@ -37,34 +37,8 @@ const MARKER_KEY: u8 = 255;
 
 type Op = Operation<RegisterInput<u8>, RegisterOutput>;
 
-#[derive(Default)]
-struct Disk {
-    hard_state: HardState,
-    snapshot: Option<Snapshot>,
-    entries: Vec<Entry>,
-}
-
-impl Disk {
-    /// Makes a `Ready`'s state durable, in the order `ready.rs` prescribes.
-    fn persist(&mut self, rd: &Ready) {
-        if let Some(hs) = rd.hard_state {
-            self.hard_state = hs;
-        }
-        if let Some(snapshot) = &rd.snapshot {
-            self.entries.clear();
-            self.snapshot = Some(snapshot.clone());
-        }
-        if let Some(first) = rd.entries.first() {
-            self.entries.retain(|e| e.index < first.index);
-            self.entries.extend(rd.entries.iter().cloned());
-        }
-    }
-
-    fn compact(&mut self, snapshot: Snapshot) {
-        self.entries.retain(|e| e.index > snapshot.meta.index);
-        self.snapshot = Some(snapshot);
-    }
-}
+/// A member's disk: what survives a crash.
+type Disk = MemoryStorage;
 
 struct PendingWrite {
     op: usize,
@@ -247,7 +221,7 @@ impl Sim {
         let voters: Vec<(NodeId, Bytes)> = (1..=members).map(|id| (id, Bytes::new())).collect();
         let initial = InitialState::bootstrap(&voters);
         for id in 1..=members {
-            let disk = Disk { hard_state: initial.hard_state, snapshot: None, entries: initial.entries.clone() };
+            let disk = Disk::from_initial(&initial);
             sim.add_node(id, disk, initial.clone());
         }
         for c in 0..CLIENTS {
@@ -417,7 +391,9 @@ impl Sim {
             self.check_appended(id, &rd.entries)?;
             let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
             let old = node.disk.hard_state;
-            node.disk.persist(&rd);
+            if !node.disk.persist(&rd) {
+                return Err(format!("n{id}: asked to persist entries that leave a gap in the log"));
+            }
             let new = node.disk.hard_state;
             if new.term < old.term
                 || new.commit < old.commit
@@ -798,7 +774,7 @@ impl Sim {
             return Ok(());
         }
         let disk = &node.disk;
-        let initial = InitialState::restart(disk.hard_state, disk.snapshot.clone(), disk.entries.clone());
+        let initial = disk.restart_state();
         node.kv = match &disk.snapshot {
             Some(s) => decode_kv(&s.data).ok_or("undecodable snapshot on disk")?,
             None => BTreeMap::new(),
