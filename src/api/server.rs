@@ -97,6 +97,14 @@ pub fn client_router(api: Api) -> Router {
 
 // ----- helpers -----
 
+type PathParam = Result<Path<String>, axum::extract::rejection::PathRejection>;
+
+/// The `{key}` or `{id}` of the path. axum answers a segment that does not percent-decode to
+/// UTF-8 with a plain-text 400 of its own; taking the rejection here keeps it JSON.
+fn path_param(param: PathParam, code: &'static str) -> ApiResult<String> {
+    param.map(|Path(text)| text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, code, e.body_text()))
+}
+
 fn validate_key(key: &str) -> ApiResult<()> {
     if key.is_empty() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", "the key is empty"));
@@ -227,10 +235,11 @@ fn parse_query<T: for<'de> Deserialize<'de>>(
 
 async fn put_key(
     State(api): State<Api>,
-    Path(key): Path<String>,
+    key: PathParam,
     query: Result<Query<WriteParams>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> ApiResult<Response> {
+    let key = path_param(key, "invalid_key")?;
     validate_key(&key)?;
     let params = parse_query(query)?;
     let pq = path_and_query(&request);
@@ -247,10 +256,11 @@ async fn put_key(
 
 async fn delete_key(
     State(api): State<Api>,
-    Path(key): Path<String>,
+    key: PathParam,
     query: Result<Query<WriteParams>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> ApiResult<Response> {
+    let key = path_param(key, "invalid_key")?;
     validate_key(&key)?;
     let params = parse_query(query)?;
     match route(&api, request.headers())? {
@@ -278,10 +288,11 @@ async fn read_point(api: &Api, consistency: Consistency, headers: &HeaderMap) ->
 
 async fn get_key(
     State(api): State<Api>,
-    Path(key): Path<String>,
+    key: PathParam,
     query: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> ApiResult<Response> {
+    let key = path_param(key, "invalid_key")?;
     validate_key(&key)?;
     let params = parse_query(query)?;
     if let Some(url) = read_point(&api, params.consistency, request.headers()).await? {
@@ -438,8 +449,8 @@ fn member_id(text: &str) -> ApiResult<u64> {
     parse_id(text).ok_or_else(|| ApiError::bad_request(format!("'{text}' is not a member id (hex)")))
 }
 
-async fn promote_member(State(api): State<Api>, Path(id): Path<String>, request: Request) -> ApiResult<Response> {
-    let id = member_id(&id)?;
+async fn promote_member(State(api): State<Api>, id: PathParam, request: Request) -> ApiResult<Response> {
+    let id = member_id(&path_param(id, "bad_request")?)?;
     if let Route::Forward(url) = route(&api, request.headers())? {
         return Ok(forward(&api, &url, Method::POST, &path_and_query(&request), Bytes::new()).await);
     }
@@ -448,10 +459,12 @@ async fn promote_member(State(api): State<Api>, Path(id): Path<String>, request:
         Some((_, true)) => return Err(ApiError::bad_request(format!("member {} is already a voter", format_id(id)))),
         Some(_) => {}
     }
-    // A learner votes only once it has the log: promoting one far behind would stall commits.
+    // A learner votes only once it has (nearly) the log: promoting one far behind would stall
+    // commits. Under steady writes the commit index keeps moving, so "caught up" means within
+    // 10% of it (as etcd decides learner readiness), not equal to it.
     let status = api.node.shared.status();
     let matched = status.matched.get(&id).copied().unwrap_or(0);
-    if matched < status.commit_index {
+    if (matched as f64) < 0.9 * status.commit_index as f64 {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "learner_not_ready",
@@ -466,8 +479,8 @@ async fn promote_member(State(api): State<Api>, Path(id): Path<String>, request:
     Ok(Json(serde_json::json!({ "id": format_id(id), "voter": true })).into_response())
 }
 
-async fn remove_member(State(api): State<Api>, Path(id): Path<String>, request: Request) -> ApiResult<Response> {
-    let id = member_id(&id)?;
+async fn remove_member(State(api): State<Api>, id: PathParam, request: Request) -> ApiResult<Response> {
+    let id = member_id(&path_param(id, "bad_request")?)?;
     if let Route::Forward(url) = route(&api, request.headers())? {
         return Ok(forward(&api, &url, Method::DELETE, &path_and_query(&request), Bytes::new()).await);
     }
