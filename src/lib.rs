@@ -5,5 +5,6 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod node;
+pub mod operator;
 pub mod raft;
 pub mod store;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -75,6 +76,7 @@ pub struct Api {
 }
 
 pub fn client_router(api: Api) -> Router {
+    let body_limit = api.node.shared.max_value_bytes.max(MAX_MEMBER_REQUEST_BYTES);
     Router::new()
         .route("/v1/kv", get(list))
         .route("/v1/kv/{key}", get(get_key).put(put_key).delete(delete_key))
@@ -90,9 +92,22 @@ pub fn client_router(api: Api) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
         })
-        // Bodies are read with an explicit limit in the handlers, to answer with JSON.
+        // Bodies are read with an explicit limit (per route in the handlers), to answer with JSON.
+        .layer(axum::middleware::from_fn_with_state(body_limit, read_whole_body))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(api)
+}
+
+/// Reads every request body to its end (up to the largest any route accepts) before routing.
+/// A body the route ignores (a GET with a body) would otherwise still be unread when the answer
+/// is sent: hyper then closes the connection with data unread, the kernel resets it, and an
+/// answer larger than the socket buffers is cut off on its way to the client.
+async fn read_whole_body(State(limit): State<usize>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match read_body(body, limit).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 // ----- helpers -----
@@ -108,6 +123,15 @@ fn path_param(param: PathParam, code: &'static str) -> ApiResult<String> {
 fn validate_key(key: &str) -> ApiResult<()> {
     if key.is_empty() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", "the key is empty"));
+    }
+    if key == "." || key == ".." {
+        // URLs resolve these segments away (`/v1/kv/..` is `/v1/`), so a client library, or a
+        // member forwarding to the leader, would send the request elsewhere.
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_key",
+            format!("'{key}' cannot be a key: URLs treat it as a relative path segment"),
+        ));
     }
     if key.len() > MAX_KEY_BYTES {
         return Err(ApiError::new(
@@ -418,7 +442,7 @@ async fn members(State(api): State<Api>) -> Json<MembersResponse> {
 async fn add_member(State(api): State<Api>, request: Request) -> ApiResult<Response> {
     let pq = path_and_query(&request);
     let headers = request.headers().clone();
-    let body = read_body(request.into_body(), 64 * 1024).await?;
+    let body = read_body(request.into_body(), MAX_MEMBER_REQUEST_BYTES).await?;
     let req: AddMemberRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad member request: {e}")))?;
     if req.name.trim().is_empty() {
@@ -464,7 +488,7 @@ async fn promote_member(State(api): State<Api>, id: PathParam, request: Request)
     // 10% of it (as etcd decides learner readiness), not equal to it.
     let status = api.node.shared.status();
     let matched = status.matched.get(&id).copied().unwrap_or(0);
-    if (matched as f64) < 0.9 * status.commit_index as f64 {
+    if !learner_caught_up(matched, status.commit_index) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "learner_not_ready",
@@ -494,7 +518,7 @@ async fn remove_member(State(api): State<Api>, id: PathParam, request: Request) 
 async fn transfer_leader(State(api): State<Api>, request: Request) -> ApiResult<Response> {
     let pq = path_and_query(&request);
     let headers = request.headers().clone();
-    let body = read_body(request.into_body(), 4096).await?;
+    let body = read_body(request.into_body(), MAX_TRANSFER_REQUEST_BYTES).await?;
     let req: TransferRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
         TransferRequest::default()
     } else {

@@ -16,8 +16,21 @@ pub const DEFAULT_PEER_PORT: u16 = 2380;
 pub const MAX_KEY_BYTES: usize = 1024;
 /// Values: at most this many bytes unless `--max-value-bytes` says otherwise.
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+/// A learner is promoted once its applied (or matched) index reaches this share of the leader's
+/// commit index: a voter far behind would stall commits, and under steady writes "equal" never
+/// happens. The node's promote endpoint and the operator's planner both decide with it.
+pub const PROMOTE_CATCH_UP_PERCENT: u64 = 90;
+
+/// Whether a learner at `index` is close enough to `commit_index` to be promoted.
+pub fn learner_caught_up(index: u64, commit_index: u64) -> bool {
+    u128::from(index) * 100 >= u128::from(commit_index) * u128::from(PROMOTE_CATCH_UP_PERCENT)
+}
+
 /// List requests return at most this many keys per page.
 pub const MAX_LIST_LIMIT: usize = 10_000;
+/// Bodies of `POST /v1/members` and `POST /v1/leader/transfer` are at most this large.
+pub const MAX_MEMBER_REQUEST_BYTES: usize = 64 * 1024;
+pub const MAX_TRANSFER_REQUEST_BYTES: usize = 4096;
 
 /// `{"error": {"code": "...", "message": "..."}}`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,9 @@ pub mod runtime;
 pub mod shared;
 pub mod transport;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -117,6 +120,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
         .map_err(|e| StartError(format!("cannot create --data-dir {}: {e}", args.data_dir.display())))?;
     let (storage, durable) = Storage::open(&args.data_dir).map_err(|e| StartError(e.to_string()))?;
     let meta = read_meta(&args.data_dir).map_err(|e| StartError(e.to_string()))?;
+    let stored_meta = meta.clone();
 
     let mut problems = Vec::new();
     let (meta, state) = match meta {
@@ -180,7 +184,11 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
             }
         },
     };
-    write_meta(&args.data_dir, &meta).map_err(|e| StartError(e.to_string()))?;
+    // Only when it changed: a restart must not need free space, so that a member on a full
+    // disk starts, reports it in /readyz and recovers when space returns (no crash loop).
+    if stored_meta.as_ref() != Some(&meta) {
+        write_meta(&args.data_dir, &meta).map_err(|e| StartError(e.to_string()))?;
+    }
 
     // Persist the bootstrap entries before anything else happens.
     let mut storage = storage;

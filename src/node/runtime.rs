@@ -27,6 +27,13 @@ pub const TICK_MS: u64 = 10;
 pub const INPUT_QUEUE: usize = 8192;
 /// At most this many inputs are taken before the next Ready, so ticks are never starved.
 const MAX_INPUTS_PER_ROUND: usize = 4096;
+/// While storage fails, the stuck Ready is retried this often: not in a tight loop against
+/// the failing disk, and without blocking the loop, which keeps refusing requests at once.
+const STORAGE_RETRY: Duration = Duration::from_millis(100);
+/// While storage keeps failing, its ERROR line is repeated this often (so a long outage shows
+/// in the log), and sooner when the reason changes (an fsync error, then a read-only file system).
+const STORAGE_ERROR_REPEAT: Duration = Duration::from_secs(60);
+const STORAGE_ERROR_CHANGED: Duration = Duration::from_secs(1);
 
 /// Why a request failed. Each maps to one HTTP status in the API.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -96,6 +103,13 @@ pub trait Outbox: Send {
     fn send(&mut self, messages: Vec<Message>);
 }
 
+/// A storage failure that lasts: since when, and what the log last said about it.
+struct StorageFailure {
+    since: Instant,
+    logged: String,
+    logged_at: Instant,
+}
+
 struct PendingProposal {
     term: Term,
     reply: Option<Reply<ApplyResult>>,
@@ -113,8 +127,11 @@ pub struct RaftLoop {
     reads: BTreeMap<u64, Reply<Index>>,
     next_read_ctx: u64,
     /// A Ready whose persistence failed (disk full, read-only): retried until it succeeds;
-    /// meanwhile nothing is sent, applied or acknowledged.
+    /// meanwhile nothing is sent, applied or acknowledged, and the core does not tick.
     stuck: Option<Ready>,
+    /// When to retry the stuck Ready.
+    retry_at: Instant,
+    storage_failure: Option<StorageFailure>,
     last_snapshot_index: Index,
     last_leader: Option<NodeId>,
     shutdown: Option<(oneshot::Sender<()>, Instant)>,
@@ -141,6 +158,8 @@ impl RaftLoop {
             reads: BTreeMap::new(),
             next_read_ctx: 1,
             stuck: None,
+            retry_at: Instant::now(),
+            storage_failure: None,
             last_snapshot_index,
             last_leader: None,
             shutdown: None,
@@ -168,7 +187,15 @@ impl RaftLoop {
             }
             let now = Instant::now();
             if now >= next_tick {
-                self.raw.tick();
+                // A member that cannot persist stands still: it could neither win an election
+                // (its own vote must be durable first) nor take entries, so it does not
+                // campaign; ticking would only queue heartbeats and campaigns, without bound,
+                // all stale by the time it recovers. A stuck leader sends nothing (messages leave
+                // only once their Ready is durable), so its followers elect a new leader after
+                // one election timeout, as if it had crashed; it learns of it once it recovers.
+                if self.stuck.is_none() {
+                    self.raw.tick();
+                }
                 next_tick += tick;
                 if next_tick < now {
                     // We fell behind (a long fsync): do not replay missed ticks in a burst.
@@ -258,8 +285,9 @@ impl RaftLoop {
     /// Runs Ready cycles until the core has nothing more to hand out.
     fn drive(&mut self) {
         if let Some(rd) = self.stuck.take() {
-            if !self.persist(&rd) {
+            if Instant::now() < self.retry_at || !self.persist(&rd) {
                 self.stuck = Some(rd);
+                self.publish();
                 return;
             }
             self.finish_ready(rd);
@@ -271,7 +299,7 @@ impl RaftLoop {
             let rd = self.raw.ready();
             if !self.persist(&rd) {
                 self.stuck = Some(rd);
-                std::thread::sleep(Duration::from_millis(100));
+                self.publish();
                 return;
             }
             self.finish_ready(rd);
@@ -288,17 +316,35 @@ impl RaftLoop {
         match self.storage.persist(rd.hard_state.as_ref(), rd.snapshot.as_ref(), &rd.entries) {
             Ok(()) => {
                 self.shared.metrics.observe_fsync(started.elapsed().as_secs_f64());
-                if read(&self.shared.errors).contains_key("storage") {
-                    tracing::info!("storage recovered; serving again");
+                if let Some(failure) = self.storage_failure.take() {
+                    let failed_for_s = failure.since.elapsed().as_secs();
+                    tracing::info!(failed_for_s, "storage recovered; serving again");
                     self.shared.set_error("storage", None);
                 }
                 true
             }
             Err(e) => {
-                if !read(&self.shared.errors).contains_key("storage") {
-                    tracing::error!(error = %e, "cannot persist raft state; not acknowledging anything until it works");
+                let message = e.to_string();
+                let now = Instant::now();
+                let log = match &self.storage_failure {
+                    None => true,
+                    Some(f) => {
+                        let since_logged = now.saturating_duration_since(f.logged_at);
+                        (f.logged != message && since_logged >= STORAGE_ERROR_CHANGED)
+                            || since_logged >= STORAGE_ERROR_REPEAT
+                    }
+                };
+                if log {
+                    let since = self.storage_failure.as_ref().map_or(now, |f| f.since);
+                    tracing::error!(
+                        error = %message,
+                        failing_for_s = now.saturating_duration_since(since).as_secs(),
+                        "cannot persist raft state; not acknowledging anything until it works"
+                    );
+                    self.storage_failure = Some(StorageFailure { since, logged: message.clone(), logged_at: now });
                 }
-                self.shared.set_error("storage", Some(e.to_string()));
+                self.shared.set_error("storage", Some(message));
+                self.retry_at = now + STORAGE_RETRY;
                 false
             }
         }
@@ -450,7 +496,14 @@ impl RaftLoop {
     fn publish(&mut self) {
         let raft = &self.raw.raft;
         let me = raft.id();
-        let matched = if raft.role() == Role::Leader {
+        // A leader that cannot persist cannot commit: it stops presenting itself as the leader
+        // (to clients, in /v1/status and /readyz) while its followers elect another one. If
+        // nobody did by the time it recovers, it simply goes on leading.
+        let (role, leader) = match raft.role() {
+            Role::Leader if self.stuck.is_some() => (Role::Follower, None),
+            role => (role, raft.leader()),
+        };
+        let matched = if role == Role::Leader {
             raft.conf()
                 .voters
                 .iter()
@@ -461,9 +514,9 @@ impl RaftLoop {
             BTreeMap::new()
         };
         let status = LoopStatus {
-            role: raft.role(),
+            role,
             term: raft.term(),
-            leader: raft.leader(),
+            leader,
             commit_index: raft.commit_index(),
             applied_index: raft.applied_index(),
             last_index: raft.log().last_index(),

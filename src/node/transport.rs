@@ -211,7 +211,7 @@ async fn receive(State(server): State<PeerServer>, headers: HeaderMap, body: Byt
         note_client_url(shared, from, url);
     }
     for m in messages {
-        if m.to != shared.id || m.from != from || from == 0 {
+        if m.to != shared.id || m.from != from || from == 0 || !m.is_well_formed() {
             shared.metrics.peer_messages_rejected.fetch_add(1, Ordering::Relaxed);
             continue;
         }

@@ -431,7 +431,7 @@ impl Raft {
 
     /// Handles one message from a peer.
     pub fn step(&mut self, m: Message) {
-        if m.to != self.cfg.id || m.from == self.cfg.id || m.from == 0 {
+        if m.to != self.cfg.id || m.from == self.cfg.id || m.from == 0 || !m.is_well_formed() {
             return;
         }
         if m.term > self.term {

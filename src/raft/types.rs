@@ -163,6 +163,41 @@ pub struct Message {
     pub body: MessageBody,
 }
 
+/// Terms and indexes grow by one per election and per entry, so no real cluster comes near
+/// this bound. A message carrying a larger one is damaged or hostile: acting on it would wedge
+/// the cluster in a term nobody can leave (the next election's `term + 1` overflows) or put
+/// the log where the next entry's `last_index + 1` overflows.
+pub const MAX_TERM_OR_INDEX: u64 = 1 << 62;
+
+impl Message {
+    /// Whether every term and index the message carries is below `MAX_TERM_OR_INDEX`; `step`
+    /// drops any other message unread.
+    pub fn is_well_formed(&self) -> bool {
+        let ok = |value: u64| value < MAX_TERM_OR_INDEX;
+        ok(self.term)
+            && match &self.body {
+                MessageBody::Append { prev_index, prev_term, entries, commit } => {
+                    ok(*prev_index)
+                        && ok(*prev_term)
+                        && ok(*commit)
+                        && entries.iter().all(|e| ok(e.index) && ok(e.term))
+                }
+                MessageBody::AppendResp { index, reject } => {
+                    ok(*index) && reject.is_none_or(|hint| ok(hint.index) && ok(hint.term))
+                }
+                MessageBody::Heartbeat { commit, .. } => ok(*commit),
+                MessageBody::PreVote { last_index, last_term } | MessageBody::Vote { last_index, last_term, .. } => {
+                    ok(*last_index) && ok(*last_term)
+                }
+                MessageBody::InstallSnapshot { snapshot } => ok(snapshot.meta.index) && ok(snapshot.meta.term),
+                MessageBody::HeartbeatResp { .. }
+                | MessageBody::PreVoteResp { .. }
+                | MessageBody::VoteResp { .. }
+                | MessageBody::TimeoutNow => true,
+            }
+    }
+}
+
 /// Sent by a follower that could not append: where the leader should probe next (§5.3's
 /// optimisation, as etcd does it: the largest index at or below `index` whose term is at most
 /// the leader's `prev_term`).

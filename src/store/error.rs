@@ -59,6 +59,12 @@ fn is_disk_full(error: &io::Error) -> bool {
 fn io_hint(error: &io::Error) -> &'static str {
     if is_disk_full(error) {
         " (the disk is full: free space or grow the volume; nothing durable was lost and the member retries)"
+    } else if error.raw_os_error() == Some(libc::EROFS) {
+        // The kernel turns a file system read-only after a disk error (ext4 errors=remount-ro).
+        " (the file system is read-only: after a disk error the kernel keeps it so until it is repaired; stop the \
+         member, check the volume, mount it read-write and start the member again; nothing durable was lost)"
+    } else if error.raw_os_error() == Some(libc::EIO) {
+        " (the disk reported an I/O error: check the kernel log and the device; the member retries)"
     } else if error.kind() == io::ErrorKind::PermissionDenied {
         " (check the owner and mode of the data directory)"
     } else {

@@ -340,15 +340,36 @@ fn inject(c: &mut Cluster, faults: &Faults, fault: Fault, rng: &mut Rng, hold: D
                 resp.json::<Value>().ok()?["id"].as_str().map(str::to_string)
             });
             c.start(victim, &initial, "existing");
-            wait_for("promotion of the re-added member", RECOVERY_LIMIT, || {
-                let leader = leader_index(c)?;
-                let resp = c
-                    .http
-                    .post(format!("{}/v1/members/{new_id}/promote", c.members[leader].client_url()))
-                    .send()
-                    .ok()?;
-                resp.status().is_success().then_some(())
+            let mut last_answer = String::new();
+            let promoted = (0..600).any(|_| {
+                std::thread::sleep(Duration::from_millis(50));
+                let Some(leader) = leader_index(c) else {
+                    last_answer = "no leader".into();
+                    return false;
+                };
+                match c.http.post(format!("{}/v1/members/{new_id}/promote", c.members[leader].client_url())).send() {
+                    Ok(resp) if resp.status().is_success() => true,
+                    Ok(resp) => {
+                        last_answer = format!("{}: {}", resp.status(), resp.text().unwrap_or_default());
+                        false
+                    }
+                    Err(e) => {
+                        last_answer = e.to_string();
+                        false
+                    }
+                }
             });
+            if !promoted {
+                let statuses: Vec<String> = c
+                    .running()
+                    .iter()
+                    .map(|i| format!("{}: {}", c.members[*i].name, c.status(*i).unwrap_or_default()))
+                    .collect();
+                panic!(
+                    "the re-added {name} ({new_id}) was not promoted in 30 s; last answer: {last_answer}\n{}",
+                    statuses.join("\n")
+                );
+            }
             format!("remove {name}, wipe its data, add it back as {new_id}, promote")
         }
         Fault::Transfer => {

@@ -2,7 +2,7 @@
 //! 127.x.y.z address (so network rules can cut one member off) and its own data directory.
 //! Every process is killed when the `Cluster` is dropped, also when a test fails.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -220,6 +220,203 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             for i in 0..self.members.len() {
                 eprintln!("---- log of {} ----\n{}", self.members[i].name, self.log_tail(i));
+            }
+        }
+    }
+}
+
+// ----- disk faults -----
+
+impl Cluster {
+    /// Puts member `i`'s data in `dir` (e.g. a `DiskMount`) instead of the cluster's temp dir.
+    pub fn set_data_dir(&mut self, i: usize, dir: &Path) {
+        self.members[i].data_dir = dir.to_path_buf();
+    }
+
+    /// (status code, body) of the member's `/readyz`; (0, error) when it does not answer.
+    pub fn readyz(&self, i: usize) -> (u16, String) {
+        match self.http.get(format!("{}/readyz", self.members[i].client_url())).send() {
+            Ok(resp) => (resp.status().as_u16(), resp.text().unwrap_or_default()),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    /// Waits (bounded) for member `i`'s process to exit by itself; its exit status, or None
+    /// if it still runs (it is then left running).
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            let child = self.members[i].child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.members[i].child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The member's id (hex), from its status.
+    pub fn member_id(&self, i: usize) -> Option<String> {
+        self.status(i)?["id"].as_str().map(str::to_string)
+    }
+
+    /// How far the leader `leader` knows member `i`'s log to match its own: what `i` has
+    /// acknowledged (from the peer port's member list).
+    pub fn matched(&self, leader: usize, i: usize) -> Option<u64> {
+        let url = format!("{}/raft/v1/members", self.members[leader].peer_url());
+        let list: Value = self.http.get(url).send().ok()?.json().ok()?;
+        let name = self.members[i].name.as_str();
+        list["members"].as_array()?.iter().find(|m| m["name"] == name)?["matched"].as_u64()
+    }
+
+    /// Moves leadership to member `to` (asked through member `via`); waits until all agree.
+    pub fn transfer_leader(&self, via: usize, to: usize, timeout: Duration) {
+        let id = self.member_id(to).expect("member id");
+        wait_for(&format!("leadership moves to {}", self.members[to].name), timeout, || {
+            let _ = self
+                .http
+                .post(format!("{}/v1/leader/transfer", self.members[via].client_url()))
+                .json(&serde_json::json!({ "to": id }))
+                .send();
+            (self.wait_leader(Duration::from_secs(5)).0 == to).then_some(())
+        });
+    }
+}
+
+/// A file system mounted for one member's data directory: a size-limited tmpfs (to fill up),
+/// or an ext4 image on a loop device mounted with `errors=remount-ro` (which the kernel turns
+/// read-only on a disk error). Unmounted on drop, also when a test fails. Declare it BEFORE
+/// the `Cluster` that uses it: locals drop in reverse order, so the members are killed first
+/// and the mount is no longer busy (a busy one is detached lazily).
+pub struct DiskMount {
+    /// The mount point: the member's data directory.
+    pub dir: PathBuf,
+    /// The ext4 image, for `repair`.
+    image: Option<PathBuf>,
+    mounted: bool,
+    _parent: tempfile::TempDir,
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{program} {}: {}{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl DiskMount {
+    /// Whether this process may mount file systems (root outside a locked-down container).
+    pub fn permitted() -> bool {
+        DiskMount::tmpfs_checked(16).is_ok()
+    }
+
+    /// A tmpfs of `size_kib` KiB.
+    pub fn tmpfs(size_kib: u64) -> DiskMount {
+        DiskMount::tmpfs_checked(size_kib).expect("mount a tmpfs")
+    }
+
+    fn tmpfs_checked(size_kib: u64) -> Result<DiskMount, String> {
+        let parent = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let dir = parent.path().join("data");
+        std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+        let path = dir.to_str().ok_or("temp path is not UTF-8")?;
+        run("mount", &["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs", path])?;
+        Ok(DiskMount { dir, image: None, mounted: true, _parent: parent })
+    }
+
+    /// An ext4 file system of `size_mib` MiB in an image file, on a loop device, mounted with
+    /// `errors=remount-ro`. Err when the tools or loop devices are missing.
+    pub fn ext4(size_mib: u64) -> Result<DiskMount, String> {
+        let parent = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let image = parent.path().join("disk.img");
+        let file = std::fs::File::create(&image).map_err(|e| e.to_string())?;
+        file.set_len(size_mib << 20).map_err(|e| e.to_string())?;
+        let image_path = image.to_str().ok_or("temp path is not UTF-8")?.to_string();
+        run("mkfs.ext4", &["-q", "-F", &image_path])?;
+        let dir = parent.path().join("data");
+        std::fs::create_dir(&dir).map_err(|e| e.to_string())?;
+        let mut disk = DiskMount { dir, image: Some(image), mounted: false, _parent: parent };
+        disk.mount_image()?;
+        Ok(disk)
+    }
+
+    fn mount_image(&mut self) -> Result<(), String> {
+        let image = self.image.as_ref().and_then(|p| p.to_str()).ok_or("not an image mount")?;
+        let dir = self.dir.to_str().ok_or("temp path is not UTF-8")?;
+        run("mount", &["-o", "loop,errors=remount-ro", image, dir])?;
+        self.mounted = true;
+        Ok(())
+    }
+
+    /// Fills the file system with a file (written until ENOSPC and synced); returns its path.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut file = std::fs::File::create(&path).expect("create filler");
+        let chunk = vec![0x5au8; 64 * 1024];
+        // Bounded: tests mount at most a few MiB.
+        for _ in 0..10_000 {
+            match file.write(&chunk) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        let _ = file.sync_all();
+        path
+    }
+
+    /// The ext4 device's kernel error trigger: the kernel handles the "error" as a real one
+    /// and, under `errors=remount-ro`, makes the file system read-only at once (open files
+    /// included), until it is unmounted.
+    pub fn force_read_only(&self) {
+        let mounts = std::fs::read_to_string("/proc/mounts").expect("/proc/mounts");
+        let dir = self.dir.to_str().expect("UTF-8 path");
+        let device = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 1 && f[1] == dir)
+            .map(|f| f[0].rsplit('/').next().unwrap_or("").to_string())
+            .expect("the image is mounted");
+        std::fs::write(format!("/sys/fs/ext4/{device}/trigger_fs_error"), "kuberaft test: simulated disk error")
+            .expect("trigger an ext4 error");
+        let probe = self.dir.join("probe");
+        let result = std::fs::write(&probe, b"x");
+        assert_eq!(
+            result.as_ref().map_err(|e| e.raw_os_error()),
+            Err(Some(libc::EROFS)),
+            "the file system is read-only now"
+        );
+    }
+
+    /// What an operator does with a file system the kernel made read-only after an error:
+    /// unmount (the member must be stopped), check and repair, mount read-write again.
+    pub fn repair(&mut self) {
+        let dir = self.dir.to_str().expect("UTF-8 path").to_string();
+        run("umount", &[&dir]).expect("unmount for repair");
+        self.mounted = false;
+        let image = self.image.as_ref().and_then(|p| p.to_str()).expect("an image mount").to_string();
+        // e2fsck exits 1 or 2 when it fixed something.
+        let out = Command::new("e2fsck").args(["-f", "-y", &image]).output().expect("run e2fsck");
+        assert!(matches!(out.status.code(), Some(0..=2)), "e2fsck: {}", String::from_utf8_lossy(&out.stdout));
+        self.mount_image().expect("mount again");
+    }
+}
+
+impl Drop for DiskMount {
+    fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        let dir = self.dir.to_string_lossy().to_string();
+        if run("umount", &[&dir]).is_err() {
+            // Still busy (a process we could not stop): detach now, freed when it exits.
+            if let Err(e) = run("umount", &["-l", &dir]) {
+                eprintln!("cannot unmount {dir}: {e}");
             }
         }
     }

@@ -3,10 +3,14 @@
 
 mod harness;
 
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use harness::{wait_for, Cluster};
+use harness::{wait_for, Cluster, DiskMount};
+use kuberaft::api::base64::encode_base64;
 use serde_json::{json, Value};
 
 const ELECTION: Duration = Duration::from_secs(15);
@@ -498,4 +502,414 @@ fn failover_time() {
         ms[ms.len() / 2],
         ms[ms.len() - 1]
     );
+}
+
+// ----- disk faults (issue 4) -----
+//
+// A member whose data directory becomes full or read-only stops acknowledging writes, says why
+// in its log and `/readyz`, loses nothing, and recovers when space returns. The member's data
+// lives on its own mount: a small tmpfs to fill, or an ext4 image that the kernel turns
+// read-only. (`mount -o remount,ro` cannot do it: the kernel refuses to remount read-only
+// while a process has a file open for writing there, as a running member always has.)
+
+/// Room for a member's data while the test runs; the tests fill it up on purpose.
+const DISK_KIB: u64 = 512;
+
+/// Mounting needs root. In CI the disk tests must run; elsewhere they are skipped, loudly.
+fn disk_faults_available(test: &str) -> bool {
+    if DiskMount::permitted() {
+        return true;
+    }
+    assert!(std::env::var("CI").is_err(), "the disk-fault tests must run in CI: they need root to mount file systems");
+    eprintln!("SKIPPED {test}: cannot mount file systems here (needs root)");
+    false
+}
+
+/// Writes `{prefix}{n}` (value: the key) through the given members in turn, 10 ms apart, until
+/// stopped (at most `MAX_WRITES`), and records every acknowledged key: none may be lost.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Also the most keys one list request returns (`missing_keys`).
+    const MAX_WRITES: usize = 10_000;
+
+    fn start(c: &Cluster, via: &[usize], prefix: &str) -> Writer {
+        let urls: Vec<String> = via.iter().map(|i| c.members[*i].client_url()).collect();
+        let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
+        let (flag, log, prefix) = (stop.clone(), acked.clone(), prefix.to_string());
+        let thread = std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+            for n in 0..Writer::MAX_WRITES {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let key = format!("{prefix}{n}");
+                let url = &urls[n % urls.len()];
+                if http.put(format!("{url}/v1/kv/{key}")).body(key.clone()).send().is_ok_and(|r| r.status() == 200) {
+                    log.lock().unwrap_or_else(|e| e.into_inner()).push(key);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Writer { stop, acked, thread: Some(thread) }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Waits until `count` writes in all were acknowledged.
+    fn wait_acked(&self, count: usize) {
+        wait_for(&format!("{count} acknowledged writes"), ELECTION, || (self.acked() >= count).then_some(()));
+    }
+
+    fn last_acked(&self) -> Option<String> {
+        self.acked.lock().unwrap_or_else(|e| e.into_inner()).last().cloned()
+    }
+
+    /// Stops, and returns every acknowledged key.
+    fn finish(mut self) -> Vec<String> {
+        self.halt();
+        std::mem::take(&mut *self.acked.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// The acknowledged keys that member `i` does not hold with their value (a serializable read
+/// of the member's own state).
+fn missing_keys(c: &Cluster, i: usize, prefix: &str, acked: &[String]) -> Vec<String> {
+    let url = format!("{}/v1/kv?prefix={prefix}&limit=10000&consistency=serializable", c.members[i].client_url());
+    let list: Value = c.http.get(url).send().ok().and_then(|r| r.json().ok()).unwrap_or(Value::Null);
+    let held: std::collections::BTreeMap<&str, &str> = list["kvs"]
+        .as_array()
+        .map(|kvs| kvs.iter().filter_map(|kv| Some((kv["key"].as_str()?, kv["value"].as_str()?))).collect())
+        .unwrap_or_default();
+    acked.iter().filter(|k| held.get(k.as_str()) != Some(&encode_base64(k.as_bytes()).as_str())).cloned().collect()
+}
+
+/// Waits until member `i` holds every acknowledged key.
+fn wait_all_present(c: &Cluster, i: usize, prefix: &str, acked: &[String]) {
+    let mut missing = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < ELECTION {
+        missing = missing_keys(c, i, prefix, acked);
+        if missing.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{} is missing {} of {} acknowledged keys, e.g. {:?}", c.members[i].name, missing.len(), acked.len(), {
+        missing.truncate(5);
+        missing
+    });
+}
+
+/// Waits until the member's `/readyz` is 503 with a storage reason that contains `why`;
+/// returns the body.
+fn wait_storage_failure(c: &Cluster, i: usize, why: &str) -> String {
+    wait_for(&format!("/readyz reports the storage failure: {why}"), ELECTION, || {
+        let (code, body) = c.readyz(i);
+        (code == 503 && body.contains("storage") && body.contains(why)).then_some(body)
+    })
+}
+
+/// The member logs an ERROR line that contains `why` (bounded wait: a changed reason is
+/// logged again within a second or so).
+fn assert_error_logged(c: &Cluster, i: usize, why: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        if c.log_text(i).lines().any(|l| l.contains("ERROR") && l.contains(why)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{} logs no ERROR line with '{why}':\n{}", c.members[i].name, c.log_tail(i));
+}
+
+fn applied_index(c: &Cluster, i: usize) -> u64 {
+    c.status(i).and_then(|s| s["appliedIndex"].as_u64()).unwrap_or(0)
+}
+
+/// While the cluster commits `more` writes, member `i` acknowledges nothing and applies
+/// nothing: its match index on the leader and its applied index stay where they are.
+fn assert_acknowledges_nothing(c: &Cluster, leader: usize, i: usize, writer: &Writer, prefix: &str, more: usize) {
+    // Acknowledgements sent before the failure may still be on their way.
+    std::thread::sleep(Duration::from_millis(500));
+    let matched = c.matched(leader, i).expect("the leader's member list");
+    let applied = applied_index(c, i);
+    writer.wait_acked(writer.acked() + more);
+    let commit = c.status(leader).and_then(|s| s["commitIndex"].as_u64()).unwrap_or(0);
+    assert_eq!(c.matched(leader, i), Some(matched), "{} acknowledged entries it could not persist", c.members[i].name);
+    assert!(matched < commit, "the cluster committed past the failing member ({matched} < {commit})");
+    assert_eq!(applied_index(c, i), applied, "a member that cannot persist applies nothing new");
+    let newest = writer.last_acked().expect("acknowledged writes");
+    assert_eq!(missing_keys(c, i, prefix, std::slice::from_ref(&newest)), vec![newest], "the failing member lacks it");
+}
+
+/// Issue 4, a follower's disk fills up while the cluster takes writes: the cluster keeps
+/// committing through the other two; the full member says why (`/readyz` 503 naming the full
+/// disk, an ERROR line) and acknowledges nothing it could not persist; once space returns it
+/// is ready again and holds every acknowledged write.
+#[test]
+fn disk_full_follower_stops_acknowledging_and_catches_up_when_space_returns() {
+    if !disk_faults_available("disk_full_follower_stops_acknowledging_and_catches_up_when_space_returns") {
+        return;
+    }
+    let disk = DiskMount::tmpfs(DISK_KIB);
+    let mut c = Cluster::new(21, 3);
+    let full = 2;
+    c.set_data_dir(full, &disk.dir);
+    c.bootstrap();
+    let (mut leader, _) = c.wait_leader(ELECTION);
+    if leader == full {
+        c.transfer_leader(full, 0, ELECTION);
+        leader = 0;
+    }
+    let healthy: Vec<usize> = (0..3).filter(|i| *i != full).collect();
+    let writer = Writer::start(&c, &healthy, "f-");
+    writer.wait_acked(20);
+    let filler = disk.fill();
+    let reason = wait_storage_failure(&c, full, "No space left on device");
+    assert!(reason.contains("disk is full"), "{reason}");
+    assert_error_logged(&c, full, "No space left on device");
+    assert_acknowledges_nothing(&c, leader, full, &writer, "f-", 50);
+
+    std::fs::remove_file(&filler).expect("free the space");
+    wait_for("the member is ready again", ELECTION, || (c.readyz(full).0 == 200).then_some(()));
+    assert!(c.log_text(full).contains("storage recovered"), "it says so:\n{}", c.log_tail(full));
+    writer.wait_acked(writer.acked() + 20);
+    let acked = writer.finish();
+    for i in 0..3 {
+        wait_all_present(&c, i, "f-", &acked);
+    }
+}
+
+/// Issue 4, the leader's disk fills up: writes through it are refused with 503 (504 for the
+/// one it had already proposed), quickly, never acknowledged; the other two elect a leader
+/// among themselves and commit; once space returns the old leader rejoins, everything
+/// converges and writes through it succeed again. No acknowledged write is lost.
+#[test]
+fn disk_full_leader_refuses_writes_and_the_others_elect_a_new_leader() {
+    if !disk_faults_available("disk_full_leader_refuses_writes_and_the_others_elect_a_new_leader") {
+        return;
+    }
+    let disk = DiskMount::tmpfs(DISK_KIB);
+    let mut c = Cluster::new(22, 3);
+    let full = 2;
+    c.set_data_dir(full, &disk.dir);
+    c.bootstrap();
+    let (leader, _) = c.wait_leader(ELECTION);
+    if leader != full {
+        c.transfer_leader(leader, full, ELECTION);
+    }
+    let (_, term) = c.wait_leader(ELECTION);
+    let mut acked = Vec::new();
+    for n in 0..20 {
+        let key = format!("l-{n}");
+        c.put_ok(full, &key, &key);
+        acked.push(key);
+    }
+    let filler = disk.fill();
+
+    // The leader's last WAL page may still take a few writes; after its first refusal, none.
+    let client_timeout = Duration::from_secs(10);
+    let http = reqwest::blocking::Client::builder().timeout(client_timeout).build().expect("client");
+    let mut refusals = Vec::new();
+    for n in 20..520 {
+        let key = format!("l-{n}");
+        let started = Instant::now();
+        let code = http
+            .put(format!("{}/v1/kv/{key}", c.members[full].client_url()))
+            .body(key.clone())
+            .send()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        assert!(started.elapsed() < client_timeout, "no write hangs past the client's timeout");
+        match code {
+            200 => {
+                assert!(refusals.is_empty(), "acknowledged after a refusal: {refusals:?}");
+                acked.push(key);
+            }
+            503 | 504 => refusals.push(code),
+            other => panic!("a write through the full leader got {other}"),
+        }
+        if refusals.len() >= 10 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(refusals.len() >= 10, "the full leader kept acknowledging writes");
+    assert!(refusals.iter().filter(|c| **c == 504).count() <= 1, "only a proposed write is in doubt: {refusals:?}");
+    wait_storage_failure(&c, full, "No space left on device");
+    assert_error_logged(&c, full, "No space left on device");
+    let status = c.status(full).expect("status");
+    assert_eq!((status["role"].as_str(), status["leader"].as_str()), (Some("follower"), Some("")), "not leading");
+
+    // The other two go on without it.
+    let (new_leader, new_term) = c.wait_leader_among(&[0, 1]);
+    assert!(new_term > term, "a new election, not the old leader");
+    for n in 0..20 {
+        let key = format!("l-new-{n}");
+        c.put_ok([0, 1][n % 2], &key, &key);
+        acked.push(key);
+    }
+    assert_eq!(c.get(full, "l-new-0", "serializable").0, 404, "the full member has none of it");
+
+    std::fs::remove_file(&filler).expect("free the space");
+    wait_for("the old leader is ready again", ELECTION, || (c.readyz(full).0 == 200).then_some(()));
+    let (leader, _) = c.wait_leader(ELECTION);
+    eprintln!("leader after recovery: {} (during the fault: {})", c.members[leader].name, c.members[new_leader].name);
+    for n in 0..10 {
+        let key = format!("l-after-{n}");
+        c.put_ok(full, &key, &key);
+        acked.push(key);
+    }
+    for i in 0..3 {
+        wait_all_present(&c, i, "l-", &acked);
+    }
+    assert_eq!(c.get(full, "l-new-19", "linearizable"), (200, "l-new-19".into()));
+    // It stood still while failing: no campaign then, none queued for when it recovered; it
+    // heard of the new leader's term and followed.
+    let log = c.log_text(full);
+    let failed_at = log.find("cannot persist raft state").expect("the ERROR line");
+    let changes: Vec<&str> = log[failed_at..].lines().filter(|l| l.contains("leadership changed")).collect();
+    assert!(!changes.is_empty() && changes.iter().all(|l| !l.contains("Candidate")), "{changes:#?}");
+}
+
+/// Issue 4, a follower's disk turns read-only (the kernel does that to an ext4 file system
+/// mounted `errors=remount-ro` when it meets a disk error): the member stops acknowledging and
+/// says why; the cluster goes on. Such a file system stays read-only until it is unmounted,
+/// so recovery is what an operator does: stop the member (SIGTERM works although its storage
+/// fails), which refuses to start again on the read-only volume and says why, repair and
+/// remount the volume, start the member: it catches up and nothing is lost.
+#[test]
+fn disk_read_only_follower_stops_acknowledging_and_recovers_after_repair() {
+    let test = "disk_read_only_follower_stops_acknowledging_and_recovers_after_repair";
+    if !disk_faults_available(test) {
+        return;
+    }
+    let mut disk = match DiskMount::ext4(16) {
+        Ok(disk) => disk,
+        Err(e) => {
+            assert!(std::env::var("CI").is_err(), "{test} must run in CI: {e}");
+            eprintln!("SKIPPED {test}: no ext4 image on a loop device here: {e}");
+            return;
+        }
+    };
+    let mut c = Cluster::new(23, 3);
+    let broken = 2;
+    c.set_data_dir(broken, &disk.dir);
+    c.bootstrap();
+    let (mut leader, _) = c.wait_leader(ELECTION);
+    if leader == broken {
+        c.transfer_leader(broken, 0, ELECTION);
+        leader = 0;
+    }
+    let healthy: Vec<usize> = (0..3).filter(|i| *i != broken).collect();
+    let writer = Writer::start(&c, &healthy, "r-");
+    writer.wait_acked(20);
+    disk.force_read_only();
+    let reason = wait_storage_failure(&c, broken, "Read-only file system");
+    assert!(reason.contains("the file system is read-only"), "it says what to do: {reason}");
+    assert_error_logged(&c, broken, "Read-only file system");
+    assert_acknowledges_nothing(&c, leader, broken, &writer, "r-", 50);
+
+    assert!(c.terminate(broken), "the member exits on SIGTERM although its storage fails");
+    let all: Vec<usize> = (0..3).collect();
+    let initial = c.initial_cluster(&all);
+    let log_before = c.log_text(broken).len();
+    c.start(broken, &initial, "new");
+    let status = c.wait_exit(broken, ELECTION).expect("a member cannot start on a read-only volume");
+    assert!(!status.success());
+    let said = c.log_text(broken)[log_before..].to_string();
+    assert!(said.contains("Read-only file system"), "it says why it cannot start:\n{said}");
+
+    disk.repair();
+    c.start(broken, &initial, "new");
+    wait_for("the member is ready again", ELECTION, || (c.readyz(broken).0 == 200).then_some(()));
+    writer.wait_acked(writer.acked() + 20);
+    let acked = writer.finish();
+    for i in 0..3 {
+        wait_all_present(&c, i, "r-", &acked);
+    }
+}
+
+/// Issue 4, SIGKILL while the disk is full: the member starts again on the still full disk
+/// (it needs no space to start: it reports the full disk instead of crash-looping), and once
+/// space returns it starts from a WAL whose last record a crash tore apart (the first bytes of
+/// a record whose write filled the disk), cuts the torn tail, catches up, loses nothing.
+#[test]
+fn disk_full_member_killed_restarts_with_a_torn_wal_tail_and_catches_up() {
+    if !disk_faults_available("disk_full_member_killed_restarts_with_a_torn_wal_tail_and_catches_up") {
+        return;
+    }
+    let disk = DiskMount::tmpfs(DISK_KIB);
+    let mut c = Cluster::new(24, 3);
+    let full = 2;
+    c.set_data_dir(full, &disk.dir);
+    c.bootstrap();
+    let (leader, _) = c.wait_leader(ELECTION);
+    if leader == full {
+        c.transfer_leader(full, 0, ELECTION);
+    }
+    let healthy: Vec<usize> = (0..3).filter(|i| *i != full).collect();
+    let writer = Writer::start(&c, &healthy, "k-");
+    writer.wait_acked(20);
+    let filler = disk.fill();
+    wait_storage_failure(&c, full, "No space left on device");
+    c.kill(full);
+    let all: Vec<usize> = (0..3).collect();
+    let initial = c.initial_cluster(&all);
+
+    // Restarted on the full disk: up, not ready, saying why.
+    c.start(full, &initial, "new");
+    wait_storage_failure(&c, full, "No space left on device");
+    c.kill(full);
+
+    std::fs::remove_file(&filler).expect("free the space");
+    let wal = disk.dir.join("wal");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&wal)
+        .expect("wal dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segments.sort();
+    let last = segments.last().expect("a WAL segment");
+    {
+        use std::io::Write;
+        // A record header announcing 4 KiB (len, crc, kind), then only 100 bytes of it.
+        let mut torn = Vec::new();
+        torn.extend_from_slice(&4096u32.to_le_bytes());
+        torn.extend_from_slice(&0u32.to_le_bytes());
+        torn.push(1);
+        torn.extend_from_slice(&[0x5a; 100]);
+        let mut file = std::fs::OpenOptions::new().append(true).open(last).expect("open the last segment");
+        file.write_all(&torn).expect("append a torn record");
+    }
+    let log_before = c.log_text(full).len();
+    c.start(full, &initial, "new");
+    wait_for("the member is ready again", ELECTION, || (c.readyz(full).0 == 200).then_some(()));
+    let said = c.log_text(full)[log_before..].to_string();
+    assert!(said.contains("truncating a torn record"), "it cut the torn tail:\n{said}");
+    writer.wait_acked(writer.acked() + 20);
+    let acked = writer.finish();
+    for i in 0..3 {
+        wait_all_present(&c, i, "k-", &acked);
+    }
 }

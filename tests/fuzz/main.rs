@@ -1,0 +1,990 @@
+//! Fuzzing of a real 3-member cluster from outside (issue 4): random requests to the client
+//! API (methods, paths built from the real routes with junk segments, query strings, headers,
+//! bodies) and random or mutated message batches to the peer port.
+//!
+//! Every answer must be a status DESIGN.md §4 allows (nothing 5xx but 503 and 504), every
+//! client API error the JSON error shape, a rejected request must change nothing, and the
+//! members must survive with their acknowledged data. Requests are written by hand on a TCP
+//! connection, so that paths reach the server exactly as generated (an HTTP client library
+//! would normalise `..` and re-encode). Seeded and bounded: `FUZZ_REQUESTS` (default 1500),
+//! `FUZZ_SEED` to replay.
+
+#[allow(dead_code)]
+#[path = "../cluster/harness.rs"]
+mod harness;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use harness::{wait_for, Cluster, CLIENT_PORT, PEER_PORT};
+use kuberaft::api::types::{
+    parse_id, AddMemberRequest, TransferRequest, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES, MAX_MEMBER_REQUEST_BYTES,
+    MAX_TRANSFER_REQUEST_BYTES,
+};
+use kuberaft::raft::rng::Rng;
+use kuberaft::raft::{ConfState, Entry, EntryPayload, Message, MessageBody, RejectHint, Snapshot, SnapshotMeta};
+use kuberaft::store::command::{decode, encode, Command};
+use serde_json::Value;
+
+/// The 127.<NET>.0.0/16 block of this binary's cluster.
+const NET: u8 = 47;
+const ELECTION: Duration = Duration::from_secs(15);
+const DEFAULT_REQUESTS: u64 = 1500;
+const DEFAULT_SEED: u64 = 4;
+/// Keys written before the fuzz, read back after it; the fuzz never names them.
+const PRECIOUS_KEYS: usize = 8;
+const PRECIOUS_PREFIX: &str = "precious-";
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn requests() -> u64 {
+    std::env::var("FUZZ_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_REQUESTS)
+}
+
+fn seed() -> u64 {
+    std::env::var("FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_SEED)
+}
+
+fn pick<'a, T>(rng: &mut Rng, items: &'a [T]) -> &'a T {
+    &items[rng.range(0, items.len() as u64) as usize]
+}
+
+fn random_bytes(rng: &mut Rng, max_len: u64) -> Vec<u8> {
+    let len = rng.range(0, max_len + 1) as usize;
+    (0..len).map(|_| rng.next_u64() as u8).collect()
+}
+
+/// Every byte outside RFC 3986's unreserved set as %XX (what a careful client sends).
+fn percent_encode(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                char::from(*b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+// ----- a raw HTTP/1.1 exchange -----
+
+struct RawRequest {
+    method: String,
+    /// Path and query, exactly as sent.
+    target: String,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+    chunked: bool,
+}
+
+impl RawRequest {
+    fn new(method: &str, target: String) -> RawRequest {
+        RawRequest { method: method.to_string(), target, headers: Vec::new(), body: Vec::new(), chunked: false }
+    }
+
+    fn bytes(&self, host: &str) -> Vec<u8> {
+        let mut out = format!("{} {} HTTP/1.1\r\nhost: {host}\r\n", self.method, self.target).into_bytes();
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        if self.chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+            for chunk in self.body.chunks(1000) {
+                out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                out.extend_from_slice(chunk);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            out.extend_from_slice(format!("content-length: {}\r\n\r\n", self.body.len()).as_bytes());
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
+
+    /// One line for failure messages.
+    fn describe(&self) -> String {
+        let mut target = self.target.clone();
+        if target.len() > 200 {
+            target = format!("{}...({} bytes)", &target[..200], self.target.len());
+        }
+        let headers: Vec<String> = self.headers.iter().map(|(n, v)| format!("{n}({} bytes)", v.len())).collect();
+        let body = String::from_utf8_lossy(&self.body[..self.body.len().min(120)]).into_owned();
+        format!(
+            "{} {target} headers [{}] body {} bytes{} {body:?}",
+            self.method,
+            headers.join(", "),
+            self.body.len(),
+            if self.chunked { " (chunked)" } else { "" }
+        )
+    }
+}
+
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = find(data, b"\r\n").ok_or("a chunk size line is cut off")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).map_err(|e| e.to_string())?;
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|e| format!("chunk size {size_text:?}: {e}"))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = data.get(..size).ok_or("a chunk is cut off")?;
+        out.extend_from_slice(chunk);
+        data = data.get(size + 2..).ok_or("a chunk's end is cut off")?;
+    }
+}
+
+/// Sends one request on a fresh connection and reads one response, framed by its
+/// content-length or chunked encoding, as a keep-alive client does. The request is written by
+/// another thread: a server may answer before it read the body (a body over a limit, or one a
+/// route ignores), and neither side must wait for the other.
+fn exchange(addr: SocketAddr, request: &RawRequest) -> Result<RawResponse, String> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(RESPONSE_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(RESPONSE_TIMEOUT)).map_err(|e| e.to_string())?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let bytes = request.bytes(&addr.to_string());
+    let write = std::thread::spawn(move || writer.write_all(&bytes));
+    let response = read_response(&stream, request.method == "HEAD");
+    let _ = stream.shutdown(Shutdown::Both);
+    let write_result = write.join().map_err(|_| "the writer panicked".to_string())?;
+    response.map_err(|e| format!("{e} (write: {write_result:?})"))
+}
+
+fn read_response(mut stream: &TcpStream, head_only: bool) -> Result<RawResponse, String> {
+    let mut raw = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    // Reads more; false at the end of the stream.
+    let mut fill = |raw: &mut Vec<u8>| -> Result<bool, String> {
+        let n = stream.read(&mut buffer).map_err(|e| format!("read after {} bytes: {e}", raw.len()))?;
+        raw.extend_from_slice(&buffer[..n]);
+        Ok(n > 0)
+    };
+    let head_end = loop {
+        if let Some(at) = find(&raw, b"\r\n\r\n") {
+            break at;
+        }
+        if !fill(&mut raw)? {
+            return Err(format!("no complete response head ({} bytes)", raw.len()));
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut response = RawResponse { status, headers, body: Vec::new() };
+    let start = head_end + 4;
+    if head_only || status == 204 || status == 304 {
+        return Ok(response);
+    }
+    if response.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        response.body = loop {
+            if let Ok(body) = dechunk(&raw[start..]) {
+                break body;
+            }
+            if !fill(&mut raw)? {
+                return Err(format!("chunked body cut off: {}", dechunk(&raw[start..]).err().unwrap_or_default()));
+            }
+        };
+    } else if let Some(len) = response.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while raw.len() < start + len {
+            if !fill(&mut raw)? {
+                return Err(format!("body cut off at {} of {len} bytes", raw.len() - start));
+            }
+        }
+        response.body = raw[start..start + len].to_vec();
+    } else {
+        while fill(&mut raw)? {}
+        response.body = raw[start..].to_vec();
+    }
+    Ok(response)
+}
+
+// ----- what the cluster looks like -----
+
+/// What a rejected request must not change, as the leader sees it once it applied everything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Observed {
+    revision: u64,
+    membership_hash: String,
+    /// (id, name, peerURL, voter)
+    members: Vec<(String, String, String, bool)>,
+}
+
+fn observe(c: &Cluster) -> Observed {
+    wait_for("a leader that applied what it committed", ELECTION, || {
+        (0..c.members.len()).find_map(|i| {
+            let s = c.status(i)?;
+            if s["role"] != "leader" || s["appliedIndex"] != s["commitIndex"] {
+                return None;
+            }
+            let members = s["members"]
+                .as_array()?
+                .iter()
+                .map(|m| {
+                    Some((
+                        m["id"].as_str()?.to_string(),
+                        m["name"].as_str()?.to_string(),
+                        m["peerURL"].as_str()?.to_string(),
+                        m["voter"].as_bool()?,
+                    ))
+                })
+                .collect::<Option<Vec<_>>>()?;
+            Some(Observed {
+                revision: s["revision"].as_u64()?,
+                membership_hash: s["membershipHash"].as_str()?.to_string(),
+                members,
+            })
+        })
+    })
+}
+
+/// Every member answers /healthz, agrees on one leader, and serves every precious key with its
+/// value, linearizably.
+fn check_survivors(c: &Cluster, phase: &str) -> (usize, u64) {
+    for (i, m) in c.members.iter().enumerate() {
+        let health = c.http.get(format!("{}/healthz", m.client_url())).send().map(|r| r.status().as_u16());
+        assert_eq!(health.ok(), Some(200), "{} answers /healthz after the {phase}\n{}", m.name, c.log_tail(i));
+    }
+    let (leader, term) = c.wait_leader(ELECTION);
+    for reader in 0..c.members.len() {
+        for k in 0..PRECIOUS_KEYS {
+            let key = format!("{PRECIOUS_PREFIX}{k}");
+            let read = wait_for(&format!("a linearizable read of {key} after the {phase}"), ELECTION, || {
+                let (code, body) = c.get(reader, &key, "linearizable");
+                (code != 503).then_some((code, body))
+            });
+            assert_eq!(read, (200, format!("value-{k}")), "{key} through {} after the {phase}", c.members[reader].name);
+        }
+    }
+    (leader, term)
+}
+
+// ----- the client API fuzz -----
+
+struct Ids {
+    /// Real member ids (hex).
+    members: Vec<String>,
+    names: Vec<String>,
+}
+
+fn random_id(rng: &mut Rng, ids: &Ids) -> String {
+    match rng.range(0, 8) {
+        0 | 1 => pick(rng, &ids.members).clone(),
+        2 => format!("{:x}", rng.next_u64()),
+        3 => pick(rng, &["0", "", "zz", "-1", "1ffffffffffffffff", "%00", "%FF", "0x12", "%201"]).to_string(),
+        4 => percent_encode(&random_bytes(rng, 20)),
+        _ => format!("{:x}", rng.range(1, 1 << 20)),
+    }
+}
+
+/// A key segment: ordinary, long, dot segments, empty, unicode, encoded slashes, raw
+/// sub-delimiters, broken or invalid-UTF-8 percent escapes, several segments.
+fn random_key(rng: &mut Rng) -> String {
+    let key = match rng.range(0, 14) {
+        0..=2 => format!("fuzz-{}", rng.range(0, 40)),
+        3 => percent_encode(&random_bytes(rng, 40)),
+        4 => "k".repeat(*pick(rng, &[MAX_KEY_BYTES, MAX_KEY_BYTES + 1, 4 * MAX_KEY_BYTES])),
+        5 => pick(rng, &["..", ".", "%2e%2e", "%2E", ".%2E"]).to_string(),
+        6 => String::new(),
+        7 => percent_encode(pick(rng, &["ключ", "🔑", "日本語", "a\0b", "\u{feff}", "e\u{301}", " "]).as_bytes()),
+        8 => pick(rng, &["a%2Fb", "%2F", "%2F%2F..%2F", "a/b", "a/b/c", "a//b", "a/"]).to_string(),
+        9 => pick(rng, &["!$&'()*+,;=:@~", "a:b", "@", "a;b=c", "(x)"]).to_string(),
+        10 => pick(rng, &["%zz", "%", "%F", "%C3%28", "%FF%FE", "%ED%A0%80", "%C0%AF", "a%00"]).to_string(),
+        11 => percent_encode(&random_bytes(rng, 8)).repeat(rng.range(1, 200) as usize),
+        _ => format!("fuzz-{}", percent_encode(&random_bytes(rng, 6))),
+    };
+    // The fuzz never touches the keys it checks afterwards.
+    if key.starts_with(PRECIOUS_PREFIX) {
+        format!("x{key}")
+    } else {
+        key
+    }
+}
+
+fn random_query(rng: &mut Rng) -> String {
+    let mut params: Vec<String> = Vec::new();
+    for _ in 0..rng.range(0, 5) {
+        let param = match rng.range(0, 8) {
+            0 => format!(
+                "prevRevision={}",
+                pick(
+                    rng,
+                    &[
+                        "",
+                        "abc",
+                        "-1",
+                        "0",
+                        "1",
+                        "2",
+                        "18446744073709551615",
+                        "18446744073709551616",
+                        "1e3",
+                        "%00",
+                        "+5"
+                    ]
+                )
+            ),
+            1 => format!(
+                "consistency={}",
+                pick(rng, &["linearizable", "serializable", "", "LINEARIZABLE", "stale", "%FF", "serializable%00"])
+            ),
+            2 => format!(
+                "limit={}",
+                pick(rng, &["0", "1", "3", "10000", "10001", "-5", "abc", "99999999999999999999999", "", "1.5"])
+            ),
+            3 => format!("prefix={}", percent_encode(&random_bytes(rng, 12))),
+            4 => format!("prefix={}", pick(rng, &["fuzz-", "", "%FF", "precious", "%00", "a%2Fb"])),
+            5 => pick(rng, &["=", "&&", "x", "%zz=%zz", "a=b=c", "limit", "prevRevision", "%FF=1"]).to_string(),
+            6 => format!("{}={}", percent_encode(&random_bytes(rng, 6)), percent_encode(&random_bytes(rng, 6))),
+            _ => format!("junk{}=1", rng.range(0, 3)),
+        };
+        params.push(param);
+    }
+    if params.is_empty() && rng.chance(0.5) {
+        return "?".to_string();
+    }
+    if params.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", params.join("&"))
+    }
+}
+
+/// Which route a request aims at, for the body it gets and for deciding what it may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Aim {
+    KvList,
+    Key,
+    Status,
+    Members,
+    Member,
+    Promote,
+    Transfer,
+    Probe,
+    Nowhere,
+}
+
+fn random_path(rng: &mut Rng, ids: &Ids) -> (Aim, String) {
+    match rng.range(0, 20) {
+        0 | 1 => (Aim::KvList, "/v1/kv".to_string()),
+        2..=7 => (Aim::Key, format!("/v1/kv/{}", random_key(rng))),
+        8 => (Aim::Status, "/v1/status".to_string()),
+        9 | 10 => (Aim::Members, "/v1/members".to_string()),
+        11 | 12 => (Aim::Member, format!("/v1/members/{}", random_id(rng, ids))),
+        13 => (Aim::Promote, format!("/v1/members/{}/promote", random_id(rng, ids))),
+        14 | 15 => (Aim::Transfer, "/v1/leader/transfer".to_string()),
+        16 => (Aim::Probe, pick(rng, &["/healthz", "/readyz", "/metrics"]).to_string()),
+        _ => {
+            let junk = [
+                "/".to_string(),
+                "/v1".to_string(),
+                "/v1/".to_string(),
+                "/v1/kv/".to_string(),
+                "/v2/kv/a".to_string(),
+                "/raft/v1/messages".to_string(),
+                "//v1/kv/a".to_string(),
+                "/V1/KV/a".to_string(),
+                format!("/v1/kv/{}/{}", random_key(rng), random_key(rng)),
+                format!("/v1/members/{}/demote", random_id(rng, ids)),
+                "/v1/leader".to_string(),
+                "/v1/status/".to_string(),
+                "/v1/kv/../status".to_string(),
+                "/healthz/..".to_string(),
+                format!("/{}", percent_encode(&random_bytes(rng, 30))),
+            ];
+            (Aim::Nowhere, pick(rng, &junk).clone())
+        }
+    }
+}
+
+/// Mostly a method the route serves (to get past routing), otherwise anything, garbage included.
+fn random_method(rng: &mut Rng, aim: Aim) -> String {
+    let served: &[&str] = match aim {
+        Aim::KvList | Aim::Status | Aim::Probe => &["GET", "HEAD"],
+        Aim::Key => &["GET", "PUT", "DELETE", "HEAD"],
+        Aim::Members => &["GET", "POST"],
+        Aim::Member => &["DELETE"],
+        Aim::Promote | Aim::Transfer => &["POST"],
+        Aim::Nowhere => &["GET", "PUT"],
+    };
+    if rng.chance(0.6) {
+        return pick(rng, served).to_string();
+    }
+    let method = match rng.range(0, 20) {
+        0..=5 => "GET",
+        6..=9 => "PUT",
+        10 | 11 => "DELETE",
+        12..=14 => "POST",
+        15 => "HEAD",
+        16 => "PATCH",
+        17 => "OPTIONS",
+        _ => pick(rng, &["get", "FOO", "PROPFIND", "TRACE", "G3T", "X-Y~Z!", "BREW", "M-SEARCH", "LINK"]),
+    };
+    method.to_string()
+}
+
+fn member_body(rng: &mut Rng, ids: &Ids) -> Vec<u8> {
+    let name = match rng.range(0, 4) {
+        0 => pick(rng, &ids.names).clone(),
+        1 => String::new(),
+        2 => " ".to_string(),
+        _ => format!("fuzz-member-{}", rng.range(0, 100)),
+    };
+    let url = |rng: &mut Rng| -> Value {
+        match rng.range(0, 6) {
+            0 => Value::from(format!("http://127.{NET}.9.{}:{}", rng.range(1, 255), rng.range(1, 70000))),
+            1 => Value::from(
+                pick(rng, &["", "https://x:1", "http://", "http://:80", "http://a/b:1", "ftp://x"]).to_string(),
+            ),
+            2 => Value::from(rng.next_u64()),
+            3 => Value::Null,
+            _ => Value::from(format!("http://fuzz{}.example:2380", rng.range(0, 9))),
+        }
+    };
+    let mut body =
+        serde_json::json!({ "name": name, "peerURL": url(rng), "clientURL": url(rng), "learner": rng.chance(0.5) });
+    if rng.chance(0.3) {
+        if let Some(obj) = body.as_object_mut() {
+            let field = pick(rng, &["name", "peerURL", "clientURL", "learner"]).to_string();
+            match rng.range(0, 3) {
+                0 => drop(obj.remove(&field)),
+                1 => drop(obj.insert(field, Value::from(vec![1, 2]))),
+                _ => drop(obj.insert("extra".into(), Value::from("x"))),
+            }
+        }
+    }
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+fn random_body(rng: &mut Rng, aim: Aim, ids: &Ids) -> Vec<u8> {
+    match rng.range(0, 12) {
+        0 | 1 => Vec::new(),
+        2 => random_bytes(rng, 2048),
+        3 => pick(
+            rng,
+            &[
+                "{",
+                "{\"name\":",
+                "[]",
+                "null",
+                "{\"to\":5}",
+                "{\"to\":\"\"}",
+                "\"x\"",
+                "{\"to\":null}",
+                "  ",
+                "{}",
+                "\u{feff}{}",
+            ],
+        )
+        .as_bytes()
+        .to_vec(),
+        4 | 5 => member_body(rng, ids),
+        6 | 7 => format!("{{\"to\":\"{}\"}}", random_id(rng, ids)).into_bytes(),
+        8 => {
+            // Just over the limit of the route aimed at.
+            let limit = match aim {
+                Aim::Members => MAX_MEMBER_REQUEST_BYTES,
+                Aim::Transfer => MAX_TRANSFER_REQUEST_BYTES,
+                _ => DEFAULT_MAX_VALUE_BYTES,
+            };
+            let len = if rng.chance(0.7) { limit + 1 } else { limit };
+            vec![b'v'; if rng.chance(0.3) { len } else { len.min(MAX_TRANSFER_REQUEST_BYTES + 1) }]
+        }
+        _ => format!("value-{}", rng.range(0, 1000)).into_bytes(),
+    }
+}
+
+fn random_headers(rng: &mut Rng) -> Vec<(String, Vec<u8>)> {
+    let mut headers = Vec::new();
+    for _ in 0..rng.range(0, 5) {
+        let header = match rng.range(0, 7) {
+            0 => (
+                "content-type".to_string(),
+                pick(
+                    rng,
+                    &["application/json", "text/plain", "application/octet-stream", "a/b/c", "", "json; charset=utf-8"],
+                )
+                .as_bytes()
+                .to_vec(),
+            ),
+            1 => ("x-kuberaft-forwarded".to_string(), pick(rng, &["1", "0", "", "yes"]).as_bytes().to_vec()),
+            2 => {
+                // Large, but within what the HTTP server accepts for a header block.
+                let len = rng.range(0, 8 * 1024) as usize;
+                (format!("x-fuzz-{}", rng.range(0, 100)), vec![b'a' + (rng.range(0, 26) as u8); len])
+            }
+            3 => (
+                "accept".to_string(),
+                pick(rng, &["*/*", "application/json", "text/html", "*/*;q=0.1, junk"]).as_bytes().to_vec(),
+            ),
+            4 => ("x-kuberaft-mod-revision".to_string(), rng.next_u64().to_string().into_bytes()),
+            5 => ("user-agent".to_string(), (0..rng.range(0, 40)).map(|_| rng.range(0x20, 0x7f) as u8).collect()),
+            _ => ("x-kuberaft-cluster-id".to_string(), format!("{:x}", rng.next_u64()).into_bytes()),
+        };
+        headers.push(header);
+    }
+    headers
+}
+
+/// A request that could legitimately change the cluster (writes and membership changes).
+fn may_change(method: &str, aim: Aim) -> bool {
+    matches!(
+        (method, aim),
+        ("PUT" | "DELETE", Aim::Key) | ("POST", Aim::Members | Aim::Promote | Aim::Transfer) | ("DELETE", Aim::Member)
+    )
+}
+
+/// Keeps the cluster able to answer: a well-formed membership change or leader transfer would
+/// be accepted and change who serves (an added voter that never starts, a removed member),
+/// so those are turned into requests that must be refused. Writes to keys stay as they are.
+fn defuse(request: &mut RawRequest, aim: Aim, ids: &Ids, rng: &mut Rng) {
+    let fake_id = format!("{:x}", rng.range(1 << 40, 1 << 41));
+    match (request.method.as_str(), aim) {
+        ("POST", Aim::Members) => {
+            if let Ok(mut add) = serde_json::from_slice::<AddMemberRequest>(&request.body) {
+                // A name already taken: refused with 409 (or 400 for a bad URL) on the leader.
+                add.name = ids.names[0].clone();
+                request.body = serde_json::to_vec(&add).unwrap_or_default();
+            }
+        }
+        ("DELETE", Aim::Member) => {
+            let id = request.target.trim_start_matches("/v1/members/").split('?').next().unwrap_or_default();
+            if parse_id(id).is_some_and(|id| ids.members.contains(&format!("{id:x}"))) {
+                request.target = format!("/v1/members/{fake_id}");
+            }
+        }
+        ("POST", Aim::Transfer) => {
+            let parsed = if request.body.iter().all(|b| b.is_ascii_whitespace()) {
+                Some(TransferRequest::default())
+            } else {
+                serde_json::from_slice::<TransferRequest>(&request.body).ok()
+            };
+            if let Some(transfer) = parsed {
+                let real = transfer
+                    .to
+                    .as_deref()
+                    .and_then(parse_id)
+                    .is_some_and(|id| ids.members.contains(&format!("{id:x}")));
+                if transfer.to.is_none() || real {
+                    request.body = format!("{{\"to\":\"{fake_id}\"}}").into_bytes();
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// DESIGN.md §4: 5xx only as 503 (with Retry-After) and 504; every client API error is JSON
+/// `{"error": {"code", "message"}}`.
+fn check_response(request: &RawRequest, response: &RawResponse) -> Result<(), String> {
+    let status = response.status;
+    if status >= 500 && status != 503 && status != 504 {
+        return Err(format!("status {status}"));
+    }
+    if status == 503 && response.header("retry-after").is_none() {
+        return Err("503 without Retry-After".into());
+    }
+    if status >= 400 && request.method != "HEAD" {
+        let body: Value = serde_json::from_slice(&response.body).map_err(|e| {
+            format!("status {status} with a body that is not JSON ({e}): {:?}", String::from_utf8_lossy(&response.body))
+        })?;
+        let shaped =
+            body["error"]["code"].as_str().is_some_and(|c| !c.is_empty()) && body["error"]["message"].is_string();
+        if !shaped {
+            return Err(format!(
+                "status {status} with a body not shaped {{\"error\":{{\"code\",\"message\"}}}}: {body}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Requests that once broke the contract, sent to every member before the random ones, and
+/// the status every member must give.
+/// - A path segment that does not percent-decode to UTF-8 was answered by axum's own
+///   plain-text 400 instead of the JSON error shape.
+/// - The keys `.` and `..` were written by the leader but sent elsewhere by a follower's
+///   forwarding (URLs resolve `/v1/kv/..` to `/v1/`): 200 on one member, 404 on the others.
+const REGRESSIONS: &[(&str, &str, u16)] = &[
+    ("GET", "/v1/kv/fuzz-%B9?consistency=serializable", 400),
+    ("GET", "/v1/kv/%FF", 400),
+    ("PUT", "/v1/kv/%C3%28", 400),
+    ("DELETE", "/v1/kv/a%ED%A0%80", 400),
+    ("POST", "/v1/members/%FF/promote", 400),
+    ("DELETE", "/v1/members/%C0%AF", 400),
+    ("PUT", "/v1/kv/..", 400),
+    ("PUT", "/v1/kv/.", 400),
+    ("PUT", "/v1/kv/%2e%2E", 400),
+    ("GET", "/v1/kv/..", 400),
+    ("DELETE", "/v1/kv/%2E", 400),
+];
+
+fn regressions(c: &Cluster) {
+    for (method, target, expected) in REGRESSIONS {
+        for (i, m) in c.members.iter().enumerate() {
+            let mut request = RawRequest::new(method, target.to_string());
+            if *method == "PUT" {
+                request.body = b"value".to_vec();
+            }
+            let addr = format!("{}:{CLIENT_PORT}", m.ip).parse().expect("address");
+            let response = exchange(addr, &request).unwrap_or_else(|e| panic!("{method} {target}: {e}"));
+            assert_eq!(response.status, *expected, "{method} {target} via {}\n{}", m.name, c.log_tail(i));
+            check_response(&request, &response).unwrap_or_else(|e| panic!("{method} {target} via {}: {e}", m.name));
+        }
+    }
+    large_answers_to_requests_with_ignored_bodies_arrive_whole(c);
+}
+
+/// A body the route does not read (a GET with 1 MiB attached) used to be still unread when the
+/// answer went out; hyper then closed the connection, the kernel reset it, and an answer larger
+/// than the socket buffers was cut off. Every member now reads bodies to their end first.
+fn large_answers_to_requests_with_ignored_bodies_arrive_whole(c: &Cluster) {
+    let value = "b".repeat(700 * 1024);
+    for k in 0..3 {
+        c.put_ok(k, &format!("big-{k}"), &value);
+    }
+    for (i, m) in c.members.iter().enumerate() {
+        let mut request = RawRequest::new("GET", "/v1/kv?prefix=big-&consistency=serializable".to_string());
+        request.body = vec![b'x'; DEFAULT_MAX_VALUE_BYTES];
+        let addr = format!("{}:{CLIENT_PORT}", m.ip).parse().expect("address");
+        let response = wait_for(&format!("the three big keys applied on {}", m.name), ELECTION, || {
+            let response = exchange(addr, &request).unwrap_or_else(|e| panic!("a large list via {}: {e}", m.name));
+            let list: Value = serde_json::from_slice(&response.body).ok()?;
+            (list["kvs"].as_array().map(Vec::len) == Some(3)).then_some(response)
+        });
+        assert_eq!(response.status, 200, "{}", c.log_tail(i));
+    }
+    for k in 0..3 {
+        let url = format!("{}/v1/kv/big-{k}", c.members[0].client_url());
+        wait_for("delete a big key", ELECTION, || c.http.delete(&url).send().ok()?.status().is_success().then_some(()));
+    }
+}
+
+#[derive(Default)]
+struct ApiFuzzOutcome {
+    statuses: BTreeMap<u16, u64>,
+    /// "status code", e.g. "404 not_found".
+    errors: BTreeMap<String, u64>,
+}
+
+impl ApiFuzzOutcome {
+    fn count(&mut self, response: &RawResponse) {
+        *self.statuses.entry(response.status).or_insert(0) += 1;
+        if response.status >= 400 {
+            let code = serde_json::from_slice::<Value>(&response.body)
+                .ok()
+                .and_then(|b| b["error"]["code"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "(no JSON body: HEAD)".to_string());
+            *self.errors.entry(format!("{} {code}", response.status)).or_insert(0) += 1;
+        }
+    }
+}
+
+fn client_api_fuzz(c: &Cluster, seed: u64, count: u64) -> ApiFuzzOutcome {
+    let mut rng = Rng::new(seed);
+    let statuses: Vec<Value> = (0..c.members.len()).map(|i| c.status(i).expect("status")).collect();
+    let ids = Ids {
+        members: statuses.iter().map(|s| s["id"].as_str().unwrap_or_default().to_string()).collect(),
+        names: c.members.iter().map(|m| m.name.clone()).collect(),
+    };
+    let address =
+        |member: usize| -> SocketAddr { format!("{}:{CLIENT_PORT}", c.members[member].ip).parse().expect("address") };
+    regressions(c);
+    let mut outcome = ApiFuzzOutcome::default();
+    let mut before = observe(c);
+    for n in 0..count {
+        let member = rng.range(0, c.members.len() as u64) as usize;
+        let (aim, path) = random_path(&mut rng, &ids);
+        let method = random_method(&mut rng, aim);
+        let mut request = RawRequest::new(&method, format!("{path}{}", random_query(&mut rng)));
+        request.headers = random_headers(&mut rng);
+        request.body = random_body(&mut rng, aim, &ids);
+        request.chunked = rng.chance(0.1);
+        defuse(&mut request, aim, &ids, &mut rng);
+        let context =
+            || format!("request {n} (FUZZ_SEED={seed}) to {}: {}", c.members[member].name, request.describe());
+        let response = exchange(address(member), &request).unwrap_or_else(|e| panic!("{}: {e}", context()));
+        outcome.count(&response);
+        if let Err(e) = check_response(&request, &response) {
+            panic!("{}: {e}", context());
+        }
+        // Rejected (4xx; 503 = not proposed), or a request that cannot change anything: the
+        // cluster must look exactly as before. Checked serially, on the leader.
+        let rejected = (400..500).contains(&response.status) || response.status == 503;
+        let after = observe(c);
+        if rejected || !may_change(&method, aim) {
+            assert_eq!(after, before, "{}: answered {}, yet the cluster changed", context(), response.status);
+        }
+        before = after;
+    }
+    outcome
+}
+
+// ----- the peer port fuzz -----
+
+/// Real-looking messages to member `to`: every kind, from real members (or strangers), in a
+/// stale term mostly, which a member ignores unless a mutation makes the message current.
+/// Entries carry only commands on fuzz keys and no membership changes.
+fn base_batch(rng: &mut Rng, ids: &[u64], to: u64, leader: u64, term: u64, newer_terms: bool) -> Vec<Message> {
+    let mut batch = Vec::new();
+    for _ in 0..rng.range(1, 6) {
+        let from = if rng.chance(0.85) { *pick(rng, ids) } else { rng.range(1, 1 << 50) };
+        let stale = term.saturating_sub(rng.range(1, 3));
+        let put = |i: u64| {
+            encode(&Command::Put {
+                key: format!("fuzz-peer-{i}"),
+                value: Bytes::from(vec![b'p'; 24]),
+                prev_revision: None,
+            })
+        };
+        let (term, body) = match rng.range(0, 12) {
+            0 => (stale, MessageBody::Heartbeat { commit: rng.range(0, 100), read_seq: rng.range(0, 10) }),
+            1 => (
+                stale,
+                MessageBody::Append {
+                    prev_index: rng.range(0, 50),
+                    prev_term: stale,
+                    entries: (0..rng.range(0, 4))
+                        .map(|i| Entry {
+                            index: 51 + i,
+                            term: stale,
+                            payload: if i == 0 { EntryPayload::Noop } else { EntryPayload::Command(put(i)) },
+                        })
+                        .collect(),
+                    commit: rng.range(0, 60),
+                },
+            ),
+            2 => (
+                stale,
+                MessageBody::InstallSnapshot {
+                    snapshot: Snapshot {
+                        meta: SnapshotMeta {
+                            index: rng.range(1, 1000),
+                            term: stale,
+                            conf: ConfState { voters: ids.iter().copied().collect(), learners: Default::default() },
+                        },
+                        data: Bytes::from(random_bytes(rng, 64)),
+                    },
+                },
+            ),
+            3 => (term, MessageBody::AppendResp { index: rng.range(0, 5), reject: None }),
+            4 => (
+                term,
+                MessageBody::AppendResp {
+                    index: rng.range(0, 50),
+                    reject: Some(RejectHint { index: rng.range(0, 50), term: rng.range(0, term + 1) }),
+                },
+            ),
+            5 => (term, MessageBody::HeartbeatResp { read_seq: 0 }),
+            6 => (term, MessageBody::PreVote { last_index: rng.range(0, 10), last_term: stale }),
+            7 => (term, MessageBody::Vote { last_index: rng.range(0, 10), last_term: stale, transfer: false }),
+            8 => (term, MessageBody::PreVoteResp { granted: rng.chance(0.5) }),
+            9 => (term, MessageBody::VoteResp { granted: rng.chance(0.5) }),
+            // Rare and legitimate disruptions: the leader hands over, or announces a new term.
+            10 if newer_terms && rng.chance(0.1) => {
+                batch.push(Message { from: leader, to, term, body: MessageBody::TimeoutNow });
+                continue;
+            }
+            11 if newer_terms && rng.chance(0.1) => {
+                let body = MessageBody::Heartbeat { commit: 0, read_seq: 0 };
+                batch.push(Message { from: leader, to, term: term + 1, body });
+                continue;
+            }
+            _ => (stale, MessageBody::TimeoutNow),
+        };
+        batch.push(Message { from, to, term, body });
+    }
+    batch
+}
+
+fn mutate(rng: &mut Rng, valid: &[u8]) -> Vec<u8> {
+    let mut bytes = valid.to_vec();
+    let len = bytes.len() as u64;
+    match rng.range(0, 5) {
+        0 => {
+            for _ in 0..rng.range(1, 6) {
+                if !bytes.is_empty() {
+                    let at = rng.range(0, len) as usize;
+                    bytes[at] ^= 1 << rng.range(0, 8);
+                }
+            }
+        }
+        1 => bytes.truncate(rng.range(0, len + 1) as usize),
+        2 | 3 => {
+            let value = *pick(rng, &[0u64, 1, 255, 1 << 31, u32::MAX as u64, 1 << 40, u64::MAX / 2, u64::MAX]);
+            let width = if rng.chance(0.7) { 8 } else { 4 };
+            if len >= width {
+                let at = rng.range(0, len - width + 1) as usize;
+                bytes[at..at + width as usize].copy_from_slice(&value.to_le_bytes()[..width as usize]);
+            }
+        }
+        _ => {
+            let at = rng.range(0, len + 1) as usize;
+            let junk = random_bytes(rng, 16);
+            bytes.splice(at..at, junk);
+        }
+    }
+    bytes
+}
+
+/// Whether a member would act on `m` in a way that may change its term or leader: a message
+/// the transport accepts, in a newer term, or a TimeoutNow.
+fn disruptive(m: &Message, to: u64, from_header: u64, term: u64) -> bool {
+    let accepted = m.to == to && m.from == from_header && m.from != 0 && m.is_well_formed();
+    accepted && (m.term > term || matches!(m.body, MessageBody::TimeoutNow))
+}
+
+#[derive(Debug, Default)]
+struct PeerFuzzOutcome {
+    statuses: BTreeMap<u16, u64>,
+    decodable: u64,
+    /// Batches not sent because a member would have acted on a newer term in them.
+    withheld: u64,
+}
+
+/// Posts `count` batches to the peer ports: random bytes, real batches and mutations of them,
+/// with right, wrong and missing cluster ids. With `newer_terms` false, a batch a member would
+/// accept with a newer term (or a TimeoutNow) in it is withheld, so the leader and the term
+/// must stay as they are.
+fn peer_port_fuzz(c: &Cluster, seed: u64, count: u64, newer_terms: bool) -> PeerFuzzOutcome {
+    let mut rng = Rng::new(seed ^ 0x7065_6572);
+    let statuses: Vec<Value> = (0..c.members.len()).map(|i| c.status(i).expect("status")).collect();
+    let ids: Vec<u64> = statuses.iter().filter_map(|s| parse_id(s["id"].as_str()?)).collect();
+    let leader_id = statuses.iter().find_map(|s| parse_id(s["leaderId"].as_str()?)).expect("a leader id");
+    let term = statuses.iter().filter_map(|s| s["term"].as_u64()).max().expect("a term");
+    let cluster_id = statuses[0]["clusterId"].as_str().expect("cluster id").to_string();
+    let mut outcome = PeerFuzzOutcome::default();
+    for n in 0..count {
+        let member = rng.range(0, c.members.len() as u64) as usize;
+        let to = ids[member];
+        let valid = bincode::serialize(&base_batch(&mut rng, &ids, to, leader_id, term, newer_terms)).expect("encode");
+        let body = match rng.range(0, 10) {
+            0 | 1 => random_bytes(&mut rng, 1024),
+            2 => valid,
+            _ => mutate(&mut rng, &valid),
+        };
+        let from_header = if rng.chance(0.9) {
+            decode::<Vec<Message>>(&body).ok().and_then(|b| b.first().map(|m| m.from)).unwrap_or(ids[0])
+        } else {
+            rng.next_u64()
+        };
+        let mut request = RawRequest::new("POST", "/raft/v1/messages".to_string());
+        request.body = body;
+        request.headers.push(("content-type".into(), b"application/octet-stream".to_vec()));
+        match rng.range(0, 20) {
+            0 => {}
+            1 => request.headers.push(("x-kuberaft-cluster-id".into(), format!("{:x}", rng.next_u64()).into_bytes())),
+            2 => request.headers.push(("x-kuberaft-cluster-id".into(), b"\xff\xfe".to_vec())),
+            _ => request.headers.push(("x-kuberaft-cluster-id".into(), cluster_id.clone().into_bytes())),
+        }
+        request.headers.push(("x-kuberaft-from".into(), format!("{from_header:x}").into_bytes()));
+        if rng.chance(0.2) {
+            // Invalid client URLs, which a member must ignore.
+            let junk = pick(&mut rng, &["", "not a url", "http://", "ftp://x:1", "http://x"]).as_bytes().to_vec();
+            request.headers.push(("x-kuberaft-client-url".into(), junk));
+        }
+        let has_cluster_id =
+            request.headers.iter().any(|(n, v)| n == "x-kuberaft-cluster-id" && v == cluster_id.as_bytes());
+        if let Ok(batch) = decode::<Vec<Message>>(&request.body) {
+            if !newer_terms && has_cluster_id && batch.iter().any(|m| disruptive(m, to, from_header, term)) {
+                outcome.withheld += 1;
+                continue;
+            }
+            outcome.decodable += 1;
+        }
+        let addr: SocketAddr = format!("{}:{PEER_PORT}", c.members[member].ip).parse().expect("address");
+        let context =
+            || format!("peer request {n} (FUZZ_SEED={seed}) to {}: {}", c.members[member].name, request.describe());
+        let response = exchange(addr, &request).unwrap_or_else(|e| panic!("{}: {e}", context()));
+        *outcome.statuses.entry(response.status).or_insert(0) += 1;
+        assert!(
+            matches!(response.status, 204 | 400 | 412),
+            "{}: status {} {:?}",
+            context(),
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+    outcome
+}
+
+#[test]
+fn client_api_and_peer_port_answer_random_requests_within_the_contract() {
+    let (seed, count) = (seed(), requests());
+    let mut c = Cluster::new(NET, 3);
+    c.bootstrap();
+    c.wait_leader(ELECTION);
+    for k in 0..PRECIOUS_KEYS {
+        c.put_ok(k % 3, &format!("{PRECIOUS_PREFIX}{k}"), &format!("value-{k}"));
+    }
+
+    let started = Instant::now();
+    let api = client_api_fuzz(&c, seed, count);
+    let api_time = started.elapsed();
+    check_survivors(&c, "client API fuzz");
+    println!(
+        "fuzz client API: seed {seed}, {count} requests in {:.1}s, statuses {:?}, errors {:?}",
+        api_time.as_secs_f64(),
+        api.statuses,
+        api.errors
+    );
+
+    // The peer port: first nothing a member would act on with a newer term, then anything.
+    let (leader, term) = c.wait_leader(ELECTION);
+    let peer_count = (count / 3).max(2);
+    let started = Instant::now();
+    let calm = peer_port_fuzz(&c, seed, peer_count / 2, false);
+    let calm_time = started.elapsed();
+    let kept = check_survivors(&c, "peer port fuzz in one term");
+    assert_eq!(kept, (leader, term), "no batch with a newer term was sent: the leader and the term stay");
+    println!(
+        "fuzz peer port, current and older terms: seed {seed}, {} batches in {:.1}s, {calm:?}; leader and term kept",
+        peer_count / 2,
+        calm_time.as_secs_f64()
+    );
+    let started = Instant::now();
+    let stormy = peer_port_fuzz(&c, seed ^ 1, peer_count - peer_count / 2, true);
+    let stormy_time = started.elapsed();
+    let (_, term_after) = check_survivors(&c, "peer port fuzz with newer terms");
+    println!(
+        "fuzz peer port, newer terms allowed: seed {seed}, {} batches in {:.1}s, {stormy:?}; term {term} -> {term_after}",
+        peer_count - peer_count / 2,
+        stormy_time.as_secs_f64()
+    );
+}
