@@ -61,10 +61,15 @@ impl IntoResponse for ApiError {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+            set_retry_after(&mut response);
         }
         response
     }
+}
+
+/// Every 503 tells the client when to retry.
+fn set_retry_after(response: &mut Response) {
+    response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -563,8 +568,12 @@ async fn readyz(State(api): State<Api>) -> Response {
     if reasons.is_empty() {
         Json(serde_json::json!({ "ready": true })).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "ready": false, "reasons": reasons })))
-            .into_response()
+        // A 503 like every other: the error shape and Retry-After, plus the list of reasons.
+        let error = ErrorDetail { code: "not_ready".into(), message: reasons.join("; ") };
+        let body = serde_json::json!({ "ready": false, "reasons": reasons, "error": error });
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        set_retry_after(&mut response);
+        response
     }
 }
 

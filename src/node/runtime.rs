@@ -475,7 +475,7 @@ impl RaftLoop {
 
     fn maybe_snapshot(&mut self) {
         let applied = self.raw.raft.applied_index();
-        if applied < self.last_snapshot_index + self.snapshot_threshold {
+        if applied < self.last_snapshot_index.saturating_add(self.snapshot_threshold) {
             return;
         }
         let data = read(&self.shared.kv).snapshot_data();

@@ -164,9 +164,10 @@ pub struct Message {
 }
 
 /// Terms and indexes grow by one per election and per entry, so no real cluster comes near
-/// this bound. A message carrying a larger one is damaged or hostile: acting on it would wedge
-/// the cluster in a term nobody can leave (the next election's `term + 1` overflows) or put
-/// the log where the next entry's `last_index + 1` overflows.
+/// this bound. A message carrying a larger one is damaged: acting on it would wedge the
+/// cluster in a term nobody can leave (the next election's `term + 1` overflows) or put the
+/// log where the next entry's `last_index + 1` overflows. (Peers are trusted, as Raft assumes:
+/// a message crafted just below the bound can still exhaust the terms left.)
 pub const MAX_TERM_OR_INDEX: u64 = 1 << 62;
 
 impl Message {
