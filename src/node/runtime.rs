@@ -533,15 +533,23 @@ impl RaftLoop {
     }
 }
 
-/// Records the client URL a peer announced in its message headers.
-pub fn note_client_url(shared: &Shared, id: NodeId, client_url: &str) {
-    if client_url.is_empty() || crate::node::ids::validate_url(client_url).is_err() {
-        return;
-    }
-    let known = read(&shared.addresses).get(&id).map(|a| a.client_url == client_url).unwrap_or(false);
+/// Records the URLs a peer announced in its message headers. A member must be able to answer
+/// whoever talks to it: one that joined with empty data knows nobody's peer URL until its log
+/// (or a snapshot) tells it, and the leader may be a member added after the initial list.
+pub fn note_peer_urls(shared: &Shared, id: NodeId, peer_url: Option<&str>, client_url: Option<&str>) {
+    let valid = |url: Option<&str>| url.filter(|u| crate::node::ids::validate_url(u).is_ok()).map(str::to_string);
+    let (peer_url, client_url) = (valid(peer_url), valid(client_url));
+    let known = read(&shared.addresses).get(&id).is_some_and(|a| {
+        peer_url.as_ref().is_none_or(|u| *u == a.peer_url) && client_url.as_ref().is_none_or(|u| *u == a.client_url)
+    });
     if !known {
         let mut book = write(&shared.addresses);
         let entry = book.entry(id).or_default();
-        entry.client_url = client_url.to_string();
+        if let Some(url) = peer_url {
+            entry.peer_url = url;
+        }
+        if let Some(url) = client_url {
+            entry.client_url = url;
+        }
     }
 }

@@ -20,7 +20,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::runtime::{note_client_url, offer, Input, Outbox};
+use super::runtime::{note_peer_urls, offer, Input, Outbox};
 use super::shared::{read, Shared};
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::store::command::MemberInfo;
@@ -30,6 +30,7 @@ pub const MEMBERS_PATH: &str = "/raft/v1/members";
 pub const HEADER_CLUSTER_ID: &str = "x-kuberaft-cluster-id";
 pub const HEADER_FROM: &str = "x-kuberaft-from";
 pub const HEADER_CLIENT_URL: &str = "x-kuberaft-client-url";
+pub const HEADER_PEER_URL: &str = "x-kuberaft-peer-url";
 /// Messages waiting for one peer; beyond this they are dropped.
 const PEER_QUEUE: usize = 4096;
 /// One request carries at most this many messages.
@@ -124,6 +125,7 @@ async fn peer_sender(
             .header(HEADER_CLUSTER_ID, format!("{:x}", shared.cluster_id))
             .header(HEADER_FROM, format!("{:x}", shared.id))
             .header(HEADER_CLIENT_URL, &shared.advertise_client_url)
+            .header(HEADER_PEER_URL, &shared.advertise_peer_url)
             .header("content-type", "application/octet-stream")
             .timeout(timeout)
             .body(body)
@@ -207,8 +209,8 @@ async fn receive(State(server): State<PeerServer>, headers: HeaderMap, body: Byt
         Ok(m) => m,
         Err(e) => return reject(StatusCode::BAD_REQUEST, format!("undecodable messages: {e}")),
     };
-    if let Some(url) = header(&headers, HEADER_CLIENT_URL) {
-        note_client_url(shared, from, url);
+    if from != 0 {
+        note_peer_urls(shared, from, header(&headers, HEADER_PEER_URL), header(&headers, HEADER_CLIENT_URL));
     }
     for m in messages {
         if m.to != shared.id || m.from != from || from == 0 || !m.is_well_formed() {
