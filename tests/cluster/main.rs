@@ -181,6 +181,18 @@ fn members_of(c: &Cluster, i: usize) -> Vec<(String, bool)> {
         .unwrap_or_default()
 }
 
+/// Like `wait_for`, but gives up with `None` instead of panicking (so the caller can clean up).
+fn wait_for_result<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
 /// A counter or gauge from the member's /metrics (0 when absent).
 fn metric(c: &Cluster, i: usize, name: &str) -> u64 {
     let text =
@@ -230,11 +242,30 @@ fn scale_three_to_five_to_three_and_catch_up_by_snapshot() {
         wait_for("the new member catches up", ELECTION, || {
             (c.get(i, "k119", "serializable") == (200, "v119".into())).then_some(())
         });
-        wait_for("promotion", ELECTION, || {
+        // Promotion also succeeds while writes keep moving the commit index (the promote rule
+        // allows the learner to trail by up to 10%, as etcd does).
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stop, url) = (stop.clone(), c.members[0].client_url());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking::Client::new();
+                for n in 0..100_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let _ = http.put(format!("{url}/v1/kv/busy")).body(format!("{n}")).send();
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let promoted = wait_for_result(ELECTION, || {
             let resp =
                 c.http.post(format!("{}/v1/members/{id}/promote", c.members[leader].client_url())).send().ok()?;
             resp.status().is_success().then_some(())
         });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = writer.join();
+        assert!(promoted.is_some(), "the learner is promoted while writes continue");
         if i == 3 {
             // The next member joins while a member added after bootstrap leads: it must learn
             // the leader's address from the leader's messages (regression: the chaos suite
