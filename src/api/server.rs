@@ -274,13 +274,8 @@ async fn put_key(
     let pq = path_and_query(&request);
     let headers = request.headers().clone();
     let value = read_body(request.into_body(), api.node.shared.max_value_bytes).await?;
-    match route(&api, &headers)? {
-        Route::Forward(url) => Ok(forward(&api, &url, Method::PUT, &pq, value).await),
-        Route::Here => {
-            let result = api.node.propose(&Command::Put { key, value, prev_revision: params.prev_revision }).await?;
-            write_outcome(result)
-        }
-    }
+    let command = Command::Put { key, value: value.clone(), prev_revision: params.prev_revision };
+    propose_or_forward(&api, &headers, Method::PUT, &pq, value, command).await
 }
 
 async fn delete_key(
@@ -292,12 +287,22 @@ async fn delete_key(
     let key = path_param(key, "invalid_key")?;
     validate_key(&key)?;
     let params = parse_query(query)?;
-    match route(&api, request.headers())? {
-        Route::Forward(url) => Ok(forward(&api, &url, Method::DELETE, &path_and_query(&request), Bytes::new()).await),
-        Route::Here => {
-            let result = api.node.propose(&Command::Delete { key, prev_revision: params.prev_revision }).await?;
-            write_outcome(result)
-        }
+    let command = Command::Delete { key, prev_revision: params.prev_revision };
+    propose_or_forward(&api, request.headers(), Method::DELETE, &path_and_query(&request), Bytes::new(), command).await
+}
+
+/// A write: proposed here on the leader, forwarded (with its body) from anyone else.
+async fn propose_or_forward(
+    api: &Api,
+    headers: &HeaderMap,
+    method: Method,
+    path_and_query: &str,
+    body: Bytes,
+    command: Command,
+) -> ApiResult<Response> {
+    match route(api, headers)? {
+        Route::Forward(url) => Ok(forward(api, &url, method, path_and_query, body).await),
+        Route::Here => write_outcome(api.node.propose(&command).await?),
     }
 }
 
