@@ -50,6 +50,8 @@ pub enum Commands {
     Endpoint(EndpointCommand),
     /// Move leadership.
     Leader(LeaderCommand),
+    /// Print the CustomResourceDefinition of RaftCluster as YAML (`kuberaft crd | kubectl apply -f -`).
+    Crd,
     /// Print the version.
     Version,
 }
@@ -138,6 +140,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Commands::Node(args) => return crate::node::run(args),
         Commands::Version => write_stdout(format!("kuberaft {}\n", env!("CARGO_PKG_VERSION")).as_bytes()),
+        Commands::Crd => print_crd(),
         // `dev` spawns its children from this (the main) thread; see `dev::spawn_member`.
         Commands::Dev(args) => block_on(dev::run(args)),
         Commands::Kv(command) => block_on(kv::run(command)),
@@ -153,6 +156,12 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::from(err.exit_code())
         }
     }
+}
+
+fn print_crd() -> Result<(), CliError> {
+    let yaml =
+        crate::operator::crd::crd_file().map_err(|err| CliError::Failed(format!("encode the CRD as YAML: {err}")))?;
+    write_stdout(yaml.as_bytes())
 }
 
 fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(future: F) -> Result<(), CliError> {

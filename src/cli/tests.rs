@@ -187,6 +187,7 @@ fn endpoint_status_leader_transfer_and_version() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(parse(&["version"]), Commands::Version));
+    assert!(matches!(parse(&["crd"]), Commands::Crd));
     parse_fails(&["endpoint", "status", "-w", "yaml"]);
 }
 

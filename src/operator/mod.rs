@@ -3,12 +3,14 @@
 //! the term in the resource's status.
 //!
 //! The operator is built from pure parts around one thin controller, so that most of it is tested
-//! without an API server. So far this module holds the first of them, the membership [`planner`]:
-//! what the next step is, and what the cluster's health is, from one observation. The CRD types,
-//! the builders of the owned objects and the controller come next (issue 5).
+//! without an API server. So far it holds two of them: the [`crd`] types of `RaftCluster` (the
+//! CRD that `kuberaft crd` prints is derived from them), and the membership [`planner`]: what the
+//! next step is, and what the cluster's health is, from one observation. The builders of the owned
+//! objects and the controller come next (issue 5).
 //!
 //! Facts that several parts share (member names, the replica range) live here.
 
+pub mod crd;
 pub mod planner;
 
 /// The smallest and largest `spec.replicas` a `RaftCluster` accepts (the CRD schema says the same).
