@@ -3,13 +3,14 @@
 //! the term in the resource's status.
 //!
 //! The operator is built from pure parts around one thin controller, so that most of it is tested
-//! without an API server. So far it holds two of them: the [`crd`] types of `RaftCluster` (the
-//! CRD that `kuberaft crd` prints is derived from them), and the membership [`planner`]: what the
-//! next step is, and what the cluster's health is, from one observation. The builders of the owned
-//! objects and the controller come next (issue 5).
+//! without an API server. So far it holds three of them: the [`crd`] types of `RaftCluster` (the
+//! CRD that `kuberaft crd` prints is derived from them), the membership [`planner`]: what the
+//! next step is, and what the cluster's health is, from one observation, and the [`builders`] of
+//! the owned objects. The StatefulSet builder and the controller come next (issue 5).
 //!
 //! Facts that several parts share (member names, the replica range) live here.
 
+pub mod builders;
 pub mod crd;
 pub mod planner;
 
