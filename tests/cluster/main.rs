@@ -2,9 +2,10 @@
 //! Each test uses its own 127.<net>.0.0/16 block so they can run in parallel.
 
 mod harness;
+#[path = "../chaos/nft.rs"]
+mod nft;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,47 +89,11 @@ fn sigkill_of_the_leader_loses_no_acknowledged_write() {
     }
 }
 
-/// nftables rules that drop traffic between member addresses, removed on drop.
-struct Partition {
-    table: String,
-}
-
-impl Partition {
-    fn nft_available() -> bool {
-        Command::new("nft").arg("list").arg("tables").output().map(|o| o.status.success()).unwrap_or(false)
-    }
-
-    /// Drops every packet between `isolated` and each of `others`, both ways.
-    fn isolate(table: &str, isolated: &str, others: &[String]) -> Partition {
-        let mut rules =
-            format!("table ip {table} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n");
-        for other in others {
-            rules.push_str(&format!("  ip saddr {isolated} ip daddr {other} drop\n"));
-            rules.push_str(&format!("  ip saddr {other} ip daddr {isolated} drop\n"));
-        }
-        rules.push_str(" }\n}\n");
-        let _ = Command::new("nft").args(["delete", "table", "ip", table]).output();
-        let path = std::env::temp_dir().join(format!("{table}.nft"));
-        std::fs::write(&path, rules).expect("write nft rules");
-        let out = Command::new("nft").arg("-f").arg(&path).output().expect("run nft");
-        assert!(out.status.success(), "nft failed: {}", String::from_utf8_lossy(&out.stderr));
-        Partition { table: table.to_string() }
-    }
-
-    fn heal(self) {}
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        let _ = Command::new("nft").args(["delete", "table", "ip", &self.table]).output();
-    }
-}
-
 /// §3: a follower cut off from the others serves a serializable read that may be stale, fails
 /// a linearizable read with 503 and never returns stale data; after healing it converges.
 #[test]
 fn partitioned_follower_is_stale_only_for_serializable_reads() {
-    if !Partition::nft_available() {
+    if !nft::nft_available() {
         assert!(std::env::var("CI").is_err(), "nftables is required in CI (scripts/test installs it)");
         eprintln!("SKIPPED partitioned_follower_is_stale_only_for_serializable_reads: `nft` is not usable here");
         return;
@@ -142,7 +107,8 @@ fn partitioned_follower_is_stale_only_for_serializable_reads() {
         (c.get(follower, "k", "serializable") == (200, "old".into())).then_some(())
     });
     let others: Vec<String> = (0..3).filter(|i| *i != follower).map(|i| c.members[i].ip.clone()).collect();
-    let partition = Partition::isolate("kuberaft_test_13", &c.members[follower].ip, &others);
+    let partition = nft::Faults::new("kuberaft_test_13");
+    partition.split(&[c.members[follower].ip.clone()], &others);
     c.put_ok(leader, "k", "new");
     assert_eq!(c.get(follower, "k", "serializable"), (200, "old".into()), "the cut-off follower is stale");
     for _ in 0..5 {
