@@ -8,6 +8,7 @@ pub mod dev;
 pub mod endpoint;
 pub mod kv;
 pub mod member;
+pub mod render;
 pub mod table;
 #[cfg(test)]
 mod tests;
@@ -52,6 +53,10 @@ pub enum Commands {
     Leader(LeaderCommand),
     /// Print the CustomResourceDefinition of RaftCluster as YAML (`kuberaft crd | kubectl apply -f -`).
     Crd,
+    /// Print the objects the operator would create for the RaftClusters in a file (like `helm template`).
+    Render(render::RenderArgs),
+    /// Run the operator: reconcile RaftCluster resources into running clusters.
+    Operator(crate::operator::controller::OperatorArgs),
     /// Print the version.
     Version,
 }
@@ -141,6 +146,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Node(args) => return crate::node::run(args),
         Commands::Version => write_stdout(format!("kuberaft {}\n", env!("CARGO_PKG_VERSION")).as_bytes()),
         Commands::Crd => print_crd(),
+        Commands::Render(args) => render::run(args),
+        Commands::Operator(args) => return crate::operator::controller::run(args),
         // `dev` spawns its children from this (the main) thread; see `dev::spawn_member`.
         Commands::Dev(args) => block_on(dev::run(args)),
         Commands::Kv(command) => block_on(kv::run(command)),

@@ -118,6 +118,8 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// Everything, failover included.
     pub deadline: Duration,
+    /// Host names answered from this table instead of DNS (tests that run members as pods do).
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl ClientConfig {
@@ -127,6 +129,7 @@ impl ClientConfig {
             request_timeout,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT.min(request_timeout),
             deadline: request_timeout.saturating_mul(3),
+            resolve: Vec::new(),
         }
     }
 }
@@ -274,7 +277,11 @@ impl Client {
                 normalized.push(endpoint);
             }
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for (host, addr) in &config.resolve {
+            builder = builder.resolve(host, *addr);
+        }
+        let http = builder
             .connect_timeout(config.connect_timeout.min(config.request_timeout))
             // Endpoints are members' own addresses; a proxy would turn a dead member into a 502
             // and hide the connection failure that failover relies on.

@@ -20,8 +20,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-pub use args::NodeArgs;
-use args::{ClusterState, LogFormat};
+use args::ClusterState;
+pub use args::{LogFormat, NodeArgs};
 use handle::NodeHandle;
 use ids::{cluster_id, host_port, initial_member_id, parse_initial_cluster, validate_url};
 use runtime::{RaftLoop, INPUT_QUEUE, TICK_MS};
@@ -35,14 +35,46 @@ use crate::store::{read_meta, write_meta, KvStore, MemberMeta, Storage};
 
 /// A start-up problem, said plainly; the process exits non-zero with it.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(pub String);
+#[error("{message}")]
+pub struct StartError {
+    message: String,
+    /// The member's data is gone while the cluster counts on it: it exits with [`EXIT_DATA_LOST`].
+    data_lost: bool,
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> Self {
+        StartError { message, data_lost: false }
+    }
+}
+
+impl From<&str> for StartError {
+    fn from(message: &str) -> Self {
+        StartError::from(message.to_string())
+    }
+}
+
+impl StartError {
+    fn data_lost(message: String) -> Self {
+        StartError { message, data_lost: true }
+    }
+}
+
+/// The exit code of a member that refuses to start because its data is lost while its cluster
+/// has already replicated to it (DESIGN.md §6). The operator reads it from the pod's last state
+/// and replaces the member; any other failure exits with 1.
+pub const EXIT_DATA_LOST: u8 = 3;
 
 fn init_logging(args: &NodeArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    init_logging_with(args.log_format, &args.log_level);
+}
+
+/// Logs to stderr, as text or JSON, filtered by `level` (a tracing filter; `info` if it is bad).
+pub fn init_logging_with(format: LogFormat, level: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match args.log_format {
+    let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
@@ -50,7 +82,8 @@ fn init_logging(args: &NodeArgs) {
 
 /// `MIN-MAX` milliseconds.
 fn parse_timeout_range(text: &str) -> Result<(u64, u64), StartError> {
-    let bad = || StartError(format!("--election-timeout-ms '{text}' must be MIN-MAX in milliseconds, e.g. 150-300"));
+    let bad =
+        || StartError::from(format!("--election-timeout-ms '{text}' must be MIN-MAX in milliseconds, e.g. 150-300"));
     let (min, max) = text.split_once('-').ok_or_else(bad)?;
     let (min, max) = (min.trim().parse::<u64>().map_err(|_| bad())?, max.trim().parse::<u64>().map_err(|_| bad())?);
     Ok((min, max))
@@ -70,7 +103,7 @@ pub fn raft_config(id: u64, args: &NodeArgs) -> Result<Config, StartError> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0));
     cfg.validate().map_err(|e| {
-        StartError(format!(
+        StartError::from(format!(
             "{e} (--election-timeout-ms {} --heartbeat-interval-ms {})",
             args.election_timeout_ms, args.heartbeat_interval_ms
         ))
@@ -79,9 +112,9 @@ pub fn raft_config(id: u64, args: &NodeArgs) -> Result<Config, StartError> {
 }
 
 fn socket_addr(url: &str, flag: &str) -> Result<SocketAddr, StartError> {
-    validate_url(url).map_err(|e| StartError(format!("{flag}: {e}")))?;
+    validate_url(url).map_err(|e| StartError::from(format!("{flag}: {e}")))?;
     let hp = host_port(url).unwrap_or_default();
-    hp.parse::<SocketAddr>().map_err(|_| StartError(format!("{flag}: '{url}' must name an IP address and port")))
+    hp.parse::<SocketAddr>().map_err(|_| StartError::from(format!("{flag}: '{url}' must name an IP address and port")))
 }
 
 /// Runs a member until SIGTERM/SIGINT. Blocking; builds its own runtime.
@@ -92,7 +125,11 @@ pub fn run(args: NodeArgs) -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            if e.data_lost {
+                ExitCode::from(EXIT_DATA_LOST)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -100,26 +137,26 @@ pub fn run(args: NodeArgs) -> ExitCode {
 fn start(args: NodeArgs) -> Result<(), StartError> {
     let client_addr = socket_addr(&args.listen_client_url, "--listen-client-url")?;
     let peer_addr = socket_addr(&args.listen_peer_url, "--listen-peer-url")?;
-    validate_url(&args.advertise_client_url).map_err(|e| StartError(format!("--advertise-client-url: {e}")))?;
-    validate_url(&args.advertise_peer_url).map_err(|e| StartError(format!("--advertise-peer-url: {e}")))?;
+    validate_url(&args.advertise_client_url).map_err(|e| StartError::from(format!("--advertise-client-url: {e}")))?;
+    validate_url(&args.advertise_peer_url).map_err(|e| StartError::from(format!("--advertise-peer-url: {e}")))?;
     let advertise_peer_url = args.advertise_peer_url.trim_end_matches('/').to_string();
     let advertise_client_url = args.advertise_client_url.trim_end_matches('/').to_string();
-    let initial = parse_initial_cluster(&args.initial_cluster).map_err(StartError)?;
+    let initial = parse_initial_cluster(&args.initial_cluster).map_err(StartError::from)?;
     let given_cluster_id = cluster_id(&initial, &args.initial_cluster_token);
     if args.max_value_bytes == 0 {
-        return Err(StartError("--max-value-bytes must be at least 1".into()));
+        return Err(StartError::from("--max-value-bytes must be at least 1"));
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| StartError(format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| StartError::from(format!("cannot start the async runtime: {e}")))?;
 
     std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| StartError(format!("cannot create --data-dir {}: {e}", args.data_dir.display())))?;
-    let (storage, durable) = Storage::open(&args.data_dir).map_err(|e| StartError(e.to_string()))?;
-    let meta = read_meta(&args.data_dir).map_err(|e| StartError(e.to_string()))?;
+        .map_err(|e| StartError::from(format!("cannot create --data-dir {}: {e}", args.data_dir.display())))?;
+    let (storage, durable) = Storage::open(&args.data_dir).map_err(|e| StartError::from(e.to_string()))?;
+    let meta = read_meta(&args.data_dir).map_err(|e| StartError::from(e.to_string()))?;
     let stored_meta = meta.clone();
 
     let mut problems = Vec::new();
@@ -135,7 +172,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
                 problems.push(why);
             }
             if meta.name != args.name {
-                return Err(StartError(format!(
+                return Err(StartError::from(format!(
                     "the data in {} belongs to member '{}', not '{}'",
                     args.data_dir.display(),
                     meta.name,
@@ -148,10 +185,10 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
         _ => match args.initial_cluster_state {
             ClusterState::New => {
                 let me = initial.iter().find(|m| m.name == args.name).ok_or_else(|| {
-                    StartError(format!("--initial-cluster does not list this member's name '{}'", args.name))
+                    StartError::from(format!("--initial-cluster does not list this member's name '{}'", args.name))
                 })?;
                 if me.peer_url != advertise_peer_url {
-                    return Err(StartError(format!(
+                    return Err(StartError::from(format!(
                         "--initial-cluster lists {}={} but --advertise-peer-url is {advertise_peer_url}",
                         me.name, me.peer_url
                     )));
@@ -187,7 +224,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
     // Only when it changed: a restart must not need free space, so that a member on a full
     // disk starts, reports it in /readyz and recovers when space returns (no crash loop).
     if stored_meta.as_ref() != Some(&meta) {
-        write_meta(&args.data_dir, &meta).map_err(|e| StartError(e.to_string()))?;
+        write_meta(&args.data_dir, &meta).map_err(|e| StartError::from(e.to_string()))?;
     }
 
     // Persist the bootstrap entries before anything else happens.
@@ -195,17 +232,16 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
     if storage.is_fresh() && !state.entries.is_empty() {
         storage
             .persist(Some(&state.hard_state), None, &state.entries)
-            .map_err(|e| StartError(format!("cannot write the initial state: {e}")))?;
+            .map_err(|e| StartError::from(format!("cannot write the initial state: {e}")))?;
     }
 
     let kv = match &state.snapshot {
-        Some(s) => {
-            KvStore::restore(&s.data).map_err(|e| StartError(format!("the durable snapshot is unreadable: {e}")))?
-        }
+        Some(s) => KvStore::restore(&s.data)
+            .map_err(|e| StartError::from(format!("the durable snapshot is unreadable: {e}")))?,
         None => KvStore::new(),
     };
     let cfg = raft_config(meta.member_id, &args)?;
-    let raft = Raft::new(cfg, state).map_err(|e| StartError(e.to_string()))?;
+    let raft = Raft::new(cfg, state).map_err(|e| StartError::from(e.to_string()))?;
     let raw = RawNode::new(raft);
 
     let mut addresses = BTreeMap::new();
@@ -254,19 +290,19 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
     let local_ip: Option<IpAddr> = Some(peer_addr.ip()).filter(|ip| !ip.is_unspecified());
     let transport = Transport::new(shared.clone(), runtime.handle().clone(), tx.clone(), local_ip)
-        .map_err(|e| StartError(format!("cannot build the peer client: {e}")))?;
+        .map_err(|e| StartError::from(format!("cannot build the peer client: {e}")))?;
     let raft_loop = RaftLoop::new(raw, storage, shared.clone(), Box::new(transport), rx, args.snapshot_threshold);
     let loop_thread = std::thread::Builder::new()
         .name("raft-loop".into())
         .spawn(move || raft_loop.run())
-        .map_err(|e| StartError(format!("cannot start the raft loop: {e}")))?;
+        .map_err(|e| StartError::from(format!("cannot start the raft loop: {e}")))?;
 
     let node = NodeHandle { shared: shared.clone(), tx: tx.clone() };
     let http = reqwest::Client::builder()
         .local_address(Some(client_addr.ip()).filter(|ip| !ip.is_unspecified()))
         .connect_timeout(Duration::from_millis(500))
         .build()
-        .map_err(|e| StartError(format!("cannot build the forwarding client: {e}")))?;
+        .map_err(|e| StartError::from(format!("cannot build the forwarding client: {e}")))?;
     let api = Api { node: node.clone(), http };
     let peer = PeerServer { shared: shared.clone(), loop_tx: tx.clone() };
     drop(tx);
@@ -274,10 +310,10 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
     let result = runtime.block_on(async move {
         let client_listener = tokio::net::TcpListener::bind(client_addr)
             .await
-            .map_err(|e| StartError(format!("cannot listen for clients on {client_addr}: {e}")))?;
+            .map_err(|e| StartError::from(format!("cannot listen for clients on {client_addr}: {e}")))?;
         let peer_listener = tokio::net::TcpListener::bind(peer_addr)
             .await
-            .map_err(|e| StartError(format!("cannot listen for peers on {peer_addr}: {e}")))?;
+            .map_err(|e| StartError::from(format!("cannot listen for peers on {peer_addr}: {e}")))?;
         tracing::info!(
             name = %shared.name,
             id = %format!("{:x}", shared.id),
@@ -331,50 +367,84 @@ async fn wait_for_signal() {
     }
 }
 
-/// A member that joins an existing cluster with empty data asks the listed peers who it is.
+/// A member that joins an existing cluster with empty data asks the listed peers who it is. It
+/// waits (bounded) for the leader's answer, which alone knows whether the cluster has replicated
+/// to this member before: then its data is lost, and it refuses to start (it would count toward
+/// majorities with an empty log) until it is removed and added back under a new id.
 async fn discover(
     args: &NodeArgs,
     initial: &[ids::InitialMember],
     advertise_peer_url: &str,
 ) -> Result<MemberMeta, StartError> {
+    const ATTEMPTS: usize = 30;
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(2))
         .build()
-        .map_err(|e| StartError(e.to_string()))?;
+        .map_err(|e| StartError::from(e.to_string()))?;
     let mut answers = Vec::new();
-    for attempt in 0..30 {
+    let mut found: Option<MemberMeta> = None;
+    for attempt in 0..ATTEMPTS {
+        answers.clear();
         for m in initial.iter().filter(|m| m.peer_url != advertise_peer_url) {
-            match http.get(format!("{}{MEMBERS_PATH}", m.peer_url)).send().await {
+            let list = match http.get(format!("{}{MEMBERS_PATH}", m.peer_url)).send().await {
                 Ok(resp) if resp.status().is_success() => match resp.json::<PeerMembers>().await {
-                    Ok(list) => {
-                        if let Some(me) = list.members.iter().find(|x| x.peer_url == advertise_peer_url) {
-                            if me.name != args.name && !me.name.is_empty() {
-                                return Err(StartError(format!(
-                                    "the cluster knows {advertise_peer_url} as member '{}', not '{}'",
-                                    me.name, args.name
-                                )));
-                            }
-                            let member_id = u64::from_str_radix(&me.id, 16)
-                                .map_err(|_| StartError("peer sent a bad member id".into()))?;
-                            let cluster_id = u64::from_str_radix(&list.cluster_id, 16)
-                                .map_err(|_| StartError("peer sent a bad cluster id".into()))?;
-                            return Ok(MemberMeta { cluster_id, member_id, name: args.name.clone() });
-                        }
-                        answers.push(format!("{}: not a member yet", m.peer_url));
+                    Ok(list) => list,
+                    Err(e) => {
+                        answers.push(format!("{}: {e}", m.peer_url));
+                        continue;
                     }
-                    Err(e) => answers.push(format!("{}: {e}", m.peer_url)),
                 },
-                Ok(resp) => answers.push(format!("{}: HTTP {}", m.peer_url, resp.status())),
-                Err(e) => answers.push(format!("{}: {e}", m.peer_url)),
+                Ok(resp) => {
+                    answers.push(format!("{}: HTTP {}", m.peer_url, resp.status()));
+                    continue;
+                }
+                Err(e) => {
+                    answers.push(format!("{}: {e}", m.peer_url));
+                    continue;
+                }
+            };
+            let Some(me) = list.members.iter().find(|x| x.peer_url == advertise_peer_url) else {
+                answers.push(format!("{}: not a member yet", m.peer_url));
+                continue;
+            };
+            if me.name != args.name && !me.name.is_empty() {
+                return Err(StartError::from(format!(
+                    "the cluster knows {advertise_peer_url} as member '{}', not '{}'",
+                    me.name, args.name
+                )));
+            }
+            let member_id =
+                u64::from_str_radix(&me.id, 16).map_err(|_| StartError::from("peer sent a bad member id"))?;
+            let cluster_id = u64::from_str_radix(&list.cluster_id, 16)
+                .map_err(|_| StartError::from("peer sent a bad cluster id"))?;
+            if list.leader && me.matched > 0 {
+                return Err(StartError::data_lost(format!(
+                    "this member's data directory is empty, but the cluster already replicated {} entries to it as member {member_id:x} (its data is lost); \
+                     it will not count toward majorities with an empty log. Remove it (`kuberaft member remove {member_id:x}`) and add it back \
+                     (`kuberaft member add ...`); the operator does this by itself",
+                    me.matched
+                )));
+            }
+            found = Some(MemberMeta { cluster_id, member_id, name: args.name.clone() });
+            if list.leader {
+                return Ok(MemberMeta { cluster_id, member_id, name: args.name.clone() });
             }
         }
-        if attempt < 29 {
+        // Known to a follower, but no leader answered: ask again, and settle for the follower's
+        // word if no leader answers for half the attempts.
+        if let Some(meta) = found.take() {
+            if attempt >= ATTEMPTS / 2 {
+                tracing::warn!("no leader answered; joining as member {:x} on a follower's word", meta.member_id);
+                return Ok(meta);
+            }
+        }
+        if attempt + 1 < ATTEMPTS {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     answers.truncate(6);
-    Err(StartError(format!(
+    Err(StartError::from(format!(
         "cannot join: no peer knows this member ({advertise_peer_url}); add it first with `kuberaft member add {} --peer-url {advertise_peer_url} ...` ({})",
         args.name,
         answers.join("; ")
@@ -395,7 +465,7 @@ async fn refuse_if_forgotten(
         .connect_timeout(Duration::from_millis(300))
         .timeout(Duration::from_secs(1))
         .build()
-        .map_err(|e| StartError(e.to_string()))?;
+        .map_err(|e| StartError::from(e.to_string()))?;
     for m in initial.iter().filter(|m| m.peer_url != advertise_peer_url) {
         let Ok(resp) = http.get(format!("{}{MEMBERS_PATH}", m.peer_url)).send().await else { continue };
         let Ok(list) = resp.json::<PeerMembers>().await else { continue };
@@ -404,7 +474,7 @@ async fn refuse_if_forgotten(
         }
         let me = format!("{member_id:x}");
         if list.members.iter().any(|x| x.id == me && x.matched > 0) {
-            return Err(StartError(format!(
+            return Err(StartError::data_lost(format!(
                 "this member's data directory is empty, but the running cluster already replicated to it (its data is lost); \
                  it will not vote with an empty log. Remove it (`kuberaft member remove {me}`), add it back \
                  (`kuberaft member add ...`) and start it with --initial-cluster-state existing"

@@ -230,6 +230,9 @@ async fn receive(State(server): State<PeerServer>, headers: HeaderMap, body: Byt
 pub struct PeerMembers {
     pub cluster_id: String,
     pub members: Vec<PeerMember>,
+    /// Whether the answering member leads (only the leader knows match indexes).
+    #[serde(default)]
+    pub leader: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -248,8 +251,10 @@ pub struct PeerMember {
 
 async fn members(State(server): State<PeerServer>) -> Json<PeerMembers> {
     let members = read(&server.shared.kv).members();
-    let matched = server.shared.status().matched;
+    let status = server.shared.status();
+    let matched = status.matched;
     Json(PeerMembers {
+        leader: status.role == crate::raft::Role::Leader,
         cluster_id: format!("{:x}", server.shared.cluster_id),
         members: members
             .into_iter()

@@ -1,7 +1,7 @@
 //! The objects that a `RaftCluster` owns (DESIGN.md §6), built by pure functions from the
 //! resource alone: the headless Service that gives each member a stable DNS name, the client
-//! Service, the ConfigMap with the endpoint list every peer reads, and the PodDisruptionBudget.
-//! (The StatefulSet comes with the controller.) The controller applies what these return with
+//! Service, the ConfigMap with the endpoint list every peer reads, the StatefulSet that runs the
+//! members, and the PodDisruptionBudget. The controller applies what these return with
 //! server-side apply; every object carries a controller owner reference to its `RaftCluster`, so
 //! the garbage collector removes it with the cluster.
 //!
@@ -10,7 +10,13 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service,
+    ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -37,6 +43,32 @@ pub const KEY_INITIAL_CLUSTER: &str = "initial-cluster";
 pub const KEY_ENDPOINTS: &str = "endpoints";
 pub const KEY_MEMBERS: &str = "members";
 pub const KEY_ENDPOINTS_HASH: &str = "endpoints-hash";
+/// `new` until the cluster has elected its first leader, then `existing` (DESIGN.md §6): a pod that
+/// starts with empty data after that joins under the id the cluster knows it by, and never
+/// bootstraps a second cluster.
+pub const KEY_INITIAL_CLUSTER_STATE: &str = "initial-cluster-state";
+
+/// The state values of [`KEY_INITIAL_CLUSTER_STATE`], as `kuberaft node --initial-cluster-state`
+/// spells them.
+pub const STATE_NEW: &str = "new";
+pub const STATE_EXISTING: &str = "existing";
+
+/// The name of each member's volume claim template (its PVCs are `data-<member>`), and where the
+/// volume is mounted. The data directory is a subdirectory, so that a fresh file system's
+/// `lost+found` is not in it.
+pub const DATA_VOLUME: &str = "data";
+pub const DATA_MOUNT_PATH: &str = "/var/lib/kuberaft";
+pub const DATA_DIR: &str = "/var/lib/kuberaft/data";
+/// The container's name, and the command it runs (the image puts the binary on `PATH`).
+pub const CONTAINER_NAME: &str = "kuberaft";
+pub const CONTAINER_COMMAND: &str = "kuberaft";
+/// The user and group members run as (no root; the volume is group-writable through fsGroup).
+pub const RUN_AS_USER: i64 = 65532;
+/// Long enough for a leader's hand-over on SIGTERM (at most 5 s) and a final fsync.
+pub const TERMINATION_GRACE_SECONDS: i64 = 30;
+/// The exit code of `kuberaft node` when it refuses to start because its data is gone while the
+/// cluster still counts on it (DESIGN.md §6): the operator reads it from the pod to replace it.
+pub use crate::node::EXIT_DATA_LOST;
 
 /// Why an owned object cannot be built yet.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -45,6 +77,8 @@ pub enum BuildError {
     MissingNamespace(String),
     #[error("RaftCluster {0} has no uid yet; build its objects from the resource as the API server returns it")]
     MissingUid(String),
+    #[error("cannot encode an object: {0}")]
+    Encode(String),
 }
 
 /// The name of the headless Service (and of the StatefulSet and PodDisruptionBudget): the cluster's.
@@ -170,8 +204,13 @@ pub fn endpoints_hash(member_names: &[String]) -> String {
 }
 
 /// The ConfigMap `<name>-members`: the endpoint list every peer reads. `member_names` is the list
-/// the planner decided on (it names a learner before its pod starts, DESIGN.md §6).
-pub fn members_config_map(cluster: &RaftCluster, member_names: &[String]) -> Result<ConfigMap, BuildError> {
+/// the planner decided on (it names a learner before its pod starts, DESIGN.md §6); `formed` says
+/// whether the cluster has elected its first leader (the `initial-cluster-state` pods start with).
+pub fn members_config_map(
+    cluster: &RaftCluster,
+    member_names: &[String],
+    formed: bool,
+) -> Result<ConfigMap, BuildError> {
     let namespace = namespace(cluster)?;
     let join = |url: fn(&RaftCluster, &str, &str) -> String, with_name: bool| {
         member_names
@@ -192,6 +231,7 @@ pub fn members_config_map(cluster: &RaftCluster, member_names: &[String]) -> Res
         (KEY_ENDPOINTS.to_string(), join(client_url, false)),
         (KEY_MEMBERS.to_string(), member_names.join(",")),
         (KEY_ENDPOINTS_HASH.to_string(), endpoints_hash(member_names)),
+        (KEY_INITIAL_CLUSTER_STATE.to_string(), if formed { STATE_EXISTING } else { STATE_NEW }.to_string()),
     ]);
     Ok(ConfigMap {
         metadata: object_meta(cluster, members_config_map_name(cluster))?,
@@ -214,6 +254,200 @@ pub fn pod_disruption_budget(cluster: &RaftCluster) -> Result<PodDisruptionBudge
         }),
         ..PodDisruptionBudget::default()
     })
+}
+
+/// The `initial-cluster-token` of the members: the resource's uid, so that two clusters, even
+/// of the same name, never accept each other's messages.
+pub fn cluster_token(cluster: &RaftCluster) -> Result<String, BuildError> {
+    cluster.uid().ok_or_else(|| BuildError::MissingUid(cluster.name_any()))
+}
+
+/// The StatefulSet `<name>` with `replicas` pods (the planner decides how many; the spec's count
+/// is reached one member at a time). Pods start in parallel, since a cluster's first members must
+/// all run to elect a leader; each reads the endpoint list from the members ConfigMap when it
+/// starts, and its own name and namespace from the downward API.
+pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet, BuildError> {
+    let spec = &cluster.spec;
+    let headless = headless_service_name(cluster);
+    let config_map = members_config_map_name(cluster);
+    let field = |path: &str| EnvVarSource {
+        field_ref: Some(ObjectFieldSelector { field_path: path.to_string(), ..ObjectFieldSelector::default() }),
+        ..EnvVarSource::default()
+    };
+    let from_config_map = |key: &str| EnvVarSource {
+        config_map_key_ref: Some(ConfigMapKeySelector {
+            name: config_map.clone(),
+            key: key.to_string(),
+            optional: Some(false),
+        }),
+        ..EnvVarSource::default()
+    };
+    let value = |name: &str, value: String| EnvVar { name: name.to_string(), value: Some(value), value_from: None };
+    let from =
+        |name: &str, source: EnvVarSource| EnvVar { name: name.to_string(), value: None, value_from: Some(source) };
+    // `$(POD_NAME)` is expanded by the kubelet from the variables defined before it.
+    let member_url = |port: u16| format!("http://$(POD_NAME).{headless}.$(POD_NAMESPACE).svc:{port}");
+    let env = vec![
+        from("POD_NAME", field("metadata.name")),
+        from("POD_NAMESPACE", field("metadata.namespace")),
+        value("KUBERAFT_NAME", "$(POD_NAME)".to_string()),
+        value("KUBERAFT_DATA_DIR", DATA_DIR.to_string()),
+        value("KUBERAFT_LISTEN_CLIENT_URL", format!("http://0.0.0.0:{DEFAULT_CLIENT_PORT}")),
+        value("KUBERAFT_LISTEN_PEER_URL", format!("http://0.0.0.0:{DEFAULT_PEER_PORT}")),
+        value("KUBERAFT_ADVERTISE_CLIENT_URL", member_url(DEFAULT_CLIENT_PORT)),
+        value("KUBERAFT_ADVERTISE_PEER_URL", member_url(DEFAULT_PEER_PORT)),
+        from("KUBERAFT_INITIAL_CLUSTER", from_config_map(KEY_INITIAL_CLUSTER)),
+        from("KUBERAFT_INITIAL_CLUSTER_STATE", from_config_map(KEY_INITIAL_CLUSTER_STATE)),
+        value("KUBERAFT_INITIAL_CLUSTER_TOKEN", cluster_token(cluster)?),
+        value(
+            "KUBERAFT_ELECTION_TIMEOUT_MS",
+            format!("{}-{}", spec.election.timeout_min_ms, spec.election.timeout_max_ms),
+        ),
+        value("KUBERAFT_HEARTBEAT_INTERVAL_MS", spec.election.heartbeat_interval_ms.to_string()),
+        value("KUBERAFT_SNAPSHOT_THRESHOLD", spec.snapshot_threshold.to_string()),
+        value("KUBERAFT_LOG_FORMAT", "json".to_string()),
+    ];
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String(CLIENT_PORT_NAME.to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let container_port = |name: &str, port: u16| ContainerPort {
+        name: Some(name.to_string()),
+        container_port: i32::from(port),
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    };
+    let container = Container {
+        name: CONTAINER_NAME.to_string(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        command: Some(vec![CONTAINER_COMMAND.to_string()]),
+        args: Some(vec!["node".to_string()]),
+        env: Some(env),
+        ports: Some(vec![
+            container_port(CLIENT_PORT_NAME, DEFAULT_CLIENT_PORT),
+            container_port(PEER_PORT_NAME, DEFAULT_PEER_PORT),
+        ]),
+        // A member that joins may spend a while finding its peers before it serves.
+        startup_probe: Some(probe("/healthz", 2, 60)),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: DATA_VOLUME.to_string(),
+            mount_path: DATA_MOUNT_PATH.to_string(),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), add: None }),
+            ..SecurityContext::default()
+        }),
+        // The refusal to start (lost data, a wrong flag) is the last thing a member logs.
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        ..Container::default()
+    };
+    let pod_spec = PodSpec {
+        containers: vec![container],
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            run_as_group: Some(RUN_AS_USER),
+            fs_group: Some(RUN_AS_USER),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_string(), localhost_profile: None }),
+            ..PodSecurityContext::default()
+        }),
+        affinity: Some(spec.affinity.clone().unwrap_or_else(|| soft_anti_affinity(cluster))),
+        node_selector: spec.node_selector.clone(),
+        tolerations: spec.tolerations.clone(),
+        ..PodSpec::default()
+    };
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.to_string()),
+            labels: Some(selector_labels(cluster)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            storage_class_name: spec.storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".to_string(), spec.storage.size.clone())])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    };
+    Ok(StatefulSet {
+        metadata: object_meta(cluster, cluster.name_any())?,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
+            service_name: Some(headless),
+            pod_management_policy: Some("Parallel".to_string()),
+            selector: LabelSelector { match_labels: Some(selector_labels(cluster)), ..LabelSelector::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels(cluster)), ..ObjectMeta::default() }),
+                spec: Some(pod_spec),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            // A member removed by scaling down is gone from the membership: its data must not
+            // come back with a later scale-up (that member joins again under a new id).
+            persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {
+                when_scaled: Some("Delete".to_string()),
+                when_deleted: Some("Retain".to_string()),
+            }),
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    })
+}
+
+/// Members prefer nodes apart from each other: losing one node then costs one member.
+fn soft_anti_affinity(cluster: &RaftCluster) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![WeightedPodAffinityTerm {
+                weight: 100,
+                pod_affinity_term: PodAffinityTerm {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(selector_labels(cluster)),
+                        ..LabelSelector::default()
+                    }),
+                    topology_key: "kubernetes.io/hostname".to_string(),
+                    ..PodAffinityTerm::default()
+                },
+            }]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    }
+}
+
+/// Everything the operator creates for `cluster` when it bootstraps, in the order it applies them
+/// (`kuberaft render` prints these).
+pub fn bootstrap_objects(cluster: &RaftCluster) -> Result<Vec<serde_json::Value>, BuildError> {
+    let names: Vec<String> = (0..cluster.spec.replicas).map(|i| super::member_name(&cluster.name_any(), i)).collect();
+    let json =
+        |value: Result<serde_json::Value, serde_json::Error>| value.map_err(|e| BuildError::Encode(e.to_string()));
+    Ok(vec![
+        json(serde_json::to_value(headless_service(cluster)?))?,
+        json(serde_json::to_value(client_service(cluster)?))?,
+        json(serde_json::to_value(members_config_map(cluster, &names, false)?))?,
+        json(serde_json::to_value(stateful_set(cluster, cluster.spec.replicas)?))?,
+        json(serde_json::to_value(pod_disruption_budget(cluster)?))?,
+    ])
 }
 
 #[cfg(test)]

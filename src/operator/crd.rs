@@ -125,15 +125,15 @@ impl Default for StorageSpec {
 pub struct ElectionSpec {
     /// The shortest election timeout, in milliseconds.
     #[serde(default = "default_election_timeout_min_ms")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_TIMING_MS))]
     pub timeout_min_ms: u64,
     /// The longest election timeout, in milliseconds.
     #[serde(default = "default_election_timeout_max_ms")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_TIMING_MS))]
     pub timeout_max_ms: u64,
     /// How often the leader sends heartbeats, in milliseconds.
     #[serde(default = "default_heartbeat_interval_ms")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_TIMING_MS))]
     pub heartbeat_interval_ms: u64,
 }
 
@@ -231,6 +231,70 @@ fn default_heartbeat_interval_ms() -> u64 {
 
 fn default_snapshot_threshold() -> u64 {
     DEFAULT_SNAPSHOT_THRESHOLD
+}
+
+impl RaftClusterSpec {
+    /// The same rules as the CRD schema, checked again by the operator and `kuberaft render`: a
+    /// resource stored before the schema had a rule, or written past it (an older CRD, a
+    /// `kubectl replace --validate=false`), must wait with a clear condition rather than run.
+    /// Returns every problem found, each naming its field.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(MIN_REPLICAS..=MAX_REPLICAS).contains(&self.replicas) {
+            problems.push(format!("spec.replicas is {}; it must be {MIN_REPLICAS} to {MAX_REPLICAS}", self.replicas));
+        }
+        if self.image.trim().is_empty() || self.image.chars().any(char::is_whitespace) {
+            problems.push(format!("spec.image {:?} is not an image reference", self.image));
+        }
+        if !valid_quantity(&self.storage.size.0) {
+            problems.push(format!(
+                "spec.storage.size {:?} is not a positive quantity such as 1Gi or 500Mi",
+                self.storage.size.0
+            ));
+        }
+        let e = &self.election;
+        for (field, value) in [
+            ("timeoutMinMs", e.timeout_min_ms),
+            ("timeoutMaxMs", e.timeout_max_ms),
+            ("heartbeatIntervalMs", e.heartbeat_interval_ms),
+        ] {
+            if value == 0 || value > MAX_TIMING_MS {
+                problems.push(format!("spec.election.{field} is {value}; it must be 1 to {MAX_TIMING_MS}"));
+            }
+        }
+        if e.timeout_min_ms >= e.timeout_max_ms {
+            problems.push(format!(
+                "spec.election.timeoutMinMs ({}) must be less than spec.election.timeoutMaxMs ({})",
+                e.timeout_min_ms, e.timeout_max_ms
+            ));
+        }
+        if e.heartbeat_interval_ms >= e.timeout_min_ms {
+            problems.push(format!(
+                "spec.election.heartbeatIntervalMs ({}) must be less than spec.election.timeoutMinMs ({})",
+                e.heartbeat_interval_ms, e.timeout_min_ms
+            ));
+        }
+        if self.snapshot_threshold == 0 {
+            problems.push("spec.snapshotThreshold must be at least 1".to_string());
+        }
+        problems
+    }
+}
+
+/// The longest timing (an election timeout of ten minutes is already no election at all).
+pub const MAX_TIMING_MS: u64 = 600_000;
+
+/// A Kubernetes quantity that is positive: digits (with an optional fraction), then an optional
+/// binary or decimal suffix or exponent.
+fn valid_quantity(text: &str) -> bool {
+    let number_end = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, suffix) = text.split_at(number_end);
+    let positive = number.parse::<f64>().is_ok_and(|n| n > 0.0 && n.is_finite());
+    let suffix_ok = matches!(suffix, "" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei" | "k" | "M" | "G" | "T" | "P" | "E")
+        || suffix.strip_prefix(['e', 'E']).is_some_and(|exp| {
+            !exp.is_empty() && exp.trim_start_matches(['+', '-']).chars().all(|c| c.is_ascii_digit())
+        });
+    positive && suffix_ok
 }
 
 /// The CRD as YAML, without the header comment.

@@ -3,16 +3,19 @@
 //! the term in the resource's status.
 //!
 //! The operator is built from pure parts around one thin controller, so that most of it is tested
-//! without an API server. So far it holds three of them: the [`crd`] types of `RaftCluster` (the
-//! CRD that `kuberaft crd` prints is derived from them), the membership [`planner`]: what the
-//! next step is, and what the cluster's health is, from one observation, and the [`builders`] of
-//! the owned objects. The StatefulSet builder and the controller come next (issue 5).
+//! without an API server: the [`crd`] types of `RaftCluster` (the CRD that `kuberaft crd` prints
+//! is derived from them), the membership [`planner`]: what the next step is, and what the
+//! cluster's health is, from one observation, and the [`builders`] of the owned objects. Around
+//! them, [`reconcile`] observes, takes the planned step and writes the status, and [`controller`]
+//! is the process: watches, leader election, metrics, shutdown.
 //!
 //! Facts that several parts share (member names, the replica range) live here.
 
 pub mod builders;
+pub mod controller;
 pub mod crd;
 pub mod planner;
+pub mod reconcile;
 
 /// The smallest and largest `spec.replicas` a `RaftCluster` accepts (the CRD schema says the same).
 pub const MIN_REPLICAS: u32 = 1;

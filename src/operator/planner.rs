@@ -50,9 +50,10 @@ pub struct Observed {
     pub desired_replicas: u32,
     /// `spec.paused`: plan nothing that changes the cluster, but keep reporting it.
     pub paused: bool,
-    /// Whether any earlier pass saw a leader with quorum (the controller keeps this sticky in the
-    /// resource's status). Without a leader it tells a cluster that is still forming from one that
-    /// lost its quorum, which one observation cannot.
+    /// Whether an earlier pass saw a leader with quorum: the ConfigMap's `initial-cluster-state`
+    /// says `existing` (the first `UpdateEndpoints` with a leader writes it). Without a leader it
+    /// tells a cluster that is still forming from one that lost its quorum, which one observation
+    /// cannot.
     pub formed: bool,
     /// The StatefulSet's `spec.replicas`; `None` when it does not exist.
     pub stateful_set_replicas: Option<u32>,
@@ -402,8 +403,10 @@ fn next_step(observed: &Observed) -> Plan {
     };
     let members = &leadership.members;
 
+    // The list follows the committed membership; the first list written with a leader also
+    // marks the cluster formed (pods that start later join, never bootstrap).
     let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
-    if listed != names.as_slice() {
+    if listed != names.as_slice() || !observed.formed {
         return Plan::UpdateEndpoints { names };
     }
 

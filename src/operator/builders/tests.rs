@@ -103,7 +103,7 @@ fn client_service_exposes_only_the_client_port() {
 #[test]
 fn members_config_map_lists_three_members() {
     let members = names(&["etcd-0", "etcd-1", "etcd-2"]);
-    let config_map = members_config_map(&RaftCluster::test(), &members).expect("builds");
+    let config_map = members_config_map(&RaftCluster::test(), &members, false).expect("builds");
     assert_owned(&config_map.metadata, "etcd-members");
     let data = config_map.data.expect("data");
     assert_eq!(
@@ -116,7 +116,11 @@ fn members_config_map_lists_three_members() {
     );
     assert_eq!(data[KEY_MEMBERS], "etcd-0,etcd-1,etcd-2");
     assert_eq!(data[KEY_ENDPOINTS_HASH], endpoints_hash(&members));
-    assert_eq!(data.len(), 4);
+    assert_eq!(data[KEY_INITIAL_CLUSTER_STATE], "new");
+    assert_eq!(data.len(), 5);
+    // Once formed, pods that start join the running cluster instead of bootstrapping one.
+    let formed = members_config_map(&RaftCluster::test(), &members, true).expect("builds").data.expect("data");
+    assert_eq!(formed[KEY_INITIAL_CLUSTER_STATE], "existing");
 }
 
 #[test]
@@ -135,7 +139,7 @@ fn endpoints_hash_changes_with_the_list_and_only_with_it() {
     }
     // The hash is of the list alone: the same list in another cluster object gives the same data.
     let hash_of = |cluster: RaftCluster| {
-        members_config_map(&cluster, &three).expect("builds").data.expect("data")[KEY_ENDPOINTS_HASH].clone()
+        members_config_map(&cluster, &three, true).expect("builds").data.expect("data")[KEY_ENDPOINTS_HASH].clone()
     };
     assert_eq!(hash_of(RaftCluster::test()), hash_of(RaftCluster::test().with_uid("another-uid")));
 }
@@ -158,4 +162,179 @@ fn objects_need_the_uid_and_namespace_the_api_server_gives() {
     let mut without_namespace = RaftCluster::test();
     without_namespace.metadata.namespace = None;
     assert_eq!(client_service(&without_namespace), Err(BuildError::MissingNamespace("etcd".to_string())));
+}
+
+/// A RaftCluster from one of the `examples/` files, as the API server would return it.
+fn example(file: &str) -> RaftCluster {
+    let path = format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("the example exists");
+    let mut cluster: RaftCluster = serde_yaml::from_str(&text).expect("the example is a RaftCluster");
+    cluster.metadata.namespace.get_or_insert_with(|| "ns".to_string());
+    cluster.with_uid(UID)
+}
+
+fn env_of(container: &Container) -> BTreeMap<String, EnvVar> {
+    container.env.clone().unwrap_or_default().into_iter().map(|e| (e.name.clone(), e)).collect()
+}
+
+fn config_map_key(var: &EnvVar) -> Option<(String, String)> {
+    let selector = var.value_from.as_ref()?.config_map_key_ref.as_ref()?;
+    Some((selector.name.clone(), selector.key.clone()))
+}
+
+#[test]
+fn stateful_set_of_the_minimal_example_runs_members_as_the_node_expects() {
+    let cluster = example("minimal.yaml");
+    let sts = stateful_set(&cluster, 3).expect("builds");
+    assert_owned(&sts.metadata, "etcd");
+    let spec = sts.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(3));
+    assert_eq!(spec.service_name.as_deref(), Some("etcd"), "stable names etcd-i.etcd through the headless Service");
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"), "a new cluster needs all its first pods");
+    assert_eq!(spec.selector.match_labels, Some(selector_labels(&cluster)));
+    let retention = spec.persistent_volume_claim_retention_policy.expect("retention");
+    assert_eq!(retention.when_scaled.as_deref(), Some("Delete"), "a removed member's data never comes back");
+    assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+
+    let claims = spec.volume_claim_templates.expect("claims");
+    assert_eq!(claims.len(), 1);
+    let claim = claims[0].spec.as_ref().expect("claim spec");
+    assert_eq!(claims[0].metadata.name.as_deref(), Some(DATA_VOLUME));
+    assert_eq!(claim.storage_class_name, None, "the default class");
+    let requests = claim.resources.as_ref().and_then(|r| r.requests.as_ref()).expect("requests");
+    assert_eq!(requests["storage"].0, "1Gi");
+
+    let template = spec.template;
+    assert_eq!(template.metadata.and_then(|m| m.labels), Some(labels(&cluster)));
+    let pod = template.spec.expect("pod spec");
+    assert_eq!(pod.termination_grace_period_seconds, Some(30), "room for the leader's hand-over");
+    let pod_security = pod.security_context.expect("pod security");
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert_eq!(pod_security.run_as_user, Some(65532));
+    assert_eq!(pod_security.fs_group, Some(65532));
+    // Default placement: prefer one member per node, never require it.
+    let anti = pod.affinity.and_then(|a| a.pod_anti_affinity).expect("anti-affinity");
+    assert_eq!(anti.required_during_scheduling_ignored_during_execution, None);
+    let preferred = anti.preferred_during_scheduling_ignored_during_execution.expect("preferred");
+    assert_eq!(preferred[0].pod_affinity_term.topology_key, "kubernetes.io/hostname");
+    assert_eq!(
+        preferred[0].pod_affinity_term.label_selector.as_ref().and_then(|s| s.match_labels.clone()),
+        Some(selector_labels(&cluster))
+    );
+
+    let container = &pod.containers[0];
+    assert_eq!(container.image.as_deref(), Some(crate::operator::crd::DEFAULT_IMAGE));
+    assert_eq!(container.command, Some(vec!["kuberaft".to_string()]));
+    assert_eq!(container.args, Some(vec!["node".to_string()]));
+    let security = container.security_context.as_ref().expect("container security");
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_string()]));
+    let probe_path =
+        |probe: &Option<Probe>| probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone());
+    assert_eq!(probe_path(&container.readiness_probe).as_deref(), Some("/readyz"));
+    assert_eq!(probe_path(&container.liveness_probe).as_deref(), Some("/healthz"));
+    let mounts = container.volume_mounts.clone().expect("mounts");
+    assert_eq!((mounts[0].name.as_str(), mounts[0].mount_path.as_str()), (DATA_VOLUME, DATA_MOUNT_PATH));
+
+    // Every flag the node needs, from the downward API, the ConfigMap or the spec.
+    let env = env_of(container);
+    let field =
+        |name: &str| env[name].value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.clone());
+    assert_eq!(field("POD_NAME").as_deref(), Some("metadata.name"));
+    assert_eq!(field("POD_NAMESPACE").as_deref(), Some("metadata.namespace"));
+    let value = |name: &str| env[name].value.clone().unwrap_or_default();
+    assert_eq!(value("KUBERAFT_NAME"), "$(POD_NAME)");
+    assert_eq!(value("KUBERAFT_DATA_DIR"), DATA_DIR);
+    assert!(value("KUBERAFT_DATA_DIR").starts_with(DATA_MOUNT_PATH));
+    assert_eq!(value("KUBERAFT_ADVERTISE_PEER_URL"), "http://$(POD_NAME).etcd.$(POD_NAMESPACE).svc:2380");
+    assert_eq!(value("KUBERAFT_ADVERTISE_CLIENT_URL"), "http://$(POD_NAME).etcd.$(POD_NAMESPACE).svc:2379");
+    assert_eq!(value("KUBERAFT_INITIAL_CLUSTER_TOKEN"), UID, "the uid keeps two clusters apart");
+    assert_eq!(value("KUBERAFT_ELECTION_TIMEOUT_MS"), "150-300");
+    assert_eq!(value("KUBERAFT_HEARTBEAT_INTERVAL_MS"), "50");
+    assert_eq!(
+        config_map_key(&env["KUBERAFT_INITIAL_CLUSTER"]),
+        Some(("etcd-members".to_string(), KEY_INITIAL_CLUSTER.to_string()))
+    );
+    assert_eq!(
+        config_map_key(&env["KUBERAFT_INITIAL_CLUSTER_STATE"]),
+        Some(("etcd-members".to_string(), KEY_INITIAL_CLUSTER_STATE.to_string()))
+    );
+    // `$(VAR)` refers only to variables defined before it, as the kubelet requires.
+    let order: Vec<String> = container.env.clone().unwrap_or_default().into_iter().map(|e| e.name).collect();
+    let position = |name: &str| order.iter().position(|n| n == name).expect("defined");
+    assert!(position("POD_NAME") < position("KUBERAFT_NAME"));
+    assert!(position("POD_NAMESPACE") < position("KUBERAFT_ADVERTISE_PEER_URL"));
+    // Every KUBERAFT_ variable is a flag the node reads.
+    for name in order.iter().filter(|n| n.starts_with("KUBERAFT_")) {
+        let flag = name.trim_start_matches("KUBERAFT_").to_lowercase().replace('_', "-");
+        let known = [
+            "name",
+            "data-dir",
+            "listen-client-url",
+            "listen-peer-url",
+            "advertise-client-url",
+            "advertise-peer-url",
+            "initial-cluster",
+            "initial-cluster-state",
+            "initial-cluster-token",
+            "election-timeout-ms",
+            "heartbeat-interval-ms",
+            "snapshot-threshold",
+            "log-format",
+        ];
+        assert!(known.contains(&flag.as_str()), "{name}");
+    }
+}
+
+#[test]
+fn stateful_set_of_the_production_example_carries_its_storage_resources_and_placement() {
+    let cluster = example("production.yaml");
+    assert_eq!(cluster.metadata.namespace.as_deref(), Some("storage"));
+    let sts = stateful_set(&cluster, 4).expect("builds");
+    let spec = sts.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(4), "the planner's size, not the spec's");
+    let claim = spec.volume_claim_templates.expect("claims")[0].spec.clone().expect("claim spec");
+    assert_eq!(claim.storage_class_name.as_deref(), Some("fast-ssd"));
+    assert_eq!(claim.resources.and_then(|r| r.requests).expect("requests")["storage"].0, "20Gi");
+    let pod = spec.template.spec.expect("pod spec");
+    assert_eq!(pod.affinity, cluster.spec.affinity, "the user's placement replaces the default");
+    assert_eq!(pod.node_selector, cluster.spec.node_selector);
+    assert_eq!(pod.tolerations, cluster.spec.tolerations);
+    let container = &pod.containers[0];
+    assert_eq!(container.resources, cluster.spec.resources);
+    let env = env_of(container);
+    assert_eq!(env["KUBERAFT_ELECTION_TIMEOUT_MS"].value.as_deref(), Some("300-600"));
+    assert_eq!(env["KUBERAFT_HEARTBEAT_INTERVAL_MS"].value.as_deref(), Some("100"));
+    assert_eq!(env["KUBERAFT_SNAPSHOT_THRESHOLD"].value.as_deref(), Some("50000"));
+    assert_eq!(
+        env["KUBERAFT_ADVERTISE_PEER_URL"].value.as_deref(),
+        Some("http://$(POD_NAME).config-store.$(POD_NAMESPACE).svc:2380")
+    );
+    assert_eq!(config_map_key(&env["KUBERAFT_INITIAL_CLUSTER"]).map(|k| k.0).as_deref(), Some("config-store-members"));
+}
+
+#[test]
+fn bootstrap_objects_are_the_five_owned_objects_in_apply_order() {
+    let objects = bootstrap_objects(&example("minimal.yaml")).expect("builds");
+    let kinds: Vec<(String, String)> = objects
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap_or_default().to_string(),
+                o["metadata"]["name"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("Service", "etcd"),
+        ("Service", "etcd-client"),
+        ("ConfigMap", "etcd-members"),
+        ("StatefulSet", "etcd"),
+        ("PodDisruptionBudget", "etcd"),
+    ];
+    assert_eq!(kinds, expected.map(|(k, n)| (k.to_string(), n.to_string())).to_vec());
+    assert_eq!(objects[2]["data"]["members"], "etcd-0,etcd-1,etcd-2");
+    assert_eq!(objects[2]["data"]["initial-cluster-state"], "new");
+    assert_eq!(objects[3]["spec"]["replicas"], 3);
 }

@@ -1,0 +1,369 @@
+//! `kuberaft operator`: the controller process. It watches `RaftCluster`s (all namespaces, or the
+//! ones `--namespace` names) and the objects they own, and runs [`reconcile`] for each; it serves
+//! Prometheus metrics and health on `--metrics-addr`; with `--leader-elect` only the holder of a
+//! Lease reconciles, so that two replicas of the operator are safe; SIGTERM stops it cleanly
+//! (reconciles in flight finish, the Lease is released).
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::chrono::{DateTime, Utc};
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::Reporter;
+use kube::runtime::{predicates, reflector, watcher, WatchStreamExt};
+use kube::Client;
+use tokio::sync::watch;
+
+use super::crd::RaftCluster;
+use super::reconcile::{self, Context, HttpMembers, ReconcileError, FIELD_MANAGER};
+use crate::node::LogFormat;
+
+#[derive(Clone, Debug, Args)]
+pub struct OperatorArgs {
+    /// Watch only these namespaces (repeat or comma-separate); all namespaces when not given.
+    #[arg(long = "namespace", env = "KUBERAFT_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, env = "KUBERAFT_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Reconcile only while holding the Lease, so that several replicas are safe.
+    #[arg(long, env = "KUBERAFT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, env = "KUBERAFT_LEASE_NAME", default_value = "kuberaft-operator")]
+    pub lease_name: String,
+    /// The Lease's namespace (the operator's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease and in events (its pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    #[arg(long, env = "KUBERAFT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[arg(long, env = "KUBERAFT_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// How long a Lease holds without renewal, and how often the holder renews it.
+pub const LEASE_DURATION: Duration = Duration::from_secs(15);
+pub const LEASE_RENEW: Duration = Duration::from_secs(5);
+
+/// Runs the operator until SIGTERM/SIGINT. Blocking; builds its own runtime.
+pub fn run(args: OperatorArgs) -> ExitCode {
+    crate::node::init_logging_with(args.log_format, &args.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(operate(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn operate(args: OperatorArgs) -> Result<(), String> {
+    let client = Client::try_default()
+        .await
+        .map_err(|e| format!("cannot reach the Kubernetes API (in-cluster config or kubeconfig): {e}"))?;
+    let identity = args.identity.clone().unwrap_or_else(|| format!("kuberaft-operator-{}", std::process::id()));
+    let reporter = Reporter { controller: FIELD_MANAGER.to_string(), instance: Some(identity.clone()) };
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(HttpMembers::default()), reporter));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: reconciles in flight finish first");
+        let _ = stop_tx.send(true);
+    });
+
+    let leading = Arc::new(AtomicBool::new(!args.leader_elect));
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .map_err(|e| format!("cannot listen on --metrics-addr {}: {e}", args.metrics_addr))?;
+    let router = metrics_router(ctx.clone(), leading.clone());
+    let mut metrics_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = metrics_stop.wait_for(|stop| *stop).await;
+        };
+        if let Err(err) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
+            tracing::error!("metrics server: {err}");
+        }
+    });
+
+    if args.leader_elect {
+        let lease = LeaseLock::new(client.clone(), &args.lease_namespace, &args.lease_name, &identity);
+        let mut stop = stop_rx.clone();
+        loop {
+            match lease.try_acquire().await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(err) => tracing::warn!("lease {}: {err}", args.lease_name),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(LEASE_RENEW) => {}
+                _ = stop.wait_for(|stop| *stop) => return Ok(()),
+            }
+        }
+        tracing::info!(identity, "leading: holding lease {}/{}", args.lease_namespace, args.lease_name);
+        leading.store(true, Ordering::Relaxed);
+        let (lost_tx, lost_rx) = watch::channel(false);
+        let renewing = lease.clone();
+        let mut renew_stop = stop_rx.clone();
+        let renewer = tokio::spawn(async move {
+            let mut last_renewed = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(LEASE_RENEW) => {}
+                    _ = renew_stop.wait_for(|stop| *stop) => return,
+                }
+                match renewing.try_acquire().await {
+                    Ok(true) => last_renewed = tokio::time::Instant::now(),
+                    Ok(false) => {
+                        tracing::error!("lost the lease to another replica; stopping");
+                        let _ = lost_tx.send(true);
+                        return;
+                    }
+                    Err(err) if last_renewed.elapsed() >= LEASE_DURATION => {
+                        tracing::error!("cannot renew the lease ({err}); it has expired, stopping");
+                        let _ = lost_tx.send(true);
+                        return;
+                    }
+                    Err(err) => tracing::warn!("cannot renew the lease: {err}"),
+                }
+            }
+        });
+        let lost = run_controller(client, ctx, &args.namespaces, stop_rx.clone(), lost_rx).await;
+        renewer.abort();
+        if lost {
+            return Err("lost the lease".to_string());
+        }
+        if let Err(err) = lease.release().await {
+            tracing::warn!("cannot release the lease: {err}");
+        }
+        return Ok(());
+    }
+    let (_never_tx, never_rx) = watch::channel(false);
+    run_controller(client, ctx, &args.namespaces, stop_rx, never_rx).await;
+    Ok(())
+}
+
+/// Runs controllers until a stop (false) or the lease is lost (true).
+async fn run_controller(
+    client: Client,
+    ctx: Arc<Context>,
+    namespaces: &[String],
+    stop: watch::Receiver<bool>,
+    lost: watch::Receiver<bool>,
+) -> bool {
+    let scopes: Vec<Option<String>> =
+        if namespaces.is_empty() { vec![None] } else { namespaces.iter().cloned().map(Some).collect() };
+    let controllers = scopes.into_iter().map(|namespace| {
+        let api = |client: Client| -> Api<RaftCluster> {
+            match &namespace {
+                Some(ns) => Api::namespaced(client, ns),
+                None => Api::all(client),
+            }
+        };
+        let (reader, writer) = reflector::store();
+        // Status writes do not wake the controller: only spec changes (the generation) do.
+        let clusters = reflector(writer, watcher(api(client.clone()), watcher::Config::default()))
+            .applied_objects()
+            .predicate_filter(predicates::generation)
+            .boxed();
+        let owned_config = watcher::Config::default().labels(&format!(
+            "{}={}",
+            super::builders::LABEL_MANAGED_BY,
+            super::builders::MANAGED_BY
+        ));
+        let (c, ns) = (client.clone(), namespace.clone());
+        let mut stop = stop.clone();
+        let mut lost = lost.clone();
+        let shutdown = async move {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                _ = lost.wait_for(|l| *l) => {}
+            }
+        };
+        Controller::for_stream(clusters, reader)
+            .owns(scoped::<StatefulSet>(&c, &ns), owned_config.clone())
+            .owns(scoped::<ConfigMap>(&c, &ns), owned_config.clone())
+            .owns(scoped::<Service>(&c, &ns), owned_config.clone())
+            .owns(scoped::<PodDisruptionBudget>(&c, &ns), owned_config)
+            .graceful_shutdown_on(shutdown)
+            .run(reconcile::reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(err) = result {
+                    tracing::debug!("controller: {err}");
+                }
+            })
+    });
+    futures::future::join_all(controllers).await;
+    *lost.borrow()
+}
+
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn error_policy(cluster: Arc<RaftCluster>, _err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    Action::requeue(reconcile::backoff(&cluster, &ctx))
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn metrics_router(ctx: Arc<Context>, leading: Arc<AtomicBool>) -> axum::Router {
+    use axum::routing::get;
+    let metrics_ctx = ctx.clone();
+    let metrics_leading = leading.clone();
+    axum::Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(|| async { "ok\n" })).route(
+        "/metrics",
+        get(move || {
+            let text = render_metrics(&metrics_ctx, metrics_leading.load(Ordering::Relaxed));
+            async move { ([("content-type", "text/plain; version=0.0.4")], text) }
+        }),
+    )
+}
+
+/// The operator's metrics in the Prometheus text format.
+pub fn render_metrics(ctx: &Context, leading: bool) -> String {
+    use std::fmt::Write;
+    let m = &ctx.metrics;
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+    };
+    counter("kuberaft_operator_reconciles_total", "Reconciles run.", m.reconciles.load(Ordering::Relaxed));
+    counter(
+        "kuberaft_operator_reconcile_errors_total",
+        "Reconciles that failed.",
+        m.reconcile_errors.load(Ordering::Relaxed),
+    );
+    counter("kuberaft_operator_object_writes_total", "Owned objects applied.", m.object_writes.load(Ordering::Relaxed));
+    counter("kuberaft_operator_status_writes_total", "Status updates.", m.status_writes.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP kuberaft_operator_steps_total Membership and scaling steps taken, by kind.");
+    let _ = writeln!(out, "# TYPE kuberaft_operator_steps_total counter");
+    if let Ok(steps) = m.steps.lock() {
+        for (kind, count) in steps.iter() {
+            let _ = writeln!(out, "kuberaft_operator_steps_total{{step=\"{kind}\"}} {count}");
+        }
+    }
+    if let Ok(time) = m.reconcile_seconds.lock() {
+        let _ = writeln!(out, "# HELP kuberaft_operator_reconcile_seconds Time spent in reconciles.");
+        let _ = writeln!(out, "# TYPE kuberaft_operator_reconcile_seconds summary");
+        let _ = writeln!(out, "kuberaft_operator_reconcile_seconds_sum {}", time.0);
+        let _ = writeln!(out, "kuberaft_operator_reconcile_seconds_count {}", time.1);
+    }
+    let _ = writeln!(out, "# HELP kuberaft_operator_leading Whether this replica holds the lease and reconciles.");
+    let _ = writeln!(out, "# TYPE kuberaft_operator_leading gauge\nkuberaft_operator_leading {}", u8::from(leading));
+    out
+}
+
+/// Leader election through a `coordination.k8s.io` Lease: take it when it is free or expired,
+/// renew it while holding it; optimistic concurrency (the resourceVersion) settles races.
+#[derive(Clone)]
+pub struct LeaseLock {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+}
+
+impl LeaseLock {
+    pub fn new(client: Client, namespace: &str, name: &str, identity: &str) -> LeaseLock {
+        LeaseLock { api: Api::namespaced(client, namespace), name: name.to_string(), identity: identity.to_string() }
+    }
+
+    /// Takes or renews the lease; false when another holder's lease is still valid.
+    pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
+        let now = Utc::now();
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() },
+                spec: Some(self.spec(now, 0, now)),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+                Err(err) => Err(err),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let held_by_me = holder == self.identity;
+        if !held_by_me && !holder.is_empty() && !expired(&spec, now) {
+            return Ok(false);
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!held_by_me);
+        let acquired = if held_by_me { spec.acquire_time.map(|t| t.0).unwrap_or(now) } else { now };
+        lease.spec = Some(self.spec(now, transitions, acquired));
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Gives the lease up, so that another replica takes over at once.
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else { return Ok(()) };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        lease.spec = Some(spec);
+        self.api.replace(&self.name, &PostParams::default(), &lease).await.map(drop)
+    }
+
+    fn spec(&self, now: DateTime<Utc>, transitions: i32, acquired: DateTime<Utc>) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
+            acquire_time: Some(MicroTime(acquired)),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+}
+
+fn expired(spec: &LeaseSpec, now: DateTime<Utc>) -> bool {
+    let Some(renewed) = spec.renew_time.as_ref() else { return true };
+    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
+    renewed.0 + k8s_openapi::chrono::Duration::seconds(duration) < now
+}

@@ -1,0 +1,655 @@
+//! One reconcile of one `RaftCluster`: observe (the owned objects, the pods, each member's
+//! `/v1/status`), ask the [`planner`](super::planner) for the one next step, take it, and write the
+//! status. It never blocks on the cluster: a step is one API write or one member API call, and the
+//! controller comes back soon to observe its effect.
+//!
+//! The Kubernetes side goes through a `kube::Client` (a mocked one in tests); the member side
+//! through [`MemberApi`], so that both can be replaced in tests. Writes are server-side apply under
+//! one field manager. Each owned object carries the hash of what the builders made of it, so an
+//! unchanged cluster costs reads only: no write, no status patch, no event.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::chrono::Utc;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::builders::{self, BuildError};
+use super::crd::{MemberStatus as StatusMember, RaftCluster, RaftClusterStatus};
+use super::planner::{
+    self, ClusterHealth, EndpointList, MemberStatus, Observed, Phase, Plan, PodObservation, WaitReason,
+};
+use super::{member_name, member_ordinal};
+use crate::api::types::{parse_id, AddMemberRequest, Status};
+use crate::client::{Client as MemberClient, ClientConfig};
+use crate::node::ids::fnv1a;
+
+/// The field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "kuberaft-operator";
+/// The annotation holding the hash of what the builders made of an owned object.
+pub const HASH_ANNOTATION: &str = "kuberaft.io/applied-hash";
+/// How soon to look again while the cluster moves toward its spec (or waits on something that
+/// will pass), and when everything is done (to keep the status's leader and term fresh).
+pub const REQUEUE_PROGRESSING: Duration = Duration::from_secs(2);
+pub const REQUEUE_STEADY: Duration = Duration::from_secs(15);
+/// Backoff after failed reconciles: doubling from the first to the last.
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+pub const CONDITION_AVAILABLE: &str = "Available";
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+pub const CONDITION_DEGRADED: &str = "Degraded";
+pub const CONDITION_MEMBERSHIP_CONSISTENT: &str = "MembershipConsistent";
+
+/// Why a reconcile failed; the controller backs off and tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    #[error("member API: {0}")]
+    Member(String),
+    #[error("encode: {0}")]
+    Encode(String),
+}
+
+impl ReconcileError {
+    /// A CamelCase name for metrics and events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube(_) => "KubernetesApiError",
+            ReconcileError::Build(_) => "BuildError",
+            ReconcileError::Member(_) => "MemberApiError",
+            ReconcileError::Encode(_) => "EncodeError",
+        }
+    }
+}
+
+/// A membership change, sent to the leader (any member forwards it there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    AddLearner(AddMemberRequest),
+    Promote(u64),
+    Remove(u64),
+    TransferLeader(u64),
+}
+
+/// How the operator talks to members: their `/v1/status`, and membership changes.
+pub trait MemberApi: Send + Sync {
+    /// The status of the member at this client URL (no failover: the answer is about it).
+    fn status(&self, url: String) -> BoxFuture<'_, Result<Status, String>>;
+    /// Sends a change through `urls` (the leader's first).
+    fn change(&self, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// [`MemberApi`] over HTTP, with the client of `kuberaft kv`.
+#[derive(Clone, Debug, Default)]
+pub struct HttpMembers {
+    /// Host names answered from this table instead of DNS (tests map pod names to loopback).
+    pub resolve: Vec<(String, SocketAddr)>,
+}
+
+impl HttpMembers {
+    fn client(&self, urls: Vec<String>, timeout: Duration) -> Result<MemberClient, String> {
+        let mut config = ClientConfig::with_request_timeout(timeout);
+        config.resolve = self.resolve.clone();
+        MemberClient::with_config(urls, config).map_err(|e| e.to_string())
+    }
+}
+
+impl MemberApi for HttpMembers {
+    fn status(&self, url: String) -> BoxFuture<'_, Result<Status, String>> {
+        Box::pin(async move {
+            let client = self.client(vec![url.clone()], Duration::from_secs(1))?;
+            client.status_of(&url).await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn change(&self, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let client = self.client(urls, Duration::from_secs(5))?;
+            let result = match &change {
+                MemberChange::AddLearner(request) => client.add_member(request).await.map(drop),
+                MemberChange::Promote(id) => client.promote(*id).await,
+                MemberChange::Remove(id) => client.remove_member(*id).await,
+                MemberChange::TransferLeader(id) => client.transfer_leader(Some(*id)).await.map(drop),
+            };
+            result.map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub reconciles: std::sync::atomic::AtomicU64,
+    pub reconcile_errors: std::sync::atomic::AtomicU64,
+    pub status_writes: std::sync::atomic::AtomicU64,
+    pub object_writes: std::sync::atomic::AtomicU64,
+    /// Steps taken, by kind.
+    pub steps: Mutex<BTreeMap<&'static str, u64>>,
+    /// Reconcile time in seconds: sum and count.
+    pub reconcile_seconds: Mutex<(f64, u64)>,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: kube::Client,
+    pub members: Arc<dyn MemberApi>,
+    /// One recorder, so that repeated events are counted as a series rather than stored again.
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per cluster (namespace/name), for the backoff.
+    pub failures: Mutex<BTreeMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: kube::Client, members: Arc<dyn MemberApi>, reporter: Reporter) -> Context {
+        let recorder = Recorder::new(client.clone(), reporter);
+        Context { client, members, recorder, metrics: Arc::default(), failures: Mutex::default() }
+    }
+}
+
+fn key(cluster: &RaftCluster) -> String {
+    format!("{}/{}", cluster.namespace().unwrap_or_default(), cluster.name_any())
+}
+
+/// The controller's error policy: requeue with a doubling delay per cluster.
+pub fn backoff(cluster: &RaftCluster, ctx: &Context) -> Duration {
+    let mut failures = ctx.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let count = failures.entry(key(cluster)).or_insert(0);
+    *count = count.saturating_add(1);
+    let factor = 1u32.checked_shl(count.saturating_sub(1).min(16)).unwrap_or(u32::MAX);
+    BACKOFF_FIRST.saturating_mul(factor).min(BACKOFF_MAX)
+}
+
+/// What one observation of the owned objects found.
+struct Owned {
+    stateful_set: Option<StatefulSet>,
+    config_map: Option<ConfigMap>,
+    headless: Option<Service>,
+    client_service: Option<Service>,
+    budget: Option<PodDisruptionBudget>,
+    pods: Vec<Pod>,
+}
+
+/// One reconcile of `cluster`. See the module docs.
+pub async fn reconcile(cluster: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = std::time::Instant::now();
+    ctx.metrics.reconciles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let result = reconcile_inner(&cluster, &ctx).await;
+    if let Ok(mut time) = ctx.metrics.reconcile_seconds.lock() {
+        time.0 += started.elapsed().as_secs_f64();
+        time.1 += 1;
+    }
+    match &result {
+        Ok(_) => {
+            if let Ok(mut failures) = ctx.failures.lock() {
+                failures.remove(&key(&cluster));
+            }
+        }
+        Err(err) => {
+            ctx.metrics.reconcile_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(cluster = %key(&cluster), "reconcile failed: {err}");
+            let event = event(EventType::Warning, err.kind(), "Reconcile", err.to_string());
+            publish(&ctx, &cluster, event).await;
+        }
+    }
+    result
+}
+
+async fn reconcile_inner(cluster: &RaftCluster, ctx: &Context) -> Result<Action, ReconcileError> {
+    let namespace = cluster.namespace().ok_or_else(|| BuildError::MissingNamespace(cluster.name_any()))?;
+    let name = cluster.name_any();
+    let previous = cluster.status.clone().unwrap_or_default();
+
+    // A spec the schema should have refused: say so, and touch nothing until it changes.
+    let problems = cluster.spec.problems();
+    if !problems.is_empty() {
+        let message = format!("the spec is invalid, nothing is changed until it is fixed: {}", problems.join("; "));
+        let mut status = previous.clone();
+        status.observed_generation = cluster.metadata.generation;
+        set_condition(&mut status, &previous, CONDITION_PROGRESSING, false, "InvalidSpec", &message, cluster);
+        if write_status(ctx, cluster, &previous, status).await? {
+            publish(ctx, cluster, event(EventType::Warning, "InvalidSpec", "Validate", message)).await;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let owned = observe_objects(ctx, cluster, &namespace, &name).await?;
+    let observed = observe_members(ctx, cluster, &namespace, &owned).await;
+    let plan = planner::plan(&observed);
+    let health = planner::derive_status(&observed);
+
+    if !cluster.spec.paused {
+        ensure_static_objects(ctx, cluster, &owned).await?;
+    }
+    let step_result = execute(ctx, cluster, &namespace, &observed, &owned, &plan).await;
+    if let Err(err) = &step_result {
+        tracing::warn!(cluster = %key(cluster), "{}: {err}", plan.kind());
+    }
+
+    let status = build_status(cluster, &previous, &health, &plan, step_result.as_ref().err());
+    write_status(ctx, cluster, &previous, status).await?;
+    announce(ctx, cluster, &previous, &health, &plan).await;
+    step_result?;
+
+    Ok(match plan {
+        Plan::Nothing => Action::requeue(REQUEUE_STEADY),
+        Plan::Wait { reason: WaitReason::InvalidReplicas { .. } } => Action::await_change(),
+        _ => Action::requeue(REQUEUE_PROGRESSING),
+    })
+}
+
+async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>, ReconcileError>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.get_opt(name).await?)
+}
+
+async fn observe_objects(
+    ctx: &Context,
+    cluster: &RaftCluster,
+    namespace: &str,
+    name: &str,
+) -> Result<Owned, ReconcileError> {
+    let client = ctx.client.clone();
+    let selector = builders::selector_labels(cluster)
+        .into_iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace).list(&ListParams::default().labels(&selector)).await?;
+    Ok(Owned {
+        stateful_set: get(&Api::namespaced(client.clone(), namespace), name).await?,
+        config_map: get(&Api::namespaced(client.clone(), namespace), &builders::members_config_map_name(cluster))
+            .await?,
+        headless: get(&Api::namespaced(client.clone(), namespace), &builders::headless_service_name(cluster)).await?,
+        client_service: get(&Api::namespaced(client.clone(), namespace), &builders::client_service_name(cluster))
+            .await?,
+        budget: get(&Api::namespaced(client, namespace), name).await?,
+        pods: pods.items,
+    })
+}
+
+/// The pod's facts the planner needs: ordinal, readiness, lost data.
+pub fn pod_facts(cluster: &str, pod: &Pod) -> Option<(u32, bool, bool)> {
+    let ordinal = member_ordinal(cluster, pod.metadata.name.as_deref()?)?;
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let lost = status.and_then(|s| s.container_statuses.as_ref()).is_some_and(|containers| {
+        containers.iter().filter(|c| c.name == builders::CONTAINER_NAME).any(|c| {
+            let exit = |state: Option<&k8s_openapi::api::core::v1::ContainerState>| {
+                state.and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code)
+            };
+            let running = c.state.as_ref().is_some_and(|s| s.running.is_some());
+            let code = i32::from(builders::EXIT_DATA_LOST);
+            !running && (exit(c.state.as_ref()) == Some(code) || exit(c.last_state.as_ref()) == Some(code))
+        })
+    });
+    Some((ordinal, ready, lost))
+}
+
+async fn observe_members(ctx: &Context, cluster: &RaftCluster, namespace: &str, owned: &Owned) -> Observed {
+    let name = cluster.name_any();
+    let mut facts: Vec<(u32, bool, bool)> = owned.pods.iter().filter_map(|pod| pod_facts(&name, pod)).collect();
+    facts.sort_unstable();
+    facts.dedup_by_key(|f| f.0);
+    let asks = facts.iter().map(|&(ordinal, _, _)| {
+        let url = builders::client_url(cluster, namespace, &member_name(&name, ordinal));
+        ctx.members.status(url)
+    });
+    let statuses = futures::future::join_all(asks).await;
+    let pods = facts
+        .iter()
+        .zip(statuses)
+        .map(|(&(ordinal, ready, data_lost), status)| PodObservation {
+            ordinal,
+            ready,
+            data_lost,
+            status: status.ok().map(|s| MemberStatus::from(&s)),
+        })
+        .collect();
+    let data = owned.config_map.as_ref().and_then(|cm| cm.data.as_ref());
+    let endpoints = data.map(|data| EndpointList {
+        names: data
+            .get(builders::KEY_MEMBERS)
+            .map(|list| list.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default(),
+        hash: data.get(builders::KEY_ENDPOINTS_HASH).cloned().unwrap_or_default(),
+    });
+    let formed = data
+        .and_then(|data| data.get(builders::KEY_INITIAL_CLUSTER_STATE))
+        .is_some_and(|state| state == builders::STATE_EXISTING);
+    Observed {
+        cluster: name,
+        desired_replicas: cluster.spec.replicas,
+        paused: cluster.spec.paused,
+        formed,
+        stateful_set_replicas: owned
+            .stateful_set
+            .as_ref()
+            .and_then(|sts| sts.spec.as_ref())
+            .map(|spec| u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0)),
+        pods,
+        endpoints,
+    }
+}
+
+/// The hash of a built object, stamped on it before it is applied.
+fn hash_of<T: Serialize>(object: &T) -> Result<String, ReconcileError> {
+    let bytes = serde_json::to_vec(object).map_err(|e| ReconcileError::Encode(e.to_string()))?;
+    Ok(format!("{:016x}", fnv1a(&[&bytes])))
+}
+
+fn live_hash<K: Resource>(object: Option<&K>) -> Option<&str> {
+    object?.meta().annotations.as_ref()?.get(HASH_ANNOTATION).map(String::as_str)
+}
+
+/// Applies `object` (server-side apply) unless the live object carries its hash already.
+async fn apply<K>(ctx: &Context, namespace: &str, mut object: K, live: Option<&K>) -> Result<bool, ReconcileError>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let hash = hash_of(&object)?;
+    if live_hash(live) == Some(hash.as_str()) {
+        return Ok(false);
+    }
+    object.meta_mut().annotations.get_or_insert_with(BTreeMap::new).insert(HASH_ANNOTATION.to_string(), hash);
+    let name = object.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object)).await?;
+    ctx.metrics.object_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(true)
+}
+
+/// The objects that do not follow membership: Services and the budget are applied whenever what
+/// the builders make of them changes; the StatefulSet's template too, at its current size.
+async fn ensure_static_objects(ctx: &Context, cluster: &RaftCluster, owned: &Owned) -> Result<(), ReconcileError> {
+    let namespace = cluster.namespace().unwrap_or_default();
+    apply(ctx, &namespace, builders::headless_service(cluster)?, owned.headless.as_ref()).await?;
+    apply(ctx, &namespace, builders::client_service(cluster)?, owned.client_service.as_ref()).await?;
+    apply(ctx, &namespace, builders::pod_disruption_budget(cluster)?, owned.budget.as_ref()).await?;
+    if let Some(live) = &owned.stateful_set {
+        let replicas = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let replicas = u32::try_from(replicas).unwrap_or(0);
+        apply(ctx, &namespace, builders::stateful_set(cluster, replicas)?, Some(live)).await?;
+    }
+    Ok(())
+}
+
+/// Takes the planned step.
+async fn execute(
+    ctx: &Context,
+    cluster: &RaftCluster,
+    namespace: &str,
+    observed: &Observed,
+    owned: &Owned,
+    plan: &Plan,
+) -> Result<(), ReconcileError> {
+    let name = cluster.name_any();
+    let member_urls = |first: Option<&str>| -> Vec<String> {
+        let mut names: Vec<String> = observed.endpoints.as_ref().map(|list| list.names.clone()).unwrap_or_default();
+        if let Some(first) = first {
+            names.retain(|n| n != first);
+            names.insert(0, first.to_string());
+        }
+        names.iter().map(|member| builders::client_url(cluster, namespace, member)).collect()
+    };
+    let leader = planner::derive_status(observed).leader;
+    let change = |change: MemberChange| async {
+        ctx.members.change(member_urls(leader.as_deref()), change).await.map_err(ReconcileError::Member)
+    };
+    let id = |text: &str| parse_id(text).ok_or_else(|| ReconcileError::Member(format!("bad member id {text:?}")));
+    match plan {
+        Plan::Bootstrap { replicas } => {
+            let names: Vec<String> = (0..*replicas).map(|i| member_name(&name, i)).collect();
+            apply(ctx, namespace, builders::members_config_map(cluster, &names, false)?, None).await?;
+            apply(ctx, namespace, builders::stateful_set(cluster, *replicas)?, None).await?;
+        }
+        Plan::AddLearner { name: member, .. } => {
+            change(MemberChange::AddLearner(AddMemberRequest {
+                name: member.clone(),
+                peer_url: builders::peer_url(cluster, namespace, member),
+                client_url: builders::client_url(cluster, namespace, member),
+                learner: true,
+            }))
+            .await?;
+        }
+        Plan::Promote { id: member_id, .. } => change(MemberChange::Promote(id(member_id)?)).await?,
+        Plan::TransferLeadership { to_id, .. } => change(MemberChange::TransferLeader(id(to_id)?)).await?,
+        Plan::RemoveMember { id: member_id, .. } => change(MemberChange::Remove(id(member_id)?)).await?,
+        Plan::ReplaceMember { old_id, .. } => change(MemberChange::Remove(id(old_id)?)).await?,
+        Plan::ResizeStatefulSet { replicas } => {
+            apply(ctx, namespace, builders::stateful_set(cluster, *replicas)?, owned.stateful_set.as_ref()).await?;
+        }
+        Plan::UpdateEndpoints { names } => {
+            apply(ctx, namespace, builders::members_config_map(cluster, names, true)?, owned.config_map.as_ref())
+                .await?;
+        }
+        Plan::Wait { .. } | Plan::Nothing => return Ok(()),
+    }
+    if let Ok(mut steps) = ctx.metrics.steps.lock() {
+        *steps.entry(plan.kind()).or_insert(0) += 1;
+    }
+    tracing::info!(cluster = %key(cluster), step = plan.kind(), "{plan}");
+    publish(ctx, cluster, event(EventType::Normal, plan.kind(), "Reconcile", plan.to_string())).await;
+    Ok(())
+}
+
+/// Sets condition `type_` in `status`, keeping its transition time when its status stays.
+fn set_condition(
+    status: &mut RaftClusterStatus,
+    previous: &RaftClusterStatus,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: &str,
+    cluster: &RaftCluster,
+) {
+    let value = if value { "True" } else { "False" };
+    let since = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == value)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Utc::now()));
+    let condition = Condition {
+        type_: type_.to_string(),
+        status: value.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        observed_generation: cluster.metadata.generation,
+        last_transition_time: since,
+    };
+    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => *existing = condition,
+        None => status.conditions.push(condition),
+    }
+}
+
+/// The status for this observation and step. Only facts that change with the cluster go in (no
+/// timestamps beyond condition transitions), so an unchanged cluster writes nothing.
+pub fn build_status(
+    cluster: &RaftCluster,
+    previous: &RaftClusterStatus,
+    health: &ClusterHealth,
+    plan: &Plan,
+    step_error: Option<&ReconcileError>,
+) -> RaftClusterStatus {
+    let namespace = cluster.namespace().unwrap_or_default();
+    let mut status = RaftClusterStatus {
+        observed_generation: cluster.metadata.generation,
+        phase: Some(health.phase.as_str().to_string()),
+        replicas: Some(health.replicas),
+        ready_replicas: Some(health.ready_replicas),
+        leader: health.leader.clone(),
+        term: Some(health.term),
+        commit_index: Some(health.commit_index),
+        members: health
+            .members
+            .iter()
+            .map(|m| StatusMember {
+                name: m.name.clone(),
+                id: m.id.clone().unwrap_or_default(),
+                role: m.role.map(|r| r.as_str().to_string()).unwrap_or_else(|| "unknown".to_string()),
+                healthy: m.healthy,
+                applied_index: m.applied_index.unwrap_or(0),
+                lag: m.lag.unwrap_or(0),
+            })
+            .collect(),
+        endpoints: health.endpoints.iter().map(|member| builders::client_url(cluster, &namespace, member)).collect(),
+        membership_hash: health.membership_hash.clone(),
+        conditions: previous.conditions.clone(),
+    };
+    let (available_reason, available_message) = if health.available {
+        ("LeaderElected", format!("{} leads with a majority of the voters", health.leader.clone().unwrap_or_default()))
+    } else if health.quorum_lost {
+        ("QuorumLost", "no leader is followed by a majority of the voters; writes are refused".to_string())
+    } else {
+        ("Forming", "the cluster has not elected its first leader yet".to_string())
+    };
+    set_condition(
+        &mut status,
+        previous,
+        CONDITION_AVAILABLE,
+        health.available,
+        available_reason,
+        &available_message,
+        cluster,
+    );
+
+    let (progressing, reason, message) = match (plan, step_error) {
+        (_, Some(err)) => (true, err.kind(), format!("{}: {err}", plan.kind())),
+        (Plan::Nothing, _) => (false, "Reconciled", "the cluster is what the spec asks for".to_string()),
+        (Plan::Wait { reason }, _) => {
+            let moving = matches!(
+                reason,
+                WaitReason::Forming | WaitReason::MemberNotReady { .. } | WaitReason::LearnerCatchingUp { .. }
+            );
+            // Numbers that change on every pass (a learner's progress) stay out of the message.
+            let message = match reason {
+                WaitReason::LearnerCatchingUp { name, .. } => format!("learner {name} is catching up with the leader"),
+                other => other.to_string(),
+            };
+            (moving, reason.kind(), message)
+        }
+        (step, _) => (true, step.kind(), step.to_string()),
+    };
+    set_condition(&mut status, previous, CONDITION_PROGRESSING, progressing, reason, &message, cluster);
+
+    let degraded = matches!(health.phase, Phase::Degraded | Phase::QuorumLost);
+    let unhealthy: Vec<&str> = health.members.iter().filter(|m| !m.healthy).map(|m| m.name.as_str()).collect();
+    let (reason, message) = if health.phase == Phase::QuorumLost {
+        ("QuorumLost", "the cluster lost its quorum".to_string())
+    } else if degraded {
+        ("MemberUnhealthy", format!("unhealthy: {}", unhealthy.join(",")))
+    } else {
+        ("Healthy", "every voter is healthy".to_string())
+    };
+    set_condition(&mut status, previous, CONDITION_DEGRADED, degraded, reason, &message, cluster);
+
+    let (reason, message) = if health.membership_consistent {
+        ("Consistent", "every healthy member reports the membership that the endpoint list names".to_string())
+    } else {
+        ("Inconsistent", "the members' membership and the endpoint list differ, or no member answers".to_string())
+    };
+    set_condition(
+        &mut status,
+        previous,
+        CONDITION_MEMBERSHIP_CONSISTENT,
+        health.membership_consistent,
+        reason,
+        &message,
+        cluster,
+    );
+    status
+}
+
+/// Writes the status (server-side apply on the status subresource) if it differs from what is
+/// stored. Returns whether it wrote.
+async fn write_status(
+    ctx: &Context,
+    cluster: &RaftCluster,
+    previous: &RaftClusterStatus,
+    status: RaftClusterStatus,
+) -> Result<bool, ReconcileError> {
+    if &status == previous && cluster.status.is_some() {
+        return Ok(false);
+    }
+    let api: Api<RaftCluster> = Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let body = serde_json::json!({
+        "apiVersion": RaftCluster::api_version(&()),
+        "kind": RaftCluster::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&cluster.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body)).await?;
+    ctx.metrics.status_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(true)
+}
+
+/// Events for what users watch for: a new leader, a new term, a lost quorum.
+async fn announce(
+    ctx: &Context,
+    cluster: &RaftCluster,
+    previous: &RaftClusterStatus,
+    health: &ClusterHealth,
+    plan: &Plan,
+) {
+    if health.leader.is_some() && health.leader != previous.leader {
+        let note = format!("{} leads in term {}", health.leader.clone().unwrap_or_default(), health.term);
+        publish(ctx, cluster, event(EventType::Normal, "LeaderElected", "Observe", note)).await;
+    } else if health.leader.is_some() && previous.term.is_some_and(|term| term != health.term) {
+        let note = format!("term {} (was {})", health.term, previous.term.unwrap_or(0));
+        publish(ctx, cluster, event(EventType::Normal, "TermChanged", "Observe", note)).await;
+    }
+    let was_lost = previous.phase.as_deref() == Some(Phase::QuorumLost.as_str());
+    if health.quorum_lost && !was_lost {
+        let note = match plan {
+            Plan::Wait { reason } => reason.to_string(),
+            other => other.to_string(),
+        };
+        publish(ctx, cluster, event(EventType::Warning, "QuorumLost", "Observe", note)).await;
+    }
+}
+
+fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+    // The Events API caps the note at 1 kB.
+    let mut note = note;
+    if note.len() > 1000 {
+        let mut end = 1000;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    Event { type_, reason: reason.to_string(), note: Some(note), action: action.to_string(), secondary: None }
+}
+
+/// Publishes an event; a failure to do so is logged, never fatal.
+async fn publish(ctx: &Context, cluster: &RaftCluster, event: Event) {
+    let reference = cluster.object_ref(&());
+    if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(cluster = %key(cluster), "cannot publish event {}: {err}", event.reason);
+    }
+}
