@@ -1,0 +1,176 @@
+//! A Kubernetes API server in memory, behind kube's tower-test mock service: it answers the calls
+//! the operator makes (get, list pods, server-side apply, status apply, events) from a map of
+//! objects by path, and records every call so that tests can assert the exact sequence.
+
+use std::collections::BTreeMap;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{json, Value};
+
+/// One call the operator made: method and path (without the query).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub method: Method,
+    pub path: String,
+}
+
+impl Call {
+    pub fn new(method: Method, path: &str) -> Call {
+        Call { method, path: path.to_string() }
+    }
+}
+
+#[derive(Default)]
+pub struct State {
+    /// Objects by their path, e.g. `/api/v1/namespaces/ns/configmaps/etcd-members`.
+    pub objects: BTreeMap<String, Value>,
+    pub calls: Vec<Call>,
+    /// The bodies of created events.
+    pub events: Vec<Value>,
+    resource_version: u64,
+}
+
+/// The fake API server: a kube `Client` talks to it; tests read and change its objects.
+#[derive(Clone, Default)]
+pub struct FakeApi {
+    pub state: Arc<Mutex<State>>,
+}
+
+pub const NS: &str = "ns";
+
+pub fn cluster_path(name: &str) -> String {
+    format!("/apis/kuberaft.io/v1alpha1/namespaces/{NS}/raftclusters/{name}")
+}
+pub fn sts_path(name: &str) -> String {
+    format!("/apis/apps/v1/namespaces/{NS}/statefulsets/{name}")
+}
+pub fn cm_path(name: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/configmaps/{name}")
+}
+pub fn svc_path(name: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/services/{name}")
+}
+pub fn pdb_path(name: &str) -> String {
+    format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/{name}")
+}
+pub fn pods_path() -> String {
+    format!("/api/v1/namespaces/{NS}/pods")
+}
+pub fn pod_path(name: &str) -> String {
+    format!("{}/{name}", pods_path())
+}
+pub fn events_path() -> String {
+    format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")
+}
+
+impl FakeApi {
+    /// A kube client whose requests this fake answers, on a task of the current runtime.
+    pub fn client(&self) -> kube::Client {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut handle = pin!(handle);
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap_or_default();
+                let (status, reply) = {
+                    let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+                    state.answer(&parts.method, parts.uri.path(), &bytes)
+                };
+                let body = Body::from(serde_json::to_vec(&reply).unwrap_or_default());
+                let response = Response::builder().status(status).body(body);
+                match response {
+                    Ok(response) => send.send_response(response),
+                    Err(err) => send.send_error(err),
+                }
+            }
+        });
+        kube::Client::new(service, NS)
+    }
+
+    pub fn get(&self, path: &str) -> Option<Value> {
+        self.lock().objects.get(path).cloned()
+    }
+
+    pub fn put(&self, path: &str, value: Value) {
+        self.lock().objects.insert(path.to_string(), value);
+    }
+
+    pub fn take_calls(&self) -> Vec<Call> {
+        std::mem::take(&mut self.lock().calls)
+    }
+
+    pub fn take_events(&self) -> Vec<Value> {
+        std::mem::take(&mut self.lock().events)
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn not_found(path: &str) -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": format!("{path} not found"), "reason": "NotFound", "code": 404}),
+    )
+}
+
+impl State {
+    fn answer(&mut self, method: &Method, path: &str, body: &[u8]) -> (StatusCode, Value) {
+        self.calls.push(Call::new(method.clone(), path));
+        let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        match *method {
+            Method::GET if path == pods_path() => {
+                let items: Vec<Value> = self
+                    .objects
+                    .iter()
+                    .filter(|(p, _)| p.starts_with(&format!("{}/", pods_path())))
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                (StatusCode::OK, json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items}))
+            }
+            Method::GET => match self.objects.get(path) {
+                Some(object) => (StatusCode::OK, object.clone()),
+                None => not_found(path),
+            },
+            Method::POST if path == events_path() => {
+                self.events.push(body.clone());
+                (StatusCode::CREATED, body)
+            }
+            Method::PATCH if path.starts_with(&events_path()) => {
+                // A repeated event: the recorder counts it in a series on the first one.
+                self.events.push(body.clone());
+                (StatusCode::OK, body)
+            }
+            Method::PATCH if path.ends_with("/status") => {
+                let base = path.trim_end_matches("/status");
+                let Some(object) = self.objects.get_mut(base) else { return not_found(base) };
+                object["status"] = body.get("status").cloned().unwrap_or(Value::Null);
+                (StatusCode::OK, object.clone())
+            }
+            Method::PATCH => {
+                // Server-side apply of a whole object: it becomes the object, keeping what the
+                // server owns (uid, status).
+                self.resource_version += 1;
+                let mut object = body;
+                let previous = self.objects.get(path);
+                let uid = previous
+                    .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| format!("uid-{}", self.resource_version));
+                if let Some(status) = previous.and_then(|p| p.get("status")).cloned() {
+                    object["status"] = status;
+                }
+                object["metadata"]["uid"] = json!(uid);
+                object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+                self.objects.insert(path.to_string(), object.clone());
+                (StatusCode::OK, object)
+            }
+            _ => (StatusCode::METHOD_NOT_ALLOWED, json!({"kind": "Status", "code": 405})),
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The operator's tests that need more than its pure parts: reconcile scenarios against a fake
+//! API server, the generated objects against the official schemas, and a cluster of real member
+//! processes run as the generated StatefulSet says, driven by the real planner and reconcile.
+
+mod fake_api;
+mod pods;
+mod scenarios;
+mod validate;

@@ -1,0 +1,435 @@
+//! Reconcile scenarios against the fake API server (tower-test) and fake members, asserting the
+//! exact calls: first creation, steady state (reads only), a scale step, an invalid spec; and
+//! random bad specs (property test) that never panic, get a condition and an event, and change no
+//! owned object.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use http::Method;
+use kuberaft::api::types::{AddMemberRequest, Member, Status};
+use kuberaft::operator::crd::RaftCluster;
+use kuberaft::operator::reconcile::{self, Context, MemberApi, MemberChange};
+use kuberaft::raft::rng::Rng;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
+use serde_json::{json, Value};
+
+use crate::fake_api::*;
+
+/// Members as the operator sees them: a status per client URL, and the changes sent.
+#[derive(Default)]
+pub struct FakeMembers {
+    pub statuses: Mutex<BTreeMap<String, Status>>,
+    pub changes: Mutex<Vec<(Vec<String>, MemberChange)>>,
+}
+
+impl MemberApi for FakeMembers {
+    fn status(&self, url: String) -> BoxFuture<'_, Result<Status, String>> {
+        let answer = self.statuses.lock().ok().and_then(|s| s.get(&url).cloned()).ok_or(format!("{url}: refused"));
+        Box::pin(async move { answer })
+    }
+
+    fn change(&self, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
+        if let Ok(mut changes) = self.changes.lock() {
+            changes.push((urls, change));
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn url(member: &str) -> String {
+    format!("http://{member}.etcd.{NS}.svc:2379")
+}
+
+fn peer(member: &str) -> String {
+    format!("http://{member}.etcd.{NS}.svc:2380")
+}
+
+impl FakeMembers {
+    /// Every named member answers: `leader` leads `term`, all have applied `commit`.
+    fn set_cluster(&self, voters: &[&str], learners: &[&str], leader: &str, term: u64, commit: u64) {
+        let members: Vec<Member> = voters
+            .iter()
+            .map(|n| (n, true))
+            .chain(learners.iter().map(|n| (n, false)))
+            .map(|(name, voter)| Member {
+                id: id_of(name),
+                name: name.to_string(),
+                peer_url: peer(name),
+                client_url: url(name),
+                voter,
+            })
+            .collect();
+        let hash = format!("hash-{}", members.len());
+        let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        statuses.clear();
+        for member in &members {
+            let role = if member.name == leader {
+                "leader"
+            } else if member.voter {
+                "follower"
+            } else {
+                "learner"
+            };
+            statuses.insert(
+                url(&member.name),
+                Status {
+                    name: member.name.clone(),
+                    id: member.id.clone(),
+                    role: role.to_string(),
+                    term,
+                    leader: leader.to_string(),
+                    leader_id: id_of(leader),
+                    commit_index: commit,
+                    applied_index: commit,
+                    revision: commit,
+                    members: members.clone(),
+                    membership_hash: hash.clone(),
+                    cluster_id: "c1".to_string(),
+                    errors: Vec::new(),
+                },
+            );
+        }
+    }
+
+    fn take_changes(&self) -> Vec<(Vec<String>, MemberChange)> {
+        std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Member ids: `a0`, `a1`, ... by ordinal.
+fn id_of(name: &str) -> String {
+    format!("a{}", name.rsplit('-').next().unwrap_or("0"))
+}
+
+pub struct World {
+    pub api: FakeApi,
+    pub members: Arc<FakeMembers>,
+    pub ctx: Arc<Context>,
+}
+
+impl World {
+    pub fn new(spec: Value) -> World {
+        let api = FakeApi::default();
+        api.put(
+            &cluster_path("etcd"),
+            json!({
+                "apiVersion": "kuberaft.io/v1alpha1", "kind": "RaftCluster",
+                "metadata": {"name": "etcd", "namespace": NS, "uid": "uid-etcd", "generation": 1},
+                "spec": spec,
+            }),
+        );
+        let members = Arc::new(FakeMembers::default());
+        let reporter = Reporter { controller: "kuberaft-operator".to_string(), instance: Some("test".to_string()) };
+        let ctx = Arc::new(Context::new(api.client(), members.clone(), reporter));
+        World { api, members, ctx }
+    }
+
+    pub fn cluster(&self) -> RaftCluster {
+        serde_json::from_value(self.api.get(&cluster_path("etcd")).expect("the cluster is stored")).expect("a RaftCluster")
+    }
+
+    /// One reconcile; returns its result and the calls it made. An event is one call, whether the
+    /// recorder creates it or counts a repeat in the series of an earlier one (a PATCH).
+    pub async fn reconcile(&self) -> (Result<Action, String>, Vec<Call>) {
+        self.api.take_calls();
+        let result = reconcile::reconcile(Arc::new(self.cluster()), self.ctx.clone()).await.map_err(|e| e.to_string());
+        let calls = self.api.take_calls();
+        (result, calls.into_iter().map(|c| if c.path.starts_with(&events_path()) { event() } else { c }).collect())
+    }
+
+    fn set_spec(&self, change: impl FnOnce(&mut Value)) {
+        let mut object = self.api.get(&cluster_path("etcd")).expect("stored");
+        change(&mut object["spec"]);
+        let generation = object["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+        object["metadata"]["generation"] = json!(generation);
+        self.api.put(&cluster_path("etcd"), object);
+    }
+
+    /// Ready, running pods `etcd-0..n`, as the StatefulSet controller and kubelet would report.
+    fn set_pods(&self, n: u32) {
+        let mut state = self.api.lock();
+        state.objects.retain(|path, _| !path.starts_with(&format!("{}/", pods_path())));
+        for i in 0..n {
+            let name = format!("etcd-{i}");
+            state.objects.insert(pod_path(&name), ready_pod(&name));
+        }
+    }
+
+    fn status(&self) -> Value {
+        self.api.get(&cluster_path("etcd")).and_then(|c| c.get("status").cloned()).unwrap_or(Value::Null)
+    }
+}
+
+pub fn ready_pod(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app.kubernetes.io/instance": "etcd"}},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": "kuberaft", "ready": true, "restartCount": 0, "image": "i", "imageID": "",
+                                   "state": {"running": {}}}],
+        },
+    })
+}
+
+fn get(path: &str) -> Call {
+    Call::new(Method::GET, path)
+}
+
+fn patch(path: &str) -> Call {
+    Call::new(Method::PATCH, path)
+}
+
+fn event() -> Call {
+    Call::new(Method::POST, &events_path())
+}
+
+fn status_patch() -> Call {
+    patch(&format!("{}/status", cluster_path("etcd")))
+}
+
+/// The reads every reconcile of a valid spec starts with.
+fn observe_calls() -> Vec<Call> {
+    vec![
+        get(&pods_path()),
+        get(&sts_path("etcd")),
+        get(&cm_path("etcd-members")),
+        get(&svc_path("etcd")),
+        get(&svc_path("etcd-client")),
+        get(&pdb_path("etcd")),
+    ]
+}
+
+fn with(mut calls: Vec<Call>, more: Vec<Call>) -> Vec<Call> {
+    calls.extend(more);
+    calls
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
+
+fn event_reasons(world: &World) -> Vec<String> {
+    world.api.take_events().iter().map(|e| e["reason"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+/// A world taken from nothing to a steady 3-member cluster, asserting each pass's calls.
+async fn steady_three() -> World {
+    let world = World::new(json!({"replicas": 3}));
+
+    // Pass 1, first creation: everything is missing; the static objects, then the ConfigMap and
+    // the StatefulSet (Bootstrap), then the status.
+    let (result, calls) = world.reconcile().await;
+    assert_eq!(result, Ok(Action::requeue(reconcile::REQUEUE_PROGRESSING)));
+    let expected = with(
+        observe_calls(),
+        vec![
+            patch(&svc_path("etcd")),
+            patch(&svc_path("etcd-client")),
+            patch(&pdb_path("etcd")),
+            patch(&cm_path("etcd-members")),
+            patch(&sts_path("etcd")),
+            event(),
+            status_patch(),
+        ],
+    );
+    assert_eq!(calls, expected);
+    assert_eq!(event_reasons(&world), vec!["Bootstrap"]);
+    let cm = world.api.get(&cm_path("etcd-members")).expect("ConfigMap");
+    assert_eq!(cm["data"]["members"], "etcd-0,etcd-1,etcd-2");
+    assert_eq!(cm["data"]["initial-cluster-state"], "new");
+    let sts = world.api.get(&sts_path("etcd")).expect("StatefulSet");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert!(sts["metadata"]["annotations"][reconcile::HASH_ANNOTATION].is_string());
+    assert_eq!(world.status()["phase"], "Bootstrapping");
+    assert_eq!(condition(&world.status(), "Available")["status"], "False");
+
+    // The pods run and elect etcd-0: the first list with a leader marks the cluster formed.
+    world.set_pods(3);
+    world.members.set_cluster(&["etcd-0", "etcd-1", "etcd-2"], &[], "etcd-0", 2, 10);
+    let (_, calls) = world.reconcile().await;
+    assert_eq!(calls, with(observe_calls(), vec![patch(&cm_path("etcd-members")), event(), status_patch(), event()]));
+    assert_eq!(event_reasons(&world), vec!["UpdateEndpoints", "LeaderElected"]);
+    assert_eq!(world.api.get(&cm_path("etcd-members")).expect("cm")["data"]["initial-cluster-state"], "existing");
+    let status = world.status();
+    assert_eq!(status["leader"], "etcd-0");
+    assert_eq!(status["term"], 2);
+    assert_eq!(condition(&status, "Available")["status"], "True");
+
+    // Nothing left to do: the status says so (Progressing false), once.
+    let (result, calls) = world.reconcile().await;
+    assert_eq!(result, Ok(Action::requeue(reconcile::REQUEUE_STEADY)));
+    assert_eq!(calls, with(observe_calls(), vec![status_patch()]));
+    let status = world.status();
+    assert_eq!(status["phase"], "Running");
+    assert_eq!(condition(&status, "Progressing")["status"], "False");
+    assert_eq!(condition(&status, "MembershipConsistent")["status"], "True");
+    assert_eq!(condition(&status, "Degraded")["status"], "False");
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+    assert_eq!(status["endpoints"][2], "http://etcd-2.etcd.ns.svc:2379");
+    world
+}
+
+#[tokio::test]
+async fn first_creation_then_steady_state_makes_no_writes() {
+    let world = steady_three().await;
+    for _ in 0..3 {
+        let (result, calls) = world.reconcile().await;
+        assert_eq!(result, Ok(Action::requeue(reconcile::REQUEUE_STEADY)));
+        assert_eq!(calls, observe_calls(), "a steady cluster costs reads only");
+        assert!(event_reasons(&world).is_empty());
+    }
+    assert!(world.members.take_changes().is_empty());
+
+    // A new term is news: status and an event, and nothing else.
+    world.members.set_cluster(&["etcd-0", "etcd-1", "etcd-2"], &[], "etcd-1", 3, 12);
+    let (_, calls) = world.reconcile().await;
+    assert_eq!(calls, with(observe_calls(), vec![status_patch(), event()]));
+    assert_eq!(event_reasons(&world), vec!["LeaderElected"]);
+    assert_eq!(world.status()["leader"], "etcd-1");
+    assert_eq!(world.status()["term"], 3);
+}
+
+#[tokio::test]
+async fn scale_step_adds_a_learner_then_lists_it_then_starts_its_pod_then_promotes_it() {
+    let world = steady_three().await;
+    world.set_spec(|spec| spec["replicas"] = json!(4));
+
+    let (_, calls) = world.reconcile().await;
+    assert_eq!(calls, with(observe_calls(), vec![event(), status_patch()]), "a member call, no object write");
+    let changes = world.members.take_changes();
+    assert_eq!(changes.len(), 1);
+    let (urls, change) = &changes[0];
+    assert_eq!(urls[0], url("etcd-0"), "sent to the leader first");
+    assert_eq!(
+        change,
+        &MemberChange::AddLearner(AddMemberRequest {
+            name: "etcd-3".to_string(),
+            peer_url: peer("etcd-3"),
+            client_url: url("etcd-3"),
+            learner: true,
+        })
+    );
+    assert_eq!(condition(&world.status(), "Progressing")["reason"], "AddLearner");
+    assert_eq!(world.status()["observedGeneration"], 2);
+
+    // The learner is committed: the list names it before its pod exists.
+    world.members.set_cluster(&["etcd-0", "etcd-1", "etcd-2"], &["etcd-3"], "etcd-0", 2, 11);
+    let (_, calls) = world.reconcile().await;
+    assert_eq!(calls, with(observe_calls(), vec![patch(&cm_path("etcd-members")), event(), status_patch()]));
+    assert_eq!(world.api.get(&cm_path("etcd-members")).expect("cm")["data"]["members"], "etcd-0,etcd-1,etcd-2,etcd-3");
+
+    // Then its pod.
+    let (_, calls) = world.reconcile().await;
+    assert_eq!(calls, with(observe_calls(), vec![patch(&sts_path("etcd")), event(), status_patch()]));
+    assert_eq!(world.api.get(&sts_path("etcd")).expect("sts")["spec"]["replicas"], 4);
+
+    // Its pod runs and has caught up: promote.
+    world.set_pods(4);
+    let (_, calls) = world.reconcile().await;
+    assert_eq!(calls, with(observe_calls(), vec![event(), status_patch()]));
+    assert_eq!(world.members.take_changes()[0].1, MemberChange::Promote(0xa3));
+    assert!(world.members.take_changes().is_empty());
+}
+
+#[tokio::test]
+async fn invalid_spec_gets_a_condition_and_one_event_and_touches_nothing() {
+    let world = steady_three().await;
+    let owned_before = owned_objects(&world);
+    world.set_spec(|spec| spec["replicas"] = json!(12));
+    let (result, calls) = world.reconcile().await;
+    assert_eq!(result, Ok(Action::await_change()));
+    assert_eq!(calls, vec![status_patch(), event()], "no read or write of owned objects");
+    assert_eq!(event_reasons(&world), vec!["InvalidSpec"]);
+    let progressing = condition(&world.status(), "Progressing").clone();
+    assert_eq!(progressing["status"], "False");
+    assert_eq!(progressing["reason"], "InvalidSpec");
+    assert!(progressing["message"].as_str().unwrap_or_default().contains("spec.replicas is 12"), "{progressing}");
+    // Waiting for a change costs nothing: no second status write, no second event.
+    let (_, calls) = world.reconcile().await;
+    assert_eq!(calls, Vec::<Call>::new());
+    assert!(world.members.take_changes().is_empty());
+    assert_eq!(owned_objects(&world), owned_before);
+
+    // Fixed, it goes on from where it was.
+    world.set_spec(|spec| spec["replicas"] = json!(3));
+    let (_, calls) = world.reconcile().await;
+    assert_eq!(calls, with(observe_calls(), vec![status_patch()]));
+    assert_eq!(condition(&world.status(), "Progressing")["reason"], "Reconciled");
+}
+
+fn owned_objects(world: &World) -> BTreeMap<String, Value> {
+    world.api.lock().objects.iter().filter(|(path, _)| !path.contains("/raftclusters/")).map(|(p, v)| (p.clone(), v.clone())).collect()
+}
+
+/// One random spec that breaks at least one rule (or is fine, and then must run).
+fn random_spec(rng: &mut Rng) -> Value {
+    let mut spec = json!({});
+    let pick = |rng: &mut Rng, values: &[Value]| values[rng.range(0, values.len() as u64) as usize].clone();
+    if rng.range(0, 3) == 0 {
+        spec["replicas"] = pick(rng, &[json!(0), json!(10), json!(u32::MAX), json!(1), json!(5)]);
+    }
+    if rng.range(0, 3) == 0 {
+        spec["image"] = pick(rng, &[json!(""), json!(" "), json!("a b"), json!("ok:1")]);
+    }
+    if rng.range(0, 3) == 0 {
+        spec["storage"] = json!({"size": pick(rng, &[json!("0"), json!("-1Gi"), json!("lots"), json!("1.5Gi"), json!("1e3"), json!("Gi"), json!("")])});
+    }
+    if rng.range(0, 2) == 0 {
+        let timing = |rng: &mut Rng| pick(rng, &[json!(0), json!(1), json!(50), json!(150), json!(300), json!(u64::MAX), json!(600_001)]);
+        spec["election"] = json!({"timeoutMinMs": timing(rng), "timeoutMaxMs": timing(rng), "heartbeatIntervalMs": timing(rng)});
+    }
+    if rng.range(0, 4) == 0 {
+        spec["snapshotThreshold"] = pick(rng, &[json!(0), json!(1), json!(u64::MAX)]);
+    }
+    spec
+}
+
+#[tokio::test]
+async fn random_bad_specs_never_panic_get_a_condition_and_change_no_owned_object() {
+    let seed = std::env::var("OPERATOR_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(2026);
+    let cases: usize = std::env::var("OPERATOR_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let world = steady_three().await;
+    let owned_before = owned_objects(&world);
+    let mut rng = Rng::new(seed);
+    let mut bad = 0;
+    for case in 0..cases {
+        let spec = random_spec(&mut rng);
+        let cluster_value = {
+            let mut object = world.api.get(&cluster_path("etcd")).expect("stored");
+            object["spec"] = spec.clone();
+            object["metadata"]["generation"] = json!(100 + case);
+            object
+        };
+        // A spec serde cannot even read never reaches reconcile: the watcher reports it.
+        let Ok(cluster) = serde_json::from_value::<RaftCluster>(cluster_value.clone()) else { continue };
+        let problems = cluster.spec.problems();
+        if problems.is_empty() {
+            continue;
+        }
+        bad += 1;
+        world.api.put(&cluster_path("etcd"), cluster_value);
+        let (result, calls) = world.reconcile().await;
+        assert_eq!(result, Ok(Action::await_change()), "case {case}: {spec}");
+        assert!(calls.iter().all(|c| c == &status_patch() || c == &event()), "case {case}: {spec}: {calls:?}");
+        assert!(event_reasons(&world).contains(&"InvalidSpec".to_string()), "case {case}: an event says why");
+        let progressing = condition(&world.status(), "Progressing").clone();
+        assert_eq!(progressing["reason"], "InvalidSpec", "case {case}: {spec}");
+        let message = progressing["message"].as_str().unwrap_or_default();
+        assert!(problems.iter().all(|p| message.contains(p.as_str())), "case {case}: {message}");
+        assert!(problems.iter().all(|p| p.starts_with("spec.")), "each problem names its field: {problems:?}");
+        assert_eq!(owned_objects(&world), owned_before, "case {case}: {spec}");
+        assert!(world.members.take_changes().is_empty());
+        // `kuberaft render` refuses the same spec with the same words.
+        let yaml = serde_yaml::to_string(&cluster).expect("yaml");
+        let rendered = kuberaft::cli::render::render(&yaml, NS);
+        assert!(rendered.is_err(), "case {case}: render accepted {spec}");
+    }
+    assert!(bad > cases / 4, "the generator makes bad specs: {bad} of {cases}");
+}

@@ -1,0 +1,162 @@
+//! Every object `kuberaft render` makes of each example, and the CRD, validated offline against
+//! the official Kubernetes schemas with `kubernetes-validate --strict`, for Kubernetes 1.30 and the
+//! newest version the validator has; the examples themselves against the CRD's own schema.
+//!
+//! The validator comes from PyPI (scripts/test installs it and sets `KUBERNETES_VALIDATE`). Without
+//! it the tests fail under `CI=true` and say how to install it otherwise.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const OLDEST: &str = "1.30.0";
+
+fn validator() -> Option<PathBuf> {
+    let path = std::env::var_os("KUBERNETES_VALIDATE").map(PathBuf::from)?;
+    path.exists().then_some(path)
+}
+
+/// The validator, or None when it is missing outside CI (the test then says it did not run).
+fn require_validator() -> Option<PathBuf> {
+    match validator() {
+        Some(path) => Some(path),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("KUBERNETES_VALIDATE is not set to the kubernetes-validate binary; scripts/test installs it")
+        }
+        None => {
+            eprintln!("NOT RUN: set KUBERNETES_VALIDATE (scripts/test installs kubernetes-validate into a venv)");
+            None
+        }
+    }
+}
+
+/// The Python of the validator's venv (it has jsonschema too).
+fn python(validator: &Path) -> PathBuf {
+    validator.with_file_name("python")
+}
+
+fn newest_version(validator: &Path) -> String {
+    let output = Command::new(python(validator))
+        .args([
+            "-c",
+            "import kubernetes_validate.utils as u; v = sorted(set(u.all_versions()), key=lambda s: tuple(map(int, s.split('.')))); print(v[-1])",
+        ])
+        .output()
+        .expect("run the validator's python");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(version.starts_with("1."), "a Kubernetes version: {version}");
+    version
+}
+
+fn examples() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("examples/")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "the examples: {files:?}");
+    files
+}
+
+fn render(example: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+        .args(["render", "-f"])
+        .arg(example)
+        .output()
+        .expect("run kuberaft render");
+    assert!(output.status.success(), "render {}: {}", example.display(), String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+/// Runs the validator on `files` for both versions; returns (success, output).
+fn validate(validator: &Path, newest: &str, files: &[PathBuf]) -> (bool, String) {
+    let output = Command::new(validator)
+        .args(["--strict", "-k", OLDEST, "-k", newest])
+        .args(files)
+        .output()
+        .expect("run kubernetes-validate");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+#[test]
+fn rendered_examples_and_the_crd_pass_the_official_schemas_strictly() {
+    let Some(validator) = require_validator() else { return };
+    let newest = newest_version(&validator);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut files = Vec::new();
+    for example in examples() {
+        let rendered = render(&example);
+        for kind in ["Service", "ConfigMap", "StatefulSet", "PodDisruptionBudget"] {
+            assert!(rendered.contains(&format!("kind: {kind}\n")), "{}: {kind}", example.display());
+        }
+        let file = dir.path().join(example.file_name().expect("name"));
+        std::fs::write(&file, rendered).expect("write");
+        files.push(file);
+    }
+    files.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/raftclusters.kuberaft.io.yaml"));
+    let (ok, output) = validate(&validator, &newest, &files);
+    assert!(ok, "{output}");
+    // 5 objects per example and the CRD, each for both versions.
+    let passed = output.matches(" passed for resource ").count();
+    assert_eq!(passed, (5 * (files.len() - 1) + 1) * 2, "{output}");
+    assert!(output.contains(&format!("against version {}", &newest[..newest.rfind('.').unwrap_or(newest.len())])));
+
+    // The validator has teeth: one unknown field in the pod template fails it.
+    let broken = dir.path().join("broken.yaml");
+    let text = std::fs::read_to_string(&files[0]).expect("read").replace("terminationMessagePolicy:", "terminationMessagePolicyy:");
+    std::fs::write(&broken, text).expect("write");
+    let (ok, output) = validate(&validator, &newest, &[broken]);
+    assert!(!ok, "an unknown field must fail: {output}");
+    assert!(output.contains("terminationMessagePolicyy"), "{output}");
+}
+
+#[test]
+fn examples_pass_the_crds_own_schema() {
+    let Some(validator) = require_validator() else { return };
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/raftclusters.kuberaft.io.yaml");
+    let script = r#"
+import sys, yaml, jsonschema
+crd = yaml.safe_load(open(sys.argv[1]))
+schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+failed = 0
+for path in sys.argv[2:]:
+    for doc in yaml.safe_load_all(open(path)):
+        if doc is None:
+            continue
+        errors = list(jsonschema.Draft7Validator(schema).iter_errors(doc))
+        for e in errors:
+            print(f"{path}: {'.'.join(map(str, e.path))}: {e.message}")
+        failed += bool(errors)
+        print(f"{path}: {'FAIL' if errors else 'ok'}")
+sys.exit(1 if failed else 0)
+"#;
+    let run = |files: &[PathBuf]| {
+        let output = Command::new(python(&validator))
+            .args(["-c", script])
+            .arg(&crd)
+            .args(files)
+            .output()
+            .expect("run python");
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).to_string())
+    };
+    let examples = examples();
+    let (ok, output) = run(&examples);
+    assert!(ok, "{output}");
+    assert_eq!(output.matches(": ok").count(), examples.len(), "{output}");
+    for example in &examples {
+        let cluster: kuberaft::operator::crd::RaftCluster =
+            serde_yaml::from_str(&std::fs::read_to_string(example).expect("read")).expect("a RaftCluster");
+        assert_eq!(cluster.spec.problems(), Vec::<String>::new(), "{}: the CEL rules too", example.display());
+    }
+
+    // The schema has teeth: 12 replicas fail it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: kuberaft.io/v1alpha1\nkind: RaftCluster\nmetadata: {name: x}\nspec: {replicas: 12}\n")
+        .expect("write");
+    let (ok, output) = run(std::slice::from_ref(&bad));
+    assert!(!ok && output.contains("replicas"), "{output}");
+}
