@@ -193,12 +193,22 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
                         me.name, me.peer_url
                     )));
                 }
+                // Every initial member writes the same bootstrap entries (Raft's log matching
+                // assumes equal entries at an equal index and term), so they carry only what
+                // every member knows: no client URLs, which members learn from each other's
+                // messages. A member that wrote its own here had a membership (and hash) of its
+                // own, and the operator never saw the members agree.
                 let voters: Vec<(u64, Bytes)> = initial
                     .iter()
                     .map(|m| {
                         let id = initial_member_id(given_cluster_id, m);
-                        let client_url = if m.name == args.name { advertise_client_url.clone() } else { String::new() };
-                        (id, encode(&MemberInfo { id, name: m.name.clone(), peer_url: m.peer_url.clone(), client_url }))
+                        let info = MemberInfo {
+                            id,
+                            name: m.name.clone(),
+                            peer_url: m.peer_url.clone(),
+                            client_url: String::new(),
+                        };
+                        (id, encode(&info))
                     })
                     .collect();
                 let meta = MemberMeta {

@@ -132,7 +132,10 @@ impl State {
                     .filter(|(p, _)| p.starts_with(&format!("{}/", pods_path())))
                     .map(|(_, v)| v.clone())
                     .collect();
-                (StatusCode::OK, json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items}))
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
             }
             Method::GET => match self.objects.get(path) {
                 Some(object) => (StatusCode::OK, object.clone()),

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use http::Method;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Reporter;
 use kuberaft::api::types::{AddMemberRequest, Member, Status};
 use kuberaft::operator::crd::RaftCluster;
 use kuberaft::operator::reconcile::{self, Context, MemberApi, MemberChange};
 use kuberaft::raft::rng::Rng;
-use kube::runtime::controller::Action;
-use kube::runtime::events::Reporter;
 use serde_json::{json, Value};
 
 use crate::fake_api::*;
@@ -128,7 +128,8 @@ impl World {
     }
 
     pub fn cluster(&self) -> RaftCluster {
-        serde_json::from_value(self.api.get(&cluster_path("etcd")).expect("the cluster is stored")).expect("a RaftCluster")
+        serde_json::from_value(self.api.get(&cluster_path("etcd")).expect("the cluster is stored"))
+            .expect("a RaftCluster")
     }
 
     /// One reconcile; returns its result and the calls it made. An event is one call, whether the
@@ -365,7 +366,14 @@ async fn invalid_spec_gets_a_condition_and_one_event_and_touches_nothing() {
 }
 
 fn owned_objects(world: &World) -> BTreeMap<String, Value> {
-    world.api.lock().objects.iter().filter(|(path, _)| !path.contains("/raftclusters/")).map(|(p, v)| (p.clone(), v.clone())).collect()
+    world
+        .api
+        .lock()
+        .objects
+        .iter()
+        .filter(|(path, _)| !path.contains("/raftclusters/"))
+        .map(|(p, v)| (p.clone(), v.clone()))
+        .collect()
 }
 
 /// One random spec that breaks at least one rule (or is fine, and then must run).
@@ -382,8 +390,11 @@ fn random_spec(rng: &mut Rng) -> Value {
         spec["storage"] = json!({"size": pick(rng, &[json!("0"), json!("-1Gi"), json!("lots"), json!("1.5Gi"), json!("1e3"), json!("Gi"), json!("")])});
     }
     if rng.range(0, 2) == 0 {
-        let timing = |rng: &mut Rng| pick(rng, &[json!(0), json!(1), json!(50), json!(150), json!(300), json!(u64::MAX), json!(600_001)]);
-        spec["election"] = json!({"timeoutMinMs": timing(rng), "timeoutMaxMs": timing(rng), "heartbeatIntervalMs": timing(rng)});
+        let timing = |rng: &mut Rng| {
+            pick(rng, &[json!(0), json!(1), json!(50), json!(150), json!(300), json!(u64::MAX), json!(600_001)])
+        };
+        spec["election"] =
+            json!({"timeoutMinMs": timing(rng), "timeoutMaxMs": timing(rng), "heartbeatIntervalMs": timing(rng)});
     }
     if rng.range(0, 4) == 0 {
         spec["snapshotThreshold"] = pick(rng, &[json!(0), json!(1), json!(u64::MAX)]);

@@ -106,7 +106,9 @@ fn rendered_examples_and_the_crd_pass_the_official_schemas_strictly() {
 
     // The validator has teeth: one unknown field in the pod template fails it.
     let broken = dir.path().join("broken.yaml");
-    let text = std::fs::read_to_string(&files[0]).expect("read").replace("terminationMessagePolicy:", "terminationMessagePolicyy:");
+    let text = std::fs::read_to_string(&files[0])
+        .expect("read")
+        .replace("terminationMessagePolicy:", "terminationMessagePolicyy:");
     std::fs::write(&broken, text).expect("write");
     let (ok, output) = validate(&validator, &newest, &[broken]);
     assert!(!ok, "an unknown field must fail: {output}");
@@ -134,12 +136,8 @@ for path in sys.argv[2:]:
 sys.exit(1 if failed else 0)
 "#;
     let run = |files: &[PathBuf]| {
-        let output = Command::new(python(&validator))
-            .args(["-c", script])
-            .arg(&crd)
-            .args(files)
-            .output()
-            .expect("run python");
+        let output =
+            Command::new(python(&validator)).args(["-c", script]).arg(&crd).args(files).output().expect("run python");
         (output.status.success(), String::from_utf8_lossy(&output.stdout).to_string())
     };
     let examples = examples();
@@ -155,8 +153,11 @@ sys.exit(1 if failed else 0)
     // The schema has teeth: 12 replicas fail it.
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "apiVersion: kuberaft.io/v1alpha1\nkind: RaftCluster\nmetadata: {name: x}\nspec: {replicas: 12}\n")
-        .expect("write");
+    std::fs::write(
+        &bad,
+        "apiVersion: kuberaft.io/v1alpha1\nkind: RaftCluster\nmetadata: {name: x}\nspec: {replicas: 12}\n",
+    )
+    .expect("write");
     let (ok, output) = run(std::slice::from_ref(&bad));
     assert!(!ok && output.contains("replicas"), "{output}");
 }
