@@ -357,7 +357,6 @@ impl LeaseLock {
             acquire_time: Some(MicroTime(acquired)),
             renew_time: Some(MicroTime(now)),
             lease_transitions: Some(transitions),
-            ..LeaseSpec::default()
         }
     }
 }

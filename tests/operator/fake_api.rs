@@ -112,12 +112,13 @@ impl FakeApi {
     }
 }
 
+fn status(code: u16, reason: &str, path: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": format!("{path}: {reason}"), "reason": reason, "code": code})
+}
+
 fn not_found(path: &str) -> (StatusCode, Value) {
-    (
-        StatusCode::NOT_FOUND,
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": format!("{path} not found"), "reason": "NotFound", "code": 404}),
-    )
+    (StatusCode::NOT_FOUND, status(404, "NotFound", path))
 }
 
 impl State {
@@ -144,6 +145,31 @@ impl State {
             Method::POST if path == events_path() => {
                 self.events.push(body.clone());
                 (StatusCode::CREATED, body)
+            }
+            Method::POST => {
+                // Create: the object goes under its name; a second create conflicts.
+                let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let at = format!("{path}/{name}");
+                if self.objects.contains_key(&at) {
+                    return (StatusCode::CONFLICT, status(409, "AlreadyExists", &at));
+                }
+                self.resource_version += 1;
+                let mut object = body;
+                object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+                self.objects.insert(at, object.clone());
+                (StatusCode::CREATED, object)
+            }
+            Method::PUT => {
+                // Replace, with optimistic concurrency on the resourceVersion.
+                let Some(current) = self.objects.get(path) else { return not_found(path) };
+                if body["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+                    return (StatusCode::CONFLICT, status(409, "Conflict", path));
+                }
+                self.resource_version += 1;
+                let mut object = body;
+                object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+                self.objects.insert(path.to_string(), object.clone());
+                (StatusCode::OK, object)
             }
             Method::PATCH if path.starts_with(&events_path()) => {
                 // A repeated event: the recorder counts it in a series on the first one.

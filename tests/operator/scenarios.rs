@@ -444,3 +444,55 @@ async fn random_bad_specs_never_panic_get_a_condition_and_change_no_owned_object
     }
     assert!(bad > cases / 4, "the generator makes bad specs: {bad} of {cases}");
 }
+
+#[tokio::test]
+async fn the_lease_lets_one_replica_lead_until_it_lapses_or_is_released() {
+    use kuberaft::operator::controller::LeaseLock;
+    let api = FakeApi::default();
+    let client = api.client();
+    let a = LeaseLock::new(client.clone(), NS, "kuberaft-operator", "operator-a");
+    let b = LeaseLock::new(client.clone(), NS, "kuberaft-operator", "operator-b");
+    let path = format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/kuberaft-operator");
+
+    assert_eq!(a.try_acquire().await.ok(), Some(true), "a creates the lease");
+    assert_eq!(b.try_acquire().await.ok(), Some(false), "b waits while a's lease is valid");
+    assert_eq!(a.try_acquire().await.ok(), Some(true), "a renews");
+    let lease = api.get(&path).expect("the lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "operator-a");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+
+    // a stops renewing: once the lease has lapsed, b takes it, and a learns it lost it.
+    let mut lapsed = lease.clone();
+    lapsed["spec"]["renewTime"] = json!("2020-01-01T00:00:00.000000Z");
+    api.put(&path, lapsed);
+    assert_eq!(b.try_acquire().await.ok(), Some(true), "b takes the lapsed lease");
+    assert_eq!(api.get(&path).expect("lease")["spec"]["leaseTransitions"], 1);
+    assert_eq!(a.try_acquire().await.ok(), Some(false), "a has lost it");
+    assert!(a.release().await.is_ok(), "releasing a lease one does not hold changes nothing");
+    assert_eq!(api.get(&path).expect("lease")["spec"]["holderIdentity"], "operator-b");
+
+    // b shuts down cleanly: it releases, and a takes over at once.
+    assert!(b.release().await.is_ok());
+    assert_eq!(a.try_acquire().await.ok(), Some(true));
+    assert_eq!(api.get(&path).expect("lease")["spec"]["leaseTransitions"], 2);
+}
+
+#[tokio::test]
+async fn metrics_count_reconciles_steps_and_writes() {
+    let world = steady_three().await;
+    world.reconcile().await;
+    let text = kuberaft::operator::controller::render_metrics(&world.ctx, true);
+    for line in [
+        "kuberaft_operator_reconciles_total 4",
+        "kuberaft_operator_reconcile_errors_total 0",
+        "kuberaft_operator_steps_total{step=\"Bootstrap\"} 1",
+        "kuberaft_operator_steps_total{step=\"UpdateEndpoints\"} 1",
+        // Bootstrap: 2 Services, the budget, the ConfigMap, the StatefulSet; then the list once.
+        "kuberaft_operator_object_writes_total 6",
+        "kuberaft_operator_status_writes_total 3",
+        "kuberaft_operator_reconcile_seconds_count 4",
+        "kuberaft_operator_leading 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
+}

@@ -344,6 +344,8 @@ impl TestCluster {
                 self.assert_quorum(step);
                 assert_eq!(*names, self.member_names(), "the list is the committed membership");
                 self.endpoints = Some(names.clone());
+                // The controller writes the list with `initial-cluster-state: existing`.
+                self.formed = true;
             }
             Plan::Wait { .. } => self.tick(),
             Plan::Nothing => {}
@@ -379,7 +381,6 @@ impl TestCluster {
                 self.leader = up_voters.first().cloned();
                 self.term += 1;
                 self.commit_entry();
-                self.formed = true;
             }
         }
     }
@@ -627,7 +628,9 @@ planner_cases! {
 fn bootstrap_one_member_then_three_members_step_by_step() {
     for replicas in [1, 3] {
         let mut cluster = Observed::test().replicas(replicas);
-        assert_eq!(drive(&mut cluster), [format!("bootstrap {replicas}"), "wait Forming".to_string()]);
+        // The first list written with a leader marks the cluster formed (the list is unchanged).
+        let list = format!("endpoints {}", names(0..replicas).join(","));
+        assert_eq!(drive(&mut cluster), [format!("bootstrap {replicas}"), "wait Forming".to_string(), list]);
         assert_converged(&cluster);
     }
 }
