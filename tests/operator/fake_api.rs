@@ -28,6 +28,8 @@ pub struct State {
     /// Objects by their path, e.g. `/api/v1/namespaces/ns/configmaps/etcd-members`.
     pub objects: BTreeMap<String, Value>,
     pub calls: Vec<Call>,
+    /// Every call ever made (`calls` is drained by tests; this is not).
+    pub history: Vec<Call>,
     /// The bodies of created events.
     pub events: Vec<Value>,
     resource_version: u64,
@@ -124,6 +126,7 @@ fn not_found(path: &str) -> (StatusCode, Value) {
 impl State {
     fn answer(&mut self, method: &Method, path: &str, body: &[u8]) -> (StatusCode, Value) {
         self.calls.push(Call::new(method.clone(), path));
+        self.history.push(Call::new(method.clone(), path));
         let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         match *method {
             Method::GET if path == pods_path() => {

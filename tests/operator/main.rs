@@ -2,6 +2,7 @@
 //! API server, the generated objects against the official schemas, and a cluster of real member
 //! processes run as the generated StatefulSet says, driven by the real planner and reconcile.
 
+mod chart;
 mod fake_api;
 mod pods;
 mod scenarios;

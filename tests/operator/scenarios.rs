@@ -480,7 +480,8 @@ async fn the_lease_lets_one_replica_lead_until_it_lapses_or_is_released() {
 #[tokio::test]
 async fn metrics_count_reconciles_steps_and_writes() {
     let world = steady_three().await;
-    world.reconcile().await;
+    let (result, _) = world.reconcile().await;
+    assert_eq!(result, Ok(Action::requeue(reconcile::REQUEUE_STEADY)));
     let text = kuberaft::operator::controller::render_metrics(&world.ctx, true);
     for line in [
         "kuberaft_operator_reconciles_total 4",
@@ -495,4 +496,31 @@ async fn metrics_count_reconciles_steps_and_writes() {
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
     }
+}
+
+/// Every call (events as made, creates and series patches) of the scenarios above together: a
+/// first creation, the first leader, a new term, a scale step through promotion, an invalid
+/// spec, and the Lease's life. The chart's RBAC must allow each of them.
+pub async fn calls_of_a_scale_up_and_a_leader_election() -> Vec<Call> {
+    let world = steady_three().await;
+    world.members.set_cluster(&["etcd-0", "etcd-1", "etcd-2"], &[], "etcd-1", 3, 12);
+    world.reconcile().await.0.expect("reconcile");
+    world.members.set_cluster(&["etcd-0", "etcd-1", "etcd-2"], &[], "etcd-2", 4, 13);
+    world.reconcile().await.0.expect("reconcile");
+    world.set_spec(|spec| spec["replicas"] = json!(4));
+    world.reconcile().await.0.expect("reconcile");
+    world.members.set_cluster(&["etcd-0", "etcd-1", "etcd-2"], &["etcd-3"], "etcd-2", 4, 14);
+    world.reconcile().await.0.expect("reconcile");
+    world.reconcile().await.0.expect("reconcile");
+    world.set_pods(4);
+    world.reconcile().await.0.expect("reconcile");
+    world.set_spec(|spec| spec["replicas"] = json!(0));
+    world.reconcile().await.0.expect("reconcile");
+    let lease = kuberaft::operator::controller::LeaseLock::new(world.api.client(), NS, "kuberaft-operator", "a");
+    assert_eq!(lease.try_acquire().await.ok(), Some(true));
+    assert_eq!(lease.try_acquire().await.ok(), Some(true));
+    assert!(lease.release().await.is_ok());
+    let history = world.api.lock().history.clone();
+    assert!(history.iter().any(|c| c.method == Method::PATCH && c.path.starts_with(&events_path())), "a series");
+    history
 }

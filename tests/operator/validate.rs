@@ -10,23 +10,30 @@ use std::process::Command;
 
 const OLDEST: &str = "1.30.0";
 
-fn validator() -> Option<PathBuf> {
-    let path = std::env::var_os("KUBERNETES_VALIDATE").map(PathBuf::from)?;
-    path.exists().then_some(path)
-}
-
-/// The validator, or None when it is missing outside CI (the test then says it did not run).
-fn require_validator() -> Option<PathBuf> {
-    match validator() {
+/// The tool that this environment variable names, or None when it is missing outside CI (the
+/// test then says it did not run); under `CI=true` a missing tool fails the test.
+pub fn require_tool(variable: &str, what: &str) -> Option<PathBuf> {
+    match std::env::var_os(variable).map(PathBuf::from).filter(|path| path.exists()) {
         Some(path) => Some(path),
         None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("KUBERNETES_VALIDATE is not set to the kubernetes-validate binary; scripts/test installs it")
+            panic!("{variable} does not name {what}; scripts/test installs it")
         }
         None => {
-            eprintln!("NOT RUN: set KUBERNETES_VALIDATE (scripts/test installs kubernetes-validate into a venv)");
+            eprintln!("NOT RUN: set {variable} to {what} (scripts/test installs it)");
             None
         }
     }
+}
+
+fn require_validator() -> Option<PathBuf> {
+    require_tool("KUBERNETES_VALIDATE", "the kubernetes-validate binary")
+}
+
+/// Validates `files` strictly for Kubernetes 1.30 and the newest the validator has.
+pub fn validate_with_validator(files: &[PathBuf]) -> Option<(bool, String)> {
+    let validator = require_validator()?;
+    let newest = newest_version(&validator);
+    Some(validate(&validator, &newest, files))
 }
 
 /// The Python of the validator's venv (it has jsonschema too).
