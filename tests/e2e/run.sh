@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# End-to-end on a real Kubernetes cluster (kind or k3d): build and load the image, install the
+# chart, apply the minimal example, wait for Available, write and read through the client
+# Service, scale 3 -> 5 -> 3, delete the leader's pod and check that the status names a leader
+# in a higher term.
+#
+#   kind create cluster --name kuberaft
+#   KUBERAFT_E2E_CONTEXT=kind-kuberaft tests/e2e/run.sh
+#
+# Needs docker, kubectl, helm, and kind or k3d on the PATH. scripts/test runs it only when
+# KUBERAFT_E2E_CONTEXT is set, and otherwise says it was skipped.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CONTEXT="${KUBERAFT_E2E_CONTEXT:?set KUBERAFT_E2E_CONTEXT to the kubectl context of a kind or k3d cluster}"
+IMAGE="${KUBERAFT_E2E_IMAGE:-kuberaft:e2e}"
+NS="kuberaft-e2e-$$"
+OPERATOR_NS="kuberaft-system-e2e-$$"
+TIMEOUT="${KUBERAFT_E2E_TIMEOUT:-300}"
+k() { kubectl --context "$CONTEXT" "$@"; }
+
+for tool in docker kubectl helm; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is needed" >&2; exit 1; }
+done
+
+cleanup() {
+  echo "== cleanup"
+  k delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+  helm --kube-context "$CONTEXT" uninstall kuberaft -n "$OPERATOR_NS" >/dev/null 2>&1 || true
+  k delete namespace "$OPERATOR_NS" --wait=false >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+echo "== build and load $IMAGE"
+docker build -t "$IMAGE" .
+case "$CONTEXT" in
+  kind-*) kind load docker-image "$IMAGE" --name "${CONTEXT#kind-}" ;;
+  k3d-*) k3d image import "$IMAGE" --cluster "${CONTEXT#k3d-}" ;;
+  *) echo "note: context $CONTEXT is neither kind-* nor k3d-*; $IMAGE must be pullable by its nodes" ;;
+esac
+
+echo "== install the chart"
+helm --kube-context "$CONTEXT" install kuberaft charts/kuberaft -n "$OPERATOR_NS" --create-namespace \
+  --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" --set image.pullPolicy=IfNotPresent \
+  --wait --timeout "${TIMEOUT}s"
+
+echo "== apply examples/minimal.yaml"
+k create namespace "$NS"
+sed "s|^spec:|spec:\n  image: $IMAGE|" examples/minimal.yaml | k apply -n "$NS" -f -
+
+status() { k get raftcluster etcd -n "$NS" -o jsonpath="$1"; }
+
+# wait_for DESCRIPTION CONDITION-COMMAND: polls every 2 s, at most TIMEOUT seconds.
+wait_for() {
+  local what="$1"; shift
+  local deadline=$((SECONDS + TIMEOUT))
+  until "$@"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "error: timed out waiting for $what" >&2
+      k get raftcluster,statefulset,pods -n "$NS" -o wide >&2 || true
+      k get raftcluster etcd -n "$NS" -o yaml >&2 || true
+      exit 1
+    fi
+    sleep 2
+  done
+  echo "ok: $what"
+}
+
+running_with() {
+  [ "$(status '{.status.phase}')" = "Running" ] \
+    && [ "$(status '{.status.readyReplicas}')" = "$1" ] \
+    && [ "$(status '{range .status.members[*]}{.role}{"\n"}{end}' | grep -cE 'leader|follower')" = "$1" ] \
+    && [ "$(status '{.status.conditions[?(@.type=="MembershipConsistent")].status}')" = "True" ]
+}
+
+wait_for "Available" k wait raftcluster/etcd -n "$NS" --for=condition=Available --timeout=5s
+wait_for "3 members running" running_with 3
+k get raftclusters -n "$NS"
+
+kv() {
+  k run "kv-$RANDOM" -n "$NS" --image="$IMAGE" --image-pull-policy=IfNotPresent --restart=Never --rm -i --quiet \
+    --command -- kuberaft kv "$@" --endpoints "http://etcd-client.$NS.svc:2379"
+}
+echo "== write and read through the client Service"
+kv put e2e-key e2e-value
+[ "$(kv get e2e-key)" = "e2e-value" ] || { echo "error: read back a different value" >&2; exit 1; }
+
+echo "== scale 3 -> 5"
+k scale raftcluster etcd -n "$NS" --replicas 5
+wait_for "5 members running" running_with 5
+echo "== scale 5 -> 3"
+k scale raftcluster etcd -n "$NS" --replicas 3
+wait_for "3 members running" running_with 3
+[ "$(kv get e2e-key)" = "e2e-value" ] || { echo "error: the key was lost" >&2; exit 1; }
+
+echo "== delete the leader's pod"
+leader="$(status '{.status.leader}')"
+term="$(status '{.status.term}')"
+k delete pod "$leader" -n "$NS" --wait=false
+new_term() { [ "$(status '{.status.term}')" -gt "$term" ] && [ -n "$(status '{.status.leader}')" ]; }
+wait_for "a leader in a term above $term" new_term
+wait_for "3 members running again" running_with 3
+echo "leader was $leader in term $term; now $(status '{.status.leader}') in term $(status '{.status.term}')"
+k get raftclusters -n "$NS"
+echo "PASSED"
