@@ -1,6 +1,7 @@
 //! kuberaft: a Kubernetes operator with its own bundled Raft key-value store.
 
 pub mod api;
+pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod client;

@@ -194,6 +194,9 @@ async fn forward(api: &Api, leader_url: &str, method: Method, path_and_query: &s
                     headers.insert(name.clone(), value.clone());
                 }
             }
+            if let Ok(value) = HeaderValue::from_str(leader_url) {
+                headers.insert(HEADER_LEADER, value);
+            }
             match resp.bytes().await {
                 Ok(bytes) => (status, headers, bytes).into_response(),
                 Err(e) => ApiError::new(

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 pub const HEADER_MOD_REVISION: &str = "x-kuberaft-mod-revision";
 pub const HEADER_CREATE_REVISION: &str = "x-kuberaft-create-revision";
 pub const HEADER_REVISION: &str = "x-kuberaft-revision";
+/// On an answer that a follower forwarded: the leader's client URL, so that a client can send its
+/// next writes and linearizable reads there directly (one hop fewer).
+pub const HEADER_LEADER: &str = "x-kuberaft-leader";
 /// Set on requests a member forwards to the leader, so that they are never forwarded twice.
 pub const HEADER_FORWARDED: &str = "x-kuberaft-forwarded";
 

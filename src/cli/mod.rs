@@ -57,6 +57,8 @@ pub enum Commands {
     Render(render::RenderArgs),
     /// Run the operator: reconcile RaftCluster resources into running clusters.
     Operator(crate::operator::controller::OperatorArgs),
+    /// Load a kuberaft (or etcd) cluster and report throughput and latency percentiles.
+    Bench(crate::bench::BenchArgs),
     /// Print the version.
     Version,
 }
@@ -147,6 +149,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Version => write_stdout(format!("kuberaft {}\n", env!("CARGO_PKG_VERSION")).as_bytes()),
         Commands::Crd => print_crd(),
         Commands::Render(args) => render::run(args),
+        Commands::Bench(args) => block_on_multi(crate::bench::run(args)),
         Commands::Operator(args) => return crate::operator::controller::run(args),
         // `dev` spawns its children from this (the main) thread; see `dev::spawn_member`.
         Commands::Dev(args) => block_on(dev::run(args)),
@@ -169,6 +172,16 @@ fn print_crd() -> Result<(), CliError> {
     let yaml =
         crate::operator::crd::crd_file().map_err(|err| CliError::Failed(format!("encode the CRD as YAML: {err}")))?;
     write_stdout(yaml.as_bytes())
+}
+
+/// Like `block_on`, on two worker threads: the benchmark's workers must not share one.
+fn block_on_multi<F: std::future::Future<Output = Result<(), CliError>>>(future: F) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|err| CliError::Failed(format!("cannot start the async runtime: {err}")))?;
+    runtime.block_on(future)
 }
 
 fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(future: F) -> Result<(), CliError> {

@@ -234,6 +234,12 @@ impl Reply {
     }
 
     /// Retry-After in seconds (the only form the API sends).
+    /// The leader's client URL, when a follower forwarded this request to it.
+    fn leader_hint(&self) -> Option<String> {
+        let value = self.headers.get(crate::api::types::HEADER_LEADER)?.to_str().ok()?;
+        normalize_endpoint(value).ok()
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         let value = self.headers.get(RETRY_AFTER)?.to_str().ok()?;
         value.trim().parse::<u64>().ok().map(Duration::from_secs)
@@ -423,7 +429,9 @@ impl Client {
                         attempts.push(format!("{endpoint}: {}", reply.api_error()));
                     }
                     Ok(reply) => {
-                        self.preferred.store(index, Ordering::Relaxed);
+                        // A follower forwarded it: go to the leader directly next time.
+                        let leader = reply.leader_hint().and_then(|url| self.endpoints.iter().position(|e| *e == url));
+                        self.preferred.store(leader.unwrap_or(index), Ordering::Relaxed);
                         return Ok(reply);
                     }
                     Err(AttemptError::Retryable(reason)) => attempts.push(format!("{endpoint}: {reason}")),

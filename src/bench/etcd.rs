@@ -1,0 +1,69 @@
+//! The etcd target: `--conns` clients of the `etcd-client` crate, each over all endpoints (as
+//! etcd's own benchmark tool does); workers share them round robin.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use futures::future::BoxFuture;
+
+use super::{Driver, Op, OpResult};
+use crate::cli::CliError;
+
+pub struct EtcdDriver {
+    conns: Vec<Client>,
+}
+
+impl EtcdDriver {
+    pub fn connect(endpoints: &[String], conns: usize, timeout: Duration) -> Result<EtcdDriver, CliError> {
+        let options = ConnectOptions::new().with_timeout(timeout).with_connect_timeout(timeout);
+        let handle = tokio::runtime::Handle::current();
+        let conns = tokio::task::block_in_place(|| {
+            (0..conns)
+                .map(|_| handle.block_on(Client::connect(endpoints, Some(options.clone()))))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| CliError::Failed(format!("cannot connect to etcd at {}: {e}", endpoints.join(","))))?;
+        Ok(EtcdDriver { conns })
+    }
+}
+
+impl Driver for EtcdDriver {
+    fn request<'a>(
+        &'a self,
+        conn: usize,
+        op: Op,
+        key: &'a [u8],
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<OpResult, String>> {
+        Box::pin(async move {
+            let mut client = self.conns[conn % self.conns.len()].clone();
+            let revision_of = |header: Option<&etcd_client::ResponseHeader>| header.map_or(0, |h| h.revision() as u64);
+            match op {
+                Op::Put => {
+                    let response = client.put(key, value.to_vec(), None).await.map_err(|e| e.to_string())?;
+                    Ok(OpResult { revision: revision_of(response.header()), compare_failed: false })
+                }
+                Op::Cas { revision } => {
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(key, CompareOp::Equal, revision as i64)])
+                        .and_then([TxnOp::put(key, value.to_vec(), None)]);
+                    let response = client.txn(txn).await.map_err(|e| e.to_string())?;
+                    Ok(OpResult { revision: revision_of(response.header()), compare_failed: !response.succeeded() })
+                }
+                Op::Get { linearizable } => {
+                    let options = (!linearizable).then(|| GetOptions::new().with_serializable());
+                    let response = client.get(key, options).await.map_err(|e| e.to_string())?;
+                    let revision = response.kvs().first().map_or(0, |kv| kv.mod_revision() as u64);
+                    Ok(OpResult { revision, compare_failed: false })
+                }
+            }
+        })
+    }
+
+    fn revision<'a>(&'a self, conn: usize, key: &'a [u8]) -> BoxFuture<'a, Result<u64, String>> {
+        Box::pin(
+            async move { Ok(self.request(conn, Op::Get { linearizable: true }, key, Bytes::new()).await?.revision) },
+        )
+    }
+}

@@ -1,0 +1,78 @@
+//! The kuberaft target: one `crate::client::Client` per connection (an HTTP/1.1 pool), each
+//! starting at another member. Writes and linearizable reads follow the leader hint of a
+//! forwarded answer to the leader; serializable reads stay on the member they started at.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+
+use super::{Driver, Op, OpResult};
+use crate::cli::CliError;
+use crate::client::{Client, ClientConfig, ClientError, Consistency};
+
+pub struct KuberaftDriver {
+    conns: Vec<Client>,
+}
+
+impl KuberaftDriver {
+    pub fn new(endpoints: &[String], conns: usize, timeout: Duration) -> Result<KuberaftDriver, CliError> {
+        if endpoints.is_empty() {
+            return Err(CliError::Usage("--endpoints names no member".into()));
+        }
+        let conns = (0..conns)
+            .map(|i| {
+                let mut rotated = endpoints.to_vec();
+                rotated.rotate_left(i % endpoints.len());
+                Client::with_config(rotated, ClientConfig::with_request_timeout(timeout))
+                    .map_err(|e| CliError::Usage(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(KuberaftDriver { conns })
+    }
+}
+
+fn text(key: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(key).map_err(|_| "keys are UTF-8".to_string())
+}
+
+impl Driver for KuberaftDriver {
+    fn request<'a>(
+        &'a self,
+        conn: usize,
+        op: Op,
+        key: &'a [u8],
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<OpResult, String>> {
+        Box::pin(async move {
+            let client = &self.conns[conn % self.conns.len()];
+            let key = text(key)?;
+            match op {
+                Op::Put => client
+                    .put(key, value, None)
+                    .await
+                    .map(|r| OpResult { revision: r.revision, compare_failed: false })
+                    .map_err(|e| e.to_string()),
+                Op::Cas { revision } => match client.put(key, value, Some(revision)).await {
+                    Ok(r) => Ok(OpResult { revision: r.revision, compare_failed: false }),
+                    Err(ClientError::Api { status: 412, .. }) => Ok(OpResult { revision: 0, compare_failed: true }),
+                    Err(e) => Err(e.to_string()),
+                },
+                Op::Get { linearizable } => {
+                    let consistency = if linearizable { Consistency::Linearizable } else { Consistency::Serializable };
+                    client
+                        .get(key, consistency)
+                        .await
+                        .map(|r| OpResult { revision: r.map_or(0, |r| r.mod_revision), compare_failed: false })
+                        .map_err(|e| e.to_string())
+                }
+            }
+        })
+    }
+
+    fn revision<'a>(&'a self, conn: usize, key: &'a [u8]) -> BoxFuture<'a, Result<u64, String>> {
+        Box::pin(
+            async move { Ok(self.request(conn, Op::Get { linearizable: true }, key, Bytes::new()).await?.revision) },
+        )
+    }
+}

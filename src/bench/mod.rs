@@ -1,0 +1,502 @@
+//! `kuberaft bench`: load for a kuberaft cluster (its HTTP API) or an etcd cluster (its gRPC
+//! API, with the `etcd` feature), so that one tool measures both the same way.
+//!
+//! Like etcd's benchmark tool: `--conns` connections (clients of the target), `--clients`
+//! concurrent workers sharing them round robin, each with one request in flight; keys of
+//! `--key-size` bytes drawn uniformly from `--key-space`, values of `--val-size` bytes. Latency
+//! goes into an HDR histogram per worker (1 µs to 60 s, 3 significant digits), merged at the end.
+//! A progress line goes to stderr every second; the result is a table or JSON on stdout.
+
+#[cfg(feature = "etcd")]
+mod etcd;
+mod kuberaft;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Args, ValueEnum};
+use futures::future::BoxFuture;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::cli::CliError;
+use crate::raft::rng::Rng;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// A kuberaft cluster, through its HTTP API.
+    Kuberaft,
+    /// An etcd cluster, through its gRPC API (needs a build with `--features etcd`).
+    Etcd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Writes.
+    Put,
+    /// Linearizable reads (through the leader).
+    Get,
+    /// Serializable reads (answered by the member asked).
+    Sget,
+    /// `--read-ratio` linearizable reads, the rest writes.
+    Mixed,
+    /// Compare-and-swap writes: each worker writes its own keys, each write conditional on the
+    /// revision the worker last saw for the key.
+    Cas,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "kuberaft")]
+    pub target: Target,
+    /// Client URLs of the members (kuberaft: http://host:2379; etcd: http://host:2379).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+    #[arg(long, value_enum, default_value = "put")]
+    pub scenario: Scenario,
+    /// Concurrent workers, each with one request in flight.
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// Connections (clients of the target) that the workers share round robin.
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+    #[arg(long, default_value_t = 8)]
+    pub key_size: usize,
+    #[arg(long, default_value_t = 256)]
+    pub val_size: usize,
+    /// How many distinct keys; each request picks one uniformly.
+    #[arg(long, default_value_t = 10_000)]
+    pub key_space: u64,
+    /// How long to measure, in seconds (ignored with `--total`).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stop after this many requests instead of after `--duration`.
+    #[arg(long)]
+    pub total: Option<u64>,
+    /// The share of reads in `mixed`.
+    #[arg(long, default_value_t = 0.9)]
+    pub read_ratio: f64,
+    /// Write every key of the key space once before measuring (reads then find values).
+    #[arg(long)]
+    pub preload: bool,
+    /// Timeout of one request, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub timeout_ms: u64,
+    /// Random seed of the key choices.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, short = 'w', value_enum, default_value = "table")]
+    pub output: Output,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// One request kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put,
+    Get {
+        linearizable: bool,
+    },
+    /// Put only if the key's mod revision is this (0: only if absent).
+    Cas {
+        revision: u64,
+    },
+}
+
+/// What a request returned that the workers need: the key's revision after a write.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpResult {
+    pub revision: u64,
+    /// A compare-and-swap whose condition failed (an answer, not an error).
+    pub compare_failed: bool,
+}
+
+/// A target's client: one request on one of its connections.
+pub trait Driver: Send + Sync {
+    fn request<'a>(
+        &'a self,
+        conn: usize,
+        op: Op,
+        key: &'a [u8],
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<OpResult, String>>;
+    /// The current mod revision of a key (0 when absent), read linearizably.
+    fn revision<'a>(&'a self, conn: usize, key: &'a [u8]) -> BoxFuture<'a, Result<u64, String>>;
+}
+
+/// The result of one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub target: Target,
+    pub scenario: Scenario,
+    pub clients: usize,
+    pub conns: usize,
+    pub key_size: usize,
+    pub val_size: usize,
+    pub key_space: u64,
+    pub requests: u64,
+    pub errors: u64,
+    /// Compare-and-swap requests whose condition failed (answers, not errors).
+    pub compare_failed: u64,
+    pub seconds: f64,
+    pub throughput: f64,
+    /// Latencies of successful requests, in milliseconds.
+    pub latency_ms: Latency,
+    /// The first few error messages.
+    pub sample_errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(histogram: &Histogram<u64>) -> Latency {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        if histogram.is_empty() {
+            return Latency::default();
+        }
+        Latency {
+            mean: histogram.mean() / 1000.0,
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+/// The key of index `i`: decimal digits, zero-padded (or cut) to `size` bytes, so both targets
+/// get the same printable keys.
+pub fn key_of(i: u64, size: usize) -> Vec<u8> {
+    let digits = format!("{i:0size$}");
+    digits.as_bytes()[digits.len().saturating_sub(size)..].to_vec()
+}
+
+fn check(args: &BenchArgs) -> Result<(), CliError> {
+    let usage = |m: String| Err(CliError::Usage(m));
+    if args.clients == 0 || args.conns == 0 {
+        return usage("--clients and --conns must be at least 1".into());
+    }
+    if args.key_size == 0 || args.key_size > 1024 {
+        return usage("--key-size must be 1 to 1024".into());
+    }
+    if args.key_space == 0 {
+        return usage("--key-space must be at least 1".into());
+    }
+    if args.key_size < 20 && args.key_space > 10u64.pow(args.key_size as u32) {
+        return usage(format!("--key-space {} needs keys longer than {} bytes", args.key_space, args.key_size));
+    }
+    if !(0.0..=1.0).contains(&args.read_ratio) {
+        return usage("--read-ratio must be between 0 and 1".into());
+    }
+    if !(args.duration.is_finite() && args.duration > 0.0) && args.total.is_none() {
+        return usage("--duration must be a positive number of seconds".into());
+    }
+    if args.total == Some(0) {
+        return usage("--total must be at least 1".into());
+    }
+    Ok(())
+}
+
+fn driver(args: &BenchArgs) -> Result<Arc<dyn Driver>, CliError> {
+    let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    match args.target {
+        Target::Kuberaft => Ok(Arc::new(kuberaft::KuberaftDriver::new(&args.endpoints, args.conns, timeout)?)),
+        #[cfg(feature = "etcd")]
+        Target::Etcd => Ok(Arc::new(etcd::EtcdDriver::connect(&args.endpoints, args.conns, timeout)?)),
+        #[cfg(not(feature = "etcd"))]
+        Target::Etcd => Err(CliError::Usage(
+            "this kuberaft was built without etcd support: `cargo build --release --features etcd` (needs protoc)"
+                .into(),
+        )),
+    }
+}
+
+/// Runs `kuberaft bench`.
+pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    let report = bench(&args).await?;
+    let text = match args.output {
+        Output::Json => crate::cli::to_json_line(&report)?,
+        Output::Table => table(&report),
+    };
+    crate::cli::write_stdout(text.as_bytes())
+}
+
+/// Runs the benchmark the arguments describe and returns its report.
+pub async fn bench(args: &BenchArgs) -> Result<Report, CliError> {
+    check(args)?;
+    let driver = driver(args)?;
+    let value = Bytes::from(vec![b'v'; args.val_size]);
+    if args.preload {
+        preload(args, &driver, &value).await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let budget = Arc::new(AtomicU64::new(args.total.unwrap_or(u64::MAX)));
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(args.clients);
+    for worker in 0..args.clients {
+        let (driver, value, stop, done, failed, budget) =
+            (driver.clone(), value.clone(), stop.clone(), done.clone(), failed.clone(), budget.clone());
+        let args = args.clone();
+        workers.push(tokio::spawn(async move {
+            work(worker, &args, driver.as_ref(), value, &stop, &done, &failed, &budget).await
+        }));
+    }
+    let deadline = (args.total.is_none()).then(|| started + Duration::from_secs_f64(args.duration));
+    let label = format!("{:?} {:?} c={}", args.target, args.scenario, args.clients).to_lowercase();
+    let mut last = (started, 0u64);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = Instant::now();
+        let finished = workers.iter().all(|w| w.is_finished());
+        if deadline.is_some_and(|d| now >= d) || finished {
+            stop.store(true, Ordering::Relaxed);
+            break;
+        }
+        if !args.quiet && now.duration_since(last.0) >= Duration::from_secs(1) {
+            let count = done.load(Ordering::Relaxed);
+            let rate = (count - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+            crate::cli::write_stderr(&format!(
+                "\r[{label}] {:>5.1}s {count:>9} requests {rate:>9.0}/s errors {}   ",
+                now.duration_since(started).as_secs_f64(),
+                failed.load(Ordering::Relaxed)
+            ));
+            last = (now, count);
+        }
+    }
+    let mut histogram = new_histogram();
+    let mut compare_failed = 0;
+    let mut sample_errors = Vec::new();
+    for worker in workers {
+        let outcome = worker.await.map_err(|e| CliError::Failed(format!("a worker failed: {e}")))?;
+        histogram.add(&outcome.histogram).map_err(|e| CliError::Failed(format!("merge histograms: {e}")))?;
+        compare_failed += outcome.compare_failed;
+        for error in outcome.errors {
+            if sample_errors.len() < 5 && !sample_errors.contains(&error) {
+                sample_errors.push(error);
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if !args.quiet {
+        crate::cli::write_stderr("\n");
+    }
+    let errors = failed.load(Ordering::Relaxed);
+    let requests = histogram.len() + errors;
+    Ok(Report {
+        target: args.target,
+        scenario: args.scenario,
+        clients: args.clients,
+        conns: args.conns,
+        key_size: args.key_size,
+        val_size: args.val_size,
+        key_space: args.key_space,
+        requests,
+        errors,
+        compare_failed,
+        seconds,
+        throughput: histogram.len() as f64 / seconds,
+        latency_ms: Latency::of(&histogram),
+        sample_errors,
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 60 s at 3 significant digits: bounds that cannot fail.
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("3 digits is valid"))
+}
+
+struct WorkerOutcome {
+    histogram: Histogram<u64>,
+    compare_failed: u64,
+    errors: Vec<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn work(
+    worker: usize,
+    args: &BenchArgs,
+    driver: &dyn Driver,
+    value: Bytes,
+    stop: &AtomicBool,
+    done: &AtomicU64,
+    failed: &AtomicU64,
+    budget: &AtomicU64,
+) -> WorkerOutcome {
+    let conn = worker % args.conns;
+    let mut rng = Rng::new(args.seed.wrapping_mul(0x9e37_79b9).wrapping_add(worker as u64));
+    let mut histogram = new_histogram();
+    let mut outcome_errors = Vec::new();
+    let mut compare_failed = 0;
+    // CAS: this worker's keys (i ≡ worker mod clients) and the revision it last saw of each.
+    let own_keys = (args.key_space / args.clients as u64).max(1);
+    let mut revisions: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        if budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_err() {
+            break;
+        }
+        let (index, op) = match args.scenario {
+            Scenario::Put => (rng.range(0, args.key_space), Op::Put),
+            Scenario::Get => (rng.range(0, args.key_space), Op::Get { linearizable: true }),
+            Scenario::Sget => (rng.range(0, args.key_space), Op::Get { linearizable: false }),
+            Scenario::Mixed => {
+                let read = (rng.next_u64() as f64 / u64::MAX as f64) < args.read_ratio;
+                let op = if read { Op::Get { linearizable: true } } else { Op::Put };
+                (rng.range(0, args.key_space), op)
+            }
+            Scenario::Cas => {
+                let index = (rng.range(0, own_keys) * args.clients as u64 + worker as u64) % args.key_space;
+                let key = key_of(index, args.key_size);
+                let revision = match revisions.get(&index) {
+                    Some(&revision) => revision,
+                    None => match driver.revision(conn, &key).await {
+                        Ok(revision) => revision,
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            if outcome_errors.len() < 5 {
+                                outcome_errors.push(e);
+                            }
+                            continue;
+                        }
+                    },
+                };
+                (index, Op::Cas { revision })
+            }
+        };
+        let key = key_of(index, args.key_size);
+        let started = Instant::now();
+        match driver.request(conn, op, &key, value.clone()).await {
+            Ok(result) => {
+                let micros = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+                let _ = histogram.record(micros);
+                done.fetch_add(1, Ordering::Relaxed);
+                if result.compare_failed {
+                    compare_failed += 1;
+                    revisions.remove(&index);
+                } else if matches!(op, Op::Cas { .. }) {
+                    revisions.insert(index, result.revision);
+                }
+            }
+            Err(e) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                revisions.remove(&index);
+                if outcome_errors.len() < 5 {
+                    outcome_errors.push(e);
+                }
+            }
+        }
+    }
+    WorkerOutcome { histogram, compare_failed, errors: outcome_errors }
+}
+
+/// Writes every key once, with all workers, before the measured run.
+async fn preload(args: &BenchArgs, driver: &Arc<dyn Driver>, value: &Bytes) -> Result<(), CliError> {
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..args.clients {
+        let (driver, value, next, errors) = (driver.clone(), value.clone(), next.clone(), errors.clone());
+        let (conn, key_space, key_size) = (worker % args.conns, args.key_space, args.key_size);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= key_space {
+                    break;
+                }
+                let key = key_of(index, key_size);
+                if driver.request(conn, Op::Put, &key, value.clone()).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| CliError::Failed(format!("preload: {e}")))?;
+    }
+    match errors.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        n => Err(CliError::Failed(format!("preload: {n} of {} writes failed", args.key_space))),
+    }
+}
+
+/// The report as a table.
+pub fn table(r: &Report) -> String {
+    let l = &r.latency_ms;
+    let mut out = format!(
+        "{:?} {:?}: {} clients on {} conns, {}-byte keys ({} of them), {}-byte values\n",
+        r.target, r.scenario, r.clients, r.conns, r.key_size, r.key_space, r.val_size
+    )
+    .to_lowercase();
+    out.push_str(&format!(
+        "requests {}  errors {}  compare-failed {}  in {:.2} s  =>  {:.0} requests/s\n",
+        r.requests, r.errors, r.compare_failed, r.seconds, r.throughput
+    ));
+    out.push_str(&format!(
+        "latency ms  mean {:.3}  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}\n",
+        l.mean, l.p50, l.p90, l.p99, l.p999, l.max
+    ));
+    for e in &r.sample_errors {
+        out.push_str(&format!("error: {e}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_the_asked_size_and_are_distinct() {
+        assert_eq!(key_of(42, 8), b"00000042".to_vec());
+        assert_eq!(key_of(123_456_789, 4), b"6789".to_vec());
+        let keys: std::collections::BTreeSet<Vec<u8>> = (0..10_000).map(|i| key_of(i, 8)).collect();
+        assert_eq!(keys.len(), 10_000);
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        let args = |extra: &[&str]| {
+            #[derive(clap::Parser)]
+            struct Wrap {
+                #[command(flatten)]
+                bench: BenchArgs,
+            }
+            let parsed: Wrap = clap::Parser::parse_from(std::iter::once("bench").chain(extra.iter().copied()));
+            parsed.bench
+        };
+        assert!(check(&args(&[])).is_ok());
+        for bad in [
+            &["--clients", "0"][..],
+            &["--key-size", "0"],
+            &["--key-space", "0"],
+            &["--key-size", "2", "--key-space", "1000"],
+            &["--read-ratio", "1.5"],
+            &["--total", "0"],
+            &["--duration", "0"],
+        ] {
+            assert!(matches!(check(&args(bad)), Err(CliError::Usage(_))), "{bad:?}");
+        }
+    }
+}
