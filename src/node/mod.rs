@@ -335,6 +335,15 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut stop_client = stop_rx.clone();
         let mut stop_peer = stop_rx.clone();
+        // Small requests and answers go out at once (no Nagle delay behind an unacknowledged
+        // segment): a round trip of the Raft loop is a few of them in a row.
+        let nodelay = |tcp: &mut tokio::net::TcpStream| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        };
+        let client_listener = axum::serve::ListenerExt::tap_io(client_listener, nodelay);
+        let peer_listener = axum::serve::ListenerExt::tap_io(peer_listener, nodelay);
         let client_server = tokio::spawn(async move {
             axum::serve(client_listener, client_router(api))
                 .with_graceful_shutdown(async move {

@@ -296,7 +296,16 @@ impl RaftLoop {
             if !self.raw.has_ready() {
                 break;
             }
-            let rd = self.raw.ready();
+            let mut rd = self.raw.ready();
+            // Thesis §10.2.1: a leader sends its appends while it writes them, so that its own
+            // fsync and its followers' overlap. Safe because its term and vote were durable before
+            // it could lead, and it counts itself toward a commit only after the write (`advance`).
+            if self.raw.raft.role() == Role::Leader && rd.snapshot.is_none() {
+                for entry in &rd.entries {
+                    self.learn_address(&entry.payload);
+                }
+                self.outbox.send(std::mem::take(&mut rd.messages));
+            }
             if !self.persist(&rd) {
                 self.stuck = Some(rd);
                 self.publish();

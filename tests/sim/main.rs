@@ -379,8 +379,9 @@ impl Sim {
             if !raw.has_ready() {
                 return Ok(());
             }
-            let rd = raw.ready();
+            let mut rd = raw.ready();
             let term = raw.raft.term();
+            let leading = raw.raft.role() == Role::Leader;
             if let Some(ss) = rd.soft_state {
                 if ss.role == Role::Leader {
                     self.stats.elections += 1;
@@ -389,6 +390,18 @@ impl Sim {
                 }
             }
             self.check_appended(id, &rd.entries)?;
+            // A leader sends its appends while it writes them (thesis §10.2.1), as the node does;
+            // sometimes it crashes between the two, losing entries its followers may have.
+            if leading {
+                for m in std::mem::take(&mut rd.messages) {
+                    self.send(m);
+                }
+                if self.clients_on && !rd.entries.is_empty() && self.rng.chance(0.005) {
+                    self.log(|| format!("n{id} crashes after sending, before persisting"));
+                    self.crash(id);
+                    return Ok(());
+                }
+            }
             let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
             let old = node.disk.hard_state;
             if !node.disk.persist(&rd) {
