@@ -324,7 +324,9 @@ impl RaftLoop {
         let started = Instant::now();
         match self.storage.persist(rd.hard_state.as_ref(), rd.snapshot.as_ref(), &rd.entries) {
             Ok(()) => {
-                self.shared.metrics.observe_fsync(started.elapsed().as_secs_f64());
+                if self.storage.last_persist_synced() {
+                    self.shared.metrics.observe_fsync(started.elapsed().as_secs_f64());
+                }
                 if let Some(failure) = self.storage_failure.take() {
                     let failed_for_s = failure.since.elapsed().as_secs();
                     tracing::info!(failed_for_s, "storage recovered; serving again");

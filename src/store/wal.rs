@@ -122,11 +122,14 @@ pub struct Storage {
     /// Oldest first; the last one is the active segment that records are appended to.
     segments: Vec<Segment>,
     active: File,
-    /// Bytes of the active segment that are durable: where the next record goes.
+    /// Bytes of the active segment written whole: where the next record goes. All but a
+    /// trailing commit-only record are durable.
     active_len: u64,
     /// A failed write may have left bytes after `active_len`; cut them before writing again.
     tail_dirty: bool,
     hard_state: HardState,
+    /// Whether the last `persist` ended with an fsync (a commit-only record does not).
+    last_synced: bool,
     /// The newest durable snapshot.
     snapshot: Option<SnapshotMark>,
     /// The last index persisted (an upper bound after a snapshot); names new segments.
@@ -221,6 +224,7 @@ impl Storage {
             active_len,
             tail_dirty: false,
             hard_state,
+            last_synced: true,
             snapshot: snapshot_mark,
             last_index,
             fresh,
@@ -229,6 +233,12 @@ impl Storage {
             fault: None,
         };
         Ok((storage, DurableState { hard_state, snapshot, entries }))
+    }
+
+    /// Whether the last `persist` ended with an fsync; a record that only moved the commit index
+    /// is written without one.
+    pub fn last_persist_synced(&self) -> bool {
+        self.last_synced
     }
 
     /// True when nothing was ever persisted here (fresh member).
@@ -271,7 +281,16 @@ impl Storage {
         // the active segment even if it is one whose header a crash cut off.
         let hard_state_to_write = hard_state.copied().or(mark.map(|_| self.hard_state));
         let record = encode_record(&BatchRef { snapshot: mark, entries, hard_state: hard_state_to_write })?;
-        self.append_durably(&record)?;
+        // Only entries, snapshots, terms and votes must be durable before anything is sent or
+        // answered. A record that only moves the commit index is written without an fsync (as
+        // etcd does): the next fsync of the file carries it, and if a crash loses it the member
+        // restarts with an older commit index, which Raft recovers from its leader. Each commit
+        // would otherwise cost a second fsync per write on every member.
+        let sync = mark.is_some()
+            || !entries.is_empty()
+            || hard_state.is_some_and(|hs| hs.term != self.hard_state.term || hs.vote != self.hard_state.vote);
+        self.append(&record, sync)?;
+        self.last_synced = sync;
 
         self.fresh = false;
         if let Some(hs) = hard_state {
@@ -313,16 +332,20 @@ impl Storage {
         Ok(())
     }
 
-    /// Appends one encoded record and fdatasyncs. On failure, cuts the file back to its last
-    /// durable length: left in place, the failed bytes would end up between two good records
-    /// once a retry succeeds, and replay would rightly call that corruption.
-    fn append_durably(&mut self, record: &[u8]) -> Result<(), StoreError> {
+    /// Appends one encoded record and (with `sync`) fdatasyncs. On failure, cuts the file back to
+    /// its last good length: left in place, the failed bytes would end up between two good
+    /// records once a retry succeeds, and replay would rightly call that corruption.
+    fn append(&mut self, record: &[u8], sync: bool) -> Result<(), StoreError> {
         let offset = self.active_len;
         let written = self.write_at(record, offset);
         let path = &self.segments[self.segments.len() - 1].path;
-        let result = written
-            .map_err(|e| StoreError::io("append to WAL segment", path, e))
-            .and_then(|()| self.active.sync_data().map_err(|e| StoreError::io("fsync WAL segment", path, e)));
+        let result = written.map_err(|e| StoreError::io("append to WAL segment", path, e)).and_then(|()| {
+            if sync {
+                self.active.sync_data().map_err(|e| StoreError::io("fsync WAL segment", path, e))
+            } else {
+                Ok(())
+            }
+        });
         match result {
             Ok(()) => {
                 self.active_len += record.len() as u64;
@@ -362,6 +385,13 @@ impl Storage {
     /// mark, so that it replays correctly without any older segment.
     fn roll(&mut self) -> Result<(), StoreError> {
         self.repair_tail()?;
+        // A commit-only record written without an fsync must be durable before its segment
+        // stops being the last: only the last segment may end in a torn record.
+        if !self.last_synced {
+            let path = &self.segments[self.segments.len() - 1].path;
+            self.active.sync_data().map_err(|e| StoreError::io("fsync WAL segment", path, e))?;
+            self.last_synced = true;
+        }
         let previous = self.segments[self.segments.len() - 1].first_index;
         let first_index = self.last_index.saturating_add(1).max(previous.saturating_add(1));
         let path = self.wal_dir.join(segment_name(first_index));
@@ -1070,6 +1100,32 @@ mod tests {
         expected.extend(entries(2..=2, 3));
         assert_eq!(state.entries, expected);
         assert_eq!(state.hard_state, hard_state(3, None, 1));
+    }
+
+    #[test]
+    fn only_a_record_that_just_moves_the_commit_index_skips_the_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut storage, _) = open(dir.path());
+        storage.persist(Some(&hard_state(1, Some(1), 0)), None, &entries(1..=3, 1)).expect("entries");
+        assert!(storage.last_persist_synced(), "entries are synced");
+        storage.persist(Some(&hard_state(1, Some(1), 2)), None, &[]).expect("commit");
+        assert!(!storage.last_persist_synced(), "a commit-only record is not");
+        storage.persist(Some(&hard_state(2, None, 2)), None, &[]).expect("term");
+        assert!(storage.last_persist_synced(), "a new term is");
+        storage.persist(Some(&hard_state(2, Some(3), 3)), None, &[]).expect("vote");
+        assert!(storage.last_persist_synced(), "a vote is");
+        storage.persist(Some(&hard_state(2, Some(3), 3)), None, &entries(4..=4, 2)).expect("entry");
+        storage.persist(Some(&hard_state(2, Some(3), 4)), None, &[]).expect("commit");
+        assert!(!storage.last_persist_synced());
+        // Written all the same: a reopen (after a process crash, with the page cache intact)
+        // finds it; a compaction syncs it before the segment stops being the last.
+        drop(storage);
+        let durable = reopen(dir.path());
+        assert_eq!(durable.hard_state, hard_state(2, Some(3), 4));
+        let (mut storage, _) = open(dir.path());
+        storage.persist(Some(&hard_state(2, Some(3), 4)), None, &[]).expect("same commit");
+        storage.compact(&snapshot(2, 1)).expect("compact");
+        assert!(storage.last_persist_synced(), "rolling a segment syncs its tail");
     }
 
     #[test]
