@@ -239,7 +239,12 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         Output::Json => crate::cli::to_json_line(&report)?,
         Output::Table => table(&report),
     };
-    crate::cli::write_stdout(text.as_bytes())
+    crate::cli::write_stdout(text.as_bytes())?;
+    if report.requests > 0 && report.errors == report.requests {
+        let first = report.sample_errors.first().cloned().unwrap_or_default();
+        return Err(CliError::Failed(format!("every request failed (the first: {first})")));
+    }
+    Ok(())
 }
 
 /// Runs the benchmark the arguments describe and returns its report.
