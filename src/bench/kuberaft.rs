@@ -69,10 +69,4 @@ impl Driver for KuberaftDriver {
             }
         })
     }
-
-    fn revision<'a>(&'a self, conn: usize, key: &'a [u8]) -> BoxFuture<'a, Result<u64, String>> {
-        Box::pin(
-            async move { Ok(self.request(conn, Op::Get { linearizable: true }, key, Bytes::new()).await?.revision) },
-        )
-    }
 }

@@ -133,7 +133,11 @@ pub trait Driver: Send + Sync {
         value: Bytes,
     ) -> BoxFuture<'a, Result<OpResult, String>>;
     /// The current mod revision of a key (0 when absent), read linearizably.
-    fn revision<'a>(&'a self, conn: usize, key: &'a [u8]) -> BoxFuture<'a, Result<u64, String>>;
+    fn revision<'a>(&'a self, conn: usize, key: &'a [u8]) -> BoxFuture<'a, Result<u64, String>> {
+        Box::pin(
+            async move { Ok(self.request(conn, Op::Get { linearizable: true }, key, Bytes::new()).await?.revision) },
+        )
+    }
 }
 
 /// The result of one run.

@@ -371,7 +371,8 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
     result
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or Ctrl-C (Ctrl-C only, if SIGTERM cannot be watched).
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

@@ -88,7 +88,7 @@ async fn operate(args: OperatorArgs) -> Result<(), String> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        shutdown_signal().await;
+        crate::node::wait_for_signal().await;
         tracing::info!("stopping: reconciles in flight finish first");
         let _ = stop_tx.send(true);
     });
@@ -231,20 +231,6 @@ where
 
 fn error_policy(cluster: Arc<RaftCluster>, _err: &ReconcileError, ctx: Arc<Context>) -> Action {
     Action::requeue(reconcile::backoff(&cluster, &ctx))
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }
 
 fn metrics_router(ctx: Arc<Context>, leading: Arc<AtomicBool>) -> axum::Router {
