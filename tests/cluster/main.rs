@@ -926,6 +926,31 @@ fn disk_full_member_killed_restarts_with_a_torn_wal_tail_and_catches_up() {
     }
 }
 
+/// Runs every scenario of `kuberaft bench` (8 workers, 300 requests over 50 keys of 100-byte
+/// values; the first one preloads them) against `target` and checks each report: every request
+/// counted, no errors, no compare failures, a throughput, ordered percentiles.
+fn bench_every_scenario(target: &str, endpoints: &[String], conns: &str) {
+    for (scenario, extra) in [("put", &["--preload"][..]), ("get", &[]), ("sget", &[]), ("mixed", &[]), ("cas", &[])] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+            .args(["bench", "--target", target, "--endpoints", &endpoints.join(","), "--scenario", scenario])
+            .args(["--clients", "8", "--conns", conns, "--key-space", "50", "--val-size", "100", "--total", "300"])
+            .args(["-w", "json", "--quiet"])
+            .args(extra)
+            .output()
+            .expect("run kuberaft bench");
+        assert!(output.status.success(), "{target} {scenario}: {}", String::from_utf8_lossy(&output.stderr));
+        let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+        assert_eq!(report["requests"], 300, "{target} {scenario}: {report}");
+        assert_eq!(report["errors"], 0, "{target} {scenario}: {report}");
+        assert_eq!(report["compare_failed"], 0, "{target} {scenario}: {report}");
+        assert!(report["throughput"].as_f64().unwrap_or(0.0) > 0.0, "{target} {scenario}: {report}");
+        let latency = &report["latency_ms"];
+        let points: Vec<f64> =
+            ["p50", "p90", "p99", "p999", "max"].iter().map(|p| latency[*p].as_f64().unwrap_or(-1.0)).collect();
+        assert!(points[0] > 0.0 && points.windows(2).all(|w| w[0] <= w[1]), "{target} {scenario}: {latency}");
+    }
+}
+
 /// `kuberaft bench` against a real 3-member cluster: every scenario counts every request, finds
 /// no errors, reports ordered percentiles, really writes what it says (the preloaded keys are
 /// there, with values of the asked size), and its compare-and-swap workers never conflict (each
@@ -936,37 +961,7 @@ fn bench_counts_every_request_and_writes_what_it_reports() {
     c.bootstrap();
     c.wait_leader(ELECTION);
     let endpoints: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
-    let bench = |scenario: &str, extra: &[&str]| -> Value {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
-            .args([
-                "bench",
-                "--endpoints",
-                &endpoints.join(","),
-                "--scenario",
-                scenario,
-                "--clients",
-                "8",
-                "--conns",
-                "4",
-            ])
-            .args(["--key-space", "50", "--val-size", "100", "--total", "300", "-w", "json", "--quiet"])
-            .args(extra)
-            .output()
-            .expect("run kuberaft bench");
-        assert!(output.status.success(), "{scenario}: {}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).expect("a JSON report")
-    };
-    for (scenario, extra) in [("put", &["--preload"][..]), ("get", &[]), ("sget", &[]), ("mixed", &[]), ("cas", &[])] {
-        let report = bench(scenario, extra);
-        assert_eq!(report["requests"], 300, "{scenario}: {report}");
-        assert_eq!(report["errors"], 0, "{scenario}: {report}");
-        assert_eq!(report["compare_failed"], 0, "{scenario}: {report}");
-        assert!(report["throughput"].as_f64().unwrap_or(0.0) > 0.0, "{scenario}: {report}");
-        let latency = &report["latency_ms"];
-        let points: Vec<f64> =
-            ["p50", "p90", "p99", "p999", "max"].iter().map(|p| latency[*p].as_f64().unwrap_or(-1.0)).collect();
-        assert!(points[0] > 0.0 && points.windows(2).all(|w| w[0] <= w[1]), "{scenario}: {latency}");
-    }
+    bench_every_scenario("kuberaft", &endpoints, "4");
     // The preload wrote each of the 50 keys (8 digits) with a 100-byte value.
     for k in 0..50 {
         let (status, value) = c.get(0, &format!("{k:08}"), "linearizable");
@@ -1028,20 +1023,7 @@ fn bench_drives_etcd_through_its_grpc_api() {
     wait_for("etcd is healthy", ELECTION, || {
         etcdctl(&["endpoint", "health"]).ok().filter(|o| o.status.success()).map(drop)
     });
-    for (scenario, extra) in [("put", &["--preload"][..]), ("get", &[]), ("sget", &[]), ("mixed", &[]), ("cas", &[])] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
-            .args(["bench", "--target", "etcd", "--endpoints", &endpoints.join(","), "--scenario", scenario])
-            .args(["--clients", "8", "--conns", "2", "--key-space", "50", "--val-size", "100", "--total", "300"])
-            .args(["-w", "json", "--quiet"])
-            .args(extra)
-            .output()
-            .expect("run kuberaft bench");
-        assert!(output.status.success(), "{scenario}: {}", String::from_utf8_lossy(&output.stderr));
-        let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
-        assert_eq!(report["requests"], 300, "{scenario}: {report}");
-        assert_eq!(report["errors"], 0, "{scenario}: {report}");
-        assert_eq!(report["compare_failed"], 0, "{scenario}: {report}");
-    }
+    bench_every_scenario("etcd", &endpoints, "2");
     let listed = etcdctl(&["get", "00000000", "00000050", "--keys-only"]).expect("etcdctl");
     let keys = String::from_utf8_lossy(&listed.stdout).lines().filter(|l| !l.is_empty()).count();
     assert_eq!(keys, 50, "{}", String::from_utf8_lossy(&listed.stdout));
