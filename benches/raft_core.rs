@@ -45,6 +45,7 @@ impl Group {
                 while node.has_ready() {
                     let rd = node.ready();
                     self.inbox.extend(rd.messages);
+                    self.inbox.extend(rd.persisted_messages);
                     node.advance();
                     progressed = true;
                 }

@@ -236,6 +236,7 @@ impl Group {
                         member.kv.apply(entry);
                     }
                     outbox.extend(rd.messages);
+                    outbox.extend(rd.persisted_messages);
                     member.raw.advance();
                     check_invariants(member, context);
                 }

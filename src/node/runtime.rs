@@ -298,9 +298,10 @@ impl RaftLoop {
             }
             let mut rd = self.raw.ready();
             // Thesis §10.2.1: a leader sends its appends while it writes them, so that its own
-            // fsync and its followers' overlap. Safe because its term and vote were durable before
-            // it could lead, and it counts itself toward a commit only after the write (`advance`).
-            if self.raw.raft.role() == Role::Leader && rd.snapshot.is_none() {
+            // fsync and its followers' overlap. The core puts a message here only when the term
+            // and vote it carries are durable already; it counts the leader itself toward a
+            // commit only after the write (`advance`).
+            if !rd.messages.is_empty() {
                 for entry in &rd.entries {
                     self.learn_address(&entry.payload);
                 }
@@ -376,7 +377,7 @@ impl RaftLoop {
         for entry in &rd.entries {
             self.learn_address(&entry.payload);
         }
-        self.outbox.send(rd.messages);
+        self.outbox.send(rd.persisted_messages);
         if let Some(snapshot) = &rd.snapshot {
             self.install(snapshot);
         }

@@ -23,6 +23,22 @@ pub struct Config {
     pub max_uncommitted_bytes: usize,
     /// Seeds the election-timeout randomness.
     pub seed: u64,
+    /// A bug planted on purpose, for the simulator to prove that it catches it. Always `None`
+    /// outside the simulator's planted-bug runs.
+    #[doc(hidden)]
+    pub planted: Option<PlantedBug>,
+}
+
+/// Bugs the simulator must catch (tests/sim `planted_bugs_are_caught`): each one removes one
+/// safety rule, and the simulator finds a seed that breaks an invariant without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// The join decision takes a follower's word that the member may rejoin under its id.
+    JoinOnFollowersWord,
+    /// A member with an empty log grants votes.
+    VoteFromEmptyLog,
+    /// A leader sends messages of a term that is not yet durable (before its Ready persisted).
+    SendTermBeforePersist,
 }
 
 impl Config {
@@ -38,6 +54,7 @@ impl Config {
             max_msg_bytes: 1 << 20,
             max_uncommitted_bytes: 64 << 20,
             seed: id,
+            planted: None,
         }
     }
 

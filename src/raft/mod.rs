@@ -18,7 +18,7 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, PlantedBug};
 pub use log::RaftLog;
 pub use memory::MemoryStorage;
 pub use progress::{Progress, ProgressState};

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
-use super::config::{Config, ConfigError};
+use super::config::{Config, ConfigError, PlantedBug};
 use super::log::RaftLog;
 use super::progress::{Progress, ProgressState};
 use super::quorum::{has_majority, quorum_value};
@@ -117,6 +117,10 @@ pub struct Raft {
     pub(crate) aborted_reads: Vec<u64>,
     /// Leader: proposals or a commit advance wait to be sent in the next `ready`.
     pub(crate) need_bcast_append: bool,
+    /// Set when this member, holding nothing, was sent a log that counts it as a voter it never
+    /// was added as a learner: it is a voter whose data is lost. It then ignores every message;
+    /// the host must stop it (the node exits with code 3 so that it is replaced).
+    data_lost: bool,
 }
 
 impl Raft {
@@ -147,6 +151,7 @@ impl Raft {
             read_states: Vec::new(),
             aborted_reads: Vec::new(),
             need_bcast_append: false,
+            data_lost: false,
             cfg,
         };
         raft.conf = raft.conf_at(raft.log.last_index());
@@ -194,6 +199,16 @@ impl Raft {
     }
     pub fn hard_state(&self) -> HardState {
         HardState { term: self.term, vote: self.vote, commit: self.log.committed }
+    }
+    /// A member that holds nothing: no entries and no snapshot. It grants no vote (it cannot
+    /// know whether it promised anything before its data was lost) and takes a log only if
+    /// that log adds it as a learner before it counts it as a voter.
+    pub fn is_blank(&self) -> bool {
+        self.log.last_index() == 0
+    }
+    /// See the `data_lost` field: the member must be stopped and replaced.
+    pub fn data_lost(&self) -> bool {
+        self.data_lost
     }
     /// Whether the leader has committed an entry of its own term, so that its commit index is
     /// known to be current (§8).
@@ -431,7 +446,7 @@ impl Raft {
 
     /// Handles one message from a peer.
     pub fn step(&mut self, m: Message) {
-        if m.to != self.cfg.id || m.from == self.cfg.id || m.from == 0 || !m.is_well_formed() {
+        if self.data_lost || m.to != self.cfg.id || m.from == self.cfg.id || m.from == 0 || !m.is_well_formed() {
             return;
         }
         if m.term > self.term {
@@ -491,7 +506,10 @@ impl Raft {
     fn handle_vote_request(&mut self, from: NodeId, term: Term, last_index: Index, last_term: Term, pre: bool) {
         let can_vote =
             self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none()) || (pre && term > self.term);
-        if can_vote && self.log.is_up_to_date(last_index, last_term) {
+        // A blank member may have lost its data after promising entries to a leader; its vote
+        // could elect a candidate that lacks them. It votes only once it holds a log.
+        let blank_guard = self.is_blank() && self.cfg.planted != Some(PlantedBug::VoteFromEmptyLog);
+        if can_vote && !blank_guard && self.log.is_up_to_date(last_index, last_term) {
             if pre {
                 self.send_with_term(from, term, MessageBody::PreVoteResp { granted: true });
             } else {
@@ -564,6 +582,10 @@ impl Raft {
     }
 
     fn handle_append(&mut self, from: NodeId, prev_index: Index, prev_term: Term, entries: &[Entry], commit: Index) {
+        if self.is_blank() && prev_index == 0 && self.voter_before_learner(entries) {
+            self.lose_data(from);
+            return;
+        }
         if prev_index < self.log.committed {
             self.send(from, MessageBody::AppendResp { index: self.log.committed, reject: None });
             return;
@@ -598,6 +620,10 @@ impl Raft {
     }
 
     fn handle_snapshot(&mut self, from: NodeId, snapshot: Snapshot) {
+        if self.is_blank() && snapshot.meta.conf.voters.contains(&self.cfg.id) {
+            self.lose_data(from);
+            return;
+        }
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
         if index <= self.log.committed {
             self.send(from, MessageBody::AppendResp { index: self.log.committed, reject: None });
@@ -611,6 +637,26 @@ impl Raft {
             self.log.install(snapshot);
         }
         self.send(from, MessageBody::AppendResp { index, reject: None });
+    }
+
+    /// Whether a log sent to this blank member counts it as a voter before (or without) adding
+    /// it as a learner: a member that joins with empty data is always added as a learner first,
+    /// so such a log belongs to a cluster in which this id voted — with data it no longer has.
+    fn voter_before_learner(&self, entries: &[Entry]) -> bool {
+        let me = self.cfg.id;
+        for e in entries {
+            if let EntryPayload::ConfChange(cc) = &e.payload {
+                if cc.node_id == me {
+                    return matches!(cc.kind, ConfChangeKind::AddVoter | ConfChangeKind::Promote);
+                }
+            }
+        }
+        false
+    }
+
+    fn lose_data(&mut self, leader: NodeId) {
+        self.data_lost = true;
+        self.leader = Some(leader);
     }
 
     fn handle_append_resp(&mut self, from: NodeId, index: Index, reject: Option<RejectHint>) {

@@ -1,15 +1,21 @@
 //! The hand-off between the core and its host. The host takes a `Ready`, and in this order:
-//! 1. persists `hard_state`, `snapshot` and `entries` (deleting any stored entries at or
+//! 1. may send `messages` at once (before or while it persists);
+//! 2. persists `hard_state`, `snapshot` and `entries` (deleting any stored entries at or
 //!    after the first index in `entries`), and makes them durable (fsync);
-//! 2. sends `messages` — only now, because votes and append acknowledgements in them are
-//!    promises about what step 1 made durable;
-//! 3. installs `snapshot` into its state machine, then applies `committed_entries` in order,
+//! 3. sends `persisted_messages` — only now, because votes, append acknowledgements and
+//!    anything of a new term in them are promises about what step 2 made durable;
+//! 4. installs `snapshot` into its state machine, then applies `committed_entries` in order,
 //!    answers `read_states` once it has applied their index, and fails `aborted_reads`;
-//! 4. calls `advance()`.
+//! 5. calls `advance()`.
 //!
-//! A leader counts its own log toward a commit only once `advance` says it is durable
-//! (thesis §10.2.1), so it may send entries to followers while its own fsync runs.
+//! `messages` holds only a leader's messages of a term (and vote) that is already durable:
+//! its appends may leave while its own fsync runs (thesis §10.2.1), because it counts its own
+//! log toward a commit only once `advance` says it is durable. Everything else — a follower's
+//! acknowledgements, votes, and a leader's first messages after it won in a term that is not
+//! yet on disk (a single voter wins at once) — is in `persisted_messages`. The split follows
+//! raft-rs (`messages` / `persisted_messages`).
 
+use super::config::PlantedBug;
 use super::raft::Raft;
 use super::types::*;
 
@@ -26,7 +32,10 @@ pub struct Ready {
     pub hard_state: Option<HardState>,
     pub snapshot: Option<Snapshot>,
     pub entries: Vec<Entry>,
+    /// May be sent before the rest of this `Ready` is durable.
     pub messages: Vec<Message>,
+    /// May be sent only once `hard_state`, `snapshot` and `entries` are durable.
+    pub persisted_messages: Vec<Message>,
     pub committed_entries: Vec<Entry>,
     pub read_states: Vec<ReadState>,
     pub aborted_reads: Vec<u64>,
@@ -95,6 +104,14 @@ impl RawNode {
         let hard_state = (hs != self.persisted).then_some(hs);
         let entries = r.log.unstable_entries().to_vec();
         let snapshot = r.log.pending_snapshot.clone();
+        // A leader's messages may leave early only if they carry nothing that is not durable
+        // yet but their entries: its term and vote must already be on disk.
+        let durable_term = self.persisted.term == r.term && self.persisted.vote == r.vote;
+        let early = r.role() == Role::Leader
+            && snapshot.is_none()
+            && (durable_term || r.cfg.planted == Some(PlantedBug::SendTermBeforePersist));
+        let msgs = std::mem::take(&mut r.msgs);
+        let (messages, persisted_messages) = if early { (msgs, Vec::new()) } else { (Vec::new(), msgs) };
         let committed_entries = r.log.next_committed(MAX_APPLY_BYTES);
         self.in_progress = Some(InProgress {
             hard_state,
@@ -107,7 +124,8 @@ impl RawNode {
             hard_state,
             snapshot,
             entries,
-            messages: std::mem::take(&mut r.msgs),
+            messages,
+            persisted_messages,
             committed_entries,
             read_states: std::mem::take(&mut r.read_states),
             aborted_reads: std::mem::take(&mut r.aborted_reads),

@@ -336,7 +336,8 @@ impl Network {
     /// Does what a host does with a `Ready`, in the order `ready.rs` prescribes: persist, send,
     /// apply, advance. With `send` false the messages are returned instead.
     fn process_ready(&mut self, id: NodeId, mut rd: Ready, send: bool) -> Vec<Message> {
-        let messages = std::mem::take(&mut rd.messages);
+        let mut messages = std::mem::take(&mut rd.messages);
+        messages.append(&mut rd.persisted_messages);
         let peer = self.peers.get_mut(&id).expect("a member");
         // 1. Persist.
         assert!(peer.storage.persist(&rd), "entries to persist continue the durable log");
@@ -1354,7 +1355,8 @@ fn figure_2_a_ready_persists_what_its_messages_promise() {
     net.step(2, to_2);
     let rd = net.peer_mut(2).node.ready();
     assert_eq!(rd.hard_state, Some(HardState { term: 2, vote: Some(1), commit: 3 }));
-    assert_eq!(rd.messages, [msg(2, 1, 2, MessageBody::VoteResp { granted: true })]);
+    assert!(rd.messages.is_empty(), "a vote waits for its durable record");
+    assert_eq!(rd.persisted_messages, [msg(2, 1, 2, MessageBody::VoteResp { granted: true })]);
     net.process_ready(2, rd, true);
     net.stabilize();
     assert_eq!(net.leaders(), [1]);
@@ -1365,7 +1367,8 @@ fn figure_2_a_ready_persists_what_its_messages_promise() {
     net.step(2, to_2);
     let rd = net.peer_mut(2).node.ready();
     assert_eq!(rd.entries.last().map(|e| e.index), Some(index));
-    assert_eq!(rd.messages, [msg(2, 1, 2, MessageBody::AppendResp { index, reject: None })]);
+    assert!(rd.messages.is_empty(), "an acknowledgement waits for the entries to be durable");
+    assert_eq!(rd.persisted_messages, [msg(2, 1, 2, MessageBody::AppendResp { index, reject: None })]);
     net.process_ready(2, rd, true);
 }
 
@@ -1458,4 +1461,134 @@ fn bad_input_from_peers_never_panics_or_corrupts_the_log() {
         assert_eq!(net.log_entries(id), net.log_entries(1), "member {id}");
         assert_eq!(net.commands(id), ["a", "b"], "member {id}");
     }
+}
+
+// ===================================================================================
+// Lost data (issue 11): a blank member never acts as a voter it cannot prove it is
+// ===================================================================================
+
+fn blank(id: NodeId) -> RawNode {
+    RawNode::new(Raft::new(Config::new(id), InitialState::default()).expect("valid config"))
+}
+
+fn member_change(index: Index, kind: ConfChangeKind, node_id: NodeId) -> Entry {
+    Entry { index, term: 1, payload: EntryPayload::ConfChange(conf_change(kind, node_id)) }
+}
+
+fn all_messages(rd: &Ready) -> Vec<Message> {
+    rd.messages.iter().chain(&rd.persisted_messages).cloned().collect()
+}
+
+/// A member with no log may have lost its data after promising entries; its vote could elect a
+/// candidate that lacks them, so it grants none, pre-vote or vote.
+#[test]
+fn a_member_with_an_empty_log_grants_no_vote() {
+    let mut node = blank(3);
+    node.step(msg(1, 3, 5, MessageBody::PreVote { last_index: 0, last_term: 0 }));
+    node.step(vote_request(2, 3, 5, 0, 0));
+    let rd = node.ready();
+    let granted: Vec<Message> = all_messages(&rd)
+        .into_iter()
+        .filter(|m| matches!(m.body, MessageBody::VoteResp { granted: true } | MessageBody::PreVoteResp { granted: true }))
+        .collect();
+    assert!(granted.is_empty(), "no vote from an empty log: {:?}", all_messages(&rd));
+    assert_eq!(rd.hard_state.map(|h| h.vote), Some(None), "the term moves, the vote stays empty");
+
+    // With the guard planted away, the same member grants the vote (so the test above can fail).
+    let mut cfg = Config::new(3);
+    cfg.planted = Some(PlantedBug::VoteFromEmptyLog);
+    let mut node = RawNode::new(Raft::new(cfg, InitialState::default()).expect("valid config"));
+    node.step(vote_request(2, 3, 5, 0, 0));
+    let rd = node.ready();
+    assert!(all_messages(&rd).iter().any(|m| m.body == MessageBody::VoteResp { granted: true }));
+}
+
+/// A blank member that is sent a log in which it is a voter it was never added as a learner
+/// (an initial member whose data directory was wiped) takes none of it, acknowledges nothing
+/// and reports its data lost.
+#[test]
+fn a_blank_member_sent_a_log_that_counts_it_as_a_voter_reports_data_lost() {
+    let mut node = blank(3);
+    let entries: Vec<Entry> = (1..=3).map(|id| member_change(id, ConfChangeKind::AddVoter, id)).collect();
+    node.step(msg(1, 3, 4, MessageBody::Append { prev_index: 0, prev_term: 0, entries, commit: 3 }));
+    assert!(node.raft.data_lost());
+    assert!(node.raft.is_blank(), "nothing was appended");
+    let rd = node.ready();
+    assert!(rd.entries.is_empty());
+    assert!(!all_messages(&rd).iter().any(|m| matches!(m.body, MessageBody::AppendResp { .. })), "no acknowledgement");
+    // It stays inert: a later vote request or append changes nothing.
+    node.advance();
+    node.step(vote_request(2, 3, 6, 9, 4));
+    assert!(!node.has_ready() || all_messages(&node.ready()).is_empty());
+
+    // The same member joining as a learner (added, then promoted) takes the log.
+    let mut node = blank(3);
+    let mut entries: Vec<Entry> = (1..=2).map(|id| member_change(id, ConfChangeKind::AddVoter, id)).collect();
+    entries.push(member_change(3, ConfChangeKind::AddLearner, 3));
+    entries.push(member_change(4, ConfChangeKind::Promote, 3));
+    node.step(msg(1, 3, 4, MessageBody::Append { prev_index: 0, prev_term: 0, entries, commit: 3 }));
+    assert!(!node.raft.data_lost());
+    let rd = node.ready();
+    assert_eq!(rd.entries.len(), 4);
+    assert!(rd.persisted_messages.iter().any(|m| m.body == MessageBody::AppendResp { index: 4, reject: None }));
+}
+
+#[test]
+fn a_blank_member_sent_a_snapshot_that_counts_it_as_a_voter_reports_data_lost() {
+    let snapshot = |conf: ConfState| MessageBody::InstallSnapshot {
+        snapshot: Snapshot { meta: SnapshotMeta { index: 10, term: 2, conf }, data: Bytes::new() },
+    };
+    let mut node = blank(3);
+    node.step(msg(1, 3, 4, snapshot(voters(3))));
+    assert!(node.raft.data_lost());
+    assert!(node.ready().snapshot.is_none());
+
+    let mut node = blank(3);
+    let conf = ConfState { voters: (1..=2).collect(), learners: [3].into() };
+    node.step(msg(1, 3, 4, snapshot(conf)));
+    assert!(!node.raft.data_lost());
+    assert!(node.ready().snapshot.is_some(), "a learner takes the snapshot");
+}
+
+/// A single voter wins its election at once, in a term that is not on disk yet: its first
+/// messages (here, appends to a learner) must wait until that term is durable. Later appends of
+/// a durable term may leave while the leader writes them (thesis §10.2.1).
+#[test]
+fn a_leader_sends_nothing_of_a_term_before_that_term_is_durable() {
+    let state = InitialState {
+        hard_state: HardState { term: 1, vote: None, commit: 2 },
+        entries: vec![member_change(1, ConfChangeKind::AddVoter, 1), member_change(2, ConfChangeKind::AddLearner, 2)],
+        ..InitialState::default()
+    };
+    let check = |planted: Option<PlantedBug>| {
+        let mut cfg = Config::new(1);
+        cfg.planted = planted;
+        let mut node = RawNode::new(Raft::new(cfg, state.clone()).expect("valid config"));
+        for _ in 0..100 {
+            node.tick();
+            if node.raft.role() == Role::Leader {
+                break;
+            }
+        }
+        assert_eq!(node.raft.role(), Role::Leader);
+        let rd = node.ready();
+        assert_eq!(rd.hard_state.map(|h| h.term), Some(2));
+        (rd.messages.clone(), rd.persisted_messages.clone(), node)
+    };
+    let (early, later, mut node) = check(None);
+    assert!(early.is_empty(), "nothing leaves before term 2 is durable: {early:?}");
+    assert!(later.iter().any(|m| m.to == 2 && m.term == 2), "the appends leave once it is: {later:?}");
+    node.advance();
+    node.step(msg(2, 1, 2, MessageBody::AppendResp { index: 3, reject: None }));
+    if node.has_ready() {
+        node.ready();
+        node.advance();
+    }
+    node.raft.propose(data("x")).expect("leader");
+    let rd = node.ready();
+    assert!(rd.hard_state.is_none_or(|h| h.term == 2));
+    assert!(rd.messages.iter().any(|m| m.to == 2), "with the term durable, appends leave early");
+
+    let (early, _, _) = check(Some(PlantedBug::SendTermBeforePersist));
+    assert!(!early.is_empty(), "the planted bug sends before persisting");
 }
