@@ -234,6 +234,10 @@ fn write_outcome(result: ApplyResult) -> ApiResult<Response> {
             "compare_failed",
             format!("the key's current mod revision is {current}"),
         )),
+        // Only the peer port proposes joins; a key write never yields these.
+        ApplyResult::Joined | ApplyResult::JoinRefused { .. } => {
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected outcome of a write"))
+        }
     }
 }
 

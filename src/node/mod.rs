@@ -4,6 +4,7 @@
 pub mod args;
 pub mod handle;
 pub mod ids;
+pub mod join;
 pub mod runtime;
 pub mod shared;
 pub mod transport;

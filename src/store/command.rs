@@ -14,6 +14,9 @@ pub enum Command {
     Put { key: String, value: Bytes, prev_revision: Option<u64> },
     /// Deletes `key` (same compare rule as `Put`).
     Delete { key: String, prev_revision: Option<u64> },
+    /// A learner starts with empty data under its id: recorded once, so that a second start
+    /// with empty data (its data lost) is refused (`node::join`).
+    Join { id: NodeId },
 }
 
 /// The outcome of applying one command. Every successful write moves the store's revision.
@@ -29,6 +32,13 @@ pub enum ApplyResult {
     /// The compare failed; nothing changed. `current` is the key's mod revision (0: absent).
     CompareFailed {
         current: u64,
+    },
+    /// `Command::Join` was recorded: the member may start with empty data.
+    Joined,
+    /// `Command::Join` was refused; with `data_lost`, the member must be replaced.
+    JoinRefused {
+        data_lost: bool,
+        reason: String,
     },
 }
 

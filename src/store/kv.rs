@@ -14,11 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{decode, ApplyResult, Command, KeyValue, MemberInfo};
 use super::error::StoreError;
+use crate::node::join::{check_claim, MemberState};
 use crate::raft::{ConfChange, ConfChangeKind, Entry, EntryPayload, Index, NodeId};
 
 /// Leads every snapshot, so that a snapshot of another format is refused by name.
 const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS\0";
-const SNAPSHOT_FORMAT: u32 = 1;
+/// 2 added `joined`; format 1 is still read.
+const SNAPSHOT_FORMAT: u32 = 2;
 const SNAPSHOT_HEADER_BYTES: usize = 8;
 
 /// One key's value and revisions; the key itself is the map key.
@@ -45,6 +47,9 @@ pub struct KvStore {
     applied: Index,
     members: BTreeMap<NodeId, Member>,
     removed: BTreeSet<NodeId>,
+    /// Learners that started with empty data under their id (`Command::Join`): an id is joined
+    /// that way once; a second start with empty data under it means its data was lost.
+    joined: BTreeSet<NodeId>,
 }
 
 /// The snapshot body, borrowed for writing.
@@ -55,11 +60,23 @@ struct SnapshotRef<'a> {
     keys: &'a BTreeMap<String, Stored>,
     members: &'a BTreeMap<NodeId, Member>,
     removed: &'a BTreeSet<NodeId>,
+    joined: &'a BTreeSet<NodeId>,
 }
 
 /// The snapshot body, owned for reading (same field order as `SnapshotRef`).
 #[derive(Deserialize)]
 struct SnapshotOwned {
+    applied: Index,
+    revision: u64,
+    keys: BTreeMap<String, Stored>,
+    members: BTreeMap<NodeId, Member>,
+    removed: BTreeSet<NodeId>,
+    joined: BTreeSet<NodeId>,
+}
+
+/// Format 1: before `joined`.
+#[derive(Deserialize)]
+struct SnapshotV1 {
     applied: Index,
     revision: u64,
     keys: BTreeMap<String, Stored>,
@@ -137,6 +154,22 @@ impl KvStore {
                 self.revision = self.revision.saturating_add(1);
                 ApplyResult::Deleted { revision: self.revision, deleted: 1 }
             }
+            Command::Join { id } => {
+                let member = self.members.get(&id).map(|m| m.voter);
+                let state = MemberState {
+                    voter: member == Some(true),
+                    learner: member == Some(false),
+                    joined: self.joined.contains(&id),
+                    removed: self.removed.contains(&id),
+                };
+                match check_claim(id, state) {
+                    Ok(()) => {
+                        self.joined.insert(id);
+                        ApplyResult::Joined
+                    }
+                    Err(refusal) => ApplyResult::JoinRefused { data_lost: refusal.data_lost, reason: refusal.reason },
+                }
+            }
         }
     }
 
@@ -171,6 +204,7 @@ impl KvStore {
             },
             ConfChangeKind::Remove => {
                 self.members.remove(&id);
+                self.joined.remove(&id);
                 self.removed.insert(id);
             }
         }
@@ -216,6 +250,11 @@ impl KvStore {
         self.members.get(&id).map(|m| (m.info.clone(), m.voter))
     }
 
+    /// Whether learner `id` has started with empty data under its id (see `Command::Join`).
+    pub fn joined(&self, id: NodeId) -> bool {
+        self.joined.contains(&id)
+    }
+
     /// Every member id ever removed (never reused).
     pub fn removed(&self) -> &BTreeSet<NodeId> {
         &self.removed
@@ -245,6 +284,7 @@ impl KvStore {
             keys: &self.keys,
             members: &self.members,
             removed: &self.removed,
+            joined: &self.joined,
         };
         let mut data = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + self.estimated_snapshot_bytes());
         data.extend_from_slice(SNAPSHOT_MAGIC);
@@ -272,12 +312,29 @@ impl KvStore {
             return Err(StoreError::BadSnapshot("not a key-value snapshot".into()));
         }
         let format = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if format != SNAPSHOT_FORMAT {
-            return Err(StoreError::BadSnapshot(format!(
-                "format {format}, this version reads format {SNAPSHOT_FORMAT}"
-            )));
-        }
-        let snapshot: SnapshotOwned = decode(body).map_err(|e| StoreError::BadSnapshot(e.to_string()))?;
+        let bad = |e: bincode::Error| StoreError::BadSnapshot(e.to_string());
+        let snapshot: SnapshotOwned = match format {
+            SNAPSHOT_FORMAT => decode(body).map_err(bad)?,
+            1 => {
+                let v1: SnapshotV1 = decode(body).map_err(bad)?;
+                // Before format 2 nobody recorded joins: every learner counts as joined, so a
+                // learner that comes back with empty data is replaced rather than trusted.
+                let joined = v1.members.iter().filter(|(_, m)| !m.voter).map(|(id, _)| *id).collect();
+                SnapshotOwned {
+                    applied: v1.applied,
+                    revision: v1.revision,
+                    keys: v1.keys,
+                    members: v1.members,
+                    removed: v1.removed,
+                    joined,
+                }
+            }
+            _ => {
+                return Err(StoreError::BadSnapshot(format!(
+                    "format {format}, this version reads formats 1 to {SNAPSHOT_FORMAT}"
+                )))
+            }
+        };
         for (key, stored) in &snapshot.keys {
             let consistent = stored.version >= 1
                 && stored.create_revision >= 1
@@ -296,6 +353,7 @@ impl KvStore {
             applied: snapshot.applied,
             members: snapshot.members,
             removed: snapshot.removed,
+            joined: snapshot.joined,
         })
     }
 }

@@ -1,0 +1,272 @@
+//! Who may start with empty data, and under which id: pure decisions that the node (before
+//! its core starts) and the simulator (for its disk-loss faults) both call.
+//!
+//! A member that lost its data must never vote or count toward a majority under an id the
+//! cluster has used: it could elect, or help commit past, a leader that lacks entries it once
+//! acknowledged. So a member with empty data starts only
+//! - under `existing`: as a learner that the cluster's committed configuration holds and that
+//!   has never started before. Only the leader's word counts (a follower's view may be stale),
+//!   and the start is recorded in the log first (`Command::Join`, checked again by the state
+//!   machine with [`check_claim`]): the second start with empty data under one id — its data
+//!   lost — is refused, and the member must be replaced (removed, added back under a new id);
+//! - under `new`: only while the cluster has not formed, once a majority of the initial
+//!   members (itself included) says so. A member of a cluster that has formed is refused.
+//!
+//! A member that is refused with `data_lost` exits with code 3; the operator replaces it.
+
+use crate::raft::{NodeId, PlantedBug};
+
+/// What one peer said about its cluster (the peer port's `GET /raft/v1/members`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerView {
+    /// The peer URL that was asked.
+    pub peer_url: String,
+    pub cluster_id: u64,
+    /// It leads, and has committed an entry of its term, so its committed view is current.
+    pub leader: bool,
+    /// Its cluster has elected a leader at least once (its term is past the bootstrap term).
+    pub formed: bool,
+    /// It has no data itself: it is waiting to bootstrap too.
+    pub blank: bool,
+    /// The membership it has applied.
+    pub members: Vec<ViewMember>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewMember {
+    pub id: NodeId,
+    pub name: String,
+    pub peer_url: String,
+    pub voter: bool,
+    /// A learner that has already started with empty data under its id.
+    pub joined: bool,
+}
+
+/// The member that starts with empty data.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Joiner {
+    pub name: String,
+    pub peer_url: String,
+}
+
+/// What a member with empty data does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Ask the leader at `via` to record the start of learner `id` (`Command::Join`); start as
+    /// `id` once it is committed.
+    Claim { via: String, cluster_id: u64, id: NodeId },
+    /// Start as `id` at once. Only the planted bug `JoinOnFollowersWord` decides this.
+    Admit { cluster_id: u64, id: NodeId },
+    /// `new`: write the bootstrap entries and start.
+    Bootstrap,
+    /// Ask again later.
+    Wait(String),
+    /// Never start as asked. With `data_lost`, the member's id holds data it no longer has: it
+    /// must be removed and added back under a new id.
+    Refuse { data_lost: bool, reason: String },
+}
+
+/// `--initial-cluster-state existing` with empty data.
+pub fn decide_existing(me: &Joiner, views: &[PeerView], planted: Option<PlantedBug>) -> Decision {
+    let leaders: Vec<&PeerView> = views.iter().filter(|v| v.leader).collect();
+    let find = |view: &PeerView| view.members.iter().find(|m| m.peer_url == me.peer_url).cloned();
+    let Some(leader) = leaders.first() else {
+        if planted == Some(PlantedBug::JoinOnFollowersWord) {
+            if let Some((view, m)) = views.iter().find_map(|v| find(v).map(|m| (v, m))) {
+                return Decision::Admit { cluster_id: view.cluster_id, id: m.id };
+            }
+        }
+        let listed = views.iter().filter(|v| find(v).is_some()).count();
+        return Decision::Wait(if listed > 0 {
+            format!("{listed} follower(s) list this member, but no leader answered; only the leader's word counts")
+        } else {
+            "no leader answered".to_string()
+        });
+    };
+    if leaders.iter().any(|l| l.cluster_id != leader.cluster_id || l.members != leader.members) {
+        return Decision::Wait("members that lead disagree about the cluster; asking again".into());
+    }
+    let Some(m) = find(leader) else {
+        return Decision::Wait(format!(
+            "the leader ({}) does not list {} as a member yet; add it first (`kuberaft member add`)",
+            leader.peer_url, me.peer_url
+        ));
+    };
+    if !m.name.is_empty() && m.name != me.name {
+        return Decision::Refuse {
+            data_lost: false,
+            reason: format!("the cluster knows {} as member '{}', not '{}'", me.peer_url, m.name, me.name),
+        };
+    }
+    let state = MemberState { voter: m.voter, learner: !m.voter, joined: m.joined, removed: false };
+    match check_claim(m.id, state) {
+        Ok(()) => Decision::Claim { via: leader.peer_url.clone(), cluster_id: leader.cluster_id, id: m.id },
+        Err(refusal) => Decision::Refuse { data_lost: refusal.data_lost, reason: refusal.reason },
+    }
+}
+
+/// `--initial-cluster-state new` with empty data, for member `id` of a cluster of
+/// `initial_size` whose id is `cluster_id`.
+pub fn decide_new(id: NodeId, cluster_id: u64, initial_size: usize, views: &[PeerView]) -> Decision {
+    let ours: Vec<&PeerView> = views.iter().filter(|v| v.cluster_id == cluster_id).collect();
+    if let Some(formed) = ours.iter().find(|v| v.formed) {
+        return if formed.members.iter().any(|m| m.id == id) {
+            Decision::Refuse {
+                data_lost: true,
+                reason: format!(
+                    "this member's data directory is empty, but its cluster has formed and counts it as member {id:x} \
+                     (as {} says): its data is lost, and it will not vote with an empty log. Remove it \
+                     (`kuberaft member remove {id:x}`) and add it back (`kuberaft member add ...`), then start it with \
+                     --initial-cluster-state existing; the operator does this by itself",
+                    formed.peer_url
+                ),
+            }
+        } else {
+            Decision::Refuse {
+                data_lost: false,
+                reason: format!(
+                    "the cluster has formed without this member (as {} says); add it with `kuberaft member add` and \
+                     start it with --initial-cluster-state existing",
+                    formed.peer_url
+                ),
+            }
+        };
+    }
+    let unformed = ours.len() + 1;
+    let majority = initial_size / 2 + 1;
+    if unformed >= majority {
+        Decision::Bootstrap
+    } else {
+        Decision::Wait(format!(
+            "{unformed} of the {initial_size} initial members (this one included) confirmed the cluster has not formed; \
+             waiting for {majority}"
+        ))
+    }
+}
+
+/// Where an id stands in the committed membership, for [`check_claim`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemberState {
+    pub voter: bool,
+    pub learner: bool,
+    pub joined: bool,
+    pub removed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimRefusal {
+    pub data_lost: bool,
+    pub reason: String,
+}
+
+/// The rule for starting with empty data under `id` (the state machine applies it to
+/// `Command::Join`; `decide_existing` uses it on the leader's answer): only a learner that
+/// has not started that way before.
+pub fn check_claim(id: NodeId, state: MemberState) -> Result<(), ClaimRefusal> {
+    let lost = |why: &str| ClaimRefusal {
+        data_lost: true,
+        reason: format!(
+            "this member's data directory is empty, but {why}: its data is lost, and it will not count toward \
+             majorities with an empty log. Remove it (`kuberaft member remove {id:x}`) and add it back \
+             (`kuberaft member add ...`); the operator does this by itself"
+        ),
+    };
+    if state.removed {
+        return Err(ClaimRefusal { data_lost: false, reason: format!("member {id:x} was removed from the cluster") });
+    }
+    if state.voter {
+        return Err(lost(&format!("the cluster counts it as voter {id:x}")));
+    }
+    if !state.learner {
+        return Err(ClaimRefusal { data_lost: false, reason: format!("member {id:x} is not in the cluster") });
+    }
+    if state.joined {
+        return Err(lost(&format!("learner {id:x} has started with empty data before")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Joiner {
+        Joiner { name: "etcd-2".into(), peer_url: "http://c:2380".into() }
+    }
+
+    fn member(id: NodeId, name: &str, voter: bool, joined: bool) -> ViewMember {
+        ViewMember { id, name: name.into(), peer_url: format!("http://{}:2380", &name[5..]), voter, joined }
+    }
+
+    fn view(url: &str, leader: bool, members: Vec<ViewMember>) -> PeerView {
+        PeerView { peer_url: url.into(), cluster_id: 7, leader, formed: true, blank: false, members }
+    }
+
+    fn cluster(third: ViewMember) -> Vec<ViewMember> {
+        let mut m = vec![member(1, "etcd-a", true, false), member(2, "etcd-b", true, false)];
+        m.push(ViewMember { peer_url: "http://c:2380".into(), ..third });
+        m
+    }
+
+    #[test]
+    fn existing_joins_only_as_a_learner_that_never_started_and_only_on_the_leaders_word() {
+        let learner = cluster(member(9, "etcd-2", false, false));
+        // The leader's word: claim the learner id.
+        let d = decide_existing(&me(), &[view("http://a:2380", true, learner.clone())], None);
+        assert_eq!(d, Decision::Claim { via: "http://a:2380".into(), cluster_id: 7, id: 9 });
+        // Only followers answer: wait, even though they list it.
+        let d = decide_existing(&me(), &[view("http://b:2380", false, learner.clone())], None);
+        assert!(matches!(d, Decision::Wait(_)), "{d:?}");
+        // ... unless the planted bug takes a follower's word.
+        let d = decide_existing(
+            &me(),
+            &[view("http://b:2380", false, learner.clone())],
+            Some(PlantedBug::JoinOnFollowersWord),
+        );
+        assert_eq!(d, Decision::Admit { cluster_id: 7, id: 9 });
+        // A voter id, or a learner that started before: data lost.
+        for third in [member(3, "etcd-2", true, false), member(9, "etcd-2", false, true)] {
+            let d = decide_existing(&me(), &[view("http://a:2380", true, cluster(third))], None);
+            assert!(matches!(d, Decision::Refuse { data_lost: true, .. }), "{d:?}");
+        }
+        // Not listed yet: wait; listed under another name: refuse (not data loss).
+        let d = decide_existing(&me(), &[view("http://a:2380", true, learner[..2].to_vec())], None);
+        assert!(matches!(d, Decision::Wait(_)), "{d:?}");
+        let d = decide_existing(&me(), &[view("http://a:2380", true, cluster(member(9, "etcd-x", false, false)))], None);
+        assert!(matches!(d, Decision::Refuse { data_lost: false, .. }), "{d:?}");
+        // Two members that lead (one stale) and disagree: wait.
+        let d = decide_existing(
+            &me(),
+            &[view("http://a:2380", true, learner.clone()), view("http://b:2380", true, learner[..2].to_vec())],
+            None,
+        );
+        assert!(matches!(d, Decision::Wait(_)), "{d:?}");
+    }
+
+    #[test]
+    fn new_bootstraps_only_with_a_majority_that_has_not_formed_and_refuses_a_formed_cluster() {
+        let unformed = |url: &str| PeerView { peer_url: url.into(), cluster_id: 7, blank: true, ..PeerView::default() };
+        assert!(matches!(decide_new(3, 7, 3, &[]), Decision::Wait(_)));
+        assert_eq!(decide_new(3, 7, 3, &[unformed("http://a:2380")]), Decision::Bootstrap);
+        assert!(matches!(decide_new(3, 7, 5, &[unformed("http://a:2380")]), Decision::Wait(_)));
+        // Answers from another cluster do not count.
+        let other = PeerView { cluster_id: 8, ..unformed("http://a:2380") };
+        assert!(matches!(decide_new(3, 7, 3, &[other]), Decision::Wait(_)));
+        // One member of the formed cluster suffices to refuse, whatever the others say.
+        let formed = view("http://b:2380", false, vec![member(3, "etcd-c", true, false)]);
+        let d = decide_new(3, 7, 3, &[unformed("http://a:2380"), formed.clone()]);
+        assert!(matches!(d, Decision::Refuse { data_lost: true, .. }), "{d:?}");
+        let d = decide_new(4, 7, 3, &[formed]);
+        assert!(matches!(d, Decision::Refuse { data_lost: false, .. }), "{d:?}");
+    }
+
+    #[test]
+    fn a_claim_is_granted_once_to_a_learner() {
+        let learner = MemberState { learner: true, ..MemberState::default() };
+        assert!(check_claim(5, learner).is_ok());
+        assert!(check_claim(5, MemberState { joined: true, ..learner }).is_err_and(|r| r.data_lost));
+        assert!(check_claim(5, MemberState { voter: true, ..MemberState::default() }).is_err_and(|r| r.data_lost));
+        assert!(check_claim(5, MemberState::default()).is_err_and(|r| !r.data_lost));
+        assert!(check_claim(5, MemberState { removed: true, ..MemberState::default() }).is_err_and(|r| !r.data_lost));
+    }
+}
