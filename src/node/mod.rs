@@ -27,7 +27,7 @@ use handle::NodeHandle;
 use ids::{cluster_id, host_port, initial_member_id, parse_initial_cluster, validate_url};
 use runtime::{RaftLoop, INPUT_QUEUE, TICK_MS};
 use shared::{Address, LoopStatus, Metrics, Shared};
-use transport::{PeerMembers, PeerServer, Transport, MEMBERS_PATH};
+use transport::{JoinAnswer, JoinRequest, PeerMembers, PeerServer, Transport, JOIN_PATH, MEMBERS_PATH};
 
 use crate::api::server::{client_router, Api};
 use crate::raft::{Config, InitialState, Raft, RawNode, Role};
@@ -217,17 +217,19 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
                     member_id: initial_member_id(given_cluster_id, me),
                     name: args.name.clone(),
                 };
-                runtime.block_on(refuse_if_forgotten(
-                    &initial,
-                    &advertise_peer_url,
-                    given_cluster_id,
-                    meta.member_id,
-                ))?;
+                let member_id = meta.member_id;
+                let decided = while_answering_peers(&runtime, peer_addr, given_cluster_id, async {
+                    bootstrap_when_unformed(&initial, &advertise_peer_url, given_cluster_id, member_id).await
+                });
+                decided?;
                 let state = InitialState::bootstrap(&voters);
                 (meta, state)
             }
             ClusterState::Existing => {
-                let meta = runtime.block_on(discover(&args, &initial, &advertise_peer_url))?;
+                let joiner = join::Joiner { name: args.name.clone(), peer_url: advertise_peer_url.clone() };
+                let meta = while_answering_peers(&runtime, peer_addr, given_cluster_id, async {
+                    join_existing(&joiner, &initial).await
+                })?;
                 (meta, InitialState::default())
             }
         },
@@ -288,6 +290,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
             last_index: raw.raft.log().last_index(),
             voter: raw.raft.conf().voters.contains(&meta.member_id),
             matched: BTreeMap::new(),
+            committed_in_term: false,
         }),
         kv: RwLock::new(kv),
         applied: applied_tx,
@@ -296,6 +299,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
             problems.into_iter().map(|p| ("flags".to_string(), (p, std::time::Instant::now()))).collect(),
         ),
         metrics: Metrics::default(),
+        data_lost: watch::channel(None).0,
     });
 
     let (tx, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
@@ -359,13 +363,22 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
                 })
                 .await
         });
-        wait_for_signal().await;
-        tracing::info!("stopping: handing off leadership if leading");
-        node.shutdown().await;
+        let mut data_lost = shared.data_lost.subscribe();
+        let lost = tokio::select! {
+            _ = wait_for_signal() => None,
+            lost = data_lost.wait_for(|lost| lost.is_some()) => lost.ok().and_then(|l| l.clone()),
+        };
+        if lost.is_none() {
+            tracing::info!("stopping: handing off leadership if leading");
+            node.shutdown().await;
+        }
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(2), client_server).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), peer_server).await;
-        Ok::<(), StartError>(())
+        match lost {
+            Some(why) => Err(StartError::data_lost(why)),
+            None => Ok::<(), StartError>(()),
+        }
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     let _ = loop_thread.join();
@@ -388,119 +401,138 @@ pub(crate) async fn wait_for_signal() {
     }
 }
 
-/// A member that joins an existing cluster with empty data asks the listed peers who it is. It
-/// waits (bounded) for the leader's answer, which alone knows whether the cluster has replicated
-/// to this member before: then its data is lost, and it refuses to start (it would count toward
-/// majorities with an empty log) until it is removed and added back under a new id.
-async fn discover(
-    args: &NodeArgs,
-    initial: &[ids::InitialMember],
-    advertise_peer_url: &str,
-) -> Result<MemberMeta, StartError> {
-    const ATTEMPTS: usize = 30;
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(2))
-        .build()
-        .map_err(|e| StartError::from(e.to_string()))?;
-    let mut answers = Vec::new();
-    let mut found: Option<MemberMeta> = None;
-    for attempt in 0..ATTEMPTS {
-        answers.clear();
-        for m in initial.iter().filter(|m| m.peer_url != advertise_peer_url) {
-            let list = match http.get(format!("{}{MEMBERS_PATH}", m.peer_url)).send().await {
-                Ok(resp) if resp.status().is_success() => match resp.json::<PeerMembers>().await {
-                    Ok(list) => list,
-                    Err(e) => {
-                        answers.push(format!("{}: {e}", m.peer_url));
-                        continue;
-                    }
-                },
-                Ok(resp) => {
-                    answers.push(format!("{}: HTTP {}", m.peer_url, resp.status()));
-                    continue;
-                }
-                Err(e) => {
-                    answers.push(format!("{}: {e}", m.peer_url));
-                    continue;
-                }
-            };
-            let Some(me) = list.members.iter().find(|x| x.peer_url == advertise_peer_url) else {
-                answers.push(format!("{}: not a member yet", m.peer_url));
-                continue;
-            };
-            if me.name != args.name && !me.name.is_empty() {
-                return Err(StartError::from(format!(
-                    "the cluster knows {advertise_peer_url} as member '{}', not '{}'",
-                    me.name, args.name
-                )));
-            }
-            let member_id =
-                u64::from_str_radix(&me.id, 16).map_err(|_| StartError::from("peer sent a bad member id"))?;
-            let cluster_id = u64::from_str_radix(&list.cluster_id, 16)
-                .map_err(|_| StartError::from("peer sent a bad cluster id"))?;
-            if list.leader && me.matched > 0 {
-                return Err(StartError::data_lost(format!(
-                    "this member's data directory is empty, but the cluster already replicated {} entries to it as member {member_id:x} (its data is lost); \
-                     it will not count toward majorities with an empty log. Remove it (`kuberaft member remove {member_id:x}`) and add it back \
-                     (`kuberaft member add ...`); the operator does this by itself",
-                    me.matched
-                )));
-            }
-            found = Some(MemberMeta { cluster_id, member_id, name: args.name.clone() });
-            if list.leader {
-                return Ok(MemberMeta { cluster_id, member_id, name: args.name.clone() });
-            }
+/// Runs `decide` (a member with empty data deciding how to start) while the peer port answers
+/// `GET /raft/v1/members` as a blank member of `cluster_id`, so that the members of a new
+/// cluster, all waiting like this one, can count each other. Stops on SIGTERM too.
+fn while_answering_peers<T>(
+    runtime: &tokio::runtime::Runtime,
+    peer_addr: SocketAddr,
+    cluster_id: u64,
+    decide: impl std::future::Future<Output = Result<T, StartError>>,
+) -> Result<T, StartError> {
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(peer_addr)
+            .await
+            .map_err(|e| StartError::from(format!("cannot listen for peers on {peer_addr}: {e}")))?;
+        let answer = PeerMembers { cluster_id: format!("{cluster_id:x}"), blank: true, ..PeerMembers::default() };
+        let router = axum::Router::new()
+            .route(MEMBERS_PATH, axum::routing::get(move || std::future::ready(axum::Json(answer.clone()))))
+            .fallback(|| std::future::ready((axum::http::StatusCode::SERVICE_UNAVAILABLE, "this member is starting")));
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let outcome = tokio::select! {
+            outcome = decide => outcome,
+            _ = wait_for_signal() => Err(StartError::from("stopped before this member started")),
+        };
+        server.abort();
+        let _ = server.await;
+        outcome
+    })
+}
+
+/// Asks every listed peer (but this member) what it knows of the cluster.
+async fn ask_peers(http: &reqwest::Client, initial: &[ids::InitialMember], me: &str) -> (Vec<join::PeerView>, Vec<String>) {
+    let mut views = Vec::new();
+    let mut failures = Vec::new();
+    for m in initial.iter().filter(|m| m.peer_url != me) {
+        let answer = match http.get(format!("{}{MEMBERS_PATH}", m.peer_url)).send().await {
+            Ok(resp) if resp.status().is_success() => resp.json::<PeerMembers>().await.map_err(|e| e.to_string()),
+            Ok(resp) => Err(format!("HTTP {}", resp.status())),
+            Err(e) => Err(e.to_string()),
+        };
+        match answer.map(|a| a.view(&m.peer_url)) {
+            Ok(Some(view)) => views.push(view),
+            Ok(None) => failures.push(format!("{}: a malformed answer", m.peer_url)),
+            Err(e) => failures.push(format!("{}: {e}", m.peer_url)),
         }
-        // Known to a follower, but no leader answered: ask again, and settle for the follower's
-        // word if no leader answers for half the attempts.
-        if let Some(meta) = found.take() {
-            if attempt >= ATTEMPTS / 2 {
-                tracing::warn!("no leader answered; joining as member {:x} on a follower's word", meta.member_id);
-                return Ok(meta);
+    }
+    (views, failures)
+}
+
+fn join_client() -> Result<reqwest::Client, StartError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(6))
+        .build()
+        .map_err(|e| StartError::from(e.to_string()))
+}
+
+/// `new` with empty data: bootstraps once a majority of the initial members (this one
+/// included) confirms that the cluster has not formed; refuses if it has (`join::decide_new`).
+/// Waits as long as it takes (a new cluster cannot elect before a majority runs anyway).
+async fn bootstrap_when_unformed(
+    initial: &[ids::InitialMember],
+    me: &str,
+    cluster_id: u64,
+    member_id: u64,
+) -> Result<(), StartError> {
+    let http = join_client()?;
+    let mut last_logged: Option<std::time::Instant> = None;
+    loop {
+        let (views, failures) = ask_peers(&http, initial, me).await;
+        match join::decide_new(member_id, cluster_id, initial.len(), &views) {
+            join::Decision::Bootstrap => return Ok(()),
+            join::Decision::Refuse { data_lost: true, reason } => return Err(StartError::data_lost(reason)),
+            join::Decision::Refuse { reason, .. } => return Err(StartError::from(reason)),
+            join::Decision::Wait(why) => {
+                if last_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::info!(unreachable = ?failures, "waiting to bootstrap: {why}");
+                    last_logged = Some(std::time::Instant::now());
+                }
             }
+            other => return Err(StartError::from(format!("unexpected join decision {other:?}"))),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `existing` with empty data: joins as the learner the leader lists under this member's peer
+/// URL, once the leader has recorded the start (`join::decide_existing`, `Command::Join`).
+/// Never on a follower's word; a member whose id voted or started before is refused as data
+/// lost. Gives up after 30 s without a decision (the pod restarts and asks again).
+async fn join_existing(me: &join::Joiner, initial: &[ids::InitialMember]) -> Result<MemberMeta, StartError> {
+    const ATTEMPTS: usize = 60;
+    let http = join_client()?;
+    let mut last = String::new();
+    for attempt in 0..ATTEMPTS {
+        let (views, failures) = ask_peers(&http, initial, &me.peer_url).await;
+        match join::decide_existing(me, &views, None) {
+            join::Decision::Claim { via, cluster_id, id } => {
+                let request = JoinRequest { cluster_id: format!("{cluster_id:x}"), id: format!("{id:x}") };
+                match http.post(format!("{via}{JOIN_PATH}")).json(&request).send().await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        match resp.json::<JoinAnswer>().await {
+                            Ok(answer) if answer.joined => {
+                                tracing::info!(id = %format!("{id:x}"), leader = %via, "joining as a new learner");
+                                return Ok(MemberMeta { cluster_id, member_id: id, name: me.name.clone() });
+                            }
+                            Ok(answer) if status == reqwest::StatusCode::CONFLICT && answer.data_lost => {
+                                return Err(StartError::data_lost(answer.reason))
+                            }
+                            Ok(answer) if status == reqwest::StatusCode::CONFLICT => {
+                                return Err(StartError::from(answer.reason))
+                            }
+                            _ => last = format!("{via} could not record the join ({status})"),
+                        }
+                    }
+                    Err(e) => last = format!("{via}: {e}"),
+                }
+            }
+            join::Decision::Refuse { data_lost: true, reason } => return Err(StartError::data_lost(reason)),
+            join::Decision::Refuse { reason, .. } => return Err(StartError::from(reason)),
+            join::Decision::Wait(why) => last = why,
+            other => last = format!("unexpected join decision {other:?}"),
+        }
+        if attempt % 10 == 0 {
+            tracing::info!(unreachable = ?failures, "waiting to join: {last}");
         }
         if attempt + 1 < ATTEMPTS {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    answers.truncate(6);
     Err(StartError::from(format!(
-        "cannot join: no peer knows this member ({advertise_peer_url}); add it first with `kuberaft member add {} --peer-url {advertise_peer_url} ...` ({})",
-        args.name,
-        answers.join("; ")
+        "cannot join: {last}. A member with empty data joins as a learner added for it (`kuberaft member add {} --peer-url {} --learner`), \
+         on the leader's word",
+        me.name, me.peer_url
     )))
-}
-
-/// A member that starts with empty data under `new` while its cluster runs and has heard from
-/// it before lost its data: it must not bootstrap again (it would vote with an empty log and
-/// could help elect a leader missing committed entries). It refuses to start until it has been
-/// removed and added back as a new member.
-async fn refuse_if_forgotten(
-    initial: &[ids::InitialMember],
-    advertise_peer_url: &str,
-    cluster_id: u64,
-    member_id: u64,
-) -> Result<(), StartError> {
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(300))
-        .timeout(Duration::from_secs(1))
-        .build()
-        .map_err(|e| StartError::from(e.to_string()))?;
-    for m in initial.iter().filter(|m| m.peer_url != advertise_peer_url) {
-        let Ok(resp) = http.get(format!("{}{MEMBERS_PATH}", m.peer_url)).send().await else { continue };
-        let Ok(list) = resp.json::<PeerMembers>().await else { continue };
-        if list.cluster_id != format!("{cluster_id:x}") {
-            continue;
-        }
-        let me = format!("{member_id:x}");
-        if list.members.iter().any(|x| x.id == me && x.matched > 0) {
-            return Err(StartError::data_lost(format!(
-                "this member's data directory is empty, but the running cluster already replicated to it (its data is lost); \
-                 it will not vote with an empty log. Remove it (`kuberaft member remove {me}`), add it back \
-                 (`kuberaft member add ...`) and start it with --initial-cluster-state existing"
-            )));
-        }
-    }
-    Ok(())
 }

@@ -203,6 +203,17 @@ impl RaftLoop {
                 }
             }
             self.drive();
+            if self.raw.raft.data_lost() {
+                let why = format!(
+                    "this member holds no data, but the leader sent it a log in which it is voter {:x}: its data is lost, \
+                     and it will not count toward majorities with an empty log. Remove it (`kuberaft member remove {:x}`) \
+                     and add it back (`kuberaft member add ...`); the operator does this by itself",
+                    self.shared.id, self.shared.id
+                );
+                tracing::error!("{why}");
+                self.shared.data_lost.send_replace(Some(why));
+                return;
+            }
             if self.shutdown_done() {
                 return;
             }
@@ -534,6 +545,7 @@ impl RaftLoop {
             last_index: raft.log().last_index(),
             voter: raft.conf().voters.contains(&me),
             matched,
+            committed_in_term: role == Role::Leader && raft.committed_in_current_term(),
         };
         let applied = status.applied_index;
         *write(&self.shared.status) = status;

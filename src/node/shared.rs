@@ -35,6 +35,8 @@ pub struct LoopStatus {
     pub voter: bool,
     /// Leader only: each member's match index.
     pub matched: BTreeMap<NodeId, Index>,
+    /// Leader only: it has committed an entry of its term, so its view is current.
+    pub committed_in_term: bool,
 }
 
 /// Where to reach a member.
@@ -97,6 +99,9 @@ pub struct Shared {
     /// while they last (storage) are cleared explicitly; events (rejected peers) expire.
     pub errors: RwLock<BTreeMap<String, (String, Instant)>>,
     pub metrics: Metrics,
+    /// Set once when the member must stop for good (its data is lost): why. The process exits
+    /// with code 3 when it is set.
+    pub data_lost: watch::Sender<Option<String>>,
 }
 
 impl Shared {

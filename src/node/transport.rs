@@ -23,10 +23,12 @@ use tokio::sync::mpsc;
 use super::runtime::{note_peer_urls, offer, Input, Outbox};
 use super::shared::{read, Shared};
 use crate::raft::{Message, MessageBody, NodeId};
+use crate::node::join::{PeerView, ViewMember};
 use crate::store::command::MemberInfo;
 
 pub const MESSAGES_PATH: &str = "/raft/v1/messages";
 pub const MEMBERS_PATH: &str = "/raft/v1/members";
+pub const JOIN_PATH: &str = "/raft/v1/join";
 pub const HEADER_CLUSTER_ID: &str = "x-kuberaft-cluster-id";
 pub const HEADER_FROM: &str = "x-kuberaft-from";
 pub const HEADER_CLIENT_URL: &str = "x-kuberaft-client-url";
@@ -176,6 +178,7 @@ pub fn peer_router(server: PeerServer) -> Router {
     Router::new()
         .route(MESSAGES_PATH, post(receive))
         .route(MEMBERS_PATH, get(members))
+        .route(JOIN_PATH, post(join))
         .layer(DefaultBodyLimit::max(MAX_PEER_BODY_BYTES))
         .with_state(server)
 }
@@ -224,15 +227,49 @@ async fn receive(State(server): State<PeerServer>, headers: HeaderMap, body: Byt
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// What a member that joins with empty data asks its peers: who is in the cluster.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// What a member that starts with empty data asks its peers: who is in the cluster, as the
+/// answering member has applied it (see `node::join`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerMembers {
     pub cluster_id: String,
     pub members: Vec<PeerMember>,
-    /// Whether the answering member leads (only the leader knows match indexes).
+    /// The answering member leads and has committed an entry of its term.
     #[serde(default)]
     pub leader: bool,
+    /// Its cluster has elected a leader at least once.
+    #[serde(default)]
+    pub formed: bool,
+    /// The answering member has no data yet (it waits to bootstrap).
+    #[serde(default)]
+    pub blank: bool,
+}
+
+impl PeerMembers {
+    /// The answer as `node::join` reads it; `None` if it is malformed.
+    pub fn view(&self, asked: &str) -> Option<PeerView> {
+        let members = self
+            .members
+            .iter()
+            .map(|m| {
+                Some(ViewMember {
+                    id: u64::from_str_radix(&m.id, 16).ok()?,
+                    name: m.name.clone(),
+                    peer_url: m.peer_url.clone(),
+                    voter: m.voter,
+                    joined: m.joined,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(PeerView {
+            peer_url: asked.to_string(),
+            cluster_id: u64::from_str_radix(&self.cluster_id, 16).ok()?,
+            leader: self.leader,
+            formed: self.formed,
+            blank: self.blank,
+            members,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -243,28 +280,85 @@ pub struct PeerMember {
     #[serde(rename = "peerURL")]
     pub peer_url: String,
     pub voter: bool,
-    /// The leader's match index for this member (0 on other members, or never heard from):
-    /// a member that finds itself with empty data but a positive match lost its data.
+    /// The leader's match index for this member (0 on other members, or never heard from).
     #[serde(default)]
     pub matched: u64,
+    /// A learner that has started with empty data under its id (`Command::Join`).
+    #[serde(default)]
+    pub joined: bool,
 }
 
 async fn members(State(server): State<PeerServer>) -> Json<PeerMembers> {
-    let members = read(&server.shared.kv).members();
+    let members: Vec<(MemberInfo, bool, bool)> = {
+        let kv = read(&server.shared.kv);
+        kv.members()
+            .into_iter()
+            .map(|(info, voter)| {
+                let joined = kv.joined(info.id);
+                (info, voter, joined)
+            })
+            .collect()
+    };
     let status = server.shared.status();
     let matched = status.matched;
     Json(PeerMembers {
-        leader: status.role == crate::raft::Role::Leader,
+        leader: status.role == crate::raft::Role::Leader && status.committed_in_term,
+        formed: status.term > 1,
+        blank: false,
         cluster_id: format!("{:x}", server.shared.cluster_id),
         members: members
             .into_iter()
-            .map(|(MemberInfo { id, name, peer_url, .. }, voter)| PeerMember {
+            .map(|(MemberInfo { id, name, peer_url, .. }, voter, joined)| PeerMember {
                 id: format!("{id:x}"),
                 name,
                 peer_url,
                 voter,
                 matched: matched.get(&id).copied().unwrap_or(0),
+                joined,
             })
             .collect(),
     })
+}
+
+/// A member with empty data asks the leader to record that it starts under its id.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinRequest {
+    pub cluster_id: String,
+    pub id: String,
+}
+
+/// The leader's answer: `joined`, or why not (`dataLost`: the member must be replaced).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinAnswer {
+    pub joined: bool,
+    #[serde(default)]
+    pub data_lost: bool,
+    #[serde(default)]
+    pub reason: String,
+}
+
+async fn join(State(server): State<PeerServer>, Json(request): Json<JoinRequest>) -> Response {
+    let shared = &server.shared;
+    if request.cluster_id != format!("{:x}", shared.cluster_id) {
+        let why = format!("this member belongs to cluster {:x}, not {}", shared.cluster_id, request.cluster_id);
+        return reject(StatusCode::PRECONDITION_FAILED, why);
+    }
+    let Ok(id) = u64::from_str_radix(&request.id, 16) else {
+        return reject(StatusCode::BAD_REQUEST, format!("bad member id '{}'", request.id));
+    };
+    let status = shared.status();
+    if status.role != crate::raft::Role::Leader || !status.committed_in_term {
+        return reject(StatusCode::SERVICE_UNAVAILABLE, "not the leader; ask the leader".into());
+    }
+    let node = super::handle::NodeHandle { shared: shared.clone(), tx: server.loop_tx.clone() };
+    match node.propose(&crate::store::command::Command::Join { id }).await {
+        Ok(crate::store::command::ApplyResult::Joined) => Json(JoinAnswer { joined: true, ..JoinAnswer::default() }).into_response(),
+        Ok(crate::store::command::ApplyResult::JoinRefused { data_lost, reason }) => {
+            (StatusCode::CONFLICT, Json(JoinAnswer { joined: false, data_lost, reason })).into_response()
+        }
+        Ok(other) => reject(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected outcome {other:?}")),
+        Err(e) => reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }

@@ -606,10 +606,11 @@ async fn members_run_as_the_pod_template_says_through_3_to_5_to_3_and_a_lost_dat
     assert!(!h.kubelet.volume(3).exists() && !h.kubelet.volume(4).exists(), "claims deleted when scaled");
     h.assert_data(&[0, 1, 2], 20).await;
 
-    // One member's data is lost: its pod restarts with an empty volume, refuses to rejoin (exit 3),
-    // and the operator replaces it under a new id while the other two keep quorum.
+    // The leader's data is lost: its pod restarts with an empty volume (under `existing`, as the
+    // ConfigMap says once the cluster formed), the other two elect a new leader, whose word makes
+    // it refuse to rejoin (exit 3); the operator replaces it under a new id.
     let leader = h.status()["leader"].as_str().unwrap_or_default().to_string();
-    let victim = (0..3).find(|&i| pod_name(i) != leader).expect("a follower");
+    let victim = (0..3).find(|&i| pod_name(i) == leader).expect("the leader");
     let old_id = h.status()["members"][victim as usize]["id"].as_str().unwrap_or_default().to_string();
     let term_before = h.status()["term"].as_u64().unwrap_or(0);
     if let Some(mut child) = h.kubelet.pods.get_mut(&victim).and_then(|p| p.child.take()) {
