@@ -9,8 +9,12 @@
 //!   and the start is recorded in the log first (`Command::Join`, checked again by the state
 //!   machine with [`check_claim`]): the second start with empty data under one id — its data
 //!   lost — is refused, and the member must be replaced (removed, added back under a new id);
-//! - under `new`: only while the cluster has not formed, once a majority of the initial
-//!   members (itself included) says so. A member of a cluster that has formed is refused.
+//! - under `new`: once a majority of the initial members (itself included) says the cluster
+//!   has not formed; or, when it has formed, if nothing shows that this member ever held data
+//!   (it started late). The leader's match index, or a recorded join, shows it: then it is
+//!   refused. A leader elected after the member lost its data has not heard from it, so under
+//!   `new` a lost member can go unnoticed; the operator switches the list to `existing` once
+//!   the cluster formed, where an initial member with empty data is always refused.
 //!
 //! A member that is refused with `data_lost` exits with code 3; the operator replaces it.
 
@@ -40,6 +44,9 @@ pub struct ViewMember {
     pub voter: bool,
     /// A learner that has already started with empty data under its id.
     pub joined: bool,
+    /// The answering leader's match index for it (0 elsewhere, and on a leader that has not
+    /// heard from it since it was elected).
+    pub matched: u64,
 }
 
 /// The member that starts with empty data.
@@ -109,8 +116,9 @@ pub fn decide_existing(me: &Joiner, views: &[PeerView], planted: Option<PlantedB
 /// `initial_size` whose id is `cluster_id`.
 pub fn decide_new(id: NodeId, cluster_id: u64, initial_size: usize, views: &[PeerView]) -> Decision {
     let ours: Vec<&PeerView> = views.iter().filter(|v| v.cluster_id == cluster_id).collect();
-    if let Some(formed) = ours.iter().find(|v| v.formed) {
-        return if formed.members.iter().any(|m| m.id == id) {
+    let held_data = |v: &&&PeerView| v.members.iter().any(|m| m.id == id && (m.joined || (v.leader && m.matched > 0)));
+    if let Some(formed) = ours.iter().find(held_data) {
+        return if formed.formed {
             Decision::Refuse {
                 data_lost: true,
                 reason: format!(
@@ -122,15 +130,23 @@ pub fn decide_new(id: NodeId, cluster_id: u64, initial_size: usize, views: &[Pee
                 ),
             }
         } else {
-            Decision::Refuse {
+            Decision::Wait(format!("{} says this member held data, but the cluster has not formed", formed.peer_url))
+        };
+    }
+    if let Some(formed) = ours.iter().find(|v| v.formed) {
+        if !formed.members.iter().any(|m| m.id == id) {
+            return Decision::Refuse {
                 data_lost: false,
                 reason: format!(
                     "the cluster has formed without this member (as {} says); add it with `kuberaft member add` and \
                      start it with --initial-cluster-state existing",
                     formed.peer_url
                 ),
-            }
-        };
+            };
+        }
+        // It formed while this member had not started: it joins with the bootstrap entries,
+        // as a member that was down since the start.
+        return Decision::Bootstrap;
     }
     let unformed = ours.len() + 1;
     let majority = initial_size / 2 + 1;
@@ -195,7 +211,7 @@ mod tests {
     }
 
     fn member(id: NodeId, name: &str, voter: bool, joined: bool) -> ViewMember {
-        ViewMember { id, name: name.into(), peer_url: format!("http://{}:2380", &name[5..]), voter, joined }
+        ViewMember { id, name: name.into(), peer_url: format!("http://{}:2380", &name[5..]), voter, joined, matched: 0 }
     }
 
     fn view(url: &str, leader: bool, members: Vec<ViewMember>) -> PeerView {
@@ -232,7 +248,8 @@ mod tests {
         // Not listed yet: wait; listed under another name: refuse (not data loss).
         let d = decide_existing(&me(), &[view("http://a:2380", true, learner[..2].to_vec())], None);
         assert!(matches!(d, Decision::Wait(_)), "{d:?}");
-        let d = decide_existing(&me(), &[view("http://a:2380", true, cluster(member(9, "etcd-x", false, false)))], None);
+        let d =
+            decide_existing(&me(), &[view("http://a:2380", true, cluster(member(9, "etcd-x", false, false)))], None);
         assert!(matches!(d, Decision::Refuse { data_lost: false, .. }), "{d:?}");
         // Two members that lead (one stale) and disagree: wait.
         let d = decide_existing(
@@ -252,10 +269,15 @@ mod tests {
         // Answers from another cluster do not count.
         let other = PeerView { cluster_id: 8, ..unformed("http://a:2380") };
         assert!(matches!(decide_new(3, 7, 3, &[other]), Decision::Wait(_)));
-        // One member of the formed cluster suffices to refuse, whatever the others say.
-        let formed = view("http://b:2380", false, vec![member(3, "etcd-c", true, false)]);
+        // A formed cluster whose leader has heard from this member: data lost, whatever others say.
+        let heard = ViewMember { matched: 12, ..member(3, "etcd-c", true, false) };
+        let formed = view("http://b:2380", true, vec![heard.clone()]);
         let d = decide_new(3, 7, 3, &[unformed("http://a:2380"), formed.clone()]);
         assert!(matches!(d, Decision::Refuse { data_lost: true, .. }), "{d:?}");
+        // A follower's match index means nothing.
+        let d = decide_new(3, 7, 3, &[view("http://b:2380", false, vec![heard])]);
+        assert_eq!(d, Decision::Bootstrap, "a member that starts late joins the formed cluster");
+        // Not listed at all: refused, but not as lost data.
         let d = decide_new(4, 7, 3, &[formed]);
         assert!(matches!(d, Decision::Refuse { data_lost: false, .. }), "{d:?}");
     }

@@ -160,6 +160,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
     let meta = read_meta(&args.data_dir).map_err(|e| StartError::from(e.to_string()))?;
     let stored_meta = meta.clone();
 
+    let dial_from: Option<IpAddr> = Some(peer_addr.ip()).filter(|ip| !ip.is_unspecified());
     let mut problems = Vec::new();
     let (meta, state) = match meta {
         Some(meta) if !storage.is_fresh() => {
@@ -219,7 +220,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
                 };
                 let member_id = meta.member_id;
                 let decided = while_answering_peers(&runtime, peer_addr, given_cluster_id, async {
-                    bootstrap_when_unformed(&initial, &advertise_peer_url, given_cluster_id, member_id).await
+                    bootstrap_when_unformed(&initial, &advertise_peer_url, given_cluster_id, member_id, dial_from).await
                 });
                 decided?;
                 let state = InitialState::bootstrap(&voters);
@@ -228,7 +229,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
             ClusterState::Existing => {
                 let joiner = join::Joiner { name: args.name.clone(), peer_url: advertise_peer_url.clone() };
                 let meta = while_answering_peers(&runtime, peer_addr, given_cluster_id, async {
-                    join_existing(&joiner, &initial).await
+                    join_existing(&joiner, &initial, dial_from).await
                 })?;
                 (meta, InitialState::default())
             }
@@ -430,7 +431,11 @@ fn while_answering_peers<T>(
 }
 
 /// Asks every listed peer (but this member) what it knows of the cluster.
-async fn ask_peers(http: &reqwest::Client, initial: &[ids::InitialMember], me: &str) -> (Vec<join::PeerView>, Vec<String>) {
+async fn ask_peers(
+    http: &reqwest::Client,
+    initial: &[ids::InitialMember],
+    me: &str,
+) -> (Vec<join::PeerView>, Vec<String>) {
     let mut views = Vec::new();
     let mut failures = Vec::new();
     for m in initial.iter().filter(|m| m.peer_url != me) {
@@ -448,8 +453,10 @@ async fn ask_peers(http: &reqwest::Client, initial: &[ids::InitialMember], me: &
     (views, failures)
 }
 
-fn join_client() -> Result<reqwest::Client, StartError> {
+/// Dials from `local_ip` (the member's peer address), as the peer transport does.
+fn join_client(local_ip: Option<IpAddr>) -> Result<reqwest::Client, StartError> {
     reqwest::Client::builder()
+        .local_address(local_ip)
         .connect_timeout(Duration::from_millis(500))
         .timeout(Duration::from_secs(6))
         .build()
@@ -464,8 +471,9 @@ async fn bootstrap_when_unformed(
     me: &str,
     cluster_id: u64,
     member_id: u64,
+    local_ip: Option<IpAddr>,
 ) -> Result<(), StartError> {
-    let http = join_client()?;
+    let http = join_client(local_ip)?;
     let mut last_logged: Option<std::time::Instant> = None;
     loop {
         let (views, failures) = ask_peers(&http, initial, me).await;
@@ -489,9 +497,13 @@ async fn bootstrap_when_unformed(
 /// URL, once the leader has recorded the start (`join::decide_existing`, `Command::Join`).
 /// Never on a follower's word; a member whose id voted or started before is refused as data
 /// lost. Gives up after 30 s without a decision (the pod restarts and asks again).
-async fn join_existing(me: &join::Joiner, initial: &[ids::InitialMember]) -> Result<MemberMeta, StartError> {
+async fn join_existing(
+    me: &join::Joiner,
+    initial: &[ids::InitialMember],
+    local_ip: Option<IpAddr>,
+) -> Result<MemberMeta, StartError> {
     const ATTEMPTS: usize = 60;
-    let http = join_client()?;
+    let http = join_client(local_ip)?;
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
         let (views, failures) = ask_peers(&http, initial, &me.peer_url).await;

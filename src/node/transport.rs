@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 
 use super::runtime::{note_peer_urls, offer, Input, Outbox};
 use super::shared::{read, Shared};
-use crate::raft::{Message, MessageBody, NodeId};
 use crate::node::join::{PeerView, ViewMember};
+use crate::raft::{Message, MessageBody, NodeId};
 use crate::store::command::MemberInfo;
 
 pub const MESSAGES_PATH: &str = "/raft/v1/messages";
@@ -258,6 +258,7 @@ impl PeerMembers {
                     peer_url: m.peer_url.clone(),
                     voter: m.voter,
                     joined: m.joined,
+                    matched: m.matched,
                 })
             })
             .collect::<Option<Vec<_>>>()?;
@@ -354,7 +355,9 @@ async fn join(State(server): State<PeerServer>, Json(request): Json<JoinRequest>
     }
     let node = super::handle::NodeHandle { shared: shared.clone(), tx: server.loop_tx.clone() };
     match node.propose(&crate::store::command::Command::Join { id }).await {
-        Ok(crate::store::command::ApplyResult::Joined) => Json(JoinAnswer { joined: true, ..JoinAnswer::default() }).into_response(),
+        Ok(crate::store::command::ApplyResult::Joined) => {
+            Json(JoinAnswer { joined: true, ..JoinAnswer::default() }).into_response()
+        }
         Ok(crate::store::command::ApplyResult::JoinRefused { data_lost, reason }) => {
             (StatusCode::CONFLICT, Json(JoinAnswer { joined: false, data_lost, reason })).into_response()
         }

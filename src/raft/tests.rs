@@ -1489,7 +1489,9 @@ fn a_member_with_an_empty_log_grants_no_vote() {
     let rd = node.ready();
     let granted: Vec<Message> = all_messages(&rd)
         .into_iter()
-        .filter(|m| matches!(m.body, MessageBody::VoteResp { granted: true } | MessageBody::PreVoteResp { granted: true }))
+        .filter(|m| {
+            matches!(m.body, MessageBody::VoteResp { granted: true } | MessageBody::PreVoteResp { granted: true })
+        })
         .collect();
     assert!(granted.is_empty(), "no vote from an empty log: {:?}", all_messages(&rd));
     assert_eq!(rd.hard_state.map(|h| h.vote), Some(None), "the term moves, the vote stays empty");

@@ -1030,3 +1030,89 @@ fn bench_drives_etcd_through_its_grpc_api() {
     let value = etcdctl(&["get", "00000007", "--print-value-only"]).expect("etcdctl");
     assert_eq!(String::from_utf8_lossy(&value.stdout).trim_end().len(), 100);
 }
+
+/// Issue 11, must show 1: the leader's data directory is wiped while it is down, and it restarts
+/// with `existing` (what the ConfigMap says once a cluster formed) while it can reach only a
+/// follower. It must not rejoin under its old id on the follower's word: it waits; once it reaches
+/// the leader it refuses with exit code 3; replaced under a new id (remove, add a learner,
+/// promote), it catches up, and no acknowledged write is lost. (Under the old join rule it
+/// rejoined as a voter with an empty log after half its attempts.)
+#[test]
+fn wiped_leader_restarted_with_existing_never_rejoins_on_a_followers_word() {
+    if !nft::nft_available() {
+        assert!(std::env::var("CI").is_err(), "nftables is required in CI (scripts/test installs it)");
+        eprintln!(
+            "SKIPPED wiped_leader_restarted_with_existing_never_rejoins_on_a_followers_word: `nft` is not usable here"
+        );
+        return;
+    }
+    let mut c = Cluster::new(31, 3);
+    c.bootstrap();
+    let (old_leader, _) = c.wait_leader(ELECTION);
+    let old_id = c.member_id(old_leader).expect("the leader's id");
+    let before = Writer::start(&c, &[old_leader], "before-");
+    before.wait_acked(30);
+    let mut acked = before.finish();
+
+    c.kill(old_leader);
+    std::fs::remove_dir_all(&c.members[old_leader].data_dir).expect("wipe the leader's data");
+    let others: Vec<usize> = (0..3).filter(|i| *i != old_leader).collect();
+    let new_leader = wait_for("a new leader", ELECTION, || {
+        let s = c.status(others[0])?;
+        let leader = c.members.iter().position(|m| s["leader"].as_str() == Some(m.name.as_str()))?;
+        (leader != old_leader && c.status(others[1])?["leader"] == s["leader"]).then_some(leader)
+    });
+    let follower = others.iter().copied().find(|i| *i != new_leader).expect("a follower");
+    let writer = Writer::start(&c, &[new_leader], "during-");
+
+    // The wiped member reaches only the follower.
+    let cut = nft::Faults::new("kuberaft_test_31");
+    cut.split(&[c.members[old_leader].ip.clone()], &[c.members[new_leader].ip.clone()]);
+    let all = c.initial_cluster(&[0, 1, 2]);
+    c.start(old_leader, &all, "existing");
+    // It asks long enough for the old rule (the follower's word after 15 of 30 attempts, 7.5 s)
+    // to have let it in; it must still be waiting, not serving as a member.
+    std::thread::sleep(Duration::from_secs(10));
+    let early = c.wait_exit(old_leader, Duration::from_millis(10));
+    assert!(early.is_none(), "it waits, but exited with {early:?}: {}", c.log_text(old_leader));
+    assert!(c.status(old_leader).is_none(), "it did not start as a member: {}", c.log_tail(old_leader));
+    assert!(c.log_text(old_leader).contains("only the leader's word counts"), "{}", c.log_tail(old_leader));
+    let status = c.status(follower).expect("the follower's status");
+    assert!(status["leader"].as_str().is_some_and(|l| l != c.members[old_leader].name), "{status}");
+
+    // Healed, it hears the leader's word: its id votes, so its data is lost (exit 3).
+    cut.heal();
+    let exit = c.wait_exit(old_leader, ELECTION).expect("the wiped member exits once it reaches the leader");
+    assert_eq!(exit.code(), Some(3), "data lost: {}", c.log_tail(old_leader));
+
+    // The replace flow: remove the old id, add a learner under the same name and URL, start it
+    // with empty data, promote it once caught up.
+    let leader_url = c.members[new_leader].client_url();
+    let removed = c.http.delete(format!("{leader_url}/v1/members/{old_id}")).send().expect("remove");
+    assert!(removed.status().is_success(), "remove the old id: {}", removed.status());
+    let new_id = add_member(&c, new_leader, old_leader, true);
+    assert_ne!(new_id, old_id);
+    let _ = std::fs::remove_dir_all(&c.members[old_leader].data_dir);
+    c.start(old_leader, &all, "existing");
+    wait_for("the replacement is promoted", ELECTION, || {
+        let resp = c.http.post(format!("{leader_url}/v1/members/{new_id}/promote")).send().ok()?;
+        resp.status().is_success().then_some(())
+    });
+    writer.wait_acked(20);
+    acked.extend(writer.finish());
+    for i in 0..3 {
+        wait_all_present(
+            &c,
+            i,
+            "before-",
+            &acked.iter().filter(|k| k.starts_with("before-")).cloned().collect::<Vec<_>>(),
+        );
+        wait_all_present(
+            &c,
+            i,
+            "during-",
+            &acked.iter().filter(|k| k.starts_with("during-")).cloned().collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(members_of(&c, new_leader).iter().filter(|(_, voter)| *voter).count(), 3);
+}
