@@ -3,6 +3,7 @@
 
 pub mod command;
 mod error;
+pub(crate) mod fs;
 pub mod kv;
 pub mod wal;
 
