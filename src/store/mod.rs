@@ -5,6 +5,8 @@ pub mod command;
 mod error;
 pub(crate) mod fs;
 pub mod kv;
+#[cfg(test)]
+pub(crate) mod simfs;
 pub mod wal;
 
 pub use error::StoreError;

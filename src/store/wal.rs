@@ -140,6 +140,9 @@ pub struct Storage {
     segment_roll_bytes: u64,
     #[cfg(test)]
     fault: Option<Fault>,
+    /// How many segments `open` cut at a damaged record with intact records after it.
+    #[cfg(test)]
+    recovered_past_damage: usize,
 }
 
 /// Test-only fault injection for the append path.
@@ -179,6 +182,8 @@ impl Storage {
         let mut segments = list_segments(&*fs, &wal_dir)?;
         let mut replay = Replay::default();
         let mut active_len = 0;
+        #[cfg(test)]
+        let mut recovered_past_damage = 0;
         for k in 0..segments.len() {
             let is_last = k + 1 == segments.len();
             let path = segments[k].path.clone();
@@ -189,6 +194,10 @@ impl Storage {
                     .map_err(|detail| StoreError::corrupt(&path, offset, detail))?;
             }
             if let Some(reason) = scan.torn {
+                #[cfg(test)]
+                if scan.dropped > 0 {
+                    recovered_past_damage += 1;
+                }
                 tracing::warn!(
                     path = %path.display(),
                     offset = scan.valid_len,
@@ -244,6 +253,8 @@ impl Storage {
             segment_roll_bytes: SEGMENT_ROLL_BYTES,
             #[cfg(test)]
             fault: None,
+            #[cfg(test)]
+            recovered_past_damage,
         };
         Ok((storage, DurableState { hard_state, snapshot, entries }))
     }
@@ -1009,6 +1020,10 @@ fn lock_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Box<dyn DirLock>, StoreEr
         Err(e) => Err(StoreError::io("lock", &path, e)),
     }
 }
+
+#[cfg(test)]
+#[path = "wal_power_cut_tests.rs"]
+mod power_cut_tests;
 
 #[cfg(test)]
 mod tests {
