@@ -11,4 +11,4 @@ pub mod wal;
 
 pub use error::StoreError;
 pub use kv::KvStore;
-pub use wal::{read_meta, write_meta, DurableState, MemberMeta, Storage};
+pub use wal::{open_data_dir, read_meta, write_meta, DataDir, DurableState, MemberMeta, Storage};

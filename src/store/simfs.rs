@@ -280,16 +280,6 @@ impl Disk {
         }
         out
     }
-
-    /// Changes a file's current content in place, durably (damage done to synced data).
-    pub(crate) fn damage(&mut self, path: &Path, damage: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
-        let Node::File(ino) = self.lookup(path)? else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a directory"));
-        };
-        damage(&mut self.files[ino].current);
-        self.sync_file(ino);
-        Ok(())
-    }
 }
 
 #[derive(Default)]
@@ -345,10 +335,6 @@ impl SimFs {
 
     pub(crate) fn disk(&self) -> Disk {
         self.lock_state().disk.clone()
-    }
-
-    pub(crate) fn with_disk_mut<T>(&self, f: impl FnOnce(&mut Disk) -> T) -> T {
-        f(&mut self.lock_state().disk)
     }
 }
 

@@ -490,6 +490,64 @@ impl Storage {
     }
 }
 
+/// A member's data directory as `open_data_dir` found it.
+pub struct DataDir {
+    pub storage: Storage,
+    pub durable: DurableState,
+    /// `None` only for a new member: nothing was ever persisted.
+    pub meta: Option<MemberMeta>,
+}
+
+/// Opens a member's data directory (creating what is missing for a new member) and refuses a
+/// partial one, so that a member never starts over on top of a log nor rejoins without it:
+/// - `member.json` without a WAL (the `wal/` directory or every segment in it is gone):
+///   [`StoreError::DataLost`];
+/// - a WAL with state (any record or snapshot) without `member.json`:
+///   [`StoreError::MissingIdentity`].
+///
+/// A first start writes the WAL's first (empty) segment durably before `member.json`, and
+/// `member.json` durably before the first record, so a crash at any point of it leaves either
+/// an empty WAL without `member.json` (a new member again) or `member.json` with an empty
+/// WAL (a member that has not persisted anything yet, like a joiner that crashed before its
+/// first entry): both start normally.
+pub fn open_data_dir(dir: &Path) -> Result<DataDir, StoreError> {
+    open_data_dir_with(Arc::new(RealFs), dir)
+}
+
+pub(crate) fn open_data_dir_with(fs: Arc<dyn FileSystem>, dir: &Path) -> Result<DataDir, StoreError> {
+    create_dir(&*fs, dir)?;
+    let lock = lock_dir(&*fs, dir)?;
+    let meta = read_meta_with(&*fs, dir)?;
+    if let Some(meta) = &meta {
+        // Checked before `open` creates a fresh WAL, which would hide the loss at the next start.
+        let wal_dir = dir.join(WAL_DIR);
+        let missing = if !fs.is_dir(&wal_dir) {
+            Some("the wal directory is missing")
+        } else if list_segments(&*fs, &wal_dir)?.is_empty() {
+            Some("the wal directory holds no segment")
+        } else {
+            None
+        };
+        if let Some(detail) = missing {
+            return Err(StoreError::DataLost {
+                path: dir.join(META_FILE),
+                member_id: meta.member_id,
+                name: meta.name.clone(),
+                detail: detail.into(),
+            });
+        }
+    }
+    let (storage, durable) = Storage::open_locked(fs, dir, lock)?;
+    if meta.is_none() && !storage.is_fresh() {
+        let last = durable.entries.last().map(|e| e.index).or(durable.snapshot.as_ref().map(|s| s.meta.index));
+        return Err(StoreError::MissingIdentity {
+            path: dir.to_path_buf(),
+            detail: format!("term {}, last index {}", durable.hard_state.term, last.unwrap_or(0)),
+        });
+    }
+    Ok(DataDir { storage, durable, meta })
+}
+
 /// Lowers every segment's live maximum below a truncation at `first` (those entries are dead),
 /// then records `first..=last` in the active (last) segment.
 fn note_entries(segments: &mut [Segment], first: Index, last: Index) {
@@ -1291,6 +1349,207 @@ mod tests {
             Ok(_) => panic!("expected Corrupt, opened fine"),
         }
         assert_eq!(file_len(&segment), len_before, "acknowledged data is never cut away");
+    }
+
+    #[test]
+    fn a_damaged_commit_only_record_before_an_intact_synced_one_is_cut_away() {
+        // A power cut: the commit-only record (no fsync) was torn, the next record reached the
+        // disk, but the fsync that would have made both durable never returned.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut storage, _) = open(dir.path());
+        storage.persist(Some(&hard_state(1, Some(1), 0)), None, &entries(1..=3, 1)).expect("entries");
+        storage.persist(Some(&hard_state(1, Some(1), 2)), None, &[]).expect("commit");
+        storage.persist(Some(&hard_state(1, Some(1), 2)), None, &entries(4..=4, 1)).expect("entry");
+        drop(storage);
+        let segment = last_segment(dir.path());
+        let offsets = record_offsets(&segment);
+        assert_eq!(offsets.len(), 3);
+        flip_byte(&segment, offsets[1] + 12);
+
+        let (storage, state) = open(dir.path());
+        assert_eq!(storage.recovered_past_damage, 1);
+        assert_eq!(state.entries, entries(1..=3, 1));
+        assert_eq!(state.hard_state, hard_state(1, Some(1), 0));
+        assert_eq!(file_len(&segment), offsets[1], "cut at the damaged record");
+    }
+
+    #[test]
+    fn damage_before_a_synced_record_with_another_after_it_is_corruption() {
+        // The third record's fsync returned before the fourth was written, so the second
+        // record was durable: its damage came later, and nothing is cut.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut storage, _) = open(dir.path());
+        storage.persist(Some(&hard_state(1, Some(1), 0)), None, &entries(1..=3, 1)).expect("entries");
+        storage.persist(Some(&hard_state(1, Some(1), 2)), None, &[]).expect("commit");
+        storage.persist(Some(&hard_state(1, Some(1), 2)), None, &entries(4..=4, 1)).expect("entry");
+        storage.persist(Some(&hard_state(1, Some(1), 4)), None, &[]).expect("commit");
+        drop(storage);
+        let segment = last_segment(dir.path());
+        let offsets = record_offsets(&segment);
+        assert_eq!(offsets.len(), 4);
+        flip_byte(&segment, offsets[1] + 12);
+        let len_before = file_len(&segment);
+
+        let error = Storage::open(dir.path()).err().expect("must not open");
+        assert!(matches!(&error, StoreError::Corrupt { offset, .. } if *offset == offsets[1]), "{error}");
+        assert!(error.is_corrupt() && !error.is_data_lost());
+        assert!(error.to_string().contains("was fsynced before"), "{error}");
+        assert_eq!(file_len(&segment), len_before, "acknowledged data is never cut away");
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_synced_older_segment_is_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut storage, _) = open(dir.path());
+        storage.segment_roll_bytes = 1; // every persist starts a new segment
+        three_batches(&mut storage);
+        drop(storage);
+        let segments = segment_files(dir.path());
+        assert_eq!(segments.len(), 3);
+        flip_byte(&segments[0], file_len(&segments[0]) / 2);
+
+        let error = Storage::open(dir.path()).err().expect("must not open");
+        assert!(matches!(&error, StoreError::Corrupt { path, .. } if *path == segments[0]), "{error}");
+        assert!(error.is_corrupt());
+        assert!(error.to_string().contains("move its data directory aside"), "says what to do: {error}");
+    }
+
+    fn meta() -> MemberMeta {
+        MemberMeta { cluster_id: 7, member_id: 0xab, name: "etcd-1".into() }
+    }
+
+    fn open_dir(dir: &Path) -> Result<DataDir, StoreError> {
+        open_data_dir(dir)
+    }
+
+    fn listing(dir: &Path) -> Vec<(PathBuf, u64)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            for entry in fs::read_dir(&path).expect("read dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path.clone());
+                }
+                out.push((path.clone(), fs::metadata(&path).expect("stat").len()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_new_or_half_started_data_directory_opens_as_a_new_member() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("member");
+        let opened = open_dir(&dir).expect("new");
+        assert!(opened.meta.is_none() && opened.storage.is_fresh());
+        drop(opened);
+        // The first start stopped after creating the WAL, before member.json.
+        let opened = open_dir(&dir).expect("again");
+        assert!(opened.meta.is_none() && opened.storage.is_fresh());
+    }
+
+    #[test]
+    fn member_json_with_an_empty_wal_restarts_as_that_member() {
+        // A joiner that crashed before its first entry.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        drop(open_dir(tmp.path()).expect("new"));
+        write_meta(tmp.path(), &meta()).expect("meta");
+        let opened = open_dir(tmp.path()).expect("restart");
+        assert_eq!(opened.meta, Some(meta()));
+        assert!(opened.storage.is_fresh());
+    }
+
+    #[test]
+    fn a_log_without_member_json_is_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let opened = open_dir(tmp.path()).expect("new");
+        let mut storage = opened.storage;
+        three_batches(&mut storage);
+        drop(storage);
+        let before = listing(tmp.path());
+
+        let error = open_dir(tmp.path()).err().expect("must refuse");
+        assert!(matches!(error, StoreError::MissingIdentity { .. }), "{error}");
+        assert!(error.is_corrupt(), "exit code 4");
+        assert!(error.to_string().contains("term 2, last index 6"), "{error}");
+        assert!(error.to_string().contains("move its data directory aside"), "says what to do: {error}");
+        assert_eq!(listing(tmp.path()), before, "nothing changed");
+
+        // A snapshot alone is state too.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut storage = open_dir(tmp.path()).expect("new").storage;
+        storage.compact(&snapshot(3, 1)).expect("compact");
+        drop(storage);
+        assert!(matches!(open_dir(tmp.path()), Err(StoreError::MissingIdentity { .. })));
+    }
+
+    #[test]
+    fn member_json_without_its_log_is_data_lost_every_time() {
+        for remove in ["the wal directory", "every segment"] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let mut storage = open_dir(tmp.path()).expect("new").storage;
+            write_meta(tmp.path(), &meta()).expect("meta");
+            three_batches(&mut storage);
+            drop(storage);
+            let wal_dir = tmp.path().join(WAL_DIR);
+            match remove {
+                "every segment" => segment_files(tmp.path()).iter().for_each(|s| fs::remove_file(s).expect("rm")),
+                _ => fs::remove_dir_all(&wal_dir).expect("rm -r"),
+            }
+            let before = listing(tmp.path());
+            for attempt in 0..2 {
+                let error = open_dir(tmp.path()).err().expect("must refuse");
+                assert!(
+                    matches!(&error, StoreError::DataLost { member_id: 0xab, .. }),
+                    "{remove}, attempt {attempt}: {error}"
+                );
+                assert!(error.is_data_lost() && !error.is_corrupt(), "exit code 3");
+                assert!(error.to_string().contains("remove member ab from the cluster"), "{error}");
+                assert_eq!(listing(tmp.path()), before, "no fresh WAL hides the loss from the next start");
+            }
+        }
+    }
+
+    #[test]
+    fn a_power_cut_anywhere_in_a_first_start_never_leaves_a_partial_data_directory() {
+        use crate::store::simfs::{CutMode, CutStats, SimFs};
+        // What the node does at a first start: open, write member.json, persist the bootstrap.
+        let fs = SimFs::default();
+        fs.record_cuts();
+        let dir = Path::new("/var/lib/kuberaft");
+        let opened = open_data_dir_with(Arc::new(fs.clone()), dir).expect("open");
+        write_meta_with(&fs, dir, &meta()).expect("meta");
+        let mut storage = opened.storage;
+        storage.persist(Some(&hard_state(1, None, 0)), None, &entries(1..=3, 1)).expect("bootstrap");
+        drop(storage);
+        let cuts = fs.take_cuts();
+        let mut stats = CutStats::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for (cut, (_, disk)) in cuts.iter().enumerate() {
+            for outcome in 0..32 {
+                let mode = match outcome {
+                    0 => CutMode::KeepAll,
+                    1 => CutMode::LoseAll,
+                    n => CutMode::Random((cut as u64) << 8 | n),
+                };
+                let image = disk.power_cut(mode, &mut stats);
+                let opened = open_data_dir_with(Arc::new(SimFs::with_disk(image)), dir)
+                    .unwrap_or_else(|e| panic!("cut {cut} outcome {outcome}: {e}"));
+                let kind = match (&opened.meta, opened.storage.is_fresh()) {
+                    (None, true) => "new member",
+                    (Some(_), true) => "member without entries",
+                    (Some(_), false) => "member with its log",
+                    (None, false) => panic!("cut {cut} outcome {outcome}: a log without member.json opened"),
+                };
+                if kind == "member with its log" {
+                    assert_eq!(opened.durable.entries, entries(1..=3, 1), "cut {cut} outcome {outcome}");
+                }
+                seen.insert(kind);
+            }
+        }
+        assert_eq!(seen.len(), 3, "every stage was cut: {seen:?}");
     }
 
     #[test]
