@@ -19,8 +19,9 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    /// A record or file failed its checksum or could not be decoded, somewhere other than a
-    /// torn tail left by a crash (which is repaired silently).
+    /// A record or file failed its checksum or could not be decoded where no crash or power cut
+    /// can have damaged it (what one can damage, the tail written after the last completed
+    /// fsync, is cut away at open with a warning; see the WAL's module doc).
     #[error("{} is corrupt at byte {offset}: {detail}; {REPLACE_DATA_HINT}", path.display())]
     Corrupt { path: PathBuf, offset: u64, detail: String },
     /// Every file is readable but together they do not form a log (a snapshot or segment is missing).

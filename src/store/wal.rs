@@ -10,11 +10,45 @@
 //!
 //! A segment is a sequence of records `[u32 len][u32 crc32(kind, payload)][u8 kind][payload]`
 //! (little endian, `len` counts the payload). Each `persist` call appends exactly ONE record, a
-//! bincode `Batch` (snapshot marker, entries, hard state), and fsyncs once. One record per
-//! fsync is what makes crash recovery decidable: a torn write can only damage the last record,
-//! so a bad record followed by an intact one is real corruption, never a crash artefact.
-//! A segment is named after the next log index when it was started; names strictly increase,
-//! so name order is write order. Segments roll past `SEGMENT_ROLL_BYTES` and at compaction.
+//! bincode `Batch` (snapshot marker, entries, hard state). A record that only moves the commit
+//! index is written without an fsync and has its own kind (`RECORD_BATCH_UNSYNCED`); every other
+//! record (`RECORD_BATCH`) is fdatasync'ed before `persist` returns. A segment is named after the
+//! next log index when it was started; names strictly increase, so name order is write order.
+//! Segments roll past `SEGMENT_ROLL_BYTES` and at compaction.
+//!
+//! Crash recovery (the rule, and why it is safe). An fsync that returns makes every byte written
+//! to the file before it durable. So after a crash or power cut, only what was written after
+//! the last fsync that returned can be lost, torn, or (pages are written back in any order)
+//! lost while a later write survives. That is the tail of the LAST segment, and it consists of
+//! records written without an fsync, then at most one record whose fsync was still running
+//! (`persist` calls do not overlap). Hence:
+//! - the last segment is cut at its first damaged record, even when intact records follow
+//!   (point-in-time recovery): they were all written after the last completed fsync, so none
+//!   of them was acknowledged as durable. Damage is a bad checksum, a length past the end, or
+//!   an incomplete header. The cut itself is fsynced;
+//! - unless, among the intact records after the damage, a synced record is followed by another
+//!   record: its fsync returned before that one was written, so the damaged record was durable
+//!   and has been damaged since. That is `Corrupt`, as is any damage in an older segment
+//!   (a segment's tail is fsynced before the next segment is started), an undecodable intact
+//!   record, an unknown kind, and a damaged `member.json`. A damaged snapshot file is skipped
+//!   (an older one is used) and reported as `Inconsistent` if the log needed it;
+//! - a new segment's header record and its directory entry are fsynced before anything is
+//!   appended to it, so a power cut may leave an empty or torn new segment (cut like any
+//!   torn tail) but never loses records that were acknowledged in it;
+//! - compaction deletes old segments and snapshot files only after the snapshot file and the
+//!   new segment are durable, and only files the log no longer needs: a power cut that undoes
+//!   some of the deletions leaves a log that replays to the same state;
+//! - snapshot files and `member.json` are written to a temporary file, fsynced, renamed and the
+//!   directory fsynced; leftover temporary files are deleted at open.
+//!
+//! The power-cut harness (`wal_power_cut_tests.rs`, on the simulated disk of `store::simfs`)
+//! checks this rule at every disk operation of a workload. Its limit: an intact record is
+//! found after damage by scanning byte by byte, so a value that embeds a whole valid record
+//! could, in the unlucky case that a power cut tears the record holding it, make a power cut
+//! look like corruption (never the reverse).
+//!
+//! A member's directory is opened with `open_data_dir`, which also refuses a partial one
+//! (`member.json` without its log, a log without `member.json`; see there).
 //!
 //! Storage keeps no entries in memory (the Raft core holds the log); it tracks only the active
 //! segment, each segment's highest live index (to know what compaction may delete), the last
@@ -203,7 +237,7 @@ impl Storage {
                     offset = scan.valid_len,
                     reason = %reason,
                     intact_records_dropped = scan.dropped,
-                    "cutting the WAL at a damaged record written after the last completed fsync (a crash or power cut interrupted writes that were never acknowledged as durable)"
+                    "truncating a torn record: the last WAL segment is cut at its first damaged record, which was written after the last completed fsync (a crash or power cut interrupted writes that were never acknowledged as durable)"
                 );
                 truncate_file(&*fs, &path, scan.valid_len)?;
             }
