@@ -32,20 +32,31 @@ use transport::{JoinAnswer, JoinRequest, PeerMembers, PeerServer, Transport, JOI
 use crate::api::server::{client_router, Api};
 use crate::raft::{Config, InitialState, Raft, RawNode, Role};
 use crate::store::command::{encode, MemberInfo};
-use crate::store::{read_meta, write_meta, KvStore, MemberMeta, Storage};
+use crate::store::{open_data_dir, write_meta, DataDir, KvStore, MemberMeta};
 
 /// A start-up problem, said plainly; the process exits non-zero with it.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct StartError {
     message: String,
-    /// The member's data is gone while the cluster counts on it: it exits with [`EXIT_DATA_LOST`].
-    data_lost: bool,
+    /// Which exit code it gets.
+    kind: StartFailure,
+}
+
+/// What kind of start-up failure, which decides the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StartFailure {
+    /// Anything else: exit 1.
+    Failed,
+    /// The member's data is gone while the cluster counts on it: [`EXIT_DATA_LOST`].
+    DataLost,
+    /// The member's data is damaged (beyond what a crash or power cut leaves): [`EXIT_CORRUPT`].
+    Corrupt,
 }
 
 impl From<String> for StartError {
     fn from(message: String) -> Self {
-        StartError { message, data_lost: false }
+        StartError { message, kind: StartFailure::Failed }
     }
 }
 
@@ -55,16 +66,45 @@ impl From<&str> for StartError {
     }
 }
 
+impl From<crate::store::StoreError> for StartError {
+    fn from(error: crate::store::StoreError) -> Self {
+        let kind = if error.is_data_lost() {
+            StartFailure::DataLost
+        } else if error.is_corrupt() {
+            StartFailure::Corrupt
+        } else {
+            StartFailure::Failed
+        };
+        StartError { message: error.to_string(), kind }
+    }
+}
+
 impl StartError {
     fn data_lost(message: String) -> Self {
-        StartError { message, data_lost: true }
+        StartError { message, kind: StartFailure::DataLost }
+    }
+
+    /// The process's exit code for this failure.
+    fn exit_code(&self) -> u8 {
+        match self.kind {
+            StartFailure::Failed => 1,
+            StartFailure::DataLost => EXIT_DATA_LOST,
+            StartFailure::Corrupt => EXIT_CORRUPT,
+        }
     }
 }
 
 /// The exit code of a member that refuses to start because its data is lost while its cluster
-/// has already replicated to it (DESIGN.md §6). The operator reads it from the pod's last state
-/// and replaces the member; any other failure exits with 1.
+/// has already replicated to it, or because its data directory holds `member.json` without its
+/// log (DESIGN.md §6). The operator reads it from the pod's last state and replaces the member;
+/// any other failure exits with 1 (or [`EXIT_CORRUPT`]).
 pub const EXIT_DATA_LOST: u8 = 3;
+
+/// The exit code of a member that refuses to start because its durable data is damaged in a way
+/// no crash or power cut explains (a bad record in synced data, a missing snapshot or segment, a
+/// log without `member.json`; DESIGN.md §3). The operator replaces the member, as for
+/// [`EXIT_DATA_LOST`].
+pub const EXIT_CORRUPT: u8 = 4;
 
 fn init_logging(args: &NodeArgs) {
     init_logging_with(args.log_format, &args.log_level);
@@ -126,11 +166,7 @@ pub fn run(args: NodeArgs) -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("error: {e}");
-            if e.data_lost {
-                ExitCode::from(EXIT_DATA_LOST)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -156,8 +192,8 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
 
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| StartError::from(format!("cannot create --data-dir {}: {e}", args.data_dir.display())))?;
-    let (storage, durable) = Storage::open(&args.data_dir).map_err(|e| StartError::from(e.to_string()))?;
-    let meta = read_meta(&args.data_dir).map_err(|e| StartError::from(e.to_string()))?;
+    // Refuses a partial data directory (member.json without its log, a log without member.json).
+    let DataDir { storage, durable, meta } = open_data_dir(&args.data_dir)?;
     let stored_meta = meta.clone();
 
     let dial_from: Option<IpAddr> = Some(peer_addr.ip()).filter(|ip| !ip.is_unspecified());

@@ -66,9 +66,10 @@ pub const CONTAINER_COMMAND: &str = "kuberaft";
 pub const RUN_AS_USER: i64 = 65532;
 /// Long enough for a leader's hand-over on SIGTERM (at most 5 s) and a final fsync.
 pub const TERMINATION_GRACE_SECONDS: i64 = 30;
-/// The exit code of `kuberaft node` when it refuses to start because its data is gone while the
-/// cluster still counts on it (DESIGN.md §6): the operator reads it from the pod to replace it.
-pub use crate::node::EXIT_DATA_LOST;
+/// The exit codes of `kuberaft node` when it refuses to start because its data is gone while the
+/// cluster still counts on it (DESIGN.md §6), or damaged (DESIGN.md §3): the operator reads them
+/// from the pod to replace the member.
+pub use crate::node::{EXIT_CORRUPT, EXIT_DATA_LOST};
 
 /// Why an owned object cannot be built yet.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

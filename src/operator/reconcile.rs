@@ -286,7 +286,8 @@ async fn observe_objects(
     })
 }
 
-/// The pod's facts the planner needs: ordinal, readiness, lost data.
+/// The pod's facts the planner needs: ordinal, readiness, lost data (its member exited with
+/// [`builders::EXIT_DATA_LOST`] or [`builders::EXIT_CORRUPT`] and is not running).
 pub fn pod_facts(cluster: &str, pod: &Pod) -> Option<(u32, bool, bool)> {
     let ordinal = member_ordinal(cluster, pod.metadata.name.as_deref()?)?;
     let status = pod.status.as_ref();
@@ -299,8 +300,13 @@ pub fn pod_facts(cluster: &str, pod: &Pod) -> Option<(u32, bool, bool)> {
                 state.and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code)
             };
             let running = c.state.as_ref().is_some_and(|s| s.running.is_some());
-            let code = i32::from(builders::EXIT_DATA_LOST);
-            !running && (exit(c.state.as_ref()) == Some(code) || exit(c.last_state.as_ref()) == Some(code))
+            // Lost data (3) and damaged data (4) both mean: replace the member.
+            let replace = |code: Option<i32>| {
+                code.is_some_and(|code| {
+                    code == i32::from(builders::EXIT_DATA_LOST) || code == i32::from(builders::EXIT_CORRUPT)
+                })
+            };
+            !running && (replace(exit(c.state.as_ref())) || replace(exit(c.last_state.as_ref())))
         })
     });
     Some((ordinal, ready, lost))
@@ -651,5 +657,47 @@ async fn publish(ctx: &Context, cluster: &RaftCluster, event: Event) {
     let reference = cluster.object_ref(&());
     if let Err(err) = ctx.recorder.publish(&event, &reference).await {
         tracing::warn!(cluster = %key(cluster), "cannot publish event {}: {err}", event.reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStatus, PodStatus,
+    };
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn pod(state: Option<i32>, last_state: Option<i32>) -> Pod {
+        let terminated = |code: i32| ContainerState {
+            terminated: Some(ContainerStateTerminated { exit_code: code, ..Default::default() }),
+            ..Default::default()
+        };
+        let running = ContainerState { running: Some(ContainerStateRunning::default()), ..Default::default() };
+        Pod {
+            metadata: ObjectMeta { name: Some("etcd-1".into()), ..Default::default() },
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: builders::CONTAINER_NAME.into(),
+                    state: Some(state.map_or(running, terminated)),
+                    last_state: last_state.map(terminated),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lost_or_damaged_data_marks_the_pod_for_replacement_and_other_failures_do_not() {
+        let lost = |state, last| pod_facts("etcd", &pod(state, last)).map(|(_, _, lost)| lost);
+        assert_eq!(lost(Some(3), None), Some(true), "data lost");
+        assert_eq!(lost(Some(4), None), Some(true), "data corrupt");
+        assert_eq!(lost(None, Some(4)), Some(false), "running again: no decision on an old exit");
+        assert_eq!(lost(Some(1), Some(4)), Some(true), "crash-looping after a corrupt exit");
+        assert_eq!(lost(Some(1), Some(1)), Some(false), "other failures");
+        assert_eq!(lost(Some(2), None), Some(false), "usage errors");
     }
 }

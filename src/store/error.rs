@@ -19,13 +19,22 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    /// A record or file failed its checksum or could not be decoded, somewhere other than a
-    /// torn tail left by a crash (which is repaired silently).
+    /// A record or file failed its checksum or could not be decoded where no crash or power cut
+    /// can have damaged it (what one can damage, the tail written after the last completed
+    /// fsync, is cut away at open with a warning; see the WAL's module doc).
     #[error("{} is corrupt at byte {offset}: {detail}; {REPLACE_DATA_HINT}", path.display())]
     Corrupt { path: PathBuf, offset: u64, detail: String },
     /// Every file is readable but together they do not form a log (a snapshot or segment is missing).
     #[error("the data in {} is inconsistent: {detail}; {REPLACE_DATA_HINT}", path.display())]
     Inconsistent { path: PathBuf, detail: String },
+    /// A write-ahead log with state but no `member.json`: nobody knows which member it belongs
+    /// to, and starting over would put a new member's log on top of it.
+    #[error("{} holds a write-ahead log with state ({detail}) but no {META}, so it cannot be known which member it belongs to; kuberaft does not start a new member over an existing log; {REPLACE_DATA_HINT}", path.display(), META = "member.json")]
+    MissingIdentity { path: PathBuf, detail: String },
+    /// `member.json` names a member whose write-ahead log is gone: the cluster may count on
+    /// entries this member acknowledged, so it must not rejoin under that id.
+    #[error("{} names member {member_id:x} ('{name}') but its write-ahead log is gone ({detail}); this member's data is lost and it must be replaced: remove member {member_id:x} from the cluster and add it back under a new id (the operator does this when a member exits with code 3), or move the data directory aside and start a new member", path.display())]
+    DataLost { path: PathBuf, member_id: u64, name: String, detail: String },
     /// Another process (or another `Storage` in this one) has the data directory open.
     #[error("{} is in use by another kuberaft process; two members must never share a data directory", path.display())]
     Locked { path: PathBuf },
@@ -44,6 +53,20 @@ impl StoreError {
 
     pub(crate) fn corrupt(path: &Path, offset: u64, detail: impl Into<String>) -> StoreError {
         StoreError::Corrupt { path: path.to_path_buf(), offset, detail: detail.into() }
+    }
+
+    /// True when the member's data is gone (exit code 3: the member must be replaced).
+    pub fn is_data_lost(&self) -> bool {
+        matches!(self, StoreError::DataLost { .. })
+    }
+
+    /// True when the data on disk is damaged or does not fit together, as no crash or power cut
+    /// leaves it (exit code 4: the member must be replaced).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt { .. } | StoreError::Inconsistent { .. } | StoreError::MissingIdentity { .. }
+        )
     }
 
     /// True when the disk is full; the member can recover by itself once space is freed.

@@ -3,9 +3,12 @@
 
 pub mod command;
 mod error;
+pub(crate) mod fs;
 pub mod kv;
+#[cfg(test)]
+pub(crate) mod simfs;
 pub mod wal;
 
 pub use error::StoreError;
 pub use kv::KvStore;
-pub use wal::{read_meta, write_meta, DurableState, MemberMeta, Storage};
+pub use wal::{open_data_dir, read_meta, write_meta, DataDir, DurableState, MemberMeta, Storage};

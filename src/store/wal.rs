@@ -10,28 +10,61 @@
 //!
 //! A segment is a sequence of records `[u32 len][u32 crc32(kind, payload)][u8 kind][payload]`
 //! (little endian, `len` counts the payload). Each `persist` call appends exactly ONE record, a
-//! bincode `Batch` (snapshot marker, entries, hard state), and fsyncs once. One record per
-//! fsync is what makes crash recovery decidable: a torn write can only damage the last record,
-//! so a bad record followed by an intact one is real corruption, never a crash artefact.
-//! A segment is named after the next log index when it was started; names strictly increase,
-//! so name order is write order. Segments roll past `SEGMENT_ROLL_BYTES` and at compaction.
+//! bincode `Batch` (snapshot marker, entries, hard state). A record that only moves the commit
+//! index is written without an fsync and has its own kind (`RECORD_BATCH_UNSYNCED`); every other
+//! record (`RECORD_BATCH`) is fdatasync'ed before `persist` returns. A segment is named after the
+//! next log index when it was started; names strictly increase, so name order is write order.
+//! Segments roll past `SEGMENT_ROLL_BYTES` and at compaction.
+//!
+//! Crash recovery (the rule, and why it is safe). An fsync that returns makes every byte written
+//! to the file before it durable. So after a crash or power cut, only what was written after
+//! the last fsync that returned can be lost, torn, or (pages are written back in any order)
+//! lost while a later write survives. That is the tail of the LAST segment, and it consists of
+//! records written without an fsync, then at most one record whose fsync was still running
+//! (`persist` calls do not overlap). Hence:
+//! - the last segment is cut at its first damaged record, even when intact records follow
+//!   (point-in-time recovery): they were all written after the last completed fsync, so none
+//!   of them was acknowledged as durable. Damage is a bad checksum, a length past the end, or
+//!   an incomplete header. The cut itself is fsynced;
+//! - unless, among the intact records after the damage, a synced record is followed by another
+//!   record: its fsync returned before that one was written, so the damaged record was durable
+//!   and has been damaged since. That is `Corrupt`, as is any damage in an older segment
+//!   (a segment's tail is fsynced before the next segment is started), an undecodable intact
+//!   record, an unknown kind, and a damaged `member.json`. A damaged snapshot file is skipped
+//!   (an older one is used) and reported as `Inconsistent` if the log needed it;
+//! - a new segment's header record and its directory entry are fsynced before anything is
+//!   appended to it, so a power cut may leave an empty or torn new segment (cut like any
+//!   torn tail) but never loses records that were acknowledged in it;
+//! - compaction deletes old segments and snapshot files only after the snapshot file and the
+//!   new segment are durable, and only files the log no longer needs: a power cut that undoes
+//!   some of the deletions leaves a log that replays to the same state;
+//! - snapshot files and `member.json` are written to a temporary file, fsynced, renamed and the
+//!   directory fsynced; leftover temporary files are deleted at open.
+//!
+//! The power-cut harness (`wal_power_cut_tests.rs`, on the simulated disk of `store::simfs`)
+//! checks this rule at every disk operation of a workload. Its limit: an intact record is
+//! found after damage by scanning byte by byte, so a value that embeds a whole valid record
+//! could, in the unlucky case that a power cut tears the record holding it, make a power cut
+//! look like corruption (never the reverse).
+//!
+//! A member's directory is opened with `open_data_dir`, which also refuses a partial one
+//! (`member.json` without its log, a log without `member.json`; see there).
 //!
 //! Storage keeps no entries in memory (the Raft core holds the log); it tracks only the active
 //! segment, each segment's highest live index (to know what compaction may delete), the last
 //! hard state (rewritten at the head of every new segment, so deleting old segments never
 //! loses it) and the newest snapshot's position.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::command::decode;
 pub use super::error::StoreError;
+use super::fs::{DirLock, FileSystem, Reader, RealFs, WalFile};
 use crate::raft::{Entry, HardState, Index, Snapshot, SnapshotMeta, Term};
 
 const WAL_DIR: &str = "wal";
@@ -48,8 +81,10 @@ pub const SEGMENT_ROLL_BYTES: u64 = 64 << 20;
 const MAX_RECORD_BYTES: u64 = 1 << 30;
 /// `len` + `crc` + `kind`.
 const RECORD_HEADER_BYTES: usize = 9;
-/// The only record kind so far: one `Batch` per `persist`.
+/// One `Batch` per `persist`, fsynced right after it was written (or part of a segment's header).
 const RECORD_BATCH: u8 = 1;
+/// One `Batch` per `persist` that only moved the commit index, written without an fsync.
+const RECORD_BATCH_UNSYNCED: u8 = 2;
 
 const SNAP_MAGIC: &[u8; 8] = b"KRSNAP01";
 /// magic + u64 meta length + u64 data length + u32 crc.
@@ -114,14 +149,15 @@ struct Segment {
 /// The durable log of one member. Not shareable: one thread drives it, and the directory is
 /// locked against other processes.
 pub struct Storage {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     wal_dir: PathBuf,
     snap_dir: PathBuf,
     /// Held (flock'ed) for as long as this Storage lives.
-    _lock: File,
+    _lock: Box<dyn DirLock>,
     /// Oldest first; the last one is the active segment that records are appended to.
     segments: Vec<Segment>,
-    active: File,
+    active: Box<dyn WalFile>,
     /// Bytes of the active segment written whole: where the next record goes. All but a
     /// trailing commit-only record are durable.
     active_len: u64,
@@ -138,6 +174,9 @@ pub struct Storage {
     segment_roll_bytes: u64,
     #[cfg(test)]
     fault: Option<Fault>,
+    /// How many segments `open` cut at a damaged record with intact records after it.
+    #[cfg(test)]
+    recovered_past_damage: usize,
 }
 
 /// Test-only fault injection for the append path.
@@ -151,36 +190,56 @@ enum Fault {
 impl Storage {
     /// Opens (creating if missing) the directory; replays everything durable.
     pub fn open(dir: &Path) -> Result<(Storage, DurableState), StoreError> {
+        Storage::open_with(Arc::new(RealFs), dir)
+    }
+
+    /// `open` on the given file system.
+    pub(crate) fn open_with(fs: Arc<dyn FileSystem>, dir: &Path) -> Result<(Storage, DurableState), StoreError> {
+        create_dir(&*fs, dir)?;
+        let lock = lock_dir(&*fs, dir)?;
+        Storage::open_locked(fs, dir, lock)
+    }
+
+    fn open_locked(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        lock: Box<dyn DirLock>,
+    ) -> Result<(Storage, DurableState), StoreError> {
         let wal_dir = dir.join(WAL_DIR);
         let snap_dir = dir.join(SNAP_DIR);
-        create_dir(dir)?;
-        let lock = lock_dir(dir)?;
-        create_dir(&wal_dir)?;
-        create_dir(&snap_dir)?;
-        remove_temp_files(dir)?;
-        remove_temp_files(&snap_dir)?;
+        create_dir(&*fs, &wal_dir)?;
+        create_dir(&*fs, &snap_dir)?;
+        remove_temp_files(&*fs, dir)?;
+        remove_temp_files(&*fs, &snap_dir)?;
 
-        let snapshot = load_newest_snapshot(&snap_dir)?;
-        let mut segments = list_segments(&wal_dir)?;
+        let snapshot = load_newest_snapshot(&*fs, &snap_dir)?;
+        let mut segments = list_segments(&*fs, &wal_dir)?;
         let mut replay = Replay::default();
         let mut active_len = 0;
+        #[cfg(test)]
+        let mut recovered_past_damage = 0;
         for k in 0..segments.len() {
             let is_last = k + 1 == segments.len();
             let path = segments[k].path.clone();
-            let scan = read_segment(&path, is_last)?;
+            let scan = read_segment(&*fs, &path, is_last)?;
             for (offset, batch) in scan.batches {
                 replay
                     .apply(batch, &mut segments[..=k])
                     .map_err(|detail| StoreError::corrupt(&path, offset, detail))?;
             }
             if let Some(reason) = scan.torn {
+                #[cfg(test)]
+                if scan.dropped > 0 {
+                    recovered_past_damage += 1;
+                }
                 tracing::warn!(
                     path = %path.display(),
                     offset = scan.valid_len,
                     reason = %reason,
-                    "truncating a torn record at the end of the WAL (a crash interrupted a write that was never acknowledged)"
+                    intact_records_dropped = scan.dropped,
+                    "truncating a torn record: the last WAL segment is cut at its first damaged record, which was written after the last completed fsync (a crash or power cut interrupted writes that were never acknowledged as durable)"
                 );
-                truncate_file(&path, scan.valid_len)?;
+                truncate_file(&*fs, &path, scan.valid_len)?;
             }
             if is_last {
                 active_len = scan.valid_len;
@@ -196,16 +255,12 @@ impl Storage {
         if segments.is_empty() {
             let first_index = snapshot_index.saturating_add(1);
             let path = wal_dir.join(segment_name(first_index));
-            create_segment(&path, &[])?;
-            sync_dir(&wal_dir)?;
+            create_segment(&*fs, &path, &[])?;
+            sync_dir(&*fs, &wal_dir)?;
             segments.push(Segment { first_index, path, live_max: 0 });
         }
         let active_path = &segments[segments.len() - 1].path;
-        let active = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(active_path)
-            .map_err(|e| StoreError::io("open WAL segment", active_path, e))?;
+        let active = fs.open_rw(active_path).map_err(|e| StoreError::io("open WAL segment", active_path, e))?;
         tracing::debug!(
             dir = %dir.display(),
             segments = segments.len(),
@@ -215,6 +270,7 @@ impl Storage {
             "storage opened"
         );
         let storage = Storage {
+            fs,
             dir: dir.to_path_buf(),
             wal_dir,
             snap_dir,
@@ -231,6 +287,8 @@ impl Storage {
             segment_roll_bytes: SEGMENT_ROLL_BYTES,
             #[cfg(test)]
             fault: None,
+            #[cfg(test)]
+            recovered_past_damage,
         };
         Ok((storage, DurableState { hard_state, snapshot, entries }))
     }
@@ -250,12 +308,13 @@ impl Storage {
         &self.dir
     }
 
-    /// Makes hard state, snapshot and entries durable with ONE write and ONE fsync (group
-    /// commit: the caller batches a whole Ready). Stored entries with index >= entries[0].index
-    /// are replaced (conflict truncation); a snapshot replaces every entry at or below its index
-    /// and, when the log does not hold its index with its term, the whole log. A snapshot is
-    /// first saved to its own file (which costs its own fsyncs). Returns only after fdatasync;
-    /// on error nothing new is durable for sure and the call can simply be retried.
+    /// Makes hard state, snapshot and entries durable with ONE record (group commit: the caller
+    /// batches a whole Ready) and, unless the record only moves the commit index, one fsync.
+    /// Stored entries with index >= entries[0].index are replaced (conflict truncation); a
+    /// snapshot replaces every entry at or below its index and, when the log does not hold its
+    /// index with its term, the whole log. A snapshot is first saved to its own file (which
+    /// costs its own fsyncs). On error nothing new is durable for sure and the call can simply
+    /// be retried.
     pub fn persist(
         &mut self,
         hard_state: Option<&HardState>,
@@ -275,20 +334,22 @@ impl Storage {
         }
         let mark = snapshot.map(|s| SnapshotMark { index: s.meta.index, term: s.meta.term });
         if let Some(snapshot) = snapshot {
-            save_snapshot(&self.snap_dir, snapshot)?;
+            save_snapshot(&*self.fs, &self.snap_dir, snapshot)?;
         }
         // With a snapshot, older segments may be deleted below; the hard state must then be in
         // the active segment even if it is one whose header a crash cut off.
         let hard_state_to_write = hard_state.copied().or(mark.map(|_| self.hard_state));
-        let record = encode_record(&BatchRef { snapshot: mark, entries, hard_state: hard_state_to_write })?;
         // Only entries, snapshots, terms and votes must be durable before anything is sent or
         // answered. A record that only moves the commit index is written without an fsync (as
         // etcd does): the next fsync of the file carries it, and if a crash loses it the member
         // restarts with an older commit index, which Raft recovers from its leader. Each commit
-        // would otherwise cost a second fsync per write on every member.
+        // would otherwise cost a second fsync per write on every member. Its kind says so, which
+        // recovery needs to tell a power cut from damage (module doc, "Crash recovery").
         let sync = mark.is_some()
             || !entries.is_empty()
             || hard_state.is_some_and(|hs| hs.term != self.hard_state.term || hs.vote != self.hard_state.vote);
+        let kind = if sync { RECORD_BATCH } else { RECORD_BATCH_UNSYNCED };
+        let record = encode_record(&BatchRef { snapshot: mark, entries, hard_state: hard_state_to_write }, kind)?;
         self.append(&record, sync)?;
         self.last_synced = sync;
 
@@ -322,7 +383,7 @@ impl Storage {
             return Ok(());
         }
         self.repair_tail()?;
-        save_snapshot(&self.snap_dir, snapshot)?;
+        save_snapshot(&*self.fs, &self.snap_dir, snapshot)?;
         self.snapshot = Some(mark);
         self.fresh = false;
         // The new segment starts with the hard state and this snapshot's mark, so every older
@@ -382,11 +443,12 @@ impl Storage {
     }
 
     /// Starts a new active segment whose first record repeats the hard state and the snapshot
-    /// mark, so that it replays correctly without any older segment.
+    /// mark, so that it replays correctly without any older segment. The new segment's content
+    /// and its directory entry are durable before anything is appended to it.
     fn roll(&mut self) -> Result<(), StoreError> {
         self.repair_tail()?;
         // A commit-only record written without an fsync must be durable before its segment
-        // stops being the last: only the last segment may end in a torn record.
+        // stops being the last: only the last segment may end in damage from a power cut.
         if !self.last_synced {
             let path = &self.segments[self.segments.len() - 1].path;
             self.active.sync_data().map_err(|e| StoreError::io("fsync WAL segment", path, e))?;
@@ -395,14 +457,17 @@ impl Storage {
         let previous = self.segments[self.segments.len() - 1].first_index;
         let first_index = self.last_index.saturating_add(1).max(previous.saturating_add(1));
         let path = self.wal_dir.join(segment_name(first_index));
-        let header =
-            encode_record(&BatchRef { snapshot: self.snapshot, entries: &[], hard_state: Some(self.hard_state) })?;
-        let created = create_segment(&path, &header).and_then(|file| sync_dir(&self.wal_dir).map(|()| file));
+        let header = encode_record(
+            &BatchRef { snapshot: self.snapshot, entries: &[], hard_state: Some(self.hard_state) },
+            RECORD_BATCH,
+        )?;
+        let created = create_segment(&*self.fs, &path, &header)
+            .and_then(|file| sync_dir(&*self.fs, &self.wal_dir).map(|()| file));
         let file = match created {
             Ok(file) => file,
             Err(e) => {
                 // Best effort: a leftover empty or partial segment would only be replayed as a torn tail.
-                let _ = fs::remove_file(&path);
+                let _ = self.fs.remove_file(&path);
                 return Err(e);
             }
         };
@@ -415,11 +480,13 @@ impl Storage {
 
     /// Deletes the oldest segments while everything live in them is covered by the snapshot at
     /// `snapshot_index`, and every snapshot file but the newest. Failures only cost disk space.
+    /// Only files that hold nothing the log needs are deleted, so a power cut that undoes some
+    /// of these deletions (the directory is synced only after them) leaves a readable log.
     fn remove_covered(&mut self, snapshot_index: Index) {
         let mut removed = 0;
         // Only a prefix: replaying a suffix of the records gives the same log after the snapshot.
         while self.segments.len() > 1 && self.segments[0].live_max <= snapshot_index {
-            if let Err(e) = fs::remove_file(&self.segments[0].path) {
+            if let Err(e) = self.fs.remove_file(&self.segments[0].path) {
                 tracing::warn!(path = %self.segments[0].path.display(), error = %e, "cannot delete an old WAL segment");
                 break;
             }
@@ -427,18 +494,18 @@ impl Storage {
             removed += 1;
         }
         if removed > 0 {
-            if let Err(e) = sync_dir(&self.wal_dir) {
+            if let Err(e) = sync_dir(&*self.fs, &self.wal_dir) {
                 tracing::warn!(error = %e, "cannot fsync the WAL directory after deleting segments");
             }
         }
         let Some(newest) = self.snapshot else { return };
         let keep = snapshot_name(newest.term, newest.index);
-        match list_snapshots(&self.snap_dir) {
+        match list_snapshots(&*self.fs, &self.snap_dir) {
             Ok(files) => {
                 let mut deleted_any = false;
                 for (_, _, path) in files {
                     if path.file_name().is_some_and(|n| n != keep.as_str()) {
-                        match fs::remove_file(&path) {
+                        match self.fs.remove_file(&path) {
                             Ok(()) => deleted_any = true,
                             Err(e) => {
                                 tracing::warn!(path = %path.display(), error = %e, "cannot delete an old snapshot")
@@ -447,7 +514,7 @@ impl Storage {
                     }
                 }
                 if deleted_any {
-                    if let Err(e) = sync_dir(&self.snap_dir) {
+                    if let Err(e) = sync_dir(&*self.fs, &self.snap_dir) {
                         tracing::warn!(error = %e, "cannot fsync the snapshot directory after deleting files");
                     }
                 }
@@ -455,6 +522,64 @@ impl Storage {
             Err(e) => tracing::warn!(error = %e, "cannot list old snapshots"),
         }
     }
+}
+
+/// A member's data directory as `open_data_dir` found it.
+pub struct DataDir {
+    pub storage: Storage,
+    pub durable: DurableState,
+    /// `None` only for a new member: nothing was ever persisted.
+    pub meta: Option<MemberMeta>,
+}
+
+/// Opens a member's data directory (creating what is missing for a new member) and refuses a
+/// partial one, so that a member never starts over on top of a log nor rejoins without it:
+/// - `member.json` without a WAL (the `wal/` directory or every segment in it is gone):
+///   [`StoreError::DataLost`];
+/// - a WAL with state (any record or snapshot) without `member.json`:
+///   [`StoreError::MissingIdentity`].
+///
+/// A first start writes the WAL's first (empty) segment durably before `member.json`, and
+/// `member.json` durably before the first record, so a crash at any point of it leaves either
+/// an empty WAL without `member.json` (a new member again) or `member.json` with an empty
+/// WAL (a member that has not persisted anything yet, like a joiner that crashed before its
+/// first entry): both start normally.
+pub fn open_data_dir(dir: &Path) -> Result<DataDir, StoreError> {
+    open_data_dir_with(Arc::new(RealFs), dir)
+}
+
+pub(crate) fn open_data_dir_with(fs: Arc<dyn FileSystem>, dir: &Path) -> Result<DataDir, StoreError> {
+    create_dir(&*fs, dir)?;
+    let lock = lock_dir(&*fs, dir)?;
+    let meta = read_meta_with(&*fs, dir)?;
+    if let Some(meta) = &meta {
+        // Checked before `open` creates a fresh WAL, which would hide the loss at the next start.
+        let wal_dir = dir.join(WAL_DIR);
+        let missing = if !fs.is_dir(&wal_dir) {
+            Some("the wal directory is missing")
+        } else if list_segments(&*fs, &wal_dir)?.is_empty() {
+            Some("the wal directory holds no segment")
+        } else {
+            None
+        };
+        if let Some(detail) = missing {
+            return Err(StoreError::DataLost {
+                path: dir.join(META_FILE),
+                member_id: meta.member_id,
+                name: meta.name.clone(),
+                detail: detail.into(),
+            });
+        }
+    }
+    let (storage, durable) = Storage::open_locked(fs, dir, lock)?;
+    if meta.is_none() && !storage.is_fresh() {
+        let last = durable.entries.last().map(|e| e.index).or(durable.snapshot.as_ref().map(|s| s.meta.index));
+        return Err(StoreError::MissingIdentity {
+            path: dir.to_path_buf(),
+            detail: format!("term {}, last index {}", durable.hard_state.term, last.unwrap_or(0)),
+        });
+    }
+    Ok(DataDir { storage, durable, meta })
 }
 
 /// Lowers every segment's live maximum below a truncation at `first` (those entries are dead),
@@ -585,6 +710,8 @@ struct SegmentScan {
     valid_len: u64,
     /// Why the rest of the (last) segment is a torn write, if it is.
     torn: Option<String>,
+    /// Intact records found after the torn one (written after the last fsync that returned).
+    dropped: usize,
 }
 
 enum RawRecord {
@@ -599,16 +726,19 @@ enum RawRecord {
     },
 }
 
-fn read_segment(path: &Path, is_last: bool) -> Result<SegmentScan, StoreError> {
-    let file = File::open(path).map_err(|e| StoreError::io("open WAL segment", path, e))?;
-    let file_len = file.metadata().map_err(|e| StoreError::io("stat WAL segment", path, e))?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+/// Reads one segment. A damaged record in an older segment is corruption. In the last segment
+/// it is what a power cut left unless the records after it prove that an fsync covered it
+/// (see "Crash recovery" in the module doc); then the segment is cut there.
+fn read_segment(fs: &dyn FileSystem, path: &Path, is_last: bool) -> Result<SegmentScan, StoreError> {
+    let file = fs.open_read(path).map_err(|e| StoreError::io("open WAL segment", path, e))?;
+    let file_len = file.len().map_err(|e| StoreError::io("stat WAL segment", path, e))?;
+    let mut reader = BufReader::with_capacity(1 << 20, Reader::new(&*file));
     let mut batches = Vec::new();
     let mut offset = 0;
     while offset < file_len {
         match read_record(&mut reader, path, file_len - offset)? {
             RawRecord::Intact { kind, payload } => {
-                if kind != RECORD_BATCH {
+                if !is_batch_kind(kind) {
                     return Err(StoreError::corrupt(
                         path,
                         offset,
@@ -622,26 +752,41 @@ fn read_segment(path: &Path, is_last: bool) -> Result<SegmentScan, StoreError> {
             }
             RawRecord::Bad { detail, record_bytes } => {
                 if !is_last {
-                    return Err(StoreError::corrupt(path, offset, detail));
+                    return Err(StoreError::corrupt(
+                        path,
+                        offset,
+                        format!("{detail}, in a segment that was fsynced before the next one was started"),
+                    ));
                 }
-                // A crash can tear only the last write, which is one record: if any intact
-                // record follows, this one was damaged after it was made durable.
                 let scan_from = match record_bytes {
                     Some(bytes) => offset + bytes,
                     None => offset + 1,
                 };
-                if let Some(at) = find_intact_record(path, scan_from, file_len)? {
+                let after = intact_records_after(&*file, path, scan_from, file_len)?;
+                // Only the records written since the last fsync that returned can be damaged by a
+                // power cut: some written without an fsync, then at most one whose fsync was still
+                // running. A synced record with another one after it had its fsync return, and
+                // that fsync made this one durable too.
+                if let Some(pair) = after.windows(2).find(|pair| pair[0].1 == RECORD_BATCH) {
                     return Err(StoreError::corrupt(
                         path,
                         offset,
-                        format!("{detail}, yet an intact record follows at byte {at}, so this is not a torn write"),
+                        format!(
+                            "{detail}, yet the record at byte {} was fsynced before the record at byte {} was written, \
+                             so this record was durable and has been damaged since",
+                            pair[0].0, pair[1].0
+                        ),
                     ));
                 }
-                return Ok(SegmentScan { batches, valid_len: offset, torn: Some(detail) });
+                return Ok(SegmentScan { batches, valid_len: offset, torn: Some(detail), dropped: after.len() });
             }
         }
     }
-    Ok(SegmentScan { batches, valid_len: offset, torn: None })
+    Ok(SegmentScan { batches, valid_len: offset, torn: None, dropped: 0 })
+}
+
+fn is_batch_kind(kind: u8) -> bool {
+    kind == RECORD_BATCH || kind == RECORD_BATCH_UNSYNCED
 }
 
 /// Reads the record at the reader's position; `remaining` bytes are left in the file.
@@ -685,30 +830,39 @@ fn parse_header(header: &[u8; RECORD_HEADER_BYTES]) -> (u64, u32, u8) {
     (len as u64, crc, header[8])
 }
 
-/// The offset of the first intact record at or after `from`, scanning byte by byte.
-fn find_intact_record(path: &Path, from: u64, file_len: u64) -> Result<Option<u64>, StoreError> {
+/// The intact records at or after `from` as (offset, kind): the first found by scanning byte by
+/// byte (a damaged record's length cannot be trusted), each next one right after the previous,
+/// or again by scanning.
+fn intact_records_after(
+    file: &dyn WalFile,
+    path: &Path,
+    from: u64,
+    file_len: u64,
+) -> Result<Vec<(u64, u8)>, StoreError> {
     if from >= file_len {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let file = File::open(path).map_err(|e| StoreError::io("open WAL segment", path, e))?;
     // At most the rest of one segment (segments roll at a bounded size).
     let mut tail = vec![0u8; (file_len - from) as usize];
     file.read_exact_at(&mut tail, from).map_err(|e| StoreError::io("read WAL segment", path, e))?;
+    let mut found = Vec::new();
     let mut at = 0;
     while at + RECORD_HEADER_BYTES <= tail.len() {
         let mut header = [0u8; RECORD_HEADER_BYTES];
         header.copy_from_slice(&tail[at..at + RECORD_HEADER_BYTES]);
         let (len, crc, kind) = parse_header(&header);
         let end = at as u64 + RECORD_HEADER_BYTES as u64 + len;
-        if kind == RECORD_BATCH && len > 0 && end <= tail.len() as u64 {
+        if is_batch_kind(kind) && len > 0 && end <= tail.len() as u64 {
             let payload = &tail[at + RECORD_HEADER_BYTES..end as usize];
             if record_crc(kind, payload) == crc {
-                return Ok(Some(from + at as u64));
+                found.push((from + at as u64, kind));
+                at = end as usize;
+                continue;
             }
         }
         at += 1;
     }
-    Ok(None)
+    Ok(found)
 }
 
 fn record_crc(kind: u8, payload: &[u8]) -> u32 {
@@ -718,17 +872,17 @@ fn record_crc(kind: u8, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
-/// One framed record holding `batch`.
-fn encode_record(batch: &BatchRef<'_>) -> Result<Vec<u8>, StoreError> {
+/// One framed record of `kind` holding `batch`.
+fn encode_record(batch: &BatchRef<'_>, kind: u8) -> Result<Vec<u8>, StoreError> {
     let mut record = vec![0u8; RECORD_HEADER_BYTES];
-    record[8] = RECORD_BATCH;
+    record[8] = kind;
     bincode::serialize_into(&mut record, batch)
         .map_err(|e| StoreError::Invalid(format!("cannot encode a WAL record: {e}")))?;
     let len = (record.len() - RECORD_HEADER_BYTES) as u64;
     if len > MAX_RECORD_BYTES {
         return Err(StoreError::Invalid(format!("a batch of {len} bytes exceeds the 1 GiB record limit")));
     }
-    let crc = record_crc(RECORD_BATCH, &record[RECORD_HEADER_BYTES..]);
+    let crc = record_crc(kind, &record[RECORD_HEADER_BYTES..]);
     record[0..4].copy_from_slice(&(len as u32).to_le_bytes());
     record[4..8].copy_from_slice(&crc.to_le_bytes());
     Ok(record)
@@ -744,9 +898,9 @@ fn snapshot_name(term: Term, index: Index) -> String {
     format!("{term:016x}-{index:016x}{SNAP_SUFFIX}")
 }
 
-fn list_segments(wal_dir: &Path) -> Result<Vec<Segment>, StoreError> {
+fn list_segments(fs: &dyn FileSystem, wal_dir: &Path) -> Result<Vec<Segment>, StoreError> {
     let mut segments = Vec::new();
-    for path in list_dir(wal_dir)? {
+    for path in list_dir(fs, wal_dir)? {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
         let parsed = name
             .strip_suffix(SEGMENT_SUFFIX)
@@ -762,9 +916,9 @@ fn list_segments(wal_dir: &Path) -> Result<Vec<Segment>, StoreError> {
 }
 
 /// Snapshot files as (index, term, path), newest first.
-fn list_snapshots(snap_dir: &Path) -> Result<Vec<(Index, Term, PathBuf)>, StoreError> {
+fn list_snapshots(fs: &dyn FileSystem, snap_dir: &Path) -> Result<Vec<(Index, Term, PathBuf)>, StoreError> {
     let mut snapshots = Vec::new();
-    for path in list_dir(snap_dir)? {
+    for path in list_dir(fs, snap_dir)? {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
         let parsed = name.strip_suffix(SNAP_SUFFIX).and_then(|stem| stem.split_once('-')).and_then(|(term, index)| {
             let term = (term.len() == 16).then(|| u64::from_str_radix(term, 16).ok()).flatten()?;
@@ -782,9 +936,9 @@ fn list_snapshots(snap_dir: &Path) -> Result<Vec<(Index, Term, PathBuf)>, StoreE
 
 /// The newest snapshot file that reads back intact; damaged ones are skipped with a warning
 /// (if the log needed them, `Replay::finish` reports the gap).
-fn load_newest_snapshot(snap_dir: &Path) -> Result<Option<Snapshot>, StoreError> {
-    for (index, term, path) in list_snapshots(snap_dir)? {
-        match read_snapshot(&path) {
+fn load_newest_snapshot(fs: &dyn FileSystem, snap_dir: &Path) -> Result<Option<Snapshot>, StoreError> {
+    for (index, term, path) in list_snapshots(fs, snap_dir)? {
+        match read_snapshot(fs, &path) {
             Ok(snapshot) if snapshot.meta.index == index && snapshot.meta.term == term => return Ok(Some(snapshot)),
             Ok(_) => {
                 tracing::warn!(path = %path.display(), "skipping a snapshot whose content does not match its name")
@@ -795,7 +949,7 @@ fn load_newest_snapshot(snap_dir: &Path) -> Result<Option<Snapshot>, StoreError>
     Ok(None)
 }
 
-fn save_snapshot(snap_dir: &Path, snapshot: &Snapshot) -> Result<(), StoreError> {
+fn save_snapshot(fs: &dyn FileSystem, snap_dir: &Path, snapshot: &Snapshot) -> Result<(), StoreError> {
     let name = snapshot_name(snapshot.meta.term, snapshot.meta.index);
     let meta = bincode::serialize(&snapshot.meta)
         .map_err(|e| StoreError::Invalid(format!("cannot encode snapshot metadata: {e}")))?;
@@ -807,11 +961,11 @@ fn save_snapshot(snap_dir: &Path, snapshot: &Snapshot) -> Result<(), StoreError>
     header.extend_from_slice(&(meta.len() as u64).to_le_bytes());
     header.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
     header.extend_from_slice(&hasher.finalize().to_le_bytes());
-    write_file_atomically(snap_dir, &name, &[&header, &meta, &snapshot.data])
+    write_file_atomically(fs, snap_dir, &name, &[&header, &meta, &snapshot.data])
 }
 
-fn read_snapshot(path: &Path) -> Result<Snapshot, StoreError> {
-    let bytes = fs::read(path).map_err(|e| StoreError::io("read snapshot", path, e))?;
+fn read_snapshot(fs: &dyn FileSystem, path: &Path) -> Result<Snapshot, StoreError> {
+    let bytes = fs.read(path).map_err(|e| StoreError::io("read snapshot", path, e))?;
     if bytes.len() < SNAP_HEADER_BYTES || &bytes[..8] != SNAP_MAGIC {
         return Err(StoreError::corrupt(path, 0, "not a kuberaft snapshot file (bad header)"));
     }
@@ -844,14 +998,21 @@ fn read_snapshot(path: &Path) -> Result<Snapshot, StoreError> {
 
 /// Reads the identity of the member that owns `dir`; `None` if it was never written.
 pub fn read_meta(dir: &Path) -> Result<Option<MemberMeta>, StoreError> {
+    read_meta_with(&RealFs, dir)
+}
+
+fn read_meta_with(fs: &dyn FileSystem, dir: &Path) -> Result<Option<MemberMeta>, StoreError> {
     let path = dir.join(META_FILE);
-    let file = match File::open(&path) {
+    let file = match fs.open_read(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StoreError::io("open", &path, e)),
     };
     let mut text = Vec::new();
-    file.take(MAX_META_BYTES + 1).read_to_end(&mut text).map_err(|e| StoreError::io("read", &path, e))?;
+    Reader::new(&*file)
+        .take(MAX_META_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| StoreError::io("read", &path, e))?;
     if text.len() as u64 > MAX_META_BYTES {
         return Err(StoreError::corrupt(&path, MAX_META_BYTES, "member metadata file is implausibly large"));
     }
@@ -862,40 +1023,42 @@ pub fn read_meta(dir: &Path) -> Result<Option<MemberMeta>, StoreError> {
 
 /// Writes the identity of the member that owns `dir`, atomically (tmp + fsync + rename + fsync dir).
 pub fn write_meta(dir: &Path, meta: &MemberMeta) -> Result<(), StoreError> {
-    create_dir(dir)?;
+    write_meta_with(&RealFs, dir, meta)
+}
+
+fn write_meta_with(fs: &dyn FileSystem, dir: &Path, meta: &MemberMeta) -> Result<(), StoreError> {
+    create_dir(fs, dir)?;
     let mut text = serde_json::to_vec_pretty(meta)
         .map_err(|e| StoreError::Invalid(format!("cannot encode member metadata: {e}")))?;
     text.push(b'\n');
-    write_file_atomically(dir, META_FILE, &[&text])
+    write_file_atomically(fs, dir, META_FILE, &[&text])
 }
 
 /// Writes `parts` to `dir/name` so that after a crash the file is either old or complete.
-fn write_file_atomically(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<(), StoreError> {
+fn write_file_atomically(fs: &dyn FileSystem, dir: &Path, name: &str, parts: &[&[u8]]) -> Result<(), StoreError> {
     let tmp = dir.join(format!("{name}.{TMP_EXTENSION}"));
     let dest = dir.join(name);
-    let written = File::create(&tmp)
+    let written = fs
+        .create(&tmp)
         .and_then(|mut file| {
+            let mut offset = 0;
             for part in parts {
-                file.write_all(part)?;
+                file.write_all_at(part, offset)?;
+                offset += part.len() as u64;
             }
             file.sync_all()
         })
         .map_err(|e| StoreError::io("write", &tmp, e))
-        .and_then(|()| fs::rename(&tmp, &dest).map_err(|e| StoreError::io("rename into place", &dest, e)));
+        .and_then(|()| fs.rename(&tmp, &dest).map_err(|e| StoreError::io("rename into place", &dest, e)));
     if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
+        let _ = fs.remove_file(&tmp);
         return Err(e);
     }
-    sync_dir(dir)
+    sync_dir(fs, dir)
 }
 
-fn create_segment(path: &Path, header: &[u8]) -> Result<File, StoreError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| StoreError::io("create WAL segment", path, e))?;
+fn create_segment(fs: &dyn FileSystem, path: &Path, header: &[u8]) -> Result<Box<dyn WalFile>, StoreError> {
+    let mut file = fs.create_new(path).map_err(|e| StoreError::io("create WAL segment", path, e))?;
     if !header.is_empty() {
         file.write_all_at(header, 0).map_err(|e| StoreError::io("write WAL segment", path, e))?;
         file.sync_data().map_err(|e| StoreError::io("fsync WAL segment", path, e))?;
@@ -903,71 +1066,63 @@ fn create_segment(path: &Path, header: &[u8]) -> Result<File, StoreError> {
     Ok(file)
 }
 
-fn truncate_file(path: &Path, len: u64) -> Result<(), StoreError> {
-    let file = OpenOptions::new().write(true).open(path).map_err(|e| StoreError::io("open WAL segment", path, e))?;
+fn truncate_file(fs: &dyn FileSystem, path: &Path, len: u64) -> Result<(), StoreError> {
+    let mut file = fs.open_rw(path).map_err(|e| StoreError::io("open WAL segment", path, e))?;
     file.set_len(len).map_err(|e| StoreError::io("truncate the torn tail of", path, e))?;
     file.sync_all().map_err(|e| StoreError::io("fsync WAL segment", path, e))
 }
 
-fn create_dir(dir: &Path) -> Result<(), StoreError> {
-    if dir.is_dir() {
+/// Creates `dir` if it is missing and makes its entry durable.
+fn create_dir(fs: &dyn FileSystem, dir: &Path) -> Result<(), StoreError> {
+    if fs.is_dir(dir) {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+    fs.create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
     match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(parent) => sync_dir(parent),
+        Some(parent) => sync_dir(fs, parent),
         None => Ok(()),
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io("fsync directory", dir, e))
+fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<(), StoreError> {
+    fs.sync_dir(dir).map_err(|e| StoreError::io("fsync directory", dir, e))
 }
 
-fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
-    let mut paths = Vec::new();
-    for item in fs::read_dir(dir).map_err(|e| StoreError::io("list directory", dir, e))? {
-        paths.push(item.map_err(|e| StoreError::io("list directory", dir, e))?.path());
-    }
-    Ok(paths)
+fn list_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    fs.list_dir(dir).map_err(|e| StoreError::io("list directory", dir, e))
 }
 
 /// Leftovers of an interrupted atomic write: never renamed into place, so never durable data.
-fn remove_temp_files(dir: &Path) -> Result<(), StoreError> {
-    for path in list_dir(dir)? {
+fn remove_temp_files(fs: &dyn FileSystem, dir: &Path) -> Result<(), StoreError> {
+    for path in list_dir(fs, dir)? {
         if path.extension().is_some_and(|ext| ext == TMP_EXTENSION) {
-            fs::remove_file(&path).map_err(|e| StoreError::io("remove leftover temporary file", &path, e))?;
+            fs.remove_file(&path).map_err(|e| StoreError::io("remove leftover temporary file", &path, e))?;
         }
     }
     Ok(())
 }
 
-/// Takes an exclusive lock on `dir/LOCK`, held while the returned file is open: two processes
+/// Takes an exclusive lock on `dir/LOCK`, held while the returned guard lives: two processes
 /// writing one log would corrupt it (and two members sharing a log would break Raft's safety).
-fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+fn lock_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Box<dyn DirLock>, StoreError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StoreError::io("open lock file", &path, e))?;
-    // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let error = io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(StoreError::Locked { path: dir.to_path_buf() });
-        }
-        return Err(StoreError::io("lock", &path, error));
+    match fs.lock(&path) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(StoreError::Locked { path: dir.to_path_buf() }),
+        Err(e) => Err(StoreError::io("lock", &path, e)),
     }
-    Ok(file)
 }
+
+#[cfg(test)]
+#[path = "wal_power_cut_tests.rs"]
+mod power_cut_tests;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::raft::{ConfState, EntryPayload};
+    use std::fs::{self, OpenOptions};
+    use std::io::Write;
 
     fn entry(index: Index, term: Term) -> Entry {
         Entry { index, term, payload: EntryPayload::Command(Bytes::from(format!("command {index} of term {term}"))) }
@@ -996,13 +1151,13 @@ mod tests {
     }
 
     fn segment_files(dir: &Path) -> Vec<PathBuf> {
-        let mut paths = list_dir(&dir.join(WAL_DIR)).expect("list wal");
+        let mut paths = list_dir(&RealFs, &dir.join(WAL_DIR)).expect("list wal");
         paths.sort();
         paths
     }
 
     fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
-        let mut paths = list_dir(&dir.join(SNAP_DIR)).expect("list snap");
+        let mut paths = list_dir(&RealFs, &dir.join(SNAP_DIR)).expect("list snap");
         paths.sort();
         paths
     }
@@ -1231,6 +1386,207 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_commit_only_record_before_an_intact_synced_one_is_cut_away() {
+        // A power cut: the commit-only record (no fsync) was torn, the next record reached the
+        // disk, but the fsync that would have made both durable never returned.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut storage, _) = open(dir.path());
+        storage.persist(Some(&hard_state(1, Some(1), 0)), None, &entries(1..=3, 1)).expect("entries");
+        storage.persist(Some(&hard_state(1, Some(1), 2)), None, &[]).expect("commit");
+        storage.persist(Some(&hard_state(1, Some(1), 2)), None, &entries(4..=4, 1)).expect("entry");
+        drop(storage);
+        let segment = last_segment(dir.path());
+        let offsets = record_offsets(&segment);
+        assert_eq!(offsets.len(), 3);
+        flip_byte(&segment, offsets[1] + 12);
+
+        let (storage, state) = open(dir.path());
+        assert_eq!(storage.recovered_past_damage, 1);
+        assert_eq!(state.entries, entries(1..=3, 1));
+        assert_eq!(state.hard_state, hard_state(1, Some(1), 0));
+        assert_eq!(file_len(&segment), offsets[1], "cut at the damaged record");
+    }
+
+    #[test]
+    fn damage_before_a_synced_record_with_another_after_it_is_corruption() {
+        // The third record's fsync returned before the fourth was written, so the second
+        // record was durable: its damage came later, and nothing is cut.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut storage, _) = open(dir.path());
+        storage.persist(Some(&hard_state(1, Some(1), 0)), None, &entries(1..=3, 1)).expect("entries");
+        storage.persist(Some(&hard_state(1, Some(1), 2)), None, &[]).expect("commit");
+        storage.persist(Some(&hard_state(1, Some(1), 2)), None, &entries(4..=4, 1)).expect("entry");
+        storage.persist(Some(&hard_state(1, Some(1), 4)), None, &[]).expect("commit");
+        drop(storage);
+        let segment = last_segment(dir.path());
+        let offsets = record_offsets(&segment);
+        assert_eq!(offsets.len(), 4);
+        flip_byte(&segment, offsets[1] + 12);
+        let len_before = file_len(&segment);
+
+        let error = Storage::open(dir.path()).err().expect("must not open");
+        assert!(matches!(&error, StoreError::Corrupt { offset, .. } if *offset == offsets[1]), "{error}");
+        assert!(error.is_corrupt() && !error.is_data_lost());
+        assert!(error.to_string().contains("was fsynced before"), "{error}");
+        assert_eq!(file_len(&segment), len_before, "acknowledged data is never cut away");
+    }
+
+    #[test]
+    fn a_flipped_byte_in_a_synced_older_segment_is_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut storage, _) = open(dir.path());
+        storage.segment_roll_bytes = 1; // every persist starts a new segment
+        three_batches(&mut storage);
+        drop(storage);
+        let segments = segment_files(dir.path());
+        assert_eq!(segments.len(), 3);
+        flip_byte(&segments[0], file_len(&segments[0]) / 2);
+
+        let error = Storage::open(dir.path()).err().expect("must not open");
+        assert!(matches!(&error, StoreError::Corrupt { path, .. } if *path == segments[0]), "{error}");
+        assert!(error.is_corrupt());
+        assert!(error.to_string().contains("move its data directory aside"), "says what to do: {error}");
+    }
+
+    fn meta() -> MemberMeta {
+        MemberMeta { cluster_id: 7, member_id: 0xab, name: "etcd-1".into() }
+    }
+
+    fn open_dir(dir: &Path) -> Result<DataDir, StoreError> {
+        open_data_dir(dir)
+    }
+
+    fn listing(dir: &Path) -> Vec<(PathBuf, u64)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(path) = stack.pop() {
+            for entry in fs::read_dir(&path).expect("read dir") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path.clone());
+                }
+                out.push((path.clone(), fs::metadata(&path).expect("stat").len()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_new_or_half_started_data_directory_opens_as_a_new_member() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("member");
+        let opened = open_dir(&dir).expect("new");
+        assert!(opened.meta.is_none() && opened.storage.is_fresh());
+        drop(opened);
+        // The first start stopped after creating the WAL, before member.json.
+        let opened = open_dir(&dir).expect("again");
+        assert!(opened.meta.is_none() && opened.storage.is_fresh());
+    }
+
+    #[test]
+    fn member_json_with_an_empty_wal_restarts_as_that_member() {
+        // A joiner that crashed before its first entry.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        drop(open_dir(tmp.path()).expect("new"));
+        write_meta(tmp.path(), &meta()).expect("meta");
+        let opened = open_dir(tmp.path()).expect("restart");
+        assert_eq!(opened.meta, Some(meta()));
+        assert!(opened.storage.is_fresh());
+    }
+
+    #[test]
+    fn a_log_without_member_json_is_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let opened = open_dir(tmp.path()).expect("new");
+        let mut storage = opened.storage;
+        three_batches(&mut storage);
+        drop(storage);
+        let before = listing(tmp.path());
+
+        let error = open_dir(tmp.path()).err().expect("must refuse");
+        assert!(matches!(error, StoreError::MissingIdentity { .. }), "{error}");
+        assert!(error.is_corrupt(), "exit code 4");
+        assert!(error.to_string().contains("term 2, last index 6"), "{error}");
+        assert!(error.to_string().contains("move its data directory aside"), "says what to do: {error}");
+        assert_eq!(listing(tmp.path()), before, "nothing changed");
+
+        // A snapshot alone is state too.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut storage = open_dir(tmp.path()).expect("new").storage;
+        storage.compact(&snapshot(3, 1)).expect("compact");
+        drop(storage);
+        assert!(matches!(open_dir(tmp.path()), Err(StoreError::MissingIdentity { .. })));
+    }
+
+    #[test]
+    fn member_json_without_its_log_is_data_lost_every_time() {
+        for remove in ["the wal directory", "every segment"] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let mut storage = open_dir(tmp.path()).expect("new").storage;
+            write_meta(tmp.path(), &meta()).expect("meta");
+            three_batches(&mut storage);
+            drop(storage);
+            let wal_dir = tmp.path().join(WAL_DIR);
+            match remove {
+                "every segment" => segment_files(tmp.path()).iter().for_each(|s| fs::remove_file(s).expect("rm")),
+                _ => fs::remove_dir_all(&wal_dir).expect("rm -r"),
+            }
+            let before = listing(tmp.path());
+            for attempt in 0..2 {
+                let error = open_dir(tmp.path()).err().expect("must refuse");
+                assert!(
+                    matches!(&error, StoreError::DataLost { member_id: 0xab, .. }),
+                    "{remove}, attempt {attempt}: {error}"
+                );
+                assert!(error.is_data_lost() && !error.is_corrupt(), "exit code 3");
+                assert!(error.to_string().contains("remove member ab from the cluster"), "{error}");
+                assert_eq!(listing(tmp.path()), before, "no fresh WAL hides the loss from the next start");
+            }
+        }
+    }
+
+    #[test]
+    fn a_power_cut_anywhere_in_a_first_start_never_leaves_a_partial_data_directory() {
+        use crate::store::simfs::{CutMode, CutStats, SimFs};
+        // What the node does at a first start: open, write member.json, persist the bootstrap.
+        let fs = SimFs::default();
+        fs.record_cuts();
+        let dir = Path::new("/var/lib/kuberaft");
+        let opened = open_data_dir_with(Arc::new(fs.clone()), dir).expect("open");
+        write_meta_with(&fs, dir, &meta()).expect("meta");
+        let mut storage = opened.storage;
+        storage.persist(Some(&hard_state(1, None, 0)), None, &entries(1..=3, 1)).expect("bootstrap");
+        drop(storage);
+        let cuts = fs.take_cuts();
+        let mut stats = CutStats::default();
+        let mut seen = std::collections::BTreeSet::new();
+        for (cut, (_, disk)) in cuts.iter().enumerate() {
+            for outcome in 0..32 {
+                let mode = match outcome {
+                    0 => CutMode::KeepAll,
+                    1 => CutMode::LoseAll,
+                    n => CutMode::Random((cut as u64) << 8 | n),
+                };
+                let image = disk.power_cut(mode, &mut stats);
+                let opened = open_data_dir_with(Arc::new(SimFs::with_disk(image)), dir)
+                    .unwrap_or_else(|e| panic!("cut {cut} outcome {outcome}: {e}"));
+                let kind = match (&opened.meta, opened.storage.is_fresh()) {
+                    (None, true) => "new member",
+                    (Some(_), true) => "member without entries",
+                    (Some(_), false) => "member with its log",
+                    (None, false) => panic!("cut {cut} outcome {outcome}: a log without member.json opened"),
+                };
+                if kind == "member with its log" {
+                    assert_eq!(opened.durable.entries, entries(1..=3, 1), "cut {cut} outcome {outcome}");
+                }
+                seen.insert(kind);
+            }
+        }
+        assert_eq!(seen.len(), 3, "every stage was cut: {seen:?}");
+    }
+
+    #[test]
     fn an_implausible_length_before_intact_records_is_corruption() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut storage, _) = open(dir.path());
@@ -1368,7 +1724,7 @@ mod tests {
         storage.persist(Some(&hard_state(5, Some(2), 0)), None, &entries(1..=3, 1)).expect("persist");
         drop(storage);
         // A crash while starting a new segment left it empty, without its header record.
-        create_segment(&dir.path().join(WAL_DIR).join(segment_name(4)), &[]).expect("create");
+        create_segment(&RealFs, &dir.path().join(WAL_DIR).join(segment_name(4)), &[]).expect("create");
 
         let (mut storage, state) = open(dir.path());
         assert_eq!(state.hard_state, hard_state(5, Some(2), 0));
@@ -1388,14 +1744,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut storage, _) = open(dir.path());
         storage.persist(Some(&hard_state(1, None, 5)), None, &entries(1..=5, 1)).expect("persist");
-        save_snapshot(&dir.path().join(SNAP_DIR), &snapshot(3, 1)).expect("save");
+        save_snapshot(&RealFs, &dir.path().join(SNAP_DIR), &snapshot(3, 1)).expect("save");
         drop(storage);
         let state = reopen(dir.path());
         assert_eq!(state.snapshot.map(|s| s.meta.index), Some(3));
         assert_eq!(state.entries, entries(4..=5, 1));
 
         // Newer than the whole log: the log is dropped.
-        save_snapshot(&dir.path().join(SNAP_DIR), &snapshot(9, 2)).expect("save");
+        save_snapshot(&RealFs, &dir.path().join(SNAP_DIR), &snapshot(9, 2)).expect("save");
         let state = reopen(dir.path());
         assert_eq!(state.snapshot.map(|s| s.meta.index), Some(9));
         assert!(state.entries.is_empty());
@@ -1407,8 +1763,8 @@ mod tests {
         let (mut storage, _) = open(dir.path());
         storage.persist(Some(&hard_state(1, None, 5)), None, &entries(1..=5, 1)).expect("persist");
         let snap_dir = dir.path().join(SNAP_DIR);
-        save_snapshot(&snap_dir, &snapshot(2, 1)).expect("save");
-        save_snapshot(&snap_dir, &snapshot(4, 1)).expect("save");
+        save_snapshot(&RealFs, &snap_dir, &snapshot(2, 1)).expect("save");
+        save_snapshot(&RealFs, &snap_dir, &snapshot(4, 1)).expect("save");
         drop(storage);
         let newest = snap_dir.join(snapshot_name(1, 4));
         flip_byte(&newest, file_len(&newest) - 1);
@@ -1552,7 +1908,7 @@ mod tests {
         let renamed = MemberMeta { name: "etcd-1".into(), ..meta };
         write_meta(&data_dir, &renamed).expect("overwrite");
         assert_eq!(read_meta(&data_dir).expect("read"), Some(renamed));
-        assert_eq!(list_dir(&data_dir).expect("list").len(), 1, "no temporary file is left");
+        assert_eq!(list_dir(&RealFs, &data_dir).expect("list").len(), 1, "no temporary file is left");
 
         fs::write(data_dir.join(META_FILE), b"{ not json").expect("damage");
         assert!(matches!(read_meta(&data_dir), Err(StoreError::Corrupt { .. })));

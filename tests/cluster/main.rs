@@ -1116,3 +1116,46 @@ fn wiped_leader_restarted_with_existing_never_rejoins_on_a_followers_word() {
     }
     assert_eq!(members_of(&c, new_leader).iter().filter(|(_, voter)| *voter).count(), 3);
 }
+
+/// Issue 11, item 5: a member never starts from a partial data directory. A log without
+/// `member.json` exits with 4 (damaged data), `member.json` without its log with 3 (data lost);
+/// either way the member changes nothing on disk and starts normally once the directory is whole.
+#[test]
+fn a_partial_data_directory_is_refused_with_its_own_exit_code() {
+    let mut c = Cluster::new(41, 1);
+    c.bootstrap();
+    let (leader, _) = c.wait_leader(ELECTION);
+    c.put_ok(leader, "kept", "1");
+    assert!(c.terminate(0), "a clean stop");
+    let initial = c.initial_cluster(&[0]);
+    let data = c.members[0].data_dir.clone();
+    let aside = c.dir.path().join("aside");
+    std::fs::create_dir(&aside).expect("mkdir");
+
+    let refused = |c: &mut Cluster, what: &str| {
+        let log_before = c.log_text(0).len();
+        c.start(0, &initial, "new");
+        let status = c.wait_exit(0, Duration::from_secs(20));
+        let said = c.log_text(0)[log_before..].to_string();
+        c.kill(0);
+        (status.and_then(|s| s.code()).unwrap_or_else(|| panic!("{what}: still running\n{said}")), said)
+    };
+
+    std::fs::rename(data.join("member.json"), aside.join("member.json")).expect("move member.json aside");
+    let (code, said) = refused(&mut c, "no member.json");
+    assert_eq!(code, 4, "{said}");
+    assert!(said.contains("no member.json") && said.contains("move its data directory aside"), "{said}");
+    assert!(!data.join("member.json").exists(), "no new identity written over the log");
+    std::fs::rename(aside.join("member.json"), data.join("member.json")).expect("put it back");
+
+    std::fs::rename(data.join("wal"), aside.join("wal")).expect("move the WAL aside");
+    let (code, said) = refused(&mut c, "no WAL");
+    assert_eq!(code, 3, "{said}");
+    assert!(said.contains("write-ahead log is gone") && said.contains("must be replaced"), "{said}");
+    assert!(!data.join("wal").exists(), "no fresh WAL that would hide the loss from the next start");
+    std::fs::rename(aside.join("wal"), data.join("wal")).expect("put it back");
+
+    c.start(0, &initial, "new");
+    let (leader, _) = c.wait_leader(ELECTION);
+    assert_eq!(c.get(leader, "kept", "linearizable"), (200, "1".to_string()));
+}

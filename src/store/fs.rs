@@ -1,0 +1,168 @@
+//! The file operations the WAL uses, behind a small trait: [`RealFs`] (std::fs, used in
+//! production) and, in tests, a simulated disk (`store::simfs`) that can cut power at any step.
+//!
+//! Only what the WAL needs is here. Paths are absolute or relative to the process's working
+//! directory, as with `std::fs`. Errors are plain `io::Error`s; the WAL wraps them in
+//! `StoreError` with the action and the path.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// An open file. Writes are positional; nothing is durable before `sync_data`/`sync_all`.
+pub(crate) trait WalFile: Send {
+    /// Reads up to `buf.len()` bytes at `offset`; 0 at the end of the file.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
+    fn len(&self) -> io::Result<u64>;
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// Makes the file's content and size durable (fdatasync), not its directory entry.
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Like `sync_data`, plus the rest of the file's own metadata (fsync).
+    fn sync_all(&mut self) -> io::Result<()>;
+
+    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.read_at(buf, offset)? {
+                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file ended early")),
+                n => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A directory lock, held until dropped.
+pub(crate) trait DirLock: Send {}
+
+/// The file system under a data directory. Directory changes (create, rename, remove) are
+/// durable only after `sync_dir` of the directory that holds them.
+pub(crate) trait FileSystem: Send + Sync {
+    fn is_dir(&self, path: &Path) -> bool;
+    /// Creates `path` and missing parents (syncs nothing).
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// The entries of a directory (full paths, any order); NotFound if it is missing.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>>;
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// Creates a new file, read-write; AlreadyExists if there is one.
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
+    /// Creates or empties a file, write-only.
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
+    /// Opens an existing file read-write.
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
+    /// Opens an existing file read-only.
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn WalFile>>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Takes an exclusive lock on the file `path` (creating it); `Ok(None)` if another holder has it.
+    fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>>;
+
+    /// Reads a whole file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let file = self.open_read(path)?;
+        let len = file.len()?;
+        let mut bytes = vec![0u8; usize::try_from(len).map_err(|_| io::Error::other("file too large"))?];
+        file.read_exact_at(&mut bytes, 0)?;
+        Ok(bytes)
+    }
+}
+
+/// Reads a `WalFile` from its start, as `io::Read` (for a `BufReader`).
+pub(crate) struct Reader<'a> {
+    file: &'a dyn WalFile,
+    offset: u64,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(file: &'a dyn WalFile) -> Self {
+        Reader { file, offset: 0 }
+    }
+}
+
+impl io::Read for Reader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// The real file system (std::fs and flock).
+pub(crate) struct RealFs;
+
+impl WalFile for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+    fn sync_all(&mut self) -> io::Result<()> {
+        File::sync_all(self)
+    }
+}
+
+impl DirLock for File {}
+
+impl FileSystem for RealFs {
+    fn is_dir(&self, path: &Path) -> bool {
+        path.is_dir()
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<PathBuf>> {
+        fs::read_dir(path)?.map(|item| item.map(|e| e.path())).collect()
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        Ok(Box::new(OpenOptions::new().read(true).write(true).create_new(true).open(path)?))
+    }
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        Ok(Box::new(File::create(path)?))
+    }
+    fn open_rw(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        Ok(Box::new(OpenOptions::new().read(true).write(true).open(path)?))
+    }
+    fn open_read(&self, path: &Path) -> io::Result<Box<dyn WalFile>> {
+        Ok(Box::new(File::open(path)?))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(path)
+    }
+    fn lock(&self, path: &Path) -> io::Result<Option<Box<dyn DirLock>>> {
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+        // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Ok(None);
+            }
+            return Err(error);
+        }
+        Ok(Some(Box::new(file)))
+    }
+}
