@@ -190,11 +190,37 @@ impl KvStore {
 
     /// Keys starting with `prefix`, in order, at most `limit`; `more` when more exist.
     pub fn list(&self, prefix: &str, limit: usize) -> (Vec<KeyValue>, bool) {
-        let mut matching = self
-            .keys
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(key, _)| key.starts_with(prefix));
-        let kvs: Vec<KeyValue> = matching.by_ref().take(limit).map(|(key, stored)| key_value(key, stored)).collect();
+        self.list_page(prefix, None, limit, usize::MAX)
+    }
+
+    /// One page of keys starting with `prefix`, in order, after `start_after` (when given): at
+    /// most `limit` keys, and no more once their values reach `max_value_bytes` (a page always
+    /// holds at least one key when one matches); `more` when more keys follow.
+    pub fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        max_value_bytes: usize,
+    ) -> (Vec<KeyValue>, bool) {
+        let start = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let mut matching =
+            self.keys.range::<str, _>((start, Bound::Unbounded)).take_while(|(key, _)| key.starts_with(prefix)).peekable();
+        let mut kvs = Vec::new();
+        let mut bytes = 0usize;
+        while kvs.len() < limit {
+            let Some((_, stored)) = matching.peek() else { break };
+            if !kvs.is_empty() && bytes.saturating_add(stored.value.len()) > max_value_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(stored.value.len());
+            if let Some((key, stored)) = matching.next() {
+                kvs.push(key_value(key, stored));
+            }
+        }
         let more = matching.next().is_some();
         (kvs, more)
     }
