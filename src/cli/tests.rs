@@ -86,6 +86,8 @@ fn kv_del_and_list() {
     assert!(
         matches!(action, KvAction::List { prefix, limit: Some(5), start_after: None, output: OutputFormat::Json } if prefix == "app/")
     );
+    let (_, action) = kv(&["kv", "list", "app/", "--start-after", "app/7"]);
+    assert!(matches!(action, KvAction::List { start_after: Some(after), .. } if after == "app/7"));
 }
 
 #[test]

@@ -431,6 +431,79 @@ mod tests {
         Body::from_stream(futures::stream::iter(parts.into_iter().map(|p| Ok::<_, Infallible>(Bytes::from_static(p)))))
     }
 
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    fn plain(status: StatusCode, _code: &'static str, message: String) -> Response<Body> {
+        let mut r = Response::new(Body::from(message));
+        *r.status_mut() = status;
+        r
+    }
+
+    /// Whether the server closed `s` within `within` (without sending anything).
+    async fn closed(s: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(tokio::time::timeout(within, s.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+    }
+
+    /// The status of a GET on a fresh connection.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(addr).await else { return "connect failed".into() };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        if s.write_all(request.as_bytes()).await.is_err() {
+            return "write failed".into();
+        }
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).lines().next().unwrap_or("closed").to_string()
+    }
+
+    use std::net::SocketAddr;
+
+    #[tokio::test]
+    async fn connections_requests_and_slow_headers_are_bounded() {
+        let router = Router::new()
+            .route("/ok", axum::routing::get(|| async { "ok" }))
+            .route("/slow", axum::routing::get(|| async { tokio::time::sleep(Duration::from_secs(10)).await }));
+        let limits = PortLimits {
+            max_connections: 2,
+            max_requests: 1,
+            header_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_millis(1500),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(PortStats::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, router, limits, plain, stats.clone(), stop_rx));
+
+        // Two idle connections fill the port; a third, while they are fresh, is refused.
+        let mut idle1 = TcpStream::connect(addr).await.unwrap();
+        let mut idle2 = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(get(addr, "/ok").await, "closed", "refused: both connections are recent");
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
+        // Once they have been idle a while, a new connection replaces the one idle longest.
+        tokio::time::sleep(MIN_IDLE_TO_EVICT).await;
+        assert_eq!(get(addr, "/ok").await, "HTTP/1.1 200 OK");
+        assert_eq!(stats.evicted.load(Ordering::Relaxed), 1);
+        assert!(closed(&mut idle1, Duration::from_millis(500)).await, "the oldest idle connection was closed");
+        // Headers that never finish: closed after the header timeout.
+        idle2.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Slow: a").await.unwrap();
+        assert!(closed(&mut idle2, Duration::from_secs(4)).await, "slow headers time out");
+
+        // One request at a time: a second one is shed with 503; the slow one times out (504).
+        let slow = tokio::spawn(get(addr, "/slow"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(get(addr, "/ok").await, "HTTP/1.1 503 Service Unavailable");
+        assert_eq!(slow.await.unwrap(), "HTTP/1.1 504 Gateway Timeout");
+        assert_eq!(get(addr, "/ok").await, "HTTP/1.1 200 OK");
+
+        // Stopping ends the server once its connections are gone.
+        let _ = stop_tx.send(true);
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("the server stops").unwrap();
+    }
+
     #[tokio::test]
     async fn a_declared_length_over_the_limit_is_refused_before_reading() {
         // The body never yields: reading it would hang until the stall timeout.

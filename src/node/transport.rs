@@ -525,3 +525,105 @@ async fn members(State(server): State<PeerServer>) -> Json<PeerMembers> {
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::RwLock;
+
+    use super::*;
+    use crate::node::shared::LoopStatus;
+    use crate::raft::{Role, Snapshot, SnapshotMeta};
+    use crate::store::KvStore;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            id: 1,
+            name: "etcd-0".into(),
+            cluster_id: 7,
+            advertise_client_url: String::new(),
+            advertise_peer_url: String::new(),
+            max_value_bytes: 1 << 20,
+            kv: RwLock::new(KvStore::new()),
+            status: RwLock::new(LoopStatus {
+                role: Role::Follower,
+                term: 0,
+                leader: None,
+                commit_index: 0,
+                applied_index: 0,
+                last_index: 0,
+                voter: true,
+                matched: BTreeMap::new(),
+            }),
+            applied: tokio::sync::watch::channel(0).0,
+            addresses: RwLock::new(BTreeMap::new()),
+            errors: RwLock::new(BTreeMap::new()),
+            metrics: Default::default(),
+        })
+    }
+
+    fn heartbeat(to: NodeId) -> Message {
+        Message { from: 1, to, term: 1, body: MessageBody::Heartbeat { commit: 0, read_seq: 0 } }
+    }
+
+    fn conf(voters: &[NodeId]) -> ConfState {
+        ConfState { voters: voters.iter().copied().collect(), learners: BTreeSet::new() }
+    }
+
+    #[test]
+    fn the_sender_tasks_of_departed_members_end() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (tx, _rx) = std::sync::mpsc::sync_channel(16);
+        let mut transport = Transport::new(shared(), runtime.handle().clone(), tx, None).unwrap();
+        transport.retain(&conf(&[1, 2, 3]));
+        transport.send(vec![heartbeat(2), heartbeat(3)]);
+        assert_eq!(transport.live_senders(), 2);
+        transport.retain(&conf(&[1, 2]));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while transport.live_senders() > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(transport.live_senders(), 1, "the task for member 3 ended; member 2's runs");
+        // An empty membership (a joining member that has not learned it yet) removes nothing.
+        transport.retain(&ConfState::default());
+        transport.send(vec![heartbeat(9)]);
+        assert_eq!(transport.live_senders(), 2);
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_snapshot_body_reads_back_into_its_message() {
+        let data = Bytes::from((0..(SNAPSHOT_CHUNK_BYTES * 2 + 17)).map(|i| i as u8).collect::<Vec<_>>());
+        let meta = SnapshotMeta { index: 9, term: 2, conf: conf(&[1, 2]) };
+        let message = Message {
+            from: 1,
+            to: 2,
+            term: 2,
+            body: MessageBody::InstallSnapshot { snapshot: Snapshot { meta, data: data.clone() } },
+        };
+        let (length, chunks) = snapshot_body(message.clone()).unwrap();
+        assert_eq!(chunks.len(), 4, "a header and three chunks of data");
+        assert_eq!(length, chunks.iter().map(|c| c.len() as u64).sum::<u64>());
+        let body: Vec<u8> = chunks.concat();
+        assert_eq!(parse_snapshot_body(Bytes::from(body.clone())).unwrap(), message);
+        // Damaged bodies are refused, never a panic.
+        assert!(parse_snapshot_body(Bytes::from_static(b"ab")).is_err());
+        assert!(parse_snapshot_body(Bytes::from(body[..10].to_vec())).is_err());
+        let mut huge_head = body.clone();
+        huge_head[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(parse_snapshot_body(Bytes::from(huge_head)).is_err());
+        let batch = bincode::serialize(&heartbeat(2)).unwrap();
+        let mut not_a_snapshot = (batch.len() as u32).to_be_bytes().to_vec();
+        not_a_snapshot.extend_from_slice(&batch);
+        assert!(parse_snapshot_body(Bytes::from(not_a_snapshot)).unwrap_err().contains("expected an InstallSnapshot"));
+    }
+
+    #[test]
+    fn peer_limits_follow_the_message_and_value_limits() {
+        let limits = PeerLimits::new(1 << 20, 1 << 20);
+        assert!(limits.batch_bytes >= BATCH_TARGET_BYTES + (1 << 20) * 5);
+        assert!(limits.batch_bytes < 32 << 20, "regular batches get a small limit: {}", limits.batch_bytes);
+        assert_eq!(limits.snapshot_bytes, MAX_SNAPSHOT_BYTES);
+        assert!(PeerLimits::new(1 << 20, 8 << 20).batch_bytes > limits.batch_bytes);
+    }
+}

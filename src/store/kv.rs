@@ -364,6 +364,28 @@ mod tests {
     use super::*;
     use crate::store::command::encode;
 
+    #[test]
+    fn list_pages_continue_after_a_key_and_stop_at_a_byte_budget() {
+        let mut a = Applier::new();
+        for (key, value) in [("a/1", "xxxx"), ("a/2", "xxxx"), ("a/3", "xxxx"), ("b/1", "y")] {
+            a.put(key, value, None);
+        }
+        let keys = |kvs: Vec<KeyValue>| kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
+        let (page, more) = a.store.list_page("a/", None, 2, usize::MAX);
+        assert_eq!((keys(page), more), (vec!["a/1".to_string(), "a/2".to_string()], true));
+        let (page, more) = a.store.list_page("a/", Some("a/2"), 2, usize::MAX);
+        assert_eq!((keys(page), more), (vec!["a/3".to_string()], false));
+        // 8 bytes of values: two keys fit, the third waits for the next page.
+        let (page, more) = a.store.list_page("a/", None, 10, 8);
+        assert_eq!((keys(page), more), (vec!["a/1".to_string(), "a/2".to_string()], true));
+        // A page holds at least one key, however large.
+        let (page, more) = a.store.list_page("a/", Some("a/1"), 10, 1);
+        assert_eq!((keys(page), more), (vec!["a/2".to_string()], true));
+        // A start before the prefix starts at the prefix.
+        let (page, _) = a.store.list_page("b/", Some("a/9"), 10, usize::MAX);
+        assert_eq!(keys(page), vec!["b/1".to_string()]);
+    }
+
     /// Applies commands as consecutive entries, the way the apply loop does.
     struct Applier {
         store: KvStore,
