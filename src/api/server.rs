@@ -652,9 +652,12 @@ async fn metrics(State(api): State<Api>) -> Response {
     out.push_str(&format!("kuberaft_fsync_seconds_sum {}\n", m.fsync_micros_sum.load(Ordering::Relaxed) as f64 / 1e6));
     out.push_str(&format!("kuberaft_fsync_seconds_count {count}\n"));
     let ports = [("client", &m.client_port), ("peer", &m.peer_port)];
-    let connection_series: [(&str, &str, &str, fn(&PortStats) -> &std::sync::atomic::AtomicU64); 4] = [
+    type Field = fn(&PortStats) -> &std::sync::atomic::AtomicU64;
+    let connection_series: [(&str, &str, &str, Field); 4] = [
         ("kuberaft_connections_accepted_total", "Connections accepted.", "counter", |p| &p.accepted),
-        ("kuberaft_connections_refused_total", "Connections closed at once: the port was full.", "counter", |p| &p.refused),
+        ("kuberaft_connections_refused_total", "Connections closed at once: the port was full.", "counter", |p| {
+            &p.refused
+        }),
         ("kuberaft_connections_evicted_total", "Idle connections closed to make room.", "counter", |p| &p.evicted),
         ("kuberaft_connections_open", "Connections open now.", "gauge", |p| &p.open),
     ];

@@ -353,7 +353,12 @@ impl Client {
     }
 
     /// Like `list`, continuing after `start_after` (the last key of the previous page).
-    pub async fn list_page(&self, prefix: &str, limit: Option<usize>, start_after: Option<&str>) -> Result<ListResponse> {
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        limit: Option<usize>,
+        start_after: Option<&str>,
+    ) -> Result<ListResponse> {
         let mut path = format!("/v1/kv?prefix={}", encode_component(prefix));
         if let Some(limit) = limit {
             path.push_str(&format!("&limit={limit}"));

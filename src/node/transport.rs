@@ -247,9 +247,9 @@ async fn peer_sender(
         }
         let request = match outgoing {
             Outgoing::Batch(batch) => match bincode::serialize(&batch) {
-                Ok(body) => peer_request(&http, &shared, &address, MESSAGES_PATH)
-                    .timeout(Duration::from_secs(2))
-                    .body(body),
+                Ok(body) => {
+                    peer_request(&http, &shared, &address, MESSAGES_PATH).timeout(Duration::from_secs(2)).body(body)
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode peer messages");
                     continue;
@@ -259,7 +259,9 @@ async fn peer_sender(
                 Ok((length, chunks)) => peer_request(&http, &shared, &address, SNAPSHOT_PATH)
                     .timeout(Duration::from_secs(60))
                     .header("content-length", length)
-                    .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>)))),
+                    .body(reqwest::Body::wrap_stream(futures::stream::iter(
+                        chunks.into_iter().map(Ok::<_, std::io::Error>),
+                    ))),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode a snapshot message");
                     let _ = offer(&loop_tx, Input::SnapshotFailed(to));
@@ -401,11 +403,11 @@ fn body_error(e: BodyError) -> Response {
 
 /// Checks a peer request's headers (before its body is read): the sender's cluster id must be
 /// ours. Returns the sender's id (0 if it gave none).
-fn check_sender(server: &PeerServer, headers: &HeaderMap) -> Result<u64, Response> {
+fn check_sender(server: &PeerServer, headers: &HeaderMap) -> Result<u64, (StatusCode, String)> {
     let shared = &server.shared;
     let ours = format!("{:x}", shared.cluster_id);
     let Some(theirs) = header(headers, HEADER_CLUSTER_ID) else {
-        return Err(reject(StatusCode::BAD_REQUEST, "missing cluster id header".into()));
+        return Err((StatusCode::BAD_REQUEST, "missing cluster id header".into()));
     };
     let from = header(headers, HEADER_FROM).and_then(|f| u64::from_str_radix(f, 16).ok()).unwrap_or(0);
     if theirs != ours {
@@ -416,7 +418,7 @@ fn check_sender(server: &PeerServer, headers: &HeaderMap) -> Result<u64, Respons
         );
         tracing::warn!(from = %format!("{from:x}"), theirs, ours, "rejected messages from another cluster");
         shared.set_error("peers", Some(format!("rejected messages from member {from:x} of cluster {theirs}")));
-        return Err(reject(StatusCode::PRECONDITION_FAILED, why));
+        return Err((StatusCode::PRECONDITION_FAILED, why));
     }
     Ok(from)
 }
@@ -443,7 +445,7 @@ async fn receive(State(server): State<PeerServer>, request: Request) -> Response
     let (parts, body) = request.into_parts();
     let from = match check_sender(&server, &parts.headers) {
         Ok(from) => from,
-        Err(response) => return response,
+        Err((status, why)) => return reject(status, why),
     };
     let limits = BodyLimits { limit: server.limits.batch_bytes, stall: BODY_STALL, deadline: BATCH_DEADLINE };
     let bytes = match read_body(&parts.headers, body, limits).await {
@@ -461,7 +463,7 @@ async fn receive_snapshot(State(server): State<PeerServer>, request: Request) ->
     let (parts, body): (_, Body) = request.into_parts();
     let from = match check_sender(&server, &parts.headers) {
         Ok(from) => from,
-        Err(response) => return response,
+        Err((status, why)) => return reject(status, why),
     };
     let limit = server.limits.snapshot_bytes;
     if let Err(e) = check_declared(&parts.headers, limit) {

@@ -207,8 +207,11 @@ impl KvStore {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
-        let mut matching =
-            self.keys.range::<str, _>((start, Bound::Unbounded)).take_while(|(key, _)| key.starts_with(prefix)).peekable();
+        let mut matching = self
+            .keys
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .peekable();
         let mut kvs = Vec::new();
         let mut bytes = 0usize;
         while kvs.len() < limit {

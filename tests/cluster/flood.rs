@@ -257,10 +257,8 @@ fn flood_of_idle_slow_foreign_and_oversized_requests_keeps_writes_acknowledged_a
     let mut oversized_sent = 0;
     for i in 0..20 {
         oversized_sent += 1;
-        let head = format!(
-            "PUT /v1/kv/too-big-{i} HTTP/1.1\r\nHost: {leader_ip}\r\nContent-Length: {}\r\n\r\n",
-            100u64 << 20
-        );
+        let head =
+            format!("PUT /v1/kv/too-big-{i} HTTP/1.1\r\nHost: {leader_ip}\r\nContent-Length: {}\r\n\r\n", 100u64 << 20);
         let status = status_before_body(leader_client, &head, Duration::from_secs(5));
         assert!(
             status.as_deref().is_ok_and(|s| s.starts_with("HTTP/1.1 413")),
