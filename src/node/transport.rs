@@ -374,13 +374,15 @@ impl PeerServer {
     }
 }
 
-/// Bodies are read by the handlers, checked before and while reading (no axum body limit).
+/// The message and snapshot handlers read their bodies themselves (`read_body`), checked before
+/// and while reading; the default limit holds only for handlers that take a body through an
+/// axum extractor (`Json`, `Bytes`), whose requests are small.
 pub fn peer_router(server: PeerServer) -> Router {
     Router::new()
         .route(MESSAGES_PATH, post(receive))
         .route(SNAPSHOT_PATH, post(receive_snapshot))
         .route(MEMBERS_PATH, get(members))
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::extract::DefaultBodyLimit::max(crate::api::types::MAX_MEMBER_REQUEST_BYTES))
         .with_state(server)
 }
 
