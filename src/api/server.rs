@@ -20,6 +20,7 @@ use super::types::*;
 use crate::node::handle::NodeHandle;
 use crate::node::ids::{added_member_id, validate_url};
 use crate::node::runtime::NodeError;
+use crate::node::serve::{self, BodyError, BodyLimits, PortStats};
 use crate::node::shared::{read, FSYNC_BUCKETS};
 use crate::raft::{ConfChange, ConfChangeKind, Role};
 use crate::store::command::{encode, ApplyResult, Command, KeyValue, MemberInfo};
@@ -74,6 +75,11 @@ fn set_retry_after(response: &mut Response) {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// The client port's answer when its connection and request limits stop a request (`serve`).
+pub fn render_error(status: StatusCode, code: &'static str, message: String) -> Response {
+    ApiError::new(status, code, message).into_response()
+}
+
 #[derive(Clone)]
 pub struct Api {
     pub node: NodeHandle,
@@ -106,10 +112,11 @@ pub fn client_router(api: Api) -> Router {
 /// Reads every request body to its end (up to the largest any route accepts) before routing.
 /// A body the route ignores (a GET with a body) would otherwise still be unread when the answer
 /// is sent: hyper then closes the connection with data unread, the kernel resets it, and an
-/// answer larger than the socket buffers is cut off on its way to the client.
+/// answer larger than the socket buffers is cut off on its way to the client. A body that
+/// declares more than that is refused before a byte of it is read.
 async fn read_whole_body(State(limit): State<usize>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    match read_body(body, limit).await {
+    match read_body(&parts.headers, body, limit).await {
         Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
         Err(e) => e.into_response(),
     }
@@ -148,9 +155,22 @@ fn validate_key(key: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("the body is larger than {limit} bytes"))
+/// A body arrives with a chunk at least every 5 s and whole within 20 s (below the port's
+/// request timeout, so that a slow body gets its own answer).
+const BODY_STALL: Duration = Duration::from_secs(5);
+const BODY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Reads a body in chunks against `limit`: a declared length over it is refused before reading,
+/// streamed bytes as soon as they pass it.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+    let limits = BodyLimits { limit, stall: BODY_STALL, deadline: BODY_DEADLINE };
+    serve::read_body(headers, body, limits).await.map_err(|e| {
+        let code = match e {
+            BodyError::TooLarge { .. } => "too_large",
+            BodyError::TooSlow(_) => "request_timeout",
+            BodyError::Broken(_) => "bad_request",
+        };
+        ApiError::new(e.status(), code, e.to_string())
     })
 }
 
@@ -280,7 +300,8 @@ async fn put_key(
     let params = parse_query(query)?;
     let pq = path_and_query(&request);
     let headers = request.headers().clone();
-    let value = read_body(request.into_body(), api.node.shared.max_value_bytes).await?;
+    let (parts, body) = request.into_parts();
+    let value = read_body(&parts.headers, body, api.node.shared.max_value_bytes).await?;
     let command = Command::Put { key, value: value.clone(), prev_revision: params.prev_revision };
     propose_or_forward(&api, &headers, Method::PUT, &pq, value, command).await
 }
@@ -359,6 +380,9 @@ struct ListParams {
     #[serde(default)]
     prefix: String,
     limit: Option<usize>,
+    /// Continue after this key (the last key of the previous page).
+    #[serde(rename = "startAfter")]
+    start_after: Option<String>,
     #[serde(default)]
     consistency: Consistency,
 }
@@ -369,7 +393,7 @@ async fn list(
     request: Request,
 ) -> ApiResult<Response> {
     let params = parse_query(query)?;
-    let limit = params.limit.unwrap_or(1000);
+    let limit = params.limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if limit == 0 || limit > MAX_LIST_LIMIT {
         return Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_LIST_LIMIT}")));
     }
@@ -377,7 +401,7 @@ async fn list(
         return Ok(forward(&api, &url, Method::GET, &path_and_query(&request), Bytes::new()).await);
     }
     let store = read(&api.node.shared.kv);
-    let (kvs, more) = store.list(&params.prefix, limit);
+    let (kvs, more) = store.list_page(&params.prefix, params.start_after.as_deref(), limit, MAX_LIST_PAGE_BYTES);
     let response = ListResponse {
         revision: store.revision(),
         kvs: kvs
@@ -459,7 +483,7 @@ async fn members(State(api): State<Api>) -> Json<MembersResponse> {
 async fn add_member(State(api): State<Api>, request: Request) -> ApiResult<Response> {
     let pq = path_and_query(&request);
     let headers = request.headers().clone();
-    let body = read_body(request.into_body(), MAX_MEMBER_REQUEST_BYTES).await?;
+    let body = read_body(&headers, request.into_body(), MAX_MEMBER_REQUEST_BYTES).await?;
     let req: AddMemberRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad member request: {e}")))?;
     if req.name.trim().is_empty() {
@@ -535,7 +559,7 @@ async fn remove_member(State(api): State<Api>, id: PathParam, request: Request) 
 async fn transfer_leader(State(api): State<Api>, request: Request) -> ApiResult<Response> {
     let pq = path_and_query(&request);
     let headers = request.headers().clone();
-    let body = read_body(request.into_body(), MAX_TRANSFER_REQUEST_BYTES).await?;
+    let body = read_body(&headers, request.into_body(), MAX_TRANSFER_REQUEST_BYTES).await?;
     let req: TransferRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
         TransferRequest::default()
     } else {
@@ -631,5 +655,21 @@ async fn metrics(State(api): State<Api>) -> Response {
     out.push_str(&format!("kuberaft_fsync_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
     out.push_str(&format!("kuberaft_fsync_seconds_sum {}\n", m.fsync_micros_sum.load(Ordering::Relaxed) as f64 / 1e6));
     out.push_str(&format!("kuberaft_fsync_seconds_count {count}\n"));
+    let ports = [("client", &m.client_port), ("peer", &m.peer_port)];
+    type Field = fn(&PortStats) -> &std::sync::atomic::AtomicU64;
+    let connection_series: [(&str, &str, &str, Field); 4] = [
+        ("kuberaft_connections_accepted_total", "Connections accepted.", "counter", |p| &p.accepted),
+        ("kuberaft_connections_refused_total", "Connections closed at once: the port was full.", "counter", |p| {
+            &p.refused
+        }),
+        ("kuberaft_connections_evicted_total", "Idle connections closed to make room.", "counter", |p| &p.evicted),
+        ("kuberaft_connections_open", "Connections open now.", "gauge", |p| &p.open),
+    ];
+    for (name, help, kind, field) in connection_series {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (port, stats) in ports {
+            out.push_str(&format!("{name}{{port=\"{port}\"}} {}\n", field(stats).load(Ordering::Relaxed)));
+        }
+    }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }

@@ -31,6 +31,12 @@ pub fn learner_caught_up(index: u64, commit_index: u64) -> bool {
 
 /// List requests return at most this many keys per page.
 pub const MAX_LIST_LIMIT: usize = 10_000;
+/// A list request without `limit` returns at most this many keys.
+pub const DEFAULT_LIST_LIMIT: usize = 1000;
+/// A list page stops before its values pass this many bytes (it always holds at least one key):
+/// an answer stays a few MiB however large the values are. `more` then says that keys follow,
+/// and `startAfter=<last key>` continues.
+pub const MAX_LIST_PAGE_BYTES: usize = 4 << 20;
 /// Bodies of `POST /v1/members` and `POST /v1/leader/transfer` are at most this large.
 pub const MAX_MEMBER_REQUEST_BYTES: usize = 64 * 1024;
 pub const MAX_TRANSFER_REQUEST_BYTES: usize = 4096;

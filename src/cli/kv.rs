@@ -62,6 +62,9 @@ pub enum KvAction {
         /// At most this many keys (the server caps a page).
         #[arg(long)]
         limit: Option<usize>,
+        /// Start after this key (the last key of the previous page).
+        #[arg(long)]
+        start_after: Option<String>,
         #[arg(short = 'w', long = "write-out", value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
@@ -112,15 +115,16 @@ pub async fn run(command: KvCommand) -> Result<(), CliError> {
             let deleted = client.delete(&key, prev_revision).await?;
             write_stdout(format!("{}\n", deleted.deleted).as_bytes())
         }
-        KvAction::List { prefix, limit, output } => {
-            let listed = client.list(&prefix, limit).await?;
+        KvAction::List { prefix, limit, start_after, output } => {
+            let listed = client.list_page(&prefix, limit, start_after.as_deref()).await?;
             let text = match output {
                 OutputFormat::Json => to_json_line(&listed)?,
                 OutputFormat::Table => list_table(&listed),
             };
             write_stdout(text.as_bytes())?;
             if listed.more && output == OutputFormat::Table {
-                write_stderr("(more keys follow; raise --limit or narrow the prefix)\n");
+                let last = listed.kvs.last().map(|kv| kv.key.as_str()).unwrap_or_default();
+                write_stderr(&format!("(more keys follow; continue with --start-after '{last}')\n"));
             }
             Ok(())
         }

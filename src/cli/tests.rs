@@ -81,11 +81,15 @@ fn kv_del_and_list() {
     let (_, action) = kv(&["kv", "del", "k", "--prev-revision", "9"]);
     assert!(matches!(action, KvAction::Del { key, prev_revision: Some(9) } if key == "k"));
     let (_, action) = kv(&["kv", "list"]);
-    assert!(matches!(action, KvAction::List { prefix, limit: None, output: OutputFormat::Table } if prefix.is_empty()));
+    assert!(
+        matches!(action, KvAction::List { prefix, limit: None, start_after: None, output: OutputFormat::Table } if prefix.is_empty())
+    );
     let (_, action) = kv(&["kv", "list", "app/", "--limit", "5", "-w", "json"]);
     assert!(
-        matches!(action, KvAction::List { prefix, limit: Some(5), output: OutputFormat::Json } if prefix == "app/")
+        matches!(action, KvAction::List { prefix, limit: Some(5), start_after: None, output: OutputFormat::Json } if prefix == "app/")
     );
+    let (_, action) = kv(&["kv", "list", "app/", "--start-after", "app/7"]);
+    assert!(matches!(action, KvAction::List { start_after: Some(after), .. } if after == "app/7"));
 }
 
 #[test]

@@ -346,11 +346,25 @@ impl Client {
         self.execute(&Call::new(Method::DELETE, path)).await?.json()
     }
 
-    /// Keys starting with `prefix`, in key order, at most `limit` (the server caps it).
+    /// Keys starting with `prefix`, in key order, at most `limit` (the server caps it, and ends a
+    /// page early once its values reach a few MiB: `more` then says keys follow).
     pub async fn list(&self, prefix: &str, limit: Option<usize>) -> Result<ListResponse> {
+        self.list_page(prefix, limit, None).await
+    }
+
+    /// Like `list`, continuing after `start_after` (the last key of the previous page).
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        limit: Option<usize>,
+        start_after: Option<&str>,
+    ) -> Result<ListResponse> {
         let mut path = format!("/v1/kv?prefix={}", encode_component(prefix));
         if let Some(limit) = limit {
             path.push_str(&format!("&limit={limit}"));
+        }
+        if let Some(after) = start_after {
+            path.push_str(&format!("&startAfter={}", encode_component(after)));
         }
         self.execute(&Call::new(Method::GET, path)).await?.json()
     }

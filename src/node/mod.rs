@@ -6,6 +6,7 @@ pub mod handle;
 pub mod ids;
 pub mod join;
 pub mod runtime;
+pub mod serve;
 pub mod shared;
 pub mod transport;
 
@@ -291,6 +292,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
         None => KvStore::new(),
     };
     let cfg = raft_config(meta.member_id, &args)?;
+    let peer_limits = transport::PeerLimits::new(cfg.max_msg_bytes, args.max_value_bytes);
     let raft = Raft::new(cfg, state).map_err(|e| StartError::from(e.to_string()))?;
     let raw = RawNode::new(raft);
 
@@ -356,7 +358,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
         .build()
         .map_err(|e| StartError::from(format!("cannot build the forwarding client: {e}")))?;
     let api = Api { node: node.clone(), http };
-    let peer = PeerServer { shared: shared.clone(), loop_tx: tx.clone() };
+    let peer = PeerServer::new(shared.clone(), tx.clone(), peer_limits);
     drop(tx);
 
     let result = runtime.block_on(async move {
@@ -375,31 +377,24 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
             "member started"
         );
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut stop_client = stop_rx.clone();
-        let mut stop_peer = stop_rx.clone();
-        // Small requests and answers go out at once (no Nagle delay behind an unacknowledged
-        // segment): a round trip of the Raft loop is a few of them in a row.
-        let nodelay = |tcp: &mut tokio::net::TcpStream| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
-            }
-        };
-        let client_listener = axum::serve::ListenerExt::tap_io(client_listener, nodelay);
-        let peer_listener = axum::serve::ListenerExt::tap_io(peer_listener, nodelay);
-        let client_server = tokio::spawn(async move {
-            axum::serve(client_listener, client_router(api))
-                .with_graceful_shutdown(async move {
-                    let _ = stop_client.wait_for(|s| *s).await;
-                })
-                .await
-        });
-        let peer_server = tokio::spawn(async move {
-            axum::serve(peer_listener, transport::peer_router(peer))
-                .with_graceful_shutdown(async move {
-                    let _ = stop_peer.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let client_stats = shared.metrics.client_port.clone();
+        let peer_stats = shared.metrics.peer_port.clone();
+        let client_server = tokio::spawn(serve::serve(
+            client_listener,
+            client_router(api),
+            serve::CLIENT_PORT,
+            crate::api::server::render_error,
+            client_stats,
+            stop_rx.clone(),
+        ));
+        let peer_server = tokio::spawn(serve::serve(
+            peer_listener,
+            transport::peer_router(peer),
+            serve::PEER_PORT,
+            transport::render_error,
+            peer_stats,
+            stop_rx,
+        ));
         let mut data_lost = shared.data_lost.subscribe();
         let lost = tokio::select! {
             _ = wait_for_signal() => None,

@@ -101,6 +101,9 @@ pub fn offer(tx: &SyncSender<Input>, input: Input) -> Result<(), NodeError> {
 /// Sends peer messages to their members (see `transport`).
 pub trait Outbox: Send {
     fn send(&mut self, messages: Vec<Message>);
+    /// The current membership, after every Ready cycle: an outbox may drop what it keeps for
+    /// members that left.
+    fn retain(&mut self, _members: &crate::raft::ConfState) {}
 }
 
 /// A storage failure that lasts: since when, and what the log last said about it.
@@ -325,6 +328,7 @@ impl RaftLoop {
             }
             self.finish_ready(rd);
         }
+        self.outbox.retain(self.raw.raft.conf());
         self.maybe_snapshot();
         self.publish();
     }

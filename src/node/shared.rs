@@ -63,6 +63,9 @@ pub struct Metrics {
     pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len()],
     pub snapshots_sent: AtomicU64,
     pub snapshots_received: AtomicU64,
+    /// Connections of the client and the peer port (`serve`).
+    pub client_port: std::sync::Arc<super::serve::PortStats>,
+    pub peer_port: std::sync::Arc<super::serve::PortStats>,
 }
 
 impl Metrics {

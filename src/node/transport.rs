@@ -1,32 +1,49 @@
-//! Peer transport on the peer port: HTTP with a compact binary body (bincode of a batch of
-//! messages). One task per peer drains a bounded queue, batching whatever is waiting into one
-//! request on a reused connection; a peer that is down or slow only fills (and then drops
-//! from) its own queue, so it never blocks the others. Every request carries the cluster id,
-//! and a member rejects messages from another cluster and says so.
+//! Peer transport on the peer port: HTTP with a compact binary body. One task per peer drains
+//! a bounded queue, batching whatever is waiting into one request on a reused connection; a
+//! peer that is down or slow only fills (and then drops from) its own queue, so it never blocks
+//! the others. The Raft loop tells the transport the current membership (`Outbox::retain`), and
+//! the tasks of members that left end.
+//!
+//! Wire format (every request carries the cluster id, the sender's id and URLs as headers):
+//! - `POST /raft/v1/messages`: the body is bincode (fixed-width integers) of a `Vec<Message>`,
+//!   at most `MAX_BATCH_MESSAGES` messages and about `BATCH_TARGET_BYTES` (a single message may
+//!   be larger); the receiver accepts at most `PeerLimits::batch_bytes`.
+//! - `POST /raft/v1/snapshot`: one InstallSnapshot, streamed in `SNAPSHOT_CHUNK_BYTES` chunks:
+//!   a 4-byte big-endian length `n`, then `n` bytes of bincode of the `Message` with empty
+//!   snapshot data, then the snapshot data itself (the rest of the body). The receiver accepts
+//!   at most `PeerLimits::snapshot_bytes` and one snapshot at a time.
+//!
+//! A member checks the cluster id, and the declared length against the limit, before it reads
+//! a byte of the body (412 and 413 with the reason as text), then reads the body in chunks
+//! against the same limit and deadlines (`serve::read_body`); a member rejects messages from
+//! another cluster and says so.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use super::runtime::{note_peer_urls, offer, Input, Outbox};
-use super::shared::{read, Shared};
+use super::serve::{check_declared, read_body, BodyError, BodyLimits};
+use super::shared::{read, Address, Shared};
+use crate::api::types::MAX_KEY_BYTES;
 use crate::node::join::{PeerView, ViewMember};
-use crate::raft::{Message, MessageBody, NodeId};
+use crate::raft::{ConfState, Message, MessageBody, NodeId};
 use crate::store::command::MemberInfo;
 
 pub const MESSAGES_PATH: &str = "/raft/v1/messages";
+pub const SNAPSHOT_PATH: &str = "/raft/v1/snapshot";
 pub const MEMBERS_PATH: &str = "/raft/v1/members";
 pub const JOIN_PATH: &str = "/raft/v1/join";
 pub const HEADER_CLUSTER_ID: &str = "x-kuberaft-cluster-id";
@@ -37,8 +54,40 @@ pub const HEADER_PEER_URL: &str = "x-kuberaft-peer-url";
 const PEER_QUEUE: usize = 4096;
 /// One request carries at most this many messages.
 const MAX_BATCH_MESSAGES: usize = 512;
-/// The largest peer request accepted (snapshots travel in one request).
-pub const MAX_PEER_BODY_BYTES: usize = 1 << 30;
+/// A batch takes no further message once its encoding reaches this size.
+pub const BATCH_TARGET_BYTES: usize = 16 << 20;
+/// The largest snapshot a member accepts.
+pub const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
+/// A snapshot's data goes out in chunks of this size.
+const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
+/// The encoded InstallSnapshot message ahead of a snapshot's data (its data left empty) is
+/// small: terms, indexes and the configuration of at most a few members.
+const MAX_SNAPSHOT_HEAD_BYTES: usize = 1 << 20;
+/// A batch's body arrives with a chunk at least every `BODY_STALL`, whole within its deadline.
+const BODY_STALL: Duration = Duration::from_secs(5);
+const BATCH_DEADLINE: Duration = Duration::from_secs(10);
+/// Below the sender's 60 s and the peer port's request timeout (`serve::PEER_PORT`).
+const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(80);
+
+/// The largest bodies the peer port reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerLimits {
+    pub batch_bytes: usize,
+    pub snapshot_bytes: usize,
+}
+
+impl PeerLimits {
+    /// From the core's `max_msg_bytes` (payload bytes of one append, which always holds at least
+    /// one entry) and `--max-value-bytes` (the largest entry). An encoded entry adds a few dozen
+    /// bytes to its payload, which for the smallest entries can double or triple it; the bound
+    /// for one message is kept well above that. Members of one cluster must run with the same
+    /// `--max-value-bytes`, or a large entry from one could exceed another's limit.
+    pub fn new(max_msg_bytes: usize, max_value_bytes: usize) -> PeerLimits {
+        let message =
+            max_msg_bytes.saturating_mul(4).saturating_add(max_value_bytes).saturating_add(MAX_KEY_BYTES + (1 << 20));
+        PeerLimits { batch_bytes: BATCH_TARGET_BYTES.saturating_add(message), snapshot_bytes: MAX_SNAPSHOT_BYTES }
+    }
+}
 
 pub struct Transport {
     shared: Arc<Shared>,
@@ -46,6 +95,10 @@ pub struct Transport {
     runtime: tokio::runtime::Handle,
     http: reqwest::Client,
     loop_tx: SyncSender<Input>,
+    /// The membership of the last `retain`.
+    members: Option<ConfState>,
+    /// Sender tasks running (each ends once its queue is removed and drained).
+    live: Arc<AtomicUsize>,
 }
 
 impl Transport {
@@ -60,10 +113,25 @@ impl Transport {
         let http = reqwest::Client::builder()
             .local_address(local_ip)
             .connect_timeout(Duration::from_millis(500))
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the peer port's idle timeout (`serve::PEER_PORT.header_timeout`), so that a
+            // pooled connection is dropped here before the other side closes it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .build()?;
-        Ok(Transport { shared, queues: HashMap::new(), runtime, http, loop_tx })
+        Ok(Transport {
+            shared,
+            queues: HashMap::new(),
+            runtime,
+            http,
+            loop_tx,
+            members: None,
+            live: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Sender tasks that are still running.
+    pub fn live_senders(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
     }
 
     fn queue(&mut self, to: NodeId) -> &mpsc::Sender<Message> {
@@ -71,9 +139,11 @@ impl Transport {
         let http = self.http.clone();
         let loop_tx = self.loop_tx.clone();
         let runtime = self.runtime.clone();
+        let live = self.live.clone();
         self.queues.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            runtime.spawn(peer_sender(to, rx, shared, http, loop_tx));
+            live.fetch_add(1, Ordering::Relaxed);
+            runtime.spawn(peer_sender(to, rx, shared, http, loop_tx, LiveGuard(live)));
             tx
         })
     }
@@ -88,6 +158,48 @@ impl Outbox for Transport {
             }
         }
     }
+
+    /// When the membership changed: drops the queues of members that are no longer in it; their
+    /// tasks send what is queued and end. An empty membership (a member that joins and has not
+    /// learned it yet) removes nothing.
+    fn retain(&mut self, members: &ConfState) {
+        if self.members.as_ref() == Some(members) {
+            return;
+        }
+        self.members = Some(members.clone());
+        if members.voters.is_empty() && members.learners.is_empty() {
+            return;
+        }
+        self.queues.retain(|id, _| members.contains(*id));
+    }
+}
+
+/// Counts a sender task while it runs.
+struct LiveGuard(Arc<AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn is_snapshot(m: &Message) -> bool {
+    matches!(m.body, MessageBody::InstallSnapshot { .. })
+}
+
+/// What one request carries.
+enum Outgoing {
+    Batch(Vec<Message>),
+    Snapshot(Message),
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        match self {
+            Outgoing::Batch(b) => b.len(),
+            Outgoing::Snapshot(_) => 1,
+        }
+    }
 }
 
 async fn peer_sender(
@@ -96,49 +208,78 @@ async fn peer_sender(
     shared: Arc<Shared>,
     http: reqwest::Client,
     loop_tx: SyncSender<Input>,
+    _live: LiveGuard,
 ) {
     let mut reported_failure = false;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_MESSAGES {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
+    let mut next: Option<Message> = None;
+    loop {
+        let first = match next.take() {
+            Some(m) => m,
+            None => match rx.recv().await {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        // A snapshot travels alone, streamed; anything else is batched up to a size.
+        let outgoing = if is_snapshot(&first) {
+            Outgoing::Snapshot(first)
+        } else {
+            let mut bytes = bincode::serialized_size(&first).unwrap_or(0) as usize;
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH_MESSAGES && bytes < BATCH_TARGET_BYTES {
+                let Ok(m) = rx.try_recv() else { break };
+                let size = bincode::serialized_size(&m).unwrap_or(0) as usize;
+                if is_snapshot(&m) || bytes.saturating_add(size) > BATCH_TARGET_BYTES {
+                    next = Some(m);
+                    break;
+                }
+                bytes += size;
+                batch.push(m);
             }
-        }
-        let has_snapshot = batch.iter().any(|m| matches!(m.body, MessageBody::InstallSnapshot { .. }));
+            Outgoing::Batch(batch)
+        };
+        let count = outgoing.len() as u64;
         let Some(address) = shared.address(to).filter(|a| !a.peer_url.is_empty()) else {
-            shared.metrics.peer_messages_dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            shared.metrics.peer_messages_dropped.fetch_add(count, Ordering::Relaxed);
             continue;
         };
+        let has_snapshot = matches!(outgoing, Outgoing::Snapshot(_));
         if has_snapshot {
             shared.metrics.snapshots_sent.fetch_add(1, Ordering::Relaxed);
         }
-        let body = match bincode::serialize(&batch) {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode peer messages");
-                continue;
-            }
+        let request = match outgoing {
+            Outgoing::Batch(batch) => match bincode::serialize(&batch) {
+                Ok(body) => {
+                    peer_request(&http, &shared, &address, MESSAGES_PATH).timeout(Duration::from_secs(2)).body(body)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode peer messages");
+                    continue;
+                }
+            },
+            Outgoing::Snapshot(message) => match snapshot_body(message) {
+                Ok((length, chunks)) => peer_request(&http, &shared, &address, SNAPSHOT_PATH)
+                    .timeout(Duration::from_secs(60))
+                    .header("content-length", length)
+                    .body(reqwest::Body::wrap_stream(futures::stream::iter(
+                        chunks.into_iter().map(Ok::<_, std::io::Error>),
+                    ))),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a snapshot message");
+                    let _ = offer(&loop_tx, Input::SnapshotFailed(to));
+                    continue;
+                }
+            },
         };
-        let timeout = if has_snapshot { Duration::from_secs(60) } else { Duration::from_secs(2) };
-        let result = http
-            .post(format!("{}{MESSAGES_PATH}", address.peer_url))
-            .header(HEADER_CLUSTER_ID, format!("{:x}", shared.cluster_id))
-            .header(HEADER_FROM, format!("{:x}", shared.id))
-            .header(HEADER_CLIENT_URL, &shared.advertise_client_url)
-            .header(HEADER_PEER_URL, &shared.advertise_peer_url)
-            .header("content-type", "application/octet-stream")
-            .timeout(timeout)
-            .body(body)
-            .send()
-            .await;
-        let failure = match result {
+        let failure = match request.send().await {
             Ok(resp) if resp.status().is_success() => None,
             Ok(resp) => {
                 let status = resp.status();
                 let why = resp.text().await.unwrap_or_default();
-                if status == StatusCode::PRECONDITION_FAILED || status == StatusCode::FORBIDDEN {
+                if status == StatusCode::PRECONDITION_FAILED
+                    || status == StatusCode::FORBIDDEN
+                    || status == StatusCode::PAYLOAD_TOO_LARGE
+                {
                     tracing::warn!(peer = %address.name, %status, reason = %why, "peer rejected our messages");
                     shared.set_error("peers", Some(format!("{} rejected our messages: {why}", address.peer_url)));
                 }
@@ -158,7 +299,7 @@ async fn peer_sender(
                     tracing::debug!(peer = %address.name, error = %why, "cannot reach peer");
                     reported_failure = true;
                 }
-                shared.metrics.peer_messages_dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                shared.metrics.peer_messages_dropped.fetch_add(count, Ordering::Relaxed);
                 if has_snapshot {
                     let _ = offer(&loop_tx, Input::SnapshotFailed(to));
                 }
@@ -167,20 +308,90 @@ async fn peer_sender(
     }
 }
 
+fn peer_request(http: &reqwest::Client, shared: &Shared, address: &Address, path: &str) -> reqwest::RequestBuilder {
+    http.post(format!("{}{path}", address.peer_url))
+        .header(HEADER_CLUSTER_ID, format!("{:x}", shared.cluster_id))
+        .header(HEADER_FROM, format!("{:x}", shared.id))
+        .header(HEADER_CLIENT_URL, &shared.advertise_client_url)
+        .header(HEADER_PEER_URL, &shared.advertise_peer_url)
+        .header("content-type", "application/octet-stream")
+}
+
+/// The body of `POST /raft/v1/snapshot` (see the module doc) as its total length and chunks;
+/// the chunks share the snapshot's buffer (no copy).
+pub fn snapshot_body(mut message: Message) -> Result<(u64, Vec<Bytes>), bincode::Error> {
+    let MessageBody::InstallSnapshot { snapshot } = &mut message.body else {
+        return Err(Box::new(bincode::ErrorKind::Custom("not an InstallSnapshot".into())));
+    };
+    let data = std::mem::take(&mut snapshot.data);
+    let head = bincode::serialize(&message)?;
+    let mut first = Vec::with_capacity(4 + head.len());
+    first.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    first.extend_from_slice(&head);
+    let mut chunks = vec![Bytes::from(first)];
+    let mut at = 0;
+    while at < data.len() {
+        let end = data.len().min(at + SNAPSHOT_CHUNK_BYTES);
+        chunks.push(data.slice(at..end));
+        at = end;
+    }
+    let length = chunks.iter().map(|c| c.len() as u64).sum();
+    Ok((length, chunks))
+}
+
+/// Reads a `POST /raft/v1/snapshot` body back into its message.
+pub fn parse_snapshot_body(body: Bytes) -> Result<Message, String> {
+    if body.len() < 4 {
+        return Err("the snapshot body is shorter than its 4-byte header length".into());
+    }
+    let head_len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+    if head_len > MAX_SNAPSHOT_HEAD_BYTES || 4 + head_len > body.len() {
+        return Err(format!("the snapshot header declares {head_len} bytes; the body has {}", body.len() - 4));
+    }
+    let mut message: Message = crate::store::command::decode(&body[4..4 + head_len])
+        .map_err(|e| format!("undecodable snapshot message: {e}"))?;
+    match &mut message.body {
+        MessageBody::InstallSnapshot { snapshot } if snapshot.data.is_empty() => {
+            snapshot.data = body.slice(4 + head_len..);
+            Ok(message)
+        }
+        MessageBody::InstallSnapshot { .. } => Err("the snapshot message must carry its data after it".into()),
+        other => Err(format!("expected an InstallSnapshot, got {}", other.kind())),
+    }
+}
+
 /// State of the peer-port server.
 #[derive(Clone)]
 pub struct PeerServer {
     pub shared: Arc<Shared>,
     pub loop_tx: SyncSender<Input>,
+    pub limits: PeerLimits,
+    /// One snapshot is received at a time.
+    snapshot_slot: Arc<Semaphore>,
 }
 
+impl PeerServer {
+    pub fn new(shared: Arc<Shared>, loop_tx: SyncSender<Input>, limits: PeerLimits) -> PeerServer {
+        PeerServer { shared, loop_tx, limits, snapshot_slot: Arc::new(Semaphore::new(1)) }
+    }
+}
+
+/// The message and snapshot handlers read their bodies themselves (`read_body`), checked before
+/// and while reading; the default limit holds only for handlers that take a body through an
+/// axum extractor (`Json`, `Bytes`), whose requests are small.
 pub fn peer_router(server: PeerServer) -> Router {
     Router::new()
         .route(MESSAGES_PATH, post(receive))
+        .route(SNAPSHOT_PATH, post(receive_snapshot))
         .route(MEMBERS_PATH, get(members))
         .route(JOIN_PATH, post(join))
-        .layer(DefaultBodyLimit::max(MAX_PEER_BODY_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::api::types::MAX_MEMBER_REQUEST_BYTES))
         .with_state(server)
+}
+
+/// The peer port's answer when its connection and request limits stop a request (`serve`).
+pub fn render_error(status: StatusCode, _code: &'static str, message: String) -> Response {
+    (status, message).into_response()
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -191,13 +402,19 @@ fn reject(status: StatusCode, why: String) -> Response {
     (status, why).into_response()
 }
 
-async fn receive(State(server): State<PeerServer>, headers: HeaderMap, body: Bytes) -> Response {
+fn body_error(e: BodyError) -> Response {
+    reject(e.status(), e.to_string())
+}
+
+/// Checks a peer request's headers (before its body is read): the sender's cluster id must be
+/// ours. Returns the sender's id (0 if it gave none).
+fn check_sender(server: &PeerServer, headers: &HeaderMap) -> Result<u64, (StatusCode, String)> {
     let shared = &server.shared;
     let ours = format!("{:x}", shared.cluster_id);
-    let Some(theirs) = header(&headers, HEADER_CLUSTER_ID) else {
-        return reject(StatusCode::BAD_REQUEST, "missing cluster id header".into());
+    let Some(theirs) = header(headers, HEADER_CLUSTER_ID) else {
+        return Err((StatusCode::BAD_REQUEST, "missing cluster id header".into()));
     };
-    let from = header(&headers, HEADER_FROM).and_then(|f| u64::from_str_radix(f, 16).ok()).unwrap_or(0);
+    let from = header(headers, HEADER_FROM).and_then(|f| u64::from_str_radix(f, 16).ok()).unwrap_or(0);
     if theirs != ours {
         shared.metrics.peer_messages_rejected.fetch_add(1, Ordering::Relaxed);
         let why = format!(
@@ -206,14 +423,16 @@ async fn receive(State(server): State<PeerServer>, headers: HeaderMap, body: Byt
         );
         tracing::warn!(from = %format!("{from:x}"), theirs, ours, "rejected messages from another cluster");
         shared.set_error("peers", Some(format!("rejected messages from member {from:x} of cluster {theirs}")));
-        return reject(StatusCode::PRECONDITION_FAILED, why);
+        return Err((StatusCode::PRECONDITION_FAILED, why));
     }
-    let messages: Vec<Message> = match crate::store::command::decode(&body) {
-        Ok(m) => m,
-        Err(e) => return reject(StatusCode::BAD_REQUEST, format!("undecodable messages: {e}")),
-    };
+    Ok(from)
+}
+
+/// Hands checked messages to the Raft loop.
+fn deliver(server: &PeerServer, from: u64, headers: &HeaderMap, messages: Vec<Message>) -> Response {
+    let shared = &server.shared;
     if from != 0 {
-        note_peer_urls(shared, from, header(&headers, HEADER_PEER_URL), header(&headers, HEADER_CLIENT_URL));
+        note_peer_urls(shared, from, header(headers, HEADER_PEER_URL), header(headers, HEADER_CLIENT_URL));
     }
     for m in messages {
         if m.to != shared.id || m.from != from || from == 0 || !m.is_well_formed() {
@@ -225,6 +444,48 @@ async fn receive(State(server): State<PeerServer>, headers: HeaderMap, body: Byt
         }
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+async fn receive(State(server): State<PeerServer>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let from = match check_sender(&server, &parts.headers) {
+        Ok(from) => from,
+        Err((status, why)) => return reject(status, why),
+    };
+    let limits = BodyLimits { limit: server.limits.batch_bytes, stall: BODY_STALL, deadline: BATCH_DEADLINE };
+    let bytes = match read_body(&parts.headers, body, limits).await {
+        Ok(bytes) => bytes,
+        Err(e) => return body_error(e),
+    };
+    let messages: Vec<Message> = match crate::store::command::decode(&bytes) {
+        Ok(m) => m,
+        Err(e) => return reject(StatusCode::BAD_REQUEST, format!("undecodable messages: {e}")),
+    };
+    deliver(&server, from, &parts.headers, messages)
+}
+
+async fn receive_snapshot(State(server): State<PeerServer>, request: Request) -> Response {
+    let (parts, body): (_, Body) = request.into_parts();
+    let from = match check_sender(&server, &parts.headers) {
+        Ok(from) => from,
+        Err((status, why)) => return reject(status, why),
+    };
+    let limit = server.limits.snapshot_bytes;
+    if let Err(e) = check_declared(&parts.headers, limit) {
+        return body_error(e);
+    }
+    let Ok(_slot) = server.snapshot_slot.clone().try_acquire_owned() else {
+        return reject(StatusCode::SERVICE_UNAVAILABLE, "this member is receiving another snapshot".into());
+    };
+    let limits = BodyLimits { limit, stall: BODY_STALL, deadline: SNAPSHOT_DEADLINE };
+    let bytes = match read_body(&parts.headers, body, limits).await {
+        Ok(bytes) => bytes,
+        Err(e) => return body_error(e),
+    };
+    match parse_snapshot_body(bytes) {
+        Ok(message) => deliver(&server, from, &parts.headers, vec![message]),
+        Err(why) => reject(StatusCode::BAD_REQUEST, why),
+    }
 }
 
 /// What a member that starts with empty data asks its peers: who is in the cluster, as the
@@ -363,5 +624,109 @@ async fn join(State(server): State<PeerServer>, Json(request): Json<JoinRequest>
         }
         Ok(other) => reject(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected outcome {other:?}")),
         Err(e) => reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::RwLock;
+
+    use super::*;
+    use crate::node::shared::LoopStatus;
+    use crate::raft::{Role, Snapshot, SnapshotMeta};
+    use crate::store::KvStore;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            id: 1,
+            name: "etcd-0".into(),
+            cluster_id: 7,
+            advertise_client_url: String::new(),
+            advertise_peer_url: String::new(),
+            max_value_bytes: 1 << 20,
+            kv: RwLock::new(KvStore::new()),
+            status: RwLock::new(LoopStatus {
+                role: Role::Follower,
+                term: 0,
+                leader: None,
+                commit_index: 0,
+                applied_index: 0,
+                last_index: 0,
+                voter: true,
+                matched: BTreeMap::new(),
+                committed_in_term: false,
+            }),
+            applied: tokio::sync::watch::channel(0).0,
+            addresses: RwLock::new(BTreeMap::new()),
+            errors: RwLock::new(BTreeMap::new()),
+            metrics: Default::default(),
+            data_lost: tokio::sync::watch::channel(None).0,
+        })
+    }
+
+    fn heartbeat(to: NodeId) -> Message {
+        Message { from: 1, to, term: 1, body: MessageBody::Heartbeat { commit: 0, read_seq: 0 } }
+    }
+
+    fn conf(voters: &[NodeId]) -> ConfState {
+        ConfState { voters: voters.iter().copied().collect(), learners: BTreeSet::new() }
+    }
+
+    #[test]
+    fn the_sender_tasks_of_departed_members_end() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (tx, _rx) = std::sync::mpsc::sync_channel(16);
+        let mut transport = Transport::new(shared(), runtime.handle().clone(), tx, None).unwrap();
+        transport.retain(&conf(&[1, 2, 3]));
+        transport.send(vec![heartbeat(2), heartbeat(3)]);
+        assert_eq!(transport.live_senders(), 2);
+        transport.retain(&conf(&[1, 2]));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while transport.live_senders() > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(transport.live_senders(), 1, "the task for member 3 ended; member 2's runs");
+        // An empty membership (a joining member that has not learned it yet) removes nothing.
+        transport.retain(&ConfState::default());
+        transport.send(vec![heartbeat(9)]);
+        assert_eq!(transport.live_senders(), 2);
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_snapshot_body_reads_back_into_its_message() {
+        let data = Bytes::from((0..(SNAPSHOT_CHUNK_BYTES * 2 + 17)).map(|i| i as u8).collect::<Vec<_>>());
+        let meta = SnapshotMeta { index: 9, term: 2, conf: conf(&[1, 2]) };
+        let message = Message {
+            from: 1,
+            to: 2,
+            term: 2,
+            body: MessageBody::InstallSnapshot { snapshot: Snapshot { meta, data: data.clone() } },
+        };
+        let (length, chunks) = snapshot_body(message.clone()).unwrap();
+        assert_eq!(chunks.len(), 4, "a header and three chunks of data");
+        assert_eq!(length, chunks.iter().map(|c| c.len() as u64).sum::<u64>());
+        let body: Vec<u8> = chunks.concat();
+        assert_eq!(parse_snapshot_body(Bytes::from(body.clone())).unwrap(), message);
+        // Damaged bodies are refused, never a panic.
+        assert!(parse_snapshot_body(Bytes::from_static(b"ab")).is_err());
+        assert!(parse_snapshot_body(Bytes::from(body[..10].to_vec())).is_err());
+        let mut huge_head = body.clone();
+        huge_head[..4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(parse_snapshot_body(Bytes::from(huge_head)).is_err());
+        let batch = bincode::serialize(&heartbeat(2)).unwrap();
+        let mut not_a_snapshot = (batch.len() as u32).to_be_bytes().to_vec();
+        not_a_snapshot.extend_from_slice(&batch);
+        assert!(parse_snapshot_body(Bytes::from(not_a_snapshot)).unwrap_err().contains("expected an InstallSnapshot"));
+    }
+
+    #[test]
+    fn peer_limits_follow_the_message_and_value_limits() {
+        let limits = PeerLimits::new(1 << 20, 1 << 20);
+        assert!(limits.batch_bytes >= BATCH_TARGET_BYTES + (1 << 20) * 5);
+        assert!(limits.batch_bytes < 32 << 20, "regular batches get a small limit: {}", limits.batch_bytes);
+        assert_eq!(limits.snapshot_bytes, MAX_SNAPSHOT_BYTES);
+        assert!(PeerLimits::new(1 << 20, 8 << 20).batch_bytes > limits.batch_bytes);
     }
 }

@@ -224,11 +224,40 @@ impl KvStore {
 
     /// Keys starting with `prefix`, in order, at most `limit`; `more` when more exist.
     pub fn list(&self, prefix: &str, limit: usize) -> (Vec<KeyValue>, bool) {
+        self.list_page(prefix, None, limit, usize::MAX)
+    }
+
+    /// One page of keys starting with `prefix`, in order, after `start_after` (when given): at
+    /// most `limit` keys, and no more once their values reach `max_value_bytes` (a page always
+    /// holds at least one key when one matches); `more` when more keys follow.
+    pub fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        max_value_bytes: usize,
+    ) -> (Vec<KeyValue>, bool) {
+        let start = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
         let mut matching = self
             .keys
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(key, _)| key.starts_with(prefix));
-        let kvs: Vec<KeyValue> = matching.by_ref().take(limit).map(|(key, stored)| key_value(key, stored)).collect();
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .peekable();
+        let mut kvs = Vec::new();
+        let mut bytes = 0usize;
+        while kvs.len() < limit {
+            let Some((_, stored)) = matching.peek() else { break };
+            if !kvs.is_empty() && bytes.saturating_add(stored.value.len()) > max_value_bytes {
+                break;
+            }
+            bytes = bytes.saturating_add(stored.value.len());
+            if let Some((key, stored)) = matching.next() {
+                kvs.push(key_value(key, stored));
+            }
+        }
         let more = matching.next().is_some();
         (kvs, more)
     }
@@ -395,6 +424,28 @@ impl Fnv1a {
 mod tests {
     use super::*;
     use crate::store::command::encode;
+
+    #[test]
+    fn list_pages_continue_after_a_key_and_stop_at_a_byte_budget() {
+        let mut a = Applier::new();
+        for (key, value) in [("a/1", "xxxx"), ("a/2", "xxxx"), ("a/3", "xxxx"), ("b/1", "y")] {
+            a.put(key, value, None);
+        }
+        let keys = |kvs: Vec<KeyValue>| kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
+        let (page, more) = a.store.list_page("a/", None, 2, usize::MAX);
+        assert_eq!((keys(page), more), (vec!["a/1".to_string(), "a/2".to_string()], true));
+        let (page, more) = a.store.list_page("a/", Some("a/2"), 2, usize::MAX);
+        assert_eq!((keys(page), more), (vec!["a/3".to_string()], false));
+        // 8 bytes of values: two keys fit, the third waits for the next page.
+        let (page, more) = a.store.list_page("a/", None, 10, 8);
+        assert_eq!((keys(page), more), (vec!["a/1".to_string(), "a/2".to_string()], true));
+        // A page holds at least one key, however large.
+        let (page, more) = a.store.list_page("a/", Some("a/1"), 10, 1);
+        assert_eq!((keys(page), more), (vec!["a/2".to_string()], true));
+        // A start before the prefix starts at the prefix.
+        let (page, _) = a.store.list_page("b/", Some("a/9"), 10, usize::MAX);
+        assert_eq!(keys(page), vec!["b/1".to_string()]);
+    }
 
     /// Applies commands as consecutive entries, the way the apply loop does.
     struct Applier {

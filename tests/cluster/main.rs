@@ -1,6 +1,7 @@
 //! Integration tests with real `kuberaft node` processes on loopback addresses.
 //! Each test uses its own 127.<net>.0.0/16 block so they can run in parallel.
 
+mod flood;
 mod harness;
 #[path = "../chaos/nft.rs"]
 mod nft;
@@ -1122,7 +1123,7 @@ fn wiped_leader_restarted_with_existing_never_rejoins_on_a_followers_word() {
 /// either way the member changes nothing on disk and starts normally once the directory is whole.
 #[test]
 fn a_partial_data_directory_is_refused_with_its_own_exit_code() {
-    let mut c = Cluster::new(41, 1);
+    let mut c = Cluster::new(42, 1);
     c.bootstrap();
     let (leader, _) = c.wait_leader(ELECTION);
     c.put_ok(leader, "kept", "1");

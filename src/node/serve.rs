@@ -1,0 +1,544 @@
+//! Serving one port (client or peer) with bounded resources: our own accept loop around hyper's
+//! HTTP/1 connection, with
+//! - at most `max_connections` open connections. When a new one arrives at the limit, the
+//!   connection that has been idle longest (no request in a handler, or headers not complete,
+//!   for at least `MIN_IDLE_TO_EVICT`) is closed to make room; if every connection is busy or
+//!   recently active, the new one is closed at once (refused). Connections that carry requests
+//!   all the time (peers' heartbeats, a busy client) are never the ones evicted.
+//! - a header read timeout: a request's headers must arrive within `header_timeout`, counted
+//!   from when the connection starts waiting for them, so the same timeout closes keep-alive
+//!   connections that stay idle (hyper starts the timer when it waits for the next request).
+//! - at most `max_requests` requests in handlers at once (tower's `ConcurrencyLimit`); beyond
+//!   that a request is shed at once (tower's `LoadShed`) with 503 and `Retry-After`.
+//! - a deadline for each request (tower's `Timeout`): 504, whose outcome is unknown.
+//!
+//! Bodies are read by the handlers with [`read_body`]: the declared length is checked before a
+//! byte is read, the streamed bytes against the same limit, and a body that stalls or takes too
+//! long is abandoned. Stopping (the `stop` watch) stops accepting, closes idle connections and
+//! lets requests in flight finish.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Request, Response, StatusCode};
+use axum::Router;
+use bytes::BytesMut;
+use futures::StreamExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch, Semaphore};
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+/// A connection must have been idle this long before a new one may replace it.
+pub const MIN_IDLE_TO_EVICT: Duration = Duration::from_secs(1);
+/// How long a new connection waits for the slot of the connection evicted for it.
+const EVICT_WAIT: Duration = Duration::from_secs(1);
+
+/// The bounds of one port.
+#[derive(Clone, Copy, Debug)]
+pub struct PortLimits {
+    pub max_connections: usize,
+    pub max_requests: usize,
+    /// For a request's headers, and for an idle keep-alive connection.
+    pub header_timeout: Duration,
+    /// For a whole request in its handler.
+    pub request_timeout: Duration,
+}
+
+/// The client port: enough connections and requests for many clients (and `kuberaft bench`);
+/// its bodies are at most `--max-value-bytes` each.
+pub const CLIENT_PORT: PortLimits = PortLimits {
+    max_connections: 1024,
+    max_requests: 256,
+    header_timeout: Duration::from_secs(10),
+    request_timeout: Duration::from_secs(30),
+};
+
+/// The peer port: a cluster has at most 9 members, each with one or two connections to each
+/// other; the request timeout leaves room for a snapshot (whose sender waits 60 s).
+pub const PEER_PORT: PortLimits = PortLimits {
+    max_connections: 256,
+    max_requests: 64,
+    header_timeout: Duration::from_secs(10),
+    request_timeout: Duration::from_secs(90),
+};
+
+/// What happened on a port, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PortStats {
+    pub accepted: AtomicU64,
+    /// Closed at once: the port was full and no connection was idle long enough to evict.
+    pub refused: AtomicU64,
+    /// Idle connections closed to make room for new ones.
+    pub evicted: AtomicU64,
+    pub open: AtomicU64,
+}
+
+/// Turns a failure of the limiting layers into the port's kind of answer (JSON on the client
+/// port, text on the peer port).
+pub type RenderError = fn(StatusCode, &'static str, String) -> Response<Body>;
+
+struct ConnEntry {
+    /// Requests of this connection in a handler or sending their answer.
+    busy: usize,
+    /// Since when `busy` is 0 (or since accepted).
+    idle_since: Instant,
+    evict: Option<oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct Registry {
+    conns: Mutex<HashMap<u64, ConnEntry>>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, ConnEntry>> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks the connection idle longest (at least `min_idle`) to close; false if there is none.
+    fn evict_one(&self, min_idle: Duration) -> bool {
+        let mut conns = self.lock();
+        let now = Instant::now();
+        let victim = conns
+            .iter()
+            .filter(|(_, c)| c.busy == 0 && c.evict.is_some() && now.duration_since(c.idle_since) >= min_idle)
+            .min_by_key(|(_, c)| c.idle_since)
+            .map(|(id, _)| *id);
+        let Some(id) = victim else { return false };
+        conns.get_mut(&id).and_then(|c| c.evict.take()).is_some_and(|tx| tx.send(()).is_ok())
+    }
+
+    fn is_busy(&self, id: u64) -> bool {
+        self.lock().get(&id).is_some_and(|c| c.busy > 0)
+    }
+}
+
+/// Marks a connection busy from a request's start until its answer has been sent.
+struct BusyGuard {
+    registry: Arc<Registry>,
+    id: u64,
+}
+
+impl BusyGuard {
+    fn enter(registry: &Arc<Registry>, id: u64) -> BusyGuard {
+        if let Some(c) = registry.lock().get_mut(&id) {
+            c.busy += 1;
+        }
+        BusyGuard { registry: registry.clone(), id }
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        if let Some(c) = self.registry.lock().get_mut(&self.id) {
+            c.busy = c.busy.saturating_sub(1);
+            if c.busy == 0 {
+                c.idle_since = Instant::now();
+            }
+        }
+    }
+}
+
+/// An answer's body that keeps its connection marked busy until it has been sent.
+struct TrackedBody {
+    inner: Body,
+    _busy: BusyGuard,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The answer to a request that the limiting layers stopped.
+fn limit_error(render: RenderError, e: BoxError) -> Response<Body> {
+    if e.is::<tower::load_shed::error::Overloaded>() {
+        let mut response = render(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in progress on this member; retry shortly".into(),
+        );
+        response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        response
+    } else if e.is::<tower::timeout::error::Elapsed>() {
+        render(
+            StatusCode::GATEWAY_TIMEOUT,
+            "outcome_unknown",
+            "the request took too long and was abandoned; a write may or may not have applied".into(),
+        )
+    } else {
+        render(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("request failed: {e}"))
+    }
+}
+
+/// Serves `router` on `listener` within `limits` until `stop` turns true, then lets the
+/// requests in flight finish (the caller bounds how long it waits).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: PortLimits,
+    render: RenderError,
+    stats: Arc<PortStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stack = ServiceBuilder::new()
+        .load_shed()
+        .concurrency_limit(limits.max_requests.max(1))
+        .timeout(limits.request_timeout)
+        .service(router);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let registry = Arc::new(Registry::default());
+    let mut next_id: u64 = 0;
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, or the peer gave up before we accepted: wait a
+                    // moment rather than spin.
+                    tracing::debug!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) if registry.evict_one(MIN_IDLE_TO_EVICT) => {
+                stats.evicted.fetch_add(1, Ordering::Relaxed);
+                tokio::time::timeout(EVICT_WAIT, slots.clone().acquire_owned()).await.ok().and_then(|p| p.ok())
+            }
+            Err(_) => None,
+        };
+        let Some(permit) = permit else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            drop(tcp);
+            continue;
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = tcp.set_nodelay(true) {
+            // Small requests and answers go out at once (no Nagle delay).
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+        next_id += 1;
+        let id = next_id;
+        let (evict_tx, mut evict_rx) = oneshot::channel();
+        registry.lock().insert(id, ConnEntry { busy: 0, idle_since: Instant::now(), evict: Some(evict_tx) });
+        let service = {
+            let registry = registry.clone();
+            let stack = stack.clone();
+            hyper::service::service_fn(move |request: Request<Incoming>| {
+                let busy = BusyGuard::enter(&registry, id);
+                let stack = stack.clone();
+                async move {
+                    let response = match stack.oneshot(request.map(Body::new)).await {
+                        Ok(response) => response,
+                        Err(e) => limit_error(render, e),
+                    };
+                    Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _busy: busy }))
+                }
+            })
+        };
+        let registry = registry.clone();
+        let stats = stats.clone();
+        let mut stop = stop.clone();
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            let (mut evicted, mut stopping) = (false, false);
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::trace!("connection ended: {e}");
+                        }
+                        break;
+                    }
+                    _ = &mut evict_rx, if !evicted => {
+                        evicted = true;
+                        // Nothing in a handler: close now (a request whose headers were still
+                        // arriving had no effect). Otherwise finish that request, then close.
+                        if !registry.is_busy(id) {
+                            break;
+                        }
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = stopped(&mut stop), if !stopping => {
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            registry.lock().remove(&id);
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    // Wait until every connection has closed: each holds one slot.
+    let _ = slots.acquire_many(limits.max_connections.max(1) as u32).await;
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Why a body was not read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// Declared (before a byte was read) or streamed past the limit.
+    TooLarge { limit: usize, declared: Option<u64> },
+    /// No byte for the stall timeout, or the whole body took longer than its deadline.
+    TooSlow(Duration),
+    /// The connection failed or the body was malformed.
+    Broken(String),
+}
+
+impl BodyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::TooSlow(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Broken(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge { limit, declared: Some(declared) } => {
+                write!(f, "the body declares {declared} bytes; the limit is {limit}")
+            }
+            BodyError::TooLarge { limit, declared: None } => write!(f, "the body is larger than {limit} bytes"),
+            BodyError::TooSlow(d) => write!(f, "the body did not arrive in time ({} ms)", d.as_millis()),
+            BodyError::Broken(e) => write!(f, "the body could not be read: {e}"),
+        }
+    }
+}
+
+/// The declared length of a request's body (`Content-Length`), if any and readable.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok())
+}
+
+/// How a body may arrive: at most `limit` bytes, a chunk at least every `stall`, all of it
+/// within `deadline`.
+#[derive(Clone, Copy, Debug)]
+pub struct BodyLimits {
+    pub limit: usize,
+    pub stall: Duration,
+    pub deadline: Duration,
+}
+
+/// Checks a body's declared length against its limit without reading it.
+pub fn check_declared(headers: &HeaderMap, limit: usize) -> Result<(), BodyError> {
+    match declared_length(headers) {
+        Some(declared) if declared > limit as u64 => Err(BodyError::TooLarge { limit, declared: Some(declared) }),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a body in chunks within `limits`: refused before the first byte if its declared length
+/// is too large, and as soon as the streamed bytes pass the limit otherwise. A body with a
+/// declared length is read into one buffer of that size (no growth copies).
+pub async fn read_body(headers: &HeaderMap, body: Body, limits: BodyLimits) -> Result<Bytes, BodyError> {
+    check_declared(headers, limits.limit)?;
+    let declared = declared_length(headers).map(|d| d as usize);
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut first: Option<Bytes> = None;
+        let mut buffer: Option<BytesMut> = None;
+        let mut total = 0usize;
+        loop {
+            let chunk = match tokio::time::timeout(limits.stall, stream.next()).await {
+                Err(_) => return Err(BodyError::TooSlow(limits.stall)),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(BodyError::Broken(e.to_string())),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            total = total.saturating_add(chunk.len());
+            if total > limits.limit {
+                return Err(BodyError::TooLarge { limit: limits.limit, declared: None });
+            }
+            if let Some(buffer) = buffer.as_mut() {
+                buffer.extend_from_slice(&chunk);
+            } else if let Some(previous) = first.take() {
+                let mut b = BytesMut::with_capacity(declared.unwrap_or(0).max(previous.len() + chunk.len()));
+                b.extend_from_slice(&previous);
+                b.extend_from_slice(&chunk);
+                buffer = Some(b);
+            } else {
+                first = Some(chunk);
+            }
+        }
+        Ok(match (buffer, first) {
+            (Some(b), _) => b.freeze(),
+            (None, Some(one)) => one,
+            (None, None) => Bytes::new(),
+        })
+    };
+    match tokio::time::timeout(limits.deadline, read).await {
+        Ok(result) => result,
+        Err(_) => Err(BodyError::TooSlow(limits.deadline)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(limit: usize) -> BodyLimits {
+        BodyLimits { limit, stall: Duration::from_millis(200), deadline: Duration::from_secs(2) }
+    }
+
+    fn headers(length: Option<u64>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(l) = length {
+            h.insert(axum::http::header::CONTENT_LENGTH, l.into());
+        }
+        h
+    }
+
+    fn chunks(parts: Vec<&'static [u8]>) -> Body {
+        Body::from_stream(futures::stream::iter(parts.into_iter().map(|p| Ok::<_, Infallible>(Bytes::from_static(p)))))
+    }
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    fn plain(status: StatusCode, _code: &'static str, message: String) -> Response<Body> {
+        let mut r = Response::new(Body::from(message));
+        *r.status_mut() = status;
+        r
+    }
+
+    /// Whether the server closed `s` within `within` (without sending anything).
+    async fn closed(s: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(tokio::time::timeout(within, s.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+    }
+
+    /// The status of a GET on a fresh connection.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let Ok(mut s) = TcpStream::connect(addr).await else { return "connect failed".into() };
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        if s.write_all(request.as_bytes()).await.is_err() {
+            return "write failed".into();
+        }
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+        String::from_utf8_lossy(&answer).lines().next().unwrap_or("closed").to_string()
+    }
+
+    use std::net::SocketAddr;
+
+    #[tokio::test]
+    async fn connections_requests_and_slow_headers_are_bounded() {
+        let router = Router::new()
+            .route("/ok", axum::routing::get(|| async { "ok" }))
+            .route("/slow", axum::routing::get(|| async { tokio::time::sleep(Duration::from_secs(10)).await }));
+        let limits = PortLimits {
+            max_connections: 2,
+            max_requests: 1,
+            header_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_millis(1500),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(PortStats::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, router, limits, plain, stats.clone(), stop_rx));
+
+        // Two idle connections fill the port; a third, while they are fresh, is refused.
+        let mut idle1 = TcpStream::connect(addr).await.unwrap();
+        let mut idle2 = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(get(addr, "/ok").await, "closed", "refused: both connections are recent");
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
+        // Once they have been idle a while, a new connection replaces the one idle longest.
+        tokio::time::sleep(MIN_IDLE_TO_EVICT).await;
+        assert_eq!(get(addr, "/ok").await, "HTTP/1.1 200 OK");
+        assert_eq!(stats.evicted.load(Ordering::Relaxed), 1);
+        assert!(closed(&mut idle1, Duration::from_millis(500)).await, "the oldest idle connection was closed");
+        // Headers that never finish: closed after the header timeout.
+        idle2.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Slow: a").await.unwrap();
+        assert!(closed(&mut idle2, Duration::from_secs(4)).await, "slow headers time out");
+
+        // One request at a time: a second one is shed with 503; the slow one times out (504).
+        let slow = tokio::spawn(get(addr, "/slow"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(get(addr, "/ok").await, "HTTP/1.1 503 Service Unavailable");
+        assert_eq!(slow.await.unwrap(), "HTTP/1.1 504 Gateway Timeout");
+        assert_eq!(get(addr, "/ok").await, "HTTP/1.1 200 OK");
+
+        // Stopping ends the server once its connections are gone.
+        let _ = stop_tx.send(true);
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("the server stops").unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_refused_before_reading() {
+        // The body never yields: reading it would hang until the stall timeout.
+        let body = Body::from_stream(futures::stream::pending::<Result<Bytes, Infallible>>());
+        let err = read_body(&headers(Some(1 << 30)), body, limits(1024)).await.unwrap_err();
+        assert_eq!(err, BodyError::TooLarge { limit: 1024, declared: Some(1 << 30) });
+    }
+
+    #[tokio::test]
+    async fn streamed_bytes_over_the_limit_are_refused() {
+        let err = read_body(&headers(None), chunks(vec![b"abcd", b"efgh", b"ij"]), limits(9)).await.unwrap_err();
+        assert_eq!(err, BodyError::TooLarge { limit: 9, declared: None });
+        let ok = read_body(&headers(None), chunks(vec![b"abcd", b"efgh", b"i"]), limits(9)).await.unwrap();
+        assert_eq!(&ok[..], b"abcdefghi");
+        let one = read_body(&headers(Some(4)), chunks(vec![b"abcd"]), limits(9)).await.unwrap();
+        assert_eq!(&one[..], b"abcd");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_times_out() {
+        let stalled = futures::stream::iter(vec![Ok::<_, Infallible>(Bytes::from_static(b"ab"))])
+            .chain(futures::stream::pending());
+        let err = read_body(&headers(None), Body::from_stream(stalled), limits(100)).await.unwrap_err();
+        assert_eq!(err, BodyError::TooSlow(Duration::from_millis(200)));
+    }
+
+    #[tokio::test]
+    async fn a_trickling_body_hits_its_deadline() {
+        // A byte every 50 ms never stalls for 200 ms, but 100 of them take longer than 1 s.
+        let trickle = futures::stream::iter(0..100).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, Infallible>(Bytes::from_static(b"x"))
+        });
+        let limits = BodyLimits { limit: 1000, stall: Duration::from_millis(200), deadline: Duration::from_secs(1) };
+        let err = read_body(&headers(None), Body::from_stream(trickle), limits).await.unwrap_err();
+        assert_eq!(err, BodyError::TooSlow(Duration::from_secs(1)));
+    }
+}
