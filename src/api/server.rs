@@ -588,7 +588,7 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Ready: a leader is known, this member applied everything it knows committed, and nothing
-/// (storage, snapshot) keeps it from serving.
+/// (storage, a stopped state machine) keeps it from serving.
 async fn readyz(State(api): State<Api>) -> Response {
     let shared = &api.node.shared;
     let s = shared.status();

@@ -286,9 +286,20 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
             .map_err(|e| StartError::from(format!("cannot write the initial state: {e}")))?;
     }
 
+    // The state machine starts from the durable snapshot, checked against its metadata. One
+    // that cannot be loaded (a newer format, damage, or a snapshot the member received but
+    // could not install before it stopped) stops the start: the log after it cannot apply.
     let kv = match &state.snapshot {
-        Some(s) => KvStore::restore(&s.data)
-            .map_err(|e| StartError::from(format!("the durable snapshot is unreadable: {e}")))?,
+        Some(s) => KvStore::restore_snapshot(s).map_err(|e| {
+            StartError::from(format!(
+                "cannot start: the durable snapshot of index {} (term {}) in {} cannot be loaded: {e}. \
+                 Run a kuberaft version that reads it, or replace this member (remove it, clear its data \
+                 directory, add it back)",
+                s.meta.index,
+                s.meta.term,
+                args.data_dir.display()
+            ))
+        })?,
         None => KvStore::new(),
     };
     let cfg = raft_config(meta.member_id, &args)?;

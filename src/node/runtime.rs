@@ -34,6 +34,14 @@ const STORAGE_RETRY: Duration = Duration::from_millis(100);
 /// in the log), and sooner when the reason changes (an fsync error, then a read-only file system).
 const STORAGE_ERROR_REPEAT: Duration = Duration::from_secs(60);
 const STORAGE_ERROR_CHANGED: Duration = Duration::from_secs(1);
+/// The kind under which a halted state machine shows in `/v1/status` errors and `/readyz`.
+pub const HALT_ERROR: &str = "state machine";
+/// How often a halted leader offers leadership away while it still leads.
+const HANDOFF_RETRY: Duration = Duration::from_secs(1);
+
+fn halted_error(why: &str) -> NodeError {
+    NodeError::Unavailable(format!("this member stopped applying and serves nothing (see /readyz): {why}"))
+}
 
 /// Why a request failed. Each maps to one HTTP status in the API.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -138,6 +146,13 @@ pub struct RaftLoop {
     last_snapshot_index: Index,
     last_leader: Option<NodeId>,
     shutdown: Option<(oneshot::Sender<()>, Instant)>,
+    /// Why the state machine stopped (a snapshot it could not install, or an entry out of
+    /// step with it): from then on nothing is applied, no snapshot is taken, and proposals
+    /// and reads are refused. Raft itself goes on (the log is sound), except that a halted
+    /// leader hands leadership away. A later snapshot that installs clears it.
+    halted: Option<String>,
+    /// When a halted leader last tried to hand leadership away.
+    last_handoff: Option<Instant>,
 }
 
 impl RaftLoop {
@@ -166,6 +181,8 @@ impl RaftLoop {
             last_snapshot_index,
             last_leader: None,
             shutdown: None,
+            halted: None,
+            last_handoff: None,
         }
     }
 
@@ -237,6 +254,12 @@ impl RaftLoop {
             }
             return;
         }
+        let input = match (&self.halted, input) {
+            (Some(why), Input::Propose { reply, .. }) => return drop(reply.send(Err(halted_error(why)))),
+            (Some(why), Input::ConfChange { reply, .. }) => return drop(reply.send(Err(halted_error(why)))),
+            (Some(why), Input::ReadIndex { reply }) => return drop(reply.send(Err(halted_error(why)))),
+            (_, input) => input,
+        };
         match input {
             Input::Step(m) => self.raw.step(m),
             Input::Propose { data, reply } => match self.raw.raft.propose(data) {
@@ -329,6 +352,7 @@ impl RaftLoop {
             self.finish_ready(rd);
         }
         self.outbox.retain(self.raw.raft.conf());
+        self.hand_off_if_halted();
         self.maybe_snapshot();
         self.publish();
     }
@@ -397,6 +421,17 @@ impl RaftLoop {
             self.install(snapshot);
         }
         for entry in &rd.committed_entries {
+            if self.halted.is_some() {
+                break;
+            }
+            let applied = read(&self.shared.kv).applied_index();
+            if applied.checked_add(1) != Some(entry.index) {
+                self.halt(format!(
+                    "the log hands out entry {} to apply, but the state machine applied up to {applied}",
+                    entry.index
+                ));
+                break;
+            }
             self.learn_address(&entry.payload);
             let result = write(&self.shared.kv).apply(entry);
             if let Some(pending) = self.proposals.remove(&entry.index) {
@@ -458,23 +493,74 @@ impl RaftLoop {
         }
     }
 
+    /// Replaces the state machine with the snapshot's. The storage made the snapshot durable
+    /// before this, and the core counts it as applied once `advance` runs, so a snapshot that
+    /// cannot be installed halts the state machine where it was (see `halted`): applying the
+    /// entries after it to the old state, or saving that state as a snapshot of a later index,
+    /// would serve and keep a history that never happened.
     fn install(&mut self, snapshot: &Snapshot) {
-        match KvStore::restore(&snapshot.data) {
+        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        match KvStore::restore_snapshot(snapshot) {
             Ok(kv) => {
                 *write(&self.shared.kv) = kv;
-                self.last_snapshot_index = snapshot.meta.index;
+                self.last_snapshot_index = index;
                 self.shared.metrics.snapshots_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(index = snapshot.meta.index, term = snapshot.meta.term, "installed snapshot");
+                tracing::info!(index, term, "installed snapshot");
                 let members = read(&self.shared.kv).members();
                 for (info, _) in members {
                     self.remember(info);
                 }
+                if self.halted.take().is_some() {
+                    tracing::info!(index, "a snapshot installed; the state machine applies again");
+                    self.shared.set_error(HALT_ERROR, None);
+                }
             }
-            Err(e) => {
-                // The leader sent a snapshot we cannot read: keep the old state, say so loudly.
-                tracing::error!(error = %e, index = snapshot.meta.index, "received an unreadable snapshot");
-                self.shared.set_error("snapshot", Some(format!("unreadable snapshot at {}: {e}", snapshot.meta.index)));
+            Err(e) => self.halt(format!(
+                "cannot install the snapshot of index {index} (term {term}): {e}. It is saved in the data directory, \
+                 so a restart meets it again: run a kuberaft version that reads it, or replace this member \
+                 (remove it, clear its data directory, add it back)"
+            )),
+        }
+    }
+
+    /// Stops the state machine for good (until a snapshot installs): see `halted`.
+    fn halt(&mut self, why: String) {
+        let applied = read(&self.shared.kv).applied_index();
+        tracing::error!(
+            applied,
+            "the state machine stopped: {why}; this member applies nothing more and serves no reads"
+        );
+        self.shared.set_error(HALT_ERROR, Some(format!("stopped at index {applied}: {why}")));
+        // Pending proposals may still commit, but this member will never apply them.
+        for (_, p) in std::mem::take(&mut self.proposals) {
+            let unknown = || NodeError::OutcomeUnknown(format!("this member stopped applying: {why}"));
+            if let Some(reply) = p.reply {
+                let _ = reply.send(Err(unknown()));
             }
+            if let Some(reply) = p.conf_reply {
+                let _ = reply.send(Err(unknown()));
+            }
+        }
+        for (_, reply) in std::mem::take(&mut self.reads) {
+            let _ = reply.send(Err(halted_error(&why)));
+        }
+        self.halted = Some(why);
+    }
+
+    /// A halted leader cannot answer proposals or reads, and its log wins elections as well as
+    /// anyone's: it offers leadership to the most caught-up voter, again every second while it
+    /// still leads.
+    fn hand_off_if_halted(&mut self) {
+        if self.halted.is_none() || self.raw.raft.role() != Role::Leader {
+            return;
+        }
+        if self.last_handoff.is_some_and(|at| at.elapsed() < HANDOFF_RETRY) {
+            return;
+        }
+        self.last_handoff = Some(Instant::now());
+        match self.raw.raft.transfer_leader(None) {
+            Ok(to) => tracing::warn!(to = %format!("{to:x}"), "the state machine is stopped: handing leadership away"),
+            Err(e) => tracing::warn!(error = %e, "the state machine is stopped, and leadership cannot be handed away"),
         }
     }
 
@@ -500,12 +586,22 @@ impl RaftLoop {
         }
     }
 
+    /// Compacts the log into a snapshot of the state machine every `snapshot_threshold` entries.
+    /// The core labels the snapshot with its own applied index, so only a state machine that
+    /// applied exactly that far is saved (never one that is halted or out of step).
     fn maybe_snapshot(&mut self) {
         let applied = self.raw.raft.applied_index();
-        if applied < self.last_snapshot_index.saturating_add(self.snapshot_threshold) {
+        if self.halted.is_some() || applied < self.last_snapshot_index.saturating_add(self.snapshot_threshold) {
             return;
         }
-        let data = read(&self.shared.kv).snapshot_data();
+        let (kv_applied, data) = {
+            let kv = read(&self.shared.kv);
+            (kv.applied_index(), kv.snapshot_data())
+        };
+        if kv_applied != applied {
+            self.halt(format!("the state machine applied up to {kv_applied}, the log up to {applied}"));
+            return;
+        }
         match self.raw.raft.compact(data.clone()) {
             Ok(meta) => {
                 let index = meta.index;
@@ -545,7 +641,9 @@ impl RaftLoop {
             term: raft.term(),
             leader,
             commit_index: raft.commit_index(),
-            applied_index: raft.applied_index(),
+            // The state machine's own index: what a read served here really reflects (the
+            // core's may be ahead of it when the state machine is halted).
+            applied_index: read(&self.shared.kv).applied_index(),
             last_index: raft.log().last_index(),
             voter: raft.conf().voters.contains(&me),
             matched,
@@ -581,3 +679,7 @@ pub fn note_peer_urls(shared: &Shared, id: NodeId, peer_url: Option<&str>, clien
         }
     }
 }
+
+#[cfg(test)]
+#[path = "runtime_tests.rs"]
+mod tests;

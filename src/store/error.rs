@@ -42,7 +42,7 @@ pub enum StoreError {
     #[error("invalid write request: {0}")]
     Invalid(String),
     /// State-machine snapshot data that cannot be decoded.
-    #[error("unreadable state-machine snapshot: {0}; the snapshot may come from an incompatible kuberaft version")]
+    #[error("unreadable state-machine snapshot: {0}")]
     BadSnapshot(String),
 }
 

@@ -15,12 +15,14 @@ use serde::{Deserialize, Serialize};
 use super::command::{decode, ApplyResult, Command, KeyValue, MemberInfo};
 use super::error::StoreError;
 use crate::node::join::{check_claim, MemberState};
-use crate::raft::{ConfChange, ConfChangeKind, Entry, EntryPayload, Index, NodeId};
+use crate::raft::{ConfChange, ConfChangeKind, Entry, EntryPayload, Index, NodeId, Snapshot, Term};
 
 /// Leads every snapshot, so that a snapshot of another format is refused by name.
 const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS\0";
-/// 2 added `joined`; format 1 is still read.
+/// The format `snapshot_data` writes. 2 added `applied_term` and `joined`; format 1 is still read.
 const SNAPSHOT_FORMAT: u32 = 2;
+/// The oldest format `restore` reads.
+const OLDEST_SNAPSHOT_FORMAT: u32 = 1;
 const SNAPSHOT_HEADER_BYTES: usize = 8;
 
 /// One key's value and revisions; the key itself is the map key.
@@ -45,6 +47,9 @@ pub struct KvStore {
     revision: u64,
     /// The index of the last entry applied.
     applied: Index,
+    /// The term of the last entry applied; 0 when unknown (nothing applied, or restored from a
+    /// format-1 snapshot by `restore` rather than `restore_snapshot`).
+    applied_term: Term,
     members: BTreeMap<NodeId, Member>,
     removed: BTreeSet<NodeId>,
     /// Learners that started with empty data under their id (`Command::Join`): an id is joined
@@ -60,6 +65,7 @@ struct SnapshotRef<'a> {
     keys: &'a BTreeMap<String, Stored>,
     members: &'a BTreeMap<NodeId, Member>,
     removed: &'a BTreeSet<NodeId>,
+    applied_term: Term,
     joined: &'a BTreeSet<NodeId>,
 }
 
@@ -71,17 +77,28 @@ struct SnapshotOwned {
     keys: BTreeMap<String, Stored>,
     members: BTreeMap<NodeId, Member>,
     removed: BTreeSet<NodeId>,
+    applied_term: Term,
     joined: BTreeSet<NodeId>,
 }
 
-/// Format 1: before `joined`.
+/// The body of a format-1 snapshot: format 2 without `applied_term` and `joined`.
 #[derive(Deserialize)]
-struct SnapshotV1 {
+struct SnapshotFormat1 {
     applied: Index,
     revision: u64,
     keys: BTreeMap<String, Stored>,
     members: BTreeMap<NodeId, Member>,
     removed: BTreeSet<NodeId>,
+}
+
+impl From<SnapshotFormat1> for SnapshotOwned {
+    fn from(v1: SnapshotFormat1) -> SnapshotOwned {
+        let SnapshotFormat1 { applied, revision, keys, members, removed } = v1;
+        // Before format 2 nobody recorded joins: every learner counts as joined, so a learner
+        // that comes back with empty data is replaced rather than trusted.
+        let joined = members.iter().filter(|(_, m)| !m.voter).map(|(id, _)| *id).collect();
+        SnapshotOwned { applied, revision, keys, members, removed, applied_term: 0, joined }
+    }
 }
 
 impl KvStore {
@@ -103,6 +120,7 @@ impl KvStore {
             return None;
         }
         self.applied = entry.index;
+        self.applied_term = entry.term;
         match &entry.payload {
             EntryPayload::Noop => None,
             EntryPayload::Command(data) => match decode::<Command>(data) {
@@ -214,6 +232,11 @@ impl KvStore {
         self.applied
     }
 
+    /// The term of the last entry applied (0 when unknown, see the field).
+    pub fn applied_term(&self) -> Term {
+        self.applied_term
+    }
+
     pub fn revision(&self) -> u64 {
         self.revision
     }
@@ -313,6 +336,7 @@ impl KvStore {
             keys: &self.keys,
             members: &self.members,
             removed: &self.removed,
+            applied_term: self.applied_term,
             joined: &self.joined,
         };
         let mut data = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + self.estimated_snapshot_bytes());
@@ -332,7 +356,26 @@ impl KvStore {
             + self.members.len() * 128
     }
 
-    /// Rebuilds a store from `snapshot_data`. Any damage or another format is an error.
+    /// Rebuilds the store a Raft snapshot carries, and checks it against the snapshot's
+    /// metadata: the state must have applied exactly `meta.index`, and (when the body records
+    /// it, from format 2 on) an entry of `meta.term` last. A format-1 body takes its term from
+    /// the metadata. Any mismatch is an error: such a state would be another history.
+    pub fn restore_snapshot(snapshot: &Snapshot) -> Result<KvStore, StoreError> {
+        let mut kv = KvStore::restore(&snapshot.data)?;
+        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        let term_differs = kv.applied_term != 0 && kv.applied_term != term;
+        if kv.applied != index || term_differs {
+            return Err(StoreError::BadSnapshot(format!(
+                "its state has applied index {} (term {}), but the snapshot is of index {index} (term {term})",
+                kv.applied, kv.applied_term
+            )));
+        }
+        kv.applied_term = term;
+        Ok(kv)
+    }
+
+    /// Rebuilds a store from `snapshot_data` (this format or an older one). Any damage, or a
+    /// format newer than this version reads, is an error.
     pub fn restore(data: &[u8]) -> Result<KvStore, StoreError> {
         let Some((header, body)) = data.split_at_checked(SNAPSHOT_HEADER_BYTES) else {
             return Err(StoreError::BadSnapshot(format!("only {} bytes", data.len())));
@@ -341,26 +384,22 @@ impl KvStore {
             return Err(StoreError::BadSnapshot("not a key-value snapshot".into()));
         }
         let format = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let bad = |e: bincode::Error| StoreError::BadSnapshot(e.to_string());
+        if format > SNAPSHOT_FORMAT {
+            return Err(StoreError::BadSnapshot(format!(
+                "snapshot format {format} is newer than this version reads ({SNAPSHOT_FORMAT}): upgrade kuberaft on this member"
+            )));
+        }
+        let undecodable = |e: bincode::Error| {
+            StoreError::BadSnapshot(format!(
+                "its format-{format} body cannot be decoded ({e}); it is damaged or was written by an incompatible kuberaft version"
+            ))
+        };
         let snapshot: SnapshotOwned = match format {
-            SNAPSHOT_FORMAT => decode(body).map_err(bad)?,
-            1 => {
-                let v1: SnapshotV1 = decode(body).map_err(bad)?;
-                // Before format 2 nobody recorded joins: every learner counts as joined, so a
-                // learner that comes back with empty data is replaced rather than trusted.
-                let joined = v1.members.iter().filter(|(_, m)| !m.voter).map(|(id, _)| *id).collect();
-                SnapshotOwned {
-                    applied: v1.applied,
-                    revision: v1.revision,
-                    keys: v1.keys,
-                    members: v1.members,
-                    removed: v1.removed,
-                    joined,
-                }
-            }
+            SNAPSHOT_FORMAT => decode(body).map_err(undecodable)?,
+            OLDEST_SNAPSHOT_FORMAT => decode::<SnapshotFormat1>(body).map_err(undecodable)?.into(),
             _ => {
                 return Err(StoreError::BadSnapshot(format!(
-                    "format {format}, this version reads formats 1 to {SNAPSHOT_FORMAT}"
+                    "snapshot format {format} is not one this version reads ({OLDEST_SNAPSHOT_FORMAT} to {SNAPSHOT_FORMAT})"
                 )))
             }
         };
@@ -380,6 +419,7 @@ impl KvStore {
             keys: snapshot.keys,
             revision: snapshot.revision,
             applied: snapshot.applied,
+            applied_term: snapshot.applied_term,
             members: snapshot.members,
             removed: snapshot.removed,
             joined: snapshot.joined,
@@ -655,6 +695,85 @@ mod tests {
             );
         }
         assert!(KvStore::restore(&valid).is_ok());
+    }
+
+    /// A store that applied a few entries of `term`, and its format-2 snapshot.
+    fn applied_store(term: Term) -> KvStore {
+        let mut store = KvStore::new();
+        for index in 1..=3 {
+            let put = Command::Put { key: format!("k{index}"), value: Bytes::from_static(b"v"), prev_revision: None };
+            store.apply(&Entry { index, term, payload: EntryPayload::Command(encode(&put)) });
+        }
+        store
+    }
+
+    fn raft_snapshot(index: Index, term: Term, data: Bytes) -> Snapshot {
+        Snapshot { meta: crate::raft::SnapshotMeta { index, term, conf: Default::default() }, data }
+    }
+
+    /// A format-1 snapshot of `store`: format 2 is format 1 plus `applied_term` (a fixed-size
+    /// u64) at the end of the body.
+    fn format_1(store: &KvStore) -> Vec<u8> {
+        let mut data = store.snapshot_data().to_vec();
+        data[4..8].copy_from_slice(&1u32.to_le_bytes());
+        data.truncate(data.len() - 8);
+        data
+    }
+
+    #[test]
+    fn the_applied_term_follows_apply_and_travels_in_the_snapshot() {
+        let store = applied_store(4);
+        assert_eq!((store.applied_index(), store.applied_term()), (3, 4));
+        let data = store.snapshot_data();
+        assert_eq!(&data[4..8], &2u32.to_le_bytes(), "snapshots are written in format 2");
+        let restored = KvStore::restore(&data).expect("restore");
+        assert_eq!(restored, store);
+        assert_eq!(restored.applied_term(), 4);
+    }
+
+    #[test]
+    fn a_format_1_snapshot_is_still_read_and_takes_its_term_from_the_metadata() {
+        let store = applied_store(4);
+        let old = format_1(&store);
+        let restored = KvStore::restore(&old).expect("format 1 reads");
+        assert_eq!(restored.applied_term(), 0, "format 1 does not record the term");
+        assert_eq!((restored.applied_index(), restored.revision(), restored.len()), (3, 3, 3));
+        assert_eq!(restored.get("k2"), store.get("k2"));
+
+        let installed = KvStore::restore_snapshot(&raft_snapshot(3, 4, Bytes::from(old.clone()))).expect("install");
+        assert_eq!(installed, store, "the term comes from the snapshot's metadata");
+        // Format 1 cannot contradict the term, but it can the index.
+        let wrong_index = KvStore::restore_snapshot(&raft_snapshot(5, 4, Bytes::from(old)));
+        assert!(matches!(wrong_index, Err(StoreError::BadSnapshot(m)) if m.contains("applied index 3")));
+    }
+
+    #[test]
+    fn a_snapshot_whose_state_contradicts_its_metadata_is_refused() {
+        let data = applied_store(4).snapshot_data();
+        assert!(KvStore::restore_snapshot(&raft_snapshot(3, 4, data.clone())).is_ok());
+        for (index, term) in [(2, 4), (4, 4), (3, 3), (3, 5)] {
+            match KvStore::restore_snapshot(&raft_snapshot(index, term, data.clone())) {
+                Err(StoreError::BadSnapshot(message)) => assert!(
+                    message.contains("applied index 3 (term 4)")
+                        && message.contains(&format!("snapshot is of index {index} (term {term})")),
+                    "{message}"
+                ),
+                other => panic!("index {index} term {term}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_newer_snapshot_format_is_refused_naming_both_versions() {
+        let mut newer = applied_store(1).snapshot_data().to_vec();
+        newer[4..8].copy_from_slice(&3u32.to_le_bytes());
+        let error = KvStore::restore(&newer).expect_err("format 3 is refused");
+        let text = error.to_string();
+        assert!(text.contains("snapshot format 3 is newer than this version reads (2): upgrade"), "{text}");
+        let mut zero = newer.clone();
+        zero[4..8].copy_from_slice(&0u32.to_le_bytes());
+        let text = KvStore::restore(&zero).expect_err("format 0 is refused").to_string();
+        assert!(text.contains("snapshot format 0 is not one this version reads (1 to 2)"), "{text}");
     }
 
     #[test]

@@ -1160,3 +1160,140 @@ fn a_partial_data_directory_is_refused_with_its_own_exit_code() {
     let (leader, _) = c.wait_leader(ELECTION);
     assert_eq!(c.get(leader, "kept", "linearizable"), (200, "1".to_string()));
 }
+
+/// The peer port's answer to one batch of messages, posted as member `from` of the cluster.
+fn post_peer_messages(
+    c: &Cluster,
+    to: usize,
+    cluster_id: &str,
+    from: &str,
+    messages: &[kuberaft::raft::Message],
+) -> u16 {
+    let body = bincode::serialize(messages).expect("encode messages");
+    let resp = c
+        .http
+        .post(format!("{}/raft/v1/messages", c.members[to].peer_url()))
+        .header("x-kuberaft-cluster-id", cluster_id)
+        .header("x-kuberaft-from", from)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .expect("post to the peer port");
+    resp.status().as_u16()
+}
+
+fn hex_id(text: &str) -> u64 {
+    u64::from_str_radix(text, 16).expect("a hex member id")
+}
+
+/// Issue 11, must show 4: a follower is sent, as if by its leader, a snapshot it cannot install
+/// (a newer format) of an index the cluster has not reached yet. It stops applying (its applied
+/// index stays while the leader's grows), reports it in /readyz, /v1/status and its log, keeps
+/// replicating, serves no stale linearizable read (also when leadership is moved to it: it hands
+/// leadership away), and refuses to start again on the durable snapshot, saying why.
+#[test]
+fn snapshot_that_cannot_be_installed_stops_the_member() {
+    use kuberaft::raft::{ConfState, Message, MessageBody, Snapshot, SnapshotMeta};
+
+    let mut c = Cluster::new(43, 3);
+    c.bootstrap();
+    let (leader, term) = c.wait_leader(ELECTION);
+    let victim = (leader + 1) % 3;
+    c.put_ok(leader, "k", "old");
+    wait_for("the victim applies the first value", ELECTION, || {
+        (c.get(victim, "k", "serializable") == (200, "old".into())).then_some(())
+    });
+    let status = c.status(leader).expect("leader status");
+    let cluster_id = status["clusterId"].as_str().expect("cluster id").to_string();
+    let voters = status["members"].as_array().expect("members").iter().map(|m| hex_id(m["id"].as_str().unwrap()));
+    let (leader_id, victim_id) = (c.member_id(leader).expect("id"), c.member_id(victim).expect("id"));
+    // An index 20 entries ahead, of this term: once the leader's log reaches it (in this term),
+    // the victim's log, whose base the snapshot becomes, matches the leader's again.
+    let index = status["commitIndex"].as_u64().expect("commit index") + 20;
+    let mut data = b"KVS\0".to_vec();
+    data.extend_from_slice(&3u32.to_le_bytes());
+    data.extend_from_slice(b"a body this version cannot know");
+    let snapshot = Snapshot {
+        meta: SnapshotMeta { index, term, conf: ConfState { voters: voters.collect(), learners: Default::default() } },
+        data: data.into(),
+    };
+    let message = Message {
+        from: hex_id(&leader_id),
+        to: hex_id(&victim_id),
+        term,
+        body: MessageBody::InstallSnapshot { snapshot },
+    };
+    assert_eq!(post_peer_messages(&c, victim, &cluster_id, &leader_id, &[message]), 204);
+
+    // Reported: /readyz, /v1/status, the log.
+    let reason = "snapshot format 3 is newer than this version reads (2)";
+    let (code, body) = wait_for("the victim reports the failed install in /readyz", ELECTION, || {
+        let (code, body) = c.readyz(victim);
+        body.contains(reason).then_some((code, body))
+    });
+    assert_eq!(code, 503, "{body}");
+    let errors = c.status(victim).expect("status")["errors"].to_string();
+    assert!(errors.contains("state machine: stopped at index") && errors.contains(reason), "{errors}");
+    assert!(c.log_text(victim).contains("the state machine stopped"), "{}", c.log_tail(victim));
+    let stopped_at = applied_index(&c, victim);
+    assert!(stopped_at < index, "the victim reports what it applied ({stopped_at}), not the snapshot's {index}");
+
+    // The cluster goes on; the victim applies nothing more, and forwards reads correctly.
+    c.put_ok(leader, "k", "new");
+    for n in 0..30 {
+        c.put_ok(leader, &format!("n{n}"), "v");
+    }
+    let leader_applied = applied_index(&c, leader);
+    assert!(leader_applied > index + 5, "the leader's log passed the snapshot ({leader_applied})");
+    assert_eq!(applied_index(&c, victim), stopped_at, "the victim applied nothing after the snapshot");
+    assert_eq!(c.get(victim, "k", "serializable"), (200, "old".into()), "its state stopped where it was");
+    for _ in 0..5 {
+        let (code, body) = c.get(victim, "k", "linearizable");
+        assert!(code != 200 || body == "new", "a linearizable read via the victim returned {code} {body}");
+    }
+
+    // It still replicates: once the leader knows it caught up, move leadership to it. A member
+    // that served reads from its stopped state would now answer "old".
+    wait_for("the victim's log matches the leader's", ELECTION, || {
+        (c.matched(leader, victim)? >= leader_applied).then_some(())
+    });
+    let _ = c
+        .http
+        .post(format!("{}/v1/leader/transfer", c.members[leader].client_url()))
+        .json(&json!({ "to": victim_id }))
+        .send();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut refused, mut fresh) = (0, 0);
+    while Instant::now() < deadline {
+        let (code, body) = c.get(victim, "k", "linearizable");
+        assert!(code != 200 || body == "new", "a linearizable read via the victim returned {code} {body}");
+        if code == 200 {
+            fresh += 1;
+        } else {
+            refused += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        c.log_text(victim).contains("the state machine is stopped: handing leadership away"),
+        "the victim took leadership and handed it away: {}",
+        c.log_tail(victim)
+    );
+    let (new_leader, _) = c.wait_leader(ELECTION);
+    assert_ne!(new_leader, victim, "a halted member does not keep leading");
+    eprintln!("reads via the victim while leadership moved: {fresh} fresh, {refused} refused");
+    c.put_ok(victim, "after", "moved");
+    assert_eq!(c.get(victim, "after", "linearizable"), (200, "moved".into()), "forwarded to the new leader");
+    assert_eq!(applied_index(&c, victim), stopped_at);
+
+    // A restart meets the durable snapshot again and refuses to start, saying why.
+    c.kill(victim);
+    let all: Vec<usize> = (0..3).collect();
+    let initial = c.initial_cluster(&all);
+    c.start(victim, &initial, "new");
+    let exit = c.wait_exit(victim, Duration::from_secs(15)).expect("the victim exits by itself");
+    assert_eq!(exit.code(), Some(1));
+    let log = c.log_text(victim);
+    assert!(log.contains(&format!("cannot start: the durable snapshot of index {index} (term {term})")), "{log}");
+    assert!(log.contains(reason), "{log}");
+}

@@ -1,0 +1,259 @@
+//! The Raft loop of member 2 of a 3-voter cluster, driven by hand: a temp-dir `Storage`, an
+//! outbox that records what would be sent, and messages stepped in as if from leader 1.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+
+use super::*;
+use crate::node::shared::Metrics;
+use crate::raft::{ConfState, Config, Entry, InitialState, MessageBody, Raft, SnapshotMeta};
+use crate::store::command::{encode, Command};
+
+const ME: NodeId = 2;
+const LEADER: NodeId = 1;
+const TERM: Term = 2;
+
+#[derive(Clone, Default)]
+struct Recorded(Arc<Mutex<Vec<Message>>>);
+
+impl Outbox for Recorded {
+    fn send(&mut self, messages: Vec<Message>) {
+        self.0.lock().expect("outbox").extend(messages);
+    }
+}
+
+struct Member {
+    lp: RaftLoop,
+    sent: Recorded,
+    dir: tempfile::TempDir,
+}
+
+fn member_info(id: NodeId) -> MemberInfo {
+    MemberInfo { id, name: format!("m{id}"), peer_url: format!("http://127.0.0.{id}:2380"), client_url: String::new() }
+}
+
+fn conf() -> ConfState {
+    ConfState { voters: BTreeSet::from([1, 2, 3]), learners: BTreeSet::new() }
+}
+
+/// Member 2 after bootstrap, its three bootstrap entries applied; snapshots every entry.
+fn member() -> Member {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut storage, _) = Storage::open(dir.path()).expect("storage");
+    let voters: Vec<(NodeId, Bytes)> = [1, 2, 3].iter().map(|id| (*id, encode(&member_info(*id)))).collect();
+    let state = InitialState::bootstrap(&voters);
+    storage.persist(Some(&state.hard_state), None, &state.entries).expect("persist bootstrap");
+    let raw = RawNode::new(Raft::new(Config::new(ME), state).expect("raft"));
+    let (applied, _) = watch::channel(0);
+    let shared = Arc::new(Shared {
+        id: ME,
+        name: "m2".into(),
+        cluster_id: 7,
+        advertise_client_url: "http://127.0.0.2:2379".into(),
+        advertise_peer_url: "http://127.0.0.2:2380".into(),
+        max_value_bytes: 1 << 20,
+        kv: RwLock::new(KvStore::new()),
+        status: RwLock::new(LoopStatus {
+            role: Role::Follower,
+            term: 1,
+            leader: None,
+            commit_index: 0,
+            applied_index: 0,
+            last_index: 0,
+            voter: true,
+            matched: BTreeMap::new(),
+            committed_in_term: false,
+        }),
+        applied,
+        addresses: RwLock::new(BTreeMap::new()),
+        errors: RwLock::new(BTreeMap::new()),
+        metrics: Metrics::default(),
+        data_lost: tokio::sync::watch::channel(None).0,
+    });
+    let sent = Recorded::default();
+    let (_tx, rx) = std::sync::mpsc::sync_channel(16);
+    let mut lp = RaftLoop::new(raw, storage, shared, Box::new(sent.clone()), rx, 1);
+    lp.drive();
+    assert_eq!(lp.shared.status().applied_index, 3, "the bootstrap entries applied");
+    Member { lp, sent, dir }
+}
+
+impl Member {
+    fn step(&mut self, body: MessageBody) {
+        self.lp.handle(Input::Step(Message { from: LEADER, to: ME, term: TERM, body }));
+        self.lp.drive();
+    }
+
+    fn install(&mut self, index: Index, term: Term, data: Bytes) {
+        let snapshot = Snapshot { meta: SnapshotMeta { index, term, conf: conf() }, data };
+        self.step(MessageBody::InstallSnapshot { snapshot });
+    }
+
+    /// Entries `from..=to` of `TERM` (puts of `key` = index), all committed.
+    fn append(&mut self, from: Index, to: Index, prev_term: Term) {
+        let entries = (from..=to)
+            .map(|index| Entry { index, term: TERM, payload: EntryPayload::Command(put("key", index)) })
+            .collect();
+        self.step(MessageBody::Append { prev_index: from - 1, prev_term, entries, commit: to });
+    }
+
+    fn acknowledged(&self) -> Vec<Index> {
+        let sent = self.sent.0.lock().expect("outbox");
+        sent.iter()
+            .filter_map(|m| match m.body {
+                MessageBody::AppendResp { index, reject: None } if m.to == LEADER => Some(index),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn errors(&self) -> Vec<String> {
+        self.lp.shared.errors()
+    }
+
+    fn value(&self, key: &str) -> Option<Bytes> {
+        read(&self.lp.shared.kv).get(key).map(|kv| kv.value)
+    }
+}
+
+fn put(key: &str, index: Index) -> Bytes {
+    encode(&Command::Put { key: key.into(), value: Bytes::from(index.to_string()), prev_revision: None })
+}
+
+/// A state machine that applied puts `1..=index`: 1 to 3 of term 1 (as the bootstrap entries), the
+/// rest of term `term`.
+fn state_at(index: Index, term: Term) -> KvStore {
+    let mut kv = KvStore::new();
+    for i in 1..=index {
+        kv.apply(&Entry {
+            index: i,
+            term: if i > 3 { term } else { 1 },
+            payload: EntryPayload::Command(put("key", i)),
+        });
+    }
+    kv
+}
+
+fn newer_format() -> Bytes {
+    let mut data = state_at(10, TERM).snapshot_data().to_vec();
+    data[4..8].copy_from_slice(&3u32.to_le_bytes());
+    Bytes::from(data)
+}
+
+fn assert_refused<T: std::fmt::Debug>(mut rx: oneshot::Receiver<Result<T, NodeError>>) {
+    match rx.try_recv() {
+        Ok(Err(NodeError::Unavailable(why))) => assert!(why.contains("stopped applying"), "{why}"),
+        other => panic!("expected an immediate refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_uninstallable_snapshot_stops_the_state_machine_and_nothing_after_it_applies() {
+    let mut m = member();
+    m.install(10, TERM, newer_format());
+
+    // Reported, with the reason naming both formats.
+    let errors = m.errors();
+    assert!(
+        errors.iter().any(|e| e.starts_with("state machine: stopped at index 3")
+            && e.contains("snapshot format 3 is newer than this version reads (2)")),
+        "{errors:?}"
+    );
+    // The core counts the snapshot as applied; what readers see is what the state machine holds.
+    assert_eq!(m.lp.raw.raft.applied_index(), 10);
+    assert_eq!(m.lp.shared.status().applied_index, 3);
+    assert_eq!(*m.lp.shared.applied.borrow(), 3, "readers waiting on an index see the state machine's");
+
+    // Raft goes on (the log is sound: the snapshot is durable), the state machine does not.
+    m.append(11, 15, TERM);
+    assert_eq!(m.acknowledged(), vec![10, 15], "the snapshot and the entries are acknowledged");
+    let status = m.lp.shared.status();
+    assert_eq!((status.commit_index, status.applied_index), (15, 3));
+    assert_eq!(m.value("key"), None, "no entry after the snapshot applied to the old state");
+    // No snapshot of the stale state: with a threshold of 1 it would have been taken at 15.
+    assert_eq!(m.lp.raw.raft.log().base().index, 10, "the log is not compacted past the failed snapshot");
+
+    // Proposals, membership changes and reads are refused at once.
+    let (reply, rx) = oneshot::channel();
+    m.lp.handle(Input::ReadIndex { reply });
+    assert_refused(rx);
+    let (reply, rx) = oneshot::channel();
+    m.lp.handle(Input::Propose { data: put("x", 1), reply });
+    assert_refused(rx);
+    let (reply, rx) = oneshot::channel();
+    let cc = ConfChange { kind: ConfChangeKind::AddLearner, node_id: 9, context: encode(&member_info(9)) };
+    m.lp.handle(Input::ConfChange { cc, reply });
+    assert_refused(rx);
+
+    // A restart meets the same snapshot: it is durable, and `start` refuses it with this error.
+    let dir = m.dir.path().to_path_buf();
+    drop(m.lp);
+    let (_, durable) = Storage::open(&dir).expect("reopen");
+    let snapshot = durable.snapshot.expect("the snapshot was persisted before the install");
+    assert_eq!(snapshot.meta.index, 10);
+    let error = KvStore::restore_snapshot(&snapshot).expect_err("unreadable on restart too");
+    assert!(error.to_string().contains("upgrade kuberaft"), "{error}");
+}
+
+#[test]
+fn a_snapshot_whose_state_contradicts_its_metadata_stops_the_state_machine() {
+    let mut m = member();
+    // A readable state of index 10 sent as the snapshot of index 12.
+    m.install(12, TERM, state_at(10, TERM).snapshot_data());
+    let errors = m.errors();
+    assert!(errors.iter().any(|e| e.contains("applied index 10 (term 2)") && e.contains("index 12")), "{errors:?}");
+    assert_eq!(m.lp.shared.status().applied_index, 3);
+    assert_eq!(m.value("key"), None, "the old state is kept");
+
+    // And the term: a state whose last entry is of term 1 as a snapshot of term 2.
+    let mut m = member();
+    m.install(10, TERM, state_at(10, 1).snapshot_data());
+    assert!(m.errors().iter().any(|e| e.contains("(term 1)")), "{:?}", m.errors());
+    assert_eq!(m.lp.shared.status().applied_index, 3);
+}
+
+#[test]
+fn a_snapshot_that_installs_later_lets_the_state_machine_apply_again() {
+    let mut m = member();
+    m.install(10, TERM, newer_format());
+    m.append(11, 12, TERM);
+    assert_eq!(m.lp.shared.status().applied_index, 3);
+
+    // A leader whose log was compacted past 12 sends a readable snapshot of 20.
+    m.install(20, TERM, state_at(20, TERM).snapshot_data());
+    assert_eq!(m.errors(), Vec::<String>::new(), "the halt is cleared");
+    assert_eq!(m.lp.shared.status().applied_index, 20);
+    m.append(21, 22, TERM);
+    let status = m.lp.shared.status();
+    assert_eq!((status.commit_index, status.applied_index), (22, 22));
+    assert_eq!(m.value("key"), Some(Bytes::from("22")));
+    // Snapshots are taken again, from the state machine's own state.
+    assert_eq!(m.lp.raw.raft.log().base().index, 22);
+    let (reply, mut rx) = oneshot::channel();
+    m.lp.handle(Input::ReadIndex { reply });
+    // (A follower passes the read on to the leader: no answer yet, and no refusal.)
+    assert!(
+        !matches!(rx.try_recv(), Ok(Err(NodeError::Unavailable(why))) if why.contains("stopped applying")),
+        "reads are not refused for a halt any more"
+    );
+}
+
+#[test]
+fn an_entry_out_of_step_with_the_state_machine_stops_it_instead_of_being_skipped() {
+    let mut m = member();
+    // The state machine is replaced behind the loop's back by one that applied only 1..=2:
+    // the next committed entry (4) does not follow it.
+    *write(&m.lp.shared.kv) = state_at(2, 1);
+    m.append(4, 5, 1);
+    let errors = m.errors();
+    assert!(
+        errors.iter().any(|e| e.contains("hands out entry 4 to apply, but the state machine applied up to 2")),
+        "{errors:?}"
+    );
+    assert_eq!(m.lp.shared.status().applied_index, 2);
+    // The bootstrap entries were snapshotted (a threshold of 1); nothing after them.
+    assert_eq!(m.lp.raw.raft.log().base().index, 3, "no snapshot of an out-of-step state");
+}
