@@ -9,7 +9,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::*;
 use crate::node::shared::Metrics;
-use crate::raft::{Config, ConfState, Entry, InitialState, MessageBody, Raft, SnapshotMeta};
+use crate::raft::{ConfState, Config, Entry, InitialState, MessageBody, Raft, SnapshotMeta};
 use crate::store::command::{encode, Command};
 
 const ME: NodeId = 2;
@@ -126,7 +126,11 @@ fn put(key: &str, index: Index) -> Bytes {
 fn state_at(index: Index, term: Term) -> KvStore {
     let mut kv = KvStore::new();
     for i in 1..=index {
-        kv.apply(&Entry { index: i, term: if i > 3 { term } else { 1 }, payload: EntryPayload::Command(put("key", i)) });
+        kv.apply(&Entry {
+            index: i,
+            term: if i > 3 { term } else { 1 },
+            payload: EntryPayload::Command(put("key", i)),
+        });
     }
     kv
 }

@@ -1032,7 +1032,13 @@ fn bench_drives_etcd_through_its_grpc_api() {
 }
 
 /// The peer port's answer to one batch of messages, posted as member `from` of the cluster.
-fn post_peer_messages(c: &Cluster, to: usize, cluster_id: &str, from: &str, messages: &[kuberaft::raft::Message]) -> u16 {
+fn post_peer_messages(
+    c: &Cluster,
+    to: usize,
+    cluster_id: &str,
+    from: &str,
+    messages: &[kuberaft::raft::Message],
+) -> u16 {
     let body = bincode::serialize(messages).expect("encode messages");
     let resp = c
         .http
@@ -1081,8 +1087,12 @@ fn snapshot_that_cannot_be_installed_stops_the_member() {
         meta: SnapshotMeta { index, term, conf: ConfState { voters: voters.collect(), learners: Default::default() } },
         data: data.into(),
     };
-    let message =
-        Message { from: hex_id(&leader_id), to: hex_id(&victim_id), term, body: MessageBody::InstallSnapshot { snapshot } };
+    let message = Message {
+        from: hex_id(&leader_id),
+        to: hex_id(&victim_id),
+        term,
+        body: MessageBody::InstallSnapshot { snapshot },
+    };
     assert_eq!(post_peer_messages(&c, victim, &cluster_id, &leader_id, &[message]), 204);
 
     // Reported: /readyz, /v1/status, the log.
