@@ -225,8 +225,9 @@ impl Group {
                     if let Some(last) = rd.entries.last() {
                         member.last_stable = last.index;
                     }
-                    // The host installs a snapshot (keeping its old state if it cannot read
-                    // it, as the node does), then applies the committed entries in order.
+                    // The host installs a snapshot (keeping its old state if it cannot read it;
+                    // only the core's invariants are checked here, while the node would halt its
+                    // state machine), then applies the committed entries in order.
                     if let Some(snapshot) = &rd.snapshot {
                         if let Ok(kv) = KvStore::restore(&snapshot.data) {
                             member.kv = kv;

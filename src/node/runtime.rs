@@ -424,16 +424,28 @@ impl RaftLoop {
             if self.halted.is_some() {
                 break;
             }
-            let applied = read(&self.shared.kv).applied_index();
-            if applied.checked_add(1) != Some(entry.index) {
-                self.halt(format!(
-                    "the log hands out entry {} to apply, but the state machine applied up to {applied}",
-                    entry.index
-                ));
-                break;
-            }
             self.learn_address(&entry.payload);
-            let result = write(&self.shared.kv).apply(entry);
+            let result = {
+                let mut kv = write(&self.shared.kv);
+                let applied = kv.applied_index();
+                // `apply` would refuse an entry out of step with a warning; skipping it and
+                // going on would publish state that is missing entries.
+                if applied.checked_add(1) == Some(entry.index) {
+                    Ok(kv.apply(entry))
+                } else {
+                    Err(applied)
+                }
+            };
+            let result = match result {
+                Ok(result) => result,
+                Err(applied) => {
+                    self.halt(format!(
+                        "the log hands out entry {} to apply, but the state machine applied up to {applied}",
+                        entry.index
+                    ));
+                    break;
+                }
+            };
             if let Some(pending) = self.proposals.remove(&entry.index) {
                 let ours = pending.term == entry.term;
                 if let Some(reply) = pending.reply {
@@ -523,7 +535,7 @@ impl RaftLoop {
         }
     }
 
-    /// Stops the state machine for good (until a snapshot installs): see `halted`.
+    /// Stops the state machine until a snapshot installs (see `halted`), and fails what waits on it.
     fn halt(&mut self, why: String) {
         let applied = read(&self.shared.kv).applied_index();
         tracing::error!(
