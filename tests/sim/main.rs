@@ -5,10 +5,21 @@
 //! and restart from what their simulated disk holds; membership changes, leader transfers and
 //! log compaction happen along the way. Everything is drawn from one seed.
 //!
+//! Members also lose their whole disk (they come back empty under their old id and must go
+//! through the node's real join decision, `node::join`, which refuses them, after which the
+//! member is replaced as the operator does: remove, add a learner under a new id, start it
+//! empty once its join is recorded), and lose power (a crash that also loses what was written
+//! without a sync: the commit index of commit-only writes).
+//!
 //! Checked at every step: election safety, log matching, leader completeness, state machine
-//! safety, monotonic commit; at the end: liveness once faults stop (a leader and a commit
-//! within a few election timeouts), convergence of every member, and linearizability of the
-//! clients' reads and writes.
+//! safety, monotonic commit, every message sent against the sender's durable state at the
+//! moment it leaves (its term, a granted vote, no vote from an empty log), and that a member
+//! whose data was lost is never admitted again under its old id; at the end: liveness once
+//! faults stop (a leader and a commit within a few election timeouts), convergence of every
+//! member, and linearizability of the clients' reads and writes.
+//!
+//! `planted_bugs_are_caught` plants each of `raft::PlantedBug` in turn and requires a seed
+//! that fails.
 //!
 //! `SIM_SEEDS=N` runs N seeds (default 2000), `SIM_SEED=S` replays one seed alone,
 //! `SIM_TRACE=1` prints its events. Run in release mode:
@@ -22,6 +33,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use kuberaft::check::linearizability::{check_registers, Operation, RegisterInput, RegisterOutput, Verdict};
+use kuberaft::node::join::{check_claim, decide_existing, Decision, Joiner, MemberState, PeerView, ViewMember};
 use kuberaft::raft::rng::Rng;
 use kuberaft::raft::*;
 
@@ -34,6 +46,12 @@ const LIVENESS_MS: u64 = 3_000;
 const CONVERGENCE_MS: u64 = 5_000;
 const MAX_MEMBERS: usize = 7;
 const MARKER_KEY: u8 = 255;
+/// Commands with this key record a join (`Command::Join` in the node): the value is the id.
+const CLAIM_KEY: u8 = 254;
+/// How often a member with empty data asks again how it may join.
+const JOIN_EVERY_MS: u64 = 50;
+/// A recorded join that has not applied within this is asked for again.
+const CLAIM_TIMEOUT_MS: u64 = 1_000;
 
 type Op = Operation<RegisterInput<u8>, RegisterOutput>;
 
@@ -62,6 +80,20 @@ struct SimNode {
     writes: Vec<PendingWrite>,
     reads: Vec<PendingRead>,
     compact_every: u64,
+    /// Learners whose start with empty data is recorded (the node's KV `joined` set).
+    joined: BTreeSet<NodeId>,
+    /// A member with empty data that has not started yet: it joins as `node::join` decides.
+    joining: Option<Joining>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Joining {
+    /// A join recorded through this leader: (leader, index, term, when).
+    claim: Option<(NodeId, Index, Term, u64)>,
+    /// The outcome once the claim applied on that leader.
+    outcome: Option<Result<(), (bool, String)>>,
+    /// Refused as lost data: the member is being replaced.
+    replace: bool,
 }
 
 #[derive(Debug)]
@@ -71,6 +103,7 @@ enum Event {
     Client(usize),
     Nemesis,
     Sweep,
+    Join(NodeId),
 }
 
 struct Scheduled {
@@ -117,6 +150,10 @@ struct Stats {
     conf_changes: usize,
     transfers: usize,
     snapshots_installed: usize,
+    disk_losses: usize,
+    power_losses: usize,
+    joins: usize,
+    replacements: usize,
     recovery_ms: u64,
 }
 
@@ -149,6 +186,9 @@ struct Sim {
     stats: Stats,
     marker: Option<(NodeId, Index, Term)>,
     marker_done: bool,
+    planted: Option<PlantedBug>,
+    /// Members whose disk has held data: none may be admitted again with empty data.
+    used: BTreeSet<NodeId>,
 }
 
 fn digest(payload: &EntryPayload) -> u64 {
@@ -171,22 +211,38 @@ fn decode_put(data: &[u8]) -> Option<(u8, u64)> {
     Some((data[0], u64::from_le_bytes(data[1..9].try_into().ok()?)))
 }
 
-fn encode_kv(kv: &BTreeMap<u8, u64>) -> Bytes {
+fn encode_kv(kv: &BTreeMap<u8, u64>, joined: &BTreeSet<NodeId>) -> Bytes {
     let mut b = Vec::new();
     for (k, v) in kv {
         b.extend_from_slice(&encode_put(*k, *v));
     }
+    for id in joined {
+        b.extend_from_slice(&encode_put(CLAIM_KEY, *id));
+    }
     b.into()
 }
 
-fn decode_kv(data: &[u8]) -> Option<BTreeMap<u8, u64>> {
-    data.chunks(9).map(decode_put).collect()
+type KvImage = (BTreeMap<u8, u64>, BTreeSet<NodeId>);
+
+fn decode_kv(data: &[u8]) -> Option<KvImage> {
+    let mut image = KvImage::default();
+    for chunk in data.chunks(9) {
+        match decode_put(chunk)? {
+            (CLAIM_KEY, id) => image.1.insert(id),
+            (k, v) => image.0.insert(k, v).is_none(),
+        };
+    }
+    Some(image)
+}
+
+fn url(id: NodeId) -> String {
+    format!("n{id}")
 }
 
 type SimResult<T> = Result<T, String>;
 
 impl Sim {
-    fn new(seed: u64, trace: bool) -> Sim {
+    fn new(seed: u64, trace: bool, planted: Option<PlantedBug>) -> Sim {
         let mut rng = Rng::new(seed);
         let members = match rng.range(0, 10) {
             0..=1 => 1,
@@ -217,6 +273,8 @@ impl Sim {
             stats: Stats::default(),
             marker: None,
             marker_done: false,
+            planted,
+            used: BTreeSet::new(),
         };
         let voters: Vec<(NodeId, Bytes)> = (1..=members).map(|id| (id, Bytes::new())).collect();
         let initial = InitialState::bootstrap(&voters);
@@ -239,6 +297,7 @@ impl Sim {
         cfg.max_inflight_msgs = self.rng.range(1, 8) as usize;
         // Often one entry per message, so that appends split and arrive partly.
         cfg.max_msg_bytes = self.rng.range(1, 100) as usize;
+        cfg.planted = self.planted;
         cfg
     }
 
@@ -257,10 +316,23 @@ impl Sim {
                 writes: Vec::new(),
                 reads: Vec::new(),
                 compact_every,
+                joined: BTreeSet::new(),
+                joining: None,
             },
         );
         let phase = self.rng.range(1, TICK_MS + 1);
         self.schedule(phase, Event::Tick(id));
+    }
+
+    /// A member with empty data that must join before it starts (a new learner, or a member
+    /// whose disk was lost).
+    fn add_joiner(&mut self, id: NodeId) {
+        self.add_node(id, Disk::default(), InitialState::default());
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.raw = None;
+            node.joining = Some(Joining::default());
+        }
+        self.schedule(JOIN_EVERY_MS, Event::Join(id));
     }
 
     fn schedule(&mut self, after: u64, event: Event) {
@@ -279,7 +351,7 @@ impl Sim {
     }
 
     fn crashed(&self) -> Vec<NodeId> {
-        self.nodes.iter().filter(|(_, n)| n.raw.is_none()).map(|(id, _)| *id).collect()
+        self.nodes.iter().filter(|(_, n)| n.raw.is_none() && n.joining.is_none()).map(|(id, _)| *id).collect()
     }
 
     /// The live leader with the highest term.
@@ -355,6 +427,12 @@ impl Sim {
                 self.sweep();
                 self.schedule(100, Event::Sweep);
             }
+            Event::Join(id) => {
+                self.join_step(id)?;
+                if self.nodes.get(&id).is_some_and(|n| n.joining.is_some()) {
+                    self.schedule(JOIN_EVERY_MS, Event::Join(id));
+                }
+            }
         }
         Ok(())
     }
@@ -392,8 +470,9 @@ impl Sim {
             self.check_appended(id, &rd.entries)?;
             // A leader sends its appends while it writes them (thesis §10.2.1), as the node does;
             // sometimes it crashes between the two, losing entries its followers may have.
-            if leading {
+            if leading || !rd.messages.is_empty() {
                 for m in std::mem::take(&mut rd.messages) {
+                    self.check_send(&m)?;
                     self.send(m);
                 }
                 if self.clients_on && !rd.entries.is_empty() && self.rng.chance(0.005) {
@@ -414,7 +493,11 @@ impl Sim {
             {
                 return Err(format!("n{id}: durable state went backwards: {old:?} -> {new:?}"));
             }
-            for m in rd.messages {
+            if !node.disk.entries.is_empty() || node.disk.snapshot.is_some() || node.disk.hard_state.term > 0 {
+                self.used.insert(id);
+            }
+            for m in rd.persisted_messages {
+                self.check_send(&m)?;
                 self.send(m);
             }
             if let Some(snapshot) = &rd.snapshot {
@@ -450,12 +533,13 @@ impl Sim {
                 return Err(format!("n{id}: snapshot at {index} has term {term}, committed entry has {t}"));
             }
         }
-        let kv = decode_kv(&snapshot.data).ok_or("undecodable snapshot")?;
+        let (kv, joined) = decode_kv(&snapshot.data).ok_or("undecodable snapshot")?;
         let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
         if index < node.applied {
             return Err(format!("n{id}: snapshot at {index} behind applied {}", node.applied));
         }
         node.kv = kv;
+        node.joined = joined;
         node.applied = index;
         node.seen_commit = node.seen_commit.max(index);
         self.stats.snapshots_installed += 1;
@@ -485,10 +569,44 @@ impl Sim {
         }
         self.max_committed = self.max_committed.max(entry.index);
         node.applied = entry.index;
-        if let EntryPayload::Command(data) = &entry.payload {
-            let (key, value) = decode_put(data).ok_or("undecodable command")?;
-            node.kv.insert(key, value);
+        let mut claim = None;
+        match &entry.payload {
+            EntryPayload::Command(data) => match decode_put(data).ok_or("undecodable command")? {
+                (CLAIM_KEY, claimed) => {
+                    // The node's state machine rule for `Command::Join`.
+                    let conf = node.raw.as_ref().map(|r| r.raft.conf_at(entry.index)).unwrap_or_default();
+                    let state = MemberState {
+                        voter: conf.voters.contains(&claimed),
+                        learner: conf.learners.contains(&claimed),
+                        joined: node.joined.contains(&claimed),
+                        removed: false,
+                    };
+                    let outcome = check_claim(claimed, state).map_err(|r| (r.data_lost, r.reason));
+                    if outcome.is_ok() {
+                        node.joined.insert(claimed);
+                    }
+                    claim = Some(outcome);
+                }
+                (key, value) => {
+                    node.kv.insert(key, value);
+                }
+            },
+            EntryPayload::ConfChange(cc) if cc.kind == ConfChangeKind::Remove => {
+                node.joined.remove(&cc.node_id);
+            }
+            _ => {}
         }
+        if let Some(outcome) = claim {
+            // Tell the member whose join this leader recorded.
+            for joiner in self.nodes.values_mut() {
+                if let Some(j) = joiner.joining.as_mut() {
+                    if j.claim.is_some_and(|(l, i, t, _)| (l, i, t) == (id, entry.index, entry.term)) {
+                        j.outcome = Some(outcome.clone());
+                    }
+                }
+            }
+        }
+        let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
         // Complete (or fail) the write proposed at this index on this member.
         let mut finished = Vec::new();
         node.writes.retain(|w| {
@@ -630,8 +748,8 @@ impl Sim {
         let Some(raw) = node.raw.as_mut() else { return };
         let base = raw.raft.log().base().index;
         if raw.raft.applied_index() >= base + node.compact_every {
-            if let Ok(meta) = raw.raft.compact(encode_kv(&node.kv)) {
-                let data = encode_kv(&node.kv);
+            if let Ok(meta) = raw.raft.compact(encode_kv(&node.kv, &node.joined)) {
+                let data = encode_kv(&node.kv, &node.joined);
                 node.disk.compact(Snapshot { meta, data });
             }
         }
@@ -788,9 +906,9 @@ impl Sim {
         }
         let disk = &node.disk;
         let initial = disk.restart_state();
-        node.kv = match &disk.snapshot {
+        (node.kv, node.joined) = match &disk.snapshot {
             Some(s) => decode_kv(&s.data).ok_or("undecodable snapshot on disk")?,
-            None => BTreeMap::new(),
+            None => KvImage::default(),
         };
         node.applied = initial.applied;
         node.seen_commit = initial.hard_state.commit.max(initial.applied);
@@ -801,8 +919,19 @@ impl Sim {
 
     fn nemesis(&mut self) -> SimResult<()> {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        let action = self.rng.range(0, 100);
+        let action = self.rng.range(0, 110);
         match action {
+            100..=104 => self.disk_loss()?,
+            105..=109 => {
+                if let Some(id) = self.pick(&self.live()) {
+                    self.crash(id);
+                    if let Some(node) = self.nodes.get_mut(&id) {
+                        node.disk.power_loss();
+                    }
+                    self.stats.power_losses += 1;
+                    self.log(|| format!("n{id} lost power"));
+                }
+            }
             0..=11 => {
                 // A random split into two sides.
                 self.net.blocked.clear();
@@ -885,6 +1014,222 @@ impl Sim {
         Ok(())
     }
 
+    /// What a message promises must be durable when it leaves (Figure 2): its term (but a
+    /// pre-vote's), a granted vote; and a member with an empty log grants no vote at all (it
+    /// may have lost what it promised).
+    fn check_send(&self, m: &Message) -> SimResult<()> {
+        let Some(node) = self.nodes.get(&m.from) else { return Ok(()) };
+        let durable = node.disk.hard_state;
+        let pre_vote = matches!(m.body, MessageBody::PreVote { .. } | MessageBody::PreVoteResp { .. });
+        if !pre_vote && m.term > durable.term {
+            return Err(format!(
+                "durability: n{} sent {} of term {} while its durable term is {}",
+                m.from,
+                m.body.kind(),
+                m.term,
+                durable.term
+            ));
+        }
+        if m.body == (MessageBody::VoteResp { granted: true }) && (durable.term != m.term || durable.vote != Some(m.to))
+        {
+            return Err(format!("durability: n{} granted n{} a vote it had not recorded: {durable:?}", m.from, m.to));
+        }
+        let grants =
+            matches!(m.body, MessageBody::VoteResp { granted: true } | MessageBody::PreVoteResp { granted: true });
+        if grants && node.disk.last_index() == 0 {
+            return Err(format!("n{} granted n{} a vote from an empty log (term {})", m.from, m.to, m.term));
+        }
+        Ok(())
+    }
+
+    /// A member loses its whole disk and comes back empty under its old id: only the join
+    /// decision stands between it and the cluster. One at a time, in clusters of 3 voters or more
+    /// (a majority's disks lost is data lost by any design); the leader often.
+    fn disk_loss(&mut self) -> SimResult<()> {
+        if self.nodes.values().any(|n| n.joining.is_some()) {
+            return Ok(());
+        }
+        let Some(l) = self.leader() else { return Ok(()) };
+        let Some(raw) = self.nodes.get(&l).and_then(|n| n.raw.as_ref()) else { return Ok(()) };
+        let conf = raw.raft.conf().clone();
+        // Not during a membership change: a lost voter plus a change in flight can leave a
+        // configuration whose majority needs the lost member (quorum loss, which needs the
+        // operator's manual recovery, not a replacement).
+        if conf.voters.len() < 3 || conf != raw.raft.conf_at(raw.raft.commit_index()) {
+            return Ok(());
+        }
+        let members: Vec<NodeId> =
+            conf.voters.union(&conf.learners).copied().filter(|id| self.nodes.contains_key(id)).collect();
+        let victim = if self.rng.chance(0.5) { Some(l) } else { self.pick(&members) };
+        let Some(id) = victim else { return Ok(()) };
+        self.crash(id);
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.disk = Disk::default();
+            node.kv.clear();
+            node.joined.clear();
+            node.applied = 0;
+            node.seen_commit = 0;
+            node.joining = Some(Joining::default());
+        }
+        self.stats.disk_losses += 1;
+        self.log(|| format!("n{id} lost its disk"));
+        self.schedule(JOIN_EVERY_MS, Event::Join(id));
+        Ok(())
+    }
+
+    /// What the members that `id` can reach say about the cluster (the peer port's answer).
+    fn views_for(&self, id: NodeId) -> Vec<PeerView> {
+        let mut views = Vec::new();
+        for (&mid, m) in &self.nodes {
+            let Some(raw) = m.raw.as_ref() else { continue };
+            if mid == id || self.net.blocked.contains(&(id, mid)) || self.net.blocked.contains(&(mid, id)) {
+                continue;
+            }
+            let leader = raw.raft.role() == Role::Leader && raw.raft.committed_in_current_term();
+            let conf = raw.raft.conf_at(m.applied.max(raw.raft.log().base().index));
+            let member = |x: NodeId, voter: bool| ViewMember {
+                id: x,
+                name: url(x),
+                peer_url: url(x),
+                voter,
+                joined: m.joined.contains(&x),
+                matched: if leader { raw.raft.progress(x).map_or(0, |p| p.matched) } else { 0 },
+            };
+            let members = conf
+                .voters
+                .iter()
+                .map(|x| member(*x, true))
+                .chain(conf.learners.iter().map(|x| member(*x, false)))
+                .collect();
+            views.push(PeerView {
+                peer_url: url(mid),
+                cluster_id: 1,
+                leader,
+                formed: raw.raft.term() > 1,
+                blank: false,
+                members,
+            });
+        }
+        views
+    }
+
+    /// One round of a member with empty data deciding how to join (`node::join`).
+    fn join_step(&mut self, id: NodeId) -> SimResult<()> {
+        let Some(joining) = self.nodes.get(&id).and_then(|n| n.joining.clone()) else { return Ok(()) };
+        if joining.replace {
+            return self.replace_step(id);
+        }
+        if let Some((leader, _, _, at)) = joining.claim {
+            match joining.outcome {
+                Some(Ok(())) => return self.start_joined(id),
+                Some(Err((true, why))) => {
+                    self.log(|| format!("n{id} refused: {why}"));
+                    return self.set_joining(id, |j| j.replace = true);
+                }
+                Some(Err((false, why))) => {
+                    self.log(|| format!("n{id} gives up: {why}"));
+                    self.nodes.remove(&id);
+                    return Ok(());
+                }
+                None => {
+                    let gone = self
+                        .nodes
+                        .get(&leader)
+                        .and_then(|n| n.raw.as_ref())
+                        .is_none_or(|r| r.raft.role() != Role::Leader);
+                    if gone || self.now > at + CLAIM_TIMEOUT_MS {
+                        self.set_joining(id, |j| j.claim = None)?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        if self.planted == Some(PlantedBug::VoteFromEmptyLog) && self.used.contains(&id) {
+            // The join never lets a member with lost data run under its old id, so a vote from
+            // an empty log only matters when something bypasses the join (a member started by
+            // hand on an emptied directory). This planted run does exactly that, leaving the
+            // core's guard as the only defense, which the bug removes.
+            return self.start_blank(id);
+        }
+        let views = self.views_for(id);
+        let me = Joiner { name: url(id), peer_url: url(id) };
+        match decide_existing(&me, &views, self.planted) {
+            Decision::Claim { via, id: claimed, .. } => {
+                let Some(leader) = via.strip_prefix('n').and_then(|n| n.parse::<NodeId>().ok()) else { return Ok(()) };
+                let Some(raw) = self.nodes.get_mut(&leader).and_then(|n| n.raw.as_mut()) else { return Ok(()) };
+                if let Ok((index, term)) = raw.raft.propose(encode_put(CLAIM_KEY, claimed)) {
+                    let now = self.now;
+                    self.set_joining(id, |j| j.claim = Some((leader, index, term, now)))?;
+                    self.log(|| format!("n{id} asks n{leader} to record its join"));
+                    self.process(leader)?;
+                }
+                Ok(())
+            }
+            Decision::Admit { id: admitted, .. } if admitted == id => self.start_joined(id),
+            Decision::Refuse { data_lost: true, reason } => {
+                self.log(|| format!("n{id} refused: {reason}"));
+                self.set_joining(id, |j| j.replace = true)
+            }
+            Decision::Refuse { reason, .. } => {
+                self.log(|| format!("n{id} gives up: {reason}"));
+                self.nodes.remove(&id);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn set_joining(&mut self, id: NodeId, f: impl FnOnce(&mut Joining)) -> SimResult<()> {
+        if let Some(j) = self.nodes.get_mut(&id).and_then(|n| n.joining.as_mut()) {
+            f(j);
+        }
+        Ok(())
+    }
+
+    /// The join was recorded (or, with the planted bug, taken on a follower's word): the member
+    /// starts with empty data. Never under an id whose disk held data before.
+    fn start_joined(&mut self, id: NodeId) -> SimResult<()> {
+        if self.used.contains(&id) {
+            return Err(format!("join safety: n{id} lost its data and was admitted again under its old id"));
+        }
+        self.start_blank(id)
+    }
+
+    fn start_blank(&mut self, id: NodeId) -> SimResult<()> {
+        let cfg = self.config(id);
+        let raw = RawNode::new(Raft::new(cfg, InitialState::default()).map_err(|e| e.to_string())?);
+        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        node.raw = Some(raw);
+        node.joining = None;
+        self.stats.joins += 1;
+        self.log(|| format!("n{id} joins with empty data"));
+        self.process(id)
+    }
+
+    /// The operator's replace flow for a member whose data is lost: remove its id, then add a
+    /// learner under a new id, which joins like any new member.
+    fn replace_step(&mut self, old: NodeId) -> SimResult<()> {
+        let Some(l) = self.leader() else { return Ok(()) };
+        let Some(raw) = self.nodes.get_mut(&l).and_then(|n| n.raw.as_mut()) else { return Ok(()) };
+        if raw.raft.conf().contains(old) {
+            let cc = ConfChange { kind: ConfChangeKind::Remove, node_id: old, context: Bytes::new() };
+            if raw.raft.propose_conf_change(cc).is_ok() {
+                self.log(|| format!("n{l} removes n{old}, whose data is lost"));
+            }
+        } else {
+            let new = self.next_id;
+            let cc = ConfChange { kind: ConfChangeKind::AddLearner, node_id: new, context: Bytes::new() };
+            if raw.raft.propose_conf_change(cc).is_ok() {
+                self.next_id += 1;
+                self.nodes.remove(&old);
+                self.stats.replacements += 1;
+                self.log(|| format!("n{l} adds n{new} to replace n{old}"));
+                self.add_joiner(new);
+            }
+        }
+        self.process(l)
+    }
+
     fn change_membership(&mut self) -> SimResult<()> {
         let Some(l) = self.leader() else { return Ok(()) };
         let Some(raw) = self.nodes.get(&l).and_then(|n| n.raw.as_ref()) else { return Ok(()) };
@@ -895,8 +1240,14 @@ impl Sim {
         let (kind, node_id) = if choice == 0 && members.len() < MAX_MEMBERS {
             (ConfChangeKind::AddLearner, self.next_id)
         } else if choice == 1 && !learners.is_empty() {
-            (ConfChangeKind::Promote, self.pick(&learners).unwrap_or(0))
-        } else if choice == 2 && members.len() > 1 {
+            // As the operator does: promote only a learner that has acknowledged a log.
+            let caught_up: Vec<NodeId> =
+                learners.iter().copied().filter(|id| raw.raft.progress(*id).is_some_and(|p| p.matched > 0)).collect();
+            let Some(learner) = self.pick(&caught_up) else { return Ok(()) };
+            (ConfChangeKind::Promote, learner)
+        } else if choice == 2 && members.len() > 1 && self.nodes.values().all(|n| n.joining.is_none()) {
+            // No removals while a member with empty data joins or is replaced: with it lost, a
+            // smaller configuration could need it for a majority.
             (ConfChangeKind::Remove, self.pick(&members).unwrap_or(0))
         } else {
             return Ok(());
@@ -908,7 +1259,7 @@ impl Sim {
             self.log(|| format!("n{l} proposes {kind:?} n{node_id}"));
             if kind == ConfChangeKind::AddLearner {
                 self.next_id += 1;
-                self.add_node(node_id, Disk::default(), InitialState::default());
+                self.add_joiner(node_id);
             }
         }
         self.process(l)
@@ -1048,8 +1399,8 @@ impl RetainNemesis for BinaryHeap<Reverse<Scheduled>> {
     }
 }
 
-fn run_seed(seed: u64, trace: bool) -> SimResult<Stats> {
-    let mut sim = Sim::new(seed, trace);
+fn run_seed(seed: u64, trace: bool, planted: Option<PlantedBug>) -> SimResult<Stats> {
+    let mut sim = Sim::new(seed, trace, planted);
     let chaos_ms = sim.rng.range(1_000, 8_000);
     sim.run_until(chaos_ms, |_| false)?;
     sim.heal_and_check()?;
@@ -1057,8 +1408,8 @@ fn run_seed(seed: u64, trace: bool) -> SimResult<Stats> {
     Ok(sim.stats)
 }
 
-fn run_seed_catching(seed: u64, trace: bool) -> SimResult<Stats> {
-    match std::panic::catch_unwind(|| run_seed(seed, trace)) {
+fn run_seed_catching(seed: u64, trace: bool, planted: Option<PlantedBug>) -> SimResult<Stats> {
+    match std::panic::catch_unwind(|| run_seed(seed, trace, planted)) {
         Ok(result) => result,
         Err(panic) => {
             let what = panic
@@ -1079,7 +1430,7 @@ fn env_u64(name: &str) -> Option<u64> {
 fn simulate_seeds() {
     let trace = std::env::var("SIM_TRACE").is_ok_and(|v| v == "1");
     if let Some(seed) = env_u64("SIM_SEED") {
-        match run_seed_catching(seed, trace) {
+        match run_seed_catching(seed, trace, planted_from_env()) {
             Ok(stats) => println!("seed {seed} ok: {stats:?}"),
             Err(e) => panic!("seed {seed} failed: {e}"),
         }
@@ -1088,6 +1439,7 @@ fn simulate_seeds() {
     let count = env_u64("SIM_SEEDS").unwrap_or(2_000);
     let start = env_u64("SIM_START").unwrap_or(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8) as u64;
+    let planted = planted_from_env();
     let began = Instant::now();
     let results: Vec<(u64, SimResult<Stats>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -1096,7 +1448,7 @@ fn simulate_seeds() {
                     let mut out = Vec::new();
                     let mut seed = start + t;
                     while seed < start + count {
-                        out.push((seed, run_seed_catching(seed, false)));
+                        out.push((seed, run_seed_catching(seed, false, planted)));
                         seed += threads;
                     }
                     out
@@ -1121,6 +1473,10 @@ fn simulate_seeds() {
                 total.conf_changes += s.conf_changes;
                 total.transfers += s.transfers;
                 total.snapshots_installed += s.snapshots_installed;
+                total.disk_losses += s.disk_losses;
+                total.power_losses += s.power_losses;
+                total.joins += s.joins;
+                total.replacements += s.replacements;
                 worst_recovery = worst_recovery.max(s.recovery_ms);
             }
             Err(e) => failures.push((*seed, e.clone())),
@@ -1128,7 +1484,8 @@ fn simulate_seeds() {
     }
     println!(
         "simulated {} seeds from {start} in {:.1}s: {} events, {} checked ops ({} writes acked, {} reads, {} unknown), \
-         {} elections, {} crashes, {} membership changes, {} transfers, {} snapshots installed; \
+         {} elections, {} crashes, {} membership changes, {} transfers, {} snapshots installed, \
+         {} disks lost, {} power losses, {} joins with empty data, {} members replaced; \
          slowest recovery after faults stopped: {worst_recovery}ms",
         results.len(),
         began.elapsed().as_secs_f64(),
@@ -1142,6 +1499,14 @@ fn simulate_seeds() {
         total.conf_changes,
         total.transfers,
         total.snapshots_installed,
+        total.disk_losses,
+        total.power_losses,
+        total.joins,
+        total.replacements,
+    );
+    assert!(
+        count < 1000 || (total.disk_losses > 0 && total.power_losses > 0 && total.replacements > 0),
+        "the disk-loss and power-loss faults happened: {total:?}"
     );
     assert_eq!(results.len() as u64, count, "every seed ran");
     if !failures.is_empty() {
@@ -1151,5 +1516,42 @@ fn simulate_seeds() {
             println!("  replay: SIM_SEED={seed} SIM_TRACE=1 cargo test --release --test sim -- --nocapture");
         }
         panic!("{} of {count} seeds failed; first: {}", failures.len(), failures[0].0);
+    }
+}
+
+/// `SIM_BUG=join-on-followers-word|vote-from-empty-log|send-term-before-persist` plants a bug.
+fn planted_from_env() -> Option<PlantedBug> {
+    match std::env::var("SIM_BUG").ok()?.as_str() {
+        "join-on-followers-word" => Some(PlantedBug::JoinOnFollowersWord),
+        "vote-from-empty-log" => Some(PlantedBug::VoteFromEmptyLog),
+        "send-term-before-persist" => Some(PlantedBug::SendTermBeforePersist),
+        other => panic!("SIM_BUG={other} is not a planted bug"),
+    }
+}
+
+/// Each planted bug removes one safety rule; the simulator must find a seed that fails with it
+/// (`SIM_PLANTED_SEEDS`, default 3000, bounds the search). Replay one with
+/// `SIM_BUG=<name> SIM_SEED=<seed> SIM_TRACE=1`.
+#[test]
+fn planted_bugs_are_caught() {
+    let limit = env_u64("SIM_PLANTED_SEEDS").unwrap_or(3_000);
+    for (name, bug, signature) in [
+        ("join-on-followers-word", PlantedBug::JoinOnFollowersWord, "admitted again under its old id"),
+        ("vote-from-empty-log", PlantedBug::VoteFromEmptyLog, "a vote from an empty log"),
+        ("send-term-before-persist", PlantedBug::SendTermBeforePersist, "while its durable term is"),
+    ] {
+        let began = Instant::now();
+        let caught = (0..limit).find_map(|seed| run_seed_catching(seed, false, Some(bug)).err().map(|e| (seed, e)));
+        match caught {
+            Some((seed, e)) => {
+                let first_line = e.lines().next().unwrap_or_default().to_string();
+                assert!(e.contains(signature), "planted bug {name} failed seed {seed} for another reason: {e}");
+                println!(
+                    "planted bug {name}: caught by seed {seed} in {:.1}s: {first_line}",
+                    began.elapsed().as_secs_f64()
+                );
+            }
+            None => panic!("planted bug {name} was not caught in {limit} seeds"),
+        }
     }
 }
