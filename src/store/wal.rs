@@ -36,8 +36,10 @@
 //!   appended to it, so a power cut may leave an empty or torn new segment (cut like any
 //!   torn tail) but never loses records that were acknowledged in it;
 //! - compaction deletes old segments and snapshot files only after the snapshot file and the
-//!   new segment are durable, and only files the log no longer needs: a power cut that undoes
-//!   some of the deletions leaves a log that replays to the same state;
+//!   new segment are durable, and only files the log no longer needs. Segments go oldest first,
+//!   with a directory fsync after each, so a power cut leaves a suffix of them, which replays
+//!   to the same log (a surviving older segment next to a deleted newer one would bring back
+//!   entries that the newer one truncated; the harness found that);
 //! - snapshot files and `member.json` are written to a temporary file, fsynced, renamed and the
 //!   directory fsynced; leftover temporary files are deleted at open.
 //!
@@ -483,19 +485,19 @@ impl Storage {
     /// Only files that hold nothing the log needs are deleted, so a power cut that undoes some
     /// of these deletions (the directory is synced only after them) leaves a readable log.
     fn remove_covered(&mut self, snapshot_index: Index) {
-        let mut removed = 0;
-        // Only a prefix: replaying a suffix of the records gives the same log after the snapshot.
+        // Only a prefix, oldest first, and the directory is synced after EACH deletion: a power
+        // cut may undo the last deletion but never leaves an older segment without a newer one
+        // (its stale entries would replay without the newer records that truncated them).
+        // Replaying a suffix of the segments gives the same log after the snapshot.
         while self.segments.len() > 1 && self.segments[0].live_max <= snapshot_index {
             if let Err(e) = self.fs.remove_file(&self.segments[0].path) {
                 tracing::warn!(path = %self.segments[0].path.display(), error = %e, "cannot delete an old WAL segment");
                 break;
             }
             self.segments.remove(0);
-            removed += 1;
-        }
-        if removed > 0 {
             if let Err(e) = sync_dir(&*self.fs, &self.wal_dir) {
-                tracing::warn!(error = %e, "cannot fsync the WAL directory after deleting segments");
+                tracing::warn!(error = %e, "cannot fsync the WAL directory after deleting a segment; deleting no more");
+                break;
             }
         }
         let Some(newest) = self.snapshot else { return };

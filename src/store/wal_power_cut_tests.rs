@@ -4,7 +4,7 @@
 //! whose `persist`/`compact` returned with an fsync, and hold nothing else than a state the
 //! workload passed through (no gaps, no invented entries).
 //!
-//! Sizes (env): KUBERAFT_POWER_CUT_WORKLOADS (default 6), KUBERAFT_POWER_CUT_CALLS (calls per
+//! Sizes (env): KUBERAFT_POWER_CUT_WORKLOADS (default 32), KUBERAFT_POWER_CUT_CALLS (calls per
 //! workload, default 40), KUBERAFT_POWER_CUT_OUTCOMES (outcomes per cut point, default 12).
 
 use std::sync::Arc;
@@ -294,7 +294,7 @@ fn recover_and_check(image: Disk, allowed: &[DurableState], context: &dyn Fn() -
 
 #[test]
 fn every_power_cut_recovers_every_acknowledged_write() {
-    let workloads = env_count("KUBERAFT_POWER_CUT_WORKLOADS", 6);
+    let workloads = env_count("KUBERAFT_POWER_CUT_WORKLOADS", 32);
     let calls = env_count("KUBERAFT_POWER_CUT_CALLS", 40);
     let outcomes = env_count("KUBERAFT_POWER_CUT_OUTCOMES", 12).max(2);
     let mut stats = CutStats::default();
