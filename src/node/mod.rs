@@ -461,13 +461,22 @@ fn while_answering_peers<T>(
         let router = axum::Router::new()
             .route(MEMBERS_PATH, axum::routing::get(move || std::future::ready(axum::Json(answer.clone()))))
             .fallback(|| std::future::ready((axum::http::StatusCode::SERVICE_UNAVAILABLE, "this member is starting")));
-        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        // Bounded like the real peer port (connections, header and request timeouts).
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stats = Arc::new(serve::PortStats::default());
+        let server =
+            tokio::spawn(serve::serve(listener, router, serve::PEER_PORT, transport::render_error, stats, stop_rx));
         let outcome = tokio::select! {
             outcome = decide => outcome,
             _ = wait_for_signal() => Err(StartError::from("stopped before this member started")),
         };
-        server.abort();
-        let _ = server.await;
+        let _ = stop_tx.send(true);
+        let mut server = server;
+        if tokio::time::timeout(Duration::from_secs(2), &mut server).await.is_err() {
+            // The real peer server binds the same address next: release it now.
+            server.abort();
+            let _ = server.await;
+        }
         outcome
     })
 }
