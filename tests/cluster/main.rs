@@ -5,6 +5,8 @@ mod flood;
 mod harness;
 #[path = "../chaos/nft.rs"]
 mod nft;
+#[path = "../support/require.rs"]
+mod require;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,13 +92,30 @@ fn sigkill_of_the_leader_loses_no_acknowledged_write() {
     }
 }
 
+/// Partitions need nftables: without it a test cannot run (tests/support/require.rs: it fails
+/// under `CI=true`, elsewhere it says it was skipped).
+fn require_nft() -> bool {
+    require::available(nft::nft_available(), "nftables (`nft list tables` failed)")
+}
+
+/// The rule of tests/support/require.rs through a real guard: with no `nft` to be found, a
+/// partition test fails under `CI=true`, naming nftables, and elsewhere passes saying SKIPPED.
+#[test]
+fn a_test_without_nftables_fails_under_ci_and_says_skipped_elsewhere() {
+    let test = "partitioned_follower_is_stale_only_for_serializable_reads";
+    let (code, out) = require::rerun_self(test, &[("PATH", "/nonexistent"), ("CI", "true")]);
+    assert_eq!(code, Some(101), "{out}");
+    assert!(out.contains(&format!("{test} cannot run: it needs nftables")), "{out}");
+    let (code, out) = require::rerun_self(test, &[("PATH", "/nonexistent"), ("CI", "false")]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("SKIPPED {test}: needs nftables")), "{out}");
+}
+
 /// §3: a follower cut off from the others serves a serializable read that may be stale, fails
 /// a linearizable read with 503 and never returns stale data; after healing it converges.
 #[test]
 fn partitioned_follower_is_stale_only_for_serializable_reads() {
-    if !nft::nft_available() {
-        assert!(std::env::var("CI").is_err(), "nftables is required in CI (scripts/test installs it)");
-        eprintln!("SKIPPED partitioned_follower_is_stale_only_for_serializable_reads: `nft` is not usable here");
+    if !require_nft() {
         return;
     }
     let mut c = Cluster::new(13, 3);
@@ -520,14 +539,10 @@ fn failover_time() {
 /// Room for a member's data while the test runs; the tests fill it up on purpose.
 const DISK_KIB: u64 = 512;
 
-/// Mounting needs root. In CI the disk tests must run; elsewhere they are skipped, loudly.
-fn disk_faults_available(test: &str) -> bool {
-    if DiskMount::permitted() {
-        return true;
-    }
-    assert!(std::env::var("CI").is_err(), "the disk-fault tests must run in CI: they need root to mount file systems");
-    eprintln!("SKIPPED {test}: cannot mount file systems here (needs root)");
-    false
+/// Mounting needs root: without it the disk tests cannot run (tests/support/require.rs: they
+/// fail under `CI=true`, elsewhere they say they were skipped).
+fn disk_faults_available() -> bool {
+    require::available(DiskMount::permitted(), "root to mount file systems (a tmpfs mount failed)")
 }
 
 /// Writes `{prefix}{n}` (value: the key) through the given members in turn, 10 ms apart, until
@@ -673,7 +688,7 @@ fn assert_acknowledges_nothing(c: &Cluster, leader: usize, i: usize, writer: &Wr
 /// is ready again and holds every acknowledged write.
 #[test]
 fn disk_full_follower_stops_acknowledging_and_catches_up_when_space_returns() {
-    if !disk_faults_available("disk_full_follower_stops_acknowledging_and_catches_up_when_space_returns") {
+    if !disk_faults_available() {
         return;
     }
     let disk = DiskMount::tmpfs(DISK_KIB);
@@ -711,7 +726,7 @@ fn disk_full_follower_stops_acknowledging_and_catches_up_when_space_returns() {
 /// converges and writes through it succeed again. No acknowledged write is lost.
 #[test]
 fn disk_full_leader_refuses_writes_and_the_others_elect_a_new_leader() {
-    if !disk_faults_available("disk_full_leader_refuses_writes_and_the_others_elect_a_new_leader") {
+    if !disk_faults_available() {
         return;
     }
     let disk = DiskMount::tmpfs(DISK_KIB);
@@ -805,15 +820,13 @@ fn disk_full_leader_refuses_writes_and_the_others_elect_a_new_leader() {
 /// remount the volume, start the member: it catches up and nothing is lost.
 #[test]
 fn disk_read_only_follower_stops_acknowledging_and_recovers_after_repair() {
-    let test = "disk_read_only_follower_stops_acknowledging_and_recovers_after_repair";
-    if !disk_faults_available(test) {
+    if !disk_faults_available() {
         return;
     }
     let mut disk = match DiskMount::ext4(16) {
         Ok(disk) => disk,
         Err(e) => {
-            assert!(std::env::var("CI").is_err(), "{test} must run in CI: {e}");
-            eprintln!("SKIPPED {test}: no ext4 image on a loop device here: {e}");
+            require::cannot_run(&format!("an ext4 image on a loop device ({e})"));
             return;
         }
     };
@@ -861,7 +874,7 @@ fn disk_read_only_follower_stops_acknowledging_and_recovers_after_repair() {
 /// a record whose write filled the disk), cuts the torn tail, catches up, loses nothing.
 #[test]
 fn disk_full_member_killed_restarts_with_a_torn_wal_tail_and_catches_up() {
-    if !disk_faults_available("disk_full_member_killed_restarts_with_a_torn_wal_tail_and_catches_up") {
+    if !disk_faults_available() {
         return;
     }
     let disk = DiskMount::tmpfs(DISK_KIB);
@@ -1032,11 +1045,7 @@ fn bench_drives_etcd_through_its_grpc_api() {
 /// rejoined as a voter with an empty log after half its attempts.)
 #[test]
 fn wiped_leader_restarted_with_existing_never_rejoins_on_a_followers_word() {
-    if !nft::nft_available() {
-        assert!(std::env::var("CI").is_err(), "nftables is required in CI (scripts/test installs it)");
-        eprintln!(
-            "SKIPPED wiped_leader_restarted_with_existing_never_rejoins_on_a_followers_word: `nft` is not usable here"
-        );
+    if !require_nft() {
         return;
     }
     let mut c = Cluster::new(31, 3);

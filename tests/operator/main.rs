@@ -5,5 +5,7 @@
 mod chart;
 mod fake_api;
 mod pods;
+#[path = "../support/require.rs"]
+mod require;
 mod scenarios;
 mod validate;

@@ -553,9 +553,7 @@ fn is_root() -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_run_as_the_pod_template_says_through_3_to_5_to_3_and_a_lost_data_directory() {
-    if !is_root() {
-        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "this test needs root (mount namespaces)");
-        eprintln!("NOT RUN: needs root for mount namespaces");
+    if !crate::require::available(is_root(), "root (for mount namespaces)") {
         return;
     }
     let api = FakeApi::default();

@@ -10,19 +10,13 @@ use std::process::Command;
 
 const OLDEST: &str = "1.30.0";
 
-/// The tool that this environment variable names, or None when it is missing outside CI (the
-/// test then says it did not run); under `CI=true` a missing tool fails the test.
+/// The tool that this environment variable names, or None when it is missing (the rule of
+/// tests/support/require.rs: under `CI=true` the test fails, elsewhere it says it was skipped).
 pub fn require_tool(variable: &str, what: &str) -> Option<PathBuf> {
-    match std::env::var_os(variable).map(PathBuf::from).filter(|path| path.exists()) {
-        Some(path) => Some(path),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{variable} does not name {what}; scripts/test installs it")
-        }
-        None => {
-            eprintln!("NOT RUN: set {variable} to {what} (scripts/test installs it)");
-            None
-        }
-    }
+    let path = std::env::var_os(variable).map(PathBuf::from).filter(|path| path.exists());
+    crate::require::available(path.is_some(), &format!("{variable} set to {what} (scripts/test installs it)"))
+        .then_some(path)
+        .flatten()
 }
 
 fn require_validator() -> Option<PathBuf> {
@@ -86,6 +80,20 @@ fn validate(validator: &Path, newest: &str, files: &[PathBuf]) -> (bool, String)
         .expect("run kubernetes-validate");
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text)
+}
+
+/// The rule of tests/support/require.rs through a real guard: with the validator missing, a
+/// schema test fails under `CI=true`, naming it, and elsewhere passes saying SKIPPED.
+#[test]
+fn a_test_without_its_tool_fails_under_ci_and_says_skipped_elsewhere() {
+    let test = "validate::examples_pass_the_crds_own_schema";
+    let missing = [("KUBERNETES_VALIDATE", "/nonexistent/kubernetes-validate")];
+    let (code, out) = crate::require::rerun_self(test, &[missing[0], ("CI", "true")]);
+    assert_eq!(code, Some(101), "{out}");
+    assert!(out.contains(&format!("{test} cannot run: it needs KUBERNETES_VALIDATE set to")), "{out}");
+    let (code, out) = crate::require::rerun_self(test, &[missing[0], ("CI", "")]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("SKIPPED {test}: needs KUBERNETES_VALIDATE")), "{out}");
 }
 
 #[test]
