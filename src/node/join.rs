@@ -11,10 +11,11 @@
 //!   lost — is refused, and the member must be replaced (removed, added back under a new id);
 //! - under `new`: once a majority of the initial members (itself included) says the cluster
 //!   has not formed; or, when it has formed, if nothing shows that this member ever held data
-//!   (it started late). The leader's match index, or a recorded join, shows it: then it is
-//!   refused. A leader elected after the member lost its data has not heard from it, so under
-//!   `new` a lost member can go unnoticed; the operator switches the list to `existing` once
-//!   the cluster formed, where an initial member with empty data is always refused.
+//!   (it started late). What shows it: the member is recorded as holding data (a leader records
+//!   every member it hears acknowledge its log, `Command::Seen`, and every recorded join), or
+//!   the leader's match index for it. Then it is refused. Only a member that lost its data
+//!   before any leader recorded it (within a round trip of its first acknowledgement) can go
+//!   unnoticed.
 //!
 //! A member that is refused with `data_lost` exits with code 3; the operator replaces it.
 

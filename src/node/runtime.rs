@@ -17,7 +17,7 @@ use crate::raft::{
     ConfChange, ConfChangeKind, EntryPayload, Index, Message, NodeId, ProposeError, RawNode, Ready, Role, Snapshot,
     Term,
 };
-use crate::store::command::{decode, ApplyResult, MemberInfo};
+use crate::store::command::{decode, encode, ApplyResult, Command, MemberInfo};
 use crate::store::{KvStore, Storage};
 
 /// Milliseconds per tick of the core.
@@ -145,6 +145,8 @@ pub struct RaftLoop {
     storage_failure: Option<StorageFailure>,
     last_snapshot_index: Index,
     last_leader: Option<NodeId>,
+    /// Members whose `Command::Seen` this leader proposed in term `marking.0`.
+    marking: (Term, std::collections::BTreeSet<NodeId>),
     shutdown: Option<(oneshot::Sender<()>, Instant)>,
     /// Why the state machine stopped (a snapshot it could not install, or an entry out of
     /// step with it): from then on nothing is applied, no snapshot is taken, and proposals
@@ -180,6 +182,7 @@ impl RaftLoop {
             storage_failure: None,
             last_snapshot_index,
             last_leader: None,
+            marking: (0, std::collections::BTreeSet::new()),
             shutdown: None,
             halted: None,
             last_handoff: None,
@@ -352,6 +355,7 @@ impl RaftLoop {
             self.finish_ready(rd);
         }
         self.outbox.retain(self.raw.raft.conf());
+        self.mark_members_with_data();
         self.hand_off_if_halted();
         self.maybe_snapshot();
         self.publish();
@@ -573,6 +577,35 @@ impl RaftLoop {
         match self.raw.raft.transfer_leader(None) {
             Ok(to) => tracing::warn!(to = %format!("{to:x}"), "the state machine is stopped: handing leadership away"),
             Err(e) => tracing::warn!(error = %e, "the state machine is stopped, and leadership cannot be handed away"),
+        }
+    }
+
+    /// A leader records every member it has heard acknowledge its log, itself included, as
+    /// holding data (`Command::Seen`, once per member), so that a member that later starts with
+    /// empty data is known to have lost it, under `new` too (`node::join::decide_new`).
+    fn mark_members_with_data(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.role() != Role::Leader || !raft.committed_in_current_term() || self.stuck.is_some() {
+            return;
+        }
+        if self.marking.0 != raft.term() {
+            self.marking = (raft.term(), std::collections::BTreeSet::new());
+        }
+        let unmarked: Vec<NodeId> = {
+            let kv = read(&self.shared.kv);
+            let conf = raft.conf();
+            conf.voters
+                .iter()
+                .chain(conf.learners.iter())
+                .filter(|id| raft.progress(**id).is_some_and(|p| p.matched > 0))
+                .filter(|id| !kv.joined(**id) && !self.marking.1.contains(*id))
+                .copied()
+                .collect()
+        };
+        for id in unmarked {
+            if self.raw.raft.propose(encode(&Command::Seen { id })).is_ok() {
+                self.marking.1.insert(id);
+            }
         }
     }
 

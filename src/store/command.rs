@@ -17,6 +17,9 @@ pub enum Command {
     /// A learner starts with empty data under its id: recorded once, so that a second start
     /// with empty data (its data lost) is refused (`node::join`).
     Join { id: NodeId },
+    /// A leader heard member `id` acknowledge its log: the member holds data under its id, so a
+    /// later start with empty data under it (under `new` too) means its data was lost.
+    Seen { id: NodeId },
 }
 
 /// The outcome of applying one command. Every successful write moves the store's revision.

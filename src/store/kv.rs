@@ -52,8 +52,9 @@ pub struct KvStore {
     applied_term: Term,
     members: BTreeMap<NodeId, Member>,
     removed: BTreeSet<NodeId>,
-    /// Learners that started with empty data under their id (`Command::Join`): an id is joined
-    /// that way once; a second start with empty data under it means its data was lost.
+    /// Members known to have held data under their id: learners whose start with empty data was
+    /// recorded (`Command::Join`), and members a leader heard acknowledge its log
+    /// (`Command::Seen`). A start with empty data under such an id means its data was lost.
     joined: BTreeSet<NodeId>,
 }
 
@@ -171,6 +172,12 @@ impl KvStore {
                 }
                 self.revision = self.revision.saturating_add(1);
                 ApplyResult::Deleted { revision: self.revision, deleted: 1 }
+            }
+            Command::Seen { id } => {
+                if self.members.contains_key(&id) {
+                    self.joined.insert(id);
+                }
+                ApplyResult::Joined
             }
             Command::Join { id } => {
                 let member = self.members.get(&id).map(|m| m.voter);

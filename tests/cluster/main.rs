@@ -1298,3 +1298,33 @@ fn snapshot_that_cannot_be_installed_stops_the_member() {
     assert!(log.contains(&format!("cannot start: the durable snapshot of index {index} (term {term})")), "{log}");
     assert!(log.contains(reason), "{log}");
 }
+
+/// Issue 11, item 1 under `new`: a member that starts late joins the cluster that formed without
+/// it (it never held data), but a member whose data was wiped after the cluster recorded it is
+/// refused with exit code 3 even under `new`, also when it was the leader.
+#[test]
+fn under_new_a_late_member_joins_but_a_wiped_one_is_refused() {
+    let mut c = Cluster::new(44, 3);
+    let all = c.initial_cluster(&[0, 1, 2]);
+    c.start(0, &all, "new");
+    c.start(1, &all, "new");
+    let leader = wait_for("a leader of the first two", ELECTION, || {
+        let s = c.status(0)?;
+        c.members.iter().position(|m| s["leader"].as_str() == Some(m.name.as_str()))
+    });
+    c.put_ok(leader, "early", "1");
+    // The third starts late, with empty data, under `new`: nothing shows it ever held data.
+    c.start(2, &all, "new");
+    wait_for("the late member applies the first write", ELECTION, || {
+        (c.get(2, "early", "serializable") == (200, "1".into())).then_some(())
+    });
+    // Once the leader recorded every member as holding data, a wiped one is refused.
+    let (leader, _) = c.wait_leader(ELECTION);
+    std::thread::sleep(Duration::from_millis(500));
+    c.kill(leader);
+    std::fs::remove_dir_all(&c.members[leader].data_dir).expect("wipe the leader's data");
+    c.start(leader, &all, "new");
+    let exit = c.wait_exit(leader, ELECTION).expect("the wiped member stops");
+    assert_eq!(exit.code(), Some(3), "data lost: {}", c.log_tail(leader));
+    assert!(c.log_text(leader).contains("its data is lost"), "{}", c.log_tail(leader));
+}
