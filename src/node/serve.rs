@@ -211,6 +211,25 @@ pub async fn serve(
         .service(router);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let registry = Arc::new(Registry::default());
+    // hyper's header timer did not always close connections whose headers trickle in a byte at
+    // a time (the flood test saw them outlive it under load), so a reaper also closes every
+    // connection that has had nothing in a handler for longer than the header timeout: idle,
+    // or with headers still arriving. A request in a handler is never cut.
+    let reaper = {
+        let (registry, stats, mut stop) = (registry.clone(), stats.clone(), stop.clone());
+        let max_idle = limits.header_timeout + Duration::from_secs(1);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stopped(&mut stop) => break,
+                }
+                while registry.evict_one(max_idle) {
+                    stats.evicted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
     let mut next_id: u64 = 0;
     loop {
         let tcp = tokio::select! {
@@ -301,6 +320,7 @@ pub async fn serve(
             drop(permit);
         });
     }
+    reaper.abort();
     // Wait until every connection has closed: each holds one slot.
     let _ = slots.acquire_many(limits.max_connections.max(1) as u32).await;
 }
