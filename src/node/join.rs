@@ -31,8 +31,6 @@ pub struct PeerView {
     pub leader: bool,
     /// Its cluster has elected a leader at least once (its term is past the bootstrap term).
     pub formed: bool,
-    /// It has no data itself: it is waiting to bootstrap too.
-    pub blank: bool,
     /// The membership it has applied.
     pub members: Vec<ViewMember>,
 }
@@ -216,7 +214,7 @@ mod tests {
     }
 
     fn view(url: &str, leader: bool, members: Vec<ViewMember>) -> PeerView {
-        PeerView { peer_url: url.into(), cluster_id: 7, leader, formed: true, blank: false, members }
+        PeerView { peer_url: url.into(), cluster_id: 7, leader, formed: true, members }
     }
 
     fn cluster(third: ViewMember) -> Vec<ViewMember> {
@@ -263,7 +261,7 @@ mod tests {
 
     #[test]
     fn new_bootstraps_only_with_a_majority_that_has_not_formed_and_refuses_a_formed_cluster() {
-        let unformed = |url: &str| PeerView { peer_url: url.into(), cluster_id: 7, blank: true, ..PeerView::default() };
+        let unformed = |url: &str| PeerView { peer_url: url.into(), cluster_id: 7, ..PeerView::default() };
         assert!(matches!(decide_new(3, 7, 3, &[]), Decision::Wait(_)));
         assert_eq!(decide_new(3, 7, 3, &[unformed("http://a:2380")]), Decision::Bootstrap);
         assert!(matches!(decide_new(3, 7, 5, &[unformed("http://a:2380")]), Decision::Wait(_)));

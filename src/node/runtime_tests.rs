@@ -1,14 +1,13 @@
 //! The Raft loop of member 2 of a 3-voter cluster, driven by hand: a temp-dir `Storage`, an
 //! outbox that records what would be sent, and messages stepped in as if from leader 1.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::*;
-use crate::node::shared::Metrics;
 use crate::raft::{ConfState, Config, Entry, InitialState, MessageBody, Raft, SnapshotMeta};
 use crate::store::command::{encode, Command};
 
@@ -47,32 +46,7 @@ fn member() -> Member {
     let state = InitialState::bootstrap(&voters);
     storage.persist(Some(&state.hard_state), None, &state.entries).expect("persist bootstrap");
     let raw = RawNode::new(Raft::new(Config::new(ME), state).expect("raft"));
-    let (applied, _) = watch::channel(0);
-    let shared = Arc::new(Shared {
-        id: ME,
-        name: "m2".into(),
-        cluster_id: 7,
-        advertise_client_url: "http://127.0.0.2:2379".into(),
-        advertise_peer_url: "http://127.0.0.2:2380".into(),
-        max_value_bytes: 1 << 20,
-        kv: RwLock::new(KvStore::new()),
-        status: RwLock::new(LoopStatus {
-            role: Role::Follower,
-            term: 1,
-            leader: None,
-            commit_index: 0,
-            applied_index: 0,
-            last_index: 0,
-            voter: true,
-            matched: BTreeMap::new(),
-            committed_in_term: false,
-        }),
-        applied,
-        addresses: RwLock::new(BTreeMap::new()),
-        errors: RwLock::new(BTreeMap::new()),
-        metrics: Metrics::default(),
-        data_lost: tokio::sync::watch::channel(None).0,
-    });
+    let shared = Arc::new(Shared::for_tests(ME, "m2", 1, "127.0.0.2"));
     let sent = Recorded::default();
     let (_tx, rx) = std::sync::mpsc::sync_channel(16);
     let mut lp = RaftLoop::new(raw, storage, shared, Box::new(sent.clone()), rx, 1);

@@ -136,3 +136,38 @@ impl Shared {
             .collect()
     }
 }
+
+#[cfg(test)]
+impl Shared {
+    /// A follower's shared state with nothing applied yet, for unit tests of the loop and the
+    /// peer port.
+    pub(crate) fn for_tests(id: NodeId, name: &str, term: Term, advertise_ip: &str) -> Shared {
+        let url =
+            |port: u16| if advertise_ip.is_empty() { String::new() } else { format!("http://{advertise_ip}:{port}") };
+        Shared {
+            id,
+            name: name.into(),
+            cluster_id: 7,
+            advertise_client_url: url(2379),
+            advertise_peer_url: url(2380),
+            max_value_bytes: 1 << 20,
+            kv: RwLock::new(KvStore::new()),
+            status: RwLock::new(LoopStatus {
+                role: Role::Follower,
+                term,
+                leader: None,
+                commit_index: 0,
+                applied_index: 0,
+                last_index: 0,
+                voter: true,
+                matched: BTreeMap::new(),
+                committed_in_term: false,
+            }),
+            applied: watch::channel(0).0,
+            addresses: RwLock::new(BTreeMap::new()),
+            errors: RwLock::new(BTreeMap::new()),
+            metrics: Metrics::default(),
+            data_lost: watch::channel(None).0,
+        }
+    }
+}

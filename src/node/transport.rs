@@ -528,7 +528,6 @@ impl PeerMembers {
             cluster_id: u64::from_str_radix(&self.cluster_id, 16).ok()?,
             leader: self.leader,
             formed: self.formed,
-            blank: self.blank,
             members,
         })
     }
@@ -629,40 +628,13 @@ async fn join(State(server): State<PeerServer>, Json(request): Json<JoinRequest>
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
-    use std::sync::RwLock;
+    use std::collections::BTreeSet;
 
     use super::*;
-    use crate::node::shared::LoopStatus;
-    use crate::raft::{Role, Snapshot, SnapshotMeta};
-    use crate::store::KvStore;
+    use crate::raft::{Snapshot, SnapshotMeta};
 
     fn shared() -> Arc<Shared> {
-        Arc::new(Shared {
-            id: 1,
-            name: "etcd-0".into(),
-            cluster_id: 7,
-            advertise_client_url: String::new(),
-            advertise_peer_url: String::new(),
-            max_value_bytes: 1 << 20,
-            kv: RwLock::new(KvStore::new()),
-            status: RwLock::new(LoopStatus {
-                role: Role::Follower,
-                term: 0,
-                leader: None,
-                commit_index: 0,
-                applied_index: 0,
-                last_index: 0,
-                voter: true,
-                matched: BTreeMap::new(),
-                committed_in_term: false,
-            }),
-            applied: tokio::sync::watch::channel(0).0,
-            addresses: RwLock::new(BTreeMap::new()),
-            errors: RwLock::new(BTreeMap::new()),
-            metrics: Default::default(),
-            data_lost: tokio::sync::watch::channel(None).0,
-        })
+        Arc::new(Shared::for_tests(1, "etcd-0", 0, ""))
     }
 
     fn heartbeat(to: NodeId) -> Message {

@@ -1101,14 +1101,7 @@ impl Sim {
                 .map(|x| member(*x, true))
                 .chain(conf.learners.iter().map(|x| member(*x, false)))
                 .collect();
-            views.push(PeerView {
-                peer_url: url(mid),
-                cluster_id: 1,
-                leader,
-                formed: raw.raft.term() > 1,
-                blank: false,
-                members,
-            });
+            views.push(PeerView { peer_url: url(mid), cluster_id: 1, leader, formed: raw.raft.term() > 1, members });
         }
         views
     }
