@@ -1,5 +1,6 @@
-//! The client and admin HTTP API (DESIGN.md §4).
+//! The client and admin HTTP API on the client port (DESIGN.md §4): routes, handlers, errors,
+//! forwarding to the leader. Talks to the member only through `crate::node`'s handle (it never
+//! builds a log command or touches the core); its JSON shapes live in `crate::base::wire`,
+//! which the client shares.
 
-pub mod base64;
 pub mod server;
-pub mod types;

@@ -15,15 +15,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::base64::encode_base64;
-use super::types::*;
-use crate::node::handle::NodeHandle;
-use crate::node::ids::{added_member_id, validate_url};
-use crate::node::runtime::NodeError;
-use crate::node::serve::{self, BodyError, BodyLimits, PortStats};
-use crate::node::shared::{read, FSYNC_BUCKETS};
-use crate::raft::{ConfChange, ConfChangeKind, Role};
-use crate::store::command::{encode, ApplyResult, Command, KeyValue, MemberInfo};
+use crate::base::base64::encode_base64;
+use crate::base::ids::validate_url;
+use crate::base::wire::*;
+use crate::http::serve::{self, BodyError, BodyLimits, PortStats};
+use crate::node::{NodeError, NodeHandle, FSYNC_BUCKETS};
+use crate::store::command::{ApplyResult, KeyValue};
 
 /// An API failure; the status code is decided here and nowhere else.
 #[derive(Debug)]
@@ -267,14 +264,6 @@ struct WriteParams {
     prev_revision: Option<u64>,
 }
 
-#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-enum Consistency {
-    #[default]
-    Linearizable,
-    Serializable,
-}
-
 #[derive(Deserialize)]
 struct ReadParams {
     #[serde(default)]
@@ -302,8 +291,8 @@ async fn put_key(
     let headers = request.headers().clone();
     let (parts, body) = request.into_parts();
     let value = read_body(&parts.headers, body, api.node.shared.max_value_bytes).await?;
-    let command = Command::Put { key, value: value.clone(), prev_revision: params.prev_revision };
-    propose_or_forward(&api, &headers, Method::PUT, &pq, value, command).await
+    let write = Write::Put { key, value: value.clone(), prev_revision: params.prev_revision };
+    propose_or_forward(&api, &headers, Method::PUT, &pq, value, write).await
 }
 
 async fn delete_key(
@@ -315,8 +304,14 @@ async fn delete_key(
     let key = path_param(key, "invalid_key")?;
     validate_key(&key)?;
     let params = parse_query(query)?;
-    let command = Command::Delete { key, prev_revision: params.prev_revision };
-    propose_or_forward(&api, request.headers(), Method::DELETE, &path_and_query(&request), Bytes::new(), command).await
+    let write = Write::Delete { key, prev_revision: params.prev_revision };
+    propose_or_forward(&api, request.headers(), Method::DELETE, &path_and_query(&request), Bytes::new(), write).await
+}
+
+/// A key write, as the request asked it.
+enum Write {
+    Put { key: String, value: Bytes, prev_revision: Option<u64> },
+    Delete { key: String, prev_revision: Option<u64> },
 }
 
 /// A write: proposed here on the leader, forwarded (with its body) from anyone else.
@@ -326,11 +321,14 @@ async fn propose_or_forward(
     method: Method,
     path_and_query: &str,
     body: Bytes,
-    command: Command,
+    write: Write,
 ) -> ApiResult<Response> {
     match route(api, headers)? {
         Route::Forward(url) => Ok(forward(api, &url, method, path_and_query, body).await),
-        Route::Here => write_outcome(api.node.propose(&command).await?),
+        Route::Here => write_outcome(match write {
+            Write::Put { key, value, prev_revision } => api.node.put(key, value, prev_revision).await?,
+            Write::Delete { key, prev_revision } => api.node.delete(key, prev_revision).await?,
+        }),
     }
 }
 
@@ -360,8 +358,7 @@ async fn get_key(
     if let Some(url) = read_point(&api, params.consistency, request.headers()).await? {
         return Ok(forward(&api, &url, Method::GET, &path_and_query(&request), Bytes::new()).await);
     }
-    let kv = read(&api.node.shared.kv).get(&key);
-    let revision = read(&api.node.shared.kv).revision();
+    let (kv, revision) = api.node.with_kv(|kv| (kv.get(&key), kv.revision()));
     match kv {
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key '{key}' not found"))),
         Some(KeyValue { value, mod_revision, create_revision, .. }) => {
@@ -400,29 +397,30 @@ async fn list(
     if let Some(url) = read_point(&api, params.consistency, request.headers()).await? {
         return Ok(forward(&api, &url, Method::GET, &path_and_query(&request), Bytes::new()).await);
     }
-    let store = read(&api.node.shared.kv);
-    let (kvs, more) = store.list_page(&params.prefix, params.start_after.as_deref(), limit, MAX_LIST_PAGE_BYTES);
-    let response = ListResponse {
-        revision: store.revision(),
-        kvs: kvs
-            .into_iter()
-            .map(|kv| KvItem {
-                key: kv.key,
-                value: encode_base64(&kv.value),
-                create_revision: kv.create_revision,
-                mod_revision: kv.mod_revision,
-                version: kv.version,
-            })
-            .collect(),
-        more,
-    };
+    let response = api.node.with_kv(|store| {
+        let (kvs, more) = store.list_page(&params.prefix, params.start_after.as_deref(), limit, MAX_LIST_PAGE_BYTES);
+        ListResponse {
+            revision: store.revision(),
+            kvs: kvs
+                .into_iter()
+                .map(|kv| KvItem {
+                    key: kv.key,
+                    value: encode_base64(&kv.value),
+                    create_revision: kv.create_revision,
+                    mod_revision: kv.mod_revision,
+                    version: kv.version,
+                })
+                .collect(),
+            more,
+        }
+    });
     Ok(Json(response).into_response())
 }
 
 // ----- status and membership -----
 
 fn member_list(api: &Api) -> Vec<Member> {
-    let members = read(&api.node.shared.kv).members();
+    let members = api.node.with_kv(|kv| kv.members());
     members
         .into_iter()
         .map(|(info, voter)| {
@@ -445,16 +443,8 @@ pub fn build_status(api: &Api) -> Status {
         .leader
         .and_then(|id| if id == shared.id { Some(shared.name.clone()) } else { shared.address(id).map(|a| a.name) })
         .unwrap_or_default();
-    let role = match s.role {
-        Role::Leader => "leader",
-        Role::Candidate | Role::PreCandidate => "candidate",
-        Role::Follower if !s.voter => "learner",
-        Role::Follower => "follower",
-    };
-    let (revision, membership_hash) = {
-        let kv = read(&shared.kv);
-        (kv.revision(), kv.membership_hash())
-    };
+    let role = s.role_name();
+    let (revision, membership_hash) = api.node.with_kv(|kv| (kv.revision(), kv.membership_hash()));
     Status {
         name: shared.name.clone(),
         id: format_id(shared.id),
@@ -494,7 +484,7 @@ async fn add_member(State(api): State<Api>, request: Request) -> ApiResult<Respo
     if let Route::Forward(url) = route(&api, &headers)? {
         return Ok(forward(&api, &url, Method::POST, &pq, body).await);
     }
-    let existing = read(&api.node.shared.kv).members();
+    let existing = api.node.with_kv(|kv| kv.members());
     if let Some((m, _)) = existing.iter().find(|(m, _)| m.name == req.name || m.peer_url == req.peer_url) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -502,11 +492,7 @@ async fn add_member(State(api): State<Api>, request: Request) -> ApiResult<Respo
             format!("member {} ({}) already has that name or peer URL", format_id(m.id), m.name),
         ));
     }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let id = added_member_id(api.node.shared.cluster_id, &req.name, &req.peer_url, nanos);
-    let info = MemberInfo { id, name: req.name, peer_url: req.peer_url, client_url: req.client_url };
-    let kind = if req.learner { ConfChangeKind::AddLearner } else { ConfChangeKind::AddVoter };
-    api.node.conf_change(ConfChange { kind, node_id: id, context: encode(&info) }).await?;
+    let id = api.node.add_member(req.name, req.peer_url, req.client_url, req.learner).await?;
     Ok((StatusCode::CREATED, Json(AddMemberResponse { id: format_id(id) })).into_response())
 }
 
@@ -519,7 +505,7 @@ async fn promote_member(State(api): State<Api>, id: PathParam, request: Request)
     if let Route::Forward(url) = route(&api, request.headers())? {
         return Ok(forward(&api, &url, Method::POST, &path_and_query(&request), Bytes::new()).await);
     }
-    match read(&api.node.shared.kv).member(id) {
+    match api.node.with_kv(|kv| kv.member(id)) {
         None => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no member {}", format_id(id)))),
         Some((_, true)) => return Err(ApiError::bad_request(format!("member {} is already a voter", format_id(id)))),
         Some(_) => {}
@@ -540,7 +526,7 @@ async fn promote_member(State(api): State<Api>, id: PathParam, request: Request)
             ),
         ));
     }
-    api.node.conf_change(ConfChange { kind: ConfChangeKind::Promote, node_id: id, context: Bytes::new() }).await?;
+    api.node.promote(id).await?;
     Ok(Json(serde_json::json!({ "id": format_id(id), "voter": true })).into_response())
 }
 
@@ -549,10 +535,10 @@ async fn remove_member(State(api): State<Api>, id: PathParam, request: Request) 
     if let Route::Forward(url) = route(&api, request.headers())? {
         return Ok(forward(&api, &url, Method::DELETE, &path_and_query(&request), Bytes::new()).await);
     }
-    if read(&api.node.shared.kv).member(id).is_none() {
+    if api.node.with_kv(|kv| kv.member(id).is_none()) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no member {}", format_id(id))));
     }
-    api.node.conf_change(ConfChange { kind: ConfChangeKind::Remove, node_id: id, context: Bytes::new() }).await?;
+    api.node.remove_member(id).await?;
     Ok(Json(serde_json::json!({ "id": format_id(id), "removed": true })).into_response())
 }
 
@@ -573,7 +559,7 @@ async fn transfer_leader(State(api): State<Api>, request: Request) -> ApiResult<
         return Ok(forward(&api, &url, Method::POST, &pq, body).await);
     }
     if let Some(id) = to {
-        if read(&api.node.shared.kv).member(id).is_none() {
+        if api.node.with_kv(|kv| kv.member(id).is_none()) {
             return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no member {}", format_id(id))));
         }
     }
@@ -620,7 +606,7 @@ async fn metrics(State(api): State<Api>) -> Response {
     let counter = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let series: [(&str, &str, &str, u64); 12] = [
         ("kuberaft_term", "Current Raft term.", "gauge", s.term),
-        ("kuberaft_is_leader", "1 when this member leads.", "gauge", (s.role == Role::Leader) as u64),
+        ("kuberaft_is_leader", "1 when this member leads.", "gauge", s.is_leader() as u64),
         ("kuberaft_has_leader", "1 when a leader is known.", "gauge", s.leader.is_some() as u64),
         ("kuberaft_commit_index", "Highest log index known committed.", "gauge", s.commit_index),
         ("kuberaft_applied_index", "Highest log index applied.", "gauge", s.applied_index),

@@ -19,7 +19,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::table::{clean_cell, or_dash, render};
 use super::{write_stdout, CliError, ENDPOINTS_ENV};
-use crate::api::types::{Status, DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT};
+use crate::base::wire::{Status, DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT};
 use crate::client::{Client, ClientConfig};
 
 /// Members of a dev cluster, as for a RaftCluster.

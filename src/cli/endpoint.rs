@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::table::{clean_cell, or_dash, render};
 use super::{to_json_line, write_stdout, CliError, ClientArgs, OutputFormat};
-use crate::api::types::Status;
+use crate::base::wire::Status;
 use crate::client::ClientError;
 
 #[derive(Debug, Args)]

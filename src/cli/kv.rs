@@ -10,7 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::table::{bytes_cell, render, text_cell};
 use super::{to_json_line, write_stderr, write_stdout, CliError, ClientArgs, OutputFormat};
-use crate::api::types::{ListResponse, DEFAULT_MAX_VALUE_BYTES};
+use crate::base::wire::{ListResponse, DEFAULT_MAX_VALUE_BYTES};
 
 use crate::client::{decode_base64, Consistency};
 

@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 
 use super::table::{render, text_cell};
 use super::{parse_member_id, to_json_line, write_stdout, CliError, ClientArgs, OutputFormat};
-use crate::api::types::{format_id, AddMemberRequest, MembersResponse};
+use crate::base::wire::{format_id, AddMemberRequest, MembersResponse};
 use crate::client::normalize_endpoint;
 
 #[derive(Debug, Args)]

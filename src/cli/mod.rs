@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::api::types::{parse_id, DEFAULT_CLIENT_PORT};
+use crate::base::wire::{parse_id, DEFAULT_CLIENT_PORT};
 use crate::client::{Client, ClientConfig, ClientError, DEFAULT_REQUEST_TIMEOUT};
 
 pub use dev::DevArgs;
@@ -40,7 +40,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Commands {
     /// Run a Raft member.
-    Node(crate::node::NodeArgs),
+    Node(crate::process::NodeArgs),
     /// Run a local cluster of real members on 127.0.0.1, with a live status; Ctrl-C stops it.
     Dev(DevArgs),
     /// Read and write keys.
@@ -145,7 +145,7 @@ impl From<ClientError> for CliError {
 /// current-thread runtime built here; `node` builds its own.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Commands::Node(args) => return crate::node::run(args),
+        Commands::Node(args) => return crate::process::run(args),
         Commands::Version => write_stdout(format!("kuberaft {}\n", env!("CARGO_PKG_VERSION")).as_bytes()),
         Commands::Crd => print_crd(),
         Commands::Render(args) => render::run(args),

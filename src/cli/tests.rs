@@ -11,7 +11,7 @@ use super::endpoint::{status_reports, status_table};
 use super::kv::{list_table, ConsistencyArg, KvAction};
 use super::member::{members_table, LeaderAction, MemberAction};
 use super::{Cli, CliError, ClientArgs, Commands, OutputFormat, ENDPOINTS_ENV};
-use crate::api::types::{KvItem, ListResponse, Member, MembersResponse, Status};
+use crate::base::wire::{KvItem, ListResponse, Member, MembersResponse, Status};
 use crate::client::{encode_base64, ClientError};
 
 fn parse(args: &[&str]) -> Commands {
@@ -287,7 +287,7 @@ fn dev_node_arguments_parse_as_a_node_command() {
             assert_eq!(node.listen_peer_url, "http://127.0.0.1:4011");
             assert_eq!(node.advertise_peer_url, "http://127.0.0.1:4011");
             assert_eq!(node.initial_cluster, cluster);
-            assert_eq!(node.initial_cluster_state, crate::node::args::ClusterState::New);
+            assert_eq!(node.initial_cluster_state, crate::process::args::ClusterState::New);
             assert_eq!(node.initial_cluster_token, dev::DEV_CLUSTER_TOKEN);
         }
         other => panic!("{other:?}"),

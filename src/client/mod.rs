@@ -3,7 +3,7 @@
 //! first; on a connection failure, a timeout or a 503 ("not proposed, safe to retry") it moves on
 //! to the next endpoint, at most twice over the list and never past an overall deadline. A 504
 //! ("proposed, outcome unknown") or any 4xx is returned as is, never retried. It depends on
-//! nothing of ours but `crate::api::types`.
+//! nothing of ours but `crate::base::wire`.
 
 mod encode;
 #[cfg(test)]
@@ -18,12 +18,13 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::api::types::{
+use crate::base::wire::{
     format_id, AddMemberRequest, AddMemberResponse, DeleteResponse, ErrorBody, ListResponse, MembersResponse,
     PutResponse, Status, TransferRequest, TransferResponse, HEADER_CREATE_REVISION, HEADER_MOD_REVISION,
 };
 
-pub use crate::api::base64::{decode_base64, encode_base64};
+pub use crate::base::base64::{decode_base64, encode_base64};
+pub use crate::base::wire::Consistency;
 pub use encode::encode_component;
 
 /// Per-request timeout unless configured otherwise.
@@ -81,25 +82,6 @@ impl ClientError {
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
-
-/// `?consistency=` of a read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Consistency {
-    /// Served through the leader with ReadIndex: never stale.
-    #[default]
-    Linearizable,
-    /// Served by the member asked, from its applied state: possibly stale.
-    Serializable,
-}
-
-impl Consistency {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Consistency::Linearizable => "linearizable",
-            Consistency::Serializable => "serializable",
-        }
-    }
-}
 
 /// A value read with `get`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,7 +218,7 @@ impl Reply {
     /// Retry-After in seconds (the only form the API sends).
     /// The leader's client URL, when a follower forwarded this request to it.
     fn leader_hint(&self) -> Option<String> {
-        let value = self.headers.get(crate::api::types::HEADER_LEADER)?.to_str().ok()?;
+        let value = self.headers.get(crate::base::wire::HEADER_LEADER)?.to_str().ok()?;
         normalize_endpoint(value).ok()
     }
 

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::{Client, ClientConfig, ClientError, Consistency};
-use crate::api::types::{ErrorBody, ErrorDetail, PutResponse, Status, HEADER_MOD_REVISION};
+use crate::base::wire::{ErrorBody, ErrorDetail, PutResponse, Status, HEADER_MOD_REVISION};
 
 /// An HTTP server on an ephemeral port of 127.0.0.1.
 struct MockServer {
@@ -249,7 +249,7 @@ async fn a_read_that_times_out_moves_on_but_a_write_does_not() {
     .await;
     let ok = MockServer::start(
         Router::new()
-            .route("/v1/members", get(|| async { Json(crate::api::types::MembersResponse { members: Vec::new() }) })),
+            .route("/v1/members", get(|| async { Json(crate::base::wire::MembersResponse { members: Vec::new() }) })),
     )
     .await;
     let config = ClientConfig::with_request_timeout(Duration::from_millis(200));

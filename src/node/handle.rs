@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use bytes::Bytes;
+
 use super::runtime::{offer, Input, NodeError};
-use super::shared::Shared;
-use crate::raft::{ConfChange, Index, NodeId, Role};
-use crate::store::command::{encode, ApplyResult, Command};
+use super::shared::{read, Shared};
+use crate::base::ids::added_member_id;
+use crate::raft::{ConfChange, ConfChangeKind, Index, NodeId, Role};
+use crate::store::command::{encode, ApplyResult, Command, MemberInfo};
+use crate::store::KvStore;
 
 /// How long a proposal may take to apply before its outcome is reported unknown (504).
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,6 +39,48 @@ impl NodeHandle {
             return None;
         }
         self.shared.address(leader).map(|a| a.client_url).filter(|u| !u.is_empty())
+    }
+
+    /// Reads the state machine under its lock (held only while `f` runs).
+    pub fn with_kv<R>(&self, f: impl FnOnce(&KvStore) -> R) -> R {
+        f(&read(&self.shared.kv))
+    }
+
+    /// Writes `value` under `key` (if its mod revision is `prev_revision`, when given).
+    pub async fn put(&self, key: String, value: Bytes, prev_revision: Option<u64>) -> Result<ApplyResult, NodeError> {
+        self.propose(&Command::Put { key, value, prev_revision }).await
+    }
+
+    /// Deletes `key` (if its mod revision is `prev_revision`, when given).
+    pub async fn delete(&self, key: String, prev_revision: Option<u64>) -> Result<ApplyResult, NodeError> {
+        self.propose(&Command::Delete { key, prev_revision }).await
+    }
+
+    /// Adds a member (a learner, or a voter) under a new id, which it returns.
+    pub async fn add_member(
+        &self,
+        name: String,
+        peer_url: String,
+        client_url: String,
+        learner: bool,
+    ) -> Result<NodeId, NodeError> {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let id = added_member_id(self.shared.cluster_id, &name, &peer_url, nanos);
+        let info = MemberInfo { id, name, peer_url, client_url };
+        let kind = if learner { ConfChangeKind::AddLearner } else { ConfChangeKind::AddVoter };
+        self.conf_change(ConfChange { kind, node_id: id, context: encode(&info) }).await?;
+        Ok(id)
+    }
+
+    /// Makes learner `id` a voter.
+    pub async fn promote(&self, id: NodeId) -> Result<(), NodeError> {
+        self.conf_change(ConfChange { kind: ConfChangeKind::Promote, node_id: id, context: Bytes::new() }).await
+    }
+
+    /// Removes member `id`.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), NodeError> {
+        self.conf_change(ConfChange { kind: ConfChangeKind::Remove, node_id: id, context: Bytes::new() }).await
     }
 
     pub async fn propose(&self, command: &Command) -> Result<ApplyResult, NodeError> {

@@ -20,6 +20,7 @@
 //! A member that is refused with `data_lost` exits with code 3; the operator replaces it.
 
 use crate::raft::{NodeId, PlantedBug};
+use crate::store::claim::{check_claim, MemberState};
 
 /// What one peer said about its cluster (the peer port's `GET /raft/v1/members`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -148,7 +149,7 @@ pub fn decide_new(id: NodeId, cluster_id: u64, initial_size: usize, views: &[Pee
         return Decision::Bootstrap;
     }
     let unformed = ours.len() + 1;
-    let majority = initial_size / 2 + 1;
+    let majority = crate::base::quorum::majority(initial_size);
     if unformed >= majority {
         Decision::Bootstrap
     } else {
@@ -157,48 +158,6 @@ pub fn decide_new(id: NodeId, cluster_id: u64, initial_size: usize, views: &[Pee
              waiting for {majority}"
         ))
     }
-}
-
-/// Where an id stands in the committed membership, for [`check_claim`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MemberState {
-    pub voter: bool,
-    pub learner: bool,
-    pub joined: bool,
-    pub removed: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClaimRefusal {
-    pub data_lost: bool,
-    pub reason: String,
-}
-
-/// The rule for starting with empty data under `id` (the state machine applies it to
-/// `Command::Join`; `decide_existing` uses it on the leader's answer): only a learner that
-/// has not started that way before.
-pub fn check_claim(id: NodeId, state: MemberState) -> Result<(), ClaimRefusal> {
-    let lost = |why: &str| ClaimRefusal {
-        data_lost: true,
-        reason: format!(
-            "this member's data directory is empty, but {why}: its data is lost, and it will not count toward \
-             majorities with an empty log. Remove it (`kuberaft member remove {id:x}`) and add it back \
-             (`kuberaft member add ...`); the operator does this by itself"
-        ),
-    };
-    if state.removed {
-        return Err(ClaimRefusal { data_lost: false, reason: format!("member {id:x} was removed from the cluster") });
-    }
-    if state.voter {
-        return Err(lost(&format!("the cluster counts it as voter {id:x}")));
-    }
-    if !state.learner {
-        return Err(ClaimRefusal { data_lost: false, reason: format!("member {id:x} is not in the cluster") });
-    }
-    if state.joined {
-        return Err(lost(&format!("learner {id:x} has started with empty data before")));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -279,15 +238,5 @@ mod tests {
         // Not listed at all: refused, but not as lost data.
         let d = decide_new(4, 7, 3, &[formed]);
         assert!(matches!(d, Decision::Refuse { data_lost: false, .. }), "{d:?}");
-    }
-
-    #[test]
-    fn a_claim_is_granted_once_to_a_learner() {
-        let learner = MemberState { learner: true, ..MemberState::default() };
-        assert!(check_claim(5, learner).is_ok());
-        assert!(check_claim(5, MemberState { joined: true, ..learner }).is_err_and(|r| r.data_lost));
-        assert!(check_claim(5, MemberState { voter: true, ..MemberState::default() }).is_err_and(|r| r.data_lost));
-        assert!(check_claim(5, MemberState::default()).is_err_and(|r| !r.data_lost));
-        assert!(check_claim(5, MemberState { removed: true, ..MemberState::default() }).is_err_and(|r| !r.data_lost));
     }
 }

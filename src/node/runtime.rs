@@ -622,13 +622,7 @@ impl RaftLoop {
     }
 
     fn remember(&self, info: MemberInfo) {
-        let mut book = write(&self.shared.addresses);
-        let entry = book.entry(info.id).or_default();
-        entry.name = info.name;
-        entry.peer_url = info.peer_url;
-        if !info.client_url.is_empty() {
-            entry.client_url = info.client_url;
-        }
+        self.shared.addresses.learn(info.id, &info.name, &info.peer_url, &info.client_url);
     }
 
     /// Compacts the log into a snapshot of the state machine every `snapshot_threshold` entries.
@@ -708,21 +702,10 @@ impl RaftLoop {
 /// whoever talks to it: one that joined with empty data knows nobody's peer URL until its log
 /// (or a snapshot) tells it, and the leader may be a member added after the initial list.
 pub fn note_peer_urls(shared: &Shared, id: NodeId, peer_url: Option<&str>, client_url: Option<&str>) {
-    let valid = |url: Option<&str>| url.filter(|u| crate::node::ids::validate_url(u).is_ok()).map(str::to_string);
-    let (peer_url, client_url) = (valid(peer_url), valid(client_url));
-    let known = read(&shared.addresses).get(&id).is_some_and(|a| {
-        peer_url.as_ref().is_none_or(|u| *u == a.peer_url) && client_url.as_ref().is_none_or(|u| *u == a.client_url)
-    });
-    if !known {
-        let mut book = write(&shared.addresses);
-        let entry = book.entry(id).or_default();
-        if let Some(url) = peer_url {
-            entry.peer_url = url;
-        }
-        if let Some(url) = client_url {
-            entry.client_url = url;
-        }
+    fn valid(url: Option<&str>) -> &str {
+        url.filter(|u| crate::base::ids::validate_url(u).is_ok()).unwrap_or_default()
     }
+    shared.addresses.learn(id, "", valid(peer_url), valid(client_url));
 }
 
 #[cfg(test)]

@@ -39,12 +39,60 @@ pub struct LoopStatus {
     pub committed_in_term: bool,
 }
 
+impl LoopStatus {
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+
+    /// The role as the status API names it: leader, candidate, follower or learner.
+    pub fn role_name(&self) -> &'static str {
+        match self.role {
+            Role::Leader => "leader",
+            Role::Candidate | Role::PreCandidate => "candidate",
+            Role::Follower if !self.voter => "learner",
+            Role::Follower => "follower",
+        }
+    }
+}
+
 /// Where to reach a member.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Address {
     pub name: String,
     pub peer_url: String,
     pub client_url: String,
+}
+
+/// Where to reach each member, learned from the initial list, the membership entries of the log
+/// and the headers of peers' messages; every update goes through [`AddressBook::learn`].
+#[derive(Default)]
+pub struct AddressBook(RwLock<BTreeMap<NodeId, Address>>);
+
+impl AddressBook {
+    pub fn get(&self, id: NodeId) -> Option<Address> {
+        read(&self.0).get(&id).cloned()
+    }
+
+    /// Records what is known of member `id`: each non-empty field replaces what was known, an
+    /// empty one keeps it (a membership entry may carry no client URL; a peer's header may
+    /// carry only URLs).
+    pub fn learn(&self, id: NodeId, name: &str, peer_url: &str, client_url: &str) {
+        let news = |new: &str, old: &str| !new.is_empty() && new != old;
+        let changes = read(&self.0)
+            .get(&id)
+            .is_none_or(|a| news(name, &a.name) || news(peer_url, &a.peer_url) || news(client_url, &a.client_url));
+        if changes {
+            let mut book = write(&self.0);
+            let entry = book.entry(id).or_default();
+            for (field, new) in
+                [(&mut entry.name, name), (&mut entry.peer_url, peer_url), (&mut entry.client_url, client_url)]
+            {
+                if !new.is_empty() {
+                    *field = new.to_string();
+                }
+            }
+        }
+    }
 }
 
 /// Histogram buckets of fsync latency, in seconds.
@@ -64,8 +112,8 @@ pub struct Metrics {
     pub snapshots_sent: AtomicU64,
     pub snapshots_received: AtomicU64,
     /// Connections of the client and the peer port (`serve`).
-    pub client_port: std::sync::Arc<super::serve::PortStats>,
-    pub peer_port: std::sync::Arc<super::serve::PortStats>,
+    pub client_port: std::sync::Arc<crate::http::serve::PortStats>,
+    pub peer_port: std::sync::Arc<crate::http::serve::PortStats>,
 }
 
 impl Metrics {
@@ -96,7 +144,7 @@ pub struct Shared {
     pub status: RwLock<LoopStatus>,
     /// The applied index, for readers waiting on a ReadIndex.
     pub applied: watch::Sender<Index>,
-    pub addresses: RwLock<BTreeMap<NodeId, Address>>,
+    pub addresses: AddressBook,
     /// Conditions that keep this member from serving, by kind (storage, peers, ...).
     /// By kind: the message and when it was last reported. Conditions that are reported
     /// while they last (storage) are cleared explicitly; events (rejected peers) expire.
@@ -113,7 +161,7 @@ impl Shared {
     }
 
     pub fn address(&self, id: NodeId) -> Option<Address> {
-        read(&self.addresses).get(&id).cloned()
+        self.addresses.get(id)
     }
 
     pub fn set_error(&self, kind: &str, message: Option<String>) {
@@ -164,7 +212,7 @@ impl Shared {
                 committed_in_term: false,
             }),
             applied: watch::channel(0).0,
-            addresses: RwLock::new(BTreeMap::new()),
+            addresses: AddressBook::default(),
             errors: RwLock::new(BTreeMap::new()),
             metrics: Metrics::default(),
             data_lost: watch::channel(None).0,

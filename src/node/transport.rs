@@ -35,9 +35,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::runtime::{note_peer_urls, offer, Input, Outbox};
-use super::serve::{check_declared, read_body, BodyError, BodyLimits};
 use super::shared::{read, Address, Shared};
-use crate::api::types::MAX_KEY_BYTES;
+use crate::base::wire::MAX_KEY_BYTES;
+use crate::http::serve::{check_declared, read_body, BodyError, BodyLimits};
 use crate::node::join::{PeerView, ViewMember};
 use crate::raft::{ConfState, Message, MessageBody, NodeId};
 use crate::store::command::MemberInfo;
@@ -385,7 +385,7 @@ pub fn peer_router(server: PeerServer) -> Router {
         .route(SNAPSHOT_PATH, post(receive_snapshot))
         .route(MEMBERS_PATH, get(members))
         .route(JOIN_PATH, post(join))
-        .layer(axum::extract::DefaultBodyLimit::max(crate::api::types::MAX_MEMBER_REQUEST_BYTES))
+        .layer(axum::extract::DefaultBodyLimit::max(crate::base::wire::MAX_MEMBER_REQUEST_BYTES))
         .with_state(server)
 }
 

@@ -23,8 +23,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
 use super::crd::RaftCluster;
-use crate::api::types::{DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT};
-use crate::node::ids::fnv1a;
+use crate::base::ids::fnv1a;
+use crate::base::wire::{DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT};
 
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
@@ -69,7 +69,7 @@ pub const TERMINATION_GRACE_SECONDS: i64 = 30;
 /// The exit codes of `kuberaft node` when it refuses to start because its data is gone while the
 /// cluster still counts on it (DESIGN.md §6), or damaged (DESIGN.md §3): the operator reads them
 /// from the pod to replace the member.
-pub use crate::node::{EXIT_CORRUPT, EXIT_DATA_LOST};
+pub use crate::base::exit::{EXIT_CORRUPT, EXIT_DATA_LOST};
 
 /// Why an owned object cannot be built yet.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

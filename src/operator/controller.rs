@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use super::crd::RaftCluster;
 use super::reconcile::{self, Context, HttpMembers, ReconcileError, FIELD_MANAGER};
-use crate::node::LogFormat;
+use crate::base::logging::LogFormat;
 
 #[derive(Clone, Debug, Args)]
 pub struct OperatorArgs {
@@ -60,7 +60,7 @@ pub const LEASE_RENEW: Duration = Duration::from_secs(5);
 
 /// Runs the operator until SIGTERM/SIGINT. Blocking; builds its own runtime.
 pub fn run(args: OperatorArgs) -> ExitCode {
-    crate::node::init_logging_with(args.log_format, &args.log_level);
+    crate::base::logging::init_logging(args.log_format, &args.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -88,7 +88,7 @@ async fn operate(args: OperatorArgs) -> Result<(), String> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
-        crate::node::wait_for_signal().await;
+        crate::base::signal::wait_for_signal().await;
         tracing::info!("stopping: reconciles in flight finish first");
         let _ = stop_tx.send(true);
     });

@@ -34,10 +34,10 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use super::{member_name, member_ordinal, MAX_REPLICAS, MIN_REPLICAS};
-use crate::api::types::Status;
-use crate::raft::majority;
+use crate::base::quorum::{majority, most_caught_up};
+use crate::base::wire::Status;
 
-pub use crate::api::types::PROMOTE_CATCH_UP_PERCENT;
+pub use crate::base::wire::PROMOTE_CATCH_UP_PERCENT;
 
 // ----- what the operator observes -----
 
@@ -541,14 +541,13 @@ impl<'a> Leadership<'a> {
     /// The voter that should take over from `leaving`: the most caught-up one that follows the
     /// leader and whose pod is ready (ties: the lowest ordinal).
     fn transfer_target(&self, observed: &Observed, leaving: &MemberEntry) -> Option<(String, String)> {
-        self.members
+        let candidates = self
+            .members
             .iter()
             .filter(|m| m.voter && m.id != leaving.id && self.following.contains(&m.name))
             .filter(|m| observed.pod(&m.name).is_some_and(|p| p.ready))
-            .filter_map(|m| observed.status_of(m).map(|s| (m, s.applied_index)))
-            .enumerate()
-            .min_by_key(|&(position, (_, applied))| (Reverse(applied), position))
-            .map(|(_, (m, _))| (m.name.clone(), m.id.clone()))
+            .filter_map(|m| observed.status_of(m).map(|s| (m, s.applied_index)));
+        most_caught_up(candidates).map(|m| (m.name.clone(), m.id.clone()))
     }
 
     /// Promote `learner` once it runs, has caught up, and the larger majority still holds.
@@ -575,7 +574,7 @@ impl<'a> Leadership<'a> {
 
 /// The promote endpoint's rule.
 fn caught_up(applied_index: u64, commit_index: u64) -> bool {
-    crate::api::types::learner_caught_up(applied_index, commit_index)
+    crate::base::wire::learner_caught_up(applied_index, commit_index)
 }
 
 // ----- the health the status reports -----

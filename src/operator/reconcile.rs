@@ -32,9 +32,9 @@ use super::planner::{
     self, ClusterHealth, EndpointList, MemberStatus, Observed, Phase, Plan, PodObservation, WaitReason,
 };
 use super::{member_name, member_ordinal};
-use crate::api::types::{parse_id, AddMemberRequest, Status};
+use crate::base::ids::fnv1a;
+use crate::base::wire::{parse_id, AddMemberRequest, Status};
 use crate::client::{Client as MemberClient, ClientConfig};
-use crate::node::ids::fnv1a;
 
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "kuberaft-operator";

@@ -4,10 +4,7 @@ use std::collections::BTreeSet;
 
 use super::types::NodeId;
 
-/// How many of `voters` make a majority.
-pub fn majority(voters: usize) -> usize {
-    voters / 2 + 1
-}
+pub use crate::base::quorum::majority;
 
 /// The largest value that a majority of voters has reached, given each voter's value:
 /// the index committed by a quorum of match indexes, or the ReadIndex round a quorum confirmed.

@@ -393,14 +393,14 @@ impl Raft {
         let me = self.cfg.id;
         let target = match to {
             Some(id) => id,
-            None => self
-                .conf
-                .voters
-                .iter()
-                .filter(|id| **id != me)
-                .max_by_key(|id| self.progress.get(id).map_or(0, |p| p.matched))
-                .copied()
-                .ok_or(ProposeError::NotAVoter(me))?,
+            None => crate::base::quorum::most_caught_up(
+                self.conf
+                    .voters
+                    .iter()
+                    .filter(|id| **id != me)
+                    .map(|id| (*id, self.progress.get(id).map_or(0, |p| p.matched))),
+            )
+            .ok_or(ProposeError::NotAVoter(me))?,
         };
         if target == me {
             return Ok(me);

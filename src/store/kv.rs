@@ -12,9 +12,10 @@ use std::ops::Bound;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::claim::{check_claim, MemberState};
 use super::command::{decode, ApplyResult, Command, KeyValue, MemberInfo};
 use super::error::StoreError;
-use crate::node::join::{check_claim, MemberState};
+use crate::base::ids::Fnv1a;
 use crate::raft::{ConfChange, ConfChangeKind, Entry, EntryPayload, Index, NodeId, Snapshot, Term};
 
 /// Leads every snapshot, so that a snapshot of another format is refused by name.
@@ -441,29 +442,6 @@ fn key_value(key: &str, stored: &Stored) -> KeyValue {
         create_revision: stored.create_revision,
         mod_revision: stored.mod_revision,
         version: stored.version,
-    }
-}
-
-/// 64-bit FNV-1a: tiny, fixed, and the same everywhere (unlike std's randomly seeded hasher).
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
-    fn new() -> Fnv1a {
-        Fnv1a(Self::OFFSET_BASIS)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 ^= u64::from(*byte);
-            self.0 = self.0.wrapping_mul(Self::PRIME);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 

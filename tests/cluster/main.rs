@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use harness::{wait_for, Cluster, DiskMount};
-use kuberaft::api::base64::encode_base64;
+use kuberaft::base::base64::encode_base64;
 use serde_json::{json, Value};
 
 const ELECTION: Duration = Duration::from_secs(15);

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use harness::{wait_for, Cluster, CLIENT_PORT, PEER_PORT};
-use kuberaft::api::types::{
+use kuberaft::base::wire::{
     parse_id, AddMemberRequest, TransferRequest, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES, MAX_MEMBER_REQUEST_BYTES,
     MAX_TRANSFER_REQUEST_BYTES,
 };

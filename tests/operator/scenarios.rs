@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use http::Method;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
-use kuberaft::api::types::{AddMemberRequest, Member, Status};
+use kuberaft::base::wire::{AddMemberRequest, Member, Status};
 use kuberaft::operator::crd::RaftCluster;
 use kuberaft::operator::reconcile::{self, Context, MemberApi, MemberChange};
 use kuberaft::raft::rng::Rng;

@@ -33,9 +33,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use kuberaft::check::linearizability::{check_registers, Operation, RegisterInput, RegisterOutput, Verdict};
-use kuberaft::node::join::{check_claim, decide_existing, Decision, Joiner, MemberState, PeerView, ViewMember};
+use kuberaft::node::join::{decide_existing, Decision, Joiner, PeerView, ViewMember};
 use kuberaft::raft::rng::Rng;
 use kuberaft::raft::*;
+use kuberaft::store::claim::{check_claim, MemberState};
 
 const TICK_MS: u64 = 10;
 const KEYS: u8 = 3;

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::api::types::{Member, Status};
+use crate::base::wire::{Member, Status};
 
 const CLUSTER: &str = "etcd";
 /// The commit index of a running test cluster: large enough that 10% of it is a visible margin.

@@ -173,3 +173,23 @@ pub fn format_id(id: u64) -> String {
 pub fn parse_id(text: &str) -> Option<u64> {
     u64::from_str_radix(text, 16).ok().filter(|id| *id != 0)
 }
+
+/// `?consistency=` of a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Served through the leader with ReadIndex: never stale.
+    #[default]
+    Linearizable,
+    /// Served by the member asked, from its applied state: possibly stale.
+    Serializable,
+}
+
+impl Consistency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Serializable => "serializable",
+        }
+    }
+}

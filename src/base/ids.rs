@@ -3,18 +3,48 @@
 //! coordination is needed to bootstrap; a different list or token gives a different cluster id,
 //! and members of different clusters reject each other's messages.
 
-use crate::raft::NodeId;
+/// A member id (the same type as the core's `NodeId`).
+type NodeId = u64;
 
-/// FNV-1a, 64 bit: stable across processes and versions (unlike std's hasher).
-pub fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for byte in part.iter().chain(std::iter::once(&0xffu8)) {
-            hash ^= *byte as u64;
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+/// 64-bit FNV-1a, fed in pieces: tiny, fixed, and the same in every process and version
+/// (unlike std's randomly seeded hasher). Ids and the membership hash are built on it.
+pub struct Fnv1a(u64);
+
+impl Fnv1a {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    pub fn new() -> Fnv1a {
+        Fnv1a(Self::OFFSET_BASIS)
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(Self::PRIME);
         }
     }
-    hash
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a::new()
+    }
+}
+
+/// FNV-1a over `parts`, each followed by a 0xff byte (so that ("ab", "c") and ("a", "bc")
+/// differ).
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash = Fnv1a::new();
+    for part in parts {
+        hash.write(part);
+        hash.write(&[0xff]);
+    }
+    hash.finish()
 }
 
 /// One `name=peerURL` of `--initial-cluster`.

@@ -5,18 +5,14 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use crate::base::logging::LogFormat;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ClusterState {
     /// Bootstrap a new cluster from `--initial-cluster`.
     New,
     /// Join a running cluster that already added this member.
     Existing,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -51,7 +47,7 @@ pub struct NodeArgs {
     #[arg(long, env = "KUBERAFT_HEARTBEAT_INTERVAL_MS", default_value_t = 50)]
     pub heartbeat_interval_ms: u64,
     /// Largest accepted value.
-    #[arg(long, env = "KUBERAFT_MAX_VALUE_BYTES", default_value_t = crate::api::types::DEFAULT_MAX_VALUE_BYTES)]
+    #[arg(long, env = "KUBERAFT_MAX_VALUE_BYTES", default_value_t = crate::base::wire::DEFAULT_MAX_VALUE_BYTES)]
     pub max_value_bytes: usize,
     /// Take a snapshot and compact the log after this many applied entries.
     #[arg(long, env = "KUBERAFT_SNAPSHOT_THRESHOLD", default_value_t = 10_000)]

@@ -1,0 +1,65 @@
+//! How a member's start fails, said plainly, and the exit code each failure gets
+//! (`crate::base::exit`).
+
+use crate::base::exit::{EXIT_CORRUPT, EXIT_DATA_LOST, EXIT_FAILED};
+use crate::store::StoreError;
+
+/// A start-up problem, said plainly; the process exits non-zero with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StartError {
+    message: String,
+    /// Which exit code it gets.
+    kind: StartFailure,
+}
+
+/// What kind of start-up failure, which decides the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StartFailure {
+    /// Anything else: exit 1.
+    Failed,
+    /// The member's data is gone while the cluster counts on it: [`EXIT_DATA_LOST`].
+    DataLost,
+    /// The member's data is damaged (beyond what a crash or power cut leaves): [`EXIT_CORRUPT`].
+    Corrupt,
+}
+
+impl From<String> for StartError {
+    fn from(message: String) -> Self {
+        StartError { message, kind: StartFailure::Failed }
+    }
+}
+
+impl From<&str> for StartError {
+    fn from(message: &str) -> Self {
+        StartError::from(message.to_string())
+    }
+}
+
+impl From<StoreError> for StartError {
+    fn from(error: StoreError) -> Self {
+        let kind = if error.is_data_lost() {
+            StartFailure::DataLost
+        } else if error.is_corrupt() {
+            StartFailure::Corrupt
+        } else {
+            StartFailure::Failed
+        };
+        StartError { message: error.to_string(), kind }
+    }
+}
+
+impl StartError {
+    pub(super) fn data_lost(message: String) -> Self {
+        StartError { message, kind: StartFailure::DataLost }
+    }
+
+    /// The process's exit code for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self.kind {
+            StartFailure::Failed => EXIT_FAILED,
+            StartFailure::DataLost => EXIT_DATA_LOST,
+            StartFailure::Corrupt => EXIT_CORRUPT,
+        }
+    }
+}

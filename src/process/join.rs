@@ -1,0 +1,127 @@
+//! The start of a member with empty data, as it talks to its peers: it asks the listed peers
+//! what they know of the cluster, and bootstraps, claims a learner's place, or refuses, as the
+//! pure decisions of `crate::node::join` say.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::error::StartError;
+use crate::base::ids::InitialMember;
+use crate::node::join;
+use crate::node::transport::{JoinAnswer, JoinRequest, PeerMembers, JOIN_PATH, MEMBERS_PATH};
+use crate::store::MemberMeta;
+
+/// Asks every listed peer (but this member) what it knows of the cluster.
+async fn ask_peers(http: &reqwest::Client, initial: &[InitialMember], me: &str) -> (Vec<join::PeerView>, Vec<String>) {
+    let mut views = Vec::new();
+    let mut failures = Vec::new();
+    for m in initial.iter().filter(|m| m.peer_url != me) {
+        let answer = match http.get(format!("{}{MEMBERS_PATH}", m.peer_url)).send().await {
+            Ok(resp) if resp.status().is_success() => resp.json::<PeerMembers>().await.map_err(|e| e.to_string()),
+            Ok(resp) => Err(format!("HTTP {}", resp.status())),
+            Err(e) => Err(e.to_string()),
+        };
+        match answer.map(|a| a.view(&m.peer_url)) {
+            Ok(Some(view)) => views.push(view),
+            Ok(None) => failures.push(format!("{}: a malformed answer", m.peer_url)),
+            Err(e) => failures.push(format!("{}: {e}", m.peer_url)),
+        }
+    }
+    (views, failures)
+}
+
+/// Dials from `local_ip` (the member's peer address), as the peer transport does.
+fn join_client(local_ip: Option<IpAddr>) -> Result<reqwest::Client, StartError> {
+    reqwest::Client::builder()
+        .local_address(local_ip)
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(6))
+        .build()
+        .map_err(|e| StartError::from(e.to_string()))
+}
+
+/// `new` with empty data: bootstraps once a majority of the initial members (this one
+/// included) confirms that the cluster has not formed; refuses if it has (`join::decide_new`).
+/// Waits as long as it takes (a new cluster cannot elect before a majority runs anyway).
+pub(super) async fn bootstrap_when_unformed(
+    initial: &[InitialMember],
+    me: &str,
+    cluster_id: u64,
+    member_id: u64,
+    local_ip: Option<IpAddr>,
+) -> Result<(), StartError> {
+    let http = join_client(local_ip)?;
+    let mut last_logged: Option<std::time::Instant> = None;
+    loop {
+        let (views, failures) = ask_peers(&http, initial, me).await;
+        match join::decide_new(member_id, cluster_id, initial.len(), &views) {
+            join::Decision::Bootstrap => return Ok(()),
+            join::Decision::Refuse { data_lost: true, reason } => return Err(StartError::data_lost(reason)),
+            join::Decision::Refuse { reason, .. } => return Err(StartError::from(reason)),
+            join::Decision::Wait(why) => {
+                if last_logged.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                    tracing::info!(unreachable = ?failures, "waiting to bootstrap: {why}");
+                    last_logged = Some(std::time::Instant::now());
+                }
+            }
+            other => return Err(StartError::from(format!("unexpected join decision {other:?}"))),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `existing` with empty data: joins as the learner the leader lists under this member's peer
+/// URL, once the leader has recorded the start (`join::decide_existing`, `Command::Join`).
+/// Never on a follower's word; a member whose id voted or started before is refused as data
+/// lost. Gives up after 30 s without a decision (the pod restarts and asks again).
+pub(super) async fn join_existing(
+    me: &join::Joiner,
+    initial: &[InitialMember],
+    local_ip: Option<IpAddr>,
+) -> Result<MemberMeta, StartError> {
+    const ATTEMPTS: usize = 60;
+    let http = join_client(local_ip)?;
+    let mut last = String::new();
+    for attempt in 0..ATTEMPTS {
+        let (views, failures) = ask_peers(&http, initial, &me.peer_url).await;
+        match join::decide_existing(me, &views, None) {
+            join::Decision::Claim { via, cluster_id, id } => {
+                let request = JoinRequest { cluster_id: format!("{cluster_id:x}"), id: format!("{id:x}") };
+                match http.post(format!("{via}{JOIN_PATH}")).json(&request).send().await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        match resp.json::<JoinAnswer>().await {
+                            Ok(answer) if answer.joined => {
+                                tracing::info!(id = %format!("{id:x}"), leader = %via, "joining as a new learner");
+                                return Ok(MemberMeta { cluster_id, member_id: id, name: me.name.clone() });
+                            }
+                            Ok(answer) if status == reqwest::StatusCode::CONFLICT && answer.data_lost => {
+                                return Err(StartError::data_lost(answer.reason))
+                            }
+                            Ok(answer) if status == reqwest::StatusCode::CONFLICT => {
+                                return Err(StartError::from(answer.reason))
+                            }
+                            _ => last = format!("{via} could not record the join ({status})"),
+                        }
+                    }
+                    Err(e) => last = format!("{via}: {e}"),
+                }
+            }
+            join::Decision::Refuse { data_lost: true, reason } => return Err(StartError::data_lost(reason)),
+            join::Decision::Refuse { reason, .. } => return Err(StartError::from(reason)),
+            join::Decision::Wait(why) => last = why,
+            other => last = format!("unexpected join decision {other:?}"),
+        }
+        if attempt % 10 == 0 {
+            tracing::info!(unreachable = ?failures, "waiting to join: {last}");
+        }
+        if attempt + 1 < ATTEMPTS {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    Err(StartError::from(format!(
+        "cannot join: {last}. A member with empty data joins as a learner added for it (`kuberaft member add {} --peer-url {} --learner`), \
+         on the leader's word",
+        me.name, me.peer_url
+    )))
+}

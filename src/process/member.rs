@@ -1,0 +1,435 @@
+//! `kuberaft node`: a member from its flags, in named steps. [`run`] reads like the list of
+//! them; each step says what it decides and fails with a [`StartError`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
+
+use super::args::{ClusterState, NodeArgs};
+use super::error::StartError;
+use super::join::{bootstrap_when_unformed, join_existing};
+use crate::api::server::{client_router, render_error as render_client_error, Api};
+use crate::base::ids::{cluster_id, host_port, initial_member_id, parse_initial_cluster, validate_url, InitialMember};
+use crate::base::logging::init_logging;
+use crate::base::signal::wait_for_signal;
+use crate::http::serve::{serve, PortStats, CLIENT_PORT, PEER_PORT};
+use crate::node::join::Joiner;
+use crate::node::runtime::{RaftLoop, INPUT_QUEUE, TICK_MS};
+use crate::node::shared::{AddressBook, LoopStatus, Metrics, Shared};
+use crate::node::transport::{self, PeerLimits, PeerMembers, PeerServer, Transport, MEMBERS_PATH};
+use crate::node::NodeHandle;
+use crate::raft::{Config, InitialState, Raft, RawNode, Role};
+use crate::store::command::{encode, MemberInfo};
+use crate::store::{open_data_dir, write_meta, DataDir, DurableState, KvStore, MemberMeta, Storage};
+
+/// Runs a member until SIGTERM/SIGINT. Blocking; builds its own runtime.
+pub fn run(args: NodeArgs) -> ExitCode {
+    init_logging(args.log_format, &args.log_level);
+    match start(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn start(args: NodeArgs) -> Result<(), StartError> {
+    let flags = Flags::check(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::from(format!("cannot start the async runtime: {e}")))?;
+    let DataDir { storage, durable, meta: stored_meta } = open_storage(&args)?;
+    let start = decide_start(&args, &flags, &runtime, &storage, durable, stored_meta.clone())?;
+    let storage = record_start(&args, storage, stored_meta.as_ref(), &start)?;
+    let kv = restore_state_machine(&args, &start.state)?;
+    let cfg = raft_config(start.meta.member_id, &args)?;
+    let peer_limits = PeerLimits::new(cfg.max_msg_bytes, args.max_value_bytes);
+    let raw = RawNode::new(Raft::new(cfg, start.state).map_err(|e| StartError::from(e.to_string()))?);
+    let shared = Arc::new(shared_state(&args, &flags, &start.meta, start.problems, &raw, kv));
+
+    // The Raft loop's thread, and its peer transport.
+    let (tx, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
+    let transport = Transport::new(shared.clone(), runtime.handle().clone(), tx.clone(), flags.dial_from)
+        .map_err(|e| StartError::from(format!("cannot build the peer client: {e}")))?;
+    let raft_loop = RaftLoop::new(raw, storage, shared.clone(), Box::new(transport), rx, args.snapshot_threshold);
+    let loop_thread = std::thread::Builder::new()
+        .name("raft-loop".into())
+        .spawn(move || raft_loop.run())
+        .map_err(|e| StartError::from(format!("cannot start the raft loop: {e}")))?;
+
+    let node = NodeHandle { shared: shared.clone(), tx: tx.clone() };
+    let peer = PeerServer::new(shared.clone(), tx.clone(), peer_limits);
+    drop(tx);
+    let result = runtime.block_on(serve_until_stopped(&flags, node, peer));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let _ = loop_thread.join();
+    result
+}
+
+/// The flags, checked before anything is touched.
+struct Flags {
+    client_addr: SocketAddr,
+    peer_addr: SocketAddr,
+    advertise_client_url: String,
+    advertise_peer_url: String,
+    initial: Vec<InitialMember>,
+    /// The cluster id that `--initial-cluster` and its token give.
+    cluster_id: u64,
+    /// The member's own peer address, which it dials its peers from (so that network rules on
+    /// member addresses cut both directions).
+    dial_from: Option<IpAddr>,
+}
+
+impl Flags {
+    fn check(args: &NodeArgs) -> Result<Flags, StartError> {
+        let client_addr = socket_addr(&args.listen_client_url, "--listen-client-url")?;
+        let peer_addr = socket_addr(&args.listen_peer_url, "--listen-peer-url")?;
+        validate_url(&args.advertise_client_url)
+            .map_err(|e| StartError::from(format!("--advertise-client-url: {e}")))?;
+        validate_url(&args.advertise_peer_url).map_err(|e| StartError::from(format!("--advertise-peer-url: {e}")))?;
+        let initial = parse_initial_cluster(&args.initial_cluster).map_err(StartError::from)?;
+        if args.max_value_bytes == 0 {
+            return Err(StartError::from("--max-value-bytes must be at least 1"));
+        }
+        Ok(Flags {
+            client_addr,
+            peer_addr,
+            advertise_client_url: args.advertise_client_url.trim_end_matches('/').to_string(),
+            advertise_peer_url: args.advertise_peer_url.trim_end_matches('/').to_string(),
+            cluster_id: cluster_id(&initial, &args.initial_cluster_token),
+            initial,
+            dial_from: Some(peer_addr.ip()).filter(|ip| !ip.is_unspecified()),
+        })
+    }
+}
+
+/// Opens `--data-dir` (creating it), refusing a partial one (member.json without its log, a
+/// log without member.json).
+fn open_storage(args: &NodeArgs) -> Result<DataDir, StartError> {
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| StartError::from(format!("cannot create --data-dir {}: {e}", args.data_dir.display())))?;
+    Ok(open_data_dir(&args.data_dir)?)
+}
+
+/// How this member starts: who it is, the core's initial state, and problems to report.
+struct Start {
+    meta: MemberMeta,
+    state: InitialState,
+    problems: Vec<String>,
+}
+
+/// The bootstrap policy. With data, the durable state is the truth and the flags only matter
+/// at the first start; with empty data, `new` bootstraps once a majority of the initial list
+/// confirms the cluster has not formed, and `existing` joins as the learner the leader lists
+/// for it (`process::join`, `node::join`).
+fn decide_start(
+    args: &NodeArgs,
+    flags: &Flags,
+    runtime: &Runtime,
+    storage: &Storage,
+    durable: DurableState,
+    meta: Option<MemberMeta>,
+) -> Result<Start, StartError> {
+    match meta {
+        Some(meta) if !storage.is_fresh() => {
+            let mut problems = Vec::new();
+            if meta.cluster_id != flags.cluster_id && args.initial_cluster_state == ClusterState::New {
+                let why = format!(
+                    "--initial-cluster/--initial-cluster-token describe cluster {:x}, but this member's data belongs to cluster {:x}; the data wins and the flags are ignored",
+                    flags.cluster_id, meta.cluster_id
+                );
+                tracing::warn!("{why}");
+                problems.push(why);
+            }
+            if meta.name != args.name {
+                return Err(StartError::from(format!(
+                    "the data in {} belongs to member '{}', not '{}'",
+                    args.data_dir.display(),
+                    meta.name,
+                    args.name
+                )));
+            }
+            let state = InitialState::restart(durable.hard_state, durable.snapshot, durable.entries);
+            Ok(Start { meta, state, problems })
+        }
+        _ => match args.initial_cluster_state {
+            ClusterState::New => bootstrap(args, flags, runtime),
+            ClusterState::Existing => {
+                let joiner = Joiner { name: args.name.clone(), peer_url: flags.advertise_peer_url.clone() };
+                let meta = while_answering_peers(runtime, flags.peer_addr, flags.cluster_id, async {
+                    join_existing(&joiner, &flags.initial, flags.dial_from).await
+                })?;
+                Ok(Start { meta, state: InitialState::default(), problems: Vec::new() })
+            }
+        },
+    }
+}
+
+/// `new` with empty data: the bootstrap entries, once a majority of the initial members (this
+/// one included) confirmed the cluster has not formed.
+fn bootstrap(args: &NodeArgs, flags: &Flags, runtime: &Runtime) -> Result<Start, StartError> {
+    let me = flags.initial.iter().find(|m| m.name == args.name).ok_or_else(|| {
+        StartError::from(format!("--initial-cluster does not list this member's name '{}'", args.name))
+    })?;
+    if me.peer_url != flags.advertise_peer_url {
+        return Err(StartError::from(format!(
+            "--initial-cluster lists {}={} but --advertise-peer-url is {}",
+            me.name, me.peer_url, flags.advertise_peer_url
+        )));
+    }
+    // Every initial member writes the same bootstrap entries (Raft's log matching assumes
+    // equal entries at an equal index and term), so they carry only what every member knows:
+    // no client URLs, which members learn from each other's messages. A member that wrote its
+    // own here had a membership (and hash) of its own, and the operator never saw the members
+    // agree.
+    let voters: Vec<(u64, Bytes)> = flags
+        .initial
+        .iter()
+        .map(|m| {
+            let id = initial_member_id(flags.cluster_id, m);
+            let info = MemberInfo { id, name: m.name.clone(), peer_url: m.peer_url.clone(), client_url: String::new() };
+            (id, encode(&info))
+        })
+        .collect();
+    let meta = MemberMeta {
+        cluster_id: flags.cluster_id,
+        member_id: initial_member_id(flags.cluster_id, me),
+        name: args.name.clone(),
+    };
+    let member_id = meta.member_id;
+    while_answering_peers(runtime, flags.peer_addr, flags.cluster_id, async {
+        bootstrap_when_unformed(&flags.initial, &flags.advertise_peer_url, flags.cluster_id, member_id, flags.dial_from)
+            .await
+    })?;
+    Ok(Start { meta, state: InitialState::bootstrap(&voters), problems: Vec::new() })
+}
+
+/// Writes `member.json` (only when it changed: a restart must not need free space, so that a
+/// member on a full disk starts, reports it in /readyz and recovers when space returns) and
+/// the bootstrap entries, before anything else happens.
+fn record_start(
+    args: &NodeArgs,
+    mut storage: Storage,
+    stored_meta: Option<&MemberMeta>,
+    start: &Start,
+) -> Result<Storage, StartError> {
+    if stored_meta != Some(&start.meta) {
+        write_meta(&args.data_dir, &start.meta).map_err(|e| StartError::from(e.to_string()))?;
+    }
+    let state = &start.state;
+    if storage.is_fresh() && !state.entries.is_empty() {
+        storage
+            .persist(Some(&state.hard_state), None, &state.entries)
+            .map_err(|e| StartError::from(format!("cannot write the initial state: {e}")))?;
+    }
+    Ok(storage)
+}
+
+/// The state machine from the durable snapshot, checked against its metadata. One that cannot
+/// be loaded (a newer format, damage, or a snapshot the member received but could not install
+/// before it stopped) stops the start: the log after it cannot apply.
+fn restore_state_machine(args: &NodeArgs, state: &InitialState) -> Result<KvStore, StartError> {
+    match &state.snapshot {
+        Some(s) => KvStore::restore_snapshot(s).map_err(|e| {
+            StartError::from(format!(
+                "cannot start: the durable snapshot of index {} (term {}) in {} cannot be loaded: {e}. \
+                 Run a kuberaft version that reads it, or replace this member (remove it, clear its data \
+                 directory, add it back)",
+                s.meta.index,
+                s.meta.term,
+                args.data_dir.display()
+            ))
+        }),
+        None => Ok(KvStore::new()),
+    }
+}
+
+/// What the Raft loop, the transport and the servers share, with the address book filled from
+/// the initial list, the restored membership and this member's own flags.
+fn shared_state(
+    args: &NodeArgs,
+    flags: &Flags,
+    meta: &MemberMeta,
+    problems: Vec<String>,
+    raw: &RawNode,
+    kv: KvStore,
+) -> Shared {
+    let addresses = AddressBook::default();
+    for m in &flags.initial {
+        addresses.learn(initial_member_id(meta.cluster_id, m), &m.name, &m.peer_url, "");
+    }
+    for (info, _) in kv.members() {
+        addresses.learn(info.id, &info.name, &info.peer_url, &info.client_url);
+    }
+    addresses.learn(meta.member_id, &args.name, &flags.advertise_peer_url, &flags.advertise_client_url);
+    let (applied_tx, _) = watch::channel(kv.applied_index());
+    Shared {
+        id: meta.member_id,
+        name: args.name.clone(),
+        cluster_id: meta.cluster_id,
+        advertise_client_url: flags.advertise_client_url.clone(),
+        advertise_peer_url: flags.advertise_peer_url.clone(),
+        max_value_bytes: args.max_value_bytes,
+        status: RwLock::new(LoopStatus {
+            role: Role::Follower,
+            term: raw.raft.term(),
+            leader: None,
+            commit_index: raw.raft.commit_index(),
+            applied_index: kv.applied_index(),
+            last_index: raw.raft.log().last_index(),
+            voter: raw.raft.conf().voters.contains(&meta.member_id),
+            matched: Default::default(),
+            committed_in_term: false,
+        }),
+        kv: RwLock::new(kv),
+        applied: applied_tx,
+        addresses,
+        errors: RwLock::new(problems.into_iter().map(|p| ("flags".to_string(), (p, Instant::now()))).collect()),
+        metrics: Metrics::default(),
+        data_lost: watch::channel(None).0,
+    }
+}
+
+/// Serves the client and peer ports until SIGTERM/SIGINT (then hands leadership away) or until
+/// the member learns its data is lost (exit 3); then lets requests in flight finish (bounded).
+async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) -> Result<(), StartError> {
+    let shared = node.shared.clone();
+    let (client_addr, peer_addr) = (flags.client_addr, flags.peer_addr);
+    let http = reqwest::Client::builder()
+        .local_address(Some(client_addr.ip()).filter(|ip| !ip.is_unspecified()))
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .map_err(|e| StartError::from(format!("cannot build the forwarding client: {e}")))?;
+    let api = Api { node: node.clone(), http };
+    let client_listener = tokio::net::TcpListener::bind(client_addr)
+        .await
+        .map_err(|e| StartError::from(format!("cannot listen for clients on {client_addr}: {e}")))?;
+    let peer_listener = tokio::net::TcpListener::bind(peer_addr)
+        .await
+        .map_err(|e| StartError::from(format!("cannot listen for peers on {peer_addr}: {e}")))?;
+    tracing::info!(
+        name = %shared.name,
+        id = %format!("{:x}", shared.id),
+        cluster = %format!("{:x}", shared.cluster_id),
+        %client_addr,
+        %peer_addr,
+        "member started"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let client_stats = shared.metrics.client_port.clone();
+    let peer_stats = shared.metrics.peer_port.clone();
+    let client_server = tokio::spawn(serve(
+        client_listener,
+        client_router(api),
+        CLIENT_PORT,
+        render_client_error,
+        client_stats,
+        stop_rx.clone(),
+    ));
+    let peer_server = tokio::spawn(serve(
+        peer_listener,
+        transport::peer_router(peer),
+        PEER_PORT,
+        transport::render_error,
+        peer_stats,
+        stop_rx,
+    ));
+    let mut data_lost = shared.data_lost.subscribe();
+    let lost = tokio::select! {
+        _ = wait_for_signal() => None,
+        lost = data_lost.wait_for(|lost| lost.is_some()) => lost.ok().and_then(|l| l.clone()),
+    };
+    if lost.is_none() {
+        tracing::info!("stopping: handing off leadership if leading");
+        node.shutdown().await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), client_server).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), peer_server).await;
+    match lost {
+        Some(why) => Err(StartError::data_lost(why)),
+        None => Ok(()),
+    }
+}
+
+/// `MIN-MAX` milliseconds.
+fn parse_timeout_range(text: &str) -> Result<(u64, u64), StartError> {
+    let bad =
+        || StartError::from(format!("--election-timeout-ms '{text}' must be MIN-MAX in milliseconds, e.g. 150-300"));
+    let (min, max) = text.split_once('-').ok_or_else(bad)?;
+    let (min, max) = (min.trim().parse::<u64>().map_err(|_| bad())?, max.trim().parse::<u64>().map_err(|_| bad())?);
+    Ok((min, max))
+}
+
+/// The core's settings from the flags (milliseconds to ticks).
+pub fn raft_config(id: u64, args: &NodeArgs) -> Result<Config, StartError> {
+    let (min_ms, max_ms) = parse_timeout_range(&args.election_timeout_ms)?;
+    let mut cfg = Config::new(id);
+    cfg.election_timeout_min_ticks = (min_ms / TICK_MS) as u32;
+    cfg.election_timeout_max_ticks = (max_ms / TICK_MS) as u32;
+    cfg.heartbeat_interval_ticks = (args.heartbeat_interval_ms / TICK_MS).max(1) as u32;
+    cfg.seed = id
+        ^ std::process::id() as u64
+        ^ (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0));
+    cfg.validate().map_err(|e| {
+        StartError::from(format!(
+            "{e} (--election-timeout-ms {} --heartbeat-interval-ms {})",
+            args.election_timeout_ms, args.heartbeat_interval_ms
+        ))
+    })?;
+    Ok(cfg)
+}
+
+fn socket_addr(url: &str, flag: &str) -> Result<SocketAddr, StartError> {
+    validate_url(url).map_err(|e| StartError::from(format!("{flag}: {e}")))?;
+    let hp = host_port(url).unwrap_or_default();
+    hp.parse::<SocketAddr>().map_err(|_| StartError::from(format!("{flag}: '{url}' must name an IP address and port")))
+}
+
+/// Runs `decide` (a member with empty data deciding how to start) while the peer port answers
+/// `GET /raft/v1/members` as a blank member of `cluster_id`, so that the members of a new
+/// cluster, all waiting like this one, can count each other. Stops on SIGTERM too.
+fn while_answering_peers<T>(
+    runtime: &tokio::runtime::Runtime,
+    peer_addr: SocketAddr,
+    cluster_id: u64,
+    decide: impl std::future::Future<Output = Result<T, StartError>>,
+) -> Result<T, StartError> {
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(peer_addr)
+            .await
+            .map_err(|e| StartError::from(format!("cannot listen for peers on {peer_addr}: {e}")))?;
+        let answer = PeerMembers { cluster_id: format!("{cluster_id:x}"), blank: true, ..PeerMembers::default() };
+        let router = axum::Router::new()
+            .route(MEMBERS_PATH, axum::routing::get(move || std::future::ready(axum::Json(answer.clone()))))
+            .fallback(|| std::future::ready((axum::http::StatusCode::SERVICE_UNAVAILABLE, "this member is starting")));
+        // Bounded like the real peer port (connections, header and request timeouts).
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stats = Arc::new(PortStats::default());
+        let server = tokio::spawn(serve(listener, router, PEER_PORT, transport::render_error, stats, stop_rx));
+        let outcome = tokio::select! {
+            outcome = decide => outcome,
+            _ = wait_for_signal() => Err(StartError::from("stopped before this member started")),
+        };
+        let _ = stop_tx.send(true);
+        let mut server = server;
+        if tokio::time::timeout(Duration::from_secs(2), &mut server).await.is_err() {
+            // The real peer server binds the same address next: release it now.
+            server.abort();
+            let _ = server.await;
+        }
+        outcome
+    })
+}
