@@ -12,3 +12,6 @@ pub mod operator;
 pub mod process;
 pub mod raft;
 pub mod store;
+
+#[cfg(test)]
+mod layering;

@@ -6,6 +6,8 @@ pub mod base64;
 pub mod exit;
 pub mod ids;
 pub mod logging;
+pub mod output;
 pub mod quorum;
+pub mod rng;
 pub mod signal;
 pub mod wire;

@@ -8,7 +8,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, T
 use futures::future::BoxFuture;
 
 use super::{Driver, Op, OpResult};
-use crate::cli::CliError;
+use crate::base::output::CliError;
 
 pub struct EtcdDriver {
     conns: Vec<Client>,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::{Driver, Op, OpResult};
-use crate::cli::CliError;
+use crate::base::output::CliError;
 use crate::client::{Client, ClientConfig, ClientError, Consistency};
 
 pub struct KuberaftDriver {

@@ -21,8 +21,8 @@ use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::cli::CliError;
-use crate::raft::rng::Rng;
+use crate::base::output::CliError;
+use crate::base::rng::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -240,10 +240,10 @@ fn driver(args: &BenchArgs) -> Result<Arc<dyn Driver>, CliError> {
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let report = bench(&args).await?;
     let text = match args.output {
-        Output::Json => crate::cli::to_json_line(&report)?,
+        Output::Json => crate::base::output::to_json_line(&report)?,
         Output::Table => table(&report),
     };
-    crate::cli::write_stdout(text.as_bytes())?;
+    crate::base::output::write_stdout(text.as_bytes())?;
     if report.requests > 0 && report.errors == report.requests {
         let first = report.sample_errors.first().cloned().unwrap_or_default();
         return Err(CliError::Failed(format!("every request failed (the first: {first})")));
@@ -287,7 +287,7 @@ pub async fn bench(args: &BenchArgs) -> Result<Report, CliError> {
         if !args.quiet && now.duration_since(last.0) >= Duration::from_secs(1) {
             let count = done.load(Ordering::Relaxed);
             let rate = (count - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
-            crate::cli::write_stderr(&format!(
+            crate::base::output::write_stderr(&format!(
                 "\r[{label}] {:>5.1}s {count:>9} requests {rate:>9.0}/s errors {}   ",
                 now.duration_since(started).as_secs_f64(),
                 failed.load(Ordering::Relaxed)
@@ -310,7 +310,7 @@ pub async fn bench(args: &BenchArgs) -> Result<Report, CliError> {
     }
     let seconds = started.elapsed().as_secs_f64();
     if !args.quiet {
-        crate::cli::write_stderr("\n");
+        crate::base::output::write_stderr("\n");
     }
     let errors = failed.load(Ordering::Relaxed);
     let requests = histogram.len() + errors;

@@ -13,7 +13,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 use bytes::Bytes;
 
-use crate::raft::rng::Rng;
+use crate::base::rng::Rng;
 use crate::raft::{
     ConfChange, ConfChangeKind, Config, Entry, EntryPayload, Index, InitialState, Message, MessageBody, NodeId, Raft,
     RawNode, Role, Snapshot, SnapshotMeta, Term,

@@ -12,7 +12,6 @@ mod quorum;
 mod raft;
 mod read_only;
 mod ready;
-pub mod rng;
 mod types;
 
 #[cfg(test)]

@@ -12,8 +12,8 @@ use super::log::RaftLog;
 use super::progress::{Progress, ProgressState};
 use super::quorum::{has_majority, quorum_value};
 use super::read_only::ReadOnly;
-use super::rng::Rng;
 use super::types::*;
+use crate::base::rng::Rng;
 
 /// How to start a member: from durable state, from a bootstrap configuration, or empty (to
 /// join a running cluster as a new member).

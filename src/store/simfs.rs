@@ -20,7 +20,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::fs::{DirLock, FileSystem, WalFile};
-use crate::raft::rng::Rng;
+use crate::base::rng::Rng;
 
 type Ino = usize;
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
-use crate::raft::rng::Rng;
+use crate::base::rng::Rng;
 use crate::raft::{ConfState, EntryPayload};
 use crate::store::simfs::{CutMode, CutStats, Disk, SimFs};
 

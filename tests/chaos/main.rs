@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use harness::{wait_for, Cluster};
+use kuberaft::base::rng::Rng;
 use kuberaft::check::linearizability::{check_registers, Operation, RegisterInput, RegisterOutput, Verdict};
-use kuberaft::raft::rng::Rng;
 use nft::Faults;
 use serde_json::{json, Value};
 

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use harness::{wait_for, Cluster, CLIENT_PORT, PEER_PORT};
+use kuberaft::base::rng::Rng;
 use kuberaft::base::wire::{
     parse_id, AddMemberRequest, TransferRequest, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES, MAX_MEMBER_REQUEST_BYTES,
     MAX_TRANSFER_REQUEST_BYTES,
 };
-use kuberaft::raft::rng::Rng;
 use kuberaft::raft::{ConfState, Entry, EntryPayload, Message, MessageBody, RejectHint, Snapshot, SnapshotMeta};
 use kuberaft::store::command::{decode, encode, Command};
 use serde_json::Value;

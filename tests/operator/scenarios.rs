@@ -10,10 +10,10 @@ use futures::future::BoxFuture;
 use http::Method;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
+use kuberaft::base::rng::Rng;
 use kuberaft::base::wire::{AddMemberRequest, Member, Status};
 use kuberaft::operator::crd::RaftCluster;
 use kuberaft::operator::reconcile::{self, Context, MemberApi, MemberChange};
-use kuberaft::raft::rng::Rng;
 use serde_json::{json, Value};
 
 use crate::fake_api::*;

@@ -32,9 +32,9 @@ use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
 use bytes::Bytes;
+use kuberaft::base::rng::Rng;
 use kuberaft::check::linearizability::{check_registers, Operation, RegisterInput, RegisterOutput, Verdict};
 use kuberaft::node::join::{decide_existing, Decision, Joiner, PeerView, ViewMember};
-use kuberaft::raft::rng::Rng;
 use kuberaft::raft::*;
 use kuberaft::store::claim::{check_claim, MemberState};
 
