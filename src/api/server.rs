@@ -278,15 +278,17 @@ fn parse_query<T: for<'de> Deserialize<'de>>(
 
 // ----- key-value -----
 
-async fn put_key(
-    State(api): State<Api>,
-    key: PathParam,
-    query: Result<Query<WriteParams>, axum::extract::rejection::QueryRejection>,
-    request: Request,
-) -> ApiResult<Response> {
+type WriteQuery = Result<Query<WriteParams>, axum::extract::rejection::QueryRejection>;
+
+/// The key of a write and its query, checked.
+fn write_target(key: PathParam, query: WriteQuery) -> ApiResult<(String, WriteParams)> {
     let key = path_param(key, "invalid_key")?;
     validate_key(&key)?;
-    let params = parse_query(query)?;
+    Ok((key, parse_query(query)?))
+}
+
+async fn put_key(State(api): State<Api>, key: PathParam, query: WriteQuery, request: Request) -> ApiResult<Response> {
+    let (key, params) = write_target(key, query)?;
     let pq = path_and_query(&request);
     let headers = request.headers().clone();
     let (parts, body) = request.into_parts();
@@ -298,12 +300,10 @@ async fn put_key(
 async fn delete_key(
     State(api): State<Api>,
     key: PathParam,
-    query: Result<Query<WriteParams>, axum::extract::rejection::QueryRejection>,
+    query: WriteQuery,
     request: Request,
 ) -> ApiResult<Response> {
-    let key = path_param(key, "invalid_key")?;
-    validate_key(&key)?;
-    let params = parse_query(query)?;
+    let (key, params) = write_target(key, query)?;
     let write = Write::Delete { key, prev_revision: params.prev_revision };
     propose_or_forward(&api, request.headers(), Method::DELETE, &path_and_query(&request), Bytes::new(), write).await
 }

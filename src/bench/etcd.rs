@@ -3,11 +3,9 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
-use futures::future::BoxFuture;
 
-use super::{Driver, Op, OpResult};
+use super::{Answer, Call, Driver, Op, OpResult};
 use crate::base::output::CliError;
 
 pub struct EtcdDriver {
@@ -29,13 +27,7 @@ impl EtcdDriver {
 }
 
 impl Driver for EtcdDriver {
-    fn request<'a>(
-        &'a self,
-        conn: usize,
-        op: Op,
-        key: &'a [u8],
-        value: Bytes,
-    ) -> BoxFuture<'a, Result<OpResult, String>> {
+    fn request<'a>(&'a self, Call { conn, op, key, value }: Call<'a>) -> Answer<'a, OpResult> {
         Box::pin(async move {
             let mut client = self.conns[conn % self.conns.len()].clone();
             let revision_of = |header: Option<&etcd_client::ResponseHeader>| header.map_or(0, |h| h.revision() as u64);

@@ -4,10 +4,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::future::BoxFuture;
-
-use super::{Driver, Op, OpResult};
+use super::{Answer, Call, Driver, Op, OpResult};
 use crate::base::output::CliError;
 use crate::client::{Client, ClientConfig, ClientError, Consistency};
 
@@ -37,13 +34,7 @@ fn text(key: &[u8]) -> Result<&str, String> {
 }
 
 impl Driver for KuberaftDriver {
-    fn request<'a>(
-        &'a self,
-        conn: usize,
-        op: Op,
-        key: &'a [u8],
-        value: Bytes,
-    ) -> BoxFuture<'a, Result<OpResult, String>> {
+    fn request<'a>(&'a self, Call { conn, op, key, value }: Call<'a>) -> Answer<'a, OpResult> {
         Box::pin(async move {
             let client = &self.conns[conn % self.conns.len()];
             let key = text(key)?;

@@ -123,20 +123,24 @@ pub struct OpResult {
     pub compare_failed: bool,
 }
 
+/// One request: `op` on `key` (with `value` for writes), on the driver's connection `conn`.
+pub struct Call<'a> {
+    pub conn: usize,
+    pub op: Op,
+    pub key: &'a [u8],
+    pub value: Bytes,
+}
+
+/// A driver's answer, later.
+pub type Answer<'a, T> = BoxFuture<'a, Result<T, String>>;
+
 /// A target's client: one request on one of its connections.
 pub trait Driver: Send + Sync {
-    fn request<'a>(
-        &'a self,
-        conn: usize,
-        op: Op,
-        key: &'a [u8],
-        value: Bytes,
-    ) -> BoxFuture<'a, Result<OpResult, String>>;
+    fn request<'a>(&'a self, call: Call<'a>) -> Answer<'a, OpResult>;
     /// The current mod revision of a key (0 when absent), read linearizably.
-    fn revision<'a>(&'a self, conn: usize, key: &'a [u8]) -> BoxFuture<'a, Result<u64, String>> {
-        Box::pin(
-            async move { Ok(self.request(conn, Op::Get { linearizable: true }, key, Bytes::new()).await?.revision) },
-        )
+    fn revision<'a>(&'a self, conn: usize, key: &'a [u8]) -> Answer<'a, u64> {
+        let call = Call { conn, op: Op::Get { linearizable: true }, key, value: Bytes::new() };
+        Box::pin(async move { Ok(self.request(call).await?.revision) })
     }
 }
 
@@ -396,7 +400,7 @@ async fn work(
         };
         let key = key_of(index, args.key_size);
         let started = Instant::now();
-        match driver.request(conn, op, &key, value.clone()).await {
+        match driver.request(Call { conn, op, key: &key, value: value.clone() }).await {
             Ok(result) => {
                 let micros = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
                 let _ = histogram.record(micros);
@@ -435,7 +439,7 @@ async fn preload(args: &BenchArgs, driver: &Arc<dyn Driver>, value: &Bytes) -> R
                     break;
                 }
                 let key = key_of(index, key_size);
-                if driver.request(conn, Op::Put, &key, value.clone()).await.is_err() {
+                if driver.request(Call { conn, op: Op::Put, key: &key, value: value.clone() }).await.is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
             }
