@@ -1,5 +1,6 @@
 //! `kuberaft bench`: load for a kuberaft cluster (its HTTP API) or an etcd cluster (its gRPC
-//! API, with the `etcd` feature), so that one tool measures both the same way.
+//! API, with the `etcd` feature), so that one tool measures both the same way. It reaches a
+//! cluster only through `crate::client` (or etcd's client), as any user would.
 //!
 //! Like etcd's benchmark tool: `--conns` connections (clients of the target), `--clients`
 //! concurrent workers sharing them round robin, each with one request in flight; keys of

@@ -9,7 +9,9 @@
 //! them, [`reconcile`] observes, takes the planned step and writes the status, and [`controller`]
 //! is the process: watches, leader election, metrics, shutdown.
 //!
-//! Facts that several parts share (member names, the replica range) live here.
+//! Facts that several parts share (member names, the replica range) live here. It talks to
+//! members only through `crate::client` (their HTTP API) and shares only `crate::base` with
+//! them (ids, exit codes, wire types): never the node, the store or the core.
 
 pub mod builders;
 pub mod controller;

@@ -1,7 +1,8 @@
 //! The Raft consensus core: a pure, deterministic state machine in the style of etcd-io/raft
 //! and raft-rs. It does no I/O, reads no clock and spawns nothing: time arrives as `tick`,
 //! peers' messages as `step`, and everything to persist, send and apply leaves through
-//! `RawNode::ready` (see `ready.rs` for the order the host must follow).
+//! `RawNode::ready` (see `ready.rs` for the order the host must follow). It uses nothing of ours
+//! but `crate::base` (majority arithmetic, the seeded Rng): no store, no node, no tokio.
 
 mod config;
 mod log;

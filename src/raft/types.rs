@@ -22,7 +22,8 @@ pub enum EntryPayload {
     Noop,
     /// An opaque command for the replicated state machine.
     Command(Bytes),
-    /// A membership change, effective on every member when it applies the entry.
+    /// A membership change, effective on each member as soon as the entry is in its log (thesis
+    /// §4.1; a truncation that drops it rolls it back), not when it is applied.
     ConfChange(ConfChange),
 }
 

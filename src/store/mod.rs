@@ -1,5 +1,6 @@
 //! The replicated state machine (keys with revisions, the member table) and the durable
-//! storage of the Raft log, term and vote, and snapshots.
+//! storage of the Raft log, term and vote, and snapshots. Above `raft` (its entry and snapshot
+//! types) and `base`; it knows nothing of threads, networks or HTTP.
 
 pub mod claim;
 pub mod command;
