@@ -2,14 +2,20 @@
 //! production) and, in tests, a simulated disk (`store::simfs`) that can cut power at any step.
 //!
 //! Only what the WAL needs is here. Paths are absolute or relative to the process's working
-//! directory, as with `std::fs`. Errors are plain `io::Error`s; the WAL wraps them in
-//! `StoreError` with the action and the path.
+//! directory, as with `std::fs`. The trait's errors are plain `io::Error`s; the helpers at the
+//! end (atomic file writes, durable directory creation, the directory lock, leftovers of
+//! interrupted writes) wrap them in `StoreError` with the action and the path.
+//!
+//! This room knows files and directories, never what is in them: record and file formats are
+//! `store::wal`'s.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use super::StoreError;
 
 /// An open file. Writes are positional; nothing is durable before `sync_data`/`sync_all`.
 pub(crate) trait WalFile: Send {
@@ -164,5 +170,81 @@ impl FileSystem for RealFs {
             return Err(error);
         }
         Ok(Some(Box::new(file)))
+    }
+}
+
+// ----- helpers over a FileSystem, with errors that name the action and the path -----
+
+/// The extension of a file being written by `write_file_atomically`.
+const TMP_EXTENSION: &str = "tmp";
+/// The file `lock_dir` locks in a data directory.
+const LOCK_FILE: &str = "LOCK";
+
+/// Writes `parts` to `dir/name` so that after a crash the file is either old or complete.
+pub(crate) fn write_file_atomically(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    parts: &[&[u8]],
+) -> Result<(), StoreError> {
+    let tmp = dir.join(format!("{name}.{TMP_EXTENSION}"));
+    let dest = dir.join(name);
+    let written = fs
+        .create(&tmp)
+        .and_then(|mut file| {
+            let mut offset = 0;
+            for part in parts {
+                file.write_all_at(part, offset)?;
+                offset += part.len() as u64;
+            }
+            file.sync_all()
+        })
+        .map_err(|e| StoreError::io("write", &tmp, e))
+        .and_then(|()| fs.rename(&tmp, &dest).map_err(|e| StoreError::io("rename into place", &dest, e)));
+    if let Err(e) = written {
+        let _ = fs.remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(fs, dir)
+}
+
+/// Creates `dir` if it is missing and makes its entry durable.
+pub(crate) fn create_dir(fs: &dyn FileSystem, dir: &Path) -> Result<(), StoreError> {
+    if fs.is_dir(dir) {
+        return Ok(());
+    }
+    fs.create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+    match dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => sync_dir(fs, parent),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<(), StoreError> {
+    fs.sync_dir(dir).map_err(|e| StoreError::io("fsync directory", dir, e))
+}
+
+pub(crate) fn list_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    fs.list_dir(dir).map_err(|e| StoreError::io("list directory", dir, e))
+}
+
+/// Leftovers of an interrupted atomic write: never renamed into place, so never durable data.
+pub(crate) fn remove_temp_files(fs: &dyn FileSystem, dir: &Path) -> Result<(), StoreError> {
+    for path in list_dir(fs, dir)? {
+        if path.extension().is_some_and(|ext| ext == TMP_EXTENSION) {
+            fs.remove_file(&path).map_err(|e| StoreError::io("remove leftover temporary file", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes an exclusive lock on `dir/LOCK`, held while the returned guard lives: two processes
+/// writing one log would corrupt it (and two members sharing a log would break Raft's safety).
+pub(crate) fn lock_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Box<dyn DirLock>, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    match fs.lock(&path) {
+        Ok(Some(lock)) => Ok(lock),
+        Ok(None) => Err(StoreError::Locked { path: dir.to_path_buf() }),
+        Err(e) => Err(StoreError::io("lock", &path, e)),
     }
 }

@@ -7,13 +7,14 @@
 //! Sizes (env): KUBERAFT_POWER_CUT_WORKLOADS (default 32), KUBERAFT_POWER_CUT_CALLS (calls per
 //! workload, default 40), KUBERAFT_POWER_CUT_OUTCOMES (outcomes per cut point, default 12).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::*;
 use crate::base::rng::Rng;
-use crate::raft::{ConfState, EntryPayload};
+use crate::raft::{ConfState, Entry, EntryPayload, HardState, Index, Snapshot, SnapshotMeta, Term};
 use crate::store::simfs::{CutMode, CutStats, Disk, SimFs};
 
 const DIR: &str = "/data";

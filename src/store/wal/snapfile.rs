@@ -1,0 +1,105 @@
+//! The snapshot file: `snap/<16 hex term>-<16 hex index>.snap`, one Raft snapshot (metadata
+//! and state-machine data) behind a checksummed header, written atomically; listing them and
+//! loading the newest one that reads back intact.
+//!
+//! This room knows nothing of the log: whether the log needed a snapshot that is missing is
+//! `replay`'s question, and when old snapshot files go is `Storage`'s.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+
+use super::super::command::decode;
+use super::super::fs::{list_dir, write_file_atomically, FileSystem};
+use super::StoreError;
+use crate::raft::{Index, Snapshot, SnapshotMeta, Term};
+
+const SNAP_SUFFIX: &str = ".snap";
+const SNAP_MAGIC: &[u8; 8] = b"KRSNAP01";
+/// magic + u64 meta length + u64 data length + u32 crc.
+const SNAP_HEADER_BYTES: usize = 8 + 8 + 8 + 4;
+
+pub(super) fn snapshot_name(term: Term, index: Index) -> String {
+    format!("{term:016x}-{index:016x}{SNAP_SUFFIX}")
+}
+
+/// Snapshot files as (index, term, path), newest first.
+pub(super) fn list_snapshots(fs: &dyn FileSystem, snap_dir: &Path) -> Result<Vec<(Index, Term, PathBuf)>, StoreError> {
+    let mut snapshots = Vec::new();
+    for path in list_dir(fs, snap_dir)? {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let parsed = name.strip_suffix(SNAP_SUFFIX).and_then(|stem| stem.split_once('-')).and_then(|(term, index)| {
+            let term = (term.len() == 16).then(|| u64::from_str_radix(term, 16).ok()).flatten()?;
+            let index = (index.len() == 16).then(|| u64::from_str_radix(index, 16).ok()).flatten()?;
+            Some((index, term))
+        });
+        match parsed {
+            Some((index, term)) => snapshots.push((index, term, path)),
+            None => tracing::warn!(path = %path.display(), "ignoring a file that is not a snapshot"),
+        }
+    }
+    snapshots.sort_by_key(|(index, term, _)| std::cmp::Reverse((*index, *term)));
+    Ok(snapshots)
+}
+
+/// The newest snapshot file that reads back intact; damaged ones are skipped with a warning
+/// (if the log needed them, `Replay::finish` reports the gap).
+pub(super) fn load_newest_snapshot(fs: &dyn FileSystem, snap_dir: &Path) -> Result<Option<Snapshot>, StoreError> {
+    for (index, term, path) in list_snapshots(fs, snap_dir)? {
+        match read_snapshot(fs, &path) {
+            Ok(snapshot) if snapshot.meta.index == index && snapshot.meta.term == term => return Ok(Some(snapshot)),
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "skipping a snapshot whose content does not match its name")
+            }
+            Err(e) => tracing::warn!(error = %e, "skipping an unreadable snapshot"),
+        }
+    }
+    Ok(None)
+}
+
+pub(super) fn save_snapshot(fs: &dyn FileSystem, snap_dir: &Path, snapshot: &Snapshot) -> Result<(), StoreError> {
+    let name = snapshot_name(snapshot.meta.term, snapshot.meta.index);
+    let meta = bincode::serialize(&snapshot.meta)
+        .map_err(|e| StoreError::Invalid(format!("cannot encode snapshot metadata: {e}")))?;
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&meta);
+    hasher.update(&snapshot.data);
+    let mut header = Vec::with_capacity(SNAP_HEADER_BYTES);
+    header.extend_from_slice(SNAP_MAGIC);
+    header.extend_from_slice(&(meta.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(snapshot.data.len() as u64).to_le_bytes());
+    header.extend_from_slice(&hasher.finalize().to_le_bytes());
+    write_file_atomically(fs, snap_dir, &name, &[&header, &meta, &snapshot.data])
+}
+
+pub(super) fn read_snapshot(fs: &dyn FileSystem, path: &Path) -> Result<Snapshot, StoreError> {
+    let bytes = fs.read(path).map_err(|e| StoreError::io("read snapshot", path, e))?;
+    if bytes.len() < SNAP_HEADER_BYTES || &bytes[..8] != SNAP_MAGIC {
+        return Err(StoreError::corrupt(path, 0, "not a kuberaft snapshot file (bad header)"));
+    }
+    let u64_at = |at: usize| {
+        let mut field = [0u8; 8];
+        field.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(field)
+    };
+    let (meta_len, data_len) = (u64_at(8), u64_at(16));
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&bytes[24..28]);
+    let body_len = (bytes.len() - SNAP_HEADER_BYTES) as u64;
+    if meta_len.checked_add(data_len) != Some(body_len) {
+        return Err(StoreError::corrupt(
+            path,
+            8,
+            format!("lengths {meta_len} + {data_len} do not match the file's {body_len} bytes"),
+        ));
+    }
+    let meta_end = SNAP_HEADER_BYTES + meta_len as usize;
+    if crc32fast::hash(&bytes[SNAP_HEADER_BYTES..]) != u32::from_le_bytes(crc) {
+        return Err(StoreError::corrupt(path, SNAP_HEADER_BYTES as u64, "snapshot checksum mismatch"));
+    }
+    let meta: SnapshotMeta = decode(&bytes[SNAP_HEADER_BYTES..meta_end]).map_err(|e| {
+        StoreError::corrupt(path, SNAP_HEADER_BYTES as u64, format!("undecodable snapshot metadata: {e}"))
+    })?;
+    let data = Bytes::from(bytes).slice(meta_end..);
+    Ok(Snapshot { meta, data })
+}
