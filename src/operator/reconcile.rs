@@ -287,8 +287,9 @@ async fn observe_objects(
 }
 
 /// The pod's facts the planner needs: ordinal, readiness, lost data (its member exited with
-/// [`builders::EXIT_DATA_LOST`] or [`builders::EXIT_CORRUPT`] and is not running).
-pub fn pod_facts(cluster: &str, pod: &Pod) -> Option<(u32, bool, bool)> {
+/// [`builders::EXIT_DATA_LOST`] or [`builders::EXIT_CORRUPT`] and is not running). The
+/// member's status is asked separately (`status` is `None` here).
+pub fn pod_facts(cluster: &str, pod: &Pod) -> Option<PodObservation> {
     let ordinal = member_ordinal(cluster, pod.metadata.name.as_deref()?)?;
     let status = pod.status.as_ref();
     let ready = status
@@ -309,29 +310,22 @@ pub fn pod_facts(cluster: &str, pod: &Pod) -> Option<(u32, bool, bool)> {
             !running && (replace(exit(c.state.as_ref())) || replace(exit(c.last_state.as_ref())))
         })
     });
-    Some((ordinal, ready, lost))
+    Some(PodObservation { ordinal, ready, data_lost: lost, status: None })
 }
 
 async fn observe_members(ctx: &Context, cluster: &RaftCluster, namespace: &str, owned: &Owned) -> Observed {
     let name = cluster.name_any();
-    let mut facts: Vec<(u32, bool, bool)> = owned.pods.iter().filter_map(|pod| pod_facts(&name, pod)).collect();
-    facts.sort_unstable();
-    facts.dedup_by_key(|f| f.0);
-    let asks = facts.iter().map(|&(ordinal, _, _)| {
-        let url = builders::client_url(cluster, namespace, &member_name(&name, ordinal));
+    let mut pods: Vec<PodObservation> = owned.pods.iter().filter_map(|pod| pod_facts(&name, pod)).collect();
+    pods.sort_by_key(|p| p.ordinal);
+    pods.dedup_by_key(|p| p.ordinal);
+    let asks = pods.iter().map(|p| {
+        let url = builders::client_url(cluster, namespace, &member_name(&name, p.ordinal));
         ctx.members.status(url)
     });
     let statuses = futures::future::join_all(asks).await;
-    let pods = facts
-        .iter()
-        .zip(statuses)
-        .map(|(&(ordinal, ready, data_lost), status)| PodObservation {
-            ordinal,
-            ready,
-            data_lost,
-            status: status.ok().map(|s| MemberStatus::from(&s)),
-        })
-        .collect();
+    for (pod, status) in pods.iter_mut().zip(statuses) {
+        pod.status = status.ok().map(|s| MemberStatus::from(&s));
+    }
     let data = owned.config_map.as_ref().and_then(|cm| cm.data.as_ref());
     let endpoints = data.map(|data| EndpointList {
         names: data
@@ -692,7 +686,7 @@ mod tests {
 
     #[test]
     fn lost_or_damaged_data_marks_the_pod_for_replacement_and_other_failures_do_not() {
-        let lost = |state, last| pod_facts("etcd", &pod(state, last)).map(|(_, _, lost)| lost);
+        let lost = |state, last| pod_facts("etcd", &pod(state, last)).map(|p| p.data_lost);
         assert_eq!(lost(Some(3), None), Some(true), "data lost");
         assert_eq!(lost(Some(4), None), Some(true), "data corrupt");
         assert_eq!(lost(None, Some(4)), Some(false), "running again: no decision on an old exit");
