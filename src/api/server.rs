@@ -443,12 +443,11 @@ pub fn build_status(api: &Api) -> Status {
         .leader
         .and_then(|id| if id == shared.id { Some(shared.name.clone()) } else { shared.address(id).map(|a| a.name) })
         .unwrap_or_default();
-    let role = s.role_name();
     let (revision, membership_hash) = api.node.with_kv(|kv| (kv.revision(), kv.membership_hash()));
     Status {
         name: shared.name.clone(),
         id: format_id(shared.id),
-        role: role.to_string(),
+        role: s.api_role(),
         term: s.term,
         leader: leader_name,
         leader_id: s.leader.map(format_id).unwrap_or_default(),

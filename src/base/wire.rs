@@ -89,7 +89,7 @@ pub struct ListResponse {
     pub more: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     /// Hex, as etcd prints member ids.
@@ -141,13 +141,12 @@ pub struct TransferResponse {
     pub leader: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     pub name: String,
     pub id: String,
-    /// leader, follower, candidate, learner
-    pub role: String,
+    pub role: Role,
     pub term: u64,
     /// The leader's name ("" when none is known).
     pub leader: String,
@@ -191,5 +190,37 @@ impl Consistency {
             Consistency::Linearizable => "linearizable",
             Consistency::Serializable => "serializable",
         }
+    }
+}
+
+/// A member's role, as `/v1/status` names it (lowercase).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    /// A role this version does not know (a newer member): never taken for a leader.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

@@ -182,7 +182,7 @@ pub fn status_table(members: &[DevMember], views: &[MemberView]) -> String {
         .map(|(member, view)| match view {
             MemberView::Up(status) => vec![
                 member.name.clone(),
-                or_dash(&status.role),
+                status.role.to_string(),
                 status.term.to_string(),
                 or_dash(&status.leader),
                 status.commit_index.to_string(),

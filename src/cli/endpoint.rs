@@ -76,7 +76,7 @@ pub fn status_table(statuses: &[(String, Result<Status, ClientError>)]) -> Strin
                 endpoint.clone(),
                 or_dash(&status.name),
                 or_dash(&status.id),
-                or_dash(&status.role),
+                status.role.to_string(),
                 status.term.to_string(),
                 or_dash(&status.leader),
                 status.commit_index.to_string(),

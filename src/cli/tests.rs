@@ -39,7 +39,7 @@ fn status(name: &str, role: &str, term: u64) -> Status {
     Status {
         name: name.to_string(),
         id: format!("{:x}", name.len() * 17),
-        role: role.to_string(),
+        role: serde_json::from_value(serde_json::json!(role)).expect("a role"),
         term,
         leader: "etcd-0".to_string(),
         leader_id: "33".to_string(),

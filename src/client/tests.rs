@@ -91,7 +91,7 @@ fn sample_status(name: &str) -> Status {
     Status {
         name: name.to_string(),
         id: "1a".to_string(),
-        role: "follower".to_string(),
+        role: crate::base::wire::Role::Follower,
         term: 3,
         leader: "etcd-0".to_string(),
         leader_id: "1".to_string(),

@@ -45,12 +45,13 @@ impl LoopStatus {
     }
 
     /// The role as the status API names it: leader, candidate, follower or learner.
-    pub fn role_name(&self) -> &'static str {
+    pub fn api_role(&self) -> crate::base::wire::Role {
+        use crate::base::wire::Role as Api;
         match self.role {
-            Role::Leader => "leader",
-            Role::Candidate | Role::PreCandidate => "candidate",
-            Role::Follower if !self.voter => "learner",
-            Role::Follower => "follower",
+            Role::Leader => Api::Leader,
+            Role::Candidate | Role::PreCandidate => Api::Candidate,
+            Role::Follower if !self.voter => Api::Learner,
+            Role::Follower => Api::Follower,
         }
     }
 }

@@ -35,7 +35,7 @@ use std::fmt;
 
 use super::{member_name, member_ordinal, MAX_REPLICAS, MIN_REPLICAS};
 use crate::base::quorum::{majority, most_caught_up};
-use crate::base::wire::Status;
+pub use crate::base::wire::{Member, Role, Status};
 
 pub use crate::base::wire::PROMOTE_CATCH_UP_PERCENT;
 
@@ -74,7 +74,7 @@ pub struct PodObservation {
     /// status, if any, is then ignored.
     pub data_lost: bool,
     /// The member's `GET /v1/status`; `None` when it did not answer.
-    pub status: Option<MemberStatus>,
+    pub status: Option<Status>,
 }
 
 /// The ConfigMap's endpoint list: the members every peer and client reads, in order.
@@ -82,93 +82,6 @@ pub struct PodObservation {
 pub struct EndpointList {
     pub names: Vec<String>,
     pub hash: String,
-}
-
-/// The part of a member's `/v1/status` (DESIGN.md §4) that planning needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemberStatus {
-    pub name: String,
-    /// Hex, as the API prints it; passed back to the API unchanged.
-    pub id: String,
-    pub role: MemberRole,
-    pub term: u64,
-    /// The leader's name; empty when this member knows none.
-    pub leader: String,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    /// The committed membership as this member has applied it.
-    pub members: Vec<MemberEntry>,
-    pub membership_hash: String,
-    /// Why this member cannot serve writes, if it cannot.
-    pub errors: Vec<String>,
-}
-
-impl From<&Status> for MemberStatus {
-    fn from(status: &Status) -> Self {
-        MemberStatus {
-            name: status.name.clone(),
-            id: status.id.clone(),
-            role: MemberRole::from_api(&status.role),
-            term: status.term,
-            leader: status.leader.clone(),
-            commit_index: status.commit_index,
-            applied_index: status.applied_index,
-            members: status
-                .members
-                .iter()
-                .map(|m| MemberEntry { id: m.id.clone(), name: m.name.clone(), voter: m.voter })
-                .collect(),
-            membership_hash: status.membership_hash.clone(),
-            errors: status.errors.clone(),
-        }
-    }
-}
-
-/// One member of a Raft membership.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemberEntry {
-    pub id: String,
-    pub name: String,
-    pub voter: bool,
-}
-
-/// A member's role, as `/v1/status` names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemberRole {
-    Leader,
-    Follower,
-    Candidate,
-    Learner,
-    /// A role this operator does not know (a newer node): never taken for a leader.
-    Unknown,
-}
-
-impl MemberRole {
-    pub fn from_api(role: &str) -> Self {
-        match role {
-            "leader" => MemberRole::Leader,
-            "follower" => MemberRole::Follower,
-            "candidate" => MemberRole::Candidate,
-            "learner" => MemberRole::Learner,
-            _ => MemberRole::Unknown,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemberRole::Leader => "leader",
-            MemberRole::Follower => "follower",
-            MemberRole::Candidate => "candidate",
-            MemberRole::Learner => "learner",
-            MemberRole::Unknown => "unknown",
-        }
-    }
-}
-
-impl fmt::Display for MemberRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 impl Observed {
@@ -179,7 +92,7 @@ impl Observed {
 
     /// The statuses worth believing: from pods whose data is not lost, answering under the pod's
     /// own name (a status under another name is a misrouted or misconfigured member).
-    fn statuses(&self) -> impl Iterator<Item = &MemberStatus> {
+    fn statuses(&self) -> impl Iterator<Item = &Status> {
         self.pods
             .iter()
             .filter(|p| !p.data_lost)
@@ -187,21 +100,21 @@ impl Observed {
     }
 
     /// The status the member of this name reports, whatever its id.
-    fn reported_by(&self, name: &str) -> Option<&MemberStatus> {
+    fn reported_by(&self, name: &str) -> Option<&Status> {
         let pod = self.pod(name).filter(|p| !p.data_lost)?;
         pod.status.as_ref().filter(|s| s.name == name)
     }
 
     /// The status of exactly this member: same name and same id (a pod that still runs as an
     /// older member of that name is not it).
-    fn status_of(&self, member: &MemberEntry) -> Option<&MemberStatus> {
+    fn status_of(&self, member: &Member) -> Option<&Status> {
         self.reported_by(&member.name).filter(|s| s.id == member.id)
     }
 
     /// Members ordered by ordinal, names of other shapes last: the order of the endpoint list.
-    fn sort_members(&self, members: &mut [MemberEntry]) {
+    fn sort_members(&self, members: &mut [Member]) {
         members.sort_by(|a, b| {
-            let key = |m: &MemberEntry| member_ordinal(&self.cluster, &m.name).unwrap_or(u32::MAX);
+            let key = |m: &Member| member_ordinal(&self.cluster, &m.name).unwrap_or(u32::MAX);
             key(a).cmp(&key(b)).then_with(|| a.name.cmp(&b.name))
         });
     }
@@ -449,10 +362,10 @@ fn next_step(observed: &Observed) -> Plan {
 struct Leadership<'a> {
     /// The member claiming leadership in the highest term (an older leader cut off from the rest
     /// may still claim it in its own).
-    leader: Option<&'a MemberStatus>,
+    leader: Option<&'a Status>,
     /// The membership the leader has applied (so committed); without a leader the best one known:
     /// that of the member with the newest log, or else the endpoint list. In endpoint-list order.
-    members: Vec<MemberEntry>,
+    members: Vec<Member>,
     /// Voters of `members` whose status follows the leader in its term (the leader included).
     following: BTreeSet<String>,
 }
@@ -461,7 +374,7 @@ impl<'a> Leadership<'a> {
     fn observe(observed: &'a Observed) -> Self {
         let leader = observed
             .statuses()
-            .filter(|s| s.role == MemberRole::Leader)
+            .filter(|s| s.role == Role::Leader)
             // Highest term wins; on a tie (impossible in Raft) the lowest ordinal, to stay deterministic.
             .min_by_key(|s| (Reverse(s.term), member_ordinal(&observed.cluster, &s.name)));
         let mut members = match leader {
@@ -475,7 +388,7 @@ impl<'a> Leadership<'a> {
                     .endpoints
                     .iter()
                     .flat_map(|list| &list.names)
-                    .map(|name| MemberEntry { id: String::new(), name: name.clone(), voter: true })
+                    .map(|name| Member { name: name.clone(), voter: true, ..Member::default() })
                     .collect(),
             },
         };
@@ -501,7 +414,7 @@ impl<'a> Leadership<'a> {
     }
 
     /// The leader, if a majority of the voters follow it.
-    fn leader_with_quorum(&self) -> Option<&'a MemberStatus> {
+    fn leader_with_quorum(&self) -> Option<&'a Status> {
         self.leader.filter(|_| self.following.len() >= majority(self.voters()) && self.voters() > 0)
     }
 
@@ -521,7 +434,7 @@ impl<'a> Leadership<'a> {
 
     /// `step` removes `member`, unless it leads (hand over first) or its removal would leave less
     /// than a majority following the leader.
-    fn removal(&self, observed: &Observed, leader: &MemberStatus, member: &MemberEntry, step: Plan) -> Plan {
+    fn removal(&self, observed: &Observed, leader: &Status, member: &Member, step: Plan) -> Plan {
         if member.id == leader.id {
             return match self.transfer_target(observed, member) {
                 Some((to, to_id)) => Plan::TransferLeadership { from: leader.name.clone(), to, to_id },
@@ -540,7 +453,7 @@ impl<'a> Leadership<'a> {
 
     /// The voter that should take over from `leaving`: the most caught-up one that follows the
     /// leader and whose pod is ready (ties: the lowest ordinal).
-    fn transfer_target(&self, observed: &Observed, leaving: &MemberEntry) -> Option<(String, String)> {
+    fn transfer_target(&self, observed: &Observed, leaving: &Member) -> Option<(String, String)> {
         let candidates = self
             .members
             .iter()
@@ -551,7 +464,7 @@ impl<'a> Leadership<'a> {
     }
 
     /// Promote `learner` once it runs, has caught up, and the larger majority still holds.
-    fn promotion(&self, observed: &Observed, leader: &MemberStatus, learner: &MemberEntry) -> Plan {
+    fn promotion(&self, observed: &Observed, leader: &Status, learner: &Member) -> Plan {
         let Some(status) = observed.status_of(learner) else {
             return Plan::wait(WaitReason::MemberNotReady { name: learner.name.clone() });
         };
@@ -651,7 +564,7 @@ pub struct MemberHealth {
     /// `None` when neither the membership nor the member itself says.
     pub id: Option<String>,
     /// `None` when the member does not answer.
-    pub role: Option<MemberRole>,
+    pub role: Option<Role>,
     pub voter: bool,
     /// Answers as this member, its pod is ready, its data is there and it reports no errors.
     pub healthy: bool,
@@ -687,7 +600,7 @@ pub fn derive_status(observed: &Observed) -> ClusterHealth {
         .collect();
 
     let endpoints: Vec<String> = observed.endpoints.as_ref().map(|list| list.names.clone()).unwrap_or_default();
-    let healthy_statuses: Vec<&MemberStatus> =
+    let healthy_statuses: Vec<&Status> =
         members.iter().filter(|m| m.healthy).filter_map(|m| observed.reported_by(&m.name)).collect();
     let membership_consistent = observed.endpoints.is_some()
         && !healthy_statuses.is_empty()

@@ -28,9 +28,7 @@ use serde::Serialize;
 
 use super::builders::{self, BuildError};
 use super::crd::{MemberStatus as StatusMember, RaftCluster, RaftClusterStatus};
-use super::planner::{
-    self, ClusterHealth, EndpointList, MemberStatus, Observed, Phase, Plan, PodObservation, WaitReason,
-};
+use super::planner::{self, ClusterHealth, EndpointList, Observed, Phase, Plan, PodObservation, WaitReason};
 use super::{member_name, member_ordinal};
 use crate::base::ids::fnv1a;
 use crate::base::wire::{parse_id, AddMemberRequest, Status};
@@ -324,7 +322,7 @@ async fn observe_members(ctx: &Context, cluster: &RaftCluster, namespace: &str, 
     });
     let statuses = futures::future::join_all(asks).await;
     for (pod, status) in pods.iter_mut().zip(statuses) {
-        pod.status = status.ok().map(|s| MemberStatus::from(&s));
+        pod.status = status.ok();
     }
     let data = owned.config_map.as_ref().and_then(|cm| cm.data.as_ref());
     let endpoints = data.map(|data| EndpointList {

@@ -11,7 +11,7 @@ use http::Method;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kuberaft::base::rng::Rng;
-use kuberaft::base::wire::{AddMemberRequest, Member, Status};
+use kuberaft::base::wire::{AddMemberRequest, Member, Role, Status};
 use kuberaft::operator::crd::RaftCluster;
 use kuberaft::operator::reconcile::{self, Context, MemberApi, MemberChange};
 use serde_json::{json, Value};
@@ -67,18 +67,18 @@ impl FakeMembers {
         statuses.clear();
         for member in &members {
             let role = if member.name == leader {
-                "leader"
+                Role::Leader
             } else if member.voter {
-                "follower"
+                Role::Follower
             } else {
-                "learner"
+                Role::Learner
             };
             statuses.insert(
                 url(&member.name),
                 Status {
                     name: member.name.clone(),
                     id: member.id.clone(),
-                    role: role.to_string(),
+                    role,
                     term,
                     leader: leader.to_string(),
                     leader_id: id_of(leader),

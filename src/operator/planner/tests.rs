@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::base::wire::{Member, Status};
 
 const CLUSTER: &str = "etcd";
 /// The commit index of a running test cluster: large enough that 10% of it is a visible margin.
@@ -66,7 +65,7 @@ struct TestCluster {
     stateful_set: Option<u32>,
     endpoints: Option<Vec<String>>,
     /// The committed membership, in the order the leader reports it.
-    members: Vec<MemberEntry>,
+    members: Vec<Member>,
     pods: BTreeMap<u32, TestPod>,
     leader: Option<String>,
     /// Members that run but have not heard from the leader in its term.
@@ -117,7 +116,7 @@ impl TestCluster {
         self.formed = true;
         for ordinal in 0..voters {
             let id = self.new_id(&name(ordinal));
-            self.members.push(MemberEntry { id: id.clone(), name: name(ordinal), voter: true });
+            self.members.push(Member { id: id.clone(), name: name(ordinal), voter: true, ..Member::default() });
             self.pods.insert(ordinal, TestPod { state: PodState::Up, ready: true, id, applied: COMMIT });
         }
         self.stateful_set = Some(voters);
@@ -138,7 +137,7 @@ impl TestCluster {
     /// `member` joined as a learner (listed, its pod running) and has applied this much.
     fn learner(mut self, member: &str, applied: u64) -> Self {
         let id = self.new_id(member);
-        self.members.push(MemberEntry { id: id.clone(), name: member.to_string(), voter: false });
+        self.members.push(Member { id: id.clone(), name: member.to_string(), voter: false, ..Member::default() });
         self.pods.insert(ordinal(member), TestPod { state: PodState::Up, ready: true, id, applied });
         self.endpoints = Some(self.member_names());
         self.stateful_set = self.stateful_set.max(Some(ordinal(member) + 1));
@@ -147,7 +146,7 @@ impl TestCluster {
 
     /// A voter that is no `etcd-i` (added by hand), with no pod.
     fn foreign_voter(mut self, member: &str) -> Self {
-        self.members.push(MemberEntry { id: "f00".to_string(), name: member.to_string(), voter: true });
+        self.members.push(Member { id: "f00".to_string(), name: member.to_string(), voter: true, ..Member::default() });
         self.endpoints = Some(self.member_names());
         self
     }
@@ -233,13 +232,13 @@ impl TestCluster {
                 let status = up.then(|| {
                     let voter = self.members.iter().any(|m| m.id == pod.id && m.voter);
                     let role = if leader_up == name(ordinal) {
-                        MemberRole::Leader
+                        Role::Leader
                     } else if voter {
-                        MemberRole::Follower
+                        Role::Follower
                     } else {
-                        MemberRole::Learner
+                        Role::Learner
                     };
-                    MemberStatus {
+                    Status {
                         name: name(ordinal),
                         id: pod.id.clone(),
                         role,
@@ -254,6 +253,7 @@ impl TestCluster {
                         members: self.members.clone(),
                         membership_hash: membership_hash.clone(),
                         errors: Vec::new(),
+                        ..Status::default()
                     }
                 });
                 PodObservation { ordinal, ready: up && pod.ready, data_lost: pod.state == PodState::DataLost, status }
@@ -283,7 +283,7 @@ impl TestCluster {
                 assert!(self.stateful_set.is_none() && self.endpoints.is_none(), "bootstrap over an existing cluster");
                 for ordinal in 0..*replicas {
                     let id = self.new_id(&name(ordinal));
-                    self.members.push(MemberEntry { id, name: name(ordinal), voter: true });
+                    self.members.push(Member { id, name: name(ordinal), voter: true, ..Member::default() });
                     self.pods.insert(ordinal, TestPod::starting());
                 }
                 self.stateful_set = Some(*replicas);
@@ -297,7 +297,7 @@ impl TestCluster {
                 assert_eq!(*member, name(*at));
                 assert!(!self.members.iter().any(|m| &m.name == member), "{member} is already a member");
                 let id = self.new_id(member);
-                self.members.push(MemberEntry { id, name: member.clone(), voter: false });
+                self.members.push(Member { id, name: member.clone(), voter: false, ..Member::default() });
                 self.commit_entry();
             }
             Plan::Promote { name: member, id } => {
@@ -739,7 +739,7 @@ fn a_stale_leader_of_an_older_term_is_not_taken_for_the_leader() {
     let mut observed = Observed::test().running(3).leader("etcd-1").build();
     // etcd-0 led in term 2 and has not heard of term 3 yet.
     let stale = observed.pods[0].status.as_mut().expect("etcd-0 answers");
-    stale.role = MemberRole::Leader;
+    stale.role = Role::Leader;
     stale.term = 2;
     stale.leader = name(0);
     assert_eq!(plan(&observed), Plan::Nothing, "etcd-1 leads with etcd-2: a majority");
@@ -764,9 +764,9 @@ fn status_of_a_running_cluster_names_leader_term_and_members() {
     assert_eq!(
         rows,
         [
-            ("etcd-0", Some("10"), Some(MemberRole::Leader), true, Some(COMMIT), Some(0)),
-            ("etcd-1", Some("11"), Some(MemberRole::Follower), true, Some(COMMIT), Some(0)),
-            ("etcd-2", Some("12"), Some(MemberRole::Follower), true, Some(97), Some(3)),
+            ("etcd-0", Some("10"), Some(Role::Leader), true, Some(COMMIT), Some(0)),
+            ("etcd-1", Some("11"), Some(Role::Follower), true, Some(COMMIT), Some(0)),
+            ("etcd-2", Some("12"), Some(Role::Follower), true, Some(97), Some(3)),
         ]
     );
     assert_eq!(health.endpoints, names(0..3));
@@ -778,7 +778,7 @@ fn status_while_a_learner_catches_up_is_scaling() {
     let health = derive_status(&Observed::test().running(3).replicas(4).learner("etcd-3", 40).build());
     assert_eq!(health.phase, Phase::Scaling);
     let learner = &health.members[3];
-    assert_eq!((learner.role, learner.voter, learner.lag), (Some(MemberRole::Learner), false, Some(60)));
+    assert_eq!((learner.role, learner.voter, learner.lag), (Some(Role::Learner), false, Some(60)));
     assert!(health.membership_consistent);
 }
 
@@ -847,45 +847,33 @@ fn status_when_paused_is_paused_unless_quorum_is_lost() {
 // ----- the observation itself -----
 
 #[test]
-fn a_member_status_is_projected_from_the_api_status() {
-    let member = |id: &str, name: &str, voter| Member {
-        id: id.into(),
-        name: name.into(),
-        peer_url: format!("http://{name}.etcd:2380"),
-        client_url: format!("http://{name}.etcd:2379"),
-        voter,
-    };
-    let status = Status {
-        name: "etcd-1".into(),
-        id: "11".into(),
-        role: "learner".into(),
-        term: 7,
-        leader: "etcd-0".into(),
-        leader_id: "10".into(),
-        commit_index: 42,
-        applied_index: 40,
-        revision: 9,
-        members: vec![member("10", "etcd-0", true), member("11", "etcd-1", false)],
-        membership_hash: "abc".into(),
-        cluster_id: "c1".into(),
-        errors: vec!["disk full".into()],
-    };
-    let projected = MemberStatus::from(&status);
-    assert_eq!(projected.role, MemberRole::Learner);
-    assert_eq!((projected.term, projected.commit_index, projected.applied_index), (7, 42, 40));
-    assert_eq!(projected.leader, "etcd-0");
+fn the_planner_reads_the_api_status_as_it_comes_and_an_unknown_role_never_leads() {
+    let status: Status = serde_json::from_value(serde_json::json!({
+        "name": "etcd-1", "id": "11", "role": "learner", "term": 7, "leader": "etcd-0", "leaderId": "10",
+        "commitIndex": 42, "appliedIndex": 40, "revision": 9, "membershipHash": "abc", "clusterId": "c1",
+        "members": [
+            {"id": "10", "name": "etcd-0", "peerURL": "http://etcd-0.etcd:2380", "clientURL": "http://etcd-0.etcd:2379", "voter": true},
+            {"id": "11", "name": "etcd-1", "peerURL": "http://etcd-1.etcd:2380", "clientURL": "", "voter": false}
+        ],
+        "errors": ["disk full"]
+    }))
+    .expect("a status");
+    assert_eq!(status.role, Role::Learner);
+    assert_eq!((status.term, status.commit_index, status.applied_index), (7, 42, 40));
     assert_eq!(
-        projected.members,
-        [
-            MemberEntry { id: "10".into(), name: "etcd-0".into(), voter: true },
-            MemberEntry { id: "11".into(), name: "etcd-1".into(), voter: false },
-        ]
+        status.members.iter().map(|m| (m.id.as_str(), m.voter)).collect::<Vec<_>>(),
+        [("10", true), ("11", false)]
     );
-    assert_eq!(projected.errors, ["disk full"]);
-    for role in ["leader", "follower", "candidate", "learner"] {
-        assert_eq!(MemberRole::from_api(role).as_str(), role);
+    for role in [Role::Leader, Role::Follower, Role::Candidate, Role::Learner] {
+        let text = serde_json::to_value(role).expect("a role");
+        assert_eq!(text, role.as_str());
+        assert_eq!(serde_json::from_value::<Role>(text).expect("read back"), role);
     }
-    assert_eq!(MemberRole::from_api("observer"), MemberRole::Unknown);
+    // A role from a newer member is unknown: such a member is never taken for the leader.
+    assert_eq!(serde_json::from_value::<Role>(serde_json::json!("observer")).expect("read"), Role::Unknown);
+    let mut observed = Observed::test().running(3).leader("etcd-1").build();
+    observed.pods[1].status.as_mut().expect("etcd-1 answers").role = Role::Unknown;
+    assert!(!derive_status(&observed).available, "no leader without a member that says it leads");
 }
 
 #[test]
