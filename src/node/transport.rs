@@ -1,8 +1,10 @@
 //! Peer transport on the peer port: HTTP with a compact binary body. One task per peer drains
 //! a bounded queue, batching whatever is waiting into one request on a reused connection (the
 //! pooled `http::client::HttpClient`, dialling from the member's own address); a peer that is
-//! down or slow only fills (and then drops from) its own queue, so it never blocks the others. The Raft loop tells the transport the current membership (`Outbox::retain`), and
-//! the tasks of members that left end.
+//! down or slow only fills (and then drops from) its own queue, so it never blocks the others.
+//! The Raft loop tells the transport the current membership (`Outbox::retain`), and the tasks
+//! of members that left end. A snapshot's body is streamed in chunks; a peer's answer is read
+//! up to `MAX_ANSWER_BYTES`.
 //!
 //! Wire format (every request carries the cluster id, the sender's id and URLs as headers):
 //! - `POST /raft/v1/messages`: the body is bincode (fixed-width integers) of a `Vec<Message>`,
