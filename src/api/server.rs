@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::base::base64::encode_base64;
 use crate::base::ids::validate_url;
 use crate::base::wire::*;
+use crate::http::client::{self, HttpClient};
 use crate::http::serve::{self, BodyError, BodyLimits, PortStats};
 use crate::node::{NodeError, NodeHandle, FSYNC_BUCKETS};
 use crate::store::command::{ApplyResult, KeyValue};
@@ -80,7 +81,8 @@ pub fn render_error(status: StatusCode, code: &'static str, message: String) -> 
 #[derive(Clone)]
 pub struct Api {
     pub node: NodeHandle,
-    pub http: reqwest::Client,
+    /// Forwards to the leader (`http::client::Dial::leader`).
+    pub http: HttpClient,
 }
 
 pub fn client_router(api: Api) -> Router {
@@ -192,20 +194,34 @@ fn route(api: &Api, headers: &HeaderMap) -> ApiResult<Route> {
     api.node.leader_client_url().map(Route::Forward).ok_or_else(ApiError::no_leader)
 }
 
+/// The leader answers a forwarded request within this time, or its outcome is unknown.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest answer a leader gives to a request that is forwarded to it, bounded so that a
+/// peer's answer cannot make this member allocate without limit: a list page (at most
+/// `MAX_LIST_LIMIT` keys of at most `MAX_KEY_BYTES`, each byte escaped as at most 6 in JSON;
+/// values up to `MAX_LIST_PAGE_BYTES` plus one value over it, base64 adds a third; a few hundred
+/// bytes of revisions and names per key) is the largest; a single value is at most
+/// `max_value_bytes`.
+fn leader_answer_limit(max_value_bytes: usize) -> usize {
+    let keys = 6 * MAX_LIST_LIMIT * MAX_KEY_BYTES;
+    let values = 2 * MAX_LIST_PAGE_BYTES.saturating_add(max_value_bytes);
+    keys.saturating_add(values).saturating_add(MAX_LIST_LIMIT * 256).saturating_add(64 << 10)
+}
+
 /// Forwards the request to the leader and relays its answer.
 async fn forward(api: &Api, leader_url: &str, method: Method, path_and_query: &str, body: Bytes) -> Response {
     let is_read = method == Method::GET;
-    let request = api
-        .http
-        .request(method, format!("{leader_url}{path_and_query}"))
+    let request = axum::http::Request::builder()
+        .method(method)
+        .uri(format!("{leader_url}{path_and_query}"))
         .header(HEADER_FORWARDED, "1")
-        .timeout(Duration::from_secs(10))
-        .body(body);
-    match request.send().await {
-        Ok(resp) => {
-            let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        .body(client::full(body));
+    let limit = leader_answer_limit(api.node.shared.max_value_bytes);
+    match api.http.call(request, FORWARD_TIMEOUT, limit).await {
+        Ok(answer) => {
             let mut headers = HeaderMap::new();
-            for (name, value) in resp.headers() {
+            for (name, value) in &answer.headers {
                 let n = name.as_str();
                 if n == "content-type" || n == "retry-after" || n.starts_with("x-kuberaft-") {
                     headers.insert(name.clone(), value.clone());
@@ -214,18 +230,14 @@ async fn forward(api: &Api, leader_url: &str, method: Method, path_and_query: &s
             if let Ok(value) = HeaderValue::from_str(leader_url) {
                 headers.insert(HEADER_LEADER, value);
             }
-            match resp.bytes().await {
-                Ok(bytes) => (status, headers, bytes).into_response(),
-                Err(e) => ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "outcome_unknown",
-                    format!("the leader's answer was lost: {e}"),
-                )
-                .into_response(),
-            }
+            (answer.status, headers, answer.body).into_response()
+        }
+        Err(e) if e.answered() => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", format!("the leader's answer was lost: {e}"))
+                .into_response()
         }
         // A read, or a request that never reached the leader, had no effect: safe to retry.
-        Err(e) if e.is_connect() || is_read => {
+        Err(e) if e.never_sent() || is_read => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("cannot reach the leader: {e}"))
                 .into_response()
         }
@@ -657,4 +669,36 @@ async fn metrics(State(api): State<Api>) -> Response {
         }
     }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The largest list page a leader can answer (every key as long and as costly to escape as
+    /// it can be, values up to the page's budget plus one more) fits in what a forwarding
+    /// member reads of the leader's answer.
+    #[test]
+    fn the_largest_list_page_fits_in_a_forwarded_answer() {
+        let max_value_bytes = DEFAULT_MAX_VALUE_BYTES;
+        let key = |i: usize| {
+            let mut key = format!("{i:05}");
+            key.push_str(&"\u{1}".repeat(MAX_KEY_BYTES - key.len()));
+            key
+        };
+        let item = |i: usize, value: &[u8]| KvItem {
+            key: key(i),
+            value: encode_base64(value),
+            create_revision: u64::MAX,
+            mod_revision: u64::MAX,
+            version: u64::MAX,
+        };
+        let big = vec![0xffu8; MAX_LIST_PAGE_BYTES + max_value_bytes];
+        let mut kvs = vec![item(0, &big)];
+        kvs.extend((1..MAX_LIST_LIMIT).map(|i| item(i, b"")));
+        let page = serde_json::to_vec(&ListResponse { revision: u64::MAX, kvs, more: true }).unwrap();
+        let limit = leader_answer_limit(max_value_bytes);
+        assert!(page.len() <= limit, "a page of {} bytes; the limit is {limit}", page.len());
+        assert!(limit < 128 << 20, "the limit stays bounded: {limit}");
+    }
 }

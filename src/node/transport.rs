@@ -1,8 +1,10 @@
 //! Peer transport on the peer port: HTTP with a compact binary body. One task per peer drains
-//! a bounded queue, batching whatever is waiting into one request on a reused connection; a
-//! peer that is down or slow only fills (and then drops from) its own queue, so it never blocks
-//! the others. The Raft loop tells the transport the current membership (`Outbox::retain`), and
-//! the tasks of members that left end.
+//! a bounded queue, batching whatever is waiting into one request on a reused connection (the
+//! pooled `http::client::HttpClient`, dialling from the member's own address); a peer that is
+//! down or slow only fills (and then drops from) its own queue, so it never blocks the others.
+//! The Raft loop tells the transport the current membership (`Outbox::retain`), and the tasks
+//! of members that left end. A snapshot's body is streamed in chunks; a peer's answer is read
+//! up to `MAX_ANSWER_BYTES`.
 //!
 //! Wire format (every request carries the cluster id, the sender's id and URLs as headers):
 //! - `POST /raft/v1/messages`: the body is bincode (fixed-width integers) of a `Vec<Message>`,
@@ -37,6 +39,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::runtime::{note_peer_urls, offer, Input, Outbox};
 use super::shared::{read, Address, Shared};
 use crate::base::wire::MAX_KEY_BYTES;
+use crate::http::client::{self, Dial, HttpClient};
 use crate::http::serve::{check_declared, read_body, BodyError, BodyLimits};
 use crate::node::join::{PeerView, ViewMember};
 use crate::raft::{ConfState, Message, MessageBody, NodeId};
@@ -68,6 +71,11 @@ const BODY_STALL: Duration = Duration::from_secs(5);
 const BATCH_DEADLINE: Duration = Duration::from_secs(10);
 /// Below the sender's 60 s and the peer port's request timeout (`serve::PEER_PORT`).
 const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(80);
+/// The sender waits this long for a batch's answer, and for a snapshot's.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(2);
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A peer answers a batch or a snapshot with no body, or a one-line reason; more is not read.
+const MAX_ANSWER_BYTES: usize = 64 << 10;
 
 /// The largest bodies the peer port reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,7 +101,7 @@ pub struct Transport {
     shared: Arc<Shared>,
     queues: HashMap<NodeId, mpsc::Sender<Message>>,
     runtime: tokio::runtime::Handle,
-    http: reqwest::Client,
+    http: HttpClient,
     loop_tx: SyncSender<Input>,
     /// The membership of the last `retain`.
     members: Option<ConfState>,
@@ -109,24 +117,16 @@ impl Transport {
         runtime: tokio::runtime::Handle,
         loop_tx: SyncSender<Input>,
         local_ip: Option<IpAddr>,
-    ) -> Result<Transport, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .local_address(local_ip)
-            .connect_timeout(Duration::from_millis(500))
-            // Below the peer port's idle timeout (`serve::PEER_PORT.header_timeout`), so that a
-            // pooled connection is dropped here before the other side closes it.
-            .pool_idle_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .build()?;
-        Ok(Transport {
+    ) -> Transport {
+        Transport {
             shared,
             queues: HashMap::new(),
             runtime,
-            http,
+            http: HttpClient::new(Dial::peer(local_ip)),
             loop_tx,
             members: None,
             live: Arc::new(AtomicUsize::new(0)),
-        })
+        }
     }
 
     /// Sender tasks that are still running.
@@ -206,7 +206,7 @@ async fn peer_sender(
     to: NodeId,
     mut rx: mpsc::Receiver<Message>,
     shared: Arc<Shared>,
-    http: reqwest::Client,
+    http: HttpClient,
     loop_tx: SyncSender<Input>,
     _live: LiveGuard,
 ) {
@@ -247,23 +247,21 @@ async fn peer_sender(
         if has_snapshot {
             shared.metrics.snapshots_sent.fetch_add(1, Ordering::Relaxed);
         }
-        let request = match outgoing {
+        let (request, timeout) = match outgoing {
             Outgoing::Batch(batch) => match bincode::serialize(&batch) {
-                Ok(body) => {
-                    peer_request(&http, &shared, &address, MESSAGES_PATH).timeout(Duration::from_secs(2)).body(body)
-                }
+                Ok(body) => (peer_request(&shared, &address, MESSAGES_PATH).body(client::full(body)), BATCH_TIMEOUT),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode peer messages");
                     continue;
                 }
             },
             Outgoing::Snapshot(message) => match snapshot_body(message) {
-                Ok((length, chunks)) => peer_request(&http, &shared, &address, SNAPSHOT_PATH)
-                    .timeout(Duration::from_secs(60))
-                    .header("content-length", length)
-                    .body(reqwest::Body::wrap_stream(futures::stream::iter(
-                        chunks.into_iter().map(Ok::<_, std::io::Error>),
-                    ))),
+                Ok((length, chunks)) => (
+                    peer_request(&shared, &address, SNAPSHOT_PATH)
+                        .header("content-length", length)
+                        .body(client::streamed(chunks)),
+                    SNAPSHOT_TIMEOUT,
+                ),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode a snapshot message");
                     let _ = offer(&loop_tx, Input::SnapshotFailed(to));
@@ -271,11 +269,11 @@ async fn peer_sender(
                 }
             },
         };
-        let failure = match request.send().await {
-            Ok(resp) if resp.status().is_success() => None,
-            Ok(resp) => {
-                let status = resp.status();
-                let why = resp.text().await.unwrap_or_default();
+        let failure = match http.call(request, timeout, MAX_ANSWER_BYTES).await {
+            Ok(answer) if answer.status.is_success() => None,
+            Ok(answer) => {
+                let status = answer.status;
+                let why = String::from_utf8_lossy(&answer.body);
                 if status == StatusCode::PRECONDITION_FAILED
                     || status == StatusCode::FORBIDDEN
                     || status == StatusCode::PAYLOAD_TOO_LARGE
@@ -308,8 +306,8 @@ async fn peer_sender(
     }
 }
 
-fn peer_request(http: &reqwest::Client, shared: &Shared, address: &Address, path: &str) -> reqwest::RequestBuilder {
-    http.post(format!("{}{path}", address.peer_url))
+fn peer_request(shared: &Shared, address: &Address, path: &str) -> axum::http::request::Builder {
+    axum::http::Request::post(format!("{}{path}", address.peer_url))
         .header(HEADER_CLUSTER_ID, format!("{:x}", shared.cluster_id))
         .header(HEADER_FROM, format!("{:x}", shared.id))
         .header(HEADER_CLIENT_URL, &shared.advertise_client_url)
@@ -649,7 +647,7 @@ mod tests {
     fn the_sender_tasks_of_departed_members_end() {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let (tx, _rx) = std::sync::mpsc::sync_channel(16);
-        let mut transport = Transport::new(shared(), runtime.handle().clone(), tx, None).unwrap();
+        let mut transport = Transport::new(shared(), runtime.handle().clone(), tx, None);
         transport.retain(&conf(&[1, 2, 3]));
         transport.send(vec![heartbeat(2), heartbeat(3)]);
         assert_eq!(transport.live_senders(), 2);

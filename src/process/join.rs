@@ -5,20 +5,34 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use axum::http::{Request, StatusCode};
+
 use super::error::StartError;
 use crate::base::ids::InitialMember;
+use crate::http::client::{self, Dial, HttpClient};
 use crate::node::join;
 use crate::node::transport::{JoinAnswer, JoinRequest, PeerMembers, JOIN_PATH, MEMBERS_PATH};
 use crate::store::MemberMeta;
 
-/// Asks every listed peer (but this member) what it knows of the cluster.
-async fn ask_peers(http: &reqwest::Client, initial: &[InitialMember], me: &str) -> (Vec<join::PeerView>, Vec<String>) {
+/// A peer's answer arrives whole within this time.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(6);
+/// The most of a peer's answer that is read: a membership list of a few members, or a join's
+/// outcome, is far smaller.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// Asks every listed peer (but this member) what it knows of the cluster. This is the one
+/// routine by which a member asks its peers about the cluster; `node::join` decides on the
+/// answers.
+async fn ask_peers(http: &HttpClient, initial: &[InitialMember], me: &str) -> (Vec<join::PeerView>, Vec<String>) {
     let mut views = Vec::new();
     let mut failures = Vec::new();
     for m in initial.iter().filter(|m| m.peer_url != me) {
-        let answer = match http.get(format!("{}{MEMBERS_PATH}", m.peer_url)).send().await {
-            Ok(resp) if resp.status().is_success() => resp.json::<PeerMembers>().await.map_err(|e| e.to_string()),
-            Ok(resp) => Err(format!("HTTP {}", resp.status())),
+        let request = Request::get(format!("{}{MEMBERS_PATH}", m.peer_url)).body(client::full(Vec::new()));
+        let answer = match http.call(request, ANSWER_TIMEOUT, MAX_ANSWER_BYTES).await {
+            Ok(answer) if answer.status.is_success() => {
+                serde_json::from_slice::<PeerMembers>(&answer.body).map_err(|e| e.to_string())
+            }
+            Ok(answer) => Err(format!("HTTP {}", answer.status)),
             Err(e) => Err(e.to_string()),
         };
         match answer.map(|a| a.view(&m.peer_url)) {
@@ -31,13 +45,8 @@ async fn ask_peers(http: &reqwest::Client, initial: &[InitialMember], me: &str) 
 }
 
 /// Dials from `local_ip` (the member's peer address), as the peer transport does.
-fn join_client(local_ip: Option<IpAddr>) -> Result<reqwest::Client, StartError> {
-    reqwest::Client::builder()
-        .local_address(local_ip)
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(6))
-        .build()
-        .map_err(|e| StartError::from(e.to_string()))
+fn join_client(local_ip: Option<IpAddr>) -> HttpClient {
+    HttpClient::new(Dial::peer(local_ip))
 }
 
 /// `new` with empty data: bootstraps once a majority of the initial members (this one
@@ -50,7 +59,7 @@ pub(super) async fn bootstrap_when_unformed(
     member_id: u64,
     local_ip: Option<IpAddr>,
 ) -> Result<(), StartError> {
-    let http = join_client(local_ip)?;
+    let http = join_client(local_ip);
     let mut last_logged: Option<std::time::Instant> = None;
     loop {
         let (views, failures) = ask_peers(&http, initial, me).await;
@@ -80,25 +89,28 @@ pub(super) async fn join_existing(
     local_ip: Option<IpAddr>,
 ) -> Result<MemberMeta, StartError> {
     const ATTEMPTS: usize = 60;
-    let http = join_client(local_ip)?;
+    let http = join_client(local_ip);
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
         let (views, failures) = ask_peers(&http, initial, &me.peer_url).await;
         match join::decide_existing(me, &views, None) {
             join::Decision::Claim { via, cluster_id, id } => {
                 let request = JoinRequest { cluster_id: format!("{cluster_id:x}"), id: format!("{id:x}") };
-                match http.post(format!("{via}{JOIN_PATH}")).json(&request).send().await {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        match resp.json::<JoinAnswer>().await {
+                let request = Request::post(format!("{via}{JOIN_PATH}"))
+                    .header("content-type", "application/json")
+                    .body(client::full(serde_json::to_vec(&request).unwrap_or_default()));
+                match http.call(request, ANSWER_TIMEOUT, MAX_ANSWER_BYTES).await {
+                    Ok(answer) => {
+                        let status = answer.status;
+                        match serde_json::from_slice::<JoinAnswer>(&answer.body) {
                             Ok(answer) if answer.joined => {
                                 tracing::info!(id = %format!("{id:x}"), leader = %via, "joining as a new learner");
                                 return Ok(MemberMeta { cluster_id, member_id: id, name: me.name.clone() });
                             }
-                            Ok(answer) if status == reqwest::StatusCode::CONFLICT && answer.data_lost => {
+                            Ok(answer) if status == StatusCode::CONFLICT && answer.data_lost => {
                                 return Err(StartError::data_lost(answer.reason))
                             }
-                            Ok(answer) if status == reqwest::StatusCode::CONFLICT => {
+                            Ok(answer) if status == StatusCode::CONFLICT => {
                                 return Err(StartError::from(answer.reason))
                             }
                             _ => last = format!("{via} could not record the join ({status})"),

@@ -17,6 +17,7 @@ use crate::api::server::{client_router, render_error as render_client_error, Api
 use crate::base::ids::{cluster_id, host_port, initial_member_id, parse_initial_cluster, validate_url, InitialMember};
 use crate::base::logging::init_logging;
 use crate::base::signal::wait_for_signal;
+use crate::http::client::{Dial, HttpClient};
 use crate::http::serve::{serve, PortStats, CLIENT_PORT, PEER_PORT};
 use crate::node::join::Joiner;
 use crate::node::runtime::{RaftLoop, INPUT_QUEUE, TICK_MS};
@@ -58,8 +59,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
 
     // The Raft loop's thread, and its peer transport.
     let (tx, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
-    let transport = Transport::new(shared.clone(), runtime.handle().clone(), tx.clone(), flags.dial_from)
-        .map_err(|e| StartError::from(format!("cannot build the peer client: {e}")))?;
+    let transport = Transport::new(shared.clone(), runtime.handle().clone(), tx.clone(), flags.dial_from);
     let raft_loop = RaftLoop::new(raw, storage, shared.clone(), Box::new(transport), rx, args.snapshot_threshold);
     let loop_thread = std::thread::Builder::new()
         .name("raft-loop".into())
@@ -304,11 +304,7 @@ fn shared_state(
 async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) -> Result<(), StartError> {
     let shared = node.shared.clone();
     let (client_addr, peer_addr) = (flags.client_addr, flags.peer_addr);
-    let http = reqwest::Client::builder()
-        .local_address(Some(client_addr.ip()).filter(|ip| !ip.is_unspecified()))
-        .connect_timeout(Duration::from_millis(500))
-        .build()
-        .map_err(|e| StartError::from(format!("cannot build the forwarding client: {e}")))?;
+    let http = HttpClient::new(Dial::leader(Some(client_addr.ip()).filter(|ip| !ip.is_unspecified())));
     let api = Api { node: node.clone(), http };
     let client_listener = tokio::net::TcpListener::bind(client_addr)
         .await
