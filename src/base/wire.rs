@@ -224,3 +224,17 @@ impl std::fmt::Display for Role {
         f.write_str(self.as_str())
     }
 }
+
+/// Serde for an id (a member's, a cluster's) written as hex, as [`format_id`] prints it.
+pub mod hex_id {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_id(*id))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_id(&text).ok_or_else(|| serde::de::Error::custom(format!("'{text}' is not an id (non-zero hex)")))
+    }
+}

@@ -19,33 +19,51 @@
 //!
 //! A member that is refused with `data_lost` exits with code 3; the operator replaces it.
 
+use serde::{Deserialize, Serialize};
+
 use crate::raft::{NodeId, PlantedBug};
 use crate::store::claim::{check_claim, MemberState};
 
-/// What one peer said about its cluster (the peer port's `GET /raft/v1/members`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What one peer says about its cluster: the peer port's answer to `GET /raft/v1/members`
+/// (JSON, ids in hex), and what the join decisions read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PeerView {
-    /// The peer URL that was asked.
+    /// The peer URL that was asked (filled in by the asker; not part of the answer).
+    #[serde(skip)]
     pub peer_url: String,
+    #[serde(with = "crate::base::wire::hex_id")]
     pub cluster_id: u64,
+    /// The membership it has applied.
+    pub members: Vec<PeerMember>,
     /// It leads, and has committed an entry of its term, so its committed view is current.
+    #[serde(default)]
     pub leader: bool,
     /// Its cluster has elected a leader at least once (its term is past the bootstrap term).
+    #[serde(default)]
     pub formed: bool,
-    /// The membership it has applied.
-    pub members: Vec<ViewMember>,
+    /// It has no data yet (it waits to bootstrap). For people reading the answer; no decision
+    /// needs it.
+    #[serde(default)]
+    pub blank: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ViewMember {
+/// One member in a [`PeerView`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerMember {
+    #[serde(with = "crate::base::wire::hex_id")]
     pub id: NodeId,
     pub name: String,
+    #[serde(rename = "peerURL")]
     pub peer_url: String,
     pub voter: bool,
-    /// A learner that has already started with empty data under its id.
+    /// A learner that has already started with empty data under its id (`Command::Join`).
+    #[serde(default)]
     pub joined: bool,
     /// The answering leader's match index for it (0 elsewhere, and on a leader that has not
     /// heard from it since it was elected).
+    #[serde(default)]
     pub matched: u64,
 }
 
@@ -168,17 +186,17 @@ mod tests {
         Joiner { name: "etcd-2".into(), peer_url: "http://c:2380".into() }
     }
 
-    fn member(id: NodeId, name: &str, voter: bool, joined: bool) -> ViewMember {
-        ViewMember { id, name: name.into(), peer_url: format!("http://{}:2380", &name[5..]), voter, joined, matched: 0 }
+    fn member(id: NodeId, name: &str, voter: bool, joined: bool) -> PeerMember {
+        PeerMember { id, name: name.into(), peer_url: format!("http://{}:2380", &name[5..]), voter, joined, matched: 0 }
     }
 
-    fn view(url: &str, leader: bool, members: Vec<ViewMember>) -> PeerView {
-        PeerView { peer_url: url.into(), cluster_id: 7, leader, formed: true, members }
+    fn view(url: &str, leader: bool, members: Vec<PeerMember>) -> PeerView {
+        PeerView { peer_url: url.into(), cluster_id: 7, leader, formed: true, members, blank: false }
     }
 
-    fn cluster(third: ViewMember) -> Vec<ViewMember> {
+    fn cluster(third: PeerMember) -> Vec<PeerMember> {
         let mut m = vec![member(1, "etcd-a", true, false), member(2, "etcd-b", true, false)];
-        m.push(ViewMember { peer_url: "http://c:2380".into(), ..third });
+        m.push(PeerMember { peer_url: "http://c:2380".into(), ..third });
         m
     }
 
@@ -228,7 +246,7 @@ mod tests {
         let other = PeerView { cluster_id: 8, ..unformed("http://a:2380") };
         assert!(matches!(decide_new(3, 7, 3, &[other]), Decision::Wait(_)));
         // A formed cluster whose leader has heard from this member: data lost, whatever others say.
-        let heard = ViewMember { matched: 12, ..member(3, "etcd-c", true, false) };
+        let heard = PeerMember { matched: 12, ..member(3, "etcd-c", true, false) };
         let formed = view("http://b:2380", true, vec![heard.clone()]);
         let d = decide_new(3, 7, 3, &[unformed("http://a:2380"), formed.clone()]);
         assert!(matches!(d, Decision::Refuse { data_lost: true, .. }), "{d:?}");
@@ -238,5 +256,27 @@ mod tests {
         // Not listed at all: refused, but not as lost data.
         let d = decide_new(4, 7, 3, &[formed]);
         assert!(matches!(d, Decision::Refuse { data_lost: false, .. }), "{d:?}");
+    }
+
+    #[test]
+    fn a_view_travels_as_json_with_hex_ids_and_a_malformed_id_is_refused() {
+        let view = PeerView {
+            peer_url: "http://asked:2380".into(),
+            cluster_id: 0xabc,
+            members: vec![member(0x1f, "etcd-1", true, false)],
+            leader: true,
+            formed: true,
+            blank: false,
+        };
+        let json = serde_json::to_value(&view).expect("encode");
+        assert_eq!(json["clusterId"], "abc");
+        assert_eq!(json["members"][0]["id"], "1f");
+        assert_eq!(json["members"][0]["peerURL"], view.members[0].peer_url);
+        assert!(json.get("peerUrl").is_none() && json.get("peer_url").is_none(), "the asked URL is not sent");
+        let back: PeerView = serde_json::from_value(json.clone()).expect("decode");
+        assert_eq!(back, PeerView { peer_url: String::new(), ..view });
+        let mut bad = json;
+        bad["members"][0]["id"] = "not hex".into();
+        assert!(serde_json::from_value::<PeerView>(bad).is_err());
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::raft::{Index, NodeId, Role, Term};
+use crate::store::command::MemberInfo;
 use crate::store::KvStore;
 
 /// Locks that survive a panicked holder: the data is still consistent for our purposes
@@ -56,21 +57,13 @@ impl LoopStatus {
     }
 }
 
-/// Where to reach a member.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Address {
-    pub name: String,
-    pub peer_url: String,
-    pub client_url: String,
-}
-
 /// Where to reach each member, learned from the initial list, the membership entries of the log
 /// and the headers of peers' messages; every update goes through [`AddressBook::learn`].
 #[derive(Default)]
-pub struct AddressBook(RwLock<BTreeMap<NodeId, Address>>);
+pub struct AddressBook(RwLock<BTreeMap<NodeId, MemberInfo>>);
 
 impl AddressBook {
-    pub fn get(&self, id: NodeId) -> Option<Address> {
+    pub fn get(&self, id: NodeId) -> Option<MemberInfo> {
         read(&self.0).get(&id).cloned()
     }
 
@@ -84,7 +77,7 @@ impl AddressBook {
             .is_none_or(|a| news(name, &a.name) || news(peer_url, &a.peer_url) || news(client_url, &a.client_url));
         if changes {
             let mut book = write(&self.0);
-            let entry = book.entry(id).or_default();
+            let entry = book.entry(id).or_insert_with(|| MemberInfo { id, ..MemberInfo::default() });
             for (field, new) in
                 [(&mut entry.name, name), (&mut entry.peer_url, peer_url), (&mut entry.client_url, client_url)]
             {
@@ -161,7 +154,7 @@ impl Shared {
         read(&self.status).clone()
     }
 
-    pub fn address(&self, id: NodeId) -> Option<Address> {
+    pub fn address(&self, id: NodeId) -> Option<MemberInfo> {
         self.addresses.get(id)
     }
 

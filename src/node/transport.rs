@@ -37,11 +37,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::runtime::{note_peer_urls, offer, Input, Outbox};
-use super::shared::{read, Address, Shared};
+use super::shared::{read, Shared};
 use crate::base::wire::MAX_KEY_BYTES;
 use crate::http::client::{self, Dial, HttpClient};
 use crate::http::serve::{check_declared, read_body, BodyError, BodyLimits};
-use crate::node::join::{PeerView, ViewMember};
+use crate::node::join::{PeerMember, PeerView};
 use crate::raft::{ConfState, Message, MessageBody, NodeId};
 use crate::store::command::MemberInfo;
 
@@ -306,7 +306,7 @@ async fn peer_sender(
     }
 }
 
-fn peer_request(shared: &Shared, address: &Address, path: &str) -> axum::http::request::Builder {
+fn peer_request(shared: &Shared, address: &MemberInfo, path: &str) -> axum::http::request::Builder {
     axum::http::Request::post(format!("{}{path}", address.peer_url))
         .header(HEADER_CLUSTER_ID, format!("{:x}", shared.cluster_id))
         .header(HEADER_FROM, format!("{:x}", shared.id))
@@ -486,68 +486,7 @@ async fn receive_snapshot(State(server): State<PeerServer>, request: Request) ->
     }
 }
 
-/// What a member that starts with empty data asks its peers: who is in the cluster, as the
-/// answering member has applied it (see `node::join`).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PeerMembers {
-    pub cluster_id: String,
-    pub members: Vec<PeerMember>,
-    /// The answering member leads and has committed an entry of its term.
-    #[serde(default)]
-    pub leader: bool,
-    /// Its cluster has elected a leader at least once.
-    #[serde(default)]
-    pub formed: bool,
-    /// The answering member has no data yet (it waits to bootstrap).
-    #[serde(default)]
-    pub blank: bool,
-}
-
-impl PeerMembers {
-    /// The answer as `node::join` reads it; `None` if it is malformed.
-    pub fn view(&self, asked: &str) -> Option<PeerView> {
-        let members = self
-            .members
-            .iter()
-            .map(|m| {
-                Some(ViewMember {
-                    id: u64::from_str_radix(&m.id, 16).ok()?,
-                    name: m.name.clone(),
-                    peer_url: m.peer_url.clone(),
-                    voter: m.voter,
-                    joined: m.joined,
-                    matched: m.matched,
-                })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(PeerView {
-            peer_url: asked.to_string(),
-            cluster_id: u64::from_str_radix(&self.cluster_id, 16).ok()?,
-            leader: self.leader,
-            formed: self.formed,
-            members,
-        })
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PeerMember {
-    pub id: String,
-    pub name: String,
-    #[serde(rename = "peerURL")]
-    pub peer_url: String,
-    pub voter: bool,
-    /// The leader's match index for this member (0 on other members, or never heard from).
-    #[serde(default)]
-    pub matched: u64,
-    /// A learner that has started with empty data under its id (`Command::Join`).
-    #[serde(default)]
-    pub joined: bool,
-}
-
-async fn members(State(server): State<PeerServer>) -> Json<PeerMembers> {
+async fn members(State(server): State<PeerServer>) -> Json<PeerView> {
     let members: Vec<(MemberInfo, bool, bool)> = {
         let kv = read(&server.shared.kv);
         kv.members()
@@ -560,15 +499,16 @@ async fn members(State(server): State<PeerServer>) -> Json<PeerMembers> {
     };
     let status = server.shared.status();
     let matched = status.matched;
-    Json(PeerMembers {
+    Json(PeerView {
+        peer_url: String::new(),
         leader: status.role == crate::raft::Role::Leader && status.committed_in_term,
         formed: status.term > 1,
         blank: false,
-        cluster_id: format!("{:x}", server.shared.cluster_id),
+        cluster_id: server.shared.cluster_id,
         members: members
             .into_iter()
             .map(|(MemberInfo { id, name, peer_url, .. }, voter, joined)| PeerMember {
-                id: format!("{id:x}"),
+                id,
                 name,
                 peer_url,
                 voter,

@@ -11,7 +11,7 @@ use super::error::StartError;
 use crate::base::ids::InitialMember;
 use crate::http::client::{self, Dial, HttpClient};
 use crate::node::join;
-use crate::node::transport::{JoinAnswer, JoinRequest, PeerMembers, JOIN_PATH, MEMBERS_PATH};
+use crate::node::transport::{JoinAnswer, JoinRequest, JOIN_PATH, MEMBERS_PATH};
 use crate::store::MemberMeta;
 
 /// A peer's answer arrives whole within this time.
@@ -30,14 +30,13 @@ async fn ask_peers(http: &HttpClient, initial: &[InitialMember], me: &str) -> (V
         let request = Request::get(format!("{}{MEMBERS_PATH}", m.peer_url)).body(client::full(Vec::new()));
         let answer = match http.call(request, ANSWER_TIMEOUT, MAX_ANSWER_BYTES).await {
             Ok(answer) if answer.status.is_success() => {
-                serde_json::from_slice::<PeerMembers>(&answer.body).map_err(|e| e.to_string())
+                serde_json::from_slice::<join::PeerView>(&answer.body).map_err(|e| format!("a malformed answer: {e}"))
             }
             Ok(answer) => Err(format!("HTTP {}", answer.status)),
             Err(e) => Err(e.to_string()),
         };
-        match answer.map(|a| a.view(&m.peer_url)) {
-            Ok(Some(view)) => views.push(view),
-            Ok(None) => failures.push(format!("{}: a malformed answer", m.peer_url)),
+        match answer {
+            Ok(view) => views.push(join::PeerView { peer_url: m.peer_url.clone(), ..view }),
             Err(e) => failures.push(format!("{}: {e}", m.peer_url)),
         }
     }

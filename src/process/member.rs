@@ -20,9 +20,10 @@ use crate::base::signal::wait_for_signal;
 use crate::http::client::{Dial, HttpClient};
 use crate::http::serve::{serve, PortStats, CLIENT_PORT, PEER_PORT};
 use crate::node::join::Joiner;
+use crate::node::join::PeerView;
 use crate::node::runtime::{RaftLoop, INPUT_QUEUE, TICK_MS};
 use crate::node::shared::{AddressBook, LoopStatus, Metrics, Shared};
-use crate::node::transport::{self, PeerLimits, PeerMembers, PeerServer, Transport, MEMBERS_PATH};
+use crate::node::transport::{self, PeerLimits, PeerServer, Transport, MEMBERS_PATH};
 use crate::node::NodeHandle;
 use crate::raft::{Config, InitialState, Raft, RawNode, Role};
 use crate::store::command::{encode, MemberInfo};
@@ -407,7 +408,7 @@ fn while_answering_peers<T>(
         let listener = tokio::net::TcpListener::bind(peer_addr)
             .await
             .map_err(|e| StartError::from(format!("cannot listen for peers on {peer_addr}: {e}")))?;
-        let answer = PeerMembers { cluster_id: format!("{cluster_id:x}"), blank: true, ..PeerMembers::default() };
+        let answer = PeerView { cluster_id, blank: true, ..PeerView::default() };
         let router = axum::Router::new()
             .route(MEMBERS_PATH, axum::routing::get(move || std::future::ready(axum::Json(answer.clone()))))
             .fallback(|| std::future::ready((axum::http::StatusCode::SERVICE_UNAVAILABLE, "this member is starting")));

@@ -57,7 +57,7 @@ pub struct KeyValue {
 }
 
 /// A member as the cluster records it: the `context` of its membership change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberInfo {
     pub id: NodeId,
     pub name: String,

@@ -34,7 +34,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use kuberaft::base::rng::Rng;
 use kuberaft::check::linearizability::{check_registers, Operation, RegisterInput, RegisterOutput, Verdict};
-use kuberaft::node::join::{decide_existing, Decision, Joiner, PeerView, ViewMember};
+use kuberaft::node::join::{decide_existing, Decision, Joiner, PeerMember, PeerView};
 use kuberaft::raft::*;
 use kuberaft::store::claim::{check_claim, MemberState};
 
@@ -1088,7 +1088,7 @@ impl Sim {
             }
             let leader = raw.raft.role() == Role::Leader && raw.raft.committed_in_current_term();
             let conf = raw.raft.conf_at(m.applied.max(raw.raft.log().base().index));
-            let member = |x: NodeId, voter: bool| ViewMember {
+            let member = |x: NodeId, voter: bool| PeerMember {
                 id: x,
                 name: url(x),
                 peer_url: url(x),
@@ -1102,7 +1102,14 @@ impl Sim {
                 .map(|x| member(*x, true))
                 .chain(conf.learners.iter().map(|x| member(*x, false)))
                 .collect();
-            views.push(PeerView { peer_url: url(mid), cluster_id: 1, leader, formed: raw.raft.term() > 1, members });
+            views.push(PeerView {
+                peer_url: url(mid),
+                cluster_id: 1,
+                leader,
+                formed: raw.raft.term() > 1,
+                members,
+                blank: false,
+            });
         }
         views
     }
