@@ -1,12 +1,16 @@
 //! The replicated state machine (keys with revisions, the member table) and the durable
 //! storage of the Raft log, term and vote, and snapshots.
 
+pub mod codec;
 pub mod command;
 mod error;
 pub(crate) mod fs;
 pub mod kv;
+pub mod legacy;
 #[cfg(test)]
 pub(crate) mod simfs;
+#[cfg(test)]
+mod upgrade_tests;
 pub mod wal;
 
 pub use error::StoreError;
