@@ -1,5 +1,5 @@
 //! Fuzzing of everything a member decodes from a peer or its disk (issue 4): the peer
-//! transport's decoder (`decode::<Vec<Message>>`), the consensus core fed with whatever
+//! transport's decoder (`decode_messages`, both wire formats), the consensus core fed with whatever
 //! decodes, the state machine's command decoder and its snapshot restore.
 //!
 //! Inputs are random bytes and mutations (bit flips, truncations, overwritten length fields,
@@ -14,11 +14,12 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use bytes::Bytes;
 
 use crate::base::rng::Rng;
+use crate::node::transport::{decode_messages, encode_messages, WireFormat, PEER_FORMAT};
 use crate::raft::{
     ConfChange, ConfChangeKind, Config, Entry, EntryPayload, Index, InitialState, Message, MessageBody, NodeId, Raft,
     RawNode, Role, Snapshot, SnapshotMeta, Term,
 };
-use crate::store::command::{decode, encode, Command, MemberInfo};
+use crate::store::command::{decode, encode, Command, MemberInfo, PAYLOAD_FORMAT};
 use crate::store::KvStore;
 
 const DEFAULT_ITERATIONS: u64 = 20_000;
@@ -89,8 +90,9 @@ fn mutate(rng: &mut Rng, valid: &[u8]) -> Vec<u8> {
             }
             // Truncation.
             1 => bytes.truncate(rng.range(0, len + 1) as usize),
-            // A length field (or any u64) overwritten with an interesting value; bincode's fixint
-            // encoding writes lengths as u64 little-endian, enum tags as u32.
+            // A length field (or any u64) overwritten with an interesting value, as bincode 1
+            // (format 1) writes them: lengths as u64 little-endian, enum tags as u32. In postcard
+            // (format 2) the same bytes make long or overlong varints.
             2 | 3 => {
                 let value = INTERESTING[rng.range(0, INTERESTING.len() as u64) as usize];
                 let value = if rng.chance(0.2) { value.wrapping_add(len) } else { value };
@@ -360,11 +362,11 @@ fn corpus() -> Vec<Message> {
     messages
 }
 
-/// A batch as the transport sends it: 1 to 8 corpus messages, encoded with bincode.
+/// A batch as the transport sends it: 1 to 8 corpus messages, in the current format.
 fn valid_batch(rng: &mut Rng, corpus: &[Message]) -> Vec<u8> {
     let batch: Vec<Message> =
         (0..rng.range(1, 9)).map(|_| corpus[rng.range(0, corpus.len() as u64) as usize].clone()).collect();
-    bincode::serialize(&batch).expect("messages encode")
+    encode_messages(&batch).expect("messages encode")
 }
 
 /// The message re-addressed to a member of the group, from another one, in a term that makes
@@ -400,12 +402,18 @@ fn peer_decoder_and_core_survive_random_and_mutated_batches() {
         }
         let input = if rng.chance(0.15) {
             random_bytes(&mut rng, 512)
+        } else if rng.chance(0.1) {
+            // Unchanged, so that plenty of whole batches reach the core.
+            valid_batch(&mut rng, &corpus)
         } else {
             let valid = valid_batch(&mut rng, &corpus);
             mutate(&mut rng, &valid)
         };
+        // Most inputs go to the current format's decoder; some to 0.1.0's (bincode 1), which an
+        // upgraded member still reads from 0.1.0 peers.
+        let format = if rng.chance(0.8) { WireFormat::Versioned } else { WireFormat::Legacy };
         replayable("peer batch", seed, i, &input, || {
-            let Ok(messages) = decode::<Vec<Message>>(&input) else { return };
+            let Ok(messages) = decode_messages(format, &input) else { return };
             decoded_batches += 1;
             for m in messages {
                 let readdressed = readdress(&mut rng, &group, m.clone());
@@ -532,16 +540,40 @@ fn snapshot_restore_refuses_damage_and_round_trips_what_it_accepts() {
 /// Absurd length prefixes are refused by the decoder's limit before anything is allocated.
 #[test]
 fn absurd_length_prefixes_are_refused_without_allocating() {
+    /// `n` as a postcard varint (LEB128).
+    fn varint(mut n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        while n >= 0x80 {
+            out.push(n as u8 | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out
+    }
     for len in [u64::MAX, 1 << 40, 1 << 32] {
+        // Format 1 (bincode 1): lengths are u64 little-endian.
         let mut batch = len.to_le_bytes().to_vec();
         batch.extend_from_slice(&[0; 64]);
-        assert!(decode::<Vec<Message>>(&batch).is_err(), "a batch claiming {len} messages");
+        assert!(decode_messages(WireFormat::Legacy, &batch).is_err(), "a batch claiming {len} messages");
         let mut snapshot = b"KVS\0\x01\0\0\0".to_vec();
         snapshot.extend_from_slice(&[0; 16]);
         snapshot.extend_from_slice(&len.to_le_bytes());
         assert!(KvStore::restore(&snapshot).is_err(), "a snapshot claiming {len} keys");
         let mut command = 0u32.to_le_bytes().to_vec();
         command.extend_from_slice(&len.to_le_bytes());
+        assert!(decode::<Command>(&command).is_err(), "a key claiming {len} bytes");
+        // Format 2 (postcard): lengths are varints.
+        let mut batch = vec![PEER_FORMAT];
+        batch.extend_from_slice(&varint(len));
+        batch.extend_from_slice(&[0; 64]);
+        assert!(decode_messages(WireFormat::Versioned, &batch).is_err(), "a batch claiming {len} messages");
+        let mut snapshot = b"KVS\0\x03\0\0\0\x01\x01".to_vec();
+        snapshot.extend_from_slice(&varint(len));
+        snapshot.extend_from_slice(&[0; 16]);
+        assert!(KvStore::restore(&snapshot).is_err(), "a snapshot claiming {len} keys");
+        let mut command = vec![PAYLOAD_FORMAT, 0];
+        command.extend_from_slice(&varint(len));
+        command.extend_from_slice(&[0; 16]);
         assert!(decode::<Command>(&command).is_err(), "a key claiming {len} bytes");
     }
 }

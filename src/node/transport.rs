@@ -6,14 +6,21 @@
 //! of members that left end. A snapshot's body is streamed in chunks; a peer's answer is read
 //! up to `MAX_ANSWER_BYTES`.
 //!
-//! Wire format (every request carries the cluster id, the sender's id and URLs as headers):
-//! - `POST /raft/v1/messages`: the body is bincode (fixed-width integers) of a `Vec<Message>`,
-//!   at most `MAX_BATCH_MESSAGES` messages and about `BATCH_TARGET_BYTES` (a single message may
-//!   be larger); the receiver accepts at most `PeerLimits::batch_bytes`.
+//! Wire format (every request carries the cluster id, the sender's id and URLs as headers).
+//! Bodies are sent with `content-type: application/vnd.kuberaft.raft` (`PEER_CONTENT_TYPE`) and
+//! start with a format byte, `PEER_FORMAT` (2: postcard, `store::codec`):
+//! - `POST /raft/v1/messages`: the format byte, then a `Vec<Message>`, at most
+//!   `MAX_BATCH_MESSAGES` messages and about `BATCH_TARGET_BYTES` (a single message may be
+//!   larger); the receiver accepts at most `PeerLimits::batch_bytes`.
 //! - `POST /raft/v1/snapshot`: one InstallSnapshot, streamed in `SNAPSHOT_CHUNK_BYTES` chunks:
-//!   a 4-byte big-endian length `n`, then `n` bytes of bincode of the `Message` with empty
+//!   the format byte, a 4-byte big-endian length `n`, then `n` bytes of the `Message` with empty
 //!   snapshot data, then the snapshot data itself (the rest of the body). The receiver accepts
 //!   at most `PeerLimits::snapshot_bytes` and one snapshot at a time.
+//!
+//! kuberaft 0.1.0 sent the same bodies without the format byte, in bincode 1, as
+//! `application/octet-stream`. A receiver still reads those (by the content type, with
+//! `store::legacy`), so an upgraded member hears 0.1.0 members; a 0.1.0 member cannot read what
+//! an upgraded one sends (docs/DESIGN.md §3, "Upgrading from 0.1.0").
 //!
 //! A member checks the cluster id, and the declared length against the limit, before it reads
 //! a byte of the body (412 and 413 with the reason as text), then reads the body in chunks
@@ -43,7 +50,9 @@ use crate::http::client::{self, Dial, HttpClient};
 use crate::http::serve::{check_declared, read_body, BodyError, BodyLimits};
 use crate::node::join::{PeerMember, PeerView};
 use crate::raft::{ConfState, Message, MessageBody, NodeId};
+use crate::store::codec::{self, CodecError};
 use crate::store::command::MemberInfo;
+use crate::store::legacy;
 
 pub const MESSAGES_PATH: &str = "/raft/v1/messages";
 pub const SNAPSHOT_PATH: &str = "/raft/v1/snapshot";
@@ -53,6 +62,11 @@ pub const HEADER_CLUSTER_ID: &str = "x-kuberaft-cluster-id";
 pub const HEADER_FROM: &str = "x-kuberaft-from";
 pub const HEADER_CLIENT_URL: &str = "x-kuberaft-client-url";
 pub const HEADER_PEER_URL: &str = "x-kuberaft-peer-url";
+/// The content type of peer bodies that start with a format byte (everything sent since 0.2).
+pub const PEER_CONTENT_TYPE: &str = "application/vnd.kuberaft.raft";
+/// The format byte this member sends: 2, postcard. (Format 1 is 0.1.0's bincode 1, which had no
+/// format byte and is told by its content type.)
+pub const PEER_FORMAT: u8 = 2;
 /// Messages waiting for one peer; beyond this they are dropped.
 const PEER_QUEUE: usize = 4096;
 /// One request carries at most this many messages.
@@ -224,11 +238,11 @@ async fn peer_sender(
         let outgoing = if is_snapshot(&first) {
             Outgoing::Snapshot(first)
         } else {
-            let mut bytes = bincode::serialized_size(&first).unwrap_or(0) as usize;
+            let mut bytes = codec::encoded_len(&first);
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH_MESSAGES && bytes < BATCH_TARGET_BYTES {
                 let Ok(m) = rx.try_recv() else { break };
-                let size = bincode::serialized_size(&m).unwrap_or(0) as usize;
+                let size = codec::encoded_len(&m);
                 if is_snapshot(&m) || bytes.saturating_add(size) > BATCH_TARGET_BYTES {
                     next = Some(m);
                     break;
@@ -248,7 +262,7 @@ async fn peer_sender(
             shared.metrics.snapshots_sent.fetch_add(1, Ordering::Relaxed);
         }
         let (request, timeout) = match outgoing {
-            Outgoing::Batch(batch) => match bincode::serialize(&batch) {
+            Outgoing::Batch(batch) => match encode_messages(&batch) {
                 Ok(body) => (peer_request(&shared, &address, MESSAGES_PATH).body(client::full(body)), BATCH_TIMEOUT),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode peer messages");
@@ -312,18 +326,67 @@ fn peer_request(shared: &Shared, address: &MemberInfo, path: &str) -> axum::http
         .header(HEADER_FROM, format!("{:x}", shared.id))
         .header(HEADER_CLIENT_URL, &shared.advertise_client_url)
         .header(HEADER_PEER_URL, &shared.advertise_peer_url)
-        .header("content-type", "application/octet-stream")
+        .header("content-type", PEER_CONTENT_TYPE)
+}
+
+/// How a peer body is encoded, told by its content type: `PEER_CONTENT_TYPE` bodies start with
+/// a format byte; anything else is what kuberaft 0.1.0 sent (`application/octet-stream`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WireFormat {
+    /// Starts with a format byte (`PEER_FORMAT`).
+    Versioned,
+    /// kuberaft 0.1.0: bincode 1, no format byte.
+    Legacy,
+}
+
+impl WireFormat {
+    pub fn of(headers: &HeaderMap) -> WireFormat {
+        match headers.get("content-type") {
+            Some(value) if value.as_bytes() == PEER_CONTENT_TYPE.as_bytes() => WireFormat::Versioned,
+            _ => WireFormat::Legacy,
+        }
+    }
+
+    /// The body after its format byte, or why it cannot be read.
+    fn payload(self, body: &[u8]) -> Result<&[u8], String> {
+        match (self, body.split_first()) {
+            (WireFormat::Legacy, _) => Ok(body),
+            (WireFormat::Versioned, Some((&PEER_FORMAT, rest))) => Ok(rest),
+            (WireFormat::Versioned, Some((format, _))) => Err(format!(
+                "peer format {format} is not one this member reads ({PEER_FORMAT}); run the same kuberaft version on every member"
+            )),
+            (WireFormat::Versioned, None) => Err("an empty body".into()),
+        }
+    }
+}
+
+/// The body of `POST /raft/v1/messages` (see the module doc), sent as `PEER_CONTENT_TYPE`.
+pub fn encode_messages(messages: &[Message]) -> Result<Vec<u8>, CodecError> {
+    let mut body = vec![PEER_FORMAT];
+    codec::encode_into(messages, &mut body)?;
+    Ok(body)
+}
+
+/// Reads a `POST /raft/v1/messages` body of either format.
+pub fn decode_messages(format: WireFormat, body: &[u8]) -> Result<Vec<Message>, String> {
+    let payload = format.payload(body)?;
+    match format {
+        WireFormat::Versioned => codec::decode(payload).map_err(|e| e.to_string()),
+        // 0.1.0's reader ignored bytes after the batch; so does this one.
+        WireFormat::Legacy => legacy::from_bytes(payload).map_err(|e| e.to_string()),
+    }
 }
 
 /// The body of `POST /raft/v1/snapshot` (see the module doc) as its total length and chunks;
 /// the chunks share the snapshot's buffer (no copy).
-pub fn snapshot_body(mut message: Message) -> Result<(u64, Vec<Bytes>), bincode::Error> {
+pub fn snapshot_body(mut message: Message) -> Result<(u64, Vec<Bytes>), CodecError> {
     let MessageBody::InstallSnapshot { snapshot } = &mut message.body else {
-        return Err(Box::new(bincode::ErrorKind::Custom("not an InstallSnapshot".into())));
+        return Err(CodecError::new("not an InstallSnapshot"));
     };
     let data = std::mem::take(&mut snapshot.data);
-    let head = bincode::serialize(&message)?;
-    let mut first = Vec::with_capacity(4 + head.len());
+    let head = codec::encode(&message)?;
+    let mut first = Vec::with_capacity(5 + head.len());
+    first.push(PEER_FORMAT);
     first.extend_from_slice(&(head.len() as u32).to_be_bytes());
     first.extend_from_slice(&head);
     let mut chunks = vec![Bytes::from(first)];
@@ -337,8 +400,10 @@ pub fn snapshot_body(mut message: Message) -> Result<(u64, Vec<Bytes>), bincode:
     Ok((length, chunks))
 }
 
-/// Reads a `POST /raft/v1/snapshot` body back into its message.
-pub fn parse_snapshot_body(body: Bytes) -> Result<Message, String> {
+/// Reads a `POST /raft/v1/snapshot` body of either format back into its message.
+pub fn parse_snapshot_body(format: WireFormat, body: Bytes) -> Result<Message, String> {
+    let skip = body.len() - format.payload(&body)?.len();
+    let body = body.slice(skip..);
     if body.len() < 4 {
         return Err("the snapshot body is shorter than its 4-byte header length".into());
     }
@@ -346,8 +411,12 @@ pub fn parse_snapshot_body(body: Bytes) -> Result<Message, String> {
     if head_len > MAX_SNAPSHOT_HEAD_BYTES || 4 + head_len > body.len() {
         return Err(format!("the snapshot header declares {head_len} bytes; the body has {}", body.len() - 4));
     }
-    let mut message: Message = crate::store::command::decode(&body[4..4 + head_len])
-        .map_err(|e| format!("undecodable snapshot message: {e}"))?;
+    let head = &body[4..4 + head_len];
+    let message = match format {
+        WireFormat::Versioned => codec::decode::<Message>(head).map_err(|e| e.to_string()),
+        WireFormat::Legacy => legacy::from_bytes::<Message>(head).map_err(|e| e.to_string()),
+    };
+    let mut message = message.map_err(|e| format!("undecodable snapshot message: {e}"))?;
     match &mut message.body {
         MessageBody::InstallSnapshot { snapshot } if snapshot.data.is_empty() => {
             snapshot.data = body.slice(4 + head_len..);
@@ -455,7 +524,7 @@ async fn receive(State(server): State<PeerServer>, request: Request) -> Response
         Ok(bytes) => bytes,
         Err(e) => return body_error(e),
     };
-    let messages: Vec<Message> = match crate::store::command::decode(&bytes) {
+    let messages = match decode_messages(WireFormat::of(&parts.headers), &bytes) {
         Ok(m) => m,
         Err(e) => return reject(StatusCode::BAD_REQUEST, format!("undecodable messages: {e}")),
     };
@@ -480,7 +549,7 @@ async fn receive_snapshot(State(server): State<PeerServer>, request: Request) ->
         Ok(bytes) => bytes,
         Err(e) => return body_error(e),
     };
-    match parse_snapshot_body(bytes) {
+    match parse_snapshot_body(WireFormat::of(&parts.headers), bytes) {
         Ok(message) => deliver(&server, from, &parts.headers, vec![message]),
         Err(why) => reject(StatusCode::BAD_REQUEST, why),
     }
@@ -618,17 +687,65 @@ mod tests {
         assert_eq!(chunks.len(), 4, "a header and three chunks of data");
         assert_eq!(length, chunks.iter().map(|c| c.len() as u64).sum::<u64>());
         let body: Vec<u8> = chunks.concat();
-        assert_eq!(parse_snapshot_body(Bytes::from(body.clone())).unwrap(), message);
+        assert_eq!(body[0], PEER_FORMAT);
+        let versioned = |body: Vec<u8>| parse_snapshot_body(WireFormat::Versioned, Bytes::from(body));
+        assert_eq!(versioned(body.clone()).unwrap(), message);
         // Damaged bodies are refused, never a panic.
-        assert!(parse_snapshot_body(Bytes::from_static(b"ab")).is_err());
-        assert!(parse_snapshot_body(Bytes::from(body[..10].to_vec())).is_err());
+        assert!(versioned(b"ab".to_vec()).is_err());
+        assert!(versioned(Vec::new()).is_err());
+        assert!(versioned(body[..10].to_vec()).is_err());
         let mut huge_head = body.clone();
-        huge_head[..4].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(parse_snapshot_body(Bytes::from(huge_head)).is_err());
-        let batch = bincode::serialize(&heartbeat(2)).unwrap();
-        let mut not_a_snapshot = (batch.len() as u32).to_be_bytes().to_vec();
-        not_a_snapshot.extend_from_slice(&batch);
-        assert!(parse_snapshot_body(Bytes::from(not_a_snapshot)).unwrap_err().contains("expected an InstallSnapshot"));
+        huge_head[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(versioned(huge_head).is_err());
+        let head = codec::encode(&heartbeat(2)).unwrap();
+        let mut not_a_snapshot = vec![PEER_FORMAT];
+        not_a_snapshot.extend_from_slice(&(head.len() as u32).to_be_bytes());
+        not_a_snapshot.extend_from_slice(&head);
+        assert!(versioned(not_a_snapshot).unwrap_err().contains("expected an InstallSnapshot"));
+    }
+
+    /// Little-endian bytes of a u64, as bincode 1 writes integers and lengths.
+    fn le(n: u64) -> Vec<u8> {
+        n.to_le_bytes().to_vec()
+    }
+
+    #[test]
+    fn the_new_format_is_sent_and_both_formats_are_read() {
+        let batch = vec![heartbeat(2), heartbeat(3)];
+        let body = encode_messages(&batch).unwrap();
+        assert_eq!(body[0], PEER_FORMAT, "a format byte leads");
+        assert_eq!(decode_messages(WireFormat::Versioned, &body).unwrap(), batch);
+        let mut newer = body.clone();
+        newer[0] = PEER_FORMAT + 1;
+        let why = decode_messages(WireFormat::Versioned, &newer).unwrap_err();
+        assert!(why.contains("peer format 3 is not one this member reads (2)"), "{why}");
+
+        // What a 0.1.0 member sends: bincode 1 of a batch of one heartbeat from 1 to 2 in term 3
+        // (MessageBody::Heartbeat is variant 2), as application/octet-stream.
+        let legacy_batch = [&le(1)[..], &le(1), &le(2), &le(3), &[2, 0, 0, 0], &le(4), &le(5)].concat();
+        let expected = Message { from: 1, to: 2, term: 3, body: MessageBody::Heartbeat { commit: 4, read_seq: 5 } };
+        assert_eq!(decode_messages(WireFormat::Legacy, &legacy_batch).unwrap(), vec![expected]);
+        assert!(decode_messages(WireFormat::Legacy, &legacy_batch[..20]).is_err());
+        assert!(decode_messages(WireFormat::Legacy, &body).is_err(), "the new format is not bincode 1");
+
+        // And a 0.1.0 snapshot body: a 4-byte length, bincode 1 of the InstallSnapshot message
+        // (variant 8) with empty data (voters {1, 2}, no learners), then the data.
+        let head = [&le(1)[..], &le(2), &le(3), &[8, 0, 0, 0], &le(9), &le(3), &le(2), &le(1), &le(2), &le(0), &le(0)]
+            .concat();
+        let mut legacy_snapshot = (head.len() as u32).to_be_bytes().to_vec();
+        legacy_snapshot.extend_from_slice(&head);
+        legacy_snapshot.extend_from_slice(b"state");
+        let message = parse_snapshot_body(WireFormat::Legacy, Bytes::from(legacy_snapshot)).unwrap();
+        let meta = SnapshotMeta { index: 9, term: 3, conf: conf(&[1, 2]) };
+        let snapshot = Snapshot { meta, data: Bytes::from_static(b"state") };
+        assert_eq!(message, Message { from: 1, to: 2, term: 3, body: MessageBody::InstallSnapshot { snapshot } });
+
+        let mut headers = HeaderMap::new();
+        assert_eq!(WireFormat::of(&headers), WireFormat::Legacy);
+        headers.insert("content-type", "application/octet-stream".parse().unwrap());
+        assert_eq!(WireFormat::of(&headers), WireFormat::Legacy);
+        headers.insert("content-type", PEER_CONTENT_TYPE.parse().unwrap());
+        assert_eq!(WireFormat::of(&headers), WireFormat::Versioned);
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //! applying one returns, and the member records carried in membership changes.
 
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use super::codec::{self, CodecError};
+use super::legacy;
 
 use crate::raft::NodeId;
 
@@ -65,18 +69,101 @@ pub struct MemberInfo {
     pub client_url: String,
 }
 
-/// Binary encoding of commands and member records (bincode): compact, and every decode of
-/// bytes from a peer or the disk returns an error instead of panicking.
-pub fn encode<T: Serialize>(value: &T) -> Bytes {
-    // Serialising these plain types into memory cannot fail.
-    Bytes::from(bincode::serialize(value).unwrap_or_default())
+/// The first byte of a command or member record in the current encoding (format 2:
+/// this byte, then postcard; see `store::codec`). These bytes sit inside Raft log entries, on
+/// disk and in snapshots of the log, so entries that kuberaft 0.1.0 wrote (format 1, bincode 1)
+/// and entries written since live in one log, and `decode` tells them apart:
+/// - a format-1 `Command` starts with its variant index as a little-endian u32 (0 to 3), so
+///   never with this byte;
+/// - a format-1 `MemberInfo` starts with its id, whose low byte can be anything. But a format-1
+///   encoding is exactly one complete bincode-1 value, and `encode` never writes bytes that read
+///   as one (it appends a zero byte in the rare case they would), so "reads as a complete
+///   format-1 value" decides.
+pub const PAYLOAD_FORMAT: u8 = 0xf2;
+
+/// Encodes a command or member record in the current format (see `PAYLOAD_FORMAT`); the bytes
+/// never read as a format-1 encoding of `T`.
+pub fn encode<T: Serialize + DeserializeOwned>(value: &T) -> Bytes {
+    let mut bytes = vec![PAYLOAD_FORMAT];
+    // Encoding these plain types into memory cannot fail.
+    if let Err(e) = codec::encode_into(value, &mut bytes) {
+        tracing::error!(error = %e, "cannot encode a command");
+    }
+    // A complete value followed by one more byte is no longer a complete value.
+    if legacy::from_bytes_exact::<T>(&bytes).is_ok() {
+        bytes.push(0);
+    }
+    Bytes::from(bytes)
 }
 
-pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, bincode::Error> {
-    use bincode::Options;
-    bincode::DefaultOptions::new()
-        .with_fixint_encoding()
-        .with_limit(bytes.len() as u64 + 64)
-        .allow_trailing_bytes()
-        .deserialize(bytes)
+/// Decodes a command or member record of either format (see `PAYLOAD_FORMAT`). Every decode of
+/// bytes from a peer or the disk returns an error instead of panicking.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let legacy_error = match legacy::from_bytes_exact::<T>(bytes) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
+    match bytes.split_first() {
+        Some((&PAYLOAD_FORMAT, rest)) => {
+            let (value, padding) = codec::decode_prefix(rest)?;
+            if padding.iter().any(|b| *b != 0) {
+                return Err(CodecError::new(format!("{} bytes after the value", padding.len())));
+            }
+            Ok(value)
+        }
+        _ => Err(legacy_error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn le(n: u64) -> Vec<u8> {
+        n.to_le_bytes().to_vec()
+    }
+
+    #[test]
+    fn commands_and_member_records_of_both_formats_decode() {
+        let put = Command::Put { key: "k".into(), value: Bytes::from_static(b"v"), prev_revision: Some(3) };
+        let bytes = encode(&put);
+        assert_eq!(bytes[0], PAYLOAD_FORMAT);
+        assert_eq!(decode::<Command>(&bytes), Ok(put.clone()));
+        // The same command as kuberaft 0.1.0 wrote it (bincode 1: variant 0 as a u32, u64 lengths).
+        let v1 = [&[0, 0, 0, 0][..], &le(1), b"k", &le(1), b"v", &[1], &le(3)].concat();
+        assert_eq!(decode::<Command>(&v1), Ok(put));
+
+        // A 0.1.0 member record whose id's low byte is the format byte still reads as format 1.
+        let id = 0x1122_3344_5566_7700 | u64::from(PAYLOAD_FORMAT);
+        let v1 = [&le(id)[..], &le(2), b"e0", &le(3), b"p:1", &le(3), b"c:2"].concat();
+        assert_eq!(v1[0], PAYLOAD_FORMAT);
+        let info = MemberInfo { id, name: "e0".into(), peer_url: "p:1".into(), client_url: "c:2".into() };
+        assert_eq!(decode::<MemberInfo>(&v1), Ok(info.clone()));
+        assert_eq!(decode::<MemberInfo>(&encode(&info)), Ok(info));
+    }
+
+    #[test]
+    fn an_encoding_that_would_read_as_format_1_gets_a_padding_byte() {
+        // The format byte and a 7-byte varint make 8 bytes, a complete bincode-1 u64: without the
+        // padding byte, `decode` would take it for a format-1 value.
+        let value = 1u64 << 45;
+        let bytes = encode(&value);
+        assert_eq!((bytes.len(), bytes[0], bytes[8]), (9, PAYLOAD_FORMAT, 0));
+        assert_eq!(decode::<u64>(&bytes), Ok(value));
+        assert_eq!(decode::<u64>(&bytes[..8]).ok(), Some(u64::from_le_bytes(bytes[..8].try_into().unwrap())));
+        // Only zeros may follow a value in format 2.
+        let mut tail = bytes.to_vec();
+        tail[8] = 1;
+        assert!(decode::<u64>(&tail).is_err());
+    }
+
+    #[test]
+    fn damaged_payloads_are_errors() {
+        let bytes = encode(&Command::Delete { key: "key".into(), prev_revision: None });
+        for cut in 0..bytes.len() {
+            assert!(decode::<Command>(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        assert!(decode::<Command>(&[PAYLOAD_FORMAT, 9]).is_err(), "no variant 9");
+        assert!(decode::<Command>(&[7, 0, 0, 0]).is_err(), "no variant 7 in format 1 either");
+    }
 }

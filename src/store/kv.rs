@@ -15,13 +15,18 @@ use serde::{Deserialize, Serialize};
 use super::claim::{check_claim, MemberState};
 use super::command::{decode, ApplyResult, Command, KeyValue, MemberInfo};
 use super::error::StoreError;
+use super::{codec, legacy};
 use crate::base::ids::Fnv1a;
 use crate::raft::{ConfChange, ConfChangeKind, Entry, EntryPayload, Index, NodeId, Snapshot, Term};
 
 /// Leads every snapshot, so that a snapshot of another format is refused by name.
 const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS\0";
-/// The format `snapshot_data` writes. 2 added `applied_term` and `joined`; format 1 is still read.
-const SNAPSHOT_FORMAT: u32 = 2;
+/// The format `snapshot_data` writes. 2 added `applied_term` and `joined`; 3 (kuberaft 0.2)
+/// encodes the same body with postcard (`store::codec`) instead of bincode 1. Formats 1 and 2
+/// (bincode 1) are still read, by `store::legacy`.
+const SNAPSHOT_FORMAT: u32 = 3;
+/// The last format whose body is bincode 1 (kuberaft 0.1.0 wrote it).
+const LEGACY_SNAPSHOT_FORMAT: u32 = 2;
 /// The oldest format `restore` reads.
 const OLDEST_SNAPSHOT_FORMAT: u32 = 1;
 const SNAPSHOT_HEADER_BYTES: usize = 8;
@@ -352,7 +357,7 @@ impl KvStore {
         data.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
         // Writing plain maps and strings into memory cannot fail; if it ever did, the snapshot
         // would be refused by `restore` on every member rather than silently lose data.
-        if let Err(e) = bincode::serialize_into(&mut data, &body) {
+        if let Err(e) = codec::encode_into(&body, &mut data) {
             tracing::error!(error = %e, "cannot encode the state machine snapshot");
             data.truncate(SNAPSHOT_HEADER_BYTES);
         }
@@ -397,14 +402,18 @@ impl KvStore {
                 "snapshot format {format} is newer than this version reads ({SNAPSHOT_FORMAT}): upgrade kuberaft on this member"
             )));
         }
-        let undecodable = |e: bincode::Error| {
+        let undecodable = |e: String| {
             StoreError::BadSnapshot(format!(
                 "its format-{format} body cannot be decoded ({e}); it is damaged or was written by an incompatible kuberaft version"
             ))
         };
         let snapshot: SnapshotOwned = match format {
-            SNAPSHOT_FORMAT => decode(body).map_err(undecodable)?,
-            OLDEST_SNAPSHOT_FORMAT => decode::<SnapshotFormat1>(body).map_err(undecodable)?.into(),
+            SNAPSHOT_FORMAT => codec::decode(body).map_err(|e| undecodable(e.to_string()))?,
+            // 0.1.0's reader ignored bytes after the body; so does this one.
+            LEGACY_SNAPSHOT_FORMAT => legacy::from_bytes(body).map_err(|e| undecodable(e.to_string()))?,
+            OLDEST_SNAPSHOT_FORMAT => {
+                legacy::from_bytes::<SnapshotFormat1>(body).map_err(|e| undecodable(e.to_string()))?.into()
+            }
             _ => {
                 return Err(StoreError::BadSnapshot(format!(
                     "snapshot format {format} is not one this version reads ({OLDEST_SNAPSHOT_FORMAT} to {SNAPSHOT_FORMAT})"
@@ -660,9 +669,12 @@ mod tests {
         };
         let mut wrong_format = valid.to_vec();
         wrong_format[4] = 9;
-        let mut huge_length = valid.to_vec();
-        // The first field after the header is `applied`; then `revision`; then the map length.
-        huge_length[8 + 16..8 + 24].copy_from_slice(&u64::MAX.to_le_bytes());
+        // The first field after the header is `applied`; then `revision`; then the map length,
+        // each a varint (one byte each here), replaced by one that claims u64::MAX keys.
+        assert_eq!(&valid[8..11], &[1, 1, 1], "applied 1, revision 1, one key");
+        let mut huge_length = valid[..10].to_vec();
+        huge_length.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        huge_length.extend_from_slice(&valid[11..]);
         let inputs: Vec<Vec<u8>> = vec![
             vec![],
             b"KVS".to_vec(),
@@ -682,7 +694,7 @@ mod tests {
         assert!(KvStore::restore(&valid).is_ok());
     }
 
-    /// A store that applied a few entries of `term`, and its format-2 snapshot.
+    /// A store that applied a few entries of `term`.
     fn applied_store(term: Term) -> KvStore {
         let mut store = KvStore::new();
         for index in 1..=3 {
@@ -696,15 +708,52 @@ mod tests {
         Snapshot { meta: crate::raft::SnapshotMeta { index, term, conf: Default::default() }, data }
     }
 
-    /// A format-1 snapshot of `store`: format 2 is format 1 plus `applied_term` (a fixed-size
-    /// u64) at the end of the body.
-    fn format_1(store: &KvStore) -> Vec<u8> {
-        let mut data = store.snapshot_data().to_vec();
-        data[4..8].copy_from_slice(&1u32.to_le_bytes());
-        // Format 2 ends with `applied_term` (8 bytes) and `joined` (empty here: its 8-byte length).
-        assert!(store.joined.is_empty());
-        data.truncate(data.len() - 16);
+    /// A snapshot of `store` in format 1 or 2, as bincode 1 wrote them (built by hand here:
+    /// fixed-width little-endian integers, u64 lengths). Format 2 is format 1 plus
+    /// `applied_term` and `joined` at the end of the body.
+    fn legacy_snapshot(store: &KvStore, format: u32) -> Vec<u8> {
+        assert!(store.members.is_empty() && store.removed.is_empty(), "only keys are written here");
+        let mut data = b"KVS\0".to_vec();
+        data.extend_from_slice(&format.to_le_bytes());
+        let u64 = |data: &mut Vec<u8>, n: u64| data.extend_from_slice(&n.to_le_bytes());
+        u64(&mut data, store.applied);
+        u64(&mut data, store.revision);
+        u64(&mut data, store.keys.len() as u64);
+        for (key, stored) in &store.keys {
+            u64(&mut data, key.len() as u64);
+            data.extend_from_slice(key.as_bytes());
+            u64(&mut data, stored.value.len() as u64);
+            data.extend_from_slice(&stored.value);
+            u64(&mut data, stored.create_revision);
+            u64(&mut data, stored.mod_revision);
+            u64(&mut data, stored.version);
+        }
+        u64(&mut data, 0); // members
+        u64(&mut data, 0); // removed
+        if format == 2 {
+            u64(&mut data, store.applied_term);
+            u64(&mut data, store.joined.len() as u64);
+            for id in &store.joined {
+                u64(&mut data, *id);
+            }
+        }
         data
+    }
+
+    fn format_1(store: &KvStore) -> Vec<u8> {
+        legacy_snapshot(store, 1)
+    }
+
+    #[test]
+    fn a_format_2_snapshot_of_release_0_1_0_is_still_read() {
+        let store = applied_store(4);
+        let old = legacy_snapshot(&store, 2);
+        assert_eq!(KvStore::restore(&old).expect("format 2 reads"), store);
+        assert_eq!(KvStore::restore_snapshot(&raft_snapshot(3, 4, Bytes::from(old.clone()))).expect("install"), store);
+        // Damaged: every cut of the body is refused, never a panic.
+        for cut in SNAPSHOT_HEADER_BYTES..old.len() {
+            assert!(KvStore::restore(&old[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]
@@ -712,7 +761,7 @@ mod tests {
         let store = applied_store(4);
         assert_eq!((store.applied_index(), store.applied_term()), (3, 4));
         let data = store.snapshot_data();
-        assert_eq!(&data[4..8], &2u32.to_le_bytes(), "snapshots are written in format 2");
+        assert_eq!(&data[4..8], &3u32.to_le_bytes(), "snapshots are written in format 3");
         let restored = KvStore::restore(&data).expect("restore");
         assert_eq!(restored, store);
         assert_eq!(restored.applied_term(), 4);
@@ -753,14 +802,14 @@ mod tests {
     #[test]
     fn a_newer_snapshot_format_is_refused_naming_both_versions() {
         let mut newer = applied_store(1).snapshot_data().to_vec();
-        newer[4..8].copy_from_slice(&3u32.to_le_bytes());
-        let error = KvStore::restore(&newer).expect_err("format 3 is refused");
+        newer[4..8].copy_from_slice(&4u32.to_le_bytes());
+        let error = KvStore::restore(&newer).expect_err("format 4 is refused");
         let text = error.to_string();
-        assert!(text.contains("snapshot format 3 is newer than this version reads (2): upgrade"), "{text}");
+        assert!(text.contains("snapshot format 4 is newer than this version reads (3): upgrade"), "{text}");
         let mut zero = newer.clone();
         zero[4..8].copy_from_slice(&0u32.to_le_bytes());
         let text = KvStore::restore(&zero).expect_err("format 0 is refused").to_string();
-        assert!(text.contains("snapshot format 0 is not one this version reads (1 to 2)"), "{text}");
+        assert!(text.contains("snapshot format 0 is not one this version reads (1 to 3)"), "{text}");
     }
 
     #[test]

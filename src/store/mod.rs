@@ -3,12 +3,16 @@
 //! types) and `base`; it knows nothing of threads, networks or HTTP.
 
 pub mod claim;
+pub mod codec;
 pub mod command;
 mod error;
 pub(crate) mod fs;
 pub mod kv;
+pub mod legacy;
 #[cfg(test)]
 pub(crate) mod simfs;
+#[cfg(test)]
+mod upgrade_tests;
 pub mod wal;
 
 pub use error::StoreError;

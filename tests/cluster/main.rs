@@ -1170,13 +1170,13 @@ fn post_peer_messages(
     from: &str,
     messages: &[kuberaft::raft::Message],
 ) -> u16 {
-    let body = bincode::serialize(messages).expect("encode messages");
+    let body = kuberaft::node::transport::encode_messages(messages).expect("encode messages");
     let resp = c
         .http
         .post(format!("{}/raft/v1/messages", c.members[to].peer_url()))
         .header("x-kuberaft-cluster-id", cluster_id)
         .header("x-kuberaft-from", from)
-        .header("content-type", "application/octet-stream")
+        .header("content-type", kuberaft::node::transport::PEER_CONTENT_TYPE)
         .body(body)
         .send()
         .expect("post to the peer port");
@@ -1212,7 +1212,7 @@ fn snapshot_that_cannot_be_installed_stops_the_member() {
     // the victim's log, whose base the snapshot becomes, matches the leader's again.
     let index = status["commitIndex"].as_u64().expect("commit index") + 20;
     let mut data = b"KVS\0".to_vec();
-    data.extend_from_slice(&3u32.to_le_bytes());
+    data.extend_from_slice(&4u32.to_le_bytes());
     data.extend_from_slice(b"a body this version cannot know");
     let snapshot = Snapshot {
         meta: SnapshotMeta { index, term, conf: ConfState { voters: voters.collect(), learners: Default::default() } },
@@ -1227,7 +1227,7 @@ fn snapshot_that_cannot_be_installed_stops_the_member() {
     assert_eq!(post_peer_messages(&c, victim, &cluster_id, &leader_id, &[message]), 204);
 
     // Reported: /readyz, /v1/status, the log.
-    let reason = "snapshot format 3 is newer than this version reads (2)";
+    let reason = "snapshot format 4 is newer than this version reads (3)";
     let (code, body) = wait_for("the victim reports the failed install in /readyz", ELECTION, || {
         let (code, body) = c.readyz(victim);
         body.contains(reason).then_some((code, body))
@@ -1327,4 +1327,89 @@ fn under_new_a_late_member_joins_but_a_wiped_one_is_refused() {
     let exit = c.wait_exit(leader, ELECTION).expect("the wiped member stops");
     assert_eq!(exit.code(), Some(3), "data lost: {}", c.log_tail(leader));
     assert!(c.log_text(leader).contains("its data is lost"), "{}", c.log_tail(leader));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read fixture dir") {
+        let path = entry.expect("entry").path();
+        let dest = to.join(path.file_name().expect("name"));
+        if path.is_dir() {
+            copy_dir(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).expect("copy fixture file");
+        }
+    }
+}
+
+/// Every key of the 0.1.0 fixture (tests/fixtures/data-0.1.0/README.md) as the list API shows
+/// it: key, value (base64), create and mod revision, version; and its two members.
+fn assert_release_0_1_0_data(c: &Cluster, i: usize, extra: &[Value]) {
+    let page: Value = c
+        .http
+        .get(format!("{}/v1/kv?prefix=&consistency=linearizable", c.members[i].client_url()))
+        .send()
+        .expect("list")
+        .json()
+        .expect("list json");
+    let kvs: Vec<Value> = page["kvs"]
+        .as_array()
+        .expect("kvs")
+        .iter()
+        .map(|kv| json!([kv["key"], kv["value"], kv["createRevision"], kv["modRevision"], kv["version"]]))
+        .collect();
+    let mut expected = vec![
+        json!(["alpha", encode_base64(b"one-again"), 1, 4, 2]),
+        json!(["delta", encode_base64(b"four"), 7, 7, 1]),
+        json!(["dir/binary", encode_base64(b"bin\0\xffary"), 5, 5, 1]),
+    ];
+    expected.extend(extra.iter().cloned());
+    expected.push(json!(["gamma", encode_base64(b"three"), 3, 3, 1]));
+    assert_eq!(kvs, expected);
+    assert_eq!(c.get(i, "beta", "linearizable").0, 404, "beta was deleted at revision 6");
+    let status = c.status(i).expect("status");
+    let mut members: Vec<(String, String, bool)> = status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| (m["id"].as_str().unwrap().to_string(), m["name"].as_str().unwrap().to_string(), m["voter"] == true))
+        .collect();
+    members.sort();
+    assert_eq!(
+        members,
+        [
+            ("3bcb37067eb35eaa".to_string(), "etcd-1".to_string(), false),
+            ("62d8eabbd3cf8ef4".into(), "etcd-0".into(), true)
+        ]
+    );
+    assert_eq!(status["id"], "62d8eabbd3cf8ef4");
+    assert_eq!(status["clusterId"], "cf69e693edf8a9d8");
+}
+
+/// A data directory written by release 0.1.0 (bincode 1 formats) opens with this binary: every
+/// key with its revisions, the deleted key, both members and the durable term. Written to, it
+/// holds records of both formats, and opens again.
+#[test]
+fn data_dir_of_release_0_1_0_opens_and_keeps_every_key() {
+    let mut c = Cluster::new(77, 1);
+    c.token = "fixture-0.1.0".into();
+    assert_eq!(c.members[0].ip, "127.77.0.1", "the address the fixture's member was started on");
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data-0.1.0/etcd-0");
+    copy_dir(&fixture, &c.members[0].data_dir);
+    let initial = c.initial_cluster(&[0]);
+    c.start(0, &initial, "new");
+    let (_, term) = c.wait_leader(ELECTION);
+    // The fixture's durable term is 2; the restart's election makes it 3. Had the term been
+    // lost, the member would have started over at term 1 (and refused: it has a log).
+    assert_eq!(term, 3);
+    assert_release_0_1_0_data(&c, 0, &[]);
+
+    // New records in this version's format after the old ones, then a restart.
+    assert_eq!(c.put_ok(0, "epsilon", "five"), 8);
+    assert!(c.terminate(0), "stops on SIGTERM");
+    c.start(0, &initial, "new");
+    let (_, term) = c.wait_leader(ELECTION);
+    assert_eq!(term, 4);
+    assert_release_0_1_0_data(&c, 0, &[json!(["epsilon", encode_base64(b"five"), 8, 8, 1])]);
+    assert!(!c.log_text(0).contains("ERROR"), "{}", c.log_tail(0));
 }

@@ -27,8 +27,9 @@ use kuberaft::base::wire::{
     parse_id, AddMemberRequest, TransferRequest, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES, MAX_MEMBER_REQUEST_BYTES,
     MAX_TRANSFER_REQUEST_BYTES,
 };
+use kuberaft::node::transport::{decode_messages, encode_messages, WireFormat, PEER_CONTENT_TYPE};
 use kuberaft::raft::{ConfState, Entry, EntryPayload, Message, MessageBody, RejectHint, Snapshot, SnapshotMeta};
-use kuberaft::store::command::{decode, encode, Command};
+use kuberaft::store::command::{encode, Command};
 use serde_json::Value;
 
 /// The 127.<NET>.0.0/16 block of this binary's cluster.
@@ -906,20 +907,27 @@ fn peer_port_fuzz(c: &Cluster, seed: u64, count: u64, newer_terms: bool) -> Peer
     for n in 0..count {
         let member = rng.range(0, c.members.len() as u64) as usize;
         let to = ids[member];
-        let valid = bincode::serialize(&base_batch(&mut rng, &ids, to, leader_id, term, newer_terms)).expect("encode");
+        let valid = encode_messages(&base_batch(&mut rng, &ids, to, leader_id, term, newer_terms)).expect("encode");
+        // Mostly the current format; sometimes the same bytes labelled as 0.1.0's (bincode 1),
+        // which members still read.
+        let (content_type, format) = if rng.chance(0.85) {
+            (PEER_CONTENT_TYPE, WireFormat::Versioned)
+        } else {
+            ("application/octet-stream", WireFormat::Legacy)
+        };
         let body = match rng.range(0, 10) {
             0 | 1 => random_bytes(&mut rng, 1024),
             2 => valid,
             _ => mutate(&mut rng, &valid),
         };
         let from_header = if rng.chance(0.9) {
-            decode::<Vec<Message>>(&body).ok().and_then(|b| b.first().map(|m| m.from)).unwrap_or(ids[0])
+            decode_messages(format, &body).ok().and_then(|b| b.first().map(|m| m.from)).unwrap_or(ids[0])
         } else {
             rng.next_u64()
         };
         let mut request = RawRequest::new("POST", "/raft/v1/messages".to_string());
         request.body = body;
-        request.headers.push(("content-type".into(), b"application/octet-stream".to_vec()));
+        request.headers.push(("content-type".into(), content_type.as_bytes().to_vec()));
         match rng.range(0, 20) {
             0 => {}
             1 => request.headers.push(("x-kuberaft-cluster-id".into(), format!("{:x}", rng.next_u64()).into_bytes())),
@@ -934,7 +942,7 @@ fn peer_port_fuzz(c: &Cluster, seed: u64, count: u64, newer_terms: bool) -> Peer
         }
         let has_cluster_id =
             request.headers.iter().any(|(n, v)| n == "x-kuberaft-cluster-id" && v == cluster_id.as_bytes());
-        if let Ok(batch) = decode::<Vec<Message>>(&request.body) {
+        if let Ok(batch) = decode_messages(format, &request.body) {
             if !newer_terms && has_cluster_id && batch.iter().any(|m| disruptive(m, to, from_header, term)) {
                 outcome.withheld += 1;
                 continue;

@@ -3,7 +3,10 @@
 //! A record is `[u32 len][u32 crc32(kind, payload)][u8 kind][payload]` (little endian, `len`
 //! counts the payload). Its payload is one `Batch` (snapshot mark, entries, hard state): what
 //! one `persist` call wrote. The kind says whether the record was fsynced before `persist`
-//! returned (`RECORD_BATCH`) or only moves the commit index and was not (`RECORD_BATCH_UNSYNCED`).
+//! returned (`RECORD_BATCH`) or only moves the commit index and was not (`RECORD_BATCH_UNSYNCED`),
+//! and in which encoding its batch is: kinds 3 and 4 (written since 0.2) hold postcard
+//! (`store::codec`), kinds 1 and 2 (kuberaft 0.1.0) bincode 1, read by `store::legacy`. A segment
+//! of an upgraded member may hold both; a kind this version does not know is refused by name.
 //!
 //! This room only turns batches into bytes and bytes back into records; it opens no file,
 //! syncs nothing and decides nothing about damage (that is `replay`'s rule).
@@ -13,8 +16,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::super::command::decode;
 use super::super::fs::WalFile;
+use super::super::{codec, legacy};
 use super::StoreError;
 use crate::raft::{Entry, HardState, Index, Term};
 
@@ -22,10 +25,14 @@ use crate::raft::{Entry, HardState, Index, Term};
 pub(super) const MAX_RECORD_BYTES: u64 = 1 << 30;
 /// `len` + `crc` + `kind`.
 pub(super) const RECORD_HEADER_BYTES: usize = 9;
+/// Format 1 (bincode 1, kuberaft 0.1.0) of `RECORD_BATCH`; read, never written.
+const RECORD_BATCH_V1: u8 = 1;
+/// Format 1 of `RECORD_BATCH_UNSYNCED`; read, never written.
+const RECORD_BATCH_V1_UNSYNCED: u8 = 2;
 /// One `Batch` per `persist`, fsynced right after it was written (or part of a segment's header).
-pub(super) const RECORD_BATCH: u8 = 1;
+pub(super) const RECORD_BATCH: u8 = 3;
 /// One `Batch` per `persist` that only moved the commit index, written without an fsync.
-pub(super) const RECORD_BATCH_UNSYNCED: u8 = 2;
+pub(super) const RECORD_BATCH_UNSYNCED: u8 = 4;
 
 /// "Everything up to `index` (of term `term`) is in a snapshot." Replaying it drops the entries
 /// the snapshot covers, and the whole log unless the log holds `index` with that same term
@@ -64,7 +71,12 @@ pub(super) enum RawRecord {
 }
 
 pub(super) fn is_batch_kind(kind: u8) -> bool {
-    kind == RECORD_BATCH || kind == RECORD_BATCH_UNSYNCED
+    matches!(kind, RECORD_BATCH | RECORD_BATCH_UNSYNCED | RECORD_BATCH_V1 | RECORD_BATCH_V1_UNSYNCED)
+}
+
+/// Whether a record of this kind was fsynced before the next one was written.
+pub(super) fn is_synced_kind(kind: u8) -> bool {
+    matches!(kind, RECORD_BATCH | RECORD_BATCH_V1)
 }
 
 /// Reads the record at the reader's position; `remaining` bytes are left in the file.
@@ -151,15 +163,19 @@ pub(super) fn record_crc(kind: u8, payload: &[u8]) -> u32 {
 }
 
 /// Decodes the batch a record of a batch kind carries.
-pub(super) fn decode_batch(payload: &[u8]) -> Result<Batch, String> {
-    decode(payload).map_err(|e| e.to_string())
+pub(super) fn decode_batch(kind: u8, payload: &[u8]) -> Result<Batch, String> {
+    match kind {
+        RECORD_BATCH | RECORD_BATCH_UNSYNCED => codec::decode(payload).map_err(|e| e.to_string()),
+        // 0.1.0's reader ignored bytes after the batch; so does this one.
+        _ => legacy::from_bytes(payload).map_err(|e| e.to_string()),
+    }
 }
 
 /// One framed record of `kind` holding `batch`.
 pub(super) fn encode_record(batch: &BatchRef<'_>, kind: u8) -> Result<Vec<u8>, StoreError> {
     let mut record = vec![0u8; RECORD_HEADER_BYTES];
     record[8] = kind;
-    bincode::serialize_into(&mut record, batch)
+    codec::encode_into(batch, &mut record)
         .map_err(|e| StoreError::Invalid(format!("cannot encode a WAL record: {e}")))?;
     let len = (record.len() - RECORD_HEADER_BYTES) as u64;
     if len > MAX_RECORD_BYTES {

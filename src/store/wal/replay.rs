@@ -10,7 +10,7 @@ use std::path::Path;
 
 use super::super::fs::{FileSystem, Reader};
 use super::record::{
-    decode_batch, intact_records_after, is_batch_kind, read_record, Batch, RawRecord, SnapshotMark, RECORD_BATCH,
+    decode_batch, intact_records_after, is_batch_kind, is_synced_kind, read_record, Batch, RawRecord, SnapshotMark,
     RECORD_HEADER_BYTES,
 };
 use super::segment::{note_entries, Segment};
@@ -142,7 +142,7 @@ pub(super) fn read_segment(fs: &dyn FileSystem, path: &Path, is_last: bool) -> R
                         format!("unknown record kind {kind} (written by a newer kuberaft?)"),
                     ));
                 }
-                let batch = decode_batch(&payload)
+                let batch = decode_batch(kind, &payload)
                     .map_err(|e| StoreError::corrupt(path, offset, format!("undecodable record: {e}")))?;
                 batches.push((offset, batch));
                 offset += (RECORD_HEADER_BYTES + payload.len()) as u64;
@@ -164,7 +164,7 @@ pub(super) fn read_segment(fs: &dyn FileSystem, path: &Path, is_last: bool) -> R
                 // power cut: some written without an fsync, then at most one whose fsync was still
                 // running. A synced record with another one after it had its fsync return, and
                 // that fsync made this one durable too.
-                if let Some(pair) = after.windows(2).find(|pair| pair[0].1 == RECORD_BATCH) {
+                if let Some(pair) = after.windows(2).find(|pair| is_synced_kind(pair[0].1)) {
                     return Err(StoreError::corrupt(
                         path,
                         offset,

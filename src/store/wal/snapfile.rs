@@ -1,6 +1,8 @@
 //! The snapshot file: `snap/<16 hex term>-<16 hex index>.snap`, one Raft snapshot (metadata
 //! and state-machine data) behind a checksummed header, written atomically; listing them and
-//! loading the newest one that reads back intact.
+//! loading the newest one that reads back intact. The magic says the format: `KRSNAP02`
+//! (written since 0.2) holds the metadata in postcard (`store::codec`), `KRSNAP01` (kuberaft
+//! 0.1.0) in bincode 1 (read by `store::legacy`); the data is opaque to this room either way.
 //!
 //! This room knows nothing of the log: whether the log needed a snapshot that is missing is
 //! `replay`'s question, and when old snapshot files go is `Storage`'s.
@@ -9,13 +11,16 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::super::command::decode;
 use super::super::fs::{list_dir, write_file_atomically, FileSystem};
+use super::super::{codec, legacy};
 use super::StoreError;
 use crate::raft::{Index, Snapshot, SnapshotMeta, Term};
 
 const SNAP_SUFFIX: &str = ".snap";
-const SNAP_MAGIC: &[u8; 8] = b"KRSNAP01";
+/// The magic of the format this version writes.
+const SNAP_MAGIC: &[u8; 8] = b"KRSNAP02";
+/// The magic of format 1 (kuberaft 0.1.0); read, never written.
+const SNAP_MAGIC_V1: &[u8; 8] = b"KRSNAP01";
 /// magic + u64 meta length + u64 data length + u32 crc.
 const SNAP_HEADER_BYTES: usize = 8 + 8 + 8 + 4;
 
@@ -59,7 +64,7 @@ pub(super) fn load_newest_snapshot(fs: &dyn FileSystem, snap_dir: &Path) -> Resu
 
 pub(super) fn save_snapshot(fs: &dyn FileSystem, snap_dir: &Path, snapshot: &Snapshot) -> Result<(), StoreError> {
     let name = snapshot_name(snapshot.meta.term, snapshot.meta.index);
-    let meta = bincode::serialize(&snapshot.meta)
+    let meta = codec::encode(&snapshot.meta)
         .map_err(|e| StoreError::Invalid(format!("cannot encode snapshot metadata: {e}")))?;
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&meta);
@@ -74,7 +79,9 @@ pub(super) fn save_snapshot(fs: &dyn FileSystem, snap_dir: &Path, snapshot: &Sna
 
 pub(super) fn read_snapshot(fs: &dyn FileSystem, path: &Path) -> Result<Snapshot, StoreError> {
     let bytes = fs.read(path).map_err(|e| StoreError::io("read snapshot", path, e))?;
-    if bytes.len() < SNAP_HEADER_BYTES || &bytes[..8] != SNAP_MAGIC {
+    let magic = bytes.get(..8);
+    let v1 = magic == Some(SNAP_MAGIC_V1.as_slice());
+    if bytes.len() < SNAP_HEADER_BYTES || !(v1 || magic == Some(SNAP_MAGIC.as_slice())) {
         return Err(StoreError::corrupt(path, 0, "not a kuberaft snapshot file (bad header)"));
     }
     let u64_at = |at: usize| {
@@ -97,7 +104,13 @@ pub(super) fn read_snapshot(fs: &dyn FileSystem, path: &Path) -> Result<Snapshot
     if crc32fast::hash(&bytes[SNAP_HEADER_BYTES..]) != u32::from_le_bytes(crc) {
         return Err(StoreError::corrupt(path, SNAP_HEADER_BYTES as u64, "snapshot checksum mismatch"));
     }
-    let meta: SnapshotMeta = decode(&bytes[SNAP_HEADER_BYTES..meta_end]).map_err(|e| {
+    let meta_bytes = &bytes[SNAP_HEADER_BYTES..meta_end];
+    let meta: Result<SnapshotMeta, String> = match v1 {
+        // 0.1.0's reader ignored bytes after the metadata; so does this one.
+        true => legacy::from_bytes(meta_bytes).map_err(|e| e.to_string()),
+        false => codec::decode(meta_bytes).map_err(|e| e.to_string()),
+    };
+    let meta = meta.map_err(|e| {
         StoreError::corrupt(path, SNAP_HEADER_BYTES as u64, format!("undecodable snapshot metadata: {e}"))
     })?;
     let data = Bytes::from(bytes).slice(meta_end..);
