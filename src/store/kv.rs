@@ -64,47 +64,36 @@ pub struct KvStore {
     joined: BTreeSet<NodeId>,
 }
 
-/// The snapshot body, borrowed for writing.
-#[derive(Serialize)]
-struct SnapshotRef<'a> {
+/// A snapshot's state as format 1 wrote it. Generic over owned collections (reading) and
+/// borrowed ones (writing), so that one shape serves both.
+#[derive(Serialize, Deserialize)]
+struct StateBody<Keys, Members, Ids> {
     applied: Index,
     revision: u64,
-    keys: &'a BTreeMap<String, Stored>,
-    members: &'a BTreeMap<NodeId, Member>,
-    removed: &'a BTreeSet<NodeId>,
+    keys: Keys,
+    members: Members,
+    removed: Ids,
+}
+
+/// The snapshot body from format 2 on: format 1's state, then the term of the last applied
+/// entry and the members known to have held data. Nested fields are encoded in line (postcard
+/// and bincode alike), so the bytes are those of one flat struct.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody<Keys, Members, Ids> {
+    state: StateBody<Keys, Members, Ids>,
     applied_term: Term,
-    joined: &'a BTreeSet<NodeId>,
+    joined: Ids,
 }
 
-/// The snapshot body, owned for reading (same field order as `SnapshotRef`).
-#[derive(Deserialize)]
-struct SnapshotOwned {
-    applied: Index,
-    revision: u64,
-    keys: BTreeMap<String, Stored>,
-    members: BTreeMap<NodeId, Member>,
-    removed: BTreeSet<NodeId>,
-    applied_term: Term,
-    joined: BTreeSet<NodeId>,
-}
+type OwnedState = StateBody<BTreeMap<String, Stored>, BTreeMap<NodeId, Member>, BTreeSet<NodeId>>;
+type OwnedSnapshot = SnapshotBody<BTreeMap<String, Stored>, BTreeMap<NodeId, Member>, BTreeSet<NodeId>>;
 
-/// The body of a format-1 snapshot: format 2 without `applied_term` and `joined`.
-#[derive(Deserialize)]
-struct SnapshotFormat1 {
-    applied: Index,
-    revision: u64,
-    keys: BTreeMap<String, Stored>,
-    members: BTreeMap<NodeId, Member>,
-    removed: BTreeSet<NodeId>,
-}
-
-impl From<SnapshotFormat1> for SnapshotOwned {
-    fn from(v1: SnapshotFormat1) -> SnapshotOwned {
-        let SnapshotFormat1 { applied, revision, keys, members, removed } = v1;
+impl From<OwnedState> for OwnedSnapshot {
+    fn from(state: OwnedState) -> OwnedSnapshot {
         // Before format 2 nobody recorded joins: every learner counts as joined, so a learner
         // that comes back with empty data is replaced rather than trusted.
-        let joined = members.iter().filter(|(_, m)| !m.voter).map(|(id, _)| *id).collect();
-        SnapshotOwned { applied, revision, keys, members, removed, applied_term: 0, joined }
+        let joined = state.members.iter().filter(|(_, m)| !m.voter).map(|(id, _)| *id).collect();
+        SnapshotBody { state, applied_term: 0, joined }
     }
 }
 
@@ -343,12 +332,14 @@ impl KvStore {
 
     /// The whole state (keys, revisions, members, removed ids, applied index) for a snapshot.
     pub fn snapshot_data(&self) -> Bytes {
-        let body = SnapshotRef {
-            applied: self.applied,
-            revision: self.revision,
-            keys: &self.keys,
-            members: &self.members,
-            removed: &self.removed,
+        let body = SnapshotBody {
+            state: StateBody {
+                applied: self.applied,
+                revision: self.revision,
+                keys: &self.keys,
+                members: &self.members,
+                removed: &self.removed,
+            },
             applied_term: self.applied_term,
             joined: &self.joined,
         };
@@ -407,12 +398,12 @@ impl KvStore {
                 "its format-{format} body cannot be decoded ({e}); it is damaged or was written by an incompatible kuberaft version"
             ))
         };
-        let snapshot: SnapshotOwned = match format {
+        let SnapshotBody { state, applied_term, joined }: OwnedSnapshot = match format {
             SNAPSHOT_FORMAT => codec::decode(body).map_err(|e| undecodable(e.to_string()))?,
             // 0.1.0's reader ignored bytes after the body; so does this one.
             LEGACY_SNAPSHOT_FORMAT => legacy::from_bytes(body).map_err(|e| undecodable(e.to_string()))?,
             OLDEST_SNAPSHOT_FORMAT => {
-                legacy::from_bytes::<SnapshotFormat1>(body).map_err(|e| undecodable(e.to_string()))?.into()
+                legacy::from_bytes::<OwnedState>(body).map_err(|e| undecodable(e.to_string()))?.into()
             }
             _ => {
                 return Err(StoreError::BadSnapshot(format!(
@@ -420,27 +411,20 @@ impl KvStore {
                 )))
             }
         };
-        for (key, stored) in &snapshot.keys {
+        for (key, stored) in &state.keys {
             let consistent = stored.version >= 1
                 && stored.create_revision >= 1
                 && stored.create_revision <= stored.mod_revision
-                && stored.mod_revision <= snapshot.revision;
+                && stored.mod_revision <= state.revision;
             if !consistent {
                 return Err(StoreError::BadSnapshot(format!("key {key:?} has impossible revisions")));
             }
         }
-        if let Some((id, _)) = snapshot.members.iter().find(|(id, m)| **id != m.info.id) {
+        if let Some((id, _)) = state.members.iter().find(|(id, m)| **id != m.info.id) {
             return Err(StoreError::BadSnapshot(format!("member {id:x} is filed under another id")));
         }
-        Ok(KvStore {
-            keys: snapshot.keys,
-            revision: snapshot.revision,
-            applied: snapshot.applied,
-            applied_term: snapshot.applied_term,
-            members: snapshot.members,
-            removed: snapshot.removed,
-            joined: snapshot.joined,
-        })
+        let StateBody { applied, revision, keys, members, removed } = state;
+        Ok(KvStore { keys, revision, applied, applied_term, members, removed, joined })
     }
 }
 
