@@ -248,10 +248,9 @@ struct Items<'a, 'de> {
     left: usize,
 }
 
-impl<'de> de::SeqAccess<'de> for Items<'_, 'de> {
-    type Error = LegacyError;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, LegacyError> {
+impl<'de> Items<'_, 'de> {
+    /// The next item (a map's key), or `None` after the last.
+    fn next<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, LegacyError> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -259,9 +258,21 @@ impl<'de> de::SeqAccess<'de> for Items<'_, 'de> {
         seed.deserialize(&mut *self.reader).map(Some)
     }
 
-    fn size_hint(&self) -> Option<usize> {
-        // Never more than the bytes left: a hint sizes the collection's first allocation.
+    /// Never more than the bytes left: a hint sizes the collection's first allocation.
+    fn hint(&self) -> Option<usize> {
         Some(self.left.min(self.reader.input.len()))
+    }
+}
+
+impl<'de> de::SeqAccess<'de> for Items<'_, 'de> {
+    type Error = LegacyError;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, LegacyError> {
+        self.next(seed)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        self.hint()
     }
 }
 
@@ -269,11 +280,7 @@ impl<'de> de::MapAccess<'de> for Items<'_, 'de> {
     type Error = LegacyError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, LegacyError> {
-        if self.left == 0 {
-            return Ok(None);
-        }
-        self.left -= 1;
-        seed.deserialize(&mut *self.reader).map(Some)
+        self.next(seed)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, LegacyError> {
@@ -281,7 +288,7 @@ impl<'de> de::MapAccess<'de> for Items<'_, 'de> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        Some(self.left.min(self.reader.input.len()))
+        self.hint()
     }
 }
 
