@@ -397,7 +397,8 @@ b     <4 bytes>   2        3     1
     assert_eq!(list_table(&listed), expected);
 }
 
-const ONE_CLUSTER: &str = "apiVersion: kuberaft.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: etcd\nspec:\n  replicas: 3\n";
+const ONE_CLUSTER: &str =
+    "apiVersion: kuberaft.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: etcd\nspec:\n  replicas: 3\n";
 
 #[test]
 fn render_reads_every_document_skips_empty_ones_and_emits_yaml_that_reads_back() {

@@ -172,7 +172,8 @@ fn the_charts_crd_is_the_generated_one_and_its_app_version_the_crates() {
         "charts/kuberaft/crds/ differs from crds/: `cp crds/raftclusters.kuberaft.io.yaml charts/kuberaft/crds/`"
     );
     let chart_yaml: Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml")).expect("YAML");
+        serde_saphyr::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml"))
+            .expect("YAML");
     assert_eq!(chart_yaml["appVersion"].as_str(), Some(env!("CARGO_PKG_VERSION")), "Chart.yaml appVersion");
 }
 
