@@ -26,7 +26,7 @@ pub fn encode_base64(bytes: &[u8]) -> String {
 /// `None` unless `text` is padded standard base64.
 pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let input = text.as_bytes();
-    if input.len() % 4 != 0 {
+    if !input.len().is_multiple_of(4) {
         return None;
     }
     let mut decoded = Vec::with_capacity(input.len() / 4 * 3);

@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 use kube::ResourceExt;
-use serde::Deserialize;
 
 use super::{write_stdout, CliError};
 use crate::operator::builders::bootstrap_objects;
@@ -43,20 +42,17 @@ pub fn run(args: RenderArgs) -> Result<(), CliError> {
 pub fn render(text: &str, namespace: &str) -> Result<String, CliError> {
     let mut out = String::new();
     let mut clusters = 0;
-    for (number, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(document)
-            .map_err(|e| CliError::Usage(format!("document {}: not YAML: {e}", number + 1)))?;
-        if value.is_null() {
-            continue;
-        }
-        let kind = value.get("kind").and_then(serde_yaml::Value::as_str).unwrap_or_default();
+    // Empty documents are skipped (and not counted); any other document must be a RaftCluster.
+    for (number, value) in serde_saphyr::read::<_, serde_json::Value>(&mut text.as_bytes()).enumerate() {
+        let value = value.map_err(|e| CliError::Usage(format!("document {}: not YAML: {e}", number + 1)))?;
+        let kind = value.get("kind").and_then(serde_json::Value::as_str).unwrap_or_default();
         if kind != "RaftCluster" {
             return Err(CliError::Usage(format!(
                 "document {}: kind is {kind:?}; render takes RaftCluster resources",
                 number + 1
             )));
         }
-        let mut cluster: RaftCluster = serde_yaml::from_value(value)
+        let mut cluster: RaftCluster = serde_json::from_value(value)
             .map_err(|e| CliError::Usage(format!("document {}: not a valid RaftCluster: {e}", number + 1)))?;
         if cluster.metadata.name.as_deref().unwrap_or_default().is_empty() {
             return Err(CliError::Usage(format!("document {}: metadata.name is missing", number + 1)));
@@ -69,7 +65,7 @@ pub fn render(text: &str, namespace: &str) -> Result<String, CliError> {
         cluster.metadata.uid.get_or_insert_with(|| PLACEHOLDER_UID.to_string());
         let objects = bootstrap_objects(&cluster).map_err(|e| CliError::Failed(e.to_string()))?;
         for object in objects {
-            let yaml = serde_yaml::to_string(&object).map_err(|e| CliError::Failed(format!("encode YAML: {e}")))?;
+            let yaml = serde_saphyr::to_string(&object).map_err(|e| CliError::Failed(format!("encode YAML: {e}")))?;
             out.push_str("---\n");
             out.push_str(&yaml);
         }

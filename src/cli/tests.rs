@@ -396,3 +396,35 @@ b     <4 bytes>   2        3     1
 ";
     assert_eq!(list_table(&listed), expected);
 }
+
+const ONE_CLUSTER: &str =
+    "apiVersion: kuberaft.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: etcd\nspec:\n  replicas: 3\n";
+
+#[test]
+fn render_reads_every_document_skips_empty_ones_and_emits_yaml_that_reads_back() {
+    let text = format!("---\n{ONE_CLUSTER}---\n---\n{}", ONE_CLUSTER.replace("name: etcd", "name: other"));
+    let out = super::render::render(&text, "ns").expect("two clusters render");
+    let objects: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&out).expect("the rendered objects are YAML documents");
+    let names = |kind: &str| -> Vec<&str> {
+        objects.iter().filter(|o| o["kind"] == kind).filter_map(|o| o["metadata"]["name"].as_str()).collect()
+    };
+    assert_eq!(names("StatefulSet"), ["etcd", "other"], "{out}");
+    assert!(objects.iter().all(|o| o["metadata"]["namespace"] == "ns"), "{out}");
+}
+
+#[test]
+fn render_refuses_other_kinds_and_bad_yaml_naming_the_document() {
+    let other_kind = format!("{ONE_CLUSTER}---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n");
+    match super::render::render(&other_kind, "ns") {
+        Err(CliError::Usage(message)) => {
+            assert!(message.starts_with("document 2:") && message.contains("ConfigMap"), "{message}")
+        }
+        other => panic!("a ConfigMap must be refused: {other:?}"),
+    }
+    match super::render::render(&format!("{ONE_CLUSTER}---\nkind: [RaftCluster\n"), "ns") {
+        Err(CliError::Usage(message)) => assert!(message.starts_with("document 2: not YAML"), "{message}"),
+        other => panic!("bad YAML must be refused: {other:?}"),
+    }
+    assert!(matches!(super::render::render("---\n---\n", "ns"), Err(CliError::Usage(_))), "no RaftCluster at all");
+}

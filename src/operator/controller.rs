@@ -16,11 +16,11 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::chrono::{DateTime, Utc};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::{predicates, reflector, watcher, WatchStreamExt};
+use kube::runtime::{predicates, reflector, watcher, PredicateConfig, WatchStreamExt};
 use kube::Client;
 use tokio::sync::watch;
 
@@ -186,7 +186,7 @@ async fn run_controller(
         // Status writes do not wake the controller: only spec changes (the generation) do.
         let clusters = reflector(writer, watcher(api(client.clone()), watcher::Config::default()))
             .applied_objects()
-            .predicate_filter(predicates::generation)
+            .predicate_filter(predicates::generation, PredicateConfig::default())
             .boxed();
         let owned_config = watcher::Config::default().labels(&format!(
             "{}={}",
@@ -296,7 +296,7 @@ impl LeaseLock {
 
     /// Takes or renews the lease; false when another holder's lease is still valid.
     pub async fn try_acquire(&self) -> Result<bool, kube::Error> {
-        let now = Utc::now();
+        let now = Timestamp::now();
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() },
@@ -336,19 +336,21 @@ impl LeaseLock {
         self.api.replace(&self.name, &PostParams::default(), &lease).await.map(drop)
     }
 
-    fn spec(&self, now: DateTime<Utc>, transitions: i32, acquired: DateTime<Utc>) -> LeaseSpec {
+    fn spec(&self, now: Timestamp, transitions: i32, acquired: Timestamp) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
             acquire_time: Some(MicroTime(acquired)),
             renew_time: Some(MicroTime(now)),
             lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
         }
     }
 }
 
-fn expired(spec: &LeaseSpec, now: DateTime<Utc>) -> bool {
+fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
     let Some(renewed) = spec.renew_time.as_ref() else { return true };
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(0));
-    renewed.0 + k8s_openapi::chrono::Duration::seconds(duration) < now
+    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
+    // An end past the last representable instant (a huge duration from the API) never comes.
+    renewed.0.checked_add(duration).is_ok_and(|end| end < now)
 }

@@ -298,13 +298,13 @@ fn valid_quantity(text: &str) -> bool {
 }
 
 /// The CRD as YAML, without the header comment.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&RaftCluster::crd())
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
+    serde_saphyr::to_string(&RaftCluster::crd())
 }
 
 /// What `kuberaft crd` prints, and `crds/raftclusters.kuberaft.io.yaml` holds: the header comment
 /// and the CRD as YAML.
-pub fn crd_file() -> Result<String, serde_yaml::Error> {
+pub fn crd_file() -> Result<String, serde_saphyr::SerializeError> {
     Ok(format!("{CRD_HEADER}{}", crd_yaml()?))
 }
 

@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::chrono::Utc;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -471,7 +471,7 @@ fn set_condition(
         .iter()
         .find(|c| c.type_ == type_ && c.status == value)
         .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(Utc::now()));
+        .unwrap_or_else(|| Time(Timestamp::now()));
     let condition = Condition {
         type_: type_.to_string(),
         status: value.to_string(),

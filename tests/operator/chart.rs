@@ -41,12 +41,8 @@ fn template(helm: &Path, args: &[&str]) -> (bool, String, String) {
 }
 
 fn documents(yaml: &str) -> Vec<Value> {
-    use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(yaml)
-        .filter_map(|doc| serde_yaml::Value::deserialize(doc).ok())
-        .filter(|v| !v.is_null())
-        .map(|v| serde_json::to_value(v).expect("JSON"))
-        .collect()
+    // Empty documents are skipped; a document that is not YAML fails the test.
+    serde_saphyr::read::<_, Value>(&mut yaml.as_bytes()).map(|doc| doc.expect("helm's output is YAML")).collect()
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
@@ -175,8 +171,9 @@ fn the_charts_crd_is_the_generated_one_and_its_app_version_the_crates() {
         generated == in_chart,
         "charts/kuberaft/crds/ differs from crds/: `cp crds/raftclusters.kuberaft.io.yaml charts/kuberaft/crds/`"
     );
-    let chart_yaml: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml")).expect("YAML");
+    let chart_yaml: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml"))
+            .expect("YAML");
     assert_eq!(chart_yaml["appVersion"].as_str(), Some(env!("CARGO_PKG_VERSION")), "Chart.yaml appVersion");
 }
 

@@ -438,7 +438,7 @@ async fn random_bad_specs_never_panic_get_a_condition_and_change_no_owned_object
         assert_eq!(owned_objects(&world), owned_before, "case {case}: {spec}");
         assert!(world.members.take_changes().is_empty());
         // `kuberaft render` refuses the same spec with the same words.
-        let yaml = serde_yaml::to_string(&cluster).expect("yaml");
+        let yaml = serde_saphyr::to_string(&cluster).expect("yaml");
         let rendered = kuberaft::cli::render::render(&yaml, NS);
         assert!(rendered.is_err(), "case {case}: render accepted {spec}");
     }

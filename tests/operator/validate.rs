@@ -161,7 +161,7 @@ sys.exit(1 if failed else 0)
     assert_eq!(output.matches(": ok").count(), examples.len(), "{output}");
     for example in &examples {
         let cluster: kuberaft::operator::crd::RaftCluster =
-            serde_yaml::from_str(&std::fs::read_to_string(example).expect("read")).expect("a RaftCluster");
+            serde_saphyr::from_str(&std::fs::read_to_string(example).expect("read")).expect("a RaftCluster");
         assert_eq!(cluster.spec.problems(), Vec::<String>::new(), "{}: the CEL rules too", example.display());
     }
 

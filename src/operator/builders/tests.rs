@@ -168,7 +168,7 @@ fn objects_need_the_uid_and_namespace_the_api_server_gives() {
 fn example(file: &str) -> RaftCluster {
     let path = format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).expect("the example exists");
-    let mut cluster: RaftCluster = serde_yaml::from_str(&text).expect("the example is a RaftCluster");
+    let mut cluster: RaftCluster = serde_saphyr::from_str(&text).expect("the example is a RaftCluster");
     cluster.metadata.namespace.get_or_insert_with(|| "ns".to_string());
     cluster.with_uid(UID)
 }

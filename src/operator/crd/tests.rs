@@ -126,7 +126,7 @@ fn every_spec_and_status_field_is_described() {
 
 #[test]
 fn a_minimal_spec_gets_every_default() {
-    let cluster: RaftCluster = serde_yaml::from_str(
+    let cluster: RaftCluster = serde_saphyr::from_str(
         "apiVersion: kuberaft.io/v1alpha1\nkind: RaftCluster\nmetadata:\n  name: etcd\n  namespace: ns\nspec: {}\n",
     )
     .expect("a minimal RaftCluster parses");
@@ -147,7 +147,7 @@ fn a_minimal_spec_gets_every_default() {
 #[test]
 fn a_partial_election_block_keeps_the_other_defaults() {
     let spec: RaftClusterSpec =
-        serde_yaml::from_str("replicas: 5\nelection:\n  timeoutMaxMs: 600\n").expect("the spec parses");
+        serde_saphyr::from_str("replicas: 5\nelection:\n  timeoutMaxMs: 600\n").expect("the spec parses");
     assert_eq!(spec.replicas, 5);
     assert_eq!(spec.election, ElectionSpec { timeout_min_ms: 150, timeout_max_ms: 600, heartbeat_interval_ms: 50 });
 }
