@@ -687,13 +687,7 @@ fn the_schedule_runs_every_kind_first_and_a_kind_that_never_happened_is_named() 
 /// the chaos run fails under `CI=true`, naming nftables, and elsewhere passes saying SKIPPED.
 #[test]
 fn a_chaos_run_without_nftables_fails_under_ci_and_says_skipped_elsewhere() {
-    let test = "chaos_faults_keep_the_history_linearizable";
-    let (code, out) = require::rerun_self(test, &[("PATH", "/nonexistent"), ("CI", "true")]);
-    assert_eq!(code, Some(101), "{out}");
-    assert!(out.contains(&format!("{test} cannot run: it needs nftables")), "{out}");
-    let (code, out) = require::rerun_self(test, &[("PATH", "/nonexistent"), ("CI", "false")]);
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains(&format!("SKIPPED {test}: needs nftables")), "{out}");
+    require::assert_the_rule_without_nft("chaos_faults_keep_the_history_linearizable");
 }
 
 /// Each fault kind once (the CI pass), then mixed random faults until `CHAOS_SECONDS` have passed.

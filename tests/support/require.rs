@@ -66,6 +66,18 @@ pub fn rerun_self(test: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     (output.status.code(), text)
 }
 
+/// Runs `test` (whose guard needs nftables) again with no `nft` on the PATH: under `CI=true` it
+/// must fail naming nftables, elsewhere pass saying SKIPPED.
+#[allow(dead_code)]
+pub fn assert_the_rule_without_nft(test: &str) {
+    let (code, out) = rerun_self(test, &[("PATH", "/nonexistent"), ("CI", "true")]);
+    assert_eq!(code, Some(101), "{out}");
+    assert!(out.contains(&format!("{test} cannot run: it needs nftables")), "{out}");
+    let (code, out) = rerun_self(test, &[("PATH", "/nonexistent"), ("CI", "false")]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("SKIPPED {test}: needs nftables")), "{out}");
+}
+
 #[test]
 fn the_rule_fails_only_under_ci_true_and_names_what_is_missing() {
     assert!(strict(Some("true")));
