@@ -510,7 +510,7 @@ pub fn build_status(
             .map(|m| StatusMember {
                 name: m.name.clone(),
                 id: m.id.clone().unwrap_or_default(),
-                role: m.role.map(|r| r.as_str().to_string()).unwrap_or_else(|| "unknown".to_string()),
+                role: m.role.unwrap_or_default().to_string(),
                 healthy: m.healthy,
                 applied_index: m.applied_index.unwrap_or(0),
                 lag: m.lag.unwrap_or(0),
@@ -527,17 +527,8 @@ pub fn build_status(
     } else {
         ("Forming", "the cluster has not elected its first leader yet".to_string())
     };
-    set_condition(
-        &mut status,
-        previous,
-        CONDITION_AVAILABLE,
-        health.available,
-        available_reason,
-        &available_message,
-        cluster,
-    );
 
-    let (progressing, reason, message) = match (plan, step_error) {
+    let (progressing, progress_reason, progress_message) = match (plan, step_error) {
         (_, Some(err)) => (true, err.kind(), format!("{}: {err}", plan.kind())),
         (Plan::Nothing, _) => (false, "Reconciled", "the cluster is what the spec asks for".to_string()),
         (Plan::Wait { reason }, _) => {
@@ -554,33 +545,30 @@ pub fn build_status(
         }
         (step, _) => (true, step.kind(), step.to_string()),
     };
-    set_condition(&mut status, previous, CONDITION_PROGRESSING, progressing, reason, &message, cluster);
 
     let degraded = matches!(health.phase, Phase::Degraded | Phase::QuorumLost);
     let unhealthy: Vec<&str> = health.members.iter().filter(|m| !m.healthy).map(|m| m.name.as_str()).collect();
-    let (reason, message) = if health.phase == Phase::QuorumLost {
+    let (degraded_reason, degraded_message) = if health.phase == Phase::QuorumLost {
         ("QuorumLost", "the cluster lost its quorum".to_string())
     } else if degraded {
         ("MemberUnhealthy", format!("unhealthy: {}", unhealthy.join(",")))
     } else {
         ("Healthy", "every voter is healthy".to_string())
     };
-    set_condition(&mut status, previous, CONDITION_DEGRADED, degraded, reason, &message, cluster);
-
-    let (reason, message) = if health.membership_consistent {
+    let (consistency_reason, consistency_message) = if health.membership_consistent {
         ("Consistent", "every healthy member reports the membership that the endpoint list names".to_string())
     } else {
         ("Inconsistent", "the members' membership and the endpoint list differ, or no member answers".to_string())
     };
-    set_condition(
-        &mut status,
-        previous,
-        CONDITION_MEMBERSHIP_CONSISTENT,
-        health.membership_consistent,
-        reason,
-        &message,
-        cluster,
-    );
+    let conditions = [
+        (CONDITION_AVAILABLE, health.available, available_reason, available_message),
+        (CONDITION_PROGRESSING, progressing, progress_reason, progress_message),
+        (CONDITION_DEGRADED, degraded, degraded_reason, degraded_message),
+        (CONDITION_MEMBERSHIP_CONSISTENT, health.membership_consistent, consistency_reason, consistency_message),
+    ];
+    for (kind, value, reason, message) in conditions {
+        set_condition(&mut status, previous, kind, value, reason, &message, cluster);
+    }
     status
 }
 
