@@ -9,6 +9,7 @@ mod error;
 pub(crate) mod fs;
 pub mod kv;
 pub mod legacy;
+pub mod mvcc;
 #[cfg(test)]
 pub(crate) mod simfs;
 #[cfg(test)]
