@@ -273,14 +273,6 @@ impl<'a> KeySpan<'a> {
             end => KeySpan::Between(key, end),
         }
     }
-
-    fn contains(&self, k: &[u8]) -> bool {
-        match self {
-            KeySpan::One(key) => k == *key,
-            KeySpan::From(key) => k >= *key,
-            KeySpan::Between(key, end) => k >= *key && k < *end,
-        }
-    }
 }
 
 /// The state of one write txn (a standalone put or delete is a txn of one op): every write
@@ -331,14 +323,12 @@ impl Model {
 
     /// The live value of `key` at `rev`.
     fn get_at(&self, key: &[u8], rev: Revision) -> Option<&KeyValue> {
-        self.history.get(key)?.range(..=rev).next_back()?.1.as_ref()
+        newest_live(self.history.get(key)?, rev)
     }
 
     /// The keys live at `rev` in `span`, in key order.
     fn live_at(&self, span: &KeySpan<'_>, rev: Revision) -> Vec<&KeyValue> {
-        let found = |(_, h): (&Vec<u8>, &BTreeMap<Revision, Option<KeyValue>>)| {
-            h.range(..=rev).next_back().and_then(|(_, v)| v.as_ref())
-        };
+        let found = |(_, h)| newest_live(h, rev);
         match span {
             KeySpan::One(key) => self.get_at(key, rev).into_iter().collect(),
             KeySpan::From(key) => self.history.range(key.to_vec()..).filter_map(found).collect(),
@@ -648,6 +638,11 @@ impl Model {
     }
 }
 
+/// The value a key's history gives it at `rev`: `None` if it did not exist or was deleted.
+fn newest_live(history: &BTreeMap<Revision, Option<KeyValue>>, rev: Revision) -> Option<&KeyValue> {
+    history.range(..=rev).next_back()?.1.as_ref()
+}
+
 /// etcd's `compareKV`.
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     let ord = match &c.target {
@@ -761,4 +756,507 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<DeleteSp
         puts.insert(p.key.clone());
     }
     Ok((puts, dels))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Vec<u8> {
+        s.as_bytes().to_vec()
+    }
+
+    fn put(m: &mut Model, k: &str, v: &str) -> Revision {
+        m.put(&PutRequest { key: b(k), value: b(v), ..Default::default() }).unwrap().revision
+    }
+
+    fn put_op(k: &str, v: &str) -> RequestOp {
+        RequestOp::Put(PutRequest { key: b(k), value: b(v), ..Default::default() })
+    }
+
+    fn del_op(k: &str, end: &str) -> RequestOp {
+        RequestOp::DeleteRange(DeleteRangeRequest { key: b(k), range_end: b(end), prev_kv: false })
+    }
+
+    fn range_op(k: &str, end: &str) -> RequestOp {
+        RequestOp::Range(rq(k, end))
+    }
+
+    fn rq(k: &str, end: &str) -> RangeRequest {
+        RangeRequest { key: b(k), range_end: b(end), ..Default::default() }
+    }
+
+    fn keys(r: &RangeResponse) -> Vec<String> {
+        r.kvs.iter().map(|kv| String::from_utf8(kv.key.clone()).unwrap()).collect()
+    }
+
+    fn get(m: &Model, k: &str) -> Option<KeyValue> {
+        m.range(&rq(k, "")).unwrap().kvs.into_iter().next()
+    }
+
+    fn cmp(k: &str, result: CompareResult, target: CompareTarget) -> Compare {
+        Compare { key: b(k), range_end: Vec::new(), result, target }
+    }
+
+    /// a b c d, each put once, at revisions 2..=5.
+    fn abcd() -> Model {
+        let mut m = Model::new();
+        for k in ["a", "b", "c", "d"] {
+            put(&mut m, k, k);
+        }
+        m
+    }
+
+    #[test]
+    fn store_starts_at_revision_one_and_each_put_is_the_next_revision() {
+        let mut m = Model::new();
+        assert_eq!(m.revision(), 1);
+        assert_eq!(put(&mut m, "a", "1"), 2);
+        let kv = get(&m, "a").unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 2, 1));
+        assert_eq!(put(&mut m, "a", "2"), 3);
+        let kv = get(&m, "a").unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version, kv.value), (2, 3, 2, b("2")));
+        assert_eq!(m.range(&rq("a", "")).unwrap().revision, 3);
+    }
+
+    #[test]
+    fn range_end_forms() {
+        let mut m = abcd();
+        put(&mut m, "ab", "x");
+        assert_eq!(keys(&m.range(&rq("a", "")).unwrap()), ["a"], "empty range_end is one key");
+        assert_eq!(keys(&m.range(&rq("a", "b")).unwrap()), ["a", "ab"], "key+1 is a prefix");
+        assert_eq!(keys(&m.range(&rq("b", "d")).unwrap()), ["b", "c"], "end is exclusive");
+        assert_eq!(keys(&m.range(&rq("c", "\0")).unwrap()), ["c", "d"], "\\0 is from key on");
+        assert_eq!(keys(&m.range(&rq("\0", "\0")).unwrap()), ["a", "ab", "b", "c", "d"], "both \\0 is all");
+        assert!(m.range(&rq("d", "a")).unwrap().kvs.is_empty(), "an end before the key is empty");
+        assert!(m.range(&rq("zz", "")).unwrap().kvs.is_empty());
+        assert_eq!(m.range(&rq("", "")), Err(MvccError::EmptyKey));
+        assert_eq!(MvccError::EmptyKey.to_string(), "etcdserver: key is not provided");
+    }
+
+    #[test]
+    fn limit_more_and_count() {
+        let m = abcd();
+        let r = m.range(&RangeRequest { limit: 2, ..rq("\0", "\0") }).unwrap();
+        assert_eq!((keys(&r), r.more, r.count), (vec!["a".to_string(), "b".to_string()], true, 4));
+        let r = m.range(&RangeRequest { limit: 4, ..rq("\0", "\0") }).unwrap();
+        assert_eq!((r.kvs.len(), r.more, r.count), (4, false, 4), "exactly limit keys: no more");
+        let r = m.range(&RangeRequest { limit: 0, ..rq("\0", "\0") }).unwrap();
+        assert_eq!((r.kvs.len(), r.more), (4, false), "limit 0 is no limit");
+        let r = m.range(&RangeRequest { count_only: true, limit: 1, ..rq("b", "\0") }).unwrap();
+        assert_eq!((r.kvs.len(), r.more, r.count), (0, false, 3));
+        let r = m.range(&RangeRequest { keys_only: true, ..rq("a", "") }).unwrap();
+        assert_eq!((r.kvs[0].key.clone(), r.kvs[0].value.clone(), r.kvs[0].version), (b("a"), b(""), 1));
+    }
+
+    #[test]
+    fn each_sort_target_and_order() {
+        let mut m = Model::new();
+        put(&mut m, "b", "3"); // rev 2
+        put(&mut m, "a", "1"); // rev 3
+        put(&mut m, "c", "2"); // rev 4
+        put(&mut m, "c", "2"); // rev 5: c version 2
+        put(&mut m, "b", "3"); // rev 6: b version 2
+        put(&mut m, "b", "3"); // rev 7: b version 3
+        let sorted = |order, target| {
+            keys(&m.range(&RangeRequest { sort_order: order, sort_target: target, ..rq("\0", "\0") }).unwrap())
+        };
+        use SortOrder::*;
+        use SortTarget::*;
+        assert_eq!(sorted(None, Key), ["a", "b", "c"]);
+        assert_eq!(sorted(Ascend, Key), ["a", "b", "c"]);
+        assert_eq!(sorted(Descend, Key), ["c", "b", "a"]);
+        // create: b 2, a 3, c 4
+        assert_eq!(sorted(Ascend, Create), ["b", "a", "c"]);
+        assert_eq!(sorted(Descend, Create), ["c", "a", "b"]);
+        // mod: a 3, c 5, b 7
+        assert_eq!(sorted(Ascend, Mod), ["a", "c", "b"]);
+        assert_eq!(sorted(Descend, Mod), ["b", "c", "a"]);
+        // version: a 1, c 2, b 3
+        assert_eq!(sorted(Ascend, Version), ["a", "c", "b"]);
+        assert_eq!(sorted(Descend, Version), ["b", "c", "a"]);
+        // value: a "1", c "2", b "3"
+        assert_eq!(sorted(Ascend, Value), ["a", "c", "b"]);
+        assert_eq!(sorted(Descend, Value), ["b", "c", "a"]);
+        // NONE with a target other than KEY is ascending
+        assert_eq!(sorted(None, Mod), ["a", "c", "b"]);
+        assert_eq!(sorted(None, Create), ["b", "a", "c"]);
+    }
+
+    #[test]
+    fn sort_with_limit_sorts_all_matches_but_order_none_sorts_only_the_first_limit_plus_one_keys() {
+        let mut m = Model::new();
+        put(&mut m, "c", "x"); // mod 2
+        put(&mut m, "b", "x"); // mod 3
+        put(&mut m, "a", "x"); // mod 4
+        let r = m
+            .range(&RangeRequest {
+                sort_order: SortOrder::Ascend,
+                sort_target: SortTarget::Mod,
+                limit: 1,
+                ..rq("\0", "\0")
+            })
+            .unwrap();
+        assert_eq!((keys(&r), r.more), (vec!["c".to_string()], true), "ASCEND sorts every match, then limits");
+        // etcd: order NONE fetches limit+1 keys in key order (a, b), sorts those by mod (b 3, a 4)
+        let r = m.range(&RangeRequest { sort_target: SortTarget::Mod, limit: 1, ..rq("\0", "\0") }).unwrap();
+        assert_eq!((keys(&r), r.more), (vec!["b".to_string()], true));
+    }
+
+    #[test]
+    fn each_revision_filter_and_count_before_filters() {
+        let mut m = abcd(); // a 2, b 3, c 4, d 5 (create = mod)
+        put(&mut m, "a", "again"); // a: create 2, mod 6
+        let f = |r: RangeRequest| keys(&m.range(&r).unwrap());
+        let all = rq("\0", "\0");
+        assert_eq!(f(RangeRequest { min_mod_revision: 4, ..all.clone() }), ["a", "c", "d"]);
+        assert_eq!(f(RangeRequest { max_mod_revision: 4, ..all.clone() }), ["b", "c"]);
+        assert_eq!(f(RangeRequest { min_create_revision: 4, ..all.clone() }), ["c", "d"]);
+        assert_eq!(f(RangeRequest { max_create_revision: 3, ..all.clone() }), ["a", "b"]);
+        assert_eq!(f(RangeRequest { min_mod_revision: 3, max_mod_revision: 5, ..all.clone() }), ["b", "c", "d"]);
+        let r = m.range(&RangeRequest { min_mod_revision: 6, ..all.clone() }).unwrap();
+        assert_eq!((keys(&r), r.count), (vec!["a".to_string()], 4), "count is taken before the filters");
+        // a filter makes etcd fetch everything, so more is exact after filtering
+        let r = m.range(&RangeRequest { min_create_revision: 3, limit: 2, ..all.clone() }).unwrap();
+        assert_eq!((keys(&r), r.more), (vec!["b".to_string(), "c".to_string()], true));
+        let r = m.range(&RangeRequest { min_create_revision: 4, limit: 2, ..all }).unwrap();
+        assert_eq!((keys(&r), r.more), (vec!["c".to_string(), "d".to_string()], false));
+    }
+
+    #[test]
+    fn reads_at_past_revisions() {
+        let mut m = Model::new();
+        put(&mut m, "a", "1"); // 2
+        put(&mut m, "b", "1"); // 3
+        put(&mut m, "a", "2"); // 4
+        m.delete_range(&DeleteRangeRequest { key: b("b"), ..Default::default() }).unwrap(); // 5
+        let at = |rev| m.range(&RangeRequest { revision: rev, ..rq("\0", "\0") }).unwrap();
+        assert_eq!(keys(&at(1)), Vec::<String>::new());
+        assert_eq!(keys(&at(2)), ["a"]);
+        assert_eq!(keys(&at(3)), ["a", "b"]);
+        assert_eq!(at(3).kvs[0].value, b("1"));
+        assert_eq!(at(4).kvs[0].value, b("2"));
+        assert_eq!(keys(&at(5)), ["a"]);
+        assert_eq!(at(3).revision, 5, "the header carries the current revision, not the one read");
+        assert_eq!(keys(&at(0)), ["a"], "revision 0 is the current one");
+    }
+
+    #[test]
+    fn compacted_and_future_revisions_are_refused() {
+        let mut m = abcd(); // rev 5
+        let at = |m: &Model, rev| m.range(&RangeRequest { revision: rev, ..rq("a", "") });
+        assert_eq!(at(&m, 6), Err(MvccError::FutureRev));
+        assert_eq!(MvccError::FutureRev.to_string(), "mvcc: required revision is a future revision");
+        m.compact(3).unwrap();
+        assert_eq!(at(&m, 2), Err(MvccError::Compacted));
+        assert_eq!(MvccError::Compacted.to_string(), "mvcc: required revision has been compacted");
+        assert!(at(&m, 3).is_ok(), "the compacted revision itself can still be read");
+        assert_eq!(m.compact(3), Err(MvccError::Compacted));
+        assert_eq!(m.compact(2), Err(MvccError::Compacted));
+        assert_eq!(m.compact(6), Err(MvccError::FutureRev));
+        assert_eq!(m.compact(5).unwrap().revision, 5);
+        assert_eq!(m.compacted_revision(), 5);
+    }
+
+    #[test]
+    fn delete_is_a_tombstone_and_recreate_restarts_the_version() {
+        let mut m = Model::new();
+        put(&mut m, "a", "1"); // 2
+        put(&mut m, "a", "2"); // 3
+        let d = m.delete_range(&DeleteRangeRequest { key: b("a"), prev_kv: true, ..Default::default() }).unwrap();
+        assert_eq!((d.revision, d.deleted, d.prev_kvs.len(), d.prev_kvs[0].version), (4, 1, 1, 2));
+        assert_eq!(get(&m, "a"), None);
+        put(&mut m, "a", "3"); // 5
+        let kv = get(&m, "a").unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
+        assert_eq!(m.kept_revisions(b"a".as_slice()), [2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn deleting_nothing_creates_no_revision_and_ranges_delete_each_key() {
+        let mut m = abcd(); // rev 5
+        let d = m.delete_range(&DeleteRangeRequest { key: b("x"), ..Default::default() }).unwrap();
+        assert_eq!((d.deleted, d.revision, m.revision()), (0, 5, 5));
+        let d = m.delete_range(&DeleteRangeRequest { key: b("b"), range_end: b("\0"), prev_kv: false }).unwrap();
+        assert_eq!((d.deleted, d.revision, d.prev_kvs.len()), (3, 6, 0));
+        assert_eq!(keys(&m.range(&rq("\0", "\0")).unwrap()), ["a"]);
+        assert_eq!(m.delete_range(&DeleteRangeRequest::default()), Err(MvccError::EmptyKey));
+    }
+
+    #[test]
+    fn put_options() {
+        let mut m = Model::new();
+        let ign = |k: &str| PutRequest { key: b(k), ignore_value: true, ..Default::default() };
+        assert_eq!(m.put(&ign("a")), Err(MvccError::KeyNotFound));
+        assert_eq!(MvccError::KeyNotFound.to_string(), "etcdserver: key not found");
+        assert_eq!(m.put(&PutRequest { ignore_lease: true, ..ign("a") }), Err(MvccError::KeyNotFound));
+        assert_eq!(m.revision(), 1, "a refused put changes nothing");
+        m.put(&PutRequest { key: b("a"), value: b("v"), lease: 7, ..Default::default() }).unwrap();
+        let r = m.put(&PutRequest { prev_kv: true, ..ign("a") }).unwrap();
+        assert_eq!(r.prev_kv.unwrap().value, b("v"));
+        let kv = get(&m, "a").unwrap();
+        assert_eq!((kv.value, kv.lease, kv.version), (b("v"), 0, 2), "ignore_value keeps the value only");
+        m.put(&PutRequest { key: b("a"), value: b("w"), ignore_lease: true, ..Default::default() }).unwrap();
+        m.put(&PutRequest { key: b("a"), lease: 9, ignore_value: true, ..Default::default() }).unwrap();
+        m.put(&PutRequest { key: b("a"), value: b("z"), ignore_lease: true, ..Default::default() }).unwrap();
+        let kv = get(&m, "a").unwrap();
+        assert_eq!((kv.value, kv.lease), (b("z"), 9));
+        let r = m.put(&PutRequest { key: b("b"), value: b("1"), prev_kv: true, ..Default::default() }).unwrap();
+        assert_eq!(r.prev_kv, None);
+        assert_eq!(m.put(&PutRequest { value: b("1"), ..ign("a") }), Err(MvccError::ValueProvided));
+        assert_eq!(
+            m.put(&PutRequest { key: b("a"), lease: 1, ignore_lease: true, ..Default::default() }),
+            Err(MvccError::LeaseProvided)
+        );
+        assert_eq!(m.put(&PutRequest::default()), Err(MvccError::EmptyKey));
+    }
+
+    #[test]
+    fn txn_writes_are_one_revision_and_reads_see_earlier_writes() {
+        let mut m = abcd(); // rev 5
+        let t = TxnRequest {
+            compare: vec![],
+            success: vec![
+                range_op("a", ""),
+                put_op("a", "new"),
+                range_op("a", ""),
+                del_op("b", ""),
+                range_op("\0", "\0"),
+                put_op("e", "e"),
+            ],
+            failure: vec![],
+        };
+        let r = m.txn(&t).unwrap();
+        assert!(r.succeeded);
+        assert_eq!(r.revision, 6);
+        assert_eq!(m.revision(), 6, "all writes are one revision");
+        let ResponseOp::Range(first) = &r.responses[0] else { panic!() };
+        assert_eq!((first.kvs[0].value.clone(), first.revision), (b("a"), 5));
+        let ResponseOp::Range(second) = &r.responses[2] else { panic!() };
+        assert_eq!((second.kvs[0].value.clone(), second.revision), (b("new"), 6));
+        let ResponseOp::Range(all) = &r.responses[4] else { panic!() };
+        assert_eq!(keys(all), ["a", "c", "d"], "the txn's delete is seen, its later put not yet");
+        for k in ["a", "e"] {
+            assert_eq!(get(&m, k).unwrap().mod_revision, 6);
+        }
+        assert_eq!(m.kept_revisions(b"b".as_slice()), [3, 6]);
+        // a txn without writes (or whose only delete deletes nothing) creates no revision
+        let r = m.txn(&TxnRequest { success: vec![range_op("a", ""), del_op("zz", "")], ..Default::default() });
+        assert_eq!((r.unwrap().revision, m.revision()), (6, 6));
+    }
+
+    #[test]
+    fn txn_compares_pick_the_branch() {
+        let mut m = abcd(); // a: create 2 mod 2 version 1 value "a"
+        let run = |m: &mut Model, c: Compare| {
+            m.txn(&TxnRequest { compare: vec![c], success: vec![], failure: vec![] }).unwrap().succeeded
+        };
+        use CompareResult::*;
+        assert!(run(&mut m, cmp("a", Equal, CompareTarget::Value(b("a")))));
+        assert!(!run(&mut m, cmp("a", Equal, CompareTarget::Value(b("b")))));
+        assert!(run(&mut m, cmp("a", Less, CompareTarget::Value(b("b")))));
+        assert!(run(&mut m, cmp("a", Greater, CompareTarget::Value(b("")))));
+        assert!(run(&mut m, cmp("a", NotEqual, CompareTarget::Value(b("b")))));
+        assert!(run(&mut m, cmp("a", Equal, CompareTarget::Version(1))));
+        assert!(run(&mut m, cmp("b", Equal, CompareTarget::Create(3))));
+        assert!(run(&mut m, cmp("b", Greater, CompareTarget::Mod(2))));
+        assert!(!run(&mut m, cmp("b", Greater, CompareTarget::Mod(3))));
+        assert!(run(&mut m, cmp("b", Equal, CompareTarget::Lease(0))));
+        // a range compare must hold for every key in it
+        let range = |c: Compare, end: &str| Compare { range_end: b(end), ..c };
+        assert!(run(&mut m, range(cmp("a", Less, CompareTarget::Mod(5)), "d")));
+        assert!(!run(&mut m, range(cmp("a", Less, CompareTarget::Mod(4)), "d")));
+        assert!(!run(&mut m, range(cmp("a", Less, CompareTarget::Mod(5)), "\0")));
+        // the chosen branch runs
+        let t = TxnRequest {
+            compare: vec![cmp("a", Equal, CompareTarget::Value(b("zzz")))],
+            success: vec![put_op("s", "1")],
+            failure: vec![put_op("f", "1")],
+        };
+        let r = m.txn(&t).unwrap();
+        assert!(!r.succeeded);
+        assert!(get(&m, "f").is_some() && get(&m, "s").is_none());
+    }
+
+    #[test]
+    fn compares_on_missing_keys() {
+        let mut m = abcd();
+        let run = |m: &mut Model, c: Compare| {
+            m.txn(&TxnRequest { compare: vec![c], ..Default::default() }).unwrap().succeeded
+        };
+        use CompareResult::*;
+        // value on a missing key is false whatever the operator
+        assert!(!run(&mut m, cmp("x", Equal, CompareTarget::Value(b("")))));
+        assert!(!run(&mut m, cmp("x", NotEqual, CompareTarget::Value(b("v")))));
+        // the others compare 0
+        assert!(run(&mut m, cmp("x", Equal, CompareTarget::Version(0))));
+        assert!(run(&mut m, cmp("x", Equal, CompareTarget::Create(0))));
+        assert!(run(&mut m, cmp("x", Less, CompareTarget::Mod(1))));
+        assert!(run(&mut m, cmp("x", Greater, CompareTarget::Lease(-1))));
+        assert!(!run(&mut m, cmp("x", Greater, CompareTarget::Version(0))));
+        // a deleted key is missing
+        m.delete_range(&DeleteRangeRequest { key: b("a"), ..Default::default() }).unwrap();
+        assert!(run(&mut m, cmp("a", Equal, CompareTarget::Create(0))));
+        // an empty range counts as missing too
+        let empty = Compare { range_end: b("y"), ..cmp("x", Equal, CompareTarget::Version(0)) };
+        assert!(run(&mut m, empty));
+    }
+
+    #[test]
+    fn nested_txn_compares_see_the_store_before_the_txn() {
+        let mut m = abcd();
+        let inner = TxnRequest {
+            compare: vec![cmp("a", CompareResult::Equal, CompareTarget::Value(b("a")))],
+            success: vec![put_op("inner_saw_old", "1")],
+            failure: vec![put_op("inner_saw_new", "1")],
+        };
+        let t = TxnRequest {
+            compare: vec![],
+            success: vec![put_op("a", "changed"), RequestOp::Txn(inner)],
+            failure: vec![],
+        };
+        let r = m.txn(&t).unwrap();
+        assert_eq!(m.revision(), 6);
+        assert!(get(&m, "inner_saw_old").is_some());
+        let ResponseOp::Txn(nested) = &r.responses[1] else { panic!() };
+        assert!(nested.succeeded);
+    }
+
+    #[test]
+    fn txn_writing_a_key_twice_is_refused() {
+        let mut m = abcd();
+        let txn = |success: Vec<RequestOp>| TxnRequest { compare: vec![], success, failure: vec![] };
+        let nested = |success: Vec<RequestOp>, failure: Vec<RequestOp>| {
+            RequestOp::Txn(TxnRequest { compare: vec![], success, failure })
+        };
+        let refused = |m: &mut Model, t: TxnRequest| m.txn(&t) == Err(MvccError::DuplicateKey);
+        assert!(refused(&mut m, txn(vec![put_op("a", "1"), put_op("a", "2")])));
+        assert!(refused(&mut m, txn(vec![put_op("b", "1"), del_op("a", "c")])));
+        assert!(refused(&mut m, txn(vec![del_op("b", ""), put_op("b", "1")])));
+        assert!(refused(&mut m, txn(vec![put_op("a", "1"), nested(vec![put_op("a", "2")], vec![])])));
+        assert!(
+            refused(&mut m, txn(vec![put_op("a", "1"), nested(vec![], vec![put_op("a", "2")])])),
+            "both branches are checked"
+        );
+        assert!(refused(&mut m, txn(vec![del_op("a", "b"), nested(vec![put_op("a", "2")], vec![])])));
+        assert!(refused(&mut m, txn(vec![nested(vec![del_op("a", "")], vec![]), put_op("a", "2")])));
+        assert!(refused(
+            &mut m,
+            txn(vec![nested(vec![put_op("a", "1")], vec![]), nested(vec![], vec![put_op("a", "2")])])
+        ));
+        // the failure list is checked on its own, too
+        let t = TxnRequest { compare: vec![], success: vec![], failure: vec![put_op("a", "1"), put_op("a", "2")] };
+        assert!(refused(&mut m, t));
+        assert_eq!(MvccError::DuplicateKey.to_string(), "etcdserver: duplicate key given in txn request");
+        assert_eq!(m.revision(), 5, "refused txns change nothing");
+        // allowed: the same key in the success and the failure list, in both branches of one
+        // nested txn, overlapping deletes, a put at a delete's exclusive end
+        let t = TxnRequest { compare: vec![], success: vec![put_op("a", "s")], failure: vec![put_op("a", "f")] };
+        assert!(m.txn(&t).is_ok());
+        assert!(m.txn(&txn(vec![nested(vec![put_op("a", "1")], vec![put_op("a", "2")])])).is_ok());
+        assert!(m.txn(&txn(vec![del_op("a", "c"), del_op("b", "d")])).is_ok());
+        assert!(m.txn(&txn(vec![del_op("a", "c"), put_op("c", "1")])).is_ok());
+    }
+
+    #[test]
+    fn what_etcd_3_4_duplicate_check_lets_through_applies_in_order() {
+        let mut m = abcd(); // rev 5
+                            // a from-key delete ("\0") is not seen by the check: delete then put in one revision
+        let t = TxnRequest { compare: vec![], success: vec![del_op("a", "\0"), put_op("b", "new")], failure: vec![] };
+        m.txn(&t).unwrap();
+        assert_eq!(m.revision(), 6);
+        let kv = get(&m, "b").unwrap();
+        assert_eq!((kv.create_revision, kv.version, kv.value), (6, 1, b("new")), "recreated in the txn");
+        assert_eq!(keys(&m.range(&rq("\0", "\0")).unwrap()), ["b"]);
+        // a put in an earlier nested txn and a delete in a later one: put then delete
+        let nested = |op| RequestOp::Txn(TxnRequest { compare: vec![], success: vec![op], failure: vec![] });
+        let t = TxnRequest {
+            compare: vec![],
+            success: vec![nested(put_op("p", "1")), nested(del_op("p", ""))],
+            failure: vec![],
+        };
+        m.txn(&t).unwrap();
+        assert_eq!((m.revision(), get(&m, "p")), (7, None));
+        // an ignore_value put on a key the from-key delete removed: etcd 3.4 panics; here the
+        // txn fails and changes nothing
+        let ign = RequestOp::Put(PutRequest { key: b("b"), ignore_value: true, ..Default::default() });
+        let t = TxnRequest { compare: vec![], success: vec![del_op("a", "\0"), ign], failure: vec![] };
+        assert_eq!(m.txn(&t), Err(MvccError::KeyNotFound));
+        assert_eq!((m.revision(), get(&m, "b").unwrap().value), (7, b("new")));
+        assert_eq!(m.kept_revisions(b"b".as_slice()), [3, 6]);
+    }
+
+    #[test]
+    fn txn_checks_before_applying() {
+        let mut m = abcd(); // rev 5
+                            // ignore_value on a missing key, on the taken branch only
+        let ign = RequestOp::Put(PutRequest { key: b("x"), ignore_value: true, ..Default::default() });
+        let t = TxnRequest { compare: vec![], success: vec![put_op("a", "1"), ign.clone()], failure: vec![] };
+        assert_eq!(m.txn(&t), Err(MvccError::KeyNotFound));
+        let t = TxnRequest { compare: vec![], success: vec![put_op("a", "1")], failure: vec![ign] };
+        assert!(m.txn(&t).is_ok());
+        assert_eq!(m.revision(), 6);
+        // ranges at future or compacted revisions fail the whole txn
+        let at = |rev| RequestOp::Range(RangeRequest { revision: rev, ..rq("a", "") });
+        let t = TxnRequest { compare: vec![], success: vec![put_op("a", "2"), at(7)], failure: vec![] };
+        assert_eq!(m.txn(&t), Err(MvccError::FutureRev), "the txn's own revision is still the future");
+        m.compact(4).unwrap();
+        let t = TxnRequest { compare: vec![], success: vec![put_op("a", "2"), at(3)], failure: vec![] };
+        assert_eq!(m.txn(&t), Err(MvccError::Compacted));
+        assert_eq!((m.revision(), get(&m, "a").unwrap().value), (6, b("1")));
+        // empty keys anywhere, on either branch
+        let t = TxnRequest { compare: vec![], success: vec![], failure: vec![range_op("", "")] };
+        assert_eq!(m.txn(&t), Err(MvccError::EmptyKey));
+        let t = TxnRequest {
+            compare: vec![cmp("", CompareResult::Equal, CompareTarget::Version(0))],
+            ..Default::default()
+        };
+        assert_eq!(m.txn(&t), Err(MvccError::EmptyKey));
+    }
+
+    #[test]
+    fn too_many_ops_per_txn() {
+        let mut m = Model::new();
+        let puts = |n: usize| (0..n).map(|i| put_op(&format!("k{i}"), "v")).collect::<Vec<_>>();
+        assert!(m.txn(&TxnRequest { success: puts(DEFAULT_MAX_TXN_OPS), ..Default::default() }).is_ok());
+        let t = TxnRequest { failure: puts(DEFAULT_MAX_TXN_OPS + 1), ..Default::default() };
+        assert_eq!(m.txn(&t), Err(MvccError::TooManyOps));
+        assert_eq!(MvccError::TooManyOps.to_string(), "etcdserver: too many operations in txn request");
+        // a nested txn gets what its parent left: 2 - 1 = 1 op
+        let mut m = Model::with_max_txn_ops(2);
+        let nested = |n| RequestOp::Txn(TxnRequest { success: puts(n), ..Default::default() });
+        assert!(m.txn(&TxnRequest { success: vec![nested(1)], ..Default::default() }).is_ok());
+        assert_eq!(m.txn(&TxnRequest { success: vec![nested(2)], ..Default::default() }), Err(MvccError::TooManyOps));
+    }
+
+    #[test]
+    fn compaction_keeps_the_newest_live_entry_at_or_below_and_everything_above() {
+        let mut m = Model::new();
+        put(&mut m, "a", "1"); // 2
+        put(&mut m, "a", "2"); // 3
+        put(&mut m, "b", "1"); // 4
+        m.delete_range(&DeleteRangeRequest { key: b("b"), ..Default::default() }).unwrap(); // 5
+        put(&mut m, "c", "1"); // 6
+        m.delete_range(&DeleteRangeRequest { key: b("c"), ..Default::default() }).unwrap(); // 7
+        put(&mut m, "c", "2"); // 8
+        put(&mut m, "a", "3"); // 9
+        let before: Vec<_> =
+            (6..=9).map(|rev| m.range(&RangeRequest { revision: rev, ..rq("\0", "\0") }).unwrap()).collect();
+        m.compact(7).unwrap();
+        assert_eq!(m.kept_revisions(b"a".as_slice()), [3, 9], "newest at or below 7 is kept, and later ones");
+        assert_eq!(m.kept_revisions(b"b".as_slice()), Vec::<Revision>::new(), "a key deleted at or below is gone");
+        assert_eq!(m.kept_revisions(b"c".as_slice()), [8], "the tombstone at 7 is dropped, the later put kept");
+        for (rev, was) in (6..=9).zip(before) {
+            let now = m.range(&RangeRequest { revision: rev, ..rq("\0", "\0") });
+            if rev < 7 {
+                assert_eq!(now, Err(MvccError::Compacted));
+            } else {
+                assert_eq!(now.unwrap(), was, "reads at {rev} are unchanged by compaction");
+            }
+        }
+        // recreated key keeps its create_revision and version after compaction
+        let kv = get(&m, "a").unwrap();
+        assert_eq!((kv.create_revision, kv.version), (2, 3));
+    }
 }
