@@ -1259,4 +1259,69 @@ mod tests {
         let kv = get(&m, "a").unwrap();
         assert_eq!((kv.create_revision, kv.version), (2, 3));
     }
+
+    /// A small deterministic generator (xorshift64), so the random test needs no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+
+        fn key(&mut self) -> String {
+            ["a", "b", "c", "d", "e"][self.below(5) as usize].to_string()
+        }
+    }
+
+    #[test]
+    fn random_histories_keep_the_invariants_and_compaction_changes_no_read_at_or_above_it() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut m = Model::new();
+        let all_at = |m: &Model, rev| m.range(&RangeRequest { revision: rev, ..rq("\0", "\0") });
+        for step in 0..3000 {
+            let before = m.revision();
+            match rng.below(10) {
+                0..=3 => {
+                    put(&mut m, &rng.key(), &step.to_string());
+                }
+                4..=5 => {
+                    let (k, end) = (rng.key(), if rng.below(2) == 0 { String::new() } else { rng.key() });
+                    m.delete_range(&DeleteRangeRequest { key: b(&k), range_end: b(&end), prev_kv: false }).unwrap();
+                }
+                6..=8 => {
+                    let k = rng.key();
+                    let mod_rev = get(&m, &k).map_or(0, |kv| kv.mod_revision);
+                    let t = TxnRequest {
+                        compare: vec![cmp(&k, CompareResult::Equal, CompareTarget::Mod(mod_rev))],
+                        success: vec![put_op(&k, "s"), range_op("\0", "\0")],
+                        failure: vec![put_op(&k, "f")],
+                    };
+                    let r = m.txn(&t).unwrap();
+                    assert!(r.succeeded, "a CAS on the mod revision just read succeeds");
+                    assert_eq!(m.revision(), before + 1);
+                }
+                _ => {
+                    let floor = m.compacted_revision().max(0) + 1;
+                    let target = floor + rng.below((before - floor + 1).max(1) as u64) as i64;
+                    if target <= before {
+                        let seen: Vec<_> = (target..=before).map(|rev| all_at(&m, rev).unwrap()).collect();
+                        m.compact(target).unwrap();
+                        for (rev, was) in (target..=before).zip(seen) {
+                            assert_eq!(all_at(&m, rev).unwrap(), was, "read at {rev} after compacting to {target}");
+                        }
+                        if target > 1 {
+                            assert_eq!(all_at(&m, target - 1), Err(MvccError::Compacted));
+                        }
+                    }
+                }
+            }
+            assert!(m.revision() - before <= 1, "one op is at most one revision");
+            for kv in all_at(&m, 0).unwrap().kvs {
+                assert!(kv.version >= 1 && kv.create_revision <= kv.mod_revision && kv.mod_revision <= m.revision());
+            }
+        }
+    }
 }
