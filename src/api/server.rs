@@ -51,6 +51,7 @@ impl From<NodeError> for ApiError {
             NodeError::OutcomeUnknown(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", m),
             NodeError::BadRequest(m) => ApiError::bad_request(m),
             NodeError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            NodeError::Mvcc(e) => ApiError::bad_request(e.to_string()),
         }
     }
 }
@@ -264,7 +265,8 @@ fn write_outcome(result: ApplyResult) -> ApiResult<Response> {
             format!("the key's current mod revision is {current}"),
         )),
         // Only the peer port proposes joins; a key write never yields these.
-        ApplyResult::Joined | ApplyResult::JoinRefused { .. } => {
+        ApplyResult::Refused(e) => Err(ApiError::bad_request(e.to_string())),
+        ApplyResult::Joined | ApplyResult::JoinRefused { .. } | ApplyResult::Txn(_) | ApplyResult::Compacted(_) => {
             Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected outcome of a write"))
         }
     }

@@ -14,6 +14,7 @@ use super::shared::{read, Shared};
 use crate::base::ids::added_member_id;
 use crate::raft::{ConfChange, ConfChangeKind, Index, NodeId, Role};
 use crate::store::command::{encode, ApplyResult, Command, MemberInfo};
+use crate::store::mvcc::{CompactResponse, RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse};
 use crate::store::KvStore;
 
 /// How long a proposal may take to apply before its outcome is reported unknown (504).
@@ -54,6 +55,30 @@ impl NodeHandle {
     /// Deletes `key` (if its mod revision is `prev_revision`, when given).
     pub async fn delete(&self, key: String, prev_revision: Option<u64>) -> Result<ApplyResult, NodeError> {
         self.propose(&Command::Delete { key, prev_revision }).await
+    }
+
+    /// Applies an etcd txn through the log (a put or delete-range alone is a txn of one op).
+    pub async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse, NodeError> {
+        match self.propose(&Command::Txn(txn)).await? {
+            ApplyResult::Txn(response) => Ok(response),
+            ApplyResult::Refused(e) => Err(NodeError::Mvcc(e)),
+            other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a txn: {other:?}"))),
+        }
+    }
+
+    /// Compacts the key history below `revision` through the log.
+    pub async fn compact(&self, revision: Revision) -> Result<CompactResponse, NodeError> {
+        match self.propose(&Command::Compact { revision }).await? {
+            ApplyResult::Compacted(response) => Ok(response),
+            ApplyResult::Refused(e) => Err(NodeError::Mvcc(e)),
+            other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a compact: {other:?}"))),
+        }
+    }
+
+    /// An etcd range over this member's applied state (serializable). For a linearizable
+    /// range, wait for `read_barrier` first.
+    pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, NodeError> {
+        self.with_kv(|kv| kv.range(request)).map_err(NodeError::Mvcc)
     }
 
     /// Adds a member (a learner, or a voter) under a new id, which it returns.

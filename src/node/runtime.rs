@@ -18,6 +18,7 @@ use crate::raft::{
     Term,
 };
 use crate::store::command::{decode, encode, ApplyResult, Command, MemberInfo};
+use crate::store::mvcc::MvccError;
 use crate::store::{KvStore, Storage};
 
 /// Milliseconds per tick of the core.
@@ -58,6 +59,9 @@ pub enum NodeError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// The store refused a txn, range or compact with etcd's error; nothing changed.
+    #[error("{0}")]
+    Mvcc(MvccError),
 }
 
 impl From<ProposeError> for NodeError {

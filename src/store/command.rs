@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{self, CodecError};
 use super::legacy;
+use super::mvcc::{CompactResponse, MvccError, Revision, TxnRequest, TxnResponse};
 
 use crate::raft::NodeId;
 
@@ -24,6 +25,11 @@ pub enum Command {
     /// A leader heard member `id` acknowledge its log: the member holds data under its id, so a
     /// later start with empty data under it (under `new` too) means its data was lost.
     Seen { id: NodeId },
+    /// An etcd txn: compares, then the success or the failure ops, applied as one revision. A
+    /// put or a delete-range alone travels as a txn without compares.
+    Txn(TxnRequest),
+    /// Compacts the key history below `revision` (etcd's Compact).
+    Compact { revision: Revision },
 }
 
 /// The outcome of applying one command. Every successful write moves the store's revision.
@@ -47,6 +53,12 @@ pub enum ApplyResult {
         data_lost: bool,
         reason: String,
     },
+    /// `Command::Txn` applied.
+    Txn(TxnResponse),
+    /// `Command::Compact` applied.
+    Compacted(CompactResponse),
+    /// A `Txn` or `Compact` the store refused, with etcd's error; nothing changed.
+    Refused(MvccError),
 }
 
 /// One stored key.

@@ -7,7 +7,6 @@
 //! as `Bytes`, and the `KeyValue` a reader sees is built on read.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -15,16 +14,22 @@ use serde::{Deserialize, Serialize};
 use super::claim::{check_claim, MemberState};
 use super::command::{decode, ApplyResult, Command, KeyValue, MemberInfo};
 use super::error::StoreError;
+use super::mvcc::model::Model;
+use super::mvcc::{self, DeleteRangeRequest, MvccError, PutRequest, RangeRequest, RangeResponse, Revision};
 use super::{codec, legacy};
 use crate::base::ids::Fnv1a;
 use crate::raft::{ConfChange, ConfChangeKind, Entry, EntryPayload, Index, NodeId, Snapshot, Term};
 
 /// Leads every snapshot, so that a snapshot of another format is refused by name.
 const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS\0";
-/// The format `snapshot_data` writes. 2 added `applied_term` and `joined`; 3 (kuberaft 0.2)
-/// encodes the same body with postcard (`store::codec`) instead of bincode 1. Formats 1 and 2
-/// (bincode 1) are still read, by `store::legacy`.
-const SNAPSHOT_FORMAT: u32 = 3;
+/// The format `snapshot_data` writes. 2 added `applied_term` and `joined`; 3 encodes format 2's
+/// body with postcard (`store::codec`) instead of bincode 1; 4 holds the MVCC store with its
+/// history. Formats 1 and 2 (bincode 1, kuberaft 0.1.0) are still read, by `store::legacy`, and
+/// formats 1 to 3, which kept only each key's latest version, become a store with no history
+/// before their revision.
+const SNAPSHOT_FORMAT: u32 = 4;
+/// The last format that kept only the latest version of each key.
+const LATEST_ONLY_SNAPSHOT_FORMAT: u32 = 3;
 /// The last format whose body is bincode 1 (kuberaft 0.1.0 wrote it).
 const LEGACY_SNAPSHOT_FORMAT: u32 = 2;
 /// The oldest format `restore` reads.
@@ -48,9 +53,8 @@ struct Member {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KvStore {
-    keys: BTreeMap<String, Stored>,
-    /// Bumped by every successful write; the revision of the last one.
-    revision: u64,
+    /// The keys and their history, with etcd's semantics.
+    mvcc: Model,
     /// The index of the last entry applied.
     applied: Index,
     /// The term of the last entry applied; 0 when unknown (nothing applied, or restored from a
@@ -63,6 +67,19 @@ pub struct KvStore {
     /// (`Command::Seen`). A start with empty data under such an id means its data was lost.
     joined: BTreeSet<NodeId>,
 }
+
+/// The snapshot body from format 4 on: the whole MVCC store with its history.
+#[derive(Serialize, Deserialize)]
+struct MvccSnapshot<Store, Members, Ids> {
+    applied: Index,
+    applied_term: Term,
+    mvcc: Store,
+    members: Members,
+    removed: Ids,
+    joined: Ids,
+}
+
+type OwnedMvccSnapshot = MvccSnapshot<Model, BTreeMap<NodeId, Member>, BTreeSet<NodeId>>;
 
 /// A snapshot's state as format 1 wrote it. Generic over owned collections (reading) and
 /// borrowed ones (writing), so that one shape serves both.
@@ -136,38 +153,37 @@ impl KvStore {
     fn apply_command(&mut self, command: Command) -> ApplyResult {
         match command {
             Command::Put { key, value, prev_revision } => {
-                let current = self.keys.get(&key).map_or(0, |s| s.mod_revision);
-                if prev_revision.is_some_and(|expected| expected != current) {
-                    return ApplyResult::CompareFailed { current };
+                if let Some(failed) = self.compare_mod(key.as_bytes(), prev_revision) {
+                    return failed;
                 }
-                // Saturating: a revision from a damaged snapshot must not panic every member.
-                self.revision = self.revision.saturating_add(1);
-                let revision = self.revision;
-                match self.keys.get_mut(&key) {
-                    Some(stored) => {
-                        stored.value = value;
-                        stored.mod_revision = revision;
-                        stored.version = stored.version.saturating_add(1);
-                    }
-                    None => {
-                        let stored = Stored { value, create_revision: revision, mod_revision: revision, version: 1 };
-                        self.keys.insert(key, stored);
-                    }
+                let put = PutRequest { key: key.into_bytes(), value: value.to_vec(), ..PutRequest::default() };
+                match self.mvcc.put(&put) {
+                    Ok(response) => ApplyResult::Put { revision: revision_u64(response.revision) },
+                    Err(e) => ApplyResult::Refused(e),
                 }
-                ApplyResult::Put { revision }
             }
             Command::Delete { key, prev_revision } => {
-                let current = self.keys.get(&key).map_or(0, |s| s.mod_revision);
-                if prev_revision.is_some_and(|expected| expected != current) {
-                    return ApplyResult::CompareFailed { current };
+                if let Some(failed) = self.compare_mod(key.as_bytes(), prev_revision) {
+                    return failed;
                 }
-                if self.keys.remove(&key).is_none() {
-                    // Nothing changed, so the revision does not move (as in etcd).
-                    return ApplyResult::Deleted { revision: self.revision, deleted: 0 };
+                let delete = DeleteRangeRequest { key: key.into_bytes(), ..DeleteRangeRequest::default() };
+                match self.mvcc.delete_range(&delete) {
+                    // Deleting nothing changes nothing, so the revision does not move (as in etcd).
+                    Ok(response) => ApplyResult::Deleted {
+                        revision: revision_u64(response.revision),
+                        deleted: u64::try_from(response.deleted).unwrap_or(0),
+                    },
+                    Err(e) => ApplyResult::Refused(e),
                 }
-                self.revision = self.revision.saturating_add(1);
-                ApplyResult::Deleted { revision: self.revision, deleted: 1 }
             }
+            Command::Txn(txn) => match self.mvcc.txn(&txn) {
+                Ok(response) => ApplyResult::Txn(response),
+                Err(e) => ApplyResult::Refused(e),
+            },
+            Command::Compact { revision } => match self.mvcc.compact(revision) {
+                Ok(response) => ApplyResult::Compacted(response),
+                Err(e) => ApplyResult::Refused(e),
+            },
             Command::Seen { id } => {
                 if self.members.contains_key(&id) {
                     self.joined.insert(id);
@@ -191,6 +207,14 @@ impl KvStore {
                 }
             }
         }
+    }
+
+    /// The compare of the HTTP API's `prev_revision` (the key's mod revision, 0 for a missing
+    /// key): `Some(CompareFailed)` when it does not hold.
+    fn compare_mod(&self, key: &[u8], prev_revision: Option<u64>) -> Option<ApplyResult> {
+        let expected = prev_revision?;
+        let current = self.get_bytes(key).map_or(0, |kv| revision_u64(kv.mod_revision));
+        (expected != current).then_some(ApplyResult::CompareFailed { current })
     }
 
     fn apply_conf_change(&mut self, index: Index, cc: &ConfChange) {
@@ -239,12 +263,28 @@ impl KvStore {
         self.applied_term
     }
 
+    /// The store's current revision (1 for an empty store, as etcd's).
     pub fn revision(&self) -> u64 {
-        self.revision
+        revision_u64(self.mvcc.revision())
+    }
+
+    /// The revision of the last compaction, -1 if none.
+    pub fn compacted_revision(&self) -> Revision {
+        self.mvcc.compacted_revision()
+    }
+
+    /// An etcd range at this member's applied state.
+    pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.mvcc.range(request)
+    }
+
+    fn get_bytes(&self, key: &[u8]) -> Option<mvcc::KeyValue> {
+        let request = RangeRequest { key: key.to_vec(), ..RangeRequest::default() };
+        self.mvcc.range(&request).ok()?.kvs.pop()
     }
 
     pub fn get(&self, key: &str) -> Option<KeyValue> {
-        self.keys.get_key_value(key).map(|(key, stored)| key_value(key, stored))
+        self.get_bytes(key.as_bytes()).map(key_value)
     }
 
     /// Keys starting with `prefix`, in order, at most `limit`; `more` when more exist.
@@ -263,36 +303,40 @@ impl KvStore {
         max_value_bytes: usize,
     ) -> (Vec<KeyValue>, bool) {
         let start = match start_after {
-            Some(after) if after >= prefix => Bound::Excluded(after),
-            _ => Bound::Included(prefix),
+            Some(after) if after >= prefix => [after.as_bytes(), &[0]].concat(),
+            _ => prefix.as_bytes().to_vec(),
         };
-        let mut matching = self
-            .keys
-            .range::<str, _>((start, Bound::Unbounded))
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .peekable();
+        let start = if start.is_empty() { vec![0] } else { start };
+        let request = RangeRequest {
+            key: start,
+            range_end: prefix_end(prefix.as_bytes()),
+            limit: i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX),
+            ..RangeRequest::default()
+        };
+        let Ok(response) = self.mvcc.range(&request) else { return (Vec::new(), false) };
+        let mut matching = response.kvs.into_iter().peekable();
         let mut kvs = Vec::new();
         let mut bytes = 0usize;
         while kvs.len() < limit {
-            let Some((_, stored)) = matching.peek() else { break };
-            if !kvs.is_empty() && bytes.saturating_add(stored.value.len()) > max_value_bytes {
+            let Some(next) = matching.peek() else { break };
+            if !kvs.is_empty() && bytes.saturating_add(next.value.len()) > max_value_bytes {
                 break;
             }
-            bytes = bytes.saturating_add(stored.value.len());
-            if let Some((key, stored)) = matching.next() {
-                kvs.push(key_value(key, stored));
-            }
+            bytes = bytes.saturating_add(next.value.len());
+            kvs.extend(matching.next().map(key_value));
         }
-        let more = matching.next().is_some();
+        let more = matching.next().is_some() || response.more;
         (kvs, more)
     }
 
+    /// How many keys are live.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        let all = RangeRequest { key: vec![0], range_end: vec![0], count_only: true, ..RangeRequest::default() };
+        self.mvcc.range(&all).map_or(0, |r| usize::try_from(r.count).unwrap_or(usize::MAX))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.len() == 0
     }
 
     /// Every member with its voter flag, ordered by id.
@@ -330,20 +374,18 @@ impl KvStore {
         hash.finish()
     }
 
-    /// The whole state (keys, revisions, members, removed ids, applied index) for a snapshot.
+    /// The whole state (keys and their history, members, removed ids, applied index) for a
+    /// snapshot.
     pub fn snapshot_data(&self) -> Bytes {
-        let body = SnapshotBody {
-            state: StateBody {
-                applied: self.applied,
-                revision: self.revision,
-                keys: &self.keys,
-                members: &self.members,
-                removed: &self.removed,
-            },
+        let body = MvccSnapshot {
+            applied: self.applied,
             applied_term: self.applied_term,
+            mvcc: &self.mvcc,
+            members: &self.members,
+            removed: &self.removed,
             joined: &self.joined,
         };
-        let mut data = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + self.estimated_snapshot_bytes());
+        let mut data = Vec::new();
         data.extend_from_slice(SNAPSHOT_MAGIC);
         data.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
         // Writing plain maps and strings into memory cannot fail; if it ever did, the snapshot
@@ -353,11 +395,6 @@ impl KvStore {
             data.truncate(SNAPSHOT_HEADER_BYTES);
         }
         Bytes::from(data)
-    }
-
-    fn estimated_snapshot_bytes(&self) -> usize {
-        self.keys.iter().map(|(key, stored)| key.len() + stored.value.len() + 48).sum::<usize>()
-            + self.members.len() * 128
     }
 
     /// Rebuilds the store a Raft snapshot carries, and checks it against the snapshot's
@@ -398,8 +435,15 @@ impl KvStore {
                 "its format-{format} body cannot be decoded ({e}); it is damaged or was written by an incompatible kuberaft version"
             ))
         };
+        if format == SNAPSHOT_FORMAT {
+            let body: OwnedMvccSnapshot = codec::decode(body).map_err(|e| undecodable(e.to_string()))?;
+            body.mvcc.check().map_err(StoreError::BadSnapshot)?;
+            check_members(&body.members)?;
+            let MvccSnapshot { applied, applied_term, mvcc, members, removed, joined } = body;
+            return Ok(KvStore { mvcc, applied, applied_term, members, removed, joined });
+        }
         let SnapshotBody { state, applied_term, joined }: OwnedSnapshot = match format {
-            SNAPSHOT_FORMAT => codec::decode(body).map_err(|e| undecodable(e.to_string()))?,
+            LATEST_ONLY_SNAPSHOT_FORMAT => codec::decode(body).map_err(|e| undecodable(e.to_string()))?,
             // 0.1.0's reader ignored bytes after the body; so does this one.
             LEGACY_SNAPSHOT_FORMAT => legacy::from_bytes(body).map_err(|e| undecodable(e.to_string()))?,
             OLDEST_SNAPSHOT_FORMAT => {
@@ -411,30 +455,60 @@ impl KvStore {
                 )))
             }
         };
-        for (key, stored) in &state.keys {
-            let consistent = stored.version >= 1
-                && stored.create_revision >= 1
-                && stored.create_revision <= stored.mod_revision
-                && stored.mod_revision <= state.revision;
-            if !consistent {
-                return Err(StoreError::BadSnapshot(format!("key {key:?} has impossible revisions")));
-            }
-        }
-        if let Some((id, _)) = state.members.iter().find(|(id, m)| **id != m.info.id) {
-            return Err(StoreError::BadSnapshot(format!("member {id:x} is filed under another id")));
-        }
+        check_members(&state.members)?;
         let StateBody { applied, revision, keys, members, removed } = state;
-        Ok(KvStore { keys, revision, applied, applied_term, members, removed, joined })
+        let latest = keys
+            .into_iter()
+            .map(|(key, stored)| mvcc::KeyValue {
+                key: key.into_bytes(),
+                create_revision: revision_i64(stored.create_revision),
+                mod_revision: revision_i64(stored.mod_revision),
+                version: revision_i64(stored.version),
+                value: stored.value.to_vec(),
+                lease: 0,
+            })
+            .collect();
+        let mvcc = Model::from_latest(latest, revision_i64(revision)).map_err(StoreError::BadSnapshot)?;
+        Ok(KvStore { mvcc, applied, applied_term, members, removed, joined })
     }
 }
 
-fn key_value(key: &str, stored: &Stored) -> KeyValue {
+fn check_members(members: &BTreeMap<NodeId, Member>) -> Result<(), StoreError> {
+    match members.iter().find(|(id, m)| **id != m.info.id) {
+        Some((id, _)) => Err(StoreError::BadSnapshot(format!("member {id:x} is filed under another id"))),
+        None => Ok(()),
+    }
+}
+
+/// A revision as the HTTP API and the older commands count it (revisions are never negative).
+fn revision_u64(revision: Revision) -> u64 {
+    u64::try_from(revision).unwrap_or(0)
+}
+
+fn revision_i64(revision: u64) -> Revision {
+    Revision::try_from(revision).unwrap_or(Revision::MAX)
+}
+
+/// The end of the range of keys that start with `prefix` (etcd's `GetPrefixRangeEnd`): the
+/// prefix with its last byte below 0xff incremented, or `"\0"` (every key from it on) when none.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn key_value(kv: mvcc::KeyValue) -> KeyValue {
     KeyValue {
-        key: key.to_owned(),
-        value: stored.value.clone(),
-        create_revision: stored.create_revision,
-        mod_revision: stored.mod_revision,
-        version: stored.version,
+        key: String::from_utf8_lossy(&kv.key).into_owned(),
+        value: Bytes::from(kv.value),
+        create_revision: revision_u64(kv.create_revision),
+        mod_revision: revision_u64(kv.mod_revision),
+        version: revision_u64(kv.version),
     }
 }
 
@@ -701,16 +775,17 @@ mod tests {
         data.extend_from_slice(&format.to_le_bytes());
         let u64 = |data: &mut Vec<u8>, n: u64| data.extend_from_slice(&n.to_le_bytes());
         u64(&mut data, store.applied);
-        u64(&mut data, store.revision);
-        u64(&mut data, store.keys.len() as u64);
-        for (key, stored) in &store.keys {
-            u64(&mut data, key.len() as u64);
-            data.extend_from_slice(key.as_bytes());
-            u64(&mut data, stored.value.len() as u64);
-            data.extend_from_slice(&stored.value);
-            u64(&mut data, stored.create_revision);
-            u64(&mut data, stored.mod_revision);
-            u64(&mut data, stored.version);
+        u64(&mut data, store.revision());
+        let (kvs, _) = store.list("", usize::MAX);
+        u64(&mut data, kvs.len() as u64);
+        for kv in &kvs {
+            u64(&mut data, kv.key.len() as u64);
+            data.extend_from_slice(kv.key.as_bytes());
+            u64(&mut data, kv.value.len() as u64);
+            data.extend_from_slice(&kv.value);
+            u64(&mut data, kv.create_revision);
+            u64(&mut data, kv.mod_revision);
+            u64(&mut data, kv.version);
         }
         u64(&mut data, 0); // members
         u64(&mut data, 0); // removed

@@ -25,219 +25,13 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
-/// A store revision (etcd's `int64` main revision).
-pub type Revision = i64;
+use serde::{Deserialize, Serialize};
 
-/// etcd's default `--max-txn-ops`.
-pub const DEFAULT_MAX_TXN_OPS: usize = 128;
-
-/// One version of a key, as etcd's `mvccpb.KeyValue`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KeyValue {
-    pub key: Vec<u8>,
-    /// The revision of the put that created the key (since its last delete).
-    pub create_revision: Revision,
-    /// The revision of the last put of the key.
-    pub mod_revision: Revision,
-    /// How many puts since creation, 1 for a new key.
-    pub version: i64,
-    pub value: Vec<u8>,
-    /// The lease id, 0 for none.
-    pub lease: i64,
-}
-
-/// The errors the model returns, with etcd's messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MvccError {
-    /// The requested revision is below the compacted revision.
-    Compacted,
-    /// The requested revision is above the current revision.
-    FutureRev,
-    /// `ignore_value` or `ignore_lease` on a key that does not exist.
-    KeyNotFound,
-    /// An empty key in a range, put, delete or compare.
-    EmptyKey,
-    /// A value given together with `ignore_value`.
-    ValueProvided,
-    /// A lease given together with `ignore_lease`.
-    LeaseProvided,
-    /// A txn that writes a key twice (see [`Model::txn`]).
-    DuplicateKey,
-    /// A txn with more than `max_txn_ops` compares or ops on one level.
-    TooManyOps,
-}
-
-impl fmt::Display for MvccError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            MvccError::Compacted => "mvcc: required revision has been compacted",
-            MvccError::FutureRev => "mvcc: required revision is a future revision",
-            MvccError::KeyNotFound => "etcdserver: key not found",
-            MvccError::EmptyKey => "etcdserver: key is not provided",
-            MvccError::ValueProvided => "etcdserver: value is provided",
-            MvccError::LeaseProvided => "etcdserver: lease is provided",
-            MvccError::DuplicateKey => "etcdserver: duplicate key given in txn request",
-            MvccError::TooManyOps => "etcdserver: too many operations in txn request",
-        })
-    }
-}
-
-impl std::error::Error for MvccError {}
-
-/// The order of a range's results.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SortOrder {
-    /// Key order; but with a target other than [`SortTarget::Key`] it means ascending.
-    #[default]
-    None,
-    Ascend,
-    Descend,
-}
-
-/// What a range sorts by.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SortTarget {
-    #[default]
-    Key,
-    Version,
-    Create,
-    Mod,
-    Value,
-}
-
-/// etcd's `RangeRequest`. `range_end`: empty = the one key `key`; `"\0"` = every key from
-/// `key` on; otherwise the keys in `[key, range_end)`. Revisions and limits <= 0 mean "none".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RangeRequest {
-    pub key: Vec<u8>,
-    pub range_end: Vec<u8>,
-    pub limit: i64,
-    pub revision: Revision,
-    pub sort_order: SortOrder,
-    pub sort_target: SortTarget,
-    /// Accepted and ignored: the model has one copy, so every read is linearizable.
-    pub serializable: bool,
-    pub keys_only: bool,
-    pub count_only: bool,
-    pub min_mod_revision: Revision,
-    pub max_mod_revision: Revision,
-    pub min_create_revision: Revision,
-    pub max_create_revision: Revision,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RangeResponse {
-    /// The store's revision seen by the read (etcd's header.revision), not the one read at.
-    pub revision: Revision,
-    pub kvs: Vec<KeyValue>,
-    /// More keys matched than `limit` let through.
-    pub more: bool,
-    /// How many keys are in the range at the revision read, regardless of `limit` and of the
-    /// min/max revision filters (etcd counts before it filters).
-    pub count: i64,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PutRequest {
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
-    pub lease: i64,
-    pub prev_kv: bool,
-    pub ignore_value: bool,
-    pub ignore_lease: bool,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PutResponse {
-    pub revision: Revision,
-    pub prev_kv: Option<KeyValue>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DeleteRangeRequest {
-    pub key: Vec<u8>,
-    /// As in [`RangeRequest::range_end`].
-    pub range_end: Vec<u8>,
-    pub prev_kv: bool,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DeleteRangeResponse {
-    pub revision: Revision,
-    pub deleted: i64,
-    pub prev_kvs: Vec<KeyValue>,
-}
-
-/// What a compare looks at, with the operand to compare it against.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CompareTarget {
-    Value(Vec<u8>),
-    Version(i64),
-    Create(Revision),
-    Mod(Revision),
-    Lease(i64),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompareResult {
-    Equal,
-    Greater,
-    Less,
-    NotEqual,
-}
-
-/// etcd's `Compare`: true when `<field of each key in range> <result> <operand>` holds for every
-/// key in the range. On a range with no keys a value compare is false and the others compare
-/// 0 (version, create, mod and lease of a missing key) against the operand.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Compare {
-    pub key: Vec<u8>,
-    /// As in [`RangeRequest::range_end`].
-    pub range_end: Vec<u8>,
-    pub result: CompareResult,
-    pub target: CompareTarget,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RequestOp {
-    Range(RangeRequest),
-    Put(PutRequest),
-    DeleteRange(DeleteRangeRequest),
-    Txn(TxnRequest),
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TxnRequest {
-    pub compare: Vec<Compare>,
-    pub success: Vec<RequestOp>,
-    pub failure: Vec<RequestOp>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ResponseOp {
-    Range(RangeResponse),
-    Put(PutResponse),
-    DeleteRange(DeleteRangeResponse),
-    Txn(TxnResponse),
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TxnResponse {
-    /// The store's revision after the txn (for a nested txn: as seen after its ops).
-    pub revision: Revision,
-    pub succeeded: bool,
-    pub responses: Vec<ResponseOp>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CompactResponse {
-    pub revision: Revision,
-}
+pub use super::types::*;
 
 /// The model store.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Model {
     /// Each key's history: revision → the key's value from that revision on, `None` for a
     /// delete (tombstone). A revision holds at most one entry per key: the last change made
@@ -303,6 +97,50 @@ impl Model {
     /// The same with another limit on ops per txn level (etcd's `--max-txn-ops`).
     pub fn with_max_txn_ops(max_txn_ops: usize) -> Self {
         Model { max_txn_ops, ..Model::new() }
+    }
+
+    /// A store at `revision` that holds `latest` (each key's current version) and no history
+    /// before it: reads below `revision` get [`MvccError::Compacted`]. How a store of an
+    /// earlier kuberaft, which kept only the latest versions, is carried over.
+    pub fn from_latest(latest: Vec<KeyValue>, revision: Revision) -> Result<Self, String> {
+        let mut model = Model { current: revision.max(1), ..Model::new() };
+        model.compacted = model.current;
+        for kv in latest {
+            let consistent = !kv.key.is_empty()
+                && kv.version >= 1
+                && kv.create_revision >= 1
+                && kv.create_revision <= kv.mod_revision
+                && kv.mod_revision <= model.current;
+            if !consistent {
+                return Err(format!("key {:?} has impossible revisions", String::from_utf8_lossy(&kv.key)));
+            }
+            let key = kv.key.clone();
+            model.history.entry(key).or_default().insert(kv.mod_revision, Some(kv));
+        }
+        Ok(model)
+    }
+
+    /// Whether a deserialized model keeps the invariants its operations rely on: every key has
+    /// history, no revision lies beyond the current one, and a value is filed under its key
+    /// and mod revision.
+    pub fn check(&self) -> Result<(), String> {
+        if self.current < 1 || self.compacted > self.current {
+            return Err(format!("revision {} compacted at {}", self.current, self.compacted));
+        }
+        for (key, history) in &self.history {
+            let bad = history.is_empty()
+                || history.iter().any(|(rev, kv)| {
+                    *rev < 1
+                        || *rev > self.current
+                        || kv.as_ref().is_some_and(|kv| {
+                            kv.key != *key || kv.mod_revision != *rev || kv.create_revision > *rev || kv.version < 1
+                        })
+                });
+            if bad {
+                return Err(format!("key {:?} has impossible history", String::from_utf8_lossy(key)));
+            }
+        }
+        Ok(())
     }
 
     /// The current revision.

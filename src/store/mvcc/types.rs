@@ -1,0 +1,216 @@
+//! etcd v3's key-value request and response types (api/etcdserverpb/rpc.proto, api/mvccpb/kv.proto),
+//! shared by the model, the store, the commands in the log and the APIs. Keys and values are
+//! bytes, revisions `i64`, as in etcd's protobufs.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A store revision (etcd's `int64` main revision).
+pub type Revision = i64;
+
+/// etcd's default `--max-txn-ops`.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+
+/// One version of a key, as etcd's `mvccpb.KeyValue`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    /// The revision of the put that created the key (since its last delete).
+    pub create_revision: Revision,
+    /// The revision of the last put of the key.
+    pub mod_revision: Revision,
+    /// How many puts since creation, 1 for a new key.
+    pub version: i64,
+    pub value: Vec<u8>,
+    /// The lease id, 0 for none.
+    pub lease: i64,
+}
+
+/// The errors the model returns, with etcd's messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MvccError {
+    /// The requested revision is below the compacted revision.
+    Compacted,
+    /// The requested revision is above the current revision.
+    FutureRev,
+    /// `ignore_value` or `ignore_lease` on a key that does not exist.
+    KeyNotFound,
+    /// An empty key in a range, put, delete or compare.
+    EmptyKey,
+    /// A value given together with `ignore_value`.
+    ValueProvided,
+    /// A lease given together with `ignore_lease`.
+    LeaseProvided,
+    /// A txn that writes a key twice (see `Model::txn`).
+    DuplicateKey,
+    /// A txn with more than `max_txn_ops` compares or ops on one level.
+    TooManyOps,
+}
+
+impl fmt::Display for MvccError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MvccError::Compacted => "mvcc: required revision has been compacted",
+            MvccError::FutureRev => "mvcc: required revision is a future revision",
+            MvccError::KeyNotFound => "etcdserver: key not found",
+            MvccError::EmptyKey => "etcdserver: key is not provided",
+            MvccError::ValueProvided => "etcdserver: value is provided",
+            MvccError::LeaseProvided => "etcdserver: lease is provided",
+            MvccError::DuplicateKey => "etcdserver: duplicate key given in txn request",
+            MvccError::TooManyOps => "etcdserver: too many operations in txn request",
+        })
+    }
+}
+
+impl std::error::Error for MvccError {}
+
+/// The order of a range's results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortOrder {
+    /// Key order; but with a target other than [`SortTarget::Key`] it means ascending.
+    #[default]
+    None,
+    Ascend,
+    Descend,
+}
+
+/// What a range sorts by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SortTarget {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+/// etcd's `RangeRequest`. `range_end`: empty = the one key `key`; `"\0"` = every key from
+/// `key` on; otherwise the keys in `[key, range_end)`. Revisions and limits <= 0 mean "none".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeRequest {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    pub limit: i64,
+    pub revision: Revision,
+    pub sort_order: SortOrder,
+    pub sort_target: SortTarget,
+    /// Accepted and ignored: the model has one copy, so every read is linearizable.
+    pub serializable: bool,
+    pub keys_only: bool,
+    pub count_only: bool,
+    pub min_mod_revision: Revision,
+    pub max_mod_revision: Revision,
+    pub min_create_revision: Revision,
+    pub max_create_revision: Revision,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeResponse {
+    /// The store's revision seen by the read (etcd's header.revision), not the one read at.
+    pub revision: Revision,
+    pub kvs: Vec<KeyValue>,
+    /// More keys matched than `limit` let through.
+    pub more: bool,
+    /// How many keys are in the range at the revision read, regardless of `limit` and of the
+    /// min/max revision filters (etcd counts before it filters).
+    pub count: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutRequest {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub lease: i64,
+    pub prev_kv: bool,
+    pub ignore_value: bool,
+    pub ignore_lease: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PutResponse {
+    pub revision: Revision,
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeRequest {
+    pub key: Vec<u8>,
+    /// As in [`RangeRequest::range_end`].
+    pub range_end: Vec<u8>,
+    pub prev_kv: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRangeResponse {
+    pub revision: Revision,
+    pub deleted: i64,
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+/// What a compare looks at, with the operand to compare it against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareTarget {
+    Value(Vec<u8>),
+    Version(i64),
+    Create(Revision),
+    Mod(Revision),
+    Lease(i64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CompareResult {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+/// etcd's `Compare`: true when `<field of each key in range> <result> <operand>` holds for every
+/// key in the range. On a range with no keys a value compare is false and the others compare
+/// 0 (version, create, mod and lease of a missing key) against the operand.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    /// As in [`RangeRequest::range_end`].
+    pub range_end: Vec<u8>,
+    pub result: CompareResult,
+    pub target: CompareTarget,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RequestOp {
+    Range(RangeRequest),
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnRequest {
+    pub compare: Vec<Compare>,
+    pub success: Vec<RequestOp>,
+    pub failure: Vec<RequestOp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResponseOp {
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnResponse {
+    /// The store's revision after the txn (for a nested txn: as seen after its ops).
+    pub revision: Revision,
+    pub succeeded: bool,
+    pub responses: Vec<ResponseOp>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactResponse {
+    pub revision: Revision,
+}
