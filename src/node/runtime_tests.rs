@@ -113,7 +113,7 @@ fn state_at(index: Index, term: Term) -> KvStore {
 
 fn newer_format() -> Bytes {
     let mut data = state_at(10, TERM).snapshot_data().to_vec();
-    data[4..8].copy_from_slice(&4u32.to_le_bytes());
+    data[4..8].copy_from_slice(&5u32.to_le_bytes());
     Bytes::from(data)
 }
 
@@ -133,7 +133,7 @@ fn an_uninstallable_snapshot_stops_the_state_machine_and_nothing_after_it_applie
     let errors = m.errors();
     assert!(
         errors.iter().any(|e| e.starts_with("state machine: stopped at index 3")
-            && e.contains("snapshot format 4 is newer than this version reads (3)")),
+            && e.contains("snapshot format 5 is newer than this version reads (4)")),
         "{errors:?}"
     );
     // The core counts the snapshot as applied; what readers see is what the state machine holds.

@@ -584,18 +584,18 @@ mod tests {
     #[test]
     fn revisions_and_versions_follow_put_put_delete_recreate() {
         let mut kv = Applier::new();
-        assert_eq!(kv.put("a", "1", None), ApplyResult::Put { revision: 1 });
-        assert_eq!(kv.put("b", "x", None), ApplyResult::Put { revision: 2 });
-        assert_eq!(kv.put("a", "2", None), ApplyResult::Put { revision: 3 });
+        assert_eq!(kv.put("a", "1", None), ApplyResult::Put { revision: 2 });
+        assert_eq!(kv.put("b", "x", None), ApplyResult::Put { revision: 3 });
+        assert_eq!(kv.put("a", "2", None), ApplyResult::Put { revision: 4 });
         let a = kv.store.get("a").expect("a exists");
-        assert_eq!((a.value.as_ref(), a.create_revision, a.mod_revision, a.version), (&b"2"[..], 1, 3, 2));
+        assert_eq!((a.value.as_ref(), a.create_revision, a.mod_revision, a.version), (&b"2"[..], 2, 4, 2));
 
-        assert_eq!(kv.delete("a", None), ApplyResult::Deleted { revision: 4, deleted: 1 });
+        assert_eq!(kv.delete("a", None), ApplyResult::Deleted { revision: 5, deleted: 1 });
         assert_eq!(kv.store.get("a"), None);
-        assert_eq!(kv.put("a", "3", None), ApplyResult::Put { revision: 5 });
+        assert_eq!(kv.put("a", "3", None), ApplyResult::Put { revision: 6 });
         let a = kv.store.get("a").expect("a recreated");
-        assert_eq!((a.create_revision, a.mod_revision, a.version), (5, 5, 1), "a new life starts over");
-        assert_eq!(kv.store.revision(), 5);
+        assert_eq!((a.create_revision, a.mod_revision, a.version), (6, 6, 1), "a new life starts over");
+        assert_eq!(kv.store.revision(), 6, "an empty store is at revision 1, as etcd's");
         assert_eq!(kv.store.applied_index(), 5);
         assert_eq!(kv.store.len(), 2);
     }
@@ -604,8 +604,8 @@ mod tests {
     fn deleting_an_absent_key_does_not_move_the_revision() {
         let mut kv = Applier::new();
         kv.put("a", "1", None);
-        assert_eq!(kv.delete("missing", None), ApplyResult::Deleted { revision: 1, deleted: 0 });
-        assert_eq!(kv.store.revision(), 1);
+        assert_eq!(kv.delete("missing", None), ApplyResult::Deleted { revision: 2, deleted: 0 });
+        assert_eq!(kv.store.revision(), 2);
         assert_eq!(kv.store.applied_index(), 2, "the entry is applied all the same");
     }
 
@@ -613,20 +613,20 @@ mod tests {
     fn compare_and_swap_applies_on_match_and_changes_nothing_on_mismatch() {
         let mut kv = Applier::new();
         // Some(0): only if absent.
-        assert_eq!(kv.put("k", "v1", Some(0)), ApplyResult::Put { revision: 1 });
+        assert_eq!(kv.put("k", "v1", Some(0)), ApplyResult::Put { revision: 2 });
         let before = kv.store.clone();
-        assert_eq!(kv.put("k", "v2", Some(0)), ApplyResult::CompareFailed { current: 1 });
-        assert_eq!(kv.put("k", "v2", Some(7)), ApplyResult::CompareFailed { current: 1 });
-        assert_eq!(kv.delete("k", Some(9)), ApplyResult::CompareFailed { current: 1 });
-        assert_eq!(kv.put("absent", "v", Some(1)), ApplyResult::CompareFailed { current: 0 });
+        assert_eq!(kv.put("k", "v2", Some(0)), ApplyResult::CompareFailed { current: 2 });
+        assert_eq!(kv.put("k", "v2", Some(7)), ApplyResult::CompareFailed { current: 2 });
+        assert_eq!(kv.delete("k", Some(9)), ApplyResult::CompareFailed { current: 2 });
+        assert_eq!(kv.put("absent", "v", Some(2)), ApplyResult::CompareFailed { current: 0 });
         assert_eq!(kv.store.revision(), before.revision());
         assert_eq!(kv.store.get("k"), before.get("k"));
         assert_eq!(kv.store.get("absent"), None);
 
-        assert_eq!(kv.put("k", "v2", Some(1)), ApplyResult::Put { revision: 2 });
+        assert_eq!(kv.put("k", "v2", Some(2)), ApplyResult::Put { revision: 3 });
         assert_eq!(kv.store.get("k").map(|kv| kv.value), Some(Bytes::from_static(b"v2")));
-        assert_eq!(kv.delete("k", Some(2)), ApplyResult::Deleted { revision: 3, deleted: 1 });
-        assert_eq!(kv.delete("k", Some(0)), ApplyResult::Deleted { revision: 3, deleted: 0 });
+        assert_eq!(kv.delete("k", Some(3)), ApplyResult::Deleted { revision: 4, deleted: 1 });
+        assert_eq!(kv.delete("k", Some(0)), ApplyResult::Deleted { revision: 4, deleted: 0 });
     }
 
     #[test]
@@ -668,7 +668,7 @@ mod tests {
         let (unnamed, voter) = kv.store.member(3).expect("member 3 recorded");
         assert_eq!((unnamed.id, unnamed.name.as_str(), unnamed.peer_url.as_str(), voter), (3, "", "", false));
         assert_eq!(kv.store.members().iter().map(|(m, _)| m.id).collect::<Vec<_>>(), [2, 3]);
-        assert_eq!(kv.store.revision(), 0, "membership changes are not key writes");
+        assert_eq!(kv.store.revision(), 1, "membership changes are not key writes");
         assert_eq!(kv.store.applied_index(), 5);
     }
 
@@ -727,9 +727,10 @@ mod tests {
         };
         let mut wrong_format = valid.to_vec();
         wrong_format[4] = 9;
-        // The first field after the header is `applied`; then `revision`; then the map length,
-        // each a varint (one byte each here), replaced by one that claims u64::MAX keys.
-        assert_eq!(&valid[8..11], &[1, 1, 1], "applied 1, revision 1, one key");
+        // The first field after the header is `applied`; then `applied_term`; then the length of
+        // the key history map, each a varint (one byte each here), replaced by one that claims
+        // u64::MAX keys.
+        assert_eq!(&valid[8..11], &[1, 1, 1], "applied 1, term 1, one key");
         let mut huge_length = valid[..10].to_vec();
         huge_length.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
         huge_length.extend_from_slice(&valid[11..]);
@@ -803,12 +804,39 @@ mod tests {
         legacy_snapshot(store, 1)
     }
 
+    /// `store` as a snapshot of an earlier format leaves it: the same keys at the same
+    /// revision, with no history before it (compacted at its revision).
+    fn without_history(store: &KvStore) -> KvStore {
+        let mut carried = store.clone();
+        let (kvs, _) = store.list("", usize::MAX);
+        let latest = kvs
+            .into_iter()
+            .map(|kv| mvcc::KeyValue {
+                key: kv.key.into_bytes(),
+                create_revision: revision_i64(kv.create_revision),
+                mod_revision: revision_i64(kv.mod_revision),
+                version: revision_i64(kv.version),
+                value: kv.value.to_vec(),
+                lease: 0,
+            })
+            .collect();
+        carried.mvcc = Model::from_latest(latest, store.mvcc.revision()).expect("consistent");
+        carried
+    }
+
     #[test]
     fn a_format_2_snapshot_of_release_0_1_0_is_still_read() {
         let store = applied_store(4);
         let old = legacy_snapshot(&store, 2);
-        assert_eq!(KvStore::restore(&old).expect("format 2 reads"), store);
-        assert_eq!(KvStore::restore_snapshot(&raft_snapshot(3, 4, Bytes::from(old.clone()))).expect("install"), store);
+        let expected = without_history(&store);
+        let restored = KvStore::restore(&old).expect("format 2 reads");
+        assert_eq!(restored, expected);
+        assert_eq!(restored.compacted_revision(), 4, "no history before the snapshot's revision");
+        let past = RangeRequest { key: b"k1".to_vec(), revision: 3, ..RangeRequest::default() };
+        assert_eq!(restored.range(&past), Err(MvccError::Compacted));
+        assert_eq!(restored.get("k1"), store.get("k1"));
+        let installed = KvStore::restore_snapshot(&raft_snapshot(3, 4, Bytes::from(old.clone()))).expect("install");
+        assert_eq!(installed, expected);
         // Damaged: every cut of the body is refused, never a panic.
         for cut in SNAPSHOT_HEADER_BYTES..old.len() {
             assert!(KvStore::restore(&old[..cut]).is_err(), "cut at {cut}");
@@ -820,7 +848,7 @@ mod tests {
         let store = applied_store(4);
         assert_eq!((store.applied_index(), store.applied_term()), (3, 4));
         let data = store.snapshot_data();
-        assert_eq!(&data[4..8], &3u32.to_le_bytes(), "snapshots are written in format 3");
+        assert_eq!(&data[4..8], &4u32.to_le_bytes(), "snapshots are written in format 4");
         let restored = KvStore::restore(&data).expect("restore");
         assert_eq!(restored, store);
         assert_eq!(restored.applied_term(), 4);
@@ -832,11 +860,11 @@ mod tests {
         let old = format_1(&store);
         let restored = KvStore::restore(&old).expect("format 1 reads");
         assert_eq!(restored.applied_term(), 0, "format 1 does not record the term");
-        assert_eq!((restored.applied_index(), restored.revision(), restored.len()), (3, 3, 3));
+        assert_eq!((restored.applied_index(), restored.revision(), restored.len()), (3, 4, 3));
         assert_eq!(restored.get("k2"), store.get("k2"));
 
         let installed = KvStore::restore_snapshot(&raft_snapshot(3, 4, Bytes::from(old.clone()))).expect("install");
-        assert_eq!(installed, store, "the term comes from the snapshot's metadata");
+        assert_eq!(installed, without_history(&store), "the term comes from the snapshot's metadata");
         // Format 1 cannot contradict the term, but it can the index.
         let wrong_index = KvStore::restore_snapshot(&raft_snapshot(5, 4, Bytes::from(old)));
         assert!(matches!(wrong_index, Err(StoreError::BadSnapshot(m)) if m.contains("applied index 3")));
@@ -861,14 +889,14 @@ mod tests {
     #[test]
     fn a_newer_snapshot_format_is_refused_naming_both_versions() {
         let mut newer = applied_store(1).snapshot_data().to_vec();
-        newer[4..8].copy_from_slice(&4u32.to_le_bytes());
-        let error = KvStore::restore(&newer).expect_err("format 4 is refused");
+        newer[4..8].copy_from_slice(&5u32.to_le_bytes());
+        let error = KvStore::restore(&newer).expect_err("format 5 is refused");
         let text = error.to_string();
-        assert!(text.contains("snapshot format 4 is newer than this version reads (3): upgrade"), "{text}");
+        assert!(text.contains("snapshot format 5 is newer than this version reads (4): upgrade"), "{text}");
         let mut zero = newer.clone();
         zero[4..8].copy_from_slice(&0u32.to_le_bytes());
         let text = KvStore::restore(&zero).expect_err("format 0 is refused").to_string();
-        assert!(text.contains("snapshot format 0 is not one this version reads (1 to 3)"), "{text}");
+        assert!(text.contains("snapshot format 0 is not one this version reads (1 to 4)"), "{text}");
     }
 
     #[test]
@@ -885,7 +913,7 @@ mod tests {
         };
         assert_eq!(kv.store.apply(&put(2)), None, "a gap");
         assert_eq!(kv.store, KvStore::new());
-        assert_eq!(kv.store.apply(&put(1)), Some(ApplyResult::Put { revision: 1 }));
+        assert_eq!(kv.store.apply(&put(1)), Some(ApplyResult::Put { revision: 2 }));
         let before = kv.store.clone();
         assert_eq!(kv.store.apply(&put(1)), None, "applied twice");
         assert_eq!(kv.store, before);
@@ -896,8 +924,8 @@ mod tests {
         let mut kv = Applier::new();
         assert_eq!(kv.next(EntryPayload::Command(Bytes::from_static(b"\x07\x00\x00\x00junk"))), None);
         assert_eq!(kv.next(EntryPayload::Noop), None);
-        assert_eq!((kv.store.applied_index(), kv.store.revision(), kv.store.len()), (2, 0, 0));
+        assert_eq!((kv.store.applied_index(), kv.store.revision(), kv.store.len()), (2, 1, 0));
         assert!(kv.store.is_empty());
-        assert_eq!(kv.put("a", "1", None), ApplyResult::Put { revision: 1 });
+        assert_eq!(kv.put("a", "1", None), ApplyResult::Put { revision: 2 });
     }
 }
