@@ -4,6 +4,7 @@
 //! `raft` and `store`; it starts no process and serves no client: `crate::process` assembles
 //! a member and `crate::api` serves clients through [`NodeHandle`], the face listed here.
 
+pub mod compactor;
 pub mod handle;
 pub mod join;
 pub mod runtime;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use crate::base::logging::LogFormat;
+use crate::node::compactor::CompactionMode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ClusterState {
@@ -52,6 +53,15 @@ pub struct NodeArgs {
     /// Take a snapshot and compact the log after this many applied entries.
     #[arg(long, env = "KUBERAFT_SNAPSHOT_THRESHOLD", default_value_t = 10_000)]
     pub snapshot_threshold: u64,
+    /// etcd's `--auto-compaction-mode`: `periodic` keeps a time span of history, `revision` a
+    /// number of revisions (see `--auto-compaction-retention`).
+    #[arg(long, env = "KUBERAFT_AUTO_COMPACTION_MODE", value_enum, default_value = "periodic")]
+    pub auto_compaction_mode: CompactionMode,
+    /// etcd's `--auto-compaction-retention`: a duration (`30m`, `1h`) or a number of hours for
+    /// `periodic`, a number of revisions for `revision`; `0` keeps all history. The default keeps
+    /// one hour (etcd's default, 0, keeps everything).
+    #[arg(long, env = "KUBERAFT_AUTO_COMPACTION_RETENTION", default_value = "1h")]
+    pub auto_compaction_retention: String,
     #[arg(long, env = "KUBERAFT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// A tracing filter, e.g. `info` or `kuberaft=debug`.

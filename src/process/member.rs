@@ -19,6 +19,7 @@ use crate::base::logging::init_logging;
 use crate::base::signal::wait_for_signal;
 use crate::http::client::{Dial, HttpClient};
 use crate::http::serve::{serve, PortStats, CLIENT_PORT, PEER_PORT};
+use crate::node::compactor::{self, Retention};
 use crate::node::join::Joiner;
 use crate::node::join::PeerView;
 use crate::node::runtime::{RaftLoop, INPUT_QUEUE, TICK_MS};
@@ -88,6 +89,8 @@ struct Flags {
     /// The member's own peer address, which it dials its peers from (so that network rules on
     /// member addresses cut both directions).
     dial_from: Option<IpAddr>,
+    /// What automatic compaction keeps of the key history.
+    retention: Retention,
 }
 
 impl Flags {
@@ -101,7 +104,10 @@ impl Flags {
         if args.max_value_bytes == 0 {
             return Err(StartError::from("--max-value-bytes must be at least 1"));
         }
+        let retention =
+            Retention::parse(args.auto_compaction_mode, &args.auto_compaction_retention).map_err(StartError::from)?;
         Ok(Flags {
+            retention,
             client_addr,
             peer_addr,
             advertise_client_url: args.advertise_client_url.trim_end_matches('/').to_string(),
@@ -340,6 +346,7 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
         peer_stats,
         stop_rx,
     ));
+    let compactor = tokio::spawn(compactor::run(node.clone(), flags.retention));
     let mut data_lost = shared.data_lost.subscribe();
     let lost = tokio::select! {
         _ = wait_for_signal() => None,
@@ -349,6 +356,7 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
         tracing::info!("stopping: handing off leadership if leading");
         node.shutdown().await;
     }
+    compactor.abort();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), client_server).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), peer_server).await;

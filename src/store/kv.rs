@@ -268,6 +268,11 @@ impl KvStore {
         revision_u64(self.mvcc.revision())
     }
 
+    /// The store's current revision as etcd's API carries it.
+    pub fn current_revision(&self) -> Revision {
+        self.mvcc.revision()
+    }
+
     /// The revision of the last compaction, -1 if none.
     pub fn compacted_revision(&self) -> Revision {
         self.mvcc.compacted_revision()
