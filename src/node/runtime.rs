@@ -14,8 +14,8 @@ use tokio::sync::oneshot;
 
 use super::shared::{read, write, LoopStatus, Shared};
 use crate::raft::{
-    ConfChange, ConfChangeKind, EntryPayload, Index, Message, NodeId, ProposeError, RawNode, Ready, Role, Snapshot,
-    Term,
+    ConfChange, ConfChangeKind, Entry, EntryPayload, Index, Message, NodeId, ProposeError, RawNode, Ready, Role,
+    Snapshot, Term,
 };
 use crate::store::command::{decode, encode, ApplyResult, Command, MemberInfo};
 use crate::store::mvcc::MvccError;
@@ -428,7 +428,32 @@ impl RaftLoop {
         if let Some(snapshot) = &rd.snapshot {
             self.install(snapshot);
         }
-        for entry in &rd.committed_entries {
+        self.apply_committed(&rd.committed_entries);
+        for rs in &rd.read_states {
+            if let Some(reply) = self.reads.remove(&rs.ctx) {
+                let _ = reply.send(Ok(rs.index));
+            }
+        }
+        for ctx in &rd.aborted_reads {
+            if let Some(reply) = self.reads.remove(ctx) {
+                let _ = reply.send(Err(NodeError::Unavailable("leadership changed during the read; retry".into())));
+            }
+        }
+        self.raw.advance();
+        if self.raw.raft.role() != Role::Leader && !self.reads.is_empty() {
+            // Reads registered on a leader that lost office without an abort notice.
+            for (_, reply) in std::mem::take(&mut self.reads) {
+                let _ = reply.send(Err(NodeError::Unavailable("not the leader any more; retry".into())));
+            }
+        }
+    }
+
+    /// Applies committed entries to the state machine as one batch, then answers their
+    /// proposals. An answer goes out only once the batch is committed, so that a client that saw
+    /// its write acknowledged reads it back from this member.
+    fn apply_committed(&mut self, entries: &[Entry]) {
+        let mut answers: Vec<(PendingProposal, Term, Option<ApplyResult>)> = Vec::new();
+        for entry in entries {
             if self.halted.is_some() {
                 break;
             }
@@ -436,16 +461,20 @@ impl RaftLoop {
             let result = {
                 let mut kv = write(&self.shared.kv);
                 let applied = kv.applied_index();
-                // `apply` would refuse an entry out of step with a warning; skipping it and
-                // going on would publish state that is missing entries.
-                if applied.checked_add(1) == Some(entry.index) {
-                    Ok(kv.apply(entry))
+                // The state machine keeps its own durable state and may have applied entries of
+                // the log before a restart; those are skipped. A gap is not: skipping it and going
+                // on would publish state that is missing entries.
+                if entry.index <= applied {
+                    Ok(None)
+                } else if applied.checked_add(1) == Some(entry.index) {
+                    Ok(Some(kv.apply(entry)))
                 } else {
                     Err(applied)
                 }
             };
             let result = match result {
-                Ok(result) => result,
+                Ok(Some(result)) => result,
+                Ok(None) => continue,
                 Err(applied) => {
                     self.halt(format!(
                         "the log hands out entry {} to apply, but the state machine applied up to {applied}",
@@ -455,29 +484,7 @@ impl RaftLoop {
                 }
             };
             if let Some(pending) = self.proposals.remove(&entry.index) {
-                let ours = pending.term == entry.term;
-                if let Some(reply) = pending.reply {
-                    let outcome = match (ours, result.clone()) {
-                        (true, Some(r)) => Ok(r),
-                        (true, None) => Err(NodeError::OutcomeUnknown("the command could not be applied".into())),
-                        (false, _) => Err(NodeError::Unavailable("the proposal was superseded by a new leader".into())),
-                    };
-                    let counter = if outcome.is_ok() {
-                        &self.shared.metrics.proposals_committed
-                    } else {
-                        &self.shared.metrics.proposals_failed
-                    };
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let _ = reply.send(outcome);
-                }
-                if let Some(reply) = pending.conf_reply {
-                    let outcome = if ours {
-                        Ok(())
-                    } else {
-                        Err(NodeError::Unavailable("the change was superseded by a new leader".into()))
-                    };
-                    let _ = reply.send(outcome);
-                }
+                answers.push((pending, entry.term, result));
             }
             // Proposals below the applied index that never matched were overwritten.
             while let Some((&index, _)) = self.proposals.first_key_value() {
@@ -494,21 +501,36 @@ impl RaftLoop {
                 }
             }
         }
-        for rs in &rd.read_states {
-            if let Some(reply) = self.reads.remove(&rs.ctx) {
-                let _ = reply.send(Ok(rs.index));
-            }
+        let flushed = write(&self.shared.kv).flush();
+        if let Err(e) = &flushed {
+            self.halt(format!("cannot commit applied entries to the state machine: {e}"));
         }
-        for ctx in &rd.aborted_reads {
-            if let Some(reply) = self.reads.remove(ctx) {
-                let _ = reply.send(Err(NodeError::Unavailable("leadership changed during the read; retry".into())));
+        for (pending, term, result) in answers {
+            let ours = pending.term == term;
+            if let Some(reply) = pending.reply {
+                let outcome = match (ours, result, &flushed) {
+                    (_, _, Err(e)) => Err(NodeError::OutcomeUnknown(format!("the state machine failed: {e}"))),
+                    (true, Some(r), Ok(())) => Ok(r),
+                    (true, None, Ok(())) => Err(NodeError::OutcomeUnknown("the command could not be applied".into())),
+                    (false, _, Ok(())) => {
+                        Err(NodeError::Unavailable("the proposal was superseded by a new leader".into()))
+                    }
+                };
+                let counter = if outcome.is_ok() {
+                    &self.shared.metrics.proposals_committed
+                } else {
+                    &self.shared.metrics.proposals_failed
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = reply.send(outcome);
             }
-        }
-        self.raw.advance();
-        if self.raw.raft.role() != Role::Leader && !self.reads.is_empty() {
-            // Reads registered on a leader that lost office without an abort notice.
-            for (_, reply) in std::mem::take(&mut self.reads) {
-                let _ = reply.send(Err(NodeError::Unavailable("not the leader any more; retry".into())));
+            if let Some(reply) = pending.conf_reply {
+                let outcome = if ours {
+                    Ok(())
+                } else {
+                    Err(NodeError::Unavailable("the change was superseded by a new leader".into()))
+                };
+                let _ = reply.send(outcome);
             }
         }
     }

@@ -231,3 +231,17 @@ fn an_entry_out_of_step_with_the_state_machine_stops_it_instead_of_being_skipped
     // The bootstrap entries were snapshotted (a threshold of 1); nothing after them.
     assert_eq!(m.lp.raw.raft.log().base().index, 3, "no snapshot of an out-of-step state");
 }
+
+#[test]
+fn entries_the_state_machine_applied_before_a_restart_are_skipped_not_applied_twice() {
+    let mut m = member();
+    // A state machine that is durable on its own may come back ahead of the log: here it
+    // applied 1..=5 (puts of "5" last) while the log hands out 4 and 5 again, then 6.
+    *write(&m.lp.shared.kv) = state_at(5, 1);
+    let revision = m.lp.shared.kv.read().unwrap().revision();
+    m.append(4, 6, 1);
+    assert_eq!(m.errors(), Vec::<String>::new(), "no halt");
+    assert_eq!(m.lp.shared.status().applied_index, 6);
+    assert_eq!(m.value("key"), Some(Bytes::from("6")));
+    assert_eq!(m.lp.shared.kv.read().unwrap().revision(), revision + 1, "4 and 5 were not applied twice");
+}
