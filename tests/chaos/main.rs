@@ -7,7 +7,15 @@
 //! with exit code 3, or wait and never serve; then it is replaced as the operator does). Every
 //! operation is recorded with its call and return time; at the end the history is checked for
 //! linearizability per key (an operation whose outcome is unknown may or may not have
-//! happened). A report lists the operations, the outcomes, the time to recover after each
+//! happened).
+//!
+//! Beside them, bank clients move money between accounts with multi-key txns (issue 13): each
+//! reads every account at one revision (a range), then sends a txn that compares both accounts'
+//! mod revisions with what it read and puts both new balances. Every read of the accounts must
+//! hold the opening total (a txn applied or seen in part shows at once), and each account's
+//! history is checked as a register with the rest: a transfer is a compare-and-swap of each of
+//! its two accounts with one outcome. Every stored balance carries a tag unique to its write,
+//! so that comparing values means what the txn's compare on mod revisions means. A report lists the operations, the outcomes, the time to recover after each
 //! fault, how many faults of each kind were carried out, and the verdict.
 //!
 //! Every run starts with each fault kind once, in turn; CI runs just that short pass, and
@@ -36,6 +44,13 @@ type Op = Operation<RegisterInput<u8>, RegisterOutput>;
 
 const KEYS: u8 = 3;
 const CLIENTS: usize = 4;
+/// The bank: accounts `acct/0..ACCOUNTS` whose balances multi-key txns move around, by
+/// `BANK_CLIENTS` clients of their own. In the per-key history an account is register
+/// `ACCOUNT_BASE + i`.
+const ACCOUNTS: u8 = 3;
+const ACCOUNT_BASE: u8 = 100;
+const BANK_CLIENTS: usize = 2;
+const OPENING_BALANCE: u64 = 1000;
 const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 const CHECK_BUDGET: u64 = 50_000_000;
 
@@ -61,6 +76,9 @@ struct Recorder {
     counts: Mutex<BTreeMap<String, u64>>,
     /// Each fault: what, when it began, when writes were acknowledged again.
     windows: Mutex<Vec<(String, u64, u64)>>,
+    /// What the bank's reads saw that no history allows (a total that changed, an account
+    /// missing): the run fails with these.
+    broken: Mutex<Vec<String>>,
 }
 
 impl Recorder {
@@ -70,6 +88,7 @@ impl Recorder {
             ops: Mutex::new(Vec::new()),
             counts: Mutex::new(BTreeMap::new()),
             windows: Mutex::new(Vec::new()),
+            broken: Mutex::new(Vec::new()),
         })
     }
     fn now(&self) -> u64 {
@@ -77,6 +96,9 @@ impl Recorder {
     }
     fn record(&self, op: Op) {
         self.ops.lock().unwrap_or_else(|e| e.into_inner()).push(op);
+    }
+    fn broken(&self, what: String) {
+        self.broken.lock().unwrap_or_else(|e| e.into_inner()).push(what);
     }
     fn count(&self, what: &str) {
         *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry(what.to_string()).or_default() += 1;
@@ -220,6 +242,152 @@ fn read(
         ret: Some(rec.now()),
     });
     Some((value, revision))
+}
+
+/// An account's stored value: the balance in the high 32 bits and a tag unique to the write in
+/// the low 32, so that no two writes store the same value. A compare on the value then means
+/// what the txn's compare on the mod revision means, and each account's history can be checked
+/// as a register.
+fn account_value(balance: u64, tag: u64) -> u64 {
+    (balance << 32) | (tag & 0xffff_ffff)
+}
+
+fn balance(value: u64) -> u64 {
+    value >> 32
+}
+
+/// Opens the bank: every account with `OPENING_BALANCE`, in one txn (recorded as writes).
+fn open_bank(url: &str, rec: &Recorder) {
+    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let puts: Vec<Value> = (0..ACCOUNTS)
+        .map(|i| json!({"requestPut": {"key": format!("acct/{i}"), "value": account_value(OPENING_BALANCE, i as u64).to_string()}}))
+        .collect();
+    for _ in 0..50 {
+        let call = rec.now();
+        if let Outcome::Status(200, _, _) = send(http.post(format!("{url}/v1/txn")).json(&json!({"success": puts}))) {
+            let ret = rec.now();
+            for i in 0..ACCOUNTS {
+                let input =
+                    RegisterInput::Write { key: ACCOUNT_BASE + i, value: account_value(OPENING_BALANCE, i as u64) };
+                rec.record(Op { client: 0, input, output: Some(RegisterOutput::Written), call, ret: Some(ret) });
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("cannot open the bank through {url}");
+}
+
+/// Every account at one revision (a linearizable range): (value, mod revision) per account,
+/// recorded as a read of each, and checked to hold the opening total.
+fn read_bank(http: &reqwest::blocking::Client, url: &str, rec: &Recorder, client: u64) -> Option<Vec<(u64, i64)>> {
+    let call = rec.now();
+    let outcome = send(http.post(format!("{url}/v1/range")).json(&json!({"key": "acct/", "prefix": true})));
+    let Outcome::Status(200, Some(body), _) = outcome else {
+        rec.count("bank read failed");
+        return None;
+    };
+    let ret = rec.now();
+    let answer: Value = serde_json::from_str(&body).ok()?;
+    let mut accounts = Vec::new();
+    for (i, kv) in answer["kvs"].as_array()?.iter().enumerate() {
+        let value = kv["value"].as_str().and_then(|v| v.parse::<u64>().ok());
+        match (kv["key"] == format!("acct/{i}"), value, kv["modRevision"].as_i64()) {
+            (true, Some(value), Some(revision)) => accounts.push((value, revision)),
+            _ => {
+                rec.broken(format!("a bank read saw an account it cannot have: {body}"));
+                return None;
+            }
+        }
+    }
+    let total: u64 = accounts.iter().map(|(v, _)| balance(*v)).sum();
+    // A txn applied in part, or seen in part, shows here at once.
+    if accounts.len() != ACCOUNTS as usize || total != OPENING_BALANCE * ACCOUNTS as u64 {
+        rec.broken(format!("a read of every account at one revision does not hold the opening total: {body}"));
+        return None;
+    }
+    rec.count("bank read ok");
+    for (i, (value, _)) in accounts.iter().enumerate() {
+        let input = RegisterInput::Read { key: ACCOUNT_BASE + i as u8 };
+        rec.record(Op { client, input, output: Some(RegisterOutput::Value(Some(*value))), call, ret: Some(ret) });
+    }
+    Some(accounts)
+}
+
+/// One bank client: reads every account, then moves money between two of them with a txn that
+/// compares both accounts' mod revisions with what it read and puts both new balances.
+fn bank_client(id: u64, urls: Vec<String>, rec: Arc<Recorder>, stop: Arc<AtomicBool>, seed: u64) {
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let mut rng = Rng::new(seed);
+    let mut tag = 0u64;
+    for _ in 0..1_000_000 {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let url = &urls[rng.range(0, urls.len() as u64) as usize];
+        if let Some(accounts) = read_bank(&http, url, &rec, id) {
+            let from = rng.range(0, ACCOUNTS as u64) as usize;
+            let to = (from + 1 + rng.range(0, ACCOUNTS as u64 - 1) as usize) % ACCOUNTS as usize;
+            let amount = rng.range(0, balance(accounts[from].0) + 1);
+            tag += 1;
+            let new_from = account_value(balance(accounts[from].0) - amount, (id << 24) | tag);
+            let new_to = account_value(balance(accounts[to].0) + amount, (id << 24) | tag);
+            transfer(&http, url, [(from, accounts[from], new_from), (to, accounts[to], new_to)], &rec, id);
+        }
+        std::thread::sleep(Duration::from_millis(rng.range(0, 10)));
+    }
+}
+
+/// The transfer txn; recorded as a compare-and-swap of each of the two accounts with the same
+/// outcome (both or neither).
+fn transfer(
+    http: &reqwest::blocking::Client,
+    url: &str,
+    legs: [(usize, (u64, i64), u64); 2],
+    rec: &Recorder,
+    client: u64,
+) {
+    let compare: Vec<Value> = legs
+        .iter()
+        .map(|(i, (_, rev), _)| json!({"key": format!("acct/{i}"), "target": "MOD", "result": "EQUAL", "modRevision": rev}))
+        .collect();
+    let success: Vec<Value> = legs
+        .iter()
+        .map(|(i, _, new)| json!({"requestPut": {"key": format!("acct/{i}"), "value": new.to_string()}}))
+        .collect();
+    let call = rec.now();
+    let outcome = send(http.post(format!("{url}/v1/txn")).json(&json!({"compare": compare, "success": success})));
+    let (output, ret) = match outcome {
+        Outcome::Status(200, Some(body), _) => {
+            let succeeded = serde_json::from_str::<Value>(&body).ok().and_then(|v| v["succeeded"].as_bool());
+            let Some(succeeded) = succeeded else {
+                rec.count("transfer answer unreadable");
+                return;
+            };
+            rec.count(if succeeded { "transfer ok" } else { "transfer refused" });
+            (Some(RegisterOutput::Swapped(succeeded)), Some(rec.now()))
+        }
+        Outcome::Status(504, _, _) | Outcome::Unknown => {
+            rec.count("transfer unknown");
+            (None, None)
+        }
+        Outcome::Status(code, _, _) => {
+            rec.count(&format!("transfer {code}"));
+            return;
+        }
+        Outcome::NotSent => {
+            rec.count("transfer not sent");
+            return;
+        }
+    };
+    for (i, (seen, _), new) in legs {
+        let input = RegisterInput::Cas { key: ACCOUNT_BASE + i as u8, expect: Some(seen), new };
+        rec.record(Op { client, input, output: output.clone(), call, ret });
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -551,12 +719,18 @@ fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
     let rec = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
     let urls: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
-    let clients: Vec<_> = (0..CLIENTS as u64)
+    open_bank(&urls[0], &rec);
+    let mut clients: Vec<_> = (0..CLIENTS as u64)
         .map(|id| {
             let (urls, rec, stop) = (urls.clone(), rec.clone(), stop.clone());
             std::thread::spawn(move || client(id + 1, urls, mode, rec, stop, 1000 + id))
         })
         .collect();
+    clients.extend((0..BANK_CLIENTS as u64).map(|id| {
+        let (urls, rec, stop) = (urls.clone(), rec.clone(), stop.clone());
+        let id = CLIENTS as u64 + id + 1;
+        std::thread::spawn(move || bank_client(id, urls, rec, stop, 2000 + id))
+    }));
     let started = Instant::now();
     let mut lines = Vec::new();
     while schedule(&mut c, &faults, &rec, &mut lines) {}
@@ -578,13 +752,20 @@ fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
     for key in 0..KEYS {
         let _ = read(&http, &c.members[final_leader].client_url(), key, ReadMode::Linearizable, &rec, 0);
     }
+    let _ = read_bank(&http, &c.members[final_leader].client_url(), &rec, 0);
     let ops = rec.ops.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let counts = rec.counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let checked = Instant::now();
-    let verdict = check_registers(&ops, CHECK_BUDGET);
+    let broken = rec.broken.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let verdict = if broken.is_empty() {
+        check_registers(&ops, CHECK_BUDGET)
+    } else {
+        Verdict::Violation { partition: "the bank's total".to_string(), operations: broken }
+    };
     let mut report = String::new();
     report.push_str(&format!(
-        "chaos run: {:.0} s, 5 members, {CLIENTS} clients, {KEYS} keys, reads {}\n",
+        "chaos run: {:.0} s, 5 members, {CLIENTS} clients on {KEYS} keys (reads {}), {BANK_CLIENTS} bank clients \
+         moving money between {ACCOUNTS} accounts with txns\n",
         started.elapsed().as_secs_f64(),
         mode.query()
     ));
