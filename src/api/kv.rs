@@ -63,7 +63,8 @@ fn node_error(api: &Api, e: NodeError) -> ApiError {
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("bad {what}: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("bad {what}: {e}")))
 }
 
 fn bad(message: impl Into<String>) -> ApiError {
@@ -425,12 +426,7 @@ fn txn_answer(t: mvcc::TxnResponse, budget: &mut Budget) -> (wire::TxnResponse, 
             }
         })
         .collect();
-    let answer = wire::TxnResponse {
-        header: inner_header(t.revision),
-        succeeded: t.succeeded,
-        responses,
-        truncated,
-    };
+    let answer = wire::TxnResponse { header: inner_header(t.revision), succeeded: t.succeeded, responses, truncated };
     (answer, truncated)
 }
 
@@ -517,7 +513,8 @@ pub(super) async fn get_key(
     if let Some(url) = read_point(&api, params.consistency, request.headers()).await? {
         return Ok(forward(&api, &url, Method::GET, &path_and_query(&request), Bytes::new(), true).await);
     }
-    let req = mvcc::RangeRequest { key: key.clone().into_bytes(), revision: params.rev, ..mvcc::RangeRequest::default() };
+    let req =
+        mvcc::RangeRequest { key: key.clone().into_bytes(), revision: params.rev, ..mvcc::RangeRequest::default() };
     let found = api.node.range(&req).map_err(|e| node_error(&api, e))?;
     let revision = found.revision;
     match found.kvs.into_iter().next() {

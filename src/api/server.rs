@@ -61,7 +61,8 @@ impl From<NodeError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let error = ErrorDetail { compact_revision: self.compact_revision, ..ErrorDetail::new(self.code, self.message) };
+        let error =
+            ErrorDetail { compact_revision: self.compact_revision, ..ErrorDetail::new(self.code, self.message) };
         let body = ErrorBody { error };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
@@ -365,11 +366,7 @@ async fn propose_or_forward(
 }
 
 /// Makes a read linearizable (ReadIndex on the leader) or returns where to forward it.
-pub(super) async fn read_point(
-    api: &Api,
-    consistency: Consistency,
-    headers: &HeaderMap,
-) -> ApiResult<Option<String>> {
+pub(super) async fn read_point(api: &Api, consistency: Consistency, headers: &HeaderMap) -> ApiResult<Option<String>> {
     if consistency == Consistency::Serializable {
         return Ok(None);
     }
@@ -685,7 +682,8 @@ mod tests {
 
         let ops = 10_000;
         let nested = wire::RequestOp::RequestTxn(wire::TxnRequest::default());
-        let request = serde_json::to_vec(&wire::TxnRequest { success: vec![nested; ops], ..Default::default() }).unwrap();
+        let request =
+            serde_json::to_vec(&wire::TxnRequest { success: vec![nested; ops], ..Default::default() }).unwrap();
         let empty = wire::TxnResponse {
             header: wire::ResponseHeader { revision: i64::MAX, ..Default::default() },
             ..Default::default()
@@ -697,7 +695,11 @@ mod tests {
             truncated: true,
         };
         let answer_len = serde_json::to_vec(&answer).unwrap().len();
-        assert!(answer_len <= 6 * request.len(), "{ops} nested txns: {} bytes asked, {answer_len} answered", request.len());
+        assert!(
+            answer_len <= 6 * request.len(),
+            "{ops} nested txns: {} bytes asked, {answer_len} answered",
+            request.len()
+        );
 
         let limit = leader_answer_limit(max_value_bytes);
         let txn_bound = 6 * max_txn_request_bytes(max_value_bytes);

@@ -10,9 +10,9 @@ pub mod kv;
 pub mod member;
 pub mod render;
 pub mod table;
-pub mod txn;
 #[cfg(test)]
 mod tests;
+pub mod txn;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -186,15 +186,20 @@ failure:
     assert_eq!(from_json, from_yaml);
     let unquoted = super::txn::parse_txn(&yaml.replace("\"10\"", "10").replace("\"5\"", "5")).expect("YAML");
     assert_eq!(unquoted, from_json, "plain scalars are strings where a string is expected");
-    assert_eq!((from_json.compare[0].target, from_json.compare[0].result), (CompareTarget::Value, CompareResult::Equal));
+    assert_eq!(
+        (from_json.compare[0].target, from_json.compare[0].result),
+        (CompareTarget::Value, CompareResult::Equal)
+    );
     assert!(matches!(&from_json.success[1], RequestOp::RequestTxn(t) if t.success.len() == 1));
     match super::txn::parse_txn(r#"{"succes": []}"#) {
         Err(CliError::Usage(message)) => assert!(message.contains("JSON") && message.contains("succes"), "{message}"),
         other => panic!("{other:?}"),
     }
-    match super::txn::parse_txn("success:
+    match super::txn::parse_txn(
+        "success:
   - requestPot: {key: a}
-") {
+",
+    ) {
         Err(CliError::Usage(message)) => assert!(message.contains("YAML"), "{message}"),
         other => panic!("{other:?}"),
     }
@@ -496,8 +501,12 @@ fn list_table_decodes_values_and_hides_binary() {
         mod_revision: 3,
         version: 1,
     };
-    let listed =
-        ListResponse { revision: 3, kvs: vec![item("a", b"hello"), item("b", &[0, 159, 146, 150])], more: false, count: None };
+    let listed = ListResponse {
+        revision: 3,
+        kvs: vec![item("a", b"hello"), item("b", &[0, 159, 146, 150])],
+        more: false,
+        count: None,
+    };
     let expected = "\
 KEY   VALUE       CREATE   MOD   VERSION
 a     hello       2        3     1

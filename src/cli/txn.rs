@@ -73,6 +73,7 @@ pub fn parse_txn(text: &str) -> Result<TxnRequest, CliError> {
     if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|err| CliError::Usage(format!("the txn is not valid JSON of a txn: {err}")))
     } else {
-        serde_saphyr::from_str(text).map_err(|err| CliError::Usage(format!("the txn is not valid YAML of a txn: {err}")))
+        serde_saphyr::from_str(text)
+            .map_err(|err| CliError::Usage(format!("the txn is not valid YAML of a txn: {err}")))
     }
 }

@@ -18,7 +18,9 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::base::wire::kv::{CompactionRequest, CompactionResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse};
+use crate::base::wire::kv::{
+    CompactionRequest, CompactionResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
 use crate::base::wire::{
     format_id, AddMemberRequest, AddMemberResponse, DeleteResponse, ErrorBody, ListResponse, MembersResponse,
     PutResponse, Status, TransferRequest, TransferResponse, HEADER_CREATE_REVISION, HEADER_MOD_REVISION,

@@ -43,12 +43,14 @@ fn a_range_with_two_ends_a_long_key_or_bad_base64_is_refused() {
             .unwrap_err();
     assert_eq!((status, code), (StatusCode::BAD_REQUEST, "bad_request"));
     assert!(message.contains("at most one of"), "{message}");
-    assert!(range_of(wire::RangeRequest { key: text("a"), prefix: true, from_key: true, ..Default::default() })
-        .is_err());
+    assert!(
+        range_of(wire::RangeRequest { key: text("a"), prefix: true, from_key: true, ..Default::default() }).is_err()
+    );
     let long = "k".repeat(MAX_KEY_BYTES + 1);
     let (status, code, _) = range_of(wire::RangeRequest { key: Some(long), ..Default::default() }).unwrap_err();
     assert_eq!((status, code), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
-    let (status, _, message) = range_of(wire::RangeRequest { key_base64: text("???"), ..Default::default() }).unwrap_err();
+    let (status, _, message) =
+        range_of(wire::RangeRequest { key_base64: text("???"), ..Default::default() }).unwrap_err();
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(message.contains("keyBase64"), "{message}");
 }
@@ -207,7 +209,10 @@ fn every_store_error_has_its_own_code() {
     assert_eq!(codes.len(), all.len());
     assert_eq!(mvcc_code(MvccError::Compacted), "compacted");
     let e: ApiError = NodeError::Mvcc(MvccError::DuplicateKey).into();
-    assert_eq!((e.status, e.code, e.message.as_str()), (StatusCode::BAD_REQUEST, "duplicate_key", "etcdserver: duplicate key given in txn request"));
+    assert_eq!(
+        (e.status, e.code, e.message.as_str()),
+        (StatusCode::BAD_REQUEST, "duplicate_key", "etcdserver: duplicate key given in txn request")
+    );
 }
 
 fn kv(key: &str, value_len: usize) -> mvcc::KeyValue {
@@ -298,7 +303,8 @@ fn a_range_answer_ends_once_its_values_pass_the_page_bytes() {
     let (answer, cut) = range_answer(found, &mut Budget::new());
     assert!(cut);
     assert_eq!((answer.kvs.len(), answer.more, answer.count), (3, true, 5));
-    let one_huge = mvcc::RangeResponse { revision: 9, kvs: vec![kv("k", MAX_LIST_PAGE_BYTES * 2)], more: false, count: 1 };
+    let one_huge =
+        mvcc::RangeResponse { revision: 9, kvs: vec![kv("k", MAX_LIST_PAGE_BYTES * 2)], more: false, count: 1 };
     let (answer, cut) = range_answer(one_huge, &mut Budget::new());
     assert_eq!((answer.kvs.len(), answer.more, cut), (1, false, false), "a page always holds one key");
 }
@@ -313,21 +319,34 @@ fn list_params(query: &str) -> ListParams {
 fn a_list_query_becomes_a_range() {
     let r = list_request(&list_params("prefix=a%2F&startAfter=a%2Fb"), 10);
     assert_eq!((r.key, r.range_end, r.limit), (b"a/b\0".to_vec(), b"a0".to_vec(), 10));
-    assert_eq!((r.sort_order, r.sort_target, r.revision, r.keys_only), (mvcc::SortOrder::None, mvcc::SortTarget::Key, 0, false));
+    assert_eq!(
+        (r.sort_order, r.sort_target, r.revision, r.keys_only),
+        (mvcc::SortOrder::None, mvcc::SortTarget::Key, 0, false)
+    );
     let r = list_request(&list_params("prefix=k&fromKey=true&keysOnly=true&rev=4"), 10);
     assert_eq!((r.key, r.range_end, r.revision, r.keys_only), (b"k".to_vec(), vec![0], 4, true));
     let r = list_request(&list_params("sortBy=mod"), 10);
     assert_eq!((r.key, r.range_end), (vec![0], vec![0]), "no prefix: every key");
-    assert_eq!((r.sort_order, r.sort_target), (mvcc::SortOrder::Ascend, mvcc::SortTarget::Mod), "ascending unless told");
+    assert_eq!(
+        (r.sort_order, r.sort_target),
+        (mvcc::SortOrder::Ascend, mvcc::SortTarget::Mod),
+        "ascending unless told"
+    );
     let r = list_request(&list_params("sort_by=VERSION&sort_order=descend&from_key=true&keys_only=true"), 10);
-    assert_eq!((r.sort_order, r.sort_target, r.range_end), (mvcc::SortOrder::Descend, mvcc::SortTarget::Version, vec![0]));
+    assert_eq!(
+        (r.sort_order, r.sort_target, r.range_end),
+        (mvcc::SortOrder::Descend, mvcc::SortTarget::Version, vec![0])
+    );
     assert!(Query::<ListParams>::try_from_uri(&"http://x/v1/kv?sortBy=size".parse().unwrap()).is_err());
 }
 
 #[test]
 fn a_list_item_keeps_a_binary_key_exact_in_base64() {
     let item = list_item(mvcc::KeyValue { key: vec![b'a', 0xff], value: vec![1, 2], ..kv("", 0) });
-    assert_eq!((item.key.as_str(), item.key_base64.as_deref(), item.value.as_str()), ("a\u{fffd}", Some("Yf8="), "AQI="));
+    assert_eq!(
+        (item.key.as_str(), item.key_base64.as_deref(), item.value.as_str()),
+        ("a\u{fffd}", Some("Yf8="), "AQI=")
+    );
     let item = list_item(kv("plain", 0));
     assert_eq!((item.key.as_str(), item.key_base64), ("plain", None));
 }

@@ -43,7 +43,8 @@ fn a_range_request_reads_etcds_field_names_in_camel_and_snake_case() {
     assert_eq!(camel, expected);
     assert_eq!(snake, expected);
     // And back: camelCase, defaults left out.
-    let text = serde_json::to_value(RangeRequest { key: Some("k".into()), prefix: true, ..Default::default() }).unwrap();
+    let text =
+        serde_json::to_value(RangeRequest { key: Some("k".into()), prefix: true, ..Default::default() }).unwrap();
     assert_eq!(text, json!({"key": "k", "prefix": true}));
 }
 
