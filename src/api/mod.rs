@@ -3,4 +3,5 @@
 //! builds a log command or touches the core); its JSON shapes live in `crate::base::wire`,
 //! which the client shares.
 
+pub mod kv;
 pub mod server;

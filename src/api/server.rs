@@ -15,13 +15,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use crate::base::base64::encode_base64;
 use crate::base::ids::validate_url;
 use crate::base::wire::*;
 use crate::http::client::{self, HttpClient};
 use crate::http::serve::{self, BodyError, BodyLimits, PortStats};
 use crate::node::{NodeError, NodeHandle, FSYNC_BUCKETS};
-use crate::store::command::{ApplyResult, KeyValue};
+use crate::store::command::ApplyResult;
+
+use super::kv;
 
 /// An API failure; the status code is decided here and nowhere else.
 #[derive(Debug)]
@@ -29,11 +30,13 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// With code `compacted`: the store's compact revision.
+    pub compact_revision: Option<i64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError { status, code, message: message.into(), compact_revision: None }
     }
     fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -51,14 +54,16 @@ impl From<NodeError> for ApiError {
             NodeError::OutcomeUnknown(m) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "outcome_unknown", m),
             NodeError::BadRequest(m) => ApiError::bad_request(m),
             NodeError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
-            NodeError::Mvcc(e) => ApiError::bad_request(e.to_string()),
+            NodeError::Mvcc(e) => ApiError::new(StatusCode::BAD_REQUEST, kv::mvcc_code(e), e.to_string()),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        let error =
+            ErrorDetail { compact_revision: self.compact_revision, ..ErrorDetail::new(self.code, self.message) };
+        let body = ErrorBody { error };
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             set_retry_after(&mut response);
@@ -72,7 +77,7 @@ fn set_retry_after(response: &mut Response) {
     response.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(super) type ApiResult<T> = Result<T, ApiError>;
 
 /// The client port's answer when its connection and request limits stop a request (`serve`).
 pub fn render_error(status: StatusCode, code: &'static str, message: String) -> Response {
@@ -87,10 +92,13 @@ pub struct Api {
 }
 
 pub fn client_router(api: Api) -> Router {
-    let body_limit = api.node.shared.max_value_bytes.max(MAX_MEMBER_REQUEST_BYTES);
+    let body_limit = max_txn_request_bytes(api.node.shared.max_value_bytes).max(MAX_MEMBER_REQUEST_BYTES);
     Router::new()
-        .route("/v1/kv", get(list))
-        .route("/v1/kv/{key}", get(get_key).put(put_key).delete(delete_key))
+        .route("/v1/kv", get(kv::list))
+        .route("/v1/kv/{key}", get(kv::get_key).put(put_key).delete(delete_key))
+        .route("/v1/range", post(kv::range))
+        .route("/v1/txn", post(kv::txn))
+        .route("/v1/compact", post(kv::compact))
         .route("/v1/status", get(status))
         .route("/v1/members", get(members).post(add_member))
         .route("/v1/members/{id}", axum::routing::delete(remove_member))
@@ -128,11 +136,11 @@ type PathParam = Result<Path<String>, axum::extract::rejection::PathRejection>;
 
 /// The `{key}` or `{id}` of the path. axum answers a segment that does not percent-decode to
 /// UTF-8 with a plain-text 400 of its own; taking the rejection here keeps it JSON.
-fn path_param(param: PathParam, code: &'static str) -> ApiResult<String> {
+pub(super) fn path_param(param: PathParam, code: &'static str) -> ApiResult<String> {
     param.map(|Path(text)| text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, code, e.body_text()))
 }
 
-fn validate_key(key: &str) -> ApiResult<()> {
+pub(super) fn validate_key(key: &str) -> ApiResult<()> {
     if key.is_empty() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", "the key is empty"));
     }
@@ -162,7 +170,7 @@ const BODY_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Reads a body in chunks against `limit`: a declared length over it is refused before reading,
 /// streamed bytes as soon as they pass it.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+pub(super) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
     let limits = BodyLimits { limit, stall: BODY_STALL, deadline: BODY_DEADLINE };
     serve::read_body(headers, body, limits).await.map_err(|e| {
         let code = match e {
@@ -179,12 +187,12 @@ fn forwarded(headers: &HeaderMap) -> bool {
 }
 
 /// Serves on the leader, forwards from anyone else.
-enum Route {
+pub(super) enum Route {
     Here,
     Forward(String),
 }
 
-fn route(api: &Api, headers: &HeaderMap) -> ApiResult<Route> {
+pub(super) fn route(api: &Api, headers: &HeaderMap) -> ApiResult<Route> {
     if api.node.is_leader() {
         return Ok(Route::Here);
     }
@@ -199,20 +207,31 @@ fn route(api: &Api, headers: &HeaderMap) -> ApiResult<Route> {
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest answer a leader gives to a request that is forwarded to it, bounded so that a
-/// peer's answer cannot make this member allocate without limit: a list page (at most
-/// `MAX_LIST_LIMIT` keys of at most `MAX_KEY_BYTES`, each byte escaped as at most 6 in JSON;
-/// values up to `MAX_LIST_PAGE_BYTES` plus one value over it, base64 adds a third; a few hundred
-/// bytes of revisions and names per key) is the largest; a single value is at most
-/// `max_value_bytes`.
+/// peer's answer cannot make this member allocate without limit. The key-values of one answer
+/// (a list page, a range, or all of a txn's range results and previous values; `api::kv`) are
+/// the bulk: at most `MAX_LIST_LIMIT` keys of at most `MAX_KEY_BYTES`, each byte at most 6 in
+/// JSON (a list escapes control characters); values up to `MAX_LIST_PAGE_BYTES` plus one value
+/// over it, at most twice their size (base64, or text whose escapes are two bytes); a few
+/// hundred bytes of revisions and names per key. A txn's answer adds, per op, a response at
+/// most 6 times the JSON of the op (an empty nested txn, 17 bytes, answers in at most 92), so
+/// 6 times its request's largest body. A single value is at most `max_value_bytes`.
 fn leader_answer_limit(max_value_bytes: usize) -> usize {
     let keys = 6 * MAX_LIST_LIMIT * MAX_KEY_BYTES;
     let values = 2 * MAX_LIST_PAGE_BYTES.saturating_add(max_value_bytes);
-    keys.saturating_add(values).saturating_add(MAX_LIST_LIMIT * 256).saturating_add(64 << 10)
+    let ops = max_txn_request_bytes(max_value_bytes).saturating_mul(6);
+    keys.saturating_add(values).saturating_add(ops).saturating_add(MAX_LIST_LIMIT * 256).saturating_add(64 << 10)
 }
 
-/// Forwards the request to the leader and relays its answer.
-async fn forward(api: &Api, leader_url: &str, method: Method, path_and_query: &str, body: Bytes) -> Response {
-    let is_read = method == Method::GET;
+/// Forwards the request to the leader and relays its answer. `is_read`: the request changes
+/// nothing, so a failure to reach the leader is safe to retry (503) whatever happened.
+pub(super) async fn forward(
+    api: &Api,
+    leader_url: &str,
+    method: Method,
+    path_and_query: &str,
+    body: Bytes,
+    is_read: bool,
+) -> Response {
     let request = axum::http::Request::builder()
         .method(method)
         .uri(format!("{leader_url}{path_and_query}"))
@@ -251,7 +270,7 @@ async fn forward(api: &Api, leader_url: &str, method: Method, path_and_query: &s
     }
 }
 
-fn path_and_query(request: &Request) -> String {
+pub(super) fn path_and_query(request: &Request) -> String {
     request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default()
 }
 
@@ -279,12 +298,12 @@ struct WriteParams {
 }
 
 #[derive(Deserialize)]
-struct ReadParams {
+pub(super) struct ReadParams {
     #[serde(default)]
-    consistency: Consistency,
+    pub consistency: Consistency,
 }
 
-fn parse_query<T: for<'de> Deserialize<'de>>(
+pub(super) fn parse_query<T: for<'de> Deserialize<'de>>(
     query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<T> {
     query.map(|Query(q)| q).map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
@@ -338,7 +357,7 @@ async fn propose_or_forward(
     write: Write,
 ) -> ApiResult<Response> {
     match route(api, headers)? {
-        Route::Forward(url) => Ok(forward(api, &url, method, path_and_query, body).await),
+        Route::Forward(url) => Ok(forward(api, &url, method, path_and_query, body, false).await),
         Route::Here => write_outcome(match write {
             Write::Put { key, value, prev_revision } => api.node.put(key, value, prev_revision).await?,
             Write::Delete { key, prev_revision } => api.node.delete(key, prev_revision).await?,
@@ -347,7 +366,7 @@ async fn propose_or_forward(
 }
 
 /// Makes a read linearizable (ReadIndex on the leader) or returns where to forward it.
-async fn read_point(api: &Api, consistency: Consistency, headers: &HeaderMap) -> ApiResult<Option<String>> {
+pub(super) async fn read_point(api: &Api, consistency: Consistency, headers: &HeaderMap) -> ApiResult<Option<String>> {
     if consistency == Consistency::Serializable {
         return Ok(None);
     }
@@ -358,77 +377,6 @@ async fn read_point(api: &Api, consistency: Consistency, headers: &HeaderMap) ->
             Ok(None)
         }
     }
-}
-
-async fn get_key(
-    State(api): State<Api>,
-    key: PathParam,
-    query: Result<Query<ReadParams>, axum::extract::rejection::QueryRejection>,
-    request: Request,
-) -> ApiResult<Response> {
-    let key = path_param(key, "invalid_key")?;
-    validate_key(&key)?;
-    let params = parse_query(query)?;
-    if let Some(url) = read_point(&api, params.consistency, request.headers()).await? {
-        return Ok(forward(&api, &url, Method::GET, &path_and_query(&request), Bytes::new()).await);
-    }
-    let (kv, revision) = api.node.with_kv(|kv| (kv.get(&key), kv.revision()));
-    match kv {
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key '{key}' not found"))),
-        Some(KeyValue { value, mod_revision, create_revision, .. }) => {
-            let mut headers = HeaderMap::new();
-            headers.insert(HEADER_MOD_REVISION, HeaderValue::from(mod_revision));
-            headers.insert(HEADER_CREATE_REVISION, HeaderValue::from(create_revision));
-            headers.insert(HEADER_REVISION, HeaderValue::from(revision));
-            headers.insert("content-type", HeaderValue::from_static("application/octet-stream"));
-            Ok((StatusCode::OK, headers, value).into_response())
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct ListParams {
-    #[serde(default)]
-    prefix: String,
-    limit: Option<usize>,
-    /// Continue after this key (the last key of the previous page).
-    #[serde(rename = "startAfter")]
-    start_after: Option<String>,
-    #[serde(default)]
-    consistency: Consistency,
-}
-
-async fn list(
-    State(api): State<Api>,
-    query: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
-    request: Request,
-) -> ApiResult<Response> {
-    let params = parse_query(query)?;
-    let limit = params.limit.unwrap_or(DEFAULT_LIST_LIMIT);
-    if limit == 0 || limit > MAX_LIST_LIMIT {
-        return Err(ApiError::bad_request(format!("limit must be between 1 and {MAX_LIST_LIMIT}")));
-    }
-    if let Some(url) = read_point(&api, params.consistency, request.headers()).await? {
-        return Ok(forward(&api, &url, Method::GET, &path_and_query(&request), Bytes::new()).await);
-    }
-    let response = api.node.with_kv(|store| {
-        let (kvs, more) = store.list_page(&params.prefix, params.start_after.as_deref(), limit, MAX_LIST_PAGE_BYTES);
-        ListResponse {
-            revision: store.revision(),
-            kvs: kvs
-                .into_iter()
-                .map(|kv| KvItem {
-                    key: kv.key,
-                    value: encode_base64(&kv.value),
-                    create_revision: kv.create_revision,
-                    mod_revision: kv.mod_revision,
-                    version: kv.version,
-                })
-                .collect(),
-            more,
-        }
-    });
-    Ok(Json(response).into_response())
 }
 
 // ----- status and membership -----
@@ -495,7 +443,7 @@ async fn add_member(State(api): State<Api>, request: Request) -> ApiResult<Respo
     validate_url(&req.peer_url).map_err(|e| ApiError::bad_request(format!("peerURL: {e}")))?;
     validate_url(&req.client_url).map_err(|e| ApiError::bad_request(format!("clientURL: {e}")))?;
     if let Route::Forward(url) = route(&api, &headers)? {
-        return Ok(forward(&api, &url, Method::POST, &pq, body).await);
+        return Ok(forward(&api, &url, Method::POST, &pq, body, false).await);
     }
     let existing = api.node.with_kv(|kv| kv.members());
     if let Some((m, _)) = existing.iter().find(|(m, _)| m.name == req.name || m.peer_url == req.peer_url) {
@@ -516,7 +464,7 @@ fn member_id(text: &str) -> ApiResult<u64> {
 async fn promote_member(State(api): State<Api>, id: PathParam, request: Request) -> ApiResult<Response> {
     let id = member_id(&path_param(id, "bad_request")?)?;
     if let Route::Forward(url) = route(&api, request.headers())? {
-        return Ok(forward(&api, &url, Method::POST, &path_and_query(&request), Bytes::new()).await);
+        return Ok(forward(&api, &url, Method::POST, &path_and_query(&request), Bytes::new(), false).await);
     }
     match api.node.with_kv(|kv| kv.member(id)) {
         None => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no member {}", format_id(id)))),
@@ -546,7 +494,7 @@ async fn promote_member(State(api): State<Api>, id: PathParam, request: Request)
 async fn remove_member(State(api): State<Api>, id: PathParam, request: Request) -> ApiResult<Response> {
     let id = member_id(&path_param(id, "bad_request")?)?;
     if let Route::Forward(url) = route(&api, request.headers())? {
-        return Ok(forward(&api, &url, Method::DELETE, &path_and_query(&request), Bytes::new()).await);
+        return Ok(forward(&api, &url, Method::DELETE, &path_and_query(&request), Bytes::new(), false).await);
     }
     if api.node.with_kv(|kv| kv.member(id).is_none()) {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no member {}", format_id(id))));
@@ -569,7 +517,7 @@ async fn transfer_leader(State(api): State<Api>, request: Request) -> ApiResult<
         None => None,
     };
     if let Route::Forward(url) = route(&api, &headers)? {
-        return Ok(forward(&api, &url, Method::POST, &pq, body).await);
+        return Ok(forward(&api, &url, Method::POST, &pq, body, false).await);
     }
     if let Some(id) = to {
         if api.node.with_kv(|kv| kv.member(id).is_none()) {
@@ -604,7 +552,7 @@ async fn readyz(State(api): State<Api>) -> Response {
         Json(serde_json::json!({ "ready": true })).into_response()
     } else {
         // A 503 like every other: the error shape and Retry-After, plus the list of reasons.
-        let error = ErrorDetail { code: "not_ready".into(), message: reasons.join("; ") };
+        let error = ErrorDetail::new("not_ready", reasons.join("; "));
         let body = serde_json::json!({ "ready": false, "reasons": reasons, "error": error });
         let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
         set_retry_after(&mut response);
@@ -676,6 +624,8 @@ async fn metrics(State(api): State<Api>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::base64::encode_base64;
+    use crate::base::wire::kv as wire;
 
     /// The largest list page a leader can answer (every key as long and as costly to escape as
     /// it can be, values up to the page's budget plus one more) fits in what a forwarding
@@ -690,6 +640,7 @@ mod tests {
         };
         let item = |i: usize, value: &[u8]| KvItem {
             key: key(i),
+            key_base64: None,
             value: encode_base64(value),
             create_revision: u64::MAX,
             mod_revision: u64::MAX,
@@ -698,9 +649,60 @@ mod tests {
         let big = vec![0xffu8; MAX_LIST_PAGE_BYTES + max_value_bytes];
         let mut kvs = vec![item(0, &big)];
         kvs.extend((1..MAX_LIST_LIMIT).map(|i| item(i, b"")));
-        let page = serde_json::to_vec(&ListResponse { revision: u64::MAX, kvs, more: true }).unwrap();
+        let page =
+            serde_json::to_vec(&ListResponse { revision: u64::MAX, kvs, more: true, count: Some(u64::MAX) }).unwrap();
         let limit = leader_answer_limit(max_value_bytes);
         assert!(page.len() <= limit, "a page of {} bytes; the limit is {limit}", page.len());
         assert!(limit < 128 << 20, "the limit stays bounded: {limit}");
+    }
+
+    /// The same for the largest range answer (keys and values as text that is costliest to
+    /// escape) and, together with it, for a txn's answer: its responses without key-values are
+    /// at most 6 times the JSON of the ops that asked for them (the costliest: empty nested txns).
+    #[test]
+    fn the_largest_range_and_txn_answers_fit_in_a_forwarded_answer() {
+        let max_value_bytes = DEFAULT_MAX_VALUE_BYTES;
+        let kv = |i: usize, value: Vec<u8>| {
+            let mut key = format!("{i:05}").into_bytes();
+            key.resize(MAX_KEY_BYTES, b'"');
+            let mut kv = wire::KeyValue::new(key, value, i64::MAX, i64::MAX, i64::MAX);
+            kv.lease = i64::MIN;
+            kv
+        };
+        let mut kvs = vec![kv(0, vec![b'"'; MAX_LIST_PAGE_BYTES + max_value_bytes])];
+        kvs.extend((1..MAX_LIST_LIMIT).map(|i| kv(i, Vec::new())));
+        let header = wire::ResponseHeader {
+            cluster_id: format_id(u64::MAX),
+            member_id: format_id(u64::MAX),
+            revision: i64::MAX,
+            raft_term: u64::MAX,
+        };
+        let range = wire::RangeResponse { header: header.clone(), kvs, more: true, count: i64::MAX };
+        let range_len = serde_json::to_vec(&range).unwrap().len();
+
+        let ops = 10_000;
+        let nested = wire::RequestOp::RequestTxn(wire::TxnRequest::default());
+        let request =
+            serde_json::to_vec(&wire::TxnRequest { success: vec![nested; ops], ..Default::default() }).unwrap();
+        let empty = wire::TxnResponse {
+            header: wire::ResponseHeader { revision: i64::MAX, ..Default::default() },
+            ..Default::default()
+        };
+        let answer = wire::TxnResponse {
+            header,
+            succeeded: true,
+            responses: vec![wire::ResponseOp::ResponseTxn(empty); ops],
+            truncated: true,
+        };
+        let answer_len = serde_json::to_vec(&answer).unwrap().len();
+        assert!(
+            answer_len <= 6 * request.len(),
+            "{ops} nested txns: {} bytes asked, {answer_len} answered",
+            request.len()
+        );
+
+        let limit = leader_answer_limit(max_value_bytes);
+        let txn_bound = 6 * max_txn_request_bytes(max_value_bytes);
+        assert!(range_len + txn_bound <= limit, "a range of {range_len} bytes; the limit is {limit}");
     }
 }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod kv;
+
 /// Response headers.
 pub const HEADER_MOD_REVISION: &str = "x-kuberaft-mod-revision";
 pub const HEADER_CREATE_REVISION: &str = "x-kuberaft-create-revision";
@@ -40,6 +42,19 @@ pub const MAX_LIST_PAGE_BYTES: usize = 4 << 20;
 /// Bodies of `POST /v1/members` and `POST /v1/leader/transfer` are at most this large.
 pub const MAX_MEMBER_REQUEST_BYTES: usize = 64 * 1024;
 pub const MAX_TRANSFER_REQUEST_BYTES: usize = 4096;
+/// Bodies of `POST /v1/range` (a key, a range end and options) and `POST /v1/compact`.
+pub const MAX_RANGE_REQUEST_BYTES: usize = 64 * 1024;
+pub const MAX_COMPACT_REQUEST_BYTES: usize = 4096;
+/// The body of `POST /v1/txn` may exceed `--max-value-bytes` by this much (for its keys, other
+/// values, compares and JSON), so a txn can carry one value of the largest size, base64 or not.
+/// Its ops decode to fewer bytes than their JSON, so its log entry stays below the peer
+/// port's bound for one message (`node::transport::PeerLimits`).
+pub const TXN_REQUEST_OVERHEAD_BYTES: usize = 1 << 20;
+
+/// The largest body of `POST /v1/txn` for a member with this `--max-value-bytes`.
+pub fn max_txn_request_bytes(max_value_bytes: usize) -> usize {
+    max_value_bytes.saturating_add(TXN_REQUEST_OVERHEAD_BYTES)
+}
 
 /// `{"error": {"code": "...", "message": "..."}}`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,9 +66,20 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Machine-readable: `bad_request`, `invalid_key`, `not_found`, `compare_failed`,
     /// `too_large`, `method_not_allowed`, `no_leader`, `unavailable`, `timeout`,
-    /// `outcome_unknown`, `internal`.
+    /// `outcome_unknown`, `internal`; etcd's store errors (with etcd's message): `compacted`,
+    /// `future_revision`, `key_not_found`, `empty_key`, `value_provided`, `lease_provided`,
+    /// `duplicate_key`, `too_many_ops`.
     pub code: String,
     pub message: String,
+    /// With `compacted`: the revision the store is compacted to (reads below it fail).
+    #[serde(default, rename = "compactRevision", skip_serializing_if = "Option::is_none")]
+    pub compact_revision: Option<i64>,
+}
+
+impl ErrorDetail {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> ErrorDetail {
+        ErrorDetail { code: code.into(), message: message.into(), compact_revision: None }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,8 +99,13 @@ pub struct DeleteResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KvItem {
+    /// The key as text; for a key that is not UTF-8 (written through `/v1/txn`), its bytes
+    /// with invalid sequences replaced by U+FFFD, and `keyBase64` holds the exact bytes.
     pub key: String,
-    /// Standard base64 of the value bytes.
+    /// Standard base64 of the key, only for a key that is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_base64: Option<String>,
+    /// Standard base64 of the value bytes (empty with `keysOnly`).
     pub value: String,
     pub create_revision: u64,
     pub mod_revision: u64,
@@ -87,6 +118,10 @@ pub struct ListResponse {
     pub revision: u64,
     pub kvs: Vec<KvItem>,
     pub more: bool,
+    /// How many keys the list's range holds at the revision read, regardless of `limit` (with
+    /// `startAfter`: those after it); absent from members before issue 13.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,6 +1,8 @@
 //! `kuberaft kv put|get|del|list`: the key-value commands. Values are bytes end to end: `put`
 //! takes them from the argument or stdin (`-`), `get` writes them to stdout unchanged, and
-//! `list -w json` keeps them base64 as the API sends them.
+//! `list -w json` keeps them base64 as the API sends them. `get --rev` and `list --rev` read
+//! the past; `list` has etcdctl's range options (`--limit`, `--from-key`, `--keys-only`,
+//! `--sort-by`, `--order`).
 
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read};
@@ -10,9 +12,9 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use super::table::{bytes_cell, render, text_cell};
 use super::{to_json_line, write_stderr, write_stdout, CliError, ClientArgs, OutputFormat};
-use crate::base::wire::{ListResponse, DEFAULT_MAX_VALUE_BYTES};
+use crate::base::wire::{ListResponse, DEFAULT_MAX_VALUE_BYTES, MAX_LIST_LIMIT};
 
-use crate::client::{decode_base64, Consistency};
+use crate::client::{decode_base64, Consistency, ListOptions, ListSort};
 
 /// The most `kv put KEY -` reads from stdin: far above the server's default value limit, so the
 /// server (which knows its `--max-value-bytes`) is the one that refuses a large value.
@@ -45,6 +47,9 @@ pub enum KvAction {
         /// Print the key's mod revision on a line of its own before the value.
         #[arg(long)]
         print_revision: bool,
+        /// The value the key had at this store revision (compacted revisions cannot be read).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        rev: Option<i64>,
     },
     /// Delete a key; prints how many keys were deleted (0 or 1).
     #[command(alias = "delete", alias = "rm")]
@@ -54,20 +59,68 @@ pub enum KvAction {
         #[arg(long)]
         prev_revision: Option<u64>,
     },
-    /// List keys with a prefix (all keys without one), in key order.
+    /// List keys with a prefix (all keys without one), in key order unless --sort-by says.
     #[command(alias = "ls")]
     List {
         #[arg(default_value = "")]
         prefix: String,
-        /// At most this many keys (the server caps a page).
-        #[arg(long)]
-        limit: Option<usize>,
+        /// At most this many keys (default 1000, at most 10000 a page).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_LIST_LIMIT as u64))]
+        limit: Option<u64>,
         /// Start after this key (the last key of the previous page).
         #[arg(long)]
         start_after: Option<String>,
+        /// Every key from PREFIX on (in key order), not only those that start with it.
+        #[arg(long)]
+        from_key: bool,
+        /// Only the keys and their revisions, no values.
+        #[arg(long)]
+        keys_only: bool,
+        /// Sort the keys by this.
+        #[arg(long, value_enum)]
+        sort_by: Option<SortByArg>,
+        /// The order of --sort-by (ascend unless given).
+        #[arg(long, value_enum, requires = "sort_by")]
+        order: Option<OrderArg>,
+        /// The keys as they were at this store revision.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        rev: Option<i64>,
+        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+        consistency: ConsistencyArg,
         #[arg(short = 'w', long = "write-out", value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+}
+
+/// `--sort-by` of `kv list`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SortByArg {
+    Key,
+    Version,
+    /// The create revision.
+    Create,
+    /// The mod revision.
+    Mod,
+    Value,
+}
+
+impl From<SortByArg> for ListSort {
+    fn from(arg: SortByArg) -> Self {
+        match arg {
+            SortByArg::Key => ListSort::Key,
+            SortByArg::Version => ListSort::Version,
+            SortByArg::Create => ListSort::Create,
+            SortByArg::Mod => ListSort::Mod,
+            SortByArg::Value => ListSort::Value,
+        }
+    }
+}
+
+/// `--order` of `kv list`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OrderArg {
+    Ascend,
+    Descend,
 }
 
 /// `--consistency` of `kv get`.
@@ -96,9 +149,12 @@ pub async fn run(command: KvCommand) -> Result<(), CliError> {
             client.put(&key, value, prev_revision).await?;
             write_stdout(b"OK\n")
         }
-        KvAction::Get { key, consistency, print_revision } => {
-            let Some(found) = client.get(&key, consistency.into()).await? else {
-                return Err(CliError::Failed(format!("key not found: {key}")));
+        KvAction::Get { key, consistency, print_revision, rev } => {
+            let Some(found) = client.get_at(&key, rev, consistency.into()).await? else {
+                return Err(CliError::Failed(match rev {
+                    Some(rev) => format!("key not found at revision {rev}: {key}"),
+                    None => format!("key not found: {key}"),
+                }));
             };
             let mut out = Vec::with_capacity(found.value.len() + 24);
             if print_revision {
@@ -115,14 +171,37 @@ pub async fn run(command: KvCommand) -> Result<(), CliError> {
             let deleted = client.delete(&key, prev_revision).await?;
             write_stdout(format!("{}\n", deleted.deleted).as_bytes())
         }
-        KvAction::List { prefix, limit, start_after, output } => {
-            let listed = client.list_page(&prefix, limit, start_after.as_deref()).await?;
+        KvAction::List {
+            prefix,
+            limit,
+            start_after,
+            from_key,
+            keys_only,
+            sort_by,
+            order,
+            rev,
+            consistency,
+            output,
+        } => {
+            let options = ListOptions {
+                prefix,
+                limit: limit.and_then(|l| usize::try_from(l).ok()),
+                start_after,
+                from_key,
+                keys_only,
+                sort_by: sort_by.map(ListSort::from),
+                descending: order == Some(OrderArg::Descend),
+                revision: rev,
+                consistency: consistency.into(),
+            };
+            let listed = client.list_with(&options).await?;
             let text = match output {
                 OutputFormat::Json => to_json_line(&listed)?,
+                OutputFormat::Table if keys_only => keys_table(&listed),
                 OutputFormat::Table => list_table(&listed),
             };
             write_stdout(text.as_bytes())?;
-            if listed.more && output == OutputFormat::Table {
+            if listed.more && output == OutputFormat::Table && sort_by.is_none_or(|s| s == SortByArg::Key) {
                 let last = listed.kvs.last().map(|kv| kv.key.as_str()).unwrap_or_default();
                 write_stderr(&format!("(more keys follow; continue with --start-after '{last}')\n"));
             }
@@ -158,6 +237,23 @@ fn os_bytes(value: OsString) -> Vec<u8> {
 #[cfg(not(unix))]
 fn os_bytes(value: OsString) -> Vec<u8> {
     value.to_string_lossy().into_owned().into_bytes()
+}
+
+/// KEY, CREATE, MOD, VERSION (`--keys-only`).
+pub fn keys_table(listed: &ListResponse) -> String {
+    let rows: Vec<Vec<String>> = listed
+        .kvs
+        .iter()
+        .map(|item| {
+            vec![
+                text_cell(&item.key),
+                item.create_revision.to_string(),
+                item.mod_revision.to_string(),
+                item.version.to_string(),
+            ]
+        })
+        .collect();
+    render(&["KEY", "CREATE", "MOD", "VERSION"], &rows)
 }
 
 /// KEY, VALUE, CREATE, MOD, VERSION; values shown as text when printable.

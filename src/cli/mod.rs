@@ -1,5 +1,5 @@
 //! The `kuberaft` command line (DESIGN.md §5): clap definitions of every subcommand and the
-//! dispatch to them. Client commands (`kv`, `member`, `endpoint`, `leader`) share `ClientArgs`
+//! dispatch to them. Client commands (`kv`, `txn`, `compact`, `member`, `endpoint`, `leader`) share `ClientArgs`
 //! and go through `crate::client`; `node` hands over to `crate::process::run`; `dev` runs a local
 //! cluster of node processes. Every failure ends as `error: <message>` on stderr and a non-zero
 //! exit code: 2 for usage errors, 1 for everything else.
@@ -12,6 +12,7 @@ pub mod render;
 pub mod table;
 #[cfg(test)]
 mod tests;
+pub mod txn;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -46,6 +47,10 @@ pub enum Commands {
     Dev(DevArgs),
     /// Read and write keys.
     Kv(KvCommand),
+    /// Apply an etcd transaction (compares, then success or failure ops) from a JSON or YAML file ("-": stdin).
+    Txn(txn::TxnArgs),
+    /// Discard the key history below a store revision.
+    Compact(txn::CompactArgs),
     /// List and change the cluster's members.
     Member(MemberCommand),
     /// Ask each endpoint about itself.
@@ -131,6 +136,8 @@ pub fn run(cli: Cli) -> ExitCode {
         // `dev` spawns its children from this (the main) thread; see `dev::spawn_member`.
         Commands::Dev(args) => block_on(dev::run(args)),
         Commands::Kv(command) => block_on(kv::run(command)),
+        Commands::Txn(args) => block_on(txn::run_txn(args)),
+        Commands::Compact(args) => block_on(txn::run_compact(args)),
         Commands::Member(command) => block_on(member::run_member(command)),
         Commands::Endpoint(command) => block_on(endpoint::run(command)),
         Commands::Leader(command) => block_on(member::run_leader(command)),

@@ -8,7 +8,7 @@ use clap::Parser;
 
 use super::dev::{self, DevMember, MemberView};
 use super::endpoint::{status_reports, status_table};
-use super::kv::{list_table, ConsistencyArg, KvAction};
+use super::kv::{keys_table, list_table, ConsistencyArg, KvAction, OrderArg, SortByArg};
 use super::member::{members_table, LeaderAction, MemberAction};
 use super::{Cli, CliError, ClientArgs, Commands, OutputFormat, ENDPOINTS_ENV};
 use crate::base::wire::{KvItem, ListResponse, Member, MembersResponse, Status};
@@ -82,14 +82,127 @@ fn kv_del_and_list() {
     assert!(matches!(action, KvAction::Del { key, prev_revision: Some(9) } if key == "k"));
     let (_, action) = kv(&["kv", "list"]);
     assert!(
-        matches!(action, KvAction::List { prefix, limit: None, start_after: None, output: OutputFormat::Table } if prefix.is_empty())
+        matches!(action, KvAction::List { prefix, limit: None, start_after: None, output: OutputFormat::Table, from_key: false, keys_only: false, sort_by: None, order: None, rev: None, consistency: ConsistencyArg::Linearizable } if prefix.is_empty())
     );
     let (_, action) = kv(&["kv", "list", "app/", "--limit", "5", "-w", "json"]);
     assert!(
-        matches!(action, KvAction::List { prefix, limit: Some(5), start_after: None, output: OutputFormat::Json } if prefix == "app/")
+        matches!(action, KvAction::List { prefix, limit: Some(5), start_after: None, output: OutputFormat::Json, .. } if prefix == "app/")
     );
     let (_, action) = kv(&["kv", "list", "app/", "--start-after", "app/7"]);
     assert!(matches!(action, KvAction::List { start_after: Some(after), .. } if after == "app/7"));
+}
+
+#[test]
+fn kv_get_and_list_read_the_past_and_list_takes_etcds_range_options() {
+    let (_, action) = kv(&["kv", "get", "k", "--rev", "5"]);
+    assert!(matches!(action, KvAction::Get { rev: Some(5), .. }));
+    let (_, action) = kv(&["kv", "get", "k"]);
+    assert!(matches!(action, KvAction::Get { rev: None, .. }));
+    parse_fails(&["kv", "get", "k", "--rev", "0"]);
+    parse_fails(&["kv", "get", "k", "--rev", "x"]);
+    let (_, action) = kv(&[
+        "kv",
+        "list",
+        "app/",
+        "--limit",
+        "3",
+        "--from-key",
+        "--keys-only",
+        "--sort-by",
+        "mod",
+        "--order",
+        "descend",
+        "--rev",
+        "4",
+        "--consistency",
+        "serializable",
+    ]);
+    assert!(matches!(
+        action,
+        KvAction::List {
+            limit: Some(3),
+            from_key: true,
+            keys_only: true,
+            sort_by: Some(SortByArg::Mod),
+            order: Some(OrderArg::Descend),
+            rev: Some(4),
+            consistency: ConsistencyArg::Serializable,
+            ..
+        }
+    ));
+    for target in ["key", "version", "create", "mod", "value"] {
+        let (_, action) = kv(&["kv", "list", "--sort-by", target]);
+        assert!(matches!(action, KvAction::List { sort_by: Some(_), order: None, .. }), "{target}");
+    }
+    parse_fails(&["kv", "list", "--order", "ascend"]);
+    parse_fails(&["kv", "list", "--sort-by", "size"]);
+    parse_fails(&["kv", "list", "--limit", "0"]);
+    parse_fails(&["kv", "list", "--limit", "10001"]);
+}
+
+#[test]
+fn txn_takes_a_file_and_compact_a_revision() {
+    match parse(&["txn", "ops.yaml", "--endpoints", "http://a:1"]) {
+        Commands::Txn(args) => {
+            assert_eq!(args.file, Path::new("ops.yaml"));
+            assert_eq!(args.client.endpoints, ["http://a:1"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(parse(&["txn", "-"]), Commands::Txn(args) if args.file == Path::new("-")));
+    parse_fails(&["txn"]);
+    assert!(matches!(parse(&["compact", "12"]), Commands::Compact(args) if args.revision == 12));
+    parse_fails(&["compact"]);
+    parse_fails(&["compact", "0"]);
+    parse_fails(&["compact", "ten"]);
+}
+
+/// A txn file in YAML reads as the same txn as its JSON; a file that is not a txn is a usage
+/// error that says which format it was read as.
+#[test]
+fn a_txn_file_is_json_or_yaml() {
+    use crate::base::wire::kv::{CompareResult, CompareTarget, RequestOp};
+    let json = r#"{"compare": [{"key": "a", "target": "VALUE", "result": "EQUAL", "value": "10"}],
+                   "success": [{"requestPut": {"key": "a", "value": "5"}},
+                               {"requestTxn": {"success": [{"requestRange": {"key": "a", "prefix": true}}]}}],
+                   "failure": [{"requestRange": {"key": "a"}}]}"#;
+    let yaml = r#"
+compare:
+  - key: a
+    target: VALUE
+    result: EQUAL
+    value: "10"
+success:
+  - requestPut: {key: a, value: "5"}
+  - requestTxn:
+      success:
+        - requestRange: {key: a, prefix: true}
+failure:
+  - requestRange:
+      key: a
+"#;
+    let from_json = super::txn::parse_txn(json).expect("JSON");
+    let from_yaml = super::txn::parse_txn(yaml).expect("YAML");
+    assert_eq!(from_json, from_yaml);
+    let unquoted = super::txn::parse_txn(&yaml.replace("\"10\"", "10").replace("\"5\"", "5")).expect("YAML");
+    assert_eq!(unquoted, from_json, "plain scalars are strings where a string is expected");
+    assert_eq!(
+        (from_json.compare[0].target, from_json.compare[0].result),
+        (CompareTarget::Value, CompareResult::Equal)
+    );
+    assert!(matches!(&from_json.success[1], RequestOp::RequestTxn(t) if t.success.len() == 1));
+    match super::txn::parse_txn(r#"{"succes": []}"#) {
+        Err(CliError::Usage(message)) => assert!(message.contains("JSON") && message.contains("succes"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    match super::txn::parse_txn(
+        "success:
+  - requestPot: {key: a}
+",
+    ) {
+        Err(CliError::Usage(message)) => assert!(message.contains("YAML"), "{message}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -382,19 +495,46 @@ b2   etcd-1   learner   http://etcd-1:2380   http://etcd-1:2379
 fn list_table_decodes_values_and_hides_binary() {
     let item = |key: &str, value: &[u8]| KvItem {
         key: key.to_string(),
+        key_base64: None,
         value: encode_base64(value),
         create_revision: 2,
         mod_revision: 3,
         version: 1,
     };
-    let listed =
-        ListResponse { revision: 3, kvs: vec![item("a", b"hello"), item("b", &[0, 159, 146, 150])], more: false };
+    let listed = ListResponse {
+        revision: 3,
+        kvs: vec![item("a", b"hello"), item("b", &[0, 159, 146, 150])],
+        more: false,
+        count: None,
+    };
     let expected = "\
 KEY   VALUE       CREATE   MOD   VERSION
 a     hello       2        3     1
 b     <4 bytes>   2        3     1
 ";
     assert_eq!(list_table(&listed), expected);
+}
+
+#[test]
+fn keys_only_table_has_no_value_column() {
+    let listed = ListResponse {
+        revision: 3,
+        kvs: vec![KvItem {
+            key: "a".to_string(),
+            key_base64: None,
+            value: String::new(),
+            create_revision: 2,
+            mod_revision: 3,
+            version: 2,
+        }],
+        more: false,
+        count: Some(1),
+    };
+    let expected = "\
+KEY   CREATE   MOD   VERSION
+a     2        3     2
+";
+    assert_eq!(keys_table(&listed), expected);
 }
 
 const ONE_CLUSTER: &str =

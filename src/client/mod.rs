@@ -18,9 +18,13 @@ use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
+use crate::base::wire::kv::{
+    CompactionRequest, CompactionResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
 use crate::base::wire::{
     format_id, AddMemberRequest, AddMemberResponse, DeleteResponse, ErrorBody, ListResponse, MembersResponse,
     PutResponse, Status, TransferRequest, TransferResponse, HEADER_CREATE_REVISION, HEADER_MOD_REVISION,
+    HEADER_REVISION,
 };
 
 pub use crate::base::base64::{decode_base64, encode_base64};
@@ -89,6 +93,52 @@ pub struct GetResponse {
     pub value: Bytes,
     pub mod_revision: u64,
     pub create_revision: Option<u64>,
+    /// The store's revision when it was read (absent from older members).
+    pub revision: Option<u64>,
+}
+
+/// How the keys of a list are sorted (`?sortBy=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ListSort {
+    #[default]
+    Key,
+    Version,
+    Create,
+    Mod,
+    Value,
+}
+
+impl ListSort {
+    fn as_str(self) -> &'static str {
+        match self {
+            ListSort::Key => "key",
+            ListSort::Version => "version",
+            ListSort::Create => "create",
+            ListSort::Mod => "mod",
+            ListSort::Value => "value",
+        }
+    }
+}
+
+/// What `list_with` asks for; the default is `list("", None)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    pub prefix: String,
+    /// At most this many keys (the server's default when `None`; it caps a page).
+    pub limit: Option<usize>,
+    /// Continue after this key (the last key of the previous page, in key order).
+    pub start_after: Option<String>,
+    /// Every key from `prefix` on, not only those that start with it.
+    pub from_key: bool,
+    /// Leave the values out.
+    pub keys_only: bool,
+    /// Sort by this (`None`: key order).
+    pub sort_by: Option<ListSort>,
+    /// Descending instead of ascending.
+    pub descending: bool,
+    /// The keys as they were at this revision (`None`: now).
+    pub revision: Option<i64>,
+    pub consistency: Consistency,
 }
 
 /// Timeouts of a `Client`.
@@ -148,11 +198,13 @@ struct Call {
     /// Path and query, already encoded, starting with '/'.
     path: String,
     body: Body,
+    /// A POST that changes nothing (`/v1/range`): as safe to send again as a GET.
+    read_only: bool,
 }
 
 impl Call {
     fn new(method: Method, path: String) -> Self {
-        Call { method, path, body: Body::Empty }
+        Call { method, path, body: Body::Empty, read_only: false }
     }
 
     fn json<T: serde::Serialize>(mut self, value: &T) -> Result<Self> {
@@ -164,7 +216,7 @@ impl Call {
     /// Reads change nothing, so a read whose answer was lost can be sent again elsewhere;
     /// a write whose answer was lost cannot (it may have applied).
     fn is_read(&self) -> bool {
-        self.method == Method::GET || self.method == Method::HEAD
+        self.read_only || self.method == Method::GET || self.method == Method::HEAD
     }
 }
 
@@ -182,7 +234,11 @@ impl Reply {
     fn api_error(&self) -> ClientError {
         match serde_json::from_slice::<ErrorBody>(&self.body) {
             Ok(body) => {
-                ClientError::Api { status: self.status.as_u16(), code: body.error.code, message: body.error.message }
+                let mut message = body.error.message;
+                if let Some(revision) = body.error.compact_revision {
+                    message.push_str(&format!(" (compacted at revision {revision})"));
+                }
+                ClientError::Api { status: self.status.as_u16(), code: body.error.code, message }
             }
             Err(_) => {
                 let text = String::from_utf8_lossy(&self.body);
@@ -301,7 +357,21 @@ impl Client {
 
     /// Reads `key`; `None` when it does not exist.
     pub async fn get(&self, key: &str, consistency: Consistency) -> Result<Option<GetResponse>> {
-        let path = format!("{}?consistency={}", key_path(key)?, consistency.as_str());
+        self.get_at(key, None, consistency).await
+    }
+
+    /// Reads `key` as it was at `revision` (`None`: now); `None` when it did not exist then. A
+    /// compacted or future revision is an error (`compacted`, `future_revision`).
+    pub async fn get_at(
+        &self,
+        key: &str,
+        revision: Option<i64>,
+        consistency: Consistency,
+    ) -> Result<Option<GetResponse>> {
+        let mut path = format!("{}?consistency={}", key_path(key)?, consistency.as_str());
+        if let Some(revision) = revision {
+            path.push_str(&format!("&rev={revision}"));
+        }
         let reply = self.execute(&Call::new(Method::GET, path)).await?;
         if reply.status == StatusCode::NOT_FOUND {
             // A 404 with another code (an unknown route: not a kuberaft server?) is an error.
@@ -316,7 +386,8 @@ impl Client {
             message: format!("header {HEADER_MOD_REVISION} missing"),
         })?;
         let create_revision = reply.header_u64(HEADER_CREATE_REVISION)?;
-        Ok(Some(GetResponse { value: reply.body, mod_revision, create_revision }))
+        let revision = reply.header_u64(HEADER_REVISION)?;
+        Ok(Some(GetResponse { value: reply.body, mod_revision, create_revision, revision }))
     }
 
     /// Deletes `key` (with `prev_revision`: only at that mod revision).
@@ -341,14 +412,66 @@ impl Client {
         limit: Option<usize>,
         start_after: Option<&str>,
     ) -> Result<ListResponse> {
-        let mut path = format!("/v1/kv?prefix={}", encode_component(prefix));
-        if let Some(limit) = limit {
+        let options = ListOptions {
+            prefix: prefix.to_string(),
+            limit,
+            start_after: start_after.map(str::to_string),
+            ..ListOptions::default()
+        };
+        self.list_with(&options).await
+    }
+
+    /// A list with every option of `GET /v1/kv`.
+    pub async fn list_with(&self, options: &ListOptions) -> Result<ListResponse> {
+        let mut path = format!("/v1/kv?prefix={}", encode_component(&options.prefix));
+        if let Some(limit) = options.limit {
             path.push_str(&format!("&limit={limit}"));
         }
-        if let Some(after) = start_after {
+        if let Some(after) = &options.start_after {
             path.push_str(&format!("&startAfter={}", encode_component(after)));
         }
+        if options.from_key {
+            path.push_str("&fromKey=true");
+        }
+        if options.keys_only {
+            path.push_str("&keysOnly=true");
+        }
+        if let Some(sort) = options.sort_by {
+            path.push_str(&format!("&sortBy={}", sort.as_str()));
+        }
+        if options.descending {
+            path.push_str("&sortOrder=descend");
+        }
+        if let Some(revision) = options.revision {
+            path.push_str(&format!("&rev={revision}"));
+        }
+        if options.consistency != Consistency::Linearizable {
+            path.push_str(&format!("&consistency={}", options.consistency.as_str()));
+        }
         self.execute(&Call::new(Method::GET, path)).await?.json()
+    }
+
+    /// etcd's Range (`POST /v1/range`). `request.serializable` or `consistency` serializable:
+    /// answered by the member asked.
+    pub async fn range(&self, request: &RangeRequest, consistency: Consistency) -> Result<RangeResponse> {
+        let path = format!("/v1/range?consistency={}", consistency.as_str());
+        let mut call = Call::new(Method::POST, path).json(request)?;
+        call.read_only = true;
+        self.execute(&call).await?.json()
+    }
+
+    /// etcd's Txn (`POST /v1/txn`): compares, then the success or the failure ops, as one
+    /// revision. Compares that do not hold are an answer (`succeeded: false`), not an error.
+    pub async fn txn(&self, request: &TxnRequest) -> Result<TxnResponse> {
+        let call = Call::new(Method::POST, "/v1/txn".to_string()).json(request)?;
+        self.execute(&call).await?.json()
+    }
+
+    /// etcd's Compact (`POST /v1/compact`): reads below `revision` fail from then on.
+    pub async fn compact(&self, revision: i64) -> Result<CompactionResponse> {
+        let request = CompactionRequest { revision, physical: false };
+        let call = Call::new(Method::POST, "/v1/compact".to_string()).json(&request)?;
+        self.execute(&call).await?.json()
     }
 
     pub async fn members(&self) -> Result<MembersResponse> {

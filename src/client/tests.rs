@@ -58,7 +58,7 @@ fn dead_endpoint() -> String {
 }
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = ErrorBody { error: ErrorDetail { code: code.to_string(), message: message.to_string() } };
+    let body = ErrorBody { error: ErrorDetail::new(code, message) };
     (status, Json(body)).into_response()
 }
 
@@ -327,4 +327,163 @@ fn keys_that_cannot_be_a_path_segment_are_refused() {
         assert!(matches!(super::key_path(bad), Err(ClientError::InvalidKey(_))), "{bad:?}");
     }
     assert_eq!(super::key_path("...").expect("a valid key"), "/v1/kv/...");
+}
+
+/// A server that records each request's method, path and query, and body, and answers `reply`.
+fn recording(seen: Arc<Mutex<Vec<(String, String, String)>>>, reply: serde_json::Value) -> Router {
+    Router::new().fallback(any(move |method: axum::http::Method, uri: Uri, body: Bytes| {
+        let seen = seen.clone();
+        let reply = reply.clone();
+        async move {
+            if let Ok(mut seen) = seen.lock() {
+                seen.push((method.to_string(), uri.to_string(), String::from_utf8_lossy(&body).into_owned()));
+            }
+            Json(reply)
+        }
+    }))
+}
+
+#[tokio::test]
+async fn range_txn_and_compact_post_their_json_and_read_etcds_answers() {
+    use crate::base::wire::kv::{RangeRequest, RequestOp, TxnRequest};
+    let seen: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+    let reply = serde_json::json!({"header": {"revision": 9}, "kvs": [{"key": "a", "createRevision": 2,
+        "modRevision": 3, "version": 2, "valueBase64": "AP8=", "lease": 0}], "more": true, "count": 4,
+        "succeeded": true, "responses": []});
+    let server = MockServer::start(recording(seen.clone(), reply)).await;
+    let client = Client::with_config(vec![server.url.clone()], fast_config()).expect("client");
+
+    let asked = RangeRequest { key: Some("a".into()), prefix: true, limit: 1, ..Default::default() };
+    let found = client.range(&asked, Consistency::Serializable).await.expect("range");
+    assert_eq!((found.header.revision, found.more, found.count), (9, true, 4));
+    assert_eq!(found.kvs[0].value_bytes(), Some(vec![0, 0xff]));
+    let txn = TxnRequest { success: vec![RequestOp::RequestRange(asked.clone())], ..Default::default() };
+    let done = client.txn(&txn).await.expect("txn");
+    assert!(done.succeeded);
+    let compacted = client.compact(7).await.expect("compact");
+    assert_eq!(compacted.header.revision, 9);
+
+    let seen = seen.lock().expect("lock").clone();
+    let expected = [
+        ("POST", "/v1/range?consistency=serializable", serde_json::to_value(&asked).unwrap()),
+        ("POST", "/v1/txn", serde_json::to_value(&txn).unwrap()),
+        ("POST", "/v1/compact", serde_json::json!({"revision": 7})),
+    ];
+    assert_eq!(seen.len(), expected.len());
+    for ((method, path, body), (want_method, want_path, want_body)) in seen.iter().zip(expected) {
+        assert_eq!((method.as_str(), path.as_str()), (want_method, want_path));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(body).expect("a JSON body"), want_body);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn get_at_and_list_with_put_their_options_in_the_query() {
+    use super::{ListOptions, ListSort};
+    let seen: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+    let list = serde_json::json!({"revision": 5, "kvs": [], "more": false, "count": 0});
+    let server = MockServer::start(recording(seen.clone(), list)).await;
+    let client = Client::with_config(vec![server.url.clone()], fast_config()).expect("client");
+    let options = ListOptions {
+        prefix: "a/".into(),
+        limit: Some(3),
+        start_after: Some("a/b".into()),
+        from_key: true,
+        keys_only: true,
+        sort_by: Some(ListSort::Mod),
+        descending: true,
+        revision: Some(4),
+        consistency: Consistency::Serializable,
+    };
+    let listed = client.list_with(&options).await.expect("list");
+    assert_eq!(listed.count, Some(0));
+    client.list("p", None).await.expect("plain list");
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(
+        seen[0].1,
+        "/v1/kv?prefix=a%2F&limit=3&startAfter=a%2Fb&fromKey=true&keysOnly=true&sortBy=mod&sortOrder=descend&rev=4\
+         &consistency=serializable"
+    );
+    assert_eq!(seen[1].1, "/v1/kv?prefix=p", "a plain list asks what it always asked");
+    server.stop().await;
+
+    let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+    let recorder = paths.clone();
+    let router = Router::new().fallback(any(move |uri: Uri| {
+        let recorder = recorder.clone();
+        async move {
+            if let Ok(mut paths) = recorder.lock() {
+                paths.push(uri.to_string());
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_MOD_REVISION, HeaderValue::from_static("3"));
+            headers.insert(crate::base::wire::HEADER_REVISION, HeaderValue::from_static("8"));
+            (headers, "old")
+        }
+    }));
+    let server = MockServer::start(router).await;
+    let client = Client::with_config(vec![server.url.clone()], fast_config()).expect("client");
+    let got = client.get_at("k", Some(3), Consistency::Linearizable).await.expect("get").expect("present");
+    assert_eq!((got.value, got.mod_revision, got.revision), (Bytes::from_static(b"old"), 3, Some(8)));
+    assert_eq!(paths.lock().expect("lock").as_slice(), ["/v1/kv/k?consistency=linearizable&rev=3"]);
+    server.stop().await;
+}
+
+/// A range is a read although it is a POST: an answer lost on one endpoint is asked again of
+/// the next. A txn or a compact whose answer is lost may have applied: never sent again.
+#[tokio::test]
+async fn a_lost_range_moves_on_but_a_lost_txn_or_compact_does_not() {
+    use crate::base::wire::kv::{RangeRequest, TxnRequest};
+    let slow_hits = Arc::new(AtomicUsize::new(0));
+    let slow_counter = slow_hits.clone();
+    let slow = MockServer::start(Router::new().fallback(any(move || {
+        let slow_counter = slow_counter.clone();
+        async move {
+            slow_counter.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            put_ok()
+        }
+    })))
+    .await;
+    let ok = MockServer::start(Router::new().fallback(|| async {
+        Json(serde_json::json!({"header": {"revision": 2}, "kvs": [], "more": false, "count": 0}))
+    }))
+    .await;
+    let config = ClientConfig::with_request_timeout(Duration::from_millis(200));
+    let client = Client::with_config(vec![slow.url.clone(), ok.url.clone()], config.clone()).expect("client");
+    let asked = RangeRequest { key: Some("a".into()), ..Default::default() };
+    let found = client.range(&asked, Consistency::Linearizable).await.expect("a range fails over");
+    assert_eq!(found.header.revision, 2);
+
+    let writer = Client::with_config(vec![slow.url.clone(), ok.url.clone()], config.clone()).expect("client");
+    let err = writer.txn(&TxnRequest::default()).await.expect_err("the txn's answer is lost");
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    let writer = Client::with_config(vec![slow.url.clone(), ok.url.clone()], config).expect("client");
+    let err = writer.compact(3).await.expect_err("the compact's answer is lost");
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    assert_eq!(slow_hits.load(Ordering::SeqCst), 3);
+    slow.stop().await;
+    ok.stop().await;
+}
+
+#[tokio::test]
+async fn a_compacted_error_says_the_compact_revision() {
+    let server = MockServer::start(Router::new().fallback(|| async {
+        let error = ErrorDetail {
+            compact_revision: Some(6),
+            ..ErrorDetail::new("compacted", "mvcc: required revision has been compacted")
+        };
+        (StatusCode::BAD_REQUEST, Json(ErrorBody { error })).into_response()
+    }))
+    .await;
+    let client = Client::with_config(vec![server.url.clone()], fast_config()).expect("client");
+    let err = client.get_at("k", Some(2), Consistency::Linearizable).await.expect_err("compacted");
+    match err {
+        ClientError::Api { status, code, message } => assert_eq!(
+            (status, code.as_str(), message.as_str()),
+            (400, "compacted", "mvcc: required revision has been compacted (compacted at revision 6)")
+        ),
+        other => panic!("{other:?}"),
+    }
+    server.stop().await;
 }

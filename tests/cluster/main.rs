@@ -3,6 +3,7 @@
 
 mod flood;
 mod harness;
+mod mvcc_api;
 #[path = "../chaos/nft.rs"]
 mod nft;
 #[path = "../support/require.rs"]
