@@ -1,6 +1,13 @@
 //! A linearizability checker for recorded client histories: the Wing–Gong search with Lowe's
-//! memoisation (the algorithm of the Porcupine checker), run per key (P-compositionality:
-//! a history is linearizable iff each key's sub-history is).
+//! memoisation (the algorithm of the Porcupine checker), over two models:
+//! - registers (`check_registers`), checked per key (P-compositionality: a history is
+//!   linearizable iff each key's sub-history is);
+//! - a whole store with revisions (`check_store`): puts, gets, multi-key reads at one revision
+//!   and etcd-style txns (compares on mod_revision, puts as one revision), such as transfers
+//!   between accounts and CAS. Every write moves the store revision that all keys share, so it
+//!   is one partition, meant for small key sets.
+//!
+//! Both searches are bounded by a budget of steps; past it the verdict is `Unknown`.
 //!
 //! An operation whose outcome is unknown (the client timed out or its server crashed) has no
 //! return time: it may be linearized anywhere after its call, or — by placing it after every
@@ -354,6 +361,185 @@ pub fn check_registers<K: Clone + Debug + Ord>(
     check_partitioned(&RegisterModel::<K>(std::marker::PhantomData), ops, |input| input.key().clone(), budget)
 }
 
+/// The state of [`StoreModel`]: etcd's key-value store reduced to values and mod revisions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StoreState<K: Ord> {
+    /// The store revision: bumped once by every write (a put, or a txn that puts), as etcd's.
+    pub revision: u64,
+    /// Each present key's (value, mod_revision).
+    pub keys: BTreeMap<K, (u64, u64)>,
+}
+
+/// A whole store as one sequential object: single-key puts and gets, multi-key reads at one
+/// revision, and etcd-style txns that compare mod revisions and put several keys as one
+/// revision. Every write moves the revision every key's next write gets, so the store is not
+/// P-compositional by key: it is checked as one partition, meant for small key sets.
+#[derive(Clone, Debug)]
+pub struct StoreModel<K: Ord> {
+    pub initial: StoreState<K>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreInput<K> {
+    /// A put of one key: a new revision.
+    Put { key: K, value: u64 },
+    /// A read of these keys at one revision (a get is a read of one key; a read-all, of all).
+    Read { keys: Vec<K> },
+    /// etcd's txn with mod_revision EQUAL compares (0: the key is absent) and put success ops:
+    /// if every compare holds, every put takes effect as one new revision (none if `puts` is
+    /// empty); otherwise nothing changes. A transfer compares and puts two keys, a CAS one.
+    /// The keys of `puts` are distinct (etcd refuses a txn that writes a key twice).
+    Txn { compares: Vec<(K, u64)>, puts: Vec<(K, u64)> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreOutput {
+    /// The revision the put created (etcd's response header revision).
+    Put { revision: u64 },
+    /// Whether the compares held, and the store revision after the txn.
+    Txn { succeeded: bool, revision: u64 },
+    /// Per key read, in the order asked: (value, mod_revision), or `None` when absent; and the
+    /// store revision of the read.
+    Read { revision: u64, kvs: Vec<Option<(u64, u64)>> },
+}
+
+impl<K: Clone + Debug + Ord + Hash> Model for StoreModel<K> {
+    type State = StoreState<K>;
+    type Input = StoreInput<K>;
+    type Output = StoreOutput;
+
+    fn init(&self) -> StoreState<K> {
+        self.initial.clone()
+    }
+
+    fn step(
+        &self,
+        state: &StoreState<K>,
+        input: &StoreInput<K>,
+        output: Option<&StoreOutput>,
+    ) -> Option<StoreState<K>> {
+        match input {
+            StoreInput::Put { key, value } => {
+                let revision = state.revision + 1;
+                if output.is_some_and(|o| *o != StoreOutput::Put { revision }) {
+                    return None;
+                }
+                let mut next = state.clone();
+                next.revision = revision;
+                next.keys.insert(key.clone(), (*value, revision));
+                Some(next)
+            }
+            StoreInput::Read { keys } => match output {
+                None => Some(state.clone()),
+                Some(StoreOutput::Read { revision, kvs }) => (*revision == state.revision
+                    && kvs.len() == keys.len()
+                    && keys.iter().zip(kvs).all(|(k, seen)| state.keys.get(k) == seen.as_ref()))
+                .then(|| state.clone()),
+                Some(_) => None,
+            },
+            StoreInput::Txn { compares, puts } => {
+                let holds = compares
+                    .iter()
+                    .all(|(k, expect)| state.keys.get(k).map_or(0, |(_, modified)| *modified) == *expect);
+                let mut next = state.clone();
+                if holds && !puts.is_empty() {
+                    next.revision += 1;
+                    for (k, v) in puts {
+                        next.keys.insert(k.clone(), (*v, next.revision));
+                    }
+                }
+                match output {
+                    None => Some(next),
+                    Some(StoreOutput::Txn { succeeded, revision }) => {
+                        (*succeeded == holds && *revision == next.revision).then_some(next)
+                    }
+                    Some(_) => None,
+                }
+            }
+        }
+    }
+}
+
+/// The partition name of [`check_store`]'s verdicts.
+pub const WHOLE_STORE: &str = "the whole store";
+
+/// How many operations a store violation's excerpt shows at most.
+const STORE_EXCERPT: usize = 16;
+
+/// Checks a history of store operations (one partition: see [`StoreModel`]) from `initial`.
+/// `budget` bounds each search; past it the verdict is `Unknown`, never a guess.
+///
+/// A violation is reported at the earliest cut that already fails: the operations called up
+/// to some time T, those still open at T counted as of unknown outcome (sound: if the whole
+/// history has an order, every such cut has one). The excerpt is the cut's last operations by
+/// call time; the operation whose return at T made it fail is marked `*`.
+pub fn check_store<K: Clone + Debug + Ord + Hash>(
+    initial: StoreState<K>,
+    ops: &[Operation<StoreInput<K>, StoreOutput>],
+    budget: u64,
+) -> Verdict {
+    let model = StoreModel { initial };
+    match check_operations(&model, ops, budget) {
+        Some(true) => Verdict::Linearizable,
+        None => Verdict::Unknown { partition: WHOLE_STORE.to_string() },
+        Some(false) => {
+            Verdict::Violation { partition: WHOLE_STORE.to_string(), operations: store_excerpt(&model, ops, budget) }
+        }
+    }
+}
+
+/// The operations called up to `t`; those still open at `t` with an unknown outcome.
+fn cut_at<I: Clone, O: Clone>(ops: &[Operation<I, O>], t: u64) -> Vec<Operation<I, O>> {
+    ops.iter()
+        .filter(|o| o.call <= t)
+        .map(|o| {
+            let mut o = o.clone();
+            if o.ret.is_none_or(|r| r > t) {
+                o.ret = None;
+                o.output = None;
+            }
+            o
+        })
+        .collect()
+}
+
+fn store_excerpt<K: Clone + Debug + Ord + Hash>(
+    model: &StoreModel<K>,
+    ops: &[Operation<StoreInput<K>, StoreOutput>],
+    budget: u64,
+) -> Vec<String> {
+    let mut times: Vec<u64> = ops.iter().filter_map(|o| o.ret).collect();
+    times.sort_unstable();
+    times.dedup();
+    // The earliest failing cut (cuts only fail more as they grow); a cut whose search exceeds
+    // the budget counts as not failing, so the worst case is the whole history.
+    let fails = |t: u64| check_operations(model, &cut_at(ops, t), budget) == Some(false);
+    let (mut low, mut high) = (0, times.len());
+    while low < high {
+        let mid = (low + high) / 2;
+        if fails(times[mid]) {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
+    }
+    let (mut cut, at) = match times.get(low) {
+        Some(&t) => (cut_at(ops, t), Some(t)),
+        None => (ops.to_vec(), None),
+    };
+    cut.sort_by_key(|o| o.call);
+    let skipped = cut.len().saturating_sub(STORE_EXCERPT);
+    let mut lines = Vec::with_capacity(STORE_EXCERPT + 1);
+    if skipped > 0 {
+        lines.push(format!("... {skipped} earlier operations"));
+    }
+    for op in &cut[skipped..] {
+        let mark = if op.ret.is_some() && op.ret == at { "*" } else { " " };
+        lines.push(format!("{mark}{}", describe(op)));
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,6 +660,210 @@ mod tests {
             Verdict::Violation { partition, operations } => {
                 assert_eq!(partition, "\"k\"");
                 assert!(operations.len() <= 2);
+            }
+            other => panic!("expected a violation, got {other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+
+    type Op = Operation<StoreInput<u8>, StoreOutput>;
+
+    const A: u8 = 10;
+    const B: u8 = 11;
+    const X: u8 = 0;
+    const BUDGET: u64 = 1_000_000;
+
+    /// Two accounts of 100 each, written at revision 1.
+    fn initial() -> StoreState<u8> {
+        StoreState { revision: 1, keys: BTreeMap::from([(A, (100, 1)), (B, (100, 1))]) }
+    }
+
+    fn op(client: u64, input: StoreInput<u8>, output: Option<StoreOutput>, call: u64, ret: Option<u64>) -> Op {
+        Operation { client, input, output, call, ret }
+    }
+
+    /// A transfer: compares both accounts' mod revisions, puts both new balances.
+    fn transfer(client: u64, mods: (u64, u64), new: (u64, u64), out: Option<(bool, u64)>, call: u64, ret: u64) -> Op {
+        let input = StoreInput::Txn { compares: vec![(A, mods.0), (B, mods.1)], puts: vec![(A, new.0), (B, new.1)] };
+        let output = out.map(|(succeeded, revision)| StoreOutput::Txn { succeeded, revision });
+        let ret = output.as_ref().map(|_| ret);
+        op(client, input, output, call, ret)
+    }
+
+    fn read_all(client: u64, a: (u64, u64), b: (u64, u64), revision: u64, call: u64, ret: u64) -> Op {
+        let output = StoreOutput::Read { revision, kvs: vec![Some(a), Some(b)] };
+        op(client, StoreInput::Read { keys: vec![A, B] }, Some(output), call, Some(ret))
+    }
+
+    fn put(client: u64, value: u64, revision: u64, call: u64, ret: u64) -> Op {
+        op(client, StoreInput::Put { key: X, value }, Some(StoreOutput::Put { revision }), call, Some(ret))
+    }
+
+    fn get(client: u64, seen: Option<(u64, u64)>, revision: u64, call: u64, ret: u64) -> Op {
+        let output = StoreOutput::Read { revision, kvs: vec![seen] };
+        op(client, StoreInput::Read { keys: vec![X] }, Some(output), call, Some(ret))
+    }
+
+    fn cas(client: u64, expect: u64, new: u64, succeeded: bool, revision: u64, call: u64, ret: u64) -> Op {
+        let input = StoreInput::Txn { compares: vec![(X, expect)], puts: vec![(X, new)] };
+        op(client, input, Some(StoreOutput::Txn { succeeded, revision }), call, Some(ret))
+    }
+
+    fn is_violation(v: &Verdict) -> bool {
+        matches!(v, Verdict::Violation { partition, .. } if partition == WHOLE_STORE)
+    }
+
+    #[test]
+    fn a_store_history_that_has_an_order_passes() {
+        let ops = vec![
+            read_all(1, (100, 1), (100, 1), 1, 0, 10),
+            transfer(1, (1, 1), (70, 130), Some((true, 2)), 11, 20),
+            // Concurrent, on the same balances: it must come second, its compare failing.
+            transfer(2, (1, 1), (90, 110), Some((false, 2)), 12, 25),
+            // Concurrent with the transfer: sees it whole.
+            read_all(3, (70, 2), (130, 2), 2, 13, 22),
+            put(2, 7, 3, 26, 30),
+            get(3, Some((7, 3)), 3, 31, 35),
+            cas(1, 3, 8, true, 4, 36, 40),
+            cas(2, 3, 9, false, 4, 41, 45),
+            get(3, Some((8, 4)), 4, 46, 50),
+            // A CAS on an absent key compares mod_revision 0.
+            op(
+                1,
+                StoreInput::Txn { compares: vec![(1, 0)], puts: vec![(1, 5)] },
+                Some(StoreOutput::Txn { succeeded: true, revision: 5 }),
+                51,
+                Some(55),
+            ),
+            op(
+                2,
+                StoreInput::Read { keys: vec![1, 2] },
+                Some(StoreOutput::Read { revision: 5, kvs: vec![Some((5, 5)), None] }),
+                56,
+                Some(60),
+            ),
+        ];
+        assert_eq!(check_store(initial(), &ops, BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_read_concurrent_with_a_transfer_may_see_it_or_not() {
+        let before =
+            vec![transfer(1, (1, 1), (70, 130), Some((true, 2)), 0, 20), read_all(2, (100, 1), (100, 1), 1, 5, 15)];
+        assert_eq!(check_store(initial(), &before, BUDGET), Verdict::Linearizable);
+        let after =
+            vec![transfer(1, (1, 1), (70, 130), Some((true, 2)), 0, 20), read_all(2, (70, 2), (130, 2), 2, 5, 15)];
+        assert_eq!(check_store(initial(), &after, BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_lost_transfer_fails() {
+        // Acknowledged at revision 2, yet a later read sees neither account changed.
+        let ops =
+            vec![transfer(1, (1, 1), (70, 130), Some((true, 2)), 0, 10), read_all(2, (100, 1), (100, 1), 1, 11, 20)];
+        assert!(is_violation(&check_store(initial(), &ops, BUDGET)));
+    }
+
+    #[test]
+    fn a_torn_transfer_fails() {
+        // One account moved, the other did not: even concurrently no order explains it.
+        let ops =
+            vec![transfer(1, (1, 1), (70, 130), Some((true, 2)), 0, 20), read_all(2, (70, 2), (100, 1), 2, 5, 15)];
+        assert!(is_violation(&check_store(initial(), &ops, BUDGET)));
+        // Nor when the transfer's outcome is unknown.
+        let unknown = vec![transfer(1, (1, 1), (70, 130), None, 0, 0), read_all(2, (70, 2), (100, 1), 2, 5, 15)];
+        assert!(is_violation(&check_store(initial(), &unknown, BUDGET)));
+    }
+
+    #[test]
+    fn a_transfer_of_unknown_outcome_may_have_happened_or_not() {
+        let happened = vec![transfer(1, (1, 1), (70, 130), None, 0, 0), read_all(2, (70, 2), (130, 2), 2, 30, 40)];
+        assert_eq!(check_store(initial(), &happened, BUDGET), Verdict::Linearizable);
+        let did_not = vec![transfer(1, (1, 1), (70, 130), None, 0, 0), read_all(2, (100, 1), (100, 1), 1, 30, 40)];
+        assert_eq!(check_store(initial(), &did_not, BUDGET), Verdict::Linearizable);
+        // But not before it was called.
+        let too_early = vec![read_all(2, (70, 2), (130, 2), 2, 0, 10), transfer(1, (1, 1), (70, 130), None, 20, 0)];
+        assert!(is_violation(&check_store(initial(), &too_early, BUDGET)));
+    }
+
+    #[test]
+    fn a_stale_read_fails() {
+        // The put finished before the get began, yet the get saw the key absent.
+        let ops = vec![put(1, 5, 2, 0, 10), get(2, None, 1, 11, 20)];
+        assert!(is_violation(&check_store(initial(), &ops, BUDGET)));
+        // The same for a read-all after a completed transfer that sees the balances before it.
+        let ops = vec![
+            transfer(1, (1, 1), (70, 130), Some((true, 2)), 0, 10),
+            read_all(2, (70, 2), (130, 2), 2, 11, 20),
+            read_all(3, (100, 1), (100, 1), 1, 21, 30),
+        ];
+        assert!(is_violation(&check_store(initial(), &ops, BUDGET)));
+    }
+
+    #[test]
+    fn a_read_must_name_the_revision_it_read_at() {
+        // The values are right, but a put of another key made the store's revision 2.
+        let ops = vec![put(1, 5, 2, 0, 10), read_all(2, (100, 1), (100, 1), 1, 11, 20)];
+        assert!(is_violation(&check_store(initial(), &ops, BUDGET)));
+        let ops = vec![put(1, 5, 2, 0, 10), read_all(2, (100, 1), (100, 1), 2, 11, 20)];
+        assert_eq!(check_store(initial(), &ops, BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_cas_that_succeeded_against_the_wrong_revision_fails() {
+        // The key was written at 2 and again at 3: a CAS expecting 2 cannot succeed after that.
+        let ops = vec![put(1, 5, 2, 0, 10), put(1, 6, 3, 11, 20), cas(2, 2, 7, true, 4, 21, 30)];
+        assert!(is_violation(&check_store(initial(), &ops, BUDGET)));
+        // Nor may a CAS against the current revision fail.
+        let ops = vec![put(1, 5, 2, 0, 10), cas(2, 2, 7, false, 2, 11, 20)];
+        assert!(is_violation(&check_store(initial(), &ops, BUDGET)));
+        // And a successful one writes at a new revision, which the reply must name.
+        let ops = vec![put(1, 5, 2, 0, 10), cas(2, 2, 7, true, 2, 11, 20)];
+        assert!(is_violation(&check_store(initial(), &ops, BUDGET)));
+        let ops = vec![put(1, 5, 2, 0, 10), cas(2, 2, 7, true, 3, 11, 20), get(1, Some((7, 3)), 3, 21, 30)];
+        assert_eq!(check_store(initial(), &ops, BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn the_store_check_says_unknown_past_its_budget() {
+        let ops = vec![put(1, 5, 2, 0, 10), get(2, Some((5, 2)), 2, 11, 20), put(1, 6, 3, 21, 30)];
+        assert_eq!(check_store(initial(), &ops, 2), Verdict::Unknown { partition: WHOLE_STORE.to_string() });
+        assert_eq!(check_store(initial(), &ops, BUDGET), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_store_violation_is_shown_at_its_earliest_failing_cut() {
+        // 40 good puts and gets, a stale get, then 40 more: the excerpt ends at the stale get
+        // (marked), shows at most STORE_EXCERPT operations and nothing called after it.
+        let mut ops = Vec::new();
+        let mut revision = 1;
+        let mut t = 0;
+        for i in 0..40u64 {
+            revision += 1;
+            ops.push(put(1, i, revision, t, t + 1));
+            ops.push(get(2, Some((i, revision)), revision, t + 2, t + 3));
+            t += 4;
+        }
+        ops.push(get(3, Some((38, revision - 1)), revision - 1, t, t + 1));
+        let stale_at = t;
+        t += 2;
+        for i in 40..80u64 {
+            revision += 1;
+            ops.push(put(1, i, revision, t, t + 1));
+            t += 2;
+        }
+        match check_store(initial(), &ops, BUDGET) {
+            Verdict::Violation { partition, operations } => {
+                assert_eq!(partition, WHOLE_STORE);
+                assert_eq!(operations.len(), STORE_EXCERPT + 1, "{operations:#?}");
+                assert!(operations[0].starts_with("... 65 earlier operations"), "{operations:#?}");
+                let last = operations.last().cloned().unwrap_or_default();
+                assert!(last.starts_with('*') && last.contains(&format!("{stale_at:>8} ..")), "{operations:#?}");
+                assert_eq!(operations.iter().filter(|o| o.starts_with('*')).count(), 1, "{operations:#?}");
             }
             other => panic!("expected a violation, got {other:?}"),
         }
