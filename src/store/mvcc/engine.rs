@@ -1007,6 +1007,51 @@ impl Batch {
         }
     }
 
+    /// Fills an empty store with each key's latest version and no history before `revision`
+    /// (reads below it get [`MvccError::Compacted`]), as `Model::from_latest`: how the state of
+    /// an earlier kuberaft, which kept only the latest versions, is carried over. Refused on a
+    /// store that is not empty, or for a key whose revisions cannot be.
+    pub fn load_latest(
+        &mut self,
+        latest: impl IntoIterator<Item = KeyValue>,
+        revision: Revision,
+    ) -> Result<(), StoreError> {
+        self.check_usable()?;
+        let res = self.load_latest_inner(latest, revision);
+        self.note(res)
+    }
+
+    fn load_latest_inner(
+        &mut self,
+        latest: impl IntoIterator<Item = KeyValue>,
+        revision: Revision,
+    ) -> Result<(), StoreError> {
+        let place = &self.place;
+        let mut kv = self.txn.open_table(KV).at(place, WRITE)?;
+        if self.revision != 1 || self.compacted != -1 || !kv.is_empty().at(place, READ)? {
+            return Err(StoreError::Invalid("load_latest needs an empty store".to_string()));
+        }
+        let current = revision.max(1);
+        for item in latest {
+            let consistent = !item.key.is_empty()
+                && item.version >= 1
+                && item.create_revision >= 1
+                && item.create_revision <= item.mod_revision
+                && item.mod_revision <= current;
+            if !consistent {
+                return Err(StoreError::BadSnapshot(format!(
+                    "key {:?} has impossible revisions",
+                    String::from_utf8_lossy(&item.key)
+                )));
+            }
+            let record = Record::encode_live(item.create_revision, item.version, item.lease, &item.value);
+            kv.insert((item.key.as_slice(), item.mod_revision), record.as_slice()).at(place, WRITE)?;
+        }
+        self.revision = current;
+        self.compacted = current;
+        Ok(())
+    }
+
     /// Sets a state-machine record, committed with the batch.
     pub fn set_meta(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
         self.check_usable()?;
