@@ -3,7 +3,7 @@
 #
 #   docker build -t kuberaft:dev .
 
-FROM rust:1.89-bookworm AS build
+FROM rust:1.90-bookworm AS build
 WORKDIR /src
 # Dependencies first, so that a change to the sources does not fetch them again.
 COPY Cargo.toml Cargo.lock ./

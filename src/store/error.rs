@@ -44,6 +44,11 @@ pub enum StoreError {
     /// State-machine snapshot data that cannot be decoded.
     #[error("unreadable state-machine snapshot: {0}")]
     BadSnapshot(String),
+    /// The state machine's database (redb) failed in a way that is neither an I/O error nor
+    /// damage: it was closed after an earlier failure, a lock was poisoned, a value was too
+    /// large, or the file was written by a newer redb. The member stops applying.
+    #[error("the state-machine database {} failed to {action}: {detail}", path.display())]
+    Database { action: &'static str, path: PathBuf, detail: String },
 }
 
 impl StoreError {

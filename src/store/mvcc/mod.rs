@@ -1,8 +1,16 @@
 //! etcd v3 multi-version key-value semantics. `types` holds etcd's request and response shapes;
-//! `model` is a plain in-memory reference of the semantics (etcd 3.4), kept small and obviously
-//! correct so that the on-disk store can be property-tested against it.
+//! `check` etcd's pure request checks; `model` is a plain in-memory reference of the semantics
+//! (etcd 3.4), kept small and obviously correct; `engine` is the store on disk (redb) that is
+//! property-tested against it, and `snapshot` streams an engine's state out and in.
 
+pub mod check;
+pub mod engine;
+#[cfg(test)]
+mod engine_tests;
 pub mod model;
+pub mod snapshot;
 pub mod types;
 
+pub use engine::{Batch, MvccStore, ReadError};
+pub use snapshot::{ChunkReader, SnapshotReader};
 pub use types::*;

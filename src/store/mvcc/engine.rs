@@ -1,0 +1,1097 @@
+//! The on-disk MVCC store: etcd v3's key-value semantics (the same as `model`, which it is
+//! property-tested against) on redb, an embedded copy-on-write B-tree with MVCC transactions.
+//!
+//! Layout (one redb file; see DESIGN.md §3):
+//! - `kv`: `(key, main revision)` → a record: `[0]` for a tombstone, or `[1]` then postcard of
+//!   `(create_revision, version, lease)` then the value's bytes. A key has at most one entry per
+//!   revision (the last change made to it in that revision).
+//! - `revs`: `(main, sub)` → key: which keys changed at each revision, in order. Compaction walks
+//!   it; watches will.
+//! - `mvcc`: the engine's own numbers: `format`, `revision`, `compacted`.
+//! - `meta`: name → bytes, the state machine's own small records (applied index, term, members),
+//!   written in the same transaction as the data they describe.
+//!
+//! Reads take a redb read transaction, so they see the latest committed state and run on any
+//! thread while a [`Batch`] (one redb write transaction) is open. A read at revision `R` takes,
+//! for each key, its newest entry at or below `R`.
+//!
+//! Errors: etcd's refusals are [`MvccError`]; a failure of the storage is a [`StoreError`] (I/O,
+//! a damaged record, a closed database), never a panic. Reads return both as [`ReadError`];
+//! batch operations return `Result<Result<T, MvccError>, StoreError>`: the outer error means the
+//! storage failed and the batch is unusable (its commit is refused), the inner one that etcd
+//! refuses the operation and it changed nothing.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::{Bound, ControlFlow};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
+use std::sync::Arc;
+
+use redb::backends::InMemoryBackend;
+use redb::{
+    AccessGuard, Builder, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend,
+    Table, TableDefinition, WriteTransaction,
+};
+
+use super::check::{check_intervals, check_put, check_txn, KeySpan};
+use super::types::*;
+use crate::store::codec;
+use crate::store::StoreError;
+
+/// `(key, main revision)` → record.
+pub(crate) const KV: TableDefinition<(&[u8], i64), &[u8]> = TableDefinition::new("kv");
+/// `(main, sub)` → key.
+pub(crate) const REVS: TableDefinition<(i64, u32), &[u8]> = TableDefinition::new("revs");
+/// The engine's numbers.
+pub(crate) const STATE: TableDefinition<&str, i64> = TableDefinition::new("mvcc");
+/// The state machine's records.
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// The layout this version writes and reads (`mvcc` table, `format`).
+pub(crate) const FORMAT: i64 = 1;
+pub(crate) const FORMAT_NAME: &str = "format";
+pub(crate) const REVISION_NAME: &str = "revision";
+pub(crate) const COMPACTED_NAME: &str = "compacted";
+
+/// redb's page cache. redb's default (1 GiB) would let the cache, not the working set, set the
+/// member's memory; 64 MiB holds the upper B-tree levels of millions of keys.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// How many `revs` entries compaction handles at a time (bounds its memory).
+const COMPACT_CHUNK: usize = 1024;
+/// After this many versions of one key at or below the revision read, a range stops walking
+/// them and seeks to the newest one.
+const WALK_BEFORE_SEEK: usize = 16;
+
+const TOMBSTONE: &[u8] = &[0];
+const LIVE: u8 = 1;
+
+/// A read that etcd refused, or that the storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
+impl ReadError {
+    /// Splits into the batch operations' shape: outer storage failure, inner refusal.
+    fn split<T>(res: Result<T, ReadError>) -> Result<Result<T, MvccError>, StoreError> {
+        match res {
+            Ok(v) => Ok(Ok(v)),
+            Err(ReadError::Mvcc(e)) => Ok(Err(e)),
+            Err(ReadError::Storage(e)) => Err(e),
+        }
+    }
+}
+
+/// Where the database lives, for error messages.
+#[derive(Clone, Debug)]
+pub(crate) struct Place(Arc<PathBuf>);
+
+impl Place {
+    pub(crate) fn new(path: &Path) -> Place {
+        Place(Arc::new(path.to_path_buf()))
+    }
+
+    pub(crate) fn memory() -> Place {
+        Place::new(Path::new("(in memory)"))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub(crate) fn fail(&self, action: &'static str, e: impl Into<redb::Error>) -> StoreError {
+        let path = self.0.to_path_buf();
+        match e.into() {
+            redb::Error::Io(source) => StoreError::Io { action, path, source },
+            redb::Error::Corrupted(detail) => StoreError::Corrupt { path, offset: 0, detail },
+            redb::Error::DatabaseAlreadyOpen => StoreError::Locked { path },
+            other => StoreError::Database { action, path, detail: other.to_string() },
+        }
+    }
+
+    pub(crate) fn corrupt(&self, detail: impl Into<String>) -> StoreError {
+        StoreError::corrupt(&self.0, 0, detail)
+    }
+}
+
+/// `.at(place, action)`: a redb result as a `StoreError` result.
+pub(crate) trait At<T> {
+    fn at(self, place: &Place, action: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<redb::Error>> At<T> for Result<T, E> {
+    fn at(self, place: &Place, action: &'static str) -> Result<T, StoreError> {
+        self.map_err(|e| place.fail(action, e))
+    }
+}
+
+const READ: &str = "read the state-machine database";
+const WRITE: &str = "write the state-machine database";
+
+/// One entry of `kv`, decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Record<'a> {
+    Tombstone,
+    Live { create_revision: Revision, version: i64, lease: i64, value: &'a [u8] },
+}
+
+impl<'a> Record<'a> {
+    pub(crate) fn decode(bytes: &'a [u8]) -> Result<Record<'a>, String> {
+        match bytes {
+            [0] => Ok(Record::Tombstone),
+            [LIVE, rest @ ..] => {
+                let ((create_revision, version, lease), value) =
+                    codec::decode_prefix::<(i64, i64, i64)>(rest).map_err(|e| e.to_string())?;
+                if create_revision < 1 || version < 1 {
+                    return Err(format!("impossible create revision {create_revision} or version {version}"));
+                }
+                Ok(Record::Live { create_revision, version, lease, value })
+            }
+            [] => Err("empty record".to_string()),
+            [tag, ..] => Err(format!("unknown record kind {tag} of {} bytes", bytes.len())),
+        }
+    }
+
+    pub(crate) fn is_live(bytes: &[u8]) -> Result<bool, String> {
+        Record::decode(bytes).map(|r| matches!(r, Record::Live { .. }))
+    }
+
+    fn encode_live(create_revision: Revision, version: i64, lease: i64, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(value.len() + 16);
+        out.push(LIVE);
+        // Three integers cannot fail to encode.
+        let _ = codec::encode_into(&(create_revision, version, lease), &mut out);
+        out.extend_from_slice(value);
+        out
+    }
+}
+
+/// Decodes the record of `key` at `rev`; `with_value` false leaves the value empty.
+fn key_value(
+    place: &Place,
+    key: &[u8],
+    rev: Revision,
+    bytes: &[u8],
+    with_value: bool,
+) -> Result<Option<KeyValue>, StoreError> {
+    match Record::decode(bytes) {
+        Ok(Record::Tombstone) => Ok(None),
+        Ok(Record::Live { create_revision, version, lease, value }) if create_revision <= rev => Ok(Some(KeyValue {
+            key: key.to_vec(),
+            create_revision,
+            mod_revision: rev,
+            version,
+            value: if with_value { value.to_vec() } else { Vec::new() },
+            lease,
+        })),
+        Ok(Record::Live { create_revision, .. }) => Err(place.corrupt(format!(
+            "key {:?} at revision {rev} was created later, at {create_revision}",
+            String::from_utf8_lossy(key)
+        ))),
+        Err(detail) => {
+            Err(place.corrupt(format!("key {:?} at revision {rev}: {detail}", String::from_utf8_lossy(key))))
+        }
+    }
+}
+
+/// The numbers every store keeps in memory for `revision()`/`compacted_revision()`, updated
+/// after each commit.
+#[derive(Debug)]
+struct Shared {
+    revision: AtomicI64,
+    compacted: AtomicI64,
+}
+
+/// etcd's MVCC key-value store on redb. Share it (`Arc`) between the thread that writes through
+/// [`Batch`]es and the threads that read.
+pub struct MvccStore {
+    db: Database,
+    place: Place,
+    shared: Arc<Shared>,
+    max_txn_ops: usize,
+}
+
+impl fmt::Debug for MvccStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MvccStore")
+            .field("path", &self.place.path())
+            .field("revision", &self.revision())
+            .field("compacted", &self.compacted_revision())
+            .finish()
+    }
+}
+
+impl MvccStore {
+    /// Opens the store in the redb file `path`, creating it if it does not exist.
+    pub fn open(path: &Path) -> Result<MvccStore, StoreError> {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// The same with another page cache size.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<MvccStore, StoreError> {
+        let place = Place::new(path);
+        let db =
+            Builder::new().set_cache_size(cache_bytes).create(path).at(&place, "open the state-machine database")?;
+        Self::init(db, place)
+    }
+
+    /// An empty store in memory (redb's `InMemoryBackend`), for tests.
+    pub fn in_memory() -> MvccStore {
+        Self::with_backend(InMemoryBackend::new(), Place::memory())
+            .expect("an empty in-memory redb database always opens")
+    }
+
+    /// A store on any redb backend (the crash tests use one that forgets unsynced writes).
+    pub(crate) fn with_backend(backend: impl StorageBackend, place: Place) -> Result<MvccStore, StoreError> {
+        let db = Builder::new()
+            .set_cache_size(DEFAULT_CACHE_BYTES)
+            .create_with_backend(backend)
+            .at(&place, "open the state-machine database")?;
+        Self::init(db, place)
+    }
+
+    /// Checks the layout of an opened database, or lays it out in an empty one.
+    pub(crate) fn init(db: Database, place: Place) -> Result<MvccStore, StoreError> {
+        let txn = db.begin_write().at(&place, WRITE)?;
+        let (revision, compacted) = {
+            let mut state = txn.open_table(STATE).at(&place, "open the table mvcc")?;
+            let kv = txn.open_table(KV).at(&place, "open the table kv")?;
+            let revs = txn.open_table(REVS).at(&place, "open the table revs")?;
+            let meta = txn.open_table(META).at(&place, "open the table meta")?;
+            match read_state(&state, &place)? {
+                Some(numbers) => numbers,
+                None => {
+                    let empty = kv.is_empty().at(&place, READ)?
+                        && revs.is_empty().at(&place, READ)?
+                        && meta.is_empty().at(&place, READ)?;
+                    if !empty {
+                        return Err(StoreError::Inconsistent {
+                            path: place.path().to_path_buf(),
+                            detail: "the database holds keys but no MVCC state (revision, format)".to_string(),
+                        });
+                    }
+                    state.insert(FORMAT_NAME, FORMAT).at(&place, WRITE)?;
+                    state.insert(REVISION_NAME, 1).at(&place, WRITE)?;
+                    state.insert(COMPACTED_NAME, -1).at(&place, WRITE)?;
+                    (1, -1)
+                }
+            }
+        };
+        txn.commit().at(&place, "commit to the state-machine database")?;
+        Ok(MvccStore {
+            db,
+            place,
+            shared: Arc::new(Shared { revision: AtomicI64::new(revision), compacted: AtomicI64::new(compacted) }),
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
+        })
+    }
+
+    /// The same store with another limit on ops per txn level (etcd's `--max-txn-ops`).
+    pub fn with_max_txn_ops(mut self, max_txn_ops: usize) -> MvccStore {
+        self.max_txn_ops = max_txn_ops;
+        self
+    }
+
+    /// The current revision (1 for an empty store), as of the last commit.
+    pub fn revision(&self) -> Revision {
+        self.shared.revision.load(AtomicOrdering::Acquire)
+    }
+
+    /// The revision of the last compaction, -1 if there was none, as of the last commit.
+    pub fn compacted_revision(&self) -> Revision {
+        self.shared.compacted.load(AtomicOrdering::Acquire)
+    }
+
+    /// Where the store lives (`(in memory)` for one in memory).
+    pub fn path(&self) -> &Path {
+        self.place.path()
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub(crate) fn place(&self) -> &Place {
+        &self.place
+    }
+
+    /// A range at the latest committed state.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ReadError> {
+        if req.key.is_empty() {
+            return Err(MvccError::EmptyKey.into());
+        }
+        let txn = self.db.begin_read().at(&self.place, READ)?;
+        let state = txn.open_table(STATE).at(&self.place, READ)?;
+        let (current, compacted) = read_state(&state, &self.place)?
+            .ok_or_else(|| self.place.corrupt("the MVCC state (revision, format) is missing"))?;
+        let kv = txn.open_table(KV).at(&self.place, READ)?;
+        range_at(&kv, &self.place, req, current, compacted)
+    }
+
+    /// A state-machine record at the latest committed state.
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().at(&self.place, READ)?;
+        let meta = txn.open_table(META).at(&self.place, READ)?;
+        let value = meta.get(name).at(&self.place, READ)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Starts a write batch: one redb write transaction (a second one waits for this one to end).
+    pub fn begin(&self) -> Result<Batch, StoreError> {
+        let txn = self.db.begin_write().at(&self.place, WRITE)?;
+        let (revision, compacted) = {
+            let state = txn.open_table(STATE).at(&self.place, WRITE)?;
+            read_state(&state, &self.place)?
+                .ok_or_else(|| self.place.corrupt("the MVCC state (revision, format) is missing"))?
+        };
+        Ok(Batch {
+            txn,
+            place: self.place.clone(),
+            shared: self.shared.clone(),
+            revision,
+            compacted,
+            max_txn_ops: self.max_txn_ops,
+            failed: None,
+        })
+    }
+}
+
+/// The engine's numbers from the `mvcc` table: `(revision, compacted)`, `None` for a new
+/// database; a foreign or newer format, or impossible numbers, are errors.
+pub(crate) fn read_state<T: ReadableTable<&'static str, i64>>(
+    state: &T,
+    place: &Place,
+) -> Result<Option<(Revision, Revision)>, StoreError> {
+    let get =
+        |name: &str| -> Result<Option<i64>, StoreError> { Ok(state.get(name).at(place, READ)?.map(|v| v.value())) };
+    let Some(format) = get(FORMAT_NAME)? else { return Ok(None) };
+    if format != FORMAT {
+        return Err(StoreError::Inconsistent {
+            path: place.path().to_path_buf(),
+            detail: format!(
+                "the state-machine database has format {format}, this version reads {FORMAT}: upgrade kuberaft"
+            ),
+        });
+    }
+    let (Some(revision), Some(compacted)) = (get(REVISION_NAME)?, get(COMPACTED_NAME)?) else {
+        return Err(place.corrupt("the MVCC revision or compacted revision is missing"));
+    };
+    if revision < 1 || compacted > revision || compacted < -1 {
+        return Err(place.corrupt(format!("impossible revisions: current {revision}, compacted {compacted}")));
+    }
+    Ok(Some((revision, compacted)))
+}
+
+// ----- Reads, over read-only and write tables alike -----
+
+/// The newest entry of `key` at or below `rev`: its revision and raw record.
+fn newest_entry<'t, T>(
+    kv: &'t T,
+    place: &Place,
+    key: &[u8],
+    rev: Revision,
+) -> Result<Option<(Revision, AccessGuard<'t, &'static [u8]>)>, StoreError>
+where
+    T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+{
+    let mut range = kv.range::<(&[u8], i64)>((key, i64::MIN)..=(key, rev)).at(place, READ)?;
+    match range.next_back() {
+        None => Ok(None),
+        Some(entry) => {
+            let (k, v) = entry.at(place, READ)?;
+            Ok(Some((k.value().1, v)))
+        }
+    }
+}
+
+/// Calls `visit(key, revision, record)` with the newest entry at or below `rev` (a tombstone
+/// too) of each key in `span` that has one, in key order, until it breaks.
+fn for_each_newest<T, F>(
+    kv: &T,
+    place: &Place,
+    span: &KeySpan<'_>,
+    rev: Revision,
+    mut visit: F,
+) -> Result<(), ReadError>
+where
+    T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+    F: FnMut(&[u8], Revision, &[u8]) -> Result<ControlFlow<()>, ReadError>,
+{
+    let (start, end): (&[u8], Option<&[u8]>) = match span {
+        KeySpan::One(key) => {
+            if let Some((r, v)) = newest_entry(kv, place, key, rev)? {
+                let _ = visit(key, r, v.value())?;
+            }
+            return Ok(());
+        }
+        KeySpan::From(key) => (key, None),
+        KeySpan::Between(key, end) if key < end => (key, Some(end)),
+        KeySpan::Between(..) => return Ok(()),
+    };
+    let upper: Bound<(&[u8], i64)> = match end {
+        Some(end) => Bound::Excluded((end, i64::MIN)),
+        None => Bound::Unbounded,
+    };
+    // Walk the entries in order; per key remember the newest at or below `rev`, and seek past
+    // a key once its entries pass `rev` or after WALK_BEFORE_SEEK of them.
+    let mut iter = kv.range::<(&[u8], i64)>((Bound::Included((start, i64::MIN)), upper)).at(place, READ)?;
+    let mut current: Option<Vec<u8>> = None;
+    let mut best: Option<(Revision, AccessGuard<'_, &'static [u8]>)> = None;
+    let mut walked = 0usize;
+    loop {
+        let entry = iter.next().transpose().at(place, READ)?;
+        let same_key = match (&entry, &current) {
+            (Some((k, _)), Some(cur)) => k.value().0 == cur.as_slice(),
+            _ => false,
+        };
+        if same_key {
+            let Some((k, v)) = entry else { unreachable!("same_key implies an entry") };
+            let r = k.value().1;
+            if r <= rev && walked < WALK_BEFORE_SEEK {
+                best = Some((r, v));
+                walked += 1;
+                continue;
+            }
+            // Past `rev`, or many versions: find the newest directly, then seek past the key.
+            let key = current.take().unwrap_or_default();
+            if r > rev {
+                // `best` already holds the newest at or below `rev`.
+            } else {
+                best = newest_entry(kv, place, &key, rev)?;
+            }
+            if let Some((r, v)) = best.take() {
+                if visit(&key, r, v.value())?.is_break() {
+                    return Ok(());
+                }
+            }
+            iter = kv.range::<(&[u8], i64)>((Bound::Excluded((key.as_slice(), i64::MAX)), upper)).at(place, READ)?;
+            continue;
+        }
+        // A new key (or the end): hand over the previous one.
+        if let (Some(key), Some((r, v))) = (current.take(), best.take()) {
+            if visit(&key, r, v.value())?.is_break() {
+                return Ok(());
+            }
+        }
+        let Some((k, v)) = entry else { return Ok(()) };
+        let (key, r) = k.value();
+        current = Some(key.to_vec());
+        walked = 0;
+        if r <= rev {
+            best = Some((r, v));
+        } else {
+            // Every entry of this key is after `rev`: skip it.
+            let key = current.take().unwrap_or_default();
+            iter = kv.range::<(&[u8], i64)>((Bound::Excluded((key.as_slice(), i64::MAX)), upper)).at(place, READ)?;
+        }
+    }
+}
+
+fn corrupt_record(place: &Place, key: &[u8], rev: Revision, detail: String) -> ReadError {
+    ReadError::Storage(place.corrupt(format!("key {:?} at revision {rev}: {detail}", String::from_utf8_lossy(key))))
+}
+
+/// etcd's range, reading a store whose current revision is `current` (in a txn: its view).
+fn range_at<T>(
+    kv: &T,
+    place: &Place,
+    req: &RangeRequest,
+    current: Revision,
+    compacted: Revision,
+) -> Result<RangeResponse, ReadError>
+where
+    T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+{
+    if req.revision > current {
+        return Err(MvccError::FutureRev.into());
+    }
+    let rev = if req.revision <= 0 { current } else { req.revision };
+    if rev < compacted {
+        return Err(MvccError::Compacted.into());
+    }
+    let filtered = req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0;
+    // As etcd: everything when sorting or filtering, else limit + 1 keys in key order.
+    let fetch = if req.count_only {
+        0
+    } else if req.sort_order != SortOrder::None || filtered || req.limit <= 0 {
+        usize::MAX
+    } else {
+        usize::try_from(req.limit.saturating_add(1)).unwrap_or(usize::MAX)
+    };
+    let with_value = !req.keys_only || req.sort_target == SortTarget::Value;
+    let mut count = 0i64;
+    let mut kvs: Vec<KeyValue> = Vec::new();
+    let span = KeySpan::new(&req.key, &req.range_end);
+    for_each_newest(kv, place, &span, rev, |key, r, bytes| {
+        if kvs.len() < fetch {
+            if let Some(found) = key_value(place, key, r, bytes, with_value)? {
+                count += 1;
+                kvs.push(found);
+            }
+        } else if Record::is_live(bytes).map_err(|d| corrupt_record(place, key, r, d))? {
+            count += 1;
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    if req.count_only {
+        return Ok(RangeResponse { revision: current, kvs: Vec::new(), more: false, count });
+    }
+    kvs.retain(|kv| {
+        (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+            && (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+            && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+            && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+    });
+    let descend = match (req.sort_order, req.sort_target) {
+        (SortOrder::None, SortTarget::Key) | (SortOrder::Ascend, SortTarget::Key) => None,
+        (SortOrder::Descend, _) => Some(true),
+        _ => Some(false),
+    };
+    if let Some(descend) = descend {
+        // Stable, on key-ordered input: ties stay in key order.
+        let field = |kv: &KeyValue| match req.sort_target {
+            SortTarget::Key | SortTarget::Value => 0,
+            SortTarget::Version => kv.version,
+            SortTarget::Create => kv.create_revision,
+            SortTarget::Mod => kv.mod_revision,
+        };
+        match (req.sort_target, descend) {
+            (SortTarget::Key, _) => kvs.reverse(),
+            (SortTarget::Value, false) => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+            (SortTarget::Value, true) => kvs.sort_by(|a, b| b.value.cmp(&a.value)),
+            (_, false) => kvs.sort_by_key(field),
+            (_, true) => kvs.sort_by(|a, b| field(b).cmp(&field(a))),
+        }
+    }
+    let mut more = false;
+    if req.limit > 0 {
+        let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
+        if kvs.len() > limit {
+            kvs.truncate(limit);
+            more = true;
+        }
+    }
+    if req.keys_only {
+        for kv in &mut kvs {
+            kv.value = Vec::new();
+        }
+    }
+    Ok(RangeResponse { revision: current, kvs, more, count })
+}
+
+/// The live value of `key` at `rev`.
+fn get_live<T>(kv: &T, place: &Place, key: &[u8], rev: Revision) -> Result<Option<KeyValue>, StoreError>
+where
+    T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+{
+    match newest_entry(kv, place, key, rev)? {
+        Some((r, v)) => key_value(place, key, r, v.value(), true),
+        None => Ok(None),
+    }
+}
+
+/// etcd's `applyCompare` at `rev`: true when every key live in the range satisfies it; a range
+/// with no live key compares as one missing key (a value compare is then false).
+fn compare_holds<T>(kv: &T, place: &Place, c: &Compare, rev: Revision) -> Result<bool, ReadError>
+where
+    T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+{
+    let mut any = false;
+    let mut all = true;
+    for_each_newest(kv, place, &KeySpan::new(&c.key, &c.range_end), rev, |key, r, bytes| {
+        match key_value(place, key, r, bytes, matches!(c.target, CompareTarget::Value(_)))? {
+            Some(found) => {
+                any = true;
+                if !compare_kv(c, &found) {
+                    all = false;
+                    return Ok(ControlFlow::Break(()));
+                }
+                Ok(ControlFlow::Continue(()))
+            }
+            None => Ok(ControlFlow::Continue(())),
+        }
+    })?;
+    if !any {
+        return Ok(!matches!(c.target, CompareTarget::Value(_)) && compare_kv(c, &KeyValue::default()));
+    }
+    Ok(all)
+}
+
+/// etcd's `compareKV`.
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering;
+    let ord = match &c.target {
+        CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+        CompareTarget::Version(n) => kv.version.cmp(n),
+        CompareTarget::Create(n) => kv.create_revision.cmp(n),
+        CompareTarget::Mod(n) => kv.mod_revision.cmp(n),
+        CompareTarget::Lease(n) => kv.lease.cmp(n),
+    };
+    match c.result {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+    }
+}
+
+fn compares_hold<T>(kv: &T, place: &Place, compares: &[Compare], rev: Revision) -> Result<bool, ReadError>
+where
+    T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+{
+    for c in compares {
+        if !compare_holds(kv, place, c, rev)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+// ----- Writes -----
+
+/// A write batch: one redb write transaction. Each operation is its own etcd revision (a txn is
+/// one; one that writes nothing, or a delete of nothing, is none), and reads in the batch see
+/// its earlier writes. Nothing is visible to readers before [`Batch::commit`]; dropping the
+/// batch discards it.
+pub struct Batch {
+    txn: WriteTransaction,
+    place: Place,
+    shared: Arc<Shared>,
+    revision: Revision,
+    compacted: Revision,
+    max_txn_ops: usize,
+    /// Set when the storage failed in this batch: its commit is refused.
+    failed: Option<String>,
+}
+
+/// The tables and revision of one write operation (a put, a delete or a whole txn). Every write
+/// goes to revision `begin + 1`; reads see `begin`, or `begin + 1` once something changed.
+struct Writer<'t> {
+    kv: Table<'t, (&'static [u8], i64), &'static [u8]>,
+    revs: Table<'t, (i64, u32), &'static [u8]>,
+    place: &'t Place,
+    begin: Revision,
+    compacted: Revision,
+    changed: bool,
+    /// The next `sub` of `revs` at `begin + 1`.
+    sub: u32,
+}
+
+impl Writer<'_> {
+    fn view(&self) -> Revision {
+        if self.changed {
+            self.begin + 1
+        } else {
+            self.begin
+        }
+    }
+
+    /// Writes `record` for `key` at this revision; `previous` is the revision of the key's
+    /// newest entry before (a key written twice in one revision gets one `revs` entry).
+    fn write(&mut self, key: &[u8], record: &[u8], previous: Option<Revision>) -> Result<(), StoreError> {
+        let rev = self.begin + 1;
+        self.kv.insert((key, rev), record).at(self.place, WRITE)?;
+        if previous != Some(rev) {
+            self.revs.insert((rev, self.sub), key).at(self.place, WRITE)?;
+            self.sub = self
+                .sub
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Invalid(format!("more than {} keys changed in revision {rev}", u32::MAX)))?;
+        }
+        self.changed = true;
+        Ok(())
+    }
+
+    /// etcd's put (`applierV3backend.Put` over mvcc's `storeTxnWrite.put`).
+    fn put(&mut self, req: &PutRequest) -> Result<PutResponse, ReadError> {
+        let (previous, prev) = match newest_entry(&self.kv, self.place, &req.key, self.view())? {
+            Some((r, v)) => (Some(r), key_value(self.place, &req.key, r, v.value(), true)?),
+            None => (None, None),
+        };
+        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+            return Err(MvccError::KeyNotFound.into());
+        }
+        let rev = self.begin + 1;
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (rev, 1),
+        };
+        let value = match (&prev, req.ignore_value) {
+            (Some(p), true) => p.value.as_slice(),
+            _ => req.value.as_slice(),
+        };
+        let lease = match (&prev, req.ignore_lease) {
+            (Some(p), true) => p.lease,
+            _ => req.lease,
+        };
+        let record = Record::encode_live(create_revision, version, lease, value);
+        self.write(&req.key, &record, previous)?;
+        Ok(PutResponse { revision: self.view(), prev_kv: if req.prev_kv { prev } else { None } })
+    }
+
+    /// etcd's delete-range: a tombstone on every key live in the view.
+    fn delete(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, ReadError> {
+        let mut gone: Vec<(Vec<u8>, Revision)> = Vec::new();
+        let mut prev_kvs = Vec::new();
+        let place = self.place;
+        for_each_newest(&self.kv, place, &KeySpan::new(&req.key, &req.range_end), self.view(), |key, r, bytes| {
+            if let Some(found) = key_value(place, key, r, bytes, req.prev_kv)? {
+                gone.push((key.to_vec(), r));
+                if req.prev_kv {
+                    prev_kvs.push(found);
+                }
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        for (key, r) in &gone {
+            self.write(key, TOMBSTONE, Some(*r))?;
+        }
+        Ok(DeleteRangeResponse { revision: self.view(), deleted: gone.len() as i64, prev_kvs })
+    }
+
+    /// The branch a txn takes, decided at the revision before it.
+    fn taken<'r>(&self, req: &'r TxnRequest) -> Result<&'r [RequestOp], ReadError> {
+        Ok(if compares_hold(&self.kv, self.place, &req.compare, self.begin)? { &req.success } else { &req.failure })
+    }
+
+    /// etcd's `checkRequestPut` over the taken path, before the txn.
+    fn check_taken_puts(&self, req: &TxnRequest) -> Result<(), ReadError> {
+        for op in self.taken(req)? {
+            match op {
+                RequestOp::Put(p) if p.ignore_value || p.ignore_lease => {
+                    if get_live(&self.kv, self.place, &p.key, self.begin)?.is_none() {
+                        return Err(MvccError::KeyNotFound.into());
+                    }
+                }
+                RequestOp::Txn(t) => self.check_taken_puts(t)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// etcd's `checkRequestRange` over the taken path, before the txn.
+    fn check_taken_ranges(&self, req: &TxnRequest) -> Result<(), ReadError> {
+        for op in self.taken(req)? {
+            match op {
+                RequestOp::Range(r) if r.revision > self.begin => return Err(MvccError::FutureRev.into()),
+                RequestOp::Range(r) if r.revision != 0 && r.revision < self.compacted => {
+                    return Err(MvccError::Compacted.into())
+                }
+                RequestOp::Txn(t) => self.check_taken_ranges(t)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, ReadError> {
+        let succeeded = compares_hold(&self.kv, self.place, &req.compare, self.begin)?;
+        let ops = if succeeded { &req.success } else { &req.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                RequestOp::Range(r) => {
+                    ResponseOp::Range(range_at(&self.kv, self.place, r, self.view(), self.compacted)?)
+                }
+                RequestOp::Put(p) => ResponseOp::Put(self.put(p)?),
+                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete(d)?),
+                RequestOp::Txn(t) => ResponseOp::Txn(self.txn(t)?),
+            });
+        }
+        Ok(TxnResponse { revision: self.view(), succeeded, responses })
+    }
+
+    /// Removes everything written at `begin + 1`: the undo of a txn that failed part-way.
+    fn undo(&mut self) -> Result<(), StoreError> {
+        let rev = self.begin + 1;
+        let mut keys = Vec::new();
+        for entry in self.revs.range::<(i64, u32)>((rev, 0)..=(rev, u32::MAX)).at(self.place, WRITE)? {
+            let (_, key) = entry.at(self.place, WRITE)?;
+            keys.push(key.value().to_vec());
+        }
+        for key in &keys {
+            self.kv.remove((key.as_slice(), rev)).at(self.place, WRITE)?;
+        }
+        self.revs.retain_in::<(i64, u32), _>((rev, 0)..=(rev, u32::MAX), |_, _| false).at(self.place, WRITE)?;
+        self.changed = false;
+        Ok(())
+    }
+}
+
+impl Batch {
+    /// The write transaction, for tests that look at the tables.
+    #[cfg(test)]
+    pub(crate) fn write_txn(&self) -> &WriteTransaction {
+        &self.txn
+    }
+
+    /// The current revision inside the batch.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// The compacted revision inside the batch (-1 if none).
+    pub fn compacted_revision(&self) -> Revision {
+        self.compacted
+    }
+
+    fn check_usable(&self) -> Result<(), StoreError> {
+        match &self.failed {
+            Some(why) => Err(StoreError::Database {
+                action: "use a write batch",
+                path: self.place.path().to_path_buf(),
+                detail: format!("an earlier operation of this batch failed: {why}"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn note_for_test(&mut self, res: Result<(), StoreError>) -> Result<(), StoreError> {
+        self.note(res)
+    }
+
+    /// Records a storage failure: the batch can no longer be committed.
+    fn note<T>(&mut self, res: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e) = &res {
+            self.failed.get_or_insert_with(|| e.to_string());
+        }
+        res
+    }
+
+    /// Runs one write operation at revision `revision + 1`: commits its revision if it
+    /// succeeded and changed something, undoes its writes if it failed.
+    fn write_op<T>(
+        &mut self,
+        op: impl FnOnce(&mut Writer<'_>) -> Result<T, ReadError>,
+    ) -> Result<Result<T, MvccError>, StoreError> {
+        self.check_usable()?;
+        let res = self.write_op_inner(op);
+        self.note(res)
+    }
+
+    fn write_op_inner<T>(
+        &mut self,
+        op: impl FnOnce(&mut Writer<'_>) -> Result<T, ReadError>,
+    ) -> Result<Result<T, MvccError>, StoreError> {
+        let place = &self.place;
+        let mut w = Writer {
+            kv: self.txn.open_table(KV).at(place, WRITE)?,
+            revs: self.txn.open_table(REVS).at(place, WRITE)?,
+            place,
+            begin: self.revision,
+            compacted: self.compacted,
+            changed: false,
+            sub: 0,
+        };
+        match ReadError::split(op(&mut w))? {
+            Ok(v) => {
+                self.revision = w.view();
+                Ok(Ok(v))
+            }
+            Err(e) => {
+                w.undo()?;
+                Ok(Err(e))
+            }
+        }
+    }
+
+    /// etcd's Put: always one new revision.
+    pub fn put(&mut self, req: &PutRequest) -> Result<Result<PutResponse, MvccError>, StoreError> {
+        if let Err(e) = check_put(req) {
+            return Ok(Err(e));
+        }
+        self.write_op(|w| w.put(req))
+    }
+
+    /// etcd's DeleteRange: one new revision if it deleted a key, else none.
+    pub fn delete_range(
+        &mut self,
+        req: &DeleteRangeRequest,
+    ) -> Result<Result<DeleteRangeResponse, MvccError>, StoreError> {
+        if req.key.is_empty() {
+            return Ok(Err(MvccError::EmptyKey));
+        }
+        self.write_op(|w| w.delete(req))
+    }
+
+    /// etcd 3.4's Txn, checked and applied as `Model::txn` documents: static checks, then the
+    /// taken path's puts and ranges against the store before the txn, then the ops in order as
+    /// one revision. A txn that fails part-way leaves no trace.
+    pub fn txn(&mut self, req: &TxnRequest) -> Result<Result<TxnResponse, MvccError>, StoreError> {
+        let checked = check_txn(req, self.max_txn_ops)
+            .and_then(|()| check_intervals(&req.success))
+            .and_then(|()| check_intervals(&req.failure));
+        if let Err(e) = checked {
+            return Ok(Err(e));
+        }
+        let res = self.write_op(|w| {
+            w.check_taken_puts(req)?;
+            w.check_taken_ranges(req)?;
+            w.txn(req)
+        })?;
+        let revision = self.revision;
+        Ok(res.map(|mut resp| {
+            resp.revision = revision;
+            resp
+        }))
+    }
+
+    /// A range inside the batch: sees the batch's earlier writes.
+    pub fn range(&self, req: &RangeRequest) -> Result<Result<RangeResponse, MvccError>, StoreError> {
+        self.check_usable()?;
+        if req.key.is_empty() {
+            return Ok(Err(MvccError::EmptyKey));
+        }
+        let kv = self.txn.open_table(KV).at(&self.place, READ)?;
+        ReadError::split(range_at(&kv, &self.place, req, self.revision, self.compacted))
+    }
+
+    /// etcd's Compact: reads below `rev` fail from now on. Each key keeps its newest entry at or
+    /// below `rev` unless that is a tombstone, and every entry above; `revs` entries at or below
+    /// `rev` go. The freed pages are reused after the next durable commit.
+    pub fn compact(&mut self, rev: Revision) -> Result<Result<CompactResponse, MvccError>, StoreError> {
+        self.check_usable()?;
+        if rev <= self.compacted {
+            return Ok(Err(MvccError::Compacted));
+        }
+        if rev > self.revision {
+            return Ok(Err(MvccError::FutureRev));
+        }
+        let res = self.compact_inner(rev);
+        self.note(res)?;
+        self.compacted = rev;
+        Ok(Ok(CompactResponse { revision: self.revision }))
+    }
+
+    fn compact_inner(&mut self, rev: Revision) -> Result<(), StoreError> {
+        let place = &self.place;
+        let mut kv = self.txn.open_table(KV).at(place, WRITE)?;
+        let mut revs = self.txn.open_table(REVS).at(place, WRITE)?;
+        loop {
+            let mut chunk: Vec<((i64, u32), Vec<u8>)> = Vec::new();
+            for entry in revs.range::<(i64, u32)>(..=(rev, u32::MAX)).at(place, WRITE)?.take(COMPACT_CHUNK) {
+                let (k, v) = entry.at(place, WRITE)?;
+                chunk.push((k.value(), v.value().to_vec()));
+            }
+            let Some((last, _)) = chunk.last() else { return Ok(()) };
+            let last = *last;
+            // A key may appear more than once in the chunk: the first visit does all the work.
+            let mut done: BTreeSet<&[u8]> = BTreeSet::new();
+            for (_, key) in &chunk {
+                if !done.insert(key.as_slice()) {
+                    continue;
+                }
+                let newest = match newest_entry(&kv, place, key, rev)? {
+                    Some((r, v)) => Some((r, Record::is_live(v.value()).map_err(|d| place.corrupt(d))?)),
+                    None => None,
+                };
+                if let Some((r, live)) = newest {
+                    kv.retain_in::<(&[u8], i64), _>((key.as_slice(), i64::MIN)..(key.as_slice(), r), |_, _| false)
+                        .at(place, WRITE)?;
+                    if !live {
+                        kv.remove((key.as_slice(), r)).at(place, WRITE)?;
+                    }
+                }
+            }
+            revs.retain_in::<(i64, u32), _>(..=last, |_, _| false).at(place, WRITE)?;
+        }
+    }
+
+    /// Fills an empty store with each key's latest version and no history before `revision`
+    /// (reads below it get [`MvccError::Compacted`]), as `Model::from_latest`: how the state of
+    /// an earlier kuberaft, which kept only the latest versions, is carried over. Refused on a
+    /// store that is not empty, or for a key whose revisions cannot be.
+    pub fn load_latest(
+        &mut self,
+        latest: impl IntoIterator<Item = KeyValue>,
+        revision: Revision,
+    ) -> Result<(), StoreError> {
+        self.check_usable()?;
+        let res = self.load_latest_inner(latest, revision);
+        self.note(res)
+    }
+
+    fn load_latest_inner(
+        &mut self,
+        latest: impl IntoIterator<Item = KeyValue>,
+        revision: Revision,
+    ) -> Result<(), StoreError> {
+        let place = &self.place;
+        let mut kv = self.txn.open_table(KV).at(place, WRITE)?;
+        if self.revision != 1 || self.compacted != -1 || !kv.is_empty().at(place, READ)? {
+            return Err(StoreError::Invalid("load_latest needs an empty store".to_string()));
+        }
+        let current = revision.max(1);
+        for item in latest {
+            let consistent = !item.key.is_empty()
+                && item.version >= 1
+                && item.create_revision >= 1
+                && item.create_revision <= item.mod_revision
+                && item.mod_revision <= current;
+            if !consistent {
+                return Err(StoreError::BadSnapshot(format!(
+                    "key {:?} has impossible revisions",
+                    String::from_utf8_lossy(&item.key)
+                )));
+            }
+            let record = Record::encode_live(item.create_revision, item.version, item.lease, &item.value);
+            kv.insert((item.key.as_slice(), item.mod_revision), record.as_slice()).at(place, WRITE)?;
+        }
+        self.revision = current;
+        self.compacted = current;
+        Ok(())
+    }
+
+    /// Sets a state-machine record, committed with the batch.
+    pub fn set_meta(&mut self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.check_usable()?;
+        let res = (|| {
+            let mut meta = self.txn.open_table(META).at(&self.place, WRITE)?;
+            meta.insert(name, value).at(&self.place, WRITE)?;
+            Ok(())
+        })();
+        self.note(res)
+    }
+
+    /// A state-machine record as the batch sees it.
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check_usable()?;
+        let meta = self.txn.open_table(META).at(&self.place, READ)?;
+        let value = meta.get(name).at(&self.place, READ)?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Commits the batch. `durable` false: redb's `Durability::None`, no fsync; the commit is
+    /// visible to readers at once and survives a clean close, but a crash returns the file to
+    /// the last durable commit (the Raft log replays the rest). `durable` true: fsynced before
+    /// this returns, together with every earlier commit; redb also reuses the pages freed since
+    /// the previous durable commit only from a durable commit on.
+    pub fn commit(mut self, durable: bool) -> Result<(), StoreError> {
+        self.check_usable()?;
+        {
+            let mut state = self.txn.open_table(STATE).at(&self.place, WRITE)?;
+            state.insert(REVISION_NAME, self.revision).at(&self.place, WRITE)?;
+            state.insert(COMPACTED_NAME, self.compacted).at(&self.place, WRITE)?;
+        }
+        let durability = if durable { Durability::Immediate } else { Durability::None };
+        self.txn.set_durability(durability).map_err(|e| StoreError::Database {
+            action: "commit to the state-machine database",
+            path: self.place.path().to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        self.txn.commit().at(&self.place, "commit to the state-machine database")?;
+        self.shared.revision.store(self.revision, AtomicOrdering::Release);
+        self.shared.compacted.store(self.compacted, AtomicOrdering::Release);
+        Ok(())
+    }
+}

@@ -1,0 +1,925 @@
+//! Tests of the on-disk engine: a model-based property test against `model::Model` (the
+//! oracle), and tests of what the model cannot see: batches, durability, reopening, crashes,
+//! damaged records, concurrent readers, and snapshot streams.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend};
+
+use super::engine::{Place, Record, KV, REVS};
+use super::model::Model;
+use super::*;
+use crate::base::rng::Rng;
+use crate::store::StoreError;
+
+// ----- helpers -----
+
+fn b(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+fn put_req(k: &str, v: &str) -> PutRequest {
+    PutRequest { key: b(k), value: b(v), ..Default::default() }
+}
+
+fn all_at(rev: Revision) -> RangeRequest {
+    RangeRequest { key: b("\0"), range_end: b("\0"), revision: rev, ..Default::default() }
+}
+
+fn one(k: &str) -> RangeRequest {
+    RangeRequest { key: b(k), ..Default::default() }
+}
+
+/// A read that must not fail in storage.
+fn read(store: &MvccStore, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+    match store.range(req) {
+        Ok(r) => Ok(r),
+        Err(ReadError::Mvcc(e)) => Err(e),
+        Err(ReadError::Storage(e)) => panic!("storage failed: {e}"),
+    }
+}
+
+fn put(store: &MvccStore, k: &str, v: &str, durable: bool) -> Revision {
+    let mut batch = store.begin().unwrap();
+    let r = batch.put(&put_req(k, v)).unwrap().unwrap();
+    batch.commit(durable).unwrap();
+    r.revision
+}
+
+/// The revisions the `kv` table holds for `key`, oldest first.
+fn stored_revisions<T: ReadableTable<(&'static [u8], i64), &'static [u8]>>(kv: &T, key: &[u8]) -> Vec<Revision> {
+    kv.range::<(&[u8], i64)>((key, i64::MIN)..=(key, i64::MAX)).unwrap().map(|e| e.unwrap().0.value().1).collect()
+}
+
+/// `revs` and `kv` agree: every `revs` entry names a `kv` entry at its revision, above the
+/// compacted revision; every `kv` entry above it has one `revs` entry.
+fn check_tables<K, R>(kv: &K, revs: &R, compacted: Revision)
+where
+    K: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+    R: ReadableTable<(i64, u32), &'static [u8]>,
+{
+    let mut from_revs = Vec::new();
+    for entry in revs.iter().unwrap() {
+        let (k, v) = entry.unwrap();
+        let (main, _) = k.value();
+        assert!(main > compacted, "revs entry {main} at or below the compacted revision {compacted}");
+        from_revs.push((v.value().to_vec(), main));
+    }
+    let mut from_kv = Vec::new();
+    for entry in kv.iter().unwrap() {
+        let (k, v) = entry.unwrap();
+        let (key, rev) = k.value();
+        Record::decode(v.value()).unwrap();
+        if rev > compacted {
+            from_kv.push((key.to_vec(), rev));
+        }
+    }
+    from_revs.sort();
+    assert_eq!(from_revs, from_kv, "revs and kv disagree");
+}
+
+fn check_store_tables(store: &MvccStore) {
+    let txn = store.db().begin_read().unwrap();
+    let kv = txn.open_table(KV).unwrap();
+    let revs = txn.open_table(REVS).unwrap();
+    check_tables(&kv, &revs, store.compacted_revision());
+}
+
+// ----- the generator -----
+
+const KEYS: [&[u8]; 6] = [b"a", b"a\0", b"ab", b"b", b"c", b"\xff"];
+const VALUES: [&[u8]; 5] = [b"", b"x", b"y", b"zz", b"x0"];
+
+/// etcd's `GetPrefixRangeEnd`.
+fn prefix_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+struct Gen {
+    rng: Rng,
+}
+
+impl Gen {
+    fn below(&mut self, n: u64) -> u64 {
+        self.rng.range(0, n)
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        self.rng.chance(p)
+    }
+
+    fn key(&mut self) -> Vec<u8> {
+        if self.chance(0.01) {
+            return Vec::new();
+        }
+        KEYS[self.below(KEYS.len() as u64) as usize].to_vec()
+    }
+
+    fn value(&mut self) -> Vec<u8> {
+        VALUES[self.below(VALUES.len() as u64) as usize].to_vec()
+    }
+
+    /// `key` and `range_end`: one key, a prefix, from a key on, everything, or between two keys.
+    fn span(&mut self) -> (Vec<u8>, Vec<u8>) {
+        let key = self.key();
+        match self.below(10) {
+            0..=3 => (key, Vec::new()),
+            4 => {
+                let end = prefix_end(&key);
+                (key, end)
+            }
+            5 => (key, vec![0]),
+            6 => (vec![0], vec![0]),
+            _ => {
+                let end = self.key();
+                (key, end)
+            }
+        }
+    }
+
+    /// A revision near the interesting ones: 0, negative, around the compacted and current ones.
+    fn rev(&mut self, m: &Model) -> Revision {
+        let (cur, comp) = (m.revision(), m.compacted_revision());
+        match self.below(8) {
+            0 => 0,
+            1 => -1 - self.below(2) as i64,
+            2 => comp - 1 + self.below(3) as i64,
+            3 => cur,
+            4 => cur + 1 + self.below(2) as i64,
+            _ => 1 + self.below(cur as u64 + 1) as i64,
+        }
+    }
+
+    fn range(&mut self, m: &Model) -> RangeRequest {
+        let (key, range_end) = self.span();
+        let filter = |g: &mut Gen| if g.chance(0.8) { 0 } else { g.rev(m) };
+        RangeRequest {
+            key,
+            range_end,
+            limit: match self.below(6) {
+                0 => -1,
+                1..=2 => 0,
+                _ => self.below(4) as i64 + 1,
+            },
+            revision: if self.chance(0.5) { 0 } else { self.rev(m) },
+            sort_order: [SortOrder::None, SortOrder::Ascend, SortOrder::Descend][self.below(3) as usize],
+            sort_target: [SortTarget::Key, SortTarget::Version, SortTarget::Create, SortTarget::Mod, SortTarget::Value]
+                [self.below(5) as usize],
+            serializable: self.chance(0.5),
+            keys_only: self.chance(0.2),
+            count_only: self.chance(0.15),
+            min_mod_revision: filter(self),
+            max_mod_revision: filter(self),
+            min_create_revision: filter(self),
+            max_create_revision: filter(self),
+        }
+    }
+
+    fn put(&mut self) -> PutRequest {
+        let ignore_value = self.chance(0.15);
+        let ignore_lease = self.chance(0.15);
+        PutRequest {
+            key: self.key(),
+            value: if ignore_value && self.chance(0.9) { Vec::new() } else { self.value() },
+            lease: if ignore_lease && self.chance(0.9) || self.chance(0.6) { 0 } else { self.below(3) as i64 + 1 },
+            prev_kv: self.chance(0.5),
+            ignore_value,
+            ignore_lease,
+        }
+    }
+
+    fn delete(&mut self) -> DeleteRangeRequest {
+        let (key, range_end) = self.span();
+        DeleteRangeRequest { key, range_end, prev_kv: self.chance(0.5) }
+    }
+
+    fn compare(&mut self, m: &Model) -> Compare {
+        let (key, range_end) = if self.chance(0.7) { (self.key(), Vec::new()) } else { self.span() };
+        let result = [CompareResult::Equal, CompareResult::Greater, CompareResult::Less, CompareResult::NotEqual]
+            [self.below(4) as usize];
+        let target = match self.below(5) {
+            0 => CompareTarget::Value(self.value()),
+            1 => CompareTarget::Version(self.below(4) as i64 - 1),
+            2 => CompareTarget::Create(self.rev(m)),
+            3 => CompareTarget::Mod(self.rev(m)),
+            _ => CompareTarget::Lease(self.below(4) as i64 - 1),
+        };
+        Compare { key, range_end, result, target }
+    }
+
+    fn ops(&mut self, m: &Model, depth: u32) -> Vec<RequestOp> {
+        (0..self.below(4))
+            .map(|_| match self.below(if depth < 2 { 20 } else { 17 }) {
+                0..=4 => RequestOp::Range(self.range(m)),
+                5..=11 => RequestOp::Put(self.put()),
+                12..=16 => RequestOp::DeleteRange(self.delete()),
+                _ => RequestOp::Txn(self.txn(m, depth + 1)),
+            })
+            .collect()
+    }
+
+    fn txn(&mut self, m: &Model, depth: u32) -> TxnRequest {
+        TxnRequest {
+            compare: (0..self.below(3)).map(|_| self.compare(m)).collect(),
+            success: self.ops(m, depth),
+            failure: self.ops(m, depth),
+        }
+    }
+
+    fn compact(&mut self, m: &Model) -> Revision {
+        let (cur, comp) = (m.revision(), m.compacted_revision());
+        match self.below(6) {
+            0 => comp - self.below(2) as i64,
+            1 => cur + 1,
+            _ => comp.max(0) + 1 + self.below((cur - comp.max(0)) as u64) as i64,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Op {
+    Put(PutRequest),
+    Delete(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(Revision),
+}
+
+/// What an op returned, in one type for both sides.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Put(Result<PutResponse, MvccError>),
+    Delete(Result<DeleteRangeResponse, MvccError>),
+    Txn(Result<TxnResponse, MvccError>),
+    Compact(Result<CompactResponse, MvccError>),
+}
+
+fn apply_model(m: &mut Model, op: &Op) -> Outcome {
+    match op {
+        Op::Put(r) => Outcome::Put(m.put(r)),
+        Op::Delete(r) => Outcome::Delete(m.delete_range(r)),
+        Op::Txn(r) => Outcome::Txn(m.txn(r)),
+        Op::Compact(r) => Outcome::Compact(m.compact(*r)),
+    }
+}
+
+fn apply_batch(batch: &mut Batch, op: &Op) -> Result<Outcome, StoreError> {
+    Ok(match op {
+        Op::Put(r) => Outcome::Put(batch.put(r)?),
+        Op::Delete(r) => Outcome::Delete(batch.delete_range(r)?),
+        Op::Txn(r) => Outcome::Txn(batch.txn(r)?),
+        Op::Compact(r) => Outcome::Compact(batch.compact(*r)?),
+    })
+}
+
+fn is_ok(o: &Outcome) -> bool {
+    match o {
+        Outcome::Put(r) => r.is_ok(),
+        Outcome::Delete(r) => r.is_ok(),
+        Outcome::Txn(r) => r.is_ok(),
+        Outcome::Compact(r) => r.is_ok(),
+    }
+}
+
+/// Every read of the whole store at the revisions still readable (the newest 40 of them and the
+/// compacted one), and the stored revisions of every key, against the model.
+fn compare_whole(store: &MvccStore, m: &Model, at: &str) {
+    assert_eq!((store.revision(), store.compacted_revision()), (m.revision(), m.compacted_revision()), "{at}");
+    let low = m.compacted_revision().max(1);
+    let revs = std::iter::once(low).chain((m.revision() - 40).max(low)..=m.revision());
+    for rev in revs {
+        assert_eq!(read(store, &all_at(rev)), m.range(&all_at(rev)), "{at}: everything at {rev}");
+    }
+    let txn = store.db().begin_read().unwrap();
+    let kv = txn.open_table(KV).unwrap();
+    for key in KEYS {
+        assert_eq!(stored_revisions(&kv, key), m.kept_revisions(key), "{at}: stored revisions of {key:?}");
+    }
+    check_store_tables(store);
+}
+
+#[derive(Default, Debug)]
+struct Stats {
+    ops: u64,
+    ok: u64,
+    ranges: u64,
+    batches: u64,
+    dropped: u64,
+    reopens: u64,
+}
+
+/// One seeded run of `ops` operations. `path`: an on-disk store, reopened now and then.
+fn run_seed(seed: u64, ops: u64, path: Option<&Path>, max_txn_ops: usize, stats: &mut Stats) {
+    let mut g = Gen { rng: Rng::new(seed) };
+    let mut m = Model::with_max_txn_ops(max_txn_ops);
+    let open = |path: Option<&Path>| match path {
+        Some(p) => MvccStore::open(p).unwrap().with_max_txn_ops(max_txn_ops),
+        None => MvccStore::in_memory().with_max_txn_ops(max_txn_ops),
+    };
+    let mut store = open(path);
+    let mut step = 0u64;
+    let mut applied_meta = 0u64;
+    while step < ops {
+        let saved = m.clone();
+        let mut batch = store.begin().unwrap();
+        for _ in 0..1 + g.below(5) {
+            step += 1;
+            let op = match g.below(20) {
+                0..=6 => Op::Put(g.put()),
+                7..=9 => Op::Delete(g.delete()),
+                10..=17 => Op::Txn(g.txn(&m, 0)),
+                _ => Op::Compact(g.compact(&m)),
+            };
+            let want = apply_model(&mut m, &op);
+            let got = apply_batch(&mut batch, &op).unwrap();
+            assert_eq!(got, want, "seed {seed} step {step}: {op:?}");
+            stats.ops += 1;
+            stats.ok += u64::from(is_ok(&got));
+            assert_eq!(
+                (batch.revision(), batch.compacted_revision()),
+                (m.revision(), m.compacted_revision()),
+                "seed {seed} step {step}: revisions after {op:?}"
+            );
+            {
+                let kv = batch.write_txn().open_table(KV).unwrap();
+                for key in KEYS {
+                    assert_eq!(
+                        stored_revisions(&kv, key),
+                        m.kept_revisions(key),
+                        "seed {seed} step {step}: stored revisions of {key:?} after {op:?}"
+                    );
+                }
+            }
+            for _ in 0..4 {
+                let req = g.range(&m);
+                assert_eq!(batch.range(&req).unwrap(), m.range(&req), "seed {seed} step {step}: in batch {req:?}");
+                stats.ranges += 1;
+            }
+        }
+        if g.chance(0.05) {
+            drop(batch);
+            m = saved;
+            stats.dropped += 1;
+        } else {
+            applied_meta = step;
+            batch.set_meta("applied", &step.to_be_bytes()).unwrap();
+            assert_eq!(batch.meta("applied").unwrap(), Some(step.to_be_bytes().to_vec()));
+            batch.commit(g.chance(0.1)).unwrap();
+            stats.batches += 1;
+        }
+        assert_eq!((store.revision(), store.compacted_revision()), (m.revision(), m.compacted_revision()));
+        for _ in 0..2 {
+            let req = g.range(&m);
+            assert_eq!(read(&store, &req), m.range(&req), "seed {seed} step {step}: committed {req:?}");
+            stats.ranges += 1;
+        }
+        if path.is_some() && g.chance(0.01) {
+            // A clean close keeps even non-durable commits (redb makes them durable then).
+            drop(store);
+            store = open(path);
+            stats.reopens += 1;
+            compare_whole(&store, &m, &format!("seed {seed} step {step} reopened"));
+            let meta = store.meta("applied").unwrap();
+            assert_eq!(meta, (applied_meta > 0).then(|| applied_meta.to_be_bytes().to_vec()));
+        }
+    }
+    compare_whole(&store, &m, &format!("seed {seed} end"));
+}
+
+/// The model-based property test. `MVCC_PROP_OPS` operations in all (default 150,000), over
+/// eight seeds: in memory and on disk (reopened now and then), with etcd's limit on txn ops
+/// and with a limit of 2 that makes TooManyOps common.
+#[test]
+fn engine_behaves_exactly_like_the_model() {
+    let total: u64 = std::env::var("MVCC_PROP_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(150_000);
+    let seeds = 8u64;
+    let dir = tempfile::tempdir().unwrap();
+    let mut stats = Stats::default();
+    let started = std::time::Instant::now();
+    for seed in 0..seeds {
+        let path = dir.path().join(format!("seed-{seed}.redb"));
+        let on_disk = seed % 2 == 1;
+        let max_ops = if seed % 4 == 2 { 2 } else { DEFAULT_MAX_TXN_OPS };
+        run_seed(0x5eed_0000 + seed, total.div_ceil(seeds), on_disk.then_some(path.as_path()), max_ops, &mut stats);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "mvcc property test: {stats:?} in {secs:.1} s ({:.0} ops/s, {:.0} ranges/s)",
+        stats.ops as f64 / secs,
+        stats.ranges as f64 / secs
+    );
+    assert!(stats.ok * 4 > stats.ops, "most ops should not be refused: {stats:?}");
+    assert!(stats.ok < stats.ops, "some ops are refused: {stats:?}");
+    assert!(stats.reopens > 0 || total < 10_000, "on-disk stores were reopened: {stats:?}");
+}
+
+// ----- behaviours the model cannot see -----
+
+#[test]
+fn an_empty_store_is_at_revision_one_and_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let store = MvccStore::open(&path).unwrap();
+    assert_eq!((store.revision(), store.compacted_revision()), (1, -1));
+    assert_eq!(put(&store, "a", "1", false), 2);
+    let mut batch = store.begin().unwrap();
+    batch.compact(2).unwrap().unwrap();
+    batch.set_meta("applied", b"7").unwrap();
+    batch.commit(true).unwrap();
+    drop(store);
+    let store = MvccStore::open(&path).unwrap();
+    assert_eq!((store.revision(), store.compacted_revision()), (2, 2));
+    assert_eq!(store.meta("applied").unwrap(), Some(b"7".to_vec()));
+    assert_eq!(store.meta("term").unwrap(), None);
+    assert_eq!(read(&store, &one("a")).unwrap().kvs[0].value, b("1"));
+    assert!(matches!(MvccStore::open(&path), Err(StoreError::Locked { .. })), "one process, one open store");
+}
+
+#[test]
+fn reads_see_the_last_commit_while_a_batch_is_open_on_another_thread() {
+    let store = Arc::new(MvccStore::in_memory());
+    put(&store, "a", "old", false);
+    let mut batch = store.begin().unwrap();
+    batch.put(&put_req("a", "new")).unwrap().unwrap();
+    assert_eq!(batch.range(&one("a")).unwrap().unwrap().kvs[0].value, b("new"), "the batch sees its writes");
+    let reader = {
+        let store = store.clone();
+        std::thread::spawn(move || (read(&store, &one("a")).unwrap(), store.revision()))
+    };
+    let (seen, revision) = reader.join().unwrap();
+    assert_eq!((seen.kvs[0].value.clone(), seen.revision, revision), (b("old"), 2, 2));
+    batch.commit(false).unwrap();
+    assert_eq!(read(&store, &one("a")).unwrap().kvs[0].value, b("new"));
+    assert_eq!(store.revision(), 3);
+    // a dropped batch leaves nothing
+    let mut batch = store.begin().unwrap();
+    batch.put(&put_req("b", "x")).unwrap().unwrap();
+    drop(batch);
+    assert_eq!((store.revision(), read(&store, &one("b")).unwrap().count), (3, 0));
+}
+
+#[test]
+fn a_txn_that_fails_part_way_leaves_no_trace_in_any_table() {
+    let store = MvccStore::in_memory();
+    put(&store, "b", "1", false); // 2
+    let mut batch = store.begin().unwrap();
+    // etcd 3.4 lets this through its checks; the ignore_value put then finds b deleted
+    let ign = RequestOp::Put(PutRequest { key: b("b"), ignore_value: true, ..Default::default() });
+    let del = RequestOp::DeleteRange(DeleteRangeRequest { key: b("a"), range_end: b("\0"), prev_kv: false });
+    let t = TxnRequest { compare: vec![], success: vec![RequestOp::Put(put_req("c", "1")), del, ign], failure: vec![] };
+    assert_eq!(batch.txn(&t).unwrap(), Err(MvccError::KeyNotFound));
+    assert_eq!(batch.revision(), 2);
+    {
+        let kv = batch.write_txn().open_table(KV).unwrap();
+        let revs = batch.write_txn().open_table(REVS).unwrap();
+        assert_eq!(stored_revisions(&kv, b"b"), [2]);
+        assert_eq!(stored_revisions(&kv, b"c"), Vec::<Revision>::new());
+        check_tables(&kv, &revs, -1);
+        assert_eq!(revs.len().unwrap(), 1);
+    }
+    // the next op takes revision 3, as if the failed txn never ran
+    assert_eq!(batch.put(&put_req("d", "1")).unwrap().unwrap().revision, 3);
+    batch.commit(false).unwrap();
+}
+
+#[test]
+fn compaction_frees_old_versions_and_their_revs_entries() {
+    let store = MvccStore::in_memory();
+    for i in 0..50 {
+        put(&store, "a", &i.to_string(), false);
+    }
+    put(&store, "b", "x", false); // 52
+    let mut batch = store.begin().unwrap();
+    batch.delete_range(&DeleteRangeRequest { key: b("b"), ..Default::default() }).unwrap().unwrap(); // 53
+    batch.compact(53).unwrap().unwrap();
+    {
+        let kv = batch.write_txn().open_table(KV).unwrap();
+        let revs = batch.write_txn().open_table(REVS).unwrap();
+        assert_eq!(stored_revisions(&kv, b"a"), [51]);
+        assert_eq!(stored_revisions(&kv, b"b"), Vec::<Revision>::new());
+        assert_eq!(revs.len().unwrap(), 0);
+    }
+    batch.commit(true).unwrap();
+    assert_eq!(read(&store, &all_at(52)), Err(MvccError::Compacted));
+    assert_eq!(read(&store, &all_at(53)).unwrap().kvs[0].value, b("49"));
+}
+
+#[test]
+fn a_failed_storage_operation_makes_the_batch_uncommittable() {
+    let store = MvccStore::in_memory();
+    let mut batch = store.begin().unwrap();
+    // redb refuses a pair over 3 GiB; a forged failure is simpler: record one directly
+    let res: Result<(), StoreError> = Err(StoreError::Invalid("planted".into()));
+    assert!(batch_note(&mut batch, res).is_err());
+    assert!(batch.put(&put_req("a", "1")).is_err());
+    assert!(batch.commit(false).is_err());
+    assert_eq!(store.revision(), 1);
+}
+
+fn batch_note(batch: &mut Batch, res: Result<(), StoreError>) -> Result<(), StoreError> {
+    batch.note_for_test(res)
+}
+
+#[test]
+fn damaged_records_are_errors_not_panics() {
+    let store = MvccStore::in_memory();
+    put(&store, "a", "1", false);
+    for damage in [&[][..], &[7][..], &[1][..], &[1, 0x80][..], &[0, 0][..], &[1, 0, 1, 0][..]] {
+        let batch = store.begin().unwrap();
+        batch.write_txn().open_table(KV).unwrap().insert((b"a".as_slice(), 2), damage).unwrap();
+        batch.commit(false).unwrap();
+        let err = store.range(&one("a")).unwrap_err();
+        assert!(matches!(&err, ReadError::Storage(e) if e.is_corrupt()), "{damage:?}: {err}");
+        assert!(store.range(&RangeRequest { count_only: true, ..one("a") }).is_err(), "{damage:?}");
+        let mut batch = store.begin().unwrap();
+        assert!(batch.put(&put_req("a", "2")).is_err(), "{damage:?}");
+        assert!(batch.commit(false).is_err());
+    }
+}
+
+#[test]
+fn a_foreign_or_newer_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    {
+        let store = MvccStore::open(&path).unwrap();
+        let batch = store.begin().unwrap();
+        batch.write_txn().open_table(super::engine::STATE).unwrap().insert("format", 2).unwrap();
+        batch.commit(true).unwrap();
+    }
+    let err = MvccStore::open(&path).unwrap_err();
+    assert!(err.to_string().contains("format 2"), "{err}");
+    std::fs::write(&path, b"not a database at all, just some bytes").unwrap();
+    assert!(MvccStore::open(&path).is_err());
+}
+
+// ----- durability: a disk that forgets what was not synced -----
+
+#[derive(Debug, Default)]
+struct Disk {
+    written: Vec<u8>,
+    synced: Vec<u8>,
+    crashed: bool,
+}
+
+/// A redb backend in memory that keeps what was written and, apart, what was synced; after
+/// `crash` it fails every write, as a machine that lost power does nothing more.
+#[derive(Debug, Clone, Default)]
+struct CrashDisk(Arc<Mutex<Disk>>);
+
+impl CrashDisk {
+    fn from_image(image: Vec<u8>) -> CrashDisk {
+        CrashDisk(Arc::new(Mutex::new(Disk { written: image.clone(), synced: image, crashed: false })))
+    }
+
+    fn crash(&self) {
+        self.0.lock().unwrap().crashed = true;
+    }
+
+    fn images(&self) -> (Vec<u8>, Vec<u8>) {
+        let d = self.0.lock().unwrap();
+        (d.synced.clone(), d.written.clone())
+    }
+}
+
+fn lost_power() -> std::io::Error {
+    std::io::Error::other("the power is off")
+}
+
+impl StorageBackend for CrashDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.0.lock().unwrap().written.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let d = self.0.lock().unwrap();
+        let start = offset as usize;
+        let src = d.written.get(start..start + out.len()).ok_or_else(|| std::io::Error::other("read past the end"))?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        let mut d = self.0.lock().unwrap();
+        if d.crashed {
+            return Err(lost_power());
+        }
+        d.written.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        let mut d = self.0.lock().unwrap();
+        if d.crashed {
+            return Err(lost_power());
+        }
+        d.synced = d.written.clone();
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let mut d = self.0.lock().unwrap();
+        if d.crashed {
+            return Err(lost_power());
+        }
+        let start = offset as usize;
+        if d.written.len() < start + data.len() {
+            d.written.resize(start + data.len(), 0);
+        }
+        d.written[start..start + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+fn on_disk(disk: &CrashDisk) -> MvccStore {
+    MvccStore::with_backend(disk.clone(), Place::memory()).unwrap()
+}
+
+fn value_of(store: &MvccStore, k: &str) -> Option<Vec<u8>> {
+    read(store, &one(k)).unwrap().kvs.pop().map(|kv| kv.value)
+}
+
+/// What redb guarantees, as this test finds it: a non-durable commit is visible at once and
+/// survives a clean close (redb makes it durable then), but a crash before the next durable
+/// commit returns the database to the last durable one, whatever part of the unsynced writes
+/// reached the disk. A durable commit also makes the non-durable ones before it durable.
+#[test]
+fn non_durable_commits_are_lost_in_a_crash_and_kept_by_a_clean_close_or_a_later_durable_commit() {
+    let disk = CrashDisk::default();
+    let store = on_disk(&disk);
+    put(&store, "a", "durable", true); // 2
+    put(&store, "b", "not yet", false); // 3
+    assert_eq!(value_of(&store, "b"), Some(b("not yet")), "visible before it is durable");
+    disk.crash();
+    drop(store);
+    let (synced, written) = disk.images();
+    for (name, image) in [("synced", synced), ("written", written)] {
+        let store = on_disk(&CrashDisk::from_image(image));
+        assert_eq!(store.revision(), 2, "{name} image: back to the last durable commit");
+        assert_eq!((value_of(&store, "a"), value_of(&store, "b")), (Some(b("durable")), None), "{name}");
+    }
+
+    // a clean close keeps the non-durable commit
+    let disk = CrashDisk::default();
+    let store = on_disk(&disk);
+    put(&store, "a", "1", false);
+    drop(store);
+    let store = on_disk(&CrashDisk::from_image(disk.images().0));
+    assert_eq!((store.revision(), value_of(&store, "a")), (2, Some(b("1"))));
+
+    // a durable commit carries the non-durable ones before it
+    let disk = CrashDisk::default();
+    let store = on_disk(&disk);
+    put(&store, "a", "1", false);
+    put(&store, "b", "2", true);
+    put(&store, "c", "3", false);
+    disk.crash();
+    drop(store);
+    let store = on_disk(&CrashDisk::from_image(disk.images().0));
+    assert_eq!(store.revision(), 3);
+    assert_eq!(
+        (value_of(&store, "a"), value_of(&store, "b"), value_of(&store, "c")),
+        (Some(b("1")), Some(b("2")), None)
+    );
+}
+
+/// Random batches, durable now and then, with a crash at a random point: the store that comes
+/// back is the model as of the last durable commit.
+#[test]
+fn after_a_crash_the_store_is_the_last_durable_state() {
+    for seed in 0..6u64 {
+        let mut g = Gen { rng: Rng::new(0xc0a5_0000 + seed) };
+        let disk = CrashDisk::default();
+        let store = on_disk(&disk);
+        let mut m = Model::new();
+        let mut durable = m.clone();
+        for _ in 0..40 {
+            let mut batch = store.begin().unwrap();
+            for _ in 0..1 + g.below(3) {
+                let op = if g.chance(0.6) { Op::Put(g.put()) } else { Op::Txn(g.txn(&m, 0)) };
+                apply_model(&mut m, &op);
+                apply_batch(&mut batch, &op).unwrap();
+            }
+            let sync = g.chance(0.3);
+            batch.commit(sync).unwrap();
+            if sync {
+                durable = m.clone();
+            }
+        }
+        disk.crash();
+        drop(store);
+        for image in [disk.images().0, disk.images().1] {
+            let store = on_disk(&CrashDisk::from_image(image));
+            assert_eq!(store.revision(), durable.revision(), "seed {seed}");
+            assert_eq!(read(&store, &all_at(0)), durable.range(&all_at(0)), "seed {seed}");
+        }
+    }
+}
+
+// ----- snapshots -----
+
+fn collect(reader: SnapshotReader) -> Vec<bytes::Bytes> {
+    reader.map(|c| c.unwrap()).collect()
+}
+
+fn joined(chunks: &[bytes::Bytes]) -> Vec<u8> {
+    chunks.iter().flat_map(|c| c.iter().copied()).collect()
+}
+
+/// A store with history, deletes, a compaction and meta records.
+fn sample_store() -> (MvccStore, Model) {
+    let store = MvccStore::in_memory();
+    let mut m = Model::new();
+    let mut g = Gen { rng: Rng::new(99) };
+    for i in 0..300 {
+        let mut batch = store.begin().unwrap();
+        let op = match i % 10 {
+            0..=5 => Op::Put(g.put()),
+            6 => Op::Delete(g.delete()),
+            7..=8 => Op::Txn(g.txn(&m, 0)),
+            _ => Op::Compact(g.compact(&m)),
+        };
+        apply_model(&mut m, &op);
+        apply_batch(&mut batch, &op).unwrap();
+        batch.set_meta("applied", &(i as u64).to_be_bytes()).unwrap();
+        batch.set_meta("members", b"etcd-0,etcd-1").unwrap();
+        batch.commit(false).unwrap();
+    }
+    (store, m)
+}
+
+fn same_store(a: &MvccStore, m: &Model) {
+    compare_whole(a, m, "installed");
+    assert_eq!(a.meta("applied").unwrap(), Some(299u64.to_be_bytes().to_vec()));
+    assert_eq!(a.meta("members").unwrap(), Some(b"etcd-0,etcd-1".to_vec()));
+}
+
+#[test]
+fn a_snapshot_installs_into_the_same_store_on_disk_and_in_memory() {
+    let (store, m) = sample_store();
+    let chunks = collect(store.snapshot().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("installed.redb");
+    let installed =
+        MvccStore::install(&path, ChunkReader::new(chunks.clone().into_iter().map(Ok::<_, String>))).unwrap();
+    same_store(&installed, &m);
+    drop(installed);
+    same_store(&MvccStore::open(&path).unwrap(), &m);
+    assert!(!dir.path().join("installed.redb.installing").exists());
+    let in_memory = MvccStore::install_in_memory(joined(&chunks).as_slice()).unwrap();
+    same_store(&in_memory, &m);
+    // a snapshot of the installed store is the same stream
+    assert_eq!(joined(&collect(in_memory.snapshot().unwrap())), joined(&chunks));
+}
+
+#[test]
+fn a_snapshot_shows_its_point_in_time_while_writes_go_on_and_chunks_are_bounded() {
+    let store = MvccStore::in_memory();
+    let value = vec![7u8; 100_000];
+    let mut batch = store.begin().unwrap();
+    for i in 0..40 {
+        batch
+            .put(&PutRequest { key: format!("k{i:02}").into_bytes(), value: value.clone(), ..Default::default() })
+            .unwrap()
+            .unwrap();
+    }
+    batch.commit(false).unwrap();
+    let reader = store.snapshot().unwrap();
+    assert_eq!(reader.revision(), 41);
+    // writes after the snapshot began: overwrite, delete and compact away the old versions
+    let mut batch = store.begin().unwrap();
+    batch.delete_range(&DeleteRangeRequest { key: b("k"), range_end: b("l"), prev_kv: false }).unwrap().unwrap();
+    batch.put(&put_req("new", "1")).unwrap().unwrap();
+    batch.compact(43).unwrap().unwrap();
+    batch.commit(true).unwrap();
+    let chunks = collect(reader);
+    assert!(chunks.len() >= 4, "4 MB make several chunks");
+    assert!(chunks.iter().all(|c| c.len() <= snapshot::CHUNK_BYTES));
+    assert!(chunks[..chunks.len() - 1].iter().all(|c| c.len() == snapshot::CHUNK_BYTES));
+    let old = MvccStore::install_in_memory(joined(&chunks).as_slice()).unwrap();
+    assert_eq!(old.revision(), 41);
+    let all = read(&old, &all_at(0)).unwrap();
+    assert_eq!((all.count, all.kvs[0].value.len()), (40, 100_000));
+    assert_eq!(read(&store, &all_at(0)).unwrap().count, 1, "the live store went on");
+}
+
+#[test]
+fn damaged_cut_or_foreign_snapshot_streams_are_refused() {
+    let (store, _) = sample_store();
+    let good = joined(&collect(store.snapshot().unwrap()));
+    let refused = |bytes: &[u8]| match MvccStore::install_in_memory(bytes) {
+        Err(StoreError::BadSnapshot(_)) => {}
+        Err(e) => panic!("refused with the wrong error: {e}"),
+        Ok(_) => panic!("accepted a bad stream"),
+    };
+    // every cut
+    for cut in (0..good.len()).step_by(7).chain(good.len() - 20..good.len()) {
+        refused(&good[..cut]);
+    }
+    // every flipped byte (a sample of positions)
+    let mut rng = Rng::new(5);
+    for _ in 0..400 {
+        let mut bad = good.clone();
+        let at = rng.range(0, bad.len() as u64) as usize;
+        bad[at] ^= 1 << rng.range(0, 8);
+        refused(&bad);
+    }
+    // trailing bytes, another magic, a newer format
+    let mut longer = good.clone();
+    longer.push(0);
+    refused(&longer);
+    let mut foreign = good.clone();
+    foreign[..8].copy_from_slice(b"KRSNAP02");
+    refused(&foreign);
+    let mut newer = good.clone();
+    newer[8..12].copy_from_slice(&2u32.to_be_bytes());
+    match MvccStore::install_in_memory(newer.as_slice()) {
+        Err(e) => assert!(e.to_string().contains("format 2"), "{e}"),
+        Ok(_) => panic!("accepted a newer format"),
+    }
+    // a huge length off the wire is refused before anything is allocated for it
+    let mut huge = good[..12].to_vec();
+    huge.extend_from_slice(&[2, 0xff, 0xff, 0xff, 0xff]);
+    refused(&huge);
+    // an error of the chunk stream itself
+    let chunks = vec![Ok(bytes::Bytes::from(good[..100].to_vec())), Err("connection reset")];
+    refused_reader(ChunkReader::new(chunks.into_iter()));
+    // on disk, a refused stream leaves what was at the path
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    put(&MvccStore::open(&path).unwrap(), "keep", "me", true);
+    assert!(MvccStore::install(&path, &good[..good.len() - 1]).is_err());
+    assert!(!dir.path().join("s.redb.installing").exists());
+    assert_eq!(value_of(&MvccStore::open(&path).unwrap(), "keep"), Some(b("me")));
+}
+
+fn refused_reader(r: impl std::io::Read) {
+    assert!(matches!(MvccStore::install_in_memory(r), Err(StoreError::BadSnapshot(_))));
+}
+
+#[test]
+fn sort_ties_stay_in_key_order_on_many_keys() {
+    // Small slices sort alike stably or not; 300 keys with 3 distinct values do not.
+    let store = MvccStore::in_memory();
+    let mut m = Model::new();
+    let mut batch = store.begin().unwrap();
+    for i in 0..300 {
+        let req = PutRequest {
+            key: format!("k{i:03}").into_bytes(),
+            value: vec![b'0' + (i * 7 % 3) as u8],
+            ..Default::default()
+        };
+        batch.put(&req).unwrap().unwrap();
+        m.put(&req).unwrap();
+    }
+    batch.put(&put_req("k005", "again")).unwrap().unwrap();
+    m.put(&put_req("k005", "again")).unwrap();
+    batch.commit(false).unwrap();
+    for order in [SortOrder::None, SortOrder::Ascend, SortOrder::Descend] {
+        for target in [SortTarget::Version, SortTarget::Create, SortTarget::Value, SortTarget::Mod, SortTarget::Key] {
+            let req = RangeRequest { sort_order: order, sort_target: target, ..all_at(0) };
+            assert_eq!(read(&store, &req), m.range(&req), "{order:?} {target:?}");
+        }
+    }
+}
+
+#[test]
+fn latest_versions_load_as_a_store_compacted_at_their_revision() {
+    let kv = |k: &str, create, rev, version| KeyValue {
+        key: b(k),
+        create_revision: create,
+        mod_revision: rev,
+        version,
+        value: b(k),
+        lease: 0,
+    };
+    let latest = vec![kv("a", 2, 5, 3), kv("b", 4, 4, 1)];
+    let mut m = Model::from_latest(latest.clone(), 7).unwrap();
+    let store = MvccStore::in_memory();
+    let mut batch = store.begin().unwrap();
+    batch.load_latest(latest.clone(), 7).unwrap();
+    batch.commit(true).unwrap();
+    compare_whole(&store, &m, "loaded");
+    assert_eq!(read(&store, &all_at(6)), Err(MvccError::Compacted));
+    // it goes on like the model: a put, then a compaction that drops the loaded version
+    let mut batch = store.begin().unwrap();
+    assert_eq!(batch.put(&put_req("a", "new")).unwrap(), m.put(&put_req("a", "new")));
+    assert_eq!(batch.compact(8).unwrap(), m.compact(8));
+    batch.commit(false).unwrap();
+    compare_whole(&store, &m, "after");
+    // refused: a store that is not empty, impossible revisions
+    let mut batch = store.begin().unwrap();
+    assert!(matches!(batch.load_latest(latest.clone(), 9), Err(StoreError::Invalid(_))));
+    let empty = MvccStore::in_memory();
+    let mut batch = empty.begin().unwrap();
+    assert!(matches!(batch.load_latest(vec![kv("a", 5, 4, 1)], 9), Err(StoreError::BadSnapshot(_))));
+    assert!(batch.commit(false).is_err(), "a refused load leaves the batch unusable");
+    assert_eq!(empty.revision(), 1);
+}

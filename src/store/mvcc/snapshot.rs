@@ -1,0 +1,513 @@
+//! A point-in-time copy of an [`MvccStore`] as a stream of bounded chunks, and building a new
+//! store from such a stream, both with bounded memory.
+//!
+//! [`MvccStore::snapshot`] takes a redb read transaction, so the stream shows the store as it
+//! was at that moment while writes go on. The format (version 1), all integers big-endian:
+//!
+//! ```text
+//! magic "KRMVCC\x00\x01" (8 bytes), format u32
+//! records, table by table in key order:
+//!   0x01 mvcc:  name (u32 length + bytes), value i64
+//!   0x02 meta:  name, value (u32 length + bytes)
+//!   0x03 kv:    key, main revision i64, record (u32 length + bytes, as the `kv` table holds it)
+//!   0x04 revs:  main i64, sub u32, key
+//! trailer: 0xff, record count u64, FNV-1a-64 of every byte before the checksum u64
+//! ```
+//!
+//! [`MvccStore::install`] reads it record by record (no length read off the stream allocates
+//! more than the bytes that actually arrive, and no field may pass [`MAX_FIELD_BYTES`]), commits
+//! every [`INSTALL_COMMIT_RECORDS`] records, checks every record, the count and the checksum,
+//! and refuses anything else with [`StoreError::BadSnapshot`], leaving no store behind.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use redb::{Builder, Database, Durability, Range, ReadTransaction, ReadableDatabase, WriteTransaction};
+
+use super::engine::{read_state, At, MvccStore, Place, Record, DEFAULT_CACHE_BYTES, KV, META, REVS, STATE};
+use super::types::Revision;
+use crate::base::ids::Fnv1a;
+use crate::store::StoreError;
+
+/// The first bytes of every MVCC snapshot stream.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"KRMVCC\x00\x01";
+/// The stream format this version writes and reads.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+/// The size of every chunk but the last.
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// The largest key, value, name or record a stream may carry.
+pub const MAX_FIELD_BYTES: u64 = 64 << 20;
+/// Records per (non-durable) commit while installing; the last commit is durable.
+pub const INSTALL_COMMIT_RECORDS: u64 = 10_000;
+
+const TAG_STATE: u8 = 1;
+const TAG_META: u8 = 2;
+const TAG_KV: u8 = 3;
+const TAG_REVS: u8 = 4;
+const TAG_END: u8 = 0xff;
+
+type KvRange = Range<'static, (&'static [u8], i64), &'static [u8]>;
+type RevsRange = Range<'static, (i64, u32), &'static [u8]>;
+type StateRange = Range<'static, &'static str, i64>;
+type MetaRange = Range<'static, &'static str, &'static [u8]>;
+
+/// The chunks of one snapshot, read from a redb read transaction: an iterator of `Bytes` of
+/// [`CHUNK_BYTES`] each (the last one shorter). Holding it keeps that point in time readable
+/// (redb keeps the pages it needs until it is dropped).
+pub struct SnapshotReader {
+    _txn: ReadTransaction,
+    place: Place,
+    state: StateRange,
+    meta: MetaRange,
+    kv: KvRange,
+    revs: RevsRange,
+    /// Which table is being read: TAG_STATE..=TAG_REVS, then TAG_END, then done.
+    stage: u8,
+    buf: Vec<u8>,
+    hash: Fnv1a,
+    records: u64,
+    done: bool,
+    revision: Revision,
+    compacted: Revision,
+}
+
+impl MvccStore {
+    /// A point-in-time snapshot of the whole store (every table, `meta` included) as a stream
+    /// of chunks; writes may go on while it is read.
+    pub fn snapshot(&self) -> Result<SnapshotReader, StoreError> {
+        let place = self.place().clone();
+        let txn = self.db().begin_read().at(&place, "read the state-machine database")?;
+        let open = "open a snapshot of the state-machine database";
+        let state_table = txn.open_table(STATE).at(&place, open)?;
+        let (revision, compacted) =
+            read_state(&state_table, &place)?.ok_or_else(|| place.corrupt("the MVCC state is missing"))?;
+        let state = state_table.range::<&str>(..).at(&place, open)?;
+        let meta = txn.open_table(META).at(&place, open)?.range::<&str>(..).at(&place, open)?;
+        let kv = txn.open_table(KV).at(&place, open)?.range::<(&[u8], i64)>(..).at(&place, open)?;
+        let revs = txn.open_table(REVS).at(&place, open)?.range::<(i64, u32)>(..).at(&place, open)?;
+        let mut reader = SnapshotReader {
+            _txn: txn,
+            place,
+            state,
+            meta,
+            kv,
+            revs,
+            stage: TAG_STATE,
+            buf: Vec::with_capacity(CHUNK_BYTES + 4096),
+            hash: Fnv1a::new(),
+            records: 0,
+            done: false,
+            revision,
+            compacted,
+        };
+        reader.append(SNAPSHOT_MAGIC);
+        reader.append(&SNAPSHOT_FORMAT.to_be_bytes());
+        Ok(reader)
+    }
+
+    /// Builds a new store at `path` from a snapshot stream and opens it. The database is built
+    /// beside `path` (`<path>.installing`) and renamed over `path` only once the whole stream
+    /// checked out and is durable, so a damaged or cut stream leaves `path` as it was. The
+    /// caller must not have a store open at `path`.
+    pub fn install(path: &Path, input: impl Read) -> Result<MvccStore, StoreError> {
+        let temp = installing_path(path);
+        let place = Place::new(path);
+        match fs::remove_file(&temp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("remove", &temp, e)),
+        }
+        let built = (|| {
+            let db = Builder::new()
+                .set_cache_size(DEFAULT_CACHE_BYTES)
+                .create(&temp)
+                .at(&Place::new(&temp), "create the state-machine database")?;
+            install_into(&db, &place, input)
+        })();
+        if let Err(e) = built {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        fs::rename(&temp, path).map_err(|e| StoreError::io("rename the installed snapshot to", path, e))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io("sync", dir, e))?;
+        }
+        MvccStore::open(path)
+    }
+
+    /// The same into a new store in memory.
+    pub fn install_in_memory(input: impl Read) -> Result<MvccStore, StoreError> {
+        let place = Place::memory();
+        let db = Builder::new()
+            .set_cache_size(DEFAULT_CACHE_BYTES)
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .at(&place, "create the state-machine database")?;
+        install_into(&db, &place, input)?;
+        MvccStore::init(db, place)
+    }
+}
+
+fn installing_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".installing");
+    PathBuf::from(name)
+}
+
+impl SnapshotReader {
+    /// The store's revision at the snapshot's point in time.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// The compacted revision at the snapshot's point in time.
+    pub fn compacted_revision(&self) -> Revision {
+        self.compacted
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        self.hash.write(bytes);
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn append_field(&mut self, bytes: &[u8]) {
+        // redb keeps keys and values below 4 GiB, so the length fits.
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        self.append(&len.to_be_bytes());
+        self.append(bytes);
+    }
+
+    /// Appends the next record (or the trailer); false when the stream is complete.
+    fn next_record(&mut self) -> Result<bool, StoreError> {
+        let read = "read a snapshot of the state-machine database";
+        let place = self.place.clone();
+        loop {
+            match self.stage {
+                TAG_STATE => match self.state.next() {
+                    Some(entry) => {
+                        let (k, v) = entry.at(&place, read)?;
+                        self.append(&[TAG_STATE]);
+                        self.append_field(k.value().as_bytes());
+                        self.append(&v.value().to_be_bytes());
+                        break;
+                    }
+                    None => self.stage = TAG_META,
+                },
+                TAG_META => match self.meta.next() {
+                    Some(entry) => {
+                        let (k, v) = entry.at(&place, read)?;
+                        self.append(&[TAG_META]);
+                        self.append_field(k.value().as_bytes());
+                        self.append_field(v.value());
+                        break;
+                    }
+                    None => self.stage = TAG_KV,
+                },
+                TAG_KV => match self.kv.next() {
+                    Some(entry) => {
+                        let (k, v) = entry.at(&place, read)?;
+                        let (key, rev) = k.value();
+                        self.append(&[TAG_KV]);
+                        self.append_field(key);
+                        self.append(&rev.to_be_bytes());
+                        self.append_field(v.value());
+                        break;
+                    }
+                    None => self.stage = TAG_REVS,
+                },
+                TAG_REVS => match self.revs.next() {
+                    Some(entry) => {
+                        let (k, v) = entry.at(&place, read)?;
+                        let (main, sub) = k.value();
+                        self.append(&[TAG_REVS]);
+                        self.append(&main.to_be_bytes());
+                        self.append(&sub.to_be_bytes());
+                        self.append_field(v.value());
+                        break;
+                    }
+                    None => self.stage = TAG_END,
+                },
+                TAG_END => {
+                    self.append(&[TAG_END]);
+                    let count = self.records;
+                    self.append(&count.to_be_bytes());
+                    let checksum = self.hash.finish();
+                    self.buf.extend_from_slice(&checksum.to_be_bytes());
+                    self.stage = 0;
+                    return Ok(false);
+                }
+                _ => return Ok(false),
+            }
+        }
+        self.records += 1;
+        Ok(true)
+    }
+}
+
+impl Iterator for SnapshotReader {
+    type Item = Result<Bytes, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        while self.buf.len() < CHUNK_BYTES {
+            match self.next_record() {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        let chunk = if self.buf.len() > CHUNK_BYTES {
+            let rest = self.buf.split_off(CHUNK_BYTES);
+            std::mem::replace(&mut self.buf, rest)
+        } else {
+            std::mem::take(&mut self.buf)
+        };
+        if chunk.is_empty() {
+            self.done = true;
+            return None;
+        }
+        Some(Ok(Bytes::from(chunk)))
+    }
+}
+
+/// A `Read` over a stream of chunks (how snapshots arrive from a peer); an error of the
+/// stream becomes an I/O error of the read.
+pub struct ChunkReader<I> {
+    chunks: I,
+    current: Bytes,
+}
+
+impl<I> ChunkReader<I> {
+    pub fn new(chunks: I) -> ChunkReader<I> {
+        ChunkReader { chunks, current: Bytes::new() }
+    }
+}
+
+impl<I, E> Read for ChunkReader<I>
+where
+    I: Iterator<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.next() {
+                None => return Ok(0),
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => return Err(io::Error::other(e.to_string())),
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Reads the stream, hashing what it reads.
+struct Input<R> {
+    inner: R,
+    hash: Fnv1a,
+    offset: u64,
+    records: u64,
+}
+
+fn bad(detail: impl Into<String>) -> StoreError {
+    StoreError::BadSnapshot(detail.into())
+}
+
+impl<R: Read> Input<R> {
+    fn fill(&mut self, out: &mut [u8], hashed: bool) -> Result<(), StoreError> {
+        self.inner.read_exact(out).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                bad(format!("the MVCC snapshot ends early, at byte {} after {} records", self.offset, self.records))
+            } else {
+                bad(format!("cannot read the MVCC snapshot at byte {}: {e}", self.offset))
+            }
+        })?;
+        if hashed {
+            self.hash.write(out);
+        }
+        self.offset += out.len() as u64;
+        Ok(())
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
+        let mut out = [0u8; N];
+        self.fill(&mut out, true)?;
+        Ok(out)
+    }
+
+    fn u8(&mut self) -> Result<u8, StoreError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn i64(&mut self) -> Result<i64, StoreError> {
+        Ok(i64::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    /// A length-prefixed field of at most `max` bytes; memory grows only with the bytes that
+    /// arrive.
+    fn field(&mut self, what: &str, max: u64) -> Result<Vec<u8>, StoreError> {
+        let len = u64::from(self.u32()?);
+        if len > max {
+            return Err(bad(format!(
+                "the MVCC snapshot has a {what} of {len} bytes at byte {}, more than the {max} allowed",
+                self.offset
+            )));
+        }
+        let mut out = Vec::new();
+        let start = self.offset;
+        (&mut self.inner)
+            .take(len)
+            .read_to_end(&mut out)
+            .map_err(|e| bad(format!("cannot read the MVCC snapshot at byte {start}: {e}")))?;
+        if out.len() as u64 != len {
+            return Err(bad(format!(
+                "the MVCC snapshot ends early, in a {what} at byte {start} after {} records",
+                self.records
+            )));
+        }
+        self.hash.write(&out);
+        self.offset += len;
+        Ok(out)
+    }
+}
+
+/// Fills the empty database `db` from a snapshot stream; the last commit is durable.
+fn install_into(db: &Database, place: &Place, input: impl Read) -> Result<(), StoreError> {
+    let mut input = Input { inner: input, hash: Fnv1a::new(), offset: 0, records: 0 };
+    let magic = input.array::<8>()?;
+    if &magic != SNAPSHOT_MAGIC {
+        return Err(bad("not an MVCC snapshot of kuberaft (wrong magic bytes)"));
+    }
+    let format = input.u32()?;
+    if format != SNAPSHOT_FORMAT {
+        return Err(bad(format!(
+            "MVCC snapshot format {format} is not the one this version reads ({SNAPSHOT_FORMAT}): use the same kuberaft version on every member"
+        )));
+    }
+    let mut stage = TAG_STATE;
+    let mut max_rev = 0;
+    loop {
+        let txn = db.begin_write().at(place, "write the state-machine database")?;
+        let finished = install_part(&txn, place, &mut input, &mut stage, &mut max_rev)?;
+        if finished {
+            let state = txn.open_table(STATE).at(place, "read the installed snapshot")?;
+            let (revision, _) =
+                read_state(&state, place)?.ok_or_else(|| bad("the MVCC snapshot has no revision or format"))?;
+            if max_rev > revision {
+                return Err(bad(format!(
+                    "the MVCC snapshot holds revision {max_rev}, after its current revision {revision}"
+                )));
+            }
+            drop(state);
+            txn.commit().at(place, "commit the installed snapshot")?;
+            return Ok(());
+        }
+        let mut txn = txn;
+        txn.set_durability(Durability::None).map_err(|e| bad(e.to_string()))?;
+        txn.commit().at(place, "commit the installed snapshot")?;
+    }
+}
+
+/// Installs up to INSTALL_COMMIT_RECORDS records in `txn`; true at the verified end.
+fn install_part<R: Read>(
+    txn: &WriteTransaction,
+    place: &Place,
+    input: &mut Input<R>,
+    stage: &mut u8,
+    max_rev: &mut Revision,
+) -> Result<bool, StoreError> {
+    let write = "write the installed snapshot";
+    let mut state = txn.open_table(STATE).at(place, write)?;
+    let mut meta = txn.open_table(META).at(place, write)?;
+    let mut kv = txn.open_table(KV).at(place, write)?;
+    let mut revs = txn.open_table(REVS).at(place, write)?;
+    for _ in 0..INSTALL_COMMIT_RECORDS {
+        let at = input.offset;
+        let tag = input.u8()?;
+        if tag < *stage {
+            return Err(bad(format!("the MVCC snapshot has a record of kind {tag} out of order at byte {at}")));
+        }
+        *stage = tag;
+        match tag {
+            TAG_STATE => {
+                let name = input.field("name", 256)?;
+                let value = input.i64()?;
+                let name =
+                    std::str::from_utf8(&name).map_err(|_| bad(format!("a name that is not UTF-8 at byte {at}")))?;
+                state.insert(name, value).at(place, write)?;
+            }
+            TAG_META => {
+                let name = input.field("name", MAX_FIELD_BYTES)?;
+                let value = input.field("value", MAX_FIELD_BYTES)?;
+                let name =
+                    std::str::from_utf8(&name).map_err(|_| bad(format!("a name that is not UTF-8 at byte {at}")))?;
+                meta.insert(name, value.as_slice()).at(place, write)?;
+            }
+            TAG_KV => {
+                let key = input.field("key", MAX_FIELD_BYTES)?;
+                let rev = input.i64()?;
+                let record = input.field("record", MAX_FIELD_BYTES)?;
+                let sound = match Record::decode(&record) {
+                    Ok(Record::Live { create_revision, .. }) => create_revision <= rev,
+                    Ok(Record::Tombstone) => true,
+                    Err(_) => false,
+                };
+                if key.is_empty() || rev < 1 || !sound {
+                    return Err(bad(format!("the MVCC snapshot has a damaged key record at byte {at}")));
+                }
+                *max_rev = (*max_rev).max(rev);
+                kv.insert((key.as_slice(), rev), record.as_slice()).at(place, write)?;
+            }
+            TAG_REVS => {
+                let main = input.i64()?;
+                let sub = input.u32()?;
+                let key = input.field("key", MAX_FIELD_BYTES)?;
+                if key.is_empty() || main < 1 {
+                    return Err(bad(format!("the MVCC snapshot has a damaged revision record at byte {at}")));
+                }
+                *max_rev = (*max_rev).max(main);
+                revs.insert((main, sub), key.as_slice()).at(place, write)?;
+            }
+            TAG_END => {
+                let count = input.u64()?;
+                let expected = input.hash.finish();
+                let mut checksum = [0u8; 8];
+                input.fill(&mut checksum, false)?;
+                if count != input.records {
+                    return Err(bad(format!(
+                        "the MVCC snapshot says it holds {count} records but {} arrived",
+                        input.records
+                    )));
+                }
+                if u64::from_be_bytes(checksum) != expected {
+                    return Err(bad("the MVCC snapshot fails its checksum: it was damaged on the way"));
+                }
+                let mut extra = [0u8; 1];
+                match input.inner.read(&mut extra) {
+                    Ok(0) => {}
+                    Ok(_) => return Err(bad("the MVCC snapshot has bytes after its end")),
+                    Err(e) => return Err(bad(format!("cannot read the MVCC snapshot: {e}"))),
+                }
+                return Ok(true);
+            }
+            other => return Err(bad(format!("the MVCC snapshot has an unknown record kind {other} at byte {at}"))),
+        }
+        input.records += 1;
+    }
+    Ok(false)
+}
