@@ -808,6 +808,18 @@ fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
         worst_gap / 1_000_000
     ));
     report.push_str(&format!("checked in {:.1} s: {}\n", checked.elapsed().as_secs_f64(), describe(&verdict)));
+    if let Verdict::Violation { partition, .. } = &verdict {
+        // The whole history of the key that failed, for the post-mortem.
+        let path = std::env::temp_dir().join(format!("kuberaft-chaos-{net}-violation.txt"));
+        let lines: Vec<String> = ops
+            .iter()
+            .filter(|o| format!("{:?}", o.input.key()) == *partition)
+            .map(|o| format!("[{} .. {:?}] client {} {:?} -> {:?}", o.call, o.ret, o.client, o.input, o.output))
+            .collect();
+        if std::fs::write(&path, lines.join("\n")).is_ok() {
+            report.push_str(&format!("the history of key {partition}: {}\n", path.display()));
+        }
+    }
     Run { verdict, report }
 }
 
