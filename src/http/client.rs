@@ -42,6 +42,12 @@ pub fn streamed(chunks: Vec<Bytes>) -> RequestBody {
     UnsyncBoxBody::new(StreamBody::new(futures::stream::iter(chunks.into_iter().map(|c| Ok(Frame::data(c))))))
 }
 
+/// A body sent chunk by chunk as the chunks arrive on `rx`; it ends when the sender is dropped.
+pub fn from_channel(rx: tokio::sync::mpsc::Receiver<Bytes>) -> RequestBody {
+    let chunks = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok(Frame::data(c)), rx)) });
+    UnsyncBoxBody::new(StreamBody::new(chunks))
+}
+
 /// How a client dials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dial {

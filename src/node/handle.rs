@@ -14,6 +14,7 @@ use super::shared::{read, Shared};
 use crate::base::ids::added_member_id;
 use crate::raft::{ConfChange, ConfChangeKind, Index, NodeId, Role};
 use crate::store::command::{encode, ApplyResult, Command, MemberInfo};
+use crate::store::mvcc::engine::ReadError;
 use crate::store::mvcc::{CompactResponse, RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse};
 use crate::store::KvStore;
 
@@ -78,7 +79,10 @@ impl NodeHandle {
     /// An etcd range over this member's applied state (serializable). For a linearizable
     /// range, wait for `read_barrier` first.
     pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, NodeError> {
-        self.with_kv(|kv| kv.range(request)).map_err(NodeError::Mvcc)
+        self.with_kv(|kv| kv.range(request)).map_err(|e| match e {
+            ReadError::Mvcc(e) => NodeError::Mvcc(e),
+            ReadError::Storage(e) => NodeError::Unavailable(format!("this member cannot read its state machine: {e}")),
+        })
     }
 
     /// Adds a member (a learner, or a voter) under a new id, which it returns.

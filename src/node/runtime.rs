@@ -5,6 +5,7 @@
 //! and no vote leaves before the fsync returned.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,12 +13,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::shared::{read, write, LoopStatus, Shared};
+use super::shared::{lock, read, write, LoopStatus, Shared};
 use crate::raft::{
-    ConfChange, ConfChangeKind, Entry, EntryPayload, Index, Message, NodeId, ProposeError, RawNode, Ready, Role,
-    Snapshot, Term,
+    ConfChange, ConfChangeKind, Entry, EntryPayload, Index, Message, MessageBody, NodeId, ProposeError, RawNode, Ready,
+    Role, Snapshot, SnapshotMeta, Term,
 };
 use crate::store::command::{decode, encode, ApplyResult, Command, MemberInfo};
+use crate::store::kv::staging_path;
+use crate::store::mvcc::snapshot::SnapshotReader;
 use crate::store::mvcc::MvccError;
 use crate::store::{KvStore, Storage};
 
@@ -349,7 +352,11 @@ impl RaftLoop {
                 for entry in &rd.entries {
                     self.learn_address(&entry.payload);
                 }
-                self.outbox.send(std::mem::take(&mut rd.messages));
+                let messages = std::mem::take(&mut rd.messages);
+                self.send(messages);
+            }
+            if let Some(snapshot) = &rd.snapshot {
+                self.install(snapshot);
             }
             if !self.persist(&rd) {
                 self.stuck = Some(rd);
@@ -424,10 +431,7 @@ impl RaftLoop {
         for entry in &rd.entries {
             self.learn_address(&entry.payload);
         }
-        self.outbox.send(rd.persisted_messages);
-        if let Some(snapshot) = &rd.snapshot {
-            self.install(snapshot);
-        }
+        self.send(rd.persisted_messages);
         self.apply_committed(&rd.committed_entries);
         for rs in &rd.read_states {
             if let Some(reply) = self.reads.remove(&rs.ctx) {
@@ -535,16 +539,94 @@ impl RaftLoop {
         }
     }
 
-    /// Replaces the state machine with the snapshot's. The storage made the snapshot durable
-    /// before this, and the core counts it as applied once `advance` runs, so a snapshot that
-    /// cannot be installed halts the state machine where it was (see `halted`): applying the
-    /// entries after it to the old state, or saving that state as a snapshot of a later index,
-    /// would serve and keep a history that never happened.
+    /// Sends messages to peers. An InstallSnapshot goes out as the state machine's database
+    /// as it stands, as etcd sends it: its metadata is restamped with the state machine's applied
+    /// index and term and the configuration as of that index, and a stream of that point in
+    /// time waits for the transport (`Shared::outgoing_snapshots`). Any applied (so committed)
+    /// index at or after the log's snapshot is a sound snapshot point, and the leader's log
+    /// holds every entry after it for the follower to continue with. When no stream can be
+    /// made (a halted state machine), the message is dropped and the core sends again later.
+    fn send(&mut self, messages: Vec<Message>) {
+        let mut out = Vec::with_capacity(messages.len());
+        for mut m in messages {
+            if let MessageBody::InstallSnapshot { snapshot } = &mut m.body {
+                match self.prepare_snapshot(snapshot.meta.index) {
+                    Ok((meta, reader)) => {
+                        snapshot.meta = meta;
+                        snapshot.data = Bytes::new();
+                        lock(&self.shared.outgoing_snapshots).insert(m.to, reader);
+                    }
+                    Err(why) => {
+                        tracing::warn!(to = %format!("{:x}", m.to), "cannot send a snapshot: {why}");
+                        continue;
+                    }
+                }
+            }
+            out.push(m);
+        }
+        self.outbox.send(out);
+    }
+
+    fn prepare_snapshot(&self, log_snapshot: Index) -> Result<(SnapshotMeta, SnapshotReader), String> {
+        if let Some(why) = &self.halted {
+            return Err(format!("the state machine is stopped: {why}"));
+        }
+        let kv = read(&self.shared.kv);
+        let index = kv.applied_index();
+        if index < log_snapshot {
+            return Err(format!("the state machine applied {index}, before the log's snapshot at {log_snapshot}"));
+        }
+        let term = match kv.applied_term() {
+            0 => self.raw.raft.log().term(index).ok_or_else(|| format!("the term of index {index} is unknown"))?,
+            term => term,
+        };
+        let reader = kv.snapshot().map_err(|e| e.to_string())?;
+        Ok((SnapshotMeta { index, term, conf: self.raw.raft.conf_at(index) }, reader))
+    }
+
+    /// Replaces the state machine with the snapshot's, before the snapshot is persisted: the
+    /// log is compacted only once a state machine that covers it is durable. The state machine
+    /// comes staged by the transport (`Shared::staged`), or, from a kuberaft 0.1 or 0.2 leader,
+    /// in the snapshot's data. Installing it twice (a Ready retried after a storage failure)
+    /// does nothing. One that cannot be installed halts the state machine where it was (see
+    /// `halted`): applying the entries after the snapshot to the old state, or saving that
+    /// state as a snapshot of a later index, would serve and keep a history that never happened.
     fn install(&mut self, snapshot: &Snapshot) {
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
-        match KvStore::restore_snapshot(snapshot) {
-            Ok(kv) => {
-                *write(&self.shared.kv) = kv;
+        if read(&self.shared.kv).applied_index() == index && self.halted.is_none() {
+            return;
+        }
+        let live = read(&self.shared.kv).path().map(Path::to_path_buf);
+        let staged = if snapshot.data.is_empty() {
+            match lock(&self.shared.staged).take() {
+                Some(s) if (s.index, s.term) == (index, term) => Ok(s.kv),
+                Some(s) => Err(format!("the state machine received is of index {} (term {})", s.index, s.term)),
+                None => Err("no state machine was received with it".to_string()),
+            }
+        } else {
+            let staging = live.as_deref().map(staging_path);
+            KvStore::from_legacy_snapshot(staging.as_deref(), snapshot).map_err(|e| e.to_string())
+        };
+        let installed = staged.and_then(|staged| {
+            let mut kv = write(&self.shared.kv);
+            // The live database closes before the staged one takes its place.
+            drop(std::mem::take(&mut *kv));
+            match KvStore::replace_with(live.as_deref(), staged) {
+                Ok(new) => {
+                    *kv = new;
+                    Ok(())
+                }
+                Err(e) => {
+                    // Back to the state machine that was there, which is unchanged on disk.
+                    if let Some(reopened) = live.as_deref().and_then(|p| KvStore::open(p).ok()) {
+                        *kv = reopened;
+                    }
+                    Err(e.to_string())
+                }
+            }
+        });
+        match installed {
+            Ok(()) => {
                 self.last_snapshot_index = index;
                 self.shared.metrics.snapshots_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(index, term, "installed snapshot");
@@ -558,9 +640,8 @@ impl RaftLoop {
                 }
             }
             Err(e) => self.halt(format!(
-                "cannot install the snapshot of index {index} (term {term}): {e}. It is saved in the data directory, \
-                 so a restart meets it again: run a kuberaft version that reads it, or replace this member \
-                 (remove it, clear its data directory, add it back)"
+                "cannot install the snapshot of index {index} (term {term}): {e}. Replace this member \
+                 (remove it, clear its data directory, add it back), or run a kuberaft version that reads it"
             )),
         }
     }
@@ -659,14 +740,21 @@ impl RaftLoop {
         if self.halted.is_some() || applied < self.last_snapshot_index.saturating_add(self.snapshot_threshold) {
             return;
         }
-        let (kv_applied, data) = {
-            let kv = read(&self.shared.kv);
-            (kv.applied_index(), kv.snapshot_data())
+        let (kv_applied, persisted) = {
+            let mut kv = write(&self.shared.kv);
+            (kv.applied_index(), kv.persist())
         };
         if kv_applied != applied {
             self.halt(format!("the state machine applied up to {kv_applied}, the log up to {applied}"));
             return;
         }
+        // The state machine is its own snapshot: once it is durable up to `applied`, the log up
+        // to there can go. The snapshot the core and the storage keep is only its metadata.
+        if let Err(e) = persisted {
+            tracing::warn!(error = %e, "could not make the state machine durable; the log keeps growing until it works");
+            return;
+        }
+        let data = Bytes::new();
         match self.raw.raft.compact(data.clone()) {
             Ok(meta) => {
                 let index = meta.index;

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::raft::{Index, NodeId, Role, Term};
 use crate::store::command::MemberInfo;
+use crate::store::mvcc::snapshot::SnapshotReader;
 use crate::store::KvStore;
 
 /// Locks that survive a panicked holder: the data is still consistent for our purposes
@@ -127,6 +128,13 @@ impl Metrics {
 const EXPIRING_ERRORS: [&str; 1] = ["peers"];
 const ERROR_EVENT_TTL: Duration = Duration::from_secs(30);
 
+/// A received snapshot's state machine and the snapshot it belongs to.
+pub struct StagedSnapshot {
+    pub index: Index,
+    pub term: Term,
+    pub kv: KvStore,
+}
+
 pub struct Shared {
     pub id: NodeId,
     pub name: String,
@@ -147,6 +155,12 @@ pub struct Shared {
     /// Set once when the member must stop for good (its data is lost): why. The process exits
     /// with code 3 when it is set.
     pub data_lost: watch::Sender<Option<String>>,
+    /// Snapshot streams the Raft loop prepared for the transport, one per follower (the newest
+    /// replaces an older one, so at most one read view per follower is held).
+    pub outgoing_snapshots: Mutex<BTreeMap<NodeId, SnapshotReader>>,
+    /// A state machine received from a leader and built beside the live one, waiting for the
+    /// core to accept its snapshot (`RaftLoop::install`).
+    pub staged: Mutex<Option<StagedSnapshot>>,
 }
 
 impl Shared {
@@ -210,6 +224,10 @@ impl Shared {
             errors: RwLock::new(BTreeMap::new()),
             metrics: Metrics::default(),
             data_lost: watch::channel(None).0,
+            outgoing_snapshots: Default::default(),
+            staged: Default::default(),
+            outgoing_snapshots: Default::default(),
+            staged: Default::default(),
         }
     }
 }

@@ -12,10 +12,14 @@
 //! - `POST /raft/v1/messages`: the format byte, then a `Vec<Message>`, at most
 //!   `MAX_BATCH_MESSAGES` messages and about `BATCH_TARGET_BYTES` (a single message may be
 //!   larger); the receiver accepts at most `PeerLimits::batch_bytes`.
-//! - `POST /raft/v1/snapshot`: one InstallSnapshot, streamed in `SNAPSHOT_CHUNK_BYTES` chunks:
-//!   the format byte, a 4-byte big-endian length `n`, then `n` bytes of the `Message` with empty
-//!   snapshot data, then the snapshot data itself (the rest of the body). The receiver accepts
-//!   at most `PeerLimits::snapshot_bytes` and one snapshot at a time.
+//! - `POST /raft/v1/snapshot`: one InstallSnapshot: the format byte, a 4-byte big-endian length
+//!   `n`, then `n` bytes of the `Message` with empty snapshot data, then the snapshot itself (the
+//!   rest of the body): the state machine's database as a stream (`store::mvcc::snapshot`),
+//!   read by the sender from a point-in-time view the Raft loop prepared
+//!   (`Shared::outgoing_snapshots`) and written by the receiver, as it arrives, into a new
+//!   database beside its live one (`KvStore::stage`); neither side holds the snapshot in
+//!   memory. The receiver takes one snapshot at a time, each chunk within `SNAPSHOT_STALL`;
+//!   a snapshot that fails on the way is sent again whole, from a new view.
 //!
 //! kuberaft 0.1.0 sent the same bodies without the format byte, in bincode 1, as
 //! `application/octet-stream`. A receiver still reads those (by the content type, with
@@ -40,11 +44,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::runtime::{note_peer_urls, offer, Input, Outbox};
-use super::shared::{read, Shared};
+use super::shared::{lock, read, Shared, StagedSnapshot};
 use crate::base::wire::MAX_KEY_BYTES;
 use crate::http::client::{self, Dial, HttpClient};
 use crate::http::serve::{check_declared, read_body, BodyError, BodyLimits};
@@ -52,7 +57,10 @@ use crate::node::join::{PeerMember, PeerView};
 use crate::raft::{ConfState, Message, MessageBody, NodeId};
 use crate::store::codec::{self, CodecError};
 use crate::store::command::MemberInfo;
+use crate::store::kv::staging_path;
 use crate::store::legacy;
+use crate::store::mvcc::snapshot::{ChunkReader, SnapshotReader};
+use crate::store::KvStore;
 
 pub const MESSAGES_PATH: &str = "/raft/v1/messages";
 pub const SNAPSHOT_PATH: &str = "/raft/v1/snapshot";
@@ -73,8 +81,15 @@ const PEER_QUEUE: usize = 4096;
 const MAX_BATCH_MESSAGES: usize = 512;
 /// A batch takes no further message once its encoding reaches this size.
 pub const BATCH_TARGET_BYTES: usize = 16 << 20;
-/// The largest snapshot a member accepts.
+/// The largest snapshot a member reads into memory: one in a 0.1.0 member's format, whose data
+/// travels in the message. A streamed snapshot goes to disk as it arrives and is bounded by the
+/// disk alone.
 pub const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
+/// A streamed snapshot's body must bring a chunk at least this often; installing commits every
+/// few thousand records, which may hold the reading back for a moment.
+const SNAPSHOT_STALL: Duration = Duration::from_secs(30);
+/// How many chunks of a snapshot may wait between the network and the disk, on either side.
+const SNAPSHOT_QUEUE_CHUNKS: usize = 4;
 /// A snapshot's data goes out in chunks of this size.
 const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
 /// The encoded InstallSnapshot message ahead of a snapshot's data (its data left empty) is
@@ -87,7 +102,8 @@ const BATCH_DEADLINE: Duration = Duration::from_secs(10);
 const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(80);
 /// The sender waits this long for a batch's answer, and for a snapshot's.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(2);
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// A whole snapshot, however large, must be across within this.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// A peer answers a batch or a snapshot with no body, or a one-line reason; more is not read.
 const MAX_ANSWER_BYTES: usize = 64 << 10;
 
@@ -269,19 +285,17 @@ async fn peer_sender(
                     continue;
                 }
             },
-            Outgoing::Snapshot(message) => match snapshot_body(message) {
-                Ok((length, chunks)) => (
-                    peer_request(&shared, &address, SNAPSHOT_PATH)
-                        .header("content-length", length)
-                        .body(client::streamed(chunks)),
-                    SNAPSHOT_TIMEOUT,
-                ),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot encode a snapshot message");
-                    let _ = offer(&loop_tx, Input::SnapshotFailed(to));
-                    continue;
+            Outgoing::Snapshot(message) => {
+                let reader = lock(&shared.outgoing_snapshots).remove(&to);
+                match snapshot_stream(message, reader) {
+                    Ok(body) => (peer_request(&shared, &address, SNAPSHOT_PATH).body(body), SNAPSHOT_TIMEOUT),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot send a snapshot");
+                        let _ = offer(&loop_tx, Input::SnapshotFailed(to));
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let failure = match http.call(request, timeout, MAX_ANSWER_BYTES).await {
             Ok(answer) if answer.status.is_success() => None,
@@ -398,6 +412,37 @@ pub fn snapshot_body(mut message: Message) -> Result<(u64, Vec<Bytes>), CodecErr
     }
     let length = chunks.iter().map(|c| c.len() as u64).sum();
     Ok((length, chunks))
+}
+
+/// The body of `POST /raft/v1/snapshot`: the message's head, then the chunks of `reader` as a
+/// blocking thread reads them off the database (a few at a time). A read that fails ends the
+/// body early, which the receiver refuses (the stream's trailer is missing).
+fn snapshot_stream(message: Message, reader: Option<SnapshotReader>) -> Result<client::RequestBody, String> {
+    let Some(reader) = reader else {
+        return Err("no snapshot stream was prepared for it".into());
+    };
+    let (_, mut head) = snapshot_body(message).map_err(|e| e.to_string())?;
+    let head = head.remove(0);
+    let (tx, rx) = mpsc::channel::<Bytes>(SNAPSHOT_QUEUE_CHUNKS);
+    tokio::task::spawn_blocking(move || {
+        if tx.blocking_send(head).is_err() {
+            return;
+        }
+        for chunk in reader {
+            match chunk {
+                Ok(chunk) => {
+                    if tx.blocking_send(chunk).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the snapshot failed; its body ends early");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(client::from_channel(rx))
 }
 
 /// Reads a `POST /raft/v1/snapshot` body of either format back into its message.
@@ -537,13 +582,23 @@ async fn receive_snapshot(State(server): State<PeerServer>, request: Request) ->
         Ok(from) => from,
         Err((status, why)) => return reject(status, why),
     };
+    let Ok(_slot) = server.snapshot_slot.clone().try_acquire_owned() else {
+        return reject(StatusCode::SERVICE_UNAVAILABLE, "this member is receiving another snapshot".into());
+    };
+    if WireFormat::of(&parts.headers) == WireFormat::Versioned {
+        return match receive_streamed_snapshot(&server, body).await {
+            Ok(message) => deliver(&server, from, &parts.headers, vec![message]),
+            Err((status, why)) => {
+                tracing::warn!(%why, "refused a snapshot");
+                reject(status, why)
+            }
+        };
+    }
+    // A 0.1.0 member's snapshot: its data is in the message, read into memory.
     let limit = server.limits.snapshot_bytes;
     if let Err(e) = check_declared(&parts.headers, limit) {
         return body_error(e);
     }
-    let Ok(_slot) = server.snapshot_slot.clone().try_acquire_owned() else {
-        return reject(StatusCode::SERVICE_UNAVAILABLE, "this member is receiving another snapshot".into());
-    };
     let limits = BodyLimits { limit, stall: BODY_STALL, deadline: SNAPSHOT_DEADLINE };
     let bytes = match read_body(&parts.headers, body, limits).await {
         Ok(bytes) => bytes,
@@ -553,6 +608,85 @@ async fn receive_snapshot(State(server): State<PeerServer>, request: Request) ->
         Ok(message) => deliver(&server, from, &parts.headers, vec![message]),
         Err(why) => reject(StatusCode::BAD_REQUEST, why),
     }
+}
+
+/// Reads a streamed snapshot: the message's head, then the state machine's stream, written into
+/// a new database beside the live one as it arrives (`KvStore::stage`, on a blocking thread,
+/// a few chunks behind the network). The staged state machine must be exactly the one the
+/// message's metadata names; it waits in `Shared::staged` for the Raft loop to install it.
+async fn receive_streamed_snapshot(server: &PeerServer, body: Body) -> Result<Message, (StatusCode, String)> {
+    let bad = |why: String| (StatusCode::BAD_REQUEST, why);
+    let mut stream = body.into_data_stream();
+    let mut pending = Vec::new();
+    // The head: the format byte, its length, the message.
+    let (mut message, rest) = loop {
+        if pending.len() >= 5 {
+            let head_len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
+            if head_len > MAX_SNAPSHOT_HEAD_BYTES {
+                return Err(bad(format!("the snapshot header declares {head_len} bytes")));
+            }
+            if pending.len() >= 5 + head_len {
+                let message =
+                    parse_snapshot_body(WireFormat::Versioned, Bytes::copy_from_slice(&pending[..5 + head_len]))
+                        .map_err(bad)?;
+                break (message, Bytes::copy_from_slice(&pending[5 + head_len..]));
+            }
+        }
+        match tokio::time::timeout(SNAPSHOT_STALL, stream.next()).await {
+            Ok(Some(Ok(chunk))) => pending.extend_from_slice(&chunk),
+            Ok(Some(Err(e))) => return Err(bad(format!("the snapshot body broke: {e}"))),
+            Ok(None) => return Err(bad("the snapshot body ended inside its header".into())),
+            Err(_) => return Err((StatusCode::REQUEST_TIMEOUT, "the snapshot body stalled".into())),
+        }
+    };
+    let MessageBody::InstallSnapshot { snapshot } = &mut message.body else {
+        return Err(bad("not an InstallSnapshot".into()));
+    };
+    let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+    let staging = read(&server.shared.kv).path().map(staging_path);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Bytes, String>>(SNAPSHOT_QUEUE_CHUNKS);
+    let writer = tokio::task::spawn_blocking(move || {
+        let chunks = rx.into_iter();
+        KvStore::stage(staging.as_deref(), ChunkReader::new(chunks))
+    });
+    let mut fed = if rest.is_empty() { Ok(()) } else { send_chunk(&tx, rest).await };
+    while fed.is_ok() {
+        match tokio::time::timeout(SNAPSHOT_STALL, stream.next()).await {
+            Ok(Some(Ok(chunk))) => fed = send_chunk(&tx, chunk).await,
+            Ok(Some(Err(e))) => fed = Err(format!("the snapshot body broke: {e}")),
+            Ok(None) => break,
+            Err(_) => fed = Err("the snapshot body stalled".into()),
+        }
+    }
+    if let Err(why) = &fed {
+        // The writer sees the error and stops; nothing is left behind.
+        let _ = tx.try_send(Err(why.clone()));
+    }
+    drop(tx);
+    let staged = writer.await.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    fed.map_err(bad)?;
+    let mut kv = staged.map_err(|e| bad(format!("the snapshot cannot be installed: {e}")))?;
+    kv.check_against(index, term).map_err(|e| bad(e.to_string()))?;
+    *lock(&server.shared.staged) = Some(StagedSnapshot { index, term, kv });
+    Ok(message)
+}
+
+/// Hands a chunk to the blocking writer without blocking this task's thread.
+async fn send_chunk(tx: &std::sync::mpsc::SyncSender<Result<Bytes, String>>, chunk: Bytes) -> Result<(), String> {
+    let mut item = Ok(chunk);
+    for _ in 0..(SNAPSHOT_STALL.as_millis() / 5) {
+        match tx.try_send(item) {
+            Ok(()) => return Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                item = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                return Err("the snapshot could not be written".into());
+            }
+        }
+    }
+    Err("writing the snapshot stalled".into())
 }
 
 async fn members(State(server): State<PeerServer>) -> Json<PeerView> {

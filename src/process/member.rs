@@ -28,6 +28,7 @@ use crate::node::transport::{self, PeerLimits, PeerServer, Transport, MEMBERS_PA
 use crate::node::NodeHandle;
 use crate::raft::{Config, InitialState, Raft, RawNode, Role};
 use crate::store::command::{encode, MemberInfo};
+use crate::store::kv::staging_path;
 use crate::store::{open_data_dir, write_meta, DataDir, DurableState, KvStore, MemberMeta, Storage};
 
 /// Runs a member until SIGTERM/SIGINT. Blocking; builds its own runtime.
@@ -241,12 +242,29 @@ fn record_start(
     Ok(storage)
 }
 
-/// The state machine from the durable snapshot, checked against its metadata. One that cannot
-/// be loaded (a newer format, damage, or a snapshot the member received but could not install
-/// before it stopped) stops the start: the log after it cannot apply.
+/// The state machine's database in the data directory.
+pub const STATE_FILE: &str = "kv.db";
+
+/// Opens the state machine's database (`STATE_FILE`). A data directory of kuberaft 0.1 or 0.2
+/// has none: its state machine is the durable snapshot's data, carried over into a new database
+/// once. A database that applied less than the log's snapshot covers, or a missing one where
+/// the log was compacted into it, cannot go on: the entries it lacks are gone from the log, so
+/// the member's data is lost (exit code 3: replace it). A state machine staged from a leader
+/// but never installed is thrown away.
 fn restore_state_machine(args: &NodeArgs, state: &InitialState) -> Result<KvStore, StartError> {
-    match &state.snapshot {
-        Some(s) => KvStore::restore_snapshot(s).map_err(|e| {
+    let path = args.data_dir.join(STATE_FILE);
+    let staged = staging_path(&path);
+    for leftover in [staged.clone(), staged.with_extension("staged.installing"), path.with_extension("db.installing")] {
+        if leftover.exists() {
+            std::fs::remove_file(&leftover)
+                .map_err(|e| StartError::from(format!("cannot remove {}: {e}", leftover.display())))?;
+        }
+    }
+    let snapshot = state.snapshot.as_ref();
+    let cannot = |e: String| StartError::from(format!("cannot start: the state machine in {} {e}", path.display()));
+    let kv = match snapshot {
+        _ if path.exists() => KvStore::open(&path).map_err(|e| cannot(format!("cannot be opened: {e}")))?,
+        Some(s) if !s.data.is_empty() => KvStore::from_legacy_snapshot(Some(&path), s).map_err(|e| {
             StartError::from(format!(
                 "cannot start: the durable snapshot of index {} (term {}) in {} cannot be loaded: {e}. \
                  Run a kuberaft version that reads it, or replace this member (remove it, clear its data \
@@ -255,9 +273,29 @@ fn restore_state_machine(args: &NodeArgs, state: &InitialState) -> Result<KvStor
                 s.meta.term,
                 args.data_dir.display()
             ))
-        }),
-        None => Ok(KvStore::new()),
+        })?,
+        Some(s) if s.meta.index > 0 => {
+            return Err(StartError::data_lost(format!(
+                "the state machine's database {} is missing, and the log before index {} is compacted into it: \
+                 this member's data is lost; remove it from the cluster and add it back",
+                path.display(),
+                s.meta.index
+            )))
+        }
+        _ => KvStore::open(&path).map_err(|e| cannot(format!("cannot be created: {e}")))?,
+    };
+    if let Some(s) = snapshot {
+        if kv.applied_index() < s.meta.index {
+            return Err(StartError::data_lost(format!(
+                "the state machine {} applied up to index {}, but the log before index {} is compacted: \
+                 this member's data is lost; remove it from the cluster and add it back",
+                path.display(),
+                kv.applied_index(),
+                s.meta.index
+            )));
+        }
     }
+    Ok(kv)
 }
 
 /// What the Raft loop, the transport and the servers share, with the address book filled from
@@ -303,6 +341,8 @@ fn shared_state(
         errors: RwLock::new(problems.into_iter().map(|p| ("flags".to_string(), (p, Instant::now()))).collect()),
         metrics: Metrics::default(),
         data_lost: watch::channel(None).0,
+        outgoing_snapshots: Default::default(),
+        staged: Default::default(),
     }
 }
 

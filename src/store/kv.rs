@@ -1,12 +1,24 @@
-//! The replicated state machine, in memory: keys with etcd-style revisions, and the member
-//! table. Every member applies the same committed entries in the same order and must end in
-//! the same state, so `apply` is deterministic, never panics on what the log carries, and
-//! skips (rather than fails on) entries it cannot decode.
+//! The replicated state machine: etcd's multi-version key-value store on disk
+//! (`mvcc::MvccStore`, on redb) and the member table. Every member applies the same committed
+//! entries in the same order and must end in the same state, so `apply` is deterministic, never
+//! panics on what the log carries, and skips (rather than fails on) entries it cannot decode.
 //!
-//! Memory is kept close to the data: one `BTreeMap` from key to value and revisions, values
-//! as `Bytes`, and the `KeyValue` a reader sees is built on read.
+//! Applied entries go into one open write batch, committed by `flush` without an fsync: the
+//! Raft log is the durable record, and the applied index is committed in the same batch as the
+//! data it covers, so a restart replays the log from exactly where the database stands.
+//! `persist` makes everything durable (before the log is compacted). The member table lives in
+//! memory and in the database's `meta` table, written in the same batch as the entry that
+//! changed it.
+//!
+//! Snapshots are the database itself: `snapshot` streams a point-in-time view (a redb read
+//! transaction) in bounded chunks, `stage` builds a new database from such a stream beside the
+//! live one, and `replace_with` swaps it in. A snapshot of kuberaft 0.1 or 0.2 (formats 1 to 3,
+//! each key's latest version only) becomes a database with no history before its revision
+//! (`from_legacy`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -14,29 +26,32 @@ use serde::{Deserialize, Serialize};
 use super::claim::{check_claim, MemberState};
 use super::command::{decode, ApplyResult, Command, KeyValue, MemberInfo};
 use super::error::StoreError;
-use super::mvcc::model::Model;
-use super::mvcc::{self, DeleteRangeRequest, MvccError, PutRequest, RangeRequest, RangeResponse, Revision};
+use super::mvcc::engine::{Batch, MvccStore, ReadError};
+use super::mvcc::snapshot::SnapshotReader;
+use super::mvcc::{self, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, Revision};
 use super::{codec, legacy};
 use crate::base::ids::Fnv1a;
 use crate::raft::{ConfChange, ConfChangeKind, Entry, EntryPayload, Index, NodeId, Snapshot, Term};
 
-/// Leads every snapshot, so that a snapshot of another format is refused by name.
+/// Leads every snapshot of kuberaft 0.1 and 0.2, so that a snapshot of another format is
+/// refused by name.
 const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS\0";
-/// The format `snapshot_data` writes. 2 added `applied_term` and `joined`; 3 encodes format 2's
-/// body with postcard (`store::codec`) instead of bincode 1; 4 holds the MVCC store with its
-/// history. Formats 1 and 2 (bincode 1, kuberaft 0.1.0) are still read, by `store::legacy`, and
-/// formats 1 to 3, which kept only each key's latest version, become a store with no history
-/// before their revision.
-const SNAPSHOT_FORMAT: u32 = 4;
-/// The last format that kept only the latest version of each key.
-const LATEST_ONLY_SNAPSHOT_FORMAT: u32 = 3;
+/// The newest format of those snapshots: 2 added `applied_term` and `joined`; 3 encodes
+/// format 2's body with postcard (`store::codec`) instead of bincode 1. Since then the state
+/// machine is a database and its snapshots are its stream (`mvcc::snapshot`), so a Raft
+/// snapshot of a newer kuberaft carries no data in the message itself.
+const SNAPSHOT_FORMAT: u32 = 3;
 /// The last format whose body is bincode 1 (kuberaft 0.1.0 wrote it).
 const LEGACY_SNAPSHOT_FORMAT: u32 = 2;
-/// The oldest format `restore` reads.
+/// The oldest format `from_legacy` reads.
 const OLDEST_SNAPSHOT_FORMAT: u32 = 1;
 const SNAPSHOT_HEADER_BYTES: usize = 8;
 
-/// One key's value and revisions; the key itself is the map key.
+/// The state machine's own records in the database's `meta` table.
+const META_APPLIED: &str = "kuberaft/applied";
+const META_MEMBERS: &str = "kuberaft/members";
+
+/// One key's value and revisions in a snapshot of formats 1 to 3; the key is the map key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Stored {
     value: Bytes,
@@ -51,35 +66,49 @@ struct Member {
     voter: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct KvStore {
-    /// The keys and their history, with etcd's semantics.
-    mvcc: Model,
-    /// The index of the last entry applied.
-    applied: Index,
-    /// The term of the last entry applied; 0 when unknown (nothing applied, or restored from a
-    /// format-1 snapshot by `restore` rather than `restore_snapshot`).
-    applied_term: Term,
+/// `META_APPLIED`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Applied {
+    index: Index,
+    term: Term,
+}
+
+/// `META_MEMBERS`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct MemberTable {
     members: BTreeMap<NodeId, Member>,
     removed: BTreeSet<NodeId>,
-    /// Members known to have held data under their id: learners whose start with empty data was
-    /// recorded (`Command::Join`), and members a leader heard acknowledge its log
+    /// Members known to have held data under their id: learners whose start with empty data
+    /// was recorded (`Command::Join`), and members a leader heard acknowledge its log
     /// (`Command::Seen`). A start with empty data under such an id means its data was lost.
     joined: BTreeSet<NodeId>,
 }
 
-/// The snapshot body from format 4 on: the whole MVCC store with its history.
-#[derive(Serialize, Deserialize)]
-struct MvccSnapshot<Store, Members, Ids> {
-    applied: Index,
-    applied_term: Term,
-    mvcc: Store,
-    members: Members,
-    removed: Ids,
-    joined: Ids,
+pub struct KvStore {
+    store: MvccStore,
+    /// The database file; `None` in memory.
+    path: Option<PathBuf>,
+    /// The write batch entries apply into until `flush`.
+    batch: Option<Batch>,
+    /// A storage failure inside the open batch: nothing more applies, and `flush` reports it
+    /// and rolls the batch back.
+    failure: Option<String>,
+    /// The last entry applied: its index, and its term (0 when unknown: nothing applied, or
+    /// carried over from a format-1 snapshot).
+    applied: Applied,
+    table: MemberTable,
 }
 
-type OwnedMvccSnapshot = MvccSnapshot<Model, BTreeMap<NodeId, Member>, BTreeSet<NodeId>>;
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore")
+            .field("path", &self.path)
+            .field("applied", &self.applied)
+            .field("revision", &self.store.revision())
+            .field("members", &self.table.members.len())
+            .finish()
+    }
+}
 
 /// A snapshot's state as format 1 wrote it. Generic over owned collections (reading) and
 /// borrowed ones (writing), so that one shape serves both.
@@ -115,29 +144,83 @@ impl From<OwnedState> for OwnedSnapshot {
 }
 
 impl KvStore {
+    /// An empty state machine in memory (tests, and the simulator's members).
     pub fn new() -> KvStore {
-        KvStore::default()
+        KvStore::load(MvccStore::in_memory(), None).expect("an empty in-memory store loads")
+    }
+
+    /// Opens (or creates) the state machine's database at `path`.
+    pub fn open(path: &Path) -> Result<KvStore, StoreError> {
+        KvStore::load(MvccStore::open(path)?, Some(path.to_path_buf()))
+    }
+
+    fn load(store: MvccStore, path: Option<PathBuf>) -> Result<KvStore, StoreError> {
+        let place = || path.clone().unwrap_or_else(|| PathBuf::from("(memory)"));
+        let read = |name: &str| -> Result<Option<Vec<u8>>, StoreError> { store.meta(name) };
+        let inconsistent = |what: &str, e: String| StoreError::Inconsistent {
+            path: place(),
+            detail: format!("its {what} record cannot be read: {e}"),
+        };
+        let applied = match read(META_APPLIED)? {
+            Some(bytes) => codec::decode::<Applied>(&bytes).map_err(|e| inconsistent("applied", e.to_string()))?,
+            None => Applied::default(),
+        };
+        let table = match read(META_MEMBERS)? {
+            Some(bytes) => codec::decode::<MemberTable>(&bytes).map_err(|e| inconsistent("members", e.to_string()))?,
+            None => MemberTable::default(),
+        };
+        check_members(&table.members)?;
+        Ok(KvStore { store, path, batch: None, failure: None, applied, table })
+    }
+
+    /// The database file (`None` in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// Applies one committed entry, which must be `applied_index() + 1` (anything else is
     /// refused with a warning and changes nothing). Returns the outcome of command entries,
     /// `None` for everything else and for commands that cannot be decoded (skipped, so that
-    /// every member stays in step).
+    /// every member stays in step). A storage failure also returns `None`, and `flush` then
+    /// reports it.
     pub fn apply(&mut self, entry: &Entry) -> Option<ApplyResult> {
-        if self.applied.checked_add(1) != Some(entry.index) {
+        if self.applied.index.checked_add(1) != Some(entry.index) {
             tracing::warn!(
                 index = entry.index,
-                applied = self.applied,
+                applied = self.applied.index,
                 "refusing to apply an entry out of order; the state machine is unchanged"
             );
             return None;
         }
-        self.applied = entry.index;
-        self.applied_term = entry.term;
-        match &entry.payload {
+        if self.failure.is_some() {
+            return None;
+        }
+        let mut batch = match self.batch.take() {
+            Some(batch) => batch,
+            None => match self.store.begin() {
+                Ok(batch) => batch,
+                Err(e) => {
+                    self.failure = Some(e.to_string());
+                    return None;
+                }
+            },
+        };
+        let result = self.apply_in(&mut batch, entry);
+        self.batch = Some(batch);
+        match result {
+            Ok(result) => result,
+            Err(e) => {
+                self.failure = Some(e.to_string());
+                None
+            }
+        }
+    }
+
+    fn apply_in(&mut self, batch: &mut Batch, entry: &Entry) -> Result<Option<ApplyResult>, StoreError> {
+        let result = match &entry.payload {
             EntryPayload::Noop => None,
             EntryPayload::Command(data) => match decode::<Command>(data) {
-                Ok(command) => Some(self.apply_command(command)),
+                Ok(command) => Some(self.apply_command(batch, command)?),
                 Err(e) => {
                     tracing::warn!(index = entry.index, error = %e, "skipping an undecodable command");
                     None
@@ -145,29 +228,33 @@ impl KvStore {
             },
             EntryPayload::ConfChange(cc) => {
                 self.apply_conf_change(entry.index, cc);
+                batch.set_meta(META_MEMBERS, &encode_record(&self.table))?;
                 None
             }
-        }
+        };
+        self.applied = Applied { index: entry.index, term: entry.term };
+        batch.set_meta(META_APPLIED, &encode_record(&self.applied))?;
+        Ok(result)
     }
 
-    fn apply_command(&mut self, command: Command) -> ApplyResult {
-        match command {
+    fn apply_command(&mut self, batch: &mut Batch, command: Command) -> Result<ApplyResult, StoreError> {
+        Ok(match command {
             Command::Put { key, value, prev_revision } => {
-                if let Some(failed) = self.compare_mod(key.as_bytes(), prev_revision) {
-                    return failed;
+                if let Some(failed) = compare_mod(batch, key.as_bytes(), prev_revision)? {
+                    return Ok(failed);
                 }
                 let put = PutRequest { key: key.into_bytes(), value: value.to_vec(), ..PutRequest::default() };
-                match self.mvcc.put(&put) {
+                match batch.put(&put)? {
                     Ok(response) => ApplyResult::Put { revision: revision_u64(response.revision) },
                     Err(e) => ApplyResult::Refused(e),
                 }
             }
             Command::Delete { key, prev_revision } => {
-                if let Some(failed) = self.compare_mod(key.as_bytes(), prev_revision) {
-                    return failed;
+                if let Some(failed) = compare_mod(batch, key.as_bytes(), prev_revision)? {
+                    return Ok(failed);
                 }
                 let delete = DeleteRangeRequest { key: key.into_bytes(), ..DeleteRangeRequest::default() };
-                match self.mvcc.delete_range(&delete) {
+                match batch.delete_range(&delete)? {
                     // Deleting nothing changes nothing, so the revision does not move (as in etcd).
                     Ok(response) => ApplyResult::Deleted {
                         revision: revision_u64(response.revision),
@@ -176,45 +263,38 @@ impl KvStore {
                     Err(e) => ApplyResult::Refused(e),
                 }
             }
-            Command::Txn(txn) => match self.mvcc.txn(&txn) {
+            Command::Txn(txn) => match batch.txn(&txn)? {
                 Ok(response) => ApplyResult::Txn(response),
                 Err(e) => ApplyResult::Refused(e),
             },
-            Command::Compact { revision } => match self.mvcc.compact(revision) {
+            Command::Compact { revision } => match batch.compact(revision)? {
                 Ok(response) => ApplyResult::Compacted(response),
                 Err(e) => ApplyResult::Refused(e),
             },
             Command::Seen { id } => {
-                if self.members.contains_key(&id) {
-                    self.joined.insert(id);
+                if self.table.members.contains_key(&id) && self.table.joined.insert(id) {
+                    batch.set_meta(META_MEMBERS, &encode_record(&self.table))?;
                 }
                 ApplyResult::Joined
             }
             Command::Join { id } => {
-                let member = self.members.get(&id).map(|m| m.voter);
+                let member = self.table.members.get(&id).map(|m| m.voter);
                 let state = MemberState {
                     voter: member == Some(true),
                     learner: member == Some(false),
-                    joined: self.joined.contains(&id),
-                    removed: self.removed.contains(&id),
+                    joined: self.table.joined.contains(&id),
+                    removed: self.table.removed.contains(&id),
                 };
                 match check_claim(id, state) {
                     Ok(()) => {
-                        self.joined.insert(id);
+                        self.table.joined.insert(id);
+                        batch.set_meta(META_MEMBERS, &encode_record(&self.table))?;
                         ApplyResult::Joined
                     }
                     Err(refusal) => ApplyResult::JoinRefused { data_lost: refusal.data_lost, reason: refusal.reason },
                 }
             }
-        }
-    }
-
-    /// The compare of the HTTP API's `prev_revision` (the key's mod revision, 0 for a missing
-    /// key): `Some(CompareFailed)` when it does not hold.
-    fn compare_mod(&self, key: &[u8], prev_revision: Option<u64>) -> Option<ApplyResult> {
-        let expected = prev_revision?;
-        let current = self.get_bytes(key).map_or(0, |kv| revision_u64(kv.mod_revision));
-        (expected != current).then_some(ApplyResult::CompareFailed { current })
+        })
     }
 
     fn apply_conf_change(&mut self, index: Index, cc: &ConfChange) {
@@ -238,61 +318,93 @@ impl KvStore {
         match cc.kind {
             ConfChangeKind::AddVoter | ConfChangeKind::AddLearner => {
                 let voter = cc.kind == ConfChangeKind::AddVoter;
-                self.members.insert(id, Member { info: info(), voter });
+                self.table.members.insert(id, Member { info: info(), voter });
             }
-            ConfChangeKind::Promote => match self.members.get_mut(&id) {
+            ConfChangeKind::Promote => match self.table.members.get_mut(&id) {
                 Some(member) => member.voter = true,
                 None => {
-                    self.members.insert(id, Member { info: info(), voter: true });
+                    self.table.members.insert(id, Member { info: info(), voter: true });
                 }
             },
             ConfChangeKind::Remove => {
-                self.members.remove(&id);
-                self.joined.remove(&id);
-                self.removed.insert(id);
+                self.table.members.remove(&id);
+                self.table.joined.remove(&id);
+                self.table.removed.insert(id);
             }
         }
     }
 
-    /// Commits what `apply` changed since the last flush, without waiting for the disk: the
-    /// Raft log is the durable record, and a restart applies it again from the state machine's
-    /// last durable point. (The in-memory store has nothing to commit.)
+    /// Commits what `apply` changed since the last flush, without waiting for the disk (see
+    /// the module doc). After a storage failure it rolls the batch back, reloads the state the
+    /// database holds, and reports the failure.
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        Ok(())
+        self.commit(false)
+    }
+
+    /// Commits everything applied so far durably: the log up to `applied_index()` may then be
+    /// compacted.
+    pub fn persist(&mut self) -> Result<(), StoreError> {
+        self.commit(true)
+    }
+
+    fn commit(&mut self, durable: bool) -> Result<(), StoreError> {
+        let failed = match (self.failure.take(), self.batch.take()) {
+            (Some(why), _) => Err(StoreError::Database {
+                action: "apply committed entries",
+                path: self.path.clone().unwrap_or_default(),
+                detail: why,
+            }),
+            (None, Some(batch)) => batch.commit(durable),
+            (None, None) if durable => self.store.begin().and_then(|b| b.commit(true)),
+            (None, None) => Ok(()),
+        };
+        if failed.is_err() {
+            // The batch is gone: what is in memory must be what the database holds.
+            if let Ok(reloaded) = KvStore::reload(&self.store) {
+                (self.applied, self.table) = reloaded;
+            }
+        }
+        failed
+    }
+
+    fn reload(store: &MvccStore) -> Result<(Applied, MemberTable), StoreError> {
+        let applied: Applied = store.meta(META_APPLIED)?.and_then(|b| codec::decode(&b).ok()).unwrap_or_default();
+        let table: MemberTable = store.meta(META_MEMBERS)?.and_then(|b| codec::decode(&b).ok()).unwrap_or_default();
+        Ok((applied, table))
     }
 
     pub fn applied_index(&self) -> Index {
-        self.applied
+        self.applied.index
     }
 
     /// The term of the last entry applied (0 when unknown, see the field).
     pub fn applied_term(&self) -> Term {
-        self.applied_term
+        self.applied.term
     }
 
-    /// The store's current revision (1 for an empty store, as etcd's).
+    /// The store's current revision (1 for an empty store, as etcd's), as of the last flush.
     pub fn revision(&self) -> u64 {
-        revision_u64(self.mvcc.revision())
+        revision_u64(self.store.revision())
     }
 
     /// The store's current revision as etcd's API carries it.
     pub fn current_revision(&self) -> Revision {
-        self.mvcc.revision()
+        self.store.revision()
     }
 
     /// The revision of the last compaction, -1 if none.
     pub fn compacted_revision(&self) -> Revision {
-        self.mvcc.compacted_revision()
+        self.store.compacted_revision()
     }
 
-    /// An etcd range at this member's applied state.
-    pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, MvccError> {
-        self.mvcc.range(request)
+    /// An etcd range over what was flushed.
+    pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, ReadError> {
+        self.store.range(request)
     }
 
     fn get_bytes(&self, key: &[u8]) -> Option<mvcc::KeyValue> {
         let request = RangeRequest { key: key.to_vec(), ..RangeRequest::default() };
-        self.mvcc.range(&request).ok()?.kvs.pop()
+        self.store.range(&request).ok()?.kvs.pop()
     }
 
     pub fn get(&self, key: &str) -> Option<KeyValue> {
@@ -325,7 +437,7 @@ impl KvStore {
             limit: i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX),
             ..RangeRequest::default()
         };
-        let Ok(response) = self.mvcc.range(&request) else { return (Vec::new(), false) };
+        let Ok(response) = self.store.range(&request) else { return (Vec::new(), false) };
         let mut matching = response.kvs.into_iter().peekable();
         let mut kvs = Vec::new();
         let mut bytes = 0usize;
@@ -344,7 +456,7 @@ impl KvStore {
     /// How many keys are live.
     pub fn len(&self) -> usize {
         let all = RangeRequest { key: vec![0], range_end: vec![0], count_only: true, ..RangeRequest::default() };
-        self.mvcc.range(&all).map_or(0, |r| usize::try_from(r.count).unwrap_or(usize::MAX))
+        self.store.range(&all).map_or(0, |r| usize::try_from(r.count).unwrap_or(usize::MAX))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -353,28 +465,28 @@ impl KvStore {
 
     /// Every member with its voter flag, ordered by id.
     pub fn members(&self) -> Vec<(MemberInfo, bool)> {
-        self.members.values().map(|m| (m.info.clone(), m.voter)).collect()
+        self.table.members.values().map(|m| (m.info.clone(), m.voter)).collect()
     }
 
     pub fn member(&self, id: NodeId) -> Option<(MemberInfo, bool)> {
-        self.members.get(&id).map(|m| (m.info.clone(), m.voter))
+        self.table.members.get(&id).map(|m| (m.info.clone(), m.voter))
     }
 
     /// Whether learner `id` has started with empty data under its id (see `Command::Join`).
     pub fn joined(&self, id: NodeId) -> bool {
-        self.joined.contains(&id)
+        self.table.joined.contains(&id)
     }
 
     /// Every member id ever removed (never reused).
     pub fn removed(&self) -> &BTreeSet<NodeId> {
-        &self.removed
+        &self.table.removed
     }
 
     /// FNV-1a (64 bit) over a canonical encoding of the member table: equal on every member
     /// that applied the same changes, in every process and version of Rust.
     pub fn membership_hash(&self) -> u64 {
         let mut hash = Fnv1a::new();
-        for (id, member) in &self.members {
+        for (id, member) in &self.table.members {
             hash.write(&id.to_le_bytes());
             for text in [&member.info.name, &member.info.peer_url, &member.info.client_url] {
                 // Length-prefixed, so that ("ab", "c") and ("a", "bc") differ.
@@ -386,103 +498,154 @@ impl KvStore {
         hash.finish()
     }
 
-    /// The whole state (keys and their history, members, removed ids, applied index) for a
-    /// snapshot.
-    pub fn snapshot_data(&self) -> Bytes {
-        let body = MvccSnapshot {
-            applied: self.applied,
-            applied_term: self.applied_term,
-            mvcc: &self.mvcc,
-            members: &self.members,
-            removed: &self.removed,
-            joined: &self.joined,
-        };
-        let mut data = Vec::new();
-        data.extend_from_slice(SNAPSHOT_MAGIC);
-        data.extend_from_slice(&SNAPSHOT_FORMAT.to_le_bytes());
-        // Writing plain maps and strings into memory cannot fail; if it ever did, the snapshot
-        // would be refused by `restore` on every member rather than silently lose data.
-        if let Err(e) = codec::encode_into(&body, &mut data) {
-            tracing::error!(error = %e, "cannot encode the state machine snapshot");
-            data.truncate(SNAPSHOT_HEADER_BYTES);
-        }
-        Bytes::from(data)
+    /// A point-in-time stream of the whole state machine (keys with their history, members,
+    /// the applied index and term), in bounded chunks; applying goes on while it is read. What
+    /// was applied but not flushed is not in it: flush first.
+    pub fn snapshot(&self) -> Result<SnapshotReader, StoreError> {
+        self.store.snapshot()
     }
 
-    /// Rebuilds the store a Raft snapshot carries, and checks it against the snapshot's
-    /// metadata: the state must have applied exactly `meta.index`, and (when the body records
-    /// it, from format 2 on) an entry of `meta.term` last. A format-1 body takes its term from
-    /// the metadata. Any mismatch is an error: such a state would be another history.
-    pub fn restore_snapshot(snapshot: &Snapshot) -> Result<KvStore, StoreError> {
-        let mut kv = KvStore::restore(&snapshot.data)?;
-        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
-        let term_differs = kv.applied_term != 0 && kv.applied_term != term;
-        if kv.applied != index || term_differs {
+    /// Builds a state machine from a snapshot stream: at `path` (built beside it and renamed
+    /// into place once whole and durable) or, without one, in memory. A damaged, cut or foreign
+    /// stream is an error and leaves nothing behind.
+    pub fn stage(path: Option<&Path>, input: impl Read) -> Result<KvStore, StoreError> {
+        match path {
+            Some(path) => KvStore::load(MvccStore::install(path, input)?, Some(path.to_path_buf())),
+            None => KvStore::load(MvccStore::install_in_memory(input)?, None),
+        }
+    }
+
+    /// Checks a staged state machine against the Raft snapshot it came with: it must have
+    /// applied exactly `meta.index` of `meta.term` (or, carried over from format 1, an unknown
+    /// term, which the metadata then supplies).
+    pub fn check_against(&mut self, index: Index, term: Term) -> Result<(), StoreError> {
+        let term_differs = self.applied.term != 0 && self.applied.term != term;
+        if self.applied.index != index || term_differs {
             return Err(StoreError::BadSnapshot(format!(
                 "its state has applied index {} (term {}), but the snapshot is of index {index} (term {term})",
-                kv.applied, kv.applied_term
+                self.applied.index, self.applied.term
             )));
         }
-        kv.applied_term = term;
+        self.applied.term = term;
+        Ok(())
+    }
+
+    /// Puts `staged` (from `stage`) in the place of the state machine at `live` (which must be
+    /// closed): renamed over it and opened there. In memory, `staged` simply is the new one.
+    pub fn replace_with(live: Option<&Path>, staged: KvStore) -> Result<KvStore, StoreError> {
+        let (Some(live), Some(from)) = (live, staged.path.clone()) else { return Ok(staged) };
+        let applied = staged.applied;
+        drop(staged);
+        std::fs::rename(&from, live).map_err(|e| StoreError::io("rename the staged state machine to", live, e))?;
+        if let Some(dir) = live.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io("sync", dir, e))?;
+        }
+        let mut kv = KvStore::open(live)?;
+        kv.applied.term = applied.term;
         Ok(kv)
     }
 
-    /// Rebuilds a store from `snapshot_data` (this format or an older one). Any damage, or a
-    /// format newer than this version reads, is an error.
-    pub fn restore(data: &[u8]) -> Result<KvStore, StoreError> {
-        let Some((header, body)) = data.split_at_checked(SNAPSHOT_HEADER_BYTES) else {
-            return Err(StoreError::BadSnapshot(format!("only {} bytes", data.len())));
-        };
-        if &header[..4] != SNAPSHOT_MAGIC {
-            return Err(StoreError::BadSnapshot("not a key-value snapshot".into()));
-        }
-        let format = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if format > SNAPSHOT_FORMAT {
-            return Err(StoreError::BadSnapshot(format!(
-                "snapshot format {format} is newer than this version reads ({SNAPSHOT_FORMAT}): upgrade kuberaft on this member"
-            )));
-        }
-        let undecodable = |e: String| {
-            StoreError::BadSnapshot(format!(
-                "its format-{format} body cannot be decoded ({e}); it is damaged or was written by an incompatible kuberaft version"
-            ))
-        };
-        if format == SNAPSHOT_FORMAT {
-            let body: OwnedMvccSnapshot = codec::decode(body).map_err(|e| undecodable(e.to_string()))?;
-            body.mvcc.check().map_err(StoreError::BadSnapshot)?;
-            check_members(&body.members)?;
-            let MvccSnapshot { applied, applied_term, mvcc, members, removed, joined } = body;
-            return Ok(KvStore { mvcc, applied, applied_term, members, removed, joined });
-        }
-        let SnapshotBody { state, applied_term, joined }: OwnedSnapshot = match format {
-            LATEST_ONLY_SNAPSHOT_FORMAT => codec::decode(body).map_err(|e| undecodable(e.to_string()))?,
-            // 0.1.0's reader ignored bytes after the body; so does this one.
-            LEGACY_SNAPSHOT_FORMAT => legacy::from_bytes(body).map_err(|e| undecodable(e.to_string()))?,
-            OLDEST_SNAPSHOT_FORMAT => {
-                legacy::from_bytes::<OwnedState>(body).map_err(|e| undecodable(e.to_string()))?.into()
-            }
-            _ => {
-                return Err(StoreError::BadSnapshot(format!(
-                    "snapshot format {format} is not one this version reads ({OLDEST_SNAPSHOT_FORMAT} to {SNAPSHOT_FORMAT})"
-                )))
-            }
-        };
-        check_members(&state.members)?;
-        let StateBody { applied, revision, keys, members, removed } = state;
-        let latest = keys
-            .into_iter()
-            .map(|(key, stored)| mvcc::KeyValue {
-                key: key.into_bytes(),
-                create_revision: revision_i64(stored.create_revision),
-                mod_revision: revision_i64(stored.mod_revision),
-                version: revision_i64(stored.version),
-                value: stored.value.to_vec(),
-                lease: 0,
-            })
-            .collect();
-        let mvcc = Model::from_latest(latest, revision_i64(revision)).map_err(StoreError::BadSnapshot)?;
-        Ok(KvStore { mvcc, applied, applied_term, members, removed, joined })
+    /// The state machine that a snapshot of kuberaft 0.1 or 0.2 (formats 1 to 3, in
+    /// `snapshot.data`) holds, built at `path` (or in memory) and checked against the
+    /// snapshot's metadata (see `check_against`).
+    pub fn from_legacy_snapshot(path: Option<&Path>, snapshot: &Snapshot) -> Result<KvStore, StoreError> {
+        let mut kv = KvStore::from_legacy(path, &snapshot.data)?;
+        kv.check_against(snapshot.meta.index, snapshot.meta.term)?;
+        Ok(kv)
     }
+
+    /// Builds a state machine from a snapshot body of formats 1 to 3 at `path` (which must not
+    /// hold a database yet; `None`: in memory). Any damage, or a newer format, is an error.
+    pub fn from_legacy(path: Option<&Path>, data: &[u8]) -> Result<KvStore, StoreError> {
+        let (applied, revision, keys, table) = decode_legacy(data)?;
+        let store = match path {
+            Some(path) => MvccStore::open(path)?,
+            None => MvccStore::in_memory(),
+        };
+        let mut batch = store.begin()?;
+        let latest = keys.into_iter().map(|(key, stored)| mvcc::KeyValue {
+            key: key.into_bytes(),
+            create_revision: revision_i64(stored.create_revision),
+            mod_revision: revision_i64(stored.mod_revision),
+            version: revision_i64(stored.version),
+            value: stored.value.to_vec(),
+            lease: 0,
+        });
+        batch.load_latest(latest, revision_i64(revision))?;
+        batch.set_meta(META_APPLIED, &encode_record(&applied))?;
+        batch.set_meta(META_MEMBERS, &encode_record(&table))?;
+        batch.commit(true)?;
+        KvStore::load(store, path.map(Path::to_path_buf))
+    }
+}
+
+impl Default for KvStore {
+    fn default() -> KvStore {
+        KvStore::new()
+    }
+}
+
+/// Where a state machine received from a leader is built, beside the live one at `live`.
+pub fn staging_path(live: &Path) -> PathBuf {
+    let mut name = live.as_os_str().to_owned();
+    name.push(".staged");
+    PathBuf::from(name)
+}
+
+/// Decodes a snapshot body of formats 1 to 3: what was applied, the revision, each key's latest
+/// version, and the member table.
+fn decode_legacy(data: &[u8]) -> Result<(Applied, u64, BTreeMap<String, Stored>, MemberTable), StoreError> {
+    let Some((header, body)) = data.split_at_checked(SNAPSHOT_HEADER_BYTES) else {
+        return Err(StoreError::BadSnapshot(format!("only {} bytes", data.len())));
+    };
+    if &header[..4] != SNAPSHOT_MAGIC {
+        return Err(StoreError::BadSnapshot("not a key-value snapshot".into()));
+    }
+    let format = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if format > SNAPSHOT_FORMAT {
+        return Err(StoreError::BadSnapshot(format!(
+            "snapshot format {format} is newer than this version reads ({SNAPSHOT_FORMAT}): upgrade kuberaft on this member"
+        )));
+    }
+    let undecodable = |e: String| {
+        StoreError::BadSnapshot(format!(
+            "its format-{format} body cannot be decoded ({e}); it is damaged or was written by an incompatible kuberaft version"
+        ))
+    };
+    let SnapshotBody { state, applied_term, joined }: OwnedSnapshot = match format {
+        SNAPSHOT_FORMAT => codec::decode(body).map_err(|e| undecodable(e.to_string()))?,
+        // 0.1.0's reader ignored bytes after the body; so does this one.
+        LEGACY_SNAPSHOT_FORMAT => legacy::from_bytes(body).map_err(|e| undecodable(e.to_string()))?,
+        OLDEST_SNAPSHOT_FORMAT => {
+            legacy::from_bytes::<OwnedState>(body).map_err(|e| undecodable(e.to_string()))?.into()
+        }
+        _ => {
+            return Err(StoreError::BadSnapshot(format!(
+                "snapshot format {format} is not one this version reads ({OLDEST_SNAPSHOT_FORMAT} to {SNAPSHOT_FORMAT})"
+            )))
+        }
+    };
+    check_members(&state.members)?;
+    let StateBody { applied, revision, keys, members, removed } = state;
+    let table = MemberTable { members, removed, joined };
+    Ok((Applied { index: applied, term: applied_term }, revision, keys, table))
+}
+
+fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
+    // Encoding plain integers, strings and maps into memory cannot fail.
+    codec::encode(value).map(|b| b.to_vec()).unwrap_or_default()
+}
+
+/// The compare of the HTTP API's `prev_revision` (the key's mod revision, 0 for a missing key):
+/// `Some(CompareFailed)` when it does not hold.
+fn compare_mod(batch: &Batch, key: &[u8], prev_revision: Option<u64>) -> Result<Option<ApplyResult>, StoreError> {
+    let Some(expected) = prev_revision else { return Ok(None) };
+    let request = RangeRequest { key: key.to_vec(), ..RangeRequest::default() };
+    let current = match batch.range(&request)? {
+        Ok(mut response) => response.kvs.pop().map_or(0, |kv| revision_u64(kv.mod_revision)),
+        Err(_) => 0,
+    };
+    Ok((expected != current).then_some(ApplyResult::CompareFailed { current }))
 }
 
 fn check_members(members: &BTreeMap<NodeId, Member>) -> Result<(), StoreError> {
