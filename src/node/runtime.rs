@@ -599,7 +599,9 @@ impl RaftLoop {
         let live = read(&self.shared.kv).path().map(Path::to_path_buf);
         let staged = if snapshot.data.is_empty() {
             match lock(&self.shared.staged).take() {
-                Some(s) if (s.index, s.term) == (index, term) => Ok(s.kv),
+                Some(mut s) if (s.index, s.term) == (index, term) => {
+                    s.kv.check_against(index, term).map(|()| s.kv).map_err(|e| e.to_string())
+                }
                 Some(s) => Err(format!("the state machine received is of index {} (term {})", s.index, s.term)),
                 None => Err("no state machine was received with it".to_string()),
             }

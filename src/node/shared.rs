@@ -226,8 +226,6 @@ impl Shared {
             data_lost: watch::channel(None).0,
             outgoing_snapshots: Default::default(),
             staged: Default::default(),
-            outgoing_snapshots: Default::default(),
-            staged: Default::default(),
         }
     }
 }

@@ -691,6 +691,7 @@ fn key_value(kv: mvcc::KeyValue) -> KeyValue {
 mod tests {
     use super::*;
     use crate::store::command::encode;
+    use crate::store::mvcc::snapshot::ChunkReader;
 
     #[test]
     fn list_pages_continue_after_a_key_and_stop_at_a_byte_budget() {
@@ -726,7 +727,9 @@ mod tests {
 
         fn next(&mut self, payload: EntryPayload) -> Option<ApplyResult> {
             let entry = Entry { index: self.store.applied_index() + 1, term: 1, payload };
-            self.store.apply(&entry)
+            let result = self.store.apply(&entry);
+            self.store.flush().expect("flush");
+            result
         }
 
         fn command(&mut self, command: Command) -> Option<ApplyResult> {
@@ -789,13 +792,12 @@ mod tests {
         let mut kv = Applier::new();
         // Some(0): only if absent.
         assert_eq!(kv.put("k", "v1", Some(0)), ApplyResult::Put { revision: 2 });
-        let before = kv.store.clone();
+        let before = (kv.store.revision(), kv.store.get("k"));
         assert_eq!(kv.put("k", "v2", Some(0)), ApplyResult::CompareFailed { current: 2 });
         assert_eq!(kv.put("k", "v2", Some(7)), ApplyResult::CompareFailed { current: 2 });
         assert_eq!(kv.delete("k", Some(9)), ApplyResult::CompareFailed { current: 2 });
         assert_eq!(kv.put("absent", "v", Some(2)), ApplyResult::CompareFailed { current: 0 });
-        assert_eq!(kv.store.revision(), before.revision());
-        assert_eq!(kv.store.get("k"), before.get("k"));
+        assert_eq!((kv.store.revision(), kv.store.get("k")), before);
         assert_eq!(kv.store.get("absent"), None);
 
         assert_eq!(kv.put("k", "v2", Some(2)), ApplyResult::Put { revision: 3 });
@@ -865,12 +867,37 @@ mod tests {
         assert_ne!(build(["etcd-0", "etcd-1"]), build(["etcd-0", "etcd-2"]));
     }
 
+    /// Everything a reader of the state machine can see, for comparing two of them.
+    fn observable(kv: &KvStore) -> String {
+        let members = kv.members();
+        let joined: Vec<bool> = members.iter().map(|(m, _)| kv.joined(m.id)).collect();
+        format!(
+            "{:?}",
+            (
+                kv.list("", usize::MAX),
+                members,
+                joined,
+                kv.removed(),
+                (kv.applied_index(), kv.applied_term()),
+                (kv.revision(), kv.compacted_revision()),
+                kv.membership_hash()
+            )
+        )
+    }
+
+    /// The state machine a snapshot stream of `kv` builds, in memory.
+    fn through_stream(kv: &KvStore) -> KvStore {
+        let chunks = kv.snapshot().expect("snapshot");
+        KvStore::stage(None, ChunkReader::new(chunks)).expect("stage")
+    }
+
     #[test]
-    fn snapshot_then_restore_gives_an_equal_store() {
+    fn a_snapshot_stream_builds_an_equal_state_machine_that_applies_on() {
         let mut kv = Applier::new();
         kv.conf_change(ConfChangeKind::AddVoter, 1, encode(&info(1, "etcd-0")));
         kv.conf_change(ConfChangeKind::AddLearner, 2, encode(&info(2, "etcd-1")));
         kv.conf_change(ConfChangeKind::Remove, 2, Bytes::new());
+        kv.command(Command::Seen { id: 1 });
         for i in 0..100 {
             kv.put(&format!("key/{i:03}"), &format!("value {i}"), None);
         }
@@ -878,15 +905,12 @@ mod tests {
         kv.put("key/007", "again", None);
         kv.next(EntryPayload::Noop);
 
-        let restored = KvStore::restore(&kv.store.snapshot_data()).expect("restore");
-        assert_eq!(restored, kv.store);
-        assert_eq!(restored.get("key/007"), kv.store.get("key/007"));
-        assert_eq!(restored.list("key/", 10), kv.store.list("key/", 10));
-        assert_eq!(restored.members(), kv.store.members());
-        assert_eq!(restored.removed(), kv.store.removed());
-        assert_eq!(restored.revision(), kv.store.revision());
-        assert_eq!(restored.applied_index(), kv.store.applied_index());
-        assert_eq!(restored.membership_hash(), kv.store.membership_hash());
+        let restored = through_stream(&kv.store);
+        assert_eq!(observable(&restored), observable(&kv.store));
+        assert!(restored.joined(1) && restored.removed().contains(&2));
+        // The history travels too: the key as it was before its last write.
+        let past = RangeRequest { key: b"key/007".to_vec(), revision: 9, ..RangeRequest::default() };
+        assert_eq!(restored.range(&past).expect("past").kvs, kv.store.range(&past).expect("past").kvs);
 
         // And it keeps applying where the original left off.
         let mut continued = Applier { store: restored };
@@ -894,18 +918,68 @@ mod tests {
     }
 
     #[test]
-    fn restoring_garbage_is_an_error_not_a_panic() {
-        let valid = {
-            let mut kv = Applier::new();
-            kv.put("a", "1", None);
-            kv.store.snapshot_data()
-        };
-        let mut wrong_format = valid.to_vec();
+    fn what_was_flushed_is_there_after_reopening_with_the_applied_index_beside_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kv.db");
+        let mut kv = Applier { store: KvStore::open(&path).expect("open") };
+        kv.conf_change(ConfChangeKind::AddVoter, 1, encode(&info(1, "etcd-0")));
+        kv.put("a", "1", None);
+        kv.put("b", "2", None);
+        let before = observable(&kv.store);
+        drop(kv);
+        let reopened = KvStore::open(&path).expect("reopen");
+        assert_eq!(observable(&reopened), before);
+        assert_eq!(reopened.applied_index(), 3);
+    }
+
+    #[test]
+    fn a_staged_state_machine_takes_the_live_ones_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let live = dir.path().join("kv.db");
+        let mut source = Applier::new();
+        source.put("from", "leader", None);
+        let mut old = Applier { store: KvStore::open(&live).expect("open") };
+        old.put("stale", "x", None);
+        drop(old);
+
+        let staging = staging_path(&live);
+        let mut staged = KvStore::stage(Some(&staging), ChunkReader::new(source.store.snapshot().expect("snapshot")))
+            .expect("stage");
+        staged.check_against(1, 1).expect("the source applied index 1 of term 1");
+        assert!(staged.check_against(2, 1).is_err() && staged.check_against(1, 2).is_err());
+        let new = KvStore::replace_with(Some(&live), staged).expect("replace");
+        assert_eq!(new.path(), Some(live.as_path()));
+        assert_eq!(observable(&new), observable(&source.store));
+        assert!(!staging.exists(), "the staged file became the live one");
+        drop(new);
+        assert_eq!(KvStore::open(&live).expect("reopen").get("from").map(|kv| kv.value), Some(Bytes::from("leader")));
+    }
+
+    #[test]
+    fn a_damaged_snapshot_stream_is_refused_and_leaves_nothing_behind() {
+        let mut kv = Applier::new();
+        kv.put("a", "1", None);
+        let bytes: Vec<u8> = kv.store.snapshot().expect("snapshot").flat_map(|c| c.expect("chunk").to_vec()).collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let staging = dir.path().join("kv.db.staged");
+        for cut in [0, 8, bytes.len() / 2, bytes.len() - 1] {
+            let input = std::io::Cursor::new(bytes[..cut].to_vec());
+            assert!(KvStore::stage(Some(&staging), input).is_err(), "a stream cut at {cut} was taken");
+            assert!(!staging.exists());
+        }
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 0x40;
+        assert!(KvStore::stage(Some(&staging), std::io::Cursor::new(flipped)).is_err(), "a flipped bit was taken");
+    }
+
+    #[test]
+    fn legacy_snapshot_garbage_is_an_error_not_a_panic() {
+        let valid = legacy_snapshot(&applied_store(1), 3);
+        let mut wrong_format = valid.clone();
         wrong_format[4] = 9;
-        // The first field after the header is `applied`; then `applied_term`; then the length of
-        // the key history map, each a varint (one byte each here), replaced by one that claims
-        // u64::MAX keys.
-        assert_eq!(&valid[8..11], &[1, 1, 1], "applied 1, term 1, one key");
+        // The first field after the header is `applied`; then `revision`; then the number of
+        // keys, each a varint (one byte each here), replaced by one that claims u64::MAX keys.
+        assert_eq!(&valid[8..11], &[3, 4, 3], "applied 3, revision 4, three keys");
         let mut huge_length = valid[..10].to_vec();
         huge_length.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
         huge_length.extend_from_slice(&valid[11..]);
@@ -920,12 +994,12 @@ mod tests {
         ];
         for input in inputs {
             assert!(
-                matches!(KvStore::restore(&input), Err(StoreError::BadSnapshot(_))),
+                matches!(KvStore::from_legacy(None, &input), Err(StoreError::BadSnapshot(_))),
                 "{} bytes were accepted",
                 input.len()
             );
         }
-        assert!(KvStore::restore(&valid).is_ok());
+        assert!(KvStore::from_legacy(None, &valid).is_ok());
     }
 
     /// A store that applied a few entries of `term`.
@@ -934,6 +1008,7 @@ mod tests {
         for index in 1..=3 {
             let put = Command::Put { key: format!("k{index}"), value: Bytes::from_static(b"v"), prev_revision: None };
             store.apply(&Entry { index, term, payload: EntryPayload::Command(encode(&put)) });
+            store.flush().expect("flush");
         }
         store
     }
@@ -942,17 +1017,41 @@ mod tests {
         Snapshot { meta: crate::raft::SnapshotMeta { index, term, conf: Default::default() }, data }
     }
 
-    /// A snapshot of `store` in format 1 or 2, as bincode 1 wrote them (built by hand here:
-    /// fixed-width little-endian integers, u64 lengths). Format 2 is format 1 plus
-    /// `applied_term` and `joined` at the end of the body.
+    /// The keys of `store` in a snapshot of format 1, 2 (bincode 1, built by hand here:
+    /// fixed-width little-endian integers, u64 lengths) or 3 (postcard). Format 2 is format 1
+    /// plus `applied_term` and `joined` at the end of the body.
     fn legacy_snapshot(store: &KvStore, format: u32) -> Vec<u8> {
-        assert!(store.members.is_empty() && store.removed.is_empty(), "only keys are written here");
+        assert!(store.members().is_empty() && store.removed().is_empty(), "only keys are written here");
         let mut data = b"KVS\0".to_vec();
         data.extend_from_slice(&format.to_le_bytes());
-        let u64 = |data: &mut Vec<u8>, n: u64| data.extend_from_slice(&n.to_le_bytes());
-        u64(&mut data, store.applied);
-        u64(&mut data, store.revision());
         let (kvs, _) = store.list("", usize::MAX);
+        if format == 3 {
+            let keys: BTreeMap<String, Stored> = kvs
+                .iter()
+                .map(|kv| {
+                    let stored = Stored {
+                        value: kv.value.clone(),
+                        create_revision: kv.create_revision,
+                        mod_revision: kv.mod_revision,
+                        version: kv.version,
+                    };
+                    (kv.key.clone(), stored)
+                })
+                .collect();
+            let state = StateBody {
+                applied: store.applied_index(),
+                revision: store.revision(),
+                keys,
+                members: BTreeMap::<NodeId, Member>::new(),
+                removed: BTreeSet::<NodeId>::new(),
+            };
+            let body = SnapshotBody { state, applied_term: store.applied_term(), joined: BTreeSet::<NodeId>::new() };
+            codec::encode_into(&body, &mut data).expect("encode");
+            return data;
+        }
+        let u64 = |data: &mut Vec<u8>, n: u64| data.extend_from_slice(&n.to_le_bytes());
+        u64(&mut data, store.applied_index());
+        u64(&mut data, store.revision());
         u64(&mut data, kvs.len() as u64);
         for kv in &kvs {
             u64(&mut data, kv.key.len() as u64);
@@ -966,91 +1065,47 @@ mod tests {
         u64(&mut data, 0); // members
         u64(&mut data, 0); // removed
         if format == 2 {
-            u64(&mut data, store.applied_term);
-            u64(&mut data, store.joined.len() as u64);
-            for id in &store.joined {
-                u64(&mut data, *id);
-            }
+            u64(&mut data, store.applied_term());
+            u64(&mut data, 0); // joined
         }
         data
     }
 
-    fn format_1(store: &KvStore) -> Vec<u8> {
-        legacy_snapshot(store, 1)
-    }
-
-    /// `store` as a snapshot of an earlier format leaves it: the same keys at the same
-    /// revision, with no history before it (compacted at its revision).
-    fn without_history(store: &KvStore) -> KvStore {
-        let mut carried = store.clone();
-        let (kvs, _) = store.list("", usize::MAX);
-        let latest = kvs
-            .into_iter()
-            .map(|kv| mvcc::KeyValue {
-                key: kv.key.into_bytes(),
-                create_revision: revision_i64(kv.create_revision),
-                mod_revision: revision_i64(kv.mod_revision),
-                version: revision_i64(kv.version),
-                value: kv.value.to_vec(),
-                lease: 0,
-            })
-            .collect();
-        carried.mvcc = Model::from_latest(latest, store.mvcc.revision()).expect("consistent");
-        carried
+    /// Checks that `carried` holds the keys of `store` at its revision, with no history before.
+    fn assert_carried_over(carried: &KvStore, store: &KvStore) {
+        assert_eq!(carried.list("", usize::MAX), store.list("", usize::MAX));
+        assert_eq!((carried.revision(), carried.applied_index()), (store.revision(), store.applied_index()));
+        assert_eq!(carried.compacted_revision(), carried.current_revision(), "no history before its revision");
+        let past =
+            RangeRequest { key: b"k1".to_vec(), revision: carried.current_revision() - 1, ..RangeRequest::default() };
+        assert!(matches!(carried.range(&past), Err(ReadError::Mvcc(crate::store::mvcc::MvccError::Compacted))));
     }
 
     #[test]
-    fn a_format_2_snapshot_of_release_0_1_0_is_still_read() {
+    fn snapshots_of_formats_1_to_3_are_carried_over_without_history() {
         let store = applied_store(4);
-        let old = legacy_snapshot(&store, 2);
-        let expected = without_history(&store);
-        let restored = KvStore::restore(&old).expect("format 2 reads");
-        assert_eq!(restored, expected);
-        assert_eq!(restored.compacted_revision(), 4, "no history before the snapshot's revision");
-        let past = RangeRequest { key: b"k1".to_vec(), revision: 3, ..RangeRequest::default() };
-        assert_eq!(restored.range(&past), Err(MvccError::Compacted));
-        assert_eq!(restored.get("k1"), store.get("k1"));
-        let installed = KvStore::restore_snapshot(&raft_snapshot(3, 4, Bytes::from(old.clone()))).expect("install");
-        assert_eq!(installed, expected);
-        // Damaged: every cut of the body is refused, never a panic.
-        for cut in SNAPSHOT_HEADER_BYTES..old.len() {
-            assert!(KvStore::restore(&old[..cut]).is_err(), "cut at {cut}");
+        for format in [1, 2, 3] {
+            let old = legacy_snapshot(&store, format);
+            let carried = KvStore::from_legacy(None, &old).expect("reads");
+            assert_carried_over(&carried, &store);
+            let expected_term = if format == 1 { 0 } else { 4 };
+            assert_eq!(carried.applied_term(), expected_term, "format {format}");
+            let installed =
+                KvStore::from_legacy_snapshot(None, &raft_snapshot(3, 4, Bytes::from(old.clone()))).expect("install");
+            assert_eq!(installed.applied_term(), 4, "the term comes from the metadata when the body has none");
+            // Damaged: every cut of the body is refused, never a panic.
+            for cut in SNAPSHOT_HEADER_BYTES..old.len() {
+                assert!(KvStore::from_legacy(None, &old[..cut]).is_err(), "format {format} cut at {cut}");
+            }
         }
     }
 
     #[test]
-    fn the_applied_term_follows_apply_and_travels_in_the_snapshot() {
-        let store = applied_store(4);
-        assert_eq!((store.applied_index(), store.applied_term()), (3, 4));
-        let data = store.snapshot_data();
-        assert_eq!(&data[4..8], &4u32.to_le_bytes(), "snapshots are written in format 4");
-        let restored = KvStore::restore(&data).expect("restore");
-        assert_eq!(restored, store);
-        assert_eq!(restored.applied_term(), 4);
-    }
-
-    #[test]
-    fn a_format_1_snapshot_is_still_read_and_takes_its_term_from_the_metadata() {
-        let store = applied_store(4);
-        let old = format_1(&store);
-        let restored = KvStore::restore(&old).expect("format 1 reads");
-        assert_eq!(restored.applied_term(), 0, "format 1 does not record the term");
-        assert_eq!((restored.applied_index(), restored.revision(), restored.len()), (3, 4, 3));
-        assert_eq!(restored.get("k2"), store.get("k2"));
-
-        let installed = KvStore::restore_snapshot(&raft_snapshot(3, 4, Bytes::from(old.clone()))).expect("install");
-        assert_eq!(installed, without_history(&store), "the term comes from the snapshot's metadata");
-        // Format 1 cannot contradict the term, but it can the index.
-        let wrong_index = KvStore::restore_snapshot(&raft_snapshot(5, 4, Bytes::from(old)));
-        assert!(matches!(wrong_index, Err(StoreError::BadSnapshot(m)) if m.contains("applied index 3")));
-    }
-
-    #[test]
     fn a_snapshot_whose_state_contradicts_its_metadata_is_refused() {
-        let data = applied_store(4).snapshot_data();
-        assert!(KvStore::restore_snapshot(&raft_snapshot(3, 4, data.clone())).is_ok());
+        let data = Bytes::from(legacy_snapshot(&applied_store(4), 3));
+        assert!(KvStore::from_legacy_snapshot(None, &raft_snapshot(3, 4, data.clone())).is_ok());
         for (index, term) in [(2, 4), (4, 4), (3, 3), (3, 5)] {
-            match KvStore::restore_snapshot(&raft_snapshot(index, term, data.clone())) {
+            match KvStore::from_legacy_snapshot(None, &raft_snapshot(index, term, data.clone())) {
                 Err(StoreError::BadSnapshot(message)) => assert!(
                     message.contains("applied index 3 (term 4)")
                         && message.contains(&format!("snapshot is of index {index} (term {term})")),
@@ -1059,19 +1114,21 @@ mod tests {
                 other => panic!("index {index} term {term}: {other:?}"),
             }
         }
+        // The same check for a streamed state machine.
+        let mut streamed = through_stream(&applied_store(4));
+        assert!(streamed.check_against(3, 5).is_err());
+        assert!(streamed.check_against(3, 4).is_ok());
     }
 
     #[test]
     fn a_newer_snapshot_format_is_refused_naming_both_versions() {
-        let mut newer = applied_store(1).snapshot_data().to_vec();
-        newer[4..8].copy_from_slice(&5u32.to_le_bytes());
-        let error = KvStore::restore(&newer).expect_err("format 5 is refused");
-        let text = error.to_string();
-        assert!(text.contains("snapshot format 5 is newer than this version reads (4): upgrade"), "{text}");
-        let mut zero = newer.clone();
-        zero[4..8].copy_from_slice(&0u32.to_le_bytes());
-        let text = KvStore::restore(&zero).expect_err("format 0 is refused").to_string();
-        assert!(text.contains("snapshot format 0 is not one this version reads (1 to 4)"), "{text}");
+        let mut newer = legacy_snapshot(&applied_store(1), 3);
+        newer[4..8].copy_from_slice(&4u32.to_le_bytes());
+        let text = KvStore::from_legacy(None, &newer).expect_err("format 4 is refused").to_string();
+        assert!(text.contains("snapshot format 4 is newer than this version reads (3): upgrade"), "{text}");
+        newer[4..8].copy_from_slice(&0u32.to_le_bytes());
+        let text = KvStore::from_legacy(None, &newer).expect_err("format 0 is refused").to_string();
+        assert!(text.contains("snapshot format 0 is not one this version reads (1 to 3)"), "{text}");
     }
 
     #[test]
@@ -1086,12 +1143,16 @@ mod tests {
                 prev_revision: None,
             })),
         };
+        let empty = observable(&kv.store);
         assert_eq!(kv.store.apply(&put(2)), None, "a gap");
-        assert_eq!(kv.store, KvStore::new());
+        kv.store.flush().expect("flush");
+        assert_eq!(observable(&kv.store), empty);
         assert_eq!(kv.store.apply(&put(1)), Some(ApplyResult::Put { revision: 2 }));
-        let before = kv.store.clone();
+        kv.store.flush().expect("flush");
+        let before = observable(&kv.store);
         assert_eq!(kv.store.apply(&put(1)), None, "applied twice");
-        assert_eq!(kv.store, before);
+        kv.store.flush().expect("flush");
+        assert_eq!(observable(&kv.store), before);
     }
 
     #[test]
