@@ -393,7 +393,13 @@ struct Counters<'a> {
     next: &'a AtomicU64,
 }
 
-async fn work(worker: usize, args: &BenchArgs, driver: &dyn Driver, value: Bytes, counters: Counters<'_>) -> WorkerOutcome {
+async fn work(
+    worker: usize,
+    args: &BenchArgs,
+    driver: &dyn Driver,
+    value: Bytes,
+    counters: Counters<'_>,
+) -> WorkerOutcome {
     let Counters { stop, done, failed, budget, next } = counters;
     let conn = worker % args.conns;
     let mut rng = Rng::new(args.seed.wrapping_mul(0x9e37_79b9).wrapping_add(worker as u64));
@@ -630,7 +636,8 @@ mod tests {
         let recorder = Arc::new(Recorder::default());
         let report = bench_with(&args, recorder.clone()).await.expect("a report");
         assert_eq!((report.requests, report.errors), (400, 0));
-        let written: std::collections::BTreeSet<Vec<u8>> = recorder.written.lock().expect("lock").iter().cloned().collect();
+        let written: std::collections::BTreeSet<Vec<u8>> =
+            recorder.written.lock().expect("lock").iter().cloned().collect();
         let expected: std::collections::BTreeSet<Vec<u8>> = (2000..2020).map(|i| key_of(i, 6)).collect();
         assert_eq!(written, expected, "400 random puts over 20 keys hit each of them, and no other");
     }

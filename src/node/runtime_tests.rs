@@ -2,6 +2,7 @@
 //! outbox that records what would be sent, and messages stepped in as if from leader 1.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -230,4 +231,23 @@ fn an_entry_out_of_step_with_the_state_machine_stops_it_instead_of_being_skipped
     assert_eq!(m.lp.shared.status().applied_index, 2);
     // The bootstrap entries were snapshotted (a threshold of 1); nothing after them.
     assert_eq!(m.lp.raw.raft.log().base().index, 3, "no snapshot of an out-of-step state");
+}
+
+#[test]
+fn each_snapshot_and_the_longest_pass_of_the_loop_are_measured() {
+    let mut m = member();
+    let metrics = &m.lp.shared.metrics;
+    // With a threshold of 1, the bootstrap entries were snapshotted in `member()`.
+    assert_eq!(metrics.snapshot_count.load(Ordering::Relaxed), 1);
+    let longest = metrics.raft_loop_longest_stall_micros.load(Ordering::Relaxed);
+    assert!(longest > 0, "the pass that persisted, applied and snapshotted took time");
+    m.append(4, 6, 1);
+    let metrics = &m.lp.shared.metrics;
+    assert_eq!(m.lp.raw.raft.log().base().index, 6, "a snapshot at 6");
+    assert_eq!(metrics.snapshot_count.load(Ordering::Relaxed), 2);
+    assert!(metrics.raft_loop_longest_stall_micros.load(Ordering::Relaxed) >= longest, "the longest pass is kept");
+    let text = metrics.render_raft_loop();
+    assert!(text.contains("kuberaft_snapshot_duration_seconds_count 2\n"), "{text}");
+    assert!(text.contains("kuberaft_snapshot_duration_seconds_bucket{le=\"+Inf\"} 2\n"), "{text}");
+    assert!(text.contains("# TYPE kuberaft_raft_loop_longest_stall_seconds gauge\n"), "{text}");
 }
