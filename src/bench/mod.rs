@@ -240,7 +240,8 @@ fn check(args: &BenchArgs) -> Result<(), CliError> {
         return usage("--read-ratio must be between 0 and 1".into());
     }
     let bounded = args.total.is_some() || args.scenario == Scenario::Load;
-    if !(args.duration.is_finite() && args.duration > 0.0) && !bounded {
+    let positive = args.duration.is_finite() && args.duration > 0.0;
+    if !bounded && !positive {
         return usage("--duration must be a positive number of seconds".into());
     }
     if args.total == Some(0) {
