@@ -92,7 +92,11 @@ pub struct Api {
 }
 
 pub fn client_router(api: Api) -> Router {
-    let body_limit = max_txn_request_bytes(api.node.shared.max_value_bytes).max(MAX_MEMBER_REQUEST_BYTES);
+    let max_value_bytes = api.node.shared.max_value_bytes;
+    let body_limits = WholeBodyLimits {
+        txn: max_txn_request_bytes(max_value_bytes),
+        other: max_value_bytes.max(MAX_MEMBER_REQUEST_BYTES),
+    };
     Router::new()
         .route("/v1/kv", get(kv::list))
         .route("/v1/kv/{key}", get(kv::get_key).put(put_key).delete(delete_key))
@@ -112,18 +116,27 @@ pub fn client_router(api: Api) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
         })
         // Bodies are read with an explicit limit (per route in the handlers), to answer with JSON.
-        .layer(axum::middleware::from_fn_with_state(body_limit, read_whole_body))
+        .layer(axum::middleware::from_fn_with_state(body_limits, read_whole_body))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(api)
 }
 
-/// Reads every request body to its end (up to the largest any route accepts) before routing.
+/// The most `read_whole_body` reads: `txn` for `/v1/txn`, `other` (the largest any other route
+/// accepts) for the rest.
+#[derive(Clone, Copy)]
+struct WholeBodyLimits {
+    txn: usize,
+    other: usize,
+}
+
+/// Reads every request body to its end (up to the largest its route accepts) before routing.
 /// A body the route ignores (a GET with a body) would otherwise still be unread when the answer
 /// is sent: hyper then closes the connection with data unread, the kernel resets it, and an
 /// answer larger than the socket buffers is cut off on its way to the client. A body that
 /// declares more than that is refused before a byte of it is read.
-async fn read_whole_body(State(limit): State<usize>, request: Request, next: Next) -> Response {
+async fn read_whole_body(State(limits): State<WholeBodyLimits>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
+    let limit = if parts.uri.path() == "/v1/txn" { limits.txn } else { limits.other };
     match read_body(&parts.headers, body, limit).await {
         Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
         Err(e) => e.into_response(),
@@ -602,6 +615,7 @@ async fn metrics(State(api): State<Api>) -> Response {
     out.push_str(&format!("kuberaft_fsync_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
     out.push_str(&format!("kuberaft_fsync_seconds_sum {}\n", m.fsync_micros_sum.load(Ordering::Relaxed) as f64 / 1e6));
     out.push_str(&format!("kuberaft_fsync_seconds_count {count}\n"));
+    out.push_str(&m.render_raft_loop());
     let ports = [("client", &m.client_port), ("peer", &m.peer_port)];
     type Field = fn(&PortStats) -> &std::sync::atomic::AtomicU64;
     let connection_series: [(&str, &str, &str, Field); 4] = [

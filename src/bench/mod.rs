@@ -4,7 +4,9 @@
 //!
 //! Like etcd's benchmark tool: `--conns` connections (clients of the target), `--clients`
 //! concurrent workers sharing them round robin, each with one request in flight; keys of
-//! `--key-size` bytes drawn uniformly from `--key-space`, values of `--val-size` bytes. Latency
+//! `--key-size` bytes drawn uniformly from `--key-space` (the key indexes `--key-from` ..
+//! `--key-from + --key-space`), values of `--val-size` bytes; the `load` scenario writes each key
+//! of that range once instead, to fill a store or to write fresh keys. Latency
 //! goes into an HDR histogram per worker (1 µs to 60 s, 3 significant digits), merged at the end.
 //! A progress line goes to stderr every second; the result is a table or JSON on stdout.
 
@@ -48,7 +50,15 @@ pub enum Scenario {
     /// Compare-and-swap writes: each worker writes its own keys, each write conditional on the
     /// revision the worker last saw for the key.
     Cas,
+    /// Writes each key of the key space once, in order, shared by all workers, and ends when
+    /// every key is written (`--duration` and `--total` do not apply): fills a store, or writes
+    /// fresh keys (a `--key-from` past the keys that exist). A failed write is tried again, up
+    /// to `LOAD_ATTEMPTS` times in all.
+    Load,
 }
+
+/// How often the `load` scenario tries to write one key before it counts it as lost.
+pub const LOAD_ATTEMPTS: u32 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -75,9 +85,13 @@ pub struct BenchArgs {
     pub key_size: usize,
     #[arg(long, default_value_t = 256)]
     pub val_size: usize,
-    /// How many distinct keys; each request picks one uniformly.
+    /// How many distinct keys; each request picks one uniformly (`load` writes each once).
     #[arg(long, default_value_t = 10_000)]
     pub key_space: u64,
+    /// The index of the first key of the key space: keys `--key-from` .. `--key-from +
+    /// --key-space`.
+    #[arg(long, default_value_t = 0)]
+    pub key_from: u64,
     /// How long to measure, in seconds (ignored with `--total`).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -155,6 +169,7 @@ pub struct Report {
     pub key_size: usize,
     pub val_size: usize,
     pub key_space: u64,
+    pub key_from: u64,
     pub requests: u64,
     pub errors: u64,
     /// Compare-and-swap requests whose condition failed (answers, not errors).
@@ -212,13 +227,21 @@ fn check(args: &BenchArgs) -> Result<(), CliError> {
     if args.key_space == 0 {
         return usage("--key-space must be at least 1".into());
     }
-    if args.key_size < 20 && args.key_space > 10u64.pow(args.key_size as u32) {
-        return usage(format!("--key-space {} needs keys longer than {} bytes", args.key_space, args.key_size));
+    let Some(key_end) = args.key_from.checked_add(args.key_space) else {
+        return usage("--key-from plus --key-space is too large".into());
+    };
+    if args.key_size < 20 && key_end > 10u64.pow(args.key_size as u32) {
+        return usage(format!(
+            "keys up to index {key_end} (--key-from plus --key-space) need keys longer than {} bytes",
+            args.key_size
+        ));
     }
     if !(0.0..=1.0).contains(&args.read_ratio) {
         return usage("--read-ratio must be between 0 and 1".into());
     }
-    if !(args.duration.is_finite() && args.duration > 0.0) && args.total.is_none() {
+    let bounded = args.total.is_some() || args.scenario == Scenario::Load;
+    let positive = args.duration.is_finite() && args.duration > 0.0;
+    if !bounded && !positive {
         return usage("--duration must be a positive number of seconds".into());
     }
     if args.total == Some(0) {
@@ -260,6 +283,12 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
 pub async fn bench(args: &BenchArgs) -> Result<Report, CliError> {
     check(args)?;
     let driver = driver(args)?;
+    bench_with(args, driver).await
+}
+
+/// Runs the benchmark on `driver` (arguments already checked).
+async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report, CliError> {
+    let load = args.scenario == Scenario::Load;
     let value = Bytes::from(vec![b'v'; args.val_size]);
     if args.preload {
         preload(args, &driver, &value).await?;
@@ -267,18 +296,21 @@ pub async fn bench(args: &BenchArgs) -> Result<Report, CliError> {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let budget = Arc::new(AtomicU64::new(args.total.unwrap_or(u64::MAX)));
+    let budget = Arc::new(AtomicU64::new(if load { u64::MAX } else { args.total.unwrap_or(u64::MAX) }));
+    // `load`: the offset in the key space of the next key to write.
+    let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = Vec::with_capacity(args.clients);
     for worker in 0..args.clients {
-        let (driver, value, stop, done, failed, budget) =
-            (driver.clone(), value.clone(), stop.clone(), done.clone(), failed.clone(), budget.clone());
+        let (driver, value, stop, done, failed, budget, next) =
+            (driver.clone(), value.clone(), stop.clone(), done.clone(), failed.clone(), budget.clone(), next.clone());
         let args = args.clone();
         workers.push(tokio::spawn(async move {
-            work(worker, &args, driver.as_ref(), value, &stop, &done, &failed, &budget).await
+            let counters = Counters { stop: &stop, done: &done, failed: &failed, budget: &budget, next: &next };
+            work(worker, &args, driver.as_ref(), value, counters).await
         }));
     }
-    let deadline = (args.total.is_none()).then(|| started + Duration::from_secs_f64(args.duration));
+    let deadline = (args.total.is_none() && !load).then(|| started + Duration::from_secs_f64(args.duration));
     let label = format!("{:?} {:?} c={}", args.target, args.scenario, args.clients).to_lowercase();
     let mut last = (started, 0u64);
     loop {
@@ -292,8 +324,9 @@ pub async fn bench(args: &BenchArgs) -> Result<Report, CliError> {
         if !args.quiet && now.duration_since(last.0) >= Duration::from_secs(1) {
             let count = done.load(Ordering::Relaxed);
             let rate = (count - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+            let of = if load { format!(" of {}", args.key_space) } else { String::new() };
             crate::base::output::write_stderr(&format!(
-                "\r[{label}] {:>5.1}s {count:>9} requests {rate:>9.0}/s errors {}   ",
+                "\r[{label}] {:>5.1}s {count:>9}{of} requests {rate:>9.0}/s errors {}   ",
                 now.duration_since(started).as_secs_f64(),
                 failed.load(Ordering::Relaxed)
             ));
@@ -327,6 +360,7 @@ pub async fn bench(args: &BenchArgs) -> Result<Report, CliError> {
         key_size: args.key_size,
         val_size: args.val_size,
         key_space: args.key_space,
+        key_from: args.key_from,
         requests,
         errors,
         compare_failed,
@@ -348,17 +382,26 @@ struct WorkerOutcome {
     errors: Vec<String>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the workers share: when to stop, what they did, and what is left.
+#[derive(Clone, Copy)]
+struct Counters<'a> {
+    stop: &'a AtomicBool,
+    done: &'a AtomicU64,
+    failed: &'a AtomicU64,
+    /// Requests left (`--total`).
+    budget: &'a AtomicU64,
+    /// `load`: the offset of the next key to write.
+    next: &'a AtomicU64,
+}
+
 async fn work(
     worker: usize,
     args: &BenchArgs,
     driver: &dyn Driver,
     value: Bytes,
-    stop: &AtomicBool,
-    done: &AtomicU64,
-    failed: &AtomicU64,
-    budget: &AtomicU64,
+    counters: Counters<'_>,
 ) -> WorkerOutcome {
+    let Counters { stop, done, failed, budget, next } = counters;
     let conn = worker % args.conns;
     let mut rng = Rng::new(args.seed.wrapping_mul(0x9e37_79b9).wrapping_add(worker as u64));
     let mut histogram = new_histogram();
@@ -367,11 +410,24 @@ async fn work(
     // CAS: this worker's keys (i ≡ worker mod clients) and the revision it last saw of each.
     let own_keys = (args.key_space / args.clients as u64).max(1);
     let mut revisions: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    // `load`: the key this worker writes and how often it tried it already.
+    let mut loading: Option<(u64, u32)> = None;
     while !stop.load(Ordering::Relaxed) {
         if budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_err() {
             break;
         }
         let (index, op) = match args.scenario {
+            Scenario::Load => {
+                let (index, attempts) = match loading {
+                    Some((index, attempts)) if attempts < LOAD_ATTEMPTS => (index, attempts),
+                    _ => match next.fetch_add(1, Ordering::Relaxed) {
+                        offset if offset < args.key_space => (offset, 0),
+                        _ => break,
+                    },
+                };
+                loading = Some((index, attempts + 1));
+                (index, Op::Put)
+            }
             Scenario::Put => (rng.range(0, args.key_space), Op::Put),
             Scenario::Get => (rng.range(0, args.key_space), Op::Get { linearizable: true }),
             Scenario::Sget => (rng.range(0, args.key_space), Op::Get { linearizable: false }),
@@ -382,7 +438,7 @@ async fn work(
             }
             Scenario::Cas => {
                 let index = (rng.range(0, own_keys) * args.clients as u64 + worker as u64) % args.key_space;
-                let key = key_of(index, args.key_size);
+                let key = key_of(args.key_from + index, args.key_size);
                 let revision = match revisions.get(&index) {
                     Some(&revision) => revision,
                     None => match driver.revision(conn, &key).await {
@@ -399,13 +455,14 @@ async fn work(
                 (index, Op::Cas { revision })
             }
         };
-        let key = key_of(index, args.key_size);
+        let key = key_of(args.key_from + index, args.key_size);
         let started = Instant::now();
         match driver.request(Call { conn, op, key: &key, value: value.clone() }).await {
             Ok(result) => {
                 let micros = started.elapsed().as_micros().clamp(1, 60_000_000) as u64;
                 let _ = histogram.record(micros);
                 done.fetch_add(1, Ordering::Relaxed);
+                loading = None;
                 if result.compare_failed {
                     compare_failed += 1;
                     revisions.remove(&index);
@@ -432,14 +489,14 @@ async fn preload(args: &BenchArgs, driver: &Arc<dyn Driver>, value: &Bytes) -> R
     let mut tasks = Vec::new();
     for worker in 0..args.clients {
         let (driver, value, next, errors) = (driver.clone(), value.clone(), next.clone(), errors.clone());
-        let (conn, key_space, key_size) = (worker % args.conns, args.key_space, args.key_size);
+        let (conn, key_space, key_from, key_size) = (worker % args.conns, args.key_space, args.key_from, args.key_size);
         tasks.push(tokio::spawn(async move {
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 if index >= key_space {
                     break;
                 }
-                let key = key_of(index, key_size);
+                let key = key_of(key_from + index, key_size);
                 if driver.request(Call { conn, op: Op::Put, key: &key, value: value.clone() }).await.is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -459,8 +516,8 @@ async fn preload(args: &BenchArgs, driver: &Arc<dyn Driver>, value: &Bytes) -> R
 pub fn table(r: &Report) -> String {
     let l = &r.latency_ms;
     let mut out = format!(
-        "{:?} {:?}: {} clients on {} conns, {}-byte keys ({} of them), {}-byte values\n",
-        r.target, r.scenario, r.clients, r.conns, r.key_size, r.key_space, r.val_size
+        "{:?} {:?}: {} clients on {} conns, {}-byte keys ({} of them from index {}), {}-byte values\n",
+        r.target, r.scenario, r.clients, r.conns, r.key_size, r.key_space, r.key_from, r.val_size
     )
     .to_lowercase();
     out.push_str(&format!(
@@ -509,8 +566,80 @@ mod tests {
             &["--read-ratio", "1.5"],
             &["--total", "0"],
             &["--duration", "0"],
+            &["--key-size", "4", "--key-space", "10", "--key-from", "9991"],
+            &["--key-size", "30", "--key-space", "10", "--key-from", &u64::MAX.to_string()],
         ] {
             assert!(matches!(check(&args(bad)), Err(CliError::Usage(_))), "{bad:?}");
         }
+        // The last key of 0..10000 fits in 4 digits; a load needs no duration.
+        assert!(check(&args(&["--key-size", "4", "--key-space", "10", "--key-from", "9990"])).is_ok());
+        assert!(check(&args(&["--scenario", "load", "--duration", "0"])).is_ok());
+    }
+
+    /// A driver that records the keys it wrote and fails the first attempt at the keys in
+    /// `fail_first` (`fail_always`: every attempt).
+    #[derive(Default)]
+    struct Recorder {
+        written: std::sync::Mutex<Vec<Vec<u8>>>,
+        fail_first: std::sync::Mutex<std::collections::BTreeSet<Vec<u8>>>,
+        fail_always: std::collections::BTreeSet<Vec<u8>>,
+    }
+
+    impl Driver for Recorder {
+        fn request<'a>(&'a self, call: Call<'a>) -> Answer<'a, OpResult> {
+            Box::pin(async move {
+                let key = call.key.to_vec();
+                if self.fail_always.contains(&key) || self.fail_first.lock().expect("lock").remove(&key) {
+                    return Err(format!("refused {}", String::from_utf8_lossy(&key)));
+                }
+                assert_eq!(call.value.len(), 100, "values of --val-size bytes");
+                self.written.lock().expect("lock").push(key);
+                Ok(OpResult::default())
+            })
+        }
+    }
+
+    fn parse(extra: &[&str]) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let common = ["bench", "--quiet", "--clients", "8", "--val-size", "100", "--key-size", "6"];
+        let parsed: Wrap = clap::Parser::parse_from(common.iter().chain(extra));
+        parsed.bench
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn load_writes_each_key_of_its_range_once_and_tries_failed_ones_again() {
+        let args = parse(&["--scenario", "load", "--key-from", "1000", "--key-space", "500", "--total", "3"]);
+        let recorder = Arc::new(Recorder {
+            fail_first: std::sync::Mutex::new((1000..1500).step_by(7).map(|i| key_of(i, 6)).collect()),
+            fail_always: [key_of(1499, 6)].into(),
+            ..Recorder::default()
+        });
+        let report = bench_with(&args, recorder.clone()).await.expect("a report");
+        let mut written = recorder.written.lock().expect("lock").clone();
+        written.sort();
+        let expected: Vec<Vec<u8>> = (1000..1499).map(|i| key_of(i, 6)).collect();
+        assert_eq!(written, expected, "every key of 1000..1500 once, but the one that always fails");
+        // The first attempts at 1000, 1007, ..., 1497 (72 keys) failed and the second ones
+        // succeeded; every attempt at 1499 failed.
+        let errors = 72 + LOAD_ATTEMPTS as u64;
+        assert_eq!((report.requests, report.errors), (499 + errors, errors));
+        assert_eq!((report.key_from, report.key_space, report.scenario), (1000, 500, Scenario::Load));
+        assert_eq!(report.sample_errors.len(), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn puts_draw_their_keys_from_the_shifted_key_space() {
+        let args = parse(&["--scenario", "put", "--key-from", "2000", "--key-space", "20", "--total", "400"]);
+        let recorder = Arc::new(Recorder::default());
+        let report = bench_with(&args, recorder.clone()).await.expect("a report");
+        assert_eq!((report.requests, report.errors), (400, 0));
+        let written: std::collections::BTreeSet<Vec<u8>> =
+            recorder.written.lock().expect("lock").iter().cloned().collect();
+        let expected: std::collections::BTreeSet<Vec<u8>> = (2000..2020).map(|i| key_of(i, 6)).collect();
+        assert_eq!(written, expected, "400 random puts over 20 keys hit each of them, and no other");
     }
 }

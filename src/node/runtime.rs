@@ -329,8 +329,15 @@ impl RaftLoop {
         true
     }
 
-    /// Runs Ready cycles until the core has nothing more to hand out.
+    /// Runs Ready cycles until the core has nothing more to hand out; how long that took goes
+    /// to the loop's longest-stall metric.
     fn drive(&mut self) {
+        let started = Instant::now();
+        self.drive_ready();
+        self.shared.metrics.observe_loop_pass(started.elapsed());
+    }
+
+    fn drive_ready(&mut self) {
         if let Some(rd) = self.stuck.take() {
             if Instant::now() < self.retry_at || !self.persist(&rd) {
                 self.stuck = Some(rd);
@@ -742,6 +749,7 @@ impl RaftLoop {
         if self.halted.is_some() || applied < self.last_snapshot_index.saturating_add(self.snapshot_threshold) {
             return;
         }
+        let started = Instant::now();
         let (kv_applied, persisted) = {
             let mut kv = write(&self.shared.kv);
             (kv.applied_index(), kv.persist())
@@ -766,6 +774,7 @@ impl RaftLoop {
                     tracing::debug!(index, "snapshot taken, log compacted");
                 }
                 self.last_snapshot_index = index;
+                self.shared.metrics.observe_snapshot(started.elapsed());
             }
             Err(e) => tracing::debug!(error = %e, "no snapshot"),
         }

@@ -2,6 +2,7 @@
 //! outbox that records what would be sent, and messages stepped in as if from leader 1.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -255,4 +256,23 @@ fn entries_the_state_machine_applied_before_a_restart_are_skipped_not_applied_tw
     assert_eq!(m.lp.shared.status().applied_index, 6);
     assert_eq!(m.value("key"), Some(Bytes::from("6")));
     assert_eq!(m.lp.shared.kv.read().unwrap().revision(), revision + 1, "4 and 5 were not applied twice");
+}
+
+#[test]
+fn each_snapshot_and_the_longest_pass_of_the_loop_are_measured() {
+    let mut m = member();
+    let metrics = &m.lp.shared.metrics;
+    // With a threshold of 1, the bootstrap entries were snapshotted in `member()`.
+    assert_eq!(metrics.snapshot_count.load(Ordering::Relaxed), 1);
+    let longest = metrics.raft_loop_longest_stall_micros.load(Ordering::Relaxed);
+    assert!(longest > 0, "the pass that persisted, applied and snapshotted took time");
+    m.append(4, 6, 1);
+    let metrics = &m.lp.shared.metrics;
+    assert_eq!(m.lp.raw.raft.log().base().index, 6, "a snapshot at 6");
+    assert_eq!(metrics.snapshot_count.load(Ordering::Relaxed), 2);
+    assert!(metrics.raft_loop_longest_stall_micros.load(Ordering::Relaxed) >= longest, "the longest pass is kept");
+    let text = metrics.render_raft_loop();
+    assert!(text.contains("kuberaft_snapshot_duration_seconds_count 2\n"), "{text}");
+    assert!(text.contains("kuberaft_snapshot_duration_seconds_bucket{le=\"+Inf\"} 2\n"), "{text}");
+    assert!(text.contains("# TYPE kuberaft_raft_loop_longest_stall_seconds gauge\n"), "{text}");
 }

@@ -94,6 +94,10 @@ impl AddressBook {
 pub const FSYNC_BUCKETS: [f64; 12] =
     [0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024];
 
+/// Histogram buckets of the time taken to snapshot the state machine, in seconds.
+pub const SNAPSHOT_BUCKETS: [f64; 14] =
+    [0.001, 0.004, 0.016, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
+
 #[derive(Default)]
 pub struct Metrics {
     pub leader_changes: AtomicU64,
@@ -106,6 +110,13 @@ pub struct Metrics {
     pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len()],
     pub snapshots_sent: AtomicU64,
     pub snapshots_received: AtomicU64,
+    /// The longest one pass of the Raft loop's Ready cycles took (`drive`: persisting, applying,
+    /// snapshotting), in microseconds: how long the loop answered nothing, at worst.
+    pub raft_loop_longest_stall_micros: AtomicU64,
+    /// Snapshots of the state machine taken (`maybe_snapshot`): count, total time, buckets.
+    pub snapshot_count: AtomicU64,
+    pub snapshot_micros_sum: AtomicU64,
+    pub snapshot_buckets: [AtomicU64; SNAPSHOT_BUCKETS.len()],
     /// Connections of the client and the peer port (`serve`).
     pub client_port: std::sync::Arc<crate::http::serve::PortStats>,
     pub peer_port: std::sync::Arc<crate::http::serve::PortStats>,
@@ -120,6 +131,46 @@ impl Metrics {
                 bucket.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// One pass of the Raft loop took `took`: kept if it is the longest yet.
+    pub fn observe_loop_pass(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.raft_loop_longest_stall_micros.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    pub fn observe_snapshot(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        self.snapshot_count.fetch_add(1, Ordering::Relaxed);
+        self.snapshot_micros_sum.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        for (bucket, upper) in self.snapshot_buckets.iter().zip(SNAPSHOT_BUCKETS) {
+            if seconds <= upper {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The Raft loop's series in Prometheus' text format: `kuberaft_raft_loop_longest_stall_seconds`
+    /// and the histogram `kuberaft_snapshot_duration_seconds`.
+    pub fn render_raft_loop(&self) -> String {
+        let mut out = String::new();
+        let name = "kuberaft_raft_loop_longest_stall_seconds";
+        out.push_str(&format!(
+            "# HELP {name} The longest one pass of the Raft loop took (persist, apply, snapshot).\n# TYPE {name} gauge\n"
+        ));
+        out.push_str(&format!("{name} {}\n", self.raft_loop_longest_stall_micros.load(Ordering::Relaxed) as f64 / 1e6));
+        let name = "kuberaft_snapshot_duration_seconds";
+        out.push_str(&format!(
+            "# HELP {name} Time to snapshot the state machine and compact the log.\n# TYPE {name} histogram\n"
+        ));
+        for (bucket, upper) in self.snapshot_buckets.iter().zip(SNAPSHOT_BUCKETS) {
+            out.push_str(&format!("{name}_bucket{{le=\"{upper}\"}} {}\n", bucket.load(Ordering::Relaxed)));
+        }
+        let count = self.snapshot_count.load(Ordering::Relaxed);
+        out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
+        out.push_str(&format!("{name}_sum {}\n", self.snapshot_micros_sum.load(Ordering::Relaxed) as f64 / 1e6));
+        out.push_str(&format!("{name}_count {count}\n"));
+        out
     }
 }
 

@@ -14,7 +14,8 @@
 //! mod revisions with what it read and puts both new balances. Every read of the accounts must
 //! hold the opening total (a txn applied or seen in part shows at once), and each account's
 //! history is checked as a register with the rest: a transfer is a compare-and-swap of each of
-//! its two accounts with one outcome. Every stored balance carries a tag unique to its write,
+//! its two accounts with one outcome (a refused transfer changed nothing and is left out: which of
+//! its compares failed is not known). Every stored balance carries a tag unique to its write,
 //! so that comparing values means what the txn's compare on mod revisions means. A report lists the operations, the outcomes, the time to recover after each
 //! fault, how many faults of each kind were carried out, and the verdict.
 //!
@@ -342,8 +343,8 @@ fn bank_client(id: u64, urls: Vec<String>, rec: Arc<Recorder>, stop: Arc<AtomicB
     }
 }
 
-/// The transfer txn; recorded as a compare-and-swap of each of the two accounts with the same
-/// outcome (both or neither).
+/// The transfer txn; when it applied (or may have), recorded as a compare-and-swap of each of
+/// its two accounts with that outcome.
 fn transfer(
     http: &reqwest::blocking::Client,
     url: &str,
@@ -368,8 +369,14 @@ fn transfer(
                 rec.count("transfer answer unreadable");
                 return;
             };
-            rec.count(if succeeded { "transfer ok" } else { "transfer refused" });
-            (Some(RegisterOutput::Swapped(succeeded)), Some(rec.now()))
+            if !succeeded {
+                // It changed nothing; which of its two compares failed is not known, so it says
+                // nothing about either account alone and is not recorded.
+                rec.count("transfer refused");
+                return;
+            }
+            rec.count("transfer ok");
+            (Some(RegisterOutput::Swapped(true)), Some(rec.now()))
         }
         Outcome::Status(504, _, _) | Outcome::Unknown => {
             rec.count("transfer unknown");

@@ -176,12 +176,17 @@ fn wait_for_result<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Op
 
 /// A counter or gauge from the member's /metrics (0 when absent).
 fn metric(c: &Cluster, i: usize, name: &str) -> u64 {
+    metric_value(c, i, name) as u64
+}
+
+/// A sample of the member's /metrics as a number (0 when absent).
+fn metric_value(c: &Cluster, i: usize, name: &str) -> f64 {
     let text =
         c.http.get(format!("{}/metrics", c.members[i].client_url())).send().and_then(|r| r.text()).unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0.0)
 }
 
 /// §4: scale 3 → 5 → 3 through the member API, new members joining from empty data; a member
@@ -197,6 +202,9 @@ fn scale_three_to_five_to_three_and_catch_up_by_snapshot() {
     for n in 0..60 {
         c.put_ok(leader, &format!("k{n}"), &format!("v{n}"));
     }
+    // Each member measures its snapshots and the longest pass of its Raft loop.
+    assert!(metric(&c, leader, "kuberaft_snapshot_duration_seconds_count") >= 2, "60 entries, a snapshot every 20");
+    assert!(metric_value(&c, leader, "kuberaft_raft_loop_longest_stall_seconds") > 0.0);
     // A follower that was down while the log was compacted catches up by snapshot.
     let lagging = (leader + 1) % 3;
     c.kill(lagging);
@@ -952,6 +960,20 @@ fn bench_every_scenario(target: &str, endpoints: &[String], conns: &str) {
     }
 }
 
+/// `kuberaft bench --scenario load` of the 300 keys 1000..1300 (8 digits, 100-byte values):
+/// every key written once, none failed.
+fn bench_load_of_a_key_range(target: &str, endpoints: &[String], conns: &str) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+        .args(["bench", "--target", target, "--endpoints", &endpoints.join(","), "--scenario", "load"])
+        .args(["--clients", "8", "--conns", conns, "--key-from", "1000", "--key-space", "300", "--val-size", "100"])
+        .args(["-w", "json", "--quiet"])
+        .output()
+        .expect("run kuberaft bench");
+    assert!(output.status.success(), "{target} load: {}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!((report["requests"].as_u64(), report["errors"].as_u64()), (Some(300), Some(0)), "{target}: {report}");
+}
+
 /// `kuberaft bench` against a real 3-member cluster: every scenario counts every request, finds
 /// no errors, reports ordered percentiles, really writes what it says (the preloaded keys are
 /// there, with values of the asked size), and its compare-and-swap workers never conflict (each
@@ -967,6 +989,13 @@ fn bench_counts_every_request_and_writes_what_it_reports() {
     for k in 0..50 {
         let (status, value) = c.get(0, &format!("{k:08}"), "linearizable");
         assert_eq!((status, value.len()), (200, 100), "key {k:08}");
+    }
+    // A load writes exactly its range.
+    bench_load_of_a_key_range("kuberaft", &endpoints, "4");
+    for k in [999, 1000, 1150, 1299, 1300] {
+        let (status, value) = c.get(0, &format!("{k:08}"), "linearizable");
+        let expected = if (1000..1300).contains(&k) { (200, 100) } else { (404, value.len()) };
+        assert_eq!((status, value.len()), expected, "key {k:08}");
     }
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
         .args(["bench", "--target", "etcd", "--endpoints", "http://127.0.0.1:1", "--total", "1"])
@@ -1025,6 +1054,12 @@ fn bench_drives_etcd_through_its_grpc_api() {
         etcdctl(&["endpoint", "health"]).ok().filter(|o| o.status.success()).map(drop)
     });
     bench_every_scenario("etcd", &endpoints, "2");
+    bench_load_of_a_key_range("etcd", &endpoints, "2");
+    let listed = etcdctl(&["get", "00000999", "00001301", "--keys-only"]).expect("etcdctl");
+    let keys: Vec<String> =
+        String::from_utf8_lossy(&listed.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
+    let expected: Vec<String> = (1000..1300).map(|k| format!("{k:08}")).collect();
+    assert_eq!(keys, expected, "the load wrote exactly keys 1000..1300");
     let listed = etcdctl(&["get", "00000000", "00000050", "--keys-only"]).expect("etcdctl");
     let keys = String::from_utf8_lossy(&listed.stdout).lines().filter(|l| !l.is_empty()).count();
     assert_eq!(keys, 50, "{}", String::from_utf8_lossy(&listed.stdout));

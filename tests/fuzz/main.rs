@@ -1,6 +1,7 @@
 //! Fuzzing of a real 3-member cluster from outside (issue 4): random requests to the client
 //! API (methods, paths built from the real routes with junk segments, query strings, headers,
-//! bodies) and random or mutated message batches to the peer port.
+//! bodies; etcd-shaped ranges, txns and compactions, whole or mutated) and random or mutated
+//! message batches to the peer port.
 //!
 //! Every answer must be a status DESIGN.md §4 allows (nothing 5xx but 503 and 504), every
 //! client API error the JSON error shape, a rejected request must change nothing, and the
@@ -22,10 +23,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use harness::{wait_for, Cluster, CLIENT_PORT, PEER_PORT};
+use kuberaft::base::base64::encode_base64;
 use kuberaft::base::rng::Rng;
+use kuberaft::base::wire::kv::{DeleteRangeRequest, RequestOp, TxnRequest};
 use kuberaft::base::wire::{
-    parse_id, AddMemberRequest, TransferRequest, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES, MAX_MEMBER_REQUEST_BYTES,
-    MAX_TRANSFER_REQUEST_BYTES,
+    max_txn_request_bytes, parse_id, AddMemberRequest, TransferRequest, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES,
+    MAX_MEMBER_REQUEST_BYTES, MAX_TRANSFER_REQUEST_BYTES,
 };
 use kuberaft::node::transport::{decode_messages, encode_messages, WireFormat, PEER_CONTENT_TYPE};
 use kuberaft::raft::{ConfState, Entry, EntryPayload, Message, MessageBody, RejectHint, Snapshot, SnapshotMeta};
@@ -404,11 +407,15 @@ enum Aim {
     Promote,
     Transfer,
     Probe,
+    /// `POST /v1/range`, `/v1/txn`, `/v1/compact`.
+    Range,
+    Txn,
+    Compact,
     Nowhere,
 }
 
 fn random_path(rng: &mut Rng, ids: &Ids) -> (Aim, String) {
-    match rng.range(0, 20) {
+    match rng.range(0, 24) {
         0 | 1 => (Aim::KvList, "/v1/kv".to_string()),
         2..=7 => (Aim::Key, format!("/v1/kv/{}", random_key(rng))),
         8 => (Aim::Status, "/v1/status".to_string()),
@@ -417,6 +424,9 @@ fn random_path(rng: &mut Rng, ids: &Ids) -> (Aim, String) {
         13 => (Aim::Promote, format!("/v1/members/{}/promote", random_id(rng, ids))),
         14 | 15 => (Aim::Transfer, "/v1/leader/transfer".to_string()),
         16 => (Aim::Probe, pick(rng, &["/healthz", "/readyz", "/metrics"]).to_string()),
+        17 => (Aim::Range, "/v1/range".to_string()),
+        18 | 19 => (Aim::Txn, "/v1/txn".to_string()),
+        20 => (Aim::Compact, "/v1/compact".to_string()),
         _ => {
             let junk = [
                 "/".to_string(),
@@ -447,7 +457,7 @@ fn random_method(rng: &mut Rng, aim: Aim) -> String {
         Aim::Key => &["GET", "PUT", "DELETE", "HEAD"],
         Aim::Members => &["GET", "POST"],
         Aim::Member => &["DELETE"],
-        Aim::Promote | Aim::Transfer => &["POST"],
+        Aim::Promote | Aim::Transfer | Aim::Range | Aim::Txn | Aim::Compact => &["POST"],
         Aim::Nowhere => &["GET", "PUT"],
     };
     if rng.chance(0.6) {
@@ -499,7 +509,185 @@ fn member_body(rng: &mut Rng, ids: &Ids) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+// ----- etcd-shaped bodies -----
+
+/// A key field (`key` or `keyBase64`, or another byte field): mostly a fuzz key, sometimes
+/// empty, too long, non-UTF-8 base64, invalid base64 or absent.
+fn etcd_bytes(rng: &mut Rng, obj: &mut serde_json::Map<String, Value>, name: &str) {
+    match rng.range(0, 10) {
+        0..=5 => drop(obj.insert(name.into(), Value::from(format!("fuzz-{}", rng.range(0, 40))))),
+        6 => {
+            let mut bytes = b"fuzz-".to_vec();
+            bytes.extend(random_bytes(rng, 8));
+            obj.insert(format!("{name}Base64"), Value::from(encode_base64(&bytes)));
+        }
+        7 => drop(obj.insert(name.into(), Value::from(pick(rng, &["", "fuzz-\u{0}", "ключ", "%%%"]).to_string()))),
+        8 => drop(obj.insert(name.into(), Value::from(format!("fuzz-{}", "k".repeat(MAX_KEY_BYTES))))),
+        _ => {}
+    }
+}
+
+fn etcd_number(rng: &mut Rng) -> Value {
+    Value::from(*pick(rng, &[-1i64, 0, 1, 2, 3, 5, 40, 1_000_000, i64::MAX, i64::MIN]))
+}
+
+/// Where a range, delete or compare ends: one key, up to another fuzz key, a prefix, from a key.
+fn etcd_span(rng: &mut Rng, obj: &mut serde_json::Map<String, Value>) {
+    etcd_bytes(rng, obj, "key");
+    match rng.range(0, 5) {
+        0 => drop(obj.insert("rangeEnd".into(), Value::from(format!("fuzz-{}", rng.range(0, 40))))),
+        1 => drop(obj.insert("prefix".into(), Value::from(true))),
+        2 => drop(obj.insert("fromKey".into(), Value::from(true))),
+        _ => {}
+    }
+}
+
+fn etcd_range(rng: &mut Rng) -> Value {
+    let mut obj = serde_json::Map::new();
+    etcd_span(rng, &mut obj);
+    let fields = ["limit", "revision", "minModRevision", "maxModRevision", "minCreateRevision", "maxCreateRevision"];
+    for _ in 0..rng.range(0, 4) {
+        obj.insert(pick(rng, &fields).to_string(), etcd_number(rng));
+    }
+    for flag in ["keysOnly", "countOnly", "serializable"] {
+        if rng.chance(0.2) {
+            obj.insert(flag.into(), Value::from(true));
+        }
+    }
+    if rng.chance(0.4) {
+        obj.insert("sortOrder".into(), Value::from(*pick(rng, &["NONE", "ASCEND", "DESCEND", "UP"])));
+    }
+    if rng.chance(0.4) {
+        obj.insert("sortTarget".into(), Value::from(*pick(rng, &["KEY", "VERSION", "CREATE", "MOD", "VALUE", "key"])));
+    }
+    Value::Object(obj)
+}
+
+fn etcd_op(rng: &mut Rng, depth: u32) -> Value {
+    match rng.range(0, if depth < 2 { 7 } else { 6 }) {
+        0 | 1 => serde_json::json!({ "requestRange": etcd_range(rng) }),
+        2..=4 => {
+            let mut put = serde_json::Map::new();
+            etcd_bytes(rng, &mut put, "key");
+            etcd_bytes(rng, &mut put, "value");
+            for flag in ["prevKv", "ignoreValue", "ignoreLease"] {
+                if rng.chance(0.15) {
+                    put.insert(flag.into(), Value::from(true));
+                }
+            }
+            if rng.chance(0.1) {
+                put.insert("lease".into(), etcd_number(rng));
+            }
+            serde_json::json!({ "requestPut": put })
+        }
+        5 => {
+            let mut delete = serde_json::Map::new();
+            etcd_span(rng, &mut delete);
+            if rng.chance(0.5) {
+                delete.insert("prevKv".into(), Value::from(true));
+            }
+            serde_json::json!({ "requestDeleteRange": delete })
+        }
+        _ => serde_json::json!({ "requestTxn": etcd_txn(rng, depth + 1) }),
+    }
+}
+
+fn etcd_txn(rng: &mut Rng, depth: u32) -> Value {
+    let targets = [("VERSION", "version"), ("CREATE", "createRevision"), ("MOD", "modRevision"), ("LEASE", "lease")];
+    let compare: Vec<Value> = (0..rng.range(0, 3))
+        .map(|_| {
+            let mut c = serde_json::Map::new();
+            etcd_span(rng, &mut c);
+            c.insert("result".into(), Value::from(*pick(rng, &["EQUAL", "GREATER", "LESS", "NOT_EQUAL", "SAME"])));
+            if rng.chance(0.3) {
+                c.insert("target".into(), Value::from("VALUE"));
+                etcd_bytes(rng, &mut c, "value");
+            } else {
+                let (target, operand) = *pick(rng, &targets);
+                c.insert("target".into(), Value::from(target));
+                // Mostly the operand the target names, sometimes another one.
+                let (_, operand) = if rng.chance(0.85) { (target, operand) } else { *pick(rng, &targets) };
+                c.insert(operand.into(), etcd_number(rng));
+            }
+            Value::Object(c)
+        })
+        .collect();
+    let ops = |rng: &mut Rng| -> Vec<Value> {
+        let count = if rng.chance(0.02) { 130 } else { rng.range(0, 5) };
+        (0..count).map(|_| etcd_op(rng, depth)).collect()
+    };
+    serde_json::json!({ "compare": compare, "success": ops(rng), "failure": ops(rng) })
+}
+
+/// An etcd-shaped body for `aim`, well-formed or mutated: a field dropped, an unknown field
+/// added, a field of the wrong type, or the text cut short.
+fn etcd_body(rng: &mut Rng, aim: Aim) -> Vec<u8> {
+    let mut value = match aim {
+        Aim::Range => etcd_range(rng),
+        Aim::Txn => etcd_txn(rng, 0),
+        _ => {
+            let mut obj = serde_json::Map::new();
+            if rng.chance(0.9) {
+                obj.insert("revision".into(), etcd_number(rng));
+            }
+            if rng.chance(0.2) {
+                obj.insert("physical".into(), Value::from(true));
+            }
+            Value::Object(obj)
+        }
+    };
+    if rng.chance(0.25) {
+        if let Some(obj) = value.as_object_mut() {
+            let fields: Vec<String> = obj.keys().cloned().collect();
+            match rng.range(0, 3) {
+                0 if !fields.is_empty() => drop(obj.remove(pick(rng, &fields))),
+                1 if !fields.is_empty() => {
+                    let field = pick(rng, &fields).clone();
+                    obj.insert(
+                        field,
+                        pick(rng, &[Value::Null, Value::from(5), Value::from("x"), Value::from(vec![1])]).clone(),
+                    );
+                }
+                _ => drop(obj.insert("bogus".into(), Value::from(1))),
+            }
+        }
+    }
+    let mut bytes = serde_json::to_vec(&value).unwrap_or_default();
+    if rng.chance(0.05) {
+        bytes.truncate(rng.range(0, bytes.len() as u64) as usize);
+    }
+    bytes
+}
+
+/// A txn's delete that could reach past the fuzz keys (the checked precious keys among them):
+/// anything but a text `fuzz-` key up to another text `fuzz` key or as a prefix.
+fn unsafe_delete(delete: &DeleteRangeRequest) -> bool {
+    let fuzz = |text: &Option<String>| text.as_deref().is_some_and(|t| t.starts_with("fuzz"));
+    let key_ok = fuzz(&delete.key) && delete.key_base64.is_none();
+    let end_ok = delete.range_end_base64.is_none() && (delete.range_end.is_none() || fuzz(&delete.range_end));
+    !(key_ok && end_ok && !delete.from_key)
+}
+
+/// Replaces every unsafe delete in `txn` (nested ones too) with a delete of one fuzz key.
+fn defuse_txn(txn: &mut TxnRequest) -> bool {
+    let mut changed = false;
+    for op in txn.success.iter_mut().chain(txn.failure.iter_mut()) {
+        match op {
+            RequestOp::RequestDeleteRange(delete) if unsafe_delete(delete) => {
+                *delete = DeleteRangeRequest { key: Some("fuzz-0".into()), ..Default::default() };
+                changed = true;
+            }
+            RequestOp::RequestTxn(inner) => changed |= defuse_txn(inner),
+            _ => {}
+        }
+    }
+    changed
+}
+
 fn random_body(rng: &mut Rng, aim: Aim, ids: &Ids) -> Vec<u8> {
+    if matches!(aim, Aim::Range | Aim::Txn | Aim::Compact) && rng.chance(0.75) {
+        return etcd_body(rng, aim);
+    }
     match rng.range(0, 12) {
         0 | 1 => Vec::new(),
         2 => random_bytes(rng, 2048),
@@ -529,6 +717,7 @@ fn random_body(rng: &mut Rng, aim: Aim, ids: &Ids) -> Vec<u8> {
             let limit = match aim {
                 Aim::Members => MAX_MEMBER_REQUEST_BYTES,
                 Aim::Transfer => MAX_TRANSFER_REQUEST_BYTES,
+                Aim::Txn if rng.chance(0.3) => max_txn_request_bytes(DEFAULT_MAX_VALUE_BYTES),
                 _ if rng.chance(0.3) => DEFAULT_MAX_VALUE_BYTES,
                 _ => MAX_TRANSFER_REQUEST_BYTES,
             };
@@ -574,16 +763,26 @@ fn random_headers(rng: &mut Rng) -> Vec<(String, Vec<u8>)> {
 fn may_change(method: &str, aim: Aim) -> bool {
     matches!(
         (method, aim),
-        ("PUT" | "DELETE", Aim::Key) | ("POST", Aim::Members | Aim::Promote | Aim::Transfer) | ("DELETE", Aim::Member)
+        ("PUT" | "DELETE", Aim::Key)
+            | ("POST", Aim::Members | Aim::Promote | Aim::Transfer | Aim::Txn | Aim::Compact)
+            | ("DELETE", Aim::Member)
     )
 }
 
 /// Keeps the cluster able to answer: a well-formed membership change or leader transfer would
 /// be accepted and change who serves (an added voter that never starts, a removed member),
-/// so those are turned into requests that must be refused. Writes to keys stay as they are.
+/// so those are turned into requests that must be refused. Writes to keys stay as they are,
+/// but a txn's deletes are kept to fuzz keys.
 fn defuse(request: &mut RawRequest, aim: Aim, ids: &Ids, rng: &mut Rng) {
     let fake_id = format!("{:x}", rng.range(1 << 40, 1 << 41));
     match (request.method.as_str(), aim) {
+        ("POST", Aim::Txn) => {
+            if let Ok(mut txn) = serde_json::from_slice::<TxnRequest>(&request.body) {
+                if defuse_txn(&mut txn) {
+                    request.body = serde_json::to_vec(&txn).unwrap_or_default();
+                }
+            }
+        }
         ("POST", Aim::Members) => {
             if let Ok(mut add) = serde_json::from_slice::<AddMemberRequest>(&request.body) {
                 // A name already taken: refused with 409 (or 400 for a bad URL) on the leader.

@@ -389,13 +389,11 @@ pub(crate) fn read_state<T: ReadableTable<&'static str, i64>>(
 
 // ----- Reads, over read-only and write tables alike -----
 
+/// A key's newest entry at or below some revision: its revision and raw record.
+type Newest<'t> = Option<(Revision, AccessGuard<'t, &'static [u8]>)>;
+
 /// The newest entry of `key` at or below `rev`: its revision and raw record.
-fn newest_entry<'t, T>(
-    kv: &'t T,
-    place: &Place,
-    key: &[u8],
-    rev: Revision,
-) -> Result<Option<(Revision, AccessGuard<'t, &'static [u8]>)>, StoreError>
+fn newest_entry<'t, T>(kv: &'t T, place: &Place, key: &[u8], rev: Revision) -> Result<Newest<'t>, StoreError>
 where
     T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
 {
@@ -568,7 +566,7 @@ where
             (SortTarget::Value, false) => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
             (SortTarget::Value, true) => kvs.sort_by(|a, b| b.value.cmp(&a.value)),
             (_, false) => kvs.sort_by_key(field),
-            (_, true) => kvs.sort_by(|a, b| field(b).cmp(&field(a))),
+            (_, true) => kvs.sort_by_key(|kv| std::cmp::Reverse(field(kv))),
         }
     }
     let mut more = false;
@@ -766,10 +764,11 @@ impl Writer<'_> {
     fn check_taken_puts(&self, req: &TxnRequest) -> Result<(), ReadError> {
         for op in self.taken(req)? {
             match op {
-                RequestOp::Put(p) if p.ignore_value || p.ignore_lease => {
-                    if get_live(&self.kv, self.place, &p.key, self.begin)?.is_none() {
-                        return Err(MvccError::KeyNotFound.into());
-                    }
+                RequestOp::Put(p)
+                    if (p.ignore_value || p.ignore_lease)
+                        && get_live(&self.kv, self.place, &p.key, self.begin)?.is_none() =>
+                {
+                    return Err(MvccError::KeyNotFound.into());
                 }
                 RequestOp::Txn(t) => self.check_taken_puts(t)?,
                 _ => {}
