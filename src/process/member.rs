@@ -262,39 +262,49 @@ fn restore_state_machine(args: &NodeArgs, state: &InitialState) -> Result<KvStor
     }
     let snapshot = state.snapshot.as_ref();
     let cannot = |e: String| StartError::from(format!("cannot start: the state machine in {} {e}", path.display()));
-    let kv = match snapshot {
-        _ if path.exists() => KvStore::open(&path).map_err(|e| cannot(format!("cannot be opened: {e}")))?,
-        Some(s) if !s.data.is_empty() => KvStore::from_legacy_snapshot(Some(&path), s).map_err(|e| {
-            StartError::from(format!(
-                "cannot start: the durable snapshot of index {} (term {}) in {} cannot be loaded: {e}. \
-                 Run a kuberaft version that reads it, or replace this member (remove it, clear its data \
-                 directory, add it back)",
-                s.meta.index,
-                s.meta.term,
-                args.data_dir.display()
-            ))
-        })?,
-        Some(s) if s.meta.index > 0 => {
-            return Err(StartError::data_lost(format!(
-                "the state machine's database {} is missing, and the log before index {} is compacted into it: \
-                 this member's data is lost; remove it from the cluster and add it back",
-                path.display(),
-                s.meta.index
-            )))
-        }
-        _ => KvStore::open(&path).map_err(|e| cannot(format!("cannot be created: {e}")))?,
+    let unreadable = |s: &crate::raft::Snapshot, e: String| {
+        StartError::from(format!(
+            "cannot start: the durable snapshot of index {} (term {}) in {} cannot be loaded: {e}. \
+             Run a kuberaft version that reads it, or replace this member (remove it, clear its data \
+             directory, add it back)",
+            s.meta.index,
+            s.meta.term,
+            args.data_dir.display()
+        ))
     };
-    if let Some(s) = snapshot {
-        if kv.applied_index() < s.meta.index {
-            return Err(StartError::data_lost(format!(
-                "the state machine {} applied up to index {}, but the log before index {} is compacted: \
-                 this member's data is lost; remove it from the cluster and add it back",
-                path.display(),
-                kv.applied_index(),
-                s.meta.index
-            )));
+    let mut kv = if path.exists() {
+        KvStore::open(&path).map_err(|e| cannot(format!("cannot be opened: {e}")))?
+    } else {
+        match snapshot {
+            Some(s) if s.meta.index > 0 && s.data.is_empty() => {
+                return Err(StartError::data_lost(format!(
+                    "the state machine's database {} is missing, and the log before index {} is compacted into \
+                     it: this member's data is lost; remove it from the cluster and add it back",
+                    path.display(),
+                    s.meta.index
+                )))
+            }
+            _ => KvStore::open(&path).map_err(|e| cannot(format!("cannot be created: {e}")))?,
         }
+    };
+    let Some(s) = snapshot.filter(|s| kv.applied_index() < s.meta.index) else { return Ok(kv) };
+    if s.data.is_empty() {
+        return Err(StartError::data_lost(format!(
+            "the state machine {} applied up to index {}, but the log before index {} is compacted: \
+             this member's data is lost; remove it from the cluster and add it back",
+            path.display(),
+            kv.applied_index(),
+            s.meta.index
+        )));
     }
+    // A snapshot whose state travels in it (kuberaft 0.1 or 0.2, or one such a leader sent):
+    // carried into a new database, which replaces the one behind it.
+    let carried = KvStore::from_legacy_snapshot(Some(&staged), s).map_err(|e| {
+        let _ = std::fs::remove_file(&staged);
+        unreadable(s, e.to_string())
+    })?;
+    drop(kv);
+    kv = KvStore::replace_with(Some(&path), carried).map_err(|e| cannot(format!("cannot be replaced: {e}")))?;
     Ok(kv)
 }
 
