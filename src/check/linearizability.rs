@@ -129,6 +129,12 @@ struct Node {
     next: usize,
 }
 
+/// The set of operations linearized so far, one bit per operation.
+type Linearized = Rc<[u64]>;
+
+/// Lowe's memo: the (linearized set, state) pairs the search has reached.
+type Memo<S> = HashSet<(Linearized, Rc<S>), BuildHasherDefault<MemoHasher>>;
+
 /// Checks one partition's operations. `budget` bounds the number of search steps.
 pub fn check_operations<M: Model>(model: &M, ops: &[Operation<M::Input, M::Output>], budget: u64) -> Option<bool> {
     // Event list: index 0 is the head sentinel; then calls and returns in time order, calls
@@ -156,9 +162,10 @@ pub fn check_operations<M: Model>(model: &M, ops: &[Operation<M::Input, M::Outpu
     let words = ops.len().div_ceil(64);
     // States and sets of linearized operations are shared between the memo, the current
     // point and the stack of calls to undo, not copied.
-    let mut linearized: Rc<[u64]> = vec![0u64; words].into();
-    let mut cache: HashSet<(Rc<[u64]>, Rc<M::State>), BuildHasherDefault<MemoHasher>> = HashSet::default();
-    let mut calls: Vec<(usize, Rc<M::State>, Rc<[u64]>)> = Vec::new();
+    let mut linearized: Linearized = vec![0u64; words].into();
+    let mut cache: Memo<M::State> = HashSet::default();
+    // Per linearized call: its node, and the state and set before it.
+    let mut calls: Vec<(usize, Rc<M::State>, Linearized)> = Vec::new();
     let mut state = Rc::new(model.init());
     let mut entry = nodes[0].next;
     let mut steps = 0u64;
@@ -181,7 +188,7 @@ pub fn check_operations<M: Model>(model: &M, ops: &[Operation<M::Input, M::Outpu
             };
             if let Some(next_state) = next_state {
                 let (word, bit) = (node.op / 64, 1u64 << (node.op % 64));
-                let next_lin: Rc<[u64]> =
+                let next_lin: Linearized =
                     linearized.iter().enumerate().map(|(i, w)| if i == word { w | bit } else { *w }).collect();
                 if cache.insert((Rc::clone(&next_lin), Rc::clone(&next_state))) {
                     let previous = std::mem::replace(&mut state, next_state);

@@ -11,18 +11,38 @@
 //! empty once its join is recorded), and lose power (a crash that also loses what was written
 //! without a sync: the commit index of commit-only writes).
 //!
+//! The replicated state machine is a small store in etcd's manner: every key has a value and a
+//! mod revision, and a store revision is bumped once per write command (a put, or a txn whose
+//! compares held: one revision however many keys it writes). The initial store (revision 1)
+//! holds three accounts at 100 each. Four clients, each one operation at a time, through the
+//! leader mostly or any live member, issue:
+//! - puts and gets of three plain keys (a get may also read one account);
+//! - read-alls: the three accounts read at one revision, linearizable through ReadIndex like
+//!   every read here;
+//! - transfers: read two accounts with their mod revisions, then a txn that compares both mod
+//!   revisions and puts both new balances (the richer one pays 1..=all of its balance), so the
+//!   total is conserved; a compare that fails changes nothing;
+//! - CAS: get a plain key, then a txn that compares its mod revision and puts a new value.
+//!
 //! Checked at every step: election safety, log matching, leader completeness, state machine
 //! safety, monotonic commit, every message sent against the sender's durable state at the
-//! moment it leaves (its term, a granted vote, no vote from an empty log), and that a member
-//! whose data was lost is never admitted again under its old id; at the end: liveness once
-//! faults stop (a leader and a commit within a few election timeouts), convergence of every
-//! member, and linearizability of the clients' reads and writes.
+//! moment it leaves (its term, a granted vote, no vote from an empty log), that a member
+//! whose data was lost is never admitted again under its old id, and that every read-all
+//! answered sees the accounts' conserved total; at the end: liveness once faults stop (a
+//! leader and a commit within a few election timeouts), convergence of every member, and
+//! linearizability of the whole history (puts, gets, read-alls, transfers, CAS, with the
+//! revisions each answer names) against a model of the whole store
+//! (`check::linearizability::check_store`). Past its search budget the check says unknown,
+//! which fails the seed as well.
 //!
-//! `planted_bugs_are_caught` plants each of `raft::PlantedBug` in turn and requires a seed
-//! that fails.
+//! `planted_bugs_are_caught` plants each bug of `BUGS` in turn and requires a seed that fails
+//! with the failure it should cause: each of `raft::PlantedBug`, and three of the simulator's
+//! own (a txn that applies only its first put, a txn that applies despite a failed compare,
+//! a read-all answered from a member's applied state without ReadIndex).
 //!
 //! `SIM_SEEDS=N` runs N seeds (default 2000), `SIM_SEED=S` replays one seed alone,
-//! `SIM_TRACE=1` prints its events. Run in release mode:
+//! `SIM_TRACE=1` prints its events (with each command as it is first applied), `SIM_BUG=<name>`
+//! plants one of `BUGS`. Run in release mode:
 //! `cargo test --release --test sim -- --nocapture`.
 
 use std::cmp::Reverse;
