@@ -11,18 +11,38 @@
 //! empty once its join is recorded), and lose power (a crash that also loses what was written
 //! without a sync: the commit index of commit-only writes).
 //!
+//! The replicated state machine is a small store in etcd's manner: every key has a value and a
+//! mod revision, and a store revision is bumped once per write command (a put, or a txn whose
+//! compares held: one revision however many keys it writes). The initial store (revision 1)
+//! holds three accounts at 100 each. Four clients, each one operation at a time, through the
+//! leader mostly or any live member, issue:
+//! - puts and gets of three plain keys (a get may also read one account);
+//! - read-alls: the three accounts read at one revision, linearizable through ReadIndex like
+//!   every read here;
+//! - transfers: read two accounts with their mod revisions, then a txn that compares both mod
+//!   revisions and puts both new balances (the richer one pays 1..=all of its balance), so the
+//!   total is conserved; a compare that fails changes nothing;
+//! - CAS: get a plain key, then a txn that compares its mod revision and puts a new value.
+//!
 //! Checked at every step: election safety, log matching, leader completeness, state machine
 //! safety, monotonic commit, every message sent against the sender's durable state at the
-//! moment it leaves (its term, a granted vote, no vote from an empty log), and that a member
-//! whose data was lost is never admitted again under its old id; at the end: liveness once
-//! faults stop (a leader and a commit within a few election timeouts), convergence of every
-//! member, and linearizability of the clients' reads and writes.
+//! moment it leaves (its term, a granted vote, no vote from an empty log), that a member
+//! whose data was lost is never admitted again under its old id, and that every read-all
+//! answered sees the accounts' conserved total; at the end: liveness once faults stop (a
+//! leader and a commit within a few election timeouts), convergence of every member, and
+//! linearizability of the whole history (puts, gets, read-alls, transfers, CAS, with the
+//! revisions each answer names) against a model of the whole store
+//! (`check::linearizability::check_store`). Past its search budget the check says unknown,
+//! which fails the seed as well.
 //!
-//! `planted_bugs_are_caught` plants each of `raft::PlantedBug` in turn and requires a seed
-//! that fails.
+//! `planted_bugs_are_caught` plants each bug of `BUGS` in turn and requires a seed that fails
+//! with the failure it should cause: each of `raft::PlantedBug`, and three of the simulator's
+//! own (a txn that applies only its first put, a txn that applies despite a failed compare,
+//! a read-all answered from a member's applied state without ReadIndex).
 //!
 //! `SIM_SEEDS=N` runs N seeds (default 2000), `SIM_SEED=S` replays one seed alone,
-//! `SIM_TRACE=1` prints its events. Run in release mode:
+//! `SIM_TRACE=1` prints its events (with each command as it is first applied), `SIM_BUG=<name>`
+//! plants one of `BUGS`. Run in release mode:
 //! `cargo test --release --test sim -- --nocapture`.
 
 use std::cmp::Reverse;
@@ -105,32 +125,57 @@ impl Store {
     }
 
     /// etcd's txn with mod_revision EQUAL compares and put success ops, as one revision.
-    fn txn(&mut self, compares: &[(u8, u64)], puts: &[(u8, u64)], bug: Option<Bug>) -> StoreOutput {
-        let mut holds = compares.iter().all(|(k, m)| self.keys.get(k).map_or(0, |(_, modified)| *modified) == *m);
+    fn txn(&mut self, compares: Pairs, puts: Pairs, bug: Option<Bug>) -> StoreOutput {
+        let mut holds = compares.iter().all(|(k, m)| self.keys.get(&k).map_or(0, |(_, modified)| *modified) == m);
         if bug == Some(Bug::TxnIgnoresCompare) {
             holds = true;
         }
         if holds && !puts.is_empty() {
             self.revision += 1;
-            let applied = if bug == Some(Bug::TxnFirstOpOnly) { &puts[..1] } else { puts };
-            for (k, v) in applied {
-                self.keys.insert(*k, (*v, self.revision));
+            let applied = if bug == Some(Bug::TxnFirstOpOnly) { 1 } else { usize::MAX };
+            for (k, v) in puts.iter().take(applied) {
+                self.keys.insert(k, (v, self.revision));
             }
         }
         StoreOutput::Txn { succeeded: holds, revision: self.revision }
     }
 }
 
-/// A log command of the simulated state machine.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Command {
+/// (key, number) pairs as a command holds them, 9 bytes each: read in place, so that applying
+/// a txn allocates nothing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Pairs<'a>(&'a [u8]);
+
+impl<'a> Pairs<'a> {
+    fn iter(self) -> impl Iterator<Item = (u8, u64)> + 'a {
+        self.0.chunks_exact(9).map(|c| {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&c[1..]);
+            (c[0], u64::from_le_bytes(n))
+        })
+    }
+
+    fn is_empty(self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Pairs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// A log command of the simulated state machine, read in place from an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command<'a> {
     Put {
         key: u8,
         value: u64,
     },
     Txn {
-        compares: Vec<(u8, u64)>,
-        puts: Vec<(u8, u64)>,
+        compares: Pairs<'a>,
+        puts: Pairs<'a>,
     },
     /// Records a join (`Command::Join` in the node).
     Join(NodeId),
@@ -306,25 +351,20 @@ fn digest(payload: &EntryPayload) -> u64 {
     h.finish()
 }
 
-fn encode_command(cmd: &Command) -> Bytes {
+fn encode_command(cmd: Command) -> Bytes {
     let mut b = Vec::with_capacity(10);
-    let pairs = |b: &mut Vec<u8>, list: &[(u8, u64)]| {
-        b.extend_from_slice(&(list.len() as u64).to_le_bytes());
-        for (k, x) in list {
-            b.push(*k);
-            b.extend_from_slice(&x.to_le_bytes());
-        }
-    };
     match cmd {
         Command::Put { key, value } => {
             b.push(0);
-            b.push(*key);
+            b.push(key);
             b.extend_from_slice(&value.to_le_bytes());
         }
         Command::Txn { compares, puts } => {
             b.push(1);
-            pairs(&mut b, compares);
-            pairs(&mut b, puts);
+            for pairs in [compares, puts] {
+                b.push((pairs.0.len() / 9) as u8);
+                b.extend_from_slice(pairs.0);
+            }
         }
         Command::Join(id) => {
             b.push(2);
@@ -335,9 +375,22 @@ fn encode_command(cmd: &Command) -> Bytes {
     b.into()
 }
 
+fn encode_txn(compares: &[(u8, u64)], puts: &[(u8, u64)]) -> Bytes {
+    let mut b = Vec::with_capacity(3 + 9 * (compares.len() + puts.len()));
+    b.push(1);
+    for list in [compares, puts] {
+        b.push(list.len() as u8);
+        for (k, x) in list {
+            b.push(*k);
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    b.into()
+}
+
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn u8(&mut self) -> Option<u8> {
         let (first, rest) = self.0.split_first()?;
         self.0 = rest;
@@ -350,16 +403,15 @@ impl Reader<'_> {
         Some(u64::from_le_bytes(bytes.try_into().ok()?))
     }
 
-    fn pairs(&mut self) -> Option<Vec<(u8, u64)>> {
-        let n = self.u64()?;
-        if n > self.0.len() as u64 {
-            return None;
-        }
-        (0..n).map(|_| Some((self.u8()?, self.u64()?))).collect()
+    fn pairs(&mut self) -> Option<Pairs<'a>> {
+        let n = self.u8()? as usize;
+        let (pairs, rest) = self.0.split_at_checked(n * 9)?;
+        self.0 = rest;
+        Some(Pairs(pairs))
     }
 }
 
-fn decode_command(data: &[u8]) -> Option<Command> {
+fn decode_command(data: &[u8]) -> Option<Command<'_>> {
     let mut r = Reader(data);
     let cmd = match r.u8()? {
         0 => Command::Put { key: r.u8()?, value: r.u64()? },
@@ -763,7 +815,7 @@ impl Sim {
                     claim = Some(outcome);
                 }
                 Command::Put { key, value } => result = Some(node.store.put(key, value)),
-                Command::Txn { compares, puts } => result = Some(node.store.txn(&compares, &puts, self.bug)),
+                Command::Txn { compares, puts } => result = Some(node.store.txn(compares, puts, self.bug)),
                 Command::Marker => {}
             },
             EntryPayload::ConfChange(cc) if cc.kind == ConfChangeKind::Remove => {
@@ -1045,14 +1097,12 @@ impl Sim {
             None => false,
             Some(raw) => {
                 let command = match &input {
-                    StoreInput::Put { key, value } => Some(Command::Put { key: *key, value: *value }),
-                    StoreInput::Txn { compares, puts } => {
-                        Some(Command::Txn { compares: compares.clone(), puts: puts.clone() })
-                    }
+                    StoreInput::Put { key, value } => Some(encode_command(Command::Put { key: *key, value: *value })),
+                    StoreInput::Txn { compares, puts } => Some(encode_txn(compares, puts)),
                     StoreInput::Read { .. } => None,
                 };
                 match command {
-                    Some(command) => match raw.raft.propose(encode_command(&command)) {
+                    Some(command) => match raw.raft.propose(command) {
                         Ok((index, term)) => {
                             self.nodes.get_mut(&id).ok_or("node vanished")?.writes.push(PendingWrite {
                                 op,
@@ -1435,7 +1485,7 @@ impl Sim {
             Decision::Claim { via, id: claimed, .. } => {
                 let Some(leader) = via.strip_prefix('n').and_then(|n| n.parse::<NodeId>().ok()) else { return Ok(()) };
                 let Some(raw) = self.nodes.get_mut(&leader).and_then(|n| n.raw.as_mut()) else { return Ok(()) };
-                if let Ok((index, term)) = raw.raft.propose(encode_command(&Command::Join(claimed))) {
+                if let Ok((index, term)) = raw.raft.propose(encode_command(Command::Join(claimed))) {
                     let now = self.now;
                     self.set_joining(id, |j| j.claim = Some((leader, index, term, now)))?;
                     self.log(|| format!("n{id} asks n{leader} to record its join"));
@@ -1563,7 +1613,7 @@ impl Sim {
             if self.marker.is_none() {
                 if let Some(l) = self.leader() {
                     if let Some(raw) = self.nodes.get_mut(&l).and_then(|n| n.raw.as_mut()) {
-                        if let Ok((index, term)) = raw.raft.propose(encode_command(&Command::Marker)) {
+                        if let Ok((index, term)) = raw.raft.propose(encode_command(Command::Marker)) {
                             self.marker = Some((l, index, term));
                             self.process(l)?;
                         }
@@ -1648,8 +1698,10 @@ impl Sim {
                 self.unknown_op(op);
             }
         }
+        // The last use of the history: moved, not copied.
+        let history = std::mem::take(&mut self.history);
         let ops: Vec<Op> =
-            self.history.iter().zip(&self.dropped).filter(|(_, dropped)| !**dropped).map(|(o, _)| o.clone()).collect();
+            history.into_iter().zip(&self.dropped).filter(|(_, dropped)| !**dropped).map(|(o, _)| o).collect();
         self.stats.ops = ops.len();
         for o in &ops {
             match (&o.input, &o.output) {
