@@ -613,7 +613,12 @@ impl RaftLoop {
                 None => Err("no state machine was received with it".to_string()),
             }
         } else {
+            // A stream staged earlier and never installed is superseded; its file is rebuilt.
+            drop(lock(&self.shared.staged).take());
             let staging = live.as_deref().map(staging_path);
+            if let Some(path) = staging.as_deref().filter(|p| p.exists()) {
+                let _ = std::fs::remove_file(path);
+            }
             KvStore::from_legacy_snapshot(staging.as_deref(), snapshot).map_err(|e| e.to_string())
         };
         let installed = staged.and_then(|staged| {
