@@ -242,6 +242,7 @@ async fn peer_sender(
 ) {
     let mut reported_failure = false;
     let mut next: Option<Message> = None;
+    let snapshot_in_flight = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let first = match next.take() {
             Some(m) => m,
@@ -286,15 +287,42 @@ async fn peer_sender(
                 }
             },
             Outgoing::Snapshot(message) => {
+                // A snapshot streams on its own task, so that heartbeats and appends to the
+                // peer never wait behind it; one at a time per peer (a newer one meanwhile is
+                // dropped: the core sends again once this one is answered or times out).
                 let reader = lock(&shared.outgoing_snapshots).remove(&to);
-                match snapshot_stream(message, reader) {
-                    Ok(body) => (peer_request(&shared, &address, SNAPSHOT_PATH).body(body), SNAPSHOT_TIMEOUT),
+                if snapshot_in_flight.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                let body = match snapshot_stream(message, reader) {
+                    Ok(body) => body,
                     Err(e) => {
+                        snapshot_in_flight.store(false, Ordering::Release);
                         tracing::warn!(error = %e, "cannot send a snapshot");
                         let _ = offer(&loop_tx, Input::SnapshotFailed(to));
                         continue;
                     }
-                }
+                };
+                let request = peer_request(&shared, &address, SNAPSHOT_PATH).body(body);
+                let (http, loop_tx, in_flight, peer) =
+                    (http.clone(), loop_tx.clone(), snapshot_in_flight.clone(), address.name.clone());
+                tokio::spawn(async move {
+                    let answer = http.call(request, SNAPSHOT_TIMEOUT, MAX_ANSWER_BYTES).await;
+                    in_flight.store(false, Ordering::Release);
+                    match answer {
+                        Ok(answer) if answer.status.is_success() => {}
+                        Ok(answer) => {
+                            let why = String::from_utf8_lossy(&answer.body);
+                            tracing::warn!(%peer, status = %answer.status, reason = %why, "the peer refused a snapshot");
+                            let _ = offer(&loop_tx, Input::SnapshotFailed(to));
+                        }
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "sending a snapshot failed");
+                            let _ = offer(&loop_tx, Input::SnapshotFailed(to));
+                        }
+                    }
+                });
+                continue;
             }
         };
         let failure = match http.call(request, timeout, MAX_ANSWER_BYTES).await {
