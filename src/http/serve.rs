@@ -62,12 +62,14 @@ pub const CLIENT_PORT: PortLimits = PortLimits {
 };
 
 /// The peer port: a cluster has at most 9 members, each with one or two connections to each
-/// other; the request timeout leaves room for a snapshot (whose sender waits 60 s).
+/// other. The request timeout leaves room for a whole streamed snapshot (whose sender waits up to
+/// an hour, `transport::SNAPSHOT_TIMEOUT`): its receiver bounds each chunk by its own stall
+/// limit, and the other peer handlers bound their bodies and proposals themselves.
 pub const PEER_PORT: PortLimits = PortLimits {
     max_connections: 256,
     max_requests: 64,
     header_timeout: Duration::from_secs(10),
-    request_timeout: Duration::from_secs(90),
+    request_timeout: Duration::from_secs(3660),
 };
 
 /// What happened on a port, for `/metrics`.

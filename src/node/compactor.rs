@@ -73,11 +73,15 @@ impl Retention {
     pub fn tick(self) -> Duration {
         match self {
             Retention::Off => REVISION_INTERVAL,
-            Retention::Period(period) => compact_interval(period) / SAMPLES_PER_INTERVAL,
+            Retention::Period(period) => (compact_interval(period) / SAMPLES_PER_INTERVAL).max(MIN_TICK),
             Retention::Revisions(_) => REVISION_INTERVAL,
         }
     }
 }
+
+/// The compactor never looks more often than this, however short the retention (a zero tick
+/// would stop its timer).
+const MIN_TICK: Duration = Duration::from_millis(100);
 
 fn compact_interval(period: Duration) -> Duration {
     period.min(MAX_PERIODIC_INTERVAL)
@@ -238,5 +242,13 @@ mod tests {
         for t in 0..100 {
             assert_eq!(c.tick(secs(t * 3600), 1_000_000, -1, true), None);
         }
+    }
+
+    #[test]
+    fn a_tiny_retention_still_ticks() {
+        let retention = Retention::parse(CompactionMode::Periodic, "0.000001ms").unwrap();
+        assert!(matches!(retention, Retention::Period(p) if !p.is_zero()));
+        assert_eq!(retention.tick(), MIN_TICK);
+        assert_eq!(Retention::parse(CompactionMode::Periodic, "10m").unwrap().tick(), Duration::from_secs(60));
     }
 }

@@ -98,7 +98,7 @@ const MAX_SNAPSHOT_HEAD_BYTES: usize = 1 << 20;
 /// A batch's body arrives with a chunk at least every `BODY_STALL`, whole within its deadline.
 const BODY_STALL: Duration = Duration::from_secs(5);
 const BATCH_DEADLINE: Duration = Duration::from_secs(10);
-/// Below the sender's 60 s and the peer port's request timeout (`serve::PEER_PORT`).
+/// A 0.1.0 member's in-message snapshot body is read whole within this.
 const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(80);
 /// The sender waits this long for a batch's answer, and for a snapshot's.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(2);
