@@ -30,6 +30,10 @@ use crate::store::kv::prefix_end;
 use crate::store::mvcc::model::Model;
 use crate::store::mvcc::{self, MvccError};
 
+/// The most keys a range asks the store for: one more than an answer holds, so that a cut is
+/// seen; the store keeps no more than these in memory, however many keys it ranges over or sorts.
+const ANSWER_KEYS: usize = MAX_LIST_LIMIT + 1;
+
 // ----- errors -----
 
 /// etcd's store errors: 400 with a stable code and etcd's message.
@@ -447,7 +451,7 @@ pub(super) async fn range(
     if let Some(url) = read_point(&api, consistency, &headers).await? {
         return Ok(forward(&api, &url, Method::POST, &pq, body, true).await);
     }
-    let found = api.node.range(&req).map_err(|e| node_error(&api, e))?;
+    let found = api.node.range(&req, ANSWER_KEYS).map_err(|e| node_error(&api, e))?;
     let (mut answer, _) = range_answer(found, &mut Budget::new());
     answer.header = header(&api, answer.header.revision);
     Ok(Json(answer).into_response())
@@ -515,7 +519,7 @@ pub(super) async fn get_key(
     }
     let req =
         mvcc::RangeRequest { key: key.clone().into_bytes(), revision: params.rev, ..mvcc::RangeRequest::default() };
-    let found = api.node.range(&req).map_err(|e| node_error(&api, e))?;
+    let found = api.node.range(&req, ANSWER_KEYS).map_err(|e| node_error(&api, e))?;
     let revision = found.revision;
     match found.kvs.into_iter().next() {
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key '{key}' not found"))),
@@ -631,7 +635,7 @@ pub(super) async fn list(
     if let Some(url) = read_point(&api, params.consistency, request.headers()).await? {
         return Ok(forward(&api, &url, Method::GET, &path_and_query(&request), Bytes::new(), true).await);
     }
-    let found = api.node.range(&list_request(&params, limit)).map_err(|e| node_error(&api, e))?;
+    let found = api.node.range(&list_request(&params, limit), ANSWER_KEYS).map_err(|e| node_error(&api, e))?;
     let (kvs, cut) = Budget::new().admit(found.kvs);
     let response = ListResponse {
         revision: u64::try_from(found.revision).unwrap_or(0),

@@ -78,10 +78,16 @@ impl NodeHandle {
 
     /// An etcd range over this member's applied state (serializable). For a linearizable
     /// range, wait for `read_barrier` first.
-    pub fn range(&self, request: &RangeRequest) -> Result<RangeResponse, NodeError> {
-        self.with_kv(|kv| kv.range(request)).map_err(|e| match e {
+    ///
+    /// At most `keep` keys come back: the first of etcd's answer (`more` and `count` are etcd's).
+    pub fn range(&self, request: &RangeRequest, keep: usize) -> Result<RangeResponse, NodeError> {
+        let unreadable = |e| NodeError::Unavailable(format!("this member cannot read its state machine: {e}"));
+        // Only taking the view holds the state machine's lock: the range itself runs beside the
+        // Raft loop's applying, which needs the lock for writing.
+        let view = self.with_kv(|kv| kv.read_view()).map_err(unreadable)?;
+        view.range_kept(request, keep).map_err(|e| match e {
             ReadError::Mvcc(e) => NodeError::Mvcc(e),
-            ReadError::Storage(e) => NodeError::Unavailable(format!("this member cannot read its state machine: {e}")),
+            ReadError::Storage(e) => unreadable(e),
         })
     }
 

@@ -271,7 +271,13 @@ impl RaftLoop {
             (_, input) => input,
         };
         match input {
-            Input::Step(m) => self.raw.step(m),
+            Input::Step(m) => {
+                if let Some(why) = self.unbacked_snapshot(&m) {
+                    tracing::warn!(from = m.from, %why, "dropped an InstallSnapshot; its leader sends it again");
+                    return;
+                }
+                self.raw.step(m)
+            }
             Input::Propose { data, reply } => match self.raw.raft.propose(data) {
                 Ok((index, term)) => {
                     self.proposals.insert(index, PendingProposal { term, reply: Some(reply), conf_reply: None });
@@ -373,6 +379,10 @@ impl RaftLoop {
             self.finish_ready(rd);
         }
         self.outbox.retain(self.raw.raft.conf());
+        // A stream waiting for a member that left holds a read view, which keeps redb from
+        // reusing the pages freed since.
+        let conf = self.raw.raft.conf();
+        lock(&self.shared.outgoing_snapshots).retain(|id, _| conf.voters.contains(id) || conf.learners.contains(id));
         self.mark_members_with_data();
         self.hand_off_if_halted();
         self.maybe_snapshot();
@@ -591,6 +601,27 @@ impl RaftLoop {
         Ok((SnapshotMeta { index, term, conf: self.raw.raft.conf_at(index) }, reader))
     }
 
+    /// Why an InstallSnapshot whose state machine streams beside it (its data left empty) must
+    /// not reach the core: that state machine is not staged (`Shared::staged`). Once the core
+    /// takes a snapshot, its metadata is persisted and the log before it is gone, and the WAL
+    /// does not hold its data: without the staged state machine, the member would stand behind
+    /// its own log, and a restart would find its data lost.
+    fn unbacked_snapshot(&self, m: &Message) -> Option<String> {
+        let MessageBody::InstallSnapshot { snapshot } = &m.body else { return None };
+        if !snapshot.data.is_empty() {
+            return None;
+        }
+        let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+        match &*lock(&self.shared.staged) {
+            Some(s) if (s.index, s.term) == (index, term) => None,
+            Some(s) => Some(format!(
+                "the state machine staged is of index {} (term {}), the message's of index {index} (term {term})",
+                s.index, s.term
+            )),
+            None => Some(format!("no state machine is staged for index {index} (term {term})")),
+        }
+    }
+
     /// Replaces the state machine with the snapshot's, before the snapshot is persisted: the
     /// log is compacted only once a state machine that covers it is durable. The state machine
     /// comes staged by the transport (`Shared::staged`), or, from a kuberaft 0.1 or 0.2 leader,
@@ -600,7 +631,17 @@ impl RaftLoop {
     /// state as a snapshot of a later index, would serve and keep a history that never happened.
     fn install(&mut self, snapshot: &Snapshot) {
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
-        if read(&self.shared.kv).applied_index() == index && self.halted.is_none() {
+        // Installed already (a Ready retried after a storage failure), or the state machine is
+        // ahead (it applied past `index` before a restart, entries that were committed, so the
+        // snapshot's are a prefix of them): the state machine stays as it is, and the entries
+        // the core hands out up to its applied index are skipped.
+        if read(&self.shared.kv).applied_index() >= index && self.halted.is_none() {
+            let mut staged = lock(&self.shared.staged);
+            if staged.as_ref().is_some_and(|s| (s.index, s.term) == (index, term)) {
+                staged.take();
+            }
+            // The core's log starts after `index` now: no snapshot is due before the threshold.
+            self.last_snapshot_index = self.last_snapshot_index.max(index);
             return;
         }
         let live = read(&self.shared.kv).path().map(Path::to_path_buf);
@@ -755,14 +796,17 @@ impl RaftLoop {
             return;
         }
         let started = Instant::now();
-        let (kv_applied, persisted) = {
-            let mut kv = write(&self.shared.kv);
-            (kv.applied_index(), kv.persist())
-        };
-        if kv_applied != applied {
+        let kv_applied = read(&self.shared.kv).applied_index();
+        if kv_applied < applied {
             self.halt(format!("the state machine applied up to {kv_applied}, the log up to {applied}"));
             return;
         }
+        if kv_applied > applied {
+            // Ahead of the core (it applied these before a restart, and the core has not yet
+            // learned they are committed): the snapshot waits until the core catches up.
+            return;
+        }
+        let persisted = write(&self.shared.kv).persist();
         // The state machine is its own snapshot: once it is durable up to `applied`, the log up
         // to there can go. The snapshot the core and the storage keep is only its metadata.
         if let Err(e) = persisted {

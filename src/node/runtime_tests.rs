@@ -228,6 +228,57 @@ fn a_snapshot_that_installs_later_lets_the_state_machine_apply_again() {
 }
 
 #[test]
+fn a_streamed_snapshot_without_its_staged_state_machine_never_reaches_the_core() {
+    let mut m = member();
+    // Nothing staged: the message is dropped; no halt, no snapshot persisted, the log kept.
+    m.install(20, TERM, Bytes::new());
+    assert_eq!(m.errors(), Vec::<String>::new());
+    assert_eq!(m.lp.shared.status().applied_index, 3);
+    assert!(m.lp.raw.raft.log().base().index < 20, "the core took no snapshot of 20");
+    // Another snapshot's state machine staged: dropped too, and that one stays staged.
+    *lock(&m.lp.shared.staged) = Some(StagedSnapshot { index: 30, term: TERM, kv: state_at(30, TERM) });
+    m.install(20, TERM, Bytes::new());
+    assert_eq!((m.errors(), m.lp.shared.status().applied_index), (Vec::<String>::new(), 3));
+    assert!(m.lp.raw.raft.log().base().index < 20);
+    let dir = m.dir.path().to_path_buf();
+    drop(m.lp);
+    let (_, durable) = Storage::open(&dir).expect("reopen");
+    assert!(durable.snapshot.is_none_or(|s| s.meta.index < 20), "no snapshot of 20 is durable");
+    // With it staged, the same message installs.
+    let mut m = member();
+    m.install_staged(20, TERM, state_at(20, TERM));
+    assert_eq!((m.errors(), m.lp.shared.status().applied_index), (Vec::<String>::new(), 20));
+}
+
+#[test]
+fn a_state_machine_ahead_of_a_snapshot_stays_and_skips_what_it_applied() {
+    let mut m = member();
+    // Applied up to 20 before a restart; the core knows only its bootstrap entries.
+    *write(&m.lp.shared.kv) = state_at(20, TERM);
+    m.install_staged(10, TERM, state_at(10, TERM));
+    assert_eq!(m.errors(), Vec::<String>::new());
+    assert_eq!(m.value("key"), Some(Bytes::from("20")), "not moved back to 10");
+    assert!(lock(&m.lp.shared.staged).is_none(), "the staged state machine is let go");
+    m.append(11, 22, TERM);
+    assert_eq!(m.errors(), Vec::<String>::new());
+    let status = m.lp.shared.status();
+    assert_eq!((status.commit_index, status.applied_index), (22, 22));
+    assert_eq!(m.value("key"), Some(Bytes::from("22")));
+}
+
+#[test]
+fn a_snapshot_stream_waiting_for_a_member_that_left_is_dropped() {
+    let mut m = member();
+    for id in [3, 9] {
+        let reader = read(&m.lp.shared.kv).snapshot().expect("a stream");
+        lock(&m.lp.shared.outgoing_snapshots).insert(id, reader);
+    }
+    m.lp.drive();
+    let waiting: Vec<NodeId> = lock(&m.lp.shared.outgoing_snapshots).keys().copied().collect();
+    assert_eq!(waiting, vec![3], "9 is no member; 3 is");
+}
+
+#[test]
 fn an_entry_out_of_step_with_the_state_machine_stops_it_instead_of_being_skipped() {
     let mut m = member();
     // The state machine is replaced behind the loop's back by one that applied only 1..=2:

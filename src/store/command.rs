@@ -91,7 +91,19 @@ pub struct MemberInfo {
 ///   encoding is exactly one complete bincode-1 value, and `encode` never writes bytes that read
 ///   as one (it appends a zero byte in the rare case they would), so "reads as a complete
 ///   format-1 value" decides.
-pub const PAYLOAD_FORMAT: u8 = 0xf2;
+///
+/// Format 3 (`0xf3`, this byte) is format 2 (`0xf2`) with revisions numbered as etcd's (an
+/// empty store is at revision 1): the `prev_revision` of a Put or Delete of formats 1 and 2
+/// counts from an empty store at 0, one less (see [`numbered_before_etcd`]).
+pub const PAYLOAD_FORMAT: u8 = 0xf3;
+/// The first byte of format 2 (postcard, revisions from 0), still read.
+pub const PAYLOAD_FORMAT_2: u8 = 0xf2;
+
+/// Whether a command's bytes were written before revisions followed etcd's numbering (formats
+/// 1 and 2, revisions one less than today's for the same history).
+pub fn numbered_before_etcd(bytes: &[u8]) -> bool {
+    bytes.first() != Some(&PAYLOAD_FORMAT)
+}
 
 /// Encodes a command or member record in the current format (see `PAYLOAD_FORMAT`); the bytes
 /// never read as a format-1 encoding of `T`.
@@ -116,7 +128,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         Err(e) => e,
     };
     match bytes.split_first() {
-        Some((&PAYLOAD_FORMAT, rest)) => {
+        Some((&(PAYLOAD_FORMAT | PAYLOAD_FORMAT_2), rest)) => {
             let (value, padding) = codec::decode_prefix(rest)?;
             if padding.iter().any(|b| *b != 0) {
                 return Err(CodecError::new(format!("{} bytes after the value", padding.len())));

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::claim::{check_claim, MemberState};
-use super::command::{decode, ApplyResult, Command, KeyValue, MemberInfo};
+use super::command::{decode, numbered_before_etcd, ApplyResult, Command, KeyValue, MemberInfo};
 use super::error::StoreError;
 use super::mvcc::engine::{Batch, MvccStore, ReadError};
 use super::mvcc::snapshot::SnapshotReader;
@@ -220,6 +220,7 @@ impl KvStore {
         let result = match &entry.payload {
             EntryPayload::Noop => None,
             EntryPayload::Command(data) => match decode::<Command>(data) {
+                Ok(command) if numbered_before_etcd(data) => Some(self.apply_command(batch, etcd_numbered(command))?),
                 Ok(command) => Some(self.apply_command(batch, command)?),
                 Err(e) => {
                     tracing::warn!(index = entry.index, error = %e, "skipping an undecodable command");
@@ -402,6 +403,12 @@ impl KvStore {
         self.store.range(request)
     }
 
+    /// A point-in-time view of what was flushed, to range over without holding this store
+    /// (see [`MvccStore::read_view`]).
+    pub fn read_view(&self) -> Result<mvcc::ReadView, StoreError> {
+        self.store.read_view()
+    }
+
     fn get_bytes(&self, key: &[u8]) -> Option<mvcc::KeyValue> {
         let request = RangeRequest { key: key.to_vec(), ..RangeRequest::default() };
         self.store.range(&request).ok()?.kvs.pop()
@@ -563,15 +570,18 @@ impl KvStore {
             None => MvccStore::in_memory(),
         };
         let mut batch = store.begin()?;
+        // Those formats counted revisions from 0 for an empty store, etcd from 1: the same
+        // history is one revision higher now (as the log's old commands are, `etcd_numbered`).
+        let etcd = |revision: u64| revision_i64(revision.saturating_add(1));
         let latest = keys.into_iter().map(|(key, stored)| mvcc::KeyValue {
             key: key.into_bytes(),
-            create_revision: revision_i64(stored.create_revision),
-            mod_revision: revision_i64(stored.mod_revision),
+            create_revision: etcd(stored.create_revision),
+            mod_revision: etcd(stored.mod_revision),
             version: revision_i64(stored.version),
             value: stored.value.to_vec(),
             lease: 0,
         });
-        batch.load_latest(latest, revision_i64(revision))?;
+        batch.load_latest(latest, etcd(revision))?;
         batch.set_meta(META_APPLIED, &encode_record(&applied))?;
         batch.set_meta(META_MEMBERS, &encode_record(&table))?;
         batch.commit(true)?;
@@ -638,6 +648,20 @@ fn encode_record<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// The compare of the HTTP API's `prev_revision` (the key's mod revision, 0 for a missing key):
 /// `Some(CompareFailed)` when it does not hold.
+/// A command written before revisions followed etcd's (see `command::numbered_before_etcd`)
+/// in today's numbering: the same history has revisions one higher now, so a `prev_revision`
+/// other than 0 ("the key does not exist") is one higher too. A carried-over state (`from_legacy`)
+/// is shifted the same way, so a member that replays an old log and one that starts from an old
+/// snapshot hold the same revisions and decide every compare alike.
+fn etcd_numbered(command: Command) -> Command {
+    let shift = |prev: Option<u64>| prev.map(|p| if p == 0 { 0 } else { p.saturating_add(1) });
+    match command {
+        Command::Put { key, value, prev_revision } => Command::Put { key, value, prev_revision: shift(prev_revision) },
+        Command::Delete { key, prev_revision } => Command::Delete { key, prev_revision: shift(prev_revision) },
+        other => other,
+    }
+}
+
 fn compare_mod(batch: &Batch, key: &[u8], prev_revision: Option<u64>) -> Result<Option<ApplyResult>, StoreError> {
     let Some(expected) = prev_revision else { return Ok(None) };
     let request = RangeRequest { key: key.to_vec(), ..RangeRequest::default() };
@@ -979,7 +1003,7 @@ mod tests {
         wrong_format[4] = 9;
         // The first field after the header is `applied`; then `revision`; then the number of
         // keys, each a varint (one byte each here), replaced by one that claims u64::MAX keys.
-        assert_eq!(&valid[8..11], &[3, 4, 3], "applied 3, revision 4, three keys");
+        assert_eq!(&valid[8..11], &[3, 3, 3], "applied 3, revision 3 (as 0.2 counted), three keys");
         let mut huge_length = valid[..10].to_vec();
         huge_length.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
         huge_length.extend_from_slice(&valid[11..]);
@@ -1018,13 +1042,20 @@ mod tests {
     }
 
     /// The keys of `store` in a snapshot of format 1, 2 (bincode 1, built by hand here:
-    /// fixed-width little-endian integers, u64 lengths) or 3 (postcard). Format 2 is format 1
-    /// plus `applied_term` and `joined` at the end of the body.
+    /// fixed-width little-endian integers, u64 lengths) or 3 (postcard), as the version that
+    /// wrote those formats numbered the same history: every revision one less (its empty store
+    /// was at 0). Format 2 is format 1 plus `applied_term` and `joined` at the end of the body.
     fn legacy_snapshot(store: &KvStore, format: u32) -> Vec<u8> {
+        let (kvs, _) = store.list("", usize::MAX);
+        let old = |revision: u64| revision - 1;
+        let kvs: Vec<KeyValue> = kvs
+            .into_iter()
+            .map(|kv| KeyValue { create_revision: old(kv.create_revision), mod_revision: old(kv.mod_revision), ..kv })
+            .collect();
+        let revision = old(store.revision());
         assert!(store.members().is_empty() && store.removed().is_empty(), "only keys are written here");
         let mut data = b"KVS\0".to_vec();
         data.extend_from_slice(&format.to_le_bytes());
-        let (kvs, _) = store.list("", usize::MAX);
         if format == 3 {
             let keys: BTreeMap<String, Stored> = kvs
                 .iter()
@@ -1040,7 +1071,7 @@ mod tests {
                 .collect();
             let state = StateBody {
                 applied: store.applied_index(),
-                revision: store.revision(),
+                revision,
                 keys,
                 members: BTreeMap::<NodeId, Member>::new(),
                 removed: BTreeSet::<NodeId>::new(),
@@ -1051,7 +1082,7 @@ mod tests {
         }
         let u64 = |data: &mut Vec<u8>, n: u64| data.extend_from_slice(&n.to_le_bytes());
         u64(&mut data, store.applied_index());
-        u64(&mut data, store.revision());
+        u64(&mut data, revision);
         u64(&mut data, kvs.len() as u64);
         for kv in &kvs {
             u64(&mut data, kv.key.len() as u64);
@@ -1079,6 +1110,41 @@ mod tests {
         let past =
             RangeRequest { key: b"k1".to_vec(), revision: carried.current_revision() - 1, ..RangeRequest::default() };
         assert!(matches!(carried.range(&past), Err(ReadError::Mvcc(crate::store::mvcc::MvccError::Compacted))));
+    }
+
+    #[test]
+    fn an_old_log_replayed_and_an_old_snapshot_carried_over_hold_the_same_revisions() {
+        // Commands as kuberaft 0.2 wrote them (format 2), counting revisions from 0: put k (its
+        // revision 1), put k if its mod revision is 1 (acknowledged then), create j.
+        let old = |command: Command| {
+            let mut bytes = encode(&command).to_vec();
+            bytes[0] = crate::store::command::PAYLOAD_FORMAT_2;
+            Bytes::from(bytes)
+        };
+        let put = |key: &str, value: &'static str, prev_revision| Command::Put {
+            key: key.into(),
+            value: Bytes::from_static(value.as_bytes()),
+            prev_revision,
+        };
+        let mut replayed = KvStore::new();
+        for (index, command) in [(1, put("k", "1", None)), (2, put("k", "2", Some(1))), (3, put("j", "1", Some(0)))] {
+            let result = replayed.apply(&Entry { index, term: 1, payload: EntryPayload::Command(old(command)) });
+            assert!(matches!(result, Some(ApplyResult::Put { .. })), "entry {index}: {result:?}");
+        }
+        replayed.flush().expect("flush");
+        let k = replayed.get("k").expect("k");
+        assert_eq!((k.value.as_ref(), k.create_revision, k.mod_revision), (&b"2"[..], 2, 3), "etcd's numbering");
+        assert_eq!(replayed.revision(), 4);
+        // The same history from 0.2's snapshot (k created at 1, modified at 2; j at 3): the same.
+        for format in [1, 2, 3] {
+            let carried = KvStore::from_legacy(None, &legacy_snapshot(&replayed, format)).expect("reads");
+            assert_eq!(carried.list("", usize::MAX), replayed.list("", usize::MAX), "format {format}");
+            assert_eq!(carried.revision(), replayed.revision(), "format {format}");
+        }
+        // A compare written today counts today's revisions.
+        let today = encode(&put("k", "3", Some(3)));
+        let result = replayed.apply(&Entry { index: 4, term: 1, payload: EntryPayload::Command(today) });
+        assert!(matches!(result, Some(ApplyResult::Put { revision: 5 })), "{result:?}");
     }
 
     #[test]

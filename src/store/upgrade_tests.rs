@@ -52,13 +52,14 @@ fn kv(key: &str, value: &[u8], create_revision: u64, mod_revision: u64, version:
     KeyValue { key: key.into(), value: Bytes::copy_from_slice(value), create_revision, mod_revision, version }
 }
 
-/// Everything the fixture's README lists.
+/// Everything the fixture's README lists, its revisions one higher: 0.1.0 counted from an
+/// empty store at 0, etcd (and this version) from 1.
 fn assert_release_0_1_0_state(kv: &KvStore) {
-    assert_eq!(kv.get("alpha"), Some(self::kv("alpha", b"one-again", 1, 4, 2)));
-    assert_eq!(kv.get("gamma"), Some(self::kv("gamma", b"three", 3, 3, 1)));
-    assert_eq!(kv.get("dir/binary"), Some(self::kv("dir/binary", b"bin\0\xffary", 5, 5, 1)));
-    assert_eq!(kv.get("delta"), Some(self::kv("delta", b"four", 7, 7, 1)));
-    assert_eq!(kv.get("beta"), None, "deleted at revision 6");
+    assert_eq!(kv.get("alpha"), Some(self::kv("alpha", b"one-again", 2, 5, 2)));
+    assert_eq!(kv.get("gamma"), Some(self::kv("gamma", b"three", 4, 4, 1)));
+    assert_eq!(kv.get("dir/binary"), Some(self::kv("dir/binary", b"bin\0\xffary", 6, 6, 1)));
+    assert_eq!(kv.get("delta"), Some(self::kv("delta", b"four", 8, 8, 1)));
+    assert_eq!(kv.get("beta"), None, "deleted at revision 7 (0.1.0's 6)");
     let members = kv.members();
     // A bootstrap member's record has no client URL (the node learns it from its peers).
     let etcd_0 = MemberInfo {
@@ -91,7 +92,7 @@ fn the_data_dir_of_release_0_1_0_opens_with_every_key_member_and_vote() {
     assert_eq!(snapshot.meta.conf.voters, [ETCD_0].into());
     assert_eq!(durable.entries.iter().map(|e| e.index).collect::<Vec<_>>(), (7..=11).collect::<Vec<_>>());
     let kv = state_machine(durable);
-    assert_eq!((kv.applied_index(), kv.applied_term(), kv.revision()), (11, 2, 7));
+    assert_eq!((kv.applied_index(), kv.applied_term(), kv.revision()), (11, 2, 8));
     assert_release_0_1_0_state(&kv);
 }
 
@@ -117,7 +118,7 @@ fn a_release_0_1_0_log_with_records_of_this_version_after_it_reopens() {
     assert_eq!(replayed.list("", usize::MAX), kv.list("", usize::MAX));
     assert_eq!((replayed.applied_index(), replayed.revision()), (kv.applied_index(), kv.revision()));
     assert_eq!(replayed.members(), kv.members());
-    assert_eq!(replayed.get("epsilon"), Some(self::kv("epsilon", b"five", 8, 8, 1)));
+    assert_eq!(replayed.get("epsilon"), Some(self::kv("epsilon", b"five", 9, 9, 1)));
     assert_release_0_1_0_state(&replayed);
 
     // A snapshot of this version (its metadata only: the state machine is its own database)

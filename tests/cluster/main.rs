@@ -1368,7 +1368,8 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 }
 
 /// Every key of the 0.1.0 fixture (tests/fixtures/data-0.1.0/README.md) as the list API shows
-/// it: key, value (base64), create and mod revision, version; and its two members.
+/// it: key, value (base64), create and mod revision (one higher than 0.1.0 numbered them: it
+/// counted from an empty store at 0, etcd from 1), version; and its two members.
 fn assert_release_0_1_0_data(c: &Cluster, i: usize, extra: &[Value]) {
     let page: Value = c
         .http
@@ -1384,14 +1385,14 @@ fn assert_release_0_1_0_data(c: &Cluster, i: usize, extra: &[Value]) {
         .map(|kv| json!([kv["key"], kv["value"], kv["createRevision"], kv["modRevision"], kv["version"]]))
         .collect();
     let mut expected = vec![
-        json!(["alpha", encode_base64(b"one-again"), 1, 4, 2]),
-        json!(["delta", encode_base64(b"four"), 7, 7, 1]),
-        json!(["dir/binary", encode_base64(b"bin\0\xffary"), 5, 5, 1]),
+        json!(["alpha", encode_base64(b"one-again"), 2, 5, 2]),
+        json!(["delta", encode_base64(b"four"), 8, 8, 1]),
+        json!(["dir/binary", encode_base64(b"bin\0\xffary"), 6, 6, 1]),
     ];
     expected.extend(extra.iter().cloned());
-    expected.push(json!(["gamma", encode_base64(b"three"), 3, 3, 1]));
+    expected.push(json!(["gamma", encode_base64(b"three"), 4, 4, 1]));
     assert_eq!(kvs, expected);
-    assert_eq!(c.get(i, "beta", "linearizable").0, 404, "beta was deleted at revision 6");
+    assert_eq!(c.get(i, "beta", "linearizable").0, 404, "beta was deleted at revision 7");
     let status = c.status(i).expect("status");
     let mut members: Vec<(String, String, bool)> = status["members"]
         .as_array()
@@ -1430,11 +1431,11 @@ fn data_dir_of_release_0_1_0_opens_and_keeps_every_key() {
     assert_release_0_1_0_data(&c, 0, &[]);
 
     // New records in this version's format after the old ones, then a restart.
-    assert_eq!(c.put_ok(0, "epsilon", "five"), 8);
+    assert_eq!(c.put_ok(0, "epsilon", "five"), 9);
     assert!(c.terminate(0), "stops on SIGTERM");
     c.start(0, &initial, "new");
     let (_, term) = c.wait_leader(ELECTION);
     assert_eq!(term, 4);
-    assert_release_0_1_0_data(&c, 0, &[json!(["epsilon", encode_base64(b"five"), 8, 8, 1])]);
+    assert_release_0_1_0_data(&c, 0, &[json!(["epsilon", encode_base64(b"five"), 9, 9, 1])]);
     assert!(!c.log_text(0).contains("ERROR"), "{}", c.log_tail(0));
 }

@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 use redb::backends::InMemoryBackend;
 use redb::{
-    AccessGuard, Builder, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend,
-    Table, TableDefinition, WriteTransaction,
+    AccessGuard, Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, StorageBackend, Table, TableDefinition, WriteTransaction,
 };
 
 use super::check::{check_intervals, check_put, check_txn, KeySpan};
@@ -50,6 +50,10 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 
 /// The layout this version writes and reads (`mvcc` table, `format`).
 pub(crate) const FORMAT: i64 = 1;
+/// The largest revision (and version) a store, a record or a snapshot may hold: far beyond
+/// any real history (2^62 writes), and far enough below `i64::MAX` that counting on from it
+/// cannot overflow. Larger numbers come only from damage, and are refused as such.
+pub(crate) const MAX_REVISION: Revision = 1 << 62;
 pub(crate) const FORMAT_NAME: &str = "format";
 pub(crate) const REVISION_NAME: &str = "revision";
 pub(crate) const COMPACTED_NAME: &str = "compacted";
@@ -147,7 +151,7 @@ impl<'a> Record<'a> {
             [LIVE, rest @ ..] => {
                 let ((create_revision, version, lease), value) =
                     codec::decode_prefix::<(i64, i64, i64)>(rest).map_err(|e| e.to_string())?;
-                if create_revision < 1 || version < 1 {
+                if !(1..=MAX_REVISION).contains(&create_revision) || !(1..=MAX_REVISION).contains(&version) {
                     return Err(format!("impossible create revision {create_revision} or version {version}"));
                 }
                 Ok(Record::Live { create_revision, version, lease, value })
@@ -322,15 +326,14 @@ impl MvccStore {
 
     /// A range at the latest committed state.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ReadError> {
-        if req.key.is_empty() {
-            return Err(MvccError::EmptyKey.into());
-        }
-        let txn = self.db.begin_read().at(&self.place, READ)?;
-        let state = txn.open_table(STATE).at(&self.place, READ)?;
-        let (current, compacted) = read_state(&state, &self.place)?
-            .ok_or_else(|| self.place.corrupt("the MVCC state (revision, format) is missing"))?;
-        let kv = txn.open_table(KV).at(&self.place, READ)?;
-        range_at(&kv, &self.place, req, current, compacted)
+        self.read_view()?.range(req)
+    }
+
+    /// A point-in-time view of the latest committed state. It is cheap to take, and ranges over
+    /// it need nothing of the store: a caller that holds the store under a lock takes the view
+    /// under it and ranges after releasing it, so a long range never holds back a writer.
+    pub fn read_view(&self) -> Result<ReadView, StoreError> {
+        Ok(ReadView { txn: self.db.begin_read().at(&self.place, READ)?, place: self.place.clone() })
     }
 
     /// A state-machine record at the latest committed state.
@@ -361,6 +364,34 @@ impl MvccStore {
     }
 }
 
+/// One redb read transaction over the store: the state as of the commit before it was taken,
+/// whatever is written after (see [`MvccStore::read_view`]).
+pub struct ReadView {
+    txn: ReadTransaction,
+    place: Place,
+}
+
+impl ReadView {
+    /// An etcd range over this view.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, ReadError> {
+        self.range_kept(req, usize::MAX)
+    }
+
+    /// An etcd range over this view with at most `keep` of its keys (the first `keep` of
+    /// etcd's answer; `more` and `count` are etcd's): memory for `keep` keys, however many the
+    /// range holds or sorts.
+    pub fn range_kept(&self, req: &RangeRequest, keep: usize) -> Result<RangeResponse, ReadError> {
+        if req.key.is_empty() {
+            return Err(MvccError::EmptyKey.into());
+        }
+        let state = self.txn.open_table(STATE).at(&self.place, READ)?;
+        let (current, compacted) = read_state(&state, &self.place)?
+            .ok_or_else(|| self.place.corrupt("the MVCC state (revision, format) is missing"))?;
+        let kv = self.txn.open_table(KV).at(&self.place, READ)?;
+        range_at(&kv, &self.place, req, current, compacted, keep)
+    }
+}
+
 /// The engine's numbers from the `mvcc` table: `(revision, compacted)`, `None` for a new
 /// database; a foreign or newer format, or impossible numbers, are errors.
 pub(crate) fn read_state<T: ReadableTable<&'static str, i64>>(
@@ -381,7 +412,7 @@ pub(crate) fn read_state<T: ReadableTable<&'static str, i64>>(
     let (Some(revision), Some(compacted)) = (get(REVISION_NAME)?, get(COMPACTED_NAME)?) else {
         return Err(place.corrupt("the MVCC revision or compacted revision is missing"));
     };
-    if revision < 1 || compacted > revision || compacted < -1 {
+    if !(1..=MAX_REVISION).contains(&revision) || compacted > revision || compacted < -1 {
         return Err(place.corrupt(format!("impossible revisions: current {revision}, compacted {compacted}")));
     }
     Ok(Some((revision, compacted)))
@@ -494,13 +525,16 @@ fn corrupt_record(place: &Place, key: &[u8], rev: Revision, detail: String) -> R
     ReadError::Storage(place.corrupt(format!("key {:?} at revision {rev}: {detail}", String::from_utf8_lossy(key))))
 }
 
-/// etcd's range, reading a store whose current revision is `current` (in a txn: its view).
+/// etcd's range at `rev`, with at most `keep` of its keys: the first `keep` of etcd's answer,
+/// with etcd's `more` and `count`. Memory holds at most `keep` keys (with `limit`, at most
+/// `limit`) however many the range spans: sorting keeps the best ones seen so far, not all.
 fn range_at<T>(
     kv: &T,
     place: &Place,
     req: &RangeRequest,
     current: Revision,
     compacted: Revision,
+    keep: usize,
 ) -> Result<RangeResponse, ReadError>
 where
     T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
@@ -516,73 +550,173 @@ where
         || req.max_mod_revision != 0
         || req.min_create_revision != 0
         || req.max_create_revision != 0;
-    // As etcd: everything when sorting or filtering, else limit + 1 keys in key order.
-    let fetch = if req.count_only {
-        0
-    } else if req.sort_order != SortOrder::None || filtered || req.limit <= 0 {
+    let limit = if req.limit > 0 { usize::try_from(req.limit).unwrap_or(usize::MAX) } else { usize::MAX };
+    // As etcd: every key when sorting or filtering, else the first limit + 1 in key order.
+    let window = if req.sort_order != SortOrder::None || filtered || req.limit <= 0 {
         usize::MAX
     } else {
-        usize::try_from(req.limit.saturating_add(1)).unwrap_or(usize::MAX)
+        limit.saturating_add(1)
+    };
+    let passes = |kv: &KeyValue| {
+        (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+            && (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+            && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+            && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+    };
+    let order = match (req.sort_order, req.sort_target) {
+        (SortOrder::None | SortOrder::Ascend, SortTarget::Key) => Order::Keys,
+        (SortOrder::Descend, SortTarget::Key) => Order::KeysDescending,
+        (SortOrder::Descend, target) => Order::By { target, descend: true },
+        (_, target) => Order::By { target, descend: false },
     };
     let with_value = !req.keys_only || req.sort_target == SortTarget::Value;
-    let mut count = 0i64;
-    let mut kvs: Vec<KeyValue> = Vec::new();
+    let mut answer = Answer::new(order, limit.min(keep));
+    let (mut count, mut seen, mut matched) = (0i64, 0usize, 0usize);
     let span = KeySpan::new(&req.key, &req.range_end);
     for_each_newest(kv, place, &span, rev, |key, r, bytes| {
-        if kvs.len() < fetch {
-            if let Some(found) = key_value(place, key, r, bytes, with_value)? {
+        if req.count_only || seen >= window {
+            if Record::is_live(bytes).map_err(|d| corrupt_record(place, key, r, d))? {
                 count += 1;
-                kvs.push(found);
             }
-        } else if Record::is_live(bytes).map_err(|d| corrupt_record(place, key, r, d))? {
+        } else if let Some(found) = key_value(place, key, r, bytes, with_value)? {
             count += 1;
+            seen += 1;
+            if passes(&found) {
+                matched += 1;
+                answer.offer(found);
+            }
         }
         Ok(ControlFlow::Continue(()))
     })?;
     if req.count_only {
         return Ok(RangeResponse { revision: current, kvs: Vec::new(), more: false, count });
     }
-    kvs.retain(|kv| {
-        (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
-            && (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
-            && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
-            && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
-    });
-    let descend = match (req.sort_order, req.sort_target) {
-        (SortOrder::None, SortTarget::Key) | (SortOrder::Ascend, SortTarget::Key) => None,
-        (SortOrder::Descend, _) => Some(true),
-        _ => Some(false),
-    };
-    if let Some(descend) = descend {
-        // Stable, on key-ordered input: ties stay in key order.
-        let field = |kv: &KeyValue| match req.sort_target {
-            SortTarget::Key | SortTarget::Value => 0,
-            SortTarget::Version => kv.version,
-            SortTarget::Create => kv.create_revision,
-            SortTarget::Mod => kv.mod_revision,
-        };
-        match (req.sort_target, descend) {
-            (SortTarget::Key, _) => kvs.reverse(),
-            (SortTarget::Value, false) => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-            (SortTarget::Value, true) => kvs.sort_by(|a, b| b.value.cmp(&a.value)),
-            (_, false) => kvs.sort_by_key(field),
-            (_, true) => kvs.sort_by_key(|kv| std::cmp::Reverse(field(kv))),
-        }
-    }
-    let mut more = false;
-    if req.limit > 0 {
-        let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
-        if kvs.len() > limit {
-            kvs.truncate(limit);
-            more = true;
-        }
-    }
+    let more = req.limit > 0 && matched > limit;
+    let mut kvs = answer.into_kvs();
     if req.keys_only {
         for kv in &mut kvs {
             kv.value = Vec::new();
         }
     }
     Ok(RangeResponse { revision: current, kvs, more, count })
+}
+
+/// The order of a range's answer.
+#[derive(Clone, Copy)]
+enum Order {
+    /// Key order, as the keys are read.
+    Keys,
+    /// Descending key order: the last keys read, last first.
+    KeysDescending,
+    /// By a target; ties in key order (etcd's sort is not stable; this one is).
+    By { target: SortTarget, descend: bool },
+}
+
+/// What a key is sorted by.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum SortField {
+    Number(i64),
+    Bytes(Vec<u8>),
+}
+
+/// A key's place in a sorted answer: its field (reversed when descending), then the order in
+/// which it was read (key order). Smaller comes first.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    field: std::cmp::Reverse<SortField>,
+    ascending_field: SortField,
+    read: usize,
+}
+
+struct Ranked {
+    rank: Rank,
+    kv: KeyValue,
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.rank == other.rank
+    }
+}
+impl Eq for Ranked {}
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.rank.cmp(&other.rank)
+    }
+}
+
+/// The first `keep` keys of an answer in `order`, from keys offered in key order.
+struct Answer {
+    order: Order,
+    keep: usize,
+    offered: usize,
+    in_order: std::collections::VecDeque<KeyValue>,
+    /// For `Order::By`: the best `keep` so far, the worst on top.
+    ranked: std::collections::BinaryHeap<Ranked>,
+}
+
+impl Answer {
+    fn new(order: Order, keep: usize) -> Answer {
+        Answer {
+            order,
+            keep,
+            offered: 0,
+            in_order: std::collections::VecDeque::new(),
+            ranked: std::collections::BinaryHeap::new(),
+        }
+    }
+
+    fn offer(&mut self, kv: KeyValue) {
+        let read = self.offered;
+        self.offered += 1;
+        if self.keep == 0 {
+            return;
+        }
+        match self.order {
+            Order::Keys => {
+                if self.in_order.len() < self.keep {
+                    self.in_order.push_back(kv);
+                }
+            }
+            Order::KeysDescending => {
+                if self.in_order.len() == self.keep {
+                    self.in_order.pop_front();
+                }
+                self.in_order.push_back(kv);
+            }
+            Order::By { target, descend } => {
+                let field = match target {
+                    SortTarget::Key => SortField::Number(0),
+                    SortTarget::Value => SortField::Bytes(kv.value.clone()),
+                    SortTarget::Version => SortField::Number(kv.version),
+                    SortTarget::Create => SortField::Number(kv.create_revision),
+                    SortTarget::Mod => SortField::Number(kv.mod_revision),
+                };
+                let rank = if descend {
+                    Rank { field: std::cmp::Reverse(field), ascending_field: SortField::Number(0), read }
+                } else {
+                    Rank { field: std::cmp::Reverse(SortField::Number(0)), ascending_field: field, read }
+                };
+                self.ranked.push(Ranked { rank, kv });
+                if self.ranked.len() > self.keep {
+                    self.ranked.pop();
+                }
+            }
+        }
+    }
+
+    fn into_kvs(self) -> Vec<KeyValue> {
+        match self.order {
+            Order::Keys => self.in_order.into(),
+            Order::KeysDescending => self.in_order.into_iter().rev().collect(),
+            Order::By { .. } => self.ranked.into_sorted_vec().into_iter().map(|r| r.kv).collect(),
+        }
+    }
 }
 
 /// The live value of `key` at `rev`.
@@ -799,7 +933,7 @@ impl Writer<'_> {
         for op in ops {
             responses.push(match op {
                 RequestOp::Range(r) => {
-                    ResponseOp::Range(range_at(&self.kv, self.place, r, self.view(), self.compacted)?)
+                    ResponseOp::Range(range_at(&self.kv, self.place, r, self.view(), self.compacted, usize::MAX)?)
                 }
                 RequestOp::Put(p) => ResponseOp::Put(self.put(p)?),
                 RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete(d)?),
@@ -952,7 +1086,7 @@ impl Batch {
             return Ok(Err(MvccError::EmptyKey));
         }
         let kv = self.txn.open_table(KV).at(&self.place, READ)?;
-        ReadError::split(range_at(&kv, &self.place, req, self.revision, self.compacted))
+        ReadError::split(range_at(&kv, &self.place, req, self.revision, self.compacted, usize::MAX))
     }
 
     /// etcd's Compact: reads below `rev` fail from now on. Each key keeps its newest entry at or
@@ -1031,9 +1165,12 @@ impl Batch {
             return Err(StoreError::Invalid("load_latest needs an empty store".to_string()));
         }
         let current = revision.max(1);
+        if current > MAX_REVISION {
+            return Err(StoreError::BadSnapshot(format!("impossible store revision {revision}")));
+        }
         for item in latest {
             let consistent = !item.key.is_empty()
-                && item.version >= 1
+                && (1..=MAX_REVISION).contains(&item.version)
                 && item.create_revision >= 1
                 && item.create_revision <= item.mod_revision
                 && item.mod_revision <= current;

@@ -378,6 +378,18 @@ fn run_seed(seed: u64, ops: u64, path: Option<&Path>, max_txn_ops: usize, stats:
         for _ in 0..2 {
             let req = g.range(&m);
             assert_eq!(read(&store, &req), m.range(&req), "seed {seed} step {step}: committed {req:?}");
+            // The first `keep` keys of the same answer, holding no more than those.
+            let keep = g.below(8) as usize;
+            let kept = match store.read_view().unwrap().range_kept(&req, keep) {
+                Ok(r) => Ok(r),
+                Err(ReadError::Mvcc(e)) => Err(e),
+                Err(ReadError::Storage(e)) => panic!("storage failed: {e}"),
+            };
+            let expected = m.range(&req).map(|mut r| {
+                r.kvs.truncate(keep);
+                r
+            });
+            assert_eq!(kept, expected, "seed {seed} step {step}: keep {keep} of {req:?}");
             stats.ranges += 1;
         }
         if path.is_some() && g.chance(0.01) {
@@ -922,4 +934,35 @@ fn latest_versions_load_as_a_store_compacted_at_their_revision() {
     assert!(matches!(batch.load_latest(vec![kv("a", 5, 4, 1)], 9), Err(StoreError::BadSnapshot(_))));
     assert!(batch.commit(false).is_err(), "a refused load leaves the batch unusable");
     assert_eq!(empty.revision(), 1);
+    // Revisions or versions no history reaches (counting on from them would overflow).
+    let huge = i64::MAX - 1;
+    for (latest, revision) in [(vec![], huge), (vec![kv("a", 2, 2, huge)], 9), (vec![kv("a", 2, huge, 1)], huge)] {
+        let empty = MvccStore::in_memory();
+        let mut batch = empty.begin().unwrap();
+        assert!(matches!(batch.load_latest(latest, revision), Err(StoreError::BadSnapshot(_))), "{revision}");
+    }
+}
+
+/// A read view is the state of the commit before it was taken: writes committed after it, and
+/// a batch still open, change nothing it answers (the node ranges over a view after releasing
+/// the state machine's lock, so applying goes on meanwhile).
+#[test]
+fn a_read_view_keeps_its_point_in_time_while_writes_go_on() {
+    let store = MvccStore::in_memory();
+    put(&store, "a", "1", false);
+    let view = store.read_view().unwrap();
+    put(&store, "a", "2", false);
+    put(&store, "b", "1", false);
+    let mut open = store.begin().unwrap();
+    open.put(&put_req("c", "1")).unwrap().unwrap();
+    let seen = view.range(&all_at(0)).unwrap();
+    assert_eq!(seen.revision, 2, "the view's revision");
+    assert_eq!(
+        seen.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone())).collect::<Vec<_>>(),
+        vec![(b("a"), b("1"))]
+    );
+    drop(open);
+    let now = read(&store, &all_at(0)).unwrap();
+    assert_eq!(now.kvs.len(), 2, "a new range sees the later commits: {now:?}");
+    assert!(matches!(view.range(&RangeRequest::default()), Err(ReadError::Mvcc(MvccError::EmptyKey))));
 }

@@ -11,6 +11,6 @@ pub mod model;
 pub mod snapshot;
 pub mod types;
 
-pub use engine::{Batch, MvccStore, ReadError};
+pub use engine::{Batch, MvccStore, ReadError, ReadView};
 pub use snapshot::{ChunkReader, SnapshotReader};
 pub use types::*;
