@@ -34,6 +34,13 @@ pub trait Model {
     fn unchanged(&self, _state: &Self::State, _input: &Self::Input, _output: Option<&Self::Output>) -> Option<bool> {
         None
     }
+    /// Whether the completed operation (`input`, `output`) can be explained neither in `state`
+    /// nor in any state reachable from it (say, a read naming a revision the store has
+    /// passed): the search then drops the branch at once instead of trying everything else
+    /// first. Must be sound: `true` only when no later state explains it.
+    fn hopeless(&self, _state: &Self::State, _input: &Self::Input, _output: &Self::Output) -> bool {
+        false
+    }
     /// Whether an excerpt that keeps the operation (`input`, `output`) must keep `writer` too
     /// to be read sensibly (the write of a value that it observed). Only shapes excerpts.
     fn observes(&self, _input: &Self::Input, _output: Option<&Self::Output>, _writer: &Self::Input) -> bool {
@@ -196,6 +203,17 @@ pub fn check_operations<M: Model>(model: &M, ops: &[Operation<M::Input, M::Outpu
                     calls.push((entry, previous, previous_lin));
                     lift(&mut nodes, entry);
                     entry = nodes[0].next;
+                    if !dead_end(model, ops, &nodes, &state) {
+                        continue;
+                    }
+                    // A completed operation that must still be linearized no longer can be
+                    // (with several writes of unknown outcome pending, the search would
+                    // otherwise try their every subset here first): undo at once, as below.
+                    let Some((call, previous, previous_lin)) = calls.pop() else { return Some(false) };
+                    state = previous;
+                    linearized = previous_lin;
+                    unlift(&mut nodes, call);
+                    entry = nodes[call].next;
                     continue;
                 }
             }
@@ -210,6 +228,20 @@ pub fn check_operations<M: Model>(model: &M, ops: &[Operation<M::Input, M::Outpu
         }
     }
     Some(true)
+}
+
+/// Whether a completed operation among the candidates (the calls before the first return) is
+/// hopeless in `state`: it must be linearized later, and no later state explains it.
+fn dead_end<M: Model>(model: &M, ops: &[OperationOf<M>], nodes: &[Node], state: &M::State) -> bool {
+    let mut entry = nodes[0].next;
+    while entry != NIL && nodes[entry].is_call {
+        let op = &ops[nodes[entry].op];
+        if op.output.as_ref().is_some_and(|output| model.hopeless(state, &op.input, output)) {
+            return true;
+        }
+        entry = nodes[entry].next;
+    }
+    false
 }
 
 fn lift(nodes: &mut [Node], call: usize) {
@@ -505,6 +537,19 @@ impl<K: Clone + Debug + Ord + Hash> Model for StoreModel<K> {
                 Some(*revision == state.revision && !Self::holds(state, compares))
             }
             _ => None,
+        }
+    }
+
+    /// The store's revision never goes back: an answer naming a revision the state has passed
+    /// (or, for a write, reached) fits no later state.
+    fn hopeless(&self, state: &StoreState<K>, input: &StoreInput<K>, output: &StoreOutput) -> bool {
+        match (input, output) {
+            (StoreInput::Put { .. }, StoreOutput::Put { revision }) => *revision <= state.revision,
+            (StoreInput::Txn { puts, .. }, StoreOutput::Txn { succeeded: true, revision }) if !puts.is_empty() => {
+                *revision <= state.revision
+            }
+            (_, StoreOutput::Txn { revision, .. } | StoreOutput::Read { revision, .. }) => *revision < state.revision,
+            _ => false,
         }
     }
 
@@ -930,6 +975,38 @@ mod store_tests {
     }
 
     #[test]
+    fn writes_of_unknown_outcome_that_never_happened_do_not_blow_up_the_search() {
+        // Twelve puts whose clients never heard back, none of which took effect, then 100
+        // sequential puts and gets whose revisions count none of them. Without the hopeless
+        // rule the search would try subsets of the twelve before a read that no extra write can
+        // explain (a revision once passed never comes back).
+        let mut ops: Vec<Op> =
+            (0..12).map(|i| op(9, StoreInput::Put { key: 100 + i as u8, value: i }, None, i, None)).collect();
+        let mut revision = 1;
+        let mut t = 100;
+        for i in 0..100u64 {
+            revision += 1;
+            ops.push(put(1, i, revision, t, t + 1));
+            ops.push(get(2, Some((i, revision)), revision, t + 2, t + 3));
+            t += 4;
+        }
+        assert_eq!(check_store(initial(), &ops, 10_000), Verdict::Linearizable);
+        // And one of them that did take effect, seen by the last read, is found as well.
+        let last = ops.len() - 1;
+        ops[last] = op(
+            2,
+            StoreInput::Read { keys: vec![X, 105] },
+            Some(StoreOutput::Read {
+                revision: revision + 1,
+                kvs: vec![Some((99, revision)), Some((5, revision + 1))],
+            }),
+            t - 2,
+            Some(t - 1),
+        );
+        assert_eq!(check_store(initial(), &ops, 10_000), Verdict::Linearizable);
+    }
+
+    #[test]
     fn the_store_check_says_unknown_past_its_budget() {
         let ops = vec![put(1, 5, 2, 0, 10), get(2, Some((5, 2)), 2, 11, 20), put(1, 6, 3, 21, 30)];
         assert_eq!(check_store(initial(), &ops, 2), Verdict::Unknown { partition: WHOLE_STORE.to_string() });
@@ -1034,6 +1111,52 @@ mod fast_path_tests {
         }
         // The generator reaches the fast path often, both ways.
         assert!(fast > total / 10, "{fast} of {total}");
+    }
+
+    #[test]
+    fn the_store_models_hopeless_rule_is_sound() {
+        // Whenever it calls an answer hopeless, no state reached by further writes explains it.
+        let mut g = Gen(0x2545_f491_4f6c_dd1d);
+        let model = StoreModel { initial: StoreState { revision: 1, keys: BTreeMap::new() } };
+        let key = |g: &mut Gen| g.below(3) as u8;
+        let (mut hopeless, mut total) = (0, 0);
+        for _ in 0..5_000 {
+            let mut state = StoreState { revision: 1 + g.below(4), keys: BTreeMap::new() };
+            for k in 0..3u8 {
+                if g.below(3) > 0 {
+                    state.keys.insert(k, (g.below(3), g.below(state.revision + 1)));
+                }
+            }
+            let input = match g.below(3) {
+                0 => StoreInput::Put { key: key(&mut g), value: g.below(3) },
+                1 => StoreInput::Read { keys: vec![key(&mut g)] },
+                _ => StoreInput::Txn {
+                    compares: (0..g.below(2)).map(|_| (key(&mut g), g.below(5))).collect(),
+                    puts: (0..g.below(2)).map(|_| (key(&mut g), g.below(3))).collect(),
+                },
+            };
+            let revision = g.below(7);
+            let output = match &input {
+                StoreInput::Put { .. } => StoreOutput::Put { revision },
+                StoreInput::Txn { .. } => StoreOutput::Txn { succeeded: g.below(2) == 0, revision },
+                StoreInput::Read { .. } => StoreOutput::Read { revision, kvs: vec![state.keys.get(&0).copied()] },
+            };
+            total += 1;
+            if !model.hopeless(&state, &input, &output) {
+                continue;
+            }
+            hopeless += 1;
+            for _ in 0..6 {
+                assert!(model.step(&state, &input, Some(&output)).is_none(), "{state:?} {input:?} {output:?}");
+                let write = if g.below(2) == 0 {
+                    StoreInput::Put { key: key(&mut g), value: g.below(3) }
+                } else {
+                    StoreInput::Txn { compares: vec![(key(&mut g), g.below(5))], puts: vec![(key(&mut g), g.below(3))] }
+                };
+                state = model.step(&state, &write, None).unwrap_or(state);
+            }
+        }
+        assert!(hopeless > total / 10, "{hopeless} of {total}");
     }
 
     #[test]
