@@ -24,6 +24,9 @@ use crate::store::mvcc::snapshot::SnapshotReader;
 use crate::store::mvcc::MvccError;
 use crate::store::{KvStore, Storage};
 
+/// How long one pass of the Raft loop may spend reclaiming compacted history.
+const RECLAIM_SLICE: Duration = Duration::from_millis(5);
+
 /// Milliseconds per tick of the core.
 pub const TICK_MS: u64 = 10;
 /// Inputs waiting for the loop; beyond this, requests are refused (503) and peer messages
@@ -385,6 +388,7 @@ impl RaftLoop {
         lock(&self.shared.outgoing_snapshots).retain(|id, _| conf.voters.contains(id) || conf.learners.contains(id));
         self.mark_members_with_data();
         self.hand_off_if_halted();
+        self.reclaim_compacted();
         self.maybe_snapshot();
         self.publish();
     }
@@ -785,6 +789,24 @@ impl RaftLoop {
 
     fn remember(&self, info: MemberInfo) {
         self.shared.addresses.learn(info.id, &info.name, &info.peer_url, &info.client_url);
+    }
+
+    /// Reclaims the space of compacted history a bounded slice at a time (chunks for at most
+    /// `RECLAIM_SLICE` per pass), as etcd's compaction runs in batches beside its apply loop: a
+    /// compaction of millions of revisions never holds the Raft loop for long.
+    fn reclaim_compacted(&mut self) {
+        if self.halted.is_some() || !read(&self.shared.kv).compaction_pending() {
+            return;
+        }
+        let started = Instant::now();
+        let flushed = {
+            let mut kv = write(&self.shared.kv);
+            while kv.compact_step() && started.elapsed() < RECLAIM_SLICE {}
+            kv.flush()
+        };
+        if let Err(e) = flushed {
+            self.halt(format!("cannot reclaim the space of compacted history: {e}"));
+        }
     }
 
     /// Compacts the log into a snapshot of the state machine every `snapshot_threshold` entries.

@@ -97,6 +97,8 @@ pub struct KvStore {
     /// carried over from a format-1 snapshot).
     applied: Applied,
     table: MemberTable,
+    /// A compaction left history to reclaim (`compact_step`).
+    compaction_pending: bool,
 }
 
 impl std::fmt::Debug for KvStore {
@@ -170,7 +172,8 @@ impl KvStore {
             None => MemberTable::default(),
         };
         check_members(&table.members)?;
-        Ok(KvStore { store, path, batch: None, failure: None, applied, table })
+        let compaction_pending = store.compaction_pending()?;
+        Ok(KvStore { store, path, batch: None, failure: None, applied, table, compaction_pending })
     }
 
     /// The database file (`None` in memory).
@@ -269,7 +272,10 @@ impl KvStore {
                 Err(e) => ApplyResult::Refused(e),
             },
             Command::Compact { revision } => match batch.compact(revision)? {
-                Ok(response) => ApplyResult::Compacted(response),
+                Ok(response) => {
+                    self.compaction_pending = true;
+                    ApplyResult::Compacted(response)
+                }
                 Err(e) => ApplyResult::Refused(e),
             },
             Command::Seen { id } => {
@@ -338,6 +344,36 @@ impl KvStore {
     /// Commits what `apply` changed since the last flush, without waiting for the disk (see
     /// the module doc). After a storage failure it rolls the batch back, reloads the state the
     /// database holds, and reports the failure.
+    /// A compaction left history to reclaim (`compact_step`).
+    pub fn compaction_pending(&self) -> bool {
+        self.compaction_pending && self.failure.is_none()
+    }
+
+    /// Reclaims one chunk of compacted history (`Batch::compact_step`) in the open batch, or
+    /// in a new one, when some is left; `flush` commits it. The Raft loop calls this once per
+    /// pass, so reclaiming a large history never holds it for long. Returns whether more is
+    /// left. A storage failure is reported by the next `flush`, as for applying.
+    pub fn compact_step(&mut self) -> bool {
+        if !self.compaction_pending || self.failure.is_some() {
+            return false;
+        }
+        let batch = match self.batch.take() {
+            Some(batch) => Ok(batch),
+            None => self.store.begin(),
+        };
+        match batch {
+            Ok(mut batch) => {
+                match batch.compact_step() {
+                    Ok(more) => self.compaction_pending = more,
+                    Err(e) => self.failure = Some(e.to_string()),
+                }
+                self.batch = Some(batch);
+            }
+            Err(e) => self.failure = Some(e.to_string()),
+        }
+        self.compaction_pending && self.failure.is_none()
+    }
+
     pub fn flush(&mut self) -> Result<(), StoreError> {
         self.commit(false)
     }

@@ -63,7 +63,7 @@ pub(crate) const COMPACTED_NAME: &str = "compacted";
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 /// How many `revs` entries compaction handles at a time (bounds its memory).
-const COMPACT_CHUNK: usize = 1024;
+pub(crate) const COMPACT_CHUNK: usize = 1024;
 /// After this many versions of one key at or below the revision read, a range stops walking
 /// them and seeks to the newest one.
 const WALK_BEFORE_SEEK: usize = 16;
@@ -334,6 +334,15 @@ impl MvccStore {
     /// under it and ranges after releasing it, so a long range never holds back a writer.
     pub fn read_view(&self) -> Result<ReadView, StoreError> {
         Ok(ReadView { txn: self.db.begin_read().at(&self.place, READ)?, place: self.place.clone() })
+    }
+
+    /// Whether a compaction left history to reclaim (`Batch::compact_step`), as of the last
+    /// commit.
+    pub fn compaction_pending(&self) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().at(&self.place, READ)?;
+        let revs = txn.open_table(REVS).at(&self.place, READ)?;
+        let first = revs.first().at(&self.place, READ)?;
+        Ok(first.is_some_and(|(k, _)| k.value().0 <= self.compacted_revision()))
     }
 
     /// A state-machine record at the latest committed state.
@@ -1100,23 +1109,37 @@ impl Batch {
         if rev > self.revision {
             return Ok(Err(MvccError::FutureRev));
         }
-        let res = self.compact_inner(rev);
-        self.note(res)?;
+        // As etcd: the compaction takes effect at once (reads below it are refused from this
+        // batch on), and the space is reclaimed later, a bounded chunk at a time
+        // (`compact_step`), so that no batch holds the Raft loop for the whole history.
         self.compacted = rev;
         Ok(Ok(CompactResponse { revision: self.revision }))
     }
 
-    fn compact_inner(&mut self, rev: Revision) -> Result<(), StoreError> {
+    /// Reclaims one chunk (`COMPACT_CHUNK` revisions) of the history that compactions made
+    /// unreadable: the oldest `revs` entries at or below the compacted revision, with every
+    /// version of their keys that no read at or above it can see. The `revs` table is the
+    /// cursor: what was reclaimed is gone from it. Returns whether more remains. Reads are the
+    /// same before and after, since a read at or above the compacted revision sees each key's
+    /// newest version at or below it, which stays.
+    pub fn compact_step(&mut self) -> Result<bool, StoreError> {
+        self.check_usable()?;
+        let rev = self.compacted;
+        let res = self.compact_chunk(rev);
+        self.note(res)
+    }
+
+    fn compact_chunk(&mut self, rev: Revision) -> Result<bool, StoreError> {
         let place = &self.place;
         let mut kv = self.txn.open_table(KV).at(place, WRITE)?;
         let mut revs = self.txn.open_table(REVS).at(place, WRITE)?;
-        loop {
+        {
             let mut chunk: Vec<((i64, u32), Vec<u8>)> = Vec::new();
             for entry in revs.range::<(i64, u32)>(..=(rev, u32::MAX)).at(place, WRITE)?.take(COMPACT_CHUNK) {
                 let (k, v) = entry.at(place, WRITE)?;
                 chunk.push((k.value(), v.value().to_vec()));
             }
-            let Some((last, _)) = chunk.last() else { return Ok(()) };
+            let Some((last, _)) = chunk.last() else { return Ok(false) };
             let last = *last;
             // A key may appear more than once in the chunk: the first visit does all the work.
             let mut done: BTreeSet<&[u8]> = BTreeSet::new();
@@ -1138,6 +1161,8 @@ impl Batch {
             }
             revs.retain_in::<(i64, u32), _>(..=last, |_, _| false).at(place, WRITE)?;
         }
+        let more = revs.range::<(i64, u32)>(..=(rev, u32::MAX)).at(place, WRITE)?.next().is_some();
+        Ok(more)
     }
 
     /// Fills an empty store with each key's latest version and no history before `revision`

@@ -275,7 +275,13 @@ fn apply_batch(batch: &mut Batch, op: &Op) -> Result<Outcome, StoreError> {
         Op::Put(r) => Outcome::Put(batch.put(r)?),
         Op::Delete(r) => Outcome::Delete(batch.delete_range(r)?),
         Op::Txn(r) => Outcome::Txn(batch.txn(r)?),
-        Op::Compact(r) => Outcome::Compact(batch.compact(*r)?),
+        Op::Compact(r) => {
+            let outcome = batch.compact(*r)?;
+            // Reclaimed at once here, so that the stored versions can be compared with the
+            // model's (`compacted_history_is_reclaimed_in_bounded_steps` covers the steps).
+            while batch.compact_step()? {}
+            Outcome::Compact(outcome)
+        }
     })
 }
 
@@ -511,6 +517,7 @@ fn compaction_frees_old_versions_and_their_revs_entries() {
     let mut batch = store.begin().unwrap();
     batch.delete_range(&DeleteRangeRequest { key: b("b"), ..Default::default() }).unwrap().unwrap(); // 53
     batch.compact(53).unwrap().unwrap();
+    while batch.compact_step().unwrap() {}
     {
         let kv = batch.write_txn().open_table(KV).unwrap();
         let revs = batch.write_txn().open_table(REVS).unwrap();
@@ -810,6 +817,7 @@ fn a_snapshot_shows_its_point_in_time_while_writes_go_on_and_chunks_are_bounded(
     batch.delete_range(&DeleteRangeRequest { key: b("k"), range_end: b("l"), prev_kv: false }).unwrap().unwrap();
     batch.put(&put_req("new", "1")).unwrap().unwrap();
     batch.compact(43).unwrap().unwrap();
+    while batch.compact_step().unwrap() {}
     batch.commit(true).unwrap();
     let chunks = collect(reader);
     assert!(chunks.len() >= 4, "4 MB make several chunks");
@@ -965,4 +973,50 @@ fn a_read_view_keeps_its_point_in_time_while_writes_go_on() {
     let now = read(&store, &all_at(0)).unwrap();
     assert_eq!(now.kvs.len(), 2, "a new range sees the later commits: {now:?}");
     assert!(matches!(view.range(&RangeRequest::default()), Err(ReadError::Mvcc(MvccError::EmptyKey))));
+}
+
+/// A compaction takes effect at once and is reclaimed in chunks of `COMPACT_CHUNK` revisions:
+/// reads are the same before, during and after, and once every step ran only each key's
+/// newest live version at or below the compacted revision is left.
+#[test]
+fn compacted_history_is_reclaimed_in_bounded_steps() {
+    let store = MvccStore::in_memory();
+    let mut m = Model::new();
+    for i in 0..3000 {
+        let key = if i % 3 == 0 { "b" } else { "a" };
+        let req = put_req(key, &i.to_string());
+        let mut batch = store.begin().unwrap();
+        assert_eq!(batch.put(&req).unwrap(), m.put(&req));
+        batch.commit(false).unwrap();
+    }
+    let delete = DeleteRangeRequest { key: b("b"), ..Default::default() };
+    let mut batch = store.begin().unwrap();
+    assert_eq!(batch.delete_range(&delete).unwrap(), m.delete_range(&delete));
+    batch.commit(false).unwrap();
+    let compact_to = m.revision();
+    let mut batch = store.begin().unwrap();
+    assert_eq!(batch.compact(compact_to).unwrap(), m.compact(compact_to));
+    batch.commit(false).unwrap();
+    assert!(store.compaction_pending().unwrap(), "nothing reclaimed yet");
+    assert_eq!(read(&store, &all_at(compact_to)), m.range(&all_at(compact_to)));
+    assert_eq!(read(&store, &all_at(compact_to - 1)), Err(MvccError::Compacted));
+    let mut steps = 0;
+    loop {
+        let mut batch = store.begin().unwrap();
+        let more = batch.compact_step().unwrap();
+        batch.commit(false).unwrap();
+        steps += 1;
+        assert_eq!(read(&store, &all_at(0)), m.range(&all_at(0)), "after step {steps}");
+        if !more {
+            break;
+        }
+        assert!(steps < 10, "3001 revisions take 3 chunks of {}", super::engine::COMPACT_CHUNK);
+    }
+    assert_eq!(steps, 3);
+    assert!(!store.compaction_pending().unwrap());
+    compare_whole(&store, &m, "reclaimed");
+    let txn = store.db().begin_read().unwrap();
+    let kv = txn.open_table(KV).unwrap();
+    assert_eq!(stored_revisions(&kv, b"a"), [compact_to - 1], "only the newest version of a");
+    assert_eq!(stored_revisions(&kv, b"b"), Vec::<Revision>::new(), "b's tombstone and history are gone");
 }
