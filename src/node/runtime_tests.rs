@@ -267,6 +267,26 @@ fn a_state_machine_ahead_of_a_snapshot_stays_and_skips_what_it_applied() {
 }
 
 #[test]
+fn the_loop_reclaims_compacted_history_after_the_compact_applies() {
+    let mut m = member();
+    m.append(4, 1300, 1);
+    let revision = read(&m.lp.shared.kv).current_revision();
+    let compact = encode(&Command::Compact { revision });
+    let entry = Entry { index: 1301, term: TERM, payload: EntryPayload::Command(compact) };
+    m.step(MessageBody::Append { prev_index: 1300, prev_term: TERM, entries: vec![entry], commit: 1301 });
+    for _ in 0..100 {
+        if !read(&m.lp.shared.kv).compaction_pending() {
+            break;
+        }
+        m.lp.drive();
+    }
+    let kv = read(&m.lp.shared.kv);
+    assert_eq!(kv.compacted_revision(), revision);
+    assert!(!kv.compaction_pending(), "the history below {revision} is reclaimed");
+    assert_eq!(kv.get("key").map(|kv| kv.value), Some(Bytes::from("1300")));
+}
+
+#[test]
 fn a_snapshot_stream_waiting_for_a_member_that_left_is_dropped() {
     let mut m = member();
     for id in [3, 9] {
