@@ -27,6 +27,11 @@ use crate::store::{KvStore, Storage};
 /// How long one pass of the Raft loop may spend reclaiming compacted history.
 const RECLAIM_SLICE: Duration = Duration::from_millis(5);
 
+/// How often the state machine is committed durably (as etcd's backend batch interval, 100 ms),
+/// whether or not a snapshot is due: each durable commit then writes out only what the last
+/// interval changed, instead of a whole snapshot interval's pages at once on the Raft thread.
+const PERSIST_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Milliseconds per tick of the core.
 pub const TICK_MS: u64 = 10;
 /// Inputs waiting for the loop; beyond this, requests are refused (503) and peer messages
@@ -154,6 +159,9 @@ pub struct RaftLoop {
     retry_at: Instant,
     storage_failure: Option<StorageFailure>,
     last_snapshot_index: Index,
+    /// When the state machine was last committed durably (or tried), and how often it is.
+    last_persist: Instant,
+    persist_interval: Duration,
     last_leader: Option<NodeId>,
     /// Members whose `Command::Seen` this leader proposed in term `marking.0`.
     marking: (Term, std::collections::BTreeSet<NodeId>),
@@ -191,6 +199,8 @@ impl RaftLoop {
             retry_at: Instant::now(),
             storage_failure: None,
             last_snapshot_index,
+            last_persist: Instant::now(),
+            persist_interval: PERSIST_INTERVAL,
             last_leader: None,
             marking: (0, std::collections::BTreeSet::new()),
             shutdown: None,
@@ -389,6 +399,7 @@ impl RaftLoop {
         self.mark_members_with_data();
         self.hand_off_if_halted();
         self.reclaim_compacted();
+        self.persist_periodically();
         self.maybe_snapshot();
         self.publish();
     }
@@ -809,6 +820,23 @@ impl RaftLoop {
         }
     }
 
+    /// Commits the state machine durably every `PERSIST_INTERVAL` while it changes. The WAL
+    /// stays the source of truth (a crash loses nothing: the log replays from the last durable
+    /// commit); this only keeps each durable commit, and so each stall of this loop, small.
+    fn persist_periodically(&mut self) {
+        if self.halted.is_some() || self.last_persist.elapsed() < self.persist_interval {
+            return;
+        }
+        let mut kv = write(&self.shared.kv);
+        if !kv.has_unpersisted() {
+            return;
+        }
+        self.last_persist = Instant::now();
+        if let Err(e) = kv.persist() {
+            tracing::warn!(error = %e, "could not make the state machine durable; the log keeps it until it works");
+        }
+    }
+
     /// Compacts the log into a snapshot of the state machine every `snapshot_threshold` entries.
     /// The core labels the snapshot with its own applied index, so only a state machine that
     /// applied exactly that far is saved (never one that is halted or out of step).
@@ -828,6 +856,7 @@ impl RaftLoop {
             // learned they are committed): the snapshot waits until the core catches up.
             return;
         }
+        self.last_persist = Instant::now();
         let persisted = write(&self.shared.kv).persist();
         // The state machine is its own snapshot: once it is durable up to `applied`, the log up
         // to there can go. The snapshot the core and the storage keep is only its metadata.

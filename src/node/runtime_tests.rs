@@ -287,6 +287,19 @@ fn the_loop_reclaims_compacted_history_after_the_compact_applies() {
 }
 
 #[test]
+fn the_loop_commits_the_state_machine_durably_between_snapshots() {
+    let mut m = member();
+    m.lp.snapshot_threshold = 1_000_000;
+    m.lp.persist_interval = Duration::from_secs(3600);
+    m.append(4, 10, 1);
+    assert!(read(&m.lp.shared.kv).has_unpersisted(), "applied and flushed, not yet durable");
+    m.lp.persist_interval = Duration::ZERO;
+    m.lp.drive();
+    assert!(!read(&m.lp.shared.kv).has_unpersisted(), "committed durably although no snapshot is due");
+    assert_eq!(m.lp.raw.raft.log().base().index, 3, "no snapshot was taken: the log is kept");
+}
+
+#[test]
 fn a_snapshot_stream_waiting_for_a_member_that_left_is_dropped() {
     let mut m = member();
     for id in [3, 9] {

@@ -99,6 +99,8 @@ pub struct KvStore {
     table: MemberTable,
     /// A compaction left history to reclaim (`compact_step`).
     compaction_pending: bool,
+    /// Commits since the last durable one: what a crash now would lose (and the log replays).
+    unpersisted: bool,
 }
 
 impl std::fmt::Debug for KvStore {
@@ -173,7 +175,7 @@ impl KvStore {
         };
         check_members(&table.members)?;
         let compaction_pending = store.compaction_pending()?;
-        Ok(KvStore { store, path, batch: None, failure: None, applied, table, compaction_pending })
+        Ok(KvStore { store, path, batch: None, failure: None, applied, table, compaction_pending, unpersisted: false })
     }
 
     /// The database file (`None` in memory).
@@ -341,9 +343,6 @@ impl KvStore {
         }
     }
 
-    /// Commits what `apply` changed since the last flush, without waiting for the disk (see
-    /// the module doc). After a storage failure it rolls the batch back, reloads the state the
-    /// database holds, and reports the failure.
     /// A compaction left history to reclaim (`compact_step`).
     pub fn compaction_pending(&self) -> bool {
         self.compaction_pending && self.failure.is_none()
@@ -374,8 +373,16 @@ impl KvStore {
         self.compaction_pending && self.failure.is_none()
     }
 
+    /// Commits what `apply` changed since the last flush, without waiting for the disk (see
+    /// the module doc). After a storage failure it rolls the batch back, reloads the state the
+    /// database holds, and reports the failure.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         self.commit(false)
+    }
+
+    /// Whether something was committed since the last durable commit (`persist`).
+    pub fn has_unpersisted(&self) -> bool {
+        self.unpersisted || self.batch.is_some()
     }
 
     /// Commits everything applied so far durably: the log up to `applied_index()` may then be
@@ -385,6 +392,7 @@ impl KvStore {
     }
 
     fn commit(&mut self, durable: bool) -> Result<(), StoreError> {
+        let had_batch = self.batch.is_some();
         let failed = match (self.failure.take(), self.batch.take()) {
             (Some(why), _) => Err(StoreError::Database {
                 action: "apply committed entries",
@@ -395,6 +403,9 @@ impl KvStore {
             (None, None) if durable => self.store.begin().and_then(|b| b.commit(true)),
             (None, None) => Ok(()),
         };
+        if failed.is_ok() {
+            self.unpersisted = !durable && (self.unpersisted || had_batch);
+        }
         if failed.is_err() {
             // The batch is gone: what is in memory must be what the database holds.
             if let Ok(reloaded) = KvStore::reload(&self.store) {

@@ -1001,6 +1001,12 @@ fn compacted_history_is_reclaimed_in_bounded_steps() {
     assert!(store.compaction_pending().unwrap(), "nothing reclaimed yet");
     assert_eq!(read(&store, &all_at(compact_to)), m.range(&all_at(compact_to)));
     assert_eq!(read(&store, &all_at(compact_to - 1)), Err(MvccError::Compacted));
+    // A stream taken before anything is reclaimed carries no unreadable history.
+    let early = collect(store.snapshot().unwrap());
+    let installed = MvccStore::install_in_memory(joined(&early).as_slice()).unwrap();
+    assert!(!installed.compaction_pending().unwrap(), "the stream left the superseded versions out");
+    check_store_tables(&installed);
+    compare_whole(&installed, &m, "installed before reclaiming");
     let mut steps = 0;
     loop {
         let mut batch = store.begin().unwrap();
@@ -1020,4 +1026,6 @@ fn compacted_history_is_reclaimed_in_bounded_steps() {
     let kv = txn.open_table(KV).unwrap();
     assert_eq!(stored_revisions(&kv, b"a"), [compact_to - 1], "only the newest version of a");
     assert_eq!(stored_revisions(&kv, b"b"), Vec::<Revision>::new(), "b's tombstone and history are gone");
+    let late = collect(store.snapshot().unwrap());
+    assert_eq!(joined(&early), joined(&late), "the same stream before and after reclaiming");
 }

@@ -52,6 +52,13 @@ type KvRange = Range<'static, (&'static [u8], i64), &'static [u8]>;
 type RevsRange = Range<'static, (i64, u32), &'static [u8]>;
 type StateRange = Range<'static, &'static str, i64>;
 type MetaRange = Range<'static, &'static str, &'static [u8]>;
+/// A `kv` entry read out of its table: key, revision, record.
+type KvEntry = (Vec<u8>, i64, Vec<u8>);
+
+fn owned(entry: (redb::AccessGuard<'_, (&[u8], i64)>, redb::AccessGuard<'_, &[u8]>)) -> KvEntry {
+    let (key, rev) = entry.0.value();
+    (key.to_vec(), rev, entry.1.value().to_vec())
+}
 
 /// The chunks of one snapshot, read from a redb read transaction: an iterator of `Bytes` of
 /// [`CHUNK_BYTES`] each (the last one shorter). Holding it keeps that point in time readable
@@ -62,6 +69,8 @@ pub struct SnapshotReader {
     state: StateRange,
     meta: MetaRange,
     kv: KvRange,
+    /// The `kv` entry read ahead (to see whether a key has a newer version).
+    kv_ahead: Option<KvEntry>,
     revs: RevsRange,
     /// Which table is being read: TAG_STATE..=TAG_REVS, then TAG_END, then done.
     stage: u8,
@@ -86,13 +95,19 @@ impl MvccStore {
         let state = state_table.range::<&str>(..).at(&place, open)?;
         let meta = txn.open_table(META).at(&place, open)?.range::<&str>(..).at(&place, open)?;
         let kv = txn.open_table(KV).at(&place, open)?.range::<(&[u8], i64)>(..).at(&place, open)?;
-        let revs = txn.open_table(REVS).at(&place, open)?.range::<(i64, u32)>(..).at(&place, open)?;
+        // Entries at or below the compacted revision are ones a reclaim has yet to delete.
+        let revs = txn
+            .open_table(REVS)
+            .at(&place, open)?
+            .range::<(i64, u32)>((compacted.saturating_add(1), 0)..)
+            .at(&place, open)?;
         let mut reader = SnapshotReader {
             _txn: txn,
             place,
             state,
             meta,
             kv,
+            kv_ahead: None,
             revs,
             stage: TAG_STATE,
             buf: Vec::with_capacity(CHUNK_BYTES + 4096),
@@ -178,6 +193,35 @@ impl SnapshotReader {
         self.append(bytes);
     }
 
+    /// The next `kv` entry of the store as if every compaction had been reclaimed: of each
+    /// key's versions at or below the compacted revision only the newest, and not even that
+    /// when it is a tombstone. So a stream is the same whether or not the reclaiming
+    /// (`Batch::compact_step`) has finished, and never carries history nobody can read.
+    fn next_kv(&mut self) -> Result<Option<KvEntry>, StoreError> {
+        let read = "read a snapshot of the state-machine database";
+        loop {
+            let current = match self.kv_ahead.take() {
+                Some(entry) => entry,
+                None => match self.kv.next() {
+                    Some(entry) => owned(entry.at(&self.place, read)?),
+                    None => return Ok(None),
+                },
+            };
+            if current.1 > self.compacted {
+                return Ok(Some(current));
+            }
+            self.kv_ahead = match self.kv.next() {
+                Some(entry) => Some(owned(entry.at(&self.place, read)?)),
+                None => None,
+            };
+            let superseded = self.kv_ahead.as_ref().is_some_and(|next| next.0 == current.0 && next.1 <= self.compacted);
+            if superseded || !Record::is_live(&current.2).map_err(|d| self.place.corrupt(d))? {
+                continue;
+            }
+            return Ok(Some(current));
+        }
+    }
+
     /// Appends the next record (or the trailer); false when the stream is complete.
     fn next_record(&mut self) -> Result<bool, StoreError> {
         let read = "read a snapshot of the state-machine database";
@@ -204,14 +248,12 @@ impl SnapshotReader {
                     }
                     None => self.stage = TAG_KV,
                 },
-                TAG_KV => match self.kv.next() {
-                    Some(entry) => {
-                        let (k, v) = entry.at(&place, read)?;
-                        let (key, rev) = k.value();
+                TAG_KV => match self.next_kv()? {
+                    Some((key, rev, value)) => {
                         self.append(&[TAG_KV]);
-                        self.append_field(key);
+                        self.append_field(&key);
                         self.append(&rev.to_be_bytes());
-                        self.append_field(v.value());
+                        self.append_field(&value);
                         break;
                     }
                     None => self.stage = TAG_REVS,
