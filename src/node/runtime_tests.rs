@@ -287,16 +287,36 @@ fn the_loop_reclaims_compacted_history_after_the_compact_applies() {
 }
 
 #[test]
-fn the_loop_commits_the_state_machine_durably_between_snapshots() {
+fn the_state_machine_file_is_synced_in_the_background_until_stopped() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = member();
+    let live = m.dir.path().join("kv.db");
+    *write(&m.lp.shared.kv) = KvStore::open(&live).expect("a state machine on disk");
+    let sync = BackgroundSync::start(m.lp.shared.clone(), Duration::from_millis(1));
+    for _ in 0..5_000 {
+        if sync.done.load(Relaxed) >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let done = sync.done.clone();
+    assert!(done.load(Relaxed) >= 3, "synced {} times", done.load(Relaxed));
+    drop(sync);
+    let after_stop = done.load(Relaxed);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(done.load(Relaxed), after_stop, "the thread stopped with its guard");
+}
+
+#[test]
+fn a_snapshot_keeps_catch_up_entries_in_the_log_behind_it() {
     let mut m = member();
-    m.lp.snapshot_threshold = 1_000_000;
-    m.lp.persist_interval = Duration::from_secs(3600);
-    m.append(4, 10, 1);
-    assert!(read(&m.lp.shared.kv).has_unpersisted(), "applied and flushed, not yet durable");
-    m.lp.persist_interval = Duration::ZERO;
-    m.lp.drive();
-    assert!(!read(&m.lp.shared.kv).has_unpersisted(), "committed durably although no snapshot is due");
-    assert_eq!(m.lp.raw.raft.log().base().index, 3, "no snapshot was taken: the log is kept");
+    m.lp.snapshot_threshold = 10;
+    m.append(4, 20, 1);
+    let log = m.lp.raw.raft.log();
+    assert_eq!(log.base().index, 15, "the snapshot is 5 entries (half the interval) behind the applied index");
+    assert_eq!(log.entries().first().map(|e| e.index), Some(16), "a follower at 15 catches up from the log");
+    assert_eq!(read(&m.lp.shared.kv).applied_index(), 20);
+    assert!(!read(&m.lp.shared.kv).has_unpersisted(), "the state machine is durable up to 20");
 }
 
 #[test]

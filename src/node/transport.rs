@@ -695,7 +695,10 @@ async fn receive_streamed_snapshot(server: &PeerServer, body: Body) -> Result<Me
     fed.map_err(bad)?;
     let mut kv = staged.map_err(|e| bad(format!("the snapshot cannot be installed: {e}")))?;
     kv.check_against(index, term).map_err(|e| bad(e.to_string()))?;
-    *lock(&server.shared.staged) = Some(StagedSnapshot { index, term, kv });
+    let replaced = lock(&server.shared.staged).replace(StagedSnapshot { index, term, kv });
+    if let Some(old) = replaced {
+        old.kv.discard();
+    }
     Ok(message)
 }
 

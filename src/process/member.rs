@@ -28,7 +28,7 @@ use crate::node::transport::{self, PeerLimits, PeerServer, Transport, MEMBERS_PA
 use crate::node::NodeHandle;
 use crate::raft::{Config, InitialState, Raft, RawNode, Role};
 use crate::store::command::{encode, MemberInfo};
-use crate::store::kv::staging_path;
+use crate::store::kv::{is_staging_file, staging_path};
 use crate::store::{open_data_dir, write_meta, DataDir, DurableState, KvStore, MemberMeta, Storage};
 
 /// Runs a member until SIGTERM/SIGINT. Blocking; builds its own runtime.
@@ -253,9 +253,12 @@ pub const STATE_FILE: &str = "kv.db";
 /// but never installed is thrown away.
 fn restore_state_machine(args: &NodeArgs, state: &InitialState) -> Result<KvStore, StartError> {
     let path = args.data_dir.join(STATE_FILE);
-    let staged = staging_path(&path);
-    for leftover in [staged.clone(), staged.with_extension("staged.installing"), path.with_extension("db.installing")] {
-        if leftover.exists() {
+    let listed = std::fs::read_dir(&args.data_dir)
+        .map_err(|e| StartError::from(format!("cannot list {}: {e}", args.data_dir.display())))?;
+    for entry in listed.flatten() {
+        let name = entry.file_name();
+        if is_staging_file(STATE_FILE, &name.to_string_lossy()) {
+            let leftover = entry.path();
             std::fs::remove_file(&leftover)
                 .map_err(|e| StartError::from(format!("cannot remove {}: {e}", leftover.display())))?;
         }
@@ -299,6 +302,7 @@ fn restore_state_machine(args: &NodeArgs, state: &InitialState) -> Result<KvStor
     }
     // A snapshot whose state travels in it (kuberaft 0.1 or 0.2, or one such a leader sent):
     // carried into a new database, which replaces the one behind it.
+    let staged = staging_path(&path);
     let carried = KvStore::from_legacy_snapshot(Some(&staged), s).map_err(|e| {
         let _ = std::fs::remove_file(&staged);
         unreadable(s, e.to_string())

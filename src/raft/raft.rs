@@ -422,7 +422,15 @@ impl Raft {
     /// Folds everything applied into a snapshot whose state-machine image is `data`, and drops
     /// those entries from the log (§7).
     pub fn compact(&mut self, data: Bytes) -> Result<SnapshotMeta, ProposeError> {
-        let index = self.log.applied;
+        self.compact_keeping(data, 0)
+    }
+
+    /// As `compact`, but keeps the last `keep` applied entries in the log (etcd's
+    /// `SnapshotCatchUpEntries`): a follower only a little behind then catches up from the log
+    /// instead of needing the whole state machine. The snapshot is at `applied - keep`; a
+    /// state machine that applied further is a sound image of it (its entries are a prefix).
+    pub fn compact_keeping(&mut self, data: Bytes, keep: u64) -> Result<SnapshotMeta, ProposeError> {
+        let index = self.log.applied.saturating_sub(keep);
         let term = self.log.term(index);
         match term {
             Some(term) if index > self.log.base().index && self.log.pending_snapshot.is_none() => {

@@ -642,11 +642,33 @@ impl Default for KvStore {
     }
 }
 
-/// Where a state machine received from a leader is built, beside the live one at `live`.
+/// Where a state machine received from a leader is built, beside the live one at `live`: a
+/// new name for each, so that two streams (from an old and a new leader) never build into, or
+/// rename over, the same file. `is_staging_file` recognises them all.
 pub fn staging_path(live: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let mut name = live.as_os_str().to_owned();
-    name.push(".staged");
+    name.push(format!(".staged.{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     PathBuf::from(name)
+}
+
+/// Whether `file` (a name in the data directory) is a state machine staged beside the live one
+/// `live_name`, or one being built: left over when a member stopped before installing it.
+pub fn is_staging_file(live_name: &str, file: &str) -> bool {
+    file.strip_prefix(live_name).is_some_and(|rest| rest.starts_with(".staged") || rest == ".installing")
+}
+
+impl KvStore {
+    /// Closes a staged state machine that will not be installed and removes its file.
+    pub fn discard(self) {
+        let path = self.path.clone();
+        drop(self);
+        if let Some(path) = path {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a staged state machine");
+            }
+        }
+    }
 }
 
 /// Decodes a snapshot body of formats 1 to 3: what was applied, the revision, each key's latest
@@ -1027,12 +1049,41 @@ mod tests {
     }
 
     #[test]
+    fn each_stream_stages_under_its_own_name_and_a_discarded_one_leaves_no_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let live = dir.path().join("kv.db");
+        let mut source = Applier::new();
+        source.put("k", "v", None);
+        let (first, second) = (staging_path(&live), staging_path(&live));
+        assert_ne!(first, second, "two streams never share a file");
+        let stage = |path: &Path| {
+            KvStore::stage(Some(path), ChunkReader::new(source.store.snapshot().expect("snapshot"))).expect("stage")
+        };
+        let (a, b) = (stage(&first), stage(&second));
+        assert!(first.exists() && second.exists());
+        a.discard();
+        assert!(!first.exists(), "a discarded stage is removed");
+        assert_eq!(observable(&b), observable(&source.store), "the other one is untouched");
+        for (name, staging) in [
+            ("kv.db.staged.7", true),
+            ("kv.db.staged.7.installing", true),
+            ("kv.db.staged", true),
+            ("kv.db.installing", true),
+            ("kv.db", false),
+            ("wal", false),
+            ("kv.dbx.staged.1", false),
+        ] {
+            assert_eq!(is_staging_file("kv.db", name), staging, "{name}");
+        }
+    }
+
+    #[test]
     fn a_damaged_snapshot_stream_is_refused_and_leaves_nothing_behind() {
         let mut kv = Applier::new();
         kv.put("a", "1", None);
         let bytes: Vec<u8> = kv.store.snapshot().expect("snapshot").flat_map(|c| c.expect("chunk").to_vec()).collect();
         let dir = tempfile::tempdir().expect("tempdir");
-        let staging = dir.path().join("kv.db.staged");
+        let staging = staging_path(&dir.path().join("kv.db"));
         for cut in [0, 8, bytes.len() / 2, bytes.len() - 1] {
             let input = std::io::Cursor::new(bytes[..cut].to_vec());
             assert!(KvStore::stage(Some(&staging), input).is_err(), "a stream cut at {cut} was taken");
