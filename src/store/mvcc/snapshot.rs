@@ -11,7 +11,7 @@
 //!   0x02 meta:  name, value (u32 length + bytes)
 //!   0x03 kv:    key, main revision i64, record (u32 length + bytes, as the `kv` table holds it)
 //!   0x04 revs:  main i64, sub u32, key
-//! trailer: 0xff, record count u64, FNV-1a-64 of every byte before the checksum u64
+//! trailer: 0xff, record count u64, CRC-32 (IEEE) of every byte before the checksum u32
 //! ```
 //!
 //! [`MvccStore::install`] reads it record by record (no length read off the stream allocates
@@ -28,7 +28,6 @@ use redb::{Builder, Database, Durability, Range, ReadTransaction, ReadableDataba
 
 use super::engine::{read_state, At, MvccStore, Place, Record, DEFAULT_CACHE_BYTES, KV, META, REVS, STATE};
 use super::types::Revision;
-use crate::base::ids::Fnv1a;
 use crate::store::StoreError;
 
 /// The first bytes of every MVCC snapshot stream.
@@ -75,7 +74,7 @@ pub struct SnapshotReader {
     /// Which table is being read: TAG_STATE..=TAG_REVS, then TAG_END, then done.
     stage: u8,
     buf: Vec<u8>,
-    hash: Fnv1a,
+    hash: crc32fast::Hasher,
     records: u64,
     done: bool,
     revision: Revision,
@@ -111,7 +110,7 @@ impl MvccStore {
             revs,
             stage: TAG_STATE,
             buf: Vec::with_capacity(CHUNK_BYTES + 4096),
-            hash: Fnv1a::new(),
+            hash: crc32fast::Hasher::new(),
             records: 0,
             done: false,
             revision,
@@ -182,7 +181,7 @@ impl SnapshotReader {
     }
 
     fn append(&mut self, bytes: &[u8]) {
-        self.hash.write(bytes);
+        self.hash.update(bytes);
         self.buf.extend_from_slice(bytes);
     }
 
@@ -274,7 +273,7 @@ impl SnapshotReader {
                     self.append(&[TAG_END]);
                     let count = self.records;
                     self.append(&count.to_be_bytes());
-                    let checksum = self.hash.finish();
+                    let checksum = self.hash.clone().finalize();
                     self.buf.extend_from_slice(&checksum.to_be_bytes());
                     self.stage = 0;
                     return Ok(false);
@@ -353,7 +352,7 @@ where
 /// Reads the stream, hashing what it reads.
 struct Input<R> {
     inner: R,
-    hash: Fnv1a,
+    hash: crc32fast::Hasher,
     offset: u64,
     records: u64,
 }
@@ -372,7 +371,7 @@ impl<R: Read> Input<R> {
             }
         })?;
         if hashed {
-            self.hash.write(out);
+            self.hash.update(out);
         }
         self.offset += out.len() as u64;
         Ok(())
@@ -422,7 +421,7 @@ impl<R: Read> Input<R> {
                 self.records
             )));
         }
-        self.hash.write(&out);
+        self.hash.update(&out);
         self.offset += len;
         Ok(out)
     }
@@ -430,7 +429,7 @@ impl<R: Read> Input<R> {
 
 /// Fills the empty database `db` from a snapshot stream; the last commit is durable.
 fn install_into(db: &Database, place: &Place, input: impl Read) -> Result<(), StoreError> {
-    let mut input = Input { inner: input, hash: Fnv1a::new(), offset: 0, records: 0 };
+    let mut input = Input { inner: input, hash: crc32fast::Hasher::new(), offset: 0, records: 0 };
     let magic = input.array::<8>()?;
     if &magic != SNAPSHOT_MAGIC {
         return Err(bad("not an MVCC snapshot of kuberaft (wrong magic bytes)"));
@@ -527,8 +526,8 @@ fn install_part<R: Read>(
             }
             TAG_END => {
                 let count = input.u64()?;
-                let expected = input.hash.finish();
-                let mut checksum = [0u8; 8];
+                let expected = input.hash.clone().finalize();
+                let mut checksum = [0u8; 4];
                 input.fill(&mut checksum, false)?;
                 if count != input.records {
                     return Err(bad(format!(
@@ -536,7 +535,7 @@ fn install_part<R: Read>(
                         input.records
                     )));
                 }
-                if u64::from_be_bytes(checksum) != expected {
+                if u32::from_be_bytes(checksum) != expected {
                     return Err(bad("the MVCC snapshot fails its checksum: it was damaged on the way"));
                 }
                 let mut extra = [0u8; 1];
