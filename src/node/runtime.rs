@@ -27,9 +27,6 @@ use crate::store::{KvStore, Storage};
 /// How long one pass of the Raft loop may spend reclaiming compacted history.
 const RECLAIM_SLICE: Duration = Duration::from_millis(5);
 
-/// How often the state machine's file is synced in the background (see `BackgroundSync`).
-const BACKGROUND_SYNC: Duration = Duration::from_millis(50);
-
 /// Entries a snapshot leaves in the log behind the applied index, as etcd's
 /// `SnapshotCatchUpEntries`: a follower a little behind catches up from the log, not by a
 /// transfer of the whole state machine. At most half the snapshot interval, so a small
@@ -210,7 +207,6 @@ impl RaftLoop {
 
     /// Runs until shut down or every sender is gone.
     pub fn run(mut self) {
-        let _sync = BackgroundSync::start(self.shared.clone(), BACKGROUND_SYNC);
         let tick = Duration::from_millis(TICK_MS);
         let mut next_tick = Instant::now() + tick;
         loop {
@@ -701,7 +697,7 @@ impl RaftLoop {
         });
         match installed {
             Ok(()) => {
-                self.last_snapshot_index = index;
+                self.last_snapshot_index = applied;
                 self.shared.metrics.snapshots_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(index, term, "installed snapshot");
                 let members = read(&self.shared.kv).members();
@@ -860,7 +856,9 @@ impl RaftLoop {
                 } else {
                     tracing::debug!(index, "snapshot taken, log compacted");
                 }
-                self.last_snapshot_index = index;
+                // The next one is due `snapshot_threshold` entries after this one's applied
+                // index (the log base trails it by the catch-up entries).
+                self.last_snapshot_index = applied;
                 self.shared.metrics.observe_snapshot(started.elapsed());
             }
             Err(e) => tracing::debug!(error = %e, "no snapshot"),
@@ -923,73 +921,3 @@ pub fn note_peer_urls(shared: &Shared, id: NodeId, peer_url: Option<&str>, clien
 #[cfg(test)]
 #[path = "runtime_tests.rs"]
 mod tests;
-
-/// Starts writing the state machine's file (`kv.db`) back to disk every `every`, on its own
-/// thread, until dropped. redb writes the pages of its non-durable commits to the file (beyond
-/// a write buffer of half its cache) without syncing them, so the durable commit before each
-/// log compaction used to write out and sync a whole snapshot interval's pages on the Raft
-/// thread: 216 ms on average at 1M keys. With those pages already written, it syncs little more
-/// than redb's write buffer. This is `sync_file_range(SYNC_FILE_RANGE_WRITE)`, as RocksDB's
-/// `bytes_per_sync`: it starts the writeback and does not wait for it, flush the device's cache
-/// or commit the file system's journal, so the WAL's own fsyncs do not queue behind it (an
-/// `fdatasync` every 50 ms did that: the put p99 at 10k keys tripled). It is safe at any time:
-/// it only writes pages sooner, and durability is still decided by redb's commit. The file is
-/// opened anew each time, so a state machine replaced by a snapshot is followed.
-pub(crate) struct BackgroundSync {
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    /// Syncs done (for tests).
-    pub(crate) done: Arc<std::sync::atomic::AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl BackgroundSync {
-    pub(crate) fn start(shared: Arc<Shared>, every: Duration) -> BackgroundSync {
-        use std::sync::atomic::Ordering::Relaxed;
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (stopping, counting) = (stop.clone(), done.clone());
-        let thread = std::thread::Builder::new()
-            .name("kv-sync".into())
-            .spawn(move || {
-                while !stopping.load(Relaxed) {
-                    std::thread::park_timeout(every);
-                    let path = read(&shared.kv).path().map(Path::to_path_buf);
-                    let Some(path) = path else { continue };
-                    // A failure here changes nothing: redb's durable commit syncs, and reports.
-                    if std::fs::File::open(&path).and_then(|f| start_writeback(&f)).is_ok() {
-                        counting.fetch_add(1, Relaxed);
-                    }
-                }
-            })
-            .map_err(|e| tracing::warn!(error = %e, "no background sync of the state machine"))
-            .ok();
-        BackgroundSync { stop, done, thread }
-    }
-}
-
-impl Drop for BackgroundSync {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Starts the writeback of `file`'s dirty pages without waiting for it (Linux); elsewhere it
-/// does nothing, and the durable commit writes them.
-fn start_writeback(file: &std::fs::File) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid descriptor owned by `file`; offset 0 and length 0 mean the whole file.
-        let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = file;
-    Ok(())
-}

@@ -287,27 +287,6 @@ fn the_loop_reclaims_compacted_history_after_the_compact_applies() {
 }
 
 #[test]
-fn the_state_machine_file_is_synced_in_the_background_until_stopped() {
-    use std::sync::atomic::Ordering::Relaxed;
-    let m = member();
-    let live = m.dir.path().join("kv.db");
-    *write(&m.lp.shared.kv) = KvStore::open(&live).expect("a state machine on disk");
-    let sync = BackgroundSync::start(m.lp.shared.clone(), Duration::from_millis(1));
-    for _ in 0..5_000 {
-        if sync.done.load(Relaxed) >= 3 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let done = sync.done.clone();
-    assert!(done.load(Relaxed) >= 3, "synced {} times", done.load(Relaxed));
-    drop(sync);
-    let after_stop = done.load(Relaxed);
-    std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(done.load(Relaxed), after_stop, "the thread stopped with its guard");
-}
-
-#[test]
 fn a_snapshot_keeps_catch_up_entries_in_the_log_behind_it() {
     let mut m = member();
     m.lp.snapshot_threshold = 10;
@@ -317,6 +296,13 @@ fn a_snapshot_keeps_catch_up_entries_in_the_log_behind_it() {
     assert_eq!(log.entries().first().map(|e| e.index), Some(16), "a follower at 15 catches up from the log");
     assert_eq!(read(&m.lp.shared.kv).applied_index(), 20);
     assert!(!read(&m.lp.shared.kv).has_unpersisted(), "the state machine is durable up to 20");
+    // The next snapshot is due 10 entries after the last one's applied index (20), not after
+    // the log's base (15).
+    m.append(21, 25, TERM);
+    assert_eq!(read(&m.lp.shared.kv).applied_index(), 25);
+    assert_eq!(m.lp.raw.raft.log().base().index, 15, "no snapshot at 25");
+    m.append(26, 30, TERM);
+    assert_eq!(m.lp.raw.raft.log().base().index, 25, "the next one at 30, keeping 5");
 }
 
 #[test]

@@ -59,12 +59,8 @@ pub(crate) const REVISION_NAME: &str = "revision";
 pub(crate) const COMPACTED_NAME: &str = "compacted";
 
 /// redb's page cache. redb's default (1 GiB) would let the cache, not the working set, set the
-/// member's memory; 16 MiB holds the upper B-tree levels of millions of keys. Half of it is
-/// redb's write buffer, which the durable commit before a log compaction writes out and syncs
-/// on the Raft thread: measured at 1M keys with the background sync, that commit took 116 ms
-/// with a 64 MiB cache, 57 ms with 16 MiB and 33 ms with 8 MiB, whose smaller read cache made
-/// ordinary batches slower (p99 5.6 ms against 3.9).
-pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
+/// member's memory; 64 MiB holds the upper B-tree levels of millions of keys.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
 /// How many `revs` entries compaction handles at a time (bounds its memory).
 pub(crate) const COMPACT_CHUNK: usize = 1024;
