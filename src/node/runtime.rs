@@ -697,7 +697,7 @@ impl RaftLoop {
         });
         match installed {
             Ok(()) => {
-                self.last_snapshot_index = applied;
+                self.last_snapshot_index = index;
                 self.shared.metrics.snapshots_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(index, term, "installed snapshot");
                 let members = read(&self.shared.kv).members();

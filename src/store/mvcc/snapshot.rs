@@ -24,7 +24,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use redb::{Builder, Database, Durability, Range, ReadTransaction, ReadableDatabase, WriteTransaction};
+use redb::{AccessGuard, Builder, Database, Durability, Range, ReadTransaction, ReadableDatabase, WriteTransaction};
 
 use super::engine::{read_state, At, MvccStore, Place, Record, DEFAULT_CACHE_BYTES, KV, META, REVS, STATE};
 use super::types::Revision;
@@ -54,9 +54,12 @@ type MetaRange = Range<'static, &'static str, &'static [u8]>;
 /// A `kv` entry read out of its table: key, revision, record.
 type KvEntry = (Vec<u8>, i64, Vec<u8>);
 
-fn owned(entry: (redb::AccessGuard<'_, (&[u8], i64)>, redb::AccessGuard<'_, &[u8]>)) -> KvEntry {
-    let (key, rev) = entry.0.value();
-    (key.to_vec(), rev, entry.1.value().to_vec())
+/// A `kv` entry as its table's range yields it.
+type KvGuards<'a> = (AccessGuard<'a, (&'static [u8], i64)>, AccessGuard<'a, &'static [u8]>);
+
+fn owned((k, v): KvGuards<'_>) -> KvEntry {
+    let (key, rev) = k.value();
+    (key.to_vec(), rev, v.value().to_vec())
 }
 
 /// The chunks of one snapshot, read from a redb read transaction: an iterator of `Bytes` of
