@@ -207,11 +207,7 @@ impl RaftLoop {
 
     /// Runs until shut down or every sender is gone.
     pub fn run(mut self) {
-        // EXPERIMENT (branch writeback-exp, not for main): KR_WRITEBACK_MS=N starts a writeback every N ms.
-        let _sync = std::env::var("KR_WRITEBACK_MS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|ms| BackgroundSync::start(self.shared.clone(), Duration::from_millis(ms)));
+        let _writeback = Writeback::start(self.shared.clone(), WRITEBACK_EVERY);
         let tick = Duration::from_millis(TICK_MS);
         let mut next_tick = Instant::now() + tick;
         loop {
@@ -927,50 +923,64 @@ pub fn note_peer_urls(shared: &Shared, id: NodeId, peer_url: Option<&str>, clien
 #[path = "runtime_tests.rs"]
 mod tests;
 
-/// Starts writing the state machine's file (`kv.db`) back to disk every `every`, on its own
-/// thread, until dropped. redb writes the pages of its non-durable commits to the file (beyond
-/// a write buffer of half its cache) without syncing them, so the durable commit before each
-/// log compaction used to write out and sync a whole snapshot interval's pages on the Raft
-/// thread: 216 ms on average at 1M keys. With those pages already written, it syncs little more
-/// than redb's write buffer. This is `sync_file_range(SYNC_FILE_RANGE_WRITE)`, as RocksDB's
-/// `bytes_per_sync`: it starts the writeback and does not wait for it, flush the device's cache
-/// or commit the file system's journal, so the WAL's own fsyncs do not queue behind it (an
-/// `fdatasync` every 50 ms did that: the put p99 at 10k keys tripled). It is safe at any time:
-/// it only writes pages sooner, and durability is still decided by redb's commit. The file is
-/// opened anew each time, so a state machine replaced by a snapshot is followed.
-pub(crate) struct BackgroundSync {
+/// How often the state machine's file is written back to disk in the background (`Writeback`).
+pub(crate) const WRITEBACK_EVERY: Duration = Duration::from_millis(25);
+
+/// Writes the state machine's file (`kv.db`) back to disk in the background, every `every`
+/// while entries are being applied, on its own thread, until dropped.
+///
+/// redb keeps the pages of its non-durable commits in a write buffer (half its cache) and writes
+/// the overflow to the file without syncing it, so the durable commit before each log compaction
+/// used to write out and sync a whole snapshot interval's pages on the Raft thread: at 1M keys of
+/// 1 KiB, where each random overwrite dirties its own leaf, 183 ms on average (engine alone),
+/// 234 ms in a cluster, and the put p99 there followed. With the pages already on their way to
+/// disk and a small cache (`DEFAULT_CACHE_BYTES`), the durable commit is left with the write
+/// buffer's pages and one fsync: 18-26 ms in the same engine run.
+///
+/// This is `sync_file_range(SYNC_FILE_RANGE_WRITE)`, as RocksDB's `bytes_per_sync`: it starts the
+/// writeback and waits for neither it, the device's cache nor the file system's journal, so the
+/// WAL's own fsyncs do not queue behind it (an `fdatasync` every 50 ms did that: the put p99 at
+/// 10k keys tripled). It is safe at any time: it only writes pages sooner, and durability is
+/// still decided by redb's commit. The file is opened anew each time, so a state machine
+/// replaced by a snapshot is followed, and a failure changes nothing.
+/// Each one started counts in `Metrics::writebacks`.
+pub(crate) struct Writeback {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    /// Syncs done (for tests).
-    pub(crate) done: Arc<std::sync::atomic::AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl BackgroundSync {
-    pub(crate) fn start(shared: Arc<Shared>, every: Duration) -> BackgroundSync {
+impl Writeback {
+    pub(crate) fn start(shared: Arc<Shared>, every: Duration) -> Writeback {
         use std::sync::atomic::Ordering::Relaxed;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (stopping, counting) = (stop.clone(), done.clone());
+        let stopping = stop.clone();
         let thread = std::thread::Builder::new()
-            .name("kv-sync".into())
+            .name("kv-writeback".into())
             .spawn(move || {
+                let mut written_up_to = None;
                 while !stopping.load(Relaxed) {
                     std::thread::park_timeout(every);
-                    let path = read(&shared.kv).path().map(Path::to_path_buf);
+                    let (path, applied) = {
+                        let kv = read(&shared.kv);
+                        (kv.path().map(Path::to_path_buf), kv.applied_index())
+                    };
                     let Some(path) = path else { continue };
-                    // A failure here changes nothing: redb's durable commit syncs, and reports.
-                    if std::fs::File::open(&path).and_then(|f| start_writeback(&f)).is_ok() {
-                        counting.fetch_add(1, Relaxed);
+                    if written_up_to == Some(applied) {
+                        continue;
+                    }
+                    if crate::store::fs::start_writeback(&path).is_ok() {
+                        written_up_to = Some(applied);
+                        shared.metrics.writebacks.fetch_add(1, Relaxed);
                     }
                 }
             })
-            .map_err(|e| tracing::warn!(error = %e, "no background sync of the state machine"))
+            .map_err(|e| tracing::warn!(error = %e, "no background writeback of the state machine"))
             .ok();
-        BackgroundSync { stop, done, thread }
+        Writeback { stop, thread }
     }
 }
 
-impl Drop for BackgroundSync {
+impl Drop for Writeback {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
@@ -978,21 +988,4 @@ impl Drop for BackgroundSync {
             let _ = thread.join();
         }
     }
-}
-
-/// Starts the writeback of `file`'s dirty pages without waiting for it (Linux); elsewhere it
-/// does nothing, and the durable commit writes them.
-fn start_writeback(file: &std::fs::File) -> std::io::Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid descriptor owned by `file`; offset 0 and length 0 mean the whole file.
-        let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = file;
-    Ok(())
 }

@@ -366,3 +366,32 @@ fn each_snapshot_and_the_longest_pass_of_the_loop_are_measured() {
     assert!(text.contains("kuberaft_snapshot_duration_seconds_bucket{le=\"+Inf\"} 2\n"), "{text}");
     assert!(text.contains("# TYPE kuberaft_raft_loop_longest_stall_seconds gauge\n"), "{text}");
 }
+
+#[test]
+fn the_state_machine_file_is_written_back_while_entries_apply_and_not_when_idle() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shared = Arc::new(Shared::for_tests(ME, "m2", 1, "127.0.0.2"));
+    *write(&shared.kv) = KvStore::open(&dir.path().join("kv.db")).expect("open the state machine");
+    let writeback = Writeback::start(shared.clone(), Duration::from_millis(2));
+    let started = || shared.metrics.writebacks.load(Ordering::Relaxed);
+    let settle = |at_least: u64| {
+        for _ in 0..500 {
+            if started() >= at_least {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        started()
+    };
+    assert_eq!(settle(1), 1, "one writeback of the file as it was opened");
+    std::thread::sleep(Duration::from_millis(40));
+    assert_eq!(started(), 1, "nothing applied, nothing to write back");
+    for index in 1..=3 {
+        let mut kv = write(&shared.kv);
+        kv.apply(&Entry { index, term: 1, payload: EntryPayload::Command(put("key", index)) });
+        kv.flush().expect("flush");
+    }
+    assert_eq!(settle(2), 2, "the applied entries are written back");
+    drop(writeback);
+    assert!(shared.metrics.render_raft_loop().contains("kuberaft_state_machine_writebacks_total 2\n"));
+}

@@ -117,6 +117,8 @@ pub struct Metrics {
     pub snapshot_count: AtomicU64,
     pub snapshot_micros_sum: AtomicU64,
     pub snapshot_buckets: [AtomicU64; SNAPSHOT_BUCKETS.len()],
+    /// Background writebacks of the state machine's file started (`runtime::Writeback`).
+    pub writebacks: AtomicU64,
     /// Connections of the client and the peer port (`serve`).
     pub client_port: std::sync::Arc<crate::http::serve::PortStats>,
     pub peer_port: std::sync::Arc<crate::http::serve::PortStats>,
@@ -170,6 +172,11 @@ impl Metrics {
         out.push_str(&format!("{name}_bucket{{le=\"+Inf\"}} {count}\n"));
         out.push_str(&format!("{name}_sum {}\n", self.snapshot_micros_sum.load(Ordering::Relaxed) as f64 / 1e6));
         out.push_str(&format!("{name}_count {count}\n"));
+        let name = "kuberaft_state_machine_writebacks_total";
+        out.push_str(&format!(
+            "# HELP {name} Background writebacks of the state machine's file started.\n# TYPE {name} counter\n"
+        ));
+        out.push_str(&format!("{name} {}\n", self.writebacks.load(Ordering::Relaxed)));
         out
     }
 }
