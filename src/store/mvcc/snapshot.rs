@@ -21,10 +21,14 @@
 
 use std::fs;
 use std::io::{self, Read};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use redb::{AccessGuard, Builder, Database, Durability, Range, ReadTransaction, ReadableDatabase, WriteTransaction};
+use redb::{
+    AccessGuard, Builder, CursorError, CursorMut, Database, Durability, Key, Range, ReadTransaction, ReadableDatabase,
+    Value, WriteTransaction,
+};
 
 use super::engine::{read_state, At, MvccStore, Place, Record, DEFAULT_CACHE_BYTES, KV, META, REVS, STATE};
 use super::types::Revision;
@@ -486,6 +490,13 @@ fn install_part<R: Read>(
     let mut meta = txn.open_table(META).at(place, write)?;
     let mut kv = txn.open_table(KV).at(place, write)?;
     let mut revs = txn.open_table(REVS).at(place, write)?;
+    // The stream holds each table in ascending order, so its records are appended through a
+    // cursor at the table's end: redb packs them into full pages with one parent update per
+    // batch, instead of descending the tree and splitting a half-full leaf per insert (1M keys
+    // of 1 KiB: 2,135 MiB installed, and the insert set the catch-up time). A record out of
+    // order is refused, as redb refuses it there.
+    let mut kv_end = kv.upper_bound_mut(Bound::<(&[u8], i64)>::Unbounded).at(place, write)?;
+    let mut revs_end = revs.upper_bound_mut(Bound::<(i64, u32)>::Unbounded).at(place, write)?;
     for _ in 0..INSTALL_COMMIT_RECORDS {
         let at = input.offset;
         let tag = input.u8()?;
@@ -521,7 +532,7 @@ fn install_part<R: Read>(
                     return Err(bad(format!("the MVCC snapshot has a damaged key record at byte {at}")));
                 }
                 *max_rev = (*max_rev).max(rev);
-                kv.insert((key.as_slice(), rev), record.as_slice()).at(place, write)?;
+                append(kv_end.insert_before((key.as_slice(), rev), record.as_slice()), place, at, "key")?;
             }
             TAG_REVS => {
                 let main = input.i64()?;
@@ -531,7 +542,7 @@ fn install_part<R: Read>(
                     return Err(bad(format!("the MVCC snapshot has a damaged revision record at byte {at}")));
                 }
                 *max_rev = (*max_rev).max(main);
-                revs.insert((main, sub), key.as_slice()).at(place, write)?;
+                append(revs_end.insert_before((main, sub), key.as_slice()), place, at, "revision")?;
             }
             TAG_END => {
                 let count = input.u64()?;
@@ -553,11 +564,30 @@ fn install_part<R: Read>(
                     Ok(_) => return Err(bad("the MVCC snapshot has bytes after its end")),
                     Err(e) => return Err(bad(format!("cannot read the MVCC snapshot: {e}"))),
                 }
+                close(kv_end, place)?;
+                close(revs_end, place)?;
                 return Ok(true);
             }
             other => return Err(bad(format!("the MVCC snapshot has an unknown record kind {other} at byte {at}"))),
         }
         input.records += 1;
     }
+    close(kv_end, place)?;
+    close(revs_end, place)?;
     Ok(false)
+}
+
+/// One record appended at a table's end (`install_part`); out of order is a damaged stream.
+fn append(done: Result<(), CursorError>, place: &Place, at: u64, what: &str) -> Result<(), StoreError> {
+    match done {
+        Err(CursorError::UnorderedKey) => {
+            Err(bad(format!("the MVCC snapshot has a {what} record out of order or twice at byte {at}")))
+        }
+        other => other.at(place, "write the installed snapshot"),
+    }
+}
+
+/// Applies a cursor's pending appends (dropping it would lose their errors).
+fn close<K: Key + 'static, V: Value + 'static>(cursor: CursorMut<'_, K, V>, place: &Place) -> Result<(), StoreError> {
+    cursor.close().at(place, "write the installed snapshot")
 }
