@@ -201,12 +201,23 @@ pub async fn run(command: KvCommand) -> Result<(), CliError> {
                 OutputFormat::Table => list_table(&listed),
             };
             write_stdout(text.as_bytes())?;
-            if listed.more && output == OutputFormat::Table && sort_by.is_none_or(|s| s == SortByArg::Key) {
+            if listed.more && output == OutputFormat::Table {
                 let last = listed.kvs.last().map(|kv| kv.key.as_str()).unwrap_or_default();
-                write_stderr(&format!("(more keys follow; continue with --start-after '{last}')\n"));
+                write_stderr(&more_hint(sort_by, order, last));
             }
             Ok(())
         }
+    }
+}
+
+/// What `kv list` says on stderr when a page is cut by `--limit`. `--start-after` continues a
+/// page only in ascending key order; in any other order there is no key to continue after.
+pub(crate) fn more_hint(sort_by: Option<SortByArg>, order: Option<OrderArg>, last: &str) -> String {
+    let by_key = sort_by.is_none_or(|s| s == SortByArg::Key);
+    if by_key && order != Some(OrderArg::Descend) {
+        format!("(more keys follow; continue with --start-after '{last}')\n")
+    } else {
+        "(more keys follow; raise --limit to see them)\n".to_string()
     }
 }
 

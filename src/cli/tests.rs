@@ -8,7 +8,7 @@ use clap::Parser;
 
 use super::dev::{self, DevMember, MemberView};
 use super::endpoint::{status_reports, status_table};
-use super::kv::{keys_table, list_table, ConsistencyArg, KvAction, OrderArg, SortByArg};
+use super::kv::{keys_table, list_table, more_hint, ConsistencyArg, KvAction, OrderArg, SortByArg};
 use super::member::{members_table, LeaderAction, MemberAction};
 use super::{Cli, CliError, ClientArgs, Commands, OutputFormat, ENDPOINTS_ENV};
 use crate::base::wire::{KvItem, ListResponse, Member, MembersResponse, Status};
@@ -567,4 +567,15 @@ fn render_refuses_other_kinds_and_bad_yaml_naming_the_document() {
         other => panic!("bad YAML must be refused: {other:?}"),
     }
     assert!(matches!(super::render::render("---\n---\n", "ns"), Err(CliError::Usage(_))), "no RaftCluster at all");
+}
+
+#[test]
+fn the_paging_hint_continues_after_the_last_key_only_in_ascending_key_order() {
+    let continues = "(more keys follow; continue with --start-after 'app/7')\n";
+    assert_eq!(more_hint(None, None, "app/7"), continues);
+    assert_eq!(more_hint(Some(SortByArg::Key), Some(OrderArg::Ascend), "app/7"), continues);
+    let no_key = "(more keys follow; raise --limit to see them)\n";
+    assert_eq!(more_hint(None, Some(OrderArg::Descend), "app/7"), no_key, "descending: the rest is before app/7");
+    assert_eq!(more_hint(Some(SortByArg::Key), Some(OrderArg::Descend), "app/7"), no_key);
+    assert_eq!(more_hint(Some(SortByArg::Value), None, "app/7"), no_key);
 }

@@ -118,11 +118,18 @@ pub struct Compactor {
     /// (time, revision) samples, oldest first (periodic mode).
     samples: VecDeque<(Duration, Revision)>,
     last_compaction: Duration,
+    /// `last_compaction` before the attempt `tick` asked for last, restored if it fails.
+    before_attempt: Duration,
 }
 
 impl Compactor {
     pub fn new(retention: Retention) -> Compactor {
-        Compactor { retention, samples: VecDeque::new(), last_compaction: Duration::ZERO }
+        Compactor {
+            retention,
+            samples: VecDeque::new(),
+            last_compaction: Duration::ZERO,
+            before_attempt: Duration::ZERO,
+        }
     }
 
     /// Called every `Retention::tick` with the store's current and compacted revisions: the
@@ -146,8 +153,15 @@ impl Compactor {
             }
         };
         let target = target.filter(|t| leader && *t > compacted && *t > 0)?;
+        self.before_attempt = self.last_compaction;
         self.last_compaction = now;
         Some(target)
+    }
+
+    /// The compaction the last `tick` asked for did not happen (no leader, no quorum): it is
+    /// due again at the next tick, as etcd's compactors retry, rather than an interval later.
+    pub fn failed(&mut self) {
+        self.last_compaction = self.before_attempt;
     }
 }
 
@@ -167,7 +181,10 @@ pub async fn run(node: NodeHandle, retention: Retention) {
         let Some(target) = compactor.tick(start.elapsed(), revision, compacted, node.is_leader()) else { continue };
         match node.compact(target).await {
             Ok(_) => tracing::info!(revision = target, ?retention, "auto-compaction: compacted the key history"),
-            Err(e) => tracing::warn!(revision = target, error = %e, "auto-compaction failed; it tries again later"),
+            Err(e) => {
+                compactor.failed();
+                tracing::warn!(revision = target, error = %e, "auto-compaction failed; it tries again at the next tick");
+            }
         }
     }
 }
@@ -234,6 +251,23 @@ mod tests {
         assert_eq!(c.tick(secs(600), 5000, 900, false), None, "only the leader compacts");
         assert_eq!(c.tick(secs(610), 5000, 900, true), Some(4900));
         assert_eq!(c.tick(secs(910), 50, -1, true), None, "fewer revisions than the retention");
+    }
+
+    #[test]
+    fn a_failed_compaction_is_tried_again_at_the_next_tick_not_an_interval_later() {
+        let mut c = Compactor::new(Retention::Period(secs(100)));
+        for t in (0..100).step_by(10) {
+            c.tick(secs(t), t as i64 + 1, -1, true);
+        }
+        assert_eq!(c.tick(secs(100), 101, -1, true), Some(1));
+        c.failed();
+        assert_eq!(c.tick(secs(110), 111, -1, true), Some(11), "the next tick tries again");
+        assert_eq!(c.tick(secs(120), 121, 11, true), None, "once it worked, the next is an interval later");
+        assert_eq!(c.tick(secs(210), 211, 11, true), Some(111));
+        let mut c = Compactor::new(Retention::Revisions(100));
+        assert_eq!(c.tick(secs(300), 1000, -1, true), Some(900));
+        c.failed();
+        assert_eq!(c.tick(secs(600), 1000, -1, true), Some(900), "revision mode ticks every five minutes anyway");
     }
 
     #[test]

@@ -270,6 +270,8 @@ fn a_state_machine_ahead_of_a_snapshot_stays_and_skips_what_it_applied() {
 fn the_loop_reclaims_compacted_history_after_the_compact_applies() {
     let mut m = member();
     m.append(4, 1300, 1);
+    // No snapshot (and so no durable commit) comes with the entries from here on.
+    m.lp.snapshot_threshold = 1_000_000;
     let revision = read(&m.lp.shared.kv).current_revision();
     let compact = encode(&Command::Compact { revision });
     let entry = Entry { index: 1301, term: TERM, payload: EntryPayload::Command(compact) };
@@ -283,6 +285,7 @@ fn the_loop_reclaims_compacted_history_after_the_compact_applies() {
     let kv = read(&m.lp.shared.kv);
     assert_eq!(kv.compacted_revision(), revision);
     assert!(!kv.compaction_pending(), "the history below {revision} is reclaimed");
+    assert!(!kv.has_unpersisted(), "and durable, so that redb reuses the pages it freed");
     assert_eq!(kv.get("key").map(|kv| kv.value), Some(Bytes::from("1300")));
 }
 

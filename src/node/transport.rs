@@ -307,10 +307,13 @@ async fn peer_sender(
                 let (http, loop_tx, in_flight, peer) =
                     (http.clone(), loop_tx.clone(), snapshot_in_flight.clone(), address.name.clone());
                 tokio::spawn(async move {
+                    let started = std::time::Instant::now();
                     let answer = http.call(request, SNAPSHOT_TIMEOUT, MAX_ANSWER_BYTES).await;
                     in_flight.store(false, Ordering::Release);
                     match answer {
-                        Ok(answer) if answer.status.is_success() => {}
+                        Ok(answer) if answer.status.is_success() => {
+                            tracing::info!(%peer, seconds = started.elapsed().as_secs_f64(), "sent a snapshot");
+                        }
                         Ok(answer) => {
                             let why = String::from_utf8_lossy(&answer.body);
                             tracing::warn!(%peer, status = %answer.status, reason = %why, "the peer refused a snapshot");
@@ -671,16 +674,22 @@ async fn receive_streamed_snapshot(server: &PeerServer, body: Body) -> Result<Me
         return Err(bad("not an InstallSnapshot".into()));
     };
     let (index, term) = (snapshot.meta.index, snapshot.meta.term);
+    let started = std::time::Instant::now();
+    tracing::info!(index, term, "receiving a snapshot");
     let staging = read(&server.shared.kv).path().map(staging_path);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Bytes, String>>(SNAPSHOT_QUEUE_CHUNKS);
     let writer = tokio::task::spawn_blocking(move || {
         let chunks = rx.into_iter();
         KvStore::stage(staging.as_deref(), ChunkReader::new(chunks))
     });
+    let mut received = rest.len() as u64;
     let mut fed = if rest.is_empty() { Ok(()) } else { send_chunk(&tx, rest).await };
     while fed.is_ok() {
         match tokio::time::timeout(SNAPSHOT_STALL, stream.next()).await {
-            Ok(Some(Ok(chunk))) => fed = send_chunk(&tx, chunk).await,
+            Ok(Some(Ok(chunk))) => {
+                received += chunk.len() as u64;
+                fed = send_chunk(&tx, chunk).await;
+            }
             Ok(Some(Err(e))) => fed = Err(format!("the snapshot body broke: {e}")),
             Ok(None) => break,
             Err(_) => fed = Err("the snapshot body stalled".into()),
@@ -695,6 +704,13 @@ async fn receive_streamed_snapshot(server: &PeerServer, body: Body) -> Result<Me
     fed.map_err(bad)?;
     let mut kv = staged.map_err(|e| bad(format!("the snapshot cannot be installed: {e}")))?;
     kv.check_against(index, term).map_err(|e| bad(e.to_string()))?;
+    tracing::info!(
+        index,
+        term,
+        bytes = received,
+        seconds = started.elapsed().as_secs_f64(),
+        "received and staged a snapshot"
+    );
     let replaced = lock(&server.shared.staged).replace(StagedSnapshot { index, term, kv });
     if let Some(old) = replaced {
         old.kv.discard();

@@ -715,6 +715,18 @@ struct Run {
     report: String,
 }
 
+/// The faults carried out so far, one line each; printed if the run panics (a member that did
+/// not recover, a learner never promoted), so the post-mortem starts from what happened.
+struct FaultLog(Vec<String>);
+
+impl Drop for FaultLog {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("chaos: the faults before the panic, oldest first:\n{}", self.0.join("\n"));
+        }
+    }
+}
+
 /// Starts the cluster and the clients, runs `schedule` of faults, checks the history.
 type Schedule<'a> = dyn FnMut(&mut Cluster, &Faults, &Recorder, &mut Vec<String>) -> bool + 'a;
 
@@ -739,8 +751,8 @@ fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
         std::thread::spawn(move || bank_client(id, urls, rec, stop, 2000 + id))
     }));
     let started = Instant::now();
-    let mut lines = Vec::new();
-    while schedule(&mut c, &faults, &rec, &mut lines) {}
+    let mut lines = FaultLog(Vec::new());
+    while schedule(&mut c, &faults, &rec, &mut lines.0) {}
     faults.heal();
     stop.store(true, Ordering::Relaxed);
     for t in clients {
@@ -783,7 +795,7 @@ fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
         ops.iter().filter(|o| o.ret.is_none()).count()
     ));
     report.push_str(&format!("outcomes: {counts:?}\n"));
-    for l in &lines {
+    for l in &lines.0 {
         report.push_str(&format!("  {l}\n"));
     }
     // What clients saw during each fault: the longest stretch without an acknowledged write.
@@ -922,6 +934,7 @@ fn chaos_faults_keep_the_history_linearizable() {
         let since = Instant::now();
         let recovered = recovery_time(c, since);
         rec.windows.lock().unwrap_or_else(|e| e.into_inner()).push((what.clone(), began, rec.now()));
+        // Pushed before it can panic on it, so the fault log ends with it.
         lines.push(match recovered {
             Some(t) => format!("{what}: writes acknowledged again {} ms after healing", t.as_millis()),
             None => format!("{what}: NOT RECOVERED within {RECOVERY_LIMIT:?}"),

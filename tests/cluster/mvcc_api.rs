@@ -149,7 +149,7 @@ fn ranges_take_every_etcd_option_read_the_past_and_refuse_compacted_and_future_r
     assert_eq!(sorted("VALUE", "DESCEND"), ["d", "a", "c", "b"]);
     assert_eq!(sorted("MOD", "ASCEND"), ["c", "a", "d", "b"]);
     assert_eq!(sorted("CREATE", "DESCEND"), ["b", "d", "c", "a"]);
-    assert_eq!(sorted("VERSION", "DESCEND"), ["a", "b", "c", "d"]);
+    assert_eq!(sorted("VERSION", "ASCEND"), ["b", "c", "d", "a"]);
     assert_eq!(sorted("KEY", "DESCEND"), ["d", "c", "b", "a"]);
     // etcd's snake_case names say the same.
     assert_eq!(
@@ -441,17 +441,11 @@ fn txns_compare_every_target_transfer_atomically_and_refuse_what_etcd_refuses() 
             "value_provided",
             "etcdserver: value is provided",
         ),
-        (
-            json!({"success": [{"requestPut": {"key": "missing", "ignoreValue": true}}]}),
-            "key_not_found",
-            "etcdserver: key not found",
-        ),
-        (
-            json!({"success": [{"requestRange": {"key": "acct/a", "revision": 1000}}]}),
-            "future_revision",
-            "mvcc: required revision is a future revision",
-        ),
     ];
+    // Those etcd refuses before its log (and bodies that are not txns at all) never reach the
+    // log either: the commit index stays where it was.
+    let commit_index = || c.status(leader).and_then(|s| s["commitIndex"].as_u64()).expect("a commit index");
+    let committed = commit_index();
     for (body, code, message) in refusals {
         for via in [follower, leader] {
             assert_error(post(&c, via, "/v1/txn", &body), 400, code, message);
@@ -465,6 +459,25 @@ fn txns_compare_every_target_transfer_atomically_and_refuse_what_etcd_refuses() 
     }
     let raw = c.http.post(&url).body("{").send().expect("txn");
     assert_eq!(raw.status().as_u16(), 400);
+    assert_eq!(commit_index(), committed, "nothing refused before the log reached it");
+    // Those etcd finds only when it applies: refused all the same, with no revision written.
+    let applied_refusals = [
+        (
+            json!({"success": [{"requestPut": {"key": "missing", "ignoreValue": true}}]}),
+            "key_not_found",
+            "etcdserver: key not found",
+        ),
+        (
+            json!({"success": [{"requestRange": {"key": "acct/a", "revision": 1000}}]}),
+            "future_revision",
+            "mvcc: required revision is a future revision",
+        ),
+    ];
+    for (body, code, message) in applied_refusals {
+        for via in [follower, leader] {
+            assert_error(post(&c, via, "/v1/txn", &body), 400, code, message);
+        }
+    }
     assert_eq!(store_revision(&c, leader), before, "no refused txn wrote anything");
     assert_eq!(values(&range(&c, leader, json!({"key": "acct/", "prefix": true}))), ["70", "30"]);
     assert_eq!(range(&c, leader, json!({"key": "missing"}))["count"], 0);
@@ -536,12 +549,15 @@ fn the_cli_reads_the_past_lists_with_range_options_runs_txns_and_compacts() {
     );
     let listed = json_out(&cli(&c, &["kv", "list", "--keys-only", "-w", "json"], None));
     assert_eq!(values(&listed), ["", ""]);
-    let listed = json_out(&cli(&c, &["kv", "list", "--sort-by", "mod", "--order", "descend", "-w", "json"], None));
-    assert_eq!(item_keys(&listed), ["j", "k"]);
-    let listed = json_out(&cli(&c, &["kv", "list", "--sort-by", "version", "-w", "json"], None));
-    assert_eq!(item_keys(&listed), ["j", "k"], "ascending: j has version 1, k 2");
-    let listed = json_out(&cli(&c, &["kv", "list", "--sort-by", "create", "--order", "descend", "-w", "json"], None));
-    assert_eq!(item_keys(&listed), ["j", "k"]);
+    // Every order here differs from key order (j, k), so each one shows that it sorted.
+    let listed = json_out(&cli(&c, &["kv", "list", "--sort-by", "mod", "-w", "json"], None));
+    assert_eq!(item_keys(&listed), ["k", "j"], "ascending unless told: k mod 3, j 4");
+    let listed = json_out(&cli(&c, &["kv", "list", "--sort-by", "version", "--order", "descend", "-w", "json"], None));
+    assert_eq!(item_keys(&listed), ["k", "j"], "k has version 2, j 1");
+    let listed = json_out(&cli(&c, &["kv", "list", "--sort-by", "create", "--order", "ascend", "-w", "json"], None));
+    assert_eq!(item_keys(&listed), ["k", "j"], "k created 2, j 4");
+    let listed = json_out(&cli(&c, &["kv", "list", "--order", "descend", "-w", "json"], None));
+    assert_eq!(item_keys(&listed), ["k", "j"], "by key, descending");
     let listed = json_out(&cli(&c, &["kv", "list", "j", "--from-key", "-w", "json"], None));
     assert_eq!(item_keys(&listed), ["j", "k"]);
     let listed = json_out(&cli(&c, &["kv", "list", "--rev", "2", "-w", "json"], None));
