@@ -556,7 +556,7 @@ fn the_cli_reads_the_past_lists_with_range_options_runs_txns_and_compacts() {
     assert_eq!(item_keys(&listed), ["k", "j"], "k has version 2, j 1");
     let listed = json_out(&cli(&c, &["kv", "list", "--sort-by", "create", "--order", "ascend", "-w", "json"], None));
     assert_eq!(item_keys(&listed), ["k", "j"], "k created 2, j 4");
-    let listed = json_out(&cli(&c, &["kv", "list", "--order", "descend", "-w", "json"], None));
+    let listed = json_out(&cli(&c, &["kv", "list", "--sort-by", "key", "--order", "descend", "-w", "json"], None));
     assert_eq!(item_keys(&listed), ["k", "j"], "by key, descending");
     let listed = json_out(&cli(&c, &["kv", "list", "j", "--from-key", "-w", "json"], None));
     assert_eq!(item_keys(&listed), ["j", "k"]);
