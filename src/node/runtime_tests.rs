@@ -389,9 +389,12 @@ fn the_state_machine_file_is_written_back_while_entries_apply_and_not_when_idle(
     assert_eq!(settle(1), 1, "one writeback of the file as it was opened");
     std::thread::sleep(Duration::from_millis(40));
     assert_eq!(started(), 1, "nothing applied, nothing to write back");
-    for index in 1..=3 {
+    {
+        // One batch under one lock, so the writeback sees the applied index move once.
         let mut kv = write(&shared.kv);
-        kv.apply(&Entry { index, term: 1, payload: EntryPayload::Command(put("key", index)) });
+        for index in 1..=3 {
+            kv.apply(&Entry { index, term: 1, payload: EntryPayload::Command(put("key", index)) });
+        }
         kv.flush().expect("flush");
     }
     assert_eq!(settle(2), 2, "the applied entries are written back");
