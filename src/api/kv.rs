@@ -25,6 +25,7 @@ use super::server::{
 use crate::base::base64::encode_base64;
 use crate::base::wire::kv as wire;
 use crate::base::wire::*;
+use crate::node::handle::PHYSICAL_COMPACT_LIMIT;
 use crate::node::NodeError;
 use crate::store::kv::prefix_end;
 use crate::store::mvcc::model::Model;
@@ -489,6 +490,9 @@ pub(super) async fn compact(State(api): State<Api>, request: Request) -> ApiResu
         Route::Forward(url) => Ok(forward(&api, &url, Method::POST, &pq, body, false).await),
         Route::Here => {
             let done = api.node.compact(asked.revision).await.map_err(|e| node_error(&api, e))?;
+            if asked.physical {
+                api.node.wait_reclaimed(PHYSICAL_COMPACT_LIMIT).await.map_err(|e| node_error(&api, e))?;
+            }
             Ok(Json(wire::CompactionResponse { header: header(&api, done.revision) }).into_response())
         }
     }

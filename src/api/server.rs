@@ -578,7 +578,8 @@ async fn metrics(State(api): State<Api>) -> Response {
     let s = shared.status();
     let m = &shared.metrics;
     let counter = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let series: [(&str, &str, &str, u64); 12] = [
+    let reclaiming = api.node.with_kv(|kv| kv.compaction_pending());
+    let series: [(&str, &str, &str, u64); 13] = [
         ("kuberaft_term", "Current Raft term.", "gauge", s.term),
         ("kuberaft_is_leader", "1 when this member leads.", "gauge", s.is_leader() as u64),
         ("kuberaft_has_leader", "1 when a leader is known.", "gauge", s.leader.is_some() as u64),
@@ -601,6 +602,12 @@ async fn metrics(State(api): State<Api>) -> Response {
         ),
         ("kuberaft_snapshots_sent_total", "Snapshots sent.", "counter", counter(&m.snapshots_sent)),
         ("kuberaft_snapshots_received_total", "Snapshots installed.", "counter", counter(&m.snapshots_received)),
+        (
+            "kuberaft_state_machine_compaction_pending",
+            "1 while the space of compacted history is being reclaimed.",
+            "gauge",
+            reclaiming as u64,
+        ),
     ];
     let mut out = String::new();
     for (name, help, kind, value) in series {

@@ -151,7 +151,8 @@ fn txn_takes_a_file_and_compact_a_revision() {
     }
     assert!(matches!(parse(&["txn", "-"]), Commands::Txn(args) if args.file == Path::new("-")));
     parse_fails(&["txn"]);
-    assert!(matches!(parse(&["compact", "12"]), Commands::Compact(args) if args.revision == 12));
+    assert!(matches!(parse(&["compact", "12"]), Commands::Compact(args) if args.revision == 12 && !args.physical));
+    assert!(matches!(parse(&["compact", "12", "--physical"]), Commands::Compact(args) if args.physical));
     parse_fails(&["compact"]);
     parse_fails(&["compact", "0"]);
     parse_fails(&["compact", "ten"]);

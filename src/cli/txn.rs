@@ -35,6 +35,10 @@ pub struct CompactArgs {
     /// Discard the key history below this store revision; reads below it fail from then on.
     #[arg(value_parser = clap::value_parser!(i64).range(1..))]
     pub revision: i64,
+    /// Answer only once the member that applied it has reclaimed the space of the discarded
+    /// history, as etcdctl's `--physical` (give it a long enough `--timeout-ms`).
+    #[arg(long)]
+    pub physical: bool,
 }
 
 pub async fn run_txn(args: TxnArgs) -> Result<(), CliError> {
@@ -47,7 +51,7 @@ pub async fn run_txn(args: TxnArgs) -> Result<(), CliError> {
 
 pub async fn run_compact(args: CompactArgs) -> Result<(), CliError> {
     let client = args.client.client()?;
-    client.compact(args.revision).await?;
+    client.compact(args.revision, args.physical).await?;
     write_stdout(format!("compacted revision {}\n", args.revision).as_bytes())
 }
 

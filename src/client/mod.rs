@@ -467,9 +467,11 @@ impl Client {
         self.execute(&call).await?.json()
     }
 
-    /// etcd's Compact (`POST /v1/compact`): reads below `revision` fail from then on.
-    pub async fn compact(&self, revision: i64) -> Result<CompactionResponse> {
-        let request = CompactionRequest { revision, physical: false };
+    /// etcd's Compact (`POST /v1/compact`): reads below `revision` fail from then on. With
+    /// `physical`, the answer also waits until the member that applied it reclaimed the space
+    /// (etcd's `--physical`).
+    pub async fn compact(&self, revision: i64, physical: bool) -> Result<CompactionResponse> {
+        let request = CompactionRequest { revision, physical };
         let call = Call::new(Method::POST, "/v1/compact".to_string()).json(&request)?;
         self.execute(&call).await?.json()
     }

@@ -360,7 +360,7 @@ async fn range_txn_and_compact_post_their_json_and_read_etcds_answers() {
     let txn = TxnRequest { success: vec![RequestOp::RequestRange(asked.clone())], ..Default::default() };
     let done = client.txn(&txn).await.expect("txn");
     assert!(done.succeeded);
-    let compacted = client.compact(7).await.expect("compact");
+    let compacted = client.compact(7, false).await.expect("compact");
     assert_eq!(compacted.header.revision, 9);
 
     let seen = seen.lock().expect("lock").clone();
@@ -459,7 +459,7 @@ async fn a_lost_range_moves_on_but_a_lost_txn_or_compact_does_not() {
     let err = writer.txn(&TxnRequest::default()).await.expect_err("the txn's answer is lost");
     assert!(err.is_outcome_unknown(), "{err:?}");
     let writer = Client::with_config(vec![slow.url.clone(), ok.url.clone()], config).expect("client");
-    let err = writer.compact(3).await.expect_err("the compact's answer is lost");
+    let err = writer.compact(3, false).await.expect_err("the compact's answer is lost");
     assert!(err.is_outcome_unknown(), "{err:?}");
     assert_eq!(slow_hits.load(Ordering::SeqCst), 3);
     slow.stop().await;

@@ -20,6 +20,10 @@ use crate::store::KvStore;
 
 /// How long a proposal may take to apply before its outcome is reported unknown (504).
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a physical compaction looks whether the reclaim is done.
+const RECLAIM_POLL: Duration = Duration::from_millis(10);
+/// How long a physical compaction waits for the space to be reclaimed.
+pub const PHYSICAL_COMPACT_LIMIT: Duration = Duration::from_secs(600);
 /// How long a linearizable read may wait for its read point.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -89,6 +93,25 @@ impl NodeHandle {
             ReadError::Mvcc(e) => NodeError::Mvcc(e),
             ReadError::Storage(e) => unreadable(e),
         })
+    }
+
+    /// Waits until this member has reclaimed the space of every compaction it applied (etcd's
+    /// physical compaction), at most `limit`: a member that stopped reclaiming (halted) fails
+    /// the wait once the limit passes.
+    pub async fn wait_reclaimed(&self, limit: Duration) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if !self.with_kv(|kv| kv.compaction_pending()) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(format!(
+                    "the compaction took effect, but its space was not reclaimed within {} s",
+                    limit.as_secs()
+                )));
+            }
+            tokio::time::sleep(RECLAIM_POLL).await;
+        }
     }
 
     /// Adds a member (a learner, or a voter) under a new id, which it returns.

@@ -88,8 +88,15 @@ pub const MAX_SNAPSHOT_BYTES: usize = 1 << 30;
 /// A streamed snapshot's body must bring a chunk at least this often; installing commits every
 /// few thousand records, which may hold the reading back for a moment.
 const SNAPSHOT_STALL: Duration = Duration::from_secs(30);
-/// How many chunks of a snapshot may wait between the network and the disk, on either side.
+/// How many chunks of a snapshot may wait between the disk and the network on the sending side
+/// (chunks of `store::mvcc::snapshot::CHUNK_BYTES`).
 const SNAPSHOT_QUEUE_CHUNKS: usize = 4;
+/// How many body frames of a snapshot may wait between the network and the disk on the
+/// receiving side. A frame is at most hyper's read buffer (about 400 KiB), so this holds at most
+/// about 13 MiB. The writer thread takes them as they come and the network side waits for room
+/// with a wakeup, not a sleep: a queue of 4 frames polled every 5 ms held a 1M-key catch-up to
+/// 131 MB/s.
+const SNAPSHOT_RECEIVE_FRAMES: usize = 32;
 /// A snapshot's data goes out in chunks of this size.
 const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
 /// The encoded InstallSnapshot message ahead of a snapshot's data (its data left empty) is
@@ -677,9 +684,9 @@ async fn receive_streamed_snapshot(server: &PeerServer, body: Body) -> Result<Me
     let started = std::time::Instant::now();
     tracing::info!(index, term, "receiving a snapshot");
     let staging = read(&server.shared.kv).path().map(staging_path);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Bytes, String>>(SNAPSHOT_QUEUE_CHUNKS);
+    let (tx, mut rx) = mpsc::channel::<Result<Bytes, String>>(SNAPSHOT_RECEIVE_FRAMES);
     let writer = tokio::task::spawn_blocking(move || {
-        let chunks = rx.into_iter();
+        let chunks = std::iter::from_fn(move || rx.blocking_recv());
         KvStore::stage(staging.as_deref(), ChunkReader::new(chunks))
     });
     let mut received = rest.len() as u64;
@@ -719,21 +726,12 @@ async fn receive_streamed_snapshot(server: &PeerServer, body: Body) -> Result<Me
 }
 
 /// Hands a chunk to the blocking writer without blocking this task's thread.
-async fn send_chunk(tx: &std::sync::mpsc::SyncSender<Result<Bytes, String>>, chunk: Bytes) -> Result<(), String> {
-    let mut item = Ok(chunk);
-    for _ in 0..(SNAPSHOT_STALL.as_millis() / 5) {
-        match tx.try_send(item) {
-            Ok(()) => return Ok(()),
-            Err(std::sync::mpsc::TrySendError::Full(back)) => {
-                item = back;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
-                return Err("the snapshot could not be written".into());
-            }
-        }
+async fn send_chunk(tx: &mpsc::Sender<Result<Bytes, String>>, chunk: Bytes) -> Result<(), String> {
+    match tokio::time::timeout(SNAPSHOT_STALL, tx.send(Ok(chunk))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("the snapshot could not be written".into()),
+        Err(_) => Err("writing the snapshot stalled".into()),
     }
-    Err("writing the snapshot stalled".into())
 }
 
 async fn members(State(server): State<PeerServer>) -> Json<PeerView> {

@@ -404,8 +404,10 @@ pub struct TxnResponse {
     pub truncated: bool,
 }
 
-/// etcd's `CompactionRequest`. `physical` is accepted for etcd's sake: compaction here is
-/// complete when the answer comes.
+/// etcd's `CompactionRequest`. With `physical`, the answer waits until the member that applied
+/// the compaction has also reclaimed the discarded history's space (etcd's physical compaction);
+/// without it, the answer comes once reads below the revision are refused, and the space is
+/// reclaimed after, in bounded chunks.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CompactionRequest {
