@@ -486,12 +486,32 @@ pub(super) async fn compact(State(api): State<Api>, request: Request) -> ApiResu
     let headers = request.headers().clone();
     let body = read_body(&headers, request.into_body(), MAX_COMPACT_REQUEST_BYTES).await?;
     let asked: wire::CompactionRequest = parse_json(&body, "compaction request")?;
+    // `physical` waits for the space of the member that took the request, as etcd's does: a
+    // follower has the leader compact, then waits for its own reclaim (not the leader's, which
+    // would also hold the forwarded call past its timeout).
     match route(&api, &headers)? {
+        Route::Forward(url) if asked.physical => {
+            let logical = wire::CompactionRequest { revision: asked.revision, physical: false };
+            let body = Bytes::from(serde_json::to_vec(&logical).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("cannot encode the request: {e}"))
+            })?);
+            let answer = forward(&api, &url, Method::POST, &pq, body, false).await;
+            if answer.status().is_success() {
+                api.node
+                    .wait_reclaimed(asked.revision, PHYSICAL_COMPACT_LIMIT)
+                    .await
+                    .map_err(|e| node_error(&api, e))?;
+            }
+            Ok(answer)
+        }
         Route::Forward(url) => Ok(forward(&api, &url, Method::POST, &pq, body, false).await),
         Route::Here => {
             let done = api.node.compact(asked.revision).await.map_err(|e| node_error(&api, e))?;
             if asked.physical {
-                api.node.wait_reclaimed(PHYSICAL_COMPACT_LIMIT).await.map_err(|e| node_error(&api, e))?;
+                api.node
+                    .wait_reclaimed(asked.revision, PHYSICAL_COMPACT_LIMIT)
+                    .await
+                    .map_err(|e| node_error(&api, e))?;
             }
             Ok(Json(wire::CompactionResponse { header: header(&api, done.revision) }).into_response())
         }

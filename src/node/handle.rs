@@ -95,13 +95,14 @@ impl NodeHandle {
         })
     }
 
-    /// Waits until this member has reclaimed the space of every compaction it applied (etcd's
-    /// physical compaction), at most `limit`: a member that stopped reclaiming (halted) fails
-    /// the wait once the limit passes.
-    pub async fn wait_reclaimed(&self, limit: Duration) -> Result<(), NodeError> {
+    /// Waits until this member has applied a compaction to `revision` (or past it) and reclaimed
+    /// the space of every compaction it applied (etcd's physical compaction), at most `limit`: a
+    /// member that stopped applying or reclaiming (halted, cut off) fails the wait once the limit
+    /// passes.
+    pub async fn wait_reclaimed(&self, revision: Revision, limit: Duration) -> Result<(), NodeError> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if !self.with_kv(|kv| kv.compaction_pending()) {
+            if self.with_kv(|kv| kv.compacted_revision() >= revision && !kv.compaction_pending()) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {

@@ -618,35 +618,56 @@ fn the_cli_reads_the_past_lists_with_range_options_runs_txns_and_compacts() {
     assert_eq!(code, Some(1), "{err}");
 }
 
-/// `kuberaft compact --physical` answers only once the member that applied the compaction has
-/// reclaimed the discarded history (etcd's physical compaction): its
-/// `kuberaft_state_machine_compaction_pending` gauge reads 0 at once. 20,000 revisions over 16
-/// keys are about 160 reclaim chunks, more than one of the Raft loop's bounded slices, so without the
-/// wait the answer comes while the gauge still reads 1 (it did, when the wait was taken out).
+/// `kuberaft compact --physical` answers only once the member that took the request has applied
+/// the compaction and reclaimed the discarded history (etcd's physical compaction): its
+/// `kuberaft_state_machine_compaction_pending` gauge reads 0 at once, on the leader and on a
+/// follower (which has the leader compact, then waits for its own reclaim). 20,000 revisions
+/// over 16 keys are about 160 reclaim chunks, more than one of the Raft loop's bounded slices, so
+/// without the wait the answer comes while the gauge still reads 1 (it did, when the wait was
+/// taken out).
 #[test]
 fn a_physical_compaction_answers_once_the_space_is_reclaimed() {
     let (c, _, _) = started(116);
     let endpoints: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
-    let load = Command::new(env!("CARGO_BIN_EXE_kuberaft"))
-        .args(["bench", "--target", "kuberaft", "--scenario", "put", "--clients", "32", "--conns", "32"])
-        .args(["--total", "20000", "--key-space", "16", "--val-size", "256", "--quiet", "--endpoints"])
-        .arg(endpoints.join(","))
-        .output()
-        .expect("run kuberaft bench");
-    assert!(load.status.success(), "the load failed: {}", String::from_utf8_lossy(&load.stderr));
+    let load = |total: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+            .args(["bench", "--target", "kuberaft", "--scenario", "put", "--clients", "32", "--conns", "32"])
+            .args(["--total", total, "--key-space", "16", "--val-size", "256", "--quiet", "--endpoints"])
+            .arg(endpoints.join(","))
+            .output()
+            .expect("run kuberaft bench");
+        assert!(out.status.success(), "the load failed: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let compact = |member: usize, rev: i64| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+            .args(["compact", &rev.to_string(), "--physical", "--timeout-ms", "60000", "--endpoints"])
+            .arg(c.members[member].client_url())
+            .output()
+            .expect("run kuberaft compact");
+        assert_eq!(
+            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned()),
+            (Some(0), format!("compacted revision {rev}\n")),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pending = crate::metric(&c, member, "kuberaft_state_machine_compaction_pending");
+        assert_eq!(pending, 0, "member {member} reclaimed when it answered");
+    };
+
+    load("20000");
     // The member that applies the compaction and answers it: writes go to the leader.
     let (leader, _) = c.wait_leader(ELECTION);
     let rev = i64::try_from(store_revision(&c, leader)).expect("a revision");
     assert!(rev > 20_000, "at revision {rev}");
-
-    let (code, out, err) = cli(&c, &["compact", &rev.to_string(), "--physical", "--timeout-ms", "60000"], None);
-    assert_eq!(
-        (code, String::from_utf8_lossy(&out).into_owned()),
-        (Some(0), format!("compacted revision {rev}\n")),
-        "{err}"
-    );
-    assert_eq!(crate::metric(&c, leader, "kuberaft_state_machine_compaction_pending"), 0, "reclaimed when answered");
+    compact(leader, rev);
     let (code, _, err) = cli(&c, &["kv", "list", "--rev", &(rev - 1).to_string()], None);
     assert_eq!(code, Some(1));
     assert!(err.contains("mvcc: required revision has been compacted"), "{err}");
+
+    // Through a follower: it waits for its own reclaim, not the leader's.
+    load("20000");
+    let (leader, _) = c.wait_leader(ELECTION);
+    let rev = i64::try_from(store_revision(&c, leader)).expect("a revision");
+    assert!(rev > 40_000, "at revision {rev}");
+    compact((leader + 1) % 3, rev);
 }
