@@ -489,33 +489,31 @@ pub(super) async fn compact(State(api): State<Api>, request: Request) -> ApiResu
     // `physical` waits for the space of the member that took the request, as etcd's does: a
     // follower has the leader compact, then waits for its own reclaim (not the leader's, which
     // would also hold the forwarded call past its timeout).
-    match route(&api, &headers)? {
-        Route::Forward(url) if asked.physical => {
-            let logical = wire::CompactionRequest { revision: asked.revision, physical: false };
-            let body = Bytes::from(serde_json::to_vec(&logical).map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("cannot encode the request: {e}"))
-            })?);
-            let answer = forward(&api, &url, Method::POST, &pq, body, false).await;
-            if answer.status().is_success() {
-                api.node
-                    .wait_reclaimed(asked.revision, PHYSICAL_COMPACT_LIMIT)
-                    .await
-                    .map_err(|e| node_error(&api, e))?;
-            }
-            Ok(answer)
+    let answer = match route(&api, &headers)? {
+        Route::Forward(url) => {
+            let body = if asked.physical {
+                let logical = wire::CompactionRequest { revision: asked.revision, physical: false };
+                Bytes::from(serde_json::to_vec(&logical).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        format!("cannot encode the request: {e}"),
+                    )
+                })?)
+            } else {
+                body
+            };
+            forward(&api, &url, Method::POST, &pq, body, false).await
         }
-        Route::Forward(url) => Ok(forward(&api, &url, Method::POST, &pq, body, false).await),
         Route::Here => {
             let done = api.node.compact(asked.revision).await.map_err(|e| node_error(&api, e))?;
-            if asked.physical {
-                api.node
-                    .wait_reclaimed(asked.revision, PHYSICAL_COMPACT_LIMIT)
-                    .await
-                    .map_err(|e| node_error(&api, e))?;
-            }
-            Ok(Json(wire::CompactionResponse { header: header(&api, done.revision) }).into_response())
+            Json(wire::CompactionResponse { header: header(&api, done.revision) }).into_response()
         }
+    };
+    if asked.physical && answer.status().is_success() {
+        api.node.wait_reclaimed(asked.revision, PHYSICAL_COMPACT_LIMIT).await.map_err(|e| node_error(&api, e))?;
     }
+    Ok(answer)
 }
 
 // ----- GET /v1/kv/{key} -----
