@@ -4,6 +4,7 @@
 //! property-tested against it, and `snapshot` streams an engine's state out and in.
 
 pub mod check;
+mod coalesce;
 pub mod engine;
 #[cfg(test)]
 mod engine_tests;

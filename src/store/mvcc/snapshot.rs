@@ -22,14 +22,17 @@
 use std::fs;
 use std::io::{self, Read};
 use std::ops::Bound;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use redb::backends::FileBackend;
 use redb::{
     AccessGuard, Builder, CursorError, CursorMut, Database, Durability, Key, Range, ReadTransaction, ReadableDatabase,
     Value, WriteTransaction,
 };
 
+use super::coalesce::Coalescing;
 use super::engine::{read_state, At, MvccStore, Place, Record, DEFAULT_CACHE_BYTES, KV, META, REVS, STATE};
 use super::types::Revision;
 use crate::store::StoreError;
@@ -146,9 +149,21 @@ impl MvccStore {
             Err(e) => return Err(StoreError::io("remove", &temp, e)),
         }
         let built = (|| {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&temp)
+                .map_err(|e| StoreError::io("create", &temp, e))?;
+            let file = FileBackend::new(file).at(&Place::new(&temp), "create the state-machine database")?;
+            let mut backend = Coalescing::new(file);
+            // Past the page cache where the file system allows it (see `coalesce`).
+            if let Ok(direct) = fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&temp) {
+                backend = backend.with_direct(direct);
+            }
             let db = Builder::new()
                 .set_cache_size(INSTALL_CACHE_BYTES)
-                .create(&temp)
+                .create_with_backend(backend)
                 .at(&Place::new(&temp), "create the state-machine database")?;
             install_into(&db, &place, input, Some(&temp))
         })();
