@@ -23,7 +23,9 @@
 //! by replacing it exactly writes everything first. A write over a page being written needs
 //! nothing: the gather it joins is written after. So the file plus the gathers always read as
 //! redb wrote them, and a sync makes all of it durable. A failed write is returned by the next
-//! call that waits for it, and redb then refuses the database. Memory: two gathers and a run.
+//! call that waits for it, and from then on every call fails (redb may take a failure at some
+//! calls as harmless, and the lost pages are not the ones that call was about). Memory: two
+//! gathers and a run.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -62,6 +64,10 @@ struct Gathered {
     writer: Option<Writer>,
     /// The gather being written, and the thread writing it.
     in_flight: Option<InFlight>,
+    /// Why a write of a gather failed. redb was told its pages were written, and a failure shows
+    /// up at a later call, which may be one whose failure redb survives (a best-effort write), so
+    /// every call fails from then on, as redb's own backend latches a failed write.
+    failed: Option<String>,
 }
 
 struct InFlight {
@@ -183,12 +189,28 @@ impl Writer {
 }
 
 impl Gathered {
+    /// Refuses every call once a write has failed.
+    fn usable(&self) -> io::Result<()> {
+        match &self.failed {
+            Some(why) => Err(io::Error::other(format!("an earlier write of the database failed: {why}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Remembers a failed write (see `failed`).
+    fn latch<T>(&mut self, result: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &result {
+            self.failed.get_or_insert_with(|| e.to_string());
+        }
+        result
+    }
+
     /// Waits for the gather being written, if one is.
     fn join(&mut self) -> io::Result<()> {
         let Some(in_flight) = self.in_flight.take() else {
             return Ok(());
         };
-        match in_flight.done.join() {
+        let result = match in_flight.done.join() {
             Ok((writer, result)) => {
                 self.writer = Some(writer);
                 result
@@ -197,7 +219,8 @@ impl Gathered {
                 self.writer = Some(Writer::default());
                 Err(io::Error::other("the thread writing the database panicked"))
             }
-        }
+        };
+        self.latch(result)
     }
 
     fn take(&mut self) -> Pages {
@@ -210,7 +233,8 @@ impl Gathered {
     fn settle<B: StorageBackend>(&mut self, inner: &B) -> io::Result<()> {
         self.join()?;
         let pages = self.take();
-        self.writer.get_or_insert_with(Writer::default).write_all(inner, &pages)
+        let written = self.writer.get_or_insert_with(Writer::default).write_all(inner, &pages);
+        self.latch(written)
     }
 
     /// Hands the gather to a thread that writes it, once the one before is written.
@@ -230,7 +254,10 @@ impl Gathered {
                 Ok(())
             }
             // No thread: write it here (the writer moved into the closure that never ran).
-            Err(_) => Writer::default().write_all(&**inner, &pages),
+            Err(_) => {
+                let written = Writer::default().write_all(&**inner, &pages);
+                self.latch(written)
+            }
         }
     }
 
@@ -278,12 +305,14 @@ impl<B> fmt::Debug for Coalescing<B> {
 impl<B: StorageBackend> StorageBackend for Coalescing<B> {
     fn len(&self) -> io::Result<u64> {
         let gathered = self.lock()?;
+        gathered.usable()?;
         let in_flight = gathered.in_flight.as_ref().map_or(0, |f| f.end);
         Ok(self.inner.len()?.max(gathered.end).max(in_flight))
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let mut gathered = self.lock()?;
+        gathered.usable()?;
         if !matches!(overlap(&gathered.pages, offset, out.len()), Overlap::None) {
             gathered.settle(&*self.inner)?;
         } else if gathered
@@ -298,6 +327,7 @@ impl<B: StorageBackend> StorageBackend for Coalescing<B> {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut gathered = self.lock()?;
+        gathered.usable()?;
         let in_flight = gathered.in_flight.as_ref().map_or(0, |f| f.end);
         if len < gathered.end.max(in_flight) {
             gathered.settle(&*self.inner)?;
@@ -306,12 +336,15 @@ impl<B: StorageBackend> StorageBackend for Coalescing<B> {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.lock()?.settle(&*self.inner)?;
+        let mut gathered = self.lock()?;
+        gathered.usable()?;
+        gathered.settle(&*self.inner)?;
         self.inner.sync_data()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut gathered = self.lock()?;
+        gathered.usable()?;
         match overlap(&gathered.pages, offset, data.len()) {
             Overlap::Same => {
                 if let Some(page) = gathered.pages.get_mut(&offset) {
@@ -332,7 +365,7 @@ impl<B: StorageBackend> StorageBackend for Coalescing<B> {
     }
 
     fn close(&self) -> io::Result<()> {
-        let written = self.lock().and_then(|mut g| g.settle(&*self.inner));
+        let written = self.lock().and_then(|mut g| g.usable().and_then(|()| g.settle(&*self.inner)));
         let closed = self.inner.close();
         written.and(closed)
     }
@@ -454,6 +487,61 @@ mod tests {
         }
         assert_eq!(&on_disk[50 * 4096..50 * 4096 + 100], page(7, 100).as_slice());
         assert_eq!(&on_disk[4 * 4096..9 * 4096], vec![0; 5 * 4096].as_slice());
+    }
+
+    /// Fails every write from the `fail_from`th on.
+    #[derive(Debug)]
+    struct Failing {
+        inner: InMemoryBackend,
+        writes: std::sync::atomic::AtomicU64,
+        fail_from: u64,
+    }
+
+    impl StorageBackend for Failing {
+        fn len(&self) -> io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            if self.writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.fail_from {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn a_failed_write_of_a_gather_fails_every_later_call() {
+        let b = Coalescing::new(Failing { inner: InMemoryBackend::new(), writes: 0.into(), fail_from: 0 });
+        let pages = (GATHER_BYTES / 4096) as u64;
+        b.set_len((pages + 8) * 4096).unwrap();
+        // The full gather goes to the writer thread, which fails; redb was told "written".
+        for i in 0..pages {
+            b.write(i * 4096, &page(1, 4096)).unwrap();
+        }
+        // The next call that waits for it gets the failure, whatever it is about...
+        let mut out = vec![0; 4096];
+        let first = b.read(0, &mut out).unwrap_err();
+        assert!(first.to_string().contains("No space left"), "{first}");
+        // ...and so does every call after, even one that touches nothing gathered: the pages
+        // redb believes written are lost, and nothing may go on as if they were not.
+        for e in [
+            b.read((pages + 4) * 4096, &mut out).unwrap_err(),
+            b.write((pages + 1) * 4096, &page(2, 4096)).unwrap_err(),
+            b.sync_data().unwrap_err(),
+            b.set_len((pages + 9) * 4096).unwrap_err(),
+            b.len().unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("an earlier write of the database failed"), "{e}");
+        }
     }
 
     #[test]
