@@ -238,8 +238,8 @@ impl KvStore {
                 None
             }
         };
+        // The applied index goes into the batch once, when it commits (`commit`).
         self.applied = Applied { index: entry.index, term: entry.term };
-        batch.set_meta(META_APPLIED, &encode_record(&self.applied))?;
         Ok(result)
     }
 
@@ -399,7 +399,9 @@ impl KvStore {
                 path: self.path.clone().unwrap_or_default(),
                 detail: why,
             }),
-            (None, Some(batch)) => batch.commit(durable),
+            (None, Some(mut batch)) => {
+                batch.set_meta(META_APPLIED, &encode_record(&self.applied)).and_then(|()| batch.commit(durable))
+            }
             (None, None) if durable => self.store.begin().and_then(|b| b.commit(true)),
             (None, None) => Ok(()),
         };
