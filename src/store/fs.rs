@@ -24,6 +24,11 @@ pub(crate) trait WalFile: Send {
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()>;
     fn len(&self) -> io::Result<u64>;
     fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// Reserves the file's first `len` bytes on disk, as zeros, so that later writes there
+    /// change no file-system metadata (etcd preallocates its WAL segments the same way). The file
+    /// grows to `len` if it is shorter; nothing shrinks. Where the file system cannot, nothing
+    /// happens and writes simply extend the file.
+    fn allocate(&mut self, len: u64) -> io::Result<()>;
     /// Makes the file's content and size durable (fdatasync), not its directory entry.
     fn sync_data(&mut self) -> io::Result<()>;
     /// Like `sync_data`, plus the rest of the file's own metadata (fsync).
@@ -113,6 +118,26 @@ impl WalFile for File {
     }
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         File::set_len(self, len)
+    }
+    fn allocate(&mut self, len: u64) -> io::Result<()> {
+        if self.metadata()?.len() >= len {
+            return Ok(());
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let len = libc::off_t::try_from(len).map_err(|_| io::Error::other("allocation too large"))?;
+            // SAFETY: a valid descriptor owned by `self`; mode 0 allocates and extends the size.
+            let rc = unsafe { libc::fallocate(self.as_raw_fd(), 0, 0, len) };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    // A file system without fallocate: writes extend the file as before.
+                    Some(libc::EOPNOTSUPP) => Ok(()),
+                    _ => Err(e),
+                };
+            }
+        }
+        Ok(())
     }
     fn sync_data(&mut self) -> io::Result<()> {
         File::sync_data(self)

@@ -338,6 +338,9 @@ impl SimFs {
     }
 }
 
+/// The most zeros `SimFile::allocate` appends.
+const ALLOCATE_CAP: u64 = 4096;
+
 struct SimFile {
     fs: SimFs,
     ino: Ino,
@@ -365,6 +368,16 @@ impl WalFile for SimFile {
         let mut state = self.fs.lock_state();
         state.before_change();
         state.disk.file_op(self.ino, FileOp::SetLen(len));
+        Ok(())
+    }
+    fn allocate(&mut self, len: u64) -> io::Result<()> {
+        // Zeros appended, as fallocate leaves them, but at most `ALLOCATE_CAP` bytes of them, so
+        // that disk images (one per cut point) stay small.
+        let current = self.len()?;
+        let len = len.min(current.saturating_add(ALLOCATE_CAP));
+        if len > current {
+            self.set_len(len)?;
+        }
         Ok(())
     }
     fn sync_data(&mut self) -> io::Result<()> {

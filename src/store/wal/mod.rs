@@ -15,7 +15,10 @@
 //! (`RECORD_BATCH_UNSYNCED`); every other record (`RECORD_BATCH`) is fdatasync'ed before
 //! `persist` returns. A segment is named after the
 //! next log index when it was started; names strictly increase, so name order is write order.
-//! Segments roll past `SEGMENT_ROLL_BYTES` and at compaction.
+//! Segments roll past `SEGMENT_ROLL_BYTES` and at compaction. Each segment's first
+//! `SEGMENT_ROLL_BYTES` are reserved on disk (fallocate) when it starts, as etcd does, so an
+//! append changes no file-system metadata (`segment::preallocate`); its unwritten rest reads as
+//! zeros.
 //!
 //! Crash recovery (the rule, and why it is safe). An fsync that returns makes every byte written
 //! to the file before it durable. So after a crash or power cut, only what was written after
@@ -26,11 +29,14 @@
 //! - the last segment is cut at its first damaged record, even when intact records follow
 //!   (point-in-time recovery): they were all written after the last completed fsync, so none
 //!   of them was acknowledged as durable. Damage is a bad checksum, a length past the end, or
-//!   an incomplete header. The cut itself is fsynced;
+//!   an incomplete header. The cut itself is fsynced. Zeros from the first damaged record to
+//!   the end of the file are not damage but the preallocated space never written: the end of
+//!   the log, cut nowhere;
 //! - unless, among the intact records after the damage, a synced record is followed by another
 //!   record: its fsync returned before that one was written, so the damaged record was durable
 //!   and has been damaged since. That is `Corrupt`, as is any damage in an older segment
-//!   (a segment's tail is fsynced before the next segment is started), an undecodable intact
+//!   (a segment is cut back to its records, and that and its tail fsynced, before the next
+//!   segment is started, so an older segment has no zeros at its end either), an undecodable intact
 //!   record, an unknown kind, and a damaged `member.json`. A damaged snapshot file is skipped
 //!   (an older one is used) and reported as `Inconsistent` if the log needed it;
 //! - a new segment's header record and its directory entry are fsynced before anything is

@@ -8,7 +8,7 @@
 use std::io::BufReader;
 use std::path::Path;
 
-use super::super::fs::{FileSystem, Reader};
+use super::super::fs::{FileSystem, Reader, WalFile};
 use super::record::{
     decode_batch, intact_records_after, is_batch_kind, is_synced_kind, read_record, Batch, RawRecord, SnapshotMark,
     RECORD_HEADER_BYTES,
@@ -111,6 +111,22 @@ pub(super) fn apply_base(entries: &mut Vec<Entry>, mark: SnapshotMark) {
     }
 }
 
+/// Whether every byte of `file` from `from` to `file_len` is zero: space preallocated and never
+/// written. Reads 1 MiB at a time.
+fn zeros_to_end(file: &dyn WalFile, path: &Path, from: u64, file_len: u64) -> Result<bool, StoreError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < file_len {
+        let n = usize::try_from(file_len - at).unwrap_or(usize::MAX).min(buf.len());
+        file.read_exact_at(&mut buf[..n], at).map_err(|e| StoreError::io("read WAL segment", path, e))?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 /// What reading one segment found.
 pub(super) struct SegmentScan {
     /// Decoded records with their byte offsets.
@@ -148,6 +164,10 @@ pub(super) fn read_segment(fs: &dyn FileSystem, path: &Path, is_last: bool) -> R
                 offset += (RECORD_HEADER_BYTES + payload.len()) as u64;
             }
             RawRecord::Bad { detail, record_bytes } => {
+                if is_last && zeros_to_end(&*file, path, offset, file_len)? {
+                    // The preallocated rest of the segment (`segment::preallocate`): its end.
+                    break;
+                }
                 if !is_last {
                     return Err(StoreError::corrupt(
                         path,

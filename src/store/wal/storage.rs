@@ -13,7 +13,7 @@ use super::super::fs::{create_dir, lock_dir, remove_temp_files, sync_dir, DirLoc
 use super::record::{encode_record, BatchRef, SnapshotMark, RECORD_BATCH, RECORD_BATCH_UNSYNCED};
 use super::replay::{follows, read_segment, Replay};
 use super::segment::{
-    create_segment, list_segments, note_entries, segment_name, truncate_file, Segment, SEGMENT_ROLL_BYTES,
+    create_segment, list_segments, note_entries, preallocate, segment_name, truncate_file, Segment, SEGMENT_ROLL_BYTES,
 };
 use super::snapfile::{list_snapshots, load_newest_snapshot, save_snapshot, snapshot_name};
 use super::{StoreError, SNAP_DIR, WAL_DIR};
@@ -139,12 +139,14 @@ impl Storage {
         if segments.is_empty() {
             let first_index = snapshot_index.saturating_add(1);
             let path = wal_dir.join(segment_name(first_index));
-            create_segment(&*fs, &path, &[])?;
+            create_segment(&*fs, &path, &[], SEGMENT_ROLL_BYTES)?;
             sync_dir(&*fs, &wal_dir)?;
             segments.push(Segment { first_index, path, live_max: 0 });
         }
         let active_path = &segments[segments.len() - 1].path;
-        let active = fs.open_rw(active_path).map_err(|e| StoreError::io("open WAL segment", active_path, e))?;
+        let mut active = fs.open_rw(active_path).map_err(|e| StoreError::io("open WAL segment", active_path, e))?;
+        // Again after a cut, or for a segment of a version that did not preallocate.
+        preallocate(&mut *active, active_path, SEGMENT_ROLL_BYTES);
         tracing::debug!(
             dir = %dir.display(),
             segments = segments.len(),
@@ -322,6 +324,7 @@ impl Storage {
                 .set_len(self.active_len)
                 .map_err(|e| StoreError::io("truncate a failed write from WAL segment", path, e))?;
             self.tail_dirty = false;
+            preallocate(&mut *self.active, path, self.segment_roll_bytes);
         }
         Ok(())
     }
@@ -331,11 +334,19 @@ impl Storage {
     /// and its directory entry are durable before anything is appended to it.
     fn roll(&mut self) -> Result<(), StoreError> {
         self.repair_tail()?;
-        // A commit-only record written without an fsync must be durable before its segment
-        // stops being the last: only the last segment may end in damage from a power cut.
-        if !self.last_synced {
+        // Only the last segment may end in what a power cut leaves, or in preallocated zeros:
+        // this one is cut back to its records (`segment::preallocate`), and a commit-only
+        // record written without an fsync made durable, before the next one starts.
+        {
             let path = &self.segments[self.segments.len() - 1].path;
-            self.active.sync_data().map_err(|e| StoreError::io("fsync WAL segment", path, e))?;
+            if self.active.len().map_err(|e| StoreError::io("stat WAL segment", path, e))? > self.active_len {
+                self.active
+                    .set_len(self.active_len)
+                    .map_err(|e| StoreError::io("cut the preallocated end of WAL segment", path, e))?;
+                self.active.sync_data().map_err(|e| StoreError::io("fsync WAL segment", path, e))?;
+            } else if !self.last_synced {
+                self.active.sync_data().map_err(|e| StoreError::io("fsync WAL segment", path, e))?;
+            }
             self.last_synced = true;
         }
         let previous = self.segments[self.segments.len() - 1].first_index;
@@ -345,7 +356,7 @@ impl Storage {
             &BatchRef { snapshot: self.snapshot, entries: &[], hard_state: Some(self.hard_state) },
             RECORD_BATCH,
         )?;
-        let created = create_segment(&*self.fs, &path, &header)
+        let created = create_segment(&*self.fs, &path, &header, self.segment_roll_bytes)
             .and_then(|file| sync_dir(&*self.fs, &self.wal_dir).map(|()| file));
         let file = match created {
             Ok(file) => file,

@@ -3,7 +3,6 @@
 //! harness is `power_cut_tests.rs`.
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,7 +11,7 @@ use bytes::Bytes;
 use super::data_dir::open_data_dir_with;
 use super::meta::{write_meta_with, META_FILE};
 use super::record::RECORD_HEADER_BYTES;
-use super::segment::{create_segment, segment_name};
+use super::segment::{create_segment, segment_name, SEGMENT_ROLL_BYTES};
 use super::snapfile::{save_snapshot, snapshot_name};
 use super::storage::Fault;
 use super::*;
@@ -65,28 +64,43 @@ fn file_len(path: &Path) -> u64 {
     fs::metadata(path).expect("stat").len()
 }
 
-/// Byte offsets of the records in a segment.
+/// Byte offsets of the records in a segment (up to its preallocated zeros).
 fn record_offsets(path: &Path) -> Vec<u64> {
+    record_layout(path).0
+}
+
+/// Where the records of a segment end: the rest of the file is preallocated zeros.
+fn records_end(path: &Path) -> u64 {
+    record_layout(path).1
+}
+
+fn record_layout(path: &Path) -> (Vec<u64>, u64) {
     let bytes = fs::read(path).expect("read segment");
     let mut offsets = Vec::new();
     let mut at = 0;
-    while at + RECORD_HEADER_BYTES <= bytes.len() {
+    while at + RECORD_HEADER_BYTES <= bytes.len() && bytes[at..at + RECORD_HEADER_BYTES].iter().any(|&b| b != 0) {
         offsets.push(at as u64);
         let len = u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
         at += RECORD_HEADER_BYTES + len;
     }
-    offsets
+    (offsets, at as u64)
+}
+
+/// Whether the segment holds nothing but zeros from `from` on.
+fn zeros_from(path: &Path, from: u64) -> bool {
+    fs::read(path).expect("read segment")[from as usize..].iter().all(|&b| b == 0)
+}
+
+/// Overwrites bytes at `offset`, inside the preallocated file, as a write that reached the disk.
+fn write_bytes_at(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    OpenOptions::new().write(true).open(path).expect("open").write_all_at(bytes, offset).expect("write");
 }
 
 fn flip_byte(path: &Path, offset: u64) {
     let mut bytes = fs::read(path).expect("read");
     bytes[offset as usize] ^= 0x5a;
     fs::write(path, bytes).expect("write");
-}
-
-fn append_bytes(path: &Path, extra: &[u8]) {
-    let mut file = OpenOptions::new().append(true).open(path).expect("open for append");
-    file.write_all(extra).expect("append");
 }
 
 /// Three persists: 1..=3 (term 1), 4..=5 (term 2), 6 (term 2), each with a hard state.
@@ -184,11 +198,50 @@ fn an_empty_persist_writes_nothing() {
     let (mut storage, _) = open(dir.path());
     storage.persist(None, None, &[]).expect("empty persist");
     assert!(storage.is_fresh());
-    assert_eq!(file_len(&last_segment(dir.path())), 0);
+    assert!(zeros_from(&last_segment(dir.path()), 0));
     drop(storage);
     let (storage, state) = open(dir.path());
     assert!(storage.is_fresh());
     assert_eq!(state, DurableState::default());
+}
+
+#[test]
+fn the_active_segment_is_preallocated_and_its_zeros_read_as_its_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut storage, _) = open(dir.path());
+    three_batches(&mut storage);
+    drop(storage);
+    let segment = last_segment(dir.path());
+    let end = records_end(&segment);
+    assert_eq!(file_len(&segment), SEGMENT_ROLL_BYTES, "the segment's space is reserved up front");
+    assert!(end > 0 && zeros_from(&segment, end));
+
+    let (mut storage, state) = open(dir.path());
+    assert_eq!(storage.recovered_past_damage, 0);
+    assert_eq!(state.entries.len(), 6);
+    assert_eq!(state.hard_state, hard_state(2, Some(2), 5));
+    assert_eq!(file_len(&segment), SEGMENT_ROLL_BYTES, "nothing was cut as torn");
+    // Appends go on inside the reserved space, where the records ended.
+    storage.persist(Some(&hard_state(2, Some(2), 6)), None, &entries(7..=7, 2)).expect("persist");
+    drop(storage);
+    assert_eq!(record_offsets(&segment).len(), 4);
+    assert_eq!(file_len(&segment), SEGMENT_ROLL_BYTES);
+    assert_eq!(reopen(dir.path()).entries.len(), 7);
+}
+
+#[test]
+fn a_segment_is_cut_back_to_its_records_before_the_next_one_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut storage, _) = open(dir.path());
+    storage.segment_roll_bytes = 1; // every persist starts a new segment
+    three_batches(&mut storage);
+    let segments = segment_files(dir.path());
+    assert_eq!(segments.len(), 3);
+    for older in &segments[..2] {
+        assert_eq!(file_len(older), records_end(older), "{} keeps no zeros", older.display());
+    }
+    drop(storage);
+    assert_eq!(reopen(dir.path()).entries.len(), 6);
 }
 
 #[test]
@@ -200,14 +253,15 @@ fn a_torn_tail_is_cut_back_to_the_last_complete_record() {
     let segment = last_segment(dir.path());
     let offsets = record_offsets(&segment);
     assert_eq!(offsets.len(), 3);
-    // The crash interrupted the third write.
-    let full_len = file_len(&segment);
-    OpenOptions::new().write(true).open(&segment).expect("open").set_len(full_len - 5).expect("truncate");
+    // The crash interrupted the third write: its last bytes never reached the disk.
+    let end = records_end(&segment);
+    write_bytes_at(&segment, end - 5, &[0; 5]);
 
     let (mut storage, state) = open(dir.path());
     assert_eq!(state.hard_state, hard_state(2, Some(2), 3));
     assert_eq!(state.entries.last().map(|e| e.index), Some(5));
-    assert_eq!(file_len(&segment), offsets[2], "the torn record is cut away");
+    assert_eq!(records_end(&segment), offsets[2], "the torn record is cut away");
+    assert!(zeros_from(&segment, offsets[2]));
 
     // Writing after the repair continues cleanly.
     storage.persist(Some(&hard_state(2, Some(2), 6)), None, &entries(6..=7, 2)).expect("persist");
@@ -232,13 +286,14 @@ fn garbage_after_the_last_record_is_cut_away() {
         three_batches(&mut storage);
         drop(storage);
         let segment = last_segment(dir.path());
-        let clean_len = file_len(&segment);
-        append_bytes(&segment, extra);
+        let clean_len = records_end(&segment);
+        write_bytes_at(&segment, clean_len, extra);
 
         let state = reopen(dir.path());
         assert_eq!(state.entries.len(), 6, "garbage {:?}", &extra[..3]);
         assert_eq!(state.hard_state, hard_state(2, Some(2), 5));
-        assert_eq!(file_len(&segment), clean_len);
+        assert_eq!(records_end(&segment), clean_len);
+        assert!(zeros_from(&segment, clean_len), "garbage {:?} is cut away", &extra[..3]);
     }
 }
 
@@ -254,7 +309,8 @@ fn a_damaged_last_record_is_a_torn_write() {
 
     let state = reopen(dir.path());
     assert_eq!(state.entries.len(), 5);
-    assert_eq!(file_len(&segment), offsets[2]);
+    assert_eq!(records_end(&segment), offsets[2]);
+    assert!(zeros_from(&segment, offsets[2]));
 }
 
 #[test]
@@ -310,7 +366,8 @@ fn a_damaged_commit_only_record_before_an_intact_synced_one_is_cut_away() {
     assert_eq!(storage.recovered_past_damage, 1);
     assert_eq!(state.entries, entries(1..=3, 1));
     assert_eq!(state.hard_state, hard_state(1, Some(1), 0));
-    assert_eq!(file_len(&segment), offsets[1], "cut at the damaged record");
+    assert_eq!(records_end(&segment), offsets[1], "cut at the damaged record");
+    assert!(zeros_from(&segment, offsets[1]));
 }
 
 #[test]
@@ -619,8 +676,11 @@ fn a_leader_snapshot_keeps_the_hard_state_when_it_deletes_old_segments() {
     let (mut storage, _) = open(dir.path());
     storage.persist(Some(&hard_state(5, Some(2), 0)), None, &entries(1..=3, 1)).expect("persist");
     drop(storage);
-    // A crash while starting a new segment left it empty, without its header record.
-    create_segment(&RealFs, &dir.path().join(WAL_DIR).join(segment_name(4)), &[]).expect("create");
+    // A crash while starting a new segment left it empty, without its header record (after
+    // the previous one was cut back to its records, as `Storage::roll` does first).
+    let first = last_segment(dir.path());
+    OpenOptions::new().write(true).open(&first).expect("open").set_len(records_end(&first)).expect("cut");
+    create_segment(&RealFs, &dir.path().join(WAL_DIR).join(segment_name(4)), &[], 0).expect("create");
 
     let (mut storage, state) = open(dir.path());
     assert_eq!(state.hard_state, hard_state(5, Some(2), 0));
@@ -711,14 +771,15 @@ fn a_full_disk_fails_the_persist_and_keeps_durable_data() {
     let (mut storage, _) = open(dir.path());
     storage.persist(Some(&hard_state(1, Some(1), 0)), None, &entries(1..=3, 1)).expect("persist");
     let segment = last_segment(dir.path());
-    let durable_len = file_len(&segment);
+    let durable_len = records_end(&segment);
 
     // Half a record reaches the disk, then ENOSPC.
     storage.fault = Some(Fault::DiskFullAfter(20));
     let error = storage.persist(Some(&hard_state(2, None, 3)), None, &entries(4..=5, 2)).expect_err("disk full");
     assert!(error.is_disk_full(), "{error}");
     assert!(error.to_string().contains("disk is full"), "{error}");
-    assert_eq!(file_len(&segment), durable_len, "the partial write is cut away");
+    assert_eq!(records_end(&segment), durable_len, "the partial write is cut away");
+    assert!(zeros_from(&segment, durable_len));
 
     // A restart now sees exactly what was durable before.
     drop(storage);
