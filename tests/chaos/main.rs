@@ -477,14 +477,38 @@ fn add_back_and_promote(c: &mut Cluster, victim: usize, initial: &str) -> String
     let name = c.members[victim].name.clone();
     let m = &c.members[victim];
     let body = json!({"name": m.name, "peerURL": m.peer_url(), "clientURL": m.client_url(), "learner": true});
-    let new_id = wait_for("member re-add", RECOVERY_LIMIT, || {
-        let leader = leader_index(c)?;
-        let resp = c.http.post(format!("{}/v1/members", c.members[leader].client_url())).json(&body).send().ok()?;
-        if resp.status().as_u16() != 201 {
-            return None;
-        }
-        resp.json::<Value>().ok()?["id"].as_str().map(str::to_string)
-    });
+    // The last refusal is kept, so that a re-add that never succeeds says why.
+    let started = Instant::now();
+    let new_id = loop {
+        let answer = match leader_index(c) {
+            None => Err("no leader".to_string()),
+            Some(leader) => {
+                match c.http.post(format!("{}/v1/members", c.members[leader].client_url())).json(&body).send() {
+                    Ok(resp) if resp.status().as_u16() == 201 => resp
+                        .json::<Value>()
+                        .ok()
+                        .and_then(|v| v["id"].as_str().map(str::to_string))
+                        .ok_or_else(|| "201 without an id".to_string()),
+                    Ok(resp) => Err(format!(
+                        "{} from {}: {}",
+                        resp.status(),
+                        c.members[leader].name,
+                        resp.text().unwrap_or_default()
+                    )),
+                    Err(e) => Err(format!("{} did not answer: {e}", c.members[leader].name)),
+                }
+            }
+        };
+        let refused = match answer {
+            Ok(id) => break id,
+            Err(why) => why,
+        };
+        assert!(
+            started.elapsed() < RECOVERY_LIMIT,
+            "timed out after {RECOVERY_LIMIT:?} waiting for member re-add of {name}; last answer: {refused}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     c.start(victim, initial, "existing");
     let mut last_answer = String::new();
     let promoted = (0..600).any(|_| {
