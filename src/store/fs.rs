@@ -120,7 +120,8 @@ impl WalFile for File {
         File::set_len(self, len)
     }
     fn allocate(&mut self, len: u64) -> io::Result<()> {
-        if self.metadata()?.len() >= len {
+        let before = self.metadata()?.len();
+        if before >= len {
             return Ok(());
         }
         #[cfg(target_os = "linux")]
@@ -130,11 +131,15 @@ impl WalFile for File {
             let rc = unsafe { libc::fallocate(self.as_raw_fd(), 0, 0, len) };
             if rc != 0 {
                 let e = io::Error::last_os_error();
-                return match e.raw_os_error() {
+                if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
                     // A file system without fallocate: writes extend the file as before.
-                    Some(libc::EOPNOTSUPP) => Ok(()),
-                    _ => Err(e),
-                };
+                    return Ok(());
+                }
+                // ext4 keeps what it allocated before running out of space (a 16 MiB disk was
+                // left full by a 64 MiB request): give it back, so that a nearly full disk is
+                // not filled by a reservation.
+                let _ = File::set_len(self, before);
+                return Err(e);
             }
         }
         Ok(())
