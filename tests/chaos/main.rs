@@ -755,10 +755,12 @@ impl Drop for FaultLog {
 type Schedule<'a> = dyn FnMut(&mut Cluster, &Faults, &Recorder, &mut Vec<String>) -> bool + 'a;
 
 fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
+    // First, so that drops left by an interrupted run (its table is ours) cannot keep this
+    // cluster from forming.
+    let faults = Faults::new(&format!("kuberaft_chaos_{net}"));
     let mut c = Cluster::new(net, 5);
     c.bootstrap();
     c.wait_leader(Duration::from_secs(20));
-    let faults = Faults::new(&format!("kuberaft_chaos_{net}"));
     let rec = Recorder::new();
     let stop = Arc::new(AtomicBool::new(false));
     let urls: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
@@ -982,12 +984,12 @@ fn serializable_reads_on_a_partitioned_minority_are_flagged_and_linearizable_one
         return;
     }
     for (net, mode) in [(31u8, ReadMode::Serializable), (32u8, ReadMode::Linearizable)] {
+        let faults = Faults::new(&format!("kuberaft_chaos_{net}"));
         let mut c = Cluster::new(net, 3);
         c.bootstrap();
         let (leader, _) = c.wait_leader(Duration::from_secs(20));
         let minority = (leader + 1) % 3;
         let majority: Vec<usize> = (0..3).filter(|i| *i != minority).collect();
-        let faults = Faults::new(&format!("kuberaft_chaos_{net}"));
         let rec = Recorder::new();
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(3))
