@@ -110,6 +110,16 @@ fn three_batches(storage: &mut Storage) {
     storage.persist(Some(&hard_state(2, Some(2), 5)), None, &entries(6..=6, 2)).expect("persist");
 }
 
+/// A new directory with `three_batches` written and the storage closed; its (only) segment.
+fn three_batches_written() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut storage, _) = open(dir.path());
+    three_batches(&mut storage);
+    drop(storage);
+    let segment = last_segment(dir.path());
+    (dir, segment)
+}
+
 #[test]
 fn hard_state_entries_and_snapshot_survive_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -207,11 +217,7 @@ fn an_empty_persist_writes_nothing() {
 
 #[test]
 fn the_active_segment_is_preallocated_and_its_zeros_read_as_its_end() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut storage, _) = open(dir.path());
-    three_batches(&mut storage);
-    drop(storage);
-    let segment = last_segment(dir.path());
+    let (dir, segment) = three_batches_written();
     let end = records_end(&segment);
     assert_eq!(file_len(&segment), SEGMENT_ROLL_BYTES, "the segment's space is reserved up front");
     assert!(end > 0 && zeros_from(&segment, end));
@@ -246,11 +252,7 @@ fn a_segment_is_cut_back_to_its_records_before_the_next_one_starts() {
 
 #[test]
 fn a_torn_tail_is_cut_back_to_the_last_complete_record() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut storage, _) = open(dir.path());
-    three_batches(&mut storage);
-    drop(storage);
-    let segment = last_segment(dir.path());
+    let (dir, segment) = three_batches_written();
     let offsets = record_offsets(&segment);
     assert_eq!(offsets.len(), 3);
     // The crash interrupted the third write: its last bytes never reached the disk.
@@ -281,11 +283,7 @@ fn garbage_after_the_last_record_is_cut_away() {
         &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 1, 9, 9],
     ];
     for extra in garbage {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (mut storage, _) = open(dir.path());
-        three_batches(&mut storage);
-        drop(storage);
-        let segment = last_segment(dir.path());
+        let (dir, segment) = three_batches_written();
         let clean_len = records_end(&segment);
         write_bytes_at(&segment, clean_len, extra);
 
@@ -299,11 +297,7 @@ fn garbage_after_the_last_record_is_cut_away() {
 
 #[test]
 fn a_damaged_last_record_is_a_torn_write() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut storage, _) = open(dir.path());
-    three_batches(&mut storage);
-    drop(storage);
-    let segment = last_segment(dir.path());
+    let (dir, segment) = three_batches_written();
     let offsets = record_offsets(&segment);
     flip_byte(&segment, offsets[2] + 12);
 
@@ -315,11 +309,7 @@ fn a_damaged_last_record_is_a_torn_write() {
 
 #[test]
 fn a_flipped_byte_in_an_earlier_record_is_corruption() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut storage, _) = open(dir.path());
-    three_batches(&mut storage);
-    drop(storage);
-    let segment = last_segment(dir.path());
+    let (dir, segment) = three_batches_written();
     let offsets = record_offsets(&segment);
     let middle_of_first = (offsets[0] + offsets[1]) / 2;
     flip_byte(&segment, middle_of_first);
@@ -541,11 +531,7 @@ fn a_power_cut_anywhere_in_a_first_start_never_leaves_a_partial_data_directory()
 
 #[test]
 fn an_implausible_length_before_intact_records_is_corruption() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut storage, _) = open(dir.path());
-    three_batches(&mut storage);
-    drop(storage);
-    let segment = last_segment(dir.path());
+    let (dir, segment) = three_batches_written();
     let mut bytes = fs::read(&segment).expect("read");
     bytes[3] = 0x7f; // the first record now claims ~2 GiB
     fs::write(&segment, bytes).expect("write");
