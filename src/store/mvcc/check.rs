@@ -23,6 +23,15 @@ impl<'a> KeySpan<'a> {
             end => KeySpan::Between(key, end),
         }
     }
+
+    /// Whether `key` is one of the span's keys.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match self {
+            KeySpan::One(one) => key == *one,
+            KeySpan::From(from) => key >= *from,
+            KeySpan::Between(from, end) => key >= *from && key < *end,
+        }
+    }
 }
 
 /// etcd's `checkPutRequest`.

@@ -141,7 +141,7 @@ impl<T, E: Into<redb::Error>> At<T> for Result<T, E> {
     }
 }
 
-const READ: &str = "read the state-machine database";
+pub(super) const READ: &str = "read the state-machine database";
 const WRITE: &str = "write the state-machine database";
 
 /// One entry of `kv`, decoded.
@@ -183,7 +183,7 @@ impl<'a> Record<'a> {
 }
 
 /// Decodes the record of `key` at `rev`; `with_value` false leaves the value empty.
-fn key_value(
+pub(super) fn key_value(
     place: &Place,
     key: &[u8],
     rev: Revision,
@@ -383,8 +383,8 @@ impl MvccStore {
 /// One redb read transaction over the store: the state as of the commit before it was taken,
 /// whatever is written after (see [`MvccStore::read_view`]).
 pub struct ReadView {
-    txn: ReadTransaction,
-    place: Place,
+    pub(super) txn: ReadTransaction,
+    pub(super) place: Place,
 }
 
 impl ReadView {
@@ -440,7 +440,7 @@ pub(crate) fn read_state<T: ReadableTable<&'static str, i64>>(
 type Newest<'t> = Option<(Revision, AccessGuard<'t, &'static [u8]>)>;
 
 /// The newest entry of `key` at or below `rev`: its revision and raw record.
-fn newest_entry<'t, T>(kv: &'t T, place: &Place, key: &[u8], rev: Revision) -> Result<Newest<'t>, StoreError>
+pub(super) fn newest_entry<'t, T>(kv: &'t T, place: &Place, key: &[u8], rev: Revision) -> Result<Newest<'t>, StoreError>
 where
     T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
 {

@@ -309,6 +309,42 @@ fn compare_whole(store: &MvccStore, m: &Model, at: &str) {
         assert_eq!(stored_revisions(&kv, key), m.kept_revisions(key), "{at}: stored revisions of {key:?}");
     }
     check_store_tables(store);
+    compare_events(store, m, at);
+}
+
+/// Every event from the compacted revision on, of the whole store, of each key and of two
+/// ranges, read in pages as small as one `revs` entry or one event, against the model.
+fn compare_events(store: &MvccStore, m: &Model, at: &str) {
+    let view = store.read_view().unwrap();
+    let from = m.compacted_revision().max(1) + 1;
+    let mut spans: Vec<(Vec<u8>, Vec<u8>)> = vec![(b(""), vec![0]), (b("a"), b("b")), (b("ab"), vec![0])];
+    spans.extend(KEYS.iter().map(|k| (k.to_vec(), Vec::new())));
+    for (i, (key, end)) in spans.iter().enumerate() {
+        let span = check::KeySpan::new(key, end);
+        let want = m.events(&span, from, m.revision()).unwrap();
+        let bounds = EventBounds { scan: 1 + i % 3, bytes: if i % 2 == 0 { 1 } else { usize::MAX } };
+        let mut got = Vec::new();
+        let mut pos = (from, 0);
+        for _ in 0..10_000 {
+            let page = view.events(&span, pos, m.revision(), true, bounds).unwrap();
+            assert!(page.next > pos || page.next.0 > m.revision(), "{at}: no progress from {pos:?}");
+            got.extend(page.events);
+            pos = page.next;
+            if pos.0 > m.revision() {
+                break;
+            }
+        }
+        assert_eq!(got, want, "{at}: events of {key:?}..{end:?} from {from}");
+        let no_prev = view.events(&span, (from, 0), m.revision(), false, EventBounds { scan: usize::MAX, bytes: usize::MAX });
+        let stripped: Vec<Event> = want.into_iter().map(|e| Event { prev_kv: None, ..e }).collect();
+        assert_eq!(no_prev.unwrap().events, stripped, "{at}: events without previous versions");
+    }
+    if m.compacted_revision() >= 1 {
+        let span = check::KeySpan::new(b"a", &[0]);
+        let refused = view.events(&span, (m.compacted_revision(), 0), m.revision(), false, EventBounds { scan: 9, bytes: 9 });
+        assert!(matches!(refused, Err(ReadError::Mvcc(MvccError::Compacted))), "{at}: history at the compacted revision");
+        assert_eq!(m.events(&span, m.compacted_revision(), m.revision()), Err(MvccError::Compacted));
+    }
 }
 
 #[derive(Default, Debug)]

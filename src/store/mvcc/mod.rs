@@ -6,6 +6,7 @@
 pub mod check;
 mod coalesce;
 pub mod engine;
+pub mod events;
 #[cfg(test)]
 mod engine_tests;
 pub mod model;
@@ -13,5 +14,6 @@ pub mod snapshot;
 pub mod types;
 
 pub use engine::{Batch, MvccStore, ReadError, ReadView};
+pub use events::{EventBounds, EventsPage, HistoryPos};
 pub use snapshot::{ChunkReader, SnapshotReader};
 pub use types::*;

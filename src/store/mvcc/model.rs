@@ -38,6 +38,9 @@ pub struct Model {
     /// delete (tombstone). A revision holds at most one entry per key: the last change made
     /// to the key in that revision.
     history: BTreeMap<Vec<u8>, BTreeMap<Revision, Option<KeyValue>>>,
+    /// The keys each revision changed, in the order of their first change in it (what watches
+    /// report); revisions at or below the compacted one are dropped.
+    changed: BTreeMap<Revision, Vec<Vec<u8>>>,
     current: Revision,
     /// Reads below this revision fail; -1 until the first compaction, as etcd's
     /// `compactMainRev`.
@@ -58,9 +61,18 @@ struct WriteCtx {
     changed: bool,
     /// Keys written, to undo the txn if it fails part-way.
     touched: BTreeSet<Vec<u8>>,
+    /// The same keys in the order of their first write.
+    order: Vec<Vec<u8>>,
 }
 
 impl WriteCtx {
+    fn write(&mut self, key: &[u8]) {
+        if self.touched.insert(key.to_vec()) {
+            self.order.push(key.to_vec());
+        }
+        self.changed = true;
+    }
+
     fn view(&self) -> Revision {
         if self.changed {
             self.begin + 1
@@ -73,7 +85,13 @@ impl WriteCtx {
 impl Model {
     /// An empty store at revision 1, etcd's starting revision.
     pub fn new() -> Self {
-        Model { history: BTreeMap::new(), current: 1, compacted: -1, max_txn_ops: DEFAULT_MAX_TXN_OPS }
+        Model {
+            history: BTreeMap::new(),
+            changed: BTreeMap::new(),
+            current: 1,
+            compacted: -1,
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
+        }
     }
 
     /// The same with another limit on ops per txn level (etcd's `--max-txn-ops`).
@@ -261,13 +279,16 @@ impl Model {
     }
 
     fn begin_write(&self) -> WriteCtx {
-        WriteCtx { begin: self.current, changed: false, touched: BTreeSet::new() }
+        WriteCtx { begin: self.current, changed: false, touched: BTreeSet::new(), order: Vec::new() }
     }
 
     /// Commits the txn's writes if `res` is Ok and something changed; undoes them otherwise.
     fn finish<T>(&mut self, ctx: WriteCtx, res: Result<T, MvccError>) -> Result<T, MvccError> {
         if res.is_ok() {
             self.current = ctx.view();
+            if ctx.changed {
+                self.changed.insert(self.current, ctx.order);
+            }
         } else {
             let rev = ctx.begin + 1;
             for key in ctx.touched {
@@ -308,8 +329,7 @@ impl Model {
             },
         };
         self.history.entry(req.key.clone()).or_default().insert(rev, Some(kv));
-        ctx.changed = true;
-        ctx.touched.insert(req.key.clone());
+        ctx.write(&req.key);
         Ok(PutResponse { revision: ctx.view(), prev_kv: if req.prev_kv { prev } else { None } })
     }
 
@@ -321,8 +341,7 @@ impl Model {
         let rev = ctx.begin + 1;
         for kv in &gone {
             self.history.entry(kv.key.clone()).or_default().insert(rev, None);
-            ctx.touched.insert(kv.key.clone());
-            ctx.changed = true;
+            ctx.write(&kv.key);
         }
         DeleteRangeResponse {
             revision: ctx.view(),
@@ -454,7 +473,41 @@ impl Model {
             !h.is_empty()
         });
         self.compacted = rev;
+        self.changed = self.changed.split_off(&(rev + 1));
         Ok(CompactResponse { revision: self.current })
+    }
+
+    // ----- History -----
+
+    /// The changes of the keys in `span` at revisions `from..=to` (`to` past the current
+    /// revision reads to it), in revision order and, within a revision, in the order the keys
+    /// were first changed in it; each with the key's previous version when it is kept. A key
+    /// changed twice in one revision gives one event, its last change (see DESIGN.md §3).
+    /// Refused for `from` at or below the compacted revision: that history is gone.
+    pub fn events(&self, span: &KeySpan<'_>, from: Revision, to: Revision) -> Result<Vec<Event>, MvccError> {
+        if from <= self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        let mut events = Vec::new();
+        if from > to {
+            return Ok(events);
+        }
+        for (rev, keys) in self.changed.range(from..=to) {
+            for key in keys.iter().filter(|k| span.contains(k)) {
+                let history = &self.history[key];
+                let prev_kv = history.range(..*rev).next_back().and_then(|(_, kv)| kv.clone());
+                let event = match &history[rev] {
+                    Some(kv) => Event { kind: EventKind::Put, kv: kv.clone(), prev_kv },
+                    None => Event {
+                        kind: EventKind::Delete,
+                        kv: KeyValue { key: key.clone(), mod_revision: *rev, ..KeyValue::default() },
+                        prev_kv,
+                    },
+                };
+                events.push(event);
+            }
+        }
+        Ok(events)
     }
 }
 

@@ -214,3 +214,28 @@ pub struct TxnResponse {
 pub struct CompactResponse {
     pub revision: Revision,
 }
+
+/// What an event did to its key (etcd's `mvccpb.Event.EventType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change of one key, as etcd's `mvccpb.Event`. A delete's `kv` holds only the key and
+/// the revision of the delete (`mod_revision`), as etcd's does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+    /// The key's version before this change, when asked for and still kept.
+    pub prev_kv: Option<KeyValue>,
+}
+
+impl Event {
+    /// The bytes the event carries (keys and values), to bound what is held at once.
+    pub fn size(&self) -> usize {
+        let kv = |kv: &KeyValue| kv.key.len() + kv.value.len() + 48;
+        kv(&self.kv) + self.prev_kv.as_ref().map_or(0, kv)
+    }
+}
