@@ -89,17 +89,17 @@ fn bytes(name: &str, text: &Option<String>, base64: &Option<String>) -> ApiResul
 
 /// The `key` and `range_end` a request selects, from `key`, and `rangeEnd` or `prefix` or
 /// `fromKey` (at most one of them). `prefix` or `fromKey` with an empty key: every key.
-struct Span<'a> {
-    key: &'a Option<String>,
-    key_base64: &'a Option<String>,
-    range_end: &'a Option<String>,
-    range_end_base64: &'a Option<String>,
-    prefix: bool,
-    from_key: bool,
+pub(super) struct Span<'a> {
+    pub key: &'a Option<String>,
+    pub key_base64: &'a Option<String>,
+    pub range_end: &'a Option<String>,
+    pub range_end_base64: &'a Option<String>,
+    pub prefix: bool,
+    pub from_key: bool,
 }
 
 impl Span<'_> {
-    fn resolve(&self) -> ApiResult<(Vec<u8>, Vec<u8>)> {
+    pub(super) fn resolve(&self) -> ApiResult<(Vec<u8>, Vec<u8>)> {
         let key = bytes("key", self.key, self.key_base64)?;
         let has_end = self.range_end.is_some() || self.range_end_base64.is_some();
         if usize::from(has_end) + usize::from(self.prefix) + usize::from(self.from_key) > 1 {
@@ -358,7 +358,7 @@ impl Budget {
     }
 }
 
-fn wire_kv(kv: mvcc::KeyValue) -> wire::KeyValue {
+pub(super) fn wire_kv(kv: mvcc::KeyValue) -> wire::KeyValue {
     let mut out = wire::KeyValue::new(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version);
     out.lease = kv.lease;
     out
@@ -370,7 +370,7 @@ fn inner_header(revision: mvcc::Revision) -> wire::ResponseHeader {
 }
 
 /// The header of a top-level answer: this member, its term, the store's revision.
-fn header(api: &Api, revision: mvcc::Revision) -> wire::ResponseHeader {
+pub(super) fn header(api: &Api, revision: mvcc::Revision) -> wire::ResponseHeader {
     let shared = &api.node.shared;
     wire::ResponseHeader {
         cluster_id: format_id(shared.cluster_id),

@@ -5,3 +5,4 @@
 
 pub mod kv;
 pub mod server;
+pub mod watch;

@@ -87,6 +87,8 @@ pub fn render_error(status: StatusCode, code: &'static str, message: String) -> 
 #[derive(Clone)]
 pub struct Api {
     pub node: NodeHandle,
+    /// The member's watches (`node::watch`).
+    pub watch: std::sync::Arc<crate::node::watch::WatchHub>,
     /// Forwards to the leader (`http::client::Dial::leader`).
     pub http: HttpClient,
 }
@@ -103,6 +105,7 @@ pub fn client_router(api: Api) -> Router {
         .route("/v1/range", post(kv::range))
         .route("/v1/txn", post(kv::txn))
         .route("/v1/compact", post(kv::compact))
+        .route("/v1/watch", post(super::watch::watch))
         .route("/v1/status", get(status))
         .route("/v1/members", get(members).post(add_member))
         .route("/v1/members/{id}", axum::routing::delete(remove_member))
@@ -136,6 +139,10 @@ struct WholeBodyLimits {
 /// declares more than that is refused before a byte of it is read.
 async fn read_whole_body(State(limits): State<WholeBodyLimits>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
+    if parts.uri.path() == "/v1/watch" {
+        // A stream of requests, read as they arrive (`api::watch`), each one bounded.
+        return next.run(Request::from_parts(parts, body)).await;
+    }
     let limit = if parts.uri.path() == "/v1/txn" { limits.txn } else { limits.other };
     match read_body(&parts.headers, body, limit).await {
         Ok(bytes) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
@@ -609,8 +616,29 @@ async fn metrics(State(api): State<Api>) -> Response {
             reclaiming as u64,
         ),
     ];
+    let w = &api.watch.metrics;
+    let (feed_revisions, feed_bytes) = api.watch.feed_size();
+    let watch_series: [(&str, &str, &str, u64); 7] = [
+        ("kuberaft_watchers", "Watchers on this member.", "gauge", w.watchers.load(Ordering::Relaxed).max(0) as u64),
+        ("kuberaft_watch_streams", "Watch streams open.", "gauge", w.streams.load(Ordering::Relaxed).max(0) as u64),
+        ("kuberaft_watch_events_sent_total", "Events sent to watchers.", "counter", counter(&w.events_sent)),
+        (
+            "kuberaft_watch_slow_catch_ups_total",
+            "Times a watcher behind the feed of recent revisions read from history (slow or started in the past).",
+            "counter",
+            counter(&w.history_reads),
+        ),
+        (
+            "kuberaft_watch_compacted_total",
+            "Watchers cancelled because the history they needed was compacted.",
+            "counter",
+            counter(&w.compacted),
+        ),
+        ("kuberaft_watch_feed_revisions", "Recent revisions held for watchers.", "gauge", feed_revisions as u64),
+        ("kuberaft_watch_feed_bytes", "Bytes of recent events held for watchers.", "gauge", feed_bytes as u64),
+    ];
     let mut out = String::new();
-    for (name, help, kind, value) in series {
+    for (name, help, kind, value) in series.into_iter().chain(watch_series) {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
     }
     out.push_str("# HELP kuberaft_fsync_seconds Latency of persisting a Ready (write and fsync).\n");

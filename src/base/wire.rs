@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod kv;
+pub mod watch;
 
 /// Response headers.
 pub const HEADER_MOD_REVISION: &str = "x-kuberaft-mod-revision";

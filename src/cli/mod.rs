@@ -13,6 +13,7 @@ pub mod table;
 #[cfg(test)]
 mod tests;
 pub mod txn;
+pub mod watch;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -49,6 +50,8 @@ pub enum Commands {
     Kv(KvCommand),
     /// Apply an etcd transaction (compares, then success or failure ops) from a JSON or YAML file ("-": stdin).
     Txn(txn::TxnArgs),
+    /// Print every change of a key or prefix as it happens, from now or from a past revision.
+    Watch(watch::WatchArgs),
     /// Discard the key history below a store revision.
     Compact(txn::CompactArgs),
     /// List and change the cluster's members.
@@ -138,6 +141,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Kv(command) => block_on(kv::run(command)),
         Commands::Txn(args) => block_on(txn::run_txn(args)),
         Commands::Compact(args) => block_on(txn::run_compact(args)),
+        Commands::Watch(args) => block_on(watch::run(args)),
         Commands::Member(command) => block_on(member::run_member(command)),
         Commands::Endpoint(command) => block_on(endpoint::run(command)),
         Commands::Leader(command) => block_on(member::run_leader(command)),

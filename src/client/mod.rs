@@ -6,6 +6,7 @@
 //! nothing of ours but `crate::base::wire`.
 
 mod encode;
+mod watch;
 #[cfg(test)]
 mod tests;
 
@@ -30,6 +31,7 @@ use crate::base::wire::{
 pub use crate::base::base64::{decode_base64, encode_base64};
 pub use crate::base::wire::Consistency;
 pub use encode::encode_component;
+pub use watch::{Watch, PROBE_INTERVAL, SILENCE_LIMIT};
 
 /// Per-request timeout unless configured otherwise.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

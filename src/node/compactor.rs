@@ -88,7 +88,7 @@ fn compact_interval(period: Duration) -> Duration {
 }
 
 /// `<number><unit>` with units `ms`, `s`, `m`, `h`, and sums of them (`1h30m`).
-fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {

@@ -10,6 +10,7 @@ pub mod join;
 pub mod runtime;
 pub mod shared;
 pub mod transport;
+pub mod watch;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -62,6 +62,10 @@ pub struct NodeArgs {
     /// one hour (etcd's default, 0, keeps everything).
     #[arg(long, env = "KUBERAFT_AUTO_COMPACTION_RETENTION", default_value = "1h")]
     pub auto_compaction_retention: String,
+    /// etcd's `--experimental-watch-progress-notify-interval`: how often a watch that asked for
+    /// progress notifications hears the revision it is at, when it heard nothing else.
+    #[arg(long, env = "KUBERAFT_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m")]
+    pub experimental_watch_progress_notify_interval: String,
     #[arg(long, env = "KUBERAFT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// A tracing filter, e.g. `info` or `kuberaft=debug`.

@@ -24,6 +24,7 @@ use crate::node::join::Joiner;
 use crate::node::join::PeerView;
 use crate::node::runtime::{RaftLoop, INPUT_QUEUE, TICK_MS};
 use crate::node::shared::{AddressBook, LoopStatus, Metrics, Shared};
+use crate::node::watch::WatchHub;
 use crate::node::transport::{self, PeerLimits, PeerServer, Transport, MEMBERS_PATH};
 use crate::node::NodeHandle;
 use crate::raft::{Config, InitialState, Raft, RawNode, Role};
@@ -92,6 +93,8 @@ struct Flags {
     dial_from: Option<IpAddr>,
     /// What automatic compaction keeps of the key history.
     retention: Retention,
+    /// How often watches that asked for it hear their revision.
+    watch_progress_interval: Duration,
 }
 
 impl Flags {
@@ -107,8 +110,17 @@ impl Flags {
         }
         let retention =
             Retention::parse(args.auto_compaction_mode, &args.auto_compaction_retention).map_err(StartError::from)?;
+        let interval = &args.experimental_watch_progress_notify_interval;
+        let watch_progress_interval = compactor::parse_duration(interval.trim())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                StartError::from(format!(
+                    "--experimental-watch-progress-notify-interval '{interval}' is not a duration such as 10m or 5s"
+                ))
+            })?;
         Ok(Flags {
             retention,
+            watch_progress_interval,
             client_addr,
             peer_addr,
             advertise_client_url: args.advertise_client_url.trim_end_matches('/').to_string(),
@@ -366,7 +378,9 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
     let shared = node.shared.clone();
     let (client_addr, peer_addr) = (flags.client_addr, flags.peer_addr);
     let http = HttpClient::new(Dial::leader(Some(client_addr.ip()).filter(|ip| !ip.is_unspecified())));
-    let api = Api { node: node.clone(), http };
+    let watch = WatchHub::new(shared.clone(), flags.watch_progress_interval);
+    let publisher = tokio::spawn(watch.clone().publish());
+    let api = Api { node: node.clone(), http, watch };
     let client_listener = tokio::net::TcpListener::bind(client_addr)
         .await
         .map_err(|e| StartError::from(format!("cannot listen for clients on {client_addr}: {e}")))?;
@@ -411,6 +425,7 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
         node.shutdown().await;
     }
     compactor.abort();
+    publisher.abort();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), client_server).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), peer_server).await;

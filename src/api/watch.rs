@@ -1,0 +1,202 @@
+//! `POST /v1/watch`: etcd's Watch stream over HTTP/1.1 (DESIGN.md §4). The request body is a
+//! sequence of JSON `WatchRequest`s (create, cancel, progress), read as they arrive, so a
+//! client that keeps the body open can create, cancel and ask for progress on one stream; the
+//! answer is newline-delimited JSON, one `WatchResponse` per line, as long as the client
+//! reads. A body that ends keeps the stream open. The first request must be whole and valid
+//! (else 400); a later invalid one is answered by a cancelled create with the reason, and no
+//! further requests are read (the watches already made go on).
+//!
+//! Served by the member asked, from its own applied state (`node::watch`), never forwarded.
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+use super::kv::{header, wire_kv, Span};
+use super::server::{Api, ApiError, ApiResult};
+use crate::base::wire::watch as wire;
+use crate::node::watch::{WatchResponse, WatchSpec, WatchStream, STREAM_QUEUE};
+use crate::store::mvcc::{Event, EventKind};
+
+/// The most bytes of one watch request (a create holds at most two keys of 1 KiB).
+pub const MAX_WATCH_REQUEST_BYTES: usize = 64 << 10;
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// Reads JSON values one at a time from a body that may still be arriving.
+struct Requests {
+    body: Body,
+    buf: Vec<u8>,
+    ended: bool,
+}
+
+impl Requests {
+    /// The next request; `Ok(None)` at the end of the body.
+    async fn next(&mut self) -> ApiResult<Option<wire::WatchRequest>> {
+        // Bounded: each round either returns or takes one more chunk, and the buffer is capped.
+        loop {
+            let mut values = serde_json::Deserializer::from_slice(&self.buf).into_iter::<wire::WatchRequest>();
+            match values.next() {
+                Some(Ok(request)) => {
+                    let used = values.byte_offset();
+                    self.buf.drain(..used);
+                    return Ok(Some(request));
+                }
+                Some(Err(e)) if !e.is_eof() => return Err(bad(format!("bad watch request: {e}"))),
+                Some(Err(e)) if self.ended => return Err(bad(format!("bad watch request: {e}"))),
+                None if self.ended => return Ok(None),
+                _ => {}
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => return Err(bad(format!("cannot read the watch request: {e}"))),
+                None => self.ended = true,
+            }
+            if self.buf.len() > MAX_WATCH_REQUEST_BYTES {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("a watch request is at most {MAX_WATCH_REQUEST_BYTES} bytes"),
+                ));
+            }
+        }
+    }
+}
+
+/// A create request as the store's watch.
+fn watch_spec(c: &wire::WatchCreateRequest) -> ApiResult<WatchSpec> {
+    let (key, range_end) = Span {
+        key: &c.key,
+        key_base64: &c.key_base64,
+        range_end: &c.range_end,
+        range_end_base64: &c.range_end_base64,
+        prefix: c.prefix,
+        from_key: c.from_key,
+    }
+    .resolve()?;
+    Ok(WatchSpec {
+        key,
+        range_end,
+        start_revision: c.start_revision,
+        prev_kv: c.prev_kv,
+        no_put: c.filters.contains(&wire::FilterType::NoPut),
+        no_delete: c.filters.contains(&wire::FilterType::NoDelete),
+        progress_notify: c.progress_notify,
+        fragment: c.fragment,
+        watch_id: c.watch_id,
+    })
+}
+
+/// What a request on the stream asks, checked.
+enum Ask {
+    Create(WatchSpec),
+    Cancel(i64),
+    Progress,
+}
+
+fn ask(request: wire::WatchRequest) -> ApiResult<Ask> {
+    match (request.create_request, request.cancel_request, request.progress_request) {
+        (Some(c), None, None) => Ok(Ask::Create(watch_spec(&c)?)),
+        (None, Some(c), None) => Ok(Ask::Cancel(c.watch_id)),
+        (None, None, Some(_)) => Ok(Ask::Progress),
+        _ => Err(bad("a watch request holds exactly one of `createRequest`, `cancelRequest`, `progressRequest`")),
+    }
+}
+
+async fn serve_ask(stream: &mut WatchStream, ask: Ask) {
+    match ask {
+        Ask::Create(spec) => {
+            stream.create(spec).await;
+        }
+        Ask::Cancel(id) => stream.cancel(id).await,
+        Ask::Progress => {
+            stream.request_progress();
+        }
+    }
+}
+
+fn wire_event(e: Event) -> wire::Event {
+    let kind = match e.kind {
+        EventKind::Put => wire::EventType::Put,
+        EventKind::Delete => wire::EventType::Delete,
+    };
+    wire::Event { kind, kv: wire_kv(e.kv), prev_kv: e.prev_kv.map(wire_kv) }
+}
+
+fn wire_response(api: &Api, r: WatchResponse) -> wire::WatchResponse {
+    wire::WatchResponse {
+        header: header(api, r.revision),
+        watch_id: r.watch_id,
+        created: r.created,
+        canceled: r.canceled,
+        compact_revision: r.compact_revision,
+        cancel_reason: r.cancel_reason,
+        fragment: r.fragment,
+        events: r.events.into_iter().map(wire_event).collect(),
+    }
+}
+
+fn line(response: &wire::WatchResponse) -> Bytes {
+    let mut out = serde_json::to_vec(response).unwrap_or_default();
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult<Response> {
+    let mut requests = Requests { body: request.into_body(), buf: Vec::new(), ended: false };
+    let first = match requests.next().await? {
+        Some(first) => ask(first)?,
+        None => return Err(bad("the body holds no watch request")),
+    };
+    let (tx, rx) = mpsc::channel::<WatchResponse>(STREAM_QUEUE);
+    let mut stream = api.watch.stream(tx.clone());
+    serve_ask(&mut stream, first).await;
+    // Later requests, for as long as the client reads the answer.
+    let hub = api.watch.clone();
+    tokio::spawn(async move {
+        let mut body_open = true;
+        loop {
+            let next = tokio::select! {
+                next = requests.next(), if body_open => next,
+                _ = tx.closed() => return,
+            };
+            match next.map(|r| r.map(ask)) {
+                Ok(Some(Ok(ask))) => serve_ask(&mut stream, ask).await,
+                Ok(None) => body_open = false,
+                Ok(Some(Err(e))) | Err(e) => {
+                    let refused = WatchResponse {
+                        watch_id: -1,
+                        revision: hub.current_revision(),
+                        created: true,
+                        canceled: true,
+                        cancel_reason: e.message,
+                        ..WatchResponse::default()
+                    };
+                    if tx.send(refused).await.is_err() {
+                        return;
+                    }
+                    // Where the next request starts is unknown: read no more of them.
+                    body_open = false;
+                }
+            }
+        }
+    });
+    let lines = futures::stream::unfold((rx, api), |(mut rx, api)| async move {
+        let response = rx.recv().await?;
+        Some((Ok::<_, Infallible>(line(&wire_response(&api, response))), (rx, api)))
+    });
+    let mut response = Body::from_stream(lines).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(response)
+}
