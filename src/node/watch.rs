@@ -34,6 +34,9 @@ pub const FEED_REVISIONS: usize = 8192;
 /// The most bytes of keys and values the feed keeps; a revision larger than a quarter of it is
 /// not kept (its watchers read it from history).
 pub const FEED_BYTES: usize = 16 << 20;
+/// The most revisions a watcher takes from the feed at once (what it holds while its client
+/// does not read).
+const FEED_TAKE: usize = 64;
 /// One history read: entries looked at, bytes collected.
 const PAGE: EventBounds = EventBounds { scan: 4096, bytes: 1 << 20 };
 /// The most bytes of events in one response when the watch asked for `fragment`.
@@ -259,15 +262,19 @@ impl WatchHub {
         });
     }
 
-    /// Revisions from `next` on (at most `FEED_REVISIONS / 8`), or `None` when the feed no
-    /// longer (or not yet) holds `next`.
+    /// Revisions from `next` on (at most [`FEED_TAKE`]), or `None` when the feed no
+    /// longer (or not yet) holds `next`, or `next` was compacted.
     fn from_feed(&self, next: Revision) -> Option<Vec<Arc<RevisionEvents>>> {
+        if next <= read(&self.shared.kv).compacted_revision() {
+            // Compacted since it was fed: the history says so, and the watcher is cancelled.
+            return None;
+        }
         let feed = lock(&self.feed);
         if next < feed.first {
             return None;
         }
         let skip = usize::try_from(next - feed.first).ok()?;
-        Some(feed.revisions.iter().skip(skip).take(FEED_REVISIONS / 8).cloned().collect())
+        Some(feed.revisions.iter().skip(skip).take(FEED_TAKE).cloned().collect())
     }
 
     /// A new stream of watches that sends its responses to `out`.

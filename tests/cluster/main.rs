@@ -8,6 +8,7 @@ mod mvcc_api;
 mod nft;
 #[path = "../support/require.rs"]
 mod require;
+mod watch_api;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
