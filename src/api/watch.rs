@@ -7,6 +7,10 @@
 //! further requests are read (the watches already made go on).
 //!
 //! Served by the member asked, from its own applied state (`node::watch`), never forwarded.
+//! A member cut off from the cluster serves its stale state; a client that would rather move
+//! on sends `x-kuberaft-require-leader: true` (etcd's `WithRequireLeader`): once the member has
+//! had no leader for [`NO_LEADER_CANCEL`], the stream ends with a response of watch id -1,
+//! `canceled`, reason "etcdserver: no leader".
 
 use std::convert::Infallible;
 
@@ -19,9 +23,12 @@ use tokio::sync::mpsc;
 
 use super::kv::{header, wire_kv, Span};
 use super::server::{Api, ApiError, ApiResult};
-use crate::base::wire::watch as wire;
+use crate::base::wire::watch::{self as wire, HEADER_REQUIRE_LEADER, NO_LEADER};
 use crate::node::watch::{WatchResponse, WatchSpec, WatchStream, STREAM_QUEUE};
 use crate::store::mvcc::{Event, EventKind};
+
+/// How long a member may have no leader before a stream that requires one ends.
+pub const NO_LEADER_CANCEL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The most bytes of one watch request (a create holds at most two keys of 1 KiB).
 pub const MAX_WATCH_REQUEST_BYTES: usize = 64 << 10;
@@ -154,6 +161,7 @@ fn line(response: &wire::WatchResponse) -> Bytes {
 }
 
 pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult<Response> {
+    let require_leader = request.headers().get(HEADER_REQUIRE_LEADER).is_some_and(|v| v.as_bytes() == b"true");
     let mut requests = Requests { body: request.into_body(), buf: Vec::new(), ended: false };
     let first = match requests.next().await? {
         Some(first) => ask(first)?,
@@ -164,12 +172,32 @@ pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult
     serve_ask(&mut stream, first).await;
     // Later requests, for as long as the client reads the answer.
     let hub = api.watch.clone();
+    let node = api.node.clone();
     tokio::spawn(async move {
         let mut body_open = true;
+        let mut leaderless_since: Option<tokio::time::Instant> = None;
+        let mut check = tokio::time::interval(NO_LEADER_CANCEL / 4);
         loop {
             let next = tokio::select! {
                 next = requests.next(), if body_open => next,
                 _ = tx.closed() => return,
+                _ = check.tick(), if require_leader => {
+                    let now = tokio::time::Instant::now();
+                    if node.shared.status().leader.is_some() {
+                        leaderless_since = None;
+                    } else if now.duration_since(*leaderless_since.get_or_insert(now)) >= NO_LEADER_CANCEL {
+                        let end = WatchResponse {
+                            watch_id: -1,
+                            revision: hub.current_revision(),
+                            canceled: true,
+                            cancel_reason: NO_LEADER.to_string(),
+                            ..WatchResponse::default()
+                        };
+                        let _ = tx.send(end).await;
+                        return;
+                    }
+                    continue;
+                }
             };
             match next.map(|r| r.map(ask)) {
                 Ok(Some(Ok(ask))) => serve_ask(&mut stream, ask).await,
@@ -192,9 +220,14 @@ pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult
             }
         }
     });
-    let lines = futures::stream::unfold((rx, api), |(mut rx, api)| async move {
+    // The answer ends after a stream-ending response (no leader), or when every sender is gone.
+    let lines = futures::stream::unfold((rx, api, false), |(mut rx, api, ended)| async move {
+        if ended {
+            return None;
+        }
         let response = rx.recv().await?;
-        Some((Ok::<_, Infallible>(line(&wire_response(&api, response))), (rx, api)))
+        let ends = response.watch_id == -1 && response.canceled && !response.created;
+        Some((Ok::<_, Infallible>(line(&wire_response(&api, response))), (rx, api, ends)))
     });
     let mut response = Body::from_stream(lines).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));

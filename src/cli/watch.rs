@@ -2,13 +2,15 @@
 //! etcdctl's `watch` does (the event type, then the key and the value on lines of their own, the
 //! previous key and value first with `--prev-kv`), or one JSON `WatchResponse` per revision with
 //! `-w json`. When its member fails it goes on from another, from the revision after the last
-//! one printed: nothing is missed or printed twice. It runs until stopped, or until the history
-//! it needs is compacted (exit 1, with the compacted revision).
+//! one printed: nothing is missed or printed twice; it leaves a member that has no leader (cut
+//! off, so its state is stale) or that stops answering. It runs until stopped, or until the
+//! history it needs is compacted (exit 1, with the compacted revision).
 
 use clap::Args;
 
-use super::{write_stdout, CliError, ClientArgs, OutputFormat};
+use super::{write_stderr, write_stdout, CliError, ClientArgs, OutputFormat};
 use crate::base::wire::kv::KeyValue;
+use crate::client::ClientError;
 use crate::base::wire::watch::{EventType, WatchCreateRequest, WatchResponse};
 
 #[derive(Debug, Args)]
@@ -64,9 +66,18 @@ pub async fn run(args: WatchArgs) -> Result<(), CliError> {
         ..WatchCreateRequest::default()
     };
     let mut watch = client.watch(request).await?;
-    // Runs until stopped: each round waits for the next revision (reconnecting as needed).
+    // Runs until stopped: each round waits for the next revision (reconnecting as needed; when
+    // no member can be reached, trying again every second).
     loop {
-        let response = watch.next().await?;
+        let response = match watch.next().await {
+            Ok(response) => response,
+            Err(ClientError::Unavailable { attempts }) => {
+                write_stderr(&format!("no member to watch from ({}); trying again\n", attempts.join("; ")));
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         if response.events.is_empty() {
             continue;
         }

@@ -14,7 +14,7 @@ use reqwest::header::CONTENT_TYPE;
 use tokio::sync::mpsc;
 
 use super::{error_chain, Client, ClientError, Result};
-use crate::base::wire::watch::{WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse};
+use crate::base::wire::watch::{HEADER_REQUIRE_LEADER, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse};
 
 /// How often an open watch asks its member for progress.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -43,6 +43,8 @@ pub struct Watch {
     conn: Option<Connection>,
     /// Parts of a fragmented revision received so far.
     partial: Option<WatchResponse>,
+    /// Streams opened so far (1 + reconnects).
+    connections: u64,
     /// Endpoints tried in a row without receiving anything.
     failures: usize,
 }
@@ -57,7 +59,7 @@ impl Client {
     /// Starts a watch. `request.start_revision` 0 means "from now": the revision after the
     /// store's current one on the first member that answers.
     pub async fn watch(&self, request: WatchCreateRequest) -> Result<Watch> {
-        let mut watch = Watch { client: self.clone(), next: request.start_revision, request, conn: None, partial: None, failures: 0 };
+        let mut watch = Watch { client: self.clone(), next: request.start_revision, request, conn: None, partial: None, failures: 0, connections: 0 };
         watch.connect().await?;
         Ok(watch)
     }
@@ -67,6 +69,11 @@ impl Watch {
     /// The revision the watch resumes from: every event before it has been returned.
     pub fn next_revision(&self) -> i64 {
         self.next
+    }
+
+    /// How many streams this watch has opened (1 + the reconnects).
+    pub fn connections(&self) -> u64 {
+        self.connections
     }
 
     /// The endpoint streaming now.
@@ -94,6 +101,7 @@ impl Watch {
                     self.conn = Some(conn);
                     match self.read_line().await {
                         Ok(created) if created.created && !created.canceled => {
+                            self.connections += 1;
                             if self.next <= 0 {
                                 self.next = created.header.revision + 1;
                             }
@@ -137,6 +145,7 @@ impl Watch {
             .http
             .post(url)
             .header(CONTENT_TYPE, "application/x-ndjson")
+            .header(HEADER_REQUIRE_LEADER, "true")
             .body(reqwest::Body::wrap_stream(body))
             .send();
         let response = tokio::time::timeout(self.client.config.request_timeout, send)
@@ -212,6 +221,12 @@ impl Watch {
                     continue;
                 }
             };
+            if response.canceled && response.watch_id == -1 && !response.created {
+                // The stream ended (its member has no leader): go on elsewhere.
+                self.failures += 1;
+                self.conn = None;
+                continue;
+            }
             self.failures = 0;
             if response.canceled {
                 self.conn = None;

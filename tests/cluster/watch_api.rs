@@ -30,12 +30,17 @@ pub struct RawWatch {
 impl RawWatch {
     /// Opens `POST /v1/watch` on `ip` and sends `first` as the first request.
     pub fn open(ip: &str, first: &Value) -> RawWatch {
+        RawWatch::open_with(ip, first, "")
+    }
+
+    /// The same with more request headers (`name: value\r\n` each).
+    pub fn open_with(ip: &str, first: &Value, headers: &str) -> RawWatch {
         let stream = TcpStream::connect((ip, CLIENT_PORT)).expect("connect");
         stream.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
         let reader = BufReader::new(stream.try_clone().expect("clone"));
         let mut w = RawWatch { stream, reader, body: Vec::new(), lines: VecDeque::new(), status: 0 };
         let head = format!(
-            "POST /v1/watch HTTP/1.1\r\nhost: {ip}\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n"
+            "POST /v1/watch HTTP/1.1\r\nhost: {ip}\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n{headers}\r\n"
         );
         w.stream.write_all(head.as_bytes()).expect("send head");
         w.send(first);
@@ -218,6 +223,8 @@ fn a_watch_sees_every_change_in_order_and_resumes_on_another_member_from_the_nex
     // A delete under watch 1 (NOPUT): both watches hear it; then progress, after the events.
     let deleted = c.http.delete(format!("{}/v1/kv/a", c.members[leader].client_url())).send().expect("delete");
     assert_eq!(deleted.json::<Value>().expect("JSON")["revision"], 5);
+    // Progress covers what the member applied when asked: ask once it has applied 5.
+    wait_for("the follower to apply 5", ELECTION, || (c.status(follower)?["revision"].as_i64()? >= 5).then_some(()));
     w.send(&json!({"progressRequest": {}}));
     let mut got = Vec::new();
     let progress = loop {
@@ -303,6 +310,25 @@ fn a_watch_sees_every_change_in_order_and_resumes_on_another_member_from_the_nex
     c.put_ok(leader, "a", "4");
     let line = refusals.next_events();
     assert_eq!((line["watchId"].clone(), events(&line)), (json!(7), vec![ev("PUT", "a", 8, "4", "-")]));
+
+    // A member left without a leader: a stream that requires one ends (etcd's
+    // WithRequireLeader), one that does not goes on serving what the member has.
+    let mut c = c;
+    let mut requiring = RawWatch::open_with(&c.members[third].ip, &json!({"createRequest": {"key": "a"}}), "x-kuberaft-require-leader: true\r\n");
+    assert_eq!(requiring.next()["created"], true);
+    c.kill(leader);
+    c.kill(follower);
+    let end = requiring.next_within(Duration::from_secs(15)).expect("the stream ends");
+    assert_eq!(
+        (end["watchId"].clone(), end["canceled"].clone(), end["cancelReason"].clone()),
+        (json!(-1), json!(true), json!("etcdserver: no leader")),
+        "{end}"
+    );
+    assert!(requiring.next_within(Duration::from_secs(2)).is_none(), "nothing after the end");
+    after.send(&json!({"progressRequest": {}}));
+    assert_eq!(events(&after.next_events()), [ev("PUT", "a", 8, "4", "-")]);
+    let progress = after.next();
+    assert_eq!((progress["watchId"].clone(), progress["header"]["revision"].clone()), (json!(-1), json!(8)), "the stream without the header goes on: {progress}");
 }
 
 /// `kuberaft watch` as a child whose output lines are collected by a thread; killed on drop.

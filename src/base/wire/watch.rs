@@ -7,6 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use super::kv::{KeyValue, ResponseHeader, Revision};
 
+/// The request header of `POST /v1/watch` that asks for the stream to end when its member has
+/// no leader (etcd's `WithRequireLeader`).
+pub const HEADER_REQUIRE_LEADER: &str = "x-kuberaft-require-leader";
+/// The reason such a stream ends, as etcd words it.
+pub const NO_LEADER: &str = "etcdserver: no leader";
+
 fn is_false(value: &bool) -> bool {
     !*value
 }
