@@ -228,6 +228,11 @@ impl Watch {
                 continue;
             }
             self.failures = 0;
+            if response.created && !response.canceled {
+                // A `created` read here, not in `connect` (a caller's timeout cut `connect`
+                // short): its revision is no progress of this watch.
+                continue;
+            }
             if response.canceled {
                 self.conn = None;
                 let code = if response.compact_revision > 0 { "compacted" } else { "watch_canceled" };

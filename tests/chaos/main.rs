@@ -29,9 +29,10 @@ mod harness;
 mod nft;
 #[path = "../support/require.rs"]
 mod require;
+mod watchers;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -776,6 +777,16 @@ fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
         let id = CLIENTS as u64 + id + 1;
         std::thread::spawn(move || bank_client(id, urls, rec, stop, 2000 + id))
     }));
+    // Watchers on members 0, 2 and 4 to begin with (issue 14).
+    let until = Arc::new(AtomicI64::new(0));
+    let give_up = Arc::new(AtomicBool::new(false));
+    let watching: Vec<_> = [0usize, 2, 4]
+        .into_iter()
+        .map(|first| {
+            let (urls, until, give_up) = (urls.clone(), until.clone(), give_up.clone());
+            std::thread::spawn(move || watchers::watcher(first, &urls, first == 0, until, give_up))
+        })
+        .collect();
     let started = Instant::now();
     let mut lines = FaultLog(Vec::new());
     while schedule(&mut c, &faults, &rec, &mut lines.0) {}
@@ -798,14 +809,27 @@ fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
         let _ = read(&http, &c.members[final_leader].client_url(), key, ReadMode::Linearizable, &rec, 0);
     }
     let _ = read_bank(&http, &c.members[final_leader].client_url(), &rec, 0);
+    // The watchers run until they have the final revision (bounded: they give up after 2 min).
+    let last = c.status(final_leader).and_then(|s| s["revision"].as_i64()).expect("the final revision");
+    until.store(last, Ordering::Relaxed);
+    let waited = Instant::now();
+    while watching.iter().any(|w| !w.is_finished()) && waited.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    give_up.store(true, Ordering::Relaxed);
+    let seen: Vec<watchers::Seen> = watching.into_iter().map(|w| w.join().expect("a watcher")).collect();
+    let (watch_problems, watch_report) =
+        watchers::check(&seen, 2, last, &http, &c.members[final_leader].client_url(), u64::from(net));
     let ops = rec.ops.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let counts = rec.counts.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let checked = Instant::now();
     let broken = rec.broken.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let verdict = if broken.is_empty() {
-        check_registers(&ops, CHECK_BUDGET)
-    } else {
+    let verdict = if !broken.is_empty() {
         Verdict::Violation { partition: "the bank's total".to_string(), operations: broken }
+    } else if !watch_problems.is_empty() {
+        Verdict::Violation { partition: "the watchers' history".to_string(), operations: watch_problems }
+    } else {
+        check_registers(&ops, CHECK_BUDGET)
     };
     let mut report = String::new();
     report.push_str(&format!(
@@ -821,6 +845,7 @@ fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
         ops.iter().filter(|o| o.ret.is_none()).count()
     ));
     report.push_str(&format!("outcomes: {counts:?}\n"));
+    report.push_str(&watch_report);
     for l in &lines.0 {
         report.push_str(&format!("  {l}\n"));
     }
