@@ -594,9 +594,10 @@ impl Watcher {
                 Err(ReadError::Mvcc(MvccError::Compacted)) => {
                     self.hub.metrics.compacted.fetch_add(1, Ordering::Relaxed);
                     let compacted = read(&self.hub.shared.kv).compacted_revision();
+                    // etcd's header of this answer carries no revision (0).
                     return Some(Err(WatchResponse {
                         watch_id: self.id,
-                        revision: self.hub.current_revision(),
+                        revision: 0,
                         canceled: true,
                         compact_revision: compacted,
                         cancel_reason: COMPACTED.to_string(),

@@ -48,6 +48,22 @@ impl RawWatch {
         w
     }
 
+    /// Opens a stream that sends `requests` and ends its body.
+    pub fn open_all(ip: &str, path: &str, requests: &[Value]) -> RawWatch {
+        let stream = TcpStream::connect((ip, CLIENT_PORT)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut w = RawWatch { stream, reader, body: Vec::new(), lines: VecDeque::new(), status: 0 };
+        let head = format!("POST {path} HTTP/1.1\r\nhost: {ip}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n");
+        w.stream.write_all(head.as_bytes()).expect("send head");
+        for r in requests {
+            w.send(r);
+        }
+        w.stream.write_all(b"0\r\n\r\n").expect("end the body");
+        w.status = w.read_head();
+        w
+    }
+
     /// Sends one more request on the stream.
     pub fn send(&mut self, request: &Value) {
         let line = format!("{request}\n");
@@ -480,4 +496,270 @@ fn a_watcher_that_does_not_read_holds_no_backlog_and_catches_up_from_history() {
         .and_then(|v| v.parse().ok())
         .expect("the catch-up counter");
     assert!(catch_ups >= 1, "the watcher fell behind the feed and caught up from history: {metrics}");
+}
+
+// ----- side by side with a real etcd 3.4 -----
+
+/// One event, the same way for both stores: type, key, value, create, mod, version, previous value.
+type Norm = (String, String, String, i64, i64, i64, Option<String>);
+
+/// A watch answer, the same way for both stores.
+#[derive(Debug, PartialEq)]
+struct Answer {
+    watch_id: i64,
+    revision: i64,
+    created: bool,
+    canceled: bool,
+    compact_revision: i64,
+    cancel_reason: String,
+    events: Vec<Norm>,
+}
+
+/// kuberaft's HTTP API, or etcd's JSON gateway (base64 bytes, snake_case, numbers as strings,
+/// defaults left out, each answer under `result`).
+#[derive(Clone, Copy, PartialEq)]
+enum Store {
+    Kuberaft,
+    Etcd,
+}
+
+fn b64(s: &str) -> String {
+    kuberaft::base::base64::encode_base64(s.as_bytes())
+}
+
+fn unb64(v: &Value) -> String {
+    String::from_utf8(kuberaft::base::base64::decode_base64(v.as_str().unwrap_or("")).expect("base64")).expect("UTF-8")
+}
+
+fn num(v: &Value) -> i64 {
+    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or(0)
+}
+
+impl Store {
+    fn post(self, http: &reqwest::blocking::Client, ip: &str, path: &str, body: &Value) -> Value {
+        let path = match (self, path) {
+            (Store::Kuberaft, p) => format!("/v1/{p}"),
+            (Store::Etcd, "compact") => "/v3/kv/compaction".to_string(),
+            (Store::Etcd, p) => format!("/v3/kv/{p}"),
+        };
+        let resp = http.post(format!("http://{ip}:{CLIENT_PORT}{path}")).json(body).send().expect("POST");
+        assert!(resp.status().is_success(), "{path} {body}: {}", resp.status());
+        resp.json().expect("JSON")
+    }
+
+    /// A txn of puts (`(k, Some(v))`) and deletes (`(k, None)`, with range end `end`).
+    fn txn(self, http: &reqwest::blocking::Client, ip: &str, ops: &[(&str, Option<&str>, &str)]) -> i64 {
+        let ops: Vec<Value> = ops
+            .iter()
+            .map(|(k, v, end)| {
+                match (self, v) {
+                    (Store::Kuberaft, Some(v)) => json!({"requestPut": {"key": k, "value": v}}),
+                    (Store::Etcd, Some(v)) => json!({"request_put": {"key": b64(k), "value": b64(v)}}),
+                    (Store::Kuberaft, None) if end.is_empty() => json!({"requestDeleteRange": {"key": k}}),
+                    (Store::Kuberaft, None) => json!({"requestDeleteRange": {"key": k, "rangeEndBase64": b64(end)}}),
+                    (Store::Etcd, None) => json!({"request_delete_range": {"key": b64(k), "range_end": b64(end)}}),
+                }
+            })
+            .collect();
+        num(&self.post(http, ip, "txn", &json!({"success": ops}))["header"]["revision"])
+    }
+
+    fn put(self, http: &reqwest::blocking::Client, ip: &str, k: &str, v: &str) -> i64 {
+        self.txn(http, ip, &[(k, Some(v), "")])
+    }
+
+    fn create(self, key: &str, end: &str, start: i64, prev_kv: bool, noput: bool) -> Value {
+        match self {
+            Store::Kuberaft => {
+                let mut c = json!({"keyBase64": b64(key), "startRevision": start, "prevKv": prev_kv});
+                if !end.is_empty() {
+                    c["rangeEndBase64"] = json!(b64(end));
+                }
+                if noput {
+                    c["filters"] = json!(["NOPUT"]);
+                }
+                json!({"createRequest": c})
+            }
+            Store::Etcd => {
+                let mut c = json!({"key": b64(key), "start_revision": start, "prev_kv": prev_kv});
+                if !end.is_empty() {
+                    c["range_end"] = json!(b64(end));
+                }
+                if noput {
+                    c["filters"] = json!(["NOPUT"]);
+                }
+                json!({"create_request": c})
+            }
+        }
+    }
+
+    fn watch_path(self) -> &'static str {
+        match self {
+            Store::Kuberaft => "/v1/watch",
+            Store::Etcd => "/v3/watch",
+        }
+    }
+
+    fn progress(self) -> Value {
+        match self {
+            Store::Kuberaft => json!({"progressRequest": {}}),
+            Store::Etcd => json!({"progress_request": {}}),
+        }
+    }
+
+    fn answer(self, line: Value) -> Answer {
+        let r = if self == Store::Etcd { line["result"].clone() } else { line };
+        let text = |kv: &Value, field: &str| match self {
+            Store::Kuberaft => kv[field].as_str().map(str::to_string).unwrap_or_else(|| unb64(&kv[format!("{field}Base64")])),
+            Store::Etcd => unb64(&kv[field]),
+        };
+        let field = |camel: &str, snake: &str| if self == Store::Etcd { r[snake].clone() } else { r[camel].clone() };
+        let norm = |kv: &Value| {
+            let g = |camel: &str, snake: &str| num(if self == Store::Etcd { &kv[snake] } else { &kv[camel] });
+            (text(kv, "key"), text(kv, "value"), g("createRevision", "create_revision"), g("modRevision", "mod_revision"), g("version", "version"))
+        };
+        let events = r["events"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .map(|e| {
+                        let (key, value, create, m, version) = norm(&e["kv"]);
+                        let kind = e["type"].as_str().unwrap_or("PUT").to_string();
+                        let prev = if self == Store::Etcd { &e["prev_kv"] } else { &e["prevKv"] };
+                        let prev = prev.is_object().then(|| norm(prev).1);
+                        (kind, key, value, create, m, version, prev)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Answer {
+            watch_id: num(&field("watchId", "watch_id")),
+            revision: num(&r["header"]["revision"]),
+            created: field("created", "created") == true,
+            canceled: field("canceled", "canceled") == true,
+            compact_revision: num(&field("compactRevision", "compact_revision")),
+            cancel_reason: field("cancelReason", "cancel_reason").as_str().unwrap_or("").to_string(),
+            events,
+        }
+    }
+}
+
+/// The same writes and watches on kuberaft and on a real etcd 3.4 (Debian's, which scripts/test
+/// installs), through each one's HTTP API: the same answers, but for the two differences
+/// docs/COMPATIBILITY.md lists (a key written twice in one txn gives one event; a watch from
+/// exactly the compacted revision is cancelled).
+#[test]
+fn watches_answer_as_a_real_etcd_does_side_by_side() {
+    if !crate::require::available(std::process::Command::new("etcd").arg("--version").output().is_ok(), "etcd 3.4 (`etcd`)") {
+        return;
+    }
+    let mut c = Cluster::new(120, 1);
+    c.bootstrap();
+    c.wait_leader(ELECTION);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd_ip = "127.121.0.1";
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _etcd = Killed(
+        Command::new("etcd")
+            .args(["--name", "e0", "--data-dir"])
+            .arg(dir.path().join("e0"))
+            .args(["--listen-client-urls", &format!("http://{etcd_ip}:2379"), "--advertise-client-urls", &format!("http://{etcd_ip}:2379")])
+            .args(["--listen-peer-urls", &format!("http://{etcd_ip}:2380"), "--initial-advertise-peer-urls", &format!("http://{etcd_ip}:2380")])
+            .args(["--initial-cluster", &format!("e0=http://{etcd_ip}:2380"), "--logger", "zap", "--log-level", "error"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd"),
+    );
+    wait_for("etcd to answer", ELECTION, || {
+        c.http.post(format!("http://{etcd_ip}:2379/v3/kv/range")).json(&json!({"key": b64("x")})).send().ok().filter(|r| r.status().is_success())
+    });
+    // etcd's gateway answers a watch only once the request body has ended, so each stream
+    // sends all its requests at once here.
+    let mut answers: Vec<Vec<Answer>> = Vec::new();
+    for (store, ip) in [(Store::Kuberaft, c.members[0].ip.clone()), (Store::Etcd, etcd_ip.to_string())] {
+        let http = &c.http;
+        let mut got = Vec::new();
+        assert_eq!(store.put(http, &ip, "a", "1"), 2);
+        assert_eq!(store.put(http, &ip, "b", "1"), 3);
+        // Two watches on one stream: everything from "a" on, from revision 2, with previous
+        // values; [a, b) from now, deletes only.
+        let mut w = RawWatch::open_all(&ip, store.watch_path(), &[store.create("a", "\0", 2, true, false), store.create("a", "b", 0, false, true)]);
+        // etcd sends a catch-up of several revisions in one answer, kuberaft one answer per
+        // revision: the events are compared, flattened.
+        let mut first: Vec<Answer> = Vec::new();
+        while first.iter().filter(|a| a.created).count() < 2 || first.iter().map(|a| a.events.len()).sum::<usize>() < 2 {
+            first.push(store.answer(w.next()));
+        }
+        let (created, history): (Vec<Answer>, Vec<Answer>) = first.into_iter().partition(|a| a.created);
+        let mut created = created;
+        created.sort_by_key(|a| a.watch_id);
+        got.extend(created);
+        let flat: Vec<Norm> = history.iter().flat_map(|a| a.events.clone()).collect();
+        assert!(history.iter().all(|a| a.watch_id == 0));
+        got.push(Answer { watch_id: 0, revision: 3, created: false, canceled: false, compact_revision: 0, cancel_reason: String::new(), events: flat });
+        // Three writes in one txn, in this order.
+        assert_eq!(store.txn(http, &ip, &[("c", Some("1"), ""), ("b", None, ""), ("a", Some("2"), "")]), 4);
+        got.push(store.answer(w.next()));
+        assert_eq!(store.txn(http, &ip, &[("a", None, "")]), 5);
+        let mut two = vec![store.answer(w.next()), store.answer(w.next())];
+        two.sort_by_key(|a| a.watch_id);
+        got.extend(two);
+        assert_eq!(store.put(http, &ip, "a", "3"), 6);
+        got.push(store.answer(w.next()));
+        // The txn that writes one key twice (etcd lets a from-key delete and a put of a key in
+        // it through): etcd reports both changes of `a`, kuberaft the last (COMPATIBILITY.md).
+        assert_eq!(store.txn(http, &ip, &[("a", None, "\0"), ("a", Some("4"), "")]), 7);
+        let mut twice = vec![store.answer(w.next())];
+        if store == Store::Etcd {
+            twice.push(store.answer(w.next()));
+        }
+        twice.sort_by_key(|a| a.watch_id);
+        let kinds: Vec<(String, String)> = twice[0].events.iter().map(|e| (e.0.clone(), e.1.clone())).collect();
+        match store {
+            Store::Etcd => {
+                assert_eq!(kinds, [("DELETE".into(), "a".into()), ("DELETE".into(), "c".into()), ("PUT".into(), "a".into())]);
+                assert_eq!(twice[1].events.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["DELETE"], "the deletes-only watch");
+            }
+            Store::Kuberaft => assert_eq!(kinds, [("PUT".to_string(), "a".to_string()), ("DELETE".into(), "c".into())]),
+        }
+        // Progress on a stream whose watch is caught up; an empty range.
+        let mut p = RawWatch::open_all(&ip, store.watch_path(), &[store.create("zz", "", 0, false, false), store.progress()]);
+        got.push(store.answer(p.next()));
+        got.push(store.answer(p.next()));
+        let mut e = RawWatch::open_all(&ip, store.watch_path(), &[store.create("b", "a", 0, false, false)]);
+        got.push(store.answer(e.next()));
+        // Compaction: a start below the compacted revision is cancelled with it.
+        store.post(http, &ip, "compact", &json!({"revision": 5, "physical": true}));
+        let mut late = RawWatch::open_all(&ip, store.watch_path(), &[store.create("a", "", 4, false, false)]);
+        got.push(store.answer(late.next()));
+        got.push(store.answer(late.next()));
+        let mut at = RawWatch::open_all(&ip, store.watch_path(), &[store.create("a", "", 5, false, false)]);
+        let created = store.answer(at.next());
+        let then = at.next_within(Duration::from_secs(2)).map(|l| store.answer(l));
+        match store {
+            // etcd serves what compaction left of revision 5; kuberaft cancels (COMPATIBILITY.md).
+            Store::Etcd => assert!(created.created && !then.as_ref().is_some_and(|t| t.canceled), "{then:?}"),
+            Store::Kuberaft => assert!(created.created && then.as_ref().is_some_and(|t| t.canceled && t.compact_revision == 5), "{then:?}"),
+        }
+        answers.push(got);
+    }
+    let (ours, etcds) = (&answers[0], &answers[1]);
+    for (i, (a, b)) in ours.iter().zip(etcds).enumerate() {
+        // etcd gives no reason for a compacted cancel; kuberaft names it.
+        let a_cmp = Answer {
+            cancel_reason: if b.compact_revision > 0 { String::new() } else { a.cancel_reason.clone() },
+            events: a.events.clone(),
+            ..*a
+        };
+        assert_eq!(a_cmp, *b, "answer {i}: kuberaft {a:?}, etcd {b:?}");
+    }
+    assert_eq!(ours.len(), etcds.len());
 }
