@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, WatchOptions};
+use futures::StreamExt;
 
-use super::{Answer, Call, Driver, Op, OpResult};
+use super::{Answer, Call, Driver, EventStream, Op, OpResult};
 use crate::base::output::CliError;
 
 pub struct EtcdDriver {
@@ -27,6 +28,26 @@ impl EtcdDriver {
 }
 
 impl Driver for EtcdDriver {
+    fn watch(&self, conn: usize) -> Answer<'_, EventStream> {
+        Box::pin(async move {
+            let mut client = self.conns[conn % self.conns.len()].clone();
+            // Every key: from "\0" with the range end "\0".
+            let every = WatchOptions::new().with_range(vec![0u8]);
+            let stream = client.watch(vec![0u8], Some(every)).await.map_err(|e| e.to_string())?;
+            let stream = futures::stream::unfold(stream, |mut stream| async move {
+                let answer = match stream.message().await {
+                    Ok(Some(answer)) => {
+                        Ok(answer.events().iter().filter_map(|e| e.kv().map(|kv| kv.mod_revision())).collect())
+                    }
+                    Ok(None) => return None,
+                    Err(e) => Err(e.to_string()),
+                };
+                Some((answer, stream))
+            });
+            Ok(stream.boxed())
+        })
+    }
+
     fn request<'a>(&'a self, Call { conn, op, key, value }: Call<'a>) -> Answer<'a, OpResult> {
         Box::pin(async move {
             let mut client = self.conns[conn % self.conns.len()].clone();

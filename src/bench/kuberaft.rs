@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
-use super::{Answer, Call, Driver, Op, OpResult};
+use futures::StreamExt;
+
+use super::{Answer, Call, Driver, EventStream, Op, OpResult};
 use crate::base::output::CliError;
+use crate::base::wire::watch::WatchCreateRequest;
 use crate::client::{Client, ClientConfig, ClientError, Consistency};
 
 pub struct KuberaftDriver {
@@ -34,6 +37,20 @@ fn text(key: &[u8]) -> Result<&str, String> {
 }
 
 impl Driver for KuberaftDriver {
+    fn watch(&self, conn: usize) -> Answer<'_, EventStream> {
+        Box::pin(async move {
+            let client = &self.conns[conn % self.conns.len()];
+            let every = WatchCreateRequest { key: Some(String::new()), prefix: true, ..WatchCreateRequest::default() };
+            let watch = client.watch(every).await.map_err(|e| e.to_string())?;
+            let stream = futures::stream::unfold(watch, |mut watch| async move {
+                let answer = watch.next().await.map_err(|e| e.to_string());
+                let revisions = answer.map(|a| a.events.iter().map(|e| e.kv.mod_revision).collect::<Vec<i64>>());
+                Some((revisions, watch))
+            });
+            Ok(stream.boxed())
+        })
+    }
+
     fn request<'a>(&'a self, Call { conn, op, key, value }: Call<'a>) -> Answer<'a, OpResult> {
         Box::pin(async move {
             let client = &self.conns[conn % self.conns.len()];

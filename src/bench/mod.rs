@@ -9,6 +9,11 @@
 //! of that range once instead, to fill a store or to write fresh keys. Latency
 //! goes into an HDR histogram per worker (1 µs to 60 s, 3 significant digits), merged at the end.
 //! A progress line goes to stderr every second; the result is a table or JSON on stdout.
+//!
+//! Watches (issue 14): `--watchers N` watch every key while the load runs and report the events
+//! delivered per second (all watchers together) and the latency from a put's acknowledgement
+//! to each watcher's receipt of its event; `--idle-watchers N` watch every key and never read,
+//! so that a run with them shows what a slow watcher costs the writers.
 
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -115,6 +120,13 @@ pub struct BenchArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Watchers of every key during the run (spread over the connections), whose deliveries are
+    /// measured.
+    #[arg(long, default_value_t = 0)]
+    pub watchers: usize,
+    /// Watchers of every key that never read what they are sent (slow consumers).
+    #[arg(long, default_value_t = 0)]
+    pub idle_watchers: usize,
 }
 
 /// One request kind.
@@ -149,9 +161,16 @@ pub struct Call<'a> {
 /// A driver's answer, later.
 pub type Answer<'a, T> = BoxFuture<'a, Result<T, String>>;
 
+/// A watch's answers as they come: the mod revisions of each answer's events.
+pub type EventStream = futures::stream::BoxStream<'static, Result<Vec<i64>, String>>;
+
 /// A target's client: one request on one of its connections.
 pub trait Driver: Send + Sync {
     fn request<'a>(&'a self, call: Call<'a>) -> Answer<'a, OpResult>;
+    /// A watch of every key from now on, on connection `conn`.
+    fn watch(&self, _conn: usize) -> Answer<'_, EventStream> {
+        Box::pin(async { Err("this driver cannot watch".to_string()) })
+    }
     /// The current mod revision of a key (0 when absent), read linearizably.
     fn revision<'a>(&'a self, conn: usize, key: &'a [u8]) -> Answer<'a, u64> {
         let call = Call { conn, op: Op::Get { linearizable: true }, key, value: Bytes::new() };
@@ -180,6 +199,90 @@ pub struct Report {
     pub latency_ms: Latency,
     /// The first few error messages.
     pub sample_errors: Vec<String>,
+    /// With `--watchers`: what they received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchReport>,
+    pub idle_watchers: usize,
+}
+
+/// What the watchers of a run received.
+#[derive(Clone, Debug, Serialize)]
+pub struct WatchReport {
+    pub watchers: usize,
+    /// Events received, all watchers together.
+    pub events: u64,
+    pub events_per_second: f64,
+    /// From a put's acknowledgement to the receipt of its event, per event received (0 when
+    /// the event came first).
+    pub latency_ms: Latency,
+    pub errors: Vec<String>,
+}
+
+/// The acknowledgement times of recent puts, by revision: a ring the workers write and the
+/// watchers read without locks (a slot holds the revision and the time, in µs since the start).
+struct Acks {
+    start: Instant,
+    revisions: Vec<AtomicU64>,
+    times: Vec<AtomicU64>,
+}
+
+const ACK_SLOTS: usize = 1 << 20;
+
+impl Acks {
+    fn new(start: Instant) -> Acks {
+        let slots = || (0..ACK_SLOTS).map(|_| AtomicU64::new(0)).collect();
+        Acks { start, revisions: slots(), times: slots() }
+    }
+
+    fn micros(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn acked(&self, revision: u64) {
+        let slot = revision as usize % ACK_SLOTS;
+        self.times[slot].store(self.micros(), Ordering::Relaxed);
+        self.revisions[slot].store(revision, Ordering::Release);
+    }
+
+    /// The latency of an event of `revision` received now, if its put's acknowledgement is
+    /// known (0 when the event came first).
+    fn latency(&self, revision: u64) -> Option<u64> {
+        let slot = revision as usize % ACK_SLOTS;
+        if self.revisions[slot].load(Ordering::Acquire) != revision {
+            return None;
+        }
+        Some(self.micros().saturating_sub(self.times[slot].load(Ordering::Relaxed)))
+    }
+}
+
+/// What one watcher received: events, latencies, why it stopped early.
+type Receipts = (u64, Histogram<u64>, Option<String>);
+
+/// One watcher's receipts until `stop`.
+async fn watch_events(driver: Arc<dyn Driver>, conn: usize, acks: Arc<Acks>, stop: Arc<AtomicBool>) -> Receipts {
+    use futures::StreamExt;
+    let mut histogram = new_histogram();
+    let mut events = 0u64;
+    let mut stream = match driver.watch(conn).await {
+        Ok(stream) => stream,
+        Err(e) => return (0, histogram, Some(e)),
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+            Err(_) => continue,
+            Ok(None) => return (events, histogram, Some("the watch ended".to_string())),
+            Ok(Some(Err(e))) => return (events, histogram, Some(e)),
+            Ok(Some(Ok(revisions))) => {
+                for revision in revisions {
+                    events += 1;
+                    if let Some(micros) = acks.latency(revision as u64) {
+                        let _ = histogram.record(micros.clamp(1, 60_000_000));
+                    }
+                }
+            }
+        }
+    }
+    (events, histogram, None)
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -226,6 +329,9 @@ fn check(args: &BenchArgs) -> Result<(), CliError> {
     }
     if args.key_space == 0 {
         return usage("--key-space must be at least 1".into());
+    }
+    if args.watchers > 0 && !matches!(args.scenario, Scenario::Put | Scenario::Load | Scenario::Cas) {
+        return usage("--watchers measure writes: use them with put, cas or load".into());
     }
     let Some(key_end) = args.key_from.checked_add(args.key_space) else {
         return usage("--key-from plus --key-space is too large".into());
@@ -299,14 +405,38 @@ async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report,
     let budget = Arc::new(AtomicU64::new(if load { u64::MAX } else { args.total.unwrap_or(u64::MAX) }));
     // `load`: the offset in the key space of the next key to write.
     let next = Arc::new(AtomicU64::new(0));
+    // The idle watchers first: they are open (and not reading) for the whole run.
+    let mut idle = Vec::new();
+    for i in 0..args.idle_watchers {
+        idle.push(driver.watch(i % args.conns).await.map_err(|e| CliError::Failed(format!("an idle watcher: {e}")))?);
+    }
+    let acks = (args.watchers > 0).then(|| Arc::new(Acks::new(Instant::now())));
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let mut watchers = Vec::new();
+    if let Some(acks) = &acks {
+        for i in 0..args.watchers {
+            let task = watch_events(driver.clone(), i % args.conns, acks.clone(), watch_stop.clone());
+            watchers.push(tokio::spawn(task));
+        }
+        // Let the watches open before the load starts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let started = Instant::now();
     let mut workers = Vec::with_capacity(args.clients);
     for worker in 0..args.clients {
         let (driver, value, stop, done, failed, budget, next) =
             (driver.clone(), value.clone(), stop.clone(), done.clone(), failed.clone(), budget.clone(), next.clone());
         let args = args.clone();
+        let acks = acks.clone();
         workers.push(tokio::spawn(async move {
-            let counters = Counters { stop: &stop, done: &done, failed: &failed, budget: &budget, next: &next };
+            let counters = Counters {
+                stop: &stop,
+                done: &done,
+                failed: &failed,
+                budget: &budget,
+                next: &next,
+                acks: acks.as_deref(),
+            };
             work(worker, &args, driver.as_ref(), value, counters).await
         }));
     }
@@ -350,6 +480,32 @@ async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report,
     if !args.quiet {
         crate::base::output::write_stderr("\n");
     }
+    // The watchers get a moment for the last events, then stop.
+    let watch = if args.watchers > 0 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        watch_stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        let mut latency = new_histogram();
+        let mut errors = Vec::new();
+        for w in watchers {
+            let (events, histogram, error) = w.await.map_err(|e| CliError::Failed(format!("a watcher failed: {e}")))?;
+            total += events;
+            latency.add(&histogram).map_err(|e| CliError::Failed(format!("merge histograms: {e}")))?;
+            if let Some(e) = error.filter(|e| errors.len() < 5 && !errors.contains(e)) {
+                errors.push(e);
+            }
+        }
+        Some(WatchReport {
+            watchers: args.watchers,
+            events: total,
+            events_per_second: total as f64 / seconds,
+            latency_ms: Latency::of(&latency),
+            errors,
+        })
+    } else {
+        None
+    };
+    drop(idle);
     let errors = failed.load(Ordering::Relaxed);
     let requests = histogram.len() + errors;
     Ok(Report {
@@ -368,6 +524,8 @@ async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report,
         throughput: histogram.len() as f64 / seconds,
         latency_ms: Latency::of(&histogram),
         sample_errors,
+        watch,
+        idle_watchers: args.idle_watchers,
     })
 }
 
@@ -392,6 +550,8 @@ struct Counters<'a> {
     budget: &'a AtomicU64,
     /// `load`: the offset of the next key to write.
     next: &'a AtomicU64,
+    /// Put acknowledgements, when watchers measure their latency.
+    acks: Option<&'a Acks>,
 }
 
 async fn work(
@@ -401,7 +561,7 @@ async fn work(
     value: Bytes,
     counters: Counters<'_>,
 ) -> WorkerOutcome {
-    let Counters { stop, done, failed, budget, next } = counters;
+    let Counters { stop, done, failed, budget, next, acks } = counters;
     let conn = worker % args.conns;
     let mut rng = Rng::new(args.seed.wrapping_mul(0x9e37_79b9).wrapping_add(worker as u64));
     let mut histogram = new_histogram();
@@ -463,6 +623,11 @@ async fn work(
                 let _ = histogram.record(micros);
                 done.fetch_add(1, Ordering::Relaxed);
                 loading = None;
+                if let (Some(acks), Op::Put | Op::Cas { .. }) = (acks, op) {
+                    if !result.compare_failed {
+                        acks.acked(result.revision);
+                    }
+                }
                 if result.compare_failed {
                     compare_failed += 1;
                     revisions.remove(&index);
@@ -530,6 +695,19 @@ pub fn table(r: &Report) -> String {
     ));
     for e in &r.sample_errors {
         out.push_str(&format!("error: {e}\n"));
+    }
+    if r.idle_watchers > 0 {
+        out.push_str(&format!("with {} idle watchers of every key (never reading)\n", r.idle_watchers));
+    }
+    if let Some(w) = &r.watch {
+        let l = &w.latency_ms;
+        out.push_str(&format!(
+            "watch: {} watchers received {} events  =>  {:.0} events/s; put ack to event ms  mean {:.3}  p50 {:.3}  p99 {:.3}  max {:.3}\n",
+            w.watchers, w.events, w.events_per_second, l.mean, l.p50, l.p99, l.max
+        ));
+        for e in &w.errors {
+            out.push_str(&format!("watch error: {e}\n"));
+        }
     }
     out
 }

@@ -10,8 +10,8 @@ use clap::Args;
 
 use super::{write_stderr, write_stdout, CliError, ClientArgs, OutputFormat};
 use crate::base::wire::kv::KeyValue;
-use crate::client::ClientError;
 use crate::base::wire::watch::{EventType, WatchCreateRequest, WatchResponse};
+use crate::client::ClientError;
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -83,7 +83,8 @@ pub async fn run(args: WatchArgs) -> Result<(), CliError> {
         }
         match args.output {
             OutputFormat::Json => {
-                let mut line = serde_json::to_vec(&response).map_err(|e| CliError::Failed(format!("encode JSON: {e}")))?;
+                let mut line =
+                    serde_json::to_vec(&response).map_err(|e| CliError::Failed(format!("encode JSON: {e}")))?;
                 line.push(b'\n');
                 write_stdout(&line)?
             }

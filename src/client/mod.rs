@@ -6,9 +6,9 @@
 //! nothing of ours but `crate::base::wire`.
 
 mod encode;
-mod watch;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

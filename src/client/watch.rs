@@ -14,7 +14,9 @@ use reqwest::header::CONTENT_TYPE;
 use tokio::sync::mpsc;
 
 use super::{error_chain, Client, ClientError, Result};
-use crate::base::wire::watch::{HEADER_REQUIRE_LEADER, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse};
+use crate::base::wire::watch::{
+    WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse, HEADER_REQUIRE_LEADER,
+};
 
 /// How often an open watch asks its member for progress.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -59,7 +61,15 @@ impl Client {
     /// Starts a watch. `request.start_revision` 0 means "from now": the revision after the
     /// store's current one on the first member that answers.
     pub async fn watch(&self, request: WatchCreateRequest) -> Result<Watch> {
-        let mut watch = Watch { client: self.clone(), next: request.start_revision, request, conn: None, partial: None, failures: 0, connections: 0 };
+        let mut watch = Watch {
+            client: self.clone(),
+            next: request.start_revision,
+            request,
+            conn: None,
+            partial: None,
+            failures: 0,
+            connections: 0,
+        };
         watch.connect().await?;
         Ok(watch)
     }
@@ -94,9 +104,12 @@ impl Watch {
             if tokio::time::Instant::now() >= deadline {
                 break;
             }
-            let index = (self.client.preferred.load(std::sync::atomic::Ordering::Relaxed) + self.failures + offset) % count;
+            let index =
+                (self.client.preferred.load(std::sync::atomic::Ordering::Relaxed) + self.failures + offset) % count;
             let endpoint = &endpoints[index];
-            match self.open(endpoint).await {
+            let mut create = self.request.clone();
+            create.start_revision = self.next.max(0);
+            match open(&self.client, create, endpoint).await {
                 Ok(conn) => {
                     self.conn = Some(conn);
                     match self.read_line().await {
@@ -128,48 +141,47 @@ impl Watch {
         }
         Err(ClientError::Unavailable { attempts })
     }
+}
 
-    /// Sends the create request (from `next`) to `endpoint` and waits for the answer's head.
-    async fn open(&self, endpoint: &str) -> Result<Connection> {
-        let mut create = self.request.clone();
-        create.start_revision = self.next.max(0);
-        let (tx, rx) = mpsc::channel::<Bytes>(4);
-        tx.try_send(line(&WatchRequest { create_request: Some(create), ..WatchRequest::default() }))
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
-        let body = futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx))
-        });
-        let url = format!("{endpoint}/v1/watch");
-        let send = self
-            .client
-            .http
-            .post(url)
-            .header(CONTENT_TYPE, "application/x-ndjson")
-            .header(HEADER_REQUIRE_LEADER, "true")
-            .body(reqwest::Body::wrap_stream(body))
-            .send();
-        let response = tokio::time::timeout(self.client.config.request_timeout, send)
-            .await
-            .map_err(|_| ClientError::Setup(format!("{endpoint}: no answer within {:?}", self.client.config.request_timeout)))?
-            .map_err(|e| ClientError::Setup(error_chain(&e)))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
-            let reply = super::Reply { endpoint: endpoint.to_string(), status, headers: Default::default(), body };
-            return Err(reply.api_error());
-        }
-        let mut probe = tokio::time::interval(PROBE_INTERVAL);
-        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        probe.tick().await;
-        Ok(Connection {
-            endpoint: endpoint.to_string(),
-            body: response.bytes_stream().boxed(),
-            buf: BytesMut::new(),
-            requests: tx,
-            probe,
-        })
+/// Sends `create` to `endpoint` and waits for the answer's head. (Takes no `&Watch`, which is
+/// not `Sync`, so that a watch's future can move between threads.)
+async fn open(client: &Client, create: WatchCreateRequest, endpoint: &str) -> Result<Connection> {
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tx.try_send(line(&WatchRequest { create_request: Some(create), ..WatchRequest::default() }))
+        .map_err(|e| ClientError::Setup(e.to_string()))?;
+    let body =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx)) });
+    let url = format!("{endpoint}/v1/watch");
+    let send = client
+        .http
+        .post(url)
+        .header(CONTENT_TYPE, "application/x-ndjson")
+        .header(HEADER_REQUIRE_LEADER, "true")
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let response = tokio::time::timeout(client.config.request_timeout, send)
+        .await
+        .map_err(|_| ClientError::Setup(format!("{endpoint}: no answer within {:?}", client.config.request_timeout)))?
+        .map_err(|e| ClientError::Setup(error_chain(&e)))?;
+    let status = response.status();
+    if !status.is_success() {
+        let body = response.bytes().await.unwrap_or_default();
+        let reply = super::Reply { endpoint: endpoint.to_string(), status, headers: Default::default(), body };
+        return Err(reply.api_error());
     }
+    let mut probe = tokio::time::interval(PROBE_INTERVAL);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    probe.tick().await;
+    Ok(Connection {
+        endpoint: endpoint.to_string(),
+        body: response.bytes_stream().boxed(),
+        buf: BytesMut::new(),
+        requests: tx,
+        probe,
+    })
+}
 
+impl Watch {
     /// The next line of the open stream, probing while it is quiet.
     async fn read_line(&mut self) -> Result<WatchResponse> {
         let conn = self.conn.as_mut().ok_or_else(|| ClientError::Setup("no stream".to_string()))?;
@@ -181,7 +193,10 @@ impl Watch {
                     .map_err(|e| ClientError::Decode { endpoint: conn.endpoint.clone(), message: e.to_string() });
             }
             if conn.buf.len() > MAX_LINE_BYTES {
-                return Err(ClientError::Decode { endpoint: conn.endpoint.clone(), message: "a line too long".to_string() });
+                return Err(ClientError::Decode {
+                    endpoint: conn.endpoint.clone(),
+                    message: "a line too long".to_string(),
+                });
             }
             tokio::select! {
                 chunk = conn.body.next() => match chunk {

@@ -341,15 +341,8 @@ impl WatchStream {
         self.out.send(created).await.ok()?;
         let start = if spec.start_revision > 0 { spec.start_revision } else { current + 1 };
         let sent = Arc::new(AtomicI64::new(start - 1));
-        let watcher = Watcher {
-            hub: self.hub.clone(),
-            out: self.out.clone(),
-            id,
-            key,
-            range_end,
-            spec,
-            sent: sent.clone(),
-        };
+        let watcher =
+            Watcher { hub: self.hub.clone(), out: self.out.clone(), id, key, range_end, spec, sent: sent.clone() };
         self.hub.metrics.watchers.fetch_add(1, Ordering::Relaxed);
         let task = tokio::spawn(watcher.run(start));
         self.watchers.insert(id, WatcherHandle { task, sent });
@@ -391,7 +384,8 @@ impl WatchStream {
         tokio::spawn(async move {
             loop {
                 if sents.iter().all(|s| s.load(Ordering::Acquire) >= target) {
-                    let _ = out.send(WatchResponse { watch_id: -1, revision: target, ..WatchResponse::default() }).await;
+                    let _ =
+                        out.send(WatchResponse { watch_id: -1, revision: target, ..WatchResponse::default() }).await;
                     return;
                 }
                 // A watcher moves on when something is published, or while it works through a
@@ -560,8 +554,12 @@ impl Watcher {
         if pending.events.is_empty() && !pending.fragmented {
             return Some(false);
         }
-        let last =
-            WatchResponse { watch_id: self.id, revision: pending.revision, events: pending.events, ..WatchResponse::default() };
+        let last = WatchResponse {
+            watch_id: self.id,
+            revision: pending.revision,
+            events: pending.events,
+            ..WatchResponse::default()
+        };
         self.deliver(last).await?;
         Some(true)
     }
@@ -586,8 +584,7 @@ impl Watcher {
         loop {
             let page = {
                 let view = read(&self.hub.shared.kv).read_view();
-                view.map_err(ReadError::from)
-                    .and_then(|view| view.events(&span, pos, top, self.spec.prev_kv, PAGE))
+                view.map_err(ReadError::from).and_then(|view| view.events(&span, pos, top, self.spec.prev_kv, PAGE))
             };
             let page = match page {
                 Ok(page) => page,
@@ -620,7 +617,8 @@ impl Watcher {
                     any |= self.finish(p).await?;
                     self.sent.store(rev - 1, Ordering::Release);
                 }
-                let p = pending.get_or_insert(Pending { revision: rev, events: Vec::new(), bytes: 0, fragmented: false });
+                let p =
+                    pending.get_or_insert(Pending { revision: rev, events: Vec::new(), bytes: 0, fragmented: false });
                 self.add(p, event).await?;
             }
             // Every revision before `page.next.0` is whole now.

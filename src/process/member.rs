@@ -24,8 +24,8 @@ use crate::node::join::Joiner;
 use crate::node::join::PeerView;
 use crate::node::runtime::{RaftLoop, INPUT_QUEUE, TICK_MS};
 use crate::node::shared::{AddressBook, LoopStatus, Metrics, Shared};
-use crate::node::watch::WatchHub;
 use crate::node::transport::{self, PeerLimits, PeerServer, Transport, MEMBERS_PATH};
+use crate::node::watch::WatchHub;
 use crate::node::NodeHandle;
 use crate::raft::{Config, InitialState, Raft, RawNode, Role};
 use crate::store::command::{encode, MemberInfo};
@@ -111,9 +111,8 @@ impl Flags {
         let retention =
             Retention::parse(args.auto_compaction_mode, &args.auto_compaction_retention).map_err(StartError::from)?;
         let interval = &args.experimental_watch_progress_notify_interval;
-        let watch_progress_interval = compactor::parse_duration(interval.trim())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
+        let watch_progress_interval =
+            compactor::parse_duration(interval.trim()).filter(|d| !d.is_zero()).ok_or_else(|| {
                 StartError::from(format!(
                     "--experimental-watch-progress-notify-interval '{interval}' is not a duration such as 10m or 5s"
                 ))

@@ -51,9 +51,10 @@ pub fn watcher(first: usize, urls: &[String], keep: bool, until: Arc<AtomicI64>,
     let mut seen = Seen { revisions: Vec::new(), events: BTreeMap::new(), connections: 0, error: None };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let client = Client::with_config(endpoints, ClientConfig::with_request_timeout(Duration::from_secs(3)))
-            .expect("client");
-        let request = WatchCreateRequest { key: Some(String::new()), prefix: true, start_revision: 2, ..Default::default() };
+        let client =
+            Client::with_config(endpoints, ClientConfig::with_request_timeout(Duration::from_secs(3))).expect("client");
+        let request =
+            WatchCreateRequest { key: Some(String::new()), prefix: true, start_revision: 2, ..Default::default() };
         let mut watch = None;
         // Bounded by `give_up`, which the run sets at its end: every round returns within the
         // client's deadline (a stream answers progress every couple of seconds).
@@ -103,14 +104,22 @@ pub fn watcher(first: usize, urls: &[String], keep: bool, until: Arc<AtomicI64>,
             }
             seen.connections = seen.connections.max(w.connections());
         }
-        seen.error = seen.error.take().filter(|_| seen.revisions.last().map(|r| r.0) < Some(until.load(Ordering::Relaxed)));
+        seen.error =
+            seen.error.take().filter(|_| seen.revisions.last().map(|r| r.0) < Some(until.load(Ordering::Relaxed)));
     });
     seen
 }
 
 /// The checks of the watchers' records against each other and the final cluster; the problems
 /// found (empty: clean) and a report line.
-pub fn check(seen: &[Seen], first: i64, last: i64, http: &reqwest::blocking::Client, url: &str, seed: u64) -> (Vec<String>, String) {
+pub fn check(
+    seen: &[Seen],
+    first: i64,
+    last: i64,
+    http: &reqwest::blocking::Client,
+    url: &str,
+    seed: u64,
+) -> (Vec<String>, String) {
     let mut problems = Vec::new();
     for (i, s) in seen.iter().enumerate() {
         if let Some(e) = &s.error {
@@ -160,7 +169,9 @@ pub fn check(seen: &[Seen], first: i64, last: i64, http: &reqwest::blocking::Cli
                 kv["modRevision"] == rev && kv["value"] == value.as_str() && kv["version"] == *version
             };
             if !matches {
-                problems.push(format!("revision {rev}: the watch said {key} = {value:?} (deleted: {deleted}), the store says {answer}"));
+                problems.push(format!(
+                    "revision {rev}: the watch said {key} = {value:?} (deleted: {deleted}), the store says {answer}"
+                ));
             }
         }
     }

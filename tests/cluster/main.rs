@@ -959,6 +959,20 @@ fn bench_every_scenario(target: &str, endpoints: &[String], conns: &str) {
             ["p50", "p90", "p99", "p999", "max"].iter().map(|p| latency[*p].as_f64().unwrap_or(-1.0)).collect();
         assert!(points[0] > 0.0 && points.windows(2).all(|w| w[0] <= w[1]), "{target} {scenario}: {latency}");
     }
+    // Watchers (issue 14): each of three receives the event of every one of the 300 puts, one
+    // more never reads, and the put ack to event latency is reported.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+        .args(["bench", "--target", target, "--endpoints", &endpoints.join(","), "--scenario", "put"])
+        .args(["--clients", "4", "--conns", conns, "--key-space", "50", "--val-size", "100", "--total", "300"])
+        .args(["--watchers", "3", "--idle-watchers", "1", "-w", "json", "--quiet"])
+        .output()
+        .expect("run kuberaft bench");
+    assert!(output.status.success(), "{target} watchers: {}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    let watch = &report["watch"];
+    assert_eq!((watch["watchers"].as_u64(), watch["events"].as_u64()), (Some(3), Some(900)), "{target}: {report}");
+    assert_eq!(watch["errors"], json!([]), "{target}: {report}");
+    assert!(watch["latency_ms"]["p50"].as_f64().unwrap_or(0.0) > 0.0, "{target}: {report}");
 }
 
 /// `kuberaft bench --scenario load` of the 300 keys 1000..1300 (8 digits, 100-byte values):

@@ -201,11 +201,21 @@ fn a_watch_sees_every_change_in_order_and_resumes_on_another_member_from_the_nex
     assert_eq!(c.put_ok(leader, "a", "1"), 2);
     assert_eq!(c.put_ok(leader, "b", "1"), 3);
 
-    let mut w = RawWatch::open(&c.members[follower].ip, &json!({"createRequest": {"key": "", "prefix": true, "startRevision": 2, "prevKv": true}}));
+    let mut w = RawWatch::open(
+        &c.members[follower].ip,
+        &json!({"createRequest": {"key": "", "prefix": true, "startRevision": 2, "prevKv": true}}),
+    );
     assert_eq!(w.status, 200);
     let created = w.next();
-    assert_eq!((created["watchId"].clone(), created["created"].clone(), created["header"]["revision"].clone()), (json!(0), json!(true), json!(3)), "{created}");
-    assert!(created["header"]["memberId"].is_string() && created["header"]["raftTerm"].as_u64() >= Some(2), "{created}");
+    assert_eq!(
+        (created["watchId"].clone(), created["created"].clone(), created["header"]["revision"].clone()),
+        (json!(0), json!(true), json!(3)),
+        "{created}"
+    );
+    assert!(
+        created["header"]["memberId"].is_string() && created["header"]["raftTerm"].as_u64() >= Some(2),
+        "{created}"
+    );
     w.send(&json!({"createRequest": {"key": "a", "prefix": true, "filters": ["NOPUT"]}}));
     // The history from 2 and the second watch's creation arrive in some order.
     let mut seen = Vec::new();
@@ -224,17 +234,25 @@ fn a_watch_sees_every_change_in_order_and_resumes_on_another_member_from_the_nex
 
     // One txn, one answer: its events in the order of its writes (a key written twice in it
     // gives one event, its last change: see docs/COMPATIBILITY.md).
-    let (status, _) = post(&c, leader, "/v1/txn", &json!({"success": [
-        {"requestPut": {"key": "c", "value": "1"}},
-        {"requestDeleteRange": {"key": "b"}},
-        {"requestPut": {"key": "a", "value": "2"}},
-    ]}));
+    let (status, _) = post(
+        &c,
+        leader,
+        "/v1/txn",
+        &json!({"success": [
+            {"requestPut": {"key": "c", "value": "1"}},
+            {"requestDeleteRange": {"key": "b"}},
+            {"requestPut": {"key": "a", "value": "2"}},
+        ]}),
+    );
     assert_eq!(status, 200);
     let txn = w.next_events();
     assert_eq!((txn["watchId"].clone(), txn["header"]["revision"].clone()), (json!(0), json!(4)), "{txn}");
     assert_eq!(events(&txn), [ev("PUT", "c", 4, "1", "-"), ev("DELETE", "b", 4, "", "1"), ev("PUT", "a", 4, "2", "1")]);
     assert_eq!(txn["events"][2]["kv"]["version"], 2);
-    assert_eq!(txn["events"][1]["kv"], json!({"key": "b", "createRevision": 0, "modRevision": 4, "version": 0, "value": "", "lease": 0}));
+    assert_eq!(
+        txn["events"][1]["kv"],
+        json!({"key": "b", "createRevision": 0, "modRevision": 4, "version": 0, "value": "", "lease": 0})
+    );
 
     // A delete under watch 1 (NOPUT): both watches hear it; then progress, after the events.
     let deleted = c.http.delete(format!("{}/v1/kv/a", c.members[leader].client_url())).send().expect("delete");
@@ -268,16 +286,25 @@ fn a_watch_sees_every_change_in_order_and_resumes_on_another_member_from_the_nex
     assert!(w.next_within(Duration::from_millis(500)).is_none(), "nothing else: watch 1 is cancelled");
 
     // Resume elsewhere from last seen + 1: exactly the same events, none before.
-    let mut again = RawWatch::open(&c.members[leader].ip, &json!({"createRequest": {"key": "", "prefix": true, "startRevision": 4, "prevKv": true}}));
+    let mut again = RawWatch::open(
+        &c.members[leader].ip,
+        &json!({"createRequest": {"key": "", "prefix": true, "startRevision": 4, "prevKv": true}}),
+    );
     assert_eq!(again.next()["created"], true);
     let mut replay = Vec::new();
     while replay.len() < 5 {
         replay.extend(events(&again.next_events()));
     }
-    assert_eq!(replay, [
-        ev("PUT", "c", 4, "1", "-"), ev("DELETE", "b", 4, "", "1"), ev("PUT", "a", 4, "2", "1"),
-        ev("DELETE", "a", 5, "", "2"), ev("PUT", "a", 6, "3", "-"),
-    ]);
+    assert_eq!(
+        replay,
+        [
+            ev("PUT", "c", 4, "1", "-"),
+            ev("DELETE", "b", 4, "", "1"),
+            ev("PUT", "a", 4, "2", "1"),
+            ev("DELETE", "a", 5, "", "2"),
+            ev("PUT", "a", 6, "3", "-"),
+        ]
+    );
     assert_eq!(events(&again.next_events()), [ev("PUT", "ab", 7, "1", "-")]);
 
     // Compaction: a start at or below the compacted revision is cancelled with it.
@@ -285,13 +312,17 @@ fn a_watch_sees_every_change_in_order_and_resumes_on_another_member_from_the_nex
     assert_eq!(status, 200);
     let third = (leader + 2) % 3;
     wait_for("the compaction applied everywhere", ELECTION, || {
-        (0..3).all(|i| {
-            let (status, answer) = post(&c, i, "/v1/range", &json!({"key": "a", "revision": 4, "serializable": true}));
-            status == 400 && answer["error"]["code"] == "compacted"
-        }).then_some(())
+        (0..3)
+            .all(|i| {
+                let (status, answer) =
+                    post(&c, i, "/v1/range", &json!({"key": "a", "revision": 4, "serializable": true}));
+                status == 400 && answer["error"]["code"] == "compacted"
+            })
+            .then_some(())
     });
     for start in [3, 5] {
-        let mut late = RawWatch::open(&c.members[third].ip, &json!({"createRequest": {"key": "a", "startRevision": start}}));
+        let mut late =
+            RawWatch::open(&c.members[third].ip, &json!({"createRequest": {"key": "a", "startRevision": start}}));
         assert_eq!(late.next()["created"], true);
         let cancel = late.next();
         assert_eq!(
@@ -321,7 +352,10 @@ fn a_watch_sees_every_change_in_order_and_resumes_on_another_member_from_the_nex
     assert_eq!(refusals.next()["cancelReason"], "mvcc: duplicate watch ID provided on the WatchStream");
     refusals.send(&json!({"createRequest": {"key": "a"}, "cancelRequest": {"watchId": 7}}));
     let two = refusals.next();
-    assert!(two["canceled"] == true && two["cancelReason"].as_str().is_some_and(|r| r.contains("exactly one")), "{two}");
+    assert!(
+        two["canceled"] == true && two["cancelReason"].as_str().is_some_and(|r| r.contains("exactly one")),
+        "{two}"
+    );
     // The watch made before goes on.
     c.put_ok(leader, "a", "4");
     let line = refusals.next_events();
@@ -330,7 +364,11 @@ fn a_watch_sees_every_change_in_order_and_resumes_on_another_member_from_the_nex
     // A member left without a leader: a stream that requires one ends (etcd's
     // WithRequireLeader), one that does not goes on serving what the member has.
     let mut c = c;
-    let mut requiring = RawWatch::open_with(&c.members[third].ip, &json!({"createRequest": {"key": "a"}}), "x-kuberaft-require-leader: true\r\n");
+    let mut requiring = RawWatch::open_with(
+        &c.members[third].ip,
+        &json!({"createRequest": {"key": "a"}}),
+        "x-kuberaft-require-leader: true\r\n",
+    );
     assert_eq!(requiring.next()["created"], true);
     c.kill(leader);
     c.kill(follower);
@@ -344,7 +382,11 @@ fn a_watch_sees_every_change_in_order_and_resumes_on_another_member_from_the_nex
     after.send(&json!({"progressRequest": {}}));
     assert_eq!(events(&after.next_events()), [ev("PUT", "a", 8, "4", "-")]);
     let progress = after.next();
-    assert_eq!((progress["watchId"].clone(), progress["header"]["revision"].clone()), (json!(-1), json!(8)), "the stream without the header goes on: {progress}");
+    assert_eq!(
+        (progress["watchId"].clone(), progress["header"]["revision"].clone()),
+        (json!(-1), json!(8)),
+        "the stream without the header goes on: {progress}"
+    );
 }
 
 /// `kuberaft watch` as a child whose output lines are collected by a thread; killed on drop.
@@ -381,10 +423,16 @@ impl CliWatch {
     fn events(&self, count: usize, within: Duration) -> Vec<(i64, String)> {
         let mut out = Vec::new();
         while out.len() < count {
-            let line = self.lines.recv_timeout(within).unwrap_or_else(|_| panic!("event {} of {count} within {within:?} (got {out:?})", out.len() + 1));
+            let line = self
+                .lines
+                .recv_timeout(within)
+                .unwrap_or_else(|_| panic!("event {} of {count} within {within:?} (got {out:?})", out.len() + 1));
             let answer: Value = serde_json::from_str(&line).expect("a JSON line");
             for e in answer["events"].as_array().expect("events") {
-                out.push((e["kv"]["modRevision"].as_i64().expect("revision"), e["kv"]["key"].as_str().expect("key").to_string()));
+                out.push((
+                    e["kv"]["modRevision"].as_i64().expect("revision"),
+                    e["kv"]["key"].as_str().expect("key").to_string(),
+                ));
             }
         }
         out
@@ -410,7 +458,14 @@ fn kuberaft_watch_follows_the_cluster_through_a_paused_member_and_a_dead_one() {
     let (mut c, leader, first) = started(118);
     let other = 3 - leader - first;
     let endpoints = [first, other, leader].map(|i| c.members[i].client_url()).join(",");
-    let watch = CliWatch::start(&["w-".to_string(), "--prefix".into(), "-w".into(), "json".into(), "--endpoints".into(), endpoints]);
+    let watch = CliWatch::start(&[
+        "w-".to_string(),
+        "--prefix".into(),
+        "-w".into(),
+        "json".into(),
+        "--endpoints".into(),
+        endpoints,
+    ]);
     let mut written = Vec::new();
     // The first write is retried until the watch has printed it: then the stream is open.
     wait_for("the watch to start", Duration::from_secs(20), || {
@@ -463,14 +518,21 @@ fn a_watcher_that_does_not_read_holds_no_backlog_and_catches_up_from_history() {
             let (http, url, value) = (&c.http, &url, &value);
             s.spawn(move || {
                 for n in (t..writes).step_by(threads) {
-                    let put = || http.put(format!("{url}/v1/kv/s-{n}")).body(value.clone()).send().ok().filter(|r| r.status().is_success());
+                    let put = || {
+                        http.put(format!("{url}/v1/kv/s-{n}"))
+                            .body(value.clone())
+                            .send()
+                            .ok()
+                            .filter(|r| r.status().is_success())
+                    };
                     // A put whose answer was lost may have applied: count revisions, not puts.
                     let _ = wait_for(&format!("put s-{n}"), Duration::from_secs(30), put);
                 }
             });
         }
     });
-    let rss: Vec<u64> = (0..3).map(|i| crate::flood::rss_kib(c.members[i].child.as_ref().expect("running").id())).collect();
+    let rss: Vec<u64> =
+        (0..3).map(|i| crate::flood::rss_kib(c.members[i].child.as_ref().expect("running").id())).collect();
     // Compared with the other follower, which does the same work without the watcher.
     let other = 3 - leader - follower;
     eprintln!("RSS after {writes} writes, a watcher that does not read on member {follower}: {rss:?} KiB");
@@ -489,7 +551,12 @@ fn a_watcher_that_does_not_read_holds_no_backlog_and_catches_up_from_history() {
         }
     }
     assert!(next - start >= writes as i64, "{} events for {writes} writes", next - start);
-    let metrics = c.http.get(format!("{}/metrics", c.members[follower].client_url())).send().and_then(|r| r.text()).expect("metrics");
+    let metrics = c
+        .http
+        .get(format!("{}/metrics", c.members[follower].client_url()))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
     let catch_ups: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("kuberaft_watch_slow_catch_ups_total "))
@@ -551,14 +618,12 @@ impl Store {
     fn txn(self, http: &reqwest::blocking::Client, ip: &str, ops: &[(&str, Option<&str>, &str)]) -> i64 {
         let ops: Vec<Value> = ops
             .iter()
-            .map(|(k, v, end)| {
-                match (self, v) {
-                    (Store::Kuberaft, Some(v)) => json!({"requestPut": {"key": k, "value": v}}),
-                    (Store::Etcd, Some(v)) => json!({"request_put": {"key": b64(k), "value": b64(v)}}),
-                    (Store::Kuberaft, None) if end.is_empty() => json!({"requestDeleteRange": {"key": k}}),
-                    (Store::Kuberaft, None) => json!({"requestDeleteRange": {"key": k, "rangeEndBase64": b64(end)}}),
-                    (Store::Etcd, None) => json!({"request_delete_range": {"key": b64(k), "range_end": b64(end)}}),
-                }
+            .map(|(k, v, end)| match (self, v) {
+                (Store::Kuberaft, Some(v)) => json!({"requestPut": {"key": k, "value": v}}),
+                (Store::Etcd, Some(v)) => json!({"request_put": {"key": b64(k), "value": b64(v)}}),
+                (Store::Kuberaft, None) if end.is_empty() => json!({"requestDeleteRange": {"key": k}}),
+                (Store::Kuberaft, None) => json!({"requestDeleteRange": {"key": k, "rangeEndBase64": b64(end)}}),
+                (Store::Etcd, None) => json!({"request_delete_range": {"key": b64(k), "range_end": b64(end)}}),
             })
             .collect();
         num(&self.post(http, ip, "txn", &json!({"success": ops}))["header"]["revision"])
@@ -610,13 +675,21 @@ impl Store {
     fn answer(self, line: Value) -> Answer {
         let r = if self == Store::Etcd { line["result"].clone() } else { line };
         let text = |kv: &Value, field: &str| match self {
-            Store::Kuberaft => kv[field].as_str().map(str::to_string).unwrap_or_else(|| unb64(&kv[format!("{field}Base64")])),
+            Store::Kuberaft => {
+                kv[field].as_str().map(str::to_string).unwrap_or_else(|| unb64(&kv[format!("{field}Base64")]))
+            }
             Store::Etcd => unb64(&kv[field]),
         };
         let field = |camel: &str, snake: &str| if self == Store::Etcd { r[snake].clone() } else { r[camel].clone() };
         let norm = |kv: &Value| {
             let g = |camel: &str, snake: &str| num(if self == Store::Etcd { &kv[snake] } else { &kv[camel] });
-            (text(kv, "key"), text(kv, "value"), g("createRevision", "create_revision"), g("modRevision", "mod_revision"), g("version", "version"))
+            (
+                text(kv, "key"),
+                text(kv, "value"),
+                g("createRevision", "create_revision"),
+                g("modRevision", "mod_revision"),
+                g("version", "version"),
+            )
         };
         let events = r["events"]
             .as_array()
@@ -651,7 +724,10 @@ impl Store {
 /// exactly the compacted revision is cancelled).
 #[test]
 fn watches_answer_as_a_real_etcd_does_side_by_side() {
-    if !crate::require::available(std::process::Command::new("etcd").arg("--version").output().is_ok(), "etcd 3.4 (`etcd`)") {
+    if !crate::require::available(
+        std::process::Command::new("etcd").arg("--version").output().is_ok(),
+        "etcd 3.4 (`etcd`)",
+    ) {
         return;
     }
     let mut c = Cluster::new(120, 1);
@@ -670,16 +746,38 @@ fn watches_answer_as_a_real_etcd_does_side_by_side() {
         Command::new("etcd")
             .args(["--name", "e0", "--data-dir"])
             .arg(dir.path().join("e0"))
-            .args(["--listen-client-urls", &format!("http://{etcd_ip}:2379"), "--advertise-client-urls", &format!("http://{etcd_ip}:2379")])
-            .args(["--listen-peer-urls", &format!("http://{etcd_ip}:2380"), "--initial-advertise-peer-urls", &format!("http://{etcd_ip}:2380")])
-            .args(["--initial-cluster", &format!("e0=http://{etcd_ip}:2380"), "--logger", "zap", "--log-level", "error"])
+            .args([
+                "--listen-client-urls",
+                &format!("http://{etcd_ip}:2379"),
+                "--advertise-client-urls",
+                &format!("http://{etcd_ip}:2379"),
+            ])
+            .args([
+                "--listen-peer-urls",
+                &format!("http://{etcd_ip}:2380"),
+                "--initial-advertise-peer-urls",
+                &format!("http://{etcd_ip}:2380"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("e0=http://{etcd_ip}:2380"),
+                "--logger",
+                "zap",
+                "--log-level",
+                "error",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start etcd"),
     );
     wait_for("etcd to answer", ELECTION, || {
-        c.http.post(format!("http://{etcd_ip}:2379/v3/kv/range")).json(&json!({"key": b64("x")})).send().ok().filter(|r| r.status().is_success())
+        c.http
+            .post(format!("http://{etcd_ip}:2379/v3/kv/range"))
+            .json(&json!({"key": b64("x")}))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
     });
     // etcd's gateway answers a watch only once the request body has ended, so each stream
     // sends all its requests at once here.
@@ -691,11 +789,16 @@ fn watches_answer_as_a_real_etcd_does_side_by_side() {
         assert_eq!(store.put(http, &ip, "b", "1"), 3);
         // Two watches on one stream: everything from "a" on, from revision 2, with previous
         // values; [a, b) from now, deletes only.
-        let mut w = RawWatch::open_all(&ip, store.watch_path(), &[store.create("a", "\0", 2, true, false), store.create("a", "b", 0, false, true)]);
+        let mut w = RawWatch::open_all(
+            &ip,
+            store.watch_path(),
+            &[store.create("a", "\0", 2, true, false), store.create("a", "b", 0, false, true)],
+        );
         // etcd sends a catch-up of several revisions in one answer, kuberaft one answer per
         // revision: the events are compared, flattened.
         let mut first: Vec<Answer> = Vec::new();
-        while first.iter().filter(|a| a.created).count() < 2 || first.iter().map(|a| a.events.len()).sum::<usize>() < 2 {
+        while first.iter().filter(|a| a.created).count() < 2 || first.iter().map(|a| a.events.len()).sum::<usize>() < 2
+        {
             first.push(store.answer(w.next()));
         }
         let (created, history): (Vec<Answer>, Vec<Answer>) = first.into_iter().partition(|a| a.created);
@@ -704,7 +807,15 @@ fn watches_answer_as_a_real_etcd_does_side_by_side() {
         got.extend(created);
         let flat: Vec<Norm> = history.iter().flat_map(|a| a.events.clone()).collect();
         assert!(history.iter().all(|a| a.watch_id == 0));
-        got.push(Answer { watch_id: 0, revision: 3, created: false, canceled: false, compact_revision: 0, cancel_reason: String::new(), events: flat });
+        got.push(Answer {
+            watch_id: 0,
+            revision: 3,
+            created: false,
+            canceled: false,
+            compact_revision: 0,
+            cancel_reason: String::new(),
+            events: flat,
+        });
         // Three writes in one txn, in this order.
         assert_eq!(store.txn(http, &ip, &[("c", Some("1"), ""), ("b", None, ""), ("a", Some("2"), "")]), 4);
         got.push(store.answer(w.next()));
@@ -725,13 +836,21 @@ fn watches_answer_as_a_real_etcd_does_side_by_side() {
         let kinds: Vec<(String, String)> = twice[0].events.iter().map(|e| (e.0.clone(), e.1.clone())).collect();
         match store {
             Store::Etcd => {
-                assert_eq!(kinds, [("DELETE".into(), "a".into()), ("DELETE".into(), "c".into()), ("PUT".into(), "a".into())]);
-                assert_eq!(twice[1].events.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(), ["DELETE"], "the deletes-only watch");
+                assert_eq!(
+                    kinds,
+                    [("DELETE".into(), "a".into()), ("DELETE".into(), "c".into()), ("PUT".into(), "a".into())]
+                );
+                assert_eq!(
+                    twice[1].events.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+                    ["DELETE"],
+                    "the deletes-only watch"
+                );
             }
             Store::Kuberaft => assert_eq!(kinds, [("PUT".to_string(), "a".to_string()), ("DELETE".into(), "c".into())]),
         }
         // Progress on a stream whose watch is caught up; an empty range.
-        let mut p = RawWatch::open_all(&ip, store.watch_path(), &[store.create("zz", "", 0, false, false), store.progress()]);
+        let mut p =
+            RawWatch::open_all(&ip, store.watch_path(), &[store.create("zz", "", 0, false, false), store.progress()]);
         got.push(store.answer(p.next()));
         got.push(store.answer(p.next()));
         let mut e = RawWatch::open_all(&ip, store.watch_path(), &[store.create("b", "a", 0, false, false)]);
@@ -747,7 +866,10 @@ fn watches_answer_as_a_real_etcd_does_side_by_side() {
         match store {
             // etcd serves what compaction left of revision 5; kuberaft cancels (COMPATIBILITY.md).
             Store::Etcd => assert!(created.created && !then.as_ref().is_some_and(|t| t.canceled), "{then:?}"),
-            Store::Kuberaft => assert!(created.created && then.as_ref().is_some_and(|t| t.canceled && t.compact_revision == 5), "{then:?}"),
+            Store::Kuberaft => assert!(
+                created.created && then.as_ref().is_some_and(|t| t.canceled && t.compact_revision == 5),
+                "{then:?}"
+            ),
         }
         answers.push(got);
     }

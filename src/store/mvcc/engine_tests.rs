@@ -335,14 +335,19 @@ fn compare_events(store: &MvccStore, m: &Model, at: &str) {
             }
         }
         assert_eq!(got, want, "{at}: events of {key:?}..{end:?} from {from}");
-        let no_prev = view.events(&span, (from, 0), m.revision(), false, EventBounds { scan: usize::MAX, bytes: usize::MAX });
+        let no_prev =
+            view.events(&span, (from, 0), m.revision(), false, EventBounds { scan: usize::MAX, bytes: usize::MAX });
         let stripped: Vec<Event> = want.into_iter().map(|e| Event { prev_kv: None, ..e }).collect();
         assert_eq!(no_prev.unwrap().events, stripped, "{at}: events without previous versions");
     }
     if m.compacted_revision() >= 1 {
         let span = check::KeySpan::new(b"a", &[0]);
-        let refused = view.events(&span, (m.compacted_revision(), 0), m.revision(), false, EventBounds { scan: 9, bytes: 9 });
-        assert!(matches!(refused, Err(ReadError::Mvcc(MvccError::Compacted))), "{at}: history at the compacted revision");
+        let refused =
+            view.events(&span, (m.compacted_revision(), 0), m.revision(), false, EventBounds { scan: 9, bytes: 9 });
+        assert!(
+            matches!(refused, Err(ReadError::Mvcc(MvccError::Compacted))),
+            "{at}: history at the compacted revision"
+        );
         assert_eq!(m.events(&span, m.compacted_revision(), m.revision()), Err(MvccError::Compacted));
     }
 }

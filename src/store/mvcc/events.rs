@@ -65,7 +65,8 @@ impl ReadView {
         let revs = self.txn.open_table(REVS).at(place, READ)?;
         let kv = self.txn.open_table(KV).at(place, READ)?;
         let mut bytes = 0usize;
-        let range = revs.range::<HistoryPos>((Bound::Included(from), Bound::Included((to, u32::MAX)))).at(place, READ)?;
+        let range =
+            revs.range::<HistoryPos>((Bound::Included(from), Bound::Included((to, u32::MAX)))).at(place, READ)?;
         for (scanned, entry) in range.enumerate() {
             let (pos, key) = entry.at(place, READ)?;
             let (rev, sub) = pos.value();
@@ -77,10 +78,12 @@ impl ReadView {
             if !span.contains(key) {
                 continue;
             }
-            let record = kv
-                .get((key, rev))
-                .at(place, READ)?
-                .ok_or_else(|| place.corrupt(format!("revision {rev} lists key {:?}, which has no entry there", String::from_utf8_lossy(key))))?;
+            let record = kv.get((key, rev)).at(place, READ)?.ok_or_else(|| {
+                place.corrupt(format!(
+                    "revision {rev} lists key {:?}, which has no entry there",
+                    String::from_utf8_lossy(key)
+                ))
+            })?;
             let decoded = Record::decode(record.value()).map_err(|detail| {
                 place.corrupt(format!("key {:?} at revision {rev}: {detail}", String::from_utf8_lossy(key)))
             })?;

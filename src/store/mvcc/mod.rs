@@ -6,9 +6,9 @@
 pub mod check;
 mod coalesce;
 pub mod engine;
-pub mod events;
 #[cfg(test)]
 mod engine_tests;
+pub mod events;
 pub mod model;
 pub mod snapshot;
 pub mod types;
