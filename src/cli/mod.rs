@@ -1,5 +1,5 @@
 //! The `kuberaft` command line (DESIGN.md §5): clap definitions of every subcommand and the
-//! dispatch to them. Client commands (`kv`, `txn`, `compact`, `member`, `endpoint`, `leader`) share `ClientArgs`
+//! dispatch to them. Client commands (`kv`, `txn`, `compact`, `watch`, `member`, `endpoint`, `leader`) share `ClientArgs`
 //! and go through `crate::client`; `node` hands over to `crate::process::run`; `dev` runs a local
 //! cluster of node processes. Every failure ends as `error: <message>` on stderr and a non-zero
 //! exit code: 2 for usage errors, 1 for everything else.

@@ -264,7 +264,7 @@ impl WatchHub {
 
     /// Revisions from `next` on (at most [`FEED_TAKE`]), or `None` when the feed no
     /// longer (or not yet) holds `next`, or `next` was compacted.
-    fn from_feed(&self, next: Revision) -> Option<Vec<Arc<RevisionEvents>>> {
+    fn take_from_feed(&self, next: Revision) -> Option<Vec<Arc<RevisionEvents>>> {
         if next <= read(&self.shared.kv).compacted_revision() {
             // Compacted since it was fed: the history says so, and the watcher is cancelled.
             return None;
@@ -486,7 +486,7 @@ impl Watcher {
                 }
                 continue;
             }
-            let sent_any = match self.hub.from_feed(next) {
+            let sent_any = match self.hub.take_from_feed(next) {
                 Some(batch) if !batch.is_empty() => {
                     let mut any = false;
                     for revision in batch {
@@ -633,7 +633,7 @@ impl Watcher {
             if pos.0 > top {
                 return Some(Ok((top + 1, any)));
             }
-            if pos.1 == 0 && pending.is_none() && self.hub.from_feed(pos.0).is_some_and(|b| !b.is_empty()) {
+            if pos.1 == 0 && pending.is_none() && self.hub.take_from_feed(pos.0).is_some_and(|b| !b.is_empty()) {
                 return Some(Ok((pos.0, any)));
             }
             tokio::task::yield_now().await;

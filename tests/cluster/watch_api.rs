@@ -885,3 +885,87 @@ fn watches_answer_as_a_real_etcd_does_side_by_side() {
     }
     assert_eq!(ours.len(), etcds.len());
 }
+
+/// Large revisions: a txn of 100 values of 15 KiB reaches a watch with `fragment` in parts of at
+/// most 1 MiB (all but the last marked `fragment`), and one without in one answer; a delete of
+/// 300 such keys with previous values (4.5 MiB, more than the feed keeps of one revision) is read
+/// from history, in parts, and `kuberaft watch` joins the parts into one line.
+#[test]
+fn large_revisions_come_in_fragments_and_the_client_joins_them() {
+    let mut c = Cluster::new(122, 1);
+    c.bootstrap();
+    c.wait_leader(ELECTION);
+    let ip = c.members[0].ip.clone();
+    let value = "f".repeat(15 * 1024);
+    let mut fragmented = RawWatch::open(
+        &ip,
+        &json!({"createRequest": {"key": "big-", "prefix": true, "fragment": true, "prevKv": true}}),
+    );
+    let mut whole = RawWatch::open(&ip, &json!({"createRequest": {"key": "big-", "prefix": true}}));
+    assert_eq!(fragmented.next()["created"], true);
+    assert_eq!(whole.next()["created"], true);
+    let cli = CliWatch::start(&[
+        "big-".to_string(),
+        "--prefix".into(),
+        "--prev-kv".into(),
+        "-w".into(),
+        "json".into(),
+        "--endpoints".into(),
+        c.members[0].client_url(),
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    for batch in 0..3 {
+        let puts: Vec<Value> =
+            (0..100).map(|i| json!({"requestPut": {"key": format!("big-{batch}-{i:03}"), "value": value}})).collect();
+        let (status, answer) = post(&c, 0, "/v1/txn", &json!({"success": puts}));
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, answer) =
+        post(&c, 0, "/v1/txn", &json!({"success": [{"requestDeleteRange": {"key": "big-", "prefix": true}}]}));
+    assert_eq!(status, 200, "{answer}");
+    // (events, fragment flags) of each revision as the raw streams saw them.
+    let revision_parts = |w: &mut RawWatch| -> Vec<(usize, Vec<bool>)> {
+        let mut out = Vec::new();
+        let mut current = (0, Vec::new());
+        while out.len() < 4 {
+            let line = w.next_events();
+            current.0 += line["events"].as_array().map_or(0, |e| e.len());
+            let more = line["fragment"] == true;
+            current.1.push(more);
+            if !more {
+                out.push(std::mem::take(&mut current));
+            }
+        }
+        out
+    };
+    let parts = revision_parts(&mut fragmented);
+    for (events, flags) in &parts[..3] {
+        assert_eq!(*events, 100);
+        assert_eq!(flags, &[true, false], "1.5 MiB of puts with previous values: two parts of at most 1 MiB");
+    }
+    assert_eq!(parts[3].0, 300);
+    assert!(parts[3].1.len() >= 5, "4.5 MiB of previous values in parts of 1 MiB: {:?}", parts[3].1);
+    assert!(parts[3].1[..parts[3].1.len() - 1].iter().all(|f| *f) && !parts[3].1[parts[3].1.len() - 1]);
+    let unfragmented = revision_parts(&mut whole);
+    assert_eq!(unfragmented, [(100, vec![false]), (100, vec![false]), (100, vec![false]), (300, vec![false])]);
+    let joined: Vec<usize> = (0..4)
+        .map(|_| {
+            let line = cli.lines.recv_timeout(Duration::from_secs(10)).expect("a line from kuberaft watch");
+            let answer: Value = serde_json::from_str(&line).expect("JSON");
+            assert!(answer.get("fragment").is_none(), "joined: {}", &line[..200.min(line.len())]);
+            answer["events"].as_array().map_or(0, |e| e.len())
+        })
+        .collect();
+    assert_eq!(joined, [100, 100, 100, 300]);
+    let metrics =
+        c.http.get(format!("{}/metrics", c.members[0].client_url())).send().and_then(|r| r.text()).expect("metrics");
+    let catch_ups: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kuberaft_watch_slow_catch_ups_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the catch-up counter");
+    assert!(
+        catch_ups >= 3,
+        "the 4.5 MiB revision was not kept in the feed: each watcher read it from history ({catch_ups})"
+    );
+}

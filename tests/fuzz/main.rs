@@ -1,6 +1,7 @@
 //! Fuzzing of a real 3-member cluster from outside (issue 4): random requests to the client
 //! API (methods, paths built from the real routes with junk segments, query strings, headers,
-//! bodies; etcd-shaped ranges, txns and compactions, whole or mutated) and random or mutated
+//! bodies; etcd-shaped ranges, txns, compactions and watches, whole or mutated; of a watch that
+//! streams, the head and first answer are read) and random or mutated
 //! message batches to the peer port.
 //!
 //! Every answer must be a status DESIGN.md §4 allows (nothing 5xx but 503 and 504), every
@@ -182,6 +183,62 @@ fn exchange(addr: SocketAddr, request: &RawRequest) -> Result<RawResponse, Strin
     let _ = stream.shutdown(Shutdown::Both);
     let write_result = write.join().map_err(|_| "the writer panicked".to_string())?;
     response.map_err(|e| format!("{e} (write: {write_result:?})"))
+}
+
+/// `exchange` for a watch: a stream that answers 200 goes on for as long as it is read, so
+/// only its head and first answer are read (each line must be a JSON object), then the
+/// connection is closed; anything else is read whole.
+fn exchange_first_answer(addr: SocketAddr, request: &RawRequest) -> Result<RawResponse, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(RESPONSE_TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.write_all(&request.bytes(&addr.to_string())).map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    // Bounded: every read waits at most RESPONSE_TIMEOUT, and an answer is a few KiB.
+    let mut head_seen = false;
+    let response = loop {
+        let n = match stream.read(&mut buffer) {
+            Ok(n) => n,
+            // A stream whose requests ask for no answer (a cancel of an unknown watch, say).
+            Err(_) if head_seen => break RawResponse { status: 200, headers: Vec::new(), body: Vec::new() },
+            Err(e) => return Err(format!("read after {} bytes: {e}", raw.len())),
+        };
+        raw.extend_from_slice(&buffer[..n]);
+        let Some(head_end) = find(&raw, b"\r\n\r\n") else {
+            if n == 0 {
+                return Err(format!("no complete response head ({} bytes)", raw.len()));
+            }
+            continue;
+        };
+        if !raw.starts_with(b"HTTP/1.1 200") {
+            drop(stream);
+            return exchange(addr, request);
+        }
+        if !head_seen {
+            head_seen = true;
+            stream.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| e.to_string())?;
+        }
+        let body = &raw[head_end + 4..];
+        if let Some(line_end) = find(body, b"\r\n") {
+            let size = usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap_or("x").trim(), 16)
+                .map_err(|e| format!("chunk size: {e}"))?;
+            if let Some(chunk) = body.get(line_end + 2..line_end + 2 + size) {
+                break RawResponse { status: 200, headers: Vec::new(), body: chunk.to_vec() };
+            }
+        }
+        if n == 0 {
+            return Err("the stream ended before its first answer".into());
+        }
+    };
+    let _ = stream.shutdown(Shutdown::Both);
+    for line in response.body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let answer: Value =
+            serde_json::from_slice(line).map_err(|e| format!("a watch answer that is not JSON ({e})"))?;
+        if !answer["header"].is_object() {
+            return Err(format!("a watch answer without a header: {answer}"));
+        }
+    }
+    Ok(response)
 }
 
 fn read_response(mut stream: &TcpStream, head_only: bool) -> Result<RawResponse, String> {
@@ -411,11 +468,13 @@ enum Aim {
     Range,
     Txn,
     Compact,
+    /// `POST /v1/watch`: a stream, of which the head and first answer are read.
+    Watch,
     Nowhere,
 }
 
 fn random_path(rng: &mut Rng, ids: &Ids) -> (Aim, String) {
-    match rng.range(0, 24) {
+    match rng.range(0, 25) {
         0 | 1 => (Aim::KvList, "/v1/kv".to_string()),
         2..=7 => (Aim::Key, format!("/v1/kv/{}", random_key(rng))),
         8 => (Aim::Status, "/v1/status".to_string()),
@@ -427,6 +486,7 @@ fn random_path(rng: &mut Rng, ids: &Ids) -> (Aim, String) {
         17 => (Aim::Range, "/v1/range".to_string()),
         18 | 19 => (Aim::Txn, "/v1/txn".to_string()),
         20 => (Aim::Compact, "/v1/compact".to_string()),
+        21 => (Aim::Watch, "/v1/watch".to_string()),
         _ => {
             let junk = [
                 "/".to_string(),
@@ -457,7 +517,7 @@ fn random_method(rng: &mut Rng, aim: Aim) -> String {
         Aim::Key => &["GET", "PUT", "DELETE", "HEAD"],
         Aim::Members => &["GET", "POST"],
         Aim::Member => &["DELETE"],
-        Aim::Promote | Aim::Transfer | Aim::Range | Aim::Txn | Aim::Compact => &["POST"],
+        Aim::Promote | Aim::Transfer | Aim::Range | Aim::Txn | Aim::Compact | Aim::Watch => &["POST"],
         Aim::Nowhere => &["GET", "PUT"],
     };
     if rng.chance(0.6) {
@@ -619,12 +679,38 @@ fn etcd_txn(rng: &mut Rng, depth: u32) -> Value {
     serde_json::json!({ "compare": compare, "success": ops(rng), "failure": ops(rng) })
 }
 
+/// A watch request (mostly a create: every field, some wrong), or one of the others.
+fn etcd_watch(rng: &mut Rng) -> Value {
+    match rng.range(0, 10) {
+        0 => serde_json::json!({"cancelRequest": {"watchId": etcd_number(rng)}}),
+        1 => serde_json::json!({"progressRequest": {}}),
+        _ => {
+            let mut c = serde_json::Map::new();
+            etcd_span(rng, &mut c);
+            for (field, value) in [
+                ("startRevision", etcd_number(rng)),
+                ("watchId", etcd_number(rng)),
+                ("prevKv", Value::from(true)),
+                ("progressNotify", Value::from(true)),
+                ("fragment", Value::from(true)),
+                ("filters", Value::from(vec![*pick(rng, &["NOPUT", "NODELETE", "NOTHING"])])),
+            ] {
+                if rng.chance(0.3) {
+                    c.insert(field.into(), value);
+                }
+            }
+            serde_json::json!({"createRequest": c})
+        }
+    }
+}
+
 /// An etcd-shaped body for `aim`, well-formed or mutated: a field dropped, an unknown field
 /// added, a field of the wrong type, or the text cut short.
 fn etcd_body(rng: &mut Rng, aim: Aim) -> Vec<u8> {
     let mut value = match aim {
         Aim::Range => etcd_range(rng),
         Aim::Txn => etcd_txn(rng, 0),
+        Aim::Watch => etcd_watch(rng),
         _ => {
             let mut obj = serde_json::Map::new();
             if rng.chance(0.9) {
@@ -685,7 +771,7 @@ fn defuse_txn(txn: &mut TxnRequest) -> bool {
 }
 
 fn random_body(rng: &mut Rng, aim: Aim, ids: &Ids) -> Vec<u8> {
-    if matches!(aim, Aim::Range | Aim::Txn | Aim::Compact) && rng.chance(0.75) {
+    if matches!(aim, Aim::Range | Aim::Txn | Aim::Compact | Aim::Watch) && rng.chance(0.75) {
         return etcd_body(rng, aim);
     }
     match rng.range(0, 12) {
@@ -946,7 +1032,12 @@ fn client_api_fuzz(c: &Cluster, seed: u64, count: u64) -> ApiFuzzOutcome {
         defuse(&mut request, aim, &ids, &mut rng);
         let context =
             || format!("request {n} (FUZZ_SEED={seed}) to {}: {}", c.members[member].name, request.describe());
-        let response = exchange(address(member), &request).unwrap_or_else(|e| panic!("{}: {e}", context()));
+        let response = if aim == Aim::Watch {
+            exchange_first_answer(address(member), &request)
+        } else {
+            exchange(address(member), &request)
+        };
+        let response = response.unwrap_or_else(|e| panic!("{}: {e}", context()));
         outcome.count(&response);
         if let Err(e) = check_response(&request, &response) {
             panic!("{}: {e}", context());
