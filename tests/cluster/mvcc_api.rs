@@ -12,7 +12,7 @@ use crate::harness::{wait_for, Cluster};
 use crate::ELECTION;
 
 /// (status, JSON body) of a POST with a JSON body to member `i`.
-fn post(c: &Cluster, i: usize, path: &str, body: &Value) -> (u16, Value) {
+pub fn post(c: &Cluster, i: usize, path: &str, body: &Value) -> (u16, Value) {
     let url = format!("{}{path}", c.members[i].client_url());
     let resp = c.http.post(url).json(body).send().unwrap_or_else(|e| panic!("POST {path}: {e}"));
     let status = resp.status().as_u16();
@@ -70,7 +70,8 @@ fn get(c: &Cluster, i: usize, path_and_query: &str) -> (u16, String) {
     (resp.status().as_u16(), resp.text().unwrap_or_default())
 }
 
-fn started(net: u8) -> (Cluster, usize, usize) {
+/// A 3-member cluster with a leader: (cluster, leader, a follower).
+pub fn started(net: u8) -> (Cluster, usize, usize) {
     let mut c = Cluster::new(net, 3);
     c.bootstrap();
     let (leader, _) = c.wait_leader(ELECTION);

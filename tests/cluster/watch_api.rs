@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::harness::{wait_for, Cluster, CLIENT_PORT};
+use crate::mvcc_api::{post, started};
 use crate::ELECTION;
 
 /// One watch stream over a raw socket: the request body is sent in chunks as the test goes
@@ -176,19 +177,6 @@ fn events(answer: &Value) -> Vec<(String, String, i64, String, String)> {
 
 fn ev(kind: &str, key: &str, rev: i64, value: &str, prev: &str) -> (String, String, i64, String, String) {
     (kind.to_string(), key.to_string(), rev, value.to_string(), prev.to_string())
-}
-
-fn post(c: &Cluster, i: usize, path: &str, body: &Value) -> (u16, Value) {
-    let resp = c.http.post(format!("{}{path}", c.members[i].client_url())).json(body).send().expect("POST");
-    let status = resp.status().as_u16();
-    (status, resp.json().unwrap_or(Value::Null))
-}
-
-fn started(net: u8) -> (Cluster, usize, usize) {
-    let mut c = Cluster::new(net, 3);
-    c.bootstrap();
-    let (leader, _) = c.wait_leader(ELECTION);
-    (c, leader, (leader + 1) % 3)
 }
 
 /// Every change, in revision order, with etcd's shapes: a txn's events in one answer in the
