@@ -47,9 +47,6 @@ pub const RESPONSE_BYTES: usize = 4 << 20;
 pub const STREAM_QUEUE: usize = 16;
 /// The most watchers one stream may hold.
 pub const MAX_WATCHERS_PER_STREAM: usize = 10_000;
-/// How often a watch with `progress_notify` hears the revision it is at, when it heard nothing
-/// else (etcd's `--experimental-watch-progress-notify-interval`, 10 minutes by default).
-pub const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
 
 /// The reasons a watch ends, as etcd words them.
 pub const COMPACTED: &str = "mvcc: required revision has been compacted";
@@ -393,15 +390,6 @@ impl WatchStream {
                 let _ = tokio::time::timeout(Duration::from_millis(20), published.changed()).await;
             }
         })
-    }
-
-    /// The number of live watchers.
-    pub fn len(&self) -> usize {
-        self.watchers.values().filter(|w| !w.task.is_finished()).count()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

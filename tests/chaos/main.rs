@@ -462,12 +462,21 @@ fn member_id(c: &Cluster, via: usize, name: &str) -> Option<String> {
     s["members"].as_array()?.iter().find(|m| m["name"] == name).and_then(|m| m["id"].as_str()).map(str::to_string)
 }
 
-/// Removes member `id` through whichever member leads (bounded; a 404 means it is gone already).
-fn remove_member(c: &Cluster, id: &str) {
-    wait_for("member remove", RECOVERY_LIMIT, || {
+/// The id of member `name` as the leader knows it (a follower's member table may be behind: a
+/// member replaced since then still shows there under its old id).
+fn current_member_id(c: &Cluster, name: &str) -> Option<String> {
+    member_id(c, leader_index(c)?, name)
+}
+
+/// Removes member `name` through whichever member leads, until the leader lists no member of
+/// that name (bounded). Removing by an id read from a lagging follower once removed nothing (a
+/// 404 for an id already replaced) and left the member in: its re-add was then refused.
+fn remove_member(c: &Cluster, name: &str) {
+    wait_for(&format!("the removal of {name}"), RECOVERY_LIMIT, || {
         let leader = leader_index(c)?;
-        let resp = c.http.delete(format!("{}/v1/members/{id}", c.members[leader].client_url())).send().ok()?;
-        (resp.status().is_success() || resp.status().as_u16() == 404).then_some(())
+        let Some(id) = member_id(c, leader, name) else { return Some(()) };
+        let _ = c.http.delete(format!("{}/v1/members/{id}", c.members[leader].client_url())).send();
+        None
     });
 }
 
@@ -647,14 +656,13 @@ fn inject(
         Fault::Membership => {
             let victim = pick(rng);
             let name = c.members[victim].name.clone();
-            let via = (victim + 1) % n;
-            let Some(id) = member_id(c, via, &name) else { return Err(format!("{name} is not a known member")) };
-            remove_member(c, &id);
+            let Some(id) = current_member_id(c, &name) else { return Err(format!("{name} is not a known member")) };
+            remove_member(c, &name);
             c.kill(victim);
             let _ = std::fs::remove_dir_all(&c.members[victim].data_dir);
             std::thread::sleep(hold);
             let new_id = add_back_and_promote(c, victim, &initial);
-            Ok(format!("remove {name}, wipe its data, add it back as {new_id}, promote"))
+            Ok(format!("remove {name} ({id}), wipe its data, add it back as {new_id}, promote"))
         }
         Fault::Transfer => {
             let leader = leader_index(c).ok_or("no member knows a leader")?;
@@ -685,8 +693,7 @@ fn inject(
             let victim = victim_of(c, rng)?;
             let name = c.members[victim].name.clone();
             let was_leader = leader_index(c) == Some(victim);
-            let via = (victim + 1) % n;
-            let Some(old_id) = member_id(c, via, &name) else { return Err(format!("{name} is not a known member")) };
+            let Some(old_id) = current_member_id(c, &name) else { return Err(format!("{name} is not a known member")) };
             if c.members[victim].child.is_none() {
                 return Err(format!("{name} is not running"));
             }
@@ -700,7 +707,7 @@ fn inject(
             };
             // The operator's replace flow: remove the old id, add a learner under the same name
             // and URLs, start it from empty data, promote it.
-            remove_member(c, &old_id);
+            remove_member(c, &name);
             let _ = std::fs::remove_dir_all(&c.members[victim].data_dir);
             let new_id = add_back_and_promote(c, victim, &initial);
             let role = if was_leader { "the leader " } else { "" };

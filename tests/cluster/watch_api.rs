@@ -874,16 +874,47 @@ fn watches_answer_as_a_real_etcd_does_side_by_side() {
     assert_eq!(ours.len(), etcds.len());
 }
 
-/// Large revisions: a txn of 100 values of 15 KiB reaches a watch with `fragment` in parts of at
+/// Progress notifications every interval (a member started with 300 ms), only when asked; a
+/// bad interval refused at start. Large revisions: a txn of 100 values of 15 KiB reaches a watch with `fragment` in parts of at
 /// most 1 MiB (all but the last marked `fragment`), and one without in one answer; a delete of
 /// 300 such keys with previous values (4.5 MiB, more than the feed keeps of one revision) is read
 /// from history, in parts, and `kuberaft watch` joins the parts into one line.
 #[test]
 fn large_revisions_come_in_fragments_and_the_client_joins_them() {
     let mut c = Cluster::new(122, 1);
+    c.members[0].extra_args = vec!["--experimental-watch-progress-notify-interval".into(), "300ms".into()];
     c.bootstrap();
     c.wait_leader(ELECTION);
     let ip = c.members[0].ip.clone();
+    // Periodic progress: a quiet watch that asked for it hears its revision every interval; one
+    // that did not hears nothing.
+    let current = c.status(0).and_then(|s| s["revision"].as_i64()).expect("revision");
+    let mut notified = RawWatch::open(&ip, &json!({"createRequest": {"key": "quiet", "progressNotify": true}}));
+    let mut silent = RawWatch::open(&ip, &json!({"createRequest": {"key": "quiet"}}));
+    assert_eq!(notified.next()["created"], true);
+    assert_eq!(silent.next()["created"], true);
+    for _ in 0..2 {
+        let progress = notified.next_within(Duration::from_secs(5)).expect("a progress notification");
+        assert_eq!(
+            (progress["watchId"].clone(), progress["header"]["revision"].clone(), progress.get("events").is_none()),
+            (json!(0), json!(current), true),
+            "{progress}"
+        );
+    }
+    assert!(silent.next_within(Duration::from_secs(1)).is_none(), "no notification unasked");
+    // A bad interval is refused at start, with the flag's name.
+    let refused = Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+        .args(["node", "--name", "x", "--advertise-client-url", "http://127.122.0.9:2379"])
+        .args(["--advertise-peer-url", "http://127.122.0.9:2380", "--initial-cluster", "x=http://127.122.0.9:2380"])
+        .args(["--experimental-watch-progress-notify-interval", "soon"])
+        .output()
+        .expect("run kuberaft node");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--experimental-watch-progress-notify-interval 'soon'"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     let value = "f".repeat(15 * 1024);
     let mut fragmented = RawWatch::open(
         &ip,
