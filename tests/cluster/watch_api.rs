@@ -273,6 +273,12 @@ fn a_watch_sees_every_change_in_order_and_resumes_on_another_member_from_the_nex
     }
     assert!(w.next_within(Duration::from_millis(500)).is_none(), "nothing else: watch 1 is cancelled");
 
+    // NODELETE: puts only.
+    let mut puts_only = RawWatch::open(&c.members[leader].ip, &json!({"createRequest": {"key": "a", "startRevision": 4, "filters": ["NODELETE"]}}));
+    assert_eq!(puts_only.next()["created"], true);
+    assert_eq!(events(&puts_only.next_events()), [ev("PUT", "a", 4, "2", "-")]);
+    assert_eq!(events(&puts_only.next_events()), [ev("PUT", "a", 6, "3", "-")], "the delete at 5 is left out");
+
     // Resume elsewhere from last seen + 1: exactly the same events, none before.
     let mut again = RawWatch::open(
         &c.members[leader].ip,
@@ -484,6 +490,11 @@ fn kuberaft_watch_follows_the_cluster_through_a_paused_member_and_a_dead_one() {
     // printed line was the last of the start-up writes).
     assert_eq!(printed, written[already + 1..].to_vec());
     assert!(printed.windows(2).all(|w| w[0].0 < w[1].0), "in revision order: {printed:?}");
+    // `--rev` replays the history from that revision, here every write of the test.
+    let endpoints = [first, leader].map(|i| c.members[i].client_url()).join(",");
+    let from = written[0].0.to_string();
+    let replay = CliWatch::start(&["w-".to_string(), "--prefix".into(), "--rev".into(), from, "-w".into(), "json".into(), "--endpoints".into(), endpoints]);
+    assert_eq!(replay.events(written.len(), Duration::from_secs(15)), written);
 }
 
 /// A watcher that never reads while writes go on: the writes are not held back (they all
