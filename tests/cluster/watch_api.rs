@@ -188,6 +188,8 @@ fn a_watch_sees_every_change_in_order_and_resumes_on_another_member_from_the_nex
     let (c, leader, follower) = started(117);
     assert_eq!(c.put_ok(leader, "a", "1"), 2);
     assert_eq!(c.put_ok(leader, "b", "1"), 3);
+    // A watch reports the revision of the member it is on: the follower's, once it applied 3.
+    wait_for("the follower to apply 3", ELECTION, || (c.status(follower)?["revision"].as_i64()? >= 3).then_some(()));
 
     let mut w = RawWatch::open(
         &c.members[follower].ip,
@@ -274,7 +276,10 @@ fn a_watch_sees_every_change_in_order_and_resumes_on_another_member_from_the_nex
     assert!(w.next_within(Duration::from_millis(500)).is_none(), "nothing else: watch 1 is cancelled");
 
     // NODELETE: puts only.
-    let mut puts_only = RawWatch::open(&c.members[leader].ip, &json!({"createRequest": {"key": "a", "startRevision": 4, "filters": ["NODELETE"]}}));
+    let mut puts_only = RawWatch::open(
+        &c.members[leader].ip,
+        &json!({"createRequest": {"key": "a", "startRevision": 4, "filters": ["NODELETE"]}}),
+    );
     assert_eq!(puts_only.next()["created"], true);
     assert_eq!(events(&puts_only.next_events()), [ev("PUT", "a", 4, "2", "-")]);
     assert_eq!(events(&puts_only.next_events()), [ev("PUT", "a", 6, "3", "-")], "the delete at 5 is left out");
@@ -493,7 +498,16 @@ fn kuberaft_watch_follows_the_cluster_through_a_paused_member_and_a_dead_one() {
     // `--rev` replays the history from that revision, here every write of the test.
     let endpoints = [first, leader].map(|i| c.members[i].client_url()).join(",");
     let from = written[0].0.to_string();
-    let replay = CliWatch::start(&["w-".to_string(), "--prefix".into(), "--rev".into(), from, "-w".into(), "json".into(), "--endpoints".into(), endpoints]);
+    let replay = CliWatch::start(&[
+        "w-".to_string(),
+        "--prefix".into(),
+        "--rev".into(),
+        from,
+        "-w".into(),
+        "json".into(),
+        "--endpoints".into(),
+        endpoints,
+    ]);
     assert_eq!(replay.events(written.len(), Duration::from_secs(15)), written);
 }
 
