@@ -48,6 +48,9 @@ pub fn mvcc_code(e: MvccError) -> &'static str {
         MvccError::LeaseProvided => "lease_provided",
         MvccError::DuplicateKey => "duplicate_key",
         MvccError::TooManyOps => "too_many_ops",
+        MvccError::LeaseNotFound => "lease_not_found",
+        MvccError::LeaseExists => "lease_exists",
+        MvccError::LeaseTtlTooLarge => "lease_ttl_too_large",
     }
 }
 

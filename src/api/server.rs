@@ -305,7 +305,13 @@ fn write_outcome(result: ApplyResult) -> ApiResult<Response> {
         )),
         // Only the peer port proposes joins; a key write never yields these.
         ApplyResult::Refused(e) => Err(ApiError::bad_request(e.to_string())),
-        ApplyResult::Joined | ApplyResult::JoinRefused { .. } | ApplyResult::Txn(_) | ApplyResult::Compacted(_) => {
+        ApplyResult::Joined
+        | ApplyResult::JoinRefused { .. }
+        | ApplyResult::Txn(_)
+        | ApplyResult::Compacted(_)
+        | ApplyResult::LeaseGranted { .. }
+        | ApplyResult::LeaseRevoked { .. }
+        | ApplyResult::Checkpointed { .. } => {
             Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected outcome of a write"))
         }
     }

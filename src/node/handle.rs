@@ -10,12 +10,12 @@ use tokio::sync::oneshot;
 use bytes::Bytes;
 
 use super::runtime::{offer, Input, NodeError};
-use super::shared::{read, Shared};
+use super::shared::{lock, read, Shared};
 use crate::base::ids::added_member_id;
 use crate::raft::{ConfChange, ConfChangeKind, Index, NodeId, Role};
 use crate::store::command::{encode, ApplyResult, Command, MemberInfo};
 use crate::store::mvcc::engine::ReadError;
-use crate::store::mvcc::{CompactResponse, RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse};
+use crate::store::mvcc::{CompactResponse, Lease, RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse};
 use crate::store::KvStore;
 
 /// How long a proposal may take to apply before its outcome is reported unknown (504).
@@ -202,6 +202,88 @@ impl NodeHandle {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Err(NodeError::Unavailable(format!("member {target:x} did not take over within 3 s")))
+    }
+
+    // ----- leases -----
+
+    /// etcd's LeaseGrant: `id` 0 lets this member pick one (positive, random); a TTL below the
+    /// minimum (1.5 × the longest election timeout) is raised to it, as etcd does.
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64), NodeError> {
+        let id = if id != 0 {
+            id
+        } else {
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let hash = crate::base::ids::fnv1a(&[&nanos.to_be_bytes(), &self.shared.id.to_be_bytes()]);
+            ((hash >> 1) as i64).max(1)
+        };
+        let ttl = ttl.max(self.shared.min_lease_ttl_s);
+        match self.propose(&Command::LeaseGrant { id, ttl }).await? {
+            ApplyResult::LeaseGranted { id, ttl } => Ok((id, ttl)),
+            ApplyResult::Refused(e) => Err(NodeError::Mvcc(e)),
+            other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a lease grant: {other:?}"))),
+        }
+    }
+
+    /// etcd's LeaseRevoke: the lease and its keys go, as one revision; returns the revision.
+    pub async fn lease_revoke(&self, id: i64) -> Result<Revision, NodeError> {
+        match self.propose(&Command::LeaseRevoke { id }).await? {
+            ApplyResult::LeaseRevoked { revision, .. } => Ok(revision),
+            ApplyResult::Refused(e) => Err(NodeError::Mvcc(e)),
+            other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a lease revoke: {other:?}"))),
+        }
+    }
+
+    /// etcd's LeaseKeepAlive, on the leader: confirms with a quorum that this member still
+    /// leads (after the request arrived), then renews the lease to now + its TTL; a lease whose
+    /// remaining TTL was checkpointed has the checkpoint cleared through the log first. Returns
+    /// the TTL, 0 for a lease that does not exist (as etcd answers).
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, NodeError> {
+        self.read_barrier().await?;
+        let renewal = {
+            let mut lessor = lock(&self.shared.lessor);
+            let renewal = lessor.renew(id, self.shared.lease_now_ms());
+            if renewal.is_none() && !lessor.is_primary() {
+                return Err(NodeError::NotLeader { leader: self.shared.status().leader });
+            }
+            renewal
+        };
+        let Some(renewal) = renewal else { return Ok(0) };
+        if renewal.clear_checkpoint {
+            self.propose(&Command::LeaseCheckpoint { checkpoints: vec![(id, 0)] }).await?;
+        }
+        Ok(renewal.ttl_s)
+    }
+
+    /// etcd's LeaseTimeToLive, on the leader: (remaining seconds, granted TTL, the keys when
+    /// asked); `None` for a lease that does not exist.
+    pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<Option<(i64, i64, Vec<Vec<u8>>)>, NodeError> {
+        self.read_barrier().await?;
+        let (remaining, granted) = {
+            let lessor = lock(&self.shared.lessor);
+            if !lessor.is_primary() {
+                return Err(NodeError::NotLeader { leader: self.shared.status().leader });
+            }
+            match (lessor.remaining_s(id, self.shared.lease_now_ms()), lessor.granted_ttl(id)) {
+                (Some(remaining), Some(granted)) => (remaining, granted),
+                _ => return Ok(None),
+            }
+        };
+        let unreadable = |e| NodeError::Unavailable(format!("this member cannot read its state machine: {e}"));
+        let keys = if keys {
+            let view = self.with_kv(|kv| kv.read_view()).map_err(unreadable)?;
+            view.lease_keys(id).map_err(unreadable)?
+        } else {
+            Vec::new()
+        };
+        Ok(Some((remaining, granted, keys)))
+    }
+
+    /// etcd's LeaseLeases: every lease of this member's applied state.
+    pub fn leases(&self) -> Result<Vec<Lease>, NodeError> {
+        let unreadable = |e| NodeError::Unavailable(format!("this member cannot read its state machine: {e}"));
+        let view = self.with_kv(|kv| kv.read_view()).map_err(unreadable)?;
+        view.leases().map_err(unreadable)
     }
 
     /// Graceful stop of the Raft loop (hands leadership away first).

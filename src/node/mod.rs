@@ -7,6 +7,7 @@
 pub mod compactor;
 pub mod handle;
 pub mod join;
+pub mod lessor;
 pub mod runtime;
 pub mod shared;
 pub mod transport;

@@ -54,6 +54,9 @@ const STORAGE_ERROR_CHANGED: Duration = Duration::from_secs(1);
 pub const HALT_ERROR: &str = "state machine";
 /// How often a halted leader offers leadership away while it still leads.
 const HANDOFF_RETRY: Duration = Duration::from_secs(1);
+/// How often the leader looks for expired leases and due checkpoints (etcd revokes at most 500
+/// leases every 500 ms).
+const LEASE_TICK: Duration = Duration::from_millis(500);
 
 fn halted_error(why: &str) -> NodeError {
     NodeError::Unavailable(format!("this member stopped applying and serves nothing (see /readyz): {why}"))
@@ -176,6 +179,10 @@ pub struct RaftLoop {
     last_handoff: Option<Instant>,
     /// Chunks of compacted history reclaimed since the last durable commit.
     reclaimed_chunks: u32,
+    /// The term in which the lessor was promoted, while this member leads.
+    leading: Option<Term>,
+    /// When the leader next looks for expired leases and due checkpoints.
+    next_lease_tick: Instant,
 }
 
 impl RaftLoop {
@@ -208,12 +215,79 @@ impl RaftLoop {
             halted: None,
             last_handoff: None,
             reclaimed_chunks: 0,
+            leading: None,
+            next_lease_tick: Instant::now(),
+        }
+    }
+
+    /// The lessor's extension on promotion: the longest election timeout (etcd's `Promote`
+    /// extends by the election timeout), so that a lease a client renewed through the old
+    /// leader outlives the election.
+    fn lease_extend_ms(&self) -> u64 {
+        u64::from(self.raw.raft.config().election_timeout_max_ticks) * TICK_MS
+    }
+
+    /// Loads the lessor from the state machine (at start, after a snapshot installed).
+    fn load_leases(&self) {
+        let leases = read(&self.shared.kv).read_view().and_then(|view| view.leases());
+        match leases {
+            Ok(leases) => {
+                let now = self.shared.lease_now_ms();
+                lock(&self.shared.lessor).load(&leases, now, self.lease_extend_ms());
+            }
+            Err(e) => tracing::error!("cannot read the leases of the state machine: {e}"),
+        }
+    }
+
+    /// What an applied command means for the lessor.
+    fn note_lease(&self, result: &ApplyResult) {
+        let now = self.shared.lease_now_ms();
+        match result {
+            ApplyResult::LeaseGranted { id, ttl } => lock(&self.shared.lessor).granted(*id, *ttl, now),
+            ApplyResult::LeaseRevoked { id, .. } => lock(&self.shared.lessor).revoked(*id),
+            ApplyResult::Checkpointed { checkpoints } => {
+                let mut lessor = lock(&self.shared.lessor);
+                for (id, remaining) in checkpoints {
+                    lessor.checkpointed(*id, *remaining);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The leader's lease duties, twice a second: revoke what expired (at most 500 a round,
+    /// etcd's rate), record remaining TTLs that are due. Proposed without waiting: an expiry
+    /// whose revoke does not apply is proposed again (`lessor::REVOKE_RETRY_MS`).
+    fn lease_tick(&mut self) {
+        let now = Instant::now();
+        if now < self.next_lease_tick {
+            return;
+        }
+        self.next_lease_tick = now + LEASE_TICK;
+        if self.leading.is_none() || self.stuck.is_some() || self.halted.is_some() {
+            return;
+        }
+        let ms = self.shared.lease_now_ms();
+        let (expired, checkpoints) = {
+            let mut lessor = lock(&self.shared.lessor);
+            (lessor.expired(ms, 500), lessor.checkpoints_due(ms, 1000))
+        };
+        for id in expired {
+            if let Err(e) = self.raw.raft.propose(encode(&Command::LeaseRevoke { id })) {
+                tracing::debug!("cannot propose the expiry of lease {id:x}: {e:?}");
+            }
+        }
+        if !checkpoints.is_empty() {
+            if let Err(e) = self.raw.raft.propose(encode(&Command::LeaseCheckpoint { checkpoints })) {
+                tracing::debug!("cannot propose lease checkpoints: {e:?}");
+            }
         }
     }
 
     /// Runs until shut down or every sender is gone.
     pub fn run(mut self) {
         let _writeback = Writeback::start(self.shared.clone(), WRITEBACK_EVERY);
+        self.load_leases();
         let tick = Duration::from_millis(TICK_MS);
         let mut next_tick = Instant::now() + tick;
         loop {
@@ -249,6 +323,7 @@ impl RaftLoop {
                 }
             }
             self.drive();
+            self.lease_tick();
             if self.raw.raft.data_lost() {
                 let why = format!(
                     "this member holds no data, but the leader sent it a log in which it is voter {:x}: its data is lost, \
@@ -521,6 +596,9 @@ impl RaftLoop {
                     break;
                 }
             };
+            if let Some(result) = &result {
+                self.note_lease(result);
+            }
             if let Some(pending) = self.proposals.remove(&entry.index) {
                 answers.push((pending, entry.term, result));
             }
@@ -711,6 +789,7 @@ impl RaftLoop {
                 for (info, _) in members {
                     self.remember(info);
                 }
+                self.load_leases();
                 if self.halted.take().is_some() {
                     tracing::info!(index, "a snapshot installed; the state machine applies again");
                     self.shared.set_error(HALT_ERROR, None);
@@ -920,6 +999,18 @@ impl RaftLoop {
             committed_in_term: role == Role::Leader && raft.committed_in_current_term(),
         };
         let applied = status.applied_index;
+        // The lessor counts time only on the leader: promoted when this member starts leading,
+        // demoted when it stops (a stuck leader counts as stopped).
+        let leads = (status.role == Role::Leader).then_some(status.term);
+        if leads != self.leading {
+            let mut lessor = lock(&self.shared.lessor);
+            if leads.is_some() {
+                lessor.promote(self.shared.lease_now_ms(), self.lease_extend_ms());
+            } else {
+                lessor.demote();
+            }
+            self.leading = leads;
+        }
         *write(&self.shared.status) = status;
         self.shared.applied.send_if_modified(|old| {
             let changed = *old != applied;

@@ -200,6 +200,8 @@ pub struct Shared {
     pub advertise_client_url: String,
     pub advertise_peer_url: String,
     pub max_value_bytes: usize,
+    /// etcd's minimum lease TTL: 1.5 × the longest election timeout, in whole seconds.
+    pub min_lease_ttl_s: i64,
     pub kv: RwLock<KvStore>,
     pub status: RwLock<LoopStatus>,
     /// The applied index, for readers waiting on a ReadIndex.
@@ -219,11 +221,21 @@ pub struct Shared {
     /// A state machine received from a leader and built beside the live one, waiting for the
     /// core to accept its snapshot (`RaftLoop::install`).
     pub staged: Mutex<Option<StagedSnapshot>>,
+    /// The leases' deadlines (leader only): the Raft loop feeds it what applies and promotes
+    /// or demotes it; keep-alives renew through it (`NodeHandle::lease_keep_alive`).
+    pub lessor: Mutex<crate::node::lessor::Lessor>,
+    /// The clock of the lessor: milliseconds since this instant (monotonic).
+    pub lease_clock: Instant,
 }
 
 impl Shared {
     pub fn status(&self) -> LoopStatus {
         read(&self.status).clone()
+    }
+
+    /// Now on the lessor's clock, in milliseconds.
+    pub fn lease_now_ms(&self) -> u64 {
+        u64::try_from(self.lease_clock.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     pub fn address(&self, id: NodeId) -> Option<MemberInfo> {
@@ -265,6 +277,7 @@ impl Shared {
             advertise_client_url: url(2379),
             advertise_peer_url: url(2380),
             max_value_bytes: 1 << 20,
+            min_lease_ttl_s: 1,
             kv: RwLock::new(KvStore::new()),
             status: RwLock::new(LoopStatus {
                 role: Role::Follower,
@@ -284,6 +297,8 @@ impl Shared {
             data_lost: watch::channel(None).0,
             outgoing_snapshots: Default::default(),
             staged: Default::default(),
+            lessor: Mutex::new(crate::node::lessor::Lessor::new(crate::node::lessor::DEFAULT_CHECKPOINT_INTERVAL_MS)),
+            lease_clock: Instant::now(),
         }
     }
 }

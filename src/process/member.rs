@@ -349,6 +349,13 @@ fn shared_state(
         advertise_client_url: flags.advertise_client_url.clone(),
         advertise_peer_url: flags.advertise_peer_url.clone(),
         max_value_bytes: args.max_value_bytes,
+        // etcd: minTTL = ceil(3 * electionTicks / 2 * heartbeat) seconds.
+        min_lease_ttl_s: i64::try_from(
+            (u64::from(raw.raft.config().election_timeout_max_ticks) * crate::node::runtime::TICK_MS * 3 / 2)
+                .div_ceil(1000),
+        )
+        .unwrap_or(1)
+        .max(1),
         status: RwLock::new(LoopStatus {
             role: Role::Follower,
             term: raw.raft.term(),
@@ -368,6 +375,10 @@ fn shared_state(
         data_lost: watch::channel(None).0,
         outgoing_snapshots: Default::default(),
         staged: Default::default(),
+        lessor: std::sync::Mutex::new(crate::node::lessor::Lessor::new(
+            crate::node::lessor::DEFAULT_CHECKPOINT_INTERVAL_MS,
+        )),
+        lease_clock: Instant::now(),
     }
 }
 

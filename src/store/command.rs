@@ -30,6 +30,17 @@ pub enum Command {
     Txn(TxnRequest),
     /// Compacts the key history below `revision` (etcd's Compact).
     Compact { revision: Revision },
+    /// Grants lease `id` (chosen by the member that proposed it) with `ttl` seconds (etcd's
+    /// LeaseGrant, the minimum TTL already applied). Variants are only ever added at the end:
+    /// a member of an older version skips commands it cannot decode, so every member must run
+    /// a version that knows the lease commands before any is proposed.
+    LeaseGrant { id: i64, ttl: i64 },
+    /// Revokes lease `id`: its keys are deleted as one revision (etcd's LeaseRevoke, also how
+    /// the leader carries out an expiry).
+    LeaseRevoke { id: i64 },
+    /// The leader's record of the remaining TTLs (ms) of some leases (etcd's LeaseCheckpoint),
+    /// so that a new leader does not give them their whole TTL again.
+    LeaseCheckpoint { checkpoints: Vec<(i64, i64)> },
 }
 
 /// The outcome of applying one command. Every successful write moves the store's revision.
@@ -59,6 +70,20 @@ pub enum ApplyResult {
     Compacted(CompactResponse),
     /// A `Txn` or `Compact` the store refused, with etcd's error; nothing changed.
     Refused(MvccError),
+    /// `Command::LeaseGrant` applied.
+    LeaseGranted {
+        id: i64,
+        ttl: i64,
+    },
+    /// `Command::LeaseRevoke` applied: the store's revision after it.
+    LeaseRevoked {
+        id: i64,
+        revision: Revision,
+    },
+    /// `Command::LeaseCheckpoint` applied.
+    Checkpointed {
+        checkpoints: Vec<(i64, i64)>,
+    },
 }
 
 /// One stored key.

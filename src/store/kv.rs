@@ -280,6 +280,20 @@ impl KvStore {
                 }
                 Err(e) => ApplyResult::Refused(e),
             },
+            Command::LeaseGrant { id, ttl } => match batch.lease_grant(id, ttl)? {
+                Ok(()) => ApplyResult::LeaseGranted { id, ttl },
+                Err(e) => ApplyResult::Refused(e),
+            },
+            Command::LeaseRevoke { id } => match batch.lease_revoke(id)? {
+                Ok(revision) => ApplyResult::LeaseRevoked { id, revision },
+                Err(e) => ApplyResult::Refused(e),
+            },
+            Command::LeaseCheckpoint { checkpoints } => {
+                for (id, remaining_ms) in &checkpoints {
+                    batch.lease_checkpoint(*id, *remaining_ms)?;
+                }
+                ApplyResult::Checkpointed { checkpoints }
+            }
             Command::Seen { id } => {
                 if self.table.members.contains_key(&id) && self.table.joined.insert(id) {
                     batch.set_meta(META_MEMBERS, &encode_record(&self.table))?;

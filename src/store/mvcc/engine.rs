@@ -75,6 +75,89 @@ pub(crate) const COMPACT_CHUNK: usize = 128;
 /// them and seeks to the newest one.
 const WALK_BEFORE_SEEK: usize = 16;
 
+/// `meta` names of the leases: `lease/<id, 16 hex digits>` → postcard of `(ttl, remaining_ms)`.
+const LEASE_PREFIX: &str = "lease/";
+/// `meta` names of the keys put with a lease: `lease-key/<id>/<key in hex>` → nothing. An entry
+/// is added at each put with the lease and never updated: the key may have been deleted or put
+/// with another lease since, so a reader keeps only the keys whose current version carries the
+/// lease. Hex keeps the names in the keys' byte order (a revoke deletes in key order, as etcd).
+const LEASE_KEY_PREFIX: &str = "lease-key/";
+
+fn lease_name(id: i64) -> String {
+    format!("{LEASE_PREFIX}{:016x}", id as u64)
+}
+
+fn lease_keys_prefix(id: i64) -> String {
+    format!("{LEASE_KEY_PREFIX}{:016x}/", id as u64)
+}
+
+fn lease_key_name(id: i64, key: &[u8]) -> String {
+    let mut name = lease_keys_prefix(id);
+    for b in key {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name
+}
+
+/// The end (excluded) of the `meta` names that start with `prefix`, which ends in '/'.
+fn prefix_end_name(prefix: &str) -> String {
+    format!("{}0", &prefix[..prefix.len() - 1])
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+fn decode_lease(place: &Place, id: i64, bytes: &[u8]) -> Result<Lease, StoreError> {
+    let (ttl, remaining_ms) =
+        codec::decode::<(i64, i64)>(bytes).map_err(|e| place.corrupt(format!("lease {id:x}: {e}")))?;
+    Ok(Lease { id, ttl, remaining_ms })
+}
+
+/// The leases in a `meta` table, by id.
+fn read_leases<T: ReadableTable<&'static str, &'static [u8]>>(
+    meta: &T,
+    place: &Place,
+) -> Result<Vec<Lease>, StoreError> {
+    let mut leases = Vec::new();
+    let end = prefix_end_name(LEASE_PREFIX);
+    for entry in meta.range::<&str>(LEASE_PREFIX..end.as_str()).at(place, READ)? {
+        let (name, value) = entry.at(place, READ)?;
+        let hex = &name.value()[LEASE_PREFIX.len()..];
+        let id = u64::from_str_radix(hex, 16).map_err(|_| place.corrupt(format!("a lease named {hex:?}")))? as i64;
+        leases.push(decode_lease(place, id, value.value())?);
+    }
+    leases.sort_by_key(|l| l.id);
+    Ok(leases)
+}
+
+/// The keys whose version at `rev` carries lease `id`, in key order.
+fn read_lease_keys<M, K>(meta: &M, kv: &K, place: &Place, id: i64, rev: Revision) -> Result<Vec<Vec<u8>>, StoreError>
+where
+    M: ReadableTable<&'static str, &'static [u8]>,
+    K: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+{
+    let prefix = lease_keys_prefix(id);
+    let end = prefix_end_name(&prefix);
+    let mut keys = Vec::new();
+    for entry in meta.range::<&str>(prefix.as_str()..end.as_str()).at(place, READ)? {
+        let (name, _) = entry.at(place, READ)?;
+        let hex = &name.value()[prefix.len()..];
+        let key = unhex(hex).ok_or_else(|| place.corrupt(format!("a leased key named {hex:?}")))?;
+        if let Some((r, v)) = newest_entry(kv, place, &key, rev)? {
+            if let Some(found) = key_value(place, &key, r, v.value(), false)? {
+                if found.lease == id {
+                    keys.push(key);
+                }
+            }
+        }
+    }
+    Ok(keys)
+}
+
 const TOMBSTONE: &[u8] = &[0];
 const LIVE: u8 = 1;
 
@@ -405,6 +488,33 @@ impl ReadView {
             .ok_or_else(|| self.place.corrupt("the MVCC state (revision, format) is missing"))?;
         let kv = self.txn.open_table(KV).at(&self.place, READ)?;
         range_at(&kv, &self.place, req, current, compacted, keep)
+    }
+}
+
+impl ReadView {
+    /// Every lease, by id.
+    pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let meta = self.txn.open_table(META).at(&self.place, READ)?;
+        read_leases(&meta, &self.place)
+    }
+
+    /// Lease `id`, if it exists.
+    pub fn lease(&self, id: i64) -> Result<Option<Lease>, StoreError> {
+        let meta = self.txn.open_table(META).at(&self.place, READ)?;
+        match meta.get(lease_name(id).as_str()).at(&self.place, READ)? {
+            Some(v) => Ok(Some(decode_lease(&self.place, id, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The keys whose current version carries lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+        let state = self.txn.open_table(STATE).at(&self.place, READ)?;
+        let (current, _) = read_state(&state, &self.place)?
+            .ok_or_else(|| self.place.corrupt("the MVCC state (revision, format) is missing"))?;
+        let meta = self.txn.open_table(META).at(&self.place, READ)?;
+        let kv = self.txn.open_table(KV).at(&self.place, READ)?;
+        read_lease_keys(&meta, &kv, &self.place, id, current)
     }
 }
 
@@ -825,6 +935,8 @@ pub struct Batch {
 struct Writer<'t> {
     kv: Table<'t, (&'static [u8], i64), &'static [u8]>,
     revs: Table<'t, (i64, u32), &'static [u8]>,
+    /// The leases and the keys put with them.
+    meta: Table<'t, &'static str, &'static [u8]>,
     place: &'t Place,
     begin: Revision,
     compacted: Revision,
@@ -858,8 +970,16 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// etcd's put (`applierV3backend.Put` over mvcc's `storeTxnWrite.put`).
+    fn lease_exists(&self, id: i64) -> Result<bool, StoreError> {
+        Ok(self.meta.get(lease_name(id).as_str()).at(self.place, READ)?.is_some())
+    }
+
+    /// etcd's put (`applierV3backend.Put` over mvcc's `storeTxnWrite.put`): the lease is
+    /// looked up first.
     fn put(&mut self, req: &PutRequest) -> Result<PutResponse, ReadError> {
+        if req.lease != 0 && !self.lease_exists(req.lease)? {
+            return Err(MvccError::LeaseNotFound.into());
+        }
         let (previous, prev) = match newest_entry(&self.kv, self.place, &req.key, self.view())? {
             Some((r, v)) => (Some(r), key_value(self.place, &req.key, r, v.value(), true)?),
             None => (None, None),
@@ -882,6 +1002,9 @@ impl Writer<'_> {
         };
         let record = Record::encode_live(create_revision, version, lease, value);
         self.write(&req.key, &record, previous)?;
+        if lease != 0 {
+            self.meta.insert(lease_key_name(lease, &req.key).as_str(), &[][..]).at(self.place, WRITE)?;
+        }
         Ok(PutResponse { revision: self.view(), prev_kv: if req.prev_kv { prev } else { None } })
     }
 
@@ -919,6 +1042,9 @@ impl Writer<'_> {
                         && get_live(&self.kv, self.place, &p.key, self.begin)?.is_none() =>
                 {
                     return Err(MvccError::KeyNotFound.into());
+                }
+                RequestOp::Put(p) if p.lease != 0 && !self.lease_exists(p.lease)? => {
+                    return Err(MvccError::LeaseNotFound.into());
                 }
                 RequestOp::Txn(t) => self.check_taken_puts(t)?,
                 _ => {}
@@ -1036,6 +1162,7 @@ impl Batch {
         let mut w = Writer {
             kv: self.txn.open_table(KV).at(place, WRITE)?,
             revs: self.txn.open_table(REVS).at(place, WRITE)?,
+            meta: self.txn.open_table(META).at(place, WRITE)?,
             place,
             begin: self.revision,
             compacted: self.compacted,
@@ -1218,6 +1345,86 @@ impl Batch {
         self.revision = current;
         self.compacted = current;
         Ok(())
+    }
+
+    /// etcd's lease grant, as applied (`Model::lease_grant`).
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<Result<(), MvccError>, StoreError> {
+        self.check_usable()?;
+        let res = (|| {
+            if id == 0 {
+                return Ok(Err(MvccError::LeaseNotFound));
+            }
+            if ttl > MAX_LEASE_TTL {
+                return Ok(Err(MvccError::LeaseTtlTooLarge));
+            }
+            let mut meta = self.txn.open_table(META).at(&self.place, WRITE)?;
+            let name = lease_name(id);
+            if meta.get(name.as_str()).at(&self.place, READ)?.is_some() {
+                return Ok(Err(MvccError::LeaseExists));
+            }
+            let record = codec::encode(&(ttl, 0i64)).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            meta.insert(name.as_str(), record.as_slice()).at(&self.place, WRITE)?;
+            Ok(Ok(()))
+        })();
+        self.note(res)
+    }
+
+    /// etcd's revoke (`Model::lease_revoke`): deletes every key whose current version carries
+    /// the lease, in key order, as one revision; returns the revision after it.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<Result<Revision, MvccError>, StoreError> {
+        self.check_usable()?;
+        let found = (|| {
+            let meta = self.txn.open_table(META).at(&self.place, READ)?;
+            if meta.get(lease_name(id).as_str()).at(&self.place, READ)?.is_none() {
+                return Ok(None);
+            }
+            let kv = self.txn.open_table(KV).at(&self.place, READ)?;
+            read_lease_keys(&meta, &kv, &self.place, id, self.revision).map(Some)
+        })();
+        let Some(keys) = self.note(found)? else { return Ok(Err(MvccError::LeaseNotFound)) };
+        let deleted = self.write_op(|w| {
+            for key in &keys {
+                let previous = newest_entry(&w.kv, w.place, key, w.view())?.map(|(r, _)| r);
+                w.write(key, TOMBSTONE, previous)?;
+            }
+            Ok(())
+        })?;
+        if let Err(e) = deleted {
+            return Ok(Err(e));
+        }
+        let res = (|| {
+            let mut meta = self.txn.open_table(META).at(&self.place, WRITE)?;
+            meta.remove(lease_name(id).as_str()).at(&self.place, WRITE)?;
+            let prefix = lease_keys_prefix(id);
+            let end = prefix_end_name(&prefix);
+            meta.retain_in::<&str, _>(prefix.as_str()..end.as_str(), |_, _| false).at(&self.place, WRITE)?;
+            Ok(Ok(self.revision))
+        })();
+        self.note(res)
+    }
+
+    /// etcd's checkpoint: records the remaining TTL of a lease that exists (others ignored).
+    pub fn lease_checkpoint(&mut self, id: i64, remaining_ms: i64) -> Result<(), StoreError> {
+        self.check_usable()?;
+        let res = (|| {
+            let mut meta = self.txn.open_table(META).at(&self.place, WRITE)?;
+            let name = lease_name(id);
+            let ttl = match meta.get(name.as_str()).at(&self.place, READ)? {
+                Some(v) => decode_lease(&self.place, id, v.value())?.ttl,
+                None => return Ok(()),
+            };
+            let record = codec::encode(&(ttl, remaining_ms)).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            meta.insert(name.as_str(), record.as_slice()).at(&self.place, WRITE)?;
+            Ok(())
+        })();
+        self.note(res)
+    }
+
+    /// Every lease as the batch sees it, by id.
+    pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        self.check_usable()?;
+        let meta = self.txn.open_table(META).at(&self.place, READ)?;
+        read_leases(&meta, &self.place)
     }
 
     /// Sets a state-machine record, committed with the batch.

@@ -250,6 +250,9 @@ enum Op {
     Delete(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(Revision),
+    LeaseGrant(i64, i64),
+    LeaseRevoke(i64),
+    LeaseCheckpoint(i64, i64),
 }
 
 /// What an op returned, in one type for both sides.
@@ -259,6 +262,9 @@ enum Outcome {
     Delete(Result<DeleteRangeResponse, MvccError>),
     Txn(Result<TxnResponse, MvccError>),
     Compact(Result<CompactResponse, MvccError>),
+    LeaseGrant(Result<(), MvccError>),
+    LeaseRevoke(Result<Revision, MvccError>),
+    LeaseCheckpoint,
 }
 
 fn apply_model(m: &mut Model, op: &Op) -> Outcome {
@@ -267,6 +273,12 @@ fn apply_model(m: &mut Model, op: &Op) -> Outcome {
         Op::Delete(r) => Outcome::Delete(m.delete_range(r)),
         Op::Txn(r) => Outcome::Txn(m.txn(r)),
         Op::Compact(r) => Outcome::Compact(m.compact(*r)),
+        Op::LeaseGrant(id, ttl) => Outcome::LeaseGrant(m.lease_grant(*id, *ttl)),
+        Op::LeaseRevoke(id) => Outcome::LeaseRevoke(m.lease_revoke(*id)),
+        Op::LeaseCheckpoint(id, remaining) => {
+            m.lease_checkpoint(*id, *remaining);
+            Outcome::LeaseCheckpoint
+        }
     }
 }
 
@@ -282,6 +294,12 @@ fn apply_batch(batch: &mut Batch, op: &Op) -> Result<Outcome, StoreError> {
             while batch.compact_step()? {}
             Outcome::Compact(outcome)
         }
+        Op::LeaseGrant(id, ttl) => Outcome::LeaseGrant(batch.lease_grant(*id, *ttl)?),
+        Op::LeaseRevoke(id) => Outcome::LeaseRevoke(batch.lease_revoke(*id)?),
+        Op::LeaseCheckpoint(id, remaining) => {
+            batch.lease_checkpoint(*id, *remaining)?;
+            Outcome::LeaseCheckpoint
+        }
     })
 }
 
@@ -291,6 +309,9 @@ fn is_ok(o: &Outcome) -> bool {
         Outcome::Delete(r) => r.is_ok(),
         Outcome::Txn(r) => r.is_ok(),
         Outcome::Compact(r) => r.is_ok(),
+        Outcome::LeaseGrant(r) => r.is_ok(),
+        Outcome::LeaseRevoke(r) => r.is_ok(),
+        Outcome::LeaseCheckpoint => true,
     }
 }
 
@@ -310,6 +331,12 @@ fn compare_whole(store: &MvccStore, m: &Model, at: &str) {
     }
     check_store_tables(store);
     compare_events(store, m, at);
+    let view = store.read_view().unwrap();
+    assert_eq!(view.leases().unwrap(), m.leases(), "{at}: leases");
+    for id in 0..5 {
+        assert_eq!(view.lease_keys(id).unwrap(), m.lease_keys(id), "{at}: keys of lease {id}");
+        assert_eq!(view.lease(id).unwrap(), m.leases().into_iter().find(|l| l.id == id), "{at}: lease {id}");
+    }
 }
 
 /// Every event from the compacted revision on, of the whole store, of each key and of two
@@ -378,11 +405,18 @@ fn run_seed(seed: u64, ops: u64, path: Option<&Path>, max_txn_ops: usize, stats:
         let mut batch = store.begin().unwrap();
         for _ in 0..1 + g.below(5) {
             step += 1;
-            let op = match g.below(20) {
+            let op = match g.below(24) {
                 0..=6 => Op::Put(g.put()),
                 7..=9 => Op::Delete(g.delete()),
                 10..=17 => Op::Txn(g.txn(&m, 0)),
-                _ => Op::Compact(g.compact(&m)),
+                18 | 19 => Op::Compact(g.compact(&m)),
+                // Leases 0..=4: 0 is refused, the puts use 1..=3, 4 holds no keys.
+                20 | 21 => {
+                    let ttl = if g.chance(0.05) { MAX_LEASE_TTL + 1 } else { 1 + g.below(100) as i64 };
+                    Op::LeaseGrant(g.below(5) as i64, ttl)
+                }
+                22 => Op::LeaseRevoke(g.below(5) as i64),
+                _ => Op::LeaseCheckpoint(g.below(5) as i64, g.below(100_000) as i64),
             };
             let want = apply_model(&mut m, &op);
             let got = apply_batch(&mut batch, &op).unwrap();

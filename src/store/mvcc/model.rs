@@ -41,6 +41,8 @@ pub struct Model {
     /// The keys each revision changed, in the order of their first change in it (what watches
     /// report); revisions at or below the compacted one are dropped.
     changed: BTreeMap<Revision, Vec<Vec<u8>>>,
+    /// Leases by id.
+    leases: BTreeMap<i64, Lease>,
     current: Revision,
     /// Reads below this revision fail; -1 until the first compaction, as etcd's
     /// `compactMainRev`.
@@ -88,6 +90,7 @@ impl Model {
         Model {
             history: BTreeMap::new(),
             changed: BTreeMap::new(),
+            leases: BTreeMap::new(),
             current: 1,
             compacted: -1,
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
@@ -305,6 +308,10 @@ impl Model {
 
     /// etcd's `applierV3backend.Put` over mvcc's `storeTxnWrite.put`.
     fn put_in(&mut self, ctx: &mut WriteCtx, req: &PutRequest) -> Result<PutResponse, MvccError> {
+        // etcd's Put looks the lease up first.
+        if req.lease != 0 && !self.leases.contains_key(&req.lease) {
+            return Err(MvccError::LeaseNotFound);
+        }
         let prev = self.get_at(&req.key, ctx.view()).cloned();
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(MvccError::KeyNotFound);
@@ -411,6 +418,9 @@ impl Model {
                 RequestOp::Put(p) if (p.ignore_value || p.ignore_lease) && self.get_at(&p.key, before).is_none() => {
                     return Err(MvccError::KeyNotFound)
                 }
+                RequestOp::Put(p) if p.lease != 0 && !self.leases.contains_key(&p.lease) => {
+                    return Err(MvccError::LeaseNotFound)
+                }
                 RequestOp::Txn(t) => self.check_taken_puts(t, before)?,
                 _ => {}
             }
@@ -475,6 +485,71 @@ impl Model {
         self.compacted = rev;
         self.changed = self.changed.split_off(&(rev + 1));
         Ok(CompactResponse { revision: self.current })
+    }
+
+    // ----- Leases -----
+
+    /// etcd's lease grant, as applied: id 0 is refused (the server picks an id before it
+    /// proposes), an existing id too, and a TTL over etcd's maximum.
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<(), MvccError> {
+        if id == 0 {
+            return Err(MvccError::LeaseNotFound);
+        }
+        if ttl > MAX_LEASE_TTL {
+            return Err(MvccError::LeaseTtlTooLarge);
+        }
+        if self.leases.contains_key(&id) {
+            return Err(MvccError::LeaseExists);
+        }
+        self.leases.insert(id, Lease { id, ttl, remaining_ms: 0 });
+        Ok(())
+    }
+
+    /// etcd's revoke: the lease goes, and every key whose current version carries it is
+    /// deleted, in key order, as one revision (none if it had no keys). Returns the store's
+    /// revision after it.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<Revision, MvccError> {
+        if self.leases.remove(&id).is_none() {
+            return Err(MvccError::LeaseNotFound);
+        }
+        let keys: Vec<Vec<u8>> = self
+            .history
+            .iter()
+            .filter(|(_, h)| newest_live(h, self.current).is_some_and(|kv| kv.lease == id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut ctx = self.begin_write();
+        let rev = ctx.begin + 1;
+        for key in keys {
+            self.history.entry(key.clone()).or_default().insert(rev, None);
+            ctx.write(&key);
+        }
+        self.finish(ctx, Ok(()))?;
+        Ok(self.current)
+    }
+
+    /// etcd's checkpoint: the remaining TTL of a lease that exists (others are ignored).
+    pub fn lease_checkpoint(&mut self, id: i64, remaining_ms: i64) {
+        if let Some(lease) = self.leases.get_mut(&id) {
+            lease.remaining_ms = remaining_ms;
+        }
+    }
+
+    /// Every lease, by id.
+    pub fn leases(&self) -> Vec<Lease> {
+        self.leases.values().copied().collect()
+    }
+
+    /// The keys whose current version carries lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        if id == 0 {
+            return Vec::new();
+        }
+        self.history
+            .iter()
+            .filter(|(_, h)| newest_live(h, self.current).is_some_and(|kv| kv.lease == id))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     // ----- History -----
@@ -767,7 +842,13 @@ mod tests {
         assert_eq!(MvccError::KeyNotFound.to_string(), "etcdserver: key not found");
         assert_eq!(m.put(&PutRequest { ignore_lease: true, ..ign("a") }), Err(MvccError::KeyNotFound));
         assert_eq!(m.revision(), 1, "a refused put changes nothing");
-        m.put(&PutRequest { key: b("a"), value: b("v"), lease: 7, ..Default::default() }).unwrap();
+        let leased = PutRequest { key: b("a"), value: b("v"), lease: 7, ..Default::default() };
+        assert_eq!(m.put(&leased), Err(MvccError::LeaseNotFound), "a lease must exist");
+        assert_eq!(MvccError::LeaseNotFound.to_string(), "etcdserver: requested lease not found");
+        m.lease_grant(7, 10).unwrap();
+        m.lease_grant(9, 10).unwrap();
+        assert_eq!(m.lease_grant(9, 10), Err(MvccError::LeaseExists));
+        m.put(&leased).unwrap();
         let r = m.put(&PutRequest { prev_kv: true, ..ign("a") }).unwrap();
         assert_eq!(r.prev_kv.unwrap().value, b("v"));
         let kv = get(&m, "a").unwrap();

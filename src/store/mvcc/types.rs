@@ -9,6 +9,19 @@ use serde::{Deserialize, Serialize};
 /// A store revision (etcd's `int64` main revision).
 pub type Revision = i64;
 
+/// etcd's `MaxLeaseTTL`: the longest TTL a lease may be granted, in seconds.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
+/// A lease as the state machine keeps it (etcd's `leasepb.Lease`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: i64,
+    /// The TTL it was granted with, in seconds.
+    pub ttl: i64,
+    /// The remaining TTL at the last checkpoint, in milliseconds; 0: none (the whole TTL).
+    pub remaining_ms: i64,
+}
+
 /// etcd's default `--max-txn-ops`.
 pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 
@@ -46,6 +59,12 @@ pub enum MvccError {
     DuplicateKey,
     /// A txn with more than `max_txn_ops` compares or ops on one level.
     TooManyOps,
+    /// A put with a lease that does not exist; a revoke of one; a grant of lease 0.
+    LeaseNotFound,
+    /// A grant of a lease id that exists.
+    LeaseExists,
+    /// A grant with a TTL over [`MAX_LEASE_TTL`].
+    LeaseTtlTooLarge,
 }
 
 impl fmt::Display for MvccError {
@@ -59,6 +78,9 @@ impl fmt::Display for MvccError {
             MvccError::LeaseProvided => "etcdserver: lease is provided",
             MvccError::DuplicateKey => "etcdserver: duplicate key given in txn request",
             MvccError::TooManyOps => "etcdserver: too many operations in txn request",
+            MvccError::LeaseNotFound => "etcdserver: requested lease not found",
+            MvccError::LeaseExists => "etcdserver: lease already exists",
+            MvccError::LeaseTtlTooLarge => "etcdserver: too large lease TTL",
         })
     }
 }
