@@ -63,7 +63,7 @@ fn mvcc_error(api: &Api, e: MvccError) -> ApiError {
     error
 }
 
-fn node_error(api: &Api, e: NodeError) -> ApiError {
+pub(super) fn node_error(api: &Api, e: NodeError) -> ApiError {
     match e {
         NodeError::Mvcc(e) => mvcc_error(api, e),
         other => other.into(),

@@ -4,5 +4,6 @@
 //! which the client shares.
 
 pub mod kv;
+pub mod lease;
 pub mod server;
 pub mod watch;

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 pub mod kv;
+pub mod lease;
 pub mod watch;
 
 /// Response headers.
