@@ -36,8 +36,12 @@ pub enum KvAction {
         /// The value bytes, or "-" to read them from stdin.
         value: OsString,
         /// Only if the key is at this mod revision (0: only if it does not exist).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "lease")]
         prev_revision: Option<u64>,
+        /// Attach the key to this lease (hex id, as `lease grant` prints): it is deleted when
+        /// the lease expires or is revoked.
+        #[arg(long, value_parser = super::lease::parse_lease_id)]
+        lease: Option<i64>,
     },
     /// Print a value's bytes; exit 1 when the key does not exist.
     Get {
@@ -144,9 +148,29 @@ impl From<ConsistencyArg> for Consistency {
 pub async fn run(command: KvCommand) -> Result<(), CliError> {
     let client = command.client.client()?;
     match command.action {
-        KvAction::Put { key, value, prev_revision } => {
+        KvAction::Put { key, value, prev_revision, lease } => {
             let value = value_bytes(value)?;
-            client.put(&key, value, prev_revision).await?;
+            match lease {
+                // Through etcd's txn, which carries the lease (the plain PUT does not).
+                Some(lease) => {
+                    let (value, value_base64) = crate::base::wire::kv::bytes_field(value.to_vec());
+                    let put = crate::base::wire::kv::PutRequest {
+                        key: Some(key),
+                        value,
+                        value_base64,
+                        lease,
+                        ..Default::default()
+                    };
+                    let txn = crate::base::wire::kv::TxnRequest {
+                        success: vec![crate::base::wire::kv::RequestOp::RequestPut(put)],
+                        ..Default::default()
+                    };
+                    client.txn(&txn).await?;
+                }
+                None => {
+                    client.put(&key, value, prev_revision).await?;
+                }
+            }
             write_stdout(b"OK\n")
         }
         KvAction::Get { key, consistency, print_revision, rev } => {

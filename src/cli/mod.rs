@@ -7,6 +7,7 @@
 pub mod dev;
 pub mod endpoint;
 pub mod kv;
+pub mod lease;
 pub mod member;
 pub mod render;
 pub mod table;
@@ -50,6 +51,8 @@ pub enum Commands {
     Kv(KvCommand),
     /// Apply an etcd transaction (compares, then success or failure ops) from a JSON or YAML file ("-": stdin).
     Txn(txn::TxnArgs),
+    /// Grant, revoke, keep alive and list leases (keys attached to a lease go with it).
+    Lease(lease::LeaseCommand),
     /// Print every change of a key or prefix as it happens, from now or from a past revision.
     Watch(watch::WatchArgs),
     /// Discard the key history below a store revision.
@@ -142,6 +145,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Txn(args) => block_on(txn::run_txn(args)),
         Commands::Compact(args) => block_on(txn::run_compact(args)),
         Commands::Watch(args) => block_on(watch::run(args)),
+        Commands::Lease(command) => block_on(lease::run(command)),
         Commands::Member(command) => block_on(member::run_member(command)),
         Commands::Endpoint(command) => block_on(endpoint::run(command)),
         Commands::Leader(command) => block_on(member::run_leader(command)),

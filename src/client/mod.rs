@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use crate::base::wire::kv::{
     CompactionRequest, CompactionResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
+use crate::base::wire::lease;
 use crate::base::wire::{
     format_id, AddMemberRequest, AddMemberResponse, DeleteResponse, ErrorBody, ListResponse, MembersResponse,
     PutResponse, Status, TransferRequest, TransferResponse, HEADER_CREATE_REVISION, HEADER_MOD_REVISION,
@@ -466,6 +467,40 @@ impl Client {
     /// revision. Compares that do not hold are an answer (`succeeded: false`), not an error.
     pub async fn txn(&self, request: &TxnRequest) -> Result<TxnResponse> {
         let call = Call::new(Method::POST, "/v1/txn".to_string()).json(request)?;
+        self.execute(&call).await?.json()
+    }
+
+    /// etcd's LeaseGrant: `id` 0 lets the cluster pick one.
+    pub async fn lease_grant(&self, ttl: i64, id: i64) -> Result<lease::LeaseGrantResponse> {
+        let call =
+            Call::new(Method::POST, "/v1/lease/grant".to_string()).json(&lease::LeaseGrantRequest { ttl, id })?;
+        self.execute(&call).await?.json()
+    }
+
+    /// etcd's LeaseRevoke: the lease and every key attached to it go.
+    pub async fn lease_revoke(&self, id: i64) -> Result<lease::LeaseRevokeResponse> {
+        let call = Call::new(Method::POST, "/v1/lease/revoke".to_string()).json(&lease::LeaseIdRequest { id })?;
+        self.execute(&call).await?.json()
+    }
+
+    /// One keep-alive: the TTL the lease has again (0: no such lease).
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<lease::LeaseKeepAliveResponse> {
+        let call = Call::new(Method::POST, "/v1/lease/keepalive".to_string()).json(&lease::LeaseIdRequest { id })?;
+        self.execute(&call).await?.json()
+    }
+
+    /// etcd's LeaseTimeToLive (TTL -1: no such lease).
+    pub async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<lease::LeaseTimeToLiveResponse> {
+        let request = lease::LeaseTimeToLiveRequest { id, keys };
+        let mut call = Call::new(Method::POST, "/v1/lease/timetolive".to_string()).json(&request)?;
+        call.read_only = true;
+        self.execute(&call).await?.json()
+    }
+
+    /// etcd's LeaseLeases.
+    pub async fn leases(&self) -> Result<lease::LeaseLeasesResponse> {
+        let mut call = Call::new(Method::POST, "/v1/lease/leases".to_string()).json(&serde_json::json!({}))?;
+        call.read_only = true;
         self.execute(&call).await?.json()
     }
 
