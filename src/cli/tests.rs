@@ -57,8 +57,8 @@ fn status(name: &str, role: &str, term: u64) -> Status {
 fn kv_put_takes_key_value_and_prev_revision() {
     let (_, action) = kv(&["kv", "put", "k", "v", "--prev-revision", "0"]);
     match action {
-        KvAction::Put { key, value, prev_revision } => {
-            assert_eq!((key.as_str(), value.to_str(), prev_revision), ("k", Some("v"), Some(0)));
+        KvAction::Put { key, value, prev_revision, lease } => {
+            assert_eq!((key.as_str(), value.to_str(), prev_revision, lease), ("k", Some("v"), Some(0), None));
         }
         other => panic!("{other:?}"),
     }
