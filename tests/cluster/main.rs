@@ -3,6 +3,7 @@
 
 mod flood;
 mod harness;
+mod lease_api;
 mod mvcc_api;
 #[path = "../chaos/nft.rs"]
 mod nft;
