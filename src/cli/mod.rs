@@ -9,6 +9,7 @@ pub mod endpoint;
 pub mod kv;
 pub mod lease;
 pub mod member;
+pub mod recipes;
 pub mod render;
 pub mod table;
 #[cfg(test)]
@@ -51,6 +52,10 @@ pub enum Commands {
     Kv(KvCommand),
     /// Apply an etcd transaction (compares, then success or failure ops) from a JSON or YAML file ("-": stdin).
     Txn(txn::TxnArgs),
+    /// Hold a lock while a command runs (etcd's lock recipe: one lease-bound key per contender).
+    Lock(recipes::LockArgs),
+    /// Campaign for leadership of NAME with PROPOSAL and hold it, or --listen to the leader.
+    Elect(recipes::ElectArgs),
     /// Grant, revoke, keep alive and list leases (keys attached to a lease go with it).
     Lease(lease::LeaseCommand),
     /// Print every change of a key or prefix as it happens, from now or from a past revision.
@@ -146,6 +151,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Compact(args) => block_on(txn::run_compact(args)),
         Commands::Watch(args) => block_on(watch::run(args)),
         Commands::Lease(command) => block_on(lease::run(command)),
+        Commands::Lock(args) => block_on(recipes::run_lock(args)),
+        Commands::Elect(args) => block_on(recipes::run_elect(args)),
         Commands::Member(command) => block_on(member::run_member(command)),
         Commands::Endpoint(command) => block_on(endpoint::run(command)),
         Commands::Leader(command) => block_on(member::run_leader(command)),

@@ -5,6 +5,7 @@
 //! ("proposed, outcome unknown") or any 4xx is returned as is, never retried. It depends on
 //! nothing of ours but `crate::base::wire`.
 
+pub mod concurrency;
 mod encode;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,192 @@
+//! etcd's concurrency recipes (clientv3/concurrency) on leases and watches: a session is a lease
+//! kept alive in the background; a mutex or an election is a prefix under which each contender
+//! writes one key bound to its session, `<prefix>/<lease id in hex>`. Contenders are ordered by
+//! the create revision of their keys: the lowest holds the lock (or leads), and each of the
+//! others waits for the deletion of the key just before its own (no herd on every change).
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use super::{Client, ClientError, Result};
+use crate::base::wire::kv::{
+    Compare, CompareResult, CompareTarget, KeyValue, PutRequest, RangeRequest, RequestOp, ResponseOp, SortOrder,
+    SortTarget, TxnRequest,
+};
+use crate::base::wire::watch::{EventType, WatchCreateRequest};
+use crate::base::wire::Consistency;
+
+/// A lease kept alive every third of its TTL until the session is closed or dropped.
+pub struct Session {
+    client: Client,
+    pub lease: i64,
+    pub ttl: i64,
+    keeper: JoinHandle<()>,
+}
+
+impl Session {
+    /// Grants a lease of `ttl` seconds and keeps it alive in the background.
+    pub async fn new(client: &Client, ttl: i64) -> Result<Session> {
+        let granted = client.lease_grant(ttl, 0).await?;
+        let (keeper_client, lease) = (client.clone(), granted.id);
+        let every = Duration::from_millis(u64::try_from(granted.ttl).unwrap_or(1).max(1) * 1000 / 3);
+        let keeper = tokio::spawn(async move {
+            // Until aborted: one renewal every third of the TTL; a failed one is tried again
+            // at the next, so a short outage costs nothing while the TTL lasts.
+            loop {
+                tokio::time::sleep(every).await;
+                match keeper_client.lease_keep_alive(lease).await {
+                    Ok(renewed) if renewed.ttl <= 0 => return,
+                    _ => {}
+                }
+            }
+        });
+        Ok(Session { client: client.clone(), lease, ttl: granted.ttl, keeper })
+    }
+
+    /// Stops the renewals and revokes the lease: every key bound to it goes.
+    pub async fn close(self) -> Result<()> {
+        self.keeper.abort();
+        self.client.lease_revoke(self.lease).await.map(|_| ())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+fn prefix_key(prefix: &str, lease: i64) -> String {
+    format!("{prefix}/{lease:x}")
+}
+
+/// Writes this session's key under `prefix` (if it is not there yet) and returns its create
+/// revision.
+async fn enter(client: &Client, session: &Session, prefix: &str, value: &str) -> Result<i64> {
+    let key = prefix_key(prefix, session.lease);
+    let mut absent = Compare::new(&key, CompareTarget::Create, CompareResult::Equal);
+    absent.create_revision = Some(0);
+    let put = PutRequest {
+        key: Some(key.clone()),
+        value: Some(value.to_string()),
+        lease: session.lease,
+        ..Default::default()
+    };
+    let get = RangeRequest { key: Some(key.clone()), ..Default::default() };
+    let txn = TxnRequest {
+        compare: vec![absent],
+        success: vec![RequestOp::RequestPut(put)],
+        failure: vec![RequestOp::RequestRange(get)],
+    };
+    let answer = client.txn(&txn).await?;
+    if answer.succeeded {
+        return Ok(answer.header.revision);
+    }
+    match answer.responses.first() {
+        Some(ResponseOp::ResponseRange(r)) => match r.kvs.first() {
+            Some(kv) => Ok(kv.create_revision),
+            None => Err(ClientError::Setup(format!("the key {key} vanished while entering"))),
+        },
+        _ => Err(ClientError::Setup("an unexpected txn answer".to_string())),
+    }
+}
+
+/// The key under `prefix` created last before `revision`, if any.
+async fn predecessor(client: &Client, prefix: &str, revision: i64) -> Result<(Option<KeyValue>, i64)> {
+    let range = RangeRequest {
+        key: Some(format!("{prefix}/")),
+        prefix: true,
+        max_create_revision: revision - 1,
+        sort_order: SortOrder::Descend,
+        sort_target: SortTarget::Create,
+        limit: 1,
+        ..Default::default()
+    };
+    let answer = client.range(&range, Consistency::Linearizable).await?;
+    Ok((answer.kvs.into_iter().next(), answer.header.revision))
+}
+
+/// Waits until `key` is deleted, watching from `after + 1`.
+async fn wait_deleted(client: &Client, key: &str, after: i64) -> Result<()> {
+    let request = WatchCreateRequest { key: Some(key.to_string()), start_revision: after + 1, ..Default::default() };
+    let mut watch = client.watch(request).await?;
+    // Bounded by the predecessor's lease: its key goes when its holder stops renewing.
+    loop {
+        let answer = watch.next().await?;
+        if answer.events.iter().any(|e| e.kind == EventType::Delete) {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits until this session's key is the first (lowest create revision) under `prefix`.
+async fn wait_first(client: &Client, prefix: &str, mine: i64) -> Result<()> {
+    loop {
+        match predecessor(client, prefix, mine).await? {
+            (None, _) => return Ok(()),
+            (Some(before), at) => {
+                let key = String::from_utf8_lossy(&before.key_bytes().unwrap_or_default()).into_owned();
+                wait_deleted(client, &key, at).await?;
+            }
+        }
+    }
+}
+
+/// etcd's `concurrency.Mutex`: held once `lock` returns, until `unlock` or the session's end.
+pub struct Mutex {
+    prefix: String,
+    key: String,
+    pub revision: i64,
+}
+
+impl Mutex {
+    /// Waits for the lock `name` (bounded only by the holders before: each waits for its
+    /// predecessor's key to go).
+    pub async fn lock(client: &Client, session: &Session, name: &str) -> Result<Mutex> {
+        let revision = enter(client, session, name, "").await?;
+        wait_first(client, name, revision).await?;
+        Ok(Mutex { prefix: name.to_string(), key: prefix_key(name, session.lease), revision })
+    }
+
+    /// The key that holds the lock.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Releases the lock: deletes this session's key.
+    pub async fn unlock(self, client: &Client) -> Result<()> {
+        client.delete(&self.key, None).await.map(|_| ())
+    }
+}
+
+/// etcd's `concurrency.Election`: `campaign` returns once this session leads, with its
+/// proposal as the value of its key.
+pub async fn campaign(client: &Client, session: &Session, name: &str, proposal: &str) -> Result<i64> {
+    let revision = enter(client, session, name, proposal).await?;
+    wait_first(client, name, revision).await?;
+    Ok(revision)
+}
+
+/// The current leader of election `name`: its key and proposal (lowest create revision).
+pub async fn leader(client: &Client, name: &str) -> Result<Option<(String, String, i64)>> {
+    let range = RangeRequest {
+        key: Some(format!("{name}/")),
+        prefix: true,
+        sort_order: SortOrder::Ascend,
+        sort_target: SortTarget::Create,
+        limit: 1,
+        ..Default::default()
+    };
+    let answer = client.range(&range, Consistency::Linearizable).await?;
+    Ok(answer.kvs.into_iter().next().map(|kv| {
+        let key = String::from_utf8_lossy(&kv.key_bytes().unwrap_or_default()).into_owned();
+        let value = String::from_utf8_lossy(&kv.value_bytes().unwrap_or_default()).into_owned();
+        (key, value, answer.header.revision)
+    }))
+}
