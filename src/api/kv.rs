@@ -75,11 +75,11 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> ApiResul
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("bad {what}: {e}")))
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
+pub(super) fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
-fn too_large(message: String) -> ApiError {
+pub(super) fn too_large(message: String) -> ApiError {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
 }
 

@@ -16,13 +16,13 @@ use std::convert::Infallible;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
-use super::kv::{header, wire_kv, Span};
-use super::server::{Api, ApiError, ApiResult};
+use super::kv::{bad, header, too_large, wire_kv, Span};
+use super::server::{Api, ApiResult};
 use crate::base::wire::watch::{self as wire, HEADER_REQUIRE_LEADER, NO_LEADER};
 use crate::node::watch::{WatchResponse, WatchSpec, WatchStream, STREAM_QUEUE};
 use crate::store::mvcc::{Event, EventKind};
@@ -32,10 +32,6 @@ pub const NO_LEADER_CANCEL: std::time::Duration = std::time::Duration::from_secs
 
 /// The most bytes of one watch request (a create holds at most two keys of 1 KiB).
 pub const MAX_WATCH_REQUEST_BYTES: usize = 64 << 10;
-
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-}
 
 /// Reads JSON values one at a time from a body that may still be arriving.
 struct Requests {
@@ -71,11 +67,7 @@ impl Requests {
                 None => self.ended = true,
             }
             if self.buf.len() > MAX_WATCH_REQUEST_BYTES {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    format!("a watch request is at most {MAX_WATCH_REQUEST_BYTES} bytes"),
-                ));
+                return Err(too_large(format!("a watch request is at most {MAX_WATCH_REQUEST_BYTES} bytes")));
             }
         }
     }

@@ -55,16 +55,13 @@ pub fn watcher(first: usize, urls: &[String], keep: bool, until: Arc<AtomicI64>,
             Client::with_config(endpoints, ClientConfig::with_request_timeout(Duration::from_secs(3))).expect("client");
         let request =
             WatchCreateRequest { key: Some(String::new()), prefix: true, start_revision: 2, ..Default::default() };
-        let mut watch = None;
+        let mut watch: Option<kuberaft::client::Watch> = None;
         // Bounded by `give_up`, which the run sets at its end: every round returns within the
         // client's deadline (a stream answers progress every couple of seconds).
         while !give_up.load(Ordering::Relaxed) {
             let target = until.load(Ordering::Relaxed);
-            if let Some(w) = &watch {
-                let w: &kuberaft::client::Watch = w;
-                if target > 0 && w.next_revision() > target {
-                    break;
-                }
+            if target > 0 && watch.as_ref().is_some_and(|w| w.next_revision() > target) {
+                break;
             }
             let w = match &mut watch {
                 Some(w) => w,

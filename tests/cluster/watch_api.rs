@@ -36,14 +36,7 @@ impl RawWatch {
 
     /// The same with more request headers (`name: value\r\n` each).
     pub fn open_with(ip: &str, first: &Value, headers: &str) -> RawWatch {
-        let stream = TcpStream::connect((ip, CLIENT_PORT)).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-        let reader = BufReader::new(stream.try_clone().expect("clone"));
-        let mut w = RawWatch { stream, reader, body: Vec::new(), lines: VecDeque::new(), status: 0 };
-        let head = format!(
-            "POST /v1/watch HTTP/1.1\r\nhost: {ip}\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n{headers}\r\n"
-        );
-        w.stream.write_all(head.as_bytes()).expect("send head");
+        let mut w = RawWatch::connect(ip, "/v1/watch", "application/x-ndjson", headers);
         w.send(first);
         w.status = w.read_head();
         w
@@ -51,17 +44,25 @@ impl RawWatch {
 
     /// Opens a stream that sends `requests` and ends its body.
     pub fn open_all(ip: &str, path: &str, requests: &[Value]) -> RawWatch {
-        let stream = TcpStream::connect((ip, CLIENT_PORT)).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-        let reader = BufReader::new(stream.try_clone().expect("clone"));
-        let mut w = RawWatch { stream, reader, body: Vec::new(), lines: VecDeque::new(), status: 0 };
-        let head = format!("POST {path} HTTP/1.1\r\nhost: {ip}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n");
-        w.stream.write_all(head.as_bytes()).expect("send head");
+        let mut w = RawWatch::connect(ip, path, "application/json", "");
         for r in requests {
             w.send(r);
         }
         w.stream.write_all(b"0\r\n\r\n").expect("end the body");
         w.status = w.read_head();
+        w
+    }
+
+    /// Connects and sends the head of a chunked POST to `path` (`headers`: `name: value\r\n` each).
+    fn connect(ip: &str, path: &str, content_type: &str, headers: &str) -> RawWatch {
+        let stream = TcpStream::connect((ip, CLIENT_PORT)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut w = RawWatch { stream, reader, body: Vec::new(), lines: VecDeque::new(), status: 0 };
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {ip}\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n{headers}\r\n"
+        );
+        w.stream.write_all(head.as_bytes()).expect("send head");
         w
     }
 
