@@ -1,15 +1,23 @@
 //! The lease endpoints (`POST /v1/lease/grant|revoke|keepalive|timetolive|leases`; DESIGN.md §4):
 //! etcd's Lease service over HTTP. Every one is served by the leader (a follower forwards):
 //! grants and revokes go through the log, and only the leader counts the leases' time.
+//!
+//! `keepalive` is a stream, as etcd's LeaseKeepAlive: the body is one or more JSON requests
+//! (NDJSON), read as they arrive, and the answer one JSON line per request, in order. The
+//! first is answered before the response starts, so a single request gets the status of its
+//! outcome (503 without a leader, as the other endpoints); a later failure ends the stream with
+//! an error line (`{"error": ...}`) instead. A follower forwards each request to the leader.
 
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::Method;
+use axum::http::{header as http_header, HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::kv::{header, node_error};
+use super::kv::{bad, header, node_error};
 use super::server::{forward, path_and_query, read_body, route, Api, ApiError, ApiResult, Route};
+use super::watch::JsonValues;
 use crate::base::wire::lease as wire;
 
 /// The most bytes of a lease request.
@@ -54,13 +62,78 @@ pub(super) async fn revoke(State(api): State<Api>, request: Request) -> ApiResul
     .await
 }
 
+/// One keep-alive, here on the leader or forwarded to it: the answer's JSON line, or the error
+/// as a response.
+async fn keep_alive_once(api: &Api, headers: &HeaderMap, id: i64) -> Result<Bytes, Response> {
+    let answer = match route(api, headers).map_err(IntoResponse::into_response)? {
+        Route::Here => {
+            let ttl = api.node.lease_keep_alive(id).await.map_err(|e| node_error(api, e).into_response())?;
+            let revision = api.node.with_kv(|kv| kv.current_revision());
+            let answer = wire::LeaseKeepAliveResponse { header: header(api, revision), id, ttl };
+            serde_json::to_vec(&answer).map(Bytes::from).unwrap_or_default()
+        }
+        Route::Forward(url) => {
+            let body = serde_json::to_vec(&wire::LeaseIdRequest { id }).unwrap_or_default();
+            // A renewal repeated is harmless: forwarded as a read (a lost answer: 503, retry).
+            let answer = forward(api, &url, Method::POST, "/v1/lease/keepalive", body.into(), true).await;
+            if !answer.status().is_success() {
+                return Err(answer);
+            }
+            axum::body::to_bytes(answer.into_body(), MAX_LEASE_REQUEST_BYTES).await.map_err(|e| {
+                let why = format!("the leader's answer was cut: {e}");
+                ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", why).into_response()
+            })?
+        }
+    };
+    let mut line = answer.trim_ascii_end().to_vec();
+    line.push(b'\n');
+    Ok(line.into())
+}
+
+/// The body of an error response, as the stream's last line.
+async fn error_line(response: Response) -> Bytes {
+    let mut line = axum::body::to_bytes(response.into_body(), MAX_LEASE_REQUEST_BYTES)
+        .await
+        .map(|b| b.trim_ascii_end().to_vec())
+        .unwrap_or_default();
+    line.push(b'\n');
+    line.into()
+}
+
+type KeepAlives = (Api, HeaderMap, JsonValues<wire::LeaseIdRequest>);
+
 pub(super) async fn keep_alive(State(api): State<Api>, request: Request) -> ApiResult<Response> {
-    leader_only(api, request, "lease keep-alive request", |api, asked: wire::LeaseIdRequest| async move {
-        let ttl = api.node.lease_keep_alive(asked.id).await.map_err(|e| node_error(&api, e))?;
-        let revision = api.node.with_kv(|kv| kv.current_revision());
-        Ok(Json(wire::LeaseKeepAliveResponse { header: header(&api, revision), id: asked.id, ttl }).into_response())
-    })
-    .await
+    let headers = request.headers().clone();
+    let mut requests: JsonValues<wire::LeaseIdRequest> =
+        JsonValues::new(request.into_body(), "lease keep-alive request", MAX_LEASE_REQUEST_BYTES);
+    let Some(first) = requests.next().await? else {
+        return Err(bad("the body holds no lease keep-alive request"));
+    };
+    let first = match keep_alive_once(&api, &headers, first.id).await {
+        Ok(line) => line,
+        Err(response) => return Ok(response),
+    };
+    // The later requests, one answer each, until the body ends or one fails.
+    let state: Option<KeepAlives> = Some((api, headers, requests));
+    let later = futures::stream::unfold(state, |state| async move {
+        let (api, headers, mut requests) = state?;
+        let line = match requests.next().await {
+            Ok(None) => return None,
+            Ok(Some(asked)) => keep_alive_once(&api, &headers, asked.id).await,
+            Err(e) => Err(e.into_response()),
+        };
+        Some(match line {
+            Ok(line) => (line, Some((api, headers, requests))),
+            Err(response) => (error_line(response).await, None),
+        })
+    });
+    let lines = futures::StreamExt::map(
+        futures::StreamExt::chain(futures::stream::once(async move { first }), later),
+        Ok::<_, std::convert::Infallible>,
+    );
+    let mut response = Body::from_stream(lines).into_response();
+    response.headers_mut().insert(http_header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    Ok(response)
 }
 
 pub(super) async fn time_to_live(State(api): State<Api>, request: Request) -> ApiResult<Response> {

@@ -33,27 +33,37 @@ pub const NO_LEADER_CANCEL: std::time::Duration = std::time::Duration::from_secs
 /// The most bytes of one watch request (a create holds at most two keys of 1 KiB).
 pub const MAX_WATCH_REQUEST_BYTES: usize = 64 << 10;
 
-/// Reads JSON values one at a time from a body that may still be arriving.
-struct Requests {
+/// Reads JSON values one at a time from a body that may still be arriving (an NDJSON stream of
+/// requests: the watch endpoint's, the lease keep-alive's). `what` names a request in errors;
+/// one request is at most `max` bytes.
+pub(super) struct JsonValues<T> {
     body: Body,
     buf: Vec<u8>,
     ended: bool,
+    what: &'static str,
+    max: usize,
+    _value: std::marker::PhantomData<fn() -> T>,
 }
 
-impl Requests {
+impl<T: serde::de::DeserializeOwned> JsonValues<T> {
+    pub(super) fn new(body: Body, what: &'static str, max: usize) -> JsonValues<T> {
+        JsonValues { body, buf: Vec::new(), ended: false, what, max, _value: std::marker::PhantomData }
+    }
+
     /// The next request; `Ok(None)` at the end of the body.
-    async fn next(&mut self) -> ApiResult<Option<wire::WatchRequest>> {
+    pub(super) async fn next(&mut self) -> ApiResult<Option<T>> {
+        let what = self.what;
         // Bounded: each round either returns or takes one more chunk, and the buffer is capped.
         loop {
-            let mut values = serde_json::Deserializer::from_slice(&self.buf).into_iter::<wire::WatchRequest>();
+            let mut values = serde_json::Deserializer::from_slice(&self.buf).into_iter::<T>();
             match values.next() {
                 Some(Ok(request)) => {
                     let used = values.byte_offset();
                     self.buf.drain(..used);
                     return Ok(Some(request));
                 }
-                Some(Err(e)) if !e.is_eof() => return Err(bad(format!("bad watch request: {e}"))),
-                Some(Err(e)) if self.ended => return Err(bad(format!("bad watch request: {e}"))),
+                Some(Err(e)) if !e.is_eof() => return Err(bad(format!("bad {what}: {e}"))),
+                Some(Err(e)) if self.ended => return Err(bad(format!("bad {what}: {e}"))),
                 None if self.ended => return Ok(None),
                 _ => {}
             }
@@ -63,11 +73,11 @@ impl Requests {
                         self.buf.extend_from_slice(&data);
                     }
                 }
-                Some(Err(e)) => return Err(bad(format!("cannot read the watch request: {e}"))),
+                Some(Err(e)) => return Err(bad(format!("cannot read the {what}: {e}"))),
                 None => self.ended = true,
             }
-            if self.buf.len() > MAX_WATCH_REQUEST_BYTES {
-                return Err(too_large(format!("a watch request is at most {MAX_WATCH_REQUEST_BYTES} bytes")));
+            if self.buf.len() > self.max {
+                return Err(too_large(format!("a {what} is at most {} bytes", self.max)));
             }
         }
     }
@@ -154,7 +164,8 @@ fn line(response: &wire::WatchResponse) -> Bytes {
 
 pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult<Response> {
     let require_leader = request.headers().get(HEADER_REQUIRE_LEADER).is_some_and(|v| v.as_bytes() == b"true");
-    let mut requests = Requests { body: request.into_body(), buf: Vec::new(), ended: false };
+    let mut requests: JsonValues<wire::WatchRequest> =
+        JsonValues::new(request.into_body(), "watch request", MAX_WATCH_REQUEST_BYTES);
     let first = match requests.next().await? {
         Some(first) => ask(first)?,
         None => return Err(bad("the body holds no watch request")),

@@ -1,5 +1,7 @@
 //! The etcd target: `--conns` clients of the `etcd-client` crate, each over all endpoints (as
-//! etcd's own benchmark tool does); workers share them round robin.
+//! etcd's own benchmark tool does); workers share them round robin. A lease keep-alive is etcd's
+//! `KeepAliveOnce`: a keep-alive stream opened, one request and its answer, and closed (as
+//! etcd's `benchmark lease-keepalive` does it).
 
 use std::time::Duration;
 
@@ -55,20 +57,40 @@ impl Driver for EtcdDriver {
             match op {
                 Op::Put => {
                     let response = client.put(key, value.to_vec(), None).await.map_err(|e| e.to_string())?;
-                    Ok(OpResult { revision: revision_of(response.header()), compare_failed: false })
+                    Ok(OpResult { revision: revision_of(response.header()), ..OpResult::default() })
                 }
                 Op::Cas { revision } => {
                     let txn = Txn::new()
                         .when([Compare::mod_revision(key, CompareOp::Equal, revision as i64)])
                         .and_then([TxnOp::put(key, value.to_vec(), None)]);
                     let response = client.txn(txn).await.map_err(|e| e.to_string())?;
-                    Ok(OpResult { revision: revision_of(response.header()), compare_failed: !response.succeeded() })
+                    let compare_failed = !response.succeeded();
+                    Ok(OpResult { revision: revision_of(response.header()), compare_failed, ..OpResult::default() })
                 }
                 Op::Get { linearizable } => {
                     let options = (!linearizable).then(|| GetOptions::new().with_serializable());
                     let response = client.get(key, options).await.map_err(|e| e.to_string())?;
                     let revision = response.kvs().first().map_or(0, |kv| kv.mod_revision() as u64);
-                    Ok(OpResult { revision, compare_failed: false })
+                    Ok(OpResult { revision, ..OpResult::default() })
+                }
+                Op::LeaseGrant { ttl } => {
+                    let response = client.lease_grant(ttl, None).await.map_err(|e| e.to_string())?;
+                    Ok(OpResult {
+                        revision: revision_of(response.header()),
+                        lease: response.id(),
+                        ..OpResult::default()
+                    })
+                }
+                Op::LeaseKeepAlive { id } => {
+                    // The stream's first answer (an error when the lease does not exist); dropping
+                    // the keeper and the stream closes it.
+                    let (keeper, stream) = client.lease_keep_alive(id).await.map_err(|e| e.to_string())?;
+                    drop((keeper, stream));
+                    Ok(OpResult { lease: id, ..OpResult::default() })
+                }
+                Op::LeaseRevoke { id } => {
+                    let response = client.lease_revoke(id).await.map_err(|e| e.to_string())?;
+                    Ok(OpResult { revision: revision_of(response.header()), lease: id, ..OpResult::default() })
                 }
             }
         })

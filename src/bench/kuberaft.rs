@@ -1,6 +1,8 @@
 //! The kuberaft target: one `crate::client::Client` per connection (an HTTP/1.1 pool), each
 //! starting at another member. Writes and linearizable reads follow the leader hint of a
 //! forwarded answer to the leader; serializable reads stay on the member they started at.
+//! Leases: `POST /v1/lease/grant`, `/v1/lease/keepalive` (one request, one answer) and
+//! `/v1/lease/revoke`, which go to the leader the same way.
 
 use std::time::Duration;
 
@@ -54,25 +56,41 @@ impl Driver for KuberaftDriver {
     fn request<'a>(&'a self, Call { conn, op, key, value }: Call<'a>) -> Answer<'a, OpResult> {
         Box::pin(async move {
             let client = &self.conns[conn % self.conns.len()];
-            let key = text(key)?;
             match op {
                 Op::Put => client
-                    .put(key, value, None)
+                    .put(text(key)?, value, None)
                     .await
-                    .map(|r| OpResult { revision: r.revision, compare_failed: false })
+                    .map(|r| OpResult { revision: r.revision, ..OpResult::default() })
                     .map_err(|e| e.to_string()),
-                Op::Cas { revision } => match client.put(key, value, Some(revision)).await {
-                    Ok(r) => Ok(OpResult { revision: r.revision, compare_failed: false }),
-                    Err(ClientError::Api { status: 412, .. }) => Ok(OpResult { revision: 0, compare_failed: true }),
+                Op::Cas { revision } => match client.put(text(key)?, value, Some(revision)).await {
+                    Ok(r) => Ok(OpResult { revision: r.revision, ..OpResult::default() }),
+                    Err(ClientError::Api { status: 412, .. }) => {
+                        Ok(OpResult { compare_failed: true, ..OpResult::default() })
+                    }
                     Err(e) => Err(e.to_string()),
                 },
                 Op::Get { linearizable } => {
                     let consistency = if linearizable { Consistency::Linearizable } else { Consistency::Serializable };
                     client
-                        .get(key, consistency)
+                        .get(text(key)?, consistency)
                         .await
-                        .map(|r| OpResult { revision: r.map_or(0, |r| r.mod_revision), compare_failed: false })
+                        .map(|r| OpResult { revision: r.map_or(0, |r| r.mod_revision), ..OpResult::default() })
                         .map_err(|e| e.to_string())
+                }
+                Op::LeaseGrant { ttl } => {
+                    let r = client.lease_grant(ttl, 0).await.map_err(|e| e.to_string())?;
+                    Ok(OpResult { revision: r.header.revision as u64, lease: r.id, ..OpResult::default() })
+                }
+                Op::LeaseKeepAlive { id } => {
+                    let r = client.lease_keep_alive(id).await.map_err(|e| e.to_string())?;
+                    if r.ttl <= 0 {
+                        return Err(format!("keep-alive of lease {id:x}: no such lease"));
+                    }
+                    Ok(OpResult { revision: r.header.revision as u64, lease: id, ..OpResult::default() })
+                }
+                Op::LeaseRevoke { id } => {
+                    let r = client.lease_revoke(id).await.map_err(|e| e.to_string())?;
+                    Ok(OpResult { revision: r.header.revision as u64, lease: id, ..OpResult::default() })
                 }
             }
         })

@@ -14,6 +14,12 @@
 //! delivered per second (all watchers together) and the latency from a put's acknowledgement
 //! to each watcher's receipt of its event; `--idle-watchers N` watch every key and never read,
 //! so that a run with them shows what a slow watcher costs the writers.
+//!
+//! Leases (issue 14): `lease-grant` grants a lease of `--lease-ttl` seconds per request;
+//! `lease-keepalive` grants each worker one lease before the measured run and then renews it
+//! once per request (one request, one answer: on etcd a keep-alive stream opened, used once
+//! and closed, as etcd's `KeepAliveOnce` and its `benchmark lease-keepalive` do). Both revoke
+//! every lease they granted after the measured run (not measured), unless `--keep-leases`.
 
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -42,7 +48,7 @@ pub enum Target {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Scenario {
     /// Writes.
     Put,
@@ -60,6 +66,23 @@ pub enum Scenario {
     /// fresh keys (a `--key-from` past the keys that exist). A failed write is tried again, up
     /// to `LOAD_ATTEMPTS` times in all.
     Load,
+    /// Lease grants: each request grants a new lease of `--lease-ttl` seconds (the cluster
+    /// picks its id).
+    LeaseGrant,
+    /// Lease keep-alives: each worker is granted one lease before the measured run, then each
+    /// request renews it once.
+    LeaseKeepalive,
+}
+
+impl Scenario {
+    /// The name on the command line (and in the JSON report): `put`, `lease-grant`, ...
+    pub fn name(self) -> String {
+        self.to_possible_value().map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+
+    fn is_lease(self) -> bool {
+        matches!(self, Scenario::LeaseGrant | Scenario::LeaseKeepalive)
+    }
 }
 
 /// How often the `load` scenario tries to write one key before it counts it as lost.
@@ -127,6 +150,13 @@ pub struct BenchArgs {
     /// Watchers of every key that never read what they are sent (slow consumers).
     #[arg(long, default_value_t = 0)]
     pub idle_watchers: usize,
+    /// The TTL in seconds of the leases that `lease-grant` and `lease-keepalive` grant.
+    #[arg(long, default_value_t = 60)]
+    pub lease_ttl: i64,
+    /// Leave the leases `lease-grant` and `lease-keepalive` granted instead of revoking them
+    /// after the run (they expire after `--lease-ttl`).
+    #[arg(long)]
+    pub keep_leases: bool,
 }
 
 /// One request kind.
@@ -140,6 +170,18 @@ pub enum Op {
     Cas {
         revision: u64,
     },
+    /// Grant a lease of `ttl` seconds (the cluster picks its id; the key is not used).
+    LeaseGrant {
+        ttl: i64,
+    },
+    /// Renew lease `id` once (an error when it does not exist; the key is not used).
+    LeaseKeepAlive {
+        id: i64,
+    },
+    /// Revoke lease `id` (the key is not used).
+    LeaseRevoke {
+        id: i64,
+    },
 }
 
 /// What a request returned that the workers need: the key's revision after a write.
@@ -148,6 +190,8 @@ pub struct OpResult {
     pub revision: u64,
     /// A compare-and-swap whose condition failed (an answer, not an error).
     pub compare_failed: bool,
+    /// The id of the lease a grant made.
+    pub lease: i64,
 }
 
 /// One request: `op` on `key` (with `value` for writes), on the driver's connection `conn`.
@@ -203,6 +247,22 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchReport>,
     pub idle_watchers: usize,
+    /// With `lease-grant` and `lease-keepalive`: the leases the run granted and revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leases: Option<LeaseReport>,
+}
+
+/// The leases of a `lease-grant` or `lease-keepalive` run.
+#[derive(Clone, Debug, Serialize)]
+pub struct LeaseReport {
+    pub ttl: i64,
+    /// Leases granted: by the measured requests (`lease-grant`) or one per worker before them
+    /// (`lease-keepalive`).
+    pub granted: u64,
+    /// Of them, revoked after the measured run (0 with `--keep-leases`).
+    pub revoked: u64,
+    /// The first few revocation errors.
+    pub revoke_errors: Vec<String>,
 }
 
 /// What the watchers of a run received.
@@ -353,6 +413,9 @@ fn check(args: &BenchArgs) -> Result<(), CliError> {
     if args.total == Some(0) {
         return usage("--total must be at least 1".into());
     }
+    if args.scenario.is_lease() && args.lease_ttl < 1 {
+        return usage("--lease-ttl must be at least 1 second".into());
+    }
     Ok(())
 }
 
@@ -421,6 +484,11 @@ async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report,
         // Let the watches open before the load starts.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // `lease-keepalive`: each worker's lease, granted before the measured run.
+    let own_leases = match args.scenario {
+        Scenario::LeaseKeepalive => grant_worker_leases(args, &driver).await?,
+        _ => Vec::new(),
+    };
     let started = Instant::now();
     let mut workers = Vec::with_capacity(args.clients);
     for worker in 0..args.clients {
@@ -428,6 +496,7 @@ async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report,
             (driver.clone(), value.clone(), stop.clone(), done.clone(), failed.clone(), budget.clone(), next.clone());
         let args = args.clone();
         let acks = acks.clone();
+        let lease = own_leases.get(worker).copied();
         workers.push(tokio::spawn(async move {
             let counters = Counters {
                 stop: &stop,
@@ -437,11 +506,11 @@ async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report,
                 next: &next,
                 acks: acks.as_deref(),
             };
-            work(worker, &args, driver.as_ref(), value, counters).await
+            work(worker, &args, driver.as_ref(), value, lease, counters).await
         }));
     }
     let deadline = (args.total.is_none() && !load).then(|| started + Duration::from_secs_f64(args.duration));
-    let label = format!("{:?} {:?} c={}", args.target, args.scenario, args.clients).to_lowercase();
+    let label = format!("{:?} {} c={}", args.target, args.scenario.name(), args.clients).to_lowercase();
     let mut last = (started, 0u64);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -466,10 +535,12 @@ async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report,
     let mut histogram = new_histogram();
     let mut compare_failed = 0;
     let mut sample_errors = Vec::new();
+    let mut granted = own_leases;
     for worker in workers {
         let outcome = worker.await.map_err(|e| CliError::Failed(format!("a worker failed: {e}")))?;
         histogram.add(&outcome.histogram).map_err(|e| CliError::Failed(format!("merge histograms: {e}")))?;
         compare_failed += outcome.compare_failed;
+        granted.extend(outcome.granted);
         for error in outcome.errors {
             if sample_errors.len() < 5 && !sample_errors.contains(&error) {
                 sample_errors.push(error);
@@ -506,6 +577,14 @@ async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report,
         None
     };
     drop(idle);
+    // The leases go after the measured run (not measured), unless they are to stay.
+    let leases = if args.scenario.is_lease() {
+        let (revoked, revoke_errors) =
+            if args.keep_leases { (0, Vec::new()) } else { revoke(args, &driver, &granted).await };
+        Some(LeaseReport { ttl: args.lease_ttl, granted: granted.len() as u64, revoked, revoke_errors })
+    } else {
+        None
+    };
     let errors = failed.load(Ordering::Relaxed);
     let requests = histogram.len() + errors;
     Ok(Report {
@@ -526,6 +605,7 @@ async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report,
         sample_errors,
         watch,
         idle_watchers: args.idle_watchers,
+        leases,
     })
 }
 
@@ -538,6 +618,8 @@ struct WorkerOutcome {
     histogram: Histogram<u64>,
     compare_failed: u64,
     errors: Vec<String>,
+    /// `lease-grant`: the leases this worker granted.
+    granted: Vec<i64>,
 }
 
 /// What the workers share: when to stop, what they did, and what is left.
@@ -559,6 +641,7 @@ async fn work(
     args: &BenchArgs,
     driver: &dyn Driver,
     value: Bytes,
+    lease: Option<i64>,
     counters: Counters<'_>,
 ) -> WorkerOutcome {
     let Counters { stop, done, failed, budget, next, acks } = counters;
@@ -567,6 +650,7 @@ async fn work(
     let mut histogram = new_histogram();
     let mut outcome_errors = Vec::new();
     let mut compare_failed = 0;
+    let mut granted = Vec::new();
     // CAS: this worker's keys (i ≡ worker mod clients) and the revision it last saw of each.
     let own_keys = (args.key_space / args.clients as u64).max(1);
     let mut revisions: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
@@ -614,6 +698,11 @@ async fn work(
                 };
                 (index, Op::Cas { revision })
             }
+            Scenario::LeaseGrant => (0, Op::LeaseGrant { ttl: args.lease_ttl }),
+            Scenario::LeaseKeepalive => match lease {
+                Some(id) => (0, Op::LeaseKeepAlive { id }),
+                None => break,
+            },
         };
         let key = key_of(args.key_from + index, args.key_size);
         let started = Instant::now();
@@ -627,6 +716,9 @@ async fn work(
                     if !result.compare_failed {
                         acks.acked(result.revision);
                     }
+                }
+                if let Op::LeaseGrant { .. } = op {
+                    granted.push(result.lease);
                 }
                 if result.compare_failed {
                     compare_failed += 1;
@@ -644,7 +736,63 @@ async fn work(
             }
         }
     }
-    WorkerOutcome { histogram, compare_failed, errors: outcome_errors }
+    WorkerOutcome { histogram, compare_failed, errors: outcome_errors, granted }
+}
+
+/// `lease-keepalive`: one lease per worker, granted on the worker's connection before the
+/// measured run. If any grant fails, the others are revoked and the run does not start.
+async fn grant_worker_leases(args: &BenchArgs, driver: &Arc<dyn Driver>) -> Result<Vec<i64>, CliError> {
+    let grants = (0..args.clients).map(|worker| {
+        let driver = driver.clone();
+        let call = Call {
+            conn: worker % args.conns,
+            op: Op::LeaseGrant { ttl: args.lease_ttl },
+            key: &[],
+            value: Bytes::new(),
+        };
+        async move { driver.request(call).await.map(|r| r.lease) }
+    });
+    let answers = futures::future::join_all(grants).await;
+    let granted: Vec<i64> = answers.iter().filter_map(|a| a.as_ref().ok().copied()).collect();
+    if let Some(Err(e)) = answers.into_iter().find(Result::is_err) {
+        revoke(args, driver, &granted).await;
+        return Err(CliError::Failed(format!("granting the workers' leases: {e}")));
+    }
+    Ok(granted)
+}
+
+/// Revokes `leases` with `--clients` workers: how many went, and the first few errors.
+async fn revoke(args: &BenchArgs, driver: &Arc<dyn Driver>, leases: &[i64]) -> (u64, Vec<String>) {
+    let next = Arc::new(AtomicU64::new(0));
+    let leases: Arc<[i64]> = leases.into();
+    let mut tasks = Vec::new();
+    for worker in 0..args.clients.min(leases.len()) {
+        let (driver, next, leases, conn) = (driver.clone(), next.clone(), leases.clone(), worker % args.conns);
+        tasks.push(tokio::spawn(async move {
+            let (mut revoked, mut errors) = (0u64, Vec::new());
+            while let Some(&id) = leases.get(next.fetch_add(1, Ordering::Relaxed) as usize) {
+                let call = Call { conn, op: Op::LeaseRevoke { id }, key: &[], value: Bytes::new() };
+                match driver.request(call).await {
+                    Ok(_) => revoked += 1,
+                    Err(e) if errors.len() < 5 => errors.push(format!("revoke lease {id:x}: {e}")),
+                    Err(_) => {}
+                }
+            }
+            (revoked, errors)
+        }));
+    }
+    let (mut revoked, mut errors) = (0, Vec::new());
+    for task in tasks {
+        match task.await {
+            Ok((n, e)) => {
+                revoked += n;
+                errors.extend(e);
+            }
+            Err(e) => errors.push(format!("a revoking worker failed: {e}")),
+        }
+    }
+    errors.truncate(5);
+    (revoked, errors)
 }
 
 /// Writes every key once, with all workers, before the measured run.
@@ -680,10 +828,21 @@ async fn preload(args: &BenchArgs, driver: &Arc<dyn Driver>, value: &Bytes) -> R
 /// The report as a table.
 pub fn table(r: &Report) -> String {
     let l = &r.latency_ms;
-    let mut out = format!(
-        "{:?} {:?}: {} clients on {} conns, {}-byte keys ({} of them from index {}), {}-byte values\n",
-        r.target, r.scenario, r.clients, r.conns, r.key_size, r.key_space, r.key_from, r.val_size
-    )
+    let mut out = if r.scenario.is_lease() {
+        format!("{:?} {}: {} clients on {} conns\n", r.target, r.scenario.name(), r.clients, r.conns)
+    } else {
+        format!(
+            "{:?} {}: {} clients on {} conns, {}-byte keys ({} of them from index {}), {}-byte values\n",
+            r.target,
+            r.scenario.name(),
+            r.clients,
+            r.conns,
+            r.key_size,
+            r.key_space,
+            r.key_from,
+            r.val_size
+        )
+    }
     .to_lowercase();
     out.push_str(&format!(
         "requests {}  errors {}  compare-failed {}  in {:.2} s  =>  {:.0} requests/s\n",
@@ -695,6 +854,16 @@ pub fn table(r: &Report) -> String {
     ));
     for e in &r.sample_errors {
         out.push_str(&format!("error: {e}\n"));
+    }
+    if let Some(leases) = &r.leases {
+        let kept = leases.granted - leases.revoked;
+        out.push_str(&format!(
+            "leases: {} granted with a TTL of {} s, {} revoked after the run, {} left\n",
+            leases.granted, leases.ttl, leases.revoked, kept
+        ));
+        for e in &leases.revoke_errors {
+            out.push_str(&format!("error: {e}\n"));
+        }
     }
     if r.idle_watchers > 0 {
         out.push_str(&format!("with {} idle watchers of every key (never reading)\n", r.idle_watchers));
@@ -819,5 +988,108 @@ mod tests {
             recorder.written.lock().expect("lock").iter().cloned().collect();
         let expected: std::collections::BTreeSet<Vec<u8>> = (2000..2020).map(|i| key_of(i, 6)).collect();
         assert_eq!(written, expected, "400 random puts over 20 keys hit each of them, and no other");
+    }
+
+    /// A lessor: grants, renewals per lease, revocations; refuses the keep-alive of a lease it
+    /// does not hold.
+    #[derive(Default)]
+    struct Lessor {
+        state: std::sync::Mutex<LessorState>,
+    }
+
+    #[derive(Default)]
+    struct LessorState {
+        next: i64,
+        /// Live leases and the keep-alives each received.
+        live: std::collections::BTreeMap<i64, u64>,
+        ttls: Vec<i64>,
+        revoked: Vec<i64>,
+        /// Grants it still makes (None: any number).
+        grants_left: Option<u32>,
+    }
+
+    impl Driver for Lessor {
+        fn request<'a>(&'a self, call: Call<'a>) -> Answer<'a, OpResult> {
+            Box::pin(async move {
+                let mut state = self.state.lock().expect("lock");
+                match call.op {
+                    Op::LeaseGrant { ttl } => {
+                        if let Some(left) = &mut state.grants_left {
+                            *left = left.checked_sub(1).ok_or("too many leases")?;
+                        }
+                        state.next += 1;
+                        let id = 0x100 + state.next;
+                        state.live.insert(id, 0);
+                        state.ttls.push(ttl);
+                        Ok(OpResult { lease: id, ..OpResult::default() })
+                    }
+                    Op::LeaseKeepAlive { id } => match state.live.get_mut(&id) {
+                        Some(renewals) => {
+                            *renewals += 1;
+                            Ok(OpResult { lease: id, ..OpResult::default() })
+                        }
+                        None => Err(format!("no lease {id:x}")),
+                    },
+                    Op::LeaseRevoke { id } => {
+                        state.live.remove(&id).ok_or_else(|| format!("no lease {id:x}"))?;
+                        state.revoked.push(id);
+                        Ok(OpResult::default())
+                    }
+                    op => Err(format!("a lease scenario asked for {op:?}")),
+                }
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lease_grant_grants_one_lease_per_request_and_revokes_them_after_unless_kept() {
+        let lessor = Arc::new(Lessor::default());
+        let args = parse(&["--scenario", "lease-grant", "--lease-ttl", "30", "--total", "300"]);
+        let report = bench_with(&args, lessor.clone()).await.expect("a report");
+        assert_eq!((report.requests, report.errors), (300, 0));
+        let leases = report.leases.as_ref().expect("a lease report");
+        assert_eq!((leases.ttl, leases.granted, leases.revoked), (30, 300, 300), "{:?}", leases.revoke_errors);
+        {
+            let state = lessor.state.lock().expect("lock");
+            assert_eq!(state.ttls, vec![30; 300], "one grant of --lease-ttl seconds per request");
+            assert!(state.live.is_empty(), "every lease revoked: {:?}", state.live);
+            let revoked: std::collections::BTreeSet<i64> = state.revoked.iter().copied().collect();
+            assert_eq!(revoked, (0x101..0x101 + 300).collect(), "each granted lease revoked once");
+        }
+        let kept = parse(&["--scenario", "lease-grant", "--total", "50", "--keep-leases"]);
+        let report = bench_with(&kept, lessor.clone()).await.expect("a report");
+        let leases = report.leases.as_ref().expect("a lease report");
+        assert_eq!((leases.ttl, leases.granted, leases.revoked), (60, 50, 0));
+        assert_eq!(lessor.state.lock().expect("lock").live.len(), 50, "--keep-leases keeps them");
+        assert!(table(&report).starts_with("kuberaft lease-grant: 8 clients"), "{}", table(&report));
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!((json["scenario"].as_str(), json["leases"]["granted"].as_u64()), (Some("lease-grant"), Some(50)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lease_keepalive_renews_one_lease_per_worker_granted_before_the_run() {
+        let lessor = Arc::new(Lessor::default());
+        let args = parse(&["--scenario", "lease-keepalive", "--total", "400", "--keep-leases"]);
+        let report = bench_with(&args, lessor.clone()).await.expect("a report");
+        assert_eq!((report.requests, report.errors), (400, 0), "{:?}", report.sample_errors);
+        let leases = report.leases.as_ref().expect("a lease report");
+        assert_eq!((leases.granted, leases.revoked), (8, 0));
+        let renewals: Vec<u64> = lessor.state.lock().expect("lock").live.values().copied().collect();
+        assert_eq!(renewals.len(), 8, "one lease per worker");
+        assert_eq!(renewals.iter().sum::<u64>(), 400, "every request one keep-alive: {renewals:?}");
+        // Without --keep-leases the workers' leases go after the run.
+        let args = parse(&["--scenario", "lease-keepalive", "--total", "40"]);
+        let lessor = Arc::new(Lessor::default());
+        let report = bench_with(&args, lessor.clone()).await.expect("a report");
+        assert_eq!(report.leases.as_ref().map(|l| (l.granted, l.revoked)), Some((8, 8)));
+        assert!(lessor.state.lock().expect("lock").live.is_empty());
+        // When a worker's lease cannot be granted the run does not start, and the leases
+        // granted to the others are revoked.
+        let lessor = Arc::new(Lessor::default());
+        lessor.state.lock().expect("lock").grants_left = Some(5);
+        let refused = bench_with(&args, lessor.clone()).await;
+        assert!(matches!(&refused, Err(CliError::Failed(m)) if m.contains("leases")), "{:?}", refused.err());
+        let state = lessor.state.lock().expect("lock");
+        assert_eq!((state.live.len(), state.revoked.len()), (0, 5));
     }
 }

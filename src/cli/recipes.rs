@@ -7,6 +7,11 @@
 //! and exits with the command's code; without, it holds until stopped (Ctrl-C, SIGTERM). `elect`
 //! campaigns with PROPOSAL and prints the key and the proposal once it leads, then holds until
 //! stopped (resigning); `--listen` prints each new leader's proposal instead.
+//!
+//! If the session's lease ends while the lock or the leadership is held (this process could not
+//! renew it within its TTL), another contender may take over: both say so on stderr and exit
+//! with an error ("session expired", as etcdctl), `lock` once its command has ended (the command
+//! is not killed; it learns nothing, as under etcdctl, but the exit code tells).
 
 use clap::Args;
 
@@ -62,10 +67,19 @@ pub async fn run_lock(args: LockArgs) -> Result<(), CliError> {
             status.code().unwrap_or(1)
         }
         None => {
-            wait_for_signal().await;
+            tokio::select! {
+                _ = wait_for_signal() => {}
+                _ = session.done() => {}
+            }
             0
         }
     };
+    if session.is_lost() {
+        return Err(CliError::Failed(format!(
+            "session expired: the lease of {} ended while the lock was held; another may have held it since",
+            held.key()
+        )));
+    }
     let _ = held.unlock(&client).await;
     let _ = session.close().await;
     if code == 0 {
@@ -96,7 +110,12 @@ pub async fn run_elect(args: ElectArgs) -> Result<(), CliError> {
     let session = Session::new(&client, args.ttl).await?;
     campaign(&client, &session, &args.name, &proposal).await?;
     write_stdout(format!("{}/{:x}\n{proposal}\n", args.name, session.lease).as_bytes())?;
-    wait_for_signal().await;
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        _ = session.done() => {
+            return Err(CliError::Failed("session expired: this contender's lease ended, so it no longer leads".into()));
+        }
+    }
     let _ = session.close().await;
     Ok(())
 }

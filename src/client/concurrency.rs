@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::{Client, ClientError, Result};
 use crate::base::wire::kv::{
@@ -22,26 +24,51 @@ pub struct Session {
     pub lease: i64,
     pub ttl: i64,
     keeper: JoinHandle<()>,
+    /// Becomes true once the lease is known gone, or may be (etcd's `Session.Done`).
+    lost: watch::Receiver<bool>,
 }
 
 impl Session {
     /// Grants a lease of `ttl` seconds and keeps it alive in the background.
     pub async fn new(client: &Client, ttl: i64) -> Result<Session> {
+        let sent = Instant::now();
         let granted = client.lease_grant(ttl, 0).await?;
         let (keeper_client, lease) = (client.clone(), granted.id);
-        let every = Duration::from_millis(u64::try_from(granted.ttl).unwrap_or(1).max(1) * 1000 / 3);
+        let ttl_span = Duration::from_secs(u64::try_from(granted.ttl).unwrap_or(1).max(1));
+        let (lost_tx, lost) = watch::channel(false);
         let keeper = tokio::spawn(async move {
-            // Until aborted: one renewal every third of the TTL; a failed one is tried again
-            // at the next, so a short outage costs nothing while the TTL lasts.
+            // One renewal every third of the TTL; a failed one is tried again at the next, so
+            // a short outage costs nothing while the TTL lasts. The lease is counted valid
+            // until the send time of the last renewal answered + the TTL (the server renews
+            // after it received the request): past that, or on an answer that it is gone,
+            // the session is lost.
+            let mut valid_until = sent + ttl_span;
             loop {
-                tokio::time::sleep(every).await;
-                match keeper_client.lease_keep_alive(lease).await {
-                    Ok(renewed) if renewed.ttl <= 0 => return,
+                tokio::time::sleep(ttl_span / 3).await;
+                let sent = Instant::now();
+                let renewed = tokio::time::timeout(ttl_span / 3, keeper_client.lease_keep_alive(lease)).await;
+                match renewed {
+                    Ok(Ok(renewed)) if renewed.ttl <= 0 => break,
+                    Ok(Ok(_)) => valid_until = sent + ttl_span,
+                    _ if Instant::now() >= valid_until => break,
                     _ => {}
                 }
             }
+            let _ = lost_tx.send(true);
         });
-        Ok(Session { client: client.clone(), lease, ttl: granted.ttl, keeper })
+        Ok(Session { client: client.clone(), lease, ttl: granted.ttl, keeper, lost })
+    }
+
+    /// Returns once the session's lease is gone or its validity ran out without a renewal:
+    /// a lock or leadership held through it may have passed to another.
+    pub async fn done(&self) {
+        let mut lost = self.lost.clone();
+        let _ = lost.wait_for(|lost| *lost).await;
+    }
+
+    /// The lease is gone, or may be.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
     }
 
     /// Stops the renewals and revokes the lease: every key bound to it goes.
@@ -120,11 +147,23 @@ async fn wait_deleted(client: &Client, key: &str, after: i64) -> Result<()> {
     }
 }
 
-/// Waits until this session's key is the first (lowest create revision) under `prefix`.
-async fn wait_first(client: &Client, prefix: &str, mine: i64) -> Result<()> {
+/// Waits until this session's key is the first (lowest create revision) under `prefix`, and
+/// checks that it is still there (its lease may have ended while it waited; etcd's Lock
+/// answers "session expired" then).
+async fn wait_first(client: &Client, session: &Session, prefix: &str, mine: i64) -> Result<()> {
     loop {
         match predecessor(client, prefix, mine).await? {
-            (None, _) => return Ok(()),
+            (None, _) => {
+                let key = prefix_key(prefix, session.lease);
+                let get = RangeRequest { key: Some(key.clone()), ..Default::default() };
+                let still = client.range(&get, Consistency::Linearizable).await?;
+                return match still.kvs.first() {
+                    Some(kv) if kv.create_revision == mine && !session.is_lost() => Ok(()),
+                    _ => Err(ClientError::SessionExpired(format!(
+                        "the key {key} is gone: its lease ended while this contender waited"
+                    ))),
+                };
+            }
             (Some(before), at) => {
                 let key = String::from_utf8_lossy(&before.key_bytes().unwrap_or_default()).into_owned();
                 wait_deleted(client, &key, at).await?;
@@ -145,7 +184,7 @@ impl Mutex {
     /// predecessor's key to go).
     pub async fn lock(client: &Client, session: &Session, name: &str) -> Result<Mutex> {
         let revision = enter(client, session, name, "").await?;
-        wait_first(client, name, revision).await?;
+        wait_first(client, session, name, revision).await?;
         Ok(Mutex { prefix: name.to_string(), key: prefix_key(name, session.lease), revision })
     }
 
@@ -169,7 +208,7 @@ impl Mutex {
 /// proposal as the value of its key.
 pub async fn campaign(client: &Client, session: &Session, name: &str, proposal: &str) -> Result<i64> {
     let revision = enter(client, session, name, proposal).await?;
-    wait_first(client, name, revision).await?;
+    wait_first(client, session, name, revision).await?;
     Ok(revision)
 }
 

@@ -72,6 +72,10 @@ pub enum ClientError {
     /// The HTTP client itself could not be built.
     #[error("cannot set up the HTTP client: {0}")]
     Setup(String),
+    /// A concurrency session's lease ended (etcd's `ErrSessionExpired`, "session expired"):
+    /// whatever it held (a lock, a leadership) is no longer held.
+    #[error("session expired: {0}")]
+    SessionExpired(String),
 }
 
 impl ClientError {

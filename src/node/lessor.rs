@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::raft::{Raft, Role, Term};
 use crate::store::mvcc::Lease;
 
 /// How long a revoke that was proposed and has not applied waits before it is proposed again.
@@ -38,6 +39,21 @@ struct Held {
     checkpoint_at_ms: Option<u64>,
     /// When its revoke was last proposed.
     revoke_proposed_ms: Option<u64>,
+    /// Leader only: a checkpoint of it was proposed in this term and has not applied.
+    checkpoint_in_flight: bool,
+}
+
+/// Bugs the simulator plants on purpose to show that it catches them (`tests/sim`); never set
+/// by the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseBug {
+    /// A renewal never clears a checkpointed remaining TTL, so a new leader counts from it.
+    RenewKeepsCheckpoint,
+    /// A lease past its deadline, whose revoke may be on its way through the log, is renewed.
+    RenewsExpired,
+    /// A checkpoint records the remaining TTL with the election extension in it, so that every
+    /// failover adds another.
+    CheckpointKeepsExtension,
 }
 
 /// What a renewal needs from the caller.
@@ -55,11 +71,29 @@ pub struct Lessor {
     leases: BTreeMap<i64, Held>,
     primary: bool,
     checkpoint_interval_ms: u64,
+    /// The simulator's planted bug, if any.
+    pub planted: Option<LeaseBug>,
 }
 
 impl Lessor {
     pub fn new(checkpoint_interval_ms: u64) -> Lessor {
-        Lessor { leases: BTreeMap::new(), primary: false, checkpoint_interval_ms: checkpoint_interval_ms.max(1) }
+        Lessor {
+            leases: BTreeMap::new(),
+            primary: false,
+            checkpoint_interval_ms: checkpoint_interval_ms.max(1),
+            planted: None,
+        }
+    }
+
+    /// The term in which `raft`'s member counts the leases' time: while it leads, once it has
+    /// applied an entry of its own term (its election's empty entry), so that everything its
+    /// predecessors committed (grants, checkpoints, the clearing of a checkpoint a renewal
+    /// waited for) is in the lessor before it sets deadlines. etcd promotes its lessor at the
+    /// same point (on applying the leader's empty entry).
+    pub fn primary_term(&self, raft: &Raft) -> Option<Term> {
+        let term = raft.term();
+        let caught_up = raft.log().term(raft.applied_index()) == Some(term);
+        (raft.role() == Role::Leader && caught_up).then_some(term)
     }
 
     /// Replaces what it knows with the state machine's leases (at start, after a snapshot is
@@ -74,6 +108,7 @@ impl Lessor {
                     deadline_ms: None,
                     checkpoint_at_ms: None,
                     revoke_proposed_ms: None,
+                    checkpoint_in_flight: false,
                 };
                 (l.id, held)
             })
@@ -98,8 +133,14 @@ impl Lessor {
 
     /// A grant applied.
     pub fn granted(&mut self, id: i64, ttl_s: i64, now_ms: u64) {
-        let mut held =
-            Held { ttl_s, checkpointed_ms: 0, deadline_ms: None, checkpoint_at_ms: None, revoke_proposed_ms: None };
+        let mut held = Held {
+            ttl_s,
+            checkpointed_ms: 0,
+            deadline_ms: None,
+            checkpoint_at_ms: None,
+            revoke_proposed_ms: None,
+            checkpoint_in_flight: false,
+        };
         if self.primary {
             held.deadline_ms = Some(now_ms.saturating_add(Self::ttl_ms(ttl_s)));
             self.schedule_checkpoint(&mut held, now_ms);
@@ -116,6 +157,7 @@ impl Lessor {
     pub fn checkpointed(&mut self, id: i64, remaining_ms: i64) {
         if let Some(held) = self.leases.get_mut(&id) {
             held.checkpointed_ms = remaining_ms.max(0);
+            held.checkpoint_in_flight = false;
         }
     }
 
@@ -131,6 +173,8 @@ impl Lessor {
             };
             held.deadline_ms = Some(now_ms.saturating_add(remaining).saturating_add(extend_ms));
             held.revoke_proposed_ms = None;
+            // Whatever an earlier term proposed has applied by now, or never will.
+            held.checkpoint_in_flight = false;
             self.schedule_checkpoint(&mut held, now_ms);
             self.leases.insert(id, held);
         }
@@ -143,22 +187,35 @@ impl Lessor {
             held.deadline_ms = None;
             held.checkpoint_at_ms = None;
             held.revoke_proposed_ms = None;
+            held.checkpoint_in_flight = false;
         }
     }
 
     /// A keep-alive at `now_ms`, once leadership was confirmed after it arrived. `None`: not the
-    /// leader, or no such lease (etcd answers TTL 0).
+    /// leader, or no such lease, or one past its deadline (etcd answers TTL 0): its revoke may
+    /// already be in the log, and a renewal now would be undone by it. (etcd waits for that
+    /// revoke to apply and then answers the same.)
     pub fn renew(&mut self, id: i64, now_ms: u64) -> Option<Renewal> {
         if !self.primary {
             return None;
         }
         let interval = self.checkpoint_interval_ms;
+        let renews_expired = self.planted == Some(LeaseBug::RenewsExpired);
         let held = self.leases.get_mut(&id)?;
+        if held.deadline_ms.is_none_or(|d| d <= now_ms) && !renews_expired {
+            return None;
+        }
         held.deadline_ms = Some(now_ms.saturating_add(Self::ttl_ms(held.ttl_s)));
         held.revoke_proposed_ms = None;
         let remaining = Self::ttl_ms(held.ttl_s);
         held.checkpoint_at_ms = (remaining > interval).then(|| now_ms + interval);
-        Some(Renewal { ttl_s: held.ttl_s, clear_checkpoint: held.checkpointed_ms != 0 })
+        // A checkpoint proposed before this renewal and still to apply holds the remaining TTL
+        // from before it: it must be cleared too, or a new leader would count from it.
+        let clear_checkpoint = match self.planted {
+            Some(LeaseBug::RenewKeepsCheckpoint) => false,
+            _ => held.checkpointed_ms != 0 || held.checkpoint_in_flight,
+        };
+        Some(Renewal { ttl_s: held.ttl_s, clear_checkpoint })
     }
 
     /// The remaining TTL of lease `id` in whole seconds, as etcd's TimeToLive answers (leader
@@ -181,21 +238,25 @@ impl Lessor {
 
     /// Up to `max` leases past their deadline at `now_ms` whose revoke was not proposed in the
     /// last [`REVOKE_RETRY_MS`]: the caller proposes their revokes (etcd revokes at most 1,000
-    /// a second).
-    pub fn expired(&mut self, now_ms: u64, max: usize) -> Vec<i64> {
-        let mut out = Vec::new();
-        for (id, held) in &mut self.leases {
-            if out.len() >= max {
-                break;
-            }
-            let due = held.deadline_ms.is_some_and(|d| d <= now_ms);
-            let retry = held.revoke_proposed_ms.is_none_or(|at| now_ms >= at + REVOKE_RETRY_MS);
-            if due && retry {
-                held.revoke_proposed_ms = Some(now_ms);
-                out.push(*id);
-            }
+    /// a second) and tells [`Lessor::revoke_proposed`] of each proposal the core took, so that
+    /// one it refused (a leader handing over) is named again at the next round.
+    pub fn expired(&self, now_ms: u64, max: usize) -> Vec<i64> {
+        self.leases
+            .iter()
+            .filter(|(_, held)| {
+                held.deadline_ms.is_some_and(|d| d <= now_ms)
+                    && held.revoke_proposed_ms.is_none_or(|at| now_ms >= at + REVOKE_RETRY_MS)
+            })
+            .map(|(id, _)| *id)
+            .take(max)
+            .collect()
+    }
+
+    /// The revoke of lease `id` is in the log (see [`Lessor::expired`]).
+    pub fn revoke_proposed(&mut self, id: i64, now_ms: u64) {
+        if let Some(held) = self.leases.get_mut(&id) {
+            held.revoke_proposed_ms = Some(now_ms);
         }
-        out
     }
 
     /// Up to `max` leases whose remaining TTL is due to be recorded: `(id, remaining ms)`.
@@ -209,7 +270,15 @@ impl Lessor {
             let (Some(at), Some(deadline)) = (held.checkpoint_at_ms, held.deadline_ms) else { continue };
             if at <= now_ms {
                 let remaining = deadline.saturating_sub(now_ms);
-                out.push((*id, i64::try_from(remaining).unwrap_or(i64::MAX).max(1)));
+                // No client was promised more than the TTL from now (its keep-alive was sent
+                // before now): what is beyond is a promotion's extension, which a new leader
+                // adds again. Recording it would let failovers keep a lease alive for ever.
+                let recorded = match self.planted {
+                    Some(LeaseBug::CheckpointKeepsExtension) => remaining,
+                    _ => remaining.min(Self::ttl_ms(held.ttl_s)),
+                };
+                out.push((*id, i64::try_from(recorded).unwrap_or(i64::MAX).max(1)));
+                held.checkpoint_in_flight = true;
                 held.checkpoint_at_ms = (remaining > interval).then(|| now_ms + interval);
             }
         }
@@ -235,6 +304,8 @@ mod tests {
         assert_eq!(l.remaining_s(1, 5_000), Some(11));
         assert_eq!(l.expired(15_299, 10), Vec::<i64>::new());
         assert_eq!(l.expired(15_300, 10), vec![1]);
+        assert_eq!(l.expired(15_350, 10), vec![1], "named again while its revoke was not proposed");
+        l.revoke_proposed(1, 15_300);
         assert_eq!(l.expired(15_400, 10), Vec::<i64>::new(), "proposed once, then after the retry delay");
         assert_eq!(l.expired(15_300 + REVOKE_RETRY_MS, 10), vec![1]);
         l.demote();
@@ -249,9 +320,18 @@ mod tests {
         assert_eq!(l.renew(7, 4_000), Some(Renewal { ttl_s: 5, clear_checkpoint: false }));
         assert_eq!(l.expired(8_999, 10), Vec::<i64>::new());
         assert_eq!(l.checkpoints_due(5_000, 10), vec![(7, 4_000)]);
+        assert_eq!(
+            l.renew(7, 5_500),
+            Some(Renewal { ttl_s: 5, clear_checkpoint: true }),
+            "a checkpoint still in flight holds the remainder from before this renewal"
+        );
         l.checkpointed(7, 4_000);
         assert_eq!(l.renew(7, 6_000), Some(Renewal { ttl_s: 5, clear_checkpoint: true }));
+        l.checkpointed(7, 0);
+        assert_eq!(l.renew(7, 6_100), Some(Renewal { ttl_s: 5, clear_checkpoint: false }));
         assert_eq!(l.renew(8, 6_000), None, "no such lease");
+        assert_eq!(l.renew(7, 11_100), None, "past its deadline: its revoke may be in the log");
+        assert_eq!(l.expired(11_100, 10), vec![7]);
     }
 
     #[test]
@@ -265,12 +345,23 @@ mod tests {
     }
 
     #[test]
+    fn a_checkpoint_records_at_most_the_ttl_so_failovers_cannot_keep_a_lease_alive() {
+        let mut l = Lessor::new(1_000);
+        l.load(&[lease(1, 5, 0)], 0, 0);
+        l.promote(0, 2_000);
+        assert_eq!(l.checkpoints_due(1_000, 10), vec![(1, 5_000)], "6 s left, but the TTL is 5 s");
+    }
+
+    #[test]
     fn expiries_are_proposed_at_most_max_at_a_time() {
         let mut l = Lessor::new(DEFAULT_CHECKPOINT_INTERVAL_MS);
         let leases: Vec<Lease> = (1..=10).map(|id| lease(id, 1, 0)).collect();
         l.load(&leases, 0, 0);
         l.promote(0, 0);
         assert_eq!(l.expired(1_000, 4), vec![1, 2, 3, 4]);
+        for id in 1..=4 {
+            l.revoke_proposed(id, 1_000);
+        }
         assert_eq!(l.expired(1_000, 4), vec![5, 6, 7, 8]);
         l.revoked(1);
         assert_eq!(l.ids().len(), 9);

@@ -273,8 +273,9 @@ impl RaftLoop {
             (lessor.expired(ms, 500), lessor.checkpoints_due(ms, 1000))
         };
         for id in expired {
-            if let Err(e) = self.raw.raft.propose(encode(&Command::LeaseRevoke { id })) {
-                tracing::debug!("cannot propose the expiry of lease {id:x}: {e:?}");
+            match self.raw.raft.propose(encode(&Command::LeaseRevoke { id })) {
+                Ok(_) => lock(&self.shared.lessor).revoke_proposed(id, ms),
+                Err(e) => tracing::debug!("cannot propose the expiry of lease {id:x}: {e:?}"),
             }
         }
         if !checkpoints.is_empty() {
@@ -999,11 +1000,13 @@ impl RaftLoop {
             committed_in_term: role == Role::Leader && raft.committed_in_current_term(),
         };
         let applied = status.applied_index;
-        // The lessor counts time only on the leader: promoted when this member starts leading,
-        // demoted when it stops (a stuck leader counts as stopped).
-        let leads = (status.role == Role::Leader).then_some(status.term);
+        // The lessor counts time only on the leader: promoted once this member leads and has
+        // applied an entry of its term (`Lessor::primary_term`), demoted when it stops.
+        // Before `applied` is published, so that a keep-alive whose read barrier passed finds
+        // the lessor promoted.
+        let mut lessor = lock(&self.shared.lessor);
+        let leads = lessor.primary_term(&self.raw.raft);
         if leads != self.leading {
-            let mut lessor = lock(&self.shared.lessor);
             if leads.is_some() {
                 lessor.promote(self.shared.lease_now_ms(), self.lease_extend_ms());
             } else {
@@ -1011,6 +1014,7 @@ impl RaftLoop {
             }
             self.leading = leads;
         }
+        drop(lessor);
         *write(&self.shared.status) = status;
         self.shared.applied.send_if_modified(|old| {
             let changed = *old != applied;

@@ -19,6 +19,12 @@
 //! so that comparing values means what the txn's compare on mod revisions means. A report lists the operations, the outcomes, the time to recover after each
 //! fault, how many faults of each kind were carried out, and the verdict.
 //!
+//! Watchers (tests/chaos/watchers.rs) must receive every revision exactly once, and lock clients
+//! (tests/chaos/locks.rs, issue 14) take one lock as `kuberaft lock` does, each counting how
+//! long it may rely on its lease from its own keep-alives: no two holds may overlap, no lease may
+//! end before its holder's count says, and every lease whose keep-alives stopped must be gone
+//! within its TTL and an election timeout of the final leader.
+//!
 //! Every run starts with each fault kind once, in turn; CI runs just that short pass, and
 //! `CHAOS_SECONDS=N` goes on with random faults until N seconds have passed. A fault kind that
 //! was never carried out (its preconditions did not hold, say) fails the run.
@@ -26,6 +32,7 @@
 #[path = "../cluster/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+mod locks;
 mod nft;
 #[path = "../support/require.rs"]
 mod require;
@@ -747,6 +754,18 @@ struct Run {
     report: String,
 }
 
+/// Sets every flag when dropped: the client, lock and watcher threads stop even when the run
+/// panics half-way.
+struct StopOnExit(Vec<Arc<AtomicBool>>);
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        for flag in &self.0 {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// The faults carried out so far, one line each; printed if the run panics (a member that did
 /// not recover, a learner never promoted), so the post-mortem starts from what happened.
 struct FaultLog(Vec<String>);
@@ -794,12 +813,26 @@ fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
             std::thread::spawn(move || watchers::watcher(first, &urls, first == 0, until, give_up))
         })
         .collect();
+    // Lock clients on one lock, and an observer of the leases they abandon (issue 14).
+    let lock_log = locks::LockLog::new(rec.start);
+    let mut lockers: Vec<_> = (0..locks::LOCK_CLIENTS as u64)
+        .map(|id| {
+            let (urls, log, stop) = (urls.clone(), lock_log.clone(), stop.clone());
+            std::thread::spawn(move || locks::lock_client(id + 1, urls, log, stop, 3000 + id))
+        })
+        .collect();
+    lockers.push({
+        let (urls, log, stop) = (urls.clone(), lock_log.clone(), stop.clone());
+        std::thread::spawn(move || locks::lease_observer(urls, log, stop))
+    });
+    // Should the run panic, every thread above is told to stop all the same.
+    let _stop_on_exit = StopOnExit(vec![stop.clone(), give_up.clone()]);
     let started = Instant::now();
     let mut lines = FaultLog(Vec::new());
     while schedule(&mut c, &faults, &rec, &mut lines.0) {}
     faults.heal();
     stop.store(true, Ordering::Relaxed);
-    for t in clients {
+    for t in clients.into_iter().chain(lockers) {
         let _ = t.join();
     }
     // Everyone back, then a final linearizable read of every key, recorded too.
@@ -811,6 +844,10 @@ fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
         }
     }
     let final_leader = c.wait_leader(RECOVERY_LIMIT).0;
+    // From here every lease whose keep-alives stopped must go within the bound: the locks' check
+    // watches them go first, before anything else takes time.
+    let final_leader_at = Instant::now();
+    let (lock_problems, lock_report) = locks::check(&lock_log, &urls, final_leader_at);
     let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
     for key in 0..KEYS {
         let _ = read(&http, &c.members[final_leader].client_url(), key, ReadMode::Linearizable, &rec, 0);
@@ -835,6 +872,8 @@ fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
         Verdict::Violation { partition: "the bank's total".to_string(), operations: broken }
     } else if !watch_problems.is_empty() {
         Verdict::Violation { partition: "the watchers' history".to_string(), operations: watch_problems }
+    } else if !lock_problems.is_empty() {
+        Verdict::Violation { partition: "the locks' mutual exclusion".to_string(), operations: lock_problems }
     } else {
         check_registers(&ops, CHECK_BUDGET)
     };
@@ -853,6 +892,7 @@ fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
     ));
     report.push_str(&format!("outcomes: {counts:?}\n"));
     report.push_str(&watch_report);
+    report.push_str(&lock_report);
     for l in &lines.0 {
         report.push_str(&format!("  {l}\n"));
     }

@@ -11,6 +11,7 @@ mod nft;
 mod require;
 mod watch_api;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -990,6 +991,82 @@ fn bench_load_of_a_key_range(target: &str, endpoints: &[String], conns: &str) {
     assert_eq!((report["requests"].as_u64(), report["errors"].as_u64()), (Some(300), Some(0)), "{target}: {report}");
 }
 
+/// One `kuberaft bench` run of a lease scenario (8 workers) against `target`, which must count
+/// no error: its JSON report.
+fn bench_lease_run(target: &str, endpoints: &[String], conns: &str, scenario: &str, extra: &[&str]) -> Value {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+        .args(["bench", "--target", target, "--endpoints", &endpoints.join(","), "--scenario", scenario])
+        .args(["--clients", "8", "--conns", conns, "-w", "json", "--quiet"])
+        .args(extra)
+        .output()
+        .expect("run kuberaft bench");
+    assert!(output.status.success(), "{target} {scenario}: {}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["scenario"], scenario, "{report}");
+    assert_eq!(report["errors"], 0, "{target} {scenario}: {report}");
+    assert_eq!(report["leases"]["revoke_errors"], json!([]), "{target} {scenario}: {report}");
+    report
+}
+
+/// The lease scenarios of `kuberaft bench` (issue 14) against `target`, whose leases `leases`
+/// lists as the cluster sees them: `lease-grant` grants one lease per request (the cluster lists
+/// each) and revokes them after the run unless `--keep-leases`; `lease-keepalive` grants one
+/// lease per worker and really renews it: leases of 4 s outlive a 10 s run, while one granted
+/// with them and not renewed expires.
+fn bench_leases(target: &str, endpoints: &[String], conns: &str, leases: &dyn Fn() -> BTreeSet<i64>) {
+    let new_since = |before: &BTreeSet<i64>| leases().difference(before).copied().collect::<BTreeSet<i64>>();
+    let before = leases();
+    let report = bench_lease_run(
+        target,
+        endpoints,
+        conns,
+        "lease-grant",
+        &["--total", "200", "--lease-ttl", "600", "--keep-leases"],
+    );
+    assert_eq!((report["requests"].as_u64(), report["leases"]["granted"].as_u64()), (Some(200), Some(200)), "{report}");
+    assert_eq!(report["leases"]["revoked"], 0, "{report}");
+    // (etcd lists the leases of the member asked, which may apply a moment after the leader.)
+    wait_for("the cluster lists the 200 leases granted", ELECTION, || (new_since(&before).len() == 200).then_some(()));
+    let before = leases();
+    let report = bench_lease_run(target, endpoints, conns, "lease-grant", &["--total", "200", "--lease-ttl", "600"]);
+    assert_eq!((report["requests"].as_u64(), report["leases"]["revoked"].as_u64()), (Some(200), Some(200)), "{report}");
+    wait_for("the leases of a run without --keep-leases are revoked after it", ELECTION, || {
+        (leases() == before).then_some(())
+    });
+    let report =
+        bench_lease_run(target, endpoints, conns, "lease-keepalive", &["--total", "300", "--lease-ttl", "600"]);
+    assert_eq!((report["requests"].as_u64(), report["leases"]["granted"].as_u64()), (Some(300), Some(8)), "{report}");
+    assert_eq!(report["leases"]["revoked"], 8, "{report}");
+    wait_for("the workers' leases are revoked after the run", ELECTION, || (leases() == before).then_some(()));
+    // A lease of 4 s granted and left alone, then 8 of 4 s kept alive for 10 s.
+    let control = bench_lease_run(
+        target,
+        endpoints,
+        conns,
+        "lease-grant",
+        &["--total", "1", "--lease-ttl", "4", "--keep-leases"],
+    );
+    assert_eq!(control["leases"]["granted"], 1, "{control}");
+    let control =
+        wait_for("the control lease is listed", ELECTION, || Some(new_since(&before)).filter(|c| c.len() == 1));
+    let before = leases();
+    let report = bench_lease_run(
+        target,
+        endpoints,
+        conns,
+        "lease-keepalive",
+        &["--duration", "10", "--lease-ttl", "4", "--keep-leases"],
+    );
+    let kept = new_since(&before);
+    assert_eq!(kept.len(), 8, "{target}: the 8 leases renewed for 10 s outlive their TTL of 4 s: {report}");
+    assert!(report["requests"].as_u64().unwrap_or(0) >= 8, "{report}");
+    // Expiry works on this cluster: the control lease (and, once no longer renewed, the others) go.
+    wait_for("the leases no longer renewed expire", ELECTION, || {
+        let now = leases();
+        (now.is_disjoint(&control) && now.is_disjoint(&kept)).then_some(())
+    });
+}
+
 /// `kuberaft bench` against a real 3-member cluster: every scenario counts every request, finds
 /// no errors, reports ordered percentiles, really writes what it says (the preloaded keys are
 /// there, with values of the asked size), and its compare-and-swap workers never conflict (each
@@ -1013,6 +1090,11 @@ fn bench_counts_every_request_and_writes_what_it_reports() {
         let expected = if (1000..1300).contains(&k) { (200, 100) } else { (404, value.len()) };
         assert_eq!((status, value.len()), expected, "key {k:08}");
     }
+    bench_leases("kuberaft", &endpoints, "4", &|| {
+        let (status, answer) = mvcc_api::post(&c, 0, "/v1/lease/leases", &json!({}));
+        assert_eq!(status, 200, "{answer}");
+        answer["leases"].as_array().expect("leases").iter().map(|l| l["ID"].as_i64().expect("an ID")).collect()
+    });
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
         .args(["bench", "--target", "etcd", "--endpoints", "http://127.0.0.1:1", "--total", "1"])
         .output()
@@ -1081,6 +1163,16 @@ fn bench_drives_etcd_through_its_grpc_api() {
     assert_eq!(keys, 50, "{}", String::from_utf8_lossy(&listed.stdout));
     let value = etcdctl(&["get", "00000007", "--print-value-only"]).expect("etcdctl");
     assert_eq!(String::from_utf8_lossy(&value.stdout).trim_end().len(), 100);
+    // `etcdctl lease list`: "found N leases", then one hex id a line.
+    bench_leases("etcd", &endpoints, "2", &|| {
+        let listed = etcdctl(&["lease", "list"]).expect("etcdctl");
+        assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+        let text = String::from_utf8_lossy(&listed.stdout).to_string();
+        let ids: BTreeSet<i64> =
+            text.lines().skip(1).map(|l| i64::from_str_radix(l.trim(), 16).expect("a hex lease id")).collect();
+        assert_eq!(text.lines().next(), Some(format!("found {} leases", ids.len()).as_str()), "{text}");
+        ids
+    });
 }
 
 /// Issue 11, must show 1: the leader's data directory is wiped while it is down, and it restarts

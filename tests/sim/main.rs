@@ -35,10 +35,24 @@
 //! (`check::linearizability::check_store`). Past its search budget the check says unknown,
 //! which fails the seed as well.
 //!
+//! Leases (issue 14) run on simulated time: every member has the node's own lessor
+//! (`node::lessor::Lessor`), promoted by the node's rule (leading, and an entry of its term
+//! applied) and demoted when it stops leading; it is volatile (rebuilt from the state machine
+//! on restart and snapshot). Two lease clients grant 1 s leases (the minimum for the simulated
+//! election timeout), renew them through ReadIndex as the node's keep-alive does (a renewal
+//! that finds a checkpoint clears it through the log before it answers), revoke them, and walk
+//! away from them. The leader proposes the revokes of expired leases and checkpoints every
+//! 200 ms. Checked: **lease safety**, no member applies the expiry of a lease before the
+//! validity its client was told (the send time of its last acknowledged keep-alive + TTL);
+//! **lease liveness**, once faults stop, every lease is revoked within TTL + the election
+//! timeout (+100 ms for the commit) of a leader taking office.
+//!
 //! `planted_bugs_are_caught` plants each bug of `BUGS` in turn and requires a seed that fails
-//! with the failure it should cause: each of `raft::PlantedBug`, and three of the simulator's
-//! own (a txn that applies only its first put, a txn that applies despite a failed compare,
-//! a read-all answered from a member's applied state without ReadIndex).
+//! with the failure it should cause: each of `raft::PlantedBug`, three of the simulator's own
+//! (a txn that applies only its first put, a txn that applies despite a failed compare, a
+//! read-all answered from a member's applied state without ReadIndex), and each of
+//! `node::lessor::LeaseBug` (a renewal that keeps the checkpointed remainder, a renewal of a
+//! lease past its deadline, a checkpoint that records the promotion's extension).
 //!
 //! `SIM_SEEDS=N` runs N seeds (default 2000), `SIM_SEED=S` replays one seed alone,
 //! `SIM_TRACE=1` prints its events (with each command as it is first applied), `SIM_BUG=<name>`
@@ -55,8 +69,10 @@ use bytes::Bytes;
 use kuberaft::base::rng::Rng;
 use kuberaft::check::linearizability::{check_store, Operation, StoreInput, StoreOutput, StoreState, Verdict};
 use kuberaft::node::join::{decide_existing, Decision, Joiner, PeerMember, PeerView};
+use kuberaft::node::lessor::{LeaseBug, Lessor};
 use kuberaft::raft::*;
 use kuberaft::store::claim::{check_claim, MemberState};
+use kuberaft::store::mvcc::Lease;
 
 const TICK_MS: u64 = 10;
 /// Keys 0..KEYS take puts, gets and CAS.
@@ -74,6 +90,15 @@ const MAX_MEMBERS: usize = 7;
 const JOIN_EVERY_MS: u64 = 50;
 /// A recorded join that has not applied within this is asked for again.
 const CLAIM_TIMEOUT_MS: u64 = 1_000;
+/// Lease clients, each holding at most one lease at a time.
+const LEASE_CLIENTS: usize = 2;
+/// The TTL every lease is granted with: the minimum the node allows for the simulator's
+/// election timeout (1.5 × 300 ms, in whole seconds).
+const LEASE_TTL_S: i64 = 1;
+/// How often the leader checkpoints remaining TTLs: short, so that most leases carry one.
+const LEASE_CHECKPOINT_MS: u64 = 200;
+/// Read contexts at and above this are a lease keep-alive's, below it a client read's.
+const LEASE_CTX: u64 = 1 << 40;
 
 type Op = Operation<StoreInput<u8>, StoreOutput>;
 
@@ -101,17 +126,32 @@ struct Store {
     revision: u64,
     /// key -> (value, mod_revision)
     keys: BTreeMap<u8, (u64, u64)>,
+    /// lease id -> (granted TTL in s, checkpointed remaining TTL in ms, 0: none), as the
+    /// node's state machine holds them. Leases carry no keys here, so they move no revision.
+    leases: BTreeMap<i64, (i64, i64)>,
 }
 
 impl Store {
     fn initial() -> Store {
-        Store { revision: 1, keys: ACCOUNTS.iter().map(|a| (*a, (OPENING_BALANCE, 1))).collect() }
+        Store {
+            revision: 1,
+            keys: ACCOUNTS.iter().map(|a| (*a, (OPENING_BALANCE, 1))).collect(),
+            leases: BTreeMap::new(),
+        }
     }
 
     /// The checker's model of the initial store.
     fn model() -> StoreState<u8> {
         let initial = Store::initial();
         StoreState { revision: initial.revision, keys: initial.keys }
+    }
+
+    /// The leases as the node's state machine lists them.
+    fn lease_list(&self) -> Vec<Lease> {
+        self.leases
+            .iter()
+            .map(|(id, (ttl, remaining_ms))| Lease { id: *id, ttl: *ttl, remaining_ms: *remaining_ms })
+            .collect()
     }
 
     fn read(&self, keys: &[u8]) -> StoreOutput {
@@ -182,6 +222,20 @@ enum Command<'a> {
     /// Changes nothing: the entry that proves a commit once faults stop. Not a store write, so
     /// it moves no revision under reads still in flight.
     Marker,
+    /// The node's `Command::LeaseGrant` (refused when the id exists).
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// The node's `Command::LeaseRevoke`: proposed by a client, or by the leader on expiry.
+    LeaseRevoke {
+        id: i64,
+    },
+    /// The node's `Command::LeaseCheckpoint` of one lease (remaining 0 clears it).
+    LeaseCheckpoint {
+        id: i64,
+        remaining_ms: i64,
+    },
 }
 
 /// A client's next steps: a transfer or CAS reads first, then sends its txn.
@@ -207,6 +261,8 @@ enum Bug {
     /// A read-all of the accounts is answered at once from the member's applied state,
     /// without ReadIndex (a serializable read passed off as linearizable).
     StaleReadAll,
+    /// A bug of the lessor (`node::lessor::LeaseBug`).
+    Lease(LeaseBug),
 }
 
 struct SimNode {
@@ -223,6 +279,41 @@ struct SimNode {
     joined: BTreeSet<NodeId>,
     /// A member with empty data that has not started yet: it joins as `node::join` decides.
     joining: Option<Joining>,
+    /// The node's lessor (volatile: rebuilt from the store on restart and snapshot), and the
+    /// term in which it was promoted.
+    lessor: Lessor,
+    leading: Option<Term>,
+    /// Lease requests under way on this member.
+    lease_waits: Vec<LeaseWait>,
+}
+
+/// A lease request under way on a member, for lease client `client`.
+#[derive(Clone, Debug)]
+struct LeaseWait {
+    client: usize,
+    lease: i64,
+    /// When the client sent it: what its validity counts from.
+    sent: u64,
+    step: LeaseStep,
+}
+
+#[derive(Clone, Debug)]
+enum LeaseStep {
+    /// A grant proposed at (index, term).
+    Grant(Index, Term),
+    /// A revoke proposed at (index, term).
+    Revoke(Index, Term),
+    /// A keep-alive waiting for its read index (`None` until the ReadIndex round answers).
+    Confirm(u64, Option<Index>),
+    /// A keep-alive waiting for the clearing of a checkpoint proposed at (index, term).
+    Clear(Index, Term),
+}
+
+/// A lease client: the lease it holds and until when it believes it valid.
+#[derive(Clone, Debug, Default)]
+struct LeaseClient {
+    lease: Option<i64>,
+    busy: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -243,6 +334,7 @@ enum Event {
     Nemesis,
     Sweep,
     Join(NodeId),
+    LeaseClient(usize),
 }
 
 struct Scheduled {
@@ -304,6 +396,12 @@ struct Stats {
     joins: usize,
     replacements: usize,
     recovery_ms: u64,
+    leases_granted: usize,
+    keep_alives: usize,
+    /// Leases revoked by their leader's expiry (not by a client).
+    leases_expired: usize,
+    leases_abandoned: usize,
+    checkpoints: usize,
 }
 
 struct Sim {
@@ -343,6 +441,13 @@ struct Sim {
     plans: Vec<Option<Plan>>,
     /// Members whose disk has held data: none may be admitted again with empty data.
     used: BTreeSet<NodeId>,
+    lease_clients: Vec<LeaseClient>,
+    next_lease: i64,
+    /// Per lease: until when a client was told it lives (its last acknowledged keep-alive's
+    /// send time + TTL). No member may apply its revoke before then, but the client's own.
+    validity: BTreeMap<i64, u64>,
+    /// Leases revoked by their client: (id).
+    client_revoked: BTreeSet<i64>,
 }
 
 fn digest(payload: &EntryPayload) -> u64 {
@@ -371,6 +476,20 @@ fn encode_command(cmd: Command) -> Bytes {
             b.extend_from_slice(&id.to_le_bytes());
         }
         Command::Marker => b.push(3),
+        Command::LeaseGrant { id, ttl } => {
+            b.push(4);
+            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&ttl.to_le_bytes());
+        }
+        Command::LeaseRevoke { id } => {
+            b.push(5);
+            b.extend_from_slice(&id.to_le_bytes());
+        }
+        Command::LeaseCheckpoint { id, remaining_ms } => {
+            b.push(6);
+            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&remaining_ms.to_le_bytes());
+        }
     }
     b.into()
 }
@@ -403,6 +522,10 @@ impl<'a> Reader<'a> {
         Some(u64::from_le_bytes(bytes.try_into().ok()?))
     }
 
+    fn i64(&mut self) -> Option<i64> {
+        self.u64().map(|v| v as i64)
+    }
+
     fn pairs(&mut self) -> Option<Pairs<'a>> {
         let n = self.u8()? as usize;
         let (pairs, rest) = self.0.split_at_checked(n * 9)?;
@@ -418,6 +541,9 @@ fn decode_command(data: &[u8]) -> Option<Command<'_>> {
         1 => Command::Txn { compares: r.pairs()?, puts: r.pairs()? },
         2 => Command::Join(r.u64()?),
         3 => Command::Marker,
+        4 => Command::LeaseGrant { id: r.i64()?, ttl: r.i64()? },
+        5 => Command::LeaseRevoke { id: r.i64()? },
+        6 => Command::LeaseCheckpoint { id: r.i64()?, remaining_ms: r.i64()? },
         _ => return None,
     };
     r.0.is_empty().then_some(cmd)
@@ -435,6 +561,12 @@ fn encode_image(store: &Store, joined: &BTreeSet<NodeId>) -> Bytes {
         b.extend_from_slice(&value.to_le_bytes());
         b.extend_from_slice(&modified.to_le_bytes());
     }
+    b.extend_from_slice(&(store.leases.len() as u64).to_le_bytes());
+    for (id, (ttl, remaining)) in &store.leases {
+        for x in [id, ttl, remaining] {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+    }
     for id in joined {
         b.extend_from_slice(&id.to_le_bytes());
     }
@@ -443,15 +575,24 @@ fn encode_image(store: &Store, joined: &BTreeSet<NodeId>) -> Bytes {
 
 fn decode_image(data: &[u8]) -> Option<Image> {
     let mut r = Reader(data);
-    let mut store = Store { revision: r.u64()?, keys: BTreeMap::new() };
+    let mut store = Store { revision: r.u64()?, keys: BTreeMap::new(), leases: BTreeMap::new() };
     for _ in 0..r.u64()?.min(256) {
         store.keys.insert(r.u8()?, (r.u64()?, r.u64()?));
+    }
+    for _ in 0..r.u64()?.min(1 << 20) {
+        store.leases.insert(r.i64()?, (r.i64()?, r.i64()?));
     }
     let mut joined = BTreeSet::new();
     while !r.0.is_empty() {
         joined.insert(r.u64()?);
     }
     Some((store, joined))
+}
+
+/// The lessor's extension on promotion, as the node's (`RaftLoop::lease_extend_ms`): the
+/// longest election timeout.
+fn lease_extend_ms() -> u64 {
+    u64::from(Config::new(1).election_timeout_max_ticks) * TICK_MS
 }
 
 fn url(id: NodeId) -> String {
@@ -499,6 +640,10 @@ impl Sim {
             bug,
             plans: vec![None; CLIENTS],
             used: BTreeSet::new(),
+            lease_clients: vec![LeaseClient::default(); LEASE_CLIENTS],
+            next_lease: 1,
+            validity: BTreeMap::new(),
+            client_revoked: BTreeSet::new(),
         };
         let voters: Vec<(NodeId, Bytes)> = (1..=members).map(|id| (id, Bytes::new())).collect();
         let initial = InitialState::bootstrap(&voters);
@@ -509,6 +654,10 @@ impl Sim {
         for c in 0..CLIENTS {
             let at = sim.rng.range(0, 100);
             sim.schedule(at, Event::Client(c));
+        }
+        for c in 0..LEASE_CLIENTS {
+            let at = sim.rng.range(0, 300);
+            sim.schedule(at, Event::LeaseClient(c));
         }
         sim.schedule(100, Event::Nemesis);
         sim.schedule(100, Event::Sweep);
@@ -542,6 +691,9 @@ impl Sim {
                 compact_every,
                 joined: BTreeSet::new(),
                 joining: None,
+                lessor: self.new_lessor(),
+                leading: None,
+                lease_waits: Vec::new(),
             },
         );
         let phase = self.rng.range(1, TICK_MS + 1);
@@ -626,6 +778,7 @@ impl Sim {
                 if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
                     raw.tick();
                     self.process(id)?;
+                    self.lease_duties(id)?;
                 }
                 if self.nodes.contains_key(&id) {
                     self.schedule(TICK_MS, Event::Tick(id));
@@ -642,6 +795,7 @@ impl Sim {
                 }
             }
             Event::Client(c) => self.client_op(c)?,
+            Event::LeaseClient(c) => self.lease_client(c)?,
             Event::Nemesis => {
                 self.nemesis()?;
                 let after = self.rng.range(30, 400);
@@ -649,6 +803,7 @@ impl Sim {
             }
             Event::Sweep => {
                 self.sweep();
+                self.sweep_leases();
                 self.schedule(100, Event::Sweep);
             }
             Event::Join(id) => {
@@ -676,6 +831,7 @@ impl Sim {
     /// Runs a member's Ready loop: persist, send, apply, advance — checking invariants.
     fn process(&mut self, id: NodeId) -> SimResult<()> {
         for _ in 0..1000 {
+            self.lease_role(id);
             let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
             let Some(raw) = node.raw.as_mut() else { return Ok(()) };
             if !raw.has_ready() {
@@ -735,15 +891,36 @@ impl Sim {
                 if let Some(r) = node.reads.iter_mut().find(|r| r.op as u64 == rs.ctx) {
                     r.index = Some(rs.index);
                 }
+                for w in &mut node.lease_waits {
+                    if let LeaseStep::Confirm(ctx, index) = &mut w.step {
+                        if *ctx == rs.ctx {
+                            *index = Some(rs.index);
+                        }
+                    }
+                }
             }
-            let aborted: Vec<usize> = rd.aborted_reads.iter().map(|c| *c as usize).collect();
+            let aborted: Vec<usize> =
+                rd.aborted_reads.iter().filter(|c| **c < LEASE_CTX).map(|c| *c as usize).collect();
             node.reads.retain(|r| !aborted.contains(&r.op));
+            let mut lease_aborted = Vec::new();
+            node.lease_waits.retain(|w| match w.step {
+                LeaseStep::Confirm(ctx, _) if rd.aborted_reads.contains(&ctx) => {
+                    lease_aborted.push(w.client);
+                    false
+                }
+                _ => true,
+            });
             let Some(raw) = node.raw.as_mut() else { return Ok(()) };
             raw.advance();
             for op in aborted {
                 self.fail_op(op);
             }
+            for client in lease_aborted {
+                self.lease_done(client);
+            }
+            self.lease_role(id);
             self.serve_reads(id)?;
+            self.serve_keep_alives(id)?;
             self.record_commits(id)?;
             self.maybe_compact(id);
         }
@@ -765,6 +942,8 @@ impl Sim {
         node.store = store;
         node.joined = joined;
         node.applied = index;
+        let leases = node.store.lease_list();
+        node.lessor.load(&leases, self.now, lease_extend_ms());
         node.seen_commit = node.seen_commit.max(index);
         self.stats.snapshots_installed += 1;
         self.log(|| format!("n{id} installed snapshot at {index}"));
@@ -797,6 +976,8 @@ impl Sim {
         let mut claim = None;
         // What a client's write at this index is told.
         let mut result = None;
+        // A lease revoked at this index (its client's, or an expiry).
+        let mut revoked = None;
         match &entry.payload {
             EntryPayload::Command(data) => match decode_command(data).ok_or("undecodable command")? {
                 Command::Join(claimed) => {
@@ -817,6 +998,26 @@ impl Sim {
                 Command::Put { key, value } => result = Some(node.store.put(key, value)),
                 Command::Txn { compares, puts } => result = Some(node.store.txn(compares, puts, self.bug)),
                 Command::Marker => {}
+                // The node's state machine rules for leases (`store::mvcc` engine) and what the
+                // Raft loop tells its lessor (`RaftLoop::note_lease`).
+                Command::LeaseGrant { id: lease, ttl } => {
+                    if let std::collections::btree_map::Entry::Vacant(e) = node.store.leases.entry(lease) {
+                        e.insert((ttl, 0));
+                        node.lessor.granted(lease, ttl, self.now);
+                    }
+                }
+                Command::LeaseRevoke { id: lease } => {
+                    if node.store.leases.remove(&lease).is_some() {
+                        node.lessor.revoked(lease);
+                        revoked = Some(lease);
+                    }
+                }
+                Command::LeaseCheckpoint { id: lease, remaining_ms } => {
+                    if let Some((_, remaining)) = node.store.leases.get_mut(&lease) {
+                        *remaining = remaining_ms.max(0);
+                        node.lessor.checkpointed(lease, remaining_ms);
+                    }
+                }
             },
             EntryPayload::ConfChange(cc) if cc.kind == ConfChangeKind::Remove => {
                 node.joined.remove(&cc.node_id);
@@ -824,7 +1025,7 @@ impl Sim {
             _ => {}
         }
         if first && self.trace {
-            if let (EntryPayload::Command(data), Some(result)) = (&entry.payload, &result) {
+            if let EntryPayload::Command(data) = &entry.payload {
                 let command = decode_command(data);
                 self.log(|| format!("n{id} applies {} first: {command:?} -> {result:?}", entry.index));
             }
@@ -839,6 +1040,23 @@ impl Sim {
                 }
             }
         }
+        if let Some(lease) = revoked {
+            // Lease safety: an expiry never comes before the validity its client was told.
+            let told = self.validity.get(&lease).copied().unwrap_or(0);
+            if !self.client_revoked.contains(&lease) {
+                if told > self.now {
+                    return Err(format!(
+                        "lease safety: lease {lease} expired early: n{id} applied its revoke at {} ms, but a keep-alive \
+                         told its client it lives until {told} ms",
+                        self.now
+                    ));
+                }
+                if first {
+                    self.stats.leases_expired += 1;
+                }
+            }
+        }
+        self.lease_applied(id, entry)?;
         let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
         // Complete (or fail) the write proposed at this index on this member.
         let mut finished = Vec::new();
@@ -1210,14 +1428,308 @@ impl Sim {
         }
     }
 
+    // ----- leases -----
+
+    fn lease_bug(&self) -> Option<LeaseBug> {
+        match self.bug {
+            Some(Bug::Lease(b)) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn new_lessor(&self) -> Lessor {
+        let mut lessor = Lessor::new(LEASE_CHECKPOINT_MS);
+        lessor.planted = self.lease_bug();
+        lessor
+    }
+
+    /// The node's rule (`RaftLoop::publish`): the lessor is promoted while the member leads and
+    /// has applied an entry of its term, demoted otherwise.
+    fn lease_role(&mut self, id: NodeId) {
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        let leads = node.raw.as_ref().and_then(|raw| node.lessor.primary_term(&raw.raft));
+        if leads != node.leading {
+            if self.trace {
+                println!("{now:>6}ms n{id} lessor {}", if leads.is_some() { "promoted" } else { "demoted" });
+            }
+            match leads {
+                Some(_) => node.lessor.promote(now, lease_extend_ms()),
+                None => node.lessor.demote(),
+            }
+            node.leading = leads;
+        }
+    }
+
+    /// The leader's lease duties (`RaftLoop::lease_tick`): propose the revokes of expired
+    /// leases and the checkpoints that are due.
+    fn lease_duties(&mut self, id: NodeId) -> SimResult<()> {
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        if node.leading.is_none() {
+            return Ok(());
+        }
+        let expired = node.lessor.expired(now, 100);
+        let due = node.lessor.checkpoints_due(now, 100);
+        let mut proposed = false;
+        if !expired.is_empty() {
+            self.log(|| format!("n{id} proposes the expiry of {expired:?}"));
+        }
+        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        let Some(raw) = node.raw.as_mut() else { return Ok(()) };
+        for lease in expired {
+            if raw.raft.propose(encode_command(Command::LeaseRevoke { id: lease })).is_ok() {
+                node.lessor.revoke_proposed(lease, now);
+                proposed = true;
+            }
+        }
+        for (lease, remaining_ms) in due {
+            proposed |= raw.raft.propose(encode_command(Command::LeaseCheckpoint { id: lease, remaining_ms })).is_ok();
+            self.stats.checkpoints += 1;
+        }
+        if proposed {
+            self.process(id)?;
+        }
+        Ok(())
+    }
+
+    /// A lease client's next request: a grant when it holds no lease; otherwise mostly a
+    /// keep-alive, sometimes a revoke, and sometimes it walks away from its lease (stops
+    /// renewing without revoking: the leader must expire it).
+    fn lease_client(&mut self, client: usize) -> SimResult<()> {
+        if !self.clients_on || self.lease_clients[client].busy.is_some() {
+            return Ok(());
+        }
+        let leaders: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.raw.as_ref().is_some_and(|r| r.raft.role() == Role::Leader))
+            .map(|(id, _)| *id)
+            .collect();
+        let target =
+            if !leaders.is_empty() && self.rng.chance(0.8) { self.pick(&leaders) } else { self.pick(&self.live()) };
+        let sent = self.now;
+        let held = self.lease_clients[client].lease;
+        let choice = self.rng.range(0, 100);
+        if held.is_some() && choice < 4 {
+            self.lease_clients[client].lease = None;
+            self.stats.leases_abandoned += 1;
+            self.log(|| format!("lease client {client} walks away from lease {held:?}"));
+            return self.lease_retry(client);
+        }
+        let lease = match held {
+            Some(lease) => lease,
+            None => {
+                self.next_lease += 1;
+                self.next_lease
+            }
+        };
+        self.seq += 1;
+        let ctx = LEASE_CTX + self.seq;
+        let id = target.unwrap_or_default();
+        let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) else { return self.lease_retry(client) };
+        let step = match held {
+            None => raw
+                .raft
+                .propose(encode_command(Command::LeaseGrant { id: lease, ttl: LEASE_TTL_S }))
+                .ok()
+                .map(|(i, t)| LeaseStep::Grant(i, t)),
+            Some(_) if choice < 8 => raw
+                .raft
+                .propose(encode_command(Command::LeaseRevoke { id: lease }))
+                .ok()
+                .map(|(i, t)| LeaseStep::Revoke(i, t)),
+            Some(_) => raw.raft.read_index(ctx).ok().map(|_| LeaseStep::Confirm(ctx, None)),
+        };
+        let Some(step) = step else { return self.lease_retry(client) };
+        if matches!(step, LeaseStep::Revoke(..)) {
+            // The client no longer counts on this lease: its revoke may apply at any time.
+            self.client_revoked.insert(lease);
+        }
+        let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
+        node.lease_waits.push(LeaseWait { client, lease, sent, step });
+        self.lease_clients[client].busy = Some(self.now + OP_TIMEOUT_MS);
+        self.process(id)?;
+        self.serve_keep_alives(id)
+    }
+
+    fn lease_retry(&mut self, client: usize) -> SimResult<()> {
+        let after = self.rng.range(5, 30);
+        self.schedule(after, Event::LeaseClient(client));
+        Ok(())
+    }
+
+    /// A request of lease client `client` ended: its next comes after a pause, usually a third
+    /// of the TTL or less, sometimes longer than the TTL.
+    fn lease_done(&mut self, client: usize) {
+        if self.lease_clients[client].busy.take().is_none() {
+            return;
+        }
+        let ttl_ms = LEASE_TTL_S as u64 * 1000;
+        let after =
+            if self.rng.chance(0.05) { self.rng.range(ttl_ms, 2 * ttl_ms) } else { self.rng.range(10, ttl_ms / 3) };
+        self.schedule(after, Event::LeaseClient(client));
+    }
+
+    /// A keep-alive acknowledged to its client: it counts its lease valid until the request's
+    /// send time + TTL (what a careful client assumes).
+    fn lease_acked(&mut self, w: &LeaseWait) {
+        let until = w.sent + LEASE_TTL_S as u64 * 1000;
+        self.log(|| format!("lease client {} told lease {} lives until {until} ms ({:?})", w.client, w.lease, w.step));
+        let v = self.validity.entry(w.lease).or_insert(0);
+        *v = (*v).max(until);
+        self.lease_clients[w.client].lease = Some(w.lease);
+        self.lease_done(w.client);
+    }
+
+    /// The keep-alives whose leadership check this member has applied past: renewed now
+    /// (`NodeHandle::lease_keep_alive`), answered at once or after the clearing of a checkpoint.
+    fn serve_keep_alives(&mut self, id: NodeId) -> SimResult<()> {
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        let applied = node.applied;
+        let ready: Vec<LeaseWait> = node
+            .lease_waits
+            .iter()
+            .filter(|w| matches!(w.step, LeaseStep::Confirm(_, Some(index)) if index <= applied))
+            .cloned()
+            .collect();
+        node.lease_waits.retain(|w| !matches!(w.step, LeaseStep::Confirm(_, Some(index)) if index <= applied));
+        let mut clear = false;
+        let mut outcomes = Vec::new();
+        for mut w in ready {
+            match node.lessor.renew(w.lease, now) {
+                // Not found (or expired) on the leader: the lease is gone for the client.
+                None if node.lessor.is_primary() => {
+                    self.lease_clients[w.client].lease = None;
+                    outcomes.push((w, false));
+                }
+                None => outcomes.push((w, false)),
+                Some(renewal) if renewal.clear_checkpoint => {
+                    let Some(raw) = node.raw.as_mut() else { continue };
+                    let cmd = Command::LeaseCheckpoint { id: w.lease, remaining_ms: 0 };
+                    match raw.raft.propose(encode_command(cmd)) {
+                        Ok((i, t)) => {
+                            w.step = LeaseStep::Clear(i, t);
+                            node.lease_waits.push(w);
+                            clear = true;
+                        }
+                        Err(_) => outcomes.push((w, false)),
+                    }
+                }
+                Some(_) => outcomes.push((w, true)),
+            }
+        }
+        for (w, ok) in outcomes {
+            if ok {
+                self.stats.keep_alives += 1;
+                self.lease_acked(&w);
+            } else {
+                self.lease_done(w.client);
+            }
+        }
+        if clear {
+            self.process(id)?;
+        }
+        Ok(())
+    }
+
+    /// The lease requests proposed at this entry on member `id` complete (or fail, when
+    /// another entry took their place).
+    fn lease_applied(&mut self, id: NodeId, entry: &Entry) -> SimResult<()> {
+        let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
+        let mut finished = Vec::new();
+        node.lease_waits.retain(|w| match w.step {
+            LeaseStep::Grant(i, t) | LeaseStep::Revoke(i, t) | LeaseStep::Clear(i, t) if i == entry.index => {
+                finished.push((w.clone(), t == entry.term));
+                false
+            }
+            _ => true,
+        });
+        for (w, ok) in finished {
+            match (&w.step, ok) {
+                (LeaseStep::Grant(..), true) => {
+                    self.stats.leases_granted += 1;
+                    self.lease_acked(&w);
+                }
+                (LeaseStep::Revoke(..), true) => {
+                    self.lease_clients[w.client].lease = None;
+                    self.lease_done(w.client);
+                }
+                (LeaseStep::Clear(..), true) => {
+                    self.stats.keep_alives += 1;
+                    self.lease_acked(&w);
+                }
+                _ => self.lease_done(w.client),
+            }
+        }
+        Ok(())
+    }
+
+    /// Lease requests past their deadline are given up (their outcome unknown to the client).
+    fn sweep_leases(&mut self) {
+        let now = self.now;
+        let overdue: Vec<usize> = (0..LEASE_CLIENTS)
+            .filter(|c| self.lease_clients[*c].busy.is_some_and(|deadline| deadline <= now))
+            .collect();
+        for client in overdue {
+            for node in self.nodes.values_mut() {
+                node.lease_waits.retain(|w| w.client != client);
+            }
+            self.lease_done(client);
+        }
+    }
+
+    /// Once faults stopped, every lease (no client renews any more) must be revoked within its
+    /// TTL and the election timeout after a leader took office, plus a little for the revoke's
+    /// commit: none lives on because of the failovers before. A change of leader (one still
+    /// happens now and then after the faults, a transfer that was under way) starts the count
+    /// again.
+    fn check_lease_expiry(&mut self) -> SimResult<()> {
+        let allowed = LEASE_TTL_S as u64 * 1000 + lease_extend_ms() + 100;
+        let give_up = self.now + 10 * allowed;
+        let mut office = (None, None);
+        let mut since = self.now;
+        while self.now < give_up {
+            let leader = self.leader();
+            let term = leader.and_then(|l| self.nodes.get(&l)).and_then(|n| n.raw.as_ref()).map(|r| r.raft.term());
+            if (leader, term) != office {
+                (office, since) = ((leader, term), self.now);
+            }
+            if let Some(node) = leader.and_then(|l| self.nodes.get(&l)) {
+                if node.store.leases.is_empty() {
+                    return Ok(());
+                }
+                if self.now >= since + allowed {
+                    let left: Vec<i64> = node.store.leases.keys().copied().collect();
+                    return Err(format!(
+                        "lease liveness: leases {left:?} still live {allowed} ms after n{} took office, with no \
+                         client renewing them",
+                        leader.unwrap_or_default()
+                    ));
+                }
+            }
+            let step = self.now + 10;
+            self.run_until(step, |_| false)?;
+        }
+        Err(format!("lease liveness: no leader held office for {allowed} ms after faults stopped"))
+    }
+
     // ----- faults -----
 
     fn crash(&mut self, id: NodeId) {
+        let fresh = self.new_lessor();
         let Some(node) = self.nodes.get_mut(&id) else { return };
         if node.raw.take().is_none() {
             return;
         }
         let ops: Vec<usize> = node.writes.drain(..).map(|w| w.op).chain(node.reads.drain(..).map(|r| r.op)).collect();
+        let lease_clients: Vec<usize> = node.lease_waits.drain(..).map(|w| w.client).collect();
+        node.lessor = fresh;
+        node.leading = None;
+        for client in lease_clients {
+            self.lease_done(client);
+        }
         self.stats.crashes += 1;
         self.log(|| format!("n{id} crashed"));
         for op in ops {
@@ -1240,6 +1752,8 @@ impl Sim {
         };
         node.applied = initial.applied;
         node.seen_commit = initial.hard_state.commit.max(initial.applied);
+        let leases = node.store.lease_list();
+        node.lessor.load(&leases, self.now, lease_extend_ms());
         node.raw = Some(RawNode::new(Raft::new(cfg, initial).map_err(|e| e.to_string())?));
         self.log(|| format!("n{id} restarted"));
         self.process(id)
@@ -1614,6 +2128,10 @@ impl Sim {
     /// entry; then every member must converge.
     fn heal_and_check(&mut self) -> SimResult<()> {
         self.clients_on = false;
+        // The lease clients stop renewing: their requests under way are given up.
+        for node in self.nodes.values_mut() {
+            node.lease_waits.clear();
+        }
         self.net = Net { drop: 0.0, duplicate: 0.0, min_delay: 1, max_delay: 5, blocked: BTreeSet::new() };
         self.queue.retain_nemesis();
         for id in self.crashed() {
@@ -1656,6 +2174,7 @@ impl Sim {
             ));
         }
         self.stats.recovery_ms = self.now - healed_at;
+        self.check_lease_expiry()?;
 
         // Convergence: every member of the leader's configuration applies the same state.
         let end = self.now + CONVERGENCE_MS;
@@ -1760,7 +2279,7 @@ trait RetainNemesis {
 impl RetainNemesis for BinaryHeap<Reverse<Scheduled>> {
     /// Drops the scheduled fault and client events; keeps ticks and messages in flight.
     fn retain_nemesis(&mut self) {
-        self.retain(|Reverse(s)| !matches!(s.event, Event::Nemesis | Event::Client(_)));
+        self.retain(|Reverse(s)| !matches!(s.event, Event::Nemesis | Event::Client(_) | Event::LeaseClient(_)));
     }
 }
 
@@ -1847,6 +2366,11 @@ fn simulate_seeds() {
                 total.power_losses += s.power_losses;
                 total.joins += s.joins;
                 total.replacements += s.replacements;
+                total.leases_granted += s.leases_granted;
+                total.keep_alives += s.keep_alives;
+                total.leases_expired += s.leases_expired;
+                total.leases_abandoned += s.leases_abandoned;
+                total.checkpoints += s.checkpoints;
                 worst_recovery = worst_recovery.max(s.recovery_ms);
             }
             Err(e) => failures.push((*seed, e.clone())),
@@ -1857,7 +2381,8 @@ fn simulate_seeds() {
          {} read-alls, {} transfer txns committed and {} refused, {} CAS swapped and {} refused, {} unknown), \
          {} elections, {} crashes, {} membership changes, {} leader transfers, {} snapshots installed, \
          {} disks lost, {} power losses, {} joins with empty data, {} members replaced; \
-         slowest recovery after faults stopped: {worst_recovery}ms",
+         leases: {} granted, {} keep-alives acknowledged, {} walked away from, {} expired by a leader, \
+         {} checkpoints proposed; slowest recovery after faults stopped: {worst_recovery}ms",
         results.len(),
         began.elapsed().as_secs_f64(),
         total.events,
@@ -1879,6 +2404,18 @@ fn simulate_seeds() {
         total.power_losses,
         total.joins,
         total.replacements,
+        total.leases_granted,
+        total.keep_alives,
+        total.leases_abandoned,
+        total.leases_expired,
+        total.checkpoints,
+    );
+    assert!(
+        count < 1000
+            || [total.leases_granted, total.keep_alives, total.leases_expired, total.checkpoints]
+                .iter()
+                .all(|n| *n > 0),
+        "leases were granted, renewed, checkpointed and expired: {total:?}"
     );
     assert!(
         count < 1000 || (total.disk_losses > 0 && total.power_losses > 0 && total.replacements > 0),
@@ -1905,7 +2442,9 @@ fn simulate_seeds() {
 const NO_ORDER: &str = "linearizability: the whole store has no sequential order";
 
 /// The planted bugs: name, bug, and what the failure it causes may say (any one of them).
-const BUGS: [(&str, Bug, &[&str]); 6] = [
+const EARLY: &str = "expired early";
+
+const BUGS: [(&str, Bug, &[&str]); 9] = [
     ("join-on-followers-word", Bug::Raft(PlantedBug::JoinOnFollowersWord), &["admitted again under its old id"]),
     ("vote-from-empty-log", Bug::Raft(PlantedBug::VoteFromEmptyLog), &["a vote from an empty log"]),
     ("send-term-before-persist", Bug::Raft(PlantedBug::SendTermBeforePersist), &["while its durable term is"]),
@@ -1915,6 +2454,10 @@ const BUGS: [(&str, Bug, &[&str]); 6] = [
     ("txn-ignores-compare", Bug::TxnIgnoresCompare, &["conserved total", NO_ORDER]),
     // Every state a stale read sees conserves the total: only the order catches it.
     ("stale-read-all", Bug::StaleReadAll, &[NO_ORDER]),
+    // A new leader counts from the remaining TTL a checkpoint recorded before the renewal.
+    ("renew-keeps-checkpoint", Bug::Lease(LeaseBug::RenewKeepsCheckpoint), &[EARLY]),
+    ("renews-expired", Bug::Lease(LeaseBug::RenewsExpired), &[EARLY]),
+    ("checkpoint-keeps-extension", Bug::Lease(LeaseBug::CheckpointKeepsExtension), &["lease liveness"]),
 ];
 
 /// `SIM_BUG=<name>` plants one of `BUGS`.
