@@ -144,8 +144,9 @@ struct WholeBodyLimits {
 /// declares more than that is refused before a byte of it is read.
 async fn read_whole_body(State(limits): State<WholeBodyLimits>, request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
-    if parts.uri.path() == "/v1/watch" {
-        // A stream of requests, read as they arrive (`api::watch`), each one bounded.
+    if matches!(parts.uri.path(), "/v1/watch" | "/v1/lease/keepalive") {
+        // A stream of requests, read as they arrive (`api::watch`, `api::lease`), each one
+        // bounded.
         return next.run(Request::from_parts(parts, body)).await;
     }
     let limit = if parts.uri.path() == "/v1/txn" { limits.txn } else { limits.other };
@@ -648,8 +649,24 @@ async fn metrics(State(api): State<Api>) -> Response {
         ("kuberaft_watch_feed_revisions", "Recent revisions held for watchers.", "gauge", feed_revisions as u64),
         ("kuberaft_watch_feed_bytes", "Bytes of recent events held for watchers.", "gauge", feed_bytes as u64),
     ];
+    let leases = crate::node::shared::lock(&api.node.shared.lessor).len() as u64;
+    let lease_series: [(&str, &str, &str, u64); 3] = [
+        ("kuberaft_leases", "Leases in this member's state machine.", "gauge", leases),
+        (
+            "kuberaft_lease_expired_total",
+            "Leases revoked because they expired (proposed by this member while it led).",
+            "counter",
+            counter(&m.leases_expired),
+        ),
+        (
+            "kuberaft_lease_renewals_total",
+            "Keep-alives renewed by this member while it led.",
+            "counter",
+            counter(&m.lease_renewals),
+        ),
+    ];
     let mut out = String::new();
-    for (name, help, kind, value) in series.into_iter().chain(watch_series) {
+    for (name, help, kind, value) in series.into_iter().chain(watch_series).chain(lease_series) {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
     }
     out.push_str("# HELP kuberaft_fsync_seconds Latency of persisting a Ready (write and fsync).\n");

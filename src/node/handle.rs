@@ -249,6 +249,7 @@ impl NodeHandle {
             renewal
         };
         let Some(renewal) = renewal else { return Ok(0) };
+        self.shared.metrics.lease_renewals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if renewal.clear_checkpoint {
             self.propose(&Command::LeaseCheckpoint { checkpoints: vec![(id, 0)] }).await?;
         }

@@ -223,12 +223,23 @@ impl Lessor {
     pub fn remaining_s(&self, id: i64, now_ms: u64) -> Option<i64> {
         let held = self.leases.get(&id)?;
         let deadline = held.deadline_ms?;
-        Some(i64::try_from(deadline.saturating_sub(now_ms).div_ceil(1000)).unwrap_or(i64::MAX))
+        // Whole seconds, rounded down as etcd's (`int64(Remaining().Seconds())`).
+        Some(i64::try_from(deadline.saturating_sub(now_ms) / 1000).unwrap_or(i64::MAX))
     }
 
     /// The TTL lease `id` was granted with.
     pub fn granted_ttl(&self, id: i64) -> Option<i64> {
         self.leases.get(&id).map(|h| h.ttl_s)
+    }
+
+    /// How many leases there are.
+    pub fn len(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// No lease at all.
+    pub fn is_empty(&self) -> bool {
+        self.leases.is_empty()
     }
 
     /// Every lease id.
@@ -301,7 +312,7 @@ mod tests {
         assert_eq!(l.expired(1_000_000, 10), Vec::<i64>::new(), "a follower expires nothing");
         assert_eq!(l.renew(1, 0), None, "a follower renews nothing");
         l.promote(5_000, 300);
-        assert_eq!(l.remaining_s(1, 5_000), Some(11));
+        assert_eq!(l.remaining_s(1, 5_000), Some(10), "10.3 s, rounded down as etcd's");
         assert_eq!(l.expired(15_299, 10), Vec::<i64>::new());
         assert_eq!(l.expired(15_300, 10), vec![1]);
         assert_eq!(l.expired(15_350, 10), vec![1], "named again while its revoke was not proposed");
@@ -341,7 +352,7 @@ mod tests {
         l.promote(10_000, 200);
         assert_eq!(l.expired(12_699, 10), Vec::<i64>::new());
         assert_eq!(l.expired(12_700, 10), vec![1], "2.5 s remaining + 0.2 s extension");
-        assert_eq!(l.remaining_s(2, 10_000), Some(101));
+        assert_eq!(l.remaining_s(2, 10_000), Some(100));
     }
 
     #[test]

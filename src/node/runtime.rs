@@ -274,7 +274,10 @@ impl RaftLoop {
         };
         for id in expired {
             match self.raw.raft.propose(encode(&Command::LeaseRevoke { id })) {
-                Ok(_) => lock(&self.shared.lessor).revoke_proposed(id, ms),
+                Ok(_) => {
+                    lock(&self.shared.lessor).revoke_proposed(id, ms);
+                    self.shared.metrics.leases_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 Err(e) => tracing::debug!("cannot propose the expiry of lease {id:x}: {e:?}"),
             }
         }

@@ -109,6 +109,10 @@ pub struct Metrics {
     pub fsync_micros_sum: AtomicU64,
     pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len()],
     pub snapshots_sent: AtomicU64,
+    /// Leases revoked because they expired (proposed by this member as leader).
+    pub leases_expired: AtomicU64,
+    /// Keep-alives this member renewed as leader.
+    pub lease_renewals: AtomicU64,
     pub snapshots_received: AtomicU64,
     /// The longest one pass of the Raft loop's Ready cycles took (`drive`: persisting, applying,
     /// snapshotting), in microseconds: how long the loop answered nothing, at worst.

@@ -1,7 +1,8 @@
 //! Leases (issue 14) against real 3-member clusters: grant, attach, keep-alive and revoke
 //! through any member; expiry carried out by the leader through the log (every member deletes
 //! the key at the same revision, with a DELETE event); a leader failover neither shortens a
-//! lease nor lets it live on. Blocks 127.123-124.0.0/16.
+//! lease nor lets it live on; the same requests answered as a real etcd 3.4 answers them, side by
+//! side (kuberaft on 127.125, etcd on 127.126). Blocks 127.123-126.0.0/16.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -336,7 +337,9 @@ impl Store {
 /// and of a missing one, the list, revokes of a missing and of a live lease (its key goes), and an
 /// expiry: both delete the lease's keys within TTL + 2 s, in one revision, seen by a watch. The
 /// answers are compared field by field: the header by its revision, int64 strings as numbers,
-/// base64 as text, refusals by etcd's message and gRPC code.
+/// base64 as text, refusals by etcd's message and gRPC code. The remaining TTL is compared within
+/// a second and, when both were asked less than 900 ms after the grant, exactly: etcd rounds it
+/// down, kuberaft (so far) up, and this test fails on that until it is decided.
 #[test]
 fn leases_answer_as_a_real_etcd_does_side_by_side() {
     if !crate::require::available(Command::new("etcd").arg("--version").output().is_ok(), "etcd 3.4 (`etcd`)") {
@@ -383,6 +386,8 @@ fn leases_answer_as_a_real_etcd_does_side_by_side() {
             .filter(|r| r.status().is_success())
     });
     let mut answers: Vec<Vec<(&str, Reply)>> = Vec::new();
+    // Per store: whether its time-to-live of lease 42 came within 900 ms of asking for the grant.
+    let mut prompt: Vec<bool> = Vec::new();
     for (store, ip) in [(Store::Kuberaft, c.members[0].ip.clone()), (Store::Etcd, etcd_ip.to_string())] {
         let http = &c.http;
         let call = |op: &str, body: Value| store.call(http, &ip, op, &body);
@@ -390,6 +395,7 @@ fn leases_answer_as_a_real_etcd_does_side_by_side() {
         // Grants: a chosen id with a TTL below the minimum, and a negative id with a negative TTL
         // (etcd takes any id but 0), both raised to 2 s; the existing id and a TTL over
         // 9,000,000,000 s refused. A revoke of a lease without keys writes no revision.
+        let granting = Instant::now();
         got.push(("grant 42, TTL 1", call("grant", json!({"ID": 42, "TTL": 1}))));
         got.push(("grant 42 again", call("grant", json!({"ID": 42, "TTL": 5}))));
         got.push(("grant TTL 9000000001", call("grant", json!({"ID": 43, "TTL": 9_000_000_001_i64}))));
@@ -400,8 +406,9 @@ fn leases_answer_as_a_real_etcd_does_side_by_side() {
         got.push(("put held with lease 42", call("txn", store.put_body(&["held"], 42))));
         got.push(("range held", call("range", store.range_body("held", "", 0))));
         // Time to live: the remaining TTL counts down on each store's own clock, so it is
-        // compared within a second, apart from the rest of the answer.
+        // compared within a second, apart from the rest of the answer (and exactly below).
         let mut ttl = call("timetolive", json!({"ID": 42, "keys": true}));
+        prompt.push(granting.elapsed() < Duration::from_millis(900));
         let remaining = match &mut ttl {
             Reply::Ok(a) => std::mem::take(&mut a.ttl),
             other => panic!("{store:?} timetolive 42: {other:?}"),
@@ -484,13 +491,30 @@ fn leases_answer_as_a_real_etcd_does_side_by_side() {
             (true, Reply::Ok(a), Reply::Ok(b)) => (a.ttl - b.ttl).abs() <= 1 && a.ttl > 0,
             _ => a == b,
         };
-        eprintln!("TMPDBG {what}:\n  kuberaft {a:?}\n  etcd     {b:?}");
         if !same {
             differences.push(format!("{what}:\n  kuberaft {a:?}\n  etcd     {b:?}"));
         }
     }
     assert_eq!(ours.len(), etcds.len());
-    assert!(differences.is_empty(), "kuberaft answers differently from etcd 3.4:\n{}", differences.join("\n"));
+    // The remaining TTL exactly: etcd 3.4 answers int64(lease.Remaining().Seconds()), whole
+    // seconds rounded down, so a lease of 2 s asked less than a second after its grant shows 1 on
+    // both stores when they round alike. Only when both answers came that soon.
+    let remaining = |answers: &[(&str, Reply)]| {
+        answers.iter().find(|(w, _)| w.starts_with("remaining TTL")).map(|(_, r)| r.answer().ttl).expect("asked")
+    };
+    let (our_remaining, etcd_remaining) = (remaining(ours), remaining(etcds));
+    if prompt.iter().all(|p| *p) {
+        assert_eq!(etcd_remaining, 1, "etcd rounds the remaining 1.x s of lease 42 down");
+        if our_remaining != etcd_remaining {
+            differences.push(format!(
+                "DIFFERENCE remaining TTL of lease 42 (granted 2 s) less than 900 ms after its grant, rounded:\n  \
+                 kuberaft {our_remaining} (Lessor::remaining_s)\n  \
+                 etcd     {etcd_remaining} (int64(Remaining().Seconds()) rounds down)"
+            ));
+        }
+    } else {
+        eprintln!("the remaining TTLs came late ({prompt:?}): compared within a second only");
+    }
     // What the two agreed on is what etcd answers (as checked by hand), not a shared mistake.
     let etcd = |what: &str| etcds.iter().find(|(w, _)| *w == what).map(|(_, r)| r.clone()).expect(what);
     assert_eq!(etcd("grant 42, TTL 1").answer().ttl, 2, "the minimum TTL of a 1 s election timeout");
@@ -507,4 +531,5 @@ fn leases_answer_as_a_real_etcd_does_side_by_side() {
         ),
         "the expiry is one revision, right after the put"
     );
+    assert!(differences.is_empty(), "kuberaft answers differently from etcd 3.4:\n{}", differences.join("\n"));
 }

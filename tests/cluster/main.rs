@@ -7,6 +7,7 @@ mod lease_api;
 mod mvcc_api;
 #[path = "../chaos/nft.rs"]
 mod nft;
+mod recipes;
 #[path = "../support/require.rs"]
 mod require;
 mod watch_api;

@@ -42,6 +42,19 @@ impl RawWatch {
         w
     }
 
+    /// Opens `POST path` on `ip` as a stream and sends `first` as its first request.
+    pub fn open_at(ip: &str, path: &str, first: &Value) -> RawWatch {
+        let mut w = RawWatch::connect(ip, path, "application/x-ndjson", "");
+        w.send(first);
+        w.status = w.read_head();
+        w
+    }
+
+    /// Ends the request body (the answer ends once the server has answered what came).
+    pub fn end_body(&mut self) {
+        self.stream.write_all(b"0\r\n\r\n").expect("end the body");
+    }
+
     /// Opens a stream that sends `requests` and ends its body.
     pub fn open_all(ip: &str, path: &str, requests: &[Value]) -> RawWatch {
         let mut w = RawWatch::connect(ip, path, "application/json", "");
