@@ -47,6 +47,7 @@ fn a_lease_holds_its_key_while_renewed_and_its_expiry_deletes_it_everywhere() {
         &json!({"success": [{"requestPut": {"key": "held", "value": "x", "lease": id}}]}),
     );
     assert_eq!(status, 200, "{answer}");
+    let put_at = answer["header"]["revision"].as_i64().expect("the put's revision");
     let (status, answer) = post(
         &c,
         follower,
@@ -64,7 +65,12 @@ fn a_lease_holds_its_key_while_renewed_and_its_expiry_deletes_it_everywhere() {
         (json!(2), json!([{"key": "held"}])),
         "{answer}"
     );
-    let mut w = RawWatch::open(&c.members[follower].ip, &json!({"createRequest": {"key": "held"}}));
+    // From after the put: the follower may not have applied it yet, and a watch from "now"
+    // there would begin before it.
+    let mut w = RawWatch::open(
+        &c.members[follower].ip,
+        &json!({"createRequest": {"key": "held", "startRevision": put_at + 1}}),
+    );
     assert_eq!(w.next()["created"], true);
     // Renewed every 500 ms for 4 s (twice the TTL): the key stays.
     let started = Instant::now();
