@@ -421,3 +421,47 @@ impl Drop for DiskMount {
         }
     }
 }
+
+/// A real etcd 3.4 of one member on `ip` (the side-by-side tests), answering on its client port
+/// once `start` returns; stopped when dropped, also when the test fails.
+pub struct Etcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts it with `extra` flags and waits (bounded) until its gateway answers a range.
+    pub fn start(ip: &str, extra: &[&str]) -> Etcd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (client, peer) = (format!("http://{ip}:{CLIENT_PORT}"), format!("http://{ip}:{PEER_PORT}"));
+        let child = Command::new("etcd")
+            .args(["--name", "e0", "--data-dir"])
+            .arg(dir.path().join("e0"))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("e0={peer}")])
+            .args(["--logger", "zap", "--log-level", "error"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let etcd = Etcd { child, _dir: dir };
+        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
+        wait_for("etcd to answer", Duration::from_secs(15), || {
+            http.post(format!("{client}/v3/kv/range"))
+                .json(&serde_json::json!({"key": "eA=="}))
+                .send()
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+        etcd
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -4,12 +4,12 @@
 //! lease nor lets it live on; the same requests answered as a real etcd 3.4 answers them, side by
 //! side (kuberaft on 127.125, etcd on 127.126). Blocks 127.123-126.0.0/16.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{wait_for, CLIENT_PORT, PEER_PORT};
+use crate::harness::{wait_for, CLIENT_PORT};
 use crate::mvcc_api::{post, started};
 use crate::watch_api::RawWatch;
 use crate::ELECTION;
@@ -358,39 +358,8 @@ fn leases_answer_as_a_real_etcd_does_side_by_side() {
         ["--election-timeout-ms", "500-1000", "--heartbeat-interval-ms", "100"].map(String::from).to_vec();
     c.bootstrap();
     c.wait_leader(ELECTION);
-    let dir = tempfile::tempdir().expect("tempdir");
     let etcd_ip = "127.126.0.1";
-    struct Killed(Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _etcd = Killed(
-        Command::new("etcd")
-            .args(["--name", "e0", "--data-dir"])
-            .arg(dir.path().join("e0"))
-            .args(["--listen-client-urls", &format!("http://{etcd_ip}:{CLIENT_PORT}")])
-            .args(["--advertise-client-urls", &format!("http://{etcd_ip}:{CLIENT_PORT}")])
-            .args(["--listen-peer-urls", &format!("http://{etcd_ip}:{PEER_PORT}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://{etcd_ip}:{PEER_PORT}")])
-            .args(["--initial-cluster", &format!("e0=http://{etcd_ip}:{PEER_PORT}")])
-            .args(["--election-timeout", "1000", "--heartbeat-interval", "100"])
-            .args(["--logger", "zap", "--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd"),
-    );
-    wait_for("etcd to answer", ELECTION, || {
-        c.http
-            .post(format!("http://{etcd_ip}:{CLIENT_PORT}/v3/kv/range"))
-            .json(&json!({"key": b64("x")}))
-            .send()
-            .ok()
-            .filter(|r| r.status().is_success())
-    });
+    let _etcd = crate::harness::Etcd::start(etcd_ip, &["--election-timeout", "1000", "--heartbeat-interval", "100"]);
     let mut answers: Vec<Vec<(&str, Reply)>> = Vec::new();
     // Per store: whether its time-to-live of lease 42 came within 900 ms of asking for the grant.
     let mut prompt: Vec<bool> = Vec::new();

@@ -760,52 +760,8 @@ fn watches_answer_as_a_real_etcd_does_side_by_side() {
     let mut c = Cluster::new(120, 1);
     c.bootstrap();
     c.wait_leader(ELECTION);
-    let dir = tempfile::tempdir().expect("tempdir");
     let etcd_ip = "127.121.0.1";
-    struct Killed(Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _etcd = Killed(
-        Command::new("etcd")
-            .args(["--name", "e0", "--data-dir"])
-            .arg(dir.path().join("e0"))
-            .args([
-                "--listen-client-urls",
-                &format!("http://{etcd_ip}:2379"),
-                "--advertise-client-urls",
-                &format!("http://{etcd_ip}:2379"),
-            ])
-            .args([
-                "--listen-peer-urls",
-                &format!("http://{etcd_ip}:2380"),
-                "--initial-advertise-peer-urls",
-                &format!("http://{etcd_ip}:2380"),
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("e0=http://{etcd_ip}:2380"),
-                "--logger",
-                "zap",
-                "--log-level",
-                "error",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd"),
-    );
-    wait_for("etcd to answer", ELECTION, || {
-        c.http
-            .post(format!("http://{etcd_ip}:2379/v3/kv/range"))
-            .json(&json!({"key": b64("x")}))
-            .send()
-            .ok()
-            .filter(|r| r.status().is_success())
-    });
+    let _etcd = crate::harness::Etcd::start(etcd_ip, &[]);
     // etcd's gateway answers a watch only once the request body has ended, so each stream
     // sends all its requests at once here.
     let mut answers: Vec<Vec<Answer>> = Vec::new();
