@@ -31,7 +31,7 @@ use axum::Router;
 use bytes::BytesMut;
 use futures::StreamExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
@@ -289,8 +289,11 @@ pub async fn serve(
         let mut stop = stop.clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+            // HTTP/1.1, or HTTP/2 over cleartext when the client opens with its preface (h2c
+            // with prior knowledge, as gRPC clients do; issue 15).
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+            builder.http2().timer(TokioTimer::new());
             let conn = builder.serve_connection(TokioIo::new(tcp), service);
             tokio::pin!(conn);
             let (mut evicted, mut stopping) = (false, false);
