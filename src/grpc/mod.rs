@@ -1,6 +1,8 @@
 //! etcd's v3 gRPC API on the client port (issue 15): the code generated from `proto/` by
 //! build.rs, and the services on the node.
 
+pub mod convert;
+
 /// etcd's `mvccpb` messages.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod mvccpb {
