@@ -6,7 +6,6 @@ pub mod bench;
 pub mod check;
 pub mod cli;
 pub mod client;
-pub mod grpc;
 pub mod http;
 pub mod node;
 pub mod operator;

@@ -1,5 +1,5 @@
-//! etcd's v3 gRPC API on the client port (issue 15): the code generated from `proto/` by
-//! build.rs, and the services on the node.
+//! etcd's v3 gRPC API on the client port (issue 15), in the client API's room beside the
+//! HTTP endpoints: the code generated from `proto/` by build.rs, and the services on the node.
 
 pub mod convert;
 
