@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{wait_for, CLIENT_PORT};
 use crate::mvcc_api::{post, started};
-use crate::watch_api::RawWatch;
+use crate::watch_api::{b64, num, unb64, RawWatch};
 use crate::ELECTION;
 
 fn grant(c: &crate::harness::Cluster, i: usize, ttl: i64) -> i64 {
@@ -193,19 +193,6 @@ impl Reply {
             other => panic!("not an answer: {other:?}"),
         }
     }
-}
-
-fn b64(s: &str) -> String {
-    kuberaft::base::base64::encode_base64(s.as_bytes())
-}
-
-fn unb64(v: &Value) -> String {
-    String::from_utf8(kuberaft::base::base64::decode_base64(v.as_str().unwrap_or("")).expect("base64")).expect("UTF-8")
-}
-
-/// An int64 as either store writes it (number or string); absent is 0.
-fn num(v: &Value) -> i64 {
-    v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or(0)
 }
 
 /// The gRPC code etcd gives kuberaft's code name (etcd's rpctypes: ErrGRPCLeaseNotFound is

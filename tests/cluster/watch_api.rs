@@ -617,15 +617,16 @@ enum Store {
     Etcd,
 }
 
-fn b64(s: &str) -> String {
+pub(crate) fn b64(s: &str) -> String {
     kuberaft::base::base64::encode_base64(s.as_bytes())
 }
 
-fn unb64(v: &Value) -> String {
+pub(crate) fn unb64(v: &Value) -> String {
     String::from_utf8(kuberaft::base::base64::decode_base64(v.as_str().unwrap_or("")).expect("base64")).expect("UTF-8")
 }
 
-fn num(v: &Value) -> i64 {
+/// An int64 as either store writes it (number or string); absent is 0.
+pub(crate) fn num(v: &Value) -> i64 {
     v.as_i64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or(0)
 }
 

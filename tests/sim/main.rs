@@ -1295,18 +1295,27 @@ impl Sim {
         self.plans[client] = Some(Plan::Txn(txn));
     }
 
-    fn client_op(&mut self, client: usize) -> SimResult<()> {
-        if !self.clients_on || self.client_busy[client] {
-            return Ok(());
-        }
+    /// Where a client sends its next request: a leader (any of them, stale ones too) four times
+    /// in five when there is one, otherwise any live member.
+    fn client_target(&mut self) -> Option<NodeId> {
         let leaders: Vec<NodeId> = self
             .nodes
             .iter()
             .filter(|(_, n)| n.raw.as_ref().is_some_and(|r| r.raft.role() == Role::Leader))
             .map(|(id, _)| *id)
             .collect();
-        let target =
-            if !leaders.is_empty() && self.rng.chance(0.8) { self.pick(&leaders) } else { self.pick(&self.live()) };
+        if !leaders.is_empty() && self.rng.chance(0.8) {
+            self.pick(&leaders)
+        } else {
+            self.pick(&self.live())
+        }
+    }
+
+    fn client_op(&mut self, client: usize) -> SimResult<()> {
+        if !self.clients_on || self.client_busy[client] {
+            return Ok(());
+        }
+        let target = self.client_target();
         let op = self.history.len();
         let input = self.next_input(client);
         let stale = self.bug == Some(Bug::StaleReadAll);
@@ -1500,14 +1509,7 @@ impl Sim {
         if !self.clients_on || self.lease_clients[client].busy.is_some() {
             return Ok(());
         }
-        let leaders: Vec<NodeId> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.raw.as_ref().is_some_and(|r| r.raft.role() == Role::Leader))
-            .map(|(id, _)| *id)
-            .collect();
-        let target =
-            if !leaders.is_empty() && self.rng.chance(0.8) { self.pick(&leaders) } else { self.pick(&self.live()) };
+        let target = self.client_target();
         let sent = self.now;
         let held = self.lease_clients[client].lease;
         let choice = self.rng.range(0, 100);
