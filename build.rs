@@ -4,6 +4,6 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(["proto/etcdserverpb/rpc.proto"], ["proto"])?;
-    tonic_prost_build::configure().build_client(false).build_transport(false).compile_fds(descriptors)?;
+    tonic_prost_build::configure().build_client(true).build_transport(false).compile_fds(descriptors)?;
     Ok(())
 }

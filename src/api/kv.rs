@@ -33,7 +33,7 @@ use crate::store::mvcc::{self, MvccError};
 
 /// The most keys a range asks the store for: one more than an answer holds, so that a cut is
 /// seen; the store keeps no more than these in memory, however many keys it ranges over or sorts.
-const ANSWER_KEYS: usize = MAX_LIST_LIMIT + 1;
+pub(super) const ANSWER_KEYS: usize = MAX_LIST_LIMIT + 1;
 
 // ----- errors -----
 
@@ -178,7 +178,7 @@ fn range_request(r: &wire::RangeRequest) -> ApiResult<mvcc::RangeRequest> {
 /// the first `limit + 1` keys (in key order) when the order is NONE and the target is not KEY;
 /// with no limit that is all of them, ascending, so it is asked for as ASCEND; with a limit
 /// above the cap the limit is kept (the answer is cut afterwards).
-fn capped(mut r: mvcc::RangeRequest) -> mvcc::RangeRequest {
+pub(super) fn capped(mut r: mvcc::RangeRequest) -> mvcc::RangeRequest {
     let cap = i64::try_from(MAX_LIST_LIMIT).unwrap_or(i64::MAX);
     let partial_sort = r.sort_order == mvcc::SortOrder::None && r.sort_target != mvcc::SortTarget::Key;
     if r.limit <= 0 {
@@ -312,7 +312,7 @@ pub(super) fn txn_request(t: &wire::TxnRequest, max_value_bytes: usize) -> ApiRe
 /// on these checks exactly as on any store, since they run first and read nothing; what the
 /// empty store fails on otherwise (a missing key, a future revision) depends on the data and is
 /// left to the state machine. `Model::new()` has the state machine's limit on ops per txn.
-fn static_check(t: &mvcc::TxnRequest) -> Result<(), MvccError> {
+pub(super) fn static_check(t: &mvcc::TxnRequest) -> Result<(), MvccError> {
     match Model::new().txn(t) {
         Err(
             e @ (MvccError::EmptyKey
@@ -328,7 +328,7 @@ fn static_check(t: &mvcc::TxnRequest) -> Result<(), MvccError> {
 // ----- answers: store -> wire, within bounds -----
 
 /// What one answer may still carry: keys, and value bytes once it holds a key.
-struct Budget {
+pub(super) struct Budget {
     keys: usize,
     bytes: usize,
     used_any: bool,
@@ -336,7 +336,7 @@ struct Budget {
 }
 
 impl Budget {
-    fn new() -> Budget {
+    pub(super) fn new() -> Budget {
         Budget { keys: MAX_LIST_LIMIT, bytes: MAX_LIST_PAGE_BYTES, used_any: false, exhausted: false }
     }
 
@@ -383,59 +383,80 @@ pub(super) fn header(api: &Api, revision: mvcc::Revision) -> wire::ResponseHeade
     }
 }
 
-/// A range's answer; the flag says whether the budget cut it.
-fn range_answer(r: mvcc::RangeResponse, budget: &mut Budget) -> (wire::RangeResponse, bool) {
-    let (kvs, cut) = budget.admit(r.kvs);
-    let answer = wire::RangeResponse {
-        header: inner_header(r.revision),
-        kvs: kvs.into_iter().map(wire_kv).collect(),
-        more: r.more || cut,
-        count: r.count,
-    };
-    (answer, cut)
+/// A range's answer cut to the budget; the flag says whether it cut. Both client APIs (JSON
+/// here, gRPC in `api::grpc`) bound their answers with it.
+pub(super) fn bound_range(mut r: mvcc::RangeResponse, budget: &mut Budget) -> (mvcc::RangeResponse, bool) {
+    let (kvs, cut) = budget.admit(std::mem::take(&mut r.kvs));
+    r.kvs = kvs;
+    r.more |= cut;
+    (r, cut)
 }
 
-/// A txn's answer; the flag says whether a previous value was left out.
-fn txn_answer(t: mvcc::TxnResponse, budget: &mut Budget) -> (wire::TxnResponse, bool) {
+/// A txn's answer cut to the budget; the flag says whether a key-value was left out.
+pub(super) fn bound_txn(t: mvcc::TxnResponse, budget: &mut Budget) -> (mvcc::TxnResponse, bool) {
     let mut truncated = false;
     let responses = t
         .responses
         .into_iter()
         .map(|op| match op {
             mvcc::ResponseOp::Range(r) => {
-                let (answer, cut) = range_answer(r, budget);
+                let (r, cut) = bound_range(r, budget);
                 truncated |= cut;
-                wire::ResponseOp::ResponseRange(answer)
+                mvcc::ResponseOp::Range(r)
             }
-            mvcc::ResponseOp::Put(p) => {
-                let prev_kv = p.prev_kv.filter(|kv| {
+            mvcc::ResponseOp::Put(mut p) => {
+                p.prev_kv = p.prev_kv.filter(|kv| {
                     let fits = budget.take(kv.value.len());
                     truncated |= !fits;
                     fits
                 });
-                wire::ResponseOp::ResponsePut(wire::PutResponse {
-                    header: inner_header(p.revision),
-                    prev_kv: prev_kv.map(wire_kv),
-                })
+                mvcc::ResponseOp::Put(p)
             }
-            mvcc::ResponseOp::DeleteRange(d) => {
-                let (prev_kvs, cut) = budget.admit(d.prev_kvs);
+            mvcc::ResponseOp::DeleteRange(mut d) => {
+                let (prev_kvs, cut) = budget.admit(std::mem::take(&mut d.prev_kvs));
+                d.prev_kvs = prev_kvs;
                 truncated |= cut;
-                wire::ResponseOp::ResponseDeleteRange(wire::DeleteRangeResponse {
-                    header: inner_header(d.revision),
-                    deleted: d.deleted,
-                    prev_kvs: prev_kvs.into_iter().map(wire_kv).collect(),
-                })
+                mvcc::ResponseOp::DeleteRange(d)
             }
             mvcc::ResponseOp::Txn(inner) => {
-                let (answer, cut) = txn_answer(inner, budget);
+                let (inner, cut) = bound_txn(inner, budget);
                 truncated |= cut;
-                wire::ResponseOp::ResponseTxn(answer)
+                mvcc::ResponseOp::Txn(inner)
             }
         })
         .collect();
-    let answer = wire::TxnResponse { header: inner_header(t.revision), succeeded: t.succeeded, responses, truncated };
-    (answer, truncated)
+    (mvcc::TxnResponse { responses, ..t }, truncated)
+}
+
+fn range_answer(r: mvcc::RangeResponse) -> wire::RangeResponse {
+    wire::RangeResponse {
+        header: inner_header(r.revision),
+        kvs: r.kvs.into_iter().map(wire_kv).collect(),
+        more: r.more,
+        count: r.count,
+    }
+}
+
+fn txn_answer(t: mvcc::TxnResponse, truncated: bool) -> wire::TxnResponse {
+    let responses = t
+        .responses
+        .into_iter()
+        .map(|op| match op {
+            mvcc::ResponseOp::Range(r) => wire::ResponseOp::ResponseRange(range_answer(r)),
+            mvcc::ResponseOp::Put(p) => wire::ResponseOp::ResponsePut(wire::PutResponse {
+                header: inner_header(p.revision),
+                prev_kv: p.prev_kv.map(wire_kv),
+            }),
+            mvcc::ResponseOp::DeleteRange(d) => wire::ResponseOp::ResponseDeleteRange(wire::DeleteRangeResponse {
+                header: inner_header(d.revision),
+                deleted: d.deleted,
+                prev_kvs: d.prev_kvs.into_iter().map(wire_kv).collect(),
+            }),
+            // Only the top-level answer says whether it was cut.
+            mvcc::ResponseOp::Txn(inner) => wire::ResponseOp::ResponseTxn(txn_answer(inner, false)),
+        })
+        .collect();
+    wire::TxnResponse { header: inner_header(t.revision), succeeded: t.succeeded, responses, truncated }
 }
 
 // ----- POST /v1/range -----
@@ -456,7 +477,7 @@ pub(super) async fn range(
         return Ok(forward(&api, &url, Method::POST, &pq, body, true).await);
     }
     let found = api.node.range(&req, ANSWER_KEYS).map_err(|e| node_error(&api, e))?;
-    let (mut answer, _) = range_answer(found, &mut Budget::new());
+    let mut answer = range_answer(bound_range(found, &mut Budget::new()).0);
     answer.header = header(&api, answer.header.revision);
     Ok(Json(answer).into_response())
 }
@@ -475,7 +496,8 @@ pub(super) async fn txn(State(api): State<Api>, request: Request) -> ApiResult<R
         Route::Forward(url) => Ok(forward(&api, &url, Method::POST, &pq, body, false).await),
         Route::Here => {
             let done = api.node.txn(req).await.map_err(|e| node_error(&api, e))?;
-            let (mut answer, _) = txn_answer(done, &mut Budget::new());
+            let (done, truncated) = bound_txn(done, &mut Budget::new());
+            let mut answer = txn_answer(done, truncated);
             answer.header = header(&api, answer.header.revision);
             Ok(Json(answer).into_response())
         }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use crate::base::ids::validate_url;
 use crate::base::wire::*;
-use crate::http::client::{self, HttpClient};
+use crate::http::client::{self, Dial, HttpClient};
 use crate::http::serve::{self, BodyError, BodyLimits, PortStats};
 use crate::node::{NodeError, NodeHandle, FSYNC_BUCKETS};
 use crate::store::command::ApplyResult;
@@ -91,9 +91,30 @@ pub struct Api {
     pub watch: std::sync::Arc<crate::node::watch::WatchHub>,
     /// Forwards to the leader (`http::client::Dial::leader`).
     pub http: HttpClient,
+    /// How the gRPC API dials the leader to forward (`api::grpc`).
+    pub leader_dial: Dial,
 }
 
+/// The client port: etcd's gRPC API for requests with `content-type: application/grpc`
+/// (`api::grpc`), the JSON API for the rest.
 pub fn client_router(api: Api) -> Router {
+    let grpc = super::grpc::router(api.clone());
+    let json = json_router(api);
+    Router::new().fallback_service(tower::service_fn(move |request: Request| {
+        let target = if is_grpc(request.headers()) { grpc.clone() } else { json.clone() };
+        tower::ServiceExt::oneshot(target, request)
+    }))
+}
+
+/// gRPC's content types: `application/grpc`, `application/grpc+proto`, ...
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "application/grpc" || v.starts_with("application/grpc+"))
+}
+
+fn json_router(api: Api) -> Router {
     let max_value_bytes = api.node.shared.max_value_bytes;
     let body_limits = WholeBodyLimits {
         txn: max_txn_request_bytes(max_value_bytes),

@@ -82,6 +82,29 @@ impl Dial {
     }
 }
 
+/// A pooled client that speaks HTTP/2 over cleartext from the first byte (h2c with prior
+/// knowledge, as gRPC does), for any body type `B`: the gRPC API's calls to the leader. One
+/// connection per member carries every call at once (HTTP/2 streams); it dials as `dial` says.
+/// Deadlines and answer sizes are the caller's (gRPC's own message limits).
+pub fn h2_client<B>(dial: Dial) -> Client<HttpConnector, B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut connector = HttpConnector::new();
+    connector.set_local_address(dial.local_ip);
+    connector.set_connect_timeout(Some(dial.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(dial.pool_idle_timeout)
+        .pool_max_idle_per_host(dial.max_idle_per_host)
+        .http2_only(true)
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
 /// A pooled HTTP/1 client (cheap to clone: clones share the pool).
 #[derive(Clone)]
 pub struct HttpClient {

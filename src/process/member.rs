@@ -387,10 +387,11 @@ fn shared_state(
 async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) -> Result<(), StartError> {
     let shared = node.shared.clone();
     let (client_addr, peer_addr) = (flags.client_addr, flags.peer_addr);
-    let http = HttpClient::new(Dial::leader(Some(client_addr.ip()).filter(|ip| !ip.is_unspecified())));
+    let leader_dial = Dial::leader(Some(client_addr.ip()).filter(|ip| !ip.is_unspecified()));
+    let http = HttpClient::new(leader_dial);
     let watch = WatchHub::new(shared.clone(), flags.watch_progress_interval);
     let publisher = tokio::spawn(watch.clone().publish());
-    let api = Api { node: node.clone(), http, watch };
+    let api = Api { node: node.clone(), http, watch, leader_dial };
     let client_listener = tokio::net::TcpListener::bind(client_addr)
         .await
         .map_err(|e| StartError::from(format!("cannot listen for clients on {client_addr}: {e}")))?;

@@ -134,46 +134,48 @@ pub fn txn_request(t: pb::TxnRequest) -> Result<mvcc::TxnRequest, Status> {
     })
 }
 
-/// The answers, each with the header `header` makes for its revision.
-pub fn range_response(r: mvcc::RangeResponse, header: &impl Fn(i64) -> pb::ResponseHeader) -> pb::RangeResponse {
+/// Only the revision, as etcd fills the headers of a txn's inner answers; the service fills the
+/// top-level header (`Grpc::own_header`).
+fn revision_header(revision: i64) -> Option<pb::ResponseHeader> {
+    Some(pb::ResponseHeader { revision, ..Default::default() })
+}
+
+pub fn range_response(r: mvcc::RangeResponse) -> pb::RangeResponse {
     pb::RangeResponse {
-        header: Some(header(r.revision)),
+        header: revision_header(r.revision),
         kvs: r.kvs.into_iter().map(kv).collect(),
         more: r.more,
         count: r.count,
     }
 }
 
-pub fn put_response(r: mvcc::PutResponse, header: &impl Fn(i64) -> pb::ResponseHeader) -> pb::PutResponse {
-    pb::PutResponse { header: Some(header(r.revision)), prev_kv: r.prev_kv.map(kv) }
+pub fn put_response(r: mvcc::PutResponse) -> pb::PutResponse {
+    pb::PutResponse { header: revision_header(r.revision), prev_kv: r.prev_kv.map(kv) }
 }
 
-pub fn delete_response(
-    r: mvcc::DeleteRangeResponse,
-    header: &impl Fn(i64) -> pb::ResponseHeader,
-) -> pb::DeleteRangeResponse {
+pub fn delete_response(r: mvcc::DeleteRangeResponse) -> pb::DeleteRangeResponse {
     pb::DeleteRangeResponse {
-        header: Some(header(r.revision)),
+        header: revision_header(r.revision),
         deleted: r.deleted,
         prev_kvs: r.prev_kvs.into_iter().map(kv).collect(),
     }
 }
 
-pub fn txn_response(t: mvcc::TxnResponse, header: &impl Fn(i64) -> pb::ResponseHeader) -> pb::TxnResponse {
+pub fn txn_response(t: mvcc::TxnResponse) -> pb::TxnResponse {
     use pb::response_op::Response as R;
     let responses = t
         .responses
         .into_iter()
         .map(|op| pb::ResponseOp {
             response: Some(match op {
-                mvcc::ResponseOp::Range(r) => R::ResponseRange(range_response(r, header)),
-                mvcc::ResponseOp::Put(r) => R::ResponsePut(put_response(r, header)),
-                mvcc::ResponseOp::DeleteRange(r) => R::ResponseDeleteRange(delete_response(r, header)),
-                mvcc::ResponseOp::Txn(r) => R::ResponseTxn(txn_response(r, header)),
+                mvcc::ResponseOp::Range(r) => R::ResponseRange(range_response(r)),
+                mvcc::ResponseOp::Put(r) => R::ResponsePut(put_response(r)),
+                mvcc::ResponseOp::DeleteRange(r) => R::ResponseDeleteRange(delete_response(r)),
+                mvcc::ResponseOp::Txn(r) => R::ResponseTxn(txn_response(r)),
             }),
         })
         .collect();
-    pb::TxnResponse { header: Some(header(t.revision)), succeeded: t.succeeded, responses }
+    pb::TxnResponse { header: revision_header(t.revision), succeeded: t.succeeded, responses }
 }
 
 #[cfg(test)]

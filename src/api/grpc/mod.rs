@@ -1,7 +1,31 @@
 //! etcd's v3 gRPC API on the client port (issue 15), in the client API's room beside the
 //! HTTP endpoints: the code generated from `proto/` by build.rs, and the services on the node.
+//!
+//! The client port serves both: a request with `content-type: application/grpc` (HTTP/2) comes
+//! here (`server::client_router`), anything else to the JSON API. Any member answers any RPC,
+//! as in etcd: serializable reads and watches are served by the member itself; writes,
+//! linearizable reads and the lease and membership calls are served by the leader, and another
+//! member forwards them to it over gRPC ([`Leader`]), once (a forwarded call that reaches a
+//! member that does not lead fails with etcd's "no leader", and the client retries).
 
 pub mod convert;
+mod errors;
+mod kv;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::http::Uri;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use super::server::Api;
+use crate::base::wire::{max_txn_request_bytes, HEADER_FORWARDED};
+use crate::http::client::h2_client;
+
+pub use errors::node_status;
 
 /// etcd's `mvccpb` messages.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -9,8 +33,111 @@ pub mod mvccpb {
     tonic::include_proto!("mvccpb");
 }
 
-/// etcd's `etcdserverpb` messages and service traits.
+/// etcd's `etcdserverpb` messages, service traits and clients.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+
+use etcdserverpb as pb;
+
+/// The client the gRPC API forwards with (HTTP/2 to the leader's client port).
+type H2Client = Client<HttpConnector, tonic::body::Body>;
+
+/// The leader answers a forwarded call within this time, or the call fails with etcd's
+/// "request timed out" (its outcome, for a write, unknown).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gRPC routes of the client port.
+pub fn router(api: Api) -> axum::Router {
+    let max_request = max_txn_request_bytes(api.node.shared.max_value_bytes);
+    let grpc = Grpc::new(api);
+    tonic::service::Routes::new(
+        pb::kv_server::KvServer::new(kv::KvService(grpc.clone())).max_decoding_message_size(max_request),
+    )
+    .into_axum_router()
+}
+
+/// What every service holds: the member's API state and the client to its leader.
+#[derive(Clone)]
+pub(crate) struct Grpc {
+    api: Api,
+    h2: H2Client,
+}
+
+/// Where a call is served.
+enum Route {
+    Here,
+    Leader(Box<Leader>),
+}
+
+/// The leader, as a gRPC origin to call.
+pub(crate) struct Leader {
+    client: H2Client,
+    origin: Uri,
+}
+
+impl Leader {
+    /// Calls the leader (a client made by `call` on this origin) with `message`, marked as
+    /// forwarded, within [`FORWARD_TIMEOUT`].
+    async fn call<T, R, F, Fut>(self, message: T, call: F) -> Result<Response<R>, Status>
+    where
+        F: FnOnce(H2Client, Uri, Request<T>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(HEADER_FORWARDED, MetadataValue::from_static("1"));
+        match tokio::time::timeout(FORWARD_TIMEOUT, call(self.client, self.origin, request)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Status::unavailable(errors::TIMEOUT)),
+        }
+    }
+}
+
+impl Grpc {
+    fn new(api: Api) -> Grpc {
+        Grpc { h2: h2_client(api.leader_dial), api }
+    }
+
+    /// The header of a top-level answer, as etcd fills it: this member, its term, and the
+    /// store's revision of the answer.
+    fn header(&self, revision: i64) -> pb::ResponseHeader {
+        let shared = &self.api.node.shared;
+        pb::ResponseHeader {
+            cluster_id: shared.cluster_id,
+            member_id: shared.id,
+            revision,
+            raft_term: shared.status().term,
+        }
+    }
+
+    /// A header the leader filled, made this member's (etcd answers from the member called).
+    fn own_header(&self, header: &mut Option<pb::ResponseHeader>) {
+        let revision = header.as_ref().map_or(0, |h| h.revision);
+        *header = Some(self.header(revision));
+    }
+
+    /// Serve here (the leader), or forward to the leader.
+    fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        let node = &self.api.node;
+        if node.is_leader() {
+            return Ok(Route::Here);
+        }
+        if request.metadata().contains_key(HEADER_FORWARDED) {
+            // Forwarded to a member that no longer leads: leadership moved; the client retries.
+            return Err(Status::unavailable(errors::NO_LEADER));
+        }
+        let url = node.leader_client_url().ok_or_else(|| Status::unavailable(errors::NO_LEADER))?;
+        let origin = url.parse::<Uri>().map_err(|e| Status::unavailable(format!("the leader's URL {url}: {e}")))?;
+        Ok(Route::Leader(Box::new(Leader { client: self.h2.clone(), origin })))
+    }
+
+    /// A linearizable read: confirmed here on the leader (ReadIndex), or forwarded.
+    async fn read_point<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        let route = self.route(request)?;
+        if let Route::Here = route {
+            self.api.node.read_barrier().await.map_err(node_status)?;
+        }
+        Ok(route)
+    }
 }

@@ -235,6 +235,18 @@ fn range_result(count: usize, value_len: usize) -> mvcc::ResponseOp {
     })
 }
 
+/// A txn's JSON answer within the bounds of one answer, and whether it was cut.
+fn bounded_txn(done: mvcc::TxnResponse) -> (wire::TxnResponse, bool) {
+    let (done, cut) = bound_txn(done, &mut Budget::new());
+    (txn_answer(done, cut), cut)
+}
+
+/// A range's JSON answer within the bounds of one answer, and whether it was cut.
+fn bounded_range(found: mvcc::RangeResponse) -> (wire::RangeResponse, bool) {
+    let (found, cut) = bound_range(found, &mut Budget::new());
+    (range_answer(found), cut)
+}
+
 /// A txn's answer holds at most one answer's worth of key-values across all its results:
 /// ranges past the bound say `more`, previous values are left out, and `truncated` says so.
 #[test]
@@ -249,7 +261,7 @@ fn a_txn_answer_is_cut_to_the_bounds_of_one_answer() {
             mvcc::ResponseOp::Put(mvcc::PutResponse { revision: 9, prev_kv: Some(kv("p", 1)) }),
         ],
     };
-    let (answer, truncated) = txn_answer(done, &mut Budget::new());
+    let (answer, truncated) = bounded_txn(done);
     assert!(truncated && answer.truncated);
     let ranges: Vec<&wire::RangeResponse> = answer
         .responses
@@ -277,7 +289,7 @@ fn a_txn_answer_is_cut_to_the_bounds_of_one_answer() {
             prev_kvs: vec![kv("a", big), kv("b", big), kv("c", 1)],
         })],
     };
-    let (answer, truncated) = txn_answer(done, &mut Budget::new());
+    let (answer, truncated) = bounded_txn(done);
     assert!(truncated);
     match &answer.responses[0] {
         wire::ResponseOp::ResponseDeleteRange(d) => assert_eq!((d.deleted, d.prev_kvs.len()), (3, 1)),
@@ -286,7 +298,7 @@ fn a_txn_answer_is_cut_to_the_bounds_of_one_answer() {
 
     // Within bounds nothing is cut or flagged.
     let small = mvcc::TxnResponse { revision: 9, succeeded: true, responses: vec![range_result(3, 10)] };
-    let (answer, truncated) = txn_answer(small, &mut Budget::new());
+    let (answer, truncated) = bounded_txn(small);
     assert!(!truncated && !answer.truncated);
     assert!(serde_json::to_value(&answer).unwrap().get("truncated").is_none());
 }
@@ -300,12 +312,12 @@ fn a_range_answer_ends_once_its_values_pass_the_page_bytes() {
         more: false,
         count: 5,
     };
-    let (answer, cut) = range_answer(found, &mut Budget::new());
+    let (answer, cut) = bounded_range(found);
     assert!(cut);
     assert_eq!((answer.kvs.len(), answer.more, answer.count), (3, true, 5));
     let one_huge =
         mvcc::RangeResponse { revision: 9, kvs: vec![kv("k", MAX_LIST_PAGE_BYTES * 2)], more: false, count: 1 };
-    let (answer, cut) = range_answer(one_huge, &mut Budget::new());
+    let (answer, cut) = bounded_range(one_huge);
     assert_eq!((answer.kvs.len(), answer.more, cut), (1, false, false), "a page always holds one key");
 }
 
