@@ -108,7 +108,7 @@ fn watch_spec(c: &wire::WatchCreateRequest) -> ApiResult<WatchSpec> {
 }
 
 /// What a request on the stream asks, checked.
-enum Ask {
+pub(super) enum Ask {
     Create(WatchSpec),
     Cancel(i64),
     Progress,
@@ -162,18 +162,40 @@ fn line(response: &wire::WatchResponse) -> Bytes {
     Bytes::from(out)
 }
 
-pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult<Response> {
-    let require_leader = request.headers().get(HEADER_REQUIRE_LEADER).is_some_and(|v| v.as_bytes() == b"true");
-    let mut requests: JsonValues<wire::WatchRequest> =
-        JsonValues::new(request.into_body(), "watch request", MAX_WATCH_REQUEST_BYTES);
-    let first = match requests.next().await? {
-        Some(first) => ask(first)?,
-        None => return Err(bad("the body holds no watch request")),
-    };
+/// A client's requests on one watch stream, in either API's encoding (JSON here, protobuf in
+/// `api::grpc`).
+pub(super) trait Requests: Send + 'static {
+    /// The next request, checked; `Ok(None)` once the client has sent its last; `Err(reason)`
+    /// for a request that is invalid or a stream of requests that broke (none is read after).
+    fn next(&mut self) -> impl std::future::Future<Output = Result<Option<Ask>, String>> + Send;
+}
+
+impl Requests for JsonValues<wire::WatchRequest> {
+    async fn next(&mut self) -> Result<Option<Ask>, String> {
+        match JsonValues::next(self).await {
+            Ok(Some(request)) => ask(request).map(Some).map_err(|e| e.message),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.message),
+        }
+    }
+}
+
+/// Runs a watch stream: serves `first`, then each later request, for as long as the client
+/// reads the answers (the receiver). With `require_leader`, once the member has had no leader
+/// for [`NO_LEADER_CANCEL`] the stream ends with watch id -1, `canceled`, reason
+/// [`NO_LEADER`]. An invalid request is answered by a cancelled create (watch id -1) with the
+/// reason, and no further requests are read (the watches already made go on).
+pub(super) async fn run_stream(
+    api: &Api,
+    first: Option<Ask>,
+    mut requests: impl Requests,
+    require_leader: bool,
+) -> mpsc::Receiver<WatchResponse> {
     let (tx, rx) = mpsc::channel::<WatchResponse>(STREAM_QUEUE);
     let mut stream = api.watch.stream(tx.clone());
-    serve_ask(&mut stream, first).await;
-    // Later requests, for as long as the client reads the answer.
+    if let Some(first) = first {
+        serve_ask(&mut stream, first).await;
+    }
     let hub = api.watch.clone();
     let node = api.node.clone();
     tokio::spawn(async move {
@@ -202,16 +224,16 @@ pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult
                     continue;
                 }
             };
-            match next.map(|r| r.map(ask)) {
-                Ok(Some(Ok(ask))) => serve_ask(&mut stream, ask).await,
+            match next {
+                Ok(Some(ask)) => serve_ask(&mut stream, ask).await,
                 Ok(None) => body_open = false,
-                Ok(Some(Err(e))) | Err(e) => {
+                Err(reason) => {
                     let refused = WatchResponse {
                         watch_id: -1,
                         revision: hub.current_revision(),
                         created: true,
                         canceled: true,
-                        cancel_reason: e.message,
+                        cancel_reason: reason,
                         ..WatchResponse::default()
                     };
                     if tx.send(refused).await.is_err() {
@@ -223,13 +245,30 @@ pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult
             }
         }
     });
+    rx
+}
+
+/// Whether a response ends its stream (the member lost its leader, with `require_leader`).
+pub(super) fn ends_stream(response: &WatchResponse) -> bool {
+    response.watch_id == -1 && response.canceled && !response.created
+}
+
+pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult<Response> {
+    let require_leader = request.headers().get(HEADER_REQUIRE_LEADER).is_some_and(|v| v.as_bytes() == b"true");
+    let mut requests: JsonValues<wire::WatchRequest> =
+        JsonValues::new(request.into_body(), "watch request", MAX_WATCH_REQUEST_BYTES);
+    let first = match requests.next().await? {
+        Some(first) => ask(first)?,
+        None => return Err(bad("the body holds no watch request")),
+    };
+    let rx = run_stream(&api, Some(first), requests, require_leader).await;
     // The answer ends after a stream-ending response (no leader), or when every sender is gone.
     let lines = futures::stream::unfold((rx, api, false), |(mut rx, api, ended)| async move {
         if ended {
             return None;
         }
         let response = rx.recv().await?;
-        let ends = response.watch_id == -1 && response.canceled && !response.created;
+        let ends = ends_stream(&response);
         Some((Ok::<_, Infallible>(line(&wire_response(&api, response))), (rx, api, ends)))
     });
     let mut response = Body::from_stream(lines).into_response();

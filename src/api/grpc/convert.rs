@@ -26,6 +26,14 @@ pub fn kv(kv: mvcc::KeyValue) -> mvccpb::KeyValue {
     }
 }
 
+pub fn event(e: mvcc::Event) -> mvccpb::Event {
+    let kind = match e.kind {
+        mvcc::EventKind::Put => mvccpb::event::EventType::Put,
+        mvcc::EventKind::Delete => mvccpb::event::EventType::Delete,
+    };
+    mvccpb::Event { r#type: kind as i32, kv: Some(kv(e.kv)), prev_kv: e.prev_kv.map(kv) }
+}
+
 fn sort_order(value: i32) -> Result<mvcc::SortOrder, Status> {
     use pb::range_request::SortOrder as P;
     match P::try_from(value) {

@@ -11,6 +11,7 @@
 pub mod convert;
 mod errors;
 mod kv;
+mod watch;
 
 use std::future::Future;
 use std::time::Duration;
@@ -39,6 +40,24 @@ pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
 }
 
+/// etcd's `authpb` messages (users, roles), as the Auth service carries them.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+/// etcd's `v3lockpb` service.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+/// etcd's `v3electionpb` service.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
+
 use etcdserverpb as pb;
 
 /// The client the gRPC API forwards with (HTTP/2 to the leader's client port).
@@ -55,6 +74,7 @@ pub fn router(api: Api) -> axum::Router {
     tonic::service::Routes::new(
         pb::kv_server::KvServer::new(kv::KvService(grpc.clone())).max_decoding_message_size(max_request),
     )
+    .add_service(pb::watch_server::WatchServer::new(watch::WatchService(grpc.clone())))
     .into_axum_router()
 }
 
