@@ -338,7 +338,8 @@ fn write_outcome(result: ApplyResult) -> ApiResult<Response> {
         | ApplyResult::Compacted(_)
         | ApplyResult::LeaseGranted { .. }
         | ApplyResult::LeaseRevoked { .. }
-        | ApplyResult::Checkpointed { .. } => {
+        | ApplyResult::Checkpointed { .. }
+        | ApplyResult::MemberUpdated { .. } => {
             Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected outcome of a write"))
         }
     }
@@ -434,19 +435,31 @@ pub(super) async fn read_point(api: &Api, consistency: Consistency, headers: &He
 
 // ----- status and membership -----
 
-fn member_list(api: &Api) -> Vec<Member> {
-    let members = api.node.with_kv(|kv| kv.members());
+/// The committed members, each with the client URL it is known by (its own advertised one for
+/// this member; a record without one, from before members recorded it, by the peers' address
+/// book), and whether it votes.
+pub(super) fn members_with_client_urls(api: &Api) -> Vec<(crate::store::command::MemberInfo, bool)> {
+    let shared = &api.node.shared;
+    let mut members = api.node.with_kv(|kv| kv.members());
+    for (info, _) in &mut members {
+        if info.id == shared.id {
+            info.client_url = shared.advertise_client_url.clone();
+        } else if info.client_url.is_empty() {
+            info.client_url = shared.address(info.id).map(|a| a.client_url).unwrap_or_default();
+        }
+    }
     members
+}
+
+fn member_list(api: &Api) -> Vec<Member> {
+    members_with_client_urls(api)
         .into_iter()
-        .map(|(info, voter)| {
-            let client_url = if info.client_url.is_empty() {
-                api.node.shared.address(info.id).map(|a| a.client_url).unwrap_or_default()
-            } else {
-                info.client_url
-            };
-            let client_url =
-                if info.id == api.node.shared.id { api.node.shared.advertise_client_url.clone() } else { client_url };
-            Member { id: format_id(info.id), name: info.name, peer_url: info.peer_url, client_url, voter }
+        .map(|(info, voter)| Member {
+            id: format_id(info.id),
+            name: info.name,
+            peer_url: info.peer_url,
+            client_url: info.client_url,
+            voter,
         })
         .collect()
 }

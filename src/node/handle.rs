@@ -10,11 +10,11 @@ use tokio::sync::oneshot;
 use bytes::Bytes;
 
 use super::runtime::{offer, Input, NodeError};
-use super::shared::{lock, read, Shared};
+use super::shared::{lock, read, write, Shared};
 use crate::base::ids::added_member_id;
 use crate::raft::{ConfChange, ConfChangeKind, Index, NodeId, Role};
 use crate::store::command::{encode, ApplyResult, Command, MemberInfo};
-use crate::store::mvcc::engine::ReadError;
+use crate::store::mvcc::engine::{HashKv, ReadError};
 use crate::store::mvcc::{CompactResponse, Lease, RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse};
 use crate::store::KvStore;
 
@@ -24,8 +24,23 @@ pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const RECLAIM_POLL: Duration = Duration::from_millis(10);
 /// How long a physical compaction waits for the space to be reclaimed.
 pub const PHYSICAL_COMPACT_LIMIT: Duration = Duration::from_secs(600);
+/// How long a defragment waits for readers that hold the database.
+const DEFRAG_WAIT: Duration = Duration::from_secs(30);
 /// How long a linearizable read may wait for its read point.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A failure to read the state machine: this member cannot serve the read.
+fn unreadable(e: crate::store::StoreError) -> NodeError {
+    NodeError::Unavailable(format!("this member cannot read its state machine: {e}"))
+}
+
+/// A read the store refused (etcd's error), or could not do.
+fn read_failure(e: ReadError) -> NodeError {
+    match e {
+        ReadError::Mvcc(e) => NodeError::Mvcc(e),
+        ReadError::Storage(e) => unreadable(e),
+    }
+}
 
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -85,14 +100,41 @@ impl NodeHandle {
     ///
     /// At most `keep` keys come back: the first of etcd's answer (`more` and `count` are etcd's).
     pub fn range(&self, request: &RangeRequest, keep: usize) -> Result<RangeResponse, NodeError> {
-        let unreadable = |e| NodeError::Unavailable(format!("this member cannot read its state machine: {e}"));
         // Only taking the view holds the state machine's lock: the range itself runs beside the
         // Raft loop's applying, which needs the lock for writing.
         let view = self.with_kv(|kv| kv.read_view()).map_err(unreadable)?;
-        view.range_kept(request, keep).map_err(|e| match e {
-            ReadError::Mvcc(e) => NodeError::Mvcc(e),
-            ReadError::Storage(e) => unreadable(e),
-        })
+        view.range_kept(request, keep).map_err(read_failure)
+    }
+
+    /// etcd's HashKV over this member's applied state (see `ReadView::hash_kv`).
+    pub fn hash_kv(&self, revision: Revision) -> Result<HashKv, NodeError> {
+        let view = self.with_kv(|kv| kv.read_view()).map_err(unreadable)?;
+        view.hash_kv(revision).map_err(read_failure)
+    }
+
+    /// etcd's defragment of this member's state machine. It waits for the state machine's lock,
+    /// as an apply does, so the member applies nothing while the file is rewritten (etcd's
+    /// defragment blocks its member too). Readers that hold the database (a snapshot being sent)
+    /// make it wait and try again, at most `DEFRAG_WAIT`.
+    pub async fn defragment(&self) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + DEFRAG_WAIT;
+        loop {
+            let shared = self.shared.clone();
+            let done = tokio::task::spawn_blocking(move || write(&shared.kv).defragment())
+                .await
+                .map_err(|e| NodeError::Unavailable(format!("the defragment stopped: {e}")))?
+                .map_err(|e| NodeError::Unavailable(format!("cannot defragment: {e}")))?;
+            if done {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NodeError::Unavailable(format!(
+                    "readers held the database for {} s (a snapshot being sent?); retry later",
+                    DEFRAG_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(RECLAIM_POLL * 5).await;
+        }
     }
 
     /// Waits until this member has applied a compaction to `revision` (or past it) and reclaimed
@@ -130,6 +172,15 @@ impl NodeHandle {
         let kind = if learner { ConfChangeKind::AddLearner } else { ConfChangeKind::AddVoter };
         self.conf_change(ConfChange { kind, node_id: id, context: encode(&info) }).await?;
         Ok(id)
+    }
+
+    /// Records that member `id` is reached at `peer_url` (etcd's MemberUpdate); false when no
+    /// such member exists.
+    pub async fn update_member(&self, id: NodeId, peer_url: String) -> Result<bool, NodeError> {
+        match self.propose(&Command::UpdateMember { id, peer_url }).await? {
+            ApplyResult::MemberUpdated { found, .. } => Ok(found),
+            other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a member update: {other:?}"))),
+        }
     }
 
     /// Makes learner `id` a voter.
@@ -270,7 +321,6 @@ impl NodeHandle {
                 _ => return Ok(None),
             }
         };
-        let unreadable = |e| NodeError::Unavailable(format!("this member cannot read its state machine: {e}"));
         let keys = if keys {
             let view = self.with_kv(|kv| kv.read_view()).map_err(unreadable)?;
             view.lease_keys(id).map_err(unreadable)?
@@ -282,7 +332,6 @@ impl NodeHandle {
 
     /// etcd's LeaseLeases: every lease of this member's applied state.
     pub fn leases(&self) -> Result<Vec<Lease>, NodeError> {
-        let unreadable = |e| NodeError::Unavailable(format!("this member cannot read its state machine: {e}"));
         let view = self.with_kv(|kv| kv.read_view()).map_err(unreadable)?;
         view.leases().map_err(unreadable)
     }

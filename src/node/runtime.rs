@@ -602,6 +602,10 @@ impl RaftLoop {
             };
             if let Some(result) = &result {
                 self.note_lease(result);
+                // A member's new peer URL (MemberUpdate), once committed: messages go there now.
+                if let ApplyResult::MemberUpdated { id, peer_url, found: true } = result {
+                    self.shared.addresses.set_peer_url(*id, peer_url);
+                }
             }
             if let Some(pending) = self.proposals.remove(&entry.index) {
                 answers.push((pending, entry.term, result));

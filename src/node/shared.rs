@@ -88,6 +88,12 @@ impl AddressBook {
             }
         }
     }
+
+    /// Member `id` moved to `peer_url` (a committed MemberUpdate), whatever was known before.
+    pub fn set_peer_url(&self, id: NodeId, peer_url: &str) {
+        let mut book = write(&self.0);
+        book.entry(id).or_insert_with(|| MemberInfo { id, ..MemberInfo::default() }).peer_url = peer_url.to_string();
+    }
 }
 
 /// Histogram buckets of fsync latency, in seconds.

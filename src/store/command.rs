@@ -41,6 +41,9 @@ pub enum Command {
     /// The leader's record of the remaining TTLs (ms) of some leases (etcd's LeaseCheckpoint),
     /// so that a new leader does not give them their whole TTL again.
     LeaseCheckpoint { checkpoints: Vec<(i64, i64)> },
+    /// Member `id` is reached at `peer_url` from now on (etcd's MemberUpdate): the membership
+    /// record changes, nothing else. A member of an older version skips it (see `LeaseGrant`).
+    UpdateMember { id: NodeId, peer_url: String },
 }
 
 /// The outcome of applying one command. Every successful write moves the store's revision.
@@ -83,6 +86,12 @@ pub enum ApplyResult {
     /// `Command::LeaseCheckpoint` applied.
     Checkpointed {
         checkpoints: Vec<(i64, i64)>,
+    },
+    /// `Command::UpdateMember` applied (`found` false: no such member, nothing changed).
+    MemberUpdated {
+        id: NodeId,
+        peer_url: String,
+        found: bool,
     },
 }
 

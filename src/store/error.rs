@@ -80,13 +80,18 @@ impl StoreError {
     }
 }
 
+/// What a full disk adds to the message of a storage error: the member's errors (`/v1/status`)
+/// carry it, and the gRPC API's alarms (etcd's NOSPACE) are found by it.
+pub const DISK_FULL_HINT: &str =
+    " (the disk is full: free space or grow the volume; nothing durable was lost and the member retries)";
+
 fn is_disk_full(error: &io::Error) -> bool {
     error.raw_os_error() == Some(libc::ENOSPC) || error.raw_os_error() == Some(libc::EDQUOT)
 }
 
 fn io_hint(error: &io::Error) -> &'static str {
     if is_disk_full(error) {
-        " (the disk is full: free space or grow the volume; nothing durable was lost and the member retries)"
+        DISK_FULL_HINT
     } else if error.raw_os_error() == Some(libc::EROFS) {
         // The kernel turns a file system read-only after a disk error (ext4 errors=remount-ro).
         " (the file system is read-only: after a disk error the kernel keeps it so until it is repaired; stop the \

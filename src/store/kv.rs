@@ -294,6 +294,14 @@ impl KvStore {
                 }
                 ApplyResult::Checkpointed { checkpoints }
             }
+            Command::UpdateMember { id, peer_url } => match self.table.members.get_mut(&id) {
+                Some(member) => {
+                    member.info.peer_url = peer_url.clone();
+                    batch.set_meta(META_MEMBERS, &encode_record(&self.table))?;
+                    ApplyResult::MemberUpdated { id, peer_url, found: true }
+                }
+                None => ApplyResult::MemberUpdated { id, peer_url, found: false },
+            },
             Command::Seen { id } => {
                 if self.table.members.contains_key(&id) && self.table.joined.insert(id) {
                     batch.set_meta(META_MEMBERS, &encode_record(&self.table))?;
@@ -392,6 +400,19 @@ impl KvStore {
     /// database holds, and reports the failure.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         self.commit(false)
+    }
+
+    /// etcd's defragment: commits what was applied, then rewrites the database file without
+    /// the space reclaimed history left free (`MvccStore::defragment`). `Ok(false)`: readers
+    /// held the database and nothing was rewritten (the commit stands).
+    pub fn defragment(&mut self) -> Result<bool, StoreError> {
+        self.commit(false)?;
+        let done = self.store.defragment()?;
+        if done {
+            // redb's compaction commits durably: everything applied is on disk now.
+            self.unpersisted = false;
+        }
+        Ok(done)
     }
 
     /// Whether something was committed since the last durable commit (`persist`).

@@ -16,6 +16,6 @@ pub(crate) mod simfs;
 mod upgrade_tests;
 pub mod wal;
 
-pub use error::StoreError;
+pub use error::{StoreError, DISK_FULL_HINT};
 pub use kv::KvStore;
 pub use wal::{open_data_dir, read_meta, write_meta, DataDir, DurableState, MemberMeta, Storage};

@@ -79,11 +79,7 @@ impl pb::kv_server::Kv for KvService {
         single(op, self.max_value_bytes())?;
         if !asked.serializable {
             if let Route::Leader(leader) = self.0.read_point(&request).await? {
-                let mut answer = leader
-                    .call(request.into_inner(), |c, o, r| async move { KvClient::with_origin(c, o).range(r).await })
-                    .await?;
-                self.0.own_header(&mut answer.get_mut().header);
-                return Ok(answer);
+                return forward!(self.0, leader, request, KvClient::range);
             }
         }
         let found = self.0.api.node.range(&capped(asked), ANSWER_KEYS).map_err(node_status)?;
@@ -96,13 +92,7 @@ impl pb::kv_server::Kv for KvService {
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let txn = single(mvcc::RequestOp::Put(convert::put_request(request.get_ref().clone())), self.max_value_bytes())?;
         match self.0.route(&request)? {
-            Route::Leader(leader) => {
-                let mut answer = leader
-                    .call(request.into_inner(), |c, o, r| async move { KvClient::with_origin(c, o).put(r).await })
-                    .await?;
-                self.0.own_header(&mut answer.get_mut().header);
-                Ok(answer)
-            }
+            Route::Leader(leader) => forward!(self.0, leader, request, KvClient::put),
             Route::Here => match Self::only(self.apply(txn).await?)? {
                 mvcc::ResponseOp::Put(done) => {
                     let mut answer = convert::put_response(done);
@@ -121,15 +111,7 @@ impl pb::kv_server::Kv for KvService {
         let op = mvcc::RequestOp::DeleteRange(convert::delete_request(request.get_ref().clone()));
         let txn = single(op, self.max_value_bytes())?;
         match self.0.route(&request)? {
-            Route::Leader(leader) => {
-                let mut answer = leader
-                    .call(request.into_inner(), |c, o, r| async move {
-                        KvClient::with_origin(c, o).delete_range(r).await
-                    })
-                    .await?;
-                self.0.own_header(&mut answer.get_mut().header);
-                Ok(answer)
-            }
+            Route::Leader(leader) => forward!(self.0, leader, request, KvClient::delete_range),
             Route::Here => match Self::only(self.apply(txn).await?)? {
                 mvcc::ResponseOp::DeleteRange(done) => {
                     let mut answer = convert::delete_response(done);
@@ -146,13 +128,7 @@ impl pb::kv_server::Kv for KvService {
         check_sizes(&txn, self.max_value_bytes())?;
         static_check(&txn).map_err(mvcc_status)?;
         match self.0.route(&request)? {
-            Route::Leader(leader) => {
-                let mut answer = leader
-                    .call(request.into_inner(), |c, o, r| async move { KvClient::with_origin(c, o).txn(r).await })
-                    .await?;
-                self.0.own_header(&mut answer.get_mut().header);
-                Ok(answer)
-            }
+            Route::Leader(leader) => forward!(self.0, leader, request, KvClient::txn),
             Route::Here => {
                 let mut answer = convert::txn_response(self.apply(txn).await?);
                 self.0.own_header(&mut answer.header);

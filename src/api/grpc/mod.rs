@@ -8,9 +8,25 @@
 //! member forwards them to it over gRPC ([`Leader`]), once (a forwarded call that reaches a
 //! member that does not lead fails with etcd's "no leader", and the client retries).
 
+/// Forwards a unary call to the leader and answers with the leader's answer, its header made
+/// this member's: `forward!(grpc, leader, request, KvClient::put)`.
+macro_rules! forward {
+    ($grpc:expr, $leader:expr, $request:expr, $client:ident :: $method:ident) => {{
+        let mut answer = $leader
+            .call($request.into_inner(), |c, o, r| async move { $client::with_origin(c, o).$method(r).await })
+            .await?;
+        $grpc.own_header(&mut answer.get_mut().header);
+        Ok(answer)
+    }};
+}
+
 pub mod convert;
 mod errors;
+mod auth;
+mod cluster;
 mod kv;
+mod lease;
+mod maintenance;
 mod watch;
 
 use std::future::Future;
@@ -75,6 +91,10 @@ pub fn router(api: Api) -> axum::Router {
         pb::kv_server::KvServer::new(kv::KvService(grpc.clone())).max_decoding_message_size(max_request),
     )
     .add_service(pb::watch_server::WatchServer::new(watch::WatchService(grpc.clone())))
+    .add_service(pb::lease_server::LeaseServer::new(lease::LeaseService(grpc.clone())))
+    .add_service(pb::cluster_server::ClusterServer::new(cluster::ClusterService(grpc.clone())))
+    .add_service(pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService(grpc.clone())))
+    .add_service(pb::auth_server::AuthServer::new(auth::AuthService))
     .into_axum_router()
 }
 

@@ -406,6 +406,23 @@ impl MvccStore {
         self.place.path()
     }
 
+    /// Rewrites the database file without the free space that reclaimed history left (etcd's
+    /// defragment): redb moves pages down and shrinks the file, in durable commits. `Ok(false)`:
+    /// a reader still holds a read transaction (a range, a snapshot being sent), so nothing was
+    /// done; try again once it is over. Bounded: at most `DEFRAG_ROUNDS` compaction passes.
+    pub fn defragment(&mut self) -> Result<bool, StoreError> {
+        const DEFRAG_ROUNDS: usize = 64;
+        for _ in 0..DEFRAG_ROUNDS {
+            match self.db.compact() {
+                Ok(true) => {}
+                Ok(false) => return Ok(true),
+                Err(redb::CompactionError::TransactionInProgress) => return Ok(false),
+                Err(e) => return Err(self.place.fail("defragment the state-machine database", e)),
+            }
+        }
+        Ok(true)
+    }
+
     pub(crate) fn db(&self) -> &Database {
         &self.db
     }
@@ -488,6 +505,92 @@ impl ReadView {
             .ok_or_else(|| self.place.corrupt("the MVCC state (revision, format) is missing"))?;
         let kv = self.txn.open_table(KV).at(&self.place, READ)?;
         range_at(&kv, &self.place, req, current, compacted, keep)
+    }
+}
+
+/// etcd's HashKV answer: the hash, and the store's revisions when it was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashKv {
+    pub hash: u32,
+    pub current: Revision,
+    pub compacted: Revision,
+}
+
+/// The running hash of `ReadView::hash_kv`. A key's entries come in revision order: its newest
+/// entry at or below the compacted revision waits in `waiting` until the key's next entry shows
+/// whether it is the newest at or below the revision hashed.
+#[derive(Default)]
+struct HistoryHash {
+    hasher: crc32fast::Hasher,
+    waiting: Option<(Vec<u8>, Revision, Vec<u8>)>,
+}
+
+impl HistoryHash {
+    fn add(&mut self, key: &[u8], rev: Revision, record: &[u8]) {
+        self.hasher.update(&(key.len() as u64).to_be_bytes());
+        self.hasher.update(key);
+        self.hasher.update(&rev.to_be_bytes());
+        self.hasher.update(record);
+    }
+
+    /// Hashes the entry waiting, if it is live.
+    fn flush(&mut self, place: &Place) -> Result<(), StoreError> {
+        if let Some((key, rev, record)) = self.waiting.take() {
+            if Record::is_live(&record).map_err(|e| place.corrupt(format!("revision {rev}: {e}")))? {
+                self.add(&key, rev, &record);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ReadView {
+    /// etcd's HashKV: a CRC-32 over the key history this store keeps up to `revision` (0 or
+    /// less: the current one), equal on members that applied the same log whatever their
+    /// physical compaction has reclaimed. As etcd hashes: every entry above the compacted
+    /// revision up to `revision` (tombstones too), and below it only each key's newest entry at
+    /// or below `revision` when that entry is live. Each entry is hashed as its key's length and
+    /// bytes, its revision and its record. Reads the whole history once, in one read transaction,
+    /// holding one entry at a time. Refuses a revision below the compacted one or above the
+    /// current one, as etcd does (a revision equal to the compacted one too).
+    pub fn hash_kv(&self, revision: Revision) -> Result<HashKv, ReadError> {
+        let state = self.txn.open_table(STATE).at(&self.place, READ)?;
+        let (current, compacted) = read_state(&state, &self.place)?
+            .ok_or_else(|| self.place.corrupt("the MVCC state (revision, format) is missing"))?;
+        if revision > 0 && revision <= compacted {
+            return Err(MvccError::Compacted.into());
+        }
+        if revision > current {
+            return Err(MvccError::FutureRev.into());
+        }
+        let at = if revision <= 0 { current } else { revision };
+        let kv = self.txn.open_table(KV).at(&self.place, READ)?;
+        let mut hash = HistoryHash::default();
+        for entry in kv.iter().at(&self.place, READ)? {
+            let (k, v) = entry.at(&self.place, READ)?;
+            let (key, rev) = k.value();
+            if rev > at {
+                continue;
+            }
+            let same_key = hash.waiting.as_ref().is_some_and(|(k, _, _)| k.as_slice() == key);
+            if rev <= compacted {
+                // A newer entry at or below the compacted revision replaces the one waiting.
+                if !same_key {
+                    hash.flush(&self.place)?;
+                }
+                hash.waiting = Some((key.to_vec(), rev, v.value().to_vec()));
+            } else {
+                if same_key {
+                    // Not the newest at or below `at`: etcd leaves it out.
+                    hash.waiting = None;
+                } else {
+                    hash.flush(&self.place)?;
+                }
+                hash.add(key, rev, v.value());
+            }
+        }
+        hash.flush(&self.place)?;
+        Ok(HashKv { hash: hash.hasher.finalize(), current, compacted })
     }
 }
 
