@@ -3,5 +3,6 @@
 //! client that dials from a chosen address, with deadlines and answer limits). Knows nothing of
 //! Raft or the store.
 
+pub mod authority;
 pub mod client;
 pub mod serve;

@@ -294,7 +294,8 @@ pub async fn serve(
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
             builder.http2().timer(TokioTimer::new());
-            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            // etcd's clients may send a URL as the HTTP/2 `:authority`, which h2 refuses.
+            let conn = builder.serve_connection(TokioIo::new(super::authority::AuthorityFix::new(tcp)), service);
             tokio::pin!(conn);
             let (mut evicted, mut stopping) = (false, false);
             loop {

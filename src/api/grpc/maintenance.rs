@@ -14,12 +14,15 @@
 //!   current revision (etcd's hashes its whole database file, which members do not share).
 //! - **Defragment** rewrites this member's state-machine file without its free space.
 //! - **Snapshot** streams this member's state machine in kuberaft's MVCC snapshot format
-//!   (`store::mvcc::snapshot`, checksummed), not etcd's bbolt file.
+//!   (`store::mvcc::snapshot`, checksummed), not etcd's bbolt file, framed as etcd frames its
+//!   own: zeros up to a multiple of 512 bytes, then the SHA-256 of all before it (etcdctl's
+//!   `snapshot save` checks the length).
 
 use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::errors::{node_status, TIMEOUT};
@@ -40,7 +43,19 @@ const MAX_STATUS_BYTES: usize = 1 << 20;
 /// Snapshot chunks read ahead of the client.
 const SNAPSHOT_AHEAD: usize = 2;
 
+/// etcdctl's `snapshot save` wants the stream's length to be a multiple of this plus the
+/// SHA-256 at its end.
+const SNAPSHOT_ALIGN: u64 = 512;
+
 pub struct MaintenanceService(pub(super) Grpc);
+
+/// The snapshot stream's progress.
+struct SnapshotSend {
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, crate::store::StoreError>>,
+    sent: u64,
+    sha: Sha256,
+    ended: bool,
+}
 
 type SnapshotAnswers = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
@@ -178,28 +193,40 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                 }
             }
         });
-        let answers = futures::stream::unfold((rx, 0u64, false), move |(mut rx, sent, ended)| {
-            let header = header;
-            async move {
-                if ended {
-                    return None;
-                }
-                match rx.recv().await {
-                    None => None,
-                    Some(Err(e)) => Some((Err(Status::unavailable(e.to_string())), (rx, sent, true))),
-                    Some(Ok(blob)) => {
-                        let sent = sent + blob.len() as u64;
-                        let answer = pb::SnapshotResponse {
-                            header: Some(header),
-                            // etcd's count down: an estimate here (the file's size less what was
-                            // sent); the stream's end is the last answer.
-                            remaining_bytes: estimate.saturating_sub(sent),
-                            blob: blob.to_vec(),
-                        };
-                        Some((Ok(answer), (rx, sent, false)))
-                    }
-                }
+        let state = SnapshotSend { rx, sent: 0, sha: Sha256::new(), ended: false };
+        let answers = futures::stream::unfold(state, move |mut state| async move {
+            if state.ended {
+                return None;
             }
+            let blob = match state.rx.recv().await {
+                Some(Ok(blob)) => blob.to_vec(),
+                Some(Err(e)) => {
+                    state.ended = true;
+                    return Some((Err(Status::unavailable(e.to_string())), state));
+                }
+                None => {
+                    // etcd's framing, which etcdctl checks: zeros up to a multiple of 512
+                    // bytes, then the SHA-256 of everything before it.
+                    state.ended = true;
+                    let pad = (SNAPSHOT_ALIGN - state.sent % SNAPSHOT_ALIGN) % SNAPSHOT_ALIGN;
+                    let mut tail = vec![0u8; usize::try_from(pad).unwrap_or(0)];
+                    state.sha.update(&tail);
+                    tail.extend_from_slice(&state.sha.clone().finalize());
+                    tail
+                }
+            };
+            if !state.ended {
+                state.sha.update(&blob);
+            }
+            state.sent += blob.len() as u64;
+            let answer = pb::SnapshotResponse {
+                header: Some(header),
+                // etcd's count down: an estimate here (the file's size less what was sent);
+                // the last answer says 0.
+                remaining_bytes: if state.ended { 0 } else { estimate.saturating_sub(state.sent) },
+                blob,
+            };
+            Some((Ok(answer), state))
         });
         Ok(Response::new(Box::pin(answers)))
     }
