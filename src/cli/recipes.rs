@@ -18,7 +18,7 @@ use clap::Args;
 use super::{write_stdout, CliError, ClientArgs};
 use crate::base::signal::wait_for_signal;
 use crate::base::wire::watch::WatchCreateRequest;
-use crate::client::concurrency::{campaign, leader, Mutex, Session};
+use crate::client::concurrency::{campaign, leader, text, Mutex, Session};
 
 #[derive(Debug, Args)]
 pub struct LockArgs {
@@ -97,7 +97,8 @@ pub async fn run_elect(args: ElectArgs) -> Result<(), CliError> {
         let mut watch = client.watch(request).await?;
         // Until stopped: print the leader whenever it changes.
         loop {
-            if let Some((key, proposal, _)) = leader(&client, &args.name).await? {
+            if let (Some(kv), _) = leader(&client, &args.name).await? {
+                let (key, proposal) = (text(kv.key_bytes()), text(kv.value_bytes()));
                 if last.as_deref() != Some(key.as_str()) {
                     write_stdout(format!("{key}\n{proposal}\n").as_bytes())?;
                     last = Some(key);

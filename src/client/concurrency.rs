@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::{Client, ClientError, Result};
 use crate::base::wire::kv::{
-    Compare, CompareResult, CompareTarget, KeyValue, PutRequest, RangeRequest, RequestOp, ResponseOp, SortOrder,
+    Compare, DeleteRangeRequest, CompareResult, CompareTarget, KeyValue, PutRequest, RangeRequest, RequestOp, ResponseOp, SortOrder,
     SortTarget, TxnRequest,
 };
 use crate::base::wire::watch::{EventType, WatchCreateRequest};
@@ -57,6 +57,14 @@ impl Session {
             let _ = lost_tx.send(true);
         });
         Ok(Session { client: client.clone(), lease, ttl: granted.ttl, keeper, lost })
+    }
+
+    /// A session on a lease that the caller keeps alive (etcd's `WithLease` and `Orphan`, as
+    /// etcd's v3lock and v3election services use it): no renewals here, and it is never
+    /// counted lost; a contender still checks that its key is there once it is first.
+    pub fn orphan(client: &Client, lease: i64) -> Session {
+        let (_, lost) = watch::channel(false);
+        Session { client: client.clone(), lease, ttl: 0, keeper: tokio::spawn(async {}), lost }
     }
 
     /// Returns once the session's lease is gone or its validity ran out without a renewal:
@@ -165,7 +173,7 @@ async fn wait_first(client: &Client, session: &Session, prefix: &str, mine: i64)
                 };
             }
             (Some(before), at) => {
-                let key = String::from_utf8_lossy(&before.key_bytes().unwrap_or_default()).into_owned();
+                let key = text(before.key_bytes());
                 wait_deleted(client, &key, at).await?;
             }
         }
@@ -212,8 +220,9 @@ pub async fn campaign(client: &Client, session: &Session, name: &str, proposal: 
     Ok(revision)
 }
 
-/// The current leader of election `name`: its key and proposal (lowest create revision).
-pub async fn leader(client: &Client, name: &str) -> Result<Option<(String, String, i64)>> {
+/// The current leader of election `name` (its key of lowest create revision), and the
+/// revision the answer was read at.
+pub async fn leader(client: &Client, name: &str) -> Result<(Option<KeyValue>, i64)> {
     let range = RangeRequest {
         key: Some(format!("{name}/")),
         prefix: true,
@@ -223,9 +232,57 @@ pub async fn leader(client: &Client, name: &str) -> Result<Option<(String, Strin
         ..Default::default()
     };
     let answer = client.range(&range, Consistency::Linearizable).await?;
-    Ok(answer.kvs.into_iter().next().map(|kv| {
-        let key = String::from_utf8_lossy(&kv.key_bytes().unwrap_or_default()).into_owned();
-        let value = String::from_utf8_lossy(&kv.value_bytes().unwrap_or_default()).into_owned();
-        (key, value, answer.header.revision)
-    }))
+    Ok((answer.kvs.into_iter().next(), answer.header.revision))
+}
+
+/// The text of a key or value of an answer.
+pub fn text(bytes: Option<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned()
+}
+
+/// Writes `value` as the leader's proposal, if `key` (created at `revision`) still leads:
+/// etcd's `Election.Proclaim`. Returns whether it did.
+pub async fn proclaim(client: &Client, key: &str, revision: i64, lease: i64, value: &str) -> Result<bool> {
+    let mut mine = Compare::new(key, CompareTarget::Create, CompareResult::Equal);
+    mine.create_revision = Some(revision);
+    let put =
+        PutRequest { key: Some(key.to_string()), value: Some(value.to_string()), lease, ..Default::default() };
+    let txn = TxnRequest { compare: vec![mine], success: vec![RequestOp::RequestPut(put)], failure: Vec::new() };
+    Ok(client.txn(&txn).await?.succeeded)
+}
+
+/// Deletes `key` if it is still the one created at `revision`: etcd's `Election.Resign`.
+/// Returns the revision of the answer.
+pub async fn resign(client: &Client, key: &str, revision: i64) -> Result<i64> {
+    let mut mine = Compare::new(key, CompareTarget::Create, CompareResult::Equal);
+    mine.create_revision = Some(revision);
+    let delete = DeleteRangeRequest { key: Some(key.to_string()), ..Default::default() };
+    let txn =
+        TxnRequest { compare: vec![mine], success: vec![RequestOp::RequestDeleteRange(delete)], failure: Vec::new() };
+    Ok(client.txn(&txn).await?.header.revision)
+}
+
+/// etcd's `Election.Observe`: sends the leader of election `name` (its key-value and the
+/// revision it was read at) now if there is one, then each time another key leads or the
+/// leader proclaims a new value, until `tx` is closed or the watch fails.
+pub async fn observe(client: &Client, name: &str, tx: tokio::sync::mpsc::Sender<(KeyValue, i64)>) -> Result<()> {
+    let request = WatchCreateRequest { key: Some(format!("{name}/")), prefix: true, ..Default::default() };
+    let mut watch = client.watch(request).await?;
+    let mut last: Option<(Vec<u8>, i64)> = None;
+    // Until the receiver goes: one look at the leader per change under the prefix.
+    loop {
+        if let (Some(kv), revision) = leader(client, name).await? {
+            let seen = (kv.key_bytes().unwrap_or_default(), kv.mod_revision);
+            if last.as_ref() != Some(&seen) {
+                last = Some(seen);
+                if tx.send((kv, revision)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        tokio::select! {
+            next = watch.next() => { next?; }
+            _ = tx.closed() => return Ok(()),
+        }
+    }
 }

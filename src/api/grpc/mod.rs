@@ -27,6 +27,7 @@ mod cluster;
 mod kv;
 mod lease;
 mod maintenance;
+mod recipes;
 mod watch;
 
 use std::future::Future;
@@ -87,15 +88,24 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn router(api: Api) -> axum::Router {
     let max_request = max_txn_request_bytes(api.node.shared.max_value_bytes);
     let grpc = Grpc::new(api);
-    tonic::service::Routes::new(
+    let mut routes = tonic::service::Routes::new(
         pb::kv_server::KvServer::new(kv::KvService(grpc.clone())).max_decoding_message_size(max_request),
     )
     .add_service(pb::watch_server::WatchServer::new(watch::WatchService(grpc.clone())))
     .add_service(pb::lease_server::LeaseServer::new(lease::LeaseService(grpc.clone())))
     .add_service(pb::cluster_server::ClusterServer::new(cluster::ClusterService(grpc.clone())))
     .add_service(pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService(grpc.clone())))
-    .add_service(pb::auth_server::AuthServer::new(auth::AuthService))
-    .into_axum_router()
+    .add_service(pb::auth_server::AuthServer::new(auth::AuthService));
+    match recipes::Recipes::new(grpc) {
+        Ok(r) => {
+            routes = routes
+                .add_service(v3lockpb::lock_server::LockServer::new(recipes::LockService(r.clone())))
+                .add_service(v3electionpb::election_server::ElectionServer::new(recipes::ElectionService(r)));
+        }
+        // Without a client URL to reach itself by, the member serves no lock or election.
+        Err(e) => tracing::warn!("no v3lock or v3election service: {e}"),
+    }
+    routes.into_axum_router()
 }
 
 /// What every service holds: the member's API state and the client to its leader.
