@@ -2,6 +2,7 @@
 //! Each test uses its own 127.<net>.0.0/16 block so they can run in parallel.
 
 mod flood;
+mod grpc_api;
 mod harness;
 mod lease_api;
 mod mvcc_api;
