@@ -177,7 +177,8 @@ impl NodeHandle {
     /// Records that member `id` is reached at `peer_url` (etcd's MemberUpdate); false when no
     /// such member exists.
     pub async fn update_member(&self, id: NodeId, peer_url: String) -> Result<bool, NodeError> {
-        match self.propose(&Command::UpdateMember { id, peer_url }).await? {
+        let update = Command::UpdateMember { id, name: None, peer_url: Some(peer_url), client_url: None };
+        match self.propose(&update).await? {
             ApplyResult::MemberUpdated { found, .. } => Ok(found),
             other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a member update: {other:?}"))),
         }

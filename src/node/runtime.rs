@@ -38,6 +38,10 @@ const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5_000;
 
 /// Milliseconds per tick of the core.
 pub const TICK_MS: u64 = 10;
+/// How often a leader compares the member records with what members say of themselves.
+const PUBLISH_CHECK: Duration = Duration::from_millis(200);
+/// How long a leader waits for a member record it proposed before it proposes it again.
+const PUBLISH_RETRY: Duration = Duration::from_secs(5);
 /// Inputs waiting for the loop; beyond this, requests are refused (503) and peer messages
 /// dropped (Raft recovers from loss), so memory stays bounded under overload.
 pub const INPUT_QUEUE: usize = 8192;
@@ -169,6 +173,9 @@ pub struct RaftLoop {
     last_leader: Option<NodeId>,
     /// Members whose `Command::Seen` this leader proposed in term `marking.0`.
     marking: (Term, std::collections::BTreeSet<NodeId>),
+    /// When `publish_members` last looked, and the records it proposed in this leadership
+    /// (reset when leadership changes), with when.
+    publishing: (Instant, Term, BTreeMap<NodeId, (MemberInfo, Instant)>),
     shutdown: Option<(oneshot::Sender<()>, Instant)>,
     /// Why the state machine stopped (a snapshot it could not install, or an entry out of
     /// step with it): from then on nothing is applied, no snapshot is taken, and proposals
@@ -211,6 +218,7 @@ impl RaftLoop {
             last_snapshot_index,
             last_leader: None,
             marking: (0, std::collections::BTreeSet::new()),
+            publishing: (Instant::now(), 0, BTreeMap::new()),
             shutdown: None,
             halted: None,
             last_handoff: None,
@@ -479,6 +487,7 @@ impl RaftLoop {
         let conf = self.raw.raft.conf();
         lock(&self.shared.outgoing_snapshots).retain(|id, _| conf.voters.contains(id) || conf.learners.contains(id));
         self.mark_members_with_data();
+        self.publish_members();
         self.hand_off_if_halted();
         self.reclaim_compacted();
         self.maybe_snapshot();
@@ -602,9 +611,11 @@ impl RaftLoop {
             };
             if let Some(result) = &result {
                 self.note_lease(result);
-                // A member's new peer URL (MemberUpdate), once committed: messages go there now.
-                if let ApplyResult::MemberUpdated { id, peer_url, found: true } = result {
-                    self.shared.addresses.set_peer_url(*id, peer_url);
+                // A member's record changed (MemberUpdate, or what it said of itself): its new peer
+                // URL is where messages go now.
+                if let ApplyResult::MemberUpdated { member, found: true } = result {
+                    self.shared.addresses.set_peer_url(member.id, &member.peer_url);
+                    self.shared.addresses.learn(member.id, &member.name, "", &member.client_url);
                 }
             }
             if let Some(pending) = self.proposals.remove(&entry.index) {
@@ -851,6 +862,60 @@ impl RaftLoop {
         }
     }
 
+    /// A leader records what members say of themselves in their messages (their headers,
+    /// `note_peer_urls`): a client URL that a member's record lacks or holds otherwise, and the
+    /// name of a member added without one (etcd's MemberAdd), go into the record through the log
+    /// (`Command::UpdateMember`, a record again after `PUBLISH_RETRY`), as etcd's members publish theirs,
+    /// so that every member lists every member's client URL, not only those it hears from.
+    fn publish_members(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.role() != Role::Leader || !raft.committed_in_current_term() || self.stuck.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.publishing.0) < PUBLISH_CHECK {
+            return;
+        }
+        self.publishing.0 = now;
+        if self.publishing.1 != raft.term() {
+            self.publishing = (now, raft.term(), BTreeMap::new());
+        }
+        let updates: Vec<MemberInfo> = read(&self.shared.kv)
+            .members()
+            .into_iter()
+            .filter_map(|(record, _)| {
+                let said = self.shared.address(record.id)?;
+                let client_url = (!said.client_url.is_empty() && said.client_url != record.client_url)
+                    .then_some(said.client_url);
+                let name = (record.name.is_empty() && !said.name.is_empty()).then_some(said.name);
+                if client_url.is_none() && name.is_none() {
+                    return None;
+                }
+                Some(MemberInfo {
+                    id: record.id,
+                    name: name.unwrap_or(record.name),
+                    peer_url: record.peer_url,
+                    client_url: client_url.unwrap_or(record.client_url),
+                })
+            })
+            // The same record again only once a proposal of it may have been lost.
+            .filter(|update| {
+                !self.publishing.2.get(&update.id).is_some_and(|(u, at)| u == update && now.duration_since(*at) < PUBLISH_RETRY)
+            })
+            .collect();
+        for update in updates {
+            let command = Command::UpdateMember {
+                id: update.id,
+                name: Some(update.name.clone()),
+                peer_url: None,
+                client_url: Some(update.client_url.clone()),
+            };
+            if self.raw.raft.propose(encode(&command)).is_ok() {
+                self.publishing.2.insert(update.id, (update, now));
+            }
+        }
+    }
+
     /// A leader records every member it has heard acknowledge its log, itself included, as
     /// holding data (`Command::Seen`, once per member), so that a member that later starts with
     /// empty data is known to have lost it, under `new` too (`node::join::decide_new`).
@@ -1031,15 +1096,20 @@ impl RaftLoop {
     }
 }
 
-/// Records the URLs a peer announced in its message headers. A member must be able to answer
-/// whoever talks to it: one that joined with empty data knows nobody's peer URL until its log
-/// (or a snapshot) tells it, and the leader may be a member added after the initial list.
-pub fn note_peer_urls(shared: &Shared, id: NodeId, peer_url: Option<&str>, client_url: Option<&str>) {
+/// Records the URLs (and the name) a peer announced in its message headers. A member must be
+/// able to answer whoever talks to it: one that joined with empty data knows nobody's peer URL
+/// until its log (or a snapshot) tells it, and the leader may be a member added after the
+/// initial list. A leader also records them in the membership (`publish_members`).
+pub fn note_peer_urls(shared: &Shared, id: NodeId, peer_url: Option<&str>, client_url: Option<&str>, name: Option<&str>) {
     fn valid(url: Option<&str>) -> &str {
         url.filter(|u| crate::base::ids::validate_url(u).is_ok()).unwrap_or_default()
     }
-    shared.addresses.learn(id, "", valid(peer_url), valid(client_url));
+    let name = name.filter(|n| n.len() <= MAX_NAME_BYTES).unwrap_or_default();
+    shared.addresses.learn(id, name, valid(peer_url), valid(client_url));
 }
+
+/// The longest member name a peer's header may announce.
+const MAX_NAME_BYTES: usize = 253;
 
 #[cfg(test)]
 #[path = "runtime_tests.rs"]

@@ -70,6 +70,8 @@ pub const HEADER_CLUSTER_ID: &str = "x-kuberaft-cluster-id";
 pub const HEADER_FROM: &str = "x-kuberaft-from";
 pub const HEADER_CLIENT_URL: &str = "x-kuberaft-client-url";
 pub const HEADER_PEER_URL: &str = "x-kuberaft-peer-url";
+/// The sender's name (`--name`), when it can travel as a header value.
+pub const HEADER_NAME: &str = "x-kuberaft-name";
 /// The content type of peer bodies that start with a format byte (everything sent since 0.2).
 pub const PEER_CONTENT_TYPE: &str = "application/vnd.kuberaft.raft";
 /// The format byte this member sends: 2, postcard. (Format 1 is 0.1.0's bincode 1, which had no
@@ -373,12 +375,16 @@ async fn peer_sender(
 }
 
 fn peer_request(shared: &Shared, address: &MemberInfo, path: &str) -> axum::http::request::Builder {
-    axum::http::Request::post(format!("{}{path}", address.peer_url))
+    let request = axum::http::Request::post(format!("{}{path}", address.peer_url))
         .header(HEADER_CLUSTER_ID, format!("{:x}", shared.cluster_id))
         .header(HEADER_FROM, format!("{:x}", shared.id))
         .header(HEADER_CLIENT_URL, &shared.advertise_client_url)
         .header(HEADER_PEER_URL, &shared.advertise_peer_url)
-        .header("content-type", PEER_CONTENT_TYPE)
+        .header("content-type", PEER_CONTENT_TYPE);
+    match axum::http::HeaderValue::from_str(&shared.name) {
+        Ok(name) => request.header(HEADER_NAME, name),
+        Err(_) => request,
+    }
 }
 
 /// How a peer body is encoded, told by its content type: `PEER_CONTENT_TYPE` bodies start with
@@ -582,7 +588,13 @@ fn check_sender(server: &PeerServer, headers: &HeaderMap) -> Result<u64, (Status
 fn deliver(server: &PeerServer, from: u64, headers: &HeaderMap, messages: Vec<Message>) -> Response {
     let shared = &server.shared;
     if from != 0 {
-        note_peer_urls(shared, from, header(headers, HEADER_PEER_URL), header(headers, HEADER_CLIENT_URL));
+        note_peer_urls(
+            shared,
+            from,
+            header(headers, HEADER_PEER_URL),
+            header(headers, HEADER_CLIENT_URL),
+            header(headers, HEADER_NAME),
+        );
     }
     for m in messages {
         if m.to != shared.id || m.from != from || from == 0 || !m.is_well_formed() {

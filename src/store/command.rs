@@ -41,9 +41,10 @@ pub enum Command {
     /// The leader's record of the remaining TTLs (ms) of some leases (etcd's LeaseCheckpoint),
     /// so that a new leader does not give them their whole TTL again.
     LeaseCheckpoint { checkpoints: Vec<(i64, i64)> },
-    /// Member `id` is reached at `peer_url` from now on (etcd's MemberUpdate): the membership
-    /// record changes, nothing else. A member of an older version skips it (see `LeaseGrant`).
-    UpdateMember { id: NodeId, peer_url: String },
+    /// Member `id`'s record changes where a field is given: its peer URL (etcd's MemberUpdate),
+    /// its client URL and name (what the member says of itself, which the leader records, as
+    /// etcd's members publish theirs). A member of an older version skips it (see `LeaseGrant`).
+    UpdateMember { id: NodeId, name: Option<String>, peer_url: Option<String>, client_url: Option<String> },
 }
 
 /// The outcome of applying one command. Every successful write moves the store's revision.
@@ -87,10 +88,10 @@ pub enum ApplyResult {
     Checkpointed {
         checkpoints: Vec<(i64, i64)>,
     },
-    /// `Command::UpdateMember` applied (`found` false: no such member, nothing changed).
+    /// `Command::UpdateMember` applied (`found` false: no such member, nothing changed): the
+    /// record as it is now.
     MemberUpdated {
-        id: NodeId,
-        peer_url: String,
+        member: MemberInfo,
         found: bool,
     },
 }

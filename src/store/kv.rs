@@ -294,13 +294,20 @@ impl KvStore {
                 }
                 ApplyResult::Checkpointed { checkpoints }
             }
-            Command::UpdateMember { id, peer_url } => match self.table.members.get_mut(&id) {
+            Command::UpdateMember { id, name, peer_url, client_url } => match self.table.members.get_mut(&id) {
                 Some(member) => {
-                    member.info.peer_url = peer_url.clone();
+                    for (field, new) in
+                        [(&mut member.info.name, name), (&mut member.info.peer_url, peer_url), (&mut member.info.client_url, client_url)]
+                    {
+                        if let Some(new) = new {
+                            *field = new;
+                        }
+                    }
+                    let member = member.info.clone();
                     batch.set_meta(META_MEMBERS, &encode_record(&self.table))?;
-                    ApplyResult::MemberUpdated { id, peer_url, found: true }
+                    ApplyResult::MemberUpdated { member, found: true }
                 }
-                None => ApplyResult::MemberUpdated { id, peer_url, found: false },
+                None => ApplyResult::MemberUpdated { member: MemberInfo { id, ..MemberInfo::default() }, found: false },
             },
             Command::Seen { id } => {
                 if self.table.members.contains_key(&id) && self.table.joined.insert(id) {

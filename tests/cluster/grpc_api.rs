@@ -47,7 +47,7 @@ pub fn ctl(endpoints: &str, args: &[&str], input: &str, limit: Duration) -> Ctl 
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(input.as_bytes());
     }
-    let mut pipe = |p: Option<Box<dyn Read + Send>>| {
+    let pipe = |p: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut text = String::new();
             if let Some(mut p) = p {
@@ -143,16 +143,16 @@ impl Pair<'_> {
         (ctl(self.ours, args, input, limit), ctl(self.etcd, args, input, limit))
     }
 
-    /// Runs `args` on both and checks that they print the same (`replace` applied to each side's
-    /// output: its own lease ids, say) and both succeed or both fail; returns kuberaft's output.
-    fn same(&self, args: &[&str], input: &str, replace: (&[(String, &str)], &[(String, &str)])) -> String {
+    /// Runs `args` on both and checks that they print the same and both succeed or both fail;
+    /// returns kuberaft's output.
+    fn same(&self, args: &[&str], input: &str) -> String {
         let limit = if args.first() == Some(&"watch") { Duration::from_secs(3) } else { Duration::from_secs(20) };
         let (ours, etcd) = self.both(args, input, limit);
-        let (o, e) = (normalized(&ours.out, replace.0), normalized(&etcd.out, replace.1));
+        let (o, e) = (normalized(&ours.out, &[]), normalized(&etcd.out, &[]));
         assert_eq!(o, e, "etcdctl {args:?} prints the same on kuberaft ({}) as on etcd ({})", self.ours, self.etcd);
         assert_eq!(
-            normalized(&ours.err, replace.0),
-            normalized(&etcd.err, replace.1),
+            normalized(&ours.err, &[]),
+            normalized(&etcd.err, &[]),
             "etcdctl {args:?} reports the same error on kuberaft as on etcd"
         );
         if args.first() != Some(&"watch") {
@@ -177,7 +177,6 @@ fn etcdctl_prints_what_etcd_prints_through_every_member() {
     c.wait_leader(ELECTION);
     let etcd_ip = "127.130.0.1";
     let _etcd = Etcd::start(etcd_ip, &["--election-timeout", "1000", "--heartbeat-interval", "100"]);
-    let none: &[(String, &str)] = &[];
     for round in 0..3 {
         // The forms etcdctl is given an endpoint in: with and without the scheme.
         let (ours, etcd) = if round % 2 == 0 {
@@ -188,9 +187,9 @@ fn etcdctl_prints_what_etcd_prints_through_every_member() {
         let pair = Pair { ours: &ours, etcd: &etcd };
         let p = |k: &str| format!("r{round}/{k}");
         for k in ["ka", "kb", "kc", "kd"] {
-            pair.same(&["put", &p(k), &format!("v-{k}")], "", (none, none));
+            pair.same(&["put", &p(k), &format!("v-{k}")], "");
         }
-        let put = pair.same(&["put", &p("ke"), "v-ke", "-w", "json"], "", (none, none));
+        let put = pair.same(&["put", &p("ke"), "v-ke", "-w", "json"], "");
         let revision = serde_json::from_str::<Value>(&put).expect("put -w json")["header"]["revision"]
             .as_i64()
             .expect("a revision");
@@ -209,22 +208,22 @@ fn etcdctl_prints_what_etcd_prints_through_every_member() {
             vec!["get", &p("ka"), &p("kc"), "-w", "fields"],
             vec!["get", &p("none")],
         ] {
-            pair.same(&args, "", (none, none));
+            pair.same(&args, "");
         }
-        pair.same(&["del", &p("ka"), "--prev-kv"], "", (none, none));
-        pair.same(&["del", "--prefix", &p("kb"), "--prev-kv", "-w", "json"], "", (none, none));
+        pair.same(&["del", &p("ka"), "--prev-kv"], "");
+        pair.same(&["del", "--prefix", &p("kb"), "--prev-kv", "-w", "json"], "");
         // A txn in interactive mode: compares, then the success and the failure requests.
         let txn = format!("mod(\"{}\") > \"0\"\n\nput {} t1\nget {}\n\nput {} t2\n\n", p("kc"), p("kc"), p("kd"), p("kx"));
-        pair.same(&["txn", "-i"], &txn, (none, none));
-        pair.same(&["txn", "-i", "-w", "json"], &txn.replace("> \"0\"", "= \"1\""), (none, none));
+        pair.same(&["txn", "-i"], &txn);
+        pair.same(&["txn", "-i", "-w", "json"], &txn.replace("> \"0\"", "= \"1\""));
         // Watch from a past revision, over a prefix, with previous values (ended after 3 s).
-        pair.same(&["watch", &format!("--rev={before_last}"), "--prefix", &p(""), "--prev-kv"], "", (none, none));
+        pair.same(&["watch", &format!("--rev={before_last}"), "--prefix", &p(""), "--prev-kv"], "");
         // Leases: grant, attach, keep alive once, time to live with keys, revoke.
         let (ours_grant, etcd_grant) = pair.both(&["lease", "grant", "100"], "", Duration::from_secs(20));
         assert!(ours_grant.ok && etcd_grant.ok, "{ours_grant:?} {etcd_grant:?}");
         let (lo, le) = (granted_lease(&ours_grant.out), granted_lease(&etcd_grant.out));
-        let ids: (&[(String, &str)], &[(String, &str)]) = (&[(lo.clone(), "<lease>")], &[(le.clone(), "<lease>")]);
-        assert_eq!(normalized(&ours_grant.out, ids.0), normalized(&etcd_grant.out, ids.1));
+        let (ours_ids, etcd_ids) = ([(lo.clone(), "<lease>")], [(le.clone(), "<lease>")]);
+        assert_eq!(normalized(&ours_grant.out, &ours_ids), normalized(&etcd_grant.out, &etcd_ids));
         let o = ctl(&ours, &["put", &p("leased"), "x", &format!("--lease={lo}")], "", Duration::from_secs(20));
         let e = ctl(&etcd, &["put", &p("leased"), "x", &format!("--lease={le}")], "", Duration::from_secs(20));
         assert!(o.ok && e.ok, "{o:?} {e:?}");
@@ -239,25 +238,213 @@ fn etcdctl_prints_what_etcd_prints_through_every_member() {
         ] {
             let (o, e) =
                 (ctl(&ours, &args_ours, "", Duration::from_secs(20)), ctl(&etcd, &args_etcd, "", Duration::from_secs(20)));
-            let (o_out, e_out) = (normalized(&o.out, ids.0), normalized(&e.out, ids.1));
+            let (o_out, e_out) = (normalized(&o.out, &ours_ids), normalized(&e.out, &etcd_ids));
             // The lease id is in the value's JSON as a number: compare with it taken out too.
             let (o_out, e_out) = (
                 remaining_normalized(&o_out.replace(&i64::from_str_radix(&lo, 16).unwrap_or(0).to_string(), "<id>"), 100),
                 remaining_normalized(&e_out.replace(&i64::from_str_radix(&le, 16).unwrap_or(0).to_string(), "<id>"), 100),
             );
             assert_eq!(o_out, e_out, "etcdctl {args_ours:?}");
-            assert_eq!(normalized(&o.err, ids.0), normalized(&e.err, ids.1), "etcdctl {args_ours:?}");
+            assert_eq!(normalized(&o.err, &ours_ids), normalized(&e.err, &etcd_ids), "etcdctl {args_ours:?}");
             assert_eq!(o.ok, e.ok, "etcdctl {args_ours:?}: {o:?} {e:?}");
         }
         // Errors, with etcd's messages: a future revision, an empty key, a bad lease.
-        pair.same(&["get", &p("ka"), "--rev=100000"], "", (none, none));
-        pair.same(&["put", "", "v"], "", (none, none));
-        pair.same(&["put", &p("k"), "v", "--lease=1234"], "", (none, none));
-        pair.same(&["lease", "keep-alive", "--once", "1234"], "", (none, none));
+        pair.same(&["get", &p("ka"), "--rev=100000"], "");
+        pair.same(&["put", "", "v"], "");
+        pair.same(&["put", &p("k"), "v", "--lease=1234"], "");
+        pair.same(&["lease", "keep-alive", "--once", "1234"], "");
         // Compaction, and reads below it.
-        pair.same(&["compaction", &before_last], "", (none, none));
-        pair.same(&["compaction", &before_last], "", (none, none));
-        pair.same(&["get", &p("kc"), &format!("--rev={}", revision - 2)], "", (none, none));
-        pair.same(&["watch", &format!("--rev={}", revision - 2), &p("kc")], "", (none, none));
+        pair.same(&["compaction", &before_last], "");
+        pair.same(&["compaction", &before_last], "");
+        pair.same(&["get", &p("kc"), &format!("--rev={}", revision - 2)], "");
+        pair.same(&["watch", &format!("--rev={}", revision - 2), &p("kc")], "");
     }
+}
+
+/// The ids and JSON of `etcdctl endpoint status -w json` through `endpoints`.
+fn endpoint_status(endpoints: &str, cluster: bool) -> Vec<Value> {
+    let mut args = vec!["endpoint", "status", "-w", "json"];
+    if cluster {
+        args.push("--cluster");
+    }
+    let got = ctl(endpoints, &args, "", Duration::from_secs(20));
+    assert!(got.ok, "endpoint status: {got:?}");
+    serde_json::from_str::<Vec<Value>>(&got.out).unwrap_or_else(|e| panic!("{e}: {}", got.out))
+}
+
+/// Issue 15, must-show 1, the commands a one-member etcd cannot show: membership (add a learner,
+/// start it, promote it, update its peer URL, remove it), endpoint status and health with
+/// `--cluster`, move-leader, defrag, alarm list, snapshot save, lock and elect, on a 3-member
+/// kuberaft cluster through each member and both endpoint forms.
+#[test]
+fn etcdctl_runs_the_cluster_and_maintenance_commands() {
+    if !etcdctl_available() {
+        return;
+    }
+    let mut c = Cluster::new(131, 3);
+    c.bootstrap();
+    let (leader, _) = c.wait_leader(ELECTION);
+    let all: Vec<String> = c.members.iter().map(|m| format!("{}:2379", m.ip)).collect();
+    let all = all.join(",");
+    let ids: Vec<u64> = (0..3)
+        .map(|i| u64::from_str_radix(&c.member_id(i).expect("a member id"), 16).expect("hex id"))
+        .collect();
+
+    // Each member lists every member's client URL once the leader has recorded what the
+    // members say of themselves (as etcd's members publish theirs when they start).
+    for i in 0..3 {
+        wait_for("every member lists every client URL", ELECTION, || {
+            let listed = ctl(&c.members[i].client_url(), &["member", "list", "-w", "json"], "", Duration::from_secs(20));
+            let members: Value = serde_json::from_str(&listed.out).ok()?;
+            let members = members["members"].as_array()?.clone();
+            let urls: Vec<String> = members.iter().filter_map(|m| m["clientURLs"][0].as_str().map(String::from)).collect();
+            let names: Vec<&str> = members.iter().filter_map(|m| m["name"].as_str()).collect();
+            (urls.len() == 3 && names.len() == 3).then_some(())
+        });
+    }
+    // Endpoint status, through each form and with --cluster: three members, one leader, the
+    // API version, the same raft term, no errors.
+    for endpoints in [all.clone(), c.members[1].client_url()] {
+        for statuses in [endpoint_status(&endpoints, true), endpoint_status(&all, false)] {
+            assert_eq!(statuses.len(), 3, "{statuses:?}");
+            let leaders: Vec<u64> = statuses.iter().map(|s| s["Status"]["leader"].as_u64().unwrap_or(0)).collect();
+            assert!(leaders.iter().all(|l| *l == ids[leader]), "{statuses:?}");
+            for s in &statuses {
+                assert_eq!(s["Status"]["version"], "3.4.0", "{s}");
+                assert!(s["Status"]["dbSize"].as_i64().unwrap_or(0) > 0, "{s}");
+                assert!(s["Status"].get("errors").is_none(), "{s}");
+            }
+        }
+    }
+    let health = ctl(&c.members[2].client_url(), &["endpoint", "health", "--cluster"], "", Duration::from_secs(20));
+    assert!(health.ok, "{health:?}");
+    assert_eq!(health.err.matches("is healthy: successfully committed proposal").count(), 3, "{health:?}");
+
+    // Membership: a learner added through a follower, started, promoted, moved, removed.
+    let follower = (leader + 1) % 3;
+    let slot = c.add_member_slot(3);
+    let peer = c.members[slot].peer_url();
+    let added = ctl(
+        &c.members[follower].client_url(),
+        &["member", "add", "etcd-3", &format!("--peer-urls={peer}"), "--learner"],
+        "",
+        Duration::from_secs(20),
+    );
+    assert!(added.ok, "{added:?}");
+    assert!(added.out.contains("added to cluster") && added.out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{added:?}");
+    let listed = ctl(&all, &["member", "list", "-w", "json"], "", Duration::from_secs(20));
+    let members: Value = serde_json::from_str(&listed.out).expect("member list -w json");
+    let learner = members["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["peerURLs"][0] == peer.as_str())
+        .unwrap_or_else(|| panic!("the learner is listed: {members}"))
+        .clone();
+    assert_eq!(learner["isLearner"], true, "{learner}");
+    let learner_id = learner["ID"].as_u64().expect("an ID");
+    let hex = format!("{learner_id:x}");
+    // Promoting a learner that has not started: etcd's refusal.
+    let early = ctl(&all, &["member", "promote", &hex], "", Duration::from_secs(20));
+    assert!(!early.ok && early.err.contains("can only promote a learner member which is in sync with leader"), "{early:?}");
+    let initial = format!("{},etcd-3={peer}", c.initial_cluster(&[0, 1, 2]));
+    c.start(slot, &initial, "existing");
+    wait_for("the learner is promoted", ELECTION, || {
+        let promoted = ctl(&c.members[follower].client_url(), &["member", "promote", &hex], "", Duration::from_secs(20));
+        promoted.out.contains("promoted in cluster").then_some(())
+    });
+    let listed = ctl(&all, &["member", "list"], "", Duration::from_secs(20));
+    assert!(listed.out.lines().any(|l| l.starts_with(&hex) && l.ends_with("false")), "a voter now: {listed:?}");
+    // Its peer URL recorded anew (the same address with a trailing path-free form), then back.
+    let updated =
+        ctl(&all, &["member", "update", &hex, &format!("--peer-urls={peer}")], "", Duration::from_secs(20));
+    assert!(updated.ok && updated.out.contains("updated in cluster"), "{updated:?}");
+    let missing = ctl(&all, &["member", "update", "1234", &format!("--peer-urls={peer}")], "", Duration::from_secs(20));
+    assert!(!missing.ok && missing.err.contains("etcdserver: member not found"), "{missing:?}");
+    let removed = ctl(&c.members[2].client_url(), &["member", "remove", &hex], "", Duration::from_secs(20));
+    assert!(removed.ok && removed.out.contains("removed from cluster"), "{removed:?}");
+    let listed = ctl(&all, &["member", "list"], "", Duration::from_secs(20));
+    assert_eq!(listed.out.lines().count(), 3, "{listed:?}");
+    c.kill(slot);
+
+    // move-leader: refused by a follower with etcd's message, done by the leader.
+    let (leader, _) = c.wait_leader(ELECTION);
+    let target = (leader + 1) % 3;
+    let to = format!("{:x}", ids[target]);
+    let refused = ctl(&c.members[target].client_url(), &["move-leader", &to], "", Duration::from_secs(20));
+    assert!(!refused.ok, "{refused:?}");
+    let moved = ctl(&all, &["move-leader", &to], "", Duration::from_secs(20));
+    assert!(moved.ok && moved.out.contains(&format!("Leadership transferred from {:x} to {to}", ids[leader])), "{moved:?}");
+    wait_for("the target leads", ELECTION, || (c.wait_leader(ELECTION).0 == target).then_some(()));
+
+    // Compaction and defragment: deleted values' space is given back to the file system.
+    let big = "x".repeat(64 << 10);
+    for i in 0..64 {
+        let put = ctl(&all, &["put", &format!("big/{i:03}"), &big], "", Duration::from_secs(20));
+        assert!(put.ok, "{put:?}");
+    }
+    let deleted = ctl(&all, &["del", "--prefix", "big/", "-w", "json"], "", Duration::from_secs(20));
+    let revision = serde_json::from_str::<Value>(&deleted.out).expect("del -w json")["header"]["revision"]
+        .as_i64()
+        .expect("a revision");
+    let compacted = ctl(&all, &["compaction", "--physical", &revision.to_string()], "", Duration::from_secs(60));
+    assert!(compacted.ok && compacted.out.contains(&format!("compacted revision {revision}")), "{compacted:?}");
+    let sizes = || -> Vec<i64> {
+        endpoint_status(&all, false).iter().map(|s| s["Status"]["dbSize"].as_i64().unwrap_or(0)).collect()
+    };
+    let before = sizes();
+    let defrag = ctl(&all, &["defrag"], "", Duration::from_secs(60));
+    assert!(defrag.ok && defrag.out.matches("Finished defragmenting etcd member").count() == 3, "{defrag:?}");
+    let after = sizes();
+    for (b, a) in before.iter().zip(&after) {
+        assert!(a < b, "defragment shrinks each member's file: before {before:?}, after {after:?}");
+    }
+    // The members still agree on the history, as HashKV shows.
+    for i in 0..3 {
+        assert!(ctl(&all, &["put", &format!("after/{i}"), "v"], "", Duration::from_secs(20)).ok);
+    }
+    // (A follower may apply the last put a moment after the leader.)
+    wait_for("the three members' HashKV agree", ELECTION, || {
+        let hashes = ctl(&all, &["endpoint", "hashkv", "-w", "json"], "", Duration::from_secs(20));
+        let hashes: Vec<Value> = serde_json::from_str(&hashes.out).expect("endpoint hashkv -w json");
+        let values: Vec<u64> = hashes.iter().map(|h| h["HashKV"]["hash"].as_u64().unwrap_or(0)).collect();
+        (values.len() == 3 && values.iter().all(|h| *h == values[0] && *h != 0)).then_some(())
+    });
+
+    // No alarm on a healthy cluster (NOSPACE: the disk-full tests).
+    let alarms = ctl(&all, &["alarm", "list"], "", Duration::from_secs(20));
+    assert!(alarms.ok && alarms.out.trim().is_empty(), "{alarms:?}");
+
+    // snapshot save: the member's state, framed as etcdctl checks (512-byte multiple + SHA-256).
+    let file = c.dir.path().join("snapshot.db");
+    let saved = ctl(
+        &c.members[follower].client_url(),
+        &["snapshot", "save", file.to_str().expect("a path")],
+        "",
+        Duration::from_secs(60),
+    );
+    assert!(saved.ok && saved.out.contains("Snapshot saved at"), "{saved:?}");
+    let bytes = std::fs::read(&file).expect("the snapshot file");
+    assert_eq!(bytes.len() % 512, 32, "etcd's framing");
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    use sha2::Digest;
+    assert_eq!(sha2::Sha256::digest(body).as_slice(), sum, "the SHA-256 of the body ends the file");
+    assert!(body.starts_with(b"KRMVCC\x00\x01"), "kuberaft's MVCC snapshot format");
+
+    // lock: the command runs while the lock is held; a second holder waits for it.
+    let locked = ctl(&c.members[0].client_url(), &["lock", "grpc-lock", "echo", "held"], "", Duration::from_secs(20));
+    assert!(locked.ok && locked.out.trim() == "held", "{locked:?}");
+    let first = ctl(&all, &["lock", "grpc-lock"], "", Duration::from_secs(3));
+    assert!(first.out.starts_with("grpc-lock/"), "the lock's key is printed once held: {first:?}");
+    // elect: a campaigner leads with its proposal; an observer sees it.
+    let campaign = std::thread::spawn({
+        let endpoint = c.members[1].client_url();
+        move || ctl(&endpoint, &["elect", "grpc-election", "p1"], "", Duration::from_secs(6))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let observed = ctl(&c.members[2].client_url(), &["elect", "--listen", "grpc-election"], "", Duration::from_secs(3));
+    let lines: Vec<&str> = observed.out.lines().collect();
+    assert!(lines.len() >= 2 && lines[0].starts_with("grpc-election/") && lines[1] == "p1", "{observed:?}");
+    let campaigned = campaign.join().expect("the campaign");
+    assert!(campaigned.out.starts_with("grpc-election/") && campaigned.out.contains("p1"), "{campaigned:?}");
 }

@@ -566,6 +566,8 @@ impl ReadView {
         let at = if revision <= 0 { current } else { revision };
         let kv = self.txn.open_table(KV).at(&self.place, READ)?;
         let mut hash = HistoryHash::default();
+        // The table's name first, as etcd hashes its bucket's: an empty history hashes to no 0.
+        hash.hasher.update(b"kv");
         for entry in kv.iter().at(&self.place, READ)? {
             let (k, v) = entry.at(&self.place, READ)?;
             let (key, rev) = k.value();
