@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::{Client, ClientError, Result};
 use crate::base::wire::kv::{
-    Compare, DeleteRangeRequest, CompareResult, CompareTarget, KeyValue, PutRequest, RangeRequest, RequestOp, ResponseOp, SortOrder,
-    SortTarget, TxnRequest,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, PutRequest, RangeRequest, RequestOp,
+    ResponseOp, SortOrder, SortTarget, TxnRequest,
 };
 use crate::base::wire::watch::{EventType, WatchCreateRequest};
 use crate::base::wire::Consistency;
@@ -245,8 +245,7 @@ pub fn text(bytes: Option<Vec<u8>>) -> String {
 pub async fn proclaim(client: &Client, key: &str, revision: i64, lease: i64, value: &str) -> Result<bool> {
     let mut mine = Compare::new(key, CompareTarget::Create, CompareResult::Equal);
     mine.create_revision = Some(revision);
-    let put =
-        PutRequest { key: Some(key.to_string()), value: Some(value.to_string()), lease, ..Default::default() };
+    let put = PutRequest { key: Some(key.to_string()), value: Some(value.to_string()), lease, ..Default::default() };
     let txn = TxnRequest { compare: vec![mine], success: vec![RequestOp::RequestPut(put)], failure: Vec::new() };
     Ok(client.txn(&txn).await?.succeeded)
 }

@@ -885,8 +885,8 @@ impl RaftLoop {
             .into_iter()
             .filter_map(|(record, _)| {
                 let said = self.shared.address(record.id)?;
-                let client_url = (!said.client_url.is_empty() && said.client_url != record.client_url)
-                    .then_some(said.client_url);
+                let client_url =
+                    (!said.client_url.is_empty() && said.client_url != record.client_url).then_some(said.client_url);
                 let name = (record.name.is_empty() && !said.name.is_empty()).then_some(said.name);
                 if client_url.is_none() && name.is_none() {
                     return None;
@@ -900,7 +900,11 @@ impl RaftLoop {
             })
             // The same record again only once a proposal of it may have been lost.
             .filter(|update| {
-                !self.publishing.2.get(&update.id).is_some_and(|(u, at)| u == update && now.duration_since(*at) < PUBLISH_RETRY)
+                !self
+                    .publishing
+                    .2
+                    .get(&update.id)
+                    .is_some_and(|(u, at)| u == update && now.duration_since(*at) < PUBLISH_RETRY)
             })
             .collect();
         for update in updates {
@@ -1100,7 +1104,13 @@ impl RaftLoop {
 /// able to answer whoever talks to it: one that joined with empty data knows nobody's peer URL
 /// until its log (or a snapshot) tells it, and the leader may be a member added after the
 /// initial list. A leader also records them in the membership (`publish_members`).
-pub fn note_peer_urls(shared: &Shared, id: NodeId, peer_url: Option<&str>, client_url: Option<&str>, name: Option<&str>) {
+pub fn note_peer_urls(
+    shared: &Shared,
+    id: NodeId,
+    peer_url: Option<&str>,
+    client_url: Option<&str>,
+    name: Option<&str>,
+) {
     fn valid(url: Option<&str>) -> &str {
         url.filter(|u| crate::base::ids::validate_url(u).is_ok()).unwrap_or_default()
     }

@@ -296,9 +296,11 @@ impl KvStore {
             }
             Command::UpdateMember { id, name, peer_url, client_url } => match self.table.members.get_mut(&id) {
                 Some(member) => {
-                    for (field, new) in
-                        [(&mut member.info.name, name), (&mut member.info.peer_url, peer_url), (&mut member.info.client_url, client_url)]
-                    {
+                    for (field, new) in [
+                        (&mut member.info.name, name),
+                        (&mut member.info.peer_url, peer_url),
+                        (&mut member.info.client_url, client_url),
+                    ] {
                         if let Some(new) = new {
                             *field = new;
                         }
@@ -922,6 +924,43 @@ mod tests {
         assert_eq!(kv.delete("missing", None), ApplyResult::Deleted { revision: 2, deleted: 0 });
         assert_eq!(kv.store.revision(), 2);
         assert_eq!(kv.store.applied_index(), 2, "the entry is applied all the same");
+    }
+
+    /// etcd's MemberUpdate, and what the leader records of members (`Command::UpdateMember`):
+    /// only the fields given change, the record survives a reload, the membership hash moves;
+    /// an unknown member changes nothing.
+    #[test]
+    fn update_member_changes_the_fields_given_and_nothing_for_an_unknown_member() {
+        let mut kv = Applier::new();
+        kv.conf_change(ConfChangeKind::AddVoter, 1, encode(&info(1, "etcd-0")));
+        kv.conf_change(ConfChangeKind::AddLearner, 2, encode(&MemberInfo { id: 2, ..MemberInfo::default() }));
+        let hash = kv.store.membership_hash();
+        let moved = Command::UpdateMember {
+            id: 1,
+            name: None,
+            peer_url: Some("http://10.0.0.9:2380".into()),
+            client_url: None,
+        };
+        let expected = MemberInfo { peer_url: "http://10.0.0.9:2380".into(), ..info(1, "etcd-0") };
+        assert_eq!(kv.command(moved), Some(ApplyResult::MemberUpdated { member: expected.clone(), found: true }));
+        let named = Command::UpdateMember {
+            id: 2,
+            name: Some("etcd-1".into()),
+            peer_url: None,
+            client_url: Some("http://etcd-1.etcd:2379".into()),
+        };
+        assert!(matches!(kv.command(named), Some(ApplyResult::MemberUpdated { found: true, .. })));
+        assert_ne!(kv.store.membership_hash(), hash);
+        let members = kv.store.members();
+        assert_eq!(members[0], (expected, true));
+        assert_eq!(
+            (members[1].0.name.as_str(), members[1].0.client_url.as_str()),
+            ("etcd-1", "http://etcd-1.etcd:2379")
+        );
+        let hash = kv.store.membership_hash();
+        let unknown = Command::UpdateMember { id: 9, name: Some("x".into()), peer_url: None, client_url: None };
+        assert!(matches!(kv.command(unknown), Some(ApplyResult::MemberUpdated { found: false, .. })));
+        assert_eq!((kv.store.membership_hash(), kv.store.members().len()), (hash, 2));
     }
 
     #[test]

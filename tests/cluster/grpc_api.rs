@@ -213,7 +213,8 @@ fn etcdctl_prints_what_etcd_prints_through_every_member() {
         pair.same(&["del", &p("ka"), "--prev-kv"], "");
         pair.same(&["del", "--prefix", &p("kb"), "--prev-kv", "-w", "json"], "");
         // A txn in interactive mode: compares, then the success and the failure requests.
-        let txn = format!("mod(\"{}\") > \"0\"\n\nput {} t1\nget {}\n\nput {} t2\n\n", p("kc"), p("kc"), p("kd"), p("kx"));
+        let txn =
+            format!("mod(\"{}\") > \"0\"\n\nput {} t1\nget {}\n\nput {} t2\n\n", p("kc"), p("kc"), p("kd"), p("kx"));
         pair.same(&["txn", "-i"], &txn);
         pair.same(&["txn", "-i", "-w", "json"], &txn.replace("> \"0\"", "= \"1\""));
         // Watch from a past revision, over a prefix, with previous values (ended after 3 s).
@@ -236,13 +237,21 @@ fn etcdctl_prints_what_etcd_prints_through_every_member() {
             (vec!["lease", "timetolive", &lo], vec!["lease", "timetolive", &le]),
             (vec!["lease", "revoke", &lo], vec!["lease", "revoke", &le]),
         ] {
-            let (o, e) =
-                (ctl(&ours, &args_ours, "", Duration::from_secs(20)), ctl(&etcd, &args_etcd, "", Duration::from_secs(20)));
+            let (o, e) = (
+                ctl(&ours, &args_ours, "", Duration::from_secs(20)),
+                ctl(&etcd, &args_etcd, "", Duration::from_secs(20)),
+            );
             let (o_out, e_out) = (normalized(&o.out, &ours_ids), normalized(&e.out, &etcd_ids));
             // The lease id is in the value's JSON as a number: compare with it taken out too.
             let (o_out, e_out) = (
-                remaining_normalized(&o_out.replace(&i64::from_str_radix(&lo, 16).unwrap_or(0).to_string(), "<id>"), 100),
-                remaining_normalized(&e_out.replace(&i64::from_str_radix(&le, 16).unwrap_or(0).to_string(), "<id>"), 100),
+                remaining_normalized(
+                    &o_out.replace(&i64::from_str_radix(&lo, 16).unwrap_or(0).to_string(), "<id>"),
+                    100,
+                ),
+                remaining_normalized(
+                    &e_out.replace(&i64::from_str_radix(&le, 16).unwrap_or(0).to_string(), "<id>"),
+                    100,
+                ),
             );
             assert_eq!(o_out, e_out, "etcdctl {args_ours:?}");
             assert_eq!(normalized(&o.err, &ours_ids), normalized(&e.err, &etcd_ids), "etcdctl {args_ours:?}");
@@ -286,18 +295,19 @@ fn etcdctl_runs_the_cluster_and_maintenance_commands() {
     let (leader, _) = c.wait_leader(ELECTION);
     let all: Vec<String> = c.members.iter().map(|m| format!("{}:2379", m.ip)).collect();
     let all = all.join(",");
-    let ids: Vec<u64> = (0..3)
-        .map(|i| u64::from_str_radix(&c.member_id(i).expect("a member id"), 16).expect("hex id"))
-        .collect();
+    let ids: Vec<u64> =
+        (0..3).map(|i| u64::from_str_radix(&c.member_id(i).expect("a member id"), 16).expect("hex id")).collect();
 
     // Each member lists every member's client URL once the leader has recorded what the
     // members say of themselves (as etcd's members publish theirs when they start).
     for i in 0..3 {
         wait_for("every member lists every client URL", ELECTION, || {
-            let listed = ctl(&c.members[i].client_url(), &["member", "list", "-w", "json"], "", Duration::from_secs(20));
+            let listed =
+                ctl(&c.members[i].client_url(), &["member", "list", "-w", "json"], "", Duration::from_secs(20));
             let members: Value = serde_json::from_str(&listed.out).ok()?;
             let members = members["members"].as_array()?.clone();
-            let urls: Vec<String> = members.iter().filter_map(|m| m["clientURLs"][0].as_str().map(String::from)).collect();
+            let urls: Vec<String> =
+                members.iter().filter_map(|m| m["clientURLs"][0].as_str().map(String::from)).collect();
             let names: Vec<&str> = members.iter().filter_map(|m| m["name"].as_str()).collect();
             (urls.len() == 3 && names.len() == 3).then_some(())
         });
@@ -331,7 +341,10 @@ fn etcdctl_runs_the_cluster_and_maintenance_commands() {
         Duration::from_secs(20),
     );
     assert!(added.ok, "{added:?}");
-    assert!(added.out.contains("added to cluster") && added.out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{added:?}");
+    assert!(
+        added.out.contains("added to cluster") && added.out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{added:?}"
+    );
     let listed = ctl(&all, &["member", "list", "-w", "json"], "", Duration::from_secs(20));
     let members: Value = serde_json::from_str(&listed.out).expect("member list -w json");
     let learner = members["members"]
@@ -346,18 +359,21 @@ fn etcdctl_runs_the_cluster_and_maintenance_commands() {
     let hex = format!("{learner_id:x}");
     // Promoting a learner that has not started: etcd's refusal.
     let early = ctl(&all, &["member", "promote", &hex], "", Duration::from_secs(20));
-    assert!(!early.ok && early.err.contains("can only promote a learner member which is in sync with leader"), "{early:?}");
+    assert!(
+        !early.ok && early.err.contains("can only promote a learner member which is in sync with leader"),
+        "{early:?}"
+    );
     let initial = format!("{},etcd-3={peer}", c.initial_cluster(&[0, 1, 2]));
     c.start(slot, &initial, "existing");
     wait_for("the learner is promoted", ELECTION, || {
-        let promoted = ctl(&c.members[follower].client_url(), &["member", "promote", &hex], "", Duration::from_secs(20));
+        let promoted =
+            ctl(&c.members[follower].client_url(), &["member", "promote", &hex], "", Duration::from_secs(20));
         promoted.out.contains("promoted in cluster").then_some(())
     });
     let listed = ctl(&all, &["member", "list"], "", Duration::from_secs(20));
     assert!(listed.out.lines().any(|l| l.starts_with(&hex) && l.ends_with("false")), "a voter now: {listed:?}");
     // Its peer URL recorded anew (the same address with a trailing path-free form), then back.
-    let updated =
-        ctl(&all, &["member", "update", &hex, &format!("--peer-urls={peer}")], "", Duration::from_secs(20));
+    let updated = ctl(&all, &["member", "update", &hex, &format!("--peer-urls={peer}")], "", Duration::from_secs(20));
     assert!(updated.ok && updated.out.contains("updated in cluster"), "{updated:?}");
     let missing = ctl(&all, &["member", "update", "1234", &format!("--peer-urls={peer}")], "", Duration::from_secs(20));
     assert!(!missing.ok && missing.err.contains("etcdserver: member not found"), "{missing:?}");
@@ -374,7 +390,10 @@ fn etcdctl_runs_the_cluster_and_maintenance_commands() {
     let refused = ctl(&c.members[target].client_url(), &["move-leader", &to], "", Duration::from_secs(20));
     assert!(!refused.ok, "{refused:?}");
     let moved = ctl(&all, &["move-leader", &to], "", Duration::from_secs(20));
-    assert!(moved.ok && moved.out.contains(&format!("Leadership transferred from {:x} to {to}", ids[leader])), "{moved:?}");
+    assert!(
+        moved.ok && moved.out.contains(&format!("Leadership transferred from {:x} to {to}", ids[leader])),
+        "{moved:?}"
+    );
     wait_for("the target leads", ELECTION, || (c.wait_leader(ELECTION).0 == target).then_some(()));
 
     // Compaction and defragment: deleted values' space is given back to the file system.

@@ -71,7 +71,10 @@ macro_rules! forward_cluster {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn member_add(&self, request: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
         let asked = request.get_ref();
         let [peer_url] = asked.peer_ur_ls.as_slice() else {
             return Err(Status::invalid_argument(MEMBER_BAD_URLS));
@@ -85,10 +88,14 @@ impl pb::cluster_server::Cluster for ClusterService {
                 if self.0.api.node.with_kv(|kv| kv.members()).iter().any(|(m, _)| m.peer_url == peer_url) {
                     return Err(Status::failed_precondition(PEER_URL_EXISTS));
                 }
-                let id =
-                    self.0.api.node.add_member(String::new(), peer_url.clone(), String::new(), learner).await.map_err(node_status)?;
-                let member =
-                    pb::Member { id, peer_ur_ls: vec![peer_url], is_learner: learner, ..Default::default() };
+                let id = self
+                    .0
+                    .api
+                    .node
+                    .add_member(String::new(), peer_url.clone(), String::new(), learner)
+                    .await
+                    .map_err(node_status)?;
+                let member = pb::Member { id, peer_ur_ls: vec![peer_url], is_learner: learner, ..Default::default() };
                 Ok(Response::new(pb::MemberAddResponse {
                     header: self.header(),
                     member: Some(member),

@@ -90,7 +90,8 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        let txn = single(mvcc::RequestOp::Put(convert::put_request(request.get_ref().clone())), self.max_value_bytes())?;
+        let txn =
+            single(mvcc::RequestOp::Put(convert::put_request(request.get_ref().clone())), self.max_value_bytes())?;
         match self.0.route(&request)? {
             Route::Leader(leader) => forward!(self.0, leader, request, KvClient::put),
             Route::Here => match Self::only(self.apply(txn).await?)? {

@@ -46,7 +46,12 @@ impl pb::lease_server::Lease for LeaseService {
             Route::Here => {
                 let asked = request.into_inner();
                 let (id, ttl) = self.0.api.node.lease_grant(asked.id, asked.ttl).await.map_err(node_status)?;
-                Ok(Response::new(pb::LeaseGrantResponse { header: self.current_header(), id, ttl, error: String::new() }))
+                Ok(Response::new(pb::LeaseGrantResponse {
+                    header: self.current_header(),
+                    id,
+                    ttl,
+                    error: String::new(),
+                }))
             }
         }
     }
@@ -73,9 +78,10 @@ impl pb::lease_server::Lease for LeaseService {
         match self.0.route(&request)? {
             Route::Leader(leader) => {
                 // The client's requests go on to the leader as they come, until they end or break.
-                let requests = request.into_inner().take_while(|r| std::future::ready(r.is_ok())).filter_map(
-                    |r: Result<pb::LeaseKeepAliveRequest, Status>| std::future::ready(r.ok()),
-                );
+                let requests = request
+                    .into_inner()
+                    .take_while(|r| std::future::ready(r.is_ok()))
+                    .filter_map(|r: Result<pb::LeaseKeepAliveRequest, Status>| std::future::ready(r.ok()));
                 let answers = leader
                     .call(requests, |c, o, r| async move { LeaseClient::with_origin(c, o).lease_keep_alive(r).await })
                     .await?

@@ -105,8 +105,12 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         use pb::alarm_request::AlarmAction;
         let asked = request.into_inner();
         let nospace = pb::AlarmType::Nospace as i32;
-        let alarms: Vec<pb::AlarmMember> =
-            self.nospace_members().await.into_iter().map(|id| pb::AlarmMember { member_id: id, alarm: nospace }).collect();
+        let alarms: Vec<pb::AlarmMember> = self
+            .nospace_members()
+            .await
+            .into_iter()
+            .map(|id| pb::AlarmMember { member_id: id, alarm: nospace })
+            .collect();
         let alarms = match AlarmAction::try_from(asked.action) {
             Ok(AlarmAction::Get) => alarms,
             Ok(AlarmAction::Deactivate) => alarms

@@ -20,10 +20,10 @@ macro_rules! forward {
     }};
 }
 
-pub mod convert;
-mod errors;
 mod auth;
 mod cluster;
+pub mod convert;
+mod errors;
 mod kv;
 mod lease;
 mod maintenance;

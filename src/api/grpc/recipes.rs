@@ -102,7 +102,10 @@ type Leaders = Pin<Box<dyn Stream<Item = Result<epb::LeaderResponse, Status>> + 
 
 #[tonic::async_trait]
 impl epb::election_server::Election for ElectionService {
-    async fn campaign(&self, request: Request<epb::CampaignRequest>) -> Result<Response<epb::CampaignResponse>, Status> {
+    async fn campaign(
+        &self,
+        request: Request<epb::CampaignRequest>,
+    ) -> Result<Response<epb::CampaignResponse>, Status> {
         let asked = request.into_inner();
         let r = &self.0;
         let session = Session::orphan(&r.client, asked.lease);
@@ -117,7 +120,10 @@ impl epb::election_server::Election for ElectionService {
         }))
     }
 
-    async fn proclaim(&self, request: Request<epb::ProclaimRequest>) -> Result<Response<epb::ProclaimResponse>, Status> {
+    async fn proclaim(
+        &self,
+        request: Request<epb::ProclaimRequest>,
+    ) -> Result<Response<epb::ProclaimResponse>, Status> {
         let asked = request.into_inner();
         let leader = asked.leader.ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
         let r = &self.0;

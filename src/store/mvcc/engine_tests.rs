@@ -1136,3 +1136,89 @@ fn compacted_history_is_reclaimed_in_bounded_steps() {
     let late = collect(store.snapshot().unwrap());
     assert_eq!(joined(&early), joined(&late), "the same stream before and after reclaiming");
 }
+
+// ----- HashKV and defragment (issue 15) -----
+
+fn hash_kv(store: &MvccStore, revision: Revision) -> Result<HashKv, MvccError> {
+    match store.read_view().unwrap().hash_kv(revision) {
+        Ok(h) => Ok(h),
+        Err(ReadError::Mvcc(e)) => Err(e),
+        Err(ReadError::Storage(e)) => panic!("storage failed: {e}"),
+    }
+}
+
+/// The same history with and without the space of a compaction reclaimed.
+fn compacted_history(reclaim: bool) -> MvccStore {
+    let store = MvccStore::in_memory();
+    for i in 0..10 {
+        put(&store, "a", &i.to_string(), false); // 2..=11
+    }
+    put(&store, "b", "x", false); // 12
+    put(&store, "c", "y", false); // 13
+    let mut batch = store.begin().unwrap();
+    batch.delete_range(&DeleteRangeRequest { key: b("c"), ..Default::default() }).unwrap().unwrap(); // 14
+    batch.compact(14).unwrap().unwrap();
+    if reclaim {
+        while batch.compact_step().unwrap() {}
+    }
+    batch.commit(false).unwrap();
+    put(&store, "a", "after", false); // 15
+    store
+}
+
+/// HashKV is equal on members that applied the same log, whatever their compaction has
+/// reclaimed; it changes with the history and with the revision hashed; and it refuses a
+/// revision at or below the compacted one, or above the current one, as etcd does.
+#[test]
+fn hash_kv_hashes_the_kept_history_whatever_was_reclaimed() {
+    let (kept, reclaimed) = (compacted_history(false), compacted_history(true));
+    let h = hash_kv(&kept, 0).unwrap();
+    assert_eq!((h.current, h.compacted), (15, 14));
+    assert_eq!(h, hash_kv(&reclaimed, 0).unwrap(), "the reclaimed store hashes the same");
+    assert_eq!(hash_kv(&kept, 15).unwrap(), h, "revision 0 is the current one");
+    put(&kept, "d", "z", false);
+    assert_ne!(hash_kv(&kept, 0).unwrap().hash, h.hash, "a new write changes the hash");
+    assert_eq!(hash_kv(&kept, 15).unwrap().hash, h.hash, "the hash at 15 does not see it");
+    assert_eq!(hash_kv(&kept, 14), Err(MvccError::Compacted));
+    assert_eq!(hash_kv(&kept, 3), Err(MvccError::Compacted));
+    assert_eq!(hash_kv(&kept, 17), Err(MvccError::FutureRev));
+    // Another value at the same revisions: another hash.
+    let other = MvccStore::in_memory();
+    put(&other, "a", "different", false);
+    let fresh = MvccStore::in_memory();
+    put(&fresh, "a", "same", false);
+    assert_ne!(hash_kv(&other, 0).unwrap().hash, hash_kv(&fresh, 0).unwrap().hash);
+    assert_ne!(hash_kv(&MvccStore::in_memory(), 0).unwrap().hash, 0, "an empty history hashes to no 0");
+}
+
+/// Defragment gives back the space that compacted history left free in the file, keeps every
+/// key, and waits for readers: with a read transaction open it does nothing.
+#[test]
+fn defragment_shrinks_the_file_and_keeps_the_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mvcc.redb");
+    let mut store = MvccStore::open(&path).unwrap();
+    let big = "x".repeat(64 << 10);
+    for i in 0..64 {
+        put(&store, &format!("k{i:02}"), &big, true);
+    }
+    put(&store, "z-keep", "me", true);
+    let mut batch = store.begin().unwrap();
+    batch.delete_range(&DeleteRangeRequest { key: b("k"), range_end: b("l"), ..Default::default() }).unwrap().unwrap();
+    let revision = batch.revision();
+    batch.compact(revision).unwrap().unwrap();
+    while batch.compact_step().unwrap() {}
+    batch.commit(true).unwrap();
+    let before = std::fs::metadata(&path).unwrap().len();
+    let reader = store.read_view().unwrap();
+    assert!(!store.defragment().unwrap(), "a reader holds the database: nothing is done");
+    drop(reader);
+    assert!(store.defragment().unwrap());
+    let after = std::fs::metadata(&path).unwrap().len();
+    assert!(after * 4 < before, "the file shrinks: {before} -> {after} bytes");
+    assert_eq!(read(&store, &one("z-keep")).unwrap().kvs[0].value, b("me"));
+    assert_eq!(store.revision(), revision);
+    drop(store);
+    let reopened = MvccStore::open(&path).unwrap();
+    assert_eq!(read(&reopened, &one("z-keep")).unwrap().kvs[0].value, b("me"), "durable after reopening");
+}

@@ -13,7 +13,7 @@ pub mod model;
 pub mod snapshot;
 pub mod types;
 
-pub use engine::{Batch, MvccStore, ReadError, ReadView};
+pub use engine::{Batch, HashKv, MvccStore, ReadError, ReadView};
 pub use events::{EventBounds, EventsPage, HistoryPos};
 pub use snapshot::{ChunkReader, SnapshotReader};
 pub use types::*;
