@@ -6,8 +6,22 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `kuberaft node` also takes etcd's flags and ETCD_* variables (DESIGN.md §5).
+    let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    let argv = match kuberaft::process::etcd_flags::translate(std::env::args_os().collect(), env) {
+        Ok((argv, warnings)) => {
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+            argv
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Usage errors make clap print `error: ...` and exit 2; --help and --version exit 0.
-    kuberaft::cli::run(kuberaft::cli::Cli::parse())
+    kuberaft::cli::run(kuberaft::cli::Cli::parse_from(argv))
 }
 
 /// The binary's allocator (DESIGN.md, Dependencies: measured 6-21 % more requests per second than

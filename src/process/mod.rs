@@ -5,6 +5,7 @@
 
 pub mod args;
 mod error;
+pub mod etcd_flags;
 mod join;
 mod member;
 
