@@ -467,3 +467,55 @@ fn etcdctl_runs_the_cluster_and_maintenance_commands() {
     let campaigned = campaign.join().expect("the campaign");
     assert!(campaigned.out.starts_with("grpc-election/") && campaigned.out.contains("p1"), "{campaigned:?}");
 }
+
+/// Kills its process when dropped, also when the test fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Issue 15, build item 5: `kuberaft node` started as a script starts etcd, with etcd's flag
+/// names and `ETCD_*` variables, serves etcdctl; an etcd flag it does not support is refused by
+/// name (exit 2), not ignored.
+#[test]
+fn node_starts_with_etcds_flags_and_environment() {
+    if !etcdctl_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ip = "127.132.0.1";
+    let (client, peer) = (format!("http://{ip}:2379"), format!("http://{ip}:2380"));
+    let start = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kuberaft"));
+        command
+            .args(["node", "--name", "e0", "--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--election-timeout", "500", "--heartbeat-interval", "50"])
+            .args(["--logger", "zap"])
+            .args(extra)
+            .env("ETCD_DATA_DIR", dir.path().join("e0"))
+            .env("ETCD_INITIAL_ADVERTISE_PEER_URLS", &peer)
+            .env("ETCD_INITIAL_CLUSTER", format!("e0={peer}"))
+            .env("ETCD_INITIAL_CLUSTER_STATE", "new")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    };
+    let refused = start(&["--quota-backend-bytes", "8589934592"]).output().expect("run kuberaft node");
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("etcd's --quota-backend-bytes is not supported by kuberaft"),
+        "{refused:?}"
+    );
+    let _node = Killed(start(&[]).stderr(Stdio::null()).spawn().expect("start kuberaft node"));
+    wait_for("the member serves etcdctl", ELECTION, || {
+        ctl(&client, &["put", "started", "like-etcd"], "", Duration::from_secs(5)).ok.then_some(())
+    });
+    let got = ctl(&client, &["get", "started", "--print-value-only"], "", Duration::from_secs(10));
+    assert_eq!(got.out.trim(), "like-etcd", "{got:?}");
+    let status = endpoint_status(&client, false);
+    assert_eq!(status[0]["Endpoint"], client.as_str(), "{status:?}");
+}
