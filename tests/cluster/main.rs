@@ -1,6 +1,8 @@
 //! Integration tests with real `kuberaft node` processes on loopback addresses.
 //! Each test uses its own 127.<net>.0.0/16 block so they can run in parallel.
 
+#[cfg(feature = "etcd")]
+mod etcd_client_api;
 mod flood;
 mod grpc_api;
 mod harness;
@@ -1174,6 +1176,34 @@ fn bench_drives_etcd_through_its_grpc_api() {
             text.lines().skip(1).map(|l| i64::from_str_radix(l.trim(), 16).expect("a hex lease id")).collect();
         assert_eq!(text.lines().next(), Some(format!("found {} leases", ids.len()).as_str()), "{text}");
         ids
+    });
+}
+
+/// Issue 15, build item 6: `kuberaft bench --target etcd` (the etcd-client driver) pointed at
+/// kuberaft's gRPC API: every scenario counts every request with no error, really writes what it
+/// reports (read back through kuberaft's JSON API), and the lease scenarios grant, renew and
+/// revoke on kuberaft as on etcd.
+#[cfg(feature = "etcd")]
+#[test]
+fn bench_drives_kuberaft_through_the_etcd_grpc_api() {
+    let mut c = Cluster::new(136, 3);
+    c.bootstrap();
+    c.wait_leader(ELECTION);
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
+    bench_every_scenario("etcd", &endpoints, "2");
+    for k in [0, 7, 49] {
+        let (status, value) = c.get(0, &format!("{k:08}"), "linearizable");
+        assert_eq!((status, value.len()), (200, 100), "key {k:08}");
+    }
+    bench_load_of_a_key_range("etcd", &endpoints, "2");
+    for k in [999, 1000, 1299, 1300] {
+        let (status, _) = c.get(1, &format!("{k:08}"), "linearizable");
+        assert_eq!(status, if (1000..1300).contains(&k) { 200 } else { 404 }, "key {k:08}");
+    }
+    bench_leases("etcd", &endpoints, "2", &|| {
+        let (status, answer) = mvcc_api::post(&c, 0, "/v1/lease/leases", &json!({}));
+        assert_eq!(status, 200, "{answer}");
+        answer["leases"].as_array().expect("leases").iter().map(|l| l["ID"].as_i64().expect("an ID")).collect()
     });
 }
 
