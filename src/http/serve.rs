@@ -50,6 +50,9 @@ pub struct PortLimits {
     pub header_timeout: Duration,
     /// For a whole request in its handler.
     pub request_timeout: Duration,
+    /// Paths whose handler waits for as long as its client does (no `request_timeout`): etcd's
+    /// Lock and Campaign, which return once the lock is held or the election won.
+    pub waits: &'static [&'static str],
 }
 
 /// The client port: enough connections and requests for many clients (and `kuberaft bench`);
@@ -59,6 +62,7 @@ pub const CLIENT_PORT: PortLimits = PortLimits {
     max_requests: 256,
     header_timeout: Duration::from_secs(10),
     request_timeout: Duration::from_secs(30),
+    waits: &["/v3lockpb.Lock/Lock", "/v3electionpb.Election/Campaign"],
 };
 
 /// The peer port: a cluster has at most 9 members, each with one or two connections to each
@@ -70,6 +74,7 @@ pub const PEER_PORT: PortLimits = PortLimits {
     max_requests: 64,
     header_timeout: Duration::from_secs(10),
     request_timeout: Duration::from_secs(3660),
+    waits: &[],
 };
 
 /// What happened on a port, for `/metrics`.
@@ -175,6 +180,15 @@ impl http_body::Body for TrackedBody {
     }
 }
 
+/// The answer to a request that took longer than the port's request timeout.
+fn timed_out(render: RenderError) -> Response<Body> {
+    render(
+        StatusCode::GATEWAY_TIMEOUT,
+        "outcome_unknown",
+        "the request took too long and was abandoned; a write may or may not have applied".into(),
+    )
+}
+
 /// The answer to a request that the limiting layers stopped.
 fn limit_error(render: RenderError, e: BoxError) -> Response<Body> {
     if e.is::<tower::load_shed::error::Overloaded>() {
@@ -185,12 +199,6 @@ fn limit_error(render: RenderError, e: BoxError) -> Response<Body> {
         );
         response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
         response
-    } else if e.is::<tower::timeout::error::Elapsed>() {
-        render(
-            StatusCode::GATEWAY_TIMEOUT,
-            "outcome_unknown",
-            "the request took too long and was abandoned; a write may or may not have applied".into(),
-        )
     } else {
         render(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("request failed: {e}"))
     }
@@ -206,11 +214,21 @@ pub async fn serve(
     stats: Arc<PortStats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let stack = ServiceBuilder::new()
-        .load_shed()
-        .concurrency_limit(limits.max_requests.max(1))
-        .timeout(limits.request_timeout)
-        .service(router);
+    // Each request within `request_timeout`, but for the paths that wait for their client.
+    let routed = tower::service_fn(move |request: Request<Body>| {
+        let waits = limits.waits.contains(&request.uri().path());
+        let answer = router.clone().oneshot(request);
+        async move {
+            if waits {
+                return answer.await;
+            }
+            match tokio::time::timeout(limits.request_timeout, answer).await {
+                Ok(answer) => answer,
+                Err(_) => Ok(timed_out(render)),
+            }
+        }
+    });
+    let stack = ServiceBuilder::new().load_shed().concurrency_limit(limits.max_requests.max(1)).service(routed);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let registry = Arc::new(Registry::default());
     // hyper's header timer did not always close connections whose headers trickle in a byte at
@@ -490,12 +508,14 @@ mod tests {
     async fn connections_requests_and_slow_headers_are_bounded() {
         let router = Router::new()
             .route("/ok", axum::routing::get(|| async { "ok" }))
-            .route("/slow", axum::routing::get(|| async { tokio::time::sleep(Duration::from_secs(10)).await }));
+            .route("/slow", axum::routing::get(|| async { tokio::time::sleep(Duration::from_secs(10)).await }))
+            .route("/waits", axum::routing::get(|| async { tokio::time::sleep(Duration::from_secs(2)).await }));
         let limits = PortLimits {
             max_connections: 2,
             max_requests: 1,
             header_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_millis(1500),
+            waits: &["/waits"],
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -524,6 +544,8 @@ mod tests {
         assert_eq!(get(addr, "/ok").await, "HTTP/1.1 503 Service Unavailable");
         assert_eq!(slow.await.unwrap(), "HTTP/1.1 504 Gateway Timeout");
         assert_eq!(get(addr, "/ok").await, "HTTP/1.1 200 OK");
+        // A path that waits for as long as its client does is not cut at the request timeout.
+        assert_eq!(get(addr, "/waits").await, "HTTP/1.1 200 OK");
 
         // Stopping ends the server once its connections are gone.
         let _ = stop_tx.send(true);

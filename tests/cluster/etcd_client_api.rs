@@ -96,8 +96,7 @@ fn etcd_client_example_flows_work_against_kuberaft() {
         keeper.keep_alive().await.expect("send");
         let renewed = stream.message().await.expect("renewed").expect("a response");
         assert_eq!((renewed.id(), renewed.ttl()), (lease, 60));
-        let ttl =
-            client.lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys())).await.expect("ttl");
+        let ttl = client.lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys())).await.expect("ttl");
         assert_eq!((ttl.granted_ttl(), ttl.keys().to_vec()), (60, vec![b"leased".to_vec()]));
         client.lease_revoke(lease).await.expect("revoke");
         assert_eq!(client.get("leased", None).await.expect("get").count(), 0);
@@ -166,7 +165,8 @@ impl Differ {
             o = o.with_revision(self.rng.range((self.compacted + 1) as u64, (self.revision + 1) as u64) as i64);
         }
         if self.rng.chance(0.3) {
-            let targets = [SortTarget::Key, SortTarget::Version, SortTarget::Create, SortTarget::Mod, SortTarget::Value];
+            let targets =
+                [SortTarget::Key, SortTarget::Version, SortTarget::Create, SortTarget::Mod, SortTarget::Value];
             let orders = [SortOrder::None, SortOrder::Ascend, SortOrder::Descend];
             let (t, ord) = (self.rng.range(0, 5) as usize, self.rng.range(0, 3) as usize);
             o = o.with_sort(targets[t], orders[ord]);
@@ -244,7 +244,14 @@ impl Differ {
         let (what, (ours, etcd)) = if choice < 25 {
             let (key, options) = (self.key(), self.get_options());
             let what = format!("get {key} {options:?}");
-            (what, self.both(|mut c| { let (key, options) = (key.clone(), options.clone()); async move { c.get(key, Some(options)).await } }).await)
+            (
+                what,
+                self.both(|mut c| {
+                    let (key, options) = (key.clone(), options.clone());
+                    async move { c.get(key, Some(options)).await }
+                })
+                .await,
+            )
         } else if choice < 50 {
             let (key, value) = (self.key(), self.value());
             let mut options = PutOptions::new().with_prev_key();
@@ -255,12 +262,30 @@ impl Differ {
                 options = options.with_ignore_value();
             }
             let what = format!("put {key} {value} {options:?}");
-            (what, self.both(|mut c| { let (key, value, options) = (key.clone(), value.clone(), options.clone()); async move { c.put(key, value, Some(options)).await } }).await)
+            (
+                what,
+                self.both(|mut c| {
+                    let (key, value, options) = (key.clone(), value.clone(), options.clone());
+                    async move { c.put(key, value, Some(options)).await }
+                })
+                .await,
+            )
         } else if choice < 60 {
             let key = self.key();
-            let options = if self.rng.chance(0.5) { DeleteOptions::new().with_prev_key() } else { DeleteOptions::new().with_prefix().with_prev_key() };
+            let options = if self.rng.chance(0.5) {
+                DeleteOptions::new().with_prev_key()
+            } else {
+                DeleteOptions::new().with_prefix().with_prev_key()
+            };
             let what = format!("delete {key} {options:?}");
-            (what, self.both(|mut c| { let (key, options) = (key.clone(), options.clone()); async move { c.delete(key, Some(options)).await } }).await)
+            (
+                what,
+                self.both(|mut c| {
+                    let (key, options) = (key.clone(), options.clone());
+                    async move { c.delete(key, Some(options)).await }
+                })
+                .await,
+            )
         } else if choice < 80 {
             let compares: Vec<Compare> = (0..self.rng.range(0, 3)).map(|_| self.compare()).collect();
             let mut used = Vec::new();
@@ -269,7 +294,14 @@ impl Differ {
             let failure: Vec<TxnOp> = (0..self.rng.range(0, 3)).map(|_| self.txn_op(&mut used_else)).collect();
             let txn = Txn::new().when(compares).and_then(success).or_else(failure);
             let what = format!("txn {txn:?}");
-            (what, self.both(|mut c| { let txn = txn.clone(); async move { c.txn(txn).await } }).await)
+            (
+                what,
+                self.both(|mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await,
+            )
         } else if choice < 84 {
             // A compaction, now and then, to a revision at or below the current one.
             let to = self.rng.range(0, (self.revision + 3) as u64) as i64;
@@ -287,11 +319,21 @@ impl Differ {
             self.next_lease += 1;
             self.leases.push(id);
             let what = format!("lease grant {id}");
-            (what, self.both(|mut c| async move { c.lease_grant(600, Some(LeaseGrantOptions::new().with_id(id))).await }).await)
+            (
+                what,
+                self.both(|mut c| async move { c.lease_grant(600, Some(LeaseGrantOptions::new().with_id(id))).await })
+                    .await,
+            )
         } else {
             let id = if self.leases.is_empty() || self.rng.chance(0.2) { 999 } else { self.leases.remove(0) };
             let what = format!("lease revoke {id}");
-            (what, self.both(|mut c| async move { c.lease_revoke(id).await.map(|r| format!("{:?}", r.header().map(|h| h.revision()))) }).await)
+            (
+                what,
+                self.both(|mut c| async move {
+                    c.lease_revoke(id).await.map(|r| format!("{:?}", r.header().map(|h| h.revision())))
+                })
+                .await,
+            )
         };
         // Track the revisions from etcd's answers (the same on both when they agree).
         if let Some(at) = etcd.find("revision: ") {
@@ -318,7 +360,11 @@ async fn watch_events(mut client: Client, start: i64, upto: i64) -> Result<Strin
         match tokio::time::timeout(Duration::from_secs(3), stream.message()).await {
             Ok(Ok(Some(answer))) => {
                 if answer.canceled() {
-                    seen.push(format!("canceled compact={} reason={}", answer.compact_revision(), answer.cancel_reason()));
+                    seen.push(format!(
+                        "canceled compact={} reason={}",
+                        answer.compact_revision(),
+                        answer.cancel_reason()
+                    ));
                     break;
                 }
                 for e in answer.events() {
@@ -344,8 +390,10 @@ async fn watch_events(mut client: Client, start: i64, upto: i64) -> Result<Strin
 /// each), every answer the same once ids and terms are taken out.
 #[test]
 fn etcd_client_differential_against_a_real_etcd() {
-    if !crate::require::available(std::process::Command::new("etcd").arg("--version").output().is_ok(), "etcd 3.4 (`etcd`)")
-    {
+    if !crate::require::available(
+        std::process::Command::new("etcd").arg("--version").output().is_ok(),
+        "etcd 3.4 (`etcd`)",
+    ) {
         return;
     }
     let ops: u64 = std::env::var("DIFF_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(400);
@@ -362,12 +410,22 @@ fn etcd_client_differential_against_a_real_etcd() {
             clients.push(connect(std::slice::from_ref(endpoint)).await);
         }
         let etcd = connect(&[format!("http://{etcd_ip}:2379")]).await;
-        let mut differ =
-            Differ { ours: clients, etcd, rng: Rng::new(seed), leases: Vec::new(), next_lease: 1000, compacted: 0, revision: 1 };
+        let mut differ = Differ {
+            ours: clients,
+            etcd,
+            rng: Rng::new(seed),
+            leases: Vec::new(),
+            next_lease: 1000,
+            compacted: 0,
+            revision: 1,
+        };
         for n in 0..ops {
             let (what, ours, etcd) = differ.step(n).await;
             assert_eq!(ours, etcd, "seed {seed}, {what}: kuberaft answered differently from etcd");
         }
-        eprintln!("differential: {ops} operations from seed {seed}, every answer the same; revision {}", differ.revision);
+        eprintln!(
+            "differential: {ops} operations from seed {seed}, every answer the same; revision {}",
+            differ.revision
+        );
     });
 }
