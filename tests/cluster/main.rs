@@ -719,10 +719,31 @@ fn disk_full_follower_stops_acknowledging_and_catches_up_when_space_returns() {
     assert!(reason.contains("disk is full"), "{reason}");
     assert_error_logged(&c, full, "No space left on device");
     assert_acknowledges_nothing(&c, leader, full, &writer, "f-", 50);
+    // etcd's NOSPACE alarm names the full member, through any member (issue 15).
+    let full_id = u64::from_str_radix(&c.member_id(full).expect("an id"), 16).expect("hex");
+    let alarm = format!("memberID:{full_id} alarm:NOSPACE");
+    let etcdctl = grpc_api::etcdctl_available();
+    if etcdctl {
+        for via in [leader, full] {
+            let listed = grpc_api::ctl(&c.members[via].client_url(), &["alarm", "list"], "", Duration::from_secs(20));
+            assert_eq!(listed.out.trim(), alarm, "{listed:?}");
+        }
+        // Disarming answers the alarm, which stands while the disk is full.
+        let disarmed =
+            grpc_api::ctl(&c.members[leader].client_url(), &["alarm", "disarm"], "", Duration::from_secs(20));
+        assert_eq!(disarmed.out.trim(), alarm, "{disarmed:?}");
+        let listed = grpc_api::ctl(&c.members[leader].client_url(), &["alarm", "list"], "", Duration::from_secs(20));
+        assert_eq!(listed.out.trim(), alarm, "{listed:?}");
+    }
 
     std::fs::remove_file(&filler).expect("free the space");
     wait_for("the member is ready again", ELECTION, || (c.readyz(full).0 == 200).then_some(()));
     assert!(c.log_text(full).contains("storage recovered"), "it says so:\n{}", c.log_tail(full));
+    if etcdctl {
+        // It clears by itself once the member writes again.
+        let listed = grpc_api::ctl(&c.members[leader].client_url(), &["alarm", "list"], "", Duration::from_secs(20));
+        assert!(listed.ok && listed.out.trim().is_empty(), "{listed:?}");
+    }
     writer.wait_acked(writer.acked() + 20);
     let acked = writer.finish();
     for i in 0..3 {
