@@ -2,7 +2,8 @@
 //! MemberPromote and MemberUpdate, on the membership the JSON API changes
 //! (`NodeHandle::add_member`, ...): one Raft configuration change at a time, on the leader (a
 //! follower forwards). MemberList answers from this member's committed membership, as etcd's
-//! does. The header has no revision, as etcd's Cluster answers.
+//! does. The header has no revision, as etcd's Cluster answers (a forwarded answer's, filled by
+//! the leader with revision 0, is made this member's by `forward!`).
 //!
 //! A member that MemberAdd adds has no name until the member starts, as in etcd; kuberaft keeps
 //! it nameless (etcd's member records its name when it first starts; COMPATIBILITY.md). One peer
@@ -51,22 +52,6 @@ impl ClusterService {
             None => Err(Status::not_found(MEMBER_NOT_FOUND)),
         }
     }
-
-    /// The header a forwarded answer carries: this member's, without a revision.
-    fn own(&self, answer: &mut Option<pb::ResponseHeader>) {
-        *answer = self.header();
-    }
-}
-
-/// Forwards to the leader; the answer's header is this member's Cluster header.
-macro_rules! forward_cluster {
-    ($service:expr, $leader:expr, $request:expr, $method:ident) => {{
-        let mut answer = $leader
-            .call($request.into_inner(), |c, o, r| async move { ClusterClient::with_origin(c, o).$method(r).await })
-            .await?;
-        $service.own(&mut answer.get_mut().header);
-        Ok(answer)
-    }};
 }
 
 #[tonic::async_trait]
@@ -83,7 +68,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         validate_url(&peer_url).map_err(|_| Status::invalid_argument(MEMBER_BAD_URLS))?;
         let learner = asked.is_learner;
         match self.0.route(&request)? {
-            Route::Leader(leader) => forward_cluster!(self, leader, request, member_add),
+            Route::Leader(leader) => forward!(self.0, leader, request, ClusterClient::member_add),
             Route::Here => {
                 if self.0.api.node.with_kv(|kv| kv.members()).iter().any(|(m, _)| m.peer_url == peer_url) {
                     return Err(Status::failed_precondition(PEER_URL_EXISTS));
@@ -110,7 +95,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         match self.0.route(&request)? {
-            Route::Leader(leader) => forward_cluster!(self, leader, request, member_remove),
+            Route::Leader(leader) => forward!(self.0, leader, request, ClusterClient::member_remove),
             Route::Here => {
                 let id = request.get_ref().id;
                 self.must_exist(id)?;
@@ -130,7 +115,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         };
         validate_url(peer_url.trim_end_matches('/')).map_err(|_| Status::invalid_argument(MEMBER_BAD_URLS))?;
         match self.0.route(&request)? {
-            Route::Leader(leader) => forward_cluster!(self, leader, request, member_update),
+            Route::Leader(leader) => forward!(self.0, leader, request, ClusterClient::member_update),
             Route::Here => {
                 let id = request.get_ref().id;
                 self.must_exist(id)?;
@@ -155,7 +140,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
         match self.0.route(&request)? {
-            Route::Leader(leader) => forward_cluster!(self, leader, request, member_promote),
+            Route::Leader(leader) => forward!(self.0, leader, request, ClusterClient::member_promote),
             Route::Here => {
                 let id = request.get_ref().id;
                 if self.must_exist(id)? {

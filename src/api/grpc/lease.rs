@@ -22,16 +22,10 @@ pub struct LeaseService(pub(super) Grpc);
 type KeepAliveAnswers = Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
 
 impl LeaseService {
-    /// The header of an answer at the store's current revision.
-    fn current_header(&self) -> Option<pb::ResponseHeader> {
-        let revision = self.0.api.node.with_kv(|kv| kv.current_revision());
-        Some(self.0.header(revision))
-    }
-
     /// One keep-alive here, on the leader.
     async fn keep_alive_once(&self, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
         let ttl = self.0.api.node.lease_keep_alive(id).await.map_err(node_status)?;
-        Ok(pb::LeaseKeepAliveResponse { header: self.current_header(), id, ttl })
+        Ok(pb::LeaseKeepAliveResponse { header: self.0.current_header(), id, ttl })
     }
 }
 
@@ -47,7 +41,7 @@ impl pb::lease_server::Lease for LeaseService {
                 let asked = request.into_inner();
                 let (id, ttl) = self.0.api.node.lease_grant(asked.id, asked.ttl).await.map_err(node_status)?;
                 Ok(Response::new(pb::LeaseGrantResponse {
-                    header: self.current_header(),
+                    header: self.0.current_header(),
                     id,
                     ttl,
                     error: String::new(),
@@ -125,7 +119,7 @@ impl pb::lease_server::Lease for LeaseService {
                 let found = self.0.api.node.lease_time_to_live(asked.id, asked.keys).await.map_err(node_status)?;
                 let (ttl, granted_ttl, keys) = found.unwrap_or((-1, 0, Vec::new()));
                 Ok(Response::new(pb::LeaseTimeToLiveResponse {
-                    header: self.current_header(),
+                    header: self.0.current_header(),
                     id: asked.id,
                     ttl,
                     granted_ttl,
@@ -144,7 +138,7 @@ impl pb::lease_server::Lease for LeaseService {
             Route::Here => {
                 let leases = self.0.api.node.leases().map_err(node_status)?;
                 let leases = leases.into_iter().map(|l| pb::LeaseStatus { id: l.id }).collect();
-                Ok(Response::new(pb::LeaseLeasesResponse { header: self.current_header(), leases }))
+                Ok(Response::new(pb::LeaseLeasesResponse { header: self.0.current_header(), leases }))
             }
         }
     }

@@ -65,11 +65,6 @@ fn disk_full(errors: &[String]) -> bool {
 }
 
 impl MaintenanceService {
-    fn current_header(&self) -> Option<pb::ResponseHeader> {
-        let revision = self.0.api.node.with_kv(|kv| kv.current_revision());
-        Some(self.0.header(revision))
-    }
-
     /// The size of this member's state-machine file (0 in memory).
     fn db_size(&self) -> i64 {
         let path = self.0.api.node.with_kv(|kv| kv.path().map(|p| p.to_path_buf()));
@@ -124,7 +119,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             }
             Err(_) => return Err(Status::invalid_argument(format!("unknown alarm action {}", asked.action))),
         };
-        Ok(Response::new(pb::AlarmResponse { header: self.current_header(), alarms }))
+        Ok(Response::new(pb::AlarmResponse { header: self.0.current_header(), alarms }))
     }
 
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
@@ -137,7 +132,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         errors.extend(shared.errors());
         let db_size = self.db_size();
         Ok(Response::new(pb::StatusResponse {
-            header: self.current_header(),
+            header: self.0.current_header(),
             version: API_VERSION.to_string(),
             db_size,
             leader: s.leader.unwrap_or(0),
@@ -158,7 +153,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         match self.0.api.node.defragment().await {
             Ok(()) => {
                 tracing::info!(size = self.db_size(), "finished defragmenting the state machine");
-                Ok(Response::new(pb::DefragmentResponse { header: self.current_header() }))
+                Ok(Response::new(pb::DefragmentResponse { header: self.0.current_header() }))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot defragment the state machine");
@@ -248,7 +243,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             return Err(Status::failed_precondition(BAD_LEADER_TRANSFEREE));
         }
         match node.transfer_leader(Some(target)).await {
-            Ok(_) => Ok(Response::new(pb::MoveLeaderResponse { header: self.current_header() })),
+            Ok(_) => Ok(Response::new(pb::MoveLeaderResponse { header: self.0.current_header() })),
             Err(crate::node::NodeError::Unavailable(reason)) => {
                 tracing::info!("leader transfer to {target:x} failed: {reason}");
                 Err(Status::unavailable(TIMEOUT))

@@ -161,6 +161,12 @@ impl Grpc {
         }
     }
 
+    /// The header of an answer at the store's current revision.
+    fn current_header(&self) -> Option<pb::ResponseHeader> {
+        let revision = self.api.node.with_kv(|kv| kv.current_revision());
+        Some(self.header(revision))
+    }
+
     /// A header the leader filled, made this member's (etcd answers from the member called).
     fn own_header(&self, header: &mut Option<pb::ResponseHeader>) {
         let revision = header.as_ref().map_or(0, |h| h.revision);

@@ -43,10 +43,6 @@ impl Recipes {
         let client = Client::new(vec![url]).map_err(|e| e.to_string())?;
         Ok(Recipes { grpc, client })
     }
-
-    fn current_header(&self, revision: i64) -> Option<super::etcdserverpb::ResponseHeader> {
-        Some(self.grpc.header(revision))
-    }
 }
 
 fn client_status(e: ClientError) -> Status {
@@ -81,18 +77,14 @@ impl lpb::lock_server::Lock for LockService {
         let r = &self.0;
         let session = Session::orphan(&r.client, asked.lease);
         let mutex = Mutex::lock(&r.client, &session, &name(&asked.name)?).await.map_err(client_status)?;
-        let revision = r.grpc.api.node.with_kv(|kv| kv.current_revision());
-        Ok(Response::new(lpb::LockResponse {
-            header: r.current_header(revision),
-            key: mutex.key().as_bytes().to_vec(),
-        }))
+        Ok(Response::new(lpb::LockResponse { header: r.grpc.current_header(), key: mutex.key().as_bytes().to_vec() }))
     }
 
     async fn unlock(&self, request: Request<lpb::UnlockRequest>) -> Result<Response<lpb::UnlockResponse>, Status> {
         let r = &self.0;
         let done = r.client.delete(&name(&request.get_ref().key)?, None).await.map_err(client_status)?;
         let revision = i64::try_from(done.revision).unwrap_or(i64::MAX);
-        Ok(Response::new(lpb::UnlockResponse { header: r.current_header(revision) }))
+        Ok(Response::new(lpb::UnlockResponse { header: Some(r.grpc.header(revision)) }))
     }
 }
 
@@ -113,9 +105,8 @@ impl epb::election_server::Election for ElectionService {
         let value = name(&asked.value)?;
         let revision = campaign(&r.client, &session, &election, &value).await.map_err(client_status)?;
         let key = format!("{election}/{:x}", asked.lease);
-        let current = r.grpc.api.node.with_kv(|kv| kv.current_revision());
         Ok(Response::new(epb::CampaignResponse {
-            header: r.current_header(current),
+            header: r.grpc.current_header(),
             leader: Some(epb::LeaderKey { name: asked.name, key: key.into_bytes(), rev: revision, lease: asked.lease }),
         }))
     }
@@ -133,8 +124,7 @@ impl epb::election_server::Election for ElectionService {
         if !done {
             return Err(Status::unknown(NOT_LEADER));
         }
-        let current = r.grpc.api.node.with_kv(|kv| kv.current_revision());
-        Ok(Response::new(epb::ProclaimResponse { header: r.current_header(current) }))
+        Ok(Response::new(epb::ProclaimResponse { header: r.grpc.current_header() }))
     }
 
     async fn leader(&self, request: Request<epb::LeaderRequest>) -> Result<Response<epb::LeaderResponse>, Status> {
@@ -142,7 +132,7 @@ impl epb::election_server::Election for ElectionService {
         let (found, revision) =
             concurrency::leader(&r.client, &name(&request.get_ref().name)?).await.map_err(client_status)?;
         let kv = found.ok_or_else(|| Status::unknown(NO_LEADER))?;
-        Ok(Response::new(epb::LeaderResponse { header: r.current_header(revision), kv: Some(pb_kv(kv)) }))
+        Ok(Response::new(epb::LeaderResponse { header: Some(r.grpc.header(revision)), kv: Some(pb_kv(kv)) }))
     }
 
     type ObserveStream = Leaders;
@@ -161,7 +151,7 @@ impl epb::election_server::Election for ElectionService {
         let answers = futures::stream::unfold((rx, Some(end_rx), r), |(mut rx, end_rx, r)| async move {
             match rx.recv().await {
                 Some((kv, revision)) => {
-                    let answer = epb::LeaderResponse { header: r.current_header(revision), kv: Some(pb_kv(kv)) };
+                    let answer = epb::LeaderResponse { header: Some(r.grpc.header(revision)), kv: Some(pb_kv(kv)) };
                     Some((Ok(answer), (rx, end_rx, r)))
                 }
                 // The observer ended: with an error, the stream ends with it.
@@ -178,6 +168,6 @@ impl epb::election_server::Election for ElectionService {
         let leader = request.into_inner().leader.ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
         let r = &self.0;
         let revision = concurrency::resign(&r.client, &name(&leader.key)?, leader.rev).await.map_err(client_status)?;
-        Ok(Response::new(epb::ResignResponse { header: r.current_header(revision) }))
+        Ok(Response::new(epb::ResignResponse { header: Some(r.grpc.header(revision)) }))
     }
 }
