@@ -401,7 +401,9 @@ enum Write {
     Delete { key: String, prev_revision: Option<u64> },
 }
 
-/// A write: proposed here on the leader, forwarded (with its body) from anyone else.
+/// A write: proposed here on the leader; on a follower that `forwards`, proposed through the
+/// leader (`NodeHandle::submit`), the answer naming the leader as a forwarded one does;
+/// otherwise forwarded (with its body).
 async fn propose_or_forward(
     api: &Api,
     headers: &HeaderMap,
@@ -410,24 +412,42 @@ async fn propose_or_forward(
     body: Bytes,
     write: Write,
 ) -> ApiResult<Response> {
-    match route(api, headers)? {
+    let route = if served_with_leader(api, headers) { Route::Here } else { route(api, headers)? };
+    match route {
         Route::Forward(url) => Ok(forward(api, &url, method, path_and_query, body, false).await),
-        Route::Here => write_outcome(match write {
-            Write::Put { key, value, prev_revision } => api.node.put(key, value, prev_revision).await?,
-            Write::Delete { key, prev_revision } => api.node.delete(key, prev_revision).await?,
-        }),
+        Route::Here => {
+            let hint = api.node.leader_client_url().and_then(|url| HeaderValue::from_str(&url).ok());
+            let mut answer = write_outcome(match write {
+                Write::Put { key, value, prev_revision } => api.node.put(key, value, prev_revision).await?,
+                Write::Delete { key, prev_revision } => api.node.delete(key, prev_revision).await?,
+            })?;
+            if let Some(leader) = hint {
+                answer.headers_mut().insert(HEADER_LEADER, leader);
+            }
+            Ok(answer)
+        }
     }
 }
 
-/// Makes a read linearizable (ReadIndex on the leader) or returns where to forward it.
+/// Whether this member serves, with the leader's help (`node::forward`), a request the leader
+/// would otherwise serve whole: it is a follower that `forwards`, and the request was not
+/// forwarded to it.
+fn served_with_leader(api: &Api, headers: &HeaderMap) -> bool {
+    api.node.forwards() && !forwarded(headers)
+}
+
+/// Makes a read linearizable or returns where to forward it: the leader confirms its ReadIndex;
+/// a follower that `forwards` applies the leader's read index and serves the read itself, as
+/// etcd's followers do (`NodeHandle::read_point`).
 pub(super) async fn read_point(api: &Api, consistency: Consistency, headers: &HeaderMap) -> ApiResult<Option<String>> {
     if consistency == Consistency::Serializable {
         return Ok(None);
     }
-    match route(api, headers)? {
+    let route = if served_with_leader(api, headers) { Route::Here } else { route(api, headers)? };
+    match route {
         Route::Forward(url) => Ok(Some(url)),
         Route::Here => {
-            api.node.read_barrier().await?;
+            api.node.read_point().await?;
             Ok(None)
         }
     }
@@ -632,7 +652,7 @@ async fn metrics(State(api): State<Api>) -> Response {
     let m = &shared.metrics;
     let counter = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let reclaiming = api.node.with_kv(|kv| kv.compaction_pending());
-    let series: [(&str, &str, &str, u64); 13] = [
+    let series: [(&str, &str, &str, u64); 17] = [
         ("kuberaft_term", "Current Raft term.", "gauge", s.term),
         ("kuberaft_is_leader", "1 when this member leads.", "gauge", s.is_leader() as u64),
         ("kuberaft_has_leader", "1 when a leader is known.", "gauge", s.leader.is_some() as u64),
@@ -652,6 +672,30 @@ async fn metrics(State(api): State<Api>) -> Response {
             "Peer messages rejected (other cluster, wrong recipient).",
             "counter",
             counter(&m.peer_messages_rejected),
+        ),
+        (
+            "kuberaft_forwarded_proposals_total",
+            "Writes this member, a follower, proposed through the leader.",
+            "counter",
+            counter(&m.forwarded_proposals),
+        ),
+        (
+            "kuberaft_forwarded_proposal_batches_total",
+            "Requests that carried those writes to the leader.",
+            "counter",
+            counter(&m.forwarded_proposal_batches),
+        ),
+        (
+            "kuberaft_forwarded_reads_total",
+            "Linearizable reads this member, a follower, served at a read index from the leader.",
+            "counter",
+            counter(&m.forwarded_reads),
+        ),
+        (
+            "kuberaft_read_index_requests_total",
+            "Read-index requests those reads shared.",
+            "counter",
+            counter(&m.read_index_requests),
         ),
         ("kuberaft_snapshots_sent_total", "Snapshots sent.", "counter", counter(&m.snapshots_sent)),
         ("kuberaft_snapshots_received_total", "Snapshots installed.", "counter", counter(&m.snapshots_received)),

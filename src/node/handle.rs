@@ -69,17 +69,17 @@ impl NodeHandle {
 
     /// Writes `value` under `key` (if its mod revision is `prev_revision`, when given).
     pub async fn put(&self, key: String, value: Bytes, prev_revision: Option<u64>) -> Result<ApplyResult, NodeError> {
-        self.propose(&Command::Put { key, value, prev_revision }).await
+        self.submit(&Command::Put { key, value, prev_revision }).await
     }
 
     /// Deletes `key` (if its mod revision is `prev_revision`, when given).
     pub async fn delete(&self, key: String, prev_revision: Option<u64>) -> Result<ApplyResult, NodeError> {
-        self.propose(&Command::Delete { key, prev_revision }).await
+        self.submit(&Command::Delete { key, prev_revision }).await
     }
 
     /// Applies an etcd txn through the log (a put or delete-range alone is a txn of one op).
     pub async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse, NodeError> {
-        match self.propose(&Command::Txn(txn)).await? {
+        match self.submit(&Command::Txn(txn)).await? {
             ApplyResult::Txn(response) => Ok(response),
             ApplyResult::Refused(e) => Err(NodeError::Mvcc(e)),
             other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a txn: {other:?}"))),
@@ -88,7 +88,7 @@ impl NodeHandle {
 
     /// Compacts the key history below `revision` through the log.
     pub async fn compact(&self, revision: Revision) -> Result<CompactResponse, NodeError> {
-        match self.propose(&Command::Compact { revision }).await? {
+        match self.submit(&Command::Compact { revision }).await? {
             ApplyResult::Compacted(response) => Ok(response),
             ApplyResult::Refused(e) => Err(NodeError::Mvcc(e)),
             other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a compact: {other:?}"))),
@@ -194,14 +194,63 @@ impl NodeHandle {
         self.conf_change(ConfChange { kind: ConfChangeKind::Remove, node_id: id, context: Bytes::new() }).await
     }
 
+    /// Proposes `command` on this member, which must lead (`NotLeader` otherwise).
     pub async fn propose(&self, command: &Command) -> Result<ApplyResult, NodeError> {
+        Self::proposal_outcome(self.start_proposal(encode(command))?).await
+    }
+
+    /// Hands an encoded command to the Raft loop; its outcome comes through `proposal_outcome`.
+    pub(super) fn start_proposal(
+        &self,
+        data: Bytes,
+    ) -> Result<oneshot::Receiver<Result<ApplyResult, NodeError>>, NodeError> {
         let (reply, rx) = oneshot::channel();
-        offer(&self.tx, Input::Propose { data: encode(command), reply })?;
+        offer(&self.tx, Input::Propose { data, reply })?;
+        Ok(rx)
+    }
+
+    /// A started proposal's outcome, within `PROPOSE_TIMEOUT`.
+    pub(super) async fn proposal_outcome(
+        rx: oneshot::Receiver<Result<ApplyResult, NodeError>>,
+    ) -> Result<ApplyResult, NodeError> {
         match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(NodeError::OutcomeUnknown("the member stopped while the write was pending".into())),
             Err(_) => Err(NodeError::OutcomeUnknown("the write did not commit within 5 s".into())),
         }
+    }
+
+    /// Whether this member, a follower, serves writes of small outcome and linearizable reads
+    /// with the leader's help (`forward`) rather than leaving the whole call to the leader: a
+    /// leader is known and takes them, and this member applies what commits.
+    pub fn forwards(&self) -> bool {
+        let leader = self.shared.status().leader;
+        leader.is_some_and(|l| l != self.shared.id && self.shared.forward.takes(l)) && !self.shared.halted()
+    }
+
+    /// Proposes `command` from any member: here on the leader; from a follower that `forwards`,
+    /// through the leader (`forward`) when its outcome is small (`Command::answer_is_small`),
+    /// answered once this member applied as far as the leader had when it answered (at most
+    /// `forward::CATCH_UP`). Elsewhere it fails as `propose` does (`NotLeader`).
+    pub async fn submit(&self, command: &Command) -> Result<ApplyResult, NodeError> {
+        if self.is_leader() || !command.answer_is_small() || !self.forwards() {
+            return self.propose(command).await;
+        }
+        let (outcome, applied) = self.shared.forward.propose(&self.shared, encode(command)).await?;
+        let mut seen = self.shared.applied.subscribe();
+        let _ = tokio::time::timeout(super::forward::CATCH_UP, seen.wait_for(|a| *a >= applied)).await;
+        Ok(outcome)
+    }
+
+    /// Waits until this member may serve a linearizable read, from any member: a read index
+    /// confirmed by a quorum (asked of the leader by a follower, `forward`), applied here.
+    pub async fn read_point(&self) -> Result<Index, NodeError> {
+        if self.is_leader() || !self.forwards() {
+            return self.read_barrier().await;
+        }
+        let index = self.shared.forward.read_index(&self.shared).await?;
+        self.wait_applied(index).await?;
+        Ok(index)
     }
 
     pub async fn conf_change(&self, cc: ConfChange) -> Result<(), NodeError> {
@@ -217,15 +266,20 @@ impl NodeHandle {
     /// Waits until this member (the leader) may serve a linearizable read: the ReadIndex is
     /// confirmed by a quorum and applied here.
     pub async fn read_barrier(&self) -> Result<Index, NodeError> {
-        let (reply, rx) = oneshot::channel();
-        offer(&self.tx, Input::ReadIndex { reply })?;
-        let index = match tokio::time::timeout(READ_TIMEOUT, rx).await {
-            Ok(Ok(outcome)) => outcome?,
-            Ok(Err(_)) => return Err(NodeError::Unavailable("the member stopped during the read".into())),
-            Err(_) => return Err(NodeError::Unavailable("no quorum confirmed the read in time".into())),
-        };
+        let index = self.read_index().await?;
         self.wait_applied(index).await?;
         Ok(index)
+    }
+
+    /// This member's (the leader's) commit index, confirmed by a quorum (ReadIndex).
+    pub async fn read_index(&self) -> Result<Index, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        offer(&self.tx, Input::ReadIndex { reply })?;
+        match tokio::time::timeout(READ_TIMEOUT, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(NodeError::Unavailable("the member stopped during the read".into())),
+            Err(_) => Err(NodeError::Unavailable("no quorum confirmed the read in time".into())),
+        }
     }
 
     pub async fn wait_applied(&self, index: Index) -> Result<(), NodeError> {
@@ -270,7 +324,7 @@ impl NodeHandle {
             ((hash >> 1) as i64).max(1)
         };
         let ttl = ttl.max(self.shared.min_lease_ttl_s);
-        match self.propose(&Command::LeaseGrant { id, ttl }).await? {
+        match self.submit(&Command::LeaseGrant { id, ttl }).await? {
             ApplyResult::LeaseGranted { id, ttl } => Ok((id, ttl)),
             ApplyResult::Refused(e) => Err(NodeError::Mvcc(e)),
             other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a lease grant: {other:?}"))),
@@ -279,7 +333,7 @@ impl NodeHandle {
 
     /// etcd's LeaseRevoke: the lease and its keys go, as one revision; returns the revision.
     pub async fn lease_revoke(&self, id: i64) -> Result<Revision, NodeError> {
-        match self.propose(&Command::LeaseRevoke { id }).await? {
+        match self.submit(&Command::LeaseRevoke { id }).await? {
             ApplyResult::LeaseRevoked { revision, .. } => Ok(revision),
             ApplyResult::Refused(e) => Err(NodeError::Mvcc(e)),
             other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a lease revoke: {other:?}"))),

@@ -5,6 +5,7 @@
 //! a member and `crate::api` serves clients through [`NodeHandle`], the face listed here.
 
 pub mod compactor;
+pub mod forward;
 pub mod handle;
 pub mod join;
 pub mod lessor;

@@ -66,8 +66,9 @@ fn halted_error(why: &str) -> NodeError {
     NodeError::Unavailable(format!("this member stopped applying and serves nothing (see /readyz): {why}"))
 }
 
-/// Why a request failed. Each maps to one HTTP status in the API.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why a request failed. Each maps to one HTTP status in the API. A follower gets them from its
+/// leader too (`forward`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum NodeError {
     #[error("this member is not the leader")]
     NotLeader { leader: Option<NodeId> },

@@ -129,6 +129,14 @@ pub struct Metrics {
     pub snapshot_buckets: [AtomicU64; SNAPSHOT_BUCKETS.len()],
     /// Background writebacks of the state machine's file started (`runtime::Writeback`).
     pub writebacks: AtomicU64,
+    /// A follower's writes proposed through the leader, and the requests that carried them
+    /// (`node::forward`).
+    pub forwarded_proposals: AtomicU64,
+    pub forwarded_proposal_batches: AtomicU64,
+    /// A follower's linearizable reads served with the leader's read index, and the read-index
+    /// requests they shared.
+    pub forwarded_reads: AtomicU64,
+    pub read_index_requests: AtomicU64,
     /// Connections of the client and the peer port (`serve`).
     pub client_port: std::sync::Arc<crate::http::serve::PortStats>,
     pub peer_port: std::sync::Arc<crate::http::serve::PortStats>,
@@ -236,6 +244,8 @@ pub struct Shared {
     pub lessor: Mutex<crate::node::lessor::Lessor>,
     /// The clock of the lessor: milliseconds since this instant (monotonic).
     pub lease_clock: Instant,
+    /// A follower's way to its leader for writes and linearizable reads (`node::forward`).
+    pub forward: crate::node::forward::Forwarder,
 }
 
 impl Shared {
@@ -250,6 +260,11 @@ impl Shared {
 
     pub fn address(&self, id: NodeId) -> Option<MemberInfo> {
         self.addresses.get(id)
+    }
+
+    /// Whether the state machine stopped applying (`runtime::HALT_ERROR`).
+    pub fn halted(&self) -> bool {
+        read(&self.errors).contains_key(crate::node::runtime::HALT_ERROR)
     }
 
     pub fn set_error(&self, kind: &str, message: Option<String>) {
@@ -309,6 +324,7 @@ impl Shared {
             staged: Default::default(),
             lessor: Mutex::new(crate::node::lessor::Lessor::new(crate::node::lessor::DEFAULT_CHECKPOINT_INTERVAL_MS)),
             lease_clock: Instant::now(),
+            forward: crate::node::forward::Forwarder::new(None),
         }
     }
 }

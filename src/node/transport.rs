@@ -374,7 +374,7 @@ async fn peer_sender(
     }
 }
 
-fn peer_request(shared: &Shared, address: &MemberInfo, path: &str) -> axum::http::request::Builder {
+pub(super) fn peer_request(shared: &Shared, address: &MemberInfo, path: &str) -> axum::http::request::Builder {
     let request = axum::http::Request::post(format!("{}{path}", address.peer_url))
         .header(HEADER_CLUSTER_ID, format!("{:x}", shared.cluster_id))
         .header(HEADER_FROM, format!("{:x}", shared.id))
@@ -541,6 +541,8 @@ pub fn peer_router(server: PeerServer) -> Router {
         .route(SNAPSHOT_PATH, post(receive_snapshot))
         .route(MEMBERS_PATH, get(members))
         .route(JOIN_PATH, post(join))
+        .route(super::forward::PROPOSE_PATH, post(super::forward::serve_proposals))
+        .route(super::forward::READ_INDEX_PATH, post(super::forward::serve_read_index))
         .layer(axum::extract::DefaultBodyLimit::max(crate::base::wire::MAX_MEMBER_REQUEST_BYTES))
         .with_state(server)
 }
@@ -554,7 +556,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn reject(status: StatusCode, why: String) -> Response {
+pub(super) fn reject(status: StatusCode, why: String) -> Response {
     (status, why).into_response()
 }
 
@@ -564,7 +566,7 @@ fn body_error(e: BodyError) -> Response {
 
 /// Checks a peer request's headers (before its body is read): the sender's cluster id must be
 /// ours. Returns the sender's id (0 if it gave none).
-fn check_sender(server: &PeerServer, headers: &HeaderMap) -> Result<u64, (StatusCode, String)> {
+pub(super) fn check_sender(server: &PeerServer, headers: &HeaderMap) -> Result<u64, (StatusCode, String)> {
     let shared = &server.shared;
     let ours = format!("{:x}", shared.cluster_id);
     let Some(theirs) = header(headers, HEADER_CLUSTER_ID) else {
@@ -614,16 +616,21 @@ async fn receive(State(server): State<PeerServer>, request: Request) -> Response
         Ok(from) => from,
         Err((status, why)) => return reject(status, why),
     };
-    let limits = BodyLimits { limit: server.limits.batch_bytes, stall: BODY_STALL, deadline: BATCH_DEADLINE };
-    let bytes = match read_body(&parts.headers, body, limits).await {
+    let bytes = match read_batch(&server, &parts.headers, body).await {
         Ok(bytes) => bytes,
-        Err(e) => return body_error(e),
+        Err(refused) => return refused,
     };
     let messages = match decode_messages(WireFormat::of(&parts.headers), &bytes) {
         Ok(m) => m,
         Err(e) => return reject(StatusCode::BAD_REQUEST, format!("undecodable messages: {e}")),
     };
     deliver(&server, from, &parts.headers, messages)
+}
+
+/// Reads a batch's body (messages, or forwarded proposals), within the batch limits.
+pub(super) async fn read_batch(server: &PeerServer, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    let limits = BodyLimits { limit: server.limits.batch_bytes, stall: BODY_STALL, deadline: BATCH_DEADLINE };
+    read_body(headers, body, limits).await.map_err(body_error)
 }
 
 async fn receive_snapshot(State(server): State<PeerServer>, request: Request) -> Response {

@@ -4,6 +4,7 @@
 //! - One **feed** per member: after each apply, one reader (the publisher) reads the new
 //!   revisions from the store's history (`ReadView::events`, with previous versions) into a
 //!   ring of the latest revisions, bounded in revisions and bytes. Writers never wait for it.
+//!   While the member has no watcher it reads nothing, and only moves the published revision.
 //! - Each **watcher** is a task with a position (`next`, the revision it needs next). It takes
 //!   revisions from the feed while its position is inside it, and reads them from the history
 //!   otherwise: a watcher that fell behind the feed (a slow reader, or one that started in the
@@ -165,6 +166,11 @@ impl WatchHub {
         };
         if current <= published {
             return;
+        }
+        if self.metrics.watchers.load(Ordering::Relaxed) == 0 {
+            // Nobody to feed: a watcher that starts later reads these revisions from history
+            // (the feed only saves reads). Reading them here cost every write a history read.
+            return self.skip_to(current);
         }
         let view = match view {
             Ok(view) => view,

@@ -379,6 +379,7 @@ fn shared_state(
             crate::node::lessor::DEFAULT_CHECKPOINT_INTERVAL_MS,
         )),
         lease_clock: Instant::now(),
+        forward: crate::node::forward::Forwarder::new(flags.dial_from),
     }
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::codec::{self, CodecError};
 use super::legacy;
-use super::mvcc::{CompactResponse, MvccError, Revision, TxnRequest, TxnResponse};
+use super::mvcc::{CompactResponse, MvccError, RequestOp, Revision, TxnRequest, TxnResponse};
 
 use crate::raft::NodeId;
 
@@ -45,6 +45,34 @@ pub enum Command {
     /// its client URL and name (what the member says of itself, which the leader records, as
     /// etcd's members publish theirs). A member of an older version skips it (see `LeaseGrant`).
     UpdateMember { id: NodeId, name: Option<String>, peer_url: Option<String>, client_url: Option<String> },
+}
+
+impl Command {
+    /// Whether its outcome is a few numbers: no key-values (no range, no previous value), so
+    /// that a follower may have the leader apply it and relay the outcome (`node::forward`)
+    /// without an answer of unbounded size.
+    pub fn answer_is_small(&self) -> bool {
+        match self {
+            Command::Txn(txn) => txn_answer_is_small(txn),
+            Command::Put { .. } | Command::Delete { .. } | Command::Compact { .. } => true,
+            Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => true,
+            Command::Join { .. } | Command::Seen { .. } | Command::LeaseCheckpoint { .. } => false,
+            Command::UpdateMember { .. } => false,
+        }
+    }
+}
+
+/// Whether a txn's outcome is a few numbers (`Command::answer_is_small`).
+pub fn txn_answer_is_small(txn: &TxnRequest) -> bool {
+    fn small(ops: &[RequestOp]) -> bool {
+        ops.iter().all(|op| match op {
+            RequestOp::Range(_) => false,
+            RequestOp::Put(put) => !put.prev_kv,
+            RequestOp::DeleteRange(delete) => !delete.prev_kv,
+            RequestOp::Txn(txn) => txn_answer_is_small(txn),
+        })
+    }
+    small(&txn.success) && small(&txn.failure)
 }
 
 /// The outcome of applying one command. Every successful write moves the store's revision.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{wait_for, Cluster, Etcd};
+use crate::metric;
 use crate::ELECTION;
 
 /// What one etcdctl run printed.
@@ -518,4 +519,101 @@ fn node_starts_with_etcds_flags_and_environment() {
     assert_eq!(got.out.trim(), "like-etcd", "{got:?}");
     let status = endpoint_status(&client, false);
     assert_eq!(status[0]["Endpoint"], client.as_str(), "{status:?}");
+}
+
+/// A follower serves writes and linearizable reads as etcd's followers do (`node::forward`):
+/// it proposes small writes through the leader, batched when clients write at once, and reads
+/// at the leader's read index from its own state. A client that reads back through the member
+/// it wrote through, serializably too, sees its write; the answers carry the follower's
+/// header. A write whose answer holds key-values (a txn with a range) and an older leader's
+/// followers go the old way: the whole call forwarded.
+#[test]
+fn followers_propose_through_the_leader_and_read_at_its_read_index() {
+    use kuberaft::api::grpc::etcdserverpb::{self as pb, kv_client::KvClient};
+    use kuberaft::http::client::{h2_client, Dial};
+
+    let mut c = Cluster::new(137, 3);
+    c.bootstrap();
+    let (leader, _) = c.wait_leader(ELECTION);
+    let follower = (leader + 1) % 3;
+    let follower_id = u64::from_str_radix(&c.member_id(follower).expect("a member id"), 16).expect("hex id");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let h2 = h2_client::<tonic::body::Body>(Dial::leader(None));
+    let client = |i: usize| {
+        let origin = c.members[i].client_url().parse().expect("a URI");
+        KvClient::with_origin(h2.clone(), origin)
+    };
+    let key = |k: &str| k.as_bytes().to_vec();
+    let get = |client: &mut KvClient<_>, k: &str, serializable: bool| {
+        let request = pb::RangeRequest { key: key(k), serializable, ..Default::default() };
+        let answer = runtime.block_on(client.range(request)).expect("range").into_inner();
+        let value = answer.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).to_string());
+        (value, answer.header.map_or(0, |h| h.member_id))
+    };
+    let mut via_follower = client(follower);
+    let mut via_leader = client(leader);
+
+    // Read your writes through the follower, one write at a time.
+    for i in 0..40 {
+        let put = pb::PutRequest { key: key(&format!("k{i}")), value: format!("v{i}").into_bytes(), ..Default::default() };
+        let answer = runtime.block_on(via_follower.put(put)).expect("put").into_inner();
+        assert_eq!(answer.header.as_ref().map(|h| h.member_id), Some(follower_id), "the follower answers");
+        assert_eq!(get(&mut via_follower, &format!("k{i}"), true), (Some(format!("v{i}")), follower_id));
+    }
+    let proposed = metric(&c, follower, "kuberaft_forwarded_proposals_total");
+    assert!(proposed >= 40, "the follower proposed its writes through the leader ({proposed})");
+
+    // Many clients at once share requests to the leader.
+    let batches_before = metric(&c, follower, "kuberaft_forwarded_proposal_batches_total");
+    let writers: Vec<_> = (0..64)
+        .map(|w| {
+            let mut kv = client(follower);
+            runtime.spawn(async move {
+                for n in 0..20 {
+                    let put = pb::PutRequest {
+                        key: format!("w{w}").into_bytes(),
+                        value: n.to_string().into_bytes(),
+                        ..Default::default()
+                    };
+                    kv.put(put).await.expect("put");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        runtime.block_on(writer).expect("writer");
+    }
+    let proposals = metric(&c, follower, "kuberaft_forwarded_proposals_total") - proposed;
+    let batches = metric(&c, follower, "kuberaft_forwarded_proposal_batches_total") - batches_before;
+    assert_eq!(proposals, 64 * 20, "every write went through the leader");
+    assert!(batches < proposals, "{proposals} writes in {batches} requests: batched");
+    for w in 0..64 {
+        assert_eq!(get(&mut via_leader, &format!("w{w}"), false).0, Some("19".into()), "writer {w}'s last write");
+    }
+
+    // Linearizable reads through the follower see what the leader acknowledged, and are
+    // answered by the follower at the leader's read index.
+    let reads_before = metric(&c, follower, "kuberaft_forwarded_reads_total");
+    for i in 0..20 {
+        let put = pb::PutRequest { key: key("fresh"), value: format!("f{i}").into_bytes(), ..Default::default() };
+        runtime.block_on(via_leader.put(put)).expect("put");
+        assert_eq!(get(&mut via_follower, "fresh", false), (Some(format!("f{i}")), follower_id));
+    }
+    let reads = metric(&c, follower, "kuberaft_forwarded_reads_total") - reads_before;
+    assert!(reads >= 20, "the follower read at the leader's read index ({reads})");
+
+    // A txn whose answer holds key-values is forwarded whole, and answered all the same.
+    let before = metric(&c, follower, "kuberaft_forwarded_proposals_total");
+    let range = pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest { key: key("k1"), ..Default::default() })),
+    };
+    let txn = pb::TxnRequest { success: vec![range], ..Default::default() };
+    let answer = runtime.block_on(via_follower.txn(txn)).expect("txn").into_inner();
+    assert!(answer.succeeded, "{answer:?}");
+    assert_eq!(answer.header.as_ref().map(|h| h.member_id), Some(follower_id));
+    match answer.responses.first().and_then(|r| r.response.as_ref()) {
+        Some(pb::response_op::Response::ResponseRange(r)) => assert_eq!(r.kvs[0].value, b"v1"),
+        other => panic!("a txn's range answered {other:?}"),
+    }
+    assert_eq!(metric(&c, follower, "kuberaft_forwarded_proposals_total"), before, "not proposed by the follower");
 }

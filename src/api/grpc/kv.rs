@@ -14,6 +14,7 @@ use super::{Grpc, Route};
 use crate::api::kv::{bound_range, bound_txn, capped, static_check, Budget, ANSWER_KEYS};
 use crate::base::wire::MAX_KEY_BYTES;
 use crate::node::handle::PHYSICAL_COMPACT_LIMIT;
+use crate::store::command::txn_answer_is_small;
 use crate::store::mvcc;
 
 pub struct KvService(pub(super) Grpc);
@@ -78,7 +79,7 @@ impl pb::kv_server::Kv for KvService {
         let op = mvcc::RequestOp::Range(asked.clone());
         single(op, self.max_value_bytes())?;
         if !asked.serializable {
-            if let Route::Leader(leader) = self.0.read_point(&request).await? {
+            if let Route::Leader(leader) = self.0.kv_read_point(&request).await? {
                 return forward!(self.0, leader, request, KvClient::range);
             }
         }
@@ -92,7 +93,7 @@ impl pb::kv_server::Kv for KvService {
     async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let txn =
             single(mvcc::RequestOp::Put(convert::put_request(request.get_ref().clone())), self.max_value_bytes())?;
-        match self.0.route(&request)? {
+        match self.0.write_route(&request, txn_answer_is_small(&txn))? {
             Route::Leader(leader) => forward!(self.0, leader, request, KvClient::put),
             Route::Here => match Self::only(self.apply(txn).await?)? {
                 mvcc::ResponseOp::Put(done) => {
@@ -111,7 +112,7 @@ impl pb::kv_server::Kv for KvService {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let op = mvcc::RequestOp::DeleteRange(convert::delete_request(request.get_ref().clone()));
         let txn = single(op, self.max_value_bytes())?;
-        match self.0.route(&request)? {
+        match self.0.write_route(&request, txn_answer_is_small(&txn))? {
             Route::Leader(leader) => forward!(self.0, leader, request, KvClient::delete_range),
             Route::Here => match Self::only(self.apply(txn).await?)? {
                 mvcc::ResponseOp::DeleteRange(done) => {
@@ -128,7 +129,7 @@ impl pb::kv_server::Kv for KvService {
         let txn = convert::txn_request(request.get_ref().clone())?;
         check_sizes(&txn, self.max_value_bytes())?;
         static_check(&txn).map_err(mvcc_status)?;
-        match self.0.route(&request)? {
+        match self.0.write_route(&request, txn_answer_is_small(&txn))? {
             Route::Leader(leader) => forward!(self.0, leader, request, KvClient::txn),
             Route::Here => {
                 let mut answer = convert::txn_response(self.apply(txn).await?);
@@ -145,7 +146,7 @@ impl pb::kv_server::Kv for KvService {
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let asked = *request.get_ref();
-        let mut answer = match self.0.route(&request)? {
+        let mut answer = match self.0.write_route(&request, true)? {
             Route::Leader(leader) => {
                 let logical = pb::CompactionRequest { physical: false, ..asked };
                 leader

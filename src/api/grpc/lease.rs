@@ -35,7 +35,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
-        match self.0.route(&request)? {
+        match self.0.write_route(&request, true)? {
             Route::Leader(leader) => forward!(self.0, leader, request, LeaseClient::lease_grant),
             Route::Here => {
                 let asked = request.into_inner();
@@ -54,7 +54,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
-        match self.0.route(&request)? {
+        match self.0.write_route(&request, true)? {
             Route::Leader(leader) => forward!(self.0, leader, request, LeaseClient::lease_revoke),
             Route::Here => {
                 let revision = self.0.api.node.lease_revoke(request.get_ref().id).await.map_err(node_status)?;

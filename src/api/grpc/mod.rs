@@ -196,4 +196,31 @@ impl Grpc {
         }
         Ok(route)
     }
+
+    /// Whether this member serves a call that the leader would otherwise serve whole: it is a
+    /// follower that `forwards` (`node::forward`), and the call was not forwarded to it.
+    fn served_with_leader<T>(&self, request: &Request<T>) -> bool {
+        self.api.node.forwards() && !request.metadata().contains_key(HEADER_FORWARDED)
+    }
+
+    /// A linearizable read of the key space, served here as etcd's members serve it: on the
+    /// leader after its ReadIndex, on a follower after the leader's read index is applied
+    /// (`NodeHandle::read_point`). A member that cannot (an older leader, a halted state
+    /// machine) forwards the call.
+    async fn kv_read_point<T>(&self, request: &Request<T>) -> Result<Route, Status> {
+        let route = if self.served_with_leader(request) { Route::Here } else { self.route(request)? };
+        if let Route::Here = route {
+            self.api.node.read_point().await.map_err(node_status)?;
+        }
+        Ok(route)
+    }
+
+    /// A write: served here on the leader, and on a follower that has the leader apply it
+    /// (`NodeHandle::submit`) when its answer is small; otherwise the call is forwarded.
+    fn write_route<T>(&self, request: &Request<T>, small: bool) -> Result<Route, Status> {
+        if small && self.served_with_leader(request) {
+            return Ok(Route::Here);
+        }
+        self.route(request)
+    }
 }

@@ -1,0 +1,405 @@
+//! A follower's writes and linearizable reads, served with the leader's help over the peer
+//! port, as etcd's followers serve them (issue 15).
+//!
+//! - **Writes.** A follower sends the encoded commands its clients asked for to the leader in
+//!   batches (`POST /raft/v1/propose`); the leader proposes each, and answers once they applied
+//!   with each command's outcome and the index it had applied. The follower answers its clients
+//!   once it applied as far itself (bounded by [`CATCH_UP`]), so a client that reads from the
+//!   member it wrote through sees its write, as with etcd, whose followers answer after their
+//!   own apply. Only commands whose outcome is small go this way (`Command::answer_is_small`).
+//! - **Linearizable reads.** A follower asks the leader for a read index (`POST
+//!   /raft/v1/read-index`): the leader's commit index, confirmed by a quorum (thesis §6.4). It
+//!   then serves the read from its own state once it applied that far. Every read that arrived
+//!   before the request was sent shares its answer; one that arrives later waits for a later
+//!   request, which is what makes it linearizable (thesis §6.4.1).
+//!
+//! Each kind is batched: while [`IN_FLIGHT`] requests of it are out, new work waits, and the
+//! next request takes all that waited (up to [`MAX_BATCH`] commands). One client alone pays
+//! one round trip; many share one. A leader that does not know the routes (an older kuberaft
+//! answers 404) is remembered, and its followers forward whole calls as before.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::handle::{NodeHandle, PROPOSE_TIMEOUT, READ_TIMEOUT};
+use super::runtime::NodeError;
+use super::shared::{lock, Shared};
+use super::transport::{check_sender, peer_request, read_batch, reject, PeerServer, BATCH_TARGET_BYTES};
+use crate::http::client::{self, Dial, HttpClient};
+use crate::raft::{Index, NodeId};
+use crate::store::codec;
+use crate::store::command::ApplyResult;
+
+pub const PROPOSE_PATH: &str = "/raft/v1/propose";
+pub const READ_INDEX_PATH: &str = "/raft/v1/read-index";
+
+/// The most commands one forwarded batch carries.
+pub const MAX_BATCH: usize = 1024;
+/// Requests of each kind out to the leader at once.
+const IN_FLIGHT: usize = 4;
+/// Work waiting to be forwarded, per kind; past it a request fails as overloaded.
+const QUEUE: usize = 8192;
+/// How long a follower waits to apply what the leader applied before it answers a write (the
+/// write stands either way).
+pub const CATCH_UP: Duration = Duration::from_secs(1);
+/// The leader answers a batch of proposals within this (each proposal has `PROPOSE_TIMEOUT`).
+const PROPOSE_BATCH_TIMEOUT: Duration = Duration::from_secs(PROPOSE_TIMEOUT.as_secs() + 2);
+/// The leader's answer to a batch: per command an outcome of a few dozen bytes (small answers
+/// only come this way), and an error's reason of at most a few hundred.
+const MAX_PROPOSE_ANSWER_BYTES: usize = MAX_BATCH * 1024 + 1024;
+const MAX_READ_INDEX_ANSWER_BYTES: usize = 1024;
+
+/// The leader's answer to a batch of proposals.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProposeAnswer {
+    /// The leader's applied index when it answered: at or past every command of the batch.
+    pub applied: Index,
+    /// Per command, in order.
+    pub results: Vec<Result<ApplyResult, NodeError>>,
+}
+
+/// The leader's answer to a read-index request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReadIndexAnswer {
+    pub index: Index,
+}
+
+type Reply<R> = oneshot::Sender<Result<R, NodeError>>;
+/// A batch's answers: per item, in order, or one failure for all.
+type Answers<R> = Result<Vec<Result<R, NodeError>>, NodeError>;
+type Queue<T, R> = mpsc::Sender<(T, Reply<R>)>;
+
+/// A follower's way to its leader (one per member, in `Shared`).
+pub struct Forwarder {
+    http: HttpClient,
+    proposals: OnceLock<Queue<Bytes, (ApplyResult, Index)>>,
+    reads: OnceLock<Queue<(), Index>>,
+    /// Leaders that answered 404: an older kuberaft, whose followers forward whole calls.
+    older: Mutex<BTreeSet<NodeId>>,
+}
+
+impl Forwarder {
+    /// `local_ip`: dial the leader from this address, as the peer transport does.
+    pub fn new(local_ip: Option<IpAddr>) -> Forwarder {
+        Forwarder {
+            // Every request in flight keeps its connection for the next.
+            http: HttpClient::new(Dial { max_idle_per_host: 2 * IN_FLIGHT, ..Dial::peer(local_ip) }),
+            proposals: OnceLock::new(),
+            reads: OnceLock::new(),
+            older: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Whether `leader` takes forwarded proposals and read-index requests.
+    pub fn takes(&self, leader: NodeId) -> bool {
+        !lock(&self.older).contains(&leader)
+    }
+
+    /// Proposes `data` (an encoded command) through the leader: its outcome, and an index this
+    /// member must apply to see it.
+    pub async fn propose(&self, shared: &Arc<Shared>, data: Bytes) -> Result<(ApplyResult, Index), NodeError> {
+        let queue = self.proposals.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let (weak, http) = (Arc::downgrade(shared), self.http.clone());
+            tokio::spawn(batches(rx, move |commands| send_proposals(weak.clone(), http.clone(), commands)));
+            tx
+        });
+        ask(queue, data, "proposals").await
+    }
+
+    /// A read index from the leader, confirmed by a quorum after this call began.
+    pub async fn read_index(&self, shared: &Arc<Shared>) -> Result<Index, NodeError> {
+        let queue = self.reads.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let (weak, http) = (Arc::downgrade(shared), self.http.clone());
+            tokio::spawn(batches(rx, move |reads: Vec<()>| send_read_index(weak.clone(), http.clone(), reads.len())));
+            tx
+        });
+        ask(queue, (), "reads").await
+    }
+
+    fn mark_older(&self, leader: NodeId) {
+        lock(&self.older).insert(leader);
+    }
+}
+
+/// Queues `item` and waits for its answer.
+async fn ask<T, R>(queue: &Queue<T, R>, item: T, what: &str) -> Result<R, NodeError> {
+    let (reply, answer) = oneshot::channel();
+    queue
+        .try_send((item, reply))
+        .map_err(|_| NodeError::Unavailable(format!("too many {what} waiting for the leader; retry")))?;
+    answer.await.unwrap_or_else(|_| Err(NodeError::Unavailable("the member is stopping".into())))
+}
+
+/// Sends what waits in `rx` in batches, at most [`IN_FLIGHT`] at a time, until every sender is
+/// gone. `send` answers a batch: per item, in order, or one failure for all.
+async fn batches<T, R, F, Fut>(mut rx: mpsc::Receiver<(T, Reply<R>)>, send: F)
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = Answers<R>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Some(first) = rx.recv().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let (items, replies): (Vec<T>, Vec<Reply<R>>) = batch.into_iter().unzip();
+        let answers = send(items);
+        tokio::spawn(async move {
+            let answers = answers.await;
+            drop(slot);
+            match answers {
+                Ok(answers) if answers.len() == replies.len() => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(answer);
+                    }
+                }
+                Ok(answers) => {
+                    let why = format!("the leader answered {} of {} forwarded requests", answers.len(), replies.len());
+                    for reply in replies {
+                        let _ = reply.send(Err(NodeError::OutcomeUnknown(why.clone())));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The leader to forward to, with its peer address: `NotLeader` when there is none.
+fn leader_of(shared: &Shared) -> Result<(NodeId, crate::store::command::MemberInfo), NodeError> {
+    let leader = shared.status().leader.filter(|l| *l != shared.id);
+    let address = leader.and_then(|l| shared.address(l)).filter(|a| !a.peer_url.is_empty());
+    match (leader, address) {
+        (Some(leader), Some(address)) => Ok((leader, address)),
+        _ => Err(NodeError::NotLeader { leader: None }),
+    }
+}
+
+/// Sends `commands` to the leader in one request, or one request per command when together
+/// they pass `BATCH_TARGET_BYTES` (which the leader's batch limit holds with room to spare).
+async fn send_proposals(shared: Weak<Shared>, http: HttpClient, commands: Vec<Bytes>) -> Answers<(ApplyResult, Index)> {
+    let shared = shared.upgrade().ok_or_else(|| NodeError::Unavailable("the member is stopping".into()))?;
+    let (leader, address) = leader_of(&shared)?;
+    let total: usize = commands.iter().map(Bytes::len).sum();
+    if total > BATCH_TARGET_BYTES && commands.len() > 1 {
+        // Rare (large values from many clients at once): one request per command.
+        let mut answers = Vec::with_capacity(commands.len());
+        for command in commands {
+            let one = Box::pin(send_proposals(Arc::downgrade(&shared), http.clone(), vec![command])).await;
+            answers.push(one.and_then(|mut a| a.pop().unwrap_or(Err(NodeError::OutcomeUnknown("no answer".into())))));
+        }
+        return Ok(answers);
+    }
+    let body = codec::encode(&commands).map_err(|e| NodeError::Unavailable(format!("cannot encode: {e}")))?;
+    shared.metrics.forwarded_proposals.fetch_add(commands.len() as u64, Ordering::Relaxed);
+    shared.metrics.forwarded_proposal_batches.fetch_add(1, Ordering::Relaxed);
+    let request = peer_request(&shared, &address, PROPOSE_PATH).body(client::full(body));
+    let answer = match http.call(request, PROPOSE_BATCH_TIMEOUT, MAX_PROPOSE_ANSWER_BYTES).await {
+        Ok(answer) => answer,
+        Err(e) if e.never_sent() => return Err(NodeError::Unavailable(format!("cannot reach the leader: {e}"))),
+        Err(e) => return Err(NodeError::OutcomeUnknown(format!("the leader's answer was lost: {e}"))),
+    };
+    match answer.status {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => {
+            shared.forward.mark_older(leader);
+            return Err(NodeError::Unavailable("the leader is an older version; retry".into()));
+        }
+        // The leader refused the batch before proposing anything.
+        status if status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE => {
+            let why = String::from_utf8_lossy(&answer.body);
+            return Err(NodeError::Unavailable(format!("the leader refused the proposals ({status}): {why}")));
+        }
+        status => {
+            let why = String::from_utf8_lossy(&answer.body);
+            return Err(NodeError::OutcomeUnknown(format!("the leader answered {status}: {why}")));
+        }
+    }
+    let answer: ProposeAnswer = codec::decode(&answer.body)
+        .map_err(|e| NodeError::OutcomeUnknown(format!("the leader's answer is undecodable: {e}")))?;
+    let applied = answer.applied;
+    Ok(answer.results.into_iter().map(|r| r.map(|outcome| (outcome, applied))).collect())
+}
+
+/// Asks the leader for one read index, shared by `reads` waiting reads.
+async fn send_read_index(shared: Weak<Shared>, http: HttpClient, reads: usize) -> Answers<Index> {
+    let shared = shared.upgrade().ok_or_else(|| NodeError::Unavailable("the member is stopping".into()))?;
+    let (leader, address) = leader_of(&shared)?;
+    let request = peer_request(&shared, &address, READ_INDEX_PATH).body(client::full(Bytes::new()));
+    shared.metrics.forwarded_reads.fetch_add(reads as u64, Ordering::Relaxed);
+    shared.metrics.read_index_requests.fetch_add(1, Ordering::Relaxed);
+    let answer = http
+        .call(request, READ_TIMEOUT, MAX_READ_INDEX_ANSWER_BYTES)
+        .await
+        .map_err(|e| NodeError::Unavailable(format!("cannot get a read index from the leader: {e}")))?;
+    if answer.status == StatusCode::NOT_FOUND {
+        shared.forward.mark_older(leader);
+    }
+    if answer.status != StatusCode::OK {
+        let why = String::from_utf8_lossy(&answer.body);
+        return Err(NodeError::Unavailable(format!("the leader gave no read index ({}): {why}", answer.status)));
+    }
+    let ReadIndexAnswer { index } = codec::decode(&answer.body)
+        .map_err(|e| NodeError::Unavailable(format!("the leader's read index is undecodable: {e}")))?;
+    Ok(vec![Ok(index); reads])
+}
+
+/// `POST /raft/v1/propose` on the leader: proposes each command of the batch, answers once all
+/// applied (or failed).
+pub(super) async fn serve_proposals(State(server): State<PeerServer>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Err((status, why)) = check_sender(&server, &parts.headers) {
+        return reject(status, why);
+    }
+    let bytes = match read_batch(&server, &parts.headers, body).await {
+        Ok(bytes) => bytes,
+        Err(refused) => return refused,
+    };
+    let commands: Vec<Bytes> = match codec::decode(&bytes) {
+        Ok(commands) => commands,
+        Err(e) => return reject(StatusCode::BAD_REQUEST, format!("undecodable proposals: {e}")),
+    };
+    if commands.len() > MAX_BATCH {
+        return reject(StatusCode::BAD_REQUEST, format!("{} proposals; at most {MAX_BATCH} at once", commands.len()));
+    }
+    if let Some(i) =
+        commands.iter().position(|c| crate::store::command::decode::<crate::store::command::Command>(c).is_err())
+    {
+        return reject(StatusCode::BAD_REQUEST, format!("proposal {i} is not a command"));
+    }
+    let node = NodeHandle { shared: server.shared.clone(), tx: server.loop_tx.clone() };
+    if !node.is_leader() {
+        return reject(StatusCode::SERVICE_UNAVAILABLE, "not the leader".into());
+    }
+    // All are offered to the Raft loop first, so that they commit together.
+    let pending: Vec<_> = commands.into_iter().map(|data| node.start_proposal(data)).collect();
+    let mut results = Vec::with_capacity(pending.len());
+    for started in pending {
+        results.push(match started {
+            Ok(answer) => NodeHandle::proposal_outcome(answer).await,
+            Err(e) => Err(e),
+        });
+    }
+    let applied = *server.shared.applied.borrow();
+    match codec::encode(&ProposeAnswer { applied, results }) {
+        Ok(body) => (StatusCode::OK, body).into_response(),
+        Err(e) => reject(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the outcomes: {e}")),
+    }
+}
+
+/// `POST /raft/v1/read-index` on the leader: its commit index, confirmed by a quorum.
+pub(super) async fn serve_read_index(State(server): State<PeerServer>, request: Request) -> Response {
+    if let Err((status, why)) = check_sender(&server, request.headers()) {
+        return reject(status, why);
+    }
+    let node = NodeHandle { shared: server.shared.clone(), tx: server.loop_tx.clone() };
+    match node.read_index().await {
+        Ok(index) => match codec::encode(&ReadIndexAnswer { index }) {
+            Ok(body) => (StatusCode::OK, body).into_response(),
+            Err(e) => reject(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the read index: {e}")),
+        },
+        Err(e) => reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::shared::write;
+    use crate::store::command::{encode, Command};
+
+    /// A leader at 127.0.0.1 whose propose route answers with `status` and `body`.
+    async fn fake_leader(status: StatusCode, body: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let answer = move || {
+            let body = body.clone();
+            async move { (status, body) }
+        };
+        let router = axum::Router::new().route(PROPOSE_PATH, axum::routing::post(answer));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        url
+    }
+
+    fn follower_of(leader_url: &str) -> Arc<Shared> {
+        let shared = Arc::new(Shared::for_tests(1, "a", 2, ""));
+        write(&shared.status).leader = Some(2);
+        shared.addresses.learn(2, "b", leader_url, "");
+        shared
+    }
+
+    fn put() -> Bytes {
+        encode(&Command::Put { key: "k".into(), value: Bytes::from_static(b"v"), prev_revision: None })
+    }
+
+    #[tokio::test]
+    async fn outcomes_come_back_with_the_leaders_applied_index() {
+        let answer = ProposeAnswer {
+            applied: 9,
+            results: vec![Ok(ApplyResult::Put { revision: 4 }), Err(NodeError::NotLeader { leader: None })],
+        };
+        let url = fake_leader(StatusCode::OK, codec::encode(&answer).expect("encode")).await;
+        let shared = follower_of(&url);
+        // Two proposals queued at once (this runtime runs the batching task only when both
+        // wait) share one request, and each gets its own outcome.
+        let (a, b) = tokio::join!(shared.forward.propose(&shared, put()), shared.forward.propose(&shared, put()));
+        assert_eq!(shared.metrics.forwarded_proposal_batches.load(Ordering::Relaxed), 1);
+        assert_eq!(a, Ok((ApplyResult::Put { revision: 4 }, 9)));
+        assert_eq!(b, Err(NodeError::NotLeader { leader: None }));
+        // A proposal alone is answered two outcomes: the count does not match, the outcome is
+        // unknown.
+        let alone = shared.forward.propose(&shared, put()).await;
+        assert!(matches!(alone, Err(NodeError::OutcomeUnknown(_))), "{alone:?}");
+        assert!(shared.forward.takes(2));
+    }
+
+    #[tokio::test]
+    async fn an_older_leader_is_remembered_and_a_refusal_is_safe_to_retry() {
+        let url = fake_leader(StatusCode::SERVICE_UNAVAILABLE, b"not the leader".to_vec()).await;
+        let shared = follower_of(&url);
+        let refused = shared.forward.propose(&shared, put()).await;
+        assert!(matches!(&refused, Err(NodeError::Unavailable(why)) if why.contains("not the leader")), "{refused:?}");
+        assert!(shared.forward.takes(2), "a refusal is not a version");
+
+        // An older kuberaft has no such route: 404.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let older = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move { axum::serve(listener, axum::Router::new()).await });
+        let shared = follower_of(&older);
+        let refused = shared.forward.propose(&shared, put()).await;
+        assert!(matches!(refused, Err(NodeError::Unavailable(_))), "{refused:?}");
+        assert!(!shared.forward.takes(2), "the older leader is remembered");
+        let reads = shared.forward.read_index(&shared).await;
+        assert!(matches!(reads, Err(NodeError::Unavailable(_))), "{reads:?}");
+
+        // No leader: nothing is sent.
+        write(&shared.status).leader = None;
+        let lone = shared.forward.propose(&shared, put()).await;
+        assert_eq!(lone, Err(NodeError::NotLeader { leader: None }));
+    }
+}
