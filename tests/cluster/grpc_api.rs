@@ -555,7 +555,8 @@ fn followers_propose_through_the_leader_and_read_at_its_read_index() {
 
     // Read your writes through the follower, one write at a time.
     for i in 0..40 {
-        let put = pb::PutRequest { key: key(&format!("k{i}")), value: format!("v{i}").into_bytes(), ..Default::default() };
+        let put =
+            pb::PutRequest { key: key(&format!("k{i}")), value: format!("v{i}").into_bytes(), ..Default::default() };
         let answer = runtime.block_on(via_follower.put(put)).expect("put").into_inner();
         assert_eq!(answer.header.as_ref().map(|h| h.member_id), Some(follower_id), "the follower answers");
         assert_eq!(get(&mut via_follower, &format!("k{i}"), true), (Some(format!("v{i}")), follower_id));
