@@ -652,7 +652,7 @@ async fn metrics(State(api): State<Api>) -> Response {
     let m = &shared.metrics;
     let counter = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let reclaiming = api.node.with_kv(|kv| kv.compaction_pending());
-    let series: [(&str, &str, &str, u64); 17] = [
+    let series: [(&str, &str, &str, u64); 18] = [
         ("kuberaft_term", "Current Raft term.", "gauge", s.term),
         ("kuberaft_is_leader", "1 when this member leads.", "gauge", s.is_leader() as u64),
         ("kuberaft_has_leader", "1 when a leader is known.", "gauge", s.leader.is_some() as u64),
@@ -696,6 +696,12 @@ async fn metrics(State(api): State<Api>) -> Response {
             "Read-index requests those reads shared.",
             "counter",
             counter(&m.read_index_requests),
+        ),
+        (
+            "kuberaft_forwarded_lease_renewals_total",
+            "Lease keep-alives this member, a follower, renewed through the leader.",
+            "counter",
+            counter(&m.forwarded_renewals),
         ),
         ("kuberaft_snapshots_sent_total", "Snapshots sent.", "counter", counter(&m.snapshots_sent)),
         ("kuberaft_snapshots_received_total", "Snapshots installed.", "counter", counter(&m.snapshots_received)),

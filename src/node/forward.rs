@@ -43,6 +43,7 @@ use crate::store::command::ApplyResult;
 
 pub const PROPOSE_PATH: &str = "/raft/v1/propose";
 pub const READ_INDEX_PATH: &str = "/raft/v1/read-index";
+pub const LEASE_RENEW_PATH: &str = "/raft/v1/lease-renew";
 
 /// The most commands one forwarded batch carries.
 pub const MAX_BATCH: usize = 1024;
@@ -59,6 +60,8 @@ const PROPOSE_BATCH_TIMEOUT: Duration = Duration::from_secs(PROPOSE_TIMEOUT.as_s
 /// only come this way), and an error's reason of at most a few hundred.
 const MAX_PROPOSE_ANSWER_BYTES: usize = MAX_BATCH * 1024 + 1024;
 const MAX_READ_INDEX_ANSWER_BYTES: usize = 1024;
+/// Per lease a TTL, or an error's reason of at most a few hundred bytes.
+const MAX_RENEW_ANSWER_BYTES: usize = MAX_BATCH * 512 + 1024;
 
 /// The leader's answer to a batch of proposals.
 #[derive(Debug, Serialize, Deserialize)]
@@ -85,6 +88,7 @@ pub struct Forwarder {
     http: HttpClient,
     proposals: OnceLock<Queue<Bytes, (ApplyResult, Index)>>,
     reads: OnceLock<Queue<(), Index>>,
+    renewals: OnceLock<Queue<i64, i64>>,
     /// Leaders that answered 404: an older kuberaft, whose followers forward whole calls.
     older: Mutex<BTreeSet<NodeId>>,
 }
@@ -97,6 +101,7 @@ impl Forwarder {
             http: HttpClient::new(Dial { max_idle_per_host: 2 * IN_FLIGHT, ..Dial::peer(local_ip) }),
             proposals: OnceLock::new(),
             reads: OnceLock::new(),
+            renewals: OnceLock::new(),
             older: Mutex::new(BTreeSet::new()),
         }
     }
@@ -127,6 +132,18 @@ impl Forwarder {
             tx
         });
         ask(queue, (), "reads").await
+    }
+
+    /// Renews lease `id` on the leader (etcd's LeaseKeepAlive, which etcd's followers forward to
+    /// the leader one by one): its TTL, 0 for a lease that does not exist.
+    pub async fn renew(&self, shared: &Arc<Shared>, id: i64) -> Result<i64, NodeError> {
+        let queue = self.renewals.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let (weak, http) = (Arc::downgrade(shared), self.http.clone());
+            tokio::spawn(batches(rx, move |ids| send_renewals(weak.clone(), http.clone(), ids)));
+            tx
+        });
+        ask(queue, id, "keep-alives").await
     }
 
     fn mark_older(&self, leader: NodeId) {
@@ -269,6 +286,29 @@ async fn send_read_index(shared: Weak<Shared>, http: HttpClient, reads: usize) -
     Ok(vec![Ok(index); reads])
 }
 
+/// Sends lease renewals to the leader in one request. A renewal sent twice does no harm, so every
+/// failure is one to retry.
+async fn send_renewals(shared: Weak<Shared>, http: HttpClient, ids: Vec<i64>) -> Answers<i64> {
+    let shared = shared.upgrade().ok_or_else(|| NodeError::Unavailable("the member is stopping".into()))?;
+    let (leader, address) = leader_of(&shared)?;
+    let body = codec::encode(&ids).map_err(|e| NodeError::Unavailable(format!("cannot encode: {e}")))?;
+    let request = peer_request(&shared, &address, LEASE_RENEW_PATH).body(client::full(body));
+    shared.metrics.forwarded_renewals.fetch_add(ids.len() as u64, Ordering::Relaxed);
+    let answer = http
+        .call(request, READ_TIMEOUT, MAX_RENEW_ANSWER_BYTES)
+        .await
+        .map_err(|e| NodeError::Unavailable(format!("cannot renew through the leader: {e}")))?;
+    if answer.status == StatusCode::NOT_FOUND {
+        shared.forward.mark_older(leader);
+    }
+    if answer.status != StatusCode::OK {
+        let why = String::from_utf8_lossy(&answer.body);
+        return Err(NodeError::Unavailable(format!("the leader renewed nothing ({}): {why}", answer.status)));
+    }
+    codec::decode(&answer.body)
+        .map_err(|e| NodeError::Unavailable(format!("the leader's renewals are undecodable: {e}")))
+}
+
 /// `POST /raft/v1/propose` on the leader: proposes each command of the batch, answers once all
 /// applied (or failed).
 pub(super) async fn serve_proposals(State(server): State<PeerServer>, request: Request) -> Response {
@@ -309,6 +349,38 @@ pub(super) async fn serve_proposals(State(server): State<PeerServer>, request: R
     match codec::encode(&ProposeAnswer { applied, results }) {
         Ok(body) => (StatusCode::OK, body).into_response(),
         Err(e) => reject(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the outcomes: {e}")),
+    }
+}
+
+/// `POST /raft/v1/lease-renew` on the leader: one ReadIndex round for the batch, then each
+/// lease renewed as a keep-alive here would be (`NodeHandle::lease_keep_alive`).
+pub(super) async fn serve_renewals(State(server): State<PeerServer>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Err((status, why)) = check_sender(&server, &parts.headers) {
+        return reject(status, why);
+    }
+    let bytes = match read_batch(&server, &parts.headers, body).await {
+        Ok(bytes) => bytes,
+        Err(refused) => return refused,
+    };
+    let ids: Vec<i64> = match codec::decode(&bytes) {
+        Ok(ids) => ids,
+        Err(e) => return reject(StatusCode::BAD_REQUEST, format!("undecodable lease ids: {e}")),
+    };
+    if ids.len() > MAX_BATCH {
+        return reject(StatusCode::BAD_REQUEST, format!("{} lease ids; at most {MAX_BATCH} at once", ids.len()));
+    }
+    let node = NodeHandle { shared: server.shared.clone(), tx: server.loop_tx.clone() };
+    if let Err(e) = node.read_barrier().await {
+        return reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
+    let mut ttls = Vec::with_capacity(ids.len());
+    for id in ids {
+        ttls.push(node.renew_confirmed(id).await);
+    }
+    match codec::encode(&ttls) {
+        Ok(body) => (StatusCode::OK, body).into_response(),
+        Err(e) => reject(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the renewals: {e}")),
     }
 }
 

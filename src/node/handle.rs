@@ -344,8 +344,19 @@ impl NodeHandle {
     /// leads (after the request arrived), then renews the lease to now + its TTL; a lease whose
     /// remaining TTL was checkpointed has the checkpoint cleared through the log first. Returns
     /// the TTL, 0 for a lease that does not exist (as etcd answers).
+    /// A follower that `forwards` has the leader renew it (`forward`), as etcd's followers
+    /// forward keep-alives to the leader.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, NodeError> {
+        if !self.is_leader() && self.forwards() {
+            return self.shared.forward.renew(&self.shared, id).await;
+        }
         self.read_barrier().await?;
+        self.renew_confirmed(id).await
+    }
+
+    /// Renews lease `id` on this member, the leader, once a ReadIndex round after the request
+    /// arrived confirmed that it leads.
+    pub(super) async fn renew_confirmed(&self, id: i64) -> Result<i64, NodeError> {
         let renewal = {
             let mut lessor = lock(&self.shared.lessor);
             let renewal = lessor.renew(id, self.shared.lease_now_ms());

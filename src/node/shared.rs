@@ -137,6 +137,8 @@ pub struct Metrics {
     /// requests they shared.
     pub forwarded_reads: AtomicU64,
     pub read_index_requests: AtomicU64,
+    /// A follower's lease keep-alives renewed through the leader.
+    pub forwarded_renewals: AtomicU64,
     /// Connections of the client and the peer port (`serve`).
     pub client_port: std::sync::Arc<crate::http::serve::PortStats>,
     pub peer_port: std::sync::Arc<crate::http::serve::PortStats>,

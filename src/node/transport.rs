@@ -543,6 +543,7 @@ pub fn peer_router(server: PeerServer) -> Router {
         .route(JOIN_PATH, post(join))
         .route(super::forward::PROPOSE_PATH, post(super::forward::serve_proposals))
         .route(super::forward::READ_INDEX_PATH, post(super::forward::serve_read_index))
+        .route(super::forward::LEASE_RENEW_PATH, post(super::forward::serve_renewals))
         .layer(axum::extract::DefaultBodyLimit::max(crate::base::wire::MAX_MEMBER_REQUEST_BYTES))
         .with_state(server)
 }

@@ -523,13 +523,14 @@ fn node_starts_with_etcds_flags_and_environment() {
 
 /// A follower serves writes and linearizable reads as etcd's followers do (`node::forward`):
 /// it proposes small writes through the leader, batched when clients write at once, and reads
-/// at the leader's read index from its own state. A client that reads back through the member
+/// at the leader's read index from its own state, and renews lease keep-alives through the
+/// leader one by one, as etcd's followers do. A client that reads back through the member
 /// it wrote through, serializably too, sees its write; the answers carry the follower's
 /// header. A write whose answer holds key-values (a txn with a range) and an older leader's
 /// followers go the old way: the whole call forwarded.
 #[test]
 fn followers_propose_through_the_leader_and_read_at_its_read_index() {
-    use kuberaft::api::grpc::etcdserverpb::{self as pb, kv_client::KvClient};
+    use kuberaft::api::grpc::etcdserverpb::{self as pb, kv_client::KvClient, lease_client::LeaseClient};
     use kuberaft::http::client::{h2_client, Dial};
 
     let mut c = Cluster::new(137, 3);
@@ -602,6 +603,27 @@ fn followers_propose_through_the_leader_and_read_at_its_read_index() {
     }
     let reads = metric(&c, follower, "kuberaft_forwarded_reads_total") - reads_before;
     assert!(reads >= 20, "the follower read at the leader's read index ({reads})");
+
+    // Leases: granted through the leader, each keep-alive of a stream renewed through it.
+    let origin: tonic::codegen::http::Uri = c.members[follower].client_url().parse().expect("a URI");
+    let mut leases = LeaseClient::with_origin(h2.clone(), origin);
+    let grant = pb::LeaseGrantRequest { ttl: 30, id: 0 };
+    let granted = runtime.block_on(leases.lease_grant(grant)).expect("grant").into_inner();
+    assert!(granted.id > 0 && granted.ttl == 30, "{granted:?}");
+    let renewed_before = metric(&c, follower, "kuberaft_forwarded_lease_renewals_total");
+    let requests = futures::stream::iter((0..5).map(move |_| pb::LeaseKeepAliveRequest { id: granted.id }));
+    let answers: Vec<_> = runtime.block_on(async {
+        let stream = leases.lease_keep_alive(requests).await.expect("keep-alive").into_inner();
+        futures::StreamExt::collect::<Vec<_>>(stream).await
+    });
+    assert_eq!(answers.len(), 5, "{answers:?}");
+    for answer in answers {
+        let answer = answer.expect("renewed");
+        assert_eq!((answer.id, answer.ttl), (granted.id, 30), "{answer:?}");
+        assert_eq!(answer.header.map(|h| h.member_id), Some(follower_id));
+    }
+    let renewed = metric(&c, follower, "kuberaft_forwarded_lease_renewals_total") - renewed_before;
+    assert_eq!(renewed, 5, "each keep-alive renewed through the leader");
 
     // A txn whose answer holds key-values is forwarded whole, and answered all the same.
     let before = metric(&c, follower, "kuberaft_forwarded_proposals_total");

@@ -22,7 +22,7 @@ pub struct LeaseService(pub(super) Grpc);
 type KeepAliveAnswers = Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
 
 impl LeaseService {
-    /// One keep-alive here, on the leader.
+    /// One keep-alive: here on the leader, through it from a follower that forwards.
     async fn keep_alive_once(&self, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
         let ttl = self.0.api.node.lease_keep_alive(id).await.map_err(node_status)?;
         Ok(pb::LeaseKeepAliveResponse { header: self.0.current_header(), id, ttl })
@@ -69,7 +69,10 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<KeepAliveAnswers>, Status> {
-        match self.0.route(&request)? {
+        // A follower that forwards renews each request through the leader as it comes, as
+        // etcd's followers do; otherwise the stream goes on to the leader whole.
+        let route = if self.0.served_with_leader(&request) { Route::Here } else { self.0.route(&request)? };
+        match route {
             Route::Leader(leader) => {
                 // The client's requests go on to the leader as they come, until they end or break.
                 let requests = request

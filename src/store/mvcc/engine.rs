@@ -65,7 +65,7 @@ pub(crate) const COMPACTED_NAME: &str = "compacted";
 /// log compaction, on the Raft thread, while pages past it are written back in the background
 /// (`node::runtime::Writeback`). At 1M keys of 1 KiB that commit took 183 ms with 64 MiB and
 /// 26 ms with 8 MiB (engine alone, 10k random overwrites between durable commits).
-pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
 
 /// How many `revs` entries compaction handles at a time (bounds its memory, and the time the
 /// Raft loop spends in one step: a step is never cut short, and at 1M keys, with the file's pages
