@@ -39,7 +39,7 @@ use super::transport::{check_sender, peer_request, read_batch, reject, PeerServe
 use crate::http::client::{self, Dial, HttpClient};
 use crate::raft::{Index, NodeId};
 use crate::store::codec;
-use crate::store::command::ApplyResult;
+use crate::store::command::{decode, ApplyResult, Command};
 
 pub const PROPOSE_PATH: &str = "/raft/v1/propose";
 pub const READ_INDEX_PATH: &str = "/raft/v1/read-index";
@@ -309,30 +309,42 @@ async fn send_renewals(shared: Weak<Shared>, http: HttpClient, ids: Vec<i64>) ->
         .map_err(|e| NodeError::Unavailable(format!("the leader's renewals are undecodable: {e}")))
 }
 
+/// A batch sent to the leader, checked: the sender is of this cluster, the body within the batch
+/// limit, a list of at most [`MAX_BATCH`] `what`. Or the refusal to answer.
+async fn checked_batch<T: serde::de::DeserializeOwned>(
+    server: &PeerServer,
+    request: Request,
+    what: &str,
+) -> Result<(NodeHandle, Vec<T>), Response> {
+    let (parts, body) = request.into_parts();
+    check_sender(server, &parts.headers).map_err(|(status, why)| reject(status, why))?;
+    let bytes = read_batch(server, &parts.headers, body).await?;
+    let items: Vec<T> =
+        codec::decode(&bytes).map_err(|e| reject(StatusCode::BAD_REQUEST, format!("undecodable {what}: {e}")))?;
+    if items.len() > MAX_BATCH {
+        return Err(reject(StatusCode::BAD_REQUEST, format!("{} {what}; at most {MAX_BATCH} at once", items.len())));
+    }
+    Ok((NodeHandle { shared: server.shared.clone(), tx: server.loop_tx.clone() }, items))
+}
+
+/// The leader's answer to a batch: `answer` encoded.
+fn encoded<T: Serialize>(answer: &T) -> Response {
+    match codec::encode(answer) {
+        Ok(body) => (StatusCode::OK, body).into_response(),
+        Err(e) => reject(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {e}")),
+    }
+}
+
 /// `POST /raft/v1/propose` on the leader: proposes each command of the batch, answers once all
 /// applied (or failed).
 pub(super) async fn serve_proposals(State(server): State<PeerServer>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    if let Err((status, why)) = check_sender(&server, &parts.headers) {
-        return reject(status, why);
-    }
-    let bytes = match read_batch(&server, &parts.headers, body).await {
-        Ok(bytes) => bytes,
+    let (node, commands) = match checked_batch::<Bytes>(&server, request, "proposals").await {
+        Ok(batch) => batch,
         Err(refused) => return refused,
     };
-    let commands: Vec<Bytes> = match codec::decode(&bytes) {
-        Ok(commands) => commands,
-        Err(e) => return reject(StatusCode::BAD_REQUEST, format!("undecodable proposals: {e}")),
-    };
-    if commands.len() > MAX_BATCH {
-        return reject(StatusCode::BAD_REQUEST, format!("{} proposals; at most {MAX_BATCH} at once", commands.len()));
-    }
-    if let Some(i) =
-        commands.iter().position(|c| crate::store::command::decode::<crate::store::command::Command>(c).is_err())
-    {
+    if let Some(i) = commands.iter().position(|c| decode::<Command>(c).is_err()) {
         return reject(StatusCode::BAD_REQUEST, format!("proposal {i} is not a command"));
     }
-    let node = NodeHandle { shared: server.shared.clone(), tx: server.loop_tx.clone() };
     if !node.is_leader() {
         return reject(StatusCode::SERVICE_UNAVAILABLE, "not the leader".into());
     }
@@ -345,32 +357,16 @@ pub(super) async fn serve_proposals(State(server): State<PeerServer>, request: R
             Err(e) => Err(e),
         });
     }
-    let applied = *server.shared.applied.borrow();
-    match codec::encode(&ProposeAnswer { applied, results }) {
-        Ok(body) => (StatusCode::OK, body).into_response(),
-        Err(e) => reject(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the outcomes: {e}")),
-    }
+    encoded(&ProposeAnswer { applied: *server.shared.applied.borrow(), results })
 }
 
 /// `POST /raft/v1/lease-renew` on the leader: one ReadIndex round for the batch, then each
 /// lease renewed as a keep-alive here would be (`NodeHandle::lease_keep_alive`).
 pub(super) async fn serve_renewals(State(server): State<PeerServer>, request: Request) -> Response {
-    let (parts, body) = request.into_parts();
-    if let Err((status, why)) = check_sender(&server, &parts.headers) {
-        return reject(status, why);
-    }
-    let bytes = match read_batch(&server, &parts.headers, body).await {
-        Ok(bytes) => bytes,
+    let (node, ids) = match checked_batch::<i64>(&server, request, "lease ids").await {
+        Ok(batch) => batch,
         Err(refused) => return refused,
     };
-    let ids: Vec<i64> = match codec::decode(&bytes) {
-        Ok(ids) => ids,
-        Err(e) => return reject(StatusCode::BAD_REQUEST, format!("undecodable lease ids: {e}")),
-    };
-    if ids.len() > MAX_BATCH {
-        return reject(StatusCode::BAD_REQUEST, format!("{} lease ids; at most {MAX_BATCH} at once", ids.len()));
-    }
-    let node = NodeHandle { shared: server.shared.clone(), tx: server.loop_tx.clone() };
     if let Err(e) = node.read_barrier().await {
         return reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }
@@ -378,10 +374,7 @@ pub(super) async fn serve_renewals(State(server): State<PeerServer>, request: Re
     for id in ids {
         ttls.push(node.renew_confirmed(id).await);
     }
-    match codec::encode(&ttls) {
-        Ok(body) => (StatusCode::OK, body).into_response(),
-        Err(e) => reject(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the renewals: {e}")),
-    }
+    encoded(&ttls)
 }
 
 /// `POST /raft/v1/read-index` on the leader: its commit index, confirmed by a quorum.
@@ -391,10 +384,7 @@ pub(super) async fn serve_read_index(State(server): State<PeerServer>, request: 
     }
     let node = NodeHandle { shared: server.shared.clone(), tx: server.loop_tx.clone() };
     match node.read_index().await {
-        Ok(index) => match codec::encode(&ReadIndexAnswer { index }) {
-            Ok(body) => (StatusCode::OK, body).into_response(),
-            Err(e) => reject(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the read index: {e}")),
-        },
+        Ok(index) => encoded(&ReadIndexAnswer { index }),
         Err(e) => reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
@@ -403,7 +393,7 @@ pub(super) async fn serve_read_index(State(server): State<PeerServer>, request: 
 mod tests {
     use super::*;
     use crate::node::shared::write;
-    use crate::store::command::{encode, Command};
+    use crate::store::command::encode;
 
     /// A leader at 127.0.0.1 whose propose route answers with `status` and `body`.
     async fn fake_leader(status: StatusCode, body: Vec<u8>) -> String {
