@@ -12,6 +12,13 @@
 //!   then serves the read from its own state once it applied that far. Every read that arrived
 //!   before the request was sent shares its answer; one that arrives later waits for a later
 //!   request, which is what makes it linearizable (thesis §6.4.1).
+//! - **Lease keep-alives.** A follower renews them through the leader (`POST
+//!   /raft/v1/lease-renew`), which confirms that it leads once per batch, as etcd's followers
+//!   forward each keep-alive to the leader.
+//!
+//! The leader serves at most [`FORWARDED_SLOTS`] such requests at once, half of its peer port's
+//! request slots, so that Raft's own messages always find one; past it a request is refused as
+//! retryable (503).
 //!
 //! Each kind is batched: while [`IN_FLIGHT`] requests of it are out, new work waits, and the
 //! next request takes all that waited (up to [`MAX_BATCH`] commands). One client alone pays
@@ -30,7 +37,7 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::handle::{NodeHandle, PROPOSE_TIMEOUT, READ_TIMEOUT};
 use super::runtime::NodeError;
@@ -49,6 +56,8 @@ pub const LEASE_RENEW_PATH: &str = "/raft/v1/lease-renew";
 pub const MAX_BATCH: usize = 1024;
 /// Requests of each kind out to the leader at once.
 const IN_FLIGHT: usize = 4;
+/// Forwarded requests a leader serves at once (half of `PEER_PORT.max_requests`).
+pub const FORWARDED_SLOTS: usize = crate::http::serve::PEER_PORT.max_requests / 2;
 /// Work waiting to be forwarded, per kind; past it a request fails as overloaded.
 const QUEUE: usize = 8192;
 /// How long a follower waits to apply what the leader applied before it answers a write (the
@@ -97,8 +106,8 @@ impl Forwarder {
     /// `local_ip`: dial the leader from this address, as the peer transport does.
     pub fn new(local_ip: Option<IpAddr>) -> Forwarder {
         Forwarder {
-            // Every request in flight keeps its connection for the next.
-            http: HttpClient::new(Dial { max_idle_per_host: 2 * IN_FLIGHT, ..Dial::peer(local_ip) }),
+            // Every request in flight (three kinds) keeps its connection for the next.
+            http: HttpClient::new(Dial { max_idle_per_host: 3 * IN_FLIGHT, ..Dial::peer(local_ip) }),
             proposals: OnceLock::new(),
             reads: OnceLock::new(),
             renewals: OnceLock::new(),
@@ -309,6 +318,16 @@ async fn send_renewals(shared: Weak<Shared>, http: HttpClient, ids: Vec<i64>) ->
         .map_err(|e| NodeError::Unavailable(format!("the leader's renewals are undecodable: {e}")))
 }
 
+/// One of the leader's [`FORWARDED_SLOTS`], if one is free.
+fn forwarded_slot(server: &PeerServer) -> Option<OwnedSemaphorePermit> {
+    server.forwarded_slots.clone().try_acquire_owned().ok()
+}
+
+/// The refusal when every slot is taken (retryable).
+fn busy() -> Response {
+    reject(StatusCode::SERVICE_UNAVAILABLE, format!("{FORWARDED_SLOTS} forwarded requests are being served; retry"))
+}
+
 /// A batch sent to the leader, checked: the sender is of this cluster, the body within the batch
 /// limit, a list of at most [`MAX_BATCH`] `what`. Or the refusal to answer.
 async fn checked_batch<T: serde::de::DeserializeOwned>(
@@ -338,6 +357,7 @@ fn encoded<T: Serialize>(answer: &T) -> Response {
 /// `POST /raft/v1/propose` on the leader: proposes each command of the batch, answers once all
 /// applied (or failed).
 pub(super) async fn serve_proposals(State(server): State<PeerServer>, request: Request) -> Response {
+    let Some(_slot) = forwarded_slot(&server) else { return busy() };
     let (node, commands) = match checked_batch::<Bytes>(&server, request, "proposals").await {
         Ok(batch) => batch,
         Err(refused) => return refused,
@@ -363,6 +383,7 @@ pub(super) async fn serve_proposals(State(server): State<PeerServer>, request: R
 /// `POST /raft/v1/lease-renew` on the leader: one ReadIndex round for the batch, then each
 /// lease renewed as a keep-alive here would be (`NodeHandle::lease_keep_alive`).
 pub(super) async fn serve_renewals(State(server): State<PeerServer>, request: Request) -> Response {
+    let Some(_slot) = forwarded_slot(&server) else { return busy() };
     let (node, ids) = match checked_batch::<i64>(&server, request, "lease ids").await {
         Ok(batch) => batch,
         Err(refused) => return refused,
@@ -379,6 +400,7 @@ pub(super) async fn serve_renewals(State(server): State<PeerServer>, request: Re
 
 /// `POST /raft/v1/read-index` on the leader: its commit index, confirmed by a quorum.
 pub(super) async fn serve_read_index(State(server): State<PeerServer>, request: Request) -> Response {
+    let Some(_slot) = forwarded_slot(&server) else { return busy() };
     if let Err((status, why)) = check_sender(&server, request.headers()) {
         return reject(status, why);
     }
@@ -438,6 +460,43 @@ mod tests {
         let alone = shared.forward.propose(&shared, put()).await;
         assert!(matches!(alone, Err(NodeError::OutcomeUnknown(_))), "{alone:?}");
         assert!(shared.forward.takes(2));
+    }
+
+    /// Past its forwarded slots, a leader refuses followers' requests as retryable, and its
+    /// peer port's other routes are untouched.
+    #[tokio::test]
+    async fn a_leader_serves_at_most_its_forwarded_slots_at_once() {
+        use tower::ServiceExt;
+        let shared = Arc::new(Shared::for_tests(2, "b", 2, ""));
+        let (tx, _rx) = std::sync::mpsc::sync_channel(16);
+        let server = PeerServer::new(shared, tx, crate::node::transport::PeerLimits::new(1 << 20, 1 << 20));
+        let held = server.forwarded_slots.clone().acquire_many_owned(FORWARDED_SLOTS as u32).await.expect("slots");
+        let router = crate::node::transport::peer_router(server.clone());
+        let post = |path: &str| {
+            axum::http::Request::post(path)
+                .header(crate::node::transport::HEADER_CLUSTER_ID, "7")
+                .header(crate::node::transport::HEADER_FROM, "1")
+                .body(axum::body::Body::from(codec::encode(&Vec::<i64>::new()).expect("encode")))
+                .expect("request")
+        };
+        for path in [PROPOSE_PATH, READ_INDEX_PATH, LEASE_RENEW_PATH] {
+            let answer = router.clone().oneshot(post(path)).await.expect("answer");
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            let body = axum::body::to_bytes(answer.into_body(), 1 << 16).await.expect("body");
+            assert_eq!(
+                String::from_utf8_lossy(&body),
+                format!("{FORWARDED_SLOTS} forwarded requests are being served; retry")
+            );
+        }
+        let members = axum::http::Request::get(crate::node::transport::MEMBERS_PATH).body(axum::body::Body::empty());
+        let answer = router.clone().oneshot(members.expect("request")).await.expect("answer");
+        assert_eq!(answer.status(), StatusCode::OK, "the port's other routes still answer");
+        drop(held);
+        // With a slot free the batch is read, and refused for what it is: this member does not
+        // lead.
+        let answer = router.oneshot(post(PROPOSE_PATH)).await.expect("answer");
+        let body = axum::body::to_bytes(answer.into_body(), 1 << 16).await.expect("body");
+        assert_eq!(String::from_utf8_lossy(&body), "not the leader");
     }
 
     #[tokio::test]

@@ -524,11 +524,20 @@ pub struct PeerServer {
     pub limits: PeerLimits,
     /// One snapshot is received at a time.
     snapshot_slot: Arc<Semaphore>,
+    /// Followers' forwarded requests served at once (`forward`): at most half the port's
+    /// request slots, so that Raft's messages always find one.
+    pub(super) forwarded_slots: Arc<Semaphore>,
 }
 
 impl PeerServer {
     pub fn new(shared: Arc<Shared>, loop_tx: SyncSender<Input>, limits: PeerLimits) -> PeerServer {
-        PeerServer { shared, loop_tx, limits, snapshot_slot: Arc::new(Semaphore::new(1)) }
+        PeerServer {
+            shared,
+            loop_tx,
+            limits,
+            snapshot_slot: Arc::new(Semaphore::new(1)),
+            forwarded_slots: Arc::new(Semaphore::new(super::forward::FORWARDED_SLOTS)),
+        }
     }
 }
 
