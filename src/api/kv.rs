@@ -379,7 +379,7 @@ pub(super) fn header(api: &Api, revision: mvcc::Revision) -> wire::ResponseHeade
         cluster_id: format_id(shared.cluster_id),
         member_id: format_id(shared.id),
         revision,
-        raft_term: shared.status().term,
+        raft_term: shared.term(),
     }
 }
 

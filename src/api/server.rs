@@ -429,11 +429,9 @@ async fn propose_or_forward(
     }
 }
 
-/// Whether this member serves, with the leader's help (`node::forward`), a request the leader
-/// would otherwise serve whole: it is a follower that `forwards`, and the request was not
-/// forwarded to it.
+/// `NodeHandle::serves_with_leader` for a request.
 fn served_with_leader(api: &Api, headers: &HeaderMap) -> bool {
-    api.node.forwards() && !forwarded(headers)
+    api.node.serves_with_leader(forwarded(headers))
 }
 
 /// Makes a read linearizable or returns where to forward it: the leader confirms its ReadIndex;

@@ -208,7 +208,7 @@ pub(super) async fn run_stream(
                 _ = tx.closed() => return,
                 _ = check.tick(), if require_leader => {
                     let now = tokio::time::Instant::now();
-                    if node.shared.status().leader.is_some() {
+                    if node.shared.leader().is_some() {
                         leaderless_since = None;
                     } else if now.duration_since(*leaderless_since.get_or_insert(now)) >= NO_LEADER_CANCEL {
                         let end = WatchResponse {

@@ -36,6 +36,7 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -218,7 +219,7 @@ where
 
 /// The leader to forward to, with its peer address: `NotLeader` when there is none.
 fn leader_of(shared: &Shared) -> Result<(NodeId, crate::store::command::MemberInfo), NodeError> {
-    let leader = shared.status().leader.filter(|l| *l != shared.id);
+    let leader = shared.leader().filter(|l| *l != shared.id);
     let address = leader.and_then(|l| shared.address(l)).filter(|a| !a.peer_url.is_empty());
     match (leader, address) {
         (Some(leader), Some(address)) => Ok((leader, address)),
@@ -226,11 +227,84 @@ fn leader_of(shared: &Shared) -> Result<(NodeId, crate::store::command::MemberIn
     }
 }
 
+/// One of the leader's routes for followers, as a follower calls it.
+struct LeaderRoute {
+    path: &'static str,
+    /// What a request carries, to name it in errors.
+    what: &'static str,
+    timeout: Duration,
+    max_answer: usize,
+    /// Sending it twice does no harm (a read index, a renewal): every failure is one to retry.
+    /// Otherwise only a request that never left, or that the leader refused before acting (a
+    /// 4xx or 503), is.
+    retry_safe: bool,
+}
+
+const PROPOSALS: LeaderRoute = LeaderRoute {
+    path: PROPOSE_PATH,
+    what: "proposals",
+    timeout: PROPOSE_BATCH_TIMEOUT,
+    max_answer: MAX_PROPOSE_ANSWER_BYTES,
+    retry_safe: false,
+};
+const READ_INDEX: LeaderRoute = LeaderRoute {
+    path: READ_INDEX_PATH,
+    what: "read index request",
+    timeout: READ_TIMEOUT,
+    max_answer: MAX_READ_INDEX_ANSWER_BYTES,
+    retry_safe: true,
+};
+const RENEWALS: LeaderRoute = LeaderRoute {
+    path: LEASE_RENEW_PATH,
+    what: "lease renewals",
+    timeout: READ_TIMEOUT,
+    max_answer: MAX_RENEW_ANSWER_BYTES,
+    retry_safe: true,
+};
+
+/// Posts `body` on the leader's `route` and decodes its answer. A leader without the route (an
+/// older kuberaft, 404) is remembered (`Forwarder::takes`).
+async fn ask_leader<T: DeserializeOwned>(
+    shared: &Shared,
+    http: &HttpClient,
+    route: &LeaderRoute,
+    body: Bytes,
+) -> Result<T, NodeError> {
+    let (leader, address) = leader_of(shared)?;
+    let what = route.what;
+    let unknown = |why: String| {
+        if route.retry_safe {
+            NodeError::Unavailable(why)
+        } else {
+            NodeError::OutcomeUnknown(why)
+        }
+    };
+    let request = peer_request(shared, &address, route.path).body(client::full(body));
+    let answer = match http.call(request, route.timeout, route.max_answer).await {
+        Ok(answer) => answer,
+        Err(e) if e.never_sent() => return Err(NodeError::Unavailable(format!("cannot reach the leader: {e}"))),
+        Err(e) => return Err(unknown(format!("the leader's answer to the {what} was lost: {e}"))),
+    };
+    let why = || String::from_utf8_lossy(&answer.body).into_owned();
+    match answer.status {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => {
+            shared.forward.mark_older(leader);
+            return Err(NodeError::Unavailable("the leader is an older version; retry".into()));
+        }
+        // The leader refused before acting.
+        status if status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE => {
+            return Err(NodeError::Unavailable(format!("the leader refused the {what} ({status}): {}", why())));
+        }
+        status => return Err(unknown(format!("the leader answered the {what} with {status}: {}", why()))),
+    }
+    codec::decode(&answer.body).map_err(|e| unknown(format!("the leader's answer to the {what} is undecodable: {e}")))
+}
+
 /// Sends `commands` to the leader in one request, or one request per command when together
 /// they pass `BATCH_TARGET_BYTES` (which the leader's batch limit holds with room to spare).
 async fn send_proposals(shared: Weak<Shared>, http: HttpClient, commands: Vec<Bytes>) -> Answers<(ApplyResult, Index)> {
     let shared = shared.upgrade().ok_or_else(|| NodeError::Unavailable("the member is stopping".into()))?;
-    let (leader, address) = leader_of(&shared)?;
     let total: usize = commands.iter().map(Bytes::len).sum();
     if total > BATCH_TARGET_BYTES && commands.len() > 1 {
         // Rare (large values from many clients at once): one request per command.
@@ -244,30 +318,7 @@ async fn send_proposals(shared: Weak<Shared>, http: HttpClient, commands: Vec<By
     let body = codec::encode(&commands).map_err(|e| NodeError::Unavailable(format!("cannot encode: {e}")))?;
     shared.metrics.forwarded_proposals.fetch_add(commands.len() as u64, Ordering::Relaxed);
     shared.metrics.forwarded_proposal_batches.fetch_add(1, Ordering::Relaxed);
-    let request = peer_request(&shared, &address, PROPOSE_PATH).body(client::full(body));
-    let answer = match http.call(request, PROPOSE_BATCH_TIMEOUT, MAX_PROPOSE_ANSWER_BYTES).await {
-        Ok(answer) => answer,
-        Err(e) if e.never_sent() => return Err(NodeError::Unavailable(format!("cannot reach the leader: {e}"))),
-        Err(e) => return Err(NodeError::OutcomeUnknown(format!("the leader's answer was lost: {e}"))),
-    };
-    match answer.status {
-        StatusCode::OK => {}
-        StatusCode::NOT_FOUND => {
-            shared.forward.mark_older(leader);
-            return Err(NodeError::Unavailable("the leader is an older version; retry".into()));
-        }
-        // The leader refused the batch before proposing anything.
-        status if status.is_client_error() || status == StatusCode::SERVICE_UNAVAILABLE => {
-            let why = String::from_utf8_lossy(&answer.body);
-            return Err(NodeError::Unavailable(format!("the leader refused the proposals ({status}): {why}")));
-        }
-        status => {
-            let why = String::from_utf8_lossy(&answer.body);
-            return Err(NodeError::OutcomeUnknown(format!("the leader answered {status}: {why}")));
-        }
-    }
-    let answer: ProposeAnswer = codec::decode(&answer.body)
-        .map_err(|e| NodeError::OutcomeUnknown(format!("the leader's answer is undecodable: {e}")))?;
+    let answer: ProposeAnswer = ask_leader(&shared, &http, &PROPOSALS, body.into()).await?;
     let applied = answer.applied;
     Ok(answer.results.into_iter().map(|r| r.map(|outcome| (outcome, applied))).collect())
 }
@@ -275,47 +326,18 @@ async fn send_proposals(shared: Weak<Shared>, http: HttpClient, commands: Vec<By
 /// Asks the leader for one read index, shared by `reads` waiting reads.
 async fn send_read_index(shared: Weak<Shared>, http: HttpClient, reads: usize) -> Answers<Index> {
     let shared = shared.upgrade().ok_or_else(|| NodeError::Unavailable("the member is stopping".into()))?;
-    let (leader, address) = leader_of(&shared)?;
-    let request = peer_request(&shared, &address, READ_INDEX_PATH).body(client::full(Bytes::new()));
     shared.metrics.forwarded_reads.fetch_add(reads as u64, Ordering::Relaxed);
     shared.metrics.read_index_requests.fetch_add(1, Ordering::Relaxed);
-    let answer = http
-        .call(request, READ_TIMEOUT, MAX_READ_INDEX_ANSWER_BYTES)
-        .await
-        .map_err(|e| NodeError::Unavailable(format!("cannot get a read index from the leader: {e}")))?;
-    if answer.status == StatusCode::NOT_FOUND {
-        shared.forward.mark_older(leader);
-    }
-    if answer.status != StatusCode::OK {
-        let why = String::from_utf8_lossy(&answer.body);
-        return Err(NodeError::Unavailable(format!("the leader gave no read index ({}): {why}", answer.status)));
-    }
-    let ReadIndexAnswer { index } = codec::decode(&answer.body)
-        .map_err(|e| NodeError::Unavailable(format!("the leader's read index is undecodable: {e}")))?;
+    let ReadIndexAnswer { index } = ask_leader(&shared, &http, &READ_INDEX, Bytes::new()).await?;
     Ok(vec![Ok(index); reads])
 }
 
-/// Sends lease renewals to the leader in one request. A renewal sent twice does no harm, so every
-/// failure is one to retry.
+/// Sends lease renewals to the leader in one request.
 async fn send_renewals(shared: Weak<Shared>, http: HttpClient, ids: Vec<i64>) -> Answers<i64> {
     let shared = shared.upgrade().ok_or_else(|| NodeError::Unavailable("the member is stopping".into()))?;
-    let (leader, address) = leader_of(&shared)?;
     let body = codec::encode(&ids).map_err(|e| NodeError::Unavailable(format!("cannot encode: {e}")))?;
-    let request = peer_request(&shared, &address, LEASE_RENEW_PATH).body(client::full(body));
     shared.metrics.forwarded_renewals.fetch_add(ids.len() as u64, Ordering::Relaxed);
-    let answer = http
-        .call(request, READ_TIMEOUT, MAX_RENEW_ANSWER_BYTES)
-        .await
-        .map_err(|e| NodeError::Unavailable(format!("cannot renew through the leader: {e}")))?;
-    if answer.status == StatusCode::NOT_FOUND {
-        shared.forward.mark_older(leader);
-    }
-    if answer.status != StatusCode::OK {
-        let why = String::from_utf8_lossy(&answer.body);
-        return Err(NodeError::Unavailable(format!("the leader renewed nothing ({}): {why}", answer.status)));
-    }
-    codec::decode(&answer.body)
-        .map_err(|e| NodeError::Unavailable(format!("the leader's renewals are undecodable: {e}")))
+    ask_leader(&shared, &http, &RENEWALS, body.into()).await
 }
 
 /// One of the leader's [`FORWARDED_SLOTS`], if one is free.
@@ -417,7 +439,7 @@ mod tests {
     use crate::node::shared::write;
     use crate::store::command::encode;
 
-    /// A leader at 127.0.0.1 whose propose route answers with `status` and `body`.
+    /// A leader at 127.0.0.1 whose routes for followers answer with `status` and `body`.
     async fn fake_leader(status: StatusCode, body: Vec<u8>) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
@@ -425,7 +447,9 @@ mod tests {
             let body = body.clone();
             async move { (status, body) }
         };
-        let router = axum::Router::new().route(PROPOSE_PATH, axum::routing::post(answer));
+        let router = [PROPOSE_PATH, READ_INDEX_PATH, LEASE_RENEW_PATH]
+            .into_iter()
+            .fold(axum::Router::new(), |router, path| router.route(path, axum::routing::post(answer.clone())));
         tokio::spawn(async move { axum::serve(listener, router).await });
         url
     }
@@ -499,6 +523,21 @@ mod tests {
         assert_eq!(String::from_utf8_lossy(&body), "not the leader");
     }
 
+    /// A leader that fails after reading a request (500) may have proposed it: the outcome of
+    /// proposals is unknown, while a read index or renewal is safe to ask again.
+    #[tokio::test]
+    async fn a_failure_past_the_refusals_is_unknown_only_for_proposals() {
+        let url = fake_leader(StatusCode::INTERNAL_SERVER_ERROR, b"broken".to_vec()).await;
+        let shared = follower_of(&url);
+        let proposal = shared.forward.propose(&shared, put()).await;
+        assert!(matches!(&proposal, Err(NodeError::OutcomeUnknown(why)) if why.contains("broken")), "{proposal:?}");
+        let read = shared.forward.read_index(&shared).await;
+        assert!(matches!(&read, Err(NodeError::Unavailable(why)) if why.contains("broken")), "{read:?}");
+        let renewal = shared.forward.renew(&shared, 7).await;
+        assert!(matches!(&renewal, Err(NodeError::Unavailable(why)) if why.contains("broken")), "{renewal:?}");
+        assert!(shared.forward.takes(2));
+    }
+
     #[tokio::test]
     async fn an_older_leader_is_remembered_and_a_refusal_is_safe_to_retry() {
         let url = fake_leader(StatusCode::SERVICE_UNAVAILABLE, b"not the leader".to_vec()).await;
@@ -517,6 +556,8 @@ mod tests {
         assert!(!shared.forward.takes(2), "the older leader is remembered");
         let reads = shared.forward.read_index(&shared).await;
         assert!(matches!(reads, Err(NodeError::Unavailable(_))), "{reads:?}");
+        let renewal = shared.forward.renew(&shared, 7).await;
+        assert!(matches!(renewal, Err(NodeError::Unavailable(_))), "{renewal:?}");
 
         // No leader: nothing is sent.
         write(&shared.status).leader = None;

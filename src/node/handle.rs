@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::runtime::{offer, Input, NodeError};
 use super::shared::{lock, read, write, Shared};
 use crate::base::ids::added_member_id;
-use crate::raft::{ConfChange, ConfChangeKind, Index, NodeId, Role};
+use crate::raft::{ConfChange, ConfChangeKind, Index, NodeId};
 use crate::store::command::{encode, ApplyResult, Command, MemberInfo};
 use crate::store::mvcc::engine::{HashKv, ReadError};
 use crate::store::mvcc::{CompactResponse, Lease, RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse};
@@ -50,12 +50,12 @@ pub struct NodeHandle {
 
 impl NodeHandle {
     pub fn is_leader(&self) -> bool {
-        self.shared.status().role == Role::Leader
+        self.shared.is_leader()
     }
 
     /// The leader's client URL, when a leader is known and reachable by URL.
     pub fn leader_client_url(&self) -> Option<String> {
-        let leader = self.shared.status().leader?;
+        let leader = self.shared.leader()?;
         if leader == self.shared.id {
             return None;
         }
@@ -224,8 +224,15 @@ impl NodeHandle {
     /// with the leader's help (`forward`) rather than leaving the whole call to the leader: a
     /// leader is known and takes them, and this member applies what commits.
     pub fn forwards(&self) -> bool {
-        let leader = self.shared.status().leader;
+        let leader = self.shared.leader();
         leader.is_some_and(|l| l != self.shared.id && self.shared.forward.takes(l)) && !self.shared.halted()
+    }
+
+    /// Whether this member serves a request that the leader would otherwise serve whole, with
+    /// the leader's help (`forward`): it `forwards`, and the request was not forwarded to it
+    /// already (a forwarded request is the leader's to serve, or to refuse).
+    pub fn serves_with_leader(&self, forwarded: bool) -> bool {
+        !forwarded && self.forwards()
     }
 
     /// Proposes `command` from any member: here on the leader; from a follower that `forwards`,
@@ -302,7 +309,7 @@ impl NodeHandle {
             Err(_) => return Err(NodeError::Unavailable("the member stopped".into())),
         };
         for _ in 0..300 {
-            if self.shared.status().leader == Some(target) {
+            if self.shared.leader() == Some(target) {
                 return Ok(target);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -361,7 +368,7 @@ impl NodeHandle {
             let mut lessor = lock(&self.shared.lessor);
             let renewal = lessor.renew(id, self.shared.lease_now_ms());
             if renewal.is_none() && !lessor.is_primary() {
-                return Err(NodeError::NotLeader { leader: self.shared.status().leader });
+                return Err(NodeError::NotLeader { leader: self.shared.leader() });
             }
             renewal
         };
@@ -380,7 +387,7 @@ impl NodeHandle {
         let (remaining, granted) = {
             let lessor = lock(&self.shared.lessor);
             if !lessor.is_primary() {
-                return Err(NodeError::NotLeader { leader: self.shared.status().leader });
+                return Err(NodeError::NotLeader { leader: self.shared.leader() });
             }
             match (lessor.remaining_s(id, self.shared.lease_now_ms()), lessor.granted_ttl(id)) {
                 (Some(remaining), Some(granted)) => (remaining, granted),

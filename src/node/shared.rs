@@ -251,8 +251,25 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// A copy of what the loop last published. Hot paths use the accessors below, which copy
+    /// nothing (a leader's status holds a map of its members).
     pub fn status(&self) -> LoopStatus {
         read(&self.status).clone()
+    }
+
+    /// The leader as last published, if one is known.
+    pub fn leader(&self) -> Option<NodeId> {
+        read(&self.status).leader
+    }
+
+    /// The term as last published.
+    pub fn term(&self) -> Term {
+        read(&self.status).term
+    }
+
+    /// Whether this member led when the loop last published.
+    pub fn is_leader(&self) -> bool {
+        read(&self.status).is_leader()
     }
 
     /// Now on the lessor's clock, in milliseconds.

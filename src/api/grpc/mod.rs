@@ -153,12 +153,7 @@ impl Grpc {
     /// store's revision of the answer.
     fn header(&self, revision: i64) -> pb::ResponseHeader {
         let shared = &self.api.node.shared;
-        pb::ResponseHeader {
-            cluster_id: shared.cluster_id,
-            member_id: shared.id,
-            revision,
-            raft_term: shared.status().term,
-        }
+        pb::ResponseHeader { cluster_id: shared.cluster_id, member_id: shared.id, revision, raft_term: shared.term() }
     }
 
     /// The header of an answer at the store's current revision.
@@ -197,10 +192,9 @@ impl Grpc {
         Ok(route)
     }
 
-    /// Whether this member serves a call that the leader would otherwise serve whole: it is a
-    /// follower that `forwards` (`node::forward`), and the call was not forwarded to it.
+    /// `NodeHandle::serves_with_leader` for a call.
     fn served_with_leader<T>(&self, request: &Request<T>) -> bool {
-        self.api.node.forwards() && !request.metadata().contains_key(HEADER_FORWARDED)
+        self.api.node.serves_with_leader(request.metadata().contains_key(HEADER_FORWARDED))
     }
 
     /// A linearizable read of the key space, served here as etcd's members serve it: on the

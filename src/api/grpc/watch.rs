@@ -90,7 +90,7 @@ impl pb::watch_server::Watch for WatchService {
 
     async fn watch(&self, request: Request<Streaming<pb::WatchRequest>>) -> Result<Response<WatchAnswers>, Status> {
         let require_leader = request.metadata().get(REQUIRE_LEADER).is_some_and(|v| v.as_bytes() == b"true");
-        if require_leader && self.0.api.node.shared.status().leader.is_none() {
+        if require_leader && self.0.api.node.shared.leader().is_none() {
             return Err(Status::unavailable(NO_LEADER));
         }
         let rx = run_stream(&self.0.api, None, GrpcRequests(request.into_inner()), require_leader).await;

@@ -1086,7 +1086,8 @@ impl Writer<'_> {
             return Err(MvccError::LeaseNotFound.into());
         }
         let (previous, prev) = match newest_entry(&self.kv, self.place, &req.key, self.view())? {
-            Some((r, v)) => (Some(r), key_value(self.place, &req.key, r, v.value(), true)?),
+            // The previous value is copied only when it is answered or kept.
+            Some((r, v)) => (Some(r), key_value(self.place, &req.key, r, v.value(), req.prev_kv || req.ignore_value)?),
             None => (None, None),
         };
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
