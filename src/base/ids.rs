@@ -77,10 +77,9 @@ pub fn parse_initial_cluster(text: &str) -> Result<Vec<InitialMember>, String> {
     Ok(members)
 }
 
-/// An `http://host:port` URL (no path).
+/// An `http://host:port` or `https://host:port` URL (no path).
 pub fn validate_url(url: &str) -> Result<(), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("'{url}' must start with http://"))?;
-    let rest = rest.trim_end_matches('/');
+    let rest = host_port(url).ok_or_else(|| format!("'{url}' must start with http:// or https://"))?;
     let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("'{url}' has no port"))?;
     if host.is_empty() || host.contains('/') {
         return Err(format!("'{url}' has no valid host"));
@@ -89,9 +88,20 @@ pub fn validate_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `host:port` of an `http://host:port` URL.
+/// `host:port` of an `http://host:port` or `https://host:port` URL.
 pub fn host_port(url: &str) -> Option<&str> {
-    url.strip_prefix("http://").map(|r| r.trim_end_matches('/'))
+    url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).map(|r| r.trim_end_matches('/'))
+}
+
+/// The host of a URL (an IPv6 address without its brackets).
+pub fn url_host(url: &str) -> Option<&str> {
+    let (host, _) = host_port(url)?.rsplit_once(':')?;
+    Some(host.trim_start_matches('[').trim_end_matches(']'))
+}
+
+/// Whether a URL is `https://`.
+pub fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
 }
 
 /// The cluster id: the sorted initial list and the token.
@@ -143,6 +153,16 @@ mod tests {
         assert!(parse_initial_cluster("a=ftp://x:1").is_err());
         assert!(parse_initial_cluster("a=http://x").is_err());
         assert!(parse_initial_cluster("a=http://x:1,a=http://y:1").is_err());
+    }
+
+    #[test]
+    fn urls_are_http_or_https_with_a_host_and_port() {
+        assert_eq!(validate_url("https://etcd-0.etcd:2380"), Ok(()));
+        assert_eq!(host_port("https://etcd-0.etcd:2380/"), Some("etcd-0.etcd:2380"));
+        assert_eq!(url_host("https://etcd-0.etcd:2380"), Some("etcd-0.etcd"));
+        assert_eq!(url_host("http://[::1]:2380"), Some("::1"));
+        assert!(is_https("https://a:1") && !is_https("http://a:1"));
+        assert!(validate_url("httpss://a:1").is_err());
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Commands {
     /// Run a Raft member.
-    Node(crate::process::NodeArgs),
+    Node(Box<crate::process::NodeArgs>),
     /// Run a local cluster of real members on 127.0.0.1, with a live status; Ctrl-C stops it.
     Dev(DevArgs),
     /// Read and write keys.
@@ -138,7 +138,7 @@ impl From<ClientError> for CliError {
 /// current-thread runtime built here; `node` builds its own.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Commands::Node(args) => return crate::process::run(args),
+        Commands::Node(args) => return crate::process::run(*args),
         Commands::Version => write_stdout(format!("kuberaft {}\n", env!("CARGO_PKG_VERSION")).as_bytes()),
         Commands::Crd => print_crd(),
         Commands::Render(args) => render::run(args),

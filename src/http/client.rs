@@ -14,19 +14,44 @@
 //! Knows nothing of Raft or the store.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{HeaderMap, Request, StatusCode, Uri};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody};
 use hyper::body::Frame;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
 
-use super::serve::{declared_length, CLIENT_PORT, PEER_PORT};
+use super::serve::{declared_length, MaybeTls, CLIENT_PORT, PEER_PORT};
+use super::tls::ClientTls;
+
+impl Connection for MaybeTls<TcpStream> {
+    fn connected(&self) -> Connected {
+        match self {
+            MaybeTls::Plain(tcp) => tcp.connected(),
+            MaybeTls::Tls(tls) => {
+                let (tcp, state) = tls.get_ref();
+                let connected = tcp.connected();
+                if state.alpn_protocol() == Some(b"h2") {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
+        }
+    }
+}
 
 /// The body of a request: whole bytes, or a stream of chunks.
 pub type RequestBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -49,13 +74,15 @@ pub fn from_channel(rx: tokio::sync::mpsc::Receiver<Bytes>) -> RequestBody {
 }
 
 /// How a client dials.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Dial {
     /// Connections leave from this address (`None`: the system chooses, 127.0.0.1 on loopback).
     pub local_ip: Option<IpAddr>,
     pub connect_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub max_idle_per_host: usize,
+    /// How `https://` URLs are called (`None`: they are refused); `http://` ones are plain.
+    pub tls: Option<Arc<ClientTls>>,
 }
 
 /// Members answer on their own network: a connection that is not up in this time will not be.
@@ -71,14 +98,82 @@ impl Dial {
     /// per peer is in use at once: two idle ones leave room for an answer still in flight
     /// while the next request starts.
     pub fn peer(local_ip: Option<IpAddr>) -> Dial {
-        Dial { local_ip, connect_timeout: CONNECT_TIMEOUT, pool_idle_timeout: POOL_IDLE_TIMEOUT, max_idle_per_host: 2 }
+        Dial {
+            local_ip,
+            connect_timeout: CONNECT_TIMEOUT,
+            pool_idle_timeout: POOL_IDLE_TIMEOUT,
+            max_idle_per_host: 2,
+            tls: None,
+        }
     }
 
     /// To the leader's client port, forwarding clients' requests: many may be in flight at
     /// once (the port runs `CLIENT_PORT.max_requests` handlers); keep enough of their
     /// connections for a steady stream of forwarded writes without holding hundreds idle.
     pub fn leader(local_ip: Option<IpAddr>) -> Dial {
-        Dial { local_ip, connect_timeout: CONNECT_TIMEOUT, pool_idle_timeout: POOL_IDLE_TIMEOUT, max_idle_per_host: 32 }
+        Dial {
+            local_ip,
+            connect_timeout: CONNECT_TIMEOUT,
+            pool_idle_timeout: POOL_IDLE_TIMEOUT,
+            max_idle_per_host: 32,
+            tls: None,
+        }
+    }
+
+    /// The same, calling `https://` URLs with `tls`.
+    pub fn with_tls(self, tls: Option<Arc<ClientTls>>) -> Dial {
+        Dial { tls, ..self }
+    }
+
+    fn connector(&self) -> Connector {
+        let mut http = HttpConnector::new();
+        http.set_local_address(self.local_ip);
+        http.set_connect_timeout(Some(self.connect_timeout));
+        http.set_nodelay(true);
+        // `https://` is this connector's to handle.
+        http.enforce_http(false);
+        Connector { http, tls: self.tls.clone() }
+    }
+}
+
+/// Dials TCP, then TLS for `https://` URLs (with the client configuration current at the time:
+/// rotated files are used from the next connection on).
+#[derive(Clone)]
+pub struct Connector {
+    http: HttpConnector,
+    tls: Option<Arc<ClientTls>>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for Connector {
+    type Response = TokioIo<MaybeTls<TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let tls = match (uri.scheme_str(), &self.tls) {
+            (Some("https"), Some(tls)) => Some(tls.current()),
+            (Some("https"), None) => {
+                return Box::pin(async move {
+                    Err(format!("{uri}: https, but this member has no TLS to call it with").into())
+                })
+            }
+            _ => None,
+        };
+        let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
+        let dial = self.http.call(uri);
+        Box::pin(async move {
+            let tcp = dial.await?.into_inner();
+            let Some(config) = tls else { return Ok(TokioIo::new(MaybeTls::Plain(tcp))) };
+            let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host:?} is not a host name: {e}"))?;
+            let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            Ok(TokioIo::new(MaybeTls::Tls(Box::new(stream.into()))))
+        })
     }
 }
 
@@ -86,16 +181,13 @@ impl Dial {
 /// knowledge, as gRPC does), for any body type `B`: the gRPC API's calls to the leader. One
 /// connection per member carries every call at once (HTTP/2 streams); it dials as `dial` says.
 /// Deadlines and answer sizes are the caller's (gRPC's own message limits).
-pub fn h2_client<B>(dial: Dial) -> Client<HttpConnector, B>
+pub fn h2_client<B>(dial: Dial) -> Client<Connector, B>
 where
     B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut connector = HttpConnector::new();
-    connector.set_local_address(dial.local_ip);
-    connector.set_connect_timeout(Some(dial.connect_timeout));
-    connector.set_nodelay(true);
+    let connector = dial.connector();
     Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(dial.pool_idle_timeout)
@@ -108,7 +200,7 @@ where
 /// A pooled HTTP/1 client (cheap to clone: clones share the pool).
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, RequestBody>,
+    inner: Client<Connector, RequestBody>,
 }
 
 /// A whole answer.
@@ -165,10 +257,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 impl HttpClient {
     pub fn new(dial: Dial) -> HttpClient {
-        let mut connector = HttpConnector::new();
-        connector.set_local_address(dial.local_ip);
-        connector.set_connect_timeout(Some(dial.connect_timeout));
-        connector.set_nodelay(true);
+        let connector = dial.connector();
         let inner = Client::builder(TokioExecutor::new())
             // Without a timer the pool never closes idle connections by age.
             .pool_timer(TokioTimer::new())

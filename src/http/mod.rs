@@ -6,3 +6,4 @@
 pub mod authority;
 pub mod client;
 pub mod serve;
+pub mod tls;

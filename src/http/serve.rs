@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +33,10 @@ use bytes::BytesMut;
 use futures::StreamExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::tls::{PeerCertificate, ServerTls};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 
@@ -212,8 +216,10 @@ pub async fn serve(
     limits: PortLimits,
     render: RenderError,
     stats: Arc<PortStats>,
+    tls: Option<Arc<ServerTls>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let handshakes = Arc::new(HandshakeLog::default());
     // Each request within `request_timeout`, but for the paths that wait for their client.
     let routed = tower::service_fn(move |request: Request<Body>| {
         let waits = limits.waits.contains(&request.uri().path());
@@ -252,9 +258,9 @@ pub async fn serve(
     };
     let mut next_id: u64 = 0;
     loop {
-        let tcp = tokio::select! {
+        let (tcp, from) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, or the peer gave up before we accepted: wait a
                     // moment rather than spin.
@@ -287,33 +293,47 @@ pub async fn serve(
         let id = next_id;
         let (evict_tx, mut evict_rx) = oneshot::channel();
         registry.lock().insert(id, ConnEntry { busy: 0, idle_since: Instant::now(), evict: Some(evict_tx) });
-        let service = {
-            let registry = registry.clone();
-            let stack = stack.clone();
-            hyper::service::service_fn(move |request: Request<Incoming>| {
-                let busy = BusyGuard::enter(&registry, id);
-                let stack = stack.clone();
-                async move {
-                    let response = match stack.oneshot(request.map(Body::new)).await {
-                        Ok(response) => response,
-                        Err(e) => limit_error(render, e),
-                    };
-                    Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _busy: busy }))
-                }
-            })
-        };
         let registry = registry.clone();
         let stats = stats.clone();
         let mut stop = stop.clone();
+        let (stack, tls, handshakes) = (stack.clone(), tls.clone(), handshakes.clone());
         stats.open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            // HTTP/1.1, or HTTP/2 over cleartext when the client opens with its preface (h2c
-            // with prior knowledge, as gRPC clients do; issue 15).
+            // The TLS handshake, in this connection's task (a slow one holds up nobody else),
+            // within the header timeout.
+            let (io, peer_cert) = match handshake(tls.as_deref(), tcp, limits.header_timeout).await {
+                Ok(accepted) => accepted,
+                Err(why) => {
+                    handshakes.failed(from, &why);
+                    registry.lock().remove(&id);
+                    stats.open.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            let service = {
+                let registry = registry.clone();
+                hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                    let busy = BusyGuard::enter(&registry, id);
+                    let stack = stack.clone();
+                    if let Some(cert) = &peer_cert {
+                        request.extensions_mut().insert(cert.clone());
+                    }
+                    async move {
+                        let response = match stack.oneshot(request.map(Body::new)).await {
+                            Ok(response) => response,
+                            Err(e) => limit_error(render, e),
+                        };
+                        Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _busy: busy }))
+                    }
+                })
+            };
+            // HTTP/1.1, or HTTP/2 when the client opens with its preface (h2c with prior
+            // knowledge, as gRPC clients do over cleartext; issue 15), or chose it by ALPN.
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
             builder.http2().timer(TokioTimer::new());
             // etcd's clients may send a URL as the HTTP/2 `:authority`, which h2 refuses.
-            let conn = builder.serve_connection(TokioIo::new(super::authority::AuthorityFix::new(tcp)), service);
+            let conn = builder.serve_connection(TokioIo::new(super::authority::AuthorityFix::new(io)), service);
             tokio::pin!(conn);
             let (mut evicted, mut stopping) = (false, false);
             loop {
@@ -347,6 +367,97 @@ pub async fn serve(
     reaper.abort();
     // Wait until every connection has closed: each holds one slot.
     let _ = slots.acquire_many(limits.max_connections.max(1) as u32).await;
+}
+
+/// A connection's stream: plain TCP, or TLS over it.
+pub enum MaybeTls<S> {
+    Plain(S),
+    Tls(Box<tokio_rustls::TlsStream<S>>),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MaybeTls<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for MaybeTls<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Accepts a connection: as it is without TLS; with TLS, once its handshake completed within
+/// `timeout`, with the certificate the client presented (checked against the CA when the port
+/// requires one).
+async fn handshake(
+    tls: Option<&ServerTls>,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> Result<(MaybeTls<TcpStream>, Option<PeerCertificate>), String> {
+    let Some(tls) = tls else { return Ok((MaybeTls::Plain(tcp), None)) };
+    let accept = tokio_rustls::TlsAcceptor::from(tls.current()).accept(tcp);
+    match tokio::time::timeout(timeout, accept).await {
+        Ok(Ok(stream)) => {
+            let cert = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned();
+            Ok((MaybeTls::Tls(Box::new(stream.into())), cert.map(|c| PeerCertificate(Arc::new(c)))))
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no TLS handshake within {} s", timeout.as_secs())),
+    }
+}
+
+/// Failed TLS handshakes, said in the log: each reason at once, then at most once a minute with
+/// how many more there were (a foreign peer retries several times a second).
+#[derive(Default)]
+struct HandshakeLog {
+    /// By reason: when it was last said, and how often it happened since.
+    said: Mutex<HashMap<String, (Option<Instant>, u64)>>,
+}
+
+/// How often a failed handshake's reason is said again while it repeats.
+const HANDSHAKE_LOG_REPEAT: Duration = Duration::from_secs(60);
+/// Reasons remembered at most (a flood of distinct ones cannot grow the map without bound).
+const HANDSHAKE_REASONS: usize = 64;
+
+impl HandshakeLog {
+    fn failed(&self, from: SocketAddr, why: &str) {
+        let mut said = self.said.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if said.len() >= HANDSHAKE_REASONS && !said.contains_key(why) {
+            said.retain(|_, (at, _)| at.is_some_and(|at| now.duration_since(at) < HANDSHAKE_LOG_REPEAT));
+            if said.len() >= HANDSHAKE_REASONS {
+                return;
+            }
+        }
+        let (at, unsaid) = said.entry(why.to_string()).or_insert((None, 0));
+        if at.is_none_or(|at| now.duration_since(at) >= HANDSHAKE_LOG_REPEAT) {
+            tracing::warn!(%from, more_since_last = *unsaid, "refused a connection: TLS handshake failed: {why}");
+            (*at, *unsaid) = (Some(now), 0);
+        } else {
+            *unsaid += 1;
+        }
+    }
 }
 
 /// Resolves once `stop` is true (or its sender is gone).
@@ -521,7 +632,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(PortStats::default());
         let (stop_tx, stop_rx) = watch::channel(false);
-        let server = tokio::spawn(serve(listener, router, limits, plain, stats.clone(), stop_rx));
+        let server = tokio::spawn(serve(listener, router, limits, plain, stats.clone(), None, stop_rx));
 
         // Two idle connections fill the port; a third, while they are fresh, is refused.
         let mut idle1 = TcpStream::connect(addr).await.unwrap();

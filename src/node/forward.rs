@@ -45,6 +45,7 @@ use super::runtime::NodeError;
 use super::shared::{lock, Shared};
 use super::transport::{check_sender, peer_request, read_batch, reject, PeerServer, BATCH_TARGET_BYTES};
 use crate::http::client::{self, Dial, HttpClient};
+use crate::http::tls::ClientTls;
 use crate::raft::{Index, NodeId};
 use crate::store::codec;
 use crate::store::command::{decode, ApplyResult, Command};
@@ -104,11 +105,11 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// `local_ip`: dial the leader from this address, as the peer transport does.
-    pub fn new(local_ip: Option<IpAddr>) -> Forwarder {
+    /// `local_ip` and `tls`: dial the leader as the peer transport does.
+    pub fn new(local_ip: Option<IpAddr>, tls: Option<Arc<ClientTls>>) -> Forwarder {
         Forwarder {
             // Every request in flight (three kinds) keeps its connection for the next.
-            http: HttpClient::new(Dial { max_idle_per_host: 3 * IN_FLIGHT, ..Dial::peer(local_ip) }),
+            http: HttpClient::new(Dial { max_idle_per_host: 3 * IN_FLIGHT, ..Dial::peer(local_ip).with_tls(tls) }),
             proposals: OnceLock::new(),
             reads: OnceLock::new(),
             renewals: OnceLock::new(),
@@ -358,7 +359,7 @@ async fn checked_batch<T: serde::de::DeserializeOwned>(
     what: &str,
 ) -> Result<(NodeHandle, Vec<T>), Response> {
     let (parts, body) = request.into_parts();
-    check_sender(server, &parts.headers).map_err(|(status, why)| reject(status, why))?;
+    check_sender(server, &parts.headers, &parts.extensions).map_err(|(status, why)| reject(status, why))?;
     let bytes = read_batch(server, &parts.headers, body).await?;
     let items: Vec<T> =
         codec::decode(&bytes).map_err(|e| reject(StatusCode::BAD_REQUEST, format!("undecodable {what}: {e}")))?;
@@ -423,7 +424,7 @@ pub(super) async fn serve_renewals(State(server): State<PeerServer>, request: Re
 /// `POST /raft/v1/read-index` on the leader: its commit index, confirmed by a quorum.
 pub(super) async fn serve_read_index(State(server): State<PeerServer>, request: Request) -> Response {
     let Some(_slot) = forwarded_slot(&server) else { return busy() };
-    if let Err((status, why)) = check_sender(&server, request.headers()) {
+    if let Err((status, why)) = check_sender(&server, request.headers(), request.extensions()) {
         return reject(status, why);
     }
     let node = NodeHandle { shared: server.shared.clone(), tx: server.loop_tx.clone() };

@@ -343,7 +343,7 @@ impl Shared {
             staged: Default::default(),
             lessor: Mutex::new(crate::node::lessor::Lessor::new(crate::node::lessor::DEFAULT_CHECKPOINT_INTERVAL_MS)),
             lease_clock: Instant::now(),
-            forward: crate::node::forward::Forwarder::new(None),
+            forward: crate::node::forward::Forwarder::new(None, None),
         }
     }
 }

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{Extensions, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -53,6 +53,7 @@ use super::shared::{lock, read, Shared, StagedSnapshot};
 use crate::base::wire::MAX_KEY_BYTES;
 use crate::http::client::{self, Dial, HttpClient};
 use crate::http::serve::{check_declared, read_body, BodyError, BodyLimits};
+use crate::http::tls::{certificate_names, ClientTls, PeerCertificate};
 use crate::node::join::{PeerMember, PeerView};
 use crate::raft::{ConfState, Message, MessageBody, NodeId};
 use crate::store::codec::{self, CodecError};
@@ -150,18 +151,20 @@ pub struct Transport {
 
 impl Transport {
     /// `local_ip`: dial peers from this address (the member's own listen address), so that
-    /// network rules on member addresses cut traffic in both directions.
+    /// network rules on member addresses cut traffic in both directions. `tls`: how `https://`
+    /// peers are called (`--peer-*` files).
     pub fn new(
         shared: Arc<Shared>,
         runtime: tokio::runtime::Handle,
         loop_tx: SyncSender<Input>,
         local_ip: Option<IpAddr>,
+        tls: Option<Arc<ClientTls>>,
     ) -> Transport {
         Transport {
             shared,
             queues: HashMap::new(),
             runtime,
-            http: HttpClient::new(Dial::peer(local_ip)),
+            http: HttpClient::new(Dial::peer(local_ip).with_tls(tls)),
             loop_tx,
             members: None,
             live: Arc::new(AtomicUsize::new(0)),
@@ -527,6 +530,8 @@ pub struct PeerServer {
     /// Followers' forwarded requests served at once (`forward`): at most half the port's
     /// request slots, so that Raft's messages always find one.
     pub(super) forwarded_slots: Arc<Semaphore>,
+    /// `--peer-client-cert-auth`: each sender's certificate must be its own (`check_identity`).
+    pub require_identity: bool,
 }
 
 impl PeerServer {
@@ -537,7 +542,13 @@ impl PeerServer {
             limits,
             snapshot_slot: Arc::new(Semaphore::new(1)),
             forwarded_slots: Arc::new(Semaphore::new(super::forward::FORWARDED_SLOTS)),
+            require_identity: false,
         }
+    }
+
+    /// Requires each sender's certificate to be issued for its peer URL's host.
+    pub fn requiring_identity(self, require_identity: bool) -> PeerServer {
+        PeerServer { require_identity, ..self }
     }
 }
 
@@ -576,7 +587,11 @@ fn body_error(e: BodyError) -> Response {
 
 /// Checks a peer request's headers (before its body is read): the sender's cluster id must be
 /// ours. Returns the sender's id (0 if it gave none).
-pub(super) fn check_sender(server: &PeerServer, headers: &HeaderMap) -> Result<u64, (StatusCode, String)> {
+pub(super) fn check_sender(
+    server: &PeerServer,
+    headers: &HeaderMap,
+    extensions: &Extensions,
+) -> Result<u64, (StatusCode, String)> {
     let shared = &server.shared;
     let ours = format!("{:x}", shared.cluster_id);
     let Some(theirs) = header(headers, HEADER_CLUSTER_ID) else {
@@ -593,7 +608,32 @@ pub(super) fn check_sender(server: &PeerServer, headers: &HeaderMap) -> Result<u
         shared.set_error("peers", Some(format!("rejected messages from member {from:x} of cluster {theirs}")));
         return Err((StatusCode::PRECONDITION_FAILED, why));
     }
+    if server.require_identity && from != 0 {
+        if let Err(why) = check_identity(shared, from, extensions.get::<PeerCertificate>()) {
+            shared.metrics.peer_messages_rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(from = %format!("{from:x}"), %why, "rejected a peer whose certificate is not its own");
+            shared.set_error("peers", Some(format!("rejected member {from:x}: {why}")));
+            return Err((StatusCode::FORBIDDEN, why));
+        }
+    }
     Ok(from)
+}
+
+/// With `--peer-client-cert-auth`: the certificate a sender presented (its chain to the
+/// cluster's CA checked in the handshake) must be issued for the host of the peer URL this
+/// member has for it (from the configuration, or from what such a checked sender said of
+/// itself), so one member's certificate cannot speak for another, nor a certificate of the CA
+/// issued for something else speak for any member.
+fn check_identity(shared: &Shared, from: u64, cert: Option<&PeerCertificate>) -> Result<(), String> {
+    let Some(cert) = cert else {
+        return Err(format!("member {from:x} presented no certificate"));
+    };
+    let Some(url) = shared.address(from).map(|a| a.peer_url).filter(|u| !u.is_empty()) else {
+        return Err(format!("member {from:x} is not a member this one knows the peer URL of"));
+    };
+    let host =
+        crate::base::ids::url_host(&url).ok_or_else(|| format!("member {from:x}'s peer URL {url} has no host"))?;
+    certificate_names(&cert.0, host).map_err(|why| format!("member {from:x} (peer URL {url}): {why}"))
 }
 
 /// Hands checked messages to the Raft loop.
@@ -622,7 +662,7 @@ fn deliver(server: &PeerServer, from: u64, headers: &HeaderMap, messages: Vec<Me
 
 async fn receive(State(server): State<PeerServer>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let from = match check_sender(&server, &parts.headers) {
+    let from = match check_sender(&server, &parts.headers, &parts.extensions) {
         Ok(from) => from,
         Err((status, why)) => return reject(status, why),
     };
@@ -645,7 +685,7 @@ pub(super) async fn read_batch(server: &PeerServer, headers: &HeaderMap, body: B
 
 async fn receive_snapshot(State(server): State<PeerServer>, request: Request) -> Response {
     let (parts, body): (_, Body) = request.into_parts();
-    let from = match check_sender(&server, &parts.headers) {
+    let from = match check_sender(&server, &parts.headers, &parts.extensions) {
         Ok(from) => from,
         Err((status, why)) => return reject(status, why),
     };
@@ -815,7 +855,11 @@ pub struct JoinAnswer {
     pub reason: String,
 }
 
-async fn join(State(server): State<PeerServer>, Json(request): Json<JoinRequest>) -> Response {
+async fn join(
+    State(server): State<PeerServer>,
+    cert: Option<axum::Extension<PeerCertificate>>,
+    Json(request): Json<JoinRequest>,
+) -> Response {
     let shared = &server.shared;
     if request.cluster_id != format!("{:x}", shared.cluster_id) {
         let why = format!("this member belongs to cluster {:x}, not {}", shared.cluster_id, request.cluster_id);
@@ -824,6 +868,12 @@ async fn join(State(server): State<PeerServer>, Json(request): Json<JoinRequest>
     let Ok(id) = u64::from_str_radix(&request.id, 16) else {
         return reject(StatusCode::BAD_REQUEST, format!("bad member id '{}'", request.id));
     };
+    // A member may claim only its own id.
+    if server.require_identity {
+        if let Err(why) = check_identity(shared, id, cert.as_ref().map(|c| &c.0)) {
+            return reject(StatusCode::FORBIDDEN, why);
+        }
+    }
     let status = shared.status();
     if status.role != crate::raft::Role::Leader || !status.committed_in_term {
         return reject(StatusCode::SERVICE_UNAVAILABLE, "not the leader; ask the leader".into());
@@ -864,7 +914,7 @@ mod tests {
     fn the_sender_tasks_of_departed_members_end() {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let (tx, _rx) = std::sync::mpsc::sync_channel(16);
-        let mut transport = Transport::new(shared(), runtime.handle().clone(), tx, None);
+        let mut transport = Transport::new(shared(), runtime.handle().clone(), tx, None, None);
         transport.retain(&conf(&[1, 2, 3]));
         transport.send(vec![heartbeat(2), heartbeat(3)]);
         assert_eq!(transport.live_senders(), 2);

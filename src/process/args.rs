@@ -66,6 +66,36 @@ pub struct NodeArgs {
     /// progress notifications hears the revision it is at, when it heard nothing else.
     #[arg(long, env = "KUBERAFT_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value = "10m")]
     pub experimental_watch_progress_notify_interval: String,
+    /// etcd's `--cert-file`: the client port serves HTTPS (and gRPC over TLS) with this
+    /// certificate chain (PEM, leaf first); `--advertise-client-url` is then `https://`.
+    #[arg(long, env = "KUBERAFT_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// etcd's `--key-file`: the private key of `--cert-file` (PEM).
+    #[arg(long, env = "KUBERAFT_KEY_FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// etcd's `--trusted-ca-file`: the CA clients' certificates must chain to (with
+    /// `--client-cert-auth`).
+    #[arg(long, env = "KUBERAFT_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// etcd's `--client-cert-auth`: every client must present a certificate from
+    /// `--trusted-ca-file`.
+    #[arg(long, env = "KUBERAFT_CLIENT_CERT_AUTH", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub client_cert_auth: bool,
+    /// etcd's `--peer-cert-file`: the peer port serves HTTPS with this chain, and this member
+    /// presents it when it calls other members; peer URLs are then `https://`.
+    #[arg(long, env = "KUBERAFT_PEER_CERT_FILE", requires_all = ["peer_key_file", "peer_trusted_ca_file"])]
+    pub peer_cert_file: Option<PathBuf>,
+    /// etcd's `--peer-key-file`: the private key of `--peer-cert-file`.
+    #[arg(long, env = "KUBERAFT_PEER_KEY_FILE", requires = "peer_cert_file")]
+    pub peer_key_file: Option<PathBuf>,
+    /// etcd's `--peer-trusted-ca-file`: the cluster's CA. Other members' certificates must chain
+    /// to it, when this member calls them and (with `--peer-client-cert-auth`) when they call.
+    #[arg(long, env = "KUBERAFT_PEER_TRUSTED_CA_FILE", requires = "peer_cert_file")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// etcd's `--peer-client-cert-auth`: a member that calls must present a certificate from
+    /// `--peer-trusted-ca-file` issued for the host of its peer URL in the configuration.
+    #[arg(long, env = "KUBERAFT_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set, requires = "peer_cert_file")]
+    pub peer_client_cert_auth: bool,
     #[arg(long, env = "KUBERAFT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// A tracing filter, e.g. `info` or `kuberaft=debug`.

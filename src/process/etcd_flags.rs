@@ -36,7 +36,18 @@ const TRANSLATED: &[(&str, Option<&str>)] = &[
     ("auto-compaction-retention", None),
     ("experimental-watch-progress-notify-interval", None),
     ("log-level", None),
+    ("cert-file", None),
+    ("key-file", None),
+    ("trusted-ca-file", None),
+    ("client-cert-auth", None),
+    ("peer-cert-file", None),
+    ("peer-key-file", None),
+    ("peer-trusted-ca-file", None),
+    ("peer-client-cert-auth", None),
 ];
+
+/// etcd's flags that are booleans: given alone they mean `true`, and take no value after them.
+const BOOLEAN: &[&str] = &["client-cert-auth", "peer-client-cert-auth"];
 
 /// etcd's flags that name what kuberaft does anyway, with the only values that do.
 const ACCEPTED: &[(&str, &[&str])] = &[("logger", &["zap"]), ("log-outputs", &["stderr", "default"])];
@@ -45,16 +56,8 @@ const ACCEPTED: &[(&str, &[&str])] = &[("logger", &["zap"]), ("log-outputs", &["
 const REFUSED: &[(&str, &str)] = &[
     ("quota-backend-bytes", "kuberaft has no backend quota; a full disk raises NOSPACE"),
     ("listen-metrics-urls", "metrics are served on the client port at /metrics"),
-    ("cert-file", "TLS comes with the security issue"),
-    ("key-file", "TLS comes with the security issue"),
-    ("trusted-ca-file", "TLS comes with the security issue"),
-    ("client-cert-auth", "TLS comes with the security issue"),
-    ("auto-tls", "TLS comes with the security issue"),
-    ("peer-cert-file", "TLS comes with the security issue"),
-    ("peer-key-file", "TLS comes with the security issue"),
-    ("peer-trusted-ca-file", "TLS comes with the security issue"),
-    ("peer-client-cert-auth", "TLS comes with the security issue"),
-    ("peer-auto-tls", "TLS comes with the security issue"),
+    ("auto-tls", "give --cert-file and --key-file"),
+    ("peer-auto-tls", "give --peer-cert-file, --peer-key-file and --peer-trusted-ca-file"),
     ("discovery", "members are listed with --initial-cluster"),
     ("discovery-srv", "members are listed with --initial-cluster"),
     ("discovery-proxy", "members are listed with --initial-cluster"),
@@ -120,6 +123,7 @@ pub fn translate(
         }
         let value = match inline {
             Some(v) => v,
+            None if BOOLEAN.contains(&name.as_str()) => "true".to_string(),
             None => match rest.next().and_then(|v| v.to_str()) {
                 Some(v) => v.to_string(),
                 None => return Err(format!("etcd's flag --{name} needs a value")),
@@ -293,11 +297,46 @@ mod tests {
     }
 
     #[test]
+    fn etcds_tls_flags_pass_and_its_booleans_stand_alone() {
+        let (got, _) = run(
+            &[
+                "kuberaft",
+                "node",
+                "--cert-file=/tls/c.pem",
+                "--client-cert-auth",
+                "--peer-client-cert-auth=false",
+                "--name",
+                "etcd-0",
+            ],
+            &[("ETCD_PEER_CLIENT_CERT_AUTH", "true"), ("ETCD_TRUSTED_CA_FILE", "/tls/ca.pem")],
+        )
+        .expect("translates");
+        assert_eq!(
+            got,
+            [
+                "kuberaft",
+                "node",
+                "--cert-file",
+                "/tls/c.pem",
+                "--client-cert-auth",
+                "true",
+                "--peer-client-cert-auth",
+                "false",
+                "--name",
+                "etcd-0",
+                "--trusted-ca-file",
+                "/tls/ca.pem",
+            ]
+        );
+    }
+
+    #[test]
     fn unsupported_etcd_flags_are_refused_by_name() {
         for (list, env, says) in [
             (vec!["--quota-backend-bytes", "8589934592"], vec![], "etcd's --quota-backend-bytes is not supported"),
             (vec!["--enable-v2=true"], vec![], "etcd's --enable-v2 is not supported"),
-            (vec![], vec![("ETCD_CERT_FILE", "/tls/cert")], "etcd's ETCD_CERT_FILE is not supported"),
+            (vec![], vec![("ETCD_WAL_DIR", "/wal")], "etcd's ETCD_WAL_DIR is not supported"),
+            (vec!["--peer-auto-tls"], vec![], "etcd's --peer-auto-tls is not supported"),
             (vec!["--logger", "capnslog"], vec![], "--logger=capnslog is not supported"),
             (
                 vec!["--listen-client-urls", "http://127.0.0.1:2379,http://10.0.0.1:2379"],

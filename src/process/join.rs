@@ -2,7 +2,6 @@
 //! what they know of the cluster, and bootstraps, claims a learner's place, or refuses, as the
 //! pure decisions of `crate::node::join` say.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::http::{Request, StatusCode};
@@ -43,9 +42,9 @@ async fn ask_peers(http: &HttpClient, initial: &[InitialMember], me: &str) -> (V
     (views, failures)
 }
 
-/// Dials from `local_ip` (the member's peer address), as the peer transport does.
-fn join_client(local_ip: Option<IpAddr>) -> HttpClient {
-    HttpClient::new(Dial::peer(local_ip))
+/// Dials as the peer transport does (`Flags::peer_dial`).
+fn join_client(dial: Dial) -> HttpClient {
+    HttpClient::new(dial)
 }
 
 /// `new` with empty data: bootstraps once a majority of the initial members (this one
@@ -56,9 +55,9 @@ pub(super) async fn bootstrap_when_unformed(
     me: &str,
     cluster_id: u64,
     member_id: u64,
-    local_ip: Option<IpAddr>,
+    dial: Dial,
 ) -> Result<(), StartError> {
-    let http = join_client(local_ip);
+    let http = join_client(dial);
     let mut last_logged: Option<std::time::Instant> = None;
     loop {
         let (views, failures) = ask_peers(&http, initial, me).await;
@@ -85,10 +84,10 @@ pub(super) async fn bootstrap_when_unformed(
 pub(super) async fn join_existing(
     me: &join::Joiner,
     initial: &[InitialMember],
-    local_ip: Option<IpAddr>,
+    dial: Dial,
 ) -> Result<MemberMeta, StartError> {
     const ATTEMPTS: usize = 60;
-    let http = join_client(local_ip);
+    let http = join_client(dial);
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
         let (views, failures) = ask_peers(&http, initial, &me.peer_url).await;

@@ -14,11 +14,14 @@ use super::args::{ClusterState, NodeArgs};
 use super::error::StartError;
 use super::join::{bootstrap_when_unformed, join_existing};
 use crate::api::server::{client_router, render_error as render_client_error, Api};
-use crate::base::ids::{cluster_id, host_port, initial_member_id, parse_initial_cluster, validate_url, InitialMember};
+use crate::base::ids::{
+    cluster_id, host_port, initial_member_id, is_https, parse_initial_cluster, validate_url, InitialMember,
+};
 use crate::base::logging::init_logging;
 use crate::base::signal::wait_for_signal;
 use crate::http::client::{Dial, HttpClient};
 use crate::http::serve::{serve, PortStats, CLIENT_PORT, PEER_PORT};
+use crate::http::tls::{ClientTls, ServerTls, TlsError, TlsFiles};
 use crate::node::compactor::{self, Retention};
 use crate::node::join::Joiner;
 use crate::node::join::PeerView;
@@ -63,7 +66,13 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
 
     // The Raft loop's thread, and its peer transport.
     let (tx, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
-    let transport = Transport::new(shared.clone(), runtime.handle().clone(), tx.clone(), flags.dial_from);
+    let transport = Transport::new(
+        shared.clone(),
+        runtime.handle().clone(),
+        tx.clone(),
+        flags.dial_from,
+        flags.tls.peer_calls.clone(),
+    );
     let raft_loop = RaftLoop::new(raw, storage, shared.clone(), Box::new(transport), rx, args.snapshot_threshold);
     let loop_thread = std::thread::Builder::new()
         .name("raft-loop".into())
@@ -71,7 +80,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
         .map_err(|e| StartError::from(format!("cannot start the raft loop: {e}")))?;
 
     let node = NodeHandle { shared: shared.clone(), tx: tx.clone() };
-    let peer = PeerServer::new(shared.clone(), tx.clone(), peer_limits);
+    let peer = PeerServer::new(shared.clone(), tx.clone(), peer_limits).requiring_identity(flags.tls.peer_identity);
     drop(tx);
     let result = runtime.block_on(serve_until_stopped(&flags, node, peer));
     runtime.shutdown_timeout(Duration::from_secs(1));
@@ -95,6 +104,71 @@ struct Flags {
     retention: Retention,
     /// How often watches that asked for it hear their revision.
     watch_progress_interval: Duration,
+    tls: Tls,
+}
+
+/// TLS as the flags set it up (issue 16); `None` where a port or a kind of call is plain.
+#[derive(Default)]
+struct Tls {
+    /// The client port (`--cert-file`, `--key-file`, `--trusted-ca-file`, `--client-cert-auth`).
+    client: Option<Arc<ServerTls>>,
+    /// Calls to the leader's client port, forwarding clients' requests: HTTP/1.1 and h2. They
+    /// check the leader's certificate against `--trusted-ca-file` and present `--cert-file`.
+    leader_calls: Option<Arc<ClientTls>>,
+    leader_calls_h2: Option<Arc<ClientTls>>,
+    /// The peer port (`--peer-*`).
+    peer: Option<Arc<ServerTls>>,
+    /// Calls to other members' peer ports, presenting `--peer-cert-file`.
+    peer_calls: Option<Arc<ClientTls>>,
+    /// `--peer-client-cert-auth`.
+    peer_identity: bool,
+}
+
+impl Tls {
+    fn check(args: &NodeArgs) -> Result<Tls, StartError> {
+        let failed = |what: &str, e: TlsError| StartError::from(format!("cannot set up TLS for {what}: {e}"));
+        let mut tls = Tls { peer_identity: args.peer_client_cert_auth, ..Tls::default() };
+        if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
+            let files = TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                trusted_ca: args.trusted_ca_file.clone(),
+                client_cert_auth: args.client_cert_auth,
+            };
+            tls.client = Some(Arc::new(ServerTls::server(files.clone()).map_err(|e| failed("clients", e))?));
+            if files.trusted_ca.is_none() {
+                return Err(StartError::from(
+                    "--cert-file needs --trusted-ca-file too: followers forward requests to the leader's client port, \
+                     and check its certificate against that CA",
+                ));
+            }
+            let forwarding = |e| failed("calls to the leader", e);
+            tls.leader_calls = Some(Arc::new(ClientTls::http1(files.clone()).map_err(forwarding)?));
+            tls.leader_calls_h2 = Some(Arc::new(ClientTls::h2(files).map_err(|e| failed("calls to the leader", e))?));
+        } else if args.client_cert_auth {
+            return Err(StartError::from("--client-cert-auth needs --cert-file, --key-file and --trusted-ca-file"));
+        }
+        if let (Some(cert), Some(key)) = (&args.peer_cert_file, &args.peer_key_file) {
+            let files = TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                trusted_ca: args.peer_trusted_ca_file.clone(),
+                client_cert_auth: args.peer_client_cert_auth,
+            };
+            tls.peer = Some(Arc::new(ServerTls::server(files.clone()).map_err(|e| failed("peers", e))?));
+            tls.peer_calls = Some(Arc::new(ClientTls::http1(files).map_err(|e| failed("calls to peers", e))?));
+        }
+        Ok(tls)
+    }
+}
+
+/// A URL's scheme must say whether its port speaks TLS: `https://` exactly when `tls`.
+fn check_scheme(url: &str, tls: bool, flag: &str, files: &str) -> Result<(), StartError> {
+    match (is_https(url), tls) {
+        (true, true) | (false, false) => Ok(()),
+        (true, false) => Err(StartError::from(format!("{flag} {url} is https://, which needs {files}"))),
+        (false, true) => Err(StartError::from(format!("{flag} {url} is http://, but {files} are given: use https://"))),
+    }
 }
 
 impl Flags {
@@ -105,6 +179,17 @@ impl Flags {
             .map_err(|e| StartError::from(format!("--advertise-client-url: {e}")))?;
         validate_url(&args.advertise_peer_url).map_err(|e| StartError::from(format!("--advertise-peer-url: {e}")))?;
         let initial = parse_initial_cluster(&args.initial_cluster).map_err(StartError::from)?;
+        let tls = Tls::check(args)?;
+        const CLIENT_FILES: &str = "--cert-file and --key-file";
+        const PEER_FILES: &str = "--peer-cert-file, --peer-key-file and --peer-trusted-ca-file";
+        check_scheme(&args.listen_client_url, tls.client.is_some(), "--listen-client-url", CLIENT_FILES)?;
+        check_scheme(&args.advertise_client_url, tls.client.is_some(), "--advertise-client-url", CLIENT_FILES)?;
+        check_scheme(&args.listen_peer_url, tls.peer.is_some(), "--listen-peer-url", PEER_FILES)?;
+        check_scheme(&args.advertise_peer_url, tls.peer.is_some(), "--advertise-peer-url", PEER_FILES)?;
+        for member in &initial {
+            let flag = format!("--initial-cluster ({})", member.name);
+            check_scheme(&member.peer_url, tls.peer.is_some(), &flag, PEER_FILES)?;
+        }
         if args.max_value_bytes == 0 {
             return Err(StartError::from("--max-value-bytes must be at least 1"));
         }
@@ -127,7 +212,13 @@ impl Flags {
             cluster_id: cluster_id(&initial, &args.initial_cluster_token),
             initial,
             dial_from: Some(peer_addr.ip()).filter(|ip| !ip.is_unspecified()),
+            tls,
         })
+    }
+
+    /// How this member calls other members' peer ports.
+    fn peer_dial(&self) -> Dial {
+        Dial::peer(self.dial_from).with_tls(self.tls.peer_calls.clone())
     }
 }
 
@@ -184,9 +275,10 @@ fn decide_start(
             ClusterState::New => bootstrap(args, flags, runtime),
             ClusterState::Existing => {
                 let joiner = Joiner { name: args.name.clone(), peer_url: flags.advertise_peer_url.clone() };
-                let meta = while_answering_peers(runtime, flags.peer_addr, flags.cluster_id, async {
-                    join_existing(&joiner, &flags.initial, flags.dial_from).await
-                })?;
+                let meta =
+                    while_answering_peers(runtime, flags.peer_addr, flags.tls.peer.clone(), flags.cluster_id, async {
+                        join_existing(&joiner, &flags.initial, flags.peer_dial()).await
+                    })?;
                 Ok(Start { meta, state: InitialState::default(), problems: Vec::new() })
             }
         },
@@ -225,9 +317,15 @@ fn bootstrap(args: &NodeArgs, flags: &Flags, runtime: &Runtime) -> Result<Start,
         name: args.name.clone(),
     };
     let member_id = meta.member_id;
-    while_answering_peers(runtime, flags.peer_addr, flags.cluster_id, async {
-        bootstrap_when_unformed(&flags.initial, &flags.advertise_peer_url, flags.cluster_id, member_id, flags.dial_from)
-            .await
+    while_answering_peers(runtime, flags.peer_addr, flags.tls.peer.clone(), flags.cluster_id, async {
+        bootstrap_when_unformed(
+            &flags.initial,
+            &flags.advertise_peer_url,
+            flags.cluster_id,
+            member_id,
+            flags.peer_dial(),
+        )
+        .await
     })?;
     Ok(Start { meta, state: InitialState::bootstrap(&voters), problems: Vec::new() })
 }
@@ -379,7 +477,7 @@ fn shared_state(
             crate::node::lessor::DEFAULT_CHECKPOINT_INTERVAL_MS,
         )),
         lease_clock: Instant::now(),
-        forward: crate::node::forward::Forwarder::new(flags.dial_from),
+        forward: crate::node::forward::Forwarder::new(flags.dial_from, flags.tls.peer_calls.clone()),
     }
 }
 
@@ -389,7 +487,8 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
     let shared = node.shared.clone();
     let (client_addr, peer_addr) = (flags.client_addr, flags.peer_addr);
     let leader_dial = Dial::leader(Some(client_addr.ip()).filter(|ip| !ip.is_unspecified()));
-    let http = HttpClient::new(leader_dial);
+    let http = HttpClient::new(leader_dial.clone().with_tls(flags.tls.leader_calls.clone()));
+    let leader_dial = leader_dial.with_tls(flags.tls.leader_calls_h2.clone());
     let watch = WatchHub::new(shared.clone(), flags.watch_progress_interval);
     let publisher = tokio::spawn(watch.clone().publish());
     let api = Api { node: node.clone(), http, watch, leader_dial };
@@ -416,6 +515,7 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
         CLIENT_PORT,
         render_client_error,
         client_stats,
+        flags.tls.client.clone(),
         stop_rx.clone(),
     ));
     let peer_server = tokio::spawn(serve(
@@ -424,6 +524,7 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
         PEER_PORT,
         transport::render_error,
         peer_stats,
+        flags.tls.peer.clone(),
         stop_rx,
     ));
     let compactor = tokio::spawn(compactor::run(node.clone(), flags.retention));
@@ -490,6 +591,7 @@ fn socket_addr(url: &str, flag: &str) -> Result<SocketAddr, StartError> {
 fn while_answering_peers<T>(
     runtime: &tokio::runtime::Runtime,
     peer_addr: SocketAddr,
+    tls: Option<Arc<ServerTls>>,
     cluster_id: u64,
     decide: impl std::future::Future<Output = Result<T, StartError>>,
 ) -> Result<T, StartError> {
@@ -504,7 +606,7 @@ fn while_answering_peers<T>(
         // Bounded like the real peer port (connections, header and request timeouts).
         let (stop_tx, stop_rx) = watch::channel(false);
         let stats = Arc::new(PortStats::default());
-        let server = tokio::spawn(serve(listener, router, PEER_PORT, transport::render_error, stats, stop_rx));
+        let server = tokio::spawn(serve(listener, router, PEER_PORT, transport::render_error, stats, tls, stop_rx));
         let outcome = tokio::select! {
             outcome = decide => outcome,
             _ = wait_for_signal() => Err(StartError::from("stopped before this member started")),

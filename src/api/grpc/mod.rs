@@ -34,14 +34,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::http::Uri;
-use hyper_util::client::legacy::connect::HttpConnector;
+
 use hyper_util::client::legacy::Client;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use super::server::Api;
 use crate::base::wire::{max_txn_request_bytes, HEADER_FORWARDED};
-use crate::http::client::h2_client;
+use crate::http::client::{h2_client, Connector};
 
 pub use errors::node_status;
 
@@ -78,7 +78,7 @@ pub mod v3electionpb {
 use etcdserverpb as pb;
 
 /// The client the gRPC API forwards with (HTTP/2 to the leader's client port).
-type H2Client = Client<HttpConnector, tonic::body::Body>;
+type H2Client = Client<Connector, tonic::body::Body>;
 
 /// The leader answers a forwarded call within this time, or the call fails with etcd's
 /// "request timed out" (its outcome, for a write, unknown).
@@ -146,7 +146,7 @@ impl Leader {
 
 impl Grpc {
     fn new(api: Api) -> Grpc {
-        Grpc { h2: h2_client(api.leader_dial), api }
+        Grpc { h2: h2_client(api.leader_dial.clone()), api }
     }
 
     /// The header of a top-level answer, as etcd fills it: this member, its term, and the
