@@ -663,6 +663,81 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), server).await.expect("the server stops").unwrap();
     }
 
+    /// A TLS port that requires client certificates serves a client with one of its CA (and
+    /// hands the certificate to the handler), and refuses, at the handshake, a client without
+    /// one, one of another CA, and a plain-HTTP client; our client refuses a server of another CA.
+    #[tokio::test]
+    async fn a_tls_port_serves_only_clients_with_a_certificate_of_its_ca() {
+        use crate::base::pki::Authority;
+        use crate::http::client::{full, Dial, HttpClient};
+        use crate::http::tls::{ClientTls, TlsFiles};
+
+        let dir = tempfile::tempdir().expect("dir");
+        let write = |name: &str, ca: &Authority| {
+            let issued = ca.issue(name, &["127.0.0.1"]).expect("issue");
+            let files = TlsFiles {
+                cert: dir.path().join(format!("{name}.pem")),
+                key: dir.path().join(format!("{name}-key.pem")),
+                trusted_ca: Some(dir.path().join(format!("{name}-ca.pem"))),
+                client_cert_auth: true,
+            };
+            std::fs::write(&files.cert, issued.cert_pem).expect("write");
+            std::fs::write(&files.key, issued.key_pem).expect("write");
+            std::fs::write(files.trusted_ca.as_ref().expect("ca"), ca.cert_pem()).expect("write");
+            files
+        };
+        let (ours, theirs) = (Authority::new("ours").expect("ca"), Authority::new("theirs").expect("ca"));
+        let server_files = write("server", &ours);
+        let router = Router::new().route(
+            "/who",
+            axum::routing::get(|request: Request<Body>| async move {
+                match request.extensions().get::<PeerCertificate>() {
+                    Some(_) => "a certificate",
+                    None => "none",
+                }
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tls = Arc::new(ServerTls::server(server_files).expect("tls"));
+        let server = tokio::spawn(serve(listener, router, CLIENT_PORT, plain, Arc::default(), Some(tls), stop_rx));
+
+        let url = format!("https://127.0.0.1:{}/who", addr.port());
+        let call = |files: TlsFiles| {
+            let url = url.clone();
+            async move {
+                let tls = ClientTls::http1(files).expect("client tls");
+                let client = HttpClient::new(Dial::peer(None).with_tls(Some(Arc::new(tls))));
+                client.call(Request::get(url).body(full(Vec::new())), Duration::from_secs(5), 1024).await
+            }
+        };
+        let answer = call(write("friend", &ours)).await.expect("served");
+        assert_eq!((answer.status, &answer.body[..]), (StatusCode::OK, &b"a certificate"[..]));
+
+        // A client whose certificate is of another CA, though it trusts ours: refused.
+        let stranger = TlsFiles { trusted_ca: Some(dir.path().join("friend-ca.pem")), ..write("stranger", &theirs) };
+        // (In TLS 1.3 the client hears it with its first request, as the server's alert.)
+        let refused = call(stranger).await.expect_err("refused");
+        assert!(refused.to_string().contains("UnknownCA"), "{refused}");
+        // A server of another CA: our client refuses it.
+        let refused = call(write("wary", &theirs)).await.expect_err("refused");
+        assert!(refused.to_string().contains("UnknownIssuer"), "{refused}");
+        // Plain HTTP to a TLS port: closed without an answer.
+        let plain_client = HttpClient::new(Dial::peer(None));
+        let url = format!("http://127.0.0.1:{}/who", addr.port());
+        let plain_call =
+            plain_client.call(Request::get(url).body(full(Vec::new())), Duration::from_secs(5), 1024).await;
+        assert!(plain_call.is_err(), "{plain_call:?}");
+        // An https URL without TLS to call it with is refused before dialing.
+        let url = format!("https://127.0.0.1:{}/who", addr.port());
+        let no_tls = plain_client.call(Request::get(url).body(full(Vec::new())), Duration::from_secs(5), 1024).await;
+        assert!(no_tls.as_ref().is_err_and(|e| e.to_string().contains("no TLS")), "{no_tls:?}");
+
+        let _ = stop_tx.send(true);
+        tokio::time::timeout(Duration::from_secs(5), server).await.expect("the server stops").expect("joins");
+    }
+
     #[tokio::test]
     async fn a_declared_length_over_the_limit_is_refused_before_reading() {
         // The body never yields: reading it would hang until the stall timeout.

@@ -247,3 +247,87 @@ pub fn certificate_names(cert: &CertificateDer<'_>, host: &str) -> Result<(), St
         rustls::server::ParsedCertificate::try_from(cert).map_err(|e| format!("unreadable certificate: {e}"))?;
     rustls::client::verify_server_name(&parsed, &name).map_err(|_| format!("the certificate is not issued for {host}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::pki::Authority;
+
+    /// A CA, and a certificate of it for 127.0.0.1, written as files in `dir`.
+    fn files_in(dir: &Path, ca: &Authority, client_cert_auth: bool) -> TlsFiles {
+        let issued = ca.issue("member", &["127.0.0.1"]).expect("issue");
+        let files = TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            trusted_ca: Some(dir.join("ca.pem")),
+            client_cert_auth,
+        };
+        fs::write(&files.cert, &issued.cert_pem).expect("write");
+        fs::write(&files.key, &issued.key_pem).expect("write");
+        fs::write(files.trusted_ca.as_ref().expect("ca"), ca.cert_pem()).expect("write");
+        files
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_their_path_and_reason() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = Authority::new("ca").expect("ca");
+        let files = files_in(dir.path(), &ca, true);
+        assert!(server_config(&files).is_ok());
+        assert!(client_config(&files, &[b"http/1.1"]).is_ok());
+
+        let missing = TlsFiles { cert: dir.path().join("nothing.pem"), ..files.clone() };
+        let e = server_config(&missing).expect_err("missing");
+        assert!(matches!(&e, TlsError::File { path, .. } if path.ends_with("nothing.pem")), "{e}");
+
+        let garbage = dir.path().join("garbage.pem");
+        fs::write(&garbage, "not a certificate").expect("write");
+        let e = server_config(&TlsFiles { cert: garbage.clone(), ..files.clone() }).expect_err("garbage");
+        assert!(e.to_string().contains("holds no certificate"), "{e}");
+        let e = server_config(&TlsFiles { key: garbage, ..files.clone() }).expect_err("garbage key");
+        assert!(e.to_string().contains("no readable private key"), "{e}");
+
+        // A key that is not the certificate's.
+        let other = ca.issue("other", &["127.0.0.1"]).expect("issue");
+        let wrong_key = dir.path().join("other-key.pem");
+        fs::write(&wrong_key, &other.key_pem).expect("write");
+        let e = server_config(&TlsFiles { key: wrong_key, ..files.clone() }).expect_err("mismatch");
+        assert!(e.to_string().contains("does not go with"), "{e}");
+
+        let e = server_config(&TlsFiles { trusted_ca: None, ..files.clone() }).expect_err("no CA");
+        assert_eq!(e, TlsError::Config("client certificate auth needs a trusted CA file".into()));
+        let e = client_config(&TlsFiles { trusted_ca: None, ..files }, &[]).expect_err("no CA");
+        assert!(e.to_string().contains("needs a trusted CA file"), "{e}");
+    }
+
+    #[test]
+    fn changed_files_are_used_from_the_next_look_and_broken_ones_keep_the_last_good() {
+        let dir = tempfile::tempdir().expect("dir");
+        let files = files_in(dir.path(), &Authority::new("first").expect("ca"), true);
+        let tls = ServerTls::server(files.clone()).expect("loads");
+        let first = tls.current();
+        assert!(Arc::ptr_eq(&first, &tls.current()), "unchanged files: the same configuration");
+
+        // Half-written: the certificate is garbage for now.
+        fs::write(&files.cert, "-----BEGIN CERTIFICATE-----\ntruncat").expect("write");
+        std::thread::sleep(RELOAD_CHECK + Duration::from_millis(100));
+        assert!(Arc::ptr_eq(&first, &tls.current()), "broken files keep the last good configuration");
+
+        // Rotated whole (a new CA too): the next look loads it.
+        files_in(dir.path(), &Authority::new("second").expect("ca"), true);
+        std::thread::sleep(RELOAD_CHECK + Duration::from_millis(100));
+        assert!(!Arc::ptr_eq(&first, &tls.current()), "rotated files: a new configuration");
+    }
+
+    #[test]
+    fn a_certificate_names_the_hosts_it_was_issued_for_and_no_other() {
+        let ca = Authority::new("ca").expect("ca");
+        let issued = ca.issue("etcd-0", &["etcd-0.etcd.default.svc", "127.0.0.1"]).expect("issue");
+        let cert = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("pem");
+        assert_eq!(certificate_names(&cert, "127.0.0.1"), Ok(()));
+        assert_eq!(certificate_names(&cert, "etcd-0.etcd.default.svc"), Ok(()));
+        assert!(certificate_names(&cert, "127.0.0.2").is_err());
+        let e = certificate_names(&cert, "etcd-1.etcd.default.svc").expect_err("another member");
+        assert_eq!(e, "the certificate is not issued for etcd-1.etcd.default.svc");
+    }
+}

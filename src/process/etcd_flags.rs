@@ -336,7 +336,7 @@ mod tests {
             (vec!["--quota-backend-bytes", "8589934592"], vec![], "etcd's --quota-backend-bytes is not supported"),
             (vec!["--enable-v2=true"], vec![], "etcd's --enable-v2 is not supported"),
             (vec![], vec![("ETCD_WAL_DIR", "/wal")], "etcd's ETCD_WAL_DIR is not supported"),
-            (vec!["--peer-auto-tls"], vec![], "etcd's --peer-auto-tls is not supported"),
+            (vec!["--peer-auto-tls=true"], vec![], "etcd's --peer-auto-tls is not supported"),
             (vec!["--logger", "capnslog"], vec![], "--logger=capnslog is not supported"),
             (
                 vec!["--listen-client-urls", "http://127.0.0.1:2379,http://10.0.0.1:2379"],

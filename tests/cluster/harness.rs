@@ -18,6 +18,8 @@ pub struct Member {
     pub log: PathBuf,
     pub child: Option<Child>,
     pub extra_args: Vec<String>,
+    /// The peer port speaks TLS (`--peer-cert-file` and the rest are in `extra_args`).
+    pub peer_tls: bool,
 }
 
 impl Member {
@@ -25,7 +27,8 @@ impl Member {
         format!("http://{}:{CLIENT_PORT}", self.ip)
     }
     pub fn peer_url(&self) -> String {
-        format!("http://{}:{PEER_PORT}", self.ip)
+        let scheme = if self.peer_tls { "https" } else { "http" };
+        format!("{scheme}://{}:{PEER_PORT}", self.ip)
     }
 }
 
@@ -79,6 +82,7 @@ impl Cluster {
             log,
             child: None,
             extra_args: Vec::new(),
+            peer_tls: false,
         });
         self.members.len() - 1
     }

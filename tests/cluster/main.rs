@@ -13,6 +13,7 @@ mod nft;
 mod recipes;
 #[path = "../support/require.rs"]
 mod require;
+mod tls;
 mod watch_api;
 
 use std::collections::BTreeSet;

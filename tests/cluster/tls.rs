@@ -1,0 +1,225 @@
+//! Issue 16: members that speak TLS to each other and authenticate each other. A process
+//! without the cluster's certificate, with a certificate of another cluster's CA, or with one of
+//! the cluster's CA issued for another host, can neither join nor move the term; the same forged
+//! message that moves the term of a plain cluster.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kuberaft::base::pki::{Authority, Issued};
+use kuberaft::node::transport::{
+    encode_messages, HEADER_CLUSTER_ID, HEADER_FROM, JOIN_PATH, MESSAGES_PATH, PEER_CONTENT_TYPE,
+};
+use kuberaft::raft::{Message, MessageBody};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::harness::{wait_for, Cluster, PEER_PORT};
+use crate::ELECTION;
+
+/// Writes `issued` as `<name>.pem` and `<name>-key.pem` in `dir`.
+fn write_issued(dir: &Path, name: &str, issued: &Issued) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
+    std::fs::write(&cert, &issued.cert_pem).expect("write cert");
+    std::fs::write(&key, &issued.key_pem).expect("write key");
+    (cert, key)
+}
+
+/// Gives every member of `c` a peer certificate of `ca` for its address, and the peer flags
+/// with `--peer-client-cert-auth`.
+fn with_peer_tls(c: &mut Cluster, ca: &Authority) -> PathBuf {
+    let dir = c.dir.path().join("pki");
+    std::fs::create_dir_all(&dir).expect("pki dir");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).expect("write ca");
+    for m in &mut c.members {
+        let issued = ca.issue(&m.name, &[&m.ip]).expect("issue");
+        let (cert, key) = write_issued(&dir, &m.name, &issued);
+        m.peer_tls = true;
+        m.extra_args.extend([
+            "--peer-cert-file".into(),
+            cert.display().to_string(),
+            "--peer-key-file".into(),
+            key.display().to_string(),
+            "--peer-trusted-ca-file".into(),
+            ca_file.display().to_string(),
+            "--peer-client-cert-auth".into(),
+        ]);
+    }
+    ca_file
+}
+
+/// How a forger talks to a peer port: in plain HTTP, or in TLS trusting `server_ca` and
+/// presenting `cert` (if any).
+enum Forger<'a> {
+    Plain,
+    Tls { server_ca: &'a str, cert: Option<&'a Issued> },
+}
+
+/// POSTs `body` to `path` on `ip`'s peer port as `from` of `cluster` would; the answer's status
+/// line, or why there is none.
+fn forge(forger: &Forger<'_>, ip: &str, path: &str, cluster: &str, from: &str, body: &[u8]) -> Result<String, String> {
+    let content_type = if path == JOIN_PATH { "application/json" } else { PEER_CONTENT_TYPE };
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {ip}:{PEER_PORT}\r\nContent-Type: {content_type}\r\n\
+         {HEADER_CLUSTER_ID}: {cluster}\r\n{HEADER_FROM}: {from}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    let mut tcp = TcpStream::connect((ip, PEER_PORT)).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    match forger {
+        Forger::Plain => {
+            tcp.write_all(&request).map_err(|e| format!("write: {e}"))?;
+            let _ = tcp.read_to_end(&mut answer);
+        }
+        Forger::Tls { server_ca, cert } => {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(server_ca.as_bytes()) {
+                roots.add(c.expect("ca pem")).expect("ca");
+            }
+            let builder = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots);
+            let config = match cert {
+                Some(issued) => {
+                    let chain =
+                        CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes()).map(|c| c.expect("pem")).collect();
+                    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key");
+                    builder.with_client_auth_cert(chain, key).expect("client cert")
+                }
+                None => builder.with_no_client_auth(),
+            };
+            let name = ServerName::try_from(ip.to_string()).expect("name");
+            let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            tls.write_all(&request).map_err(|e| format!("TLS: {e}"))?;
+            tls.read_to_end(&mut answer).map_err(|e| format!("TLS: {e}"))?;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).to_string();
+    match text.lines().next() {
+        Some(line) if line.starts_with("HTTP/1.1") => Ok(text),
+        _ => Err(format!("no HTTP answer ({} bytes)", answer.len())),
+    }
+}
+
+/// A heartbeat of a term 10 past `term` from `from` to `to`: a follower that takes it moves to
+/// that term and follows the forger.
+fn forged_heartbeat(from: u64, to: u64, term: u64) -> Vec<u8> {
+    let body = MessageBody::Heartbeat { commit: 0, read_seq: 0 };
+    encode_messages(&[Message { from, to, term: term + 10, body }]).expect("encode")
+}
+
+fn ids(c: &Cluster) -> (String, Vec<u64>) {
+    let status = c.status(0).expect("status");
+    let cluster = status["clusterId"].as_str().expect("cluster id").to_string();
+    let ids = (0..c.members.len())
+        .map(|i| u64::from_str_radix(&c.member_id(i).expect("member id"), 16).expect("hex id"))
+        .collect();
+    (cluster, ids)
+}
+
+fn term_of(c: &Cluster, i: usize) -> u64 {
+    c.status(i).and_then(|s| s["term"].as_u64()).unwrap_or(0)
+}
+
+/// Today's hole, as a control: over plain HTTP, anyone who can reach the peer port and read
+/// the cluster id can move a member's term with one forged message.
+#[test]
+fn a_forged_message_moves_the_term_of_a_plain_cluster() {
+    let mut c = Cluster::new(138, 3);
+    c.bootstrap();
+    let (leader, term) = c.wait_leader(ELECTION);
+    let follower = (leader + 1) % 3;
+    let (cluster, ids) = ids(&c);
+    let body = forged_heartbeat(ids[leader], ids[follower], term);
+    let answer =
+        forge(&Forger::Plain, &c.members[follower].ip, MESSAGES_PATH, &cluster, &format!("{:x}", ids[leader]), &body);
+    assert!(answer.as_deref().is_ok_and(|a| a.starts_with("HTTP/1.1 204")), "{answer:?}");
+    wait_for("the follower to take the forged term", Duration::from_secs(5), || {
+        (term_of(&c, follower) >= term + 10).then_some(())
+    });
+}
+
+/// With peer TLS and `--peer-client-cert-auth`, the same forged message is refused however it
+/// comes: in plain HTTP, in TLS without a certificate, with a certificate of another cluster's
+/// CA, and with a certificate of this cluster's CA issued for another host (one member's
+/// certificate speaking for another included). Each is refused with its reason, and the leader
+/// and term stay as they were.
+#[test]
+fn forged_and_foreign_peers_are_refused_and_move_nothing() {
+    let ca = Authority::new("cluster-ca").expect("ca");
+    let mut c = Cluster::new(139, 3);
+    with_peer_tls(&mut c, &ca);
+    c.bootstrap();
+    let (leader, term) = c.wait_leader(ELECTION);
+    c.put_ok(leader, "before", "1");
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let (cluster, ids) = ids(&c);
+    let from = format!("{:x}", ids[leader]);
+    let body = forged_heartbeat(ids[leader], ids[follower], term);
+    let ip = c.members[follower].ip.clone();
+
+    // Plain HTTP: the port speaks TLS only.
+    let plain = forge(&Forger::Plain, &ip, MESSAGES_PATH, &cluster, &from, &body);
+    assert!(plain.is_err(), "{plain:?}");
+
+    // TLS without a certificate: the handshake is refused.
+    let no_cert =
+        forge(&Forger::Tls { server_ca: ca.cert_pem(), cert: None }, &ip, MESSAGES_PATH, &cluster, &from, &body);
+    assert!(no_cert.as_ref().is_err_and(|e| e.contains("TLS")), "{no_cert:?}");
+
+    // Another cluster's CA: this side refuses the member's certificate, the member refuses ours.
+    let foreign = Authority::new("another-ca").expect("ca");
+    let foreign_cert = foreign.issue("etcd-x", &[&c.members[leader].ip]).expect("issue");
+    let refused = forge(
+        &Forger::Tls { server_ca: foreign.cert_pem(), cert: Some(&foreign_cert) },
+        &ip,
+        MESSAGES_PATH,
+        &cluster,
+        &from,
+        &body,
+    );
+    assert!(refused.as_ref().is_err_and(|e| e.contains("UnknownIssuer")), "{refused:?}");
+    let trusting = forge(
+        &Forger::Tls { server_ca: ca.cert_pem(), cert: Some(&foreign_cert) },
+        &ip,
+        MESSAGES_PATH,
+        &cluster,
+        &from,
+        &body,
+    );
+    assert!(trusting.is_err(), "a certificate of another CA is refused: {trusting:?}");
+
+    // This cluster's CA, but issued for a host that is no member: a 403 naming why.
+    let stray = ca.issue("stray", &["127.139.0.99"]).expect("issue");
+    let tls = Forger::Tls { server_ca: ca.cert_pem(), cert: Some(&stray) };
+    let answer = forge(&tls, &ip, MESSAGES_PATH, &cluster, &from, &body).expect("an HTTP answer");
+    assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("not issued for"), "{answer}");
+    // One member's own certificate speaking for another member (the leader).
+    let others = ca.issue("etcd-other", &[&c.members[other].ip]).expect("issue");
+    let tls = Forger::Tls { server_ca: ca.cert_pem(), cert: Some(&others) };
+    let answer = forge(&tls, &ip, MESSAGES_PATH, &cluster, &from, &body).expect("an HTTP answer");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // Nor can it claim another member's id to join.
+    let join = format!(r#"{{"clusterId":"{cluster}","id":"{from}"}}"#);
+    let answer = forge(&tls, &c.members[leader].ip, JOIN_PATH, &cluster, &from, join.as_bytes());
+    assert!(answer.as_deref().is_ok_and(|a| a.starts_with("HTTP/1.1 403")), "{answer:?}");
+
+    // The member said why, and nothing moved: same leader, same term, writes still commit.
+    let log = c.log_text(follower);
+    assert!(log.contains("TLS handshake failed"), "the member logs refused handshakes");
+    assert!(log.contains("is not issued for") || log.contains("not its own"), "the member logs refused identities");
+    assert_eq!(c.wait_leader(ELECTION), (leader, term), "the leader and term did not change");
+    c.put_ok(follower, "after", "2");
+    assert_eq!(term_of(&c, follower), term);
+}
