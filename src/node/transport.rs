@@ -609,7 +609,7 @@ pub(super) fn check_sender(
         return Err((StatusCode::PRECONDITION_FAILED, why));
     }
     if server.require_identity && from != 0 {
-        if let Err(why) = check_identity(shared, from, extensions.get::<PeerCertificate>()) {
+        if let Err(why) = check_identity(shared, from, extensions.get::<PeerCertificate>(), header(headers, HEADER_PEER_URL)) {
             shared.metrics.peer_messages_rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(from = %format!("{from:x}"), %why, "rejected a peer whose certificate is not its own");
             shared.set_error("peers", Some(format!("rejected member {from:x}: {why}")));
@@ -623,16 +623,18 @@ pub(super) fn check_sender(
 /// cluster's CA checked in the handshake) must be issued for the host of the peer URL this
 /// member has for it (from the configuration, or from what such a checked sender said of
 /// itself), so one member's certificate cannot speak for another, nor a certificate of the CA
-/// issued for something else speak for any member.
-fn check_identity(shared: &Shared, from: u64, cert: Option<&PeerCertificate>) -> Result<(), String> {
+/// issued for something else speak for any member. A member that knows no peer URL for the
+/// sender (it joined, and its log has not told it the configuration yet) checks the URL the
+/// sender claims (`X-Kuberaft-Peer-URL`) instead, which it then learns.
+fn check_identity(shared: &Shared, from: u64, cert: Option<&PeerCertificate>, claimed: Option<&str>) -> Result<(), String> {
     let Some(cert) = cert else {
         return Err(format!("member {from:x} presented no certificate"));
     };
-    let Some(url) = shared.address(from).map(|a| a.peer_url).filter(|u| !u.is_empty()) else {
+    let known = shared.address(from).map(|a| a.peer_url).filter(|u| !u.is_empty());
+    let Some(url) = known.or_else(|| claimed.map(str::to_string)) else {
         return Err(format!("member {from:x} is not a member this one knows the peer URL of"));
     };
-    let host =
-        crate::base::ids::url_host(&url).ok_or_else(|| format!("member {from:x}'s peer URL {url} has no host"))?;
+    let host = crate::base::ids::url_host(&url).ok_or_else(|| format!("member {from:x}'s peer URL {url} has no host"))?;
     certificate_names(&cert.0, host).map_err(|why| format!("member {from:x} (peer URL {url}): {why}"))
 }
 
@@ -870,7 +872,7 @@ async fn join(
     };
     // A member may claim only its own id.
     if server.require_identity {
-        if let Err(why) = check_identity(shared, id, cert.as_ref().map(|c| &c.0)) {
+        if let Err(why) = check_identity(shared, id, cert.as_ref().map(|c| &c.0), None) {
             return reject(StatusCode::FORBIDDEN, why);
         }
     }
@@ -900,6 +902,32 @@ mod tests {
 
     fn shared() -> Arc<Shared> {
         Arc::new(Shared::for_tests(1, "etcd-0", 0, ""))
+    }
+
+    /// A sender's certificate must name the host of the peer URL this member has for it, or,
+    /// for a sender it knows no URL of, the one the sender claims.
+    #[test]
+    fn a_senders_certificate_must_be_issued_for_its_own_peer_url() {
+        use crate::base::pki::Authority;
+        use rustls::pki_types::pem::PemObject;
+        let shared = shared();
+        shared.addresses.learn(2, "etcd-1", "https://127.0.0.2:2380", "");
+        let ca = Authority::new("ca").expect("ca");
+        let cert_for = |host: &str| {
+            let issued = ca.issue("m", &[host]).expect("issue");
+            let der = rustls::pki_types::CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("pem");
+            PeerCertificate(Arc::new(der))
+        };
+        let (own, others) = (cert_for("127.0.0.2"), cert_for("127.0.0.3"));
+        assert_eq!(check_identity(&shared, 2, Some(&own), None), Ok(()));
+        // The claim does not override what this member knows.
+        let e = check_identity(&shared, 2, Some(&others), Some("https://127.0.0.3:2380")).expect_err("another's");
+        assert_eq!(e, "member 2 (peer URL https://127.0.0.2:2380): the certificate is not issued for 127.0.0.2");
+        assert_eq!(check_identity(&shared, 2, None, None), Err("member 2 presented no certificate".into()));
+        // A sender this member knows no URL of is held to its claim.
+        assert_eq!(check_identity(&shared, 3, Some(&others), Some("https://127.0.0.3:2380")), Ok(()));
+        assert!(check_identity(&shared, 3, Some(&others), Some("https://127.0.0.4:2380")).is_err());
+        assert!(check_identity(&shared, 3, Some(&others), None).is_err());
     }
 
     fn heartbeat(to: NodeId) -> Message {

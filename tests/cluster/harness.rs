@@ -20,11 +20,15 @@ pub struct Member {
     pub extra_args: Vec<String>,
     /// The peer port speaks TLS (`--peer-cert-file` and the rest are in `extra_args`).
     pub peer_tls: bool,
+    /// The client port speaks TLS (`--cert-file` and the rest are in `extra_args`); the
+    /// harness's own HTTP calls (`status`, `put_ok`, ...) then do not reach it.
+    pub client_tls: bool,
 }
 
 impl Member {
     pub fn client_url(&self) -> String {
-        format!("http://{}:{CLIENT_PORT}", self.ip)
+        let scheme = if self.client_tls { "https" } else { "http" };
+        format!("{scheme}://{}:{CLIENT_PORT}", self.ip)
     }
     pub fn peer_url(&self) -> String {
         let scheme = if self.peer_tls { "https" } else { "http" };
@@ -83,6 +87,7 @@ impl Cluster {
             child: None,
             extra_args: Vec::new(),
             peer_tls: false,
+            client_tls: false,
         });
         self.members.len() - 1
     }

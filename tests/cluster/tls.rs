@@ -28,9 +28,9 @@ fn write_issued(dir: &Path, name: &str, issued: &Issued) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// Gives every member of `c` a peer certificate of `ca` for its address, and the peer flags
-/// with `--peer-client-cert-auth`.
-fn with_peer_tls(c: &mut Cluster, ca: &Authority) -> PathBuf {
+/// Gives every member of `c` a certificate of `ca` for its address, and the peer flags with
+/// `--peer-client-cert-auth` (and the client port's with `--client-cert-auth` when `clients`).
+fn with_tls(c: &mut Cluster, ca: &Authority, clients: bool) -> PathBuf {
     let dir = c.dir.path().join("pki");
     std::fs::create_dir_all(&dir).expect("pki dir");
     let ca_file = dir.join("ca.pem");
@@ -48,6 +48,18 @@ fn with_peer_tls(c: &mut Cluster, ca: &Authority) -> PathBuf {
             ca_file.display().to_string(),
             "--peer-client-cert-auth".into(),
         ]);
+        if clients {
+            m.client_tls = true;
+            m.extra_args.extend([
+                "--cert-file".into(),
+                cert.display().to_string(),
+                "--key-file".into(),
+                key.display().to_string(),
+                "--trusted-ca-file".into(),
+                ca_file.display().to_string(),
+                "--client-cert-auth".into(),
+            ]);
+        }
     }
     ca_file
 }
@@ -158,7 +170,7 @@ fn a_forged_message_moves_the_term_of_a_plain_cluster() {
 fn forged_and_foreign_peers_are_refused_and_move_nothing() {
     let ca = Authority::new("cluster-ca").expect("ca");
     let mut c = Cluster::new(139, 3);
-    with_peer_tls(&mut c, &ca);
+    with_tls(&mut c, &ca, false);
     c.bootstrap();
     let (leader, term) = c.wait_leader(ELECTION);
     c.put_ok(leader, "before", "1");
@@ -222,4 +234,57 @@ fn forged_and_foreign_peers_are_refused_and_move_nothing() {
     assert_eq!(c.wait_leader(ELECTION), (leader, term), "the leader and term did not change");
     c.put_ok(follower, "after", "2");
     assert_eq!(term_of(&c, follower), term);
+}
+
+/// etcdctl 3.4 over TLS with a client certificate, through every member of a cluster whose
+/// both ports require certificates: writes and reads through followers (which reach the leader
+/// over the peer port's TLS, and, for a put that asks for the previous value, over the leader's
+/// TLS client port). Without a certificate of the CA, etcdctl is refused.
+#[test]
+fn etcdctl_speaks_to_a_cluster_with_tls_on_both_ports() {
+    if !crate::grpc_api::etcdctl_available() {
+        return;
+    }
+    let ca = Authority::new("cluster-ca").expect("ca");
+    let mut c = Cluster::new(140, 3);
+    let ca_file = with_tls(&mut c, &ca, true);
+    let client = ca.issue("root", &[]).expect("issue");
+    let (cert, key) = write_issued(&c.dir.path().join("pki"), "client", &client);
+    c.bootstrap();
+    let flags = [
+        format!("--cacert={}", ca_file.display()),
+        format!("--cert={}", cert.display()),
+        format!("--key={}", key.display()),
+    ];
+    let run = |i: usize, args: &[&str]| {
+        let mut all: Vec<&str> = flags.iter().map(String::as_str).collect();
+        all.extend(args);
+        crate::grpc_api::ctl(&c.members[i].client_url(), &all, "", Duration::from_secs(15))
+    };
+    wait_for("a leader, seen through etcdctl over TLS", ELECTION, || {
+        let status = run(0, &["endpoint", "status", "-w", "json"]);
+        (status.ok && status.out.contains("\"leader\":") && !status.out.contains("\"leader\":0")).then_some(())
+    });
+    for i in 0..3 {
+        let key = format!("k{i}");
+        let put = run(i, &["put", &key, "v"]);
+        assert!(put.ok && put.out.trim() == "OK", "put through etcd-{i}: {put:?}");
+        let get = run(i, &["get", &key, "--print-value-only"]);
+        assert_eq!((get.ok, get.out.trim()), (true, "v"), "get through etcd-{i}: {get:?}");
+        let again = run(i, &["put", &key, "w", "--prev-kv"]);
+        assert!(again.ok && again.out.contains("OK") && again.out.contains(&key), "put --prev-kv through etcd-{i}: {again:?}");
+    }
+    // Trusting the CA is not enough: the port wants a certificate of it.
+    let anonymous =
+        crate::grpc_api::ctl(&c.members[0].client_url(), &[&flags[0], "get", "k0"], "", Duration::from_secs(15));
+    assert!(!anonymous.ok, "{anonymous:?}");
+    let foreign = Authority::new("another-ca").expect("ca");
+    let (fcert, fkey) = write_issued(&c.dir.path().join("pki"), "foreign", &foreign.issue("root", &[]).expect("issue"));
+    let stranger = crate::grpc_api::ctl(
+        &c.members[0].client_url(),
+        &[&flags[0], &format!("--cert={}", fcert.display()), &format!("--key={}", fkey.display()), "get", "k0"],
+        "",
+        Duration::from_secs(15),
+    );
+    assert!(!stranger.ok, "{stranger:?}");
 }
