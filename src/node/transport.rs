@@ -609,7 +609,9 @@ pub(super) fn check_sender(
         return Err((StatusCode::PRECONDITION_FAILED, why));
     }
     if server.require_identity && from != 0 {
-        if let Err(why) = check_identity(shared, from, extensions.get::<PeerCertificate>(), header(headers, HEADER_PEER_URL)) {
+        if let Err(why) =
+            check_identity(shared, from, extensions.get::<PeerCertificate>(), header(headers, HEADER_PEER_URL))
+        {
             shared.metrics.peer_messages_rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(from = %format!("{from:x}"), %why, "rejected a peer whose certificate is not its own");
             shared.set_error("peers", Some(format!("rejected member {from:x}: {why}")));
@@ -626,7 +628,12 @@ pub(super) fn check_sender(
 /// issued for something else speak for any member. A member that knows no peer URL for the
 /// sender (it joined, and its log has not told it the configuration yet) checks the URL the
 /// sender claims (`X-Kuberaft-Peer-URL`) instead, which it then learns.
-fn check_identity(shared: &Shared, from: u64, cert: Option<&PeerCertificate>, claimed: Option<&str>) -> Result<(), String> {
+fn check_identity(
+    shared: &Shared,
+    from: u64,
+    cert: Option<&PeerCertificate>,
+    claimed: Option<&str>,
+) -> Result<(), String> {
     let Some(cert) = cert else {
         return Err(format!("member {from:x} presented no certificate"));
     };
@@ -634,7 +641,8 @@ fn check_identity(shared: &Shared, from: u64, cert: Option<&PeerCertificate>, cl
     let Some(url) = known.or_else(|| claimed.map(str::to_string)) else {
         return Err(format!("member {from:x} is not a member this one knows the peer URL of"));
     };
-    let host = crate::base::ids::url_host(&url).ok_or_else(|| format!("member {from:x}'s peer URL {url} has no host"))?;
+    let host =
+        crate::base::ids::url_host(&url).ok_or_else(|| format!("member {from:x}'s peer URL {url} has no host"))?;
     certificate_names(&cert.0, host).map_err(|why| format!("member {from:x} (peer URL {url}): {why}"))
 }
 

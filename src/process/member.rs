@@ -2,6 +2,7 @@
 //! them; each step says what it decides and fails with a [`StartError`].
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -126,37 +127,34 @@ struct Tls {
 
 impl Tls {
     fn check(args: &NodeArgs) -> Result<Tls, StartError> {
-        let failed = |what: &str, e: TlsError| StartError::from(format!("cannot set up TLS for {what}: {e}"));
+        let failed =
+            |what: &'static str| move |e: TlsError| StartError::from(format!("cannot set up TLS for {what}: {e}"));
+        let files = |cert: &Option<PathBuf>, key: &Option<PathBuf>, ca: &Option<PathBuf>, auth: bool| {
+            Some(TlsFiles { cert: cert.clone()?, key: key.clone()?, trusted_ca: ca.clone(), client_cert_auth: auth })
+        };
         let mut tls = Tls { peer_identity: args.peer_client_cert_auth, ..Tls::default() };
-        if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
-            let files = TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                trusted_ca: args.trusted_ca_file.clone(),
-                client_cert_auth: args.client_cert_auth,
-            };
-            tls.client = Some(Arc::new(ServerTls::server(files.clone()).map_err(|e| failed("clients", e))?));
-            if files.trusted_ca.is_none() {
-                return Err(StartError::from(
-                    "--cert-file needs --trusted-ca-file too: followers forward requests to the leader's client port, \
-                     and check its certificate against that CA",
-                ));
+        match files(&args.cert_file, &args.key_file, &args.trusted_ca_file, args.client_cert_auth) {
+            Some(files) => {
+                tls.client = Some(Arc::new(ServerTls::server(files.clone()).map_err(failed("clients"))?));
+                if files.trusted_ca.is_none() {
+                    return Err(StartError::from(
+                        "--cert-file needs --trusted-ca-file too: followers forward requests to the leader's client \
+                         port, and check its certificate against that CA",
+                    ));
+                }
+                tls.leader_calls =
+                    Some(Arc::new(ClientTls::http1(files.clone()).map_err(failed("calls to the leader"))?));
+                tls.leader_calls_h2 = Some(Arc::new(ClientTls::h2(files).map_err(failed("calls to the leader"))?));
             }
-            let forwarding = |e| failed("calls to the leader", e);
-            tls.leader_calls = Some(Arc::new(ClientTls::http1(files.clone()).map_err(forwarding)?));
-            tls.leader_calls_h2 = Some(Arc::new(ClientTls::h2(files).map_err(|e| failed("calls to the leader", e))?));
-        } else if args.client_cert_auth {
-            return Err(StartError::from("--client-cert-auth needs --cert-file, --key-file and --trusted-ca-file"));
+            None if args.client_cert_auth => {
+                return Err(StartError::from("--client-cert-auth needs --cert-file, --key-file and --trusted-ca-file"))
+            }
+            None => {}
         }
-        if let (Some(cert), Some(key)) = (&args.peer_cert_file, &args.peer_key_file) {
-            let files = TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                trusted_ca: args.peer_trusted_ca_file.clone(),
-                client_cert_auth: args.peer_client_cert_auth,
-            };
-            tls.peer = Some(Arc::new(ServerTls::server(files.clone()).map_err(|e| failed("peers", e))?));
-            tls.peer_calls = Some(Arc::new(ClientTls::http1(files).map_err(|e| failed("calls to peers", e))?));
+        let peer = &args.peer_trusted_ca_file;
+        if let Some(files) = files(&args.peer_cert_file, &args.peer_key_file, peer, args.peer_client_cert_auth) {
+            tls.peer = Some(Arc::new(ServerTls::server(files.clone()).map_err(failed("peers"))?));
+            tls.peer_calls = Some(Arc::new(ClientTls::http1(files).map_err(failed("calls to peers"))?));
         }
         Ok(tls)
     }
@@ -620,4 +618,66 @@ fn while_answering_peers<T>(
         }
         outcome
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Node {
+        #[command(flatten)]
+        args: NodeArgs,
+    }
+
+    /// `Flags::check`'s refusal of these flags (on top of a plain three-member start), or "ok".
+    fn refusal(dir: &std::path::Path, extra: &[&str], scheme: &str) -> String {
+        let mut argv: Vec<String> = ["kuberaft", "--name", "a", "--data-dir", dir.to_str().expect("path")]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let url = |port: u16| format!("{scheme}://127.0.0.1:{port}");
+        argv.extend(["--listen-client-url".into(), url(2379), "--advertise-client-url".into(), url(2379)]);
+        argv.extend(["--listen-peer-url".into(), url(2380), "--advertise-peer-url".into(), url(2380)]);
+        argv.extend(["--initial-cluster".into(), format!("a={}", url(2380))]);
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let node = Node::try_parse_from(argv).expect("parses");
+        match Flags::check(&node.args) {
+            Ok(_) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn tls_flags_and_url_schemes_must_agree() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = crate::base::pki::Authority::new("ca").expect("ca");
+        let issued = ca.issue("a", &["127.0.0.1"]).expect("issue");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::write(path("c.pem"), &issued.cert_pem).expect("write");
+        std::fs::write(path("k.pem"), &issued.key_pem).expect("write");
+        std::fs::write(path("ca.pem"), ca.cert_pem()).expect("write");
+        let (c, k, ca) = (path("c.pem"), path("k.pem"), path("ca.pem"));
+        let client = ["--cert-file", &c, "--key-file", &k, "--trusted-ca-file", &ca];
+        let peer = ["--peer-cert-file", &c, "--peer-key-file", &k, "--peer-trusted-ca-file", &ca];
+        let both: Vec<&str> = client.iter().chain(peer.iter()).copied().collect();
+
+        assert_eq!(refusal(dir.path(), &[], "http"), "ok");
+        assert_eq!(refusal(dir.path(), &both, "https"), "ok");
+        let e = refusal(dir.path(), &[], "https");
+        assert!(e.contains("--listen-client-url https://127.0.0.1:2379 is https://, which needs --cert-file"), "{e}");
+        let e = refusal(dir.path(), &client, "http");
+        assert!(e.contains("is http://, but --cert-file and --key-file are given: use https://"), "{e}");
+        let e = refusal(dir.path(), &peer, "http");
+        assert!(e.contains("--listen-peer-url http://127.0.0.1:2380 is http://, but --peer-cert-file"), "{e}");
+        let e = refusal(dir.path(), &["--cert-file", &c, "--key-file", &k], "https");
+        assert!(e.contains("--cert-file needs --trusted-ca-file"), "{e}");
+        let e = refusal(dir.path(), &["--client-cert-auth"], "http");
+        assert!(e.contains("--client-cert-auth needs --cert-file"), "{e}");
+        let missing = path("missing.pem");
+        let e = refusal(dir.path(), &["--cert-file", &missing, "--key-file", &k, "--trusted-ca-file", &ca], "https");
+        assert!(e.starts_with("cannot set up TLS for clients: ") && e.contains("missing.pem"), "{e}");
+    }
 }

@@ -272,7 +272,10 @@ fn etcdctl_speaks_to_a_cluster_with_tls_on_both_ports() {
         let get = run(i, &["get", &key, "--print-value-only"]);
         assert_eq!((get.ok, get.out.trim()), (true, "v"), "get through etcd-{i}: {get:?}");
         let again = run(i, &["put", &key, "w", "--prev-kv"]);
-        assert!(again.ok && again.out.contains("OK") && again.out.contains(&key), "put --prev-kv through etcd-{i}: {again:?}");
+        assert!(
+            again.ok && again.out.contains("OK") && again.out.contains(&key),
+            "put --prev-kv through etcd-{i}: {again:?}"
+        );
     }
     // Trusting the CA is not enough: the port wants a certificate of it.
     let anonymous =
