@@ -132,7 +132,7 @@ impl Dial {
         http.set_nodelay(true);
         // `https://` is this connector's to handle.
         http.enforce_http(false);
-        Connector { http, tls: self.tls.clone() }
+        Connector { http, tls: self.tls.clone(), handshake_timeout: self.connect_timeout }
     }
 }
 
@@ -142,6 +142,8 @@ impl Dial {
 pub struct Connector {
     http: HttpConnector,
     tls: Option<Arc<ClientTls>>,
+    /// The TLS handshake's own bound, as the TCP connection's.
+    handshake_timeout: Duration,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -167,11 +169,15 @@ impl tower::Service<Uri> for Connector {
         };
         let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
         let dial = self.http.call(uri);
+        let timeout = self.handshake_timeout;
         Box::pin(async move {
             let tcp = dial.await?.into_inner();
             let Some(config) = tls else { return Ok(TokioIo::new(MaybeTls::Plain(tcp))) };
             let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host:?} is not a host name: {e}"))?;
-            let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+            let stream = tokio::time::timeout(timeout, handshake)
+                .await
+                .map_err(|_| format!("no TLS handshake with {host} within {} ms", timeout.as_millis()))??;
             Ok(TokioIo::new(MaybeTls::Tls(Box::new(stream.into()))))
         })
     }
