@@ -693,19 +693,7 @@ mod tests {
         use crate::http::tls::{ClientTls, TlsFiles};
 
         let dir = tempfile::tempdir().expect("dir");
-        let write = |name: &str, ca: &Authority| {
-            let issued = ca.issue(name, &["127.0.0.1"]).expect("issue");
-            let files = TlsFiles {
-                cert: dir.path().join(format!("{name}.pem")),
-                key: dir.path().join(format!("{name}-key.pem")),
-                trusted_ca: Some(dir.path().join(format!("{name}-ca.pem"))),
-                client_cert_auth: true,
-            };
-            std::fs::write(&files.cert, issued.cert_pem).expect("write");
-            std::fs::write(&files.key, issued.key_pem).expect("write");
-            std::fs::write(files.trusted_ca.as_ref().expect("ca"), ca.cert_pem()).expect("write");
-            files
-        };
+        let write = |name: &str, ca: &Authority| crate::http::tls::test_files(dir.path(), name, ca, true);
         let (ours, theirs) = (Authority::new("ours").expect("ca"), Authority::new("theirs").expect("ca"));
         let server_files = write("server", &ours);
         let router = Router::new().route(

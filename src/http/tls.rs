@@ -181,10 +181,6 @@ impl<T> Reloading<T> {
         Ok(Reloading { files, build: Box::new(build), current })
     }
 
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
-    }
-
     /// The configuration for a new connection: rebuilt first if the files changed since the
     /// last look (at most one look per [`RELOAD_CHECK`]).
     pub fn current(&self) -> Arc<T> {
@@ -248,24 +244,30 @@ pub fn certificate_names(cert: &CertificateDer<'_>, host: &str) -> Result<(), St
     rustls::client::verify_server_name(&parsed, &name).map_err(|_| format!("the certificate is not issued for {host}"))
 }
 
+/// Writes a certificate of `ca` for 127.0.0.1 (`<name>.pem`, `<name>-key.pem`) and `ca`'s own
+/// (`<name>-ca.pem`) in `dir`, for tests.
+#[cfg(test)]
+pub(crate) fn test_files(dir: &Path, name: &str, ca: &crate::base::pki::Authority, client_cert_auth: bool) -> TlsFiles {
+    let issued = ca.issue(name, &["127.0.0.1"]).expect("issue");
+    let files = TlsFiles {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}-key.pem")),
+        trusted_ca: Some(dir.join(format!("{name}-ca.pem"))),
+        client_cert_auth,
+    };
+    fs::write(&files.cert, &issued.cert_pem).expect("write");
+    fs::write(&files.key, &issued.key_pem).expect("write");
+    fs::write(files.trusted_ca.as_ref().expect("ca"), ca.cert_pem()).expect("write");
+    files
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::base::pki::Authority;
 
-    /// A CA, and a certificate of it for 127.0.0.1, written as files in `dir`.
     fn files_in(dir: &Path, ca: &Authority, client_cert_auth: bool) -> TlsFiles {
-        let issued = ca.issue("member", &["127.0.0.1"]).expect("issue");
-        let files = TlsFiles {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-            trusted_ca: Some(dir.join("ca.pem")),
-            client_cert_auth,
-        };
-        fs::write(&files.cert, &issued.cert_pem).expect("write");
-        fs::write(&files.key, &issued.key_pem).expect("write");
-        fs::write(files.trusted_ca.as_ref().expect("ca"), ca.cert_pem()).expect("write");
-        files
+        test_files(dir, "member", ca, client_cert_auth)
     }
 
     #[test]

@@ -608,10 +608,8 @@ pub(super) fn check_sender(
         shared.set_error("peers", Some(format!("rejected messages from member {from:x} of cluster {theirs}")));
         return Err((StatusCode::PRECONDITION_FAILED, why));
     }
-    if server.require_identity && from != 0 {
-        if let Err(why) =
-            check_identity(shared, from, extensions.get::<PeerCertificate>(), header(headers, HEADER_PEER_URL))
-        {
+    if server.require_identity {
+        if let Err(why) = check_identity(shared, from, extensions.get::<PeerCertificate>()) {
             shared.metrics.peer_messages_rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(from = %format!("{from:x}"), %why, "rejected a peer whose certificate is not its own");
             shared.set_error("peers", Some(format!("rejected member {from:x}: {why}")));
@@ -623,22 +621,20 @@ pub(super) fn check_sender(
 
 /// With `--peer-client-cert-auth`: the certificate a sender presented (its chain to the
 /// cluster's CA checked in the handshake) must be issued for the host of the peer URL this
-/// member has for it (from the configuration, or from what such a checked sender said of
-/// itself), so one member's certificate cannot speak for another, nor a certificate of the CA
-/// issued for something else speak for any member. A member that knows no peer URL for the
-/// sender (it joined, and its log has not told it the configuration yet) checks the URL the
-/// sender claims (`X-Kuberaft-Peer-URL`) instead, which it then learns.
-fn check_identity(
-    shared: &Shared,
-    from: u64,
-    cert: Option<&PeerCertificate>,
-    claimed: Option<&str>,
-) -> Result<(), String> {
+/// member has for it, from the configuration it has applied, the initial list, or (a member
+/// that joined) the leader's view it joined through. So one member's certificate cannot speak
+/// for another, a certificate of the CA issued for something else cannot speak for any member,
+/// and a request that names no sender, or a sender this member knows no peer URL of, is refused
+/// (a member added since this one last applied the configuration is refused until it has, and
+/// its sender retries).
+fn check_identity(shared: &Shared, from: u64, cert: Option<&PeerCertificate>) -> Result<(), String> {
+    if from == 0 {
+        return Err("the request names no sending member".into());
+    }
     let Some(cert) = cert else {
         return Err(format!("member {from:x} presented no certificate"));
     };
-    let known = shared.address(from).map(|a| a.peer_url).filter(|u| !u.is_empty());
-    let Some(url) = known.or_else(|| claimed.map(str::to_string)) else {
+    let Some(url) = shared.address(from).map(|a| a.peer_url).filter(|u| !u.is_empty()) else {
         return Err(format!("member {from:x} is not a member this one knows the peer URL of"));
     };
     let host =
@@ -880,7 +876,7 @@ async fn join(
     };
     // A member may claim only its own id.
     if server.require_identity {
-        if let Err(why) = check_identity(shared, id, cert.as_ref().map(|c| &c.0), None) {
+        if let Err(why) = check_identity(shared, id, cert.as_ref().map(|c| &c.0)) {
             return reject(StatusCode::FORBIDDEN, why);
         }
     }
@@ -912,8 +908,8 @@ mod tests {
         Arc::new(Shared::for_tests(1, "etcd-0", 0, ""))
     }
 
-    /// A sender's certificate must name the host of the peer URL this member has for it, or,
-    /// for a sender it knows no URL of, the one the sender claims.
+    /// A sender's certificate must name the host of the peer URL this member has for it; a
+    /// request naming no sender, or a sender it knows no URL of, is refused.
     #[test]
     fn a_senders_certificate_must_be_issued_for_its_own_peer_url() {
         use crate::base::pki::Authority;
@@ -927,15 +923,15 @@ mod tests {
             PeerCertificate(Arc::new(der))
         };
         let (own, others) = (cert_for("127.0.0.2"), cert_for("127.0.0.3"));
-        assert_eq!(check_identity(&shared, 2, Some(&own), None), Ok(()));
-        // The claim does not override what this member knows.
-        let e = check_identity(&shared, 2, Some(&others), Some("https://127.0.0.3:2380")).expect_err("another's");
+        assert_eq!(check_identity(&shared, 2, Some(&own)), Ok(()));
+        let e = check_identity(&shared, 2, Some(&others)).expect_err("another's");
         assert_eq!(e, "member 2 (peer URL https://127.0.0.2:2380): the certificate is not issued for 127.0.0.2");
-        assert_eq!(check_identity(&shared, 2, None, None), Err("member 2 presented no certificate".into()));
-        // A sender this member knows no URL of is held to its claim.
-        assert_eq!(check_identity(&shared, 3, Some(&others), Some("https://127.0.0.3:2380")), Ok(()));
-        assert!(check_identity(&shared, 3, Some(&others), Some("https://127.0.0.4:2380")).is_err());
-        assert!(check_identity(&shared, 3, Some(&others), None).is_err());
+        assert_eq!(check_identity(&shared, 2, None), Err("member 2 presented no certificate".into()));
+        assert_eq!(check_identity(&shared, 0, Some(&own)), Err("the request names no sending member".into()));
+        assert_eq!(
+            check_identity(&shared, 3, Some(&others)),
+            Err("member 3 is not a member this one knows the peer URL of".into())
+        );
     }
 
     fn heartbeat(to: NodeId) -> Message {

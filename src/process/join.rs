@@ -79,13 +79,16 @@ pub(super) async fn bootstrap_when_unformed(
 
 /// `existing` with empty data: joins as the learner the leader lists under this member's peer
 /// URL, once the leader has recorded the start (`join::decide_existing`, `Command::Join`).
+/// Returns, with who it is, the members of the leader's view: their ids and peer URLs, which
+/// this member needs before its log tells it the configuration (a sender's identity is checked
+/// against the peer URL this member has for its id, `node::transport::check_identity`).
 /// Never on a follower's word; a member whose id voted or started before is refused as data
 /// lost. Gives up after 30 s without a decision (the pod restarts and asks again).
 pub(super) async fn join_existing(
     me: &join::Joiner,
     initial: &[InitialMember],
     dial: Dial,
-) -> Result<MemberMeta, StartError> {
+) -> Result<(MemberMeta, Vec<join::PeerMember>), StartError> {
     const ATTEMPTS: usize = 60;
     let http = join_client(dial);
     let mut last = String::new();
@@ -103,7 +106,9 @@ pub(super) async fn join_existing(
                         match serde_json::from_slice::<JoinAnswer>(&answer.body) {
                             Ok(answer) if answer.joined => {
                                 tracing::info!(id = %format!("{id:x}"), leader = %via, "joining as a new learner");
-                                return Ok(MemberMeta { cluster_id, member_id: id, name: me.name.clone() });
+                                let meta = MemberMeta { cluster_id, member_id: id, name: me.name.clone() };
+                                let known = views.into_iter().find(|v| v.peer_url == via).map(|v| v.members);
+                                return Ok((meta, known.unwrap_or_default()));
                             }
                             Ok(answer) if status == StatusCode::CONFLICT && answer.data_lost => {
                                 return Err(StartError::data_lost(answer.reason))

@@ -25,7 +25,7 @@ use crate::http::serve::{serve, PortStats, CLIENT_PORT, PEER_PORT};
 use crate::http::tls::{ClientTls, ServerTls, TlsError, TlsFiles};
 use crate::node::compactor::{self, Retention};
 use crate::node::join::Joiner;
-use crate::node::join::PeerView;
+use crate::node::join::{PeerMember, PeerView};
 use crate::node::runtime::{RaftLoop, INPUT_QUEUE, TICK_MS};
 use crate::node::shared::{AddressBook, LoopStatus, Metrics, Shared};
 use crate::node::transport::{self, PeerLimits, PeerServer, Transport, MEMBERS_PATH};
@@ -63,7 +63,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
     let cfg = raft_config(start.meta.member_id, &args)?;
     let peer_limits = PeerLimits::new(cfg.max_msg_bytes, args.max_value_bytes);
     let raw = RawNode::new(Raft::new(cfg, start.state).map_err(|e| StartError::from(e.to_string()))?);
-    let shared = Arc::new(shared_state(&args, &flags, &start.meta, start.problems, &raw, kv));
+    let shared = Arc::new(shared_state(&args, &flags, &start.meta, start.problems, &start.known, &raw, kv));
 
     // The Raft loop's thread, and its peer transport.
     let (tx, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
@@ -233,6 +233,8 @@ struct Start {
     meta: MemberMeta,
     state: InitialState,
     problems: Vec<String>,
+    /// Members known before the log says (a joining member: the leader's view it joined through).
+    known: Vec<PeerMember>,
 }
 
 /// The bootstrap policy. With data, the durable state is the truth and the flags only matter
@@ -267,17 +269,17 @@ fn decide_start(
                 )));
             }
             let state = InitialState::restart(durable.hard_state, durable.snapshot, durable.entries);
-            Ok(Start { meta, state, problems })
+            Ok(Start { meta, state, problems, known: Vec::new() })
         }
         _ => match args.initial_cluster_state {
             ClusterState::New => bootstrap(args, flags, runtime),
             ClusterState::Existing => {
                 let joiner = Joiner { name: args.name.clone(), peer_url: flags.advertise_peer_url.clone() };
-                let meta =
+                let (meta, known) =
                     while_answering_peers(runtime, flags.peer_addr, flags.tls.peer.clone(), flags.cluster_id, async {
                         join_existing(&joiner, &flags.initial, flags.peer_dial()).await
                     })?;
-                Ok(Start { meta, state: InitialState::default(), problems: Vec::new() })
+                Ok(Start { meta, state: InitialState::default(), problems: Vec::new(), known })
             }
         },
     }
@@ -325,7 +327,7 @@ fn bootstrap(args: &NodeArgs, flags: &Flags, runtime: &Runtime) -> Result<Start,
         )
         .await
     })?;
-    Ok(Start { meta, state: InitialState::bootstrap(&voters), problems: Vec::new() })
+    Ok(Start { meta, state: InitialState::bootstrap(&voters), problems: Vec::new(), known: Vec::new() })
 }
 
 /// Writes `member.json` (only when it changed: a restart must not need free space, so that a
@@ -420,18 +422,23 @@ fn restore_state_machine(args: &NodeArgs, state: &InitialState) -> Result<KvStor
 }
 
 /// What the Raft loop, the transport and the servers share, with the address book filled from
-/// the initial list, the restored membership and this member's own flags.
+/// the initial list, the members `known` before the log says, the restored membership and this
+/// member's own flags.
 fn shared_state(
     args: &NodeArgs,
     flags: &Flags,
     meta: &MemberMeta,
     problems: Vec<String>,
+    known: &[PeerMember],
     raw: &RawNode,
     kv: KvStore,
 ) -> Shared {
     let addresses = AddressBook::default();
     for m in &flags.initial {
         addresses.learn(initial_member_id(meta.cluster_id, m), &m.name, &m.peer_url, "");
+    }
+    for m in known {
+        addresses.learn(m.id, &m.name, &m.peer_url, "");
     }
     for (info, _) in kv.members() {
         addresses.learn(info.id, &info.name, &info.peer_url, &info.client_url);
@@ -654,12 +661,10 @@ mod tests {
     fn tls_flags_and_url_schemes_must_agree() {
         let dir = tempfile::tempdir().expect("dir");
         let ca = crate::base::pki::Authority::new("ca").expect("ca");
-        let issued = ca.issue("a", &["127.0.0.1"]).expect("issue");
-        let path = |name: &str| dir.path().join(name).display().to_string();
-        std::fs::write(path("c.pem"), &issued.cert_pem).expect("write");
-        std::fs::write(path("k.pem"), &issued.key_pem).expect("write");
-        std::fs::write(path("ca.pem"), ca.cert_pem()).expect("write");
-        let (c, k, ca) = (path("c.pem"), path("k.pem"), path("ca.pem"));
+        let files = crate::http::tls::test_files(dir.path(), "a", &ca, false);
+        let path = |p: &std::path::Path| p.display().to_string();
+        let (c, k) = (path(&files.cert), path(&files.key));
+        let ca = path(files.trusted_ca.as_deref().expect("ca"));
         let client = ["--cert-file", &c, "--key-file", &k, "--trusted-ca-file", &ca];
         let peer = ["--peer-cert-file", &c, "--peer-key-file", &k, "--peer-trusted-ca-file", &ca];
         let both: Vec<&str> = client.iter().chain(peer.iter()).copied().collect();
@@ -676,7 +681,7 @@ mod tests {
         assert!(e.contains("--cert-file needs --trusted-ca-file"), "{e}");
         let e = refusal(dir.path(), &["--client-cert-auth"], "http");
         assert!(e.contains("--client-cert-auth needs --cert-file"), "{e}");
-        let missing = path("missing.pem");
+        let missing = path(&dir.path().join("missing.pem"));
         let e = refusal(dir.path(), &["--cert-file", &missing, "--key-file", &k, "--trusted-ca-file", &ca], "https");
         assert!(e.starts_with("cannot set up TLS for clients: ") && e.contains("missing.pem"), "{e}");
     }

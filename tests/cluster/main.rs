@@ -150,7 +150,7 @@ fn partitioned_follower_is_stale_only_for_serializable_reads() {
     assert_eq!(c.get(follower, "k", "linearizable"), (200, "new".into()));
 }
 
-fn add_member(c: &Cluster, via: usize, i: usize, learner: bool) -> String {
+pub(crate) fn add_member(c: &Cluster, via: usize, i: usize, learner: bool) -> String {
     let m = &c.members[i];
     let body = json!({"name": m.name, "peerURL": m.peer_url(), "clientURL": m.client_url(), "learner": learner});
     wait_for("member add", ELECTION, || {

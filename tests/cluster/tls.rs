@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kuberaft::base::pki::{Authority, Issued};
 use kuberaft::node::transport::{
-    encode_messages, HEADER_CLUSTER_ID, HEADER_FROM, JOIN_PATH, MESSAGES_PATH, PEER_CONTENT_TYPE,
+    encode_messages, HEADER_CLUSTER_ID, HEADER_FROM, HEADER_PEER_URL, JOIN_PATH, MESSAGES_PATH, PEER_CONTENT_TYPE,
 };
 use kuberaft::raft::{Message, MessageBody};
 use rustls::pki_types::pem::PemObject;
@@ -73,6 +73,7 @@ enum Forger<'a> {
 
 /// POSTs `body` to `path` on `ip`'s peer port as `from` of `cluster` would; the answer's status
 /// line, or why there is none.
+/// `from` may carry further header lines after the id (`"7\r\nx-kuberaft-peer-url: ..."`).
 fn forge(forger: &Forger<'_>, ip: &str, path: &str, cluster: &str, from: &str, body: &[u8]) -> Result<String, String> {
     let content_type = if path == JOIN_PATH { "application/json" } else { PEER_CONTENT_TYPE };
     let head = format!(
@@ -217,6 +218,14 @@ fn forged_and_foreign_peers_are_refused_and_move_nothing() {
     let tls = Forger::Tls { server_ca: ca.cert_pem(), cert: Some(&stray) };
     let answer = forge(&tls, &ip, MESSAGES_PATH, &cluster, &from, &body).expect("an HTTP answer");
     assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("not issued for"), "{answer}");
+    // ... nor under an id no member has, claiming its own host as its peer URL,
+    let unknown = format!("abc\r\n{HEADER_PEER_URL}: https://127.139.0.99:{PEER_PORT}");
+    let answer = forge(&tls, &ip, MESSAGES_PATH, &cluster, &unknown, &forged_heartbeat(0xabc, ids[follower], term))
+        .expect("an HTTP answer");
+    assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("knows the peer URL of"), "{answer}");
+    // ... nor naming no sender at all.
+    let answer = forge(&tls, &ip, MESSAGES_PATH, &cluster, "", &body).expect("an HTTP answer");
+    assert!(answer.starts_with("HTTP/1.1 403") && answer.contains("names no sending member"), "{answer}");
     // One member's own certificate speaking for another member (the leader).
     let others = ca.issue("etcd-other", &[&c.members[other].ip]).expect("issue");
     let tls = Forger::Tls { server_ca: ca.cert_pem(), cert: Some(&others) };
@@ -234,6 +243,49 @@ fn forged_and_foreign_peers_are_refused_and_move_nothing() {
     assert_eq!(c.wait_leader(ELECTION), (leader, term), "the leader and term did not change");
     c.put_ok(follower, "after", "2");
     assert_eq!(term_of(&c, follower), term);
+}
+
+/// A member that joins a cluster with `--peer-client-cert-auth` takes messages from a leader
+/// that was added after the bootstrap: it knows the leader's id and peer URL from the leader's
+/// view it joined through, before its log tells it the configuration. (Its `--initial-cluster`
+/// names the leader too, but under the id the bootstrap would have given it, which is not the
+/// id the leader was added with.)
+#[test]
+fn a_member_joining_a_tls_cluster_takes_messages_from_a_leader_added_after_the_bootstrap() {
+    let ca = Authority::new("cluster-ca").expect("ca");
+    let mut c = Cluster::new(141, 3);
+    for i in 3..5 {
+        c.add_member_slot(i);
+    }
+    with_tls(&mut c, &ca, false);
+    let initial = c.initial_cluster(&[0, 1, 2]);
+    for i in 0..3 {
+        c.start(i, &initial, "new");
+    }
+    let (leader, _) = c.wait_leader(ELECTION);
+    c.put_ok(leader, "k", "v");
+    for i in 3..5 {
+        let (leader, _) = c.wait_leader(ELECTION);
+        let id = crate::add_member(&c, leader, i, true);
+        let everyone: Vec<usize> = (0..=i).collect();
+        c.start(i, &c.initial_cluster(&everyone), "existing");
+        wait_for(&format!("etcd-{i} catches up"), ELECTION, || {
+            (c.get(i, "k", "serializable") == (200, "v".into())).then_some(())
+        });
+        if i == 3 {
+            wait_for("etcd-3 is promoted", ELECTION, || {
+                let url = format!("{}/v1/members/{id}/promote", c.members[leader].client_url());
+                c.http.post(url).send().ok()?.status().is_success().then_some(())
+            });
+            c.transfer_leader(leader, 3, ELECTION);
+        }
+    }
+    c.put_ok(3, "k2", "w");
+    wait_for("etcd-4 applies the added leader's writes", ELECTION, || {
+        (c.get(4, "k2", "serializable") == (200, "w".into())).then_some(())
+    });
+    let log = c.log_text(4);
+    assert!(!log.contains("not a member this one knows"), "etcd-4 refused the leader: {}", c.log_tail(4));
 }
 
 /// etcdctl 3.4 over TLS with a client certificate, through every member of a cluster whose
