@@ -93,6 +93,9 @@ pub struct Api {
     pub http: HttpClient,
     /// How the gRPC API dials the leader to forward (`api::grpc`).
     pub leader_dial: Dial,
+    /// How the member's lock and election services reach its own client port
+    /// (`api::grpc::recipes`): with its client TLS files, when the port speaks TLS.
+    pub own_tls: Option<crate::base::tls::TlsFiles>,
 }
 
 /// The client port: etcd's gRPC API for requests with `content-type: application/grpc`

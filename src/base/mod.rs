@@ -12,4 +12,5 @@ pub mod pki;
 pub mod quorum;
 pub mod rng;
 pub mod signal;
+pub mod tls;
 pub mod wire;

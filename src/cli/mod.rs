@@ -18,13 +18,14 @@ pub mod txn;
 pub mod watch;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::base::wire::{parse_id, DEFAULT_CLIENT_PORT};
-use crate::client::{Client, ClientConfig, ClientError, DEFAULT_REQUEST_TIMEOUT};
+use crate::client::{Client, ClientConfig, ClientError, TlsOptions, DEFAULT_REQUEST_TIMEOUT};
 
 pub use crate::base::output::{to_json_line, write_stderr, write_stdout, CliError};
 pub use dev::DevArgs;
@@ -96,13 +97,25 @@ pub struct ClientArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub timeout_ms: u64,
+    /// For https:// endpoints: the CA file the members' certificates chain to (etcdctl's --cacert).
+    #[arg(long, global = true, env = "KUBERAFT_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// This client's certificate, for members that require one (etcdctl's --cert).
+    #[arg(long, global = true, env = "KUBERAFT_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The key of --cert (etcdctl's --key).
+    #[arg(long, global = true, env = "KUBERAFT_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 impl ClientArgs {
     pub fn client(&self) -> Result<Client, CliError> {
         // "a,b," and "a,,b" leave empty entries; they are typos, not endpoints.
         let endpoints: Vec<String> = self.endpoints.iter().filter(|e| !e.trim().is_empty()).cloned().collect();
-        let config = ClientConfig::with_request_timeout(Duration::from_millis(self.timeout_ms));
+        let config = ClientConfig {
+            tls: TlsOptions { cacert: self.cacert.clone(), cert: self.cert.clone(), key: self.key.clone() },
+            ..ClientConfig::with_request_timeout(Duration::from_millis(self.timeout_ms))
+        };
         Ok(Client::with_config(endpoints, config)?)
     }
 }

@@ -3,7 +3,7 @@
 //! first; on a connection failure, a timeout or a 503 ("not proposed, safe to retry") it moves on
 //! to the next endpoint, at most twice over the list and never past an overall deadline. A 504
 //! ("proposed, outcome unknown") or any 4xx is returned as is, never retried. It depends on
-//! nothing of ours but `crate::base::wire`.
+//! nothing of ours but `crate::base` (`wire`, and `tls` for `https://` endpoints).
 
 pub mod concurrency;
 mod encode;
@@ -160,6 +160,42 @@ pub struct ClientConfig {
     pub deadline: Duration,
     /// Host names answered from this table instead of DNS (tests that run members as pods do).
     pub resolve: Vec<(String, std::net::SocketAddr)>,
+    /// TLS toward `https://` endpoints.
+    pub tls: TlsOptions,
+}
+
+/// TLS toward `https://` endpoints, as etcdctl's `--cacert`, `--cert` and `--key` say: the CA
+/// the members' certificates must chain to (required for `https://`: a cluster's CA is its
+/// own, not one of the system's), and the certificate this client presents, if any (a member
+/// with `--client-cert-auth` requires one of its CA).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub cacert: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsOptions {
+    /// The rustls configuration for the endpoints (reqwest has no crypto provider of its own,
+    /// so it gets one even when every endpoint is `http://`).
+    fn config(&self, endpoints: &[String]) -> Result<rustls::ClientConfig> {
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+            (None, None) => None,
+            _ => return Err(ClientError::Setup("--cert and --key go together".into())),
+        };
+        let config = if !endpoints.iter().any(|e| e.starts_with("https://")) {
+            crate::base::tls::trusting_no_server()
+        } else {
+            let Some(ca) = &self.cacert else {
+                return Err(ClientError::Setup(
+                    "https:// endpoints need --cacert, the CA file the members' certificates chain to".into(),
+                ));
+            };
+            crate::base::tls::caller_config(ca, identity, &[b"http/1.1"])
+        };
+        config.map_err(|e| ClientError::Setup(format!("TLS: {e}")))
+    }
 }
 
 impl ClientConfig {
@@ -170,6 +206,7 @@ impl ClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT.min(request_timeout),
             deadline: request_timeout.saturating_mul(3),
             resolve: Vec::new(),
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -329,7 +366,7 @@ impl Client {
                 normalized.push(endpoint);
             }
         }
-        let mut builder = reqwest::Client::builder();
+        let mut builder = reqwest::Client::builder().tls_backend_preconfigured(config.tls.config(&normalized)?);
         for (host, addr) in &config.resolve {
             builder = builder.resolve(host, *addr);
         }
@@ -668,8 +705,8 @@ pub fn normalize_endpoint(endpoint: &str) -> Result<String> {
         |reason: &str| ClientError::InvalidEndpoint { endpoint: endpoint.to_string(), reason: reason.to_string() };
     let trimmed = endpoint.trim();
     let url = reqwest::Url::parse(trimmed).map_err(|err| invalid(&format!("{err} (expected http://host:port)")))?;
-    if url.scheme() != "http" {
-        return Err(invalid("only http:// endpoints are supported"));
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(invalid("only http:// and https:// endpoints are supported"));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host"));

@@ -311,7 +311,7 @@ async fn statuses_cover_every_endpoint_in_order() {
 
 #[test]
 fn endpoints_are_validated() {
-    for bad in ["", "127.0.0.1:2379", "https://a:2379", "http://a:2379/v1", "http://", "ftp://a"] {
+    for bad in ["", "127.0.0.1:2379", "https://a:2379/v1", "http://a:2379/v1", "http://", "ftp://a"] {
         let result = Client::new(vec![bad.to_string()]);
         assert!(matches!(result, Err(ClientError::InvalidEndpoint { .. })), "{bad}: {result:?}");
     }
@@ -319,6 +319,37 @@ fn endpoints_are_validated() {
     let client = Client::new(vec!["http://127.0.0.1:2379/".to_string(), " http://[::1]:2379".to_string()])
         .expect("valid endpoints");
     assert_eq!(client.endpoints(), ["http://127.0.0.1:2379", "http://[::1]:2379"]);
+}
+
+/// `https://` endpoints need the CA to check the members against; a certificate needs its key;
+/// bad files are refused naming the file. Plain endpoints ignore the TLS options.
+#[test]
+fn tls_options_are_checked_when_the_client_is_built() {
+    use super::TlsOptions;
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = crate::base::pki::Authority::new("ca").expect("ca");
+    let files = crate::base::tls::test_files(dir.path(), "client", &ca, false);
+    let build = |endpoint: &str, tls: TlsOptions| {
+        Client::with_config(vec![endpoint.to_string()], ClientConfig { tls, ..ClientConfig::default() })
+    };
+    let setup = |r: super::Result<Client>| match r {
+        Err(ClientError::Setup(why)) => why,
+        other => panic!("expected a setup error, got {other:?}"),
+    };
+    let https = "https://127.0.0.1:2379";
+    let why = setup(build(https, TlsOptions::default()));
+    assert!(why.contains("https:// endpoints need --cacert"), "{why}");
+    let half = TlsOptions { cacert: files.trusted_ca.clone(), cert: Some(files.cert.clone()), key: None };
+    assert_eq!(setup(build(https, half)), "--cert and --key go together");
+    let missing = TlsOptions { cacert: Some(dir.path().join("nothing.pem")), ..TlsOptions::default() };
+    let why = setup(build(https, missing));
+    assert!(why.starts_with("TLS: ") && why.contains("nothing.pem"), "{why}");
+    let whole = TlsOptions { cacert: files.trusted_ca.clone(), cert: Some(files.cert.clone()), key: Some(files.key) };
+    let client = build(https, whole.clone()).expect("a TLS client");
+    assert_eq!(client.endpoints(), [https]);
+    assert!(build("http://127.0.0.1:2379", whole).is_ok());
+    let anonymous = TlsOptions { cacert: files.trusted_ca, ..TlsOptions::default() };
+    assert!(build(https, anonymous).is_ok(), "a client may present no certificate");
 }
 
 #[test]

@@ -689,11 +689,12 @@ mod tests {
     #[tokio::test]
     async fn a_tls_port_serves_only_clients_with_a_certificate_of_its_ca() {
         use crate::base::pki::Authority;
+        use crate::base::tls::TlsFiles;
         use crate::http::client::{full, Dial, HttpClient};
-        use crate::http::tls::{ClientTls, TlsFiles};
+        use crate::http::tls::ClientTls;
 
         let dir = tempfile::tempdir().expect("dir");
-        let write = |name: &str, ca: &Authority| crate::http::tls::test_files(dir.path(), name, ca, true);
+        let write = |name: &str, ca: &Authority| crate::base::tls::test_files(dir.path(), name, ca, true);
         let (ours, theirs) = (Authority::new("ours").expect("ca"), Authority::new("theirs").expect("ca"));
         let server_files = write("server", &ours);
         let router = Router::new().route(

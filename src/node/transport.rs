@@ -50,10 +50,11 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::runtime::{note_peer_urls, offer, Input, Outbox};
 use super::shared::{lock, read, Shared, StagedSnapshot};
+use crate::base::tls::certificate_names;
 use crate::base::wire::MAX_KEY_BYTES;
 use crate::http::client::{self, Dial, HttpClient};
 use crate::http::serve::{check_declared, read_body, BodyError, BodyLimits};
-use crate::http::tls::{certificate_names, ClientTls, PeerCertificate};
+use crate::http::tls::{ClientTls, PeerCertificate};
 use crate::node::join::{PeerMember, PeerView};
 use crate::raft::{ConfState, Message, MessageBody, NodeId};
 use crate::store::codec::{self, CodecError};

@@ -20,9 +20,10 @@ use crate::base::ids::{
 };
 use crate::base::logging::init_logging;
 use crate::base::signal::wait_for_signal;
+use crate::base::tls::{TlsError, TlsFiles};
 use crate::http::client::{Dial, HttpClient};
 use crate::http::serve::{serve, PortStats, CLIENT_PORT, PEER_PORT};
-use crate::http::tls::{ClientTls, ServerTls, TlsError, TlsFiles};
+use crate::http::tls::{ClientTls, ServerTls};
 use crate::node::compactor::{self, Retention};
 use crate::node::join::Joiner;
 use crate::node::join::{PeerMember, PeerView};
@@ -117,6 +118,8 @@ struct Tls {
     /// check the leader's certificate against `--trusted-ca-file` and present `--cert-file`.
     leader_calls: Option<Arc<ClientTls>>,
     leader_calls_h2: Option<Arc<ClientTls>>,
+    /// The lock and election services' calls to this member's own client port: the same files.
+    own_calls: Option<TlsFiles>,
     /// The peer port (`--peer-*`).
     peer: Option<Arc<ServerTls>>,
     /// Calls to other members' peer ports, presenting `--peer-cert-file`.
@@ -142,6 +145,7 @@ impl Tls {
                          port, and check its certificate against that CA",
                     ));
                 }
+                tls.own_calls = Some(files.clone());
                 tls.leader_calls =
                     Some(Arc::new(ClientTls::http1(files.clone()).map_err(failed("calls to the leader"))?));
                 tls.leader_calls_h2 = Some(Arc::new(ClientTls::h2(files).map_err(failed("calls to the leader"))?));
@@ -496,7 +500,7 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
     let leader_dial = leader_dial.with_tls(flags.tls.leader_calls_h2.clone());
     let watch = WatchHub::new(shared.clone(), flags.watch_progress_interval);
     let publisher = tokio::spawn(watch.clone().publish());
-    let api = Api { node: node.clone(), http, watch, leader_dial };
+    let api = Api { node: node.clone(), http, watch, leader_dial, own_tls: flags.tls.own_calls.clone() };
     let client_listener = tokio::net::TcpListener::bind(client_addr)
         .await
         .map_err(|e| StartError::from(format!("cannot listen for clients on {client_addr}: {e}")))?;
@@ -661,7 +665,7 @@ mod tests {
     fn tls_flags_and_url_schemes_must_agree() {
         let dir = tempfile::tempdir().expect("dir");
         let ca = crate::base::pki::Authority::new("ca").expect("ca");
-        let files = crate::http::tls::test_files(dir.path(), "a", &ca, false);
+        let files = crate::base::tls::test_files(dir.path(), "a", &ca, false);
         let path = |p: &std::path::Path| p.display().to_string();
         let (c, k) = (path(&files.cert), path(&files.key));
         let ca = path(files.trusted_ca.as_deref().expect("ca"));

@@ -32,6 +32,8 @@
 #[path = "../cluster/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+#[path = "../support/http.rs"]
+mod http_support;
 mod locks;
 mod nft;
 #[path = "../support/require.rs"]
@@ -143,7 +145,7 @@ fn send(req: reqwest::blocking::RequestBuilder) -> Outcome {
 
 /// One client: random operations on random keys through random members until `stop`.
 fn client(id: u64, urls: Vec<String>, mode: ReadMode, rec: Arc<Recorder>, stop: Arc<AtomicBool>, seed: u64) {
-    let http = reqwest::blocking::Client::builder()
+    let http = crate::http_support::blocking()
         .timeout(Duration::from_secs(3))
         .connect_timeout(Duration::from_millis(300))
         .build()
@@ -267,7 +269,7 @@ fn balance(value: u64) -> u64 {
 
 /// Opens the bank: every account with `OPENING_BALANCE`, in one txn (recorded as writes).
 fn open_bank(url: &str, rec: &Recorder) {
-    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let http = crate::http_support::blocking().timeout(Duration::from_secs(5)).build().expect("client");
     let puts: Vec<Value> = (0..ACCOUNTS)
         .map(|i| json!({"requestPut": {"key": format!("acct/{i}"), "value": account_value(OPENING_BALANCE, i as u64).to_string()}}))
         .collect();
@@ -326,7 +328,7 @@ fn read_bank(http: &reqwest::blocking::Client, url: &str, rec: &Recorder, client
 /// One bank client: reads every account, then moves money between two of them with a txn that
 /// compares both accounts' mod revisions with what it read and puts both new balances.
 fn bank_client(id: u64, urls: Vec<String>, rec: Arc<Recorder>, stop: Arc<AtomicBool>, seed: u64) {
-    let http = reqwest::blocking::Client::builder()
+    let http = crate::http_support::blocking()
         .timeout(Duration::from_secs(3))
         .connect_timeout(Duration::from_millis(300))
         .build()
@@ -728,7 +730,7 @@ fn inject(
 
 /// Time until a write through some member is acknowledged again.
 fn recovery_time(c: &Cluster, since: Instant) -> Option<Duration> {
-    let http = reqwest::blocking::Client::builder()
+    let http = crate::http_support::blocking()
         .timeout(Duration::from_millis(1000))
         .connect_timeout(Duration::from_millis(200))
         .build()
@@ -848,7 +850,7 @@ fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
     // watches them go first, before anything else takes time.
     let final_leader_at = Instant::now();
     let (lock_problems, lock_report) = locks::check(&lock_log, &urls, final_leader_at);
-    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let http = crate::http_support::blocking().timeout(Duration::from_secs(5)).build().expect("client");
     for key in 0..KEYS {
         let _ = read(&http, &c.members[final_leader].client_url(), key, ReadMode::Linearizable, &rec, 0);
     }
@@ -1063,7 +1065,7 @@ fn serializable_reads_on_a_partitioned_minority_are_flagged_and_linearizable_one
         let minority = (leader + 1) % 3;
         let majority: Vec<usize> = (0..3).filter(|i| *i != minority).collect();
         let rec = Recorder::new();
-        let http = reqwest::blocking::Client::builder()
+        let http = crate::http_support::blocking()
             .timeout(Duration::from_secs(3))
             .connect_timeout(Duration::from_millis(300))
             .build()

@@ -165,7 +165,7 @@ fn flood_of_idle_slow_foreign_and_oversized_requests_keeps_writes_acknowledged_a
             (flooding.clone(), stop.clone(), acked_during.clone(), failed_during.clone());
         let urls = urls.clone();
         std::thread::spawn(move || {
-            let http = reqwest::blocking::Client::builder()
+            let http = crate::http_support::blocking()
                 .timeout(Duration::from_secs(10))
                 .connect_timeout(Duration::from_secs(2))
                 .build()

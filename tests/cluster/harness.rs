@@ -62,7 +62,7 @@ impl Cluster {
     /// `net` picks the 127.<net>.0.0/16 block, unique per test so that tests run in parallel.
     pub fn new(net: u8, size: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let http = reqwest::blocking::Client::builder()
+        let http = crate::http_support::blocking()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_millis(500))
             .build()
@@ -456,7 +456,7 @@ impl Etcd {
             .spawn()
             .expect("start etcd");
         let etcd = Etcd { child, _dir: dir };
-        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
+        let http = crate::http_support::blocking().timeout(Duration::from_secs(2)).build().expect("client");
         wait_for("etcd to answer", Duration::from_secs(15), || {
             http.post(format!("{client}/v3/kv/range"))
                 .json(&serde_json::json!({"key": "eA=="}))

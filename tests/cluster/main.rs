@@ -6,6 +6,8 @@ mod etcd_client_api;
 mod flood;
 mod grpc_api;
 mod harness;
+#[path = "../support/http.rs"]
+mod http_support;
 mod lease_api;
 mod mvcc_api;
 #[path = "../chaos/nft.rs"]
@@ -245,7 +247,7 @@ fn scale_three_to_five_to_three_and_catch_up_by_snapshot() {
         let writer = {
             let (stop, url) = (stop.clone(), c.members[0].client_url());
             std::thread::spawn(move || {
-                let http = reqwest::blocking::Client::new();
+                let http = crate::http_support::blocking().build().expect("client");
                 for n in 0..100_000 {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
@@ -318,7 +320,7 @@ fn sigterm_of_the_leader_hands_over_leadership() {
     let url = c.members[writer].client_url();
     let flag = stop.clone();
     let load = std::thread::spawn(move || {
-        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+        let http = crate::http_support::blocking().timeout(Duration::from_secs(5)).build().expect("client");
         let (mut ok, mut failed, mut longest_gap) = (0u32, 0u32, Duration::ZERO);
         let mut last_ok = Instant::now();
         for n in 0..2_000 {
@@ -505,7 +507,7 @@ fn failover_time() {
     c.bootstrap();
     let all: Vec<usize> = (0..3).collect();
     let initial = c.initial_cluster(&all);
-    let http = reqwest::blocking::Client::builder()
+    let http = crate::http_support::blocking()
         .timeout(Duration::from_millis(500))
         .connect_timeout(Duration::from_millis(100))
         .build()
@@ -573,7 +575,7 @@ impl Writer {
         let (stop, acked) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
         let (flag, log, prefix) = (stop.clone(), acked.clone(), prefix.to_string());
         let thread = std::thread::spawn(move || {
-            let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+            let http = crate::http_support::blocking().timeout(Duration::from_secs(10)).build().expect("client");
             for n in 0..Writer::MAX_WRITES {
                 if flag.load(Ordering::Relaxed) {
                     break;
@@ -781,7 +783,7 @@ fn disk_full_leader_refuses_writes_and_the_others_elect_a_new_leader() {
 
     // The leader's last WAL page may still take a few writes; after its first refusal, none.
     let client_timeout = Duration::from_secs(10);
-    let http = reqwest::blocking::Client::builder().timeout(client_timeout).build().expect("client");
+    let http = crate::http_support::blocking().timeout(client_timeout).build().expect("client");
     let mut refusals = Vec::new();
     for n in 20..520 {
         let key = format!("l-{n}");

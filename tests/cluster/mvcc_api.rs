@@ -492,7 +492,7 @@ fn txns_compare_every_target_transfer_atomically_and_refuse_what_etcd_refuses() 
 }
 
 /// Runs `kuberaft` with these arguments against the cluster; (exit code, stdout, stderr).
-fn cli(c: &Cluster, args: &[&str], stdin: Option<&[u8]>) -> (Option<i32>, Vec<u8>, String) {
+pub(crate) fn cli(c: &Cluster, args: &[&str], stdin: Option<&[u8]>) -> (Option<i32>, Vec<u8>, String) {
     let endpoints: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kuberaft"))
         .args(args)

@@ -291,9 +291,11 @@ fn a_member_joining_a_tls_cluster_takes_messages_from_a_leader_added_after_the_b
 /// etcdctl 3.4 over TLS with a client certificate, through every member of a cluster whose
 /// both ports require certificates: writes and reads through followers (which reach the leader
 /// over the peer port's TLS, and, for a put that asks for the previous value, over the leader's
-/// TLS client port). Without a certificate of the CA, etcdctl is refused.
+/// TLS client port), and a lock (the member's lock service calls its own TLS client port).
+/// Without a certificate of the CA, etcdctl is refused. kuberaft's own CLI takes etcdctl's
+/// `--cacert`, `--cert` and `--key`, and says what is missing without them.
 #[test]
-fn etcdctl_speaks_to_a_cluster_with_tls_on_both_ports() {
+fn etcdctl_and_the_cli_speak_to_a_cluster_with_tls_on_both_ports() {
     if !crate::grpc_api::etcdctl_available() {
         return;
     }
@@ -329,6 +331,21 @@ fn etcdctl_speaks_to_a_cluster_with_tls_on_both_ports() {
             "put --prev-kv through etcd-{i}: {again:?}"
         );
     }
+    let lock = run(1, &["lock", "tls-lock", "echo", "held"]);
+    assert!(lock.ok && lock.out.contains("held"), "etcdctl lock over TLS: {lock:?}");
+
+    let paths = [ca_file.display().to_string(), cert.display().to_string(), key.display().to_string()];
+    let tls = ["--cacert", &paths[0], "--cert", &paths[1], "--key", &paths[2]];
+    let with_tls = |args: &[&str]| crate::mvcc_api::cli(&c, &[args, &tls[..]].concat(), None);
+    let put = with_tls(&["kv", "put", "cli", "yes"]);
+    assert_eq!(put.0, Some(0), "kuberaft kv put over TLS: {}", put.2);
+    let get = with_tls(&["kv", "get", "cli"]);
+    assert!(get.0 == Some(0) && String::from_utf8_lossy(&get.1).contains("yes"), "kuberaft kv get over TLS: {get:?}");
+    let plain = crate::mvcc_api::cli(&c, &["kv", "get", "cli"], None);
+    assert!(plain.0 != Some(0) && plain.2.contains("need --cacert"), "{plain:?}");
+    let anonymous = crate::mvcc_api::cli(&c, &["kv", "get", "cli", "--cacert", &paths[0]], None);
+    assert!(anonymous.0 != Some(0), "a client without a certificate is refused: {anonymous:?}");
+
     // Trusting the CA is not enough: the port wants a certificate of it.
     let anonymous =
         crate::grpc_api::ctl(&c.members[0].client_url(), &[&flags[0], "get", "k0"], "", Duration::from_secs(15));

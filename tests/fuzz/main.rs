@@ -16,6 +16,8 @@
 #[allow(dead_code)]
 #[path = "../cluster/harness.rs"]
 mod harness;
+#[path = "../support/http.rs"]
+mod http_support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

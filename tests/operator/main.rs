@@ -4,6 +4,8 @@
 
 mod chart;
 mod fake_api;
+#[path = "../support/http.rs"]
+mod http_support;
 mod pods;
 #[path = "../support/require.rs"]
 mod require;

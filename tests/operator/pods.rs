@@ -152,7 +152,7 @@ impl Kubelet {
         std::fs::write(&hosts, table).expect("write hosts");
         std::fs::create_dir_all(root.path().join("volumes")).expect("volumes");
         std::fs::create_dir_all(root.path().join("logs")).expect("logs");
-        let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).no_proxy().build().expect("http");
+        let http = crate::http_support::client().timeout(Duration::from_millis(500)).no_proxy().build().expect("http");
         Kubelet { api, root, hosts, pods: BTreeMap::new(), http, exits: BTreeMap::new() }
     }
 

@@ -22,7 +22,7 @@ use super::v3lockpb as lpb;
 use super::Grpc;
 use crate::base::wire::kv::KeyValue;
 use crate::client::concurrency::{self, campaign, Mutex, Session};
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientConfig, ClientError, TlsOptions};
 
 pub const NOT_LEADER: &str = "election: not leader";
 pub const NO_LEADER: &str = "election: no leader";
@@ -40,7 +40,13 @@ pub struct Recipes {
 impl Recipes {
     pub(super) fn new(grpc: Grpc) -> Result<Recipes, String> {
         let url = grpc.api.node.shared.advertise_client_url.clone();
-        let client = Client::new(vec![url]).map_err(|e| e.to_string())?;
+        let tls = grpc.api.own_tls.as_ref().map(|files| TlsOptions {
+            cacert: files.trusted_ca.clone(),
+            cert: Some(files.cert.clone()),
+            key: Some(files.key.clone()),
+        });
+        let config = ClientConfig { tls: tls.unwrap_or_default(), ..ClientConfig::default() };
+        let client = Client::with_config(vec![url], config).map_err(|e| e.to_string())?;
         Ok(Recipes { grpc, client })
     }
 }
