@@ -117,6 +117,21 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v == "application/grpc" || v.starts_with("application/grpc+"))
 }
 
+/// What a probe or a scrape reads, on the client port and on `--listen-metrics-urls`.
+fn probe_routes() -> Router<Api> {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).route("/metrics", get(metrics))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// A `--listen-metrics-urls` listener's routes: the probes and metrics only, in plain HTTP
+/// (a kubelet's probe or Prometheus need no client certificate for them).
+pub fn metrics_router(api: Api) -> Router {
+    probe_routes().fallback(not_found).with_state(api)
+}
+
 fn json_router(api: Api) -> Router {
     let max_value_bytes = api.node.shared.max_value_bytes;
     let body_limits = WholeBodyLimits {
@@ -140,10 +155,8 @@ fn json_router(api: Api) -> Router {
         .route("/v1/members/{id}", axum::routing::delete(remove_member))
         .route("/v1/members/{id}/promote", post(promote_member))
         .route("/v1/leader/transfer", post(transfer_leader))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .merge(probe_routes())
+        .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
         })

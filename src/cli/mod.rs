@@ -101,10 +101,10 @@ pub struct ClientArgs {
     #[arg(long, global = true, env = "KUBERAFT_CACERT")]
     pub cacert: Option<PathBuf>,
     /// This client's certificate, for members that require one (etcdctl's --cert).
-    #[arg(long, global = true, env = "KUBERAFT_CERT", requires = "key")]
+    #[arg(long = "cert", id = "client_cert", global = true, env = "KUBERAFT_CERT", requires = "client_key")]
     pub cert: Option<PathBuf>,
     /// The key of --cert (etcdctl's --key).
-    #[arg(long, global = true, env = "KUBERAFT_KEY", requires = "cert")]
+    #[arg(long = "key", id = "client_key", global = true, env = "KUBERAFT_KEY", requires = "client_cert")]
     pub key: Option<PathBuf>,
 }
 

@@ -53,6 +53,21 @@ fn status(name: &str, role: &str, term: u64) -> Status {
     }
 }
 
+/// etcdctl's TLS flags, before or after the action, beside a command's own KEY argument; a
+/// certificate without its key is a usage error.
+#[test]
+fn client_commands_take_etcdctls_tls_flags() {
+    let (client, action) = kv(&["kv", "--cacert", "ca.pem", "put", "k", "v", "--cert", "c.pem", "--key", "k.pem"]);
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    assert_eq!(
+        (path(&client.cacert), path(&client.cert), path(&client.key)),
+        (Some("ca.pem".into()), Some("c.pem".into()), Some("k.pem".into()))
+    );
+    assert!(matches!(action, KvAction::Put { key, .. } if key == "k"));
+    let err = parse_fails(&["kv", "get", "k", "--cert", "c.pem"]);
+    assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{err}");
+}
+
 #[test]
 fn kv_put_takes_key_value_and_prev_revision() {
     let (_, action) = kv(&["kv", "put", "k", "v", "--prev-revision", "0"]);

@@ -28,6 +28,10 @@ pub struct NodeArgs {
     pub listen_client_url: String,
     #[arg(long, env = "KUBERAFT_LISTEN_PEER_URL", default_value = "http://0.0.0.0:2380")]
     pub listen_peer_url: String,
+    /// Plain HTTP listeners (comma-separated URLs) serving only /healthz, /readyz and /metrics,
+    /// for probes and Prometheus when the client port requires certificates (etcd's flag).
+    #[arg(long, env = "KUBERAFT_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
     /// The client URL other members and clients use to reach this member.
     #[arg(long, env = "KUBERAFT_ADVERTISE_CLIENT_URL")]
     pub advertise_client_url: String,

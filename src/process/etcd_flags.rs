@@ -36,6 +36,7 @@ const TRANSLATED: &[(&str, Option<&str>)] = &[
     ("auto-compaction-retention", None),
     ("experimental-watch-progress-notify-interval", None),
     ("log-level", None),
+    ("listen-metrics-urls", None),
     ("cert-file", None),
     ("key-file", None),
     ("trusted-ca-file", None),
@@ -55,7 +56,6 @@ const ACCEPTED: &[(&str, &[&str])] = &[("logger", &["zap"]), ("log-outputs", &["
 /// etcd 3.4's other flags: refused by name, with what to do instead when there is something.
 const REFUSED: &[(&str, &str)] = &[
     ("quota-backend-bytes", "kuberaft has no backend quota; a full disk raises NOSPACE"),
-    ("listen-metrics-urls", "metrics are served on the client port at /metrics"),
     ("auto-tls", "give --cert-file and --key-file"),
     ("peer-auto-tls", "give --peer-cert-file, --peer-key-file and --peer-trusted-ca-file"),
     ("discovery", "members are listed with --initial-cluster"),
@@ -297,7 +297,7 @@ mod tests {
     }
 
     #[test]
-    fn etcds_tls_flags_pass_and_its_booleans_stand_alone() {
+    fn etcds_tls_and_metrics_flags_pass_and_its_booleans_stand_alone() {
         let (got, _) = run(
             &[
                 "kuberaft",
@@ -308,7 +308,11 @@ mod tests {
                 "--name",
                 "etcd-0",
             ],
-            &[("ETCD_PEER_CLIENT_CERT_AUTH", "true"), ("ETCD_TRUSTED_CA_FILE", "/tls/ca.pem")],
+            &[
+                ("ETCD_PEER_CLIENT_CERT_AUTH", "true"),
+                ("ETCD_TRUSTED_CA_FILE", "/tls/ca.pem"),
+                ("ETCD_LISTEN_METRICS_URLS", "http://0.0.0.0:2381"),
+            ],
         )
         .expect("translates");
         assert_eq!(
@@ -324,6 +328,8 @@ mod tests {
                 "false",
                 "--name",
                 "etcd-0",
+                "--listen-metrics-urls",
+                "http://0.0.0.0:2381",
                 "--trusted-ca-file",
                 "/tls/ca.pem",
             ]

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use super::args::{ClusterState, NodeArgs};
 use super::error::StartError;
 use super::join::{bootstrap_when_unformed, join_existing};
-use crate::api::server::{client_router, render_error as render_client_error, Api};
+use crate::api::server::{client_router, metrics_router, render_error as render_client_error, Api};
 use crate::base::ids::{
     cluster_id, host_port, initial_member_id, is_https, parse_initial_cluster, validate_url, InitialMember,
 };
@@ -22,7 +22,7 @@ use crate::base::logging::init_logging;
 use crate::base::signal::wait_for_signal;
 use crate::base::tls::{TlsError, TlsFiles};
 use crate::http::client::{Dial, HttpClient};
-use crate::http::serve::{serve, PortStats, CLIENT_PORT, PEER_PORT};
+use crate::http::serve::{serve, PortStats, CLIENT_PORT, METRICS_PORT, PEER_PORT};
 use crate::http::tls::{ClientTls, ServerTls};
 use crate::node::compactor::{self, Retention};
 use crate::node::join::Joiner;
@@ -94,6 +94,8 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
 struct Flags {
     client_addr: SocketAddr,
     peer_addr: SocketAddr,
+    /// `--listen-metrics-urls`: plain listeners for probes and metrics.
+    metrics_addrs: Vec<SocketAddr>,
     advertise_client_url: String,
     advertise_peer_url: String,
     initial: Vec<InitialMember>,
@@ -177,6 +179,19 @@ impl Flags {
     fn check(args: &NodeArgs) -> Result<Flags, StartError> {
         let client_addr = socket_addr(&args.listen_client_url, "--listen-client-url")?;
         let peer_addr = socket_addr(&args.listen_peer_url, "--listen-peer-url")?;
+        let metrics_addrs = args
+            .listen_metrics_urls
+            .iter()
+            .filter(|url| !url.trim().is_empty())
+            .map(|url| {
+                if is_https(url) {
+                    return Err(StartError::from(format!(
+                        "--listen-metrics-urls {url}: probes and metrics are served in plain HTTP only (http://)"
+                    )));
+                }
+                socket_addr(url, "--listen-metrics-urls")
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         validate_url(&args.advertise_client_url)
             .map_err(|e| StartError::from(format!("--advertise-client-url: {e}")))?;
         validate_url(&args.advertise_peer_url).map_err(|e| StartError::from(format!("--advertise-peer-url: {e}")))?;
@@ -209,6 +224,7 @@ impl Flags {
             watch_progress_interval,
             client_addr,
             peer_addr,
+            metrics_addrs,
             advertise_client_url: args.advertise_client_url.trim_end_matches('/').to_string(),
             advertise_peer_url: args.advertise_peer_url.trim_end_matches('/').to_string(),
             cluster_id: cluster_id(&initial, &args.initial_cluster_token),
@@ -507,6 +523,13 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
     let peer_listener = tokio::net::TcpListener::bind(peer_addr)
         .await
         .map_err(|e| StartError::from(format!("cannot listen for peers on {peer_addr}: {e}")))?;
+    let mut metrics_listeners = Vec::new();
+    for addr in &flags.metrics_addrs {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::from(format!("cannot listen for probes and metrics on {addr}: {e}")))?;
+        metrics_listeners.push(listener);
+    }
     tracing::info!(
         name = %shared.name,
         id = %format!("{:x}", shared.id),
@@ -518,6 +541,14 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
     let (stop_tx, stop_rx) = watch::channel(false);
     let client_stats = shared.metrics.client_port.clone();
     let peer_stats = shared.metrics.peer_port.clone();
+    let metrics_servers: Vec<_> = metrics_listeners
+        .into_iter()
+        .map(|listener| {
+            let router = metrics_router(api.clone());
+            let stats = Arc::default();
+            tokio::spawn(serve(listener, router, METRICS_PORT, render_client_error, stats, None, stop_rx.clone()))
+        })
+        .collect();
     let client_server = tokio::spawn(serve(
         client_listener,
         client_router(api),
@@ -551,6 +582,9 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), client_server).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), peer_server).await;
+    for server in metrics_servers {
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    }
     match lost {
         Some(why) => Err(StartError::data_lost(why)),
         None => Ok(()),
@@ -659,6 +693,18 @@ mod tests {
             Ok(_) => "ok".into(),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// `--listen-metrics-urls`: plain URLs of an IP address and port, several allowed.
+    #[test]
+    fn metrics_urls_are_plain_addresses() {
+        let dir = tempfile::tempdir().expect("dir");
+        let two = ["--listen-metrics-urls", "http://127.0.0.1:2381,http://127.0.0.2:2381"];
+        assert_eq!(refusal(dir.path(), &two, "http"), "ok");
+        let e = refusal(dir.path(), &["--listen-metrics-urls", "https://127.0.0.1:2381"], "http");
+        assert!(e.contains("plain HTTP only"), "{e}");
+        let e = refusal(dir.path(), &["--listen-metrics-urls", "http://localhost:2381"], "http");
+        assert!(e.contains("--listen-metrics-urls") && e.contains("IP address and port"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::harness::{wait_for, Cluster, PEER_PORT};
+
+/// `--listen-metrics-urls` of the members whose client port requires certificates.
+const METRICS_PORT: u16 = 2381;
 use crate::ELECTION;
 
 /// Writes `issued` as `<name>.pem` and `<name>-key.pem` in `dir`.
@@ -51,6 +54,8 @@ fn with_tls(c: &mut Cluster, ca: &Authority, clients: bool) -> PathBuf {
         if clients {
             m.client_tls = true;
             m.extra_args.extend([
+                "--listen-metrics-urls".into(),
+                format!("http://{}:{METRICS_PORT}", m.ip),
                 "--cert-file".into(),
                 cert.display().to_string(),
                 "--key-file".into(),
@@ -293,7 +298,8 @@ fn a_member_joining_a_tls_cluster_takes_messages_from_a_leader_added_after_the_b
 /// over the peer port's TLS, and, for a put that asks for the previous value, over the leader's
 /// TLS client port), and a lock (the member's lock service calls its own TLS client port).
 /// Without a certificate of the CA, etcdctl is refused. kuberaft's own CLI takes etcdctl's
-/// `--cacert`, `--cert` and `--key`, and says what is missing without them.
+/// `--cacert`, `--cert` and `--key`, and says what is missing without them. Probes and metrics
+/// are read in plain HTTP on `--listen-metrics-urls`.
 #[test]
 fn etcdctl_and_the_cli_speak_to_a_cluster_with_tls_on_both_ports() {
     if !crate::grpc_api::etcdctl_available() {
@@ -345,6 +351,21 @@ fn etcdctl_and_the_cli_speak_to_a_cluster_with_tls_on_both_ports() {
     assert!(plain.0 != Some(0) && plain.2.contains("need --cacert"), "{plain:?}");
     let anonymous = crate::mvcc_api::cli(&c, &["kv", "get", "cli", "--cacert", &paths[0]], None);
     assert!(anonymous.0 != Some(0), "a client without a certificate is refused: {anonymous:?}");
+
+    // Probes and scrapes need no certificate: `--listen-metrics-urls` serves them, and only them,
+    // in plain HTTP, while the client port refuses plain HTTP.
+    for m in &c.members {
+        let url = |path: &str| format!("http://{}:{METRICS_PORT}{path}", m.ip);
+        let get =
+            |path: &str| c.http.get(url(path)).send().map(|r| (r.status().as_u16(), r.text().unwrap_or_default()));
+        assert_eq!(get("/readyz").map(|(status, _)| status).ok(), Some(200), "{}: /readyz", m.name);
+        assert_eq!(get("/healthz").map(|(status, _)| status).ok(), Some(200), "{}: /healthz", m.name);
+        let metrics = get("/metrics").expect("metrics");
+        assert!(metrics.0 == 200 && metrics.1.contains("kuberaft_term"), "{}: /metrics {metrics:?}", m.name);
+        assert_eq!(get("/v1/kv/k0").map(|(status, _)| status).ok(), Some(404), "{}: only probes", m.name);
+        let plain = c.http.get(format!("http://{}:{}/readyz", m.ip, crate::harness::CLIENT_PORT)).send();
+        assert!(plain.as_ref().map_or(true, |r| !r.status().is_success()), "{}: {plain:?}", m.name);
+    }
 
     // Trusting the CA is not enough: the port wants a certificate of it.
     let anonymous =
