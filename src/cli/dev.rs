@@ -18,9 +18,9 @@ use clap::Args;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use super::table::{clean_cell, or_dash, render};
-use super::{write_stdout, CliError, ENDPOINTS_ENV};
+use super::{write_stdout, CliError, CACERT_ENV, CERT_ENV, ENDPOINTS_ENV, KEY_ENV};
 use crate::base::wire::{Status, DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT};
-use crate::client::{Client, ClientConfig};
+use crate::client::{Client, ClientConfig, TlsOptions};
 
 /// Members of a dev cluster, as for a RaftCluster.
 pub const MAX_REPLICAS: u8 = 9;
@@ -66,6 +66,11 @@ pub struct DevArgs {
     /// Where the members' logs go (etcd-<i>.log). Default: the data directory.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+    /// TLS on both ports with a throwaway CA: members require certificates of it from clients
+    /// and from each other; the CA, the members' and a client's certificate are written to
+    /// <data-dir>/pki, minted anew each run.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// One member of the planned cluster.
@@ -74,17 +79,76 @@ pub struct DevMember {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Both ports speak TLS (`--tls`).
+    pub tls: bool,
 }
 
 impl DevMember {
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn client_url(&self) -> String {
-        format!("http://{DEV_HOST}:{}", self.client_port)
+        format!("{}://{DEV_HOST}:{}", self.scheme(), self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://{DEV_HOST}:{}", self.peer_port)
+        format!("{}://{DEV_HOST}:{}", self.scheme(), self.peer_port)
     }
 }
+
+/// The throwaway certificates of `dev --tls`, as files: the CA, each member's certificate (for
+/// both of its ports and its calls to the others, as etcd's members use theirs), and one for a
+/// client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DevPki {
+    pub dir: PathBuf,
+}
+
+impl DevPki {
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn cert(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.pem"))
+    }
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-key.pem"))
+    }
+
+    /// Mints a CA and the certificates into `dir` (replacing earlier ones: certificates are
+    /// not part of a member's data, so a resumed cluster takes new ones).
+    pub fn mint(dir: &Path, members: &[DevMember]) -> Result<DevPki, CliError> {
+        let failed = |e: String| CliError::Failed(format!("cannot mint the dev cluster's certificates: {e}"));
+        create_dir(dir, "certificate")?;
+        let pki = DevPki { dir: dir.to_path_buf() };
+        let ca = crate::base::pki::Authority::new("kuberaft dev CA").map_err(|e| failed(e.to_string()))?;
+        let write = |path: PathBuf, text: &str| {
+            std::fs::write(&path, text).map_err(|e| failed(format!("{}: {e}", path.display())))
+        };
+        write(pki.ca(), ca.cert_pem())?;
+        let host = DEV_HOST.to_string();
+        let holders = members.iter().map(|m| (m.name.as_str(), vec![host.as_str(), "localhost"]));
+        for (name, hosts) in holders.chain([(DEV_CLIENT, Vec::new())]) {
+            let issued = ca.issue(name, &hosts).map_err(|e| failed(e.to_string()))?;
+            write(pki.cert(name), &issued.cert_pem)?;
+            write(pki.key(name), &issued.key_pem)?;
+        }
+        Ok(pki)
+    }
+
+    /// How a client of the dev cluster connects.
+    pub fn client_options(&self) -> TlsOptions {
+        TlsOptions { cacert: Some(self.ca()), cert: Some(self.cert(DEV_CLIENT)), key: Some(self.key(DEV_CLIENT)) }
+    }
+}
+
+/// The name (and common name) of the client certificate of `dev --tls`.
+pub const DEV_CLIENT: &str = "client";
 
 /// The members of a dev cluster: names and ports, checked to fit in the port range.
 pub fn plan_members(replicas: u8, base_port: u16) -> Result<Vec<DevMember>, CliError> {
@@ -105,6 +169,7 @@ pub fn plan_members(replicas: u8, base_port: u16) -> Result<Vec<DevMember>, CliE
                     name: format!("{MEMBER_NAME_PREFIX}{index}"),
                     client_port,
                     peer_port: client_port + PEER_PORT_OFFSET,
+                    tls: false,
                 }),
                 None => Err(CliError::Usage(format!(
                     "--base-port {base_port} leaves no room for {replicas} members ({PORT_STRIDE} ports each); \
@@ -120,8 +185,9 @@ pub fn initial_cluster(members: &[DevMember]) -> String {
     members.iter().map(|member| format!("{}={}", member.name, member.peer_url())).collect::<Vec<_>>().join(",")
 }
 
-/// The arguments of `kuberaft node` for one member.
-pub fn node_args(member: &DevMember, initial_cluster: &str, data_dir: &Path) -> Vec<OsString> {
+/// The arguments of `kuberaft node` for one member (with `pki`, TLS on both ports, each
+/// requiring certificates of the dev CA).
+pub fn node_args(member: &DevMember, initial_cluster: &str, data_dir: &Path, pki: Option<&DevPki>) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["node".into(), "--name".into(), member.name.clone().into()];
     args.extend(["--data-dir".into(), data_dir.as_os_str().to_owned()]);
     for (flag, value) in [
@@ -137,6 +203,21 @@ pub fn node_args(member: &DevMember, initial_cluster: &str, data_dir: &Path) -> 
         args.push(flag.into());
         args.push(value.into());
     }
+    if let Some(pki) = pki {
+        let (cert, key, ca) = (pki.cert(&member.name), pki.key(&member.name), pki.ca());
+        for (flag, path) in [
+            ("--cert-file", &cert),
+            ("--key-file", &key),
+            ("--trusted-ca-file", &ca),
+            ("--peer-cert-file", &cert),
+            ("--peer-key-file", &key),
+            ("--peer-trusted-ca-file", &ca),
+        ] {
+            args.push(flag.into());
+            args.push(path.as_os_str().to_owned());
+        }
+        args.extend(["--client-cert-auth".into(), "--peer-client-cert-auth".into()]);
+    }
     args
 }
 
@@ -146,7 +227,7 @@ pub fn endpoints(members: &[DevMember]) -> Vec<String> {
 }
 
 /// What is printed above the live table.
-pub fn banner(members: &[DevMember], data: &str, log_dir: &Path) -> String {
+pub fn banner(members: &[DevMember], data: &str, log_dir: &Path, pki: Option<&DevPki>) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
@@ -156,6 +237,13 @@ pub fn banner(members: &[DevMember], data: &str, log_dir: &Path) -> String {
     );
     let _ = writeln!(text);
     let _ = writeln!(text, "  export {ENDPOINTS_ENV}={}", endpoints(members).join(","));
+    if let Some(pki) = pki {
+        let options = pki.client_options();
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let (ca, cert, key) = (path(&options.cacert), path(&options.cert), path(&options.key));
+        let _ = writeln!(text, "  export {CACERT_ENV}={ca} {CERT_ENV}={cert} {KEY_ENV}={key}");
+        let _ = writeln!(text, "  # etcdctl: --cacert={ca} --cert={cert} --key={key}");
+    }
     let _ = writeln!(text, "  kuberaft kv put hello world");
     let _ = writeln!(text, "  kuberaft kv get hello");
     let _ = writeln!(text, "  kuberaft endpoint status");
@@ -224,7 +312,8 @@ pub fn tail_lines(text: &str, count: usize) -> Vec<&str> {
 
 /// Checks the flags and plans the members.
 pub fn validate(args: &DevArgs) -> Result<Vec<DevMember>, CliError> {
-    plan_members(args.replicas, args.base_port)
+    let members = plan_members(args.replicas, args.base_port)?;
+    Ok(members.into_iter().map(|m| DevMember { tls: args.tls, ..m }).collect())
 }
 
 /// Refuses to start when any port is taken, with one message naming every taken port.
@@ -359,13 +448,14 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let log_dir = args.log_dir.clone().unwrap_or_else(|| data.path().to_path_buf());
     create_dir(&log_dir, "log")?;
 
+    let pki = if args.tls { Some(DevPki::mint(&data.path().join("pki"), &members)?) } else { None };
     let cluster = initial_cluster(&members);
     let mut running: Vec<RunningMember> = Vec::with_capacity(members.len());
     for member in &members {
         let member_dir = data.path().join(&member.name);
         let log_path = log_dir.join(format!("{}.log", member.name));
         let started = create_dir(&member_dir, "member data")
-            .and_then(|()| spawn_member(&exe, member, &cluster, &member_dir, &log_path));
+            .and_then(|()| spawn_member(&exe, node_args(member, &cluster, &member_dir, pki.as_ref()), &log_path));
         match started {
             Ok(child) => running.push(RunningMember { member: member.clone(), child, log_path, exit: None }),
             Err(err) => {
@@ -375,8 +465,13 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         }
     }
 
-    let banner = banner(&members, &data.describe(), &log_dir);
-    let outcome = supervise(&members, &mut running, &mut signals, &banner).await;
+    let banner = banner(&members, &data.describe(), &log_dir, pki.as_ref());
+    let status_config = ClientConfig {
+        tls: pki.as_ref().map(DevPki::client_options).unwrap_or_default(),
+        ..ClientConfig::with_request_timeout(STATUS_TIMEOUT)
+    };
+    let status_client = Client::with_config(endpoints(&members), status_config)?;
+    let outcome = supervise(&members, &mut running, &mut signals, &banner, status_client).await;
     stop_all(&mut running).await;
     let data_note = match data {
         DataDir::Temporary(dir) => {
@@ -404,19 +499,13 @@ fn create_dir(path: &Path, what: &str) -> Result<(), CliError> {
 /// (PR_SET_PDEATHSIG), so no member outlives a killed `dev`. The death signal follows the
 /// spawning *thread*: spawn only from the thread that lives as long as `dev` (the main thread,
 /// which runs the current-thread runtime of `cli::run`).
-fn spawn_member(
-    exe: &Path,
-    member: &DevMember,
-    initial_cluster: &str,
-    data_dir: &Path,
-    log_path: &Path,
-) -> Result<Child, CliError> {
+fn spawn_member(exe: &Path, node_args: Vec<OsString>, log_path: &Path) -> Result<Child, CliError> {
     let log_error =
         |err: std::io::Error| CliError::Failed(format!("cannot open the log {}: {err}", log_path.display()));
     let stdout = OpenOptions::new().create(true).append(true).open(log_path).map_err(log_error)?;
     let stderr = stdout.try_clone().map_err(log_error)?;
     let mut command = Command::new(exe);
-    command.args(node_args(member, initial_cluster, data_dir)).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+    command.args(node_args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
     {
         use std::os::unix::process::CommandExt;
         command.process_group(0);
@@ -448,8 +537,8 @@ async fn supervise(
     running: &mut [RunningMember],
     signals: &mut StopSignals,
     banner: &str,
+    status_client: Client,
 ) -> Result<(), CliError> {
-    let status_client = Client::with_config(endpoints(members), ClientConfig::with_request_timeout(STATUS_TIMEOUT))?;
     let terminal = std::io::stdout().is_terminal();
     let started = Instant::now();
     let mut last_plain_print: Option<Instant> = None;

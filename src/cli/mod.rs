@@ -35,6 +35,10 @@ pub use member::{LeaderCommand, MemberCommand};
 
 /// The environment variable that holds the default endpoint list of client commands.
 pub const ENDPOINTS_ENV: &str = "KUBERAFT_ENDPOINTS";
+/// The environment variables of `--cacert`, `--cert` and `--key`.
+pub const CACERT_ENV: &str = "KUBERAFT_CACERT";
+pub const CERT_ENV: &str = "KUBERAFT_CERT";
+pub const KEY_ENV: &str = "KUBERAFT_KEY";
 
 #[derive(Debug, Parser)]
 #[command(name = "kuberaft", version, about = "A Raft-replicated key-value store and its Kubernetes operator")]
@@ -98,13 +102,13 @@ pub struct ClientArgs {
     )]
     pub timeout_ms: u64,
     /// For https:// endpoints: the CA file the members' certificates chain to (etcdctl's --cacert).
-    #[arg(long, global = true, env = "KUBERAFT_CACERT")]
+    #[arg(long, global = true, env = CACERT_ENV)]
     pub cacert: Option<PathBuf>,
     /// This client's certificate, for members that require one (etcdctl's --cert).
-    #[arg(long = "cert", id = "client_cert", global = true, env = "KUBERAFT_CERT", requires = "client_key")]
+    #[arg(long = "cert", id = "client_cert", global = true, env = CERT_ENV, requires = "client_key")]
     pub cert: Option<PathBuf>,
     /// The key of --cert (etcdctl's --key).
-    #[arg(long = "key", id = "client_key", global = true, env = "KUBERAFT_KEY", requires = "client_cert")]
+    #[arg(long = "key", id = "client_key", global = true, env = KEY_ENV, requires = "client_cert")]
     pub key: Option<PathBuf>,
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use super::dev::{self, DevMember, MemberView};
+use super::dev::{self, DevArgs, DevMember, MemberView};
 use super::endpoint::{status_reports, status_table};
 use super::kv::{keys_table, list_table, more_hint, ConsistencyArg, KvAction, OrderArg, SortByArg};
 use super::member::{members_table, LeaderAction, MemberAction};
@@ -405,7 +405,7 @@ fn dev_members_get_etcd_names_and_ports_ten_apart() {
 fn dev_node_arguments_parse_as_a_node_command() {
     let members = dev::plan_members(2, 4000).expect("valid");
     let cluster = dev::initial_cluster(&members);
-    let args = dev::node_args(&members[1], &cluster, Path::new("/tmp/dev/etcd-1"));
+    let args = dev::node_args(&members[1], &cluster, Path::new("/tmp/dev/etcd-1"), None);
     let cli = Cli::try_parse_from(std::iter::once("kuberaft".into()).chain(args)).expect("node arguments parse");
     match cli.command {
         Commands::Node(node) => {
@@ -426,9 +426,36 @@ fn dev_node_arguments_parse_as_a_node_command() {
 #[test]
 fn dev_banner_names_the_endpoints_to_export() {
     let members = dev::plan_members(2, 2379).expect("valid");
-    let banner = dev::banner(&members, "/tmp/x (temporary)", Path::new("/tmp/x"));
+    let banner = dev::banner(&members, "/tmp/x (temporary)", Path::new("/tmp/x"), None);
     assert!(banner.contains("export KUBERAFT_ENDPOINTS=http://127.0.0.1:2379,http://127.0.0.1:2389\n"), "{banner}");
     assert!(banner.contains("kuberaft kv put hello world"), "{banner}");
+}
+
+/// `dev --tls`: https:// URLs, each member's own certificate on both ports with the dev CA
+/// required of clients and peers, and a banner that says how a client connects.
+#[test]
+fn dev_tls_members_get_their_certificates_and_the_banner_says_how_to_connect() {
+    let dir = tempfile::tempdir().expect("dir");
+    let args = DevArgs { replicas: 2, data_dir: None, base_port: 4000, log_dir: None, tls: true };
+    let members = dev::validate(&args).expect("valid");
+    let pki = dev::DevPki::mint(&dir.path().join("pki"), &members).expect("mint");
+    let cluster = dev::initial_cluster(&members);
+    assert_eq!(cluster, "etcd-0=https://127.0.0.1:4001,etcd-1=https://127.0.0.1:4011");
+    let args = dev::node_args(&members[1], &cluster, Path::new("/tmp/dev/etcd-1"), Some(&pki));
+    let cli = Cli::try_parse_from(std::iter::once("kuberaft".into()).chain(args)).expect("node arguments parse");
+    let Commands::Node(node) = cli.command else { panic!("a node command") };
+    assert_eq!(node.listen_client_url, "https://127.0.0.1:4010");
+    assert_eq!(node.cert_file.as_deref(), Some(pki.cert("etcd-1").as_path()));
+    assert_eq!(node.peer_key_file.as_deref(), Some(pki.key("etcd-1").as_path()));
+    assert_eq!(node.trusted_ca_file.as_deref(), Some(pki.ca().as_path()));
+    assert!(node.client_cert_auth && node.peer_client_cert_auth);
+    for file in [pki.ca(), pki.cert("etcd-1"), pki.key("etcd-1"), pki.cert(dev::DEV_CLIENT)] {
+        assert!(file.is_file(), "{} was written", file.display());
+    }
+    let banner = dev::banner(&members, "d", Path::new("/tmp/x"), Some(&pki));
+    let ca = pki.ca().display().to_string();
+    assert!(banner.contains(&format!("export KUBERAFT_CACERT={ca} KUBERAFT_CERT=")), "{banner}");
+    assert!(banner.contains(&format!("--cacert={ca}")), "{banner}");
 }
 
 #[test]

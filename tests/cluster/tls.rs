@@ -381,3 +381,116 @@ fn etcdctl_and_the_cli_speak_to_a_cluster_with_tls_on_both_ports() {
     );
     assert!(!stranger.ok, "{stranger:?}");
 }
+
+/// A `kuberaft dev` process, stopped (SIGTERM, then SIGKILL) when dropped, also when a test
+/// fails; its stdout collected as it comes.
+struct Dev {
+    child: std::process::Child,
+    out: Arc<std::sync::Mutex<String>>,
+}
+
+impl Dev {
+    fn start(args: &[&str]) -> Dev {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+            .arg("dev")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start kuberaft dev");
+        let out = Arc::new(std::sync::Mutex::new(String::new()));
+        for pipe in [
+            child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ] {
+            let (out, mut pipe) = (out.clone(), pipe.expect("pipe"));
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    out.lock().unwrap_or_else(|e| e.into_inner()).push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        Dev { child, out }
+    }
+
+    fn text(&self) -> String {
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit; whether it exited with success.
+    fn stop(&mut self) -> bool {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// `kuberaft dev --tls`: three members on 127.0.0.1 that require certificates of a throwaway CA
+/// on both ports; the banner's exports are all a client needs, and without the client
+/// certificate the cluster answers nothing. Ports 23379-23400 of 127.0.0.1.
+#[test]
+fn kuberaft_dev_tls_runs_a_cluster_that_only_its_certificates_reach() {
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data").display().to_string();
+    let mut dev = Dev::start(&["--tls", "--replicas", "3", "--base-port", "23379", "--data-dir", &data]);
+    let exports: Vec<(String, String)> = wait_for("the banner's exports", Duration::from_secs(30), || {
+        let text = dev.text();
+        let line = text.lines().find(|l| l.trim_start().starts_with("export KUBERAFT_CACERT="))?;
+        let endpoints = text.lines().find_map(|l| l.trim_start().strip_prefix("export KUBERAFT_ENDPOINTS="))?;
+        let mut pairs = vec![("KUBERAFT_ENDPOINTS".to_string(), endpoints.trim().to_string())];
+        for pair in line.trim_start().trim_start_matches("export ").split_whitespace() {
+            let (k, v) = pair.split_once('=')?;
+            pairs.push((k.to_string(), v.to_string()));
+        }
+        Some(pairs)
+    });
+    assert!(exports[0].1.starts_with("https://127.0.0.1:23379,"), "{exports:?}");
+    let cli = |args: &[&str], env: &[(String, String)]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+            .args(args)
+            .env_remove("KUBERAFT_CERT")
+            .env_remove("KUBERAFT_KEY")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("run kuberaft");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    wait_for("a write through the banner's exports", Duration::from_secs(30), || {
+        cli(&["kv", "put", "hello", "world"], &exports).0.then_some(())
+    });
+    let get = cli(&["kv", "get", "hello"], &exports);
+    assert!(get.0 && get.1.contains("world"), "{get:?}");
+    let without_cert: Vec<(String, String)> =
+        exports.iter().filter(|(k, _)| k == "KUBERAFT_ENDPOINTS" || k == "KUBERAFT_CACERT").cloned().collect();
+    let refused = cli(&["kv", "get", "hello"], &without_cert);
+    assert!(!refused.0, "no client certificate, no answer: {refused:?}");
+    assert!(dev.stop(), "dev stops cleanly: {}", dev.text());
+    assert!(dev.text().contains("stopped every member"), "{}", dev.text());
+}
