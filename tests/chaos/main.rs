@@ -783,11 +783,16 @@ impl Drop for FaultLog {
 /// Starts the cluster and the clients, runs `schedule` of faults, checks the history.
 type Schedule<'a> = dyn FnMut(&mut Cluster, &Faults, &Recorder, &mut Vec<String>) -> bool + 'a;
 
-fn chaos_run(net: u8, mode: ReadMode, schedule: &mut Schedule) -> Run {
+/// With `peer_tls`, the members speak TLS to each other and require each other's certificates
+/// (`--peer-client-cert-auth`), on every message, snapshot, forwarded request and join.
+fn chaos_run(net: u8, mode: ReadMode, peer_tls: bool, schedule: &mut Schedule) -> Run {
     // First, so that drops left by an interrupted run (its table is ours) cannot keep this
     // cluster from forming.
     let faults = Faults::new(&format!("kuberaft_chaos_{net}"));
     let mut c = Cluster::new(net, 5);
+    if peer_tls {
+        c.with_tls(&kuberaft::base::pki::Authority::new("chaos-ca").expect("a CA"), false);
+    }
     c.bootstrap();
     c.wait_leader(Duration::from_secs(20));
     let rec = Recorder::new();
@@ -1010,12 +1015,27 @@ fn chaos_faults_keep_the_history_linearizable() {
         return;
     }
     let seconds: Option<u64> = std::env::var("CHAOS_SECONDS").ok().and_then(|v| v.parse().ok());
+    faults_keep_the_history_linearizable(30, false, seconds);
+}
+
+/// Each fault kind once with TLS between the members (issue 16): certificates required of
+/// each other on the peer port, so every message, snapshot, forwarded request, join and
+/// replacement after a disk loss goes through TLS and the identity check.
+#[test]
+fn chaos_faults_keep_the_history_linearizable_with_tls_between_members() {
+    if !require_nft() {
+        return;
+    }
+    faults_keep_the_history_linearizable(33, true, None);
+}
+
+fn faults_keep_the_history_linearizable(net: u8, peer_tls: bool, seconds: Option<u64>) {
     let mut rng = Rng::new(std::env::var("CHAOS_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(7));
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
     let mut step = 0usize;
     let mut done: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut disk_losses = 0u64;
-    let run = chaos_run(30, ReadMode::Linearizable, &mut |c, faults, rec, lines| {
+    let run = chaos_run(net, ReadMode::Linearizable, peer_tls, &mut |c, faults, rec, lines| {
         let more = deadline.is_some_and(|d| Instant::now() < d);
         let Some(fault) = next_fault(step, &mut rng, more) else { return false };
         step += 1;

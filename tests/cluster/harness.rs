@@ -6,10 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kuberaft::base::pki::{Authority, Issued};
 use serde_json::Value;
 
 pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
+/// `--listen-metrics-urls` of members whose client port requires certificates (`with_tls`).
+pub const METRICS_PORT: u16 = 2381;
 
 pub struct Member {
     pub name: String,
@@ -472,5 +475,54 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Writes `issued` as `<name>.pem` and `<name>-key.pem` in `dir`.
+pub fn write_issued(dir: &Path, name: &str, issued: &Issued) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
+    std::fs::write(&cert, &issued.cert_pem).expect("write cert");
+    std::fs::write(&key, &issued.key_pem).expect("write key");
+    (cert, key)
+}
+
+impl Cluster {
+    /// Gives every member a certificate of `ca` for its address, and the peer flags with
+    /// `--peer-client-cert-auth` (and the client port's with `--client-cert-auth` and a plain
+    /// `--listen-metrics-urls` when `clients`); returns the CA's file.
+    pub fn with_tls(&mut self, ca: &Authority, clients: bool) -> PathBuf {
+        let dir = self.dir.path().join("pki");
+        std::fs::create_dir_all(&dir).expect("pki dir");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).expect("write ca");
+        for m in &mut self.members {
+            let issued = ca.issue(&m.name, &[&m.ip]).expect("issue");
+            let (cert, key) = write_issued(&dir, &m.name, &issued);
+            m.peer_tls = true;
+            m.extra_args.extend([
+                "--peer-cert-file".into(),
+                cert.display().to_string(),
+                "--peer-key-file".into(),
+                key.display().to_string(),
+                "--peer-trusted-ca-file".into(),
+                ca_file.display().to_string(),
+                "--peer-client-cert-auth".into(),
+            ]);
+            if clients {
+                m.client_tls = true;
+                m.extra_args.extend([
+                    "--listen-metrics-urls".into(),
+                    format!("http://{}:{METRICS_PORT}", m.ip),
+                    "--cert-file".into(),
+                    cert.display().to_string(),
+                    "--key-file".into(),
+                    key.display().to_string(),
+                    "--trusted-ca-file".into(),
+                    ca_file.display().to_string(),
+                    "--client-cert-auth".into(),
+                ]);
+            }
+        }
+        ca_file
     }
 }

@@ -5,7 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,57 +16,8 @@ use kuberaft::raft::{Message, MessageBody};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::harness::{wait_for, Cluster, PEER_PORT};
-
-/// `--listen-metrics-urls` of the members whose client port requires certificates.
-const METRICS_PORT: u16 = 2381;
+use crate::harness::{wait_for, write_issued, Cluster, METRICS_PORT, PEER_PORT};
 use crate::ELECTION;
-
-/// Writes `issued` as `<name>.pem` and `<name>-key.pem` in `dir`.
-fn write_issued(dir: &Path, name: &str, issued: &Issued) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
-    std::fs::write(&cert, &issued.cert_pem).expect("write cert");
-    std::fs::write(&key, &issued.key_pem).expect("write key");
-    (cert, key)
-}
-
-/// Gives every member of `c` a certificate of `ca` for its address, and the peer flags with
-/// `--peer-client-cert-auth` (and the client port's with `--client-cert-auth` when `clients`).
-fn with_tls(c: &mut Cluster, ca: &Authority, clients: bool) -> PathBuf {
-    let dir = c.dir.path().join("pki");
-    std::fs::create_dir_all(&dir).expect("pki dir");
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).expect("write ca");
-    for m in &mut c.members {
-        let issued = ca.issue(&m.name, &[&m.ip]).expect("issue");
-        let (cert, key) = write_issued(&dir, &m.name, &issued);
-        m.peer_tls = true;
-        m.extra_args.extend([
-            "--peer-cert-file".into(),
-            cert.display().to_string(),
-            "--peer-key-file".into(),
-            key.display().to_string(),
-            "--peer-trusted-ca-file".into(),
-            ca_file.display().to_string(),
-            "--peer-client-cert-auth".into(),
-        ]);
-        if clients {
-            m.client_tls = true;
-            m.extra_args.extend([
-                "--listen-metrics-urls".into(),
-                format!("http://{}:{METRICS_PORT}", m.ip),
-                "--cert-file".into(),
-                cert.display().to_string(),
-                "--key-file".into(),
-                key.display().to_string(),
-                "--trusted-ca-file".into(),
-                ca_file.display().to_string(),
-                "--client-cert-auth".into(),
-            ]);
-        }
-    }
-    ca_file
-}
 
 /// How a forger talks to a peer port: in plain HTTP, or in TLS trusting `server_ca` and
 /// presenting `cert` (if any).
@@ -176,7 +126,7 @@ fn a_forged_message_moves_the_term_of_a_plain_cluster() {
 fn forged_and_foreign_peers_are_refused_and_move_nothing() {
     let ca = Authority::new("cluster-ca").expect("ca");
     let mut c = Cluster::new(139, 3);
-    with_tls(&mut c, &ca, false);
+    c.with_tls(&ca, false);
     c.bootstrap();
     let (leader, term) = c.wait_leader(ELECTION);
     c.put_ok(leader, "before", "1");
@@ -262,7 +212,7 @@ fn a_member_joining_a_tls_cluster_takes_messages_from_a_leader_added_after_the_b
     for i in 3..5 {
         c.add_member_slot(i);
     }
-    with_tls(&mut c, &ca, false);
+    c.with_tls(&ca, false);
     let initial = c.initial_cluster(&[0, 1, 2]);
     for i in 0..3 {
         c.start(i, &initial, "new");
@@ -307,7 +257,7 @@ fn etcdctl_and_the_cli_speak_to_a_cluster_with_tls_on_both_ports() {
     }
     let ca = Authority::new("cluster-ca").expect("ca");
     let mut c = Cluster::new(140, 3);
-    let ca_file = with_tls(&mut c, &ca, true);
+    let ca_file = c.with_tls(&ca, true);
     let client = ca.issue("root", &[]).expect("issue");
     let (cert, key) = write_issued(&c.dir.path().join("pki"), "client", &client);
     c.bootstrap();
