@@ -444,3 +444,125 @@ fn kuberaft_dev_tls_runs_a_cluster_that_only_its_certificates_reach() {
     assert!(dev.stop(), "dev stops cleanly: {}", dev.text());
     assert!(dev.text().contains("stopped every member"), "{}", dev.text());
 }
+
+/// The leaf certificate the TLS port at `ip:port` presents to a new connection, made trusting
+/// `ca_pem` and presenting `identity`.
+fn presented_certificate(ip: &str, port: u16, ca_pem: &str, identity: &Issued) -> Result<Vec<u8>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let chain = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes()).map(|c| c.expect("pem")).collect();
+    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(ip.to_string()).map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let mut tcp = TcpStream::connect((ip, port)).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    // Bounded: each round trip waits at most the read timeout; a handshake takes two or three.
+    for _ in 0..10 {
+        if !conn.is_handshaking() {
+            break;
+        }
+        conn.complete_io(&mut tcp).map_err(|e| format!("handshake: {e}"))?;
+    }
+    let leaf = conn.peer_certificates().and_then(|chain| chain.first()).ok_or("no certificate presented")?;
+    Ok(leaf.as_ref().to_vec())
+}
+
+fn der(issued: &Issued) -> Vec<u8> {
+    CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("pem").as_ref().to_vec()
+}
+
+/// Rotation under load (issue 16, must-show 3): every member's certificate and key are replaced
+/// on disk (each file by a rename, as a Secret's projection swaps them) while a client writes
+/// through every member over TLS. No write fails but with an error the client may retry, writes
+/// go on being acknowledged, and new connections to both ports of every member get the new
+/// certificates.
+#[test]
+fn certificates_rotate_under_load() {
+    let ca = Authority::new("cluster-ca").expect("ca");
+    let mut c = Cluster::new(142, 3);
+    let ca_file = c.with_tls(&ca, true);
+    let pki = c.dir.path().join("pki");
+    let client_cert = ca.issue("root", &[]).expect("issue");
+    let (cert, key) = write_issued(&pki, "client", &client_cert);
+    c.bootstrap();
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
+    let tls = kuberaft::client::TlsOptions { cacert: Some(ca_file), cert: Some(cert), key: Some(key) };
+    let config = kuberaft::client::ClientConfig { tls, ..Default::default() };
+    // A client's connections belong to the runtime it first ran in: one client, one runtime.
+    let client = kuberaft::client::Client::with_config(endpoints, config).expect("client");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, writing) = (stop.clone(), writing.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let first = (0..300).find_map(|_| {
+                let put = runtime.block_on(client.put("first", bytes::Bytes::from_static(b"1"), None));
+                put.map_err(|_| std::thread::sleep(Duration::from_millis(50))).ok()
+            });
+            assert!(first.is_some(), "a first write over TLS");
+            writing.store(true, std::sync::atomic::Ordering::Relaxed);
+            let (mut acked, mut refused) = (Vec::new(), Vec::new());
+            for n in 0..100_000u64 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let value = bytes::Bytes::from(n.to_string());
+                match runtime.block_on(client.put(&format!("k{}", n % 50), value, None)) {
+                    Ok(_) => acked.push(std::time::Instant::now()),
+                    Err(e) => refused.push(e),
+                }
+            }
+            (acked, refused)
+        })
+    };
+    wait_for("the writer's first write", Duration::from_secs(20), || {
+        (writing.load(std::sync::atomic::Ordering::Relaxed) || writer.is_finished()).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let rotated_at = std::time::Instant::now();
+    let mut new_certs = Vec::new();
+    for m in &c.members {
+        let issued = ca.issue(&m.name, &[&m.ip]).expect("issue");
+        let (cert, key) = (pki.join(format!("{}.pem", m.name)), pki.join(format!("{}-key.pem", m.name)));
+        for (path, text) in [(&key, &issued.key_pem), (&cert, &issued.cert_pem)] {
+            let staged = path.with_extension("new");
+            std::fs::write(&staged, text).expect("write");
+            std::fs::rename(&staged, path).expect("rename");
+        }
+        new_certs.push(issued);
+    }
+    for (m, issued) in c.members.iter().zip(&new_certs) {
+        for port in [crate::harness::CLIENT_PORT, PEER_PORT] {
+            wait_for(&format!("{}:{port} to present its new certificate", m.name), Duration::from_secs(10), || {
+                (presented_certificate(&m.ip, port, ca.cert_pem(), issued).ok()? == der(issued)).then_some(())
+            });
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, refused) = writer.join().expect("the writer");
+    let after = acked.iter().filter(|at| **at > rotated_at).count();
+    assert!(after > 10, "writes go on being acknowledged after the rotation ({after} of {}): {refused:?}", acked.len());
+    let retryable = |e: &kuberaft::client::ClientError| {
+        e.is_outcome_unknown()
+            || matches!(e.status(), Some(503))
+            || matches!(e, kuberaft::client::ClientError::Unavailable { .. })
+    };
+    let fatal: Vec<String> = refused.iter().filter(|e| !retryable(e)).map(|e| e.to_string()).collect();
+    assert!(fatal.is_empty(), "writes failed with errors that are not retryable: {fatal:?}");
+    println!(
+        "rotation under load: {} writes acknowledged ({after} after the rotation), {} refused (all retryable)",
+        acked.len(),
+        refused.len()
+    );
+}
