@@ -316,6 +316,25 @@ pub fn validate(args: &DevArgs) -> Result<Vec<DevMember>, CliError> {
     Ok(members.into_iter().map(|m| DevMember { tls: args.tls, ..m }).collect())
 }
 
+/// A kept data directory resumes its cluster only as it ran: with TLS exactly when it ran with
+/// `--tls` (its members' peer URLs in the log say http:// or https://). A run with `--tls`
+/// leaves `<data>/pki`.
+pub fn check_resume(data: &Path, members: &[DevMember]) -> Result<(), CliError> {
+    let ran = members.iter().any(|m| data.join(&m.name).read_dir().is_ok_and(|mut entries| entries.next().is_some()));
+    let tls = members.first().is_some_and(|m| m.tls);
+    match (ran, data.join("pki").is_dir(), tls) {
+        (true, false, true) => Err(CliError::Usage(format!(
+            "{} holds a cluster that ran without --tls; run it without --tls, or use another --data-dir",
+            data.display()
+        ))),
+        (true, true, false) => Err(CliError::Usage(format!(
+            "{} holds a cluster that ran with --tls; run it with --tls, or use another --data-dir",
+            data.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Refuses to start when any port is taken, with one message naming every taken port.
 fn check_ports_free(members: &[DevMember]) -> Result<(), CliError> {
     let mut problems = Vec::new();
@@ -448,6 +467,7 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
     let log_dir = args.log_dir.clone().unwrap_or_else(|| data.path().to_path_buf());
     create_dir(&log_dir, "log")?;
 
+    check_resume(data.path(), &members)?;
     let pki = if args.tls { Some(DevPki::mint(&data.path().join("pki"), &members)?) } else { None };
     let cluster = initial_cluster(&members);
     let mut running: Vec<RunningMember> = Vec::with_capacity(members.len());

@@ -458,6 +458,24 @@ fn dev_tls_members_get_their_certificates_and_the_banner_says_how_to_connect() {
     assert!(banner.contains(&format!("--cacert={ca}")), "{banner}");
 }
 
+/// A kept data directory resumes only as it ran: with or without `--tls`.
+#[test]
+fn dev_resumes_a_data_directory_only_as_it_ran() {
+    let dir = tempfile::tempdir().expect("dir");
+    let plain = dev::plan_members(1, 4000).expect("valid");
+    let tls: Vec<DevMember> = plain.iter().map(|m| DevMember { tls: true, ..m.clone() }).collect();
+    assert!(dev::check_resume(dir.path(), &tls).is_ok(), "a new directory takes either");
+    std::fs::create_dir_all(dir.path().join("etcd-0")).expect("dir");
+    std::fs::write(dir.path().join("etcd-0").join("member.json"), "{}").expect("write");
+    assert!(dev::check_resume(dir.path(), &plain).is_ok());
+    let e = dev::check_resume(dir.path(), &tls).expect_err("ran without --tls");
+    assert!(e.message().contains("ran without --tls"), "{}", e.message());
+    std::fs::create_dir_all(dir.path().join("pki")).expect("dir");
+    assert!(dev::check_resume(dir.path(), &tls).is_ok());
+    let e = dev::check_resume(dir.path(), &plain).expect_err("ran with --tls");
+    assert!(e.message().contains("ran with --tls"), "{}", e.message());
+}
+
 #[test]
 fn dev_table_marks_members_that_do_not_answer_as_down() {
     let members: Vec<DevMember> = dev::plan_members(3, 2379).expect("valid");
