@@ -73,20 +73,20 @@ pub const CLIENT_PORT: PortLimits = PortLimits {
 /// other. The request timeout leaves room for a whole streamed snapshot (whose sender waits up to
 /// an hour, `transport::SNAPSHOT_TIMEOUT`): its receiver bounds each chunk by its own stall
 /// limit, and the other peer handlers bound their bodies and proposals themselves.
+pub const PEER_PORT: PortLimits = PortLimits {
+    max_connections: 256,
+    max_requests: 64,
+    header_timeout: Duration::from_secs(10),
+    request_timeout: Duration::from_secs(3660),
+    waits: &[],
+};
+
 /// `--listen-metrics-urls`: probes and scrapes, small and quick.
 pub const METRICS_PORT: PortLimits = PortLimits {
     max_connections: 64,
     max_requests: 16,
     header_timeout: Duration::from_secs(10),
     request_timeout: Duration::from_secs(10),
-    waits: &[],
-};
-
-pub const PEER_PORT: PortLimits = PortLimits {
-    max_connections: 256,
-    max_requests: 64,
-    header_timeout: Duration::from_secs(10),
-    request_timeout: Duration::from_secs(3660),
     waits: &[],
 };
 

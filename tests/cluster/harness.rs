@@ -498,29 +498,24 @@ impl Cluster {
         for m in &mut self.members {
             let issued = ca.issue(&m.name, &[&m.ip]).expect("issue");
             let (cert, key) = write_issued(&dir, &m.name, &issued);
+            // etcd names the two ports' flags alike: `--peer-cert-file` beside `--cert-file`.
+            let flags = |prefix: &str| {
+                [
+                    format!("--{prefix}cert-file"),
+                    cert.display().to_string(),
+                    format!("--{prefix}key-file"),
+                    key.display().to_string(),
+                    format!("--{prefix}trusted-ca-file"),
+                    ca_file.display().to_string(),
+                    format!("--{prefix}client-cert-auth"),
+                ]
+            };
             m.peer_tls = true;
-            m.extra_args.extend([
-                "--peer-cert-file".into(),
-                cert.display().to_string(),
-                "--peer-key-file".into(),
-                key.display().to_string(),
-                "--peer-trusted-ca-file".into(),
-                ca_file.display().to_string(),
-                "--peer-client-cert-auth".into(),
-            ]);
+            m.extra_args.extend(flags("peer-"));
             if clients {
                 m.client_tls = true;
-                m.extra_args.extend([
-                    "--listen-metrics-urls".into(),
-                    format!("http://{}:{METRICS_PORT}", m.ip),
-                    "--cert-file".into(),
-                    cert.display().to_string(),
-                    "--key-file".into(),
-                    key.display().to_string(),
-                    "--trusted-ca-file".into(),
-                    ca_file.display().to_string(),
-                    "--client-cert-auth".into(),
-                ]);
+                m.extra_args.extend(["--listen-metrics-urls".into(), format!("http://{}:{METRICS_PORT}", m.ip)]);
+                m.extra_args.extend(flags(""));
             }
         }
         ca_file

@@ -19,6 +19,27 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use crate::harness::{wait_for, write_issued, Cluster, METRICS_PORT, PEER_PORT};
 use crate::ELECTION;
 
+/// A TLS client's configuration trusting `server_ca` and presenting `cert` (if any).
+fn tls_client_config(server_ca: &str, cert: Option<&Issued>) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(server_ca.as_bytes()) {
+        roots.add(c.expect("ca pem")).expect("ca");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    match cert {
+        Some(issued) => {
+            let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes()).map(|c| c.expect("pem")).collect();
+            let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key");
+            builder.with_client_auth_cert(chain, key).expect("client cert")
+        }
+        None => builder.with_no_client_auth(),
+    }
+}
+
 /// How a forger talks to a peer port: in plain HTTP, or in TLS trusting `server_ca` and
 /// presenting `cert` (if any).
 enum Forger<'a> {
@@ -47,25 +68,8 @@ fn forge(forger: &Forger<'_>, ip: &str, path: &str, cluster: &str, from: &str, b
             let _ = tcp.read_to_end(&mut answer);
         }
         Forger::Tls { server_ca, cert } => {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut roots = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_slice_iter(server_ca.as_bytes()) {
-                roots.add(c.expect("ca pem")).expect("ca");
-            }
-            let builder = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots);
-            let config = match cert {
-                Some(issued) => {
-                    let chain =
-                        CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes()).map(|c| c.expect("pem")).collect();
-                    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).expect("key");
-                    builder.with_client_auth_cert(chain, key).expect("client cert")
-                }
-                None => builder.with_no_client_auth(),
-            };
             let name = ServerName::try_from(ip.to_string()).expect("name");
+            let config = tls_client_config(server_ca, *cert);
             let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
             let mut tls = rustls::StreamOwned::new(conn, tcp);
             tls.write_all(&request).map_err(|e| format!("TLS: {e}"))?;
@@ -448,19 +452,7 @@ fn kuberaft_dev_tls_runs_a_cluster_that_only_its_certificates_reach() {
 /// The leaf certificate the TLS port at `ip:port` presents to a new connection, made trusting
 /// `ca_pem` and presenting `identity`.
 fn presented_certificate(ip: &str, port: u16, ca_pem: &str, identity: &Issued) -> Result<Vec<u8>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    }
-    let chain = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes()).map(|c| c.expect("pem")).collect();
-    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).map_err(|e| e.to_string())?;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())?;
+    let config = tls_client_config(ca_pem, Some(identity));
     let name = ServerName::try_from(ip.to_string()).map_err(|e| e.to_string())?;
     let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
     let mut tcp = TcpStream::connect((ip, port)).map_err(|e| format!("connect: {e}"))?;
