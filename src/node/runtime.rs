@@ -15,8 +15,8 @@ use tokio::sync::oneshot;
 
 use super::shared::{lock, read, write, LoopStatus, Shared};
 use crate::raft::{
-    ConfChange, ConfChangeKind, Entry, EntryPayload, Index, Message, MessageBody, NodeId, ProposeError, RawNode, Ready,
-    Role, Snapshot, SnapshotMeta, Term,
+    ConfChange, ConfChangeKind, DataLoss, Entry, EntryPayload, Index, Message, MessageBody, NodeId, ProposeError,
+    RawNode, Ready, Role, Snapshot, SnapshotMeta, Term,
 };
 use crate::store::command::{decode, encode, ApplyResult, Command, MemberInfo};
 use crate::store::kv::staging_path;
@@ -337,12 +337,23 @@ impl RaftLoop {
             }
             self.drive();
             self.lease_tick();
-            if self.raw.raft.data_lost() {
+            if let Some(loss) = self.raw.raft.data_lost() {
+                let id = self.shared.id;
+                let what = match loss {
+                    DataLoss::BlankVoter => format!(
+                        "this member holds no data, but the leader sent it a log in which it is voter {id:x}: its data \
+                         is lost, and it will not count toward majorities with an empty log"
+                    ),
+                    DataLoss::Acknowledged { acknowledged, holds } => format!(
+                        "the leader counts this member as holding the log up to index {acknowledged}, which it \
+                         acknowledged as written to disk, but its log ends at index {holds}: entries it acknowledged \
+                         are gone (a disk that lost writes it reported done, or a data directory put back from an \
+                         older copy), and it will not vote or acknowledge with a log shorter than the one it vouched for"
+                    ),
+                };
                 let why = format!(
-                    "this member holds no data, but the leader sent it a log in which it is voter {:x}: its data is lost, \
-                     and it will not count toward majorities with an empty log. Remove it (`kuberaft member remove {:x}`) \
-                     and add it back (`kuberaft member add ...`); the operator does this by itself",
-                    self.shared.id, self.shared.id
+                    "{what}. Remove it (`kuberaft member remove {id:x}`) and add it back with an empty data directory \
+                     (`kuberaft member add ...`); the operator does this by itself"
                 );
                 tracing::error!("{why}");
                 self.shared.data_lost.send_replace(Some(why));

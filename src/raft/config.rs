@@ -39,6 +39,9 @@ pub enum PlantedBug {
     VoteFromEmptyLog,
     /// A leader sends messages of a term that is not yet durable (before its Ready persisted).
     SendTermBeforePersist,
+    /// A leader's heartbeat carries its whole commit index, not what the follower is known to
+    /// hold: a follower behind it takes that for entries it acknowledged and lost.
+    HeartbeatCommitPastMatch,
 }
 
 impl Config {

@@ -117,10 +117,21 @@ pub struct Raft {
     pub(crate) aborted_reads: Vec<u64>,
     /// Leader: proposals or a commit advance wait to be sent in the next `ready`.
     pub(crate) need_bcast_append: bool,
-    /// Set when this member, holding nothing, was sent a log that counts it as a voter it never
-    /// was added as a learner: it is a voter whose data is lost. It then ignores every message;
-    /// the host must stop it (the node exits with code 3 so that it is replaced).
-    data_lost: bool,
+    /// Set when this member learns that data it had is gone (see `DataLoss`). It then ignores
+    /// every message; the host must stop it (the node exits with code 3 so that it is replaced).
+    data_lost: Option<DataLoss>,
+}
+
+/// How a member learned that its data is lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataLoss {
+    /// Holding nothing, it was sent a log that counts it as a voter it never was added as a
+    /// learner (an initial member whose data directory was wiped).
+    BlankVoter,
+    /// Its leader counts it as holding the log up to `acknowledged`, which it acknowledged as
+    /// durable, but it holds only up to `holds`: a disk that lost writes it reported done, or a
+    /// data directory put back from an older copy.
+    Acknowledged { acknowledged: Index, holds: Index },
 }
 
 impl Raft {
@@ -151,7 +162,7 @@ impl Raft {
             read_states: Vec::new(),
             aborted_reads: Vec::new(),
             need_bcast_append: false,
-            data_lost: false,
+            data_lost: None,
             cfg,
         };
         raft.conf = raft.conf_at(raft.log.last_index());
@@ -207,7 +218,7 @@ impl Raft {
         self.log.last_index() == 0
     }
     /// See the `data_lost` field: the member must be stopped and replaced.
-    pub fn data_lost(&self) -> bool {
+    pub fn data_lost(&self) -> Option<DataLoss> {
         self.data_lost
     }
     /// Whether the leader has committed an entry of its own term, so that its commit index is
@@ -454,7 +465,12 @@ impl Raft {
 
     /// Handles one message from a peer.
     pub fn step(&mut self, m: Message) {
-        if self.data_lost || m.to != self.cfg.id || m.from == self.cfg.id || m.from == 0 || !m.is_well_formed() {
+        if self.data_lost.is_some()
+            || m.to != self.cfg.id
+            || m.from == self.cfg.id
+            || m.from == 0
+            || !m.is_well_formed()
+        {
             return;
         }
         if m.term > self.term {
@@ -574,7 +590,16 @@ impl Raft {
                 self.election_elapsed = 0;
                 self.leader = Some(m.from);
                 // The leader sends at most what it knows we match, so this never commits an
-                // entry we hold that differs from the leader's.
+                // entry we hold that differs from the leader's. What it knows we match we
+                // acknowledged as durable: a commit index past our log means those entries are
+                // gone. etcd stops there too ("Was the raft log corrupted, truncated, or lost?");
+                // going on, this member would wait for entries the leader never sends again, and
+                // could vote with a log shorter than the one it vouched for.
+                let holds = self.log.last_index();
+                if commit > holds {
+                    self.data_lost = Some(DataLoss::Acknowledged { acknowledged: commit, holds });
+                    return;
+                }
                 self.log.commit_to(commit);
                 self.send(m.from, MessageBody::HeartbeatResp { read_seq });
             }
@@ -663,7 +688,7 @@ impl Raft {
     }
 
     fn lose_data(&mut self, leader: NodeId) {
-        self.data_lost = true;
+        self.data_lost = Some(DataLoss::BlankVoter);
         self.leader = Some(leader);
     }
 
@@ -840,7 +865,14 @@ impl Raft {
             .progress
             .iter()
             .filter(|(id, _)| **id != me)
-            .map(|(id, pr)| (*id, pr.matched.min(committed)))
+            .map(|(id, pr)| {
+                let commit = if self.cfg.planted == Some(PlantedBug::HeartbeatCommitPastMatch) {
+                    committed
+                } else {
+                    pr.matched.min(committed)
+                };
+                (*id, commit)
+            })
             .collect();
         for (id, commit) in targets {
             self.send(id, MessageBody::Heartbeat { commit, read_seq });

@@ -1513,7 +1513,7 @@ fn a_blank_member_sent_a_log_that_counts_it_as_a_voter_reports_data_lost() {
     let mut node = blank(3);
     let entries: Vec<Entry> = (1..=3).map(|id| member_change(id, ConfChangeKind::AddVoter, id)).collect();
     node.step(msg(1, 3, 4, MessageBody::Append { prev_index: 0, prev_term: 0, entries, commit: 3 }));
-    assert!(node.raft.data_lost());
+    assert_eq!(node.raft.data_lost(), Some(DataLoss::BlankVoter));
     assert!(node.raft.is_blank(), "nothing was appended");
     let rd = node.ready();
     assert!(rd.entries.is_empty());
@@ -1529,7 +1529,7 @@ fn a_blank_member_sent_a_log_that_counts_it_as_a_voter_reports_data_lost() {
     entries.push(member_change(3, ConfChangeKind::AddLearner, 3));
     entries.push(member_change(4, ConfChangeKind::Promote, 3));
     node.step(msg(1, 3, 4, MessageBody::Append { prev_index: 0, prev_term: 0, entries, commit: 3 }));
-    assert!(!node.raft.data_lost());
+    assert!(node.raft.data_lost().is_none());
     let rd = node.ready();
     assert_eq!(rd.entries.len(), 4);
     assert!(rd.persisted_messages.iter().any(|m| m.body == MessageBody::AppendResp { index: 4, reject: None }));
@@ -1542,14 +1542,56 @@ fn a_blank_member_sent_a_snapshot_that_counts_it_as_a_voter_reports_data_lost() 
     };
     let mut node = blank(3);
     node.step(msg(1, 3, 4, snapshot(voters(3))));
-    assert!(node.raft.data_lost());
+    assert_eq!(node.raft.data_lost(), Some(DataLoss::BlankVoter));
     assert!(node.ready().snapshot.is_none());
 
     let mut node = blank(3);
     let conf = ConfState { voters: (1..=2).collect(), learners: [3].into() };
     node.step(msg(1, 3, 4, snapshot(conf)));
-    assert!(!node.raft.data_lost());
+    assert!(node.raft.data_lost().is_none());
     assert!(node.ready().snapshot.is_some(), "a learner takes the snapshot");
+}
+
+/// The leader's heartbeat carries a commit index no higher than what the follower acknowledged
+/// as durable. A follower whose log ends before it has lost entries it acknowledged (a disk
+/// that lost writes it reported done, or a data directory put back from an older copy): it
+/// reports its data lost and answers nothing more, where it would otherwise wait forever for
+/// entries the leader takes it to hold (its rejections of what follows look stale to the
+/// leader), and could vote with a log shorter than the one it vouched for. A follower that is
+/// merely behind, because it never acknowledged the entries, catches up as before.
+#[test]
+fn a_follower_that_lost_entries_it_acknowledged_reports_its_data_lost() {
+    let mut net = Network::new(3);
+    net.elect(1);
+    let kept = net.propose(1, "a");
+    net.stabilize();
+    let older_copy = net.peer(3).storage.clone();
+    let last = ["b", "c", "d"].iter().map(|c| net.propose(1, c)).last().expect("proposed");
+    net.stabilize();
+    assert_eq!(net.raft(1).progress(3).map(|p| p.matched), Some(last), "member 3 acknowledged them");
+    net.peer_mut(3).storage = older_copy;
+    net.restart(3);
+    assert_eq!(net.raft(3).log().last_index(), kept);
+    net.heartbeat(1);
+    assert_eq!(net.raft(3).data_lost(), Some(DataLoss::Acknowledged { acknowledged: last, holds: kept }));
+    assert_eq!(net.raft(3).log().last_index(), kept, "it takes nothing more");
+    net.propose(1, "e");
+    net.heartbeat(1);
+    assert_eq!(net.raft(3).log().last_index(), kept, "it stays out");
+    assert_eq!(net.raft(1).role(), Role::Leader, "the others go on");
+
+    // Behind without having acknowledged anything: no loss, and it catches up.
+    let mut net = Network::new(3);
+    net.elect(1);
+    net.cut(1, 3);
+    let last = ["b", "c", "d"].iter().map(|c| net.propose(1, c)).last().expect("proposed");
+    net.stabilize();
+    net.restart(3);
+    net.reconnect(3);
+    net.heartbeat(1);
+    assert_eq!(net.raft(3).data_lost(), None);
+    assert_eq!(net.raft(3).log().last_index(), last);
+    assert_eq!(net.raft(3).commit_index(), last);
 }
 
 /// A single voter wins its election at once, in a term that is not on disk yet: its first

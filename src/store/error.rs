@@ -95,7 +95,8 @@ fn io_hint(error: &io::Error) -> &'static str {
     } else if error.raw_os_error() == Some(libc::EROFS) {
         // The kernel turns a file system read-only after a disk error (ext4 errors=remount-ro).
         " (the file system is read-only: after a disk error the kernel keeps it so until it is repaired; stop the \
-         member, check the volume, mount it read-write and start the member again; nothing durable was lost)"
+         member, check the volume, mount it read-write and start the member again; should the repair have lost \
+         writes the disk had reported done, the member says so once it hears from its leader, and exits with code 3)"
     } else if error.raw_os_error() == Some(libc::EIO) {
         " (the disk reported an I/O error: check the kernel log and the device; the member retries)"
     } else if error.kind() == io::ErrorKind::PermissionDenied {

@@ -255,6 +255,13 @@ impl Cluster {
 
     /// Waits (bounded) for member `i`'s process to exit by itself; its exit status, or None
     /// if it still runs (it is then left running).
+    /// How member `i` exited, if it has (without waiting).
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let status = self.members[i].child.as_mut()?.try_wait().ok()??;
+        self.members[i].child = None;
+        Some(status)
+    }
+
     pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
         let start = Instant::now();
         while start.elapsed() < timeout {

@@ -193,7 +193,12 @@ fn exchange(addr: SocketAddr, request: &RawRequest) -> Result<RawResponse, Strin
 fn exchange_first_answer(addr: SocketAddr, request: &RawRequest) -> Result<RawResponse, String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
     stream.set_read_timeout(Some(RESPONSE_TIMEOUT)).map_err(|e| e.to_string())?;
-    stream.write_all(&request.bytes(&addr.to_string())).map_err(|e| format!("write: {e}"))?;
+    if let Err(e) = stream.write_all(&request.bytes(&addr.to_string())) {
+        // A member may answer (413, 400) and close before it read a large body; `exchange`
+        // reads while it writes. A watch request changes nothing, so asking again is harmless.
+        drop(stream);
+        return exchange(addr, request).map_err(|again| format!("write: {e}; asked again: {again}"));
+    }
     let mut raw = Vec::new();
     let mut buffer = vec![0u8; 64 * 1024];
     // Bounded: every read waits at most RESPONSE_TIMEOUT, and an answer is a few KiB.
@@ -1170,6 +1175,16 @@ fn disruptive(m: &Message, to: u64, from_header: u64, term: u64) -> bool {
     accepted && (m.term > term || matches!(m.body, MessageBody::TimeoutNow))
 }
 
+/// Whether `m` tells member `to` that it lost entries it acknowledged: a heartbeat it accepts,
+/// of its term or a newer one, whose commit index is past the member's log (here: past
+/// `commit`, its commit index before the fuzz, which its log never ends before). A member must
+/// stop on that word of its leader (exit 3, as etcd panics), so a forged one stops it; only
+/// peer TLS keeps forgers out (tests/cluster `tls::`).
+fn claims_data_loss(m: &Message, to: u64, from_header: u64, term: u64, commit: u64) -> bool {
+    let accepted = m.to == to && m.from == from_header && m.from != 0 && m.is_well_formed();
+    accepted && m.term >= term && matches!(m.body, MessageBody::Heartbeat { commit: c, .. } if c > commit)
+}
+
 #[derive(Default)]
 struct PeerFuzzOutcome {
     statuses: BTreeMap<u16, u64>,
@@ -1187,7 +1202,7 @@ impl std::fmt::Display for PeerFuzzOutcome {
 /// Posts `count` batches to the peer ports: random bytes, real batches and mutations of them,
 /// with right, wrong and missing cluster ids. With `newer_terms` false, a batch a member would
 /// accept with a newer term (or a TimeoutNow) in it is withheld, so the leader and the term
-/// must stay as they are.
+/// must stay as they are; always, one that tells a member it lost data (`claims_data_loss`).
 fn peer_port_fuzz(c: &Cluster, seed: u64, count: u64, newer_terms: bool) -> PeerFuzzOutcome {
     let mut rng = Rng::new(seed ^ 0x7065_6572);
     let statuses: Vec<Value> = (0..c.members.len()).map(|i| c.status(i).expect("status")).collect();
@@ -1195,6 +1210,7 @@ fn peer_port_fuzz(c: &Cluster, seed: u64, count: u64, newer_terms: bool) -> Peer
     let leader_id = statuses.iter().find_map(|s| parse_id(s["leaderId"].as_str()?)).expect("a leader id");
     let term = statuses.iter().filter_map(|s| s["term"].as_u64()).max().expect("a term");
     let cluster_id = statuses[0]["clusterId"].as_str().expect("cluster id").to_string();
+    let commits: Vec<u64> = statuses.iter().map(|s| s["commitIndex"].as_u64().expect("a commit index")).collect();
     let mut outcome = PeerFuzzOutcome::default();
     for n in 0..count {
         let member = rng.range(0, c.members.len() as u64) as usize;
@@ -1235,7 +1251,11 @@ fn peer_port_fuzz(c: &Cluster, seed: u64, count: u64, newer_terms: bool) -> Peer
         let has_cluster_id =
             request.headers.iter().any(|(n, v)| n == "x-kuberaft-cluster-id" && v == cluster_id.as_bytes());
         if let Ok(batch) = decode_messages(format, &request.body) {
-            if !newer_terms && has_cluster_id && batch.iter().any(|m| disruptive(m, to, from_header, term)) {
+            let withhold = |m: &Message| {
+                (!newer_terms && disruptive(m, to, from_header, term))
+                    || claims_data_loss(m, to, from_header, term, commits[member])
+            };
+            if has_cluster_id && batch.iter().any(withhold) {
                 outcome.withheld += 1;
                 continue;
             }
@@ -1266,6 +1286,23 @@ fn client_api_and_peer_port_answer_random_requests_within_the_contract() {
     for k in 0..PRECIOUS_KEYS {
         c.put_ok(k % 3, &format!("{PRECIOUS_PREFIX}{k}"), &format!("value-{k}"));
     }
+    // A new leader publishes the members' client URLs through the log, each once it hears from
+    // the member, checking every 200 ms (DESIGN §3): the fuzz compares the membership hash
+    // before and after each request, so it starts once that is done (the same hash on every
+    // member for a second).
+    let mut settled = (String::new(), 0);
+    wait_for("the members' client URLs published", ELECTION, || {
+        std::thread::sleep(Duration::from_millis(100));
+        let hashes: Vec<String> =
+            (0..3).filter_map(|i| Some(c.status(i)?["membershipHash"].as_str()?.to_string())).collect();
+        let agreed = hashes.len() == 3 && hashes.iter().all(|h| *h == hashes[0]);
+        settled = match hashes.first().filter(|_| agreed) {
+            Some(hash) if *hash == settled.0 => (settled.0.clone(), settled.1 + 1),
+            Some(hash) => (hash.clone(), 1),
+            None => (String::new(), 0),
+        };
+        (settled.1 >= 10).then_some(())
+    });
 
     let started = Instant::now();
     let api = client_api_fuzz(&c, seed, count);

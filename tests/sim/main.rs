@@ -30,7 +30,9 @@
 //! Checked at every step: election safety, log matching, leader completeness, state machine
 //! safety, monotonic commit, every message sent against the sender's durable state at the
 //! moment it leaves (its term, a granted vote, no vote from an empty log), that a member
-//! whose data was lost is never admitted again under its old id, and that every read-all
+//! whose data was lost is never admitted again under its old id, that no member finds data it
+//! acknowledged gone (the leader's heartbeat commit past its log, `raft::DataLoss`: the disks
+//! here lose nothing synced, so that report would be false), and that every read-all
 //! answered sees the accounts' conserved total; at the end: liveness once faults stop (a
 //! leader and a commit within a few election timeouts), convergence of every member, and
 //! linearizability of the whole history (puts, gets, read-alls, transfers, CAS, with the
@@ -910,6 +912,16 @@ impl Sim {
             self.lease_role(id);
             let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
             let Some(raw) = node.raw.as_mut() else { return Ok(()) };
+            // Disks here lose nothing synced, and a member whose disk is lost never runs again
+            // under its id; so no member may find that data it acknowledged is gone. (The
+            // planted vote-from-empty-log run starts a wiped member under its old id on purpose.)
+            if let Some(loss) = raw.raft.data_lost() {
+                if self.planted != Some(PlantedBug::VoteFromEmptyLog) {
+                    return Err(format!(
+                        "data loss: n{id} reports its data lost ({loss:?}), but its disk kept all it wrote"
+                    ));
+                }
+            }
             if !raw.has_ready() {
                 return Ok(());
             }
@@ -2554,12 +2566,15 @@ const CONVERGENCE: &str = "convergence: members did not converge";
 /// The planted bugs: name, bug, and what the failure it causes may say (any one of them).
 const EARLY: &str = "expired early";
 
-const BUGS: [(&str, Bug, &[&str]); 10] = [
+const BUGS: [(&str, Bug, &[&str]); 11] = [
     ("join-on-followers-word", Bug::Raft(PlantedBug::JoinOnFollowersWord), &["admitted again under its old id"]),
     // On some seeds (9 before the follower reads were modelled, 4 after) this bug leaves
     // members that never converge before a vote from an empty log is seen: caught either way.
     ("vote-from-empty-log", Bug::Raft(PlantedBug::VoteFromEmptyLog), &["a vote from an empty log", CONVERGENCE]),
     ("send-term-before-persist", Bug::Raft(PlantedBug::SendTermBeforePersist), &["while its durable term is"]),
+    // A follower that is merely behind takes the leader's whole commit index for a promise it
+    // made and broke.
+    ("heartbeat-commit-past-match", Bug::Raft(PlantedBug::HeartbeatCommitPastMatch), &["reports its data lost"]),
     ("txn-first-op-only", Bug::TxnFirstOpOnly, &["conserved total"]),
     // A transfer against stale balances breaks the total; a CAS against a moved revision
     // only the history's order.
