@@ -11,7 +11,9 @@
 //! would normalise `..` and re-encode). They stay valid HTTP/1.1 (token methods, URI
 //! characters, visible header values): hyper refuses malformed messages before any route, with
 //! an empty 400 no conforming client can cause. Seeded and bounded: `FUZZ_REQUESTS` (default
-//! 1500, and a third of that in peer batches), `FUZZ_SEED` to replay.
+//! 1500, and a third of that in peer batches), `FUZZ_SEED` to replay. The same fuzz runs once
+//! more against a cluster with TLS on both ports (issue 16), through proxies that carry the
+//! hand-written bytes inside TLS.
 
 #[allow(dead_code)]
 #[path = "../cluster/harness.rs"]
@@ -22,12 +24,16 @@ mod http_support;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use harness::{wait_for, Cluster, CLIENT_PORT, PEER_PORT};
+use harness::{wait_for, write_issued, Cluster, CLIENT_PORT, PEER_PORT};
 use kuberaft::base::base64::encode_base64;
+use kuberaft::base::pki::Authority;
 use kuberaft::base::rng::Rng;
+use kuberaft::base::tls::caller_config;
 use kuberaft::base::wire::kv::{DeleteRangeRequest, RequestOp, TxnRequest};
 use kuberaft::base::wire::{
     max_txn_request_bytes, parse_id, AddMemberRequest, TransferRequest, DEFAULT_MAX_VALUE_BYTES, MAX_KEY_BYTES,
@@ -40,6 +46,8 @@ use serde_json::Value;
 
 /// The 127.<NET>.0.0/16 block of this binary's cluster.
 const NET: u8 = 47;
+/// The block of its cluster with TLS (members at 127.<NET_TLS>.0.x, proxies at .1.x and up).
+const NET_TLS: u8 = 48;
 const ELECTION: Duration = Duration::from_secs(15);
 const DEFAULT_REQUESTS: u64 = 1500;
 const DEFAULT_SEED: u64 = 4;
@@ -185,6 +193,110 @@ fn exchange(addr: SocketAddr, request: &RawRequest) -> Result<RawResponse, Strin
     let _ = stream.shutdown(Shutdown::Both);
     let write_result = write.join().map_err(|_| "the writer panicked".to_string())?;
     response.map_err(|e| format!("{e} (write: {write_result:?})"))
+}
+
+/// Where the fuzz sends its bytes.
+struct Targets {
+    /// Each member's client port (or the proxy in front of it).
+    client: Vec<SocketAddr>,
+    /// `peer[member][sender]`: member's peer port, reached as member `sender` (with TLS, a proxy
+    /// that presents that member's certificate; without, the port itself for every sender).
+    peer: Vec<Vec<SocketAddr>>,
+    tls: bool,
+}
+
+impl Targets {
+    fn plain(c: &Cluster) -> Targets {
+        let port = |ip: &str, port: u16| -> SocketAddr { format!("{ip}:{port}").parse().expect("address") };
+        let n = c.members.len();
+        Targets {
+            client: c.members.iter().map(|m| port(&m.ip, CLIENT_PORT)).collect(),
+            peer: c.members.iter().map(|m| vec![port(&m.ip, PEER_PORT); n]).collect(),
+            tls: false,
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        if self.tls {
+            " with TLS"
+        } else {
+            ""
+        }
+    }
+}
+
+/// Plain TCP listeners, each in front of one member's port: every connection is carried to the
+/// member inside TLS, with a client certificate. The listeners live on the proxy's own runtime,
+/// and end with it (when the test drops the proxies).
+struct TlsProxies {
+    targets: Targets,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl TlsProxies {
+    /// Listens on 127.<NET_TLS>.<1 + k>.<member + 1>: k = 0 for the client ports (as `client`);
+    /// k = 1 + s for the peer ports, presenting `peers[s]`, member s's certificate and key.
+    fn start(c: &Cluster, ca: &Path, client: rustls::ClientConfig, peers: &[(PathBuf, PathBuf)]) -> TlsProxies {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("proxy runtime");
+        let listen = |block: usize, member: usize| -> SocketAddr {
+            format!("127.{NET_TLS}.{}.{}:10000", block + 1, member + 1).parse().expect("address")
+        };
+        let member_port = |member: usize, port: u16| -> SocketAddr {
+            format!("{}:{port}", c.members[member].ip).parse().expect("address")
+        };
+        let client = Arc::new(client);
+        let mut targets = Targets { client: Vec::new(), peer: Vec::new(), tls: true };
+        for member in 0..c.members.len() {
+            let at = listen(0, member);
+            proxy(&runtime, at, member_port(member, CLIENT_PORT), client.clone());
+            targets.client.push(at);
+            let mut as_senders = Vec::new();
+            for (sender, (cert, key)) in peers.iter().enumerate() {
+                let config = caller_config(ca, Some((cert, key)), &[b"http/1.1"]).expect("peer TLS");
+                let at = listen(1 + sender, member);
+                proxy(&runtime, at, member_port(member, PEER_PORT), Arc::new(config));
+                as_senders.push(at);
+            }
+            targets.peer.push(as_senders);
+        }
+        TlsProxies { targets, _runtime: runtime }
+    }
+}
+
+/// Carries every connection to `listen` to `target` inside TLS (the target's IP as its name).
+fn proxy(runtime: &tokio::runtime::Runtime, listen: SocketAddr, target: SocketAddr, config: Arc<rustls::ClientConfig>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind(listen)).expect("bind a proxy");
+    runtime.spawn(async move {
+        let connector = tokio_rustls::TlsConnector::from(config);
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let connector = connector.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                let name = rustls::pki_types::ServerName::IpAddress(target.ip().into());
+                let Ok(outbound) = connector.connect(name, outbound).await else { return };
+                let (mut from_client, mut to_client) = inbound.split();
+                let (mut from_member, mut to_member) = tokio::io::split(outbound);
+                let up = async {
+                    if tokio::io::copy(&mut from_client, &mut to_member).await.is_err() {
+                        // The member answered and closed before it read the whole request (a
+                        // 413): read the rest, as the member's own socket would have, so that
+                        // closing does not reset the connection before the answer is read.
+                        let mut sink = tokio::io::sink();
+                        let rest = tokio::io::copy(&mut from_client, &mut sink);
+                        let _ = tokio::time::timeout(RESPONSE_TIMEOUT, rest).await;
+                    }
+                    let _ = to_member.shutdown().await;
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut from_member, &mut to_client).await;
+                    let _ = to_client.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
 }
 
 /// `exchange` for a watch: a stream that answers 200 goes on for as long as it is read, so
@@ -346,13 +458,12 @@ fn observe(c: &Cluster) -> Observed {
 
 /// Every member answers /healthz (and /readyz within the contract, ready or not), agrees on
 /// one leader, and serves every precious key with its value, linearizably.
-fn check_survivors(c: &Cluster, phase: &str) -> (usize, u64) {
+fn check_survivors(c: &Cluster, to: &Targets, phase: &str) -> (usize, u64) {
     for (i, m) in c.members.iter().enumerate() {
         let health = c.http.get(format!("{}/healthz", m.client_url())).send().map(|r| r.status().as_u16());
         assert_eq!(health.ok(), Some(200), "{} answers /healthz after the {phase}\n{}", m.name, c.log_tail(i));
         let request = RawRequest::new("GET", "/readyz".to_string());
-        let addr = format!("{}:{CLIENT_PORT}", m.ip).parse().expect("address");
-        let ready = exchange(addr, &request).unwrap_or_else(|e| panic!("/readyz of {}: {e}", m.name));
+        let ready = exchange(to.client[i], &request).unwrap_or_else(|e| panic!("/readyz of {}: {e}", m.name));
         check_response(&request, &ready).unwrap_or_else(|e| panic!("/readyz of {} after the {phase}: {e}", m.name));
     }
     let (leader, term) = c.wait_leader(ELECTION);
@@ -955,26 +1066,25 @@ const REGRESSIONS: &[(&str, &str, u16)] = &[
     ("DELETE", "/v1/kv/%2E", 400),
 ];
 
-fn regressions(c: &Cluster) {
+fn regressions(c: &Cluster, to: &Targets) {
     for (method, target, expected) in REGRESSIONS {
         for (i, m) in c.members.iter().enumerate() {
             let mut request = RawRequest::new(method, target.to_string());
             if *method == "PUT" {
                 request.body = b"value".to_vec();
             }
-            let addr = format!("{}:{CLIENT_PORT}", m.ip).parse().expect("address");
-            let response = exchange(addr, &request).unwrap_or_else(|e| panic!("{method} {target}: {e}"));
+            let response = exchange(to.client[i], &request).unwrap_or_else(|e| panic!("{method} {target}: {e}"));
             assert_eq!(response.status, *expected, "{method} {target} via {}\n{}", m.name, c.log_tail(i));
             check_response(&request, &response).unwrap_or_else(|e| panic!("{method} {target} via {}: {e}", m.name));
         }
     }
-    large_answers_to_requests_with_ignored_bodies_arrive_whole(c);
+    large_answers_to_requests_with_ignored_bodies_arrive_whole(c, to);
 }
 
 /// A body the route does not read (a GET with 1 MiB attached) used to be still unread when the
 /// answer went out; hyper then closed the connection, the kernel reset it, and an answer larger
 /// than the socket buffers was cut off. Every member now reads bodies to their end first.
-fn large_answers_to_requests_with_ignored_bodies_arrive_whole(c: &Cluster) {
+fn large_answers_to_requests_with_ignored_bodies_arrive_whole(c: &Cluster, to: &Targets) {
     let value = "b".repeat(700 * 1024);
     for k in 0..3 {
         c.put_ok(k, &format!("big-{k}"), &value);
@@ -982,7 +1092,7 @@ fn large_answers_to_requests_with_ignored_bodies_arrive_whole(c: &Cluster) {
     for (i, m) in c.members.iter().enumerate() {
         let mut request = RawRequest::new("GET", "/v1/kv?prefix=big-&consistency=serializable".to_string());
         request.body = vec![b'x'; DEFAULT_MAX_VALUE_BYTES];
-        let addr = format!("{}:{CLIENT_PORT}", m.ip).parse().expect("address");
+        let addr = to.client[i];
         let response = wait_for(&format!("the three big keys applied on {}", m.name), ELECTION, || {
             let response = exchange(addr, &request).unwrap_or_else(|e| panic!("a large list via {}: {e}", m.name));
             let list: Value = serde_json::from_slice(&response.body).ok()?;
@@ -1016,16 +1126,15 @@ impl ApiFuzzOutcome {
     }
 }
 
-fn client_api_fuzz(c: &Cluster, seed: u64, count: u64) -> ApiFuzzOutcome {
+fn client_api_fuzz(c: &Cluster, to: &Targets, seed: u64, count: u64) -> ApiFuzzOutcome {
     let mut rng = Rng::new(seed);
     let statuses: Vec<Value> = (0..c.members.len()).map(|i| c.status(i).expect("status")).collect();
     let ids = Ids {
         members: statuses.iter().map(|s| s["id"].as_str().unwrap_or_default().to_string()).collect(),
         names: c.members.iter().map(|m| m.name.clone()).collect(),
     };
-    let address =
-        |member: usize| -> SocketAddr { format!("{}:{CLIENT_PORT}", c.members[member].ip).parse().expect("address") };
-    regressions(c);
+    let address = |member: usize| to.client[member];
+    regressions(c, to);
     let mut outcome = ApiFuzzOutcome::default();
     let mut before = observe(c);
     for n in 0..count {
@@ -1203,7 +1312,7 @@ impl std::fmt::Display for PeerFuzzOutcome {
 /// with right, wrong and missing cluster ids. With `newer_terms` false, a batch a member would
 /// accept with a newer term (or a TimeoutNow) in it is withheld, so the leader and the term
 /// must stay as they are; always, one that tells a member it lost data (`claims_data_loss`).
-fn peer_port_fuzz(c: &Cluster, seed: u64, count: u64, newer_terms: bool) -> PeerFuzzOutcome {
+fn peer_port_fuzz(c: &Cluster, to_reach: &Targets, seed: u64, count: u64, newer_terms: bool) -> PeerFuzzOutcome {
     let mut rng = Rng::new(seed ^ 0x7065_6572);
     let statuses: Vec<Value> = (0..c.members.len()).map(|i| c.status(i).expect("status")).collect();
     let ids: Vec<u64> = statuses.iter().filter_map(|s| parse_id(s["id"].as_str()?)).collect();
@@ -1261,13 +1370,17 @@ fn peer_port_fuzz(c: &Cluster, seed: u64, count: u64, newer_terms: bool) -> Peer
             }
             outcome.decodable += 1;
         }
-        let addr: SocketAddr = format!("{}:{PEER_PORT}", c.members[member].ip).parse().expect("address");
+        // With TLS, through the proxy that presents the certificate of the member the batch says
+        // it comes from (etcd-0's for a stranger's), which the member checks against the sender.
+        let sender = ids.iter().position(|id| *id == from_header).unwrap_or(0);
+        let addr = to_reach.peer[member][sender];
         let context =
             || format!("peer request {n} (FUZZ_SEED={seed}) to {}: {}", c.members[member].name, request.describe());
         let response = exchange(addr, &request).unwrap_or_else(|e| panic!("{}: {e}", context()));
         *outcome.statuses.entry(response.status).or_insert(0) += 1;
+        let foreign = to_reach.tls && from_header != ids[sender];
         assert!(
-            matches!(response.status, 204 | 400 | 412),
+            matches!(response.status, 204 | 400 | 412) || (response.status == 403 && foreign),
             "{}: status {} {:?}",
             context(),
             response.status,
@@ -1279,9 +1392,44 @@ fn peer_port_fuzz(c: &Cluster, seed: u64, count: u64, newer_terms: bool) -> Peer
 
 #[test]
 fn client_api_and_peer_port_answer_random_requests_within_the_contract() {
-    let (seed, count) = (seed(), requests());
     let mut c = Cluster::new(NET, 3);
     c.bootstrap();
+    let to = Targets::plain(&c);
+    fuzz(&c, &to);
+}
+
+/// Issue 16, must-show 2: the same fuzz of a cluster with TLS on both ports and certificates
+/// required on both. The fuzz still writes its requests byte by byte; a proxy in front of each
+/// port speaks TLS to the member with a client certificate of the cluster's CA (on the peer port,
+/// the certificate of the member the batch says it comes from, so that the member's identity
+/// check lets real senders through and refuses the others with 403).
+#[test]
+fn client_api_and_peer_port_answer_random_requests_within_the_contract_with_tls() {
+    let ca = Authority::new("fuzz-ca").expect("ca");
+    let mut c = Cluster::new(NET_TLS, 3);
+    let ca_file = c.with_tls(&ca, true);
+    let pki = c.dir.path().join("pki");
+    let (cert, key) = write_issued(&pki, "client", &ca.issue("root", &[]).expect("issue"));
+    let config = caller_config(&ca_file, Some((&cert, &key)), &[b"http/1.1"]).expect("client TLS");
+    c.http = http_support::blocking()
+        .tls_backend_preconfigured(config.clone())
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .expect("http client");
+    c.bootstrap();
+    let peers: Vec<(PathBuf, PathBuf)> = c
+        .members
+        .iter()
+        .map(|m| (pki.join(format!("{}.pem", m.name)), pki.join(format!("{}-key.pem", m.name))))
+        .collect();
+    let proxies = TlsProxies::start(&c, &ca_file, config, &peers);
+    fuzz(&c, &proxies.targets);
+}
+
+/// The fuzz of a started cluster, reached at `to`.
+fn fuzz(c: &Cluster, to: &Targets) {
+    let (seed, count) = (seed(), requests());
     c.wait_leader(ELECTION);
     for k in 0..PRECIOUS_KEYS {
         c.put_ok(k % 3, &format!("{PRECIOUS_PREFIX}{k}"), &format!("value-{k}"));
@@ -1305,11 +1453,12 @@ fn client_api_and_peer_port_answer_random_requests_within_the_contract() {
     });
 
     let started = Instant::now();
-    let api = client_api_fuzz(&c, seed, count);
+    let api = client_api_fuzz(c, to, seed, count);
     let api_time = started.elapsed();
-    check_survivors(&c, "client API fuzz");
+    check_survivors(c, to, "client API fuzz");
     println!(
-        "fuzz client API: seed {seed}, {count} requests in {:.1}s, statuses {:?}, errors {:?}",
+        "fuzz client API{}: seed {seed}, {count} requests in {:.1}s, statuses {:?}, errors {:?}",
+        to.label(),
         api_time.as_secs_f64(),
         api.statuses,
         api.errors
@@ -1319,21 +1468,23 @@ fn client_api_and_peer_port_answer_random_requests_within_the_contract() {
     let (leader, term) = c.wait_leader(ELECTION);
     let peer_count = (count / 3).max(2);
     let started = Instant::now();
-    let calm = peer_port_fuzz(&c, seed, peer_count / 2, false);
+    let calm = peer_port_fuzz(c, to, seed, peer_count / 2, false);
     let calm_time = started.elapsed();
-    let kept = check_survivors(&c, "peer port fuzz in one term");
+    let kept = check_survivors(c, to, "peer port fuzz in one term");
     assert_eq!(kept, (leader, term), "no batch with a newer term was sent: the leader and the term stay");
     println!(
-        "fuzz peer port, current and older terms: seed {seed}, {} batches in {:.1}s, {calm}; leader and term kept",
+        "fuzz peer port{}, current and older terms: seed {seed}, {} batches in {:.1}s, {calm}; leader and term kept",
+        to.label(),
         peer_count / 2,
         calm_time.as_secs_f64()
     );
     let started = Instant::now();
-    let stormy = peer_port_fuzz(&c, seed ^ 1, peer_count - peer_count / 2, true);
+    let stormy = peer_port_fuzz(c, to, seed ^ 1, peer_count - peer_count / 2, true);
     let stormy_time = started.elapsed();
-    let (_, term_after) = check_survivors(&c, "peer port fuzz with newer terms");
+    let (_, term_after) = check_survivors(c, to, "peer port fuzz with newer terms");
     println!(
-        "fuzz peer port, newer terms allowed: seed {seed}, {} batches in {:.1}s, {stormy}; term {term} -> {term_after}",
+        "fuzz peer port{}, newer terms allowed: seed {seed}, {} batches in {:.1}s, {stormy}; term {term} -> {term_after}",
+        to.label(),
         peer_count - peer_count / 2,
         stormy_time.as_secs_f64()
     );
