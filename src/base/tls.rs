@@ -48,7 +48,7 @@ fn file_error(path: &Path, detail: impl std::fmt::Display) -> TlsError {
 }
 
 /// Reads a PEM file whole, refusing one too large to be a certificate chain or a key.
-fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+pub fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
     let size = fs::metadata(path).map_err(|e| file_error(path, e))?.len();
     if size > MAX_PEM_BYTES {
         return Err(file_error(path, format!("{size} bytes is too large for a PEM file")));

@@ -10,14 +10,23 @@ use futures::StreamExt;
 
 use super::{Answer, Call, Driver, EventStream, Op, OpResult};
 use crate::base::output::CliError;
+use crate::client::TlsOptions;
 
 pub struct EtcdDriver {
     conns: Vec<Client>,
 }
 
 impl EtcdDriver {
-    pub fn connect(endpoints: &[String], conns: usize, timeout: Duration) -> Result<EtcdDriver, CliError> {
-        let options = ConnectOptions::new().with_timeout(timeout).with_connect_timeout(timeout);
+    pub fn connect(
+        endpoints: &[String],
+        conns: usize,
+        timeout: Duration,
+        tls: &TlsOptions,
+    ) -> Result<EtcdDriver, CliError> {
+        let mut options = ConnectOptions::new().with_timeout(timeout).with_connect_timeout(timeout);
+        if let Some(tls) = tls_options(endpoints, tls)? {
+            options = options.with_tls(tls);
+        }
         let handle = tokio::runtime::Handle::current();
         let conns = tokio::task::block_in_place(|| {
             (0..conns)
@@ -27,6 +36,26 @@ impl EtcdDriver {
         .map_err(|e| CliError::Failed(format!("cannot connect to etcd at {}: {e}", endpoints.join(","))))?;
         Ok(EtcdDriver { conns })
     }
+}
+
+/// etcd-client's TLS settings (tonic's, on rustls and ring) for https:// endpoints: the CA of
+/// `--cacert`, and the identity of `--cert` and `--key` when given; none for http:// ones.
+fn tls_options(endpoints: &[String], tls: &TlsOptions) -> Result<Option<etcd_client::TlsOptions>, CliError> {
+    let read =
+        |path: &std::path::Path| crate::base::tls::read_pem(path).map_err(|e| CliError::Usage(format!("TLS: {e}")));
+    if !endpoints.iter().any(|e| e.starts_with("https://")) {
+        return Ok(None);
+    }
+    let Some(ca) = &tls.cacert else {
+        return Err(CliError::Usage(
+            "https:// endpoints need --cacert, the CA file the members' certificates chain to".into(),
+        ));
+    };
+    let mut options = etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+    if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+        options = options.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(options))
 }
 
 impl Driver for EtcdDriver {

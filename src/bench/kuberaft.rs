@@ -11,14 +11,19 @@ use futures::StreamExt;
 use super::{Answer, Call, Driver, EventStream, Op, OpResult};
 use crate::base::output::CliError;
 use crate::base::wire::watch::WatchCreateRequest;
-use crate::client::{Client, ClientConfig, ClientError, Consistency};
+use crate::client::{Client, ClientConfig, ClientError, Consistency, TlsOptions};
 
 pub struct KuberaftDriver {
     conns: Vec<Client>,
 }
 
 impl KuberaftDriver {
-    pub fn new(endpoints: &[String], conns: usize, timeout: Duration) -> Result<KuberaftDriver, CliError> {
+    pub fn new(
+        endpoints: &[String],
+        conns: usize,
+        timeout: Duration,
+        tls: TlsOptions,
+    ) -> Result<KuberaftDriver, CliError> {
         if endpoints.is_empty() {
             return Err(CliError::Usage("--endpoints names no member".into()));
         }
@@ -26,8 +31,8 @@ impl KuberaftDriver {
             .map(|i| {
                 let mut rotated = endpoints.to_vec();
                 rotated.rotate_left(i % endpoints.len());
-                Client::with_config(rotated, ClientConfig::with_request_timeout(timeout))
-                    .map_err(|e| CliError::Usage(e.to_string()))
+                let config = ClientConfig { tls: tls.clone(), ..ClientConfig::with_request_timeout(timeout) };
+                Client::with_config(rotated, config).map_err(|e| CliError::Usage(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(KuberaftDriver { conns })

@@ -157,6 +157,22 @@ pub struct BenchArgs {
     /// after the run (they expire after `--lease-ttl`).
     #[arg(long)]
     pub keep_leases: bool,
+    /// For https:// endpoints: the CA file the members' certificates chain to (etcd's
+    /// `benchmark --cacert`).
+    #[arg(long)]
+    pub cacert: Option<std::path::PathBuf>,
+    /// This client's certificate, for members that require one (`--cert`).
+    #[arg(long, requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The key of `--cert`.
+    #[arg(long, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl BenchArgs {
+    fn tls(&self) -> crate::client::TlsOptions {
+        crate::client::TlsOptions { cacert: self.cacert.clone(), cert: self.cert.clone(), key: self.key.clone() }
+    }
 }
 
 /// One request kind.
@@ -422,9 +438,11 @@ fn check(args: &BenchArgs) -> Result<(), CliError> {
 fn driver(args: &BenchArgs) -> Result<Arc<dyn Driver>, CliError> {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     match args.target {
-        Target::Kuberaft => Ok(Arc::new(kuberaft::KuberaftDriver::new(&args.endpoints, args.conns, timeout)?)),
+        Target::Kuberaft => {
+            Ok(Arc::new(kuberaft::KuberaftDriver::new(&args.endpoints, args.conns, timeout, args.tls())?))
+        }
         #[cfg(feature = "etcd")]
-        Target::Etcd => Ok(Arc::new(etcd::EtcdDriver::connect(&args.endpoints, args.conns, timeout)?)),
+        Target::Etcd => Ok(Arc::new(etcd::EtcdDriver::connect(&args.endpoints, args.conns, timeout, &args.tls())?)),
         #[cfg(not(feature = "etcd"))]
         Target::Etcd => Err(CliError::Usage(
             "this kuberaft was built without etcd support: `cargo build --release --features etcd` (needs protoc)"

@@ -527,4 +527,17 @@ impl Cluster {
         }
         ca_file
     }
+
+    /// Makes `http` a client of the members' TLS client ports (`with_tls(.., true)`): trusting
+    /// `ca`, presenting `cert` and `key`.
+    pub fn client_tls(&mut self, ca: &Path, cert: &Path, key: &Path) -> rustls::ClientConfig {
+        let config = kuberaft::base::tls::caller_config(ca, Some((cert, key)), &[b"http/1.1"]).expect("client TLS");
+        self.http = crate::http_support::blocking()
+            .tls_backend_preconfigured(config.clone())
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_millis(500))
+            .build()
+            .expect("http client");
+        config
+    }
 }

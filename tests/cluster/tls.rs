@@ -334,6 +334,11 @@ fn etcdctl_and_the_cli_speak_to_a_cluster_with_tls_on_both_ports() {
         Duration::from_secs(15),
     );
     assert!(!stranger.ok, "{stranger:?}");
+
+    // The JSON API over TLS, with the client certificate: every member's status, one leader.
+    c.client_tls(&ca_file, &cert, &key);
+    let (leader, _) = c.wait_leader(ELECTION);
+    assert_eq!(c.get(leader, "cli", "linearizable").0, 200, "a read through the HTTP API over TLS");
 }
 
 /// A `kuberaft dev` process, stopped (SIGTERM, then SIGKILL) when dropped, also when a test
@@ -557,4 +562,79 @@ fn certificates_rotate_under_load() {
         acked.len(),
         refused.len()
     );
+}
+
+/// `kuberaft bench` speaks TLS with a client certificate to both targets (issue 16, must-show 6:
+/// `TLS=1 scripts/bench-vs-etcd`): its own driver and the etcd-client driver against a kuberaft
+/// cluster with certificates required on both ports, and the etcd-client driver against a real
+/// etcd started with its own TLS flags and the same CA. An https:// endpoint without `--cacert`
+/// is a usage error (exit 2) that names the flag.
+#[cfg(feature = "etcd")]
+#[test]
+fn bench_speaks_tls_to_kuberaft_and_to_etcd() {
+    let ca = Authority::new("bench-ca").expect("ca");
+    let mut c = Cluster::new(144, 3);
+    let ca_file = c.with_tls(&ca, true);
+    let pki = c.dir.path().join("pki");
+    let (cert, key) = write_issued(&pki, "client", &ca.issue("root", &[]).expect("issue"));
+    c.client_tls(&ca_file, &cert, &key);
+    c.bootstrap();
+    c.wait_leader(ELECTION);
+
+    let etcd_ip = "127.144.1.1";
+    let (etcd_cert, etcd_key) = write_issued(&pki, "etcd", &ca.issue("etcd", &[etcd_ip]).expect("issue"));
+    let (client_url, peer_url) = (format!("https://{etcd_ip}:2379"), format!("https://{etcd_ip}:2380"));
+    let mut command = std::process::Command::new("etcd");
+    command.args(["--name", "e0", "--data-dir"]).arg(c.dir.path().join("etcd"));
+    command.args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url]);
+    command.args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url]);
+    command.args(["--initial-cluster", &format!("e0={peer_url}"), "--logger", "zap", "--log-level", "error"]);
+    for prefix in ["", "peer-"] {
+        command.arg(format!("--{prefix}cert-file")).arg(&etcd_cert);
+        command.arg(format!("--{prefix}key-file")).arg(&etcd_key);
+        command.arg(format!("--{prefix}trusted-ca-file")).arg(&ca_file);
+        command.arg(format!("--{prefix}client-cert-auth"));
+    }
+    /// Stopped when the test ends, also when it fails.
+    struct Etcd(std::process::Child);
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let etcd = command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn();
+    let _etcd = Etcd(etcd.expect("start etcd"));
+
+    let tls = [
+        "--cacert".to_string(),
+        ca_file.display().to_string(),
+        "--cert".to_string(),
+        cert.display().to_string(),
+        "--key".to_string(),
+        key.display().to_string(),
+    ];
+    let bench = |target: &str, endpoints: &str, tls: &[String]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+            .args(["bench", "--target", target, "--endpoints", endpoints, "--scenario", "put"])
+            .args(["--clients", "4", "--conns", "2", "--total", "200", "--timeout-ms", "2000", "-w", "json", "--quiet"])
+            .args(tls)
+            .output()
+            .expect("run kuberaft bench")
+    };
+    let members: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
+    let members = members.join(",");
+    // etcd is up once a run through it succeeds (bounded).
+    wait_for("etcd answers over TLS", ELECTION, || bench("etcd", &client_url, &tls).status.success().then_some(()));
+    for (target, endpoints) in [("kuberaft", &members), ("etcd", &members), ("etcd", &client_url)] {
+        let output = bench(target, endpoints, &tls);
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{target} driver against {endpoints}: {said}");
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+        assert_eq!((report["requests"].as_u64(), report["errors"].as_u64()), (Some(200), Some(0)), "{report}");
+        let output = bench(target, endpoints, &[]);
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{target} driver against {endpoints} without --cacert: {said}");
+        assert!(said.contains("--cacert"), "it names the flag: {said}");
+    }
 }

@@ -1410,13 +1410,7 @@ fn client_api_and_peer_port_answer_random_requests_within_the_contract_with_tls(
     let ca_file = c.with_tls(&ca, true);
     let pki = c.dir.path().join("pki");
     let (cert, key) = write_issued(&pki, "client", &ca.issue("root", &[]).expect("issue"));
-    let config = caller_config(&ca_file, Some((&cert, &key)), &[b"http/1.1"]).expect("client TLS");
-    c.http = http_support::blocking()
-        .tls_backend_preconfigured(config.clone())
-        .timeout(Duration::from_secs(10))
-        .connect_timeout(Duration::from_millis(500))
-        .build()
-        .expect("http client");
+    let config = c.client_tls(&ca_file, &cert, &key);
     c.bootstrap();
     let peers: Vec<(PathBuf, PathBuf)> = c
         .members
