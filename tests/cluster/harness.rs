@@ -451,8 +451,24 @@ pub struct Etcd {
 impl Etcd {
     /// Starts it with `extra` flags and waits (bounded) until its gateway answers a range.
     pub fn start(ip: &str, extra: &[&str]) -> Etcd {
+        let etcd = Etcd::spawn(ip, "http", extra);
+        let client = format!("http://{ip}:{CLIENT_PORT}");
+        let http = crate::http_support::blocking().timeout(Duration::from_secs(2)).build().expect("client");
+        wait_for("etcd to answer", Duration::from_secs(15), || {
+            http.post(format!("{client}/v3/kv/range"))
+                .json(&serde_json::json!({"key": "eA=="}))
+                .send()
+                .ok()
+                .filter(|r| r.status().is_success())
+        });
+        etcd
+    }
+
+    /// Starts it with `extra` flags, its URLs in `scheme` (`https` wants the TLS flags in
+    /// `extra`), without waiting for it.
+    pub fn spawn(ip: &str, scheme: &str, extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (client, peer) = (format!("http://{ip}:{CLIENT_PORT}"), format!("http://{ip}:{PEER_PORT}"));
+        let (client, peer) = (format!("{scheme}://{ip}:{CLIENT_PORT}"), format!("{scheme}://{ip}:{PEER_PORT}"));
         let child = Command::new("etcd")
             .args(["--name", "e0", "--data-dir"])
             .arg(dir.path().join("e0"))
@@ -465,16 +481,7 @@ impl Etcd {
             .stderr(Stdio::null())
             .spawn()
             .expect("start etcd");
-        let etcd = Etcd { child, _dir: dir };
-        let http = crate::http_support::blocking().timeout(Duration::from_secs(2)).build().expect("client");
-        wait_for("etcd to answer", Duration::from_secs(15), || {
-            http.post(format!("{client}/v3/kv/range"))
-                .json(&serde_json::json!({"key": "eA=="}))
-                .send()
-                .ok()
-                .filter(|r| r.status().is_success())
-        });
-        etcd
+        Etcd { child, _dir: dir }
     }
 }
 
@@ -485,9 +492,29 @@ impl Drop for Etcd {
     }
 }
 
+/// etcd's TLS flags of one port, which members take too: certificate, key, trusted CA, and
+/// client certificates required. etcd names the two ports' flags alike: `prefix` is "" for the
+/// client port (`--cert-file`), "peer-" for the peer port (`--peer-cert-file`).
+pub fn tls_flags(prefix: &str, cert: &Path, key: &Path, ca: &Path) -> [String; 7] {
+    [
+        format!("--{prefix}cert-file"),
+        cert.display().to_string(),
+        format!("--{prefix}key-file"),
+        key.display().to_string(),
+        format!("--{prefix}trusted-ca-file"),
+        ca.display().to_string(),
+        format!("--{prefix}client-cert-auth"),
+    ]
+}
+
+/// The files `write_issued` writes for `name` in `dir`: `<name>.pem` and `<name>-key.pem`.
+pub fn issued_files(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")))
+}
+
 /// Writes `issued` as `<name>.pem` and `<name>-key.pem` in `dir`.
 pub fn write_issued(dir: &Path, name: &str, issued: &Issued) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
+    let (cert, key) = issued_files(dir, name);
     std::fs::write(&cert, &issued.cert_pem).expect("write cert");
     std::fs::write(&key, &issued.key_pem).expect("write key");
     (cert, key)
@@ -498,25 +525,14 @@ impl Cluster {
     /// `--peer-client-cert-auth` (and the client port's with `--client-cert-auth` and a plain
     /// `--listen-metrics-urls` when `clients`); returns the CA's file.
     pub fn with_tls(&mut self, ca: &Authority, clients: bool) -> PathBuf {
-        let dir = self.dir.path().join("pki");
+        let dir = self.pki();
         std::fs::create_dir_all(&dir).expect("pki dir");
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, ca.cert_pem()).expect("write ca");
         for m in &mut self.members {
             let issued = ca.issue(&m.name, &[&m.ip]).expect("issue");
             let (cert, key) = write_issued(&dir, &m.name, &issued);
-            // etcd names the two ports' flags alike: `--peer-cert-file` beside `--cert-file`.
-            let flags = |prefix: &str| {
-                [
-                    format!("--{prefix}cert-file"),
-                    cert.display().to_string(),
-                    format!("--{prefix}key-file"),
-                    key.display().to_string(),
-                    format!("--{prefix}trusted-ca-file"),
-                    ca_file.display().to_string(),
-                    format!("--{prefix}client-cert-auth"),
-                ]
-            };
+            let flags = |prefix: &str| tls_flags(prefix, &cert, &key, &ca_file);
             m.peer_tls = true;
             m.extra_args.extend(flags("peer-"));
             if clients {
@@ -526,6 +542,17 @@ impl Cluster {
             }
         }
         ca_file
+    }
+
+    /// Where `with_tls` writes the CA and the members' certificates (`issued_files`).
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// A client certificate of `ca` for user `root`, written beside the members' as `client`:
+    /// its certificate and key files.
+    pub fn issue_client(&self, ca: &Authority) -> (PathBuf, PathBuf) {
+        write_issued(&self.pki(), "client", &ca.issue("root", &[]).expect("issue"))
     }
 
     /// Makes `http` a client of the members' TLS client ports (`with_tls(.., true)`): trusting

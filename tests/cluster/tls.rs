@@ -16,7 +16,7 @@ use kuberaft::raft::{Message, MessageBody};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::harness::{wait_for, write_issued, Cluster, METRICS_PORT, PEER_PORT};
+use crate::harness::{issued_files, wait_for, write_issued, Cluster, METRICS_PORT, PEER_PORT};
 use crate::ELECTION;
 
 /// A TLS client's configuration trusting `server_ca` and presenting `cert` (if any).
@@ -262,8 +262,7 @@ fn etcdctl_and_the_cli_speak_to_a_cluster_with_tls_on_both_ports() {
     let ca = Authority::new("cluster-ca").expect("ca");
     let mut c = Cluster::new(140, 3);
     let ca_file = c.with_tls(&ca, true);
-    let client = ca.issue("root", &[]).expect("issue");
-    let (cert, key) = write_issued(&c.dir.path().join("pki"), "client", &client);
+    let (cert, key) = c.issue_client(&ca);
     c.bootstrap();
     let flags = [
         format!("--cacert={}", ca_file.display()),
@@ -326,7 +325,7 @@ fn etcdctl_and_the_cli_speak_to_a_cluster_with_tls_on_both_ports() {
         crate::grpc_api::ctl(&c.members[0].client_url(), &[&flags[0], "get", "k0"], "", Duration::from_secs(15));
     assert!(!anonymous.ok, "{anonymous:?}");
     let foreign = Authority::new("another-ca").expect("ca");
-    let (fcert, fkey) = write_issued(&c.dir.path().join("pki"), "foreign", &foreign.issue("root", &[]).expect("issue"));
+    let (fcert, fkey) = write_issued(&c.pki(), "foreign", &foreign.issue("root", &[]).expect("issue"));
     let stranger = crate::grpc_api::ctl(
         &c.members[0].client_url(),
         &[&flags[0], &format!("--cert={}", fcert.display()), &format!("--key={}", fkey.display()), "get", "k0"],
@@ -487,9 +486,8 @@ fn certificates_rotate_under_load() {
     let ca = Authority::new("cluster-ca").expect("ca");
     let mut c = Cluster::new(142, 3);
     let ca_file = c.with_tls(&ca, true);
-    let pki = c.dir.path().join("pki");
-    let client_cert = ca.issue("root", &[]).expect("issue");
-    let (cert, key) = write_issued(&pki, "client", &client_cert);
+    let pki = c.pki();
+    let (cert, key) = c.issue_client(&ca);
     c.bootstrap();
     let endpoints: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
     let tls = kuberaft::client::TlsOptions { cacert: Some(ca_file), cert: Some(cert), key: Some(key) };
@@ -530,7 +528,7 @@ fn certificates_rotate_under_load() {
     let mut new_certs = Vec::new();
     for m in &c.members {
         let issued = ca.issue(&m.name, &[&m.ip]).expect("issue");
-        let (cert, key) = (pki.join(format!("{}.pem", m.name)), pki.join(format!("{}-key.pem", m.name)));
+        let (cert, key) = issued_files(&pki, &m.name);
         for (path, text) in [(&key, &issued.key_pem), (&cert, &issued.cert_pem)] {
             let staged = path.with_extension("new");
             std::fs::write(&staged, text).expect("write");
@@ -575,36 +573,19 @@ fn bench_speaks_tls_to_kuberaft_and_to_etcd() {
     let ca = Authority::new("bench-ca").expect("ca");
     let mut c = Cluster::new(144, 3);
     let ca_file = c.with_tls(&ca, true);
-    let pki = c.dir.path().join("pki");
-    let (cert, key) = write_issued(&pki, "client", &ca.issue("root", &[]).expect("issue"));
+    let (cert, key) = c.issue_client(&ca);
     c.client_tls(&ca_file, &cert, &key);
     c.bootstrap();
     c.wait_leader(ELECTION);
 
     let etcd_ip = "127.144.1.1";
-    let (etcd_cert, etcd_key) = write_issued(&pki, "etcd", &ca.issue("etcd", &[etcd_ip]).expect("issue"));
-    let (client_url, peer_url) = (format!("https://{etcd_ip}:2379"), format!("https://{etcd_ip}:2380"));
-    let mut command = std::process::Command::new("etcd");
-    command.args(["--name", "e0", "--data-dir"]).arg(c.dir.path().join("etcd"));
-    command.args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url]);
-    command.args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url]);
-    command.args(["--initial-cluster", &format!("e0={peer_url}"), "--logger", "zap", "--log-level", "error"]);
-    for prefix in ["", "peer-"] {
-        command.arg(format!("--{prefix}cert-file")).arg(&etcd_cert);
-        command.arg(format!("--{prefix}key-file")).arg(&etcd_key);
-        command.arg(format!("--{prefix}trusted-ca-file")).arg(&ca_file);
-        command.arg(format!("--{prefix}client-cert-auth"));
-    }
-    /// Stopped when the test ends, also when it fails.
-    struct Etcd(std::process::Child);
-    impl Drop for Etcd {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let etcd = command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn();
-    let _etcd = Etcd(etcd.expect("start etcd"));
+    let (etcd_cert, etcd_key) = write_issued(&c.pki(), "etcd", &ca.issue("etcd", &[etcd_ip]).expect("issue"));
+    let flags: Vec<String> = ["", "peer-"]
+        .iter()
+        .flat_map(|prefix| crate::harness::tls_flags(prefix, &etcd_cert, &etcd_key, &ca_file))
+        .collect();
+    let _etcd = crate::harness::Etcd::spawn(etcd_ip, "https", &flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let client_url = format!("https://{etcd_ip}:2379");
 
     let tls = [
         "--cacert".to_string(),

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use harness::{wait_for, write_issued, Cluster, CLIENT_PORT, PEER_PORT};
+use harness::{issued_files, wait_for, Cluster, CLIENT_PORT, PEER_PORT};
 use kuberaft::base::base64::encode_base64;
 use kuberaft::base::pki::Authority;
 use kuberaft::base::rng::Rng;
@@ -1408,15 +1408,10 @@ fn client_api_and_peer_port_answer_random_requests_within_the_contract_with_tls(
     let ca = Authority::new("fuzz-ca").expect("ca");
     let mut c = Cluster::new(NET_TLS, 3);
     let ca_file = c.with_tls(&ca, true);
-    let pki = c.dir.path().join("pki");
-    let (cert, key) = write_issued(&pki, "client", &ca.issue("root", &[]).expect("issue"));
+    let (cert, key) = c.issue_client(&ca);
     let config = c.client_tls(&ca_file, &cert, &key);
     c.bootstrap();
-    let peers: Vec<(PathBuf, PathBuf)> = c
-        .members
-        .iter()
-        .map(|m| (pki.join(format!("{}.pem", m.name)), pki.join(format!("{}-key.pem", m.name))))
-        .collect();
+    let peers: Vec<(PathBuf, PathBuf)> = c.members.iter().map(|m| issued_files(&c.pki(), &m.name)).collect();
     let proxies = TlsProxies::start(&c, &ca_file, config, &peers);
     fuzz(&c, &proxies.targets);
 }
