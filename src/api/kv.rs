@@ -27,6 +27,7 @@ use crate::base::wire::kv as wire;
 use crate::base::wire::*;
 use crate::node::handle::PHYSICAL_COMPACT_LIMIT;
 use crate::node::NodeError;
+use crate::store::auth::Access;
 use crate::store::kv::prefix_end;
 use crate::store::mvcc::model::Model;
 use crate::store::mvcc::{self, MvccError};
@@ -68,6 +69,13 @@ pub(super) fn node_error(api: &Api, e: NodeError) -> ApiError {
         NodeError::Mvcc(e) => mvcc_error(api, e),
         other => other.into(),
     }
+}
+
+/// May the caller read `[key, range_end)`? (Checked where the read is served, after its read
+/// point, against the auth state as applied there.)
+fn may_read(api: &Api, key: &[u8], range_end: &[u8]) -> ApiResult<()> {
+    let caller = super::auth::current();
+    super::auth::check_range(api, &caller, Access::Read, key, range_end).map_err(|e| NodeError::Auth(e).into())
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8], what: &str) -> ApiResult<T> {
@@ -476,6 +484,7 @@ pub(super) async fn range(
     if let Some(url) = read_point(&api, consistency, &headers).await? {
         return Ok(forward(&api, &url, Method::POST, &pq, body, true).await);
     }
+    may_read(&api, &req.key, &req.range_end)?;
     let found = api.node.range(&req, ANSWER_KEYS).map_err(|e| node_error(&api, e))?;
     let mut answer = range_answer(bound_range(found, &mut Budget::new()).0);
     answer.header = header(&api, answer.header.revision);
@@ -495,7 +504,7 @@ pub(super) async fn txn(State(api): State<Api>, request: Request) -> ApiResult<R
     match route(&api, &headers)? {
         Route::Forward(url) => Ok(forward(&api, &url, Method::POST, &pq, body, false).await),
         Route::Here => {
-            let done = api.node.txn(req).await.map_err(|e| node_error(&api, e))?;
+            let done = api.node.txn(&super::auth::current(), req).await.map_err(|e| node_error(&api, e))?;
             let (done, truncated) = bound_txn(done, &mut Budget::new());
             let mut answer = txn_answer(done, truncated);
             answer.header = header(&api, answer.header.revision);
@@ -531,7 +540,8 @@ pub(super) async fn compact(State(api): State<Api>, request: Request) -> ApiResu
             forward(&api, &url, Method::POST, &pq, body, false).await
         }
         Route::Here => {
-            let done = api.node.compact(asked.revision).await.map_err(|e| node_error(&api, e))?;
+            let caller = super::auth::current();
+            let done = api.node.compact(&caller, asked.revision).await.map_err(|e| node_error(&api, e))?;
             Json(wire::CompactionResponse { header: header(&api, done.revision) }).into_response()
         }
     };
@@ -566,6 +576,7 @@ pub(super) async fn get_key(
     }
     let req =
         mvcc::RangeRequest { key: key.clone().into_bytes(), revision: params.rev, ..mvcc::RangeRequest::default() };
+    may_read(&api, &req.key, &req.range_end)?;
     let found = api.node.range(&req, ANSWER_KEYS).map_err(|e| node_error(&api, e))?;
     let revision = found.revision;
     match found.kvs.into_iter().next() {
@@ -682,7 +693,9 @@ pub(super) async fn list(
     if let Some(url) = read_point(&api, params.consistency, request.headers()).await? {
         return Ok(forward(&api, &url, Method::GET, &path_and_query(&request), Bytes::new(), true).await);
     }
-    let found = api.node.range(&list_request(&params, limit), ANSWER_KEYS).map_err(|e| node_error(&api, e))?;
+    let asked = list_request(&params, limit);
+    may_read(&api, &asked.key, &asked.range_end)?;
+    let found = api.node.range(&asked, ANSWER_KEYS).map_err(|e| node_error(&api, e))?;
     let (kvs, cut) = Budget::new().admit(found.kvs);
     let response = ListResponse {
         revision: u64::try_from(found.revision).unwrap_or(0),

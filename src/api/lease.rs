@@ -15,10 +15,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
+use super::auth;
 use super::kv::{bad, header, node_error};
-use super::server::{forward, path_and_query, read_body, route, Api, ApiError, ApiResult, Route};
+use super::server::{forward, forward_as, path_and_query, read_body, route, Api, ApiError, ApiResult, Route};
 use super::watch::JsonValues;
 use crate::base::wire::lease as wire;
+use crate::node::NodeError;
+use crate::store::auth::{Access, Caller};
 
 /// The most bytes of a lease request.
 const MAX_LEASE_REQUEST_BYTES: usize = 4 << 10;
@@ -47,7 +50,8 @@ where
 
 pub(super) async fn grant(State(api): State<Api>, request: Request) -> ApiResult<Response> {
     leader_only(api, request, "lease grant request", |api, asked: wire::LeaseGrantRequest| async move {
-        let (id, ttl) = api.node.lease_grant(asked.id, asked.ttl).await.map_err(|e| node_error(&api, e))?;
+        let caller = auth::current();
+        let (id, ttl) = api.node.lease_grant(&caller, asked.id, asked.ttl).await.map_err(|e| node_error(&api, e))?;
         let revision = api.node.with_kv(|kv| kv.current_revision());
         Ok(Json(wire::LeaseGrantResponse { header: header(&api, revision), id, ttl }).into_response())
     })
@@ -56,7 +60,7 @@ pub(super) async fn grant(State(api): State<Api>, request: Request) -> ApiResult
 
 pub(super) async fn revoke(State(api): State<Api>, request: Request) -> ApiResult<Response> {
     leader_only(api, request, "lease revoke request", |api, asked: wire::LeaseIdRequest| async move {
-        let revision = api.node.lease_revoke(asked.id).await.map_err(|e| node_error(&api, e))?;
+        let revision = api.node.lease_revoke(&auth::current(), asked.id).await.map_err(|e| node_error(&api, e))?;
         Ok(Json(wire::LeaseRevokeResponse { header: header(&api, revision) }).into_response())
     })
     .await
@@ -64,9 +68,10 @@ pub(super) async fn revoke(State(api): State<Api>, request: Request) -> ApiResul
 
 /// One keep-alive, here on the leader or forwarded to it: the answer's JSON line, or the error
 /// as a response.
-async fn keep_alive_once(api: &Api, headers: &HeaderMap, id: i64) -> Result<Bytes, Response> {
+async fn keep_alive_once(api: &Api, caller: &Caller, headers: &HeaderMap, id: i64) -> Result<Bytes, Response> {
     let answer = match route(api, headers).map_err(IntoResponse::into_response)? {
         Route::Here => {
+            auth::check_lease(api, caller, id, Access::Write).map_err(|e| node_error(api, e).into_response())?;
             let ttl = api.node.lease_keep_alive(id).await.map_err(|e| node_error(api, e).into_response())?;
             let revision = api.node.with_kv(|kv| kv.current_revision());
             let answer = wire::LeaseKeepAliveResponse { header: header(api, revision), id, ttl };
@@ -75,7 +80,7 @@ async fn keep_alive_once(api: &Api, headers: &HeaderMap, id: i64) -> Result<Byte
         Route::Forward(url) => {
             let body = serde_json::to_vec(&wire::LeaseIdRequest { id }).unwrap_or_default();
             // A renewal repeated is harmless: forwarded as a read (a lost answer: 503, retry).
-            let answer = forward(api, &url, Method::POST, "/v1/lease/keepalive", body.into(), true).await;
+            let answer = forward_as(api, caller, &url, Method::POST, "/v1/lease/keepalive", body.into(), true).await;
             if !answer.status().is_success() {
                 return Err(answer);
             }
@@ -100,7 +105,7 @@ async fn error_line(response: Response) -> Bytes {
     line.into()
 }
 
-type KeepAlives = (Api, HeaderMap, JsonValues<wire::LeaseIdRequest>);
+type KeepAlives = (Api, Caller, HeaderMap, JsonValues<wire::LeaseIdRequest>);
 
 pub(super) async fn keep_alive(State(api): State<Api>, request: Request) -> ApiResult<Response> {
     let headers = request.headers().clone();
@@ -109,21 +114,22 @@ pub(super) async fn keep_alive(State(api): State<Api>, request: Request) -> ApiR
     let Some(first) = requests.next().await? else {
         return Err(bad("the body holds no lease keep-alive request"));
     };
-    let first = match keep_alive_once(&api, &headers, first.id).await {
+    let caller = auth::current();
+    let first = match keep_alive_once(&api, &caller, &headers, first.id).await {
         Ok(line) => line,
         Err(response) => return Ok(response),
     };
     // The later requests, one answer each, until the body ends or one fails.
-    let state: Option<KeepAlives> = Some((api, headers, requests));
+    let state: Option<KeepAlives> = Some((api, caller, headers, requests));
     let later = futures::stream::unfold(state, |state| async move {
-        let (api, headers, mut requests) = state?;
+        let (api, caller, headers, mut requests) = state?;
         let line = match requests.next().await {
             Ok(None) => return None,
-            Ok(Some(asked)) => keep_alive_once(&api, &headers, asked.id).await,
+            Ok(Some(asked)) => keep_alive_once(&api, &caller, &headers, asked.id).await,
             Err(e) => Err(e.into_response()),
         };
         Some(match line {
-            Ok(line) => (line, Some((api, headers, requests))),
+            Ok(line) => (line, Some((api, caller, headers, requests))),
             Err(response) => (error_line(response).await, None),
         })
     });
@@ -138,6 +144,14 @@ pub(super) async fn keep_alive(State(api): State<Api>, request: Request) -> ApiR
 
 pub(super) async fn time_to_live(State(api): State<Api>, request: Request) -> ApiResult<Response> {
     leader_only(api, request, "lease time-to-live request", |api, asked: wire::LeaseTimeToLiveRequest| async move {
+        let caller = auth::current();
+        // etcd 3.4.42: an authenticated caller; READ on the lease's keys to list them.
+        if asked.keys {
+            auth::check_lease(&api, &caller, asked.id, Access::Read).map_err(|e| node_error(&api, e))?;
+        } else {
+            auth::with_state(&api, |a| a.check_authenticated(caller.user()))
+                .map_err(|e| node_error(&api, NodeError::Auth(e)))?;
+        }
         let found = api.node.lease_time_to_live(asked.id, asked.keys).await.map_err(|e| node_error(&api, e))?;
         let revision = api.node.with_kv(|kv| kv.current_revision());
         let answer = match found {
@@ -169,6 +183,8 @@ pub(super) async fn leases(State(api): State<Api>, request: Request) -> ApiResul
     leader_only(api, request, "leases request", |api, _: LeasesRequest| async move {
         api.node.read_barrier().await.map_err(|e| node_error(&api, e))?;
         let leases = api.node.leases().map_err(|e| node_error(&api, e))?;
+        let ids: Vec<i64> = leases.iter().map(|l| l.id).collect();
+        auth::check_leases(&api, &auth::current(), &ids).map_err(|e| node_error(&api, e))?;
         let revision = api.node.with_kv(|kv| kv.current_revision());
         let leases = leases.into_iter().map(|l| wire::LeaseStatus { id: l.id }).collect();
         Ok(Json(wire::LeaseLeasesResponse { header: header(&api, revision), leases }).into_response())

@@ -3,6 +3,7 @@
 //! builds a log command or touches the core); its JSON shapes live in `crate::base::wire`,
 //! which the client shares.
 
+pub mod auth;
 pub mod grpc;
 pub mod kv;
 pub mod lease;

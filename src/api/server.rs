@@ -22,7 +22,9 @@ use crate::http::serve::{self, BodyError, BodyLimits, PortStats};
 use crate::node::{NodeError, NodeHandle, FSYNC_BUCKETS};
 use crate::store::command::ApplyResult;
 
+use super::auth::AuthSettings;
 use super::kv;
+use crate::store::auth::{AuthError, AuthErrorClass};
 
 /// An API failure; the status code is decided here and nowhere else.
 #[derive(Debug)]
@@ -55,8 +57,25 @@ impl From<NodeError> for ApiError {
             NodeError::BadRequest(m) => ApiError::bad_request(m),
             NodeError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             NodeError::Mvcc(e) => ApiError::new(StatusCode::BAD_REQUEST, kv::mvcc_code(e), e.to_string()),
+            NodeError::Auth(e) => auth_error(e),
         }
     }
+}
+
+/// An auth refusal as the JSON API answers it: 401 for credentials that do not work, 403 for
+/// a caller who may not, 400 or 412 for the rest (as etcd's gateway maps etcd's codes), with
+/// etcd's message.
+fn auth_error(e: AuthError) -> ApiError {
+    let (status, code) = match e.class() {
+        AuthErrorClass::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+        AuthErrorClass::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
+        AuthErrorClass::InvalidArgument if e == AuthError::Failed => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+        AuthErrorClass::InvalidArgument if e == AuthError::UserEmpty => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+        AuthErrorClass::InvalidArgument => (StatusCode::BAD_REQUEST, "bad_request"),
+        AuthErrorClass::FailedPrecondition => (StatusCode::PRECONDITION_FAILED, "failed_precondition"),
+        AuthErrorClass::Unknown => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+    };
+    ApiError::new(status, code, e.to_string())
 }
 
 impl IntoResponse for ApiError {
@@ -96,21 +115,25 @@ pub struct Api {
     /// How the member's lock and election services reach its own client port
     /// (`api::grpc::recipes`): with its client TLS files, when the port speaks TLS.
     pub own_tls: Option<crate::base::tls::TlsFiles>,
+    /// How callers are authenticated (`api::auth`).
+    pub auth: AuthSettings,
 }
 
 /// The client port: etcd's gRPC API for requests with `content-type: application/grpc`
 /// (`api::grpc`), the JSON API for the rest.
 pub fn client_router(api: Api) -> Router {
     let grpc = super::grpc::router(api.clone());
-    let json = json_router(api);
-    Router::new().fallback_service(tower::service_fn(move |request: Request| {
-        let target = if is_grpc(request.headers()) { grpc.clone() } else { json.clone() };
-        tower::ServiceExt::oneshot(target, request)
-    }))
+    let json = json_router(api.clone());
+    Router::new()
+        .fallback_service(tower::service_fn(move |request: Request| {
+            let target = if is_grpc(request.headers()) { grpc.clone() } else { json.clone() };
+            tower::ServiceExt::oneshot(target, request)
+        }))
+        .layer(axum::middleware::from_fn_with_state(api, super::auth::resolve_caller))
 }
 
 /// gRPC's content types: `application/grpc`, `application/grpc+proto`, ...
-fn is_grpc(headers: &HeaderMap) -> bool {
+pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -155,6 +178,7 @@ fn json_router(api: Api) -> Router {
         .route("/v1/members/{id}", axum::routing::delete(remove_member))
         .route("/v1/members/{id}/promote", post(promote_member))
         .route("/v1/leader/transfer", post(transfer_leader))
+        .route("/v1/auth/authenticate", post(authenticate))
         .merge(probe_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
@@ -295,11 +319,27 @@ pub(super) async fn forward(
     body: Bytes,
     is_read: bool,
 ) -> Response {
-    let request = axum::http::Request::builder()
+    forward_as(api, &super::auth::current(), leader_url, method, path_and_query, body, is_read).await
+}
+
+/// `forward`, for `caller` (a stream's later requests, served outside the request's task).
+pub(super) async fn forward_as(
+    api: &Api,
+    caller: &crate::store::auth::Caller,
+    leader_url: &str,
+    method: Method,
+    path_and_query: &str,
+    body: Bytes,
+    is_read: bool,
+) -> Response {
+    let mut request = axum::http::Request::builder()
         .method(method)
         .uri(format!("{leader_url}{path_and_query}"))
-        .header(HEADER_FORWARDED, "1")
-        .body(client::full(body));
+        .header(HEADER_FORWARDED, "1");
+    for (name, value) in super::auth::forwarded_caller(api, caller) {
+        request = request.header(name, value);
+    }
+    let request = request.body(client::full(body));
     let limit = leader_answer_limit(api.node.shared.max_value_bytes);
     match api.http.call(request, FORWARD_TIMEOUT, limit).await {
         Ok(answer) => {
@@ -348,7 +388,9 @@ fn write_outcome(result: ApplyResult) -> ApiResult<Response> {
         )),
         // Only the peer port proposes joins; a key write never yields these.
         ApplyResult::Refused(e) => Err(ApiError::bad_request(e.to_string())),
-        ApplyResult::Joined
+        ApplyResult::AuthRefused(e) => Err(auth_error(e)),
+        ApplyResult::Auth(_)
+        | ApplyResult::Joined
         | ApplyResult::JoinRefused { .. }
         | ApplyResult::Txn(_)
         | ApplyResult::Compacted(_)
@@ -432,10 +474,11 @@ async fn propose_or_forward(
     match route {
         Route::Forward(url) => Ok(forward(api, &url, method, path_and_query, body, false).await),
         Route::Here => {
+            let caller = super::auth::current();
             let hint = api.node.leader_client_url().and_then(|url| HeaderValue::from_str(&url).ok());
             let mut answer = write_outcome(match write {
-                Write::Put { key, value, prev_revision } => api.node.put(key, value, prev_revision).await?,
-                Write::Delete { key, prev_revision } => api.node.delete(key, prev_revision).await?,
+                Write::Put { key, value, prev_revision } => api.node.put(&caller, key, value, prev_revision).await?,
+                Write::Delete { key, prev_revision } => api.node.delete(&caller, key, prev_revision).await?,
             })?;
             if let Some(leader) = hint {
                 answer.headers_mut().insert(HEADER_LEADER, leader);
@@ -523,6 +566,22 @@ pub fn build_status(api: &Api) -> Status {
     }
 }
 
+/// Membership and leadership changes are root's, while auth is on (etcd's
+/// `checkMembershipOperationPermission`).
+fn require_admin(api: &Api) -> ApiResult<()> {
+    let caller = super::auth::current();
+    super::auth::with_state(api, |auth| auth.check_admin(caller.user())).map_err(auth_error)
+}
+
+/// The JSON API's Authenticate: a name and password for a token to send as `Authorization`.
+async fn authenticate(State(api): State<Api>, request: Request) -> ApiResult<Response> {
+    let body = read_body(&request.headers().clone(), request.into_body(), MAX_MEMBER_REQUEST_BYTES).await?;
+    let req: AuthenticateRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad authenticate request: {e}")))?;
+    let token = super::auth::authenticate(&api, &req.name, &req.password).await?;
+    Ok(Json(AuthenticateResponse { token }).into_response())
+}
+
 async fn status(State(api): State<Api>) -> Json<Status> {
     Json(build_status(&api))
 }
@@ -532,6 +591,7 @@ async fn members(State(api): State<Api>) -> Json<MembersResponse> {
 }
 
 async fn add_member(State(api): State<Api>, request: Request) -> ApiResult<Response> {
+    require_admin(&api)?;
     let pq = path_and_query(&request);
     let headers = request.headers().clone();
     let body = read_body(&headers, request.into_body(), MAX_MEMBER_REQUEST_BYTES).await?;
@@ -562,6 +622,7 @@ fn member_id(text: &str) -> ApiResult<u64> {
 }
 
 async fn promote_member(State(api): State<Api>, id: PathParam, request: Request) -> ApiResult<Response> {
+    require_admin(&api)?;
     let id = member_id(&path_param(id, "bad_request")?)?;
     if let Route::Forward(url) = route(&api, request.headers())? {
         return Ok(forward(&api, &url, Method::POST, &path_and_query(&request), Bytes::new(), false).await);
@@ -592,6 +653,7 @@ async fn promote_member(State(api): State<Api>, id: PathParam, request: Request)
 }
 
 async fn remove_member(State(api): State<Api>, id: PathParam, request: Request) -> ApiResult<Response> {
+    require_admin(&api)?;
     let id = member_id(&path_param(id, "bad_request")?)?;
     if let Route::Forward(url) = route(&api, request.headers())? {
         return Ok(forward(&api, &url, Method::DELETE, &path_and_query(&request), Bytes::new(), false).await);
@@ -604,6 +666,7 @@ async fn remove_member(State(api): State<Api>, id: PathParam, request: Request) 
 }
 
 async fn transfer_leader(State(api): State<Api>, request: Request) -> ApiResult<Response> {
+    require_admin(&api)?;
     let pq = path_and_query(&request);
     let headers = request.headers().clone();
     let body = read_body(&headers, request.into_body(), MAX_TRANSFER_REQUEST_BYTES).await?;

@@ -25,6 +25,7 @@ use super::kv::{bad, header, too_large, wire_kv, Span};
 use super::server::{Api, ApiResult};
 use crate::base::wire::watch::{self as wire, HEADER_REQUIRE_LEADER, NO_LEADER};
 use crate::node::watch::{WatchResponse, WatchSpec, WatchStream, STREAM_QUEUE};
+use crate::store::auth::{Access, AuthError, AuthErrorClass, Caller};
 use crate::store::mvcc::{Event, EventKind};
 
 /// How long a member may have no leader before a stream that requires one ends.
@@ -185,19 +186,43 @@ impl Requests for JsonValues<wire::WatchRequest> {
 /// for [`NO_LEADER_CANCEL`] the stream ends with watch id -1, `canceled`, reason
 /// [`NO_LEADER`]. An invalid request is answered by a cancelled create (watch id -1) with the
 /// reason, and no further requests are read (the watches already made go on).
+///
+/// A create the caller may not read (`caller`, checked against the auth state when the watch is
+/// made, as etcd checks it) is answered by a cancelled create (watch id -1) whose reason is
+/// etcd's whole gRPC error text, and the stream goes on.
 pub(super) async fn run_stream(
     api: &Api,
+    caller: Caller,
     first: Option<Ask>,
     mut requests: impl Requests,
     require_leader: bool,
 ) -> mpsc::Receiver<WatchResponse> {
     let (tx, rx) = mpsc::channel::<WatchResponse>(STREAM_QUEUE);
     let mut stream = api.watch.stream(tx.clone());
-    if let Some(first) = first {
-        serve_ask(&mut stream, first).await;
-    }
     let hub = api.watch.clone();
     let node = api.node.clone();
+    let permitted_api = api.clone();
+    let refusal = move |ask: &Ask| -> Option<WatchResponse> {
+        let Ask::Create(spec) = ask else { return None };
+        let denied =
+            super::auth::check_range(&permitted_api, &caller, Access::Read, &spec.key, &spec.range_end).err()?;
+        Some(WatchResponse {
+            watch_id: -1,
+            revision: permitted_api.watch.current_revision(),
+            created: true,
+            canceled: true,
+            cancel_reason: grpc_error_text(denied),
+            ..WatchResponse::default()
+        })
+    };
+    if let Some(first) = first {
+        match refusal(&first) {
+            Some(refused) => {
+                let _ = tx.send(refused).await;
+            }
+            None => serve_ask(&mut stream, first).await,
+        }
+    }
     tokio::spawn(async move {
         let mut body_open = true;
         let mut leaderless_since: Option<tokio::time::Instant> = None;
@@ -225,7 +250,14 @@ pub(super) async fn run_stream(
                 }
             };
             match next {
-                Ok(Some(ask)) => serve_ask(&mut stream, ask).await,
+                Ok(Some(ask)) => match refusal(&ask) {
+                    Some(refused) => {
+                        if tx.send(refused).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => serve_ask(&mut stream, ask).await,
+                },
                 Ok(None) => body_open = false,
                 Err(reason) => {
                     let refused = WatchResponse {
@@ -248,6 +280,19 @@ pub(super) async fn run_stream(
     rx
 }
 
+/// An auth refusal as etcd's watch gives its reason: the whole text of the gRPC error
+/// (`rpc error: code = PermissionDenied desc = etcdserver: permission denied`).
+fn grpc_error_text(e: AuthError) -> String {
+    let code = match e.class() {
+        AuthErrorClass::InvalidArgument => "InvalidArgument",
+        AuthErrorClass::FailedPrecondition => "FailedPrecondition",
+        AuthErrorClass::PermissionDenied => "PermissionDenied",
+        AuthErrorClass::Unauthenticated => "Unauthenticated",
+        AuthErrorClass::Unknown => "Unknown",
+    };
+    format!("rpc error: code = {code} desc = {e}")
+}
+
 /// Whether a response ends its stream (the member lost its leader, with `require_leader`).
 pub(super) fn ends_stream(response: &WatchResponse) -> bool {
     response.watch_id == -1 && response.canceled && !response.created
@@ -261,7 +306,7 @@ pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult
         Some(first) => ask(first)?,
         None => return Err(bad("the body holds no watch request")),
     };
-    let rx = run_stream(&api, Some(first), requests, require_leader).await;
+    let rx = run_stream(&api, super::auth::current(), Some(first), requests, require_leader).await;
     // The answer ends after a stream-ending response (no leader), or when every sender is gone.
     let lines = futures::stream::unfold((rx, api, false), |(mut rx, api, ended)| async move {
         if ended {

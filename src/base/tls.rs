@@ -164,6 +164,54 @@ pub fn certificate_names(cert: &CertificateDer<'_>, host: &str) -> Result<(), St
     rustls::client::verify_server_name(&parsed, &name).map_err(|_| format!("the certificate is not issued for {host}"))
 }
 
+/// The subject's common name (CN) of a DER certificate, as etcd takes the user of a client
+/// certificate (`VerifiedChains[0][0].Subject.CommonName`): `None` if it has none or cannot be
+/// read. A small DER walk: Certificate → tbsCertificate → (version?, serial, signature, issuer,
+/// validity, subject) → the first attribute with OID 2.5.4.3.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    /// One DER element at the start of `bytes`: (tag, contents, the rest).
+    fn element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = bytes.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    const SEQUENCE: u8 = 0x30;
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    let (SEQUENCE, cert, _) = element(der)? else { return None };
+    let (SEQUENCE, mut tbs, _) = element(cert)? else { return None };
+    // The optional explicit version ([0]).
+    if tbs.first() == Some(&0xa0) {
+        tbs = element(tbs)?.2;
+    }
+    // serial, signature algorithm, issuer, validity: skipped.
+    for _ in 0..4 {
+        tbs = element(tbs)?.2;
+    }
+    let (SEQUENCE, mut subject, _) = element(tbs)? else { return None };
+    // At most as many attributes as the subject has bytes.
+    while !subject.is_empty() {
+        let (_, set, rest) = element(subject)?;
+        subject = rest;
+        let (SEQUENCE, attribute, _) = element(set)? else { continue };
+        let (0x06, oid, value) = element(attribute)? else { continue };
+        if oid == CN {
+            let (_, text, _) = element(value)?;
+            return String::from_utf8(text.to_vec()).ok();
+        }
+    }
+    None
+}
+
 /// Writes a certificate of `ca` for 127.0.0.1 (`<name>.pem`, `<name>-key.pem`) and `ca`'s own
 /// (`<name>-ca.pem`) in `dir`, for tests.
 #[cfg(test)]
@@ -185,6 +233,18 @@ pub(crate) fn test_files(dir: &Path, name: &str, ca: &crate::base::pki::Authorit
 mod tests {
     use super::*;
     use crate::base::pki::Authority;
+
+    #[test]
+    fn the_common_name_of_a_certificate_is_read_and_garbage_is_none() {
+        let ca = Authority::new("ca").expect("ca");
+        let issued = ca.issue("alice", &["127.0.0.1"]).expect("issue");
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).expect("pem");
+        assert_eq!(common_name(&der).as_deref(), Some("alice"));
+        for cut in 0..der.len() {
+            assert_eq!(common_name(&der[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(common_name(b"not a certificate"), None);
+    }
 
     #[test]
     fn bad_files_are_refused_with_their_path_and_reason() {

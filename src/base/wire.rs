@@ -163,6 +163,19 @@ pub struct AddMemberResponse {
     pub id: String,
 }
 
+/// `POST /v1/auth/authenticate`: a user's name and password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthenticateRequest {
+    pub name: String,
+    pub password: String,
+}
+
+/// The token to send as `Authorization` (etcd's simple token).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthenticateResponse {
+    pub token: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TransferRequest {

@@ -179,7 +179,8 @@ pub async fn run(node: NodeHandle, retention: Retention) {
         ticks.tick().await;
         let (revision, compacted) = node.with_kv(|kv| (kv.current_revision(), kv.compacted_revision()));
         let Some(target) = compactor.tick(start.elapsed(), revision, compacted, node.is_leader()) else { continue };
-        match node.compact(target).await {
+        // The leader's own compaction travels bare (`store::auth::Caller`).
+        match node.compact(&crate::store::auth::Caller::default(), target).await {
             Ok(_) => tracing::info!(revision = target, ?retention, "auto-compaction: compacted the key history"),
             Err(e) => {
                 compactor.failed();

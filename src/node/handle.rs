@@ -13,6 +13,7 @@ use super::runtime::{offer, Input, NodeError};
 use super::shared::{lock, read, write, Shared};
 use crate::base::ids::added_member_id;
 use crate::raft::{ConfChange, ConfChangeKind, Index, NodeId};
+use crate::store::auth::{AuthOutcome, AuthRequest, AuthState, Caller};
 use crate::store::command::{encode, ApplyResult, Command, MemberInfo};
 use crate::store::mvcc::engine::{HashKv, ReadError};
 use crate::store::mvcc::{CompactResponse, Lease, RangeRequest, RangeResponse, Revision, TxnRequest, TxnResponse};
@@ -68,29 +69,42 @@ impl NodeHandle {
     }
 
     /// Writes `value` under `key` (if its mod revision is `prev_revision`, when given).
-    pub async fn put(&self, key: String, value: Bytes, prev_revision: Option<u64>) -> Result<ApplyResult, NodeError> {
-        self.submit(&Command::Put { key, value, prev_revision }).await
+    pub async fn put(
+        &self,
+        caller: &Caller,
+        key: String,
+        value: Bytes,
+        prev_revision: Option<u64>,
+    ) -> Result<ApplyResult, NodeError> {
+        self.submit(&caller.wrap(Command::Put { key, value, prev_revision })).await
     }
 
     /// Deletes `key` (if its mod revision is `prev_revision`, when given).
-    pub async fn delete(&self, key: String, prev_revision: Option<u64>) -> Result<ApplyResult, NodeError> {
-        self.submit(&Command::Delete { key, prev_revision }).await
+    pub async fn delete(
+        &self,
+        caller: &Caller,
+        key: String,
+        prev_revision: Option<u64>,
+    ) -> Result<ApplyResult, NodeError> {
+        self.submit(&caller.wrap(Command::Delete { key, prev_revision })).await
     }
 
     /// Applies an etcd txn through the log (a put or delete-range alone is a txn of one op).
-    pub async fn txn(&self, txn: TxnRequest) -> Result<TxnResponse, NodeError> {
-        match self.submit(&Command::Txn(txn)).await? {
+    pub async fn txn(&self, caller: &Caller, txn: TxnRequest) -> Result<TxnResponse, NodeError> {
+        match self.submit(&caller.wrap(Command::Txn(txn))).await? {
             ApplyResult::Txn(response) => Ok(response),
             ApplyResult::Refused(e) => Err(NodeError::Mvcc(e)),
+            ApplyResult::AuthRefused(e) => Err(NodeError::Auth(e)),
             other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a txn: {other:?}"))),
         }
     }
 
     /// Compacts the key history below `revision` through the log.
-    pub async fn compact(&self, revision: Revision) -> Result<CompactResponse, NodeError> {
-        match self.submit(&Command::Compact { revision }).await? {
+    pub async fn compact(&self, caller: &Caller, revision: Revision) -> Result<CompactResponse, NodeError> {
+        match self.submit(&caller.wrap(Command::Compact { revision })).await? {
             ApplyResult::Compacted(response) => Ok(response),
             ApplyResult::Refused(e) => Err(NodeError::Mvcc(e)),
+            ApplyResult::AuthRefused(e) => Err(NodeError::Auth(e)),
             other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a compact: {other:?}"))),
         }
     }
@@ -321,7 +335,7 @@ impl NodeHandle {
 
     /// etcd's LeaseGrant: `id` 0 lets this member pick one (positive, random); a TTL below the
     /// minimum (1.5 × the longest election timeout) is raised to it, as etcd does.
-    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64), NodeError> {
+    pub async fn lease_grant(&self, caller: &Caller, id: i64, ttl: i64) -> Result<(i64, i64), NodeError> {
         let id = if id != 0 {
             id
         } else {
@@ -331,18 +345,20 @@ impl NodeHandle {
             ((hash >> 1) as i64).max(1)
         };
         let ttl = ttl.max(self.shared.min_lease_ttl_s);
-        match self.submit(&Command::LeaseGrant { id, ttl }).await? {
+        match self.submit(&caller.wrap(Command::LeaseGrant { id, ttl })).await? {
             ApplyResult::LeaseGranted { id, ttl } => Ok((id, ttl)),
             ApplyResult::Refused(e) => Err(NodeError::Mvcc(e)),
+            ApplyResult::AuthRefused(e) => Err(NodeError::Auth(e)),
             other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a lease grant: {other:?}"))),
         }
     }
 
     /// etcd's LeaseRevoke: the lease and its keys go, as one revision; returns the revision.
-    pub async fn lease_revoke(&self, id: i64) -> Result<Revision, NodeError> {
-        match self.submit(&Command::LeaseRevoke { id }).await? {
+    pub async fn lease_revoke(&self, caller: &Caller, id: i64) -> Result<Revision, NodeError> {
+        match self.submit(&caller.wrap(Command::LeaseRevoke { id })).await? {
             ApplyResult::LeaseRevoked { revision, .. } => Ok(revision),
             ApplyResult::Refused(e) => Err(NodeError::Mvcc(e)),
+            ApplyResult::AuthRefused(e) => Err(NodeError::Auth(e)),
             other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of a lease revoke: {other:?}"))),
         }
     }
@@ -403,10 +419,31 @@ impl NodeHandle {
         Ok(Some((remaining, granted, keys)))
     }
 
+    /// The keys lease `id` holds in this member's applied state.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, NodeError> {
+        let view = self.with_kv(|kv| kv.read_view()).map_err(unreadable)?;
+        view.lease_keys(id).map_err(unreadable)
+    }
+
     /// etcd's LeaseLeases: every lease of this member's applied state.
     pub fn leases(&self) -> Result<Vec<Lease>, NodeError> {
         let view = self.with_kv(|kv| kv.read_view()).map_err(unreadable)?;
         view.leases().map_err(unreadable)
+    }
+
+    /// Applies a change of the auth state (or makes a token) through the log, as `caller`.
+    pub async fn auth(&self, caller: &Caller, request: AuthRequest) -> Result<AuthOutcome, NodeError> {
+        let command = Command::As { user: caller.user.clone(), command: Box::new(Command::Auth(request)) };
+        match self.submit(&command).await? {
+            ApplyResult::Auth(outcome) => Ok(outcome),
+            ApplyResult::AuthRefused(e) => Err(NodeError::Auth(e)),
+            other => Err(NodeError::OutcomeUnknown(format!("unexpected outcome of an auth change: {other:?}"))),
+        }
+    }
+
+    /// The auth state as applied here.
+    pub fn auth_state(&self) -> AuthState {
+        self.with_kv(|kv| kv.auth().clone())
     }
 
     /// Graceful stop of the Raft loop (hands leadership away first).

@@ -85,6 +85,10 @@ pub enum NodeError {
     /// The store refused a txn, range or compact with etcd's error; nothing changed.
     #[error("{0}")]
     Mvcc(MvccError),
+    /// The caller may not do this, or the auth change was refused (etcd's error); nothing
+    /// changed.
+    #[error("{0}")]
+    Auth(crate::store::auth::AuthError),
 }
 
 impl From<ProposeError> for NodeError {
@@ -795,16 +799,22 @@ impl RaftLoop {
         };
         let installed = staged.and_then(|staged| {
             let mut kv = write(&self.shared.kv);
+            // Tokens stay with the member (its TTL), but none survives the install: the
+            // snapshot may have deleted their users (as a restart, the clients authenticate again).
+            let tokens = kv.tokens();
+            tokens.forget(&crate::store::auth::Forget::All);
             // The live database closes before the staged one takes its place.
             drop(std::mem::take(&mut *kv));
             match KvStore::replace_with(live.as_deref(), staged) {
-                Ok(new) => {
+                Ok(mut new) => {
+                    new.set_tokens(tokens);
                     *kv = new;
                     Ok(())
                 }
                 Err(e) => {
                     // Back to the state machine that was there, which is unchanged on disk.
-                    if let Some(reopened) = live.as_deref().and_then(|p| KvStore::open(p).ok()) {
+                    if let Some(mut reopened) = live.as_deref().and_then(|p| KvStore::open(p).ok()) {
+                        reopened.set_tokens(tokens);
                         *kv = reopened;
                     }
                     Err(e.to_string())

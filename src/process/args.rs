@@ -100,6 +100,16 @@ pub struct NodeArgs {
     /// `--peer-trusted-ca-file` issued for the host of its peer URL in the configuration.
     #[arg(long, env = "KUBERAFT_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set, requires = "peer_cert_file")]
     pub peer_client_cert_auth: bool,
+    /// etcd's `--auth-token`: how clients' tokens are made. Only `simple` (etcd's default):
+    /// random tokens each member keeps in memory.
+    #[arg(long, env = "KUBERAFT_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// etcd's `--auth-token-ttl`: seconds a simple token lives after its last use.
+    #[arg(long, env = "KUBERAFT_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// etcd's `--bcrypt-cost`: the cost of the passwords' bcrypt hashes (4 to 31).
+    #[arg(long, env = "KUBERAFT_BCRYPT_COST", default_value_t = 10)]
+    pub bcrypt_cost: u32,
     #[arg(long, env = "KUBERAFT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// A tracing filter, e.g. `info` or `kuberaft=debug`.

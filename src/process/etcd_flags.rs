@@ -45,6 +45,9 @@ const TRANSLATED: &[(&str, Option<&str>)] = &[
     ("peer-key-file", None),
     ("peer-trusted-ca-file", None),
     ("peer-client-cert-auth", None),
+    ("auth-token", None),
+    ("auth-token-ttl", None),
+    ("bcrypt-cost", None),
 ];
 
 /// etcd's flags that are booleans: given alone they mean `true`, and take no value after them.
@@ -74,7 +77,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("grpc-keepalive-timeout", ""),
     ("strict-reconfig-check", ""),
     ("pre-vote", "pre-vote is always on"),
-    ("auth-token", "auth comes with the security issue"),
     ("force-new-cluster", "quorum-loss recovery comes with the day-two issue"),
     ("proxy", "kuberaft has no proxy mode"),
     ("cors", ""),

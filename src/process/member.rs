@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::args::{ClusterState, NodeArgs};
 use super::error::StartError;
 use super::join::{bootstrap_when_unformed, join_existing};
+use crate::api::auth::AuthSettings;
 use crate::api::server::{client_router, metrics_router, render_error as render_client_error, Api};
 use crate::base::ids::{
     cluster_id, host_port, initial_member_id, is_https, parse_initial_cluster, validate_url, InitialMember,
@@ -33,6 +34,7 @@ use crate::node::transport::{self, PeerLimits, PeerServer, Transport, MEMBERS_PA
 use crate::node::watch::WatchHub;
 use crate::node::NodeHandle;
 use crate::raft::{Config, InitialState, Raft, RawNode, Role};
+use crate::store::auth::Tokens;
 use crate::store::command::{encode, MemberInfo};
 use crate::store::kv::{is_staging_file, staging_path};
 use crate::store::{open_data_dir, write_meta, DataDir, DurableState, KvStore, MemberMeta, Storage};
@@ -60,7 +62,8 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
     let DataDir { storage, durable, meta: stored_meta } = open_storage(&args)?;
     let start = decide_start(&args, &flags, &runtime, &storage, durable, stored_meta.clone())?;
     let storage = record_start(&args, storage, stored_meta.as_ref(), &start)?;
-    let kv = restore_state_machine(&args, &start.state)?;
+    let mut kv = restore_state_machine(&args, &start.state)?;
+    kv.set_tokens(Arc::new(Tokens::new(flags.token_ttl)));
     let cfg = raft_config(start.meta.member_id, &args)?;
     let peer_limits = PeerLimits::new(cfg.max_msg_bytes, args.max_value_bytes);
     let raw = RawNode::new(Raft::new(cfg, start.state).map_err(|e| StartError::from(e.to_string()))?);
@@ -109,6 +112,10 @@ struct Flags {
     /// How often watches that asked for it hear their revision.
     watch_progress_interval: Duration,
     tls: Tls,
+    /// How callers are authenticated.
+    auth: AuthSettings,
+    /// `--auth-token-ttl`.
+    token_ttl: Duration,
 }
 
 /// TLS as the flags set it up (issue 16); `None` where a port or a kind of call is plain.
@@ -219,7 +226,22 @@ impl Flags {
                     "--experimental-watch-progress-notify-interval '{interval}' is not a duration such as 10m or 5s"
                 ))
             })?;
+        if args.auth_token != "simple" {
+            return Err(StartError::from(format!(
+                "--auth-token {}: kuberaft makes simple tokens only (--auth-token simple); JWT is not supported",
+                args.auth_token
+            )));
+        }
+        if args.auth_token_ttl == 0 {
+            return Err(StartError::from("--auth-token-ttl must be at least 1 (seconds)"));
+        }
+        if !(4..=31).contains(&args.bcrypt_cost) {
+            return Err(StartError::from(format!("--bcrypt-cost {} is outside 4 to 31", args.bcrypt_cost)));
+        }
+        let auth = AuthSettings { bcrypt_cost: args.bcrypt_cost, client_cert_auth: args.client_cert_auth };
         Ok(Flags {
+            auth,
+            token_ttl: Duration::from_secs(args.auth_token_ttl),
             retention,
             watch_progress_interval,
             client_addr,
@@ -516,7 +538,8 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
     let leader_dial = leader_dial.with_tls(flags.tls.leader_calls_h2.clone());
     let watch = WatchHub::new(shared.clone(), flags.watch_progress_interval);
     let publisher = tokio::spawn(watch.clone().publish());
-    let api = Api { node: node.clone(), http, watch, leader_dial, own_tls: flags.tls.own_calls.clone() };
+    let api =
+        Api { node: node.clone(), http, watch, leader_dial, own_tls: flags.tls.own_calls.clone(), auth: flags.auth };
     let client_listener = tokio::net::TcpListener::bind(client_addr)
         .await
         .map_err(|e| StartError::from(format!("cannot listen for clients on {client_addr}: {e}")))?;

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::auth::{AuthError, AuthOutcome, AuthRequest};
 use super::codec::{self, CodecError};
 use super::legacy;
 use super::mvcc::{CompactResponse, MvccError, RequestOp, Revision, TxnRequest, TxnResponse};
@@ -45,6 +46,15 @@ pub enum Command {
     /// its client URL and name (what the member says of itself, which the leader records, as
     /// etcd's members publish theirs). A member of an older version skips it (see `LeaseGrant`).
     UpdateMember { id: NodeId, name: Option<String>, peer_url: Option<String>, client_url: Option<String> },
+    /// A change of users, roles or permissions, or a token (etcd's Auth API, `store::auth`). A
+    /// member of an older version skips it (see `LeaseGrant`).
+    Auth(AuthRequest),
+    /// `command` on behalf of a client, `user` as the member that received it resolved the
+    /// caller (`None`: no credentials). With auth enabled, the command applies only if the user
+    /// may make it (`store::auth`); otherwise it is refused with etcd's error and changes
+    /// nothing. Every command a client's call makes travels so, as etcd's carry the user in
+    /// their header; the members' own commands (lease expiry, compaction) travel bare.
+    As { user: Option<String>, command: Box<Command> },
 }
 
 impl Command {
@@ -58,6 +68,8 @@ impl Command {
             Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => true,
             Command::Join { .. } | Command::Seen { .. } | Command::LeaseCheckpoint { .. } => false,
             Command::UpdateMember { .. } => false,
+            Command::Auth(_) => true,
+            Command::As { command, .. } => command.answer_is_small(),
         }
     }
 }
@@ -122,6 +134,11 @@ pub enum ApplyResult {
         member: MemberInfo,
         found: bool,
     },
+    /// `Command::Auth` applied.
+    Auth(AuthOutcome),
+    /// A command the caller may not make (or an auth change refused), with etcd's error;
+    /// nothing changed.
+    AuthRefused(AuthError),
 }
 
 /// One stored key.

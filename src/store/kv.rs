@@ -19,10 +19,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::auth::{Access, AuthError, AuthOutcome, AuthRequest, AuthState, Forget, Tokens};
 use super::claim::{check_claim, MemberState};
 use super::command::{decode, numbered_before_etcd, ApplyResult, Command, KeyValue, MemberInfo};
 use super::error::StoreError;
@@ -50,6 +53,11 @@ const SNAPSHOT_HEADER_BYTES: usize = 8;
 /// The state machine's own records in the database's `meta` table.
 const META_APPLIED: &str = "kuberaft/applied";
 const META_MEMBERS: &str = "kuberaft/members";
+const META_AUTH: &str = "kuberaft/auth";
+
+/// How long a simple token lives after its last use, unless `--auth-token-ttl` says otherwise
+/// (etcd's default, 300 s).
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(300);
 
 /// One key's value and revisions in a snapshot of formats 1 to 3; the key is the map key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +109,10 @@ pub struct KvStore {
     compaction_pending: bool,
     /// Commits since the last durable one: what a crash now would lose (and the log replays).
     unpersisted: bool,
+    /// Users, roles and permissions (`META_AUTH`).
+    auth: AuthState,
+    /// The simple tokens this member applied (not replicated state: in memory only).
+    tokens: Arc<Tokens>,
 }
 
 impl std::fmt::Debug for KvStore {
@@ -173,9 +185,25 @@ impl KvStore {
             Some(bytes) => codec::decode::<MemberTable>(&bytes).map_err(|e| inconsistent("members", e.to_string()))?,
             None => MemberTable::default(),
         };
+        let auth = match read(META_AUTH)? {
+            Some(bytes) => codec::decode::<AuthState>(&bytes).map_err(|e| inconsistent("auth", e.to_string()))?,
+            None => AuthState::default(),
+        };
         check_members(&table.members)?;
         let compaction_pending = store.compaction_pending()?;
-        Ok(KvStore { store, path, batch: None, failure: None, applied, table, compaction_pending, unpersisted: false })
+        let tokens = Arc::new(Tokens::new(DEFAULT_TOKEN_TTL));
+        Ok(KvStore {
+            store,
+            path,
+            batch: None,
+            failure: None,
+            applied,
+            table,
+            compaction_pending,
+            unpersisted: false,
+            auth,
+            tokens,
+        })
     }
 
     /// The database file (`None` in memory).
@@ -225,8 +253,10 @@ impl KvStore {
         let result = match &entry.payload {
             EntryPayload::Noop => None,
             EntryPayload::Command(data) => match decode::<Command>(data) {
-                Ok(command) if numbered_before_etcd(data) => Some(self.apply_command(batch, etcd_numbered(command))?),
-                Ok(command) => Some(self.apply_command(batch, command)?),
+                Ok(command) if numbered_before_etcd(data) => {
+                    Some(self.apply_command(batch, etcd_numbered(command), entry.index, None)?)
+                }
+                Ok(command) => Some(self.apply_command(batch, command, entry.index, None)?),
                 Err(e) => {
                     tracing::warn!(index = entry.index, error = %e, "skipping an undecodable command");
                     None
@@ -243,8 +273,67 @@ impl KvStore {
         Ok(result)
     }
 
-    fn apply_command(&mut self, batch: &mut Batch, command: Command) -> Result<ApplyResult, StoreError> {
+    /// Applies `command`; `caller` is `Some` for a client's command (`Command::As`), whose
+    /// user is then checked first (`check_caller`).
+    fn apply_command(
+        &mut self,
+        batch: &mut Batch,
+        command: Command,
+        index: Index,
+        caller: Option<Option<String>>,
+    ) -> Result<ApplyResult, StoreError> {
+        match &caller {
+            Some(user) => {
+                if let Err(e) = self.check_caller(batch, user.as_deref(), &command)? {
+                    return Ok(ApplyResult::AuthRefused(e));
+                }
+            }
+            // A client's write that travels bare was made while auth was off where it was
+            // received; applied with auth on, it has no user. (Lease revokes and compactions
+            // travel bare from the leader itself, on expiry and by the auto-compactor.)
+            None if self.auth.enabled
+                && matches!(
+                    command,
+                    Command::Put { .. } | Command::Delete { .. } | Command::Txn(_) | Command::LeaseGrant { .. }
+                ) =>
+            {
+                return Ok(ApplyResult::AuthRefused(AuthError::UserEmpty));
+            }
+            None => {}
+        }
         Ok(match command {
+            Command::As { user, command } => {
+                if caller.is_some() {
+                    return Ok(ApplyResult::AuthRefused(AuthError::PermissionDenied));
+                }
+                return self.apply_command(batch, *command, index, Some(user));
+            }
+            Command::Auth(request) => {
+                // An auth change always names its caller: a bare one is checked as a caller
+                // without credentials.
+                if caller.is_none() {
+                    if let Err(e) = self.check_caller(batch, None, &Command::Auth(request.clone()))? {
+                        return Ok(ApplyResult::AuthRefused(e));
+                    }
+                }
+                let name = match &request {
+                    AuthRequest::Authenticate { name, .. } => Some(name.clone()),
+                    _ => None,
+                };
+                let mut forget = Forget::Nothing;
+                match self.auth.apply(request, index, &mut forget) {
+                    Ok(AuthOutcome::Token(token)) => {
+                        self.tokens.insert(token.clone(), name.unwrap_or_default());
+                        ApplyResult::Auth(AuthOutcome::Token(token))
+                    }
+                    Ok(outcome) => {
+                        batch.set_meta(META_AUTH, &encode_record(&self.auth))?;
+                        self.tokens.forget(&forget);
+                        ApplyResult::Auth(outcome)
+                    }
+                    Err(e) => ApplyResult::AuthRefused(e),
+                }
+            }
             Command::Put { key, value, prev_revision } => {
                 if let Some(failed) = compare_mod(batch, key.as_bytes(), prev_revision)? {
                     return Ok(failed);
@@ -335,6 +424,76 @@ impl KvStore {
                 }
             }
         })
+    }
+
+    /// May `user` make `command` (etcd's apply-time checks, `store::auth`)? The outer `Result`
+    /// is a storage failure.
+    fn check_caller(
+        &self,
+        batch: &mut Batch,
+        user: Option<&str>,
+        command: &Command,
+    ) -> Result<Result<(), AuthError>, StoreError> {
+        let auth = &self.auth;
+        if !auth.enabled {
+            return Ok(Ok(()));
+        }
+        let key_change = |key: &str, prev_revision: Option<u64>| {
+            auth.check_range(user, Access::Write, key.as_bytes(), &[])?;
+            match prev_revision {
+                // The compare reads the key's revision.
+                Some(_) => auth.check_range(user, Access::Read, key.as_bytes(), &[]),
+                None => Ok(()),
+            }
+        };
+        Ok(match command {
+            Command::Put { key, prev_revision, .. } | Command::Delete { key, prev_revision } => {
+                key_change(key, *prev_revision)
+            }
+            Command::Txn(txn) => {
+                let mut failure = None;
+                let mut lease_keys = |id: i64| match batch.lease_keys(id) {
+                    Ok(keys) => keys,
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        Vec::new()
+                    }
+                };
+                let checked = auth.check_txn(user, txn, &mut lease_keys);
+                if let Some(e) = failure {
+                    return Err(e);
+                }
+                checked
+            }
+            Command::LeaseGrant { .. } => auth.check_authenticated(user),
+            Command::LeaseRevoke { id } => match auth.check_authenticated(user) {
+                Ok(()) => auth.check_lease_keys(user, &batch.lease_keys(*id)?),
+                Err(e) => Err(e),
+            },
+            Command::Auth(request) if !request.needs_admin() => Ok(()),
+            Command::Compact { .. } | Command::Auth(_) => auth.check_admin(user),
+            Command::Join { .. }
+            | Command::Seen { .. }
+            | Command::LeaseCheckpoint { .. }
+            | Command::UpdateMember { .. }
+            | Command::As { .. } => auth.check_admin(user),
+        })
+    }
+
+    /// The users, roles and permissions as applied here.
+    pub fn auth(&self) -> &AuthState {
+        &self.auth
+    }
+
+    /// The simple tokens this member applied.
+    pub fn tokens(&self) -> Arc<Tokens> {
+        self.tokens.clone()
+    }
+
+    /// Keeps tokens in `tokens` from now on (shared across a snapshot's install, and with the
+    /// TTL of `--auth-token-ttl`).
+    pub fn set_tokens(&mut self, tokens: Arc<Tokens>) {
+        self.tokens = tokens;
     }
 
     fn apply_conf_change(&mut self, index: Index, cc: &ConfChange) {

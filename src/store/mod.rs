@@ -2,6 +2,7 @@
 //! storage of the Raft log, term and vote, and snapshots. Above `raft` (its entry and snapshot
 //! types) and `base`; it knows nothing of threads, networks or HTTP.
 
+pub mod auth;
 pub mod claim;
 pub mod codec;
 pub mod command;

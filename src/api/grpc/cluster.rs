@@ -60,6 +60,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.0.admin(&request)?;
         let asked = request.get_ref();
         let [peer_url] = asked.peer_ur_ls.as_slice() else {
             return Err(Status::invalid_argument(MEMBER_BAD_URLS));
@@ -94,6 +95,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        self.0.admin(&request)?;
         match self.0.route(&request)? {
             Route::Leader(leader) => forward!(self.0, leader, request, ClusterClient::member_remove),
             Route::Here => {
@@ -109,6 +111,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        self.0.admin(&request)?;
         let asked = request.get_ref();
         let [peer_url] = asked.peer_ur_ls.as_slice() else {
             return Err(Status::invalid_argument(MEMBER_BAD_URLS));
@@ -139,6 +142,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        self.0.admin(&request)?;
         match self.0.route(&request)? {
             Route::Leader(leader) => forward!(self.0, leader, request, ClusterClient::member_promote),
             Route::Here => {

@@ -5,6 +5,7 @@
 use tonic::Status;
 
 use crate::node::NodeError;
+use crate::store::auth::{AuthError, AuthErrorClass};
 use crate::store::mvcc::MvccError;
 
 pub const NO_LEADER: &str = "etcdserver: no leader";
@@ -48,6 +49,20 @@ pub fn node_status(e: NodeError) -> Status {
         NodeError::BadRequest(m) => Status::invalid_argument(m),
         NodeError::NotFound(m) => Status::not_found(m),
         NodeError::Mvcc(e) => mvcc_status(e),
+        NodeError::Auth(e) => auth_status(e),
+    }
+}
+
+/// etcd's error for an auth refusal (`rpctypes`; unmapped ones are `Unknown` with the raw
+/// message, as etcd's `togRPCError` leaves them).
+pub fn auth_status(e: AuthError) -> Status {
+    let message = e.to_string();
+    match e.class() {
+        AuthErrorClass::InvalidArgument => Status::invalid_argument(message),
+        AuthErrorClass::FailedPrecondition => Status::failed_precondition(message),
+        AuthErrorClass::PermissionDenied => Status::permission_denied(message),
+        AuthErrorClass::Unauthenticated => Status::unauthenticated(message),
+        AuthErrorClass::Unknown => Status::unknown(message),
     }
 }
 

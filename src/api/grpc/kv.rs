@@ -11,9 +11,11 @@ use super::errors::{mvcc_status, node_status, REQUEST_TOO_LARGE};
 use super::etcdserverpb as pb;
 use super::etcdserverpb::kv_client::KvClient;
 use super::{Grpc, Route};
+use crate::api::auth;
 use crate::api::kv::{bound_range, bound_txn, capped, static_check, Budget, ANSWER_KEYS};
 use crate::base::wire::MAX_KEY_BYTES;
 use crate::node::handle::PHYSICAL_COMPACT_LIMIT;
+use crate::store::auth::{Access, Caller};
 use crate::store::command::txn_answer_is_small;
 use crate::store::mvcc;
 
@@ -61,8 +63,8 @@ impl KvService {
     }
 
     /// Applies `txn` through the log on this member (the leader), its answer cut to its bounds.
-    async fn apply(&self, txn: mvcc::TxnRequest) -> Result<mvcc::TxnResponse, Status> {
-        let done = self.0.api.node.txn(txn).await.map_err(node_status)?;
+    async fn apply(&self, caller: &Caller, txn: mvcc::TxnRequest) -> Result<mvcc::TxnResponse, Status> {
+        let done = self.0.api.node.txn(caller, txn).await.map_err(node_status)?;
         Ok(bound_txn(done, &mut Budget::new()).0)
     }
 
@@ -83,6 +85,7 @@ impl pb::kv_server::Kv for KvService {
                 return forward!(self.0, leader, request, KvClient::range);
             }
         }
+        self.0.may(&auth::of(&request), Access::Read, &asked.key, &asked.range_end)?;
         let found = self.0.api.node.range(&capped(asked), ANSWER_KEYS).map_err(node_status)?;
         let (found, _) = bound_range(found, &mut Budget::new());
         let mut answer = convert::range_response(found);
@@ -95,7 +98,7 @@ impl pb::kv_server::Kv for KvService {
             single(mvcc::RequestOp::Put(convert::put_request(request.get_ref().clone())), self.max_value_bytes())?;
         match self.0.write_route(&request, txn_answer_is_small(&txn))? {
             Route::Leader(leader) => forward!(self.0, leader, request, KvClient::put),
-            Route::Here => match Self::only(self.apply(txn).await?)? {
+            Route::Here => match Self::only(self.apply(&auth::of(&request), txn).await?)? {
                 mvcc::ResponseOp::Put(done) => {
                     let mut answer = convert::put_response(done);
                     self.0.own_header(&mut answer.header);
@@ -114,7 +117,7 @@ impl pb::kv_server::Kv for KvService {
         let txn = single(op, self.max_value_bytes())?;
         match self.0.write_route(&request, txn_answer_is_small(&txn))? {
             Route::Leader(leader) => forward!(self.0, leader, request, KvClient::delete_range),
-            Route::Here => match Self::only(self.apply(txn).await?)? {
+            Route::Here => match Self::only(self.apply(&auth::of(&request), txn).await?)? {
                 mvcc::ResponseOp::DeleteRange(done) => {
                     let mut answer = convert::delete_response(done);
                     self.0.own_header(&mut answer.header);
@@ -132,7 +135,7 @@ impl pb::kv_server::Kv for KvService {
         match self.0.write_route(&request, txn_answer_is_small(&txn))? {
             Route::Leader(leader) => forward!(self.0, leader, request, KvClient::txn),
             Route::Here => {
-                let mut answer = convert::txn_response(self.apply(txn).await?);
+                let mut answer = convert::txn_response(self.apply(&auth::of(&request), txn).await?);
                 self.0.own_header(&mut answer.header);
                 Ok(Response::new(answer))
             }
@@ -155,7 +158,7 @@ impl pb::kv_server::Kv for KvService {
                     .into_inner()
             }
             Route::Here => {
-                let done = self.0.api.node.compact(asked.revision).await.map_err(node_status)?;
+                let done = self.0.api.node.compact(&auth::of(&request), asked.revision).await.map_err(node_status)?;
                 pb::CompactionResponse { header: Some(self.0.header(done.revision)) }
             }
         };

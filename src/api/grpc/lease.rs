@@ -12,10 +12,12 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::errors::node_status;
+use super::errors::{auth_status, node_status};
 use super::etcdserverpb as pb;
 use super::etcdserverpb::lease_client::LeaseClient;
 use super::{Grpc, Route};
+use crate::api::auth;
+use crate::store::auth::{Access, Caller};
 
 pub struct LeaseService(pub(super) Grpc);
 
@@ -23,7 +25,8 @@ type KeepAliveAnswers = Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveRespo
 
 impl LeaseService {
     /// One keep-alive: here on the leader, through it from a follower that forwards.
-    async fn keep_alive_once(&self, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
+    async fn keep_alive_once(&self, caller: &Caller, id: i64) -> Result<pb::LeaseKeepAliveResponse, Status> {
+        auth::check_lease(&self.0.api, caller, id, Access::Write).map_err(node_status)?;
         let ttl = self.0.api.node.lease_keep_alive(id).await.map_err(node_status)?;
         Ok(pb::LeaseKeepAliveResponse { header: self.0.current_header(), id, ttl })
     }
@@ -38,8 +41,9 @@ impl pb::lease_server::Lease for LeaseService {
         match self.0.write_route(&request, true)? {
             Route::Leader(leader) => forward!(self.0, leader, request, LeaseClient::lease_grant),
             Route::Here => {
+                let caller = auth::of(&request);
                 let asked = request.into_inner();
-                let (id, ttl) = self.0.api.node.lease_grant(asked.id, asked.ttl).await.map_err(node_status)?;
+                let (id, ttl) = self.0.api.node.lease_grant(&caller, asked.id, asked.ttl).await.map_err(node_status)?;
                 Ok(Response::new(pb::LeaseGrantResponse {
                     header: self.0.current_header(),
                     id,
@@ -57,7 +61,9 @@ impl pb::lease_server::Lease for LeaseService {
         match self.0.write_route(&request, true)? {
             Route::Leader(leader) => forward!(self.0, leader, request, LeaseClient::lease_revoke),
             Route::Here => {
-                let revision = self.0.api.node.lease_revoke(request.get_ref().id).await.map_err(node_status)?;
+                let caller = auth::of(&request);
+                let revision =
+                    self.0.api.node.lease_revoke(&caller, request.get_ref().id).await.map_err(node_status)?;
                 Ok(Response::new(pb::LeaseRevokeResponse { header: Some(self.0.header(revision)) }))
             }
         }
@@ -94,16 +100,17 @@ impl pb::lease_server::Lease for LeaseService {
             }
             Route::Here => {
                 let service = LeaseService(self.0.clone());
-                let state = Some((service, request.into_inner()));
+                let caller = auth::of(&request);
+                let state = Some((service, caller, request.into_inner()));
                 let answers = futures::stream::unfold(state, |state| async move {
-                    let (service, mut requests) = state?;
+                    let (service, caller, mut requests) = state?;
                     let answer = match requests.message().await {
                         Ok(None) => return None,
-                        Ok(Some(asked)) => service.keep_alive_once(asked.id).await,
+                        Ok(Some(asked)) => service.keep_alive_once(&caller, asked.id).await,
                         Err(status) => Err(status),
                     };
                     // After an error the stream ends.
-                    let next = answer.is_ok().then_some((service, requests));
+                    let next = answer.is_ok().then_some((service, caller, requests));
                     Some((answer, next))
                 });
                 Ok(Response::new(Box::pin(answers)))
@@ -118,7 +125,14 @@ impl pb::lease_server::Lease for LeaseService {
         match self.0.route(&request)? {
             Route::Leader(leader) => forward!(self.0, leader, request, LeaseClient::lease_time_to_live),
             Route::Here => {
+                let caller = auth::of(&request);
                 let asked = request.into_inner();
+                // etcd 3.4.42: an authenticated caller; READ on the lease's keys to list them.
+                if asked.keys {
+                    auth::check_lease(&self.0.api, &caller, asked.id, Access::Read).map_err(node_status)?;
+                } else {
+                    auth::with_state(&self.0.api, |a| a.check_authenticated(caller.user())).map_err(auth_status)?;
+                }
                 let found = self.0.api.node.lease_time_to_live(asked.id, asked.keys).await.map_err(node_status)?;
                 let (ttl, granted_ttl, keys) = found.unwrap_or((-1, 0, Vec::new()));
                 Ok(Response::new(pb::LeaseTimeToLiveResponse {
@@ -140,6 +154,8 @@ impl pb::lease_server::Lease for LeaseService {
             Route::Leader(leader) => forward!(self.0, leader, request, LeaseClient::lease_leases),
             Route::Here => {
                 let leases = self.0.api.node.leases().map_err(node_status)?;
+                let ids: Vec<i64> = leases.iter().map(|l| l.id).collect();
+                auth::check_leases(&self.0.api, &auth::of(&request), &ids).map_err(node_status)?;
                 let leases = leases.into_iter().map(|l| pb::LeaseStatus { id: l.id }).collect();
                 Ok(Response::new(pb::LeaseLeasesResponse { header: self.0.current_header(), leases }))
             }

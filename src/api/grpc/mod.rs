@@ -42,8 +42,9 @@ use tonic::{Request, Response, Status};
 use super::server::Api;
 use crate::base::wire::{max_txn_request_bytes, HEADER_FORWARDED};
 use crate::http::client::{h2_client, Connector};
+use crate::store::auth::{Access, Caller};
 
-pub use errors::node_status;
+pub use errors::{auth_status, node_status};
 
 /// etcd's `mvccpb` messages.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -95,7 +96,7 @@ pub fn router(api: Api) -> axum::Router {
     .add_service(pb::lease_server::LeaseServer::new(lease::LeaseService(grpc.clone())))
     .add_service(pb::cluster_server::ClusterServer::new(cluster::ClusterService(grpc.clone())))
     .add_service(pb::maintenance_server::MaintenanceServer::new(maintenance::MaintenanceService(grpc.clone())))
-    .add_service(pb::auth_server::AuthServer::new(auth::AuthService));
+    .add_service(pb::auth_server::AuthServer::new(auth::AuthService(grpc.clone())));
     match recipes::Recipes::new(grpc) {
         Ok(r) => {
             routes = routes
@@ -125,6 +126,8 @@ enum Route {
 pub(crate) struct Leader {
     client: H2Client,
     origin: Uri,
+    /// The caller, as this member resolved it, signed (`api::auth::forwarded_caller`).
+    caller: Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
 }
 
 impl Leader {
@@ -137,6 +140,16 @@ impl Leader {
     {
         let mut request = Request::new(message);
         request.metadata_mut().insert(HEADER_FORWARDED, MetadataValue::from_static("1"));
+        for (name, value) in &self.caller {
+            if let (Ok(name), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),
+                value.to_str().map(MetadataValue::try_from),
+            ) {
+                if let Ok(value) = value {
+                    request.metadata_mut().insert(name, value);
+                }
+            }
+        }
         match tokio::time::timeout(FORWARD_TIMEOUT, call(self.client, self.origin, request)).await {
             Ok(answer) => answer,
             Err(_) => Err(Status::unavailable(errors::TIMEOUT)),
@@ -168,6 +181,17 @@ impl Grpc {
         *header = Some(self.header(revision));
     }
 
+    /// Fails unless the caller may read (`Access::Read`) or write `[key, range_end)` here.
+    fn may(&self, caller: &Caller, access: Access, key: &[u8], range_end: &[u8]) -> Result<(), Status> {
+        super::auth::check_range(&self.api, caller, access, key, range_end).map_err(auth_status)
+    }
+
+    /// Fails unless the caller is root (while auth is on).
+    fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let caller = super::auth::of(request);
+        super::auth::with_state(&self.api, |a| a.check_admin(caller.user())).map_err(auth_status)
+    }
+
     /// Serve here (the leader), or forward to the leader.
     fn route<T>(&self, request: &Request<T>) -> Result<Route, Status> {
         let node = &self.api.node;
@@ -180,7 +204,8 @@ impl Grpc {
         }
         let url = node.leader_client_url().ok_or_else(|| Status::unavailable(errors::NO_LEADER))?;
         let origin = url.parse::<Uri>().map_err(|e| Status::unavailable(format!("the leader's URL {url}: {e}")))?;
-        Ok(Route::Leader(Box::new(Leader { client: self.h2.clone(), origin })))
+        let caller = super::auth::forwarded_caller(&self.api, &super::auth::of(request));
+        Ok(Route::Leader(Box::new(Leader { client: self.h2.clone(), origin, caller })))
     }
 
     /// A linearizable read: confirmed here on the leader (ReadIndex), or forwarded.

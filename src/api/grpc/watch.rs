@@ -93,7 +93,8 @@ impl pb::watch_server::Watch for WatchService {
         if require_leader && self.0.api.node.shared.leader().is_none() {
             return Err(Status::unavailable(NO_LEADER));
         }
-        let rx = run_stream(&self.0.api, None, GrpcRequests(request.into_inner()), require_leader).await;
+        let caller = crate::api::auth::of(&request);
+        let rx = run_stream(&self.0.api, caller, None, GrpcRequests(request.into_inner()), require_leader).await;
         let service = WatchService(self.0.clone());
         let answers = futures::stream::unfold((rx, service, false), |(mut rx, service, ended)| async move {
             if ended {

@@ -1509,6 +1509,18 @@ impl Batch {
         self.note(res)
     }
 
+    /// The keys whose current version (as the batch sees it) carries lease `id`, in key order
+    /// (none for a lease that does not exist).
+    pub fn lease_keys(&mut self, id: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.check_usable()?;
+        let res = (|| {
+            let meta = self.txn.open_table(META).at(&self.place, READ)?;
+            let kv = self.txn.open_table(KV).at(&self.place, READ)?;
+            read_lease_keys(&meta, &kv, &self.place, id, self.revision)
+        })();
+        self.note(res)
+    }
+
     /// etcd's checkpoint: records the remaining TTL of a lease that exists (others ignored).
     pub fn lease_checkpoint(&mut self, id: i64, remaining_ms: i64) -> Result<(), StoreError> {
         self.check_usable()?;
