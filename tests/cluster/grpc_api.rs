@@ -134,19 +134,19 @@ fn remaining_normalized(text: &str, ttl: i64) -> String {
 }
 
 /// The same etcdctl command on kuberaft (through `ours`) and on etcd: both outputs, normalized.
-struct Pair<'a> {
-    ours: &'a str,
-    etcd: &'a str,
+pub struct Pair<'a> {
+    pub ours: &'a str,
+    pub etcd: &'a str,
 }
 
 impl Pair<'_> {
-    fn both(&self, args: &[&str], input: &str, limit: Duration) -> (Ctl, Ctl) {
+    pub fn both(&self, args: &[&str], input: &str, limit: Duration) -> (Ctl, Ctl) {
         (ctl(self.ours, args, input, limit), ctl(self.etcd, args, input, limit))
     }
 
     /// Runs `args` on both and checks that they print the same and both succeed or both fail;
     /// returns kuberaft's output.
-    fn same(&self, args: &[&str], input: &str) -> String {
+    pub fn same(&self, args: &[&str], input: &str) -> String {
         let limit = if args.first() == Some(&"watch") { Duration::from_secs(3) } else { Duration::from_secs(20) };
         let (ours, etcd) = self.both(args, input, limit);
         let (o, e) = (normalized(&ours.out, &[]), normalized(&etcd.out, &[]));

@@ -1,6 +1,7 @@
 //! Integration tests with real `kuberaft node` processes on loopback addresses.
 //! Each test uses its own 127.<net>.0.0/16 block so they can run in parallel.
 
+mod auth_api;
 #[cfg(feature = "etcd")]
 mod etcd_client_api;
 mod flood;

@@ -1,0 +1,235 @@
+//! etcd's users, roles and permissions (issue 16, must-show 4): etcdctl 3.4's `user`, `role`
+//! and `auth` commands on a 3-member kuberaft cluster, through each member in turn, and on a
+//! real etcd 3.4, side by side with the same etcdctl: the same output and errors. Then a user
+//! with read on a prefix reads there and nowhere else, writes nowhere and watches nothing
+//! outside it, over gRPC (etcdctl) and over the JSON API, also through followers, whose
+//! forwarded calls keep the caller.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::grpc_api::{ctl, etcdctl_available, Pair};
+use crate::harness::{wait_for, Cluster, Etcd};
+use crate::ELECTION;
+
+const ROOT: &str = "--user=root:rootpw";
+const ALICE: &str = "--user=alice:alicepw";
+
+/// Issue 16, must-show 4.
+#[test]
+fn etcdctl_manages_users_and_roles_as_etcd_does_and_permissions_hold_over_grpc_and_http() {
+    if !etcdctl_available()
+        || !crate::require::available(Command::new("etcd").arg("--version").output().is_ok(), "etcd 3.4 (`etcd`)")
+    {
+        return;
+    }
+    let mut c = Cluster::new(145, 3);
+    c.bootstrap();
+    let (leader, _) = c.wait_leader(ELECTION);
+    let etcd_ip = "127.146.0.1";
+    let _etcd = Etcd::start(etcd_ip, &["--election-timeout", "1000", "--heartbeat-interval", "100"]);
+    let etcd = format!("{etcd_ip}:2379");
+    // Each step goes through another member: the leader and both followers serve every call.
+    let ours = |step: usize| format!("{}:2379", c.members[(leader + step) % 3].ip);
+    let mut step = 0;
+    let mut same = |args: &[&str]| {
+        step += 1;
+        let endpoint = ours(step);
+        Pair { ours: &endpoint, etcd: &etcd }.same(args, "")
+    };
+
+    // Management while auth is off, and the errors of bad management.
+    assert_eq!(same(&["user", "add", "root:rootpw"]), "User root created");
+    same(&["user", "add", "root:again"]);
+    assert_eq!(same(&["role", "add", "reader"]), "Role reader created");
+    same(&["role", "add", "reader"]);
+    assert_eq!(same(&["role", "grant-permission", "reader", "read", "/pub/", "--prefix"]), "Role reader updated");
+    same(&["role", "grant-permission", "writer", "write", "/pub/", "--prefix"]);
+    same(&["role", "add", "scratch"]);
+    same(&["role", "grant-permission", "scratch", "readwrite", "/tmp/a", "/tmp/z"]);
+    same(&["role", "grant-permission", "scratch", "write", "one"]);
+    same(&["role", "grant-permission", "scratch", "read", "from", "--from-key"]);
+    same(&["role", "get", "scratch"]);
+    same(&["role", "revoke-permission", "scratch", "one"]);
+    same(&["role", "revoke-permission", "scratch", "never"]);
+    same(&["role", "delete", "scratch"]);
+    assert_eq!(same(&["user", "add", "alice:alicepw"]), "User alice created");
+    assert_eq!(same(&["user", "grant-role", "alice", "reader"]), "Role reader is granted to user alice");
+    same(&["user", "grant-role", "alice", "nosuchrole"]);
+    same(&["user", "grant-role", "nobody", "reader"]);
+    same(&["user", "revoke-role", "alice", "nosuchrole"]);
+    same(&["user", "get", "alice"]);
+    same(&["user", "get", "alice", "--detail"]);
+    same(&["user", "list"]);
+    same(&["role", "list"]);
+    same(&["role", "get", "reader"]);
+    same(&["user", "add", "carol", "--no-password"]);
+    same(&["user", "delete", "carol"]);
+    same(&["user", "delete", "carol"]);
+    // Without credentials while auth is off, all works; Authenticate is refused, which
+    // etcdctl ignores.
+    same(&[ALICE, "put", "/priv/b", "secret"]);
+    same(&["put", "/pub/a", "public"]);
+
+    // `auth enable` makes the root role and grants it to root (etcdctl does), then enables.
+    assert_eq!(same(&["auth", "enable"]), "Authentication Enabled");
+    same(&["auth", "enable"]);
+
+    // alice: reads /pub/, nothing else; writes nothing.
+    same(&[ALICE, "get", "/pub/a"]);
+    same(&[ALICE, "get", "/pub/", "--prefix"]);
+    same(&[ALICE, "get", "/priv/b"]);
+    same(&[ALICE, "get", "/", "--prefix"]);
+    same(&[ALICE, "put", "/pub/a", "mine"]);
+    same(&[ALICE, "put", "/priv/b", "mine"]);
+    same(&[ALICE, "del", "/pub/a"]);
+    same(&[ALICE, "txn"]);
+    // Compaction is root's here; etcd 3.4 before 3.4.42 let any user compact
+    // (COMPATIBILITY.md), so only kuberaft's answer is checked.
+    let compaction = ctl(&ours(0), &[ALICE, "compaction", "1"], "", Duration::from_secs(20));
+    assert_eq!((compaction.ok, compaction.err.trim()), (false, "Error: etcdserver: permission denied"));
+    same(&[ALICE, "user", "add", "mallory:x"]);
+    same(&[ALICE, "user", "get", "alice"]);
+    same(&[ALICE, "user", "get", "root"]);
+    same(&[ALICE, "role", "get", "reader"]);
+    same(&[ALICE, "role", "list"]);
+    same(&[ALICE, "member", "add", "x", "--peer-urls=http://127.146.9.9:2380"]);
+    // Without credentials, and with wrong ones.
+    same(&["get", "/pub/a"]);
+    same(&["put", "/pub/a", "anon"]);
+    same(&["--user=alice:wrong", "get", "/pub/a"]);
+    same(&["--user=nobody:pw", "get", "/pub/a"]);
+    // root may do anything; root itself cannot be taken apart while auth is on.
+    same(&[ROOT, "put", "/pub/a", "by-root"]);
+    same(&[ROOT, "get", "/", "--prefix"]);
+    same(&[ROOT, "user", "delete", "root"]);
+    same(&[ROOT, "user", "revoke-role", "root", "root"]);
+    same(&[ROOT, "role", "delete", "root"]);
+    same(&[ROOT, "user", "list"]);
+
+    // Watches: inside the permission a watch is made; outside it is refused at once and the
+    // stream stays open (etcd 3.4.8 and later).
+    let watched =
+        |endpoint: &str, key: &str| ctl(endpoint, &[ALICE, "watch", key, "--prefix"], "", Duration::from_secs(3));
+    for endpoint in [ours(1), ours(2)] {
+        let (o, e) = (watched(&endpoint, "/priv/"), watched(&etcd, "/priv/"));
+        assert_eq!((o.out.as_str(), o.err.as_str()), (e.out.as_str(), e.err.as_str()), "a refused watch");
+    }
+
+    // The same permissions over the JSON API, through every member.
+    json_api_keeps_alices_permissions(&c, leader);
+
+    assert_eq!(same(&[ROOT, "auth", "disable"]), "Authentication Disabled");
+    same(&["get", "/priv/b"]);
+}
+
+/// alice over the JSON API: a token from `/v1/auth/authenticate`, sent as `Authorization`.
+fn json_api_keeps_alices_permissions(c: &Cluster, leader: usize) {
+    let authenticate = |i: usize, name: &str, password: &str| {
+        c.http
+            .post(format!("{}/v1/auth/authenticate", c.members[i].client_url()))
+            .json(&serde_json::json!({"name": name, "password": password}))
+            .send()
+            .expect("authenticate")
+    };
+    let wrong = authenticate(leader, "alice", "wrong");
+    assert_eq!(wrong.status().as_u16(), 401);
+    let body: Value = wrong.json().expect("json");
+    assert_eq!(body["error"]["message"], "etcdserver: authentication failed, invalid user ID or password");
+
+    for step in 0..3 {
+        let i = (leader + step) % 3;
+        let base = c.members[i].client_url();
+        let answer: Value = authenticate(i, "alice", "alicepw").json().expect("json");
+        let token = answer["token"].as_str().expect("a token").to_string();
+        let (prefix, index) = token.split_once('.').expect("<letters>.<index>");
+        assert!(prefix.len() == 16 && prefix.chars().all(|ch| ch.is_ascii_alphabetic()), "{token}");
+        assert!(index.parse::<u64>().is_ok(), "{token}");
+
+        let get = |key: &str, token: Option<&str>| {
+            let mut request = c.http.get(format!("{base}/v1/kv/{key}"));
+            if let Some(token) = token {
+                request = request.header("authorization", token);
+            }
+            let answer = request.send().expect("get");
+            (answer.status().as_u16(), answer.text().unwrap_or_default())
+        };
+        assert_eq!(get("%2Fpub%2Fa", Some(&token)), (200, "by-root".to_string()), "through member {i}");
+        let (status, body) = get("%2Fpriv%2Fb", Some(&token));
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("etcdserver: permission denied"), "{body}");
+        let (status, body) = get("%2Fpub%2Fa", None);
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("etcdserver: user name is empty"), "{body}");
+        let (status, body) = get("%2Fpub%2Fa", Some("AAAAAAAAAAAAAAAA.1"));
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("etcdserver: invalid auth token"), "{body}");
+
+        // A write: refused on the leader, whether it is served here or forwarded.
+        let put = c
+            .http
+            .put(format!("{base}/v1/kv/%2Fpub%2Fa"))
+            .header("authorization", &token)
+            .body("mine")
+            .send()
+            .expect("put");
+        assert_eq!(put.status().as_u16(), 403, "a write through member {i}");
+        let txn = c
+            .http
+            .post(format!("{base}/v1/txn"))
+            .header("authorization", &token)
+            .json(&serde_json::json!({"success": [{"requestRange": {"key": "/priv/", "rangeEnd": "/priv0"}}]}))
+            .send()
+            .expect("txn");
+        assert_eq!(txn.status().as_u16(), 403, "a txn that reads outside through member {i}");
+        let range = c
+            .http
+            .post(format!("{base}/v1/range"))
+            .header("authorization", &token)
+            .json(&serde_json::json!({"key": "/pub/", "rangeEnd": "/pub0"}))
+            .send()
+            .expect("range");
+        assert_eq!(range.status().as_u16(), 200, "a range inside through member {i}");
+
+        // A watch outside: a refused create, with etcd's reason; inside: created.
+        let first = first_watch_line(&c.members[i].ip, &token, "/priv/");
+        assert_eq!(first["canceled"], true, "{first}");
+        assert_eq!(first["created"], true, "{first}");
+        assert_eq!(
+            first["cancelReason"], "rpc error: code = PermissionDenied desc = etcdserver: permission denied",
+            "{first}"
+        );
+        let inside = first_watch_line(&c.members[i].ip, &token, "/pub/");
+        assert_eq!(
+            (inside["created"].clone(), inside["canceled"].clone()),
+            (Value::Bool(true), Value::Null),
+            "{inside}"
+        );
+    }
+}
+
+/// The first line the JSON watch endpoint answers to a create of `prefix` with `token`.
+fn first_watch_line(ip: &str, token: &str, prefix: &str) -> Value {
+    let body = serde_json::json!({"createRequest": {"key": prefix, "prefix": true}}).to_string();
+    let mut stream = TcpStream::connect(format!("{ip}:2379")).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let request = format!(
+        "POST /v1/watch HTTP/1.1\r\nHost: {ip}:2379\r\nAuthorization: {token}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\n\r\n",
+        body.len() + 1
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut reader = BufReader::new(stream);
+    wait_for("the watch's first line", Duration::from_secs(5), || {
+        let mut line = String::new();
+        // Bounded by the read timeout; headers and chunk sizes are skipped.
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => panic!("the watch stream ended before a line"),
+            Ok(_) => serde_json::from_str::<Value>(line.trim()).ok().filter(|v| v.is_object()),
+        }
+    })
+}
