@@ -10,7 +10,7 @@ use futures::StreamExt;
 
 use super::{Answer, Call, Driver, EventStream, Op, OpResult};
 use crate::base::output::CliError;
-use crate::client::TlsOptions;
+use crate::client::{SecurityArgs, TlsOptions};
 
 pub struct EtcdDriver {
     conns: Vec<Client>,
@@ -21,11 +21,14 @@ impl EtcdDriver {
         endpoints: &[String],
         conns: usize,
         timeout: Duration,
-        tls: &TlsOptions,
+        security: &SecurityArgs,
     ) -> Result<EtcdDriver, CliError> {
         let mut options = ConnectOptions::new().with_timeout(timeout).with_connect_timeout(timeout);
-        if let Some(tls) = tls_options(endpoints, tls)? {
+        if let Some(tls) = tls_options(endpoints, &security.tls())? {
             options = options.with_tls(tls);
+        }
+        if let Some(user) = security.credentials().map_err(|e| CliError::Usage(e.to_string()))? {
+            options = options.with_user(user.name, user.password);
         }
         let handle = tokio::runtime::Handle::current();
         let conns = tokio::task::block_in_place(|| {

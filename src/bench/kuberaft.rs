@@ -11,7 +11,7 @@ use futures::StreamExt;
 use super::{Answer, Call, Driver, EventStream, Op, OpResult};
 use crate::base::output::CliError;
 use crate::base::wire::watch::WatchCreateRequest;
-use crate::client::{Client, ClientConfig, ClientError, Consistency, TlsOptions};
+use crate::client::{Client, ClientConfig, ClientError, Consistency, SecurityArgs};
 
 pub struct KuberaftDriver {
     conns: Vec<Client>,
@@ -22,8 +22,9 @@ impl KuberaftDriver {
         endpoints: &[String],
         conns: usize,
         timeout: Duration,
-        tls: TlsOptions,
+        security: &SecurityArgs,
     ) -> Result<KuberaftDriver, CliError> {
+        let user = security.credentials().map_err(|e| CliError::Usage(e.to_string()))?;
         if endpoints.is_empty() {
             return Err(CliError::Usage("--endpoints names no member".into()));
         }
@@ -31,7 +32,11 @@ impl KuberaftDriver {
             .map(|i| {
                 let mut rotated = endpoints.to_vec();
                 rotated.rotate_left(i % endpoints.len());
-                let config = ClientConfig { tls: tls.clone(), ..ClientConfig::with_request_timeout(timeout) };
+                let config = ClientConfig {
+                    tls: security.tls(),
+                    user: user.clone(),
+                    ..ClientConfig::with_request_timeout(timeout)
+                };
                 Client::with_config(rotated, config).map_err(|e| CliError::Usage(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;

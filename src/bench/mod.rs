@@ -157,22 +157,10 @@ pub struct BenchArgs {
     /// after the run (they expire after `--lease-ttl`).
     #[arg(long)]
     pub keep_leases: bool,
-    /// For https:// endpoints: the CA file the members' certificates chain to (etcd's
-    /// `benchmark --cacert`).
-    #[arg(long)]
-    pub cacert: Option<std::path::PathBuf>,
-    /// This client's certificate, for members that require one (`--cert`).
-    #[arg(long, requires = "key")]
-    pub cert: Option<std::path::PathBuf>,
-    /// The key of `--cert`.
-    #[arg(long, requires = "cert")]
-    pub key: Option<std::path::PathBuf>,
-}
-
-impl BenchArgs {
-    fn tls(&self) -> crate::client::TlsOptions {
-        crate::client::TlsOptions { cacert: self.cacert.clone(), cert: self.cert.clone(), key: self.key.clone() }
-    }
+    /// TLS and the user, as the client commands take them (etcd's `benchmark --cacert`,
+    /// `--cert`, `--key`, `--user`).
+    #[command(flatten)]
+    pub security: crate::client::SecurityArgs,
 }
 
 /// One request kind.
@@ -439,10 +427,10 @@ fn driver(args: &BenchArgs) -> Result<Arc<dyn Driver>, CliError> {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
     match args.target {
         Target::Kuberaft => {
-            Ok(Arc::new(kuberaft::KuberaftDriver::new(&args.endpoints, args.conns, timeout, args.tls())?))
+            Ok(Arc::new(kuberaft::KuberaftDriver::new(&args.endpoints, args.conns, timeout, &args.security)?))
         }
         #[cfg(feature = "etcd")]
-        Target::Etcd => Ok(Arc::new(etcd::EtcdDriver::connect(&args.endpoints, args.conns, timeout, &args.tls())?)),
+        Target::Etcd => Ok(Arc::new(etcd::EtcdDriver::connect(&args.endpoints, args.conns, timeout, &args.security)?)),
         #[cfg(not(feature = "etcd"))]
         Target::Etcd => Err(CliError::Usage(
             "this kuberaft was built without etcd support: `cargo build --release --features etcd` (needs protoc)"

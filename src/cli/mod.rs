@@ -18,14 +18,13 @@ pub mod txn;
 pub mod watch;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::base::wire::{parse_id, DEFAULT_CLIENT_PORT};
-use crate::client::{Client, ClientConfig, ClientError, TlsOptions, DEFAULT_REQUEST_TIMEOUT};
+use crate::client::{Client, ClientConfig, ClientError, SecurityArgs, DEFAULT_REQUEST_TIMEOUT};
 
 pub use crate::base::output::{to_json_line, write_stderr, write_stdout, CliError};
 pub use dev::DevArgs;
@@ -35,10 +34,7 @@ pub use member::{LeaderCommand, MemberCommand};
 
 /// The environment variable that holds the default endpoint list of client commands.
 pub const ENDPOINTS_ENV: &str = "KUBERAFT_ENDPOINTS";
-/// The environment variables of `--cacert`, `--cert` and `--key`.
-pub const CACERT_ENV: &str = "KUBERAFT_CACERT";
-pub const CERT_ENV: &str = "KUBERAFT_CERT";
-pub const KEY_ENV: &str = "KUBERAFT_KEY";
+pub use crate::client::{CACERT_ENV, CERT_ENV, KEY_ENV, PASSWORD_ENV, USER_ENV};
 
 #[derive(Debug, Parser)]
 #[command(name = "kuberaft", version, about = "A Raft-replicated key-value store and its Kubernetes operator")]
@@ -101,15 +97,8 @@ pub struct ClientArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub timeout_ms: u64,
-    /// For https:// endpoints: the CA file the members' certificates chain to (etcdctl's --cacert).
-    #[arg(long, global = true, env = CACERT_ENV)]
-    pub cacert: Option<PathBuf>,
-    /// This client's certificate, for members that require one (etcdctl's --cert).
-    #[arg(long = "cert", id = "client_cert", global = true, env = CERT_ENV, requires = "client_key")]
-    pub cert: Option<PathBuf>,
-    /// The key of --cert (etcdctl's --key).
-    #[arg(long = "key", id = "client_key", global = true, env = KEY_ENV, requires = "client_cert")]
-    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 impl ClientArgs {
@@ -117,7 +106,8 @@ impl ClientArgs {
         // "a,b," and "a,,b" leave empty entries; they are typos, not endpoints.
         let endpoints: Vec<String> = self.endpoints.iter().filter(|e| !e.trim().is_empty()).cloned().collect();
         let config = ClientConfig {
-            tls: TlsOptions { cacert: self.cacert.clone(), cert: self.cert.clone(), key: self.key.clone() },
+            tls: self.security.tls(),
+            user: self.security.credentials()?,
             ..ClientConfig::with_request_timeout(Duration::from_millis(self.timeout_ms))
         };
         Ok(Client::with_config(endpoints, config)?)

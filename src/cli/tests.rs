@@ -60,7 +60,7 @@ fn client_commands_take_etcdctls_tls_flags() {
     let (client, action) = kv(&["kv", "--cacert", "ca.pem", "put", "k", "v", "--cert", "c.pem", "--key", "k.pem"]);
     let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
     assert_eq!(
-        (path(&client.cacert), path(&client.cert), path(&client.key)),
+        (path(&client.security.cacert), path(&client.security.cert), path(&client.security.key)),
         (Some("ca.pem".into()), Some("c.pem".into()), Some("k.pem".into()))
     );
     assert!(matches!(action, KvAction::Put { key, .. } if key == "k"));

@@ -25,9 +25,9 @@ use crate::base::wire::kv::{
 };
 use crate::base::wire::lease;
 use crate::base::wire::{
-    format_id, AddMemberRequest, AddMemberResponse, DeleteResponse, ErrorBody, ListResponse, MembersResponse,
-    PutResponse, Status, TransferRequest, TransferResponse, HEADER_CREATE_REVISION, HEADER_MOD_REVISION,
-    HEADER_REVISION,
+    format_id, AddMemberRequest, AddMemberResponse, AuthenticateRequest, AuthenticateResponse, DeleteResponse,
+    ErrorBody, ListResponse, MembersResponse, PutResponse, Status, TransferRequest, TransferResponse,
+    HEADER_CREATE_REVISION, HEADER_MOD_REVISION, HEADER_REVISION,
 };
 
 pub use crate::base::base64::{decode_base64, encode_base64};
@@ -162,6 +162,95 @@ pub struct ClientConfig {
     pub resolve: Vec<(String, std::net::SocketAddr)>,
     /// TLS toward `https://` endpoints.
     pub tls: TlsOptions,
+    /// A user to authenticate as (etcdctl's `--user`), when the cluster has auth on.
+    pub user: Option<Credentials>,
+    /// Headers sent with every request (a member calling itself on behalf of a caller).
+    pub headers: Vec<(String, String)>,
+}
+
+/// A user's name and password: the client trades them for a token (`/v1/auth/authenticate`)
+/// before its first call and sends the token with every call after, as etcd's clients do. A
+/// cluster with auth off refuses the trade, and the client then goes on without a token (as
+/// etcd's clients do).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// etcdctl's `--user name:password` (split at the first `:`), or a name and `password`.
+    pub fn parse(user: &str, password: Option<&str>) -> Result<Credentials> {
+        let (name, password) = match (user.split_once(':'), password) {
+            (_, Some(password)) => (user, password),
+            (Some((name, password)), None) => (name, password),
+            (None, None) => {
+                return Err(ClientError::Setup(format!(
+                    "--user {user} has no password: give --user {user}:PASSWORD or --password"
+                )))
+            }
+        };
+        if name.is_empty() {
+            return Err(ClientError::Setup("empty user name is not allowed".into()));
+        }
+        Ok(Credentials { name: name.to_string(), password: password.to_string() })
+    }
+}
+
+/// The environment variables of `--cacert`, `--cert`, `--key`, `--user` and `--password`.
+pub const CACERT_ENV: &str = "KUBERAFT_CACERT";
+pub const CERT_ENV: &str = "KUBERAFT_CERT";
+pub const KEY_ENV: &str = "KUBERAFT_KEY";
+pub const USER_ENV: &str = "KUBERAFT_USER";
+pub const PASSWORD_ENV: &str = "KUBERAFT_PASSWORD";
+
+/// etcdctl's security flags, as every client command and `kuberaft bench` take them: TLS
+/// toward `https://` endpoints, and a user to authenticate as. Global, so that they may come
+/// before or after a command's action.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct SecurityArgs {
+    /// For https:// endpoints: the CA file the members' certificates chain to (etcdctl's --cacert).
+    #[arg(long, global = true, env = CACERT_ENV)]
+    pub cacert: Option<std::path::PathBuf>,
+    /// This client's certificate, for members that require one (etcdctl's --cert).
+    #[arg(long = "cert", id = "client_cert", global = true, env = CERT_ENV, requires = "client_key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The key of --cert (etcdctl's --key).
+    #[arg(long = "key", id = "client_key", global = true, env = KEY_ENV, requires = "client_cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// The user to authenticate as, `NAME:PASSWORD` (or `NAME` with --password), when the
+    /// cluster has auth on (etcdctl's --user).
+    #[arg(long, global = true, env = USER_ENV)]
+    pub user: Option<String>,
+    /// The password of --user (etcdctl's --password).
+    #[arg(long, global = true, env = PASSWORD_ENV, requires = "user", hide_env_values = true)]
+    pub password: Option<String>,
+}
+
+impl SecurityArgs {
+    pub fn tls(&self) -> TlsOptions {
+        TlsOptions { cacert: self.cacert.clone(), cert: self.cert.clone(), key: self.key.clone() }
+    }
+
+    /// The credentials of `--user` and `--password`, if given.
+    pub fn credentials(&self) -> Result<Option<Credentials>> {
+        self.user.as_deref().map(|user| Credentials::parse(user, self.password.as_deref())).transpose()
+    }
+}
+
+/// The token of a client's credentials: not asked for yet, none (auth is off), or this one.
+#[derive(Clone, Debug, Default)]
+enum Token {
+    #[default]
+    Unknown,
+    None,
+    Some(String),
 }
 
 /// TLS toward `https://` endpoints, as etcdctl's `--cacert`, `--cert` and `--key` say: the CA
@@ -207,6 +296,8 @@ impl ClientConfig {
             deadline: request_timeout.saturating_mul(3),
             resolve: Vec::new(),
             tls: TlsOptions::default(),
+            user: None,
+            headers: Vec::new(),
         }
     }
 }
@@ -226,6 +317,8 @@ pub struct Client {
     /// Index in `endpoints` of the endpoint that answered last.
     preferred: Arc<AtomicUsize>,
     config: ClientConfig,
+    /// The token of `config.user`, shared by clones.
+    token: Arc<std::sync::Mutex<Token>>,
 }
 
 /// The body of a request.
@@ -300,6 +393,12 @@ impl Reply {
                 }
             }
         }
+    }
+
+    /// A 401 for a token the member does not know.
+    fn invalid_token(&self) -> bool {
+        serde_json::from_slice::<ErrorBody>(&self.body)
+            .is_ok_and(|b| b.error.message == "etcdserver: invalid auth token")
     }
 
     fn ok_or_api_error(self) -> Result<Reply> {
@@ -377,7 +476,20 @@ impl Client {
             .no_proxy()
             .build()
             .map_err(|err| ClientError::Setup(error_chain(&err)))?;
-        Ok(Client { http, endpoints: normalized.into(), preferred: Arc::new(AtomicUsize::new(0)), config })
+        Ok(Client {
+            http,
+            endpoints: normalized.into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
+            config,
+            token: Arc::default(),
+        })
+    }
+
+    /// This client, sending `headers` with every request too.
+    pub fn with_headers(&self, headers: Vec<(String, String)>) -> Client {
+        let mut client = self.clone();
+        client.config.headers = headers;
+        client
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -587,7 +699,7 @@ impl Client {
     pub async fn status_of(&self, endpoint: &str) -> Result<Status> {
         let endpoint = normalize_endpoint(endpoint)?;
         let call = Call::new(Method::GET, "/v1/status".to_string());
-        match self.attempt(&endpoint, &call, self.config.request_timeout).await {
+        match self.attempt(&endpoint, &call, None, self.config.request_timeout).await {
             Ok(reply) => reply.json(),
             Err(AttemptError::Retryable(reason) | AttemptError::Lost(reason)) => {
                 Err(ClientError::Unavailable { attempts: vec![format!("{endpoint}: {reason}")] })
@@ -602,9 +714,49 @@ impl Client {
         futures::future::join_all(asks).await
     }
 
+    /// The token to send (authenticating first if the credentials have none yet).
+    pub(crate) async fn token(&self) -> Result<Option<String>> {
+        let Some(user) = &self.config.user else { return Ok(None) };
+        let known = self.token.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match known {
+            Token::Some(token) => return Ok(Some(token)),
+            Token::None => return Ok(None),
+            Token::Unknown => {}
+        }
+        let request = AuthenticateRequest { name: user.name.clone(), password: user.password.clone() };
+        let call =
+            Call { read_only: true, ..Call::new(Method::POST, "/v1/auth/authenticate".to_string()) }.json(&request)?;
+        let reply = self.execute_with(&call, None).await?;
+        let token = if reply.status == StatusCode::PRECONDITION_FAILED
+            && reply.api_error().to_string().contains("authentication is not enabled")
+        {
+            Token::None
+        } else {
+            Token::Some(reply.json::<AuthenticateResponse>()?.token)
+        };
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = token.clone();
+        Ok(match token {
+            Token::Some(token) => Some(token),
+            _ => None,
+        })
+    }
+
+    /// Sends `call` as `execute_with`, with the credentials' token; a token the cluster no
+    /// longer knows (a member restarted, it expired) is traded again once.
+    async fn execute(&self, call: &Call) -> Result<Reply> {
+        let token = self.token().await?;
+        let reply = self.execute_with(call, token.as_deref()).await?;
+        if token.is_some() && reply.status == StatusCode::UNAUTHORIZED && reply.invalid_token() {
+            *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Token::Unknown;
+            let token = self.token().await?;
+            return self.execute_with(call, token.as_deref()).await;
+        }
+        Ok(reply)
+    }
+
     /// Sends `call` with failover and returns the first answer that is not a 503. The caller
     /// turns error statuses into errors (a 404 is an answer for `get`).
-    async fn execute(&self, call: &Call) -> Result<Reply> {
+    async fn execute_with(&self, call: &Call, token: Option<&str>) -> Result<Reply> {
         let started = Instant::now();
         let deadline = started + self.config.deadline;
         let count = self.endpoints.len();
@@ -621,7 +773,7 @@ impl Client {
                     return Err(ClientError::Unavailable { attempts });
                 }
                 let timeout = self.config.request_timeout.min(remaining);
-                match self.attempt(endpoint, call, timeout).await {
+                match self.attempt(endpoint, call, token, timeout).await {
                     Ok(reply) if reply.status == StatusCode::SERVICE_UNAVAILABLE => {
                         if let Some(retry_after) = reply.retry_after() {
                             pause = retry_after;
@@ -652,9 +804,21 @@ impl Client {
     }
 
     /// One exchange with one endpoint, body read in full.
-    async fn attempt(&self, endpoint: &str, call: &Call, timeout: Duration) -> Result<Reply, AttemptError> {
+    async fn attempt(
+        &self,
+        endpoint: &str,
+        call: &Call,
+        token: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Reply, AttemptError> {
         let url = format!("{endpoint}{}", call.path);
         let mut request = self.http.request(call.method.clone(), url).timeout(timeout);
+        if let Some(token) = token {
+            request = request.header(reqwest::header::AUTHORIZATION, token);
+        }
+        for (name, value) in &self.config.headers {
+            request = request.header(name, value);
+        }
         request = match &call.body {
             Body::Empty => request,
             Body::Bytes(bytes) => request.header(CONTENT_TYPE, "application/octet-stream").body(bytes.clone()),

@@ -152,9 +152,14 @@ async fn open(client: &Client, create: WatchCreateRequest, endpoint: &str) -> Re
     let body =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::io::Error>(b), rx)) });
     let url = format!("{endpoint}/v1/watch");
-    let send = client
-        .http
-        .post(url)
+    let mut request = client.http.post(url);
+    if let Some(token) = client.token().await? {
+        request = request.header(reqwest::header::AUTHORIZATION, token);
+    }
+    for (name, value) in &client.config.headers {
+        request = request.header(name, value);
+    }
+    let send = request
         .header(CONTENT_TYPE, "application/x-ndjson")
         .header(HEADER_REQUIRE_LEADER, "true")
         .body(reqwest::Body::wrap_stream(body))

@@ -111,6 +111,15 @@ fn etcdctl_manages_users_and_roles_as_etcd_does_and_permissions_hold_over_grpc_a
     same(&[ROOT, "role", "delete", "root"]);
     same(&[ROOT, "user", "list"]);
 
+    // Calls a follower hands to the leader whole (a put whose answer carries the previous
+    // value, a lease's time to live) keep their caller.
+    for endpoint in [ours(1), ours(2)] {
+        let put = ctl(&endpoint, &[ROOT, "put", "/pub/a", "by-root", "--prev-kv"], "", Duration::from_secs(20));
+        assert!(put.ok && put.out.contains("OK"), "through {endpoint}: {put:?}");
+        let put = ctl(&endpoint, &[ALICE, "put", "/pub/a", "mine", "--prev-kv"], "", Duration::from_secs(20));
+        assert_eq!(put.err.trim(), "Error: etcdserver: permission denied", "through {endpoint}: {put:?}");
+    }
+
     // Watches: inside the permission a watch is made; outside it is refused at once and the
     // stream stays open (etcd 3.4.8 and later).
     let watched =
@@ -122,6 +131,27 @@ fn etcdctl_manages_users_and_roles_as_etcd_does_and_permissions_hold_over_grpc_a
 
     // The same permissions over the JSON API, through every member.
     json_api_keeps_alices_permissions(&c, leader);
+
+    // The CLI's --user (and --password), over the JSON API.
+    let cli = |args: &[&str]| crate::mvcc_api::cli(&c, args, None);
+    let read = cli(&["kv", "get", "/pub/a", "--user", "alice:alicepw"]);
+    assert!(read.0 == Some(0) && String::from_utf8_lossy(&read.1).contains("by-root"), "{read:?}");
+    let read = cli(&["kv", "get", "/pub/a", "--user", "alice", "--password", "alicepw"]);
+    assert_eq!(read.0, Some(0), "{read:?}");
+    let write = cli(&["kv", "put", "/pub/a", "mine", "--user", "alice:alicepw"]);
+    assert!(write.0 != Some(0) && write.2.contains("etcdserver: permission denied"), "{write:?}");
+    let anonymous = cli(&["kv", "get", "/pub/a"]);
+    assert!(anonymous.0 != Some(0) && anonymous.2.contains("etcdserver: user name is empty"), "{anonymous:?}");
+    let wrong = cli(&["kv", "get", "/pub/a", "--user", "alice:nope"]);
+    assert!(wrong.0 != Some(0) && wrong.2.contains("authentication failed"), "{wrong:?}");
+    let root = cli(&["kv", "put", "/priv/c", "by-cli", "--user", "root:rootpw"]);
+    assert_eq!(root.0, Some(0), "{root:?}");
+
+    // The lock and election services run as their caller: alice may not write a lock's keys
+    // under /pub/, root may (etcd runs them with the caller's token too).
+    same(&[ALICE, "lock", "/pub/l", "echo", "held"]);
+    let locked = ctl(&ours(2), &[ROOT, "lock", "/pub/l", "echo", "held"], "", Duration::from_secs(20));
+    assert!(locked.ok && locked.out.contains("held"), "{locked:?}");
 
     assert_eq!(same(&[ROOT, "auth", "disable"]), "Authentication Disabled");
     same(&["get", "/priv/b"]);

@@ -334,10 +334,55 @@ fn etcdctl_and_the_cli_speak_to_a_cluster_with_tls_on_both_ports() {
     );
     assert!(!stranger.ok, "{stranger:?}");
 
+    // Issue 16, must-show 4 with client certificates: with auth on, a certificate's common
+    // name is its user (`root` above, `alice` here), through every member (followers forward
+    // with the caller they resolved).
+    let (alice_cert, alice_key) = write_issued(&c.pki(), "alice", &ca.issue("alice", &[]).expect("issue"));
+    for args in [
+        &["user", "add", "root", "--no-password"][..],
+        &["user", "add", "alice", "--no-password"],
+        &["role", "add", "reader"],
+        &["role", "grant-permission", "reader", "read", "/pub/", "--prefix"],
+        &["user", "grant-role", "alice", "reader"],
+        &["put", "/pub/a", "public"],
+        &["auth", "enable"],
+    ] {
+        let done = run(0, args);
+        assert!(done.ok, "etcdctl {args:?} as root's certificate: {done:?}");
+    }
+    let alice_flags =
+        [flags[0].clone(), format!("--cert={}", alice_cert.display()), format!("--key={}", alice_key.display())];
+    let as_alice = |i: usize, args: &[&str]| {
+        let mut all: Vec<&str> = alice_flags.iter().map(String::as_str).collect();
+        all.extend(args);
+        crate::grpc_api::ctl(&c.members[i].client_url(), &all, "", Duration::from_secs(15))
+    };
+    for i in 0..3 {
+        let read = as_alice(i, &["get", "/pub/a", "--print-value-only"]);
+        assert_eq!((read.ok, read.out.trim()), (true, "public"), "alice reads /pub/ through etcd-{i}: {read:?}");
+        let write = as_alice(i, &["put", "/pub/a", "mine"]);
+        assert_eq!(write.err.trim(), "Error: etcdserver: permission denied", "through etcd-{i}: {write:?}");
+        let elsewhere = as_alice(i, &["get", "k0"]);
+        assert_eq!(elsewhere.err.trim(), "Error: etcdserver: permission denied", "through etcd-{i}: {elsewhere:?}");
+        let admin = as_alice(i, &["user", "list"]);
+        assert_eq!(admin.err.trim(), "Error: etcdserver: permission denied", "through etcd-{i}: {admin:?}");
+        let root = run(i, &["user", "list"]);
+        assert_eq!((root.ok, root.out.trim()), (true, "alice\nroot"), "root's certificate through etcd-{i}");
+    }
     // The JSON API over TLS, with the client certificate: every member's status, one leader.
     c.client_tls(&ca_file, &cert, &key);
     let (leader, _) = c.wait_leader(ELECTION);
     assert_eq!(c.get(leader, "cli", "linearizable").0, 200, "a read through the HTTP API over TLS");
+
+    // The JSON API takes the certificate's user too.
+    c.client_tls(&ca_file, &alice_cert, &alice_key);
+    assert_eq!(c.get(leader, "k0", "linearizable").0, 403, "alice's certificate cannot read k0");
+    let plain = c.http.get(format!("{}/v1/kv/%2Fpub%2Fa", c.members[(leader + 1) % 3].client_url())).send();
+    assert_eq!(
+        plain.map(|r| r.status().as_u16()).ok(),
+        Some(200),
+        "alice's certificate reads /pub/a through a follower"
+    );
 }
 
 /// A `kuberaft dev` process, stopped (SIGTERM, then SIGKILL) when dropped, also when a test

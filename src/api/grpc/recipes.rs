@@ -49,6 +49,18 @@ impl Recipes {
         let client = Client::with_config(vec![url], config).map_err(|e| e.to_string())?;
         Ok(Recipes { grpc, client })
     }
+
+    /// The client of this member's own port, calling as the caller of `request` (signed as a
+    /// forwarded caller, `api::auth`): etcd runs the recipes with the caller's token, so the
+    /// caller's permissions apply.
+    fn client_for<T>(&self, request: &Request<T>) -> Client {
+        let caller = crate::api::auth::of(request);
+        let headers = crate::api::auth::forwarded_caller(&self.grpc.api, &caller)
+            .into_iter()
+            .filter_map(|(n, v)| Some((n.to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        self.client.with_headers(headers)
+    }
 }
 
 fn client_status(e: ClientError) -> Status {
@@ -79,16 +91,18 @@ pub struct LockService(pub Recipes);
 #[tonic::async_trait]
 impl lpb::lock_server::Lock for LockService {
     async fn lock(&self, request: Request<lpb::LockRequest>) -> Result<Response<lpb::LockResponse>, Status> {
+        let client = self.0.client_for(&request);
         let asked = request.into_inner();
         let r = &self.0;
-        let session = Session::orphan(&r.client, asked.lease);
-        let mutex = Mutex::lock(&r.client, &session, &name(&asked.name)?).await.map_err(client_status)?;
+        let session = Session::orphan(&client, asked.lease);
+        let mutex = Mutex::lock(&client, &session, &name(&asked.name)?).await.map_err(client_status)?;
         Ok(Response::new(lpb::LockResponse { header: r.grpc.current_header(), key: mutex.key().as_bytes().to_vec() }))
     }
 
     async fn unlock(&self, request: Request<lpb::UnlockRequest>) -> Result<Response<lpb::UnlockResponse>, Status> {
+        let client = self.0.client_for(&request);
         let r = &self.0;
-        let done = r.client.delete(&name(&request.get_ref().key)?, None).await.map_err(client_status)?;
+        let done = client.delete(&name(&request.get_ref().key)?, None).await.map_err(client_status)?;
         let revision = i64::try_from(done.revision).unwrap_or(i64::MAX);
         Ok(Response::new(lpb::UnlockResponse { header: Some(r.grpc.header(revision)) }))
     }
@@ -104,12 +118,13 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
+        let client = self.0.client_for(&request);
         let asked = request.into_inner();
         let r = &self.0;
-        let session = Session::orphan(&r.client, asked.lease);
+        let session = Session::orphan(&client, asked.lease);
         let election = name(&asked.name)?;
         let value = name(&asked.value)?;
-        let revision = campaign(&r.client, &session, &election, &value).await.map_err(client_status)?;
+        let revision = campaign(&client, &session, &election, &value).await.map_err(client_status)?;
         let key = format!("{election}/{:x}", asked.lease);
         Ok(Response::new(epb::CampaignResponse {
             header: r.grpc.current_header(),
@@ -121,12 +136,13 @@ impl epb::election_server::Election for ElectionService {
         &self,
         request: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
+        let client = self.0.client_for(&request);
         let asked = request.into_inner();
         let leader = asked.leader.ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
         let r = &self.0;
         let (key, value) = (name(&leader.key)?, name(&asked.value)?);
         let done =
-            concurrency::proclaim(&r.client, &key, leader.rev, leader.lease, &value).await.map_err(client_status)?;
+            concurrency::proclaim(&client, &key, leader.rev, leader.lease, &value).await.map_err(client_status)?;
         if !done {
             return Err(Status::unknown(NOT_LEADER));
         }
@@ -134,9 +150,10 @@ impl epb::election_server::Election for ElectionService {
     }
 
     async fn leader(&self, request: Request<epb::LeaderRequest>) -> Result<Response<epb::LeaderResponse>, Status> {
+        let client = self.0.client_for(&request);
         let r = &self.0;
         let (found, revision) =
-            concurrency::leader(&r.client, &name(&request.get_ref().name)?).await.map_err(client_status)?;
+            concurrency::leader(&client, &name(&request.get_ref().name)?).await.map_err(client_status)?;
         let kv = found.ok_or_else(|| Status::unknown(NO_LEADER))?;
         Ok(Response::new(epb::LeaderResponse { header: Some(r.grpc.header(revision)), kv: Some(pb_kv(kv)) }))
     }
@@ -144,11 +161,11 @@ impl epb::election_server::Election for ElectionService {
     type ObserveStream = Leaders;
 
     async fn observe(&self, request: Request<epb::LeaderRequest>) -> Result<Response<Leaders>, Status> {
+        let client = self.0.client_for(&request);
         let election = name(&request.get_ref().name)?;
         let r = self.0.clone();
         let (tx, rx) = tokio::sync::mpsc::channel::<(KeyValue, i64)>(OBSERVE_QUEUE);
         let (end_tx, end_rx) = tokio::sync::oneshot::channel::<Status>();
-        let client = r.client.clone();
         tokio::spawn(async move {
             if let Err(e) = concurrency::observe(&client, &election, tx).await {
                 let _ = end_tx.send(client_status(e));
@@ -171,9 +188,10 @@ impl epb::election_server::Election for ElectionService {
     }
 
     async fn resign(&self, request: Request<epb::ResignRequest>) -> Result<Response<epb::ResignResponse>, Status> {
+        let client = self.0.client_for(&request);
         let leader = request.into_inner().leader.ok_or_else(|| Status::unknown(MISSING_LEADER_KEY))?;
         let r = &self.0;
-        let revision = concurrency::resign(&r.client, &name(&leader.key)?, leader.rev).await.map_err(client_status)?;
+        let revision = concurrency::resign(&client, &name(&leader.key)?, leader.rev).await.map_err(client_status)?;
         Ok(Response::new(epb::ResignResponse { header: Some(r.grpc.header(revision)) }))
     }
 }
