@@ -1226,6 +1226,75 @@ mod tests {
         KvStore::stage(None, ChunkReader::new(chunks)).expect("stage")
     }
 
+    /// Issue 16: with auth on, a client's command applies only if its user may make it, a bare
+    /// client write has no user, and the members' own commands still apply; the auth state
+    /// survives a reopen and a snapshot stream, and tokens live only in memory.
+    #[test]
+    fn commands_apply_as_their_callers_and_the_auth_state_is_replicated_state() {
+        use crate::store::auth::{AuthError, AuthOutcome, AuthRequest, PermType, Permission};
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("state.redb");
+        let mut a = Applier { store: KvStore::open(&path).expect("open") };
+        let as_user = |user: Option<&str>, command: Command| Command::As {
+            user: user.map(str::to_string),
+            command: Box::new(command),
+        };
+        let auth = |request: AuthRequest| as_user(None, Command::Auth(request));
+        let put = |key: &str| Command::Put { key: key.into(), value: Bytes::from_static(b"v"), prev_revision: None };
+        let done = Some(ApplyResult::Auth(AuthOutcome::Done));
+        for request in [
+            AuthRequest::UserAdd { name: "root".into(), password_hash: None },
+            AuthRequest::UserGrantRole { user: "root".into(), role: "root".into() },
+            AuthRequest::UserAdd { name: "alice".into(), password_hash: Some("hash".into()) },
+            AuthRequest::RoleAdd { name: "w".into() },
+            AuthRequest::RoleGrantPermission {
+                name: "w".into(),
+                perm: Some(Permission { perm_type: PermType::Write, key: b"/w/".to_vec(), range_end: b"/w0".to_vec() }),
+            },
+            AuthRequest::UserGrantRole { user: "alice".into(), role: "w".into() },
+            AuthRequest::Enable { secret: vec![7; 32] },
+        ] {
+            assert_eq!(a.command(auth(request.clone())), done, "{request:?}");
+        }
+        let refused = |e| Some(ApplyResult::AuthRefused(e));
+        // Management is root's now.
+        assert_eq!(a.command(auth(AuthRequest::RoleAdd { name: "x".into() })), refused(AuthError::UserEmpty));
+        let by_alice = as_user(Some("alice"), Command::Auth(AuthRequest::RoleAdd { name: "x".into() }));
+        assert_eq!(a.command(by_alice), refused(AuthError::PermissionDenied));
+        let revision = a.store.current_revision();
+        assert!(matches!(a.command(as_user(Some("alice"), put("/w/a"))), Some(ApplyResult::Put { .. })));
+        assert_eq!(a.command(as_user(Some("alice"), put("/r/a"))), refused(AuthError::PermissionDenied));
+        // A compare reads: alice may not compare what she may only write.
+        let compared = Command::Put { key: "/w/a".into(), value: Bytes::new(), prev_revision: Some(0) };
+        assert_eq!(a.command(as_user(Some("alice"), compared)), refused(AuthError::PermissionDenied));
+        assert_eq!(a.command(as_user(None, put("/w/a"))), refused(AuthError::UserEmpty));
+        assert_eq!(a.command(put("/w/a")), refused(AuthError::UserEmpty), "a bare client write has no user");
+        assert!(matches!(a.command(as_user(Some("root"), put("/r/a"))), Some(ApplyResult::Put { .. })));
+        assert_eq!(a.store.current_revision(), revision + 2, "refused commands change nothing");
+        // The leader's own: a lease expiry and a compaction travel bare.
+        assert!(matches!(a.command(Command::LeaseRevoke { id: 9 }), Some(ApplyResult::Refused(_))));
+        assert!(matches!(a.command(Command::Compact { revision: 2 }), Some(ApplyResult::Compacted(_))));
+        // A token: made at apply, named by the entry's index, in memory only.
+        let token = match a.command(auth(AuthRequest::Authenticate {
+            name: "alice".into(),
+            token: "abcdefghijklmnop".into(),
+            revision: a.store.auth().revision,
+        })) {
+            Some(ApplyResult::Auth(AuthOutcome::Token(token))) => token,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(token, format!("abcdefghijklmnop.{}", a.store.applied_index()));
+        assert_eq!(a.store.tokens().user(&token).as_deref(), Some("alice"));
+
+        let state = a.store.auth().clone();
+        let streamed = through_stream(&a.store);
+        assert_eq!(streamed.auth(), &state, "a snapshot carries the auth state");
+        drop(a);
+        let reopened = KvStore::open(&path).expect("reopen");
+        assert_eq!(reopened.auth(), &state, "the auth state is durable");
+        assert!(reopened.tokens().is_empty(), "tokens are not");
+    }
+
     #[test]
     fn a_snapshot_stream_builds_an_equal_state_machine_that_applies_on() {
         let mut kv = Applier::new();
