@@ -141,13 +141,11 @@ impl Leader {
         let mut request = Request::new(message);
         request.metadata_mut().insert(HEADER_FORWARDED, MetadataValue::from_static("1"));
         for (name, value) in &self.caller {
-            if let (Ok(name), Ok(value)) = (
+            if let (Ok(name), Ok(Ok(value))) = (
                 tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),
                 value.to_str().map(MetadataValue::try_from),
             ) {
-                if let Ok(value) = value {
-                    request.metadata_mut().insert(name, value);
-                }
+                request.metadata_mut().insert(name, value);
             }
         }
         match tokio::time::timeout(FORWARD_TIMEOUT, call(self.client, self.origin, request)).await {
