@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{Client, ClientConfig, ClientError, Consistency};
+use super::{Client, ClientConfig, ClientError, Consistency, Credentials};
 use crate::base::wire::{ErrorBody, ErrorDetail, PutResponse, Status, HEADER_MOD_REVISION};
 
 /// An HTTP server on an ephemeral port of 127.0.0.1.
@@ -517,4 +517,18 @@ async fn a_compacted_error_says_the_compact_revision() {
         other => panic!("{other:?}"),
     }
     server.stop().await;
+}
+
+/// etcdctl's `--user`: `NAME:PASSWORD` split at the first colon, or `NAME` with `--password`.
+#[test]
+fn credentials_are_read_as_etcdctl_reads_them() {
+    let parsed = |user: &str, password: Option<&str>| {
+        Credentials::parse(user, password).map(|c| (c.name, c.password)).map_err(|e| e.to_string())
+    };
+    assert_eq!(parsed("alice:pa:ss", None), Ok(("alice".into(), "pa:ss".into())));
+    assert_eq!(parsed("alice:pw", Some("other")), Ok(("alice:pw".into(), "other".into())));
+    assert_eq!(parsed("alice", Some("pw")), Ok(("alice".into(), "pw".into())));
+    assert!(parsed("alice", None).is_err_and(|e| e.contains("has no password")));
+    assert!(parsed(":pw", None).is_err_and(|e| e.contains("empty user name")));
+    assert!(!format!("{:?}", Credentials::parse("alice:secret", None).expect("parses")).contains("secret"));
 }
