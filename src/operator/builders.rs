@@ -1,7 +1,7 @@
 //! The objects that a `RaftCluster` owns (DESIGN.md §6), built by pure functions from the
 //! resource alone: the headless Service that gives each member a stable DNS name, the client
 //! Service, the ConfigMap with the endpoint list every peer reads, the StatefulSet that runs the
-//! members, and the PodDisruptionBudget. The controller applies what these return with
+//! members, the PodDisruptionBudget, and the NetworkPolicy. The controller applies what these return with
 //! server-side apply; every object carries a controller owner reference to its `RaftCluster`, so
 //! the garbage collector removes it with the cluster.
 //!
@@ -16,6 +16,9 @@ use k8s_openapi::api::core::v1::{
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
     PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service,
     ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -257,6 +260,68 @@ pub fn pod_disruption_budget(cluster: &RaftCluster) -> Result<PodDisruptionBudge
     })
 }
 
+/// Where the operator runs, so that the members' NetworkPolicy lets it reach their client port:
+/// its namespace and its pods' labels (the chart passes both; `kuberaft render` assumes the
+/// chart's defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorPeer {
+    pub namespace: String,
+    /// Empty: every pod of the namespace.
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+impl Default for OperatorPeer {
+    fn default() -> Self {
+        OperatorPeer {
+            namespace: "kuberaft-system".to_string(),
+            pod_labels: BTreeMap::from([
+                (LABEL_NAME.to_string(), APP_NAME.to_string()),
+                (LABEL_COMPONENT.to_string(), "operator".to_string()),
+            ]),
+        }
+    }
+}
+
+/// The NetworkPolicy `<name>` (`spec.networkPolicy`): ingress to the members only on the peer
+/// port from members, and on the client port from members (followers forward to the leader),
+/// the operator, and `clientsFrom` (the cluster's namespace when not given). Egress is left
+/// alone. Kubelet probes come from the node, which NetworkPolicy implementations let through.
+pub fn network_policy(cluster: &RaftCluster, operator: &OperatorPeer) -> Result<NetworkPolicy, BuildError> {
+    let selector =
+        |labels: BTreeMap<String, String>| LabelSelector { match_labels: Some(labels), ..LabelSelector::default() };
+    let members =
+        NetworkPolicyPeer { pod_selector: Some(selector(selector_labels(cluster))), ..NetworkPolicyPeer::default() };
+    let port = |name: &str| NetworkPolicyPort {
+        port: Some(IntOrString::String(name.to_string())),
+        protocol: Some("TCP".to_string()),
+        ..NetworkPolicyPort::default()
+    };
+    let operator_namespace = BTreeMap::from([("kubernetes.io/metadata.name".to_string(), operator.namespace.clone())]);
+    let operator = NetworkPolicyPeer {
+        namespace_selector: Some(selector(operator_namespace)),
+        pod_selector: Some(selector(operator.pod_labels.clone())),
+        ..NetworkPolicyPeer::default()
+    };
+    let same_namespace =
+        NetworkPolicyPeer { pod_selector: Some(LabelSelector::default()), ..NetworkPolicyPeer::default() };
+    let clients = cluster.spec.network_policy.clients_from.clone().unwrap_or_else(|| vec![same_namespace]);
+    let mut client_peers = vec![members.clone(), operator];
+    client_peers.extend(clients);
+    Ok(NetworkPolicy {
+        metadata: object_meta(cluster, cluster.name_any())?,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector(selector_labels(cluster))),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule { from: Some(vec![members]), ports: Some(vec![port(PEER_PORT_NAME)]) },
+                NetworkPolicyIngressRule { from: Some(client_peers), ports: Some(vec![port(CLIENT_PORT_NAME)]) },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+        ..NetworkPolicy::default()
+    })
+}
+
 /// The `initial-cluster-token` of the members: the resource's uid, so that two clusters, even
 /// of the same name, never accept each other's messages.
 pub fn cluster_token(cluster: &RaftCluster) -> Result<String, BuildError> {
@@ -442,13 +507,17 @@ pub fn bootstrap_objects(cluster: &RaftCluster) -> Result<Vec<serde_json::Value>
     let names: Vec<String> = (0..cluster.spec.replicas).map(|i| super::member_name(&cluster.name_any(), i)).collect();
     let json =
         |value: Result<serde_json::Value, serde_json::Error>| value.map_err(|e| BuildError::Encode(e.to_string()));
-    Ok(vec![
+    let mut objects = vec![
         json(serde_json::to_value(headless_service(cluster)?))?,
         json(serde_json::to_value(client_service(cluster)?))?,
         json(serde_json::to_value(members_config_map(cluster, &names, false)?))?,
         json(serde_json::to_value(stateful_set(cluster, cluster.spec.replicas)?))?,
         json(serde_json::to_value(pod_disruption_budget(cluster)?))?,
-    ])
+    ];
+    if cluster.spec.network_policy.enabled {
+        objects.push(json(serde_json::to_value(network_policy(cluster, &OperatorPeer::default())?))?);
+    }
+    Ok(objects)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! Lease reconciles, so that two replicas of the operator are safe; SIGTERM stops it cleanly
 //! (reconciles in flight finish, the Lease is released).
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -24,6 +26,7 @@ use kube::runtime::{predicates, reflector, watcher, PredicateConfig, WatchStream
 use kube::Client;
 use tokio::sync::watch;
 
+use super::builders::OperatorPeer;
 use super::crd::RaftCluster;
 use super::reconcile::{self, Context, HttpMembers, ReconcileError, FIELD_MANAGER};
 use crate::base::logging::LogFormat;
@@ -48,10 +51,30 @@ pub struct OperatorArgs {
     /// This replica's identity in the Lease and in events (its pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// The labels of the operator's pods, `k=v,k2=v2` (the chart passes its selector labels):
+    /// the members' NetworkPolicy lets these pods, in the operator's namespace, reach them.
+    #[arg(
+        long,
+        env = "KUBERAFT_OPERATOR_POD_LABELS",
+        default_value = "app.kubernetes.io/name=kuberaft,app.kubernetes.io/component=operator"
+    )]
+    pub operator_pod_labels: String,
     #[arg(long, env = "KUBERAFT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     #[arg(long, env = "KUBERAFT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// `k=v,k2=v2` as labels; a pair without `=` is refused.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            _ => Err(format!("--operator-pod-labels: '{pair}' is not key=value")),
+        })
+        .collect()
 }
 
 /// How long a Lease holds without renewal, and how often the holder renews it.
@@ -84,7 +107,10 @@ async fn operate(args: OperatorArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot reach the Kubernetes API (in-cluster config or kubeconfig): {e}"))?;
     let identity = args.identity.clone().unwrap_or_else(|| format!("kuberaft-operator-{}", std::process::id()));
     let reporter = Reporter { controller: FIELD_MANAGER.to_string(), instance: Some(identity.clone()) };
-    let ctx = Arc::new(Context::new(client.clone(), Arc::new(HttpMembers::default()), reporter));
+    let operator =
+        OperatorPeer { namespace: args.lease_namespace.clone(), pod_labels: parse_labels(&args.operator_pod_labels)? };
+    let ctx =
+        Arc::new(Context::new(client.clone(), Arc::new(HttpMembers::default()), reporter).with_operator(operator));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -206,7 +232,8 @@ async fn run_controller(
             .owns(scoped::<StatefulSet>(&c, &ns), owned_config.clone())
             .owns(scoped::<ConfigMap>(&c, &ns), owned_config.clone())
             .owns(scoped::<Service>(&c, &ns), owned_config.clone())
-            .owns(scoped::<PodDisruptionBudget>(&c, &ns), owned_config)
+            .owns(scoped::<PodDisruptionBudget>(&c, &ns), owned_config.clone())
+            .owns(scoped::<NetworkPolicy>(&c, &ns), owned_config)
             .graceful_shutdown_on(shutdown)
             .run(reconcile::reconcile, error_policy, ctx.clone())
             .for_each(|result| async move {
@@ -353,4 +380,17 @@ fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
     let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
     // An end past the last representable instant (a huge duration from the API) never comes.
     renewed.0.checked_add(duration).is_ok_and(|end| end < now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operator_pod_labels_are_key_value_pairs() {
+        let labels = parse_labels("a=1, b = 2,").expect("parses");
+        assert_eq!(labels, BTreeMap::from([("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())]));
+        assert!(parse_labels("a").is_err());
+        assert!(parse_labels("=1").is_err());
+    }
 }

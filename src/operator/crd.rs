@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
@@ -91,6 +92,36 @@ pub struct RaftClusterSpec {
     /// reporting the status.
     #[serde(default)]
     pub paused: bool,
+    /// Who may reach the members: a NetworkPolicy, on by default.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// The NetworkPolicy `<name>` of the members (issue 16): only members reach the peer port; the
+/// members, the operator and the pods `clientsFrom` selects reach the client port; nothing
+/// else reaches a member.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Whether the operator creates the NetworkPolicy. Turning it off later leaves the policy in
+    /// place (the operator never deletes); delete it by hand.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Who may reach the client port besides the members and the operator, as NetworkPolicy
+    /// peers (pod and namespace selectors, IP blocks). When not given: every pod in the
+    /// cluster's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients_from: Option<Vec<NetworkPolicyPeer>>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec { enabled: true, clients_from: None }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The persistent volume of each member (one PersistentVolumeClaim per member).

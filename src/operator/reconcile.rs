@@ -16,6 +16,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -152,12 +153,26 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per cluster (namespace/name), for the backoff.
     pub failures: Mutex<BTreeMap<String, u32>>,
+    /// Where the operator runs, for the members' NetworkPolicy.
+    pub operator: builders::OperatorPeer,
 }
 
 impl Context {
     pub fn new(client: kube::Client, members: Arc<dyn MemberApi>, reporter: Reporter) -> Context {
         let recorder = Recorder::new(client.clone(), reporter);
-        Context { client, members, recorder, metrics: Arc::default(), failures: Mutex::default() }
+        Context {
+            client,
+            members,
+            recorder,
+            metrics: Arc::default(),
+            failures: Mutex::default(),
+            operator: builders::OperatorPeer::default(),
+        }
+    }
+
+    /// The same, for an operator running at `operator`.
+    pub fn with_operator(self, operator: builders::OperatorPeer) -> Context {
+        Context { operator, ..self }
     }
 }
 
@@ -181,6 +196,8 @@ struct Owned {
     headless: Option<Service>,
     client_service: Option<Service>,
     budget: Option<PodDisruptionBudget>,
+    /// `None` too when `spec.networkPolicy` is off (not read then).
+    network_policy: Option<NetworkPolicy>,
     pods: Vec<Pod>,
 }
 
@@ -279,7 +296,11 @@ async fn observe_objects(
         headless: get(&Api::namespaced(client.clone(), namespace), &builders::headless_service_name(cluster)).await?,
         client_service: get(&Api::namespaced(client.clone(), namespace), &builders::client_service_name(cluster))
             .await?,
-        budget: get(&Api::namespaced(client, namespace), name).await?,
+        budget: get(&Api::namespaced(client.clone(), namespace), name).await?,
+        network_policy: match cluster.spec.network_policy.enabled {
+            true => get(&Api::namespaced(client, namespace), name).await?,
+            false => None,
+        },
         pods: pods.items,
     })
 }
@@ -388,6 +409,10 @@ async fn ensure_static_objects(ctx: &Context, cluster: &RaftCluster, owned: &Own
     apply(ctx, &namespace, builders::headless_service(cluster)?, owned.headless.as_ref()).await?;
     apply(ctx, &namespace, builders::client_service(cluster)?, owned.client_service.as_ref()).await?;
     apply(ctx, &namespace, builders::pod_disruption_budget(cluster)?, owned.budget.as_ref()).await?;
+    if cluster.spec.network_policy.enabled {
+        let policy = builders::network_policy(cluster, &ctx.operator)?;
+        apply(ctx, &namespace, policy, owned.network_policy.as_ref()).await?;
+    }
     if let Some(live) = &owned.stateful_set {
         let replicas = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let replicas = u32::try_from(replicas).unwrap_or(0);

@@ -120,6 +120,35 @@ fn etcdctl_manages_users_and_roles_as_etcd_does_and_permissions_hold_over_grpc_a
         assert_eq!(put.err.trim(), "Error: etcdserver: permission denied", "through {endpoint}: {put:?}");
     }
 
+    // Leases (etcd 3.4.42's rules; 3.4.23 lets anyone revoke or renew any lease, so only
+    // kuberaft's answers are checked): a lease holding a key alice may not write is not hers to
+    // revoke or renew, nor are its keys hers to list; an anonymous caller may not grant one.
+    let grant = ctl(&ours(0), &[ROOT, "lease", "grant", "100"], "", Duration::from_secs(20));
+    assert!(grant.ok, "{grant:?}");
+    let lease = crate::grpc_api::granted_lease(&grant.out);
+    let attach =
+        ctl(&ours(0), &[ROOT, "put", "/priv/leased", "x", &format!("--lease={lease}")], "", Duration::from_secs(20));
+    assert!(attach.ok, "{attach:?}");
+    for endpoint in [ours(0), ours(1), ours(2)] {
+        for args in [
+            vec![ALICE, "lease", "revoke", &lease],
+            vec![ALICE, "lease", "keep-alive", "--once", &lease],
+            vec![ALICE, "lease", "timetolive", &lease, "--keys"],
+        ] {
+            let refused = ctl(&endpoint, &args, "", Duration::from_secs(20));
+            assert!(
+                !refused.ok && refused.err.contains("etcdserver: permission denied"),
+                "{args:?} through {endpoint}: {refused:?}"
+            );
+        }
+        let anonymous = ctl(&endpoint, &["lease", "grant", "100"], "", Duration::from_secs(20));
+        assert!(anonymous.err.contains("etcdserver: user name is empty"), "through {endpoint}: {anonymous:?}");
+        let granted = ctl(&endpoint, &[ALICE, "lease", "grant", "100"], "", Duration::from_secs(20));
+        assert!(granted.ok, "alice may grant a lease through {endpoint}: {granted:?}");
+    }
+    let renewed = ctl(&ours(1), &[ROOT, "lease", "keep-alive", "--once", &lease], "", Duration::from_secs(20));
+    assert!(renewed.ok, "{renewed:?}");
+
     // Watches: inside the permission a watch is made; outside it is refused at once and the
     // stream stays open (etcd 3.4.8 and later).
     let watched =
@@ -171,6 +200,8 @@ fn json_api_keeps_alices_permissions(c: &Cluster, leader: usize) {
     let body: Value = wrong.json().expect("json");
     assert_eq!(body["error"]["message"], "etcdserver: authentication failed, invalid user ID or password");
 
+    let root: Value = authenticate(leader, "root", "rootpw").json().expect("json");
+    let root_token = root["token"].as_str().expect("root's token").to_string();
     for step in 0..3 {
         let i = (leader + step) % 3;
         let base = c.members[i].client_url();
@@ -224,6 +255,36 @@ fn json_api_keeps_alices_permissions(c: &Cluster, leader: usize) {
             .send()
             .expect("range");
         assert_eq!(range.status().as_u16(), 200, "a range inside through member {i}");
+
+        // Leases over the JSON API: alice may grant, not revoke one that holds others' keys.
+        let lease = |path: &str, body: Value| {
+            let answer = c
+                .http
+                .post(format!("{base}/v1/lease/{path}"))
+                .header("authorization", &token)
+                .json(&body)
+                .send()
+                .expect("lease call");
+            (answer.status().as_u16(), answer.text().unwrap_or_default())
+        };
+        let (status, granted) = lease("grant", serde_json::json!({"ttl": 100}));
+        assert_eq!(status, 200, "{granted}");
+        let held: Value = c
+            .http
+            .post(format!("{base}/v1/range"))
+            .json(&serde_json::json!({"key": "/priv/leased"}))
+            .header("authorization", &root_token)
+            .send()
+            .expect("range")
+            .json()
+            .expect("json");
+        let held = held["kvs"][0]["lease"].as_i64().expect("a leased key");
+        let (status, body) = lease("revoke", serde_json::json!({"id": held}));
+        assert_eq!(status, 403, "{body}");
+        let (status, body) = lease("timetolive", serde_json::json!({"id": held, "keys": true}));
+        assert_eq!(status, 403, "{body}");
+        let (status, body) = lease("keepalive", serde_json::json!({"id": held}));
+        assert_eq!(status, 403, "{body}");
 
         // A watch outside: a refused create, with etcd's reason; inside: created.
         let first = first_watch_line(&c.members[i].ip, &token, "/priv/");

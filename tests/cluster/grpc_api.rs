@@ -118,7 +118,7 @@ fn normalized(text: &str, replace: &[(String, &str)]) -> String {
 }
 
 /// The lease id etcdctl printed in "lease <hex> granted with TTL(...)".
-fn granted_lease(out: &str) -> String {
+pub fn granted_lease(out: &str) -> String {
     out.split_whitespace().nth(1).unwrap_or_default().to_string()
 }
 

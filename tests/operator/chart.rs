@@ -241,6 +241,7 @@ async fn rbac_grants_every_call_the_operator_makes_and_no_delete() {
         ("", "configmaps"),
         ("", "services"),
         ("policy", "poddisruptionbudgets"),
+        ("networking.k8s.io", "networkpolicies"),
     ] {
         for verb in ["list", "watch"] {
             needs.insert((group.to_string(), resource.to_string(), verb.to_string()));

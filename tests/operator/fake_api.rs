@@ -58,6 +58,9 @@ pub fn svc_path(name: &str) -> String {
 pub fn pdb_path(name: &str) -> String {
     format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/{name}")
 }
+pub fn netpol_path(name: &str) -> String {
+    format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/{name}")
+}
 pub fn pods_path() -> String {
     format!("/api/v1/namespaces/{NS}/pods")
 }

@@ -201,6 +201,7 @@ fn observe_calls() -> Vec<Call> {
         get(&svc_path("etcd")),
         get(&svc_path("etcd-client")),
         get(&pdb_path("etcd")),
+        get(&netpol_path("etcd")),
     ]
 }
 
@@ -234,6 +235,7 @@ async fn steady_three() -> World {
             patch(&svc_path("etcd")),
             patch(&svc_path("etcd-client")),
             patch(&pdb_path("etcd")),
+            patch(&netpol_path("etcd")),
             patch(&cm_path("etcd-members")),
             patch(&sts_path("etcd")),
             event(),

@@ -104,7 +104,7 @@ fn rendered_examples_and_the_crd_pass_the_official_schemas_strictly() {
     let mut files = Vec::new();
     for example in examples() {
         let rendered = render(&example);
-        for kind in ["Service", "ConfigMap", "StatefulSet", "PodDisruptionBudget"] {
+        for kind in ["Service", "ConfigMap", "StatefulSet", "PodDisruptionBudget", "NetworkPolicy"] {
             assert!(rendered.contains(&format!("kind: {kind}\n")), "{}: {kind}", example.display());
         }
         let file = dir.path().join(example.file_name().expect("name"));
@@ -114,9 +114,9 @@ fn rendered_examples_and_the_crd_pass_the_official_schemas_strictly() {
     files.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/raftclusters.kuberaft.io.yaml"));
     let (ok, output) = validate(&validator, &newest, &files);
     assert!(ok, "{output}");
-    // 5 objects per example and the CRD, each for both versions.
+    // 6 objects per example and the CRD, each for both versions.
     let passed = output.matches(" passed for resource ").count();
-    assert_eq!(passed, (5 * (files.len() - 1) + 1) * 2, "{output}");
+    assert_eq!(passed, (6 * (files.len() - 1) + 1) * 2, "{output}");
     assert!(output.contains(&format!("against version {}", &newest[..newest.rfind('.').unwrap_or(newest.len())])));
 
     // The validator has teeth: one unknown field in the pod template fails it.

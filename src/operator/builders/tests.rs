@@ -315,7 +315,7 @@ fn stateful_set_of_the_production_example_carries_its_storage_resources_and_plac
 }
 
 #[test]
-fn bootstrap_objects_are_the_five_owned_objects_in_apply_order() {
+fn bootstrap_objects_are_the_six_owned_objects_in_apply_order() {
     let objects = bootstrap_objects(&example("minimal.yaml")).expect("builds");
     let kinds: Vec<(String, String)> = objects
         .iter()
@@ -332,9 +332,56 @@ fn bootstrap_objects_are_the_five_owned_objects_in_apply_order() {
         ("ConfigMap", "etcd-members"),
         ("StatefulSet", "etcd"),
         ("PodDisruptionBudget", "etcd"),
+        ("NetworkPolicy", "etcd"),
     ];
     assert_eq!(kinds, expected.map(|(k, n)| (k.to_string(), n.to_string())).to_vec());
     assert_eq!(objects[2]["data"]["members"], "etcd-0,etcd-1,etcd-2");
     assert_eq!(objects[2]["data"]["initial-cluster-state"], "new");
     assert_eq!(objects[3]["spec"]["replicas"], 3);
+}
+
+/// Issue 16: only members reach the peer port; members, the operator and (by default) the
+/// cluster's namespace reach the client port; `clientsFrom` replaces the namespace; off, no
+/// policy is rendered.
+#[test]
+fn the_network_policy_lets_members_reach_peers_and_chosen_clients_reach_the_client_port() {
+    let cluster = example("minimal.yaml");
+    let operator = OperatorPeer {
+        namespace: "ops".into(),
+        pod_labels: BTreeMap::from([("app.kubernetes.io/name".to_string(), "kuberaft".to_string())]),
+    };
+    let policy = serde_json::to_value(network_policy(&cluster, &operator).expect("builds")).expect("json");
+    let spec = &policy["spec"];
+    assert_eq!(spec["podSelector"]["matchLabels"], serde_json::to_value(selector_labels(&cluster)).expect("json"));
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]));
+    let rules = spec["ingress"].as_array().expect("rules");
+    assert_eq!(rules.len(), 2);
+    let members = serde_json::json!({"podSelector": {"matchLabels": selector_labels(&cluster)}});
+    assert_eq!(rules[0]["ports"], serde_json::json!([{"port": "peer", "protocol": "TCP"}]));
+    assert_eq!(rules[0]["from"], serde_json::json!([members.clone()]), "only members reach the peer port");
+    assert_eq!(rules[1]["ports"], serde_json::json!([{"port": "client", "protocol": "TCP"}]));
+    let operator_peer = serde_json::json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberaft"}},
+    });
+    assert_eq!(rules[1]["from"], serde_json::json!([members.clone(), operator_peer.clone(), {"podSelector": {}}]));
+
+    let mut chosen = cluster.clone();
+    chosen.spec.network_policy.clients_from =
+        Some(vec![serde_json::from_value(serde_json::json!({"namespaceSelector": {"matchLabels": {"team": "apps"}}}))
+            .expect("peer")]);
+    let policy = serde_json::to_value(network_policy(&chosen, &operator).expect("builds")).expect("json");
+    assert_eq!(
+        policy["spec"]["ingress"][1]["from"],
+        serde_json::json!([members, operator_peer, {"namespaceSelector": {"matchLabels": {"team": "apps"}}}])
+    );
+
+    let mut off = cluster;
+    off.spec.network_policy.enabled = false;
+    let kinds: Vec<String> = bootstrap_objects(&off)
+        .expect("builds")
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(!kinds.contains(&"NetworkPolicy".to_string()), "{kinds:?}");
 }
