@@ -318,7 +318,6 @@ pub fn network_policy(cluster: &RaftCluster, operator: &OperatorPeer) -> Result<
             ]),
             ..NetworkPolicySpec::default()
         }),
-        ..NetworkPolicy::default()
     })
 }
 

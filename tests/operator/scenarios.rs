@@ -490,8 +490,9 @@ async fn metrics_count_reconciles_steps_and_writes() {
         "kuberaft_operator_reconcile_errors_total 0",
         "kuberaft_operator_steps_total{step=\"Bootstrap\"} 1",
         "kuberaft_operator_steps_total{step=\"UpdateEndpoints\"} 1",
-        // Bootstrap: 2 Services, the budget, the ConfigMap, the StatefulSet; then the list once.
-        "kuberaft_operator_object_writes_total 6",
+        // Bootstrap: 2 Services, the budget, the NetworkPolicy, the ConfigMap, the StatefulSet;
+        // then the list once.
+        "kuberaft_operator_object_writes_total 7",
         "kuberaft_operator_status_writes_total 3",
         "kuberaft_operator_reconcile_seconds_count 4",
         "kuberaft_operator_leading 1",
