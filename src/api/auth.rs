@@ -57,13 +57,16 @@ tokio::task_local! {
 /// The caller of the JSON request being served. Outside one (a task spawned off it), a
 /// caller without a user whose commands are checked: denied wherever a user is needed.
 pub fn current() -> Caller {
-    CURRENT.try_with(Caller::clone).unwrap_or(Caller { user: None, checked: true })
+    CURRENT.try_with(Caller::clone).unwrap_or(NOBODY)
 }
 
 /// The caller of a gRPC call (resolved by `resolve_caller`), with the same fallback.
 pub fn of<T>(request: &tonic::Request<T>) -> Caller {
-    request.extensions().get::<Caller>().cloned().unwrap_or(Caller { user: None, checked: true })
+    request.extensions().get::<Caller>().cloned().unwrap_or(NOBODY)
 }
+
+/// A caller without a user whose commands are checked: denied wherever a user is needed.
+const NOBODY: Caller = Caller { user: None, checked: true };
 
 fn sign(secret: &[u8], user: &str) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
@@ -97,8 +100,8 @@ fn token(headers: &HeaderMap) -> Option<String> {
 
 /// Resolves the caller (module docs). `Err`: the credentials given are invalid.
 pub async fn caller(api: &Api, headers: &HeaderMap, cert: Option<&PeerCertificate>) -> Result<Caller, AuthError> {
-    let (enabled, secret) = api.node.with_kv(|kv| (kv.auth().enabled, kv.auth().secret.clone()));
     if let Some(user) = headers.get(HEADER_CALLER) {
+        let secret = api.node.with_kv(|kv| kv.auth().secret.clone());
         let mac = headers.get(HEADER_CALLER_MAC).and_then(|m| m.to_str().ok()).unwrap_or("");
         let user = user.to_str().map_err(|_| AuthError::InvalidToken)?;
         let key = hmac::Key::new(hmac::HMAC_SHA256, &secret);
@@ -109,7 +112,7 @@ pub async fn caller(api: &Api, headers: &HeaderMap, cert: Option<&PeerCertificat
         }
         return Ok(Caller { user: Some(user.to_string()).filter(|u| !u.is_empty()), checked: true });
     }
-    if !enabled {
+    if !with_state(api, |auth| auth.enabled) {
         return Ok(Caller::default());
     }
     if let Some(token) = token(headers) {
@@ -196,7 +199,7 @@ pub async fn authenticate(api: &Api, name: &str, password: &str) -> Result<Strin
             })
             .collect();
         let request = AuthRequest::Authenticate { name: name.to_string(), token: letters, revision: state.revision };
-        match api.node.auth(&Caller { user: None, checked: true }, request).await {
+        match api.node.auth(&NOBODY, request).await {
             Ok(crate::store::auth::AuthOutcome::Token(token)) => return Ok(token),
             Ok(other) => return Err(NodeError::OutcomeUnknown(format!("an authenticate answered {other:?}"))),
             Err(NodeError::Auth(AuthError::Failed)) if api.node.auth_state().revision != state.revision => continue,

@@ -25,7 +25,7 @@ use super::kv::{bad, header, too_large, wire_kv, Span};
 use super::server::{Api, ApiResult};
 use crate::base::wire::watch::{self as wire, HEADER_REQUIRE_LEADER, NO_LEADER};
 use crate::node::watch::{WatchResponse, WatchSpec, WatchStream, STREAM_QUEUE};
-use crate::store::auth::{Access, AuthError, AuthErrorClass, Caller};
+use crate::store::auth::{Access, AuthError, Caller};
 use crate::store::mvcc::{Event, EventKind};
 
 /// How long a member may have no leader before a stream that requires one ends.
@@ -282,15 +282,10 @@ pub(super) async fn run_stream(
 
 /// An auth refusal as etcd's watch gives its reason: the whole text of the gRPC error
 /// (`rpc error: code = PermissionDenied desc = etcdserver: permission denied`).
+/// The code is the one the gRPC API answers (`grpc::auth_status`), named as Go names it.
 fn grpc_error_text(e: AuthError) -> String {
-    let code = match e.class() {
-        AuthErrorClass::InvalidArgument => "InvalidArgument",
-        AuthErrorClass::FailedPrecondition => "FailedPrecondition",
-        AuthErrorClass::PermissionDenied => "PermissionDenied",
-        AuthErrorClass::Unauthenticated => "Unauthenticated",
-        AuthErrorClass::Unknown => "Unknown",
-    };
-    format!("rpc error: code = {code} desc = {e}")
+    let status = super::grpc::auth_status(e);
+    format!("rpc error: code = {:?} desc = {}", status.code(), status.message())
 }
 
 /// Whether a response ends its stream (the member lost its leader, with `require_leader`).
