@@ -56,9 +56,34 @@ pub fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
     fs::read(path).map_err(|e| file_error(path, e))
 }
 
+/// PEM text and where it came from (a file, or a Secret's key), which errors name. Its Debug
+/// shows the origin only: the text may be a private key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pem {
+    pub origin: PathBuf,
+    pub text: Vec<u8>,
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pem").field("origin", &self.origin).finish_non_exhaustive()
+    }
+}
+
+impl Pem {
+    /// The text of the file at `path`.
+    pub fn read(path: &Path) -> Result<Pem, TlsError> {
+        Ok(Pem { origin: path.to_path_buf(), text: read_pem(path)? })
+    }
+}
+
 fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_pem(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    parse_certs(&Pem::read(path)?)
+}
+
+fn parse_certs(pem: &Pem) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let path = &pem.origin;
+    let certs = CertificateDer::pem_slice_iter(&pem.text)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_error(path, format!("not a PEM certificate file: {e}")))?;
     if certs.is_empty() {
@@ -68,14 +93,22 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read_pem(path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| file_error(path, format!("holds no readable private key: {e}")))
+    parse_key(&Pem::read(path)?)
+}
+
+fn parse_key(pem: &Pem) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(&pem.text)
+        .map_err(|e| file_error(&pem.origin, format!("holds no readable private key: {e}")))
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    parse_roots(&Pem::read(path)?)
+}
+
+fn parse_roots(pem: &Pem) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(path)? {
-        roots.add(cert).map_err(|e| file_error(path, format!("not a usable CA certificate: {e}")))?;
+    for cert in parse_certs(pem)? {
+        roots.add(cert).map_err(|e| file_error(&pem.origin, format!("not a usable CA certificate: {e}")))?;
     }
     Ok(roots)
 }
@@ -141,14 +174,23 @@ pub fn install_default_provider() {
 /// A caller's configuration: the servers it calls must chain to the CA in `ca`, and it presents
 /// the certificate and key in `identity`, if any.
 pub fn caller_config(ca: &Path, identity: Option<(&Path, &Path)>, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
+    let identity = match identity {
+        Some((cert, key)) => Some((Pem::read(cert)?, Pem::read(key)?)),
+        None => None,
+    };
+    caller_config_pem(&Pem::read(ca)?, identity.as_ref().map(|(cert, key)| (cert, key)), alpn)
+}
+
+/// The same from PEM text in memory (the operator's, read from a Secret).
+pub fn caller_config_pem(ca: &Pem, identity: Option<(&Pem, &Pem)>, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_root_certificates(load_roots(ca)?);
+        .with_root_certificates(parse_roots(ca)?);
     let mut config = match identity {
         Some((cert, key)) => builder
-            .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-            .map_err(|e| file_error(key, format!("does not go with {}: {e}", cert.display())))?,
+            .with_client_auth_cert(parse_certs(cert)?, parse_key(key)?)
+            .map_err(|e| file_error(&key.origin, format!("does not go with {}: {e}", cert.origin.display())))?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -164,52 +206,101 @@ pub fn certificate_names(cert: &CertificateDer<'_>, host: &str) -> Result<(), St
     rustls::client::verify_server_name(&parsed, &name).map_err(|_| format!("the certificate is not issued for {host}"))
 }
 
-/// The subject's common name (CN) of a DER certificate, as etcd takes the user of a client
-/// certificate (`VerifiedChains[0][0].Subject.CommonName`): `None` if it has none or cannot be
-/// read. A small DER walk: Certificate → tbsCertificate → (version?, serial, signature, issuer,
-/// validity, subject) → the first attribute with OID 2.5.4.3.
-pub fn common_name(der: &[u8]) -> Option<String> {
-    /// One DER element at the start of `bytes`: (tag, contents, the rest).
-    fn element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = bytes.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (usize::from(first), rest)
-        } else {
-            let n = usize::from(first & 0x7f);
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-            (len, &rest[n..])
-        };
-        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-    }
-    const SEQUENCE: u8 = 0x30;
-    const CN: &[u8] = &[0x55, 0x04, 0x03];
-    let (SEQUENCE, cert, _) = element(der)? else { return None };
-    let (SEQUENCE, mut tbs, _) = element(cert)? else { return None };
+/// One DER element at the start of `bytes`: (tag, contents, the rest).
+fn der_element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+const DER_SEQUENCE: u8 = 0x30;
+
+/// The fields of a DER certificate's tbsCertificate from `validity` on: Certificate →
+/// tbsCertificate → (version?, serial, signature, issuer, | validity, subject, ...).
+fn from_validity(der: &[u8]) -> Option<&[u8]> {
+    let (DER_SEQUENCE, cert, _) = der_element(der)? else { return None };
+    let (DER_SEQUENCE, mut tbs, _) = der_element(cert)? else { return None };
     // The optional explicit version ([0]).
     if tbs.first() == Some(&0xa0) {
-        tbs = element(tbs)?.2;
+        tbs = der_element(tbs)?.2;
     }
-    // serial, signature algorithm, issuer, validity: skipped.
-    for _ in 0..4 {
-        tbs = element(tbs)?.2;
+    // serial, signature algorithm, issuer: skipped.
+    for _ in 0..3 {
+        tbs = der_element(tbs)?.2;
     }
-    let (SEQUENCE, mut subject, _) = element(tbs)? else { return None };
+    Some(tbs)
+}
+
+/// The subject's common name (CN) of a DER certificate, as etcd takes the user of a client
+/// certificate (`VerifiedChains[0][0].Subject.CommonName`): `None` if it has none or cannot be
+/// read. A small DER walk to the subject, then the first attribute with OID 2.5.4.3.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    let tbs = der_element(from_validity(der)?)?.2;
+    let (DER_SEQUENCE, mut subject, _) = der_element(tbs)? else { return None };
     // At most as many attributes as the subject has bytes.
     while !subject.is_empty() {
-        let (_, set, rest) = element(subject)?;
+        let (_, set, rest) = der_element(subject)?;
         subject = rest;
-        let (SEQUENCE, attribute, _) = element(set)? else { continue };
-        let (0x06, oid, value) = element(attribute)? else { continue };
+        let (DER_SEQUENCE, attribute, _) = der_element(set)? else { continue };
+        let (0x06, oid, value) = der_element(attribute)? else { continue };
         if oid == CN {
-            let (_, text, _) = element(value)?;
+            let (_, text, _) = der_element(value)?;
             return String::from_utf8(text.to_vec()).ok();
         }
     }
     None
+}
+
+/// A certificate's validity (notBefore, notAfter) in seconds since the Unix epoch, read from its
+/// DER: `None` if it cannot be read. The operator renews what it issued from these.
+pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (DER_SEQUENCE, validity, _) = der_element(from_validity(der)?)? else { return None };
+    let (tag, before, rest) = der_element(validity)?;
+    let not_before = asn1_time(tag, before)?;
+    let (tag, after, _) = der_element(rest)?;
+    Some((not_before, asn1_time(tag, after)?))
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`, tag 23) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, tag 24), as X.509
+/// writes them, in seconds since the Unix epoch.
+fn asn1_time(tag: u8, text: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+    let digits = |s: &str| -> Option<i64> { s.bytes().all(|b| b.is_ascii_digit()).then(|| s.parse().ok())? };
+    let (year, rest) = match (tag, text.len()) {
+        (23, 12) => {
+            let yy = digits(&text[..2])?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &text[2..])
+        }
+        (24, 14) => (digits(&text[..4])?, &text[4..]),
+        _ => return None,
+    };
+    let field = |at: usize| digits(rest.get(at..at + 2)?);
+    let (month, day, hour, minute, second) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 /// Writes a certificate of `ca` for 127.0.0.1 (`<name>.pem`, `<name>-key.pem`) and `ca`'s own
@@ -244,6 +335,20 @@ mod tests {
             assert_eq!(common_name(&der[..cut]), None, "cut at {cut}");
         }
         assert_eq!(common_name(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn x509_times_read_as_unix_seconds_and_malformed_ones_are_none() {
+        assert_eq!(asn1_time(23, b"700101000000Z"), Some(0));
+        assert_eq!(asn1_time(23, b"270115083000Z"), Some(1_800_001_800));
+        assert_eq!(asn1_time(24, b"20270115083000Z"), Some(1_800_001_800));
+        assert_eq!(asn1_time(24, b"20500101000000Z"), Some(2_524_608_000));
+        assert_eq!(asn1_time(23, b"491231235959Z"), Some(2_524_607_999), "UTCTime below 50 is 20YY");
+        for bad in [&b"270115083000"[..], b"2701150830Z", b"27011508300xZ", b"271315083000Z", b""] {
+            assert_eq!(asn1_time(23, bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(asn1_time(24, b"270115083000Z"), None, "GeneralizedTime has a four-digit year");
+        assert_eq!(validity(b"not a certificate"), None);
     }
 
     #[test]

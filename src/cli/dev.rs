@@ -143,7 +143,12 @@ impl DevPki {
 
     /// How a client of the dev cluster connects.
     pub fn client_options(&self) -> TlsOptions {
-        TlsOptions { cacert: Some(self.ca()), cert: Some(self.cert(DEV_CLIENT)), key: Some(self.key(DEV_CLIENT)) }
+        TlsOptions {
+            cacert: Some(self.ca()),
+            cert: Some(self.cert(DEV_CLIENT)),
+            key: Some(self.key(DEV_CLIENT)),
+            inline: None,
+        }
     }
 }
 

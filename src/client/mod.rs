@@ -235,7 +235,7 @@ pub struct SecurityArgs {
 
 impl SecurityArgs {
     pub fn tls(&self) -> TlsOptions {
-        TlsOptions { cacert: self.cacert.clone(), cert: self.cert.clone(), key: self.key.clone() }
+        TlsOptions { cacert: self.cacert.clone(), cert: self.cert.clone(), key: self.key.clone(), inline: None }
     }
 
     /// The credentials of `--user` and `--password`, if given.
@@ -262,12 +262,28 @@ pub struct TlsOptions {
     pub cacert: Option<std::path::PathBuf>,
     pub cert: Option<std::path::PathBuf>,
     pub key: Option<std::path::PathBuf>,
+    /// The same three held in memory instead of files (the operator's, from a Secret); used
+    /// instead of the paths when given.
+    pub inline: Option<std::sync::Arc<InlineTls>>,
+}
+
+/// A CA, a certificate and its key, as PEM text in memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InlineTls {
+    pub ca: crate::base::tls::Pem,
+    pub cert: crate::base::tls::Pem,
+    pub key: crate::base::tls::Pem,
 }
 
 impl TlsOptions {
     /// The rustls configuration for the endpoints (reqwest has no crypto provider of its own,
     /// so it gets one even when every endpoint is `http://`).
     fn config(&self, endpoints: &[String]) -> Result<rustls::ClientConfig> {
+        if let Some(inline) = &self.inline {
+            let config =
+                crate::base::tls::caller_config_pem(&inline.ca, Some((&inline.cert, &inline.key)), &[b"http/1.1"]);
+            return config.map_err(|e| ClientError::Setup(format!("TLS: {e}")));
+        }
         let identity = match (&self.cert, &self.key) {
             (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
             (None, None) => None,

@@ -339,12 +339,17 @@ fn tls_options_are_checked_when_the_client_is_built() {
     let https = "https://127.0.0.1:2379";
     let why = setup(build(https, TlsOptions::default()));
     assert!(why.contains("https:// endpoints need --cacert"), "{why}");
-    let half = TlsOptions { cacert: files.trusted_ca.clone(), cert: Some(files.cert.clone()), key: None };
+    let half = TlsOptions { cacert: files.trusted_ca.clone(), cert: Some(files.cert.clone()), key: None, inline: None };
     assert_eq!(setup(build(https, half)), "--cert and --key go together");
     let missing = TlsOptions { cacert: Some(dir.path().join("nothing.pem")), ..TlsOptions::default() };
     let why = setup(build(https, missing));
     assert!(why.starts_with("TLS: ") && why.contains("nothing.pem"), "{why}");
-    let whole = TlsOptions { cacert: files.trusted_ca.clone(), cert: Some(files.cert.clone()), key: Some(files.key) };
+    let whole = TlsOptions {
+        cacert: files.trusted_ca.clone(),
+        cert: Some(files.cert.clone()),
+        key: Some(files.key),
+        inline: None,
+    };
     let client = build(https, whole.clone()).expect("a TLS client");
     assert_eq!(client.endpoints(), [https]);
     assert!(build("http://127.0.0.1:2379", whole).is_ok());

@@ -13,9 +13,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service,
-    ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
+    SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
+    VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -40,6 +41,13 @@ pub const MANAGED_BY: &str = "kuberaft-operator";
 
 pub const CLIENT_PORT_NAME: &str = "client";
 pub const PEER_PORT_NAME: &str = "peer";
+/// With `spec.tls`, probes and scrapes go to a plain listener of their own
+/// (`--listen-metrics-urls`), on etcd's metrics port: the kubelet presents no client certificate.
+pub const METRICS_PORT_NAME: &str = "metrics";
+pub const METRICS_PORT: u16 = 2381;
+/// Where the members' certificates are mounted (`<member>.crt`, `<member>.key`, `ca.crt`).
+pub const TLS_VOLUME: &str = "tls";
+pub const TLS_MOUNT_PATH: &str = "/var/run/secrets/kuberaft/tls";
 
 /// The keys of the members ConfigMap.
 pub const KEY_INITIAL_CLUSTER: &str = "initial-cluster";
@@ -133,16 +141,25 @@ pub fn member_host(cluster: &RaftCluster, namespace: &str, member: &str) -> Stri
     format!("{member}.{}.{namespace}.svc", headless_service_name(cluster))
 }
 
+/// `https` with `spec.tls`, `http` without.
+pub fn scheme(cluster: &RaftCluster) -> &'static str {
+    if cluster.spec.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 pub fn peer_url(cluster: &RaftCluster, namespace: &str, member: &str) -> String {
-    format!("http://{}:{DEFAULT_PEER_PORT}", member_host(cluster, namespace, member))
+    format!("{}://{}:{DEFAULT_PEER_PORT}", scheme(cluster), member_host(cluster, namespace, member))
 }
 
 pub fn client_url(cluster: &RaftCluster, namespace: &str, member: &str) -> String {
-    format!("http://{}:{DEFAULT_CLIENT_PORT}", member_host(cluster, namespace, member))
+    format!("{}://{}:{DEFAULT_CLIENT_PORT}", scheme(cluster), member_host(cluster, namespace, member))
 }
 
 /// The metadata of an owned object named `name`.
-fn object_meta(cluster: &RaftCluster, name: String) -> Result<ObjectMeta, BuildError> {
+pub(super) fn object_meta(cluster: &RaftCluster, name: String) -> Result<ObjectMeta, BuildError> {
     Ok(ObjectMeta {
         name: Some(name),
         namespace: Some(namespace(cluster)?),
@@ -307,15 +324,20 @@ pub fn network_policy(cluster: &RaftCluster, operator: &OperatorPeer) -> Result<
     let clients = cluster.spec.network_policy.clients_from.clone().unwrap_or_else(|| vec![same_namespace]);
     let mut client_peers = vec![members.clone(), operator];
     client_peers.extend(clients);
+    let mut ingress = vec![
+        NetworkPolicyIngressRule { from: Some(vec![members]), ports: Some(vec![port(PEER_PORT_NAME)]) },
+        NetworkPolicyIngressRule { from: Some(client_peers), ports: Some(vec![port(CLIENT_PORT_NAME)]) },
+    ];
+    if cluster.spec.tls.is_some() {
+        // Probes and scrapes: health and metrics only, no keys, from anywhere.
+        ingress.push(NetworkPolicyIngressRule { from: None, ports: Some(vec![port(METRICS_PORT_NAME)]) });
+    }
     Ok(NetworkPolicy {
         metadata: object_meta(cluster, cluster.name_any())?,
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(selector(selector_labels(cluster))),
             policy_types: Some(vec!["Ingress".to_string()]),
-            ingress: Some(vec![
-                NetworkPolicyIngressRule { from: Some(vec![members]), ports: Some(vec![port(PEER_PORT_NAME)]) },
-                NetworkPolicyIngressRule { from: Some(client_peers), ports: Some(vec![port(CLIENT_PORT_NAME)]) },
-            ]),
+            ingress: Some(ingress),
             ..NetworkPolicySpec::default()
         }),
     })
@@ -351,14 +373,15 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
     let from =
         |name: &str, source: EnvVarSource| EnvVar { name: name.to_string(), value: None, value_from: Some(source) };
     // `$(POD_NAME)` is expanded by the kubelet from the variables defined before it.
-    let member_url = |port: u16| format!("http://$(POD_NAME).{headless}.$(POD_NAMESPACE).svc:{port}");
-    let env = vec![
+    let scheme = scheme(cluster);
+    let member_url = |port: u16| format!("{scheme}://$(POD_NAME).{headless}.$(POD_NAMESPACE).svc:{port}");
+    let mut env = vec![
         from("POD_NAME", field("metadata.name")),
         from("POD_NAMESPACE", field("metadata.namespace")),
         value("KUBERAFT_NAME", "$(POD_NAME)".to_string()),
         value("KUBERAFT_DATA_DIR", DATA_DIR.to_string()),
-        value("KUBERAFT_LISTEN_CLIENT_URL", format!("http://0.0.0.0:{DEFAULT_CLIENT_PORT}")),
-        value("KUBERAFT_LISTEN_PEER_URL", format!("http://0.0.0.0:{DEFAULT_PEER_PORT}")),
+        value("KUBERAFT_LISTEN_CLIENT_URL", format!("{scheme}://0.0.0.0:{DEFAULT_CLIENT_PORT}")),
+        value("KUBERAFT_LISTEN_PEER_URL", format!("{scheme}://0.0.0.0:{DEFAULT_PEER_PORT}")),
         value("KUBERAFT_ADVERTISE_CLIENT_URL", member_url(DEFAULT_CLIENT_PORT)),
         value("KUBERAFT_ADVERTISE_PEER_URL", member_url(DEFAULT_PEER_PORT)),
         from("KUBERAFT_INITIAL_CLUSTER", from_config_map(KEY_INITIAL_CLUSTER)),
@@ -372,10 +395,29 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
         value("KUBERAFT_SNAPSHOT_THRESHOLD", spec.snapshot_threshold.to_string()),
         value("KUBERAFT_LOG_FORMAT", "json".to_string()),
     ];
+    let tls = spec.tls.is_some();
+    if tls {
+        // Each member its own certificate, for both ports and its calls; clients and peers must
+        // present one of the cluster's CA, and a peer's must name it (DESIGN.md §6).
+        let own = |ext: &str| format!("{TLS_MOUNT_PATH}/$(POD_NAME).{ext}");
+        let ca = format!("{TLS_MOUNT_PATH}/{}", super::certs::KEY_CA);
+        env.extend([
+            value("KUBERAFT_CERT_FILE", own("crt")),
+            value("KUBERAFT_KEY_FILE", own("key")),
+            value("KUBERAFT_TRUSTED_CA_FILE", ca.clone()),
+            value("KUBERAFT_CLIENT_CERT_AUTH", "true".to_string()),
+            value("KUBERAFT_PEER_CERT_FILE", own("crt")),
+            value("KUBERAFT_PEER_KEY_FILE", own("key")),
+            value("KUBERAFT_PEER_TRUSTED_CA_FILE", ca),
+            value("KUBERAFT_PEER_CLIENT_CERT_AUTH", "true".to_string()),
+            value("KUBERAFT_LISTEN_METRICS_URLS", format!("http://0.0.0.0:{METRICS_PORT}")),
+        ]);
+    }
+    let probe_port = if tls { METRICS_PORT_NAME } else { CLIENT_PORT_NAME };
     let probe = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
-            port: IntOrString::String(CLIENT_PORT_NAME.to_string()),
+            port: IntOrString::String(probe_port.to_string()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -396,20 +438,32 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
         command: Some(vec![CONTAINER_COMMAND.to_string()]),
         args: Some(vec!["node".to_string()]),
         env: Some(env),
-        ports: Some(vec![
-            container_port(CLIENT_PORT_NAME, DEFAULT_CLIENT_PORT),
-            container_port(PEER_PORT_NAME, DEFAULT_PEER_PORT),
-        ]),
+        ports: Some(
+            [container_port(CLIENT_PORT_NAME, DEFAULT_CLIENT_PORT), container_port(PEER_PORT_NAME, DEFAULT_PEER_PORT)]
+                .into_iter()
+                .chain(tls.then(|| container_port(METRICS_PORT_NAME, METRICS_PORT)))
+                .collect(),
+        ),
         // A member that joins may spend a while finding its peers before it serves.
         startup_probe: Some(probe("/healthz", 2, 60)),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         readiness_probe: Some(probe("/readyz", 5, 3)),
         resources: spec.resources.clone(),
-        volume_mounts: Some(vec![VolumeMount {
-            name: DATA_VOLUME.to_string(),
-            mount_path: DATA_MOUNT_PATH.to_string(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(
+            [VolumeMount {
+                name: DATA_VOLUME.to_string(),
+                mount_path: DATA_MOUNT_PATH.to_string(),
+                ..VolumeMount::default()
+            }]
+            .into_iter()
+            .chain(tls.then(|| VolumeMount {
+                name: TLS_VOLUME.to_string(),
+                mount_path: TLS_MOUNT_PATH.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }))
+            .collect(),
+        ),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -436,6 +490,7 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
         affinity: Some(spec.affinity.clone().unwrap_or_else(|| soft_anti_affinity(cluster))),
         node_selector: spec.node_selector.clone(),
         tolerations: spec.tolerations.clone(),
+        volumes: tls.then(|| vec![tls_volume(cluster)]),
         ..PodSpec::default()
     };
     let claim = PersistentVolumeClaim {
@@ -479,6 +534,36 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
     })
 }
 
+/// The projected volume of the members' certificates: every possible member's certificate and key
+/// (`<member>.crt`, `<member>.key`) and the CA, from the Secrets the issuer fills
+/// (`super::certs`). Files are readable by the members' group only.
+fn tls_volume(cluster: &RaftCluster) -> Volume {
+    use super::certs::{member_secret_name, KEY_CA, KEY_CERT, KEY_KEY};
+    let item = |key: &str, path: String| KeyToPath { key: key.to_string(), path, mode: None };
+    let sources = (0..super::MAX_REPLICAS)
+        .map(|ordinal| {
+            let member = super::member_name(&cluster.name_any(), ordinal);
+            let mut items = vec![item(KEY_CERT, format!("{member}.crt")), item(KEY_KEY, format!("{member}.key"))];
+            if ordinal == 0 {
+                items.push(item(KEY_CA, KEY_CA.to_string()));
+            }
+            VolumeProjection {
+                secret: Some(SecretProjection {
+                    name: member_secret_name(cluster, ordinal),
+                    items: Some(items),
+                    optional: Some(false),
+                }),
+                ..VolumeProjection::default()
+            }
+        })
+        .collect();
+    Volume {
+        name: TLS_VOLUME.to_string(),
+        projected: Some(ProjectedVolumeSource { sources: Some(sources), default_mode: Some(0o440) }),
+        ..Volume::default()
+    }
+}
+
 /// Members prefer nodes apart from each other: losing one node then costs one member.
 fn soft_anti_affinity(cluster: &RaftCluster) -> Affinity {
     Affinity {
@@ -516,7 +601,30 @@ pub fn bootstrap_objects(cluster: &RaftCluster) -> Result<Vec<serde_json::Value>
     if cluster.spec.network_policy.enabled {
         objects.push(json(serde_json::to_value(network_policy(cluster, &OperatorPeer::default())?))?);
     }
+    if let Some(tls) = &cluster.spec.tls {
+        let requests = super::certs::requests(cluster)?;
+        if let Some(issuer) = tls.cert_manager.as_ref().map(|cm| &cm.issuer_ref) {
+            for request in &requests {
+                objects.push(super::certs::certificate(cluster, request, issuer)?);
+            }
+        } else {
+            // What the operator would write: a CA of this render's own, and what it issues.
+            let now = now_seconds();
+            let (ca, secret) = super::certs::mint_ca(cluster, now).map_err(BuildError::Encode)?;
+            objects.push(json(serde_json::to_value(secret))?);
+            for request in &requests {
+                let secret = super::certs::issue(cluster, &ca, request, now).map_err(BuildError::Encode)?;
+                objects.push(json(serde_json::to_value(secret))?);
+            }
+        }
+    }
     Ok(objects)
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_seconds() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

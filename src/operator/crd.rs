@@ -34,7 +34,7 @@ pub const CRD_HEADER: &str =
 /// A Raft-replicated key-value store of `replicas` members, each a pod of one StatefulSet with its
 /// own volume. The operator changes Raft membership one member at a time as `replicas` changes,
 /// and reports the leader and the term in the status.
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "kuberaft.io",
     version = "v1alpha1",
@@ -54,6 +54,9 @@ pub const CRD_HEADER: &str =
     printcolumn = r#"{"name":"AGE","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "has(self.tls) == has(oldSelf.tls) && (!has(self.tls) || has(self.tls.auto) == has(oldSelf.tls.auto))"
+).message("spec.tls is set when the cluster is created: it cannot be turned on, off or to another issuer"))]
 pub struct RaftClusterSpec {
     /// How many members (voters) the cluster has, 1 to 9; an odd number tolerates as many
     /// failures as the next even one. Changed one member at a time (`kubectl scale raft NAME`).
@@ -95,6 +98,81 @@ pub struct RaftClusterSpec {
     /// Who may reach the members: a NetworkPolicy, on by default.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// TLS on both ports, with certificates the operator issues (`auto`) or cert-manager issues
+    /// (`certManager`). Set when the cluster is created: it cannot be turned on, off or to another
+    /// issuer later (the members' URLs and trust would change under them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// Where the members' certificates come from: exactly one of `auto` and `certManager`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.auto) != has(self.certManager)")
+    .message("spec.tls needs exactly one of auto and certManager"))]
+pub struct TlsSpec {
+    /// The operator keeps a CA per cluster (Secret `<name>-ca`) and issues every certificate
+    /// from it, renewing each when a third of its validity is left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoTls>,
+    /// cert-manager issues every certificate from this Issuer or ClusterIssuer; it must put the
+    /// CA in the Secrets (`ca.crt`), as a CA, Vault or self-signed-CA issuer does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager: Option<CertManagerTls>,
+}
+
+/// The operator's own CA (`spec.tls.auto`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoTls {
+    /// How long each member, client and operator certificate is valid, in days. The CA is valid
+    /// for ten years.
+    #[serde(default = "default_certificate_days")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub certificate_days: u32,
+}
+
+impl Default for AutoTls {
+    fn default() -> Self {
+        AutoTls { certificate_days: default_certificate_days() }
+    }
+}
+
+fn default_certificate_days() -> u32 {
+    DEFAULT_CERTIFICATE_DAYS
+}
+
+pub const DEFAULT_CERTIFICATE_DAYS: u32 = 90;
+
+/// cert-manager's issuer of the certificates (`spec.tls.certManager`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManagerTls {
+    /// The Issuer (in the cluster's namespace) or ClusterIssuer.
+    pub issuer_ref: IssuerRef,
+}
+
+/// A cert-manager issuer, as a `Certificate`'s `issuerRef` names it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// The issuer's name.
+    pub name: String,
+    /// `Issuer` (the default) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    #[schemars(extend("enum" = ["Issuer", "ClusterIssuer"]))]
+    pub kind: String,
+    /// The issuer's API group: cert-manager.io unless an external issuer's.
+    #[serde(default = "default_issuer_group")]
+    pub group: String,
+}
+
+fn default_issuer_kind() -> String {
+    "Issuer".to_string()
+}
+
+fn default_issuer_group() -> String {
+    "cert-manager.io".to_string()
 }
 
 /// The NetworkPolicy `<name>` of the members (issue 16): only members reach the peer port; the
@@ -212,6 +290,10 @@ pub struct RaftClusterStatus {
     /// The hash of the committed membership, equal on every member that agrees on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership_hash: Option<String>,
+    /// With `spec.tls`: the Secret that applications mount to reach the cluster: `ca.crt`, and a
+    /// client certificate (`tls.crt`, `tls.key`) for the etcd user `client`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
     /// Available (a leader with quorum), Progressing, Degraded and MembershipConsistent (every
     /// healthy member reports the membership that the endpoint list names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -307,6 +389,28 @@ impl RaftClusterSpec {
         }
         if self.snapshot_threshold == 0 {
             problems.push("spec.snapshotThreshold must be at least 1".to_string());
+        }
+        if let Some(tls) = &self.tls {
+            match (&tls.auto, &tls.cert_manager) {
+                (Some(_), Some(_)) | (None, None) => {
+                    problems.push("spec.tls needs exactly one of auto and certManager".to_string())
+                }
+                (Some(auto), None) if !(1..=3650).contains(&auto.certificate_days) => problems
+                    .push(format!("spec.tls.auto.certificateDays is {}; it must be 1 to 3650", auto.certificate_days)),
+                (None, Some(cm)) => {
+                    let issuer = &cm.issuer_ref;
+                    if issuer.name.trim().is_empty() {
+                        problems.push("spec.tls.certManager.issuerRef.name is empty".to_string());
+                    }
+                    if !matches!(issuer.kind.as_str(), "Issuer" | "ClusterIssuer") {
+                        problems.push(format!(
+                            "spec.tls.certManager.issuerRef.kind {:?} is neither Issuer nor ClusterIssuer",
+                            issuer.kind
+                        ));
+                    }
+                }
+                _ => {}
+            }
         }
         problems
     }

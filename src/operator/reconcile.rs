@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Resource, ResourceExt};
@@ -28,12 +28,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::builders::{self, BuildError};
+use super::certs;
 use super::crd::{MemberStatus as StatusMember, RaftCluster, RaftClusterStatus};
 use super::planner::{self, ClusterHealth, EndpointList, Observed, Phase, Plan, PodObservation, WaitReason};
 use super::{member_name, member_ordinal};
 use crate::base::ids::fnv1a;
 use crate::base::wire::{parse_id, AddMemberRequest, Status};
-use crate::client::{Client as MemberClient, ClientConfig};
+use crate::client::{Client as MemberClient, ClientConfig, InlineTls};
 
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "kuberaft-operator";
@@ -63,6 +64,8 @@ pub enum ReconcileError {
     Member(String),
     #[error("encode: {0}")]
     Encode(String),
+    #[error("certificates: {0}")]
+    Certificates(String),
 }
 
 impl ReconcileError {
@@ -73,6 +76,7 @@ impl ReconcileError {
             ReconcileError::Build(_) => "BuildError",
             ReconcileError::Member(_) => "MemberApiError",
             ReconcileError::Encode(_) => "EncodeError",
+            ReconcileError::Certificates(_) => "CertificateError",
         }
     }
 }
@@ -86,12 +90,19 @@ pub enum MemberChange {
     TransferLeader(u64),
 }
 
+/// How the operator reaches one cluster's members: with `spec.tls`, the CA their certificates
+/// chain to and the operator's own client certificate (from the Secret `<name>-operator-tls`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    pub tls: Option<Arc<InlineTls>>,
+}
+
 /// How the operator talks to members: their `/v1/status`, and membership changes.
 pub trait MemberApi: Send + Sync {
     /// The status of the member at this client URL (no failover: the answer is about it).
-    fn status(&self, url: String) -> BoxFuture<'_, Result<Status, String>>;
+    fn status(&self, access: Access, url: String) -> BoxFuture<'_, Result<Status, String>>;
     /// Sends a change through `urls` (the leader's first).
-    fn change(&self, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>>;
+    fn change(&self, access: Access, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>>;
 }
 
 /// [`MemberApi`] over HTTP, with the client of `kuberaft kv`.
@@ -102,24 +113,25 @@ pub struct HttpMembers {
 }
 
 impl HttpMembers {
-    fn client(&self, urls: Vec<String>, timeout: Duration) -> Result<MemberClient, String> {
+    fn client(&self, access: Access, urls: Vec<String>, timeout: Duration) -> Result<MemberClient, String> {
         let mut config = ClientConfig::with_request_timeout(timeout);
         config.resolve = self.resolve.clone();
+        config.tls.inline = access.tls;
         MemberClient::with_config(urls, config).map_err(|e| e.to_string())
     }
 }
 
 impl MemberApi for HttpMembers {
-    fn status(&self, url: String) -> BoxFuture<'_, Result<Status, String>> {
+    fn status(&self, access: Access, url: String) -> BoxFuture<'_, Result<Status, String>> {
         Box::pin(async move {
-            let client = self.client(vec![url.clone()], Duration::from_secs(1))?;
+            let client = self.client(access, vec![url.clone()], Duration::from_secs(1))?;
             client.status_of(&url).await.map_err(|e| e.to_string())
         })
     }
 
-    fn change(&self, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
+    fn change(&self, access: Access, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let client = self.client(urls, Duration::from_secs(5))?;
+            let client = self.client(access, urls, Duration::from_secs(5))?;
             let result = match &change {
                 MemberChange::AddLearner(request) => client.add_member(request).await.map(drop),
                 MemberChange::Promote(id) => client.promote(*id).await,
@@ -199,6 +211,18 @@ struct Owned {
     /// `None` too when `spec.networkPolicy` is off (not read then).
     network_policy: Option<NetworkPolicy>,
     pods: Vec<Pod>,
+    /// With `spec.tls`: the cluster's Secrets (CA and certificates), by name.
+    secrets: BTreeMap<String, Secret>,
+    /// With `spec.tls.certManager`: its Certificates, by name.
+    certificates: BTreeMap<String, DynamicObject>,
+}
+
+impl Owned {
+    /// How to reach the members: the operator's certificate, once it is issued.
+    fn access(&self, cluster: &RaftCluster) -> Access {
+        let secret = self.secrets.get(&certs::operator_secret_name(cluster));
+        Access { tls: secret.and_then(certs::identity).map(Arc::new) }
+    }
 }
 
 /// One reconcile of `cluster`. See the module docs.
@@ -288,7 +312,23 @@ async fn observe_objects(
         .map(|(key, value)| format!("{key}={value}"))
         .collect::<Vec<_>>()
         .join(",");
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace).list(&ListParams::default().labels(&selector)).await?;
+    let listed = ListParams::default().labels(&selector);
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace).list(&listed).await?;
+    let tls = cluster.spec.tls.as_ref();
+    let secrets = match tls {
+        Some(_) => certs::by_name(Api::<Secret>::namespaced(client.clone(), namespace).list(&listed).await?.items),
+        None => BTreeMap::new(),
+    };
+    let certificates = match tls.and_then(|t| t.cert_manager.as_ref()) {
+        Some(_) => Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &certificate_resource())
+            .list(&listed)
+            .await?
+            .items
+            .into_iter()
+            .map(|c| (c.name_any(), c))
+            .collect(),
+        None => BTreeMap::new(),
+    };
     Ok(Owned {
         stateful_set: get(&Api::namespaced(client.clone(), namespace), name).await?,
         config_map: get(&Api::namespaced(client.clone(), namespace), &builders::members_config_map_name(cluster))
@@ -302,7 +342,20 @@ async fn observe_objects(
             false => None,
         },
         pods: pods.items,
+        secrets,
+        certificates,
     })
+}
+
+/// cert-manager's `Certificate`, for the dynamic API.
+fn certificate_resource() -> ApiResource {
+    ApiResource {
+        group: certs::CERTIFICATE_GROUP.to_string(),
+        version: certs::CERTIFICATE_VERSION.to_string(),
+        api_version: format!("{}/{}", certs::CERTIFICATE_GROUP, certs::CERTIFICATE_VERSION),
+        kind: certs::CERTIFICATE_KIND.to_string(),
+        plural: certs::CERTIFICATE_PLURAL.to_string(),
+    }
 }
 
 /// The pod's facts the planner needs: ordinal, readiness, lost data (its member exited with
@@ -337,9 +390,10 @@ async fn observe_members(ctx: &Context, cluster: &RaftCluster, namespace: &str, 
     let mut pods: Vec<PodObservation> = owned.pods.iter().filter_map(|pod| pod_facts(&name, pod)).collect();
     pods.sort_by_key(|p| p.ordinal);
     pods.dedup_by_key(|p| p.ordinal);
+    let access = owned.access(cluster);
     let asks = pods.iter().map(|p| {
         let url = builders::client_url(cluster, namespace, &member_name(&name, p.ordinal));
-        ctx.members.status(url)
+        ctx.members.status(access.clone(), url)
     });
     let statuses = futures::future::join_all(asks).await;
     for (pod, status) in pods.iter_mut().zip(statuses) {
@@ -406,6 +460,7 @@ where
 /// the builders make of them changes; the StatefulSet's template too, at its current size.
 async fn ensure_static_objects(ctx: &Context, cluster: &RaftCluster, owned: &Owned) -> Result<(), ReconcileError> {
     let namespace = cluster.namespace().unwrap_or_default();
+    ensure_certificates(ctx, cluster, owned).await?;
     apply(ctx, &namespace, builders::headless_service(cluster)?, owned.headless.as_ref()).await?;
     apply(ctx, &namespace, builders::client_service(cluster)?, owned.client_service.as_ref()).await?;
     apply(ctx, &namespace, builders::pod_disruption_budget(cluster)?, owned.budget.as_ref()).await?;
@@ -417,6 +472,56 @@ async fn ensure_static_objects(ctx: &Context, cluster: &RaftCluster, owned: &Own
         let replicas = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let replicas = u32::try_from(replicas).unwrap_or(0);
         apply(ctx, &namespace, builders::stateful_set(cluster, replicas)?, Some(live)).await?;
+    }
+    Ok(())
+}
+
+/// With `spec.tls`: every certificate the cluster needs (`certs::requests`) is in its Secret and
+/// not due for renewal. The `auto` issuer keeps the cluster's CA and issues what is missing, is
+/// issued by another CA, or has a third of its validity left; members read renewed files
+/// without a restart (DESIGN.md §4). With `certManager`, the operator applies the Certificates
+/// and cert-manager issues and renews.
+async fn ensure_certificates(ctx: &Context, cluster: &RaftCluster, owned: &Owned) -> Result<(), ReconcileError> {
+    let Some(tls) = &cluster.spec.tls else { return Ok(()) };
+    let namespace = cluster.namespace().unwrap_or_default();
+    let requests = certs::requests(cluster)?;
+    if let Some(issuer) = tls.cert_manager.as_ref().map(|cm| &cm.issuer_ref) {
+        let api = Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &namespace, &certificate_resource());
+        for request in &requests {
+            let mut object = certs::certificate(cluster, request, issuer)?;
+            let hash = hash_of(&object)?;
+            if live_hash(owned.certificates.get(&request.secret)) == Some(hash.as_str()) {
+                continue;
+            }
+            object["metadata"]["annotations"] = serde_json::json!({ HASH_ANNOTATION: hash });
+            api.patch(&request.secret, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object)).await?;
+            ctx.metrics.object_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        return Ok(());
+    }
+    let now = builders::now_seconds();
+    let ca_name = certs::ca_secret_name(cluster);
+    let ca = match certs::read_ca(owned.secrets.get(&ca_name)).map_err(ReconcileError::Certificates)? {
+        Some(ca) => ca,
+        None => {
+            let (ca, secret) = certs::mint_ca(cluster, now).map_err(ReconcileError::Certificates)?;
+            apply(ctx, &namespace, secret, None).await?;
+            publish(ctx, cluster, event(EventType::Normal, "CertificateAuthorityCreated", "Issue", ca_name)).await;
+            ca
+        }
+    };
+    let mut renewed = Vec::new();
+    for request in &requests {
+        if let Some(why) = certs::due(owned.secrets.get(&request.secret), request, ca.cert_pem(), now) {
+            let secret = certs::issue(cluster, &ca, request, now).map_err(ReconcileError::Certificates)?;
+            apply(ctx, &namespace, secret, None).await?;
+            tracing::info!(cluster = %key(cluster), secret = %request.secret, "issued a certificate: {why}");
+            renewed.push(format!("{} ({why})", request.secret));
+        }
+    }
+    if !renewed.is_empty() {
+        let note = format!("issued {}", renewed.join(", "));
+        publish(ctx, cluster, event(EventType::Normal, "CertificatesIssued", "Issue", note)).await;
     }
     Ok(())
 }
@@ -440,8 +545,9 @@ async fn execute(
         names.iter().map(|member| builders::client_url(cluster, namespace, member)).collect()
     };
     let leader = planner::derive_status(observed).leader;
+    let access = owned.access(cluster);
     let change = |change: MemberChange| async {
-        ctx.members.change(member_urls(leader.as_deref()), change).await.map_err(ReconcileError::Member)
+        ctx.members.change(access.clone(), member_urls(leader.as_deref()), change).await.map_err(ReconcileError::Member)
     };
     let id = |text: &str| parse_id(text).ok_or_else(|| ReconcileError::Member(format!("bad member id {text:?}")));
     match plan {
@@ -543,6 +649,7 @@ pub fn build_status(
             .collect(),
         endpoints: health.endpoints.iter().map(|member| builders::client_url(cluster, &namespace, member)).collect(),
         membership_hash: health.membership_hash.clone(),
+        client_secret: cluster.spec.tls.as_ref().map(|_| certs::client_secret_name(cluster)),
         conditions: previous.conditions.clone(),
     };
     let (available_reason, available_message) = if health.available {

@@ -535,7 +535,7 @@ fn certificates_rotate_under_load() {
     let (cert, key) = c.issue_client(&ca);
     c.bootstrap();
     let endpoints: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
-    let tls = kuberaft::client::TlsOptions { cacert: Some(ca_file), cert: Some(cert), key: Some(key) };
+    let tls = kuberaft::client::TlsOptions { cacert: Some(ca_file), cert: Some(cert), key: Some(key), inline: None };
     let config = kuberaft::client::ClientConfig { tls, ..Default::default() };
     // A client's connections belong to the runtime it first ran in: one client, one runtime.
     let client = kuberaft::client::Client::with_config(endpoints, config).expect("client");

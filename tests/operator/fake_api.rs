@@ -61,6 +61,12 @@ pub fn pdb_path(name: &str) -> String {
 pub fn netpol_path(name: &str) -> String {
     format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/{name}")
 }
+pub fn secret_path(name: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/secrets/{name}")
+}
+pub fn certificate_path(name: &str) -> String {
+    format!("/apis/cert-manager.io/v1/namespaces/{NS}/certificates/{name}")
+}
 pub fn pods_path() -> String {
     format!("/api/v1/namespaces/{NS}/pods")
 }
@@ -126,22 +132,35 @@ fn not_found(path: &str) -> (StatusCode, Value) {
     (StatusCode::NOT_FOUND, status(404, "NotFound", path))
 }
 
+/// Whether `path` names a namespaced collection (`/api/v1/namespaces/NS/pods`,
+/// `/apis/GROUP/VERSION/namespaces/NS/RESOURCE`) rather than an object.
+fn is_collection(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.first() {
+        Some(&"api") => parts.len() == 5,
+        Some(&"apis") => parts.len() == 6,
+        _ => false,
+    }
+}
+
 impl State {
     fn answer(&mut self, method: &Method, path: &str, body: &[u8]) -> (StatusCode, Value) {
         self.calls.push(Call::new(method.clone(), path));
         self.history.push(Call::new(method.clone(), path));
         let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         match *method {
-            Method::GET if path == pods_path() => {
+            Method::GET if is_collection(path) => {
+                // A list (label selectors are not applied: the objects here are the cluster's).
+                let prefix = format!("{path}/");
                 let items: Vec<Value> = self
                     .objects
                     .iter()
-                    .filter(|(p, _)| p.starts_with(&format!("{}/", pods_path())))
+                    .filter(|(p, _)| p.strip_prefix(&prefix).is_some_and(|name| !name.contains('/')))
                     .map(|(_, v)| v.clone())
                     .collect();
                 (
                     StatusCode::OK,
-                    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items}),
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
                 )
             }
             Method::GET => match self.objects.get(path) {

@@ -13,7 +13,7 @@ use kube::runtime::events::Reporter;
 use kuberaft::base::rng::Rng;
 use kuberaft::base::wire::{AddMemberRequest, Member, Role, Status};
 use kuberaft::operator::crd::RaftCluster;
-use kuberaft::operator::reconcile::{self, Context, MemberApi, MemberChange};
+use kuberaft::operator::reconcile::{self, Access, Context, MemberApi, MemberChange};
 use serde_json::{json, Value};
 
 use crate::fake_api::*;
@@ -26,12 +26,12 @@ pub struct FakeMembers {
 }
 
 impl MemberApi for FakeMembers {
-    fn status(&self, url: String) -> BoxFuture<'_, Result<Status, String>> {
+    fn status(&self, _: Access, url: String) -> BoxFuture<'_, Result<Status, String>> {
         let answer = self.statuses.lock().ok().and_then(|s| s.get(&url).cloned()).ok_or(format!("{url}: refused"));
         Box::pin(async move { answer })
     }
 
-    fn change(&self, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
+    fn change(&self, _: Access, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
         if let Ok(mut changes) = self.changes.lock() {
             changes.push((urls, change));
         }

@@ -44,6 +44,7 @@ impl Recipes {
             cacert: files.trusted_ca.clone(),
             cert: Some(files.cert.clone()),
             key: Some(files.key.clone()),
+            inline: None,
         });
         let config = ClientConfig { tls: tls.unwrap_or_default(), ..ClientConfig::default() };
         let client = Client::with_config(vec![url], config).map_err(|e| e.to_string())?;

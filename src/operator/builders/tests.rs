@@ -385,3 +385,69 @@ fn the_network_policy_lets_members_reach_peers_and_chosen_clients_reach_the_clie
         .collect();
     assert!(!kinds.contains(&"NetworkPolicy".to_string()), "{kinds:?}");
 }
+
+#[test]
+fn with_tls_members_serve_https_with_their_own_certificates_and_probes_use_the_plain_metrics_port() {
+    let mut cluster = RaftCluster::test();
+    cluster.spec.tls = serde_json::from_value(serde_json::json!({"auto": {}})).expect("tls");
+    let sts = stateful_set(&cluster, 3).expect("sts");
+    let pod = sts.spec.expect("spec").template.spec.expect("pod");
+    let container = &pod.containers[0];
+    let env = env_of(container);
+    let value = |name: &str| env.get(name).and_then(|v| v.value.clone()).unwrap_or_default();
+    assert_eq!(value("KUBERAFT_LISTEN_CLIENT_URL"), "https://0.0.0.0:2379");
+    assert_eq!(value("KUBERAFT_ADVERTISE_PEER_URL"), "https://$(POD_NAME).etcd.$(POD_NAMESPACE).svc:2380");
+    assert_eq!(value("KUBERAFT_CERT_FILE"), format!("{TLS_MOUNT_PATH}/$(POD_NAME).crt"));
+    assert_eq!(value("KUBERAFT_PEER_KEY_FILE"), format!("{TLS_MOUNT_PATH}/$(POD_NAME).key"));
+    assert_eq!(value("KUBERAFT_TRUSTED_CA_FILE"), format!("{TLS_MOUNT_PATH}/ca.crt"));
+    assert_eq!(value("KUBERAFT_CLIENT_CERT_AUTH"), "true");
+    assert_eq!(value("KUBERAFT_PEER_CLIENT_CERT_AUTH"), "true");
+    assert_eq!(value("KUBERAFT_LISTEN_METRICS_URLS"), "http://0.0.0.0:2381");
+    let probe_port = |probe: &Option<Probe>| probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.port.clone());
+    for probe in [&container.startup_probe, &container.liveness_probe, &container.readiness_probe] {
+        assert_eq!(probe_port(probe), Some(IntOrString::String(METRICS_PORT_NAME.into())));
+    }
+    let ports: Vec<(Option<String>, i32)> =
+        container.ports.iter().flatten().map(|p| (p.name.clone(), p.container_port)).collect();
+    assert!(ports.contains(&(Some(METRICS_PORT_NAME.into()), 2381)), "{ports:?}");
+    let volume = &pod.volumes.as_ref().expect("volumes")[0];
+    let sources = volume.projected.as_ref().and_then(|p| p.sources.clone()).expect("projected");
+    assert_eq!(sources.len(), 9, "every possible member's certificate");
+    let secrets: Vec<String> = sources.iter().filter_map(|s| s.secret.as_ref().map(|s| s.name.clone())).collect();
+    assert_eq!(secrets[0], "etcd-0-tls");
+    assert_eq!(secrets[8], "etcd-8-tls");
+    let mount = container.volume_mounts.iter().flatten().find(|m| m.name == TLS_VOLUME).expect("mounted");
+    assert_eq!((mount.mount_path.as_str(), mount.read_only), (TLS_MOUNT_PATH, Some(true)));
+
+    let cm = members_config_map(&cluster, &names(&["etcd-0"]), false).expect("cm");
+    let data = cm.data.expect("data");
+    assert_eq!(data[KEY_INITIAL_CLUSTER], "etcd-0=https://etcd-0.etcd.ns.svc:2380");
+    assert_eq!(data[KEY_ENDPOINTS], "https://etcd-0.etcd.ns.svc:2379");
+
+    let policy = network_policy(&cluster, &OperatorPeer::default()).expect("policy");
+    let rules = policy.spec.expect("spec").ingress.expect("ingress");
+    let metrics = rules.last().expect("a metrics rule");
+    assert_eq!(metrics.from, None, "probes and scrapes from anywhere");
+    assert_eq!(metrics.ports.as_ref().expect("ports")[0].port, Some(IntOrString::String(METRICS_PORT_NAME.into())));
+
+    // Without TLS: none of it.
+    let plain = stateful_set(&RaftCluster::test(), 3).expect("sts");
+    let pod = plain.spec.expect("spec").template.spec.expect("pod");
+    assert!(pod.volumes.is_none());
+    assert!(!env_of(&pod.containers[0]).contains_key("KUBERAFT_CERT_FILE"));
+}
+
+#[test]
+fn rendering_a_tls_cluster_adds_its_secrets_or_its_certificates() {
+    let mut cluster = RaftCluster::test();
+    cluster.spec.tls = serde_json::from_value(serde_json::json!({"auto": {}})).expect("tls");
+    let objects = bootstrap_objects(&cluster).expect("objects");
+    let secrets: Vec<&serde_json::Value> = objects.iter().filter(|o| o["kind"] == "Secret").collect();
+    assert_eq!(secrets.len(), 12, "the CA, nine members, the client, the operator");
+    assert_eq!(secrets[0]["metadata"]["name"], "etcd-ca");
+    cluster.spec.tls =
+        serde_json::from_value(serde_json::json!({"certManager": {"issuerRef": {"name": "ca"}}})).expect("tls");
+    let objects = bootstrap_objects(&cluster).expect("objects");
+    assert_eq!(objects.iter().filter(|o| o["kind"] == "Certificate").count(), 11);
+    assert!(objects.iter().all(|o| o["kind"] != "Secret"), "cert-manager writes the Secrets");
+}
