@@ -29,10 +29,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Secret};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::runtime::events::Reporter;
 use kuberaft::client::{Client, ClientConfig, Consistency};
 use kuberaft::operator::builders::EXIT_DATA_LOST;
+use kuberaft::operator::certs;
 use kuberaft::operator::crd::RaftCluster;
 use kuberaft::operator::reconcile::{self, Context, HttpMembers};
 use serde_json::{json, Value};
@@ -43,6 +45,9 @@ const NET: u8 = 60;
 const CLUSTER: &str = "etcd";
 /// The most pods this test runs (hosts are mapped for all of them).
 const MAX_PODS: u32 = 9;
+/// The scratch file system every volume is mounted under, in the pod's mount namespace (the
+/// members need nothing of the host's /var).
+const SCRATCH: &str = "/var";
 /// A crashed container is started again after this long (the kubelet backs off longer).
 const RESTART_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -160,6 +165,67 @@ impl Kubelet {
         self.root.path().join("volumes").join(format!("data-{}", pod_name(ordinal)))
     }
 
+    /// The name of the StatefulSet's volume claim template (its volume is the claim's).
+    fn claim_name(&self) -> String {
+        self.stateful_set()
+            .and_then(|sts| sts.spec?.volume_claim_templates?.first()?.metadata.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// The files of the projected volume `name` of the pod template, written (again) to the
+    /// pod's directory for it as the kubelet does: a file changes by a rename, so a reader sees
+    /// the old or the new, and only when its content changed. A missing Secret that is not
+    /// optional keeps the container from being created.
+    fn projected(&self, ordinal: u32, name: &str) -> Result<PathBuf, String> {
+        let sts = self.stateful_set().ok_or("no StatefulSet")?;
+        let pod = sts.spec.and_then(|s| s.template.spec).ok_or("no pod template")?;
+        let volume = pod.volumes.unwrap_or_default().into_iter().find(|v| v.name == name);
+        let sources = volume
+            .and_then(|v| v.projected)
+            .and_then(|p| p.sources)
+            .ok_or(format!("volume {name}: not a projected volume"))?;
+        let dir = self.root.path().join("projected").join(pod_name(ordinal)).join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        for source in sources {
+            let projection = source.secret.ok_or("a projected source other than a Secret")?;
+            let secret: Option<Secret> =
+                self.api.get(&secret_path(&projection.name)).and_then(|v| serde_json::from_value(v).ok());
+            let Some(secret) = secret else {
+                if projection.optional == Some(true) {
+                    continue;
+                }
+                return Err(format!("ContainerCreating: secret {} not found", projection.name));
+            };
+            let data = secret.data.unwrap_or_default();
+            for item in projection.items.unwrap_or_default() {
+                let bytes = data.get(&item.key).ok_or(format!("secret {} has no key {}", projection.name, item.key))?;
+                let path = dir.join(&item.path);
+                if std::fs::read(&path).ok().as_deref() != Some(bytes.0.as_slice()) {
+                    let staged = dir.join(format!(".{}.new", item.path));
+                    std::fs::write(&staged, &bytes.0).map_err(|e| e.to_string())?;
+                    std::fs::rename(&staged, &path).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(dir)
+    }
+
+    /// The port the template's readiness probe asks, by its name in the container's ports.
+    fn readiness_port(container: &Container) -> u16 {
+        let probe = container.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.port.clone());
+        match probe {
+            Some(IntOrString::Int(port)) => u16::try_from(port).unwrap_or(0),
+            Some(IntOrString::String(name)) => container
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .and_then(|p| u16::try_from(p.container_port).ok())
+                .unwrap_or(0),
+            None => 0,
+        }
+    }
+
     fn log(&self, ordinal: u32) -> PathBuf {
         self.root.path().join("logs").join(format!("{}.log", pod_name(ordinal)))
     }
@@ -219,18 +285,44 @@ impl Kubelet {
             .chain(container.args.as_deref().unwrap_or_default())
             .map(|arg| expand(arg, &defined))
             .collect();
-        let mounts = container.volume_mounts.clone().unwrap_or_default();
-        let mount = mounts.first().ok_or("the template mounts no volume")?;
-        let mount_path = PathBuf::from(&mount.mount_path);
-        let mount_parent = mount_path.parent().ok_or("a mount path with a parent")?.to_path_buf();
-        let volume = self.volume(ordinal);
-        std::fs::create_dir_all(&volume).map_err(|e| e.to_string())?;
+        // Each mount's source on the host: the claim's directory, or the projected volume's files.
+        let mut binds: Vec<(PathBuf, PathBuf)> = Vec::new();
+        for mount in container.volume_mounts.clone().unwrap_or_default() {
+            let source = if mount.name == self.claim_name() {
+                let volume = self.volume(ordinal);
+                std::fs::create_dir_all(&volume).map_err(|e| e.to_string())?;
+                volume
+            } else {
+                self.projected(ordinal, &mount.name)?
+            };
+            if !mount.mount_path.starts_with(SCRATCH) {
+                return Err(format!("this kubelet mounts volumes under {SCRATCH} only, not {}", mount.mount_path));
+            }
+            binds.push((source, PathBuf::from(&mount.mount_path)));
+        }
+        if binds.is_empty() {
+            return Err("the template mounts no volume".to_string());
+        }
+        // The directories to make on the scratch file system, parents first.
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (_, target) in &binds {
+            let mut chain: Vec<PathBuf> =
+                target.ancestors().take_while(|a| *a != Path::new(SCRATCH)).map(Path::to_path_buf).collect();
+            chain.reverse();
+            for dir in chain {
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+            }
+        }
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.log(ordinal)).map_err(|e| e.to_string())?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
 
         let (hosts, etc_hosts) = (cstring(&self.hosts), cstring(Path::new("/etc/hosts")));
-        let (volume, mount_point, parent) = (cstring(&volume), cstring(&mount_path), cstring(&mount_parent));
+        let binds: Vec<(CString, CString)> = binds.iter().map(|(from, to)| (cstring(from), cstring(to))).collect();
+        let dirs: Vec<CString> = dirs.iter().map(|d| cstring(d)).collect();
+        let scratch = cstring(Path::new(SCRATCH));
         let (root_path, none, tmpfs) = (CString::from(c"/"), CString::from(c"none"), CString::from(c"tmpfs"));
         let mut cmd = Command::new(program);
         cmd.args(args).env_clear().envs(env).env("HOSTNAME", pod_name(ordinal));
@@ -253,17 +345,15 @@ impl Kubelet {
                     libc::MS_BIND,
                     std::ptr::null(),
                 ))?;
-                // The volume at the template's mount path, on a scratch file system over its parent
-                // so that nothing on the host changes.
-                check(libc::mount(tmpfs.as_ptr(), parent.as_ptr(), tmpfs.as_ptr(), 0, std::ptr::null()))?;
-                check(libc::mkdir(mount_point.as_ptr(), 0o755))?;
-                check(libc::mount(
-                    volume.as_ptr(),
-                    mount_point.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ))?;
+                // The volumes at the template's mount paths, on a scratch file system so that
+                // nothing on the host changes.
+                check(libc::mount(tmpfs.as_ptr(), scratch.as_ptr(), tmpfs.as_ptr(), 0, std::ptr::null()))?;
+                for dir in &dirs {
+                    check(libc::mkdir(dir.as_ptr(), 0o755))?;
+                }
+                for (from, to) in &binds {
+                    check(libc::mount(from.as_ptr(), to.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
+                }
                 if read_only_root {
                     check(libc::mount(
                         std::ptr::null(),
@@ -362,10 +452,18 @@ impl Kubelet {
             }
         }
         let ordinals: Vec<u32> = self.pods.keys().copied().collect();
+        let probe_port = Kubelet::readiness_port(&container);
         for ordinal in ordinals {
             let running = self.pods[&ordinal].child.is_some();
+            if running {
+                // The kubelet keeps projected volumes current in running pods (certificate
+                // rotation); a failure here shows in the member's own log.
+                for mount in container.volume_mounts.iter().flatten().filter(|m| m.name != self.claim_name()) {
+                    let _ = self.projected(ordinal, &mount.name);
+                }
+            }
             let ready = running && {
-                let url = format!("http://{}:2379/readyz", pod_ip(ordinal));
+                let url = format!("http://{}:{probe_port}/readyz", pod_ip(ordinal));
                 matches!(self.http.get(url).send().await, Ok(r) if r.status().is_success())
             };
             let pod = self.pods.get_mut(&ordinal).expect("the pod");
@@ -504,16 +602,37 @@ impl Harness {
     }
 
     /// A client of the cluster through the pods' DNS names.
+    /// The client URL of a member: `https://` once the cluster has TLS.
+    fn url(&self, ordinal: u32) -> String {
+        let scheme = if self.tls() { "https" } else { "http" };
+        format!("{scheme}://{}:2379", pod_host(ordinal))
+    }
+
+    fn tls(&self) -> bool {
+        self.api.get(&cluster_path(CLUSTER)).is_some_and(|c| c["spec"].get("tls").is_some())
+    }
+
+    /// A Secret as stored.
+    fn secret(&self, name: &str) -> Option<Secret> {
+        self.api.get(&secret_path(name)).and_then(|v| serde_json::from_value(v).ok())
+    }
+
+    /// A client of the cluster through the pods' DNS names; with TLS, an application's, with the
+    /// client Secret the status names.
     fn client(&self, members: &[u32]) -> Client {
         let mut config = ClientConfig::with_request_timeout(Duration::from_secs(3));
         config.resolve = resolve_table();
-        Client::with_config(members.iter().map(|&i| format!("http://{}:2379", pod_host(i))).collect(), config)
-            .expect("a client")
+        if self.tls() {
+            let name = self.status()["clientSecret"].as_str().unwrap_or_default().to_string();
+            let secret = self.secret(&name).unwrap_or_else(|| panic!("the client Secret {name:?}"));
+            config.tls.inline = Some(Arc::new(certs::identity(&secret).expect("a client identity")));
+        }
+        Client::with_config(members.iter().map(|&i| self.url(i)).collect(), config).expect("a client")
     }
 
     /// The membership each listed member reports, by name: (names of voters, names of learners).
     async fn raft_membership(&self, ordinal: u32) -> (Vec<String>, Vec<String>) {
-        let status = self.client(&[ordinal]).status_of(&format!("http://{}:2379", pod_host(ordinal))).await;
+        let status = self.client(&[ordinal]).status_of(&self.url(ordinal)).await;
         let status = status.unwrap_or_else(|e| panic!("{}: {e}", pod_name(ordinal)));
         let mut voters: Vec<String> = status.members.iter().filter(|m| m.voter).map(|m| m.name.clone()).collect();
         let mut learners: Vec<String> = status.members.iter().filter(|m| !m.voter).map(|m| m.name.clone()).collect();
@@ -551,59 +670,69 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+impl Harness {
+    /// The cluster `etcd` with `spec`, its operator and its kubelet, started.
+    fn start(spec: Value) -> Harness {
+        let api = FakeApi::default();
+        api.put(
+            &cluster_path(CLUSTER),
+            json!({
+                "apiVersion": "kuberaft.io/v1alpha1", "kind": "RaftCluster",
+                "metadata": {"name": CLUSTER, "namespace": NS, "uid": "9d3c1c2e-1111-4222-8333-444455556666", "generation": 1},
+                "spec": spec,
+            }),
+        );
+        let members = Arc::new(HttpMembers { resolve: resolve_table() });
+        let reporter = Reporter { controller: "kuberaft-operator".to_string(), instance: Some("test".to_string()) };
+        let ctx = Arc::new(Context::new(api.client(), members, reporter));
+        let kubelet = Kubelet::new(api.clone());
+        Harness { api, ctx, kubelet, reasons: BTreeSet::new(), phases: BTreeSet::new() }
+    }
+
+    /// Bootstrap 3 with 20 keys written, then 3 → 5 → 3, checking membership and data at each.
+    async fn bootstrap_and_scale_3_5_3(&mut self) {
+        let h = self;
+        h.converge("bootstrap 3", 3).await;
+        h.assert_membership(3).await;
+        assert!(h.phases.contains("Bootstrapping"), "{:?}", h.phases);
+        let cm = h.api.get(&cm_path("etcd-members")).expect("cm");
+        assert_eq!(cm["data"]["initial-cluster-state"], "existing", "formed");
+        let writer = h.client(&[0, 1, 2]);
+        for k in 0..20 {
+            writer.put(&format!("key-{k}"), Bytes::from(format!("value-{k}")), None).await.expect("a write");
+        }
+        let term_after_bootstrap = h.status()["term"].as_u64().unwrap_or(0);
+        assert!(term_after_bootstrap >= 1);
+
+        // 3 → 5: learners first, then their pods, then promotion; the data reaches the new members.
+        h.set_replicas(5);
+        h.converge("scale 3 to 5", 5).await;
+        h.assert_membership(5).await;
+        for reason in ["AddLearner", "UpdateEndpoints", "ResizeStatefulSet", "Promote"] {
+            assert!(h.reasons.contains(reason), "{reason} in {:?}", h.reasons);
+        }
+        h.assert_data(&[3, 4], 20).await;
+        assert!(h.kubelet.exits.is_empty(), "no pod crashed: {:?}\n{}", h.kubelet.exits, h.kubelet.logs());
+
+        // 5 → 3: membership first (leadership moved away if needed), then the list, then the pods,
+        // whose claims go with them.
+        h.reasons.clear();
+        h.set_replicas(3);
+        h.converge("scale 5 to 3", 3).await;
+        h.assert_membership(3).await;
+        assert!(h.reasons.contains("RemoveMember"), "{:?}", h.reasons);
+        assert!(!h.kubelet.volume(3).exists() && !h.kubelet.volume(4).exists(), "claims deleted when scaled");
+        h.assert_data(&[0, 1, 2], 20).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_run_as_the_pod_template_says_through_3_to_5_to_3_and_a_lost_data_directory() {
     if !crate::require::available(is_root(), "root (for mount namespaces)") {
         return;
     }
-    let api = FakeApi::default();
-    api.put(
-        &cluster_path(CLUSTER),
-        json!({
-            "apiVersion": "kuberaft.io/v1alpha1", "kind": "RaftCluster",
-            "metadata": {"name": CLUSTER, "namespace": NS, "uid": "9d3c1c2e-1111-4222-8333-444455556666", "generation": 1},
-            "spec": {"replicas": 3, "image": "kuberaft:test"},
-        }),
-    );
-    let members = Arc::new(HttpMembers { resolve: resolve_table() });
-    let reporter = Reporter { controller: "kuberaft-operator".to_string(), instance: Some("test".to_string()) };
-    let ctx = Arc::new(Context::new(api.client(), members, reporter));
-    let kubelet = Kubelet::new(api.clone());
-    let mut h = Harness { api, ctx, kubelet, reasons: BTreeSet::new(), phases: BTreeSet::new() };
-
-    // Bootstrap 3.
-    h.converge("bootstrap 3", 3).await;
-    h.assert_membership(3).await;
-    assert!(h.phases.contains("Bootstrapping"), "{:?}", h.phases);
-    let cm = h.api.get(&cm_path("etcd-members")).expect("cm");
-    assert_eq!(cm["data"]["initial-cluster-state"], "existing", "formed");
-    let writer = h.client(&[0, 1, 2]);
-    for k in 0..20 {
-        writer.put(&format!("key-{k}"), Bytes::from(format!("value-{k}")), None).await.expect("a write");
-    }
-    let term_after_bootstrap = h.status()["term"].as_u64().unwrap_or(0);
-    assert!(term_after_bootstrap >= 1);
-
-    // 3 → 5: learners first, then their pods, then promotion; the data reaches the new members.
-    h.set_replicas(5);
-    h.converge("scale 3 to 5", 5).await;
-    h.assert_membership(5).await;
-    for reason in ["AddLearner", "UpdateEndpoints", "ResizeStatefulSet", "Promote"] {
-        assert!(h.reasons.contains(reason), "{reason} in {:?}", h.reasons);
-    }
-    h.assert_data(&[3, 4], 20).await;
-    assert!(h.kubelet.exits.is_empty(), "no pod crashed: {:?}\n{}", h.kubelet.exits, h.kubelet.logs());
-
-    // 5 → 3: membership first (leadership moved away if needed), then the list, then the pods,
-    // whose claims go with them.
-    h.reasons.clear();
-    h.set_replicas(3);
-    h.converge("scale 5 to 3", 3).await;
-    h.assert_membership(3).await;
-    assert!(h.reasons.contains("RemoveMember"), "{:?}", h.reasons);
-    assert!(!h.kubelet.volume(3).exists() && !h.kubelet.volume(4).exists(), "claims deleted when scaled");
-    h.assert_data(&[0, 1, 2], 20).await;
-
+    let mut h = Harness::start(json!({"replicas": 3, "image": "kuberaft:test"}));
+    h.bootstrap_and_scale_3_5_3().await;
     // The leader's data is lost: its pod restarts with an empty volume (under `existing`, as the
     // ConfigMap says once the cluster formed), the other two elect a new leader, whose word makes
     // it refuse to rejoin (exit 3); the operator replaces it under a new id.
@@ -636,4 +765,131 @@ async fn members_run_as_the_pod_template_says_through_3_to_5_to_3_and_a_lost_dat
     h.assert_data(&[victim], 20).await;
     let leader = h.status()["leader"].as_str().unwrap_or_default().to_string();
     assert!((0..3).any(|i| pod_name(i) == leader), "the status names a leader: {leader}");
+}
+
+/// The certificate a member presents on `port` to a new connection, as PEM-decoded DER.
+async fn served_certificate(ordinal: u32, port: u16, identity: &kuberaft::client::InlineTls) -> Vec<u8> {
+    let config = kuberaft::base::tls::caller_config_pem(&identity.ca, Some((&identity.cert, &identity.key)), &[])
+        .expect("a TLS config");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect((pod_ip(ordinal).as_str(), port)).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(pod_host(ordinal)).expect("a server name");
+    let stream = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .expect("a handshake in time")
+        .expect("a handshake");
+    stream.get_ref().1.peer_certificates().and_then(|chain| chain.first()).expect("a certificate").to_vec()
+}
+
+fn certificate_der(secret: &Secret) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = &secret.data.as_ref().and_then(|d| d.get(certs::KEY_CERT)).expect("tls.crt").0;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem).expect("PEM").to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_of_the_auto_issuer_scales_3_to_5_to_3_and_rotates_its_certificates_without_a_restart() {
+    if !crate::require::available(is_root(), "root (for mount namespaces)") {
+        return;
+    }
+    let mut h = Harness::start(json!({"replicas": 3, "image": "kuberaft:test", "tls": {"auto": {}}}));
+    h.bootstrap_and_scale_3_5_3().await;
+
+    // What the operator issued, and what the status tells applications.
+    assert_eq!(h.status()["clientSecret"], "etcd-client-tls");
+    assert!(h.status()["endpoints"][0].as_str().is_some_and(|e| e.starts_with("https://")), "{}", h.status());
+    for name in ["etcd-ca", "etcd-0-tls", "etcd-8-tls", "etcd-client-tls", "etcd-operator-tls"] {
+        assert!(h.secret(name).is_some(), "Secret {name}");
+    }
+    // A client without a certificate of the cluster's CA is refused (--client-cert-auth).
+    let dir = tempfile::tempdir().expect("dir");
+    let ca_file = dir.path().join("ca.crt");
+    let client_secret = h.secret("etcd-client-tls").expect("client secret");
+    std::fs::write(&ca_file, &client_secret.data.as_ref().expect("data")[certs::KEY_CA].0).expect("write");
+    let mut config = ClientConfig::with_request_timeout(Duration::from_secs(2));
+    config.resolve = resolve_table();
+    config.tls.cacert = Some(ca_file);
+    let anonymous = Client::with_config(vec![h.url(0)], config).expect("a client");
+    assert!(anonymous.put("anonymous", Bytes::from("x"), None).await.is_err(), "no certificate, no write");
+
+    // Rotation: every certificate is replaced by one of the same CA with a tenth of its life left,
+    // as if 80 of its 90 days had passed. The operator renews them all; the kubelet updates the
+    // mounted files; the members take them for new connections without a restart.
+    let ca_secret = h.secret("etcd-ca").expect("the CA Secret");
+    let text = |s: &Secret, key: &str| String::from_utf8(s.data.as_ref().expect("data")[key].0.clone()).expect("utf-8");
+    let ca = kuberaft::base::pki::Authority::from_pem(&text(&ca_secret, certs::KEY_CA), &text(&ca_secret, "ca.key"))
+        .expect("the cluster's CA");
+    let cluster: RaftCluster =
+        serde_json::from_value(h.api.get(&cluster_path(CLUSTER)).expect("stored")).expect("cluster");
+    let now = kuberaft::operator::builders::now_seconds();
+    let aging = kuberaft::base::pki::Validity { not_before: now - 80 * 86_400, not_after: now + 10 * 86_400 };
+    let mut old = BTreeMap::new();
+    for request in certs::requests(&cluster).expect("requests") {
+        let names: Vec<&str> = request.names.iter().map(String::as_str).collect();
+        let issued = ca.issue_for(&request.common_name, &names, Some(aging)).expect("issue");
+        let mut object = h.api.get(&secret_path(&request.secret)).expect("stored");
+        object["data"]["tls.crt"] = json!(kuberaft::base::base64::encode_base64(issued.cert_pem.as_bytes()));
+        object["data"]["tls.key"] = json!(kuberaft::base::base64::encode_base64(issued.key_pem.as_bytes()));
+        h.api.put(&secret_path(&request.secret), object);
+        old.insert(request.secret.clone(), certificate_der(&h.secret(&request.secret).expect("replaced")));
+    }
+    let term_before = h.status()["term"].as_u64().unwrap_or(0);
+
+    // Clients write throughout.
+    let writer = h.client(&[0, 1, 2]);
+    let load = tokio::spawn(async move {
+        let (mut acked, mut failed) = (0u32, Vec::new());
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            match writer.put(&format!("rotation-{acked}"), Bytes::from("v"), None).await {
+                Ok(_) => acked += 1,
+                Err(e) => failed.push(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (acked, failed)
+    });
+
+    let operator = certs::identity(&h.secret("etcd-operator-tls").expect("the operator's")).expect("identity");
+    let started = Instant::now();
+    let mut rotated = false;
+    for _ in 0..300 {
+        h.step().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut all_new = true;
+        for ordinal in 0..3 {
+            let secret = h.secret(&format!("etcd-{ordinal}-tls")).expect("member secret");
+            let current = certificate_der(&secret);
+            if current == old[&format!("etcd-{ordinal}-tls")] {
+                all_new = false;
+                break;
+            }
+            for port in [2379, 2380] {
+                if served_certificate(ordinal, port, &operator).await != current {
+                    all_new = false;
+                }
+            }
+        }
+        if all_new {
+            rotated = true;
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+    }
+    assert!(rotated, "every member serves its renewed certificate on both ports\n{}", h.kubelet.logs());
+    let events: Vec<Value> = h.api.take_events();
+    assert!(events.iter().any(|e| e["reason"] == "CertificatesIssued"), "an event says what was issued");
+    for request in certs::requests(&cluster).expect("requests") {
+        let current = certificate_der(&h.secret(&request.secret).expect("secret"));
+        assert_ne!(current, old[&request.secret], "{} renewed", request.secret);
+    }
+    let (acked, failed) = load.await.expect("the writer");
+    assert!(acked > 0 && failed.is_empty(), "{acked} writes acknowledged, failures: {failed:?}");
+    assert!(h.kubelet.exits.is_empty(), "no member restarted: {:?}", h.kubelet.exits);
+    h.converge("after the rotation", 3).await;
+    assert_eq!(h.status()["term"].as_u64().unwrap_or(0), term_before, "no election: nobody restarted");
+    // A new application client (the renewed client certificate) works.
+    h.assert_data(&[0, 1, 2], 20).await;
 }
