@@ -23,10 +23,20 @@ use crate::fake_api::*;
 pub struct FakeMembers {
     pub statuses: Mutex<BTreeMap<String, Status>>,
     pub changes: Mutex<Vec<(Vec<String>, MemberChange)>>,
+    /// The common name of the client certificate of each status call (`None`: none presented).
+    pub identities: Mutex<Vec<Option<String>>>,
 }
 
 impl MemberApi for FakeMembers {
-    fn status(&self, _: Access, url: String) -> BoxFuture<'_, Result<Status, String>> {
+    fn status(&self, access: Access, url: String) -> BoxFuture<'_, Result<Status, String>> {
+        let name = access.tls.map(|tls| {
+            use rustls::pki_types::pem::PemObject;
+            let der = rustls::pki_types::CertificateDer::from_pem_slice(&tls.cert.text).expect("PEM");
+            kuberaft::base::tls::common_name(&der).unwrap_or_default()
+        });
+        if let Ok(mut identities) = self.identities.lock() {
+            identities.push(name);
+        }
         let answer = self.statuses.lock().ok().and_then(|s| s.get(&url).cloned()).ok_or(format!("{url}: refused"));
         Box::pin(async move { answer })
     }
@@ -523,7 +533,91 @@ pub async fn calls_of_a_scale_up_and_a_leader_election() -> Vec<Call> {
     assert_eq!(lease.try_acquire().await.ok(), Some(true));
     assert_eq!(lease.try_acquire().await.ok(), Some(true));
     assert!(lease.release().await.is_ok());
-    let history = world.api.lock().history.clone();
+    let mut history = world.api.lock().history.clone();
     assert!(history.iter().any(|c| c.method == Method::PATCH && c.path.starts_with(&events_path())), "a series");
+    // Clusters with TLS of either issuer.
+    for tls in [json!({"auto": {}}), json!({"certManager": {"issuerRef": {"name": "ca"}}})] {
+        let world = World::new(json!({"replicas": 3, "tls": tls}));
+        world.reconcile().await.0.expect("reconcile");
+        history.extend(world.api.lock().history.clone());
+    }
     history
+}
+
+fn list(path: &str) -> Call {
+    get(path.rsplit_once('/').map_or(path, |(collection, _)| collection))
+}
+
+#[tokio::test]
+async fn the_auto_issuer_creates_a_ca_and_every_certificate_once_and_the_operator_calls_members_with_its_own() {
+    let world = World::new(json!({"replicas": 3, "tls": {"auto": {"certificateDays": 30}}}));
+    let (result, calls) = world.reconcile().await;
+    assert_eq!(result, Ok(Action::requeue(reconcile::REQUEUE_PROGRESSING)));
+    let mut secrets = vec![patch(&secret_path("etcd-ca")), event()];
+    secrets.extend((0..9).map(|i| patch(&secret_path(&format!("etcd-{i}-tls")))));
+    secrets.extend([patch(&secret_path("etcd-client-tls")), patch(&secret_path("etcd-operator-tls")), event()]);
+    let mut expected = observe_calls();
+    expected.insert(1, list(&secret_path("x")));
+    expected.extend(secrets);
+    expected.extend([
+        patch(&svc_path("etcd")),
+        patch(&svc_path("etcd-client")),
+        patch(&pdb_path("etcd")),
+        patch(&netpol_path("etcd")),
+        patch(&cm_path("etcd-members")),
+        patch(&sts_path("etcd")),
+        event(),
+        status_patch(),
+    ]);
+    assert_eq!(calls, expected);
+    assert_eq!(event_reasons(&world), vec!["CertificateAuthorityCreated", "CertificatesIssued", "Bootstrap"]);
+    assert_eq!(world.status()["clientSecret"], "etcd-client-tls");
+    let secret = world.api.get(&secret_path("etcd-1-tls")).expect("a member's Secret");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "RaftCluster");
+
+    // The members answer: the operator asks them with its own certificate (CN root), and a
+    // second pass issues nothing again.
+    world.set_pods(3);
+    world.members.set_cluster(&["etcd-0", "etcd-1", "etcd-2"], &[], "etcd-0", 2, 5);
+    let ca_before = world.api.get(&secret_path("etcd-ca"));
+    let (result, calls) = world.reconcile().await;
+    result.expect("reconcile");
+    assert!(calls.iter().all(|c| !c.path.contains("/secrets/")), "nothing re-issued: {calls:?}");
+    assert_eq!(world.api.get(&secret_path("etcd-ca")), ca_before, "the CA is kept");
+    let identities = world.members.identities.lock().expect("lock").clone();
+    assert_eq!(identities.last().cloned().flatten().as_deref(), Some("root"), "{identities:?}");
+    let url = world.status()["endpoints"][0].as_str().unwrap_or_default().to_string();
+    assert!(url.starts_with("https://"), "{url}");
+
+    // A damaged CA is never replaced: the reconcile fails and says so, and nothing is re-issued.
+    let mut ca = world.api.get(&secret_path("etcd-ca")).expect("the CA");
+    ca["data"]["ca.key"] = json!(kuberaft::base::base64::encode_base64(b"not a key"));
+    world.api.put(&secret_path("etcd-ca"), ca.clone());
+    let (result, calls) = world.reconcile().await;
+    let error = result.expect_err("a damaged CA");
+    assert!(error.contains("etcd-ca") && error.contains("CA key"), "{error}");
+    assert!(calls.iter().all(|c| c.method != Method::PATCH || !c.path.contains("/secrets/")), "{calls:?}");
+    assert_eq!(world.api.get(&secret_path("etcd-ca")), Some(ca));
+}
+
+#[tokio::test]
+async fn the_cert_manager_issuer_applies_certificates_once_and_writes_no_secret() {
+    let world = World::new(
+        json!({"replicas": 3, "tls": {"certManager": {"issuerRef": {"name": "ca", "kind": "ClusterIssuer"}}}}),
+    );
+    let (result, calls) = world.reconcile().await;
+    result.expect("reconcile");
+    let mut expected = observe_calls();
+    expected.splice(1..1, [list(&secret_path("x")), list(&certificate_path("x"))]);
+    expected.extend((0..9).map(|i| patch(&certificate_path(&format!("etcd-{i}-tls")))));
+    expected.extend([patch(&certificate_path("etcd-client-tls")), patch(&certificate_path("etcd-operator-tls"))]);
+    assert_eq!(calls[..expected.len()], expected[..]);
+    assert!(calls.iter().all(|c| !c.path.contains("/secrets/") || c.method == Method::GET), "{calls:?}");
+    let certificate = world.api.get(&certificate_path("etcd-2-tls")).expect("a Certificate");
+    assert_eq!(certificate["spec"]["issuerRef"]["kind"], "ClusterIssuer");
+    assert_eq!(certificate["spec"]["secretName"], "etcd-2-tls");
+    // Unchanged Certificates are not applied again.
+    let (_, calls) = world.reconcile().await;
+    assert!(calls.iter().all(|c| c.method == Method::GET || !c.path.contains("/certificates/")), "{calls:?}");
 }
