@@ -215,6 +215,21 @@ fn observe_calls() -> Vec<Call> {
     ]
 }
 
+/// The writes of a first creation after the reads: the static objects, then the ConfigMap and the
+/// StatefulSet (Bootstrap), its event, and the status.
+fn first_creation_calls() -> Vec<Call> {
+    vec![
+        patch(&svc_path("etcd")),
+        patch(&svc_path("etcd-client")),
+        patch(&pdb_path("etcd")),
+        patch(&netpol_path("etcd")),
+        patch(&cm_path("etcd-members")),
+        patch(&sts_path("etcd")),
+        event(),
+        status_patch(),
+    ]
+}
+
 fn with(mut calls: Vec<Call>, more: Vec<Call>) -> Vec<Call> {
     calls.extend(more);
     calls
@@ -239,19 +254,7 @@ async fn steady_three() -> World {
     // the StatefulSet (Bootstrap), then the status.
     let (result, calls) = world.reconcile().await;
     assert_eq!(result, Ok(Action::requeue(reconcile::REQUEUE_PROGRESSING)));
-    let expected = with(
-        observe_calls(),
-        vec![
-            patch(&svc_path("etcd")),
-            patch(&svc_path("etcd-client")),
-            patch(&pdb_path("etcd")),
-            patch(&netpol_path("etcd")),
-            patch(&cm_path("etcd-members")),
-            patch(&sts_path("etcd")),
-            event(),
-            status_patch(),
-        ],
-    );
+    let expected = with(observe_calls(), first_creation_calls());
     assert_eq!(calls, expected);
     assert_eq!(event_reasons(&world), vec!["Bootstrap"]);
     let cm = world.api.get(&cm_path("etcd-members")).expect("ConfigMap");
@@ -559,16 +562,7 @@ async fn the_auto_issuer_creates_a_ca_and_every_certificate_once_and_the_operato
     let mut expected = observe_calls();
     expected.insert(1, list(&secret_path("x")));
     expected.extend(secrets);
-    expected.extend([
-        patch(&svc_path("etcd")),
-        patch(&svc_path("etcd-client")),
-        patch(&pdb_path("etcd")),
-        patch(&netpol_path("etcd")),
-        patch(&cm_path("etcd-members")),
-        patch(&sts_path("etcd")),
-        event(),
-        status_patch(),
-    ]);
+    expected.extend(first_creation_calls());
     assert_eq!(calls, expected);
     assert_eq!(event_reasons(&world), vec!["CertificateAuthorityCreated", "CertificatesIssued", "Bootstrap"]);
     assert_eq!(world.status()["clientSecret"], "etcd-client-tls");
