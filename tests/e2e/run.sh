@@ -2,7 +2,7 @@
 # End-to-end on a real Kubernetes cluster (kind or k3d): build and load the image, install the
 # chart, apply the minimal example, wait for Available, write and read through the client
 # Service, scale 3 -> 5 -> 3, delete the leader's pod and check that the status names a leader
-# in a higher term.
+# in a higher term; then a TLS cluster (examples/tls.yaml) used through its client Secret.
 #
 #   kind create cluster --name kuberaft
 #   KUBERAFT_E2E_CONTEXT=kind-kuberaft tests/e2e/run.sh
@@ -103,4 +103,18 @@ wait_for "a leader in a term above $term" new_term
 wait_for "3 members running again" running_with 3
 echo "leader was $leader in term $term; now $(status '{.status.leader}') in term $(status '{.status.term}')"
 k get raftclusters -n "$NS"
+
+echo "== examples/tls.yaml: TLS from the operator's CA, used through the client Secret"
+sed "s|^spec:|spec:\n  image: $IMAGE|; s|name: etcd$|name: etcd-tls|" examples/tls.yaml | k apply -n "$NS" -f -
+wait_for "the TLS cluster Available" k wait raftcluster/etcd-tls -n "$NS" --for=condition=Available --timeout=5s
+secret="$(k get raftcluster etcd-tls -n "$NS" -o jsonpath='{.status.clientSecret}')"
+[ "$secret" = "etcd-tls-client-tls" ] || { echo "error: status.clientSecret is '$secret'" >&2; exit 1; }
+tls_kv() {
+  local overrides
+  overrides="$(printf '{"spec":{"containers":[{"name":"kv","image":"%s","imagePullPolicy":"IfNotPresent","command":["kuberaft","kv"%s,"--endpoints","https://etcd-tls-client.%s.svc:2379","--cacert","/tls/ca.crt","--cert","/tls/tls.crt","--key","/tls/tls.key"],"volumeMounts":[{"name":"tls","mountPath":"/tls","readOnly":true}]}],"volumes":[{"name":"tls","secret":{"secretName":"%s"}}]}}' \
+    "$IMAGE" "$(printf ',"%s"' "$@")" "$NS" "$secret")"
+  k run "tls-kv-$RANDOM" -n "$NS" --image="$IMAGE" --restart=Never --rm -i --quiet --overrides="$overrides"
+}
+tls_kv put tls-key tls-value
+[ "$(tls_kv get tls-key)" = "tls-value" ] || { echo "error: the TLS cluster read back a different value" >&2; exit 1; }
 echo "PASSED"
