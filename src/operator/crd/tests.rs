@@ -163,3 +163,50 @@ fn schema_defaults_match_serde_defaults() {
         assert_eq!(properties[field]["default"], defaults[field], "default of spec.{field}");
     }
 }
+
+#[test]
+fn tls_takes_exactly_one_issuer_and_cannot_change_after_creation() {
+    let crd = crd_json();
+    let spec = spec_schema(&crd);
+    let rules = |schema: &Value| -> Vec<String> {
+        schema["x-kubernetes-validations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| r["rule"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(rules(&spec["properties"]["tls"]), ["has(self.auto) != has(self.certManager)"]);
+    let transition = rules(spec);
+    assert!(
+        transition
+            .iter()
+            .any(|r| r.contains("has(self.tls) == has(oldSelf.tls)") && r.contains("has(oldSelf.tls.auto)")),
+        "a transition rule on spec: {transition:?}"
+    );
+    assert_eq!(
+        spec["properties"]["tls"]["properties"]["certManager"]["properties"]["issuerRef"]["properties"]["kind"]["enum"],
+        serde_json::json!(["Issuer", "ClusterIssuer"])
+    );
+
+    // The same rules in `problems`, for specs stored past the schema.
+    let problems = |tls: Value| {
+        let spec: RaftClusterSpec = serde_json::from_value(serde_json::json!({ "tls": tls })).expect("a spec");
+        spec.problems()
+    };
+    assert_eq!(problems(serde_json::json!({"auto": {}})), Vec::<String>::new());
+    assert_eq!(problems(serde_json::json!({"certManager": {"issuerRef": {"name": "ca"}}})), Vec::<String>::new());
+    for (tls, words) in [
+        (serde_json::json!({}), "exactly one of auto and certManager"),
+        (serde_json::json!({"auto": {}, "certManager": {"issuerRef": {"name": "ca"}}}), "exactly one"),
+        (serde_json::json!({"auto": {"certificateDays": 0}}), "certificateDays is 0"),
+        (serde_json::json!({"certManager": {"issuerRef": {"name": " "}}}), "issuerRef.name is empty"),
+        (
+            serde_json::json!({"certManager": {"issuerRef": {"name": "ca", "kind": "Vault"}}}),
+            "neither Issuer nor ClusterIssuer",
+        ),
+    ] {
+        let found = problems(tls.clone());
+        assert!(found.iter().any(|p| p.contains(words)), "{tls}: {found:?}");
+    }
+}
