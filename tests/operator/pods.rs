@@ -42,6 +42,8 @@ use serde_json::{json, Value};
 use crate::fake_api::*;
 
 const NET: u8 = 60;
+/// The tests here share the pods' addresses (127.60.0.x): one runs at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const CLUSTER: &str = "etcd";
 /// The most pods this test runs (hosts are mapped for all of them).
 const MAX_PODS: u32 = 9;
@@ -731,6 +733,7 @@ async fn members_run_as_the_pod_template_says_through_3_to_5_to_3_and_a_lost_dat
     if !crate::require::available(is_root(), "root (for mount namespaces)") {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut h = Harness::start(json!({"replicas": 3, "image": "kuberaft:test"}));
     h.bootstrap_and_scale_3_5_3().await;
     // The leader's data is lost: its pod restarts with an empty volume (under `existing`, as the
@@ -792,6 +795,7 @@ async fn a_tls_cluster_of_the_auto_issuer_scales_3_to_5_to_3_and_rotates_its_cer
     if !crate::require::available(is_root(), "root (for mount namespaces)") {
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut h = Harness::start(json!({"replicas": 3, "image": "kuberaft:test", "tls": {"auto": {}}}));
     h.bootstrap_and_scale_3_5_3().await;
 
