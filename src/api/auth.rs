@@ -156,8 +156,11 @@ pub async fn resolve_caller(State(api): State<Api>, mut request: Request, next: 
     CURRENT.scope(caller, next.run(request)).await
 }
 
-/// A password's bcrypt hash, made off the async threads (a hash takes tens of milliseconds).
-pub async fn hash_password(api: &Api, password: String) -> Result<String, NodeError> {
+/// A password's bcrypt hash for a change by `caller`, made off the async threads (a hash takes
+/// tens of milliseconds) and only once `caller` is known to be root here (while auth is on), so
+/// that nobody else can make a member hash.
+pub async fn hash_password(api: &Api, caller: &Caller, password: String) -> Result<String, NodeError> {
+    with_state(api, |a| a.check_admin(caller.user())).map_err(NodeError::Auth)?;
     let cost = api.auth.bcrypt_cost;
     tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
         .await

@@ -8,4 +8,5 @@ pub mod grpc;
 pub mod kv;
 pub mod lease;
 pub mod server;
+pub mod users;
 pub mod watch;

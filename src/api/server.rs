@@ -40,7 +40,7 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError { status, code, message: message.into(), compact_revision: None }
     }
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(super) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
     fn no_leader() -> ApiError {
@@ -178,7 +178,12 @@ fn json_router(api: Api) -> Router {
         .route("/v1/members/{id}", axum::routing::delete(remove_member))
         .route("/v1/members/{id}/promote", post(promote_member))
         .route("/v1/leader/transfer", post(transfer_leader))
-        .route("/v1/auth/authenticate", post(authenticate))
+        .route("/v1/auth/authenticate", post(super::users::authenticate))
+        .route("/v1/auth/enable", post(super::users::enable))
+        .route("/v1/auth/disable", post(super::users::disable))
+        .route("/v1/auth/user/add", post(super::users::user_add))
+        .route("/v1/auth/user/changepw", post(super::users::user_change_password))
+        .route("/v1/auth/user/grant", post(super::users::user_grant_role))
         .merge(probe_routes())
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
@@ -563,6 +568,7 @@ pub fn build_status(api: &Api) -> Status {
         membership_hash: format!("{membership_hash:016x}"),
         cluster_id: format_id(shared.cluster_id),
         errors: shared.errors(),
+        auth_enabled: Some(super::auth::with_state(api, |auth| auth.enabled)),
     }
 }
 
@@ -571,15 +577,6 @@ pub fn build_status(api: &Api) -> Status {
 fn require_admin(api: &Api) -> ApiResult<()> {
     let caller = super::auth::current();
     super::auth::with_state(api, |auth| auth.check_admin(caller.user())).map_err(auth_error)
-}
-
-/// The JSON API's Authenticate: a name and password for a token to send as `Authorization`.
-async fn authenticate(State(api): State<Api>, request: Request) -> ApiResult<Response> {
-    let body = read_body(&request.headers().clone(), request.into_body(), MAX_MEMBER_REQUEST_BYTES).await?;
-    let req: AuthenticateRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("bad authenticate request: {e}")))?;
-    let token = super::auth::authenticate(&api, &req.name, &req.password).await?;
-    Ok(Json(AuthenticateResponse { token }).into_response())
 }
 
 async fn status(State(api): State<Api>) -> Json<Status> {

@@ -164,7 +164,7 @@ pub struct AddMemberResponse {
 }
 
 /// `POST /v1/auth/authenticate`: a user's name and password.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthenticateRequest {
     pub name: String,
     pub password: String,
@@ -174,6 +174,44 @@ pub struct AuthenticateRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthenticateResponse {
     pub token: String,
+}
+
+/// `POST /v1/auth/user/add`: a new user, with a password or (`noPassword`) without one, as
+/// etcd's `UserAdd`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAddRequest {
+    pub name: String,
+    #[serde(default)]
+    pub password: String,
+    #[serde(default)]
+    pub no_password: bool,
+}
+
+/// `POST /v1/auth/user/changepw`: a user's new password (etcd's `UserChangePassword`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPasswordRequest {
+    pub name: String,
+    pub password: String,
+}
+
+/// Passwords never reach a log line through `Debug`.
+macro_rules! debug_without_password {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t)).field("name", &self.name).finish_non_exhaustive()
+            }
+        }
+    )*};
+}
+debug_without_password!(AuthenticateRequest, UserAddRequest, UserPasswordRequest);
+
+/// `POST /v1/auth/user/grant`: gives `user` the role `role` (etcd's `UserGrantRole`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserGrantRoleRequest {
+    pub user: String,
+    pub role: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -212,6 +250,9 @@ pub struct Status {
     /// Why this member cannot serve writes, if it cannot (storage failure, rejected peers...).
     #[serde(default)]
     pub errors: Vec<String>,
+    /// Whether auth is on in this member's applied state; `None` from a member too old to say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_enabled: Option<bool>,
 }
 
 /// Member ids are printed and parsed as hex, as etcd does.

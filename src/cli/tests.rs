@@ -50,6 +50,7 @@ fn status(name: &str, role: &str, term: u64) -> Status {
         membership_hash: "h".to_string(),
         cluster_id: "c".to_string(),
         errors: Vec::new(),
+        auth_enabled: Some(false),
     }
 }
 

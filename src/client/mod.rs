@@ -26,8 +26,8 @@ use crate::base::wire::kv::{
 use crate::base::wire::lease;
 use crate::base::wire::{
     format_id, AddMemberRequest, AddMemberResponse, AuthenticateRequest, AuthenticateResponse, DeleteResponse,
-    ErrorBody, ListResponse, MembersResponse, PutResponse, Status, TransferRequest, TransferResponse,
-    HEADER_CREATE_REVISION, HEADER_MOD_REVISION, HEADER_REVISION,
+    ErrorBody, ListResponse, MembersResponse, PutResponse, Status, TransferRequest, TransferResponse, UserAddRequest,
+    UserGrantRoleRequest, UserPasswordRequest, HEADER_CREATE_REVISION, HEADER_MOD_REVISION, HEADER_REVISION,
 };
 
 pub use crate::base::base64::{decode_base64, encode_base64};
@@ -690,6 +690,37 @@ impl Client {
     pub async fn add_member(&self, request: &AddMemberRequest) -> Result<AddMemberResponse> {
         let call = Call::new(Method::POST, "/v1/members".to_string()).json(request)?;
         self.execute(&call).await?.json()
+    }
+
+    /// Turns auth on (etcd's AuthEnable): user root must exist and hold the root role.
+    pub async fn auth_enable(&self) -> Result<()> {
+        self.auth_change::<()>("enable", None).await
+    }
+
+    /// Turns auth off (root only).
+    pub async fn auth_disable(&self) -> Result<()> {
+        self.auth_change::<()>("disable", None).await
+    }
+
+    pub async fn user_add(&self, request: &UserAddRequest) -> Result<()> {
+        self.auth_change("user/add", Some(request)).await
+    }
+
+    pub async fn user_change_password(&self, request: &UserPasswordRequest) -> Result<()> {
+        self.auth_change("user/changepw", Some(request)).await
+    }
+
+    pub async fn user_grant_role(&self, request: &UserGrantRoleRequest) -> Result<()> {
+        self.auth_change("user/grant", Some(request)).await
+    }
+
+    /// `POST /v1/auth/<path>` with `request` as its body (or none).
+    async fn auth_change<T: serde::Serialize>(&self, path: &str, request: Option<&T>) -> Result<()> {
+        let mut call = Call::new(Method::POST, format!("/v1/auth/{path}"));
+        if let Some(request) = request {
+            call = call.json(request)?;
+        }
+        self.execute(&call).await?.ok_or_api_error().map(drop)
     }
 
     /// Makes learner `id` a voter.

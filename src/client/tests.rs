@@ -102,6 +102,7 @@ fn sample_status(name: &str) -> Status {
         membership_hash: "abc".to_string(),
         cluster_id: "c1".to_string(),
         errors: Vec::new(),
+        auth_enabled: Some(false),
     }
 }
 

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::grpc_api::{ctl, etcdctl_available, Pair};
 use crate::harness::{wait_for, Cluster, Etcd};
@@ -323,4 +323,137 @@ fn first_watch_line(ip: &str, token: &str, prefix: &str) -> Value {
             Ok(_) => serde_json::from_str::<Value>(line.trim()).ok().filter(|v| v.is_object()),
         }
     })
+}
+
+/// The JSON API's auth changes (what the operator turns auth on with): `enable`, `disable`,
+/// `user/add`, `user/changepw`, `user/grant` and `authenticate`, sent to kuberaft's
+/// `/v1/auth/*` through each member in turn and to etcd 3.4's gateway `/v3/auth/*`, side by side
+/// with the same client and bodies: the same outcomes and error messages. Members report auth
+/// in `/v1/status` (`authEnabled`); a malformed request changes nothing.
+#[test]
+fn json_auth_changes_answer_as_etcds_gateway_does() {
+    if !etcdctl_available()
+        || !crate::require::available(Command::new("etcd").arg("--version").output().is_ok(), "etcd 3.4 (`etcd`)")
+    {
+        return;
+    }
+    let mut c = Cluster::new(149, 3);
+    c.bootstrap();
+    let (leader, _) = c.wait_leader(ELECTION);
+    let etcd_ip = "127.150.0.1";
+    let _etcd = Etcd::start(etcd_ip, &["--election-timeout", "1000", "--heartbeat-interval", "100"]);
+    let etcd = format!("http://{etcd_ip}:2379/v3/auth");
+    let mut step = 0;
+    // One call to both: (succeeded, error message) of each, asserted equal; kuberaft's answer.
+    let mut same = |path: &str, body: Value, tokens: (Option<&str>, Option<&str>)| {
+        step += 1;
+        let ours = format!("{}/v1/auth", c.members[(leader + step) % 3].client_url());
+        let answer = |base: &str, token: Option<&str>| {
+            let mut request = c.http.post(format!("{base}/{path}")).json(&body);
+            if let Some(token) = token {
+                request = request.header("authorization", token);
+            }
+            let reply = request.send().expect("an auth call");
+            let ok = reply.status().is_success();
+            let body: Value = reply.json().expect("a JSON answer");
+            // kuberaft: {"error": {"code", "message"}}; etcd's gateway: {"error", "message", "code"}.
+            let message = body["error"]["message"].as_str().or(body["message"].as_str()).unwrap_or("").to_string();
+            (ok, message, body)
+        };
+        let (o, e) = (answer(&ours, tokens.0), answer(&etcd, tokens.1));
+        assert_eq!((o.0, &o.1), (e.0, &e.1), "{path} {body}: kuberaft {}, etcd {}", o.2, e.2);
+        o
+    };
+    let none = (None, None);
+    let refused = |message: &str| (false, message.to_string());
+    let outcome = |o: (bool, String, Value)| (o.0, o.1);
+
+    assert_eq!(outcome(same("enable", json!({}), none)), refused("etcdserver: root user does not exist"));
+    assert!(same("user/add", json!({"name": "root", "password": "rootpw"}), none).0);
+    assert_eq!(
+        outcome(same("user/add", json!({"name": "root", "password": "other"}), none)),
+        refused("etcdserver: user name already exists")
+    );
+    assert_eq!(outcome(same("enable", json!({}), none)), refused("etcdserver: root user does not have root role"));
+    assert_eq!(
+        outcome(same("user/grant", json!({"user": "root", "role": "reader"}), none)),
+        refused("etcdserver: role name not found")
+    );
+    assert!(same("user/grant", json!({"user": "root", "role": "root"}), none).0);
+    assert!(same("user/add", json!({"name": "alice", "password": "alicepw"}), none).0);
+    for i in 0..3 {
+        assert_eq!(c.status(i).expect("a status")["authEnabled"], false, "member {i}");
+    }
+    assert!(same("enable", json!({}), none).0);
+    // Once on, enabling is root's like every other change.
+    assert_eq!(outcome(same("enable", json!({}), none)), refused("etcdserver: user name is empty"));
+    for i in 0..3 {
+        wait_for("auth on in every member's status", Duration::from_secs(5), || {
+            (c.status(i)?["authEnabled"] == true).then_some(())
+        });
+    }
+
+    // While auth is on: changes are root's.
+    let token = |ours: bool, name: &str, password: &str| {
+        let base = if ours { format!("{}/v1/auth", c.members[leader].client_url()) } else { etcd.clone() };
+        let reply = c.http.post(format!("{base}/authenticate")).json(&json!({"name": name, "password": password}));
+        let body: Value = reply.send().expect("authenticate").json().expect("json");
+        body["token"].as_str().unwrap_or_else(|| panic!("a token for {name}: {body}")).to_string()
+    };
+    let alice = (token(true, "alice", "alicepw"), token(false, "alice", "alicepw"));
+    let alice = (Some(alice.0.as_str()), Some(alice.1.as_str()));
+    assert_eq!(
+        outcome(same("user/add", json!({"name": "bob", "password": "b"}), none)),
+        refused("etcdserver: user name is empty")
+    );
+    assert_eq!(
+        outcome(same("user/add", json!({"name": "bob", "password": "b"}), alice)),
+        refused("etcdserver: permission denied")
+    );
+    assert_eq!(outcome(same("disable", json!({}), alice)), refused("etcdserver: permission denied"));
+    assert_eq!(
+        outcome(same("user/changepw", json!({"name": "root", "password": "x"}), alice)),
+        refused("etcdserver: permission denied")
+    );
+    let root = (token(true, "root", "rootpw"), token(false, "root", "rootpw"));
+    let root = (Some(root.0.as_str()), Some(root.1.as_str()));
+    assert!(same("user/add", json!({"name": "bob", "password": "b"}), root).0);
+    assert_eq!(
+        outcome(same("user/changepw", json!({"name": "nobody", "password": "x"}), root)),
+        refused("etcdserver: user name not found")
+    );
+    assert!(same("user/changepw", json!({"name": "root", "password": "newpw"}), root).0);
+    assert_eq!(
+        outcome(same("authenticate", json!({"name": "root", "password": "rootpw"}), none)),
+        refused("etcdserver: authentication failed, invalid user ID or password")
+    );
+
+    // Changing a password ends its user's tokens (etcd's `invalidateUser`).
+    assert_eq!(
+        outcome(same("user/add", json!({"name": "carol", "password": "c"}), root)),
+        refused("etcdserver: invalid auth token")
+    );
+    let root = (token(true, "root", "newpw"), token(false, "root", "newpw"));
+    let root = (Some(root.0.as_str()), Some(root.1.as_str()));
+
+    // A malformed request is refused and changes nothing.
+    let bad = c
+        .http
+        .post(format!("{}/v1/auth/user/add", c.members[leader].client_url()))
+        .header("authorization", root.0.expect("root's token"))
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .expect("a malformed user add");
+    assert_eq!(bad.status().as_u16(), 400);
+    let listed = ctl(&format!("{}:2379", c.members[leader].ip), &["--user=root:newpw", "user", "list"], "", ELECTION);
+    assert_eq!(listed.out.trim(), "alice\nbob\nroot", "{listed:?}");
+
+    assert!(same("disable", json!({}), root).0);
+    assert!(same("disable", json!({}), none).0, "disabling again changes nothing");
+    for i in 0..3 {
+        wait_for("auth off in every member's status", Duration::from_secs(5), || {
+            (c.status(i)?["authEnabled"] == false).then_some(())
+        });
+    }
 }

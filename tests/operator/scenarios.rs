@@ -99,6 +99,7 @@ impl FakeMembers {
                     membership_hash: hash.clone(),
                     cluster_id: "c1".to_string(),
                     errors: Vec::new(),
+                    auth_enabled: Some(false),
                 },
             );
         }

@@ -2,10 +2,10 @@
 //! tokens, with etcd 3.4's rules and errors (`store::auth`).
 //!
 //! Changes go through the log as the caller's (`NodeHandle::auth`), checked where they apply:
-//! any member takes them, as it takes writes. Passwords are hashed here first (bcrypt, after a
-//! local check that the caller is root, so that nobody else can make a member hash), so the
-//! log never holds one. The reads (UserGet, UserList, RoleGet, RoleList) are linearizable reads
-//! of the auth state; etcd runs them through its log, with the same outcome.
+//! any member takes them, as it takes writes. Passwords are hashed here first
+//! (`auth::hash_password`), so the log never holds one. The reads (UserGet, UserList, RoleGet,
+//! RoleList) are linearizable reads of the auth state; etcd runs them through its log, with the
+//! same outcome.
 
 use tonic::{Request, Response, Status};
 
@@ -28,8 +28,7 @@ impl AuthService {
 
     /// A password's hash, once the caller is known to be root here.
     async fn hash<T>(&self, request: &Request<T>, password: &str) -> Result<String, Status> {
-        self.0.admin(request)?;
-        auth::hash_password(&self.0.api, password.to_string()).await.map_err(node_status)
+        auth::hash_password(&self.0.api, &auth::of(request), password.to_string()).await.map_err(node_status)
     }
 
     /// The auth state after a linearizable read, and the caller.

@@ -253,6 +253,7 @@ impl TestCluster {
                         members: self.members.clone(),
                         membership_hash: membership_hash.clone(),
                         errors: Vec::new(),
+                        auth_enabled: Some(false),
                         ..Status::default()
                     }
                 });
