@@ -103,6 +103,43 @@ pub struct RaftClusterSpec {
     /// issuer later (the members' URLs and trust would change under them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// etcd's user and role auth, on: the operator makes user `root` with the password in
+    /// `rootPasswordSecret`, gives it the `root` role and enables auth (`etcdctl auth enable`);
+    /// then it calls members as root. Other users and roles are managed with etcdctl. Removing
+    /// `auth` turns auth off again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+}
+
+/// `spec.auth`: root's password.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// The Secret, in the cluster's namespace, that holds root's password (its bytes as they
+    /// are, UTF-8). When it does not exist the operator creates it with a random password. To
+    /// change the password, change it in the cluster first (`etcdctl user passwd root`), then in
+    /// the Secret.
+    pub root_password_secret: SecretKeyRef,
+}
+
+/// A key of a Secret in the cluster's namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// The key within it; `password` when not given.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_password_key() -> String {
+    "password".to_string()
 }
 
 /// Where the members' certificates come from: exactly one of `auto` and `certManager`.
@@ -294,10 +331,25 @@ pub struct RaftClusterStatus {
     /// client certificate (`tls.crt`, `tls.key`) for the etcd user `client`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<String>,
+    /// With `spec.auth`, and after it is removed until auth is off: whether auth is on (as the
+    /// leader reports it), and the Secret whose password the operator uses as root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthStatus>,
     /// Available (a leader with quorum), Progressing, Degraded and MembershipConsistent (every
     /// healthy member reports the membership that the endpoint list names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// `status.auth`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthStatus {
+    /// Whether auth is on, as the leader last reported it.
+    pub enabled: bool,
+    /// The Secret holding root's password, which the operator calls members with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_password_secret: Option<SecretKeyRef>,
 }
 
 /// One member of the cluster, as it reports itself.
@@ -412,8 +464,39 @@ impl RaftClusterSpec {
                 _ => {}
             }
         }
+        if let Some(auth) = &self.auth {
+            let secret = &auth.root_password_secret;
+            if !valid_dns_subdomain(&secret.name) {
+                problems.push(format!(
+                    "spec.auth.rootPasswordSecret.name {:?} is not a Secret name (a DNS subdomain: lowercase \
+                     letters, digits, '-' and '.', at most 253)",
+                    secret.name
+                ));
+            }
+            let key_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+            if secret.key.is_empty() || secret.key.len() > 253 || !secret.key.chars().all(key_char) {
+                problems.push(format!(
+                    "spec.auth.rootPasswordSecret.key {:?} is not a Secret key (letters, digits, '-', '_' and \
+                     '.', at most 253)",
+                    secret.key
+                ));
+            }
+        }
         problems
     }
+}
+
+/// A DNS subdomain (RFC 1123), as Kubernetes names most objects: at most 253 characters of
+/// dot-separated labels, each lowercase letters, digits and '-', starting and ending alphanumeric.
+fn valid_dns_subdomain(text: &str) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    !text.is_empty() && text.len() <= 253 && text.split('.').all(label)
 }
 
 /// The longest timing (an election timeout of ten minutes is already no election at all).

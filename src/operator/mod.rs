@@ -13,6 +13,7 @@
 //! members only through `crate::client` (their HTTP API) and shares only `crate::base` with
 //! them (ids, exit codes, wire types): never the node, the store or the core.
 
+pub mod auth;
 pub mod builders;
 pub mod certs;
 pub mod controller;

@@ -28,6 +28,11 @@
 //! `AddLearner` under the same name and ordinal (a new id; its pod exists) → `UpdateEndpoints` →
 //! the restarted pod joins as that learner → wait for catch-up → `Promote`. Removing first keeps the
 //! number of voters, and so the majority, from growing while one of them is dead.
+//!
+//! Auth (`spec.auth`) follows the spec once the cluster formed, ahead of membership steps:
+//! `EnableAuth` while the leader reports auth off, `DisableAuth` once `spec.auth` is removed from
+//! a cluster whose auth the operator turned on. Auth turned on by hand (no `spec.auth` ever) is
+//! left alone, and so is a leader too old to report auth.
 
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
@@ -61,6 +66,10 @@ pub struct Observed {
     pub pods: Vec<PodObservation>,
     /// The ConfigMap's endpoint list; `None` when it does not exist.
     pub endpoints: Option<EndpointList>,
+    /// Whether auth should be on: `Some(true)` with `spec.auth`; `Some(false)` once it was
+    /// removed while the operator still manages auth (`status.auth` names its Secret); `None`:
+    /// auth is not the operator's.
+    pub auth: Option<bool>,
 }
 
 /// One pod of the StatefulSet.
@@ -154,6 +163,11 @@ pub enum Plan {
     ReplaceMember { name: String, old_id: String },
     /// Write this list to the ConfigMap: it is the membership the leader reports.
     UpdateEndpoints { names: Vec<String> },
+    /// `POST /v1/auth/user/add` of root with the Secret's password (or, if root exists,
+    /// `user/changepw`), `user/grant` of the root role, then `/v1/auth/enable`.
+    EnableAuth,
+    /// `POST /v1/auth/disable`, as root.
+    DisableAuth,
     /// Nothing can safely be done now; observe again soon.
     Wait { reason: WaitReason },
     /// The cluster is what the spec asks for.
@@ -196,6 +210,8 @@ impl Plan {
             Plan::ResizeStatefulSet { .. } => "ResizeStatefulSet",
             Plan::ReplaceMember { .. } => "ReplaceMember",
             Plan::UpdateEndpoints { .. } => "UpdateEndpoints",
+            Plan::EnableAuth => "EnableAuth",
+            Plan::DisableAuth => "DisableAuth",
             Plan::Wait { .. } => "Wait",
             Plan::Nothing => "Nothing",
         }
@@ -239,6 +255,8 @@ impl fmt::Display for Plan {
                 )
             }
             Plan::UpdateEndpoints { names } => write!(f, "set the endpoint list to {}", names.join(",")),
+            Plan::EnableAuth => f.write_str("turn auth on: user root, with the root role and spec.auth's password"),
+            Plan::DisableAuth => f.write_str("turn auth off: spec.auth was removed"),
             Plan::Wait { reason } => write!(f, "wait: {reason}"),
             Plan::Nothing => f.write_str("nothing to do"),
         }
@@ -321,6 +339,13 @@ fn next_step(observed: &Observed) -> Plan {
     let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
     if listed != names.as_slice() || !observed.formed {
         return Plan::UpdateEndpoints { names };
+    }
+
+    // Auth follows the spec as soon as the cluster formed (module docs).
+    match (observed.auth, leader.auth_enabled) {
+        (Some(true), Some(false)) => return Plan::EnableAuth,
+        (Some(false), Some(true)) => return Plan::DisableAuth,
+        _ => {}
     }
 
     // Pods beyond both the spec and the members go, but only once nobody lists their member.
@@ -549,6 +574,9 @@ pub struct ClusterHealth {
     pub endpoints_hash: Option<String>,
     /// The leader's membership hash.
     pub membership_hash: Option<String>,
+    /// Whether auth is on, as the leader with quorum reports it (`None`: no such leader, or one
+    /// too old to say).
+    pub auth_enabled: Option<bool>,
     /// Condition `Available`: a leader with quorum.
     pub available: bool,
     /// The cluster had a leader and has no quorum now.
@@ -642,6 +670,7 @@ pub fn derive_status(observed: &Observed) -> ClusterHealth {
         endpoints,
         endpoints_hash: observed.endpoints.as_ref().map(|list| list.hash.clone()),
         membership_hash: leader.map(|l| l.membership_hash.clone()),
+        auth_enabled: leader.and_then(|l| l.auth_enabled),
         available,
         quorum_lost: observed.formed && !available,
         membership_consistent,

@@ -28,13 +28,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::builders::{self, BuildError};
-use super::certs;
 use super::crd::{MemberStatus as StatusMember, RaftCluster, RaftClusterStatus};
 use super::planner::{self, ClusterHealth, EndpointList, Observed, Phase, Plan, PodObservation, WaitReason};
+use super::{auth, certs};
 use super::{member_name, member_ordinal};
 use crate::base::ids::fnv1a;
 use crate::base::wire::{parse_id, AddMemberRequest, Status};
-use crate::client::{Client as MemberClient, ClientConfig, InlineTls};
+use crate::base::wire::{UserAddRequest, UserGrantRoleRequest, UserPasswordRequest};
+use crate::client::{Client as MemberClient, ClientConfig, ClientError, Credentials, InlineTls};
 
 /// The field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "kuberaft-operator";
@@ -66,6 +67,8 @@ pub enum ReconcileError {
     Encode(String),
     #[error("certificates: {0}")]
     Certificates(String),
+    #[error("auth: {0}")]
+    Auth(String),
 }
 
 impl ReconcileError {
@@ -77,6 +80,7 @@ impl ReconcileError {
             ReconcileError::Member(_) => "MemberApiError",
             ReconcileError::Encode(_) => "EncodeError",
             ReconcileError::Certificates(_) => "CertificateError",
+            ReconcileError::Auth(_) => "AuthError",
         }
     }
 }
@@ -88,13 +92,19 @@ pub enum MemberChange {
     Promote(u64),
     Remove(u64),
     TransferLeader(u64),
+    /// Turn auth on: user root with the password of [`Access::root`], the root role, enable.
+    EnableAuth,
+    /// Turn auth off (as root).
+    DisableAuth,
 }
 
 /// How the operator reaches one cluster's members: with `spec.tls`, the CA their certificates
-/// chain to and the operator's own client certificate (from the Secret `<name>-operator-tls`).
+/// chain to and the operator's own client certificate (from the Secret `<name>-operator-tls`);
+/// while it manages auth, root's credentials (from `spec.auth`'s Secret).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Access {
     pub tls: Option<Arc<InlineTls>>,
+    pub root: Option<Credentials>,
 }
 
 /// How the operator talks to members: their `/v1/status`, and membership changes.
@@ -117,8 +127,27 @@ impl HttpMembers {
         let mut config = ClientConfig::with_request_timeout(timeout);
         config.resolve = self.resolve.clone();
         config.tls.inline = access.tls;
+        config.user = access.root;
         MemberClient::with_config(urls, config).map_err(|e| e.to_string())
     }
+}
+
+/// Turns auth on as `etcdctl user add root && etcdctl auth enable` does: root with `password`
+/// (a root left from an earlier attempt gets it too: auth is still off, and the Secret is the
+/// truth), the root role, then enable.
+async fn enable_auth(client: &MemberClient, password: &str) -> Result<(), ClientError> {
+    let name = super::auth::ROOT.to_string();
+    let add = UserAddRequest { name: name.clone(), password: password.to_string(), no_password: false };
+    match client.user_add(&add).await {
+        Ok(()) => {}
+        Err(ClientError::Api { message, .. }) if message == "etcdserver: user name already exists" => {
+            let change = UserPasswordRequest { name: name.clone(), password: password.to_string() };
+            client.user_change_password(&change).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    client.user_grant_role(&UserGrantRoleRequest { user: name.clone(), role: name }).await?;
+    client.auth_enable().await
 }
 
 impl MemberApi for HttpMembers {
@@ -131,12 +160,18 @@ impl MemberApi for HttpMembers {
 
     fn change(&self, access: Access, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
+            let password = access.root.as_ref().map(|root| root.password.clone());
             let client = self.client(access, urls, Duration::from_secs(5))?;
             let result = match &change {
                 MemberChange::AddLearner(request) => client.add_member(request).await.map(drop),
                 MemberChange::Promote(id) => client.promote(*id).await,
                 MemberChange::Remove(id) => client.remove_member(*id).await,
                 MemberChange::TransferLeader(id) => client.transfer_leader(Some(*id)).await.map(drop),
+                MemberChange::EnableAuth => match password {
+                    Some(password) => enable_auth(&client, &password).await,
+                    None => return Err("root's password is not known".to_string()),
+                },
+                MemberChange::DisableAuth => client.auth_disable().await,
             };
             result.map_err(|e| e.to_string())
         })
@@ -215,13 +250,28 @@ struct Owned {
     secrets: BTreeMap<String, Secret>,
     /// With `spec.tls.certManager`: its Certificates, by name.
     certificates: BTreeMap<String, DynamicObject>,
+    /// While the operator manages auth: the Secret holding root's password (`None` when it does
+    /// not exist).
+    root_secret: Option<Secret>,
 }
 
 impl Owned {
-    /// How to reach the members: the operator's certificate, once it is issued.
+    /// How to reach the members: the operator's certificate, once it is issued, and root's
+    /// password, while the operator manages auth and can read it.
     fn access(&self, cluster: &RaftCluster) -> Access {
         let secret = self.secrets.get(&certs::operator_secret_name(cluster));
-        Access { tls: secret.and_then(certs::identity).map(Arc::new) }
+        Access {
+            tls: secret.and_then(certs::identity).map(Arc::new),
+            root: self.root_credentials(cluster).ok().flatten(),
+        }
+    }
+
+    /// root's credentials while the operator manages auth (`auth::credentials`).
+    fn root_credentials(&self, cluster: &RaftCluster) -> Result<Option<Credentials>, String> {
+        match auth::root_secret(cluster) {
+            Some(reference) => auth::credentials(self.root_secret.as_ref(), reference),
+            None => Ok(None),
+        }
     }
 }
 
@@ -268,13 +318,13 @@ async fn reconcile_inner(cluster: &RaftCluster, ctx: &Context) -> Result<Action,
         return Ok(Action::await_change());
     }
 
-    let owned = observe_objects(ctx, cluster, &namespace, &name).await?;
+    let mut owned = observe_objects(ctx, cluster, &namespace, &name).await?;
     let observed = observe_members(ctx, cluster, &namespace, &owned).await;
     let plan = planner::plan(&observed);
     let health = planner::derive_status(&observed);
 
     if !cluster.spec.paused {
-        ensure_static_objects(ctx, cluster, &owned).await?;
+        ensure_static_objects(ctx, cluster, &mut owned).await?;
     }
     let step_result = execute(ctx, cluster, &namespace, &observed, &owned, &plan).await;
     if let Err(err) = &step_result {
@@ -344,6 +394,10 @@ async fn observe_objects(
         pods: pods.items,
         secrets,
         certificates,
+        root_secret: match auth::root_secret(cluster) {
+            Some(reference) => get(&Api::namespaced(ctx.client.clone(), namespace), &reference.name).await?,
+            None => None,
+        },
     })
 }
 
@@ -422,6 +476,7 @@ async fn observe_members(ctx: &Context, cluster: &RaftCluster, namespace: &str, 
             .map(|spec| u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0)),
         pods,
         endpoints,
+        auth: auth::wanted(cluster),
     }
 }
 
@@ -458,9 +513,10 @@ where
 
 /// The objects that do not follow membership: Services and the budget are applied whenever what
 /// the builders make of them changes; the StatefulSet's template too, at its current size.
-async fn ensure_static_objects(ctx: &Context, cluster: &RaftCluster, owned: &Owned) -> Result<(), ReconcileError> {
+async fn ensure_static_objects(ctx: &Context, cluster: &RaftCluster, owned: &mut Owned) -> Result<(), ReconcileError> {
     let namespace = cluster.namespace().unwrap_or_default();
     ensure_certificates(ctx, cluster, owned).await?;
+    ensure_root_password(ctx, cluster, owned).await?;
     apply(ctx, &namespace, builders::headless_service(cluster)?, owned.headless.as_ref()).await?;
     apply(ctx, &namespace, builders::client_service(cluster)?, owned.client_service.as_ref()).await?;
     apply(ctx, &namespace, builders::pod_disruption_budget(cluster)?, owned.budget.as_ref()).await?;
@@ -473,6 +529,29 @@ async fn ensure_static_objects(ctx: &Context, cluster: &RaftCluster, owned: &Own
         let replicas = u32::try_from(replicas).unwrap_or(0);
         apply(ctx, &namespace, builders::stateful_set(cluster, replicas)?, Some(live)).await?;
     }
+    Ok(())
+}
+
+/// With `spec.auth`: root's password Secret exists; when it does not, the operator creates it
+/// with a random password (a create, never an update: a Secret that appears meanwhile is kept).
+async fn ensure_root_password(ctx: &Context, cluster: &RaftCluster, owned: &mut Owned) -> Result<(), ReconcileError> {
+    let Some(spec) = &cluster.spec.auth else { return Ok(()) };
+    if owned.root_secret.is_some() {
+        return Ok(());
+    }
+    let namespace = cluster.namespace().unwrap_or_default();
+    let reference = &spec.root_password_secret;
+    let secret = auth::generated_secret(cluster, reference).map_err(ReconcileError::Auth)?;
+    let created = Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+        .create(
+            &kube::api::PostParams { field_manager: Some(FIELD_MANAGER.to_string()), ..Default::default() },
+            &secret,
+        )
+        .await?;
+    ctx.metrics.object_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let note = format!("Secret {} holds root's new random password under {:?}", reference.name, reference.key);
+    publish(ctx, cluster, event(EventType::Normal, "RootPasswordGenerated", "Create", note)).await;
+    owned.root_secret = Some(created);
     Ok(())
 }
 
@@ -576,6 +655,14 @@ async fn execute(
             apply(ctx, namespace, builders::members_config_map(cluster, names, true)?, owned.config_map.as_ref())
                 .await?;
         }
+        Plan::EnableAuth | Plan::DisableAuth => {
+            if owned.root_credentials(cluster).map_err(ReconcileError::Auth)?.is_none() {
+                let secret = auth::root_secret(cluster).map(|r| r.name.clone()).unwrap_or_default();
+                return Err(ReconcileError::Auth(format!("Secret {secret} with root's password does not exist")));
+            }
+            change(if *plan == Plan::EnableAuth { MemberChange::EnableAuth } else { MemberChange::DisableAuth })
+                .await?;
+        }
         Plan::Wait { .. } | Plan::Nothing => return Ok(()),
     }
     if let Ok(mut steps) = ctx.metrics.steps.lock() {
@@ -650,6 +737,7 @@ pub fn build_status(
         endpoints: health.endpoints.iter().map(|member| builders::client_url(cluster, &namespace, member)).collect(),
         membership_hash: health.membership_hash.clone(),
         client_secret: cluster.spec.tls.as_ref().map(|_| certs::client_secret_name(cluster)),
+        auth: auth::status(cluster, previous, health.auth_enabled),
         conditions: previous.conditions.clone(),
     };
     let (available_reason, available_message) = if health.available {

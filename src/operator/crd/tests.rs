@@ -210,3 +210,35 @@ fn tls_takes_exactly_one_issuer_and_cannot_change_after_creation() {
         assert!(found.iter().any(|p| p.contains(words)), "{tls}: {found:?}");
     }
 }
+
+#[test]
+fn auth_names_a_secret_and_key_that_kubernetes_accepts() {
+    let crd = crd_json();
+    let secret = &spec_schema(&crd)["properties"]["auth"]["properties"]["rootPasswordSecret"];
+    assert_eq!(secret["required"], json!(["name"]));
+    assert_eq!(secret["properties"]["key"]["default"], "password");
+    let pattern = |field: &str| secret["properties"][field]["pattern"].as_str().unwrap_or_default().to_string();
+    assert!(pattern("name").starts_with("^[a-z0-9]"), "{}", pattern("name"));
+    assert_eq!(pattern("key"), "^[-._a-zA-Z0-9]+$");
+
+    // The same rules in `problems`, for specs stored past the schema.
+    let problems = |name: &str, key: &str| {
+        let auth = json!({"rootPasswordSecret": {"name": name, "key": key}});
+        let spec: RaftClusterSpec = serde_json::from_value(json!({ "auth": auth })).expect("a spec");
+        spec.problems()
+    };
+    assert_eq!(problems("etcd-root", "password"), Vec::<String>::new());
+    assert_eq!(problems("root.etcd.v1", "pass_word-1.txt"), Vec::<String>::new());
+    for (name, key, words) in [
+        ("", "password", "rootPasswordSecret.name \"\" is not a Secret name"),
+        ("Root", "password", "is not a Secret name"),
+        ("-root", "password", "is not a Secret name"),
+        ("root..x", "password", "is not a Secret name"),
+        (&"a".repeat(254), "password", "is not a Secret name"),
+        ("root", "", "rootPasswordSecret.key \"\" is not a Secret key"),
+        ("root", "pass/word", "is not a Secret key"),
+    ] {
+        let found = problems(name, key);
+        assert!(found.iter().any(|p| p.contains(words)), "{name:?} {key:?}: {found:?}");
+    }
+}

@@ -74,6 +74,10 @@ struct TestCluster {
     commit: u64,
     /// How many ids each name has had.
     incarnations: BTreeMap<String, u64>,
+    /// `Observed::auth`: what the spec (and status) ask of auth.
+    auth_wanted: Option<bool>,
+    /// Whether auth is on, as every member reports it (`None`: members too old to say).
+    auth_enabled: Option<bool>,
 }
 
 impl Observed {
@@ -92,6 +96,8 @@ impl Observed {
             term: 0,
             commit: 0,
             incarnations: BTreeMap::new(),
+            auth_wanted: None,
+            auth_enabled: Some(false),
         }
     }
 }
@@ -106,6 +112,18 @@ impl TestCluster {
 
     fn paused(mut self) -> Self {
         self.paused = true;
+        self
+    }
+
+    /// `Observed::auth`: `Some(true)` with `spec.auth`, `Some(false)` once it was removed.
+    fn wants_auth(mut self, wanted: Option<bool>) -> Self {
+        self.auth_wanted = wanted;
+        self
+    }
+
+    /// What the members report of auth.
+    fn auth_reported(mut self, enabled: Option<bool>) -> Self {
+        self.auth_enabled = enabled;
         self
     }
 
@@ -253,7 +271,7 @@ impl TestCluster {
                         members: self.members.clone(),
                         membership_hash: membership_hash.clone(),
                         errors: Vec::new(),
-                        auth_enabled: Some(false),
+                        auth_enabled: self.auth_enabled,
                         ..Status::default()
                     }
                 });
@@ -271,6 +289,7 @@ impl TestCluster {
                 .endpoints
                 .as_ref()
                 .map(|names| EndpointList { names: names.clone(), hash: fnv_hash(&names.join(",")) }),
+            auth: self.auth_wanted,
         }
     }
 
@@ -347,6 +366,15 @@ impl TestCluster {
                 self.endpoints = Some(names.clone());
                 // The controller writes the list with `initial-cluster-state: existing`.
                 self.formed = true;
+            }
+            Plan::EnableAuth | Plan::DisableAuth => {
+                self.assert_quorum(step);
+                assert!(self.formed, "{step} before the cluster formed");
+                let on = *step == Plan::EnableAuth;
+                assert_eq!(self.auth_wanted, Some(on), "{step} as the spec asks");
+                assert_eq!(self.auth_enabled, Some(!on), "{step} changes auth");
+                self.auth_enabled = Some(on);
+                self.commit_entry();
             }
             Plan::Wait { .. } => self.tick(),
             Plan::Nothing => {}
@@ -454,6 +482,8 @@ fn label(step: &Plan) -> String {
         Plan::ResizeStatefulSet { replicas } => format!("resize {replicas}"),
         Plan::ReplaceMember { name, .. } => format!("replace {name}"),
         Plan::UpdateEndpoints { names } => format!("endpoints {}", names.join(",")),
+        Plan::EnableAuth => "enable-auth".to_string(),
+        Plan::DisableAuth => "disable-auth".to_string(),
         Plan::Wait { reason } => match reason {
             WaitReason::MemberNotReady { name } | WaitReason::LearnerCatchingUp { name, .. } => {
                 format!("wait {} {name}", reason.kind())
@@ -618,6 +648,26 @@ planner_cases! {
             => wait(WaitReason::Paused { deferred: Box::new(Plan::AddLearner { name: name(3), ordinal: 3 }) });
     paused_and_as_the_spec_asks_needs_nothing:
         Observed::test().running(3).paused() => Plan::Nothing;
+    spec_auth_turns_auth_on_once_the_cluster_formed:
+        Observed::test().running(3).wants_auth(Some(true)) => Plan::EnableAuth;
+    auth_goes_on_before_any_membership_step:
+        Observed::test().running(3).replicas(5).wants_auth(Some(true)) => Plan::EnableAuth;
+    auth_waits_for_the_first_leader:
+        Observed::test().after(Plan::Bootstrap { replicas: 3 }).wants_auth(Some(true)) => wait(WaitReason::Forming);
+    auth_waits_for_quorum:
+        Observed::test().running(3).wants_auth(Some(true)).down("etcd-1").down("etcd-2")
+            => wait(WaitReason::QuorumLost { reachable: 1, voters: 3 });
+    auth_already_on_needs_nothing:
+        Observed::test().running(3).wants_auth(Some(true)).auth_reported(Some(true)) => Plan::Nothing;
+    spec_auth_removed_turns_auth_off:
+        Observed::test().running(3).wants_auth(Some(false)).auth_reported(Some(true)) => Plan::DisableAuth;
+    auth_turned_on_by_hand_is_left_alone:
+        Observed::test().running(3).auth_reported(Some(true)) => Plan::Nothing;
+    a_leader_too_old_to_report_auth_is_left_alone:
+        Observed::test().running(3).wants_auth(Some(true)).auth_reported(None) => Plan::Nothing;
+    paused_defers_turning_auth_on:
+        Observed::test().running(3).paused().wants_auth(Some(true))
+            => wait(WaitReason::Paused { deferred: Box::new(Plan::EnableAuth) });
     paused_still_says_when_quorum_is_lost:
         Observed::test().running(3).paused().down("etcd-1").down("etcd-2")
             => wait(WaitReason::QuorumLost { reachable: 1, voters: 3 });
@@ -634,6 +684,21 @@ fn bootstrap_one_member_then_three_members_step_by_step() {
         assert_eq!(drive(&mut cluster), [format!("bootstrap {replicas}"), "wait Forming".to_string(), list]);
         assert_converged(&cluster);
     }
+}
+
+#[test]
+fn a_cluster_with_spec_auth_turns_it_on_right_after_forming_then_scales_and_turns_it_off() {
+    let mut cluster = Observed::test().replicas(3).wants_auth(Some(true));
+    assert_eq!(drive(&mut cluster), ["bootstrap 3", "wait Forming", "endpoints etcd-0,etcd-1,etcd-2", "enable-auth"]);
+    assert_converged(&cluster);
+    assert_eq!(derive_status(&cluster.build()).auth_enabled, Some(true));
+
+    cluster = cluster.replicas(4);
+    assert_eq!(drive(&mut cluster), join(3), "membership steps run as before (as root)");
+
+    cluster = cluster.wants_auth(Some(false));
+    assert_eq!(drive(&mut cluster), ["disable-auth"]);
+    assert_eq!(derive_status(&cluster.build()).auth_enabled, Some(false));
 }
 
 #[test]
