@@ -25,6 +25,8 @@ pub struct FakeMembers {
     pub changes: Mutex<Vec<(Vec<String>, MemberChange)>>,
     /// The common name of the client certificate of each status call (`None`: none presented).
     pub identities: Mutex<Vec<Option<String>>>,
+    /// root's password each change was sent with (`None`: no credentials).
+    pub passwords: Mutex<Vec<Option<String>>>,
 }
 
 impl MemberApi for FakeMembers {
@@ -41,7 +43,19 @@ impl MemberApi for FakeMembers {
         Box::pin(async move { answer })
     }
 
-    fn change(&self, _: Access, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
+    fn change(&self, access: Access, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
+        if let Ok(mut passwords) = self.passwords.lock() {
+            passwords.push(access.root.map(|root| root.password));
+        }
+        // Auth changes take effect on every member at once.
+        let auth = match change {
+            MemberChange::EnableAuth => Some(true),
+            MemberChange::DisableAuth => Some(false),
+            _ => None,
+        };
+        if let (Some(on), Ok(mut statuses)) = (auth, self.statuses.lock()) {
+            statuses.values_mut().for_each(|s| s.auth_enabled = Some(on));
+        }
         if let Ok(mut changes) = self.changes.lock() {
             changes.push((urls, change));
         }
@@ -74,6 +88,8 @@ impl FakeMembers {
             .collect();
         let hash = format!("hash-{}", members.len());
         let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        // Auth stays as the members had it.
+        let auth_enabled = statuses.values().next().and_then(|s| s.auth_enabled).unwrap_or(false);
         statuses.clear();
         for member in &members {
             let role = if member.name == leader {
@@ -99,7 +115,7 @@ impl FakeMembers {
                     membership_hash: hash.clone(),
                     cluster_id: "c1".to_string(),
                     errors: Vec::new(),
-                    auth_enabled: Some(false),
+                    auth_enabled: Some(auth_enabled),
                 },
             );
         }
@@ -545,6 +561,8 @@ pub async fn calls_of_a_scale_up_and_a_leader_election() -> Vec<Call> {
         world.reconcile().await.0.expect("reconcile");
         history.extend(world.api.lock().history.clone());
     }
+    // A cluster with auth: root's password Secret is read, and created when missing.
+    history.extend(auth_world_turned_on().await.api.lock().history.clone());
     history
 }
 
@@ -615,4 +633,120 @@ async fn the_cert_manager_issuer_applies_certificates_once_and_writes_no_secret(
     // Unchanged Certificates are not applied again.
     let (_, calls) = world.reconcile().await;
     assert!(calls.iter().all(|c| c.method == Method::GET || !c.path.contains("/certificates/")), "{calls:?}");
+}
+
+fn post(path: &str) -> Call {
+    Call::new(Method::POST, path.rsplit_once('/').map_or(path, |(collection, _)| collection))
+}
+
+const AUTH_SPEC: &str = r#"{"replicas": 3, "auth": {"rootPasswordSecret": {"name": "etcd-root"}}}"#;
+
+/// A 3-member cluster with `spec.auth` and no Secret yet, taken to auth on; asserts each pass.
+async fn auth_world_turned_on() -> World {
+    let world = World::new(serde_json::from_str(AUTH_SPEC).expect("json"));
+    // Pass 1: the Secret is read, missing, so created (never applied over one that appears).
+    let (result, calls) = world.reconcile().await;
+    result.expect("reconcile");
+    let mut expected = observe_calls();
+    expected.extend([get(&secret_path("etcd-root")), post(&secret_path("etcd-root")), event()]);
+    expected.extend(first_creation_calls());
+    assert_eq!(calls, expected);
+    assert_eq!(event_reasons(&world), vec!["RootPasswordGenerated", "Bootstrap"]);
+    let secret = world.api.get(&secret_path("etcd-root")).expect("the Secret");
+    assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "RaftCluster");
+    let password = secret["data"]["password"].as_str().and_then(kuberaft::base::base64::decode_base64);
+    let password = String::from_utf8(password.expect("base64")).expect("utf-8");
+    assert_eq!(password.len(), 32, "{password}");
+
+    // Members run and elect: the list first (the cluster formed), then auth on, as root with the
+    // Secret's password, before anything else.
+    world.set_pods(3);
+    world.members.set_cluster(&["etcd-0", "etcd-1", "etcd-2"], &[], "etcd-0", 2, 10);
+    world.reconcile().await.0.expect("reconcile");
+    assert_eq!(
+        world.status()["auth"],
+        json!({"enabled": false, "rootPasswordSecret": {"name": "etcd-root", "key": "password"}})
+    );
+    let (_, calls) = world.reconcile().await;
+    assert_eq!(calls, with(observe_calls(), vec![get(&secret_path("etcd-root")), event(), status_patch()]));
+    let changes = world.members.take_changes();
+    assert_eq!(changes.iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(), [MemberChange::EnableAuth]);
+    assert_eq!(world.members.passwords.lock().expect("lock").last().cloned().flatten(), Some(password));
+    assert_eq!(event_reasons(&world), vec!["UpdateEndpoints", "LeaderElected", "EnableAuth"]);
+    world.reconcile().await.0.expect("reconcile");
+    assert_eq!(world.status()["auth"]["enabled"], true);
+    world
+}
+
+#[tokio::test]
+async fn spec_auth_creates_roots_password_turns_auth_on_as_root_and_off_when_removed() {
+    let world = auth_world_turned_on().await;
+
+    // Steady: reads only, the Secret kept as it is.
+    let secret = world.api.get(&secret_path("etcd-root"));
+    let (result, calls) = world.reconcile().await;
+    assert_eq!(result, Ok(Action::requeue(reconcile::REQUEUE_STEADY)));
+    assert_eq!(calls, with(observe_calls(), vec![get(&secret_path("etcd-root"))]));
+    assert_eq!(world.api.get(&secret_path("etcd-root")), secret);
+    let password = world.members.passwords.lock().expect("lock").last().cloned().flatten();
+
+    // Membership changes go as root.
+    world.set_spec(|spec| spec["replicas"] = json!(4));
+    world.reconcile().await.0.expect("reconcile");
+    assert!(matches!(world.members.take_changes()[..], [(_, MemberChange::AddLearner(_))]));
+    assert_eq!(world.members.passwords.lock().expect("lock").last().cloned().flatten(), password);
+    world.set_spec(|spec| spec["replicas"] = json!(3));
+    world.members.set_cluster(&["etcd-0", "etcd-1", "etcd-2"], &[], "etcd-0", 2, 12);
+    world.reconcile().await.0.expect("reconcile");
+
+    // spec.auth removed: auth off, still as root (the Secret status.auth recorded).
+    world.set_spec(|spec| {
+        spec.as_object_mut().expect("object").remove("auth");
+    });
+    let (result, _) = world.reconcile().await;
+    result.expect("reconcile");
+    assert_eq!(
+        world.members.take_changes().iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(),
+        [MemberChange::DisableAuth]
+    );
+    assert_eq!(world.members.passwords.lock().expect("lock").last().cloned().flatten(), password);
+    world.reconcile().await.0.expect("reconcile");
+    assert_eq!(world.status()["auth"], json!({"enabled": false}));
+    // Then the Secret is the user's business: not read any more, and auth stays off.
+    let (_, calls) = world.reconcile().await;
+    assert_eq!(calls, observe_calls());
+    assert!(world.members.take_changes().is_empty());
+}
+
+#[tokio::test]
+async fn a_secret_without_roots_password_fails_the_step_with_its_reason_and_is_never_overwritten() {
+    let world = World::new(serde_json::from_str(AUTH_SPEC).expect("json"));
+    let mine = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "etcd-root", "namespace": NS}, "data": {"pass": "eA=="}});
+    world.api.put(&secret_path("etcd-root"), mine.clone());
+    world.reconcile().await.0.expect("bootstrap");
+    world.set_pods(3);
+    world.members.set_cluster(&["etcd-0", "etcd-1", "etcd-2"], &[], "etcd-0", 2, 10);
+    world.reconcile().await.0.expect("the list");
+    event_reasons(&world);
+    let (result, calls) = world.reconcile().await;
+    let error = result.expect_err("no password");
+    assert!(error.contains("Secret etcd-root has no key \"password\""), "{error}");
+    assert!(calls.iter().all(|c| !c.path.contains("/secrets") || c.method == Method::GET), "{calls:?}");
+    assert!(world.members.take_changes().is_empty(), "no call without the password");
+    assert_eq!(event_reasons(&world), vec!["AuthError"]);
+    let progressing = condition(&world.status(), "Progressing").clone();
+    assert_eq!(progressing["reason"], "AuthError", "{progressing}");
+    assert_eq!(world.api.get(&secret_path("etcd-root")), Some(mine));
+
+    // Fixed by the user: auth goes on with the password given.
+    let fixed = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "etcd-root", "namespace": NS}, "data": {"password": "c2VjcmV0"}});
+    world.api.put(&secret_path("etcd-root"), fixed);
+    world.reconcile().await.0.expect("auth on");
+    assert_eq!(
+        world.members.take_changes().iter().map(|(_, c)| c.clone()).collect::<Vec<_>>(),
+        [MemberChange::EnableAuth]
+    );
+    assert_eq!(world.members.passwords.lock().expect("lock").last().cloned().flatten().as_deref(), Some("secret"));
 }
