@@ -32,7 +32,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Secret};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::runtime::events::Reporter;
-use kuberaft::client::{Client, ClientConfig, Consistency};
+use kuberaft::client::{Client, ClientConfig, Consistency, Credentials};
 use kuberaft::operator::builders::EXIT_DATA_LOST;
 use kuberaft::operator::certs;
 use kuberaft::operator::crd::RaftCluster;
@@ -590,7 +590,10 @@ impl Harness {
         let members = status["members"].as_array().cloned().unwrap_or_default();
         let cm = self.api.get(&cm_path("etcd-members")).unwrap_or_default();
         let sts = self.api.get(&sts_path(CLUSTER)).unwrap_or_default();
+        // Auth as the spec asks (off without `spec.auth`).
+        let auth_wanted = self.spec().get("auth").is_some();
         status["phase"] == "Running"
+            && status["auth"]["enabled"].as_bool().unwrap_or(false) == auth_wanted
             && status["leader"].is_string()
             && self.condition("Available") == "True"
             && self.condition("MembershipConsistent") == "True"
@@ -610,8 +613,22 @@ impl Harness {
         format!("{scheme}://{}:2379", pod_host(ordinal))
     }
 
+    fn spec(&self) -> Value {
+        self.api.get(&cluster_path(CLUSTER)).map(|c| c["spec"].clone()).unwrap_or_default()
+    }
+
     fn tls(&self) -> bool {
-        self.api.get(&cluster_path(CLUSTER)).is_some_and(|c| c["spec"].get("tls").is_some())
+        self.spec().get("tls").is_some()
+    }
+
+    /// With `spec.auth`: root's credentials, from the Secret it names.
+    fn root(&self) -> Option<Credentials> {
+        let reference = self.spec()["auth"]["rootPasswordSecret"].clone();
+        let name = reference["name"].as_str()?.to_string();
+        let key = reference["key"].as_str().unwrap_or("password").to_string();
+        let secret = self.secret(&name).unwrap_or_else(|| panic!("root's password Secret {name}"));
+        let password = secret.data.as_ref().and_then(|d| d.get(&key)).expect("root's password").0.clone();
+        Some(Credentials { name: "root".to_string(), password: String::from_utf8(password).expect("UTF-8") })
     }
 
     /// A Secret as stored.
@@ -629,6 +646,7 @@ impl Harness {
             let secret = self.secret(&name).unwrap_or_else(|| panic!("the client Secret {name:?}"));
             config.tls.inline = Some(Arc::new(certs::identity(&secret).expect("a client identity")));
         }
+        config.user = self.root();
         Client::with_config(members.iter().map(|&i| self.url(i)).collect(), config).expect("a client")
     }
 
@@ -895,5 +913,57 @@ async fn a_tls_cluster_of_the_auto_issuer_scales_3_to_5_to_3_and_rotates_its_cer
     h.converge("after the rotation", 3).await;
     assert_eq!(h.status()["term"].as_u64().unwrap_or(0), term_before, "no election: nobody restarted");
     // A new application client (the renewed client certificate) works.
+    h.assert_data(&[0, 1, 2], 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_auth_turns_auth_on_as_root_holds_through_3_to_5_to_3_and_goes_off_when_removed() {
+    if !crate::require::available(is_root(), "root (for mount namespaces)") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let auth = json!({"rootPasswordSecret": {"name": "etcd-root"}});
+    let mut h = Harness::start(json!({"replicas": 3, "image": "kuberaft:test", "auth": auth}));
+    // Convergence includes auth on; the writes go as root, and so do the operator's membership
+    // changes while it scales.
+    h.bootstrap_and_scale_3_5_3().await;
+    let reasons: Vec<String> =
+        h.api.take_events().iter().map(|e| e["reason"].as_str().unwrap_or_default().to_string()).collect();
+    for reason in ["RootPasswordGenerated", "EnableAuth", "AddLearner", "RemoveMember"] {
+        assert!(reasons.iter().any(|r| r == reason), "{reason} in {reasons:?}");
+    }
+    assert_eq!(
+        h.status()["auth"],
+        json!({"enabled": true, "rootPasswordSecret": {"name": "etcd-root", "key": "password"}})
+    );
+    let root = h.root().expect("root");
+    assert_eq!(root.password.len(), 32, "a generated password");
+
+    // Every member has auth on: without a user, or with a wrong password, nothing is written.
+    let mut anonymous = ClientConfig::with_request_timeout(Duration::from_secs(3));
+    anonymous.resolve = resolve_table();
+    for ordinal in 0..3 {
+        let url = h.url(ordinal);
+        let client = Client::with_config(vec![url.clone()], anonymous.clone()).expect("a client");
+        let status = client.status_of(&url).await.expect("a status");
+        assert_eq!(status.auth_enabled, Some(true), "{}", pod_name(ordinal));
+        let refused = client.put("anonymous", Bytes::from("x"), None).await.expect_err("no user");
+        assert!(refused.to_string().contains("etcdserver: user name is empty"), "{refused}");
+    }
+    let mut wrong = anonymous.clone();
+    wrong.user = Some(Credentials { name: "root".to_string(), password: format!("{}x", root.password) });
+    let client = Client::with_config(vec![h.url(0)], wrong).expect("a client");
+    let refused = client.put("wrong", Bytes::from("x"), None).await.expect_err("a wrong password");
+    assert!(refused.to_string().contains("authentication failed"), "{refused}");
+
+    // spec.auth removed: the operator turns auth off (as root, from the Secret status.auth names).
+    let mut object = h.api.get(&cluster_path(CLUSTER)).expect("stored");
+    object["spec"].as_object_mut().expect("spec").remove("auth");
+    object["metadata"]["generation"] = json!(object["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+    h.api.put(&cluster_path(CLUSTER), object);
+    h.converge("auth off", 3).await;
+    assert_eq!(h.status()["auth"], json!({"enabled": false}));
+    let client = Client::with_config(vec![h.url(1)], anonymous).expect("a client");
+    client.put("anonymous", Bytes::from("x"), None).await.expect("a write without a user");
     h.assert_data(&[0, 1, 2], 20).await;
 }
