@@ -2,7 +2,8 @@
 # End-to-end on a real Kubernetes cluster (kind or k3d): build and load the image, install the
 # chart, apply the minimal example, wait for Available, write and read through the client
 # Service, scale 3 -> 5 -> 3, delete the leader's pod and check that the status names a leader
-# in a higher term; then a TLS cluster (examples/tls.yaml) used through its client Secret.
+# in a higher term; then a TLS cluster (examples/tls.yaml) used through its client Secret, and a
+# cluster with auth (examples/auth.yaml) used as root with the password of its Secret.
 #
 #   kind create cluster --name kuberaft
 #   KUBERAFT_E2E_CONTEXT=kind-kuberaft tests/e2e/run.sh
@@ -117,4 +118,19 @@ tls_kv() {
 }
 tls_kv put tls-key tls-value
 [ "$(tls_kv get tls-key)" = "tls-value" ] || { echo "error: the TLS cluster read back a different value" >&2; exit 1; }
+
+echo "== examples/auth.yaml: auth on, root's password from a Secret the operator generates"
+sed "s|^spec:|spec:\n  image: $IMAGE|; s|name: etcd$|name: etcd-auth|" examples/auth.yaml | k apply -n "$NS" -f -
+auth_on() { [ "$(k get raftcluster etcd-auth -n "$NS" -o jsonpath='{.status.auth.enabled}')" = "true" ]; }
+wait_for "auth on in the auth cluster" auth_on
+auth_kv() {
+  local overrides
+  overrides="$(printf '{"spec":{"containers":[{"name":"kv","image":"%s","imagePullPolicy":"IfNotPresent","command":["kuberaft","kv"%s,"--endpoints","http://etcd-auth-client.%s.svc:2379"],"env":[{"name":"ROOT_PASSWORD","valueFrom":{"secretKeyRef":{"name":"etcd-root","key":"password"}}}]}]}}' \
+    "$IMAGE" "$(printf ',"%s"' "$@")" "$NS")"
+  k run "auth-kv-$RANDOM" -n "$NS" --image="$IMAGE" --restart=Never --rm -i --quiet --overrides="$overrides"
+}
+auth_kv put auth-key auth-value --user root --password '$(ROOT_PASSWORD)'
+[ "$(auth_kv get auth-key --user root --password '$(ROOT_PASSWORD)')" = "auth-value" ] \
+  || { echo "error: the auth cluster read back a different value" >&2; exit 1; }
+if auth_kv put anonymous x 2>/dev/null; then echo "error: a write without a user was accepted" >&2; exit 1; fi
 echo "PASSED"
