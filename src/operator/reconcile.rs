@@ -324,7 +324,7 @@ async fn reconcile_inner(cluster: &RaftCluster, ctx: &Context) -> Result<Action,
     let health = planner::derive_status(&observed);
 
     if !cluster.spec.paused {
-        ensure_static_objects(ctx, cluster, &mut owned).await?;
+        ensure_static_objects(ctx, cluster, &mut owned, &plan).await?;
     }
     let step_result = execute(ctx, cluster, &namespace, &observed, &owned, &plan).await;
     if let Err(err) = &step_result {
@@ -455,15 +455,10 @@ async fn observe_members(ctx: &Context, cluster: &RaftCluster, namespace: &str, 
     }
     let data = owned.config_map.as_ref().and_then(|cm| cm.data.as_ref());
     let endpoints = data.map(|data| EndpointList {
-        names: data
-            .get(builders::KEY_MEMBERS)
-            .map(|list| list.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect())
-            .unwrap_or_default(),
+        names: listed_names(data),
         hash: data.get(builders::KEY_ENDPOINTS_HASH).cloned().unwrap_or_default(),
     });
-    let formed = data
-        .and_then(|data| data.get(builders::KEY_INITIAL_CLUSTER_STATE))
-        .is_some_and(|state| state == builders::STATE_EXISTING);
+    let formed = data.is_some_and(listed_formed);
     Observed {
         cluster: name,
         desired_replicas: cluster.spec.replicas,
@@ -480,6 +475,17 @@ async fn observe_members(ctx: &Context, cluster: &RaftCluster, namespace: &str, 
     }
 }
 
+/// The member names the ConfigMap lists.
+fn listed_names(data: &BTreeMap<String, String>) -> Vec<String> {
+    let list = data.get(builders::KEY_MEMBERS).map(String::as_str).unwrap_or_default();
+    list.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect()
+}
+
+/// Whether the ConfigMap says the cluster formed (`initial-cluster-state: existing`).
+fn listed_formed(data: &BTreeMap<String, String>) -> bool {
+    data.get(builders::KEY_INITIAL_CLUSTER_STATE).is_some_and(|state| state == builders::STATE_EXISTING)
+}
+
 /// The hash of a built object, stamped on it before it is applied.
 fn hash_of<T: Serialize>(object: &T) -> Result<String, ReconcileError> {
     let bytes = serde_json::to_vec(object).map_err(|e| ReconcileError::Encode(e.to_string()))?;
@@ -490,8 +496,19 @@ fn live_hash<K: Resource>(object: Option<&K>) -> Option<&str> {
     object?.meta().annotations.as_ref()?.get(HASH_ANNOTATION).map(String::as_str)
 }
 
-/// Applies `object` (server-side apply) unless the live object carries its hash already.
-async fn apply<K>(ctx: &Context, namespace: &str, mut object: K, live: Option<&K>) -> Result<bool, ReconcileError>
+/// Applies `object` (server-side apply) unless the live object carries its hash already and
+/// still has every field the operator sets as it set it. A live object whose hash matches but
+/// whose fields differ was edited by hand (or by another controller): the apply puts the
+/// operator's fields back (fields that only others set stay: `drift` ignores them, and
+/// server-side apply leaves what other managers own), with a `DriftReverted` event. Returns the
+/// object as written, or `None` when nothing was written.
+async fn apply<K>(
+    ctx: &Context,
+    cluster: &RaftCluster,
+    namespace: &str,
+    mut object: K,
+    live: Option<&K>,
+) -> Result<Option<K>, ReconcileError>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
         + Clone
@@ -500,36 +517,145 @@ where
         + std::fmt::Debug,
 {
     let hash = hash_of(&object)?;
-    if live_hash(live) == Some(hash.as_str()) {
-        return Ok(false);
-    }
+    let unchanged = live_hash(live) == Some(hash.as_str());
     object.meta_mut().annotations.get_or_insert_with(BTreeMap::new).insert(HASH_ANNOTATION.to_string(), hash);
+    let drifted = match live {
+        Some(live) if unchanged => {
+            let paths = drift(&encode(&object)?, &encode(live)?);
+            if paths.is_empty() {
+                return Ok(None);
+            }
+            paths
+        }
+        _ => Vec::new(),
+    };
     let name = object.meta().name.clone().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object)).await?;
+    let written = api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&object)).await?;
     ctx.metrics.object_writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(true)
+    // The server says whether the apply changed anything (a value it normalizes, such as a
+    // quantity, may differ from what the builders wrote without being an edit).
+    let changed = live.and_then(|l| l.meta().resource_version.clone()) != written.meta().resource_version;
+    if !drifted.is_empty() && changed {
+        let shown: Vec<&str> = drifted.iter().take(MAX_DRIFT_PATHS).map(String::as_str).collect();
+        let more = drifted.len().saturating_sub(MAX_DRIFT_PATHS);
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        let note = format!(
+            "{} {name}: {}{more} differed from what the operator set; put back",
+            K::kind(&()),
+            shown.join(", ")
+        );
+        tracing::info!(cluster = %key(cluster), "{note}");
+        // The object put back, at the version written, is the event's `related` one: events of
+        // one reason about one object are counted as a series of the first (its note kept), so
+        // without it a later revert within the series window would show an earlier one's note.
+        let mut reverted = event(EventType::Normal, "DriftReverted", "Reconcile", note);
+        let mut related = written.object_ref(&());
+        related.resource_version.clone_from(&written.meta().resource_version);
+        reverted.secondary = Some(related);
+        publish(ctx, cluster, reverted).await;
+    }
+    Ok(Some(written))
 }
 
+/// How many differing fields a `DriftReverted` event names.
+const MAX_DRIFT_PATHS: usize = 5;
+
+/// An object as a JSON value, for `drift`.
+fn encode<T: Serialize>(object: &T) -> Result<serde_json::Value, ReconcileError> {
+    serde_json::to_value(object).map_err(|e| ReconcileError::Encode(e.to_string()))
+}
+
+/// The fields of `desired` that `live` does not have as `desired` has them, as dotted paths
+/// (`spec.replicas`, `data.members`, `spec.template.spec.containers[0].image`). Fields that only
+/// `live` has are no drift: the API server's defaults, what other managers set, and the status.
+/// An empty list, map or null in `desired` matches a missing field (the API server drops
+/// them). Lists are compared element by element and must be as long.
+pub fn drift(desired: &serde_json::Value, live: &serde_json::Value) -> Vec<String> {
+    let mut paths = Vec::new();
+    drift_at(desired, live, String::new(), &mut paths);
+    paths
+}
+
+fn drift_at(desired: &serde_json::Value, live: &serde_json::Value, at: String, paths: &mut Vec<String>) {
+    use serde_json::Value;
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    };
+    match (desired, live) {
+        (Value::Object(want), Value::Object(have)) => {
+            for (key, value) in want {
+                let path = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+                match have.get(key) {
+                    Some(found) => drift_at(value, found, path, paths),
+                    None if empty(value) => {}
+                    None => paths.push(path),
+                }
+            }
+        }
+        (Value::Array(want), Value::Array(have)) if want.len() == have.len() => {
+            for (i, (value, found)) in want.iter().zip(have).enumerate() {
+                drift_at(value, found, format!("{at}[{i}]"), paths);
+            }
+        }
+        (want, Value::Null) if empty(want) => {}
+        (want, have) if want == have => {}
+        _ => paths.push(at),
+    }
+}
 /// The objects that do not follow membership: Services and the budget are applied whenever what
-/// the builders make of them changes; the StatefulSet's template too, at its current size.
-async fn ensure_static_objects(ctx: &Context, cluster: &RaftCluster, owned: &mut Owned) -> Result<(), ReconcileError> {
+/// the builders make of them changes; the StatefulSet's template too, at the size the operator
+/// last gave it; the ConfigMap, for the list it holds, unless this pass's `plan` writes a new
+/// list anyway. Each is checked for drift (`apply`), so a hand edit is put back, and what was
+/// written replaces the observation the pass's step works from.
+async fn ensure_static_objects(
+    ctx: &Context,
+    cluster: &RaftCluster,
+    owned: &mut Owned,
+    plan: &Plan,
+) -> Result<(), ReconcileError> {
     let namespace = cluster.namespace().unwrap_or_default();
     ensure_certificates(ctx, cluster, owned).await?;
     ensure_root_password(ctx, cluster, owned).await?;
-    apply(ctx, &namespace, builders::headless_service(cluster)?, owned.headless.as_ref()).await?;
-    apply(ctx, &namespace, builders::client_service(cluster)?, owned.client_service.as_ref()).await?;
-    apply(ctx, &namespace, builders::pod_disruption_budget(cluster)?, owned.budget.as_ref()).await?;
+    apply(ctx, cluster, &namespace, builders::headless_service(cluster)?, owned.headless.as_ref()).await?;
+    apply(ctx, cluster, &namespace, builders::client_service(cluster)?, owned.client_service.as_ref()).await?;
+    apply(ctx, cluster, &namespace, builders::pod_disruption_budget(cluster)?, owned.budget.as_ref()).await?;
     if cluster.spec.network_policy.enabled {
         let policy = builders::network_policy(cluster, &ctx.operator)?;
-        apply(ctx, &namespace, policy, owned.network_policy.as_ref()).await?;
+        apply(ctx, cluster, &namespace, policy, owned.network_policy.as_ref()).await?;
     }
     if let Some(live) = &owned.stateful_set {
-        let replicas = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let replicas = u32::try_from(replicas).unwrap_or(0);
-        apply(ctx, &namespace, builders::stateful_set(cluster, replicas)?, Some(live)).await?;
+        let desired = builders::stateful_set(cluster, applied_replicas(cluster, live)?)?;
+        if let Some(written) = apply(ctx, cluster, &namespace, desired, Some(live)).await? {
+            owned.stateful_set = Some(written);
+        }
+    }
+    let writes_list = matches!(plan, Plan::Bootstrap { .. } | Plan::UpdateEndpoints { .. });
+    if let (Some(live), false) = (&owned.config_map, writes_list) {
+        let data = live.data.clone().unwrap_or_default();
+        let desired = builders::members_config_map(cluster, &listed_names(&data), listed_formed(&data))?;
+        if let Some(written) = apply(ctx, cluster, &namespace, desired, Some(live)).await? {
+            owned.config_map = Some(written);
+        }
     }
     Ok(())
+}
+
+/// The replicas the operator last gave the StatefulSet: those whose build carries the live
+/// object's hash (a hand edit of `spec.replicas` leaves the hash as it was). When none does (the
+/// spec changed since), the live replicas: the planner moves them where membership needs them.
+fn applied_replicas(cluster: &RaftCluster, live: &StatefulSet) -> Result<u32, ReconcileError> {
+    let live_replicas = u32::try_from(live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(0);
+    let Some(hash) = live_hash(Some(live)) else { return Ok(live_replicas) };
+    for replicas in std::iter::once(live_replicas).chain(0..=super::MAX_REPLICAS) {
+        if hash_of(&builders::stateful_set(cluster, replicas)?)? == hash {
+            return Ok(replicas);
+        }
+    }
+    Ok(live_replicas)
 }
 
 /// With `spec.auth`: root's password Secret exists; when it does not, the operator creates it
@@ -584,7 +710,7 @@ async fn ensure_certificates(ctx: &Context, cluster: &RaftCluster, owned: &Owned
         Some(ca) => ca,
         None => {
             let (ca, secret) = certs::mint_ca(cluster, now).map_err(ReconcileError::Certificates)?;
-            apply(ctx, &namespace, secret, None).await?;
+            apply(ctx, cluster, &namespace, secret, None).await?;
             publish(ctx, cluster, event(EventType::Normal, "CertificateAuthorityCreated", "Issue", ca_name)).await;
             ca
         }
@@ -593,7 +719,7 @@ async fn ensure_certificates(ctx: &Context, cluster: &RaftCluster, owned: &Owned
     for request in &requests {
         if let Some(why) = certs::due(owned.secrets.get(&request.secret), request, ca.cert_pem(), now) {
             let secret = certs::issue(cluster, &ca, request, now).map_err(ReconcileError::Certificates)?;
-            apply(ctx, &namespace, secret, None).await?;
+            apply(ctx, cluster, &namespace, secret, None).await?;
             tracing::info!(cluster = %key(cluster), secret = %request.secret, "issued a certificate: {why}");
             renewed.push(format!("{} ({why})", request.secret));
         }
@@ -632,8 +758,8 @@ async fn execute(
     match plan {
         Plan::Bootstrap { replicas } => {
             let names: Vec<String> = (0..*replicas).map(|i| member_name(&name, i)).collect();
-            apply(ctx, namespace, builders::members_config_map(cluster, &names, false)?, None).await?;
-            apply(ctx, namespace, builders::stateful_set(cluster, *replicas)?, None).await?;
+            apply(ctx, cluster, namespace, builders::members_config_map(cluster, &names, false)?, None).await?;
+            apply(ctx, cluster, namespace, builders::stateful_set(cluster, *replicas)?, None).await?;
         }
         Plan::AddLearner { name: member, .. } => {
             change(MemberChange::AddLearner(AddMemberRequest {
@@ -649,11 +775,18 @@ async fn execute(
         Plan::RemoveMember { id: member_id, .. } => change(MemberChange::Remove(id(member_id)?)).await?,
         Plan::ReplaceMember { old_id, .. } => change(MemberChange::Remove(id(old_id)?)).await?,
         Plan::ResizeStatefulSet { replicas } => {
-            apply(ctx, namespace, builders::stateful_set(cluster, *replicas)?, owned.stateful_set.as_ref()).await?;
+            apply(ctx, cluster, namespace, builders::stateful_set(cluster, *replicas)?, owned.stateful_set.as_ref())
+                .await?;
         }
         Plan::UpdateEndpoints { names } => {
-            apply(ctx, namespace, builders::members_config_map(cluster, names, true)?, owned.config_map.as_ref())
-                .await?;
+            apply(
+                ctx,
+                cluster,
+                namespace,
+                builders::members_config_map(cluster, names, true)?,
+                owned.config_map.as_ref(),
+            )
+            .await?;
         }
         Plan::EnableAuth | Plan::DisableAuth => {
             if owned.root_credentials(cluster).map_err(ReconcileError::Auth)?.is_none() {
@@ -899,5 +1032,49 @@ mod tests {
         assert_eq!(lost(Some(1), Some(4)), Some(true), "crash-looping after a corrupt exit");
         assert_eq!(lost(Some(1), Some(1)), Some(false), "other failures");
         assert_eq!(lost(Some(2), None), Some(false), "usage errors");
+    }
+
+    #[test]
+    fn drift_names_the_fields_set_differently_and_ignores_what_only_the_live_object_has() {
+        use serde_json::json;
+        let desired = json!({
+            "metadata": {"labels": {"app": "kuberaft"}, "annotations": {}},
+            "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "m", "image": "a:1"}]}},
+                     "selector": null, "volumes": []},
+        });
+        let same = json!({
+            "metadata": {"labels": {"app": "kuberaft", "team": "x"}, "resourceVersion": "7"},
+            "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "m", "image": "a:1",
+                     "imagePullPolicy": "IfNotPresent"}]}}, "revisionHistoryLimit": 10},
+            "status": {"replicas": 3},
+        });
+        assert_eq!(drift(&desired, &same), Vec::<String>::new(), "defaults, others' fields, empties");
+        let edited = json!({
+            "metadata": {"labels": {"app": "other"}},
+            "spec": {"replicas": 5, "template": {"spec": {"containers": [{"name": "m", "image": "b:2"}]}},
+                     "volumes": [{"name": "x"}]},
+        });
+        assert_eq!(
+            drift(&desired, &edited),
+            ["metadata.labels.app", "spec.replicas", "spec.template.spec.containers[0].image", "spec.volumes"]
+        );
+        let removed = json!({"metadata": {}, "spec": {"replicas": 3, "template": {"spec": {"containers": []}}}});
+        assert_eq!(drift(&desired, &removed), ["metadata.labels", "spec.template.spec.containers"]);
+    }
+
+    #[test]
+    fn the_replicas_last_applied_are_found_from_the_hash_whatever_the_live_replicas_say() {
+        let spec = serde_json::from_value(serde_json::json!({"replicas": 3})).expect("spec");
+        let mut cluster = RaftCluster::new("etcd", spec);
+        cluster.metadata.namespace = Some("ns".to_string());
+        cluster.metadata.uid = Some("uid".to_string());
+        let mut live = builders::stateful_set(&cluster, 4).expect("built");
+        let hash = hash_of(&live).expect("hash");
+        live.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(HASH_ANNOTATION.to_string(), hash);
+        assert_eq!(applied_replicas(&cluster, &live).expect("found"), 4);
+        live.spec.as_mut().expect("spec").replicas = Some(7);
+        assert_eq!(applied_replicas(&cluster, &live).expect("found"), 4, "an edit of the replicas");
+        live.metadata.annotations = None;
+        assert_eq!(applied_replicas(&cluster, &live).expect("found"), 7, "no hash: as it is");
     }
 }

@@ -208,11 +208,16 @@ impl State {
                 (StatusCode::OK, object.clone())
             }
             Method::PATCH => {
-                // Server-side apply of a whole object: it becomes the object, keeping what the
-                // server owns (uid, status).
+                // Server-side apply of a whole object: what it sets replaces what the object has
+                // (maps merged key by key, lists replaced whole), and what it does not set stays
+                // (as the fields another manager owns do), as do the server's own (uid, status).
                 self.resource_version += 1;
-                let mut object = body;
                 let previous = self.objects.get(path);
+                let mut object = previous.cloned().unwrap_or(Value::Null);
+                merge(&mut object, body);
+                if let Some(fields) = object.as_object_mut() {
+                    fields.remove("status");
+                }
                 let uid = previous
                     .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_string))
                     .unwrap_or_else(|| format!("uid-{}", self.resource_version));
@@ -226,5 +231,17 @@ impl State {
             }
             _ => (StatusCode::METHOD_NOT_ALLOWED, json!({"kind": "Status", "code": 405})),
         }
+    }
+}
+
+/// `patch` merged into `into`: maps key by key, anything else replaced.
+fn merge(into: &mut Value, patch: Value) {
+    match (into, patch) {
+        (Value::Object(into), Value::Object(patch)) => {
+            for (key, value) in patch {
+                merge(into.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (into, patch) => *into = patch,
     }
 }

@@ -545,6 +545,10 @@ impl Harness {
         if let Err(err) = reconcile::reconcile(Arc::new(cluster), self.ctx.clone()).await {
             eprintln!("reconcile: {err}");
         }
+        // Nobody edits the objects here: the operator's own writes never look like drift to it.
+        let drift: Vec<Value> =
+            self.api.lock().events.iter().filter(|e| e["reason"] == "DriftReverted").cloned().collect();
+        assert!(drift.is_empty(), "drift found where nobody edited: {drift:?}");
         self.kubelet.sync().await;
         let status = self.status();
         if let Some(reason) = status["conditions"]

@@ -750,3 +750,61 @@ async fn a_secret_without_roots_password_fails_the_step_with_its_reason_and_is_n
     );
     assert_eq!(world.members.passwords.lock().expect("lock").last().cloned().flatten().as_deref(), Some("secret"));
 }
+
+/// The notes of the `DriftReverted` events since the last look.
+fn drift_notes(world: &World) -> Vec<String> {
+    world
+        .api
+        .take_events()
+        .iter()
+        .filter(|e| e["reason"] == "DriftReverted")
+        .map(|e| e["note"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Issue 17, must-show 5.
+#[tokio::test]
+async fn hand_edits_of_owned_objects_are_put_back_on_the_next_pass_and_other_managers_fields_stay() {
+    let world = steady_three().await;
+    // Edits as `kubectl edit` leaves them: the fields changed, the hash annotation as it was.
+    let mut sts = world.api.get(&sts_path("etcd")).expect("the StatefulSet");
+    sts["spec"]["replicas"] = json!(5);
+    sts["metadata"]["labels"]["team"] = json!("storage");
+    world.api.put(&sts_path("etcd"), sts);
+    let mut cm = world.api.get(&cm_path("etcd-members")).expect("the ConfigMap");
+    cm["data"]["members"] = json!("etcd-0,etcd-1");
+    world.api.put(&cm_path("etcd-members"), cm);
+
+    let (result, _) = world.reconcile().await;
+    result.expect("reconcile");
+    let sts = world.api.get(&sts_path("etcd")).expect("the StatefulSet");
+    assert_eq!(sts["spec"]["replicas"], 3, "replicas put back");
+    assert_eq!(sts["metadata"]["labels"]["team"], "storage", "another manager's label stays");
+    let cm = world.api.get(&cm_path("etcd-members")).expect("the ConfigMap");
+    assert_eq!(cm["data"]["members"], "etcd-0,etcd-1,etcd-2", "the list put back");
+    let notes = drift_notes(&world);
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[0].starts_with("StatefulSet etcd: spec.replicas differed"), "{notes:?}");
+    assert!(notes[1].starts_with("ConfigMap etcd-members: data.members differed"), "{notes:?}");
+
+    // Put back once: the next passes write no object and see no drift.
+    for _ in 0..2 {
+        let (_, calls) = world.reconcile().await;
+        assert!(calls.iter().all(|c| c.method != Method::PATCH || c.path.ends_with("/status")), "{calls:?}");
+        assert!(drift_notes(&world).is_empty());
+    }
+
+    // A key of the ConfigMap that the planner does not read, and a Service's port.
+    let mut cm = world.api.get(&cm_path("etcd-members")).expect("the ConfigMap");
+    cm["data"]["endpoints"] = json!("http://elsewhere:2379");
+    world.api.put(&cm_path("etcd-members"), cm);
+    let mut service = world.api.get(&svc_path("etcd-client")).expect("the client Service");
+    service["spec"]["ports"][0]["port"] = json!(12379);
+    world.api.put(&svc_path("etcd-client"), service);
+    let (_, calls) = world.reconcile().await;
+    assert!(calls.contains(&patch(&cm_path("etcd-members"))) && calls.contains(&patch(&svc_path("etcd-client"))));
+    let notes = drift_notes(&world);
+    assert!(notes.iter().any(|n| n.starts_with("Service etcd-client: spec.ports[0].port differed")), "{notes:?}");
+    assert!(notes.iter().any(|n| n.starts_with("ConfigMap etcd-members: data.endpoints differed")), "{notes:?}");
+    assert_eq!(world.api.get(&svc_path("etcd-client")).expect("Service")["spec"]["ports"][0]["port"], 2379);
+}
