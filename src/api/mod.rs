@@ -8,5 +8,6 @@ pub mod grpc;
 pub mod kv;
 pub mod lease;
 pub mod server;
+pub mod snapshot;
 pub mod users;
 pub mod watch;

@@ -174,6 +174,7 @@ fn json_router(api: Api) -> Router {
         .route("/v1/lease/timetolive", post(super::lease::time_to_live))
         .route("/v1/lease/leases", post(super::lease::leases))
         .route("/v1/status", get(status))
+        .route("/v1/snapshot", get(super::snapshot::save))
         .route("/v1/members", get(members).post(add_member))
         .route("/v1/members/{id}", axum::routing::delete(remove_member))
         .route("/v1/members/{id}/promote", post(promote_member))
@@ -574,7 +575,7 @@ pub fn build_status(api: &Api) -> Status {
 
 /// Membership and leadership changes are root's, while auth is on (etcd's
 /// `checkMembershipOperationPermission`).
-fn require_admin(api: &Api) -> ApiResult<()> {
+pub(super) fn require_admin(api: &Api) -> ApiResult<()> {
     let caller = super::auth::current();
     super::auth::with_state(api, |auth| auth.check_admin(caller.user())).map_err(auth_error)
 }

@@ -11,6 +11,7 @@ pub mod lease;
 pub mod member;
 pub mod recipes;
 pub mod render;
+pub mod snapshot;
 pub mod table;
 #[cfg(test)]
 mod tests;
@@ -69,6 +70,8 @@ pub enum Commands {
     Endpoint(EndpointCommand),
     /// Move leadership.
     Leader(LeaderCommand),
+    /// Save a member's state into a file, make new members' data from one, or say what one holds.
+    Snapshot(snapshot::SnapshotCommand),
     /// Print the CustomResourceDefinition of RaftCluster as YAML (`kuberaft crd | kubectl apply -f -`).
     Crd,
     /// Print the objects the operator would create for the RaftClusters in a file (like `helm template`).
@@ -163,6 +166,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Member(command) => block_on(member::run_member(command)),
         Commands::Endpoint(command) => block_on(endpoint::run(command)),
         Commands::Leader(command) => block_on(member::run_leader(command)),
+        Commands::Snapshot(command) => block_on(snapshot::run(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@
 
 pub mod concurrency;
 mod encode;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 mod watch;
@@ -33,6 +34,7 @@ use crate::base::wire::{
 pub use crate::base::base64::{decode_base64, encode_base64};
 pub use crate::base::wire::Consistency;
 pub use encode::encode_component;
+pub use snapshot::SnapshotSaved;
 pub use watch::{Watch, PROBE_INTERVAL, SILENCE_LIMIT};
 
 /// Per-request timeout unless configured otherwise.

@@ -344,15 +344,7 @@ fn bootstrap(args: &NodeArgs, flags: &Flags, runtime: &Runtime) -> Result<Start,
     // no client URLs, which members learn from each other's messages. A member that wrote its
     // own here had a membership (and hash) of its own, and the operator never saw the members
     // agree.
-    let voters: Vec<(u64, Bytes)> = flags
-        .initial
-        .iter()
-        .map(|m| {
-            let id = initial_member_id(flags.cluster_id, m);
-            let info = MemberInfo { id, name: m.name.clone(), peer_url: m.peer_url.clone(), client_url: String::new() };
-            (id, encode(&info))
-        })
-        .collect();
+    let voters = bootstrap_voters(&flags.initial, flags.cluster_id);
     let meta = MemberMeta {
         cluster_id: flags.cluster_id,
         member_id: initial_member_id(flags.cluster_id, me),
@@ -370,6 +362,19 @@ fn bootstrap(args: &NodeArgs, flags: &Flags, runtime: &Runtime) -> Result<Start,
         .await
     })?;
     Ok(Start { meta, state: InitialState::bootstrap(&voters), problems: Vec::new(), known: Vec::new() })
+}
+
+/// The voters of a new cluster's bootstrap entries (`InitialState::bootstrap`), each with the
+/// member it adds: the same on every initial member, and in a restored one (`restore`).
+pub(super) fn bootstrap_voters(initial: &[InitialMember], cluster_id: u64) -> Vec<(u64, Bytes)> {
+    initial
+        .iter()
+        .map(|m| {
+            let id = initial_member_id(cluster_id, m);
+            let info = MemberInfo { id, name: m.name.clone(), peer_url: m.peer_url.clone(), client_url: String::new() };
+            (id, encode(&info))
+        })
+        .collect()
 }
 
 /// Writes `member.json` (only when it changed: a restart must not need free space, so that a

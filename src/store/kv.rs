@@ -774,6 +774,20 @@ impl KvStore {
         }
     }
 
+    /// Builds the state machine of a restored member at `path` (which must not exist) from a
+    /// snapshot stream: the keys, their history, leases and auth as the stream holds them, and
+    /// nothing of the old cluster's Raft state: no applied index, no member table. The new
+    /// cluster's bootstrap entries, which the member's log starts with, apply on top as they do
+    /// in any new cluster and make the new member table (`process::restore`).
+    pub fn restore(path: &Path, input: impl Read) -> Result<KvStore, StoreError> {
+        let store = MvccStore::install(path, input)?;
+        let mut batch = store.begin()?;
+        batch.set_meta(META_APPLIED, &encode_record(&Applied::default()))?;
+        batch.set_meta(META_MEMBERS, &encode_record(&MemberTable::default()))?;
+        batch.commit(true)?;
+        KvStore::load(store, Some(path.to_path_buf()))
+    }
+
     /// Checks a staged state machine against the Raft snapshot it came with: it must have
     /// applied exactly `meta.index` of `meta.term` (or, carried over from format 1, an unknown
     /// term, which the metadata then supplies).
@@ -839,6 +853,34 @@ impl KvStore {
         batch.commit(true)?;
         KvStore::load(store, path.map(Path::to_path_buf))
     }
+}
+
+/// The `meta` records [`snapshot_facts`] reads from a snapshot stream (`mvcc::snapshot::scan`).
+pub const SNAPSHOT_FACTS: &[&str] = &[META_APPLIED, META_MEMBERS];
+
+/// What a snapshot stream's `meta` records (those named in [`SNAPSHOT_FACTS`]) say of the cluster
+/// it was taken from.
+pub struct SnapshotFacts {
+    /// Its members with their voter flags.
+    pub members: Vec<(MemberInfo, bool)>,
+    /// The Raft index and term its state had applied.
+    pub applied_index: Index,
+    pub applied_term: Term,
+}
+
+/// Reads [`SnapshotFacts`] from a stream's `meta` records.
+pub fn snapshot_facts(meta: &BTreeMap<String, Vec<u8>>) -> Result<SnapshotFacts, StoreError> {
+    let bad = |what: &str, e: String| StoreError::BadSnapshot(format!("its {what} record cannot be read: {e}"));
+    let applied = match meta.get(META_APPLIED) {
+        Some(bytes) => codec::decode::<Applied>(bytes).map_err(|e| bad("applied", e.to_string()))?,
+        None => Applied::default(),
+    };
+    let table = match meta.get(META_MEMBERS) {
+        Some(bytes) => codec::decode::<MemberTable>(bytes).map_err(|e| bad("members", e.to_string()))?,
+        None => MemberTable::default(),
+    };
+    let members = table.members.into_values().map(|m| (m.info, m.voter)).collect();
+    Ok(SnapshotFacts { members, applied_index: applied.index, applied_term: applied.term })
 }
 
 impl Default for KvStore {

@@ -3,6 +3,7 @@
 //! types) and `base`; it knows nothing of threads, networks or HTTP.
 
 pub mod auth;
+pub mod backup;
 pub mod claim;
 pub mod codec;
 pub mod command;

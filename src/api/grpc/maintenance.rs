@@ -13,17 +13,15 @@
 //! - **Hash** and **HashKV** hash the key history (`ReadView::hash_kv`); Hash is HashKV at the
 //!   current revision (etcd's hashes its whole database file, which members do not share).
 //! - **Defragment** rewrites this member's state-machine file without its free space.
-//! - **Snapshot** streams this member's state machine in kuberaft's MVCC snapshot format
-//!   (`store::mvcc::snapshot`, checksummed), not etcd's bbolt file, framed as etcd frames its
-//!   own: zeros up to a multiple of 512 bytes, then the SHA-256 of all before it (etcdctl's
-//!   `snapshot save` checks the length).
+//! - **Snapshot** streams this member's state machine as a snapshot to keep (`api::snapshot`,
+//!   `store::backup`): kuberaft's MVCC stream, not etcd's bbolt file, framed as etcd frames its
+//!   own (etcdctl's `snapshot save` checks the length and the SHA-256).
 
 use std::pin::Pin;
 use std::time::Duration;
 
 use crate::store::auth::AuthError;
 use futures::Stream;
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::errors::{node_status, TIMEOUT};
@@ -41,22 +39,8 @@ pub const BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
 const ALARM_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most bytes of a member's status answer read for Alarm.
 const MAX_STATUS_BYTES: usize = 1 << 20;
-/// Snapshot chunks read ahead of the client.
-const SNAPSHOT_AHEAD: usize = 2;
-
-/// etcdctl's `snapshot save` wants the stream's length to be a multiple of this plus the
-/// SHA-256 at its end.
-const SNAPSHOT_ALIGN: u64 = 512;
 
 pub struct MaintenanceService(pub(super) Grpc);
-
-/// The snapshot stream's progress.
-struct SnapshotSend {
-    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, crate::store::StoreError>>,
-    sent: u64,
-    sha: Sha256,
-    ended: bool,
-}
 
 type SnapshotAnswers = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
@@ -205,53 +189,24 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn snapshot(&self, request: Request<pb::SnapshotRequest>) -> Result<Response<SnapshotAnswers>, Status> {
         self.maintainer(&request)?;
-        let reader = self.0.api.node.with_kv(|kv| kv.snapshot()).map_err(|e| Status::unavailable(e.to_string()))?;
-        let header = self.0.header(reader.revision());
+        let sending = crate::api::snapshot::start(&self.0.api).map_err(|e| Status::unavailable(e.to_string()))?;
+        let header = self.0.header(sending.revision);
         let estimate = u64::try_from(self.db_size()).unwrap_or(0);
-        // The reader does blocking reads: it runs on a blocking thread, a chunk or two ahead.
-        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_AHEAD);
-        tokio::task::spawn_blocking(move || {
-            for chunk in reader {
-                let failed = chunk.is_err();
-                if tx.blocking_send(chunk).is_err() || failed {
-                    return;
+        // etcd's count down of the bytes left: an estimate here (the file's size less what was
+        // sent); the last answer, the framing's tail, says 0.
+        let chunks = futures::StreamExt::peekable(sending.chunks);
+        let answers = futures::stream::unfold((chunks, 0u64), move |(mut chunks, sent)| async move {
+            let answer = match futures::StreamExt::next(&mut chunks).await? {
+                Ok(blob) => {
+                    let sent = sent + blob.len() as u64;
+                    let last = Pin::new(&mut chunks).peek().await.is_none();
+                    let remaining_bytes = if last { 0 } else { estimate.saturating_sub(sent) };
+                    let answer = pb::SnapshotResponse { header: Some(header), remaining_bytes, blob: blob.to_vec() };
+                    return Some((Ok(answer), (chunks, sent)));
                 }
-            }
-        });
-        let state = SnapshotSend { rx, sent: 0, sha: Sha256::new(), ended: false };
-        let answers = futures::stream::unfold(state, move |mut state| async move {
-            if state.ended {
-                return None;
-            }
-            let blob = match state.rx.recv().await {
-                Some(Ok(blob)) => blob.to_vec(),
-                Some(Err(e)) => {
-                    state.ended = true;
-                    return Some((Err(Status::unavailable(e.to_string())), state));
-                }
-                None => {
-                    // etcd's framing, which etcdctl checks: zeros up to a multiple of 512
-                    // bytes, then the SHA-256 of everything before it.
-                    state.ended = true;
-                    let pad = (SNAPSHOT_ALIGN - state.sent % SNAPSHOT_ALIGN) % SNAPSHOT_ALIGN;
-                    let mut tail = vec![0u8; usize::try_from(pad).unwrap_or(0)];
-                    state.sha.update(&tail);
-                    tail.extend_from_slice(&state.sha.clone().finalize());
-                    tail
-                }
+                Err(e) => Err(Status::unavailable(e.to_string())),
             };
-            if !state.ended {
-                state.sha.update(&blob);
-            }
-            state.sent += blob.len() as u64;
-            let answer = pb::SnapshotResponse {
-                header: Some(header),
-                // etcd's count down: an estimate here (the file's size less what was sent);
-                // the last answer says 0.
-                remaining_bytes: if state.ended { 0 } else { estimate.saturating_sub(state.sent) },
-                blob,
-            };
-            Some((Ok(answer), state))
+            Some((answer, (chunks, sent)))
         });
         Ok(Response::new(Box::pin(answers)))
     }

@@ -629,8 +629,15 @@ pub(crate) fn read_state<T: ReadableTable<&'static str, i64>>(
     state: &T,
     place: &Place,
 ) -> Result<Option<(Revision, Revision)>, StoreError> {
-    let get =
-        |name: &str| -> Result<Option<i64>, StoreError> { Ok(state.get(name).at(place, READ)?.map(|v| v.value())) };
+    check_state(|name| Ok(state.get(name).at(place, READ)?.map(|v| v.value())), place)
+}
+
+/// The revision and compacted revision that the `state` records (`get` reads one by name)
+/// hold, checked; `None` without a format record (an empty store).
+pub(crate) fn check_state(
+    get: impl Fn(&str) -> Result<Option<i64>, StoreError>,
+    place: &Place,
+) -> Result<Option<(Revision, Revision)>, StoreError> {
     let Some(format) = get(FORMAT_NAME)? else { return Ok(None) };
     if format != FORMAT {
         return Err(StoreError::Inconsistent {

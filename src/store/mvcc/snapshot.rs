@@ -33,7 +33,9 @@ use redb::{
 };
 
 use super::coalesce::Coalescing;
-use super::engine::{read_state, At, MvccStore, Place, Record, DEFAULT_CACHE_BYTES, KV, META, REVS, STATE};
+use super::engine::{
+    check_state, read_state, At, MvccStore, Place, Record, DEFAULT_CACHE_BYTES, KV, META, REVS, STATE,
+};
 use super::types::Revision;
 use crate::store::StoreError;
 
@@ -459,16 +461,7 @@ impl<R: Read> Input<R> {
 /// the last one syncs little more than its own.
 fn install_into(db: &Database, place: &Place, input: impl Read, file: Option<&Path>) -> Result<(), StoreError> {
     let mut input = Input { inner: input, hash: crc32fast::Hasher::new(), offset: 0, records: 0 };
-    let magic = input.array::<8>()?;
-    if &magic != SNAPSHOT_MAGIC {
-        return Err(bad("not an MVCC snapshot of kuberaft (wrong magic bytes)"));
-    }
-    let format = input.u32()?;
-    if format != SNAPSHOT_FORMAT {
-        return Err(bad(format!(
-            "MVCC snapshot format {format} is not the one this version reads ({SNAPSHOT_FORMAT}): use the same kuberaft version on every member"
-        )));
-    }
+    read_header(&mut input)?;
     let mut stage = TAG_STATE;
     let mut max_rev = 0;
     loop {
@@ -497,6 +490,113 @@ fn install_into(db: &Database, place: &Place, input: impl Read, file: Option<&Pa
     }
 }
 
+/// One record of a stream, read and checked by [`read_record`].
+enum Rec {
+    State {
+        name: String,
+        value: i64,
+    },
+    Meta {
+        name: String,
+        value: Vec<u8>,
+    },
+    Kv {
+        key: Vec<u8>,
+        rev: Revision,
+        record: Vec<u8>,
+    },
+    Revs {
+        main: Revision,
+        sub: u32,
+        key: Vec<u8>,
+    },
+    /// The trailer, its count and checksum verified.
+    End,
+}
+
+/// Reads the next record (at `stage` or a later table), checking what can be checked of it
+/// alone: order of the tables, field sizes, UTF-8 names, sound key and revision records, and at
+/// the trailer the record count and the checksum. Raises `max_rev` to the highest revision seen.
+fn read_record<R: Read>(input: &mut Input<R>, stage: &mut u8, max_rev: &mut Revision) -> Result<Rec, StoreError> {
+    let at = input.offset;
+    let tag = input.u8()?;
+    if tag < *stage {
+        return Err(bad(format!("the MVCC snapshot has a record of kind {tag} out of order at byte {at}")));
+    }
+    *stage = tag;
+    let utf8 =
+        |name: Vec<u8>| String::from_utf8(name).map_err(|_| bad(format!("a name that is not UTF-8 at byte {at}")));
+    let rec = match tag {
+        TAG_STATE => {
+            let name = utf8(input.field("name", 256)?)?;
+            Rec::State { name, value: input.i64()? }
+        }
+        TAG_META => {
+            let name = utf8(input.field("name", MAX_FIELD_BYTES)?)?;
+            Rec::Meta { name, value: input.field("value", MAX_FIELD_BYTES)? }
+        }
+        TAG_KV => {
+            let key = input.field("key", MAX_FIELD_BYTES)?;
+            let rev = input.i64()?;
+            let record = input.field("record", MAX_FIELD_BYTES)?;
+            let sound = match Record::decode(&record) {
+                Ok(Record::Live { create_revision, .. }) => create_revision <= rev,
+                Ok(Record::Tombstone) => true,
+                Err(_) => false,
+            };
+            if key.is_empty() || rev < 1 || !sound {
+                return Err(bad(format!("the MVCC snapshot has a damaged key record at byte {at}")));
+            }
+            *max_rev = (*max_rev).max(rev);
+            Rec::Kv { key, rev, record }
+        }
+        TAG_REVS => {
+            let main = input.i64()?;
+            let sub = input.u32()?;
+            let key = input.field("key", MAX_FIELD_BYTES)?;
+            if key.is_empty() || main < 1 {
+                return Err(bad(format!("the MVCC snapshot has a damaged revision record at byte {at}")));
+            }
+            *max_rev = (*max_rev).max(main);
+            Rec::Revs { main, sub, key }
+        }
+        TAG_END => {
+            let count = input.u64()?;
+            let expected = input.hash.clone().finalize();
+            let mut checksum = [0u8; 4];
+            input.fill(&mut checksum, false)?;
+            if count != input.records {
+                return Err(bad(format!(
+                    "the MVCC snapshot says it holds {count} records but {} arrived",
+                    input.records
+                )));
+            }
+            if u32::from_be_bytes(checksum) != expected {
+                return Err(bad("the MVCC snapshot fails its checksum: it was damaged on the way"));
+            }
+            return Ok(Rec::End);
+        }
+        other => return Err(bad(format!("the MVCC snapshot has an unknown record kind {other} at byte {at}"))),
+    };
+    input.records += 1;
+    Ok(rec)
+}
+
+/// Reads the magic bytes and the format of a stream.
+fn read_header<R: Read>(input: &mut Input<R>) -> Result<u32, StoreError> {
+    let magic = input.array::<8>()?;
+    if &magic != SNAPSHOT_MAGIC {
+        return Err(bad("not an MVCC snapshot of kuberaft (wrong magic bytes)"));
+    }
+    let format = input.u32()?;
+    if format != SNAPSHOT_FORMAT {
+        return Err(bad(format!(
+            "MVCC snapshot format {format} is not the one this version reads ({SNAPSHOT_FORMAT}): use the same kuberaft version on every member"
+        )));
+    }
+    Ok(format)
+}
+
 /// Installs up to INSTALL_COMMIT_RECORDS records in `txn`; true at the verified end.
 fn install_part<R: Read>(
     txn: &WriteTransaction,
@@ -519,65 +619,20 @@ fn install_part<R: Read>(
     let mut revs_end = revs.upper_bound_mut(Bound::<(i64, u32)>::Unbounded).at(place, write)?;
     for _ in 0..INSTALL_COMMIT_RECORDS {
         let at = input.offset;
-        let tag = input.u8()?;
-        if tag < *stage {
-            return Err(bad(format!("the MVCC snapshot has a record of kind {tag} out of order at byte {at}")));
-        }
-        *stage = tag;
-        match tag {
-            TAG_STATE => {
-                let name = input.field("name", 256)?;
-                let value = input.i64()?;
-                let name =
-                    std::str::from_utf8(&name).map_err(|_| bad(format!("a name that is not UTF-8 at byte {at}")))?;
-                state.insert(name, value).at(place, write)?;
+        match read_record(input, stage, max_rev)? {
+            Rec::State { name, value } => {
+                state.insert(name.as_str(), value).at(place, write)?;
             }
-            TAG_META => {
-                let name = input.field("name", MAX_FIELD_BYTES)?;
-                let value = input.field("value", MAX_FIELD_BYTES)?;
-                let name =
-                    std::str::from_utf8(&name).map_err(|_| bad(format!("a name that is not UTF-8 at byte {at}")))?;
-                meta.insert(name, value.as_slice()).at(place, write)?;
+            Rec::Meta { name, value } => {
+                meta.insert(name.as_str(), value.as_slice()).at(place, write)?;
             }
-            TAG_KV => {
-                let key = input.field("key", MAX_FIELD_BYTES)?;
-                let rev = input.i64()?;
-                let record = input.field("record", MAX_FIELD_BYTES)?;
-                let sound = match Record::decode(&record) {
-                    Ok(Record::Live { create_revision, .. }) => create_revision <= rev,
-                    Ok(Record::Tombstone) => true,
-                    Err(_) => false,
-                };
-                if key.is_empty() || rev < 1 || !sound {
-                    return Err(bad(format!("the MVCC snapshot has a damaged key record at byte {at}")));
-                }
-                *max_rev = (*max_rev).max(rev);
+            Rec::Kv { key, rev, record } => {
                 append(kv_end.insert_before((key.as_slice(), rev), record.as_slice()), place, at, "key")?;
             }
-            TAG_REVS => {
-                let main = input.i64()?;
-                let sub = input.u32()?;
-                let key = input.field("key", MAX_FIELD_BYTES)?;
-                if key.is_empty() || main < 1 {
-                    return Err(bad(format!("the MVCC snapshot has a damaged revision record at byte {at}")));
-                }
-                *max_rev = (*max_rev).max(main);
+            Rec::Revs { main, sub, key } => {
                 append(revs_end.insert_before((main, sub), key.as_slice()), place, at, "revision")?;
             }
-            TAG_END => {
-                let count = input.u64()?;
-                let expected = input.hash.clone().finalize();
-                let mut checksum = [0u8; 4];
-                input.fill(&mut checksum, false)?;
-                if count != input.records {
-                    return Err(bad(format!(
-                        "the MVCC snapshot says it holds {count} records but {} arrived",
-                        input.records
-                    )));
-                }
-                if u32::from_be_bytes(checksum) != expected {
-                    return Err(bad("the MVCC snapshot fails its checksum: it was damaged on the way"));
-                }
+            Rec::End => {
                 let mut extra = [0u8; 1];
                 match input.inner.read(&mut extra) {
                     Ok(0) => {}
@@ -588,13 +643,86 @@ fn install_part<R: Read>(
                 close(revs_end, place)?;
                 return Ok(true);
             }
-            other => return Err(bad(format!("the MVCC snapshot has an unknown record kind {other} at byte {at}"))),
         }
-        input.records += 1;
     }
     close(kv_end, place)?;
     close(revs_end, place)?;
     Ok(false)
+}
+
+/// What [`scan`] found in a stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scanned {
+    /// The stream's format ([`SNAPSHOT_FORMAT`]).
+    pub format: u32,
+    /// The store's revision, and the compacted one, at the snapshot's point in time.
+    pub revision: Revision,
+    pub compacted: Revision,
+    /// Keys with a value at `revision`.
+    pub keys: u64,
+    /// Versions of keys held (the history since `compacted`, tombstones included).
+    pub versions: u64,
+    /// Records, and the stream's length in bytes up to and with its trailer.
+    pub records: u64,
+    pub bytes: u64,
+    /// The stream's CRC-32, as its trailer holds it.
+    pub checksum: u32,
+    /// The `meta` records asked for, by name.
+    pub meta: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+/// Reads a whole stream and checks it as [`MvccStore::install`] does (every record, the count
+/// and the checksum), writing nothing; memory holds one record at a time and the `meta` records
+/// named in `keep`. Stops at the trailer: what follows in `input` is the caller's.
+pub fn scan(input: impl Read, keep: &[&str]) -> Result<Scanned, StoreError> {
+    let mut input = Input { inner: input, hash: crc32fast::Hasher::new(), offset: 0, records: 0 };
+    let mut found = Scanned { format: read_header(&mut input)?, ..Scanned::default() };
+    let (mut stage, mut max_rev) = (TAG_STATE, 0);
+    let mut state = std::collections::BTreeMap::new();
+    // The newest version of the key being read (versions come in key order, oldest first).
+    let mut last: Option<(Vec<u8>, bool)> = None;
+    loop {
+        match read_record(&mut input, &mut stage, &mut max_rev)? {
+            Rec::State { name, value } => {
+                state.insert(name, value);
+            }
+            Rec::Meta { name, value } => {
+                if keep.contains(&name.as_str()) {
+                    found.meta.insert(name, value);
+                }
+            }
+            Rec::Kv { key, record, .. } => {
+                found.versions += 1;
+                let live = Record::is_live(&record).map_err(bad)?;
+                match &mut last {
+                    Some((k, newest)) if *k == key => *newest = live,
+                    _ => {
+                        if last.take().is_some_and(|(_, live)| live) {
+                            found.keys += 1;
+                        }
+                        last = Some((key, live));
+                    }
+                }
+            }
+            Rec::Revs { .. } => {}
+            Rec::End => break,
+        }
+    }
+    if last.is_some_and(|(_, live)| live) {
+        found.keys += 1;
+    }
+    let (revision, compacted) = check_state(|name| Ok(state.get(name).copied()), &Place::memory())
+        .map_err(|e| bad(e.to_string()))?
+        .ok_or_else(|| bad("the MVCC snapshot has no revision or format"))?;
+    if max_rev > revision {
+        return Err(bad(format!("the MVCC snapshot holds revision {max_rev}, after its current revision {revision}")));
+    }
+    found.revision = revision;
+    found.compacted = compacted;
+    found.records = input.records;
+    found.bytes = input.offset;
+    found.checksum = input.hash.finalize();
+    Ok(found)
 }
 
 /// One record appended at a table's end (`install_part`); out of order is a damaged stream.
