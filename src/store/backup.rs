@@ -77,6 +77,14 @@ fn bad(path: &Path, detail: impl std::fmt::Display) -> StoreError {
     StoreError::BadSnapshot(format!("{}: {detail}", path.display()))
 }
 
+/// A stream's complaint, said of the file.
+fn within(path: &Path, e: StoreError) -> StoreError {
+    match e {
+        StoreError::BadSnapshot(detail) => bad(path, detail),
+        other => other,
+    }
+}
+
 fn open(path: &Path) -> Result<(File, u64), StoreError> {
     let file = File::open(path).map_err(|e| StoreError::io("open", path, e))?;
     let size = file.metadata().map_err(|e| StoreError::io("read the size of", path, e))?.len();
@@ -107,14 +115,14 @@ pub fn check_file(path: &Path) -> Result<FileStatus, StoreError> {
     }
     let (file, _) = open(path)?;
     let mut body_reader = BufReader::with_capacity(1 << 20, file).take(body);
-    let stream = scan(&mut body_reader, SNAPSHOT_FACTS).map_err(|e| bad(path, e))?;
+    let stream = scan(&mut body_reader, SNAPSHOT_FACTS).map_err(|e| within(path, e))?;
     // What follows the stream is its padding: fewer than FRAME_ALIGN zeros.
     let mut padding = Vec::new();
     body_reader.take(FRAME_ALIGN).read_to_end(&mut padding).map_err(|e| StoreError::io("read", path, e))?;
     if stream.bytes + padding.len() as u64 != body || padding.iter().any(|b| *b != 0) {
         return Err(bad(path, "it has bytes after the end of its stream that are not padding"));
     }
-    let facts = snapshot_facts(&stream.meta).map_err(|e| bad(path, e))?;
+    let facts = snapshot_facts(&stream.meta).map_err(|e| within(path, e))?;
     let sha256 = stored.iter().map(|b| format!("{b:02x}")).collect();
     Ok(FileStatus {
         stream,

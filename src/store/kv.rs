@@ -780,6 +780,9 @@ impl KvStore {
     /// cluster's bootstrap entries, which the member's log starts with, apply on top as they do
     /// in any new cluster and make the new member table (`process::restore`).
     pub fn restore(path: &Path, input: impl Read) -> Result<KvStore, StoreError> {
+        if path.exists() {
+            return Err(StoreError::Invalid(format!("{} exists: a restore never replaces a store", path.display())));
+        }
         let store = MvccStore::install(path, input)?;
         let mut batch = store.begin()?;
         batch.set_meta(META_APPLIED, &encode_record(&Applied::default()))?;
@@ -1097,6 +1100,65 @@ mod tests {
             peer_url: format!("http://{name}.etcd:2380"),
             client_url: format!("http://{name}.etcd:2379"),
         }
+    }
+
+    /// A snapshot to keep (`store::backup`): framed into a file, checked, and restored as a new
+    /// member's state machine with the keys and revisions but not the old cluster's Raft state.
+    #[test]
+    fn a_kept_snapshot_restores_the_keys_and_revisions_without_the_old_members() {
+        use crate::store::backup::{check_file, restore_state_machine, Framer};
+        let mut kv = Applier::new();
+        kv.conf_change(ConfChangeKind::AddVoter, 1, encode(&info(1, "old")));
+        for i in 0..30 {
+            kv.put(&format!("k{i:02}"), "v", None);
+        }
+        kv.put("k00", "again", None);
+        kv.delete("k01", None);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("kept.db");
+        let mut framer = Framer::new();
+        let mut bytes = Vec::new();
+        for chunk in kv.store.snapshot().expect("snapshot") {
+            let chunk = chunk.expect("chunk");
+            framer.add(&chunk);
+            bytes.extend_from_slice(&chunk);
+        }
+        bytes.extend_from_slice(&framer.tail());
+        assert_eq!((bytes.len() - 32) % 512, 0, "framed to 512 bytes, then the SHA-256");
+        std::fs::write(&file, &bytes).expect("write");
+
+        let status = check_file(&file).expect("a sound file");
+        assert_eq!(status.stream.revision, kv.store.revision() as i64);
+        assert_eq!(
+            (status.stream.keys, status.stream.versions),
+            (29, 32),
+            "29 live keys; 30 + 1 versions and a tombstone"
+        );
+        assert_eq!(status.members, vec![(info(1, "old"), true)]);
+        assert_eq!((status.applied_index, status.size), (kv.store.applied_index(), bytes.len() as u64));
+
+        let mut restored = restore_state_machine(&file, &status, &dir.path().join("kv.db")).expect("restored");
+        assert_eq!(restored.revision(), kv.store.revision());
+        for key in ["k00", "k02", "k29"] {
+            assert_eq!(restored.get(key), kv.store.get(key), "{key}");
+        }
+        assert_eq!(restored.get("k01"), None);
+        assert_eq!((restored.applied_index(), restored.members()), (0, Vec::new()), "no old Raft state");
+        // The new cluster's bootstrap entries apply from index 1 and make the new member table.
+        let entry = Entry {
+            index: 1,
+            term: 1,
+            payload: EntryPayload::ConfChange(ConfChange {
+                kind: ConfChangeKind::AddVoter,
+                node_id: 7,
+                context: encode(&info(7, "new")),
+            }),
+        };
+        restored.apply(&entry);
+        restored.flush().expect("flush");
+        assert_eq!(restored.members(), vec![(info(7, "new"), true)]);
+        assert_eq!(restored.revision(), kv.store.revision(), "a membership change moves no revision");
+        assert!(restore_state_machine(&file, &status, &dir.path().join("kv.db")).is_err(), "never over a store");
     }
 
     #[test]

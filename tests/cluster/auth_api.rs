@@ -417,6 +417,19 @@ fn json_auth_changes_answer_as_etcds_gateway_does() {
     );
     let root = (token(true, "root", "rootpw"), token(false, "root", "rootpw"));
     let root = (Some(root.0.as_str()), Some(root.1.as_str()));
+    // A snapshot is root's, as etcd's Maintenance.Snapshot is (the file: tests/cluster/snapshots.rs).
+    let snapshot = |token: Option<&str>| {
+        let mut request = c.http.get(format!("{}/v1/snapshot", c.members[(leader + 1) % 3].client_url()));
+        if let Some(token) = token {
+            request = request.header("authorization", token);
+        }
+        let reply = request.send().expect("a snapshot call");
+        (reply.status().as_u16(), reply.bytes().expect("a body").len())
+    };
+    assert_eq!(snapshot(None).0, 401, "no user");
+    assert_eq!(snapshot(alice.0).0, 403, "not root");
+    let (status, size) = snapshot(root.0);
+    assert!(status == 200 && size > 512 && (size - 32) % 512 == 0, "root's: {status}, {size} bytes");
     assert!(same("user/add", json!({"name": "bob", "password": "b"}), root).0);
     assert_eq!(
         outcome(same("user/changepw", json!({"name": "nobody", "password": "x"}), root)),

@@ -16,6 +16,7 @@ mod nft;
 mod recipes;
 #[path = "../support/require.rs"]
 mod require;
+mod snapshots;
 mod tls;
 mod watch_api;
 
