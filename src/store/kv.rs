@@ -1137,7 +1137,7 @@ mod tests {
         assert_eq!(status.members, vec![(info(1, "old"), true)]);
         assert_eq!((status.applied_index, status.size), (kv.store.applied_index(), bytes.len() as u64));
 
-        let mut restored = restore_state_machine(&file, &status, &dir.path().join("kv.db")).expect("restored");
+        let restored = restore_state_machine(&file, &status, &dir.path().join("kv.db")).expect("restored");
         assert_eq!(restored.revision(), kv.store.revision());
         for key in ["k00", "k02", "k29"] {
             assert_eq!(restored.get(key), kv.store.get(key), "{key}");
@@ -1145,19 +1145,10 @@ mod tests {
         assert_eq!(restored.get("k01"), None);
         assert_eq!((restored.applied_index(), restored.members()), (0, Vec::new()), "no old Raft state");
         // The new cluster's bootstrap entries apply from index 1 and make the new member table.
-        let entry = Entry {
-            index: 1,
-            term: 1,
-            payload: EntryPayload::ConfChange(ConfChange {
-                kind: ConfChangeKind::AddVoter,
-                node_id: 7,
-                context: encode(&info(7, "new")),
-            }),
-        };
-        restored.apply(&entry);
-        restored.flush().expect("flush");
-        assert_eq!(restored.members(), vec![(info(7, "new"), true)]);
-        assert_eq!(restored.revision(), kv.store.revision(), "a membership change moves no revision");
+        let mut restored = Applier { store: restored };
+        restored.conf_change(ConfChangeKind::AddVoter, 7, encode(&info(7, "new")));
+        assert_eq!(restored.store.members(), vec![(info(7, "new"), true)]);
+        assert_eq!(restored.store.revision(), kv.store.revision(), "a membership change moves no revision");
         assert!(restore_state_machine(&file, &status, &dir.path().join("kv.db")).is_err(), "never over a store");
     }
 

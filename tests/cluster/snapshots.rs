@@ -27,6 +27,15 @@ fn kuberaft(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// `kuberaft snapshot restore FILE --data-dir DIR --name NAME --initial-cluster LIST [more]`.
+fn restore(file: &Path, data_dir: &Path, name: &str, initial: &str, more: &[&str]) -> (Option<i32>, String, String) {
+    let (file, data_dir) = (file.to_str().expect("path"), data_dir.to_str().expect("path"));
+    let mut args =
+        vec!["snapshot", "restore", file, "--data-dir", data_dir, "--name", name, "--initial-cluster", initial];
+    args.extend_from_slice(more);
+    kuberaft(&args)
+}
+
 /// An etcd 3.4 member on `ip` from a data directory (one `etcdctl snapshot restore` made).
 struct RestoredEtcd(Child);
 
@@ -180,19 +189,7 @@ fn a_saved_snapshot_restores_into_a_new_cluster_with_the_keys_and_revisions_etcd
     for i in all {
         let data_dir = restored.members[i].data_dir.clone();
         let name = restored.members[i].name.clone();
-        let (code, out, err) = kuberaft(&[
-            "snapshot",
-            "restore",
-            ours.to_str().expect("path"),
-            "--data-dir",
-            data_dir.to_str().expect("path"),
-            "--name",
-            &name,
-            "--initial-cluster",
-            &initial,
-            "--initial-cluster-token",
-            "restored",
-        ]);
+        let (code, out, err) = restore(&ours, &data_dir, &name, &initial, &["--initial-cluster-token", "restored"]);
         assert_eq!(code, Some(0), "{err}");
         assert!(out.contains(&format!("member {name}")), "{out}");
     }
@@ -278,17 +275,7 @@ fn damaged_files_and_used_data_directories_are_refused_and_nothing_is_written() 
         assert_eq!(code, Some(1), "{name}");
         assert!(err.contains(why), "{name}: {err}");
         let target = dir.join(format!("{name}.restored"));
-        let (code, _, err) = kuberaft(&[
-            "snapshot",
-            "restore",
-            file.to_str().expect("path"),
-            "--data-dir",
-            target.to_str().expect("path"),
-            "--name",
-            "n",
-            "--initial-cluster",
-            "n=http://127.155.0.9:2380",
-        ]);
+        let (code, _, err) = restore(&file, &target, "n", "n=http://127.155.0.9:2380", &[]);
         assert_eq!(code, Some(1), "{name}");
         assert!(err.contains(why), "{name}: {err}");
         assert!(
@@ -316,31 +303,11 @@ fn damaged_files_and_used_data_directories_are_refused_and_nothing_is_written() 
     let used = c.members[0].data_dir.clone();
     let listing = || std::fs::read_dir(&used).expect("list").count();
     let before = listing();
-    let (code, _, err) = kuberaft(&[
-        "snapshot",
-        "restore",
-        good.to_str().expect("path"),
-        "--data-dir",
-        used.to_str().expect("path"),
-        "--name",
-        "etcd-0",
-        "--initial-cluster",
-        &c.initial_cluster(&[0]),
-    ]);
+    let (code, _, err) = restore(&good, &used, "etcd-0", &c.initial_cluster(&[0]), &[]);
     assert_eq!(code, Some(1));
     assert!(err.contains("exists and is not empty"), "{err}");
     assert_eq!(listing(), before);
-    let (code, _, err) = kuberaft(&[
-        "snapshot",
-        "restore",
-        good.to_str().expect("path"),
-        "--data-dir",
-        dir.join("other").to_str().expect("path"),
-        "--name",
-        "nobody",
-        "--initial-cluster",
-        "n=http://127.155.0.9:2380",
-    ]);
+    let (code, _, err) = restore(&good, &dir.join("other"), "nobody", "n=http://127.155.0.9:2380", &[]);
     assert_eq!(code, Some(1));
     assert!(err.contains("does not list this member's name 'nobody'"), "{err}");
 }
