@@ -650,6 +650,9 @@ fn install_part<R: Read>(
     Ok(false)
 }
 
+/// The most `state` records [`scan`] keeps.
+const MAX_SCANNED_STATE: usize = 64;
+
 /// What [`scan`] found in a stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scanned {
@@ -684,6 +687,10 @@ pub fn scan(input: impl Read, keep: &[&str]) -> Result<Scanned, StoreError> {
     loop {
         match read_record(&mut input, &mut stage, &mut max_rev)? {
             Rec::State { name, value } => {
+                // A store has three; memory stays bounded whatever a file holds.
+                if state.len() >= MAX_SCANNED_STATE {
+                    return Err(bad("the MVCC snapshot has more state records than a store has"));
+                }
                 state.insert(name, value);
             }
             Rec::Meta { name, value } => {
