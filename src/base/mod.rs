@@ -5,6 +5,7 @@
 
 pub mod base64;
 pub mod exit;
+pub mod framing;
 pub mod ids;
 pub mod logging;
 pub mod output;

@@ -34,7 +34,7 @@ use crate::base::wire::{
 pub use crate::base::base64::{decode_base64, encode_base64};
 pub use crate::base::wire::Consistency;
 pub use encode::encode_component;
-pub use snapshot::SnapshotSaved;
+pub use snapshot::{Snapshot, SnapshotSaved};
 pub use watch::{Watch, PROBE_INTERVAL, SILENCE_LIMIT};
 
 /// Per-request timeout unless configured otherwise.

@@ -109,6 +109,117 @@ pub struct RaftClusterSpec {
     /// `auth` turns auth off again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+    /// Backups of the cluster's data on a schedule, each a snapshot file (`kuberaft snapshot
+    /// status` reads it; `kuberaft snapshot restore` makes members from it) taken from a
+    /// healthy follower, with the oldest pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+}
+
+/// `spec.backup`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// When to take one: a cron schedule of five fields (minute, hour, day of month, month, day
+    /// of week) in UTC, such as `0 */6 * * *`.
+    #[schemars(length(min = 9, max = 100))]
+    pub schedule: String,
+    /// Which backups to keep.
+    #[serde(default)]
+    pub retention: RetentionSpec,
+    /// Where to keep them.
+    pub destination: BackupDestination,
+}
+
+/// `spec.backup.retention`: the newest `count` are kept, and of those, none older than
+/// `maxAgeHours` but the newest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// How many backups to keep, newest first (7 when not given).
+    #[serde(default = "default_retention_count")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub count: u32,
+    /// Backups older than this many hours are deleted too, but never the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_age_hours: Option<u32>,
+}
+
+impl Default for RetentionSpec {
+    fn default() -> Self {
+        RetentionSpec { count: default_retention_count(), max_age_hours: None }
+    }
+}
+
+fn default_retention_count() -> u32 {
+    7
+}
+
+/// Where backups are kept: S3-compatible object storage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupDestination {
+    /// A bucket of an S3-compatible store.
+    pub s3: S3Destination,
+}
+
+/// A bucket of an S3-compatible store (AWS S3, MinIO, Ceph, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    /// The store's URL, `https://...` (or `http://` inside a trusted network).
+    #[schemars(length(min = 8, max = 2048), pattern(r"^https?://[^\s/]+(/.*)?$"))]
+    pub endpoint: String,
+    /// The bucket, which must exist.
+    #[schemars(length(min = 3, max = 63), pattern(r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"))]
+    pub bucket: String,
+    /// Keys start with it; `<namespace>/<cluster>` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub prefix: Option<String>,
+    /// The region requests are signed for (`us-east-1` when not given).
+    #[serde(default = "default_region")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: String,
+    /// Path-style requests (`<endpoint>/<bucket>/<key>`), as MinIO and most stores other than
+    /// AWS want; false: virtual-hosted style (the endpoint then names the bucket's host).
+    #[serde(default = "default_true")]
+    pub path_style: bool,
+    /// The Secret, in the cluster's namespace, with the access key id and the secret access key.
+    pub credentials_secret: S3CredentialsRef,
+}
+
+fn default_region() -> String {
+    "us-east-1".to_string()
+}
+
+/// The keys of an S3 credentials Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3CredentialsRef {
+    /// The Secret's name.
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// The key of the access key id (`accessKeyId` when not given).
+    #[serde(default = "default_access_key_id_key")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub access_key_id_key: String,
+    /// The key of the secret access key (`secretAccessKey` when not given).
+    #[serde(default = "default_secret_access_key_key")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[-._a-zA-Z0-9]+$"))]
+    pub secret_access_key_key: String,
+}
+
+fn default_access_key_id_key() -> String {
+    "accessKeyId".to_string()
+}
+
+fn default_secret_access_key_key() -> String {
+    "secretAccessKey".to_string()
 }
 
 /// `spec.auth`: root's password.
@@ -335,10 +446,59 @@ pub struct RaftClusterStatus {
     /// leader reports it), and the Secret whose password the operator uses as root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthStatus>,
+    /// With `spec.backup`: when the last one was due, the last that succeeded and the last
+    /// that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
     /// Available (a leader with quorum), Progressing, Degraded and MembershipConsistent (every
     /// healthy member reports the membership that the endpoint list names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// `status.backup`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// The schedule's time of the last backup taken or tried (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<String>,
+    /// The last backup that was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<BackupRecord>,
+    /// The last backup that failed, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<BackupFailure>,
+}
+
+/// A backup that was kept.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRecord {
+    /// When it was finished (RFC 3339).
+    pub time: String,
+    /// `s3://<bucket>/<key>`.
+    pub location: String,
+    /// The member it was taken from.
+    pub member: String,
+    /// The store revision it holds.
+    pub revision: i64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The SHA-256 at its end (lowercase hex), which `kuberaft snapshot status` checks.
+    pub sha256: String,
+}
+
+/// A backup that failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupFailure {
+    /// When it failed (RFC 3339).
+    pub time: String,
+    /// CredentialsRejected, EndpointUnreachable, BucketNotFound, NoMember or BackupFailed.
+    pub reason: String,
+    /// What the store, the member or the Secret said.
+    pub message: String,
 }
 
 /// `status.auth`.
@@ -466,23 +626,66 @@ impl RaftClusterSpec {
         }
         if let Some(auth) = &self.auth {
             let secret = &auth.root_password_secret;
-            if !valid_dns_subdomain(&secret.name) {
+            secret_name_problem(&mut problems, "spec.auth.rootPasswordSecret.name", &secret.name);
+            secret_key_problem(&mut problems, "spec.auth.rootPasswordSecret.key", &secret.key);
+        }
+        if let Some(backup) = &self.backup {
+            if let Err(why) = super::backup::parse_schedule(&backup.schedule) {
                 problems.push(format!(
-                    "spec.auth.rootPasswordSecret.name {:?} is not a Secret name (a DNS subdomain: lowercase \
-                     letters, digits, '-' and '.', at most 253)",
-                    secret.name
+                    "spec.backup.schedule {:?} is not a cron schedule of five fields: {why}",
+                    backup.schedule
                 ));
             }
-            let key_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-            if secret.key.is_empty() || secret.key.len() > 253 || !secret.key.chars().all(key_char) {
+            if backup.retention.count == 0 || backup.retention.count > 1000 {
+                problems
+                    .push(format!("spec.backup.retention.count is {}; it must be 1 to 1000", backup.retention.count));
+            }
+            if backup.retention.max_age_hours == Some(0) {
+                problems.push("spec.backup.retention.maxAgeHours must be at least 1".to_string());
+            }
+            let s3 = &backup.destination.s3;
+            let host = s3.endpoint.strip_prefix("https://").or_else(|| s3.endpoint.strip_prefix("http://"));
+            let host = host.map(|rest| rest.split('/').next().unwrap_or_default());
+            if !host.is_some_and(|h| !h.is_empty() && !h.contains(char::is_whitespace)) {
+                problems.push(format!("spec.backup.destination.s3.endpoint {:?} is not an http(s) URL", s3.endpoint));
+            }
+            let bucket_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.');
+            if !(3..=63).contains(&s3.bucket.len()) || !s3.bucket.chars().all(bucket_char) {
                 problems.push(format!(
-                    "spec.auth.rootPasswordSecret.key {:?} is not a Secret key (letters, digits, '-', '_' and \
-                     '.', at most 253)",
-                    secret.key
+                    "spec.backup.destination.s3.bucket {:?} is not a bucket name (3 to 63 lowercase letters, digits, '-' and '.')",
+                    s3.bucket
                 ));
+            }
+            let secret = &s3.credentials_secret;
+            secret_name_problem(&mut problems, "spec.backup.destination.s3.credentialsSecret.name", &secret.name);
+            for (field, key) in
+                [("accessKeyIdKey", &secret.access_key_id_key), ("secretAccessKeyKey", &secret.secret_access_key_key)]
+            {
+                secret_key_problem(
+                    &mut problems,
+                    &format!("spec.backup.destination.s3.credentialsSecret.{field}"),
+                    key,
+                );
             }
         }
         problems
+    }
+}
+
+/// A Secret's name that is not one, said at `field`.
+fn secret_name_problem(problems: &mut Vec<String>, field: &str, name: &str) {
+    if !valid_dns_subdomain(name) {
+        problems.push(format!(
+            "{field} {name:?} is not a Secret name (a DNS subdomain: lowercase letters, digits, '-' and '.', at most 253)"
+        ));
+    }
+}
+
+/// A Secret's key that is not one, said at `field`.
+fn secret_key_problem(problems: &mut Vec<String>, field: &str, key: &str) {
+    let key_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if key.is_empty() || key.len() > 253 || !key.chars().all(key_char) {
+        problems.push(format!("{field} {key:?} is not a Secret key (letters, digits, '-', '_' and '.', at most 253)"));
     }
 }
 

@@ -14,6 +14,7 @@
 //! them (ids, exit codes, wire types): never the node, the store or the core.
 
 pub mod auth;
+pub mod backup;
 pub mod builders;
 pub mod certs;
 pub mod controller;

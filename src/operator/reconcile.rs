@@ -30,7 +30,7 @@ use serde::Serialize;
 use super::builders::{self, BuildError};
 use super::crd::{MemberStatus as StatusMember, RaftCluster, RaftClusterStatus};
 use super::planner::{self, ClusterHealth, EndpointList, Observed, Phase, Plan, PodObservation, WaitReason};
-use super::{auth, certs};
+use super::{auth, backup, certs};
 use super::{member_name, member_ordinal};
 use crate::base::ids::fnv1a;
 use crate::base::wire::{parse_id, AddMemberRequest, Status};
@@ -113,7 +113,12 @@ pub trait MemberApi: Send + Sync {
     fn status(&self, access: Access, url: String) -> BoxFuture<'_, Result<Status, String>>;
     /// Sends a change through `urls` (the leader's first).
     fn change(&self, access: Access, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>>;
+    /// A snapshot of the member at this client URL (`GET /v1/snapshot`), for a backup.
+    fn snapshot(&self, access: Access, url: String) -> BoxFuture<'_, Result<backup::Incoming, String>>;
 }
+
+/// The longest wait for a member's next snapshot bytes.
+const SNAPSHOT_STALL: Duration = Duration::from_secs(30);
 
 /// [`MemberApi`] over HTTP, with the client of `kuberaft kv`.
 #[derive(Clone, Debug, Default)]
@@ -176,6 +181,23 @@ impl MemberApi for HttpMembers {
             result.map_err(|e| e.to_string())
         })
     }
+
+    fn snapshot(&self, access: Access, url: String) -> BoxFuture<'_, Result<backup::Incoming, String>> {
+        Box::pin(async move {
+            let client = self.client(access, vec![url.clone()], SNAPSHOT_STALL)?;
+            let snapshot = client.snapshot(&url).await.map_err(|e| e.to_string())?;
+            let revision = snapshot.revision;
+            let chunks = futures::stream::unfold(Some(snapshot), |state| async move {
+                let mut snapshot = state?;
+                match snapshot.next_chunk().await {
+                    Ok(Some(chunk)) => Some((Ok(chunk), Some(snapshot))),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(e.to_string()), None)),
+                }
+            });
+            Ok(backup::Incoming { revision, chunks: Box::pin(chunks) })
+        })
+    }
 }
 
 /// Counters for `/metrics`.
@@ -202,15 +224,18 @@ pub struct Context {
     pub failures: Mutex<BTreeMap<String, u32>>,
     /// Where the operator runs, for the members' NetworkPolicy.
     pub operator: builders::OperatorPeer,
+    /// Who publishes the events (`publish_each`).
+    pub reporter: Reporter,
 }
 
 impl Context {
     pub fn new(client: kube::Client, members: Arc<dyn MemberApi>, reporter: Reporter) -> Context {
-        let recorder = Recorder::new(client.clone(), reporter);
+        let recorder = Recorder::new(client.clone(), reporter.clone());
         Context {
             client,
             members,
             recorder,
+            reporter,
             metrics: Arc::default(),
             failures: Mutex::default(),
             operator: builders::OperatorPeer::default(),
@@ -331,16 +356,33 @@ async fn reconcile_inner(cluster: &RaftCluster, ctx: &Context) -> Result<Action,
         tracing::warn!(cluster = %key(cluster), "{}: {err}", plan.kind());
     }
 
-    let status = build_status(cluster, &previous, &health, &plan, step_result.as_ref().err());
+    // A backup when one is due: its failure is its own (status, condition, event), never the
+    // pass's.
+    let backed_up = match cluster.spec.paused {
+        true => None,
+        false => backup::run::run(ctx, cluster, owned.access(cluster), &health, &previous).await,
+    };
+
+    let mut status = build_status(cluster, &previous, &health, &plan, step_result.as_ref().err());
+    backup::run::into_status(cluster, &previous, &mut status, backed_up.as_ref());
     write_status(ctx, cluster, &previous, status).await?;
     announce(ctx, cluster, &previous, &health, &plan).await;
+    for (type_, reason, note) in backed_up.as_ref().map(backup::run::events).unwrap_or_default() {
+        publish_each(ctx, cluster, event(type_, reason, "Backup", note)).await;
+    }
     step_result?;
 
-    Ok(match plan {
-        Plan::Nothing => Action::requeue(REQUEUE_STEADY),
-        Plan::Wait { reason: WaitReason::InvalidReplicas { .. } } => Action::await_change(),
-        _ => Action::requeue(REQUEUE_PROGRESSING),
-    })
+    let requeue = match plan {
+        Plan::Nothing => Some(REQUEUE_STEADY),
+        Plan::Wait { reason: WaitReason::InvalidReplicas { .. } } => None,
+        _ => Some(REQUEUE_PROGRESSING),
+    };
+    // Back in time for the next backup.
+    let requeue = match (requeue, backup::run::until_next(cluster)) {
+        (Some(a), Some(b)) => Some(a.min(b + Duration::from_millis(100))),
+        (a, b) => a.or(b),
+    };
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
 async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>, ReconcileError>
@@ -807,7 +849,7 @@ async fn execute(
 }
 
 /// Sets condition `type_` in `status`, keeping its transition time when its status stays.
-fn set_condition(
+pub(crate) fn set_condition(
     status: &mut RaftClusterStatus,
     previous: &RaftClusterStatus,
     type_: &str,
@@ -871,6 +913,7 @@ pub fn build_status(
         membership_hash: health.membership_hash.clone(),
         client_secret: cluster.spec.tls.as_ref().map(|_| certs::client_secret_name(cluster)),
         auth: auth::status(cluster, previous, health.auth_enabled),
+        backup: None,
         conditions: previous.conditions.clone(),
     };
     let (available_reason, available_message) = if health.available {
@@ -989,6 +1032,16 @@ fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
 async fn publish(ctx: &Context, cluster: &RaftCluster, event: Event) {
     let reference = cluster.object_ref(&());
     if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(cluster = %key(cluster), "cannot publish event {}: {err}", event.reason);
+    }
+}
+
+/// Publishes an event as a new one, never as the repeat of an earlier one of the same reason
+/// (the shared recorder counts those in a series that keeps the first note): each backup's own
+/// object, revision and error are in its event.
+async fn publish_each(ctx: &Context, cluster: &RaftCluster, event: Event) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(err) = recorder.publish(&event, &cluster.object_ref(&())).await {
         tracing::warn!(cluster = %key(cluster), "cannot publish event {}: {err}", event.reason);
     }
 }

@@ -21,42 +21,7 @@ use super::kv::{snapshot_facts, KvStore, SNAPSHOT_FACTS};
 use super::mvcc::snapshot::{scan, Scanned};
 use crate::raft::{Index, Term};
 
-/// The framed stream's length is a multiple of this, before its SHA-256.
-pub const FRAME_ALIGN: u64 = 512;
-/// The SHA-256 at a framed stream's end.
-pub const SHA_BYTES: u64 = 32;
-
-/// Frames a stream as it is sent: [`Framer::add`] each chunk, then send [`Framer::tail`].
-#[derive(Clone, Default)]
-pub struct Framer {
-    sent: u64,
-    sha: Sha256,
-}
-
-impl Framer {
-    pub fn new() -> Framer {
-        Framer::default()
-    }
-
-    pub fn add(&mut self, chunk: &[u8]) {
-        self.sha.update(chunk);
-        self.sent += chunk.len() as u64;
-    }
-
-    /// The bytes of the stream so far.
-    pub fn sent(&self) -> u64 {
-        self.sent
-    }
-
-    /// The zeros up to a multiple of [`FRAME_ALIGN`] and the SHA-256 of everything before.
-    pub fn tail(mut self) -> Vec<u8> {
-        let pad = (FRAME_ALIGN - self.sent % FRAME_ALIGN) % FRAME_ALIGN;
-        let mut tail = vec![0u8; usize::try_from(pad).unwrap_or(0)];
-        self.sha.update(&tail);
-        tail.extend_from_slice(&self.sha.finalize());
-        tail
-    }
-}
+pub use crate::base::framing::{Framer, FRAME_ALIGN, SHA_BYTES};
 
 /// What a snapshot file holds (`kuberaft snapshot status`).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,5 +9,6 @@ mod http_support;
 mod pods;
 #[path = "../support/require.rs"]
 mod require;
+mod s3;
 mod scenarios;
 mod validate;

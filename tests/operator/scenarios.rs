@@ -12,6 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kuberaft::base::rng::Rng;
 use kuberaft::base::wire::{AddMemberRequest, Member, Role, Status};
+use kuberaft::operator::backup::Incoming;
 use kuberaft::operator::crd::RaftCluster;
 use kuberaft::operator::reconcile::{self, Access, Context, MemberApi, MemberChange};
 use serde_json::{json, Value};
@@ -27,6 +28,20 @@ pub struct FakeMembers {
     pub identities: Mutex<Vec<Option<String>>>,
     /// root's password each change was sent with (`None`: no credentials).
     pub passwords: Mutex<Vec<Option<String>>>,
+    /// The client URL of each snapshot asked for.
+    pub snapshots: Mutex<Vec<String>>,
+    /// Snapshot streams end early (a member that stopped while sending).
+    pub cut_snapshots: std::sync::atomic::AtomicBool,
+}
+
+/// A member's snapshot as the fake members send it: 40 KB of bytes that depend on the
+/// revision, framed as a member frames its snapshots.
+pub fn fake_snapshot(revision: u64) -> Vec<u8> {
+    let mut body: Vec<u8> = (0..40_000u32).map(|i| ((i as u64 * 31 + revision) % 251) as u8).collect();
+    let mut framer = kuberaft::base::framing::Framer::new();
+    framer.add(&body);
+    body.extend_from_slice(&framer.tail());
+    body
 }
 
 impl MemberApi for FakeMembers {
@@ -60,6 +75,26 @@ impl MemberApi for FakeMembers {
             changes.push((urls, change));
         }
         Box::pin(async { Ok(()) })
+    }
+
+    fn snapshot(&self, _access: Access, url: String) -> BoxFuture<'_, Result<Incoming, String>> {
+        if let Ok(mut asked) = self.snapshots.lock() {
+            asked.push(url.clone());
+        }
+        let revision = self.statuses.lock().ok().and_then(|s| s.get(&url).map(|s| s.revision));
+        let cut = self.cut_snapshots.load(std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async move {
+            let revision = revision.ok_or(format!("{url}: refused"))?;
+            let bytes = fake_snapshot(revision);
+            let mut chunks: Vec<Result<bytes::Bytes, String>> =
+                bytes.chunks(7000).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+            if cut {
+                chunks.truncate(2);
+                chunks.push(Err("connection reset".to_string()));
+            }
+            let revision = i64::try_from(revision).map_err(|e| e.to_string())?;
+            Ok(Incoming { revision, chunks: Box::pin(futures::stream::iter(chunks)) })
+        })
     }
 }
 
@@ -265,7 +300,12 @@ fn event_reasons(world: &World) -> Vec<String> {
 
 /// A world taken from nothing to a steady 3-member cluster, asserting each pass's calls.
 async fn steady_three() -> World {
-    let world = World::new(json!({"replicas": 3}));
+    steady_three_with(json!({"replicas": 3})).await
+}
+
+/// The same for a spec of 3 replicas with more in it.
+async fn steady_three_with(spec: Value) -> World {
+    let world = World::new(spec);
 
     // Pass 1, first creation: everything is missing; the static objects, then the ConfigMap and
     // the StatefulSet (Bootstrap), then the status.
@@ -807,4 +847,156 @@ async fn hand_edits_of_owned_objects_are_put_back_on_the_next_pass_and_other_man
     assert!(notes.iter().any(|n| n.starts_with("Service etcd-client: spec.ports[0].port differed")), "{notes:?}");
     assert!(notes.iter().any(|n| n.starts_with("ConfigMap etcd-members: data.endpoints differed")), "{notes:?}");
     assert_eq!(world.api.get(&svc_path("etcd-client")).expect("Service")["spec"]["ports"][0]["port"], 2379);
+}
+
+/// A spec of 3 replicas whose backups go to `bucket` at `endpoint`, keeping `count`.
+fn backup_spec(endpoint: &str, count: u32) -> Value {
+    json!({"replicas": 3, "backup": {
+        // Yearly: the next time is months away, so the passes' requeues are as without backups.
+        "schedule": "0 0 1 1 *",
+        "retention": {"count": count},
+        "destination": {"s3": {"endpoint": endpoint, "bucket": "backups", "credentialsSecret": {"name": "s3-creds"}}},
+    }})
+}
+
+/// The S3 credentials Secret.
+fn put_credentials(world: &World, access_key: &str, secret_key: &str) {
+    let data = json!({
+        "accessKeyId": kuberaft::base::base64::encode_base64(access_key.as_bytes()),
+        "secretAccessKey": kuberaft::base::base64::encode_base64(secret_key.as_bytes()),
+    });
+    world.api.put(
+        &secret_path("s3-creds"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS}, "data": data}),
+    );
+}
+
+/// Time passes: the last backup's scheduled time moves into the past, so that one is due.
+fn make_backup_due(world: &World) {
+    let mut cluster = world.api.get(&cluster_path("etcd")).expect("stored");
+    cluster["status"]["backup"]["lastScheduleTime"] = json!("2000-01-01T00:00:00Z");
+    world.api.put(&cluster_path("etcd"), cluster);
+}
+
+/// The events since the last look: (reason, note).
+fn events_seen(world: &World) -> Vec<(String, String)> {
+    let reason = |e: &Value, k: &str| e[k].as_str().unwrap_or_default().to_string();
+    world.api.take_events().iter().map(|e| (reason(e, "reason"), reason(e, "note"))).collect()
+}
+
+/// Issue 17, must-show 1 (scheduled backups with retention, to a real S3 server).
+#[tokio::test]
+async fn scheduled_backups_go_to_s3_from_a_follower_keep_the_newest_and_match_the_status() {
+    let s3 = crate::s3::S3Server::start("backups").await;
+    let world = steady_three_with(backup_spec(&s3.endpoint, 2)).await;
+    put_credentials(&world, crate::s3::ACCESS_KEY, crate::s3::SECRET_KEY);
+    // Nothing is due yet: the schedule's first time after the cluster came is ahead.
+    let (_, calls) = world.reconcile().await;
+    assert!(calls.iter().all(|c| !c.path.contains("secrets")), "{calls:?}");
+    assert!(world.members.snapshots.lock().expect("lock").is_empty());
+
+    let mut names = Vec::new();
+    for (round, revision) in [(1, 40u64), (2, 55), (3, 71)] {
+        world.members.set_cluster(&["etcd-0", "etcd-1", "etcd-2"], &[], "etcd-0", 2, revision);
+        make_backup_due(&world);
+        let (result, calls) = world.reconcile().await;
+        result.expect("reconcile");
+        // The cluster is left alone: reads, the status and events only.
+        assert!(
+            calls.iter().all(|c| c.method == Method::GET || c.path.ends_with("/status") || *c == event()),
+            "round {round}: {calls:?}"
+        );
+        assert!(world.members.take_changes().is_empty());
+        let status = world.status();
+        let success = &status["backup"]["lastSuccess"];
+        let location = success["location"].as_str().expect("a location");
+        let name = location.rsplit('/').next().expect("a name").to_string();
+        assert!(
+            location.starts_with("s3://backups/ns/etcd/etcd-") && name.ends_with(&format!("-r{revision}.snap")),
+            "{location}"
+        );
+        // The object is the member's snapshot, byte for byte; its size, SHA-256 and revision are the status's.
+        let objects = s3.objects("backups", "ns/etcd");
+        let (_, bytes) = objects.iter().find(|(n, _)| *n == name).expect("the object is in the bucket");
+        assert_eq!(bytes, &fake_snapshot(revision));
+        let sha: String = bytes[bytes.len() - 32..].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            (success["size"].as_u64(), success["sha256"].as_str()),
+            (Some(bytes.len() as u64), Some(sha.as_str()))
+        );
+        assert_eq!(success["revision"], revision);
+        // Taken from a follower, never the leader.
+        let asked = world.members.snapshots.lock().expect("lock").last().cloned().expect("a snapshot was asked for");
+        assert_ne!(asked, url("etcd-0"));
+        assert_eq!(success["member"], if asked == url("etcd-1") { "etcd-1" } else { "etcd-2" });
+        assert_eq!(condition(&status, "BackupSucceeded")["status"], "True");
+        let events = events_seen(&world);
+        assert!(events.iter().any(|(r, n)| r == "BackupSucceeded" && n.contains(&name)), "{name}: {events:?}");
+        names.push(name);
+        // The retention: the newest two.
+        let kept: Vec<String> = objects.iter().map(|(n, _)| n.clone()).collect();
+        let expected: Vec<String> = names.iter().rev().take(2).rev().cloned().collect();
+        assert_eq!(kept, expected, "round {round}");
+        if round == 3 {
+            assert!(events.iter().any(|(r, n)| r == "BackupsPruned" && n.contains(&names[0])), "{events:?}");
+        }
+    }
+    // Not due again until the schedule says.
+    world.members.snapshots.lock().expect("lock").clear();
+    world.reconcile().await.0.expect("reconcile");
+    assert!(world.members.snapshots.lock().expect("lock").is_empty());
+}
+
+/// Issue 17, must-show 1: a wrong credential, an unreachable endpoint, a missing Secret or a
+/// member whose stream is cut gives a failed backup with its reason in the condition, the
+/// status and an event, leaves no object behind, and the cluster is unaffected.
+#[tokio::test]
+async fn failed_backups_say_why_leave_nothing_behind_and_leave_the_cluster_alone() {
+    let s3 = crate::s3::S3Server::start("backups").await;
+    let world = steady_three_with(backup_spec(&s3.endpoint, 2)).await;
+    let fail = |expected: &'static str| {
+        let world = &world;
+        async move {
+            make_backup_due(world);
+            let (result, calls) = world.reconcile().await;
+            result.expect("a failed backup does not fail the pass");
+            assert!(
+                calls.iter().all(|c| c.method == Method::GET || c.path.ends_with("/status") || *c == event()),
+                "{expected}: {calls:?}"
+            );
+            assert!(world.members.take_changes().is_empty());
+            let status = world.status();
+            let failure = &status["backup"]["lastFailure"];
+            assert_eq!(failure["reason"], expected, "{status}");
+            let backup = condition(&status, "BackupSucceeded");
+            assert_eq!((backup["status"].as_str(), backup["reason"].as_str()), (Some("False"), Some(expected)));
+            let events = events_seen(world);
+            assert!(
+                events.iter().any(|(r, n)| r == "BackupFailed" && n.starts_with(expected)),
+                "{expected}: {events:?}"
+            );
+            assert_eq!(status["phase"], "Running", "the cluster runs on");
+            failure["message"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    let message = fail("CredentialsMissing").await;
+    assert!(message.contains("s3-creds"), "{message}");
+    put_credentials(&world, crate::s3::ACCESS_KEY, "not-the-secret");
+    let message = fail("CredentialsRejected").await;
+    assert!(message.contains("SignatureDoesNotMatch") || message.contains("403"), "{message}");
+    put_credentials(&world, "nobody", "nothing");
+    fail("CredentialsRejected").await;
+    put_credentials(&world, crate::s3::ACCESS_KEY, crate::s3::SECRET_KEY);
+    world.members.cut_snapshots.store(true, std::sync::atomic::Ordering::Relaxed);
+    let message = fail("BackupFailed").await;
+    assert!(message.contains("connection reset"), "{message}");
+    assert!(s3.objects("backups", "ns/etcd").is_empty(), "a cut stream leaves no object");
+    world.members.cut_snapshots.store(false, std::sync::atomic::Ordering::Relaxed);
+
+    // An endpoint where nothing listens.
+    let mut cluster = world.api.get(&cluster_path("etcd")).expect("stored");
+    cluster["spec"]["backup"]["destination"]["s3"]["endpoint"] = json!("http://127.0.0.1:9");
+    world.api.put(&cluster_path("etcd"), cluster);
+    fail("EndpointUnreachable").await;
+    assert!(world.status()["backup"].get("lastSuccess").is_none(), "none succeeded");
 }

@@ -242,3 +242,46 @@ fn auth_names_a_secret_and_key_that_kubernetes_accepts() {
         assert!(found.iter().any(|p| p.contains(words)), "{name:?} {key:?}: {found:?}");
     }
 }
+
+#[test]
+fn backup_takes_a_cron_schedule_a_retention_and_an_s3_bucket_with_its_credentials() {
+    let crd = crd_json();
+    let backup = &spec_schema(&crd)["properties"]["backup"];
+    assert_eq!(backup["required"], json!(["destination", "schedule"]));
+    let s3 = &backup["properties"]["destination"]["properties"]["s3"];
+    assert_eq!(s3["required"], json!(["bucket", "credentialsSecret", "endpoint"]));
+    assert_eq!(
+        (s3["properties"]["region"]["default"].as_str(), s3["properties"]["pathStyle"]["default"].as_bool()),
+        (Some("us-east-1"), Some(true))
+    );
+    assert_eq!(backup["properties"]["retention"]["properties"]["count"]["default"], 7);
+
+    let problems = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut backup = json!({"schedule": "0 */6 * * *", "destination": {"s3": {
+            "endpoint": "https://s3.eu-west-1.amazonaws.com", "bucket": "etcd-backups",
+            "credentialsSecret": {"name": "s3"}}}});
+        change(&mut backup);
+        let spec: RaftClusterSpec = serde_json::from_value(json!({ "backup": backup })).expect("a spec");
+        spec.problems()
+    };
+    assert_eq!(problems(&|_| {}), Vec::<String>::new());
+    let cases: [(&dyn Fn(&mut serde_json::Value), &str); 7] = [
+        (&|b| b["schedule"] = json!("every day"), "spec.backup.schedule \"every day\" is not a cron schedule"),
+        (&|b| b["schedule"] = json!("0 */6 * * * *"), "not a cron schedule of five fields: it has 6 fields"),
+        (&|b| b["retention"] = json!({"count": 0}), "spec.backup.retention.count is 0"),
+        (&|b| b["destination"]["s3"]["endpoint"] = json!("s3.amazonaws.com"), "is not an http(s) URL"),
+        (&|b| b["destination"]["s3"]["bucket"] = json!("Etcd_Backups"), "is not a bucket name"),
+        (
+            &|b| b["destination"]["s3"]["credentialsSecret"]["name"] = json!("S3"),
+            "credentialsSecret.name \"S3\" is not a Secret name",
+        ),
+        (
+            &|b| b["destination"]["s3"]["credentialsSecret"]["accessKeyIdKey"] = json!("a/b"),
+            "accessKeyIdKey \"a/b\" is not a Secret key",
+        ),
+    ];
+    for (change, words) in cases {
+        let found = problems(change);
+        assert!(found.iter().any(|p| p.contains(words)), "{words}: {found:?}");
+    }
+}

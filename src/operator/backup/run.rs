@@ -1,0 +1,221 @@
+//! A backup as a reconcile pass takes it (`reconcile_inner` calls [`run`] and [`into_status`]):
+//! due or not, the member, the bucket and its credentials, the upload, the pruning, and what
+//! the status, the condition and the events say of it.
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
+
+use super::objects::{Failure, Objects, S3Target};
+use super::{due, next, object_name, parse_schedule, record, source, to_prune, upload};
+use crate::operator::builders;
+use crate::operator::crd::{BackupFailure, BackupRecord, BackupSpec, RaftCluster, RaftClusterStatus};
+use crate::operator::planner::ClusterHealth;
+use crate::operator::reconcile::{Access, Context};
+
+/// The condition a backup's outcome sets.
+pub const CONDITION_BACKUP: &str = "BackupSucceeded";
+
+/// What a pass did about backups.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The schedule's time it was taken for.
+    pub scheduled: Timestamp,
+    pub result: Result<BackupRecord, Failure>,
+    /// Objects deleted by the retention, and why pruning stopped, if it did.
+    pub pruned: Vec<String>,
+    pub prune_error: Option<Failure>,
+}
+
+/// Takes a backup when one is due (module docs); `None` when none is.
+pub async fn run(
+    ctx: &Context,
+    cluster: &RaftCluster,
+    access: Access,
+    health: &ClusterHealth,
+    previous: &RaftClusterStatus,
+) -> Option<Outcome> {
+    let spec = cluster.spec.backup.as_ref()?;
+    let schedule = parse_schedule(&spec.schedule).ok()?;
+    let now = Timestamp::now();
+    let scheduled = due(&schedule, since(cluster, previous, now), now)?;
+    let mut outcome =
+        Outcome { scheduled, result: Err(Failure::Failed(String::new())), pruned: Vec::new(), prune_error: None };
+    let taken = take(ctx, cluster, spec, access, health).await;
+    outcome.result = match taken {
+        Ok((record, objects)) => {
+            let name = cluster.name_any();
+            match objects.list().await {
+                Ok(stored) => {
+                    for old in to_prune(&name, &stored, &spec.retention, Timestamp::now()) {
+                        match objects.delete(&old).await {
+                            Ok(()) => outcome.pruned.push(old),
+                            Err(e) => {
+                                outcome.prune_error = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => outcome.prune_error = Some(e),
+            }
+            Ok(record)
+        }
+        Err(failure) => Err(failure),
+    };
+    Some(outcome)
+}
+
+/// The last backup's scheduled time, or the cluster's creation, or now.
+fn since(cluster: &RaftCluster, previous: &RaftClusterStatus, now: Timestamp) -> Timestamp {
+    let last = previous.backup.as_ref().and_then(|b| b.last_schedule_time.as_deref()).and_then(|t| t.parse().ok());
+    last.or_else(|| cluster.metadata.creation_timestamp.as_ref().map(|t| t.0)).unwrap_or(now)
+}
+
+/// How long until the schedule's next time (for the requeue).
+pub fn until_next(cluster: &RaftCluster) -> Option<std::time::Duration> {
+    let schedule = parse_schedule(&cluster.spec.backup.as_ref()?.schedule).ok()?;
+    let now = Timestamp::now();
+    let wait = next(&schedule, now)?.duration_since(now);
+    std::time::Duration::try_from(wait).ok()
+}
+
+/// The bucket of `spec`, with the credentials from its Secret.
+async fn open(ctx: &Context, cluster: &RaftCluster, spec: &BackupSpec) -> Result<(Objects, S3Target), Failure> {
+    let namespace = cluster.namespace().unwrap_or_default();
+    let s3 = &spec.destination.s3;
+    let reference = &s3.credentials_secret;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret = secrets
+        .get_opt(&reference.name)
+        .await
+        .map_err(|e| Failure::NoCredentials(format!("cannot read Secret {}: {e}", reference.name)))?
+        .ok_or_else(|| Failure::NoCredentials(format!("Secret {} does not exist", reference.name)))?;
+    let value = |key: &str| -> Result<String, Failure> {
+        let bytes = secret.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone());
+        let text = bytes.and_then(|b| String::from_utf8(b).ok()).filter(|t| !t.is_empty());
+        text.ok_or_else(|| {
+            Failure::NoCredentials(format!("Secret {} has no key {key} (UTF-8, not empty)", reference.name))
+        })
+    };
+    let target = S3Target {
+        endpoint: s3.endpoint.clone(),
+        bucket: s3.bucket.clone(),
+        region: s3.region.clone(),
+        prefix: s3.prefix.clone().unwrap_or_else(|| format!("{namespace}/{}", cluster.name_any())),
+        path_style: s3.path_style,
+        access_key_id: value(&reference.access_key_id_key)?,
+        secret_access_key: value(&reference.secret_access_key_key)?,
+    };
+    Ok((Objects::s3(&target)?, target))
+}
+
+/// One backup: from the member `source` picks, into the bucket.
+async fn take(
+    ctx: &Context,
+    cluster: &RaftCluster,
+    spec: &BackupSpec,
+    access: Access,
+    health: &ClusterHealth,
+) -> Result<(BackupRecord, Objects), Failure> {
+    let member = source(health).ok_or_else(|| Failure::NoMember("no leader with a majority to take it from".into()))?;
+    let (objects, target) = open(ctx, cluster, spec).await?;
+    let namespace = cluster.namespace().unwrap_or_default();
+    let url = builders::client_url(cluster, &namespace, &member);
+    let incoming = ctx
+        .members
+        .snapshot(access, url)
+        .await
+        .map_err(|e| Failure::Failed(format!("cannot take a snapshot of {member}: {e}")))?;
+    let revision = incoming.revision;
+    let name = object_name(&cluster.name_any(), Timestamp::now(), revision);
+    let (size, sha256) = upload(&objects, &name, incoming).await?;
+    let location = format!("s3://{}/{}", target.bucket, objects.key(&name));
+    Ok((record(location, &member, revision, size, sha256, Timestamp::now()), objects))
+}
+
+/// Puts the outcome (or the previous backup status) into `status`, with the condition.
+pub fn into_status(
+    cluster: &RaftCluster,
+    previous: &RaftClusterStatus,
+    status: &mut RaftClusterStatus,
+    outcome: Option<&Outcome>,
+) {
+    if cluster.spec.backup.is_none() {
+        status.backup = None;
+        status.conditions.retain(|c| c.type_ != CONDITION_BACKUP);
+        return;
+    }
+    let mut backup = previous.backup.clone().unwrap_or_default();
+    let Some(outcome) = outcome else {
+        status.backup = Some(backup);
+        return;
+    };
+    backup.last_schedule_time = Some(outcome.scheduled.to_string());
+    match &outcome.result {
+        Ok(record) => {
+            let message = format!(
+                "{} (revision {}, {} bytes, from {})",
+                record.location, record.revision, record.size, record.member
+            );
+            backup.last_success = Some(record.clone());
+            status.backup = Some(backup);
+            crate::operator::reconcile::set_condition(
+                status,
+                previous,
+                CONDITION_BACKUP,
+                true,
+                "BackupSucceeded",
+                &message,
+                cluster,
+            );
+        }
+        Err(failure) => {
+            let time = Timestamp::now().to_string();
+            backup.last_failure = Some(BackupFailure {
+                time,
+                reason: failure.reason().to_string(),
+                message: failure.message().to_string(),
+            });
+            status.backup = Some(backup);
+            crate::operator::reconcile::set_condition(
+                status,
+                previous,
+                CONDITION_BACKUP,
+                false,
+                failure.reason(),
+                failure.message(),
+                cluster,
+            );
+        }
+    }
+}
+
+/// The events of an outcome: (type, reason, note).
+pub fn events(outcome: &Outcome) -> Vec<(EventType, &'static str, String)> {
+    let mut events = Vec::new();
+    match &outcome.result {
+        Ok(record) => events.push((
+            EventType::Normal,
+            "BackupSucceeded",
+            format!(
+                "{} (revision {}, {} bytes, sha256 {}, from {})",
+                record.location, record.revision, record.size, record.sha256, record.member
+            ),
+        )),
+        Err(failure) => events.push((EventType::Warning, "BackupFailed", failure.to_string())),
+    }
+    if !outcome.pruned.is_empty() {
+        events.push((
+            EventType::Normal,
+            "BackupsPruned",
+            format!("deleted by the retention: {}", outcome.pruned.join(", ")),
+        ));
+    }
+    if let Some(failure) = &outcome.prune_error {
+        events.push((EventType::Warning, "BackupPruneFailed", failure.to_string()));
+    }
+    events
+}
