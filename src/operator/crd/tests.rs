@@ -265,7 +265,8 @@ fn backup_takes_a_cron_schedule_a_retention_and_an_s3_bucket_with_its_credential
         spec.problems()
     };
     assert_eq!(problems(&|_| {}), Vec::<String>::new());
-    let cases: [(&dyn Fn(&mut serde_json::Value), &str); 7] = [
+    type Change<'a> = &'a dyn Fn(&mut serde_json::Value);
+    let cases: [(Change, &str); 7] = [
         (&|b| b["schedule"] = json!("every day"), "spec.backup.schedule \"every day\" is not a cron schedule"),
         (&|b| b["schedule"] = json!("0 */6 * * * *"), "not a cron schedule of five fields: it has 6 fields"),
         (&|b| b["retention"] = json!({"count": 0}), "spec.backup.retention.count is 0"),
