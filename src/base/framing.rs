@@ -1,8 +1,8 @@
 //! How a snapshot to keep is framed (etcd frames its snapshots so, and etcdctl's `snapshot
 //! save` checks it): the stream, zeros up to a multiple of [`FRAME_ALIGN`] bytes, then the
 //! SHA-256 of everything before. [`Framer`] frames a stream as it is sent (the member);
-//! [`FrameCheck`] checks one as it arrives (the operator's backups), holding back only the last
-//! [`SHA_BYTES`].
+//! [`FrameCheck`] checks one as it arrives (the operator's backups, `kuberaft snapshot status`),
+//! holding back only the last [`SHA_BYTES`].
 
 use sha2::{Digest, Sha256};
 
@@ -73,10 +73,12 @@ impl FrameCheck {
     pub fn finish(self) -> Result<String, String> {
         let seen = self.seen;
         if seen < SHA_BYTES || !(seen - SHA_BYTES).is_multiple_of(FRAME_ALIGN) {
-            return Err(format!("{seen} bytes is not a snapshot's length: the stream was cut"));
+            return Err(format!(
+                "{seen} bytes is not a snapshot's length (a multiple of {FRAME_ALIGN} and a {SHA_BYTES}-byte SHA-256): it was cut or is not a snapshot"
+            ));
         }
         if self.sha.finalize().as_slice() != self.held.as_slice() {
-            return Err("the snapshot's SHA-256 does not match: it was damaged on the way".to_string());
+            return Err("its SHA-256 does not match: it was damaged".to_string());
         }
         Ok(self.held.iter().map(|b| format!("{b:02x}")).collect())
     }

@@ -10,10 +10,8 @@
 //! as the state machine of a restored member.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-
-use sha2::{Digest, Sha256};
 
 use super::command::MemberInfo;
 use super::error::StoreError;
@@ -21,7 +19,7 @@ use super::kv::{snapshot_facts, KvStore, SNAPSHOT_FACTS};
 use super::mvcc::snapshot::{scan, Scanned};
 use crate::raft::{Index, Term};
 
-pub use crate::base::framing::{Framer, FRAME_ALIGN, SHA_BYTES};
+pub use crate::base::framing::{FrameCheck, Framer, FRAME_ALIGN, SHA_BYTES};
 
 /// What a snapshot file holds (`kuberaft snapshot status`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,23 +59,19 @@ fn open(path: &Path) -> Result<(File, u64), StoreError> {
 /// an error that says so.
 pub fn check_file(path: &Path) -> Result<FileStatus, StoreError> {
     let (file, size) = open(path)?;
-    if size < SHA_BYTES || !(size - SHA_BYTES).is_multiple_of(FRAME_ALIGN) {
-        return Err(bad(
-            path,
-            format!(
-                "{size} bytes is not a snapshot's length (a multiple of {FRAME_ALIGN} and a {SHA_BYTES}-byte SHA-256): it was cut or is not a snapshot"
-            ),
-        ));
-    }
-    let body = size - SHA_BYTES;
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut sha = Sha256::new();
-    let copied = io::copy(&mut (&mut reader).take(body), &mut sha).map_err(|e| StoreError::io("read", path, e))?;
-    let mut stored = [0u8; SHA_BYTES as usize];
-    reader.read_exact(&mut stored).map_err(|e| StoreError::io("read", path, e))?;
-    if copied != body || sha.finalize().as_slice() != stored {
-        return Err(bad(path, "its SHA-256 does not match: the file is damaged"));
+    let mut check = FrameCheck::new();
+    loop {
+        let chunk = reader.fill_buf().map_err(|e| StoreError::io("read", path, e))?;
+        if chunk.is_empty() {
+            break;
+        }
+        check.add(chunk);
+        let read = chunk.len();
+        reader.consume(read);
     }
+    let sha256 = check.finish().map_err(|e| bad(path, e))?;
+    let body = size.saturating_sub(SHA_BYTES);
     let (file, _) = open(path)?;
     let mut body_reader = BufReader::with_capacity(1 << 20, file).take(body);
     let stream = scan(&mut body_reader, SNAPSHOT_FACTS).map_err(|e| within(path, e))?;
@@ -88,7 +82,6 @@ pub fn check_file(path: &Path) -> Result<FileStatus, StoreError> {
         return Err(bad(path, "it has bytes after the end of its stream that are not padding"));
     }
     let facts = snapshot_facts(&stream.meta).map_err(|e| within(path, e))?;
-    let sha256 = stored.iter().map(|b| format!("{b:02x}")).collect();
     Ok(FileStatus {
         stream,
         size,
