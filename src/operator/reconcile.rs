@@ -358,9 +358,12 @@ async fn reconcile_inner(cluster: &RaftCluster, ctx: &Context) -> Result<Action,
 
     // A backup when one is due: its failure is its own (status, condition, event), never the
     // pass's.
-    let backed_up = match cluster.spec.paused {
-        true => None,
-        false => backup::run::run(ctx, cluster, owned.access(cluster), &health, &previous).await,
+    let schedule = backup::run::schedule(cluster);
+    let backed_up = match (&schedule, cluster.spec.paused) {
+        (Some(schedule), false) => {
+            backup::run::run(ctx, cluster, schedule, owned.access(cluster), &health, &previous).await
+        }
+        _ => None,
     };
 
     let mut status = build_status(cluster, &previous, &health, &plan, step_result.as_ref().err());
@@ -378,7 +381,7 @@ async fn reconcile_inner(cluster: &RaftCluster, ctx: &Context) -> Result<Action,
         _ => Some(REQUEUE_PROGRESSING),
     };
     // Back in time for the next backup.
-    let requeue = match (requeue, backup::run::until_next(cluster)) {
+    let requeue = match (requeue, schedule.as_ref().and_then(backup::run::until_next)) {
         (Some(a), Some(b)) => Some(a.min(b + Duration::from_millis(100))),
         (a, b) => a.or(b),
     };
@@ -588,14 +591,10 @@ where
             shown.join(", ")
         );
         tracing::info!(cluster = %key(cluster), "{note}");
-        // The object put back, at the version written, is the event's `related` one: events of
-        // one reason about one object are counted as a series of the first (its note kept), so
-        // without it a later revert within the series window would show an earlier one's note.
+        // Each revert is its own event (`publish_each`), naming the object put back.
         let mut reverted = event(EventType::Normal, "DriftReverted", "Reconcile", note);
-        let mut related = written.object_ref(&());
-        related.resource_version.clone_from(&written.meta().resource_version);
-        reverted.secondary = Some(related);
-        publish(ctx, cluster, reverted).await;
+        reverted.secondary = Some(written.object_ref(&()));
+        publish_each(ctx, cluster, reverted).await;
     }
     Ok(Some(written))
 }
@@ -1037,8 +1036,9 @@ async fn publish(ctx: &Context, cluster: &RaftCluster, event: Event) {
 }
 
 /// Publishes an event as a new one, never as the repeat of an earlier one of the same reason
-/// (the shared recorder counts those in a series that keeps the first note): each backup's own
-/// object, revision and error are in its event.
+/// (the shared recorder counts those in a series that keeps the first note): for events whose
+/// note is news each time, such as each backup's object, revision and error, or each revert's
+/// fields.
 async fn publish_each(ctx: &Context, cluster: &RaftCluster, event: Event) {
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     if let Err(err) = recorder.publish(&event, &cluster.object_ref(&())).await {

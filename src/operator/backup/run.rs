@@ -2,6 +2,7 @@
 //! due or not, the member, the bucket and its credentials, the upload, the pruning, and what
 //! the status, the condition and the events say of it.
 
+use croner::Cron;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
@@ -29,43 +30,49 @@ pub struct Outcome {
     pub prune_error: Option<Failure>,
 }
 
+/// The schedule of a cluster's backups, parsed once per pass: `None` without `spec.backup`
+/// (or with a schedule `RaftClusterSpec::problems` refuses, which stops the pass before).
+pub fn schedule(cluster: &RaftCluster) -> Option<Cron> {
+    parse_schedule(&cluster.spec.backup.as_ref()?.schedule).ok()
+}
+
 /// Takes a backup when one is due (module docs); `None` when none is.
 pub async fn run(
     ctx: &Context,
     cluster: &RaftCluster,
+    schedule: &Cron,
     access: Access,
     health: &ClusterHealth,
     previous: &RaftClusterStatus,
 ) -> Option<Outcome> {
     let spec = cluster.spec.backup.as_ref()?;
-    let schedule = parse_schedule(&spec.schedule).ok()?;
     let now = Timestamp::now();
-    let scheduled = due(&schedule, since(cluster, previous, now), now)?;
-    let mut outcome =
-        Outcome { scheduled, result: Err(Failure::Failed(String::new())), pruned: Vec::new(), prune_error: None };
-    let taken = take(ctx, cluster, spec, access, health).await;
-    outcome.result = match taken {
+    let scheduled = due(schedule, since(cluster, previous, now), now)?;
+    let (result, pruned, prune_error) = match take(ctx, cluster, spec, access, health).await {
         Ok((record, objects)) => {
-            let name = cluster.name_any();
-            match objects.list().await {
-                Ok(stored) => {
-                    for old in to_prune(&name, &stored, &spec.retention, Timestamp::now()) {
-                        match objects.delete(&old).await {
-                            Ok(()) => outcome.pruned.push(old),
-                            Err(e) => {
-                                outcome.prune_error = Some(e);
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => outcome.prune_error = Some(e),
-            }
-            Ok(record)
+            let (pruned, prune_error) = prune(&objects, &cluster.name_any(), spec).await;
+            (Ok(record), pruned, prune_error)
         }
-        Err(failure) => Err(failure),
+        Err(failure) => (Err(failure), Vec::new(), None),
     };
-    Some(outcome)
+    Some(Outcome { scheduled, result, pruned, prune_error })
+}
+
+/// Deletes what the retention no longer keeps: the objects deleted, and why it stopped, if it
+/// did.
+async fn prune(objects: &Objects, cluster: &str, spec: &BackupSpec) -> (Vec<String>, Option<Failure>) {
+    let stored = match objects.list().await {
+        Ok(stored) => stored,
+        Err(e) => return (Vec::new(), Some(e)),
+    };
+    let mut pruned = Vec::new();
+    for old in to_prune(cluster, &stored, &spec.retention, Timestamp::now()) {
+        match objects.delete(&old).await {
+            Ok(()) => pruned.push(old),
+            Err(e) => return (pruned, Some(e)),
+        }
+    }
+    (pruned, None)
 }
 
 /// The last backup's scheduled time, or the cluster's creation, or now.
@@ -75,10 +82,9 @@ fn since(cluster: &RaftCluster, previous: &RaftClusterStatus, now: Timestamp) ->
 }
 
 /// How long until the schedule's next time (for the requeue).
-pub fn until_next(cluster: &RaftCluster) -> Option<std::time::Duration> {
-    let schedule = parse_schedule(&cluster.spec.backup.as_ref()?.schedule).ok()?;
+pub fn until_next(schedule: &Cron) -> Option<std::time::Duration> {
     let now = Timestamp::now();
-    let wait = next(&schedule, now)?.duration_since(now);
+    let wait = next(schedule, now)?.duration_since(now);
     std::time::Duration::try_from(wait).ok()
 }
 
