@@ -10,7 +10,12 @@ use serde::Serialize;
 
 use super::table::render;
 use super::{to_json_line, write_stdout, CliError, ClientArgs, OutputFormat};
-use crate::process::restore::{check_file, restore, FileStatus, RestoreArgs};
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use crate::operator::backup::objects::{self, Objects, S3Target};
+use crate::operator::builders::{ENV_ACCESS_KEY_ID, ENV_SECRET_ACCESS_KEY};
+use crate::process::restore::{check_file, nothing_to_do, restore, FileStatus, RestoreArgs};
 
 #[derive(Debug, Args)]
 pub struct SnapshotCommand {
@@ -27,7 +32,14 @@ pub enum SnapshotAction {
         client: ClientArgs,
     },
     /// Make a new member's data directory from a snapshot (run once per member of the new cluster).
-    Restore(RestoreArgs),
+    /// FILE may be `s3://<bucket>/<key>`, an object of an S3-compatible store (with
+    /// --s3-endpoint; the credentials are read from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY).
+    Restore {
+        #[command(flatten)]
+        args: RestoreArgs,
+        #[command(flatten)]
+        s3: S3Flags,
+    },
     /// Check a snapshot file whole and print what it holds.
     Status {
         file: PathBuf,
@@ -36,11 +48,38 @@ pub enum SnapshotAction {
     },
 }
 
+/// Where `snapshot restore` reads an `s3://` FILE.
+#[derive(Debug, Args)]
+pub struct S3Flags {
+    /// The S3-compatible store's URL, for FILE `s3://<bucket>/<key>`.
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// The region requests are signed for.
+    #[arg(long, default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Path-style requests (`<endpoint>/<bucket>/<key>`); `false`: virtual-hosted style.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub s3_path_style: bool,
+}
+
 pub async fn run(command: SnapshotCommand) -> Result<(), CliError> {
     match command.action {
         SnapshotAction::Save { file, client } => save(&file, &client).await,
-        SnapshotAction::Restore(args) => {
-            let restored = restore(&args).map_err(|e| CliError::Failed(e.to_string()))?;
+        SnapshotAction::Restore { args, s3 } => {
+            let failed = |e: crate::process::StartError| CliError::Failed(e.to_string());
+            if let Some(why) = nothing_to_do(&args).map_err(failed)? {
+                return write_stdout(format!("{why}\n").as_bytes());
+            }
+            let fetched = match args.file.to_str().and_then(|f| f.strip_prefix("s3://")) {
+                Some(location) => Some(fetch(location, &s3, &part_path(&args.data_dir)).await?),
+                None => None,
+            };
+            let file = fetched.clone().unwrap_or_else(|| args.file.clone());
+            let restored = restore(&RestoreArgs { file, ..args.clone() });
+            if let Some(path) = fetched {
+                let _ = std::fs::remove_file(path);
+            }
+            let restored = restored.map_err(failed)?;
             let snapshot = &restored.snapshot.stream;
             let text = format!(
                 "restored the snapshot of revision {} ({} keys) into {}: member {} (id {:x}) of cluster {:x} with {} members\n",
@@ -65,7 +104,57 @@ pub async fn run(command: SnapshotCommand) -> Result<(), CliError> {
     }
 }
 
-/// Where `save` writes before the file is checked (etcdctl's name for it too).
+/// Downloads the object `<bucket>/<key>` (`location`) into `to`, beside the data directory
+/// it will restore (the same volume, so nothing else needs the room), durably.
+async fn fetch(location: &str, flags: &S3Flags, to: &Path) -> Result<PathBuf, CliError> {
+    let (bucket, key) = location
+        .split_once('/')
+        .filter(|(bucket, key)| !bucket.is_empty() && !key.is_empty())
+        .ok_or_else(|| CliError::Usage(format!("s3://{location} is not s3://<bucket>/<key>")))?;
+    let endpoint = flags
+        .s3_endpoint
+        .clone()
+        .ok_or_else(|| CliError::Usage("an s3:// snapshot needs --s3-endpoint".to_string()))?;
+    let credential = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| CliError::Usage(format!("an s3:// snapshot needs the credentials in {name}")))
+    };
+    let target = S3Target {
+        endpoint,
+        bucket: bucket.to_string(),
+        region: flags.s3_region.clone(),
+        prefix: String::new(),
+        path_style: flags.s3_path_style,
+        access_key_id: credential(ENV_ACCESS_KEY_ID)?,
+        secret_access_key: credential(ENV_SECRET_ACCESS_KEY)?,
+    };
+    let cannot = |e: &dyn std::fmt::Display| CliError::Failed(format!("cannot read s3://{location}: {e}"));
+    let objects = Objects::s3(&target).map_err(|e| cannot(&e))?;
+    let written = async {
+        let mut chunks = objects.read(key).await.map_err(|e| cannot(&e))?;
+        let mut out = tokio::fs::File::create(to)
+            .await
+            .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", to.display())))?;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| cannot(&objects::classify(&e)))?;
+            out.write_all(&chunk).await.map_err(|e| CliError::Failed(format!("cannot write {}: {e}", to.display())))?;
+        }
+        out.sync_all().await.map_err(|e| CliError::Failed(format!("cannot sync {}: {e}", to.display())))
+    }
+    .await;
+    match written {
+        Ok(()) => Ok(to.to_path_buf()),
+        Err(e) => {
+            let _ = std::fs::remove_file(to);
+            Err(e)
+        }
+    }
+}
+
+/// Where `save` writes before the file is checked (etcdctl's name for it too), and where
+/// `restore` downloads an `s3://` one.
 fn part_path(file: &Path) -> PathBuf {
     let mut name = file.as_os_str().to_owned();
     name.push(".part");

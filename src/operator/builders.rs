@@ -15,8 +15,8 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
     PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
-    SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    SecretKeySelector, SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeProjection, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use super::crd::RaftCluster;
+use super::crd::{RaftCluster, S3CredentialsRef, S3Source};
 use crate::base::ids::fnv1a;
 use crate::base::wire::{DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT};
 
@@ -73,6 +73,11 @@ pub const DATA_DIR: &str = "/var/lib/kuberaft/data";
 /// The container's name, and the command it runs (the image puts the binary on `PATH`).
 pub const CONTAINER_NAME: &str = "kuberaft";
 pub const CONTAINER_COMMAND: &str = "kuberaft";
+/// The init container that restores `spec.bootstrap.restore` into each first member.
+pub const RESTORE_CONTAINER_NAME: &str = "restore";
+/// Where it reads the store's credentials (`kuberaft snapshot restore` of an `s3://` file).
+pub const ENV_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+pub const ENV_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
 /// The user and group members run as (no root; the volume is group-writable through fsGroup).
 pub const RUN_AS_USER: i64 = 65532;
 /// Long enough for a leader's hand-over on SIGTERM (at most 5 s) and a final fsync.
@@ -375,6 +380,7 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
     // `$(POD_NAME)` is expanded by the kubelet from the variables defined before it.
     let scheme = scheme(cluster);
     let member_url = |port: u16| format!("{scheme}://$(POD_NAME).{headless}.$(POD_NAMESPACE).svc:{port}");
+    let token = cluster_token(cluster)?;
     let mut env = vec![
         from("POD_NAME", field("metadata.name")),
         from("POD_NAMESPACE", field("metadata.namespace")),
@@ -386,7 +392,7 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
         value("KUBERAFT_ADVERTISE_PEER_URL", member_url(DEFAULT_PEER_PORT)),
         from("KUBERAFT_INITIAL_CLUSTER", from_config_map(KEY_INITIAL_CLUSTER)),
         from("KUBERAFT_INITIAL_CLUSTER_STATE", from_config_map(KEY_INITIAL_CLUSTER_STATE)),
-        value("KUBERAFT_INITIAL_CLUSTER_TOKEN", cluster_token(cluster)?),
+        value("KUBERAFT_INITIAL_CLUSTER_TOKEN", token.clone()),
         value(
             "KUBERAFT_ELECTION_TIMEOUT_MS",
             format!("{}-{}", spec.election.timeout_min_ms, spec.election.timeout_max_ms),
@@ -431,6 +437,31 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
         protocol: Some("TCP".to_string()),
         ..ContainerPort::default()
     };
+    let security_context = SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), add: None }),
+        ..SecurityContext::default()
+    };
+    let data_mount = VolumeMount {
+        name: DATA_VOLUME.to_string(),
+        mount_path: DATA_MOUNT_PATH.to_string(),
+        ..VolumeMount::default()
+    };
+    let restore = spec.bootstrap.as_ref().map(|bootstrap| Container {
+        name: RESTORE_CONTAINER_NAME.to_string(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_string()),
+        command: Some(vec![CONTAINER_COMMAND.to_string()]),
+        args: Some(restore_args(&bootstrap.restore.s3, &token, member_url(DEFAULT_PEER_PORT))),
+        env: Some(restore_env(&env, &bootstrap.restore.s3.store.credentials_secret)),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(vec![data_mount.clone()]),
+        security_context: Some(security_context.clone()),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        ..Container::default()
+    });
     let container = Container {
         name: CONTAINER_NAME.to_string(),
         image: Some(spec.image.clone()),
@@ -450,32 +481,23 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
         readiness_probe: Some(probe("/readyz", 5, 3)),
         resources: spec.resources.clone(),
         volume_mounts: Some(
-            [VolumeMount {
-                name: DATA_VOLUME.to_string(),
-                mount_path: DATA_MOUNT_PATH.to_string(),
-                ..VolumeMount::default()
-            }]
-            .into_iter()
-            .chain(tls.then(|| VolumeMount {
-                name: TLS_VOLUME.to_string(),
-                mount_path: TLS_MOUNT_PATH.to_string(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            }))
-            .collect(),
+            [data_mount]
+                .into_iter()
+                .chain(tls.then(|| VolumeMount {
+                    name: TLS_VOLUME.to_string(),
+                    mount_path: TLS_MOUNT_PATH.to_string(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                }))
+                .collect(),
         ),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), add: None }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(security_context),
         // The refusal to start (lost data, a wrong flag) is the last thing a member logs.
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Container::default()
     };
     let pod_spec = PodSpec {
+        init_containers: restore.map(|c| vec![c]),
         containers: vec![container],
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         enable_service_links: Some(false),
@@ -532,6 +554,63 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
         }),
         ..StatefulSet::default()
     })
+}
+
+/// The arguments of the init container that restores `spec.bootstrap.restore` (DESIGN.md §6):
+/// `kuberaft snapshot restore` of the object into the data directory, with the flags the
+/// member starts with, only while the cluster is new (`--initial-cluster-state` from the
+/// ConfigMap: a member that joins later gets its data from the leader) and only once
+/// (`--keep-existing`: the pod is made again after a restart of its node).
+fn restore_args(source: &S3Source, token: &str, peer_url: String) -> Vec<String> {
+    let store = &source.store;
+    [
+        "snapshot",
+        "restore",
+        &format!("s3://{}/{}", store.bucket, source.key),
+        "--data-dir",
+        DATA_DIR,
+        "--name",
+        "$(POD_NAME)",
+        "--initial-cluster",
+        "$(KUBERAFT_INITIAL_CLUSTER)",
+        "--initial-cluster-token",
+        token,
+        "--advertise-peer-url",
+        &peer_url,
+        "--initial-cluster-state",
+        "$(KUBERAFT_INITIAL_CLUSTER_STATE)",
+        "--keep-existing",
+        "--s3-endpoint",
+        &store.endpoint,
+        "--s3-region",
+        &store.region,
+        "--s3-path-style",
+        if store.path_style { "true" } else { "false" },
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// The restore's environment: the member's (for the `$(...)` of its arguments), and the
+/// store's credentials from their Secret, under the names S3 tools read.
+fn restore_env(member: &[EnvVar], secret: &S3CredentialsRef) -> Vec<EnvVar> {
+    let from_secret = |name: &str, key: &str| EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: key.to_string(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+    };
+    let mut env = member.to_vec();
+    env.push(from_secret(ENV_ACCESS_KEY_ID, &secret.access_key_id_key));
+    env.push(from_secret(ENV_SECRET_ACCESS_KEY, &secret.secret_access_key_key));
+    env
 }
 
 /// The projected volume of the members' certificates: every possible member's certificate and key

@@ -57,6 +57,9 @@ pub const CRD_HEADER: &str =
 #[x_kube(validation = Rule::new(
     "has(self.tls) == has(oldSelf.tls) && (!has(self.tls) || has(self.tls.auto) == has(oldSelf.tls.auto))"
 ).message("spec.tls is set when the cluster is created: it cannot be turned on, off or to another issuer"))]
+#[x_kube(validation = Rule::new(
+    "has(self.bootstrap) == has(oldSelf.bootstrap) && (!has(self.bootstrap) || self.bootstrap == oldSelf.bootstrap)"
+).message("spec.bootstrap is read when the cluster is created: it cannot be set, changed or removed afterwards"))]
 pub struct RaftClusterSpec {
     /// How many members (voters) the cluster has, 1 to 9; an odd number tolerates as many
     /// failures as the next even one. Changed one member at a time (`kubectl scale raft NAME`).
@@ -114,6 +117,10 @@ pub struct RaftClusterSpec {
     /// healthy follower, with the oldest pruned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+    /// How the first members get their data: empty when not given, or restored from a backup.
+    /// Set when the cluster is created; it cannot change afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
 }
 
 /// `spec.backup`.
@@ -164,20 +171,29 @@ pub struct BackupDestination {
     pub s3: S3Destination,
 }
 
-/// A bucket of an S3-compatible store (AWS S3, MinIO, Ceph, ...).
+/// Where backups go in an S3-compatible store (AWS S3, MinIO, Ceph, ...).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct S3Destination {
+    #[serde(flatten)]
+    pub store: S3Store,
+    /// Keys start with it; `<namespace>/<cluster>` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub prefix: Option<String>,
+}
+
+/// A bucket of an S3-compatible store and the credentials for it: what a backup's destination
+/// and a restore's source share.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Store {
     /// The store's URL, `https://...` (or `http://` inside a trusted network).
     #[schemars(length(min = 8, max = 2048), pattern(r"^https?://[^\s/]+(/.*)?$"))]
     pub endpoint: String,
     /// The bucket, which must exist.
     #[schemars(length(min = 3, max = 63), pattern(r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$"))]
     pub bucket: String,
-    /// Keys start with it; `<namespace>/<cluster>` when not given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 512))]
-    pub prefix: Option<String>,
     /// The region requests are signed for (`us-east-1` when not given).
     #[serde(default = "default_region")]
     #[schemars(length(min = 1, max = 64))]
@@ -188,6 +204,36 @@ pub struct S3Destination {
     pub path_style: bool,
     /// The Secret, in the cluster's namespace, with the access key id and the secret access key.
     pub credentials_secret: S3CredentialsRef,
+}
+
+/// `spec.bootstrap`: how a new cluster's members get their first data. Read when the cluster is
+/// created; it cannot change afterwards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Start from a backup instead of empty: every first member restores it before it starts,
+    /// so the cluster comes up with its keys, revisions, leases and users.
+    pub restore: RestoreSpec,
+}
+
+/// `spec.bootstrap.restore`: the snapshot to start from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreSpec {
+    /// An object of an S3-compatible store: a backup (`status.backup.lastSuccess.location` of
+    /// the cluster it came from is `s3://<bucket>/<key>`) or any `kuberaft snapshot save` file.
+    pub s3: S3Source,
+}
+
+/// One object of an S3-compatible store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Source {
+    #[serde(flatten)]
+    pub store: S3Store,
+    /// The object's whole key in the bucket.
+    #[schemars(length(min = 1, max = 1024))]
+    pub key: String,
 }
 
 fn default_region() -> String {
@@ -643,32 +689,39 @@ impl RaftClusterSpec {
             if backup.retention.max_age_hours == Some(0) {
                 problems.push("spec.backup.retention.maxAgeHours must be at least 1".to_string());
             }
-            let s3 = &backup.destination.s3;
-            let host = s3.endpoint.strip_prefix("https://").or_else(|| s3.endpoint.strip_prefix("http://"));
-            let host = host.map(|rest| rest.split('/').next().unwrap_or_default());
-            if !host.is_some_and(|h| !h.is_empty() && !h.contains(char::is_whitespace)) {
-                problems.push(format!("spec.backup.destination.s3.endpoint {:?} is not an http(s) URL", s3.endpoint));
-            }
-            let bucket_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.');
-            if !(3..=63).contains(&s3.bucket.len()) || !s3.bucket.chars().all(bucket_char) {
-                problems.push(format!(
-                    "spec.backup.destination.s3.bucket {:?} is not a bucket name (3 to 63 lowercase letters, digits, '-' and '.')",
-                    s3.bucket
-                ));
-            }
-            let secret = &s3.credentials_secret;
-            secret_name_problem(&mut problems, "spec.backup.destination.s3.credentialsSecret.name", &secret.name);
-            for (field, key) in
-                [("accessKeyIdKey", &secret.access_key_id_key), ("secretAccessKeyKey", &secret.secret_access_key_key)]
-            {
-                secret_key_problem(
-                    &mut problems,
-                    &format!("spec.backup.destination.s3.credentialsSecret.{field}"),
-                    key,
-                );
+            s3_store_problems(&mut problems, "spec.backup.destination.s3", &backup.destination.s3.store);
+        }
+        if let Some(bootstrap) = &self.bootstrap {
+            let s3 = &bootstrap.restore.s3;
+            s3_store_problems(&mut problems, "spec.bootstrap.restore.s3", &s3.store);
+            if s3.key.is_empty() || s3.key.len() > 1024 {
+                problems.push("spec.bootstrap.restore.s3.key must be 1 to 1024 bytes".to_string());
             }
         }
         problems
+    }
+}
+
+/// The rules of an S3 store (`field` is where it is in the spec) the schema has too.
+fn s3_store_problems(problems: &mut Vec<String>, field: &str, s3: &S3Store) {
+    let host = s3.endpoint.strip_prefix("https://").or_else(|| s3.endpoint.strip_prefix("http://"));
+    let host = host.map(|rest| rest.split('/').next().unwrap_or_default());
+    if !host.is_some_and(|h| !h.is_empty() && !h.contains(char::is_whitespace)) {
+        problems.push(format!("{field}.endpoint {:?} is not an http(s) URL", s3.endpoint));
+    }
+    let bucket_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.');
+    if !(3..=63).contains(&s3.bucket.len()) || !s3.bucket.chars().all(bucket_char) {
+        problems.push(format!(
+            "{field}.bucket {:?} is not a bucket name (3 to 63 lowercase letters, digits, '-' and '.')",
+            s3.bucket
+        ));
+    }
+    let secret = &s3.credentials_secret;
+    secret_name_problem(problems, &format!("{field}.credentialsSecret.name"), &secret.name);
+    for (key_field, key) in
+        [("accessKeyIdKey", &secret.access_key_id_key), ("secretAccessKeyKey", &secret.secret_access_key_key)]
+    {
+        secret_key_problem(problems, &format!("{field}.credentialsSecret.{key_field}"), key);
     }
 }
 

@@ -19,13 +19,14 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use super::args::ClusterState;
 use super::error::StartError;
 use super::member::{bootstrap_voters, STATE_FILE};
 use crate::base::ids::{cluster_id, initial_member_id, parse_initial_cluster, validate_url};
 use crate::raft::InitialState;
 use crate::store::backup::restore_state_machine;
 pub use crate::store::backup::{check_file, FileStatus};
-use crate::store::{open_data_dir, write_meta, MemberMeta};
+use crate::store::{open_data_dir, read_meta, write_meta, MemberMeta};
 
 #[derive(Clone, Debug, Args)]
 pub struct RestoreArgs {
@@ -49,6 +50,15 @@ pub struct RestoreArgs {
     /// (default: that one). etcd's `--initial-advertise-peer-urls`.
     #[arg(long, alias = "initial-advertise-peer-urls")]
     pub advertise_peer_url: Option<String>,
+    /// `existing`: this member joins a cluster that has formed and gets its data from the
+    /// leader, so nothing is restored (for an init container, which runs for every member).
+    #[arg(long, value_enum, default_value = "new")]
+    pub initial_cluster_state: ClusterState,
+    /// A `--data-dir` that already holds this member's data of the cluster being restored is
+    /// kept as it is, instead of refused (an init container runs again whenever its pod is made
+    /// again). Data of another cluster is still refused.
+    #[arg(long)]
+    pub keep_existing: bool,
 }
 
 /// What `restore` made.
@@ -58,6 +68,39 @@ pub struct Restored {
     pub cluster_id: u64,
     pub member_id: u64,
     pub members: usize,
+}
+
+/// Why there is nothing to restore (`--initial-cluster-state existing`, or `--keep-existing`
+/// and the data directory already holds this member of the cluster being restored), or `None`
+/// when [`restore`] should run. Data of another cluster is an error: a volume left by an
+/// earlier cluster must not start in place of the backup.
+pub fn nothing_to_do(args: &RestoreArgs) -> Result<Option<String>, StartError> {
+    if args.initial_cluster_state == ClusterState::Existing {
+        return Ok(Some(format!(
+            "nothing restored: --initial-cluster-state is existing, so member {} joins the cluster and gets its data from the leader",
+            args.name
+        )));
+    }
+    if !args.keep_existing {
+        return Ok(None);
+    }
+    let Some(meta) = read_meta(&args.data_dir)? else { return Ok(None) };
+    let initial = parse_initial_cluster(&args.initial_cluster).map_err(StartError::from)?;
+    let cluster = cluster_id(&initial, &args.initial_cluster_token);
+    if meta.cluster_id == cluster && meta.name == args.name {
+        return Ok(Some(format!(
+            "nothing restored: {} already holds member {} of cluster {cluster:x}, kept as it is",
+            args.data_dir.display(),
+            args.name
+        )));
+    }
+    Err(StartError::from(format!(
+        "--data-dir {} holds member {} of cluster {:x}, not member {} of the cluster being restored ({cluster:x}): the volume of an earlier cluster? Delete it to restore into it",
+        args.data_dir.display(),
+        meta.name,
+        meta.cluster_id,
+        args.name
+    )))
 }
 
 /// Makes `--data-dir` from the snapshot (module docs).

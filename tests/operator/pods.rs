@@ -28,10 +28,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Secret};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::runtime::events::Reporter;
+use kuberaft::base::wire::kv::RangeRequest;
 use kuberaft::client::{Client, ClientConfig, Consistency, Credentials};
 use kuberaft::operator::builders::EXIT_DATA_LOST;
 use kuberaft::operator::certs;
@@ -87,6 +89,9 @@ struct Pod {
     ready: bool,
     /// Why the container could not be created (a ConfigMap key missing...).
     waiting: Option<String>,
+    /// How many of the template's init containers ran to success; the one running while
+    /// fewer than all did (`child` is then that one).
+    initialized: usize,
 }
 
 struct Kubelet {
@@ -97,6 +102,8 @@ struct Kubelet {
     http: reqwest::Client,
     /// Every exit code seen, by pod.
     exits: BTreeMap<u32, Vec<i32>>,
+    /// Every failed init container's exit code, by pod.
+    init_failures: BTreeMap<u32, Vec<i32>>,
 }
 
 impl Drop for Kubelet {
@@ -160,7 +167,15 @@ impl Kubelet {
         std::fs::create_dir_all(root.path().join("volumes")).expect("volumes");
         std::fs::create_dir_all(root.path().join("logs")).expect("logs");
         let http = crate::http_support::client().timeout(Duration::from_millis(500)).no_proxy().build().expect("http");
-        Kubelet { api, root, hosts, pods: BTreeMap::new(), http, exits: BTreeMap::new() }
+        Kubelet {
+            api,
+            root,
+            hosts,
+            pods: BTreeMap::new(),
+            http,
+            exits: BTreeMap::new(),
+            init_failures: BTreeMap::new(),
+        }
     }
 
     fn volume(&self, ordinal: u32) -> PathBuf {
@@ -260,6 +275,17 @@ impl Kubelet {
                         data.get(&key.key).cloned().ok_or_else(|| {
                             format!("CreateContainerConfigError: configmap {} has no key {}", key.name, key.key)
                         })?
+                    } else if let Some(key) = &source.secret_key_ref {
+                        let secret: Option<Secret> =
+                            self.api.get(&secret_path(&key.name)).and_then(|v| serde_json::from_value(v).ok());
+                        let secret = secret
+                            .ok_or_else(|| format!("CreateContainerConfigError: secret {} not found", key.name))?;
+                        let bytes = secret.data.unwrap_or_default().get(&key.key).map(|b| b.0.clone());
+                        let bytes = bytes.ok_or_else(|| {
+                            format!("CreateContainerConfigError: secret {} has no key {}", key.name, key.key)
+                        })?;
+                        String::from_utf8(bytes)
+                            .map_err(|_| format!("secret {} key {}: not UTF-8", key.name, key.key))?
                     } else {
                         return Err(format!("{}: an env source this kubelet does not know", var.name));
                     }
@@ -274,7 +300,9 @@ impl Kubelet {
         Ok(out)
     }
 
-    fn start(&self, ordinal: u32, container: &Container, read_only_root: bool) -> Result<Child, String> {
+    fn start(&self, ordinal: u32, container: &Container) -> Result<Child, String> {
+        let read_only_root =
+            container.security_context.as_ref().and_then(|s| s.read_only_root_filesystem).unwrap_or(false);
         let env = self.environment(ordinal, container.env.as_deref().unwrap_or_default())?;
         let command = container.command.clone().unwrap_or_default();
         let program = match command.first().map(String::as_str) {
@@ -391,13 +419,23 @@ impl Kubelet {
     /// One pass of the kubelet (and the StatefulSet controller): pods to the StatefulSet's size,
     /// crashed containers restarted, readiness probed, Pod objects written back.
     async fn sync(&mut self) {
-        let Some(sts) = self.stateful_set() else { return };
+        let Some(sts) = self.stateful_set() else {
+            // Deleted (with its owner): its pods go, their claims stay (`whenDeleted: Retain`).
+            let ordinals: Vec<u32> = self.pods.keys().copied().collect();
+            for ordinal in ordinals {
+                self.stop(ordinal, Duration::from_secs(30));
+                self.pods.remove(&ordinal);
+                self.api.lock().objects.remove(&pod_path(&pod_name(ordinal)));
+            }
+            return;
+        };
         let spec = sts.spec.clone().expect("a StatefulSet spec");
         let replicas = u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
         let pod_spec = spec.template.spec.clone().expect("a pod template");
         let container = pod_spec.containers[0].clone();
-        let read_only_root =
-            container.security_context.as_ref().and_then(|s| s.read_only_root_filesystem).unwrap_or(false);
+        // Init containers run in order before it, each to success, once per pod (not again when
+        // the container restarts).
+        let inits = pod_spec.init_containers.clone().unwrap_or_default();
         let grace = Duration::from_secs(pod_spec.termination_grace_period_seconds.unwrap_or(30) as u64);
         let delete_claims = spec
             .persistent_volume_claim_retention_policy
@@ -425,22 +463,34 @@ impl Kubelet {
                 not_before: now,
                 ready: false,
                 waiting: None,
+                initialized: 0,
             });
             if let Some(child) = &mut pod.child {
                 if let Ok(Some(exit)) = child.try_wait() {
                     let code = exit.code().unwrap_or(-1);
-                    pod.last_exit = Some(code);
                     pod.child = None;
-                    pod.restarts += 1;
-                    pod.not_before = now + RESTART_BACKOFF;
-                    self.exits.entry(ordinal).or_default().push(code);
+                    if pod.initialized < inits.len() {
+                        // An init container: the next one on success, this one again on failure.
+                        if code == 0 {
+                            pod.initialized += 1;
+                        } else {
+                            pod.not_before = now + RESTART_BACKOFF;
+                            self.init_failures.entry(ordinal).or_default().push(code);
+                        }
+                    } else {
+                        pod.last_exit = Some(code);
+                        pod.restarts += 1;
+                        pod.not_before = now + RESTART_BACKOFF;
+                        self.exits.entry(ordinal).or_default().push(code);
+                    }
                 }
             }
         }
         let to_start: Vec<u32> =
             self.pods.values().filter(|p| p.child.is_none() && p.not_before <= now).map(|p| p.ordinal).collect();
         for ordinal in to_start {
-            let started = self.start(ordinal, &container, read_only_root);
+            let next = inits.get(self.pods[&ordinal].initialized).unwrap_or(&container);
+            let started = self.start(ordinal, next);
             let pod = self.pods.get_mut(&ordinal).expect("the pod");
             match started {
                 Ok(child) => {
@@ -456,7 +506,8 @@ impl Kubelet {
         let ordinals: Vec<u32> = self.pods.keys().copied().collect();
         let probe_port = Kubelet::readiness_port(&container);
         for ordinal in ordinals {
-            let running = self.pods[&ordinal].child.is_some();
+            let initializing = self.pods[&ordinal].initialized < inits.len();
+            let running = self.pods[&ordinal].child.is_some() && !initializing;
             if running {
                 // The kubelet keeps projected volumes current in running pods (certificate
                 // rotation); a failure here shows in the member's own log.
@@ -472,6 +523,8 @@ impl Kubelet {
             pod.ready = ready;
             let state = if running {
                 json!({"running": {}})
+            } else if initializing {
+                json!({"waiting": {"reason": pod.waiting.clone().unwrap_or_else(|| "PodInitializing".to_string())}})
             } else {
                 json!({"waiting": {"reason": pod.waiting.clone().map_or("CrashLoopBackOff".to_string(), |w| w)}})
             };
@@ -970,4 +1023,153 @@ async fn spec_auth_turns_auth_on_as_root_holds_through_3_to_5_to_3_and_goes_off_
     let client = Client::with_config(vec![h.url(1)], anonymous).expect("a client");
     client.put("anonymous", Bytes::from("x"), None).await.expect("a write without a user");
     h.assert_data(&[0, 1, 2], 20).await;
+}
+
+/// Every key under `prefix` at `revision` (0: now), read from `client` in pages: key → (value,
+/// create revision, mod revision, version). Also the revision read.
+async fn all_keys(client: &Client, prefix: &str, revision: i64) -> (BTreeMap<String, (String, i64, i64, i64)>, i64) {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().expect("a prefix") += 1;
+    let end = String::from_utf8(end).expect("ASCII");
+    let mut found = BTreeMap::new();
+    let mut from = prefix.to_string();
+    let mut read_at = revision;
+    for _ in 0..1000 {
+        let request = RangeRequest {
+            key: Some(from.clone()),
+            range_end: Some(end.clone()),
+            limit: 1000,
+            revision: read_at,
+            ..RangeRequest::default()
+        };
+        let page = client.range(&request, Consistency::Linearizable).await.expect("a range");
+        read_at = page.header.revision;
+        for kv in &page.kvs {
+            let key = kv.key.clone().expect("a text key");
+            let value = kv.value.clone().expect("a text value");
+            found.insert(key, (value, kv.create_revision, kv.mod_revision, kv.version));
+        }
+        match (page.more, page.kvs.last()) {
+            (true, Some(last)) => from = format!("{}\0", last.key.clone().expect("a key")),
+            _ => return (found, read_at),
+        }
+    }
+    panic!("more than 1000 pages under {prefix}");
+}
+
+/// Issue 17, must-show 2: 10,000 keys, a backup to S3, more writes, the RaftCluster deleted;
+/// a new one from the backup has every key of the backup at its revision and nothing after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restores_into_a_new_cluster_with_every_key_at_its_revision_and_nothing_written_after() {
+    if !crate::require::available(is_root(), "root (for mount namespaces)") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s3 = crate::s3::S3Server::start("backups").await;
+    let store = json!({"endpoint": s3.endpoint, "bucket": "backups", "credentialsSecret": {"name": "s3-creds"}});
+    let backup = json!({"schedule": "0 0 1 1 *", "destination": {"s3": store}});
+    let mut h = Harness::start(json!({"replicas": 3, "image": "kuberaft:test", "backup": backup}));
+    let encode = |text: &str| kuberaft::base::base64::encode_base64(text.as_bytes());
+    h.api.put(
+        &secret_path("s3-creds"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS},
+               "data": {"accessKeyId": encode(crate::s3::ACCESS_KEY), "secretAccessKey": encode(crate::s3::SECRET_KEY)}}),
+    );
+    h.converge("bootstrap 3", 3).await;
+
+    // 10,000 keys, the first hundred written twice (versions 2), then a backup.
+    let writer = h.client(&[0, 1, 2]);
+    let puts = (0..10_000).chain(0..100).map(|k| {
+        let writer = writer.clone();
+        async move {
+            let key = format!("key-{k:05}");
+            writer.put(&key, Bytes::from(format!("value-{k}")), None).await.map_err(|e| format!("{key}: {e}"))
+        }
+    });
+    let written: Vec<_> = futures::stream::iter(puts).buffered(64).collect().await;
+    let failed: Vec<&String> = written.iter().filter_map(|w| w.as_ref().err()).collect();
+    assert!(failed.is_empty(), "{} writes failed: {:?}", failed.len(), &failed[..failed.len().min(5)]);
+    let (kept, revision) = all_keys(&writer, "key-", 0).await;
+    assert_eq!(kept.len(), 10_000);
+    assert_eq!(kept["key-00007"].3, 2);
+
+    let mut object = h.api.get(&cluster_path(CLUSTER)).expect("stored");
+    object["status"]["backup"]["lastScheduleTime"] = json!("2000-01-01T00:00:00Z");
+    h.api.put(&cluster_path(CLUSTER), object);
+    for _ in 0..100 {
+        h.step().await;
+        if h.status()["backup"]["lastSuccess"].is_object() || h.status()["backup"]["lastFailure"].is_object() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let success = h.status()["backup"]["lastSuccess"].clone();
+    assert_eq!(success["revision"], revision, "the backup holds the keys written: {:#}", h.status()["backup"]);
+    let location = success["location"].as_str().expect("a location").to_string();
+    let key = location.strip_prefix("s3://backups/").expect("in the bucket").to_string();
+
+    // Writes after the backup: changed, deleted and new keys.
+    for k in 0..50 {
+        writer.put(&format!("key-{k:05}"), Bytes::from("after the backup"), None).await.expect("a write");
+        writer.delete(&format!("key-{:05}", 5000 + k), None).await.expect("a delete");
+        writer.put(&format!("late-{k}"), Bytes::from("after the backup"), None).await.expect("a write");
+    }
+    drop(writer);
+
+    // The RaftCluster is deleted: its owned objects go with it (the garbage collector), and so
+    // do its pods; the claims stay.
+    {
+        let mut api = h.api.lock();
+        api.objects.retain(|path, _| {
+            !(path.contains("/raftclusters/")
+                || path.contains("/statefulsets/")
+                || path.contains("/configmaps/")
+                || path.contains("/services/")
+                || path.contains("/poddisruptionbudgets/")
+                || path.contains("/networkpolicies/"))
+        });
+    }
+    h.kubelet.sync().await;
+    assert!(h.kubelet.pods.is_empty(), "the pods went with the StatefulSet");
+
+    // A new cluster of the same name from the backup. The claims of the old one are still
+    // there: the restore refuses to start over them, and says why.
+    h.api.put(
+        &cluster_path(CLUSTER),
+        json!({
+            "apiVersion": "kuberaft.io/v1alpha1", "kind": "RaftCluster",
+            "metadata": {"name": CLUSTER, "namespace": NS, "uid": "5e1f0a9b-2222-4333-8444-555566667777", "generation": 1},
+            "spec": {"replicas": 3, "image": "kuberaft:test",
+                     "bootstrap": {"restore": {"s3": {"endpoint": s3.endpoint, "bucket": "backups", "key": key,
+                                                      "credentialsSecret": {"name": "s3-creds"}}}}},
+        }),
+    );
+    h.reasons.clear();
+    h.phases.clear();
+    let started = Instant::now();
+    while h.kubelet.init_failures.len() < 3 && started.elapsed() < Duration::from_secs(60) {
+        h.step().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(h.kubelet.init_failures.len(), 3, "every restore refused the old volume\n{}", h.kubelet.logs());
+    assert!(h.kubelet.logs().contains("the volume of an earlier cluster?"), "{}", h.kubelet.logs());
+    assert!(h.kubelet.exits.is_empty(), "no member started over the old data: {:?}", h.kubelet.exits);
+    for ordinal in 0..3 {
+        std::fs::remove_dir_all(h.kubelet.volume(ordinal)).expect("delete the old claim");
+    }
+    h.converge("restored 3", 3).await;
+    h.assert_membership(3).await;
+
+    // Every key of the backup, at its revisions and version; nothing written after it.
+    for ordinal in 0..3 {
+        let reader = h.client(&[ordinal]);
+        let (restored, now) = all_keys(&reader, "key-", 0).await;
+        assert_eq!(now, revision, "{}: the restored revision", pod_name(ordinal));
+        assert!(restored == kept, "{}: the keys differ from the backup's", pod_name(ordinal));
+        let (late, _) = all_keys(&reader, "late-", 0).await;
+        assert!(late.is_empty(), "{}: written after the backup: {late:?}", pod_name(ordinal));
+    }
+    let reader = h.client(&[0, 1, 2]);
+    let put = reader.put("key-00000", Bytes::from("new"), None).await.expect("a write");
+    assert_eq!(put.revision as i64, revision + 1, "revisions go on from the backup's");
 }

@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use super::objects::{Failure, Objects, S3Target};
 use super::{due, next, object_name, parse_schedule, record, source, to_prune, upload};
 use crate::operator::builders;
-use crate::operator::crd::{BackupFailure, BackupRecord, BackupSpec, RaftCluster, RaftClusterStatus};
+use crate::operator::crd::{BackupFailure, BackupRecord, BackupSpec, RaftCluster, RaftClusterStatus, S3Store};
 use crate::operator::planner::ClusterHealth;
 use crate::operator::reconcile::{Access, Context};
 
@@ -92,8 +92,15 @@ pub fn until_next(schedule: &Cron) -> Option<std::time::Duration> {
 async fn open(ctx: &Context, cluster: &RaftCluster, spec: &BackupSpec) -> Result<(Objects, S3Target), Failure> {
     let namespace = cluster.namespace().unwrap_or_default();
     let s3 = &spec.destination.s3;
-    let reference = &s3.credentials_secret;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let prefix = s3.prefix.clone().unwrap_or_else(|| format!("{namespace}/{}", cluster.name_any()));
+    let target = target(ctx, &namespace, &s3.store, prefix).await?;
+    Ok((Objects::s3(&target)?, target))
+}
+
+/// A store of the spec with its credentials, read from their Secret in `namespace`.
+pub async fn target(ctx: &Context, namespace: &str, store: &S3Store, prefix: String) -> Result<S3Target, Failure> {
+    let reference = &store.credentials_secret;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let secret = secrets
         .get_opt(&reference.name)
         .await
@@ -106,16 +113,15 @@ async fn open(ctx: &Context, cluster: &RaftCluster, spec: &BackupSpec) -> Result
             Failure::NoCredentials(format!("Secret {} has no key {key} (UTF-8, not empty)", reference.name))
         })
     };
-    let target = S3Target {
-        endpoint: s3.endpoint.clone(),
-        bucket: s3.bucket.clone(),
-        region: s3.region.clone(),
-        prefix: s3.prefix.clone().unwrap_or_else(|| format!("{namespace}/{}", cluster.name_any())),
-        path_style: s3.path_style,
+    Ok(S3Target {
+        endpoint: store.endpoint.clone(),
+        bucket: store.bucket.clone(),
+        region: store.region.clone(),
+        prefix,
+        path_style: store.path_style,
         access_key_id: value(&reference.access_key_id_key)?,
         secret_access_key: value(&reference.secret_access_key_key)?,
-    };
-    Ok((Objects::s3(&target)?, target))
+    })
 }
 
 /// One backup: from the member `source` picks, into the bucket.
