@@ -310,4 +310,36 @@ fn damaged_files_and_used_data_directories_are_refused_and_nothing_is_written() 
     let (code, _, err) = restore(&good, &dir.join("other"), "nobody", "n=http://127.155.0.9:2380", &[]);
     assert_eq!(code, Some(1));
     assert!(err.contains("does not list this member's name 'nobody'"), "{err}");
+
+    // As an init container runs it (`spec.bootstrap.restore`): a member that joins restores
+    // nothing; a second run keeps what the first made; a volume of another cluster is refused.
+    let initial = "n=http://127.155.0.9:2380";
+    let target = dir.join("init");
+    let joining = ["--keep-existing", "--initial-cluster-state", "existing"];
+    let (code, out, err) = restore(&good, &target, "n", initial, &joining);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("nothing restored: --initial-cluster-state is existing"), "{out}");
+    assert!(!target.exists(), "nothing written for a member that joins");
+    let (code, out, err) = restore(&good, &target, "n", initial, &["--keep-existing"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("restored the snapshot of revision"), "{out}");
+    let meta = std::fs::read(target.join("member.json")).expect("member.json");
+    let (code, out, err) = restore(&good, &target, "n", initial, &["--keep-existing"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("already holds member n of cluster"), "{out}");
+    assert_eq!(std::fs::read(target.join("member.json")).expect("member.json"), meta, "kept as it was");
+    let other_token = ["--keep-existing", "--initial-cluster-token", "another-cluster"];
+    let (code, _, err) = restore(&good, &target, "n", initial, &other_token);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("the volume of an earlier cluster? Delete it to restore into it"), "{err}");
+    assert_eq!(std::fs::read(target.join("member.json")).expect("member.json"), meta, "left alone");
+    // Without --keep-existing a used directory is refused, as before.
+    let (code, _, err) = restore(&good, &target, "n", initial, &[]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("exists and is not empty"), "{err}");
+    // An s3:// file needs its endpoint and credentials, and says so before reading anything.
+    let (code, _, err) = restore(Path::new("s3://backups/a.snap"), &dir.join("s3"), "n", initial, &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("an s3:// snapshot needs --s3-endpoint"), "{err}");
+    assert!(!dir.join("s3").exists());
 }

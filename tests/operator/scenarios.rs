@@ -1000,3 +1000,33 @@ async fn failed_backups_say_why_leave_nothing_behind_and_leave_the_cluster_alone
     fail("EndpointUnreachable").await;
     assert!(world.status()["backup"].get("lastSuccess").is_none(), "none succeeded");
 }
+
+/// `kuberaft snapshot restore s3://...` (what `spec.bootstrap.restore`'s init container runs)
+/// against a real S3 server: a missing object and refused credentials fail with their reason,
+/// and nothing is left where the data directory would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_from_s3_fail_clearly_for_a_missing_object_and_refused_credentials() {
+    let s3 = crate::s3::S3Server::start("backups").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("data");
+    let run = |key: &str, secret: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+            .args(["snapshot", "restore", &format!("s3://backups/{key}"), "--data-dir"])
+            .arg(&data_dir)
+            .args(["--name", "etcd-0", "--initial-cluster", "etcd-0=http://127.0.0.1:2380", "--s3-endpoint"])
+            .arg(&s3.endpoint)
+            .env("AWS_ACCESS_KEY_ID", crate::s3::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .output()
+            .expect("run kuberaft");
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (code, err) = tokio::task::block_in_place(|| run("ns/etcd/none.snap", crate::s3::SECRET_KEY));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot read s3://backups/ns/etcd/none.snap") && err.contains("not found"), "{err}");
+    let (code, err) = tokio::task::block_in_place(|| run("ns/etcd/none.snap", "wrong"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("CredentialsRejected"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "nothing left behind: {left:?}");
+}

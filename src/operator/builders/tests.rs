@@ -451,3 +451,48 @@ fn rendering_a_tls_cluster_adds_its_secrets_or_its_certificates() {
     assert_eq!(objects.iter().filter(|o| o["kind"] == "Certificate").count(), 11);
     assert!(objects.iter().all(|o| o["kind"] != "Secret"), "cert-manager writes the Secrets");
 }
+
+#[test]
+fn with_a_restore_each_pod_restores_the_backup_first_as_the_member_it_will_be_and_only_while_the_cluster_is_new() {
+    let plain = stateful_set(&example("minimal.yaml"), 3).expect("sts");
+    assert_eq!(plain.spec.expect("spec").template.spec.expect("pod").init_containers, None);
+
+    let cluster = example("restore.yaml");
+    let sts = stateful_set(&cluster, 3).expect("sts");
+    let pod = sts.spec.expect("spec").template.spec.expect("pod");
+    let inits = pod.init_containers.expect("an init container");
+    assert_eq!(inits.len(), 1);
+    let (restore, member) = (&inits[0], &pod.containers[0]);
+    assert_eq!(restore.name, RESTORE_CONTAINER_NAME);
+    assert_eq!((&restore.image, &restore.command), (&member.image, &member.command));
+    assert_eq!(restore.volume_mounts, Some(vec![member.volume_mounts.clone().expect("mounts")[0].clone()]));
+    assert_eq!(restore.security_context, member.security_context);
+    let args = restore.args.clone().expect("args");
+    let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].as_str());
+    assert_eq!(
+        &args[..3],
+        ["snapshot", "restore", "s3://etcd-backups/default/etcd/etcd-20261203T060000.000Z-r48213.snap"]
+    );
+    assert_eq!(flag("--data-dir"), Some(DATA_DIR));
+    assert_eq!(flag("--s3-endpoint"), Some("https://s3.eu-west-1.amazonaws.com"));
+    assert_eq!((flag("--s3-region"), flag("--s3-path-style")), (Some("eu-west-1"), Some("false")));
+    assert!(args.iter().any(|a| a == "--keep-existing"), "{args:?}");
+    // The member's own name, list, token and peer URL, and the ConfigMap's state: a member that
+    // joins a formed cluster restores nothing.
+    let env = env_of(member);
+    assert_eq!(flag("--name"), Some("$(POD_NAME)"));
+    assert_eq!(flag("--initial-cluster"), Some("$(KUBERAFT_INITIAL_CLUSTER)"));
+    assert_eq!(flag("--initial-cluster-state"), Some("$(KUBERAFT_INITIAL_CLUSTER_STATE)"));
+    assert_eq!(flag("--initial-cluster-token").map(str::to_string), env["KUBERAFT_INITIAL_CLUSTER_TOKEN"].value);
+    assert_eq!(flag("--advertise-peer-url").map(str::to_string), env["KUBERAFT_ADVERTISE_PEER_URL"].value);
+    let restore_env = env_of(restore);
+    for (name, var) in &env {
+        assert_eq!(restore_env.get(name), Some(var), "{name} as the member has it");
+    }
+    let secret = |name: &str| {
+        let selector = restore_env[name].value_from.as_ref().and_then(|v| v.secret_key_ref.clone()).expect("a Secret");
+        (selector.name, selector.key)
+    };
+    assert_eq!(secret(ENV_ACCESS_KEY_ID), ("etcd-backup-s3".to_string(), "accessKeyId".to_string()));
+    assert_eq!(secret(ENV_SECRET_ACCESS_KEY), ("etcd-backup-s3".to_string(), "secretAccessKey".to_string()));
+}

@@ -286,3 +286,32 @@ fn backup_takes_a_cron_schedule_a_retention_and_an_s3_bucket_with_its_credential
         assert!(found.iter().any(|p| p.contains(words)), "{words}: {found:?}");
     }
 }
+
+#[test]
+fn bootstrap_restore_names_an_s3_object_and_cannot_change_after_creation() {
+    let crd = crd_json();
+    let spec = spec_schema(&crd);
+    let restore = &spec["properties"]["bootstrap"]["properties"]["restore"];
+    let s3 = &restore["properties"]["s3"];
+    assert_eq!(s3["required"], json!(["bucket", "credentialsSecret", "endpoint", "key"]));
+    assert_eq!(s3["properties"]["region"]["default"], "us-east-1");
+    // Read when the cluster is created: the API server refuses setting, changing or removing it.
+    let rules = spec["x-kubernetes-validations"].as_array().expect("rules");
+    assert!(
+        rules.iter().any(|r| r["rule"].as_str().is_some_and(|t| t.contains("self.bootstrap == oldSelf.bootstrap"))),
+        "{rules:?}"
+    );
+
+    let problems = |key: &str, endpoint: &str| {
+        let restore = json!({"s3": {"endpoint": endpoint, "bucket": "etcd-backups", "key": key,
+                                    "credentialsSecret": {"name": "s3"}}});
+        let spec: RaftClusterSpec =
+            serde_json::from_value(json!({ "bootstrap": {"restore": restore} })).expect("a spec");
+        spec.problems()
+    };
+    assert_eq!(problems("ns/etcd/etcd-1.snap", "https://s3.example.com"), Vec::<String>::new());
+    assert!(problems("", "https://s3.example.com").iter().any(|p| p.contains("spec.bootstrap.restore.s3.key")));
+    assert!(problems("k", "s3.example.com")
+        .iter()
+        .any(|p| p.contains("spec.bootstrap.restore.s3.endpoint \"s3.example.com\" is not an http(s) URL")));
+}
