@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec, StatefulSetUpdateStrategy,
+};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
@@ -73,6 +75,11 @@ pub const DATA_DIR: &str = "/var/lib/kuberaft/data";
 /// The container's name, and the command it runs (the image puts the binary on `PATH`).
 pub const CONTAINER_NAME: &str = "kuberaft";
 pub const CONTAINER_COMMAND: &str = "kuberaft";
+/// The pod template annotation with the hash of what the pods are made from.
+pub const POD_TEMPLATE_HASH_ANNOTATION: &str = "kuberaft.io/pod-template-hash";
+/// A RaftCluster annotation that asks for a rolling restart of its members when it changes
+/// (`kubectl annotate raft etcd kuberaft.io/restart="$(date)" --overwrite`).
+pub const RESTART_ANNOTATION: &str = "kuberaft.io/restart";
 /// The init container that restores `spec.bootstrap.restore` into each first member.
 pub const RESTORE_CONTAINER_NAME: &str = "restore";
 /// Where it reads the store's credentials (`kuberaft snapshot restore` of an `s3://` file).
@@ -540,9 +547,19 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
             pod_management_policy: Some("Parallel".to_string()),
             selector: LabelSelector { match_labels: Some(selector_labels(cluster)), ..LabelSelector::default() },
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels(cluster)), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(cluster)),
+                    annotations: Some(template_annotations(cluster, &pod_spec)?),
+                    ..ObjectMeta::default()
+                }),
                 spec: Some(pod_spec),
             },
+            // The operator restarts the pods itself, one at a time and the leader last
+            // (`planner::Plan::RestartMember`), never the controller in ordinal order.
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".to_string()),
+                rolling_update: None,
+            }),
             volume_claim_templates: Some(vec![claim]),
             // A member removed by scaling down is gone from the membership: its data must not
             // come back with a later scale-up (that member joins again under a new id).
@@ -554,6 +571,20 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
         }),
         ..StatefulSet::default()
     })
+}
+
+/// The pod template's annotations: the hash of the pod spec and of a restart request, which
+/// each pod keeps from the template it was made from, so that the operator tells the pods of an
+/// older template (`reconcile::pod_facts`); and the restart request itself.
+fn template_annotations(cluster: &RaftCluster, pod_spec: &PodSpec) -> Result<BTreeMap<String, String>, BuildError> {
+    let restart = cluster.annotations().get(RESTART_ANNOTATION).cloned();
+    let spec = serde_json::to_vec(pod_spec).map_err(|e| BuildError::Encode(e.to_string()))?;
+    let hash = format!("{:016x}", fnv1a(&[&spec, restart.as_deref().unwrap_or_default().as_bytes()]));
+    let mut annotations = BTreeMap::from([(POD_TEMPLATE_HASH_ANNOTATION.to_string(), hash)]);
+    if let Some(restart) = restart {
+        annotations.insert(RESTART_ANNOTATION.to_string(), restart);
+    }
+    Ok(annotations)
 }
 
 /// The arguments of the init container that restores `spec.bootstrap.restore` (DESIGN.md §6):

@@ -29,6 +29,13 @@
 //! the restarted pod joins as that learner → wait for catch-up → `Promote`. Removing first keeps the
 //! number of voters, and so the majority, from growing while one of them is dead.
 //!
+//! Rolling restart (issue 17: an image or pod template change, a `kuberaft.io/restart`
+//! annotation, certificate rotation), once membership is as the spec asks: the StatefulSet is
+//! `OnDelete`, so its controller never restarts a pod by itself; the planner takes one
+//! `RestartMember` (evict the pod) at a time, followers first, each only once every member runs
+//! the new or old template, follows the leader and has caught up; the leader last, after
+//! `TransferLeadership` to a caught-up follower (one transfer, no election timeout).
+//!
 //! Auth (`spec.auth`) follows the spec once the cluster formed, ahead of membership steps:
 //! `EnableAuth` while the leader reports auth off, `DisableAuth` once `spec.auth` is removed from
 //! a cluster whose auth the operator turned on. Auth turned on by hand (no `spec.auth` ever) is
@@ -84,6 +91,9 @@ pub struct PodObservation {
     pub data_lost: bool,
     /// The member's `GET /v1/status`; `None` when it did not answer.
     pub status: Option<Status>,
+    /// The pod runs an older pod template than the StatefulSet's (its template hash differs):
+    /// the rolling restart replaces it (module docs).
+    pub outdated: bool,
 }
 
 /// The ConfigMap's endpoint list: the members every peer and client reads, in order.
@@ -168,6 +178,9 @@ pub enum Plan {
     EnableAuth,
     /// `POST /v1/auth/disable`, as root.
     DisableAuth,
+    /// Evict this member's pod, which runs an older pod template: the StatefulSet controller
+    /// makes it again from the current one (`OnDelete`), and it restarts from its data.
+    RestartMember { name: String, ordinal: u32 },
     /// Nothing can safely be done now; observe again soon.
     Wait { reason: WaitReason },
     /// The cluster is what the spec asks for.
@@ -196,6 +209,9 @@ pub enum WaitReason {
     NoTransferTarget { leader: String },
     /// This change would leave fewer than a majority of the voters following the leader.
     WouldLoseQuorum { name: String },
+    /// A rolling restart waits for this member to run, follow the leader and catch up before
+    /// it restarts the next.
+    MemberCatchingUp { name: String },
 }
 
 impl Plan {
@@ -212,6 +228,7 @@ impl Plan {
             Plan::UpdateEndpoints { .. } => "UpdateEndpoints",
             Plan::EnableAuth => "EnableAuth",
             Plan::DisableAuth => "DisableAuth",
+            Plan::RestartMember { .. } => "RestartMember",
             Plan::Wait { .. } => "Wait",
             Plan::Nothing => "Nothing",
         }
@@ -235,6 +252,7 @@ impl WaitReason {
             WaitReason::LearnerCatchingUp { .. } => "LearnerCatchingUp",
             WaitReason::NoTransferTarget { .. } => "NoTransferTarget",
             WaitReason::WouldLoseQuorum { .. } => "WouldLoseQuorum",
+            WaitReason::MemberCatchingUp { .. } => "MemberCatchingUp",
         }
     }
 }
@@ -257,6 +275,9 @@ impl fmt::Display for Plan {
             Plan::UpdateEndpoints { names } => write!(f, "set the endpoint list to {}", names.join(",")),
             Plan::EnableAuth => f.write_str("turn auth on: user root, with the root role and spec.auth's password"),
             Plan::DisableAuth => f.write_str("turn auth off: spec.auth was removed"),
+            Plan::RestartMember { name, .. } => {
+                write!(f, "restart {name} with the new pod template (followers first, the leader last)")
+            }
             Plan::Wait { reason } => write!(f, "wait: {reason}"),
             Plan::Nothing => f.write_str("nothing to do"),
         }
@@ -293,6 +314,10 @@ impl fmt::Display for WaitReason {
             WaitReason::WouldLoseQuorum { name } => {
                 write!(f, "changing {name} now would leave less than a majority of the voters following the leader")
             }
+            WaitReason::MemberCatchingUp { name } => write!(
+                f,
+                "rolling restart: {name} must run, follow the leader and catch up before the next member restarts"
+            ),
         }
     }
 }
@@ -380,7 +405,7 @@ fn next_step(observed: &Observed) -> Plan {
     if let Some(ordinal) = missing {
         return Plan::AddLearner { name: member_name(&observed.cluster, ordinal), ordinal };
     }
-    Plan::Nothing
+    leadership.roll(observed, leader).unwrap_or(Plan::Nothing)
 }
 
 /// Who leads and who follows, from one observation; computed once for the planner and the status.
@@ -486,6 +511,44 @@ impl<'a> Leadership<'a> {
             .filter(|m| observed.pod(&m.name).is_some_and(|p| p.ready))
             .filter_map(|m| observed.status_of(m).map(|s| (m, s.applied_index)));
         most_caught_up(candidates).map(|m| (m.name.clone(), m.id.clone()))
+    }
+
+    /// The rolling restart's next step while pods run an older template (module docs): every
+    /// member up, following and caught up before one restarts; followers first, the highest
+    /// ordinal first; the leader last, after a handover, so the cluster sees one transfer and no
+    /// election timeout. `None` when every pod runs the current template.
+    fn roll(&self, observed: &Observed, leader: &Status) -> Option<Plan> {
+        let outdated: Vec<&Member> =
+            self.members.iter().filter(|m| observed.pod(&m.name).is_some_and(|p| p.outdated)).collect();
+        if outdated.is_empty() {
+            return None;
+        }
+        for member in &self.members {
+            let ready = observed.pod(&member.name).is_some_and(|p| p.ready);
+            let caught_up = observed.status_of(member).is_some_and(|s| caught_up(s.applied_index, leader.commit_index));
+            if !ready || !caught_up || !self.following.contains(&member.name) {
+                return Some(Plan::wait(WaitReason::MemberCatchingUp { name: member.name.clone() }));
+            }
+        }
+        let next = outdated.iter().rev().find(|m| m.id != leader.id).or(outdated.first())?;
+        let restart = Plan::RestartMember {
+            name: next.name.clone(),
+            ordinal: member_ordinal(&observed.cluster, &next.name).unwrap_or(u32::MAX),
+        };
+        if self.voters() == 1 {
+            // One member: nobody to hand over to, and no majority to keep; as any restart.
+            return Some(restart);
+        }
+        if next.id == leader.id {
+            return Some(match self.transfer_target(observed, next) {
+                Some((to, to_id)) => Plan::TransferLeadership { from: leader.name.clone(), to, to_id },
+                None => Plan::wait(WaitReason::NoTransferTarget { leader: leader.name.clone() }),
+            });
+        }
+        if self.following.len() - 1 < majority(self.voters()) {
+            return Some(Plan::wait(WaitReason::WouldLoseQuorum { name: next.name.clone() }));
+        }
+        Some(restart)
     }
 
     /// Promote `learner` once it runs, has caught up, and the larger majority still holds.

@@ -20,7 +20,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DynamicObject, EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Resource, ResourceExt};
@@ -460,7 +460,7 @@ fn certificate_resource() -> ApiResource {
 /// The pod's facts the planner needs: ordinal, readiness, lost data (its member exited with
 /// [`builders::EXIT_DATA_LOST`] or [`builders::EXIT_CORRUPT`] and is not running). The
 /// member's status is asked separately (`status` is `None` here).
-pub fn pod_facts(cluster: &str, pod: &Pod) -> Option<PodObservation> {
+pub fn pod_facts(cluster: &str, pod: &Pod, template_hash: Option<&str>) -> Option<PodObservation> {
     let ordinal = member_ordinal(cluster, pod.metadata.name.as_deref()?)?;
     let status = pod.status.as_ref();
     let ready = status
@@ -481,12 +481,22 @@ pub fn pod_facts(cluster: &str, pod: &Pod) -> Option<PodObservation> {
             !running && (replace(exit(c.state.as_ref())) || replace(exit(c.last_state.as_ref())))
         })
     });
-    Some(PodObservation { ordinal, ready, data_lost: lost, status: None })
+    // Made from an older template than the StatefulSet's (`builders::template_annotations`).
+    let made_from = pod.annotations().get(builders::POD_TEMPLATE_HASH_ANNOTATION).map(String::as_str);
+    let outdated = template_hash.is_some_and(|current| made_from != Some(current));
+    Some(PodObservation { ordinal, ready, data_lost: lost, status: None, outdated })
 }
 
 async fn observe_members(ctx: &Context, cluster: &RaftCluster, namespace: &str, owned: &Owned) -> Observed {
     let name = cluster.name_any();
-    let mut pods: Vec<PodObservation> = owned.pods.iter().filter_map(|pod| pod_facts(&name, pod)).collect();
+    let template_hash = owned
+        .stateful_set
+        .as_ref()
+        .and_then(|sts| sts.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref())
+        .and_then(|annotations| annotations.get(builders::POD_TEMPLATE_HASH_ANNOTATION))
+        .map(String::as_str);
+    let mut pods: Vec<PodObservation> =
+        owned.pods.iter().filter_map(|pod| pod_facts(&name, pod, template_hash)).collect();
     pods.sort_by_key(|p| p.ordinal);
     pods.dedup_by_key(|p| p.ordinal);
     let access = owned.access(cluster);
@@ -837,6 +847,11 @@ async fn execute(
             change(if *plan == Plan::EnableAuth { MemberChange::EnableAuth } else { MemberChange::DisableAuth })
                 .await?;
         }
+        Plan::RestartMember { name: member, .. } => {
+            // An eviction, which the PodDisruptionBudget guards as it guards a drain.
+            let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+            pods.evict(member, &EvictParams::default()).await?;
+        }
         Plan::Wait { .. } | Plan::Nothing => return Ok(()),
     }
     if let Ok(mut steps) = ctx.metrics.steps.lock() {
@@ -1078,13 +1093,29 @@ mod tests {
 
     #[test]
     fn lost_or_damaged_data_marks_the_pod_for_replacement_and_other_failures_do_not() {
-        let lost = |state, last| pod_facts("etcd", &pod(state, last)).map(|p| p.data_lost);
+        let lost = |state, last| pod_facts("etcd", &pod(state, last), None).map(|p| p.data_lost);
         assert_eq!(lost(Some(3), None), Some(true), "data lost");
         assert_eq!(lost(Some(4), None), Some(true), "data corrupt");
         assert_eq!(lost(None, Some(4)), Some(false), "running again: no decision on an old exit");
         assert_eq!(lost(Some(1), Some(4)), Some(true), "crash-looping after a corrupt exit");
         assert_eq!(lost(Some(1), Some(1)), Some(false), "other failures");
         assert_eq!(lost(Some(2), None), Some(false), "usage errors");
+    }
+
+    #[test]
+    fn a_pod_made_from_another_template_than_the_stateful_sets_is_outdated() {
+        let with_hash = |hash: Option<&str>| {
+            let mut pod = pod(None, None);
+            pod.metadata.annotations = hash.map(|h| {
+                std::collections::BTreeMap::from([(builders::POD_TEMPLATE_HASH_ANNOTATION.to_string(), h.to_string())])
+            });
+            pod
+        };
+        let outdated = |pod: &Pod, current| pod_facts("etcd", pod, current).map(|p| p.outdated);
+        assert_eq!(outdated(&with_hash(Some("a")), Some("a")), Some(false), "the current template");
+        assert_eq!(outdated(&with_hash(Some("a")), Some("b")), Some(true), "an older template");
+        assert_eq!(outdated(&with_hash(None), Some("b")), Some(true), "made before templates had a hash");
+        assert_eq!(outdated(&with_hash(Some("a")), None), Some(false), "no StatefulSet: nothing to compare");
     }
 
     #[test]

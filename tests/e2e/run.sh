@@ -105,6 +105,18 @@ wait_for "3 members running again" running_with 3
 echo "leader was $leader in term $term; now $(status '{.status.leader}') in term $(status '{.status.term}')"
 k get raftclusters -n "$NS"
 
+echo "== a rolling restart, the leader last: kuberaft.io/restart"
+term="$(status '{.status.term}')"
+k annotate raftcluster etcd -n "$NS" kuberaft.io/restart=e2e-1 --overwrite
+restarted() {
+  [ "$(k get pods -n "$NS" -l app.kubernetes.io/instance=etcd \
+        -o jsonpath='{range .items[*]}{.metadata.annotations.kuberaft\.io/restart}{"\n"}{end}' | grep -c '^e2e-1$')" = 3 ] \
+    && running_with 3
+}
+wait_for "every member restarted from the new template" restarted
+[ "$(status '{.status.term}')" = "$((term + 1))" ] || { echo "error: expected one new term (a handover), got $(status '{.status.term}') after $term" >&2; exit 1; }
+[ "$(kv get e2e-key)" = "e2e-value" ] || { echo "error: the key was lost in the restart" >&2; exit 1; }
+
 echo "== examples/tls.yaml: TLS from the operator's CA, used through the client Secret"
 sed "s|^spec:|spec:\n  image: $IMAGE|; s|name: etcd$|name: etcd-tls|" examples/tls.yaml | k apply -n "$NS" -f -
 wait_for "the TLS cluster Available" k wait raftcluster/etcd-tls -n "$NS" --for=condition=Available --timeout=5s

@@ -171,6 +171,14 @@ impl State {
                 self.events.push(body.clone());
                 (StatusCode::CREATED, body)
             }
+            Method::POST if path.ends_with("/eviction") => {
+                // An eviction (the budget allows it here): the pod is deleted.
+                let pod = path.trim_end_matches("/eviction");
+                if self.objects.remove(pod).is_none() {
+                    return not_found(pod);
+                }
+                (StatusCode::CREATED, json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}))
+            }
             Method::POST => {
                 // Create: the object goes under its name; a second create conflicts.
                 let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();

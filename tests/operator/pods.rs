@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, PodSpec, PodTemplateSpec, Secret};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::runtime::events::Reporter;
 use kuberaft::base::wire::kv::RangeRequest;
@@ -92,6 +92,21 @@ struct Pod {
     /// How many of the template's init containers ran to success; the one running while
     /// fewer than all did (`child` is then that one).
     initialized: usize,
+    /// The StatefulSet's template when the pod was made: a pod keeps it until it is deleted,
+    /// whatever the StatefulSet says later.
+    template: PodTemplateSpec,
+    /// Its Pod object was written: once it is gone from the API, the pod was deleted (evicted).
+    published: bool,
+}
+
+impl Pod {
+    fn spec(&self) -> PodSpec {
+        self.template.spec.clone().unwrap_or_default()
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_secs(self.spec().termination_grace_period_seconds.unwrap_or(30).unsigned_abs())
+    }
 }
 
 struct Kubelet {
@@ -104,6 +119,9 @@ struct Kubelet {
     exits: BTreeMap<u32, Vec<i32>>,
     /// Every failed init container's exit code, by pod.
     init_failures: BTreeMap<u32, Vec<i32>>,
+    /// Pods deleted and made again from the current template, in order: evicted by the
+    /// operator, or replaced by the StatefulSet controller's `RollingUpdate`.
+    replaced: Vec<u32>,
 }
 
 impl Drop for Kubelet {
@@ -175,6 +193,7 @@ impl Kubelet {
             http,
             exits: BTreeMap::new(),
             init_failures: BTreeMap::new(),
+            replaced: Vec::new(),
         }
     }
 
@@ -431,21 +450,39 @@ impl Kubelet {
         };
         let spec = sts.spec.clone().expect("a StatefulSet spec");
         let replicas = u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
-        let pod_spec = spec.template.spec.clone().expect("a pod template");
-        let container = pod_spec.containers[0].clone();
-        // Init containers run in order before it, each to success, once per pod (not again when
-        // the container restarts).
-        let inits = pod_spec.init_containers.clone().unwrap_or_default();
-        let grace = Duration::from_secs(pod_spec.termination_grace_period_seconds.unwrap_or(30) as u64);
         let delete_claims = spec
             .persistent_volume_claim_retention_policy
             .as_ref()
             .and_then(|p| p.when_scaled.as_deref())
             .is_some_and(|w| w == "Delete");
 
+        // Deleted pods (an eviction): stopped within their grace period; made again below, from
+        // the current template.
+        let deleted: Vec<u32> = self
+            .pods
+            .values()
+            .filter(|p| p.published && self.api.get(&pod_path(&pod_name(p.ordinal))).is_none())
+            .map(|p| p.ordinal)
+            .collect();
+        for ordinal in deleted {
+            self.delete(ordinal);
+        }
+        // The controller's `RollingUpdate` (the default strategy): once every pod is ready, the
+        // highest ordinal whose template is not the current one is deleted, one at a time.
+        let strategy = spec.update_strategy.as_ref().and_then(|s| s.type_.clone());
+        if strategy.as_deref() != Some("OnDelete") && (0..replicas).all(|o| self.pods.get(&o).is_some_and(|p| p.ready))
+        {
+            let outdated = self.pods.values().rev().find(|p| p.template != spec.template).map(|p| p.ordinal);
+            if let Some(ordinal) = outdated {
+                self.api.lock().objects.remove(&pod_path(&pod_name(ordinal)));
+                self.delete(ordinal);
+            }
+        }
+
         // Scale down: the highest ordinals go, and with them their claims when the policy says so.
         let extra: Vec<u32> = self.pods.keys().copied().filter(|&o| o >= replicas).collect();
         for ordinal in extra {
+            let grace = self.pods[&ordinal].grace();
             self.stop(ordinal, grace);
             self.pods.remove(&ordinal);
             self.api.lock().objects.remove(&pod_path(&pod_name(ordinal)));
@@ -464,12 +501,17 @@ impl Kubelet {
                 ready: false,
                 waiting: None,
                 initialized: 0,
+                template: spec.template.clone(),
+                published: false,
             });
+            // Init containers run in order before the container, each to success, once per pod
+            // (not again when the container restarts).
+            let inits = pod.spec().init_containers.unwrap_or_default().len();
             if let Some(child) = &mut pod.child {
                 if let Ok(Some(exit)) = child.try_wait() {
                     let code = exit.code().unwrap_or(-1);
                     pod.child = None;
-                    if pod.initialized < inits.len() {
+                    if pod.initialized < inits {
                         // An init container: the next one on success, this one again on failure.
                         if code == 0 {
                             pod.initialized += 1;
@@ -489,7 +531,9 @@ impl Kubelet {
         let to_start: Vec<u32> =
             self.pods.values().filter(|p| p.child.is_none() && p.not_before <= now).map(|p| p.ordinal).collect();
         for ordinal in to_start {
-            let next = inits.get(self.pods[&ordinal].initialized).unwrap_or(&container);
+            let pod_spec = self.pods[&ordinal].spec();
+            let inits = pod_spec.init_containers.unwrap_or_default();
+            let next = inits.get(self.pods[&ordinal].initialized).unwrap_or(&pod_spec.containers[0]);
             let started = self.start(ordinal, next);
             let pod = self.pods.get_mut(&ordinal).expect("the pod");
             match started {
@@ -504,9 +548,11 @@ impl Kubelet {
             }
         }
         let ordinals: Vec<u32> = self.pods.keys().copied().collect();
-        let probe_port = Kubelet::readiness_port(&container);
         for ordinal in ordinals {
-            let initializing = self.pods[&ordinal].initialized < inits.len();
+            let pod_spec = self.pods[&ordinal].spec();
+            let container = pod_spec.containers[0].clone();
+            let probe_port = Kubelet::readiness_port(&container);
+            let initializing = self.pods[&ordinal].initialized < pod_spec.init_containers.unwrap_or_default().len();
             let running = self.pods[&ordinal].child.is_some() && !initializing;
             if running {
                 // The kubelet keeps projected volumes current in running pods (certificate
@@ -533,16 +579,27 @@ impl Kubelet {
             if let Some(code) = pod.last_exit {
                 status["lastState"] = json!({"terminated": {"exitCode": code}});
             }
+            let metadata = pod.template.metadata.clone().unwrap_or_default();
+            pod.published = true;
             let object = json!({
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": pod_name(ordinal), "namespace": NS,
-                             "labels": spec.template.metadata.as_ref().and_then(|m| m.labels.clone())},
+                             "labels": metadata.labels, "annotations": metadata.annotations},
                 "status": {"podIP": pod_ip(ordinal),
                            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
                            "containerStatuses": [status]},
             });
             self.api.put(&pod_path(&pod_name(ordinal)), object);
         }
+    }
+
+    /// A deleted pod: its container stopped within the grace period, the pod gone; its
+    /// volume stays (the StatefulSet makes it again with the same claim).
+    fn delete(&mut self, ordinal: u32) {
+        let grace = self.pods[&ordinal].grace();
+        self.stop(ordinal, grace);
+        self.pods.remove(&ordinal);
+        self.replaced.push(ordinal);
     }
 
     /// The last lines of every pod's log, for failure messages.
@@ -568,6 +625,8 @@ struct Harness {
     /// Every Progressing reason and phase the status went through.
     reasons: BTreeSet<String>,
     phases: BTreeSet<String>,
+    /// Each (term, leader) the status reported, in order, repeats left out.
+    leaders: Vec<(u64, String)>,
 }
 
 impl Harness {
@@ -614,6 +673,11 @@ impl Harness {
         if let Some(phase) = status["phase"].as_str() {
             self.phases.insert(phase.to_string());
         }
+        if let (Some(term), Some(leader)) = (status["term"].as_u64(), status["leader"].as_str()) {
+            if self.leaders.last().is_none_or(|(t, l)| *t != term || l != leader) {
+                self.leaders.push((term, leader.to_string()));
+            }
+        }
     }
 
     /// Runs reconcile and kubelet passes until the status shows `replicas` healthy voters,
@@ -649,7 +713,8 @@ impl Harness {
         let sts = self.api.get(&sts_path(CLUSTER)).unwrap_or_default();
         // Auth as the spec asks (off without `spec.auth`).
         let auth_wanted = self.spec().get("auth").is_some();
-        status["phase"] == "Running"
+        let paused = self.spec()["paused"] == true;
+        (status["phase"] == "Running" || paused && status["phase"] == "Paused")
             && status["auth"]["enabled"].as_bool().unwrap_or(false) == auth_wanted
             && status["leader"].is_string()
             && self.condition("Available") == "True"
@@ -661,6 +726,13 @@ impl Harness {
             && cm["data"]["members"] == names.join(",")
             && sts["spec"]["replicas"] == replicas
             && self.kubelet.pods.len() == replicas as usize
+            && self.rolled()
+    }
+
+    /// Every pod runs the StatefulSet's current template.
+    fn rolled(&self) -> bool {
+        let template = self.kubelet.stateful_set().and_then(|sts| sts.spec).map(|spec| spec.template);
+        self.kubelet.pods.values().all(|pod| Some(&pod.template) == template.as_ref())
     }
 
     /// A client of the cluster through the pods' DNS names.
@@ -763,7 +835,7 @@ impl Harness {
         let reporter = Reporter { controller: "kuberaft-operator".to_string(), instance: Some("test".to_string()) };
         let ctx = Arc::new(Context::new(api.client(), members, reporter));
         let kubelet = Kubelet::new(api.clone());
-        Harness { api, ctx, kubelet, reasons: BTreeSet::new(), phases: BTreeSet::new() }
+        Harness { api, ctx, kubelet, reasons: BTreeSet::new(), phases: BTreeSet::new(), leaders: Vec::new() }
     }
 
     /// Bootstrap 3 with 20 keys written, then 3 → 5 → 3, checking membership and data at each.
@@ -1172,4 +1244,206 @@ async fn a_backup_restores_into_a_new_cluster_with_every_key_at_its_revision_and
     let reader = h.client(&[0, 1, 2]);
     let put = reader.put("key-00000", Bytes::from("new"), None).await.expect("a write");
     assert_eq!(put.revision as i64, revision + 1, "revisions go on from the backup's");
+}
+
+/// What one rolling restart under writes showed.
+struct Roll {
+    /// Pods deleted and made again, in order.
+    replaced: Vec<u32>,
+    /// The leader and term before and after, and each leader the status reported between.
+    before: (u64, String),
+    after: (u64, String),
+    leaders: Vec<(u64, String)>,
+    /// Writes acknowledged while the pods restarted, and the longest time between two.
+    acked: usize,
+    longest_gap: Duration,
+    took: Duration,
+    /// The errors the writers saw, retryable ones (no endpoint could serve; outcome unknown; a
+    /// 503 or 504) and others.
+    retryable: Vec<String>,
+    other: Vec<String>,
+}
+
+impl Roll {
+    fn summary(&self) -> String {
+        format!(
+            "{} writes acknowledged in {:.1} s, longest gap between two {} ms, term {} -> {}, {} leader change(s), \
+             pods replaced in the order {:?}, {} retryable error(s), {} other",
+            self.acked,
+            self.took.as_secs_f64(),
+            self.longest_gap.as_millis(),
+            self.before.0,
+            self.after.0,
+            self.leaders.len().saturating_sub(1),
+            self.replaced,
+            self.retryable.len(),
+            self.other.len()
+        )
+    }
+}
+
+/// Acknowledged writes (key, when) and errors (retryable?, text) of one writer.
+type WriterLog = (Vec<(String, Instant)>, Vec<(bool, String)>);
+
+/// A writer of keys `{prefix}{writer}-{n}` (each value is its key) until `stop`; bounded in count.
+async fn write_until(
+    client: Client,
+    prefix: String,
+    writer: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> WriterLog {
+    use kuberaft::client::ClientError;
+    let (mut acked, mut errors) = (Vec::new(), Vec::new());
+    for n in 0..200_000 {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        let key = format!("{prefix}{writer}-{n:06}");
+        match client.put(&key, Bytes::from(key.clone()), None).await {
+            Ok(_) => acked.push((key, Instant::now())),
+            Err(err) => {
+                let retryable = matches!(
+                    err,
+                    ClientError::Unavailable { .. }
+                        | ClientError::OutcomeUnknown { .. }
+                        | ClientError::Api { status: 503 | 504, .. }
+                );
+                errors.push((retryable, err.to_string()));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    (acked, errors)
+}
+
+impl Harness {
+    /// `change` starts a rolling restart of all `replicas` pods; runs it to the end with 4
+    /// writers writing all along, and checks that every acknowledged write is there.
+    async fn roll_under_writes(
+        &mut self,
+        what: &str,
+        replicas: u32,
+        prefix: &str,
+        change: impl FnOnce(&Harness),
+    ) -> Roll {
+        let before = self.leaders.last().cloned().expect("a leader before");
+        let leaders_before = self.leaders.len() - 1;
+        let replaced_before = self.kubelet.replaced.len();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let all: Vec<u32> = (0..replicas).collect();
+        let writers: Vec<_> =
+            (0..4).map(|w| tokio::spawn(write_until(self.client(&all), prefix.to_string(), w, stop.clone()))).collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        change(self);
+        self.converge(what, replicas).await;
+        let took = started.elapsed();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut acked, mut retryable, mut other) = (Vec::new(), Vec::new(), Vec::new());
+        for writer in writers {
+            let (keys, errors) = writer.await.expect("a writer");
+            acked.extend(keys);
+            for (is_retryable, text) in errors {
+                if is_retryable {
+                    retryable.push(text)
+                } else {
+                    other.push(text)
+                }
+            }
+        }
+        // No acknowledged write lost: each is there, with its value.
+        let (stored, _) = all_keys(&self.client(&all), prefix, 0).await;
+        for (key, _) in &acked {
+            assert_eq!(stored.get(key).map(|v| v.0.as_str()), Some(key.as_str()), "{what}: acknowledged {key} lost");
+        }
+        // The longest time without an acknowledgement while the pods restarted.
+        let mut times: Vec<Instant> = acked.iter().map(|(_, at)| *at).filter(|at| *at >= started).collect();
+        times.sort();
+        let mut edges = vec![started];
+        edges.extend(times.iter().copied().filter(|at| *at <= started + took));
+        edges.push(started + took);
+        let longest_gap = edges.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+        Roll {
+            replaced: self.kubelet.replaced[replaced_before..].to_vec(),
+            before,
+            after: self.leaders.last().cloned().expect("a leader after"),
+            leaders: self.leaders[leaders_before..].to_vec(),
+            acked: times.len(),
+            longest_gap,
+            took,
+            retryable,
+            other,
+        }
+    }
+}
+
+/// Issue 17, must-show 4: an image change restarts 5 members one at a time, followers first
+/// (highest ordinal first), the leader last after one handover, each once the one before runs
+/// again and has caught up, while 4 writers write: the term moves by exactly one, no
+/// acknowledged write is lost, and the writers see only retryable errors. The same change made
+/// by the StatefulSet controller's own `RollingUpdate` (the operator paused) is reported beside
+/// it (no wall-clock assertion: the machine is shared).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_change_restarts_five_members_one_at_a_time_the_leader_last_while_writes_go_on() {
+    if !crate::require::available(is_root(), "root (for mount namespaces)") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut h = Harness::start(json!({"replicas": 5, "image": "kuberaft:test"}));
+    h.converge("bootstrap 5", 5).await;
+    let leader = h.status()["leader"].as_str().unwrap_or_default().to_string();
+    let leader_ordinal = (0..5).find(|&i| pod_name(i) == leader).expect("the leader is a member");
+    h.reasons.clear();
+
+    let roll = h
+        .roll_under_writes("the operator's leader-last roll", 5, "roll-a/", |h| {
+            let mut object = h.api.get(&cluster_path(CLUSTER)).expect("stored");
+            object["spec"]["image"] = json!("kuberaft:next");
+            object["metadata"]["generation"] = json!(object["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+            h.api.put(&cluster_path(CLUSTER), object);
+        })
+        .await;
+    eprintln!("operator, leader last: {}", roll.summary());
+    let mut expected: Vec<u32> = (0..5).rev().filter(|&o| o != leader_ordinal).collect();
+    expected.push(leader_ordinal);
+    assert_eq!(roll.replaced, expected, "followers first, the highest ordinal first, the leader last");
+    assert_eq!(roll.before.1, leader);
+    assert_eq!(roll.after.0, roll.before.0 + 1, "one term: the handover's ({:?})", roll.leaders);
+    assert_ne!(roll.after.1, leader, "the old leader handed over");
+    assert_eq!(roll.leaders.len(), 2, "one leader change: {:?}", roll.leaders);
+    assert!(roll.acked > 0, "writes went on while the pods restarted");
+    assert!(roll.other.is_empty(), "only retryable errors: {:?}", roll.other);
+    for reason in ["RestartMember", "TransferLeadership"] {
+        assert!(h.reasons.contains(reason), "{reason} in {:?}", h.reasons);
+    }
+    let evictions: Vec<String> = h
+        .api
+        .lock()
+        .history
+        .iter()
+        .filter(|c| c.path.ends_with("/eviction"))
+        .map(|c| c.path.trim_end_matches("/eviction").rsplit('/').next().unwrap_or_default().to_string())
+        .collect();
+    let expected_names: Vec<String> = expected.iter().map(|&o| pod_name(o)).collect();
+    assert_eq!(evictions, expected_names, "through evictions, which the PodDisruptionBudget guards");
+    assert!(h.kubelet.exits.is_empty(), "no member crashed: {:?}\n{}", h.kubelet.exits, h.kubelet.logs());
+
+    // The same change by the StatefulSet controller, in ordinal order, for comparison.
+    let mut object = h.api.get(&cluster_path(CLUSTER)).expect("stored");
+    object["spec"]["paused"] = json!(true);
+    object["metadata"]["generation"] = json!(object["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
+    h.api.put(&cluster_path(CLUSTER), object);
+    h.step().await;
+    let controller = h
+        .roll_under_writes("the StatefulSet controller's RollingUpdate", 5, "roll-b/", |h| {
+            let mut sts = h.api.get(&sts_path(CLUSTER)).expect("the StatefulSet");
+            sts["spec"]["template"]["spec"]["containers"][0]["image"] = json!("kuberaft:after");
+            sts["spec"]["updateStrategy"] = json!({"type": "RollingUpdate"});
+            h.api.put(&sts_path(CLUSTER), sts);
+        })
+        .await;
+    eprintln!("StatefulSet RollingUpdate: {}", controller.summary());
+    assert_eq!(controller.replaced, vec![4, 3, 2, 1, 0], "the controller's ordinal order");
+    assert!(controller.other.is_empty(), "{:?}", controller.other);
 }

@@ -211,14 +211,25 @@ impl World {
         self.api.put(&cluster_path("etcd"), object);
     }
 
-    /// Ready, running pods `etcd-0..n`, as the StatefulSet controller and kubelet would report.
+    /// Ready, running pods `etcd-0..n`, as the StatefulSet controller and kubelet would report:
+    /// each made from the StatefulSet's current template (it keeps the template's annotations).
     fn set_pods(&self, n: u32) {
-        let mut state = self.api.lock();
-        state.objects.retain(|path, _| !path.starts_with(&format!("{}/", pods_path())));
+        self.api.lock().objects.retain(|path, _| !path.starts_with(&format!("{}/", pods_path())));
         for i in 0..n {
-            let name = format!("etcd-{i}");
-            state.objects.insert(pod_path(&name), ready_pod(&name));
+            self.set_pod(&format!("etcd-{i}"));
         }
+    }
+
+    /// One ready pod, made again from the StatefulSet's current template.
+    fn set_pod(&self, name: &str) {
+        let mut state = self.api.lock();
+        let annotations = state
+            .objects
+            .get(&sts_path("etcd"))
+            .map_or(Value::Null, |sts| sts["spec"]["template"]["metadata"]["annotations"].clone());
+        let mut pod = ready_pod(name);
+        pod["metadata"]["annotations"] = annotations;
+        state.objects.insert(pod_path(name), pod);
     }
 
     fn status(&self) -> Value {
@@ -603,7 +614,123 @@ pub async fn calls_of_a_scale_up_and_a_leader_election() -> Vec<Call> {
     }
     // A cluster with auth: root's password Secret is read, and created when missing.
     history.extend(auth_world_turned_on().await.api.lock().history.clone());
+    // A rolling restart: pods are evicted.
+    history.extend(rolled_world().await.api.lock().history.clone());
     history
+}
+
+fn is_eviction(call: &Call) -> bool {
+    call.method == Method::POST && call.path.ends_with("/eviction")
+}
+
+/// A steady 3-member cluster led by etcd-0 whose image changed, rolled through: each pod is
+/// evicted in turn once every member runs, follows and has caught up; etcd-0 last, after it
+/// handed over.
+async fn rolled_world() -> World {
+    let world = steady_three().await;
+    let members = ["etcd-0", "etcd-1", "etcd-2"];
+    world.set_spec(|spec| spec["image"] = json!("ghcr.io/kuberaft/kuberaft:next"));
+    // The pass that applies the new template observed the pods before it: nothing restarts yet.
+    let (result, calls) = world.reconcile().await;
+    result.expect("reconcile");
+    assert!(calls.contains(&patch(&sts_path("etcd"))), "the new template is applied: {calls:?}");
+    assert!(!calls.iter().any(is_eviction), "{calls:?}");
+    let sts = world.api.get(&sts_path("etcd")).expect("StatefulSet");
+    assert_eq!(sts["spec"]["updateStrategy"]["type"], "OnDelete", "the controller never restarts a pod itself");
+
+    let mut evicted = Vec::new();
+    for member in ["etcd-2", "etcd-1", "etcd-0"] {
+        if member == "etcd-0" {
+            // The leader last: it hands over to a caught-up follower first, and is restarted
+            // once it follows.
+            world.members.set_cluster(&members, &[], "etcd-0", 2, 20);
+            let (result, calls) = world.reconcile().await;
+            result.expect("reconcile");
+            assert!(!calls.iter().any(is_eviction), "not while it leads: {calls:?}");
+            let changes = world.members.take_changes();
+            assert!(
+                matches!(changes[..], [(_, MemberChange::TransferLeader(_))]),
+                "one transfer before the leader's restart: {changes:?}"
+            );
+            world.members.set_cluster(&members, &[], "etcd-1", 3, 21);
+        } else {
+            world.members.set_cluster(&members, &[], "etcd-0", 2, 20);
+        }
+        let (result, calls) = world.reconcile().await;
+        result.expect("reconcile");
+        let evictions: Vec<String> = calls.into_iter().filter(is_eviction).map(|c| c.path).collect();
+        assert_eq!(evictions.len(), 1, "one member at a time: {evictions:?}");
+        evicted.extend(evictions);
+        assert!(world.api.get(&pod_path(member)).is_none(), "{member}'s pod is gone");
+        let progressing = condition(&world.status(), "Progressing").clone();
+        assert_eq!(progressing["reason"], "RestartMember", "{progressing:#}");
+        assert!(progressing["message"].as_str().unwrap_or_default().contains(member), "{progressing:#}");
+        // Until it runs again, from the new template, follows and has caught up, nothing else
+        // restarts. After the last one nothing is left to roll: the plan is done, and its
+        // return shows in the members' health.
+        let (result, calls) = world.reconcile().await;
+        result.expect("reconcile");
+        assert!(!calls.iter().any(is_eviction), "one at a time: {calls:?}");
+        let progressing = condition(&world.status(), "Progressing").clone();
+        if member == "etcd-0" {
+            assert_eq!(progressing["reason"], "Reconciled", "{progressing:#}");
+        } else {
+            assert_eq!(progressing["reason"], "MemberCatchingUp", "{progressing:#}");
+            assert!(progressing["message"].as_str().unwrap_or_default().contains(member), "{progressing:#}");
+        }
+        world.set_pod(member);
+    }
+    let expected: Vec<String> =
+        ["etcd-2", "etcd-1", "etcd-0"].iter().map(|m| format!("{}/eviction", pod_path(m))).collect();
+    assert_eq!(evicted, expected, "followers first, the highest ordinal first, the leader last");
+    // Every pod runs the new template: steady again, nothing more to restart.
+    world.reconcile().await.0.expect("reconcile");
+    let (result, calls) = world.reconcile().await;
+    assert_eq!(result, Ok(Action::requeue(reconcile::REQUEUE_STEADY)));
+    assert!(!calls.iter().any(is_eviction), "{calls:?}");
+    assert!(world.members.take_changes().is_empty());
+    world
+}
+
+/// Issue 17, part 5: an image change rolls the members through evictions, one at a time, the
+/// leader last after a handover; Progressing names each, and events record each.
+#[tokio::test]
+async fn an_image_change_restarts_one_member_at_a_time_and_the_leader_last() {
+    let world = rolled_world().await;
+    let reasons = event_reasons(&world);
+    assert_eq!(reasons.iter().filter(|r| *r == "RestartMember").count(), 3, "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| *r == "TransferLeadership").count(), 1, "{reasons:?}");
+}
+
+/// A `kuberaft.io/restart` annotation on the RaftCluster restarts every member the same way,
+/// once per new value; another annotation restarts nothing.
+#[tokio::test]
+async fn a_restart_annotation_rolls_the_members_once_per_value() {
+    let world = steady_three().await;
+    let annotate = |key: &str, value: &str| {
+        let mut object = world.api.get(&cluster_path("etcd")).expect("stored");
+        object["metadata"]["annotations"][key] = json!(value);
+        world.api.put(&cluster_path("etcd"), object);
+    };
+    annotate("example.com/note", "hello");
+    for _ in 0..2 {
+        let (result, calls) = world.reconcile().await;
+        assert_eq!(result, Ok(Action::requeue(reconcile::REQUEUE_STEADY)));
+        assert_eq!(calls, observe_calls(), "another annotation changes nothing");
+    }
+    annotate(kuberaft::operator::builders::RESTART_ANNOTATION, "2026-12-03T10:00:00Z");
+    let (result, calls) = world.reconcile().await;
+    result.expect("reconcile");
+    assert!(calls.contains(&patch(&sts_path("etcd"))), "{calls:?}");
+    let sts = world.api.get(&sts_path("etcd")).expect("StatefulSet");
+    assert_eq!(
+        sts["spec"]["template"]["metadata"]["annotations"][kuberaft::operator::builders::RESTART_ANNOTATION],
+        "2026-12-03T10:00:00Z"
+    );
+    let (result, calls) = world.reconcile().await;
+    result.expect("reconcile");
+    assert_eq!(calls.iter().filter(|c| is_eviction(c)).count(), 1, "{calls:?}");
+    assert!(world.api.get(&pod_path("etcd-2")).is_none(), "a follower first: {calls:?}");
 }
 
 fn list(path: &str) -> Call {

@@ -496,3 +496,38 @@ fn with_a_restore_each_pod_restores_the_backup_first_as_the_member_it_will_be_an
     assert_eq!(secret(ENV_ACCESS_KEY_ID), ("etcd-backup-s3".to_string(), "accessKeyId".to_string()));
     assert_eq!(secret(ENV_SECRET_ACCESS_KEY), ("etcd-backup-s3".to_string(), "secretAccessKey".to_string()));
 }
+
+/// Issue 17, part 5: the operator restarts the pods itself (`OnDelete`), and tells a pod of an
+/// older template by the hash each pod keeps from the template it was made from; the hash moves
+/// with the pod spec and with a `kuberaft.io/restart` request, and only with them.
+#[test]
+fn the_pods_are_restarted_by_the_operator_and_their_template_hash_moves_with_the_pod_spec_and_a_restart_request() {
+    let template_annotations = |cluster: &RaftCluster| {
+        let sts = stateful_set(cluster, 3).expect("builds");
+        let spec = sts.spec.expect("spec");
+        let strategy = spec.update_strategy.expect("strategy");
+        assert_eq!(strategy.type_.as_deref(), Some("OnDelete"), "never the controller's ordinal order");
+        spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default()
+    };
+    let hash = |cluster: &RaftCluster| template_annotations(cluster)[POD_TEMPLATE_HASH_ANNOTATION].clone();
+    let cluster = RaftCluster::test();
+    assert_eq!(hash(&cluster), hash(&RaftCluster::test()), "the same spec, the same hash");
+    assert!(!template_annotations(&cluster).contains_key(RESTART_ANNOTATION));
+
+    let mut other_image = RaftCluster::test();
+    other_image.spec.image = "ghcr.io/kuberaft/kuberaft:next".to_string();
+    assert_ne!(hash(&other_image), hash(&cluster), "a new image");
+
+    let mut noted = RaftCluster::test();
+    noted.metadata.annotations = Some(BTreeMap::from([("example.com/note".to_string(), "x".to_string())]));
+    assert_eq!(hash(&noted), hash(&cluster), "another annotation restarts nothing");
+
+    let restart = |value: &str| {
+        let mut cluster = RaftCluster::test();
+        cluster.metadata.annotations = Some(BTreeMap::from([(RESTART_ANNOTATION.to_string(), value.to_string())]));
+        cluster
+    };
+    assert_ne!(hash(&restart("1")), hash(&cluster), "a restart request");
+    assert_ne!(hash(&restart("2")), hash(&restart("1")), "each new request");
+    assert_eq!(template_annotations(&restart("1"))[RESTART_ANNOTATION], "1");
+}

@@ -54,6 +54,8 @@ struct TestPod {
     /// The member id it runs (or last ran) as.
     id: String,
     applied: u64,
+    /// Runs an older pod template.
+    outdated: bool,
 }
 
 /// A model cluster: builds observations (`build`) and applies planned steps (`apply`).
@@ -135,7 +137,8 @@ impl TestCluster {
         for ordinal in 0..voters {
             let id = self.new_id(&name(ordinal));
             self.members.push(Member { id: id.clone(), name: name(ordinal), voter: true, ..Member::default() });
-            self.pods.insert(ordinal, TestPod { state: PodState::Up, ready: true, id, applied: COMMIT });
+            self.pods
+                .insert(ordinal, TestPod { state: PodState::Up, ready: true, id, applied: COMMIT, outdated: false });
         }
         self.stateful_set = Some(voters);
         self.endpoints = Some(names(0..voters));
@@ -156,7 +159,7 @@ impl TestCluster {
     fn learner(mut self, member: &str, applied: u64) -> Self {
         let id = self.new_id(member);
         self.members.push(Member { id: id.clone(), name: member.to_string(), voter: false, ..Member::default() });
-        self.pods.insert(ordinal(member), TestPod { state: PodState::Up, ready: true, id, applied });
+        self.pods.insert(ordinal(member), TestPod { state: PodState::Up, ready: true, id, applied, outdated: false });
         self.endpoints = Some(self.member_names());
         self.stateful_set = self.stateful_set.max(Some(ordinal(member) + 1));
         self
@@ -176,6 +179,14 @@ impl TestCluster {
 
     fn down(mut self, member: &str) -> Self {
         self.pod_mut(member).state = PodState::Down;
+        self
+    }
+
+    /// A new pod template: every pod runs an older one.
+    fn template_changed(mut self) -> Self {
+        for pod in self.pods.values_mut() {
+            pod.outdated = true;
+        }
         self
     }
 
@@ -275,7 +286,13 @@ impl TestCluster {
                         ..Status::default()
                     }
                 });
-                PodObservation { ordinal, ready: up && pod.ready, data_lost: pod.state == PodState::DataLost, status }
+                PodObservation {
+                    ordinal,
+                    ready: up && pod.ready,
+                    data_lost: pod.state == PodState::DataLost,
+                    status,
+                    outdated: pod.outdated,
+                }
             })
             .collect();
         Observed {
@@ -376,6 +393,31 @@ impl TestCluster {
                 self.auth_enabled = Some(on);
                 self.commit_entry();
             }
+            Plan::RestartMember { name: member, ordinal: at } => {
+                self.assert_quorum(step);
+                assert_eq!(*member, name(*at));
+                let voters = self.voters();
+                assert!(
+                    voters == 1 || self.leader.as_ref() != Some(member),
+                    "the leader is restarted only after it handed over"
+                );
+                for m in &self.members {
+                    let pod = &self.pods[&ordinal(&m.name)];
+                    assert!(
+                        pod.state == PodState::Up && pod.ready && pod.applied * 10 >= self.commit * 9,
+                        "{member} restarted while {} is not up and caught up",
+                        m.name
+                    );
+                }
+                let pod = self.pods.get_mut(at).expect("the pod");
+                assert!(pod.outdated, "{member} runs the current template already");
+                // The pod is made again from the current template; it restarts from its data.
+                pod.state = PodState::Starting;
+                pod.outdated = false;
+                if voters == 1 {
+                    self.leader = None;
+                }
+            }
             Plan::Wait { .. } => self.tick(),
             Plan::Nothing => {}
         }
@@ -397,6 +439,7 @@ impl TestCluster {
                         ready: true,
                         id: member.id.clone(),
                         applied: if member.voter { self.commit } else { 0 },
+                        outdated: false,
                     }
                 }
                 (PodState::DataLost, Some(member)) if member.id != pod.id => *pod = TestPod::starting(),
@@ -467,7 +510,7 @@ impl TestCluster {
 
 impl TestPod {
     fn starting() -> Self {
-        TestPod { state: PodState::Starting, ready: false, id: String::new(), applied: 0 }
+        TestPod { state: PodState::Starting, ready: false, id: String::new(), applied: 0, outdated: false }
     }
 }
 
@@ -484,8 +527,11 @@ fn label(step: &Plan) -> String {
         Plan::UpdateEndpoints { names } => format!("endpoints {}", names.join(",")),
         Plan::EnableAuth => "enable-auth".to_string(),
         Plan::DisableAuth => "disable-auth".to_string(),
+        Plan::RestartMember { name, .. } => format!("restart {name}"),
         Plan::Wait { reason } => match reason {
-            WaitReason::MemberNotReady { name } | WaitReason::LearnerCatchingUp { name, .. } => {
+            WaitReason::MemberNotReady { name }
+            | WaitReason::LearnerCatchingUp { name, .. }
+            | WaitReason::MemberCatchingUp { name } => {
                 format!("wait {} {name}", reason.kind())
             }
             _ => format!("wait {}", reason.kind()),
@@ -506,6 +552,18 @@ fn drive(cluster: &mut TestCluster) -> Vec<String> {
         cluster.apply(&step);
     }
     panic!("no convergence after {MAX_STEPS} steps: {steps:#?}");
+}
+
+/// Once every pod runs the current template the plan is done while the member restarted last
+/// is still coming back (Degraded says so, not Progressing): time passes until it is.
+fn settle(cluster: &mut TestCluster) {
+    for _ in 0..MAX_STEPS {
+        if derive_status(&cluster.build()).phase == Phase::Running {
+            return;
+        }
+        assert_eq!(plan(&cluster.build()), Plan::Nothing, "nothing to do while it comes back");
+        cluster.tick();
+    }
 }
 
 /// The cluster is what the spec asks for, and its status says so.
@@ -785,6 +843,53 @@ fn paused_scaling_resumes_where_it_stopped() {
     assert_converged(&cluster);
 }
 
+/// Issue 17, part 5: a new pod template rolls the members one at a time, followers first
+/// (highest ordinal first), each once every member is up and caught up; the leader last, after
+/// one transfer; the term moves once, by the transfer.
+#[test]
+fn a_new_pod_template_restarts_followers_first_and_the_leader_last_after_one_transfer() {
+    let mut cluster = Observed::test().running(5).template_changed();
+    let term = cluster.term;
+    let restarted_and_back =
+        |member: &str| vec![format!("restart {member}"), format!("wait MemberCatchingUp {member}")];
+    let mut expected: Vec<String> =
+        ["etcd-4", "etcd-3", "etcd-2", "etcd-1"].iter().flat_map(|m| restarted_and_back(m)).collect();
+    // The old leader last, once it follows; when it is back, nothing is left to roll.
+    expected.extend(["transfer etcd-0 -> etcd-1".to_string(), "restart etcd-0".to_string()]);
+    assert_eq!(drive(&mut cluster), expected);
+    settle(&mut cluster);
+    assert_converged(&cluster);
+    assert_eq!(cluster.term, term + 1, "one term: the transfer's");
+    assert_eq!(cluster.leader.as_deref(), Some("etcd-1"));
+}
+
+#[test]
+fn a_rolling_restart_waits_for_every_member_and_for_membership_and_one_member_just_restarts() {
+    // A member not ready or behind holds the roll, whichever it is.
+    let cluster = Observed::test().running(3).template_changed().not_ready("etcd-0");
+    assert_eq!(label(&plan(&cluster.build())), "wait MemberCatchingUp etcd-0");
+    let mut cluster = Observed::test().running(3).template_changed();
+    cluster.pod_mut("etcd-1").applied = COMMIT / 2;
+    assert_eq!(label(&plan(&cluster.build())), "wait MemberCatchingUp etcd-1");
+    // Membership first: a scale-up in flight finishes before any restart.
+    let mut cluster = Observed::test().running(3).template_changed().replicas(4);
+    let steps = drive(&mut cluster);
+    let first_restart = steps.iter().position(|s| s.starts_with("restart")).expect("a restart");
+    assert_eq!(steps[..first_restart].last().map(String::as_str), Some("promote etcd-3"), "{steps:?}");
+    assert_eq!(steps[first_restart], "restart etcd-2", "{steps:?}");
+    assert!(!steps.iter().any(|s| s == "restart etcd-3"), "etcd-3 started with the new template: {steps:?}");
+    settle(&mut cluster);
+    assert_converged(&cluster);
+    // Paused: deferred.
+    let cluster = Observed::test().running(3).template_changed().paused();
+    assert_eq!(label(&plan(&cluster.build())), "wait Paused");
+    // One member: nobody to hand over to; it restarts.
+    let mut cluster = Observed::test().running(1).template_changed();
+    assert_eq!(drive(&mut cluster)[0], "restart etcd-0");
+    settle(&mut cluster);
+    assert_converged(&cluster);
+}
+
 #[test]
 fn a_scale_down_during_a_scale_up_removes_the_learner() {
     let mut cluster = Observed::test().running(3).replicas(4).learner("etcd-3", 10).replicas(3);
@@ -969,6 +1074,8 @@ fn every_step_explains_itself() {
         Plan::ResizeStatefulSet { replicas: 4 },
         Plan::ReplaceMember { name: name(1), old_id: "11".into() },
         Plan::UpdateEndpoints { names: names(0..2) },
+        Plan::RestartMember { name: name(2), ordinal: 2 },
+        wait(WaitReason::MemberCatchingUp { name: name(2) }),
         wait(WaitReason::QuorumLost { reachable: 1, voters: 3 }),
         Plan::Nothing,
     ];
@@ -984,6 +1091,8 @@ fn every_step_explains_itself() {
             "resize the StatefulSet to 4 replicas",
             "replace etcd-1, whose data is lost: remove its old id 11, then add it back as a learner",
             "set the endpoint list to etcd-0,etcd-1",
+            "restart etcd-2 with the new pod template (followers first, the leader last)",
+            "wait: rolling restart: etcd-2 must run, follow the leader and catch up before the next member restarts",
             "wait: no leader is followed by a majority of the voters: 1 of 3 answer, 2 needed",
             "nothing to do",
         ]
