@@ -43,6 +43,13 @@ pub struct NodeArgs {
     pub initial_cluster: String,
     #[arg(long, env = "KUBERAFT_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
     pub initial_cluster_state: ClusterState,
+    /// etcd's `--force-new-cluster`, to recover a cluster whose majority is lost for good: with
+    /// data, this member starts as the only member of its cluster, keeping its data and id
+    /// (every other member is removed, DESIGN.md §2). Start it once so, then without the flag:
+    /// members added later are removed again by every start with it. Without data it does
+    /// nothing (as in etcd).
+    #[arg(long, env = "KUBERAFT_FORCE_NEW_CLUSTER", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub force_new_cluster: bool,
     /// Part of the cluster id; clusters with different tokens never talk to each other.
     #[arg(long, env = "KUBERAFT_INITIAL_CLUSTER_TOKEN", default_value = "etcd")]
     pub initial_cluster_token: String,

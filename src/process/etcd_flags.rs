@@ -48,10 +48,11 @@ const TRANSLATED: &[(&str, Option<&str>)] = &[
     ("auth-token", None),
     ("auth-token-ttl", None),
     ("bcrypt-cost", None),
+    ("force-new-cluster", None),
 ];
 
 /// etcd's flags that are booleans: given alone they mean `true`, and take no value after them.
-const BOOLEAN: &[&str] = &["client-cert-auth", "peer-client-cert-auth"];
+const BOOLEAN: &[&str] = &["client-cert-auth", "peer-client-cert-auth", "force-new-cluster"];
 
 /// etcd's flags that name what kuberaft does anyway, with the only values that do.
 const ACCEPTED: &[(&str, &[&str])] = &[("logger", &["zap"]), ("log-outputs", &["stderr", "default"])];
@@ -77,7 +78,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("grpc-keepalive-timeout", ""),
     ("strict-reconfig-check", ""),
     ("pre-vote", "pre-vote is always on"),
-    ("force-new-cluster", "quorum-loss recovery comes with the day-two issue"),
     ("proxy", "kuberaft has no proxy mode"),
     ("cors", ""),
     ("host-whitelist", ""),

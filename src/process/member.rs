@@ -277,6 +277,8 @@ struct Start {
     problems: Vec<String>,
     /// Members known before the log says (a joining member: the leader's view it joined through).
     known: Vec<PeerMember>,
+    /// `--force-new-cluster`: the entries that leave this member alone, to make durable first.
+    forced: Vec<crate::raft::Entry>,
 }
 
 /// The bootstrap policy. With data, the durable state is the truth and the flags only matter
@@ -291,6 +293,12 @@ fn decide_start(
     durable: DurableState,
     meta: Option<MemberMeta>,
 ) -> Result<Start, StartError> {
+    if args.force_new_cluster && (meta.is_none() || storage.is_fresh()) {
+        tracing::warn!(
+            "--force-new-cluster: {} holds no data, so there is nothing to keep: this member starts as it would without the flag (as etcd does)",
+            args.data_dir.display()
+        );
+    }
     match meta {
         Some(meta) if !storage.is_fresh() => {
             let mut problems = Vec::new();
@@ -310,8 +318,9 @@ fn decide_start(
                     args.name
                 )));
             }
-            let state = InitialState::restart(durable.hard_state, durable.snapshot, durable.entries);
-            Ok(Start { meta, state, problems, known: Vec::new() })
+            let mut state = InitialState::restart(durable.hard_state, durable.snapshot, durable.entries);
+            let forced = if args.force_new_cluster { force_new_cluster(&meta, &mut state)? } else { Vec::new() };
+            Ok(Start { meta, state, problems, known: Vec::new(), forced })
         }
         _ => match args.initial_cluster_state {
             ClusterState::New => bootstrap(args, flags, runtime),
@@ -321,7 +330,7 @@ fn decide_start(
                     while_answering_peers(runtime, flags.peer_addr, flags.tls.peer.clone(), flags.cluster_id, async {
                         join_existing(&joiner, &flags.initial, flags.peer_dial()).await
                     })?;
-                Ok(Start { meta, state: InitialState::default(), problems: Vec::new(), known })
+                Ok(Start { meta, state: InitialState::default(), problems: Vec::new(), known, forced: Vec::new() })
             }
         },
     }
@@ -361,7 +370,45 @@ fn bootstrap(args: &NodeArgs, flags: &Flags, runtime: &Runtime) -> Result<Start,
         )
         .await
     })?;
-    Ok(Start { meta, state: InitialState::bootstrap(&voters), problems: Vec::new(), known: Vec::new() })
+    Ok(Start {
+        meta,
+        state: InitialState::bootstrap(&voters),
+        problems: Vec::new(),
+        known: Vec::new(),
+        forced: Vec::new(),
+    })
+}
+
+/// `--force-new-cluster` on this member's data (`InitialState::force_new_cluster`): it stays
+/// the only member of its cluster, with its id and its whole log. Returns the entries to make
+/// durable before it starts.
+fn force_new_cluster(meta: &MemberMeta, state: &mut InitialState) -> Result<Vec<crate::raft::Entry>, StartError> {
+    let others = state.last_conf();
+    let forced = state.force_new_cluster(meta.member_id).map_err(|e| {
+        StartError::from(format!(
+            "--force-new-cluster: {e}: this member's own log has removed it, so its data cannot start a cluster; use the data of a member that is still listed"
+        ))
+    })?;
+    if forced.is_empty() {
+        tracing::info!("--force-new-cluster: {} is the only member already; nothing to change", meta.name);
+    } else {
+        let removed: Vec<String> = others
+            .voters
+            .iter()
+            .chain(&others.learners)
+            .filter(|&&id| id != meta.member_id)
+            .map(|&id| crate::base::wire::format_id(id))
+            .collect();
+        tracing::warn!(
+            "--force-new-cluster: {} is now the only member of cluster {:x}, with its whole log up to index {} (term {}); removed {}. Start it without the flag from now on, and add the other members back with empty data",
+            meta.name,
+            meta.cluster_id,
+            state.hard_state.commit,
+            state.hard_state.term,
+            removed.join(", ")
+        );
+    }
+    Ok(forced)
 }
 
 /// The voters of a new cluster's bootstrap entries (`InitialState::bootstrap`), each with the
@@ -394,6 +441,11 @@ fn record_start(
         storage
             .persist(Some(&state.hard_state), None, &state.entries)
             .map_err(|e| StartError::from(format!("cannot write the initial state: {e}")))?;
+    }
+    if !start.forced.is_empty() {
+        storage
+            .persist(Some(&state.hard_state), None, &start.forced)
+            .map_err(|e| StartError::from(format!("--force-new-cluster: cannot write the new configuration: {e}")))?;
     }
     Ok(storage)
 }

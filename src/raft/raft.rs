@@ -59,6 +59,59 @@ impl InitialState {
         let applied = snapshot.as_ref().map_or(0, |s| s.meta.index);
         InitialState { hard_state, snapshot, entries, applied }
     }
+
+    /// The configuration the log ends with: the snapshot's, then every change in the entries.
+    pub fn last_conf(&self) -> ConfState {
+        let mut conf = self.snapshot.as_ref().map(|s| s.meta.conf.clone()).unwrap_or_default();
+        for entry in &self.entries {
+            if let EntryPayload::ConfChange(cc) = &entry.payload {
+                if conf.validate(cc).is_ok() {
+                    conf.apply(cc);
+                }
+            }
+        }
+        conf
+    }
+
+    /// etcd's `--force-new-cluster`, for a cluster whose majority is lost for good (DESIGN.md
+    /// §2): this member becomes the only voter of its cluster, keeping its whole log. Appends,
+    /// in a term above any it has seen (so no entry can share an index and term with one a
+    /// lost member wrote), the removal of every other member (and its own promotion if it was
+    /// a learner), and marks the whole log committed: entries it held uncommitted are kept,
+    /// since the lost majority may have committed and acknowledged them, and any client whose
+    /// write is among them was told its outcome is unknown, never that it failed. Returns the
+    /// entries appended, for the caller to make durable with the hard state; none when it is
+    /// the only voter already, so a second start with the flag changes nothing.
+    pub fn force_new_cluster(&mut self, id: NodeId) -> Result<Vec<Entry>, ConfChangeError> {
+        let conf = self.last_conf();
+        if !conf.contains(id) {
+            return Err(ConfChangeError::NotAMember(id));
+        }
+        let others: Vec<NodeId> = conf.voters.iter().chain(&conf.learners).copied().filter(|&m| m != id).collect();
+        if others.is_empty() && conf.voters.contains(&id) {
+            return Ok(Vec::new());
+        }
+        let last = self.entries.last().map(|e| e.index).or(self.snapshot.as_ref().map(|s| s.meta.index)).unwrap_or(0);
+        let term = self.hard_state.term + 1;
+        let mut changes: Vec<ConfChange> = Vec::new();
+        if conf.learners.contains(&id) {
+            changes.push(ConfChange { kind: ConfChangeKind::Promote, node_id: id, context: Bytes::new() });
+        }
+        changes.extend(others.into_iter().map(|m| ConfChange {
+            kind: ConfChangeKind::Remove,
+            node_id: m,
+            context: Bytes::new(),
+        }));
+        let appended: Vec<Entry> = changes
+            .into_iter()
+            .zip(last + 1..)
+            .map(|(cc, index)| Entry { index, term, payload: EntryPayload::ConfChange(cc) })
+            .collect();
+        self.entries.extend(appended.iter().cloned());
+        let commit = appended.last().map_or(last, |e| e.index);
+        self.hard_state = HardState { term, vote: Some(id), commit };
+        Ok(appended)
+    }
 }
 
 /// Why a request could not be accepted. None of these changed anything.

@@ -1636,3 +1636,82 @@ fn a_leader_sends_nothing_of_a_term_before_that_term_is_durable() {
     let (early, _, _) = check(Some(PlantedBug::SendTermBeforePersist));
     assert!(!early.is_empty(), "the planted bug sends before persisting");
 }
+
+/// etcd's `--force-new-cluster` (quorum-loss recovery): a survivor of a 5-member cluster whose
+/// other members are gone for good becomes a one-member cluster with its whole log, the entry
+/// it held uncommitted included; it elects itself and takes writes; a second force changes
+/// nothing; a member that is not in its own configuration is refused.
+#[test]
+fn force_new_cluster_keeps_the_whole_log_and_leaves_this_member_alone() {
+    let mut net = Network::new(5);
+    net.elect(1);
+    net.propose(1, "a");
+    net.stabilize();
+    // "b" reaches member 2 only: held by 1 and 2, committed nowhere.
+    for to in [3, 4, 5] {
+        net.cut(1, to);
+    }
+    let b = net.propose(1, "b");
+    net.stabilize();
+    assert!(net.raft(2).log().last_index() >= b && net.raft(2).commit_index() < b);
+    let old_term = net.raft(2).term();
+
+    // 1, 3, 4 and 5 are lost; 2 is forced into a cluster of its own.
+    let mut state = net.peer(2).storage.restart_state();
+    let appended = state.force_new_cluster(2).expect("2 is a voter");
+    let removed: Vec<NodeId> = appended
+        .iter()
+        .map(|e| match &e.payload {
+            EntryPayload::ConfChange(cc) if cc.kind == ConfChangeKind::Remove => cc.node_id,
+            other => panic!("only removals: {other:?}"),
+        })
+        .collect();
+    assert_eq!(removed, [1, 3, 4, 5]);
+    assert!(appended.iter().all(|e| e.term == old_term + 1), "a term no lost member wrote in");
+    assert_eq!(appended[0].index, b + 1);
+    assert_eq!(state.hard_state.commit, b + 4, "the whole log is committed");
+    assert_eq!(state.last_conf(), ConfState { voters: BTreeSet::from([2]), learners: BTreeSet::new() });
+
+    let mut alone = Network::from_states(vec![(Config::new(2), state)]);
+    alone.elect(2);
+    alone.propose(2, "c");
+    alone.stabilize();
+    assert_eq!(alone.peer(2).state, [data("a"), data("b"), data("c")], "every write it held, then new ones");
+    assert_eq!(alone.raft(2).conf().voters, BTreeSet::from([2]));
+    assert!(alone.raft(2).term() > old_term);
+
+    // Forcing again: it is alone already, nothing changes.
+    let mut again = alone.peer(2).storage.restart_state();
+    let before = again.hard_state;
+    assert_eq!(again.force_new_cluster(2), Ok(Vec::new()));
+    assert_eq!(again.hard_state, before);
+    // A member its own log does not list (removed) is refused.
+    assert_eq!(again.force_new_cluster(7), Err(ConfChangeError::NotAMember(7)));
+
+    // A learner's log: it is promoted as it removes the others.
+    let mut net = Network::new(3);
+    net.elect(1);
+    net.add_member(Config::new(4), InitialState::default());
+    net.propose_conf_change(1, ConfChangeKind::AddLearner, 4);
+    net.stabilize();
+    net.heartbeat(1);
+    let mut state = net.peer(4).storage.restart_state();
+    let appended = state.force_new_cluster(4).expect("4 is a learner");
+    let kinds: Vec<(ConfChangeKind, NodeId)> = appended
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EntryPayload::ConfChange(cc) => Some((cc.kind, cc.node_id)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (ConfChangeKind::Promote, 4),
+            (ConfChangeKind::Remove, 1),
+            (ConfChangeKind::Remove, 2),
+            (ConfChangeKind::Remove, 3)
+        ]
+    );
+    assert_eq!(state.last_conf(), ConfState { voters: BTreeSet::from([4]), learners: BTreeSet::new() });
+}

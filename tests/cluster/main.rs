@@ -14,6 +14,7 @@ mod mvcc_api;
 #[path = "../chaos/nft.rs"]
 mod nft;
 mod recipes;
+mod recovery;
 #[path = "../support/require.rs"]
 mod require;
 mod snapshots;

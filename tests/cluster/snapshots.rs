@@ -66,7 +66,7 @@ impl Drop for RestoredEtcd {
 
 /// Every key as etcdctl reads it (`get "" --prefix -w json`): the header's revision, and each
 /// key's value, create and mod revisions and version.
-fn everything(endpoint: &str) -> (i64, Vec<Value>) {
+pub fn everything(endpoint: &str) -> (i64, Vec<Value>) {
     let out = wait_for("etcdctl get --prefix", Duration::from_secs(15), || {
         let out = ctl(endpoint, &["get", "", "--prefix", "-w", "json"], "", Duration::from_secs(10));
         out.ok.then_some(out.out)
