@@ -383,7 +383,6 @@ fn bootstrap(args: &NodeArgs, flags: &Flags, runtime: &Runtime) -> Result<Start,
 /// the only member of its cluster, with its id and its whole log. Returns the entries to make
 /// durable before it starts.
 fn force_new_cluster(meta: &MemberMeta, state: &mut InitialState) -> Result<Vec<crate::raft::Entry>, StartError> {
-    let others = state.last_conf();
     let forced = state.force_new_cluster(meta.member_id).map_err(|e| {
         StartError::from(format!(
             "--force-new-cluster: {e}: this member's own log has removed it, so its data cannot start a cluster; use the data of a member that is still listed"
@@ -392,12 +391,14 @@ fn force_new_cluster(meta: &MemberMeta, state: &mut InitialState) -> Result<Vec<
     if forced.is_empty() {
         tracing::info!("--force-new-cluster: {} is the only member already; nothing to change", meta.name);
     } else {
-        let removed: Vec<String> = others
-            .voters
+        let removed: Vec<String> = forced
             .iter()
-            .chain(&others.learners)
-            .filter(|&&id| id != meta.member_id)
-            .map(|&id| crate::base::wire::format_id(id))
+            .filter_map(|entry| match &entry.payload {
+                crate::raft::EntryPayload::ConfChange(cc) if cc.kind == crate::raft::ConfChangeKind::Remove => {
+                    Some(crate::base::wire::format_id(cc.node_id))
+                }
+                _ => None,
+            })
             .collect();
         tracing::warn!(
             "--force-new-cluster: {} is now the only member of cluster {:x}, with its whole log up to index {} (term {}); removed {}. Start it without the flag from now on, and add the other members back with empty data",

@@ -469,20 +469,27 @@ impl Etcd {
     pub fn spawn(ip: &str, scheme: &str, extra: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().expect("tempdir");
         let (client, peer) = (format!("{scheme}://{ip}:{CLIENT_PORT}"), format!("{scheme}://{ip}:{PEER_PORT}"));
-        let child = Command::new("etcd")
-            .args(["--name", "e0", "--data-dir"])
-            .arg(dir.path().join("e0"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("e0={peer}")])
-            .args(["--logger", "zap", "--log-level", "error"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
+        let child = etcd_member("e0", &dir.path().join("e0"), &client, &peer, &format!("e0={peer}"), extra);
         Etcd { child, _dir: dir }
     }
+}
+
+/// One etcd 3.4 member `name` with its data in `data_dir`, listening on and advertising its
+/// `client` and `peer` URLs, started with `--initial-cluster initial` and `extra` flags, its
+/// output discarded (errors only). The caller stops it.
+pub fn etcd_member(name: &str, data_dir: &Path, client: &str, peer: &str, initial: &str, extra: &[&str]) -> Child {
+    Command::new("etcd")
+        .args(["--name", name, "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen-client-urls", client, "--advertise-client-urls", client])
+        .args(["--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer])
+        .args(["--initial-cluster", initial])
+        .args(["--logger", "zap", "--log-level", "error"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcd")
 }
 
 impl Drop for Etcd {

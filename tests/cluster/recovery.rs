@@ -7,13 +7,13 @@
 //! reported: etcd 3.4 drops log entries its database may have applied, COMPATIBILITY.md).
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::grpc_api::{ctl, etcdctl_available};
-use crate::harness::{wait_for, Cluster};
+use crate::harness::{etcd_member, wait_for, Cluster};
 use crate::snapshots::everything;
 
 const ELECTION: Duration = Duration::from_secs(10);
@@ -47,20 +47,11 @@ impl EtcdMembers {
     }
 
     fn start(&mut self, i: usize, initial: &str, state: &str, extra: &[&str]) {
-        let child = Command::new("etcd")
-            .args(["--name", &format!("e{i}"), "--data-dir"])
-            .arg(self.data_dir(i))
-            .args(["--listen-client-urls", &EtcdMembers::client(i), "--advertise-client-urls", &EtcdMembers::client(i)])
-            .args(["--listen-peer-urls", &EtcdMembers::peer(i), "--initial-advertise-peer-urls", &EtcdMembers::peer(i)])
-            .args(["--initial-cluster", initial, "--initial-cluster-state", state])
-            .args(["--initial-cluster-token", "recovery", "--election-timeout", "1000", "--heartbeat-interval", "100"])
-            .args(["--logger", "zap", "--log-level", "error"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        self.children[i] = Some(child);
+        let mut flags = vec!["--initial-cluster-state", state, "--initial-cluster-token", "recovery"];
+        flags.extend(["--election-timeout", "1000", "--heartbeat-interval", "100"]);
+        flags.extend_from_slice(extra);
+        let (name, client, peer) = (format!("e{i}"), EtcdMembers::client(i), EtcdMembers::peer(i));
+        self.children[i] = Some(etcd_member(&name, &self.data_dir(i), &client, &peer, initial, &flags));
     }
 
     fn kill(&mut self, i: usize) {

@@ -5,7 +5,7 @@
 //! revisions (what etcdctl reads back) and nothing written after the save.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use kuberaft::base::base64::encode_base64;
@@ -42,18 +42,7 @@ struct RestoredEtcd(Child);
 impl RestoredEtcd {
     fn start(ip: &str, data_dir: &Path) -> RestoredEtcd {
         let (client, peer) = (format!("http://{ip}:2379"), format!("http://{ip}:2380"));
-        let child = Command::new("etcd")
-            .args(["--name", "e0", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("e0={peer}")])
-            .args(["--logger", "zap", "--log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        RestoredEtcd(child)
+        RestoredEtcd(crate::harness::etcd_member("e0", data_dir, &client, &peer, &format!("e0={peer}"), &[]))
     }
 }
 

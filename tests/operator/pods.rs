@@ -644,8 +644,13 @@ impl Harness {
     }
 
     fn set_replicas(&self, replicas: u32) {
+        self.set_spec(|spec| spec["replicas"] = json!(replicas));
+    }
+
+    /// A change of the RaftCluster's spec, as `kubectl edit` makes it: a new generation.
+    fn set_spec(&self, change: impl FnOnce(&mut Value)) {
         let mut object = self.api.get(&cluster_path(CLUSTER)).expect("stored");
-        object["spec"]["replicas"] = json!(replicas);
+        change(&mut object["spec"]);
         let generation = object["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
         object["metadata"]["generation"] = json!(generation);
         self.api.put(&cluster_path(CLUSTER), object);
@@ -1086,10 +1091,9 @@ async fn spec_auth_turns_auth_on_as_root_holds_through_3_to_5_to_3_and_goes_off_
     assert!(refused.to_string().contains("authentication failed"), "{refused}");
 
     // spec.auth removed: the operator turns auth off (as root, from the Secret status.auth names).
-    let mut object = h.api.get(&cluster_path(CLUSTER)).expect("stored");
-    object["spec"].as_object_mut().expect("spec").remove("auth");
-    object["metadata"]["generation"] = json!(object["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
-    h.api.put(&cluster_path(CLUSTER), object);
+    h.set_spec(|spec| {
+        spec.as_object_mut().expect("spec").remove("auth");
+    });
     h.converge("auth off", 3).await;
     assert_eq!(h.status()["auth"], json!({"enabled": false}));
     let client = Client::with_config(vec![h.url(1)], anonymous).expect("a client");
@@ -1398,10 +1402,7 @@ async fn an_image_change_restarts_five_members_one_at_a_time_the_leader_last_whi
 
     let roll = h
         .roll_under_writes("the operator's leader-last roll", 5, "roll-a/", |h| {
-            let mut object = h.api.get(&cluster_path(CLUSTER)).expect("stored");
-            object["spec"]["image"] = json!("kuberaft:next");
-            object["metadata"]["generation"] = json!(object["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
-            h.api.put(&cluster_path(CLUSTER), object);
+            h.set_spec(|spec| spec["image"] = json!("kuberaft:next"));
         })
         .await;
     eprintln!("operator, leader last: {}", roll.summary());
@@ -1430,10 +1431,7 @@ async fn an_image_change_restarts_five_members_one_at_a_time_the_leader_last_whi
     assert!(h.kubelet.exits.is_empty(), "no member crashed: {:?}\n{}", h.kubelet.exits, h.kubelet.logs());
 
     // The same change by the StatefulSet controller, in ordinal order, for comparison.
-    let mut object = h.api.get(&cluster_path(CLUSTER)).expect("stored");
-    object["spec"]["paused"] = json!(true);
-    object["metadata"]["generation"] = json!(object["metadata"]["generation"].as_i64().unwrap_or(1) + 1);
-    h.api.put(&cluster_path(CLUSTER), object);
+    h.set_spec(|spec| spec["paused"] = json!(true));
     h.step().await;
     let controller = h
         .roll_under_writes("the StatefulSet controller's RollingUpdate", 5, "roll-b/", |h| {
