@@ -570,6 +570,8 @@ pub fn build_status(api: &Api) -> Status {
         cluster_id: format_id(shared.cluster_id),
         errors: shared.errors(),
         auth_enabled: Some(super::auth::with_state(api, |auth| auth.enabled)),
+        last_log_term: s.last_term,
+        last_log_index: s.last_index,
     }
 }
 

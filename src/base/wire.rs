@@ -253,6 +253,13 @@ pub struct Status {
     /// Whether auth is on in this member's applied state; `None` from a member too old to say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_enabled: Option<bool>,
+    /// The term and index of the last entry in this member's log (persisted or not): how
+    /// complete its log is, which decides the survivor of a quorum-loss recovery (Raft's
+    /// up-to-date rule, §5.4.1). 0 from a member too old to say.
+    #[serde(default)]
+    pub last_log_term: u64,
+    #[serde(default)]
+    pub last_log_index: u64,
 }
 
 /// Member ids are printed and parsed as hex, as etcd does.

@@ -51,6 +51,8 @@ fn status(name: &str, role: &str, term: u64) -> Status {
         cluster_id: "c".to_string(),
         errors: Vec::new(),
         auth_enabled: Some(false),
+        last_log_term: term,
+        last_log_index: 42,
     }
 }
 

@@ -103,6 +103,8 @@ fn sample_status(name: &str) -> Status {
         cluster_id: "c1".to_string(),
         errors: Vec::new(),
         auth_enabled: Some(false),
+        last_log_term: 3,
+        last_log_index: 10,
     }
 }
 

@@ -1093,6 +1093,7 @@ impl RaftLoop {
             // core's may be ahead of it when the state machine is halted).
             applied_index: read(&self.shared.kv).applied_index(),
             last_index: raft.log().last_index(),
+            last_term: raft.log().last_term(),
             voter: raft.conf().voters.contains(&me),
             matched,
             committed_in_term: role == Role::Leader && raft.committed_in_current_term(),

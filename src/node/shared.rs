@@ -34,6 +34,8 @@ pub struct LoopStatus {
     pub commit_index: Index,
     pub applied_index: Index,
     pub last_index: Index,
+    /// The term of the entry at `last_index`.
+    pub last_term: Term,
     pub voter: bool,
     /// Leader only: each member's match index.
     pub matched: BTreeMap<NodeId, Index>,
@@ -330,6 +332,7 @@ impl Shared {
                 commit_index: 0,
                 applied_index: 0,
                 last_index: 0,
+                last_term: 0,
                 voter: true,
                 matched: BTreeMap::new(),
                 committed_in_term: false,

@@ -80,6 +80,11 @@ pub const POD_TEMPLATE_HASH_ANNOTATION: &str = "kuberaft.io/pod-template-hash";
 /// A RaftCluster annotation that asks for a rolling restart of its members when it changes
 /// (`kubectl annotate raft etcd kuberaft.io/restart="$(date)" --overwrite`).
 pub const RESTART_ANNOTATION: &str = "kuberaft.io/restart";
+/// A RaftCluster annotation that asks for a quorum-loss recovery (DESIGN.md §6), once per new
+/// value (`kubectl annotate raft etcd kuberaft.io/recover-quorum="$(date)" --overwrite`).
+pub const RECOVER_QUORUM_ANNOTATION: &str = "kuberaft.io/recover-quorum";
+/// The members' variable that carries a recovery that was carried out (`--quorum-recovery`).
+pub const ENV_QUORUM_RECOVERY: &str = "KUBERAFT_QUORUM_RECOVERY";
 /// The init container that restores `spec.bootstrap.restore` into each first member.
 pub const RESTORE_CONTAINER_NAME: &str = "restore";
 /// Where it reads the store's credentials (`kuberaft snapshot restore` of an `s3://` file).
@@ -277,12 +282,17 @@ pub fn members_config_map(
 /// requiring `minAvailable` = quorum: with maxUnavailable 1 the budget stays right while the
 /// operator scales one member at a time (no update of the budget per step), never lets a drain
 /// take two members of a 3-member cluster, and still lets a 1-member cluster's node drain.
+/// A pod that is not ready may always be evicted (`unhealthyPodEvictionPolicy: AlwaysAllow`):
+/// a member that crash-loops or has no leader adds nothing to the quorum, and a quorum-loss
+/// recovery must restart members while none is ready (with the default policy the budget would
+/// refuse every eviction then), as must a drain of a node whose member is stuck.
 pub fn pod_disruption_budget(cluster: &RaftCluster) -> Result<PodDisruptionBudget, BuildError> {
     Ok(PodDisruptionBudget {
         metadata: object_meta(cluster, cluster.name_any())?,
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector { match_labels: Some(selector_labels(cluster)), ..LabelSelector::default() }),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_string()),
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
@@ -408,6 +418,12 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
         value("KUBERAFT_SNAPSHOT_THRESHOLD", spec.snapshot_threshold.to_string()),
         value("KUBERAFT_LOG_FORMAT", "json".to_string()),
     ];
+    // After a quorum-loss recovery every pod starts with it: the survivor's once forces a new
+    // cluster, every other's once sets its old data aside (`kuberaft node --quorum-recovery`).
+    let recovery = cluster.status.as_ref().and_then(|s| s.recovery.as_ref());
+    if let Some((id, survivor)) = recovery.and_then(|r| r.id.as_ref().zip(r.survivor.as_ref())) {
+        env.push(value(ENV_QUORUM_RECOVERY, format!("{id}:{survivor}")));
+    }
     let tls = spec.tls.is_some();
     if tls {
         // Each member its own certificate, for both ports and its calls; clients and peers must

@@ -496,6 +496,10 @@ pub struct RaftClusterStatus {
     /// that failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
+    /// The last quorum-loss recovery asked for with the annotation `kuberaft.io/recover-quorum`:
+    /// refused, under way or completed, and what it kept and replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryStatus>,
     /// Available (a leader with quorum), Progressing, Degraded and MembershipConsistent (every
     /// healthy member reports the membership that the endpoint list names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -545,6 +549,43 @@ pub struct BackupFailure {
     pub reason: String,
     /// What the store, the member or the Secret said.
     pub message: String,
+}
+
+/// `status.recovery`. `request`, `phase` and `message` are about the last request; the other
+/// fields about the last recovery that was carried out (a refused request leaves them as they
+/// were).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryStatus {
+    /// The annotation's value that asked: each new value is one request.
+    pub request: String,
+    /// Refused, Recovering or Completed.
+    pub phase: String,
+    /// Why it was refused, or what it does and what may have been lost.
+    pub message: String,
+    /// The recovery's id, which the members start with (`--quorum-recovery ID:SURVIVOR`) and
+    /// which names the set-aside data directories (`data.before-recovery-<id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The member whose log was kept: the most complete one that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survivor: Option<String>,
+    /// The term of the survivor's last log entry when it was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survivor_last_log_term: Option<u64>,
+    /// The index of the survivor's last log entry when it was chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survivor_last_log_index: Option<u64>,
+    /// The members that were removed and added back with empty data. Writes acknowledged only
+    /// by them (and not by the survivor) are lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<String>,
+    /// When it started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    /// When the cluster was back to what the spec asks for (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
 }
 
 /// `status.auth`.

@@ -21,6 +21,7 @@ pub mod controller;
 pub mod crd;
 pub mod planner;
 pub mod reconcile;
+pub mod recovery;
 
 /// The smallest and largest `spec.replicas` a `RaftCluster` accepts (the CRD schema says the same).
 pub const MIN_REPLICAS: u32 = 1;

@@ -36,6 +36,15 @@
 //! the new or old template, follows the leader and has caught up; the leader last, after
 //! `TransferLeadership` to a caught-up follower (one transfer, no election timeout).
 //!
+//! Quorum-loss recovery (issue 17), only when asked (the `kuberaft.io/recover-quorum`
+//! annotation) and only without a majority answering (`recovery_survivor`): the member with the
+//! most complete log (highest last term, then index) survives; the pods are made again with
+//! `--quorum-recovery` (`builders`), the survivor's first: it starts as the only member,
+//! keeping its log, and every other member's data is set aside. While `Observed::recovering`
+//! names the survivor, `RestartMember` evicts the survivor's pod, then (once it leads alone)
+//! every other pod of the older template, with no quorum or readiness rule: those members are
+//! no longer in the cluster. Then the ordinary steps add them back as learners and promote them.
+//!
 //! Auth (`spec.auth`) follows the spec once the cluster formed, ahead of membership steps:
 //! `EnableAuth` while the leader reports auth off, `DisableAuth` once `spec.auth` is removed from
 //! a cluster whose auth the operator turned on. Auth turned on by hand (no `spec.auth` ever) is
@@ -73,6 +82,9 @@ pub struct Observed {
     pub pods: Vec<PodObservation>,
     /// The ConfigMap's endpoint list; `None` when it does not exist.
     pub endpoints: Option<EndpointList>,
+    /// The survivor of the quorum-loss recovery under way (`status.recovery`, phase
+    /// Recovering), if any: the pods are restarted into the recovery first (module docs).
+    pub recovering: Option<String>,
     /// Whether auth should be on: `Some(true)` with `spec.auth`; `Some(false)` once it was
     /// removed while the operator still manages auth (`status.auth` names its Secret); `None`:
     /// auth is not the operator's.
@@ -212,6 +224,8 @@ pub enum WaitReason {
     /// A rolling restart waits for this member to run, follow the leader and catch up before
     /// it restarts the next.
     MemberCatchingUp { name: String },
+    /// Quorum-loss recovery: the survivor's pod restarted, and it does not yet lead alone.
+    SurvivorStarting { name: String },
 }
 
 impl Plan {
@@ -253,6 +267,7 @@ impl WaitReason {
             WaitReason::NoTransferTarget { .. } => "NoTransferTarget",
             WaitReason::WouldLoseQuorum { .. } => "WouldLoseQuorum",
             WaitReason::MemberCatchingUp { .. } => "MemberCatchingUp",
+            WaitReason::SurvivorStarting { .. } => "SurvivorStarting",
         }
     }
 }
@@ -318,6 +333,10 @@ impl fmt::Display for WaitReason {
                 f,
                 "rolling restart: {name} must run, follow the leader and catch up before the next member restarts"
             ),
+            WaitReason::SurvivorStarting { name } => write!(
+                f,
+                "quorum-loss recovery: {name} restarts as the only member of the cluster, with its log; the other members follow once it leads"
+            ),
         }
     }
 }
@@ -351,6 +370,10 @@ fn next_step(observed: &Observed) -> Plan {
     let listed_hosting = observed.replicas_hosting(listed.iter().map(String::as_str));
     if current_replicas < listed_hosting {
         return Plan::ResizeStatefulSet { replicas: listed_hosting };
+    }
+
+    if let Some(step) = observed.recovering.as_deref().and_then(|survivor| recovery_restart(observed, survivor)) {
+        return step;
     }
 
     let leadership = Leadership::observe(observed);
@@ -406,6 +429,91 @@ fn next_step(observed: &Observed) -> Plan {
         return Plan::AddLearner { name: member_name(&observed.cluster, ordinal), ordinal };
     }
     leadership.roll(observed, leader).unwrap_or(Plan::Nothing)
+}
+
+// ----- quorum-loss recovery -----
+
+/// The member a quorum-loss recovery keeps, as [`recovery_survivor`] chose it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Survivor {
+    pub name: String,
+    pub last_log_term: u64,
+    pub last_log_index: u64,
+    /// Every other member of the membership: their data is set aside, and writes that only they
+    /// acknowledged may be lost.
+    pub replaced: Vec<String>,
+}
+
+/// Whether a quorum-loss recovery may start now, and from which member; `Err` says why not.
+/// Only once the cluster formed, and only while neither a leader with quorum nor a majority of
+/// the voters answers (a majority elects a leader by itself; a recovery would throw its data
+/// away for nothing). The survivor is the answering member with the most complete log: the
+/// highest last term, then the highest last index (Raft's up-to-date rule); ties go to the
+/// lowest ordinal.
+pub fn recovery_survivor(observed: &Observed) -> Result<Survivor, String> {
+    if !observed.formed {
+        return Err("the cluster never elected a leader, so it has no quorum to lose".to_string());
+    }
+    let leadership = Leadership::observe(observed);
+    if let Some(leader) = leadership.leader_with_quorum() {
+        return Err(format!(
+            "{} leads with a majority of the voters: there is no quorum loss to recover from",
+            leader.name
+        ));
+    }
+    let voters = leadership.voters();
+    let answering: Vec<&Member> =
+        leadership.members.iter().filter(|m| m.voter && observed.reported_by(&m.name).is_some()).collect();
+    if voters > 0 && answering.len() >= majority(voters) {
+        let names: Vec<&str> = answering.iter().map(|m| m.name.as_str()).collect();
+        return Err(format!(
+            "a majority of the voters still answers ({} of {voters}: {}); it elects a leader by itself, and a recovery would throw away data that a majority holds",
+            answering.len(),
+            names.join(",")
+        ));
+    }
+    let survivor =
+        leadership.members.iter().filter_map(|m| observed.reported_by(&m.name).map(|s| (m, s))).min_by_key(|(m, s)| {
+            (
+                Reverse((s.last_log_term, s.last_log_index)),
+                member_ordinal(&observed.cluster, &m.name).unwrap_or(u32::MAX),
+            )
+        });
+    let Some((member, status)) = survivor else {
+        return Err(
+            "no member with data answers: there is no log to recover from (restore a backup instead)".to_string()
+        );
+    };
+    Ok(Survivor {
+        name: member.name.clone(),
+        last_log_term: status.last_log_term,
+        last_log_index: status.last_log_index,
+        replaced: leadership.members.iter().filter(|m| m.name != member.name).map(|m| m.name.clone()).collect(),
+    })
+}
+
+/// The recovery's restarts (module docs): the survivor's pod first, then, once it leads, every
+/// pod of an older template whose member the survivor's cluster does not hold (the members it
+/// removed), the highest ordinal first. `None` once none is left: the ordinary steps go on from
+/// the survivor's cluster (members added back are rolled as any member, if need be).
+fn recovery_restart(observed: &Observed, survivor: &str) -> Option<Plan> {
+    let restart = |pod: &PodObservation| Plan::RestartMember {
+        name: member_name(&observed.cluster, pod.ordinal),
+        ordinal: pod.ordinal,
+    };
+    if let Some(pod) = observed.pod(survivor).filter(|p| p.outdated) {
+        return Some(restart(pod));
+    }
+    let leadership = Leadership::observe(observed);
+    let removed = |pod: &&PodObservation| {
+        let name = member_name(&observed.cluster, pod.ordinal);
+        pod.outdated && !leadership.members.iter().any(|m| m.name == name)
+    };
+    let next = observed.pods.iter().rev().find(removed)?;
+    if leadership.leader_with_quorum().is_none_or(|leader| leader.name != survivor) {
+        return Some(Plan::wait(WaitReason::SurvivorStarting { name: survivor.to_string() }));
+    }
+    Some(restart(next))
 }
 
 /// Who leads and who follows, from one observation; computed once for the planner and the status.

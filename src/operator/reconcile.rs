@@ -30,7 +30,7 @@ use serde::Serialize;
 use super::builders::{self, BuildError};
 use super::crd::{MemberStatus as StatusMember, RaftCluster, RaftClusterStatus};
 use super::planner::{self, ClusterHealth, EndpointList, Observed, Phase, Plan, PodObservation, WaitReason};
-use super::{auth, backup, certs};
+use super::{auth, backup, certs, recovery};
 use super::{member_name, member_ordinal};
 use crate::base::ids::fnv1a;
 use crate::base::wire::{parse_id, AddMemberRequest, Status};
@@ -344,7 +344,12 @@ async fn reconcile_inner(cluster: &RaftCluster, ctx: &Context) -> Result<Action,
     }
 
     let mut owned = observe_objects(ctx, cluster, &namespace, &name).await?;
-    let observed = observe_members(ctx, cluster, &namespace, &owned).await;
+    let mut observed = observe_members(ctx, cluster, &namespace, &owned).await;
+    // A quorum-loss recovery asked for (and decided now), or under way: the planner restarts the
+    // pods into it before anything else.
+    let now = Timestamp::now().to_string();
+    let (recovery_record, requested) = recovery::request(cluster, &previous, &observed, &now);
+    observed.recovering = recovery::recovering(recovery_record.as_ref());
     let plan = planner::plan(&observed);
     let health = planner::derive_status(&observed);
 
@@ -368,8 +373,16 @@ async fn reconcile_inner(cluster: &RaftCluster, ctx: &Context) -> Result<Action,
 
     let mut status = build_status(cluster, &previous, &health, &plan, step_result.as_ref().err());
     backup::run::into_status(cluster, &previous, &mut status, backed_up.as_ref());
+    let (recovery_record, completed) = match &step_result {
+        Ok(()) => recovery::progress(recovery_record, &plan, &now),
+        Err(_) => (recovery_record, None),
+    };
+    status.recovery = recovery_record;
     write_status(ctx, cluster, &previous, status).await?;
     announce(ctx, cluster, &previous, &health, &plan).await;
+    for (type_, reason, note) in requested.into_iter().chain(completed) {
+        publish_each(ctx, cluster, event(type_, reason, "Recover", note)).await;
+    }
     for (type_, reason, note) in backed_up.as_ref().map(backup::run::events).unwrap_or_default() {
         publish_each(ctx, cluster, event(type_, reason, "Backup", note)).await;
     }
@@ -526,6 +539,7 @@ async fn observe_members(ctx: &Context, cluster: &RaftCluster, namespace: &str, 
             .map(|spec| u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0)),
         pods,
         endpoints,
+        recovering: None,
         auth: auth::wanted(cluster),
     }
 }
@@ -928,6 +942,7 @@ pub fn build_status(
         client_secret: cluster.spec.tls.as_ref().map(|_| certs::client_secret_name(cluster)),
         auth: auth::status(cluster, previous, health.auth_enabled),
         backup: None,
+        recovery: previous.recovery.clone(),
         conditions: previous.conditions.clone(),
     };
     let (available_reason, available_message) = if health.available {

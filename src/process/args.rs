@@ -50,6 +50,13 @@ pub struct NodeArgs {
     /// nothing (as in etcd).
     #[arg(long, env = "KUBERAFT_FORCE_NEW_CLUSTER", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub force_new_cluster: bool,
+    /// A quorum-loss recovery, `ID:SURVIVOR`, as the operator sets it for every member
+    /// (DESIGN.md §6): once per data directory and ID, the member named SURVIVOR starts as with
+    /// `--force-new-cluster`, and every other member sets its data aside (renamed to
+    /// `<data-dir>.before-recovery-ID`, never read again) and starts empty, to join again as a
+    /// new learner. A data directory that went through recovery ID starts as usual.
+    #[arg(long, env = "KUBERAFT_QUORUM_RECOVERY", default_value = "")]
+    pub quorum_recovery: String,
     /// Part of the cluster id; clusters with different tokens never talk to each other.
     #[arg(long, env = "KUBERAFT_INITIAL_CLUSTER_TOKEN", default_value = "etcd")]
     pub initial_cluster_token: String,

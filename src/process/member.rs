@@ -52,8 +52,12 @@ pub fn run(args: NodeArgs) -> ExitCode {
     }
 }
 
-fn start(args: NodeArgs) -> Result<(), StartError> {
+fn start(mut args: NodeArgs) -> Result<(), StartError> {
     let flags = Flags::check(&args)?;
+    let recovery = super::recovery::prepare(&args)?;
+    if matches!(recovery, super::recovery::Prepared::Force(_)) {
+        args.force_new_cluster = true;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -62,6 +66,7 @@ fn start(args: NodeArgs) -> Result<(), StartError> {
     let DataDir { storage, durable, meta: stored_meta } = open_storage(&args)?;
     let start = decide_start(&args, &flags, &runtime, &storage, durable, stored_meta.clone())?;
     let storage = record_start(&args, storage, stored_meta.as_ref(), &start)?;
+    super::recovery::finish(&args, &recovery)?;
     let mut kv = restore_state_machine(&args, &start.state)?;
     kv.set_tokens(Arc::new(Tokens::new(flags.token_ttl)));
     let cfg = raft_config(start.meta.member_id, &args)?;
@@ -566,6 +571,7 @@ fn shared_state(
             commit_index: raw.raft.commit_index(),
             applied_index: kv.applied_index(),
             last_index: raw.raft.log().last_index(),
+            last_term: raw.raft.log().last_term(),
             voter: raw.raft.conf().voters.contains(&meta.member_id),
             matched: Default::default(),
             committed_in_term: false,

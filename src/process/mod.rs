@@ -8,6 +8,7 @@ mod error;
 pub mod etcd_flags;
 mod join;
 mod member;
+mod recovery;
 pub mod restore;
 
 pub use args::NodeArgs;

@@ -208,7 +208,7 @@ impl FileSystem for RealFs {
 /// The extension of a file being written by `write_file_atomically`.
 const TMP_EXTENSION: &str = "tmp";
 /// The file `lock_dir` locks in a data directory.
-const LOCK_FILE: &str = "LOCK";
+pub(crate) const LOCK_FILE: &str = "LOCK";
 
 /// Writes `parts` to `dir/name` so that after a crash the file is either old or complete.
 pub(crate) fn write_file_atomically(

@@ -151,6 +151,8 @@ impl FakeMembers {
                     cluster_id: "c1".to_string(),
                     errors: Vec::new(),
                     auth_enabled: Some(auth_enabled),
+                    last_log_term: term,
+                    last_log_index: commit,
                 },
             );
         }

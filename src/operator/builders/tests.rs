@@ -152,6 +152,8 @@ fn pod_disruption_budget_allows_one_member_down() {
     assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
     assert_eq!(spec.min_available, None);
     assert_eq!(spec.selector.and_then(|selector| selector.match_labels), Some(selector_labels(&RaftCluster::test())));
+    // A member that is not ready may go: a quorum-loss recovery restarts members while none is.
+    assert_eq!(spec.unhealthy_pod_eviction_policy.as_deref(), Some("AlwaysAllow"));
 }
 
 #[test]
@@ -530,4 +532,40 @@ fn the_pods_are_restarted_by_the_operator_and_their_template_hash_moves_with_the
     assert_ne!(hash(&restart("1")), hash(&cluster), "a restart request");
     assert_ne!(hash(&restart("2")), hash(&restart("1")), "each new request");
     assert_eq!(template_annotations(&restart("1"))[RESTART_ANNOTATION], "1");
+}
+
+#[test]
+fn after_a_quorum_loss_recovery_every_pod_starts_with_it_and_a_refused_request_changes_nothing() {
+    use crate::operator::crd::{RaftClusterStatus, RecoveryStatus};
+    let with = |recovery: Option<RecoveryStatus>| {
+        let mut cluster = RaftCluster::test();
+        cluster.status = Some(RaftClusterStatus { recovery, ..RaftClusterStatus::default() });
+        stateful_set(&cluster, 3).expect("builds")
+    };
+    let env = |sts: &StatefulSet| env_of(&sts.spec.clone().expect("spec").template.spec.expect("pod").containers[0]);
+    let hash = |sts: &StatefulSet| {
+        sts.spec.clone().expect("spec").template.metadata.expect("meta").annotations.expect("annotations")
+            [POD_TEMPLATE_HASH_ANNOTATION]
+            .clone()
+    };
+    let none = with(None);
+    assert!(!env(&none).contains_key(ENV_QUORUM_RECOVERY));
+    let refused =
+        with(Some(RecoveryStatus { request: "r".into(), phase: "Refused".into(), ..RecoveryStatus::default() }));
+    assert_eq!(hash(&refused), hash(&none), "a refused request restarts nothing");
+    let recovered = RecoveryStatus {
+        request: "r".into(),
+        phase: "Recovering".into(),
+        id: Some("0123456789abcdef".into()),
+        survivor: Some("etcd-1".into()),
+        ..RecoveryStatus::default()
+    };
+    let recovering = with(Some(recovered.clone()));
+    assert_eq!(env(&recovering)[ENV_QUORUM_RECOVERY].value.as_deref(), Some("0123456789abcdef:etcd-1"));
+    assert_ne!(hash(&recovering), hash(&none), "the pods are made again with it");
+    // Completed, or a later request refused: the template stays as it is, so nothing restarts.
+    let completed = with(Some(RecoveryStatus { phase: "Completed".into(), ..recovered.clone() }));
+    let refused_later = with(Some(RecoveryStatus { request: "r2".into(), phase: "Refused".into(), ..recovered }));
+    assert_eq!(hash(&completed), hash(&recovering));
+    assert_eq!(hash(&refused_later), hash(&recovering));
 }

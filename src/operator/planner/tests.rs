@@ -80,6 +80,11 @@ struct TestCluster {
     auth_wanted: Option<bool>,
     /// Whether auth is on, as every member reports it (`None`: members too old to say).
     auth_enabled: Option<bool>,
+    /// `Observed::recovering`: the survivor of a quorum-loss recovery under way.
+    recovering: Option<String>,
+    /// The term of a pod's last log entry, where it is not `term` (the last index is its
+    /// applied index).
+    log_terms: BTreeMap<u32, u64>,
 }
 
 impl Observed {
@@ -100,6 +105,8 @@ impl Observed {
             incarnations: BTreeMap::new(),
             auth_wanted: None,
             auth_enabled: Some(false),
+            recovering: None,
+            log_terms: BTreeMap::new(),
         }
     }
 }
@@ -196,6 +203,25 @@ impl TestCluster {
         self
     }
 
+    /// No member leads (the last one stepped down without a majority).
+    fn without_leader(mut self) -> Self {
+        self.leader = None;
+        self
+    }
+
+    /// `member`'s last log entry is of `term`.
+    fn log_term(mut self, member: &str, term: u64) -> Self {
+        self.log_terms.insert(ordinal(member), term);
+        self
+    }
+
+    /// A recovery from `survivor` is under way (`status.recovery`), and so every pod runs a
+    /// template older than the one with `--quorum-recovery`.
+    fn recovering(mut self, survivor: &str) -> Self {
+        self.recovering = Some(survivor.to_string());
+        self.template_changed()
+    }
+
     fn data_lost(mut self, member: &str) -> Self {
         self.pod_mut(member).state = PodState::DataLost;
         self
@@ -283,6 +309,8 @@ impl TestCluster {
                         membership_hash: membership_hash.clone(),
                         errors: Vec::new(),
                         auth_enabled: self.auth_enabled,
+                        last_log_term: self.log_terms.get(&ordinal).copied().unwrap_or(self.term),
+                        last_log_index: pod.applied,
                         ..Status::default()
                     }
                 });
@@ -306,6 +334,7 @@ impl TestCluster {
                 .endpoints
                 .as_ref()
                 .map(|names| EndpointList { names: names.clone(), hash: fnv_hash(&names.join(",")) }),
+            recovering: self.recovering.clone(),
             auth: self.auth_wanted,
         }
     }
@@ -392,6 +421,26 @@ impl TestCluster {
                 assert_eq!(self.auth_enabled, Some(!on), "{step} changes auth");
                 self.auth_enabled = Some(on);
                 self.commit_entry();
+            }
+            Plan::RestartMember { name: member, ordinal: at } if self.recovering.is_some() => {
+                let survivor = self.recovering.clone().unwrap_or_default();
+                let leads_alone =
+                    self.leader.as_ref() == Some(&survivor) && self.is_up(&survivor) && self.voters() == 1;
+                let pod = self.pods.get_mut(at).expect("the pod");
+                assert!(pod.outdated, "{member} runs the recovery's template already");
+                if *member == survivor {
+                    // `--force-new-cluster`: the only member, with its id and its log.
+                    let id = pod.id.clone();
+                    *pod = TestPod { id: id.clone(), ..TestPod::starting() };
+                    self.members.retain(|m| m.id == id);
+                    assert_eq!(self.members.len(), 1, "the survivor {member} is a member");
+                    self.members[0].voter = true;
+                    self.leader = None;
+                } else {
+                    assert!(leads_alone, "{member} restarted before the survivor {survivor} leads alone");
+                    // Its data is set aside: it starts empty, and joins once added back.
+                    *pod = TestPod::starting();
+                }
             }
             Plan::RestartMember { name: member, ordinal: at } => {
                 self.assert_quorum(step);
@@ -915,6 +964,113 @@ fn a_stale_leader_of_an_older_term_is_not_taken_for_the_leader() {
     stale.leader = name(0);
     assert_eq!(plan(&observed), Plan::Nothing, "etcd-1 leads with etcd-2: a majority");
     assert_eq!(derive_status(&observed).leader.as_deref(), Some("etcd-1"));
+}
+
+// ----- quorum-loss recovery -----
+
+/// 5 members; etcd-2, etcd-3 and etcd-4 lost their data; etcd-0 and etcd-1 answer, without a
+/// leader. etcd-1 holds the longer log.
+fn majority_lost() -> TestCluster {
+    Observed::test()
+        .running(5)
+        .data_lost("etcd-2")
+        .data_lost("etcd-3")
+        .data_lost("etcd-4")
+        .without_leader()
+        .applied("etcd-0", COMMIT - 3)
+}
+
+#[test]
+fn recovery_is_refused_while_a_leader_or_a_majority_answers_or_before_the_cluster_formed() {
+    let refused = |cluster: TestCluster| recovery_survivor(&cluster.build()).expect_err("refused");
+    let why = refused(Observed::test().running(5).down("etcd-4"));
+    assert!(why.contains("etcd-0 leads with a majority"), "{why}");
+    // No leader, but 3 of 5 answer: they elect one by themselves.
+    let why = refused(Observed::test().running(5).without_leader().down("etcd-3").down("etcd-4"));
+    assert!(why.contains("3 of 5: etcd-0,etcd-1,etcd-2"), "{why}");
+    // Members whose data is lost do not count as answering; 2 of 5 is not a majority.
+    assert!(recovery_survivor(&majority_lost().build()).is_ok());
+    let why = refused(Observed::test().after(Plan::Bootstrap { replicas: 3 }));
+    assert!(why.contains("never elected"), "{why}");
+    let why = refused(Observed::test().running(3).without_leader().down("etcd-0").down("etcd-1").down("etcd-2"));
+    assert!(why.contains("no member with data answers"), "{why}");
+}
+
+#[test]
+fn the_survivor_has_the_most_complete_log_highest_last_term_then_index_then_lowest_ordinal() {
+    let survivor = recovery_survivor(&majority_lost().build()).expect("a survivor");
+    assert_eq!(
+        survivor,
+        Survivor {
+            name: name(1),
+            last_log_term: 2,
+            last_log_index: COMMIT,
+            replaced: vec![name(0), name(2), name(3), name(4)],
+        },
+        "etcd-1's log is longer"
+    );
+    // A later last term beats a longer log (Raft's up-to-date rule).
+    let survivor = recovery_survivor(&majority_lost().log_term("etcd-0", 3).build()).expect("a survivor");
+    assert_eq!((survivor.name.as_str(), survivor.last_log_term, survivor.last_log_index), ("etcd-0", 3, COMMIT - 3));
+    // Equal logs: the lowest ordinal.
+    let survivor = recovery_survivor(&majority_lost().applied("etcd-0", COMMIT).build()).expect("a survivor");
+    assert_eq!(survivor.name, name(0));
+    // A member whose data is lost is never the survivor, whatever it last reported.
+    let survivor = recovery_survivor(&majority_lost().applied("etcd-4", COMMIT + 50).build()).expect("a survivor");
+    assert_eq!(survivor.name, name(1));
+}
+
+#[test]
+fn a_recovery_restarts_the_survivor_first_then_the_others_then_adds_them_back_one_at_a_time() {
+    let mut cluster = majority_lost().recovering("etcd-1");
+    let steps = drive(&mut cluster);
+    let mut expected = vec![
+        "restart etcd-1".to_string(),
+        "wait SurvivorStarting".to_string(),
+        "restart etcd-4".to_string(),
+        "restart etcd-3".to_string(),
+        "restart etcd-2".to_string(),
+        "restart etcd-0".to_string(),
+        "endpoints etcd-1".to_string(),
+    ];
+    // etcd-0 comes back first: the lowest ordinal missing. Its pod exists, so no resize.
+    for ordinal in [0, 2, 3, 4] {
+        let member = name(ordinal);
+        let mut listed: Vec<u32> = vec![0, 1, 2, 3, 4].into_iter().filter(|&o| o <= ordinal || o == 1).collect();
+        listed.sort();
+        expected.push(format!("add-learner {member}"));
+        expected.push(format!("endpoints {}", listed.iter().map(|&o| name(o)).collect::<Vec<_>>().join(",")));
+        expected.push(format!("wait MemberNotReady {member}"));
+        expected.push(format!("wait LearnerCatchingUp {member}"));
+        expected.push(format!("promote {member}"));
+    }
+    assert_eq!(steps, expected);
+    assert_converged(&cluster);
+    assert_eq!(cluster.leader.as_deref(), Some("etcd-1"), "the survivor leads");
+    let ids: Vec<&str> = cluster.members.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["11", "110", "112", "113", "114"], "every other member under a new id");
+}
+
+#[test]
+fn a_recovery_waits_for_the_survivor_and_restarts_only_outdated_pods() {
+    // The survivor's pod was restarted; until it leads alone nobody else restarts.
+    let mut cluster = majority_lost().recovering("etcd-1");
+    cluster.apply(&Plan::RestartMember { name: name(1), ordinal: 1 });
+    assert_eq!(plan(&cluster.build()), wait(WaitReason::SurvivorStarting { name: name(1) }));
+    // A survivor that crash-loops (refusing to start) keeps the others as they are.
+    cluster.pod_mut("etcd-1").state = PodState::Down;
+    assert_eq!(plan(&cluster.build()), wait(WaitReason::SurvivorStarting { name: name(1) }));
+    // Paused: deferred, as any step.
+    let cluster = majority_lost().recovering("etcd-1").paused();
+    assert_eq!(label(&plan(&cluster.build())), "wait Paused");
+    // Once no pod runs an older template, the ordinary steps go on.
+    let mut cluster = majority_lost().recovering("etcd-1");
+    cluster.apply(&Plan::RestartMember { name: name(1), ordinal: 1 });
+    cluster.tick();
+    for pod in cluster.pods.values_mut() {
+        pod.outdated = false;
+    }
+    assert_eq!(plan(&cluster.build()), Plan::UpdateEndpoints { names: vec![name(1)] });
 }
 
 // ----- the status -----

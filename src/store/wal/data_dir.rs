@@ -7,7 +7,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::super::fs::{create_dir, lock_dir, FileSystem, RealFs};
+use super::super::fs::{
+    create_dir, list_dir, lock_dir, sync_dir, write_file_atomically, FileSystem, RealFs, LOCK_FILE,
+};
 use super::meta::{read_meta_with, MemberMeta, META_FILE};
 use super::segment::list_segments;
 use super::storage::{DurableState, Storage};
@@ -69,4 +71,61 @@ pub(crate) fn open_data_dir_with(fs: Arc<dyn FileSystem>, dir: &Path) -> Result<
         });
     }
     Ok(DataDir { storage, durable, meta })
+}
+
+/// The file in a data directory that records the last quorum-loss recovery this directory went
+/// through (its id), so that each recovery acts on a directory once (`set_aside_for_recovery`,
+/// `process` of `--quorum-recovery`).
+pub const RECOVERY_MARKER_FILE: &str = "quorum-recovery";
+
+/// The id of the last quorum-loss recovery recorded in `dir` (`None` when none is, or the
+/// directory does not exist).
+pub fn recovery_marker(dir: &Path) -> Option<String> {
+    let bytes = RealFs.read(&dir.join(RECOVERY_MARKER_FILE)).ok()?;
+    String::from_utf8(bytes).ok().map(|text| text.trim().to_string())
+}
+
+/// Records recovery `id` in `dir` (creating it), durably.
+pub fn write_recovery_marker(dir: &Path, id: &str) -> Result<(), StoreError> {
+    create_dir(&RealFs, dir)?;
+    write_file_atomically(&RealFs, dir, RECOVERY_MARKER_FILE, &[id.as_bytes()])
+}
+
+/// Moves a member's data out of the way for quorum-loss recovery `id`: `dir` is renamed to
+/// `<dir>.before-recovery-<id>` beside it (kept for a human to inspect, never read again) and
+/// made again empty, holding only the marker of `id`. A directory that holds nothing but a
+/// lock or an older marker is only marked. Returns where the data went, if anywhere.
+///
+/// The directory's lock is taken first, so a member still running on it refuses this
+/// ([`StoreError::Locked`]); the rename itself is one atomic step, so a crash leaves either the
+/// data in place (and the next start does this again) or set aside with an empty directory.
+pub fn set_aside_for_recovery(dir: &Path, id: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
+    let fs = RealFs;
+    let mut moved = None;
+    if fs.is_dir(dir) {
+        let holds_data = list_dir(&fs, dir)?.iter().any(|path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            name != RECOVERY_MARKER_FILE && name != LOCK_FILE
+        });
+        if holds_data {
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let aside = dir.with_file_name(format!("{name}.before-recovery-{id}"));
+            if aside.exists() {
+                return Err(StoreError::io(
+                    "set aside",
+                    &aside,
+                    std::io::Error::new(std::io::ErrorKind::AlreadyExists, "it exists already; move it away first"),
+                ));
+            }
+            let lock = lock_dir(&fs, dir)?;
+            fs.rename(dir, &aside).map_err(|e| StoreError::io("set aside (rename)", dir, e))?;
+            drop(lock);
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(&fs, parent)?;
+            }
+            moved = Some(aside);
+        }
+    }
+    write_recovery_marker(dir, id)?;
+    Ok(moved)
 }

@@ -91,7 +91,9 @@ mod power_cut_tests;
 mod tests;
 
 pub use super::error::StoreError;
-pub use data_dir::{open_data_dir, DataDir};
+pub use data_dir::{
+    open_data_dir, recovery_marker, set_aside_for_recovery, write_recovery_marker, DataDir, RECOVERY_MARKER_FILE,
+};
 pub use meta::{read_meta, write_meta, MemberMeta};
 pub use segment::SEGMENT_ROLL_BYTES;
 pub use storage::{DurableState, Storage};

@@ -855,3 +855,59 @@ fn member_meta_roundtrip() {
     fs::write(data_dir.join(META_FILE), b"{ not json").expect("damage");
     assert!(matches!(read_meta(&data_dir), Err(StoreError::Corrupt { .. })));
 }
+
+// ----- quorum-loss recovery: setting a member's data aside -----
+
+/// A member's data directory with a log and `member.json`, inside a volume directory.
+fn member_dir(volume: &Path) -> PathBuf {
+    let dir = volume.join("data");
+    let data = open_data_dir(&dir).expect("a new data directory");
+    let mut storage = data.storage;
+    storage.persist(Some(&hard_state(3, Some(1), 2)), None, &entries(1..=2, 3)).expect("persist");
+    write_meta(&dir, &MemberMeta { cluster_id: 7, member_id: 1, name: "etcd-0".into() }).expect("member.json");
+    dir
+}
+
+#[test]
+fn recovery_sets_a_members_data_aside_once_and_leaves_an_empty_marked_directory() {
+    let volume = tempfile::tempdir().expect("tempdir");
+    let dir = member_dir(volume.path());
+    assert_eq!(recovery_marker(&dir), None);
+    let aside = set_aside_for_recovery(&dir, "ab12").expect("set aside").expect("moved");
+    assert_eq!(aside, volume.path().join("data.before-recovery-ab12"));
+    assert!(aside.join("member.json").is_file(), "the old data is kept, beside");
+    let left: Vec<String> = fs::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, [RECOVERY_MARKER_FILE], "only the marker");
+    assert_eq!(recovery_marker(&dir).as_deref(), Some("ab12"));
+    let fresh = open_data_dir(&dir).expect("opens as a new member's");
+    assert!(fresh.meta.is_none() && fresh.storage.is_fresh());
+    drop(fresh);
+    // An empty directory (a new volume) is only marked.
+    let empty = volume.path().join("empty");
+    fs::create_dir(&empty).expect("an empty directory");
+    assert_eq!(set_aside_for_recovery(&empty, "cd34").expect("mark"), None);
+    assert_eq!(recovery_marker(&empty).as_deref(), Some("cd34"));
+    // A directory that does not exist yet is made and marked.
+    let other = volume.path().join("other");
+    assert_eq!(set_aside_for_recovery(&other, "ef56").expect("mark"), None);
+    assert_eq!(recovery_marker(&other).as_deref(), Some("ef56"));
+}
+
+#[test]
+fn recovery_refuses_to_set_aside_a_directory_in_use_or_over_an_earlier_copy() {
+    let volume = tempfile::tempdir().expect("tempdir");
+    let dir = member_dir(volume.path());
+    let running = open_data_dir(&dir).expect("a member runs on it");
+    let err = set_aside_for_recovery(&dir, "ab12").expect_err("locked");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+    drop(running);
+    assert!(dir.join("member.json").is_file(), "nothing moved");
+    fs::create_dir(volume.path().join("data.before-recovery-ab12")).expect("an earlier copy");
+    let err = set_aside_for_recovery(&dir, "ab12").expect_err("exists");
+    assert!(err.to_string().contains("exists already"), "{err}");
+    assert!(dir.join("member.json").is_file(), "nothing moved");
+    assert_eq!(recovery_marker(&dir), None, "not marked either");
+}
