@@ -117,6 +117,16 @@ wait_for "every member restarted from the new template" restarted
 [ "$(status '{.status.term}')" = "$((term + 1))" ] || { echo "error: expected one new term (a handover), got $(status '{.status.term}') after $term" >&2; exit 1; }
 [ "$(kv get e2e-key)" = "e2e-value" ] || { echo "error: the key was lost in the restart" >&2; exit 1; }
 
+echo "== a quorum-loss recovery asked for while the cluster is healthy: refused, nothing changes"
+term="$(status '{.status.term}')"
+k annotate raftcluster etcd -n "$NS" kuberaft.io/recover-quorum=e2e-1 --overwrite
+refused() { [ "$(status '{.status.recovery.phase}')" = "Refused" ]; }
+wait_for "the request refused" refused
+status '{.status.recovery.message}'; echo
+[ "$(status '{.status.term}')" = "$term" ] || { echo "error: the term moved after a refused recovery" >&2; exit 1; }
+k get events -n "$NS" --field-selector reason=QuorumRecoveryRefused -o name | grep -q . \
+  || { echo "error: no QuorumRecoveryRefused event" >&2; exit 1; }
+
 echo "== examples/tls.yaml: TLS from the operator's CA, used through the client Secret"
 sed "s|^spec:|spec:\n  image: $IMAGE|; s|name: etcd$|name: etcd-tls|" examples/tls.yaml | k apply -n "$NS" -f -
 wait_for "the TLS cluster Available" k wait raftcluster/etcd-tls -n "$NS" --for=condition=Available --timeout=5s

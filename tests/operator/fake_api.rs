@@ -172,11 +172,13 @@ impl State {
                 (StatusCode::CREATED, body)
             }
             Method::POST if path.ends_with("/eviction") => {
-                // An eviction (the budget allows it here): the pod is deleted.
+                // An eviction: the pod is deleted, if the disruption budget allows it.
                 let pod = path.trim_end_matches("/eviction");
-                if self.objects.remove(pod).is_none() {
-                    return not_found(pod);
+                let Some(object) = self.objects.get(pod) else { return not_found(pod) };
+                if let Err(why) = self.budget_allows(object) {
+                    return (StatusCode::TOO_MANY_REQUESTS, status(429, "TooManyRequests", &why));
                 }
+                self.objects.remove(pod);
                 (StatusCode::CREATED, json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}))
             }
             Method::POST => {
@@ -238,6 +240,46 @@ impl State {
                 (StatusCode::OK, object)
             }
             _ => (StatusCode::METHOD_NOT_ALLOWED, json!({"kind": "Status", "code": 405})),
+        }
+    }
+}
+
+fn ready(pod: &Value) -> bool {
+    pod["status"]["conditions"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+impl State {
+    /// Whether the namespace's PodDisruptionBudget (if any) lets `pod` be evicted, as the API
+    /// server decides it from the disruption controller's counts: the pods expected (the
+    /// StatefulSet's replicas), those healthy (ready), and `maxUnavailable`. A healthy pod may
+    /// go while one fewer would still be enough; an unhealthy one, while enough are healthy,
+    /// or always with `unhealthyPodEvictionPolicy: AlwaysAllow`.
+    fn budget_allows(&self, pod: &Value) -> Result<(), String> {
+        // `<collection>/` of each kind: the paths of its objects start with it.
+        let Some(budget) = self.objects.iter().find(|(p, _)| p.starts_with(&pdb_path(""))).map(|(_, v)| v) else {
+            return Ok(());
+        };
+        let pods: Vec<&Value> =
+            self.objects.iter().filter(|(p, _)| p.starts_with(&pod_path(""))).map(|(_, v)| v).collect();
+        let expected = self
+            .objects
+            .iter()
+            .find(|(p, _)| p.starts_with(&sts_path("")))
+            .and_then(|(_, sts)| sts["spec"]["replicas"].as_i64())
+            .unwrap_or(pods.len() as i64);
+        let healthy = pods.iter().filter(|p| ready(p)).count() as i64;
+        let max_unavailable = budget["spec"]["maxUnavailable"].as_i64().unwrap_or(0);
+        let desired = (expected - max_unavailable).max(0);
+        let always = budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow";
+        let allowed = if ready(pod) { healthy > desired } else { always || healthy >= desired };
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "Cannot evict pod as it would violate the pod's disruption budget (healthy {healthy}, desired {desired})"
+            ))
         }
     }
 }

@@ -1104,6 +1104,16 @@ async fn spec_auth_turns_auth_on_as_root_holds_through_3_to_5_to_3_and_goes_off_
 /// Every key under `prefix` at `revision` (0: now), read from `client` in pages: key → (value,
 /// create revision, mod revision, version). Also the revision read.
 async fn all_keys(client: &Client, prefix: &str, revision: i64) -> (BTreeMap<String, (String, i64, i64, i64)>, i64) {
+    all_keys_read(client, prefix, revision, Consistency::Linearizable).await
+}
+
+/// [`all_keys`], read as `consistency` says (serializable: from the member asked, leader or not).
+async fn all_keys_read(
+    client: &Client,
+    prefix: &str,
+    revision: i64,
+    consistency: Consistency,
+) -> (BTreeMap<String, (String, i64, i64, i64)>, i64) {
     let mut end = prefix.as_bytes().to_vec();
     *end.last_mut().expect("a prefix") += 1;
     let end = String::from_utf8(end).expect("ASCII");
@@ -1118,7 +1128,7 @@ async fn all_keys(client: &Client, prefix: &str, revision: i64) -> (BTreeMap<Str
             revision: read_at,
             ..RangeRequest::default()
         };
-        let page = client.range(&request, Consistency::Linearizable).await.expect("a range");
+        let page = client.range(&request, consistency).await.expect("a range");
         read_at = page.header.revision;
         for kv in &page.kvs {
             let key = kv.key.clone().expect("a text key");
@@ -1418,16 +1428,8 @@ async fn an_image_change_restarts_five_members_one_at_a_time_the_leader_last_whi
     for reason in ["RestartMember", "TransferLeadership"] {
         assert!(h.reasons.contains(reason), "{reason} in {:?}", h.reasons);
     }
-    let evictions: Vec<String> = h
-        .api
-        .lock()
-        .history
-        .iter()
-        .filter(|c| c.path.ends_with("/eviction"))
-        .map(|c| c.path.trim_end_matches("/eviction").rsplit('/').next().unwrap_or_default().to_string())
-        .collect();
     let expected_names: Vec<String> = expected.iter().map(|&o| pod_name(o)).collect();
-    assert_eq!(evictions, expected_names, "through evictions, which the PodDisruptionBudget guards");
+    assert_eq!(h.evictions(), expected_names, "through evictions, which the PodDisruptionBudget guards");
     assert!(h.kubelet.exits.is_empty(), "no member crashed: {:?}\n{}", h.kubelet.exits, h.kubelet.logs());
 
     // The same change by the StatefulSet controller, in ordinal order, for comparison.
@@ -1444,4 +1446,160 @@ async fn an_image_change_restarts_five_members_one_at_a_time_the_leader_last_whi
     eprintln!("StatefulSet RollingUpdate: {}", controller.summary());
     assert_eq!(controller.replaced, vec![4, 3, 2, 1, 0], "the controller's ordinal order");
     assert!(controller.other.is_empty(), "{:?}", controller.other);
+}
+
+impl Harness {
+    /// An annotation on the RaftCluster, as `kubectl annotate --overwrite` sets it (no new
+    /// generation: annotations are metadata).
+    fn annotate(&self, key: &str, value: &str) {
+        let mut object = self.api.get(&cluster_path(CLUSTER)).expect("stored");
+        object["metadata"]["annotations"][key] = json!(value);
+        self.api.put(&cluster_path(CLUSTER), object);
+    }
+
+    /// The pods evicted so far, by name, in order.
+    fn evictions(&self) -> Vec<String> {
+        let history = &self.api.lock().history;
+        let evicted = history.iter().filter(|c| c.method == http::Method::POST && c.path.ends_with("/eviction"));
+        evicted
+            .map(|c| c.path.trim_end_matches("/eviction").rsplit('/').next().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The reasons of the events published so far.
+    fn event_reasons(&self) -> Vec<String> {
+        self.api.lock().events.iter().filter_map(|e| e["reason"].as_str().map(str::to_string)).collect()
+    }
+
+    /// Reconcile and kubelet passes until `done` holds; bounded in passes and time.
+    async fn until(&mut self, what: &str, done: impl Fn(&Harness) -> bool) {
+        let started = Instant::now();
+        for _ in 0..300 {
+            self.step().await;
+            if done(self) {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("{what}: not within {:?}\nstatus: {:#}\n{}", started.elapsed(), self.status(), self.kubelet.logs());
+    }
+}
+
+/// Issue 17, must-show 3: 5 members, and 3 of them (the leader among them) lose their data for
+/// good. While a majority answers the operator refuses to recover; once only 2 answer, the
+/// annotation recovers a 5-member cluster from the member with the most complete log: it keeps
+/// its log and id, the other 4 are added back under new ids, and every key the survivor held is
+/// on every member with its value and revisions. The evictions pass the PodDisruptionBudget as
+/// the API server applies it, while no member is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_majority_of_five_is_recovered_on_request_from_the_most_complete_survivor() {
+    use kuberaft::operator::builders::RECOVER_QUORUM_ANNOTATION;
+    if !crate::require::available(is_root(), "root (for mount namespaces)") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut h = Harness::start(json!({"replicas": 5, "image": "kuberaft:test"}));
+    h.converge("bootstrap 5", 5).await;
+    let all: Vec<u32> = (0..5).collect();
+    let writer = h.client(&all);
+    for k in 0..300 {
+        writer.put(&format!("keep/{k:04}"), Bytes::from(format!("value-{k}")), None).await.expect("a write");
+    }
+
+    // Asked while the cluster is healthy: refused, audited, and nothing changes.
+    let term = h.status()["term"].as_u64().unwrap_or(0);
+    h.annotate(RECOVER_QUORUM_ANNOTATION, "too-early");
+    h.step().await;
+    let record = h.status()["recovery"].clone();
+    assert_eq!(
+        (record["request"].as_str(), record["phase"].as_str()),
+        (Some("too-early"), Some("Refused")),
+        "{record:#}"
+    );
+    assert!(record["message"].as_str().unwrap_or_default().contains("leads with a majority"), "{record:#}");
+    assert!(h.event_reasons().contains(&"QuorumRecoveryRefused".to_string()));
+    assert!(h.evictions().is_empty(), "nothing restarted");
+    assert!(record.get("survivor").is_none());
+    h.converge("still as it was", 5).await;
+    assert_eq!(h.status()["term"].as_u64(), Some(term));
+
+    // The leader and the two highest other ordinals lose their data for good: their processes
+    // die and their volumes are wiped; restarted empty they cannot join a cluster without leader.
+    let leader = h.status()["leader"].as_str().unwrap_or_default().to_string();
+    let leader_ordinal = (0..5).find(|&o| pod_name(o) == leader).expect("the leader is a member");
+    let mut lost: Vec<u32> = vec![leader_ordinal];
+    lost.extend((0..5).rev().filter(|&o| o != leader_ordinal).take(2));
+    let survivors: Vec<u32> = (0..5).filter(|o| !lost.contains(o)).collect();
+    for &ordinal in &lost {
+        if let Some(mut child) = h.kubelet.pods.get_mut(&ordinal).and_then(|p| p.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        std::fs::remove_dir_all(h.kubelet.volume(ordinal)).expect("wipe the volume");
+    }
+    h.until("the status says the quorum is lost", |h| h.status()["phase"] == "QuorumLost").await;
+
+    // What each survivor holds: its log's end, and its keys (read from it alone).
+    let mut held = Vec::new();
+    for &ordinal in &survivors {
+        let client = h.client(&[ordinal]);
+        let status = client.status_of(&h.url(ordinal)).await.expect("a survivor answers");
+        let (keys, _) = all_keys_read(&client, "keep/", 0, Consistency::Serializable).await;
+        held.push((ordinal, status.last_log_term, status.last_log_index, status.id.clone(), keys));
+    }
+    let best = held
+        .iter()
+        .min_by_key(|(ordinal, term, index, _, _)| (std::cmp::Reverse((*term, *index)), *ordinal))
+        .expect("survivors");
+    let (survivor, survivor_id, survivor_keys) = (best.0, best.3.clone(), best.4.clone());
+    assert_eq!(survivor_keys.len(), 300, "the survivor held every acknowledged key");
+
+    h.annotate(RECOVER_QUORUM_ANNOTATION, "2026-12-03T14:00:00Z");
+    h.converge("recover from the lost majority", 5).await;
+    let record = h.status()["recovery"].clone();
+    eprintln!("status.recovery: {record:#}\nevictions: {:?}", h.evictions());
+    assert_eq!(record["phase"], "Completed", "{record:#}");
+    assert_eq!(record["survivor"], pod_name(survivor), "the most complete log: {record:#}");
+    assert_eq!(record["survivorLastLogIndex"].as_u64(), Some(best.2), "{record:#}");
+    let replaced: Vec<String> = (0..5).filter(|&o| o != survivor).map(pod_name).collect();
+    assert_eq!(record["replaced"], json!(replaced));
+    assert!(record["message"].as_str().unwrap_or_default().contains("are lost"), "{record:#}");
+    let reasons = h.event_reasons();
+    for reason in ["QuorumRecoveryStarted", "QuorumRecovered"] {
+        assert!(reasons.contains(&reason.to_string()), "{reason} in {reasons:?}");
+    }
+    // The survivor restarted first, then the others from the highest ordinal, through evictions
+    // that the budget allowed while no member was ready.
+    let mut order = vec![pod_name(survivor)];
+    order.extend((0..5).rev().filter(|&o| o != survivor).map(pod_name));
+    assert_eq!(h.evictions(), order);
+
+    // The survivor kept its id; every other member is new; all 5 vote.
+    h.assert_membership(5).await;
+    let members = h.status()["members"].as_array().cloned().unwrap_or_default();
+    for (ordinal, member) in members.iter().enumerate() {
+        let id = member["id"].as_str().unwrap_or_default();
+        if ordinal as u32 == survivor {
+            assert_eq!(id, survivor_id, "the survivor keeps its id");
+        } else {
+            assert!(held.iter().all(|(_, _, _, old, _)| old != id), "{} is a new member", pod_name(ordinal as u32));
+        }
+    }
+    // Every key the survivor held, on every member, with its value and revisions.
+    for ordinal in 0..5 {
+        let (keys, _) = all_keys_read(&h.client(&[ordinal]), "keep/", 0, Consistency::Serializable).await;
+        assert_eq!(keys, survivor_keys, "{}", pod_name(ordinal));
+    }
+    // The other survivor's old data is set aside in its volume, never read again.
+    let other = survivors.iter().find(|&&o| o != survivor).copied().expect("two survivors");
+    let id = record["id"].as_str().unwrap_or_default();
+    let aside = h.kubelet.volume(other).join(format!("data.before-recovery-{id}"));
+    assert!(aside.join("member.json").is_file(), "{} set aside", aside.display());
+    // And the cluster takes writes again.
+    let writer = h.client(&all);
+    writer.put("after/recovery", Bytes::from_static(b"yes"), None).await.expect("a write after the recovery");
+    assert!(h.kubelet.exits.keys().all(|o| lost.contains(o)), "only the wiped members crashed: {:?}", h.kubelet.exits);
 }
