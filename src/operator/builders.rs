@@ -283,9 +283,10 @@ pub fn members_config_map(
 /// operator scales one member at a time (no update of the budget per step), never lets a drain
 /// take two members of a 3-member cluster, and still lets a 1-member cluster's node drain.
 /// A pod that is not ready may always be evicted (`unhealthyPodEvictionPolicy: AlwaysAllow`):
-/// a member that crash-loops or has no leader adds nothing to the quorum, and a quorum-loss
-/// recovery must restart members while none is ready (with the default policy the budget would
-/// refuse every eviction then), as must a drain of a node whose member is stuck.
+/// a quorum-loss recovery must restart members while none is ready (with the default policy the
+/// budget would refuse every eviction then), as must a drain of a node whose member crash-loops.
+/// The cost (DESIGN.md §6): a drain may take a member that is not ready only because it is
+/// catching up, while it counts toward commits.
 pub fn pod_disruption_budget(cluster: &RaftCluster) -> Result<PodDisruptionBudget, BuildError> {
     Ok(PodDisruptionBudget {
         metadata: object_meta(cluster, cluster.name_any())?,

@@ -22,8 +22,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::{predicates, reflector, watcher, PredicateConfig, WatchStreamExt};
-use kube::Client;
+use kube::runtime::{reflector, watcher, PredicateConfig, WatchStreamExt};
+use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use super::builders::OperatorPeer;
@@ -209,10 +209,11 @@ async fn run_controller(
             }
         };
         let (reader, writer) = reflector::store();
-        // Status writes do not wake the controller: only spec changes (the generation) do.
+        // Status writes do not wake the controller: only spec changes (the generation) and the
+        // annotations that ask for something (`wakes`) do.
         let clusters = reflector(writer, watcher(api(client.clone()), watcher::Config::default()))
             .applied_objects()
-            .predicate_filter(predicates::generation, PredicateConfig::default())
+            .predicate_filter(wakes, PredicateConfig::default())
             .boxed();
         let owned_config = watcher::Config::default().labels(&format!(
             "{}={}",
@@ -382,6 +383,17 @@ fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
     renewed.0.checked_add(duration).is_ok_and(|end| end < now)
 }
 
+/// What of a `RaftCluster` wakes the controller: its generation (a spec change) and the
+/// annotations that ask for a rolling restart or a quorum-loss recovery (annotations do not move
+/// the generation). Anything else, its status above all, waits for the next requeue.
+pub fn wakes(cluster: &RaftCluster) -> Option<u64> {
+    let annotations = cluster.annotations();
+    let asked = [super::builders::RESTART_ANNOTATION, super::builders::RECOVER_QUORUM_ANNOTATION]
+        .map(|key| annotations.get(key).map(String::as_bytes).unwrap_or_default());
+    let generation = cluster.metadata.generation.unwrap_or(0).to_le_bytes();
+    Some(crate::base::ids::fnv1a(&[&generation, asked[0], b"\0", asked[1]]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +404,25 @@ mod tests {
         assert_eq!(labels, BTreeMap::from([("a".to_string(), "1".to_string()), ("b".to_string(), "2".to_string())]));
         assert!(parse_labels("a").is_err());
         assert!(parse_labels("=1").is_err());
+    }
+
+    #[test]
+    fn a_spec_change_or_a_request_annotation_wakes_the_controller_and_a_status_or_other_annotation_does_not() {
+        let spec = serde_json::from_value(serde_json::json!({})).expect("the default spec");
+        let mut cluster = RaftCluster::new("etcd", spec);
+        cluster.metadata.generation = Some(1);
+        let before = wakes(&cluster);
+        let mut changed = cluster.clone();
+        changed.status = Some(Default::default());
+        changed.metadata.annotations = Some(BTreeMap::from([("example.com/note".to_string(), "x".to_string())]));
+        assert_eq!(wakes(&changed), before, "a status, another annotation");
+        let mut newer = cluster.clone();
+        newer.metadata.generation = Some(2);
+        assert_ne!(wakes(&newer), before, "a spec change");
+        for key in [super::super::builders::RESTART_ANNOTATION, super::super::builders::RECOVER_QUORUM_ANNOTATION] {
+            let mut asked = cluster.clone();
+            asked.metadata.annotations = Some(BTreeMap::from([(key.to_string(), "1".to_string())]));
+            assert_ne!(wakes(&asked), before, "{key}");
+        }
     }
 }

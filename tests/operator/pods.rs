@@ -747,6 +747,12 @@ impl Harness {
         format!("{scheme}://{}:2379", pod_host(ordinal))
     }
 
+    /// The ordinal of the member the status names as the leader.
+    fn leader_ordinal(&self) -> u32 {
+        let leader = self.status()["leader"].as_str().unwrap_or_default().to_string();
+        (0..MAX_PODS).find(|&o| pod_name(o) == leader).unwrap_or_else(|| panic!("the leader {leader:?} is a pod"))
+    }
+
     fn spec(&self) -> Value {
         self.api.get(&cluster_path(CLUSTER)).map(|c| c["spec"].clone()).unwrap_or_default()
     }
@@ -891,8 +897,7 @@ async fn members_run_as_the_pod_template_says_through_3_to_5_to_3_and_a_lost_dat
     // The leader's data is lost: its pod restarts with an empty volume (under `existing`, as the
     // ConfigMap says once the cluster formed), the other two elect a new leader, whose word makes
     // it refuse to rejoin (exit 3); the operator replaces it under a new id.
-    let leader = h.status()["leader"].as_str().unwrap_or_default().to_string();
-    let victim = (0..3).find(|&i| pod_name(i) == leader).expect("the leader");
+    let victim = h.leader_ordinal();
     let old_id = h.status()["members"][victim as usize]["id"].as_str().unwrap_or_default().to_string();
     let term_before = h.status()["term"].as_u64().unwrap_or(0);
     if let Some(mut child) = h.kubelet.pods.get_mut(&victim).and_then(|p| p.child.take()) {
@@ -1406,8 +1411,8 @@ async fn an_image_change_restarts_five_members_one_at_a_time_the_leader_last_whi
     let _one = ONE_AT_A_TIME.lock().await;
     let mut h = Harness::start(json!({"replicas": 5, "image": "kuberaft:test"}));
     h.converge("bootstrap 5", 5).await;
-    let leader = h.status()["leader"].as_str().unwrap_or_default().to_string();
-    let leader_ordinal = (0..5).find(|&i| pod_name(i) == leader).expect("the leader is a member");
+    let leader_ordinal = h.leader_ordinal();
+    let leader = pod_name(leader_ordinal);
     h.reasons.clear();
 
     let roll = h
@@ -1489,8 +1494,9 @@ impl Harness {
 }
 
 /// Issue 17, must-show 3: 5 members, and 3 of them (the leader among them) lose their data for
-/// good. While a majority answers the operator refuses to recover; once only 2 answer, the
-/// annotation recovers a 5-member cluster from the member with the most complete log: it keeps
+/// good, after one of the other two fell behind. While a majority answers the operator refuses to
+/// recover; once only 2 answer, the annotation recovers a 5-member cluster from the member with
+/// the most complete log (not the lowest ordinal, which fell behind): it keeps
 /// its log and id, the other 4 are added back under new ids, and every key the survivor held is
 /// on every member with its value and revisions. The evictions pass the PodDisruptionBudget as
 /// the API server applies it, while no member is ready.
@@ -1526,13 +1532,28 @@ async fn a_lost_majority_of_five_is_recovered_on_request_from_the_most_complete_
     h.converge("still as it was", 5).await;
     assert_eq!(h.status()["term"].as_u64(), Some(term));
 
-    // The leader and the two highest other ordinals lose their data for good: their processes
-    // die and their volumes are wiped; restarted empty they cannot join a cluster without leader.
-    let leader = h.status()["leader"].as_str().unwrap_or_default().to_string();
-    let leader_ordinal = (0..5).find(|&o| pod_name(o) == leader).expect("the leader is a member");
+    // The leader and the two highest other ordinals will lose their data. First the lower of the
+    // two others falls behind: stopped (SIGSTOP) while 50 more keys are written, so the survivor
+    // with the most complete log is the higher ordinal, not the first in line.
+    let leader_ordinal = h.leader_ordinal();
     let mut lost: Vec<u32> = vec![leader_ordinal];
     lost.extend((0..5).rev().filter(|&o| o != leader_ordinal).take(2));
     let survivors: Vec<u32> = (0..5).filter(|o| !lost.contains(o)).collect();
+    let (behind, ahead) = (survivors[0], survivors[1]);
+    let stopped = h.kubelet.pods[&behind].child.as_ref().map(|c| c.id() as libc::pid_t).expect("it runs");
+    // SAFETY: signalling our own child, which has not been reaped.
+    unsafe { libc::kill(stopped, libc::SIGSTOP) };
+    let to_leader = h.client(&[leader_ordinal]);
+    for k in 300..350 {
+        let written = to_leader.put(&format!("keep/{k:04}"), Bytes::from(format!("value-{k}")), None).await;
+        if let Err(e) = written {
+            // SAFETY: as above.
+            unsafe { libc::kill(stopped, libc::SIGCONT) };
+            panic!("a write with one member stopped: {e}");
+        }
+    }
+    // Their processes die and their volumes are wiped; restarted empty, they cannot join a
+    // cluster without a leader. Then the stopped member runs again, behind.
     for &ordinal in &lost {
         if let Some(mut child) = h.kubelet.pods.get_mut(&ordinal).and_then(|p| p.child.take()) {
             let _ = child.kill();
@@ -1540,6 +1561,8 @@ async fn a_lost_majority_of_five_is_recovered_on_request_from_the_most_complete_
         }
         std::fs::remove_dir_all(h.kubelet.volume(ordinal)).expect("wipe the volume");
     }
+    // SAFETY: as above.
+    unsafe { libc::kill(stopped, libc::SIGCONT) };
     h.until("the status says the quorum is lost", |h| h.status()["phase"] == "QuorumLost").await;
 
     // What each survivor holds: its log's end, and its keys (read from it alone).
@@ -1555,7 +1578,10 @@ async fn a_lost_majority_of_five_is_recovered_on_request_from_the_most_complete_
         .min_by_key(|(ordinal, term, index, _, _)| (std::cmp::Reverse((*term, *index)), *ordinal))
         .expect("survivors");
     let (survivor, survivor_id, survivor_keys) = (best.0, best.3.clone(), best.4.clone());
-    assert_eq!(survivor_keys.len(), 300, "the survivor held every acknowledged key");
+    let logs: Vec<(u32, u64, u64)> = held.iter().map(|(o, term, index, _, _)| (*o, *term, *index)).collect();
+    assert_eq!(survivor, ahead, "the member that did not fall behind: (ordinal, last term, last index) {logs:?}");
+    assert!(held[1].2 > held[0].2, "its log is longer");
+    assert_eq!((held[0].4.len(), survivor_keys.len()), (300, 350), "the survivor held every acknowledged key");
 
     h.annotate(RECOVER_QUORUM_ANNOTATION, "2026-12-03T14:00:00Z");
     h.converge("recover from the lost majority", 5).await;
