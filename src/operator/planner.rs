@@ -41,9 +41,10 @@
 //! most complete log (highest last term, then index) survives; the pods are made again with
 //! `--quorum-recovery` (`builders`), the survivor's first: it starts as the only member,
 //! keeping its log, and every other member's data is set aside. While `Observed::recovering`
-//! names the survivor, `RestartMember` evicts the survivor's pod, then (once it leads alone)
-//! every other pod of the older template, with no quorum or readiness rule: those members are
-//! no longer in the cluster. Then the ordinary steps add them back as learners and promote them.
+//! names the survivor, `RestartMember` evicts the survivor's pod, then (once it leads) every
+//! other pod of the older template whose member it removed, with no quorum or readiness rule:
+//! those members are no longer in the cluster. Then the ordinary steps add them back as
+//! learners and promote them.
 //!
 //! Auth (`spec.auth`) follows the spec once the cluster formed, ahead of membership steps:
 //! `EnableAuth` while the leader reports auth off, `DisableAuth` once `spec.auth` is removed from
@@ -224,7 +225,7 @@ pub enum WaitReason {
     /// A rolling restart waits for this member to run, follow the leader and catch up before
     /// it restarts the next.
     MemberCatchingUp { name: String },
-    /// Quorum-loss recovery: the survivor's pod restarted, and it does not yet lead alone.
+    /// Quorum-loss recovery: the survivor's pod restarted, and it does not lead yet.
     SurvivorStarting { name: String },
 }
 
@@ -505,15 +506,18 @@ fn recovery_restart(observed: &Observed, survivor: &str) -> Option<Plan> {
         return Some(restart(pod));
     }
     let leadership = Leadership::observe(observed);
+    let leads = leadership.leader_with_quorum().is_some_and(|leader| leader.name == survivor);
+    if !leads {
+        // Until it leads, the others stay as they are (their pods may be of an older template
+        // yet: the one before the recovery's).
+        let waiting = observed.pods.iter().any(|p| p.outdated);
+        return waiting.then(|| Plan::wait(WaitReason::SurvivorStarting { name: survivor.to_string() }));
+    }
     let removed = |pod: &&PodObservation| {
         let name = member_name(&observed.cluster, pod.ordinal);
         pod.outdated && !leadership.members.iter().any(|m| m.name == name)
     };
-    let next = observed.pods.iter().rev().find(removed)?;
-    if leadership.leader_with_quorum().is_none_or(|leader| leader.name != survivor) {
-        return Some(Plan::wait(WaitReason::SurvivorStarting { name: survivor.to_string() }));
-    }
-    Some(restart(next))
+    observed.pods.iter().rev().find(removed).map(restart)
 }
 
 /// Who leads and who follows, from one observation; computed once for the planner and the status.

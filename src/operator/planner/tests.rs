@@ -1060,6 +1060,13 @@ fn a_recovery_waits_for_the_survivor_and_restarts_only_outdated_pods() {
     // A survivor that crash-loops (refusing to start) keeps the others as they are.
     cluster.pod_mut("etcd-1").state = PodState::Down;
     assert_eq!(plan(&cluster.build()), wait(WaitReason::SurvivorStarting { name: name(1) }));
+    // Its new pod does not run yet, and the others still report the old membership of five:
+    // still nobody else restarts.
+    let mut cluster = majority_lost().recovering("etcd-1");
+    cluster.pod_mut("etcd-1").outdated = false;
+    cluster.pod_mut("etcd-1").state = PodState::Down;
+    assert_eq!(cluster.members.len(), 5);
+    assert_eq!(plan(&cluster.build()), wait(WaitReason::SurvivorStarting { name: name(1) }));
     // Paused: deferred, as any step.
     let cluster = majority_lost().recovering("etcd-1").paused();
     assert_eq!(label(&plan(&cluster.build())), "wait Paused");
