@@ -463,8 +463,7 @@ pub fn recovery_survivor(observed: &Observed) -> Result<Survivor, String> {
         ));
     }
     let voters = leadership.voters();
-    let answering: Vec<&Member> =
-        leadership.members.iter().filter(|m| m.voter && observed.reported_by(&m.name).is_some()).collect();
+    let answering: Vec<&Member> = leadership.answering_voters(observed).collect();
     if voters > 0 && answering.len() >= majority(voters) {
         let names: Vec<&str> = answering.iter().map(|m| m.name.as_str()).collect();
         return Err(format!(
@@ -589,9 +588,12 @@ impl<'a> Leadership<'a> {
         if !observed.formed {
             return WaitReason::Forming;
         }
-        let voters = self.members.iter().filter(|m| m.voter);
-        let reachable = voters.clone().filter(|m| observed.reported_by(&m.name).is_some()).count();
-        WaitReason::QuorumLost { reachable, voters: self.voters() }
+        WaitReason::QuorumLost { reachable: self.answering_voters(observed).count(), voters: self.voters() }
+    }
+
+    /// The voters that answer under their own name, their data not lost.
+    fn answering_voters<'b>(&'b self, observed: &'b Observed) -> impl Iterator<Item = &'b Member> {
+        self.members.iter().filter(|m| m.voter && observed.reported_by(&m.name).is_some())
     }
 
     /// `step` removes `member`, unless it leads (hand over first) or its removal would leave less

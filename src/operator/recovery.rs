@@ -40,9 +40,10 @@ pub fn request(
     if last.as_ref().is_some_and(|r| &r.request == request) {
         return (last, None);
     }
-    let decided = match planner::recovery_survivor(observed) {
-        _ if cluster.spec.paused => Err("spec.paused: unpause the cluster, then ask again".to_string()),
-        decided => decided,
+    let decided = if cluster.spec.paused {
+        Err("spec.paused: unpause the cluster, then ask again".to_string())
+    } else {
+        planner::recovery_survivor(observed)
     };
     match decided {
         Err(why) => {
@@ -59,14 +60,11 @@ pub fn request(
         Ok(survivor) => {
             let uid = cluster.uid().unwrap_or_default();
             let id = format!("{:016x}", fnv1a(&[uid.as_bytes(), request.as_bytes()]));
+            let (name, replaced) = (&survivor.name, survivor.replaced.join(","));
             let message = format!(
-                "recovering from quorum loss (request {request:?}, id {id}): {} keeps its log (last entry: term {}, index {}) and restarts as the only member; {} are removed, their data is set aside as data.before-recovery-{id}, and they are added back empty, as learners, then promoted. Writes acknowledged only by {} and not by {} are lost",
-                survivor.name,
+                "recovering from quorum loss (request {request:?}, id {id}): {name} keeps its log (last entry: term {}, index {}) and restarts as the only member; {replaced} are removed, their data is set aside as data.before-recovery-{id}, and they are added back empty, as learners, then promoted. Writes acknowledged only by {replaced} and not by {name} are lost",
                 survivor.last_log_term,
                 survivor.last_log_index,
-                survivor.replaced.join(","),
-                survivor.replaced.join(","),
-                survivor.name,
             );
             let started = RecoveryStatus {
                 request: request.clone(),
