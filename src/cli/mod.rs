@@ -72,8 +72,8 @@ pub enum Commands {
     Leader(LeaderCommand),
     /// Save a member's state into a file, make new members' data from one, or say what one holds.
     Snapshot(snapshot::SnapshotCommand),
-    /// Print the CustomResourceDefinition of RaftCluster as YAML (`kuberaft crd | kubectl apply -f -`).
-    Crd,
+    /// Print the CustomResourceDefinitions (RaftCluster, RaftSnapshot) as YAML (`kuberaft crd | kubectl apply -f -`).
+    Crd(CrdArgs),
     /// Print the objects the operator would create for the RaftClusters in a file (like `helm template`).
     Render(render::RenderArgs),
     /// Run the operator: reconcile RaftCluster resources into running clusters.
@@ -150,7 +150,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Commands::Node(args) => return crate::process::run(*args),
         Commands::Version => write_stdout(format!("kuberaft {}\n", env!("CARGO_PKG_VERSION")).as_bytes()),
-        Commands::Crd => print_crd(),
+        Commands::Crd(args) => print_crd(&args),
         Commands::Render(args) => render::run(args),
         Commands::Bench(args) => block_on_multi(crate::bench::run(args)),
         Commands::Operator(args) => return crate::operator::controller::run(args),
@@ -178,9 +178,21 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn print_crd() -> Result<(), CliError> {
-    let yaml =
-        crate::operator::crd::crd_file().map_err(|err| CliError::Failed(format!("encode the CRD as YAML: {err}")))?;
+/// `kuberaft crd [NAME]`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CrdArgs {
+    /// Only this CRD, by its plural: raftclusters or raftsnapshots (every one when not given).
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(crate::operator::crd::CRD_NAMES))]
+    pub name: Option<String>,
+}
+
+fn print_crd(args: &CrdArgs) -> Result<(), CliError> {
+    let names: Vec<&str> = match &args.name {
+        Some(name) => vec![name.as_str()],
+        None => crate::operator::crd::CRD_NAMES.to_vec(),
+    };
+    let files: Result<Vec<String>, String> = names.into_iter().map(crate::operator::crd::crd_file).collect();
+    let yaml = files.map_err(CliError::Failed)?.join("---\n");
     write_stdout(yaml.as_bytes())
 }
 

@@ -10,7 +10,7 @@ use super::dev::{self, DevArgs, DevMember, MemberView};
 use super::endpoint::{status_reports, status_table};
 use super::kv::{keys_table, list_table, more_hint, ConsistencyArg, KvAction, OrderArg, SortByArg};
 use super::member::{members_table, LeaderAction, MemberAction};
-use super::{Cli, CliError, ClientArgs, Commands, OutputFormat, ENDPOINTS_ENV};
+use super::{Cli, CliError, ClientArgs, Commands, CrdArgs, OutputFormat, ENDPOINTS_ENV};
 use crate::base::wire::{KvItem, ListResponse, Member, MembersResponse, Status};
 use crate::client::{encode_base64, ClientError};
 
@@ -323,8 +323,12 @@ fn endpoint_status_leader_transfer_and_version() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(parse(&["version"]), Commands::Version));
-    assert!(matches!(parse(&["crd"]), Commands::Crd));
+    assert!(matches!(parse(&["crd"]), Commands::Crd(CrdArgs { name: None })));
+    assert!(
+        matches!(parse(&["crd", "raftsnapshots"]), Commands::Crd(CrdArgs { name: Some(n) }) if n == "raftsnapshots")
+    );
     parse_fails(&["endpoint", "status", "-w", "yaml"]);
+    parse_fails(&["crd", "raftnothings"]);
 }
 
 #[test]

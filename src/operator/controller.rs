@@ -27,6 +27,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::watch;
 
 use super::builders::OperatorPeer;
+use super::crd::snapshot::RaftSnapshot;
 use super::crd::RaftCluster;
 use super::reconcile::{self, Context, HttpMembers, ReconcileError, FIELD_MANAGER};
 use crate::base::logging::LogFormat;
@@ -221,30 +222,39 @@ async fn run_controller(
             super::builders::MANAGED_BY
         ));
         let (c, ns) = (client.clone(), namespace.clone());
-        let mut stop = stop.clone();
-        let mut lost = lost.clone();
-        let shutdown = async move {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => {}
-                _ = lost.wait_for(|l| *l) => {}
-            }
-        };
-        Controller::for_stream(clusters, reader)
+        let snapshots = Controller::new(scoped::<RaftSnapshot>(&c, &ns), watcher::Config::default())
+            .graceful_shutdown_on(stopped(stop.clone(), lost.clone()))
+            .run(super::backup::snapshot::reconcile, super::backup::snapshot::error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(err) = result {
+                    tracing::debug!("snapshot controller: {err}");
+                }
+            });
+        let clusters = Controller::for_stream(clusters, reader)
             .owns(scoped::<StatefulSet>(&c, &ns), owned_config.clone())
             .owns(scoped::<ConfigMap>(&c, &ns), owned_config.clone())
             .owns(scoped::<Service>(&c, &ns), owned_config.clone())
             .owns(scoped::<PodDisruptionBudget>(&c, &ns), owned_config.clone())
             .owns(scoped::<NetworkPolicy>(&c, &ns), owned_config)
-            .graceful_shutdown_on(shutdown)
+            .graceful_shutdown_on(stopped(stop.clone(), lost.clone()))
             .run(reconcile::reconcile, error_policy, ctx.clone())
             .for_each(|result| async move {
                 if let Err(err) = result {
                     tracing::debug!("controller: {err}");
                 }
-            })
+            });
+        futures::future::join(clusters, snapshots)
     });
     futures::future::join_all(controllers).await;
     *lost.borrow()
+}
+
+/// Resolves on a stop or when the lease is lost.
+async fn stopped(mut stop: watch::Receiver<bool>, mut lost: watch::Receiver<bool>) {
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => {}
+        _ = lost.wait_for(|l| *l) => {}
+    }
 }
 
 fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>

@@ -401,6 +401,15 @@ async fn reconcile_inner(cluster: &RaftCluster, ctx: &Context) -> Result<Action,
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
+/// What a one-shot backup (`backup::snapshot`) needs of a cluster: its members' health, as a
+/// pass observes it, and how to reach them.
+pub async fn observe_health(ctx: &Context, cluster: &RaftCluster) -> Result<(ClusterHealth, Access), ReconcileError> {
+    let namespace = cluster.namespace().ok_or_else(|| BuildError::MissingNamespace(cluster.name_any()))?;
+    let owned = observe_objects(ctx, cluster, &namespace, &cluster.name_any()).await?;
+    let observed = observe_members(ctx, cluster, &namespace, &owned).await;
+    Ok((planner::derive_status(&observed), owned.access(cluster)))
+}
+
 async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>, ReconcileError>
 where
     K: Clone + DeserializeOwned + std::fmt::Debug,
@@ -1044,7 +1053,7 @@ async fn announce(
     }
 }
 
-fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+pub(crate) fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
     // The Events API caps the note at 1 kB.
     let mut note = note;
     if note.len() > 1000 {
@@ -1069,10 +1078,11 @@ async fn publish(ctx: &Context, cluster: &RaftCluster, event: Event) {
 /// (the shared recorder counts those in a series that keeps the first note): for events whose
 /// note is news each time, such as each backup's object, revision and error, or each revert's
 /// fields.
-async fn publish_each(ctx: &Context, cluster: &RaftCluster, event: Event) {
+pub(crate) async fn publish_each<K: Resource<DynamicType = ()>>(ctx: &Context, object: &K, event: Event) {
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    if let Err(err) = recorder.publish(&event, &cluster.object_ref(&())).await {
-        tracing::warn!(cluster = %key(cluster), "cannot publish event {}: {err}", event.reason);
+    if let Err(err) = recorder.publish(&event, &object.object_ref(&())).await {
+        let name = format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any());
+        tracing::warn!(object = %name, "cannot publish event {}: {err}", event.reason);
     }
 }
 

@@ -165,12 +165,14 @@ fn bad_values_are_refused_by_the_chart_schema() {
 #[test]
 fn the_charts_crd_is_the_generated_one_and_its_app_version_the_crates() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let generated = std::fs::read_to_string(root.join("crds/raftclusters.kuberaft.io.yaml")).expect("crds/");
-    let in_chart = std::fs::read_to_string(chart().join("crds/raftclusters.kuberaft.io.yaml")).expect("chart crds/");
-    assert!(
-        generated == in_chart,
-        "charts/kuberaft/crds/ differs from crds/: `cp crds/raftclusters.kuberaft.io.yaml charts/kuberaft/crds/`"
-    );
+    for name in kuberaft::operator::crd::CRD_NAMES {
+        let file = format!("crds/{name}.kuberaft.io.yaml");
+        let generated = std::fs::read_to_string(root.join(&file)).expect("crds/");
+        let in_chart = std::fs::read_to_string(chart().join(&file)).expect("chart crds/");
+        assert!(generated == in_chart, "charts/kuberaft/crds/ differs from crds/: `cp {file} charts/kuberaft/crds/`");
+    }
+    let in_chart = std::fs::read_dir(chart().join("crds")).expect("chart crds/").count();
+    assert_eq!(in_chart, kuberaft::operator::crd::CRD_NAMES.len(), "no other CRD in the chart");
     let chart_yaml: Value =
         serde_saphyr::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml"))
             .expect("YAML");
@@ -226,17 +228,20 @@ async fn rbac_grants_every_call_the_operator_makes_and_no_delete() {
     assert!(ok, "{err}");
     let granted = granted(&documents(&yaml));
 
-    let calls = crate::scenarios::calls_of_a_scale_up_and_a_leader_election().await;
+    let mut calls = crate::scenarios::calls_of_a_scale_up_and_a_leader_election().await;
+    calls.extend(crate::snapshots::calls_of_a_deleted_snapshot().await);
     let mut needs: BTreeSet<(String, String, String)> = calls.iter().map(needed).collect();
-    // Server-side apply creates missing objects: create as well as patch.
+    // Server-side apply creates missing objects: create as well as patch (a RaftSnapshot's
+    // finalizers are a merge patch, which never creates).
     for (group, resource, verb) in needs.clone() {
-        if verb == "patch" && !resource.contains('/') && resource != "events" {
+        if verb == "patch" && !resource.contains('/') && !["events", "raftsnapshots"].contains(&resource.as_str()) {
             needs.insert((group, resource, "create".to_string()));
         }
     }
     // The controller's watches.
     for (group, resource) in [
         ("kuberaft.io", "raftclusters"),
+        ("kuberaft.io", "raftsnapshots"),
         ("apps", "statefulsets"),
         ("", "configmaps"),
         ("", "services"),

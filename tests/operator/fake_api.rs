@@ -1,5 +1,5 @@
 //! A Kubernetes API server in memory, behind kube's tower-test mock service: it answers the calls
-//! the operator makes (get, list pods, server-side apply, status apply, events) from a map of
+//! the operator makes (get, list pods, server-side apply and merge patches, status apply, events) from a map of
 //! objects by path, and records every call so that tests can assert the exact sequence.
 
 use std::collections::BTreeMap;
@@ -66,6 +66,9 @@ pub fn secret_path(name: &str) -> String {
 }
 pub fn certificate_path(name: &str) -> String {
     format!("/apis/cert-manager.io/v1/namespaces/{NS}/certificates/{name}")
+}
+pub fn snapshot_path(name: &str) -> String {
+    format!("/apis/kuberaft.io/v1alpha1/namespaces/{NS}/raftsnapshots/{name}")
 }
 pub fn pods_path() -> String {
     format!("/api/v1/namespaces/{NS}/pods")
@@ -236,7 +239,13 @@ impl State {
                 }
                 object["metadata"]["uid"] = json!(uid);
                 object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
-                self.objects.insert(path.to_string(), object.clone());
+                // A deleted object goes once its last finalizer does.
+                let finalized = object["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
+                if !object["metadata"]["deletionTimestamp"].is_null() && finalized {
+                    self.objects.remove(path);
+                } else {
+                    self.objects.insert(path.to_string(), object.clone());
+                }
                 (StatusCode::OK, object)
             }
             _ => (StatusCode::METHOD_NOT_ALLOWED, json!({"kind": "Status", "code": 405})),

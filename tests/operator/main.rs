@@ -11,4 +11,5 @@ mod pods;
 mod require;
 mod s3;
 mod scenarios;
+mod snapshots;
 mod validate;

@@ -98,7 +98,7 @@ impl MemberApi for FakeMembers {
     }
 }
 
-fn url(member: &str) -> String {
+pub(crate) fn url(member: &str) -> String {
     format!("http://{member}.etcd.{NS}.svc:2379")
 }
 
@@ -108,7 +108,7 @@ fn peer(member: &str) -> String {
 
 impl FakeMembers {
     /// Every named member answers: `leader` leads `term`, all have applied `commit`.
-    fn set_cluster(&self, voters: &[&str], learners: &[&str], leader: &str, term: u64, commit: u64) {
+    pub(crate) fn set_cluster(&self, voters: &[&str], learners: &[&str], leader: &str, term: u64, commit: u64) {
         let members: Vec<Member> = voters
             .iter()
             .map(|n| (n, true))
@@ -158,7 +158,7 @@ impl FakeMembers {
         }
     }
 
-    fn take_changes(&self) -> Vec<(Vec<String>, MemberChange)> {
+    pub(crate) fn take_changes(&self) -> Vec<(Vec<String>, MemberChange)> {
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
@@ -205,7 +205,7 @@ impl World {
         (result, calls.into_iter().map(|c| if c.path.starts_with(&events_path()) { event() } else { c }).collect())
     }
 
-    fn set_spec(&self, change: impl FnOnce(&mut Value)) {
+    pub(crate) fn set_spec(&self, change: impl FnOnce(&mut Value)) {
         let mut object = self.api.get(&cluster_path("etcd")).expect("stored");
         change(&mut object["spec"]);
         let generation = object["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
@@ -234,7 +234,7 @@ impl World {
         state.objects.insert(pod_path(name), pod);
     }
 
-    fn status(&self) -> Value {
+    pub(crate) fn status(&self) -> Value {
         self.api.get(&cluster_path("etcd")).and_then(|c| c.get("status").cloned()).unwrap_or(Value::Null)
     }
 }
@@ -317,7 +317,7 @@ async fn steady_three() -> World {
 }
 
 /// The same for a spec of 3 replicas with more in it.
-async fn steady_three_with(spec: Value) -> World {
+pub(crate) async fn steady_three_with(spec: Value) -> World {
     let world = World::new(spec);
 
     // Pass 1, first creation: everything is missing; the static objects, then the ConfigMap and
@@ -979,7 +979,7 @@ async fn hand_edits_of_owned_objects_are_put_back_on_the_next_pass_and_other_man
 }
 
 /// A spec of 3 replicas whose backups go to `bucket` at `endpoint`, keeping `count`.
-fn backup_spec(endpoint: &str, count: u32) -> Value {
+pub(crate) fn backup_spec(endpoint: &str, count: u32) -> Value {
     json!({"replicas": 3, "backup": {
         // Yearly: the next time is months away, so the passes' requeues are as without backups.
         "schedule": "0 0 1 1 *",
@@ -989,7 +989,7 @@ fn backup_spec(endpoint: &str, count: u32) -> Value {
 }
 
 /// The S3 credentials Secret.
-fn put_credentials(world: &World, access_key: &str, secret_key: &str) {
+pub(crate) fn put_credentials(world: &World, access_key: &str, secret_key: &str) {
     let data = json!({
         "accessKeyId": kuberaft::base::base64::encode_base64(access_key.as_bytes()),
         "secretAccessKey": kuberaft::base::base64::encode_base64(secret_key.as_bytes()),
@@ -1001,14 +1001,14 @@ fn put_credentials(world: &World, access_key: &str, secret_key: &str) {
 }
 
 /// Time passes: the last backup's scheduled time moves into the past, so that one is due.
-fn make_backup_due(world: &World) {
+pub(crate) fn make_backup_due(world: &World) {
     let mut cluster = world.api.get(&cluster_path("etcd")).expect("stored");
     cluster["status"]["backup"]["lastScheduleTime"] = json!("2000-01-01T00:00:00Z");
     world.api.put(&cluster_path("etcd"), cluster);
 }
 
 /// The events since the last look: (reason, note).
-fn events_seen(world: &World) -> Vec<(String, String)> {
+pub(crate) fn events_seen(world: &World) -> Vec<(String, String)> {
     let reason = |e: &Value, k: &str| e[k].as_str().unwrap_or_default().to_string();
     world.api.take_events().iter().map(|e| (reason(e, "reason"), reason(e, "note"))).collect()
 }

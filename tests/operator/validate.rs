@@ -120,12 +120,13 @@ fn rendered_examples_and_the_crd_pass_the_official_schemas_strictly() {
         files.push(file);
     }
     assert!(built_in > 6 * files.len(), "the TLS example's Secrets are rendered too");
-    files.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/raftclusters.kuberaft.io.yaml"));
+    let crds = kuberaft::operator::crd::CRD_NAMES.map(crd_path);
+    files.extend(crds.iter().cloned());
     let (ok, output) = validate(&validator, &newest, &files);
     assert!(ok, "{output}");
-    // Every built-in object (Secrets too) and the CRD, each for both versions.
+    // Every built-in object (Secrets too) and the CRDs, each for both versions.
     let passed = output.matches(" passed for resource ").count();
-    assert_eq!(passed, (built_in + 1) * 2, "{output}");
+    assert_eq!(passed, (built_in + crds.len()) * 2, "{output}");
     assert!(output.contains(&format!("against version {}", &newest[..newest.rfind('.').unwrap_or(newest.len())])));
 
     // cert-manager's Certificates are no built-in kind: kubernetes-validate only warns that it has
@@ -152,6 +153,10 @@ fn rendered_examples_and_the_crd_pass_the_official_schemas_strictly() {
     let (ok, output) = validate(&validator, &newest, &[broken]);
     assert!(!ok, "an unknown field must fail: {output}");
     assert!(output.contains("terminationMessagePolicyy"), "{output}");
+}
+
+fn crd_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("crds/{name}.kuberaft.io.yaml"))
 }
 
 /// Validates the objects of `files` whose kind is the CRD's against the CRD's (first version's)
@@ -182,7 +187,7 @@ sys.exit(1 if failed else 0)
 #[test]
 fn examples_pass_the_crds_own_schema() {
     let Some(validator) = require_validator() else { return };
-    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/raftclusters.kuberaft.io.yaml");
+    let crd = crd_path("raftclusters");
     let run = |files: &[PathBuf]| against_crd(&validator, &crd, files);
     let examples = examples();
     let (ok, output) = run(&examples);
@@ -204,4 +209,33 @@ fn examples_pass_the_crds_own_schema() {
     .expect("write");
     let (ok, output) = run(std::slice::from_ref(&bad));
     assert!(!ok && output.contains("replicas"), "{output}");
+}
+
+/// The RaftSnapshot example passes its CRD's schema, and so does every spec the operator reads
+/// (the same types); the schema refuses a bad name and an unknown deletion policy.
+#[test]
+fn the_raft_snapshot_example_passes_its_crds_schema() {
+    let Some(validator) = require_validator() else { return };
+    let crd = crd_path("raftsnapshots");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/snapshots/raftsnapshot.yaml");
+    let (ok, output) = against_crd(&validator, &crd, std::slice::from_ref(&example));
+    assert!(ok && output.matches(": ok").count() == 2, "{output}");
+    let text = std::fs::read_to_string(&example).expect("read");
+    for doc in text.split("\n---\n") {
+        let snapshot: kuberaft::operator::crd::snapshot::RaftSnapshot =
+            serde_saphyr::from_str(doc).expect("a RaftSnapshot");
+        assert_eq!(snapshot.spec.problems(), Vec::<String>::new());
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (bad, field) in [
+        ("spec: {clusterName: Etcd_1}\n", "clusterName"),
+        ("spec: {clusterName: etcd, deletionPolicy: Forget}\n", "deletionPolicy"),
+        ("spec: {}\n", "clusterName"),
+    ] {
+        let file = dir.path().join("bad.yaml");
+        let text = format!("apiVersion: kuberaft.io/v1alpha1\nkind: RaftSnapshot\nmetadata: {{name: x}}\n{bad}");
+        std::fs::write(&file, text).expect("write");
+        let (ok, output) = against_crd(&validator, &crd, &[file]);
+        assert!(!ok && output.contains(field), "{bad}: {output}");
+    }
 }

@@ -11,6 +11,7 @@
 
 pub mod objects;
 pub mod run;
+pub mod snapshot;
 
 use std::str::FromStr;
 

@@ -134,18 +134,34 @@ async fn take(
 ) -> Result<(BackupRecord, Objects), Failure> {
     let member = source(health).ok_or_else(|| Failure::NoMember("no leader with a majority to take it from".into()))?;
     let (objects, target) = open(ctx, cluster, spec).await?;
+    let name = |revision| object_name(&cluster.name_any(), Timestamp::now(), revision);
+    let record = transfer(ctx, cluster, access, &member, &objects, &target, name).await?;
+    Ok((record, objects))
+}
+
+/// A snapshot of `member` streamed into `objects`, as the object `name(revision)` (see
+/// [`upload`]): what was kept.
+pub async fn transfer(
+    ctx: &Context,
+    cluster: &RaftCluster,
+    access: Access,
+    member: &str,
+    objects: &Objects,
+    target: &S3Target,
+    name: impl FnOnce(i64) -> String,
+) -> Result<BackupRecord, Failure> {
     let namespace = cluster.namespace().unwrap_or_default();
-    let url = builders::client_url(cluster, &namespace, &member);
+    let url = builders::client_url(cluster, &namespace, member);
     let incoming = ctx
         .members
         .snapshot(access, url)
         .await
         .map_err(|e| Failure::Failed(format!("cannot take a snapshot of {member}: {e}")))?;
     let revision = incoming.revision;
-    let name = object_name(&cluster.name_any(), Timestamp::now(), revision);
-    let (size, sha256) = upload(&objects, &name, incoming).await?;
+    let name = name(revision);
+    let (size, sha256) = upload(objects, &name, incoming).await?;
     let location = format!("s3://{}/{}", target.bucket, objects.key(&name));
-    Ok((record(location, &member, revision, size, sha256, Timestamp::now()), objects))
+    Ok(record(location, member, revision, size, sha256, Timestamp::now()))
 }
 
 /// Puts the outcome (or the previous backup status) into `status`, with the condition.
