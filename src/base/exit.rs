@@ -14,3 +14,9 @@ pub const EXIT_DATA_LOST: u8 = 3;
 /// log without `member.json`; DESIGN.md §3). The operator replaces the member, as for
 /// [`EXIT_DATA_LOST`].
 pub const EXIT_CORRUPT: u8 = 4;
+
+/// The exit code of a member that refuses to start because its data was written in a format
+/// newer than this binary reads (an image older than the one that wrote it; DESIGN.md §3). The
+/// data is intact and must be kept: the operator never replaces such a member, it stops the
+/// roll and says so (DESIGN.md §6); running the newer image again starts it.
+pub const EXIT_NEWER_FORMAT: u8 = 5;

@@ -1,7 +1,7 @@
 //! How a member's start fails, said plainly, and the exit code each failure gets
 //! (`crate::base::exit`).
 
-use crate::base::exit::{EXIT_CORRUPT, EXIT_DATA_LOST, EXIT_FAILED};
+use crate::base::exit::{EXIT_CORRUPT, EXIT_DATA_LOST, EXIT_FAILED, EXIT_NEWER_FORMAT};
 use crate::store::StoreError;
 
 /// A start-up problem, said plainly; the process exits non-zero with it.
@@ -22,6 +22,8 @@ enum StartFailure {
     DataLost,
     /// The member's data is damaged (beyond what a crash or power cut leaves): [`EXIT_CORRUPT`].
     Corrupt,
+    /// The member's data is of a newer format than this binary reads: [`EXIT_NEWER_FORMAT`].
+    NewerFormat,
 }
 
 impl From<String> for StartError {
@@ -42,6 +44,8 @@ impl From<StoreError> for StartError {
             StartFailure::DataLost
         } else if error.is_corrupt() {
             StartFailure::Corrupt
+        } else if error.is_newer_format() {
+            StartFailure::NewerFormat
         } else {
             StartFailure::Failed
         };
@@ -60,6 +64,7 @@ impl StartError {
             StartFailure::Failed => EXIT_FAILED,
             StartFailure::DataLost => EXIT_DATA_LOST,
             StartFailure::Corrupt => EXIT_CORRUPT,
+            StartFailure::NewerFormat => EXIT_NEWER_FORMAT,
         }
     }
 }

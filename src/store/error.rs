@@ -27,6 +27,10 @@ pub enum StoreError {
     /// Every file is readable but together they do not form a log (a snapshot or segment is missing).
     #[error("the data in {} is inconsistent: {detail}; {REPLACE_DATA_HINT}", path.display())]
     Inconsistent { path: PathBuf, detail: String },
+    /// Data written in a format newer than this binary reads (a newer kuberaft wrote it): intact,
+    /// and not to be replaced; the newer binary reads it.
+    #[error("{} was written by a newer kuberaft: {detail}; this version ({}) cannot read it, run the newer image again (the data is intact: do not delete it)", path.display(), env!("CARGO_PKG_VERSION"))]
+    NewerFormat { path: PathBuf, detail: String },
     /// A write-ahead log with state but no `member.json`: nobody knows which member it belongs
     /// to, and starting over would put a new member's log on top of it.
     #[error("{} holds a write-ahead log with state ({detail}) but no {META}, so it cannot be known which member it belongs to; kuberaft does not start a new member over an existing log; {REPLACE_DATA_HINT}", path.display(), META = "member.json")]
@@ -72,6 +76,12 @@ impl StoreError {
             self,
             StoreError::Corrupt { .. } | StoreError::Inconsistent { .. } | StoreError::MissingIdentity { .. }
         )
+    }
+
+    /// True when the data was written in a newer format than this binary reads (exit code 5:
+    /// the member must be kept, and run with a newer image).
+    pub fn is_newer_format(&self) -> bool {
+        matches!(self, StoreError::NewerFormat { .. })
     }
 
     /// True when the disk is full; the member can recover by itself once space is freed.

@@ -1600,6 +1600,44 @@ fn under_new_a_late_member_joins_but_a_wiped_one_is_refused() {
     assert!(c.log_text(leader).contains("its data is lost"), "{}", c.log_tail(leader));
 }
 
+/// Issue 17: a member whose data a newer kuberaft wrote (member.json's `data_format` above this
+/// version's) refuses to start with exit code 5, which the operator never answers with a
+/// replacement, says why, and leaves every file as it was; back at this version's format it
+/// starts with its data.
+#[test]
+fn data_of_a_newer_format_is_refused_with_exit_code_5_and_left_as_it_was() {
+    let mut c = Cluster::new(158, 1);
+    c.bootstrap();
+    c.wait_leader(ELECTION);
+    c.put_ok(0, "kept", "v");
+    c.kill(0);
+    let dir = c.members[0].data_dir.clone();
+    let meta_path = dir.join("member.json");
+    let meta = std::fs::read(&meta_path).expect("member.json");
+    let mut stamped: Value = serde_json::from_slice(&meta).expect("JSON");
+    stamped["data_format"] = 99.into();
+    std::fs::write(&meta_path, serde_json::to_vec(&stamped).expect("encode")).expect("write");
+    let files = |dir: &std::path::Path| {
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cd '{}' && find . -type f ! -name LOCK -exec sha256sum {{}} + | sort", dir.display()))
+            .output()
+            .expect("sha256sum");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let before = files(&dir);
+    c.start(0, &c.initial_cluster(&[0]), "new");
+    let exit = c.wait_exit(0, ELECTION).expect("the member stops");
+    assert_eq!(exit.code(), Some(kuberaft::base::exit::EXIT_NEWER_FORMAT as i32), "{}", c.log_tail(0));
+    let log = c.log_text(0);
+    assert!(log.contains("written by a newer kuberaft: data format 99, this version reads up to 1"), "{log}");
+    assert_eq!(files(&dir), before, "nothing changed");
+    std::fs::write(&meta_path, &meta).expect("put member.json back");
+    c.start(0, &c.initial_cluster(&[0]), "new");
+    c.wait_leader(ELECTION);
+    assert_eq!(c.get(0, "kept", "serializable"), (200, "v".to_string()));
+}
+
 /// Copies the contents of a fixture directory tree into `to` (`cp -a`; the lib's upgrade tests
 /// copy it in Rust).
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

@@ -639,12 +639,16 @@ pub(crate) fn check_state(
     place: &Place,
 ) -> Result<Option<(Revision, Revision)>, StoreError> {
     let Some(format) = get(FORMAT_NAME)? else { return Ok(None) };
+    if format > FORMAT {
+        return Err(StoreError::NewerFormat {
+            path: place.path().to_path_buf(),
+            detail: format!("the state-machine database has format {format}, this version reads {FORMAT}"),
+        });
+    }
     if format != FORMAT {
         return Err(StoreError::Inconsistent {
             path: place.path().to_path_buf(),
-            detail: format!(
-                "the state-machine database has format {format}, this version reads {FORMAT}: upgrade kuberaft"
-            ),
+            detail: format!("the state-machine database has format {format}, which no kuberaft writes"),
         });
     }
     let (Some(revision), Some(compacted)) = (get(REVISION_NAME)?, get(COMPACTED_NAME)?) else {

@@ -1222,3 +1222,26 @@ fn defragment_shrinks_the_file_and_keeps_the_data() {
     let reopened = MvccStore::open(&path).unwrap();
     assert_eq!(read(&reopened, &one("z-keep")).unwrap().kvs[0].value, b("me"), "durable after reopening");
 }
+
+/// A state-machine database of a newer format is refused as newer (exit code 5, the member kept),
+/// one of an impossible format as damage.
+#[test]
+fn a_newer_database_format_is_refused_as_newer_and_an_impossible_one_as_damage() {
+    use super::engine::{check_state, COMPACTED_NAME, FORMAT, FORMAT_NAME, REVISION_NAME};
+    let state = |format: i64| {
+        move |name: &str| {
+            Ok(match name {
+                n if n == FORMAT_NAME => Some(format),
+                n if n == REVISION_NAME => Some(5),
+                n if n == COMPACTED_NAME => Some(0),
+                _ => None,
+            })
+        }
+    };
+    assert_eq!(check_state(state(FORMAT), &Place::memory()).expect("this version's"), Some((5, 0)));
+    let newer = check_state(state(FORMAT + 1), &Place::memory()).expect_err("newer");
+    assert!(newer.is_newer_format() && !newer.is_corrupt(), "{newer}");
+    assert!(newer.to_string().contains(&format!("format {}, this version reads {FORMAT}", FORMAT + 1)), "{newer}");
+    let impossible = check_state(state(0), &Place::memory()).expect_err("impossible");
+    assert!(impossible.is_corrupt() && impossible.to_string().contains("which no kuberaft writes"), "{impossible}");
+}

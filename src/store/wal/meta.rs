@@ -16,6 +16,20 @@ pub(super) const META_FILE: &str = "member.json";
 /// member.json is a few hundred bytes; anything huge is not ours.
 const MAX_META_BYTES: u64 = 1 << 20;
 
+/// The data format this version writes and reads: the formats of the WAL's records, the
+/// snapshot files and the state machine's database together. A version that changes one of
+/// them raises it and records it in `member.json` as `data_format` (absent: 1); a version that
+/// finds a higher one there refuses the directory before touching it
+/// ([`StoreError::NewerFormat`], exit code 5).
+pub const DATA_FORMAT: u32 = 1;
+
+/// The `data_format` of a `member.json` (the field this version does not write).
+#[derive(Deserialize)]
+struct Stamp {
+    #[serde(default)]
+    data_format: Option<u32>,
+}
+
 /// Identity of the member that owns a data dir, written once at first start.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct MemberMeta {
@@ -44,9 +58,15 @@ pub(super) fn read_meta_with(fs: &dyn FileSystem, dir: &Path) -> Result<Option<M
     if text.len() as u64 > MAX_META_BYTES {
         return Err(StoreError::corrupt(&path, MAX_META_BYTES, "member metadata file is implausibly large"));
     }
-    serde_json::from_slice(&text)
-        .map(Some)
-        .map_err(|e| StoreError::corrupt(&path, 0, format!("undecodable member metadata: {e}")))
+    let undecodable = |e: serde_json::Error| StoreError::corrupt(&path, 0, format!("undecodable member metadata: {e}"));
+    let stamp: Stamp = serde_json::from_slice(&text).map_err(undecodable)?;
+    if let Some(format) = stamp.data_format.filter(|f| *f > DATA_FORMAT) {
+        return Err(StoreError::NewerFormat {
+            path,
+            detail: format!("data format {format}, this version reads up to {DATA_FORMAT}"),
+        });
+    }
+    serde_json::from_slice(&text).map(Some).map_err(undecodable)
 }
 
 /// Writes the identity of the member that owns `dir`, atomically (tmp + fsync + rename + fsync dir).

@@ -152,11 +152,13 @@ pub(super) fn read_segment(fs: &dyn FileSystem, path: &Path, is_last: bool) -> R
         match read_record(&mut reader, path, file_len - offset)? {
             RawRecord::Intact { kind, payload } => {
                 if !is_batch_kind(kind) {
-                    return Err(StoreError::corrupt(
-                        path,
-                        offset,
-                        format!("unknown record kind {kind} (written by a newer kuberaft?)"),
-                    ));
+                    // Its checksum holds: written so, by a kuberaft that knows this kind.
+                    return Err(StoreError::NewerFormat {
+                        path: path.to_path_buf(),
+                        detail: format!(
+                            "a WAL record of kind {kind} at byte {offset}, which this version does not know"
+                        ),
+                    });
                 }
                 let batch = decode_batch(kind, &payload)
                     .map_err(|e| StoreError::corrupt(path, offset, format!("undecodable record: {e}")))?;

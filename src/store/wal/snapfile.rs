@@ -19,6 +19,17 @@ use crate::raft::{Index, Snapshot, SnapshotMeta, Term};
 const SNAP_SUFFIX: &str = ".snap";
 /// The magic of the format this version writes.
 const SNAP_MAGIC: &[u8; 8] = b"KRSNAP02";
+/// The format number in [`SNAP_MAGIC`].
+const SNAP_FORMAT: u32 = 2;
+
+/// The format of a snapshot file's magic when it is ours (`KRSNAP` and two digits) but newer
+/// than [`SNAP_FORMAT`].
+fn newer_magic(magic: Option<&[u8]>) -> Option<u32> {
+    let digits = magic?.strip_prefix(b"KRSNAP")?;
+    let version: u32 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    (digits.iter().all(u8::is_ascii_digit) && version > SNAP_FORMAT).then_some(version)
+}
+
 /// The magic of format 1 (kuberaft 0.1.0); read, never written.
 const SNAP_MAGIC_V1: &[u8; 8] = b"KRSNAP01";
 /// magic + u64 meta length + u64 data length + u32 crc.
@@ -56,6 +67,9 @@ pub(super) fn load_newest_snapshot(fs: &dyn FileSystem, snap_dir: &Path) -> Resu
             Ok(_) => {
                 tracing::warn!(path = %path.display(), "skipping a snapshot whose content does not match its name")
             }
+            // A newer kuberaft's snapshot is not damage: skipping it would look for an older
+            // one that was compacted away, and call the intact directory inconsistent.
+            Err(e) if e.is_newer_format() => return Err(e),
             Err(e) => tracing::warn!(error = %e, "skipping an unreadable snapshot"),
         }
     }
@@ -81,6 +95,12 @@ pub(super) fn read_snapshot(fs: &dyn FileSystem, path: &Path) -> Result<Snapshot
     let bytes = fs.read(path).map_err(|e| StoreError::io("read snapshot", path, e))?;
     let magic = bytes.get(..8);
     let v1 = magic == Some(SNAP_MAGIC_V1.as_slice());
+    if let Some(version) = newer_magic(magic) {
+        return Err(StoreError::NewerFormat {
+            path: path.to_path_buf(),
+            detail: format!("snapshot file format {version}, this version reads up to {}", SNAP_FORMAT),
+        });
+    }
     if bytes.len() < SNAP_HEADER_BYTES || !(v1 || magic == Some(SNAP_MAGIC.as_slice())) {
         return Err(StoreError::corrupt(path, 0, "not a kuberaft snapshot file (bad header)"));
     }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::data_dir::open_data_dir_with;
 use super::meta::{write_meta_with, META_FILE};
-use super::record::RECORD_HEADER_BYTES;
+use super::record::{record_crc, RECORD_HEADER_BYTES};
 use super::segment::{create_segment, segment_name, SEGMENT_ROLL_BYTES};
 use super::snapfile::{save_snapshot, snapshot_name};
 use super::storage::Fault;
@@ -460,6 +460,66 @@ fn a_log_without_member_json_is_refused_and_left_alone() {
     storage.compact(&snapshot(3, 1)).expect("compact");
     drop(storage);
     assert!(matches!(open_dir(tmp.path()), Err(StoreError::MissingIdentity { .. })));
+}
+
+/// A directory a newer kuberaft wrote (a higher `data_format` in member.json, a snapshot file of
+/// a newer format, a WAL record of a kind this version does not know, each intact) is refused as
+/// newer, exit code 5 (never corrupt or lost: the member is not to be replaced), and left alone.
+#[test]
+fn data_of_a_newer_format_is_refused_as_newer_never_as_damage_and_left_alone() {
+    let written = || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut storage = open_dir(tmp.path()).expect("new").storage;
+        write_meta(tmp.path(), &meta()).expect("meta");
+        storage.persist(Some(&hard_state(1, None, 5)), None, &entries(1..=5, 1)).expect("persist");
+        storage.compact(&snapshot(3, 1)).expect("compact");
+        drop(storage);
+        tmp
+    };
+    let refused = |dir: &Path, found: &str| {
+        let before = listing(dir);
+        let error = open_dir(dir).err().expect("must refuse");
+        assert!(error.is_newer_format() && !error.is_corrupt() && !error.is_data_lost(), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("written by a newer kuberaft") && text.contains(found), "{text}");
+        assert!(text.contains("do not delete it"), "{text}");
+        assert_eq!(crate::process::StartError::from(error).exit_code(), crate::base::exit::EXIT_NEWER_FORMAT);
+        assert_eq!(listing(dir), before, "nothing changed");
+    };
+    // As written, it opens; its own format, stamped, too.
+    let tmp = written();
+    drop(open_dir(tmp.path()).expect("this version's own data"));
+    let stamp = |format: u32| {
+        let path = tmp.path().join(META_FILE);
+        let mut object: serde_json::Value = serde_json::from_slice(&fs::read(&path).expect("read")).expect("JSON");
+        object["data_format"] = format.into();
+        fs::write(&path, serde_json::to_vec(&object).expect("encode")).expect("write");
+    };
+    stamp(super::meta::DATA_FORMAT);
+    drop(open_dir(tmp.path()).expect("stamped with this version's format"));
+    stamp(super::meta::DATA_FORMAT + 1);
+    refused(tmp.path(), &format!("data format {}, this version reads up to 1", super::meta::DATA_FORMAT + 1));
+
+    let tmp = written();
+    let snap = snapshot_files(tmp.path()).pop().expect("a snapshot file");
+    write_bytes_at(&snap, 0, b"KRSNAP03");
+    refused(tmp.path(), "snapshot file format 3");
+    // A magic that is not ours at all is damage, as before.
+    write_bytes_at(&snap, 0, b"XXXXXXXX");
+    assert!(open_dir(tmp.path()).err().is_some_and(|e| e.is_corrupt()));
+
+    let tmp = written();
+    let segment = last_segment(tmp.path());
+    let end = records_end(&segment);
+    let payload = b"a record of a kind from the future";
+    let kind = 0x7e;
+    let mut record = Vec::new();
+    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    record.extend_from_slice(&record_crc(kind, payload).to_le_bytes());
+    record.push(kind);
+    record.extend_from_slice(payload);
+    write_bytes_at(&segment, end, &record);
+    refused(tmp.path(), "a WAL record of kind 126");
 }
 
 #[test]
