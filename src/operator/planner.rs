@@ -107,6 +107,9 @@ pub struct PodObservation {
     /// The pod runs an older pod template than the StatefulSet's (its template hash differs):
     /// the rolling restart replaces it (module docs).
     pub outdated: bool,
+    /// The member refuses its data because a newer kuberaft wrote it (exit code 5): its image
+    /// is older than the data. The data is intact; the member is never replaced for it.
+    pub newer_data: bool,
 }
 
 /// The ConfigMap's endpoint list: the members every peer and client reads, in order.
@@ -227,6 +230,9 @@ pub enum WaitReason {
     MemberCatchingUp { name: String },
     /// Quorum-loss recovery: the survivor's pod restarted, and it does not lead yet.
     SurvivorStarting { name: String },
+    /// A member's image cannot read its data, which a newer kuberaft wrote (exit code 5): an
+    /// upgrade across a data format, backwards. The roll stops here until the image can.
+    NewerData { name: String },
 }
 
 impl Plan {
@@ -269,6 +275,7 @@ impl WaitReason {
             WaitReason::WouldLoseQuorum { .. } => "WouldLoseQuorum",
             WaitReason::MemberCatchingUp { .. } => "MemberCatchingUp",
             WaitReason::SurvivorStarting { .. } => "SurvivorStarting",
+            WaitReason::NewerData { .. } => "NewerDataFormat",
         }
     }
 }
@@ -333,6 +340,11 @@ impl fmt::Display for WaitReason {
             WaitReason::MemberCatchingUp { name } => write!(
                 f,
                 "rolling restart: {name} must run, follow the leader and catch up before the next member restarts"
+            ),
+            WaitReason::NewerData { name } => write!(
+                f,
+                "{name} cannot read its data with this image: a newer kuberaft wrote it (exit code 5), so the roll stops \
+                 here; set spec.image back to the image that wrote it (the data is intact and kept) and the roll goes on"
             ),
             WaitReason::SurvivorStarting { name } => write!(
                 f,
@@ -634,11 +646,25 @@ impl<'a> Leadership<'a> {
     fn roll(&self, observed: &Observed, leader: &Status) -> Option<Plan> {
         let outdated: Vec<&Member> =
             self.members.iter().filter(|m| observed.pod(&m.name).is_some_and(|p| p.outdated)).collect();
+        let pod_ready = |m: &Member| observed.pod(&m.name).is_some_and(|p| p.ready);
+        // An outdated follower that is down anyway restarts first: it costs no availability,
+        // and it is how a member stuck on a bad template (an image it cannot run, or one too old
+        // for its data) gets the template that fixes it.
+        let down = |m: &&&Member| m.id != leader.id && !pod_ready(m) && !self.following.contains(&m.name);
+        if let Some(down) = outdated.iter().rev().find(down) {
+            let ordinal = member_ordinal(&observed.cluster, &down.name).unwrap_or(u32::MAX);
+            return Some(Plan::RestartMember { name: down.name.clone(), ordinal });
+        }
+        // A member whose image is older than its data: the roll (this one, or the one that
+        // made its pod) stops, and says so.
+        if let Some(stuck) = self.members.iter().find(|m| observed.pod(&m.name).is_some_and(|p| p.newer_data)) {
+            return Some(Plan::wait(WaitReason::NewerData { name: stuck.name.clone() }));
+        }
         if outdated.is_empty() {
             return None;
         }
         for member in &self.members {
-            let ready = observed.pod(&member.name).is_some_and(|p| p.ready);
+            let ready = pod_ready(member);
             let caught_up = observed.status_of(member).is_some_and(|s| caught_up(s.applied_index, leader.commit_index));
             if !ready || !caught_up || !self.following.contains(&member.name) {
                 return Some(Plan::wait(WaitReason::MemberCatchingUp { name: member.name.clone() }));

@@ -480,7 +480,8 @@ fn certificate_resource() -> ApiResource {
 }
 
 /// The pod's facts the planner needs: ordinal, readiness, lost data (its member exited with
-/// [`builders::EXIT_DATA_LOST`] or [`builders::EXIT_CORRUPT`] and is not running). The
+/// [`builders::EXIT_DATA_LOST`] or [`builders::EXIT_CORRUPT`] and is not running), data of a
+/// newer format (exit code 5), outdated. The
 /// member's status is asked separately (`status` is `None` here).
 pub fn pod_facts(cluster: &str, pod: &Pod, template_hash: Option<&str>) -> Option<PodObservation> {
     let ordinal = member_ordinal(cluster, pod.metadata.name.as_deref()?)?;
@@ -488,25 +489,27 @@ pub fn pod_facts(cluster: &str, pod: &Pod, template_hash: Option<&str>) -> Optio
     let ready = status
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let lost = status.and_then(|s| s.container_statuses.as_ref()).is_some_and(|containers| {
-        containers.iter().filter(|c| c.name == builders::CONTAINER_NAME).any(|c| {
-            let exit = |state: Option<&k8s_openapi::api::core::v1::ContainerState>| {
-                state.and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code)
-            };
-            let running = c.state.as_ref().is_some_and(|s| s.running.is_some());
-            // Lost data (3) and damaged data (4) both mean: replace the member.
-            let replace = |code: Option<i32>| {
-                code.is_some_and(|code| {
-                    code == i32::from(builders::EXIT_DATA_LOST) || code == i32::from(builders::EXIT_CORRUPT)
-                })
-            };
-            !running && (replace(exit(c.state.as_ref())) || replace(exit(c.last_state.as_ref())))
+    // The member's container, not running, whose current or last state exited with `code`.
+    let exited_with = |codes: &[u8]| {
+        status.and_then(|s| s.container_statuses.as_ref()).is_some_and(|containers| {
+            containers.iter().filter(|c| c.name == builders::CONTAINER_NAME).any(|c| {
+                let exit = |state: Option<&k8s_openapi::api::core::v1::ContainerState>| {
+                    state.and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code)
+                };
+                let running = c.state.as_ref().is_some_and(|s| s.running.is_some());
+                let listed = |code: Option<i32>| code.is_some_and(|code| codes.iter().any(|c| i32::from(*c) == code));
+                !running && (listed(exit(c.state.as_ref())) || listed(exit(c.last_state.as_ref())))
+            })
         })
-    });
+    };
+    // Lost data (3) and damaged data (4) both mean: replace the member. Data of a newer format
+    // (5) means the opposite: keep it, the image is too old.
+    let lost = exited_with(&[builders::EXIT_DATA_LOST, builders::EXIT_CORRUPT]);
+    let newer_data = exited_with(&[crate::base::exit::EXIT_NEWER_FORMAT]);
     // Made from an older template than the StatefulSet's (`builders::template_annotations`).
     let made_from = pod.annotations().get(builders::POD_TEMPLATE_HASH_ANNOTATION).map(String::as_str);
     let outdated = template_hash.is_some_and(|current| made_from != Some(current));
-    Some(PodObservation { ordinal, ready, data_lost: lost, status: None, outdated })
+    Some(PodObservation { ordinal, ready, data_lost: lost, status: None, outdated, newer_data })
 }
 
 async fn observe_members(ctx: &Context, cluster: &RaftCluster, namespace: &str, owned: &Owned) -> Observed {
@@ -1125,6 +1128,11 @@ mod tests {
         assert_eq!(lost(Some(1), Some(4)), Some(true), "crash-looping after a corrupt exit");
         assert_eq!(lost(Some(1), Some(1)), Some(false), "other failures");
         assert_eq!(lost(Some(2), None), Some(false), "usage errors");
+        // Data a newer kuberaft wrote: kept, never replaced, and said so.
+        let newer = |state, last| pod_facts("etcd", &pod(state, last), None).map(|p| (p.data_lost, p.newer_data));
+        assert_eq!(newer(Some(5), None), Some((false, true)), "an image older than its data");
+        assert_eq!(newer(Some(1), Some(5)), Some((false, true)), "crash-looping on it");
+        assert_eq!(newer(None, Some(5)), Some((false, false)), "running again");
     }
 
     #[test]

@@ -704,6 +704,62 @@ async fn an_image_change_restarts_one_member_at_a_time_and_the_leader_last() {
     assert_eq!(reasons.iter().filter(|r| *r == "TransferLeadership").count(), 1, "{reasons:?}");
 }
 
+/// Issue 17, part 5: an image that cannot read the members' data (the member exits with code 5:
+/// a newer kuberaft wrote it) stops the roll at the first member, with the reason in
+/// Progressing and Degraded; the member is never replaced. Setting the image back restarts that
+/// member first, and the cluster is steady again.
+#[tokio::test]
+async fn an_image_too_old_for_the_data_stops_the_roll_and_setting_it_back_restarts_that_member() {
+    let world = steady_three().await;
+    let members = ["etcd-0", "etcd-1", "etcd-2"];
+    world.set_spec(|spec| spec["image"] = json!("ghcr.io/kuberaft/kuberaft:older"));
+    world.reconcile().await.0.expect("the new template");
+    let (result, calls) = world.reconcile().await;
+    result.expect("reconcile");
+    assert_eq!(calls.iter().filter(|c| is_eviction(c)).count(), 1, "{calls:?}");
+    // etcd-2 comes back from the new template and refuses its data, again and again.
+    world.set_pod("etcd-2");
+    {
+        let mut state = world.api.lock();
+        let pod = state.objects.get_mut(&pod_path("etcd-2")).expect("the pod");
+        pod["status"]["conditions"][0]["status"] = json!("False");
+        pod["status"]["containerStatuses"][0]["ready"] = json!(false);
+        pod["status"]["containerStatuses"][0]["state"] = json!({"waiting": {"reason": "CrashLoopBackOff"}});
+        pod["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {"exitCode": 5}});
+    }
+    world.members.set_cluster(&members, &[], "etcd-0", 2, 20);
+    world.members.statuses.lock().expect("lock").remove(&url("etcd-2"));
+    for _ in 0..2 {
+        let (result, calls) = world.reconcile().await;
+        result.expect("reconcile");
+        assert!(!calls.iter().any(is_eviction), "the roll stops: {calls:?}");
+        assert!(world.members.take_changes().is_empty(), "never replaced");
+        let status = world.status();
+        let progressing = condition(&status, "Progressing");
+        assert_eq!(progressing["reason"], "NewerDataFormat", "{progressing:#}");
+        let message = progressing["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("etcd-2 cannot read its data") && message.contains("set spec.image back"),
+            "{message}"
+        );
+        assert_eq!(status["phase"], "Degraded", "{status:#}");
+    }
+    // The image set back: etcd-2 (down, and of the other template now) restarts first.
+    world.set_spec(|spec| spec["image"] = json!(kuberaft::operator::crd::DEFAULT_IMAGE));
+    world.reconcile().await.0.expect("the template back");
+    let (result, calls) = world.reconcile().await;
+    result.expect("reconcile");
+    let evictions: Vec<&Call> = calls.iter().filter(|c| is_eviction(c)).collect();
+    assert_eq!(evictions, [&Call::new(Method::POST, &format!("{}/eviction", pod_path("etcd-2")))]);
+    world.set_pod("etcd-2");
+    world.members.set_cluster(&members, &[], "etcd-0", 2, 20);
+    world.reconcile().await.0.expect("reconcile");
+    let (result, calls) = world.reconcile().await;
+    assert_eq!(result, Ok(Action::requeue(reconcile::REQUEUE_STEADY)));
+    assert!(!calls.iter().any(is_eviction), "{calls:?}");
+    assert_eq!(world.status()["phase"], "Running");
+}
+
 /// A `kuberaft.io/restart` annotation on the RaftCluster restarts every member the same way,
 /// once per new value; another annotation restarts nothing.
 #[tokio::test]

@@ -44,6 +44,8 @@ enum PodState {
     Down,
     /// Refuses to start: the cluster had replicated to it and its data is gone.
     DataLost,
+    /// Refuses to start: its image is older than its data (exit code 5).
+    NewerData,
 }
 
 #[derive(Clone, Debug)]
@@ -318,6 +320,7 @@ impl TestCluster {
                     ordinal,
                     ready: up && pod.ready,
                     data_lost: pod.state == PodState::DataLost,
+                    newer_data: pod.state == PodState::NewerData,
                     status,
                     outdated: pod.outdated,
                 }
@@ -450,7 +453,9 @@ impl TestCluster {
                     voters == 1 || self.leader.as_ref() != Some(member),
                     "the leader is restarted only after it handed over"
                 );
-                for m in &self.members {
+                // A member that is down anyway may restart whatever the others do.
+                let was_down = !self.is_up(member) || !self.pods[at].ready;
+                for m in self.members.iter().filter(|_| !was_down) {
                     let pod = &self.pods[&ordinal(&m.name)];
                     assert!(
                         pod.state == PodState::Up && pod.ready && pod.applied * 10 >= self.commit * 9,
@@ -937,6 +942,42 @@ fn a_rolling_restart_waits_for_every_member_and_for_membership_and_one_member_ju
     assert_eq!(drive(&mut cluster)[0], "restart etcd-0");
     settle(&mut cluster);
     assert_converged(&cluster);
+}
+
+/// An image older than its data (exit code 5) stops the roll with a reason and is never
+/// replaced; setting the image back restarts that member first (it is down anyway), as does
+/// any outdated follower that is down.
+#[test]
+fn an_image_too_old_for_its_data_stops_the_roll_and_setting_it_back_restarts_that_member_first() {
+    // etcd-2 was restarted into the new template and refuses its data.
+    let mut cluster = Observed::test().running(3).template_changed();
+    cluster.pod_mut("etcd-2").outdated = false;
+    cluster.pod_mut("etcd-2").state = PodState::NewerData;
+    let planned = plan(&cluster.build());
+    assert_eq!(planned, wait(WaitReason::NewerData { name: "etcd-2".to_string() }));
+    assert!(planned.to_string().contains("set spec.image back"), "{planned}");
+    let health = derive_status(&cluster.build());
+    assert_eq!(health.phase, Phase::Degraded);
+    assert!(health.members.iter().any(|m| m.name == "etcd-2" && !m.healthy));
+    // Also once nothing else is outdated (it was the last to restart).
+    for pod in cluster.pods.values_mut() {
+        pod.outdated = false;
+    }
+    assert_eq!(plan(&cluster.build()), wait(WaitReason::NewerData { name: "etcd-2".to_string() }));
+    // The image set back: only etcd-2's pod is of another template now; it restarts first, and
+    // comes up with its data.
+    cluster.pod_mut("etcd-2").outdated = true;
+    let steps = drive(&mut cluster);
+    assert_eq!(steps, ["restart etcd-2"], "{steps:?}");
+    settle(&mut cluster);
+    assert_converged(&cluster);
+
+    // Any outdated follower that is down restarts first; a follower that is only not ready, or
+    // the leader, is waited for as before.
+    let cluster = Observed::test().running(3).template_changed().down("etcd-1");
+    assert_eq!(label(&plan(&cluster.build())), "restart etcd-1");
+    let cluster = Observed::test().running(3).template_changed().not_ready("etcd-1");
+    assert_eq!(label(&plan(&cluster.build())), "wait MemberCatchingUp etcd-1");
 }
 
 #[test]

@@ -32,6 +32,7 @@ fn observed(answering: &[u32]) -> Observed {
             ready: false,
             data_lost: false,
             outdated: false,
+            newer_data: false,
             status: answering.contains(&i).then(|| Status {
                 name: format!("etcd-{i}"),
                 id: format!("1{i}"),
