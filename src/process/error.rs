@@ -68,3 +68,29 @@ impl StartError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn each_kind_of_store_error_gets_its_exit_code_and_newer_data_is_never_lost_or_corrupt() {
+        let path = PathBuf::from("/data");
+        let cases = [
+            (StoreError::NewerFormat { path: path.clone(), detail: "d".into() }, EXIT_NEWER_FORMAT),
+            (StoreError::corrupt(&path, 0, "d"), EXIT_CORRUPT),
+            (StoreError::Inconsistent { path: path.clone(), detail: "d".into() }, EXIT_CORRUPT),
+            (
+                StoreError::DataLost { path: path.clone(), member_id: 1, name: "n".into(), detail: "d".into() },
+                EXIT_DATA_LOST,
+            ),
+            (StoreError::Locked { path }, EXIT_FAILED),
+        ];
+        for (error, code) in cases {
+            let text = error.to_string();
+            assert_eq!(StartError::from(error).exit_code(), code, "{text}");
+        }
+    }
+}
