@@ -19,10 +19,17 @@ use croner::Cron;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use k8s_openapi::jiff::{tz::TimeZone, Timestamp};
+use kube::ResourceExt;
 
 use self::objects::{Failure, Objects, Stored};
-use super::crd::{BackupRecord, RetentionSpec};
+use super::crd::{BackupRecord, RaftCluster, RetentionSpec, S3Destination};
 use super::planner::{ClusterHealth, Role};
+
+/// The prefix of `cluster`'s backups in `s3`: its own, or `<namespace>/<cluster>`.
+pub fn prefix(cluster: &RaftCluster, s3: &S3Destination) -> String {
+    let namespace = cluster.namespace().unwrap_or_default();
+    s3.prefix.clone().unwrap_or_else(|| format!("{namespace}/{}", cluster.name_any()))
+}
 
 /// The suffix of every backup object.
 pub const SUFFIX: &str = ".snap";

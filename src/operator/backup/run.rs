@@ -92,8 +92,7 @@ pub fn until_next(schedule: &Cron) -> Option<std::time::Duration> {
 async fn open(ctx: &Context, cluster: &RaftCluster, spec: &BackupSpec) -> Result<(Objects, S3Target), Failure> {
     let namespace = cluster.namespace().unwrap_or_default();
     let s3 = &spec.destination.s3;
-    let prefix = s3.prefix.clone().unwrap_or_else(|| format!("{namespace}/{}", cluster.name_any()));
-    let target = target(ctx, &namespace, &s3.store, prefix).await?;
+    let target = target(ctx, &namespace, &s3.store, super::prefix(cluster, s3)).await?;
     Ok((Objects::s3(&target)?, target))
 }
 

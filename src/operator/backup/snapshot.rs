@@ -51,8 +51,7 @@ pub fn destination(snapshot: &RaftSnapshot, cluster: &RaftCluster) -> Option<(S3
         Some(destination) => destination.s3.clone(),
         None => cluster.spec.backup.as_ref()?.destination.s3.clone(),
     };
-    let namespace = cluster.namespace().unwrap_or_default();
-    let prefix = s3.prefix.clone().unwrap_or_else(|| format!("{namespace}/{}", cluster.name_any()));
+    let prefix = super::prefix(cluster, &s3);
     Some((s3, prefix))
 }
 

@@ -59,6 +59,8 @@ pub(super) fn read_meta_with(fs: &dyn FileSystem, dir: &Path) -> Result<Option<M
         return Err(StoreError::corrupt(&path, MAX_META_BYTES, "member metadata file is implausibly large"));
     }
     let undecodable = |e: serde_json::Error| StoreError::corrupt(&path, 0, format!("undecodable member metadata: {e}"));
+    // The stamp first, read leniently: a newer version's member.json may not decode as this
+    // version's MemberMeta, and must be refused as newer, not as damage.
     let stamp: Stamp = serde_json::from_slice(&text).map_err(undecodable)?;
     if let Some(format) = stamp.data_format.filter(|f| *f > DATA_FORMAT) {
         return Err(StoreError::NewerFormat {
