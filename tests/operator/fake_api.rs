@@ -32,6 +32,8 @@ pub struct State {
     pub history: Vec<Call>,
     /// The bodies of created events.
     pub events: Vec<Value>,
+    /// The paths of the pods each eviction the disruption budget allowed deleted, in order.
+    pub evicted: Vec<String>,
     resource_version: u64,
 }
 
@@ -182,6 +184,7 @@ impl State {
                     return (StatusCode::TOO_MANY_REQUESTS, status(429, "TooManyRequests", &why));
                 }
                 self.objects.remove(pod);
+                self.evicted.push(pod.to_string());
                 (StatusCode::CREATED, json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}))
             }
             Method::POST => {
