@@ -289,6 +289,26 @@ impl Cluster {
         list["members"].as_array()?.iter().find(|m| m["name"] == name)?["matched"].as_u64()
     }
 
+    /// Waits until the leader's own bookkeeping is done: every member is recorded as holding
+    /// data (`joined`), every member has acknowledged the whole committed log, and the commit
+    /// index then stays put for a second (longer than the leader's checks for client URLs to
+    /// publish). After this, the log moves only for what the test itself asks.
+    pub fn wait_settled(&self, leader: usize, timeout: Duration) {
+        let url = format!("{}/raft/v1/members", self.members[leader].peer_url());
+        wait_for("the leader to settle its own entries", timeout, || {
+            let commit = |c: &Cluster| c.status(leader).and_then(|s| s["commitIndex"].as_u64());
+            let before = commit(self)?;
+            let list: Value = self.http.get(&url).send().ok()?.json().ok()?;
+            let members = list["members"].as_array()?;
+            let done = members.iter().all(|m| m["joined"] == true && m["matched"].as_u64() == Some(before));
+            if !done {
+                return None;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            (commit(self)? == before).then_some(())
+        })
+    }
+
     /// Moves leadership to member `to` (asked through member `via`); waits until all agree.
     pub fn transfer_leader(&self, via: usize, to: usize, timeout: Duration) {
         let id = self.member_id(to).expect("member id");

@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -446,6 +447,8 @@ fn txns_compare_every_target_transfer_atomically_and_refuse_what_etcd_refuses() 
     // Those etcd refuses before its log (and bodies that are not txns at all) never reach the
     // log either: the commit index stays where it was.
     let commit_index = || c.status(leader).and_then(|s| s["commitIndex"].as_u64()).expect("a commit index");
+    // The leader's own entries (a late member's `Seen`, a client URL published) would move it too.
+    c.wait_settled(leader, Duration::from_secs(20));
     let committed = commit_index();
     for (body, code, message) in refusals {
         for via in [follower, leader] {
