@@ -4,6 +4,7 @@
 //! cluster of node processes. Every failure ends as `error: <message>` on stderr and a non-zero
 //! exit code: 2 for usage errors, 1 for everything else.
 
+pub mod backup;
 pub mod dev;
 pub mod endpoint;
 pub mod kv;
@@ -72,6 +73,8 @@ pub enum Commands {
     Leader(LeaderCommand),
     /// Save a member's state into a file, make new members' data from one, or say what one holds.
     Snapshot(snapshot::SnapshotCommand),
+    /// Backups in a directory: take one (pruning the oldest), or delete one (the operator's Jobs run these).
+    Backup(backup::BackupCommand),
     /// Print the CustomResourceDefinitions (RaftCluster, RaftSnapshot) as YAML (`kuberaft crd | kubectl apply -f -`).
     Crd(CrdArgs),
     /// Print the objects the operator would create for the RaftClusters in a file (like `helm template`).
@@ -167,6 +170,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Endpoint(command) => block_on(endpoint::run(command)),
         Commands::Leader(command) => block_on(member::run_leader(command)),
         Commands::Snapshot(command) => block_on(snapshot::run(command)),
+        Commands::Backup(command) => block_on(backup::run(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

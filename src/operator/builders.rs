@@ -15,10 +15,11 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, SeccompProfile,
-    SecretKeySelector, SecretProjection, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeProjection, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ProjectedVolumeSource, SeccompProfile, SecretKeySelector, SecretProjection, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount, VolumeProjection, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -28,7 +29,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use super::crd::{RaftCluster, S3CredentialsRef, S3Source};
+use super::crd::{RaftCluster, S3CredentialsRef, S3Store};
 use crate::base::ids::fnv1a;
 use crate::base::wire::{DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT};
 
@@ -87,6 +88,9 @@ pub const RECOVER_QUORUM_ANNOTATION: &str = "kuberaft.io/recover-quorum";
 pub const ENV_QUORUM_RECOVERY: &str = "KUBERAFT_QUORUM_RECOVERY";
 /// The init container that restores `spec.bootstrap.restore` into each first member.
 pub const RESTORE_CONTAINER_NAME: &str = "restore";
+/// The volume and the mount path of a restore's claim (`spec.bootstrap.restore.persistentVolumeClaim`).
+pub const RESTORE_VOLUME: &str = "restore";
+pub const RESTORE_MOUNT_PATH: &str = "/var/lib/kuberaft-restore";
 /// Where it reads the store's credentials (`kuberaft snapshot restore` of an `s3://` file).
 pub const ENV_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
 pub const ENV_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
@@ -108,6 +112,10 @@ pub enum BuildError {
     MissingUid(String),
     #[error("cannot encode an object: {0}")]
     Encode(String),
+    #[error(
+        "spec.bootstrap.restore.snapshot names RaftSnapshot {0}: the operator reads its file from the API server before it builds the pods"
+    )]
+    UnresolvedRestore(String),
 }
 
 /// The name of the headless Service (and of the StatefulSet and PodDisruptionBudget): the cluster's.
@@ -345,7 +353,12 @@ pub fn network_policy(cluster: &RaftCluster, operator: &OperatorPeer) -> Result<
     let same_namespace =
         NetworkPolicyPeer { pod_selector: Some(LabelSelector::default()), ..NetworkPolicyPeer::default() };
     let clients = cluster.spec.network_policy.clients_from.clone().unwrap_or_else(|| vec![same_namespace]);
-    let mut client_peers = vec![members.clone(), operator];
+    // The operator's backup Jobs (a claim destination) take their snapshots from a member.
+    let backups = NetworkPolicyPeer {
+        pod_selector: Some(selector(super::backup::job::pod_labels(&cluster.name_any()))),
+        ..NetworkPolicyPeer::default()
+    };
+    let mut client_peers = vec![members.clone(), operator, backups];
     client_peers.extend(clients);
     let mut ingress = vec![
         NetworkPolicyIngressRule { from: Some(vec![members]), ports: Some(vec![port(PEER_PORT_NAME)]) },
@@ -461,30 +474,54 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
         protocol: Some("TCP".to_string()),
         ..ContainerPort::default()
     };
-    let security_context = SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), add: None }),
-        ..SecurityContext::default()
-    };
+    let security_context = container_security_context();
     let data_mount = VolumeMount {
         name: DATA_VOLUME.to_string(),
         mount_path: DATA_MOUNT_PATH.to_string(),
         ..VolumeMount::default()
     };
-    let restore = spec.bootstrap.as_ref().map(|bootstrap| Container {
-        name: RESTORE_CONTAINER_NAME.to_string(),
-        image: Some(spec.image.clone()),
-        image_pull_policy: Some("IfNotPresent".to_string()),
-        command: Some(vec![CONTAINER_COMMAND.to_string()]),
-        args: Some(restore_args(&bootstrap.restore.s3, &token, member_url(DEFAULT_PEER_PORT))),
-        env: Some(restore_env(&env, &bootstrap.restore.s3.store.credentials_secret)),
-        resources: spec.resources.clone(),
-        volume_mounts: Some(vec![data_mount.clone()]),
-        security_context: Some(security_context.clone()),
-        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
-        ..Container::default()
+    // The restore's source: an object of a store, or a file of a claim mounted read-only. A
+    // RaftSnapshot named is resolved to one of them first (`backup::snapshot::restore_source`).
+    if let Some(named) = spec.bootstrap.as_ref().and_then(|b| b.restore.snapshot.as_ref()) {
+        return Err(BuildError::UnresolvedRestore(named.name.clone()));
+    }
+    let source = spec.bootstrap.as_ref().map(|bootstrap| &bootstrap.restore.source);
+    let restore_claim = source.and_then(|s| s.persistent_volume_claim.as_ref());
+    let restore = source.map(|source| {
+        let file = match (&source.s3, restore_claim) {
+            (Some(s3), _) => format!("s3://{}/{}", s3.store.bucket, s3.key),
+            (None, Some(pvc)) => format!("{RESTORE_MOUNT_PATH}/{}", pvc.path),
+            // Refused by the schema and `problems()`.
+            (None, None) => String::new(),
+        };
+        let mut args = restore_args(&file, &token, member_url(DEFAULT_PEER_PORT));
+        let mut env = env.clone();
+        let mut mounts = vec![data_mount.clone()];
+        if let Some(s3) = &source.s3 {
+            args.extend(s3_args(&s3.store));
+            env.extend(s3_env(&s3.store.credentials_secret));
+        }
+        if restore_claim.is_some() {
+            mounts.push(VolumeMount {
+                name: RESTORE_VOLUME.to_string(),
+                mount_path: RESTORE_MOUNT_PATH.to_string(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+        }
+        Container {
+            name: RESTORE_CONTAINER_NAME.to_string(),
+            image: Some(spec.image.clone()),
+            image_pull_policy: Some("IfNotPresent".to_string()),
+            command: Some(vec![CONTAINER_COMMAND.to_string()]),
+            args: Some(args),
+            env: Some(env),
+            resources: spec.resources.clone(),
+            volume_mounts: Some(mounts),
+            security_context: Some(security_context.clone()),
+            termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+            ..Container::default()
+        }
     });
     let container = Container {
         name: CONTAINER_NAME.to_string(),
@@ -525,18 +562,18 @@ pub fn stateful_set(cluster: &RaftCluster, replicas: u32) -> Result<StatefulSet,
         containers: vec![container],
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
         enable_service_links: Some(false),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS_USER),
-            run_as_group: Some(RUN_AS_USER),
-            fs_group: Some(RUN_AS_USER),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_string(), localhost_profile: None }),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(pod_security_context()),
         affinity: Some(spec.affinity.clone().unwrap_or_else(|| soft_anti_affinity(cluster))),
         node_selector: spec.node_selector.clone(),
         tolerations: spec.tolerations.clone(),
-        volumes: tls.then(|| vec![tls_volume(cluster)]),
+        volumes: {
+            let volumes: Vec<Volume> = tls
+                .then(|| tls_volume(cluster))
+                .into_iter()
+                .chain(restore_claim.map(|pvc| claim_volume(RESTORE_VOLUME, &pvc.claim_name, true)))
+                .collect();
+            (!volumes.is_empty()).then_some(volumes)
+        },
         ..PodSpec::default()
     };
     let claim = PersistentVolumeClaim {
@@ -604,17 +641,41 @@ fn template_annotations(cluster: &RaftCluster, pod_spec: &PodSpec) -> Result<BTr
     Ok(annotations)
 }
 
+/// The security context of every container the operator makes: no privilege, no capability,
+/// a read-only root file system.
+pub fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_string()]), add: None }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The security context of every pod the operator makes: no root; volumes group-writable
+/// (`fsGroup`) for the user the containers run as.
+pub fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_string(), localhost_profile: None }),
+        ..PodSecurityContext::default()
+    }
+}
+
 /// The arguments of the init container that restores `spec.bootstrap.restore` (DESIGN.md §6):
-/// `kuberaft snapshot restore` of the object into the data directory, with the flags the
-/// member starts with, only while the cluster is new (`--initial-cluster-state` from the
-/// ConfigMap: a member that joins later gets its data from the leader) and only once
-/// (`--keep-existing`: the pod is made again after a restart of its node).
-fn restore_args(source: &S3Source, token: &str, peer_url: String) -> Vec<String> {
-    let store = &source.store;
+/// `kuberaft snapshot restore` of `file` into the data directory, with the flags the member
+/// starts with, only while the cluster is new (`--initial-cluster-state` from the ConfigMap: a
+/// member that joins later gets its data from the leader) and only once (`--keep-existing`:
+/// the pod is made again after a restart of its node).
+fn restore_args(file: &str, token: &str, peer_url: String) -> Vec<String> {
     [
         "snapshot",
         "restore",
-        &format!("s3://{}/{}", store.bucket, source.key),
+        file,
         "--data-dir",
         DATA_DIR,
         "--name",
@@ -628,6 +689,16 @@ fn restore_args(source: &S3Source, token: &str, peer_url: String) -> Vec<String>
         "--initial-cluster-state",
         "$(KUBERAFT_INITIAL_CLUSTER_STATE)",
         "--keep-existing",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
+}
+
+/// The flags that say where an S3-compatible store is (`kuberaft snapshot restore` of an `s3://`
+/// file, `kuberaft backup` into one).
+pub fn s3_args(store: &S3Store) -> Vec<String> {
+    [
         "--s3-endpoint",
         &store.endpoint,
         "--s3-region",
@@ -640,9 +711,8 @@ fn restore_args(source: &S3Source, token: &str, peer_url: String) -> Vec<String>
     .collect()
 }
 
-/// The restore's environment: the member's (for the `$(...)` of its arguments), and the
-/// store's credentials from their Secret, under the names S3 tools read.
-fn restore_env(member: &[EnvVar], secret: &S3CredentialsRef) -> Vec<EnvVar> {
+/// The store's credentials from their Secret, under the names S3 tools read.
+pub fn s3_env(secret: &S3CredentialsRef) -> Vec<EnvVar> {
     let from_secret = |name: &str, key: &str| EnvVar {
         name: name.to_string(),
         value: None,
@@ -655,10 +725,22 @@ fn restore_env(member: &[EnvVar], secret: &S3CredentialsRef) -> Vec<EnvVar> {
             ..EnvVarSource::default()
         }),
     };
-    let mut env = member.to_vec();
-    env.push(from_secret(ENV_ACCESS_KEY_ID, &secret.access_key_id_key));
-    env.push(from_secret(ENV_SECRET_ACCESS_KEY, &secret.secret_access_key_key));
-    env
+    vec![
+        from_secret(ENV_ACCESS_KEY_ID, &secret.access_key_id_key),
+        from_secret(ENV_SECRET_ACCESS_KEY, &secret.secret_access_key_key),
+    ]
+}
+
+/// The pod volume of the claim `claim`.
+pub fn claim_volume(name: &str, claim: &str, read_only: bool) -> Volume {
+    Volume {
+        name: name.to_string(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: claim.to_string(),
+            read_only: Some(read_only),
+        }),
+        ..Volume::default()
+    }
 }
 
 /// The projected volume of the members' certificates: every possible member's certificate and key

@@ -160,12 +160,37 @@ fn default_retention_count() -> u32 {
     7
 }
 
-/// Where backups are kept: S3-compatible object storage.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// Where backups are kept: exactly one of S3-compatible object storage and a
+/// PersistentVolumeClaim.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.s3) != has(self.persistentVolumeClaim)")
+    .message("a backup destination is exactly one of s3 and persistentVolumeClaim"))]
 pub struct BackupDestination {
-    /// A bucket of an S3-compatible store.
-    pub s3: S3Destination,
+    /// A bucket of an S3-compatible store: the operator streams each backup into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+    /// A PersistentVolumeClaim of the cluster's namespace: a Job of the operator's mounts it and
+    /// takes each backup (`kuberaft backup take`), so the claim must be mountable where that
+    /// Job's pod runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PvcDestination>,
+}
+
+/// Where backups go on a PersistentVolumeClaim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcDestination {
+    /// The claim, in the cluster's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub claim_name: String,
+    /// The directory in the claim the files go to; `<namespace>/<cluster>` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512), pattern(r"^[^/]"))]
+    pub prefix: Option<String>,
 }
 
 /// Where backups go in an S3-compatible store (AWS S3, MinIO, Ceph, ...).
@@ -213,13 +238,84 @@ pub struct BootstrapSpec {
     pub restore: RestoreSpec,
 }
 
-/// `spec.bootstrap.restore`: the snapshot to start from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// `spec.bootstrap.restore`: the snapshot to start from, exactly one of `s3`,
+/// `persistentVolumeClaim` and `snapshot`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(self.s3) ? 1 : 0) + (has(self.persistentVolumeClaim) ? 1 : 0) + (has(self.snapshot) ? 1 : 0) == 1"
+).message("spec.bootstrap.restore needs exactly one of s3, persistentVolumeClaim and snapshot"))]
 pub struct RestoreSpec {
+    #[serde(flatten)]
+    pub source: SnapshotSource,
+    /// A RaftSnapshot of this namespace that has succeeded: the object it stored. It is read
+    /// once, when the cluster is created (`status.restoreSource` keeps what it named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotRef>,
+}
+
+/// Where a snapshot file is: one of an S3-compatible store's objects, or a file on a
+/// PersistentVolumeClaim.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSource {
     /// An object of an S3-compatible store: a backup (`status.backup.lastSuccess.location` of
     /// the cluster it came from is `s3://<bucket>/<key>`) or any `kuberaft snapshot save` file.
-    pub s3: S3Source,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Source>,
+    /// A file on a PersistentVolumeClaim of this namespace. Every first member mounts the claim
+    /// read-only before it starts, so it must allow that (ReadOnlyMany or ReadWriteMany, or
+    /// ReadWriteOnce with every member on one node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PvcSource>,
+}
+
+impl SnapshotSource {
+    /// Where it is, as the events and `kuberaft snapshot restore` name it.
+    pub fn location(&self) -> String {
+        match (&self.s3, &self.persistent_volume_claim) {
+            (Some(s3), _) => format!("s3://{}/{}", s3.store.bucket, s3.key),
+            (None, Some(pvc)) => pvc.location(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// A RaftSnapshot by name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRef {
+    /// The RaftSnapshot's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// One file on a PersistentVolumeClaim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcSource {
+    /// The claim, in the cluster's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub claim_name: String,
+    /// The file's path in the claim (relative, no `..`).
+    #[schemars(length(min = 1, max = 1024), pattern(r"^[^/]"))]
+    pub path: String,
+}
+
+impl PvcSource {
+    /// `pvc://<claim>/<path>`.
+    pub fn location(&self) -> String {
+        format!("pvc://{}/{}", self.claim_name, self.path)
+    }
+}
+
+/// Whether `path` is a relative path that stays inside its volume: no leading `/`, no `..`,
+/// no empty parts.
+pub fn valid_volume_path(path: &str) -> bool {
+    (1..=1024).contains(&path.len()) && path.split('/').all(|part| !part.is_empty() && part != "." && part != "..")
 }
 
 /// One object of an S3-compatible store.
@@ -493,6 +589,10 @@ pub struct RaftClusterStatus {
     /// that failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
+    /// With `spec.bootstrap.restore.snapshot`: the file that RaftSnapshot stored, read when the
+    /// cluster was created. The members restore from this, so the RaftSnapshot may go afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_source: Option<SnapshotSource>,
     /// The last quorum-loss recovery asked for with the annotation `kuberaft.io/recover-quorum`:
     /// refused, under way or completed, and what it kept and replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -524,7 +624,7 @@ pub struct BackupStatus {
 pub struct BackupRecord {
     /// When it was finished (RFC 3339).
     pub time: String,
-    /// `s3://<bucket>/<key>`.
+    /// `s3://<bucket>/<key>` or `pvc://<claim>/<path>`.
     pub location: String,
     /// The member it was taken from.
     pub member: String,
@@ -727,16 +827,74 @@ impl RaftClusterSpec {
             if backup.retention.max_age_hours == Some(0) {
                 problems.push("spec.backup.retention.maxAgeHours must be at least 1".to_string());
             }
-            s3_store_problems(&mut problems, "spec.backup.destination.s3", &backup.destination.s3.store);
+            destination_problems(&mut problems, "spec.backup.destination", &backup.destination);
         }
         if let Some(bootstrap) = &self.bootstrap {
-            let s3 = &bootstrap.restore.s3;
-            s3_store_problems(&mut problems, "spec.bootstrap.restore.s3", &s3.store);
-            if s3.key.is_empty() || s3.key.len() > 1024 {
-                problems.push("spec.bootstrap.restore.s3.key must be 1 to 1024 bytes".to_string());
+            let restore = &bootstrap.restore;
+            source_problems(&mut problems, "spec.bootstrap.restore", &restore.source);
+            let given = [
+                restore.source.s3.is_some(),
+                restore.source.persistent_volume_claim.is_some(),
+                restore.snapshot.is_some(),
+            ];
+            if given.iter().filter(|g| **g).count() != 1 {
+                problems.push(
+                    "spec.bootstrap.restore needs exactly one of s3, persistentVolumeClaim and snapshot".to_string(),
+                );
+            }
+            if let Some(snapshot) = &restore.snapshot {
+                if !valid_dns_subdomain(&snapshot.name) {
+                    problems.push(format!(
+                        "spec.bootstrap.restore.snapshot.name {:?} is not a resource name",
+                        snapshot.name
+                    ));
+                }
             }
         }
         problems
+    }
+}
+
+/// The rules of a backup's destination (`field` is where it is in the spec) the schema has too.
+pub(crate) fn destination_problems(problems: &mut Vec<String>, field: &str, destination: &BackupDestination) {
+    match (&destination.s3, &destination.persistent_volume_claim) {
+        (Some(s3), None) => s3_store_problems(problems, &format!("{field}.s3"), &s3.store),
+        (None, Some(pvc)) => {
+            if !valid_dns_subdomain(&pvc.claim_name) {
+                problems.push(format!(
+                    "{field}.persistentVolumeClaim.claimName {:?} is not a claim's name",
+                    pvc.claim_name
+                ));
+            }
+            if let Some(prefix) = pvc.prefix.as_deref().filter(|p| !valid_volume_path(p)) {
+                problems.push(format!(
+                    "{field}.persistentVolumeClaim.prefix {prefix:?} is not a relative path inside the claim"
+                ));
+            }
+        }
+        _ => problems.push(format!("{field} needs exactly one of s3 and persistentVolumeClaim")),
+    }
+}
+
+/// The rules of a snapshot's source (`field` is where it is in the spec) the schema has too.
+pub(crate) fn source_problems(problems: &mut Vec<String>, field: &str, source: &SnapshotSource) {
+    if let Some(s3) = &source.s3 {
+        s3_store_problems(problems, &format!("{field}.s3"), &s3.store);
+        if s3.key.is_empty() || s3.key.len() > 1024 {
+            problems.push(format!("{field}.s3.key must be 1 to 1024 bytes"));
+        }
+    }
+    if let Some(pvc) = &source.persistent_volume_claim {
+        if !valid_dns_subdomain(&pvc.claim_name) {
+            problems
+                .push(format!("{field}.persistentVolumeClaim.claimName {:?} is not a claim's name", pvc.claim_name));
+        }
+        if !valid_volume_path(&pvc.path) {
+            problems.push(format!(
+                "{field}.persistentVolumeClaim.path {:?} is not a relative path inside the claim",
+                pvc.path
+            ));
+        }
     }
 }
 

@@ -69,6 +69,9 @@ pub enum ReconcileError {
     Certificates(String),
     #[error("auth: {0}")]
     Auth(String),
+    /// `spec.bootstrap.restore.snapshot` names a RaftSnapshot that has no file (yet).
+    #[error("{0}")]
+    RestoreSource(String),
 }
 
 impl ReconcileError {
@@ -81,6 +84,7 @@ impl ReconcileError {
             ReconcileError::Encode(_) => "EncodeError",
             ReconcileError::Certificates(_) => "CertificateError",
             ReconcileError::Auth(_) => "AuthError",
+            ReconcileError::RestoreSource(_) => "RestoreSourceNotReady",
         }
     }
 }
@@ -117,6 +121,8 @@ pub trait MemberApi: Send + Sync {
     fn snapshot(&self, access: Access, url: String) -> BoxFuture<'_, Result<backup::Incoming, String>>;
 }
 
+/// How soon a cluster waiting for its restore's RaftSnapshot looks again.
+const REQUEUE_RESTORE_SOURCE: Duration = Duration::from_secs(10);
 /// The longest wait for a member's next snapshot bytes.
 const SNAPSHOT_STALL: Duration = Duration::from_secs(30);
 
@@ -186,16 +192,7 @@ impl MemberApi for HttpMembers {
         Box::pin(async move {
             let client = self.client(access, vec![url.clone()], SNAPSHOT_STALL)?;
             let snapshot = client.snapshot(&url).await.map_err(|e| e.to_string())?;
-            let revision = snapshot.revision;
-            let chunks = futures::stream::unfold(Some(snapshot), |state| async move {
-                let mut snapshot = state?;
-                match snapshot.next_chunk().await {
-                    Ok(Some(chunk)) => Some((Ok(chunk), Some(snapshot))),
-                    Ok(None) => None,
-                    Err(e) => Some((Err(e.to_string()), None)),
-                }
-            });
-            Ok(backup::Incoming { revision, chunks: Box::pin(chunks) })
+            Ok(backup::Incoming::from(snapshot))
         })
     }
 }
@@ -343,6 +340,31 @@ async fn reconcile_inner(cluster: &RaftCluster, ctx: &Context) -> Result<Action,
         return Ok(Action::await_change());
     }
 
+    // A restore from a RaftSnapshot: the file it stored, read once; the cluster waits for it.
+    let restore_source = match backup::snapshot::restore_source(ctx, cluster, &previous).await {
+        Ok(source) => source,
+        Err(ReconcileError::RestoreSource(why)) => {
+            let message = format!("the members wait for the snapshot to restore: {why}");
+            let mut status = previous.clone();
+            status.observed_generation = cluster.metadata.generation;
+            let reason = "RestoreSourceNotReady";
+            set_condition(&mut status, &previous, CONDITION_PROGRESSING, false, reason, &message, cluster);
+            if write_status(ctx, cluster, &previous, status).await? {
+                publish(ctx, cluster, event(EventType::Warning, reason, "Restore", message)).await;
+            }
+            return Ok(Action::requeue(REQUEUE_RESTORE_SOURCE));
+        }
+        Err(e) => return Err(e),
+    };
+    let resolved;
+    let cluster = match &restore_source {
+        Some(source) => {
+            resolved = backup::snapshot::with_restore_source(cluster, source.clone());
+            &resolved
+        }
+        None => cluster,
+    };
+
     let mut owned = observe_objects(ctx, cluster, &namespace, &name).await?;
     let mut observed = observe_members(ctx, cluster, &namespace, &owned).await;
     // A quorum-loss recovery asked for (and decided now), or under way: the planner restarts the
@@ -372,6 +394,7 @@ async fn reconcile_inner(cluster: &RaftCluster, ctx: &Context) -> Result<Action,
     };
 
     let mut status = build_status(cluster, &previous, &health, &plan, step_result.as_ref().err());
+    status.restore_source = restore_source;
     backup::run::into_status(cluster, &previous, &mut status, backed_up.as_ref());
     let (recovery_record, completed) = match &step_result {
         Ok(()) => recovery::progress(recovery_record, &plan, &now),
@@ -955,6 +978,7 @@ pub fn build_status(
         auth: auth::status(cluster, previous, health.auth_enabled),
         backup: None,
         recovery: previous.recovery.clone(),
+        restore_source: previous.restore_source.clone(),
         conditions: previous.conditions.clone(),
     };
     let (available_reason, available_message) = if health.available {

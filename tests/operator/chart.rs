@@ -216,13 +216,14 @@ fn needed(call: &crate::fake_api::Call) -> (String, String, String) {
         ("POST", _) => "create",
         ("PUT", _) => "update",
         ("PATCH", _) => "patch",
+        ("DELETE", _) => "delete",
         (other, _) => other,
     };
     (group.to_string(), resource, verb.to_string())
 }
 
 #[tokio::test]
-async fn rbac_grants_every_call_the_operator_makes_and_no_delete() {
+async fn rbac_grants_every_call_the_operator_makes_and_deletes_only_backup_jobs() {
     let Some(helm) = helm() else { return };
     let (ok, yaml, err) = template(&helm, &[]);
     assert!(ok, "{err}");
@@ -230,6 +231,7 @@ async fn rbac_grants_every_call_the_operator_makes_and_no_delete() {
 
     let mut calls = crate::scenarios::calls_of_a_scale_up_and_a_leader_election().await;
     calls.extend(crate::snapshots::calls_of_a_deleted_snapshot().await);
+    calls.extend(crate::snapshots::calls_of_claim_backups().await);
     let mut needs: BTreeSet<(String, String, String)> = calls.iter().map(needed).collect();
     // Server-side apply creates missing objects: create as well as patch (a RaftSnapshot's
     // finalizers are a merge patch, which never creates).
@@ -254,7 +256,9 @@ async fn rbac_grants_every_call_the_operator_makes_and_no_delete() {
     }
     let missing: Vec<_> = needs.difference(&granted).collect();
     assert!(missing.is_empty(), "the chart's RBAC lacks {missing:?}");
-    assert!(granted.iter().all(|(_, _, verb)| verb != "delete" && verb != "*"), "{granted:?}");
+    // It deletes only its backup Jobs, once read.
+    let deletes: Vec<_> = granted.iter().filter(|(_, _, verb)| verb == "delete" || verb == "*").collect();
+    assert_eq!(deletes, [&("batch".to_string(), "jobs".to_string(), "delete".to_string())], "{granted:?}");
     let unused: Vec<_> = granted.difference(&needs).collect();
     assert!(unused.is_empty(), "the chart grants what the operator never does: {unused:?}");
 }

@@ -72,6 +72,9 @@ pub fn certificate_path(name: &str) -> String {
 pub fn snapshot_path(name: &str) -> String {
     format!("/apis/kuberaft.io/v1alpha1/namespaces/{NS}/raftsnapshots/{name}")
 }
+pub fn jobs_path() -> String {
+    format!("/apis/batch/v1/namespaces/{NS}/jobs")
+}
 pub fn pods_path() -> String {
     format!("/api/v1/namespaces/{NS}/pods")
 }
@@ -251,6 +254,19 @@ impl State {
                 }
                 (StatusCode::OK, object)
             }
+            Method::DELETE => match self.objects.remove(path) {
+                // Deleted at once (no finalizers here). A Job's pods go with it (the garbage
+                // collector, in the background); other owned objects are the test's to remove.
+                Some(_) => {
+                    if let Some(job) = path.strip_prefix(&format!("{}/", jobs_path())) {
+                        let pods = format!("{}/", pods_path());
+                        self.objects
+                            .retain(|p, o| !(p.starts_with(&pods) && o["metadata"]["labels"]["job-name"] == job));
+                    }
+                    (StatusCode::OK, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
+                }
+                None => not_found(path),
+            },
             _ => (StatusCode::METHOD_NOT_ALLOWED, json!({"kind": "Status", "code": 405})),
         }
     }

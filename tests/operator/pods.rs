@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, PodSpec, PodTemplateSpec, Secret};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::runtime::events::Reporter;
@@ -109,8 +110,22 @@ impl Pod {
     }
 }
 
+/// A pod as [`Kubelet::spawn`] starts it: a member's (with its ordinal) or a Job's.
+struct PodRef {
+    name: String,
+    ordinal: Option<u32>,
+    volumes: Vec<k8s_openapi::api::core::v1::Volume>,
+    /// Where its termination message is kept on the host (a Job's).
+    result: Option<PathBuf>,
+}
+
 struct Kubelet {
     api: FakeApi,
+    /// Jobs whose pod runs (the child and its termination message file), and those done.
+    jobs: BTreeMap<String, (Child, PathBuf)>,
+    jobs_done: BTreeSet<String>,
+    /// Every Job's exit code, in order.
+    job_exits: Vec<(String, i32)>,
     root: tempfile::TempDir,
     hosts: PathBuf,
     pods: BTreeMap<u32, Pod>,
@@ -126,6 +141,10 @@ struct Kubelet {
 
 impl Drop for Kubelet {
     fn drop(&mut self) {
+        for (child, _) in self.jobs.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         for pod in self.pods.values_mut() {
             if let Some(mut child) = pod.child.take() {
                 let _ = child.kill();
@@ -194,11 +213,19 @@ impl Kubelet {
             exits: BTreeMap::new(),
             init_failures: BTreeMap::new(),
             replaced: Vec::new(),
+            jobs: BTreeMap::new(),
+            jobs_done: BTreeSet::new(),
+            job_exits: Vec::new(),
         }
     }
 
     fn volume(&self, ordinal: u32) -> PathBuf {
         self.root.path().join("volumes").join(format!("data-{}", pod_name(ordinal)))
+    }
+
+    /// The directory of the claim `name` (one the test makes, as an administrator would).
+    fn claim(&self, name: &str) -> PathBuf {
+        self.root.path().join("volumes").join("claims").join(name)
     }
 
     /// The name of the StatefulSet's volume claim template (its volume is the claim's).
@@ -320,6 +347,17 @@ impl Kubelet {
     }
 
     fn start(&self, ordinal: u32, container: &Container) -> Result<Child, String> {
+        let volumes = self.stateful_set().and_then(|s| s.spec?.template.spec?.volumes).unwrap_or_default();
+        let pod = PodRef { name: pod_name(ordinal), ordinal: Some(ordinal), volumes, result: None };
+        self.spawn(&pod, container, &self.log(ordinal))
+    }
+
+    /// Starts `container` of `pod` as the kubelet would: its environment, its volumes at their
+    /// mount paths (and its termination message file, when it has one to keep) in a mount
+    /// namespace of its own.
+    fn spawn(&self, pod: &PodRef, container: &Container, log: &Path) -> Result<Child, String> {
+        // A Job's pod has no ordinal: an address beyond the members' stands in for its own.
+        let ordinal = pod.ordinal.unwrap_or(MAX_PODS);
         let read_only_root =
             container.security_context.as_ref().and_then(|s| s.read_only_root_filesystem).unwrap_or(false);
         let env = self.environment(ordinal, container.env.as_deref().unwrap_or_default())?;
@@ -334,12 +372,25 @@ impl Kubelet {
             .chain(container.args.as_deref().unwrap_or_default())
             .map(|arg| expand(arg, &defined))
             .collect();
-        // Each mount's source on the host: the claim's directory, or the projected volume's files.
+        // Each mount's source on the host: the claim template's directory, another claim's
+        // (`claim(NAME)`), or the projected volume's files.
+        let volumes = &pod.volumes;
         let mut binds: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let mut read_only: Vec<PathBuf> = Vec::new();
         for mount in container.volume_mounts.clone().unwrap_or_default() {
-            let source = if mount.name == self.claim_name() {
+            let claim = volumes.iter().find(|v| v.name == mount.name).and_then(|v| v.persistent_volume_claim.clone());
+            let source = if mount.name == self.claim_name() && pod.ordinal.is_some() {
                 let volume = self.volume(ordinal);
                 std::fs::create_dir_all(&volume).map_err(|e| e.to_string())?;
+                volume
+            } else if let Some(claim) = claim {
+                let volume = self.claim(&claim.claim_name);
+                if !volume.is_dir() {
+                    return Err(format!("ContainerCreating: claim {} not found", claim.claim_name));
+                }
+                if claim.read_only == Some(true) || mount.read_only == Some(true) {
+                    read_only.push(PathBuf::from(&mount.mount_path));
+                }
                 volume
             } else {
                 self.projected(ordinal, &mount.name)?
@@ -352,9 +403,20 @@ impl Kubelet {
         if binds.is_empty() {
             return Err("the template mounts no volume".to_string());
         }
+        // The termination message: a file of the host at the container's path.
+        let mut files: Vec<(PathBuf, PathBuf)> = Vec::new();
+        if let Some(result) = &pod.result {
+            let path = container.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into());
+            if !path.starts_with(SCRATCH) {
+                return Err(format!("this kubelet keeps termination messages under {SCRATCH} only, not {path}"));
+            }
+            std::fs::write(result, b"").map_err(|e| e.to_string())?;
+            files.push((result.clone(), PathBuf::from(path)));
+        }
         // The directories to make on the scratch file system, parents first.
         let mut dirs: Vec<PathBuf> = Vec::new();
-        for (_, target) in &binds {
+        let targets = binds.iter().map(|(_, to)| to.as_path()).chain(files.iter().filter_map(|(_, to)| to.parent()));
+        for target in targets {
             let mut chain: Vec<PathBuf> =
                 target.ancestors().take_while(|a| *a != Path::new(SCRATCH)).map(Path::to_path_buf).collect();
             chain.reverse();
@@ -364,17 +426,18 @@ impl Kubelet {
                 }
             }
         }
-        let log =
-            std::fs::OpenOptions::new().create(true).append(true).open(self.log(ordinal)).map_err(|e| e.to_string())?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| e.to_string())?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
 
         let (hosts, etc_hosts) = (cstring(&self.hosts), cstring(Path::new("/etc/hosts")));
         let binds: Vec<(CString, CString)> = binds.iter().map(|(from, to)| (cstring(from), cstring(to))).collect();
+        let read_only: Vec<CString> = read_only.iter().map(|path| cstring(path)).collect();
+        let files: Vec<(CString, CString)> = files.iter().map(|(from, to)| (cstring(from), cstring(to))).collect();
         let dirs: Vec<CString> = dirs.iter().map(|d| cstring(d)).collect();
         let scratch = cstring(Path::new(SCRATCH));
         let (root_path, none, tmpfs) = (CString::from(c"/"), CString::from(c"none"), CString::from(c"tmpfs"));
         let mut cmd = Command::new(program);
-        cmd.args(args).env_clear().envs(env).env("HOSTNAME", pod_name(ordinal));
+        cmd.args(args).env_clear().envs(env).env("HOSTNAME", &pod.name);
         cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
         // SAFETY: only system calls between fork and exec, on strings prepared before the fork.
         unsafe {
@@ -403,6 +466,15 @@ impl Kubelet {
                 for (from, to) in &binds {
                     check(libc::mount(from.as_ptr(), to.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
                 }
+                for (from, to) in &files {
+                    let fd = libc::open(to.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+                    check(if fd < 0 { -1 } else { libc::close(fd) })?;
+                    check(libc::mount(from.as_ptr(), to.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
+                }
+                for path in &read_only {
+                    let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
+                    check(libc::mount(std::ptr::null(), path.as_ptr(), std::ptr::null(), flags, std::ptr::null()))?;
+                }
                 if read_only_root {
                     check(libc::mount(
                         std::ptr::null(),
@@ -415,7 +487,90 @@ impl Kubelet {
                 Ok(())
             });
         }
-        cmd.spawn().map_err(|e| format!("start {}: {e}", pod_name(ordinal)))
+        cmd.spawn().map_err(|e| format!("start {}: {e}", pod.name))
+    }
+
+    /// The Job controller and the kubelet for Jobs: each Job's pod runs once, to its end; then
+    /// its Pod object carries the container's termination message (the file, or the log's tail
+    /// when it failed with `FallbackToLogsOnError` and wrote none), and the Job its outcome. A
+    /// Job deleted while its pod runs has its pod stopped.
+    fn sync_jobs(&mut self) {
+        let prefix = format!("{}/", jobs_path());
+        let listed: Vec<Value> =
+            self.api.lock().objects.iter().filter(|(p, _)| p.starts_with(&prefix)).map(|(_, v)| v.clone()).collect();
+        let names: BTreeSet<String> =
+            listed.iter().filter_map(|j| j["metadata"]["name"].as_str().map(str::to_string)).collect();
+        let gone: Vec<String> = self.jobs.keys().filter(|n| !names.contains(*n)).cloned().collect();
+        for name in gone {
+            if let Some(mut running) = self.jobs.remove(&name) {
+                let _ = running.0.kill();
+                let _ = running.0.wait();
+            }
+        }
+        // The garbage collector: a deleted Job's pod goes with it.
+        self.api.lock().objects.retain(|path, object| {
+            let job = object["metadata"]["labels"]["job-name"].as_str();
+            !(path.starts_with(&pods_path()) && job.is_some_and(|job| !names.contains(job)))
+        });
+        for object in listed {
+            let job: Job = serde_json::from_value(object.clone()).expect("a Job");
+            let name = job.metadata.name.clone().unwrap_or_default();
+            // A Job made again under the same name is another Job.
+            let made = format!("{name}@{}", job.metadata.resource_version.clone().unwrap_or_default());
+            if self.jobs_done.contains(&made) {
+                continue;
+            }
+            let pod_spec = job.spec.clone().and_then(|s| s.template.spec).expect("a pod template");
+            let container = pod_spec.containers[0].clone();
+            if let Some((child, result)) = self.jobs.get_mut(&name) {
+                let Ok(Some(exit)) = child.try_wait() else { continue };
+                let code = exit.code().unwrap_or(-1);
+                let mut message = std::fs::read_to_string(&*result).unwrap_or_default();
+                let log = std::fs::read_to_string(self.job_log(&name)).unwrap_or_default();
+                if message.is_empty()
+                    && code != 0
+                    && container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError")
+                {
+                    message =
+                        log.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                }
+                self.jobs.remove(&name);
+                self.jobs_done.insert(made);
+                self.job_exits.push((name.clone(), code));
+                let pod = format!("{name}-x7k2p");
+                self.api.put(
+                    &pod_path(&pod),
+                    json!({"apiVersion": "v1", "kind": "Pod",
+                           "metadata": {"name": pod, "namespace": NS, "labels": {"job-name": name}},
+                           "status": {"containerStatuses": [{"name": container.name, "ready": false, "restartCount": 0,
+                                      "image": "kuberaft", "imageID": "",
+                                      "state": {"terminated": {"exitCode": code, "message": message}}}]}}),
+                );
+                let mut object = object;
+                object["status"] = if code == 0 {
+                    json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
+                } else {
+                    json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})
+                };
+                self.api.put(&format!("{prefix}{name}"), object);
+                continue;
+            }
+            let result = self.root.path().join("jobs").join(format!("{name}.result"));
+            std::fs::create_dir_all(result.parent().expect("a parent")).expect("the jobs directory");
+            let pod = PodRef {
+                name: format!("{name}-x7k2p"),
+                ordinal: None,
+                volumes: pod_spec.volumes.unwrap_or_default(),
+                result: Some(result.clone()),
+            };
+            let child =
+                self.spawn(&pod, &container, &self.job_log(&name)).unwrap_or_else(|e| panic!("the Job {name}: {e}"));
+            self.jobs.insert(name, (child, result));
+        }
+    }
+
+    fn job_log(&self, name: &str) -> PathBuf {
+        self.root.path().join("logs").join(format!("job-{name}.log"))
     }
 
     fn stop(&mut self, ordinal: u32, grace: Duration) {
@@ -438,6 +593,7 @@ impl Kubelet {
     /// One pass of the kubelet (and the StatefulSet controller): pods to the StatefulSet's size,
     /// crashed containers restarted, readiness probed, Pod objects written back.
     async fn sync(&mut self) {
+        self.sync_jobs();
         let Some(sts) = self.stateful_set() else {
             // Deleted (with its owner): its pods go, their claims stay (`whenDeleted: Retain`).
             let ordinals: Vec<u32> = self.pods.keys().copied().collect();
@@ -1157,16 +1313,7 @@ async fn a_backup_restores_into_a_new_cluster_with_every_key_at_its_revision_and
     }
     let _one = ONE_AT_A_TIME.lock().await;
     let s3 = crate::s3::S3Server::start("backups").await;
-    let store = json!({"endpoint": s3.endpoint, "bucket": "backups", "credentialsSecret": {"name": "s3-creds"}});
-    let backup = json!({"schedule": "0 0 1 1 *", "destination": {"s3": store}});
-    let mut h = Harness::start(json!({"replicas": 3, "image": "kuberaft:test", "backup": backup}));
-    let encode = |text: &str| kuberaft::base::base64::encode_base64(text.as_bytes());
-    h.api.put(
-        &secret_path("s3-creds"),
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS},
-               "data": {"accessKeyId": encode(crate::s3::ACCESS_KEY), "secretAccessKey": encode(crate::s3::SECRET_KEY)}}),
-    );
-    h.converge("bootstrap 3", 3).await;
+    let mut h = Harness::backed_up_to(&s3).await;
 
     // 10,000 keys, the first hundred written twice (versions 2), then a backup.
     let writer = h.client(&[0, 1, 2]);
@@ -1207,36 +1354,12 @@ async fn a_backup_restores_into_a_new_cluster_with_every_key_at_its_revision_and
     }
     drop(writer);
 
-    // The RaftCluster is deleted: its owned objects go with it (the garbage collector), and so
-    // do its pods; the claims stay.
-    {
-        let mut api = h.api.lock();
-        api.objects.retain(|path, _| {
-            !(path.contains("/raftclusters/")
-                || path.contains("/statefulsets/")
-                || path.contains("/configmaps/")
-                || path.contains("/services/")
-                || path.contains("/poddisruptionbudgets/")
-                || path.contains("/networkpolicies/"))
-        });
-    }
-    h.kubelet.sync().await;
-    assert!(h.kubelet.pods.is_empty(), "the pods went with the StatefulSet");
-
-    // A new cluster of the same name from the backup. The claims of the old one are still
-    // there: the restore refuses to start over them, and says why.
-    h.api.put(
-        &cluster_path(CLUSTER),
-        json!({
-            "apiVersion": "kuberaft.io/v1alpha1", "kind": "RaftCluster",
-            "metadata": {"name": CLUSTER, "namespace": NS, "uid": "5e1f0a9b-2222-4333-8444-555566667777", "generation": 1},
-            "spec": {"replicas": 3, "image": "kuberaft:test",
-                     "bootstrap": {"restore": {"s3": {"endpoint": s3.endpoint, "bucket": "backups", "key": key,
-                                                      "credentialsSecret": {"name": "s3-creds"}}}}},
-        }),
-    );
-    h.reasons.clear();
-    h.phases.clear();
+    // The RaftCluster is deleted, and a new cluster of the same name made from the backup. The
+    // claims of the old one are still there: the restore refuses to start over them, and says why.
+    h.delete_cluster().await;
+    h.create_cluster(json!({"replicas": 3, "image": "kuberaft:test",
+                            "bootstrap": {"restore": {"s3": {"endpoint": s3.endpoint, "bucket": "backups", "key": key,
+                                                             "credentialsSecret": {"name": "s3-creds"}}}}}));
     let started = Instant::now();
     while h.kubelet.init_failures.len() < 3 && started.elapsed() < Duration::from_secs(60) {
         h.step().await;
@@ -1263,6 +1386,292 @@ async fn a_backup_restores_into_a_new_cluster_with_every_key_at_its_revision_and
     let reader = h.client(&[0, 1, 2]);
     let put = reader.put("key-00000", Bytes::from("new"), None).await.expect("a write");
     assert_eq!(put.revision as i64, revision + 1, "revisions go on from the backup's");
+}
+
+impl Harness {
+    /// Three members converged, backed up (yearly) to the bucket `backups` of `s3`.
+    async fn backed_up_to(s3: &crate::s3::S3Server) -> Harness {
+        let store = json!({"endpoint": s3.endpoint, "bucket": "backups", "credentialsSecret": {"name": "s3-creds"}});
+        let backup = json!({"schedule": "0 0 1 1 *", "destination": {"s3": store}});
+        let mut h = Harness::start(json!({"replicas": 3, "image": "kuberaft:test", "backup": backup}));
+        h.put_s3_secret();
+        h.converge("bootstrap 3", 3).await;
+        h
+    }
+
+    /// Passes of the snapshot controller over the RaftSnapshot `name` (and of the kubelet, for
+    /// its Jobs) until it is gone or `done` says so of its status, for at most 20 s.
+    async fn drive_snapshot(&mut self, name: &str, done: impl Fn(&Value) -> bool) {
+        for _ in 0..100 {
+            let Some(seen) = self.api.get(&snapshot_path(name)) else { return };
+            if done(&seen["status"]) {
+                return;
+            }
+            let seen = serde_json::from_value(seen).expect("a RaftSnapshot");
+            let _ = kuberaft::operator::backup::snapshot::reconcile(Arc::new(seen), self.ctx.clone()).await;
+            self.kubelet.sync().await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The Secret `s3-creds` with the test S3 server's credentials.
+    fn put_s3_secret(&self) {
+        let encode = |text: &str| kuberaft::base::base64::encode_base64(text.as_bytes());
+        self.api.put(
+            &secret_path("s3-creds"),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NS},
+                   "data": {"accessKeyId": encode(crate::s3::ACCESS_KEY),
+                            "secretAccessKey": encode(crate::s3::SECRET_KEY)}}),
+        );
+    }
+
+    /// `kubectl delete raft etcd`: its owned objects go with it (the garbage collector), and so
+    /// do its pods; the claims stay.
+    async fn delete_cluster(&mut self) {
+        {
+            let mut api = self.api.lock();
+            api.objects.retain(|path, _| {
+                !(path.contains("/raftclusters/")
+                    || path.contains("/statefulsets/")
+                    || path.contains("/configmaps/")
+                    || path.contains("/services/")
+                    || path.contains("/poddisruptionbudgets/")
+                    || path.contains("/networkpolicies/"))
+            });
+        }
+        self.kubelet.sync().await;
+        assert!(self.kubelet.pods.is_empty(), "the pods went with the StatefulSet");
+    }
+
+    /// A new RaftCluster of the harness's name with `spec` (after [`Harness::delete_cluster`]).
+    fn create_cluster(&mut self, spec: Value) {
+        let uid = format!("5e1f0a9b-2222-4333-8444-{:012}", self.api.lock().history.len());
+        self.api.put(
+            &cluster_path(CLUSTER),
+            json!({
+                "apiVersion": "kuberaft.io/v1alpha1", "kind": "RaftCluster",
+                "metadata": {"name": CLUSTER, "namespace": NS, "uid": uid, "generation": 1},
+                "spec": spec,
+            }),
+        );
+        self.reasons.clear();
+        self.phases.clear();
+    }
+}
+
+/// Issue 17: `spec.bootstrap.restore` names a RaftSnapshot, or a file on a claim.
+/// - Naming a RaftSnapshot that has not succeeded, the new cluster waits: no StatefulSet,
+///   Progressing `RestoreSourceNotReady`. Once it has, the members restore its object, and
+///   `status.restoreSource` keeps it: the RaftSnapshot may go, and nothing changes.
+/// - From a claim's file (what `kuberaft snapshot save` wrote there), the init container mounts
+///   the claim read-only and the members start with its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_restores_a_raft_snapshot_named_or_a_file_on_a_claim() {
+    if !crate::require::available(is_root(), "root (for mount namespaces)") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let s3 = crate::s3::S3Server::start("backups").await;
+    let mut h = Harness::backed_up_to(&s3).await;
+    let writer = h.client(&[0, 1, 2]);
+    for k in 0..100 {
+        writer.put(&format!("key-{k:03}"), Bytes::from(format!("value-{k}")), None).await.expect("a write");
+    }
+    let (kept, revision) = all_keys(&writer, "key-", 0).await;
+
+    // A RaftSnapshot, taken by its controller.
+    h.api.put(
+        &snapshot_path("before"),
+        json!({"apiVersion": "kuberaft.io/v1alpha1", "kind": "RaftSnapshot",
+               "metadata": {"name": "before", "namespace": NS, "uid": "uid-before", "resourceVersion": "1"},
+               "spec": {"clusterName": CLUSTER}}),
+    );
+    h.drive_snapshot("before", |status| matches!(status["phase"].as_str(), Some("Succeeded" | "Failed"))).await;
+    let taken = h.api.get(&snapshot_path("before")).expect("stored")["status"].clone();
+    assert_eq!((taken["phase"].as_str(), taken["revision"].as_i64()), (Some("Succeeded"), Some(revision)), "{taken:#}");
+
+    // A file on a claim: what `kuberaft snapshot save` wrote there.
+    let claim = h.kubelet.claim("restore-src");
+    std::fs::create_dir_all(claim.join("saved")).expect("the claim");
+    let saved = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+        .args(["snapshot", "save"])
+        .arg(claim.join("saved/etcd.snap"))
+        .args(["--endpoints", &format!("http://{}:2379", pod_ip(1))])
+        .output()
+        .expect("run kuberaft");
+    assert!(saved.status.success(), "{}", String::from_utf8_lossy(&saved.stderr));
+    let file = std::fs::read(claim.join("saved/etcd.snap")).expect("the file");
+    for k in 0..20 {
+        writer.put(&format!("late-{k}"), Bytes::from("after the snapshots"), None).await.expect("a write");
+    }
+    drop(writer);
+    let wipe = |h: &Harness| {
+        for ordinal in 0..3 {
+            std::fs::remove_dir_all(h.kubelet.volume(ordinal)).expect("delete the old claim");
+        }
+    };
+    let assert_restored = |h: &Harness, from: &'static str| {
+        let readers: Vec<Client> = (0..3).map(|ordinal| h.client(&[ordinal])).collect();
+        let kept = kept.clone();
+        async move {
+            for (ordinal, reader) in readers.iter().enumerate() {
+                let (restored, now) = all_keys(reader, "key-", 0).await;
+                assert_eq!(now, revision, "etcd-{ordinal}: the revision of {from}");
+                assert!(restored == kept, "etcd-{ordinal}: the keys differ from {from}'s");
+                let (late, _) = all_keys(reader, "late-", 0).await;
+                assert!(late.is_empty(), "etcd-{ordinal}: written after {from}: {late:?}");
+            }
+        }
+    };
+
+    // From the RaftSnapshot by name, which has not succeeded yet: the cluster waits.
+    h.delete_cluster().await;
+    wipe(&h);
+    let mut pending = h.api.get(&snapshot_path("before")).expect("stored");
+    pending["status"]["phase"] = json!("Running");
+    h.api.put(&snapshot_path("before"), pending);
+    h.create_cluster(json!({"replicas": 3, "image": "kuberaft:test",
+                            "bootstrap": {"restore": {"snapshot": {"name": "before"}}}}));
+    for _ in 0..3 {
+        h.step().await;
+    }
+    assert!(h.api.get(&sts_path(CLUSTER)).is_none(), "no members before the snapshot has a file");
+    assert_eq!(h.reasons, BTreeSet::from(["RestoreSourceNotReady".to_string()]));
+    let progressing = h.status()["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Progressing").cloned())
+        .unwrap_or_default();
+    let message = progressing["message"].as_str().unwrap_or_default();
+    assert!(message.contains("RaftSnapshot before has not succeeded (phase Running)"), "{progressing}");
+    let mut succeeded = h.api.get(&snapshot_path("before")).expect("stored");
+    succeeded["status"] = taken.clone();
+    h.api.put(&snapshot_path("before"), succeeded);
+    h.converge("restored from RaftSnapshot before", 3).await;
+    assert_eq!(h.status()["restoreSource"]["s3"], taken["s3"], "the object it named, kept");
+    assert_restored(&h, "the RaftSnapshot").await;
+    // The RaftSnapshot goes: the cluster keeps what it named, and its pods stay as they are.
+    let template = h.api.get(&sts_path(CLUSTER)).expect("the StatefulSet")["spec"]["template"].clone();
+    h.api.lock().objects.remove(&snapshot_path("before"));
+    h.reasons.clear();
+    for _ in 0..3 {
+        h.step().await;
+    }
+    assert_eq!(h.api.get(&sts_path(CLUSTER)).expect("the StatefulSet")["spec"]["template"], template);
+    assert!(h.converged(3) && !h.reasons.contains("RestoreSourceNotReady"), "{:?}", h.reasons);
+
+    // From the claim's file, mounted read-only.
+    h.delete_cluster().await;
+    wipe(&h);
+    h.create_cluster(json!({"replicas": 3, "image": "kuberaft:test",
+                            "bootstrap": {"restore": {"persistentVolumeClaim":
+                                {"claimName": "restore-src", "path": "saved/etcd.snap"}}}}));
+    h.converge("restored from the claim", 3).await;
+    assert_restored(&h, "the claim's file").await;
+    assert_eq!(std::fs::read(claim.join("saved/etcd.snap")).expect("the file"), file, "the claim's file as it was");
+}
+
+/// Issue 17: backups onto a PersistentVolumeClaim, with the operator's Jobs run as it makes
+/// them (the image's binary, the claim mounted, the termination message read back):
+/// - a scheduled backup lands on the claim, whole (`kuberaft snapshot status` reads its
+///   revision), and the next prunes it (retention 1);
+/// - a RaftSnapshot lands there too, and a new cluster restores it by name, from the claim;
+/// - deleting the RaftSnapshot (`Delete`) deletes its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_onto_a_claim_are_taken_by_jobs_and_a_new_cluster_restores_one() {
+    if !crate::require::available(is_root(), "root (for mount namespaces)") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let backup = json!({"schedule": "0 0 1 1 *", "retention": {"count": 1},
+                        "destination": {"persistentVolumeClaim": {"claimName": "etcd-backups"}}});
+    let mut h = Harness::start(json!({"replicas": 3, "image": "kuberaft:test", "backup": backup}));
+    let claim = h.kubelet.claim("etcd-backups");
+    std::fs::create_dir_all(&claim).expect("the claim");
+    h.converge("bootstrap 3", 3).await;
+    let writer = h.client(&[0, 1, 2]);
+    for k in 0..50 {
+        writer.put(&format!("key-{k:03}"), Bytes::from(format!("value-{k}")), None).await.expect("a write");
+    }
+
+    // A scheduled backup, twice: each a file of the claim, the older pruned.
+    let mut files = Vec::new();
+    for round in 0..2 {
+        writer.put("round", Bytes::from(format!("{round}")), None).await.expect("a write");
+        let (_, revision) = all_keys(&writer, "key-", 0).await;
+        let mut object = h.api.get(&cluster_path(CLUSTER)).expect("stored");
+        object["status"]["backup"]["lastScheduleTime"] = json!("2000-01-01T00:00:00Z");
+        h.api.put(&cluster_path(CLUSTER), object);
+        let before = h.status()["backup"]["lastSuccess"]["location"].clone();
+        for _ in 0..100 {
+            h.step().await;
+            let backup = h.status()["backup"].clone();
+            if backup["lastSuccess"]["location"] != before || backup["lastFailure"].is_object() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let backup = h.status()["backup"].clone();
+        assert!(backup["lastFailure"].is_null(), "{backup:#}\n{:?}", h.kubelet.job_exits);
+        let success = &backup["lastSuccess"];
+        assert_eq!(success["revision"], revision, "{backup:#}");
+        let location = success["location"].as_str().expect("a location");
+        let path = location.strip_prefix("pvc://etcd-backups/").expect("on the claim").to_string();
+        assert!(path.starts_with("ns/etcd/etcd-"), "{path}");
+        let checked = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+            .args(["snapshot", "status", "-w", "json"])
+            .arg(claim.join(&path))
+            .output()
+            .expect("run kuberaft");
+        assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+        let report: Value = serde_json::from_slice(&checked.stdout).expect("JSON");
+        assert_eq!(report["revision"], revision);
+        assert_eq!(report["sha256"], success["sha256"]);
+        files.push(path);
+    }
+    assert!(!claim.join(&files[0]).exists(), "the retention (1) pruned {}", files[0]);
+    assert!(claim.join(&files[1]).exists());
+    assert!(h.api.lock().objects.keys().all(|p| !p.contains("/jobs/")), "every Job deleted once read");
+    assert!(h.kubelet.job_exits.iter().all(|(_, code)| *code == 0), "{:?}", h.kubelet.job_exits);
+    let (kept, revision) = all_keys(&writer, "key-", 0).await;
+    drop(writer);
+
+    // A RaftSnapshot onto the claim (the cluster's destination), to be deleted with its file.
+    h.api.put(
+        &snapshot_path("nightly"),
+        json!({"apiVersion": "kuberaft.io/v1alpha1", "kind": "RaftSnapshot",
+               "metadata": {"name": "nightly", "namespace": NS, "uid": "uid-nightly", "resourceVersion": "1"},
+               "spec": {"clusterName": CLUSTER, "deletionPolicy": "Delete"}}),
+    );
+    let snapshot = |h: &Harness| h.api.get(&snapshot_path("nightly"));
+    h.drive_snapshot("nightly", |status| matches!(status["phase"].as_str(), Some("Succeeded" | "Failed"))).await;
+    let taken = snapshot(&h).expect("stored")["status"].clone();
+    assert_eq!(taken["phase"], "Succeeded", "{taken:#}\n{:?}", h.kubelet.job_exits);
+    let path = taken["persistentVolumeClaim"]["path"].as_str().expect("a path").to_string();
+    assert!(path.starts_with("ns/etcd/snapshots/nightly-") && claim.join(&path).exists(), "{path}");
+
+    // A new cluster from it, by name: restored from the claim.
+    h.delete_cluster().await;
+    for ordinal in 0..3 {
+        std::fs::remove_dir_all(h.kubelet.volume(ordinal)).expect("delete the old claim");
+    }
+    h.create_cluster(json!({"replicas": 3, "image": "kuberaft:test",
+                            "bootstrap": {"restore": {"snapshot": {"name": "nightly"}}}}));
+    h.converge("restored from RaftSnapshot nightly", 3).await;
+    assert_eq!(h.status()["restoreSource"]["persistentVolumeClaim"]["path"], path.as_str());
+    for ordinal in 0..3 {
+        let (restored, now) = all_keys(&h.client(&[ordinal]), "key-", 0).await;
+        assert_eq!(now, revision, "etcd-{ordinal}: the snapshot's revision");
+        assert!(restored == kept, "etcd-{ordinal}: the keys differ from the snapshot's");
+    }
+
+    // Deleted (Delete): a Job deletes the file, then the resource goes.
+    let mut object = snapshot(&h).expect("stored");
+    object["metadata"]["deletionTimestamp"] = json!("2026-12-03T12:00:00Z");
+    h.api.put(&snapshot_path("nightly"), object);
+    h.drive_snapshot("nightly", |_| false).await;
+    assert!(snapshot(&h).is_none(), "the resource went with its file\n{:?}", h.kubelet.job_exits);
+    assert!(!claim.join(&path).exists(), "{path} deleted");
+    assert!(claim.join(&files[1]).exists(), "the scheduled backup is not the snapshot's to delete");
 }
 
 /// What one rolling restart under writes showed.

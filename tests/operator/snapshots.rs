@@ -3,6 +3,7 @@
 //! status matching the object; kept apart from the scheduled backups' retention; the finalizer
 //! of `deletionPolicy: Delete`; waiting and failing with a reason.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::Method;
@@ -284,4 +285,237 @@ async fn a_raft_snapshot_waits_for_its_cluster_and_a_leader_and_fails_for_good_w
     assert_eq!(world.reconcile_snapshot("bad").await.0, Ok(Action::await_change()));
     assert_eq!(status_of("bad"), ("Failed".to_string(), "InvalidSpec".to_string()));
     assert_eq!(world.members.snapshots.lock().expect("lock").len(), 2);
+}
+
+/// The Jobs of the fake API server: name → object.
+fn jobs(world: &World) -> BTreeMap<String, Value> {
+    let prefix = format!("{}/", jobs_path());
+    let api = world.api.lock();
+    api.objects.iter().filter_map(|(p, v)| Some((p.strip_prefix(&prefix)?.to_string(), v.clone()))).collect()
+}
+
+/// The Job controller and the kubelet, once the Job `name`'s pod has run: the pod terminated with
+/// `code` and the termination `message` (none: the pod never ran), and the Job's outcome.
+fn finish_job(world: &World, name: &str, code: i32, message: Option<&str>) {
+    let path = format!("{}/{name}", jobs_path());
+    let mut job = world.api.get(&path).expect("the Job");
+    job["status"] = if code == 0 {
+        json!({"succeeded": 1})
+    } else {
+        json!({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                            "message": "Job was active longer than specified deadline"}]})
+    };
+    world.api.put(&path, job);
+    if let Some(message) = message {
+        world.api.put(
+            &pod_path(&format!("{name}-x7k2p")),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("{name}-x7k2p"), "namespace": NS,
+                                                               "labels": {"job-name": name}},
+                   "status": {"containerStatuses": [{"name": "backup", "ready": false, "restartCount": 0, "image": "i",
+                                                    "imageID": "", "state": {"terminated": {"exitCode": code, "message": message}}}]}}),
+        );
+    }
+}
+
+/// A cluster whose backups go onto the claim `etcd-backups`, keeping 2 of at most 48 hours.
+async fn claim_world(revision: u64) -> World {
+    let world = steady_three_with(json!({"replicas": 3, "backup": {
+        "schedule": "0 0 1 1 *", "retention": {"count": 2, "maxAgeHours": 48},
+        "destination": {"persistentVolumeClaim": {"claimName": "etcd-backups"}}}}))
+    .await;
+    world.members.set_cluster(&["etcd-0", "etcd-1", "etcd-2"], &[], "etcd-0", 2, revision);
+    world.api.take_events();
+    world
+}
+
+/// Issue 17: scheduled backups onto a PersistentVolumeClaim. The operator cannot mount a claim:
+/// when a backup is due it starts a Job (the members' image, the claim mounted, `kuberaft backup
+/// take` of a follower with the retention), records the result the Job's pod leaves as its
+/// termination message as it records a bucket's, and deletes the Job. A Job that failed, or left
+/// nothing, is a failed backup with the reason.
+#[tokio::test]
+async fn scheduled_backups_onto_a_claim_run_as_jobs_whose_results_are_recorded() {
+    let world = claim_world(50).await;
+    // Nothing due: no Job, and not one call about Jobs.
+    let (result, calls) = world.reconcile().await;
+    result.expect("reconcile");
+    assert!(calls.iter().all(|c| !c.path.contains("/jobs")), "{calls:?}");
+    assert!(jobs(&world).is_empty());
+
+    make_backup_due(&world);
+    world.reconcile().await.0.expect("reconcile");
+    let started = jobs(&world);
+    assert_eq!(started.len(), 1, "{started:?}");
+    let (name, object) = started.into_iter().next().expect("a Job");
+    assert!(name.starts_with("etcd-backup-"), "{name}");
+    let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(object).expect("a Job");
+    let annotations = job.metadata.annotations.clone().unwrap_or_default();
+    let member = annotations["kuberaft.io/member"].clone();
+    assert_ne!(member, "etcd-0", "from a follower, never the leader");
+    let owner = &job.metadata.owner_references.clone().expect("an owner")[0];
+    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("RaftCluster", "etcd"));
+    let spec = job.spec.clone().expect("a spec");
+    assert_eq!((spec.backoff_limit, spec.active_deadline_seconds), (Some(0), Some(3600)));
+    let pod = spec.template.spec.expect("a pod");
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.args.clone().expect("args"),
+        [
+            "backup",
+            "take",
+            "--endpoints",
+            &url(&member),
+            "--dir",
+            "/var/lib/kuberaft-backup/ns/etcd",
+            "--name",
+            "etcd",
+            "--result",
+            "/var/run/kuberaft/result",
+            "--keep",
+            "2",
+            "--max-age-hours",
+            "48"
+        ]
+    );
+    assert_eq!(container.termination_message_path.as_deref(), Some("/var/run/kuberaft/result"));
+    let claim = pod.volumes.expect("volumes")[0].persistent_volume_claim.clone().expect("the claim");
+    assert_eq!(claim.claim_name, "etcd-backups");
+    let labels = spec.template.metadata.and_then(|m| m.labels).unwrap_or_default();
+    assert_eq!(labels.get("app.kubernetes.io/component").map(String::as_str), Some("backup"), "never a member");
+
+    // While it runs: no second Job, nothing recorded.
+    world.reconcile().await.0.expect("reconcile");
+    assert_eq!(jobs(&world).len(), 1);
+    assert!(world.status()["backup"].get("lastSuccess").is_none());
+
+    // It finishes: recorded as kept, with an event, and the Job deleted.
+    let file = "etcd-20261203T100000.000Z-r50.snap";
+    let kept = json!({"file": file, "revision": 50, "size": 4096, "sha256": "ab12", "time": "2026-12-03T10:00:01Z",
+                      "pruned": ["etcd-20261201T100000.000Z-r20.snap"]});
+    finish_job(&world, &name, 0, Some(&format!("{kept}\n")));
+    let (result, calls) = world.reconcile().await;
+    result.expect("reconcile");
+    assert!(calls.contains(&Call::new(Method::DELETE, &format!("{}/{name}", jobs_path()))), "{calls:?}");
+    assert!(jobs(&world).is_empty());
+    let backup = world.status()["backup"].clone();
+    let success = &backup["lastSuccess"];
+    assert_eq!(success["location"], format!("pvc://etcd-backups/ns/etcd/{file}"));
+    assert_eq!((success["revision"].as_i64(), success["size"].as_u64()), (Some(50), Some(4096)));
+    assert_eq!((success["sha256"].as_str(), success["member"].as_str()), (Some("ab12"), Some(member.as_str())));
+    assert_eq!(backup["lastScheduleTime"].as_str(), annotations.get("kuberaft.io/scheduled").map(String::as_str));
+    let events = events_seen(&world);
+    assert!(
+        events.iter().any(|(r, n)| r == "BackupSucceeded" && n.contains("pvc://etcd-backups/ns/etcd/")),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|(r, n)| r == "BackupsPruned" && n.contains("r20.snap")), "{events:?}");
+    // Not due again: no calls about Jobs.
+    let (_, calls) = world.reconcile().await;
+    assert!(calls.iter().all(|c| !c.path.contains("/jobs")), "{calls:?}");
+
+    // The next one fails in the Job: a failed backup with its reason and message.
+    make_backup_due(&world);
+    world.reconcile().await.0.expect("reconcile");
+    let name = jobs(&world).into_keys().next().expect("a Job");
+    let refused = json!({"reason": "BackupFailed", "message": "cannot take a snapshot of etcd-1: connection refused"});
+    finish_job(&world, &name, 1, Some(&refused.to_string()));
+    world.reconcile().await.0.expect("reconcile");
+    let failure = world.status()["backup"]["lastFailure"].clone();
+    assert_eq!(failure["reason"], "BackupFailed");
+    assert!(failure["message"].as_str().is_some_and(|m| m.contains("connection refused")), "{failure}");
+    assert_eq!(world.status()["backup"]["lastSuccess"]["revision"], 50, "the last kept stays");
+    assert!(jobs(&world).is_empty());
+    assert!(events_seen(&world).iter().any(|(r, _)| r == "BackupFailed"));
+
+    // A Job whose pod left nothing (it never ran): failed, saying so.
+    make_backup_due(&world);
+    world.reconcile().await.0.expect("reconcile");
+    let name = jobs(&world).into_keys().next().expect("a Job");
+    finish_job(&world, &name, 1, None);
+    world.reconcile().await.0.expect("reconcile");
+    let message = world.status()["backup"]["lastFailure"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("left no result") && message.contains("DeadlineExceeded"), "{message}");
+}
+
+/// What the RBAC test needs of claim backups: the calls of a scheduled one, and of a
+/// RaftSnapshot's taken and deleted.
+pub async fn calls_of_claim_backups() -> Vec<Call> {
+    let world = claim_snapshot_world().await;
+    make_backup_due(&world);
+    world.reconcile().await.0.expect("reconcile");
+    let name = jobs(&world).into_keys().next().expect("a Job");
+    finish_job(&world, &name, 0, Some(r#"{"file": "etcd-1.snap", "revision": 1, "size": 1, "sha256": "a"}"#));
+    world.reconcile().await.0.expect("reconcile");
+    let history = world.api.lock().history.clone();
+    history
+}
+
+/// A RaftSnapshot with `deletionPolicy: Delete` onto the cluster's claim: a Job takes it, and
+/// another deletes its file (the first try failing). Asserts each step.
+async fn claim_snapshot_world() -> World {
+    let world = claim_world(64).await;
+    world.put_snapshot("to-claim", json!({"clusterName": "etcd", "deletionPolicy": "Delete"}));
+    assert_eq!(world.reconcile_snapshot("to-claim").await.0, Ok(Action::requeue(REQUEUE_PENDING)));
+    let status = world.snapshot_status("to-claim");
+    assert_eq!(status["phase"], "Running");
+    assert!(status["message"].as_str().is_some_and(|m| m.contains("the Job to-claim-snapshot")), "{status}");
+    let job = jobs(&world).remove("to-claim-snapshot").expect("its Job");
+    let args: Vec<String> =
+        serde_json::from_value(job["spec"]["template"]["spec"]["containers"][0]["args"].clone()).expect("args");
+    let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
+    assert_eq!(flag("--dir").as_deref(), Some("/var/lib/kuberaft-backup/ns/etcd/snapshots"));
+    assert_eq!(flag("--name").as_deref(), Some("to-claim"));
+    assert!(!args.contains(&"--keep".to_string()), "the schedule's retention never prunes it: {args:?}");
+    assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "RaftSnapshot");
+    // Another pass while it runs: the same Job, no second.
+    assert_eq!(world.reconcile_snapshot("to-claim").await.0, Ok(Action::requeue(REQUEUE_PENDING)));
+    assert_eq!(jobs(&world).len(), 1);
+
+    let file = "to-claim-20261203T100000.000Z-r64.snap";
+    let kept = json!({"file": file, "revision": 64, "size": 2048, "sha256": "cd34"});
+    finish_job(&world, "to-claim-snapshot", 0, Some(&kept.to_string()));
+    assert_eq!(world.reconcile_snapshot("to-claim").await.0, Ok(Action::await_change()));
+    let status = world.snapshot_status("to-claim");
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    let path = format!("ns/etcd/snapshots/{file}");
+    assert_eq!(status["location"], format!("pvc://etcd-backups/{path}"));
+    assert_eq!(status["persistentVolumeClaim"], json!({"claimName": "etcd-backups", "path": path}));
+    assert_eq!((status["revision"].as_i64(), status["size"].as_u64()), (Some(64), Some(2048)));
+    assert!(jobs(&world).is_empty(), "the Job is deleted once read");
+    let events = events_about(&world);
+    for kind in ["RaftSnapshot", "RaftCluster"] {
+        assert!(events.iter().any(|(k, r, _)| k == kind && r == "SnapshotSucceeded"), "{kind}: {events:?}");
+    }
+
+    // Deleted: a Job deletes the file. It fails once: the resource stays, saying why.
+    world.delete_snapshot("to-claim");
+    assert_eq!(world.reconcile_snapshot("to-claim").await.0, Ok(Action::requeue(REQUEUE_PENDING)));
+    let job = jobs(&world).remove("to-claim-delete").expect("the deleting Job");
+    let args = job["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    assert_eq!(
+        args,
+        json!(["backup", "delete", "--dir", "/var/lib/kuberaft-backup", path, "--result", "/var/run/kuberaft/result"])
+    );
+    finish_job(&world, "to-claim-delete", 1, Some(r#"{"reason": "BackupFailed", "message": "Read-only file system"}"#));
+    assert_eq!(world.reconcile_snapshot("to-claim").await.0, Ok(Action::requeue(REQUEUE_DELETE)));
+    assert!(world.raft_snapshot("to-claim").is_some());
+    let status = world.snapshot_status("to-claim");
+    assert_eq!(status["reason"], "DeleteFailed");
+    assert!(status["message"].as_str().is_some_and(|m| m.contains("Read-only file system")), "{status}");
+    assert!(events_about(&world).iter().any(|(_, r, _)| r == "SnapshotDeleteFailed"));
+    // The next try, with a new Job, succeeds: the resource goes.
+    assert_eq!(world.reconcile_snapshot("to-claim").await.0, Ok(Action::requeue(REQUEUE_PENDING)));
+    finish_job(&world, "to-claim-delete", 0, Some(&json!({"file": path}).to_string()));
+    assert_eq!(world.reconcile_snapshot("to-claim").await.0, Ok(Action::await_change()));
+    assert!(world.raft_snapshot("to-claim").is_none(), "the finalizer is gone, and with it the resource");
+    assert!(jobs(&world).is_empty());
+    let events = events_about(&world);
+    assert!(events.iter().any(|(_, r, n)| r == "SnapshotDeleted" && n.contains("pvc://etcd-backups/")), "{events:?}");
+    world
+}
+
+#[tokio::test]
+async fn a_raft_snapshot_onto_a_claim_is_taken_and_deleted_by_jobs() {
+    claim_snapshot_world().await;
 }

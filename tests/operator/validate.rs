@@ -211,6 +211,31 @@ fn examples_pass_the_crds_own_schema() {
     assert!(!ok && output.contains("replicas"), "{output}");
 }
 
+/// A cluster that restores a RaftSnapshot by name passes the schema; `kuberaft render`, which
+/// has no API server to read the RaftSnapshot from, says so rather than render a restore of
+/// nothing.
+#[test]
+fn a_restore_from_a_raft_snapshot_passes_the_schema_and_render_says_why_it_cannot_build_it() {
+    let Some(validator) = require_validator() else { return };
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/snapshots/restore-from-snapshot.yaml");
+    let (ok, output) = against_crd(&validator, &crd_path("raftclusters"), std::slice::from_ref(&example));
+    assert!(ok && output.matches(": ok").count() == 1, "{output}");
+    let cluster: kuberaft::operator::crd::RaftCluster =
+        serde_saphyr::from_str(&std::fs::read_to_string(&example).expect("read")).expect("a RaftCluster");
+    assert_eq!(cluster.spec.problems(), Vec::<String>::new());
+    let rendered = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
+        .args(["render", "-f"])
+        .arg(&example)
+        .output()
+        .expect("run kuberaft");
+    let err = String::from_utf8_lossy(&rendered.stderr);
+    assert!(!rendered.status.success() && rendered.stdout.is_empty(), "{err}");
+    assert!(
+        err.contains("names RaftSnapshot etcd-before-upgrade: the operator reads its file from the API server"),
+        "{err}"
+    );
+}
+
 /// The RaftSnapshot example passes its CRD's schema, and so does every spec the operator reads
 /// (the same types); the schema refuses a bad name and an unknown deletion policy.
 #[test]

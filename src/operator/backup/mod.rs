@@ -9,6 +9,7 @@
 //! Pure parts (the schedule, names, what to prune, which member) are functions here with unit
 //! tests; `take` and `prune` do the I/O.
 
+pub mod job;
 pub mod objects;
 pub mod run;
 pub mod snapshot;
@@ -22,13 +23,14 @@ use k8s_openapi::jiff::{tz::TimeZone, Timestamp};
 use kube::ResourceExt;
 
 use self::objects::{Failure, Objects, Stored};
-use super::crd::{BackupRecord, RaftCluster, RetentionSpec, S3Destination};
+use super::crd::{BackupRecord, RaftCluster, RetentionSpec};
 use super::planner::{ClusterHealth, Role};
 
-/// The prefix of `cluster`'s backups in `s3`: its own, or `<namespace>/<cluster>`.
-pub fn prefix(cluster: &RaftCluster, s3: &S3Destination) -> String {
+/// The prefix of `cluster`'s backups (in a bucket or a claim): the one `given`, or
+/// `<namespace>/<cluster>`.
+pub fn prefix(cluster: &RaftCluster, given: Option<&String>) -> String {
     let namespace = cluster.namespace().unwrap_or_default();
-    s3.prefix.clone().unwrap_or_else(|| format!("{namespace}/{}", cluster.name_any()))
+    given.cloned().unwrap_or_else(|| format!("{namespace}/{}", cluster.name_any()))
 }
 
 /// The suffix of every backup object.
@@ -101,6 +103,22 @@ pub fn source(health: &ClusterHealth) -> Option<String> {
 pub struct Incoming {
     pub revision: i64,
     pub chunks: BoxStream<'static, Result<bytes::Bytes, String>>,
+}
+
+impl From<crate::client::Snapshot> for Incoming {
+    /// A member's answer to `GET /v1/snapshot`, chunk by chunk.
+    fn from(snapshot: crate::client::Snapshot) -> Incoming {
+        let revision = snapshot.revision;
+        let chunks = futures::stream::unfold(Some(snapshot), |state| async move {
+            let mut snapshot = state?;
+            match snapshot.next_chunk().await {
+                Ok(Some(chunk)) => Some((Ok(chunk), Some(snapshot))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e.to_string()), None)),
+            }
+        });
+        Incoming { revision, chunks: Box::pin(chunks) }
+    }
 }
 
 /// Streams `incoming` into the object `name`, checking its framing on the way; a failure

@@ -184,6 +184,14 @@ impl Objects {
         Ok(Objects { store: Arc::new(store), prefix: target.prefix.trim_matches('/').to_string() })
     }
 
+    /// The files under the directory `dir`, which must exist (`kuberaft backup`, in the Job of a
+    /// PersistentVolumeClaim destination): the same calls as a bucket's.
+    pub fn local(dir: &std::path::Path) -> Result<Objects, Failure> {
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| Failure::Failed(format!("cannot use the directory {}: {e}", dir.display())))?;
+        Ok(Objects { store: Arc::new(store), prefix: String::new() })
+    }
+
     fn path(&self, name: &str) -> ObjectPath {
         if self.prefix.is_empty() {
             ObjectPath::from(name)

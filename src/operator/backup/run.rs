@@ -9,12 +9,18 @@ use kube::api::Api;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 
+use k8s_openapi::api::batch::v1::Job;
+
+use super::job::{self, BackupResult, Task};
 use super::objects::{Failure, Objects, S3Target};
 use super::{due, next, object_name, parse_schedule, record, source, to_prune, upload};
 use crate::operator::builders;
-use crate::operator::crd::{BackupFailure, BackupRecord, BackupSpec, RaftCluster, RaftClusterStatus, S3Store};
+use crate::operator::crd::{
+    BackupFailure, BackupRecord, BackupSpec, PvcDestination, PvcSource, RaftCluster, RaftClusterStatus, S3Destination,
+    S3Store,
+};
 use crate::operator::planner::ClusterHealth;
-use crate::operator::reconcile::{Access, Context};
+use crate::operator::reconcile::{Access, Context, ReconcileError};
 
 /// The condition a backup's outcome sets.
 pub const CONDITION_BACKUP: &str = "BackupSucceeded";
@@ -46,9 +52,19 @@ pub async fn run(
     previous: &RaftClusterStatus,
 ) -> Option<Outcome> {
     let spec = cluster.spec.backup.as_ref()?;
+    if let Some(claim) = &spec.destination.persistent_volume_claim {
+        return match on_claim(ctx, cluster, spec, claim, schedule, health, previous).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(cluster = %cluster.name_any(), "backup Job: {e}");
+                None
+            }
+        };
+    }
+    let s3 = spec.destination.s3.as_ref()?;
     let now = Timestamp::now();
     let scheduled = due(schedule, since(cluster, previous, now), now)?;
-    let (result, pruned, prune_error) = match take(ctx, cluster, spec, access, health).await {
+    let (result, pruned, prune_error) = match take(ctx, cluster, s3, access, health).await {
         Ok((record, objects)) => {
             let (pruned, prune_error) = prune(&objects, &cluster.name_any(), spec).await;
             (Ok(record), pruned, prune_error)
@@ -56,6 +72,74 @@ pub async fn run(
         Err(failure) => (Err(failure), Vec::new(), None),
     };
     Some(Outcome { scheduled, result, pruned, prune_error })
+}
+
+/// A backup onto a claim (`backup::job`), when one is due: the outcome of a Job that has
+/// finished (the Job then removed), or nothing while one runs, or a Job started.
+async fn on_claim(
+    ctx: &Context,
+    cluster: &RaftCluster,
+    spec: &BackupSpec,
+    claim: &PvcDestination,
+    schedule: &Cron,
+    health: &ClusterHealth,
+    previous: &RaftClusterStatus,
+) -> Result<Option<Outcome>, ReconcileError> {
+    // A Job is started only when one is due, and it stays due until a Job's outcome moves
+    // `lastScheduleTime`: when none is due, no Job can be there, and no call is made.
+    let now = Timestamp::now();
+    let Some(scheduled) = due(schedule, since(cluster, previous, now), now) else { return Ok(None) };
+    let namespace = cluster.namespace().unwrap_or_default();
+    let name = cluster.name_any();
+    let jobs = job::list(&ctx.client, &namespace, &name, Task::Scheduled).await?;
+    if let Some(done) = jobs.iter().find(|j| job::outcome(j).is_some()) {
+        let result = job::finished(&ctx.client, &namespace, done).await?;
+        job::remove(&ctx.client, &namespace, &done.name_any()).await?;
+        let scheduled = done.annotations().get(job::ANNOTATION_SCHEDULED).and_then(|t| t.parse().ok());
+        return Ok(Some(claim_outcome(done, result, scheduled.unwrap_or_else(Timestamp::now))));
+    }
+    if !jobs.is_empty() {
+        return Ok(None);
+    }
+    let Some(member) = source(health) else {
+        let failure = Failure::NoMember("no leader with a majority to take it from".into());
+        return Ok(Some(Outcome { scheduled, result: Err(failure), pruned: Vec::new(), prune_error: None }));
+    };
+    let dir = super::prefix(cluster, claim.prefix.as_ref());
+    let args = job::take_args(cluster, &member, &dir, &name, Some(&spec.retention));
+    let mut annotations = job::annotations(&claim.claim_name, &dir, &member);
+    annotations.insert(job::ANNOTATION_SCHEDULED.to_string(), scheduled.to_string());
+    let job_name = job::job_name(&format!("{name}-backup"), &scheduled.as_second().to_string());
+    let owner = builders::owner_reference(cluster)?;
+    let built = job::build(cluster, &job_name, Task::Scheduled, &claim.claim_name, args, Some(owner), annotations);
+    job::start(&ctx.client, &namespace, &built).await?;
+    Ok(None)
+}
+
+/// The outcome a finished scheduled Job reported.
+fn claim_outcome(done: &Job, result: BackupResult, scheduled: Timestamp) -> Outcome {
+    match job::into_result(result) {
+        Ok(kept) => {
+            let (claim, path, member) = job::written(done, kept.file.as_deref().unwrap_or_default());
+            let at = kept.time.as_deref().and_then(|t| t.parse().ok()).unwrap_or_else(Timestamp::now);
+            let location = PvcSource { claim_name: claim, path }.location();
+            let record = record(
+                location,
+                &member,
+                kept.revision.unwrap_or_default(),
+                kept.size.unwrap_or_default(),
+                kept.sha256.unwrap_or_default(),
+                at,
+            );
+            Outcome {
+                scheduled,
+                result: Ok(record),
+                pruned: kept.pruned,
+                prune_error: kept.prune_error.map(Failure::Failed),
+            }
+        }
+        Err(failure) => Outcome { scheduled, result: Err(failure), pruned: Vec::new(), prune_error: None },
+    }
 }
 
 /// Deletes what the retention no longer keeps: the objects deleted, and why it stopped, if it
@@ -88,11 +172,10 @@ pub fn until_next(schedule: &Cron) -> Option<std::time::Duration> {
     std::time::Duration::try_from(wait).ok()
 }
 
-/// The bucket of `spec`, with the credentials from its Secret.
-async fn open(ctx: &Context, cluster: &RaftCluster, spec: &BackupSpec) -> Result<(Objects, S3Target), Failure> {
+/// The bucket of `s3`, with the credentials from its Secret.
+async fn open(ctx: &Context, cluster: &RaftCluster, s3: &S3Destination) -> Result<(Objects, S3Target), Failure> {
     let namespace = cluster.namespace().unwrap_or_default();
-    let s3 = &spec.destination.s3;
-    let target = target(ctx, &namespace, &s3.store, super::prefix(cluster, s3)).await?;
+    let target = target(ctx, &namespace, &s3.store, super::prefix(cluster, s3.prefix.as_ref())).await?;
     Ok((Objects::s3(&target)?, target))
 }
 
@@ -127,12 +210,12 @@ pub async fn target(ctx: &Context, namespace: &str, store: &S3Store, prefix: Str
 async fn take(
     ctx: &Context,
     cluster: &RaftCluster,
-    spec: &BackupSpec,
+    s3: &S3Destination,
     access: Access,
     health: &ClusterHealth,
 ) -> Result<(BackupRecord, Objects), Failure> {
     let member = source(health).ok_or_else(|| Failure::NoMember("no leader with a majority to take it from".into()))?;
-    let (objects, target) = open(ctx, cluster, spec).await?;
+    let (objects, target) = open(ctx, cluster, s3).await?;
     let name = |revision| object_name(&cluster.name_any(), Timestamp::now(), revision);
     let record = transfer(ctx, cluster, access, &member, &objects, &target, name).await?;
     Ok((record, objects))

@@ -366,7 +366,13 @@ fn the_network_policy_lets_members_reach_peers_and_chosen_clients_reach_the_clie
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberaft"}},
     });
-    assert_eq!(rules[1]["from"], serde_json::json!([members.clone(), operator_peer.clone(), {"podSelector": {}}]));
+    // The operator's backup Jobs (a claim destination) take their snapshots through the client port.
+    let backups = serde_json::json!({"podSelector": {"matchLabels": {
+        "app.kubernetes.io/component": "backup", "app.kubernetes.io/instance": "etcd", "app.kubernetes.io/name": "kuberaft"}}});
+    assert_eq!(
+        rules[1]["from"],
+        serde_json::json!([members.clone(), operator_peer.clone(), backups.clone(), {"podSelector": {}}])
+    );
 
     let mut chosen = cluster.clone();
     chosen.spec.network_policy.clients_from =
@@ -375,7 +381,7 @@ fn the_network_policy_lets_members_reach_peers_and_chosen_clients_reach_the_clie
     let policy = serde_json::to_value(network_policy(&chosen, &operator).expect("builds")).expect("json");
     assert_eq!(
         policy["spec"]["ingress"][1]["from"],
-        serde_json::json!([members, operator_peer, {"namespaceSelector": {"matchLabels": {"team": "apps"}}}])
+        serde_json::json!([members, operator_peer, backups, {"namespaceSelector": {"matchLabels": {"team": "apps"}}}])
     );
 
     let mut off = cluster;
@@ -497,6 +503,35 @@ fn with_a_restore_each_pod_restores_the_backup_first_as_the_member_it_will_be_an
     };
     assert_eq!(secret(ENV_ACCESS_KEY_ID), ("etcd-backup-s3".to_string(), "accessKeyId".to_string()));
     assert_eq!(secret(ENV_SECRET_ACCESS_KEY), ("etcd-backup-s3".to_string(), "secretAccessKey".to_string()));
+}
+
+/// A restore from a file on a claim: the init container mounts the claim read-only, away
+/// from the data, and restores the file at its path; no S3 flags or credentials. The member
+/// itself never mounts the claim.
+#[test]
+fn a_restore_from_a_claim_mounts_it_read_only_in_the_init_container_only() {
+    let mut cluster = RaftCluster::test();
+    cluster.spec.bootstrap = serde_json::from_value(serde_json::json!(
+        {"restore": {"persistentVolumeClaim": {"claimName": "etcd-backups", "path": "ns/etcd/etcd-1.snap"}}}
+    ))
+    .expect("a bootstrap");
+    let pod = stateful_set(&cluster, 3).expect("sts").spec.expect("spec").template.spec.expect("pod");
+    let inits = pod.init_containers.expect("an init container");
+    let (restore, member) = (&inits[0], &pod.containers[0]);
+    let args = restore.args.clone().expect("args");
+    assert_eq!(&args[..3], ["snapshot", "restore", &format!("{RESTORE_MOUNT_PATH}/ns/etcd/etcd-1.snap")]);
+    assert!(!args.iter().any(|a| a.starts_with("--s3")), "{args:?}");
+    assert!(!env_of(restore).contains_key(ENV_ACCESS_KEY_ID));
+    let mounts = restore.volume_mounts.clone().expect("mounts");
+    assert_eq!(mounts[0], member.volume_mounts.clone().expect("mounts")[0], "the data first");
+    assert_eq!(
+        (mounts[1].name.as_str(), mounts[1].mount_path.as_str(), mounts[1].read_only),
+        (RESTORE_VOLUME, RESTORE_MOUNT_PATH, Some(true))
+    );
+    let volume = pod.volumes.expect("volumes").into_iter().find(|v| v.name == RESTORE_VOLUME).expect("the claim");
+    let claim = volume.persistent_volume_claim.expect("a claim");
+    assert_eq!((claim.claim_name.as_str(), claim.read_only), ("etcd-backups", Some(true)));
+    assert!(member.volume_mounts.clone().expect("mounts").iter().all(|m| m.name != RESTORE_VOLUME));
 }
 
 /// Issue 17, part 5: the operator restarts the pods itself (`OnDelete`), and tells a pod of an

@@ -7,7 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{BackupDestination, S3Source};
+use super::{BackupDestination, SnapshotSource};
 
 /// The finalizer that holds a `deletionPolicy: Delete` snapshot until its object is deleted.
 pub const FINALIZER: &str = "kuberaft.io/snapshot-object";
@@ -71,12 +71,13 @@ pub struct RaftSnapshotStatus {
     /// What happened, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// `s3://<bucket>/<key>`.
+    /// `s3://<bucket>/<key>` or `pvc://<claim>/<path>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
-    /// The object, as `spec.bootstrap.restore.s3` of a new RaftCluster takes it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub s3: Option<S3Source>,
+    /// The file, as `spec.bootstrap.restore` of a new RaftCluster takes it (`s3` or
+    /// `persistentVolumeClaim`); or name this RaftSnapshot there (`snapshot.name`).
+    #[serde(flatten)]
+    pub source: SnapshotSource,
     /// The member it was taken from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
@@ -118,7 +119,7 @@ impl RaftSnapshotSpec {
             problems.push(format!("spec.clusterName {:?} is not a RaftCluster's name", self.cluster_name));
         }
         if let Some(destination) = &self.destination {
-            super::s3_store_problems(&mut problems, "spec.destination.s3", &destination.s3.store);
+            super::destination_problems(&mut problems, "spec.destination", destination);
         }
         problems
     }

@@ -323,6 +323,84 @@ fn bootstrap_restore_names_an_s3_object_and_cannot_change_after_creation() {
         .any(|p| p.contains("spec.bootstrap.restore.s3.endpoint \"s3.example.com\" is not an http(s) URL")));
 }
 
+/// `spec.bootstrap.restore` is exactly one of an S3 object, a file on a claim and a
+/// RaftSnapshot, in the schema (a CEL rule) and in the operator's own check; a claim's path
+/// stays inside the claim.
+#[test]
+fn bootstrap_restore_is_exactly_one_of_s3_a_claim_and_a_raft_snapshot() {
+    let crd = crd_json();
+    let restore = &spec_schema(&crd)["properties"]["bootstrap"]["properties"]["restore"];
+    let rules = restore["x-kubernetes-validations"].as_array().expect("rules");
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["message"]
+                == "spec.bootstrap.restore needs exactly one of s3, persistentVolumeClaim and snapshot"),
+        "{rules:?}"
+    );
+    assert_eq!(restore["properties"]["persistentVolumeClaim"]["required"], json!(["claimName", "path"]));
+    assert_eq!(restore["properties"]["snapshot"]["required"], json!(["name"]));
+
+    let problems = |restore: serde_json::Value| {
+        let spec: RaftClusterSpec =
+            serde_json::from_value(json!({ "bootstrap": {"restore": restore} })).expect("a spec");
+        spec.problems()
+    };
+    let s3 = json!({"endpoint": "https://s3.example.com", "bucket": "etcd-backups", "key": "k", "credentialsSecret": {"name": "s3"}});
+    let claim = |path: &str| json!({"claimName": "backups", "path": path});
+    for fine in [
+        json!({"s3": s3}),
+        json!({"persistentVolumeClaim": claim("ns/etcd/a.snap")}),
+        json!({"snapshot": {"name": "nightly"}}),
+    ] {
+        assert_eq!(problems(fine.clone()), Vec::<String>::new(), "{fine}");
+    }
+    let one_of = "spec.bootstrap.restore needs exactly one of s3, persistentVolumeClaim and snapshot";
+    for two in [
+        json!({}),
+        json!({"s3": s3, "snapshot": {"name": "nightly"}}),
+        json!({"persistentVolumeClaim": claim("a"), "snapshot": {"name": "n"}}),
+    ] {
+        assert!(problems(two.clone()).iter().any(|p| p == one_of), "{two}");
+    }
+    for outside in ["/etc/passwd", "../other/a.snap", "ns//a.snap", "ns/./a.snap"] {
+        let found = problems(json!({"persistentVolumeClaim": claim(outside)}));
+        assert!(found.iter().any(|p| p.contains("is not a relative path inside the claim")), "{outside}: {found:?}");
+    }
+    let found = problems(json!({"snapshot": {"name": "Not_A_Name"}}));
+    assert!(found.iter().any(|p| p.contains("spec.bootstrap.restore.snapshot.name")), "{found:?}");
+}
+
+/// A backup destination is exactly one of a bucket and a claim, in the schema and in the
+/// operator's own check; a claim's prefix stays inside the claim.
+#[test]
+fn a_backup_destination_is_exactly_one_of_s3_and_a_claim() {
+    let crd = crd_json();
+    let destination = &spec_schema(&crd)["properties"]["backup"]["properties"]["destination"];
+    let rules = destination["x-kubernetes-validations"].as_array().expect("rules");
+    assert!(rules.iter().any(|r| r["rule"] == "has(self.s3) != has(self.persistentVolumeClaim)"), "{rules:?}");
+    assert_eq!(destination["properties"]["persistentVolumeClaim"]["required"], json!(["claimName"]));
+    let problems = |destination: serde_json::Value| {
+        let backup = json!({"schedule": "0 0 * * *", "destination": destination});
+        let spec: RaftClusterSpec = serde_json::from_value(json!({ "backup": backup })).expect("a spec");
+        spec.problems()
+    };
+    let s3 =
+        json!({"endpoint": "https://s3.example.com", "bucket": "etcd-backups", "credentialsSecret": {"name": "s3"}});
+    let claim = json!({"claimName": "etcd-backups", "prefix": "team-a/etcd"});
+    assert_eq!(problems(json!({"s3": s3})), Vec::<String>::new());
+    assert_eq!(problems(json!({"persistentVolumeClaim": claim})), Vec::<String>::new());
+    let one_of = "spec.backup.destination needs exactly one of s3 and persistentVolumeClaim";
+    for wrong in [json!({}), json!({"s3": s3, "persistentVolumeClaim": claim})] {
+        assert!(problems(wrong.clone()).iter().any(|p| p == one_of), "{wrong}");
+    }
+    let outside = problems(json!({"persistentVolumeClaim": {"claimName": "etcd-backups", "prefix": "../x"}}));
+    assert!(
+        outside.iter().any(|p| p.contains("prefix \"../x\" is not a relative path inside the claim")),
+        "{outside:?}"
+    );
+}
+
 #[test]
 fn the_raft_snapshot_crd_is_namespaced_immutable_has_a_status_and_keeps_objects_by_default() {
     let crd = serde_json::to_value(snapshot::RaftSnapshot::crd()).expect("the CRD serialises");
