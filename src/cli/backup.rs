@@ -91,6 +91,7 @@ async fn take(
     retention: Option<&RetentionSpec>,
     args: &ClientArgs,
 ) -> Result<BackupResult, Failure> {
+    check_name(name)?;
     let endpoints: Vec<&String> = args.endpoints.iter().filter(|e| !e.trim().is_empty()).collect();
     let [endpoint] = endpoints.as_slice() else {
         return Err(Failure::Failed("a backup is taken from one member: give one --endpoints".to_string()));
@@ -129,6 +130,14 @@ async fn take(
     Ok(result)
 }
 
+/// A name the files can start with: one path component (the retention prunes by it).
+fn check_name(name: &str) -> Result<(), Failure> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.len() > 200 {
+        return Err(Failure::Failed(format!("--name {name:?} is not a file name (no '/', at most 200 bytes)")));
+    }
+    Ok(())
+}
+
 /// The file and its directory to the disk: a backup reported kept survives a crash.
 fn sync(file: &Path, dir: &Path) -> Result<(), Failure> {
     let cannot = |path: &Path, e: std::io::Error| Failure::Failed(format!("cannot sync {}: {e}", path.display()));
@@ -143,4 +152,33 @@ async fn delete(dir: &Path, file: &str) -> Result<BackupResult, Failure> {
     let objects = Objects::local(dir)?;
     objects.delete(file).await?;
     Ok(BackupResult { file: Some(file.to_string()), ..BackupResult::default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_one_path_component_and_deletes_stay_inside_the_directory() {
+        assert!(check_name("etcd").is_ok());
+        for bad in ["", "a/b", "..", "/etc"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("a runtime");
+        let dir = tempfile::tempdir().expect("a directory");
+        let outside = dir.path().join("keep.snap");
+        std::fs::write(&outside, b"x").expect("write");
+        let inner = dir.path().join("backups");
+        std::fs::create_dir(&inner).expect("mkdir");
+        for escape in ["../keep.snap", "/tmp/x", "a//b"] {
+            let refused = runtime.block_on(delete(&inner, escape)).expect_err(escape);
+            assert!(refused.message().contains("is not a relative path inside"), "{refused}");
+        }
+        assert!(outside.exists(), "nothing outside the directory is touched");
+        std::fs::write(inner.join("old.snap"), b"x").expect("write");
+        let deleted = runtime.block_on(delete(&inner, "old.snap")).expect("deleted");
+        assert_eq!(deleted.file.as_deref(), Some("old.snap"));
+        assert!(!inner.join("old.snap").exists());
+        runtime.block_on(delete(&inner, "old.snap")).expect("a file that is not there is no error");
+    }
 }
