@@ -9,5 +9,6 @@ pub mod kv;
 pub mod lease;
 pub mod server;
 pub mod snapshot;
+pub mod ui;
 pub mod users;
 pub mod watch;

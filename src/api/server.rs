@@ -117,11 +117,14 @@ pub struct Api {
     pub own_tls: Option<crate::base::tls::TlsFiles>,
     /// How callers are authenticated (`api::auth`).
     pub auth: AuthSettings,
+    /// The live view's rate samples (`api::ui`).
+    pub ui: std::sync::Arc<super::ui::Samples>,
 }
 
 /// The client port: etcd's gRPC API for requests with `content-type: application/grpc`
 /// (`api::grpc`), the JSON API for the rest.
 pub fn client_router(api: Api) -> Router {
+    super::ui::start_sampler(&api);
     let grpc = super::grpc::router(api.clone());
     let json = json_router(api.clone());
     Router::new()
@@ -186,6 +189,7 @@ fn json_router(api: Api) -> Router {
         .route("/v1/auth/user/changepw", post(super::users::user_change_password))
         .route("/v1/auth/user/grant", post(super::users::user_grant_role))
         .merge(probe_routes())
+        .merge(super::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")

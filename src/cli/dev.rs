@@ -71,6 +71,10 @@ pub struct DevArgs {
     /// <data-dir>/pki, minted anew each run.
     #[arg(long)]
     pub tls: bool,
+    /// Open the live view (etcd-0's /ui) in a browser: $BROWSER if set, else xdg-open (open on
+    /// macOS). Without a browser it says so and goes on.
+    #[arg(long)]
+    pub open: bool,
 }
 
 /// One member of the planned cluster.
@@ -240,6 +244,15 @@ pub fn banner(members: &[DevMember], data: &str, log_dir: &Path, pki: Option<&De
         members.len(),
         log_dir.display()
     );
+    let view = view_url(members);
+    match pki {
+        None => {
+            let _ = writeln!(text, "live view: {view}");
+        }
+        Some(_) => {
+            let _ = writeln!(text, "live view: {view} (the members require the client certificate below)");
+        }
+    }
     let _ = writeln!(text);
     let _ = writeln!(text, "  export {ENDPOINTS_ENV}={}", endpoints(members).join(","));
     if let Some(pki) = pki {
@@ -255,6 +268,50 @@ pub fn banner(members: &[DevMember], data: &str, log_dir: &Path, pki: Option<&De
     let _ = writeln!(text);
     let _ = writeln!(text, "Ctrl-C stops every member.");
     text
+}
+
+/// The live view of the cluster: etcd-0's `/ui` (any member's shows every member).
+pub fn view_url(members: &[DevMember]) -> String {
+    members.first().map(|m| format!("{}/ui", m.client_url())).unwrap_or_default()
+}
+
+/// The commands that may open `url` in a browser, in order: `$BROWSER` (a command, as
+/// xdg-utils reads it; `%s` is replaced by the URL, else the URL is its last argument), then
+/// the platform's opener.
+pub fn browser_commands(url: &str, browser_env: Option<&str>) -> Vec<Vec<String>> {
+    let mut commands = Vec::new();
+    // $BROWSER may list several commands separated by ':'.
+    for entry in browser_env.unwrap_or_default().split(':').map(str::trim).filter(|e| !e.is_empty()) {
+        let mut words: Vec<String> = entry.split_whitespace().map(str::to_string).collect();
+        if words.iter().any(|w| w.contains("%s")) {
+            words = words.into_iter().map(|w| w.replace("%s", url)).collect();
+        } else {
+            words.push(url.to_string());
+        }
+        commands.push(words);
+    }
+    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    commands.push(vec![opener.to_string(), url.to_string()]);
+    commands
+}
+
+/// Opens `url` with the first browser command that starts; the browser runs on by itself (a
+/// thread reaps it). What happened, as a line for the user.
+fn open_browser(url: &str) -> String {
+    for command in browser_commands(url, std::env::var("BROWSER").ok().as_deref()) {
+        let Some((program, args)) = command.split_first() else { continue };
+        let started = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        if let Ok(mut child) = started {
+            std::thread::spawn(move || child.wait());
+            return format!("opened {url} with {program}\n");
+        }
+    }
+    format!("no browser to open here (set $BROWSER, or install xdg-open); open {url} yourself\n")
 }
 
 /// What `dev` knows about one member at one refresh.
@@ -490,7 +547,10 @@ pub async fn run(args: DevArgs) -> Result<(), CliError> {
         }
     }
 
-    let banner = banner(&members, &data.describe(), &log_dir, pki.as_ref());
+    let mut banner = banner(&members, &data.describe(), &log_dir, pki.as_ref());
+    if args.open {
+        banner.push_str(&open_browser(&view_url(&members)));
+    }
     let status_config = ClientConfig {
         tls: pki.as_ref().map(DevPki::client_options).unwrap_or_default(),
         ..ClientConfig::with_request_timeout(STATUS_TIMEOUT)

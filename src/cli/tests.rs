@@ -436,6 +436,22 @@ fn dev_banner_names_the_endpoints_to_export() {
     let banner = dev::banner(&members, "/tmp/x (temporary)", Path::new("/tmp/x"), None);
     assert!(banner.contains("export KUBERAFT_ENDPOINTS=http://127.0.0.1:2379,http://127.0.0.1:2389\n"), "{banner}");
     assert!(banner.contains("kuberaft kv put hello world"), "{banner}");
+    let second = banner.lines().nth(1).unwrap_or_default();
+    assert_eq!(second, "live view: http://127.0.0.1:2379/ui", "the view's URL at the top: {banner}");
+}
+
+/// `dev --open`: `$BROWSER` first (each ':'-separated command; `%s` is the URL, else the URL
+/// is appended), then the platform's opener.
+#[test]
+fn dev_open_tries_browser_then_the_platform_opener() {
+    let url = "http://127.0.0.1:2379/ui";
+    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    assert_eq!(dev::browser_commands(url, None), [vec![opener.to_string(), url.to_string()]]);
+    assert_eq!(dev::browser_commands(url, Some("firefox --new-tab:chromium %s --incognito")), [
+        vec!["firefox".to_string(), "--new-tab".into(), url.into()],
+        vec!["chromium".to_string(), url.into(), "--incognito".into()],
+        vec![opener.to_string(), url.to_string()],
+    ]);
 }
 
 /// `dev --tls`: https:// URLs, each member's own certificate on both ports with the dev CA
@@ -443,7 +459,7 @@ fn dev_banner_names_the_endpoints_to_export() {
 #[test]
 fn dev_tls_members_get_their_certificates_and_the_banner_says_how_to_connect() {
     let dir = tempfile::tempdir().expect("dir");
-    let args = DevArgs { replicas: 2, data_dir: None, base_port: 4000, log_dir: None, tls: true };
+    let args = DevArgs { replicas: 2, data_dir: None, base_port: 4000, log_dir: None, tls: true, open: false };
     let members = dev::validate(&args).expect("valid");
     let pki = dev::DevPki::mint(&dir.path().join("pki"), &members).expect("mint");
     let cluster = dev::initial_cluster(&members);

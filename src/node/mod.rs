@@ -11,6 +11,7 @@ pub mod join;
 pub mod lessor;
 pub mod runtime;
 pub mod shared;
+pub mod timeline;
 pub mod transport;
 pub mod watch;
 

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::shared::{lock, read, write, LoopStatus, Shared};
+use super::timeline::{self, EventKind};
 use crate::raft::{
     ConfChange, ConfChangeKind, DataLoss, Entry, EntryPayload, Index, Message, MessageBody, NodeId, ProposeError,
     RawNode, Ready, Role, Snapshot, SnapshotMeta, Term,
@@ -195,6 +196,8 @@ pub struct RaftLoop {
     leading: Option<Term>,
     /// When the leader next looks for expired leases and due checkpoints.
     next_lease_tick: Instant,
+    /// How many of the core's campaigns the timeline has recorded.
+    campaigns_seen: u64,
 }
 
 impl RaftLoop {
@@ -230,6 +233,7 @@ impl RaftLoop {
             reclaimed_chunks: 0,
             leading: None,
             next_lease_tick: Instant::now(),
+            campaigns_seen: 0,
         }
     }
 
@@ -426,12 +430,16 @@ impl RaftLoop {
                 }
             }
             Input::Transfer { to, reply } => {
-                let _ = reply.send(self.raw.raft.transfer_leader(to).map_err(NodeError::from));
+                let outcome = self.raw.raft.transfer_leader(to).map_err(NodeError::from);
+                self.note_transfer(&outcome);
+                let _ = reply.send(outcome);
             }
             Input::SnapshotFailed(id) => self.raw.raft.report_snapshot(id, false),
             Input::Shutdown { reply } => {
                 if self.raw.raft.role() == Role::Leader {
-                    if let Err(e) = self.raw.raft.transfer_leader(None) {
+                    let outcome = self.raw.raft.transfer_leader(None);
+                    self.note_transfer(&outcome);
+                    if let Err(e) = outcome {
                         tracing::info!(error = %e, "no leader transfer before shutdown");
                     }
                 }
@@ -615,7 +623,10 @@ impl RaftLoop {
                 }
             };
             let result = match result {
-                Ok(Some(result)) => result,
+                Ok(Some(result)) => {
+                    self.note_conf_change(&entry.payload);
+                    result
+                }
                 Ok(None) => continue,
                 Err(applied) => {
                     self.halt(format!(
@@ -825,6 +836,7 @@ impl RaftLoop {
             Ok(()) => {
                 self.last_snapshot_index = index;
                 self.shared.metrics.snapshots_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.shared.timeline.record(self.raw.raft.term(), EventKind::SnapshotInstalled { index });
                 tracing::info!(index, term, "installed snapshot");
                 let members = read(&self.shared.kv).members();
                 for (info, _) in members {
@@ -983,6 +995,20 @@ impl RaftLoop {
         }
     }
 
+    /// A membership change that applied, for the timeline.
+    fn note_conf_change(&self, payload: &EntryPayload) {
+        if let EntryPayload::ConfChange(cc) = payload {
+            let change = match cc.kind {
+                ConfChangeKind::AddLearner => "add_learner",
+                ConfChangeKind::AddVoter => "add_voter",
+                ConfChangeKind::Promote => "promote",
+                ConfChangeKind::Remove => "remove",
+            };
+            let member = timeline::member(cc.node_id);
+            self.shared.timeline.record(self.raw.raft.term(), EventKind::Membership { change, member });
+        }
+    }
+
     fn remember(&self, info: MemberInfo) {
         self.shared.addresses.learn(info.id, &info.name, &info.peer_url, &info.client_url);
     }
@@ -1064,6 +1090,42 @@ impl RaftLoop {
         }
     }
 
+    /// A transfer this leader was asked for (by a client, or before it shuts down), for the
+    /// timeline.
+    fn note_transfer<E>(&self, outcome: &Result<NodeId, E>) {
+        if let Ok(to) = outcome {
+            self.shared.timeline.record(self.raw.raft.term(), EventKind::Transfer { to: timeline::member(*to) });
+        }
+    }
+
+    /// Records on the timeline what changed since the status last published: campaigns this
+    /// member started, and the leader it knows.
+    fn note_changes(&mut self, status: &LoopStatus) {
+        let campaigns = self.raw.raft.campaigns();
+        if campaigns.count > self.campaigns_seen {
+            self.campaigns_seen = campaigns.count;
+            if let Some((kind, for_term)) = campaigns.last {
+                let cause = timeline::cause(kind, self.raw.raft.config().pre_vote);
+                let event = EventKind::Campaign { cause, for_term, campaigns: campaigns.count };
+                self.shared.timeline.record(status.term, event);
+            }
+        }
+        let before = {
+            let old = read(&self.shared.status);
+            (old.term, old.leader)
+        };
+        if before != (status.term, status.leader) {
+            match status.leader {
+                Some(leader) => {
+                    let event = EventKind::Leader { leader: timeline::member(leader) };
+                    self.shared.timeline.record(status.term, event);
+                }
+                None if before.1.is_some() => self.shared.timeline.record(status.term, EventKind::LeaderLost),
+                None => {}
+            }
+        }
+    }
+
     fn publish(&mut self) {
         let raft = &self.raw.raft;
         let me = raft.id();
@@ -1114,6 +1176,7 @@ impl RaftLoop {
             self.leading = leads;
         }
         drop(lessor);
+        self.note_changes(&status);
         *write(&self.shared.status) = status;
         self.shared.applied.send_if_modified(|old| {
             let changed = *old != applied;

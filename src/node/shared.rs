@@ -250,6 +250,8 @@ pub struct Shared {
     pub lease_clock: Instant,
     /// A follower's way to its leader for writes and linearizable reads (`node::forward`).
     pub forward: crate::node::forward::Forwarder,
+    /// What this member saw happen (`node::timeline`), for the live view.
+    pub timeline: crate::node::timeline::Timeline,
 }
 
 impl Shared {
@@ -288,15 +290,23 @@ impl Shared {
         read(&self.errors).contains_key(crate::node::runtime::HALT_ERROR)
     }
 
+    /// Sets or clears the condition `kind`; the timeline records when one begins, changes its
+    /// message or ends (not every repeat of the same report).
     pub fn set_error(&self, kind: &str, message: Option<String>) {
+        let term = self.term();
         let mut errors = write(&self.errors);
-        match message {
+        let news = match message {
             Some(m) => {
+                let news = errors.get(kind).is_none_or(|(old, _)| *old != m).then(|| m.clone());
                 errors.insert(kind.to_string(), (m, Instant::now()));
+                news.map(Some)
             }
-            None => {
-                errors.remove(kind);
-            }
+            None => errors.remove(kind).map(|_| None),
+        };
+        drop(errors);
+        if let Some(message) = news {
+            let condition = kind.to_string();
+            self.timeline.record(term, crate::node::timeline::EventKind::Error { condition, message });
         }
     }
 
@@ -347,6 +357,7 @@ impl Shared {
             lessor: Mutex::new(crate::node::lessor::Lessor::new(crate::node::lessor::DEFAULT_CHECKPOINT_INTERVAL_MS)),
             lease_clock: Instant::now(),
             forward: crate::node::forward::Forwarder::new(None, None),
+            timeline: Default::default(),
         }
     }
 }

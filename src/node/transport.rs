@@ -50,6 +50,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::runtime::{note_peer_urls, offer, Input, Outbox};
 use super::shared::{lock, read, Shared, StagedSnapshot};
+use super::timeline::{self, EventKind};
 use crate::base::tls::certificate_names;
 use crate::base::wire::MAX_KEY_BYTES;
 use crate::http::client::{self, Dial, HttpClient};
@@ -290,6 +291,8 @@ async fn peer_sender(
         let has_snapshot = matches!(outgoing, Outgoing::Snapshot(_));
         if has_snapshot {
             shared.metrics.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+            let event = EventKind::SnapshotSent { to: timeline::member(to) };
+            shared.timeline.record(shared.term(), event);
         }
         let (request, timeout) = match outgoing {
             Outgoing::Batch(batch) => match encode_messages(&batch) {
@@ -362,12 +365,15 @@ async fn peer_sender(
                 if reported_failure {
                     tracing::info!(peer = %address.name, "peer reachable again");
                     reported_failure = false;
+                    shared.timeline.record(shared.term(), EventKind::PeerReachable { peer: timeline::member(to) });
                 }
             }
             Some(why) => {
                 if !reported_failure {
                     tracing::debug!(peer = %address.name, error = %why, "cannot reach peer");
                     reported_failure = true;
+                    let event = EventKind::PeerUnreachable { peer: timeline::member(to), error: why.clone() };
+                    shared.timeline.record(shared.term(), event);
                 }
                 shared.metrics.peer_messages_dropped.fetch_add(count, Ordering::Relaxed);
                 if has_snapshot {

@@ -589,6 +589,7 @@ fn shared_state(
         )),
         lease_clock: Instant::now(),
         forward: crate::node::forward::Forwarder::new(flags.dial_from, flags.tls.peer_calls.clone()),
+        timeline: Default::default(),
     }
 }
 
@@ -603,7 +604,7 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
     let watch = WatchHub::new(shared.clone(), flags.watch_progress_interval);
     let publisher = tokio::spawn(watch.clone().publish());
     let api =
-        Api { node: node.clone(), http, watch, leader_dial, own_tls: flags.tls.own_calls.clone(), auth: flags.auth };
+        Api { node: node.clone(), http, watch, leader_dial, own_tls: flags.tls.own_calls.clone(), auth: flags.auth, ui: Default::default() };
     let client_listener = tokio::net::TcpListener::bind(client_addr)
         .await
         .map_err(|e| StartError::from(format!("cannot listen for clients on {client_addr}: {e}")))?;

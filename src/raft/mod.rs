@@ -23,6 +23,6 @@ pub use log::RaftLog;
 pub use memory::MemoryStorage;
 pub use progress::{Progress, ProgressState};
 pub use quorum::majority;
-pub use raft::{DataLoss, InitialState, ProposeError, Raft};
+pub use raft::{Campaign, Campaigns, DataLoss, InitialState, ProposeError, Raft};
 pub use ready::{RawNode, Ready, SoftState};
 pub use types::*;

@@ -133,11 +133,22 @@ pub enum ProposeError {
     NothingToCompact,
 }
 
+/// How a campaign started: a pre-vote round (its election follows only if it wins), an
+/// election (after a won pre-vote, or on a timeout when pre-vote is off), or an election that
+/// a leader's transfer (TimeoutNow) asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Campaign {
+pub enum Campaign {
     PreVote,
     Election,
     Transfer,
+}
+
+/// The campaigns this member started, for the member's timeline: how many, and the newest
+/// with the term it asked votes for. Bookkeeping only; nothing in the core reads it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Campaigns {
+    pub count: u64,
+    pub last: Option<(Campaign, Term)>,
 }
 
 pub struct Raft {
@@ -173,6 +184,7 @@ pub struct Raft {
     /// Set when this member learns that data it had is gone (see `DataLoss`). It then ignores
     /// every message; the host must stop it (the node exits with code 3 so that it is replaced).
     data_lost: Option<DataLoss>,
+    campaigns: Campaigns,
 }
 
 /// How a member learned that its data is lost.
@@ -207,6 +219,7 @@ impl Raft {
             heartbeat_elapsed: 0,
             randomized_election_timeout: 0,
             lead_transferee: None,
+            campaigns: Campaigns::default(),
             pending_conf_index: 0,
             uncommitted_bytes: 0,
             read_only: ReadOnly::default(),
@@ -257,6 +270,10 @@ impl Raft {
     }
     pub fn progress(&self, id: NodeId) -> Option<&Progress> {
         self.progress.get(&id)
+    }
+    /// The campaigns this member started (`Campaigns`).
+    pub fn campaigns(&self) -> Campaigns {
+        self.campaigns
     }
     pub fn randomized_election_timeout(&self) -> u32 {
         self.randomized_election_timeout
@@ -946,6 +963,7 @@ impl Raft {
             self.become_candidate();
             self.term
         };
+        self.campaigns = Campaigns { count: self.campaigns.count + 1, last: Some((kind, request_term)) };
         self.election_voters = conf.voters;
         let me = self.cfg.id;
         if self.poll(me, true) == Some(true) {

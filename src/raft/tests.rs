@@ -1715,3 +1715,22 @@ fn force_new_cluster_keeps_the_whole_log_and_leaves_this_member_alone() {
     );
     assert_eq!(state.last_conf(), ConfState { voters: BTreeSet::from([4]), learners: BTreeSet::new() });
 }
+
+/// The campaigns a member started are counted with their kind and the term they asked for:
+/// a timeout with pre-vote on starts a pre-vote round, whose win starts the election; a
+/// transfer starts an election of its own kind; a member that never campaigned counts none.
+#[test]
+fn campaigns_are_counted_with_their_kind_and_term() {
+    let mut net = Network::with_config(3, |cfg| cfg.pre_vote = true);
+    net.elect(1);
+    let term = net.raft(1).term();
+    assert_eq!(net.raft(1).campaigns(), Campaigns { count: 2, last: Some((Campaign::Election, term)) });
+    assert_eq!(net.raft(2).campaigns(), Campaigns::default());
+    net.raft_mut(1).transfer_leader(Some(2)).unwrap();
+    net.stabilize();
+    assert_eq!(net.raft(2).campaigns(), Campaigns { count: 1, last: Some((Campaign::Transfer, term + 1)) });
+
+    let mut net = Network::with_config(3, |cfg| cfg.pre_vote = false);
+    net.elect(3);
+    assert_eq!(net.raft(3).campaigns(), Campaigns { count: 1, last: Some((Campaign::Election, net.raft(3).term())) });
+}

@@ -19,7 +19,10 @@ mod recovery;
 mod require;
 mod snapshots;
 mod tls;
+mod ui;
 mod watch_api;
+#[path = "../support/webdriver.rs"]
+mod webdriver;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -387,16 +387,21 @@ fn etcdctl_and_the_cli_speak_to_a_cluster_with_tls_on_both_ports() {
 
 /// A `kuberaft dev` process, stopped (SIGTERM, then SIGKILL) when dropped, also when a test
 /// fails; its stdout collected as it comes.
-struct Dev {
+pub(crate) struct Dev {
     child: std::process::Child,
     out: Arc<std::sync::Mutex<String>>,
 }
 
 impl Dev {
     fn start(args: &[&str]) -> Dev {
+        Dev::start_with_env(args, &[])
+    }
+
+    pub(crate) fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Dev {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
             .arg("dev")
             .args(args)
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -421,12 +426,12 @@ impl Dev {
         Dev { child, out }
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         self.out.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// SIGTERM, then waits (bounded) for the exit; whether it exited with success.
-    fn stop(&mut self) -> bool {
+    pub(crate) fn stop(&mut self) -> bool {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
