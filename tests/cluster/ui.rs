@@ -241,6 +241,12 @@ fn the_live_view_in_a_browser_follows_elections_writes_and_a_partition() {
         assert!(started.elapsed() < ELECTION, "the lag did not grow on the page (at {lag} after {n} writes)");
     };
     eprintln!("lag while partitioned: {grown} entries");
+    let share = browser.eval(
+        &format!("const li = document.querySelector('#replication li[data-id=\"{follower_id}\"]');
+                  return li.querySelector('.bar > span').getBoundingClientRect().width / li.querySelector('.bar').getBoundingClientRect().width;"),
+        json!([]),
+    );
+    assert!(share.as_f64().is_some_and(|f| f < 0.95), "the bar shows the follower behind: {share}");
     browser.scroll_to("#h-members");
     eprintln!("screenshot: {}", browser.screenshot("4-partitioned-follower-lags").display());
     partition.heal();
@@ -277,7 +283,8 @@ fn the_live_view_in_a_browser_follows_elections_writes_and_a_partition() {
     browser.wait(
         "the page says its member is down",
         ELECTION,
-        "return !document.getElementById('down').hidden && document.getElementById('down-others').children.length === 2;",
+        "return !document.getElementById('down').hidden && document.getElementById('down-others').children.length === 2
+            && document.querySelector('main').classList.contains('stale');",
     );
     browser.scroll_to("body");
     eprintln!("screenshot: {}", browser.screenshot("7-member-down-offers-others").display());

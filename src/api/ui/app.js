@@ -17,6 +17,7 @@ function el(tag, attrs, ...children) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") node.className = v;
     else if (k === "text") node.textContent = v;
+    else if (k === "width") node.style.width = v; // CSSOM: the page's CSP forbids style attributes
     else node.setAttribute(k, v);
   }
   for (const c of children) node.append(c);
@@ -41,8 +42,10 @@ function setConnected(up) {
   state.connected = up;
   const badge = $("connection");
   badge.textContent = up ? "live" : "down";
-  badge.className = "badge " + (up ? "live" : "down");
+  badge.className = "badge " + (up ? "is-live" : "is-down");
   $("down").hidden = up;
+  // What is shown is as of the last event, and greyed out until the stream is back.
+  document.querySelector("main").classList.toggle("stale", !up);
   if (!up) {
     const me = state.members.get(state.servedBy);
     $("down-name").textContent = me ? me.name : location.host;
@@ -146,7 +149,7 @@ function renderReplication(leader) {
     const seconds = lagSeconds(leader, matched);
     const bar = el("div", { class: "bar" + (lag > 0 ? " behind" : ""), role: "meter", "aria-valuemin": "0",
       "aria-valuemax": String(last), "aria-valuenow": String(matched), "aria-label": memberName(id) + " match index" },
-      el("span", { style: "width:" + share.toFixed(1) + "%" }));
+      el("span", { width: share.toFixed(1) + "%" }));
     list.append(el("li", { "data-id": id, "data-lag": String(lag) },
       el("span", { text: memberName(id) }), bar,
       el("span", { class: "lag", text: matched + " · " + (lag === 0 ? "up to date" : lag + " behind, " + seconds.toFixed(1) + " s") })));
