@@ -300,12 +300,8 @@ pub fn browser_commands(url: &str, browser_env: Option<&str>) -> Vec<Vec<String>
 fn open_browser(url: &str) -> String {
     for command in browser_commands(url, std::env::var("BROWSER").ok().as_deref()) {
         let Some((program, args)) = command.split_first() else { continue };
-        let started = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        let started =
+            Command::new(program).args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn();
         if let Ok(mut child) = started {
             std::thread::spawn(move || child.wait());
             return format!("opened {url} with {program}\n");

@@ -447,11 +447,14 @@ fn dev_open_tries_browser_then_the_platform_opener() {
     let url = "http://127.0.0.1:2379/ui";
     let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
     assert_eq!(dev::browser_commands(url, None), [vec![opener.to_string(), url.to_string()]]);
-    assert_eq!(dev::browser_commands(url, Some("firefox --new-tab:chromium %s --incognito")), [
-        vec!["firefox".to_string(), "--new-tab".into(), url.into()],
-        vec!["chromium".to_string(), url.into(), "--incognito".into()],
-        vec![opener.to_string(), url.to_string()],
-    ]);
+    assert_eq!(
+        dev::browser_commands(url, Some("firefox --new-tab:chromium %s --incognito")),
+        [
+            vec!["firefox".to_string(), "--new-tab".into(), url.into()],
+            vec!["chromium".to_string(), url.into(), "--incognito".into()],
+            vec![opener.to_string(), url.to_string()],
+        ]
+    );
 }
 
 /// `dev --tls`: https:// URLs, each member's own certificate on both ports with the dev CA

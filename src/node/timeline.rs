@@ -39,24 +39,47 @@ pub enum EventKind {
     /// This member started a campaign: `cause` is `pre_vote` (a round that asks whether it
     /// could win, after its election timeout), `election` (the real election: after a won
     /// pre-vote, or on a timeout when pre-vote is off) or `transfer` (a leader handed over).
-    Campaign { cause: &'static str, for_term: Term, campaigns: u64 },
+    Campaign {
+        cause: &'static str,
+        for_term: Term,
+        campaigns: u64,
+    },
     /// This member learned who leads `term` (itself included).
-    Leader { leader: String },
+    Leader {
+        leader: String,
+    },
     /// The leader this member followed is no longer known (it stepped down, or a higher term
     /// began).
     LeaderLost,
     /// A membership change applied: `change` is add_learner, add_voter, promote or remove.
-    Membership { change: &'static str, member: String },
+    Membership {
+        change: &'static str,
+        member: String,
+    },
     /// A leader transfer this member (as leader) was asked for.
-    Transfer { to: String },
+    Transfer {
+        to: String,
+    },
     /// A snapshot sent to a follower behind the leader's log, or installed here.
-    SnapshotSent { to: String },
-    SnapshotInstalled { index: u64 },
+    SnapshotSent {
+        to: String,
+    },
+    SnapshotInstalled {
+        index: u64,
+    },
     /// An error condition began (`message`) or ended (`message` None).
-    Error { condition: String, message: Option<String> },
+    Error {
+        condition: String,
+        message: Option<String>,
+    },
     /// A peer stopped answering, or answers again.
-    PeerUnreachable { peer: String, error: String },
-    PeerReachable { peer: String },
+    PeerUnreachable {
+        peer: String,
+        error: String,
+    },
+    PeerReachable {
+        peer: String,
+    },
 }
 
 pub fn cause(campaign: Campaign, pre_vote: bool) -> &'static str {

@@ -603,8 +603,15 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
     let leader_dial = leader_dial.with_tls(flags.tls.leader_calls_h2.clone());
     let watch = WatchHub::new(shared.clone(), flags.watch_progress_interval);
     let publisher = tokio::spawn(watch.clone().publish());
-    let api =
-        Api { node: node.clone(), http, watch, leader_dial, own_tls: flags.tls.own_calls.clone(), auth: flags.auth, ui: Default::default() };
+    let api = Api {
+        node: node.clone(),
+        http,
+        watch,
+        leader_dial,
+        own_tls: flags.tls.own_calls.clone(),
+        auth: flags.auth,
+        ui: Default::default(),
+    };
     let client_listener = tokio::net::TcpListener::bind(client_addr)
         .await
         .map_err(|e| StartError::from(format!("cannot listen for clients on {client_addr}: {e}")))?;

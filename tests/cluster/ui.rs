@@ -86,7 +86,9 @@ fn the_live_view_serves_its_page_and_every_members_view_from_one_member() {
     let theirs = view(&c, follower, 0);
     assert_eq!(theirs["status"]["role"], "follower");
     assert_eq!(theirs["matched"], json!({}), "a follower knows no match indexes");
-    wait_for("a rate sample", ELECTION, || view(&c, follower, 0)["samples"].as_array().filter(|s| !s.is_empty()).cloned());
+    wait_for("a rate sample", ELECTION, || {
+        view(&c, follower, 0)["samples"].as_array().filter(|s| !s.is_empty()).cloned()
+    });
 
     let event = first_stream_event(&c, follower);
     assert_eq!(event["servedBy"], c.member_id(follower).unwrap().as_str());
@@ -117,8 +119,10 @@ fn the_live_view_serves_its_page_and_every_members_view_from_one_member() {
 /// member is down and offers the others; it fits a phone-width window. A screenshot per step.
 #[test]
 fn the_live_view_in_a_browser_follows_elections_writes_and_a_partition() {
-    if !require::available(crate::webdriver::available(), "chromium and chromedriver (Debian's chromium, chromium-driver)")
-        || !require_nft()
+    if !require::available(
+        crate::webdriver::available(),
+        "chromium and chromedriver (Debian's chromium, chromium-driver)",
+    ) || !require_nft()
     {
         return;
     }
@@ -194,7 +198,11 @@ fn the_live_view_in_a_browser_follows_elections_writes_and_a_partition() {
     // 3. A write through the CLI appears in the key browser and in the watched prefix.
     browser.type_into("#prefix", "/ui-test/");
     browser.click("#watch-prefix");
-    browser.wait("the watch is on", ELECTION, "return document.getElementById('watch-prefix').getAttribute('aria-pressed') === 'true';");
+    browser.wait(
+        "the watch is on",
+        ELECTION,
+        "return document.getElementById('watch-prefix').getAttribute('aria-pressed') === 'true';",
+    );
     std::thread::sleep(Duration::from_millis(300));
     let put = Command::new(env!("CARGO_BIN_EXE_kuberaft"))
         .args(["kv", "put", "/ui-test/greeting", "hello from the CLI"])
@@ -258,10 +266,8 @@ fn the_live_view_in_a_browser_follows_elections_writes_and_a_partition() {
     eprintln!("screenshot: {}", browser.screenshot("5-healed-follower-caught-up").display());
 
     // Keyboard: Tab reaches the prefix field and the buttons.
-    let focused = browser.eval(
-        "document.getElementById('prefix').focus(); return document.activeElement.id;",
-        json!([]),
-    );
+    let focused =
+        browser.eval("document.getElementById('prefix').focus(); return document.activeElement.id;", json!([]));
     assert_eq!(focused, "prefix");
     browser.keys("\u{E004}");
     assert_eq!(browser.eval("return document.activeElement.id", json!([])), "list-keys");

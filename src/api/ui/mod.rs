@@ -297,10 +297,10 @@ mod tests {
         let all = samples.since(0);
         assert_eq!(all.len(), SAMPLES_KEPT);
         assert_eq!(all[0].at_ms, 6);
-        assert_eq!(samples.since(SAMPLES_KEPT as u64 + 3).iter().map(|s| s.at_ms).collect::<Vec<_>>(), [
-            SAMPLES_KEPT as u64 + 4,
-            SAMPLES_KEPT as u64 + 5
-        ]);
+        assert_eq!(
+            samples.since(SAMPLES_KEPT as u64 + 3).iter().map(|s| s.at_ms).collect::<Vec<_>>(),
+            [SAMPLES_KEPT as u64 + 4, SAMPLES_KEPT as u64 + 5]
+        );
     }
 
     #[test]
