@@ -6,9 +6,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Started as `kubectl-raft` (by kubectl, for `kubectl raft ...`): the plugin alone.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if kuberaft::cli::kubectl::invoked_as_plugin(args.first()) {
+        return kuberaft::cli::kubectl::run_plugin(args);
+    }
     // `kuberaft node` also takes etcd's flags and ETCD_* variables (DESIGN.md §5).
     let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let argv = match kuberaft::process::etcd_flags::translate(std::env::args_os().collect(), env) {
+    let argv = match kuberaft::process::etcd_flags::translate(args, env) {
         Ok((argv, warnings)) => {
             for warning in warnings {
                 eprintln!("warning: {warning}");

@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod dev;
 pub mod endpoint;
+pub mod kubectl;
 pub mod kv;
 pub mod lease;
 pub mod member;
@@ -81,6 +82,8 @@ pub enum Commands {
     Render(render::RenderArgs),
     /// Run the operator: reconcile RaftCluster resources into running clusters.
     Operator(crate::operator::controller::OperatorArgs),
+    /// The kubectl plugin (`kubectl raft ...`): RaftClusters through the Kubernetes API.
+    Kubectl(kubectl::KubectlCommand),
     /// Load a kuberaft (or etcd) cluster and report throughput and latency percentiles.
     Bench(crate::bench::BenchArgs),
     /// Print the version.
@@ -171,6 +174,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Commands::Leader(command) => block_on(member::run_leader(command)),
         Commands::Snapshot(command) => block_on(snapshot::run(command)),
         Commands::Backup(command) => block_on(backup::run(command)),
+        Commands::Kubectl(command) => block_on(kubectl::run(command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -124,7 +124,12 @@ pub fn headless_service_name(cluster: &RaftCluster) -> String {
 }
 
 pub fn client_service_name(cluster: &RaftCluster) -> String {
-    format!("{}-client", cluster.name_any())
+    client_service_name_of(&cluster.name_any())
+}
+
+/// The client Service's name for the cluster named `cluster`.
+pub fn client_service_name_of(cluster: &str) -> String {
+    format!("{cluster}-client")
 }
 
 pub fn members_config_map_name(cluster: &RaftCluster) -> String {

@@ -50,7 +50,12 @@ pub fn member_secret_name(cluster: &RaftCluster, ordinal: u32) -> String {
 
 /// The Secret applications mount to reach the cluster (the status names it).
 pub fn client_secret_name(cluster: &RaftCluster) -> String {
-    format!("{}-client-tls", cluster.name_any())
+    client_secret_name_of(&cluster.name_any())
+}
+
+/// The same for the cluster named `cluster`.
+pub fn client_secret_name_of(cluster: &str) -> String {
+    format!("{cluster}-client-tls")
 }
 
 pub fn operator_secret_name(cluster: &RaftCluster) -> String {
@@ -186,6 +191,29 @@ pub fn issue(cluster: &RaftCluster, ca: &Authority, request: &CertRequest, now: 
         &[(KEY_CERT, &cert_pem), (KEY_KEY, &key_pem), (KEY_CA, ca.cert_pem())],
     )
     .map_err(|e| e.to_string())
+}
+
+/// The notAfter (unix seconds) of every certificate of the cluster that `secrets` hold, by
+/// Secret: each one [`requests`] names (`tls.crt`), whichever issuer filled it, and the `auto`
+/// issuer's CA (`ca.crt` of its Secret). A Secret that is missing or unreadable is left out.
+pub fn expiries(cluster: &RaftCluster, secrets: &BTreeMap<String, Secret>) -> BTreeMap<String, i64> {
+    let Ok(requests) = requests(cluster) else { return BTreeMap::new() };
+    let not_after = |secret: &Secret, key: &str| {
+        let pem = text(secret, key)?;
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+        crate::base::tls::validity(&der).map(|(_, not_after)| not_after)
+    };
+    let mut out = BTreeMap::new();
+    for request in &requests {
+        if let Some(time) = secrets.get(&request.secret).and_then(|s| not_after(s, KEY_CERT)) {
+            out.insert(request.secret.clone(), time);
+        }
+    }
+    let ca = ca_secret_name(cluster);
+    if let Some(time) = secrets.get(&ca).and_then(|s| not_after(s, KEY_CA)) {
+        out.insert(ca, time);
+    }
+    out
 }
 
 /// The CA, certificate and key of a TLS Secret, for a client in memory.

@@ -37,7 +37,7 @@ pub struct OperatorArgs {
     /// Watch only these namespaces (repeat or comma-separate); all namespaces when not given.
     #[arg(long = "namespace", env = "KUBERAFT_WATCH_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    /// Where `/metrics`, `/healthz`, `/readyz` and the page `/ui` are served.
     #[arg(long, env = "KUBERAFT_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
     /// Reconcile only while holding the Lease, so that several replicas are safe.
@@ -119,11 +119,24 @@ async fn operate(args: OperatorArgs) -> Result<(), String> {
         tracing::info!("stopping: reconciles in flight finish first");
         let _ = stop_tx.send(true);
     });
-
-    let leading = Arc::new(AtomicBool::new(!args.leader_elect));
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .map_err(|e| format!("cannot listen on --metrics-addr {}: {e}", args.metrics_addr))?;
+    run_on(client, ctx, &args, listener, stop_rx).await
+}
+
+/// The operator on `client` with `ctx`, serving `/metrics`, the probes and `/ui` on `listener`,
+/// until `stop` turns true (or the lease is lost: an error). What `kuberaft operator` runs once
+/// it has a client and a listener; tests run it against a fake API server.
+pub async fn run_on(
+    client: Client,
+    ctx: Arc<Context>,
+    args: &OperatorArgs,
+    listener: tokio::net::TcpListener,
+    stop_rx: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let identity = args.identity.clone().unwrap_or_else(|| format!("kuberaft-operator-{}", std::process::id()));
+    let leading = Arc::new(AtomicBool::new(!args.leader_elect));
     let router = metrics_router(ctx.clone(), leading.clone());
     let mut metrics_stop = stop_rx.clone();
     tokio::spawn(async move {
@@ -210,6 +223,8 @@ async fn run_controller(
             }
         };
         let (reader, writer) = reflector::store();
+        // `/metrics` and `/ui` show the clusters of this cache.
+        ctx.book.watch(reader.clone());
         // Status writes do not wake the controller: only spec changes (the generation) and the
         // annotations that ask for something (`wakes`) do.
         let clusters = reflector(writer, watcher(api(client.clone()), watcher::Config::default()))
@@ -275,13 +290,17 @@ fn metrics_router(ctx: Arc<Context>, leading: Arc<AtomicBool>) -> axum::Router {
     use axum::routing::get;
     let metrics_ctx = ctx.clone();
     let metrics_leading = leading.clone();
-    axum::Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(|| async { "ok\n" })).route(
-        "/metrics",
-        get(move || {
-            let text = render_metrics(&metrics_ctx, metrics_leading.load(Ordering::Relaxed));
-            async move { ([("content-type", "text/plain; version=0.0.4")], text) }
-        }),
-    )
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let text = render_metrics(&metrics_ctx, metrics_leading.load(Ordering::Relaxed));
+                async move { ([("content-type", "text/plain; version=0.0.4")], text) }
+            }),
+        )
+        .merge(super::ui::router(ctx, leading))
 }
 
 /// The operator's metrics in the Prometheus text format.
@@ -315,6 +334,7 @@ pub fn render_metrics(ctx: &Context, leading: bool) -> String {
     }
     let _ = writeln!(out, "# HELP kuberaft_operator_leading Whether this replica holds the lease and reconciles.");
     let _ = writeln!(out, "# TYPE kuberaft_operator_leading gauge\nkuberaft_operator_leading {}", u8::from(leading));
+    out.push_str(&super::book::render_cluster_metrics(&ctx.book.tracked()));
     out
 }
 
@@ -407,6 +427,39 @@ pub fn wakes(cluster: &RaftCluster) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn render_metrics_adds_each_clusters_gauges_after_the_operators_own() {
+        let (service, _handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let client = Client::new(service, "ns");
+        let reporter = Reporter { controller: FIELD_MANAGER.to_string(), instance: None };
+        let ctx = Context::new(client, Arc::new(HttpMembers::default()), reporter);
+        let spec = serde_json::from_value(serde_json::json!({})).expect("the default spec");
+        let mut cluster = RaftCluster::new("etcd", spec);
+        cluster.metadata.namespace = Some("prod".to_string());
+        ctx.book.reconciled(&cluster, 1_700_000_000);
+        ctx.book.certificates(&cluster, BTreeMap::from([("etcd-ca".to_string(), 2_000_000_000)]));
+        let text = render_metrics(&ctx, false);
+        let lines: Vec<&str> = text.lines().collect();
+        let at = |line: &str| lines.iter().position(|l| *l == line).unwrap_or_else(|| panic!("{line} in\n{text}"));
+        let leading = at("kuberaft_operator_leading 0");
+        let reconciled = at(
+            "kuberaft_operator_reconcile_last_success_timestamp_seconds{namespace=\"prod\",raftcluster=\"etcd\"} 1700000000",
+        );
+        let expiry = at(
+            "kuberaft_operator_certificate_expiry_timestamp_seconds{namespace=\"prod\",raftcluster=\"etcd\",secret=\"etcd-ca\"} 2000000000",
+        );
+        assert!(leading < reconciled && reconciled < expiry);
+        assert!(text.contains("# TYPE kuberaft_operator_backup_last_failed gauge\n"));
+        assert!(!text.contains("kuberaft_operator_backup_last_failed{"), "no backups configured");
+        // Every sample belongs to a family declared before it.
+        for line in lines.iter().filter(|l| !l.starts_with('#')) {
+            let family = line.split(['{', ' ']).next().unwrap_or_default();
+            let family = family.trim_end_matches("_sum").trim_end_matches("_count");
+            assert!(text.contains(&format!("# TYPE {family} ")), "{line}");
+        }
+    }
 
     #[test]
     fn operator_pod_labels_are_key_value_pairs() {

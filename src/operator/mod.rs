@@ -7,7 +7,8 @@
 //! is derived from them), the membership [`planner`]: what the next step is, and what the
 //! cluster's health is, from one observation, and the [`builders`] of the owned objects. Around
 //! them, [`reconcile`] observes, takes the planned step and writes the status, and [`controller`]
-//! is the process: watches, leader election, metrics, shutdown.
+//! is the process: watches, leader election, metrics, shutdown. What the operator remembers of
+//! each cluster for its metrics and its page ([`ui`]) is in [`book`].
 //!
 //! Facts that several parts share (member names, the replica range) live here. It talks to
 //! members only through `crate::client` (their HTTP API) and shares only `crate::base` with
@@ -15,6 +16,7 @@
 
 pub mod auth;
 pub mod backup;
+pub mod book;
 pub mod builders;
 pub mod certs;
 pub mod controller;
@@ -22,6 +24,7 @@ pub mod crd;
 pub mod planner;
 pub mod reconcile;
 pub mod recovery;
+pub mod ui;
 
 /// The smallest and largest `spec.replicas` a `RaftCluster` accepts (the CRD schema says the same).
 pub const MIN_REPLICAS: u32 = 1;

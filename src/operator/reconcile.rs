@@ -30,7 +30,7 @@ use serde::Serialize;
 use super::builders::{self, BuildError};
 use super::crd::{MemberStatus as StatusMember, RaftCluster, RaftClusterStatus};
 use super::planner::{self, ClusterHealth, EndpointList, Observed, Phase, Plan, PodObservation, WaitReason};
-use super::{auth, backup, certs, recovery};
+use super::{auth, backup, book, certs, recovery};
 use super::{member_name, member_ordinal};
 use crate::base::ids::fnv1a;
 use crate::base::wire::{parse_id, AddMemberRequest, Status};
@@ -223,6 +223,8 @@ pub struct Context {
     pub operator: builders::OperatorPeer,
     /// Who publishes the events (`publish_each`).
     pub reporter: Reporter,
+    /// What is remembered of each cluster for `/metrics` and `/ui` (`book`).
+    pub book: book::Book,
 }
 
 impl Context {
@@ -236,6 +238,7 @@ impl Context {
             metrics: Arc::default(),
             failures: Mutex::default(),
             operator: builders::OperatorPeer::default(),
+            book: book::Book::default(),
         }
     }
 
@@ -272,6 +275,9 @@ struct Owned {
     secrets: BTreeMap<String, Secret>,
     /// With `spec.tls.certManager`: its Certificates, by name.
     certificates: BTreeMap<String, DynamicObject>,
+    /// The Secrets this pass's `ensure_certificates` issued, by name (`secrets` stays as
+    /// observed: the pass reaches the members as it observed them).
+    issued: BTreeMap<String, Secret>,
     /// While the operator manages auth: the Secret holding root's password (`None` when it does
     /// not exist).
     root_secret: Option<Secret>,
@@ -311,6 +317,7 @@ pub async fn reconcile(cluster: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<A
             if let Ok(mut failures) = ctx.failures.lock() {
                 failures.remove(&key(&cluster));
             }
+            ctx.book.reconciled(&cluster, builders::now_seconds());
         }
         Err(err) => {
             ctx.metrics.reconcile_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -378,6 +385,9 @@ async fn reconcile_inner(cluster: &RaftCluster, ctx: &Context) -> Result<Action,
     if !cluster.spec.paused {
         ensure_static_objects(ctx, cluster, &mut owned, &plan).await?;
     }
+    let mut secrets = owned.secrets.clone();
+    secrets.extend(owned.issued.clone());
+    ctx.book.certificates(cluster, certs::expiries(cluster, &secrets));
     let step_result = execute(ctx, cluster, &namespace, &observed, &owned, &plan).await;
     if let Err(err) = &step_result {
         tracing::warn!(cluster = %key(cluster), "{}: {err}", plan.kind());
@@ -484,6 +494,7 @@ async fn observe_objects(
         pods: pods.items,
         secrets,
         certificates,
+        issued: BTreeMap::new(),
         root_secret: match auth::root_secret(cluster) {
             Some(reference) => get(&Api::namespaced(ctx.client.clone(), namespace), &reference.name).await?,
             None => None,
@@ -786,7 +797,7 @@ async fn ensure_root_password(ctx: &Context, cluster: &RaftCluster, owned: &mut 
 /// issued by another CA, or has a third of its validity left; members read renewed files
 /// without a restart (DESIGN.md §4). With `certManager`, the operator applies the Certificates
 /// and cert-manager issues and renews.
-async fn ensure_certificates(ctx: &Context, cluster: &RaftCluster, owned: &Owned) -> Result<(), ReconcileError> {
+async fn ensure_certificates(ctx: &Context, cluster: &RaftCluster, owned: &mut Owned) -> Result<(), ReconcileError> {
     let Some(tls) = &cluster.spec.tls else { return Ok(()) };
     let namespace = cluster.namespace().unwrap_or_default();
     let requests = certs::requests(cluster)?;
@@ -810,7 +821,9 @@ async fn ensure_certificates(ctx: &Context, cluster: &RaftCluster, owned: &Owned
         Some(ca) => ca,
         None => {
             let (ca, secret) = certs::mint_ca(cluster, now).map_err(ReconcileError::Certificates)?;
-            apply(ctx, cluster, &namespace, secret, None).await?;
+            if let Some(written) = apply(ctx, cluster, &namespace, secret, None).await? {
+                owned.issued.insert(ca_name.clone(), written);
+            }
             publish(ctx, cluster, event(EventType::Normal, "CertificateAuthorityCreated", "Issue", ca_name)).await;
             ca
         }
@@ -819,7 +832,9 @@ async fn ensure_certificates(ctx: &Context, cluster: &RaftCluster, owned: &Owned
     for request in &requests {
         if let Some(why) = certs::due(owned.secrets.get(&request.secret), request, ca.cert_pem(), now) {
             let secret = certs::issue(cluster, &ca, request, now).map_err(ReconcileError::Certificates)?;
-            apply(ctx, cluster, &namespace, secret, None).await?;
+            if let Some(written) = apply(ctx, cluster, &namespace, secret, None).await? {
+                owned.issued.insert(request.secret.clone(), written);
+            }
             tracing::info!(cluster = %key(cluster), secret = %request.secret, "issued a certificate: {why}");
             renewed.push(format!("{} ({why})", request.secret));
         }
@@ -1041,6 +1056,7 @@ async fn write_status(
     previous: &RaftClusterStatus,
     status: RaftClusterStatus,
 ) -> Result<bool, ReconcileError> {
+    ctx.book.observed(cluster, &status);
     if &status == previous && cluster.status.is_some() {
         return Ok(false);
     }
@@ -1095,6 +1111,7 @@ pub(crate) fn event(type_: EventType, reason: &str, action: &str, note: String) 
 
 /// Publishes an event; a failure to do so is logged, never fatal.
 async fn publish(ctx: &Context, cluster: &RaftCluster, event: Event) {
+    ctx.book.event(cluster, &event);
     let reference = cluster.object_ref(&());
     if let Err(err) = ctx.recorder.publish(&event, &reference).await {
         tracing::warn!(cluster = %key(cluster), "cannot publish event {}: {err}", event.reason);
@@ -1105,7 +1122,10 @@ async fn publish(ctx: &Context, cluster: &RaftCluster, event: Event) {
 /// (the shared recorder counts those in a series that keeps the first note): for events whose
 /// note is news each time, such as each backup's object, revision and error, or each revert's
 /// fields.
-pub(crate) async fn publish_each<K: Resource<DynamicType = ()>>(ctx: &Context, object: &K, event: Event) {
+pub(crate) async fn publish_each<K: Resource<DynamicType = ()> + 'static>(ctx: &Context, object: &K, event: Event) {
+    if let Some(cluster) = (object as &dyn std::any::Any).downcast_ref::<RaftCluster>() {
+        ctx.book.event(cluster, &event);
+    }
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     if let Err(err) = recorder.publish(&event, &object.object_ref(&())).await {
         let name = format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any());

@@ -1,8 +1,15 @@
 //! A Kubernetes API server in memory, behind kube's tower-test mock service: it answers the calls
 //! the operator makes (get, list pods, server-side apply and merge patches, status apply, events) from a map of
 //! objects by path, and records every call so that tests can assert the exact sequence.
+//!
+//! The same server also listens on a loopback port ([`FakeApi::serve`]), for a kube client made
+//! from a URL or a kubeconfig (the operator run whole, `kubectl raft`). There it also streams
+//! watches (every change since the list's resourceVersion, then each as it comes) and answers
+//! the pod proxy (`/api/v1/namespaces/NS/pods/[https:]POD:PORT/proxy/...`) by forwarding to the
+//! address [`FakeApi::proxy_to`] gave that pod's port, as the API server forwards to the pod.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 
@@ -35,7 +42,17 @@ pub struct State {
     /// The paths of the pods each eviction the disruption budget allowed deleted, in order.
     pub evicted: Vec<String>,
     resource_version: u64,
+    /// The changes watches stream: (sequence, object path, ADDED|MODIFIED|DELETED, object). A
+    /// list's resourceVersion is the sequence it saw; a watch from it gets what came after.
+    changes: VecDeque<(u64, String, &'static str, Value)>,
+    sequence: u64,
+    changed: Arc<tokio::sync::Notify>,
+    /// Where the pod proxy forwards, by `pod:port`.
+    proxies: BTreeMap<String, SocketAddr>,
 }
+
+/// The most changes kept for watches that start late.
+const MAX_CHANGES: usize = 10_000;
 
 /// The fake API server: a kube `Client` talks to it; tests read and change its objects.
 #[derive(Clone, Default)]
@@ -115,7 +132,34 @@ impl FakeApi {
     }
 
     pub fn put(&self, path: &str, value: Value) {
-        self.lock().objects.insert(path.to_string(), value);
+        let mut state = self.lock();
+        let kind = if state.objects.contains_key(path) { "MODIFIED" } else { "ADDED" };
+        state.objects.insert(path.to_string(), value.clone());
+        state.change(path, kind, value);
+    }
+
+    /// Removes an object, as a delete by someone else would (watches see it go).
+    pub fn remove(&self, path: &str) -> Option<Value> {
+        let mut state = self.lock();
+        let object = state.objects.remove(path)?;
+        state.change(path, "DELETED", object.clone());
+        Some(object)
+    }
+
+    /// The pod proxy forwards `pod:port` to `to`.
+    pub fn proxy_to(&self, pod: &str, port: u16, to: SocketAddr) {
+        self.lock().proxies.insert(format!("{pod}:{port}"), to);
+    }
+
+    /// Serves this fake on a loopback port until the returned handle is dropped.
+    pub async fn serve(&self) -> Served {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        let router = axum::Router::new().fallback(handle).with_state(self.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Served { addr, task }
     }
 
     pub fn take_calls(&self) -> Vec<Call> {
@@ -166,9 +210,10 @@ impl State {
                     .filter(|(p, _)| p.strip_prefix(&prefix).is_some_and(|name| !name.contains('/')))
                     .map(|(_, v)| v.clone())
                     .collect();
+                let version = self.sequence.to_string();
                 (
                     StatusCode::OK,
-                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": version}, "items": items}),
                 )
             }
             Method::GET => match self.objects.get(path) {
@@ -186,7 +231,9 @@ impl State {
                 if let Err(why) = self.budget_allows(object) {
                     return (StatusCode::TOO_MANY_REQUESTS, status(429, "TooManyRequests", &why));
                 }
-                self.objects.remove(pod);
+                if let Some(object) = self.objects.remove(pod) {
+                    self.change(pod, "DELETED", object);
+                }
                 self.evicted.push(pod.to_string());
                 (StatusCode::CREATED, json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}))
             }
@@ -200,7 +247,8 @@ impl State {
                 self.resource_version += 1;
                 let mut object = body;
                 object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
-                self.objects.insert(at, object.clone());
+                self.objects.insert(at.clone(), object.clone());
+                self.change(&at, "ADDED", object.clone());
                 (StatusCode::CREATED, object)
             }
             Method::PUT => {
@@ -213,6 +261,7 @@ impl State {
                 let mut object = body;
                 object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
                 self.objects.insert(path.to_string(), object.clone());
+                self.change(path, "MODIFIED", object.clone());
                 (StatusCode::OK, object)
             }
             Method::PATCH if path.starts_with(&events_path()) => {
@@ -224,7 +273,9 @@ impl State {
                 let base = path.trim_end_matches("/status");
                 let Some(object) = self.objects.get_mut(base) else { return not_found(base) };
                 object["status"] = body.get("status").cloned().unwrap_or(Value::Null);
-                (StatusCode::OK, object.clone())
+                let object = object.clone();
+                self.change(base, "MODIFIED", object.clone());
+                (StatusCode::OK, object)
             }
             Method::PATCH => {
                 // Server-side apply of a whole object: what it sets replaces what the object has
@@ -232,6 +283,7 @@ impl State {
                 // (as the fields another manager owns do), as do the server's own (uid, status).
                 self.resource_version += 1;
                 let previous = self.objects.get(path);
+                let existed = previous.is_some();
                 let mut object = previous.cloned().unwrap_or(Value::Null);
                 merge(&mut object, body);
                 if let Some(fields) = object.as_object_mut() {
@@ -249,15 +301,19 @@ impl State {
                 let finalized = object["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
                 if !object["metadata"]["deletionTimestamp"].is_null() && finalized {
                     self.objects.remove(path);
+                    self.change(path, "DELETED", object.clone());
                 } else {
+                    let kind = if existed { "MODIFIED" } else { "ADDED" };
                     self.objects.insert(path.to_string(), object.clone());
+                    self.change(path, kind, object.clone());
                 }
                 (StatusCode::OK, object)
             }
             Method::DELETE => match self.objects.remove(path) {
                 // Deleted at once (no finalizers here). A Job's pods go with it (the garbage
                 // collector, in the background); other owned objects are the test's to remove.
-                Some(_) => {
+                Some(object) => {
+                    self.change(path, "DELETED", object);
                     if let Some(job) = path.strip_prefix(&format!("{}/", jobs_path())) {
                         let pods = format!("{}/", pods_path());
                         self.objects
@@ -268,6 +324,184 @@ impl State {
                 None => not_found(path),
             },
             _ => (StatusCode::METHOD_NOT_ALLOWED, json!({"kind": "Status", "code": 405})),
+        }
+    }
+}
+
+impl State {
+    /// Records a change for the watches, and wakes them.
+    fn change(&mut self, path: &str, kind: &'static str, object: Value) {
+        self.sequence += 1;
+        self.changes.push_back((self.sequence, path.to_string(), kind, object));
+        while self.changes.len() > MAX_CHANGES {
+            self.changes.pop_front();
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+/// [`FakeApi::serve`]'s server; dropping it stops listening.
+pub struct Served {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Served {
+    /// A kube client of this server, in namespace `NS`.
+    pub fn client(&self) -> kube::Client {
+        kuberaft::base::tls::install_default_provider();
+        let url = format!("http://{}", self.addr).parse().expect("a URL");
+        let mut config = kube::Config::new(url);
+        config.default_namespace = NS.to_string();
+        kube::Client::try_from(config).expect("a kube client")
+    }
+}
+
+/// The collection an object path is in (`.../pods/etcd-0` is in `.../pods`).
+fn collection_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(collection, _)| collection)
+}
+
+fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// One request to the served fake: the pod proxy, a watch, or what [`State::answer`] answers.
+async fn handle(
+    axum::extract::State(api): axum::extract::State<FakeApi>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or_default().to_string();
+    if path.contains("/proxy") && path.starts_with(&pods_path()) {
+        return forward(&api, &parts, &path, &query, bytes).await;
+    }
+    if parts.method == Method::GET && matches!(query_value(&query, "watch"), Some("true" | "1")) {
+        let since = query_value(&query, "resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+        return watch(api, path, since).into_response();
+    }
+    let (status, reply) = api.lock().answer(&parts.method, &path, &bytes);
+    (status, [("content-type", "application/json")], serde_json::to_vec(&reply).unwrap_or_default()).into_response()
+}
+
+/// A watch of the collection at `path`: every change after `since`, then each as it comes, one
+/// JSON event per line, until the client goes.
+fn watch(api: FakeApi, path: String, since: u64) -> axum::response::Response {
+    let changed = api.lock().changed.clone();
+    let events = futures::stream::unfold(since, move |mut since| {
+        let (api, path, changed) = (api.clone(), path.clone(), changed.clone());
+        async move {
+            loop {
+                let notified = changed.notified();
+                let mut notified = pin!(notified);
+                notified.as_mut().enable();
+                let lines: Vec<u8> = {
+                    let state = api.lock();
+                    let lines = state
+                        .changes
+                        .iter()
+                        .filter(|(seq, object, ..)| *seq > since && collection_of(object) == path)
+                        .flat_map(|(_, _, kind, object)| {
+                            let mut line =
+                                serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+                            line.push(b'\n');
+                            line
+                        })
+                        .collect();
+                    since = state.sequence;
+                    lines
+                };
+                if !lines.is_empty() {
+                    return Some((Ok::<_, std::convert::Infallible>(bytes::Bytes::from(lines)), since));
+                }
+                notified.await;
+            }
+        }
+    });
+    axum::response::Response::builder()
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from_stream(events))
+        .expect("a response")
+}
+
+/// The pod proxy: `.../pods/[SCHEME:]POD[:PORT]/proxy/REST` forwarded to the address given for
+/// `POD:PORT`, with the method, query, body and headers (but `Authorization`, which the API
+/// server keeps), answered with what the pod answered; 503 as the API server says it when the
+/// pod cannot be reached.
+async fn forward(
+    api: &FakeApi,
+    parts: &http::request::Parts,
+    path: &str,
+    query: &str,
+    body: bytes::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    {
+        let mut state = api.lock();
+        state.calls.push(Call::new(parts.method.clone(), path));
+        state.history.push(Call::new(parts.method.clone(), path));
+    }
+    let rest = path.strip_prefix(&format!("{}/", pods_path())).unwrap_or_default();
+    let (target, rest) = rest.split_once("/proxy").unwrap_or((rest, ""));
+    let pieces: Vec<&str> = target.split(':').collect();
+    let (scheme, pod, port) = match pieces.as_slice() {
+        [scheme @ ("http" | "https"), pod, port] => (*scheme, *pod, *port),
+        [scheme @ ("http" | "https"), pod] => (*scheme, *pod, "80"),
+        [pod, port] => ("http", *pod, *port),
+        [pod] => ("http", *pod, "80"),
+        _ => ("http", target, "80"),
+    };
+    let unreachable = |why: String| {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                            "message": format!("error trying to reach service: {why}"),
+                            "reason": "ServiceUnavailable", "code": 503});
+        (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/json")], status.to_string()).into_response()
+    };
+    let Some(addr) = api.lock().proxies.get(&format!("{pod}:{port}")).copied() else {
+        return unreachable(format!("no pod {pod} with port {port}"));
+    };
+    let url =
+        if query.is_empty() { format!("{scheme}://{addr}{rest}") } else { format!("{scheme}://{addr}{rest}?{query}") };
+    // The API server does not check a pod's certificate.
+    let client = match crate::http_support::client().danger_accept_invalid_certs(true).build() {
+        Ok(client) => client,
+        Err(e) => return unreachable(e.to_string()),
+    };
+    let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).expect("a method");
+    let mut request = client.request(method, &url).body(body.to_vec()).timeout(std::time::Duration::from_secs(10));
+    for (name, value) in &parts.headers {
+        if !matches!(name.as_str(), "host" | "authorization" | "content-length" | "connection") {
+            request = request.header(name.as_str(), value.as_bytes());
+        }
+    }
+    match request.send().await {
+        Ok(answer) => {
+            let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let content_type = answer
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_string();
+            let body = answer.bytes().await.unwrap_or_default();
+            (status, [("content-type", content_type)], body).into_response()
+        }
+        Err(e) => {
+            // The innermost cause, as the API server says it ("connect: connection refused").
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(inner) = cause.source() {
+                cause = inner;
+            }
+            unreachable(format!("{addr}: {cause}"))
         }
     }
 }

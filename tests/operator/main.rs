@@ -1,15 +1,18 @@
 //! The operator's tests that need more than its pure parts: reconcile scenarios against a fake
 //! API server, the generated objects against the official schemas, and a cluster of real member
-//! processes run as the generated StatefulSet says, driven by the real planner and reconcile.
+//! processes run as the generated StatefulSet says, driven by the real planner and reconcile;
+//! the operator run whole (its page and metrics), and `kubectl raft` against real members.
 
 mod chart;
 mod fake_api;
 #[path = "../support/http.rs"]
 mod http_support;
+mod plugin;
 mod pods;
 #[path = "../support/require.rs"]
 mod require;
 mod s3;
 mod scenarios;
 mod snapshots;
+mod ui;
 mod validate;

@@ -99,16 +99,49 @@ impl MemberApi for FakeMembers {
 }
 
 pub(crate) fn url(member: &str) -> String {
-    format!("http://{member}.etcd.{NS}.svc:2379")
+    url_in("etcd", member)
+}
+
+/// The client URL of `member` of the cluster named `cluster`.
+pub(crate) fn url_in(cluster: &str, member: &str) -> String {
+    format!("http://{member}.{cluster}.{NS}.svc:2379")
 }
 
 fn peer(member: &str) -> String {
-    format!("http://{member}.etcd.{NS}.svc:2380")
+    peer_in("etcd", member)
+}
+
+fn peer_in(cluster: &str, member: &str) -> String {
+    format!("http://{member}.{cluster}.{NS}.svc:2380")
 }
 
 impl FakeMembers {
     /// Every named member answers: `leader` leads `term`, all have applied `commit`.
     pub(crate) fn set_cluster(&self, voters: &[&str], learners: &[&str], leader: &str, term: u64, commit: u64) {
+        // Auth stays as the members had it.
+        let auth = {
+            let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+            let auth = statuses.values().next().and_then(|s| s.auth_enabled);
+            statuses.retain(|url, _| !url.contains(".etcd."));
+            auth
+        };
+        self.add_cluster("etcd", voters, learners, leader, term, commit);
+        let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, status) in statuses.iter_mut().filter(|(url, _)| url.contains(".etcd.")) {
+            status.auth_enabled = Some(auth.unwrap_or(false));
+        }
+    }
+
+    /// The members of the cluster named `cluster` answer too (those of other clusters stay).
+    pub(crate) fn add_cluster(
+        &self,
+        cluster: &str,
+        voters: &[&str],
+        learners: &[&str],
+        leader: &str,
+        term: u64,
+        commit: u64,
+    ) {
         let members: Vec<Member> = voters
             .iter()
             .map(|n| (n, true))
@@ -116,16 +149,15 @@ impl FakeMembers {
             .map(|(name, voter)| Member {
                 id: id_of(name),
                 name: name.to_string(),
-                peer_url: peer(name),
-                client_url: url(name),
+                peer_url: peer_in(cluster, name),
+                client_url: url_in(cluster, name),
                 voter,
             })
             .collect();
         let hash = format!("hash-{}", members.len());
         let mut statuses = self.statuses.lock().unwrap_or_else(|p| p.into_inner());
-        // Auth stays as the members had it.
+        // Auth as the other members have it.
         let auth_enabled = statuses.values().next().and_then(|s| s.auth_enabled).unwrap_or(false);
-        statuses.clear();
         for member in &members {
             let role = if member.name == leader {
                 Role::Leader
@@ -135,7 +167,7 @@ impl FakeMembers {
                 Role::Learner
             };
             statuses.insert(
-                url(&member.name),
+                url_in(cluster, &member.name),
                 Status {
                     name: member.name.clone(),
                     id: member.id.clone(),

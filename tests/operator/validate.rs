@@ -161,7 +161,7 @@ fn crd_path(name: &str) -> PathBuf {
 
 /// Validates the objects of `files` whose kind is the CRD's against the CRD's (first version's)
 /// schema, with the validator's Python and jsonschema; returns (success, one line per object).
-fn against_crd(validator: &Path, crd: &Path, files: &[PathBuf]) -> (bool, String) {
+pub(crate) fn against_crd(validator: &Path, crd: &Path, files: &[PathBuf]) -> (bool, String) {
     let script = r#"
 import sys, yaml, jsonschema
 crd = yaml.safe_load(open(sys.argv[1]))

@@ -43,3 +43,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- define "kuberaft.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
+
+{{/* An alert's labels: its severity, and monitoring.prometheusRule.alertLabels (which cannot
+change the severity). Takes (dict "severity" S "root" $). */}}
+{{- define "kuberaft.alertLabels" -}}
+{{- toYaml (merge (dict "severity" .severity) (deepCopy .root.Values.monitoring.prometheusRule.alertLabels)) }}
+{{- end -}}

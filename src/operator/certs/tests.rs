@@ -107,3 +107,31 @@ fn cert_manager_certificates_name_the_issuer_the_secret_and_the_hosts() {
     assert_eq!(client["spec"]["commonName"], CLIENT_USER);
     assert!(client["spec"].get("dnsNames").is_none(), "a client certificate names no host");
 }
+
+#[test]
+fn expiries_name_each_certificate_and_the_ca_by_secret_with_their_not_after() {
+    let cluster = cluster(serde_json::json!({"auto": {"certificateDays": 30}}));
+    let requests = requests(&cluster).expect("requests");
+    let (ca, ca_secret) = mint_ca(&cluster, NOW).expect("ca");
+    let member = issue(&cluster, &ca, &requests[0], NOW).expect("issue");
+    let operator = issue(&cluster, &ca, requests.last().expect("the operator's"), NOW - DAY).expect("issue");
+    let mut broken = member.clone();
+    broken.metadata.name = Some("etcd-1-tls".to_string());
+    broken.data.as_mut().expect("data").insert(KEY_CERT.to_string(), ByteString(b"not a certificate".to_vec()));
+    let stranger = Secret {
+        metadata: kube::api::ObjectMeta { name: Some("other".into()), ..Default::default() },
+        ..member.clone()
+    };
+    let secrets = by_name(vec![ca_secret, member, operator, broken, stranger]);
+    let found = expiries(&cluster, &secrets);
+    assert_eq!(
+        found,
+        BTreeMap::from([
+            ("etcd-0-tls".to_string(), NOW + 30 * DAY),
+            ("etcd-ca".to_string(), NOW + CA_SECONDS),
+            ("etcd-operator-tls".to_string(), NOW - DAY + 30 * DAY),
+        ]),
+        "an unreadable certificate and a Secret of no request are left out"
+    );
+    assert!(expiries(&cluster, &BTreeMap::new()).is_empty());
+}
