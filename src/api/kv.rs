@@ -481,11 +481,15 @@ pub(super) async fn range(
     let asked: wire::RangeRequest = parse_json(&body, "range request")?;
     let req = range_request(&asked)?;
     let consistency = if asked.serializable { Consistency::Serializable } else { params.consistency };
+    let started = std::time::Instant::now();
     if let Some(url) = read_point(&api, consistency, &headers).await? {
         return Ok(forward(&api, &url, Method::POST, &pq, body, true).await);
     }
     may_read(&api, &req.key, &req.range_end)?;
     let found = api.node.range(&req, ANSWER_KEYS).map_err(|e| node_error(&api, e))?;
+    if consistency == Consistency::Linearizable {
+        api.node.read_replied(started);
+    }
     let mut answer = range_answer(bound_range(found, &mut Budget::new()).0);
     answer.header = header(&api, answer.header.revision);
     Ok(Json(answer).into_response())
@@ -571,6 +575,7 @@ pub(super) async fn get_key(
     let key = path_param(key, "invalid_key")?;
     validate_key(&key)?;
     let params = parse_query(query)?;
+    let started = std::time::Instant::now();
     if let Some(url) = read_point(&api, params.consistency, request.headers()).await? {
         return Ok(forward(&api, &url, Method::GET, &path_and_query(&request), Bytes::new(), true).await);
     }
@@ -578,6 +583,9 @@ pub(super) async fn get_key(
         mvcc::RangeRequest { key: key.clone().into_bytes(), revision: params.rev, ..mvcc::RangeRequest::default() };
     may_read(&api, &req.key, &req.range_end)?;
     let found = api.node.range(&req, ANSWER_KEYS).map_err(|e| node_error(&api, e))?;
+    if params.consistency == Consistency::Linearizable {
+        api.node.read_replied(started);
+    }
     let revision = found.revision;
     match found.kvs.into_iter().next() {
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("key '{key}' not found"))),

@@ -844,6 +844,7 @@ async fn metrics(State(api): State<Api>) -> Response {
     out.push_str(&format!("kuberaft_fsync_seconds_sum {}\n", m.fsync_micros_sum.load(Ordering::Relaxed) as f64 / 1e6));
     out.push_str(&format!("kuberaft_fsync_seconds_count {count}\n"));
     out.push_str(&m.render_raft_loop());
+    api.node.shared.latency.render(&mut out);
     let ports = [("client", &m.client_port), ("peer", &m.peer_port)];
     type Field = fn(&PortStats) -> &std::sync::atomic::AtomicU64;
     let connection_series: [(&str, &str, &str, Field); 4] = [

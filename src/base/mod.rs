@@ -6,6 +6,7 @@
 pub mod base64;
 pub mod exit;
 pub mod framing;
+pub mod histogram;
 pub mod ids;
 pub mod logging;
 pub mod output;

@@ -24,6 +24,7 @@
 #[cfg(feature = "etcd")]
 mod etcd;
 mod kuberaft;
+pub mod observe;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -254,6 +255,11 @@ pub struct Report {
     /// With `lease-grant` and `lease-keepalive`: the leases the run granted and revoked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leases: Option<LeaseReport>,
+    /// The CPU time of the members over the run, when they run on this machine (`observe`).
+    pub cpu: Option<observe::CpuReport>,
+    /// kuberaft: where the time went, from the leader's and a follower's `/metrics`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<observe::Breakdown>,
 }
 
 /// The leases of a `lease-grant` or `lease-keepalive` run.
@@ -458,11 +464,12 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
 pub async fn bench(args: &BenchArgs) -> Result<Report, CliError> {
     check(args)?;
     let driver = driver(args)?;
-    bench_with(args, driver).await
+    bench_with(args, driver, true).await
 }
 
-/// Runs the benchmark on `driver` (arguments already checked).
-async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report, CliError> {
+/// Runs the benchmark on `driver` (arguments already checked); with `observe`, reads the
+/// members' CPU time and `/metrics` around the measured run (`observe`).
+async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>, observe: bool) -> Result<Report, CliError> {
     let load = args.scenario == Scenario::Load;
     let value = Bytes::from(vec![b'v'; args.val_size]);
     if args.preload {
@@ -495,6 +502,7 @@ async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report,
         Scenario::LeaseKeepalive => grant_worker_leases(args, &driver).await?,
         _ => Vec::new(),
     };
+    let observer = if observe { Some(observe::Observer::start(&args.endpoints, &args.security).await) } else { None };
     let started = Instant::now();
     let mut workers = Vec::with_capacity(args.clients);
     for worker in 0..args.clients {
@@ -554,6 +562,11 @@ async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report,
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let measured = histogram.len() + failed.load(Ordering::Relaxed);
+    let (cpu, breakdown) = match observer {
+        Some(observer) => observer.finish(measured).await,
+        None => (None, None),
+    };
     if !args.quiet {
         crate::base::output::write_stderr("\n");
     }
@@ -612,6 +625,8 @@ async fn bench_with(args: &BenchArgs, driver: Arc<dyn Driver>) -> Result<Report,
         watch,
         idle_watchers: args.idle_watchers,
         leases,
+        cpu,
+        breakdown,
     })
 }
 
@@ -874,6 +889,15 @@ pub fn table(r: &Report) -> String {
     if r.idle_watchers > 0 {
         out.push_str(&format!("with {} idle watchers of every key (never reading)\n", r.idle_watchers));
     }
+    if let Some(cpu) = &r.cpu {
+        out.push_str(&format!(
+            "members' cpu: {:.2} s in {} processes  =>  {:.3} cpu seconds per 10k requests\n",
+            cpu.seconds, cpu.processes, cpu.seconds_per_10k
+        ));
+    }
+    if let Some(breakdown) = &r.breakdown {
+        out.push_str(&observe::table(breakdown));
+    }
     if let Some(w) = &r.watch {
         let l = &w.latency_ms;
         out.push_str(&format!(
@@ -971,7 +995,7 @@ mod tests {
             fail_always: [key_of(1499, 6)].into(),
             ..Recorder::default()
         });
-        let report = bench_with(&args, recorder.clone()).await.expect("a report");
+        let report = bench_with(&args, recorder.clone(), false).await.expect("a report");
         let mut written = recorder.written.lock().expect("lock").clone();
         written.sort();
         let expected: Vec<Vec<u8>> = (1000..1499).map(|i| key_of(i, 6)).collect();
@@ -988,7 +1012,7 @@ mod tests {
     async fn puts_draw_their_keys_from_the_shifted_key_space() {
         let args = parse(&["--scenario", "put", "--key-from", "2000", "--key-space", "20", "--total", "400"]);
         let recorder = Arc::new(Recorder::default());
-        let report = bench_with(&args, recorder.clone()).await.expect("a report");
+        let report = bench_with(&args, recorder.clone(), false).await.expect("a report");
         assert_eq!((report.requests, report.errors), (400, 0));
         let written: std::collections::BTreeSet<Vec<u8>> =
             recorder.written.lock().expect("lock").iter().cloned().collect();
@@ -1051,7 +1075,7 @@ mod tests {
     async fn lease_grant_grants_one_lease_per_request_and_revokes_them_after_unless_kept() {
         let lessor = Arc::new(Lessor::default());
         let args = parse(&["--scenario", "lease-grant", "--lease-ttl", "30", "--total", "300"]);
-        let report = bench_with(&args, lessor.clone()).await.expect("a report");
+        let report = bench_with(&args, lessor.clone(), false).await.expect("a report");
         assert_eq!((report.requests, report.errors), (300, 0));
         let leases = report.leases.as_ref().expect("a lease report");
         assert_eq!((leases.ttl, leases.granted, leases.revoked), (30, 300, 300), "{:?}", leases.revoke_errors);
@@ -1063,7 +1087,7 @@ mod tests {
             assert_eq!(revoked, (0x101..0x101 + 300).collect(), "each granted lease revoked once");
         }
         let kept = parse(&["--scenario", "lease-grant", "--total", "50", "--keep-leases"]);
-        let report = bench_with(&kept, lessor.clone()).await.expect("a report");
+        let report = bench_with(&kept, lessor.clone(), false).await.expect("a report");
         let leases = report.leases.as_ref().expect("a lease report");
         assert_eq!((leases.ttl, leases.granted, leases.revoked), (60, 50, 0));
         assert_eq!(lessor.state.lock().expect("lock").live.len(), 50, "--keep-leases keeps them");
@@ -1076,7 +1100,7 @@ mod tests {
     async fn lease_keepalive_renews_one_lease_per_worker_granted_before_the_run() {
         let lessor = Arc::new(Lessor::default());
         let args = parse(&["--scenario", "lease-keepalive", "--total", "400", "--keep-leases"]);
-        let report = bench_with(&args, lessor.clone()).await.expect("a report");
+        let report = bench_with(&args, lessor.clone(), false).await.expect("a report");
         assert_eq!((report.requests, report.errors), (400, 0), "{:?}", report.sample_errors);
         let leases = report.leases.as_ref().expect("a lease report");
         assert_eq!((leases.granted, leases.revoked), (8, 0));
@@ -1086,14 +1110,14 @@ mod tests {
         // Without --keep-leases the workers' leases go after the run.
         let args = parse(&["--scenario", "lease-keepalive", "--total", "40"]);
         let lessor = Arc::new(Lessor::default());
-        let report = bench_with(&args, lessor.clone()).await.expect("a report");
+        let report = bench_with(&args, lessor.clone(), false).await.expect("a report");
         assert_eq!(report.leases.as_ref().map(|l| (l.granted, l.revoked)), Some((8, 8)));
         assert!(lessor.state.lock().expect("lock").live.is_empty());
         // When a worker's lease cannot be granted the run does not start, and the leases
         // granted to the others are revoked.
         let lessor = Arc::new(Lessor::default());
         lessor.state.lock().expect("lock").grants_left = Some(5);
-        let refused = bench_with(&args, lessor.clone()).await;
+        let refused = bench_with(&args, lessor.clone(), false).await;
         assert!(matches!(&refused, Err(CliError::Failed(m)) if m.contains("leases")), "{:?}", refused.err());
         let state = lessor.state.lock().expect("lock");
         assert_eq!((state.live.len(), state.revoked.len()), (0, 5));

@@ -756,6 +756,18 @@ impl Client {
         }
     }
 
+    /// The `/metrics` text of one member, asked directly (as `status_of`).
+    pub async fn metrics_of(&self, endpoint: &str) -> Result<String> {
+        let endpoint = normalize_endpoint(endpoint)?;
+        let call = Call::new(Method::GET, "/metrics".to_string());
+        match self.attempt(&endpoint, &call, None, self.config.request_timeout).await {
+            Ok(reply) => Ok(String::from_utf8_lossy(&reply.ok_or_api_error()?.body).into_owned()),
+            Err(AttemptError::Retryable(reason) | AttemptError::Lost(reason)) => {
+                Err(ClientError::Unavailable { attempts: vec![format!("{endpoint}: {reason}")] })
+            }
+        }
+    }
+
     /// The status of every endpoint, in the order given, asked concurrently.
     pub async fn statuses(&self) -> Vec<(String, Result<Status>)> {
         let asks =

@@ -396,7 +396,7 @@ pub(super) async fn serve_proposals(State(server): State<PeerServer>, request: R
     let mut results = Vec::with_capacity(pending.len());
     for started in pending {
         results.push(match started {
-            Ok(answer) => NodeHandle::proposal_outcome(answer).await,
+            Ok(answer) => node.proposal_outcome(answer).await,
             Err(e) => Err(e),
         });
     }

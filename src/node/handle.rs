@@ -3,7 +3,7 @@
 
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -41,6 +41,12 @@ fn read_failure(e: ReadError) -> NodeError {
         ReadError::Mvcc(e) => NodeError::Mvcc(e),
         ReadError::Storage(e) => unreadable(e),
     }
+}
+
+/// A proposal handed to the Raft loop: where its outcome comes, and when it was received.
+pub(super) struct Started {
+    rx: oneshot::Receiver<Result<ApplyResult, NodeError>>,
+    received: Instant,
 }
 
 #[derive(Clone)]
@@ -210,28 +216,28 @@ impl NodeHandle {
 
     /// Proposes `command` on this member, which must lead (`NotLeader` otherwise).
     pub async fn propose(&self, command: &Command) -> Result<ApplyResult, NodeError> {
-        Self::proposal_outcome(self.start_proposal(encode(command))?).await
+        self.proposal_outcome(self.start_proposal(encode(command))?).await
     }
 
     /// Hands an encoded command to the Raft loop; its outcome comes through `proposal_outcome`.
-    pub(super) fn start_proposal(
-        &self,
-        data: Bytes,
-    ) -> Result<oneshot::Receiver<Result<ApplyResult, NodeError>>, NodeError> {
+    pub(super) fn start_proposal(&self, data: Bytes) -> Result<Started, NodeError> {
         let (reply, rx) = oneshot::channel();
-        offer(&self.tx, Input::Propose { data, reply })?;
-        Ok(rx)
+        let received = Instant::now();
+        offer(&self.tx, Input::Propose { data, reply, received })?;
+        Ok(Started { rx, received })
     }
 
     /// A started proposal's outcome, within `PROPOSE_TIMEOUT`.
-    pub(super) async fn proposal_outcome(
-        rx: oneshot::Receiver<Result<ApplyResult, NodeError>>,
-    ) -> Result<ApplyResult, NodeError> {
-        match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
+    pub(super) async fn proposal_outcome(&self, started: Started) -> Result<ApplyResult, NodeError> {
+        let outcome = match tokio::time::timeout(PROPOSE_TIMEOUT, started.rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(NodeError::OutcomeUnknown("the member stopped while the write was pending".into())),
             Err(_) => Err(NodeError::OutcomeUnknown("the write did not commit within 5 s".into())),
+        };
+        if outcome.is_ok() {
+            self.shared.latency.replied(started.received);
         }
+        outcome
     }
 
     /// Whether this member, a follower, serves writes of small outcome and linearizable reads
@@ -269,9 +275,18 @@ impl NodeHandle {
         if self.is_leader() || !self.forwards() {
             return self.read_barrier().await;
         }
+        let started = Instant::now();
         let index = self.shared.forward.read_index(&self.shared).await?;
+        self.shared.latency.read(0, started);
         self.wait_applied(index).await?;
+        self.shared.latency.read(1, started);
         Ok(index)
+    }
+
+    /// A linearizable read that started at `started` (before its `read_point`) has its answer
+    /// (`kuberaft_read_seconds`, point `replied`).
+    pub fn read_replied(&self, started: Instant) {
+        self.shared.latency.read(2, started);
     }
 
     pub async fn conf_change(&self, cc: ConfChange) -> Result<(), NodeError> {
@@ -287,8 +302,11 @@ impl NodeHandle {
     /// Waits until this member (the leader) may serve a linearizable read: the ReadIndex is
     /// confirmed by a quorum and applied here.
     pub async fn read_barrier(&self) -> Result<Index, NodeError> {
+        let started = Instant::now();
         let index = self.read_index().await?;
+        self.shared.latency.read(0, started);
         self.wait_applied(index).await?;
+        self.shared.latency.read(1, started);
         Ok(index)
     }
 

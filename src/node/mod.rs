@@ -8,6 +8,7 @@ pub mod compactor;
 pub mod forward;
 pub mod handle;
 pub mod join;
+pub mod latency;
 pub mod lessor;
 pub mod runtime;
 pub mod shared;

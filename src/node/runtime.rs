@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::latency::{AppendClock, WritePoint};
 use super::shared::{lock, read, write, LoopStatus, Shared};
 use super::timeline::{self, EventKind};
 use crate::raft::{
@@ -110,6 +111,8 @@ pub enum Input {
     Propose {
         data: Bytes,
         reply: Reply<ApplyResult>,
+        /// When the write was received (`node::latency`).
+        received: Instant,
     },
     ConfChange {
         cc: ConfChange,
@@ -198,6 +201,8 @@ pub struct RaftLoop {
     next_lease_tick: Instant,
     /// How many of the core's campaigns the timeline has recorded.
     campaigns_seen: u64,
+    /// A follower's first append not yet persisted (`node::latency`).
+    append_clock: AppendClock,
 }
 
 impl RaftLoop {
@@ -234,6 +239,7 @@ impl RaftLoop {
             leading: None,
             next_lease_tick: Instant::now(),
             campaigns_seen: 0,
+            append_clock: AppendClock::default(),
         }
     }
 
@@ -399,10 +405,18 @@ impl RaftLoop {
                     tracing::warn!(from = m.from, %why, "dropped an InstallSnapshot; its leader sends it again");
                     return;
                 }
+                match &m.body {
+                    MessageBody::AppendResp { index, reject: None } => {
+                        self.shared.latency.passed(WritePoint::Acknowledged, *index);
+                    }
+                    MessageBody::Append { entries, .. } if !entries.is_empty() => self.append_clock.took_append(),
+                    _ => {}
+                }
                 self.raw.step(m)
             }
-            Input::Propose { data, reply } => match self.raw.raft.propose(data) {
+            Input::Propose { data, reply, received } => match self.raw.raft.propose(data) {
                 Ok((index, term)) => {
+                    self.shared.latency.proposed(index, received);
                     self.proposals.insert(index, PendingProposal { term, reply: Some(reply), conf_reply: None });
                 }
                 Err(e) => {
@@ -577,8 +591,26 @@ impl RaftLoop {
         for entry in &rd.entries {
             self.learn_address(&entry.payload);
         }
+        let appended = rd.entries.last().map(|e| e.index);
+        let since = self.append_clock.since().filter(|_| appended.is_some());
+        if let Some(last) = appended {
+            self.shared.latency.passed(WritePoint::Persisted, last);
+        }
+        if let Some(since) = since {
+            self.shared.latency.append(0, since);
+        }
         self.send(rd.persisted_messages);
+        if let Some(since) = since {
+            self.shared.latency.append(1, since);
+        }
+        self.append_clock.reset();
+        if let Some(last) = rd.committed_entries.last() {
+            self.shared.latency.passed(WritePoint::Committed, last.index);
+        }
         self.apply_committed(&rd.committed_entries);
+        if let Some(last) = rd.committed_entries.last() {
+            self.shared.latency.forget_through(last.index);
+        }
         for rs in &rd.read_states {
             if let Some(reply) = self.reads.remove(&rs.ctx) {
                 let _ = reply.send(Ok(rs.index));
@@ -664,6 +696,9 @@ impl RaftLoop {
             }
         }
         let flushed = write(&self.shared.kv).flush();
+        if let Some(last) = entries.last() {
+            self.shared.latency.passed(WritePoint::Applied, last.index);
+        }
         if let Err(e) = &flushed {
             self.halt(format!("cannot commit applied entries to the state machine: {e}"));
         }

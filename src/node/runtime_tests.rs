@@ -167,7 +167,7 @@ fn an_uninstallable_snapshot_stops_the_state_machine_and_nothing_after_it_applie
     m.lp.handle(Input::ReadIndex { reply });
     assert_refused(rx);
     let (reply, rx) = oneshot::channel();
-    m.lp.handle(Input::Propose { data: put("x", 1), reply });
+    m.lp.handle(Input::Propose { data: put("x", 1), reply, received: std::time::Instant::now() });
     assert_refused(rx);
     let (reply, rx) = oneshot::channel();
     let cc = ConfChange { kind: ConfChangeKind::AddLearner, node_id: 9, context: encode(&member_info(9)) };

@@ -252,6 +252,8 @@ pub struct Shared {
     pub forward: crate::node::forward::Forwarder,
     /// What this member saw happen (`node::timeline`), for the live view.
     pub timeline: crate::node::timeline::Timeline,
+    /// Where requests' time goes (`node::latency`), for `/metrics`.
+    pub latency: crate::node::latency::Latency,
 }
 
 impl Shared {
@@ -358,6 +360,7 @@ impl Shared {
             lease_clock: Instant::now(),
             forward: crate::node::forward::Forwarder::new(None, None),
             timeline: Default::default(),
+            latency: Default::default(),
         }
     }
 }

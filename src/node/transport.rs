@@ -48,6 +48,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
+use super::latency::WritePoint;
 use super::runtime::{note_peer_urls, offer, Input, Outbox};
 use super::shared::{lock, read, Shared, StagedSnapshot};
 use super::timeline::{self, EventKind};
@@ -227,6 +228,17 @@ impl Drop for LiveGuard {
     }
 }
 
+/// The index of the last entry that appends of `batch` carry.
+fn last_entry(batch: &[Message]) -> Option<crate::raft::Index> {
+    batch
+        .iter()
+        .filter_map(|m| match &m.body {
+            MessageBody::Append { entries, .. } => entries.last().map(|e| e.index),
+            _ => None,
+        })
+        .max()
+}
+
 fn is_snapshot(m: &Message) -> bool {
     matches!(m.body, MessageBody::InstallSnapshot { .. })
 }
@@ -296,7 +308,13 @@ async fn peer_sender(
         }
         let (request, timeout) = match outgoing {
             Outgoing::Batch(batch) => match encode_messages(&batch) {
-                Ok(body) => (peer_request(&shared, &address, MESSAGES_PATH).body(client::full(body)), BATCH_TIMEOUT),
+                Ok(body) => {
+                    if let Some(last) = last_entry(&batch) {
+                        // The write path's `sent` point (`node::latency`).
+                        shared.latency.passed(WritePoint::Sent, last);
+                    }
+                    (peer_request(&shared, &address, MESSAGES_PATH).body(client::full(body)), BATCH_TIMEOUT)
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode peer messages");
                     continue;

@@ -590,6 +590,7 @@ fn shared_state(
         lease_clock: Instant::now(),
         forward: crate::node::forward::Forwarder::new(flags.dial_from, flags.tls.peer_calls.clone()),
         timeline: Default::default(),
+        latency: Default::default(),
     }
 }
 

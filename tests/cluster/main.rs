@@ -24,7 +24,7 @@ mod watch_api;
 #[path = "../support/webdriver.rs"]
 mod webdriver;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1017,8 +1017,10 @@ fn disk_full_member_killed_restarts_with_a_torn_wal_tail_and_catches_up() {
 
 /// Runs every scenario of `kuberaft bench` (8 workers, 300 requests over 50 keys of 100-byte
 /// values; the first one preloads them) against `target` and checks each report: every request
-/// counted, no errors, no compare failures, a throughput, ordered percentiles.
-fn bench_every_scenario(target: &str, endpoints: &[String], conns: &str) {
+/// counted, no errors, no compare failures, a throughput, ordered percentiles; the members' CPU
+/// time (issue 19: the 3 member processes, found by their listening sockets); and, when the
+/// members are kuberaft's (`kuberaft_members`), where the time went (`bench_breakdown_is_sound`).
+fn bench_every_scenario(target: &str, endpoints: &[String], conns: &str, kuberaft_members: bool) {
     for (scenario, extra) in [("put", &["--preload"][..]), ("get", &[]), ("sget", &[]), ("mixed", &[]), ("cas", &[])] {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
             .args(["bench", "--target", target, "--endpoints", &endpoints.join(","), "--scenario", scenario])
@@ -1037,6 +1039,14 @@ fn bench_every_scenario(target: &str, endpoints: &[String], conns: &str) {
         let points: Vec<f64> =
             ["p50", "p90", "p99", "p999", "max"].iter().map(|p| latency[*p].as_f64().unwrap_or(-1.0)).collect();
         assert!(points[0] > 0.0 && points.windows(2).all(|w| w[0] <= w[1]), "{target} {scenario}: {latency}");
+        let cpu = &report["cpu"];
+        assert_eq!(cpu["processes"], 3, "{target} {scenario}: {report}");
+        assert!(cpu["seconds_per_10k"].as_f64().is_some_and(|s| s >= 0.0), "{target} {scenario}: {report}");
+        if kuberaft_members {
+            bench_breakdown_is_sound(scenario, &report);
+        } else {
+            assert!(report.get("breakdown").is_none(), "etcd has no breakdown: {report}");
+        }
     }
     // Watchers (issue 14): each of three receives the event of every one of the 300 puts, one
     // more never reads, and the put ack to event latency is reported.
@@ -1052,6 +1062,57 @@ fn bench_every_scenario(target: &str, endpoints: &[String], conns: &str) {
     assert_eq!((watch["watchers"].as_u64(), watch["events"].as_u64()), (Some(3), Some(900)), "{target}: {report}");
     assert_eq!(watch["errors"], json!([]), "{target}: {report}");
     assert!(watch["latency_ms"]["p50"].as_f64().unwrap_or(0.0) > 0.0, "{target}: {report}");
+}
+
+/// Issue 19: the breakdown of a bench run against kuberaft. A put run's 300 writes pass every
+/// point of the write path at the leader, in the path's order (each point is a time since the
+/// write's receipt, so for each write it is at least the one before it, and so are the means);
+/// the followers measured their appends; a linearizable read run's reads were each measured once,
+/// on the member that served it.
+fn bench_breakdown_is_sound(scenario: &str, report: &Value) {
+    let breakdown = &report["breakdown"];
+    let section = |name: &str| -> BTreeMap<String, (u64, f64)> {
+        breakdown[name]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} in {report}"))
+            .iter()
+            .map(|p| {
+                (
+                    p["point"].as_str().unwrap_or_default().to_string(),
+                    (p["count"].as_u64().unwrap_or(0), p["mean_ms"].as_f64().unwrap_or(-1.0)),
+                )
+            })
+            .collect()
+    };
+    match scenario {
+        "put" => {
+            let writes = section("writes");
+            let path = ["proposed", "sent", "acknowledged", "committed", "applied", "replied"];
+            for point in path.iter().chain(&["persisted"]) {
+                assert!(writes.get(*point).is_some_and(|(count, _)| *count >= 300), "{point}: {breakdown}");
+            }
+            let means: Vec<f64> = path.iter().map(|p| writes[*p].1).collect();
+            assert!(means.windows(2).all(|w| w[0] <= w[1]), "{path:?} {means:?}: {breakdown}");
+            assert!(writes["persisted"].1 <= writes["committed"].1, "{breakdown}");
+            let appends = section("appends");
+            assert!(appends.get("persisted").is_some_and(|(count, mean)| *count > 0 && *mean > 0.0), "{breakdown}");
+            assert!(appends["persisted"].1 <= appends["acknowledged"].1, "{breakdown}");
+        }
+        "get" => {
+            // Every read, on whichever member served it, once.
+            let reads = section("reads");
+            for point in ["index", "applied", "replied"] {
+                assert!(reads.get(point).is_some_and(|(count, _)| *count >= 300), "{point}: {breakdown}");
+            }
+            assert!(reads["index"].1 <= reads["applied"].1 && reads["applied"].1 <= reads["replied"].1, "{breakdown}");
+            let by_member: u64 = breakdown["reads_by_member"]
+                .as_array()
+                .map(|members| members.iter().map(|m| m[1].as_u64().unwrap_or(0)).sum())
+                .unwrap_or(0);
+            assert_eq!(by_member, reads["index"].0, "{breakdown}");
+        }
+        _ => {}
+    }
 }
 
 /// `kuberaft bench --scenario load` of the 300 keys 1000..1300 (8 digits, 100-byte values):
@@ -1154,7 +1215,7 @@ fn bench_counts_every_request_and_writes_what_it_reports() {
     c.bootstrap();
     c.wait_leader(ELECTION);
     let endpoints: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
-    bench_every_scenario("kuberaft", &endpoints, "4");
+    bench_every_scenario("kuberaft", &endpoints, "4", true);
     // The preload wrote each of the 50 keys (8 digits) with a 100-byte value.
     for k in 0..50 {
         let (status, value) = c.get(0, &format!("{k:08}"), "linearizable");
@@ -1228,7 +1289,7 @@ fn bench_drives_etcd_through_its_grpc_api() {
     wait_for("etcd is healthy", ELECTION, || {
         etcdctl(&["endpoint", "health"]).ok().filter(|o| o.status.success()).map(drop)
     });
-    bench_every_scenario("etcd", &endpoints, "2");
+    bench_every_scenario("etcd", &endpoints, "2", false);
     bench_load_of_a_key_range("etcd", &endpoints, "2");
     let listed = etcdctl(&["get", "00000999", "00001301", "--keys-only"]).expect("etcdctl");
     let keys: Vec<String> =
@@ -1263,7 +1324,7 @@ fn bench_drives_kuberaft_through_the_etcd_grpc_api() {
     c.bootstrap();
     c.wait_leader(ELECTION);
     let endpoints: Vec<String> = c.members.iter().map(|m| m.client_url()).collect();
-    bench_every_scenario("etcd", &endpoints, "2");
+    bench_every_scenario("etcd", &endpoints, "2", true);
     for k in [0, 7, 49] {
         let (status, value) = c.get(0, &format!("{k:08}"), "linearizable");
         assert_eq!((status, value.len()), (200, 100), "key {k:08}");

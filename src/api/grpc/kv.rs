@@ -80,13 +80,18 @@ impl pb::kv_server::Kv for KvService {
         let asked = convert::range_request(request.get_ref().clone())?;
         let op = mvcc::RequestOp::Range(asked.clone());
         single(op, self.max_value_bytes())?;
-        if !asked.serializable {
+        let started = std::time::Instant::now();
+        let linearizable = !asked.serializable;
+        if linearizable {
             if let Route::Leader(leader) = self.0.kv_read_point(&request).await? {
                 return forward!(self.0, leader, request, KvClient::range);
             }
         }
         self.0.may(&auth::of(&request), Access::Read, &asked.key, &asked.range_end)?;
         let found = self.0.api.node.range(&capped(asked), ANSWER_KEYS).map_err(node_status)?;
+        if linearizable {
+            self.0.api.node.read_replied(started);
+        }
         let (found, _) = bound_range(found, &mut Budget::new());
         let mut answer = convert::range_response(found);
         self.0.own_header(&mut answer.header);
