@@ -16,6 +16,7 @@ pub const STAGE_BUCKETS: [f64; 26] = [
 ];
 
 /// A histogram of durations over `STAGE_BUCKETS`.
+#[derive(Debug)]
 pub struct Histogram {
     /// Per bucket (not cumulative), plus one past the last bound.
     buckets: [AtomicU64; STAGE_BUCKETS.len() + 1],
@@ -71,14 +72,29 @@ impl Parsed {
     /// without that label are left out). Lines that do not parse are skipped: this reads what a
     /// member serves, and a reader must not fail on a series it does not know.
     pub fn all(text: &str, name: &str, label: &str) -> BTreeMap<String, Parsed> {
+        Self::collect(text, name, |labels| labels.get(label).cloned())
+    }
+
+    /// The histogram named `name` that has no label (but `le`), if `text` has it.
+    pub fn one(text: &str, name: &str) -> Option<Parsed> {
+        Self::collect(text, name, |labels| labels.keys().all(|k| k == "le").then(String::new)).remove("")
+    }
+
+    fn collect(
+        text: &str,
+        name: &str,
+        key_of: impl Fn(&BTreeMap<String, String>) -> Option<String>,
+    ) -> BTreeMap<String, Parsed> {
         let mut out: BTreeMap<String, Parsed> = BTreeMap::new();
         for line in text.lines().filter(|l| l.starts_with(name)) {
             let Some((series, value)) = line.rsplit_once(' ') else { continue };
             let Ok(value) = value.parse::<f64>() else { continue };
-            let Some((metric, labels)) = series.split_once('{') else { continue };
-            let labels = parse_labels(labels.trim_end_matches('}'));
-            let Some(key) = labels.get(label) else { continue };
-            let entry = out.entry(key.clone()).or_default();
+            let (metric, labels) = match series.split_once('{') {
+                Some((metric, labels)) => (metric, parse_labels(labels.trim_end_matches('}'))),
+                None => (series, BTreeMap::new()),
+            };
+            let Some(key) = key_of(&labels) else { continue };
+            let entry = out.entry(key).or_default();
             match metric.strip_prefix(name) {
                 Some("_bucket") => {
                     let Some(le) = labels.get("le") else { continue };
@@ -229,10 +245,9 @@ mod tests {
         h.render(&mut after, "y", "");
         // Unlabelled series have no key: read them under a label they lack, nothing comes back.
         assert!(Parsed::all(&after, "y", "point").is_empty());
-        let labelled = |text: &str| text.replace("y_bucket{", "y_bucket{p=\"1\",").replace("y_sum ", "y_sum{p=\"1\"} ");
-        let count = |text: &str| text.replace("y_count ", "y_count{p=\"1\"} ");
-        let b = Parsed::all(&count(&labelled(&before)), "y", "p").remove("1").expect("before");
-        let a = Parsed::all(&count(&labelled(&after)), "y", "p").remove("1").expect("after");
+        let b = Parsed::one(&before, "y").expect("before");
+        let a = Parsed::one(&after, "y").expect("after");
+        assert_eq!(Parsed::one(&after, "z"), None);
         let run = a.since(&b);
         assert_eq!(run.count, 4.0);
         let mut two = run.clone();

@@ -14,7 +14,7 @@ use clap::Args;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -245,12 +245,61 @@ async fn run_controller(
                     tracing::debug!("snapshot controller: {err}");
                 }
             });
+        // The owned objects wake the controller as before, and their watches also fill the
+        // stores that passes read (`cache`), so that a pass asks the API server for nothing.
+        let (sts_store, sts_writer) = reflector::store();
+        let (cm_store, cm_writer) = reflector::store();
+        let (svc_store, svc_writer) = reflector::store();
+        let (pdb_store, pdb_writer) = reflector::store();
+        let (np_store, np_writer) = reflector::store();
+        let (pod_store, pod_writer) = reflector::store();
+        let (secret_store, secret_writer) = reflector::store();
+        let stores = super::cache::Stores {
+            stateful_sets: sts_store,
+            config_maps: cm_store,
+            services: svc_store,
+            budgets: pdb_store,
+            network_policies: np_store,
+            pods: pod_store,
+            secrets: secret_store,
+            ready: Arc::default(),
+        };
+        ctx.caches.register(ns.clone(), stores.clone());
+        let owned = |config: &watcher::Config| config.clone();
+        let members_config = watcher::Config::default().labels(&format!(
+            "{}={},{}={}",
+            super::builders::LABEL_NAME,
+            super::builders::APP_NAME,
+            super::builders::LABEL_COMPONENT,
+            super::builders::COMPONENT_MEMBER
+        ));
+        // Pods and Secrets are owned by the StatefulSet or not watched for triggers: their
+        // reflectors only fill the stores, polled beside the controller.
+        let pods = reflector(pod_writer, watcher(scoped::<Pod>(&c, &ns), owned(&members_config))).touched_objects();
+        let secrets =
+            reflector(secret_writer, watcher(scoped::<Secret>(&c, &ns), owned(&owned_config))).touched_objects();
+        let fill = futures::stream::select(pods.map(|_| ()), secrets.map(|_| ())).for_each(|_| async {});
+        let ready = {
+            let stores = stores.clone();
+            async move { stores.wait_until_ready().await }
+        };
         let clusters = Controller::for_stream(clusters, reader)
-            .owns(scoped::<StatefulSet>(&c, &ns), owned_config.clone())
-            .owns(scoped::<ConfigMap>(&c, &ns), owned_config.clone())
-            .owns(scoped::<Service>(&c, &ns), owned_config.clone())
-            .owns(scoped::<PodDisruptionBudget>(&c, &ns), owned_config.clone())
-            .owns(scoped::<NetworkPolicy>(&c, &ns), owned_config)
+            .owns_stream(
+                reflector(sts_writer, watcher(scoped::<StatefulSet>(&c, &ns), owned(&owned_config))).touched_objects(),
+            )
+            .owns_stream(
+                reflector(cm_writer, watcher(scoped::<ConfigMap>(&c, &ns), owned(&owned_config))).touched_objects(),
+            )
+            .owns_stream(
+                reflector(svc_writer, watcher(scoped::<Service>(&c, &ns), owned(&owned_config))).touched_objects(),
+            )
+            .owns_stream(
+                reflector(pdb_writer, watcher(scoped::<PodDisruptionBudget>(&c, &ns), owned(&owned_config)))
+                    .touched_objects(),
+            )
+            .owns_stream(
+                reflector(np_writer, watcher(scoped::<NetworkPolicy>(&c, &ns), owned(&owned_config))).touched_objects(),
+            )
             .graceful_shutdown_on(stopped(stop.clone(), lost.clone()))
             .run(reconcile::reconcile, error_policy, ctx.clone())
             .for_each(|result| async move {
@@ -258,9 +307,16 @@ async fn run_controller(
                     tracing::debug!("controller: {err}");
                 }
             });
-        futures::future::join(clusters, snapshots)
+        async move {
+            // The stores are filled for as long as the controller runs.
+            let filling = futures::future::join(fill, ready);
+            let controllers = futures::future::join(clusters, snapshots);
+            futures::pin_mut!(filling, controllers);
+            futures::future::select(controllers, filling).await;
+        }
     });
     futures::future::join_all(controllers).await;
+    ctx.caches.clear();
     *lost.borrow()
 }
 
@@ -326,12 +382,9 @@ pub fn render_metrics(ctx: &Context, leading: bool) -> String {
             let _ = writeln!(out, "kuberaft_operator_steps_total{{step=\"{kind}\"}} {count}");
         }
     }
-    if let Ok(time) = m.reconcile_seconds.lock() {
-        let _ = writeln!(out, "# HELP kuberaft_operator_reconcile_seconds Time spent in reconciles.");
-        let _ = writeln!(out, "# TYPE kuberaft_operator_reconcile_seconds summary");
-        let _ = writeln!(out, "kuberaft_operator_reconcile_seconds_sum {}", time.0);
-        let _ = writeln!(out, "kuberaft_operator_reconcile_seconds_count {}", time.1);
-    }
+    let _ = writeln!(out, "# HELP kuberaft_operator_reconcile_seconds Time spent in reconciles.");
+    let _ = writeln!(out, "# TYPE kuberaft_operator_reconcile_seconds histogram");
+    m.reconcile_time.render(&mut out, "kuberaft_operator_reconcile_seconds", "");
     let _ = writeln!(out, "# HELP kuberaft_operator_leading Whether this replica holds the lease and reconciles.");
     let _ = writeln!(out, "# TYPE kuberaft_operator_leading gauge\nkuberaft_operator_leading {}", u8::from(leading));
     out.push_str(&super::book::render_cluster_metrics(&ctx.book.tracked()));
@@ -456,7 +509,7 @@ mod tests {
         // Every sample belongs to a family declared before it.
         for line in lines.iter().filter(|l| !l.starts_with('#')) {
             let family = line.split(['{', ' ']).next().unwrap_or_default();
-            let family = family.trim_end_matches("_sum").trim_end_matches("_count");
+            let family = family.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
             assert!(text.contains(&format!("# TYPE {family} ")), "{line}");
         }
     }

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod backup;
 pub mod book;
 pub mod builders;
+pub mod cache;
 pub mod certs;
 pub mod controller;
 pub mod crd;

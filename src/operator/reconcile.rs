@@ -30,7 +30,7 @@ use serde::Serialize;
 use super::builders::{self, BuildError};
 use super::crd::{MemberStatus as StatusMember, RaftCluster, RaftClusterStatus};
 use super::planner::{self, ClusterHealth, EndpointList, Observed, Phase, Plan, PodObservation, WaitReason};
-use super::{auth, backup, book, certs, recovery};
+use super::{auth, backup, book, cache, certs, recovery};
 use super::{member_name, member_ordinal};
 use crate::base::ids::fnv1a;
 use crate::base::wire::{parse_id, AddMemberRequest, Status};
@@ -206,8 +206,8 @@ pub struct Metrics {
     pub object_writes: std::sync::atomic::AtomicU64,
     /// Steps taken, by kind.
     pub steps: Mutex<BTreeMap<&'static str, u64>>,
-    /// Reconcile time in seconds: sum and count.
-    pub reconcile_seconds: Mutex<(f64, u64)>,
+    /// How long reconciles take (`kuberaft_operator_reconcile_seconds`, a histogram).
+    pub reconcile_time: crate::base::histogram::Histogram,
 }
 
 /// What every reconcile shares.
@@ -225,6 +225,9 @@ pub struct Context {
     pub reporter: Reporter,
     /// What is remembered of each cluster for `/metrics` and `/ui` (`book`).
     pub book: book::Book,
+    /// The watch-fed stores of owned objects that passes read (`cache`); empty when no
+    /// controller runs (a pass then asks the API server).
+    pub caches: cache::Caches,
 }
 
 impl Context {
@@ -239,6 +242,7 @@ impl Context {
             failures: Mutex::default(),
             operator: builders::OperatorPeer::default(),
             book: book::Book::default(),
+            caches: cache::Caches::default(),
         }
     }
 
@@ -308,10 +312,7 @@ pub async fn reconcile(cluster: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<A
     let started = std::time::Instant::now();
     ctx.metrics.reconciles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let result = reconcile_inner(&cluster, &ctx).await;
-    if let Ok(mut time) = ctx.metrics.reconcile_seconds.lock() {
-        time.0 += started.elapsed().as_secs_f64();
-        time.1 += 1;
-    }
+    ctx.metrics.reconcile_time.observe(started.elapsed());
     match &result {
         Ok(_) => {
             if let Ok(mut failures) = ctx.failures.lock() {
@@ -457,14 +458,15 @@ async fn observe_objects(
     name: &str,
 ) -> Result<Owned, ReconcileError> {
     let client = ctx.client.clone();
-    let selector = builders::selector_labels(cluster)
-        .into_iter()
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector_labels = builders::selector_labels(cluster);
+    let selector = selector_labels.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join(",");
     let listed = ListParams::default().labels(&selector);
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace).list(&listed).await?;
     let tls = cluster.spec.tls.as_ref();
+    let cert_manager = tls.and_then(|t| t.cert_manager.as_ref()).is_some();
+    if let Some(stores) = ctx.caches.of(namespace).filter(|_| !cert_manager) {
+        return observe_cached(ctx, cluster, namespace, name, &stores, &selector_labels).await;
+    }
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace).list(&listed).await?;
     let secrets = match tls {
         Some(_) => certs::by_name(Api::<Secret>::namespaced(client.clone(), namespace).list(&listed).await?.items),
         None => BTreeMap::new(),
@@ -499,6 +501,46 @@ async fn observe_objects(
             Some(reference) => get(&Api::namespaced(ctx.client.clone(), namespace), &reference.name).await?,
             None => None,
         },
+    })
+}
+
+/// `observe_objects` from the controller's caches (`cache`): no API request, except for a root
+/// password Secret that no store holds (one the user made, without the operator's labels).
+/// cert-manager clusters are observed from the API (their Certificates have no store).
+async fn observe_cached(
+    ctx: &Context,
+    cluster: &RaftCluster,
+    namespace: &str,
+    name: &str,
+    stores: &cache::Stores,
+    selector: &BTreeMap<String, String>,
+) -> Result<Owned, ReconcileError> {
+    let secrets = match cluster.spec.tls {
+        Some(_) => certs::by_name(cache::select(&stores.secrets, namespace, selector)),
+        None => BTreeMap::new(),
+    };
+    let root_secret = match auth::root_secret(cluster) {
+        Some(reference) => match cache::get(&stores.secrets, namespace, &reference.name) {
+            Some(secret) => Some(secret),
+            None => get(&Api::namespaced(ctx.client.clone(), namespace), &reference.name).await?,
+        },
+        None => None,
+    };
+    Ok(Owned {
+        stateful_set: cache::get(&stores.stateful_sets, namespace, name),
+        config_map: cache::get(&stores.config_maps, namespace, &builders::members_config_map_name(cluster)),
+        headless: cache::get(&stores.services, namespace, &builders::headless_service_name(cluster)),
+        client_service: cache::get(&stores.services, namespace, &builders::client_service_name(cluster)),
+        budget: cache::get(&stores.budgets, namespace, name),
+        network_policy: match cluster.spec.network_policy.enabled {
+            true => cache::get(&stores.network_policies, namespace, name),
+            false => None,
+        },
+        pods: cache::select(&stores.pods, namespace, selector),
+        secrets,
+        certificates: BTreeMap::new(),
+        issued: BTreeMap::new(),
+        root_secret,
     })
 }
 

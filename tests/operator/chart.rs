@@ -305,6 +305,9 @@ async fn rbac_grants_every_call_the_operator_makes_and_deletes_only_backup_jobs(
         ("", "services"),
         ("policy", "poddisruptionbudgets"),
         ("networking.k8s.io", "networkpolicies"),
+        // The caches passes read (`operator::cache`): the members' pods, the operator's Secrets.
+        ("", "pods"),
+        ("", "secrets"),
     ] {
         for verb in ["list", "watch"] {
             needs.insert((group.to_string(), resource.to_string(), verb.to_string()));

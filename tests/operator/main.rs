@@ -4,6 +4,7 @@
 //! the operator run whole (its page and metrics), and `kubectl raft` against real members.
 
 mod chart;
+mod cost;
 mod fake_api;
 #[path = "../support/http.rs"]
 mod http_support;

@@ -274,7 +274,8 @@ impl World {
 pub fn ready_pod(name: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": {"app.kubernetes.io/instance": "etcd"}},
+        "metadata": {"name": name, "namespace": NS, "labels": {"app.kubernetes.io/instance": "etcd",
+                     "app.kubernetes.io/name": "kuberaft", "app.kubernetes.io/component": "raft-member"}},
         "status": {
             "conditions": [{"type": "Ready", "status": "True"}],
             "containerStatuses": [{"name": "kuberaft", "ready": true, "restartCount": 0, "image": "i", "imageID": "",

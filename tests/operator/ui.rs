@@ -17,7 +17,7 @@ use crate::fake_api::*;
 use crate::scenarios::{ready_pod, FakeMembers};
 
 /// A RaftCluster of 3 members named `name`, and its ready pods.
-fn put_cluster(api: &FakeApi, name: &str) {
+pub(crate) fn put_cluster(api: &FakeApi, name: &str) {
     api.put(
         &cluster_path(name),
         json!({
@@ -42,7 +42,7 @@ fn put_cluster(api: &FakeApi, name: &str) {
 }
 
 /// The operator, running until dropped.
-struct Operator {
+pub(crate) struct Operator {
     addr: std::net::SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<Result<(), String>>>,
@@ -50,7 +50,7 @@ struct Operator {
 }
 
 impl Operator {
-    async fn start(client: kube::Client, ctx: Arc<Context>) -> Operator {
+    pub(crate) async fn start(client: kube::Client, ctx: Arc<Context>) -> Operator {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
         let addr = listener.local_addr().expect("its address");
         let args = OperatorArgs {
@@ -70,17 +70,17 @@ impl Operator {
         Operator { addr, stop, task: Some(task), http }
     }
 
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
         let url = format!("http://{}{path}", self.addr);
         self.http.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
     }
 
-    async fn clusters(&self) -> Value {
+    pub(crate) async fn clusters(&self) -> Value {
         self.get("/ui/v1/clusters").await.json().await.expect("JSON")
     }
 
     /// Waits (bounded) until `done` holds of `/ui/v1/clusters`.
-    async fn until(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn until(&self, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let overview = self.clusters().await;
@@ -93,7 +93,7 @@ impl Operator {
     }
 
     /// Stops it as SIGTERM would, and waits for it.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.stop.send(true);
         let task = self.task.take().expect("running");
         let ended = tokio::time::timeout(Duration::from_secs(20), task).await;
@@ -110,11 +110,11 @@ impl Drop for Operator {
     }
 }
 
-fn find<'a>(overview: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn find<'a>(overview: &'a Value, name: &str) -> &'a Value {
     overview["clusters"].as_array().and_then(|cs| cs.iter().find(|c| c["name"] == name)).unwrap_or(&Value::Null)
 }
 
-fn running(overview: &Value, name: &str, leader: &str) -> bool {
+pub(crate) fn running(overview: &Value, name: &str, leader: &str) -> bool {
     let cluster = find(overview, name);
     cluster["phase"] == "Running"
         && cluster["leader"] == leader
