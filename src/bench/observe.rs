@@ -285,6 +285,17 @@ pub fn cpu_seconds(pids: &[u32]) -> Option<f64> {
     Some(total)
 }
 
+/// The resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`; 0 if unknown).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// utime plus stime (fields 14 and 15) of a `/proc/PID/stat` line, whose second field (the
 /// command, in parentheses) may hold spaces.
 fn stat_cpu_ticks(stat: &str) -> Option<u64> {
@@ -358,6 +369,8 @@ mod tests {
         std::hint::black_box(x);
         let after = cpu_seconds(&pids).expect("cpu time");
         assert!(after > before, "{before} then {after}");
+        assert!(rss_kib(std::process::id()) > 0);
+        assert_eq!(rss_kib(u32::MAX), 0);
         // Nothing listens on a port just closed.
         drop(listener);
         assert!(member_processes(&[format!("http://{address}")]).is_empty());

@@ -49,16 +49,6 @@ fn raise_fd_limit(want: u64) -> u64 {
     }
 }
 
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn addr(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().expect("address")
 }
@@ -151,7 +141,7 @@ fn flood_of_idle_slow_foreign_and_oversized_requests_keeps_writes_acknowledged_a
     let leader_client = addr(&leader_ip, CLIENT_PORT);
     let leader_peer = addr(&leader_ip, PEER_PORT);
     c.put_ok(leader, "warm-up", "x");
-    let rss_before: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+    let rss_before: Vec<u64> = pids.iter().map(|p| kuberaft::bench::observe::rss_kib(*p)).collect();
 
     // The writer: PUTs through the leader on one keep-alive connection (and whatever member
     // leads if that changes), counting acknowledgements during the flood.
@@ -205,7 +195,7 @@ fn flood_of_idle_slow_foreign_and_oversized_requests_keeps_writes_acknowledged_a
     let mut rss_peak = rss_before.clone();
     let sample_rss = |peak: &mut Vec<u64>| {
         for (i, pid) in pids.iter().enumerate() {
-            peak[i] = peak[i].max(rss_kib(*pid));
+            peak[i] = peak[i].max(kuberaft::bench::observe::rss_kib(*pid));
         }
     };
 
@@ -327,7 +317,7 @@ fn flood_of_idle_slow_foreign_and_oversized_requests_keeps_writes_acknowledged_a
     stop.store(true, Ordering::Relaxed);
     writer.join().expect("writer");
     std::thread::sleep(Duration::from_secs(1));
-    let rss_after: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+    let rss_after: Vec<u64> = pids.iter().map(|p| kuberaft::bench::observe::rss_kib(*p)).collect();
     let metrics = c
         .http
         .get(format!("{}/metrics", c.members[leader].client_url()))

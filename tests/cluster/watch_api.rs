@@ -559,7 +559,7 @@ fn a_watcher_that_does_not_read_holds_no_backlog_and_catches_up_from_history() {
         }
     });
     let rss: Vec<u64> =
-        (0..3).map(|i| crate::flood::rss_kib(c.members[i].child.as_ref().expect("running").id())).collect();
+        (0..3).map(|i| kuberaft::bench::observe::rss_kib(c.members[i].child.as_ref().expect("running").id())).collect();
     // Compared with the other follower, which does the same work without the watcher.
     let other = 3 - leader - follower;
     eprintln!("RSS after {writes} writes, a watcher that does not read on member {follower}: {rss:?} KiB");

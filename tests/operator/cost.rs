@@ -25,13 +25,7 @@ fn clusters() -> usize {
 }
 
 fn resident_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    kuberaft::bench::observe::rss_kib(std::process::id())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
