@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::base::histogram::Histogram;
 use crate::raft::Index;
@@ -206,15 +206,11 @@ impl AppendClock {
     }
 }
 
-/// A duration as milliseconds with three decimals (for logs and tests).
-pub fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::base::histogram::Parsed;
+    use std::time::Duration;
 
     #[test]
     fn each_write_is_measured_once_per_point_from_its_receipt() {
