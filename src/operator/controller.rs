@@ -265,7 +265,6 @@ async fn run_controller(
             ready: Arc::default(),
         };
         ctx.caches.register(ns.clone(), stores.clone());
-        let owned = |config: &watcher::Config| config.clone();
         let members_config = watcher::Config::default().labels(&format!(
             "{}={},{}={}",
             super::builders::LABEL_NAME,
@@ -275,9 +274,9 @@ async fn run_controller(
         ));
         // Pods and Secrets are owned by the StatefulSet or not watched for triggers: their
         // reflectors only fill the stores, polled beside the controller.
-        let pods = reflector(pod_writer, watcher(scoped::<Pod>(&c, &ns), owned(&members_config))).touched_objects();
+        let pods = reflector(pod_writer, watcher(scoped::<Pod>(&c, &ns), members_config)).touched_objects();
         let secrets =
-            reflector(secret_writer, watcher(scoped::<Secret>(&c, &ns), owned(&owned_config))).touched_objects();
+            reflector(secret_writer, watcher(scoped::<Secret>(&c, &ns), owned_config.clone())).touched_objects();
         let fill = futures::stream::select(pods.map(|_| ()), secrets.map(|_| ())).for_each(|_| async {});
         let ready = {
             let stores = stores.clone();
@@ -285,20 +284,20 @@ async fn run_controller(
         };
         let clusters = Controller::for_stream(clusters, reader)
             .owns_stream(
-                reflector(sts_writer, watcher(scoped::<StatefulSet>(&c, &ns), owned(&owned_config))).touched_objects(),
+                reflector(sts_writer, watcher(scoped::<StatefulSet>(&c, &ns), owned_config.clone())).touched_objects(),
             )
             .owns_stream(
-                reflector(cm_writer, watcher(scoped::<ConfigMap>(&c, &ns), owned(&owned_config))).touched_objects(),
+                reflector(cm_writer, watcher(scoped::<ConfigMap>(&c, &ns), owned_config.clone())).touched_objects(),
             )
             .owns_stream(
-                reflector(svc_writer, watcher(scoped::<Service>(&c, &ns), owned(&owned_config))).touched_objects(),
+                reflector(svc_writer, watcher(scoped::<Service>(&c, &ns), owned_config.clone())).touched_objects(),
             )
             .owns_stream(
-                reflector(pdb_writer, watcher(scoped::<PodDisruptionBudget>(&c, &ns), owned(&owned_config)))
+                reflector(pdb_writer, watcher(scoped::<PodDisruptionBudget>(&c, &ns), owned_config.clone()))
                     .touched_objects(),
             )
             .owns_stream(
-                reflector(np_writer, watcher(scoped::<NetworkPolicy>(&c, &ns), owned(&owned_config))).touched_objects(),
+                reflector(np_writer, watcher(scoped::<NetworkPolicy>(&c, &ns), owned_config.clone())).touched_objects(),
             )
             .graceful_shutdown_on(stopped(stop.clone(), lost.clone()))
             .run(reconcile::reconcile, error_policy, ctx.clone())
