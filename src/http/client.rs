@@ -69,7 +69,16 @@ pub fn streamed(chunks: Vec<Bytes>) -> RequestBody {
 
 /// A body sent chunk by chunk as the chunks arrive on `rx`; it ends when the sender is dropped.
 pub fn from_channel(rx: tokio::sync::mpsc::Receiver<Bytes>) -> RequestBody {
-    let chunks = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (Ok(Frame::data(c)), rx)) });
+    from_channel_noting(rx, || {})
+}
+
+/// The same, calling `taken` each time the connection takes a chunk to write.
+pub fn from_channel_noting(rx: tokio::sync::mpsc::Receiver<Bytes>, taken: impl Fn() + Send + 'static) -> RequestBody {
+    let chunks = futures::stream::unfold((rx, taken), |(mut rx, taken)| async move {
+        let chunk = rx.recv().await?;
+        taken();
+        Some((Ok(Frame::data(chunk)), (rx, taken)))
+    });
     UnsyncBoxBody::new(StreamBody::new(chunks))
 }
 

@@ -69,13 +69,14 @@ pub const CLIENT_PORT: PortLimits = PortLimits {
     waits: &["/v3lockpb.Lock/Lock", "/v3electionpb.Election/Campaign"],
 };
 
-/// The peer port: a cluster has at most 9 members, each with one or two connections to each
-/// other. The request timeout leaves room for a whole streamed snapshot (whose sender waits up to
+/// The peer port: a cluster has at most 9 members, each with two message streams to each other
+/// (`transport`, at most 16 requests held here) and a connection or two for snapshots, joins and
+/// forwarded requests (at most a third of the requests). The request timeout leaves room for a whole streamed snapshot (whose sender waits up to
 /// an hour, `transport::SNAPSHOT_TIMEOUT`): its receiver bounds each chunk by its own stall
 /// limit, and the other peer handlers bound their bodies and proposals themselves.
 pub const PEER_PORT: PortLimits = PortLimits {
     max_connections: 256,
-    max_requests: 64,
+    max_requests: 96,
     header_timeout: Duration::from_secs(10),
     request_timeout: Duration::from_secs(3660),
     waits: &[],

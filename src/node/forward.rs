@@ -16,7 +16,7 @@
 //!   /raft/v1/lease-renew`), which confirms that it leads once per batch, as etcd's followers
 //!   forward each keep-alive to the leader.
 //!
-//! The leader serves at most [`FORWARDED_SLOTS`] such requests at once, half of its peer port's
+//! The leader serves at most [`FORWARDED_SLOTS`] such requests at once, a third of its peer port's
 //! request slots, so that Raft's own messages always find one; past it a request is refused as
 //! retryable (503).
 //!
@@ -58,8 +58,9 @@ pub const LEASE_RENEW_PATH: &str = "/raft/v1/lease-renew";
 pub const MAX_BATCH: usize = 1024;
 /// Requests of each kind out to the leader at once.
 const IN_FLIGHT: usize = 4;
-/// Forwarded requests a leader serves at once (half of `PEER_PORT.max_requests`).
-pub const FORWARDED_SLOTS: usize = crate::http::serve::PEER_PORT.max_requests / 2;
+/// Forwarded requests a leader serves at once (a third of `PEER_PORT.max_requests`, so that
+/// message streams and snapshots always find room).
+pub const FORWARDED_SLOTS: usize = crate::http::serve::PEER_PORT.max_requests / 3;
 /// Work waiting to be forwarded, per kind; past it a request fails as overloaded.
 const QUEUE: usize = 8192;
 /// How long a follower waits to apply what the leader applied before it answers a write (the

@@ -18,6 +18,8 @@ pub mod watch;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod transport_tests;
 
 pub use handle::NodeHandle;
 pub use runtime::NodeError;

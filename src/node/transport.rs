@@ -1,7 +1,12 @@
 //! Peer transport on the peer port: HTTP with a compact binary body. One task per peer drains
-//! a bounded queue, batching whatever is waiting into one request on a reused connection (the
-//! pooled `http::client::HttpClient`, dialling from the member's own address); a peer that is
-//! down or slow only fills (and then drops from) its own queue, so it never blocks the others.
+//! a bounded queue, batching whatever is waiting, and writes each batch as a frame into one of
+//! two long-lived streams to the peer (the pooled `http::client::HttpClient`, dialling from the
+//! member's own address), as etcd's stream transport does: appends on one, everything else
+//! (heartbeats, votes, answers) on the other, so a heartbeat never waits behind data and any
+//! number of appends are in flight, none waiting for an answer. A stream that ends is opened
+//! again on the next batch; one whose peer takes nothing for `STREAM_STALL` is closed. A peer
+//! that is down or slow only fills (and then drops from) its own queue and streams, so it never
+//! blocks the others.
 //! The Raft loop tells the transport the current membership (`Outbox::retain`), and the tasks
 //! of members that left end. A snapshot's body is streamed in chunks; a peer's answer is read
 //! up to `MAX_ANSWER_BYTES`.
@@ -12,6 +17,12 @@
 //! - `POST /raft/v1/messages`: the format byte, then a `Vec<Message>`, at most
 //!   `MAX_BATCH_MESSAGES` messages and about `BATCH_TARGET_BYTES` (a single message may be
 //!   larger); the receiver accepts at most `PeerLimits::batch_bytes`.
+//! - `POST /raft/v1/stream` (header `x-kuberaft-stream: control|data`): frames for as long as the
+//!   sender keeps the body open (HTTP/1.1 chunked), each a 4-byte big-endian length `n`, then
+//!   `n` bytes of a `/raft/v1/messages` body; the receiver hands each frame's messages to the
+//!   Raft loop as it arrives, checks each frame against the same limit, and answers 204 when the
+//!   body ends. A peer that answers 404 (an older kuberaft, without streams) gets batches posted one by one to
+//!   `/raft/v1/messages`, each waiting for its answer, and streams again after `STREAM_RETRY`.
 //! - `POST /raft/v1/snapshot`: one InstallSnapshot: the format byte, a 4-byte big-endian length
 //!   `n`, then `n` bytes of the `Message` with empty snapshot data, then the snapshot itself (the
 //!   rest of the body): the state machine's database as a stream (`store::mvcc::snapshot`),
@@ -33,10 +44,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -67,6 +78,7 @@ use crate::store::mvcc::snapshot::{ChunkReader, SnapshotReader};
 use crate::store::KvStore;
 
 pub const MESSAGES_PATH: &str = "/raft/v1/messages";
+pub const STREAM_PATH: &str = "/raft/v1/stream";
 pub const SNAPSHOT_PATH: &str = "/raft/v1/snapshot";
 pub const MEMBERS_PATH: &str = "/raft/v1/members";
 pub const JOIN_PATH: &str = "/raft/v1/join";
@@ -76,6 +88,9 @@ pub const HEADER_CLIENT_URL: &str = "x-kuberaft-client-url";
 pub const HEADER_PEER_URL: &str = "x-kuberaft-peer-url";
 /// The sender's name (`--name`), when it can travel as a header value.
 pub const HEADER_NAME: &str = "x-kuberaft-name";
+/// Which of a sender's two streams a request is (`control` or `data`), for whoever reads the
+/// traffic.
+pub const HEADER_STREAM: &str = "x-kuberaft-stream";
 /// The content type of peer bodies that start with a format byte (everything sent since 0.2).
 pub const PEER_CONTENT_TYPE: &str = "application/vnd.kuberaft.raft";
 /// The format byte this member sends: 2, postcard. (Format 1 is 0.1.0's bincode 1, which had no
@@ -117,6 +132,20 @@ const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(80);
 const BATCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// A whole snapshot, however large, must be across within this.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Frames a stream queues before its sender drops messages. What they hold is bounded by the
+/// core's flow control (the appends in flight to a peer, `Config::max_inflight_msgs`).
+const STREAM_FRAMES: usize = 256;
+/// A stream whose oldest frame waited this long with nothing taken is closed and dialled anew.
+const STREAM_STALL: Duration = BATCH_TIMEOUT;
+/// How often an idle sender looks at its streams.
+const STREAM_CHECK: Duration = Duration::from_millis(500);
+/// A stream with nothing queued for this long is closed (and opened again when needed).
+const STREAM_IDLE: Duration = Duration::from_secs(30);
+/// A stream is replaced after this long, well within the peer port's request timeout.
+const STREAM_LIFETIME: Duration = Duration::from_secs(600);
+/// A peer without streams (an older kuberaft) gets batches posted one by one; streams are
+/// tried again after this long (it may have been upgraded).
+const STREAM_RETRY: Duration = Duration::from_secs(60);
 /// A peer answers a batch or a snapshot with no body, or a one-line reason; more is not read.
 const MAX_ANSWER_BYTES: usize = 64 << 10;
 
@@ -243,19 +272,75 @@ fn is_snapshot(m: &Message) -> bool {
     matches!(m.body, MessageBody::InstallSnapshot { .. })
 }
 
-/// What one request carries.
-enum Outgoing {
-    Batch(Vec<Message>),
-    Snapshot(Message),
+/// Which of a peer's two streams a message takes: appends on one, everything else (heartbeats,
+/// votes, answers) on the other, so that a heartbeat never waits behind data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    Control = 0,
+    Data = 1,
 }
 
-impl Outgoing {
-    fn len(&self) -> usize {
-        match self {
-            Outgoing::Batch(b) => b.len(),
-            Outgoing::Snapshot(_) => 1,
-        }
+fn lane_of(m: &Message) -> Lane {
+    if matches!(m.body, MessageBody::Append { .. }) {
+        Lane::Data
+    } else {
+        Lane::Control
     }
+}
+
+/// One long-lived `POST /raft/v1/stream` to a peer: its body carries frames as the sender queues
+/// them, written by hyper as the connection takes them, so any number of batches are in flight
+/// and none waits for an answer.
+struct PeerStream {
+    frames: mpsc::Sender<Bytes>,
+    /// When the body last handed a frame to the connection (ms since `opened`).
+    taken_ms: Arc<AtomicU64>,
+    /// When a frame was last queued behind none (the stream had sent everything before it).
+    waiting_since: Instant,
+    opened: Instant,
+    last_queued: Instant,
+    call: tokio::task::JoinHandle<Result<client::Answer, client::CallError>>,
+}
+
+impl PeerStream {
+    fn open(http: &HttpClient, request: axum::http::request::Builder) -> PeerStream {
+        let (frames, rx) = mpsc::channel::<Bytes>(STREAM_FRAMES);
+        let opened = Instant::now();
+        let taken_ms = Arc::new(AtomicU64::new(0));
+        let taken = taken_ms.clone();
+        let body = client::from_channel_noting(rx, move || {
+            taken.store(u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        });
+        let (http, request) = (http.clone(), request.body(body));
+        let call =
+            tokio::spawn(async move { http.call(request, STREAM_LIFETIME + STREAM_IDLE, MAX_ANSWER_BYTES).await });
+        PeerStream { frames, taken_ms, waiting_since: opened, opened, last_queued: opened, call }
+    }
+
+    /// Frames queued and not yet taken by the connection.
+    fn pending(&self) -> usize {
+        self.frames.max_capacity() - self.frames.capacity()
+    }
+
+    /// A frame has waited `STREAM_STALL` with the connection taking nothing: the peer stopped
+    /// reading (cut off, or stuck).
+    fn stalled(&self, now: Instant) -> bool {
+        let taken = self.opened + Duration::from_millis(self.taken_ms.load(Ordering::Relaxed));
+        self.pending() > 0 && now.saturating_duration_since(self.waiting_since.max(taken)) > STREAM_STALL
+    }
+}
+
+/// What one peer's sender task keeps: its two streams, or (a peer that has no streams: an
+/// older kuberaft) one `POST /raft/v1/messages` per batch until `post_until`.
+struct PeerLink {
+    to: NodeId,
+    shared: Arc<Shared>,
+    http: HttpClient,
+    loop_tx: SyncSender<Input>,
+    streams: [Option<PeerStream>; 2],
+    post_until: Option<Instant>,
+    reported_failure: bool,
+    snapshot_in_flight: Arc<AtomicBool>,
 }
 
 async fn peer_sender(
@@ -266,140 +351,267 @@ async fn peer_sender(
     loop_tx: SyncSender<Input>,
     _live: LiveGuard,
 ) {
-    let mut reported_failure = false;
+    let mut link = PeerLink {
+        to,
+        shared,
+        http,
+        loop_tx,
+        streams: [None, None],
+        post_until: None,
+        reported_failure: false,
+        snapshot_in_flight: Arc::new(AtomicBool::new(false)),
+    };
     let mut next: Option<Message> = None;
-    let snapshot_in_flight = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let first = match next.take() {
             Some(m) => m,
-            None => match rx.recv().await {
-                Some(m) => m,
-                None => break,
+            None => match tokio::time::timeout(STREAM_CHECK, rx.recv()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => {
+                    link.check_streams(Instant::now());
+                    continue;
+                }
             },
         };
-        // A snapshot travels alone, streamed; anything else is batched up to a size.
-        let outgoing = if is_snapshot(&first) {
-            Outgoing::Snapshot(first)
-        } else {
-            let mut bytes = codec::encoded_len(&first);
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH_MESSAGES && bytes < BATCH_TARGET_BYTES {
-                let Ok(m) = rx.try_recv() else { break };
-                let size = codec::encoded_len(&m);
-                if is_snapshot(&m) || bytes.saturating_add(size) > BATCH_TARGET_BYTES {
-                    next = Some(m);
-                    break;
-                }
-                bytes += size;
-                batch.push(m);
-            }
-            Outgoing::Batch(batch)
-        };
-        let count = outgoing.len() as u64;
-        let Some(address) = shared.address(to).filter(|a| !a.peer_url.is_empty()) else {
-            shared.metrics.peer_messages_dropped.fetch_add(count, Ordering::Relaxed);
+        if is_snapshot(&first) {
+            link.send_snapshot(first);
             continue;
-        };
-        let has_snapshot = matches!(outgoing, Outgoing::Snapshot(_));
-        if has_snapshot {
-            shared.metrics.snapshots_sent.fetch_add(1, Ordering::Relaxed);
-            let event = EventKind::SnapshotSent { to: timeline::member(to) };
-            shared.timeline.record(shared.term(), event);
         }
-        let (request, timeout) = match outgoing {
-            Outgoing::Batch(batch) => match encode_messages(&batch) {
-                Ok(body) => {
-                    if let Some(last) = last_entry(&batch) {
-                        // The write path's `sent` point (`node::latency`).
-                        shared.latency.passed(WritePoint::Sent, last);
-                    }
-                    (peer_request(&shared, &address, MESSAGES_PATH).body(client::full(body)), BATCH_TIMEOUT)
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot encode peer messages");
-                    continue;
-                }
-            },
-            Outgoing::Snapshot(message) => {
-                // A snapshot streams on its own task, so that heartbeats and appends to the
-                // peer never wait behind it; one at a time per peer (a newer one meanwhile is
-                // dropped: the core sends again once this one is answered or times out).
-                let reader = lock(&shared.outgoing_snapshots).remove(&to);
-                if snapshot_in_flight.swap(true, Ordering::AcqRel) {
-                    continue;
-                }
-                let body = match snapshot_stream(message, reader) {
-                    Ok(body) => body,
-                    Err(e) => {
-                        snapshot_in_flight.store(false, Ordering::Release);
-                        tracing::warn!(error = %e, "cannot send a snapshot");
-                        let _ = offer(&loop_tx, Input::SnapshotFailed(to));
-                        continue;
-                    }
-                };
-                let request = peer_request(&shared, &address, SNAPSHOT_PATH).body(body);
-                let (http, loop_tx, in_flight, peer) =
-                    (http.clone(), loop_tx.clone(), snapshot_in_flight.clone(), address.name.clone());
-                tokio::spawn(async move {
-                    let started = std::time::Instant::now();
-                    let answer = http.call(request, SNAPSHOT_TIMEOUT, MAX_ANSWER_BYTES).await;
-                    in_flight.store(false, Ordering::Release);
-                    match answer {
-                        Ok(answer) if answer.status.is_success() => {
-                            tracing::info!(%peer, seconds = started.elapsed().as_secs_f64(), "sent a snapshot");
-                        }
-                        Ok(answer) => {
-                            let why = String::from_utf8_lossy(&answer.body);
-                            tracing::warn!(%peer, status = %answer.status, reason = %why, "the peer refused a snapshot");
-                            let _ = offer(&loop_tx, Input::SnapshotFailed(to));
-                        }
-                        Err(e) => {
-                            tracing::warn!(%peer, error = %e, "sending a snapshot failed");
-                            let _ = offer(&loop_tx, Input::SnapshotFailed(to));
-                        }
-                    }
-                });
-                continue;
+        // Whatever waits is batched, per lane, up to a size; a snapshot goes after them.
+        let mut batches: [Vec<Message>; 2] = [Vec::new(), Vec::new()];
+        let mut bytes = codec::encoded_len(&first);
+        batches[lane_of(&first) as usize].push(first);
+        while batches[0].len() + batches[1].len() < MAX_BATCH_MESSAGES && bytes < BATCH_TARGET_BYTES {
+            let Ok(m) = rx.try_recv() else { break };
+            let size = codec::encoded_len(&m);
+            if is_snapshot(&m) || bytes.saturating_add(size) > BATCH_TARGET_BYTES {
+                next = Some(m);
+                break;
+            }
+            bytes += size;
+            batches[lane_of(&m) as usize].push(m);
+        }
+        let [control, data] = batches;
+        for (lane, batch) in [(Lane::Control, control), (Lane::Data, data)] {
+            if !batch.is_empty() {
+                link.send(lane, batch).await;
+            }
+        }
+    }
+}
+
+impl PeerLink {
+    fn dropped(&self, count: usize) {
+        self.shared.metrics.peer_messages_dropped.fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    async fn send(&mut self, lane: Lane, batch: Vec<Message>) {
+        let Some(address) = self.shared.address(self.to).filter(|a| !a.peer_url.is_empty()) else {
+            self.dropped(batch.len());
+            return;
+        };
+        let frame = match encode_frame(&batch) {
+            Ok(frame) => frame,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode peer messages");
+                return;
             }
         };
-        let failure = match http.call(request, timeout, MAX_ANSWER_BYTES).await {
-            Ok(answer) if answer.status.is_success() => None,
-            Ok(answer) => {
-                let status = answer.status;
-                let why = String::from_utf8_lossy(&answer.body);
-                if status == StatusCode::PRECONDITION_FAILED
-                    || status == StatusCode::FORBIDDEN
-                    || status == StatusCode::PAYLOAD_TOO_LARGE
-                {
-                    tracing::warn!(peer = %address.name, %status, reason = %why, "peer rejected our messages");
-                    shared.set_error("peers", Some(format!("{} rejected our messages: {why}", address.peer_url)));
+        if let Some(last) = last_entry(&batch) {
+            // The write path's `sent` point (`node::latency`).
+            self.shared.latency.passed(WritePoint::Sent, last);
+        }
+        let now = Instant::now();
+        // Both lanes: a data stream that stalled is noticed while heartbeats flow (the core
+        // sends no appends while those in flight are unanswered).
+        self.close_ended(Lane::Control, &address, now);
+        self.close_ended(Lane::Data, &address, now);
+        if self.post_until.is_some_and(|until| now < until) {
+            let body = client::full(frame.slice(4..));
+            let request = peer_request(&self.shared, &address, MESSAGES_PATH).body(body);
+            let failure = match self.http.call(request, BATCH_TIMEOUT, MAX_ANSWER_BYTES).await {
+                Ok(answer) => self.answer_failure(&address, &answer),
+                Err(e) => Some(e.to_string()),
+            };
+            self.report(&address, failure, batch.len());
+            return;
+        }
+        let stream = self.stream(lane, &address, now);
+        let caught_up = stream.pending() == 0;
+        match stream.frames.try_send(frame) {
+            Ok(()) => {
+                stream.last_queued = now;
+                if caught_up {
+                    stream.waiting_since = now;
                 }
-                Some(format!("{status}: {why}"))
             }
-            Err(e) => Some(e.to_string()),
+            // The peer reads more slowly than the loop sends, or is cut off: the core sends
+            // again what is lost, and the stall check closes a stream that takes nothing.
+            Err(_) => self.dropped(batch.len()),
+        }
+    }
+
+    /// The lane's stream: the open one, or a new one in place of one that ended (`close_ended`)
+    /// or lived long (the peer port cuts a request at its request timeout).
+    fn stream(&mut self, lane: Lane, address: &MemberInfo, now: Instant) -> &mut PeerStream {
+        let slot = &mut self.streams[lane as usize];
+        if slot.as_ref().is_some_and(|s| now.duration_since(s.opened) > STREAM_LIFETIME) {
+            // Closed by ending its body: what it holds is still sent.
+            *slot = None;
+        }
+        let (shared, http) = (&self.shared, &self.http);
+        let kind = match lane {
+            Lane::Control => "control",
+            Lane::Data => "data",
         };
+        slot.get_or_insert_with(|| {
+            PeerStream::open(http, peer_request(shared, address, STREAM_PATH).header(HEADER_STREAM, kind))
+        })
+    }
+
+    /// Ends the lane's stream if its call ended (reporting why) or it stalled (dropping it, which
+    /// closes its connection).
+    fn close_ended(&mut self, lane: Lane, address: &MemberInfo, now: Instant) {
+        let Some(stream) = self.streams[lane as usize].as_mut() else { return };
+        let lost = stream.pending();
+        let failure = if stream.call.is_finished() {
+            let ended = futures::FutureExt::now_or_never(&mut stream.call);
+            match ended {
+                Some(Ok(Ok(answer))) if answer.status == StatusCode::NOT_FOUND => {
+                    tracing::info!(peer = %address.name, "the peer has no message streams (an older kuberaft): posting batches");
+                    self.post_until = Some(now + STREAM_RETRY);
+                    None
+                }
+                Some(Ok(Ok(answer))) => self.answer_failure(address, &answer),
+                Some(Ok(Err(e))) => Some(e.to_string()),
+                Some(Err(e)) => Some(format!("the stream's task ended: {e}")),
+                None => None,
+            }
+        } else if stream.stalled(now) {
+            stream.call.abort();
+            Some(format!("the peer took nothing for {} ms", STREAM_STALL.as_millis()))
+        } else {
+            if stream.taken_ms.load(Ordering::Relaxed) > 0 {
+                self.report(address, None, 0);
+            }
+            return;
+        };
+        self.streams[lane as usize] = None;
+        self.report(address, failure, lost);
+    }
+
+    /// Closes streams idle for `STREAM_IDLE`, and notices ended or stalled ones while nothing is
+    /// sent.
+    fn check_streams(&mut self, now: Instant) {
+        let Some(address) = self.shared.address(self.to) else { return };
+        for lane in [Lane::Control, Lane::Data] {
+            self.close_ended(lane, &address, now);
+            let slot = &mut self.streams[lane as usize];
+            if slot.as_ref().is_some_and(|s| s.pending() == 0 && now.duration_since(s.last_queued) > STREAM_IDLE) {
+                *slot = None;
+            }
+        }
+    }
+
+    /// Why an answer to a batch or a stream is a failure (`None`: it is not).
+    fn answer_failure(&self, address: &MemberInfo, answer: &client::Answer) -> Option<String> {
+        if answer.status.is_success() {
+            return None;
+        }
+        let status = answer.status;
+        let why = String::from_utf8_lossy(&answer.body);
+        if status == StatusCode::PRECONDITION_FAILED
+            || status == StatusCode::FORBIDDEN
+            || status == StatusCode::PAYLOAD_TOO_LARGE
+        {
+            tracing::warn!(peer = %address.name, %status, reason = %why, "peer rejected our messages");
+            self.shared.set_error("peers", Some(format!("{} rejected our messages: {why}", address.peer_url)));
+        }
+        Some(format!("{status}: {why}"))
+    }
+
+    /// Records that the peer answers (`None`) or why it does not, on a change; `lost` messages
+    /// count as dropped.
+    fn report(&mut self, address: &MemberInfo, failure: Option<String>, lost: usize) {
+        let (shared, to) = (&self.shared, self.to);
         match failure {
             None => {
-                if reported_failure {
+                if self.reported_failure {
                     tracing::info!(peer = %address.name, "peer reachable again");
-                    reported_failure = false;
+                    self.reported_failure = false;
                     shared.timeline.record(shared.term(), EventKind::PeerReachable { peer: timeline::member(to) });
                 }
             }
             Some(why) => {
-                if !reported_failure {
+                if !self.reported_failure {
                     tracing::debug!(peer = %address.name, error = %why, "cannot reach peer");
-                    reported_failure = true;
-                    let event = EventKind::PeerUnreachable { peer: timeline::member(to), error: why.clone() };
+                    self.reported_failure = true;
+                    let event = EventKind::PeerUnreachable { peer: timeline::member(to), error: why };
                     shared.timeline.record(shared.term(), event);
                 }
-                shared.metrics.peer_messages_dropped.fetch_add(count, Ordering::Relaxed);
-                if has_snapshot {
-                    let _ = offer(&loop_tx, Input::SnapshotFailed(to));
-                }
+                self.dropped(lost);
             }
         }
     }
+
+    /// A snapshot streams on its own task, so that heartbeats and appends to the peer never wait
+    /// behind it; one at a time per peer (a newer one meanwhile is dropped: the core sends again
+    /// once this one is answered or times out).
+    fn send_snapshot(&mut self, message: Message) {
+        let (shared, to) = (&self.shared, self.to);
+        let Some(address) = shared.address(to).filter(|a| !a.peer_url.is_empty()) else {
+            self.dropped(1);
+            return;
+        };
+        shared.metrics.snapshots_sent.fetch_add(1, Ordering::Relaxed);
+        shared.timeline.record(shared.term(), EventKind::SnapshotSent { to: timeline::member(to) });
+        let reader = lock(&shared.outgoing_snapshots).remove(&to);
+        if self.snapshot_in_flight.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let body = match snapshot_stream(message, reader) {
+            Ok(body) => body,
+            Err(e) => {
+                self.snapshot_in_flight.store(false, Ordering::Release);
+                tracing::warn!(error = %e, "cannot send a snapshot");
+                let _ = offer(&self.loop_tx, Input::SnapshotFailed(to));
+                return;
+            }
+        };
+        let request = peer_request(shared, &address, SNAPSHOT_PATH).body(body);
+        let (http, loop_tx, in_flight, peer) =
+            (self.http.clone(), self.loop_tx.clone(), self.snapshot_in_flight.clone(), address.name.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = http.call(request, SNAPSHOT_TIMEOUT, MAX_ANSWER_BYTES).await;
+            in_flight.store(false, Ordering::Release);
+            match answer {
+                Ok(answer) if answer.status.is_success() => {
+                    tracing::info!(%peer, seconds = started.elapsed().as_secs_f64(), "sent a snapshot");
+                }
+                Ok(answer) => {
+                    let why = String::from_utf8_lossy(&answer.body);
+                    tracing::warn!(%peer, status = %answer.status, reason = %why, "the peer refused a snapshot");
+                    let _ = offer(&loop_tx, Input::SnapshotFailed(to));
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "sending a snapshot failed");
+                    let _ = offer(&loop_tx, Input::SnapshotFailed(to));
+                }
+            }
+        });
+    }
+}
+
+/// A batch as one frame of a stream: the length (4 bytes, big-endian) of what follows, then
+/// the body `POST /raft/v1/messages` takes (`encode_messages`).
+fn encode_frame(messages: &[Message]) -> Result<Bytes, CodecError> {
+    let mut frame = vec![0, 0, 0, 0, PEER_FORMAT];
+    codec::encode_into(messages, &mut frame)?;
+    let len = u32::try_from(frame.len() - 4).map_err(|_| CodecError::new("a batch of 4 GiB or more"))?;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(Bytes::from(frame))
 }
 
 pub(super) fn peer_request(shared: &Shared, address: &MemberInfo, path: &str) -> axum::http::request::Builder {
@@ -583,6 +795,7 @@ impl PeerServer {
 pub fn peer_router(server: PeerServer) -> Router {
     Router::new()
         .route(MESSAGES_PATH, post(receive))
+        .route(STREAM_PATH, post(receive_stream))
         .route(SNAPSHOT_PATH, post(receive_snapshot))
         .route(MEMBERS_PATH, get(members))
         .route(JOIN_PATH, post(join))
@@ -667,9 +880,8 @@ fn check_identity(shared: &Shared, from: u64, cert: Option<&PeerCertificate>) ->
     certificate_names(&cert.0, host).map_err(|why| format!("member {from:x} (peer URL {url}): {why}"))
 }
 
-/// Hands checked messages to the Raft loop.
-fn deliver(server: &PeerServer, from: u64, headers: &HeaderMap, messages: Vec<Message>) -> Response {
-    let shared = &server.shared;
+/// Records the URLs and the name a sender's headers announce.
+fn note_sender(shared: &Shared, from: u64, headers: &HeaderMap) {
     if from != 0 {
         note_peer_urls(
             shared,
@@ -679,6 +891,11 @@ fn deliver(server: &PeerServer, from: u64, headers: &HeaderMap, messages: Vec<Me
             header(headers, HEADER_NAME),
         );
     }
+}
+
+/// Hands checked messages to the Raft loop.
+fn step_all(server: &PeerServer, from: u64, messages: Vec<Message>) {
+    let shared = &server.shared;
     for m in messages {
         if m.to != shared.id || m.from != from || from == 0 || !m.is_well_formed() {
             shared.metrics.peer_messages_rejected.fetch_add(1, Ordering::Relaxed);
@@ -688,6 +905,12 @@ fn deliver(server: &PeerServer, from: u64, headers: &HeaderMap, messages: Vec<Me
             shared.metrics.peer_messages_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Hands a request's checked messages to the Raft loop.
+fn deliver(server: &PeerServer, from: u64, headers: &HeaderMap, messages: Vec<Message>) -> Response {
+    note_sender(&server.shared, from, headers);
+    step_all(server, from, messages);
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -706,6 +929,48 @@ async fn receive(State(server): State<PeerServer>, request: Request) -> Response
         Err(e) => return reject(StatusCode::BAD_REQUEST, format!("undecodable messages: {e}")),
     };
     deliver(&server, from, &parts.headers, messages)
+}
+
+/// `POST /raft/v1/stream`: frames of messages for as long as the sender keeps the body open,
+/// each handed to the Raft loop as it arrives. Checked as a batch is: the sender's headers once,
+/// then each frame against `PeerLimits::batch_bytes` (413, and the stream ends) and its
+/// decoding (400). Answers 204 when the sender ends the body.
+async fn receive_stream(State(server): State<PeerServer>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let from = match check_sender(&server, &parts.headers, &parts.extensions) {
+        Ok(from) => from,
+        Err((status, why)) => return reject(status, why),
+    };
+    if WireFormat::of(&parts.headers) != WireFormat::Versioned {
+        return reject(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("a stream is sent as {PEER_CONTENT_TYPE}"));
+    }
+    note_sender(&server.shared, from, &parts.headers);
+    let limit = server.limits.batch_bytes;
+    let mut chunks = body.into_data_stream();
+    let mut buffer = bytes::BytesMut::new();
+    loop {
+        while let Some(head) = buffer.first_chunk::<4>() {
+            let len = u32::from_be_bytes(*head) as usize;
+            if len > limit {
+                return reject(StatusCode::PAYLOAD_TOO_LARGE, format!("a frame of {len} bytes; the limit is {limit}"));
+            }
+            if buffer.len() < 4 + len {
+                buffer.reserve(4 + len - buffer.len());
+                break;
+            }
+            let frame = buffer.split_to(4 + len);
+            match decode_messages(WireFormat::Versioned, &frame[4..]) {
+                Ok(messages) => step_all(&server, from, messages),
+                Err(e) => return reject(StatusCode::BAD_REQUEST, format!("undecodable messages: {e}")),
+            }
+        }
+        match chunks.next().await {
+            Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+            Some(Err(e)) => return reject(StatusCode::BAD_REQUEST, format!("the stream broke: {e}")),
+            None if buffer.is_empty() => return StatusCode::NO_CONTENT.into_response(),
+            None => return reject(StatusCode::BAD_REQUEST, "the stream ended inside a frame".into()),
+        }
+    }
 }
 
 /// Reads a batch's body (messages, or forwarded proposals), within the batch limits.

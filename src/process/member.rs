@@ -72,6 +72,7 @@ fn start(mut args: NodeArgs) -> Result<(), StartError> {
     let cfg = raft_config(start.meta.member_id, &args)?;
     let peer_limits = PeerLimits::new(cfg.max_msg_bytes, args.max_value_bytes);
     let raw = RawNode::new(Raft::new(cfg, start.state).map_err(|e| StartError::from(e.to_string()))?);
+    let committed_at_start = raw.raft.commit_index();
     let shared = Arc::new(shared_state(&args, &flags, &start.meta, start.problems, &start.known, &raw, kv));
 
     // The Raft loop's thread, and its peer transport.
@@ -92,7 +93,7 @@ fn start(mut args: NodeArgs) -> Result<(), StartError> {
     let node = NodeHandle { shared: shared.clone(), tx: tx.clone() };
     let peer = PeerServer::new(shared.clone(), tx.clone(), peer_limits).requiring_identity(flags.tls.peer_identity);
     drop(tx);
-    let result = runtime.block_on(serve_until_stopped(&flags, node, peer));
+    let result = runtime.block_on(serve_until_stopped(&flags, node, peer, committed_at_start));
     runtime.shutdown_timeout(Duration::from_secs(1));
     let _ = loop_thread.join();
     result
@@ -596,7 +597,16 @@ fn shared_state(
 
 /// Serves the client and peer ports until SIGTERM/SIGINT (then hands leadership away) or until
 /// the member learns its data is lost (exit 3); then lets requests in flight finish (bounded).
-async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) -> Result<(), StartError> {
+/// Clients are served once the state machine has applied what the log held committed at start
+/// (`committed_at_start`), as etcd serves them only once it is ready: until then it holds what
+/// its database last made durable, which may be older than what this member served (and listed
+/// as members) before it stopped. Their connections wait in the listener's backlog meanwhile.
+async fn serve_until_stopped(
+    flags: &Flags,
+    node: NodeHandle,
+    peer: PeerServer,
+    committed_at_start: crate::raft::Index,
+) -> Result<(), StartError> {
     let shared = node.shared.clone();
     let (client_addr, peer_addr) = (flags.client_addr, flags.peer_addr);
     let leader_dial = Dial::leader(Some(client_addr.ip()).filter(|ip| !ip.is_unspecified()));
@@ -645,15 +655,17 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
             tokio::spawn(serve(listener, router, METRICS_PORT, render_client_error, stats, None, stop_rx.clone()))
         })
         .collect();
-    let client_server = tokio::spawn(serve(
-        client_listener,
-        client_router(api),
-        CLIENT_PORT,
-        render_client_error,
-        client_stats,
-        flags.tls.client.clone(),
-        stop_rx.clone(),
-    ));
+    let client_server = tokio::spawn({
+        let (shared, client_tls, mut stop) = (shared.clone(), flags.tls.client.clone(), stop_rx.clone());
+        async move {
+            tokio::select! {
+                () = replayed(&shared, committed_at_start) => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+            let router = client_router(api);
+            serve(client_listener, router, CLIENT_PORT, render_client_error, client_stats, client_tls, stop).await;
+        }
+    });
     let peer_server = tokio::spawn(serve(
         peer_listener,
         transport::peer_router(peer),
@@ -684,6 +696,16 @@ async fn serve_until_stopped(flags: &Flags, node: NodeHandle, peer: PeerServer) 
     match lost {
         Some(why) => Err(StartError::data_lost(why)),
         None => Ok(()),
+    }
+}
+
+/// Returns once the state machine has applied through `commit`, or has stopped applying (then
+/// the client port serves its `/readyz` and errors saying so).
+async fn replayed(shared: &Shared, commit: crate::raft::Index) {
+    let mut applied = shared.applied.subscribe();
+    while *applied.borrow_and_update() < commit && !shared.halted() {
+        // Woken by each apply; the timeout notices a halt, which sends nothing.
+        let _ = tokio::time::timeout(Duration::from_millis(100), applied.changed()).await;
     }
 }
 

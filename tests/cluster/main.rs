@@ -109,6 +109,48 @@ fn sigkill_of_the_leader_loses_no_acknowledged_write() {
     }
 }
 
+/// A member restarted after SIGKILL holds, in its database, what it last made durable (before
+/// a log compaction): the rest it replays from its log. Clients are served only after that, as
+/// etcd serves them once ready: the first answer it gives already has every write and the
+/// member list it had. It used to answer from the older state for a moment after it started
+/// (an empty member list, a lower revision).
+#[test]
+fn a_restarted_member_answers_clients_only_once_it_has_replayed_its_log() {
+    let mut c = Cluster::new(161, 1);
+    c.bootstrap();
+    c.wait_leader(ELECTION);
+    // Fewer entries than a snapshot takes (10,000), so none of them is durable in the database.
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let c = &c;
+            scope.spawn(move || {
+                for n in 0..500 {
+                    c.put_ok(0, &format!("t{t}-{n}"), "v");
+                }
+            });
+        }
+    });
+    // Idle for a moment: the commit of the last write is in the log's durable state too.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = c.status(0).expect("status");
+    let (revision, members) = (before["revision"].as_u64().expect("revision"), before["members"].clone());
+    assert_eq!(members.as_array().map(Vec::len), Some(1), "{before}");
+    c.kill(0);
+    c.start(0, &c.initial_cluster(&[0]), "new");
+    // As soon as it answers at all (polled without a pause, bounded), the answer is complete.
+    let started = Instant::now();
+    let first = loop {
+        if let Some(s) = c.status(0) {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no answer: {}", c.log_tail(0));
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(first["revision"].as_u64(), Some(revision), "the first answer has every write: {first}");
+    assert_eq!(first["members"], members, "and the member list: {first}");
+    assert!(first["appliedIndex"].as_u64() >= before["appliedIndex"].as_u64(), "{first}");
+}
+
 /// Partitions need nftables: without it a test cannot run (tests/support/require.rs: it fails
 /// under `CI=true`, elsewhere it says it was skipped).
 fn require_nft() -> bool {
