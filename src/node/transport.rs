@@ -179,6 +179,8 @@ pub struct Transport {
     members: Option<ConfState>,
     /// Sender tasks running (each ends once its queue is removed and drained).
     live: Arc<AtomicUsize>,
+    /// Messages go on streams (`--peer-streams`); else one POST per batch.
+    streams: bool,
 }
 
 impl Transport {
@@ -200,7 +202,13 @@ impl Transport {
             loop_tx,
             members: None,
             live: Arc::new(AtomicUsize::new(0)),
+            streams: true,
         }
+    }
+
+    /// With `false`, every batch is posted on its own (`--peer-streams=false`).
+    pub fn with_streams(self, streams: bool) -> Transport {
+        Transport { streams, ..self }
     }
 
     /// Sender tasks that are still running.
@@ -214,10 +222,11 @@ impl Transport {
         let loop_tx = self.loop_tx.clone();
         let runtime = self.runtime.clone();
         let live = self.live.clone();
+        let streams = self.streams;
         self.queues.entry(to).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             live.fetch_add(1, Ordering::Relaxed);
-            runtime.spawn(peer_sender(to, rx, shared, http, loop_tx, LiveGuard(live)));
+            runtime.spawn(peer_sender(to, rx, shared, http, loop_tx, streams, LiveGuard(live)));
             tx
         })
     }
@@ -338,6 +347,8 @@ struct PeerLink {
     http: HttpClient,
     loop_tx: SyncSender<Input>,
     streams: [Option<PeerStream>; 2],
+    /// `--peer-streams=false`.
+    post_always: bool,
     post_until: Option<Instant>,
     reported_failure: bool,
     snapshot_in_flight: Arc<AtomicBool>,
@@ -349,6 +360,7 @@ async fn peer_sender(
     shared: Arc<Shared>,
     http: HttpClient,
     loop_tx: SyncSender<Input>,
+    streams: bool,
     _live: LiveGuard,
 ) {
     let mut link = PeerLink {
@@ -357,6 +369,7 @@ async fn peer_sender(
         http,
         loop_tx,
         streams: [None, None],
+        post_always: !streams,
         post_until: None,
         reported_failure: false,
         snapshot_in_flight: Arc::new(AtomicBool::new(false)),
@@ -427,7 +440,7 @@ impl PeerLink {
         // sends no appends while those in flight are unanswered).
         self.close_ended(Lane::Control, &address, now);
         self.close_ended(Lane::Data, &address, now);
-        if self.post_until.is_some_and(|until| now < until) {
+        if self.post_always || self.post_until.is_some_and(|until| now < until) {
             let body = client::full(frame.slice(4..));
             let request = peer_request(&self.shared, &address, MESSAGES_PATH).body(body);
             let failure = match self.http.call(request, BATCH_TIMEOUT, MAX_ANSWER_BYTES).await {

@@ -71,6 +71,11 @@ pub struct NodeArgs {
     /// Take a snapshot and compact the log after this many applied entries.
     #[arg(long, env = "KUBERAFT_SNAPSHOT_THRESHOLD", default_value_t = 10_000)]
     pub snapshot_threshold: u64,
+    /// Send Raft messages to each peer on two long-lived streams (DESIGN.md §3); `false` posts
+    /// one request per batch, each waiting for its answer, as kuberaft did before: to compare
+    /// the two, and a way back should something between the members not pass streams.
+    #[arg(long, env = "KUBERAFT_PEER_STREAMS", num_args = 0..=1, default_value_t = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub peer_streams: bool,
     /// etcd's `--auto-compaction-mode`: `periodic` keeps a time span of history, `revision` a
     /// number of revisions (see `--auto-compaction-retention`).
     #[arg(long, env = "KUBERAFT_AUTO_COMPACTION_MODE", value_enum, default_value = "periodic")]

@@ -83,7 +83,8 @@ fn start(mut args: NodeArgs) -> Result<(), StartError> {
         tx.clone(),
         flags.dial_from,
         flags.tls.peer_calls.clone(),
-    );
+    )
+    .with_streams(args.peer_streams);
     let raft_loop = RaftLoop::new(raw, storage, shared.clone(), Box::new(transport), rx, args.snapshot_threshold);
     let loop_thread = std::thread::Builder::new()
         .name("raft-loop".into())
