@@ -21,8 +21,9 @@
 //!   sender keeps the body open (HTTP/1.1 chunked), each a 4-byte big-endian length `n`, then
 //!   `n` bytes of a `/raft/v1/messages` body; the receiver hands each frame's messages to the
 //!   Raft loop as it arrives, checks each frame against the same limit, and answers 204 when the
-//!   body ends. A peer that answers 404 (an older kuberaft, without streams) gets batches posted one by one to
-//!   `/raft/v1/messages`, each waiting for its answer, and streams again after `STREAM_RETRY`.
+//!   body ends. A peer that answers 404 (an older kuberaft, without streams) gets batches posted
+//!   one by one to `/raft/v1/messages`, each waiting for its answer, and streams again after
+//!   `STREAM_RETRY`; so does every peer with `--peer-streams=false`.
 //! - `POST /raft/v1/snapshot`: one InstallSnapshot: the format byte, a 4-byte big-endian length
 //!   `n`, then `n` bytes of the `Message` with empty snapshot data, then the snapshot itself (the
 //!   rest of the body): the state machine's database as a stream (`store::mvcc::snapshot`),

@@ -700,12 +700,14 @@ async fn serve_until_stopped(
     }
 }
 
-/// Returns once the state machine has applied through `commit`, or has stopped applying (then
-/// the client port serves its `/readyz` and errors saying so).
+/// Returns once the state machine has applied through `commit`, or cannot go on: it stopped
+/// applying, or storage fails (then the client port serves, and its `/readyz` and errors say
+/// why, as they did before this wait).
 async fn replayed(shared: &Shared, commit: crate::raft::Index) {
     let mut applied = shared.applied.subscribe();
-    while *applied.borrow_and_update() < commit && !shared.halted() {
-        // Woken by each apply; the timeout notices a halt, which sends nothing.
+    let blocked = || shared.halted() || shared.errors().iter().any(|e| e.starts_with("storage:"));
+    while *applied.borrow_and_update() < commit && !blocked() {
+        // Woken by each apply; the timeout notices a halt or a storage failure, which send nothing.
         let _ = tokio::time::timeout(Duration::from_millis(100), applied.changed()).await;
     }
 }
