@@ -1940,27 +1940,28 @@ async fn a_lost_majority_of_five_is_recovered_on_request_from_the_most_complete_
     assert_eq!(h.status()["term"].as_u64(), Some(term));
 
     // The leader and the two highest other ordinals will lose their data. First the lower of the
-    // two others falls behind: stopped (SIGSTOP) while 50 more keys are written, so the survivor
-    // with the most complete log is the higher ordinal, not the first in line.
+    // two others falls behind: its process is killed while 50 more keys are written, so the
+    // survivor with the most complete log is the higher ordinal, not the first in line. (Killed,
+    // not stopped: a stopped process's sockets still take what the leader streams to it, and it
+    // would read those appends once it runs again.)
     let leader_ordinal = h.leader_ordinal();
     let mut lost: Vec<u32> = vec![leader_ordinal];
     lost.extend((0..5).rev().filter(|&o| o != leader_ordinal).take(2));
     let survivors: Vec<u32> = (0..5).filter(|o| !lost.contains(o)).collect();
     let (behind, ahead) = (survivors[0], survivors[1]);
-    let stopped = h.kubelet.pods[&behind].child.as_ref().map(|c| c.id() as libc::pid_t).expect("it runs");
-    // SAFETY: signalling our own child, which has not been reaped.
-    unsafe { libc::kill(stopped, libc::SIGSTOP) };
+    let mut killed = h.kubelet.pods.get_mut(&behind).and_then(|p| p.child.take()).expect("it runs");
+    let _ = killed.kill();
+    let _ = killed.wait();
     let to_leader = h.client(&[leader_ordinal]);
     for k in 300..350 {
         let written = to_leader.put(&format!("keep/{k:04}"), Bytes::from(format!("value-{k}")), None).await;
         if let Err(e) = written {
-            // SAFETY: as above.
-            unsafe { libc::kill(stopped, libc::SIGCONT) };
-            panic!("a write with one member stopped: {e}");
+            panic!("a write with one member down: {e}");
         }
     }
     // Their processes die and their volumes are wiped; restarted empty, they cannot join a
-    // cluster without a leader. Then the stopped member runs again, behind.
+    // cluster without a leader. The killed member is started again (the kubelet's next sync),
+    // behind.
     for &ordinal in &lost {
         if let Some(mut child) = h.kubelet.pods.get_mut(&ordinal).and_then(|p| p.child.take()) {
             let _ = child.kill();
@@ -1968,15 +1969,23 @@ async fn a_lost_majority_of_five_is_recovered_on_request_from_the_most_complete_
         }
         std::fs::remove_dir_all(h.kubelet.volume(ordinal)).expect("wipe the volume");
     }
-    // SAFETY: as above.
-    unsafe { libc::kill(stopped, libc::SIGCONT) };
     h.until("the status says the quorum is lost", |h| h.status()["phase"] == "QuorumLost").await;
 
     // What each survivor holds: its log's end, and its keys (read from it alone).
     let mut held = Vec::new();
     for &ordinal in &survivors {
         let client = h.client(&[ordinal]);
-        let status = client.status_of(&h.url(ordinal)).await.expect("a survivor answers");
+        // The killed one answers once the kubelet started it again and it replayed its log.
+        let mut answer = client.status_of(&h.url(ordinal)).await;
+        for _ in 0..100 {
+            if answer.is_ok() {
+                break;
+            }
+            h.step().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            answer = client.status_of(&h.url(ordinal)).await;
+        }
+        let status = answer.expect("a survivor answers");
         let (keys, _) = all_keys_read(&client, "keep/", 0, Consistency::Serializable).await;
         held.push((ordinal, status.last_log_term, status.last_log_index, status.id.clone(), keys));
     }
