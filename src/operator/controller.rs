@@ -299,6 +299,7 @@ async fn run_controller(
             .owns_stream(
                 reflector(np_writer, watcher(scoped::<NetworkPolicy>(&c, &ns), owned_config.clone())).touched_objects(),
             )
+            .with_config(kube::runtime::controller::Config::default().concurrency(reconcile::MAX_CONCURRENT_PASSES))
             .graceful_shutdown_on(stopped(stop.clone(), lost.clone()))
             .run(reconcile::reconcile, error_policy, ctx.clone())
             .for_each(|result| async move {
@@ -384,6 +385,19 @@ pub fn render_metrics(ctx: &Context, leading: bool) -> String {
     let _ = writeln!(out, "# HELP kuberaft_operator_reconcile_seconds Time spent in reconciles.");
     let _ = writeln!(out, "# TYPE kuberaft_operator_reconcile_seconds histogram");
     m.reconcile_time.render(&mut out, "kuberaft_operator_reconcile_seconds", "");
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    };
+    gauge(
+        "kuberaft_operator_reconciles_running",
+        &format!("Reconciles running now (at most {} at once).", reconcile::MAX_CONCURRENT_PASSES),
+        m.passes_running.load(Ordering::Relaxed),
+    );
+    gauge(
+        "kuberaft_operator_member_status_requests_running",
+        &format!("Member status requests in flight now, over all clusters (at most {}).", reconcile::MAX_STATUS_POLLS),
+        m.polls_running.load(Ordering::Relaxed),
+    );
     let _ = writeln!(out, "# HELP kuberaft_operator_leading Whether this replica holds the lease and reconciles.");
     let _ = writeln!(out, "# TYPE kuberaft_operator_leading gauge\nkuberaft_operator_leading {}", u8::from(leading));
     out.push_str(&super::book::render_cluster_metrics(&ctx.book.tracked()));

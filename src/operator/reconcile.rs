@@ -208,6 +208,46 @@ pub struct Metrics {
     pub steps: Mutex<BTreeMap<&'static str, u64>>,
     /// How long reconciles take (`kuberaft_operator_reconcile_seconds`, a histogram).
     pub reconcile_time: crate::base::histogram::Histogram,
+    /// Passes running now, and the most that ever ran at once (at most
+    /// [`MAX_CONCURRENT_PASSES`]).
+    pub passes_running: std::sync::atomic::AtomicU64,
+    pub most_passes_running: std::sync::atomic::AtomicU64,
+    /// Member status requests in flight now (at most [`MAX_STATUS_POLLS`]).
+    pub polls_running: std::sync::atomic::AtomicU64,
+}
+
+/// At most this many cluster passes run at once (the controller's concurrency). With hundreds of
+/// clusters, the operator's start or a change to all of them queues passes instead of running
+/// them all at once: that bounds the operator's memory and its burst of API requests.
+pub const MAX_CONCURRENT_PASSES: u16 = 16;
+
+/// At most this many member status requests are in flight, over all clusters. A pass asks each of
+/// its members at once (each answer within a second, `HttpMembers::status`), so one cluster's pass
+/// is bounded in time; this bounds what all passes together ask of the network. 32 lets two
+/// passes of the largest clusters (9 members) ask at once with room to spare; with every member of
+/// 1,000 three-member clusters cut off (each ask waiting its full second), a round of asks takes
+/// about 3,000 / 32 ≈ 94 s, so their statuses are older than the 15 s of a steady requeue.
+pub const MAX_STATUS_POLLS: usize = 32;
+
+/// Counts one running thing in `now` (and its highest in `most`) while it lives.
+struct Running<'a> {
+    now: &'a std::sync::atomic::AtomicU64,
+}
+
+impl<'a> Running<'a> {
+    fn start(now: &'a std::sync::atomic::AtomicU64, most: Option<&std::sync::atomic::AtomicU64>) -> Running<'a> {
+        let running = now.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if let Some(most) = most {
+            most.fetch_max(running, std::sync::atomic::Ordering::Relaxed);
+        }
+        Running { now }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.now.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// What every reconcile shares.
@@ -228,6 +268,8 @@ pub struct Context {
     /// The watch-fed stores of owned objects that passes read (`cache`); empty when no
     /// controller runs (a pass then asks the API server).
     pub caches: cache::Caches,
+    /// Permits for member status requests ([`MAX_STATUS_POLLS`]).
+    pub status_polls: Arc<tokio::sync::Semaphore>,
 }
 
 impl Context {
@@ -243,6 +285,7 @@ impl Context {
             operator: builders::OperatorPeer::default(),
             book: book::Book::default(),
             caches: cache::Caches::default(),
+            status_polls: Arc::new(tokio::sync::Semaphore::new(MAX_STATUS_POLLS)),
         }
     }
 
@@ -311,7 +354,9 @@ impl Owned {
 pub async fn reconcile(cluster: Arc<RaftCluster>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let started = std::time::Instant::now();
     ctx.metrics.reconciles.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let running = Running::start(&ctx.metrics.passes_running, Some(&ctx.metrics.most_passes_running));
     let result = reconcile_inner(&cluster, &ctx).await;
+    drop(running);
     ctx.metrics.reconcile_time.observe(started.elapsed());
     match &result {
         Ok(_) => {
@@ -603,7 +648,13 @@ async fn observe_members(ctx: &Context, cluster: &RaftCluster, namespace: &str, 
     let access = owned.access(cluster);
     let asks = pods.iter().map(|p| {
         let url = builders::client_url(cluster, namespace, &member_name(&name, p.ordinal));
-        ctx.members.status(access.clone(), url)
+        let access = access.clone();
+        async move {
+            // The semaphore is never closed; were it, the ask would go unbounded rather than not at all.
+            let _permit = ctx.status_polls.acquire().await.ok();
+            let _running = Running::start(&ctx.metrics.polls_running, None);
+            ctx.members.status(access, url).await
+        }
     });
     let statuses = futures::future::join_all(asks).await;
     for (pod, status) in pods.iter_mut().zip(statuses) {

@@ -1,6 +1,8 @@
 //! A Kubernetes API server in memory, behind kube's tower-test mock service: it answers the calls
 //! the operator makes (get, list pods, server-side apply and merge patches, status apply, events) from a map of
-//! objects by path, and records every call so that tests can assert the exact sequence.
+//! objects by path, and records every call so that tests can assert the exact sequence. Lists and
+//! watches select by their `labelSelector` (equality and existence), as the API server does, so
+//! an object the operator's selectors miss is missed here too.
 //!
 //! The same server also listens on a loopback port ([`FakeApi::serve`]), for a kube client made
 //! from a URL or a kubeconfig (the operator run whole, `kubectl raft`). There it also streams
@@ -114,7 +116,7 @@ impl FakeApi {
                 let bytes = body.collect_bytes().await.unwrap_or_default();
                 let (status, reply) = {
                     let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
-                    state.answer(&parts.method, parts.uri.path(), &bytes)
+                    state.answer(&parts.method, parts.uri.path(), parts.uri.query().unwrap_or_default(), &bytes)
                 };
                 let body = Body::from(serde_json::to_vec(&reply).unwrap_or_default());
                 let response = Response::builder().status(status).body(body);
@@ -196,18 +198,20 @@ fn is_collection(path: &str) -> bool {
 }
 
 impl State {
-    fn answer(&mut self, method: &Method, path: &str, body: &[u8]) -> (StatusCode, Value) {
+    fn answer(&mut self, method: &Method, path: &str, query: &str, body: &[u8]) -> (StatusCode, Value) {
         self.calls.push(Call::new(method.clone(), path));
         self.history.push(Call::new(method.clone(), path));
         let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         match *method {
             Method::GET if is_collection(path) => {
-                // A list (label selectors are not applied: the objects here are the cluster's).
+                // A list, of the objects its label selector selects.
                 let prefix = format!("{path}/");
+                let selector = query_value(query, "labelSelector");
                 let items: Vec<Value> = self
                     .objects
                     .iter()
                     .filter(|(p, _)| p.strip_prefix(&prefix).is_some_and(|name| !name.contains('/')))
+                    .filter(|(_, object)| selects(selector, object))
                     .map(|(_, v)| v.clone())
                     .collect();
                 let version = self.sequence.to_string();
@@ -329,8 +333,15 @@ impl State {
 }
 
 impl State {
-    /// Records a change for the watches, and wakes them.
-    fn change(&mut self, path: &str, kind: &'static str, object: Value) {
+    /// Records a change for the watches, and wakes them. As from the API server, every object a
+    /// watch sees has a resourceVersion (kube's watcher lists everything again when one has
+    /// none): a deletion gets a new one, and an object a test put without one gets one.
+    fn change(&mut self, path: &str, kind: &'static str, mut object: Value) {
+        let missing = object["metadata"]["resourceVersion"].as_str().is_none_or(str::is_empty);
+        if (kind == "DELETED" || missing) && object["metadata"].is_object() {
+            self.resource_version += 1;
+            object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+        }
         self.sequence += 1;
         self.changes.push_back((self.sequence, path.to_string(), kind, object));
         while self.changes.len() > MAX_CHANGES {
@@ -355,12 +366,17 @@ impl Drop for Served {
 impl Served {
     /// A kube client of this server, in namespace `NS`.
     pub fn client(&self) -> kube::Client {
-        kuberaft::base::tls::install_default_provider();
-        let url = format!("http://{}", self.addr).parse().expect("a URL");
-        let mut config = kube::Config::new(url);
-        config.default_namespace = NS.to_string();
-        kube::Client::try_from(config).expect("a kube client")
+        client_of(self.addr)
     }
+}
+
+/// A kube client of the fake served at `addr` (perhaps by another process), in namespace `NS`.
+pub fn client_of(addr: SocketAddr) -> kube::Client {
+    kuberaft::base::tls::install_default_provider();
+    let url = format!("http://{addr}").parse().expect("a URL");
+    let mut config = kube::Config::new(url);
+    config.default_namespace = NS.to_string();
+    kube::Client::try_from(config).expect("a kube client")
 }
 
 /// The collection an object path is in (`.../pods/etcd-0` is in `.../pods`).
@@ -382,23 +398,115 @@ async fn handle(
     let bytes = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().unwrap_or_default().to_string();
+    if let Some(what) = path.strip_prefix("/fake/v1/") {
+        return inspect(&api, &parts.method, what, &query, &bytes).into_response();
+    }
     if path.contains("/proxy") && path.starts_with(&pods_path()) {
         return forward(&api, &parts, &path, &query, bytes).await;
     }
     if parts.method == Method::GET && matches!(query_value(&query, "watch"), Some("true" | "1")) {
         let since = query_value(&query, "resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
-        return watch(api, path, since).into_response();
+        let selector = query_value(&query, "labelSelector").map(str::to_string);
+        return watch(api, path, since, selector).into_response();
     }
-    let (status, reply) = api.lock().answer(&parts.method, &path, &bytes);
+    let (status, reply) = api.lock().answer(&parts.method, &path, &query, &bytes);
     (status, [("content-type", "application/json")], serde_json::to_vec(&reply).unwrap_or_default()).into_response()
 }
 
-/// A watch of the collection at `path`: every change after `since`, then each as it comes, one
-/// JSON event per line, until the client goes.
-fn watch(api: FakeApi, path: String, since: u64) -> axum::response::Response {
+/// What a test in another process reads and changes of the fake (not recorded as calls):
+/// - `GET object?path=P`, `PUT object?path=P` (as [`FakeApi::get`] and [`FakeApi::put`]);
+/// - `GET list?collection=C`: the objects directly in collection `C`;
+/// - `GET history?from=N`: `{"length": L, "calls": [[method, path], ...]}`, the calls from the Nth.
+fn inspect(api: &FakeApi, method: &Method, what: &str, query: &str, body: &[u8]) -> (StatusCode, axum::Json<Value>) {
+    let param = |key: &str| query_value(query, key).map(percent_decoded).unwrap_or_default();
+    match (method.clone(), what) {
+        (Method::GET, "object") => match api.get(&param("path")) {
+            Some(object) => (StatusCode::OK, axum::Json(object)),
+            None => (StatusCode::NOT_FOUND, axum::Json(Value::Null)),
+        },
+        (Method::PUT, "object") => match serde_json::from_slice::<Value>(body) {
+            Ok(object) => {
+                api.put(&param("path"), object);
+                (StatusCode::OK, axum::Json(Value::Null))
+            }
+            Err(err) => (StatusCode::BAD_REQUEST, axum::Json(json!(err.to_string()))),
+        },
+        (Method::GET, "list") => {
+            let prefix = format!("{}/", param("collection"));
+            let state = api.lock();
+            let items: Vec<Value> = state
+                .objects
+                .iter()
+                .filter(|(p, _)| p.strip_prefix(&prefix).is_some_and(|name| !name.contains('/')))
+                .map(|(_, object)| object.clone())
+                .collect();
+            (StatusCode::OK, axum::Json(Value::Array(items)))
+        }
+        (Method::GET, "history") => {
+            let from: usize = param("from").parse().unwrap_or(0);
+            let state = api.lock();
+            let calls: Vec<Value> =
+                state.history.iter().skip(from).map(|c| json!([c.method.as_str(), c.path])).collect();
+            (StatusCode::OK, axum::Json(json!({"length": state.history.len(), "calls": calls})))
+        }
+        _ => (StatusCode::NOT_FOUND, axum::Json(Value::Null)),
+    }
+}
+
+/// Whether `object`'s labels satisfy a `labelSelector` (percent-encoded, as in the query): its
+/// comma-separated requirements `k=v`, `k==v`, `k!=v`, `k` and `!k`, as the API server reads them.
+/// No selector selects everything.
+fn selects(selector: Option<&str>, object: &Value) -> bool {
+    let Some(selector) = selector else { return true };
+    let selector = percent_decoded(selector);
+    let label = |key: &str| object["metadata"]["labels"][key.trim()].as_str();
+    selector.split(',').filter(|r| !r.trim().is_empty()).all(|requirement| {
+        if let Some((key, value)) = requirement.split_once("!=") {
+            label(key) != Some(value.trim())
+        } else if let Some((key, value)) = requirement.split_once("==").or_else(|| requirement.split_once('=')) {
+            label(key) == Some(value.trim())
+        } else if let Some(key) = requirement.trim().strip_prefix('!') {
+            label(key).is_none()
+        } else {
+            label(requirement).is_some()
+        }
+    })
+}
+
+/// `%XX` escapes and `+` decoded (a query's form encoding).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A watch of the collection at `path`, of the objects `selector` selects: every change after
+/// `since`, then each as it comes, one JSON event per line, until the client goes.
+fn watch(api: FakeApi, path: String, since: u64, selector: Option<String>) -> axum::response::Response {
     let changed = api.lock().changed.clone();
     let events = futures::stream::unfold(since, move |mut since| {
-        let (api, path, changed) = (api.clone(), path.clone(), changed.clone());
+        let (api, path, changed, selector) = (api.clone(), path.clone(), changed.clone(), selector.clone());
         async move {
             loop {
                 let notified = changed.notified();
@@ -410,6 +518,7 @@ fn watch(api: FakeApi, path: String, since: u64) -> axum::response::Response {
                         .changes
                         .iter()
                         .filter(|(seq, object, ..)| *seq > since && collection_of(object) == path)
+                        .filter(|(.., object)| selects(selector.as_deref(), object))
                         .flat_map(|(_, _, kind, object)| {
                             let mut line =
                                 serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();

@@ -3,6 +3,11 @@
 //! processes run as the generated StatefulSet says, driven by the real planner and reconcile;
 //! the operator run whole (its page and metrics), and `kubectl raft` against real members.
 
+/// The operator's allocator, as in the binary (`src/main.rs`), so that `cost` measures the memory
+/// the operator's process would hold.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod chart;
 mod cost;
 mod fake_api;

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use http::Method;
@@ -32,6 +33,20 @@ pub struct FakeMembers {
     pub snapshots: Mutex<Vec<String>>,
     /// Snapshot streams end early (a member that stopped while sending).
     pub cut_snapshots: std::sync::atomic::AtomicBool,
+    /// How long each status answer takes, in milliseconds (members that are slow to answer).
+    pub status_delay_ms: std::sync::atomic::AtomicU64,
+    /// Status requests being answered now, and the most ever at once.
+    pub statuses_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    pub most_statuses_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One status request being answered, counted in `FakeMembers::statuses_in_flight` while it lives.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A member's snapshot as the fake members send it: 40 KB of bytes that depend on the
@@ -55,7 +70,17 @@ impl MemberApi for FakeMembers {
             identities.push(name);
         }
         let answer = self.statuses.lock().ok().and_then(|s| s.get(&url).cloned()).ok_or(format!("{url}: refused"));
-        Box::pin(async move { answer })
+        let delay = Duration::from_millis(self.status_delay_ms.load(std::sync::atomic::Ordering::SeqCst));
+        let now = self.statuses_in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.most_statuses_in_flight.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        let in_flight = InFlight(self.statuses_in_flight.clone());
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            drop(in_flight);
+            answer
+        })
     }
 
     fn change(&self, access: Access, urls: Vec<String>, change: MemberChange) -> BoxFuture<'_, Result<(), String>> {
