@@ -58,6 +58,8 @@ const STORAGE_ERROR_REPEAT: Duration = Duration::from_secs(60);
 const STORAGE_ERROR_CHANGED: Duration = Duration::from_secs(1);
 /// The kind under which a halted state machine shows in `/v1/status` errors and `/readyz`.
 pub const HALT_ERROR: &str = "state machine";
+/// The kind under which failing storage (a full disk, an I/O error) shows in errors and `/readyz`.
+pub const STORAGE_ERROR: &str = "storage";
 /// How often a halted leader offers leadership away while it still leads.
 const HANDOFF_RETRY: Duration = Duration::from_secs(1);
 /// How often the leader looks for expired leases and due checkpoints (etcd revokes at most 500
@@ -545,7 +547,7 @@ impl RaftLoop {
                 if let Some(failure) = self.storage_failure.take() {
                     let failed_for_s = failure.since.elapsed().as_secs();
                     tracing::info!(failed_for_s, "storage recovered; serving again");
-                    self.shared.set_error("storage", None);
+                    self.shared.set_error(STORAGE_ERROR, None);
                 }
                 true
             }
@@ -569,7 +571,7 @@ impl RaftLoop {
                     );
                     self.storage_failure = Some(StorageFailure { since, logged: message.clone(), logged_at: now });
                 }
-                self.shared.set_error("storage", Some(message));
+                self.shared.set_error(STORAGE_ERROR, Some(message));
                 self.retry_at = now + STORAGE_RETRY;
                 false
             }

@@ -292,6 +292,11 @@ impl Shared {
         read(&self.errors).contains_key(crate::node::runtime::HALT_ERROR)
     }
 
+    /// Whether writing to storage fails now (`runtime::STORAGE_ERROR`).
+    pub fn storage_failed(&self) -> bool {
+        read(&self.errors).contains_key(crate::node::runtime::STORAGE_ERROR)
+    }
+
     /// Sets or clears the condition `kind`; the timeline records when one begins, changes its
     /// message or ends (not every repeat of the same report).
     pub fn set_error(&self, kind: &str, message: Option<String>) {

@@ -396,7 +396,8 @@ pub fn render_metrics(ctx: &Context, leading: bool) -> String {
     gauge(
         "kuberaft_operator_member_status_requests_running",
         &format!("Member status requests in flight now, over all clusters (at most {}).", reconcile::MAX_STATUS_POLLS),
-        m.polls_running.load(Ordering::Relaxed),
+        // The permits taken are the requests in flight.
+        (reconcile::MAX_STATUS_POLLS - ctx.status_polls.available_permits()) as u64,
     );
     let _ = writeln!(out, "# HELP kuberaft_operator_leading Whether this replica holds the lease and reconciles.");
     let _ = writeln!(out, "# TYPE kuberaft_operator_leading gauge\nkuberaft_operator_leading {}", u8::from(leading));

@@ -212,8 +212,6 @@ pub struct Metrics {
     /// [`MAX_CONCURRENT_PASSES`]).
     pub passes_running: std::sync::atomic::AtomicU64,
     pub most_passes_running: std::sync::atomic::AtomicU64,
-    /// Member status requests in flight now (at most [`MAX_STATUS_POLLS`]).
-    pub polls_running: std::sync::atomic::AtomicU64,
 }
 
 /// At most this many cluster passes run at once (the controller's concurrency). With hundreds of
@@ -230,12 +228,12 @@ pub const MAX_CONCURRENT_PASSES: u16 = 16;
 pub const MAX_STATUS_POLLS: usize = 32;
 
 /// Counts one running thing in `now` (and its highest in `most`) while it lives.
-struct Running<'a> {
+pub struct Running<'a> {
     now: &'a std::sync::atomic::AtomicU64,
 }
 
 impl<'a> Running<'a> {
-    fn start(now: &'a std::sync::atomic::AtomicU64, most: Option<&std::sync::atomic::AtomicU64>) -> Running<'a> {
+    pub fn start(now: &'a std::sync::atomic::AtomicU64, most: Option<&std::sync::atomic::AtomicU64>) -> Running<'a> {
         let running = now.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if let Some(most) = most {
             most.fetch_max(running, std::sync::atomic::Ordering::Relaxed);
@@ -652,7 +650,6 @@ async fn observe_members(ctx: &Context, cluster: &RaftCluster, namespace: &str, 
         async move {
             // The semaphore is never closed; were it, the ask would go unbounded rather than not at all.
             let _permit = ctx.status_polls.acquire().await.ok();
-            let _running = Running::start(&ctx.metrics.polls_running, None);
             ctx.members.status(access, url).await
         }
     });

@@ -705,7 +705,7 @@ async fn serve_until_stopped(
 /// why, as they did before this wait).
 async fn replayed(shared: &Shared, commit: crate::raft::Index) {
     let mut applied = shared.applied.subscribe();
-    let blocked = || shared.halted() || shared.errors().iter().any(|e| e.starts_with("storage:"));
+    let blocked = || shared.halted() || shared.storage_failed();
     while *applied.borrow_and_update() < commit && !blocked() {
         // Woken by each apply; the timeout notices a halt or a storage failure, which send nothing.
         let _ = tokio::time::timeout(Duration::from_millis(100), applied.changed()).await;

@@ -165,8 +165,7 @@ fn by_kind(calls: &[Call]) -> std::collections::BTreeMap<String, usize> {
             Some(path) => (path, "/status"),
             None => (call.path.as_str(), ""),
         };
-        let collection =
-            if call.method == http::Method::POST { path } else { path.rsplit_once('/').map_or(path, |(c, _)| c) };
+        let collection = if call.method == http::Method::POST { path } else { collection_of(path) };
         let kind = collection.rsplit('/').next().unwrap_or_default();
         *kinds.entry(format!("{} {kind}{status}", call.method)).or_default() += 1;
     }
@@ -196,7 +195,7 @@ async fn steady_state_passes_read_owned_objects_from_caches_and_make_no_api_requ
     // Every cluster formed: its status (as the fake API server holds it) says Running, with a leader.
     let form_deadline = Instant::now() + Duration::from_secs(60 + count as u64 / 5);
     let clusters_path = cluster_path("x");
-    let clusters_path = clusters_path.trim_end_matches("/x");
+    let clusters_path = collection_of(&clusters_path);
     loop {
         let running = api
             .list(clusters_path)
@@ -258,7 +257,7 @@ async fn steady_state_passes_read_owned_objects_from_caches_and_make_no_api_requ
         reconcile::MAX_STATUS_POLLS
     );
     assert!(most_passes <= u64::from(reconcile::MAX_CONCURRENT_PASSES), "{most_passes} passes at once");
-    assert!(most_polls <= reconcile::MAX_STATUS_POLLS, "{most_polls} status requests at once");
+    assert!(most_polls <= reconcile::MAX_STATUS_POLLS as u64, "{most_polls} status requests at once");
     if count * 3 > reconcile::MAX_STATUS_POLLS {
         assert!(most_polls > 1, "passes overlapped (else the bound was not tried)");
     }
@@ -274,7 +273,7 @@ async fn steady_state_passes_read_owned_objects_from_caches_and_make_no_api_requ
         api.put(&cluster_path(name), &cluster).await;
     }
     let sts_collection = sts_path("x");
-    let sts_collection = sts_collection.trim_end_matches("/x");
+    let sts_collection = collection_of(&sts_collection);
     let change_deadline = Instant::now() + Duration::from_secs(60 + count as u64 / 5);
     let mut resident_most = resident_steady;
     loop {

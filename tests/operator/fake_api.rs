@@ -198,6 +198,17 @@ fn is_collection(path: &str) -> bool {
 }
 
 impl State {
+    /// The objects directly in `collection` that `selector` selects (all without one).
+    fn list(&self, collection: &str, selector: Option<&str>) -> Vec<Value> {
+        let prefix = format!("{collection}/");
+        self.objects
+            .iter()
+            .filter(|(p, _)| p.strip_prefix(&prefix).is_some_and(|name| !name.contains('/')))
+            .filter(|(_, object)| selects(selector, object))
+            .map(|(_, object)| object.clone())
+            .collect()
+    }
+
     fn answer(&mut self, method: &Method, path: &str, query: &str, body: &[u8]) -> (StatusCode, Value) {
         self.calls.push(Call::new(method.clone(), path));
         self.history.push(Call::new(method.clone(), path));
@@ -205,15 +216,7 @@ impl State {
         match *method {
             Method::GET if is_collection(path) => {
                 // A list, of the objects its label selector selects.
-                let prefix = format!("{path}/");
-                let selector = query_value(query, "labelSelector");
-                let items: Vec<Value> = self
-                    .objects
-                    .iter()
-                    .filter(|(p, _)| p.strip_prefix(&prefix).is_some_and(|name| !name.contains('/')))
-                    .filter(|(_, object)| selects(selector, object))
-                    .map(|(_, v)| v.clone())
-                    .collect();
+                let items = self.list(path, query_value(query, "labelSelector"));
                 let version = self.sequence.to_string();
                 (
                     StatusCode::OK,
@@ -380,7 +383,7 @@ pub fn client_of(addr: SocketAddr) -> kube::Client {
 }
 
 /// The collection an object path is in (`.../pods/etcd-0` is in `.../pods`).
-fn collection_of(path: &str) -> &str {
+pub fn collection_of(path: &str) -> &str {
     path.rsplit_once('/').map_or(path, |(collection, _)| collection)
 }
 
@@ -432,15 +435,7 @@ fn inspect(api: &FakeApi, method: &Method, what: &str, query: &str, body: &[u8])
             Err(err) => (StatusCode::BAD_REQUEST, axum::Json(json!(err.to_string()))),
         },
         (Method::GET, "list") => {
-            let prefix = format!("{}/", param("collection"));
-            let state = api.lock();
-            let items: Vec<Value> = state
-                .objects
-                .iter()
-                .filter(|(p, _)| p.strip_prefix(&prefix).is_some_and(|name| !name.contains('/')))
-                .map(|(_, object)| object.clone())
-                .collect();
-            (StatusCode::OK, axum::Json(Value::Array(items)))
+            (StatusCode::OK, axum::Json(Value::Array(api.lock().list(&param("collection"), None))))
         }
         (Method::GET, "history") => {
             let from: usize = param("from").parse().unwrap_or(0);

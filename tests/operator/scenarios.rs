@@ -15,7 +15,7 @@ use kuberaft::base::rng::Rng;
 use kuberaft::base::wire::{AddMemberRequest, Member, Role, Status};
 use kuberaft::operator::backup::Incoming;
 use kuberaft::operator::crd::RaftCluster;
-use kuberaft::operator::reconcile::{self, Access, Context, MemberApi, MemberChange};
+use kuberaft::operator::reconcile::{self, Access, Context, MemberApi, MemberChange, Running};
 use serde_json::{json, Value};
 
 use crate::fake_api::*;
@@ -36,17 +36,8 @@ pub struct FakeMembers {
     /// How long each status answer takes, in milliseconds (members that are slow to answer).
     pub status_delay_ms: std::sync::atomic::AtomicU64,
     /// Status requests being answered now, and the most ever at once.
-    pub statuses_in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    pub most_statuses_in_flight: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// One status request being answered, counted in `FakeMembers::statuses_in_flight` while it lives.
-struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
+    pub statuses_in_flight: std::sync::atomic::AtomicU64,
+    pub most_statuses_in_flight: std::sync::atomic::AtomicU64,
 }
 
 /// A member's snapshot as the fake members send it: 40 KB of bytes that depend on the
@@ -71,9 +62,7 @@ impl MemberApi for FakeMembers {
         }
         let answer = self.statuses.lock().ok().and_then(|s| s.get(&url).cloned()).ok_or(format!("{url}: refused"));
         let delay = Duration::from_millis(self.status_delay_ms.load(std::sync::atomic::Ordering::SeqCst));
-        let now = self.statuses_in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        self.most_statuses_in_flight.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
-        let in_flight = InFlight(self.statuses_in_flight.clone());
+        let in_flight = Running::start(&self.statuses_in_flight, Some(&self.most_statuses_in_flight));
         Box::pin(async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
