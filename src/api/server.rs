@@ -847,13 +847,15 @@ async fn metrics(State(api): State<Api>) -> Response {
     api.node.shared.latency.render(&mut out);
     let ports = [("client", &m.client_port), ("peer", &m.peer_port)];
     type Field = fn(&PortStats) -> &std::sync::atomic::AtomicU64;
-    let connection_series: [(&str, &str, &str, Field); 4] = [
+    let connection_series: [(&str, &str, &str, Field); 6] = [
         ("kuberaft_connections_accepted_total", "Connections accepted.", "counter", |p| &p.accepted),
         ("kuberaft_connections_refused_total", "Connections closed at once: the port was full.", "counter", |p| {
             &p.refused
         }),
         ("kuberaft_connections_evicted_total", "Idle connections closed to make room.", "counter", |p| &p.evicted),
         ("kuberaft_connections_open", "Connections open now.", "gauge", |p| &p.open),
+        ("kuberaft_requests_queued_total", "Requests that waited for a handler slot.", "counter", |p| &p.queued),
+        ("kuberaft_requests_shed_total", "Requests answered 503: no handler slot in time.", "counter", |p| &p.shed),
     ];
     for (name, help, kind, field) in connection_series {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));

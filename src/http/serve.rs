@@ -8,8 +8,10 @@
 //! - a header read timeout: a request's headers must arrive within `header_timeout`, counted
 //!   from when the connection starts waiting for them, so the same timeout closes keep-alive
 //!   connections that stay idle (hyper starts the timer when it waits for the next request).
-//! - at most `max_requests` requests in handlers at once (tower's `ConcurrencyLimit`); beyond
-//!   that a request is shed at once (tower's `LoadShed`) with 503 and `Retry-After`.
+//! - at most `max_requests` requests in handlers at once. Beyond that a request waits for a
+//!   slot, first come first served, for at most `queue_wait` and with at most `max_waiting`
+//!   waiting; otherwise it is shed with 503 and `Retry-After`. A waiting request holds only its
+//!   headers: its handler, which reads the body, starts with the slot.
 //! - a deadline for each request (tower's `Timeout`): 504, whose outcome is unknown.
 //!
 //! Bodies are read by the handlers with [`read_body`]: the declared length is checked before a
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -35,8 +37,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch, Semaphore};
-use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tower::ServiceExt;
 
 use super::tls::{PeerCertificate, ServerTls};
 
@@ -50,6 +52,10 @@ const EVICT_WAIT: Duration = Duration::from_secs(1);
 pub struct PortLimits {
     pub max_connections: usize,
     pub max_requests: usize,
+    /// How long a request may wait for one of the `max_requests` slots (zero: shed at once).
+    pub queue_wait: Duration,
+    /// At most this many requests wait for a slot; more are shed at once.
+    pub max_waiting: usize,
     /// For a request's headers, and for an idle keep-alive connection.
     pub header_timeout: Duration,
     /// For a whole request in its handler.
@@ -60,10 +66,17 @@ pub struct PortLimits {
 }
 
 /// The client port: enough connections and requests for many clients (and `kuberaft bench`);
-/// its bodies are at most `--max-value-bytes` each.
+/// its bodies are at most `--max-value-bytes` each. Requests beyond the handlers' slots queue, as
+/// etcd's do (a gRPC server takes every stream a connection opens): a burst of a thousand
+/// clients is served in turn rather than sent back to retry. The wait is bounded, so that an
+/// overloaded member still answers (503) within a client's usual timeout; and the queue is, so
+/// that its memory is (a waiting request holds its headers: at most 16 KiB each with hyper's
+/// default limits, 4,096 of them 64 MiB at the very worst).
 pub const CLIENT_PORT: PortLimits = PortLimits {
     max_connections: 1024,
     max_requests: 256,
+    queue_wait: Duration::from_secs(2),
+    max_waiting: 4096,
     header_timeout: Duration::from_secs(10),
     request_timeout: Duration::from_secs(30),
     waits: &["/v3lockpb.Lock/Lock", "/v3electionpb.Election/Campaign"],
@@ -77,6 +90,9 @@ pub const CLIENT_PORT: PortLimits = PortLimits {
 pub const PEER_PORT: PortLimits = PortLimits {
     max_connections: 256,
     max_requests: 96,
+    // Raft's messages are better dropped than late; forwarded requests are retried by followers.
+    queue_wait: Duration::ZERO,
+    max_waiting: 0,
     header_timeout: Duration::from_secs(10),
     request_timeout: Duration::from_secs(3660),
     waits: &[],
@@ -86,6 +102,8 @@ pub const PEER_PORT: PortLimits = PortLimits {
 pub const METRICS_PORT: PortLimits = PortLimits {
     max_connections: 64,
     max_requests: 16,
+    queue_wait: Duration::ZERO,
+    max_waiting: 0,
     header_timeout: Duration::from_secs(10),
     request_timeout: Duration::from_secs(10),
     waits: &[],
@@ -100,6 +118,10 @@ pub struct PortStats {
     /// Idle connections closed to make room for new ones.
     pub evicted: AtomicU64,
     pub open: AtomicU64,
+    /// Requests that found every slot taken and waited for one.
+    pub queued: AtomicU64,
+    /// Requests answered 503: no slot within `queue_wait`, or too many waiting.
+    pub shed: AtomicU64,
 }
 
 /// Turns a failure of the limiting layers into the port's kind of answer (JSON on the client
@@ -203,18 +225,46 @@ fn timed_out(render: RenderError) -> Response<Body> {
     )
 }
 
-/// The answer to a request that the limiting layers stopped.
-fn limit_error(render: RenderError, e: BoxError) -> Response<Body> {
-    if e.is::<tower::load_shed::error::Overloaded>() {
-        let mut response = render(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many requests in progress on this member; retry shortly".into(),
-        );
-        response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
-        response
-    } else {
-        render(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("request failed: {e}"))
+/// The answer to a request shed for want of a slot.
+fn overloaded(render: RenderError) -> Response<Body> {
+    let mut response = render(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "too many requests in progress on this member; retry shortly".into(),
+    );
+    response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    response
+}
+
+/// The port's slots for requests in handlers, and the requests waiting for one.
+struct RequestSlots {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+impl RequestSlots {
+    /// A slot: at once when one is free; else the first to come free within `queue_wait`, in the
+    /// order requests asked (tokio's semaphore is fair), if fewer than `max_waiting` wait. `None`:
+    /// shed.
+    async fn take(&self, limits: &PortLimits, stats: &PortStats) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        let queues = !limits.queue_wait.is_zero() && self.waiting.fetch_add(1, Ordering::Relaxed) < limits.max_waiting;
+        let slot = if queues {
+            stats.queued.fetch_add(1, Ordering::Relaxed);
+            let slot = tokio::time::timeout(limits.queue_wait, self.slots.clone().acquire_owned()).await;
+            slot.ok().and_then(Result::ok)
+        } else {
+            None
+        };
+        if !limits.queue_wait.is_zero() {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        if slot.is_none() {
+            stats.shed.fetch_add(1, Ordering::Relaxed);
+        }
+        slot
     }
 }
 
@@ -230,21 +280,33 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let handshakes = Arc::new(HandshakeLog::default());
-    // Each request within `request_timeout`, but for the paths that wait for their client.
-    let routed = tower::service_fn(move |request: Request<Body>| {
-        let waits = limits.waits.contains(&request.uri().path());
-        let answer = router.clone().oneshot(request);
-        async move {
-            if waits {
-                return answer.await;
-            }
-            match tokio::time::timeout(limits.request_timeout, answer).await {
-                Ok(answer) => answer,
-                Err(_) => Ok(timed_out(render)),
-            }
-        }
+    let requests = Arc::new(RequestSlots {
+        slots: Arc::new(Semaphore::new(limits.max_requests.max(1))),
+        waiting: AtomicUsize::new(0),
     });
-    let stack = ServiceBuilder::new().load_shed().concurrency_limit(limits.max_requests.max(1)).service(routed);
+    // Each request in a slot, within `request_timeout` but for the paths that wait for their
+    // client. The slot is held until the answer's head is ready (a streamed body, such as a
+    // watch's, goes on without it).
+    let stack = {
+        let stats = stats.clone();
+        tower::service_fn(move |request: Request<Body>| {
+            let waits = limits.waits.contains(&request.uri().path());
+            let (router, requests, stats) = (router.clone(), requests.clone(), stats.clone());
+            async move {
+                let Some(_slot) = requests.take(&limits, &stats).await else {
+                    return Ok::<_, Infallible>(overloaded(render));
+                };
+                let answer = router.oneshot(request);
+                if waits {
+                    return answer.await;
+                }
+                match tokio::time::timeout(limits.request_timeout, answer).await {
+                    Ok(answer) => answer,
+                    Err(_) => Ok(timed_out(render)),
+                }
+            }
+        })
+    };
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let registry = Arc::new(Registry::default());
     // hyper's header timer did not always close connections whose headers trickle in a byte at
@@ -331,7 +393,7 @@ pub async fn serve(
                     async move {
                         let response = match stack.oneshot(request.map(Body::new)).await {
                             Ok(response) => response,
-                            Err(e) => limit_error(render, e),
+                            Err(never) => match never {},
                         };
                         Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _busy: busy }))
                     }
@@ -626,6 +688,17 @@ mod tests {
     }
 
     /// Whether the server closed `s` within `within` (without sending anything).
+    /// Polls `done` every 10 ms for at most 5 s.
+    async fn wait_for(done: impl Fn() -> bool, what: &str) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not within 5 s: {what}");
+    }
+
     async fn closed(s: &mut TcpStream, within: Duration) -> bool {
         let mut buf = [0u8; 64];
         matches!(tokio::time::timeout(within, s.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
@@ -647,16 +720,33 @@ mod tests {
 
     #[tokio::test]
     async fn connections_requests_and_slow_headers_are_bounded() {
+        // `/gate` holds its slot until the test lets one through; `entered` counts its requests.
+        let (gate, entered) = (Arc::new(Semaphore::new(0)), Arc::new(AtomicUsize::new(0)));
         let router = Router::new()
             .route("/ok", axum::routing::get(|| async { "ok" }))
             .route("/slow", axum::routing::get(|| async { tokio::time::sleep(Duration::from_secs(10)).await }))
-            .route("/waits", axum::routing::get(|| async { tokio::time::sleep(Duration::from_secs(2)).await }));
+            .route("/waits", axum::routing::get(|| async { tokio::time::sleep(Duration::from_secs(2)).await }))
+            .route(
+                "/gate",
+                axum::routing::get({
+                    let (gate, entered) = (gate.clone(), entered.clone());
+                    move || {
+                        let (gate, entered) = (gate.clone(), entered.clone());
+                        async move {
+                            entered.fetch_add(1, Ordering::SeqCst);
+                            gate.acquire().await.map(|p| p.forget()).map_or("closed", |_| "through")
+                        }
+                    }
+                }),
+            );
         let limits = PortLimits {
-            max_connections: 2,
+            max_connections: 3,
             max_requests: 1,
+            queue_wait: Duration::from_secs(3),
+            max_waiting: 1,
             header_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_millis(1500),
-            waits: &["/waits"],
+            waits: &["/waits", "/gate"],
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -664,9 +754,10 @@ mod tests {
         let (stop_tx, stop_rx) = watch::channel(false);
         let server = tokio::spawn(serve(listener, router, limits, plain, stats.clone(), None, stop_rx));
 
-        // Two idle connections fill the port; a third, while they are fresh, is refused.
+        // Three idle connections fill the port; a fourth, while they are fresh, is refused.
         let mut idle1 = TcpStream::connect(addr).await.unwrap();
         let mut idle2 = TcpStream::connect(addr).await.unwrap();
+        let idle3 = TcpStream::connect(addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(get(addr, "/ok").await, "closed", "refused: both connections are recent");
         assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
@@ -675,15 +766,32 @@ mod tests {
         assert_eq!(get(addr, "/ok").await, "HTTP/1.1 200 OK");
         assert_eq!(stats.evicted.load(Ordering::Relaxed), 1);
         assert!(closed(&mut idle1, Duration::from_millis(500)).await, "the oldest idle connection was closed");
+        drop(idle3);
         // Headers that never finish: closed after the header timeout.
         idle2.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Slow: a").await.unwrap();
         assert!(closed(&mut idle2, Duration::from_secs(4)).await, "slow headers time out");
 
-        // One request at a time: a second one is shed with 503; the slow one times out (504).
-        let slow = tokio::spawn(get(addr, "/slow"));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(get(addr, "/ok").await, "HTTP/1.1 503 Service Unavailable");
-        assert_eq!(slow.await.unwrap(), "HTTP/1.1 504 Gateway Timeout");
+        // One request at a time. A second one waits for the slot and is served once it is free;
+        // a third, beyond the one that may wait, is shed at once with 503.
+        let held = tokio::spawn(get(addr, "/gate"));
+        wait_for(|| entered.load(Ordering::SeqCst) == 1, "the gated request holds the slot").await;
+        let waiting = tokio::spawn(get(addr, "/ok"));
+        wait_for(|| stats.queued.load(Ordering::Relaxed) == 1, "the second request waits").await;
+        assert_eq!(get(addr, "/ok").await, "HTTP/1.1 503 Service Unavailable", "the third is shed");
+        assert_eq!(stats.shed.load(Ordering::Relaxed), 1);
+        assert!(!waiting.is_finished() && !held.is_finished(), "the second waits while the slot is held");
+        gate.add_permits(1);
+        assert_eq!(held.await.unwrap(), "HTTP/1.1 200 OK");
+        assert_eq!(waiting.await.unwrap(), "HTTP/1.1 200 OK", "the waiting request got the slot");
+        // One that waits longer than `queue_wait` is shed.
+        let held = tokio::spawn(get(addr, "/gate"));
+        wait_for(|| entered.load(Ordering::SeqCst) == 2, "the gated request holds the slot").await;
+        assert_eq!(get(addr, "/ok").await, "HTTP/1.1 503 Service Unavailable", "no slot within the wait");
+        assert_eq!((stats.queued.load(Ordering::Relaxed), stats.shed.load(Ordering::Relaxed)), (2, 2));
+        gate.add_permits(1);
+        assert_eq!(held.await.unwrap(), "HTTP/1.1 200 OK");
+        // The slow one times out (504); the port serves again.
+        assert_eq!(get(addr, "/slow").await, "HTTP/1.1 504 Gateway Timeout");
         assert_eq!(get(addr, "/ok").await, "HTTP/1.1 200 OK");
         // A path that waits for as long as its client does is not cut at the request timeout.
         assert_eq!(get(addr, "/waits").await, "HTTP/1.1 200 OK");
