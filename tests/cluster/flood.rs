@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use crate::harness::{Cluster, CLIENT_PORT, PEER_PORT};
 use crate::ELECTION;
 
-/// Idle connections per port of the leader (above its limits: 1024 client, 256 peer) and per
+/// Idle connections per port of the leader (above its limits: 4,096 client, 256 peer) and per
 /// port of each follower.
-const IDLE_LEADER_CLIENT: usize = 1500;
+const IDLE_LEADER_CLIENT: usize = 4600;
 const IDLE_LEADER_PEER: usize = 500;
 const IDLE_FOLLOWER_EACH_PORT: usize = 300;
 /// Slow-header connections per port of the leader.
