@@ -12,7 +12,8 @@
 //!   slot, first come first served, for at most `queue_wait` and with at most `max_waiting`
 //!   waiting; otherwise it is shed with 503 and `Retry-After`. A waiting request holds only its
 //!   headers: its handler, which reads the body, starts with the slot.
-//! - a deadline for each request (tower's `Timeout`): 504, whose outcome is unknown.
+//! - a deadline for each request in its handler (`request_timeout`): 504, whose outcome is
+//!   unknown.
 //!
 //! Bodies are read by the handlers with [`read_body`]: the declared length is checked before a
 //! byte is read, the streamed bytes against the same limit, and a body that stalls or takes too
@@ -690,7 +691,6 @@ mod tests {
         r
     }
 
-    /// Whether the server closed `s` within `within` (without sending anything).
     /// Polls `done` every 10 ms for at most 5 s.
     async fn wait_for(done: impl Fn() -> bool, what: &str) {
         for _ in 0..500 {
@@ -702,6 +702,7 @@ mod tests {
         panic!("not within 5 s: {what}");
     }
 
+    /// Whether the server closed `s` within `within` (without sending anything).
     async fn closed(s: &mut TcpStream, within: Duration) -> bool {
         let mut buf = [0u8; 64];
         matches!(tokio::time::timeout(within, s.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
@@ -762,7 +763,7 @@ mod tests {
         let mut idle2 = TcpStream::connect(addr).await.unwrap();
         let idle3 = TcpStream::connect(addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(get(addr, "/ok").await, "closed", "refused: both connections are recent");
+        assert_eq!(get(addr, "/ok").await, "closed", "refused: all three connections are recent");
         assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
         // Once they have been idle a while, a new connection replaces the one idle longest.
         tokio::time::sleep(MIN_IDLE_TO_EVICT).await;
