@@ -37,17 +37,20 @@ impl Browser {
     pub fn start(artifacts: &Path, width: u32, height: u32) -> Browser {
         let port =
             TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
+        let profile = tempfile::tempdir().expect("a profile directory");
+        // What chromedriver says goes to a file, so that a driver that does not come up says why.
+        let log_path = profile.path().join("chromedriver.log");
+        let log = std::fs::File::create(&log_path).expect("chromedriver's log");
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .arg("--allowed-ips=127.0.0.1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("chromedriver's log"))
+            .stderr(log)
             .spawn()
             .expect("start chromedriver");
         let http = crate::http_support::blocking().timeout(Duration::from_secs(60)).build().expect("http client");
         let base = format!("http://127.0.0.1:{port}");
-        let profile = tempfile::tempdir().expect("a profile directory");
         let mut browser = Browser {
             driver,
             base,
@@ -56,11 +59,19 @@ impl Browser {
             _profile: profile,
             artifacts: artifacts.to_path_buf(),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while browser.http.get(format!("{}/status", browser.base)).send().map(|r| r.status().is_success()).ok()
-            != Some(true)
-        {
-            assert!(Instant::now() < deadline, "chromedriver did not start within 20 s");
+        // Once in CI (2 cores, cluster tests beside it) it did not answer within 20 s; it gets a
+        // minute, and a driver that exits or never answers is reported with what it said.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let said = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        loop {
+            let status = browser.http.get(format!("{}/status", browser.base)).timeout(Duration::from_secs(2)).send();
+            if status.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            if let Ok(Some(exit)) = browser.driver.try_wait() {
+                panic!("chromedriver exited ({exit}) before it answered; it said: {}", said());
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not answer within 60 s; it said: {}", said());
             std::thread::sleep(Duration::from_millis(100));
         }
         let args = [
