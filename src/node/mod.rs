@@ -15,6 +15,7 @@ pub mod shared;
 pub mod timeline;
 pub mod transport;
 pub mod watch;
+pub mod writer;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -1,8 +1,11 @@
-//! The Raft loop: one OS thread owns the consensus core, the storage and the state machine.
-//! It waits for input (peer messages, proposals, reads, admin requests) or the next tick, then
-//! runs the Ready cycle: persist with one fsync (every proposal that arrived meanwhile rides
-//! in the same batch: group commit), send, apply, answer, advance. Nothing is acknowledged
-//! and no vote leaves before the fsync returned.
+//! The Raft loop: one OS thread owns the consensus core and the state machine; a second, the
+//! writer (`node::writer`), makes the log durable. The loop waits for input (peer messages,
+//! proposals, reads, admin requests, the writer's reports) or the next tick, then runs Ready
+//! cycles: send what may leave early, hand the write to the writer, apply what is committed and
+//! durable here, answer. It does not wait for the write: the core takes the next Ready while
+//! earlier ones are being written (`RawNode::set_async_writes`), and every proposal that arrived
+//! meanwhile rides in the next write (group commit). Nothing is acknowledged and no vote leaves
+//! before the write that it promises is durable: those messages wait until the writer reports.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +19,7 @@ use tokio::sync::oneshot;
 use super::latency::{AppendClock, WritePoint};
 use super::shared::{lock, read, write, LoopStatus, Shared};
 use super::timeline::{self, EventKind};
+use super::writer::{Done, Write, Writer};
 use crate::raft::{
     ConfChange, ConfChangeKind, DataLoss, Entry, EntryPayload, Index, Message, MessageBody, NodeId, ProposeError,
     RawNode, Ready, Role, Snapshot, SnapshotMeta, Term,
@@ -49,9 +53,6 @@ const PUBLISH_RETRY: Duration = Duration::from_secs(5);
 pub const INPUT_QUEUE: usize = 8192;
 /// At most this many inputs are taken before the next Ready, so ticks are never starved.
 const MAX_INPUTS_PER_ROUND: usize = 4096;
-/// While storage fails, the stuck Ready is retried this often: not in a tight loop against
-/// the failing disk, and without blocking the loop, which keeps refusing requests at once.
-const STORAGE_RETRY: Duration = Duration::from_millis(100);
 /// While storage keeps failing, its ERROR line is repeated this often (so a long outage shows
 /// in the log), and sooner when the reason changes (an fsync error, then a read-only file system).
 const STORAGE_ERROR_REPEAT: Duration = Duration::from_secs(60);
@@ -110,6 +111,8 @@ pub type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 
 pub enum Input {
     Step(Message),
+    /// The writer has something to report (`node::writer`).
+    Wake,
     Propose {
         data: Bytes,
         reply: Reply<ApplyResult>,
@@ -158,6 +161,14 @@ struct StorageFailure {
     logged_at: Instant,
 }
 
+/// Messages that wait until the writes of Readies up to `number` are durable.
+struct Held {
+    number: u64,
+    messages: Vec<Message>,
+    /// A follower's first append that these acknowledge, when it arrived (`node::latency`).
+    append_since: Option<Instant>,
+}
+
 struct PendingProposal {
     term: Term,
     reply: Option<Reply<ApplyResult>>,
@@ -166,7 +177,7 @@ struct PendingProposal {
 
 pub struct RaftLoop {
     pub raw: RawNode,
-    pub storage: Storage,
+    writer: Writer,
     pub shared: Arc<Shared>,
     pub outbox: Box<dyn Outbox>,
     pub rx: Receiver<Input>,
@@ -174,11 +185,13 @@ pub struct RaftLoop {
     proposals: BTreeMap<Index, PendingProposal>,
     reads: BTreeMap<u64, Reply<Index>>,
     next_read_ctx: u64,
-    /// A Ready whose persistence failed (disk full, read-only): retried until it succeeds;
+    /// A write failed (disk full, read-only) and the writer retries it until it succeeds;
     /// meanwhile nothing is sent, applied or acknowledged, and the core does not tick.
-    stuck: Option<Ready>,
-    /// When to retry the stuck Ready.
-    retry_at: Instant,
+    failing: bool,
+    /// The last Ready handed to the writer whose write is not yet reported durable.
+    writing: Option<u64>,
+    /// Messages waiting for writes, oldest first.
+    held: std::collections::VecDeque<Held>,
     storage_failure: Option<StorageFailure>,
     last_snapshot_index: Index,
     last_leader: Option<NodeId>,
@@ -217,9 +230,11 @@ impl RaftLoop {
         snapshot_threshold: u64,
     ) -> RaftLoop {
         let last_snapshot_index = raw.raft.log().base().index;
+        let mut raw = raw;
+        raw.set_async_writes(true);
         RaftLoop {
             raw,
-            storage,
+            writer: Writer::inline(storage),
             shared,
             outbox,
             rx,
@@ -227,8 +242,9 @@ impl RaftLoop {
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             next_read_ctx: 1,
-            stuck: None,
-            retry_at: Instant::now(),
+            failing: false,
+            writing: None,
+            held: Default::default(),
             storage_failure: None,
             last_snapshot_index,
             last_leader: None,
@@ -243,6 +259,13 @@ impl RaftLoop {
             campaigns_seen: 0,
             append_clock: AppendClock::default(),
         }
+    }
+
+    /// Writes on a thread of its own (`node::writer`), which wakes the loop through `wake`, its
+    /// own input queue. Without this, the loop writes inline, on its own thread, when it drives.
+    pub fn with_writer_thread(mut self, wake: SyncSender<Input>) -> std::io::Result<RaftLoop> {
+        self.writer.start_thread(wake)?;
+        Ok(self)
     }
 
     /// The lessor's extension on promotion: the longest election timeout (etcd's `Promote`
@@ -289,7 +312,7 @@ impl RaftLoop {
             return;
         }
         self.next_lease_tick = now + LEASE_TICK;
-        if self.leading.is_none() || self.stuck.is_some() || self.halted.is_some() {
+        if self.leading.is_none() || self.failing || self.halted.is_some() {
             return;
         }
         let ms = self.shared.lease_now_ms();
@@ -339,10 +362,10 @@ impl RaftLoop {
                 // A member that cannot persist stands still: it could neither win an election
                 // (its own vote must be durable first) nor take entries, so it does not
                 // campaign; ticking would only queue heartbeats and campaigns, without bound,
-                // all stale by the time it recovers. A stuck leader sends nothing (messages leave
+                // all stale by the time it recovers. A failing leader sends nothing (messages leave
                 // only once their Ready is durable), so its followers elect a new leader after
                 // one election timeout, as if it had crashed; it learns of it once it recovers.
-                if self.stuck.is_none() {
+                if !self.failing {
                     self.raw.tick();
                 }
                 next_tick += tick;
@@ -382,7 +405,7 @@ impl RaftLoop {
     }
 
     fn handle(&mut self, input: Input) {
-        if self.stuck.is_some() {
+        if self.failing {
             // Storage is failing: refuse everything that would need it.
             let why = || NodeError::Unavailable("storage is failing; see /readyz".into());
             match input {
@@ -391,7 +414,7 @@ impl RaftLoop {
                 Input::ReadIndex { reply } => drop(reply.send(Err(why()))),
                 Input::Transfer { reply, .. } => drop(reply.send(Err(why()))),
                 Input::Shutdown { reply } => self.shutdown = Some((reply, Instant::now())),
-                Input::Step(_) | Input::SnapshotFailed(_) => {}
+                Input::Step(_) | Input::SnapshotFailed(_) | Input::Wake => {}
             }
             return;
         }
@@ -451,6 +474,7 @@ impl RaftLoop {
                 let _ = reply.send(outcome);
             }
             Input::SnapshotFailed(id) => self.raw.raft.report_snapshot(id, false),
+            Input::Wake => {}
             Input::Shutdown { reply } => {
                 if self.raw.raft.role() == Role::Leader {
                     let outcome = self.raw.raft.transfer_leader(None);
@@ -469,7 +493,7 @@ impl RaftLoop {
         let Some((_, since)) = &self.shutdown else { return false };
         let leading = self.raw.raft.role() == Role::Leader && self.raw.raft.config().id == self.shared.id;
         let waited = since.elapsed() > Duration::from_millis(2_000);
-        if leading && !waited && self.stuck.is_none() {
+        if leading && !waited && !self.failing {
             return false;
         }
         if let Some((reply, _)) = self.shutdown.take() {
@@ -487,39 +511,37 @@ impl RaftLoop {
     }
 
     fn drive_ready(&mut self) {
-        if let Some(rd) = self.stuck.take() {
-            if Instant::now() < self.retry_at || !self.persist(&rd) {
-                self.stuck = Some(rd);
-                self.publish();
-                return;
-            }
-            self.finish_ready(rd);
+        self.take_writes();
+        if self.failing {
+            self.publish();
+            return;
         }
         for _ in 0..64 {
             if !self.raw.has_ready() {
                 break;
             }
             let mut rd = self.raw.ready();
+            // New members' addresses come with their membership entries, before they apply.
+            for entry in &rd.entries {
+                self.learn_address(&entry.payload);
+            }
             // Thesis §10.2.1: a leader sends its appends while it writes them, so that its own
             // fsync and its followers' overlap. The core puts a message here only when the term
             // and vote it carries are durable already; it counts the leader itself toward a
-            // commit only after the write (`advance`).
+            // commit only once its write is reported (`RawNode::persisted`).
             if !rd.messages.is_empty() {
-                for entry in &rd.entries {
-                    self.learn_address(&entry.payload);
-                }
                 let messages = std::mem::take(&mut rd.messages);
                 self.send(messages);
             }
             if let Some(snapshot) = &rd.snapshot {
                 self.install(snapshot);
             }
-            if !self.persist(&rd) {
-                self.stuck = Some(rd);
-                self.publish();
-                return;
-            }
+            self.hand_to_writer(&mut rd);
             self.finish_ready(rd);
+            self.take_writes();
+            if self.failing {
+                break;
+            }
         }
         self.outbox.retain(self.raw.raft.conf());
         // A stream waiting for a member that left holds a read view, which keeps redb from
@@ -534,51 +556,99 @@ impl RaftLoop {
         self.publish();
     }
 
-    fn persist(&mut self, rd: &Ready) -> bool {
-        if rd.hard_state.is_none() && rd.snapshot.is_none() && rd.entries.is_empty() {
-            return true;
+    /// Hands a Ready's hard state, snapshot and entries to the writer. Its `persisted_messages`
+    /// wait until that write and every earlier one are durable: a Ready with nothing to write
+    /// may still answer for an earlier write (a vote granted again, an append acknowledged
+    /// again), so it waits too unless no write is under way.
+    fn hand_to_writer(&mut self, rd: &mut Ready) {
+        let write = Write {
+            number: rd.number,
+            hard_state: rd.hard_state.take(),
+            snapshot: rd.snapshot.take(),
+            entries: std::mem::take(&mut rd.entries),
+        };
+        let append_since = self.append_clock.since().filter(|_| !write.entries.is_empty());
+        if !write.entries.is_empty() {
+            self.append_clock.reset();
         }
-        let started = Instant::now();
-        match self.storage.persist(rd.hard_state.as_ref(), rd.snapshot.as_ref(), &rd.entries) {
-            Ok(()) => {
-                if self.storage.last_persist_synced() {
-                    self.shared.metrics.observe_fsync(started.elapsed().as_secs_f64());
-                }
-                if let Some(failure) = self.storage_failure.take() {
-                    let failed_for_s = failure.since.elapsed().as_secs();
-                    tracing::info!(failed_for_s, "storage recovered; serving again");
-                    self.shared.set_error(STORAGE_ERROR, None);
-                }
-                true
-            }
-            Err(e) => {
-                let message = e.to_string();
-                let now = Instant::now();
-                let log = match &self.storage_failure {
-                    None => true,
-                    Some(f) => {
-                        let since_logged = now.saturating_duration_since(f.logged_at);
-                        (f.logged != message && since_logged >= STORAGE_ERROR_CHANGED)
-                            || since_logged >= STORAGE_ERROR_REPEAT
+        let held = Held { number: rd.number, messages: std::mem::take(&mut rd.persisted_messages), append_since };
+        if write.is_empty() && self.writing.is_none() {
+            self.raw.persisted(held.number);
+            self.release(held);
+            return;
+        }
+        self.writing = Some(write.number);
+        self.held.push_back(held);
+        self.writer.submit(write);
+    }
+
+    /// Takes the writer's reports: what is durable now goes to the core, and the messages that
+    /// waited for it leave.
+    fn take_writes(&mut self) {
+        for done in self.writer.poll() {
+            match done {
+                Done::Written { number, last_entry, synced } => {
+                    if let Some(took) = synced {
+                        self.shared.metrics.observe_fsync(took.as_secs_f64());
                     }
-                };
-                if log {
-                    let since = self.storage_failure.as_ref().map_or(now, |f| f.since);
-                    tracing::error!(
-                        error = %message,
-                        failing_for_s = now.saturating_duration_since(since).as_secs(),
-                        "cannot persist raft state; not acknowledging anything until it works"
-                    );
-                    self.storage_failure = Some(StorageFailure { since, logged: message.clone(), logged_at: now });
+                    if let Some(last) = last_entry {
+                        self.shared.latency.passed(WritePoint::Persisted, last);
+                    }
+                    if let Some(failure) = self.storage_failure.take() {
+                        let failed_for_s = failure.since.elapsed().as_secs();
+                        tracing::info!(failed_for_s, "storage recovered; serving again");
+                        self.shared.set_error(STORAGE_ERROR, None);
+                    }
+                    self.failing = false;
+                    if self.writing == Some(number) {
+                        self.writing = None;
+                    }
+                    self.raw.persisted(number);
+                    while self.held.front().is_some_and(|h| h.number <= number) {
+                        if let Some(held) = self.held.pop_front() {
+                            self.release(held);
+                        }
+                    }
                 }
-                self.shared.set_error(STORAGE_ERROR, Some(message));
-                self.retry_at = now + STORAGE_RETRY;
-                false
+                Done::Failed(message) => self.storage_failed(message),
             }
         }
     }
 
-    /// Everything after persistence: send, install, apply, answer, advance.
+    /// Sends messages whose writes are durable.
+    fn release(&mut self, held: Held) {
+        if let Some(since) = held.append_since {
+            self.shared.latency.append(0, since);
+        }
+        self.send(held.messages);
+        if let Some(since) = held.append_since {
+            self.shared.latency.append(1, since);
+        }
+    }
+
+    fn storage_failed(&mut self, message: String) {
+        self.failing = true;
+        let now = Instant::now();
+        let log = match &self.storage_failure {
+            None => true,
+            Some(f) => {
+                let since_logged = now.saturating_duration_since(f.logged_at);
+                (f.logged != message && since_logged >= STORAGE_ERROR_CHANGED) || since_logged >= STORAGE_ERROR_REPEAT
+            }
+        };
+        if log {
+            let since = self.storage_failure.as_ref().map_or(now, |f| f.since);
+            tracing::error!(
+                error = %message,
+                failing_for_s = now.saturating_duration_since(since).as_secs(),
+                "cannot persist raft state; not acknowledging anything until it works"
+            );
+            self.storage_failure = Some(StorageFailure { since, logged: message.clone(), logged_at: now });
+        }
+        self.shared.set_error(STORAGE_ERROR, Some(message));
+    }
+
+    /// Everything that does not wait for the write: leadership news, apply, answer reads.
     fn finish_ready(&mut self, rd: Ready) {
         if let Some(ss) = rd.soft_state {
             if ss.leader != self.last_leader {
@@ -589,23 +659,6 @@ impl RaftLoop {
                 self.last_leader = ss.leader;
             }
         }
-        // New members' addresses come with their membership entries, before they apply.
-        for entry in &rd.entries {
-            self.learn_address(&entry.payload);
-        }
-        let appended = rd.entries.last().map(|e| e.index);
-        let since = self.append_clock.since().filter(|_| appended.is_some());
-        if let Some(last) = appended {
-            self.shared.latency.passed(WritePoint::Persisted, last);
-        }
-        if let Some(since) = since {
-            self.shared.latency.append(0, since);
-        }
-        self.send(rd.persisted_messages);
-        if let Some(since) = since {
-            self.shared.latency.append(1, since);
-        }
-        self.append_clock.reset();
         if let Some(last) = rd.committed_entries.last() {
             self.shared.latency.passed(WritePoint::Committed, last.index);
         }
@@ -623,7 +676,7 @@ impl RaftLoop {
                 let _ = reply.send(Err(NodeError::Unavailable("leadership changed during the read; retry".into())));
             }
         }
-        self.raw.advance();
+        self.raw.advance_apply();
         if self.raw.raft.role() != Role::Leader && !self.reads.is_empty() {
             // Reads registered on a leader that lost office without an abort notice.
             for (_, reply) in std::mem::take(&mut self.reads) {
@@ -940,7 +993,7 @@ impl RaftLoop {
     /// so that every member lists every member's client URL, not only those it hears from.
     fn publish_members(&mut self) {
         let raft = &self.raw.raft;
-        if raft.role() != Role::Leader || !raft.committed_in_current_term() || self.stuck.is_some() {
+        if raft.role() != Role::Leader || !raft.committed_in_current_term() || self.failing {
             return;
         }
         let now = Instant::now();
@@ -996,7 +1049,7 @@ impl RaftLoop {
     /// empty data is known to have lost it, under `new` too (`node::join::decide_new`).
     fn mark_members_with_data(&mut self) {
         let raft = &self.raw.raft;
-        if raft.role() != Role::Leader || !raft.committed_in_current_term() || self.stuck.is_some() {
+        if raft.role() != Role::Leader || !raft.committed_in_current_term() || self.failing {
             return;
         }
         if self.marking.0 != raft.term() {
@@ -1113,7 +1166,7 @@ impl RaftLoop {
         match self.raw.raft.compact_keeping(data.clone(), keep) {
             Ok(meta) => {
                 let index = meta.index;
-                if let Err(e) = self.storage.compact(&Snapshot { meta, data }) {
+                if let Err(e) = lock(self.writer.storage()).compact(&Snapshot { meta, data }) {
                     tracing::warn!(error = %e, "could not save a snapshot; the log keeps growing until it works");
                 } else {
                     tracing::debug!(index, "snapshot taken, log compacted");
@@ -1170,7 +1223,7 @@ impl RaftLoop {
         // (to clients, in /v1/status and /readyz) while its followers elect another one. If
         // nobody did by the time it recovers, it simply goes on leading.
         let (role, leader) = match raft.role() {
-            Role::Leader if self.stuck.is_some() => (Role::Follower, None),
+            Role::Leader if self.failing => (Role::Follower, None),
             role => (role, raft.leader()),
         };
         let matched = if role == Role::Leader {

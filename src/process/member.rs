@@ -28,7 +28,7 @@ use crate::http::tls::{ClientTls, ServerTls};
 use crate::node::compactor::{self, Retention};
 use crate::node::join::Joiner;
 use crate::node::join::{PeerMember, PeerView};
-use crate::node::runtime::{RaftLoop, INPUT_QUEUE, TICK_MS};
+use crate::node::runtime::{Input, RaftLoop, INPUT_QUEUE, TICK_MS};
 use crate::node::shared::{AddressBook, LoopStatus, Metrics, Shared};
 use crate::node::transport::{self, PeerLimits, PeerServer, Transport, MEMBERS_PATH};
 use crate::node::watch::WatchHub;
@@ -85,7 +85,12 @@ fn start(mut args: NodeArgs) -> Result<(), StartError> {
         flags.tls.peer_calls.clone(),
     )
     .with_streams(args.peer_streams);
-    let raft_loop = RaftLoop::new(raw, storage, shared.clone(), Box::new(transport), rx, args.snapshot_threshold);
+    let raft_loop = RaftLoop::new(raw, storage, shared.clone(), Box::new(transport), rx, args.snapshot_threshold)
+        .with_writer_thread(tx.clone())
+        .map_err(|e| StartError::from(format!("cannot start the raft writer: {e}")))?;
+    // The writer thread holds a sender of the loop's queue, so the loop never sees the queue
+    // close: after the servers stop, it is told to stop.
+    let stop_loop = tx.clone();
     let loop_thread = std::thread::Builder::new()
         .name("raft-loop".into())
         .spawn(move || raft_loop.run())
@@ -96,6 +101,10 @@ fn start(mut args: NodeArgs) -> Result<(), StartError> {
     drop(tx);
     let result = runtime.block_on(serve_until_stopped(&flags, node, peer, committed_at_start));
     runtime.shutdown_timeout(Duration::from_secs(1));
+    let (reply, _stopped) = tokio::sync::oneshot::channel();
+    // Fails only if the loop has stopped already.
+    let _ = stop_loop.send(Input::Shutdown { reply });
+    drop(stop_loop);
     let _ = loop_thread.join();
     result
 }

@@ -42,6 +42,10 @@ pub enum PlantedBug {
     /// A leader's heartbeat carries its whole commit index, not what the follower is known to
     /// hold: a follower behind it takes that for entries it acknowledged and lost.
     HeartbeatCommitPastMatch,
+    /// With asynchronous writes, a leader counts its own entries toward a commit as soon as it
+    /// hands them out to write, before they are durable on its disk (thesis §10.2.1 allows
+    /// the leader to commit before its own write only with a majority of other members).
+    LeaderCountsUnwritten,
 }
 
 impl Config {

@@ -1,6 +1,8 @@
-//! The replicated log as one member sees it: a snapshot base, the entries after it, and three
-//! marks on them — `stable` (durable on this member), `committed` and `applied`.
-//! Entries above `stable` are "unstable": the host has not yet confirmed them durable.
+//! The replicated log as one member sees it: a snapshot base, the entries after it, and marks
+//! on them: `stable` (durable on this member), `handed` (given to the host to write),
+//! `committed`, `applying` (given to the host to apply) and `applied`.
+//! Entries above `stable` are "unstable": the host has not yet confirmed them durable. With
+//! asynchronous writes (`RawNode::set_async_writes`) those up to `handed` are being written.
 
 use super::types::{Entry, Index, Snapshot, SnapshotMeta, Term};
 
@@ -15,6 +17,10 @@ pub struct RaftLog {
     pub(crate) applied: Index,
     /// Durable up to here (the host confirmed).
     pub(crate) stable: Index,
+    /// Given to the host to persist up to here (`stable <= handed`).
+    pub(crate) handed: Index,
+    /// Given to the host to apply up to here (`applied <= applying`).
+    pub(crate) applying: Index,
     /// A snapshot received from the leader that the host has not yet installed.
     pub(crate) pending_snapshot: Option<Snapshot>,
     /// Set when a conflict removed entries; the owner clears it after looking.
@@ -28,6 +34,8 @@ impl RaftLog {
             committed: 0,
             applied: base.index,
             stable: base.index,
+            handed: base.index,
+            applying: base.index,
             base,
             entries: Vec::new(),
             pending_snapshot: None,
@@ -42,8 +50,10 @@ impl RaftLog {
             }
         }
         log.stable = log.last_index();
+        log.handed = log.stable;
         log.committed = committed.clamp(log.base.index, log.last_index());
         log.applied = applied.clamp(log.base.index, log.committed);
+        log.applying = log.applied;
         log
     }
 
@@ -150,6 +160,7 @@ impl RaftLog {
         self.truncated |= keep < self.entries.len();
         self.entries.truncate(keep);
         self.stable = self.stable.min(index);
+        self.handed = self.handed.min(index);
     }
 
     /// The largest index at or below `index` whose term is at most `term` (etcd's
@@ -177,28 +188,48 @@ impl RaftLog {
 
     /// Entries the host has not yet been told to persist.
     pub fn unstable_entries(&self) -> &[Entry] {
-        let from = (self.stable.max(self.base.index) - self.base.index) as usize;
+        let from = (self.stable.max(self.handed).max(self.base.index) - self.base.index) as usize;
         &self.entries[from.min(self.entries.len())..]
     }
 
+    /// Hands the unstable entries to the host to persist.
+    pub fn hand_out(&mut self) -> Vec<Entry> {
+        let entries = self.unstable_entries().to_vec();
+        self.handed = self.last_index();
+        entries
+    }
+
     /// The host persisted entries up to `index`, whose term was `term`; ignored if the log has
-    /// since changed under it.
+    /// since changed under it (a conflict replaced them while they were being written).
     pub fn stable_to(&mut self, index: Index, term: Term) {
         if self.match_term(index, term) && index > self.stable {
             self.stable = index;
+            self.handed = self.handed.max(index);
         }
     }
 
-    /// Committed entries not yet handed out for applying, at most `max_bytes` (at least one).
-    pub fn next_committed(&self, max_bytes: usize) -> Vec<Entry> {
-        if self.pending_snapshot.is_some() || self.applied >= self.committed {
+    /// The last committed entry that may be handed out to apply, when entries at or below
+    /// `durable` may be applied.
+    fn apply_bound(&self, durable: Index) -> Index {
+        self.committed.min(durable)
+    }
+
+    /// Committed entries at or below `durable` not yet handed out for applying, at most
+    /// `max_bytes` (at least one); they count as being applied from now on.
+    pub fn next_committed(&mut self, durable: Index, max_bytes: usize) -> Vec<Entry> {
+        if !self.has_next_committed(durable) {
             return Vec::new();
         }
-        self.slice(self.applied + 1, self.committed, max_bytes).unwrap_or_default()
+        let from = self.applied.max(self.applying) + 1;
+        let entries = self.slice(from, self.apply_bound(durable), max_bytes).unwrap_or_default();
+        if let Some(last) = entries.last() {
+            self.applying = last.index;
+        }
+        entries
     }
 
-    pub fn has_next_committed(&self) -> bool {
-        self.pending_snapshot.is_none() && self.committed > self.applied
+    pub fn has_next_committed(&self, durable: Index) -> bool {
+        self.pending_snapshot.is_none() && self.apply_bound(durable) > self.applied.max(self.applying)
     }
 
     /// Replaces the whole log by a snapshot received from the leader (§7).
@@ -207,6 +238,7 @@ impl RaftLog {
         self.base = snapshot.meta.clone();
         self.committed = snapshot.meta.index;
         self.stable = snapshot.meta.index;
+        self.handed = snapshot.meta.index;
         self.pending_snapshot = Some(snapshot);
     }
 

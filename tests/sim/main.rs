@@ -11,6 +11,13 @@
 //! empty once its join is recorded), and lose power (a crash that also loses what was written
 //! without a sync: the commit index of commit-only writes).
 //!
+//! Half the incarnations of members write asynchronously, as the node's writer thread does
+//! (`RawNode::set_async_writes`, `node::writer`): each Ready's write completes 0–14 ms later, in
+//! order, while the member goes on taking messages, committing and applying; its
+//! acknowledgements and votes wait for the write, and a crash (sometimes just before a write
+//! completes) loses every write under way. The others write each Ready before the next, as the
+//! core's synchronous hosts do. Every acknowledgement is checked against the sender's disk.
+//!
 //! The replicated state machine is a small store in etcd's manner: every key has a value and a
 //! mod revision, and a store revision is bumped once per write command (a put, or a txn whose
 //! compares held: one revision however many keys it writes). The initial store (revision 1)
@@ -29,7 +36,8 @@
 //!
 //! Checked at every step: election safety, log matching, leader completeness, state machine
 //! safety, monotonic commit, every message sent against the sender's durable state at the
-//! moment it leaves (its term, a granted vote, no vote from an empty log), that a member
+//! moment it leaves (its term, a granted vote, an acknowledged index, no vote from an empty
+//! log), that a member
 //! whose data was lost is never admitted again under its old id, that no member finds data it
 //! acknowledged gone (the leader's heartbeat commit past its log, `raft::DataLoss`: the disks
 //! here lose nothing synced, so that report would be false), and that every read-all
@@ -67,7 +75,7 @@
 
 use std::cmp::Reverse;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
@@ -298,7 +306,23 @@ struct SimNode {
     lease_waits: Vec<LeaseWait>,
     /// Leader: read-index rounds it runs for followers' reads, by context: (follower, op).
     relayed: BTreeMap<u64, (NodeId, usize)>,
+    /// This incarnation writes asynchronously (`RawNode::set_async_writes`, as the node does):
+    /// its Readies' writes complete later, in order, while it goes on taking messages.
+    async_writes: bool,
+    /// Writes under way (lost in a crash), oldest first.
+    disk_writes: VecDeque<DiskWrite>,
 }
+
+/// One Ready's write under way on an asynchronous member, and the messages that wait for it.
+struct DiskWrite {
+    /// Unique in the run, so that a completion scheduled before a crash finds nothing after it.
+    id: u64,
+    ready: Ready,
+    checks: Vec<AppendCheck>,
+}
+
+/// Log matching's record of one appended entry: (index, term) -> (digest, previous term).
+type AppendCheck = ((Index, Term), (u64, Option<Term>));
 
 /// A lease request under way on a member, for lease client `client`.
 #[derive(Clone, Debug)]
@@ -360,6 +384,8 @@ enum Event {
     Sweep,
     Join(NodeId),
     LeaseClient(usize),
+    /// An asynchronous member's writes up to this one (`DiskWrite::id`) complete.
+    WriteDone(NodeId, u64),
 }
 
 struct Scheduled {
@@ -722,8 +748,11 @@ impl Sim {
                 leading: None,
                 lease_waits: Vec::new(),
                 relayed: BTreeMap::new(),
+                async_writes: false,
+                disk_writes: VecDeque::new(),
             },
         );
+        self.choose_writes(id);
         let phase = self.rng.range(1, TICK_MS + 1);
         self.schedule(phase, Event::Tick(id));
     }
@@ -836,6 +865,7 @@ impl Sim {
             }
             Event::ReadIndexAsked { leader, follower, op } => self.read_index_asked(leader, follower, op)?,
             Event::ReadIndexAnswered { follower, op, index } => self.read_index_answered(follower, op, index)?,
+            Event::WriteDone(id, write) => self.write_done(id, write)?,
             Event::Join(id) => {
                 self.join_step(id)?;
                 if self.nodes.get(&id).is_some_and(|n| n.joining.is_some()) {
@@ -926,6 +956,7 @@ impl Sim {
                 return Ok(());
             }
             let mut rd = raw.ready();
+            let async_writes = node.async_writes;
             let term = raw.raft.term();
             let leading = raw.raft.role() == Role::Leader;
             if let Some(ss) = rd.soft_state {
@@ -935,7 +966,7 @@ impl Sim {
                     self.check_new_leader(id, term)?;
                 }
             }
-            self.check_appended(id, &rd.entries)?;
+            let checks = self.appended_checks(id, &rd.entries);
             // A leader sends its appends while it writes them (thesis §10.2.1), as the node does;
             // sometimes it crashes between the two, losing entries its followers may have.
             if leading || !rd.messages.is_empty() {
@@ -943,33 +974,28 @@ impl Sim {
                     self.check_send(&m)?;
                     self.send(m);
                 }
-                if self.clients_on && !rd.entries.is_empty() && self.rng.chance(0.005) {
+                if self.clients_on && !async_writes && !rd.entries.is_empty() && self.rng.chance(0.005) {
                     self.log(|| format!("n{id} crashes after sending, before persisting"));
                     self.crash(id);
                     return Ok(());
                 }
             }
-            let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
-            let old = node.disk.hard_state;
-            if !node.disk.persist(&rd) {
-                return Err(format!("n{id}: asked to persist entries that leave a gap in the log"));
-            }
-            let new = node.disk.hard_state;
-            if new.term < old.term
-                || new.commit < old.commit
-                || (new.term == old.term && old.vote.is_some() && new.vote != old.vote)
-            {
-                return Err(format!("n{id}: durable state went backwards: {old:?} -> {new:?}"));
-            }
-            if !node.disk.entries.is_empty() || node.disk.snapshot.is_some() || node.disk.hard_state.term > 0 {
-                self.used.insert(id);
-            }
-            for m in rd.persisted_messages {
-                self.check_send(&m)?;
-                self.send(m);
-            }
-            if let Some(snapshot) = &rd.snapshot {
-                self.install_snapshot(id, snapshot)?;
+            if async_writes {
+                // As the node: the state machine takes a snapshot before it is written.
+                if let Some(snapshot) = &rd.snapshot {
+                    self.install_snapshot(id, snapshot)?;
+                }
+                self.start_write(id, &mut rd, checks)?;
+            } else {
+                self.check_appended(id, checks)?;
+                self.write_to_disk(id, &rd)?;
+                for m in std::mem::take(&mut rd.persisted_messages) {
+                    self.check_send(&m)?;
+                    self.send(m);
+                }
+                if let Some(snapshot) = &rd.snapshot {
+                    self.install_snapshot(id, snapshot)?;
+                }
             }
             for entry in &rd.committed_entries {
                 self.apply(id, entry)?;
@@ -1008,7 +1034,11 @@ impl Sim {
                 _ => true,
             });
             let Some(raw) = node.raw.as_mut() else { return Ok(()) };
-            raw.advance();
+            if async_writes {
+                raw.advance_apply();
+            } else {
+                raw.advance();
+            }
             for (follower, op, index) in answers {
                 self.send_between(id, follower, Event::ReadIndexAnswered { follower, op, index });
             }
@@ -1025,6 +1055,97 @@ impl Sim {
             self.maybe_compact(id);
         }
         Err(format!("n{id}: Ready loop did not settle"))
+    }
+
+    /// Half the incarnations of members write asynchronously.
+    fn choose_writes(&mut self, id: NodeId) {
+        let on = self.rng.chance(0.5);
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        node.async_writes = on;
+        if let Some(raw) = node.raw.as_mut() {
+            raw.set_async_writes(on);
+        }
+    }
+
+    /// Makes a Ready's hard state, snapshot and entries durable, checking that durable state
+    /// never goes backwards.
+    fn write_to_disk(&mut self, id: NodeId, rd: &Ready) -> SimResult<()> {
+        let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
+        let old = node.disk.hard_state;
+        if !node.disk.persist(rd) {
+            return Err(format!("n{id}: asked to persist entries that leave a gap in the log"));
+        }
+        let new = node.disk.hard_state;
+        if new.term < old.term
+            || new.commit < old.commit
+            || (new.term == old.term && old.vote.is_some() && new.vote != old.vote)
+        {
+            return Err(format!("n{id}: durable state went backwards: {old:?} -> {new:?}"));
+        }
+        if !node.disk.entries.is_empty() || node.disk.snapshot.is_some() || node.disk.hard_state.term > 0 {
+            self.used.insert(id);
+        }
+        Ok(())
+    }
+
+    /// An asynchronous member starts a Ready's write; it completes after a random delay, in
+    /// order with the others (`write_done`). A Ready with nothing to write still waits behind
+    /// the writes under way: its messages may promise what they make durable.
+    fn start_write(&mut self, id: NodeId, rd: &mut Ready, checks: Vec<AppendCheck>) -> SimResult<()> {
+        let write = Ready {
+            number: rd.number,
+            hard_state: rd.hard_state.take(),
+            snapshot: rd.snapshot.take(),
+            entries: std::mem::take(&mut rd.entries),
+            persisted_messages: std::mem::take(&mut rd.persisted_messages),
+            ..Ready::default()
+        };
+        let empty = write.hard_state.is_none() && write.snapshot.is_none() && write.entries.is_empty();
+        let node = self.nodes.get_mut(&id).ok_or("node vanished")?;
+        if empty && node.disk_writes.is_empty() {
+            if let Some(raw) = node.raw.as_mut() {
+                raw.persisted(write.number);
+            }
+            for m in write.persisted_messages {
+                self.check_send(&m)?;
+                self.send(m);
+            }
+            return Ok(());
+        }
+        self.seq += 1;
+        let write_id = self.seq;
+        node.disk_writes.push_back(DiskWrite { id: write_id, ready: write, checks });
+        let delay = self.rng.range(0, 15);
+        self.schedule(delay, Event::WriteDone(id, write_id));
+        Ok(())
+    }
+
+    /// The writes of an asynchronous member up to `write` complete, oldest first; sometimes it
+    /// crashes before one does, losing it and every later one.
+    fn write_done(&mut self, id: NodeId, write: u64) -> SimResult<()> {
+        for _ in 0..10_000 {
+            let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+            if node.raw.is_none() || !node.disk_writes.front().is_some_and(|w| w.id <= write) {
+                break;
+            }
+            if self.clients_on && self.rng.chance(0.003) {
+                self.log(|| format!("n{id} crashes while writing"));
+                self.crash(id);
+                return Ok(());
+            }
+            let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+            let Some(done) = node.disk_writes.pop_front() else { break };
+            self.check_appended(id, done.checks)?;
+            self.write_to_disk(id, &done.ready)?;
+            if let Some(raw) = self.nodes.get_mut(&id).and_then(|n| n.raw.as_mut()) {
+                raw.persisted(done.ready.number);
+            }
+            for m in done.ready.persisted_messages {
+                self.check_send(&m)?;
+                self.send(m);
+            }
+        }
+        self.process(id)
     }
 
     fn install_snapshot(&mut self, id: NodeId, snapshot: &Snapshot) -> SimResult<()> {
@@ -1247,14 +1368,24 @@ impl Sim {
 
     /// Log matching: an entry with a given index and term has the same payload everywhere and
     /// the same predecessor term, so logs that share an entry share all that precedes it.
-    fn check_appended(&mut self, id: NodeId, entries: &[Entry]) -> SimResult<()> {
-        let Some(raw) = self.nodes.get(&id).and_then(|n| n.raw.as_ref()) else { return Ok(()) };
+    /// What log matching checks of entries a member appends: each one's digest and the term of
+    /// the entry before it, as its log holds them now.
+    fn appended_checks(&self, id: NodeId, entries: &[Entry]) -> Vec<AppendCheck> {
+        let Some(raw) = self.nodes.get(&id).and_then(|n| n.raw.as_ref()) else { return Vec::new() };
         let log = raw.raft.log();
         let mut checks = Vec::with_capacity(entries.len());
         for e in entries {
             let prev = if e.index > 1 { log.term(e.index - 1) } else { Some(0) };
             checks.push(((e.index, e.term), (digest(&e.payload), prev)));
         }
+        checks
+    }
+
+    /// Log matching: entries made durable by any member agree on (index, term) -> content and
+    /// previous term. An asynchronous member's entries count once their write completes: a
+    /// leader that loses its unwritten term in a crash may win that term again with other
+    /// entries, and nobody saw the lost ones (its messages wait for the write).
+    fn check_appended(&mut self, id: NodeId, checks: Vec<AppendCheck>) -> SimResult<()> {
         for (key, (d, prev)) in checks {
             match self.log_entries.get(&key) {
                 Some(&(d0, prev0)) => {
@@ -1837,6 +1968,8 @@ impl Sim {
         let lease_clients: Vec<usize> = node.lease_waits.drain(..).map(|w| w.client).collect();
         // The followers whose read index it was confirming hear nothing; their reads time out.
         node.relayed.clear();
+        // Writes under way never happened.
+        node.disk_writes.clear();
         node.lessor = fresh;
         node.leading = None;
         for client in lease_clients {
@@ -1867,6 +2000,7 @@ impl Sim {
         let leases = node.store.lease_list();
         node.lessor.load(&leases, self.now, lease_extend_ms());
         node.raw = Some(RawNode::new(Raft::new(cfg, initial).map_err(|e| e.to_string())?));
+        self.choose_writes(id);
         self.log(|| format!("n{id} restarted"));
         self.process(id)
     }
@@ -1983,6 +2117,16 @@ impl Sim {
                 m.term,
                 durable.term
             ));
+        }
+        if let MessageBody::AppendResp { index, reject: None } = m.body {
+            if index > node.disk.last_index() {
+                return Err(format!(
+                    "durability: n{} acknowledged index {index} to n{} while its disk holds up to {}",
+                    m.from,
+                    m.to,
+                    node.disk.last_index()
+                ));
+            }
         }
         if m.body == (MessageBody::VoteResp { granted: true }) && (durable.term != m.term || durable.vote != Some(m.to))
         {
@@ -2170,6 +2314,7 @@ impl Sim {
         let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
         node.raw = Some(raw);
         node.joining = None;
+        self.choose_writes(id);
         self.stats.joins += 1;
         self.log(|| format!("n{id} joins with empty data"));
         self.process(id)
@@ -2566,7 +2711,7 @@ const CONVERGENCE: &str = "convergence: members did not converge";
 /// The planted bugs: name, bug, and what the failure it causes may say (any one of them).
 const EARLY: &str = "expired early";
 
-const BUGS: [(&str, Bug, &[&str]); 11] = [
+const BUGS: [(&str, Bug, &[&str]); 12] = [
     ("join-on-followers-word", Bug::Raft(PlantedBug::JoinOnFollowersWord), &["admitted again under its old id"]),
     // On some seeds (9 before the follower reads were modelled, 4 after) this bug leaves
     // members that never converge before a vote from an empty log is seen: caught either way.
@@ -2575,6 +2720,9 @@ const BUGS: [(&str, Bug, &[&str]); 11] = [
     // A follower that is merely behind takes the leader's whole commit index for a promise it
     // made and broke.
     ("heartbeat-commit-past-match", Bug::Raft(PlantedBug::HeartbeatCommitPastMatch), &["reports its data lost"]),
+    // A leader that commits with its own unwritten entries loses them in a crash; a member
+    // without them may then win, and overwrite what was committed.
+    ("leader-counts-unwritten", Bug::Raft(PlantedBug::LeaderCountsUnwritten), &["lacks committed entry", NO_ORDER]),
     ("txn-first-op-only", Bug::TxnFirstOpOnly, &["conserved total"]),
     // A transfer against stale balances breaks the total; a CAS against a moved revision
     // only the history's order.
