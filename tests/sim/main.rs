@@ -89,6 +89,8 @@ use kuberaft::store::claim::{check_claim, MemberState};
 use kuberaft::store::mvcc::Lease;
 
 const TICK_MS: u64 = 10;
+/// An asynchronous member's write completes up to this long after it starts.
+const MAX_WRITE_DELAY_MS: u64 = 14;
 /// Keys 0..KEYS take puts, gets and CAS.
 const KEYS: u8 = 3;
 /// The accounts of the transfers: they open at `OPENING_BALANCE` each in the initial store.
@@ -1115,7 +1117,7 @@ impl Sim {
         self.seq += 1;
         let write_id = self.seq;
         node.disk_writes.push_back(DiskWrite { id: write_id, ready: write, checks });
-        let delay = self.rng.range(0, 15);
+        let delay = self.rng.range(0, MAX_WRITE_DELAY_MS + 1);
         self.schedule(delay, Event::WriteDone(id, write_id));
         Ok(())
     }
@@ -1927,7 +1929,10 @@ impl Sim {
     /// happens now and then after the faults, a transfer that was under way) starts the count
     /// again.
     fn check_lease_expiry(&mut self) -> SimResult<()> {
-        let allowed = LEASE_TTL_S as u64 * 1000 + lease_extend_ms() + 100;
+        // Each revoke is an entry of its own; with one entry per message (the configs here often
+        // say so) and asynchronous writes on both sides, each costs up to two writes more.
+        let leases = self.nodes.values().map(|n| n.store.leases.len()).max().unwrap_or(0) as u64;
+        let allowed = LEASE_TTL_S as u64 * 1000 + lease_extend_ms() + 100 + leases * 2 * MAX_WRITE_DELAY_MS;
         let give_up = self.now + 10 * allowed;
         let mut office = (None, None);
         let mut since = self.now;
