@@ -107,8 +107,16 @@ pub struct Writer {
 
 enum Mode {
     /// Writes on the loop's thread when it polls; a failed write waits for `retry_at`.
-    Inline { queue: VecDeque<Write>, retry_at: Instant },
-    Thread { tx: Option<Sender<Write>>, done: Receiver<Done>, stop: Arc<AtomicBool>, thread: Option<JoinHandle<()>> },
+    Inline {
+        queue: VecDeque<Write>,
+        retry_at: Instant,
+    },
+    Thread {
+        tx: Option<Sender<Write>>,
+        done: Receiver<Done>,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+    },
 }
 
 impl Writer {
@@ -198,7 +206,13 @@ impl Drop for Writer {
     }
 }
 
-fn run(storage: &Mutex<Storage>, rx: &Receiver<Write>, done: &Sender<Done>, wake: &SyncSender<Input>, stop: &AtomicBool) {
+fn run(
+    storage: &Mutex<Storage>,
+    rx: &Receiver<Write>,
+    done: &Sender<Done>,
+    wake: &SyncSender<Input>,
+    stop: &AtomicBool,
+) {
     while let Ok(first) = rx.recv() {
         let mut writes = vec![first];
         writes.extend(rx.try_iter().take(MAX_MERGED - 1));

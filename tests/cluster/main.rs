@@ -556,6 +556,8 @@ fn other_endpoint_lists_cannot_join_and_subsets_of_endpoints_agree() {
 }
 
 impl Cluster {
+    /// Waits until the members `which` agree on a leader that is one of them (a member outside
+    /// them that they still follow, until their election timeout, does not count).
     fn wait_leader_among(&self, which: &[usize]) -> (usize, u64) {
         wait_for("leader among", ELECTION, || {
             let statuses: Vec<Value> = which.iter().map(|i| self.status(*i)).collect::<Option<_>>()?;
@@ -564,7 +566,8 @@ impl Cluster {
             if leader.is_empty() || statuses.iter().any(|s| s["leader"] != leader.as_str() || s["term"] != term) {
                 return None;
             }
-            Some((self.members.iter().position(|m| m.name == leader)?, term))
+            let position = self.members.iter().position(|m| m.name == leader)?;
+            which.contains(&position).then_some((position, term))
         })
     }
 }

@@ -1127,7 +1127,7 @@ impl Sim {
     fn write_done(&mut self, id: NodeId, write: u64) -> SimResult<()> {
         for _ in 0..10_000 {
             let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
-            if node.raw.is_none() || !node.disk_writes.front().is_some_and(|w| w.id <= write) {
+            if node.raw.is_none() || node.disk_writes.front().is_none_or(|w| w.id > write) {
                 break;
             }
             if self.clients_on && self.rng.chance(0.003) {
