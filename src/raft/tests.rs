@@ -758,6 +758,60 @@ fn thesis_10_2_1_a_leader_counts_itself_toward_a_commit_only_once_its_log_is_dur
     assert_eq!(net.commands(2), ["x"]);
 }
 
+/// Asynchronous writes (issue 19, raft-rs's async storage writes): the host takes the next
+/// `Ready` while the leader's own write runs. The followers' two durable copies commit the entry
+/// without the leader's (a majority of three, thesis §10.2.1), but the leader hands it out to
+/// apply only once its own write is durable, and hands out its entries to write only once.
+#[test]
+fn async_writes_commit_from_followers_during_the_leaders_write_and_apply_once_it_is_durable() {
+    let mut net = Network::new(3);
+    net.elect(1);
+    net.peer_mut(1).node.set_async_writes(true);
+    let index = net.propose(1, "x");
+    let first = net.peer_mut(1).node.ready();
+    assert_eq!(first.entries.last().map(|e| e.index), Some(index));
+    net.post(first.messages.clone());
+    net.peer_mut(1).busy = true;
+    net.stabilize();
+    assert_eq!(net.raft(1).commit_index(), index, "two durable copies of three commit");
+    assert_eq!(net.raft(1).log().stable, index - 1, "the leader's own write is still running");
+
+    // The next Ready while the write runs: the commit index to write, but neither the entry
+    // again nor anything to apply.
+    let second = net.peer_mut(1).node.ready();
+    assert!(second.entries.is_empty(), "entries are handed out to write once");
+    assert!(second.committed_entries.is_empty(), "nothing applies before it is durable here");
+    net.post(second.messages.clone());
+    net.peer_mut(1).node.advance_apply();
+    assert!(net.commands(1).is_empty());
+
+    // Both writes finish; only now is the entry applied.
+    let peer = net.peer_mut(1);
+    assert!(peer.storage.persist(&first) && peer.storage.persist(&second));
+    peer.node.persisted(second.number);
+    peer.busy = false;
+    assert_eq!(net.raft(1).log().stable, index);
+    net.stabilize();
+    assert_eq!(net.commands(1), ["x"]);
+    assert_eq!(net.commands(2), ["x"]);
+}
+
+/// With the planted bug `LeaderCountsUnwritten` the leader counts its own entries once handed
+/// out: with one follower's copy it commits an entry that only that follower holds durably.
+#[test]
+fn planted_leader_counts_unwritten_commits_with_one_durable_copy_of_three() {
+    let mut net = Network::with_config(3, |cfg| cfg.planted = Some(PlantedBug::LeaderCountsUnwritten));
+    net.elect(1);
+    net.peer_mut(1).node.set_async_writes(true);
+    net.cut(1, 3);
+    let index = net.propose(1, "x");
+    let first = net.peer_mut(1).node.ready();
+    net.post(first.messages.clone());
+    net.peer_mut(1).busy = true;
+    net.stabilize();
+    assert_eq!(net.raft(1).commit_index(), index, "the bug: one durable copy of three committed");
+}
+
 /// §5.4.2, Figure 8 (c): "Raft never commits log entries from previous terms by counting
 /// replicas. Only log entries from the leader's current term are committed by counting
 /// replicas"; earlier entries commit indirectly, through an entry of the current term.
