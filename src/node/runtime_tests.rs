@@ -12,6 +12,7 @@ use super::*;
 use crate::node::shared::StagedSnapshot;
 use crate::raft::{ConfState, Config, Entry, InitialState, MessageBody, Raft, SnapshotMeta};
 use crate::store::command::{encode, Command};
+use crate::store::fs::{DirLock, FileSystem, RealFs, WalFile};
 
 const ME: NodeId = 2;
 const LEADER: NodeId = 1;
@@ -42,15 +43,19 @@ fn conf() -> ConfState {
 
 /// Member 2 after bootstrap, its three bootstrap entries applied; snapshots every entry.
 fn member() -> Member {
+    member_on(Arc::new(RealFs), std::sync::mpsc::sync_channel(16).1)
+}
+
+/// As `member`, its WAL on `fs`, its loop reading `rx`.
+fn member_on(fs: Arc<dyn FileSystem>, rx: Receiver<Input>) -> Member {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut storage, _) = Storage::open(dir.path()).expect("storage");
+    let (mut storage, _) = Storage::open_with(fs, dir.path()).expect("storage");
     let voters: Vec<(NodeId, Bytes)> = [1, 2, 3].iter().map(|id| (*id, encode(&member_info(*id)))).collect();
     let state = InitialState::bootstrap(&voters);
     storage.persist(Some(&state.hard_state), None, &state.entries).expect("persist bootstrap");
     let raw = RawNode::new(Raft::new(Config::new(ME), state).expect("raft"));
     let shared = Arc::new(Shared::for_tests(ME, "m2", 1, "127.0.0.2"));
     let sent = Recorded::default();
-    let (_tx, rx) = std::sync::mpsc::sync_channel(16);
     let mut lp = RaftLoop::new(raw, storage, shared, Box::new(sent.clone()), rx, 1);
     lp.drive();
     assert_eq!(lp.shared.status().applied_index, 3, "the bootstrap entries applied");
@@ -400,4 +405,144 @@ fn the_state_machine_file_is_written_back_while_entries_apply_and_not_when_idle(
     assert_eq!(settle(2), 2, "the applied entries are written back");
     drop(writeback);
     assert!(shared.metrics.render_raft_loop().contains("kuberaft_state_machine_writebacks_total 2\n"));
+}
+
+/// A disk whose syncs wait while its gate is shut (a slow fsync, held as long as a test likes).
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    fn set_shut(&self, shut: bool) {
+        *self.0 .0.lock().expect("gate") = shut;
+        self.0 .1.notify_all();
+    }
+    fn is_shut(&self) -> bool {
+        *self.0 .0.lock().expect("gate")
+    }
+    /// Waits until the gate opens (at most a minute, so that a test never hangs).
+    fn pass(&self) {
+        let (shut, opened) = &*self.0;
+        let guard = shut.lock().expect("gate");
+        let _open = opened.wait_timeout_while(guard, Duration::from_secs(60), |shut| *shut).expect("gate");
+    }
+}
+
+struct GatedFs(Gate);
+struct GatedFile(Box<dyn WalFile>, Gate);
+
+impl WalFile for GatedFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.0.read_at(buf, offset)
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write_all_at(buf, offset)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn allocate(&mut self, len: u64) -> std::io::Result<()> {
+        self.0.allocate(len)
+    }
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        self.1.pass();
+        self.0.sync_data()
+    }
+    fn sync_all(&mut self) -> std::io::Result<()> {
+        self.1.pass();
+        self.0.sync_all()
+    }
+}
+
+impl GatedFs {
+    fn gated(&self, file: std::io::Result<Box<dyn WalFile>>) -> std::io::Result<Box<dyn WalFile>> {
+        Ok(Box::new(GatedFile(file?, self.0.clone())))
+    }
+}
+
+impl FileSystem for GatedFs {
+    fn is_dir(&self, path: &Path) -> bool {
+        RealFs.is_dir(path)
+    }
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        RealFs.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+        RealFs.list_dir(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        self.0.pass();
+        RealFs.sync_dir(path)
+    }
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn WalFile>> {
+        self.gated(RealFs.create_new(path))
+    }
+    fn create(&self, path: &Path) -> std::io::Result<Box<dyn WalFile>> {
+        self.gated(RealFs.create(path))
+    }
+    fn open_rw(&self, path: &Path) -> std::io::Result<Box<dyn WalFile>> {
+        self.gated(RealFs.open_rw(path))
+    }
+    fn open_read(&self, path: &Path) -> std::io::Result<Box<dyn WalFile>> {
+        self.gated(RealFs.open_read(path))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        RealFs.rename(from, to)
+    }
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        RealFs.remove_file(path)
+    }
+    fn lock(&self, path: &Path) -> std::io::Result<Option<Box<dyn DirLock>>> {
+        RealFs.lock(path)
+    }
+}
+
+/// Issue 19, part 3: the loop hands a write to its writer thread and goes on. While a follower's
+/// fsync is held, the loop takes the append and the next message and returns; the append's
+/// acknowledgement waits for the write, and its entries apply only once they are durable here.
+/// With the inline writer (the loop writing on its own thread, as before the writer thread) the
+/// first `step` cannot return until the disk does, and the first assertion fails.
+#[test]
+fn the_loop_goes_on_while_its_writer_syncs_and_acknowledges_only_what_is_durable() {
+    let gate = Gate::default();
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
+    let mut m = member_on(Arc::new(GatedFs(gate.clone())), rx);
+    m.lp = m.lp.with_writer_thread(tx).expect("writer thread");
+    gate.set_shut(true);
+    // Opens the gate after 20 s whatever happens, so that a loop that waits for the disk makes
+    // this test fail instead of hanging it.
+    let breaker = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                if !gate.is_shut() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            gate.set_shut(false);
+        })
+    };
+
+    m.append(4, 5, 1);
+    m.step(MessageBody::Heartbeat { commit: 5, read_seq: 0 });
+    assert!(gate.is_shut(), "the loop returned while its write was still waiting for the disk");
+    assert!(m.acknowledged().iter().all(|i| *i < 4), "nothing acknowledged before it is durable");
+    assert_eq!(m.value("key"), None, "nothing applied before it is durable here");
+
+    gate.set_shut(false);
+    for _ in 0..500 {
+        if m.acknowledged().contains(&5) && m.value("key") == Some(Bytes::from("5")) {
+            break;
+        }
+        if let Ok(input) = m.lp.rx.recv_timeout(Duration::from_millis(10)) {
+            m.lp.handle(input);
+        }
+        m.lp.drive();
+    }
+    assert!(m.acknowledged().contains(&5), "acknowledged once written: {:?}", m.acknowledged());
+    assert_eq!(m.value("key"), Some(Bytes::from("5")), "applied once durable");
+    breaker.join().expect("breaker");
 }
