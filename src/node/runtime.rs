@@ -188,9 +188,8 @@ pub struct RaftLoop {
     /// A write failed (disk full, read-only) and the writer retries it until it succeeds;
     /// meanwhile nothing is sent, applied or acknowledged, and the core does not tick.
     failing: bool,
-    /// The last Ready handed to the writer whose write is not yet reported durable.
-    writing: Option<u64>,
-    /// Messages waiting for writes, oldest first.
+    /// Messages waiting for writes, oldest first: one per write handed to the writer and not yet
+    /// reported durable (so a write is under way exactly while this is not empty).
     held: std::collections::VecDeque<Held>,
     storage_failure: Option<StorageFailure>,
     last_snapshot_index: Index,
@@ -243,7 +242,6 @@ impl RaftLoop {
             reads: BTreeMap::new(),
             next_read_ctx: 1,
             failing: false,
-            writing: None,
             held: Default::default(),
             storage_failure: None,
             last_snapshot_index,
@@ -559,7 +557,8 @@ impl RaftLoop {
     /// Hands a Ready's hard state, snapshot and entries to the writer. Its `persisted_messages`
     /// wait until that write and every earlier one are durable: a Ready with nothing to write
     /// may still answer for an earlier write (a vote granted again, an append acknowledged
-    /// again), so it waits too unless no write is under way.
+    /// again), so unless no write is under way it goes to the writer too, empty, and its
+    /// messages leave when the writer reports it.
     fn hand_to_writer(&mut self, rd: &mut Ready) {
         let write = Write {
             number: rd.number,
@@ -572,12 +571,11 @@ impl RaftLoop {
             self.append_clock.reset();
         }
         let held = Held { number: rd.number, messages: std::mem::take(&mut rd.persisted_messages), append_since };
-        if write.is_empty() && self.writing.is_none() {
+        if write.is_empty() && self.held.is_empty() {
             self.raw.persisted(held.number);
             self.release(held);
             return;
         }
-        self.writing = Some(write.number);
         self.held.push_back(held);
         self.writer.submit(write);
     }
@@ -600,9 +598,6 @@ impl RaftLoop {
                         self.shared.set_error(STORAGE_ERROR, None);
                     }
                     self.failing = false;
-                    if self.writing == Some(number) {
-                        self.writing = None;
-                    }
                     self.raw.persisted(number);
                     while self.held.front().is_some_and(|h| h.number <= number) {
                         if let Some(held) = self.held.pop_front() {

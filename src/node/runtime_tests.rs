@@ -546,3 +546,48 @@ fn the_loop_goes_on_while_its_writer_syncs_and_acknowledges_only_what_is_durable
     assert_eq!(m.value("key"), Some(Bytes::from("5")), "applied once durable");
     breaker.join().expect("breaker");
 }
+
+/// A Ready with nothing to write whose messages answer for a write under way (the leader sent
+/// the same append again while the first one's fsync was held) waits for that write, and leaves
+/// as soon as it is durable: both acknowledgements go out once the gate opens, with no further
+/// write. The loop hands such a Ready to the writer as an empty write, so that the writer's
+/// report releases it; sending it at once would acknowledge entries not yet durable (the first
+/// assertion), and holding it without handing it over would keep it until some later write.
+#[test]
+fn an_answer_that_waits_for_an_earlier_write_leaves_when_that_write_is_durable() {
+    let gate = Gate::default();
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
+    let mut m = member_on(Arc::new(GatedFs(gate.clone())), rx);
+    m.lp = m.lp.with_writer_thread(tx).expect("writer thread");
+    gate.set_shut(true);
+    let breaker = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                if !gate.is_shut() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            gate.set_shut(false);
+        })
+    };
+
+    m.append(4, 5, 1);
+    m.append(4, 5, 1);
+    let acks = |m: &Member| m.acknowledged().iter().filter(|i| **i == 5).count();
+    assert_eq!(acks(&m), 0, "nothing acknowledged before it is durable");
+
+    gate.set_shut(false);
+    for _ in 0..300 {
+        if acks(&m) == 2 {
+            break;
+        }
+        if let Ok(input) = m.lp.rx.recv_timeout(Duration::from_millis(10)) {
+            m.lp.handle(input);
+        }
+        m.lp.drive();
+    }
+    assert_eq!(acks(&m), 2, "both acknowledgements leave once the write is durable: {:?}", m.acknowledged());
+    breaker.join().expect("breaker");
+}

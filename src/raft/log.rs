@@ -188,7 +188,8 @@ impl RaftLog {
 
     /// Entries the host has not yet been told to persist.
     pub fn unstable_entries(&self) -> &[Entry] {
-        let from = (self.stable.max(self.handed).max(self.base.index) - self.base.index) as usize;
+        debug_assert!(self.stable <= self.handed, "stable {} above handed {}", self.stable, self.handed);
+        let from = (self.handed.max(self.base.index) - self.base.index) as usize;
         &self.entries[from.min(self.entries.len())..]
     }
 
@@ -220,7 +221,7 @@ impl RaftLog {
         if !self.has_next_committed(durable) {
             return Vec::new();
         }
-        let from = self.applied.max(self.applying) + 1;
+        let from = self.applying + 1;
         let entries = self.slice(from, self.apply_bound(durable), max_bytes).unwrap_or_default();
         if let Some(last) = entries.last() {
             self.applying = last.index;
@@ -229,7 +230,8 @@ impl RaftLog {
     }
 
     pub fn has_next_committed(&self, durable: Index) -> bool {
-        self.pending_snapshot.is_none() && self.apply_bound(durable) > self.applied.max(self.applying)
+        debug_assert!(self.applied <= self.applying, "applied {} above applying {}", self.applied, self.applying);
+        self.pending_snapshot.is_none() && self.apply_bound(durable) > self.applying
     }
 
     /// Replaces the whole log by a snapshot received from the leader (§7).
@@ -307,7 +309,7 @@ mod tests {
     fn compaction_keeps_the_base_term_and_later_entries() {
         let mut log = log_with(&[1, 2, 3, 4]);
         log.commit_to(3);
-        log.applied = 3;
+        (log.applying, log.applied) = (3, 3);
         log.compact(SnapshotMeta { index: 2, term: 2, conf: Default::default() });
         assert_eq!(log.first_index(), 3);
         assert_eq!(log.term(2), Some(2));

@@ -169,14 +169,8 @@ impl RawNode {
         let committed_entries = r.log.next_committed(durable, MAX_APPLY_BYTES);
         if r.cfg.planted == Some(PlantedBug::LeaderCountsUnwritten) && r.role() == Role::Leader {
             // The bug: the leader counts its own entries toward a commit once handed out.
-            let me = r.id();
             let last = r.log.last_index();
-            if let Some(pr) = r.progress.get_mut(&me) {
-                pr.matched = pr.matched.max(last);
-            }
-            if r.maybe_commit() {
-                r.need_bcast_append = true;
-            }
+            count_own_entries(r, last);
         }
         self.number += 1;
         self.in_flight.push_back(InProgress {
@@ -208,7 +202,8 @@ impl RawNode {
     /// The host applied the committed entries handed out so far.
     pub fn advance_apply(&mut self) {
         let log = &mut self.raft.log;
-        log.applied = log.applied.max(log.applying);
+        debug_assert!(log.applied <= log.applying, "applied {} above applying {}", log.applied, log.applying);
+        log.applied = log.applying;
     }
 
     /// The writes of every `Ready` up to `number` are durable (and their snapshots installed).
@@ -232,14 +227,8 @@ impl RawNode {
             }
         }
         if r.role() == Role::Leader {
-            let me = r.id();
             let stable = r.log.stable;
-            if let Some(pr) = r.progress.get_mut(&me) {
-                pr.matched = pr.matched.max(stable);
-            }
-            if r.maybe_commit() {
-                r.need_bcast_append = true;
-            }
+            count_own_entries(r, stable);
         }
     }
 
@@ -249,5 +238,17 @@ impl RawNode {
     }
     pub fn step(&mut self, m: Message) {
         self.raft.step(m)
+    }
+}
+
+/// A leader's own entries up to `index` count toward a commit: its match index rises to it, and
+/// a commit that moves is broadcast.
+fn count_own_entries(r: &mut Raft, index: Index) {
+    let me = r.id();
+    if let Some(pr) = r.progress.get_mut(&me) {
+        pr.matched = pr.matched.max(index);
+    }
+    if r.maybe_commit() {
+        r.need_bcast_append = true;
     }
 }

@@ -526,10 +526,17 @@ fn kuberaft_watch_follows_the_cluster_through_a_paused_member_and_a_dead_one() {
 }
 
 /// A watcher that never reads while writes go on: the writes are not held back (they all
-/// complete), the member's memory stays within a bound of its peers' (the watcher falls
-/// behind the feed and holds no backlog), and once it reads it gets every revision, in
-/// order, caught up from history. `SLOW_WATCH_WRITES` sets the number of writes (default
+/// complete), the watcher holds no backlog of them, and once it reads it gets every revision,
+/// in order, caught up from history. `SLOW_WATCH_WRITES` sets the number of writes (default
 /// 20,000 of 4 KiB: five times the feed's byte bound).
+///
+/// What shows there is no backlog is the catch-up counter: a watcher that queued its events
+/// (an unbounded queue anywhere between it and the socket) would never fall behind the feed,
+/// so it would never read from history. The member's memory is checked too, against what the
+/// design lets one stream hold (the feed, and a full queue of the largest responses) above the
+/// other follower, which does the same work without the watcher. Two followers' RSS differ by
+/// up to 60 MiB from run to run on their own (allocator retention), so a tighter bound there
+/// failed once in CI without any backlog.
 #[test]
 fn a_watcher_that_does_not_read_holds_no_backlog_and_catches_up_from_history() {
     let (c, leader, follower) = started(119);
@@ -563,9 +570,13 @@ fn a_watcher_that_does_not_read_holds_no_backlog_and_catches_up_from_history() {
     // Compared with the other follower, which does the same work without the watcher.
     let other = 3 - leader - follower;
     eprintln!("RSS after {writes} writes, a watcher that does not read on member {follower}: {rss:?} KiB");
+    let held_kib = (kuberaft::node::watch::FEED_BYTES
+        + kuberaft::node::watch::STREAM_QUEUE * kuberaft::node::watch::RESPONSE_BYTES) as u64
+        / 1024;
     assert!(
-        rss[follower] <= rss[other] + 48 * 1024,
-        "the watched member holds a backlog: RSS {rss:?} KiB (watched {follower}, the other follower {other})"
+        rss[follower] <= rss[other] + held_kib,
+        "the watched member holds more than its feed and one full queue ({held_kib} KiB): RSS {rss:?} KiB \
+         (watched {follower}, the other follower {other})"
     );
     let last = c.status(leader).and_then(|s| s["revision"].as_i64()).expect("revision");
     let mut next = start;
