@@ -1,0 +1,117 @@
+//! The state machine alone: what applying puts costs the MVCC store (redb), per put, with no
+//! Raft, network or log. Every member applies every write, so this cost is paid three times per
+//! put in a 3-member cluster; it is the largest single part of a member's CPU under a put load
+//! (DESIGN.md, "Cost and where the time goes").
+//!
+//! Each iteration applies one batch of random overwrites of 256-byte values over a key space
+//! loaded before, and commits it without fsync, as the Raft loop commits each Ready's entries.
+//! One commit in `DURABLE_EVERY` puts is durable, as the snapshot before a log compaction is.
+//!
+//! `redb_layout` measures redb alone with the same values and batches, for two layouts of one
+//! table: keyed by `(key, revision)` as the store's `kv` table is (each put of a random key
+//! copies its own leaf page), and keyed by revision alone, as etcd keys bbolt (each batch
+//! appends to the last leaf; etcd finds a key's revisions in an index in memory). It shows what
+//! the layout costs, apart from the store's own work.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use kuberaft::base::rng::Rng;
+use kuberaft::store::mvcc::types::PutRequest;
+use kuberaft::store::mvcc::MvccStore;
+use redb::{Database, Durability, TableDefinition};
+
+const VALUE_BYTES: usize = 256;
+const DURABLE_EVERY: usize = 10_000;
+
+fn key(n: u64) -> Vec<u8> {
+    format!("key{n:08}").into_bytes()
+}
+
+fn put(n: u64) -> PutRequest {
+    PutRequest { key: key(n), value: vec![b'v'; VALUE_BYTES], ..PutRequest::default() }
+}
+
+fn apply_puts(c: &mut Criterion) {
+    let mut group = c.benchmark_group("mvcc_apply_put_256B");
+    for (keys, batch) in [(2_000u64, 1usize), (2_000, 32), (2_000, 256), (100_000, 32)] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = MvccStore::open(&dir.path().join("kv.db")).expect("the store opens");
+        let mut load = store.begin().expect("a batch");
+        for n in 0..keys {
+            load.put(&put(n)).expect("storage").expect("put");
+        }
+        load.commit(true).expect("commit");
+        let mut rng = Rng::new(7);
+        let mut since_durable = 0;
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(format!("keys_{keys}_batch_{batch}"), |b| {
+            b.iter(|| {
+                let mut applying = store.begin().expect("a batch");
+                for _ in 0..batch {
+                    applying.put(&put(rng.range(0, keys))).expect("storage").expect("put");
+                }
+                since_durable += batch;
+                let durable = since_durable >= DURABLE_EVERY;
+                if durable {
+                    since_durable = 0;
+                }
+                applying.commit(durable).expect("commit");
+            })
+        });
+    }
+    group.finish();
+}
+
+const BY_KEY: TableDefinition<(&[u8], i64), &[u8]> = TableDefinition::new("by_key");
+const BY_REVISION: TableDefinition<i64, &[u8]> = TableDefinition::new("by_revision");
+
+fn redb_layout(c: &mut Criterion) {
+    const KEYS: u64 = 2_000;
+    const BATCH: usize = 32;
+    let mut group = c.benchmark_group("redb_layout_put_256B");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let value = vec![b'v'; VALUE_BYTES];
+    for by_revision in [false, true] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let db = Database::builder()
+            .set_cache_size(kuberaft::store::mvcc::engine::DEFAULT_CACHE_BYTES)
+            .create(dir.path().join("layout.db"))
+            .expect("the database opens");
+        let mut revision = 0i64;
+        let mut write = |db: &Database, keys: &mut dyn Iterator<Item = u64>, durable: bool| {
+            let mut txn = db.begin_write().expect("write");
+            txn.set_durability(if durable { Durability::Immediate } else { Durability::None }).expect("durability");
+            {
+                let mut by_key = txn.open_table(BY_KEY).expect("table");
+                let mut by_rev = txn.open_table(BY_REVISION).expect("table");
+                for n in keys {
+                    revision += 1;
+                    if by_revision {
+                        by_rev.insert(revision, value.as_slice()).expect("insert");
+                    } else {
+                        by_key.insert((key(n).as_slice(), revision), value.as_slice()).expect("insert");
+                    }
+                }
+            }
+            txn.commit().expect("commit");
+        };
+        write(&db, &mut (0..KEYS), true);
+        let mut rng = Rng::new(7);
+        let mut since_durable = 0;
+        let name = if by_revision { "by_revision" } else { "by_key_and_revision" };
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                since_durable += BATCH;
+                let durable = since_durable >= DURABLE_EVERY;
+                if durable {
+                    since_durable = 0;
+                }
+                let mut keys = (0..BATCH).map(|_| rng.range(0, KEYS));
+                write(&db, &mut keys, durable);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, apply_puts, redb_layout);
+criterion_main!(benches);
