@@ -1959,6 +1959,21 @@ async fn a_lost_majority_of_five_is_recovered_on_request_from_the_most_complete_
             panic!("a write with one member down: {e}");
         }
     }
+    // A write is acknowledged once three of the four running members hold it, and the others
+    // learn that it committed with the leader's next message. Losing the majority right after
+    // the last acknowledgement could leave the survivor without it, or with it not yet applied
+    // (this happened once in CI: 349 keys). Raft promises a survivor nothing there, so the
+    // scenario waits until the one ahead applied every acknowledged key.
+    let from_ahead = h.client(&[ahead]);
+    let mut caught_up = 0;
+    for _ in 0..100 {
+        caught_up = all_keys_read(&from_ahead, "keep/", 0, Consistency::Serializable).await.0.len();
+        if caught_up == 350 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(caught_up, 350, "the member ahead applies every acknowledged key while the leader runs");
     // Their processes die and their volumes are wiped; restarted empty, they cannot join a
     // cluster without a leader. The killed member is started again (the kubelet's next sync),
     // behind.
