@@ -131,79 +131,15 @@ const SNAPSHOT_STALL: Duration = Duration::from_secs(30);
 pub struct HttpMembers {
     /// Host names answered from this table instead of DNS (tests map pod names to loopback).
     pub resolve: Vec<(String, SocketAddr)>,
-    /// The clients of status polls, one per member URL, shared by clones.
-    status_clients: Arc<Mutex<StatusClients>>,
 }
-
-/// A status client unused this long is dropped (a pass asks every member every
-/// `REQUEUE_STEADY`, so a member's client lives as long as its cluster is polled).
-const STATUS_CLIENT_IDLE: Duration = Duration::from_secs(120);
-/// The most status clients kept; past it the least recently used goes.
-const MAX_STATUS_CLIENTS: usize = 8192;
-
-/// Status polls every `REQUEUE_STEADY` per member: a client of its own each time would build its
-/// TLS configuration anew and open a new connection, with a TLS handshake on both sides, every
-/// time. Each member URL keeps one client (and so one pooled connection) while the access it was
-/// made with stays the same.
-#[derive(Debug, Default)]
-struct StatusClients {
-    by_url: std::collections::HashMap<String, StatusClient>,
-}
-
-#[derive(Debug)]
-struct StatusClient {
-    access: Access,
-    client: MemberClient,
-    used: std::time::Instant,
-}
-
-impl StatusClients {
-    fn get(&mut self, access: &Access, url: &str, now: std::time::Instant) -> Option<MemberClient> {
-        let cached = self.by_url.get_mut(url).filter(|c| c.access == *access)?;
-        cached.used = now;
-        Some(cached.client.clone())
-    }
-
-    fn put(&mut self, access: Access, url: String, client: MemberClient, now: std::time::Instant) {
-        self.by_url.retain(|_, c| now.saturating_duration_since(c.used) < STATUS_CLIENT_IDLE);
-        while self.by_url.len() >= MAX_STATUS_CLIENTS {
-            let Some(oldest) = self.by_url.iter().min_by_key(|(_, c)| c.used).map(|(url, _)| url.clone()) else {
-                break;
-            };
-            self.by_url.remove(&oldest);
-        }
-        self.by_url.insert(url, StatusClient { access, client, used: now });
-    }
-}
-
-/// How long a member has to answer a status poll.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl HttpMembers {
-    /// Members reached through `resolve` instead of DNS.
-    pub fn with_resolve(resolve: Vec<(String, SocketAddr)>) -> HttpMembers {
-        HttpMembers { resolve, ..HttpMembers::default() }
-    }
-
     fn client(&self, access: Access, urls: Vec<String>, timeout: Duration) -> Result<MemberClient, String> {
         let mut config = ClientConfig::with_request_timeout(timeout);
         config.resolve = self.resolve.clone();
         config.tls.inline = access.tls;
         config.user = access.root;
         MemberClient::with_config(urls, config).map_err(|e| e.to_string())
-    }
-
-    /// The client of status polls of the member at `url`: the one kept for it, else a new one,
-    /// kept from now on.
-    fn status_client(&self, access: Access, url: &str) -> Result<MemberClient, String> {
-        let now = std::time::Instant::now();
-        let lock = || self.status_clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = lock().get(&access, url, now) {
-            return Ok(client);
-        }
-        let client = self.client(access.clone(), vec![url.to_string()], STATUS_TIMEOUT)?;
-        lock().put(access, url.to_string(), client.clone(), now);
-        Ok(client)
     }
 }
 
@@ -228,14 +164,8 @@ async fn enable_auth(client: &MemberClient, password: &str) -> Result<(), Client
 impl MemberApi for HttpMembers {
     fn status(&self, access: Access, url: String) -> BoxFuture<'_, Result<Status, String>> {
         Box::pin(async move {
-            let client = self.status_client(access, &url)?;
-            let status = client.status_of(&url).await.map_err(|e| e.to_string());
-            if status.is_err() {
-                // The next poll starts afresh: a new connection, the name resolved again (a
-                // member's pod may have moved).
-                self.status_clients.lock().unwrap_or_else(|e| e.into_inner()).by_url.remove(&url);
-            }
-            status
+            let client = self.client(access, vec![url.clone()], Duration::from_secs(1))?;
+            client.status_of(&url).await.map_err(|e| e.to_string())
         })
     }
 
@@ -1321,84 +1251,6 @@ mod tests {
             }),
             ..Default::default()
         }
-    }
-
-    /// A member on 127.0.0.1 that answers `/v1/status` with `name` and counts the connections
-    /// it accepted; stopped when the returned sender is dropped.
-    async fn counting_member(
-        name: &str,
-    ) -> (String, Arc<std::sync::atomic::AtomicUsize>, tokio::sync::oneshot::Sender<()>) {
-        use axum::serve::ListenerExt;
-        let status = Status { name: name.to_string(), ..Status::default() };
-        let router = axum::Router::new()
-            .route("/v1/status", axum::routing::get(move || std::future::ready(axum::Json(status.clone()))));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = accepted.clone();
-        let listener = listener.tap_io(move |_| {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        });
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        (url, accepted, stop)
-    }
-
-    /// Polls of a member's status reuse one client and its connection, while the access stays
-    /// the same; other access, or a failed poll, starts a new one. Without the kept clients
-    /// every poll opened its own connection (five here).
-    #[tokio::test]
-    async fn status_polls_of_a_member_share_one_connection() {
-        use std::sync::atomic::Ordering::SeqCst;
-        let members = HttpMembers::default();
-        let (url, accepted, stop) = counting_member("etcd-0").await;
-        for _ in 0..5 {
-            let status = members.status(Access::default(), url.clone()).await.expect("status");
-            assert_eq!(status.name, "etcd-0");
-        }
-        assert_eq!(accepted.load(SeqCst), 1, "five polls over one connection");
-
-        let other = Access { tls: None, root: Some(Credentials { name: "root".into(), password: "p".into() }) };
-        members.status(other, url.clone()).await.expect("status");
-        assert_eq!(accepted.load(SeqCst), 2, "other access, another client");
-
-        drop(stop);
-        for _ in 0..100 {
-            if members.status(Access::default(), url.clone()).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            !members.status_clients.lock().expect("clients").by_url.contains_key(&url),
-            "a failed poll drops the member's client"
-        );
-    }
-
-    #[test]
-    fn status_clients_drop_the_idle_and_stay_bounded() {
-        let start = std::time::Instant::now();
-        let one =
-            MemberClient::with_config(vec!["http://127.0.0.1:1".into()], ClientConfig::default()).expect("client");
-        let client = || one.clone();
-        let mut clients = StatusClients::default();
-        clients.put(Access::default(), "a".into(), client(), start);
-        let later = start + STATUS_CLIENT_IDLE;
-        assert!(clients.get(&Access::default(), "a", start).is_some());
-        clients.put(Access::default(), "b".into(), client(), later);
-        assert!(clients.get(&Access::default(), "a", later).is_none(), "idle for STATUS_CLIENT_IDLE: dropped");
-        for n in 0..MAX_STATUS_CLIENTS + 10 {
-            clients.put(Access::default(), format!("m{n}"), client(), later + Duration::from_millis(n as u64));
-        }
-        assert_eq!(clients.by_url.len(), MAX_STATUS_CLIENTS);
-        assert!(clients.by_url.contains_key(&format!("m{}", MAX_STATUS_CLIENTS + 9)), "the newest is kept");
-        assert!(!clients.by_url.contains_key("m0"), "the least recently used went first");
     }
 
     #[test]

@@ -998,7 +998,7 @@ impl Harness {
                 "spec": spec,
             }),
         );
-        let members = Arc::new(HttpMembers::with_resolve(resolve_table()));
+        let members = Arc::new(HttpMembers { resolve: resolve_table() });
         let reporter = Reporter { controller: "kuberaft-operator".to_string(), instance: Some("test".to_string()) };
         let ctx = Arc::new(Context::new(api.client(), members, reporter));
         let kubelet = Kubelet::new(api.clone());
