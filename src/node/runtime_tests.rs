@@ -499,20 +499,16 @@ impl FileSystem for GatedFs {
     }
 }
 
-/// Issue 19, part 3: the loop hands a write to its writer thread and goes on. While a follower's
-/// fsync is held, the loop takes the append and the next message and returns; the append's
-/// acknowledgement waits for the write, and its entries apply only once they are durable here.
-/// With the inline writer (the loop writing on its own thread, as before the writer thread) the
-/// first `step` cannot return until the disk does, and the first assertion fails.
-#[test]
-fn the_loop_goes_on_while_its_writer_syncs_and_acknowledges_only_what_is_durable() {
+/// A follower whose loop writes on its writer thread over a file system whose fsyncs wait while
+/// the gate is shut, with the gate shut. The returned thread opens the gate after 20 s whatever
+/// happens, so that a loop that waits for the disk makes a test fail instead of hanging it;
+/// join it at the end.
+fn gated_member() -> (Member, Gate, std::thread::JoinHandle<()>) {
     let gate = Gate::default();
     let (tx, rx) = std::sync::mpsc::sync_channel(64);
     let mut m = member_on(Arc::new(GatedFs(gate.clone())), rx);
     m.lp = m.lp.with_writer_thread(tx).expect("writer thread");
     gate.set_shut(true);
-    // Opens the gate after 20 s whatever happens, so that a loop that waits for the disk makes
-    // this test fail instead of hanging it.
     let breaker = {
         let gate = gate.clone();
         std::thread::spawn(move || {
@@ -525,6 +521,31 @@ fn the_loop_goes_on_while_its_writer_syncs_and_acknowledges_only_what_is_durable
             gate.set_shut(false);
         })
     };
+    (m, gate, breaker)
+}
+
+/// Runs the loop by hand, taking its inputs (the writer's reports among them), until `done` or
+/// `rounds` rounds of at most 10 ms.
+fn run_until(m: &mut Member, rounds: usize, done: impl Fn(&Member) -> bool) {
+    for _ in 0..rounds {
+        if done(m) {
+            return;
+        }
+        if let Ok(input) = m.lp.rx.recv_timeout(Duration::from_millis(10)) {
+            m.lp.handle(input);
+        }
+        m.lp.drive();
+    }
+}
+
+/// Issue 19, part 3: the loop hands a write to its writer thread and goes on. While a follower's
+/// fsync is held, the loop takes the append and the next message and returns; the append's
+/// acknowledgement waits for the write, and its entries apply only once they are durable here.
+/// With the inline writer (the loop writing on its own thread, as before the writer thread) the
+/// first `step` cannot return until the disk does, and the first assertion fails.
+#[test]
+fn the_loop_goes_on_while_its_writer_syncs_and_acknowledges_only_what_is_durable() {
+    let (mut m, gate, breaker) = gated_member();
 
     m.append(4, 5, 1);
     m.step(MessageBody::Heartbeat { commit: 5, read_seq: 0 });
@@ -533,15 +554,7 @@ fn the_loop_goes_on_while_its_writer_syncs_and_acknowledges_only_what_is_durable
     assert_eq!(m.value("key"), None, "nothing applied before it is durable here");
 
     gate.set_shut(false);
-    for _ in 0..500 {
-        if m.acknowledged().contains(&5) && m.value("key") == Some(Bytes::from("5")) {
-            break;
-        }
-        if let Ok(input) = m.lp.rx.recv_timeout(Duration::from_millis(10)) {
-            m.lp.handle(input);
-        }
-        m.lp.drive();
-    }
+    run_until(&mut m, 500, |m| m.acknowledged().contains(&5) && m.value("key") == Some(Bytes::from("5")));
     assert!(m.acknowledged().contains(&5), "acknowledged once written: {:?}", m.acknowledged());
     assert_eq!(m.value("key"), Some(Bytes::from("5")), "applied once durable");
     breaker.join().expect("breaker");
@@ -555,23 +568,7 @@ fn the_loop_goes_on_while_its_writer_syncs_and_acknowledges_only_what_is_durable
 /// assertion), and holding it without handing it over would keep it until some later write.
 #[test]
 fn an_answer_that_waits_for_an_earlier_write_leaves_when_that_write_is_durable() {
-    let gate = Gate::default();
-    let (tx, rx) = std::sync::mpsc::sync_channel(64);
-    let mut m = member_on(Arc::new(GatedFs(gate.clone())), rx);
-    m.lp = m.lp.with_writer_thread(tx).expect("writer thread");
-    gate.set_shut(true);
-    let breaker = {
-        let gate = gate.clone();
-        std::thread::spawn(move || {
-            for _ in 0..200 {
-                if !gate.is_shut() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            gate.set_shut(false);
-        })
-    };
+    let (mut m, gate, breaker) = gated_member();
 
     m.append(4, 5, 1);
     m.append(4, 5, 1);
@@ -579,15 +576,7 @@ fn an_answer_that_waits_for_an_earlier_write_leaves_when_that_write_is_durable()
     assert_eq!(acks(&m), 0, "nothing acknowledged before it is durable");
 
     gate.set_shut(false);
-    for _ in 0..300 {
-        if acks(&m) == 2 {
-            break;
-        }
-        if let Ok(input) = m.lp.rx.recv_timeout(Duration::from_millis(10)) {
-            m.lp.handle(input);
-        }
-        m.lp.drive();
-    }
+    run_until(&mut m, 300, |m| acks(m) == 2);
     assert_eq!(acks(&m), 2, "both acknowledgements leave once the write is durable: {:?}", m.acknowledged());
     breaker.join().expect("breaker");
 }
