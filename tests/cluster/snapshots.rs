@@ -155,7 +155,7 @@ fn a_saved_snapshot_restores_into_a_new_cluster_with_the_keys_and_revisions_etcd
         let s = status(file);
         assert_eq!(s["revision"], etcd_status["revision"], "{}: the revision etcd's file has", file.display());
         assert_eq!(s["totalKey"], ours_before.1.len(), "{}", file.display());
-        assert_eq!(s["format"], 1);
+        assert_eq!(s["format"], 2, "the stream format of the store's format 2");
         let names: Vec<&str> =
             s["members"].as_array().expect("members").iter().filter_map(|m| m["name"].as_str()).collect();
         assert_eq!(names.len(), 3, "{s}");

@@ -1,15 +1,23 @@
 //! The on-disk MVCC store: etcd v3's key-value semantics (the same as `model`, which it is
 //! property-tested against) on redb, an embedded copy-on-write B-tree with MVCC transactions.
 //!
-//! Layout (one redb file; see DESIGN.md §3):
-//! - `kv`: `(key, main revision)` → a record: `[0]` for a tombstone, or `[1]` then postcard of
-//!   `(create_revision, version, lease)` then the value's bytes. A key has at most one entry per
-//!   revision (the last change made to it in that revision).
-//! - `revs`: `(main, sub)` → key: which keys changed at each revision, in order. Compaction walks
-//!   it; watches will.
-//! - `mvcc`: the engine's own numbers: `format`, `revision`, `compacted`.
+//! Layout, format 2 (one redb file; see DESIGN.md §3):
+//! - `hist`: `(main, sub)` revision → a row: the key's length (u32, big-endian), the key, then
+//!   its record: `[0]` for a tombstone, or `[1]` then postcard of `(create_revision, version,
+//!   lease)` then the value's bytes. A key has at most one row per main revision (the last
+//!   change made to it in that revision, at the `sub` of its first); `sub` orders the keys a
+//!   revision changed. Keyed by revision as etcd keys its bbolt bucket: a batch of writes
+//!   appends to the table's end.
+//! - the key index, in memory (`index`): for each key its rows, oldest first. It is rebuilt
+//!   from `hist` at open; each read view keeps the copy that matches its database snapshot.
+//! - `mvcc`: the engine's own numbers: `format`, `revision`, `compacted`, `commit` (counts
+//!   commits, to pair an index with a snapshot), `reclaim-main`/`reclaim-sub` (where the
+//!   reclaiming of compacted history goes on).
 //! - `meta`: name → bytes, the state machine's own small records (applied index, term, members),
 //!   written in the same transaction as the data they describe.
+//!
+//! Format 1 kept `kv`: `(key, main revision)` → record, and `revs`: `(main, sub)` → key. A store
+//! of format 1, and a snapshot stream (which carries that layout), is converted at open.
 //!
 //! Reads take a redb read transaction, so they see the latest committed state and run on any
 //! thread while a [`Batch`] (one redb write transaction) is open. A read at revision `R` takes,
@@ -21,35 +29,39 @@
 //! storage failed and the batch is unusable (its commit is refused), the inner one that etcd
 //! refuses the operation and it changed nothing.
 
-use std::collections::BTreeSet;
 use std::fmt;
-use std::ops::{Bound, ControlFlow};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redb::backends::InMemoryBackend;
 use redb::{
     AccessGuard, Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
-    ReadableTableMetadata, StorageBackend, Table, TableDefinition, WriteTransaction,
+    ReadableTableMetadata, StorageBackend, Table, TableDefinition, TableHandle, WriteTransaction,
 };
 
 use super::check::{check_intervals, check_put, check_txn, KeySpan};
+use super::index::{newest_in, Entry, KeyIndex};
 use super::types::*;
 use crate::store::codec;
 use crate::store::StoreError;
 
-/// `(key, main revision)` → record.
+/// `(main, sub)` → row (key and record).
+pub(crate) const HIST: TableDefinition<(i64, u32), &[u8]> = TableDefinition::new("hist");
+/// Format 1: `(key, main revision)` → record.
 pub(crate) const KV: TableDefinition<(&[u8], i64), &[u8]> = TableDefinition::new("kv");
-/// `(main, sub)` → key.
+/// Format 1: `(main, sub)` → key.
 pub(crate) const REVS: TableDefinition<(i64, u32), &[u8]> = TableDefinition::new("revs");
 /// The engine's numbers.
 pub(crate) const STATE: TableDefinition<&str, i64> = TableDefinition::new("mvcc");
 /// The state machine's records.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
-/// The layout this version writes and reads (`mvcc` table, `format`).
-pub(crate) const FORMAT: i64 = 1;
+/// The layout this version writes (`mvcc` table, `format`).
+pub(crate) const FORMAT: i64 = 2;
+/// The layout snapshot streams carry, and which this version converts at open.
+pub(crate) const FORMAT_1: i64 = 1;
 /// The largest revision (and version) a store, a record or a snapshot may hold: far beyond
 /// any real history (2^62 writes), and far enough below `i64::MAX` that counting on from it
 /// cannot overflow. Larger numbers come only from damage, and are refused as such.
@@ -57,6 +69,9 @@ pub(crate) const MAX_REVISION: Revision = 1 << 62;
 pub(crate) const FORMAT_NAME: &str = "format";
 pub(crate) const REVISION_NAME: &str = "revision";
 pub(crate) const COMPACTED_NAME: &str = "compacted";
+const COMMIT_NAME: &str = "commit";
+const RECLAIM_MAIN_NAME: &str = "reclaim-main";
+const RECLAIM_SUB_NAME: &str = "reclaim-sub";
 
 /// redb's page cache (half of it at most is its write buffer). redb's default (1 GiB) would let
 /// the cache, not the working set, set the member's memory. It is small on purpose: the
@@ -67,13 +82,10 @@ pub(crate) const COMPACTED_NAME: &str = "compacted";
 /// 26 ms with 8 MiB (engine alone, 10k random overwrites between durable commits).
 pub const DEFAULT_CACHE_BYTES: usize = 8 << 20;
 
-/// How many `revs` entries compaction handles at a time (bounds its memory, and the time the
+/// How many `hist` rows compaction's reclaiming looks at a time (bounds its memory, and the time the
 /// Raft loop spends in one step: a step is never cut short, and at 1M keys, with the file's pages
 /// partly out of the page cache, steps of 1024 held the loop for seconds and cost elections).
 pub(crate) const COMPACT_CHUNK: usize = 128;
-/// After this many versions of one key at or below the revision read, a range stops walking
-/// them and seeks to the newest one.
-const WALK_BEFORE_SEEK: usize = 16;
 
 /// `meta` names of the leases: `lease/<id, 16 hex digits>` → postcard of `(ttl, remaining_ms)`.
 const LEASE_PREFIX: &str = "lease/";
@@ -135,10 +147,16 @@ fn read_leases<T: ReadableTable<&'static str, &'static [u8]>>(
 }
 
 /// The keys whose version at `rev` carries lease `id`, in key order.
-fn read_lease_keys<M, K>(meta: &M, kv: &K, place: &Place, id: i64, rev: Revision) -> Result<Vec<Vec<u8>>, StoreError>
+fn read_lease_keys<M, K>(
+    meta: &M,
+    kv: &Hist<'_, K>,
+    place: &Place,
+    id: i64,
+    rev: Revision,
+) -> Result<Vec<Vec<u8>>, StoreError>
 where
     M: ReadableTable<&'static str, &'static [u8]>,
-    K: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+    K: Rows,
 {
     let prefix = lease_keys_prefix(id);
     let end = prefix_end_name(&prefix);
@@ -227,7 +245,7 @@ impl<T, E: Into<redb::Error>> At<T> for Result<T, E> {
 pub(super) const READ: &str = "read the state-machine database";
 const WRITE: &str = "write the state-machine database";
 
-/// One entry of `kv`, decoded.
+/// A record (of a `hist` row), decoded.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Record<'a> {
     Tombstone,
@@ -293,12 +311,55 @@ pub(super) fn key_value(
     }
 }
 
-/// The numbers every store keeps in memory for `revision()`/`compacted_revision()`, updated
-/// after each commit.
+/// What every store keeps in memory, updated after each commit: the numbers of `revision()`
+/// and `compacted_revision()`, and the key index of the last commit.
 #[derive(Debug)]
 struct Shared {
     revision: AtomicI64,
     compacted: AtomicI64,
+    index: Mutex<KeyIndex>,
+}
+
+impl Shared {
+    fn index(&self) -> KeyIndex {
+        self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    fn publish(&self, index: KeyIndex) {
+        *self.index.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = index;
+    }
+}
+
+/// How often a reader or a writer looks again for the key index of the commit its transaction
+/// shows. The index is published right after the commit returns, so a second look almost always
+/// finds it; a thread that is descheduled in between can take a few.
+const PAIR_TRIES: usize = 100_000;
+
+/// Where the reclaiming of compacted history is: the next `hist` row to look at.
+type ReclaimPos = (Revision, u32);
+
+/// The engine's numbers as the `mvcc` table holds them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StateNumbers {
+    revision: Revision,
+    compacted: Revision,
+    commit: i64,
+    reclaim: ReclaimPos,
+}
+
+fn read_numbers<T: ReadableTable<&'static str, i64>>(state: &T, place: &Place) -> Result<StateNumbers, StoreError> {
+    let (revision, compacted) =
+        read_state(state, place)?.ok_or_else(|| place.corrupt("the MVCC state (revision, format) is missing"))?;
+    let get =
+        |name: &str| -> Result<Option<i64>, StoreError> { Ok(state.get(name).at(place, READ)?.map(|v| v.value())) };
+    let commit = get(COMMIT_NAME)?.unwrap_or(0);
+    let reclaim = match (get(RECLAIM_MAIN_NAME)?, get(RECLAIM_SUB_NAME)?) {
+        (Some(main), Some(sub)) => {
+            (main, u32::try_from(sub).map_err(|_| place.corrupt(format!("impossible reclaim position {sub}")))?)
+        }
+        _ => (compacted.saturating_add(1), 0),
+    };
+    Ok(StateNumbers { revision, compacted, commit, reclaim })
 }
 
 /// etcd's MVCC key-value store on redb. Share it (`Arc`) between the thread that writes through
@@ -349,20 +410,27 @@ impl MvccStore {
         Self::init(db, place)
     }
 
-    /// Checks the layout of an opened database, or lays it out in an empty one.
+    /// Checks the layout of an opened database, or lays it out in an empty one; converts a
+    /// store of format 1, and builds the key index.
     pub(crate) fn init(db: Database, place: Place) -> Result<MvccStore, StoreError> {
         let txn = db.begin_write().at(&place, WRITE)?;
-        let (revision, compacted) = {
+        let (numbers, index) = {
             let mut state = txn.open_table(STATE).at(&place, "open the table mvcc")?;
-            let kv = txn.open_table(KV).at(&place, "open the table kv")?;
-            let revs = txn.open_table(REVS).at(&place, "open the table revs")?;
-            let meta = txn.open_table(META).at(&place, "open the table meta")?;
-            match read_state(&state, &place)? {
-                Some(numbers) => numbers,
+            let format = state.get(FORMAT_NAME).at(&place, READ)?.map(|v| v.value());
+            match format {
                 None => {
-                    let empty = kv.is_empty().at(&place, READ)?
-                        && revs.is_empty().at(&place, READ)?
-                        && meta.is_empty().at(&place, READ)?;
+                    let names: Vec<String> =
+                        txn.list_tables().at(&place, READ)?.map(|t| t.name().to_string()).collect();
+                    let mut empty = true;
+                    for name in names {
+                        empty &= match name.as_str() {
+                            "kv" => txn.open_table(KV).at(&place, READ)?.is_empty().at(&place, READ)?,
+                            "revs" => txn.open_table(REVS).at(&place, READ)?.is_empty().at(&place, READ)?,
+                            "hist" => txn.open_table(HIST).at(&place, READ)?.is_empty().at(&place, READ)?,
+                            "meta" => txn.open_table(META).at(&place, READ)?.is_empty().at(&place, READ)?,
+                            _ => true,
+                        };
+                    }
                     if !empty {
                         return Err(StoreError::Inconsistent {
                             path: place.path().to_path_buf(),
@@ -372,15 +440,32 @@ impl MvccStore {
                     state.insert(FORMAT_NAME, FORMAT).at(&place, WRITE)?;
                     state.insert(REVISION_NAME, 1).at(&place, WRITE)?;
                     state.insert(COMPACTED_NAME, -1).at(&place, WRITE)?;
-                    (1, -1)
                 }
+                Some(FORMAT_1) => {
+                    let (_, compacted) = read_state(&state, &place)?
+                        .ok_or_else(|| place.corrupt("the MVCC state (revision, format) is missing"))?;
+                    migrate_format_1(&txn, &place, compacted)?;
+                    state.insert(FORMAT_NAME, FORMAT).at(&place, WRITE)?;
+                    state.insert(RECLAIM_MAIN_NAME, compacted.saturating_add(1)).at(&place, WRITE)?;
+                    state.insert(RECLAIM_SUB_NAME, 0).at(&place, WRITE)?;
+                }
+                Some(_) => {}
             }
+            let numbers = read_numbers(&state, &place)?;
+            let hist = txn.open_table(HIST).at(&place, "open the table hist")?;
+            txn.open_table(META).at(&place, "open the table meta")?;
+            let index = build_index(&hist, &place, numbers.commit)?;
+            (numbers, index)
         };
         txn.commit().at(&place, "commit to the state-machine database")?;
         Ok(MvccStore {
             db,
             place,
-            shared: Arc::new(Shared { revision: AtomicI64::new(revision), compacted: AtomicI64::new(compacted) }),
+            shared: Arc::new(Shared {
+                revision: AtomicI64::new(numbers.revision),
+                compacted: AtomicI64::new(numbers.compacted),
+                index: Mutex::new(index),
+            }),
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
         })
     }
@@ -423,12 +508,18 @@ impl MvccStore {
         Ok(true)
     }
 
+    #[cfg(test)]
     pub(crate) fn db(&self) -> &Database {
         &self.db
     }
 
-    pub(crate) fn place(&self) -> &Place {
-        &self.place
+    /// Checks that the published key index is the one `hist` gives (for tests).
+    #[cfg(test)]
+    pub(crate) fn check_index(&self) {
+        let view = self.read_view().unwrap();
+        let rows = view.txn.open_table(HIST).unwrap();
+        let built = build_index(&rows, &self.place, view.index.commit).unwrap();
+        assert!(built == view.index, "the key index is not the one the rows give");
     }
 
     /// A range at the latest committed state.
@@ -440,16 +531,33 @@ impl MvccStore {
     /// it need nothing of the store: a caller that holds the store under a lock takes the view
     /// under it and ranges after releasing it, so a long range never holds back a writer.
     pub fn read_view(&self) -> Result<ReadView, StoreError> {
-        Ok(ReadView { txn: self.db.begin_read().at(&self.place, READ)?, place: self.place.clone() })
+        for _ in 0..PAIR_TRIES {
+            // The index first: a commit after it shows in the transaction as a newer number.
+            let index = self.shared.index();
+            let txn = self.db.begin_read().at(&self.place, READ)?;
+            let commit = read_numbers(&txn.open_table(STATE).at(&self.place, READ)?, &self.place)?.commit;
+            if commit == index.commit {
+                return Ok(ReadView { txn, place: self.place.clone(), index });
+            }
+            std::thread::yield_now();
+        }
+        Err(self.unpaired())
+    }
+
+    fn unpaired(&self) -> StoreError {
+        StoreError::Database {
+            action: READ,
+            path: self.place.path().to_path_buf(),
+            detail: "the key index of the last commit was not published".to_string(),
+        }
     }
 
     /// Whether a compaction left history to reclaim (`Batch::compact_step`), as of the last
     /// commit.
     pub fn compaction_pending(&self) -> Result<bool, StoreError> {
         let txn = self.db.begin_read().at(&self.place, READ)?;
-        let revs = txn.open_table(REVS).at(&self.place, READ)?;
-        let first = revs.first().at(&self.place, READ)?;
-        Ok(first.is_some_and(|(k, _)| k.value().0 <= self.compacted_revision()))
+        let numbers = read_numbers(&txn.open_table(STATE).at(&self.place, READ)?, &self.place)?;
+        Ok(numbers.reclaim.0 <= numbers.compacted)
     }
 
     /// A state-machine record at the latest committed state.
@@ -463,20 +571,27 @@ impl MvccStore {
     /// Starts a write batch: one redb write transaction (a second one waits for this one to end).
     pub fn begin(&self) -> Result<Batch, StoreError> {
         let txn = self.db.begin_write().at(&self.place, WRITE)?;
-        let (revision, compacted) = {
-            let state = txn.open_table(STATE).at(&self.place, WRITE)?;
-            read_state(&state, &self.place)?
-                .ok_or_else(|| self.place.corrupt("the MVCC state (revision, format) is missing"))?
-        };
-        Ok(Batch {
-            txn,
-            place: self.place.clone(),
-            shared: self.shared.clone(),
-            revision,
-            compacted,
-            max_txn_ops: self.max_txn_ops,
-            failed: None,
-        })
+        let numbers = read_numbers(&txn.open_table(STATE).at(&self.place, WRITE)?, &self.place)?;
+        // The batch before may have released the database before publishing its index.
+        for _ in 0..PAIR_TRIES {
+            let index = self.shared.index();
+            if index.commit == numbers.commit {
+                return Ok(Batch {
+                    txn,
+                    place: self.place.clone(),
+                    shared: self.shared.clone(),
+                    revision: numbers.revision,
+                    compacted: numbers.compacted,
+                    commit: numbers.commit,
+                    reclaim: numbers.reclaim,
+                    index,
+                    max_txn_ops: self.max_txn_ops,
+                    failed: None,
+                });
+            }
+            std::thread::yield_now();
+        }
+        Err(self.unpaired())
     }
 }
 
@@ -485,6 +600,7 @@ impl MvccStore {
 pub struct ReadView {
     pub(super) txn: ReadTransaction,
     pub(super) place: Place,
+    pub(super) index: KeyIndex,
 }
 
 impl ReadView {
@@ -503,8 +619,8 @@ impl ReadView {
         let state = self.txn.open_table(STATE).at(&self.place, READ)?;
         let (current, compacted) = read_state(&state, &self.place)?
             .ok_or_else(|| self.place.corrupt("the MVCC state (revision, format) is missing"))?;
-        let kv = self.txn.open_table(KV).at(&self.place, READ)?;
-        range_at(&kv, &self.place, req, current, compacted, keep)
+        let rows = self.txn.open_table(HIST).at(&self.place, READ)?;
+        range_at(&Hist { index: &self.index, rows: &rows }, &self.place, req, current, compacted, keep)
     }
 }
 
@@ -514,34 +630,6 @@ pub struct HashKv {
     pub hash: u32,
     pub current: Revision,
     pub compacted: Revision,
-}
-
-/// The running hash of `ReadView::hash_kv`. A key's entries come in revision order: its newest
-/// entry at or below the compacted revision waits in `waiting` until the key's next entry shows
-/// whether it is the newest at or below the revision hashed.
-#[derive(Default)]
-struct HistoryHash {
-    hasher: crc32fast::Hasher,
-    waiting: Option<(Vec<u8>, Revision, Vec<u8>)>,
-}
-
-impl HistoryHash {
-    fn add(&mut self, key: &[u8], rev: Revision, record: &[u8]) {
-        self.hasher.update(&(key.len() as u64).to_be_bytes());
-        self.hasher.update(key);
-        self.hasher.update(&rev.to_be_bytes());
-        self.hasher.update(record);
-    }
-
-    /// Hashes the entry waiting, if it is live.
-    fn flush(&mut self, place: &Place) -> Result<(), StoreError> {
-        if let Some((key, rev, record)) = self.waiting.take() {
-            if Record::is_live(&record).map_err(|e| place.corrupt(format!("revision {rev}: {e}")))? {
-                self.add(&key, rev, &record);
-            }
-        }
-        Ok(())
-    }
 }
 
 impl ReadView {
@@ -564,35 +652,32 @@ impl ReadView {
             return Err(MvccError::FutureRev.into());
         }
         let at = if revision <= 0 { current } else { revision };
-        let kv = self.txn.open_table(KV).at(&self.place, READ)?;
-        let mut hash = HistoryHash::default();
+        let rows = self.txn.open_table(HIST).at(&self.place, READ)?;
+        let mut hasher = crc32fast::Hasher::new();
         // The table's name first, as etcd hashes its bucket's: an empty history hashes to no 0.
-        hash.hasher.update(b"kv");
-        for entry in kv.iter().at(&self.place, READ)? {
-            let (k, v) = entry.at(&self.place, READ)?;
-            let (key, rev) = k.value();
-            if rev > at {
-                continue;
+        hasher.update(b"kv");
+        let mut add = |key: &[u8], entry: Entry| -> Result<(), StoreError> {
+            let row = fetch(&rows, &self.place, key, entry)?;
+            hasher.update(&(key.len() as u64).to_be_bytes());
+            hasher.update(key);
+            hasher.update(&entry.main.to_be_bytes());
+            hasher.update(row.value());
+            Ok(())
+        };
+        for (key, versions) in self.index.iter() {
+            // Of the entries at or below the compacted revision, only the newest, and only when
+            // it is live and the key changed no more up to `at`: etcd leaves out the others.
+            let newer = versions.iter().any(|e| e.main > compacted && e.main <= at);
+            if !newer {
+                if let Some(kept) = newest_in(versions, compacted).filter(|e| !e.tombstone) {
+                    add(key, kept)?;
+                }
             }
-            let same_key = hash.waiting.as_ref().is_some_and(|(k, _, _)| k.as_slice() == key);
-            if rev <= compacted {
-                // A newer entry at or below the compacted revision replaces the one waiting.
-                if !same_key {
-                    hash.flush(&self.place)?;
-                }
-                hash.waiting = Some((key.to_vec(), rev, v.value().to_vec()));
-            } else {
-                if same_key {
-                    // Not the newest at or below `at`: etcd leaves it out.
-                    hash.waiting = None;
-                } else {
-                    hash.flush(&self.place)?;
-                }
-                hash.add(key, rev, v.value());
+            for entry in versions.iter().filter(|e| e.main > compacted && e.main <= at) {
+                add(key, *entry)?;
             }
         }
-        hash.flush(&self.place)?;
-        Ok(HashKv { hash: hash.hasher.finalize(), current, compacted })
+        Ok(HashKv { hash: hasher.finalize(), current, compacted })
     }
 }
 
@@ -618,8 +703,8 @@ impl ReadView {
         let (current, _) = read_state(&state, &self.place)?
             .ok_or_else(|| self.place.corrupt("the MVCC state (revision, format) is missing"))?;
         let meta = self.txn.open_table(META).at(&self.place, READ)?;
-        let kv = self.txn.open_table(KV).at(&self.place, READ)?;
-        read_lease_keys(&meta, &kv, &self.place, id, current)
+        let rows = self.txn.open_table(HIST).at(&self.place, READ)?;
+        read_lease_keys(&meta, &Hist { index: &self.index, rows: &rows }, &self.place, id, current)
     }
 }
 
@@ -645,7 +730,7 @@ pub(crate) fn check_state(
             detail: format!("the state-machine database has format {format}, this version reads {FORMAT}"),
         });
     }
-    if format != FORMAT {
+    if format != FORMAT && format != FORMAT_1 {
         return Err(StoreError::Inconsistent {
             path: place.path().to_path_buf(),
             detail: format!("the state-machine database has format {format}, which no kuberaft writes"),
@@ -660,107 +745,220 @@ pub(crate) fn check_state(
     Ok(Some((revision, compacted)))
 }
 
+// ----- Format 2: the key index, and the conversion from format 1 -----
+
+/// The `sub` after the last row of `main` (0 for none).
+fn next_sub<T: Rows>(rows: &T, place: &Place, main: Revision) -> Result<u32, StoreError> {
+    match rows.range::<(i64, u32)>((main, 0)..=(main, u32::MAX)).at(place, READ)?.next_back() {
+        None => Ok(0),
+        Some(row) => {
+            let sub = row.at(place, READ)?.0.value().1;
+            sub.checked_add(1).ok_or_else(|| place.corrupt(format!("revision {main} is full")))
+        }
+    }
+}
+
+/// The key index of `hist` (reads every row once, in revision order), for commit `commit`.
+fn build_index<T: Rows>(rows: &T, place: &Place, commit: i64) -> Result<KeyIndex, StoreError> {
+    let mut index = KeyIndex::default();
+    index.commit = commit;
+    for row in rows.iter().at(place, READ)? {
+        let (pos, value) = row.at(place, READ)?;
+        let (main, sub) = pos.value();
+        let (key, record) =
+            split_row(value.value()).map_err(|d| place.corrupt(format!("revision {main} ({sub}): {d}")))?;
+        if !(1..=MAX_REVISION).contains(&main) {
+            return Err(place.corrupt(format!("a row at impossible revision {main}")));
+        }
+        let tombstone = !Record::is_live(record).map_err(|d| place.corrupt(format!("revision {main} ({sub}): {d}")))?;
+        if index.record(key, Entry { main, sub, tombstone }).is_none() {
+            return Err(
+                place.corrupt(format!("key {:?} has two rows at revision {main}", String::from_utf8_lossy(key)))
+            );
+        }
+    }
+    Ok(index)
+}
+
+/// Converts the tables of format 1 (`kv`, `revs`) in `txn` into `hist`, and deletes them. The
+/// history that compaction made unreadable is left behind as the reclaiming would: of each
+/// key's versions at or below `compacted` only the newest, and that one only when live. Their
+/// `sub` is made up (in key order within a revision), as `revs` no longer has it: no read sees
+/// the order of keys within a revision at or below the compacted one.
+///
+/// Every row is appended at the table's end, in order (as the snapshot installer appends): the
+/// kept versions are sorted by revision in memory first, as (revision, key) pairs without their
+/// values, about as much memory as the key index that is built next anyway.
+fn migrate_format_1(txn: &WriteTransaction, place: &Place, compacted: Revision) -> Result<(), StoreError> {
+    let action = "convert the state-machine database to format 2";
+    let mut rows = txn.open_table(HIST).at(place, action)?;
+    if !rows.is_empty().at(place, action)? {
+        return Err(place.corrupt("a database of format 1 with rows of format 2"));
+    }
+    {
+        let kv = txn.open_table(KV).at(place, action)?;
+        let revs = txn.open_table(REVS).at(place, action)?;
+        // Each key's newest version at or below `compacted`, in key order; the dead ones go.
+        let mut kept: Vec<(Revision, Vec<u8>)> = Vec::new();
+        let mut held: Option<(Vec<u8>, Revision, bool)> = None;
+        for entry in kv.range::<(&[u8], i64)>(..).at(place, action)? {
+            let (k, v) = entry.at(place, action)?;
+            let (key, rev) = k.value();
+            if rev > compacted {
+                continue;
+            }
+            let live = Record::is_live(v.value()).map_err(|d| place.corrupt(format!("revision {rev}: {d}")))?;
+            if let Some((k, r, true)) = held.take_if(|(k, _, _)| k.as_slice() != key) {
+                kept.push((r, k));
+            }
+            held = Some((key.to_vec(), rev, live));
+        }
+        if let Some((k, r, true)) = held {
+            kept.push((r, k));
+        }
+        kept.sort();
+        let mut end = rows.upper_bound_mut(std::ops::Bound::<(i64, u32)>::Unbounded).at(place, action)?;
+        let mut last: Option<(Revision, u32)> = None;
+        for (main, key) in kept {
+            let sub = match last {
+                Some((m, s)) if m == main => s + 1,
+                _ => 0,
+            };
+            last = Some((main, sub));
+            let record = kv.get((key.as_slice(), main)).at(place, action)?.ok_or_else(|| {
+                place.corrupt(format!("revision {main} of key {:?} is gone", String::from_utf8_lossy(&key)))
+            })?;
+            end.insert_before((main, sub), encode_row(&key, record.value()).as_slice()).at(place, action)?;
+        }
+        // Every version above `compacted`, where `revs` places it.
+        for entry in revs.range::<(i64, u32)>((compacted.saturating_add(1), 0)..).at(place, action)? {
+            let (pos, key) = entry.at(place, action)?;
+            let (main, sub) = pos.value();
+            let key = key.value();
+            let record = kv.get((key, main)).at(place, action)?.ok_or_else(|| {
+                place.corrupt(format!(
+                    "revision {main} lists key {:?}, which has no entry there",
+                    String::from_utf8_lossy(key)
+                ))
+            })?;
+            end.insert_before((main, sub), encode_row(key, record.value()).as_slice()).at(place, action)?;
+        }
+        end.close().at(place, action)?;
+    }
+    txn.delete_table(KV).at(place, action)?;
+    txn.delete_table(REVS).at(place, action)?;
+    Ok(())
+}
+
 // ----- Reads, over read-only and write tables alike -----
 
+/// A `hist` table, read-only or being written.
+pub(crate) trait Rows: ReadableTable<(i64, u32), &'static [u8]> {}
+impl<T: ReadableTable<(i64, u32), &'static [u8]>> Rows for T {}
+
+/// The history: a `hist` table and the key index that matches it.
+pub(crate) struct Hist<'a, T> {
+    pub(crate) index: &'a KeyIndex,
+    pub(crate) rows: &'a T,
+}
+
+/// A row of `hist`: a key and its record.
+pub(crate) fn encode_row(key: &[u8], record: &[u8]) -> Vec<u8> {
+    let mut row = Vec::with_capacity(4 + key.len() + record.len());
+    // redb keeps keys and values below 4 GiB, and keys are far smaller still.
+    row.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    row.extend_from_slice(key);
+    row.extend_from_slice(record);
+    row
+}
+
+/// The key and the record of a `hist` row.
+pub(crate) fn split_row(row: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let Some((len, rest)) = row.split_first_chunk::<4>() else {
+        return Err(format!("a row of {} bytes", row.len()));
+    };
+    let len = u32::from_be_bytes(*len) as usize;
+    if len == 0 || len > rest.len() {
+        return Err(format!("a row of {} bytes with a key of {len}", row.len()));
+    }
+    Ok(rest.split_at(len))
+}
+
+/// A key's record as read from `hist` (a tombstone is known from the index, and not read).
+pub(crate) enum Row<'t> {
+    Tombstone,
+    Stored { guard: AccessGuard<'t, &'static [u8]>, at: usize },
+}
+
+impl Row<'_> {
+    /// The record's bytes.
+    pub(crate) fn value(&self) -> &[u8] {
+        match self {
+            Row::Tombstone => TOMBSTONE,
+            Row::Stored { guard, at } => &guard.value()[*at..],
+        }
+    }
+}
+
+/// The row of `key`'s version `entry`, checked to be that key's.
+fn fetch<'t, T: Rows>(rows: &'t T, place: &Place, key: &[u8], entry: Entry) -> Result<Row<'t>, StoreError> {
+    if entry.tombstone {
+        return Ok(Row::Tombstone);
+    }
+    let missing = || {
+        place.corrupt(format!(
+            "key {:?} has no row at revision {} ({})",
+            String::from_utf8_lossy(key),
+            entry.main,
+            entry.sub
+        ))
+    };
+    let guard = rows.get((entry.main, entry.sub)).at(place, READ)?.ok_or_else(missing)?;
+    let at = match split_row(guard.value()) {
+        Ok((k, _)) if k == key => 4 + key.len(),
+        Ok(_) => return Err(missing()),
+        Err(detail) => return Err(place.corrupt(format!("revision {} ({}): {detail}", entry.main, entry.sub))),
+    };
+    Ok(Row::Stored { guard, at })
+}
+
 /// A key's newest entry at or below some revision: its revision and raw record.
-type Newest<'t> = Option<(Revision, AccessGuard<'t, &'static [u8]>)>;
+type Newest<'t> = Option<(Revision, Row<'t>)>;
 
 /// The newest entry of `key` at or below `rev`: its revision and raw record.
-pub(super) fn newest_entry<'t, T>(kv: &'t T, place: &Place, key: &[u8], rev: Revision) -> Result<Newest<'t>, StoreError>
-where
-    T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
-{
-    let mut range = kv.range::<(&[u8], i64)>((key, i64::MIN)..=(key, rev)).at(place, READ)?;
-    match range.next_back() {
+pub(crate) fn newest_entry<'t, T: Rows>(
+    h: &Hist<'t, T>,
+    place: &Place,
+    key: &[u8],
+    rev: Revision,
+) -> Result<Newest<'t>, StoreError> {
+    match h.index.newest(key, rev) {
         None => Ok(None),
-        Some(entry) => {
-            let (k, v) = entry.at(place, READ)?;
-            Ok(Some((k.value().1, v)))
-        }
+        Some(entry) => Ok(Some((entry.main, fetch(h.rows, place, key, entry)?))),
     }
 }
 
 /// Calls `visit(key, revision, record)` with the newest entry at or below `rev` (a tombstone
 /// too) of each key in `span` that has one, in key order, until it breaks.
 fn for_each_newest<T, F>(
-    kv: &T,
+    h: &Hist<'_, T>,
     place: &Place,
     span: &KeySpan<'_>,
     rev: Revision,
     mut visit: F,
 ) -> Result<(), ReadError>
 where
-    T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+    T: Rows,
     F: FnMut(&[u8], Revision, &[u8]) -> Result<ControlFlow<()>, ReadError>,
 {
-    let (start, end): (&[u8], Option<&[u8]>) = match span {
-        KeySpan::One(key) => {
-            if let Some((r, v)) = newest_entry(kv, place, key, rev)? {
-                let _ = visit(key, r, v.value())?;
-            }
+    for (key, versions) in h.index.span(span) {
+        let Some(entry) = newest_in(versions, rev) else { continue };
+        let row = fetch(h.rows, place, key, entry)?;
+        if visit(key, entry.main, row.value())?.is_break() {
             return Ok(());
         }
-        KeySpan::From(key) => (key, None),
-        KeySpan::Between(key, end) if key < end => (key, Some(end)),
-        KeySpan::Between(..) => return Ok(()),
-    };
-    let upper: Bound<(&[u8], i64)> = match end {
-        Some(end) => Bound::Excluded((end, i64::MIN)),
-        None => Bound::Unbounded,
-    };
-    // Walk the entries in order; per key remember the newest at or below `rev`, and seek past
-    // a key once its entries pass `rev` or after WALK_BEFORE_SEEK of them.
-    let mut iter = kv.range::<(&[u8], i64)>((Bound::Included((start, i64::MIN)), upper)).at(place, READ)?;
-    let mut current: Option<Vec<u8>> = None;
-    let mut best: Option<(Revision, AccessGuard<'_, &'static [u8]>)> = None;
-    let mut walked = 0usize;
-    loop {
-        let entry = iter.next().transpose().at(place, READ)?;
-        let same_key = match (&entry, &current) {
-            (Some((k, _)), Some(cur)) => k.value().0 == cur.as_slice(),
-            _ => false,
-        };
-        if same_key {
-            let Some((k, v)) = entry else { unreachable!("same_key implies an entry") };
-            let r = k.value().1;
-            if r <= rev && walked < WALK_BEFORE_SEEK {
-                best = Some((r, v));
-                walked += 1;
-                continue;
-            }
-            // Past `rev`, or many versions: find the newest directly, then seek past the key.
-            let key = current.take().unwrap_or_default();
-            if r > rev {
-                // `best` already holds the newest at or below `rev`.
-            } else {
-                best = newest_entry(kv, place, &key, rev)?;
-            }
-            if let Some((r, v)) = best.take() {
-                if visit(&key, r, v.value())?.is_break() {
-                    return Ok(());
-                }
-            }
-            iter = kv.range::<(&[u8], i64)>((Bound::Excluded((key.as_slice(), i64::MAX)), upper)).at(place, READ)?;
-            continue;
-        }
-        // A new key (or the end): hand over the previous one.
-        if let (Some(key), Some((r, v))) = (current.take(), best.take()) {
-            if visit(&key, r, v.value())?.is_break() {
-                return Ok(());
-            }
-        }
-        let Some((k, v)) = entry else { return Ok(()) };
-        let (key, r) = k.value();
-        current = Some(key.to_vec());
-        walked = 0;
-        if r <= rev {
-            best = Some((r, v));
-        } else {
-            // Every entry of this key is after `rev`: skip it.
-            let key = current.take().unwrap_or_default();
-            iter = kv.range::<(&[u8], i64)>((Bound::Excluded((key.as_slice(), i64::MAX)), upper)).at(place, READ)?;
-        }
     }
+    Ok(())
 }
 
 fn corrupt_record(place: &Place, key: &[u8], rev: Revision, detail: String) -> ReadError {
@@ -771,7 +969,7 @@ fn corrupt_record(place: &Place, key: &[u8], rev: Revision, detail: String) -> R
 /// with etcd's `more` and `count`. Memory holds at most `keep` keys (with `limit`, at most
 /// `limit`) however many the range spans: sorting keeps the best ones seen so far, not all.
 fn range_at<T>(
-    kv: &T,
+    kv: &Hist<'_, T>,
     place: &Place,
     req: &RangeRequest,
     current: Revision,
@@ -779,7 +977,7 @@ fn range_at<T>(
     keep: usize,
 ) -> Result<RangeResponse, ReadError>
 where
-    T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+    T: Rows,
 {
     if req.revision > current {
         return Err(MvccError::FutureRev.into());
@@ -962,9 +1160,9 @@ impl Answer {
 }
 
 /// The live value of `key` at `rev`.
-fn get_live<T>(kv: &T, place: &Place, key: &[u8], rev: Revision) -> Result<Option<KeyValue>, StoreError>
+fn get_live<T>(kv: &Hist<'_, T>, place: &Place, key: &[u8], rev: Revision) -> Result<Option<KeyValue>, StoreError>
 where
-    T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+    T: Rows,
 {
     match newest_entry(kv, place, key, rev)? {
         Some((r, v)) => key_value(place, key, r, v.value(), true),
@@ -974,9 +1172,9 @@ where
 
 /// etcd's `applyCompare` at `rev`: true when every key live in the range satisfies it; a range
 /// with no live key compares as one missing key (a value compare is then false).
-fn compare_holds<T>(kv: &T, place: &Place, c: &Compare, rev: Revision) -> Result<bool, ReadError>
+fn compare_holds<T>(kv: &Hist<'_, T>, place: &Place, c: &Compare, rev: Revision) -> Result<bool, ReadError>
 where
-    T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+    T: Rows,
 {
     let mut any = false;
     let mut all = true;
@@ -1017,9 +1215,9 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     }
 }
 
-fn compares_hold<T>(kv: &T, place: &Place, compares: &[Compare], rev: Revision) -> Result<bool, ReadError>
+fn compares_hold<T>(kv: &Hist<'_, T>, place: &Place, compares: &[Compare], rev: Revision) -> Result<bool, ReadError>
 where
-    T: ReadableTable<(&'static [u8], i64), &'static [u8]>,
+    T: Rows,
 {
     for c in compares {
         if !compare_holds(kv, place, c, rev)? {
@@ -1041,6 +1239,12 @@ pub struct Batch {
     shared: Arc<Shared>,
     revision: Revision,
     compacted: Revision,
+    /// The number of the last commit; this batch's commit is the next.
+    commit: i64,
+    /// Where the reclaiming of compacted history goes on.
+    reclaim: ReclaimPos,
+    /// The key index, as this batch changes it; published when it commits.
+    index: KeyIndex,
     max_txn_ops: usize,
     /// Set when the storage failed in this batch: its commit is refused.
     failed: Option<String>,
@@ -1049,15 +1253,18 @@ pub struct Batch {
 /// The tables and revision of one write operation (a put, a delete or a whole txn). Every write
 /// goes to revision `begin + 1`; reads see `begin`, or `begin + 1` once something changed.
 struct Writer<'t> {
-    kv: Table<'t, (&'static [u8], i64), &'static [u8]>,
-    revs: Table<'t, (i64, u32), &'static [u8]>,
+    rows: Table<'t, (i64, u32), &'static [u8]>,
+    /// The batch's key index, and what this operation recorded in it (each key written with the
+    /// version it replaced), to undo.
+    index: &'t mut KeyIndex,
+    recorded: Vec<(Vec<u8>, Option<Entry>)>,
     /// The leases and the keys put with them.
     meta: Table<'t, &'static str, &'static [u8]>,
     place: &'t Place,
     begin: Revision,
     compacted: Revision,
     changed: bool,
-    /// The next `sub` of `revs` at `begin + 1`.
+    /// The next `sub` of `hist` at `begin + 1`.
     sub: u32,
 }
 
@@ -1070,18 +1277,34 @@ impl Writer<'_> {
         }
     }
 
-    /// Writes `record` for `key` at this revision; `previous` is the revision of the key's
-    /// newest entry before (a key written twice in one revision gets one `revs` entry).
-    fn write(&mut self, key: &[u8], record: &[u8], previous: Option<Revision>) -> Result<(), StoreError> {
+    /// The history as this operation sees it.
+    fn hist(&self) -> Hist<'_, Table<'_, (i64, u32), &'static [u8]>> {
+        Hist { index: self.index, rows: &self.rows }
+    }
+
+    /// Writes `record` for `key` at this revision (a key written twice in one revision keeps
+    /// one row, at the place of its first change).
+    fn write(&mut self, key: &[u8], record: &[u8]) -> Result<(), StoreError> {
         let rev = self.begin + 1;
-        self.kv.insert((key, rev), record).at(self.place, WRITE)?;
-        if previous != Some(rev) {
-            self.revs.insert((rev, self.sub), key).at(self.place, WRITE)?;
-            self.sub = self
-                .sub
-                .checked_add(1)
-                .ok_or_else(|| StoreError::Invalid(format!("more than {} keys changed in revision {rev}", u32::MAX)))?;
-        }
+        let sub = match self.index.newest(key, rev) {
+            Some(entry) if entry.main == rev => entry.sub,
+            _ => {
+                let sub = self.sub;
+                self.sub = self.sub.checked_add(1).ok_or_else(|| {
+                    StoreError::Invalid(format!("more than {} keys changed in revision {rev}", u32::MAX))
+                })?;
+                sub
+            }
+        };
+        self.rows.insert((rev, sub), encode_row(key, record).as_slice()).at(self.place, WRITE)?;
+        let entry = Entry { main: rev, sub, tombstone: record == TOMBSTONE };
+        let Some((_, replaced)) = self.index.record(key, entry) else {
+            return Err(self.place.corrupt(format!(
+                "key {:?} has a version after revision {rev}, the one being written",
+                String::from_utf8_lossy(key)
+            )));
+        };
+        self.recorded.push((key.to_vec(), replaced));
         self.changed = true;
         Ok(())
     }
@@ -1096,10 +1319,10 @@ impl Writer<'_> {
         if req.lease != 0 && !self.lease_exists(req.lease)? {
             return Err(MvccError::LeaseNotFound.into());
         }
-        let (previous, prev) = match newest_entry(&self.kv, self.place, &req.key, self.view())? {
+        let prev = match newest_entry(&self.hist(), self.place, &req.key, self.view())? {
             // The previous value is copied only when it is answered or kept.
-            Some((r, v)) => (Some(r), key_value(self.place, &req.key, r, v.value(), req.prev_kv || req.ignore_value)?),
-            None => (None, None),
+            Some((r, v)) => key_value(self.place, &req.key, r, v.value(), req.prev_kv || req.ignore_value)?,
+            None => None,
         };
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(MvccError::KeyNotFound.into());
@@ -1118,7 +1341,7 @@ impl Writer<'_> {
             _ => req.lease,
         };
         let record = Record::encode_live(create_revision, version, lease, value);
-        self.write(&req.key, &record, previous)?;
+        self.write(&req.key, &record)?;
         if lease != 0 {
             self.meta.insert(lease_key_name(lease, &req.key).as_str(), &[][..]).at(self.place, WRITE)?;
         }
@@ -1127,27 +1350,27 @@ impl Writer<'_> {
 
     /// etcd's delete-range: a tombstone on every key live in the view.
     fn delete(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, ReadError> {
-        let mut gone: Vec<(Vec<u8>, Revision)> = Vec::new();
+        let mut gone: Vec<Vec<u8>> = Vec::new();
         let mut prev_kvs = Vec::new();
         let place = self.place;
-        for_each_newest(&self.kv, place, &KeySpan::new(&req.key, &req.range_end), self.view(), |key, r, bytes| {
+        for_each_newest(&self.hist(), place, &KeySpan::new(&req.key, &req.range_end), self.view(), |key, r, bytes| {
             if let Some(found) = key_value(place, key, r, bytes, req.prev_kv)? {
-                gone.push((key.to_vec(), r));
+                gone.push(key.to_vec());
                 if req.prev_kv {
                     prev_kvs.push(found);
                 }
             }
             Ok(ControlFlow::Continue(()))
         })?;
-        for (key, r) in &gone {
-            self.write(key, TOMBSTONE, Some(*r))?;
+        for key in &gone {
+            self.write(key, TOMBSTONE)?;
         }
         Ok(DeleteRangeResponse { revision: self.view(), deleted: gone.len() as i64, prev_kvs })
     }
 
     /// The branch a txn takes, decided at the revision before it.
     fn taken<'r>(&self, req: &'r TxnRequest) -> Result<&'r [RequestOp], ReadError> {
-        Ok(if compares_hold(&self.kv, self.place, &req.compare, self.begin)? { &req.success } else { &req.failure })
+        Ok(if compares_hold(&self.hist(), self.place, &req.compare, self.begin)? { &req.success } else { &req.failure })
     }
 
     /// etcd's `checkRequestPut` over the taken path, before the txn.
@@ -1156,7 +1379,7 @@ impl Writer<'_> {
             match op {
                 RequestOp::Put(p)
                     if (p.ignore_value || p.ignore_lease)
-                        && get_live(&self.kv, self.place, &p.key, self.begin)?.is_none() =>
+                        && get_live(&self.hist(), self.place, &p.key, self.begin)?.is_none() =>
                 {
                     return Err(MvccError::KeyNotFound.into());
                 }
@@ -1186,13 +1409,13 @@ impl Writer<'_> {
     }
 
     fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, ReadError> {
-        let succeeded = compares_hold(&self.kv, self.place, &req.compare, self.begin)?;
+        let succeeded = compares_hold(&self.hist(), self.place, &req.compare, self.begin)?;
         let ops = if succeeded { &req.success } else { &req.failure };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             responses.push(match op {
                 RequestOp::Range(r) => {
-                    ResponseOp::Range(range_at(&self.kv, self.place, r, self.view(), self.compacted, usize::MAX)?)
+                    ResponseOp::Range(range_at(&self.hist(), self.place, r, self.view(), self.compacted, usize::MAX)?)
                 }
                 RequestOp::Put(p) => ResponseOp::Put(self.put(p)?),
                 RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete(d)?),
@@ -1205,16 +1428,12 @@ impl Writer<'_> {
     /// Removes everything written at `begin + 1`: the undo of a txn that failed part-way.
     fn undo(&mut self) -> Result<(), StoreError> {
         let rev = self.begin + 1;
-        let mut keys = Vec::new();
-        for entry in self.revs.range::<(i64, u32)>((rev, 0)..=(rev, u32::MAX)).at(self.place, WRITE)? {
-            let (_, key) = entry.at(self.place, WRITE)?;
-            keys.push(key.value().to_vec());
+        self.rows.retain_in::<(i64, u32), _>((rev, 0)..=(rev, u32::MAX), |_, _| false).at(self.place, WRITE)?;
+        for (key, replaced) in self.recorded.drain(..).rev() {
+            self.index.unrecord(&key, replaced);
         }
-        for key in &keys {
-            self.kv.remove((key.as_slice(), rev)).at(self.place, WRITE)?;
-        }
-        self.revs.retain_in::<(i64, u32), _>((rev, 0)..=(rev, u32::MAX), |_, _| false).at(self.place, WRITE)?;
         self.changed = false;
+        self.sub = 0;
         Ok(())
     }
 }
@@ -1224,6 +1443,14 @@ impl Batch {
     #[cfg(test)]
     pub(crate) fn write_txn(&self) -> &WriteTransaction {
         &self.txn
+    }
+
+    /// Checks that the batch's key index is the one its `hist` gives (for tests).
+    #[cfg(test)]
+    pub(crate) fn check_index(&self) {
+        let rows = self.txn.open_table(HIST).unwrap();
+        let built = build_index(&rows, &self.place, self.index.commit).unwrap();
+        assert!(built == self.index, "the key index is not the one the rows give");
     }
 
     /// The current revision inside the batch.
@@ -1277,8 +1504,9 @@ impl Batch {
     ) -> Result<Result<T, MvccError>, StoreError> {
         let place = &self.place;
         let mut w = Writer {
-            kv: self.txn.open_table(KV).at(place, WRITE)?,
-            revs: self.txn.open_table(REVS).at(place, WRITE)?,
+            rows: self.txn.open_table(HIST).at(place, WRITE)?,
+            index: &mut self.index,
+            recorded: Vec::new(),
             meta: self.txn.open_table(META).at(place, WRITE)?,
             place,
             begin: self.revision,
@@ -1345,13 +1573,15 @@ impl Batch {
         if req.key.is_empty() {
             return Ok(Err(MvccError::EmptyKey));
         }
-        let kv = self.txn.open_table(KV).at(&self.place, READ)?;
-        ReadError::split(range_at(&kv, &self.place, req, self.revision, self.compacted, usize::MAX))
+        let rows = self.txn.open_table(HIST).at(&self.place, READ)?;
+        let hist = Hist { index: &self.index, rows: &rows };
+        ReadError::split(range_at(&hist, &self.place, req, self.revision, self.compacted, usize::MAX))
     }
 
     /// etcd's Compact: reads below `rev` fail from now on. Each key keeps its newest entry at or
-    /// below `rev` unless that is a tombstone, and every entry above; `revs` entries at or below
-    /// `rev` go. The freed pages are reused after the next durable commit.
+    /// below `rev` unless that is a tombstone, and every entry above; the others go, from `hist`
+    /// and the key index, as `compact_step` reclaims them. The freed pages are reused after the
+    /// next durable commit.
     pub fn compact(&mut self, rev: Revision) -> Result<Result<CompactResponse, MvccError>, StoreError> {
         self.check_usable()?;
         if rev <= self.compacted {
@@ -1362,57 +1592,65 @@ impl Batch {
         }
         // As etcd: the compaction takes effect at once (reads below it are refused from this
         // batch on), and the space is reclaimed later, a bounded chunk at a time
-        // (`compact_step`), so that no batch holds the Raft loop for the whole history.
+        // (`compact_step`), so that no batch holds the Raft loop for the whole history. The
+        // reclaiming starts again from the oldest row: what an earlier compaction kept may go now.
         self.compacted = rev;
+        self.reclaim = (0, 0);
         Ok(Ok(CompactResponse { revision: self.revision }))
     }
 
-    /// Reclaims one chunk (`COMPACT_CHUNK` revisions) of the history that compactions made
-    /// unreadable: the oldest `revs` entries at or below the compacted revision, with every
-    /// version of their keys that no read at or above it can see. The `revs` table is the
-    /// cursor: what was reclaimed is gone from it. Returns whether more remains. Reads are the
-    /// same before and after, since a read at or above the compacted revision sees each key's
-    /// newest version at or below it, which stays.
+    /// Reclaims one chunk (`COMPACT_CHUNK` rows) of the history that compactions made
+    /// unreadable: of the `hist` rows at or below the compacted revision, from where the last
+    /// step stopped, those that no read at or above it can see (all but each key's newest at or
+    /// below it, and that one too when it is a tombstone), from the table and the key index.
+    /// Returns whether more remains. Reads are the same before and after, since a read at or
+    /// above the compacted revision sees each key's newest version at or below it, which stays.
     pub fn compact_step(&mut self) -> Result<bool, StoreError> {
         self.check_usable()?;
-        let rev = self.compacted;
-        let res = self.compact_chunk(rev);
+        let res = self.compact_chunk();
         self.note(res)
     }
 
-    fn compact_chunk(&mut self, rev: Revision) -> Result<bool, StoreError> {
+    fn compact_chunk(&mut self) -> Result<bool, StoreError> {
         let place = &self.place;
-        let mut kv = self.txn.open_table(KV).at(place, WRITE)?;
-        let mut revs = self.txn.open_table(REVS).at(place, WRITE)?;
-        {
-            let mut chunk: Vec<((i64, u32), Vec<u8>)> = Vec::new();
-            for entry in revs.range::<(i64, u32)>(..=(rev, u32::MAX)).at(place, WRITE)?.take(COMPACT_CHUNK) {
-                let (k, v) = entry.at(place, WRITE)?;
-                chunk.push((k.value(), v.value().to_vec()));
-            }
-            let Some((last, _)) = chunk.last() else { return Ok(false) };
-            let last = *last;
-            // A key may appear more than once in the chunk: the first visit does all the work.
-            let mut done: BTreeSet<&[u8]> = BTreeSet::new();
-            for (_, key) in &chunk {
-                if !done.insert(key.as_slice()) {
-                    continue;
-                }
-                let newest = match newest_entry(&kv, place, key, rev)? {
-                    Some((r, v)) => Some((r, Record::is_live(v.value()).map_err(|d| place.corrupt(d))?)),
-                    None => None,
-                };
-                if let Some((r, live)) = newest {
-                    kv.retain_in::<(&[u8], i64), _>((key.as_slice(), i64::MIN)..(key.as_slice(), r), |_, _| false)
-                        .at(place, WRITE)?;
-                    if !live {
-                        kv.remove((key.as_slice(), r)).at(place, WRITE)?;
-                    }
-                }
-            }
-            revs.retain_in::<(i64, u32), _>(..=last, |_, _| false).at(place, WRITE)?;
+        let rev = self.compacted;
+        if self.reclaim.0 > rev {
+            return Ok(false);
         }
-        let more = revs.range::<(i64, u32)>(..=(rev, u32::MAX)).at(place, WRITE)?.next().is_some();
+        let mut rows = self.txn.open_table(HIST).at(place, WRITE)?;
+        let upper = (rev, u32::MAX);
+        // The chunk's rows: position, key, and whether a read can still see the row.
+        let mut chunk: Vec<(ReclaimPos, Vec<u8>)> = Vec::new();
+        for row in rows.range::<(i64, u32)>(self.reclaim..=upper).at(place, WRITE)?.take(COMPACT_CHUNK) {
+            let (pos, value) = row.at(place, WRITE)?;
+            let (key, _) = split_row(value.value()).map_err(|d| place.corrupt(d))?;
+            chunk.push((pos.value(), key.to_vec()));
+        }
+        let Some(&(last, _)) = chunk.last() else {
+            self.reclaim = (rev.saturating_add(1), 0);
+            return Ok(false);
+        };
+        for ((main, sub), key) in &chunk {
+            let seen = self.index.newest(key, rev).is_some_and(|e| e.main == *main && e.sub == *sub && !e.tombstone);
+            if seen {
+                continue;
+            }
+            rows.remove((*main, *sub)).at(place, WRITE)?;
+            if !self.index.drop_oldest(key, *main) {
+                return Err(place.corrupt(format!(
+                    "the row of key {:?} at revision {main} is not its oldest",
+                    String::from_utf8_lossy(key)
+                )));
+            }
+        }
+        self.reclaim = match last.1.checked_add(1) {
+            Some(sub) => (last.0, sub),
+            None => (last.0.saturating_add(1), 0),
+        };
+        let more = rows.range::<(i64, u32)>(self.reclaim..=upper).at(place, WRITE)?.next().is_some();
+        if !more {
+            self.reclaim = (rev.saturating_add(1), 0);
+        }
         Ok(more)
     }
 
@@ -1436,8 +1674,8 @@ impl Batch {
         revision: Revision,
     ) -> Result<(), StoreError> {
         let place = &self.place;
-        let mut kv = self.txn.open_table(KV).at(place, WRITE)?;
-        if self.revision != 1 || self.compacted != -1 || !kv.is_empty().at(place, READ)? {
+        let mut rows = self.txn.open_table(HIST).at(place, WRITE)?;
+        if self.revision != 1 || self.compacted != -1 || !rows.is_empty().at(place, READ)? {
             return Err(StoreError::Invalid("load_latest needs an empty store".to_string()));
         }
         let current = revision.max(1);
@@ -1457,10 +1695,19 @@ impl Batch {
                 )));
             }
             let record = Record::encode_live(item.create_revision, item.version, item.lease, &item.value);
-            kv.insert((item.key.as_slice(), item.mod_revision), record.as_slice()).at(place, WRITE)?;
+            let sub = next_sub(&rows, place, item.mod_revision)?;
+            rows.insert((item.mod_revision, sub), encode_row(&item.key, &record).as_slice()).at(place, WRITE)?;
+            let entry = Entry { main: item.mod_revision, sub, tombstone: false };
+            if self.index.newest(&item.key, MAX_REVISION).is_some() || self.index.record(&item.key, entry).is_none() {
+                return Err(StoreError::BadSnapshot(format!(
+                    "key {:?} comes twice",
+                    String::from_utf8_lossy(&item.key)
+                )));
+            }
         }
         self.revision = current;
         self.compacted = current;
+        self.reclaim = (current.saturating_add(1), 0);
         Ok(())
     }
 
@@ -1495,14 +1742,13 @@ impl Batch {
             if meta.get(lease_name(id).as_str()).at(&self.place, READ)?.is_none() {
                 return Ok(None);
             }
-            let kv = self.txn.open_table(KV).at(&self.place, READ)?;
-            read_lease_keys(&meta, &kv, &self.place, id, self.revision).map(Some)
+            let rows = self.txn.open_table(HIST).at(&self.place, READ)?;
+            read_lease_keys(&meta, &Hist { index: &self.index, rows: &rows }, &self.place, id, self.revision).map(Some)
         })();
         let Some(keys) = self.note(found)? else { return Ok(Err(MvccError::LeaseNotFound)) };
         let deleted = self.write_op(|w| {
             for key in &keys {
-                let previous = newest_entry(&w.kv, w.place, key, w.view())?.map(|(r, _)| r);
-                w.write(key, TOMBSTONE, previous)?;
+                w.write(key, TOMBSTONE)?;
             }
             Ok(())
         })?;
@@ -1526,8 +1772,8 @@ impl Batch {
         self.check_usable()?;
         let res = (|| {
             let meta = self.txn.open_table(META).at(&self.place, READ)?;
-            let kv = self.txn.open_table(KV).at(&self.place, READ)?;
-            read_lease_keys(&meta, &kv, &self.place, id, self.revision)
+            let rows = self.txn.open_table(HIST).at(&self.place, READ)?;
+            read_lease_keys(&meta, &Hist { index: &self.index, rows: &rows }, &self.place, id, self.revision)
         })();
         self.note(res)
     }
@@ -1586,6 +1832,9 @@ impl Batch {
             let mut state = self.txn.open_table(STATE).at(&self.place, WRITE)?;
             state.insert(REVISION_NAME, self.revision).at(&self.place, WRITE)?;
             state.insert(COMPACTED_NAME, self.compacted).at(&self.place, WRITE)?;
+            state.insert(COMMIT_NAME, self.commit + 1).at(&self.place, WRITE)?;
+            state.insert(RECLAIM_MAIN_NAME, self.reclaim.0).at(&self.place, WRITE)?;
+            state.insert(RECLAIM_SUB_NAME, i64::from(self.reclaim.1)).at(&self.place, WRITE)?;
         }
         let durability = if durable { Durability::Immediate } else { Durability::None };
         self.txn.set_durability(durability).map_err(|e| StoreError::Database {
@@ -1594,6 +1843,8 @@ impl Batch {
             detail: e.to_string(),
         })?;
         self.txn.commit().at(&self.place, "commit to the state-machine database")?;
+        self.index.commit = self.commit + 1;
+        self.shared.publish(self.index);
         self.shared.revision.store(self.revision, AtomicOrdering::Release);
         self.shared.compacted.store(self.compacted, AtomicOrdering::Release);
         Ok(())

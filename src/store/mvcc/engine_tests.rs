@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend};
+use redb::{ReadableDatabase, ReadableTableMetadata, StorageBackend};
 
-use super::engine::{Place, Record, KV, REVS};
+use super::engine::{split_row, Place, Record, Rows, HIST};
 use super::model::Model;
 use super::*;
 use crate::base::rng::Rng;
@@ -47,43 +47,21 @@ fn put(store: &MvccStore, k: &str, v: &str, durable: bool) -> Revision {
     r.revision
 }
 
-/// The revisions the `kv` table holds for `key`, oldest first.
-fn stored_revisions<T: ReadableTable<(&'static [u8], i64), &'static [u8]>>(kv: &T, key: &[u8]) -> Vec<Revision> {
-    kv.range::<(&[u8], i64)>((key, i64::MIN)..=(key, i64::MAX)).unwrap().map(|e| e.unwrap().0.value().1).collect()
-}
-
-/// `revs` and `kv` agree: every `revs` entry names a `kv` entry at its revision, above the
-/// compacted revision; every `kv` entry above it has one `revs` entry.
-fn check_tables<K, R>(kv: &K, revs: &R, compacted: Revision)
-where
-    K: ReadableTable<(&'static [u8], i64), &'static [u8]>,
-    R: ReadableTable<(i64, u32), &'static [u8]>,
-{
-    let mut from_revs = Vec::new();
-    for entry in revs.iter().unwrap() {
-        let (k, v) = entry.unwrap();
-        let (main, _) = k.value();
-        assert!(main > compacted, "revs entry {main} at or below the compacted revision {compacted}");
-        from_revs.push((v.value().to_vec(), main));
-    }
-    let mut from_kv = Vec::new();
-    for entry in kv.iter().unwrap() {
-        let (k, v) = entry.unwrap();
-        let (key, rev) = k.value();
-        Record::decode(v.value()).unwrap();
-        if rev > compacted {
-            from_kv.push((key.to_vec(), rev));
+/// The revisions the `hist` table holds for `key`, oldest first.
+fn stored_revisions<T: Rows>(rows: &T, key: &[u8]) -> Vec<Revision> {
+    let mut found = Vec::new();
+    for row in rows.iter().unwrap() {
+        let (pos, value) = row.unwrap();
+        if split_row(value.value()).unwrap().0 == key {
+            found.push(pos.value().0);
         }
     }
-    from_revs.sort();
-    assert_eq!(from_revs, from_kv, "revs and kv disagree");
+    found
 }
 
+/// `hist` and the key index agree: the index built from the rows is the one the store keeps.
 fn check_store_tables(store: &MvccStore) {
-    let txn = store.db().begin_read().unwrap();
-    let kv = txn.open_table(KV).unwrap();
-    let revs = txn.open_table(REVS).unwrap();
-    check_tables(&kv, &revs, store.compacted_revision());
+    store.check_index();
 }
 
 // ----- the generator -----
@@ -325,9 +303,9 @@ fn compare_whole(store: &MvccStore, m: &Model, at: &str) {
         assert_eq!(read(store, &all_at(rev)), m.range(&all_at(rev)), "{at}: everything at {rev}");
     }
     let txn = store.db().begin_read().unwrap();
-    let kv = txn.open_table(KV).unwrap();
+    let rows = txn.open_table(HIST).unwrap();
     for key in KEYS {
-        assert_eq!(stored_revisions(&kv, key), m.kept_revisions(key), "{at}: stored revisions of {key:?}");
+        assert_eq!(stored_revisions(&rows, key), m.kept_revisions(key), "{at}: stored revisions of {key:?}");
     }
     check_store_tables(store);
     compare_events(store, m, at);
@@ -429,10 +407,10 @@ fn run_seed(seed: u64, ops: u64, path: Option<&Path>, max_txn_ops: usize, stats:
                 "seed {seed} step {step}: revisions after {op:?}"
             );
             {
-                let kv = batch.write_txn().open_table(KV).unwrap();
+                let rows = batch.write_txn().open_table(HIST).unwrap();
                 for key in KEYS {
                     assert_eq!(
-                        stored_revisions(&kv, key),
+                        stored_revisions(&rows, key),
                         m.kept_revisions(key),
                         "seed {seed} step {step}: stored revisions of {key:?} after {op:?}"
                     );
@@ -570,20 +548,19 @@ fn a_txn_that_fails_part_way_leaves_no_trace_in_any_table() {
     assert_eq!(batch.txn(&t).unwrap(), Err(MvccError::KeyNotFound));
     assert_eq!(batch.revision(), 2);
     {
-        let kv = batch.write_txn().open_table(KV).unwrap();
-        let revs = batch.write_txn().open_table(REVS).unwrap();
-        assert_eq!(stored_revisions(&kv, b"b"), [2]);
-        assert_eq!(stored_revisions(&kv, b"c"), Vec::<Revision>::new());
-        check_tables(&kv, &revs, -1);
-        assert_eq!(revs.len().unwrap(), 1);
+        let rows = batch.write_txn().open_table(HIST).unwrap();
+        assert_eq!(stored_revisions(&rows, b"b"), [2]);
+        assert_eq!(stored_revisions(&rows, b"c"), Vec::<Revision>::new());
+        assert_eq!(rows.len().unwrap(), 1);
     }
+    batch.check_index();
     // the next op takes revision 3, as if the failed txn never ran
     assert_eq!(batch.put(&put_req("d", "1")).unwrap().unwrap().revision, 3);
     batch.commit(false).unwrap();
 }
 
 #[test]
-fn compaction_frees_old_versions_and_their_revs_entries() {
+fn compaction_frees_old_versions_and_their_rows() {
     let store = MvccStore::in_memory();
     for i in 0..50 {
         put(&store, "a", &i.to_string(), false);
@@ -594,12 +571,12 @@ fn compaction_frees_old_versions_and_their_revs_entries() {
     batch.compact(53).unwrap().unwrap();
     while batch.compact_step().unwrap() {}
     {
-        let kv = batch.write_txn().open_table(KV).unwrap();
-        let revs = batch.write_txn().open_table(REVS).unwrap();
-        assert_eq!(stored_revisions(&kv, b"a"), [51]);
-        assert_eq!(stored_revisions(&kv, b"b"), Vec::<Revision>::new());
-        assert_eq!(revs.len().unwrap(), 0);
+        let rows = batch.write_txn().open_table(HIST).unwrap();
+        assert_eq!(stored_revisions(&rows, b"a"), [51]);
+        assert_eq!(stored_revisions(&rows, b"b"), Vec::<Revision>::new());
+        assert_eq!(rows.len().unwrap(), 1);
     }
+    batch.check_index();
     batch.commit(true).unwrap();
     assert_eq!(read(&store, &all_at(52)), Err(MvccError::Compacted));
     assert_eq!(read(&store, &all_at(53)).unwrap().kvs[0].value, b("49"));
@@ -625,9 +602,13 @@ fn batch_note(batch: &mut Batch, res: Result<(), StoreError>) -> Result<(), Stor
 fn damaged_records_are_errors_not_panics() {
     let store = MvccStore::in_memory();
     put(&store, "a", "1", false);
-    for damage in [&[][..], &[7][..], &[1][..], &[1, 0x80][..], &[0, 0][..], &[1, 0, 1, 0][..]] {
+    let records = [&[][..], &[7][..], &[1][..], &[1, 0x80][..], &[0, 0][..], &[1, 0, 1, 0][..]];
+    let rows = records.iter().map(|record| super::engine::encode_row(b"a", record));
+    // Rows whose key is not the one the index knows there, or cut short.
+    let framing = [super::engine::encode_row(b"b", &[0]), vec![0, 0, 0, 9, b'a'], vec![0, 0], Vec::new()];
+    for damage in rows.chain(framing) {
         let batch = store.begin().unwrap();
-        batch.write_txn().open_table(KV).unwrap().insert((b"a".as_slice(), 2), damage).unwrap();
+        batch.write_txn().open_table(HIST).unwrap().insert((2, 0), damage.as_slice()).unwrap();
         batch.commit(false).unwrap();
         let err = store.range(&one("a")).unwrap_err();
         assert!(matches!(&err, ReadError::Storage(e) if e.is_corrupt()), "{damage:?}: {err}");
@@ -645,11 +626,11 @@ fn a_foreign_or_newer_database_is_refused() {
     {
         let store = MvccStore::open(&path).unwrap();
         let batch = store.begin().unwrap();
-        batch.write_txn().open_table(super::engine::STATE).unwrap().insert("format", 2).unwrap();
+        batch.write_txn().open_table(super::engine::STATE).unwrap().insert("format", 3).unwrap();
         batch.commit(true).unwrap();
     }
     let err = MvccStore::open(&path).unwrap_err();
-    assert!(err.to_string().contains("format 2"), "{err}");
+    assert!(err.to_string().contains("format 3"), "{err}");
     std::fs::write(&path, b"not a database at all, just some bytes").unwrap();
     assert!(MvccStore::open(&path).is_err());
 }
@@ -934,9 +915,9 @@ fn damaged_cut_or_foreign_snapshot_streams_are_refused() {
     foreign[..8].copy_from_slice(b"KRSNAP02");
     refused(&foreign);
     let mut newer = good.clone();
-    newer[8..12].copy_from_slice(&2u32.to_be_bytes());
+    newer[8..12].copy_from_slice(&3u32.to_be_bytes());
     match MvccStore::install_in_memory(newer.as_slice()) {
-        Err(e) => assert!(e.to_string().contains("format 2"), "{e}"),
+        Err(e) => assert!(e.to_string().contains("format 3"), "{e}"),
         Ok(_) => panic!("accepted a newer format"),
     }
     // a huge length off the wire is refused before anything is allocated for it
@@ -958,13 +939,19 @@ fn damaged_cut_or_foreign_snapshot_streams_are_refused() {
 #[test]
 fn a_snapshot_stream_with_records_out_of_order_or_twice_is_refused() {
     // The installer appends each table at its end, so order is checked, not assumed: a stream
-    // with a good checksum but two key records swapped, or one repeated, is refused.
+    // with a good checksum but two rows swapped, or one repeated, is refused; so is a record of
+    // the other stream format.
     let store = MvccStore::in_memory();
     put(&store, "ka", "1", false);
     put(&store, "kb", "2", false);
     let good = joined(&collect(store.snapshot().unwrap()));
-    let first = good.windows(7).position(|w| w == [3, 0, 0, 0, 2, b'k', b'a']).expect("the record of ka");
-    let second = good.windows(7).position(|w| w == [3, 0, 0, 0, 2, b'k', b'b']).expect("the record of kb");
+    // A row: tag 5, main (8 bytes), sub (4), then the key's length and bytes.
+    let row_of = |key: &[u8]| {
+        let at = good.windows(6).position(|w| w[..4] == [0, 0, 0, 2] && &w[4..] == key).expect("the row") - 13;
+        assert_eq!(good[at], 5, "a row of format 2");
+        at
+    };
+    let (first, second) = (row_of(b"ka"), row_of(b"kb"));
     let len = second - first;
     let resealed = |mut bytes: Vec<u8>| {
         let end = bytes.len() - 4;
@@ -984,6 +971,13 @@ fn a_snapshot_stream_with_records_out_of_order_or_twice_is_refused() {
             Err(e) => panic!("refused with the wrong error: {e}"),
             Ok(_) => panic!("accepted a stream out of order"),
         }
+    }
+    let mut mixed = good.clone();
+    mixed[first] = 3;
+    match MvccStore::install_in_memory(resealed(mixed).as_slice()) {
+        Err(StoreError::BadSnapshot(why)) => assert!(why.contains("of another format"), "{why}"),
+        Err(e) => panic!("refused with the wrong error: {e}"),
+        Ok(_) => panic!("accepted a record of format 1 in a stream of format 2"),
     }
 }
 
@@ -1130,9 +1124,9 @@ fn compacted_history_is_reclaimed_in_bounded_steps() {
     assert!(!store.compaction_pending().unwrap());
     compare_whole(&store, &m, "reclaimed");
     let txn = store.db().begin_read().unwrap();
-    let kv = txn.open_table(KV).unwrap();
-    assert_eq!(stored_revisions(&kv, b"a"), [compact_to - 1], "only the newest version of a");
-    assert_eq!(stored_revisions(&kv, b"b"), Vec::<Revision>::new(), "b's tombstone and history are gone");
+    let rows = txn.open_table(HIST).unwrap();
+    assert_eq!(stored_revisions(&rows, b"a"), [compact_to - 1], "only the newest version of a");
+    assert_eq!(stored_revisions(&rows, b"b"), Vec::<Revision>::new(), "b's tombstone and history are gone");
     let late = collect(store.snapshot().unwrap());
     assert_eq!(joined(&early), joined(&late), "the same stream before and after reclaiming");
 }
@@ -1244,4 +1238,195 @@ fn a_newer_database_format_is_refused_as_newer_and_an_impossible_one_as_damage()
     assert!(newer.to_string().contains(&format!("format {}, this version reads {FORMAT}", FORMAT + 1)), "{newer}");
     let impossible = check_state(state(0), &Place::memory()).expect_err("impossible");
     assert!(impossible.is_corrupt() && impossible.to_string().contains("which no kuberaft writes"), "{impossible}");
+}
+
+// ----- format 1, converted at open -----
+
+/// Everything a client can read of a store: every range at every readable revision, the events
+/// since the compaction with previous versions, the leases and their keys, and the hashes.
+fn same_reads(got: &MvccStore, want: &MvccStore) {
+    assert_eq!((got.revision(), got.compacted_revision()), (want.revision(), want.compacted_revision()));
+    let (g, w) = (got.read_view().unwrap(), want.read_view().unwrap());
+    for rev in want.compacted_revision()..=want.revision() {
+        assert_eq!(g.range(&all_at(rev)).unwrap(), w.range(&all_at(rev)).unwrap(), "everything at {rev}");
+    }
+    let span = check::KeySpan::new(b"\0", &[0]);
+    let all = EventBounds { scan: usize::MAX, bytes: usize::MAX };
+    let from = (want.compacted_revision() + 1, 0);
+    let events = |v: &ReadView| v.events(&span, from, want.revision(), true, all).unwrap();
+    assert_eq!(events(&g), events(&w), "events since the compaction");
+    assert_eq!(g.leases().unwrap(), w.leases().unwrap());
+    for id in [7, 9] {
+        assert_eq!(g.lease_keys(id).unwrap(), w.lease_keys(id).unwrap(), "keys of lease {id}");
+    }
+    for rev in [0, want.compacted_revision() + 1, (want.revision() - 5).max(want.compacted_revision() + 1)] {
+        assert_eq!(g.hash_kv(rev).unwrap(), w.hash_kv(rev).unwrap(), "HashKV at {rev}");
+    }
+}
+
+/// The snapshot stream of format 1 of the format-1 database at `path`, written as kuberaft
+/// before format 2 wrote it (the module documentation of `snapshot` gives the format): the
+/// `mvcc` and `meta` records, `kv` in key order without the versions compaction made
+/// unreadable, `revs` above the compacted revision, the count and the CRC-32.
+fn format_1_stream(path: &Path) -> Vec<u8> {
+    use redb::ReadableTable;
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let mut out = b"KRMVCC\x00\x01".to_vec();
+    out.extend_from_slice(&1u32.to_be_bytes());
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    };
+    let mut records = 0u64;
+    let state = txn.open_table(super::engine::STATE).unwrap();
+    let compacted = state.get("compacted").unwrap().unwrap().value();
+    for entry in state.iter().unwrap() {
+        let (name, value) = entry.unwrap();
+        out.push(1);
+        field(&mut out, name.value().as_bytes());
+        out.extend_from_slice(&value.value().to_be_bytes());
+        records += 1;
+    }
+    for entry in txn.open_table(super::engine::META).unwrap().iter().unwrap() {
+        let (name, value) = entry.unwrap();
+        out.push(2);
+        field(&mut out, name.value().as_bytes());
+        field(&mut out, value.value());
+        records += 1;
+    }
+    let kv: Vec<(Vec<u8>, i64, Vec<u8>)> = txn
+        .open_table(super::engine::KV)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|e| {
+            let (k, v) = e.unwrap();
+            (k.value().0.to_vec(), k.value().1, v.value().to_vec())
+        })
+        .collect();
+    for (i, (key, rev, record)) in kv.iter().enumerate() {
+        let superseded = kv.get(i + 1).is_some_and(|(next, r, _)| next == key && *r <= compacted);
+        if *rev <= compacted && (superseded || !Record::is_live(record).unwrap()) {
+            continue;
+        }
+        out.push(3);
+        field(&mut out, key);
+        out.extend_from_slice(&rev.to_be_bytes());
+        field(&mut out, record);
+        records += 1;
+    }
+    for entry in txn.open_table(super::engine::REVS).unwrap().range((compacted + 1, 0)..).unwrap() {
+        let (pos, key) = entry.unwrap();
+        out.push(4);
+        out.extend_from_slice(&pos.value().0.to_be_bytes());
+        out.extend_from_slice(&pos.value().1.to_be_bytes());
+        field(&mut out, key.value());
+        records += 1;
+    }
+    out.push(0xff);
+    out.extend_from_slice(&records.to_be_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// A store written by kuberaft's format-1 engine (with a compaction half reclaimed) opens as
+/// format 2 and answers every read as the same history written in format 2 does, and so does a
+/// store installed from its stream of format 1; it takes writes and opens again.
+#[test]
+fn a_store_of_format_1_is_converted_at_open_and_reads_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mvcc-format-1.redb");
+    std::fs::copy(&fixture, &path).unwrap();
+    {
+        let raw = redb::Database::open(&path).unwrap();
+        let txn = raw.begin_read().unwrap();
+        let format = txn.open_table(super::engine::STATE).unwrap().get("format").unwrap().unwrap().value();
+        assert_eq!(format, 1, "the fixture is of format 1");
+    }
+    let converted = MvccStore::open(&path).unwrap();
+    let want = MvccStore::in_memory();
+    super::history_script::write_history(&want);
+    assert!(want.compaction_pending().unwrap());
+    assert!(!converted.compaction_pending().unwrap(), "the conversion leaves out what compaction made unreadable");
+    check_store_tables(&converted);
+    same_reads(&converted, &want);
+    // Its snapshot stream installs as the same store.
+    let stream = joined(&collect(converted.snapshot().unwrap()));
+    same_reads(&MvccStore::install_in_memory(stream.as_slice()).unwrap(), &want);
+    // A stream of format 1, as kuberaft before format 2 sent it, installs and converts too.
+    let untouched = dir.path().join("untouched.redb");
+    std::fs::copy(&fixture, &untouched).unwrap();
+    let old_stream = format_1_stream(&untouched);
+    let installed = MvccStore::install_in_memory(old_stream.as_slice()).unwrap();
+    check_store_tables(&installed);
+    same_reads(&installed, &want);
+    // Reclaiming the rest changes no read.
+    let mut batch = want.begin().unwrap();
+    while batch.compact_step().unwrap() {}
+    batch.commit(false).unwrap();
+    same_reads(&converted, &want);
+    // Both go on alike, and the converted one opens again as it is.
+    for store in [&converted, &want] {
+        let mut batch = store.begin().unwrap();
+        batch.put(&put_req("key/05", "later")).unwrap().unwrap();
+        batch.compact(store.revision() - 3).unwrap().unwrap();
+        while batch.compact_step().unwrap() {}
+        batch.commit(true).unwrap();
+    }
+    same_reads(&converted, &want);
+    drop(converted);
+    let reopened = MvccStore::open(&path).unwrap();
+    check_store_tables(&reopened);
+    same_reads(&reopened, &want);
+}
+
+/// Readers on other threads, taking views while commits go on, always get the key index that
+/// matches their snapshot: every view holds exactly the keys of its revision, each readable, and
+/// a compaction's reclaiming (which drops rows and index entries) never shows half done.
+#[test]
+fn read_views_taken_during_commits_pair_each_snapshot_with_its_index() {
+    let store = Arc::new(MvccStore::in_memory());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut views = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Acquire) && views < 1_000_000 {
+                    let view = store.read_view().unwrap();
+                    let all = view.range(&all_at(0)).unwrap();
+                    // The puts cycle through 100 keys, so at revision r the live versions are
+                    // exactly those of the last min(r - 1, 100) revisions.
+                    let r = all.revision;
+                    let mut revs: Vec<Revision> = all.kvs.iter().map(|kv| kv.mod_revision).collect();
+                    revs.sort();
+                    let want: Vec<Revision> = ((r - (r - 1).min(100) + 1)..=r).collect();
+                    assert_eq!(revs, want, "a view with the index of another commit, at {r}");
+                    for kv in &all.kvs {
+                        assert_eq!(kv.value, kv.mod_revision.to_string().into_bytes());
+                    }
+                    views += 1;
+                }
+                views
+            })
+        })
+        .collect();
+    for i in 0..600u64 {
+        let mut batch = store.begin().unwrap();
+        let rev = batch.revision() + 1;
+        batch.put(&put_req(&format!("k{:02}", i % 100), &rev.to_string())).unwrap().unwrap();
+        if i % 50 == 49 {
+            batch.compact(rev - 10).unwrap().unwrap();
+            while batch.compact_step().unwrap() {}
+        }
+        batch.commit(false).unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    for reader in readers {
+        assert!(reader.join().expect("a reader failed") > 0);
+    }
+    check_store_tables(&store);
 }

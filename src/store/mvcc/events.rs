@@ -1,26 +1,28 @@
 //! The history of changes, read back as etcd's watch events: what a watch catching up from a
 //! past revision receives (etcd's unsynced watchers read the same from their key bucket).
 //!
-//! `revs` lists, for each revision, the keys it changed in the order of their first change;
-//! `kv` holds each key's record at that revision. A read walks `revs` from a position
-//! `(main, sub)` on and turns each entry in the span into an event, with the key's previous
-//! version if asked. It stops at the end of the asked revisions, after `scan` entries, or once
+//! `hist` holds, for each revision, the keys it changed with their records, in the order of
+//! their first change. A read walks `hist` from a position `(main, sub)` on and turns each row
+//! of a key in the span into an event, with the key's previous version (from the key index) if
+//! asked. It stops at the end of the asked revisions, after `scan` entries, or once
 //! the events hold `bytes` (at least one event): the caller resumes from `next`, so no read
 //! holds more than its bounds in memory however long the history or large the revision.
 
 use std::ops::Bound;
 
 use super::check::KeySpan;
-use super::engine::{key_value, newest_entry, read_state, At, ReadError, ReadView, Record, KV, READ, REVS, STATE};
+use super::engine::{
+    key_value, newest_entry, read_state, split_row, At, Hist, ReadError, ReadView, Record, HIST, READ, STATE,
+};
 use super::types::*;
 
-/// A position in the history: `(main revision, sub)`, the `revs` entry to read next.
+/// A position in the history: `(main revision, sub)`, the `hist` row to read next.
 pub type HistoryPos = (Revision, u32);
 
 /// How much one history read may take on.
 #[derive(Clone, Copy, Debug)]
 pub struct EventBounds {
-    /// The most `revs` entries looked at (in the span or not).
+    /// The most `hist` rows looked at (in the span or not).
     pub scan: usize,
     /// The most bytes of keys and values collected (at least one event is).
     pub bytes: usize,
@@ -62,33 +64,28 @@ impl ReadView {
             page.next = from;
             return Ok(page);
         }
-        let revs = self.txn.open_table(REVS).at(place, READ)?;
-        let kv = self.txn.open_table(KV).at(place, READ)?;
+        let rows = self.txn.open_table(HIST).at(place, READ)?;
+        let hist = Hist { index: &self.index, rows: &rows };
         let mut bytes = 0usize;
         let range =
-            revs.range::<HistoryPos>((Bound::Included(from), Bound::Included((to, u32::MAX)))).at(place, READ)?;
+            rows.range::<HistoryPos>((Bound::Included(from), Bound::Included((to, u32::MAX)))).at(place, READ)?;
         for (scanned, entry) in range.enumerate() {
-            let (pos, key) = entry.at(place, READ)?;
+            let (pos, row) = entry.at(place, READ)?;
             let (rev, sub) = pos.value();
             if scanned >= bounds.scan.max(1) || (bytes >= bounds.bytes && !page.events.is_empty()) {
                 page.next = (rev, sub);
                 return Ok(page);
             }
-            let key = key.value();
+            let (key, record) =
+                split_row(row.value()).map_err(|detail| place.corrupt(format!("revision {rev} ({sub}): {detail}")))?;
             if !span.contains(key) {
                 continue;
             }
-            let record = kv.get((key, rev)).at(place, READ)?.ok_or_else(|| {
-                place.corrupt(format!(
-                    "revision {rev} lists key {:?}, which has no entry there",
-                    String::from_utf8_lossy(key)
-                ))
-            })?;
-            let decoded = Record::decode(record.value()).map_err(|detail| {
+            let decoded = Record::decode(record).map_err(|detail| {
                 place.corrupt(format!("key {:?} at revision {rev}: {detail}", String::from_utf8_lossy(key)))
             })?;
             let prev_kv = match with_prev {
-                true => match newest_entry(&kv, place, key, rev - 1)? {
+                true => match newest_entry(&hist, place, key, rev - 1)? {
                     Some((r, v)) => key_value(place, key, r, v.value(), true)?,
                     None => None,
                 },
@@ -102,7 +99,7 @@ impl ReadView {
                 },
                 Record::Live { .. } => Event {
                     kind: EventKind::Put,
-                    kv: key_value(place, key, rev, record.value(), true)?
+                    kv: key_value(place, key, rev, record, true)?
                         .ok_or_else(|| place.corrupt("a live record decoded as a tombstone"))?,
                     prev_kv,
                 },

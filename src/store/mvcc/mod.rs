@@ -9,6 +9,9 @@ pub mod engine;
 #[cfg(test)]
 mod engine_tests;
 pub mod events;
+#[cfg(test)]
+mod history_script;
+mod index;
 pub mod model;
 pub mod snapshot;
 pub mod types;

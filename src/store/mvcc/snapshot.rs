@@ -1,18 +1,25 @@
 //! A point-in-time copy of an [`MvccStore`] as a stream of bounded chunks, and building a new
 //! store from such a stream, both with bounded memory.
 //!
-//! [`MvccStore::snapshot`] takes a redb read transaction, so the stream shows the store as it
-//! was at that moment while writes go on. The format (version 1), all integers big-endian:
+//! [`MvccStore::snapshot`] takes a read view, so the stream shows the store as it was at that
+//! moment while writes go on. The format, all integers big-endian:
 //!
 //! ```text
-//! magic "KRMVCC\x00\x01" (8 bytes), format u32
-//! records, table by table in key order:
+//! magic "KRMVCC\x00\x01" (8 bytes), format u32 (2; 1 is still read)
+//! records, table by table:
 //!   0x01 mvcc:  name (u32 length + bytes), value i64
 //!   0x02 meta:  name, value (u32 length + bytes)
-//!   0x03 kv:    key, main revision i64, record (u32 length + bytes, as the `kv` table holds it)
+//!   format 2:
+//!   0x05 hist:  main i64, sub u32, key, record (as the store's rows hold them), in revision order
+//!   format 1 (the store's layout before format 2; installed, then converted when it opens):
+//!   0x03 kv:    key, main revision i64, record, in key order
 //!   0x04 revs:  main i64, sub u32, key
 //! trailer: 0xff, record count u64, CRC-32 (IEEE) of every byte before the checksum u32
 //! ```
+//!
+//! A stream of format 2 carries, besides `format`, `revision` and `compacted`, the `mvcc`
+//! record `live-keys` (how many keys have a value at its revision), which a store does not
+//! keep: `scan` reports it, as it cannot count keys from rows in revision order.
 //!
 //! [`MvccStore::install`] reads it record by record (no length read off the stream allocates
 //! more than the bytes that actually arrive, and no field may pass [`MAX_FIELD_BYTES`]), commits
@@ -28,21 +35,27 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use redb::backends::FileBackend;
 use redb::{
-    AccessGuard, Builder, CursorError, CursorMut, Database, Durability, Key, Range, ReadTransaction, ReadableDatabase,
-    Value, WriteTransaction,
+    Builder, CursorError, CursorMut, Database, Durability, Key, Range, ReadTransaction, Value, WriteTransaction,
 };
 
 use super::coalesce::Coalescing;
 use super::engine::{
-    check_state, read_state, At, MvccStore, Place, Record, DEFAULT_CACHE_BYTES, KV, META, REVS, STATE,
+    check_state, encode_row, read_state, split_row, At, MvccStore, Place, Record, COMPACTED_NAME, DEFAULT_CACHE_BYTES,
+    FORMAT, FORMAT_NAME, HIST, KV, META, REVISION_NAME, REVS, STATE,
 };
+use super::index::{newest_in, KeyIndex};
 use super::types::Revision;
 use crate::store::StoreError;
 
 /// The first bytes of every MVCC snapshot stream.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"KRMVCC\x00\x01";
-/// The stream format this version writes and reads.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// The stream format this version writes.
+pub const SNAPSHOT_FORMAT: u32 = 2;
+/// The older stream format this version still reads (as members and backups of earlier
+/// versions write it).
+pub const SNAPSHOT_FORMAT_1: u32 = 1;
+/// The `mvcc` record of a format-2 stream that counts the keys live at its revision.
+const LIVE_KEYS_NAME: &str = "live-keys";
 /// The size of every chunk but the last.
 pub const CHUNK_BYTES: usize = 1 << 20;
 /// The largest key, value, name or record a stream may carry.
@@ -59,36 +72,25 @@ const TAG_STATE: u8 = 1;
 const TAG_META: u8 = 2;
 const TAG_KV: u8 = 3;
 const TAG_REVS: u8 = 4;
+const TAG_HIST: u8 = 5;
 const TAG_END: u8 = 0xff;
 
-type KvRange = Range<'static, (&'static [u8], i64), &'static [u8]>;
-type RevsRange = Range<'static, (i64, u32), &'static [u8]>;
-type StateRange = Range<'static, &'static str, i64>;
+type HistRange = Range<'static, (i64, u32), &'static [u8]>;
 type MetaRange = Range<'static, &'static str, &'static [u8]>;
-/// A `kv` entry read out of its table: key, revision, record.
-type KvEntry = (Vec<u8>, i64, Vec<u8>);
 
-/// A `kv` entry as its table's range yields it.
-type KvGuards<'a> = (AccessGuard<'a, (&'static [u8], i64)>, AccessGuard<'a, &'static [u8]>);
-
-fn owned((k, v): KvGuards<'_>) -> KvEntry {
-    let (key, rev) = k.value();
-    (key.to_vec(), rev, v.value().to_vec())
-}
-
-/// The chunks of one snapshot, read from a redb read transaction: an iterator of `Bytes` of
+/// The chunks of one snapshot, read from a read view: an iterator of `Bytes` of
 /// [`CHUNK_BYTES`] each (the last one shorter). Holding it keeps that point in time readable
 /// (redb keeps the pages it needs until it is dropped).
 pub struct SnapshotReader {
     _txn: ReadTransaction,
     place: Place,
-    state: StateRange,
+    /// The `mvcc` records still to write, in name order.
+    state: std::vec::IntoIter<(&'static str, i64)>,
     meta: MetaRange,
-    kv: KvRange,
-    /// The `kv` entry read ahead (to see whether a key has a newer version).
-    kv_ahead: Option<KvEntry>,
-    revs: RevsRange,
-    /// Which table is being read: TAG_STATE..=TAG_REVS, then TAG_END, then done.
+    /// The key index of the snapshot, and the `hist` rows in order.
+    index: KeyIndex,
+    rows: HistRange,
+    /// Which table is being read: TAG_STATE, TAG_META, TAG_HIST, then TAG_END, then done.
     stage: u8,
     buf: Vec<u8>,
     hash: crc32fast::Hasher,
@@ -102,29 +104,33 @@ impl MvccStore {
     /// A point-in-time snapshot of the whole store (every table, `meta` included) as a stream
     /// of chunks; writes may go on while it is read.
     pub fn snapshot(&self) -> Result<SnapshotReader, StoreError> {
-        let place = self.place().clone();
-        let txn = self.db().begin_read().at(&place, "read the state-machine database")?;
+        let view = self.read_view()?;
+        let place = view.place.clone();
+        let txn = view.txn;
         let open = "open a snapshot of the state-machine database";
         let state_table = txn.open_table(STATE).at(&place, open)?;
         let (revision, compacted) =
             read_state(&state_table, &place)?.ok_or_else(|| place.corrupt("the MVCC state is missing"))?;
-        let state = state_table.range::<&str>(..).at(&place, open)?;
+        let live = view
+            .index
+            .iter()
+            .filter(|(_, versions)| newest_in(versions, revision).is_some_and(|e| !e.tombstone))
+            .count();
+        let state = vec![
+            (COMPACTED_NAME, compacted),
+            (FORMAT_NAME, FORMAT),
+            (LIVE_KEYS_NAME, i64::try_from(live).unwrap_or(i64::MAX)),
+            (REVISION_NAME, revision),
+        ];
         let meta = txn.open_table(META).at(&place, open)?.range::<&str>(..).at(&place, open)?;
-        let kv = txn.open_table(KV).at(&place, open)?.range::<(&[u8], i64)>(..).at(&place, open)?;
-        // Entries at or below the compacted revision are ones a reclaim has yet to delete.
-        let revs = txn
-            .open_table(REVS)
-            .at(&place, open)?
-            .range::<(i64, u32)>((compacted.saturating_add(1), 0)..)
-            .at(&place, open)?;
+        let rows = txn.open_table(HIST).at(&place, open)?.range::<(i64, u32)>(..).at(&place, open)?;
         let mut reader = SnapshotReader {
             _txn: txn,
             place,
-            state,
+            state: state.into_iter(),
             meta,
-            kv,
-            kv_ahead: None,
-            revs,
+            index: view.index,
+            rows,
             stage: TAG_STATE,
             buf: Vec::with_capacity(CHUNK_BYTES + 4096),
             hash: crc32fast::Hasher::new(),
@@ -137,7 +143,6 @@ impl MvccStore {
         reader.append(&SNAPSHOT_FORMAT.to_be_bytes());
         Ok(reader)
     }
-
     /// Builds a new store at `path` from a snapshot stream and opens it. The database is built
     /// beside `path` (`<path>.installing`) and renamed over `path` only once the whole stream
     /// checked out and is durable, so a damaged or cut stream leaves `path` as it was. The
@@ -221,33 +226,26 @@ impl SnapshotReader {
         self.append(bytes);
     }
 
-    /// The next `kv` entry of the store as if every compaction had been reclaimed: of each
-    /// key's versions at or below the compacted revision only the newest, and not even that
-    /// when it is a tombstone. So a stream is the same whether or not the reclaiming
-    /// (`Batch::compact_step`) has finished, and never carries history nobody can read.
-    fn next_kv(&mut self) -> Result<Option<KvEntry>, StoreError> {
+    /// The next `hist` row of the store as if every compaction had been reclaimed: of each
+    /// key's rows at or below the compacted revision only the newest, and not even that when it
+    /// is a tombstone (the key index tells). So a stream is the same whether or not the
+    /// reclaiming (`Batch::compact_step`) has finished, and never carries history nobody can
+    /// read.
+    fn next_row(&mut self) -> Result<Option<(i64, u32, Vec<u8>)>, StoreError> {
         let read = "read a snapshot of the state-machine database";
-        loop {
-            let current = match self.kv_ahead.take() {
-                Some(entry) => entry,
-                None => match self.kv.next() {
-                    Some(entry) => owned(entry.at(&self.place, read)?),
-                    None => return Ok(None),
-                },
-            };
-            if current.1 > self.compacted {
-                return Ok(Some(current));
+        for row in self.rows.by_ref() {
+            let (pos, value) = row.at(&self.place, read)?;
+            let (main, sub) = pos.value();
+            if main <= self.compacted {
+                let (key, _) = split_row(value.value()).map_err(|d| self.place.corrupt(d))?;
+                let kept = self.index.newest(key, self.compacted);
+                if !kept.is_some_and(|e| e.main == main && e.sub == sub && !e.tombstone) {
+                    continue;
+                }
             }
-            self.kv_ahead = match self.kv.next() {
-                Some(entry) => Some(owned(entry.at(&self.place, read)?)),
-                None => None,
-            };
-            let superseded = self.kv_ahead.as_ref().is_some_and(|next| next.0 == current.0 && next.1 <= self.compacted);
-            if superseded || !Record::is_live(&current.2).map_err(|d| self.place.corrupt(d))? {
-                continue;
-            }
-            return Ok(Some(current));
+            return Ok(Some((main, sub, value.value().to_vec())));
         }
+        Ok(None)
     }
 
     /// Appends the next record (or the trailer); false when the stream is complete.
@@ -257,11 +255,10 @@ impl SnapshotReader {
         loop {
             match self.stage {
                 TAG_STATE => match self.state.next() {
-                    Some(entry) => {
-                        let (k, v) = entry.at(&place, read)?;
+                    Some((name, value)) => {
                         self.append(&[TAG_STATE]);
-                        self.append_field(k.value().as_bytes());
-                        self.append(&v.value().to_be_bytes());
+                        self.append_field(name.as_bytes());
+                        self.append(&value.to_be_bytes());
                         break;
                     }
                     None => self.stage = TAG_META,
@@ -274,26 +271,16 @@ impl SnapshotReader {
                         self.append_field(v.value());
                         break;
                     }
-                    None => self.stage = TAG_KV,
+                    None => self.stage = TAG_HIST,
                 },
-                TAG_KV => match self.next_kv()? {
-                    Some((key, rev, value)) => {
-                        self.append(&[TAG_KV]);
-                        self.append_field(&key);
-                        self.append(&rev.to_be_bytes());
-                        self.append_field(&value);
-                        break;
-                    }
-                    None => self.stage = TAG_REVS,
-                },
-                TAG_REVS => match self.revs.next() {
-                    Some(entry) => {
-                        let (k, v) = entry.at(&place, read)?;
-                        let (main, sub) = k.value();
-                        self.append(&[TAG_REVS]);
+                TAG_HIST => match self.next_row()? {
+                    Some((main, sub, row)) => {
+                        let (key, record) = split_row(&row).map_err(|d| place.corrupt(d))?;
+                        self.append(&[TAG_HIST]);
                         self.append(&main.to_be_bytes());
                         self.append(&sub.to_be_bytes());
-                        self.append_field(v.value());
+                        self.append_field(key);
+                        self.append_field(record);
                         break;
                     }
                     None => self.stage = TAG_END,
@@ -384,6 +371,8 @@ struct Input<R> {
     hash: crc32fast::Hasher,
     offset: u64,
     records: u64,
+    /// The stream's format, from its header.
+    format: u32,
 }
 
 fn bad(detail: impl Into<String>) -> StoreError {
@@ -460,7 +449,7 @@ impl<R: Read> Input<R> {
 /// of the commits before it are written back to `file` (the database's) as they come, so that
 /// the last one syncs little more than its own.
 fn install_into(db: &Database, place: &Place, input: impl Read, file: Option<&Path>) -> Result<(), StoreError> {
-    let mut input = Input { inner: input, hash: crc32fast::Hasher::new(), offset: 0, records: 0 };
+    let mut input = Input { inner: input, hash: crc32fast::Hasher::new(), offset: 0, records: 0, format: 0 };
     read_header(&mut input)?;
     let mut stage = TAG_STATE;
     let mut max_rev = 0;
@@ -510,6 +499,12 @@ enum Rec {
         sub: u32,
         key: Vec<u8>,
     },
+    Hist {
+        main: Revision,
+        sub: u32,
+        key: Vec<u8>,
+        record: Vec<u8>,
+    },
     /// The trailer, its count and checksum verified.
     End,
 }
@@ -522,6 +517,17 @@ fn read_record<R: Read>(input: &mut Input<R>, stage: &mut u8, max_rev: &mut Revi
     let tag = input.u8()?;
     if tag < *stage {
         return Err(bad(format!("the MVCC snapshot has a record of kind {tag} out of order at byte {at}")));
+    }
+    let other_format = match tag {
+        TAG_KV | TAG_REVS => input.format != SNAPSHOT_FORMAT_1,
+        TAG_HIST => input.format != SNAPSHOT_FORMAT,
+        _ => false,
+    };
+    if other_format {
+        return Err(bad(format!(
+            "the MVCC snapshot of format {} has a record of kind {tag}, of another format, at byte {at}",
+            input.format
+        )));
     }
     *stage = tag;
     let utf8 =
@@ -539,12 +545,7 @@ fn read_record<R: Read>(input: &mut Input<R>, stage: &mut u8, max_rev: &mut Revi
             let key = input.field("key", MAX_FIELD_BYTES)?;
             let rev = input.i64()?;
             let record = input.field("record", MAX_FIELD_BYTES)?;
-            let sound = match Record::decode(&record) {
-                Ok(Record::Live { create_revision, .. }) => create_revision <= rev,
-                Ok(Record::Tombstone) => true,
-                Err(_) => false,
-            };
-            if key.is_empty() || rev < 1 || !sound {
+            if !sound_version(&key, rev, &record) {
                 return Err(bad(format!("the MVCC snapshot has a damaged key record at byte {at}")));
             }
             *max_rev = (*max_rev).max(rev);
@@ -559,6 +560,17 @@ fn read_record<R: Read>(input: &mut Input<R>, stage: &mut u8, max_rev: &mut Revi
             }
             *max_rev = (*max_rev).max(main);
             Rec::Revs { main, sub, key }
+        }
+        TAG_HIST => {
+            let main = input.i64()?;
+            let sub = input.u32()?;
+            let key = input.field("key", MAX_FIELD_BYTES)?;
+            let record = input.field("record", MAX_FIELD_BYTES)?;
+            if !sound_version(&key, main, &record) {
+                return Err(bad(format!("the MVCC snapshot has a damaged row at byte {at}")));
+            }
+            *max_rev = (*max_rev).max(main);
+            Rec::Hist { main, sub, key, record }
         }
         TAG_END => {
             let count = input.u64()?;
@@ -582,6 +594,17 @@ fn read_record<R: Read>(input: &mut Input<R>, stage: &mut u8, max_rev: &mut Revi
     Ok(rec)
 }
 
+/// Whether a version from a stream can be one: a key, a revision from 1, and a record that
+/// decodes and was not created after that revision.
+fn sound_version(key: &[u8], rev: Revision, record: &[u8]) -> bool {
+    let created_in_time = match Record::decode(record) {
+        Ok(Record::Live { create_revision, .. }) => create_revision <= rev,
+        Ok(Record::Tombstone) => true,
+        Err(_) => false,
+    };
+    !key.is_empty() && rev >= 1 && created_in_time
+}
+
 /// Reads the magic bytes and the format of a stream.
 fn read_header<R: Read>(input: &mut Input<R>) -> Result<u32, StoreError> {
     let magic = input.array::<8>()?;
@@ -589,11 +612,12 @@ fn read_header<R: Read>(input: &mut Input<R>) -> Result<u32, StoreError> {
         return Err(bad("not an MVCC snapshot of kuberaft (wrong magic bytes)"));
     }
     let format = input.u32()?;
-    if format != SNAPSHOT_FORMAT {
+    if format != SNAPSHOT_FORMAT && format != SNAPSHOT_FORMAT_1 {
         return Err(bad(format!(
-            "MVCC snapshot format {format} is not the one this version reads ({SNAPSHOT_FORMAT}): use the same kuberaft version on every member"
+            "MVCC snapshot format {format} is not one this version reads ({SNAPSHOT_FORMAT_1} or {SNAPSHOT_FORMAT}): use the same kuberaft version on every member"
         )));
     }
+    input.format = format;
     Ok(format)
 }
 
@@ -608,18 +632,31 @@ fn install_part<R: Read>(
     let write = "write the installed snapshot";
     let mut state = txn.open_table(STATE).at(place, write)?;
     let mut meta = txn.open_table(META).at(place, write)?;
-    let mut kv = txn.open_table(KV).at(place, write)?;
-    let mut revs = txn.open_table(REVS).at(place, write)?;
     // The stream holds each table in ascending order, so its records are appended through a
     // cursor at the table's end: redb packs them into full pages with one parent update per
     // batch, instead of descending the tree and splitting a half-full leaf per insert (1M keys
     // of 1 KiB: 2,135 MiB installed, and the insert set the catch-up time). A record out of
-    // order is refused, as redb refuses it there.
-    let mut kv_end = kv.upper_bound_mut(Bound::<(&[u8], i64)>::Unbounded).at(place, write)?;
-    let mut revs_end = revs.upper_bound_mut(Bound::<(i64, u32)>::Unbounded).at(place, write)?;
+    // order is refused, as redb refuses it there. Only the tables of the stream's format are
+    // made.
+    let (mut hist, mut kv, mut revs) = (None, None, None);
+    if input.format == SNAPSHOT_FORMAT {
+        hist = Some(txn.open_table(HIST).at(place, write)?);
+    } else {
+        kv = Some(txn.open_table(KV).at(place, write)?);
+        revs = Some(txn.open_table(REVS).at(place, write)?);
+    }
+    let mut hist_end =
+        hist.as_mut().map(|t| t.upper_bound_mut(Bound::<(i64, u32)>::Unbounded)).transpose().at(place, write)?;
+    let mut kv_end =
+        kv.as_mut().map(|t| t.upper_bound_mut(Bound::<(&[u8], i64)>::Unbounded)).transpose().at(place, write)?;
+    let mut revs_end =
+        revs.as_mut().map(|t| t.upper_bound_mut(Bound::<(i64, u32)>::Unbounded)).transpose().at(place, write)?;
+    let mut finished = false;
     for _ in 0..INSTALL_COMMIT_RECORDS {
         let at = input.offset;
         match read_record(input, stage, max_rev)? {
+            // A count the stream carries for `scan`, not a number of the store.
+            Rec::State { name, .. } if name == LIVE_KEYS_NAME => {}
             Rec::State { name, value } => {
                 state.insert(name.as_str(), value).at(place, write)?;
             }
@@ -627,10 +664,16 @@ fn install_part<R: Read>(
                 meta.insert(name.as_str(), value.as_slice()).at(place, write)?;
             }
             Rec::Kv { key, rev, record } => {
-                append(kv_end.insert_before((key.as_slice(), rev), record.as_slice()), place, at, "key")?;
+                let end = kv_end.as_mut().ok_or_else(|| bad("a key record in a stream of format 2"))?;
+                append(end.insert_before((key.as_slice(), rev), record.as_slice()), place, at, "key")?;
             }
             Rec::Revs { main, sub, key } => {
-                append(revs_end.insert_before((main, sub), key.as_slice()), place, at, "revision")?;
+                let end = revs_end.as_mut().ok_or_else(|| bad("a revision record in a stream of format 2"))?;
+                append(end.insert_before((main, sub), key.as_slice()), place, at, "revision")?;
+            }
+            Rec::Hist { main, sub, key, record } => {
+                let end = hist_end.as_mut().ok_or_else(|| bad("a row in a stream of format 1"))?;
+                append(end.insert_before((main, sub), encode_row(&key, &record).as_slice()), place, at, "row")?;
             }
             Rec::End => {
                 let mut extra = [0u8; 1];
@@ -639,15 +682,18 @@ fn install_part<R: Read>(
                     Ok(_) => return Err(bad("the MVCC snapshot has bytes after its end")),
                     Err(e) => return Err(bad(format!("cannot read the MVCC snapshot: {e}"))),
                 }
-                close(kv_end, place)?;
-                close(revs_end, place)?;
-                return Ok(true);
+                finished = true;
+                break;
             }
         }
     }
-    close(kv_end, place)?;
-    close(revs_end, place)?;
-    Ok(false)
+    for end in [hist_end, revs_end].into_iter().flatten() {
+        close(end, place)?;
+    }
+    if let Some(end) = kv_end {
+        close(end, place)?;
+    }
+    Ok(finished)
 }
 
 /// The most `state` records [`scan`] keeps.
@@ -678,7 +724,7 @@ pub struct Scanned {
 /// and the checksum), writing nothing; memory holds one record at a time and the `meta` records
 /// named in `keep`. Stops at the trailer: what follows in `input` is the caller's.
 pub fn scan(input: impl Read, keep: &[&str]) -> Result<Scanned, StoreError> {
-    let mut input = Input { inner: input, hash: crc32fast::Hasher::new(), offset: 0, records: 0 };
+    let mut input = Input { inner: input, hash: crc32fast::Hasher::new(), offset: 0, records: 0, format: 0 };
     let mut found = Scanned { format: read_header(&mut input)?, ..Scanned::default() };
     let (mut stage, mut max_rev) = (TAG_STATE, 0);
     let mut state = std::collections::BTreeMap::new();
@@ -712,6 +758,7 @@ pub fn scan(input: impl Read, keep: &[&str]) -> Result<Scanned, StoreError> {
                 }
             }
             Rec::Revs { .. } => {}
+            Rec::Hist { .. } => found.versions += 1,
             Rec::End => break,
         }
     }
@@ -723,6 +770,9 @@ pub fn scan(input: impl Read, keep: &[&str]) -> Result<Scanned, StoreError> {
         .ok_or_else(|| bad("the MVCC snapshot has no revision or format"))?;
     if max_rev > revision {
         return Err(bad(format!("the MVCC snapshot holds revision {max_rev}, after its current revision {revision}")));
+    }
+    if let Some(live) = state.get(LIVE_KEYS_NAME) {
+        found.keys = u64::try_from(*live).map_err(|_| bad("the MVCC snapshot counts fewer than no keys"))?;
     }
     found.revision = revision;
     found.compacted = compacted;

@@ -1,0 +1,306 @@
+//! The key index of the store's format 2, in memory: for each key, the revisions at which the
+//! `hist` table holds a record of it, oldest first, each with its place in that revision (`sub`)
+//! and whether it is a tombstone. etcd keeps the same in its `treeIndex`, and keys its bbolt
+//! bucket by revision for the same reason: a batch of puts then appends to the end of one table
+//! instead of rewriting one B-tree leaf per key (`benches/store_apply.rs`, DESIGN.md §3).
+//!
+//! The index is persistent (imbl's B-tree map shares its nodes between copies, and a key's
+//! versions are one entry inline or a shared deque copied on its first change in a copy), so a
+//! copy costs O(1): a read view keeps the copy that matches its database snapshot while the
+//! writer changes its own. The index is rebuilt from `hist` when the store is opened.
+
+use std::collections::VecDeque;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+
+use super::check::KeySpan;
+use super::types::Revision;
+
+/// Where one version of a key is: `hist` row `(main, sub)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub main: Revision,
+    pub sub: u32,
+    pub tombstone: bool,
+}
+
+/// A key's versions, oldest first; never empty while the key is in the index. One version (most
+/// keys, once compacted) is held inline; more in a deque shared between copies of the index,
+/// copied when one copy changes it (16 bytes a version).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Versions {
+    One(Entry),
+    /// Two or more.
+    Many(Arc<VecDeque<Entry>>),
+}
+
+impl Versions {
+    fn slices(&self) -> (&[Entry], &[Entry]) {
+        match self {
+            Versions::One(e) => (std::slice::from_ref(e), &[]),
+            Versions::Many(d) => d.as_slices(),
+        }
+    }
+
+    /// The versions, oldest first.
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = &Entry> {
+        let (a, b) = self.slices();
+        a.iter().chain(b.iter())
+    }
+
+    fn last(&self) -> Entry {
+        match self {
+            Versions::One(e) => *e,
+            // Many holds two or more.
+            Versions::Many(d) => d.back().copied().unwrap_or(Entry { main: 0, sub: 0, tombstone: true }),
+        }
+    }
+
+    fn first(&self) -> Entry {
+        match self {
+            Versions::One(e) => *e,
+            Versions::Many(d) => d.front().copied().unwrap_or(Entry { main: 0, sub: 0, tombstone: true }),
+        }
+    }
+
+    fn set_last(&mut self, entry: Entry) {
+        match self {
+            Versions::One(e) => *e = entry,
+            Versions::Many(d) => {
+                if let Some(last) = Arc::make_mut(d).back_mut() {
+                    *last = entry;
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, entry: Entry) {
+        match self {
+            Versions::One(e) => *self = Versions::Many(Arc::new(VecDeque::from([*e, entry]))),
+            Versions::Many(d) => Arc::make_mut(d).push_back(entry),
+        }
+    }
+
+    /// Without its first (`front`) or last version; `None` when that was the only one.
+    fn without(self, front: bool) -> Option<Versions> {
+        match self {
+            Versions::One(_) => None,
+            Versions::Many(mut d) => {
+                let deque = Arc::make_mut(&mut d);
+                if front {
+                    deque.pop_front();
+                } else {
+                    deque.pop_back();
+                }
+                Some(match deque.len() {
+                    1 => Versions::One(deque[0]),
+                    _ => Versions::Many(d),
+                })
+            }
+        }
+    }
+}
+
+/// The key index (see the module's documentation). `commit` is the number of the database
+/// commit it matches (the `mvcc` table's `commit`), checked whenever a copy is paired with a
+/// database transaction.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct KeyIndex {
+    keys: OrdMap<Arc<[u8]>, Versions>,
+    pub(crate) commit: i64,
+}
+
+/// The newest of `versions` at or below `rev`.
+pub(crate) fn newest_in(versions: &Versions, rev: Revision) -> Option<Entry> {
+    match versions {
+        Versions::One(e) => (e.main <= rev).then_some(*e),
+        Versions::Many(d) => match d.back() {
+            None => None,
+            Some(last) if last.main <= rev => Some(*last),
+            Some(_) => match d.binary_search_by(|e| e.main.cmp(&rev)) {
+                Ok(i) => Some(d[i]),
+                Err(0) => None,
+                Err(i) => Some(d[i - 1]),
+            },
+        },
+    }
+}
+
+impl KeyIndex {
+    /// How many keys have a version (a tombstone counts until compaction reclaims it).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// The newest version of `key` at or below `rev`.
+    pub(crate) fn newest(&self, key: &[u8], rev: Revision) -> Option<Entry> {
+        self.keys.get(key).and_then(|v| newest_in(v, rev))
+    }
+
+    /// The versions of the keys in `span`, in key order.
+    pub(crate) fn span<'a>(
+        &'a self,
+        span: &KeySpan<'_>,
+    ) -> Box<dyn Iterator<Item = (&'a Arc<[u8]>, &'a Versions)> + 'a> {
+        let bounds: (Bound<&[u8]>, Bound<&[u8]>) = match *span {
+            KeySpan::One(key) => (Bound::Included(key), Bound::Included(key)),
+            KeySpan::From(key) => (Bound::Included(key), Bound::Unbounded),
+            KeySpan::Between(key, end) if key < end => (Bound::Included(key), Bound::Excluded(end)),
+            KeySpan::Between(..) => return Box::new(std::iter::empty()),
+        };
+        Box::new(self.keys.range::<_, [u8]>(bounds))
+    }
+
+    /// Every key's versions, in key order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<[u8]>, &Versions)> {
+        self.keys.iter()
+    }
+
+    /// Records a version of `key` at `entry.main`. A version already at that revision (the key
+    /// changed twice in one txn) is replaced, keeping its `sub`. Returns the entry recorded and
+    /// the one it replaced, if any. Revisions only grow: an entry below the key's newest is
+    /// refused (`None`).
+    pub(crate) fn record(&mut self, key: &[u8], entry: Entry) -> Option<(Entry, Option<Entry>)> {
+        match self.keys.get_mut(key) {
+            Some(versions) => {
+                let last = versions.last();
+                if last.main == entry.main {
+                    let kept = Entry { sub: last.sub, ..entry };
+                    versions.set_last(kept);
+                    Some((kept, Some(last)))
+                } else if last.main > entry.main {
+                    None
+                } else {
+                    versions.push(entry);
+                    Some((entry, None))
+                }
+            }
+            None => {
+                self.keys.insert(Arc::from(key), Versions::One(entry));
+                Some((entry, None))
+            }
+        }
+    }
+
+    /// Undoes a `record` of `key` that returned `replaced`: puts back the version it replaced,
+    /// or drops the one it added.
+    pub(crate) fn unrecord(&mut self, key: &[u8], replaced: Option<Entry>) {
+        match replaced {
+            Some(previous) => {
+                if let Some(versions) = self.keys.get_mut(key) {
+                    versions.set_last(previous);
+                }
+            }
+            None => self.drop_end(key, false),
+        }
+    }
+
+    fn drop_end(&mut self, key: &[u8], front: bool) {
+        let Some(versions) = self.keys.get_mut(key) else { return };
+        let placeholder = Versions::One(Entry { main: 0, sub: 0, tombstone: true });
+        match std::mem::replace(versions, placeholder).without(front) {
+            Some(rest) => *versions = rest,
+            None => {
+                self.keys.remove(key);
+            }
+        }
+    }
+
+    /// Drops the oldest version of `key`, which must be the one at `main` (compaction reclaims
+    /// in revision order); the key leaves the index with its last version. False if the oldest
+    /// version is not that one.
+    pub(crate) fn drop_oldest(&mut self, key: &[u8], main: Revision) -> bool {
+        match self.keys.get(key) {
+            Some(versions) if versions.first().main == main => {
+                self.drop_end(key, true);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(main: Revision, tombstone: bool) -> Entry {
+        Entry { main, sub: 0, tombstone }
+    }
+
+    #[test]
+    fn the_newest_version_at_a_revision_is_found_among_many() {
+        let mut idx = KeyIndex::default();
+        for main in (2..200).step_by(3) {
+            assert!(idx.record(b"k", e(main, main % 2 == 0)).is_some());
+        }
+        assert_eq!(idx.newest(b"k", 1), None);
+        assert_eq!(idx.newest(b"k", 2), Some(e(2, true)));
+        assert_eq!(idx.newest(b"k", 4), Some(e(2, true)));
+        assert_eq!(idx.newest(b"k", 5), Some(e(5, false)));
+        assert_eq!(idx.newest(b"k", 1000), Some(e(197, false)));
+        assert_eq!(idx.newest(b"other", 1000), None);
+        // Only forward: a version below the newest is refused.
+        assert_eq!(idx.record(b"k", e(100, false)), None);
+    }
+
+    #[test]
+    fn a_second_change_in_one_revision_replaces_the_first_and_keeps_its_place() {
+        let mut idx = KeyIndex::default();
+        idx.record(b"k", e(2, false));
+        let first = Entry { main: 4, sub: 7, tombstone: false };
+        idx.record(b"k", first);
+        let kept = Entry { main: 4, sub: 7, tombstone: true };
+        assert_eq!(idx.record(b"k", Entry { main: 4, sub: 9, tombstone: true }), Some((kept, Some(first))));
+        assert_eq!(idx.newest(b"k", 4), Some(kept));
+        idx.unrecord(b"k", Some(first));
+        assert_eq!(idx.newest(b"k", 4), Some(first));
+        idx.unrecord(b"k", None);
+        assert_eq!(idx.newest(b"k", 4), Some(e(2, false)));
+        idx.unrecord(b"k", None);
+        assert_eq!(idx.len(), 0);
+    }
+
+    #[test]
+    fn a_copy_does_not_see_later_changes() {
+        let mut idx = KeyIndex::default();
+        idx.record(b"a", e(2, false));
+        let copy = idx.clone();
+        idx.record(b"a", e(3, true));
+        idx.record(b"b", e(3, false));
+        assert!(idx.drop_oldest(b"a", 2));
+        assert_eq!(copy.newest(b"a", 10), Some(e(2, false)));
+        assert_eq!(copy.len(), 1);
+        assert_eq!(idx.newest(b"a", 2), None);
+        assert_eq!(idx.len(), 2);
+    }
+
+    #[test]
+    fn spans_are_in_key_order_and_bounded() {
+        let mut idx = KeyIndex::default();
+        for (i, k) in [&b"b"[..], b"a", b"a\0", b"c", b"\xff"].iter().enumerate() {
+            idx.record(k, e(i as Revision + 2, false));
+        }
+        let keys = |span: KeySpan<'_>| idx.span(&span).map(|(k, _)| k.to_vec()).collect::<Vec<_>>();
+        assert_eq!(keys(KeySpan::One(b"a")), vec![b"a".to_vec()]);
+        assert_eq!(keys(KeySpan::One(b"zz")), Vec::<Vec<u8>>::new());
+        assert_eq!(keys(KeySpan::From(b"b")), vec![b"b".to_vec(), b"c".to_vec(), b"\xff".to_vec()]);
+        assert_eq!(keys(KeySpan::Between(b"a", b"b")), vec![b"a".to_vec(), b"a\0".to_vec()]);
+        assert_eq!(keys(KeySpan::Between(b"c", b"a")), Vec::<Vec<u8>>::new());
+    }
+
+    #[test]
+    fn only_the_oldest_version_is_dropped_and_the_last_takes_the_key() {
+        let mut idx = KeyIndex::default();
+        idx.record(b"k", e(2, false));
+        idx.record(b"k", e(5, true));
+        assert!(!idx.drop_oldest(b"k", 5), "not the oldest");
+        assert!(!idx.drop_oldest(b"x", 2), "no such key");
+        assert!(idx.drop_oldest(b"k", 2));
+        assert!(idx.drop_oldest(b"k", 5));
+        assert_eq!(idx.len(), 0);
+    }
+}
