@@ -820,9 +820,11 @@ async fn revoke(args: &BenchArgs, driver: &Arc<dyn Driver>, leases: &[i64]) -> (
 async fn preload(args: &BenchArgs, driver: &Arc<dyn Driver>, value: &Bytes) -> Result<(), CliError> {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
     let mut tasks = Vec::new();
     for worker in 0..args.clients {
         let (driver, value, next, errors) = (driver.clone(), value.clone(), next.clone(), errors.clone());
+        let first_error = first_error.clone();
         let (conn, key_space, key_from, key_size) = (worker % args.conns, args.key_space, args.key_from, args.key_size);
         tasks.push(tokio::spawn(async move {
             loop {
@@ -831,8 +833,9 @@ async fn preload(args: &BenchArgs, driver: &Arc<dyn Driver>, value: &Bytes) -> R
                     break;
                 }
                 let key = key_of(key_from + index, key_size);
-                if driver.request(Call { conn, op: Op::Put, key: &key, value: value.clone() }).await.is_err() {
+                if let Err(e) = driver.request(Call { conn, op: Op::Put, key: &key, value: value.clone() }).await {
                     errors.fetch_add(1, Ordering::Relaxed);
+                    first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                 }
             }
         }));
@@ -842,7 +845,10 @@ async fn preload(args: &BenchArgs, driver: &Arc<dyn Driver>, value: &Bytes) -> R
     }
     match errors.load(Ordering::Relaxed) {
         0 => Ok(()),
-        n => Err(CliError::Failed(format!("preload: {n} of {} writes failed", args.key_space))),
+        n => {
+            let first = first_error.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+            Err(CliError::Failed(format!("preload: {n} of {} writes failed, the first with: {first}", args.key_space)))
+        }
     }
 }
 

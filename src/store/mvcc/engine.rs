@@ -770,8 +770,17 @@ fn build_index<T: Rows>(rows: &T, place: &Place, commit: i64) -> Result<KeyIndex
         if !(1..=MAX_REVISION).contains(&main) {
             return Err(place.corrupt(format!("a row at impossible revision {main}")));
         }
-        let tombstone = !Record::is_live(record).map_err(|d| place.corrupt(format!("revision {main} ({sub}): {d}")))?;
-        if index.record(key, Entry { main, sub, tombstone }).is_none() {
+        let entry = match Record::decode(record) {
+            Ok(Record::Tombstone) => Entry::tombstone(main, sub),
+            Ok(Record::Live { create_revision, version, .. }) if create_revision <= main => {
+                Entry::live(main, sub, create_revision, version)
+            }
+            Ok(Record::Live { create_revision, .. }) => {
+                return Err(place.corrupt(format!("revision {main} ({sub}) was created later, at {create_revision}")))
+            }
+            Err(d) => return Err(place.corrupt(format!("revision {main} ({sub}): {d}"))),
+        };
+        if index.record(key, entry).is_none() {
             return Err(
                 place.corrupt(format!("key {:?} has two rows at revision {main}", String::from_utf8_lossy(key)))
             );
@@ -1178,7 +1187,22 @@ where
 {
     let mut any = false;
     let mut all = true;
-    for_each_newest(kv, place, &KeySpan::new(&c.key, &c.range_end), rev, |key, r, bytes| {
+    let span = KeySpan::new(&c.key, &c.range_end);
+    if matches!(c.target, CompareTarget::Version(_) | CompareTarget::Create(_) | CompareTarget::Mod(_)) {
+        // What these compare is in the key index: no row is read (kube-apiserver's writes are
+        // txns that compare a key's mod revision).
+        for (_, versions) in kv.index.span(&span) {
+            let Some(e) = newest_in(versions, rev).filter(|e| !e.tombstone) else { continue };
+            any = true;
+            let found =
+                KeyValue { create_revision: e.create, mod_revision: e.main, version: e.version, ..KeyValue::default() };
+            if !compare_kv(c, &found) {
+                return Ok(false);
+            }
+        }
+        return Ok(any || compare_kv(c, &KeyValue::default()));
+    }
+    for_each_newest(kv, place, &span, rev, |key, r, bytes| {
         match key_value(place, key, r, bytes, matches!(c.target, CompareTarget::Value(_)))? {
             Some(found) => {
                 any = true;
@@ -1283,8 +1307,9 @@ impl Writer<'_> {
     }
 
     /// Writes `record` for `key` at this revision (a key written twice in one revision keeps
-    /// one row, at the place of its first change).
-    fn write(&mut self, key: &[u8], record: &[u8]) -> Result<(), StoreError> {
+    /// one row, at the place of its first change). `live` is the record's create revision and
+    /// version; `None` for a tombstone.
+    fn write(&mut self, key: &[u8], record: &[u8], live: Option<(Revision, i64)>) -> Result<(), StoreError> {
         let rev = self.begin + 1;
         let sub = match self.index.newest(key, rev) {
             Some(entry) if entry.main == rev => entry.sub,
@@ -1297,7 +1322,10 @@ impl Writer<'_> {
             }
         };
         self.rows.insert((rev, sub), encode_row(key, record).as_slice()).at(self.place, WRITE)?;
-        let entry = Entry { main: rev, sub, tombstone: record == TOMBSTONE };
+        let entry = match live {
+            Some((create, version)) => Entry::live(rev, sub, create, version),
+            None => Entry::tombstone(rev, sub),
+        };
         let Some((_, replaced)) = self.index.record(key, entry) else {
             return Err(self.place.corrupt(format!(
                 "key {:?} has a version after revision {rev}, the one being written",
@@ -1319,17 +1347,23 @@ impl Writer<'_> {
         if req.lease != 0 && !self.lease_exists(req.lease)? {
             return Err(MvccError::LeaseNotFound.into());
         }
-        let prev = match newest_entry(&self.hist(), self.place, &req.key, self.view())? {
-            // The previous value is copied only when it is answered or kept.
-            Some((r, v)) => key_value(self.place, &req.key, r, v.value(), req.prev_kv || req.ignore_value)?,
-            None => None,
+        // The previous version's row is read only when its value or lease is answered or kept;
+        // its create revision and version are in the key index (as etcd's put takes them from
+        // its `treeIndex`).
+        let newest = self.index.newest(&req.key, self.view()).filter(|e| !e.tombstone);
+        let prev = match newest {
+            Some(entry) if req.prev_kv || req.ignore_value || req.ignore_lease => {
+                let row = fetch(&self.rows, self.place, &req.key, entry)?;
+                key_value(self.place, &req.key, entry.main, row.value(), req.prev_kv || req.ignore_value)?
+            }
+            _ => None,
         };
-        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+        if (req.ignore_value || req.ignore_lease) && newest.is_none() {
             return Err(MvccError::KeyNotFound.into());
         }
         let rev = self.begin + 1;
-        let (create_revision, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
+        let (create_revision, version) = match newest {
+            Some(e) => (e.create, e.version + 1),
             None => (rev, 1),
         };
         let value = match (&prev, req.ignore_value) {
@@ -1341,7 +1375,7 @@ impl Writer<'_> {
             _ => req.lease,
         };
         let record = Record::encode_live(create_revision, version, lease, value);
-        self.write(&req.key, &record)?;
+        self.write(&req.key, &record, Some((create_revision, version)))?;
         if lease != 0 {
             self.meta.insert(lease_key_name(lease, &req.key).as_str(), &[][..]).at(self.place, WRITE)?;
         }
@@ -1363,7 +1397,7 @@ impl Writer<'_> {
             Ok(ControlFlow::Continue(()))
         })?;
         for key in &gone {
-            self.write(key, TOMBSTONE)?;
+            self.write(key, TOMBSTONE, None)?;
         }
         Ok(DeleteRangeResponse { revision: self.view(), deleted: gone.len() as i64, prev_kvs })
     }
@@ -1697,7 +1731,7 @@ impl Batch {
             let record = Record::encode_live(item.create_revision, item.version, item.lease, &item.value);
             let sub = next_sub(&rows, place, item.mod_revision)?;
             rows.insert((item.mod_revision, sub), encode_row(&item.key, &record).as_slice()).at(place, WRITE)?;
-            let entry = Entry { main: item.mod_revision, sub, tombstone: false };
+            let entry = Entry::live(item.mod_revision, sub, item.create_revision, item.version);
             if self.index.newest(&item.key, MAX_REVISION).is_some() || self.index.record(&item.key, entry).is_none() {
                 return Err(StoreError::BadSnapshot(format!(
                     "key {:?} comes twice",
@@ -1748,7 +1782,7 @@ impl Batch {
         let Some(keys) = self.note(found)? else { return Ok(Err(MvccError::LeaseNotFound)) };
         let deleted = self.write_op(|w| {
             for key in &keys {
-                w.write(key, TOMBSTONE)?;
+                w.write(key, TOMBSTONE, None)?;
             }
             Ok(())
         })?;

@@ -613,9 +613,26 @@ fn damaged_records_are_errors_not_panics() {
         let err = store.range(&one("a")).unwrap_err();
         assert!(matches!(&err, ReadError::Storage(e) if e.is_corrupt()), "{damage:?}: {err}");
         assert!(store.range(&RangeRequest { count_only: true, ..one("a") }).is_err(), "{damage:?}");
+        // A put that answers or keeps the previous version reads its row, and fails.
         let mut batch = store.begin().unwrap();
-        assert!(batch.put(&put_req("a", "2")).is_err(), "{damage:?}");
+        assert!(batch.put(&PutRequest { prev_kv: true, ..put_req("a", "2") }).is_err(), "{damage:?}");
         assert!(batch.commit(false).is_err());
+        // A plain put, and a txn comparing the mod revision, read no row: the key index has the
+        // previous version's create revision and version (as etcd's treeIndex).
+        let mut batch = store.begin().unwrap();
+        let cas = TxnRequest {
+            compare: vec![Compare {
+                key: b("a"),
+                range_end: Vec::new(),
+                target: CompareTarget::Mod(2),
+                result: CompareResult::Equal,
+            }],
+            success: vec![RequestOp::Put(put_req("a", "2"))],
+            failure: Vec::new(),
+        };
+        assert!(batch.txn(&cas).unwrap().unwrap().succeeded, "{damage:?}");
+        assert!(batch.put(&put_req("a", "3")).unwrap().is_ok(), "{damage:?}");
+        drop(batch);
     }
 }
 

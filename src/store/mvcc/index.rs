@@ -18,17 +18,38 @@ use imbl::OrdMap;
 use super::check::KeySpan;
 use super::types::Revision;
 
-/// Where one version of a key is: `hist` row `(main, sub)`.
+/// Where one version of a key is: `hist` row `(main, sub)`; and, for a live version, its create
+/// revision and version, as its record holds them (etcd's `keyIndex` keeps both in its
+/// generations), so that a put or a compare on those fields needs no read of the row. A
+/// tombstone has 0 for both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub main: Revision,
+    pub create: Revision,
+    pub version: i64,
     pub sub: u32,
     pub tombstone: bool,
 }
 
+impl Entry {
+    /// A placeholder, never stored.
+    const NONE: Entry = Entry { main: 0, create: 0, version: 0, sub: 0, tombstone: true };
+
+    /// The tombstone at row `(main, sub)`.
+    pub(crate) fn tombstone(main: Revision, sub: u32) -> Entry {
+        Entry { main, create: 0, version: 0, sub, tombstone: true }
+    }
+
+    /// The live version at row `(main, sub)`, created at `create`, the `version`th of its
+    /// generation.
+    pub(crate) fn live(main: Revision, sub: u32, create: Revision, version: i64) -> Entry {
+        Entry { main, create, version, sub, tombstone: false }
+    }
+}
+
 /// A key's versions, oldest first; never empty while the key is in the index. One version (most
 /// keys, once compacted) is held inline; more in a deque shared between copies of the index,
-/// copied when one copy changes it (16 bytes a version).
+/// copied when one copy changes it (32 bytes a version).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Versions {
     One(Entry),
@@ -54,14 +75,14 @@ impl Versions {
         match self {
             Versions::One(e) => *e,
             // Many holds two or more.
-            Versions::Many(d) => d.back().copied().unwrap_or(Entry { main: 0, sub: 0, tombstone: true }),
+            Versions::Many(d) => d.back().copied().unwrap_or(Entry::NONE),
         }
     }
 
     fn first(&self) -> Entry {
         match self {
             Versions::One(e) => *e,
-            Versions::Many(d) => d.front().copied().unwrap_or(Entry { main: 0, sub: 0, tombstone: true }),
+            Versions::Many(d) => d.front().copied().unwrap_or(Entry::NONE),
         }
     }
 
@@ -200,7 +221,7 @@ impl KeyIndex {
 
     fn drop_end(&mut self, key: &[u8], front: bool) {
         let Some(versions) = self.keys.get_mut(key) else { return };
-        let placeholder = Versions::One(Entry { main: 0, sub: 0, tombstone: true });
+        let placeholder = Versions::One(Entry::NONE);
         match std::mem::replace(versions, placeholder).without(front) {
             Some(rest) => *versions = rest,
             None => {
@@ -228,7 +249,11 @@ mod tests {
     use super::*;
 
     fn e(main: Revision, tombstone: bool) -> Entry {
-        Entry { main, sub: 0, tombstone }
+        if tombstone {
+            Entry::tombstone(main, 0)
+        } else {
+            Entry::live(main, 0, 1, main)
+        }
     }
 
     #[test]
@@ -251,10 +276,10 @@ mod tests {
     fn a_second_change_in_one_revision_replaces_the_first_and_keeps_its_place() {
         let mut idx = KeyIndex::default();
         idx.record(b"k", e(2, false));
-        let first = Entry { main: 4, sub: 7, tombstone: false };
+        let first = Entry::live(4, 7, 2, 2);
         idx.record(b"k", first);
-        let kept = Entry { main: 4, sub: 7, tombstone: true };
-        assert_eq!(idx.record(b"k", Entry { main: 4, sub: 9, tombstone: true }), Some((kept, Some(first))));
+        let kept = Entry::tombstone(4, 7);
+        assert_eq!(idx.record(b"k", Entry::tombstone(4, 9)), Some((kept, Some(first))));
         assert_eq!(idx.newest(b"k", 4), Some(kept));
         idx.unrecord(b"k", Some(first));
         assert_eq!(idx.newest(b"k", 4), Some(first));
