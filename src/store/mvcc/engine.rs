@@ -1033,8 +1033,7 @@ where
             continue;
         }
         seen += 1;
-        let known = KeyValue { create_revision: entry.create, mod_revision: entry.main, ..KeyValue::default() };
-        if !passes(&known) {
+        if !passes(&indexed(entry)) {
             continue;
         }
         let row = fetch(kv.rows, place, key, entry)?;
@@ -1203,9 +1202,7 @@ where
         for (_, versions) in kv.index.span(&span) {
             let Some(e) = newest_in(versions, rev).filter(|e| !e.tombstone) else { continue };
             any = true;
-            let found =
-                KeyValue { create_revision: e.create, mod_revision: e.main, version: e.version, ..KeyValue::default() };
-            if !compare_kv(c, &found) {
+            if !compare_kv(c, &indexed(e)) {
                 return Ok(false);
             }
         }
@@ -1228,6 +1225,12 @@ where
         return Ok(!matches!(c.target, CompareTarget::Value(_)) && compare_kv(c, &KeyValue::default()));
     }
     Ok(all)
+}
+
+/// What the key index knows of a live version, without its row: its revisions and version (no
+/// key, value or lease).
+fn indexed(entry: Entry) -> KeyValue {
+    KeyValue { create_revision: entry.create, mod_revision: entry.main, version: entry.version, ..KeyValue::default() }
 }
 
 /// etcd's `compareKV`.
