@@ -269,6 +269,17 @@ impl<'a> Record<'a> {
         }
     }
 
+    /// The record of a version at revision `rev`: as `decode`, and refused when it says it was
+    /// created after `rev`.
+    pub(crate) fn decode_at(bytes: &'a [u8], rev: Revision) -> Result<Record<'a>, String> {
+        match Record::decode(bytes)? {
+            Record::Live { create_revision, .. } if create_revision > rev => {
+                Err(format!("created later, at {create_revision}"))
+            }
+            record => Ok(record),
+        }
+    }
+
     pub(crate) fn is_live(bytes: &[u8]) -> Result<bool, String> {
         Record::decode(bytes).map(|r| matches!(r, Record::Live { .. }))
     }
@@ -291,9 +302,9 @@ pub(super) fn key_value(
     bytes: &[u8],
     with_value: bool,
 ) -> Result<Option<KeyValue>, StoreError> {
-    match Record::decode(bytes) {
+    match Record::decode_at(bytes, rev) {
         Ok(Record::Tombstone) => Ok(None),
-        Ok(Record::Live { create_revision, version, lease, value }) if create_revision <= rev => Ok(Some(KeyValue {
+        Ok(Record::Live { create_revision, version, lease, value }) => Ok(Some(KeyValue {
             key: key.to_vec(),
             create_revision,
             mod_revision: rev,
@@ -301,10 +312,6 @@ pub(super) fn key_value(
             value: if with_value { value.to_vec() } else { Vec::new() },
             lease,
         })),
-        Ok(Record::Live { create_revision, .. }) => Err(place.corrupt(format!(
-            "key {:?} at revision {rev} was created later, at {create_revision}",
-            String::from_utf8_lossy(key)
-        ))),
         Err(detail) => {
             Err(place.corrupt(format!("key {:?} at revision {rev}: {detail}", String::from_utf8_lossy(key))))
         }
@@ -770,14 +777,9 @@ fn build_index<T: Rows>(rows: &T, place: &Place, commit: i64) -> Result<KeyIndex
         if !(1..=MAX_REVISION).contains(&main) {
             return Err(place.corrupt(format!("a row at impossible revision {main}")));
         }
-        let entry = match Record::decode(record) {
+        let entry = match Record::decode_at(record, main) {
             Ok(Record::Tombstone) => Entry::tombstone(main, sub),
-            Ok(Record::Live { create_revision, version, .. }) if create_revision <= main => {
-                Entry::live(main, sub, create_revision, version)
-            }
-            Ok(Record::Live { create_revision, .. }) => {
-                return Err(place.corrupt(format!("revision {main} ({sub}) was created later, at {create_revision}")))
-            }
+            Ok(Record::Live { create_revision, version, .. }) => Entry::live(main, sub, create_revision, version),
             Err(d) => return Err(place.corrupt(format!("revision {main} ({sub}): {d}"))),
         };
         if index.record(key, entry).is_none() {

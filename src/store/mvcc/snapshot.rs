@@ -597,12 +597,7 @@ fn read_record<R: Read>(input: &mut Input<R>, stage: &mut u8, max_rev: &mut Revi
 /// Whether a version from a stream can be one: a key, a revision from 1, and a record that
 /// decodes and was not created after that revision.
 fn sound_version(key: &[u8], rev: Revision, record: &[u8]) -> bool {
-    let created_in_time = match Record::decode(record) {
-        Ok(Record::Live { create_revision, .. }) => create_revision <= rev,
-        Ok(Record::Tombstone) => true,
-        Err(_) => false,
-    };
-    !key.is_empty() && rev >= 1 && created_in_time
+    !key.is_empty() && rev >= 1 && Record::decode_at(record, rev).is_ok()
 }
 
 /// Reads the magic bytes and the format of a stream.
