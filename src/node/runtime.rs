@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use super::latency::{AppendClock, WritePoint};
 use super::shared::{lock, read, write, LoopStatus, Shared};
 use super::timeline::{self, EventKind};
-use super::writer::{Done, Write, Writer};
+use super::writer::{Courier, Done, Write, Writer};
 use crate::raft::{
     ConfChange, ConfChangeKind, DataLoss, Entry, EntryPayload, Index, Message, MessageBody, NodeId, ProposeError,
     RawNode, Ready, Role, Snapshot, SnapshotMeta, Term,
@@ -152,6 +152,11 @@ pub trait Outbox: Send {
     /// The current membership, after every Ready cycle: an outbox may drop what it keeps for
     /// members that left.
     fn retain(&mut self, _members: &crate::raft::ConfState) {}
+    /// A way for the writer's thread to send the messages of a write the moment it is durable
+    /// (`node::writer::Courier`); without one they leave through the loop once it hears.
+    fn courier(&self) -> Option<Arc<dyn Courier>> {
+        None
+    }
 }
 
 /// A storage failure that lasts: since when, and what the log last said about it.
@@ -161,7 +166,8 @@ struct StorageFailure {
     logged_at: Instant,
 }
 
-/// Messages that wait until the writes of Readies up to `number` are durable.
+/// Messages that wait until the writes of Readies up to `number` are durable, and leave when
+/// the loop hears of it (those that the writer's thread does not send itself, `Write::messages`).
 struct Held {
     number: u64,
     messages: Vec<Message>,
@@ -262,7 +268,7 @@ impl RaftLoop {
     /// Writes on a thread of its own (`node::writer`), which wakes the loop through `wake`, its
     /// own input queue. Without this, the loop writes inline, on its own thread, when it drives.
     pub fn with_writer_thread(mut self, wake: SyncSender<Input>) -> std::io::Result<RaftLoop> {
-        self.writer.start_thread(wake)?;
+        self.writer.start_thread(wake, self.outbox.courier())?;
         Ok(self)
     }
 
@@ -560,21 +566,29 @@ impl RaftLoop {
     /// again), so unless no write is under way it goes to the writer too, empty, and its
     /// messages leave when the writer reports it.
     fn hand_to_writer(&mut self, rd: &mut Ready) {
-        let write = Write {
+        let mut write = Write {
             number: rd.number,
             hard_state: rd.hard_state.take(),
             snapshot: rd.snapshot.take(),
             entries: std::mem::take(&mut rd.entries),
+            ..Write::default()
         };
         let append_since = self.append_clock.since().filter(|_| !write.entries.is_empty());
         if !write.entries.is_empty() {
             self.append_clock.reset();
         }
-        let held = Held { number: rd.number, messages: std::mem::take(&mut rd.persisted_messages), append_since };
+        let mut held = Held { number: rd.number, messages: std::mem::take(&mut rd.persisted_messages), append_since };
         if write.is_empty() && self.held.is_empty() {
             self.raw.persisted(held.number);
             self.release(held);
             return;
+        }
+        // The writer's thread sends them itself the moment the write is durable (a follower's
+        // acknowledgement, issue 19), unless one is a snapshot, which only the loop prepares.
+        let snapshot = held.messages.iter().any(|m| matches!(m.body, MessageBody::InstallSnapshot { .. }));
+        if self.writer.delivers() && !snapshot {
+            write.messages = std::mem::take(&mut held.messages);
+            write.append_since.extend(held.append_since.take());
         }
         self.held.push_back(held);
         self.writer.submit(write);

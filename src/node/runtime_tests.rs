@@ -18,11 +18,21 @@ const ME: NodeId = 2;
 const LEADER: NodeId = 1;
 const TERM: Term = 2;
 
+/// What was sent; with `.1` set, the writer's thread sends through it too (`Outbox::courier`).
 #[derive(Clone, Default)]
-struct Recorded(Arc<Mutex<Vec<Message>>>);
+struct Recorded(Arc<Mutex<Vec<Message>>>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Outbox for Recorded {
     fn send(&mut self, messages: Vec<Message>) {
+        self.0.lock().expect("outbox").extend(messages);
+    }
+    fn courier(&self) -> Option<Arc<dyn Courier>> {
+        self.1.load(Ordering::Relaxed).then(|| Arc::new(self.clone()) as Arc<dyn Courier>)
+    }
+}
+
+impl Courier for Recorded {
+    fn deliver(&self, messages: Vec<Message>, _appends: &[Instant]) {
         self.0.lock().expect("outbox").extend(messages);
     }
 }
@@ -500,13 +510,15 @@ impl FileSystem for GatedFs {
 }
 
 /// A follower whose loop writes on its writer thread over a file system whose fsyncs wait while
-/// the gate is shut, with the gate shut. The returned thread opens the gate after 20 s whatever
+/// the gate is shut, with the gate shut; with `courier`, the writer's thread sends the messages
+/// that wait for its writes itself. The returned thread opens the gate after 20 s whatever
 /// happens, so that a loop that waits for the disk makes a test fail instead of hanging it;
 /// join it at the end.
-fn gated_member() -> (Member, Gate, std::thread::JoinHandle<()>) {
+fn gated_member(courier: bool) -> (Member, Gate, std::thread::JoinHandle<()>) {
     let gate = Gate::default();
     let (tx, rx) = std::sync::mpsc::sync_channel(64);
     let mut m = member_on(Arc::new(GatedFs(gate.clone())), rx);
+    m.sent.1.store(courier, Ordering::Relaxed);
     m.lp = m.lp.with_writer_thread(tx).expect("writer thread");
     gate.set_shut(true);
     let breaker = {
@@ -543,21 +555,54 @@ fn run_until(m: &mut Member, rounds: usize, done: impl Fn(&Member) -> bool) {
 /// acknowledgement waits for the write, and its entries apply only once they are durable here.
 /// With the inline writer (the loop writing on its own thread, as before the writer thread) the
 /// first `step` cannot return until the disk does, and the first assertion fails.
+/// Both ways the acknowledgement can leave: through the loop, and from the writer's thread.
 #[test]
 fn the_loop_goes_on_while_its_writer_syncs_and_acknowledges_only_what_is_durable() {
-    let (mut m, gate, breaker) = gated_member();
+    for courier in [false, true] {
+        let (mut m, gate, breaker) = gated_member(courier);
 
-    m.append(4, 5, 1);
-    m.step(MessageBody::Heartbeat { commit: 5, read_seq: 0 });
-    assert!(gate.is_shut(), "the loop returned while its write was still waiting for the disk");
-    assert!(m.acknowledged().iter().all(|i| *i < 4), "nothing acknowledged before it is durable");
-    assert_eq!(m.value("key"), None, "nothing applied before it is durable here");
+        m.append(4, 5, 1);
+        m.step(MessageBody::Heartbeat { commit: 5, read_seq: 0 });
+        assert!(gate.is_shut(), "the loop returned while its write was still waiting for the disk");
+        assert!(m.acknowledged().iter().all(|i| *i < 4), "nothing acknowledged before it is durable");
+        assert_eq!(m.value("key"), None, "nothing applied before it is durable here");
 
-    gate.set_shut(false);
-    run_until(&mut m, 500, |m| m.acknowledged().contains(&5) && m.value("key") == Some(Bytes::from("5")));
-    assert!(m.acknowledged().contains(&5), "acknowledged once written: {:?}", m.acknowledged());
-    assert_eq!(m.value("key"), Some(Bytes::from("5")), "applied once durable");
-    breaker.join().expect("breaker");
+        gate.set_shut(false);
+        run_until(&mut m, 500, |m| m.acknowledged().contains(&5) && m.value("key") == Some(Bytes::from("5")));
+        assert!(m.acknowledged().contains(&5), "acknowledged once written: {:?}", m.acknowledged());
+        assert_eq!(m.value("key"), Some(Bytes::from("5")), "applied once durable");
+        breaker.join().expect("breaker");
+    }
+}
+
+/// Issue 19, part 3: a follower's acknowledgement is sent the moment its fsync returns. With a
+/// courier (the transport, as a member runs) the writer's thread sends it itself: it leaves
+/// while nothing drives the loop. Without one it waits for the loop to hear of the write, as
+/// the first half shows; a writer that left it to the loop fails the second half.
+#[test]
+fn a_followers_acknowledgement_leaves_from_the_writer_the_moment_its_write_is_durable() {
+    for courier in [false, true] {
+        let (mut m, gate, breaker) = gated_member(courier);
+        m.append(4, 5, 1);
+        assert!(m.acknowledged().iter().all(|i| *i < 4), "nothing acknowledged before it is durable");
+
+        gate.set_shut(false);
+        // The loop stands still; only the writer's thread runs.
+        for _ in 0..100 {
+            if m.acknowledged().contains(&5) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let sent_alone = m.acknowledged().contains(&5);
+        assert_eq!(sent_alone, courier, "acknowledged without the loop: {:?}", m.acknowledged());
+
+        // The loop hears of the write afterwards: it applies, and (without a courier) sends.
+        run_until(&mut m, 500, |m| m.acknowledged().contains(&5) && m.value("key") == Some(Bytes::from("5")));
+        assert_eq!(m.acknowledged().iter().filter(|i| **i == 5).count(), 1, "acknowledged once");
+        assert_eq!(m.value("key"), Some(Bytes::from("5")));
+        breaker.join().expect("breaker");
+    }
 }
 
 /// A Ready with nothing to write whose messages answer for a write under way (the leader sent
@@ -568,7 +613,7 @@ fn the_loop_goes_on_while_its_writer_syncs_and_acknowledges_only_what_is_durable
 /// assertion), and holding it without handing it over would keep it until some later write.
 #[test]
 fn an_answer_that_waits_for_an_earlier_write_leaves_when_that_write_is_durable() {
-    let (mut m, gate, breaker) = gated_member();
+    let (mut m, gate, breaker) = gated_member(true);
 
     m.append(4, 5, 1);
     m.append(4, 5, 1);

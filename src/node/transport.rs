@@ -47,7 +47,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -64,6 +64,7 @@ use super::latency::WritePoint;
 use super::runtime::{note_peer_urls, offer, Input, Outbox};
 use super::shared::{lock, read, Shared, StagedSnapshot};
 use super::timeline::{self, EventKind};
+use super::writer::Courier;
 use crate::base::tls::certificate_names;
 use crate::base::wire::MAX_KEY_BYTES;
 use crate::http::client::{self, Dial, HttpClient};
@@ -171,17 +172,22 @@ impl PeerLimits {
 }
 
 pub struct Transport {
+    queues: Arc<Queues>,
+}
+
+/// A queue per peer, each drained by a sender task, and what a new task needs. The Raft loop
+/// sends through it (`Outbox::send`), and so does the writer's thread (`Courier`), which sends
+/// a follower's acknowledgement the moment its fsync returned, without the hop back to the loop.
+struct Queues {
+    map: Mutex<HashMap<NodeId, mpsc::Sender<Message>>>,
     shared: Arc<Shared>,
-    queues: HashMap<NodeId, mpsc::Sender<Message>>,
     runtime: tokio::runtime::Handle,
     http: HttpClient,
     loop_tx: SyncSender<Input>,
-    /// The membership of the last `retain`.
-    members: Option<ConfState>,
     /// Sender tasks running (each ends once its queue is removed and drained).
     live: Arc<AtomicUsize>,
     /// Messages go on streams (`--peer-streams`); else one POST per batch.
-    streams: bool,
+    streams: AtomicBool,
 }
 
 impl Transport {
@@ -195,66 +201,83 @@ impl Transport {
         local_ip: Option<IpAddr>,
         tls: Option<Arc<ClientTls>>,
     ) -> Transport {
-        Transport {
+        let queues = Queues {
+            map: Mutex::new(HashMap::new()),
             shared,
-            queues: HashMap::new(),
             runtime,
             http: HttpClient::new(Dial::peer(local_ip).with_tls(tls)),
             loop_tx,
-            members: None,
             live: Arc::new(AtomicUsize::new(0)),
-            streams: true,
-        }
+            streams: AtomicBool::new(true),
+        };
+        Transport { queues: Arc::new(queues) }
     }
 
     /// With `false`, every batch is posted on its own (`--peer-streams=false`).
     pub fn with_streams(self, streams: bool) -> Transport {
-        Transport { streams, ..self }
+        self.queues.streams.store(streams, Ordering::Relaxed);
+        self
     }
 
     /// Sender tasks that are still running.
     pub fn live_senders(&self) -> usize {
-        self.live.load(Ordering::Relaxed)
+        self.queues.live.load(Ordering::Relaxed)
     }
+}
 
-    fn queue(&mut self, to: NodeId) -> &mpsc::Sender<Message> {
-        let shared = self.shared.clone();
-        let http = self.http.clone();
-        let loop_tx = self.loop_tx.clone();
-        let runtime = self.runtime.clone();
-        let live = self.live.clone();
-        let streams = self.streams;
-        self.queues.entry(to).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            live.fetch_add(1, Ordering::Relaxed);
-            runtime.spawn(peer_sender(to, rx, shared, http, loop_tx, streams, LiveGuard(live)));
-            tx
-        })
+impl Queues {
+    fn send(&self, messages: Vec<Message>) {
+        let mut map = lock(&self.map);
+        for m in messages {
+            let to = m.to;
+            let queue = map.entry(to).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                self.live.fetch_add(1, Ordering::Relaxed);
+                let (shared, http, loop_tx) = (self.shared.clone(), self.http.clone(), self.loop_tx.clone());
+                let (streams, live) = (self.streams.load(Ordering::Relaxed), LiveGuard(self.live.clone()));
+                self.runtime.spawn(peer_sender(to, rx, shared, http, loop_tx, streams, live));
+                tx
+            });
+            if queue.try_send(m).is_err() {
+                self.shared.metrics.peer_messages_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Courier for Queues {
+    fn deliver(&self, messages: Vec<Message>, appends: &[Instant]) {
+        for since in appends {
+            self.shared.latency.append(0, *since);
+        }
+        self.send(messages);
+        for since in appends {
+            self.shared.latency.append(1, *since);
+        }
     }
 }
 
 impl Outbox for Transport {
     fn send(&mut self, messages: Vec<Message>) {
-        for m in messages {
-            let to = m.to;
-            if self.queue(to).try_send(m).is_err() {
-                self.shared.metrics.peer_messages_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.queues.send(messages);
     }
 
-    /// When the membership changed: drops the queues of members that are no longer in it; their
-    /// tasks send what is queued and end. An empty membership (a member that joins and has not
-    /// learned it yet) removes nothing.
+    /// Drops the queues of members that are no longer in the membership; their tasks send what
+    /// is queued and end. An empty membership (a member that joins and has not learned it yet)
+    /// removes nothing. Looked at after every Ready cycle, not only when the membership changed:
+    /// the writer's thread may have answered a member that left since (a queue made again).
     fn retain(&mut self, members: &ConfState) {
-        if self.members.as_ref() == Some(members) {
-            return;
-        }
-        self.members = Some(members.clone());
         if members.voters.is_empty() && members.learners.is_empty() {
             return;
         }
-        self.queues.retain(|id, _| members.contains(*id));
+        let mut map = lock(&self.queues.map);
+        if map.keys().any(|id| !members.contains(*id)) {
+            map.retain(|id, _| members.contains(*id));
+        }
+    }
+
+    fn courier(&self) -> Option<Arc<dyn Courier>> {
+        Some(self.queues.clone())
     }
 }
 

@@ -11,6 +11,12 @@
 //! succeeds, and nothing after it is written meanwhile; the loop hears `Done::Failed` and
 //! refuses work until a write succeeds again.
 //!
+//! The messages that promise a write (a follower's acknowledgement of an append, a vote) go
+//! with it when the loop has a [`Courier`]: the writer's thread sends them the moment the write
+//! is durable, before it reports to the loop, so that an acknowledgement does not wait for the
+//! loop to wake and hear (issue 19). Without one, or for a snapshot, the loop sends them when
+//! it hears.
+//!
 //! Tests that drive the loop by hand use the inline writer: the same writes, done on the loop's
 //! thread when it polls.
 
@@ -23,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use super::runtime::Input;
 use super::shared::lock;
-use crate::raft::{Entry, HardState, Index, Snapshot};
+use crate::raft::{Entry, HardState, Index, Message, Snapshot};
 use crate::store::Storage;
 
 /// While storage fails, a write is retried this often: not in a tight loop against the failing
@@ -39,6 +45,17 @@ pub struct Write {
     pub hard_state: Option<HardState>,
     pub snapshot: Option<Snapshot>,
     pub entries: Vec<Entry>,
+    /// Sent by the writer's thread once this write and every one before it are durable.
+    pub messages: Vec<Message>,
+    /// When the follower's appends that `messages` acknowledge arrived (`node::latency`).
+    pub append_since: Vec<Instant>,
+}
+
+/// Sends messages from the writer's thread (the transport's peer queues).
+pub trait Courier: Send + Sync {
+    /// Sends `messages`, whose writes are durable; `appends`: when the appends they acknowledge
+    /// arrived.
+    fn deliver(&self, messages: Vec<Message>, appends: &[Instant]);
 }
 
 impl Write {
@@ -58,6 +75,8 @@ impl Write {
             self.entries.retain(|e| e.index < first.index);
         }
         self.entries.extend(later.entries);
+        self.messages.extend(later.messages);
+        self.append_since.extend(later.append_since);
     }
 }
 
@@ -107,13 +126,12 @@ pub struct Writer {
 
 enum Mode {
     /// Writes on the loop's thread when it polls; a failed write waits for `retry_at`.
-    Inline {
-        queue: VecDeque<Write>,
-        retry_at: Instant,
-    },
+    Inline { queue: VecDeque<Write>, retry_at: Instant },
     Thread {
         tx: Option<Sender<Write>>,
         done: Receiver<Done>,
+        /// The thread sends each write's `messages` itself.
+        delivers: bool,
         stop: Arc<AtomicBool>,
         thread: Option<JoinHandle<()>>,
     },
@@ -126,8 +144,9 @@ impl Writer {
     }
 
     /// Moves the writes to a thread of their own; `wake` is the loop's input queue, which the
-    /// thread pokes after each report. Writes already submitted are written first, inline.
-    pub fn start_thread(&mut self, wake: SyncSender<Input>) -> std::io::Result<()> {
+    /// thread pokes after each report; with a `courier` it sends each write's `messages` itself.
+    /// Writes already submitted are written first, inline.
+    pub fn start_thread(&mut self, wake: SyncSender<Input>, courier: Option<Arc<dyn Courier>>) -> std::io::Result<()> {
         if let Mode::Inline { queue, .. } = &self.mode {
             if !queue.is_empty() {
                 return Err(std::io::Error::other("writes are queued inline; poll them first"));
@@ -138,11 +157,17 @@ impl Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let storage = self.storage.clone();
         let stopping = stop.clone();
+        let delivers = courier.is_some();
         let thread = std::thread::Builder::new()
             .name("raft-writer".into())
-            .spawn(move || run(&storage, &rx, &done_tx, &wake, &stopping))?;
-        self.mode = Mode::Thread { tx: Some(tx), done, stop, thread: Some(thread) };
+            .spawn(move || run(&storage, &rx, &done_tx, &wake, courier.as_deref(), &stopping))?;
+        self.mode = Mode::Thread { tx: Some(tx), done, delivers, stop, thread: Some(thread) };
         Ok(())
+    }
+
+    /// Whether the writer sends the `messages` of the writes it is handed.
+    pub fn delivers(&self) -> bool {
+        matches!(self.mode, Mode::Thread { delivers: true, .. })
     }
 
     /// The storage, for what the loop does with it besides writing (compaction).
@@ -211,15 +236,19 @@ fn run(
     rx: &Receiver<Write>,
     done: &Sender<Done>,
     wake: &SyncSender<Input>,
+    courier: Option<&dyn Courier>,
     stop: &AtomicBool,
 ) {
     while let Ok(first) = rx.recv() {
         let mut writes = vec![first];
         writes.extend(rx.try_iter().take(MAX_MERGED - 1));
-        for w in merge(writes) {
+        for mut w in merge(writes) {
             loop {
                 let report = write(storage, &w);
                 let failed = matches!(report, Done::Failed(_));
+                if let Some(courier) = courier.filter(|_| !failed && !w.messages.is_empty()) {
+                    courier.deliver(std::mem::take(&mut w.messages), &w.append_since);
+                }
                 if done.send(report).is_err() {
                     return;
                 }
@@ -244,7 +273,8 @@ mod tests {
 
     fn w(number: u64, entries: std::ops::RangeInclusive<Index>, term: u64) -> Write {
         let entries = entries.map(|index| Entry { index, term, payload: EntryPayload::Noop }).collect();
-        Write { number, hard_state: Some(HardState { term, vote: None, commit: number }), snapshot: None, entries }
+        let hard_state = Some(HardState { term, vote: None, commit: number });
+        Write { number, hard_state, entries, ..Write::default() }
     }
 
     #[test]
