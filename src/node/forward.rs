@@ -2,11 +2,14 @@
 //! port, as etcd's followers serve them (issue 15).
 //!
 //! - **Writes.** A follower sends the encoded commands its clients asked for to the leader in
-//!   batches (`POST /raft/v1/propose`); the leader proposes each, and answers once they applied
-//!   with each command's outcome and the index it had applied. The follower answers its clients
-//!   once it applied as far itself (bounded by [`CATCH_UP`]), so a client that reads from the
-//!   member it wrote through sees its write, as with etcd, whose followers answer after their
-//!   own apply. Only commands whose outcome is small go this way (`Command::answer_is_small`).
+//!   batches (`POST /raft/v1/place`). The leader appends each to its log and answers at once
+//!   with where it placed it: the entry's index and term. The follower then takes each write's
+//!   outcome from its own apply of that entry ([`Outcomes`]), as etcd's followers do (their
+//!   wait registry is keyed by request id; ours by entry): a client that reads back through the
+//!   member it wrote through sees its write, and the answer does not wait for the leader's
+//!   apply and a second trip. An entry of another term at that index means the write was
+//!   overwritten by a new leader and never applies (safe to retry). Only commands whose outcome
+//!   is small go this way (`Command::answer_is_small`).
 //! - **Linearizable reads.** A follower asks the leader for a read index (`POST
 //!   /raft/v1/read-index`): the leader's commit index, confirmed by a quorum (thesis §6.4). It
 //!   then serves the read from its own state once it applied that far. Every read that arrived
@@ -25,7 +28,7 @@
 //! one round trip; many share one. A leader that does not know the routes (an older kuberaft
 //! answers 404) is remembered, and its followers forward whole calls as before.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -46,11 +49,11 @@ use super::shared::{lock, Shared};
 use super::transport::{check_sender, peer_request, read_batch, reject, PeerServer, BATCH_TARGET_BYTES};
 use crate::http::client::{self, Dial, HttpClient};
 use crate::http::tls::ClientTls;
-use crate::raft::{Index, NodeId};
+use crate::raft::{Index, NodeId, Term};
 use crate::store::codec;
 use crate::store::command::{decode, ApplyResult, Command};
 
-pub const PROPOSE_PATH: &str = "/raft/v1/propose";
+pub const PLACE_PATH: &str = "/raft/v1/place";
 pub const READ_INDEX_PATH: &str = "/raft/v1/read-index";
 pub const LEASE_RENEW_PATH: &str = "/raft/v1/lease-renew";
 
@@ -63,25 +66,34 @@ const IN_FLIGHT: usize = 4;
 pub const FORWARDED_SLOTS: usize = crate::http::serve::PEER_PORT.max_requests / 3;
 /// Work waiting to be forwarded, per kind; past it a request fails as overloaded.
 const QUEUE: usize = 8192;
-/// How long a follower waits to apply what the leader applied before it answers a write (the
-/// write stands either way).
-pub const CATCH_UP: Duration = Duration::from_secs(1);
-/// The leader answers a batch of proposals within this (each proposal has `PROPOSE_TIMEOUT`).
-const PROPOSE_BATCH_TIMEOUT: Duration = Duration::from_secs(PROPOSE_TIMEOUT.as_secs() + 2);
-/// The leader's answer to a batch: per command an outcome of a few dozen bytes (small answers
-/// only come this way), and an error's reason of at most a few hundred.
-const MAX_PROPOSE_ANSWER_BYTES: usize = MAX_BATCH * 1024 + 1024;
+/// The leader answers a batch of proposals within this (its Raft loop takes them within
+/// `PROPOSE_TIMEOUT`).
+const PLACE_BATCH_TIMEOUT: Duration = Duration::from_secs(PROPOSE_TIMEOUT.as_secs() + 2);
+/// The leader's answer to a batch: per command a place of a few bytes, or an error's reason of
+/// at most a few hundred.
+const MAX_PLACE_ANSWER_BYTES: usize = MAX_BATCH * 512 + 1024;
+/// Outcomes a follower keeps of what it applied while placements are under way
+/// ([`Outcomes`]): an entry may apply before the leader's answer naming it arrives. Past this
+/// the oldest go, and a write that finds its outcome gone has an unknown one.
+const MAX_RECENT: usize = 16_384;
 const MAX_READ_INDEX_ANSWER_BYTES: usize = 1024;
 /// Per lease a TTL, or an error's reason of at most a few hundred bytes.
 const MAX_RENEW_ANSWER_BYTES: usize = MAX_BATCH * 512 + 1024;
 
-/// The leader's answer to a batch of proposals.
+/// Where the leader placed a write in its log. The write applies, with the outcome that every
+/// member's apply of the entry computes, if and only if the entry committed at `index` is of
+/// `term`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placed {
+    pub index: Index,
+    pub term: Term,
+}
+
+/// The leader's answer to a batch of proposals: per command, in order, its place or why it was
+/// not proposed.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct ProposeAnswer {
-    /// The leader's applied index when it answered: at or past every command of the batch.
-    pub applied: Index,
-    /// Per command, in order.
-    pub results: Vec<Result<ApplyResult, NodeError>>,
+pub struct PlaceAnswer {
+    pub placed: Vec<Result<Placed, NodeError>>,
 }
 
 /// The leader's answer to a read-index request.
@@ -98,11 +110,13 @@ type Queue<T, R> = mpsc::Sender<(T, Reply<R>)>;
 /// A follower's way to its leader (one per member, in `Shared`).
 pub struct Forwarder {
     http: HttpClient,
-    proposals: OnceLock<Queue<Bytes, (ApplyResult, Index)>>,
+    proposals: OnceLock<Queue<Bytes, Awaiting>>,
     reads: OnceLock<Queue<(), Index>>,
     renewals: OnceLock<Queue<i64, i64>>,
     /// Leaders that answered 404: an older kuberaft, whose followers forward whole calls.
     older: Mutex<BTreeSet<NodeId>>,
+    /// The writes placed through the leader that wait for this member's apply.
+    pub outcomes: Outcomes,
 }
 
 impl Forwarder {
@@ -115,6 +129,7 @@ impl Forwarder {
             reads: OnceLock::new(),
             renewals: OnceLock::new(),
             older: Mutex::new(BTreeSet::new()),
+            outcomes: Outcomes::default(),
         }
     }
 
@@ -123,16 +138,16 @@ impl Forwarder {
         !lock(&self.older).contains(&leader)
     }
 
-    /// Proposes `data` (an encoded command) through the leader: its outcome, and an index this
-    /// member must apply to see it.
-    pub async fn propose(&self, shared: &Arc<Shared>, data: Bytes) -> Result<(ApplyResult, Index), NodeError> {
+    /// Proposes `data` (an encoded command) through the leader, and waits (within
+    /// `PROPOSE_TIMEOUT` of its place) for its outcome from this member's apply of it.
+    pub async fn propose(&self, shared: &Arc<Shared>, data: Bytes) -> Result<ApplyResult, NodeError> {
         let queue = self.proposals.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
             let (weak, http) = (Arc::downgrade(shared), self.http.clone());
             tokio::spawn(batches(rx, move |commands| send_proposals(weak.clone(), http.clone(), commands)));
             tx
         });
-        ask(queue, data, "proposals").await
+        ask(queue, data, "proposals").await?.outcome(PROPOSE_TIMEOUT).await
     }
 
     /// A read index from the leader, confirmed by a quorum after this call began.
@@ -243,10 +258,10 @@ struct LeaderRoute {
 }
 
 const PROPOSALS: LeaderRoute = LeaderRoute {
-    path: PROPOSE_PATH,
+    path: PLACE_PATH,
     what: "proposals",
-    timeout: PROPOSE_BATCH_TIMEOUT,
-    max_answer: MAX_PROPOSE_ANSWER_BYTES,
+    timeout: PLACE_BATCH_TIMEOUT,
+    max_answer: MAX_PLACE_ANSWER_BYTES,
     retry_safe: false,
 };
 const READ_INDEX: LeaderRoute = LeaderRoute {
@@ -305,7 +320,7 @@ async fn ask_leader<T: DeserializeOwned>(
 
 /// Sends `commands` to the leader in one request, or one request per command when together
 /// they pass `BATCH_TARGET_BYTES` (which the leader's batch limit holds with room to spare).
-async fn send_proposals(shared: Weak<Shared>, http: HttpClient, commands: Vec<Bytes>) -> Answers<(ApplyResult, Index)> {
+async fn send_proposals(shared: Weak<Shared>, http: HttpClient, commands: Vec<Bytes>) -> Answers<Awaiting> {
     let shared = shared.upgrade().ok_or_else(|| NodeError::Unavailable("the member is stopping".into()))?;
     let total: usize = commands.iter().map(Bytes::len).sum();
     if total > BATCH_TARGET_BYTES && commands.len() > 1 {
@@ -320,9 +335,10 @@ async fn send_proposals(shared: Weak<Shared>, http: HttpClient, commands: Vec<By
     let body = codec::encode(&commands).map_err(|e| NodeError::Unavailable(format!("cannot encode: {e}")))?;
     shared.metrics.forwarded_proposals.fetch_add(commands.len() as u64, Ordering::Relaxed);
     shared.metrics.forwarded_proposal_batches.fetch_add(1, Ordering::Relaxed);
-    let answer: ProposeAnswer = ask_leader(&shared, &http, &PROPOSALS, body.into()).await?;
-    let applied = answer.applied;
-    Ok(answer.results.into_iter().map(|r| r.map(|outcome| (outcome, applied))).collect())
+    // From before the leader can place them until each waits: an entry may apply here first.
+    let placing = shared.forward.outcomes.placing();
+    let answer: PlaceAnswer = ask_leader(&shared, &http, &PROPOSALS, body.into()).await?;
+    Ok(answer.placed.into_iter().map(|placed| placed.map(|placed| placing.wait_for(placed))).collect())
 }
 
 /// Asks the leader for one read index, shared by `reads` waiting reads.
@@ -378,9 +394,9 @@ fn encoded<T: Serialize>(answer: &T) -> Response {
     }
 }
 
-/// `POST /raft/v1/propose` on the leader: proposes each command of the batch, answers once all
-/// applied (or failed).
-pub(super) async fn serve_proposals(State(server): State<PeerServer>, request: Request) -> Response {
+/// `POST /raft/v1/place` on the leader: appends each command of the batch to its log (all in
+/// one turn of the Raft loop, so that they commit together) and answers where, at once.
+pub(super) async fn serve_placements(State(server): State<PeerServer>, request: Request) -> Response {
     let Some(_slot) = forwarded_slot(&server) else { return busy() };
     let (node, commands) = match checked_batch::<Bytes>(&server, request, "proposals").await {
         Ok(batch) => batch,
@@ -392,16 +408,15 @@ pub(super) async fn serve_proposals(State(server): State<PeerServer>, request: R
     if !node.is_leader() {
         return reject(StatusCode::SERVICE_UNAVAILABLE, "not the leader".into());
     }
-    // All are offered to the Raft loop first, so that they commit together.
-    let pending: Vec<_> = commands.into_iter().map(|data| node.start_proposal(data)).collect();
-    let mut results = Vec::with_capacity(pending.len());
-    for started in pending {
-        results.push(match started {
-            Ok(answer) => node.proposal_outcome(answer).await,
-            Err(e) => Err(e),
-        });
+    match node.place(commands).await {
+        Ok(placed) => {
+            let placed = placed.into_iter().map(|p| p.map(|(index, term)| Placed { index, term })).collect();
+            encoded(&PlaceAnswer { placed })
+        }
+        // Refused before the loop took them.
+        Err(e @ NodeError::Unavailable(_)) => reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
-    encoded(&ProposeAnswer { applied: *server.shared.applied.borrow(), results })
 }
 
 /// `POST /raft/v1/lease-renew` on the leader: one ReadIndex round for the batch, then each
@@ -435,6 +450,171 @@ pub(super) async fn serve_read_index(State(server): State<PeerServer>, request: 
     }
 }
 
+/// A follower's writes placed through the leader, waiting for this member to apply their
+/// entries (`Forwarder::propose`). The Raft loop tells it what it applied (`applied`), a
+/// snapshot it installed (`jumped`) and that it stopped applying (`fail_all`).
+#[derive(Default)]
+pub struct Outcomes {
+    inner: Arc<Mutex<Awaited>>,
+}
+
+#[derive(Default)]
+struct Awaited {
+    /// What this member applied and flushed, as the loop last said.
+    applied: Index,
+    /// Batches sent to the leader whose writes do not all wait yet ([`Placing`]). While any is,
+    /// the loop's outcomes are kept in `recent`.
+    placing: usize,
+    waiting: BTreeMap<(Index, Term), Reply<ApplyResult>>,
+    /// What applied while placements were under way, in order: index, term and outcome (`None`:
+    /// the command could not be applied). At most [`MAX_RECENT`].
+    recent: VecDeque<(Index, Term, Option<ApplyResult>)>,
+}
+
+/// The outcome of a write placed in `placed_term`, whose index applied an entry of `term`.
+fn outcome_of(placed_term: Term, term: Term, result: Option<ApplyResult>) -> Result<ApplyResult, NodeError> {
+    if placed_term != term {
+        // The committed entry at its index is another: the write never applies.
+        return Err(NodeError::Unavailable("the write was overwritten by a new leader's entry; retry".into()));
+    }
+    result.ok_or_else(|| NodeError::OutcomeUnknown("the command could not be applied".into()))
+}
+
+impl Outcomes {
+    /// Whether the loop is to hand over the outcomes of the entries it applies next.
+    pub fn wanted(&self) -> bool {
+        let inner = lock(&self.inner);
+        inner.placing > 0 || !inner.waiting.is_empty()
+    }
+
+    /// A batch of writes is about to be sent to the leader: until it is dropped, what applies is
+    /// kept, so that each write finds its outcome however soon its entry applies.
+    fn placing(&self) -> Placing {
+        lock(&self.inner).placing += 1;
+        Placing { inner: self.inner.clone() }
+    }
+
+    /// This member applied and flushed its state machine up to `applied`: among them the entries
+    /// of `outcomes` (index, term, outcome, in order; given while `wanted`). With `failed`, the
+    /// flush failed and the outcomes are unknown.
+    pub fn applied(&self, outcomes: Vec<(Index, Term, Option<ApplyResult>)>, applied: Index, failed: Option<&str>) {
+        let mut inner = lock(&self.inner);
+        for (index, term, result) in outcomes {
+            while let Some(waiter) = inner.waiting.first_entry() {
+                let (at, placed_term) = *waiter.key();
+                if at > index {
+                    break;
+                }
+                let reply = waiter.remove();
+                let _ = reply.send(match failed {
+                    Some(why) => Err(NodeError::OutcomeUnknown(format!("the state machine failed: {why}"))),
+                    None if at == index => outcome_of(placed_term, term, result.clone()),
+                    None => Err(NodeError::OutcomeUnknown("this member applied past the write without it".into())),
+                });
+            }
+            if inner.placing > 0 && failed.is_none() {
+                if inner.recent.len() == MAX_RECENT {
+                    inner.recent.pop_front();
+                }
+                inner.recent.push_back((index, term, result));
+            }
+        }
+        inner.applied = inner.applied.max(applied);
+        let why = failed.map_or("this member applied past the write without it", |_| "the state machine failed");
+        inner.fail_through(applied, why);
+    }
+
+    /// This member installed a snapshot of `index`: the writes placed up to it may be in it or
+    /// not, and their outcomes are unknown.
+    pub fn jumped(&self, index: Index) {
+        let mut inner = lock(&self.inner);
+        inner.applied = inner.applied.max(index);
+        inner.fail_through(index, "this member caught up from a snapshot past the write");
+    }
+
+    /// This member stopped applying (`why`): every waiting write's outcome is unknown.
+    pub fn fail_all(&self, why: &str) {
+        lock(&self.inner).fail_through(Index::MAX, &format!("this member stopped applying: {why}"));
+    }
+}
+
+impl Awaited {
+    fn fail_through(&mut self, index: Index, why: &str) {
+        while self.waiting.first_key_value().is_some_and(|((at, _), _)| *at <= index) {
+            if let Some((_, reply)) = self.waiting.pop_first() {
+                let _ = reply.send(Err(NodeError::OutcomeUnknown(why.to_string())));
+            }
+        }
+    }
+}
+
+/// A batch of writes on its way to the leader (`Outcomes::placing`).
+struct Placing {
+    inner: Arc<Mutex<Awaited>>,
+}
+
+impl Placing {
+    /// The write the leader placed at `placed` waits for this member's apply of it; or has its
+    /// outcome already, when it applied first.
+    fn wait_for(&self, placed: Placed) -> Awaiting {
+        let (reply, rx) = oneshot::channel();
+        let mut inner = lock(&self.inner);
+        if placed.index > inner.applied {
+            inner.waiting.insert((placed.index, placed.term), reply);
+        } else {
+            let kept = inner.recent.binary_search_by_key(&placed.index, |(index, _, _)| *index);
+            let _ = reply.send(match kept {
+                Ok(at) => {
+                    let (_, term, result) = &inner.recent[at];
+                    outcome_of(placed.term, *term, result.clone())
+                }
+                Err(_) => Err(NodeError::OutcomeUnknown(
+                    "this member applied the write before the leader said where it was, and no longer has its outcome"
+                        .into(),
+                )),
+            });
+        }
+        Awaiting { rx, key: (placed.index, placed.term), inner: self.inner.clone() }
+    }
+}
+
+impl Drop for Placing {
+    fn drop(&mut self) {
+        let mut inner = lock(&self.inner);
+        inner.placing = inner.placing.saturating_sub(1);
+        if inner.placing == 0 {
+            inner.recent.clear();
+        }
+    }
+}
+
+/// A write that waits for this member's apply of its entry; it stops waiting when dropped.
+pub struct Awaiting {
+    rx: oneshot::Receiver<Result<ApplyResult, NodeError>>,
+    key: (Index, Term),
+    inner: Arc<Mutex<Awaited>>,
+}
+
+impl Awaiting {
+    /// The write's outcome, within `within`.
+    async fn outcome(mut self, within: Duration) -> Result<ApplyResult, NodeError> {
+        match tokio::time::timeout(within, &mut self.rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(NodeError::OutcomeUnknown("the member stopped while the write was pending".into())),
+            Err(_) => Err(NodeError::OutcomeUnknown(format!(
+                "the write did not apply on this member within {} s",
+                within.as_secs()
+            ))),
+        }
+    }
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        lock(&self.inner).waiting.remove(&self.key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,7 +629,7 @@ mod tests {
             let body = body.clone();
             async move { (status, body) }
         };
-        let router = [PROPOSE_PATH, READ_INDEX_PATH, LEASE_RENEW_PATH]
+        let router = [PLACE_PATH, READ_INDEX_PATH, LEASE_RENEW_PATH]
             .into_iter()
             .fold(axum::Router::new(), |router, path| router.route(path, axum::routing::post(answer.clone())));
         tokio::spawn(async move { axum::serve(listener, router).await });
@@ -467,25 +647,122 @@ mod tests {
         encode(&Command::Put { key: "k".into(), value: Bytes::from_static(b"v"), prev_revision: None })
     }
 
+    /// How many writes wait on `shared`'s apply.
+    fn waiting(shared: &Shared) -> usize {
+        lock(&shared.forward.outcomes.inner).waiting.len()
+    }
+
     #[tokio::test]
-    async fn outcomes_come_back_with_the_leaders_applied_index() {
-        let answer = ProposeAnswer {
-            applied: 9,
-            results: vec![Ok(ApplyResult::Put { revision: 4 }), Err(NodeError::NotLeader { leader: None })],
-        };
+    async fn a_followers_write_takes_its_outcome_from_its_own_apply() {
+        let answer =
+            PlaceAnswer { placed: vec![Ok(Placed { index: 5, term: 2 }), Err(NodeError::NotLeader { leader: None })] };
         let url = fake_leader(StatusCode::OK, codec::encode(&answer).expect("encode")).await;
         let shared = follower_of(&url);
         // Two proposals queued at once (this runtime runs the batching task only when both
-        // wait) share one request, and each gets its own outcome.
-        let (a, b) = tokio::join!(shared.forward.propose(&shared, put()), shared.forward.propose(&shared, put()));
+        // wait) share one request; the first waits for entry 5 to apply here.
+        let apply = async {
+            for _ in 0..500 {
+                if waiting(&shared) == 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(waiting(&shared), 1, "the placed write waits");
+            shared.forward.outcomes.applied(
+                vec![(4, 2, None), (5, 2, Some(ApplyResult::Put { revision: 4 }))],
+                5,
+                None,
+            );
+        };
+        let (a, b, ()) =
+            tokio::join!(shared.forward.propose(&shared, put()), shared.forward.propose(&shared, put()), apply);
         assert_eq!(shared.metrics.forwarded_proposal_batches.load(Ordering::Relaxed), 1);
-        assert_eq!(a, Ok((ApplyResult::Put { revision: 4 }, 9)));
+        assert_eq!(a, Ok(ApplyResult::Put { revision: 4 }));
         assert_eq!(b, Err(NodeError::NotLeader { leader: None }));
-        // A proposal alone is answered two outcomes: the count does not match, the outcome is
+        assert_eq!(waiting(&shared), 0);
+        // A proposal alone is answered two places: the count does not match, the outcome is
         // unknown.
         let alone = shared.forward.propose(&shared, put()).await;
         assert!(matches!(alone, Err(NodeError::OutcomeUnknown(_))), "{alone:?}");
         assert!(shared.forward.takes(2));
+        assert!(!shared.forward.outcomes.wanted(), "nothing is kept once nothing is placed");
+    }
+
+    fn put_at(revision: u64) -> Option<ApplyResult> {
+        Some(ApplyResult::Put { revision })
+    }
+
+    /// A write's outcome is its own entry's, however the entry's apply and the leader's answer
+    /// are ordered; another entry at its place, a snapshot past it, a failed flush or a stopped
+    /// state machine give no outcome.
+    #[tokio::test]
+    async fn outcomes_follow_what_this_member_applies() {
+        let within = Duration::from_secs(5);
+        let outcomes = Outcomes::default();
+        assert!(!outcomes.wanted());
+        let placing = outcomes.placing();
+        assert!(outcomes.wanted(), "while a batch is on its way");
+        // Placed, then applied.
+        let first = placing.wait_for(Placed { index: 3, term: 1 });
+        // Applied before the leader's answer arrived: kept while the batch is on its way.
+        outcomes.applied(vec![(3, 1, put_at(7)), (4, 1, put_at(8)), (5, 2, put_at(9)), (6, 2, None)], 6, None);
+        assert_eq!(first.outcome(within).await, Ok(ApplyResult::Put { revision: 7 }));
+        assert_eq!(
+            placing.wait_for(Placed { index: 4, term: 1 }).outcome(within).await,
+            Ok(ApplyResult::Put { revision: 8 })
+        );
+        // Another term's entry at its index: the write was overwritten, and never applies.
+        let overwritten = placing.wait_for(Placed { index: 5, term: 1 }).outcome(within).await;
+        assert!(
+            matches!(&overwritten, Err(NodeError::Unavailable(why)) if why.contains("overwritten")),
+            "{overwritten:?}"
+        );
+        let unapplied = placing.wait_for(Placed { index: 6, term: 2 }).outcome(within).await;
+        assert!(matches!(unapplied, Err(NodeError::OutcomeUnknown(_))), "{unapplied:?}");
+        // Not kept, before this member's apply.
+        let lost = placing.wait_for(Placed { index: 1, term: 1 }).outcome(within).await;
+        assert!(matches!(lost, Err(NodeError::OutcomeUnknown(_))), "{lost:?}");
+
+        // Waiting: a later entry of another term, a snapshot past it, a failed flush, a stop.
+        let superseded = placing.wait_for(Placed { index: 7, term: 2 });
+        let in_snapshot = placing.wait_for(Placed { index: 9, term: 2 });
+        let after = placing.wait_for(Placed { index: 11, term: 3 });
+        let stopped = placing.wait_for(Placed { index: 12, term: 3 });
+        let dropped = placing.wait_for(Placed { index: 13, term: 3 });
+        assert_eq!(lock(&outcomes.inner).waiting.len(), 5);
+        drop(dropped);
+        assert_eq!(lock(&outcomes.inner).waiting.len(), 4, "a write that stops waiting is forgotten");
+        outcomes.applied(vec![(7, 3, put_at(10))], 7, None);
+        assert!(matches!(superseded.outcome(within).await, Err(NodeError::Unavailable(_))));
+        outcomes.jumped(10);
+        let skipped = in_snapshot.outcome(within).await;
+        assert!(matches!(&skipped, Err(NodeError::OutcomeUnknown(why)) if why.contains("snapshot")), "{skipped:?}");
+        outcomes.applied(vec![(11, 3, put_at(11))], 11, Some("disk full"));
+        let failed = after.outcome(within).await;
+        assert!(matches!(&failed, Err(NodeError::OutcomeUnknown(why)) if why.contains("disk full")), "{failed:?}");
+        outcomes.fail_all("an entry out of step");
+        let halted = stopped.outcome(within).await;
+        assert!(matches!(&halted, Err(NodeError::OutcomeUnknown(why)) if why.contains("out of step")), "{halted:?}");
+
+        // Once no batch is on its way, nothing applied is kept.
+        drop(placing);
+        assert!(!outcomes.wanted());
+        assert!(lock(&outcomes.inner).recent.is_empty());
+        outcomes.applied(vec![], 20, None);
+        // At most MAX_RECENT outcomes are kept while batches are on their way.
+        let placing = outcomes.placing();
+        let many: Vec<_> = (21..21 + MAX_RECENT as u64 + 5).map(|i| (i, 3, put_at(i))).collect();
+        let last = many.last().map_or(0, |m| m.0);
+        outcomes.applied(many, last, None);
+        assert_eq!(lock(&outcomes.inner).recent.len(), MAX_RECENT);
+        let gone = placing.wait_for(Placed { index: 21, term: 3 }).outcome(within).await;
+        assert!(matches!(gone, Err(NodeError::OutcomeUnknown(_))), "{gone:?}");
+        let kept = placing.wait_for(Placed { index: last, term: 3 }).outcome(within).await;
+        assert_eq!(kept, Ok(ApplyResult::Put { revision: last }));
+        // Placed but never applied: unknown within the wait.
+        let silent = placing.wait_for(Placed { index: last + 1, term: 3 }).outcome(Duration::from_millis(20)).await;
+        assert!(matches!(&silent, Err(NodeError::OutcomeUnknown(why)) if why.contains("did not apply")), "{silent:?}");
+        assert!(lock(&outcomes.inner).waiting.is_empty());
     }
 
     /// Past its forwarded slots, a leader refuses followers' requests as retryable, and its
@@ -505,7 +782,7 @@ mod tests {
                 .body(axum::body::Body::from(codec::encode(&Vec::<i64>::new()).expect("encode")))
                 .expect("request")
         };
-        for path in [PROPOSE_PATH, READ_INDEX_PATH, LEASE_RENEW_PATH] {
+        for path in [PLACE_PATH, READ_INDEX_PATH, LEASE_RENEW_PATH] {
             let answer = router.clone().oneshot(post(path)).await.expect("answer");
             assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
             let body = axum::body::to_bytes(answer.into_body(), 1 << 16).await.expect("body");
@@ -520,7 +797,7 @@ mod tests {
         drop(held);
         // With a slot free the batch is read, and refused for what it is: this member does not
         // lead.
-        let answer = router.oneshot(post(PROPOSE_PATH)).await.expect("answer");
+        let answer = router.oneshot(post(PLACE_PATH)).await.expect("answer");
         let body = axum::body::to_bytes(answer.into_body(), 1 << 16).await.expect("body");
         assert_eq!(String::from_utf8_lossy(&body), "not the leader");
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::runtime::{offer, Input, NodeError};
 use super::shared::{lock, read, write, Shared};
 use crate::base::ids::added_member_id;
-use crate::raft::{ConfChange, ConfChangeKind, Index, NodeId};
+use crate::raft::{ConfChange, ConfChangeKind, Index, NodeId, Term};
 use crate::store::auth::{AuthOutcome, AuthRequest, AuthState, Caller};
 use crate::store::command::{encode, ApplyResult, Command, MemberInfo};
 use crate::store::mvcc::engine::{HashKv, ReadError};
@@ -257,16 +257,25 @@ impl NodeHandle {
 
     /// Proposes `command` from any member: here on the leader; from a follower that `forwards`,
     /// through the leader (`forward`) when its outcome is small (`Command::answer_is_small`),
-    /// answered once this member applied as far as the leader had when it answered (at most
-    /// `forward::CATCH_UP`). Elsewhere it fails as `propose` does (`NotLeader`).
+    /// with the outcome of this member's own apply of it. Elsewhere it fails as `propose` does
+    /// (`NotLeader`).
     pub async fn submit(&self, command: &Command) -> Result<ApplyResult, NodeError> {
         if self.is_leader() || !command.answer_is_small() || !self.forwards() {
             return self.propose(command).await;
         }
-        let (outcome, applied) = self.shared.forward.propose(&self.shared, encode(command)).await?;
-        let mut seen = self.shared.applied.subscribe();
-        let _ = tokio::time::timeout(super::forward::CATCH_UP, seen.wait_for(|a| *a >= applied)).await;
-        Ok(outcome)
+        self.shared.forward.propose(&self.shared, encode(command)).await
+    }
+
+    /// Appends a follower's encoded commands to this leader's log (`forward`): per command, where
+    /// (index, term), or why not. Fails as `Unavailable` only when the Raft loop did not take them.
+    pub(super) async fn place(&self, commands: Vec<Bytes>) -> Result<Vec<Result<(Index, Term), NodeError>>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        offer(&self.tx, Input::Place { commands, reply, received: Instant::now() })?;
+        match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
+            Ok(Ok(placed)) => Ok(placed),
+            Ok(Err(_)) => Err(NodeError::OutcomeUnknown("the member stopped while placing the writes".into())),
+            Err(_) => Err(NodeError::OutcomeUnknown("the Raft loop did not answer within 5 s".into())),
+        }
     }
 
     /// Waits until this member may serve a linearizable read, from any member: a read index

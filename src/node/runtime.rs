@@ -119,6 +119,13 @@ pub enum Input {
         /// When the write was received (`node::latency`).
         received: Instant,
     },
+    /// A follower's writes, to append to the log and answer with where (index, term) at once
+    /// (`node::forward`): their outcomes come from the follower's own apply.
+    Place {
+        commands: Vec<Bytes>,
+        reply: oneshot::Sender<Vec<Result<(Index, Term), NodeError>>>,
+        received: Instant,
+    },
     ConfChange {
         cc: ConfChange,
         reply: Reply<()>,
@@ -414,6 +421,7 @@ impl RaftLoop {
             let why = || NodeError::Unavailable("storage is failing; see /readyz".into());
             match input {
                 Input::Propose { reply, .. } => drop(reply.send(Err(why()))),
+                Input::Place { commands, reply, .. } => drop(reply.send(commands.iter().map(|_| Err(why())).collect())),
                 Input::ConfChange { reply, .. } => drop(reply.send(Err(why()))),
                 Input::ReadIndex { reply } => drop(reply.send(Err(why()))),
                 Input::Transfer { reply, .. } => drop(reply.send(Err(why()))),
@@ -424,6 +432,9 @@ impl RaftLoop {
         }
         let input = match (&self.halted, input) {
             (Some(why), Input::Propose { reply, .. }) => return drop(reply.send(Err(halted_error(why)))),
+            (Some(why), Input::Place { commands, reply, .. }) => {
+                return drop(reply.send(commands.iter().map(|_| Err(halted_error(why))).collect()))
+            }
             (Some(why), Input::ConfChange { reply, .. }) => return drop(reply.send(Err(halted_error(why)))),
             (Some(why), Input::ReadIndex { reply }) => return drop(reply.send(Err(halted_error(why)))),
             (_, input) => input,
@@ -452,6 +463,17 @@ impl RaftLoop {
                     let _ = reply.send(Err(e.into()));
                 }
             },
+            Input::Place { commands, reply, received } => {
+                let placed = commands
+                    .into_iter()
+                    .map(|data| {
+                        let (index, term) = self.raw.raft.propose(data)?;
+                        self.shared.latency.proposed(index, received);
+                        Ok((index, term))
+                    })
+                    .collect();
+                let _ = reply.send(placed);
+            }
             Input::ConfChange { cc, reply } => match self.raw.raft.propose_conf_change(cc) {
                 Ok((index, term)) => {
                     self.proposals.insert(index, PendingProposal { term, reply: None, conf_reply: Some(reply) });
@@ -699,6 +721,9 @@ impl RaftLoop {
     /// its write acknowledged reads it back from this member.
     fn apply_committed(&mut self, entries: &[Entry]) {
         let mut answers: Vec<(PendingProposal, Term, Option<ApplyResult>)> = Vec::new();
+        // Outcomes for followers' writes waiting here (`forward::Outcomes`).
+        let mut awaited = Vec::new();
+        let wanted = self.shared.forward.outcomes.wanted();
         for entry in entries {
             if self.halted.is_some() {
                 break;
@@ -741,6 +766,9 @@ impl RaftLoop {
                     self.shared.addresses.learn(member.id, &member.name, "", &member.client_url);
                 }
             }
+            if wanted {
+                awaited.push((entry.index, entry.term, result.clone()));
+            }
             if let Some(pending) = self.proposals.remove(&entry.index) {
                 answers.push((pending, entry.term, result));
             }
@@ -763,6 +791,8 @@ impl RaftLoop {
         if let Some(last) = entries.last() {
             self.shared.latency.passed(WritePoint::Applied, last.index);
         }
+        let failed = flushed.as_ref().err().map(|e| e.to_string());
+        self.shared.forward.outcomes.applied(awaited, read(&self.shared.kv).applied_index(), failed.as_deref());
         if let Err(e) = &flushed {
             self.halt(format!("cannot commit applied entries to the state machine: {e}"));
         }
@@ -934,6 +964,7 @@ impl RaftLoop {
         match installed {
             Ok(()) => {
                 self.last_snapshot_index = index;
+                self.shared.forward.outcomes.jumped(index);
                 self.shared.metrics.snapshots_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.shared.timeline.record(self.raw.raft.term(), EventKind::SnapshotInstalled { index });
                 tracing::info!(index, term, "installed snapshot");
@@ -975,6 +1006,7 @@ impl RaftLoop {
         for (_, reply) in std::mem::take(&mut self.reads) {
             let _ = reply.send(Err(halted_error(&why)));
         }
+        self.shared.forward.outcomes.fail_all(&why);
         self.halted = Some(why);
     }
 

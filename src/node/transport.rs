@@ -836,7 +836,7 @@ pub fn peer_router(server: PeerServer) -> Router {
         .route(SNAPSHOT_PATH, post(receive_snapshot))
         .route(MEMBERS_PATH, get(members))
         .route(JOIN_PATH, post(join))
-        .route(super::forward::PROPOSE_PATH, post(super::forward::serve_proposals))
+        .route(super::forward::PLACE_PATH, post(super::forward::serve_placements))
         .route(super::forward::READ_INDEX_PATH, post(super::forward::serve_read_index))
         .route(super::forward::LEASE_RENEW_PATH, post(super::forward::serve_renewals))
         .layer(axum::extract::DefaultBodyLimit::max(crate::base::wire::MAX_MEMBER_REQUEST_BYTES))
