@@ -489,7 +489,7 @@ impl Outcomes {
 
     /// A batch of writes is about to be sent to the leader: until it is dropped, what applies is
     /// kept, so that each write finds its outcome however soon its entry applies.
-    fn placing(&self) -> Placing {
+    pub(super) fn placing(&self) -> Placing {
         lock(&self.inner).placing += 1;
         Placing { inner: self.inner.clone() }
     }
@@ -549,14 +549,14 @@ impl Awaited {
 }
 
 /// A batch of writes on its way to the leader (`Outcomes::placing`).
-struct Placing {
+pub(super) struct Placing {
     inner: Arc<Mutex<Awaited>>,
 }
 
 impl Placing {
     /// The write the leader placed at `placed` waits for this member's apply of it; or has its
     /// outcome already, when it applied first.
-    fn wait_for(&self, placed: Placed) -> Awaiting {
+    pub(super) fn wait_for(&self, placed: Placed) -> Awaiting {
         let (reply, rx) = oneshot::channel();
         let mut inner = lock(&self.inner);
         if placed.index > inner.applied {
@@ -597,7 +597,7 @@ pub struct Awaiting {
 
 impl Awaiting {
     /// The write's outcome, within `within`.
-    async fn outcome(mut self, within: Duration) -> Result<ApplyResult, NodeError> {
+    pub(super) async fn outcome(mut self, within: Duration) -> Result<ApplyResult, NodeError> {
         match tokio::time::timeout(within, &mut self.rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(NodeError::OutcomeUnknown("the member stopped while the write was pending".into())),

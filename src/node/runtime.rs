@@ -964,6 +964,18 @@ impl RaftLoop {
         match installed {
             Ok(()) => {
                 self.last_snapshot_index = index;
+                // Writes proposed up to `index` may be in the snapshot or not (an old leader's,
+                // that a new leader committed or overwrote): their outcomes are unknown.
+                let after = self.proposals.split_off(&(index + 1));
+                for (_, p) in std::mem::replace(&mut self.proposals, after) {
+                    let why = "this member caught up from a snapshot past the write";
+                    if let Some(reply) = p.reply {
+                        let _ = reply.send(Err(NodeError::OutcomeUnknown(why.into())));
+                    }
+                    if let Some(reply) = p.conf_reply {
+                        let _ = reply.send(Err(NodeError::OutcomeUnknown(why.into())));
+                    }
+                }
                 self.shared.forward.outcomes.jumped(index);
                 self.shared.metrics.snapshots_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.shared.timeline.record(self.raw.raft.term(), EventKind::SnapshotInstalled { index });

@@ -625,3 +625,50 @@ fn an_answer_that_waits_for_an_earlier_write_leaves_when_that_write_is_durable()
     assert_eq!(acks(&m), 2, "both acknowledgements leave once the write is durable: {:?}", m.acknowledged());
     breaker.join().expect("breaker");
 }
+
+/// A follower's write placed through the leader (`forward::Outcomes`) takes its outcome from
+/// this loop's apply of its entry: before or after the leader's answer arrives, and not from
+/// another term's entry at its index.
+#[tokio::test]
+async fn a_placed_write_takes_its_outcome_from_this_members_apply() {
+    use crate::node::forward::Placed;
+    let within = std::time::Duration::from_secs(1);
+    let mut m = member();
+    let outcomes = &m.lp.shared.forward.outcomes;
+    assert!(!outcomes.wanted(), "nothing is kept while nothing is placed");
+    let placing = outcomes.placing();
+    let waits = placing.wait_for(Placed { index: 4, term: TERM });
+    let overwritten = placing.wait_for(Placed { index: 5, term: 1 });
+    m.append(4, 6, 1);
+    let revision = |outcome: Result<ApplyResult, NodeError>| match outcome {
+        Ok(ApplyResult::Put { revision }) => revision,
+        other => panic!("expected a put's outcome, got {other:?}"),
+    };
+    let first = revision(waits.outcome(within).await);
+    let lost = overwritten.outcome(within).await;
+    assert!(matches!(&lost, Err(NodeError::Unavailable(why)) if why.contains("overwritten")), "{lost:?}");
+    // Entry 6 applied before the leader said where it placed the write.
+    let late = revision(
+        m.lp.shared.forward.outcomes.placing().wait_for(Placed { index: 6, term: TERM }).outcome(within).await,
+    );
+    assert_eq!(late, first + 2, "each write has its own entry's outcome");
+    drop(placing);
+}
+
+/// A write this member proposed as leader, that a snapshot past it covers, may be in the
+/// snapshot or not: its outcome is unknown, never "superseded" (which says it did not happen).
+#[test]
+fn a_proposal_that_a_snapshot_passes_has_an_unknown_outcome() {
+    let mut m = member();
+    let (reply, mut rx) = oneshot::channel();
+    m.lp.proposals.insert(8, PendingProposal { term: 1, reply: Some(reply), conf_reply: None });
+    let (conf_reply, mut conf_rx) = oneshot::channel();
+    m.lp.proposals.insert(9, PendingProposal { term: 1, reply: None, conf_reply: Some(conf_reply) });
+    m.install_staged(10, TERM, state_at(10, TERM));
+    m.append(11, 11, TERM);
+    assert_eq!(m.lp.shared.status().applied_index, 11);
+    let outcome = rx.try_recv();
+    assert!(matches!(&outcome, Ok(Err(NodeError::OutcomeUnknown(why))) if why.contains("snapshot")), "{outcome:?}");
+    let outcome = conf_rx.try_recv();
+    assert!(matches!(&outcome, Ok(Err(NodeError::OutcomeUnknown(why))) if why.contains("snapshot")), "{outcome:?}");
+}
