@@ -2,7 +2,8 @@
 //! reads, always on, served in `/metrics` and read back by `kuberaft bench`.
 //!
 //! **Writes**, on the member that proposes them (the leader; a follower's writes reach it as
-//! proposals of its own, `node::forward`): each point is the time since the write was
+//! placements, `node::forward`, measured up to `applied`: the follower answers them from its
+//! own apply): each point is the time since the write was
 //! *received*, that is handed to the node (`NodeHandle::start_proposal`, after its request was
 //! read and decoded), so the points of one write can be compared and the gaps between them are
 //! the stages:

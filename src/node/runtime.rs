@@ -966,7 +966,7 @@ impl RaftLoop {
                 self.last_snapshot_index = index;
                 // Writes proposed up to `index` may be in the snapshot or not (an old leader's,
                 // that a new leader committed or overwrote): their outcomes are unknown.
-                let after = self.proposals.split_off(&(index + 1));
+                let after = self.proposals.split_off(&index.saturating_add(1));
                 for (_, p) in std::mem::replace(&mut self.proposals, after) {
                     let why = "this member caught up from a snapshot past the write";
                     if let Some(reply) = p.reply {
