@@ -43,7 +43,9 @@ pub struct Point {
 pub struct Breakdown {
     /// The member that led at the start.
     pub leader: String,
-    /// The leader's write path (`kuberaft_write_seconds`), each point from the write's receipt.
+    /// The leader's write path (`kuberaft_write_seconds`), each point from the write's receipt;
+    /// `replied` only for the writes the leader answered itself (a follower answers the writes
+    /// it placed through the leader from its own apply, `node::forward`).
     pub writes: Vec<Point>,
     /// The followers' appends together (`kuberaft_append_seconds`).
     pub appends: Vec<Point>,

@@ -2082,9 +2082,19 @@ impl Sim {
     fn crash(&mut self, id: NodeId) {
         let fresh = self.new_lessor();
         let Some(node) = self.nodes.get_mut(&id) else { return };
-        if node.raw.take().is_none() {
-            return;
+        let Some(raw) = node.raw.take() else { return };
+        // A leadership whose term never reached this member's disk ends in the crash as if it
+        // had never begun: a single voter wins the moment it campaigns, and `check_send` holds
+        // every message it sends to its durable term, so nothing of that leadership left it. It
+        // comes back in its durable term and may vote there, and another member may lead that
+        // term. Election safety is about leaderships that acted; one that could not act is
+        // forgotten here (seed 9292 with renew-keeps-checkpoint planted, found this stop).
+        let term = raw.raft.term();
+        if raw.raft.role() == Role::Leader && node.disk.hard_state.term < term && self.leaders.get(&term) == Some(&id) {
+            self.leaders.remove(&term);
+            self.log(|| format!("n{id} crashed before its term {term} was durable: that leadership never acted"));
         }
+        let Some(node) = self.nodes.get_mut(&id) else { return };
         let ops: Vec<usize> = node
             .writes
             .drain(..)
