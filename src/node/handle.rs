@@ -43,12 +43,6 @@ fn read_failure(e: ReadError) -> NodeError {
     }
 }
 
-/// A proposal handed to the Raft loop: where its outcome comes, and when it was received.
-pub(super) struct Started {
-    rx: oneshot::Receiver<Result<ApplyResult, NodeError>>,
-    received: Instant,
-}
-
 #[derive(Clone)]
 pub struct NodeHandle {
     pub shared: Arc<Shared>,
@@ -214,28 +208,20 @@ impl NodeHandle {
         self.conf_change(ConfChange { kind: ConfChangeKind::Remove, node_id: id, context: Bytes::new() }).await
     }
 
-    /// Proposes `command` on this member, which must lead (`NotLeader` otherwise).
+    /// Proposes `command` on this member, which must lead (`NotLeader` otherwise): its outcome,
+    /// within `PROPOSE_TIMEOUT`.
     pub async fn propose(&self, command: &Command) -> Result<ApplyResult, NodeError> {
-        self.proposal_outcome(self.start_proposal(encode(command))?).await
-    }
-
-    /// Hands an encoded command to the Raft loop; its outcome comes through `proposal_outcome`.
-    pub(super) fn start_proposal(&self, data: Bytes) -> Result<Started, NodeError> {
+        let data = encode(command);
         let (reply, rx) = oneshot::channel();
         let received = Instant::now();
         offer(&self.tx, Input::Propose { data, reply, received })?;
-        Ok(Started { rx, received })
-    }
-
-    /// A started proposal's outcome, within `PROPOSE_TIMEOUT`.
-    pub(super) async fn proposal_outcome(&self, started: Started) -> Result<ApplyResult, NodeError> {
-        let outcome = match tokio::time::timeout(PROPOSE_TIMEOUT, started.rx).await {
+        let outcome = match tokio::time::timeout(PROPOSE_TIMEOUT, rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(NodeError::OutcomeUnknown("the member stopped while the write was pending".into())),
             Err(_) => Err(NodeError::OutcomeUnknown("the write did not commit within 5 s".into())),
         };
         if outcome.is_ok() {
-            self.shared.latency.replied(started.received);
+            self.shared.latency.replied(received);
         }
         outcome
     }

@@ -4,7 +4,7 @@
 //! **Writes**, on the member that proposes them (the leader; a follower's writes reach it as
 //! placements, `node::forward`, measured up to `applied`: the follower answers them from its
 //! own apply): each point is the time since the write was
-//! *received*, that is handed to the node (`NodeHandle::start_proposal`, after its request was
+//! *received*, that is handed to the node (`NodeHandle::propose`, after its request was
 //! read and decoded), so the points of one write can be compared and the gaps between them are
 //! the stages:
 //! - `proposed`: the Raft loop took it and appended it to its log (a thread hop and the queue);

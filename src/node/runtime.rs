@@ -188,6 +188,18 @@ struct PendingProposal {
     conf_reply: Option<Reply<()>>,
 }
 
+impl PendingProposal {
+    /// Tells its waiter that its outcome is unknown, because of `why`.
+    fn unknown(self, why: &str) {
+        if let Some(reply) = self.reply {
+            let _ = reply.send(Err(NodeError::OutcomeUnknown(why.to_string())));
+        }
+        if let Some(reply) = self.conf_reply {
+            let _ = reply.send(Err(NodeError::OutcomeUnknown(why.to_string())));
+        }
+    }
+}
+
 pub struct RaftLoop {
     pub raw: RawNode,
     writer: Writer,
@@ -968,13 +980,7 @@ impl RaftLoop {
                 // that a new leader committed or overwrote): their outcomes are unknown.
                 let after = self.proposals.split_off(&index.saturating_add(1));
                 for (_, p) in std::mem::replace(&mut self.proposals, after) {
-                    let why = "this member caught up from a snapshot past the write";
-                    if let Some(reply) = p.reply {
-                        let _ = reply.send(Err(NodeError::OutcomeUnknown(why.into())));
-                    }
-                    if let Some(reply) = p.conf_reply {
-                        let _ = reply.send(Err(NodeError::OutcomeUnknown(why.into())));
-                    }
+                    p.unknown("this member caught up from a snapshot past the write");
                 }
                 self.shared.forward.outcomes.jumped(index);
                 self.shared.metrics.snapshots_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1006,14 +1012,9 @@ impl RaftLoop {
         );
         self.shared.set_error(HALT_ERROR, Some(format!("stopped at index {applied}: {why}")));
         // Pending proposals may still commit, but this member will never apply them.
+        let unknown = format!("this member stopped applying: {why}");
         for (_, p) in std::mem::take(&mut self.proposals) {
-            let unknown = || NodeError::OutcomeUnknown(format!("this member stopped applying: {why}"));
-            if let Some(reply) = p.reply {
-                let _ = reply.send(Err(unknown()));
-            }
-            if let Some(reply) = p.conf_reply {
-                let _ = reply.send(Err(unknown()));
-            }
+            p.unknown(&unknown);
         }
         for (_, reply) in std::mem::take(&mut self.reads) {
             let _ = reply.send(Err(halted_error(&why)));
