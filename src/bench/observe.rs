@@ -6,7 +6,8 @@
 //!   speed. Members on another machine are not found, and then not counted.
 //! - **Where the time goes** (kuberaft, through either of its APIs): the histograms of
 //!   `node::latency` from every member's `/metrics`, scraped before and after: the leader's
-//!   write path, the followers' appends, every member's linearizable reads; the report gives
+//!   write path, the followers' appends and the writes they placed through the leader, every
+//!   member's linearizable reads; the report gives
 //!   each point's count, mean, p50 and p99 over the run.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -49,6 +50,9 @@ pub struct Breakdown {
     pub writes: Vec<Point>,
     /// The followers' appends together (`kuberaft_append_seconds`).
     pub appends: Vec<Point>,
+    /// The writes the followers placed through the leader, together (`kuberaft_placed_seconds`),
+    /// each point from the follower taking the write.
+    pub placed: Vec<Point>,
     /// The linearizable reads every member served, together (`kuberaft_read_seconds`).
     pub reads: Vec<Point>,
     /// How many linearizable reads each member served (name, count): reads served by every
@@ -120,7 +124,8 @@ async fn scrapes(endpoints: &[String], security: &SecurityArgs) -> Option<Scrape
 }
 
 impl Scrapes {
-    /// Reads every member again: the leader's writes, the followers' appends, everyone's reads.
+    /// Reads every member again: the leader's writes, the followers' appends and placed writes,
+    /// everyone's reads.
     async fn breakdown(self) -> Option<Breakdown> {
         let mut runs: Vec<(String, String, String)> = Vec::new();
         for (name, url, before) in self.members {
@@ -149,6 +154,7 @@ impl Scrapes {
             leader: self.leader.clone(),
             writes: points(&leaders, "kuberaft_write_seconds"),
             appends: points(&of(&|name| name != leader), "kuberaft_append_seconds"),
+            placed: points(&of(&|name| name != leader), "kuberaft_placed_seconds"),
             reads: points(&of(&|_| true), "kuberaft_read_seconds"),
             reads_by_member,
         })
@@ -344,6 +350,7 @@ pub fn table(b: &Breakdown) -> String {
     let mut out = String::new();
     lines(&mut out, &format!("write path at the leader {} (from receipt)", b.leader), &b.writes);
     lines(&mut out, "appends at the followers (from taking the append)", &b.appends);
+    lines(&mut out, "writes the followers placed through the leader (from taking the write)", &b.placed);
     lines(&mut out, "linearizable reads, every member (from the read's start)", &b.reads);
     if b.reads_by_member.iter().any(|(_, n)| *n > 0) {
         let each: Vec<String> = b.reads_by_member.iter().map(|(name, n)| format!("{name} {n}")).collect();

@@ -33,7 +33,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Request, State};
@@ -147,7 +147,12 @@ impl Forwarder {
             tokio::spawn(batches(rx, move |commands| send_proposals(weak.clone(), http.clone(), commands)));
             tx
         });
-        ask(queue, data, "proposals").await?.outcome(PROPOSE_TIMEOUT).await
+        let taken = Instant::now();
+        let awaiting = ask(queue, data, "proposals").await?;
+        shared.latency.placed(0, taken);
+        let outcome = awaiting.outcome(PROPOSE_TIMEOUT).await?;
+        shared.latency.placed(1, taken);
+        Ok(outcome)
     }
 
     /// A read index from the leader, confirmed by a quorum after this call began.
@@ -680,10 +685,13 @@ mod tests {
         assert_eq!(a, Ok(ApplyResult::Put { revision: 4 }));
         assert_eq!(b, Err(NodeError::NotLeader { leader: None }));
         assert_eq!(waiting(&shared), 0);
+        // Only the write that was placed and answered is timed, at both points.
+        assert_eq!((shared.latency.placed_count(0), shared.latency.placed_count(1)), (1, 1));
         // A proposal alone is answered two places: the count does not match, the outcome is
         // unknown.
         let alone = shared.forward.propose(&shared, put()).await;
         assert!(matches!(alone, Err(NodeError::OutcomeUnknown(_))), "{alone:?}");
+        assert_eq!((shared.latency.placed_count(0), shared.latency.placed_count(1)), (1, 1));
         assert!(shared.forward.takes(2));
         assert!(!shared.forward.outcomes.wanted(), "nothing is kept once nothing is placed");
     }

@@ -22,6 +22,11 @@
 //! with entries to `persisted` (its fsync returned) and `acknowledged` (its answer handed to the
 //! transport), measured per Ready from the first such append it holds.
 //!
+//! **A follower's writes** (`kuberaft_placed_seconds`), those it places through the leader
+//! (`node::forward`): from the follower taking the write to `placed` (the leader's answer with
+//! the write's index and term arrived) and `replied` (this member's own apply gave its outcome).
+//! The leader's `kuberaft_write_seconds` times the same writes from their arrival there.
+//!
 //! **Linearizable reads** (`kuberaft_read_seconds`): from the read's start to `index` (the read
 //! index confirmed by a quorum: the leader's ReadIndex round, or a follower's request to the
 //! leader), `applied` (this member applied that far) and `replied` (the answer was built).
@@ -78,6 +83,8 @@ impl WritePoint {
 
 /// The points of a follower's appends.
 pub const APPEND_POINTS: [&str; 2] = ["persisted", "acknowledged"];
+/// The points of a follower's write placed through the leader.
+pub const PLACED_POINTS: [&str; 2] = ["placed", "replied"];
 /// The points of a linearizable read.
 pub const READ_POINTS: [&str; 3] = ["index", "applied", "replied"];
 
@@ -93,6 +100,7 @@ pub struct Latency {
     in_flight: Mutex<BTreeMap<Index, Stamps>>,
     writes: [Histogram; 7],
     appends: [Histogram; 2],
+    placed: [Histogram; 2],
     reads: [Histogram; 3],
 }
 
@@ -146,6 +154,14 @@ impl Latency {
         }
     }
 
+    /// A follower's write taken at `since` and placed through the leader was placed (`point` 0)
+    /// or answered from this member's apply (1).
+    pub fn placed(&self, point: usize, since: Instant) {
+        if let Some(h) = self.placed.get(point) {
+            h.observe(since.elapsed());
+        }
+    }
+
     /// A linearizable read started at `started` reached point `point` of `READ_POINTS`.
     pub fn read(&self, point: usize, started: Instant) {
         if let Some(h) = self.reads.get(point) {
@@ -158,9 +174,14 @@ impl Latency {
         self.writes[point as usize].count()
     }
 
-    /// The three histograms in Prometheus' text format.
+    /// How many of a follower's placed writes passed point `point` of `PLACED_POINTS` (tests).
+    pub fn placed_count(&self, point: usize) -> u64 {
+        self.placed.get(point).map_or(0, Histogram::count)
+    }
+
+    /// The four histogram families in Prometheus' text format.
     pub fn render(&self, out: &mut String) {
-        let families: [(&str, &str, &[&str], &[Histogram]); 3] = [
+        let families: [(&str, &str, &[&str], &[Histogram]); 4] = [
             (
                 "kuberaft_write_seconds",
                 "Time from a write's receipt on the member that proposes it to each point of its path.",
@@ -172,6 +193,12 @@ impl Latency {
                 "Time from a follower taking an append with entries to its fsync and its acknowledgement.",
                 &APPEND_POINTS,
                 &self.appends,
+            ),
+            (
+                "kuberaft_placed_seconds",
+                "Time from a follower taking a write it places through the leader to the leader's answer with its place and to its outcome from this member's apply.",
+                &PLACED_POINTS,
+                &self.placed,
             ),
             (
                 "kuberaft_read_seconds",

@@ -1088,7 +1088,7 @@ fn bench_every_scenario(target: &str, endpoints: &[String], conns: &str, kuberaf
         assert_eq!(cpu["processes"], 3, "{target} {scenario}: {report}");
         assert!(cpu["seconds_per_10k"].as_f64().is_some_and(|s| s >= 0.0), "{target} {scenario}: {report}");
         if kuberaft_members {
-            bench_breakdown_is_sound(scenario, &report);
+            bench_breakdown_is_sound(target, scenario, &report);
         } else {
             assert!(report.get("breakdown").is_none(), "etcd has no breakdown: {report}");
         }
@@ -1113,10 +1113,11 @@ fn bench_every_scenario(target: &str, endpoints: &[String], conns: &str, kuberaf
 /// point of the write path at the leader up to `applied`, in the path's order (each point is a
 /// time since the write's receipt, so for each write it is at least the one before it, and so
 /// are the means); `replied` at the leader counts the writes it answered itself (a follower
-/// answers the writes it placed through the leader, from its own apply: `node::forward`); the
-/// followers measured their appends; a linearizable read run's reads were each measured once,
+/// answers the writes it placed through the leader, from its own apply: `node::forward`, and
+/// times them from its receipt to their place and their outcome); the followers measured their
+/// appends; a linearizable read run's reads were each measured once,
 /// on the member that served it.
-fn bench_breakdown_is_sound(scenario: &str, report: &Value) {
+fn bench_breakdown_is_sound(target: &str, scenario: &str, report: &Value) {
     let breakdown = &report["breakdown"];
     let section = |name: &str| -> BTreeMap<String, (u64, f64)> {
         breakdown[name]
@@ -1146,6 +1147,17 @@ fn bench_breakdown_is_sound(scenario: &str, report: &Value) {
             let replied = writes.get("replied").map_or(0, |(count, _)| *count);
             assert!(replied > 0 && replied <= 300, "replied {replied}: {breakdown}");
             assert!(writes["replied"].1 >= writes["proposed"].1, "{breakdown}");
+            // The followers timed the others, placed through the leader: each write was answered
+            // once, by the leader or by the follower that took it.
+            let placed = section("placed");
+            let (placed_count, placed_mean) = placed.get("placed").copied().unwrap_or_default();
+            let (answered, answered_mean) = placed.get("replied").copied().unwrap_or_default();
+            assert_eq!((placed_count, replied + answered), (answered, 300), "{breakdown}");
+            // kuberaft's client sends its writes to the leader; etcd's spreads them over the
+            // endpoints.
+            if target == "etcd" {
+                assert!(answered > 0 && 0.0 < placed_mean && placed_mean <= answered_mean, "{breakdown}");
+            }
             let appends = section("appends");
             assert!(appends.get("persisted").is_some_and(|(count, mean)| *count > 0 && *mean > 0.0), "{breakdown}");
             assert!(appends["persisted"].1 <= appends["acknowledged"].1, "{breakdown}");
