@@ -1763,7 +1763,10 @@ fn data_of_a_newer_format_is_refused_with_exit_code_5_and_left_as_it_was() {
     std::fs::write(&meta_path, &meta).expect("put member.json back");
     c.start(0, &c.initial_cluster(&[0]), "new");
     c.wait_leader(ELECTION);
-    assert_eq!(c.get(0, "kept", "serializable"), (200, "v".to_string()));
+    // Linearizable: a serializable read right after the restart may come before the member
+    // replayed its log (the commit index it had answered by was not yet durable; docs/DESIGN.md
+    // §2, "Serving after a restart").
+    assert_eq!(c.get(0, "kept", "linearizable"), (200, "v".to_string()));
 }
 
 /// Copies the contents of a fixture directory tree into `to` (`cp -a`; the lib's upgrade tests
