@@ -508,6 +508,7 @@ fn served_with_leader(api: &Api, headers: &HeaderMap) -> bool {
 /// etcd's followers do (`NodeHandle::read_point`).
 pub(super) async fn read_point(api: &Api, consistency: Consistency, headers: &HeaderMap) -> ApiResult<Option<String>> {
     if consistency == Consistency::Serializable {
+        api.node.serializable_point().await?;
         return Ok(None);
     }
     let route = if served_with_leader(api, headers) { Route::Here } else { route(api, headers)? };

@@ -1,6 +1,7 @@
 //! The async face of the Raft loop for the HTTP handlers: propose and wait for the outcome,
 //! confirm a linearizable read point, change membership, move leadership.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -275,7 +276,18 @@ impl NodeHandle {
         self.shared.latency.read(0, started);
         self.wait_applied(index).await?;
         self.shared.latency.read(1, started);
+        self.shared.replayed.store(true, Ordering::Release);
         Ok(index)
+    }
+
+    /// Waits until this member may serve a serializable read: at once, unless it started with
+    /// entries in its log past its commit index, some of which it may have answered before a
+    /// crash (`Shared::replayed`); then once, as a linearizable read does.
+    pub async fn serializable_point(&self) -> Result<(), NodeError> {
+        if self.shared.replayed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.read_point().await.map(|_| ())
     }
 
     /// A linearizable read that started at `started` (before its `read_point`) has its answer
@@ -302,6 +314,9 @@ impl NodeHandle {
         self.shared.latency.read(0, started);
         self.wait_applied(index).await?;
         self.shared.latency.read(1, started);
+        // Confirmed by a quorum after this member started: every write it answered before is
+        // at or below it, and applied.
+        self.shared.replayed.store(true, Ordering::Release);
         Ok(index)
     }
 

@@ -2,7 +2,7 @@
 //! the state machine, a status snapshot, the address book of peers, errors to report, metrics.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -254,6 +254,15 @@ pub struct Shared {
     pub timeline: crate::node::timeline::Timeline,
     /// Where requests' time goes (`node::latency`), for `/metrics`.
     pub latency: crate::node::latency::Latency,
+    /// Whether this member may serve serializable reads from what it applied: at once when it
+    /// started with nothing in its log beyond its state machine, else once it has applied up
+    /// to a read index that a quorum confirmed after it started (`NodeHandle::serializable_point`).
+    /// A member answers a write once it applied it, which may be before the commit index that
+    /// covers it is durable; after a crash it applies those entries again only once it learns a
+    /// commit past them, and until then its state lacks writes it answered. etcd serves nothing
+    /// after a restart until it has applied its own `publish` entry (DESIGN.md §2, "Serving
+    /// after a restart").
+    pub replayed: AtomicBool,
 }
 
 impl Shared {
@@ -366,6 +375,7 @@ impl Shared {
             forward: crate::node::forward::Forwarder::new(None, None),
             timeline: Default::default(),
             latency: Default::default(),
+            replayed: AtomicBool::new(true),
         }
     }
 }

@@ -561,6 +561,9 @@ fn shared_state(
     }
     addresses.learn(meta.member_id, &args.name, &flags.advertise_peer_url, &flags.advertise_client_url);
     let (applied_tx, _) = watch::channel(kv.applied_index());
+    // Clients are served once what the log holds committed is applied (`serve_until_stopped`);
+    // entries past that commit may include writes this member answered before a crash.
+    let replayed_at_start = raw.raft.log().last_index() <= raw.raft.commit_index().max(kv.applied_index());
     Shared {
         id: meta.member_id,
         name: args.name.clone(),
@@ -602,6 +605,7 @@ fn shared_state(
         forward: crate::node::forward::Forwarder::new(flags.dial_from, flags.tls.peer_calls.clone()),
         timeline: Default::default(),
         latency: Default::default(),
+        replayed: std::sync::atomic::AtomicBool::new(replayed_at_start),
     }
 }
 

@@ -31,26 +31,74 @@ pub struct Browser {
     pub artifacts: PathBuf,
 }
 
+/// A port free on both 127.0.0.1 and ::1 (when this machine has IPv6 loopback) just now.
+fn free_loopback_port() -> u16 {
+    for _ in 0..100 {
+        let port =
+            TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
+        let v6 = TcpListener::bind(("::1", port));
+        if v6.is_ok() || v6.is_err_and(|e| e.kind() != std::io::ErrorKind::AddrInUse) {
+            return port;
+        }
+    }
+    panic!("no loopback port free on both IPv4 and IPv6 in 100 tries");
+}
+
 impl Browser {
     /// Starts chromedriver on a free loopback port and a headless Chromium session in a window
     /// of `width`×`height`.
     pub fn start(artifacts: &Path, width: u32, height: u32) -> Browser {
-        let port =
-            TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
         let profile = tempfile::tempdir().expect("a profile directory");
         // What chromedriver says goes to a file, so that a driver that does not come up says why.
         let log_path = profile.path().join("chromedriver.log");
-        let log = std::fs::File::create(&log_path).expect("chromedriver's log");
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("chromedriver's log"))
-            .stderr(log)
-            .spawn()
-            .expect("start chromedriver");
+        let said = || std::fs::read_to_string(&log_path).unwrap_or_default();
         let http = crate::http_support::blocking().timeout(Duration::from_secs(60)).build().expect("http client");
-        let base = format!("http://127.0.0.1:{port}");
+        // chromedriver listens on IPv4 and IPv6 loopback and exits when either port is taken
+        // (CI saw it once: the port free on 127.0.0.1 was taken on ::1); then another port.
+        const ATTEMPTS: usize = 5;
+        let mut attempt = 0;
+        let (driver, base) = loop {
+            attempt += 1;
+            let port = free_loopback_port();
+            let log = std::fs::File::create(&log_path).expect("chromedriver's log");
+            let mut driver = Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .arg("--allowed-ips=127.0.0.1")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("chromedriver's log"))
+                .stderr(log)
+                .spawn()
+                .expect("start chromedriver");
+            let base = format!("http://127.0.0.1:{port}");
+            // Once in CI (2 cores, cluster tests beside it) it did not answer within 20 s; it
+            // gets a minute, and a driver that exits or never answers is reported with what it
+            // said.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let answered = loop {
+                let status = http.get(format!("{base}/status")).timeout(Duration::from_secs(2)).send();
+                if status.is_ok_and(|r| r.status().is_success()) {
+                    break true;
+                }
+                if let Ok(Some(exit)) = driver.try_wait() {
+                    let taken = said().contains("Address already in use");
+                    assert!(
+                        taken && attempt < ATTEMPTS,
+                        "chromedriver exited ({exit}) before it answered; it said: {}",
+                        said()
+                    );
+                    break false;
+                }
+                if Instant::now() >= deadline {
+                    let _ = driver.kill();
+                    let _ = driver.wait();
+                    panic!("chromedriver did not answer within 60 s; it said: {}", said());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            if answered {
+                break (driver, base);
+            }
+        };
         let mut browser = Browser {
             driver,
             base,
@@ -59,21 +107,6 @@ impl Browser {
             _profile: profile,
             artifacts: artifacts.to_path_buf(),
         };
-        // Once in CI (2 cores, cluster tests beside it) it did not answer within 20 s; it gets a
-        // minute, and a driver that exits or never answers is reported with what it said.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let said = || std::fs::read_to_string(&log_path).unwrap_or_default();
-        loop {
-            let status = browser.http.get(format!("{}/status", browser.base)).timeout(Duration::from_secs(2)).send();
-            if status.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            if let Ok(Some(exit)) = browser.driver.try_wait() {
-                panic!("chromedriver exited ({exit}) before it answered; it said: {}", said());
-            }
-            assert!(Instant::now() < deadline, "chromedriver did not answer within 60 s; it said: {}", said());
-            std::thread::sleep(Duration::from_millis(100));
-        }
         let args = [
             "--headless=new".to_string(),
             "--no-sandbox".into(),

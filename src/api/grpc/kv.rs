@@ -86,6 +86,8 @@ impl pb::kv_server::Kv for KvService {
             if let Route::Leader(leader) = self.0.kv_read_point(&request).await? {
                 return forward!(self.0, leader, request, KvClient::range);
             }
+        } else {
+            self.0.api.node.serializable_point().await.map_err(node_status)?;
         }
         self.0.may(&auth::of(&request), Access::Read, &asked.key, &asked.range_end)?;
         let found = self.0.api.node.range(&capped(asked), ANSWER_KEYS).map_err(node_status)?;
