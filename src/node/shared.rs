@@ -255,8 +255,9 @@ pub struct Shared {
     /// Where requests' time goes (`node::latency`), for `/metrics`.
     pub latency: crate::node::latency::Latency,
     /// Whether this member may serve serializable reads from what it applied: at once when it
-    /// started with nothing in its log beyond its state machine, else once it has applied up
-    /// to a read index that a quorum confirmed after it started (`NodeHandle::serializable_point`).
+    /// started with nothing in its log past its commit index (which it applies before it serves
+    /// clients), else once it has applied up to a read index that a quorum confirmed after it
+    /// started (`NodeHandle::serializable_point`).
     /// A member answers a write once it applied it, which may be before the commit index that
     /// covers it is durable; after a crash it applies those entries again only once it learns a
     /// commit past them, and until then its state lacks writes it answered. etcd serves nothing
