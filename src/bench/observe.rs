@@ -105,22 +105,42 @@ impl Observer {
     }
 }
 
-/// Every member of the cluster the endpoints reach (found from any member that answers, by the
-/// client URLs its status lists), with its `/metrics` now.
+/// Every member of the cluster the endpoints reach, with its `/metrics` now.
 async fn scrapes(endpoints: &[String], security: &SecurityArgs) -> Option<Scrapes> {
     let config = ClientConfig { tls: security.tls(), ..ClientConfig::default() };
     let client = Client::with_config(endpoints.to_vec(), config).ok()?;
-    let status = client.statuses().await.into_iter().find_map(|(_, s)| s.ok().filter(|s| !s.leader.is_empty()))?;
+    let (leader, found) = members_to_scrape(&client.statuses().await)?;
     let mut members = Vec::new();
-    for member in status.members.iter().filter(|m| !m.client_url.is_empty()) {
-        let before = client.metrics_of(&member.client_url).await.unwrap_or_default();
-        members.push((member.name.clone(), member.client_url.clone(), before));
+    for (name, url) in found {
+        let before = client.metrics_of(&url).await.unwrap_or_default();
+        members.push((name, url, before));
     }
-    members.iter().any(|(name, _, before)| *name == status.leader && !before.is_empty()).then_some(Scrapes {
+    members.iter().any(|(name, _, before)| *name == leader && !before.is_empty()).then_some(Scrapes {
         client,
-        leader: status.leader,
+        leader,
         members,
     })
+}
+
+/// The leader's name and every member's (name, client URL), from the answers of the endpoints:
+/// each endpoint that answered is a member by its own name, and the members each answer lists
+/// by a client URL are too. A member's answer may list another without its client URL (one
+/// that started after it and has not been heard from yet), and it is still found when it is one
+/// of the endpoints. `None` when no answer names a leader.
+fn members_to_scrape(
+    statuses: &[(String, crate::client::Result<crate::base::wire::Status>)],
+) -> Option<(String, Vec<(String, String)>)> {
+    let answers: Vec<(&String, &crate::base::wire::Status)> =
+        statuses.iter().filter_map(|(endpoint, status)| Some((endpoint, status.as_ref().ok()?))).collect();
+    let leader = answers.iter().map(|(_, s)| s.leader.clone()).find(|leader| !leader.is_empty())?;
+    let mut members: Vec<(String, String)> = Vec::new();
+    let listed = answers.iter().flat_map(|(_, s)| s.members.iter().map(|m| (&m.name, &m.client_url)));
+    for (name, url) in answers.iter().map(|(endpoint, s)| (&s.name, *endpoint)).chain(listed) {
+        if !url.is_empty() && !members.iter().any(|(known, _)| known == name) {
+            members.push((name.clone(), url.clone()));
+        }
+    }
+    Some((leader, members))
 }
 
 impl Scrapes {
@@ -398,6 +418,38 @@ mod tests {
         let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1 2 3";
         assert_eq!(stat_cpu_ticks(stat), Some(300));
         assert_eq!(stat_cpu_ticks("42 (x"), None);
+    }
+
+    #[test]
+    fn every_member_an_endpoint_reaches_is_scraped_also_one_not_yet_listed_by_its_client_url() {
+        use crate::base::wire::{Member, Status};
+        let member = |name: &str, client_url: &str| Member {
+            id: String::new(),
+            name: name.into(),
+            peer_url: String::new(),
+            client_url: client_url.into(),
+            voter: true,
+        };
+        // etcd-1 started last: etcd-0 and etcd-2 know it, but not yet its client URL.
+        let listing = vec![member("etcd-0", "http://a"), member("etcd-1", ""), member("etcd-2", "http://c")];
+        let status = |name: &str, leader: &str| Status {
+            name: name.into(),
+            leader: leader.into(),
+            members: listing.clone(),
+            ..Status::default()
+        };
+        let down = crate::client::ClientError::Setup("down".into());
+        let statuses = vec![
+            ("http://c".to_string(), Ok(status("etcd-2", "etcd-2"))),
+            ("http://b".to_string(), Ok(status("etcd-1", ""))),
+            ("http://a".to_string(), Err(down)),
+        ];
+        let (leader, members) = members_to_scrape(&statuses).expect("a leader is named");
+        assert_eq!(leader, "etcd-2");
+        let found: Vec<(&str, &str)> = members.iter().map(|(n, u)| (n.as_str(), u.as_str())).collect();
+        assert_eq!(found, [("etcd-2", "http://c"), ("etcd-1", "http://b"), ("etcd-0", "http://a")]);
+        // With no answer naming a leader there is no breakdown to read.
+        assert!(members_to_scrape(&statuses[1..]).is_none());
     }
 
     #[test]
