@@ -273,11 +273,7 @@ impl NodeHandle {
         }
         let started = Instant::now();
         let index = self.shared.forward.read_index(&self.shared).await?;
-        self.shared.latency.read(0, started);
-        self.wait_applied(index).await?;
-        self.shared.latency.read(1, started);
-        self.shared.replayed.store(true, Ordering::Release);
-        Ok(index)
+        self.applied_read_index(index, started).await
     }
 
     /// Waits until this member may serve a serializable read: at once, unless it started with
@@ -311,12 +307,21 @@ impl NodeHandle {
     pub async fn read_barrier(&self) -> Result<Index, NodeError> {
         let started = Instant::now();
         let index = self.read_index().await?;
+        self.applied_read_index(index, started).await
+    }
+
+    /// The second half of a linearizable read that started at `started`: its read `index`, just
+    /// confirmed by a quorum, applied here; both timed (`kuberaft_read_seconds`, points `index`
+    /// and `applied`).
+    async fn applied_read_index(&self, index: Index, started: Instant) -> Result<Index, NodeError> {
         self.shared.latency.read(0, started);
         self.wait_applied(index).await?;
         self.shared.latency.read(1, started);
         // Confirmed by a quorum after this member started: every write it answered before is
-        // at or below it, and applied.
-        self.shared.replayed.store(true, Ordering::Release);
+        // at or below it, and applied. Stored once: the flag is read by every serializable read.
+        if !self.shared.replayed.load(Ordering::Relaxed) {
+            self.shared.replayed.store(true, Ordering::Release);
+        }
         Ok(index)
     }
 
