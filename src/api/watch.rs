@@ -25,6 +25,7 @@ use super::kv::{bad, header, too_large, wire_kv, Span};
 use super::server::{Api, ApiResult};
 use crate::base::wire::watch::{self as wire, HEADER_REQUIRE_LEADER, NO_LEADER};
 use crate::node::watch::{WatchResponse, WatchSpec, WatchStream, STREAM_QUEUE};
+use crate::node::NodeError;
 use crate::store::auth::{Access, AuthError, Caller};
 use crate::store::mvcc::{Event, EventKind};
 
@@ -190,13 +191,18 @@ impl Requests for JsonValues<wire::WatchRequest> {
 /// A create the caller may not read (`caller`, checked against the auth state when the watch is
 /// made, as etcd checks it) is answered by a cancelled create (watch id -1) whose reason is
 /// etcd's whole gRPC error text, and the stream goes on.
+///
+/// A watch starts from what this member applied, as a serializable read does, and so waits as
+/// one does after a restart (`NodeHandle::serializable_point`): its revisions never go back
+/// before a write this member answered. Fails, opening nothing, when that wait fails.
 pub(super) async fn run_stream(
     api: &Api,
     caller: Caller,
     first: Option<Ask>,
     mut requests: impl Requests,
     require_leader: bool,
-) -> mpsc::Receiver<WatchResponse> {
+) -> Result<mpsc::Receiver<WatchResponse>, NodeError> {
+    api.node.serializable_point().await?;
     let (tx, rx) = mpsc::channel::<WatchResponse>(STREAM_QUEUE);
     let mut stream = api.watch.stream(tx.clone());
     let hub = api.watch.clone();
@@ -277,7 +283,7 @@ pub(super) async fn run_stream(
             }
         }
     });
-    rx
+    Ok(rx)
 }
 
 /// An auth refusal as etcd's watch gives its reason: the whole text of the gRPC error
@@ -301,7 +307,7 @@ pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult
         Some(first) => ask(first)?,
         None => return Err(bad("the body holds no watch request")),
     };
-    let rx = run_stream(&api, super::auth::current(), Some(first), requests, require_leader).await;
+    let rx = run_stream(&api, super::auth::current(), Some(first), requests, require_leader).await?;
     // The answer ends after a stream-ending response (no leader), or when every sender is gone.
     let lines = futures::stream::unfold((rx, api, false), |(mut rx, api, ended)| async move {
         if ended {

@@ -1774,6 +1774,7 @@ fn data_of_a_newer_format_is_refused_with_exit_code_5_and_left_as_it_was() {
 /// that far: some of those entries may be writes it answered before a crash (a write is answered
 /// once applied, before the commit index that covers it is durable; DESIGN.md §2, "Serving after
 /// a restart"). Here the tail is a put its leader could not commit: its followers were stopped.
+/// Watches, which start from the applied state, wait the same way.
 #[test]
 fn a_member_restarted_with_entries_past_its_commit_serves_serializable_reads_once_a_quorum_confirms() {
     let mut c = Cluster::new(162, 3);
@@ -1799,6 +1800,14 @@ fn a_member_restarted_with_entries_past_its_commit_serves_serializable_reads_onc
     wait_for("the restarted member answers its status", ELECTION, || c.status(leader));
     let (status, body) = c.get(leader, "k", "serializable");
     assert_ne!(status, 200, "{body}");
+    // A watch starts from the applied state too, and waits as such a read does: its revisions
+    // would otherwise start before the put this member answered (revision 2).
+    let watch = |c: &Cluster| {
+        let url = format!("{}/v1/watch", c.members[leader].client_url());
+        let opened = c.http.post(url).body(r#"{"createRequest":{"key":"k"}}"#).send();
+        opened.map_or(0, |answer| answer.status().as_u16())
+    };
+    assert_eq!(watch(&c), status, "refused as the read was");
     for i in &others {
         c.start(*i, &c.initial_cluster(&[0, 1, 2]), "existing");
     }
@@ -1808,6 +1817,7 @@ fn a_member_restarted_with_entries_past_its_commit_serves_serializable_reads_onc
         (status == 200).then_some(body)
     });
     assert!(served == "1" || served == "2", "{served}");
+    assert_eq!(watch(&c), 200);
 }
 
 /// Copies the contents of a fixture directory tree into `to` (`cp -a`; the lib's upgrade tests

@@ -14,7 +14,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
-use super::errors::{NO_LEADER, REQUEST_TOO_LARGE};
+use super::errors::{node_status, NO_LEADER, REQUEST_TOO_LARGE};
 use super::etcdserverpb as pb;
 use super::Grpc;
 use crate::api::watch::{ends_stream, run_stream, Ask, Requests};
@@ -94,7 +94,9 @@ impl pb::watch_server::Watch for WatchService {
             return Err(Status::unavailable(NO_LEADER));
         }
         let caller = crate::api::auth::of(&request);
-        let rx = run_stream(&self.0.api, caller, None, GrpcRequests(request.into_inner()), require_leader).await;
+        let rx = run_stream(&self.0.api, caller, None, GrpcRequests(request.into_inner()), require_leader)
+            .await
+            .map_err(node_status)?;
         let service = WatchService(self.0.clone());
         let answers = futures::stream::unfold((rx, service, false), |(mut rx, service, ended)| async move {
             if ended {
