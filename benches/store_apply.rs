@@ -61,6 +61,38 @@ fn apply_puts(c: &mut Criterion) {
     group.finish();
 }
 
+/// One key put again and again, one put per batch (a lease holder's record, a leader election's
+/// lock, a counter), after `history` earlier versions of it that no compaction has removed yet:
+/// each batch starts from the key index the last commit published, so what the first change of
+/// a key in a batch copies must not grow with the key's history.
+fn apply_hot_key(c: &mut Criterion) {
+    let mut group = c.benchmark_group("mvcc_apply_hot_key_256B");
+    group.throughput(Throughput::Elements(1));
+    for history in [1_000u64, 100_000] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = MvccStore::open(&dir.path().join("kv.db")).expect("the store opens");
+        let mut load = store.begin().expect("a batch");
+        for _ in 0..history {
+            load.put(&put(0)).expect("storage").expect("put");
+        }
+        load.commit(true).expect("commit");
+        let mut since_durable = 0;
+        group.bench_function(format!("history_{history}"), |b| {
+            b.iter(|| {
+                let mut applying = store.begin().expect("a batch");
+                applying.put(&put(0)).expect("storage").expect("put");
+                since_durable += 1;
+                let durable = since_durable >= DURABLE_EVERY;
+                if durable {
+                    since_durable = 0;
+                }
+                applying.commit(durable).expect("commit");
+            })
+        });
+    }
+    group.finish();
+}
+
 const BY_KEY: TableDefinition<(&[u8], i64), &[u8]> = TableDefinition::new("by_key");
 const BY_REVISION: TableDefinition<i64, &[u8]> = TableDefinition::new("by_revision");
 
@@ -113,5 +145,5 @@ fn redb_layout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, apply_puts, redb_layout);
+criterion_group!(benches, apply_puts, apply_hot_key, redb_layout);
 criterion_main!(benches);

@@ -1325,22 +1325,13 @@ impl Writer<'_> {
     /// version; `None` for a tombstone.
     fn write(&mut self, key: &[u8], record: &[u8], live: Option<(Revision, i64)>) -> Result<(), StoreError> {
         let rev = self.begin + 1;
-        let sub = match self.index.newest(key, rev) {
-            Some(entry) if entry.main == rev => entry.sub,
-            _ => {
-                let sub = self.sub;
-                self.sub = self.sub.checked_add(1).ok_or_else(|| {
-                    StoreError::Invalid(format!("more than {} keys changed in revision {rev}", u32::MAX))
-                })?;
-                sub
-            }
+        // A key changed again in this revision keeps its row (`KeyIndex::record` keeps the
+        // first change's `sub`); otherwise it takes the next one. One walk of the index.
+        let next = match live {
+            Some((create, version)) => Entry::live(rev, self.sub, create, version),
+            None => Entry::tombstone(rev, self.sub),
         };
-        self.rows.insert((rev, sub), encode_row(key, record).as_slice()).at(self.place, WRITE)?;
-        let entry = match live {
-            Some((create, version)) => Entry::live(rev, sub, create, version),
-            None => Entry::tombstone(rev, sub),
-        };
-        let Some((_, replaced)) = self.index.record(key, entry) else {
+        let Some((entry, replaced)) = self.index.record(key, next) else {
             return Err(self.place.corrupt(format!(
                 "key {:?} has a version after revision {rev}, the one being written",
                 String::from_utf8_lossy(key)
@@ -1348,6 +1339,13 @@ impl Writer<'_> {
         };
         self.recorded.push((key.to_vec(), replaced));
         self.changed = true;
+        if replaced.is_none() {
+            self.sub = self
+                .sub
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Invalid(format!("more than {} keys changed in revision {rev}", u32::MAX)))?;
+        }
+        self.rows.insert((rev, entry.sub), encode_row(key, record).as_slice()).at(self.place, WRITE)?;
         Ok(())
     }
 
@@ -1491,6 +1489,12 @@ impl Batch {
     #[cfg(test)]
     pub(crate) fn write_txn(&self) -> &WriteTransaction {
         &self.txn
+    }
+
+    /// The most versions a key holds in the batch's key index (for tests).
+    #[cfg(test)]
+    pub(crate) fn longest_history(&self) -> usize {
+        self.index.longest()
     }
 
     /// Checks that the batch's key index is the one its `hist` gives (for tests).

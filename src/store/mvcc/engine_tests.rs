@@ -365,10 +365,13 @@ struct Stats {
     batches: u64,
     dropped: u64,
     reopens: u64,
+    /// The most versions one key held in the key index.
+    longest: usize,
 }
 
 /// One seeded run of `ops` operations. `path`: an on-disk store, reopened now and then.
-fn run_seed(seed: u64, ops: u64, path: Option<&Path>, max_txn_ops: usize, stats: &mut Stats) {
+/// `rare_compaction`: compactions are few, so keys build long histories (`index::LONG`).
+fn run_seed(seed: u64, ops: u64, path: Option<&Path>, max_txn_ops: usize, rare_compaction: bool, stats: &mut Stats) {
     let mut g = Gen { rng: Rng::new(seed) };
     let mut m = Model::with_max_txn_ops(max_txn_ops);
     let open = |path: Option<&Path>| match path {
@@ -387,6 +390,7 @@ fn run_seed(seed: u64, ops: u64, path: Option<&Path>, max_txn_ops: usize, stats:
                 0..=6 => Op::Put(g.put()),
                 7..=9 => Op::Delete(g.delete()),
                 10..=17 => Op::Txn(g.txn(&m, 0)),
+                18 | 19 if rare_compaction && !g.chance(0.01) => Op::Put(g.put()),
                 18 | 19 => Op::Compact(g.compact(&m)),
                 // Leases 0..=4: 0 is refused, the puts use 1..=3, 4 holds no keys.
                 20 | 21 => {
@@ -430,6 +434,7 @@ fn run_seed(seed: u64, ops: u64, path: Option<&Path>, max_txn_ops: usize, stats:
             applied_meta = step;
             batch.set_meta("applied", &step.to_be_bytes()).unwrap();
             assert_eq!(batch.meta("applied").unwrap(), Some(step.to_be_bytes().to_vec()));
+            stats.longest = stats.longest.max(batch.longest_history());
             batch.commit(g.chance(0.1)).unwrap();
             stats.batches += 1;
         }
@@ -478,7 +483,9 @@ fn engine_behaves_exactly_like_the_model() {
         let path = dir.path().join(format!("seed-{seed}.redb"));
         let on_disk = seed % 2 == 1;
         let max_ops = if seed % 4 == 2 { 2 } else { DEFAULT_MAX_TXN_OPS };
-        run_seed(0x5eed_0000 + seed, total.div_ceil(seeds), on_disk.then_some(path.as_path()), max_ops, &mut stats);
+        let rare_compaction = seed % 4 == 3;
+        let ops = total.div_ceil(seeds);
+        run_seed(0x5eed_0000 + seed, ops, on_disk.then_some(path.as_path()), max_ops, rare_compaction, &mut stats);
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
@@ -489,6 +496,10 @@ fn engine_behaves_exactly_like_the_model() {
     assert!(stats.ok * 4 > stats.ops, "most ops should not be refused: {stats:?}");
     assert!(stats.ok < stats.ops, "some ops are refused: {stats:?}");
     assert!(stats.reopens > 0 || total < 10_000, "on-disk stores were reopened: {stats:?}");
+    assert!(
+        stats.longest > super::index::LONG || total < 10_000,
+        "some key's history grew long enough to be held as a persistent vector: {stats:?}"
+    );
 }
 
 // ----- behaviours the model cannot see -----

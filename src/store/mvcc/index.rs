@@ -48,79 +48,116 @@ impl Entry {
 }
 
 /// A key's versions, oldest first; never empty while the key is in the index. One version (most
-/// keys, once compacted) is held inline; more in a deque shared between copies of the index,
-/// copied when one copy changes it (32 bytes a version).
+/// keys, once compacted) is held inline. A few (up to `LONG`) are a deque shared between copies
+/// of the index, copied when one copy changes it (32 bytes a version). A long history (a key put
+/// again and again between compactions: a lock, a lease holder's record, a counter) is a
+/// persistent vector, whose copy on change takes one chunk of it: a deque there would make every
+/// batch that changes the key copy all its history, so a put would cost more the longer the key
+/// went without compaction (`benches/store_apply.rs`, `mvcc_apply_hot_key`). Short histories stay
+/// deques, which hold what they need, where the vector keeps chunks of 64 versions.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Versions {
     One(Entry),
-    /// Two or more.
-    Many(Arc<VecDeque<Entry>>),
+    /// Two to `LONG`.
+    Few(Arc<VecDeque<Entry>>),
+    /// More than `SHORT`.
+    Long(imbl::Vector<Entry>),
 }
 
-impl Versions {
-    fn slices(&self) -> (&[Entry], &[Entry]) {
-        match self {
-            Versions::One(e) => (std::slice::from_ref(e), &[]),
-            Versions::Many(d) => d.as_slices(),
-        }
-    }
+/// A history longer than this is a persistent vector ...
+pub(crate) const LONG: usize = 128;
+/// ... until compaction leaves this many versions or fewer.
+const SHORT: usize = 64;
 
+impl Versions {
     /// The versions, oldest first.
     pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = &Entry> {
-        let (a, b) = self.slices();
-        a.iter().chain(b.iter())
+        let (head, long) = match self {
+            Versions::One(e) => ((std::slice::from_ref(e), &[][..]), None),
+            Versions::Few(d) => (d.as_slices(), None),
+            Versions::Long(v) => ((&[][..], &[][..]), Some(v.iter())),
+        };
+        head.0.iter().chain(head.1.iter()).chain(long.into_iter().flatten())
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Versions::One(_) => 1,
+            Versions::Few(d) => d.len(),
+            Versions::Long(v) => v.len(),
+        }
     }
 
     fn last(&self) -> Entry {
         match self {
             Versions::One(e) => *e,
-            // Many holds two or more.
-            Versions::Many(d) => d.back().copied().unwrap_or(Entry::NONE),
+            // Few and Long hold two or more.
+            Versions::Few(d) => d.back().copied().unwrap_or(Entry::NONE),
+            Versions::Long(v) => v.back().copied().unwrap_or(Entry::NONE),
         }
     }
 
     fn first(&self) -> Entry {
         match self {
             Versions::One(e) => *e,
-            Versions::Many(d) => d.front().copied().unwrap_or(Entry::NONE),
+            Versions::Few(d) => d.front().copied().unwrap_or(Entry::NONE),
+            Versions::Long(v) => v.front().copied().unwrap_or(Entry::NONE),
         }
     }
 
     fn set_last(&mut self, entry: Entry) {
-        match self {
-            Versions::One(e) => *e = entry,
-            Versions::Many(d) => {
-                if let Some(last) = Arc::make_mut(d).back_mut() {
-                    *last = entry;
-                }
-            }
+        let last = match self {
+            Versions::One(e) => Some(e),
+            Versions::Few(d) => Arc::make_mut(d).back_mut(),
+            Versions::Long(v) => v.back_mut(),
+        };
+        if let Some(last) = last {
+            *last = entry;
         }
     }
 
     fn push(&mut self, entry: Entry) {
         match self {
-            Versions::One(e) => *self = Versions::Many(Arc::new(VecDeque::from([*e, entry]))),
-            Versions::Many(d) => Arc::make_mut(d).push_back(entry),
+            Versions::One(e) => *self = Versions::Few(Arc::new(VecDeque::from([*e, entry]))),
+            Versions::Few(d) if d.len() >= LONG => {
+                let mut long: imbl::Vector<Entry> = d.iter().copied().collect();
+                long.push_back(entry);
+                *self = Versions::Long(long);
+            }
+            Versions::Few(d) => Arc::make_mut(d).push_back(entry),
+            Versions::Long(v) => v.push_back(entry),
         }
     }
 
     /// Without its first (`front`) or last version; `None` when that was the only one.
     fn without(self, front: bool) -> Option<Versions> {
-        match self {
-            Versions::One(_) => None,
-            Versions::Many(mut d) => {
+        let rest = match self {
+            Versions::One(_) => return None,
+            Versions::Few(mut d) => {
                 let deque = Arc::make_mut(&mut d);
                 if front {
                     deque.pop_front();
                 } else {
                     deque.pop_back();
                 }
-                Some(match deque.len() {
-                    1 => Versions::One(deque[0]),
-                    _ => Versions::Many(d),
-                })
+                Versions::Few(d)
             }
-        }
+            Versions::Long(mut v) => {
+                if front {
+                    v.pop_front();
+                } else {
+                    v.pop_back();
+                }
+                Versions::Long(v)
+            }
+        };
+        Some(match rest.len() {
+            1 => Versions::One(rest.first()),
+            n if n <= SHORT && matches!(rest, Versions::Long(_)) => {
+                Versions::Few(Arc::new(rest.iter().copied().collect()))
+            }
+            _ => rest,
+        })
     }
 }
 
@@ -135,17 +172,29 @@ pub(crate) struct KeyIndex {
 
 /// The newest of `versions` at or below `rev`.
 pub(crate) fn newest_in(versions: &Versions, rev: Revision) -> Option<Entry> {
+    /// The newest of versions in revision order, at or below `rev`: `at(i)` is the `i`th of
+    /// them, `search` a binary search by revision.
+    fn newest(
+        last: Option<&Entry>,
+        rev: Revision,
+        search: impl FnOnce() -> Result<usize, usize>,
+        at: impl Fn(usize) -> Option<Entry>,
+    ) -> Option<Entry> {
+        match last {
+            None => return None,
+            Some(last) if last.main <= rev => return Some(*last),
+            Some(_) => {}
+        }
+        match search() {
+            Ok(i) => at(i),
+            Err(0) => None,
+            Err(i) => at(i - 1),
+        }
+    }
     match versions {
         Versions::One(e) => (e.main <= rev).then_some(*e),
-        Versions::Many(d) => match d.back() {
-            None => None,
-            Some(last) if last.main <= rev => Some(*last),
-            Some(_) => match d.binary_search_by(|e| e.main.cmp(&rev)) {
-                Ok(i) => Some(d[i]),
-                Err(0) => None,
-                Err(i) => Some(d[i - 1]),
-            },
-        },
+        Versions::Few(d) => newest(d.back(), rev, || d.binary_search_by(|e| e.main.cmp(&rev)), |i| d.get(i).copied()),
+        Versions::Long(v) => newest(v.back(), rev, || v.binary_search_by(|e| e.main.cmp(&rev)), |i| v.get(i).copied()),
     }
 }
 
@@ -154,6 +203,12 @@ impl KeyIndex {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// The most versions any key holds (for tests).
+    #[cfg(test)]
+    pub(crate) fn longest(&self) -> usize {
+        self.keys.values().map(Versions::len).max().unwrap_or(0)
     }
 
     /// The newest version of `key` at or below `rev`.
@@ -315,6 +370,75 @@ mod tests {
         assert_eq!(keys(KeySpan::From(b"b")), vec![b"b".to_vec(), b"c".to_vec(), b"\xff".to_vec()]);
         assert_eq!(keys(KeySpan::Between(b"a", b"b")), vec![b"a".to_vec(), b"a\0".to_vec()]);
         assert_eq!(keys(KeySpan::Between(b"c", b"a")), Vec::<Vec<u8>>::new());
+    }
+
+    /// A history grown past `LONG` (a persistent vector), changed in copies, compacted back to
+    /// a few versions and to one: every form answers as a plain list of the same versions, and a
+    /// copy never sees what is done to another.
+    #[test]
+    fn a_long_history_answers_as_a_short_one_through_every_form_and_copy() {
+        fn form(idx: &KeyIndex) -> &'static str {
+            match idx.keys.get(&b"k"[..]) {
+                Some(Versions::One(_)) => "one",
+                Some(Versions::Few(_)) => "few",
+                Some(Versions::Long(_)) => "long",
+                None => "none",
+            }
+        }
+        fn check(idx: &KeyIndex, model: &[Entry]) {
+            let held: Vec<Entry> = idx.keys.get(&b"k"[..]).map(|v| v.iter().copied().collect()).unwrap_or_default();
+            assert_eq!(held, model);
+            let reversed: Vec<Entry> =
+                idx.keys.get(&b"k"[..]).map(|v| v.iter().rev().copied().collect()).unwrap_or_default();
+            assert_eq!(reversed, model.iter().rev().copied().collect::<Vec<_>>());
+            let top = model.last().map_or(0, |e| e.main) + 2;
+            for rev in 0..=top {
+                let want = model.iter().rev().find(|e| e.main <= rev).copied();
+                assert_eq!(idx.newest(b"k", rev), want, "revision {rev}");
+            }
+        }
+        let mut idx = KeyIndex::default();
+        let mut model = Vec::new();
+        let mut copies = Vec::new();
+        let mut main = 2;
+        for n in 0..(LONG + 40) {
+            let entry = e(main, n % 5 == 0);
+            assert_eq!(idx.record(b"k", entry), Some((entry, None)));
+            model.push(entry);
+            main += 3;
+            if n % 37 == 0 {
+                copies.push((idx.clone(), model.clone()));
+            }
+        }
+        assert_eq!(form(&idx), "long");
+        // A second change in the revision of the last one replaces it; undone, it comes back.
+        let last = *model.last().unwrap();
+        let kept = Entry::tombstone(last.main, last.sub);
+        assert_eq!(idx.record(b"k", Entry::tombstone(last.main, 9)), Some((kept, Some(last))));
+        *model.last_mut().unwrap() = kept;
+        check(&idx, &model);
+        idx.unrecord(b"k", Some(last));
+        *model.last_mut().unwrap() = last;
+        idx.unrecord(b"k", None);
+        model.pop();
+        check(&idx, &model);
+        // Compaction takes the oldest, through the forms.
+        let mut forms = Vec::new();
+        while let Some(oldest) = model.first().copied() {
+            if model.len() % 17 == 0 {
+                copies.push((idx.clone(), model.clone()));
+            }
+            assert!(idx.drop_oldest(b"k", oldest.main));
+            model.remove(0);
+            check(&idx, &model);
+            if forms.last() != Some(&form(&idx)) {
+                forms.push(form(&idx));
+            }
+        }
+        assert_eq!(forms, ["long", "few", "one", "none"]);
+        for (copy, model) in &copies {
+            check(copy, model);
+        }
     }
 
     #[test]
