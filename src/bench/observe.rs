@@ -16,6 +16,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::base::histogram::Parsed;
+use crate::base::wire::Status;
 use crate::client::{Client, ClientConfig, SecurityArgs};
 
 /// The members' CPU time over the run.
@@ -127,10 +128,8 @@ async fn scrapes(endpoints: &[String], security: &SecurityArgs) -> Option<Scrape
 /// by a client URL are too. A member's answer may list another without its client URL (one
 /// that started after it and has not been heard from yet), and it is still found when it is one
 /// of the endpoints. `None` when no answer names a leader.
-fn members_to_scrape(
-    statuses: &[(String, crate::client::Result<crate::base::wire::Status>)],
-) -> Option<(String, Vec<(String, String)>)> {
-    let answers: Vec<(&String, &crate::base::wire::Status)> =
+fn members_to_scrape(statuses: &[(String, crate::client::Result<Status>)]) -> Option<(String, Vec<(String, String)>)> {
+    let answers: Vec<(&String, &Status)> =
         statuses.iter().filter_map(|(endpoint, status)| Some((endpoint, status.as_ref().ok()?))).collect();
     let leader = answers.iter().map(|(_, s)| s.leader.clone()).find(|leader| !leader.is_empty())?;
     let mut members: Vec<(String, String)> = Vec::new();
@@ -422,7 +421,7 @@ mod tests {
 
     #[test]
     fn every_member_an_endpoint_reaches_is_scraped_also_one_not_yet_listed_by_its_client_url() {
-        use crate::base::wire::{Member, Status};
+        use crate::base::wire::Member;
         let member = |name: &str, client_url: &str| Member {
             id: String::new(),
             name: name.into(),
