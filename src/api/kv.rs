@@ -29,7 +29,7 @@ use crate::node::handle::PHYSICAL_COMPACT_LIMIT;
 use crate::node::NodeError;
 use crate::store::auth::Access;
 use crate::store::kv::prefix_end;
-use crate::store::mvcc::model::Model;
+use crate::store::mvcc::check;
 use crate::store::mvcc::{self, MvccError};
 
 /// The most keys a range asks the store for: one more than an answer holds, so that a cut is
@@ -315,22 +315,15 @@ pub(super) fn txn_request(t: &wire::TxnRequest, max_value_bytes: usize) -> ApiRe
 }
 
 /// The errors etcd finds in a txn before it reaches Raft (empty keys, a value or lease given
-/// with `ignoreValue`/`ignoreLease`, a key written twice, too many ops), found here the same
-/// way, so such a txn is refused without a log entry. Applied to an empty store, a txn fails
-/// on these checks exactly as on any store, since they run first and read nothing; what the
-/// empty store fails on otherwise (a missing key, a future revision) depends on the data and is
-/// left to the state machine. `Model::new()` has the state machine's limit on ops per txn.
+/// with `ignoreValue`/`ignoreLease`, a key written twice, too many ops), found here with the
+/// checks the state machine runs first (`mvcc::check`, which read nothing), so such a txn is
+/// refused without a log entry. What else a txn fails on (a missing key, a future revision)
+/// depends on the data and is left to the state machine, whose limit on ops per txn is
+/// `DEFAULT_MAX_TXN_OPS`.
 pub(super) fn static_check(t: &mvcc::TxnRequest) -> Result<(), MvccError> {
-    match Model::new().txn(t) {
-        Err(
-            e @ (MvccError::EmptyKey
-            | MvccError::ValueProvided
-            | MvccError::LeaseProvided
-            | MvccError::DuplicateKey
-            | MvccError::TooManyOps),
-        ) => Err(e),
-        _ => Ok(()),
-    }
+    check::check_txn(t, mvcc::DEFAULT_MAX_TXN_OPS)?;
+    check::check_intervals(&t.success)?;
+    check::check_intervals(&t.failure)
 }
 
 // ----- answers: store -> wire, within bounds -----
