@@ -22,6 +22,24 @@ use redb::{Database, Durability, TableDefinition};
 const VALUE_BYTES: usize = 256;
 const DURABLE_EVERY: usize = 10_000;
 
+/// Counts puts toward the next durable commit, one in every `DURABLE_EVERY`.
+#[derive(Default)]
+struct Durable {
+    since: usize,
+}
+
+impl Durable {
+    /// Whether the commit after `puts` more is the durable one.
+    fn after(&mut self, puts: usize) -> bool {
+        self.since += puts;
+        let due = self.since >= DURABLE_EVERY;
+        if due {
+            self.since = 0;
+        }
+        due
+    }
+}
+
 fn key(n: u64) -> Vec<u8> {
     format!("key{n:08}").into_bytes()
 }
@@ -41,7 +59,7 @@ fn apply_puts(c: &mut Criterion) {
         }
         load.commit(true).expect("commit");
         let mut rng = Rng::new(7);
-        let mut since_durable = 0;
+        let mut durable = Durable::default();
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(format!("keys_{keys}_batch_{batch}"), |b| {
             b.iter(|| {
@@ -49,12 +67,7 @@ fn apply_puts(c: &mut Criterion) {
                 for _ in 0..batch {
                     applying.put(&put(rng.range(0, keys))).expect("storage").expect("put");
                 }
-                since_durable += batch;
-                let durable = since_durable >= DURABLE_EVERY;
-                if durable {
-                    since_durable = 0;
-                }
-                applying.commit(durable).expect("commit");
+                applying.commit(durable.after(batch)).expect("commit");
             })
         });
     }
@@ -76,17 +89,12 @@ fn apply_hot_key(c: &mut Criterion) {
             load.put(&put(0)).expect("storage").expect("put");
         }
         load.commit(true).expect("commit");
-        let mut since_durable = 0;
+        let mut durable = Durable::default();
         group.bench_function(format!("history_{history}"), |b| {
             b.iter(|| {
                 let mut applying = store.begin().expect("a batch");
                 applying.put(&put(0)).expect("storage").expect("put");
-                since_durable += 1;
-                let durable = since_durable >= DURABLE_EVERY;
-                if durable {
-                    since_durable = 0;
-                }
-                applying.commit(durable).expect("commit");
+                applying.commit(durable.after(1)).expect("commit");
             })
         });
     }
@@ -128,17 +136,13 @@ fn redb_layout(c: &mut Criterion) {
         };
         write(&db, &mut (0..KEYS), true);
         let mut rng = Rng::new(7);
-        let mut since_durable = 0;
+        let mut durable = Durable::default();
         let name = if by_revision { "by_revision" } else { "by_key_and_revision" };
         group.bench_function(name, |b| {
             b.iter(|| {
-                since_durable += BATCH;
-                let durable = since_durable >= DURABLE_EVERY;
-                if durable {
-                    since_durable = 0;
-                }
+                let due = durable.after(BATCH);
                 let mut keys = (0..BATCH).map(|_| rng.range(0, KEYS));
-                write(&db, &mut keys, durable);
+                write(&db, &mut keys, due);
             })
         });
     }
