@@ -202,12 +202,12 @@ async fn ask<T, R>(queue: &Queue<T, R>, item: T, what: &str) -> Result<R, NodeEr
 }
 
 /// Sends what waits in `rx` in batches until every sender is gone: one at a time while the
-/// leader answers within `slow` ([`SLOW`]), up to [`IN_FLIGHT`] while it does not. `send` answers a batch:
-/// per item, in order, or one failure for all.
+/// leader answers within `slow` ([`SLOW`]), up to [`IN_FLIGHT`] while it does not. `send`
+/// answers a batch: per item, in order, or one failure for all.
 ///
-/// One at a time makes the batches large under load: measured at 64 clients through 3 members,
-/// a follower sent a batch per 2.2 writes with 4 out at once and per 6.5 with one, and the
-/// members spent 5-10 % less CPU per write (docs/DESIGN.md §5).
+/// One at a time makes the batches large under load: at 64 clients through 3 members, a
+/// follower sent a batch per 2.2 writes with 4 out at once and per 5.7 to 6.5 with one, and
+/// the members spent 3-15 % less CPU per write in alternating runs (docs/DESIGN.md §5).
 async fn batches<T, R, F, Fut>(mut rx: mpsc::Receiver<(T, Reply<R>)>, slow: Duration, send: F)
 where
     T: Send + 'static,
