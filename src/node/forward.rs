@@ -902,7 +902,7 @@ mod tests {
     async fn a_leader_serves_at_most_its_forwarded_slots_at_once() {
         use tower::ServiceExt;
         let shared = Arc::new(Shared::for_tests(2, "b", 2, ""));
-        let (tx, _rx) = std::sync::mpsc::sync_channel(16);
+        let (tx, _rx) = crate::node::runtime::input_queue(16);
         let server = PeerServer::new(shared, tx, crate::node::transport::PeerLimits::new(1 << 20, 1 << 20));
         let held = server.forwarded_slots.clone().acquire_many_owned(FORWARDED_SLOTS as u32).await.expect("slots");
         let router = crate::node::transport::peer_router(server.clone());

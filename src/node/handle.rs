@@ -2,7 +2,6 @@
 //! confirm a linearizable read point, change membership, move leadership.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +9,7 @@ use tokio::sync::oneshot;
 
 use bytes::Bytes;
 
-use super::runtime::{offer, Input, NodeError};
+use super::runtime::{offer, Input, InputSender, NodeError};
 use super::shared::{lock, read, write, Shared};
 use crate::base::ids::added_member_id;
 use crate::raft::{ConfChange, ConfChangeKind, Index, NodeId, Term};
@@ -47,7 +46,7 @@ fn read_failure(e: ReadError) -> NodeError {
 #[derive(Clone)]
 pub struct NodeHandle {
     pub shared: Arc<Shared>,
-    pub tx: SyncSender<Input>,
+    pub tx: InputSender,
 }
 
 impl NodeHandle {

@@ -1,5 +1,9 @@
-//! The Raft loop: one OS thread owns the consensus core and the state machine; a second, the
-//! writer (`node::writer`), makes the log durable. The loop waits for input (peer messages,
+//! The Raft loop: one task of the member's runtime owns the consensus core and the state
+//! machine; a thread, the writer (`node::writer`), makes the log durable. The loop runs on the
+//! same worker threads as the tasks that hand it input (request handlers, the peer streams) and
+//! those it hands messages and answers to, so a hand-over between them is a task switch, not a
+//! thread's wakeup; the few steps that may block for long run in `blocking`, with the worker's
+//! other tasks handed to another thread meanwhile. The loop waits for input (peer messages,
 //! proposals, reads, admin requests, the writer's reports) or the next tick, then runs Ready
 //! cycles: send what may leave early, hand the write to the writer, apply what is committed and
 //! durable here, answer. It does not wait for the write: the core takes the next Ready while
@@ -9,11 +13,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::oneshot;
 
 use super::latency::{AppendClock, WritePoint};
@@ -144,12 +148,33 @@ pub enum Input {
     },
 }
 
+/// The sending side of the loop's input queue: any thread or task offers without blocking.
+pub type InputSender = tokio::sync::mpsc::Sender<Input>;
+/// The loop's side of its input queue.
+pub type InputReceiver = tokio::sync::mpsc::Receiver<Input>;
+
+/// The loop's input queue, holding at most `capacity` inputs.
+pub fn input_queue(capacity: usize) -> (InputSender, InputReceiver) {
+    tokio::sync::mpsc::channel(capacity)
+}
+
 /// Sends an input to the loop without blocking the caller.
-pub fn offer(tx: &SyncSender<Input>, input: Input) -> Result<(), NodeError> {
+pub fn offer(tx: &InputSender, input: Input) -> Result<(), NodeError> {
     match tx.try_send(input) {
         Ok(()) => Ok(()),
         Err(TrySendError::Full(_)) => Err(NodeError::Unavailable("this member is overloaded; retry".into())),
-        Err(TrySendError::Disconnected(_)) => Err(NodeError::Unavailable("this member is shutting down".into())),
+        Err(TrySendError::Closed(_)) => Err(NodeError::Unavailable("this member is shutting down".into())),
+    }
+}
+
+/// Runs `work`, which may block for a while (a durable commit, a snapshot's install), without
+/// holding up the other tasks of the runtime the loop runs on: on a multi-threaded runtime the
+/// worker first hands its queue to another thread (`block_in_place`). Elsewhere (tests that
+/// drive the loop by hand) it just runs.
+fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 
@@ -205,7 +230,7 @@ pub struct RaftLoop {
     writer: Writer,
     pub shared: Arc<Shared>,
     pub outbox: Box<dyn Outbox>,
-    pub rx: Receiver<Input>,
+    pub rx: InputReceiver,
     pub snapshot_threshold: u64,
     proposals: BTreeMap<Index, PendingProposal>,
     reads: BTreeMap<u64, Reply<Index>>,
@@ -250,7 +275,7 @@ impl RaftLoop {
         storage: Storage,
         shared: Arc<Shared>,
         outbox: Box<dyn Outbox>,
-        rx: Receiver<Input>,
+        rx: InputReceiver,
         snapshot_threshold: u64,
     ) -> RaftLoop {
         let last_snapshot_index = raw.raft.log().base().index;
@@ -286,7 +311,7 @@ impl RaftLoop {
 
     /// Writes on a thread of its own (`node::writer`), which wakes the loop through `wake`, its
     /// own input queue. Without this, the loop writes inline, on its own thread, when it drives.
-    pub fn with_writer_thread(mut self, wake: SyncSender<Input>) -> std::io::Result<RaftLoop> {
+    pub fn with_writer_thread(mut self, wake: InputSender) -> std::io::Result<RaftLoop> {
         self.writer.start_thread(wake, self.outbox.courier())?;
         Ok(self)
     }
@@ -359,26 +384,38 @@ impl RaftLoop {
         }
     }
 
-    /// Runs until shut down or every sender is gone.
-    pub fn run(mut self) {
+    /// Runs until shut down or every sender is gone, as a task of the member's runtime: the
+    /// tasks that hand it input (request handlers, the peer streams) and those it hands messages
+    /// and answers to run on the same worker threads, so handing over costs no thread switch.
+    pub async fn run(mut self) {
         let _writeback = Writeback::start(self.shared.clone(), WRITEBACK_EVERY);
         self.load_leases();
         let tick = Duration::from_millis(TICK_MS);
         let mut next_tick = Instant::now() + tick;
+        let sleep = tokio::time::sleep_until(next_tick.into());
+        tokio::pin!(sleep);
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(wait) {
-                Ok(input) => {
+            let input = tokio::select! {
+                biased;
+                input = self.rx.recv() => Some(input),
+                () = &mut sleep => None,
+            };
+            match input {
+                Some(Some(input)) => {
                     self.handle(input);
+                    // The tasks ready on this worker (handlers, peer streams) run first, so that
+                    // what they offer meanwhile is taken in this same pass: one Ready, one write
+                    // and one batch to each peer for all of it. Alone, this costs a task switch.
+                    tokio::task::yield_now().await;
                     for _ in 0..MAX_INPUTS_PER_ROUND {
                         match self.rx.try_recv() {
                             Ok(input) => self.handle(input),
-                            Err(_) => break,
+                            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                         }
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Some(None) => return,
+                None => {}
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -396,6 +433,7 @@ impl RaftLoop {
                     // We fell behind (a long fsync): do not replay missed ticks in a burst.
                     next_tick = now + tick;
                 }
+                sleep.as_mut().reset(next_tick.into());
             }
             self.drive();
             self.lease_tick();
@@ -947,9 +985,9 @@ impl RaftLoop {
                 old.kv.discard();
             }
             let staging = live.as_deref().map(staging_path);
-            KvStore::from_legacy_snapshot(staging.as_deref(), snapshot).map_err(|e| e.to_string())
+            blocking(|| KvStore::from_legacy_snapshot(staging.as_deref(), snapshot).map_err(|e| e.to_string()))
         };
-        let installed = staged.and_then(|staged| {
+        let installed = staged.and_then(|staged| blocking(|| {
             let mut kv = write(&self.shared.kv);
             // Tokens stay with the member (its TTL), but none survives the install: the
             // snapshot may have deleted their users (as a restart, the clients authenticate again).
@@ -972,7 +1010,7 @@ impl RaftLoop {
                     Err(e.to_string())
                 }
             }
-        });
+        }));
         match installed {
             Ok(()) => {
                 self.last_snapshot_index = index;
@@ -1165,7 +1203,7 @@ impl RaftLoop {
             return;
         }
         let started = Instant::now();
-        let flushed = {
+        let flushed = blocking(|| {
             let mut kv = write(&self.shared.kv);
             let mut more = true;
             while more && started.elapsed() < RECLAIM_SLICE {
@@ -1183,7 +1221,7 @@ impl RaftLoop {
             } else {
                 kv.flush()
             }
-        };
+        });
         if let Err(e) = flushed {
             self.halt(format!("cannot reclaim the space of compacted history: {e}"));
         }
@@ -1208,7 +1246,7 @@ impl RaftLoop {
             // learned they are committed): the snapshot waits until the core catches up.
             return;
         }
-        let persisted = write(&self.shared.kv).persist();
+        let persisted = blocking(|| write(&self.shared.kv).persist());
         // The state machine is its own snapshot: once it is durable up to `applied`, the log up
         // to there can go. The snapshot the core and the storage keep is only its metadata.
         if let Err(e) = persisted {
@@ -1220,7 +1258,7 @@ impl RaftLoop {
         match self.raw.raft.compact_keeping(data.clone(), keep) {
             Ok(meta) => {
                 let index = meta.index;
-                if let Err(e) = lock(self.writer.storage()).compact(&Snapshot { meta, data }) {
+                if let Err(e) = blocking(|| lock(self.writer.storage()).compact(&Snapshot { meta, data })) {
                     tracing::warn!(error = %e, "could not save a snapshot; the log keeps growing until it works");
                 } else {
                     tracing::debug!(index, "snapshot taken, log compacted");

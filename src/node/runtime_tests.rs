@@ -53,11 +53,11 @@ fn conf() -> ConfState {
 
 /// Member 2 after bootstrap, its three bootstrap entries applied; snapshots every entry.
 fn member() -> Member {
-    member_on(Arc::new(RealFs), std::sync::mpsc::sync_channel(16).1)
+    member_on(Arc::new(RealFs), input_queue(16).1)
 }
 
 /// As `member`, its WAL on `fs`, its loop reading `rx`.
-fn member_on(fs: Arc<dyn FileSystem>, rx: Receiver<Input>) -> Member {
+fn member_on(fs: Arc<dyn FileSystem>, rx: InputReceiver) -> Member {
     let dir = tempfile::tempdir().expect("temp dir");
     let (mut storage, _) = Storage::open_with(fs, dir.path()).expect("storage");
     let voters: Vec<(NodeId, Bytes)> = [1, 2, 3].iter().map(|id| (*id, encode(&member_info(*id)))).collect();
@@ -516,7 +516,7 @@ impl FileSystem for GatedFs {
 /// join it at the end.
 fn gated_member(courier: bool) -> (Member, Gate, std::thread::JoinHandle<()>) {
     let gate = Gate::default();
-    let (tx, rx) = std::sync::mpsc::sync_channel(64);
+    let (tx, rx) = input_queue(64);
     let mut m = member_on(Arc::new(GatedFs(gate.clone())), rx);
     m.sent.1.store(courier, Ordering::Relaxed);
     m.lp = m.lp.with_writer_thread(tx).expect("writer thread");
@@ -543,8 +543,9 @@ fn run_until(m: &mut Member, rounds: usize, done: impl Fn(&Member) -> bool) {
         if done(m) {
             return;
         }
-        if let Ok(input) = m.lp.rx.recv_timeout(Duration::from_millis(10)) {
-            m.lp.handle(input);
+        match m.lp.rx.try_recv() {
+            Ok(input) => m.lp.handle(input),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
         m.lp.drive();
     }
@@ -671,4 +672,32 @@ fn a_proposal_that_a_snapshot_passes_has_an_unknown_outcome() {
     assert!(matches!(&outcome, Ok(Err(NodeError::OutcomeUnknown(why))) if why.contains("snapshot")), "{outcome:?}");
     let outcome = conf_rx.try_recv();
     assert!(matches!(&outcome, Ok(Err(NodeError::OutcomeUnknown(why))) if why.contains("snapshot")), "{outcome:?}");
+}
+
+/// A step of the loop that may block for long (`blocking`: a durable commit, a snapshot's
+/// install) hands the worker's other tasks to another thread first: on a runtime of one worker,
+/// a task spawned just before the step runs while the step blocks. Run as plain code, the step
+/// would hold the only worker, and the task would wait for it (here: the 5 s bound, then fail).
+#[test]
+fn a_blocking_step_of_the_loop_leaves_the_runtime_to_the_other_tasks() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let ran_meanwhile = runtime.block_on(async {
+        // A spawned task runs on the worker, as the loop does (`block_on` runs on this thread).
+        tokio::spawn(async {
+            let (ran_tx, ran_rx) = std::sync::mpsc::channel();
+            let other = tokio::spawn(async move {
+                let _ = ran_tx.send(());
+            });
+            let ran = blocking(|| ran_rx.recv_timeout(Duration::from_secs(5)).is_ok());
+            let _ = other.await;
+            ran
+        })
+        .await
+        .expect("the loop's task")
+    });
+    assert!(ran_meanwhile, "the other task waited for the blocking step");
+    // Tests drive the loop by hand, outside a runtime or on a current-thread one: it just runs.
+    assert_eq!(blocking(|| 7), 7);
+    let current = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    assert_eq!(current.block_on(async { blocking(|| 8) }), 8);
 }

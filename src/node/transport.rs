@@ -46,7 +46,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,7 +60,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::latency::WritePoint;
-use super::runtime::{note_peer_urls, offer, Input, Outbox};
+use super::runtime::{note_peer_urls, offer, Input, InputSender, Outbox};
 use super::shared::{lock, read, Shared, StagedSnapshot};
 use super::timeline::{self, EventKind};
 use super::writer::Courier;
@@ -183,7 +182,7 @@ struct Queues {
     shared: Arc<Shared>,
     runtime: tokio::runtime::Handle,
     http: HttpClient,
-    loop_tx: SyncSender<Input>,
+    loop_tx: InputSender,
     /// Sender tasks running (each ends once its queue is removed and drained).
     live: Arc<AtomicUsize>,
     /// Messages go on streams (`--peer-streams`); else one POST per batch.
@@ -197,7 +196,7 @@ impl Transport {
     pub fn new(
         shared: Arc<Shared>,
         runtime: tokio::runtime::Handle,
-        loop_tx: SyncSender<Input>,
+        loop_tx: InputSender,
         local_ip: Option<IpAddr>,
         tls: Option<Arc<ClientTls>>,
     ) -> Transport {
@@ -369,7 +368,7 @@ struct PeerLink {
     to: NodeId,
     shared: Arc<Shared>,
     http: HttpClient,
-    loop_tx: SyncSender<Input>,
+    loop_tx: InputSender,
     streams: [Option<PeerStream>; 2],
     /// `--peer-streams=false`.
     post_always: bool,
@@ -383,7 +382,7 @@ async fn peer_sender(
     mut rx: mpsc::Receiver<Message>,
     shared: Arc<Shared>,
     http: HttpClient,
-    loop_tx: SyncSender<Input>,
+    loop_tx: InputSender,
     streams: bool,
     _live: LiveGuard,
 ) {
@@ -797,7 +796,7 @@ pub fn parse_snapshot_body(format: WireFormat, body: Bytes) -> Result<Message, S
 #[derive(Clone)]
 pub struct PeerServer {
     pub shared: Arc<Shared>,
-    pub loop_tx: SyncSender<Input>,
+    pub loop_tx: InputSender,
     pub limits: PeerLimits,
     /// One snapshot is received at a time.
     snapshot_slot: Arc<Semaphore>,
@@ -809,7 +808,7 @@ pub struct PeerServer {
 }
 
 impl PeerServer {
-    pub fn new(shared: Arc<Shared>, loop_tx: SyncSender<Input>, limits: PeerLimits) -> PeerServer {
+    pub fn new(shared: Arc<Shared>, loop_tx: InputSender, limits: PeerLimits) -> PeerServer {
         PeerServer {
             shared,
             loop_tx,
@@ -1272,7 +1271,7 @@ mod tests {
     #[test]
     fn the_sender_tasks_of_departed_members_end() {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let (tx, _rx) = std::sync::mpsc::sync_channel(16);
+        let (tx, _rx) = crate::node::runtime::input_queue(16);
         let mut transport = Transport::new(shared(), runtime.handle().clone(), tx, None, None);
         transport.retain(&conf(&[1, 2, 3]));
         transport.send(vec![heartbeat(2), heartbeat(3)]);

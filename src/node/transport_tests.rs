@@ -4,7 +4,6 @@
 //! without streams gets posted batches; and the receiving side refuses bad frames.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::runtime::{Input, Outbox};
+use super::runtime::{input_queue, Input, InputReceiver, Outbox};
 use super::shared::Shared;
 use super::timeline::EventKind;
 use super::transport::*;
@@ -45,13 +44,13 @@ fn append(index: u64, bytes: usize) -> Message {
 /// header) of the requests it was sent.
 struct Receiving {
     server: PeerServer,
-    input: Receiver<Input>,
+    input: InputReceiver,
     seen: Arc<Mutex<Vec<String>>>,
 }
 
 fn receiving() -> Receiving {
     let shared = Arc::new(Shared::for_tests(RECEIVER, "etcd-1", 1, ""));
-    let (tx, input): (SyncSender<Input>, _) = std::sync::mpsc::sync_channel(100_000);
+    let (tx, input) = input_queue(100_000);
     let server = PeerServer::new(shared, tx, PeerLimits::new(1 << 20, 1 << 20));
     Receiving { server, input, seen: Arc::default() }
 }
@@ -77,12 +76,12 @@ async fn start(router: Router, seen: Arc<Mutex<Vec<String>>>) -> (String, watch:
 fn sender(url: &str) -> (Transport, Arc<Shared>) {
     let shared = Arc::new(Shared::for_tests(SENDER, "etcd-0", 1, ""));
     shared.addresses.learn(RECEIVER, "etcd-1", url, "");
-    let (tx, _rx) = std::sync::mpsc::sync_channel(16);
+    let (tx, _rx) = input_queue(16);
     (Transport::new(shared.clone(), tokio::runtime::Handle::current(), tx, None, None), shared)
 }
 
 /// The next message the receiving loop got, waiting at most `within`.
-async fn next_step(input: &Receiver<Input>, within: Duration) -> Option<Message> {
+async fn next_step(input: &mut InputReceiver, within: Duration) -> Option<Message> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         match input.try_recv() {
@@ -114,7 +113,7 @@ fn every_batch_reaches_the_peer_in_order_on_two_streams() {
         }
         let mut got = Vec::new();
         while got.len() < sent.len() {
-            let Some(m) = next_step(&r.input, Duration::from_secs(10)).await else { break };
+            let Some(m) = next_step(&mut r.input, Duration::from_secs(10)).await else { break };
             got.push(m);
         }
         assert_eq!(got.len(), sent.len(), "every message arrived");
@@ -176,7 +175,7 @@ fn a_heartbeat_passes_appends_the_peer_does_not_read_and_a_stalled_stream_is_dia
                 transport.send(vec![append(48 + n, 10)]);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-            while let Some(m) = next_step(&r.input, Duration::from_millis(1)).await {
+            while let Some(m) = next_step(&mut r.input, Duration::from_millis(1)).await {
                 heard.push(m);
             }
             if data_streams.load(Ordering::SeqCst) >= 2 && !heard.is_empty() {
@@ -220,7 +219,7 @@ fn a_peer_without_streams_gets_posted_batches() {
         let mut heard = None;
         for n in 1..=50u64 {
             transport.send(vec![heartbeat(n)]);
-            if let Some(m) = next_step(&r.input, Duration::from_millis(100)).await {
+            if let Some(m) = next_step(&mut r.input, Duration::from_millis(100)).await {
                 heard = Some(m);
                 break;
             }
@@ -228,7 +227,7 @@ fn a_peer_without_streams_gets_posted_batches() {
         let heard = heard.expect("a heartbeat arrived");
         for n in 1..=3 {
             transport.send(vec![append(n, 10)]);
-            let m = next_step(&r.input, Duration::from_secs(5)).await.expect("the append arrived");
+            let m = next_step(&mut r.input, Duration::from_secs(5)).await.expect("the append arrived");
             assert_eq!(m, append(n, 10));
         }
         assert!(matches!(heard.body, MessageBody::Heartbeat { .. }));
@@ -259,7 +258,7 @@ async fn post_stream(r: &Receiving, cluster: &str, chunks: Vec<Vec<u8>>) -> (Sta
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn drain(input: &Receiver<Input>) -> Vec<Message> {
+fn drain(input: &mut InputReceiver) -> Vec<Message> {
     std::iter::from_fn(|| input.try_recv().ok())
         .filter_map(|i| match i {
             Input::Step(m) => Some(m),
@@ -278,7 +277,7 @@ fn the_receiver_reads_frames_split_anywhere_and_refuses_bad_ones() {
         let bytes: Vec<u8> = batches.iter().flat_map(|b| frame(b)).collect();
         let (status, _) = post_stream(&r, cluster, bytes.chunks(3).map(<[u8]>::to_vec).collect()).await;
         assert_eq!(status, StatusCode::NO_CONTENT);
-        assert_eq!(drain(&r.input), batches.concat());
+        assert_eq!(drain(&mut r.input), batches.concat());
 
         // Another cluster's stream: refused before a frame is read.
         let (status, why) = post_stream(&r, "8", vec![frame(&[heartbeat(2)])]).await;
@@ -298,13 +297,13 @@ fn the_receiver_reads_frames_split_anywhere_and_refuses_bad_ones() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{why}");
         assert!(why.contains("ended inside a frame"), "{why}");
         // Only the whole frames before each refusal reached the loop.
-        assert_eq!(drain(&r.input), vec![heartbeat(3)]);
+        assert_eq!(drain(&mut r.input), vec![heartbeat(3)]);
         // A message that names another sender or recipient is dropped, not stepped.
         let mut other = heartbeat(5);
         other.to = 9;
         let (status, _) = post_stream(&r, cluster, vec![frame(&[other, heartbeat(6)])]).await;
         assert_eq!(status, StatusCode::NO_CONTENT);
-        assert_eq!(drain(&r.input), vec![heartbeat(6)]);
+        assert_eq!(drain(&mut r.input), vec![heartbeat(6)]);
         assert_eq!(r.server.shared.metrics.peer_messages_rejected.load(Ordering::Relaxed), 2);
     });
 }

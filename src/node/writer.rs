@@ -22,12 +22,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::runtime::Input;
+use super::runtime::{Input, InputSender};
 use super::shared::lock;
 use crate::raft::{Entry, HardState, Index, Message, Snapshot};
 use crate::store::Storage;
@@ -146,7 +146,7 @@ impl Writer {
     /// Moves the writes to a thread of their own; `wake` is the loop's input queue, which the
     /// thread pokes after each report; with a `courier` it sends each write's `messages` itself.
     /// Writes already submitted are written first, inline.
-    pub fn start_thread(&mut self, wake: SyncSender<Input>, courier: Option<Arc<dyn Courier>>) -> std::io::Result<()> {
+    pub fn start_thread(&mut self, wake: InputSender, courier: Option<Arc<dyn Courier>>) -> std::io::Result<()> {
         if let Mode::Inline { queue, .. } = &self.mode {
             if !queue.is_empty() {
                 return Err(std::io::Error::other("writes are queued inline; poll them first"));
@@ -235,7 +235,7 @@ fn run(
     storage: &Mutex<Storage>,
     rx: &Receiver<Write>,
     done: &Sender<Done>,
-    wake: &SyncSender<Input>,
+    wake: &InputSender,
     courier: Option<&dyn Courier>,
     stop: &AtomicBool,
 ) {

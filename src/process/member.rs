@@ -28,7 +28,7 @@ use crate::http::tls::{ClientTls, ServerTls};
 use crate::node::compactor::{self, Retention};
 use crate::node::join::Joiner;
 use crate::node::join::{PeerMember, PeerView};
-use crate::node::runtime::{Input, RaftLoop, INPUT_QUEUE, TICK_MS};
+use crate::node::runtime::{input_queue, Input, RaftLoop, INPUT_QUEUE, TICK_MS};
 use crate::node::shared::{AddressBook, LoopStatus, Metrics, Shared};
 use crate::node::transport::{self, PeerLimits, PeerServer, Transport, MEMBERS_PATH};
 use crate::node::watch::WatchHub;
@@ -75,8 +75,8 @@ fn start(mut args: NodeArgs) -> Result<(), StartError> {
     let committed_at_start = raw.raft.commit_index();
     let shared = Arc::new(shared_state(&args, &flags, &start.meta, start.problems, &start.known, &raw, kv));
 
-    // The Raft loop's thread, and its peer transport.
-    let (tx, rx) = std::sync::mpsc::sync_channel(INPUT_QUEUE);
+    // The Raft loop's task, and its peer transport.
+    let (tx, rx) = input_queue(INPUT_QUEUE);
     let transport = Transport::new(
         shared.clone(),
         runtime.handle().clone(),
@@ -91,21 +91,23 @@ fn start(mut args: NodeArgs) -> Result<(), StartError> {
     // The writer thread holds a sender of the loop's queue, so the loop never sees the queue
     // close: after the servers stop, it is told to stop.
     let stop_loop = tx.clone();
-    let loop_thread = std::thread::Builder::new()
-        .name("raft-loop".into())
-        .spawn(move || raft_loop.run())
-        .map_err(|e| StartError::from(format!("cannot start the raft loop: {e}")))?;
+    let raft_loop = runtime.spawn(raft_loop.run());
 
     let node = NodeHandle { shared: shared.clone(), tx: tx.clone() };
     let peer = PeerServer::new(shared.clone(), tx.clone(), peer_limits).requiring_identity(flags.tls.peer_identity);
     drop(tx);
-    let result = runtime.block_on(serve_until_stopped(&flags, node, peer, committed_at_start));
+    let result = runtime.block_on(async move {
+        let result = serve_until_stopped(&flags, node, peer, committed_at_start).await;
+        // The loop has usually stopped by now (a graceful stop hands leadership away first);
+        // otherwise it is told to, and waited for a bounded while. Fails only if it has
+        // stopped already.
+        let (reply, _stopped) = tokio::sync::oneshot::channel();
+        let _ = stop_loop.try_send(Input::Shutdown { reply });
+        drop(stop_loop);
+        let _ = tokio::time::timeout(Duration::from_secs(3), raft_loop).await;
+        result
+    });
     runtime.shutdown_timeout(Duration::from_secs(1));
-    let (reply, _stopped) = tokio::sync::oneshot::channel();
-    // Fails only if the loop has stopped already.
-    let _ = stop_loop.send(Input::Shutdown { reply });
-    drop(stop_loop);
-    let _ = loop_thread.join();
     result
 }
 
