@@ -987,30 +987,32 @@ impl RaftLoop {
             let staging = live.as_deref().map(staging_path);
             blocking(|| KvStore::from_legacy_snapshot(staging.as_deref(), snapshot).map_err(|e| e.to_string()))
         };
-        let installed = staged.and_then(|staged| blocking(|| {
-            let mut kv = write(&self.shared.kv);
-            // Tokens stay with the member (its TTL), but none survives the install: the
-            // snapshot may have deleted their users (as a restart, the clients authenticate again).
-            let tokens = kv.tokens();
-            tokens.forget(&crate::store::auth::Forget::All);
-            // The live database closes before the staged one takes its place.
-            drop(std::mem::take(&mut *kv));
-            match KvStore::replace_with(live.as_deref(), staged) {
-                Ok(mut new) => {
-                    new.set_tokens(tokens);
-                    *kv = new;
-                    Ok(())
-                }
-                Err(e) => {
-                    // Back to the state machine that was there, which is unchanged on disk.
-                    if let Some(mut reopened) = live.as_deref().and_then(|p| KvStore::open(p).ok()) {
-                        reopened.set_tokens(tokens);
-                        *kv = reopened;
+        let installed = staged.and_then(|staged| {
+            blocking(|| {
+                let mut kv = write(&self.shared.kv);
+                // Tokens stay with the member (its TTL), but none survives the install: the
+                // snapshot may have deleted their users (as a restart, the clients authenticate again).
+                let tokens = kv.tokens();
+                tokens.forget(&crate::store::auth::Forget::All);
+                // The live database closes before the staged one takes its place.
+                drop(std::mem::take(&mut *kv));
+                match KvStore::replace_with(live.as_deref(), staged) {
+                    Ok(mut new) => {
+                        new.set_tokens(tokens);
+                        *kv = new;
+                        Ok(())
                     }
-                    Err(e.to_string())
+                    Err(e) => {
+                        // Back to the state machine that was there, which is unchanged on disk.
+                        if let Some(mut reopened) = live.as_deref().and_then(|p| KvStore::open(p).ok()) {
+                            reopened.set_tokens(tokens);
+                            *kv = reopened;
+                        }
+                        Err(e.to_string())
+                    }
                 }
-            }
-        }));
+            })
+        });
         match installed {
             Ok(()) => {
                 self.last_snapshot_index = index;

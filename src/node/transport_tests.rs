@@ -96,7 +96,7 @@ async fn next_step(input: &mut InputReceiver, within: Duration) -> Option<Messag
 #[test]
 fn every_batch_reaches_the_peer_in_order_on_two_streams() {
     runtime().block_on(async {
-        let r = receiving();
+        let mut r = receiving();
         let (url, _stop) = start(peer_router(r.server.clone()), r.seen.clone()).await;
         let (mut transport, _) = sender(&url);
         let mut sent = Vec::new();
@@ -156,7 +156,7 @@ async fn stuck_stream(State(stuck): State<Stuck>, request: Request) -> Response 
 #[test]
 fn a_heartbeat_passes_appends_the_peer_does_not_read_and_a_stalled_stream_is_dialled_again() {
     runtime().block_on(async {
-        let r = receiving();
+        let mut r = receiving();
         let data_streams = Arc::new(AtomicUsize::new(0));
         let stuck = Stuck { server: r.server.clone(), data_streams: data_streams.clone() };
         let router = Router::new().route(STREAM_PATH, post(stuck_stream)).with_state(stuck);
@@ -199,7 +199,7 @@ fn a_heartbeat_passes_appends_the_peer_does_not_read_and_a_stalled_stream_is_dia
 #[test]
 fn a_peer_without_streams_gets_posted_batches() {
     runtime().block_on(async {
-        let r = receiving();
+        let mut r = receiving();
         // An older member's peer port: messages, no streams.
         let server = r.server.clone();
         let router = Router::new().route(
@@ -270,7 +270,7 @@ fn drain(input: &mut InputReceiver) -> Vec<Message> {
 #[test]
 fn the_receiver_reads_frames_split_anywhere_and_refuses_bad_ones() {
     runtime().block_on(async {
-        let r = receiving();
+        let mut r = receiving();
         let cluster = "7";
         // Two frames, cut into pieces of 3 bytes: both arrive, in order.
         let batches = [vec![heartbeat(1), append(1, 5)], vec![append(2, 5)]];
