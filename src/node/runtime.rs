@@ -310,7 +310,7 @@ impl RaftLoop {
     }
 
     /// Writes on a thread of its own (`node::writer`), which wakes the loop through `wake`, its
-    /// own input queue. Without this, the loop writes inline, on its own thread, when it drives.
+    /// own input queue. Without this, the loop writes inline, in its own task, when it drives.
     pub fn with_writer_thread(mut self, wake: InputSender) -> std::io::Result<RaftLoop> {
         self.writer.start_thread(wake, self.outbox.courier())?;
         Ok(self)

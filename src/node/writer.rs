@@ -17,8 +17,8 @@
 //! loop to wake and hear (issue 19). Without one, or for a snapshot, the loop sends them when
 //! it hears.
 //!
-//! Tests that drive the loop by hand use the inline writer: the same writes, done on the loop's
-//! thread when it polls.
+//! Tests that drive the loop by hand use the inline writer: the same writes, done by the loop
+//! itself when it polls.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -125,7 +125,7 @@ pub struct Writer {
 }
 
 enum Mode {
-    /// Writes on the loop's thread when it polls; a failed write waits for `retry_at`.
+    /// Writes in the loop's task when it polls; a failed write waits for `retry_at`.
     Inline { queue: VecDeque<Write>, retry_at: Instant },
     Thread {
         tx: Option<Sender<Write>>,
