@@ -734,7 +734,7 @@ async fn metrics(State(api): State<Api>) -> Response {
     let m = &shared.metrics;
     let counter = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let reclaiming = api.node.with_kv(|kv| kv.compaction_pending());
-    let series: [(&str, &str, &str, u64); 18] = [
+    let series: [(&str, &str, &str, u64); 19] = [
         ("kuberaft_term", "Current Raft term.", "gauge", s.term),
         ("kuberaft_is_leader", "1 when this member leads.", "gauge", s.is_leader() as u64),
         ("kuberaft_has_leader", "1 when a leader is known.", "gauge", s.leader.is_some() as u64),
@@ -763,9 +763,15 @@ async fn metrics(State(api): State<Api>) -> Response {
         ),
         (
             "kuberaft_forwarded_proposal_batches_total",
-            "Requests that carried those writes to the leader.",
+            "Batches that carried those writes to the leader.",
             "counter",
             counter(&m.forwarded_proposal_batches),
+        ),
+        (
+            "kuberaft_streamed_proposal_batches_total",
+            "Of those batches, the ones sent on the peer stream (as etcd's MsgProp) rather than as requests.",
+            "counter",
+            counter(&m.streamed_proposal_batches),
         ),
         (
             "kuberaft_forwarded_reads_total",

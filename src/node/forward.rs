@@ -31,10 +31,10 @@
 //! routes (an older kuberaft answers 404) is remembered, and its followers forward whole calls
 //! as before.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -50,15 +50,21 @@ use super::handle::{NodeHandle, PROPOSE_TIMEOUT, READ_TIMEOUT};
 use super::runtime::NodeError;
 use super::shared::{lock, Shared};
 use super::transport::{check_sender, peer_request, read_batch, reject, PeerServer, BATCH_TARGET_BYTES};
+use super::writer::Courier;
 use crate::http::client::{self, Dial, HttpClient};
 use crate::http::tls::ClientTls;
-use crate::raft::{Index, NodeId, Term};
+use crate::raft::{Index, Message, MessageBody, NodeId, Term};
 use crate::store::codec;
 use crate::store::command::{decode, ApplyResult, Command};
 
 pub const PLACE_PATH: &str = "/raft/v1/place";
 pub const READ_INDEX_PATH: &str = "/raft/v1/read-index";
 pub const LEASE_RENEW_PATH: &str = "/raft/v1/lease-renew";
+/// A peer request's header that says what the sender takes on its peer streams: `propose` (a
+/// follower's writes as `MessageBody::Propose`, answered with `MessageBody::Placed`). Members
+/// that do not send it are sent placements as requests (`PLACE_PATH`).
+pub const HEADER_TAKES: &str = "x-kuberaft-takes";
+pub const TAKES_PROPOSE: &str = "propose";
 
 /// The most commands one forwarded batch carries.
 pub const MAX_BATCH: usize = 1024;
@@ -113,6 +119,8 @@ type Reply<R> = oneshot::Sender<Result<R, NodeError>>;
 /// A batch's answers: per item, in order, or one failure for all.
 type Answers<R> = Result<Vec<Result<R, NodeError>>, NodeError>;
 type Queue<T, R> = mpsc::Sender<(T, Reply<R>)>;
+/// Batches out on the peer stream: per number, the leader, and the way to their sender.
+type Pending = HashMap<u64, (NodeId, oneshot::Sender<Bytes>)>;
 
 /// A follower's way to its leader (one per member, in `Shared`).
 pub struct Forwarder {
@@ -122,6 +130,14 @@ pub struct Forwarder {
     renewals: OnceLock<Queue<i64, i64>>,
     /// Leaders that answered 404: an older kuberaft, whose followers forward whole calls.
     older: Mutex<BTreeSet<NodeId>>,
+    /// Peers that said they take proposals on their peer streams ([`HEADER_TAKES`]).
+    streamed: Mutex<BTreeSet<NodeId>>,
+    /// How this member's messages reach its peers: the transport's queues (set once it runs).
+    courier: OnceLock<Arc<dyn Courier>>,
+    /// Batches proposed on the peer stream that wait for the leader's `Placed`, by number: the
+    /// leader they went to, and where its answer goes.
+    pending: Arc<Mutex<Pending>>,
+    next_batch: AtomicU64,
     /// The writes placed through the leader that wait for this member's apply.
     pub outcomes: Outcomes,
 }
@@ -136,7 +152,37 @@ impl Forwarder {
             reads: OnceLock::new(),
             renewals: OnceLock::new(),
             older: Mutex::new(BTreeSet::new()),
+            streamed: Mutex::new(BTreeSet::new()),
+            courier: OnceLock::new(),
+            pending: Arc::default(),
+            next_batch: AtomicU64::new(1),
             outcomes: Outcomes::default(),
+        }
+    }
+
+    /// Proposals go to the leader on the peer streams, through `courier`, when it takes them.
+    pub fn set_courier(&self, courier: Arc<dyn Courier>) {
+        let _ = self.courier.set(courier);
+    }
+
+    /// Peer `from` said (with `takes`) whether it takes proposals on its peer streams: the
+    /// [`HEADER_TAKES`] header of its last stream or batch.
+    pub(super) fn note_takes(&self, from: NodeId, takes: bool) {
+        let mut streamed = lock(&self.streamed);
+        if takes {
+            streamed.insert(from);
+        } else {
+            streamed.remove(&from);
+        }
+    }
+
+    /// Peer `from`'s answer to the proposals sent to it on the stream as `batch`.
+    pub(super) fn placed(&self, from: NodeId, batch: u64, answer: Bytes) {
+        let mut pending = lock(&self.pending);
+        if pending.get(&batch).is_some_and(|(leader, _)| *leader == from) {
+            if let Some((_, waiting)) = pending.remove(&batch) {
+                let _ = waiting.send(answer);
+            }
         }
     }
 
@@ -151,7 +197,14 @@ impl Forwarder {
         let queue = self.proposals.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
             let (weak, http) = (Arc::downgrade(shared), self.http.clone());
-            tokio::spawn(batches(rx, SLOW, move |commands| send_proposals(weak.clone(), http.clone(), commands)));
+            // On the peer stream a batch costs little: the next leaves without waiting for the
+            // answer to the last.
+            let stream = weak.clone();
+            let slow = move || match stream.upgrade() {
+                Some(shared) if streamed_leader(&shared).is_some() => Duration::ZERO,
+                _ => SLOW,
+            };
+            tokio::spawn(batches(rx, slow, move |commands| send_proposals(weak.clone(), http.clone(), commands)));
             tx
         });
         let taken = Instant::now();
@@ -167,9 +220,11 @@ impl Forwarder {
         let queue = self.reads.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
             let (weak, http) = (Arc::downgrade(shared), self.http.clone());
-            tokio::spawn(batches(rx, SLOW, move |reads: Vec<()>| {
-                send_read_index(weak.clone(), http.clone(), reads.len())
-            }));
+            tokio::spawn(batches(
+                rx,
+                || SLOW,
+                move |reads: Vec<()>| send_read_index(weak.clone(), http.clone(), reads.len()),
+            ));
             tx
         });
         ask(queue, (), "reads").await
@@ -181,7 +236,7 @@ impl Forwarder {
         let queue = self.renewals.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
             let (weak, http) = (Arc::downgrade(shared), self.http.clone());
-            tokio::spawn(batches(rx, SLOW, move |ids| send_renewals(weak.clone(), http.clone(), ids)));
+            tokio::spawn(batches(rx, || SLOW, move |ids| send_renewals(weak.clone(), http.clone(), ids)));
             tx
         });
         ask(queue, id, "keep-alives").await
@@ -202,14 +257,17 @@ async fn ask<T, R>(queue: &Queue<T, R>, item: T, what: &str) -> Result<R, NodeEr
 }
 
 /// Sends what waits in `rx` in batches until every sender is gone: one at a time while the
-/// leader answers within `slow` ([`SLOW`]), up to [`IN_FLIGHT`] while it does not. `send`
-/// answers a batch: per item, in order, or one failure for all.
+/// leader answers within `slow()` ([`SLOW`]; asked before each batch), up to [`IN_FLIGHT`]
+/// while it does not. `send` answers a batch: per item, in order, or one failure for all.
 ///
 /// One at a time makes the batches large under load: at 64 clients through 3 members, a
 /// follower sent a batch per 2.2 writes with 4 out at once and per 5.7 to 6.5 with one, and
-/// the members spent 3-15 % less CPU per write in alternating runs (docs/DESIGN.md §5).
-async fn batches<T, R, F, Fut>(mut rx: mpsc::Receiver<(T, Reply<R>)>, slow: Duration, send: F)
+/// the members spent 3-15 % less CPU per write in alternating runs (docs/DESIGN.md §5). That
+/// was for batches sent as requests; on the peer stream, where a batch costs a frame and no
+/// request, proposals leave at once (`slow()` zero), up to [`IN_FLIGHT`] batches out.
+async fn batches<T, R, S, F, Fut>(mut rx: mpsc::Receiver<(T, Reply<R>)>, slow: S, send: F)
 where
+    S: Fn() -> Duration,
     T: Send + 'static,
     R: Send + 'static,
     F: Fn(Vec<T>) -> Fut,
@@ -222,6 +280,7 @@ where
     // Bounded: one pass per batch sent.
     for number in 0u64.. {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let slow = slow();
         // Bounded: each pass waits for a request to end or for the oldest to turn slow.
         loop {
             let Some(&oldest) = out.borrow_and_update().values().min() else { break };
@@ -373,13 +432,108 @@ async fn send_proposals(shared: Weak<Shared>, http: HttpClient, commands: Vec<By
         }
         return Ok(answers);
     }
-    let body = codec::encode(&commands).map_err(|e| NodeError::Unavailable(format!("cannot encode: {e}")))?;
     shared.metrics.forwarded_proposals.fetch_add(commands.len() as u64, Ordering::Relaxed);
     shared.metrics.forwarded_proposal_batches.fetch_add(1, Ordering::Relaxed);
     // From before the leader can place them until each waits: an entry may apply here first.
     let placing = shared.forward.outcomes.placing();
-    let answer: PlaceAnswer = ask_leader(&shared, &http, &PROPOSALS, body.into()).await?;
+    let answer: PlaceAnswer = match streamed_leader(&shared) {
+        Some((leader, courier)) => {
+            shared.metrics.streamed_proposal_batches.fetch_add(1, Ordering::Relaxed);
+            propose_on_stream(&shared, leader, courier.as_ref(), commands).await?
+        }
+        None => {
+            let body = codec::encode(&commands).map_err(|e| NodeError::Unavailable(format!("cannot encode: {e}")))?;
+            ask_leader(&shared, &http, &PROPOSALS, body.into()).await?
+        }
+    };
     Ok(answer.placed.into_iter().map(|placed| placed.map(|placed| placing.wait_for(placed))).collect())
+}
+
+/// The leader, when it takes proposals on the peer streams, and the way there.
+fn streamed_leader(shared: &Shared) -> Option<(NodeId, Arc<dyn Courier>)> {
+    let forward = &shared.forward;
+    let leader = shared.leader().filter(|l| *l != shared.id)?;
+    let courier = forward.courier.get()?;
+    lock(&forward.streamed).contains(&leader).then(|| (leader, courier.clone()))
+}
+
+/// How often a batch waiting for the leader's `Placed` looks whether that leader still leads.
+const PLACED_CHECK: Duration = Duration::from_millis(50);
+
+/// Sends `commands` to `leader` as one `Propose` on the peer stream (as etcd's followers send
+/// MsgProp) and waits for its `Placed`: within `PLACE_BATCH_TIMEOUT`, and while `leader` still
+/// leads. A batch the leader may have placed but not answered has an unknown outcome.
+async fn propose_on_stream(
+    shared: &Shared,
+    leader: NodeId,
+    courier: &dyn Courier,
+    commands: Vec<Bytes>,
+) -> Result<PlaceAnswer, NodeError> {
+    let forward = &shared.forward;
+    let batch = forward.next_batch.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = oneshot::channel();
+    lock(&forward.pending).insert(batch, (leader, tx));
+    let _unregister = Unregister { pending: forward.pending.clone(), batch };
+    let body = MessageBody::Propose { batch, commands };
+    courier.deliver(vec![Message { from: shared.id, to: leader, term: shared.term(), body }], &[]);
+    let deadline = tokio::time::Instant::now() + PLACE_BATCH_TIMEOUT;
+    // Bounded: PLACE_BATCH_TIMEOUT / PLACED_CHECK passes.
+    let answer = loop {
+        match tokio::time::timeout(PLACED_CHECK, &mut rx).await {
+            Ok(Ok(answer)) => break answer,
+            Ok(Err(_)) => return Err(NodeError::OutcomeUnknown("the member stopped while the writes were out".into())),
+            Err(_) if shared.leader() != Some(leader) => {
+                return Err(NodeError::OutcomeUnknown(
+                    "the leader changed before it said where it placed the writes".into(),
+                ))
+            }
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(NodeError::OutcomeUnknown(format!(
+                    "the leader did not answer the proposals within {} s",
+                    PLACE_BATCH_TIMEOUT.as_secs()
+                )))
+            }
+            Err(_) => {}
+        }
+    };
+    codec::decode(&answer)
+        .map_err(|e| NodeError::OutcomeUnknown(format!("the leader's answer to the proposals is undecodable: {e}")))
+}
+
+/// Forgets a batch sent on the stream once its sender stops waiting.
+struct Unregister {
+    pending: Arc<Mutex<Pending>>,
+    batch: u64,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        lock(&self.pending).remove(&self.batch);
+    }
+}
+
+/// The leader's answer to a batch of a follower's commands (`Input::Place`, or a `Propose` on
+/// the peer stream): refused whole when one is not a command or there are too many.
+pub(super) fn checked_commands(commands: &[Bytes]) -> Result<(), String> {
+    if commands.len() > MAX_BATCH {
+        return Err(format!("{} proposals; at most {MAX_BATCH} at once", commands.len()));
+    }
+    match commands.iter().position(|c| decode::<Command>(c).is_err()) {
+        Some(i) => Err(format!("proposal {i} is not a command")),
+        None => Ok(()),
+    }
+}
+
+/// A leader's answer to a `Propose` on the peer stream, encoded for its `Placed`.
+pub(super) fn encode_placed(placed: Vec<Result<(Index, Term), NodeError>>) -> Bytes {
+    let placed = placed.into_iter().map(|p| p.map(|(index, term)| Placed { index, term })).collect();
+    match codec::encode(&PlaceAnswer { placed }) {
+        Ok(answer) => answer.into(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode an answer to proposals");
+            Bytes::new()
+        }
+    }
 }
 
 /// Asks the leader for one read index, shared by `reads` waiting reads.
@@ -443,8 +597,8 @@ pub(super) async fn serve_placements(State(server): State<PeerServer>, request: 
         Ok(batch) => batch,
         Err(refused) => return refused,
     };
-    if let Some(i) = commands.iter().position(|c| decode::<Command>(c).is_err()) {
-        return reject(StatusCode::BAD_REQUEST, format!("proposal {i} is not a command"));
+    if let Err(why) = checked_commands(&commands) {
+        return reject(StatusCode::BAD_REQUEST, why);
     }
     if !node.is_leader() {
         return reject(StatusCode::SERVICE_UNAVAILABLE, "not the leader".into());
@@ -677,14 +831,18 @@ mod tests {
             let (queue, rx) = mpsc::channel(QUEUE);
             let sent: Sent = Arc::default();
             let record = sent.clone();
-            tokio::spawn(batches(rx, slow, move |items: Vec<u32>| {
-                let (release, released) = oneshot::channel::<()>();
-                lock(&record).push((items.len(), Some(release)));
-                async move {
-                    let _ = released.await;
-                    Ok(items.iter().map(|_| Ok(())).collect())
-                }
-            }));
+            tokio::spawn(batches(
+                rx,
+                move || slow,
+                move |items: Vec<u32>| {
+                    let (release, released) = oneshot::channel::<()>();
+                    lock(&record).push((items.len(), Some(release)));
+                    async move {
+                        let _ = released.await;
+                        Ok(items.iter().map(|_| Ok(())).collect())
+                    }
+                },
+            ));
             HeldBatches { queue, sent }
         }
 
@@ -973,5 +1131,80 @@ mod tests {
         write(&shared.status).leader = None;
         let lone = shared.forward.propose(&shared, put()).await;
         assert_eq!(lone, Err(NodeError::NotLeader { leader: None }));
+    }
+
+    /// A courier that records what it is handed.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Message>>);
+
+    impl Courier for Recorder {
+        fn deliver(&self, messages: Vec<Message>, _appends: &[Instant]) {
+            lock(&self.0).extend(messages);
+        }
+    }
+
+    /// The batch number and commands of the `Propose` `recorder` got, once it has one.
+    async fn proposed(recorder: &Recorder) -> (u64, Vec<Bytes>) {
+        // Bounded: 200 polls of 10 ms.
+        for _ in 0..200 {
+            let found = lock(&recorder.0).iter().find_map(|m| match &m.body {
+                MessageBody::Propose { batch, commands } if m.to == 2 => Some((*batch, commands.clone())),
+                _ => None,
+            });
+            if let Some(found) = found {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no proposal was sent on the stream");
+    }
+
+    /// A leader that says it takes proposals on its peer streams (`HEADER_TAKES`) is sent them
+    /// there, as etcd's followers send MsgProp: no request (this leader has no HTTP server at
+    /// all), the answer taken only from the leader it went to, and the write's outcome from this
+    /// member's apply. A batch the leader never answers is unknown as soon as another member
+    /// leads, without waiting out `PLACE_BATCH_TIMEOUT` (7 s; the test waits 2).
+    #[tokio::test]
+    async fn a_leader_that_takes_proposals_on_the_stream_gets_them_there() {
+        let shared = follower_of("http://127.0.0.1:9");
+        let recorder = Arc::new(Recorder::default());
+        shared.forward.set_courier(recorder.clone());
+        shared.forward.note_takes(2, true);
+        let propose = || {
+            let shared = shared.clone();
+            tokio::spawn(async move { shared.forward.propose(&shared, put()).await })
+        };
+
+        let pending = propose();
+        let (batch, commands) = proposed(&recorder).await;
+        assert_eq!(commands, vec![put()]);
+        shared.forward.placed(3, batch, encode_placed(vec![Ok((9, 1))]));
+        shared.forward.placed(2, batch, encode_placed(vec![Ok((5, 2))]));
+        // Bounded: 200 polls of 10 ms.
+        for _ in 0..200 {
+            if waiting(&shared) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        shared.forward.outcomes.applied(vec![(5, 2, Some(ApplyResult::Put { revision: 7 }))], 5, None);
+        let outcome = tokio::time::timeout(Duration::from_secs(2), pending).await.expect("answered").expect("task");
+        assert!(matches!(outcome, Ok(ApplyResult::Put { revision: 7 })), "{outcome:?}");
+        assert_eq!(shared.metrics.streamed_proposal_batches.load(Ordering::Relaxed), 1);
+
+        lock(&recorder.0).clear();
+        let pending = propose();
+        let _ = proposed(&recorder).await;
+        write(&shared.status).leader = Some(3);
+        let outcome = tokio::time::timeout(Duration::from_secs(2), pending).await.expect("answered").expect("task");
+        assert!(
+            matches!(&outcome, Err(NodeError::OutcomeUnknown(why)) if why.contains("leader changed")),
+            "{outcome:?}"
+        );
+        assert!(lock(&shared.forward.pending).is_empty(), "the batch is forgotten");
+
+        write(&shared.status).leader = Some(2);
+        shared.forward.note_takes(2, false);
+        assert!(streamed_leader(&shared).is_none(), "a leader that does not say so is sent requests");
     }
 }

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc::error::{TryRecvError, TrySendError};
 use tokio::sync::oneshot;
 
+use super::forward;
 use super::latency::{AppendClock, WritePoint};
 use super::shared::{lock, read, write, LoopStatus, Shared};
 use super::timeline::{self, EventKind};
@@ -281,6 +282,10 @@ impl RaftLoop {
         let last_snapshot_index = raw.raft.log().base().index;
         let mut raw = raw;
         raw.set_async_writes(true);
+        // A follower's handlers send proposals to the leader on the peer streams (`forward`).
+        if let Some(courier) = outbox.courier() {
+            shared.forward.set_courier(courier);
+        }
         RaftLoop {
             raw,
             writer: Writer::inline(storage),
@@ -495,6 +500,10 @@ impl RaftLoop {
                     tracing::warn!(from = m.from, %why, "dropped an InstallSnapshot; its leader sends it again");
                     return;
                 }
+                if let MessageBody::Propose { batch, commands } = m.body {
+                    self.place_for(m.from, batch, commands);
+                    return;
+                }
                 match &m.body {
                     MessageBody::AppendResp { index, reject: None } => {
                         self.shared.latency.passed(WritePoint::Acknowledged, *index);
@@ -514,15 +523,7 @@ impl RaftLoop {
                 }
             },
             Input::Place { commands, reply, received } => {
-                let placed = commands
-                    .into_iter()
-                    .map(|data| {
-                        let (index, term) = self.raw.raft.propose(data)?;
-                        self.shared.latency.proposed(index, received);
-                        Ok((index, term))
-                    })
-                    .collect();
-                let _ = reply.send(placed);
+                let _ = reply.send(self.place(commands, received));
             }
             Input::ConfChange { cc, reply } => match self.raw.raft.propose_conf_change(cc) {
                 Ok((index, term)) => {
@@ -1272,6 +1273,37 @@ impl RaftLoop {
             }
             Err(e) => tracing::debug!(error = %e, "no snapshot"),
         }
+    }
+
+    /// Appends a follower's commands to this leader's log, all in this turn (so that they
+    /// commit together): per command, where, or why not (`node::forward`).
+    fn place(&mut self, commands: Vec<Bytes>, received: Instant) -> Vec<Result<(Index, Term), NodeError>> {
+        commands
+            .into_iter()
+            .map(|data| {
+                let (index, term) = self.raw.raft.propose(data)?;
+                self.shared.latency.proposed(index, received);
+                Ok((index, term))
+            })
+            .collect()
+    }
+
+    /// Places the commands follower `from` proposed on the peer stream as `batch`, and answers
+    /// where with a `Placed` on the same way back. Not the leader, or a batch that is not all
+    /// commands: each is refused, to be retried (the follower's client sees `Unavailable`).
+    fn place_for(&mut self, from: NodeId, batch: u64, commands: Vec<Bytes>) {
+        let refused = if self.raw.raft.role() != Role::Leader {
+            Some("not the leader".to_string())
+        } else {
+            forward::checked_commands(&commands).err()
+        };
+        let placed = match refused {
+            Some(why) => commands.iter().map(|_| Err(NodeError::Unavailable(why.clone()))).collect(),
+            None => self.place(commands, Instant::now()),
+        };
+        let answer = forward::encode_placed(placed);
+        let body = MessageBody::Placed { batch, answer };
+        self.outbox.send(vec![Message { from: self.shared.id, to: from, term: self.raw.raft.term(), body }]);
     }
 
     /// A transfer this leader was asked for (by a client, or before it shuts down), for the

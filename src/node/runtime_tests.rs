@@ -656,6 +656,28 @@ async fn a_placed_write_takes_its_outcome_from_this_members_apply() {
     drop(placing);
 }
 
+/// A `Propose` on the peer stream that reaches a member that does not lead is answered at
+/// once, on the way back to its sender, each command refused as retryable; nothing is appended.
+#[test]
+fn proposals_on_the_stream_to_a_follower_are_refused_at_once() {
+    let mut m = member();
+    let last = m.lp.raw.raft.log().last_index();
+    let body = MessageBody::Propose { batch: 4, commands: vec![put("k", 1)] };
+    m.lp.handle(Input::Step(Message { from: 3, to: ME, term: TERM, body }));
+    m.lp.drive();
+    let answer = m.sent.0.lock().expect("outbox").iter().find_map(|sent| match &sent.body {
+        MessageBody::Placed { batch: 4, answer } if sent.to == 3 => Some(answer.clone()),
+        _ => None,
+    });
+    let answer: forward::PlaceAnswer = crate::store::codec::decode(&answer.expect("answered")).expect("decodable");
+    assert!(
+        matches!(&answer.placed[..], [Err(NodeError::Unavailable(why))] if why.contains("not the leader")),
+        "{:?}",
+        answer.placed
+    );
+    assert_eq!(m.lp.raw.raft.log().last_index(), last, "nothing appended");
+}
+
 /// A write this member proposed as leader, that a snapshot past it covers, may be in the
 /// snapshot or not: its outcome is unknown, never "superseded" (which says it did not happen).
 #[test]

@@ -135,6 +135,8 @@ pub struct Metrics {
     /// (`node::forward`).
     pub forwarded_proposals: AtomicU64,
     pub forwarded_proposal_batches: AtomicU64,
+    /// Of those batches, the ones sent on the peer stream (`MessageBody::Propose`).
+    pub streamed_proposal_batches: AtomicU64,
     /// A follower's linearizable reads served with the leader's read index, and the read-index
     /// requests they shared.
     pub forwarded_reads: AtomicU64,

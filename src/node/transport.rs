@@ -59,6 +59,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 
+use super::forward::{HEADER_TAKES, TAKES_PROPOSE};
 use super::latency::WritePoint;
 use super::runtime::{note_peer_urls, offer, Input, InputSender, Outbox};
 use super::shared::{lock, read, Shared, StagedSnapshot};
@@ -656,6 +657,7 @@ pub(super) fn peer_request(shared: &Shared, address: &MemberInfo, path: &str) ->
         .header(HEADER_FROM, format!("{:x}", shared.id))
         .header(HEADER_CLIENT_URL, &shared.advertise_client_url)
         .header(HEADER_PEER_URL, &shared.advertise_peer_url)
+        .header(HEADER_TAKES, TAKES_PROPOSE)
         .header("content-type", PEER_CONTENT_TYPE);
     match axum::http::HeaderValue::from_str(&shared.name) {
         Ok(name) => request.header(HEADER_NAME, name),
@@ -926,6 +928,8 @@ fn note_sender(shared: &Shared, from: u64, headers: &HeaderMap) {
             header(headers, HEADER_CLIENT_URL),
             header(headers, HEADER_NAME),
         );
+        let takes = header(headers, HEADER_TAKES).is_some_and(|t| t.split(',').any(|t| t.trim() == TAKES_PROPOSE));
+        shared.forward.note_takes(from, takes);
     }
 }
 
@@ -935,6 +939,12 @@ fn step_all(server: &PeerServer, from: u64, messages: Vec<Message>) {
     for m in messages {
         if m.to != shared.id || m.from != from || from == 0 || !m.is_well_formed() {
             shared.metrics.peer_messages_rejected.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        // The leader's answer to this member's proposals goes to the handlers that wait for it,
+        // not through the Raft loop.
+        if let MessageBody::Placed { batch, answer } = m.body {
+            shared.forward.placed(from, batch, answer);
             continue;
         }
         if offer(&server.loop_tx, Input::Step(m)).is_err() {

@@ -540,6 +540,7 @@ impl Raft {
             || m.from == self.cfg.id
             || m.from == 0
             || !m.is_well_formed()
+            || matches!(m.body, MessageBody::Propose { .. } | MessageBody::Placed { .. })
         {
             return;
         }

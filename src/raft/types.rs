@@ -195,7 +195,9 @@ impl Message {
                 MessageBody::HeartbeatResp { .. }
                 | MessageBody::PreVoteResp { .. }
                 | MessageBody::VoteResp { .. }
-                | MessageBody::TimeoutNow => true,
+                | MessageBody::TimeoutNow
+                | MessageBody::Propose { .. }
+                | MessageBody::Placed { .. } => true,
             }
     }
 }
@@ -255,6 +257,19 @@ pub enum MessageBody {
     },
     /// Leader transfer (thesis §3.10): start an election now.
     TimeoutNow,
+    /// A follower's clients' commands for the leader to append (etcd's MsgProp), numbered
+    /// `batch` by the follower. Opaque to the core, which ignores it: the node answers it
+    /// (`node::forward`). Sent only to a leader that says it takes it.
+    Propose {
+        batch: u64,
+        commands: Vec<Bytes>,
+    },
+    /// The leader's answer to `Propose` `batch`: where it placed each command, encoded by the node.
+    /// Ignored by the core.
+    Placed {
+        batch: u64,
+        answer: Bytes,
+    },
 }
 
 impl MessageBody {
@@ -271,6 +286,8 @@ impl MessageBody {
             MessageBody::VoteResp { .. } => "vote_resp",
             MessageBody::InstallSnapshot { .. } => "install_snapshot",
             MessageBody::TimeoutNow => "timeout_now",
+            MessageBody::Propose { .. } => "propose",
+            MessageBody::Placed { .. } => "placed",
         }
     }
 }

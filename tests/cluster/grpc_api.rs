@@ -567,6 +567,7 @@ fn followers_propose_through_the_leader_and_read_at_its_read_index() {
 
     // Many clients at once share requests to the leader.
     let batches_before = metric(&c, follower, "kuberaft_forwarded_proposal_batches_total");
+    let streamed_before = metric(&c, follower, "kuberaft_streamed_proposal_batches_total");
     let writers: Vec<_> = (0..64)
         .map(|w| {
             let mut kv = client(follower);
@@ -587,7 +588,9 @@ fn followers_propose_through_the_leader_and_read_at_its_read_index() {
     }
     let proposals = metric(&c, follower, "kuberaft_forwarded_proposals_total") - proposed;
     let batches = metric(&c, follower, "kuberaft_forwarded_proposal_batches_total") - batches_before;
+    let streamed = metric(&c, follower, "kuberaft_streamed_proposal_batches_total") - streamed_before;
     assert_eq!(proposals, 64 * 20, "every write went through the leader");
+    assert_eq!(streamed, batches, "every batch went on the peer stream, as etcd's MsgProp");
     assert!(batches < proposals, "{proposals} writes in {batches} requests: batched");
     for w in 0..64 {
         assert_eq!(get(&mut via_leader, &format!("w{w}"), false).0, Some("19".into()), "writer {w}'s last write");
