@@ -2,8 +2,11 @@
 //! port, as etcd's followers serve them (issue 15).
 //!
 //! - **Writes.** A follower sends the encoded commands its clients asked for to the leader in
-//!   batches (`POST /raft/v1/place`). The leader appends each to its log and answers at once
-//!   with where it placed it: the entry's index and term. The follower then takes each write's
+//!   batches: on the peer stream as a `MessageBody::Propose` (etcd's MsgProp), to a leader that
+//!   says it takes them (the [`HEADER_TAKES`] header of its peer requests), otherwise as a
+//!   request (`POST /raft/v1/place`). The leader's Raft loop appends each to its log and answers
+//!   at once with where it placed it: the entry's index and term (a `MessageBody::Placed` on
+//!   the stream back, or the request's answer). The follower then takes each write's
 //!   outcome from its own apply of that entry ([`Outcomes`]), as etcd's followers do (their
 //!   wait registry is keyed by request id; ours by entry): a client that reads back through the
 //!   member it wrote through sees its write, and the answer does not wait for the leader's
@@ -25,7 +28,10 @@
 //!
 //! Each kind is batched: while a request of it is out, new work waits, and the next request
 //! takes all that waited (up to [`MAX_BATCH`] commands), as etcd's followers keep one ReadIndex
-//! request out at a time. One client alone pays one round trip; many share one. A request out
+//! request out at a time. Proposals on the stream do not wait for the last batch's answer (up to
+//! [`IN_FLIGHT`] out): a batch there costs a frame, not a request. A batch on the stream that the
+//! leader does not answer, because a message was lost or the leader changed, has an unknown
+//! outcome as soon as another member leads, or after `PLACE_BATCH_TIMEOUT`. One client alone pays one round trip; many share one. A request out
 //! for longer than [`SLOW`] (a leader gone quiet, whose answer waits for a timeout) no longer
 //! holds the next back: up to [`IN_FLIGHT`] may be out then. A leader that does not know the
 //! routes (an older kuberaft answers 404) is remembered, and its followers forward whole calls
