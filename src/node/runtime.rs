@@ -481,6 +481,9 @@ impl RaftLoop {
                 Input::ReadIndex { reply } => drop(reply.send(Err(why()))),
                 Input::Transfer { reply, .. } => drop(reply.send(Err(why()))),
                 Input::Shutdown { reply } => self.shutdown = Some((reply, Instant::now())),
+                Input::Step(Message { from, body: MessageBody::Propose { batch, commands }, .. }) => {
+                    self.refuse_placing(from, batch, commands.len(), &why())
+                }
                 Input::Step(_) | Input::SnapshotFailed(_) | Input::Wake => {}
             }
             return;
@@ -492,6 +495,10 @@ impl RaftLoop {
             }
             (Some(why), Input::ConfChange { reply, .. }) => return drop(reply.send(Err(halted_error(why)))),
             (Some(why), Input::ReadIndex { reply }) => return drop(reply.send(Err(halted_error(why)))),
+            (Some(why), Input::Step(Message { from, body: MessageBody::Propose { batch, commands }, .. })) => {
+                let why = halted_error(why);
+                return self.refuse_placing(from, batch, commands.len(), &why);
+            }
             (_, input) => input,
         };
         match input {
@@ -1297,10 +1304,23 @@ impl RaftLoop {
         } else {
             forward::checked_commands(&commands).err()
         };
-        let placed = match refused {
-            Some(why) => commands.iter().map(|_| Err(NodeError::Unavailable(why.clone()))).collect(),
-            None => self.place(commands, Instant::now()),
-        };
+        match refused {
+            Some(why) => self.refuse_placing(from, batch, commands.len(), &NodeError::Unavailable(why)),
+            None => {
+                let placed = self.place(commands, Instant::now());
+                self.answer_placing(from, batch, placed);
+            }
+        }
+    }
+
+    /// Refuses each of the `count` commands of `from`'s `Propose` `batch` with `why` (a refusal
+    /// before proposing: the loop is not the leader, its storage is failing, or it halted, as
+    /// `Input::Place` is refused).
+    fn refuse_placing(&mut self, from: NodeId, batch: u64, count: usize, why: &NodeError) {
+        self.answer_placing(from, batch, (0..count).map(|_| Err(why.clone())).collect());
+    }
+
+    fn answer_placing(&mut self, from: NodeId, batch: u64, placed: Vec<Result<(Index, Term), NodeError>>) {
         let answer = forward::encode_placed(placed);
         let body = MessageBody::Placed { batch, answer };
         self.outbox.send(vec![Message { from: self.shared.id, to: from, term: self.raw.raft.term(), body }]);

@@ -658,6 +658,7 @@ async fn a_placed_write_takes_its_outcome_from_this_members_apply() {
 
 /// A `Propose` on the peer stream that reaches a member that does not lead is answered at
 /// once, on the way back to its sender, each command refused as retryable; nothing is appended.
+/// So is one that reaches a member whose storage fails or whose state machine halted.
 #[test]
 fn proposals_on_the_stream_to_a_follower_are_refused_at_once() {
     let mut m = member();
@@ -676,6 +677,27 @@ fn proposals_on_the_stream_to_a_follower_are_refused_at_once() {
         answer.placed
     );
     assert_eq!(m.lp.raw.raft.log().last_index(), last, "nothing appended");
+
+    // A member whose storage fails, or whose state machine halted, refuses them as it refuses
+    // `Input::Place`: at once, not by dropping them (which would leave the follower waiting).
+    for (batch, failing, halted, said) in
+        [(5, true, None, "storage is failing"), (6, false, Some("x"), "stopped applying")]
+    {
+        m.lp.failing = failing;
+        m.lp.halted = halted.map(str::to_string);
+        let body = MessageBody::Propose { batch, commands: vec![put("k", 1)] };
+        m.lp.handle(Input::Step(Message { from: 3, to: ME, term: TERM, body }));
+        let answer = m.sent.0.lock().expect("outbox").iter().find_map(|sent| match &sent.body {
+            MessageBody::Placed { batch: b, answer } if *b == batch => Some(answer.clone()),
+            _ => None,
+        });
+        let answer: forward::PlaceAnswer = crate::store::codec::decode(&answer.expect("answered")).expect("decodable");
+        assert!(
+            matches!(&answer.placed[..], [Err(NodeError::Unavailable(why))] if why.contains(said)),
+            "{:?}",
+            answer.placed
+        );
+    }
 }
 
 /// A write this member proposed as leader, that a snapshot past it covers, may be in the
