@@ -115,6 +115,13 @@ pub struct PlaceAnswer {
     pub placed: Vec<Result<Placed, NodeError>>,
 }
 
+impl PlaceAnswer {
+    /// From the Raft loop's answer: per command, (index, term) or why not.
+    fn of(placed: Vec<Result<(Index, Term), NodeError>>) -> PlaceAnswer {
+        PlaceAnswer { placed: placed.into_iter().map(|p| p.map(|(index, term)| Placed { index, term })).collect() }
+    }
+}
+
 /// The leader's answer to a read-index request.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ReadIndexAnswer {
@@ -532,8 +539,7 @@ pub(super) fn checked_commands(commands: &[Bytes]) -> Result<(), String> {
 
 /// A leader's answer to a `Propose` on the peer stream, encoded for its `Placed`.
 pub(super) fn encode_placed(placed: Vec<Result<(Index, Term), NodeError>>) -> Bytes {
-    let placed = placed.into_iter().map(|p| p.map(|(index, term)| Placed { index, term })).collect();
-    match codec::encode(&PlaceAnswer { placed }) {
+    match codec::encode(&PlaceAnswer::of(placed)) {
         Ok(answer) => answer.into(),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode an answer to proposals");
@@ -610,10 +616,7 @@ pub(super) async fn serve_placements(State(server): State<PeerServer>, request: 
         return reject(StatusCode::SERVICE_UNAVAILABLE, "not the leader".into());
     }
     match node.place(commands).await {
-        Ok(placed) => {
-            let placed = placed.into_iter().map(|p| p.map(|(index, term)| Placed { index, term })).collect();
-            encoded(&PlaceAnswer { placed })
-        }
+        Ok(placed) => encoded(&PlaceAnswer::of(placed)),
         // Refused before the loop took them.
         Err(e @ NodeError::Unavailable(_)) => reject(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
