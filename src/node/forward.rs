@@ -28,11 +28,11 @@
 //!
 //! Each kind is batched: while a request of it is out, new work waits, and the next request
 //! takes all that waited (up to [`MAX_BATCH`] commands), as etcd's followers keep one ReadIndex
-//! request out at a time. Proposals on the stream do not wait for the last batch's answer (up to
-//! [`IN_FLIGHT`] out): a batch there costs a frame, not a request. A batch on the stream that the
-//! leader does not answer, because a message was lost or the leader changed, has an unknown
-//! outcome as soon as another member leads, or after `PLACE_BATCH_TIMEOUT`. One client alone pays one round trip; many share one. A request out
-//! for longer than [`SLOW`] (a leader gone quiet, whose answer waits for a timeout) no longer
+//! request out at a time: one client alone pays one round trip; many share one. Proposals on the
+//! stream do not wait for the last batch's answer (up to [`STREAM_IN_FLIGHT`] out): a batch there
+//! costs a frame, not a request. A batch on the stream that the leader does not answer, because a
+//! message was lost or the leader changed, has an unknown outcome as soon as another member
+//! leads, or after `PLACE_BATCH_TIMEOUT`. A request out for longer than [`SLOW`] (a leader gone quiet, whose answer waits for a timeout) no longer
 //! holds the next back: up to [`IN_FLIGHT`] may be out then. A leader that does not know the
 //! routes (an older kuberaft answers 404) is remembered, and its followers forward whole calls
 //! as before.
@@ -50,7 +50,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use super::handle::{NodeHandle, PROPOSE_TIMEOUT, READ_TIMEOUT};
 use super::runtime::NodeError;
@@ -77,6 +77,12 @@ pub const MAX_BATCH: usize = 1024;
 /// Requests of each kind out to the leader at once, at most; more than one only while the
 /// oldest has been out for [`SLOW`].
 const IN_FLIGHT: usize = 4;
+/// Batches of proposals out on the peer stream at once, at most: enough that a write does not
+/// wait for a slot at 256 clients through 3 members (a batch then carries one or two writes),
+/// and a bound on what a leader gone quiet holds (each batch ends within `PLACE_BATCH_TIMEOUT`).
+/// At 4, writes waited behind the batches out for a whole trip to the leader: put at 64 clients
+/// ran 14 % slower (docs/DESIGN.md §5).
+const STREAM_IN_FLIGHT: usize = 64;
 /// A forwarded request the leader has not answered in this long no longer holds the next one
 /// back (a leader answers within a millisecond or two, a few under heavy load).
 const SLOW: Duration = Duration::from_millis(50);
@@ -213,11 +219,11 @@ impl Forwarder {
             // On the peer stream a batch costs little: the next leaves without waiting for the
             // answer to the last.
             let stream = weak.clone();
-            let slow = move || match stream.upgrade() {
-                Some(shared) if streamed_leader(&shared).is_some() => Duration::ZERO,
-                _ => SLOW,
+            let pace = move || match stream.upgrade() {
+                Some(shared) if streamed_leader(&shared).is_some() => ON_STREAM,
+                _ => REQUESTS,
             };
-            tokio::spawn(batches(rx, slow, move |commands| send_proposals(weak.clone(), http.clone(), commands)));
+            tokio::spawn(batches(rx, pace, move |commands| send_proposals(weak.clone(), http.clone(), commands)));
             tx
         });
         let taken = Instant::now();
@@ -235,7 +241,7 @@ impl Forwarder {
             let (weak, http) = (Arc::downgrade(shared), self.http.clone());
             tokio::spawn(batches(
                 rx,
-                || SLOW,
+                || REQUESTS,
                 move |reads: Vec<()>| send_read_index(weak.clone(), http.clone(), reads.len()),
             ));
             tx
@@ -249,7 +255,7 @@ impl Forwarder {
         let queue = self.renewals.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
             let (weak, http) = (Arc::downgrade(shared), self.http.clone());
-            tokio::spawn(batches(rx, || SLOW, move |ids| send_renewals(weak.clone(), http.clone(), ids)));
+            tokio::spawn(batches(rx, || REQUESTS, move |ids| send_renewals(weak.clone(), http.clone(), ids)));
             tx
         });
         ask(queue, id, "keep-alives").await
@@ -269,40 +275,58 @@ async fn ask<T, R>(queue: &Queue<T, R>, item: T, what: &str) -> Result<R, NodeEr
     answer.await.unwrap_or_else(|_| Err(NodeError::Unavailable("the member is stopping".into())))
 }
 
-/// Sends what waits in `rx` in batches until every sender is gone: one at a time while the
-/// leader answers within `slow()` ([`SLOW`]; asked before each batch), up to [`IN_FLIGHT`]
-/// while it does not. `send` answers a batch: per item, in order, or one failure for all.
+/// How a kind of forwarded work goes out: the next batch leaves once fewer than `most` are out
+/// and the oldest out has been out for `slow`.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    slow: Duration,
+    most: usize,
+}
+
+/// Requests: one out at a time while the leader answers within [`SLOW`], up to [`IN_FLIGHT`]
+/// while it does not.
+const REQUESTS: Pace = Pace { slow: SLOW, most: IN_FLIGHT };
+/// Proposals on the peer stream: each batch leaves at once, up to [`STREAM_IN_FLIGHT`] out.
+const ON_STREAM: Pace = Pace { slow: Duration::ZERO, most: STREAM_IN_FLIGHT };
+
+/// Sends what waits in `rx` in batches until every sender is gone, paced by `pace()` (asked
+/// before each batch): the next leaves once fewer than `most` are out and the oldest out has
+/// been out for `slow`. `send` answers a batch: per item, in order, or one failure for all.
 ///
-/// One at a time makes the batches large under load: at 64 clients through 3 members, a
-/// follower sent a batch per 2.2 writes with 4 out at once and per 5.7 to 6.5 with one, and
-/// the members spent 3-15 % less CPU per write in alternating runs (docs/DESIGN.md §5). That
-/// was for batches sent as requests; on the peer stream, where a batch costs a frame and no
-/// request, proposals leave at once (`slow()` zero), up to [`IN_FLIGHT`] batches out.
-async fn batches<T, R, S, F, Fut>(mut rx: mpsc::Receiver<(T, Reply<R>)>, slow: S, send: F)
+/// Requests ([`REQUESTS`]) go one at a time while the leader answers within [`SLOW`], which
+/// makes the batches large under load: at 64 clients through 3 members, a follower sent a
+/// request per 2.2 writes with 4 out at once and per 5.7 to 6.5 with one, and the members spent
+/// 3-15 % less CPU per write in alternating runs (docs/DESIGN.md §5). On the peer stream
+/// ([`ON_STREAM`]), where a batch costs a frame and no request, proposals leave at once.
+async fn batches<T, R, S, F, Fut>(mut rx: mpsc::Receiver<(T, Reply<R>)>, pace: S, send: F)
 where
-    S: Fn() -> Duration,
+    S: Fn() -> Pace,
     T: Send + 'static,
     R: Send + 'static,
     F: Fn(Vec<T>) -> Fut,
     Fut: Future<Output = Answers<R>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    // When each request out was sent, by a number of its own.
+    // When each batch out was sent, by a number of its own.
     let (out_tx, mut out) = tokio::sync::watch::channel(BTreeMap::<u64, tokio::time::Instant>::new());
     let out_tx = Arc::new(out_tx);
     // Bounded: one pass per batch sent.
     for number in 0u64.. {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let slow = slow();
-        // Bounded: each pass waits for a request to end or for the oldest to turn slow.
+        let Pace { slow, most } = pace();
+        // Bounded: each pass waits for a batch to end or for the oldest to turn slow.
         loop {
-            let Some(&oldest) = out.borrow_and_update().values().min() else { break };
-            if oldest.elapsed() >= slow {
+            let (count, oldest) = {
+                let out = out.borrow_and_update();
+                (out.len(), out.values().min().copied())
+            };
+            let Some(oldest) = oldest else { break };
+            if count < most && oldest.elapsed() >= slow {
                 break;
             }
+            let turns_slow =
+                if count < most { oldest + slow } else { tokio::time::Instant::now() + PLACE_BATCH_TIMEOUT };
             tokio::select! {
                 changed = out.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep_until(oldest + slow) => {}
+                () = tokio::time::sleep_until(turns_slow) => {}
             }
         }
         let Some(first) = rx.recv().await else { return };
@@ -324,7 +348,6 @@ where
             out_tx.send_modify(|out| {
                 out.remove(&number);
             });
-            drop(slot);
             match answers {
                 Ok(answers) if answers.len() == replies.len() => {
                     for (reply, answer) in replies.into_iter().zip(answers) {
@@ -836,13 +859,13 @@ mod tests {
     type Sent = Arc<Mutex<Vec<(usize, Option<oneshot::Sender<()>>)>>>;
 
     impl HeldBatches {
-        fn start(slow: Duration) -> HeldBatches {
+        fn start(pace: Pace) -> HeldBatches {
             let (queue, rx) = mpsc::channel(QUEUE);
             let sent: Sent = Arc::default();
             let record = sent.clone();
             tokio::spawn(batches(
                 rx,
-                move || slow,
+                move || pace,
                 move |items: Vec<u32>| {
                     let (release, released) = oneshot::channel::<()>();
                     lock(&record).push((items.len(), Some(release)));
@@ -885,7 +908,7 @@ mod tests {
 
     #[tokio::test]
     async fn work_that_waits_behind_a_request_out_goes_in_one_batch() {
-        let held = HeldBatches::start(Duration::from_secs(60));
+        let held = HeldBatches::start(Pace { slow: Duration::from_secs(60), most: IN_FLIGHT });
         let first = held.submit(0).await;
         assert_eq!(held.until_sent(1).await, vec![1]);
         let mut later = Vec::new();
@@ -906,7 +929,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_out_too_long_does_not_hold_the_next_back() {
-        let held = HeldBatches::start(Duration::from_millis(20));
+        let held = HeldBatches::start(Pace { slow: Duration::from_millis(20), most: IN_FLIGHT });
         let _first = held.submit(0).await;
         assert_eq!(held.until_sent(1).await, vec![1]);
         let second = held.submit(1).await;
@@ -914,6 +937,36 @@ mod tests {
         assert_eq!(held.until_sent(2).await, vec![1, 1]);
         held.release(1);
         assert_eq!(second.await.expect("answered"), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn on_the_stream_each_batch_leaves_at_once_up_to_the_most_out() {
+        let held = HeldBatches::start(ON_STREAM);
+        let mut answers = Vec::new();
+        // None is answered: each leaves at once all the same, where a request would wait.
+        for item in 0..8 {
+            answers.push(held.submit(item).await);
+            assert_eq!(held.until_sent(item as usize + 1).await.len(), item as usize + 1, "batch {item} left at once");
+        }
+        let capped = HeldBatches::start(Pace { most: 2, ..ON_STREAM });
+        let first = capped.submit(0).await;
+        assert_eq!(capped.until_sent(1).await, vec![1]);
+        let _second = capped.submit(1).await;
+        assert_eq!(capped.until_sent(2).await, vec![1, 1]);
+        let third = capped.submit(2).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(capped.sizes(), vec![1, 1], "past the most out, the next waits");
+        capped.release(0);
+        assert_eq!(first.await.expect("answered"), Ok(()));
+        assert_eq!(capped.until_sent(3).await, vec![1, 1, 1], "and leaves when one is answered");
+        capped.release(2);
+        assert_eq!(third.await.expect("answered"), Ok(()));
+        for batch in 0..8 {
+            held.release(batch);
+        }
+        for answer in answers {
+            assert_eq!(answer.await.expect("answered"), Ok(()));
+        }
     }
 
     /// A leader at 127.0.0.1 whose routes for followers answer with `status` and `body`.

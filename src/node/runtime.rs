@@ -405,13 +405,17 @@ impl RaftLoop {
                 input = self.rx.recv() => Some(input),
                 () = &mut sleep => None,
             };
+            let mut busy = Instant::now();
             match input {
                 Some(Some(input)) => {
                     self.handle(input);
                     // The tasks ready on this worker (handlers, peer streams) run first, so that
                     // what they offer meanwhile is taken in this same pass: one Ready, one write
                     // and one batch to each peer for all of it. Alone, this costs a task switch.
+                    let worked = busy.elapsed();
                     tokio::task::yield_now().await;
+                    // What ran meanwhile was other tasks' work, not the loop's.
+                    busy = Instant::now().checked_sub(worked).unwrap_or_else(Instant::now);
                     for _ in 0..MAX_INPUTS_PER_ROUND {
                         match self.rx.try_recv() {
                             Ok(input) => self.handle(input),
@@ -467,6 +471,8 @@ impl RaftLoop {
             if self.shutdown_done() {
                 return;
             }
+            let busy = u64::try_from(busy.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.shared.metrics.raft_loop_busy_micros.fetch_add(busy, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -125,6 +125,8 @@ pub struct Metrics {
     /// The longest one pass of the Raft loop's Ready cycles took (`drive`: persisting, applying,
     /// snapshotting), in microseconds: how long the loop answered nothing, at worst.
     pub raft_loop_longest_stall_micros: AtomicU64,
+    /// The Raft loop's time at work (taking input, passes), in microseconds.
+    pub raft_loop_busy_micros: AtomicU64,
     /// Snapshots of the state machine taken (`maybe_snapshot`): count, total time, buckets.
     pub snapshot_count: AtomicU64,
     pub snapshot_micros_sum: AtomicU64,
@@ -176,8 +178,8 @@ impl Metrics {
         }
     }
 
-    /// The Raft loop's series in Prometheus' text format: `kuberaft_raft_loop_longest_stall_seconds`
-    /// and the histogram `kuberaft_snapshot_duration_seconds`.
+    /// The Raft loop's series in Prometheus' text format: `kuberaft_raft_loop_longest_stall_seconds`,
+    /// `kuberaft_raft_loop_busy_seconds_total` and the histogram `kuberaft_snapshot_duration_seconds`.
     pub fn render_raft_loop(&self) -> String {
         let mut out = String::new();
         let name = "kuberaft_raft_loop_longest_stall_seconds";
@@ -185,6 +187,11 @@ impl Metrics {
             "# HELP {name} The longest one pass of the Raft loop took (persist, apply, snapshot).\n# TYPE {name} gauge\n"
         ));
         out.push_str(&format!("{name} {}\n", self.raft_loop_longest_stall_micros.load(Ordering::Relaxed) as f64 / 1e6));
+        let name = "kuberaft_raft_loop_busy_seconds_total";
+        out.push_str(&format!(
+            "# HELP {name} Time the Raft loop spent at work (taking input, passes), not waiting for input.\n# TYPE {name} counter\n"
+        ));
+        out.push_str(&format!("{name} {}\n", self.raft_loop_busy_micros.load(Ordering::Relaxed) as f64 / 1e6));
         let name = "kuberaft_snapshot_duration_seconds";
         out.push_str(&format!(
             "# HELP {name} Time to snapshot the state machine and compact the log.\n# TYPE {name} histogram\n"

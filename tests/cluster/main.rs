@@ -288,6 +288,9 @@ fn scale_three_to_five_to_three_and_catch_up_by_snapshot() {
     // Each member measures its snapshots and the longest pass of its Raft loop.
     assert!(metric(&c, leader, "kuberaft_snapshot_duration_seconds_count") >= 2, "60 entries, a snapshot every 20");
     assert!(metric_value(&c, leader, "kuberaft_raft_loop_longest_stall_seconds") > 0.0);
+    // And the loop's time at work, a share of the time it ran.
+    let busy = metric_value(&c, leader, "kuberaft_raft_loop_busy_seconds_total");
+    assert!(busy > 0.0 && busy < 600.0, "busy {busy} s");
     // A follower that was down while the log was compacted catches up by snapshot.
     let lagging = (leader + 1) % 3;
     c.kill(lagging);
