@@ -32,10 +32,10 @@
 //! stream do not wait for the last batch's answer (up to [`STREAM_IN_FLIGHT`] out): a batch there
 //! costs a frame, not a request. A batch on the stream that the leader does not answer, because a
 //! message was lost or the leader changed, has an unknown outcome as soon as another member
-//! leads, or after `PLACE_BATCH_TIMEOUT`. A request out for longer than [`SLOW`] (a leader gone quiet, whose answer waits for a timeout) no longer
-//! holds the next back: up to [`IN_FLIGHT`] may be out then. A leader that does not know the
-//! routes (an older kuberaft answers 404) is remembered, and its followers forward whole calls
-//! as before.
+//! leads, or after `PLACE_BATCH_TIMEOUT`. A request out for longer than [`SLOW`] (a leader gone
+//! quiet, whose answer waits for a timeout) no longer holds the next back: up to [`IN_FLIGHT`]
+//! may be out then. A leader that does not know the routes (an older kuberaft answers 404) is
+//! remembered, and its followers forward whole calls as before.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
