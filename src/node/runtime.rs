@@ -471,8 +471,7 @@ impl RaftLoop {
             if self.shutdown_done() {
                 return;
             }
-            let busy = u64::try_from(busy.elapsed().as_micros()).unwrap_or(u64::MAX);
-            self.shared.metrics.raft_loop_busy_micros.fetch_add(busy, std::sync::atomic::Ordering::Relaxed);
+            self.shared.metrics.observe_loop_busy(busy.elapsed());
         }
     }
 

@@ -150,6 +150,11 @@ pub struct Metrics {
     pub peer_port: std::sync::Arc<crate::http::serve::PortStats>,
 }
 
+/// `took` in whole microseconds, saturating.
+fn micros(took: Duration) -> u64 {
+    u64::try_from(took.as_micros()).unwrap_or(u64::MAX)
+}
+
 impl Metrics {
     pub fn observe_fsync(&self, seconds: f64) {
         self.fsync_count.fetch_add(1, Ordering::Relaxed);
@@ -163,14 +168,18 @@ impl Metrics {
 
     /// One pass of the Raft loop took `took`: kept if it is the longest yet.
     pub fn observe_loop_pass(&self, took: Duration) {
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.raft_loop_longest_stall_micros.fetch_max(micros, Ordering::Relaxed);
+        self.raft_loop_longest_stall_micros.fetch_max(micros(took), Ordering::Relaxed);
+    }
+
+    /// The Raft loop was at work for `took` (one round: its input and its pass).
+    pub fn observe_loop_busy(&self, took: Duration) {
+        self.raft_loop_busy_micros.fetch_add(micros(took), Ordering::Relaxed);
     }
 
     pub fn observe_snapshot(&self, took: Duration) {
         let seconds = took.as_secs_f64();
         self.snapshot_count.fetch_add(1, Ordering::Relaxed);
-        self.snapshot_micros_sum.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.snapshot_micros_sum.fetch_add(micros(took), Ordering::Relaxed);
         for (bucket, upper) in self.snapshot_buckets.iter().zip(SNAPSHOT_BUCKETS) {
             if seconds <= upper {
                 bucket.fetch_add(1, Ordering::Relaxed);
