@@ -12,12 +12,25 @@
 //! copies its own leaf page), and keyed by revision alone, as etcd keys bbolt (each batch
 //! appends to the last leaf; etcd finds a key's revisions in an index in memory). It shows what
 //! the layout costs, apart from the store's own work.
+//!
+//! `command_codec` measures the encoding of a put as the log, the peer messages and each
+//! member's apply carry it (`store::codec`, postcard), with its key and value as bytes in one
+//! piece (`codec::bytes`), beside the same bytes read through serde's default for a `Vec<u8>`, a
+//! sequence of `u8` read one by one (what kuberaft did before; the encoding is the same).
+//!
+//! The benchmarks allocate with mimalloc, as the `kuberaft` binary does (before stop 59 they
+//! ran on the system's allocator; figures of earlier stops in DESIGN.md are of that).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kuberaft::base::rng::Rng;
+use kuberaft::store::codec;
 use kuberaft::store::mvcc::types::PutRequest;
 use kuberaft::store::mvcc::MvccStore;
 use redb::{Database, Durability, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const VALUE_BYTES: usize = 256;
 const DURABLE_EVERY: usize = 10_000;
@@ -149,5 +162,38 @@ fn redb_layout(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, apply_puts, apply_hot_key, redb_layout);
+/// A put's fields with serde's default for `Vec<u8>`: the same encoding, read a byte at a time.
+#[derive(Serialize, Deserialize)]
+struct PlainPut {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    lease: i64,
+    prev_kv: bool,
+    ignore_value: bool,
+    ignore_lease: bool,
+}
+
+fn command_codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("put_codec");
+    for size in [256usize, 65_536] {
+        let request = PutRequest { key: key(1), value: vec![b'v'; size], ..PutRequest::default() };
+        let encoded = codec::encode(&request).expect("encodes");
+        group.throughput(Throughput::Bytes(encoded.len() as u64));
+        group.bench_function(format!("encode_bytes_{size}"), |b| b.iter(|| codec::encode(&request).expect("encodes")));
+        let plain = codec::decode::<PlainPut>(&encoded).expect("the same encoding");
+        // What `codec::encode` was: postcard's own growing `Vec`, each byte a call.
+        group.bench_function(format!("encode_sequence_{size}"), |b| {
+            b.iter(|| postcard::to_stdvec(&plain).expect("encodes"))
+        });
+        group.bench_function(format!("decode_bytes_{size}"), |b| {
+            b.iter(|| codec::decode::<PutRequest>(&encoded).expect("decodes"))
+        });
+        group.bench_function(format!("decode_sequence_{size}"), |b| {
+            b.iter(|| codec::decode::<PlainPut>(&encoded).expect("decodes"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, apply_puts, apply_hot_key, redb_layout, command_codec);
 criterion_main!(benches);

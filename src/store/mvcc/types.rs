@@ -28,6 +28,7 @@ pub const DEFAULT_MAX_TXN_OPS: usize = 128;
 /// One version of a key, as etcd's `mvccpb.KeyValue`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
+    #[serde(with = "crate::store::codec::bytes")]
     pub key: Vec<u8>,
     /// The revision of the put that created the key (since its last delete).
     pub create_revision: Revision,
@@ -35,6 +36,7 @@ pub struct KeyValue {
     pub mod_revision: Revision,
     /// How many puts since creation, 1 for a new key.
     pub version: i64,
+    #[serde(with = "crate::store::codec::bytes")]
     pub value: Vec<u8>,
     /// The lease id, 0 for none.
     pub lease: i64,
@@ -112,7 +114,9 @@ pub enum SortTarget {
 /// `key` on; otherwise the keys in `[key, range_end)`. Revisions and limits <= 0 mean "none".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RangeRequest {
+    #[serde(with = "crate::store::codec::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::store::codec::bytes")]
     pub range_end: Vec<u8>,
     pub limit: i64,
     pub revision: Revision,
@@ -142,7 +146,9 @@ pub struct RangeResponse {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PutRequest {
+    #[serde(with = "crate::store::codec::bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "crate::store::codec::bytes")]
     pub value: Vec<u8>,
     pub lease: i64,
     pub prev_kv: bool,
@@ -158,8 +164,10 @@ pub struct PutResponse {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteRangeRequest {
+    #[serde(with = "crate::store::codec::bytes")]
     pub key: Vec<u8>,
     /// As in [`RangeRequest::range_end`].
+    #[serde(with = "crate::store::codec::bytes")]
     pub range_end: Vec<u8>,
     pub prev_kv: bool,
 }
@@ -174,7 +182,7 @@ pub struct DeleteRangeResponse {
 /// What a compare looks at, with the operand to compare it against.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareTarget {
-    Value(Vec<u8>),
+    Value(#[serde(with = "crate::store::codec::bytes")] Vec<u8>),
     Version(i64),
     Create(Revision),
     Mod(Revision),
@@ -194,8 +202,10 @@ pub enum CompareResult {
 /// 0 (version, create, mod and lease of a missing key) against the operand.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
+    #[serde(with = "crate::store::codec::bytes")]
     pub key: Vec<u8>,
     /// As in [`RangeRequest::range_end`].
+    #[serde(with = "crate::store::codec::bytes")]
     pub range_end: Vec<u8>,
     pub result: CompareResult,
     pub target: CompareTarget,
@@ -259,5 +269,73 @@ impl Event {
     pub fn size(&self) -> usize {
         let kv = |kv: &KeyValue| kv.key.len() + kv.value.len() + 48;
         kv(&self.kv) + self.prev_kv.as_ref().map_or(0, kv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::codec;
+
+    fn bytes(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    /// Keys and values are encoded as bytes in one piece (`codec::bytes`), and that encoding is
+    /// the one serde's default gave them (a sequence of `u8`), which the log, the peer messages
+    /// and snapshots of earlier versions hold: here each type against a tuple of its fields with
+    /// plain `Vec<u8>`s, in both directions.
+    #[test]
+    fn keys_and_values_encode_as_before_and_read_back() {
+        for len in [0, 1, 127, 128, 300, 70_000] {
+            let (key, value, end) = (bytes(len.min(300), 1), bytes(len, 2), bytes(len.min(300), 3));
+            let put =
+                PutRequest { key: key.clone(), value: value.clone(), lease: 7, prev_kv: true, ..Default::default() };
+            let plain = (key.clone(), value.clone(), 7i64, true, false, false);
+            assert_eq!(codec::encode(&put).unwrap(), codec::encode(&plain).unwrap(), "put of {len}");
+            assert_eq!(codec::decode::<PutRequest>(&codec::encode(&plain).unwrap()).unwrap(), put);
+
+            let kv = KeyValue {
+                key: key.clone(),
+                create_revision: 2,
+                mod_revision: 3,
+                version: 1,
+                value: value.clone(),
+                lease: 0,
+            };
+            let plain = (key.clone(), 2i64, 3i64, 1i64, value.clone(), 0i64);
+            assert_eq!(codec::encode(&kv).unwrap(), codec::encode(&plain).unwrap(), "key-value of {len}");
+            assert_eq!(codec::decode::<KeyValue>(&codec::encode(&plain).unwrap()).unwrap(), kv);
+
+            let delete = DeleteRangeRequest { key: key.clone(), range_end: end.clone(), prev_kv: true };
+            assert_eq!(codec::encode(&delete).unwrap(), codec::encode(&(key.clone(), end.clone(), true)).unwrap());
+
+            let compare = Compare {
+                key: key.clone(),
+                range_end: end.clone(),
+                result: CompareResult::Equal,
+                target: CompareTarget::Value(value.clone()),
+            };
+            // Enum variants are their index, then their fields.
+            let plain = (key.clone(), end.clone(), 0u32, (0u32, value.clone()));
+            assert_eq!(codec::encode(&compare).unwrap(), codec::encode(&plain).unwrap(), "compare of {len}");
+            let txn = TxnRequest { compare: vec![compare], success: vec![RequestOp::Put(put)], failure: vec![] };
+            let bytes = codec::encode(&txn).unwrap();
+            assert_eq!(codec::decode::<TxnRequest>(&bytes).unwrap(), txn);
+            // Damage is an error, never a panic, and never a value longer than the input.
+            for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+                assert!(codec::decode::<TxnRequest>(&bytes[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+        let range = RangeRequest { key: b"a".to_vec(), range_end: b"b".to_vec(), limit: 3, ..Default::default() };
+        assert_eq!(codec::decode::<RangeRequest>(&codec::encode(&range).unwrap()).unwrap(), range);
+        // A length far past the input is refused.
+        assert!(codec::decode::<PutRequest>(&[0xff, 0xff, 0xff, 0x7f, 1, 2]).is_err());
+        // JSON keeps arrays of numbers.
+        let put = PutRequest { key: b"k".to_vec(), value: vec![1, 2], ..Default::default() };
+        let json = serde_json::to_value(&put).unwrap();
+        assert_eq!(json["key"], serde_json::json!([107]));
+        assert_eq!(json["value"], serde_json::json!([1, 2]));
+        assert_eq!(serde_json::from_value::<PutRequest>(json).unwrap(), put);
     }
 }

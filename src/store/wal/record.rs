@@ -173,10 +173,18 @@ pub(super) fn decode_batch(kind: u8, payload: &[u8]) -> Result<Batch, String> {
 
 /// One framed record of `kind` holding `batch`.
 pub(super) fn encode_record(batch: &BatchRef<'_>, kind: u8) -> Result<Vec<u8>, StoreError> {
-    let mut record = vec![0u8; RECORD_HEADER_BYTES];
+    let mut record = Vec::new();
+    encode_record_into(batch, kind, &mut record)?;
+    Ok(record)
+}
+
+/// `encode_record` into `record` (cleared first; `codec::encode_into` grows it once): a buffer
+/// kept between batches (`Storage::record_buffer`) touches no fresh memory.
+pub(super) fn encode_record_into(batch: &BatchRef<'_>, kind: u8, record: &mut Vec<u8>) -> Result<(), StoreError> {
+    record.clear();
+    record.resize(RECORD_HEADER_BYTES, 0);
     record[8] = kind;
-    codec::encode_into(batch, &mut record)
-        .map_err(|e| StoreError::Invalid(format!("cannot encode a WAL record: {e}")))?;
+    codec::encode_into(batch, record).map_err(|e| StoreError::Invalid(format!("cannot encode a WAL record: {e}")))?;
     let len = (record.len() - RECORD_HEADER_BYTES) as u64;
     if len > MAX_RECORD_BYTES {
         return Err(StoreError::Invalid(format!("a batch of {len} bytes exceeds the 1 GiB record limit")));
@@ -184,5 +192,5 @@ pub(super) fn encode_record(batch: &BatchRef<'_>, kind: u8) -> Result<Vec<u8>, S
     let crc = record_crc(kind, &record[RECORD_HEADER_BYTES..]);
     record[0..4].copy_from_slice(&(len as u32).to_le_bytes());
     record[4..8].copy_from_slice(&crc.to_le_bytes());
-    Ok(record)
+    Ok(())
 }

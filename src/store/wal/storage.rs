@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::super::fs::{create_dir, lock_dir, remove_temp_files, sync_dir, DirLock, FileSystem, RealFs, WalFile};
-use super::record::{encode_record, BatchRef, SnapshotMark, RECORD_BATCH, RECORD_BATCH_UNSYNCED};
+use super::record::{encode_record, encode_record_into, BatchRef, SnapshotMark, RECORD_BATCH, RECORD_BATCH_UNSYNCED};
 use super::replay::{follows, read_segment, Replay};
 use super::segment::{
     create_segment, list_segments, note_entries, preallocate, segment_name, truncate_file, Segment, SEGMENT_ROLL_BYTES,
@@ -18,6 +18,11 @@ use super::segment::{
 use super::snapfile::{list_snapshots, load_newest_snapshot, save_snapshot, snapshot_name};
 use super::{StoreError, SNAP_DIR, WAL_DIR};
 use crate::raft::{Entry, HardState, Index, Snapshot};
+
+/// The most memory a WAL keeps between writes for encoding the next record: a batch of the
+/// largest values (16 MiB), so that each write of a busy member does not map fresh memory; a
+/// larger record's buffer is freed.
+const KEPT_RECORD_BYTES: usize = 16 << 20;
 
 /// Everything durable in a data directory, as `Storage::open` found it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -56,6 +61,8 @@ pub struct Storage {
     last_index: Index,
     fresh: bool,
     pub(super) segment_roll_bytes: u64,
+    /// The last record's buffer, kept for the next (up to `KEPT_RECORD_BYTES`).
+    record_buffer: Vec<u8>,
     #[cfg(test)]
     pub(super) fault: Option<Fault>,
     /// How many segments `open` cut at a damaged record with intact records after it.
@@ -171,6 +178,7 @@ impl Storage {
             last_index,
             fresh,
             segment_roll_bytes: SEGMENT_ROLL_BYTES,
+            record_buffer: Vec::new(),
             #[cfg(test)]
             fault: None,
             #[cfg(test)]
@@ -235,8 +243,13 @@ impl Storage {
             || !entries.is_empty()
             || hard_state.is_some_and(|hs| hs.term != self.hard_state.term || hs.vote != self.hard_state.vote);
         let kind = if sync { RECORD_BATCH } else { RECORD_BATCH_UNSYNCED };
-        let record = encode_record(&BatchRef { snapshot: mark, entries, hard_state: hard_state_to_write }, kind)?;
-        self.append(&record, sync)?;
+        let mut record = std::mem::take(&mut self.record_buffer);
+        let batch = BatchRef { snapshot: mark, entries, hard_state: hard_state_to_write };
+        let appended = encode_record_into(&batch, kind, &mut record).and_then(|()| self.append(&record, sync));
+        if record.capacity() <= KEPT_RECORD_BYTES {
+            self.record_buffer = record;
+        }
+        appended?;
         self.last_synced = sync;
 
         self.fresh = false;
