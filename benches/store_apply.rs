@@ -13,10 +13,11 @@
 //! appends to the last leaf; etcd finds a key's revisions in an index in memory). It shows what
 //! the layout costs, apart from the store's own work.
 //!
-//! `command_codec` measures the encoding of a put as the log, the peer messages and each
+//! `put_codec` measures the encoding of a put as the log, the peer messages and each
 //! member's apply carry it (`store::codec`, postcard), with its key and value as bytes in one
 //! piece (`codec::bytes`), beside the same bytes read through serde's default for a `Vec<u8>`, a
-//! sequence of `u8` read one by one (what kuberaft did before; the encoding is the same).
+//! sequence of `u8` read one by one, and written as `codec::encode` wrote it before (postcard's
+//! own growing `Vec`: the per-byte calls and the doubling together); the encoding is the same.
 //!
 //! The benchmarks allocate with mimalloc, as the `kuberaft` binary does (before stop 59 they
 //! ran on the system's allocator; figures of earlier stops in DESIGN.md are of that).
@@ -173,7 +174,7 @@ struct PlainPut {
     ignore_lease: bool,
 }
 
-fn command_codec(c: &mut Criterion) {
+fn put_codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("put_codec");
     for size in [256usize, 65_536] {
         let request = PutRequest { key: key(1), value: vec![b'v'; size], ..PutRequest::default() };
@@ -195,5 +196,5 @@ fn command_codec(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, apply_puts, apply_hot_key, redb_layout, command_codec);
+criterion_group!(benches, apply_puts, apply_hot_key, redb_layout, put_codec);
 criterion_main!(benches);
