@@ -61,7 +61,7 @@ use crate::http::client::{self, Dial, HttpClient};
 use crate::http::tls::ClientTls;
 use crate::raft::{Index, Message, MessageBody, NodeId, Term};
 use crate::store::codec;
-use crate::store::command::{decode, ApplyResult, Command};
+use crate::store::command::{decode_command, ApplyResult};
 
 pub const PLACE_PATH: &str = "/raft/v1/place";
 pub const READ_INDEX_PATH: &str = "/raft/v1/read-index";
@@ -554,7 +554,7 @@ pub(super) fn checked_commands(commands: &[Bytes]) -> Result<(), String> {
     if commands.len() > MAX_BATCH {
         return Err(format!("{} proposals; at most {MAX_BATCH} at once", commands.len()));
     }
-    match commands.iter().position(|c| decode::<Command>(c).is_err()) {
+    match commands.iter().position(|c| decode_command(c).is_err()) {
         Some(i) => Err(format!("proposal {i} is not a command")),
         None => Ok(()),
     }
@@ -846,7 +846,7 @@ impl Drop for Awaiting {
 mod tests {
     use super::*;
     use crate::node::shared::write;
-    use crate::store::command::encode;
+    use crate::store::command::{encode, Command};
 
     /// A `batches` task over a fake leader whose answers the test releases: the sizes of the
     /// batches sent, and per batch the release of its answer.

@@ -19,7 +19,7 @@ use crate::raft::{
     ConfChange, ConfChangeKind, Config, Entry, EntryPayload, Index, InitialState, Message, MessageBody, NodeId, Raft,
     RawNode, Role, Snapshot, SnapshotMeta, Term,
 };
-use crate::store::command::{decode, encode, Command, MemberInfo, PAYLOAD_FORMAT};
+use crate::store::command::{decode, decode_command, encode, Command, MemberInfo, PAYLOAD_FORMAT};
 use crate::store::KvStore;
 
 const DEFAULT_ITERATIONS: u64 = 20_000;
@@ -475,6 +475,8 @@ fn command_decoder_and_apply_survive_random_and_mutated_bytes() {
             mutate(&mut rng, valid)
         };
         replayable("command", seed, i, &input, || {
+            // The fast path for commands reads exactly as the general one, errors too.
+            assert_eq!(decode_command(&input), decode::<Command>(&input), "decode_command and decode");
             if let Ok(command) = decode::<Command>(&input) {
                 decoded += 1;
                 assert_eq!(decode::<Command>(&encode(&command)).ok(), Some(command), "a decoded command round-trips");

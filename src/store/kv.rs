@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{Access, AuthError, AuthOutcome, AuthRequest, AuthState, Forget, Tokens};
 use super::claim::{check_claim, MemberState};
-use super::command::{decode, numbered_before_etcd, ApplyResult, Command, KeyValue, MemberInfo};
+use super::command::{decode, decode_command, numbered_before_etcd, ApplyResult, Command, KeyValue, MemberInfo};
 use super::error::StoreError;
 use super::mvcc::engine::{Batch, MvccStore, ReadError};
 use super::mvcc::snapshot::SnapshotReader;
@@ -252,7 +252,7 @@ impl KvStore {
     fn apply_in(&mut self, batch: &mut Batch, entry: &Entry) -> Result<Option<ApplyResult>, StoreError> {
         let result = match &entry.payload {
             EntryPayload::Noop => None,
-            EntryPayload::Command(data) => match decode::<Command>(data) {
+            EntryPayload::Command(data) => match decode_command(data) {
                 Ok(command) if numbered_before_etcd(data) => {
                     Some(self.apply_command(batch, etcd_numbered(command), entry.index, None)?)
                 }

@@ -1320,18 +1320,31 @@ impl Writer<'_> {
         Hist { index: self.index, rows: &self.rows }
     }
 
-    /// Writes `record` for `key` at this revision (a key written twice in one revision keeps
-    /// one row, at the place of its first change). `live` is the record's create revision and
+    /// Writes `record` for `key` at this revision. `live` is the record's create revision and
     /// version; `None` for a tombstone.
     fn write(&mut self, key: &[u8], record: &[u8], live: Option<(Revision, i64)>) -> Result<(), StoreError> {
+        let entry = self.record_version(key, |_| live)?;
+        self.write_row(key, entry, record)
+    }
+
+    /// Records a version of `key` at this revision in the key index and returns it; its row is
+    /// `write_row`'s. `live` is given the key's newest version in this operation's view (`None`:
+    /// none; a tombstone counts) and gives the new version's create revision and version, or
+    /// `None` for a tombstone. One walk of the index for both. A key changed again in this
+    /// revision keeps its row (`KeyIndex::record_with` keeps the first change's `sub`); otherwise
+    /// it takes the next one.
+    fn record_version(
+        &mut self,
+        key: &[u8],
+        live: impl FnOnce(Option<Entry>) -> Option<(Revision, i64)>,
+    ) -> Result<Entry, StoreError> {
         let rev = self.begin + 1;
-        // A key changed again in this revision keeps its row (`KeyIndex::record` keeps the
-        // first change's `sub`); otherwise it takes the next one. One walk of the index.
-        let next = match live {
-            Some((create, version)) => Entry::live(rev, self.sub, create, version),
-            None => Entry::tombstone(rev, self.sub),
-        };
-        let Some((entry, replaced)) = self.index.record(key, next) else {
+        let (view, sub) = (self.view(), self.sub);
+        let recorded = self.index.record_with(key, |versions| match live(versions.and_then(|v| newest_in(v, view))) {
+            Some((create, version)) => Entry::live(rev, sub, create, version),
+            None => Entry::tombstone(rev, sub),
+        });
+        let Some((entry, replaced)) = recorded else {
             return Err(self.place.corrupt(format!(
                 "key {:?} has a version after revision {rev}, the one being written",
                 String::from_utf8_lossy(key)
@@ -1345,7 +1358,12 @@ impl Writer<'_> {
                 .checked_add(1)
                 .ok_or_else(|| StoreError::Invalid(format!("more than {} keys changed in revision {rev}", u32::MAX)))?;
         }
-        self.rows.insert((rev, entry.sub), encode_row(key, record).as_slice()).at(self.place, WRITE)?;
+        Ok(entry)
+    }
+
+    /// Writes `record`, the row of `entry`, a version of `key` that `record_version` gave.
+    fn write_row(&mut self, key: &[u8], entry: Entry, record: &[u8]) -> Result<(), StoreError> {
+        self.rows.insert((entry.main, entry.sub), encode_row(key, record).as_slice()).at(self.place, WRITE)?;
         Ok(())
     }
 
@@ -1361,22 +1379,27 @@ impl Writer<'_> {
         }
         // The previous version's row is read only when its value or lease is answered or kept;
         // its create revision and version are in the key index (as etcd's put takes them from
-        // its `treeIndex`).
-        let newest = self.index.newest(&req.key, self.view()).filter(|e| !e.tombstone);
-        let prev = match newest {
-            Some(entry) if req.prev_kv || req.ignore_value || req.ignore_lease => {
-                let row = fetch(&self.rows, self.place, &req.key, entry)?;
-                key_value(self.place, &req.key, entry.main, row.value(), req.prev_kv || req.ignore_value)?
-            }
-            _ => None,
-        };
-        if (req.ignore_value || req.ignore_lease) && newest.is_none() {
-            return Err(MvccError::KeyNotFound.into());
-        }
+        // its `treeIndex`), and a plain put reads them in the walk that records its own version.
         let rev = self.begin + 1;
-        let (create_revision, version) = match newest {
+        let numbered = |newest: Option<Entry>| match newest {
             Some(e) => (e.create, e.version + 1),
             None => (rev, 1),
+        };
+        let (entry, prev) = if req.prev_kv || req.ignore_value || req.ignore_lease {
+            let newest = self.index.newest(&req.key, self.view()).filter(|e| !e.tombstone);
+            let prev = match newest {
+                Some(entry) => {
+                    let row = fetch(&self.rows, self.place, &req.key, entry)?;
+                    key_value(self.place, &req.key, entry.main, row.value(), req.prev_kv || req.ignore_value)?
+                }
+                None => None,
+            };
+            if (req.ignore_value || req.ignore_lease) && newest.is_none() {
+                return Err(MvccError::KeyNotFound.into());
+            }
+            (self.record_version(&req.key, |_| Some(numbered(newest)))?, prev)
+        } else {
+            (self.record_version(&req.key, |newest| Some(numbered(newest.filter(|e| !e.tombstone))))?, None)
         };
         let value = match (&prev, req.ignore_value) {
             (Some(p), true) => p.value.as_slice(),
@@ -1386,8 +1409,8 @@ impl Writer<'_> {
             (Some(p), true) => p.lease,
             _ => req.lease,
         };
-        let record = Record::encode_live(create_revision, version, lease, value);
-        self.write(&req.key, &record, Some((create_revision, version)))?;
+        let record = Record::encode_live(entry.create, entry.version, lease, value);
+        self.write_row(&req.key, entry, &record)?;
         if lease != 0 {
             self.meta.insert(lease_key_name(lease, &req.key).as_str(), &[][..]).at(self.place, WRITE)?;
         }

@@ -240,8 +240,21 @@ impl KeyIndex {
     /// the one it replaced, if any. Revisions only grow: an entry below the key's newest is
     /// refused (`None`).
     pub(crate) fn record(&mut self, key: &[u8], entry: Entry) -> Option<(Entry, Option<Entry>)> {
+        self.record_with(key, |_| entry)
+    }
+
+    /// `record` of the entry that `make` gives from the key's versions as they are (`None`: the
+    /// key has none), in one walk of the index where a lookup and then a `record` take two: a
+    /// put's create revision and version come from the newest version before it
+    /// (`Writer::put`).
+    pub(crate) fn record_with(
+        &mut self,
+        key: &[u8],
+        make: impl FnOnce(Option<&Versions>) -> Entry,
+    ) -> Option<(Entry, Option<Entry>)> {
         match self.keys.get_mut(key) {
             Some(versions) => {
+                let entry = make(Some(versions));
                 let last = versions.last();
                 if last.main == entry.main {
                     let kept = Entry { sub: last.sub, ..entry };
@@ -255,6 +268,7 @@ impl KeyIndex {
                 }
             }
             None => {
+                let entry = make(None);
                 self.keys.insert(Arc::from(key), Versions::One(entry));
                 Some((entry, None))
             }
