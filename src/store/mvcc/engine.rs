@@ -402,7 +402,7 @@ impl MvccStore {
         Self::init(db, place)
     }
 
-    /// An empty store in memory (redb's `InMemoryBackend`), for tests.
+    /// An empty store in memory (redb's `InMemoryBackend`), for tests and benchmarks.
     pub fn in_memory() -> MvccStore {
         Self::with_backend(InMemoryBackend::new(), Place::memory())
             .expect("an empty in-memory redb database always opens")

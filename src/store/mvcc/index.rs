@@ -244,8 +244,9 @@ impl KeyIndex {
     }
 
     /// `record` of the entry that `make` gives from the key's versions as they are (`None`: the
-    /// key has none), in one walk of the index where a lookup and then a `record` take two: a
-    /// put's create revision and version come from the newest version before it
+    /// key has none), in one walk of the index for a key it holds, where a lookup and then a
+    /// `record` take two (a new key costs the walk that misses and the insert, as `record`
+    /// always did): a put's create revision and version come from the newest version before it
     /// (`Writer::put`).
     pub(crate) fn record_with(
         &mut self,
