@@ -1320,11 +1320,10 @@ impl Writer<'_> {
         Hist { index: self.index, rows: &self.rows }
     }
 
-    /// Writes `record` for `key` at this revision. `live` is the record's create revision and
-    /// version; `None` for a tombstone.
-    fn write(&mut self, key: &[u8], record: &[u8], live: Option<(Revision, i64)>) -> Result<(), StoreError> {
-        let entry = self.record_version(key, |_| live)?;
-        self.write_row(key, entry, record)
+    /// Writes a tombstone for `key` at this revision (a put records its version itself: `put`).
+    fn write_tombstone(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        let entry = self.record_version(key, |_| None)?;
+        self.write_row(key, entry, TOMBSTONE)
     }
 
     /// Records a version of `key` at this revision in the key index and returns it; its row is
@@ -1432,7 +1431,7 @@ impl Writer<'_> {
             Ok(ControlFlow::Continue(()))
         })?;
         for key in &gone {
-            self.write(key, TOMBSTONE, None)?;
+            self.write_tombstone(key)?;
         }
         Ok(DeleteRangeResponse { revision: self.view(), deleted: gone.len() as i64, prev_kvs })
     }
@@ -1823,7 +1822,7 @@ impl Batch {
         let Some(keys) = self.note(found)? else { return Ok(Err(MvccError::LeaseNotFound)) };
         let deleted = self.write_op(|w| {
             for key in &keys {
-                w.write(key, TOMBSTONE, None)?;
+                w.write_tombstone(key)?;
             }
             Ok(())
         })?;

@@ -66,7 +66,19 @@ fn check_store_tables(store: &MvccStore) {
 
 // ----- the generator -----
 
-const KEYS: [&[u8]; 6] = [b"a", b"a\0", b"ab", b"b", b"c", b"\xff"];
+/// Short keys, and keys on both sides of the index's inline length (`index::INLINE`, 22 bytes),
+/// ordered among the others: 22, 23 and 31 `a`s.
+const KEYS: [&[u8]; 9] = [
+    b"a",
+    b"a\0",
+    b"aaaaaaaaaaaaaaaaaaaaaa",
+    b"aaaaaaaaaaaaaaaaaaaaaaa",
+    b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    b"ab",
+    b"b",
+    b"c",
+    b"\xff",
+];
 const VALUES: [&[u8]; 5] = [b"", b"x", b"y", b"zz", b"x0"];
 
 /// etcd's `GetPrefixRangeEnd`.

@@ -9,8 +9,10 @@
 //! copy costs O(1): a read view keeps the copy that matches its database snapshot while the
 //! writer changes its own. The index is rebuilt from `hist` when the store is opened.
 
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::collections::VecDeque;
-use std::ops::Bound;
+use std::ops::{Bound, Deref};
 use std::sync::Arc;
 
 use imbl::OrdMap;
@@ -54,14 +56,16 @@ impl Entry {
 /// persistent vector, whose copy on change takes one chunk of it: a deque there would make every
 /// batch that changes the key copy all its history, so a put would cost more the longer the key
 /// went without compaction (`benches/store_apply.rs`, `mvcc_apply_hot_key`). Short histories stay
-/// deques, which hold what they need, where the vector keeps chunks of 64 versions.
+/// deques, which hold what they need, where the vector keeps chunks of 64 versions. The vector is
+/// behind a shared pointer as the deque is, so every form takes the room of one version in the
+/// index's nodes (the vector itself takes 64 bytes), which a batch copies and a read walks.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Versions {
     One(Entry),
     /// Two to `LONG`.
     Few(Arc<VecDeque<Entry>>),
     /// More than `SHORT`.
-    Long(imbl::Vector<Entry>),
+    Long(Arc<imbl::Vector<Entry>>),
 }
 
 /// A history longer than this is a persistent vector ...
@@ -109,7 +113,7 @@ impl Versions {
         let last = match self {
             Versions::One(e) => Some(e),
             Versions::Few(d) => Arc::make_mut(d).back_mut(),
-            Versions::Long(v) => v.back_mut(),
+            Versions::Long(v) => Arc::make_mut(v).back_mut(),
         };
         if let Some(last) = last {
             *last = entry;
@@ -122,10 +126,10 @@ impl Versions {
             Versions::Few(d) if d.len() >= LONG => {
                 let mut long: imbl::Vector<Entry> = d.iter().copied().collect();
                 long.push_back(entry);
-                *self = Versions::Long(long);
+                *self = Versions::Long(Arc::new(long));
             }
             Versions::Few(d) => Arc::make_mut(d).push_back(entry),
-            Versions::Long(v) => v.push_back(entry),
+            Versions::Long(v) => Arc::make_mut(v).push_back(entry),
         }
     }
 
@@ -143,10 +147,11 @@ impl Versions {
                 Versions::Few(d)
             }
             Versions::Long(mut v) => {
+                let vector = Arc::make_mut(&mut v);
                 if front {
-                    v.pop_front();
+                    vector.pop_front();
                 } else {
-                    v.pop_back();
+                    vector.pop_back();
                 }
                 Versions::Long(v)
             }
@@ -161,12 +166,91 @@ impl Versions {
     }
 }
 
+/// A key as the index holds it: its bytes in the entry itself when they fit (`INLINE` bytes or
+/// fewer), else shared. The index's B-tree nodes hold their entries side by side, so a short key
+/// is compared, copied (a batch's first change under a node copies the node the published index
+/// shares) and dropped with the node, where a shared key is a pointer to follow on every
+/// comparison, and an atomic count to raise on every copy and lower on every drop: on 100,000
+/// keys those were most of the index's cost (DESIGN.md §5, stop 61). Long keys (Kubernetes'
+/// `/registry/...` paths) stay shared, as every key was before: copying them would cost more
+/// than counting them. Either way it reads as the key's bytes, and orders as they do.
+#[derive(Clone)]
+pub(crate) struct IndexKey(Repr);
+
+/// `IndexKey`'s two forms; `Inline`'s `len` is at most `INLINE` (`IndexKey::from`).
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Shared(Arc<[u8]>),
+}
+
+/// The longest key held inline: what fits in the 24 bytes that a shared key takes with the
+/// variant's tag and the length.
+pub(crate) const INLINE: usize = 22;
+
+impl From<&[u8]> for IndexKey {
+    fn from(key: &[u8]) -> IndexKey {
+        match u8::try_from(key.len()) {
+            Ok(len) if key.len() <= INLINE => {
+                let mut bytes = [0u8; INLINE];
+                bytes[..key.len()].copy_from_slice(key);
+                IndexKey(Repr::Inline { len, bytes })
+            }
+            _ => IndexKey(Repr::Shared(Arc::from(key))),
+        }
+    }
+}
+
+impl Deref for IndexKey {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match &self.0 {
+            // `len` is at most INLINE (`from`); `get` keeps a wrong one from panicking.
+            Repr::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or(bytes),
+            Repr::Shared(key) => key,
+        }
+    }
+}
+
+impl Borrow<[u8]> for IndexKey {
+    fn borrow(&self) -> &[u8] {
+        self
+    }
+}
+
+impl PartialEq for IndexKey {
+    fn eq(&self, other: &IndexKey) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for IndexKey {}
+
+impl PartialOrd for IndexKey {
+    fn partial_cmp(&self, other: &IndexKey) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for IndexKey {
+    fn cmp(&self, other: &IndexKey) -> Ordering {
+        (**self).cmp(&**other)
+    }
+}
+
+impl std::fmt::Debug for IndexKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self))
+    }
+}
+
 /// The key index (see the module's documentation). `commit` is the number of the database
 /// commit it matches (the `mvcc` table's `commit`), checked whenever a copy is paired with a
 /// database transaction.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct KeyIndex {
-    keys: OrdMap<Arc<[u8]>, Versions>,
+    keys: OrdMap<IndexKey, Versions>,
     pub(crate) commit: i64,
 }
 
@@ -220,7 +304,7 @@ impl KeyIndex {
     pub(crate) fn span<'a>(
         &'a self,
         span: &KeySpan<'_>,
-    ) -> Box<dyn Iterator<Item = (&'a Arc<[u8]>, &'a Versions)> + 'a> {
+    ) -> Box<dyn Iterator<Item = (&'a IndexKey, &'a Versions)> + 'a> {
         let bounds: (Bound<&[u8]>, Bound<&[u8]>) = match *span {
             KeySpan::One(key) => (Bound::Included(key), Bound::Included(key)),
             KeySpan::From(key) => (Bound::Included(key), Bound::Unbounded),
@@ -231,7 +315,7 @@ impl KeyIndex {
     }
 
     /// Every key's versions, in key order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<[u8]>, &Versions)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&IndexKey, &Versions)> {
         self.keys.iter()
     }
 
@@ -270,7 +354,7 @@ impl KeyIndex {
             }
             None => {
                 let entry = make(None);
-                self.keys.insert(Arc::from(key), Versions::One(entry));
+                self.keys.insert(IndexKey::from(key), Versions::One(entry));
                 Some((entry, None))
             }
         }
@@ -371,6 +455,43 @@ mod tests {
         assert_eq!(copy.len(), 1);
         assert_eq!(idx.newest(b"a", 2), None);
         assert_eq!(idx.len(), 2);
+    }
+
+    #[test]
+    fn keys_inline_and_shared_order_and_read_as_their_bytes() {
+        // A shared key is 16 bytes; the inline form must not make an entry larger than 24. A
+        // key's versions take the room of one version (`Versions`).
+        assert_eq!(std::mem::size_of::<IndexKey>(), 24);
+        assert_eq!(std::mem::size_of::<Versions>(), std::mem::size_of::<Entry>());
+        // Keys of every length up to past the inline limit, many with a common prefix, so that
+        // inline keys meet shared ones in the order.
+        let mut rng = crate::base::rng::Rng::new(61);
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for len in 0..=(INLINE + 10) {
+            keys.push(vec![b'k'; len]);
+            keys.push((0..len).map(|_| rng.range(0, 3) as u8).collect());
+            keys.push((0..len).map(|i| if i + 1 == len { 0xff } else { b'k' }).collect());
+        }
+        let mut idx = KeyIndex::default();
+        for (i, k) in keys.iter().enumerate() {
+            let stored = IndexKey::from(&k[..]);
+            assert_eq!(&*stored, &k[..]);
+            assert_eq!(matches!(stored.0, Repr::Inline { .. }), k.len() <= INLINE, "{k:?}");
+            idx.record(k, e(i as Revision + 1, false));
+        }
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        let held: Vec<Vec<u8>> = idx.iter().map(|(k, _)| k.to_vec()).collect();
+        assert_eq!(held, sorted);
+        for k in &keys {
+            assert!(idx.newest(k, Revision::MAX).is_some(), "{k:?} is found by its bytes");
+        }
+        for (a, b) in sorted.iter().zip(sorted.iter().skip(1)) {
+            let (ka, kb) = (IndexKey::from(&a[..]), IndexKey::from(&b[..]));
+            assert_eq!(ka.cmp(&kb), Ordering::Less, "{a:?} < {b:?}");
+            assert!(ka != kb && ka == IndexKey::from(&a[..]));
+        }
     }
 
     #[test]
