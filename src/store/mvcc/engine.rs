@@ -1296,8 +1296,11 @@ struct Writer<'t> {
     /// version it replaced), to undo.
     index: &'t mut KeyIndex,
     recorded: Vec<(Vec<u8>, Option<Entry>)>,
-    /// The leases and the keys put with them.
-    meta: Table<'t, &'static str, &'static [u8]>,
+    /// The leases and the keys put with them: opened when an operation first needs it (a put
+    /// without a lease, most of them, does not, and opening a redb table costs a lookup in its
+    /// table tree and a record of the table's root when it closes).
+    meta: Option<Table<'t, &'static str, &'static [u8]>>,
+    txn: &'t WriteTransaction,
     place: &'t Place,
     begin: Revision,
     compacted: Revision,
@@ -1306,7 +1309,7 @@ struct Writer<'t> {
     sub: u32,
 }
 
-impl Writer<'_> {
+impl<'t> Writer<'t> {
     fn view(&self) -> Revision {
         if self.changed {
             self.begin + 1
@@ -1366,8 +1369,18 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn lease_exists(&self, id: i64) -> Result<bool, StoreError> {
-        Ok(self.meta.get(lease_name(id).as_str()).at(self.place, READ)?.is_some())
+    /// The `meta` table, opened on first use.
+    fn meta(&mut self) -> Result<&mut Table<'t, &'static str, &'static [u8]>, StoreError> {
+        let meta = match self.meta.take() {
+            Some(meta) => meta,
+            None => self.txn.open_table(META).at(self.place, WRITE)?,
+        };
+        Ok(self.meta.insert(meta))
+    }
+
+    fn lease_exists(&mut self, id: i64) -> Result<bool, StoreError> {
+        let place = self.place;
+        Ok(self.meta()?.get(lease_name(id).as_str()).at(place, READ)?.is_some())
     }
 
     /// etcd's put (`applierV3backend.Put` over mvcc's `storeTxnWrite.put`): the lease is
@@ -1411,7 +1424,8 @@ impl Writer<'_> {
         let record = Record::encode_live(entry.create, entry.version, lease, value);
         self.write_row(&req.key, entry, &record)?;
         if lease != 0 {
-            self.meta.insert(lease_key_name(lease, &req.key).as_str(), &[][..]).at(self.place, WRITE)?;
+            let place = self.place;
+            self.meta()?.insert(lease_key_name(lease, &req.key).as_str(), &[][..]).at(place, WRITE)?;
         }
         Ok(PutResponse { revision: self.view(), prev_kv: if req.prev_kv { prev } else { None } })
     }
@@ -1442,7 +1456,7 @@ impl Writer<'_> {
     }
 
     /// etcd's `checkRequestPut` over the taken path, before the txn.
-    fn check_taken_puts(&self, req: &TxnRequest) -> Result<(), ReadError> {
+    fn check_taken_puts(&mut self, req: &TxnRequest) -> Result<(), ReadError> {
         for op in self.taken(req)? {
             match op {
                 RequestOp::Put(p)
@@ -1581,7 +1595,8 @@ impl Batch {
             rows: self.txn.open_table(HIST).at(place, WRITE)?,
             index: &mut self.index,
             recorded: Vec::new(),
-            meta: self.txn.open_table(META).at(place, WRITE)?,
+            meta: None,
+            txn: &self.txn,
             place,
             begin: self.revision,
             compacted: self.compacted,
