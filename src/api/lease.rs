@@ -6,7 +6,9 @@
 //! (NDJSON), read as they arrive, and the answer one JSON line per request, in order. The
 //! first is answered before the response starts, so a single request gets the status of its
 //! outcome (503 without a leader, as the other endpoints); a later failure ends the stream with
-//! an error line (`{"error": ...}`) instead. A follower forwards each request to the leader.
+//! an error line (`{"error": ...}`) instead. A follower forwards each request to the leader. When
+//! the member that serves the stream stops, it ends with the error line of a 503, "unavailable",
+//! "etcdserver: server stopped".
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -19,7 +21,9 @@ use super::auth;
 use super::kv::{bad, header, node_error};
 use super::server::{forward, forward_as, path_and_query, read_body, route, Api, ApiError, ApiResult, Route};
 use super::watch::JsonValues;
+use crate::base::signal::until_stopped;
 use crate::base::wire::lease as wire;
+use crate::base::wire::{ErrorBody, ErrorDetail, STOPPED};
 use crate::node::NodeError;
 use crate::store::auth::{Access, Caller};
 
@@ -120,6 +124,7 @@ pub(super) async fn keep_alive(State(api): State<Api>, request: Request) -> ApiR
         Err(response) => return Ok(response),
     };
     // The later requests, one answer each, until the body ends or one fails.
+    let stop = api.node.shared.stopping.subscribe();
     let state: Option<KeepAlives> = Some((api, caller, headers, requests));
     let later = futures::stream::unfold(state, |state| async move {
         let (api, caller, headers, mut requests) = state?;
@@ -137,7 +142,14 @@ pub(super) async fn keep_alive(State(api): State<Api>, request: Request) -> ApiR
         futures::StreamExt::chain(futures::stream::once(async move { first }), later),
         Ok::<_, std::convert::Infallible>,
     );
-    let mut response = Body::from_stream(lines).into_response();
+    // When the member stops, the stream ends with a last line that says so (503's error body).
+    let end = || {
+        let error = ErrorBody { error: ErrorDetail::new("unavailable", STOPPED) };
+        let mut line = serde_json::to_vec(&error).unwrap_or_default();
+        line.push(b'\n');
+        Some(Ok(Bytes::from(line)))
+    };
+    let mut response = Body::from_stream(until_stopped(stop, lines, end)).into_response();
     response.headers_mut().insert(http_header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     Ok(response)
 }

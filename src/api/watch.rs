@@ -10,7 +10,8 @@
 //! A member cut off from the cluster serves its stale state; a client that would rather move
 //! on sends `x-kuberaft-require-leader: true` (etcd's `WithRequireLeader`): once the member has
 //! had no leader for [`NO_LEADER_CANCEL`], the stream ends with a response of watch id -1,
-//! `canceled`, reason "etcdserver: no leader".
+//! `canceled`, reason "etcdserver: no leader". When the member stops, every stream ends with such
+//! a response, reason "etcdserver: server stopped".
 
 use std::convert::Infallible;
 
@@ -23,7 +24,9 @@ use tokio::sync::mpsc;
 
 use super::kv::{bad, header, too_large, wire_kv, Span};
 use super::server::{Api, ApiResult};
+use crate::base::signal::until_stopped;
 use crate::base::wire::watch::{self as wire, HEADER_REQUIRE_LEADER, NO_LEADER};
+use crate::base::wire::STOPPED;
 use crate::node::watch::{WatchResponse, WatchSpec, WatchStream, STREAM_QUEUE};
 use crate::node::NodeError;
 use crate::store::auth::{Access, AuthError, Caller};
@@ -308,6 +311,7 @@ pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult
         None => return Err(bad("the body holds no watch request")),
     };
     let rx = run_stream(&api, super::auth::current(), Some(first), requests, require_leader).await?;
+    let at_end = api.clone();
     // The answer ends after a stream-ending response (no leader), or when every sender is gone.
     let lines = futures::stream::unfold((rx, api, false), |(mut rx, api, ended)| async move {
         if ended {
@@ -317,7 +321,19 @@ pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult
         let ends = ends_stream(&response);
         Some((Ok::<_, Infallible>(line(&wire_response(&api, response))), (rx, api, ends)))
     });
-    let mut response = Body::from_stream(lines).into_response();
+    // When the member stops, the stream ends as when it loses its leader, with the reason.
+    let stop = at_end.node.shared.stopping.subscribe();
+    let end = move || {
+        let end = WatchResponse {
+            watch_id: -1,
+            revision: at_end.watch.current_revision(),
+            canceled: true,
+            cancel_reason: STOPPED.to_string(),
+            ..WatchResponse::default()
+        };
+        Some(Ok(line(&wire_response(&at_end, end))))
+    };
+    let mut response = Body::from_stream(until_stopped(stop, lines, end)).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     Ok(response)
 }

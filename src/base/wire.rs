@@ -58,6 +58,10 @@ pub fn max_txn_request_bytes(max_value_bytes: usize) -> usize {
     max_value_bytes.saturating_add(TXN_REQUEST_OVERHEAD_BYTES)
 }
 
+/// Why a stream ends when its member stops, as etcd words it (`rpctypes.ErrGRPCStopped`, code
+/// Unavailable): a watch's last response, a lease keep-alive stream's last line.
+pub const STOPPED: &str = "etcdserver: server stopped";
+
 /// `{"error": {"code": "...", "message": "..."}}`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -42,6 +42,7 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
 use super::tls::{PeerCertificate, ServerTls};
+use crate::base::signal::stopped;
 
 /// A connection must have been idle this long before a new one may replace it.
 pub const MIN_IDLE_TO_EVICT: Duration = Duration::from_secs(1);
@@ -557,10 +558,6 @@ impl HandshakeLog {
 }
 
 /// Resolves once `stop` is true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 /// Why a body was not read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BodyError {

@@ -255,6 +255,10 @@ pub struct Shared {
     /// Set once when the member must stop for good (its data is lost): why. The process exits
     /// with code 3 when it is set.
     pub data_lost: watch::Sender<Option<String>>,
+    /// Turns true once when the member begins to stop: its servers take no more connections,
+    /// and the streams they serve for as long as the other side wants (a leader's message
+    /// stream, watches, lease keep-alives) end then, as etcd's do, rather than hold the stop.
+    pub stopping: watch::Sender<bool>,
     /// Snapshot streams the Raft loop prepared for the transport, one per follower (the newest
     /// replaces an older one, so at most one read view per follower is held).
     pub outgoing_snapshots: Mutex<BTreeMap<NodeId, SnapshotReader>>,
@@ -387,6 +391,7 @@ impl Shared {
             errors: RwLock::new(BTreeMap::new()),
             metrics: Metrics::default(),
             data_lost: watch::channel(None).0,
+            stopping: watch::channel(false).0,
             outgoing_snapshots: Default::default(),
             staged: Default::default(),
             lessor: Mutex::new(crate::node::lessor::Lessor::new(crate::node::lessor::DEFAULT_CHECKPOINT_INTERVAL_MS)),

@@ -980,7 +980,8 @@ async fn receive(State(server): State<PeerServer>, request: Request) -> Response
 /// `POST /raft/v1/stream`: frames of messages for as long as the sender keeps the body open,
 /// each handed to the Raft loop as it arrives. Checked as a batch is: the sender's headers once,
 /// then each frame against `PeerLimits::batch_bytes` (413, and the stream ends) and its
-/// decoding (400). Answers 204 when the sender ends the body.
+/// decoding (400). Answers 204 when the sender ends the body, and 503 when this member stops
+/// (`Shared::stopping`): the sender sees why, and the stop does not wait for it.
 async fn receive_stream(State(server): State<PeerServer>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let from = match check_sender(&server, &parts.headers, &parts.extensions) {
@@ -992,6 +993,9 @@ async fn receive_stream(State(server): State<PeerServer>, request: Request) -> R
     }
     note_sender(&server.shared, from, &parts.headers);
     let limit = server.limits.batch_bytes;
+    // A sender keeps its stream open for as long as it has something to send, and a leader
+    // always has (heartbeats): the stream ends when this member stops (`Shared::stopping`).
+    let mut stop = server.shared.stopping.subscribe();
     let mut chunks = body.into_data_stream();
     let mut buffer = bytes::BytesMut::new();
     loop {
@@ -1010,7 +1014,13 @@ async fn receive_stream(State(server): State<PeerServer>, request: Request) -> R
                 Err(e) => return reject(StatusCode::BAD_REQUEST, format!("undecodable messages: {e}")),
             }
         }
-        match chunks.next().await {
+        let next = tokio::select! {
+            next = chunks.next() => next,
+            () = crate::base::signal::stopped(&mut stop) => {
+                return reject(StatusCode::SERVICE_UNAVAILABLE, format!("member {} is stopping", server.shared.name));
+            }
+        };
+        match next {
             Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
             Some(Err(e)) => return reject(StatusCode::BAD_REQUEST, format!("the stream broke: {e}")),
             None if buffer.is_empty() => return StatusCode::NO_CONTENT.into_response(),

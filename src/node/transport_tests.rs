@@ -1,7 +1,8 @@
 //! The peer transport's streams (`transport`), over real HTTP on loopback: what one member's
 //! `Transport` sends reaches another's peer port in order on two streams; a heartbeat passes an
-//! append the peer does not read, and a stream the peer stopped reading is dialled again; a peer
-//! without streams gets posted batches; and the receiving side refuses bad frames.
+//! append the peer does not read, and a stream the peer stopped reading is dialled again; a
+//! stopping member ends the streams it receives; a peer without streams gets posted batches; and
+//! the receiving side refuses bad frames.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -193,6 +194,40 @@ fn a_heartbeat_passes_appends_the_peer_does_not_read_and_a_stalled_stream_is_dia
             .any(|e| matches!(&e.kind, EventKind::PeerUnreachable { error, .. } if error.contains("took nothing")));
         assert!(unreachable, "the stall is on the timeline: {:?}", shared.timeline.since(0));
         assert!(shared.metrics.peer_messages_dropped.load(Ordering::Relaxed) > 0, "the stuck appends count as dropped");
+    });
+}
+
+#[test]
+fn a_stopping_member_ends_the_streams_it_receives() {
+    runtime().block_on(async {
+        let mut r = receiving();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let stopped = r.server.shared.stopping.subscribe();
+        let router = peer_router(r.server.clone());
+        let server = tokio::spawn(serve(listener, router, PEER_PORT, render_error, Arc::default(), None, stopped));
+        let (mut transport, shared) = sender(&url);
+        transport.send(vec![heartbeat(1)]);
+        assert_eq!(next_step(&mut r.input, Duration::from_secs(10)).await, Some(heartbeat(1)), "the stream is open");
+        // The server's graceful stop waits for the requests in flight, and the sender keeps its
+        // stream open (it closes one only after STREAM_IDLE, 30 s without a message).
+        r.server.shared.stopping.send_replace(true);
+        let ended = tokio::time::timeout(Duration::from_secs(10), server).await;
+        assert!(ended.is_ok(), "the peer server stopped although the sender's stream was open");
+        // The sender learns why on its next send.
+        let stopping = |shared: &Shared| {
+            shared.timeline.since(0).into_iter().any(
+                |e| matches!(&e.kind, EventKind::PeerUnreachable { error, .. } if error.contains("etcd-1 is stopping")),
+            )
+        };
+        for n in 2..=50u64 {
+            transport.send(vec![heartbeat(n)]);
+            if stopping(&shared) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(stopping(&shared), "the stream's answer says the peer stops: {:?}", shared.timeline.since(0));
     });
 }
 

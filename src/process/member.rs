@@ -598,6 +598,7 @@ fn shared_state(
         errors: RwLock::new(problems.into_iter().map(|p| ("flags".to_string(), (p, Instant::now()))).collect()),
         metrics: Metrics::default(),
         data_lost: watch::channel(None).0,
+        stopping: watch::channel(false).0,
         outgoing_snapshots: Default::default(),
         staged: Default::default(),
         lessor: std::sync::Mutex::new(crate::node::lessor::Lessor::new(
@@ -612,7 +613,8 @@ fn shared_state(
 }
 
 /// Serves the client and peer ports until SIGTERM/SIGINT (then hands leadership away) or until
-/// the member learns its data is lost (exit 3); then lets requests in flight finish (bounded).
+/// the member learns its data is lost (exit 3); then lets requests in flight finish (bounded),
+/// and ends the streams that would go on for as long as their other side wants.
 /// Clients are served once the state machine has applied what the log held committed at start
 /// (`committed_at_start`), as etcd serves them only once it is ready: until then it holds what
 /// its database last made durable, which may be older than what this member served (and listed
@@ -660,7 +662,8 @@ async fn serve_until_stopped(
         %peer_addr,
         "member started"
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
+    // Every server stops on it, and the streams they serve end on it (`Shared::stopping`).
+    let stop_rx = shared.stopping.subscribe();
     let client_stats = shared.metrics.client_port.clone();
     let peer_stats = shared.metrics.peer_port.clone();
     let metrics_servers: Vec<_> = metrics_listeners
@@ -703,7 +706,7 @@ async fn serve_until_stopped(
     }
     compactor.abort();
     publisher.abort();
-    let _ = stop_tx.send(true);
+    shared.stopping.send_replace(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), client_server).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), peer_server).await;
     for server in metrics_servers {

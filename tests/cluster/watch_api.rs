@@ -2,7 +2,8 @@
 //! (creates, filters, previous values, a txn's events in one response, progress, cancel,
 //! compaction, refusals), resuming on another member with `last + 1`, a watcher that does not
 //! read while writes go on, and `kuberaft watch` following the cluster through a member that
-//! dies and one that is paused. Blocks 127.117-119.0.0/16.
+//! dies and one that is paused, and a member that stops ending the streams it serves. Blocks
+//! 127.117-120.0.0/16, 127.122.0.0/16 and 127.163.0.0/16.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -994,4 +995,89 @@ fn large_revisions_come_in_fragments_and_the_client_joins_them() {
         catch_ups >= 3,
         "the 4.5 MiB revision was not kept in the feed: each watcher read it from history ({catch_ups})"
     );
+}
+
+/// A member that stops ends the streams it serves at once, each saying why, instead of holding
+/// its stop until their clients leave (etcd's members end them too; its clients then go on
+/// through another member): a JSON watch's last line is the stream-ending response, reason
+/// "etcdserver: server stopped"; a JSON keep-alive stream's last line the error of a 503; gRPC
+/// watch and keep-alive streams end with Unavailable and that message. The streams are opened
+/// on a follower (its keep-alives go on to the leader), which then gets SIGTERM.
+#[test]
+fn a_stopping_member_ends_its_watch_and_keep_alive_streams_saying_why() {
+    use kuberaft::api::grpc::etcdserverpb::{self as pb, lease_client::LeaseClient, watch_client::WatchClient};
+    use kuberaft::http::client::{h2_client, Dial};
+
+    let mut c = Cluster::new(163, 3);
+    c.bootstrap();
+    let (leader, _) = c.wait_leader(ELECTION);
+    let follower = (leader + 1) % 3;
+    let ip = c.members[follower].ip.clone();
+    c.put_ok(leader, "a", "1");
+    let (status, granted) = post(&c, leader, "/v1/lease/grant", &json!({"TTL": 60}));
+    assert_eq!(status, 200, "{granted}");
+    let lease = granted["ID"].as_i64().expect("a lease id");
+
+    // The JSON streams.
+    let mut watch = RawWatch::open(&ip, &json!({"createRequest": {"key": "a"}}));
+    assert_eq!((watch.status, watch.next()["created"].clone()), (200, json!(true)));
+    let mut keep_alive = RawWatch::open_at(&ip, "/v1/lease/keepalive", &json!({"ID": lease}));
+    assert_eq!(keep_alive.status, 200);
+    assert_eq!(keep_alive.next()["ID"], lease);
+
+    // The gRPC streams, their requests left open.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let h2 = h2_client::<tonic::body::Body>(Dial::leader(None));
+    let origin: tonic::codegen::http::Uri = c.members[follower].client_url().parse().expect("a URI");
+    let (watch_requests, requests) = futures::channel::mpsc::unbounded();
+    let create = pb::WatchCreateRequest { key: b"a".to_vec(), ..Default::default() };
+    watch_requests
+        .unbounded_send(pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)),
+        })
+        .expect("send");
+    let mut grpc_watch = runtime.block_on(async {
+        let mut client = WatchClient::with_origin(h2.clone(), origin.clone());
+        client.watch(requests).await.expect("watch").into_inner()
+    });
+    let created = runtime.block_on(grpc_watch.message()).expect("an answer").expect("one");
+    assert!(created.created, "{created:?}");
+    let (renewals, requests) = futures::channel::mpsc::unbounded();
+    renewals.unbounded_send(pb::LeaseKeepAliveRequest { id: lease }).expect("send");
+    let mut grpc_keep_alive = runtime.block_on(async {
+        let mut client = LeaseClient::with_origin(h2.clone(), origin.clone());
+        client.lease_keep_alive(requests).await.expect("keep-alive").into_inner()
+    });
+    let renewed = runtime.block_on(grpc_keep_alive.message()).expect("an answer").expect("one");
+    assert_eq!((renewed.id, renewed.ttl), (lease, 60));
+
+    signal(&c, follower, libc::SIGTERM);
+    let end = watch.next_within(Duration::from_secs(10)).expect("the watch's last line");
+    assert_eq!(
+        (end["watchId"].clone(), end["canceled"].clone(), end["cancelReason"].clone()),
+        (json!(-1), json!(true), json!("etcdserver: server stopped")),
+        "{end}"
+    );
+    let end = keep_alive.next_within(Duration::from_secs(10)).expect("the keep-alive stream's last line");
+    assert_eq!(end, json!({"error": {"code": "unavailable", "message": "etcdserver: server stopped"}}));
+    for (what, ended) in [
+        ("watch", runtime.block_on(grpc_watch.message()).map(|_| ())),
+        ("keep-alive", runtime.block_on(grpc_keep_alive.message()).map(|_| ())),
+    ] {
+        let status = ended.expect_err(what);
+        assert_eq!(
+            (status.code(), status.message()),
+            (tonic::Code::Unavailable, "etcdserver: server stopped"),
+            "{what}"
+        );
+    }
+    let exit = c.wait_exit(follower, Duration::from_secs(10)).expect("the member exits");
+    assert!(exit.success(), "{exit:?}");
+    // The cluster goes on without it.
+    let mut again = RawWatch::open(&c.members[leader].ip, &json!({"createRequest": {"key": "a"}}));
+    assert_eq!(again.next()["created"], true);
+    c.put_ok(leader, "a", "2");
+    let line = again.next_events();
+    assert_eq!(events(&line).last().map(|e| e.3.clone()), Some("2".to_string()), "{line}");
+    drop((watch_requests, renewals));
 }

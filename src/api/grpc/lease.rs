@@ -5,7 +5,8 @@
 //!
 //! A keep-alive of a lease that does not exist answers TTL 0, and a time-to-live TTL -1, as in
 //! etcd. A keep-alive stream on a member that stops leading ends with "etcdserver: no leader"
-//! (Unavailable); etcd's clients open a new one, which reaches the new leader.
+//! (Unavailable); etcd's clients open a new one, which reaches the new leader. Every keep-alive
+//! stream ends with "etcdserver: server stopped" (Unavailable) when its member stops.
 
 use std::pin::Pin;
 
@@ -17,6 +18,8 @@ use super::etcdserverpb as pb;
 use super::etcdserverpb::lease_client::LeaseClient;
 use super::{Grpc, Route};
 use crate::api::auth;
+use crate::base::signal::until_stopped;
+use crate::base::wire::STOPPED;
 use crate::store::auth::{Access, Caller};
 
 pub struct LeaseService(pub(super) Grpc);
@@ -78,7 +81,7 @@ impl pb::lease_server::Lease for LeaseService {
         // A follower that forwards renews each request through the leader as it comes, as
         // etcd's followers do; otherwise the stream goes on to the leader whole.
         let route = if self.0.served_with_leader(&request) { Route::Here } else { self.0.route(&request)? };
-        match route {
+        let answers: KeepAliveAnswers = match route {
             Route::Leader(leader) => {
                 // The client's requests go on to the leader as they come, until they end or break.
                 let requests = request
@@ -96,7 +99,7 @@ impl pb::lease_server::Lease for LeaseService {
                         a
                     })
                 });
-                Ok(Response::new(Box::pin(answers)))
+                Box::pin(answers)
             }
             Route::Here => {
                 let service = LeaseService(self.0.clone());
@@ -113,9 +116,14 @@ impl pb::lease_server::Lease for LeaseService {
                     let next = answer.is_ok().then_some((service, caller, requests));
                     Some((answer, next))
                 });
-                Ok(Response::new(Box::pin(answers)))
+                Box::pin(answers)
             }
-        }
+        };
+        // Either way the stream ends when this member stops; etcd's clients open a new one
+        // through another member.
+        let stop = self.0.api.node.shared.stopping.subscribe();
+        let answers = until_stopped(stop, answers, || Some(Err(Status::unavailable(STOPPED))));
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn lease_time_to_live(

@@ -6,7 +6,8 @@
 //! A request with none of the three is ignored, as etcd does. A client that sets etcd's
 //! `hasleader: true` metadata (Go's `clientv3.WithRequireLeader`, which kube-apiserver uses) has
 //! its stream ended with etcd's "etcdserver: no leader" (Unavailable) once the member has had
-//! no leader for a while.
+//! no leader for a while. Every stream ends with "etcdserver: server stopped" (Unavailable) when
+//! the member stops.
 
 use std::pin::Pin;
 
@@ -18,7 +19,8 @@ use super::errors::{node_status, NO_LEADER, REQUEST_TOO_LARGE};
 use super::etcdserverpb as pb;
 use super::Grpc;
 use crate::api::watch::{ends_stream, run_stream, Ask, Requests};
-use crate::base::wire::MAX_KEY_BYTES;
+use crate::base::signal::until_stopped;
+use crate::base::wire::{MAX_KEY_BYTES, STOPPED};
 use crate::node::watch::{WatchResponse, WatchSpec};
 
 /// etcd's metadata key for "serve only while there is a leader" (`rpctypes.MetadataRequireLeaderKey`).
@@ -109,6 +111,10 @@ impl pb::watch_server::Watch for WatchService {
             let answer = service.response(response);
             Some((Ok(answer), (rx, service, false)))
         });
+        // Ends when the member stops as when it loses its leader: Unavailable, which etcd's
+        // clients answer by watching again through another member.
+        let stop = self.0.api.node.shared.stopping.subscribe();
+        let answers = until_stopped(stop, answers, || Some(Err(Status::unavailable(STOPPED))));
         Ok(Response::new(Box::pin(answers)))
     }
 }
