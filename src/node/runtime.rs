@@ -25,6 +25,7 @@ use super::latency::{AppendClock, WritePoint};
 use super::shared::{lock, read, write, LoopStatus, Shared};
 use super::timeline::{self, EventKind};
 use super::writer::{Courier, Done, Write, Writer};
+use crate::base::quorum::most_caught_up;
 use crate::raft::{
     ConfChange, ConfChangeKind, DataLoss, Entry, EntryPayload, Index, Message, MessageBody, NodeId, ProposeError,
     RawNode, Ready, Role, Snapshot, SnapshotMeta, Term,
@@ -68,6 +69,9 @@ pub const HALT_ERROR: &str = "state machine";
 pub const STORAGE_ERROR: &str = "storage";
 /// How often a halted leader offers leadership away while it still leads.
 const HANDOFF_RETRY: Duration = Duration::from_secs(1);
+/// How many heartbeat intervals a stopping leader waits for the voter it offered leadership to
+/// before it offers it to the next (`RaftLoop::shutdown_done`).
+const HANDOFF_STEP_HEARTBEATS: u64 = 3;
 /// How often the leader looks for expired leases and due checkpoints (etcd revokes at most 500
 /// leases every 500 ms).
 const LEASE_TICK: Duration = Duration::from_millis(500);
@@ -256,8 +260,10 @@ pub struct RaftLoop {
     /// and reads are refused. Raft itself goes on (the log is sound), except that a halted
     /// leader hands leadership away. A later snapshot that installs clears it.
     halted: Option<String>,
-    /// When a halted leader last tried to hand leadership away.
+    /// When a halted or stopping leader last tried to hand leadership away (`hand_off`), and
+    /// to whom it has tried since it last tried them all.
     last_handoff: Option<Instant>,
+    handoff_tried: Vec<NodeId>,
     /// Chunks of compacted history reclaimed since the last durable commit.
     reclaimed_chunks: u32,
     /// The term in which the lessor was promoted, while this member leads.
@@ -306,6 +312,7 @@ impl RaftLoop {
             shutdown: None,
             halted: None,
             last_handoff: None,
+            handoff_tried: Vec::new(),
             reclaimed_chunks: 0,
             leading: None,
             next_lease_tick: Instant::now(),
@@ -566,10 +573,10 @@ impl RaftLoop {
             Input::Wake => {}
             Input::Shutdown { reply } => {
                 if self.raw.raft.role() == Role::Leader {
-                    let outcome = self.raw.raft.transfer_leader(None);
-                    self.note_transfer(&outcome);
-                    if let Err(e) = outcome {
-                        tracing::info!(error = %e, "no leader transfer before shutdown");
+                    match self.hand_off() {
+                        Some(Err(e)) => tracing::info!(error = %e, "no leader transfer before shutdown"),
+                        Some(Ok(_)) => {}
+                        None => tracing::info!("no leader transfer before shutdown: no other voter is reachable"),
                     }
                 }
                 self.shutdown = Some((reply, Instant::now()));
@@ -577,13 +584,46 @@ impl RaftLoop {
         }
     }
 
-    /// Stops once leadership moved away (or after a bounded wait).
+    /// Offers leadership to the most caught-up voter the transport last reached
+    /// (`Shared::unreachable`), among those not tried since it last tried them all, as etcd's
+    /// stopping leader offers it to the peer it has been connected to longest, not to a member
+    /// that is gone. `None`: no other voter is reached (etcd's leader then stops without a
+    /// transfer, and so does this one).
+    fn hand_off(&mut self) -> Option<Result<NodeId, ProposeError>> {
+        let me = self.shared.id;
+        let unreachable = lock(&self.shared.unreachable).clone();
+        let raft = &self.raw.raft;
+        let reached: Vec<NodeId> =
+            raft.conf().voters.iter().copied().filter(|id| *id != me && !unreachable.contains(id)).collect();
+        if reached.iter().all(|id| self.handoff_tried.contains(id)) {
+            self.handoff_tried.clear();
+        }
+        let untried = reached.iter().filter(|id| !self.handoff_tried.contains(id));
+        let to = most_caught_up(untried.map(|id| (*id, raft.progress(*id).map_or(0, |p| p.matched))))?;
+        self.handoff_tried.push(to);
+        self.last_handoff = Some(Instant::now());
+        let outcome = self.raw.raft.transfer_leader(Some(to));
+        self.note_transfer(&outcome);
+        Some(outcome)
+    }
+
+    /// Stops once leadership moved away (or after a bounded wait). A voter that has not taken
+    /// leadership within `HANDOFF_STEP_HEARTBEATS` heartbeat intervals (it may have stopped
+    /// too, unnoticed yet) makes way for the next.
     fn shutdown_done(&mut self) -> bool {
         let Some((_, since)) = &self.shutdown else { return false };
         let leading = self.raw.raft.role() == Role::Leader && self.raw.raft.config().id == self.shared.id;
         let waited = since.elapsed() > Duration::from_millis(2_000);
         if leading && !waited && !self.failing {
-            return false;
+            let step = Duration::from_millis(
+                u64::from(self.raw.raft.config().heartbeat_interval_ticks) * TICK_MS * HANDOFF_STEP_HEARTBEATS,
+            );
+            let offered = self.last_handoff.is_some_and(|at| at.elapsed() < step);
+            // Offered, and waiting for the voter to take over; or offered to the next one now.
+            // With no voter reached, it stops.
+            if offered || self.hand_off().is_some() {
+                return false;
+            }
         }
         if let Some((reply, _)) = self.shutdown.take() {
             let _ = reply.send(());
@@ -1086,10 +1126,16 @@ impl RaftLoop {
         if self.last_handoff.is_some_and(|at| at.elapsed() < HANDOFF_RETRY) {
             return;
         }
+        // Every `HANDOFF_RETRY`, whether or not a voter was reached.
         self.last_handoff = Some(Instant::now());
-        match self.raw.raft.transfer_leader(None) {
-            Ok(to) => tracing::warn!(to = %format!("{to:x}"), "the state machine is stopped: handing leadership away"),
-            Err(e) => tracing::warn!(error = %e, "the state machine is stopped, and leadership cannot be handed away"),
+        match self.hand_off() {
+            Some(Ok(to)) => {
+                tracing::warn!(to = %format!("{to:x}"), "the state machine is stopped: handing leadership away")
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "the state machine is stopped, and leadership cannot be handed away")
+            }
+            None => tracing::warn!("the state machine is stopped, and no other voter is reachable to lead"),
         }
     }
 

@@ -1,7 +1,7 @@
 //! State shared between the Raft loop (the only writer) and the HTTP handlers (readers):
 //! the state machine, a status snapshot, the address book of peers, errors to report, metrics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -259,6 +259,9 @@ pub struct Shared {
     /// and the streams they serve for as long as the other side wants (a leader's message
     /// stream, watches, lease keep-alives) end then, as etcd's do, rather than hold the stop.
     pub stopping: watch::Sender<bool>,
+    /// The peers this member's transport last failed to reach (`transport::PeerLink::report`):
+    /// a leader that stops does not offer them its leadership (`RaftLoop::hand_off`).
+    pub unreachable: Mutex<BTreeSet<NodeId>>,
     /// Snapshot streams the Raft loop prepared for the transport, one per follower (the newest
     /// replaces an older one, so at most one read view per follower is held).
     pub outgoing_snapshots: Mutex<BTreeMap<NodeId, SnapshotReader>>,
@@ -392,6 +395,7 @@ impl Shared {
             metrics: Metrics::default(),
             data_lost: watch::channel(None).0,
             stopping: watch::channel(false).0,
+            unreachable: Default::default(),
             outgoing_snapshots: Default::default(),
             staged: Default::default(),
             lessor: Mutex::new(crate::node::lessor::Lessor::new(crate::node::lessor::DEFAULT_CHECKPOINT_INTERVAL_MS)),

@@ -436,6 +436,8 @@ async fn peer_sender(
             }
         }
     }
+    // The member left the membership: what this link knew of it goes with it.
+    lock(&link.shared.unreachable).remove(&link.to);
 }
 
 impl PeerLink {
@@ -577,6 +579,7 @@ impl PeerLink {
                 if self.reported_failure {
                     tracing::info!(peer = %address.name, "peer reachable again");
                     self.reported_failure = false;
+                    lock(&shared.unreachable).remove(&to);
                     shared.timeline.record(shared.term(), EventKind::PeerReachable { peer: timeline::member(to) });
                 }
             }
@@ -584,6 +587,7 @@ impl PeerLink {
                 if !self.reported_failure {
                     tracing::debug!(peer = %address.name, error = %why, "cannot reach peer");
                     self.reported_failure = true;
+                    lock(&shared.unreachable).insert(to);
                     let event = EventKind::PeerUnreachable { peer: timeline::member(to), error: why };
                     shared.timeline.record(shared.term(), event);
                 }

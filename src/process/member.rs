@@ -599,6 +599,7 @@ fn shared_state(
         metrics: Metrics::default(),
         data_lost: watch::channel(None).0,
         stopping: watch::channel(false).0,
+        unreachable: Default::default(),
         outgoing_snapshots: Default::default(),
         staged: Default::default(),
         lessor: std::sync::Mutex::new(crate::node::lessor::Lessor::new(

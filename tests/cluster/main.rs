@@ -438,6 +438,35 @@ fn sigterm_of_the_leader_hands_over_leadership() {
     assert!(ok > 0);
 }
 
+/// A leader stopped just after a follower offers its leadership to the voter that is still
+/// there, as etcd's does (it picks a peer it is connected to), not to the one that just left:
+/// the follower that goes is the one the plain rule (the most caught-up voter, ties to the
+/// lowest id) would pick, and the one left still takes over before the leader exits.
+#[test]
+fn a_leader_stopped_after_a_follower_hands_over_to_the_voter_left() {
+    let mut c = Cluster::new(164, 3);
+    c.bootstrap();
+    let (leader, _) = c.wait_leader(ELECTION);
+    c.put_ok(leader, "k", "v");
+    c.wait_settled(leader, ELECTION);
+    let id = |c: &Cluster, i: usize| u64::from_str_radix(&c.member_id(i).expect("an id"), 16).expect("hex");
+    let (a, b) = ((leader + 1) % 3, (leader + 2) % 3);
+    let (gone, left) = if id(&c, a) < id(&c, b) { (a, b) } else { (b, a) };
+    assert!(c.terminate(gone), "the follower exits by itself after SIGTERM");
+    assert!(c.terminate(leader), "the leader exits by itself after SIGTERM");
+    let log = c.log_text(left);
+    assert!(
+        log.lines().any(|l| l.contains("leadership changed") && l.contains("Leader")),
+        "{} took over from the stopping leader:\n{log}",
+        c.members[left].name
+    );
+    let log = c.log_text(leader);
+    assert!(
+        log.lines().any(|l| l.contains("leadership changed") && l.contains("Follower")),
+        "the old leader saw it take over before it exited:\n{log}"
+    );
+}
+
 /// §6: bad input gets a clear 4xx (or is dropped) and changes nothing.
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
