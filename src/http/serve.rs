@@ -557,7 +557,6 @@ impl HandshakeLog {
     }
 }
 
-/// Resolves once `stop` is true (or its sender is gone).
 /// Why a body was not read.
 #[derive(Debug, PartialEq, Eq)]
 pub enum BodyError {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{wait_for, Cluster, Etcd};
-use crate::metric;
+use crate::harness::{wait_for, Cluster, Etcd, EtcdMembers};
+use crate::{metric, metric_at};
 use crate::ELECTION;
 
 /// What one etcdctl run printed.
@@ -642,4 +642,126 @@ fn followers_propose_through_the_leader_and_read_at_its_read_index() {
         other => panic!("a txn's range answered {other:?}"),
     }
     assert_eq!(metric(&c, follower, "kuberaft_forwarded_proposals_total"), before, "not proposed by the follower");
+}
+
+/// `etcdctl watch` as a child whose output lines a thread collects; killed when dropped.
+struct CtlWatch {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl CtlWatch {
+    fn start(endpoints: &str, key: &str, from: u64) -> CtlWatch {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .args(["--dial-timeout", "3s", "watch", key])
+            .arg(format!("--rev={from}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcdctl watch");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        CtlWatch { child, lines, seen: Vec::new() }
+    }
+
+    /// The values of the PUT events printed so far (etcdctl prints each event as three lines:
+    /// PUT, the key, the value), once `last` is among them or 20 s have passed.
+    fn values_until(&mut self, last: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let values: Vec<String> =
+                self.seen.windows(3).filter(|w| w[0] == "PUT").map(|w| w[2].clone()).collect();
+            let now = Instant::now();
+            if values.iter().any(|v| v == last) || now >= deadline {
+                return values;
+            }
+            if let Ok(line) = self.lines.recv_timeout(deadline - now) {
+                self.seen.push(line);
+            }
+        }
+    }
+}
+
+impl Drop for CtlWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Watches `w` with etcdctl through all of `endpoints` (three members), writes 1, stops the
+/// member whose /metrics show the watch stream (`stop`, which says whether it exited by itself),
+/// writes 2-5 through the others once they answer a linearizable read, and returns the values
+/// the watch printed.
+fn watch_through_a_stop(endpoints: &[String], mut stop: impl FnMut(usize) -> bool) -> Vec<String> {
+    let all = endpoints.join(",");
+    let put = |endpoints: &str, value: &str| {
+        let out = ctl(endpoints, &["put", "w", value], "", Duration::from_secs(15));
+        assert!(out.ok, "put w {value} through {endpoints}: {}", out.err);
+    };
+    let written = wait_for("the cluster to take a write", Duration::from_secs(20), || {
+        let out = ctl(&all, &["put", "w", "0", "-w", "json"], "", Duration::from_secs(10));
+        out.ok.then(|| serde_json::from_str::<Value>(&out.out).ok()).flatten()
+    });
+    let revision = written["header"]["revision"].as_u64().expect("the put's revision");
+    // From the next revision, so that no write is missed while the watch is being created.
+    let mut watch = CtlWatch::start(&all, "w", revision + 1);
+    let http = crate::http_support::blocking().timeout(Duration::from_secs(2)).build().expect("client");
+    // Which member serves the stream: its gauge of watch streams (kuberaft's or etcd's).
+    let streams = |i: usize| {
+        metric_at(&http, &endpoints[i], "kuberaft_watch_streams")
+            + metric_at(&http, &endpoints[i], "etcd_debugging_mvcc_watch_stream_total")
+    };
+    let serving = wait_for("the member serving the watch", Duration::from_secs(10), || {
+        (0..endpoints.len()).find(|&i| streams(i) >= 1.0)
+    });
+    put(&all, "1");
+    assert_eq!(watch.values_until("1"), ["1"], "the watch is running");
+    assert!(stop(serving), "the member serving the watch exits by itself after SIGTERM");
+    let others: Vec<&str> = (0..endpoints.len()).filter(|&i| i != serving).map(|i| endpoints[i].as_str()).collect();
+    let others = others.join(",");
+    wait_for("a leader among the others", Duration::from_secs(20), || {
+        ctl(&others, &["get", "w"], "", Duration::from_secs(5)).ok.then_some(())
+    });
+    for value in ["2", "3", "4", "5"] {
+        put(&others, value);
+    }
+    watch.values_until("5")
+}
+
+/// etcdctl's watch through three members goes on when the member serving it stops (SIGTERM),
+/// every change once and in order, against kuberaft as against etcd 3.4: the stopping member
+/// ends the stream with Unavailable (kuberaft's says `etcdserver: server stopped`; etcd's
+/// connection closes), and etcd's client watches again through another member from the next
+/// revision. A stream ended with any other code would end etcdctl's watch instead.
+#[test]
+fn etcdctl_watch_goes_on_when_its_member_stops_as_with_etcd() {
+    if !etcdctl_available() {
+        return;
+    }
+    const ETCD_NET: u8 = 166;
+    let mut c = Cluster::new(165, 3);
+    c.bootstrap();
+    c.wait_leader(ELECTION);
+    let ours: Vec<String> = (0..3).map(|i| c.members[i].client_url()).collect();
+    let mut etcd = EtcdMembers::<ETCD_NET>::new();
+    for i in 0..3 {
+        etcd.start(i, &EtcdMembers::<ETCD_NET>::initial(&[0, 1, 2]), "new", &[]);
+    }
+    let theirs: Vec<String> = (0..3).map(EtcdMembers::<ETCD_NET>::client).collect();
+    let expected = ["1", "2", "3", "4", "5"];
+    assert_eq!(watch_through_a_stop(&ours, |i| c.terminate(i)), expected, "kuberaft");
+    assert_eq!(watch_through_a_stop(&theirs, |i| etcd.terminate(i)), expected, "etcd 3.4");
 }

@@ -148,20 +148,7 @@ impl Cluster {
 
     /// SIGTERM, then wait (bounded) for the process to exit; returns whether it exited by itself.
     pub fn terminate(&mut self, i: usize) -> bool {
-        let Some(mut child) = self.members[i].child.take() else { return true };
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
+        self.members[i].child.take().is_none_or(terminate)
     }
 
     pub fn running(&self) -> Vec<usize> {
@@ -461,6 +448,24 @@ impl Drop for DiskMount {
     }
 }
 
+/// SIGTERM, then waits (10 s at most) for the process to exit; whether it exited by itself
+/// (else it is killed).
+pub fn terminate(mut child: Child) -> bool {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
 /// A real etcd 3.4 of one member on `ip` (the side-by-side tests), answering on its client port
 /// once `start` returns; stopped when dropped, also when the test fails.
 pub struct Etcd {
@@ -516,6 +521,63 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Three etcd 3.4 members on 127.NET.0.1-3, each started and killed by the test (killed when
+/// dropped, also when it fails).
+pub struct EtcdMembers<const NET: u8> {
+    dir: tempfile::TempDir,
+    children: Vec<Option<Child>>,
+}
+
+impl<const NET: u8> EtcdMembers<NET> {
+    pub fn new() -> EtcdMembers<NET> {
+        EtcdMembers { dir: tempfile::tempdir().expect("tempdir"), children: (0..3).map(|_| None).collect() }
+    }
+
+    pub fn peer(i: usize) -> String {
+        format!("http://127.{NET}.0.{}:2380", i + 1)
+    }
+
+    pub fn client(i: usize) -> String {
+        format!("http://127.{NET}.0.{}:2379", i + 1)
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("e{i}"))
+    }
+
+    pub fn initial(members: &[usize]) -> String {
+        members.iter().map(|&i| format!("e{i}={}", Self::peer(i))).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn start(&mut self, i: usize, initial: &str, state: &str, extra: &[&str]) {
+        let mut flags = vec!["--initial-cluster-state", state, "--initial-cluster-token", "etcd-members"];
+        flags.extend(["--election-timeout", "1000", "--heartbeat-interval", "100"]);
+        flags.extend_from_slice(extra);
+        let (name, client, peer) = (format!("e{i}"), Self::client(i), Self::peer(i));
+        self.children[i] = Some(etcd_member(&name, &self.data_dir(i), &client, &peer, initial, &flags));
+    }
+
+    /// SIGTERM, then wait (bounded) for the member to exit; whether it exited by itself.
+    pub fn terminate(&mut self, i: usize) -> bool {
+        self.children[i].take().is_none_or(terminate)
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl<const NET: u8> Drop for EtcdMembers<NET> {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
     }
 }
 

@@ -264,8 +264,13 @@ fn metric(c: &Cluster, i: usize, name: &str) -> u64 {
 
 /// A sample of the member's /metrics as a number (0 when absent).
 fn metric_value(c: &Cluster, i: usize, name: &str) -> f64 {
-    let text =
-        c.http.get(format!("{}/metrics", c.members[i].client_url())).send().and_then(|r| r.text()).unwrap_or_default();
+    metric_at(&c.http, &c.members[i].client_url(), name)
+}
+
+/// A sample of the /metrics of the member at client URL `url` (kuberaft or etcd) as a number (0
+/// when absent).
+fn metric_at(http: &reqwest::blocking::Client, url: &str, name: &str) -> f64 {
+    let text = http.get(format!("{url}/metrics")).send().and_then(|r| r.text()).unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())

@@ -6,69 +6,19 @@
 //! added with empty data and promoted, which holds kuberaft's survivor's data (etcd's is
 //! reported: etcd 3.4 drops log entries its database may have applied, COMPATIBILITY.md).
 
-use std::path::PathBuf;
-use std::process::Child;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::grpc_api::{ctl, etcdctl_available};
-use crate::harness::{etcd_member, wait_for, Cluster};
+use crate::harness::{wait_for, Cluster, EtcdMembers};
 use crate::snapshots::everything;
 
 const ELECTION: Duration = Duration::from_secs(10);
 const ETCD_NET: u8 = 157;
 
-/// Three etcd 3.4 members on 127.157.0.1-3, each started and killed by the test.
-struct EtcdMembers {
-    dir: tempfile::TempDir,
-    children: Vec<Option<Child>>,
-}
-
-impl EtcdMembers {
-    fn new() -> EtcdMembers {
-        EtcdMembers { dir: tempfile::tempdir().expect("tempdir"), children: (0..3).map(|_| None).collect() }
-    }
-
-    fn peer(i: usize) -> String {
-        format!("http://127.{ETCD_NET}.0.{}:2380", i + 1)
-    }
-
-    fn client(i: usize) -> String {
-        format!("http://127.{ETCD_NET}.0.{}:2379", i + 1)
-    }
-
-    fn data_dir(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("e{i}"))
-    }
-
-    fn initial(members: &[usize]) -> String {
-        members.iter().map(|&i| format!("e{i}={}", EtcdMembers::peer(i))).collect::<Vec<_>>().join(",")
-    }
-
-    fn start(&mut self, i: usize, initial: &str, state: &str, extra: &[&str]) {
-        let mut flags = vec!["--initial-cluster-state", state, "--initial-cluster-token", "recovery"];
-        flags.extend(["--election-timeout", "1000", "--heartbeat-interval", "100"]);
-        flags.extend_from_slice(extra);
-        let (name, client, peer) = (format!("e{i}"), EtcdMembers::client(i), EtcdMembers::peer(i));
-        self.children[i] = Some(etcd_member(&name, &self.data_dir(i), &client, &peer, initial, &flags));
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.children[i].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for EtcdMembers {
-    fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            self.kill(i);
-        }
-    }
-}
+/// Three etcd 3.4 members on 127.157.0.1-3.
+type Etcds = EtcdMembers<ETCD_NET>;
 
 /// `etcdctl <args> -w json` through `endpoint`, retried (bounded) until it succeeds.
 fn json(endpoint: &str, args: &[&str]) -> Value {
@@ -113,12 +63,12 @@ fn force_new_cluster_keeps_the_survivors_data_and_leaves_it_alone_as_etcd_does()
     let mut c = Cluster::new(156, 3);
     c.bootstrap();
     c.wait_leader(ELECTION);
-    let mut etcd = EtcdMembers::new();
+    let mut etcd = Etcds::new();
     for i in 0..3 {
-        etcd.start(i, &EtcdMembers::initial(&[0, 1, 2]), "new", &[]);
+        etcd.start(i, &Etcds::initial(&[0, 1, 2]), "new", &[]);
     }
     let ours = |c: &Cluster, i: usize| c.members[i].client_url();
-    let theirs = EtcdMembers::client;
+    let theirs = Etcds::client;
     for k in 0..20 {
         let (key, value) = (format!("key-{k:02}"), format!("value-{k}"));
         assert_eq!(put(&ours(&c, k % 3), &key, &value), put(&theirs(k % 3), &key, &value), "{key}");
@@ -138,7 +88,7 @@ fn force_new_cluster_keeps_the_survivors_data_and_leaves_it_alone_as_etcd_does()
     c.members[0].extra_args.push("--force-new-cluster".to_string());
     let initial = c.initial_cluster(&[0, 1, 2]);
     c.start(0, &initial, "existing");
-    etcd.start(0, &EtcdMembers::initial(&[0, 1, 2]), "new", &["--force-new-cluster"]);
+    etcd.start(0, &Etcds::initial(&[0, 1, 2]), "new", &["--force-new-cluster"]);
     let mut kept_revisions = Vec::new();
     for (what, endpoint, before, data) in
         [("kuberaft", ours(&c, 0), &before_ours, &our_data), ("etcd", theirs(0), &before_theirs, &their_data)]
@@ -164,7 +114,7 @@ fn force_new_cluster_keeps_the_survivors_data_and_leaves_it_alone_as_etcd_does()
     c.kill(0);
     etcd.kill(0);
     c.start(0, &initial, "existing");
-    etcd.start(0, &EtcdMembers::initial(&[0, 1, 2]), "new", &["--force-new-cluster"]);
+    etcd.start(0, &Etcds::initial(&[0, 1, 2]), "new", &["--force-new-cluster"]);
     for ((what, endpoint, before), kept) in
         [("kuberaft", ours(&c, 0), &before_ours), ("etcd", theirs(0), &before_theirs)].into_iter().zip(&kept_revisions)
     {
@@ -181,10 +131,10 @@ fn force_new_cluster_keeps_the_survivors_data_and_leaves_it_alone_as_etcd_does()
     std::fs::remove_dir_all(etcd.data_dir(1)).expect("wipe e1");
     let our_peer = c.members[1].peer_url();
     json(&ours(&c, 0), &["member", "add", "etcd-1", &format!("--peer-urls={our_peer}"), "--learner"]);
-    json(&theirs(0), &["member", "add", "e1", &format!("--peer-urls={}", EtcdMembers::peer(1)), "--learner"]);
+    json(&theirs(0), &["member", "add", "e1", &format!("--peer-urls={}", Etcds::peer(1)), "--learner"]);
     let two = c.initial_cluster(&[0, 1]);
     c.start(1, &two, "existing");
-    etcd.start(1, &EtcdMembers::initial(&[0, 1]), "existing", &[]);
+    etcd.start(1, &Etcds::initial(&[0, 1]), "existing", &[]);
     for (what, endpoint, learner) in [("kuberaft", ours(&c, 0), "etcd-1"), ("etcd", theirs(0), "e1")] {
         // etcd lists a member without a name until it has started: found as the learner.
         let id = wait_for(&format!("{what}: {learner} listed as a learner"), Duration::from_secs(20), || {
