@@ -242,7 +242,7 @@ impl Watch {
                 }
             };
             if response.canceled && response.watch_id == -1 && !response.created {
-                // The stream ended (its member has no leader): go on elsewhere.
+                // The stream ended (its member has no leader, or stops): go on elsewhere.
                 self.failures += 1;
                 self.conn = None;
                 continue;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{wait_for, Cluster, Etcd, EtcdMembers};
-use crate::{metric, metric_at};
+use crate::harness::{wait_for, Cluster, Etcd, EtcdMembers, OutputLines};
 use crate::ELECTION;
+use crate::{metric, metric_at};
 
 /// What one etcdctl run printed.
 #[derive(Debug)]
@@ -646,34 +646,20 @@ fn followers_propose_through_the_leader_and_read_at_its_read_index() {
 
 /// `etcdctl watch` as a child whose output lines a thread collects; killed when dropped.
 struct CtlWatch {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
+    out: OutputLines,
     seen: Vec<String>,
 }
 
 impl CtlWatch {
     fn start(endpoints: &str, key: &str, from: u64) -> CtlWatch {
-        let mut child = Command::new("etcdctl")
+        let mut command = Command::new("etcdctl");
+        command
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={endpoints}"))
             .args(["--dial-timeout", "3s", "watch", key])
             .arg(format!("--rev={from}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcdctl watch");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        CtlWatch { child, lines, seen: Vec::new() }
+            .stderr(Stdio::null());
+        CtlWatch { out: OutputLines::start(&mut command, "etcdctl watch"), seen: Vec::new() }
     }
 
     /// The values of the PUT events printed so far (etcdctl prints each event as three lines:
@@ -681,23 +667,15 @@ impl CtlWatch {
     fn values_until(&mut self, last: &str) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let values: Vec<String> =
-                self.seen.windows(3).filter(|w| w[0] == "PUT").map(|w| w[2].clone()).collect();
+            let values: Vec<String> = self.seen.windows(3).filter(|w| w[0] == "PUT").map(|w| w[2].clone()).collect();
             let now = Instant::now();
             if values.iter().any(|v| v == last) || now >= deadline {
                 return values;
             }
-            if let Ok(line) = self.lines.recv_timeout(deadline - now) {
+            if let Ok(line) = self.out.lines.recv_timeout(deadline - now) {
                 self.seen.push(line);
             }
         }
-    }
-}
-
-impl Drop for CtlWatch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -448,6 +448,39 @@ impl Drop for DiskMount {
     }
 }
 
+/// A child process whose standard output lines a thread collects as they come; killed when
+/// dropped, also when the test fails.
+pub struct OutputLines {
+    child: Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl OutputLines {
+    /// Starts `command` with its standard input closed and its output piped (`what` names it).
+    pub fn start(command: &mut Command, what: &str) -> OutputLines {
+        let mut child =
+            command.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        OutputLines { child, lines }
+    }
+}
+
+impl Drop for OutputLines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// SIGTERM, then waits (10 s at most) for the process to exit; whether it exited by itself
 /// (else it is killed).
 pub fn terminate(mut child: Child) -> bool {

@@ -8,13 +8,13 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{wait_for, Cluster, CLIENT_PORT};
+use crate::harness::{wait_for, Cluster, OutputLines, CLIENT_PORT};
 use crate::mvcc_api::{post, started};
 use crate::ELECTION;
 
@@ -405,31 +405,14 @@ fn a_watch_sees_every_change_in_order_and_resumes_on_another_member_from_the_nex
 
 /// `kuberaft watch` as a child whose output lines are collected by a thread; killed on drop.
 struct CliWatch {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
+    out: OutputLines,
 }
 
 impl CliWatch {
     fn start(args: &[String]) -> CliWatch {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kuberaft"))
-            .arg("watch")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kuberaft watch");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        CliWatch { child, lines }
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kuberaft"));
+        command.arg("watch").args(args).stderr(Stdio::inherit());
+        CliWatch { out: OutputLines::start(&mut command, "kuberaft watch") }
     }
 
     /// The revisions and keys of the events printed, until `count` of them arrived (each
@@ -438,6 +421,7 @@ impl CliWatch {
         let mut out = Vec::new();
         while out.len() < count {
             let line = self
+                .out
                 .lines
                 .recv_timeout(within)
                 .unwrap_or_else(|_| panic!("event {} of {count} within {within:?} (got {out:?})", out.len() + 1));
@@ -450,13 +434,6 @@ impl CliWatch {
             }
         }
         out
-    }
-}
-
-impl Drop for CliWatch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -484,7 +461,7 @@ fn kuberaft_watch_follows_the_cluster_through_a_paused_member_and_a_dead_one() {
     // The first write is retried until the watch has printed it: then the stream is open.
     wait_for("the watch to start", Duration::from_secs(20), || {
         written.push((c.put_ok(leader, "w-0", "x") as i64, "w-0".to_string()));
-        watch.lines.recv_timeout(Duration::from_millis(500)).ok()
+        watch.out.lines.recv_timeout(Duration::from_millis(500)).ok()
     });
     let already = written.len() - 1;
     let mut put = |c: &Cluster, n: usize| {
@@ -977,7 +954,7 @@ fn large_revisions_come_in_fragments_and_the_client_joins_them() {
     assert_eq!(unfragmented, [(100, vec![false]), (100, vec![false]), (100, vec![false]), (300, vec![false])]);
     let joined: Vec<usize> = (0..4)
         .map(|_| {
-            let line = cli.lines.recv_timeout(Duration::from_secs(10)).expect("a line from kuberaft watch");
+            let line = cli.out.lines.recv_timeout(Duration::from_secs(10)).expect("a line from kuberaft watch");
             let answer: Value = serde_json::from_str(&line).expect("JSON");
             assert!(answer.get("fragment").is_none(), "joined: {}", &line[..200.min(line.len())]);
             answer["events"].as_array().map_or(0, |e| e.len())
