@@ -1,6 +1,6 @@
 //! `kuberaft bench`: load for a kuberaft cluster (its HTTP API) or an etcd cluster (its gRPC
-//! API, with the `etcd` feature), so that one tool measures both the same way. It reaches a
-//! cluster only through `crate::client` (or etcd's client), as any user would.
+//! API, with the `etcd` feature, or its JSON gateway), so that one tool measures both the same
+//! way. It reaches a cluster only through `crate::client` (or etcd's client), as any user would.
 //!
 //! Like etcd's benchmark tool: `--conns` connections (clients of the target), `--clients`
 //! concurrent workers sharing them round robin, each with one request in flight; keys of
@@ -23,6 +23,7 @@
 
 #[cfg(feature = "etcd")]
 mod etcd;
+mod gateway;
 mod kuberaft;
 pub mod observe;
 
@@ -46,6 +47,10 @@ pub enum Target {
     Kuberaft,
     /// An etcd cluster, through its gRPC API (needs a build with `--features etcd`).
     Etcd,
+    /// An etcd cluster, through its JSON gateway (`/v3/kv/put`, ...), the HTTP API it serves
+    /// beside gRPC: kuberaft's HTTP API against etcd's.
+    #[serde(rename = "etcd-gateway")]
+    EtcdGateway,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -434,6 +439,9 @@ fn driver(args: &BenchArgs) -> Result<Arc<dyn Driver>, CliError> {
     match args.target {
         Target::Kuberaft => {
             Ok(Arc::new(kuberaft::KuberaftDriver::new(&args.endpoints, args.conns, timeout, &args.security)?))
+        }
+        Target::EtcdGateway => {
+            Ok(Arc::new(gateway::GatewayDriver::new(&args.endpoints, args.conns, timeout, &args.security)?))
         }
         #[cfg(feature = "etcd")]
         Target::Etcd => Ok(Arc::new(etcd::EtcdDriver::connect(&args.endpoints, args.conns, timeout, &args.security)?)),

@@ -483,17 +483,7 @@ impl Client {
                 normalized.push(endpoint);
             }
         }
-        let mut builder = reqwest::Client::builder().tls_backend_preconfigured(config.tls.config(&normalized)?);
-        for (host, addr) in &config.resolve {
-            builder = builder.resolve(host, *addr);
-        }
-        let http = builder
-            .connect_timeout(config.connect_timeout.min(config.request_timeout))
-            // Endpoints are members' own addresses; a proxy would turn a dead member into a 502
-            // and hide the connection failure that failover relies on.
-            .no_proxy()
-            .build()
-            .map_err(|err| ClientError::Setup(error_chain(&err)))?;
+        let http = http_client(&normalized, &config)?;
         Ok(Client {
             http,
             endpoints: normalized.into(),
@@ -922,6 +912,22 @@ fn key_path(key: &str) -> Result<String> {
         return Err(ClientError::InvalidKey(format!("'{key}' cannot be a key")));
     }
     Ok(format!("/v1/kv/{}", encode_component(key)))
+}
+
+/// The HTTP client under a [`Client`] of `endpoints` (normalized): `config`'s TLS, name table and
+/// connect timeout, no proxy. `kuberaft bench` drives etcd's JSON gateway with it too.
+pub fn http_client(endpoints: &[String], config: &ClientConfig) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().tls_backend_preconfigured(config.tls.config(endpoints)?);
+    for (host, addr) in &config.resolve {
+        builder = builder.resolve(host, *addr);
+    }
+    builder
+        .connect_timeout(config.connect_timeout.min(config.request_timeout))
+        // Endpoints are members' own addresses; a proxy would turn a dead member into a 502
+        // and hide the connection failure that failover relies on.
+        .no_proxy()
+        .build()
+        .map_err(|err| ClientError::Setup(error_chain(&err)))
 }
 
 /// Checks an endpoint URL and returns it without a trailing slash.

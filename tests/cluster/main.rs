@@ -1222,10 +1222,11 @@ fn bench_breakdown_is_sound(target: &str, scenario: &str, report: &Value) {
 
 /// `kuberaft bench --scenario load` of the 300 keys 1000..1300 (8 digits, 100-byte values):
 /// every key written once, none failed.
-fn bench_load_of_a_key_range(target: &str, endpoints: &[String], conns: &str) {
+fn bench_load_of_a_key_range(target: &str, endpoints: &[String], conns: &str, from: u64) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
         .args(["bench", "--target", target, "--endpoints", &endpoints.join(","), "--scenario", "load"])
-        .args(["--clients", "8", "--conns", conns, "--key-from", "1000", "--key-space", "300", "--val-size", "100"])
+        .args(["--clients", "8", "--conns", conns, "--key-from", &from.to_string(), "--key-space", "300"])
+        .args(["--val-size", "100"])
         .args(["-w", "json", "--quiet"])
         .output()
         .expect("run kuberaft bench");
@@ -1327,7 +1328,7 @@ fn bench_counts_every_request_and_writes_what_it_reports() {
         assert_eq!((status, value.len()), (200, 100), "key {k:08}");
     }
     // A load writes exactly its range.
-    bench_load_of_a_key_range("kuberaft", &endpoints, "4");
+    bench_load_of_a_key_range("kuberaft", &endpoints, "4", 1000);
     for k in [999, 1000, 1150, 1299, 1300] {
         let (status, value) = c.get(0, &format!("{k:08}"), "linearizable");
         let expected = if (1000..1300).contains(&k) { (200, 100) } else { (404, value.len()) };
@@ -1352,12 +1353,13 @@ fn bench_counts_every_request_and_writes_what_it_reports() {
     }
 }
 
-/// The etcd target of `kuberaft bench` against a real 3-member etcd (Debian's etcd-server, which
-/// scripts/test installs): same checks as for kuberaft, and the preloaded keys read back with
-/// etcdctl.
+/// The etcd targets of `kuberaft bench` against a real 3-member etcd (Debian's etcd-server, which
+/// scripts/test installs), its gRPC API (etcd-client) and its JSON gateway (issue 19's first
+/// comparison): same checks as for kuberaft, and what each wrote read back with etcdctl from an
+/// emptied store.
 #[cfg(feature = "etcd")]
 #[test]
-fn bench_drives_etcd_through_its_grpc_api() {
+fn bench_drives_etcd_through_its_grpc_api_and_its_json_gateway() {
     struct Etcd(Vec<std::process::Child>, tempfile::TempDir);
     impl Drop for Etcd {
         fn drop(&mut self) {
@@ -1394,28 +1396,32 @@ fn bench_drives_etcd_through_its_grpc_api() {
     wait_for("etcd is healthy", ELECTION, || {
         etcdctl(&["endpoint", "health"]).ok().filter(|o| o.status.success()).map(drop)
     });
-    bench_every_scenario("etcd", &endpoints, "2", false);
-    bench_load_of_a_key_range("etcd", &endpoints, "2");
-    let listed = etcdctl(&["get", "00000999", "00001301", "--keys-only"]).expect("etcdctl");
-    let keys: Vec<String> =
-        String::from_utf8_lossy(&listed.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
-    let expected: Vec<String> = (1000..1300).map(|k| format!("{k:08}")).collect();
-    assert_eq!(keys, expected, "the load wrote exactly keys 1000..1300");
-    let listed = etcdctl(&["get", "00000000", "00000050", "--keys-only"]).expect("etcdctl");
-    let keys = String::from_utf8_lossy(&listed.stdout).lines().filter(|l| !l.is_empty()).count();
-    assert_eq!(keys, 50, "{}", String::from_utf8_lossy(&listed.stdout));
-    let value = etcdctl(&["get", "00000007", "--print-value-only"]).expect("etcdctl");
-    assert_eq!(String::from_utf8_lossy(&value.stdout).trim_end().len(), 100);
-    // `etcdctl lease list`: "found N leases", then one hex id a line.
-    bench_leases("etcd", &endpoints, "2", &|| {
-        let listed = etcdctl(&["lease", "list"]).expect("etcdctl");
-        assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
-        let text = String::from_utf8_lossy(&listed.stdout).to_string();
-        let ids: BTreeSet<i64> =
-            text.lines().skip(1).map(|l| i64::from_str_radix(l.trim(), 16).expect("a hex lease id")).collect();
-        assert_eq!(text.lines().next(), Some(format!("found {} leases", ids.len()).as_str()), "{text}");
-        ids
-    });
+    for target in ["etcd", "etcd-gateway"] {
+        let emptied = etcdctl(&["del", "", "--from-key"]).expect("etcdctl");
+        assert!(emptied.status.success(), "{}", String::from_utf8_lossy(&emptied.stderr));
+        bench_every_scenario(target, &endpoints, "2", false);
+        bench_load_of_a_key_range(target, &endpoints, "2", 1000);
+        let listed = etcdctl(&["get", "00000999", "00001301", "--keys-only"]).expect("etcdctl");
+        let keys: Vec<String> =
+            String::from_utf8_lossy(&listed.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
+        let expected: Vec<String> = (1000..1300).map(|k| format!("{k:08}")).collect();
+        assert_eq!(keys, expected, "{target}: the load wrote exactly keys 1000..1300");
+        let listed = etcdctl(&["get", "00000000", "00000050", "--keys-only"]).expect("etcdctl");
+        let keys = String::from_utf8_lossy(&listed.stdout).lines().filter(|l| !l.is_empty()).count();
+        assert_eq!(keys, 50, "{target}: {}", String::from_utf8_lossy(&listed.stdout));
+        let value = etcdctl(&["get", "00000007", "--print-value-only"]).expect("etcdctl");
+        assert_eq!(String::from_utf8_lossy(&value.stdout).trim_end().len(), 100, "{target}");
+        // `etcdctl lease list`: "found N leases", then one hex id a line.
+        bench_leases(target, &endpoints, "2", &|| {
+            let listed = etcdctl(&["lease", "list"]).expect("etcdctl");
+            assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+            let text = String::from_utf8_lossy(&listed.stdout).to_string();
+            let ids: BTreeSet<i64> =
+                text.lines().skip(1).map(|l| i64::from_str_radix(l.trim(), 16).expect("a hex lease id")).collect();
+            assert_eq!(text.lines().next(), Some(format!("found {} leases", ids.len()).as_str()), "{text}");
+            ids
+        });
+    }
 }
 
 /// Issue 15, build item 6: `kuberaft bench --target etcd` (the etcd-client driver) pointed at
@@ -1434,7 +1440,7 @@ fn bench_drives_kuberaft_through_the_etcd_grpc_api() {
         let (status, value) = c.get(0, &format!("{k:08}"), "linearizable");
         assert_eq!((status, value.len()), (200, 100), "key {k:08}");
     }
-    bench_load_of_a_key_range("etcd", &endpoints, "2");
+    bench_load_of_a_key_range("etcd", &endpoints, "2", 1000);
     for k in [999, 1000, 1299, 1300] {
         let (status, _) = c.get(1, &format!("{k:08}"), "linearizable");
         assert_eq!(status, if (1000..1300).contains(&k) { 200 } else { 404 }, "key {k:08}");
