@@ -1222,11 +1222,10 @@ fn bench_breakdown_is_sound(target: &str, scenario: &str, report: &Value) {
 
 /// `kuberaft bench --scenario load` of the 300 keys 1000..1300 (8 digits, 100-byte values):
 /// every key written once, none failed.
-fn bench_load_of_a_key_range(target: &str, endpoints: &[String], conns: &str, from: u64) {
+fn bench_load_of_a_key_range(target: &str, endpoints: &[String], conns: &str) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_kuberaft"))
         .args(["bench", "--target", target, "--endpoints", &endpoints.join(","), "--scenario", "load"])
-        .args(["--clients", "8", "--conns", conns, "--key-from", &from.to_string(), "--key-space", "300"])
-        .args(["--val-size", "100"])
+        .args(["--clients", "8", "--conns", conns, "--key-from", "1000", "--key-space", "300", "--val-size", "100"])
         .args(["-w", "json", "--quiet"])
         .output()
         .expect("run kuberaft bench");
@@ -1328,7 +1327,7 @@ fn bench_counts_every_request_and_writes_what_it_reports() {
         assert_eq!((status, value.len()), (200, 100), "key {k:08}");
     }
     // A load writes exactly its range.
-    bench_load_of_a_key_range("kuberaft", &endpoints, "4", 1000);
+    bench_load_of_a_key_range("kuberaft", &endpoints, "4");
     for k in [999, 1000, 1150, 1299, 1300] {
         let (status, value) = c.get(0, &format!("{k:08}"), "linearizable");
         let expected = if (1000..1300).contains(&k) { (200, 100) } else { (404, value.len()) };
@@ -1400,7 +1399,7 @@ fn bench_drives_etcd_through_its_grpc_api_and_its_json_gateway() {
         let emptied = etcdctl(&["del", "", "--from-key"]).expect("etcdctl");
         assert!(emptied.status.success(), "{}", String::from_utf8_lossy(&emptied.stderr));
         bench_every_scenario(target, &endpoints, "2", false);
-        bench_load_of_a_key_range(target, &endpoints, "2", 1000);
+        bench_load_of_a_key_range(target, &endpoints, "2");
         let listed = etcdctl(&["get", "00000999", "00001301", "--keys-only"]).expect("etcdctl");
         let keys: Vec<String> =
             String::from_utf8_lossy(&listed.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect();
@@ -1440,7 +1439,7 @@ fn bench_drives_kuberaft_through_the_etcd_grpc_api() {
         let (status, value) = c.get(0, &format!("{k:08}"), "linearizable");
         assert_eq!((status, value.len()), (200, 100), "key {k:08}");
     }
-    bench_load_of_a_key_range("etcd", &endpoints, "2", 1000);
+    bench_load_of_a_key_range("etcd", &endpoints, "2");
     for k in [999, 1000, 1299, 1300] {
         let (status, _) = c.get(1, &format!("{k:08}"), "linearizable");
         assert_eq!(status, if (1000..1300).contains(&k) { 200 } else { 404 }, "key {k:08}");
