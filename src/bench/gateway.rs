@@ -55,7 +55,7 @@ impl GatewayDriver {
         &self.conns[conn % self.conns.len()]
     }
 
-    /// One call: `body` to `path`, the answer read as `T`; an answer other than 200 is an error
+    /// One call: `body` to `path`, the answer read as `T`; an answer other than 2xx is an error
     /// with the gateway's message.
     async fn call<T: DeserializeOwned>(&self, conn: usize, path: &str, body: serde_json::Value) -> Result<T, String> {
         let (client, endpoint) = self.conn(conn);
@@ -221,15 +221,14 @@ impl Driver for GatewayDriver {
             let (client, endpoint) = self.conn(conn);
             let every = json!({"create_request": {"key": "AA==", "range_end": "AA=="}});
             const PATH: &str = "/v3/watch";
-            let path = PATH;
             let answer =
-                client.post(format!("{endpoint}{path}")).json(&every).send().await.map_err(|e| e.to_string())?;
+                client.post(format!("{endpoint}{PATH}")).json(&every).send().await.map_err(|e| e.to_string())?;
             let status = answer.status();
             if !status.is_success() {
                 let body = answer.bytes().await.unwrap_or_default();
-                return Err(failure(path, status.as_u16(), &body));
+                return Err(failure(PATH, status.as_u16(), &body));
             }
-            let lines = Lines { body: answer.bytes_stream().boxed(), pending: Vec::new() };
+            let lines = Lines { body: answer.bytes_stream().boxed(), pending: Vec::new(), scanned: 0 };
             let stream = futures::stream::unfold(lines, |mut lines| async move {
                 let line = lines.next().await?;
                 let revisions = line.and_then(|line| {
@@ -256,19 +255,24 @@ const MAX_LINE: usize = 16 << 20;
 struct Lines {
     body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
     pending: Vec<u8>,
+    /// How much of `pending` holds no newline (each byte is looked at once).
+    scanned: usize,
 }
 
 impl Lines {
     /// The next whole line (without its newline); `None` when the body ends.
     async fn next(&mut self) -> Option<Result<Vec<u8>, String>> {
         loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+            if let Some(at) = self.pending[self.scanned..].iter().position(|&b| b == b'\n') {
+                let end = self.scanned + at;
+                self.scanned = 0;
                 let line: Vec<u8> = self.pending.drain(..=end).take(end).collect();
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
                 return Some(Ok(line));
             }
+            self.scanned = self.pending.len();
             if self.pending.len() > MAX_LINE {
                 return Some(Err(format!("a line of the watch's answer is longer than {MAX_LINE} bytes")));
             }
@@ -321,7 +325,7 @@ mod tests {
         rt.block_on(async {
             let chunks: Vec<reqwest::Result<Bytes>> =
                 vec![Ok(Bytes::from_static(b"{\"a\":1}\n{\"b\"")), Ok(Bytes::from_static(b":2}\n\n{\"c\":3}\n"))];
-            let mut lines = Lines { body: futures::stream::iter(chunks).boxed(), pending: Vec::new() };
+            let mut lines = Lines { body: futures::stream::iter(chunks).boxed(), pending: Vec::new(), scanned: 0 };
             let mut seen = Vec::new();
             while let Some(line) = lines.next().await {
                 seen.push(String::from_utf8(line.unwrap()).unwrap());
