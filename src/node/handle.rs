@@ -365,17 +365,10 @@ impl NodeHandle {
 
     // ----- leases -----
 
-    /// etcd's LeaseGrant: `id` 0 lets this member pick one (positive, random); a TTL below the
-    /// minimum (1.5 × the longest election timeout) is raised to it, as etcd does.
+    /// etcd's LeaseGrant: `id` 0 lets this member pick one (positive, from `Shared::ids`); a TTL
+    /// below the minimum (1.5 × the longest election timeout) is raised to it, as etcd does.
     pub async fn lease_grant(&self, caller: &Caller, id: i64, ttl: i64) -> Result<(i64, i64), NodeError> {
-        let id = if id != 0 {
-            id
-        } else {
-            let nanos =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-            let hash = crate::base::ids::fnv1a(&[&nanos.to_be_bytes(), &self.shared.id.to_be_bytes()]);
-            ((hash >> 1) as i64).max(1)
-        };
+        let id = if id != 0 { id } else { self.shared.ids.next_lease() };
         let ttl = ttl.max(self.shared.min_lease_ttl_s);
         match self.submit(&caller.wrap(Command::LeaseGrant { id, ttl })).await? {
             ApplyResult::LeaseGranted { id, ttl } => Ok((id, ttl)),

@@ -242,6 +242,8 @@ pub struct Shared {
     pub max_value_bytes: usize,
     /// etcd's minimum lease TTL: 1.5 × the longest election timeout, in whole seconds.
     pub min_lease_ttl_s: i64,
+    /// The ids this member picks: for leases granted with id 0.
+    pub ids: crate::base::ids::IdGenerator,
     pub kv: RwLock<KvStore>,
     pub status: RwLock<LoopStatus>,
     /// The applied index, for readers waiting on a ReadIndex.
@@ -376,6 +378,7 @@ impl Shared {
             advertise_peer_url: url(2380),
             max_value_bytes: 1 << 20,
             min_lease_ttl_s: 1,
+            ids: crate::base::ids::IdGenerator::new(id, 0),
             kv: RwLock::new(KvStore::new()),
             status: RwLock::new(LoopStatus {
                 role: Role::Follower,

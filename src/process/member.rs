@@ -17,7 +17,7 @@ use super::join::{bootstrap_when_unformed, join_existing};
 use crate::api::auth::AuthSettings;
 use crate::api::server::{client_router, metrics_router, render_error as render_client_error, Api};
 use crate::base::ids::{
-    cluster_id, host_port, initial_member_id, is_https, parse_initial_cluster, validate_url, InitialMember,
+    cluster_id, host_port, initial_member_id, is_https, parse_initial_cluster, validate_url, IdGenerator, InitialMember,
 };
 use crate::base::logging::init_logging;
 use crate::base::signal::wait_for_signal;
@@ -580,6 +580,7 @@ fn shared_state(
         )
         .unwrap_or(1)
         .max(1),
+        ids: IdGenerator::starting_now(meta.member_id),
         status: RwLock::new(LoopStatus {
             role: Role::Follower,
             term: raw.raft.term(),

@@ -1359,36 +1359,12 @@ fn bench_counts_every_request_and_writes_what_it_reports() {
 #[cfg(feature = "etcd")]
 #[test]
 fn bench_drives_etcd_through_its_grpc_api_and_its_json_gateway() {
-    struct Etcd(Vec<std::process::Child>, tempfile::TempDir);
-    impl Drop for Etcd {
-        fn drop(&mut self) {
-            for child in &mut self.0 {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ip = |i: usize| format!("127.20.0.{}", i + 1);
-    let initial: Vec<String> = (0..3).map(|i| format!("e{i}=http://{}:2380", ip(i))).collect();
-    let mut etcd = Etcd(Vec::new(), dir);
+    type Etcds = harness::EtcdMembers<20>;
+    let mut etcd = Etcds::new();
     for i in 0..3 {
-        let child = std::process::Command::new("etcd")
-            .args(["--name", &format!("e{i}"), "--data-dir"])
-            .arg(etcd.1.path().join(format!("e{i}")))
-            .args(["--listen-client-urls", &format!("http://{}:2379", ip(i))])
-            .args(["--advertise-client-urls", &format!("http://{}:2379", ip(i))])
-            .args(["--listen-peer-urls", &format!("http://{}:2380", ip(i))])
-            .args(["--initial-advertise-peer-urls", &format!("http://{}:2380", ip(i))])
-            .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
-            .args(["--logger", "zap", "--log-level", "error"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("etcd is installed (scripts/test installs etcd-server)");
-        etcd.0.push(child);
+        etcd.start(i, &Etcds::initial(&[0, 1, 2]), "new", &[]);
     }
-    let endpoints: Vec<String> = (0..3).map(|i| format!("http://{}:2379", ip(i))).collect();
+    let endpoints: Vec<String> = (0..3).map(Etcds::client).collect();
     let etcdctl = |args: &[&str]| {
         std::process::Command::new("etcdctl").arg("--endpoints").arg(endpoints.join(",")).args(args).output()
     };
