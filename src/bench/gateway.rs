@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::{Answer, Call, Driver, EventStream, Op, OpResult};
 use crate::base::output::CliError;
-use crate::client::{encode_base64, http_client, normalize_endpoint, ClientConfig, SecurityArgs};
+use crate::client::{encode_base64, http_client, normalize_endpoint, ClientConfig, LineBuffer, SecurityArgs};
 
 pub struct GatewayDriver {
     conns: Vec<(reqwest::Client, String)>,
@@ -228,7 +228,7 @@ impl Driver for GatewayDriver {
                 let body = answer.bytes().await.unwrap_or_default();
                 return Err(failure(PATH, status.as_u16(), &body));
             }
-            let lines = Lines { body: answer.bytes_stream().boxed(), pending: Vec::new(), scanned: 0 };
+            let lines = Lines { body: answer.bytes_stream().boxed(), lines: LineBuffer::default() };
             let stream = futures::stream::unfold(lines, |mut lines| async move {
                 let line = lines.next().await?;
                 let revisions = line.and_then(|line| {
@@ -254,30 +254,24 @@ const MAX_LINE: usize = 16 << 20;
 /// A streamed body cut into its lines.
 struct Lines {
     body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-    pending: Vec<u8>,
-    /// How much of `pending` holds no newline (each byte is looked at once).
-    scanned: usize,
+    lines: LineBuffer,
 }
 
 impl Lines {
-    /// The next whole line (without its newline); `None` when the body ends.
-    async fn next(&mut self) -> Option<Result<Vec<u8>, String>> {
+    /// The next whole line that is not blank (without its newline); `None` when the body ends.
+    async fn next(&mut self) -> Option<Result<Bytes, String>> {
         loop {
-            if let Some(at) = self.pending[self.scanned..].iter().position(|&b| b == b'\n') {
-                let end = self.scanned + at;
-                self.scanned = 0;
-                let line: Vec<u8> = self.pending.drain(..=end).take(end).collect();
+            if let Some(line) = self.lines.next_line() {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
                 return Some(Ok(line));
             }
-            self.scanned = self.pending.len();
-            if self.pending.len() > MAX_LINE {
+            if self.lines.held() > MAX_LINE {
                 return Some(Err(format!("a line of the watch's answer is longer than {MAX_LINE} bytes")));
             }
             match self.body.next().await? {
-                Ok(chunk) => self.pending.extend_from_slice(&chunk),
+                Ok(chunk) => self.lines.push(&chunk),
                 Err(e) => return Some(Err(e.to_string())),
             }
         }
@@ -325,10 +319,10 @@ mod tests {
         rt.block_on(async {
             let chunks: Vec<reqwest::Result<Bytes>> =
                 vec![Ok(Bytes::from_static(b"{\"a\":1}\n{\"b\"")), Ok(Bytes::from_static(b":2}\n\n{\"c\":3}\n"))];
-            let mut lines = Lines { body: futures::stream::iter(chunks).boxed(), pending: Vec::new(), scanned: 0 };
+            let mut lines = Lines { body: futures::stream::iter(chunks).boxed(), lines: LineBuffer::default() };
             let mut seen = Vec::new();
             while let Some(line) = lines.next().await {
-                seen.push(String::from_utf8(line.unwrap()).unwrap());
+                seen.push(String::from_utf8(line.unwrap().to_vec()).unwrap());
             }
             assert_eq!(seen, ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"]);
         });

@@ -35,7 +35,7 @@ pub use crate::base::base64::{decode_base64, encode_base64};
 pub use crate::base::wire::Consistency;
 pub use encode::encode_component;
 pub use snapshot::{Snapshot, SnapshotSaved};
-pub use watch::{Watch, PROBE_INTERVAL, SILENCE_LIMIT};
+pub use watch::{LineBuffer, Watch, PROBE_INTERVAL, SILENCE_LIMIT};
 
 /// Per-request timeout unless configured otherwise.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

@@ -29,7 +29,7 @@ const MAX_LINE_BYTES: usize = 64 << 20;
 struct Connection {
     endpoint: String,
     body: futures::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-    buf: BytesMut,
+    lines: LineBuffer,
     /// The request body's other end: progress requests go there; dropping it ends the body.
     requests: mpsc::Sender<Bytes>,
     probe: tokio::time::Interval,
@@ -49,6 +49,39 @@ pub struct Watch {
     connections: u64,
     /// Endpoints tried in a row without receiving anything.
     failures: usize,
+}
+
+/// A streamed body cut into its lines (newline-delimited JSON): each byte is looked at once
+/// for a newline, however many chunks a long line comes in.
+#[derive(Default)]
+pub struct LineBuffer {
+    buf: BytesMut,
+    /// How much of `buf` holds no newline.
+    scanned: usize,
+}
+
+impl LineBuffer {
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next whole line, without its newline; `None` until one has arrived.
+    pub fn next_line(&mut self) -> Option<Bytes> {
+        let Some(at) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') else {
+            self.scanned = self.buf.len();
+            return None;
+        };
+        let end = self.scanned + at;
+        self.scanned = 0;
+        let mut line = self.buf.split_to(end + 1);
+        line.truncate(end);
+        Some(line.freeze())
+    }
+
+    /// The bytes held: a line not yet whole.
+    pub fn held(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 fn line(request: &WatchRequest) -> Bytes {
@@ -180,7 +213,7 @@ async fn open(client: &Client, create: WatchCreateRequest, endpoint: &str) -> Re
     Ok(Connection {
         endpoint: endpoint.to_string(),
         body: response.bytes_stream().boxed(),
-        buf: BytesMut::new(),
+        lines: LineBuffer::default(),
         requests: tx,
         probe,
     })
@@ -192,12 +225,11 @@ impl Watch {
         let conn = self.conn.as_mut().ok_or_else(|| ClientError::Setup("no stream".to_string()))?;
         let mut silent_since = tokio::time::Instant::now();
         loop {
-            if let Some(at) = conn.buf.iter().position(|b| *b == b'\n') {
-                let line = conn.buf.split_to(at + 1);
-                return serde_json::from_slice(&line[..at])
+            if let Some(line) = conn.lines.next_line() {
+                return serde_json::from_slice(&line)
                     .map_err(|e| ClientError::Decode { endpoint: conn.endpoint.clone(), message: e.to_string() });
             }
-            if conn.buf.len() > MAX_LINE_BYTES {
+            if conn.lines.held() > MAX_LINE_BYTES {
                 return Err(ClientError::Decode {
                     endpoint: conn.endpoint.clone(),
                     message: "a line too long".to_string(),
@@ -206,7 +238,7 @@ impl Watch {
             tokio::select! {
                 chunk = conn.body.next() => match chunk {
                     Some(Ok(bytes)) => {
-                        conn.buf.extend_from_slice(&bytes);
+                        conn.lines.push(&bytes);
                         silent_since = tokio::time::Instant::now();
                     }
                     Some(Err(e)) => return Err(ClientError::Setup(format!("{}: {}", conn.endpoint, error_chain(&e)))),
@@ -293,5 +325,27 @@ impl Watch {
             self.next = revision + 1;
             return Ok(whole);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LineBuffer;
+
+    /// Lines come out whole whatever chunks they arrive in, a blank line as an empty one; a
+    /// line not yet ended is held, and its scanned part is not looked at again.
+    #[test]
+    fn a_line_buffer_gives_whole_lines_across_chunks() {
+        let mut lines = LineBuffer::default();
+        lines.push(b"{\"a\":1}\n{\"b\"");
+        assert_eq!(lines.next_line().as_deref(), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(lines.next_line(), None);
+        assert_eq!((lines.held(), lines.scanned), (4, 4));
+        lines.push(b":2");
+        assert_eq!(lines.next_line(), None);
+        lines.push(b"}\n\n{\"c\":3}\n");
+        let rest: Vec<_> = std::iter::from_fn(|| lines.next_line()).collect();
+        assert_eq!(rest, [&b"{\"b\":2}"[..], b"", b"{\"c\":3}"]);
+        assert_eq!(lines.held(), 0);
     }
 }
