@@ -48,6 +48,13 @@ const RECLAIM_CHUNKS_PER_PERSIST: u32 = 64;
 /// `--snapshot-count` still compacts.
 const SNAPSHOT_CATCH_UP_ENTRIES: u64 = 5_000;
 
+/// Bytes of entries applied since the last snapshot after which a snapshot is taken even before
+/// `snapshot_threshold` entries: the core holds the log since its base in memory, so with large
+/// values a count of entries alone let a member hold up to threshold plus catch-up entries of
+/// the largest value (15,000 of 1.5 MiB). The catch-up entries kept behind a snapshot are held to
+/// half of it. At 256-byte values the count of entries comes first, as before.
+pub const SNAPSHOT_BYTES: u64 = 64 << 20;
+
 /// Milliseconds per tick of the core.
 pub const TICK_MS: u64 = 10;
 /// How often a leader compares the member records with what members say of themselves.
@@ -237,6 +244,10 @@ pub struct RaftLoop {
     pub outbox: Box<dyn Outbox>,
     pub rx: InputReceiver,
     pub snapshot_threshold: u64,
+    /// `SNAPSHOT_BYTES`, or less in tests.
+    pub snapshot_bytes: u64,
+    /// Bytes of the entries handed to `apply_committed` since the last snapshot.
+    applied_bytes: u64,
     proposals: BTreeMap<Index, PendingProposal>,
     reads: BTreeMap<u64, Reply<Index>>,
     next_read_ctx: u64,
@@ -299,6 +310,8 @@ impl RaftLoop {
             outbox,
             rx,
             snapshot_threshold: snapshot_threshold.max(1),
+            snapshot_bytes: SNAPSHOT_BYTES,
+            applied_bytes: 0,
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             next_read_ctx: 1,
@@ -831,6 +844,7 @@ impl RaftLoop {
             if self.halted.is_some() {
                 break;
             }
+            self.applied_bytes = self.applied_bytes.saturating_add(entry.payload_bytes() as u64);
             self.learn_address(&entry.payload);
             let result = {
                 let mut kv = write(&self.shared.kv);
@@ -1017,6 +1031,7 @@ impl RaftLoop {
             }
             // The core's log starts after `index` now: no snapshot is due before the threshold.
             self.last_snapshot_index = self.last_snapshot_index.max(index);
+            self.applied_bytes = 0;
             return;
         }
         let live = read(&self.shared.kv).path().map(Path::to_path_buf);
@@ -1069,6 +1084,7 @@ impl RaftLoop {
         match installed {
             Ok(()) => {
                 self.last_snapshot_index = index;
+                self.applied_bytes = 0;
                 // Writes proposed up to `index` may be in the snapshot or not (an old leader's,
                 // that a new leader committed or overwrote): their outcomes are unknown.
                 let after = self.proposals.split_off(&index.saturating_add(1));
@@ -1293,7 +1309,9 @@ impl RaftLoop {
     /// applied exactly that far is saved (never one that is halted or out of step).
     fn maybe_snapshot(&mut self) {
         let applied = self.raw.raft.applied_index();
-        if self.halted.is_some() || applied < self.last_snapshot_index.saturating_add(self.snapshot_threshold) {
+        let due = applied >= self.last_snapshot_index.saturating_add(self.snapshot_threshold)
+            || (self.applied_bytes >= self.snapshot_bytes && applied > self.last_snapshot_index);
+        if self.halted.is_some() || !due {
             return;
         }
         let started = Instant::now();
@@ -1315,7 +1333,7 @@ impl RaftLoop {
             return;
         }
         let data = Bytes::new();
-        let keep = SNAPSHOT_CATCH_UP_ENTRIES.min(self.snapshot_threshold / 2);
+        let keep = self.catch_up_entries(applied);
         match self.raw.raft.compact_keeping(data.clone(), keep) {
             Ok(meta) => {
                 let index = meta.index;
@@ -1327,10 +1345,32 @@ impl RaftLoop {
                 // The next one is due `snapshot_threshold` entries after this one's applied
                 // index (the log base trails it by the catch-up entries).
                 self.last_snapshot_index = applied;
+                self.applied_bytes = 0;
                 self.shared.metrics.observe_snapshot(started.elapsed());
             }
             Err(e) => tracing::debug!(error = %e, "no snapshot"),
         }
+    }
+
+    /// How many entries up to `applied` a snapshot at `applied` leaves in the log: at most
+    /// `SNAPSHOT_CATCH_UP_ENTRIES` and half the interval in entries, and, newest first, no more
+    /// than half of `snapshot_bytes` in bytes (at least one entry: the newest is kept whatever
+    /// its size, as a count would).
+    fn catch_up_entries(&self, applied: Index) -> u64 {
+        let most = SNAPSHOT_CATCH_UP_ENTRIES.min(self.snapshot_threshold / 2);
+        let budget = self.snapshot_bytes / 2;
+        let log = self.raw.raft.log();
+        let mut bytes = 0u64;
+        let mut keep = 0;
+        while keep < most {
+            let Some(entry) = applied.checked_sub(keep).and_then(|index| log.entry(index)) else { break };
+            bytes = bytes.saturating_add(entry.payload_bytes() as u64);
+            if keep > 0 && bytes > budget {
+                break;
+            }
+            keep += 1;
+        }
+        keep
     }
 
     /// Appends a follower's commands to this leader's log, all in this turn (so that they

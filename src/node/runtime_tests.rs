@@ -324,6 +324,47 @@ fn a_snapshot_keeps_catch_up_entries_in_the_log_behind_it() {
 }
 
 #[test]
+fn large_entries_bring_a_snapshot_before_the_count_and_keep_at_most_half_the_bytes_behind_it() {
+    let mut m = member();
+    // 10 KiB a value: 100 bytes of budget would be 10,000 entries of 256 B.
+    m.lp.snapshot_threshold = 10_000;
+    m.lp.snapshot_bytes = 100 << 10;
+    let value = Bytes::from(vec![b'v'; 10 << 10]);
+    let big = |index| Entry {
+        index,
+        term: TERM,
+        payload: EntryPayload::Command(encode(&Command::Put {
+            key: "big".into(),
+            value: value.clone(),
+            prev_revision: None,
+        })),
+    };
+    let held = |m: &Member| m.lp.raw.raft.log().entries().iter().map(Entry::payload_bytes).sum::<usize>();
+    let before = m.lp.shared.metrics.snapshot_count.load(Ordering::Relaxed);
+    let mut snapshots = 0;
+    for index in 4..=60 {
+        let base = m.lp.raw.raft.log().base().index;
+        m.step(MessageBody::Append {
+            prev_index: index - 1,
+            prev_term: if index == 4 { 1 } else { TERM },
+            entries: vec![big(index)],
+            commit: index,
+        });
+        assert!(held(&m) <= (150 << 10) + (10 << 10), "{} bytes held at {index}", held(&m));
+        let now = m.lp.raw.raft.log().base().index;
+        if now != base {
+            snapshots += 1;
+            // Each entry is a little over 10 KiB: 4 fit in half the budget.
+            assert_eq!(index - now, 4, "entries kept behind the snapshot at {index}");
+        }
+    }
+    assert_eq!(m.errors(), Vec::<String>::new());
+    assert_eq!(read(&m.lp.shared.kv).applied_index(), 60);
+    assert!(snapshots >= 5, "{snapshots} snapshots in 57 entries of 10 KiB, with a budget of 100 KiB");
+    assert_eq!(m.lp.shared.metrics.snapshot_count.load(Ordering::Relaxed) - before, snapshots);
+}
+
+#[test]
 fn a_snapshot_stream_waiting_for_a_member_that_left_is_dropped() {
     let mut m = member();
     for id in [3, 9] {

@@ -284,13 +284,12 @@ impl<'a> Record<'a> {
         Record::decode(bytes).map(|r| matches!(r, Record::Live { .. }))
     }
 
-    fn encode_live(create_revision: Revision, version: i64, lease: i64, value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(value.len() + 16);
+    /// Appends a live version's record to `out`.
+    fn encode_live_into(out: &mut Vec<u8>, create_revision: Revision, version: i64, lease: i64, value: &[u8]) {
         out.push(LIVE);
         // Three integers cannot fail to encode.
-        let _ = codec::encode_into(&(create_revision, version, lease), &mut out);
+        let _ = codec::encode_into(&(create_revision, version, lease), out);
         out.extend_from_slice(value);
-        out
     }
 }
 
@@ -875,11 +874,25 @@ pub(crate) struct Hist<'a, T> {
 
 /// A row of `hist`: a key and its record.
 pub(crate) fn encode_row(key: &[u8], record: &[u8]) -> Vec<u8> {
-    let mut row = Vec::with_capacity(4 + key.len() + record.len());
+    let mut row = row_of(key, record.len());
+    row.extend_from_slice(record);
+    row
+}
+
+/// The row of a live version, its value copied once (not into a record, then into the row).
+pub(crate) fn live_row(key: &[u8], create_revision: Revision, version: i64, lease: i64, value: &[u8]) -> Vec<u8> {
+    // The tag and three integers of at most 10 bytes each.
+    let mut row = row_of(key, 31 + value.len());
+    Record::encode_live_into(&mut row, create_revision, version, lease, value);
+    row
+}
+
+/// A row's start, the key, with room for a record of `record` bytes after it.
+fn row_of(key: &[u8], record: usize) -> Vec<u8> {
+    let mut row = Vec::with_capacity(4 + key.len() + record);
     // redb keeps keys and values below 4 GiB, and keys are far smaller still.
     row.extend_from_slice(&(key.len() as u32).to_be_bytes());
     row.extend_from_slice(key);
-    row.extend_from_slice(record);
     row
 }
 
@@ -1326,7 +1339,7 @@ impl<'t> Writer<'t> {
     /// Writes a tombstone for `key` at this revision (a put records its version itself: `put`).
     fn write_tombstone(&mut self, key: &[u8]) -> Result<(), StoreError> {
         let entry = self.record_version(key, |_| None)?;
-        self.write_row(key, entry, TOMBSTONE)
+        self.write_row(entry, &encode_row(key, TOMBSTONE))
     }
 
     /// Records a version of `key` at this revision in the key index and returns it; its row is
@@ -1364,8 +1377,8 @@ impl<'t> Writer<'t> {
     }
 
     /// Writes `record`, the row of `entry`, a version of `key` that `record_version` gave.
-    fn write_row(&mut self, key: &[u8], entry: Entry, record: &[u8]) -> Result<(), StoreError> {
-        self.rows.insert((entry.main, entry.sub), encode_row(key, record).as_slice()).at(self.place, WRITE)?;
+    fn write_row(&mut self, entry: Entry, row: &[u8]) -> Result<(), StoreError> {
+        self.rows.insert((entry.main, entry.sub), row).at(self.place, WRITE)?;
         Ok(())
     }
 
@@ -1421,8 +1434,7 @@ impl<'t> Writer<'t> {
             (Some(p), true) => p.lease,
             _ => req.lease,
         };
-        let record = Record::encode_live(entry.create, entry.version, lease, value);
-        self.write_row(&req.key, entry, &record)?;
+        self.write_row(entry, &live_row(&req.key, entry.create, entry.version, lease, value))?;
         if lease != 0 {
             let place = self.place;
             self.meta()?.insert(lease_key_name(lease, &req.key).as_str(), &[][..]).at(place, WRITE)?;
@@ -1783,9 +1795,9 @@ impl Batch {
                     String::from_utf8_lossy(&item.key)
                 )));
             }
-            let record = Record::encode_live(item.create_revision, item.version, item.lease, &item.value);
+            let row = live_row(&item.key, item.create_revision, item.version, item.lease, &item.value);
             let sub = next_sub(&rows, place, item.mod_revision)?;
-            rows.insert((item.mod_revision, sub), encode_row(&item.key, &record).as_slice()).at(place, WRITE)?;
+            rows.insert((item.mod_revision, sub), row.as_slice()).at(place, WRITE)?;
             let entry = Entry::live(item.mod_revision, sub, item.create_revision, item.version);
             if self.index.newest(&item.key, MAX_REVISION).is_some() || self.index.record(&item.key, entry).is_none() {
                 return Err(StoreError::BadSnapshot(format!(

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use redb::{ReadableDatabase, ReadableTableMetadata, StorageBackend};
 
-use super::engine::{split_row, Place, Record, Rows, HIST};
+use super::engine::{live_row, split_row, Place, Record, Rows, HIST, MAX_REVISION};
 use super::model::Model;
 use super::*;
 use crate::base::rng::Rng;
@@ -484,6 +484,23 @@ fn run_seed(seed: u64, ops: u64, path: Option<&Path>, max_txn_ops: usize, rare_c
 /// The model-based property test. `MVCC_PROP_OPS` operations in all (default 150,000), over
 /// eight seeds: in memory and on disk (reopened now and then), with etcd's limit on txn ops
 /// and with a limit of 2 that makes TooManyOps common.
+#[test]
+fn a_live_row_is_its_key_and_a_record_that_reads_back_as_written() {
+    let extremes = [(1, 1, 0), (MAX_REVISION, MAX_REVISION, i64::MIN), (7, 3, i64::MAX), (2, 1, -1)];
+    for (create, version, lease) in extremes {
+        let row = live_row(b"k/ey", create, version, lease, b"value");
+        let (key, record) = split_row(&row).expect("a row");
+        assert_eq!(key, b"k/ey");
+        match Record::decode(record) {
+            Ok(Record::Live { create_revision, version: v, lease: l, value }) => {
+                assert_eq!((create_revision, v, l, value), (create, version, lease, &b"value"[..]));
+            }
+            _ => panic!("the record of ({create}, {version}, {lease}) does not read back"),
+        }
+        assert!(row.capacity() <= 4 + 4 + 31 + 5, "built in the room it reserved: {} bytes", row.capacity());
+    }
+}
+
 #[test]
 fn engine_behaves_exactly_like_the_model() {
     let total: u64 = std::env::var("MVCC_PROP_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(150_000);
