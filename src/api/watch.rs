@@ -40,19 +40,36 @@ pub const MAX_WATCH_REQUEST_BYTES: usize = 64 << 10;
 
 /// Reads JSON values one at a time from a body that may still be arriving (an NDJSON stream of
 /// requests: the watch endpoint's, the lease keep-alive's). `what` names a request in errors;
-/// one request is at most `max` bytes.
+/// one request is at most `max` bytes. Each byte is scanned once for where its value ends
+/// (`ValueEnd`), and a value is parsed once it is whole, however the body is cut into chunks
+/// (parsing the buffer from its start at each chunk cost up to `max` bytes a chunk).
 pub(super) struct JsonValues<T> {
     body: Body,
     buf: Vec<u8>,
+    /// The buffer's bytes before this were taken by values already returned.
+    start: usize,
+    end: ValueEnd,
     ended: bool,
     what: &'static str,
     max: usize,
+    /// Parses tried (for tests: one per value, whatever the chunks).
+    parses: usize,
     _value: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T: serde::de::DeserializeOwned> JsonValues<T> {
     pub(super) fn new(body: Body, what: &'static str, max: usize) -> JsonValues<T> {
-        JsonValues { body, buf: Vec::new(), ended: false, what, max, _value: std::marker::PhantomData }
+        JsonValues {
+            body,
+            buf: Vec::new(),
+            start: 0,
+            end: ValueEnd::default(),
+            ended: false,
+            what,
+            max,
+            parses: 0,
+            _value: std::marker::PhantomData,
+        }
     }
 
     /// The next request; `Ok(None)` at the end of the body.
@@ -60,31 +77,87 @@ impl<T: serde::de::DeserializeOwned> JsonValues<T> {
         let what = self.what;
         // Bounded: each round either returns or takes one more chunk, and the buffer is capped.
         loop {
-            let mut values = serde_json::Deserializer::from_slice(&self.buf).into_iter::<T>();
-            match values.next() {
-                Some(Ok(request)) => {
-                    let used = values.byte_offset();
-                    self.buf.drain(..used);
-                    return Ok(Some(request));
+            let rest = &self.buf[self.start..];
+            if self.ended || self.end.scan(rest) {
+                self.parses += 1;
+                let mut values = serde_json::Deserializer::from_slice(rest).into_iter::<T>();
+                match values.next() {
+                    Some(Ok(request)) => {
+                        self.start += values.byte_offset();
+                        self.end = ValueEnd::default();
+                        return Ok(Some(request));
+                    }
+                    Some(Err(e)) if !e.is_eof() => return Err(bad(format!("bad {what}: {e}"))),
+                    Some(Err(e)) if self.ended => return Err(bad(format!("bad {what}: {e}"))),
+                    None if self.ended => return Ok(None),
+                    // A value the scan left to the parser that is not whole yet (a literal cut
+                    // short at the top, which no request is): parsed again at each chunk.
+                    _ => self.end = ValueEnd { parse: true, ..ValueEnd::default() },
                 }
-                Some(Err(e)) if !e.is_eof() => return Err(bad(format!("bad {what}: {e}"))),
-                Some(Err(e)) if self.ended => return Err(bad(format!("bad {what}: {e}"))),
-                None if self.ended => return Ok(None),
-                _ => {}
             }
             match self.body.frame().await {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
+                        self.buf.drain(..self.start);
+                        self.start = 0;
                         self.buf.extend_from_slice(&data);
                     }
                 }
                 Some(Err(e)) => return Err(bad(format!("cannot read the {what}: {e}"))),
                 None => self.ended = true,
             }
-            if self.buf.len() > self.max {
+            if self.buf.len() - self.start > self.max {
                 return Err(too_large(format!("a {what} is at most {} bytes", self.max)));
             }
         }
+    }
+}
+
+/// Where the JSON value at the start of a buffer ends, found by a scan that goes on where it
+/// stopped as the buffer grows: an object or array ends at the bracket that closes its first, a
+/// string at its closing quote (brackets and quotes in strings are skipped). Anything else at the
+/// top (a number, a literal, a stray bracket, a byte no value starts with) is left to the parser
+/// at once, which reads or refuses it.
+#[derive(Default)]
+struct ValueEnd {
+    /// Bytes of the value scanned so far.
+    at: usize,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    /// Found: parse now.
+    parse: bool,
+}
+
+impl ValueEnd {
+    /// Scans the bytes of `rest` not yet scanned; true once the value at its start is whole
+    /// (or is for the parser to judge).
+    fn scan(&mut self, rest: &[u8]) -> bool {
+        while !self.parse && self.at < rest.len() {
+            let byte = rest[self.at];
+            self.at += 1;
+            if self.in_string {
+                match byte {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => {
+                        self.in_string = false;
+                        self.parse = self.depth == 0;
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            match byte {
+                b' ' | b'\t' | b'\n' | b'\r' => {}
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' if self.depth > 1 => self.depth -= 1,
+                b'}' | b']' => self.parse = true,
+                _ => self.parse = self.depth == 0,
+            }
+        }
+        self.parse
     }
 }
 
@@ -336,4 +409,68 @@ pub(super) async fn watch(State(api): State<Api>, request: Request) -> ApiResult
     let mut response = Body::from_stream(until_stopped(stop, lines, end)).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunked(text: &[u8], size: usize) -> Body {
+        let chunks: Vec<Result<Bytes, Infallible>> = text.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        Body::from_stream(futures::stream::iter(chunks))
+    }
+
+    /// Every value of `text` cut into chunks of `size`, then the error or the end; and the parses.
+    async fn read_all(text: &[u8], size: usize, max: usize) -> (Vec<serde_json::Value>, Result<(), String>, usize) {
+        let mut values = JsonValues::<serde_json::Value>::new(chunked(text, size), "request", max);
+        let mut out = Vec::new();
+        for _ in 0..1_000 {
+            match values.next().await {
+                Ok(Some(value)) => out.push(value),
+                Ok(None) => return (out, Ok(()), values.parses),
+                Err(e) => return (out, Err(format!("{} {}", e.status.as_u16(), e.message)), values.parses),
+            }
+        }
+        panic!("more than 1,000 values");
+    }
+
+    #[tokio::test]
+    async fn values_cut_anywhere_read_as_the_whole_text_parses() {
+        let text = br#" {"a":"}{\"]","b":[1,{"c":[]}]}
+[1,[2,{}],"]"]"x\"y{"  {"k":"\\"}{}
+"#;
+        let expected: Vec<serde_json::Value> =
+            serde_json::Deserializer::from_slice(text).into_iter().collect::<Result<_, _>>().expect("valid");
+        assert_eq!(expected.len(), 5);
+        for size in [1, 2, 3, 5, 8, 13, text.len()] {
+            let (values, end, parses) = read_all(text, size, 1 << 10).await;
+            assert_eq!(values, expected, "chunks of {size}");
+            assert_eq!(end, Ok(()));
+            assert_eq!(parses, 6, "one parse a value and one for the end, in chunks of {size}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_that_arrives_a_byte_at_a_time_is_parsed_once() {
+        let long = format!(r#"{{"create_request":{{"key":"{}"}}}}"#, "k".repeat(60_000));
+        let text = format!("{long}\n{long}");
+        let (values, end, parses) = read_all(text.as_bytes(), 1, 64 << 10).await;
+        assert_eq!((values.len(), end), (2, Ok(())));
+        // Parsing the buffer at each byte until the value was whole took 60,000 parses a value.
+        assert_eq!(parses, 3);
+    }
+
+    #[tokio::test]
+    async fn bad_cut_short_and_oversized_values_are_refused_as_before() {
+        let (values, end, _) = read_all(br#"{"a":1} {"a": ]"#, 1, 1 << 10).await;
+        assert_eq!(values.len(), 1);
+        assert_eq!(end, Err("400 bad request: expected value at line 1 column 8".to_string()));
+        let (_, end, _) = read_all(br#"{"a":"b"#, 2, 1 << 10).await;
+        assert_eq!(end, Err("400 bad request: EOF while parsing a string at line 1 column 7".to_string()));
+        let (_, end, _) = read_all(br#"{"a":"long enough"}"#, 4, 8).await;
+        assert_eq!(end, Err("413 a request is at most 8 bytes".to_string()));
+        let (_, end, parses) = read_all(b"nul", 1, 1 << 10).await;
+        assert_eq!(end, Err("400 bad request: EOF while parsing a value at line 1 column 3".to_string()));
+        assert!(parses <= 4, "a literal cut short is parsed again at each chunk: {parses}");
+    }
 }
