@@ -68,7 +68,8 @@ pub struct NodeArgs {
     /// Largest accepted value.
     #[arg(long, env = "KUBERAFT_MAX_VALUE_BYTES", default_value_t = crate::base::wire::DEFAULT_MAX_VALUE_BYTES)]
     pub max_value_bytes: usize,
-    /// Take a snapshot and compact the log after this many applied entries.
+    /// Take a snapshot and compact the log after this many applied entries (or sooner, once those
+    /// entries hold 64 MiB).
     #[arg(long, env = "KUBERAFT_SNAPSHOT_THRESHOLD", default_value_t = 10_000)]
     pub snapshot_threshold: u64,
     /// Send Raft messages to each peer on two long-lived streams (DESIGN.md §3); `false` posts
