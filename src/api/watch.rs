@@ -114,7 +114,7 @@ impl<T: serde::de::DeserializeOwned> JsonValues<T> {
 }
 
 /// Where the JSON value at the start of a buffer ends, found by a scan that goes on where it
-/// stopped as the buffer grows: an object or array ends at the bracket that closes its first, a
+/// stopped as the buffer grows: an object or array ends at the bracket that closes it, a
 /// string at its closing quote (brackets and quotes in strings are skipped). Anything else at the
 /// top (a number, a literal, a stray bracket, a byte no value starts with) is left to the parser
 /// at once, which reads or refuses it.

@@ -326,7 +326,7 @@ fn a_snapshot_keeps_catch_up_entries_in_the_log_behind_it() {
 #[test]
 fn large_entries_bring_a_snapshot_before_the_count_and_keep_at_most_half_the_bytes_behind_it() {
     let mut m = member();
-    // 10 KiB a value: 100 bytes of budget would be 10,000 entries of 256 B.
+    // A budget of 100 KiB, ten entries of 10 KiB: the count of 10,000 never comes.
     m.lp.snapshot_threshold = 10_000;
     m.lp.snapshot_bytes = 100 << 10;
     let value = Bytes::from(vec![b'v'; 10 << 10]);

@@ -1376,7 +1376,8 @@ impl<'t> Writer<'t> {
         Ok(entry)
     }
 
-    /// Writes `record`, the row of `entry`, a version of `key` that `record_version` gave.
+    /// Writes `row` (`live_row`, or `encode_row` of a tombstone) as the row of `entry`, a version
+    /// that `record_version` gave.
     fn write_row(&mut self, entry: Entry, row: &[u8]) -> Result<(), StoreError> {
         self.rows.insert((entry.main, entry.sub), row).at(self.place, WRITE)?;
         Ok(())

@@ -481,9 +481,6 @@ fn run_seed(seed: u64, ops: u64, path: Option<&Path>, max_txn_ops: usize, rare_c
     compare_whole(&store, &m, &format!("seed {seed} end"));
 }
 
-/// The model-based property test. `MVCC_PROP_OPS` operations in all (default 150,000), over
-/// eight seeds: in memory and on disk (reopened now and then), with etcd's limit on txn ops
-/// and with a limit of 2 that makes TooManyOps common.
 #[test]
 fn a_live_row_is_its_key_and_a_record_that_reads_back_as_written() {
     let extremes = [(1, 1, 0), (MAX_REVISION, MAX_REVISION, i64::MIN), (7, 3, i64::MAX), (2, 1, -1)];
@@ -501,6 +498,9 @@ fn a_live_row_is_its_key_and_a_record_that_reads_back_as_written() {
     }
 }
 
+/// The model-based property test. `MVCC_PROP_OPS` operations in all (default 150,000), over
+/// eight seeds: in memory and on disk (reopened now and then), with etcd's limit on txn ops
+/// and with a limit of 2 that makes TooManyOps common.
 #[test]
 fn engine_behaves_exactly_like_the_model() {
     let total: u64 = std::env::var("MVCC_PROP_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(150_000);
