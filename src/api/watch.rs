@@ -91,8 +91,9 @@ impl<T: serde::de::DeserializeOwned> JsonValues<T> {
                     Some(Err(e)) if self.ended => return Err(bad(format!("bad {what}: {e}"))),
                     None if self.ended => return Ok(None),
                     // A value the scan left to the parser that is not whole yet (a literal cut
-                    // short at the top, which no request is): parsed again at each chunk.
-                    _ => self.end = ValueEnd { parse: true, ..ValueEnd::default() },
+                    // short at the top, which no request is): the scan's `parse` stays set, so it
+                    // is parsed again at each chunk.
+                    _ => {}
                 }
             }
             match self.body.frame().await {

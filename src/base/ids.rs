@@ -86,11 +86,10 @@ impl IdGenerator {
 
     /// A lease id: positive (etcd's `& (1<<63 - 1)`, skipping 0, which means "none").
     pub fn next_lease(&self) -> i64 {
-        let id = (self.next() & (i64::MAX as u64)) as i64;
-        if id != 0 {
-            id
-        } else {
-            (self.next() & (i64::MAX as u64)) as i64
+        let positive = |id: u64| (id & i64::MAX as u64) as i64;
+        match positive(self.next()) {
+            0 => positive(self.next()),
+            id => id,
         }
     }
 }
