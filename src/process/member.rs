@@ -39,6 +39,17 @@ use crate::store::command::{encode, MemberInfo};
 use crate::store::kv::{is_staging_file, staging_path};
 use crate::store::{open_data_dir, write_meta, DataDir, DurableState, KvStore, MemberMeta, Storage};
 
+/// The member's tokio runtime: one worker thread for each CPU this process may use, as
+/// `std::thread::available_parallelism` counts them (its CPU affinity and its cgroup's CPU quota,
+/// so a pod's CPU limit), at least one. The Raft loop and the serving of both ports share these
+/// workers; the writer's thread is its own. A member limited to one CPU then runs one worker, not
+/// two threads that take turns on it (each hand-over a context switch); one on a machine of its
+/// own uses all of it. `TOKIO_WORKER_THREADS` is not read.
+fn member_runtime() -> std::io::Result<Runtime> {
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+}
+
 /// Runs a member until SIGTERM/SIGINT. Blocking; builds its own runtime.
 pub fn run(args: NodeArgs) -> ExitCode {
     init_logging(args.log_format, &args.log_level);
@@ -58,11 +69,7 @@ fn start(mut args: NodeArgs) -> Result<(), StartError> {
     if matches!(recovery, super::recovery::Prepared::Force(_)) {
         args.force_new_cluster = true;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| StartError::from(format!("cannot start the async runtime: {e}")))?;
+    let runtime = member_runtime().map_err(|e| StartError::from(format!("cannot start the async runtime: {e}")))?;
     let DataDir { storage, durable, meta: stored_meta } = open_storage(&args)?;
     let start = decide_start(&args, &flags, &runtime, &storage, durable, stored_meta.clone())?;
     let storage = record_start(&args, storage, stored_meta.as_ref(), &start)?;
@@ -662,6 +669,7 @@ async fn serve_until_stopped(
         cluster = %format!("{:x}", shared.cluster_id),
         %client_addr,
         %peer_addr,
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "member started"
     );
     // Every server stops on it, and the streams they serve end on it (`Shared::stopping`).
@@ -811,6 +819,44 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    /// The CPUs the calling thread may run on.
+    fn allowed_cpus() -> Vec<usize> {
+        // SAFETY: a zeroed cpu_set_t is an empty set; sched_getaffinity fills it for this thread.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        assert_eq!(rc, 0, "sched_getaffinity: {}", std::io::Error::last_os_error());
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
+    }
+
+    /// The number of workers of a member's runtime built on a thread held to `cpus`.
+    fn workers_on(cpus: Vec<usize>) -> usize {
+        std::thread::spawn(move || {
+            // SAFETY: the set is built from CPUs this process may use; the call affects only this
+            // thread.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            for cpu in cpus {
+                unsafe { libc::CPU_SET(cpu, &mut set) };
+            }
+            let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+            assert_eq!(rc, 0, "sched_setaffinity: {}", std::io::Error::last_os_error());
+            member_runtime().expect("runtime").metrics().num_workers()
+        })
+        .join()
+        .expect("the thread that built the runtime")
+    }
+
+    /// A member's runtime has one worker for each CPU it may use: held to one CPU (as a pod
+    /// limited to one CPU is), one worker; free to use what this machine gives the tests, as many
+    /// as that.
+    #[test]
+    fn the_runtime_has_a_worker_for_each_cpu_the_member_may_use() {
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty(), "this thread may run on no CPU");
+        assert_eq!(workers_on(vec![cpus[0]]), 1);
+        let all = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!(workers_on(cpus), all);
+    }
 
     #[derive(Parser)]
     struct Node {
