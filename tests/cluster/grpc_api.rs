@@ -729,17 +729,30 @@ fn etcdctl_watch_goes_on_when_its_member_stops_as_with_etcd() {
     if !etcdctl_available() {
         return;
     }
-    const ETCD_NET: u8 = 166;
     let mut c = Cluster::new(165, 3);
     c.bootstrap();
     c.wait_leader(ELECTION);
     let ours: Vec<String> = (0..3).map(|i| c.members[i].client_url()).collect();
-    let mut etcd = EtcdMembers::<ETCD_NET>::new();
-    for i in 0..3 {
-        etcd.start(i, &EtcdMembers::<ETCD_NET>::initial(&[0, 1, 2]), "new", &[]);
-    }
-    let theirs: Vec<String> = (0..3).map(EtcdMembers::<ETCD_NET>::client).collect();
     let expected = ["1", "2", "3", "4", "5"];
     assert_eq!(watch_through_a_stop(&ours, |i| c.terminate(i)), expected, "kuberaft");
-    assert_eq!(watch_through_a_stop(&theirs, |i| etcd.terminate(i)), expected, "etcd 3.4");
+    // The reference gets a second fresh cluster if its first trial fails: once in about 13 CI
+    // runs etcdctl's watch stayed silent for 20 s after its member stopped, though etcd had taken
+    // the writes through the other two (its client did not move the watch). kuberaft's trial
+    // above has no second chance.
+    let mut theirs = etcd_watch_through_a_stop::<166>();
+    if theirs != expected {
+        eprintln!("etcd 3.4's watch printed {theirs:?}; once more, with a fresh etcd cluster");
+        theirs = etcd_watch_through_a_stop::<167>();
+    }
+    assert_eq!(theirs, expected, "etcd 3.4");
+}
+
+/// `watch_through_a_stop` against a fresh three-member etcd 3.4 on 127.NET.0.x.
+fn etcd_watch_through_a_stop<const NET: u8>() -> Vec<String> {
+    let mut etcd = EtcdMembers::<NET>::new();
+    for i in 0..3 {
+        etcd.start(i, &EtcdMembers::<NET>::initial(&[0, 1, 2]), "new", &[]);
+    }
+    let theirs: Vec<String> = (0..3).map(EtcdMembers::<NET>::client).collect();
+    watch_through_a_stop(&theirs, |i| etcd.terminate(i))
 }
