@@ -46,8 +46,12 @@ use crate::store::{open_data_dir, write_meta, DataDir, DurableState, KvStore, Me
 /// two threads that take turns on it (each hand-over a context switch); one on a machine of its
 /// own uses all of it. `TOKIO_WORKER_THREADS` is not read.
 fn member_runtime() -> std::io::Result<Runtime> {
-    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(usable_cpus()).enable_all().build()
+}
+
+/// The CPUs the calling thread may use, as `available_parallelism` counts them; at least one.
+fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// Runs a member until SIGTERM/SIGINT. Blocking; builds its own runtime.
@@ -854,7 +858,7 @@ mod tests {
         let cpus = allowed_cpus();
         assert!(!cpus.is_empty(), "this thread may run on no CPU");
         assert_eq!(workers_on(vec![cpus[0]]), 1);
-        let all = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let all = usable_cpus();
         assert_eq!(workers_on(cpus), all);
     }
 
